@@ -1,0 +1,53 @@
+import { PermanentError, type EmbedJob, type Metrics, type Services } from '@transferline/shared';
+import type { Embedder } from './embedder.js';
+
+export interface EmbedDeps {
+  services: Pick<Services, 'cache' | 'tensors' | 'redis' | 'keys'>;
+  embedder: Embedder;
+  embedderId: string;
+  metrics: Metrics;
+}
+
+export type EmbedOutcome = 'embedded' | 'cached';
+
+/**
+ * One forward pass for a batch of jobs. An image whose embedding is cached already is skipped
+ * (a job may run twice); one whose pixels are gone fails alone; the rest are embedded together,
+ * written to one shard, indexed, and only then reported done, so a job completes only once its
+ * embedding is durable.
+ */
+export async function embedBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(EmbedOutcome | Error)[]> {
+  const { cache, tensors } = deps.services;
+  const results: (EmbedOutcome | Error)[] = new Array(jobs.length);
+  const todo: { i: number; sha256: string; pixels: Uint8Array }[] = [];
+  const cached = await cache.has(deps.embedderId, jobs.map((j) => j.sha256));
+  for (const [i, job] of jobs.entries()) {
+    if (job.embedderId !== deps.embedderId) {
+      results[i] = new PermanentError('wrong-embedder', `job is for ${job.embedderId}, this worker runs ${deps.embedderId}`);
+    } else if (cached[i] || todo.some((t) => t.sha256 === job.sha256)) {
+      results[i] = 'cached';
+    } else {
+      const pixels = await tensors.get(job.sha256);
+      if (!pixels) {
+        const err = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
+        await deps.services.redis.hset(deps.services.keys.embeddingFailures(deps.embedderId), job.sha256, `${err.reason} ${err.message}`);
+        results[i] = err;
+      } else if (pixels.length !== deps.embedder.inputSize * deps.embedder.inputSize * 3) {
+        results[i] = new PermanentError('bad-pixels', `stored pixels are ${pixels.length} bytes`);
+      } else {
+        todo.push({ i, sha256: job.sha256, pixels });
+      }
+    }
+  }
+  if (todo.length) {
+    const end = deps.metrics.forwardSeconds.startTimer();
+    const data = deps.embedder.embedBatch(todo.map((t) => t.pixels));
+    end();
+    deps.metrics.embedBatch.observe(todo.length);
+    await cache.writeShard(deps.embedderId, todo.map((t) => t.sha256), data, deps.embedder.dim);
+    await tensors.delete(todo.map((t) => t.sha256));
+    for (const t of todo) results[t.i] = 'embedded';
+  }
+  for (const r of results) deps.metrics.images.inc({ stage: 'embed', outcome: r instanceof Error ? 'failed' : r });
+  return results;
+}

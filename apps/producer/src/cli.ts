@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+import { Command, InvalidArgumentError } from 'commander';
+import { ConfigError, DatasetName, loadConfig } from '@transferline/shared';
+import { openCliContext, type CliContext } from './cli-context.js';
+import { ingestCommand } from './commands/ingest.command.js';
+import { statusCommand } from './commands/status.command.js';
+import { trainCommand } from './commands/train.command.js';
+import { upCommand } from './commands/up.command.js';
+import { uploadCommand } from './commands/upload.command.js';
+
+const int = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number`);
+  return n;
+};
+const positive = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!(n > 0)) throw new InvalidArgumentError(`${name} must be a positive number`);
+  return n;
+};
+const dataset = (v: string) => {
+  const r = DatasetName.safeParse(v);
+  if (!r.success) throw new InvalidArgumentError(r.error.issues[0]?.message ?? 'bad dataset name');
+  return v;
+};
+
+/** Runs a one-shot command with clients built from the environment, closed afterwards. */
+async function withContext(fn: (ctx: CliContext) => Promise<unknown>): Promise<void> {
+  const ctx = await openCliContext(loadConfig(process.env));
+  try {
+    await fn(ctx);
+  } finally {
+    await ctx.close();
+  }
+}
+
+const program = new Command('transferline')
+  .description('A bucket of labelled images in, a trained image classifier out (EfficientNet-B0 embeddings + a trained head).')
+  .showHelpAfterError();
+
+program
+  .command('up')
+  .description('start the embedded stack on this machine: S3-compatible server, Redis, every worker, metrics')
+  .option('--demo', 'make a labelled sample set, ingest it, train a classifier and print the report')
+  .option('--exit-after-demo', 'stop the stack when the demo is done')
+  .action(async (o: { demo?: boolean; exitAfterDemo?: boolean }) => {
+    await upCommand(process.env, { demo: !!o.demo, exitAfterDemo: !!o.exitAfterDemo });
+  });
+
+program
+  .command('upload')
+  .description('copy a local folder (one sub-folder per label) into the bucket')
+  .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg')
+  .argument('<s3url>', 'destination, e.g. s3://photos/train/')
+  .action((dir: string, url: string) => withContext((ctx) => uploadCommand(ctx, dir, url)));
+
+program
+  .command('ingest')
+  .description('add every image under an s3:// prefix to a dataset (label = first folder below the prefix) and wait until embedded')
+  .argument('<s3url>', 'e.g. s3://photos/train/')
+  .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
+  .option('--no-wait', 'enqueue and return without waiting for the embeddings')
+  .action((url: string, o: { dataset: string; wait: boolean }) =>
+    withContext(async (ctx) => {
+      const r = await ingestCommand(ctx, url, { dataset: o.dataset, wait: o.wait });
+      if (r.status && r.status.failed > 0) process.exitCode = 3;
+    }),
+  );
+
+program
+  .command('train')
+  .description("fit a classification head on a dataset's cached embeddings; the model and report land in the bucket")
+  .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
+  .option('--epochs <n>', 'training epochs (default 60)', int('--epochs'))
+  .option('--learning-rate <lr>', 'Adam learning rate (default 0.01)', positive('--learning-rate'))
+  .option('--batch-size <n>', 'mini-batch size (default 32)', int('--batch-size'))
+  .option('--seed <n>', 'seed for the split and initial weights (default 1)', int('--seed'))
+  .option('--run-id <id>', 'name of the run (default: a timestamp)')
+  .option('--no-wait', 'enqueue and return without following the run')
+  .action((o: { dataset: string; epochs?: number; learningRate?: number; batchSize?: number; seed?: number; runId?: string; wait: boolean }) =>
+    withContext((ctx) => trainCommand(ctx, o)),
+  );
+
+program
+  .command('status')
+  .description('jobs per queue, workers connected, and each dataset\'s progress and failures')
+  .option('-d, --dataset <name>', 'only this dataset', dataset)
+  .option('--json', 'machine-readable output')
+  .action((o: { dataset?: string; json?: boolean }) => withContext((ctx) => statusCommand(ctx, o)));
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  const msg = err instanceof ConfigError ? err.message : `transferline: ${(err as Error).message}`;
+  process.stderr.write(`${msg}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,92 @@
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { createLogger } from '@transferline/shared';
+import { openCliContext } from '../cli-context.js';
+import { writeSampleSet } from '../demo/sample-images.js';
+import { DEFAULT_PORTS, startStack, type StackPorts } from '../embedded/stack.js';
+import { ingestCommand } from './ingest.command.js';
+import { trainCommand } from './train.command.js';
+import { uploadCommand } from './upload.command.js';
+
+export interface UpOptions {
+  demo: boolean;
+  ports?: Partial<StackPorts>;
+  /** stop after the demo instead of serving until Ctrl-C (for scripts and tests) */
+  exitAfterDemo?: boolean;
+}
+
+const DEMO_BUCKET = 'photos';
+const DEMO_PREFIX = 'train/';
+
+/**
+ * `transferline up [--demo]`: the whole stack on this machine. With --demo and an empty demo
+ * bucket, it makes a labelled sample set, drops it into s3://photos/train/, ingests, trains and
+ * prints the report, so the first command shows the product working end to end.
+ */
+export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJS.WritableStream = process.stdout): Promise<void> {
+  const w = (s: string) => out.write(`${s}\n`);
+  const stack = await startStack(env, { ...DEFAULT_PORTS, ...o.ports }, (line) => w(`[up] ${line}`));
+  const { config, ports } = stack;
+  const log = createLogger('producer', config.logLevel);
+  let stopping = false;
+  const stop = async (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    w('\nstopping the stack…');
+    await stack.stop();
+    w('stopped.');
+    process.exit(code);
+  };
+  process.on('SIGINT', () => void stop(0));
+  process.on('SIGTERM', () => void stop(0));
+
+  w('transferline is up');
+  w(`  S3 (path-style)  ${config.s3.endpoint}   access key ${config.s3.accessKeyId} / secret ${config.s3.secretAccessKey}${config.s3.embedded ? `   data: ${path.join(config.dataDir, 's3')}` : ''}`);
+  w(`  Redis            ${config.redis.url}${config.redis.embedded ? `   data: ${path.join(config.dataDir, 'redis')}` : ''}`);
+  w(`  metrics/health   producer :${ports.producer}  preprocess :${ports.preprocess}  embed :${ports.embed}  train :${ports.train}   (/metrics, /healthz)`);
+  w(`  worker logs      ${path.join(config.dataDir, 'logs')}/`);
+  w(`  bucket for embeddings and models: s3://${config.s3.bucket}/${config.s3.prefix}`);
+
+  if (o.demo) {
+    try {
+      const ctx = await openCliContext(config, out);
+      try {
+        let existing = 0;
+        await ctx.services.store.ensureBucket(DEMO_BUCKET);
+        for await (const _ of ctx.services.store.listObjects(DEMO_BUCKET, DEMO_PREFIX)) {
+          existing++;
+          break;
+        }
+        if (existing === 0) {
+          const dir = path.join(config.dataDir, 'demo-photos');
+          const have = await readdir(dir).catch(() => []);
+          if (have.length === 0) {
+            const n = await writeSampleSet(dir, 30);
+            w(`\ndemo: generated ${n} labelled sample images (circle, square, triangle) in ${dir}`);
+          }
+          await uploadCommand(ctx, dir, `s3://${DEMO_BUCKET}/${DEMO_PREFIX}`);
+        } else {
+          w(`\ndemo: s3://${DEMO_BUCKET}/${DEMO_PREFIX} already has images; using them`);
+        }
+        await ingestCommand(ctx, `s3://${DEMO_BUCKET}/${DEMO_PREFIX}`, { dataset: 'demo', wait: true });
+        await trainCommand(ctx, { dataset: 'demo', wait: true, epochs: 40 });
+      } finally {
+        await ctx.close();
+      }
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'demo failed');
+      w(`demo failed: ${(err as Error).message}`);
+      await stop(1);
+      return;
+    }
+  }
+  if (o.exitAfterDemo) {
+    await stop(0);
+    return;
+  }
+  w('\nthe stack keeps running; in another terminal try:');
+  w('  npx transferline status');
+  w(`  aws --endpoint-url ${config.s3.endpoint} s3 cp --recursive ./photos s3://${DEMO_BUCKET}/mine/   (AWS_ACCESS_KEY_ID=${config.s3.accessKeyId} AWS_SECRET_ACCESS_KEY=${config.s3.secretAccessKey})`);
+  w(`  npx transferline ingest s3://${DEMO_BUCKET}/mine/ --dataset mine && npx transferline train --dataset mine`);
+  w('Ctrl-C stops everything.');
+}

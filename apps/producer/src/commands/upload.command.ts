@@ -1,0 +1,45 @@
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parseS3Url } from '@transferline/shared';
+import type { CliContext } from '../cli-context.js';
+import { createProgress } from '../progress.js';
+
+/** Every file below `dir`, as paths relative to it with `/` separators (hidden files skipped). */
+export async function listFiles(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries
+    .filter((e) => e.isFile() && !e.name.startsWith('.'))
+    .map((e) => path.relative(dir, path.join(e.parentPath, e.name)).split(path.sep).join('/'))
+    .sort();
+}
+
+/** `transferline upload ./photos s3://bucket/train/`: copies a local folder (one sub-folder per label) into the bucket. */
+export async function uploadCommand(ctx: CliContext, dir: string, url: string, parallel = 8): Promise<number> {
+  const { bucket, prefix } = parseS3Url(url);
+  const files = await listFiles(dir);
+  if (files.length === 0) throw new Error(`no files under ${dir}`);
+  await ctx.services.store.ensureBucket(bucket);
+  const bar = createProgress('uploading');
+  let done = 0;
+  let next = 0;
+  const worker = async () => {
+    while (next < files.length) {
+      const rel = files[next++]!;
+      await ctx.services.store.putObject(bucket, `${prefix}${rel}`, await readFile(path.join(dir, rel)), contentType(rel));
+      bar.update(++done, files.length, rel);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.min(parallel, files.length) }, worker));
+  } finally {
+    bar.stop();
+  }
+  ctx.out.write(`uploaded ${files.length} files to s3://${bucket}/${prefix}\n`);
+  return files.length;
+}
+
+function contentType(file: string): string {
+  const ext = path.extname(file).toLowerCase();
+  const types: Record<string, string> = { '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.png': 'image/png', '.webp': 'image/webp', '.gif': 'image/gif', '.avif': 'image/avif', '.tif': 'image/tiff', '.tiff': 'image/tiff' };
+  return types[ext] ?? 'application/octet-stream';
+}

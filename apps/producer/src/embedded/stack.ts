@@ -1,0 +1,84 @@
+import path from 'node:path';
+import { createMetrics, createQueues, createRedis, loadConfig, ObjectStore, startMetricsServer, type Config, type JobName } from '@transferline/shared';
+import { startEmbeddedRedis } from './redis.server.js';
+import { startEmbeddedS3 } from './s3.server.js';
+import { Supervisor, type RoleName } from './supervisor.js';
+
+export interface StackPorts {
+  producer: number;
+  preprocess: number;
+  embed: number;
+  train: number;
+}
+export const DEFAULT_PORTS: StackPorts = { producer: 9464, preprocess: 9465, embed: 9466, train: 9467 };
+
+export interface Stack {
+  /** The configuration every process of the stack runs with (endpoints filled in). */
+  config: Config;
+  /** Environment for clients of this stack (the CLI, tests, awscli). */
+  env: NodeJS.ProcessEnv;
+  ports: StackPorts;
+  supervisor: Supervisor;
+  stop: () => Promise<void>;
+}
+
+/**
+ * The embedded stack on one machine: an S3-compatible server on `<data>/s3` (unless S3_ENDPOINT
+ * is set), Redis on `<data>/redis` (unless REDIS_URL is set), one process per worker role, and
+ * this process's own /metrics with the queue depths.
+ */
+export async function startStack(baseEnv: NodeJS.ProcessEnv, ports: StackPorts, onEvent: (line: string) => void): Promise<Stack> {
+  const initial = loadConfig(baseEnv);
+  const stops: (() => Promise<void>)[] = [];
+  const stopAll = async () => {
+    for (const s of stops.reverse()) await s().catch((err: unknown) => onEvent(`error while stopping: ${(err as Error).message}`));
+  };
+  try {
+    const env: NodeJS.ProcessEnv = { ...baseEnv };
+    if (initial.redis.embedded) {
+      const redis = await startEmbeddedRedis({ directory: path.join(initial.dataDir, 'redis'), port: initial.redis.embeddedPort });
+      stops.push(redis.stop);
+      env.REDIS_URL = redis.url;
+    }
+    if (initial.s3.embedded) {
+      const s3 = await startEmbeddedS3({ directory: path.join(initial.dataDir, 's3'), port: initial.s3.embeddedPort });
+      stops.push(s3.stop);
+      env.S3_ENDPOINT = s3.endpoint;
+      env.S3_ACCESS_KEY_ID = s3.accessKeyId;
+      env.S3_SECRET_ACCESS_KEY = s3.secretAccessKey;
+    }
+    const config = loadConfig(env);
+    const store = new ObjectStore(config.s3);
+    await store.ensureBucket(config.s3.bucket);
+    store.close();
+
+    const supervisor = new Supervisor(path.join(config.dataDir, 'logs'), onEvent);
+    stops.push(() => supervisor.stop());
+    const roles: RoleName[] = ['preprocess', 'embed', 'train'];
+    await supervisor.start(roles.map((role) => ({ role, metricsPort: ports[role], env })));
+
+    // The producer side's own metrics: queue depths, read on a timer (labels: queue, state).
+    const metrics = createMetrics('producer');
+    const redis = createRedis(config.redis.url, 'worker');
+    const queues = createQueues(redis, config.redis.prefix);
+    const poll = setInterval(() => {
+      void Promise.all(
+        (Object.keys(queues) as JobName[]).map(async (name) => {
+          const counts = await queues[name].getJobCounts('waiting', 'active', 'delayed', 'failed');
+          for (const [state, n] of Object.entries(counts)) metrics.queueJobs.set({ queue: name, state }, n);
+        }),
+      ).catch(() => {});
+    }, 2_000);
+    const server = await startMetricsServer(metrics.registry, config.metrics.host, ports.producer);
+    stops.push(async () => {
+      clearInterval(poll);
+      await server.close();
+      await Promise.all(Object.values(queues).map((q) => q.close()));
+      await redis.quit().catch(() => redis.disconnect());
+    });
+    return { config, env, ports: { ...ports, producer: server.port }, supervisor, stop: stopAll };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}

@@ -1,0 +1,28 @@
+import { describe, expect, it } from 'vitest';
+import { evaluate } from './report.js';
+
+describe('evaluate', () => {
+  it('computes accuracy, a confusion matrix whose sums match, and per-class scores', () => {
+    const labels = ['cat', 'dog', 'fox'];
+    const truth = [0, 0, 0, 1, 1, 2, 2, 2, 2, 2];
+    const pred = [0, 0, 1, 1, 1, 2, 2, 2, 0, 1];
+    const r = evaluate(labels, truth, pred);
+    expect(r.accuracy).toBeCloseTo(7 / 10);
+    expect(r.confusionMatrix).toEqual([
+      [2, 1, 0],
+      [0, 2, 0],
+      [1, 1, 3],
+    ]);
+    // rows sum to the class supports, everything to the example count
+    expect(r.confusionMatrix.map((row) => row.reduce((a, b) => a + b))).toEqual([3, 2, 5]);
+    expect(r.confusionMatrix.flat().reduce((a, b) => a + b)).toBe(10);
+    expect(r.perClass.dog).toEqual({ precision: 0.5, recall: 1, f1: 2 / 3, support: 2 });
+    expect(r.perClass.fox!.precision).toBe(1);
+    expect(r.perClass.fox!.recall).toBeCloseTo(0.6);
+  });
+
+  it('gives zeros, not NaN, to a class never predicted', () => {
+    const r = evaluate(['a', 'b'], [0, 1], [0, 0]);
+    expect(r.perClass.b).toEqual({ precision: 0, recall: 0, f1: 0, support: 1 });
+  });
+});

@@ -1,0 +1,46 @@
+import { createMetrics, createServices, startWorker, type Config, type Handler, type Logger } from '@transferline/shared';
+import { loadTfRuntime } from '@transferline/shared/tf';
+import { trainHead } from './train-head.job.js';
+
+export interface RunningTrainer {
+  metrics: ReturnType<typeof createMetrics>;
+  healthy: () => boolean;
+  stop: () => Promise<void>;
+}
+
+/** config → deps → the train worker (one run at a time per process). */
+export async function startTrainer(config: Config, log: Logger): Promise<RunningTrainer> {
+  const metrics = createMetrics('train');
+  const services = createServices(config, 'worker');
+  const rt = await loadTfRuntime(config.embed.backend, log);
+  const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, prefix: config.s3.prefix, metrics };
+  const handler: Handler<'train'> = async (payload, ctx) => {
+    try {
+      const result = await trainHead(payload, deps, ctx);
+      metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'completed' });
+      ctx.log.info({ dataset: payload.dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
+      return result;
+    } catch (err) {
+      metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'failed' });
+      throw err;
+    }
+  };
+  const worker = startWorker('train', handler, {
+    connection: services.redis,
+    prefix: config.redis.prefix,
+    concurrency: 1,
+    log,
+    metrics,
+    lockDuration: 300_000,
+  });
+  let closing = false;
+  return {
+    metrics,
+    healthy: () => !closing && worker.isRunning(),
+    stop: async () => {
+      closing = true;
+      await worker.close();
+      await services.close();
+    },
+  };
+}

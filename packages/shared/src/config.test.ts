@@ -1,0 +1,56 @@
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from './config.js';
+
+describe('loadConfig', () => {
+  it('has defaults that work on one machine', () => {
+    const c = loadConfig({});
+    expect(c.redis.url).toBe('redis://127.0.0.1:6390');
+    expect(c.redis.embedded).toBe(true);
+    expect(c.s3.endpoint).toBe('http://127.0.0.1:9000');
+    expect(c.s3.embedded).toBe(true);
+    expect(c.s3.bucket).toBe('transferline');
+    expect(c.dataDir).toBe(path.resolve('./data'));
+    expect(c.embed.batchSize).toBeGreaterThan(0);
+    expect(c.preprocess.concurrency).toBeGreaterThan(0);
+  });
+
+  it('uses external servers when their URLs are given', () => {
+    const c = loadConfig({ REDIS_URL: 'redis://cache:6379/2', S3_ENDPOINT: 'http://minio:9000', S3_FORCE_PATH_STYLE: 'false' });
+    expect(c.redis).toMatchObject({ url: 'redis://cache:6379/2', embedded: false });
+    expect(c.s3).toMatchObject({ endpoint: 'http://minio:9000', embedded: false, forcePathStyle: false });
+  });
+
+  it('coerces numbers and ignores unrelated and empty variables', () => {
+    const c = loadConfig({ TL_EMBED_BATCH_SIZE: '32', TL_PREFIX: '', HOME: '/root', PATH: '/bin' });
+    expect(c.embed.batchSize).toBe(32);
+    expect(c.s3.prefix).toBe('');
+  });
+
+  it.each([
+    ['TL_EMBED_BATCH_SIZE', 'many'],
+    ['TL_EMBED_BATCH_SIZE', '0'],
+    ['REDIS_URL', 'localhost:6379'],
+    ['S3_ENDPOINT', 'not a url'],
+    ['TL_BUCKET', 'Bad_Bucket'],
+    ['TL_PREFIX', 'models'],
+    ['TL_TF_BACKEND', 'cuda'],
+    ['TL_METRICS_PORT', '70000'],
+    ['S3_FORCE_PATH_STYLE', 'maybe'],
+  ])('rejects %s=%s with a message that names the variable', (name, value) => {
+    expect(() => loadConfig({ [name]: value })).toThrow(ConfigError);
+    expect(() => loadConfig({ [name]: value })).toThrow(new RegExp(`^invalid configuration:\\n  ${name}: `));
+  });
+
+  it('lists every bad variable at once and never echoes a secret', () => {
+    let message = '';
+    try {
+      loadConfig({ TL_EMBED_BATCH_SIZE: 'x', TL_LOG_LEVEL: 'loud', S3_SECRET_ACCESS_KEY: '' , TL_REDIS_PORT: '-1' });
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).toContain('TL_EMBED_BATCH_SIZE');
+    expect(message).toContain('TL_LOG_LEVEL');
+    expect(message).toContain('TL_REDIS_PORT');
+  });
+});

@@ -1,0 +1,118 @@
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const port = z.coerce.number().int().min(0).max(65535);
+
+/** Every environment variable transferline reads, with a default that works on one machine. */
+export const ConfigSchema = z
+  .object({
+    TL_DATA_DIR: z.string().min(1).default('./data'),
+    REDIS_URL: z
+      .string()
+      .regex(/^rediss?:\/\//, 'must start with redis:// or rediss://')
+      .optional(),
+    TL_REDIS_PORT: port.default(6390),
+    TL_QUEUE_PREFIX: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only')
+      .default('tl'),
+    S3_ENDPOINT: z.string().url().optional(),
+    TL_S3_PORT: port.default(9000),
+    S3_REGION: z.string().min(1).default('us-east-1'),
+    S3_ACCESS_KEY_ID: z.string().min(1).default('S3RVER'),
+    S3_SECRET_ACCESS_KEY: z.string().min(1).default('S3RVER'),
+    S3_FORCE_PATH_STYLE: bool.default(true),
+    TL_BUCKET: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be a valid S3 bucket name')
+      .default('transferline'),
+    TL_PREFIX: z
+      .string()
+      .regex(/^([^/].*\/)?$/, 'must be empty or end with / and not start with /')
+      .default(''),
+    TL_METRICS_HOST: z.string().default('0.0.0.0'),
+    TL_METRICS_PORT: port.optional(),
+    TL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    TL_PREPROCESS_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(Math.max(1, os.availableParallelism())),
+    TL_MAX_OBJECT_BYTES: z.coerce.number().int().min(1).default(64 * 1024 * 1024),
+    TL_MAX_INPUT_PIXELS: z.coerce.number().int().min(1).default(100_000_000),
+    TL_TENSOR_TTL_SECONDS: z.coerce.number().int().min(60).default(7 * 24 * 3600),
+    TL_EMBED_BATCH_SIZE: z.coerce.number().int().min(1).max(512).default(8),
+    TL_EMBED_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(60_000).default(100),
+    TL_TF_BACKEND: z.enum(['auto', 'tensorflow', 'wasm', 'cpu']).default('auto'),
+    TL_MODEL_WEIGHTS: z.enum(['random']).default('random'),
+    TL_MODEL_SEED: z.coerce.number().int().min(0).default(42),
+  })
+  .transform((env) => ({
+    dataDir: path.resolve(env.TL_DATA_DIR),
+    redis: {
+      url: env.REDIS_URL ?? `redis://127.0.0.1:${env.TL_REDIS_PORT}`,
+      /** false when REDIS_URL names an external server; `up` then starts none */
+      embedded: env.REDIS_URL === undefined,
+      embeddedPort: env.TL_REDIS_PORT,
+      prefix: env.TL_QUEUE_PREFIX,
+    },
+    s3: {
+      endpoint: env.S3_ENDPOINT ?? `http://127.0.0.1:${env.TL_S3_PORT}`,
+      embedded: env.S3_ENDPOINT === undefined,
+      embeddedPort: env.TL_S3_PORT,
+      region: env.S3_REGION,
+      accessKeyId: env.S3_ACCESS_KEY_ID,
+      secretAccessKey: env.S3_SECRET_ACCESS_KEY,
+      forcePathStyle: env.S3_FORCE_PATH_STYLE,
+      bucket: env.TL_BUCKET,
+      prefix: env.TL_PREFIX,
+    },
+    metrics: { host: env.TL_METRICS_HOST, port: env.TL_METRICS_PORT },
+    logLevel: env.TL_LOG_LEVEL,
+    preprocess: {
+      concurrency: env.TL_PREPROCESS_CONCURRENCY,
+      maxObjectBytes: env.TL_MAX_OBJECT_BYTES,
+      maxInputPixels: env.TL_MAX_INPUT_PIXELS,
+      tensorTtlSeconds: env.TL_TENSOR_TTL_SECONDS,
+    },
+    embed: {
+      batchSize: env.TL_EMBED_BATCH_SIZE,
+      batchWaitMs: env.TL_EMBED_BATCH_WAIT_MS,
+      backend: env.TL_TF_BACKEND,
+      weights: env.TL_MODEL_WEIGHTS,
+      seed: env.TL_MODEL_SEED,
+    },
+  }));
+
+export type Config = z.output<typeof ConfigSchema>;
+
+/** Thrown when the environment does not parse; the message names every bad variable. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/**
+ * Parses the environment once, at process start. Unknown variables are ignored; a bad value
+ * throws a ConfigError whose message names the variable and what it must be.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const relevant = Object.fromEntries(
+    Object.entries(env).filter(([k, v]) => v !== undefined && v !== '' && (k.startsWith('TL_') || k.startsWith('S3_') || k === 'REDIS_URL')),
+  );
+  const parsed = ConfigSchema.safeParse(relevant);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => {
+      const name = String(i.path[0] ?? '(environment)');
+      const value = relevant[name];
+      const shown = value === undefined ? '' : ` (got ${JSON.stringify(redactIfSecret(name, value))})`;
+      return `  ${name}: ${i.message}${shown}`;
+    });
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  return parsed.data;
+}
+
+function redactIfSecret(name: string, value: string): string {
+  return /SECRET|PASSWORD|TOKEN/.test(name) ? '***' : value;
+}

@@ -1,0 +1,91 @@
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+
+/** Queue names. Every stage is a BullMQ queue; every role is a separate, horizontally scalable process. */
+export const QUEUES = { preprocess: 'preprocess', embed: 'embed', train: 'train' } as const;
+export type QueueName = (typeof QUEUES)[keyof typeof QUEUES];
+
+const datasetName = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'dataset names are 1-64 letters, digits, _ . - and start with a letter or digit');
+export const DatasetName = datasetName;
+
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in lowercase hex');
+
+/** Decode, orient, colour-convert and resize one object; hand the pixels to embed. */
+export const PreprocessJob = z.object({
+  dataset: datasetName,
+  bucket: z.string().min(1),
+  key: z.string().min(1),
+  etag: z.string(),
+  label: z.string().min(1),
+  embedderId: z.string().min(1),
+});
+export type PreprocessJob = z.infer<typeof PreprocessJob>;
+
+/** Embed one image (its pixels wait in Redis under its content hash). */
+export const EmbedJob = z.object({
+  sha256: sha256Hex,
+  embedderId: z.string().min(1),
+});
+export type EmbedJob = z.infer<typeof EmbedJob>;
+
+/** Fit a classification head on a dataset's cached embeddings. */
+export const TrainJob = z.object({
+  dataset: datasetName,
+  runId: z.string().regex(/^[A-Za-z0-9_.-]{1,80}$/),
+  embedderId: z.string().min(1),
+  epochs: z.number().int().min(1).max(10_000).default(60),
+  learningRate: z.number().positive().max(10).default(0.01),
+  batchSize: z.number().int().min(1).max(65_536).default(32),
+  validationFraction: z.number().min(0.05).max(0.5).default(0.2),
+  seed: z.number().int().min(0).default(1),
+});
+export type TrainJob = z.infer<typeof TrainJob>;
+export type TrainJobInput = z.input<typeof TrainJob>;
+
+/** What a train job returns (also written as the run's summary). */
+export interface TrainResult {
+  dataset: string;
+  runId: string;
+  modelPrefix: string;
+  validationAccuracy: number;
+  examples: number;
+}
+
+interface JobSpec<S extends z.ZodType> {
+  queue: QueueName;
+  schema: S;
+  attempts: number;
+  /** Base delay of the exponential backoff, in ms (jitter is added). */
+  backoffMs: number;
+}
+
+/** One catalog: job name → queue, schema, retry policy. The handler maps are typed from it. */
+export const JOBS = {
+  preprocess: { queue: QUEUES.preprocess, schema: PreprocessJob, attempts: 5, backoffMs: 1_000 },
+  embed: { queue: QUEUES.embed, schema: EmbedJob, attempts: 5, backoffMs: 2_000 },
+  train: { queue: QUEUES.train, schema: TrainJob, attempts: 2, backoffMs: 5_000 },
+} as const satisfies Record<string, JobSpec<z.ZodType>>;
+export type JobName = keyof typeof JOBS;
+export type JobPayload<N extends JobName> = z.output<(typeof JOBS)[N]['schema']>;
+
+/** BullMQ options for a job of this name: retries with exponential backoff + jitter, completed removed, failures kept (capped). */
+export function jobOptions(name: JobName, jobId: string) {
+  const spec = JOBS[name];
+  return {
+    jobId,
+    attempts: spec.attempts,
+    backoff: { type: 'exponential' as const, delay: spec.backoffMs, jitter: 0.5 },
+    removeOnComplete: true,
+    removeOnFail: { count: 10_000 },
+  };
+}
+
+/** Content-derived job ids (BullMQ forbids ':' in custom ids), so enqueueing twice is a no-op. */
+export const jobIds = {
+  preprocess: (j: Pick<PreprocessJob, 'dataset' | 'bucket' | 'key' | 'etag' | 'embedderId'>) =>
+    `pp-${createHash('sha256').update([j.dataset, j.bucket, j.key, j.etag, j.embedderId].join('\0')).digest('hex').slice(0, 40)}`,
+  embed: (j: EmbedJob) => `emb-${createHash('sha256').update(j.embedderId).digest('hex').slice(0, 12)}-${j.sha256}`,
+  train: (j: Pick<TrainJob, 'runId'>) => `train-${j.runId}`,
+};

@@ -1,0 +1,25 @@
+import { describe, expect, it } from 'vitest';
+import { labelFromKey } from './labels.js';
+
+describe('labelFromKey', () => {
+  it('takes the first folder below the prefix', () => {
+    expect(labelFromKey('train/', 'train/cats/1.jpg')).toBe('cats');
+    expect(labelFromKey('', 'dogs/a.png')).toBe('dogs');
+  });
+  it('keeps deeper folders in the first folder’s label', () => {
+    expect(labelFromKey('train/', 'train/cats/indoor/2024/1.jpg')).toBe('cats');
+  });
+  it('keeps spaces and unicode, NFC-normalised', () => {
+    expect(labelFromKey('p/', 'p/golden retriever/x.jpg')).toBe('golden retriever');
+    expect(labelFromKey('p/', 'p/chats noirs 🐈/x.jpg')).toBe('chats noirs 🐈');
+    // "é" as e + combining accent and as one code point are one label
+    expect(labelFromKey('p/', 'p/cafe\u0301/x.jpg')).toBe(labelFromKey('p/', 'p/caf\u00e9/y.jpg'));
+  });
+  it('gives no label to keys at the prefix root, folder markers, or keys outside the prefix', () => {
+    expect(labelFromKey('train/', 'train/readme.txt')).toBeUndefined();
+    expect(labelFromKey('train/', 'train/cats/')).toBeUndefined();
+    expect(labelFromKey('train/', 'train//x.jpg')).toBeUndefined();
+    expect(labelFromKey('train/', 'val/cats/x.jpg')).toBeUndefined();
+    expect(labelFromKey('train/', 'train/   /x.jpg')).toBeUndefined();
+  });
+});

@@ -1,0 +1,80 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Every metric transferline exports, defined once. Labels are bounded sets only (queue, stage,
+ * outcome, reason, backend, dataset, split), never keys, hashes or run ids.
+ */
+export function createMetrics(role: string) {
+  const registry = new Registry();
+  registry.setDefaultLabels({ role });
+  collectDefaultMetrics({ register: registry, prefix: 'tl_' });
+  const r = [registry];
+  return {
+    registry,
+    jobs: new Counter({ name: 'tl_jobs_total', help: 'Jobs finished, by queue and outcome', labelNames: ['queue', 'outcome'] as const, registers: r }),
+    jobDuration: new Histogram({
+      name: 'tl_job_duration_seconds',
+      help: 'Time to process one job',
+      labelNames: ['queue'] as const,
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120],
+      registers: r,
+    }),
+    failures: new Counter({ name: 'tl_failures_total', help: 'Permanent item failures, by stage and reason code', labelNames: ['stage', 'reason'] as const, registers: r }),
+    images: new Counter({ name: 'tl_images_total', help: 'Images handled, by stage and outcome (cached = served from the embedding cache)', labelNames: ['stage', 'outcome'] as const, registers: r }),
+    embedBatch: new Histogram({ name: 'tl_embed_batch_size', help: 'Images per forward pass', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: r }),
+    forwardSeconds: new Histogram({ name: 'tl_embed_forward_seconds', help: 'Time of one forward pass', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32], registers: r }),
+    modelInfo: new Gauge({ name: 'tl_model_info', help: 'The embedding model this process runs (value 1)', labelNames: ['backend', 'weights', 'embedder'] as const, registers: r }),
+    queueJobs: new Gauge({ name: 'tl_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'] as const, registers: r }),
+    trainEpoch: new Gauge({ name: 'tl_train_epoch', help: 'Epoch of the run in progress (1-based; 0 before the first)', labelNames: ['dataset'] as const, registers: r }),
+    trainLoss: new Gauge({ name: 'tl_train_loss', help: 'Loss at the end of the last epoch', labelNames: ['dataset', 'split'] as const, registers: r }),
+    trainAccuracy: new Gauge({ name: 'tl_train_accuracy', help: 'Accuracy at the end of the last epoch', labelNames: ['dataset', 'split'] as const, registers: r }),
+    trainRuns: new Counter({ name: 'tl_train_runs_total', help: 'Training runs by outcome', labelNames: ['dataset', 'outcome'] as const, registers: r }),
+  };
+}
+export type Metrics = ReturnType<typeof createMetrics>;
+
+/** An HTTP server with `/metrics` (Prometheus text format) and `/healthz` (200 while `healthy()` says so). */
+export async function startMetricsServer(
+  registry: Registry,
+  host: string,
+  port: number,
+  healthy: () => boolean | Promise<boolean> = () => true,
+): Promise<{ port: number; close: () => Promise<void> }> {
+  const server = http.createServer((req, res) => {
+    void (async () => {
+      try {
+        if (req.url === '/metrics') {
+          const body = await registry.metrics();
+          res.writeHead(200, { 'content-type': registry.contentType });
+          res.end(body);
+        } else if (req.url === '/healthz') {
+          const ok = await healthy();
+          res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' });
+          res.end(ok ? 'ok\n' : 'unhealthy\n');
+        } else {
+          res.writeHead(404, { 'content-type': 'text/plain' });
+          res.end('not found: try /metrics or /healthz\n');
+        }
+      } catch (err) {
+        res.writeHead(500, { 'content-type': 'text/plain' });
+        res.end(`${(err as Error).message}\n`);
+      }
+    })();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(err.code === 'EADDRINUSE' ? new Error(`metrics port ${port} on ${host} is in use: set TL_METRICS_PORT to another port (0 picks a free one)`) : err),
+    );
+    server.listen(port, host, () => resolve());
+  });
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}

@@ -1,0 +1,188 @@
+import {
+  CreateBucketCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  NoSuchKey,
+  NotFound,
+  PutObjectCommand,
+  S3Client,
+  S3ServiceException,
+} from '@aws-sdk/client-s3';
+import type { Readable } from 'node:stream';
+
+/** Where and how to reach an S3-compatible server. */
+export interface S3Settings {
+  endpoint: string;
+  region: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  forcePathStyle: boolean;
+}
+
+/** One listed object. `etag` is the server's ETag without quotes. */
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  etag: string;
+}
+
+/** The object is not there (deleted between listing and processing, or never was). */
+export class ObjectNotFoundError extends Error {
+  override readonly name = 'ObjectNotFoundError';
+  constructor(readonly bucket: string, readonly key: string) {
+    super(`s3://${bucket}/${key} does not exist`);
+  }
+}
+
+/** The object is larger than the configured limit; it was not downloaded. */
+export class ObjectTooLargeError extends Error {
+  override readonly name = 'ObjectTooLargeError';
+  constructor(readonly bucket: string, readonly key: string, readonly size: number, readonly limit: number) {
+    super(`s3://${bucket}/${key} is ${size} bytes, over the limit of ${limit} (TL_MAX_OBJECT_BYTES)`);
+  }
+}
+
+/** `s3://bucket/some/prefix/` → `{ bucket, prefix }` (prefix normalised to end with `/` or be empty). */
+export function parseS3Url(url: string): { bucket: string; prefix: string } {
+  const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(url);
+  if (!m || !m[1]) throw new Error(`not an s3:// URL: ${JSON.stringify(url)} (expected s3://bucket/prefix)`);
+  const rest = m[2] ?? '';
+  return { bucket: m[1], prefix: rest === '' || rest.endsWith('/') ? rest : `${rest}/` };
+}
+
+function isNotFound(err: unknown): boolean {
+  return (
+    err instanceof NoSuchKey ||
+    err instanceof NotFound ||
+    (err instanceof S3ServiceException && (err.$metadata.httpStatusCode === 404 || err.name === 'NoSuchKey'))
+  );
+}
+
+/**
+ * The object store behind one module, with domain verbs; nothing outside this file sees the SDK.
+ * Works with AWS S3, MinIO and the embedded s3rver (path-style addressing).
+ */
+export class ObjectStore {
+  private readonly client: S3Client;
+
+  constructor(settings: S3Settings) {
+    this.client = new S3Client({
+      endpoint: settings.endpoint,
+      region: settings.region,
+      forcePathStyle: settings.forcePathStyle,
+      credentials: { accessKeyId: settings.accessKeyId, secretAccessKey: settings.secretAccessKey },
+      // Checksums only where the protocol requires them: the embedded server and older MinIO do
+      // not understand the streaming trailer checksums newer SDKs send by default.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      maxAttempts: 5,
+    });
+  }
+
+  /** Creates the bucket unless it exists already. */
+  async ensureBucket(bucket: string): Promise<void> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: bucket }));
+    } catch (err) {
+      if (!isNotFound(err) && !(err instanceof S3ServiceException && err.name === 'NoSuchBucket')) throw err;
+      try {
+        await this.client.send(new CreateBucketCommand({ Bucket: bucket }));
+      } catch (createErr) {
+        const name = (createErr as Error).name;
+        if (name !== 'BucketAlreadyOwnedByYou' && name !== 'BucketAlreadyExists') throw createErr;
+      }
+    }
+  }
+
+  async putObject(bucket: string, key: string, body: Uint8Array | string, contentType = 'application/octet-stream'): Promise<void> {
+    await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
+  }
+
+  /**
+   * Downloads an object into memory. The size is checked from the response headers before the
+   * body is read, so an oversized object costs one request and no transfer.
+   */
+  async getObject(bucket: string, key: string, maxBytes = Number.POSITIVE_INFINITY): Promise<Buffer> {
+    let res;
+    try {
+      res = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+    } catch (err) {
+      if (isNotFound(err)) throw new ObjectNotFoundError(bucket, key);
+      throw err;
+    }
+    const body = res.Body as Readable | undefined;
+    if (!body) return Buffer.alloc(0);
+    const length = res.ContentLength ?? 0;
+    if (length > maxBytes) {
+      body.destroy();
+      throw new ObjectTooLargeError(bucket, key, length, maxBytes);
+    }
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for await (const chunk of body) {
+      const buf = chunk as Buffer;
+      total += buf.length;
+      if (total > maxBytes) {
+        body.destroy();
+        throw new ObjectTooLargeError(bucket, key, total, maxBytes);
+      }
+      chunks.push(buf);
+    }
+    return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
+  }
+
+  /** Reads a small JSON object, or returns undefined when it does not exist. */
+  async getJson<T>(bucket: string, key: string): Promise<T | undefined> {
+    try {
+      return JSON.parse((await this.getObject(bucket, key)).toString('utf8')) as T;
+    } catch (err) {
+      if (err instanceof ObjectNotFoundError) return undefined;
+      throw err;
+    }
+  }
+
+  async putJson(bucket: string, key: string, value: unknown): Promise<void> {
+    await this.putObject(bucket, key, JSON.stringify(value, null, 2), 'application/json');
+  }
+
+  /** Size and ETag of one object, or undefined when it does not exist. */
+  async headObject(bucket: string, key: string): Promise<ObjectInfo | undefined> {
+    try {
+      const res = await this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+      return { key, size: res.ContentLength ?? 0, etag: stripQuotes(res.ETag) };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  /** Every object under a prefix, page by page (1,000 keys a request), in key order. */
+  async *listObjects(bucket: string, prefix: string): AsyncGenerator<ObjectInfo> {
+    let token: string | undefined;
+    do {
+      const res = await this.client.send(
+        new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }),
+      );
+      for (const o of res.Contents ?? []) {
+        if (o.Key === undefined) continue;
+        yield { key: o.Key, size: o.Size ?? 0, etag: stripQuotes(o.ETag) };
+      }
+      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async deleteObject(bucket: string, key: string): Promise<void> {
+    await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
+  }
+
+  close(): void {
+    this.client.destroy();
+  }
+}
+
+function stripQuotes(etag: string | undefined): string {
+  return (etag ?? '').replace(/^"|"$/g, '');
+}

@@ -1,0 +1,39 @@
+import type { Redis } from 'ioredis';
+import type { RedisKeys } from './keys.js';
+
+/**
+ * Transient pixels between preprocess and embed: 224×224×3 uint8 (147 KB) under the image's
+ * content hash, with a TTL so an abandoned tensor cannot pin Redis memory for ever. Binary data
+ * never travels inside job payloads (BullMQ stores those as JSON).
+ */
+export class TensorStore {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: RedisKeys,
+    private readonly ttlSeconds: number,
+  ) {}
+
+  async put(sha256: string, pixels: Uint8Array): Promise<void> {
+    await this.redis.set(this.keys.tensor(sha256), Buffer.from(pixels.buffer, pixels.byteOffset, pixels.byteLength), 'EX', this.ttlSeconds);
+  }
+
+  async get(sha256: string): Promise<Buffer | null> {
+    return this.redis.getBuffer(this.keys.tensor(sha256));
+  }
+
+  async delete(sha256s: string[]): Promise<void> {
+    if (sha256s.length) await this.redis.del(...sha256s.map((s) => this.keys.tensor(s)));
+  }
+
+  /** How many tensors are waiting (for backpressure and metrics); SCAN-based, so O(keys). */
+  async count(): Promise<number> {
+    let n = 0;
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', this.keys.tensor('*'), 'COUNT', 1000);
+      cursor = next;
+      n += keys.length;
+    } while (cursor !== '0');
+    return n;
+  }
+}
