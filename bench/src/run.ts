@@ -1,1 +1,23 @@
-export {};
+import { pipelineBench } from './suites/pipeline.bench.js';
+import { save, table, type SuiteResult } from './report.js';
+
+/**
+ * `npm run bench [-- suite …]`: runs the named suites (all by default), prints a table per suite
+ * and writes bench/results/<suite>.json.
+ */
+const SUITES: Record<string, () => Promise<SuiteResult>> = {
+  pipeline: () => pipelineBench({ perClass: 30 }),
+};
+
+const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
+const unknown = wanted.filter((w) => !(w in SUITES));
+if (unknown.length) {
+  process.stderr.write(`unknown suite(s): ${unknown.join(', ')}; available: ${Object.keys(SUITES).join(', ')}\n`);
+  process.exit(2);
+}
+for (const name of wanted.length ? wanted : Object.keys(SUITES)) {
+  const result = await SUITES[name]!();
+  const file = await save(result);
+  process.stdout.write(`${table(result)}\n(${file})\n\n`);
+}
+process.exit(0);

@@ -1,54 +1,14 @@
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePort } from '../../apps/producer/src/embedded/redis.server.js';
-import { startStack, type Stack } from '../../apps/producer/src/embedded/stack.js';
+import { startTempStack, type TempStack } from '../../apps/producer/src/embedded/temp-stack.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const cliPath = path.join(repoRoot, 'apps', 'producer', 'dist', 'cli.js');
 
-export interface TestStack extends Stack {
-  dataDir: string;
-  events: string[];
-  /** Stops everything and removes the data folder. */
-  destroy: () => Promise<void>;
-}
-
-/**
- * The real embedded stack for one test file: redis-server on a free port, s3rver on port 0,
- * the three worker processes (built dist/) on free metrics ports, a random queue prefix and
- * bucket, all data in a temporary folder.
- */
-export async function startTestStack(extraEnv: NodeJS.ProcessEnv = {}): Promise<TestStack> {
-  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'tl-test-'));
-  const id = randomBytes(4).toString('hex');
-  const env: NodeJS.ProcessEnv = {
-    PATH: process.env.PATH,
-    HOME: process.env.HOME,
-    TL_DATA_DIR: dataDir,
-    TL_REDIS_PORT: String(await freePort()),
-    TL_S3_PORT: '0',
-    TL_QUEUE_PREFIX: `t${id}`,
-    TL_BUCKET: `tl-${id}`,
-    TL_LOG_LEVEL: 'info',
-    ...extraEnv,
-  };
-  const ports = { producer: await freePort(), preprocess: await freePort(), embed: await freePort(), train: await freePort() };
-  const events: string[] = [];
-  const stack = await startStack(env, ports, (line) => events.push(line));
-  return {
-    ...stack,
-    dataDir,
-    events,
-    destroy: async () => {
-      await stack.stop();
-      await rm(dataDir, { recursive: true, force: true });
-    },
-  };
-}
+export type TestStack = TempStack;
+/** The real embedded stack for one test file: see startTempStack. */
+export const startTestStack = startTempStack;
 
 /** Runs the `transferline` CLI (built) as a user would, against a stack. */
 export function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {

@@ -43,8 +43,14 @@ program
   .description('start the embedded stack on this machine: S3-compatible server, Redis, every worker, metrics')
   .option('--demo', 'make a labelled sample set, ingest it, train a classifier and print the report')
   .option('--exit-after-demo', 'stop the stack when the demo is done')
-  .action(async (o: { demo?: boolean; exitAfterDemo?: boolean }) => {
-    await upCommand(process.env, { demo: !!o.demo, exitAfterDemo: !!o.exitAfterDemo });
+  .option('--preprocess-workers <n>', 'preprocess processes (default 1)', int('--preprocess-workers'))
+  .option('--embed-workers <n>', 'embed processes (default 1; the wasm backend is single-threaded, so one per core)', int('--embed-workers'))
+  .action(async (o: { demo?: boolean; exitAfterDemo?: boolean; preprocessWorkers?: number; embedWorkers?: number }) => {
+    await upCommand(process.env, {
+      demo: !!o.demo,
+      exitAfterDemo: !!o.exitAfterDemo,
+      replicas: { ...(o.preprocessWorkers !== undefined && { preprocess: o.preprocessWorkers }), ...(o.embedWorkers !== undefined && { embed: o.embedWorkers }) },
+    });
   });
 
 program

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { createLogger } from '@transferline/shared';
 import { openCliContext } from '../cli-context.js';
 import { writeSampleSet } from '../demo/sample-images.js';
-import { DEFAULT_PORTS, startStack, type StackPorts } from '../embedded/stack.js';
+import { childPorts, DEFAULT_PORTS, DEFAULT_REPLICAS, startStack, type Replicas, type StackPorts } from '../embedded/stack.js';
 import { ingestCommand } from './ingest.command.js';
 import { trainCommand } from './train.command.js';
 import { uploadCommand } from './upload.command.js';
@@ -11,6 +11,8 @@ import { uploadCommand } from './upload.command.js';
 export interface UpOptions {
   demo: boolean;
   ports?: Partial<StackPorts>;
+  /** processes per worker role (default one each) */
+  replicas?: Partial<Replicas>;
   /** stop after the demo instead of serving until Ctrl-C (for scripts and tests) */
   exitAfterDemo?: boolean;
 }
@@ -25,7 +27,9 @@ const DEMO_PREFIX = 'train/';
  */
 export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJS.WritableStream = process.stdout): Promise<void> {
   const w = (s: string) => out.write(`${s}\n`);
-  const stack = await startStack(env, { ...DEFAULT_PORTS, ...o.ports }, (line) => w(`[up] ${line}`));
+  const ports0 = { ...DEFAULT_PORTS, ...o.ports };
+  const children = childPorts(ports0, { ...DEFAULT_REPLICAS, ...o.replicas });
+  const stack = await startStack(env, ports0, (line) => w(`[up] ${line}`), children);
   const { config, ports } = stack;
   const log = createLogger('producer', config.logLevel);
   let stopping = false;
@@ -43,7 +47,7 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   w('transferline is up');
   w(`  S3 (path-style)  ${config.s3.endpoint}   access key ${config.s3.accessKeyId} / secret ${config.s3.secretAccessKey}${config.s3.embedded ? `   data: ${path.join(config.dataDir, 's3')}` : ''}`);
   w(`  Redis            ${config.redis.url}${config.redis.embedded ? `   data: ${path.join(config.dataDir, 'redis')}` : ''}`);
-  w(`  metrics/health   producer :${ports.producer}  preprocess :${ports.preprocess}  embed :${ports.embed}  train :${ports.train}   (/metrics, /healthz)`);
+  w(`  metrics/health   producer :${ports.producer}  ${children.map((c) => `${c.role}${c.replica > 1 ? `#${c.replica}` : ''} :${c.metricsPort}`).join('  ')}   (/metrics, /healthz)`);
   w(`  worker logs      ${path.join(config.dataDir, 'logs')}/`);
   w(`  bucket for embeddings and models: s3://${config.s3.bucket}/${config.s3.prefix}`);
 

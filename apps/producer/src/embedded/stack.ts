@@ -12,6 +12,20 @@ export interface StackPorts {
 }
 export const DEFAULT_PORTS: StackPorts = { producer: 9464, preprocess: 9465, embed: 9466, train: 9467 };
 
+/** How many processes of each worker role to run. */
+export type Replicas = Record<RoleName, number>;
+export const DEFAULT_REPLICAS: Replicas = { preprocess: 1, embed: 1, train: 1 };
+
+/**
+ * Metrics ports for the worker processes: the role's port for the first replica, +10 for each
+ * further one (9465, 9475, … for preprocess), or any free port when the role's port is 0.
+ */
+export function childPorts(ports: StackPorts, replicas: Replicas): { role: RoleName; replica: number; metricsPort: number }[] {
+  return (Object.keys(replicas) as RoleName[]).flatMap((role) =>
+    Array.from({ length: replicas[role] }, (_, i) => ({ role, replica: i + 1, metricsPort: ports[role] === 0 ? 0 : ports[role] + 10 * i })),
+  );
+}
+
 export interface Stack {
   /** The configuration every process of the stack runs with (endpoints filled in). */
   config: Config;
@@ -27,7 +41,12 @@ export interface Stack {
  * is set), Redis on `<data>/redis` (unless REDIS_URL is set), one process per worker role, and
  * this process's own /metrics with the queue depths.
  */
-export async function startStack(baseEnv: NodeJS.ProcessEnv, ports: StackPorts, onEvent: (line: string) => void): Promise<Stack> {
+export async function startStack(
+  baseEnv: NodeJS.ProcessEnv,
+  ports: StackPorts,
+  onEvent: (line: string) => void,
+  children: { role: RoleName; replica: number; metricsPort: number }[] = childPorts(ports, DEFAULT_REPLICAS),
+): Promise<Stack> {
   const initial = loadConfig(baseEnv);
   const stops: (() => Promise<void>)[] = [];
   const stopAll = async () => {
@@ -54,8 +73,7 @@ export async function startStack(baseEnv: NodeJS.ProcessEnv, ports: StackPorts, 
 
     const supervisor = new Supervisor(path.join(config.dataDir, 'logs'), onEvent);
     stops.push(() => supervisor.stop());
-    const roles: RoleName[] = ['preprocess', 'embed', 'train'];
-    await supervisor.start(roles.map((role) => ({ role, metricsPort: ports[role], env })));
+    await supervisor.start(children.map((c) => ({ ...c, env })));
 
     // The producer side's own metrics: queue depths, read on a timer (labels: queue, state).
     const metrics = createMetrics('producer');

@@ -16,6 +16,8 @@ export type RoleName = keyof typeof ROLES;
 
 export interface ChildSpec {
   role: RoleName;
+  /** replica number within the role, from 1 (names its log file) */
+  replica: number;
   metricsPort: number;
   env: NodeJS.ProcessEnv;
 }
@@ -26,7 +28,7 @@ export interface ChildSpec {
  * jobs in hand are finished or released.
  */
 export class Supervisor {
-  private readonly children = new Map<RoleName, ChildProcess>();
+  private readonly children = new Map<string, ChildProcess>();
   private stopping = false;
 
   constructor(
@@ -39,28 +41,35 @@ export class Supervisor {
     for (const s of specs) this.spawn(s, 0);
   }
 
-  logFile(role: RoleName): string {
-    return path.join(this.logDir, `${role}.log`);
+  logFile(role: RoleName, replica = 1): string {
+    return path.join(this.logDir, replica === 1 ? `${role}.log` : `${role}-${replica}.log`);
+  }
+
+  /** Live worker processes, as `role#replica`. */
+  running(): string[] {
+    return [...this.children.keys()].sort();
   }
 
   private spawn(spec: ChildSpec, restarts: number): void {
     const { script, args } = ROLES[spec.role];
-    const log = createWriteStream(this.logFile(spec.role), { flags: 'a' });
+    const name = `${spec.role}#${spec.replica}`;
+    const logFile = this.logFile(spec.role, spec.replica);
+    const log = createWriteStream(logFile, { flags: 'a' });
     const child = spawn(process.execPath, [script, ...args], {
       env: { ...spec.env, TL_METRICS_PORT: String(spec.metricsPort) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     child.stdout?.pipe(log, { end: false });
     child.stderr?.pipe(log, { end: false });
-    this.children.set(spec.role, child);
+    this.children.set(name, child);
     const startedAt = Date.now();
     child.once('exit', (code, signal) => {
       log.end();
-      this.children.delete(spec.role);
+      this.children.delete(name);
       if (this.stopping) return;
       const n = Date.now() - startedAt > 60_000 ? 0 : restarts + 1;
       const delay = Math.min(30_000, 500 * 2 ** n);
-      this.onEvent(`${spec.role} exited (${signal ?? code}); restarting in ${(delay / 1000).toFixed(1)} s — see ${this.logFile(spec.role)}`);
+      this.onEvent(`${name} exited (${signal ?? code}); restarting in ${(delay / 1000).toFixed(1)} s — see ${logFile}`);
       setTimeout(() => !this.stopping && this.spawn(spec, n), delay).unref();
     });
   }

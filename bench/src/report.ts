@@ -1,0 +1,62 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** One measured figure, optionally compared with its ceiling measured in the same run. */
+export interface Row {
+  name: string;
+  value: number;
+  unit: string;
+  /** the ceiling's row name, and value / ceiling */
+  vs?: string;
+  ratio?: number;
+  target?: string;
+  note?: string;
+}
+
+export interface SuiteResult {
+  suite: string;
+  startedAt: string;
+  machine: { cpus: number; model: string; node: string };
+  rows: Row[];
+  details?: Record<string, unknown>;
+}
+
+export const resultsDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'results');
+
+export function machine(): SuiteResult['machine'] {
+  return { cpus: os.availableParallelism(), model: os.cpus()[0]?.model ?? 'unknown', node: process.version };
+}
+
+/** Adds `ratio` to rows that name a ceiling in the same result. */
+export function withRatios(rows: Row[]): Row[] {
+  return rows.map((r) => {
+    const ceiling = r.vs ? rows.find((c) => c.name === r.vs) : undefined;
+    return ceiling && ceiling.value > 0 ? { ...r, ratio: r.value / ceiling.value } : r;
+  });
+}
+
+export function table(result: SuiteResult): string {
+  const head = ['figure', 'value', 'unit', 'vs', 'ratio', 'target'];
+  const lines = result.rows.map((r) => [r.name, r.value >= 100 ? r.value.toFixed(0) : r.value.toPrecision(3), r.unit, r.vs ?? '', r.ratio !== undefined ? `${r.ratio.toFixed(2)}×` : '', r.target ?? '']);
+  const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const fmt = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
+  return [`## ${result.suite}`, fmt(head), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...lines.map(fmt)].join('\n');
+}
+
+export async function save(result: SuiteResult): Promise<string> {
+  await mkdir(resultsDir, { recursive: true });
+  const file = path.join(resultsDir, `${result.suite}.json`);
+  await writeFile(file, `${JSON.stringify(result, null, 2)}\n`);
+  return file;
+}
+
+/** Calls `fn` until at least `minSeconds` have passed; returns runs and total seconds. */
+export async function timeAtLeast(minSeconds: number, fn: () => Promise<number>): Promise<{ items: number; seconds: number }> {
+  const start = performance.now();
+  let items = 0;
+  do items += await fn();
+  while ((performance.now() - start) / 1000 < minSeconds);
+  return { items, seconds: (performance.now() - start) / 1000 };
+}
