@@ -24,7 +24,7 @@ const sink = { write: (s: string) => ((output += s), true) } as unknown as NodeJ
 const photos = 'photos-e2e';
 
 beforeAll(async () => {
-  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '8' });
+  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '8', TL_MODEL_WEIGHTS: 'random' });
   ctx = await openCliContext(stack.config, sink);
 });
 afterAll(async () => {

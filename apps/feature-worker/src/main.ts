@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 import { createLogger, loadConfig, runUntilSignal, startMetricsServer } from '@transferline/shared';
-import { startRole, type Role } from './worker.js';
+import { startEmbedRole } from './embed.worker.js';
+import { startPreprocessRole } from './preprocess.worker.js';
+import type { Role } from './role.js';
 
 const DEFAULT_PORTS: Record<Role, number> = { preprocess: 9465, embed: 9466 };
 
@@ -12,7 +14,7 @@ async function main(): Promise<void> {
   }
   const config = loadConfig(process.env);
   const log = createLogger(role, config.logLevel);
-  const running = await startRole(role, config, log);
+  const running = role === 'preprocess' ? await startPreprocessRole(config, log) : await startEmbedRole(config, log);
   const server = await startMetricsServer(running.metrics.registry, config.metrics.host, config.metrics.port ?? DEFAULT_PORTS[role], running.healthy);
   log.info({ metricsPort: server.port }, `serving /metrics and /healthz on port ${server.port}`);
   runUntilSignal(log, async () => {

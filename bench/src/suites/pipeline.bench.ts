@@ -41,7 +41,7 @@ export async function pipelineBench(o: { perClass: number }): Promise<SuiteResul
   embedder.dispose();
 
   // The pipeline: one process per role, as `transferline up` runs it.
-  const stack = await startTempStack({ TL_EMBED_BATCH_SIZE: '8', TL_LOG_LEVEL: 'warn' });
+  const stack = await startTempStack({ TL_EMBED_BATCH_SIZE: '8', TL_LOG_LEVEL: 'warn', TL_MODEL_WEIGHTS: 'random' });
   const rows: Row[] = [];
   try {
     const ctx = await openCliContext(stack.config, quiet);

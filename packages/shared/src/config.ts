@@ -8,6 +8,18 @@ const bool = z
 
 const port = z.coerce.number().int().min(0).max(65535);
 
+/** Keras's ImageNet weights for EfficientNetB0(include_top=False): where they are published and their MD5. */
+export const OFFICIAL_WEIGHTS = {
+  url: 'https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5',
+  md5: '50bc09e76180e00e4465e1a485ddc09d',
+  fileName: 'efficientnetb0_notop.h5',
+} as const;
+
+function hexColour(hex: string): { r: number; g: number; b: number } {
+  const n = Number.parseInt(hex.slice(1), 16);
+  return { r: (n >> 16) & 255, g: (n >> 8) & 255, b: n & 255 };
+}
+
 /** Every environment variable transferline reads, with a default that works on one machine. */
 export const ConfigSchema = z
   .object({
@@ -44,8 +56,25 @@ export const ConfigSchema = z
     TL_TENSOR_TTL_SECONDS: z.coerce.number().int().min(60).default(7 * 24 * 3600),
     TL_EMBED_BATCH_SIZE: z.coerce.number().int().min(1).max(512).default(8),
     TL_EMBED_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(60_000).default(100),
+    TL_RESIZE: z.enum(['squash', 'crop']).default('squash'),
+    TL_ALPHA_BACKGROUND: z
+      .string()
+      .regex(/^#[0-9a-fA-F]{6}$/, 'a colour as #rrggbb')
+      .default('#ffffff'),
+    TL_MAX_PENDING_TENSORS: z.coerce.number().int().min(1).default(2048),
+    TL_SHARP_CONCURRENCY: z.coerce.number().int().min(0).max(256).default(0),
     TL_TF_BACKEND: z.enum(['auto', 'tensorflow', 'wasm', 'cpu']).default('auto'),
-    TL_MODEL_WEIGHTS: z.enum(['random']).default('random'),
+    TL_MODEL_WEIGHTS: z.enum(['imagenet', 'random']).default('imagenet'),
+    TL_MODEL_WEIGHTS_SOURCE: z
+      .string()
+      .regex(/^(https:\/\/|http:\/\/|s3:\/\/|\/|\.|file:)/, 'an https:// URL, an s3:// URL or a file path')
+      .default(OFFICIAL_WEIGHTS.url),
+    TL_MODEL_WEIGHTS_MD5: z
+      .string()
+      .regex(/^[0-9a-f]{32}$/, 'an MD5 in lowercase hex')
+      .default(OFFICIAL_WEIGHTS.md5),
+    TL_MODEL_CACHE_DIR: z.string().min(1).optional(),
+    XDG_CACHE_HOME: z.string().min(1).optional(),
     TL_MODEL_SEED: z.coerce.number().int().min(0).default(42),
   })
   .transform((env) => ({
@@ -72,6 +101,11 @@ export const ConfigSchema = z
     logLevel: env.TL_LOG_LEVEL,
     preprocess: {
       concurrency: env.TL_PREPROCESS_CONCURRENCY,
+      resize: env.TL_RESIZE,
+      background: hexColour(env.TL_ALPHA_BACKGROUND),
+      maxPendingTensors: env.TL_MAX_PENDING_TENSORS,
+      /** libvips threads per sharp call; 0 = sharp's default */
+      sharpConcurrency: env.TL_SHARP_CONCURRENCY,
       maxObjectBytes: env.TL_MAX_OBJECT_BYTES,
       maxInputPixels: env.TL_MAX_INPUT_PIXELS,
       tensorTtlSeconds: env.TL_TENSOR_TTL_SECONDS,
@@ -81,6 +115,9 @@ export const ConfigSchema = z
       batchWaitMs: env.TL_EMBED_BATCH_WAIT_MS,
       backend: env.TL_TF_BACKEND,
       weights: env.TL_MODEL_WEIGHTS,
+      weightsSource: env.TL_MODEL_WEIGHTS_SOURCE,
+      weightsMd5: env.TL_MODEL_WEIGHTS_MD5,
+      cacheDir: path.resolve(env.TL_MODEL_CACHE_DIR ?? path.join(env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'transferline')),
       seed: env.TL_MODEL_SEED,
     },
   }));
@@ -98,7 +135,7 @@ export class ConfigError extends Error {
  */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const relevant = Object.fromEntries(
-    Object.entries(env).filter(([k, v]) => v !== undefined && v !== '' && (k.startsWith('TL_') || k.startsWith('S3_') || k === 'REDIS_URL')),
+    Object.entries(env).filter(([k, v]) => v !== undefined && v !== '' && (k.startsWith('TL_') || k.startsWith('S3_') || k === 'REDIS_URL' || k === 'XDG_CACHE_HOME')),
   );
   const parsed = ConfigSchema.safeParse(relevant);
   if (!parsed.success) {

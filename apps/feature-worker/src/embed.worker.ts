@@ -1,0 +1,57 @@
+import {
+  createMetrics,
+  createServices,
+  embedderIdFromConfig,
+  startWorker,
+  type Config,
+  type EmbedJob,
+  type Handler,
+  type Logger,
+} from '@transferline/shared';
+import { loadTfRuntime } from '@transferline/shared/tf';
+import { embedBatch, type EmbedOutcome } from './embed-images.job.js';
+import { createEfficientNetEmbedder } from './embedder.js';
+import { MicroBatcher } from './micro-batcher.js';
+import type { RunningRole } from './role.js';
+
+/** config → deps → the embed worker (the model, dynamic batching, the durable cache). */
+export async function startEmbedRole(config: Config, log: Logger): Promise<RunningRole> {
+  const metrics = createMetrics('embed');
+  const services = createServices(config, 'worker');
+  const embedderId = embedderIdFromConfig(config);
+  const rt = await loadTfRuntime(config.embed.backend, log);
+  const embedder = createEfficientNetEmbedder(rt, { seed: config.embed.seed });
+  const weights = config.embed.weights;
+  metrics.modelInfo.set({ backend: rt.backend, weights, embedder: embedderId }, 1);
+  if (weights === 'random') {
+    log.warn({ embedderId }, 'embedding with deterministic RANDOM weights (seeded), not ImageNet: features are only good for easy tasks');
+  }
+  const batcher = new MicroBatcher<EmbedJob, EmbedOutcome>(
+    (jobs) => embedBatch(jobs, { services, embedder, embedderId, metrics }),
+    config.embed.batchSize,
+    config.embed.batchWaitMs,
+  );
+  const handler: Handler<'embed'> = (payload) => batcher.submit(payload);
+  // Concurrency 2×B: while one batch runs, the next one is already being collected.
+  const worker = startWorker('embed', handler, {
+    connection: services.redis,
+    prefix: config.redis.prefix,
+    log,
+    metrics,
+    concurrency: 2 * config.embed.batchSize,
+    lockDuration: 120_000,
+  });
+  log.info({ role: 'embed', embedderId, backend: rt.backend, batchSize: config.embed.batchSize }, 'worker started');
+  let closing = false;
+  return {
+    metrics,
+    healthy: () => !closing && worker.isRunning(),
+    stop: async () => {
+      closing = true;
+      await worker.close();
+      await batcher.drain();
+      embedder.dispose();
+      await services.close();
+    },
+  };
+}
