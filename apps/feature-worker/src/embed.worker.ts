@@ -7,6 +7,8 @@ import {
   type EmbedJob,
   type Handler,
   type Logger,
+  resolveWeights,
+  type WeightsFile,
 } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { embedBatch, type EmbedOutcome } from './embed-images.job.js';
@@ -20,8 +22,21 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   const services = createServices(config, 'worker');
   const embedderId = embedderIdFromConfig(config);
   const rt = await loadTfRuntime(config.embed.backend, log);
-  const embedder = createEfficientNetEmbedder(rt, { seed: config.embed.seed });
   const weights = config.embed.weights;
+  let weightsFile: WeightsFile | undefined;
+  if (weights === 'imagenet') {
+    let lastLog = 0;
+    weightsFile = await resolveWeights(config.embed, {
+      store: services.store,
+      onProgress: (received, total) => {
+        if (Date.now() - lastLog < 2_000) return;
+        lastLog = Date.now();
+        log.info({ received, total }, 'downloading EfficientNet-B0 weights');
+      },
+    });
+    log.info({ path: weightsFile.path, md5: weightsFile.md5, downloaded: weightsFile.downloaded }, 'ImageNet weights verified');
+  }
+  const embedder = await createEfficientNetEmbedder(rt, { seed: config.embed.seed, ...(weightsFile && { weights: weightsFile.bytes }) });
   metrics.modelInfo.set({ backend: rt.backend, weights, embedder: embedderId }, 1);
   if (weights === 'random') {
     log.warn({ embedderId }, 'embedding with deterministic RANDOM weights (seeded), not ImageNet: features are only good for easy tasks');

@@ -1,5 +1,7 @@
+import type * as tfTypes from '@tensorflow/tfjs';
 import type { TfRuntime } from '@transferline/shared/tf';
 import { buildEfficientNetB0, EFFICIENTNET_B0_EMBEDDING_DIM, EFFICIENTNET_B0_INPUT_SIZE } from './model/efficientnet-b0.model.js';
+import { loadKerasH5Weights } from './model/keras-h5-weights.loader.js';
 
 /** The model behind one module, with one verb: pixels in, embeddings out. */
 export interface Embedder {
@@ -10,14 +12,25 @@ export interface Embedder {
   dispose(): void;
 }
 
+export interface EmbedderOptions {
+  /** seed of the initial weights (what runs when no weights file is given) */
+  seed: number;
+  /** a Keras `efficientnetb0_notop.h5` (legacy HDF5 layout) to load */
+  weights?: Uint8Array;
+  /** input side; 224 for the ImageNet model, smaller only in tests */
+  inputSize?: number;
+}
+
 /**
  * EfficientNet-B0 (ImageNet normalisation inside the graph). The uint8 pixels go to the device
- * as they are and are cast to float there, so host-to-device traffic is 4× smaller.
+ * as int32 and are cast to float there, so host-to-device traffic stays small; every
+ * intermediate tensor is released by tidy().
  */
-export function createEfficientNetEmbedder(rt: TfRuntime, options: { seed: number }): Embedder {
+export async function createEfficientNetEmbedder(rt: TfRuntime, options: EmbedderOptions): Promise<Embedder> {
   const { tf } = rt;
-  const model = buildEfficientNetB0({ seed: options.seed });
-  const size = EFFICIENTNET_B0_INPUT_SIZE;
+  const size = options.inputSize ?? EFFICIENTNET_B0_INPUT_SIZE;
+  const model = buildEfficientNetB0({ seed: options.seed, inputSize: size });
+  if (options.weights) await loadKerasH5Weights(model, options.weights);
   const pixelsPerImage = size * size * 3;
   return {
     inputSize: size,
@@ -27,10 +40,10 @@ export function createEfficientNetEmbedder(rt: TfRuntime, options: { seed: numbe
         if (img.length !== pixelsPerImage) throw new Error(`expected ${pixelsPerImage} bytes per image, got ${img.length}`);
       }
       return tf.tidy(() => {
-        const flat = new Uint8Array(images.length * pixelsPerImage);
+        const flat = new Int32Array(images.length * pixelsPerImage);
         images.forEach((img, i) => flat.set(img, i * pixelsPerImage));
         const x = tf.tensor4d(flat, [images.length, size, size, 3], 'int32').toFloat();
-        const y = model.predict(x) as import('@tensorflow/tfjs').Tensor;
+        const y = model.predict(x) as tfTypes.Tensor;
         return y.dataSync() as Float32Array;
       });
     },

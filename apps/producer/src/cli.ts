@@ -43,11 +43,14 @@ program
   .description('start the embedded stack on this machine: S3-compatible server, Redis, every worker, metrics')
   .option('--demo', 'make a labelled sample set, ingest it, train a classifier and print the report')
   .option('--exit-after-demo', 'stop the stack when the demo is done')
+  .option('--metrics-port <n>', 'first metrics port: producer n, preprocess n+1, embed n+2, train n+3 (+10 per extra replica; default 9464)', int('--metrics-port'))
   .option('--preprocess-workers <n>', 'preprocess processes (default 1)', int('--preprocess-workers'))
   .option('--embed-workers <n>', 'embed processes (default 1; the wasm backend is single-threaded, so one per core)', int('--embed-workers'))
-  .action(async (o: { demo?: boolean; exitAfterDemo?: boolean; preprocessWorkers?: number; embedWorkers?: number }) => {
+  .action(async (o: { demo?: boolean; exitAfterDemo?: boolean; preprocessWorkers?: number; embedWorkers?: number; metricsPort?: number }) => {
+    const base = o.metricsPort;
     await upCommand(process.env, {
       demo: !!o.demo,
+      ...(base !== undefined && { ports: { producer: base, preprocess: base + 1, embed: base + 2, train: base + 3 } }),
       exitAfterDemo: !!o.exitAfterDemo,
       replicas: { ...(o.preprocessWorkers !== undefined && { preprocess: o.preprocessWorkers }), ...(o.embedWorkers !== undefined && { embed: o.embedWorkers }) },
     });

@@ -33,7 +33,7 @@ export async function pipelineBench(o: { perClass: number }): Promise<SuiteResul
     return n;
   });
   const rt = await loadTfRuntime('auto');
-  const embedder = createEfficientNetEmbedder(rt, { seed: 42 });
+  const embedder = await createEfficientNetEmbedder(rt, { seed: 42 });
   embedder.embedBatch(pixels.slice(0, 8)); // warm-up: kernels compiled, memory allocated
   const predictStart = performance.now();
   for (let i = 0; i < n; i += 8) embedder.embedBatch(pixels.slice(i, i + 8));

@@ -17,3 +17,4 @@ export * from './embedder-id.js';
 export * from './services.js';
 export * from './lifecycle.js';
 export * from './random.js';
+export * from './weights.source.js';

@@ -1,12 +1,13 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { createLogger } from '@transferline/shared';
+import { createLogger, loadConfig, resolveWeights, WeightsUnavailableError } from '@transferline/shared';
 import { openCliContext } from '../cli-context.js';
 import { writeSampleSet } from '../demo/sample-images.js';
 import { childPorts, DEFAULT_PORTS, DEFAULT_REPLICAS, startStack, type Replicas, type StackPorts } from '../embedded/stack.js';
 import { ingestCommand } from './ingest.command.js';
 import { trainCommand } from './train.command.js';
 import { uploadCommand } from './upload.command.js';
+import { createProgress } from '../progress.js';
 
 export interface UpOptions {
   demo: boolean;
@@ -18,6 +19,30 @@ export interface UpOptions {
 }
 
 const DEMO_BUCKET = 'photos';
+
+/**
+ * Fetches the ImageNet weights into the cache once, with a progress bar, before any worker
+ * starts (the workers then find them there). Offline, the demo goes on with seeded random
+ * weights and says so; without --demo that is an error that says where to put the file.
+ */
+async function ensureWeights(env: NodeJS.ProcessEnv, demo: boolean, w: (s: string) => void): Promise<NodeJS.ProcessEnv> {
+  const config = loadConfig(env);
+  if (config.embed.weights !== 'imagenet' || config.embed.weightsSource.startsWith('s3://')) return env;
+  const bar = createProgress('EfficientNet-B0 weights');
+  try {
+    const file = await resolveWeights(config.embed, { onProgress: (r, t) => bar.update(Math.round(r / 1e5) / 10, t ? Math.round(t / 1e5) / 10 : 0, 'MB') });
+    bar.stop();
+    if (file.downloaded) w(`downloaded the EfficientNet-B0 ImageNet weights to ${file.path} (MD5 verified)`);
+    return env;
+  } catch (err) {
+    bar.stop();
+    if (!(err instanceof WeightsUnavailableError) || !demo) throw err;
+    w(`\n!! ${err.message}`);
+    w('!! The demo goes on with SEEDED RANDOM WEIGHTS (TL_MODEL_WEIGHTS=random): features good enough for the');
+    w('!! coloured-shape demo, not for real photos. Logs, metrics and the trained model all say "random".\n');
+    return { ...env, TL_MODEL_WEIGHTS: 'random' };
+  }
+}
 const DEMO_PREFIX = 'train/';
 
 /**
@@ -27,6 +52,7 @@ const DEMO_PREFIX = 'train/';
  */
 export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJS.WritableStream = process.stdout): Promise<void> {
   const w = (s: string) => out.write(`${s}\n`);
+  env = await ensureWeights(env, o.demo, w);
   const ports0 = { ...DEFAULT_PORTS, ...o.ports };
   const children = childPorts(ports0, { ...DEFAULT_REPLICAS, ...o.replicas });
   const stack = await startStack(env, ports0, (line) => w(`[up] ${line}`), children);
@@ -48,6 +74,7 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   w(`  S3 (path-style)  ${config.s3.endpoint}   access key ${config.s3.accessKeyId} / secret ${config.s3.secretAccessKey}${config.s3.embedded ? `   data: ${path.join(config.dataDir, 's3')}` : ''}`);
   w(`  Redis            ${config.redis.url}${config.redis.embedded ? `   data: ${path.join(config.dataDir, 'redis')}` : ''}`);
   w(`  metrics/health   producer :${ports.producer}  ${children.map((c) => `${c.role}${c.replica > 1 ? `#${c.replica}` : ''} :${c.metricsPort}`).join('  ')}   (/metrics, /healthz)`);
+  w(`  model            EfficientNet-B0, ${config.embed.weights === 'random' ? `SEEDED RANDOM weights (seed ${config.embed.seed})` : `ImageNet weights (MD5 ${config.embed.weightsMd5})`}, backend: see ${path.join(config.dataDir, 'logs', 'embed.log')}`);
   w(`  worker logs      ${path.join(config.dataDir, 'logs')}/`);
   w(`  bucket for embeddings and models: s3://${config.s3.bucket}/${config.s3.prefix}`);
 

@@ -56,7 +56,8 @@ export class Supervisor {
     const logFile = this.logFile(spec.role, spec.replica);
     const log = createWriteStream(logFile, { flags: 'a' });
     const child = spawn(process.execPath, [script, ...args], {
-      env: { ...spec.env, TL_METRICS_PORT: String(spec.metricsPort) },
+      // The SDK's notice that its 2027 releases need Node 22 would repeat in every worker log.
+      env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...spec.env, TL_METRICS_PORT: String(spec.metricsPort) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     child.stdout?.pipe(log, { end: false });

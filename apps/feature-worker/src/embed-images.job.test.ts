@@ -1,0 +1,88 @@
+import { describe, expect, it } from 'vitest';
+import { createMetrics, PermanentError, redisKeys } from '@transferline/shared';
+import { embedBatch, type EmbedDeps } from './embed-images.job.js';
+import type { Embedder } from './embedder.js';
+
+const sha = (n: number) => n.toString(16).padStart(64, '0');
+const ID = 'efficientnet-b0.test.squash224';
+
+/** Plain fakes: an in-memory cache and tensor store, an embedder that counts its forward passes. */
+function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
+  const index = new Map<string, string>(cached.map((h) => [h, 'old 0']));
+  const shards: { hashes: string[]; data: Float32Array }[] = [];
+  const deleted: string[] = [];
+  const failures = new Map<string, string>();
+  const forward: number[] = [];
+  const embedder: Embedder = {
+    inputSize: 2,
+    dim: 3,
+    embedBatch: (images) => {
+      forward.push(images.length);
+      return Float32Array.from(images.flatMap((img) => [img[0]!, img[1]!, img[2]!]));
+    },
+    dispose: () => {},
+  };
+  const deps = {
+    embedder,
+    embedderId: ID,
+    metrics: createMetrics('test'),
+    services: {
+      keys: redisKeys('t'),
+      redis: { hset: async (_k: string, f: string, v: string) => void failures.set(f, v) },
+      cache: {
+        has: async (_id: string, hs: string[]) => hs.map((h) => index.has(h)),
+        writeShard: async (_id: string, hashes: string[], data: Float32Array) => {
+          shards.push({ hashes, data });
+          hashes.forEach((h, i) => index.set(h, `s${shards.length} ${i}`));
+          return `s${shards.length}`;
+        },
+      },
+      tensors: {
+        get: async (h: string) => (pixels[h] ? Buffer.from(pixels[h]!) : null),
+        delete: async (hs: string[]) => void deleted.push(...hs),
+      },
+    },
+  } as unknown as EmbedDeps;
+  return { deps, index, shards, deleted, failures, forward };
+}
+
+const px = (v: number) => Uint8Array.from({ length: 12 }, () => v);
+
+describe('embedBatch', () => {
+  it('embeds a batch in one forward pass, stores it as one shard, then frees the pixels', async () => {
+    const f = fakeDeps({ [sha(1)]: px(1), [sha(2)]: px(2) });
+    const r = await embedBatch([{ sha256: sha(1), embedderId: ID }, { sha256: sha(2), embedderId: ID }], f.deps);
+    expect(r).toEqual(['embedded', 'embedded']);
+    expect(f.forward).toEqual([2]);
+    expect(f.shards).toHaveLength(1);
+    expect([...f.shards[0]!.data]).toEqual([1, 1, 1, 2, 2, 2]);
+    expect(f.deleted.sort()).toEqual([sha(1), sha(2)]);
+  });
+
+  it('fails an image whose pixels are gone alone, with a reason, and embeds the rest', async () => {
+    const f = fakeDeps({ [sha(1)]: px(1), [sha(3)]: px(3) });
+    const r = await embedBatch([1, 2, 3].map((n) => ({ sha256: sha(n), embedderId: ID })), f.deps);
+    expect(r[0]).toBe('embedded');
+    expect(r[1]).toBeInstanceOf(PermanentError);
+    expect((r[1] as PermanentError).reason).toBe('pixels-expired');
+    expect(r[2]).toBe('embedded');
+    expect(f.forward).toEqual([2]);
+    expect(f.failures.get(sha(2))).toMatch(/^pixels-expired /);
+  });
+
+  it('running the same jobs twice embeds once (the second run finds them cached)', async () => {
+    const f = fakeDeps({ [sha(1)]: px(1) });
+    const jobs = [{ sha256: sha(1), embedderId: ID }];
+    expect(await embedBatch(jobs, f.deps)).toEqual(['embedded']);
+    expect(await embedBatch(jobs, f.deps)).toEqual(['cached']);
+    expect(f.forward).toEqual([1]);
+    expect(f.shards).toHaveLength(1);
+  });
+
+  it('refuses a job made for another embedding space', async () => {
+    const f = fakeDeps({ [sha(1)]: px(1) });
+    const [r] = await embedBatch([{ sha256: sha(1), embedderId: 'efficientnet-b0.other.crop224' }], f.deps);
+    expect((r as PermanentError).reason).toBe('wrong-embedder');
+    expect(f.forward).toEqual([]);
+  });
+});
