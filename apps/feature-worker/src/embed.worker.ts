@@ -54,7 +54,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     log,
     metrics,
     concurrency: 2 * config.embed.batchSize,
-    lockDuration: 120_000,
+    lockDuration: config.jobLockMs,
   });
   log.info({ role: 'embed', embedderId, backend: rt.backend, batchSize: config.embed.batchSize }, 'worker started');
   let closing = false;

@@ -37,6 +37,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     log,
     metrics,
     concurrency: config.preprocess.concurrency,
+    lockDuration: config.jobLockMs,
   });
   log.info({ role: 'preprocess', embedderId, concurrency: config.preprocess.concurrency }, 'worker started');
   let closing = false;

@@ -2,6 +2,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { ConfigError, DatasetName, loadConfig } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
+import { compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { ingestCommand } from './commands/ingest.command.js';
 import { statusCommand } from './commands/status.command.js';
 import { trainCommand } from './commands/train.command.js';
@@ -96,6 +97,17 @@ program
   .option('-d, --dataset <name>', 'only this dataset', dataset)
   .option('--json', 'machine-readable output')
   .action((o: { dataset?: string; json?: boolean }) => withContext((ctx) => statusCommand(ctx, o)));
+
+const cache = program.command('cache').description('the embedding cache in the bucket');
+cache
+  .command('rebuild-index')
+  .description('restore the Redis index of the embedding cache from the shards in the bucket (after Redis lost its data)')
+  .action(() => withContext(rebuildIndexCommand));
+cache
+  .command('compact')
+  .description('merge the small per-batch shards into large ones, so training reads few large objects')
+  .option('--rows <n>', 'rows per merged shard (default 4096)', int('--rows'), 4096)
+  .action((o: { rows: number }) => withContext((ctx) => compactCommand(ctx, o.rows)));
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const msg = err instanceof ConfigError ? err.message : `transferline: ${(err as Error).message}`;

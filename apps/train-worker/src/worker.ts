@@ -31,7 +31,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     concurrency: 1,
     log,
     metrics,
-    lockDuration: 300_000,
+    lockDuration: config.jobLockMs,
   });
   let closing = false;
   return {

@@ -49,6 +49,7 @@ export const ConfigSchema = z
       .default(''),
     TL_METRICS_HOST: z.string().default('0.0.0.0'),
     TL_METRICS_PORT: port.optional(),
+    TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(60_000),
     TL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     TL_PREPROCESS_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(Math.max(1, os.availableParallelism())),
     TL_MAX_OBJECT_BYTES: z.coerce.number().int().min(1).default(64 * 1024 * 1024),
@@ -99,6 +100,8 @@ export const ConfigSchema = z
     },
     metrics: { host: env.TL_METRICS_HOST, port: env.TL_METRICS_PORT },
     logLevel: env.TL_LOG_LEVEL,
+    /** how long a worker holds a job without renewing its lock before others treat it as crashed */
+    jobLockMs: env.TL_JOB_LOCK_MS,
     preprocess: {
       concurrency: env.TL_PREPROCESS_CONCURRENCY,
       resize: env.TL_RESIZE,

@@ -107,17 +107,76 @@ export class EmbeddingCache {
     return { data, rows: hashes.length, dim };
   }
 
-  /** Restores the Redis index of one embedding space from the shards in the bucket. Returns the count indexed. */
-  async rebuildIndex(embedderId: string): Promise<number> {
-    let count = 0;
+  /** The shards of one embedding space, with their row counts, from the bucket. */
+  async listShards(embedderId: string): Promise<{ shardId: string; rows: number; hashes: string[] }[]> {
+    const shards: { shardId: string; rows: number; hashes: string[] }[] = [];
     for await (const o of this.store.listObjects(this.bucket, `${this.prefix}embeddings/${embedderId}/`)) {
       if (!o.key.endsWith('.json')) continue;
       const manifest = await this.store.getJson<ShardManifest>(this.bucket, o.key);
       if (!manifest || !Array.isArray(manifest.hashes)) continue;
-      const shardId = o.key.slice(o.key.lastIndexOf('/') + 1, -'.json'.length);
-      await this.index(embedderId, shardId, manifest.hashes);
-      count += manifest.hashes.length;
+      shards.push({ shardId: o.key.slice(o.key.lastIndexOf('/') + 1, -'.json'.length), rows: manifest.hashes.length, hashes: manifest.hashes });
     }
-    return count;
+    return shards;
+  }
+
+  /**
+   * Merges small shards (the embed stage writes one per forward batch) into shards of up to
+   * `targetRows`, so training reads N embeddings in about N / targetRows requests. Each merged
+   * shard is written and indexed before the small ones are deleted; a hash stored twice (a batch
+   * retried after a crash) is kept once. A reader holding an old location may fail once and
+   * retry (train jobs do).
+   */
+  async compact(embedderId: string, targetRows = 4096): Promise<{ shardsBefore: number; shardsAfter: number; rows: number }> {
+    const shards = await this.listShards(embedderId);
+    const small = shards.filter((s) => s.rows < targetRows / 2).sort((a, b) => (a.shardId < b.shardId ? -1 : 1));
+    const bundles: (typeof small)[] = [];
+    let current: typeof small = [];
+    let rows = 0;
+    for (const s of small) {
+      if (rows + s.rows > targetRows && current.length) {
+        bundles.push(current);
+        current = [];
+        rows = 0;
+      }
+      current.push(s);
+      rows += s.rows;
+    }
+    if (current.length > 1) bundles.push(current);
+    let removed = 0;
+    for (const bundle of bundles) {
+      if (bundle.length < 2) continue;
+      const hashes: string[] = [];
+      const parts: Float32Array[] = [];
+      let dim = 0;
+      const seen = new Set<string>();
+      for (const s of bundle) {
+        const npy = decodeNpyFloat32(await this.store.getObject(this.bucket, this.shardKey(embedderId, s.shardId, 'npy')));
+        dim = npy.cols;
+        s.hashes.forEach((h, row) => {
+          if (seen.has(h)) return;
+          seen.add(h);
+          hashes.push(h);
+          parts.push(npy.data.subarray(row * dim, (row + 1) * dim));
+        });
+      }
+      const data = new Float32Array(hashes.length * dim);
+      parts.forEach((p, i) => data.set(p, i * dim));
+      const merged = await this.writeShard(embedderId, hashes, data, dim);
+      for (const s of bundle) {
+        if (s.shardId === merged) continue;
+        await this.store.deleteObject(this.bucket, this.shardKey(embedderId, s.shardId, 'json'));
+        await this.store.deleteObject(this.bucket, this.shardKey(embedderId, s.shardId, 'npy'));
+      }
+      removed += bundle.length - 1; // one merged shard replaces the bundle
+    }
+    const total = shards.reduce((a, s) => a + s.rows, 0);
+    return { shardsBefore: shards.length, shardsAfter: shards.length - removed, rows: total };
+  }
+
+  /** Restores the Redis index of one embedding space from the shards in the bucket. Returns the count indexed. */
+  async rebuildIndex(embedderId: string): Promise<number> {
+    const shards = await this.listShards(embedderId);
+    for (const s of shards) await this.index(embedderId, s.shardId, s.hashes);
+    return this.size(embedderId);
   }
 }

@@ -38,8 +38,11 @@ export interface WorkerSettings {
   concurrency: number;
   log: Logger;
   metrics: Metrics;
-  /** Longer locks for slow jobs (ms); BullMQ renews them while the job runs. */
-  lockDuration?: number;
+  /**
+   * How long a job's lock lasts (ms). BullMQ renews it at half-time while the job runs; when a
+   * worker dies, other workers find its jobs stalled once it expires and run them again.
+   */
+  lockDuration: number;
 }
 
 /**
@@ -84,7 +87,8 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
     connection: s.connection,
     prefix: s.prefix,
     concurrency: s.concurrency,
-    lockDuration: s.lockDuration ?? 60_000,
+    lockDuration: s.lockDuration,
+    stalledInterval: Math.min(30_000, s.lockDuration),
     autorun: true,
   });
   worker.on('error', (err) => s.log.error({ err: err.message }, 'worker error'));

@@ -50,6 +50,11 @@ export class Supervisor {
     return [...this.children.keys()].sort();
   }
 
+  /** Sends a signal to one worker process (tests use SIGKILL to play a crash); false if it is not running. */
+  signal(role: RoleName, replica: number, signal: NodeJS.Signals): boolean {
+    return this.children.get(`${role}#${replica}`)?.kill(signal) ?? false;
+  }
+
   private spawn(spec: ChildSpec, restarts: number): void {
     const { script, args } = ROLES[spec.role];
     const name = `${spec.role}#${spec.replica}`;

@@ -1,0 +1,93 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { ingestCommand, waitForDataset } from '../apps/producer/src/commands/ingest.command.js';
+import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
+import { EmbeddingCache, ObjectStore } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { runCli, startTestStack, type TestStack } from './support/stack.js';
+
+guardLeaks();
+
+let stack: TestStack;
+let ctx: CliContext;
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+const photos = 'photos-cache';
+
+beforeAll(async () => {
+  // short job locks, so a crashed worker's jobs come back within seconds
+  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '4', TL_EMBED_BATCH_WAIT_MS: '50', TL_MODEL_WEIGHTS: 'random', TL_JOB_LOCK_MS: '3000' });
+  ctx = await openCliContext(stack.config, sink);
+  await ctx.services.store.ensureBucket(photos);
+});
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+async function drop(prefix: string, perClass: number, seed: number): Promise<number> {
+  let n = 0;
+  for (const kind of Object.keys(SAMPLE_CLASSES) as SampleClass[]) {
+    for (let i = 0; i < perClass; i++, n++) await ctx.services.store.putObject(photos, `${prefix}${kind}/${i}.jpg`, await renderSample(kind, i, seed));
+  }
+  return n;
+}
+
+describe('the embedding cache', () => {
+  let total = 0;
+
+  it('loses nothing when the embed worker is killed in the middle of its batches', async () => {
+    total += await drop('a/', 8, 1);
+    await ingestCommand(ctx, `s3://${photos}/a/`, { dataset: 'crash', wait: false });
+    const deadline = Date.now() + 60_000;
+    while ((await ctx.queues.embed.getJobCounts('active')).active === 0) {
+      if (Date.now() > deadline) throw new Error('embed never became active');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(stack.supervisor.signal('embed', 1, 'SIGKILL')).toBe(true);
+    // the supervisor restarts it; the new process finds the dead one's jobs stalled and runs them again
+    const s = await waitForDataset(ctx, 'crash', 60);
+    expect(s).toMatchObject({ total, embedded: total, failed: 0, pending: 0 });
+    expect(await ctx.services.cache.size(ctx.embedderId)).toBe(total);
+    expect(stack.events.some((e) => /embed#1 exited \(SIGKILL\)/.test(e))).toBe(true);
+    expect(await ctx.queues.embed.getJobCounts('failed')).toEqual({ failed: 0 });
+  }, 120_000);
+
+  it('rebuilds its Redis index from the bucket after Redis loses it', async () => {
+    await ctx.services.redis.del(ctx.services.keys.embeddingIndex(ctx.embedderId));
+    expect((await ctx.services.datasets.status('crash', ctx.embedderId)).embedded).toBe(0);
+    const r = await runCli(['cache', 'rebuild-index'], stack.env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`0 → ${total} images`);
+    expect((await ctx.services.datasets.status('crash', ctx.embedderId)).embedded).toBe(total);
+  });
+
+  it('after compaction, loads N embeddings with one request per large shard, values unchanged', async () => {
+    const items: string[] = [];
+    for await (const page of ctx.services.datasets.scan('crash')) for (const [, rec] of page) items.push(rec.sha256!);
+    const before = await ctx.services.cache.load(ctx.embedderId, items);
+    const shardsBefore = (await ctx.services.cache.listShards(ctx.embedderId)).length;
+    expect(shardsBefore).toBeGreaterThanOrEqual(total / 4);
+
+    const r = await runCli(['cache', 'compact', '--rows', '16'], stack.env);
+    expect(r.code).toBe(0);
+    const shards = await ctx.services.cache.listShards(ctx.embedderId);
+    expect(shards.length).toBe(Math.ceil(total / 16));
+    expect(shards.reduce((a, s) => a + s.rows, 0)).toBe(total);
+
+    let gets = 0;
+    const counting = new (class extends ObjectStore {
+      override getObject(bucket: string, key: string, max?: number) {
+        gets++;
+        return super.getObject(bucket, key, max);
+      }
+    })(stack.config.s3);
+    try {
+      const cache = new EmbeddingCache(ctx.services.redis, ctx.services.keys, counting, stack.config.s3.bucket, stack.config.s3.prefix);
+      const after = await cache.load(ctx.embedderId, items);
+      expect(gets).toBe(shards.length);
+      expect(Buffer.compare(Buffer.from(after.data.buffer), Buffer.from(before.data.buffer))).toBe(0);
+    } finally {
+      counting.close();
+    }
+  });
+});
