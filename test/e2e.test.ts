@@ -103,7 +103,7 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
       }
     })();
     const epochs = 60;
-    const run = await trainCommand(ctx, { dataset: 'e2e', wait: true, epochs, batchSize: 4 });
+    const run = await trainCommand(ctx, { dataset: 'e2e', wait: true, epochs, batchSize: 4, patience: 0 });
     scraping = false;
     await scraper;
 
@@ -118,7 +118,10 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     const last = seen.at(-1)!;
     expect(last.get('tl_train_epoch{dataset="e2e"}')).toBe(epochs);
     expect(last.get('tl_train_loss{dataset="e2e",split="validation"}')).toBeGreaterThanOrEqual(0);
-    expect(last.get('tl_train_accuracy{dataset="e2e",split="validation"}')).toBeCloseTo(result.validationAccuracy, 1);
+    const history = (run.report as { history: { valAccuracy: number }[]; bestEpoch: number }).history;
+    expect(last.get('tl_train_accuracy{dataset="e2e",split="validation"}')).toBeCloseTo(history.at(-1)!.valAccuracy, 6);
+    // the saved model is the best validation-loss epoch's
+    expect(result.validationAccuracy).toBeCloseTo(history[result.bestEpoch - 1]!.valAccuracy, 6);
 
     const bucket = stack.config.s3.bucket;
     for (const f of ['model.json', 'weights.bin', 'labels.json', 'report.json']) {
@@ -128,7 +131,7 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     const report = (await ctx.services.store.getJson<{ labels: string[]; validation: { confusionMatrix: number[][]; accuracy: number } }>(bucket, `${result.modelPrefix}report.json`))!;
     const labels = (await ctx.services.store.getJson<string[]>(bucket, `${result.modelPrefix}labels.json`))!;
     expect(labels).toEqual(report.labels);
-    expect(report.validation.confusionMatrix.flat().reduce((x, y) => x + y)).toBe(run.report && (run.report as { split: { validation: number } }).split.validation);
+    expect(report.validation.confusionMatrix.flat().reduce((x, y) => x + y)).toBe((run.report as { split: { validation: number } }).split.validation);
 
     // the saved head takes raw embeddings and classifies the training images as the report says
     const { tf } = await loadTfRuntime('wasm');
@@ -147,7 +150,7 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     const r = await runCli(['status', '--json'], datasetEnv());
     expect(r.code).toBe(0);
     const s = JSON.parse(r.stdout) as { queues: Record<string, { workers: number; failed: number }>; datasets: { dataset: string; embedded: number }[] };
-    expect(Object.keys(s.queues).sort()).toEqual(['embed', 'preprocess', 'train']);
+    expect(Object.keys(s.queues).sort()).toEqual(['classify', 'embed', 'preprocess', 'train']);
     expect(s.queues.embed!.workers).toBeGreaterThanOrEqual(1);
     expect(s.datasets.find((d) => d.dataset === 'e2e')?.embedded).toBe(distinct + 1);
   });

@@ -3,9 +3,11 @@ import { Command, InvalidArgumentError } from 'commander';
 import { ConfigError, DatasetName, loadConfig } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
+import { classifyCommand } from './commands/classify.command.js';
 import { ingestCommand } from './commands/ingest.command.js';
+import { modelsCommand } from './commands/models.command.js';
 import { statusCommand } from './commands/status.command.js';
-import { trainCommand } from './commands/train.command.js';
+import { followRun, trainCommand, type TrainOptions } from './commands/train.command.js';
 import { upCommand } from './commands/up.command.js';
 import { uploadCommand } from './commands/upload.command.js';
 
@@ -77,18 +79,38 @@ program
     }),
   );
 
+const fraction = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!(n >= 0 && n < 1)) throw new InvalidArgumentError(`${name} must be a fraction in [0, 1)`);
+  return n;
+};
+
 program
   .command('train')
   .description("fit a classification head on a dataset's cached embeddings; the model and report land in the bucket")
-  .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
-  .option('--epochs <n>', 'training epochs (default 60)', int('--epochs'))
-  .option('--learning-rate <lr>', 'Adam learning rate (default 0.01)', positive('--learning-rate'))
-  .option('--batch-size <n>', 'mini-batch size (default 32)', int('--batch-size'))
-  .option('--seed <n>', 'seed for the split and initial weights (default 1)', int('--seed'))
+  .option('-d, --dataset <name>', 'dataset name', dataset)
+  .option('--hidden-units <n>', 'add one ReLU hidden layer of n units (default 0: a softmax head, i.e. logistic regression)', int('--hidden-units'))
+  .option('--dropout <rate>', 'dropout after the hidden layer (default 0.2)', fraction('--dropout'))
+  .option('--epochs <n>', 'most epochs (default 100; early stopping usually ends sooner)', int('--epochs'))
+  .option('--learning-rate <lr>', 'Adam learning rate (default 0.001)', positive('--learning-rate'))
+  .option('--batch-size <n>', 'mini-batch size (default 64)', int('--batch-size'))
+  .option('--l2 <x>', 'L2 penalty on the weights (default 0.0001)', (v: string) => Number(v))
+  .option('--patience <n>', 'stop after n epochs without a better validation loss, keeping the best (default 10; 0 = off)', int('--patience'))
+  .option('--class-weights <mode>', 'balanced (default: weight rare classes up) or none')
+  .option('--validation-fraction <x>', 'share of each class held out for validation (default 0.2)', fraction('--validation-fraction'))
+  .option('--test-fraction <x>', 'share of each class held out for the test report (default 0.1)', fraction('--test-fraction'))
+  .option('--seed <n>', 'seed of initial weights, shuffles and dropout (default 1): same data + same seed = same figures', int('--seed'))
   .option('--run-id <id>', 'name of the run (default: a timestamp)')
+  .option('--follow <run>', 'follow a run started elsewhere instead of starting one')
   .option('--no-wait', 'enqueue and return without following the run')
-  .action((o: { dataset: string; epochs?: number; learningRate?: number; batchSize?: number; seed?: number; runId?: string; wait: boolean }) =>
-    withContext((ctx) => trainCommand(ctx, o)),
+  .action((o: TrainOptions & { dataset?: string; follow?: string; classWeights?: string }) =>
+    withContext(async (ctx) => {
+      if (o.follow) return followRun(ctx, o.follow);
+      if (!o.dataset) throw new Error('train needs --dataset NAME (or --follow RUN)');
+      if (o.classWeights !== undefined && o.classWeights !== 'balanced' && o.classWeights !== 'none') throw new Error('--class-weights is balanced or none');
+      const { follow: _follow, ...rest } = o;
+      return trainCommand(ctx, { ...rest, dataset: o.dataset, classWeights: o.classWeights as 'balanced' | 'none' | undefined });
+    }),
   );
 
 program
@@ -97,6 +119,28 @@ program
   .option('-d, --dataset <name>', 'only this dataset', dataset)
   .option('--json', 'machine-readable output')
   .action((o: { dataset?: string; json?: boolean }) => withContext((ctx) => statusCommand(ctx, o)));
+
+program
+  .command('classify')
+  .description('label the images under an s3:// prefix with a trained model; results as JSON Lines in the bucket')
+  .argument('<s3url>', 'e.g. s3://photos/incoming/')
+  .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to use, or dataset@run')
+  .option('--watch', 'keep classifying new objects under the prefix')
+  .option('--interval <seconds>', 'how often --watch looks for new objects (default 10)', int('--interval'), 10)
+  .action((url: string, o: { model: string; watch?: boolean; interval: number }) =>
+    withContext(async (ctx) => {
+      const stop = new AbortController();
+      process.once('SIGINT', () => stop.abort());
+      await classifyCommand(ctx, url, { model: o.model, watch: !!o.watch, intervalSeconds: o.interval, signal: stop.signal });
+    }),
+  );
+
+program
+  .command('models')
+  .description('trained runs with their validation and test accuracy')
+  .option('-d, --dataset <name>', 'only this dataset', dataset)
+  .option('--json', 'machine-readable output')
+  .action((o: { dataset?: string; json?: boolean }) => withContext((ctx) => modelsCommand(ctx, o)));
 
 const cache = program.command('cache').description('the embedding cache in the bucket');
 cache

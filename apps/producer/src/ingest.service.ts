@@ -2,7 +2,7 @@ import {
   DatasetRepository,
   enqueue,
   jobIds,
-  labelFromKey,
+  itemFromKey,
   type ItemRecord,
   type ObjectInfo,
   type PreprocessJob,
@@ -15,7 +15,12 @@ export interface IngestRequest {
   prefix: string;
   dataset: string;
   embedderId: string;
+  /** 'folders' (default): label = first folder below the prefix; 'none': every object, unlabelled (classify) */
+  labels?: 'folders' | 'none';
 }
+
+/** The label an unlabelled image carries (images to classify). */
+export const UNLABELLED = '?';
 
 export interface IngestCounts {
   listed: number;
@@ -47,9 +52,9 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   let page: ObjectInfo[] = [];
   const flush = async () => {
     const labelled = page.flatMap((o) => {
-      const label = labelFromKey(req.prefix, o.key);
-      if (label === undefined) counts.unlabelled++;
-      return label === undefined ? [] : [{ ...o, label, id: DatasetRepository.itemId(req.bucket, o.key) }];
+      const item = req.labels === 'none' ? (o.key.endsWith('/') ? undefined : { label: UNLABELLED }) : itemFromKey(req.prefix, o.key);
+      if (item === undefined) counts.unlabelled++;
+      return item === undefined ? [] : [{ ...o, ...item, id: DatasetRepository.itemId(req.bucket, o.key) }];
     });
     page = [];
     const existing = await datasets.getItems(req.dataset, labelled.map((o) => o.id));
@@ -57,7 +62,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
       const r = existing[i];
       // A pending record is enqueued again: if its job still exists the id makes that a no-op,
       // if the job was lost (Redis flushed) this is how the item recovers.
-      const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.state !== 'pending';
+      const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && r.state !== 'pending';
       if (same) counts.unchanged++;
       return !same;
     });
@@ -69,10 +74,10 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     fresh.forEach((o, i) => {
       const sha256 = knownSha[i];
       if (sha256 && cached[i]) {
-        records.push([o.id, { label: o.label, etag: o.etag, sha256, state: 'cached' }]);
+        records.push([o.id, { label: o.label, etag: o.etag, sha256, state: 'cached', ...(o.split && { split: o.split }) }]);
         counts.fromCache++;
       } else {
-        records.push([o.id, { label: o.label, etag: o.etag, state: 'pending' }]);
+        records.push([o.id, { label: o.label, etag: o.etag, state: 'pending', ...(o.split && { split: o.split }) }]);
         const payload: PreprocessJob = { dataset: req.dataset, bucket: req.bucket, key: o.key, etag: o.etag, label: o.label, embedderId: req.embedderId };
         jobs.push({ id: jobIds.preprocess(payload), payload });
       }

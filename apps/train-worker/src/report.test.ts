@@ -26,3 +26,16 @@ describe('evaluate', () => {
     expect(r.perClass.b).toEqual({ precision: 0, recall: 0, f1: 0, support: 1 });
   });
 });
+
+describe('rocAuc and bestThreshold', () => {
+  it('is 1 for a perfect ranking, 0.5 for ties, and the Mann–Whitney value otherwise', async () => {
+    const { rocAuc, bestThreshold } = await import('./report.js');
+    expect(rocAuc([0.1, 0.2, 0.8, 0.9], [false, false, true, true])).toBe(1);
+    expect(rocAuc([0.5, 0.5, 0.5, 0.5], [false, true, false, true])).toBe(0.5);
+    // positives at 0.4 and 0.9, negatives at 0.1, 0.6: 3 of 4 pairs ordered
+    expect(rocAuc([0.4, 0.9, 0.1, 0.6], [true, true, false, false])).toBe(0.75);
+    expect(rocAuc([0.3], [true])).toBeNaN();
+    const t = bestThreshold([0.1, 0.35, 0.4, 0.8, 0.9], [false, false, true, true, true]);
+    expect(t).toEqual({ threshold: 0.4, tpr: 1, fpr: 0 });
+  });
+});

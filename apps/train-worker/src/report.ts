@@ -30,3 +30,54 @@ export function evaluate(labels: string[], truth: ArrayLike<number>, predicted: 
   });
   return { examples: truth.length, accuracy: truth.length ? correct / truth.length : 0, confusionMatrix: cm, perClass };
 }
+
+/**
+ * Area under the ROC curve of `scores` for the positive examples (`positive[i]` true), by the
+ * rank statistic (Mann–Whitney U), ties counted half. NaN when one side is empty.
+ */
+export function rocAuc(scores: ArrayLike<number>, positive: ArrayLike<boolean>): number {
+  const idx = Array.from({ length: scores.length }, (_, i) => i).sort((a, b) => scores[a]! - scores[b]!);
+  let nPos = 0;
+  let rankSum = 0;
+  for (let i = 0; i < idx.length; ) {
+    let j = i;
+    while (j + 1 < idx.length && scores[idx[j + 1]!] === scores[idx[i]!]) j++;
+    const avgRank = (i + j) / 2 + 1;
+    for (let k = i; k <= j; k++) {
+      if (positive[idx[k]!]) {
+        nPos += 1;
+        rankSum += avgRank;
+      }
+    }
+    i = j + 1;
+  }
+  const nNeg = idx.length - nPos;
+  if (nPos === 0 || nNeg === 0) return Number.NaN;
+  return (rankSum - (nPos * (nPos + 1)) / 2) / (nPos * nNeg);
+}
+
+/**
+ * The decision threshold on the positive class's probability that maximises balanced accuracy
+ * (Youden's J = TPR − FPR) on these scores: the validation set, so the test set stays unseen.
+ */
+export function bestThreshold(scores: ArrayLike<number>, positive: ArrayLike<boolean>): { threshold: number; tpr: number; fpr: number } {
+  // Sweep the scores from high to low: predicting positive for score >= t admits one group of ties at a time.
+  const idx = Array.from({ length: scores.length }, (_, i) => i).sort((a, b) => scores[b]! - scores[a]!);
+  let nPos = 0;
+  for (let i = 0; i < positive.length; i++) if (positive[i]) nPos++;
+  const nNeg = positive.length - nPos;
+  let tp = 0;
+  let fp = 0;
+  let best = { threshold: 0.5, tpr: Number.NaN, fpr: Number.NaN, j: -Infinity };
+  for (let i = 0; i < idx.length; ) {
+    const t = scores[idx[i]!]!;
+    while (i < idx.length && scores[idx[i]!] === t) {
+      if (positive[idx[i++]!]) tp++;
+      else fp++;
+    }
+    const tpr = nPos ? tp / nPos : 0;
+    const fpr = nNeg ? fp / nNeg : 0;
+    if (tpr - fpr > best.j) best = { threshold: t, tpr, fpr, j: tpr - fpr };
+  }
+  return { threshold: best.threshold, tpr: best.tpr, fpr: best.fpr };
+}

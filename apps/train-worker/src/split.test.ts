@@ -1,33 +1,71 @@
 import { describe, expect, it } from 'vitest';
-import { stratifiedSplit, type Example } from './split.js';
+import { splitExamples, type Example } from './split.js';
 
 const hex = (n: number) => n.toString(16).padStart(64, '0');
-const make = (counts: Record<string, number>): Example[] => {
-  let i = 0;
-  return Object.entries(counts).flatMap(([label, n]) => Array.from({ length: n }, () => ({ sha256: hex(i++), label })));
+const make = (counts: Record<string, number>, offset = 0): Example[] => {
+  let i = offset;
+  return Object.entries(counts).flatMap(([label, n]) => Array.from({ length: n }, () => ({ sha256: hex(i++ * 7919), label })));
 };
+const ids = (xs: Example[]) => xs.map((e) => e.sha256).sort();
+const F = { validation: 0.2, test: 0.1 };
 
-describe('stratifiedSplit', () => {
-  it('keeps each class’s share in validation', () => {
-    const { train, validation } = stratifiedSplit(make({ a: 50, b: 20, c: 10 }), 0.2, 7);
+describe('splitExamples', () => {
+  it('keeps each class’s share in validation and test', () => {
+    const s = splitExamples(make({ a: 50, b: 20, c: 10 }), F);
     const count = (xs: Example[], l: string) => xs.filter((x) => x.label === l).length;
-    expect([count(validation, 'a'), count(validation, 'b'), count(validation, 'c')]).toEqual([10, 4, 2]);
-    expect(train.length + validation.length).toBe(80);
+    expect(['a', 'b', 'c'].map((l) => count(s.validation, l))).toEqual([10, 4, 2]);
+    expect(['a', 'b', 'c'].map((l) => count(s.test, l))).toEqual([5, 2, 1]);
+    expect(s.train.length + s.validation.length + s.test.length).toBe(80);
+    expect(s.explicit).toBe(false);
   });
 
-  it('is the same for the same seed and input order, and differs for another seed', () => {
+  it('is stable: the same images land in the same split whatever their order', () => {
     const ex = make({ a: 30, b: 30 });
-    const ids = (s: { validation: Example[] }) => s.validation.map((e) => e.sha256).sort();
-    expect(ids(stratifiedSplit(ex, 0.25, 3))).toEqual(ids(stratifiedSplit([...ex].reverse(), 0.25, 3)));
-    expect(ids(stratifiedSplit(ex, 0.25, 3))).not.toEqual(ids(stratifiedSplit(ex, 0.25, 4)));
+    const a = splitExamples(ex, F);
+    const b = splitExamples([...ex].reverse(), F);
+    expect(ids(b.validation)).toEqual(ids(a.validation));
+    expect(ids(b.test)).toEqual(ids(a.test));
   });
 
-  it('never puts the same content on both sides', () => {
+  it('adding images moves few of the others', () => {
+    const before = splitExamples(make({ a: 100 }), { validation: 0.2, test: 0 });
+    const after = splitExamples([...make({ a: 100 }), ...make({ a: 10 }, 1000)], { validation: 0.2, test: 0 });
+    const kept = ids(before.validation).filter((id) => ids(after.validation).includes(id)).length;
+    expect(kept).toBeGreaterThanOrEqual(16);
+  });
+
+  it('never puts the same content on both sides, and leaves out content under two labels', () => {
     const ex = make({ a: 10, b: 10 });
-    const dupes = ex.map((e) => ({ ...e })); // same bytes under other keys
-    const { train, validation } = stratifiedSplit([...ex, ...dupes], 0.3, 1);
-    const t = new Set(train.map((e) => e.sha256));
-    expect(validation.some((e) => t.has(e.sha256))).toBe(false);
-    expect(train.length + validation.length).toBe(20);
+    const dupes = ex.map((e) => ({ ...e })); // the same bytes under other keys
+    const conflict = { sha256: ex[0]!.sha256, label: 'b' }; // a's first image also filed under b
+    const s = splitExamples([...ex, ...dupes, conflict], F);
+    const all = [...s.train, ...s.validation, ...s.test].map((e) => e.sha256);
+    expect(new Set(all).size).toBe(all.length);
+    expect(all).not.toContain(ex[0]!.sha256);
+    expect(s.conflicts).toBe(1);
+    expect(all.length).toBe(19);
+  });
+
+  it('uses the bucket’s own train/val/test folders when it has them', () => {
+    const ex: Example[] = [
+      ...make({ a: 5, b: 5 }).map((e) => ({ ...e, split: 'train' as const })),
+      ...make({ a: 2, b: 2 }, 100).map((e) => ({ ...e, split: 'validation' as const })),
+      ...make({ a: 1, b: 1 }, 200).map((e) => ({ ...e, split: 'test' as const })),
+    ];
+    const s = splitExamples(ex, F);
+    expect(s.explicit).toBe(true);
+    expect([s.train.length, s.validation.length, s.test.length]).toEqual([10, 4, 2]);
+    // a duplicate in train and test counts as test: the held-out side wins
+    const dup = { ...s.test[0]!, split: 'train' as const };
+    const s2 = splitExamples([...ex, dup], F);
+    expect(ids(s2.test)).toContain(dup.sha256);
+    expect(ids(s2.train)).not.toContain(dup.sha256);
+  });
+
+  it('keeps tiny classes in training', () => {
+    const s = splitExamples(make({ a: 1, b: 2, c: 3 }), F);
+    expect(s.train.filter((e) => e.label === 'a')).toHaveLength(1);
+    expect(s.validation.filter((e) => e.label === 'b')).toHaveLength(1);
+    expect(s.test.filter((e) => e.label === 'c')).toHaveLength(1);
   });
 });

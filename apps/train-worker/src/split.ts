@@ -1,38 +1,65 @@
-import { seededRandom } from '@transferline/shared';
+import type { Split } from '@transferline/shared';
 
 export interface Example {
   sha256: string;
   label: string;
+  /** a split the bucket's layout gave the image (train/, val/, test/ folders) */
+  split?: Split;
 }
 
+export interface Splits {
+  train: Example[];
+  validation: Example[];
+  test: Example[];
+  /** true when the bucket's own train/val/test folders decided the split */
+  explicit: boolean;
+  /** contents found under two different labels: left out, since no label is right for them */
+  conflicts: number;
+}
+
+const RANK: Record<Split, number> = { test: 2, validation: 1, train: 0 };
+
 /**
- * Stratified, seeded train/validation split. Examples are unique by content hash first (the
- * same bytes under two keys are one example, so a duplicate can never sit on both sides), then
- * each class is shuffled and `fraction` of it (at least one, when the class has two or more)
- * goes to validation.
+ * Train/validation/test splits by content hash. Duplicated bytes are one example, so a
+ * duplicate can never sit on both sides; bytes under two labels are left out. When the bucket
+ * has validation or test folders, those decide (a duplicate goes to the most held-out split).
+ * Otherwise each class is ordered by content hash and cut by the fractions (at least one
+ * validation example per class of 2+, one test example per class of 3+ when a test fraction is
+ * asked for): the same images always land in the same split, run after run, whatever the seed,
+ * and adding images moves few of the others.
  */
-export function stratifiedSplit(examples: Example[], fraction: number, seed: number): { train: Example[]; validation: Example[] } {
-  const seen = new Set<string>();
-  const byLabel = new Map<string, Example[]>();
-  for (const e of [...examples].sort((a, b) => (a.sha256 < b.sha256 ? -1 : a.sha256 > b.sha256 ? 1 : 0))) {
-    if (seen.has(e.sha256)) continue;
-    seen.add(e.sha256);
-    const list = byLabel.get(e.label) ?? [];
-    list.push(e);
-    byLabel.set(e.label, list);
-  }
-  const rand = seededRandom(seed);
-  const train: Example[] = [];
-  const validation: Example[] = [];
-  for (const label of [...byLabel.keys()].sort()) {
-    const list = byLabel.get(label)!;
-    for (let i = list.length - 1; i > 0; i--) {
-      const j = Math.floor(rand() * (i + 1));
-      [list[i], list[j]] = [list[j]!, list[i]!];
+export function splitExamples(examples: Example[], fractions: { validation: number; test: number }): Splits {
+  const bySha = new Map<string, Example & { labels: Set<string> }>();
+  for (const e of examples) {
+    const seen = bySha.get(e.sha256);
+    if (!seen) bySha.set(e.sha256, { ...e, labels: new Set([e.label]) });
+    else {
+      seen.labels.add(e.label);
+      if (e.split && (!seen.split || RANK[e.split] > RANK[seen.split])) seen.split = e.split;
     }
-    const nVal = list.length < 2 ? 0 : Math.max(1, Math.round(list.length * fraction));
-    validation.push(...list.slice(0, nVal));
-    train.push(...list.slice(nVal));
   }
-  return { train, validation };
+  let conflicts = 0;
+  const unique: Example[] = [];
+  for (const e of bySha.values()) {
+    if (e.labels.size > 1) conflicts++;
+    else unique.push(e.split ? { sha256: e.sha256, label: e.label, split: e.split } : { sha256: e.sha256, label: e.label });
+  }
+  const explicit = unique.some((e) => e.split === 'validation' || e.split === 'test');
+  const out: Splits = { train: [], validation: [], test: [], explicit, conflicts };
+  if (explicit) {
+    for (const e of unique) out[e.split ?? 'train'].push(e);
+    return out;
+  }
+  const byLabel = new Map<string, Example[]>();
+  for (const e of unique) byLabel.set(e.label, [...(byLabel.get(e.label) ?? []), e]);
+  for (const label of [...byLabel.keys()].sort()) {
+    const list = byLabel.get(label)!.sort((a, b) => (a.sha256 < b.sha256 ? -1 : 1));
+    const n = list.length;
+    const nVal = n < 2 ? 0 : Math.max(1, Math.round(n * fractions.validation));
+    const nTest = fractions.test <= 0 || n < 3 ? 0 : Math.max(1, Math.round(n * fractions.test));
+    out.validation.push(...list.slice(0, nVal));
+    out.test.push(...list.slice(nVal, nVal + nTest));
+    out.train.push(...list.slice(nVal + nTest));
+  }
+  return out;
 }

@@ -1,5 +1,6 @@
 import { createMetrics, createServices, startWorker, type Config, type Handler, type Logger } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
+import { classifyImages } from './classify-images.job.js';
 import { trainHead } from './train-head.job.js';
 
 export interface RunningTrainer {
@@ -8,7 +9,7 @@ export interface RunningTrainer {
   stop: () => Promise<void>;
 }
 
-/** config → deps → the train worker (one run at a time per process). */
+/** config → deps → the train worker: training runs and classification, one job of each at a time per process. */
 export async function startTrainer(config: Config, log: Logger): Promise<RunningTrainer> {
   const metrics = createMetrics('train');
   const services = createServices(config, 'worker');
@@ -33,13 +34,23 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     metrics,
     lockDuration: config.jobLockMs,
   });
+  const classifyHandler: Handler<'classify'> = (payload, ctx) =>
+    classifyImages(payload, { tf: rt.tf, services, bucket: config.s3.bucket, prefix: config.s3.prefix }, ctx);
+  const classifier = startWorker('classify', classifyHandler, {
+    connection: services.redis,
+    prefix: config.redis.prefix,
+    concurrency: 1,
+    log,
+    metrics,
+    lockDuration: config.jobLockMs,
+  });
   let closing = false;
   return {
     metrics,
-    healthy: () => !closing && worker.isRunning(),
+    healthy: () => !closing && worker.isRunning() && classifier.isRunning(),
     stop: async () => {
       closing = true;
-      await worker.close();
+      await Promise.all([worker.close(), classifier.close()]);
       await services.close();
     },
   };

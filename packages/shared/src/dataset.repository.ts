@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { RedisKeys } from './keys.js';
+import type { Split } from './labels.js';
 
 /**
  * What a dataset knows of one object. `pending`: enqueued, hash not known yet; `queued`: pixels
@@ -14,7 +15,29 @@ export interface ItemRecord {
   sha256?: string;
   reason?: string;
   detail?: string;
+  /** the split the bucket's layout gave it (train/, val/, test/ folders), kept across updates */
+  split?: Split;
 }
+
+// Writes item records, keeping a `split` the stored record has when the new one names none:
+// the split is known at ingest, and later stages rewrite the record without knowing it.
+const PUT_ITEMS = `
+for i = 1, #ARGV, 2 do
+  local rec = cjson.decode(ARGV[i + 1])
+  if rec.split == nil then
+    local old = redis.call('HGET', KEYS[1], ARGV[i])
+    if old then
+      local o = cjson.decode(old)
+      if o.split then
+        rec.split = o.split
+        ARGV[i + 1] = cjson.encode(rec)
+      end
+    end
+  end
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('SADD', KEYS[2], KEYS[3])
+return #ARGV / 2`;
 
 export interface DatasetStatus {
   dataset: string;
@@ -54,11 +77,7 @@ export class DatasetRepository {
 
   async putItems(dataset: string, items: [itemId: string, record: ItemRecord][]): Promise<void> {
     if (items.length === 0) return;
-    await this.redis
-      .multi()
-      .sadd(this.keys.datasets(), dataset)
-      .hset(this.keys.datasetItems(dataset), ...items.flatMap(([id, r]) => [id, JSON.stringify(r)]))
-      .exec();
+    await this.redis.eval(PUT_ITEMS, 3, this.keys.datasetItems(dataset), this.keys.datasets(), dataset, ...items.flatMap(([id, r]) => [id, JSON.stringify(r)]));
   }
 
   async putItem(dataset: string, itemId: string, record: ItemRecord): Promise<void> {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { z } from 'zod';
 
 /** Queue names. Every stage is a BullMQ queue; every role is a separate, horizontally scalable process. */
-export const QUEUES = { preprocess: 'preprocess', embed: 'embed', train: 'train' } as const;
+export const QUEUES = { preprocess: 'preprocess', embed: 'embed', train: 'train', classify: 'classify' } as const;
 export type QueueName = (typeof QUEUES)[keyof typeof QUEUES];
 
 const datasetName = z
@@ -10,11 +10,17 @@ const datasetName = z
   .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'dataset names are 1-64 letters, digits, _ . - and start with a letter or digit');
 export const DatasetName = datasetName;
 
+/** The dataset that holds the images classified with a model: not a user's name (those start with a letter or digit), so never trained on. */
+export function classifyDatasetName(model: string): string {
+  return `_classify.${model}`;
+}
+const anyDatasetName = z.union([datasetName, z.string().regex(/^_classify\.[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/)]);
+
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in lowercase hex');
 
 /** Decode, orient, colour-convert and resize one object; hand the pixels to embed. */
 export const PreprocessJob = z.object({
-  dataset: datasetName,
+  dataset: anyDatasetName,
   bucket: z.string().min(1),
   key: z.string().min(1),
   etag: z.string(),
@@ -35,14 +41,46 @@ export const TrainJob = z.object({
   dataset: datasetName,
   runId: z.string().regex(/^[A-Za-z0-9_.-]{1,80}$/),
   embedderId: z.string().min(1),
-  epochs: z.number().int().min(1).max(10_000).default(60),
-  learningRate: z.number().positive().max(10).default(0.01),
-  batchSize: z.number().int().min(1).max(65_536).default(32),
+  /** 0: softmax on the embeddings (logistic regression); > 0: one ReLU hidden layer of this size */
+  hiddenUnits: z.number().int().min(0).max(8192).default(0),
+  dropout: z.number().min(0).max(0.9).default(0.2),
+  epochs: z.number().int().min(1).max(10_000).default(100),
+  learningRate: z.number().positive().max(10).default(0.001),
+  batchSize: z.number().int().min(1).max(65_536).default(64),
+  l2: z.number().min(0).max(10).default(1e-4),
+  /** epochs without a better validation loss before stopping (best weights restored); 0 = off */
+  patience: z.number().int().min(0).max(10_000).default(10),
+  classWeights: z.enum(['balanced', 'none']).default('balanced'),
   validationFraction: z.number().min(0.05).max(0.5).default(0.2),
+  testFraction: z.number().min(0).max(0.5).default(0.1),
   seed: z.number().int().min(0).default(1),
 });
 export type TrainJob = z.infer<typeof TrainJob>;
 export type TrainJobInput = z.input<typeof TrainJob>;
+
+/** Classify the images of a prefix (already embedded) with a trained head; results as JSON Lines in the bucket. */
+export const ClassifyJob = z.object({
+  /** the internal dataset that holds the images (see classifyDatasetName) */
+  dataset: anyDatasetName,
+  model: datasetName,
+  runId: z.string().min(1),
+  embedderId: z.string().min(1),
+  /** only items under s3://bucket/prefix */
+  bucket: z.string().min(1),
+  prefix: z.string(),
+  /** where the JSON Lines go, in TL_BUCKET */
+  outputKey: z.string().min(1),
+});
+export type ClassifyJob = z.infer<typeof ClassifyJob>;
+
+export interface ClassifyResult {
+  outputKey: string;
+  classified: number;
+  failed: number;
+  /** items classified earlier with the same run and unchanged since (not written again) */
+  skipped: number;
+  byLabel: Record<string, number>;
+}
 
 /** What a train job returns (also written as the run's summary). */
 export interface TrainResult {
@@ -50,7 +88,10 @@ export interface TrainResult {
   runId: string;
   modelPrefix: string;
   validationAccuracy: number;
+  /** undefined when the run had no test split */
+  testAccuracy?: number;
   examples: number;
+  bestEpoch: number;
 }
 
 interface JobSpec<S extends z.ZodType> {
@@ -66,6 +107,7 @@ export const JOBS = {
   preprocess: { queue: QUEUES.preprocess, schema: PreprocessJob, attempts: 5, backoffMs: 1_000 },
   embed: { queue: QUEUES.embed, schema: EmbedJob, attempts: 5, backoffMs: 2_000 },
   train: { queue: QUEUES.train, schema: TrainJob, attempts: 2, backoffMs: 5_000 },
+  classify: { queue: QUEUES.classify, schema: ClassifyJob, attempts: 3, backoffMs: 2_000 },
 } as const satisfies Record<string, JobSpec<z.ZodType>>;
 export type JobName = keyof typeof JOBS;
 export type JobPayload<N extends JobName> = z.output<(typeof JOBS)[N]['schema']>;
@@ -77,7 +119,8 @@ export function jobOptions(name: JobName, jobId: string) {
     jobId,
     attempts: spec.attempts,
     backoff: { type: 'exponential' as const, delay: spec.backoffMs, jitter: 0.5 },
-    removeOnComplete: true,
+    // Finished runs stay (capped) so a CLI can still read a result it did not wait for.
+    removeOnComplete: name === 'train' || name === 'classify' ? { count: 1_000 } : true,
     removeOnFail: { count: 10_000 },
   };
 }
@@ -88,4 +131,5 @@ export const jobIds = {
     `pp-${createHash('sha256').update([j.dataset, j.bucket, j.key, j.etag, j.embedderId].join('\0')).digest('hex').slice(0, 40)}`,
   embed: (j: EmbedJob) => `emb-${createHash('sha256').update(j.embedderId).digest('hex').slice(0, 12)}-${j.sha256}`,
   train: (j: Pick<TrainJob, 'runId'>) => `train-${j.runId}`,
+  classify: (j: Pick<ClassifyJob, 'outputKey'>) => `cls-${createHash('sha256').update(j.outputKey).digest('hex').slice(0, 40)}`,
 };

@@ -23,3 +23,18 @@ describe('labelFromKey', () => {
     expect(labelFromKey('train/', 'train/   /x.jpg')).toBeUndefined();
   });
 });
+
+describe('itemFromKey', () => {
+  it('takes the split from a prefix that ends in a split folder', async () => {
+    const { itemFromKey } = await import('./labels.js');
+    expect(itemFromKey('photos/val/', 'photos/val/cats/1.jpg')).toEqual({ label: 'cats', split: 'validation' });
+    expect(itemFromKey('photos/train/', 'photos/train/cats/1.jpg')).toEqual({ label: 'cats', split: 'train' });
+  });
+  it('takes the split from split folders right below the prefix, the label from the next folder', async () => {
+    const { itemFromKey } = await import('./labels.js');
+    expect(itemFromKey('photos/', 'photos/test/dogs/a/b.jpg')).toEqual({ label: 'dogs', split: 'test' });
+    expect(itemFromKey('', 'validation/dogs/b.jpg')).toEqual({ label: 'dogs', split: 'validation' });
+    expect(itemFromKey('photos/', 'photos/test/b.jpg')).toEqual({ label: 'test' });
+    expect(itemFromKey('photos/', 'photos/cats/b.jpg')).toEqual({ label: 'cats' });
+  });
+});

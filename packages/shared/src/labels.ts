@@ -1,3 +1,13 @@
+/** The held-out splits a bucket's layout can name. */
+export type Split = 'train' | 'validation' | 'test';
+
+const SPLIT_FOLDERS: Record<string, Split> = { train: 'train', val: 'validation', valid: 'validation', validation: 'validation', test: 'test' };
+
+/** The split a folder name stands for (`train`, `val`/`valid`/`validation`, `test`), if any. */
+export function splitOfFolder(name: string): Split | undefined {
+  return SPLIT_FOLDERS[name.toLowerCase()];
+}
+
 /**
  * The label of an object listed under `prefix`: the first folder below the prefix, as in Keras
  * `image_dataset_from_directory` (`train/<label>/<file>`; deeper folders belong to that label).
@@ -11,4 +21,23 @@ export function labelFromKey(prefix: string, key: string): string | undefined {
   if (rest.endsWith('/')) return undefined; // a folder marker object, not a file
   const label = rest.slice(0, slash).normalize('NFC');
   return label.trim() === '' ? undefined : label;
+}
+
+/**
+ * Label and split of a listed object. The split comes from the layout: a prefix that ends in a
+ * split folder (`s3://photos/val/`), or split folders right below the prefix
+ * (`s3://photos/` holding `train/<label>/…` and `val/<label>/…`).
+ */
+export function itemFromKey(prefix: string, key: string): { label: string; split?: Split } | undefined {
+  const last = prefix.replace(/\/$/, '').split('/').pop() ?? '';
+  const fromPrefix = splitOfFolder(last);
+  const first = labelFromKey(prefix, key);
+  if (first === undefined) return undefined;
+  if (fromPrefix) return { label: first, split: fromPrefix };
+  const split = splitOfFolder(first);
+  if (split) {
+    const label = labelFromKey(`${prefix}${key.slice(prefix.length).split('/')[0]}/`, key);
+    if (label !== undefined) return { label, split };
+  }
+  return { label: first };
 }

@@ -30,6 +30,9 @@ export function createMetrics(role: string) {
     trainEpoch: new Gauge({ name: 'tl_train_epoch', help: 'Epoch of the run in progress (1-based; 0 before the first)', labelNames: ['dataset'] as const, registers: r }),
     trainLoss: new Gauge({ name: 'tl_train_loss', help: 'Loss at the end of the last epoch', labelNames: ['dataset', 'split'] as const, registers: r }),
     trainAccuracy: new Gauge({ name: 'tl_train_accuracy', help: 'Accuracy at the end of the last epoch', labelNames: ['dataset', 'split'] as const, registers: r }),
+    trainLearningRate: new Gauge({ name: 'tl_train_learning_rate', help: 'Learning rate of the run in progress', labelNames: ['dataset'] as const, registers: r }),
+    trainExamplesPerSecond: new Gauge({ name: 'tl_train_examples_per_second', help: 'Training examples per second in the last epoch', labelNames: ['dataset'] as const, registers: r }),
+    trainBestValidationLoss: new Gauge({ name: 'tl_train_best_validation_loss', help: 'Lowest validation loss so far in the run in progress', labelNames: ['dataset'] as const, registers: r }),
     trainRuns: new Counter({ name: 'tl_train_runs_total', help: 'Training runs by outcome', labelNames: ['dataset', 'outcome'] as const, registers: r }),
   };
 }

@@ -4,13 +4,12 @@ import { enqueue, jobIds, TrainJob, type TrainJobInput, type TrainResult } from 
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
 
-export interface TrainOptions {
+/** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
+export type HeadSettings = Partial<Pick<TrainJob, 'epochs' | 'learningRate' | 'batchSize' | 'seed' | 'hiddenUnits' | 'dropout' | 'l2' | 'patience' | 'classWeights' | 'validationFraction' | 'testFraction'>>;
+
+export interface TrainOptions extends HeadSettings {
   dataset: string;
   runId?: string;
-  epochs?: number;
-  learningRate?: number;
-  batchSize?: number;
-  seed?: number;
   wait: boolean;
 }
 
@@ -28,30 +27,35 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<{ 
   if (!(await ctx.services.datasets.exists(o.dataset))) {
     throw new Error(`no dataset named ${o.dataset}; known: ${(await ctx.services.datasets.list()).join(', ') || '(none; run ingest first)'}`);
   }
-  const input: TrainJobInput = {
-    dataset: o.dataset,
-    runId: o.runId ?? newRunId(),
-    embedderId: ctx.embedderId,
-    ...(o.epochs !== undefined && { epochs: o.epochs }),
-    ...(o.learningRate !== undefined && { learningRate: o.learningRate }),
-    ...(o.batchSize !== undefined && { batchSize: o.batchSize }),
-    ...(o.seed !== undefined && { seed: o.seed }),
-  };
-  const payload = TrainJob.parse(input);
-  const id = jobIds.train(payload);
+  const { dataset, runId, wait, ...settings } = o;
+  const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
+  const input: TrainJobInput = { dataset, runId: runId ?? newRunId(), embedderId: ctx.embedderId, ...defined };
+  const parsed = TrainJob.safeParse(input);
+  if (!parsed.success) throw new Error(`bad training settings: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  const payload = parsed.data;
+  await enqueue(ctx.queues.train, 'train', [{ id: jobIds.train(payload), payload }]);
+  ctx.out.write(`run ${payload.runId} queued for dataset ${payload.dataset} (up to ${payload.epochs} epochs, ${payload.hiddenUnits ? `hidden layer of ${payload.hiddenUnits}` : 'softmax head'})\n`);
+  if (!wait) return { runId: payload.runId };
+  return followRun(ctx, payload.runId);
+}
+
+/**
+ * Follows a run epoch by epoch (also one started elsewhere: `transferline train --follow RUN`)
+ * and prints its report when it lands in the bucket.
+ */
+export async function followRun(ctx: CliContext, runId: string): Promise<{ runId: string; result?: TrainResult; report?: unknown }> {
+  const id = jobIds.train({ runId });
   const events = new QueueEvents(ctx.queues.train.name, { connection: ctx.services.redis.duplicate({ maxRetriesPerRequest: null }), prefix: ctx.config.redis.prefix });
   try {
     await events.waitUntilReady();
-    await enqueue(ctx.queues.train, 'train', [{ id, payload }]);
-    ctx.out.write(`run ${payload.runId} queued for dataset ${payload.dataset} (${payload.epochs} epochs)\n`);
-    if (!o.wait) return { runId: payload.runId };
     const job = await ctx.queues.train.getJob(id);
-    if (!job) throw new Error(`run ${payload.runId} vanished from the queue`);
+    if (!job) throw new Error(`no run ${runId} in the train queue (finished runs are listed by "transferline models")`);
+    const payload = job.data as TrainJob;
     const bar = createProgress(`training ${payload.dataset}`);
     const onProgress = ({ jobId, data }: { jobId: string; data: unknown }) => {
       if (jobId !== id || typeof data !== 'object' || data === null) return;
-      const p = data as { phase: string; epoch: number; epochs: number; loss?: number; valAccuracy?: number };
-      const detail = p.phase === 'training' ? `loss ${p.loss?.toFixed(4)} val_acc ${p.valAccuracy?.toFixed(3)}` : p.phase;
+      const p = data as { phase: string; epoch: number; epochs: number; loss?: number; valLoss?: number; valAccuracy?: number };
+      const detail = p.phase === 'training' ? `loss ${p.loss?.toFixed(4)} val_loss ${p.valLoss?.toFixed(4)} val_acc ${p.valAccuracy?.toFixed(3)}` : p.phase;
       bar.update(p.epoch, p.epochs, detail);
     };
     events.on('progress', onProgress);
@@ -59,14 +63,14 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<{ 
     try {
       result = (await job.waitUntilFinished(events)) as TrainResult;
     } catch (err) {
-      throw new Error(`run ${payload.runId} failed: ${(err as Error).message}`);
+      throw new Error(`run ${runId} failed: ${(err as Error).message}`);
     } finally {
       bar.stop();
       events.off('progress', onProgress);
     }
     const report = await ctx.services.store.getJson<Record<string, unknown>>(ctx.config.s3.bucket, `${result.modelPrefix}report.json`);
     printReport(ctx, result, report);
-    return { runId: payload.runId, result, report };
+    return { runId, result, report };
   } finally {
     await events.close();
   }
@@ -74,7 +78,10 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<{ 
 
 function printReport(ctx: CliContext, result: TrainResult, report: Record<string, unknown> | undefined): void {
   const w = (s: string) => ctx.out.write(`${s}\n`);
-  w(`run ${result.runId}: validation accuracy ${(result.validationAccuracy * 100).toFixed(1)}% on ${result.examples} images`);
+  const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+  w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images; best epoch ${result.bestEpoch})`);
+  const bin = (report?.validation as { binary?: { positiveLabel: string; rocAuc: number; threshold: number } } | undefined)?.binary;
+  if (bin) w(`  ROC AUC (validation, positive "${bin.positiveLabel}") ${bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
   w(`model: s3://${ctx.config.s3.bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);
   const v = report?.validation as { confusionMatrix: number[][]; perClass: Record<string, { precision: number; recall: number; f1: number; support: number }> } | undefined;
   const labels = report?.labels as string[] | undefined;

@@ -1,0 +1,81 @@
+import type * as tfTypes from '@tensorflow/tfjs';
+import { PermanentError, type ClassifyJob, type ClassifyResult, type JobContext, type Services } from '@transferline/shared';
+import { loadHead } from './head.store.js';
+import { predictProba } from './head.trainer.js';
+
+export interface ClassifyDeps {
+  tf: typeof tfTypes;
+  services: Pick<Services, 'datasets' | 'cache' | 'store' | 'redis' | 'keys'>;
+  bucket: string;
+  prefix: string;
+}
+
+/** One line of the results file. */
+export interface ClassifiedLine {
+  key: string;
+  sha256?: string;
+  label?: string;
+  probabilities?: Record<string, number>;
+  error?: string;
+  model: { dataset: string; runId: string };
+}
+
+/**
+ * Labels the embedded images under a prefix with a trained head and writes one JSON line per
+ * image to `outputKey`. Two-class models decide with the threshold chosen on validation. Images
+ * already classified by this run with unchanged bytes are skipped, so a watch loop only writes
+ * what is new; running the job twice writes the same file.
+ */
+export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: JobContext): Promise<ClassifyResult> {
+  const { tf, services } = deps;
+  const modelPrefix = `${deps.prefix}models/${job.model}/${job.runId}/`;
+  const labels = await services.store.getJson<string[]>(deps.bucket, `${modelPrefix}labels.json`);
+  const run = await services.store.getJson<{ embedderId: string }>(deps.bucket, `${modelPrefix}run.json`);
+  if (!labels || !run) throw new PermanentError('no-model', `no trained model at s3://${deps.bucket}/${modelPrefix}`);
+  if (run.embedderId !== job.embedderId) {
+    throw new PermanentError('embedder-mismatch', `the model was trained on ${run.embedderId} embeddings; these images were embedded with ${job.embedderId}`);
+  }
+  const report = await services.store.getJson<{ validation?: { binary?: { threshold: number } } }>(deps.bucket, `${modelPrefix}report.json`);
+  const threshold = labels.length === 2 ? report?.validation?.binary?.threshold : undefined;
+
+  const doneKey = services.keys.classified(job.model, job.runId);
+  const scope = `${job.bucket}/${job.prefix}`;
+  const todo: { id: string; sha256: string; etag: string }[] = [];
+  const lines: ClassifiedLine[] = [];
+  const modelRef = { dataset: job.model, runId: job.runId };
+  let skipped = 0;
+  for await (const page of services.datasets.scan(job.dataset)) {
+    const mine = page.filter(([id]) => id.startsWith(scope));
+    if (mine.length === 0) continue;
+    const done = await services.redis.hmget(doneKey, ...mine.map(([id]) => id));
+    const cached = await services.cache.has(job.embedderId, mine.map(([, r]) => r.sha256 ?? '0'.repeat(64)));
+    mine.forEach(([id, r], i) => {
+      if (r.sha256 && done[i] === `${r.etag} ${r.sha256}`) skipped++;
+      else if (r.state === 'failed') lines.push({ key: `s3://${id}`, error: r.reason ?? 'failed', model: modelRef });
+      else if (r.sha256 && cached[i]) todo.push({ id, sha256: r.sha256, etag: r.etag });
+    });
+  }
+  const byLabel: Record<string, number> = {};
+  if (todo.length) {
+    const head = await loadHead(tf, services.store, deps.bucket, modelPrefix);
+    try {
+      const x = await services.cache.load(job.embedderId, todo.map((t) => t.sha256));
+      const p = predictProba(tf, head, { data: x.data, rows: x.rows, dim: x.dim });
+      const k = labels.length;
+      todo.forEach((t, i) => {
+        const row = Array.from(p.subarray(i * k, (i + 1) * k));
+        const best = threshold !== undefined ? (row[1]! >= threshold ? 1 : 0) : row.indexOf(Math.max(...row));
+        const label = labels[best]!;
+        byLabel[label] = (byLabel[label] ?? 0) + 1;
+        lines.push({ key: `s3://${t.id}`, sha256: t.sha256, label, probabilities: Object.fromEntries(labels.map((l, c) => [l, row[c]!])), model: modelRef });
+      });
+    } finally {
+      head.dispose();
+    }
+  }
+  const failed = lines.filter((l) => l.error).length;
+  await services.store.putObject(deps.bucket, job.outputKey, lines.map((l) => JSON.stringify(l)).join('\n') + (lines.length ? '\n' : ''), 'application/x-ndjson');
+  if (todo.length) await services.redis.hset(doneKey, ...todo.flatMap((t) => [t.id, `${t.etag} ${t.sha256}`]));
+  ctx.log.info({ classified: todo.length, failed, skipped }, 'classified');
+  return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel };
+}
