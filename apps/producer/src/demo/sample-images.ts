@@ -14,8 +14,8 @@ export type SampleClass = keyof typeof SAMPLE_CLASSES;
 function shapeSvg(kind: SampleClass, rand: () => number, size: number): string {
   const hue = (SAMPLE_CLASSES[kind].hue + (rand() - 0.5) * 50 + 360) % 360;
   const fill = `hsl(${hue.toFixed(0)}, ${(55 + rand() * 40).toFixed(0)}%, ${(35 + rand() * 25).toFixed(0)}%)`;
-  const bg = `hsl(${(rand() * 360).toFixed(0)}, ${(rand() * 20).toFixed(0)}%, ${(80 + rand() * 18).toFixed(0)}%)`;
-  const r = size * (0.18 + rand() * 0.17);
+  const bg = `hsl(${(rand() * 360).toFixed(0)}, ${(rand() * 15).toFixed(0)}%, ${(86 + rand() * 12).toFixed(0)}%)`;
+  const r = size * (0.28 + rand() * 0.12);
   const cx = r + rand() * (size - 2 * r);
   const cy = r + rand() * (size - 2 * r);
   let shape: string;

@@ -1,0 +1,113 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { classifyCommand } from '../apps/producer/src/commands/classify.command.js';
+import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
+import { trainCommand } from '../apps/producer/src/commands/train.command.js';
+import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
+import { classifyDatasetName } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
+
+guardLeaks();
+
+let stack: TestStack;
+let ctx: CliContext;
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+const photos = 'photos-tc';
+const kinds = Object.keys(SAMPLE_CLASSES) as SampleClass[];
+
+beforeAll(async () => {
+  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '8', TL_MODEL_WEIGHTS: 'random' });
+  ctx = await openCliContext(stack.config, sink);
+  await ctx.services.store.ensureBucket(photos);
+  // the bucket's own split folders: train/ and val/ below the prefix
+  for (const kind of kinds) {
+    for (let i = 0; i < 16; i++) await ctx.services.store.putObject(photos, `set/train/${kind}/${i}.jpg`, await renderSample(kind, i, 21));
+    for (let i = 16; i < 22; i++) await ctx.services.store.putObject(photos, `set/val/${kind}/${i}.jpg`, await renderSample(kind, i, 21));
+  }
+  const r = await ingestCommand(ctx, `s3://${photos}/set/`, { dataset: 'shapes', wait: true });
+  expect(r.status).toMatchObject({ total: 66, embedded: 66, failed: 0 });
+});
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+type Report = { split: { train: number; validation: number; test: number; explicit: boolean }; history: unknown[]; validation: { accuracy: number; confusionMatrix: number[][] }; createdAt: string; runId: string };
+
+describe('training runs and classification', () => {
+  let first: Report;
+
+  it('uses the bucket’s train/ and val/ folders, and the same seed gives the same report', async () => {
+    const seen: number[] = [];
+    let scraping = true;
+    const scraper = (async () => {
+      while (scraping) {
+        const m = await scrape(stack.ports.train);
+        const e = m.get('tl_train_epoch{dataset="shapes"}');
+        if (e !== undefined && e !== seen.at(-1)) seen.push(e);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    })();
+    const a = await trainCommand(ctx, { dataset: 'shapes', wait: true, seed: 5, epochs: 40, batchSize: 8, patience: 0 });
+    scraping = false;
+    await scraper;
+    first = a.report as Report;
+    expect(first.split).toEqual({ train: 48, validation: 18, test: 0, explicit: true, conflictsLeftOut: 0 });
+    expect(first.validation.accuracy).toBeGreaterThan(0.8);
+    // the gauges moved epoch by epoch while it ran
+    expect(seen.filter((e) => e > 0 && e < 40).length).toBeGreaterThanOrEqual(2);
+    const m = await scrape(stack.ports.train);
+    for (const g of ['tl_train_learning_rate', 'tl_train_examples_per_second', 'tl_train_best_validation_loss']) expect(m.get(`${g}{dataset="shapes"}`)).toBeGreaterThan(0);
+    expect(m.get('tl_train_runs_total{dataset="shapes",outcome="completed"}')).toBe(1);
+
+    const b = (await trainCommand(ctx, { dataset: 'shapes', wait: true, seed: 5, epochs: 40, batchSize: 8, patience: 0 })).report as Report;
+    const strip = (r: Report) => ({ ...r, createdAt: '', runId: '', history: (r.history as { examplesPerSecond: number }[]).map(({ examplesPerSecond: _, ...h }) => h) });
+    expect(strip(b)).toEqual(strip(first));
+  });
+
+  it('lists the runs with their accuracy', async () => {
+    const r = await runCli(['models', '--json'], stack.env);
+    expect(r.code).toBe(0);
+    const runs = JSON.parse(r.stdout) as { dataset: string; runId: string; validationAccuracy: number; latest: boolean }[];
+    expect(runs.filter((x) => x.dataset === 'shapes')).toHaveLength(2);
+    expect(runs.filter((x) => x.latest)).toHaveLength(1);
+    expect(runs[0]!.validationAccuracy).toBeCloseTo(first.validation.accuracy, 6);
+  });
+
+  it('classifies new images into JSON Lines in the bucket, keeps them out of the training set, and watches for more', async () => {
+    for (const [i, kind] of kinds.entries()) await ctx.services.store.putObject(photos, `incoming/${kind}-new.jpg`, await renderSample(kind, 100 + i, 99));
+    const before = await ctx.services.datasets.status('shapes', ctx.embedderId);
+
+    const controller = new AbortController();
+    let rounds = 0;
+    const dropLater = (async () => {
+      // while it watches, a user drops one more image
+      while (rounds === 0) await new Promise((r) => setTimeout(r, 50));
+      await ctx.services.store.putObject(photos, 'incoming/late-circle.jpg', await renderSample('circle', 200, 99));
+    })();
+    const sinkWithCount = { write: (s: string) => (s.startsWith('classified') && rounds++, true) } as unknown as NodeJS.WritableStream;
+    const results = await classifyCommand({ ...ctx, out: sinkWithCount }, `s3://${photos}/incoming/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 2, signal: controller.signal });
+    await dropLater;
+
+    expect(results[0]).toMatchObject({ classified: 3, failed: 0 });
+    expect(results[1]).toMatchObject({ classified: 1, skipped: 3 });
+    const lines = (await ctx.services.store.getObject(stack.config.s3.bucket, results[0]!.outputKey)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; label: string; probabilities: Record<string, number>; model: { dataset: string } });
+    expect(lines).toHaveLength(3);
+    const right = lines.filter((l) => l.key.endsWith(`/${l.label}-new.jpg`)).length;
+    expect(right).toBeGreaterThanOrEqual(2);
+    for (const l of lines) {
+      expect(Object.values(l.probabilities).reduce((a, b) => a + b)).toBeCloseTo(1, 5);
+      expect(l.model.dataset).toBe('shapes');
+    }
+    // classified images are in their own set, never in the training dataset
+    expect(await ctx.services.datasets.status('shapes', ctx.embedderId)).toEqual(before);
+    expect((await ctx.services.datasets.status(classifyDatasetName('shapes'), ctx.embedderId)).total).toBe(4);
+  });
+
+  it('refuses a model trained in another embedding space', async () => {
+    const r = await runCli(['classify', `s3://${photos}/incoming/`, '--model', 'shapes'], { ...stack.env, TL_RESIZE: 'crop' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/trained on efficientnet-b0\.random-seed42\.squash224 embeddings, but this configuration embeds with efficientnet-b0\.random-seed42\.crop224/);
+  });
+});
