@@ -1,6 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
-import { classifyCommand } from '../apps/producer/src/commands/classify.command.js';
+import { classifyCommand, resolveModel } from '../apps/producer/src/commands/classify.command.js';
+import { classifyImages } from '../apps/train-worker/src/classify-images.job.js';
+import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
+import type { JobContext } from '../packages/shared/src/index.js';
 import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
@@ -100,6 +103,20 @@ describe('training runs and classification', () => {
       expect(Object.values(l.probabilities).reduce((a, b) => a + b)).toBeCloseTo(1, 5);
       expect(l.model.dataset).toBe('shapes');
     }
+    // the same job run again (at-least-once delivery) writes the same file, whatever ran since
+    const { tf } = await loadTfRuntime('wasm');
+    const { runId } = await resolveModel(ctx, 'shapes');
+    const file = async (key: string) => (await ctx.services.store.getObject(stack.config.s3.bucket, key)).toString();
+    const firstFile = await file(results[0]!.outputKey);
+    const log = { info: () => {}, warn: () => {} } as unknown as JobContext['log'];
+    const rerun = await classifyImages(
+      { dataset: classifyDatasetName('shapes'), model: 'shapes', runId, embedderId: ctx.embedderId, bucket: photos, prefix: 'incoming/', outputKey: results[0]!.outputKey },
+      { tf, services: ctx.services, bucket: stack.config.s3.bucket, prefix: stack.config.s3.prefix },
+      { log, progress: async () => {}, attempt: 2 },
+    );
+    expect(rerun).toMatchObject({ classified: 3, skipped: 1 });
+    expect(await file(results[0]!.outputKey)).toBe(firstFile);
+
     // classified images are in their own set, never in the training dataset
     expect(await ctx.services.datasets.status('shapes', ctx.embedderId)).toEqual(before);
     expect((await ctx.services.datasets.status(classifyDatasetName('shapes'), ctx.embedderId)).total).toBe(4);

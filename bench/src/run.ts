@@ -1,3 +1,6 @@
+import { embedBench } from './suites/embed.bench.js';
+import { headBench } from './suites/head.bench.js';
+import { headScaleBench } from './suites/head-scale.bench.js';
 import { pipelineBench } from './suites/pipeline.bench.js';
 import { save, table, type SuiteResult } from './report.js';
 
@@ -7,6 +10,9 @@ import { save, table, type SuiteResult } from './report.js';
  */
 const SUITES: Record<string, () => Promise<SuiteResult>> = {
   pipeline: () => pipelineBench({ perClass: 30 }),
+  embed: () => embedBench({ images: 96 }),
+  head: () => headBench({ embedTrain: 1000, embedTest: 500 }),
+  'head-scale': () => headScaleBench({ n: Number(process.env.TL_BENCH_SCALE_N ?? 200_000), epochs: 3 }),
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -79,6 +79,27 @@ describe('embedBatch', () => {
     expect(f.shards).toHaveLength(1);
   });
 
+  it('halves a batch that does not fit in device memory instead of failing it', async () => {
+    const n = 5;
+    const f = fakeDeps(Object.fromEntries(Array.from({ length: n }, (_, i) => [sha(i + 1), px(i + 1)])));
+    const embed = f.deps.embedder.embedBatch;
+    f.deps.embedder.embedBatch = (images) => {
+      if (images.length > 2) throw new Error('OOM when allocating tensor with shape[5,112,112,96]');
+      return embed(images);
+    };
+    const r = await embedBatch(Array.from({ length: n }, (_, i) => ({ sha256: sha(i + 1), embedderId: ID })), f.deps);
+    expect(r).toEqual(Array(n).fill('embedded'));
+    expect(f.forward).toEqual([2, 1, 2]);
+    expect([...f.shards[0]!.data]).toEqual([1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]);
+    // any other error is not a memory problem: the batch fails (and is retried by the queue)
+    const g = fakeDeps({ [sha(9)]: px(9), [sha(10)]: px(10) });
+    g.deps.embedder.embedBatch = () => {
+      throw new Error('device lost');
+    };
+    await expect(embedBatch([9, 10].map((i) => ({ sha256: sha(i), embedderId: ID })), g.deps)).rejects.toThrow('device lost');
+    expect(g.shards).toHaveLength(0);
+  });
+
   it('refuses a job made for another embedding space', async () => {
     const f = fakeDeps({ [sha(1)]: px(1) });
     const [r] = await embedBatch([{ sha256: sha(1), embedderId: 'efficientnet-b0.other.crop224' }], f.deps);

@@ -40,14 +40,36 @@ export async function embedBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(Em
     }
   }
   if (todo.length) {
-    const end = deps.metrics.forwardSeconds.startTimer();
-    const data = deps.embedder.embedBatch(todo.map((t) => t.pixels));
-    end();
-    deps.metrics.embedBatch.observe(todo.length);
+    const data = forwardFitting(deps, todo.map((t) => t.pixels));
     await cache.writeShard(deps.embedderId, todo.map((t) => t.sha256), data, deps.embedder.dim);
     await tensors.delete(todo.map((t) => t.sha256));
     for (const t of todo) results[t.i] = 'embedded';
   }
   for (const r of results) deps.metrics.images.inc({ stage: 'embed', outcome: r instanceof Error ? 'failed' : r });
   return results;
+}
+
+const OUT_OF_MEMORY = /out of memory|OOM|resource exhausted|failed to allocate/i;
+
+/**
+ * One forward pass, or, when the device runs out of memory (a large batch on a small GPU),
+ * halves the batch until it fits: the batch size adapts to device memory instead of failing jobs.
+ */
+function forwardFitting(deps: Pick<EmbedDeps, 'embedder' | 'metrics'>, images: Uint8Array[]): Float32Array {
+  try {
+    const end = deps.metrics.forwardSeconds.startTimer();
+    const data = deps.embedder.embedBatch(images);
+    end();
+    deps.metrics.embedBatch.observe(images.length);
+    return data;
+  } catch (err) {
+    if (images.length < 2 || !OUT_OF_MEMORY.test((err as Error).message)) throw err;
+    const half = Math.ceil(images.length / 2);
+    const a = forwardFitting(deps, images.slice(0, half));
+    const b = forwardFitting(deps, images.slice(half));
+    const out = new Float32Array(a.length + b.length);
+    out.set(a);
+    out.set(b, a.length);
+    return out;
+  }
 }

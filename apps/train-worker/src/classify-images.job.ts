@@ -24,7 +24,7 @@ export interface ClassifiedLine {
  * Labels the embedded images under a prefix with a trained head and writes one JSON line per
  * image to `outputKey`. Two-class models decide with the threshold chosen on validation. Images
  * already classified by this run with unchanged bytes are skipped, so a watch loop only writes
- * what is new; running the job twice writes the same file.
+ * what is new; running the same job twice writes the same file.
  */
 export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: JobContext): Promise<ClassifyResult> {
   const { tf, services } = deps;
@@ -50,7 +50,10 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
     const done = await services.redis.hmget(doneKey, ...mine.map(([id]) => id));
     const cached = await services.cache.has(job.embedderId, mine.map(([, r]) => r.sha256 ?? '0'.repeat(64)));
     mine.forEach(([id, r], i) => {
-      if (r.sha256 && done[i] === `${r.etag} ${r.sha256}`) skipped++;
+      // Done by an earlier job (another output file) with the same bytes: skip. Done by this very
+      // job (a retry after it had finished) counts as not done, so its file is rewritten whole.
+      const prior = done[i]?.split(' ');
+      if (r.sha256 && prior && prior[0] === r.etag && prior[1] === r.sha256 && prior[2] !== job.outputKey) skipped++;
       else if (r.state === 'failed') lines.push({ key: `s3://${id}`, error: r.reason ?? 'failed', model: modelRef });
       else if (r.sha256 && cached[i]) todo.push({ id, sha256: r.sha256, etag: r.etag });
     });
@@ -75,7 +78,7 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
   }
   const failed = lines.filter((l) => l.error).length;
   await services.store.putObject(deps.bucket, job.outputKey, lines.map((l) => JSON.stringify(l)).join('\n') + (lines.length ? '\n' : ''), 'application/x-ndjson');
-  if (todo.length) await services.redis.hset(doneKey, ...todo.flatMap((t) => [t.id, `${t.etag} ${t.sha256}`]));
+  if (todo.length) await services.redis.hset(doneKey, ...todo.flatMap((t) => [t.id, `${t.etag} ${t.sha256} ${job.outputKey}`]));
   ctx.log.info({ classified: todo.length, failed, skipped }, 'classified');
   return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel };
 }

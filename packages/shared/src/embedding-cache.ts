@@ -39,9 +39,16 @@ export class EmbeddingCache {
 
   /** For each hash, whether its embedding is cached. */
   async has(embedderId: string, hashes: string[]): Promise<boolean[]> {
-    if (hashes.length === 0) return [];
-    const found = await this.redis.hmget(this.keys.embeddingIndex(embedderId), ...hashes);
-    return found.map((v) => v !== null);
+    return (await this.locate(embedderId, hashes)).map((v) => v !== null);
+  }
+
+  /** Index entries (`shardId row`) of many hashes, in chunks so one reply never gets huge. */
+  private async locate(embedderId: string, hashes: string[]): Promise<(string | null)[]> {
+    const out: (string | null)[] = [];
+    for (let i = 0; i < hashes.length; i += 10_000) {
+      out.push(...(await this.redis.hmget(this.keys.embeddingIndex(embedderId), ...hashes.slice(i, i + 10_000))));
+    }
+    return out;
   }
 
   /** Number of cached embeddings in this embedding space. */
@@ -76,7 +83,7 @@ export class EmbeddingCache {
    * (a few large reads, not one request per image), `parallel` shards at a time.
    */
   async load(embedderId: string, hashes: string[], parallel = 8): Promise<EmbeddingMatrix> {
-    const locations = hashes.length ? await this.redis.hmget(this.keys.embeddingIndex(embedderId), ...hashes) : [];
+    const locations = await this.locate(embedderId, hashes);
     const byShard = new Map<string, { row: number; out: number }[]>();
     let dim = 0;
     locations.forEach((loc, out) => {

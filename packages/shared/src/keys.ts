@@ -14,7 +14,7 @@ export function redisKeys(prefix: string) {
     embeddingIndex: (embedderId: string) => `${prefix}:emb:${embedderId}`,
     /** hash: sha256 → reason, images whose embedding failed for good */
     embeddingFailures: (embedderId: string) => `${prefix}:embfail:${embedderId}`,
-    /** hash: `bucket/key` → `etag sha256` of the images already classified with one model run */
+    /** hash: `bucket/key` → `etag sha256 outputKey` of the images already classified with one model run */
     classified: (model: string, runId: string) => `${prefix}:classified:${model}:${runId}`,
     /** string: 224×224×3 uint8 pixels waiting for embed, with a TTL */
     tensor: (sha256: string) => `${prefix}:tensor:${sha256}`,

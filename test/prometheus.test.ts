@@ -1,0 +1,98 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
+import { trainCommand } from '../apps/producer/src/commands/train.command.js';
+import { freePort } from '../apps/producer/src/embedded/redis.server.js';
+import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { startTestStack, type TestStack } from './support/stack.js';
+
+guardLeaks();
+
+let stack: TestStack;
+let ctx: CliContext;
+let prometheus: ChildProcess;
+let promUrl: string;
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+
+/** Debian's prometheus, scraping every worker of the stack every 200 ms, as a user's would (faster). */
+async function startPrometheus(dir: string, targets: Record<string, number>): Promise<void> {
+  const port = await freePort();
+  const config = [
+    'global:',
+    '  scrape_interval: 200ms',
+    '  scrape_timeout: 150ms',
+    'scrape_configs:',
+    ...Object.entries(targets).flatMap(([job, p]) => [`  - job_name: ${job}`, '    static_configs:', `      - targets: ['127.0.0.1:${p}']`]),
+  ].join('\n');
+  await mkdir(path.join(dir, 'prom'), { recursive: true });
+  await writeFile(path.join(dir, 'prom', 'prometheus.yml'), config);
+  prometheus = spawn('prometheus', [`--config.file=${path.join(dir, 'prom', 'prometheus.yml')}`, `--storage.tsdb.path=${path.join(dir, 'prom', 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: 'ignore' });
+  promUrl = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 100; i++) {
+    if (await fetch(`${promUrl}/-/ready`).then((r) => r.ok, () => false)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('prometheus did not become ready (is Debian\'s prometheus installed? apt-get install prometheus)');
+}
+
+async function query(q: string, start: number, end: number): Promise<{ metric: Record<string, string>; values: [number, string][] }[]> {
+  const url = `${promUrl}/api/v1/query_range?query=${encodeURIComponent(q)}&start=${start}&end=${end}&step=0.2`;
+  const body = (await (await fetch(url)).json()) as { status: string; data: { result: { metric: Record<string, string>; values: [number, string][] }[] } };
+  expect(body.status).toBe('success');
+  return body.data.result;
+}
+
+beforeAll(async () => {
+  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '8', TL_MODEL_WEIGHTS: 'random' });
+  ctx = await openCliContext(stack.config, sink);
+  await startPrometheus(stack.dataDir, { 'tl-train': stack.ports.train, 'tl-embed': stack.ports.embed, 'tl-preprocess': stack.ports.preprocess, 'tl-producer': stack.ports.producer });
+  await ctx.services.store.ensureBucket('photos-prom');
+  for (const kind of Object.keys(SAMPLE_CLASSES) as SampleClass[]) {
+    for (let i = 0; i < 12; i++) await ctx.services.store.putObject('photos-prom', `train/${kind}/${i}.jpg`, await renderSample(kind, i, 31));
+  }
+  await ingestCommand(ctx, 's3://photos-prom/train/', { dataset: 'watched', wait: true });
+});
+afterAll(async () => {
+  if (prometheus && prometheus.exitCode === null) {
+    const exited = new Promise((r) => prometheus.once('exit', r));
+    prometheus.kill('SIGTERM');
+    await exited;
+  }
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+describe('Prometheus watching a training run', () => {
+  it('scrapes the per-epoch gauges while the run goes, and every worker is up', async () => {
+    const start = Date.now() / 1000;
+    await trainCommand(ctx, { dataset: 'watched', wait: true, epochs: 300, batchSize: 2, patience: 0 });
+    await new Promise((r) => setTimeout(r, 600)); // one more scrape after the end
+    const end = Date.now() / 1000;
+
+    const epochs = await query('tl_train_epoch{dataset="watched"}', start, end);
+    expect(epochs).toHaveLength(1);
+    expect(epochs[0]!.metric).toMatchObject({ role: 'train', job: 'tl-train' });
+    const values = [...new Set(epochs[0]!.values.map(([, v]) => Number(v)))];
+    expect(values.filter((v) => v > 0 && v < 300).length).toBeGreaterThanOrEqual(2);
+    expect(Math.max(...values)).toBe(300);
+
+    const loss = await query('tl_train_loss{dataset="watched"}', start, end);
+    expect(loss.map((s) => s.metric.split).sort()).toEqual(['train', 'validation']);
+    const trainLoss = loss.find((s) => s.metric.split === 'train')!.values.map(([, v]) => Number(v));
+    expect(trainLoss.at(-1)!).toBeLessThan(trainLoss[0]!);
+
+    const up = await query('up', end - 1, end);
+    expect(up.map((s) => [s.metric.job, s.values.at(-1)![1]]).sort()).toEqual([
+      ['tl-embed', '1'],
+      ['tl-preprocess', '1'],
+      ['tl-producer', '1'],
+      ['tl-train', '1'],
+    ]);
+    const model = await query('tl_model_info', end - 1, end);
+    expect(model[0]!.metric).toMatchObject({ weights: 'random', backend: 'wasm' });
+  });
+});
