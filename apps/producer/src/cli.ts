@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from 'commander';
-import { ConfigError, DatasetName, loadConfig } from '@transferline/shared';
+import { ConfigError, DatasetName, loadConfig, sleep } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
@@ -72,10 +72,19 @@ program
   .argument('<s3url>', 'e.g. s3://photos/train/')
   .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
   .option('--no-wait', 'enqueue and return without waiting for the embeddings')
-  .action((url: string, o: { dataset: string; wait: boolean }) =>
+  .option('--watch', 'keep picking up new and changed objects under the prefix until Ctrl-C')
+  .option('--interval <seconds>', 'how often --watch lists the prefix (default 10)', int('--interval'), 10)
+  .action((url: string, o: { dataset: string; wait: boolean; watch?: boolean; interval: number }) =>
     withContext(async (ctx) => {
-      const r = await ingestCommand(ctx, url, { dataset: o.dataset, wait: o.wait });
-      if (r.status && r.status.failed > 0) process.exitCode = 3;
+      const stop = new AbortController();
+      process.once('SIGINT', () => stop.abort());
+      for (;;) {
+        const r = await ingestCommand(ctx, url, { dataset: o.dataset, wait: o.wait });
+        if (r.status && r.status.failed > 0) process.exitCode = 3;
+        if (!o.watch || stop.signal.aborted) break;
+        await sleep(o.interval * 1000, stop.signal);
+        if (stop.signal.aborted) break;
+      }
     }),
   );
 

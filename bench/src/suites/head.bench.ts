@@ -78,7 +78,10 @@ export async function headBench(o: { embedTrain: number; embedTest: number }): P
     const a = { train: pixels(trainSet), test: pixels(testSet) };
     const sk = await sklearn(a.train, a.test, dir);
     process.stderr.write(`head: sklearn on pixels ${JSON.stringify(sk)}\n`);
-    const our = await ours(a.train, a.test, {});
+    // The same L2 strength as scikit-learn's default C = 1 (it minimises ½‖w‖² + C·Σ loss, i.e.
+    // mean loss + ‖w‖² / (2·C·n)), trained until the validation loss stops improving.
+    const l2For = (rows: number) => 1 / (2 * (rows - Math.round(rows * 0.1)));
+    const our = await ours(a.train, a.test, { l2: l2For(a.train.x.rows) });
     process.stderr.write(`head: ours on pixels ${JSON.stringify(our)}\n`);
     details.pixels = { ours: our, sklearn: sk };
     rowsOut.push(
@@ -119,7 +122,7 @@ export async function headBench(o: { embedTrain: number; embedTest: number }): P
     const embedSeconds = (performance.now() - t0) / 1000;
     embedder.dispose();
     const skB = await sklearn(b.train, b.test, dir);
-    const ourB = await ours(b.train, b.test, { patience: 10, epochs: 100, batchSize: 32 });
+    const ourB = await ours(b.train, b.test, { l2: l2For(b.train.x.rows), patience: 30, epochs: 400, batchSize: 32 });
     details.embeddings = { ours: ourB, sklearn: skB, images: o.embedTrain + o.embedTest, embedSeconds };
     rowsOut.push(
       { name: `embeddings (${o.embedTrain}+${o.embedTest} images): scikit-learn test accuracy`, value: skB.accuracy, unit: 'fraction' },

@@ -1,4 +1,4 @@
-import { classifyDatasetName, enqueue, jobIds, parseS3Url, type ClassifyJob, type ClassifyResult } from '@transferline/shared';
+import { classifyDatasetName, enqueue, jobIds, parseS3Url, sleep, type ClassifyJob, type ClassifyResult } from '@transferline/shared';
 import { QueueEvents } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { ingestPrefix } from '../ingest.service.js';
@@ -59,10 +59,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
           ` → s3://${ctx.config.s3.bucket}/${r.outputKey}\n`,
       );
       if (!o.watch || (o.maxRounds !== undefined && round >= o.maxRounds) || o.signal?.aborted) break;
-      await new Promise((resolve) => {
-        const t = setTimeout(resolve, o.intervalSeconds * 1000);
-        o.signal?.addEventListener('abort', () => (clearTimeout(t), resolve(undefined)), { once: true });
-      });
+      await sleep(o.intervalSeconds * 1000, o.signal);
       if (o.signal?.aborted) break;
     }
   } finally {
