@@ -2,6 +2,7 @@ import { embedBench } from './suites/embed.bench.js';
 import { headBench } from './suites/head.bench.js';
 import { headScaleBench } from './suites/head-scale.bench.js';
 import { pipelineBench } from './suites/pipeline.bench.js';
+import { preprocessBench } from './suites/preprocess.bench.js';
 import { save, table, type SuiteResult } from './report.js';
 
 /**
@@ -10,10 +11,14 @@ import { save, table, type SuiteResult } from './report.js';
  */
 const SUITES: Record<string, () => Promise<SuiteResult>> = {
   pipeline: () => pipelineBench({ perClass: 30 }),
+  preprocess: () => preprocessBench(),
   embed: () => embedBench({ images: 96 }),
   head: () => headBench({ embedTrain: 1000, embedTest: 500 }),
   'head-scale': () => headScaleBench({ n: Number(process.env.TL_BENCH_SCALE_N ?? 200_000), epochs: 3 }),
 };
+
+// The AWS SDK's notice that its 2027 releases need Node 22 would interrupt the output.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const unknown = wanted.filter((w) => !(w in SUITES));

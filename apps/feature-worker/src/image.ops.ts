@@ -1,5 +1,15 @@
-import sharp from 'sharp';
+import sharp, { type OutputInfo } from 'sharp';
 import { PermanentError } from '@transferline/shared';
+
+/**
+ * How a non-square image becomes size×size. `squash` scales each axis on its own (the whole
+ * picture, aspect ratio lost: what Keras `image_dataset_from_directory` does by default);
+ * `crop` scales the short side to size and cuts the centre (aspect kept, edges lost).
+ */
+export type ResizePolicy = 'squash' | 'crop';
+
+/** libvips reduction kernels worth choosing between for a model input. */
+export type ResizeKernel = 'linear' | 'cubic' | 'mitchell' | 'lanczos3';
 
 export interface PrepareOptions {
   /** Output side in pixels (the model's input size). */
@@ -8,45 +18,202 @@ export interface PrepareOptions {
   maxInputPixels: number;
   /** Colour that transparent pixels are flattened onto. */
   background: { r: number; g: number; b: number };
+  /** Default `squash`. Part of the embedder id, so embeddings of two policies never mix. */
+  resize?: ResizePolicy;
+  /**
+   * Default `linear`: an antialiased triangle filter whose support grows with the reduction
+   * (PIL's and torchvision's `bilinear` with antialias). On 640×480 JPEGs it is ~25% faster
+   * than libvips's default lanczos3, and what the sharper kernel adds is detail the network
+   * does not use at 224 px. Exposed for the benchmark, not in config.
+   */
+  kernel?: ResizeKernel;
+  /** Longest time libvips may spend on one image before it fails with `decode-timeout`. */
+  timeoutSeconds?: number;
 }
 
 /**
- * Decode → EXIF orientation → sRGB → alpha flattened → squashed to size×size, as raw RGB uint8
- * (HWC, what the model's input layer takes). "Squash" is what Keras
- * `image_dataset_from_directory` does by default, so the classic recipe's numbers carry over.
- * Throws PermanentError with a reason code when the bytes are not an image we can read.
+ * Why an image could not be prepared: bounded codes, used as metric labels and shown by
+ * `status`. (The job adds `too-large` and `not-found`, which are about the object, not its bytes.)
+ */
+export const IMAGE_FAILURE_REASONS = ['empty', 'not-an-image', 'unsupported-format', 'truncated', 'too-many-pixels', 'undecodable', 'decode-timeout'] as const;
+export type ImageFailureReason = (typeof IMAGE_FAILURE_REASONS)[number];
+
+/** Formats this worker decodes (HEIC only where the sharp build has an HEVC decoder). */
+export type ImageFormat = 'jpeg' | 'png' | 'webp' | 'gif' | 'tiff' | 'avif' | 'heic' | 'heif';
+
+export type Sniffed = { supported: true; format: ImageFormat } | { supported: false; format: string };
+
+/**
+ * Process-wide sharp settings, applied once at role start. `concurrency` is libvips's threads
+ * per image (0 keeps sharp's default); the worker already runs several images at once.
+ * Every object is new bytes, so libvips's operation cache could never hit: it would only hold
+ * memory, so it is turned off.
+ */
+export function configureSharp(o: { concurrency: number }): { concurrency: number } {
+  if (o.concurrency > 0) sharp.concurrency(o.concurrency);
+  sharp.cache(false);
+  return { concurrency: sharp.concurrency() };
+}
+
+/**
+ * Decode → EXIF orientation → sRGB (embedded ICC profiles, CMYK, 16-bit and grey all end as
+ * 8-bit sRGB) → alpha flattened onto the background → size×size by the resize policy, as raw
+ * RGB uint8 (HWC, what the model's input layer takes). Large JPEGs are decoded at 1/2, 1/4 or
+ * 1/8 scale (sharp's shrink-on-load, which keeps a margin: below a ~3× reduction, e.g. 640×480,
+ * the JPEG is decoded whole); animations give their first frame. Throws PermanentError with a reason from IMAGE_FAILURE_REASONS when the bytes are
+ * not an image we can read.
  */
 export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promise<Uint8Array> {
   if (bytes.length === 0) throw new PermanentError('empty', 'the object is zero bytes');
+  const sniffed = sniffFormat(bytes);
+  // Only the formats we mean to read reach a decoder: libvips would also try SVG (rendered with
+  // whatever fonts this machine has, so two workers could turn the same bytes into different
+  // pixels under one content hash) and whatever else its loaders accept.
+  if (!sniffed) throw new PermanentError('not-an-image', `not an image (${describeStart(bytes)})`);
+  if (!sniffed.supported) {
+    throw new PermanentError('unsupported-format', `${sniffed.format} images are not supported: convert them to JPEG, PNG, WebP, AVIF, GIF or TIFF`);
+  }
+  const kernel = o.kernel ?? 'linear';
+  let out: { data: Buffer; info: OutputInfo };
   try {
-    const { data, info } = await sharp(bytes, {
+    const image = sharp(bytes, {
       limitInputPixels: o.maxInputPixels,
-      // Some damaged images still decode partially; a training set is better without them.
+      // Damaged images that still decode partially (grey bands): a training set is better without them.
       failOn: 'error',
+      autoOrient: true,
+      // The first frame of an animation or the first page of a multi-page TIFF.
       animated: false,
-    })
-      .rotate()
+    });
+    // Grey + alpha would be flattened in grey, onto the background's red channel alone: such
+    // formats work in sRGB from the start. Not JPEG (never alpha) nor WebP (always RGB): that
+    // would turn off their shrink-on-load.
+    if (sniffed.format !== 'jpeg' && sniffed.format !== 'webp') image.pipelineColourspace('srgb');
+    out = await image
+      .timeout({ seconds: o.timeoutSeconds ?? 60 })
+      // No-ops for images without alpha; sRGB is sharp's output space unless told otherwise.
       .flatten({ background: o.background })
-      .toColourspace('srgb')
-      .resize(o.size, o.size, { fit: 'fill' })
+      .resize(o.size, o.size, o.resize === 'crop' ? { fit: 'cover', position: 'centre', kernel } : { fit: 'fill', kernel })
       .removeAlpha()
       .raw()
       .toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3 || info.width !== o.size || info.height !== o.size) {
-      throw new PermanentError('undecodable', `decoded to ${info.width}×${info.height}×${info.channels}, expected ${o.size}×${o.size}×3`);
-    }
-    return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   } catch (err) {
-    if (err instanceof PermanentError) throw err;
-    throw classifySharpError(err as Error);
+    throw classifyDecodeError(err as Error, sniffed.format, bytes);
+  }
+  const { data, info } = out;
+  if (info.channels !== 3 || info.width !== o.size || info.height !== o.size) {
+    throw new PermanentError('undecodable', `decoded to ${info.width}×${info.height}×${info.channels}, expected ${o.size}×${o.size}×3`);
+  }
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/**
+ * Maps a libvips/sharp failure on bytes that looked like `format` to a reason code. Truncation
+ * is judged from the file's structure first (a missing end marker, a box or chunk longer than
+ * the file), since decoders word it in many ways.
+ */
+export function classifyDecodeError(err: Error, format: string, bytes: Uint8Array): PermanentError {
+  const m = err.message.split('\n').filter(Boolean).slice(-3).join('; ');
+  if (/pixel limit/i.test(err.message)) return new PermanentError('too-many-pixels', m);
+  if (/timeout/i.test(err.message)) return new PermanentError('decode-timeout', m);
+  if (/has not been built in|decoder plugin|unsupported codec/i.test(err.message)) {
+    return new PermanentError('unsupported-format', `${format}: this build of sharp cannot decode it (${m})`);
+  }
+  if (looksTruncated(format, bytes) || /premature end|truncated|unexpected end|not enough data/i.test(err.message)) {
+    return new PermanentError('truncated', m);
+  }
+  return new PermanentError('undecodable', m);
+}
+
+const ascii = (b: Uint8Array, start: number, length: number) => String.fromCharCode(...b.subarray(start, start + length));
+const startsWith = (b: Uint8Array, sig: number[], at = 0) => sig.every((v, i) => b[at + i] === v);
+const u32be = (b: Uint8Array, at: number) => ((b[at]! << 24) >>> 0) + (b[at + 1]! << 16) + (b[at + 2]! << 8) + b[at + 3]!;
+const u32le = (b: Uint8Array, at: number) => ((b[at + 3]! << 24) >>> 0) + (b[at + 2]! << 16) + (b[at + 1]! << 8) + b[at]!;
+
+const HEIC_BRANDS = new Set(['heic', 'heix', 'hevc', 'hevx', 'heim', 'heis', 'hevm', 'hevs']);
+
+/**
+ * What the first bytes say the file is: one of the formats we decode, another image format we
+ * name in the error (BMP, PSD, JPEG XL…), or undefined for bytes that are no image at all.
+ */
+export function sniffFormat(b: Uint8Array): Sniffed | undefined {
+  if (startsWith(b, [0xff, 0xd8, 0xff])) return { supported: true, format: 'jpeg' };
+  if (startsWith(b, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return { supported: true, format: 'png' };
+  if (ascii(b, 0, 6) === 'GIF87a' || ascii(b, 0, 6) === 'GIF89a') return { supported: true, format: 'gif' };
+  if (ascii(b, 0, 4) === 'RIFF' && ascii(b, 8, 4) === 'WEBP') return { supported: true, format: 'webp' };
+  const tiff = ascii(b, 0, 4);
+  if (tiff === 'II*\0' || tiff === 'MM\0*' || tiff === 'II+\0' || tiff === 'MM\0+') return { supported: true, format: 'tiff' };
+  if (b.length >= 12 && ascii(b, 4, 4) === 'ftyp') {
+    const boxEnd = Math.min(b.length, Math.max(16, u32be(b, 0)));
+    const brands = [ascii(b, 8, 4)];
+    for (let at = 16; at + 4 <= boxEnd; at += 4) brands.push(ascii(b, at, 4));
+    if (brands.includes('avif') || brands.includes('avis')) return { supported: true, format: 'avif' };
+    if (brands.some((x) => HEIC_BRANDS.has(x))) return { supported: true, format: 'heic' };
+    if (brands.includes('mif1') || brands.includes('msf1')) return { supported: true, format: 'heif' };
+    if (brands.includes('crx ')) return { supported: false, format: 'Canon CR3 raw' };
+    return undefined; // MP4, QuickTime, 3GP: video
+  }
+  if (ascii(b, 0, 2) === 'BM' && b.length >= 18 && [12, 40, 52, 56, 64, 108, 124].includes(u32le(b, 14))) return { supported: false, format: 'BMP' };
+  if (ascii(b, 0, 4) === '8BPS') return { supported: false, format: 'Photoshop PSD' };
+  if (startsWith(b, [0xff, 0x0a]) || startsWith(b, [0, 0, 0, 0x0c, 0x4a, 0x58, 0x4c, 0x20])) return { supported: false, format: 'JPEG XL' };
+  if (startsWith(b, [0, 0, 0, 0x0c, 0x6a, 0x50, 0x20, 0x20]) || startsWith(b, [0xff, 0x4f, 0xff, 0x51])) return { supported: false, format: 'JPEG 2000' };
+  if (startsWith(b, [0, 0, 1, 0]) && b.length >= 6 && b[4]! + b[5]! > 0) return { supported: false, format: 'ICO' };
+  if (ascii(b, 0, 4) === 'qoif') return { supported: false, format: 'QOI' };
+  if (ascii(b, 0, 4) === 'DDS ') return { supported: false, format: 'DDS' };
+  if (startsWith(b, [0x76, 0x2f, 0x31, 0x01])) return { supported: false, format: 'OpenEXR' };
+  if (ascii(b, 0, 10) === '#?RADIANCE') return { supported: false, format: 'Radiance HDR' };
+  if (ascii(b, 0, 15) === 'FUJIFILMCCD-RAW') return { supported: false, format: 'Fujifilm RAF raw' };
+  if (ascii(b, 0, 5) === '%PDF-') return { supported: false, format: 'PDF' };
+  if (/^P[1-7]\s/.test(ascii(b, 0, 3))) return { supported: false, format: 'Netpbm' };
+  const head = Buffer.from(b.subarray(0, 1024)).toString('utf8').replace(/^\uFEFF/, '').trimStart();
+  if (head.startsWith('<') && /<svg[\s>]/i.test(head)) return { supported: false, format: 'SVG' };
+  return undefined;
+}
+
+/** True when the file's own structure says bytes are missing at the end. */
+export function looksTruncated(format: string, b: Uint8Array): boolean {
+  const tail = (n: number) => b.subarray(Math.max(0, b.length - n));
+  switch (format) {
+    case 'jpeg': {
+      // EOI (FF D9) ends every complete JPEG; some writers pad after it. Inside the entropy-coded
+      // data FF is always followed by 00 or a restart marker, so FF D9 there is the real end.
+      const t = tail(1024);
+      for (let i = t.length - 2; i >= 0; i--) if (t[i] === 0xff && t[i + 1] === 0xd9) return false;
+      return true;
+    }
+    case 'png':
+      return !ascii(tail(64), 0, 64).includes('IEND');
+    case 'gif':
+      return !tail(16).includes(0x3b);
+    case 'webp':
+      return b.length < 12 || u32le(b, 4) + 8 > b.length;
+    case 'tiff': {
+      if (b.length < 8 || b[2] === 0x2b || b[3] === 0x2b) return b.length < 16; // BigTIFF: 64-bit offsets
+      const ifd = b[0] === 0x49 ? u32le(b, 4) : u32be(b, 4);
+      return ifd + 2 > b.length;
+    }
+    case 'avif':
+    case 'heic':
+    case 'heif': {
+      // ISO-BMFF: top-level boxes must tile the file exactly.
+      let at = 0;
+      while (at + 8 <= b.length) {
+        let size = u32be(b, at);
+        if (size === 1) size = b.length >= at + 16 ? u32be(b, at + 8) * 2 ** 32 + u32be(b, at + 12) : Number.POSITIVE_INFINITY;
+        if (size === 0) return false; // the last box runs to the end of the file
+        if (size < 8 || at + size > b.length) return true;
+        at += size;
+      }
+      return at !== b.length;
+    }
+    default:
+      return false;
   }
 }
 
-/** Maps libvips/sharp messages to bounded reason codes. */
-export function classifySharpError(err: Error): PermanentError {
-  const m = err.message;
-  if (/pixel limit/i.test(m)) return new PermanentError('too-many-pixels', m);
-  if (/unsupported image format/i.test(m)) return new PermanentError('unsupported-format', m);
-  if (/premature end|truncated|unexpected end|not enough data|EOF/i.test(m)) return new PermanentError('truncated', m);
-  return new PermanentError('undecodable', m);
+/** A short, safe description of what the bytes start with, for the failure detail. */
+function describeStart(b: Uint8Array): string {
+  const head = b.subarray(0, 16);
+  const printable = head.every((c) => c === 9 || c === 10 || c === 13 || (c >= 32 && c < 127));
+  if (printable) return 'starts with text';
+  return `starts with bytes ${Buffer.from(head.subarray(0, 8)).toString('hex')}`;
 }

@@ -4,18 +4,27 @@ import {
   ObjectTooLargeError,
   PermanentError,
   contentHash,
-  enqueue,
-  jobIds,
+  type EmbedJob,
   type JobContext,
   type PreprocessJob,
   type Services,
 } from '@transferline/shared';
-import type { Queue } from 'bullmq';
 import { prepareImage, type PrepareOptions } from './image.ops.js';
+
+/**
+ * Room for one more tensor under the backpressure bound. `admit` waits until there is room and
+ * holds it; `release` is called once the embed job is in the queue (which then counts the
+ * tensor) or when no tensor was stored after all.
+ */
+export interface TensorGate {
+  admit: (ctx: JobContext) => Promise<{ release: () => Promise<void> }>;
+}
 
 export interface PreprocessDeps {
   services: Pick<Services, 'store' | 'datasets' | 'cache' | 'tensors'>;
-  embedQueue: Queue;
+  /** Adds the embed job (content-derived id, so adding it twice is a no-op). */
+  enqueueEmbed: (job: EmbedJob) => Promise<void>;
+  gate: TensorGate;
   image: PrepareOptions;
   maxObjectBytes: number;
 }
@@ -25,7 +34,9 @@ export type PreprocessOutcome = 'cached' | 'queued';
 /**
  * One object: download, hash, and either note that its embedding is cached already or hand
  * its pixels to embed. Running it twice leaves the same state: the item record is overwritten
- * with the same values and the embed job id derives from the content.
+ * with the same values, the tensor is stored under the content hash and the embed job id
+ * derives from the content. A failure that retrying cannot fix (not found, too large, not an
+ * image we can read) is recorded on the item with its reason and thrown as PermanentError.
  */
 export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, ctx: JobContext): Promise<PreprocessOutcome> {
   const { store, datasets, cache, tensors } = deps.services;
@@ -41,23 +52,27 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
       return 'cached';
     }
     const pixels = await prepareImage(bytes, deps.image);
-    await tensors.put(sha256, pixels);
-    const embed = { sha256, embedderId: job.embedderId };
-    await enqueue(deps.embedQueue, 'embed', [{ id: jobIds.embed(embed), payload: embed }]);
+    // Backpressure: the pixels wait here, not in Redis, while embed's backlog is at the bound.
+    const room = await deps.gate.admit(ctx);
+    try {
+      await tensors.put(sha256, pixels);
+      await deps.enqueueEmbed({ sha256, embedderId: job.embedderId });
+    } finally {
+      await room.release();
+    }
     await datasets.putItem(job.dataset, itemId, { ...base, sha256, state: 'queued' });
     return 'queued';
   } catch (err) {
-    const permanent =
-      err instanceof PermanentError
-        ? err
-        : err instanceof ObjectNotFoundError
-          ? new PermanentError('not-found', err.message)
-          : err instanceof ObjectTooLargeError
-            ? new PermanentError('too-large', err.message)
-            : undefined;
+    const permanent = asPermanent(err);
     if (!permanent) throw err;
-    ctx.log.info({ reason: permanent.reason }, 'item failed');
     await datasets.putItem(job.dataset, itemId, { ...base, state: 'failed', reason: permanent.reason, detail: permanent.message });
     throw permanent;
   }
+}
+
+function asPermanent(err: unknown): PermanentError | undefined {
+  if (err instanceof PermanentError) return err;
+  if (err instanceof ObjectNotFoundError) return new PermanentError('not-found', `${err.message} (deleted since it was listed?)`);
+  if (err instanceof ObjectTooLargeError) return new PermanentError('too-large', err.message);
+  return undefined;
 }

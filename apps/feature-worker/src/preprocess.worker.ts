@@ -1,14 +1,20 @@
 import {
+  PermanentError,
   createMetrics,
   createQueues,
   createServices,
   embedderIdFromConfig,
+  enqueue,
+  jobIds,
   startWorker,
   type Config,
   type Handler,
+  type EmbedJob,
   type Logger,
 } from '@transferline/shared';
-import { preprocessImage } from './preprocess-image.job.js';
+import { EmbedBacklogGate } from './embed-backlog.gate.js';
+import { configureSharp } from './image.ops.js';
+import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
 import type { RunningRole } from './role.js';
 
 /** config → deps → the preprocess worker (CPU: download, hash, decode, resize). */
@@ -17,15 +23,28 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   const services = createServices(config, 'worker');
   const queues = createQueues(services.redis, config.redis.prefix);
   const embedderId = embedderIdFromConfig(config);
-  const deps = {
+  const sharpSettings = configureSharp({ concurrency: config.preprocess.sharpConcurrency });
+  const gate = new EmbedBacklogGate(services.redis, queues.embed, `${config.redis.prefix}:backpressure:embed`, config.preprocess.maxPendingTensors, metrics, log);
+  const deps: PreprocessDeps = {
     services,
-    embedQueue: queues.embed,
-    image: { size: 224, maxInputPixels: config.preprocess.maxInputPixels, background: config.preprocess.background },
+    enqueueEmbed: async (job: EmbedJob) => {
+      // An embed job that failed for good keeps its id; new pixels for the same image must get
+      // a new chance, not be deduplicated against the failure.
+      const id = jobIds.embed(job);
+      const previous = await queues.embed.getJob(id);
+      if (previous && (await previous.isFailed())) {
+        await previous.remove();
+        await services.redis.hdel(services.keys.embeddingFailures(job.embedderId), job.sha256);
+      }
+      await enqueue(queues.embed, 'embed', [{ id, payload: job }]);
+    },
+    gate,
+    image: { size: 224, maxInputPixels: config.preprocess.maxInputPixels, background: config.preprocess.background, resize: config.preprocess.resize },
     maxObjectBytes: config.preprocess.maxObjectBytes,
   };
   const handler: Handler<'preprocess'> = async (payload, ctx) => {
     const outcome = await preprocessImage(payload, deps, ctx).catch((err: unknown) => {
-      metrics.images.inc({ stage: 'preprocess', outcome: 'failed' });
+      metrics.images.inc({ stage: 'preprocess', outcome: err instanceof PermanentError ? 'failed' : 'retried' });
       throw err;
     });
     metrics.images.inc({ stage: 'preprocess', outcome });
@@ -39,16 +58,29 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     concurrency: config.preprocess.concurrency,
     lockDuration: config.jobLockMs,
   });
-  log.info({ role: 'preprocess', embedderId, concurrency: config.preprocess.concurrency }, 'worker started');
+  log.info(
+    {
+      role: 'preprocess',
+      embedderId,
+      concurrency: config.preprocess.concurrency,
+      sharpConcurrency: sharpSettings.concurrency,
+      resize: config.preprocess.resize,
+      maxPendingTensors: config.preprocess.maxPendingTensors,
+    },
+    'worker started',
+  );
   let closing = false;
   return {
     metrics,
     healthy: () => !closing && worker.isRunning(),
     stop: async () => {
       closing = true;
+      // Jobs held by backpressure give up first (they are retried later), so close() can finish.
+      gate.close();
       await worker.close();
       await Promise.all(Object.values(queues).map((q) => q.close()));
       await services.close();
     },
   };
 }
+

@@ -1,0 +1,129 @@
+import sharp, { type Sharp } from 'sharp';
+import { PermanentError } from '@transferline/shared';
+import { describe, expect, it } from 'vitest';
+import { classifyDecodeError, configureSharp, looksTruncated, prepareImage, sniffFormat, type PrepareOptions } from './image.ops.js';
+
+const OPTS: PrepareOptions = { size: 224, maxInputPixels: 10_000_000, background: { r: 255, g: 255, b: 255 } };
+
+const noise = (width: number, height: number) => sharp({ create: { width, height, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 128, sigma: 40 } } });
+
+/** Three vertical bands: red | green (the middle half) | blue. */
+function bands(width: number, height: number): Sharp {
+  const px = Buffer.alloc(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) px.set(x < width / 4 ? [230, 20, 20] : x < (3 * width) / 4 ? [20, 200, 20] : [20, 20, 230], (y * width + x) * 3);
+  }
+  return sharp(px, { raw: { width, height, channels: 3 } });
+}
+
+const pixel = (p: Uint8Array, x: number, y: number, size = 224) => [...p.subarray((y * size + x) * 3, (y * size + x) * 3 + 3)];
+
+async function reasonOf(bytes: Uint8Array, o: PrepareOptions = OPTS): Promise<string> {
+  try {
+    await prepareImage(bytes, o);
+  } catch (err) {
+    expect(err).toBeInstanceOf(PermanentError);
+    return (err as PermanentError).reason;
+  }
+  return 'decoded';
+}
+
+describe('sniffFormat', () => {
+  it('names the formats we decode from their first bytes', async () => {
+    const img = noise(8, 8);
+    expect(sniffFormat(await img.clone().jpeg().toBuffer())).toEqual({ supported: true, format: 'jpeg' });
+    expect(sniffFormat(await img.clone().png().toBuffer())).toEqual({ supported: true, format: 'png' });
+    expect(sniffFormat(await img.clone().webp().toBuffer())).toEqual({ supported: true, format: 'webp' });
+    expect(sniffFormat(await img.clone().gif().toBuffer())).toEqual({ supported: true, format: 'gif' });
+    expect(sniffFormat(await img.clone().tiff().toBuffer())).toEqual({ supported: true, format: 'tiff' });
+    expect(sniffFormat(await img.clone().avif().toBuffer())).toEqual({ supported: true, format: 'avif' });
+  });
+
+  it('tells other image formats from bytes that are no image at all', () => {
+    const bmp = Buffer.alloc(64);
+    bmp.write('BM', 0, 'latin1');
+    bmp.writeUInt32LE(40, 14);
+    expect(sniffFormat(bmp)).toEqual({ supported: false, format: 'BMP' });
+    expect(sniffFormat(Buffer.from('8BPS\0\x01'))).toMatchObject({ supported: false, format: 'Photoshop PSD' });
+    expect(sniffFormat(Buffer.from('\uFEFF <?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>'))).toMatchObject({ format: 'SVG' });
+    expect(sniffFormat(Buffer.from('%PDF-1.7\n'))).toMatchObject({ format: 'PDF' });
+    expect(sniffFormat(Buffer.from('hello, this is a text file\n'))).toBeUndefined();
+    expect(sniffFormat(Buffer.from('BMW drivers\n'))).toBeUndefined();
+    const mp4 = Buffer.alloc(32);
+    mp4.writeUInt32BE(24, 0);
+    mp4.write('ftypisom\0\0\0\0isommp41', 4, 'latin1');
+    expect(sniffFormat(mp4)).toBeUndefined();
+  });
+});
+
+describe('prepareImage', () => {
+  it('squashes by default and centre-crops with resize: crop', async () => {
+    const img = await bands(800, 200).png().toBuffer();
+    const squash = await prepareImage(img, OPTS);
+    expect(squash.length).toBe(224 * 224 * 3);
+    expect(pixel(squash, 5, 112)).toEqual([230, 20, 20]); // the red band survives, squeezed
+    expect(pixel(squash, 218, 112)).toEqual([20, 20, 230]);
+    const crop = await prepareImage(img, { ...OPTS, resize: 'crop' });
+    // the centre 200×200 of an 800×200 image lies inside the green band
+    for (const x of [0, 112, 223]) expect(pixel(crop, x, 112)).toEqual([20, 200, 20]);
+  });
+
+  it('decodes large JPEGs at reduced scale without losing what matters', async () => {
+    const original = bands(2400, 1800).blur(3);
+    const jpeg = await original.clone().jpeg({ quality: 92 }).toBuffer();
+    const reference = await original.clone().resize(224, 224, { fit: 'fill', kernel: 'lanczos3' }).raw().toBuffer();
+    const ours = await prepareImage(jpeg, OPTS);
+    let diff = 0;
+    for (let i = 0; i < ours.length; i++) diff += Math.abs(ours[i]! - reference[i]!);
+    expect(diff / ours.length).toBeLessThan(2.5);
+  });
+
+  it('classifies bad bytes with one reason each', async () => {
+    const jpeg = await noise(320, 240).jpeg().toBuffer();
+    const png = await noise(320, 240).png().toBuffer();
+    expect(await reasonOf(new Uint8Array(0))).toBe('empty');
+    expect(await reasonOf(Buffer.from('not an image, just text in a .jpg\n'))).toBe('not-an-image');
+    expect(await reasonOf(Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>'))).toBe('unsupported-format');
+    for (const format of ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif'] as const) {
+      const whole = await noise(320, 240).toFormat(format).toBuffer();
+      expect(await reasonOf(whole.subarray(0, Math.floor(whole.length * 0.6))), format).toBe('truncated');
+      expect(looksTruncated(format, whole), format).toBe(false);
+    }
+    // a PNG whose header claims 30000×30000: refused before any pixel is decoded
+    const bomb = Buffer.from(png);
+    bomb.writeUInt32BE(30000, 16);
+    bomb.writeUInt32BE(30000, 20);
+    expect(await reasonOf(bomb)).toBe('too-many-pixels');
+    // the same with a JPEG's frame header
+    const jbomb = Buffer.from(jpeg);
+    const sof = jbomb.indexOf(Buffer.from([0xff, 0xc0]));
+    jbomb.writeUInt16BE(30000, sof + 5);
+    jbomb.writeUInt16BE(30000, sof + 7);
+    expect(await reasonOf(jbomb)).toBe('too-many-pixels');
+    // complete, but damaged inside
+    const corrupt = Buffer.from(png);
+    for (let i = 200; i < 260; i++) corrupt[i]! ^= 0x55;
+    expect(await reasonOf(corrupt)).toBe('undecodable');
+  });
+
+  it('maps decoder messages it cannot see from the bytes', () => {
+    const jpeg = Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0, 0, 0xff, 0xd9]);
+    expect(classifyDecodeError(new Error('timeout: 3% complete'), 'jpeg', jpeg).reason).toBe('decode-timeout');
+    expect(classifyDecodeError(new Error('x: bad seek to 1024\nheif: Support for this compression format has not been built in: HEVC'), 'heic', jpeg).reason).toBe('unsupported-format');
+    expect(classifyDecodeError(new Error('VipsJpeg: premature end of JPEG image'), 'jpeg', jpeg).reason).toBe('truncated');
+    expect(classifyDecodeError(new Error('something else'), 'jpeg', jpeg).reason).toBe('undecodable');
+  });
+});
+
+describe('configureSharp', () => {
+  it('sets libvips threads per image when asked, and keeps the default for 0', () => {
+    const before = sharp.concurrency();
+    try {
+      expect(configureSharp({ concurrency: 2 }).concurrency).toBe(2);
+      expect(configureSharp({ concurrency: 0 }).concurrency).toBe(2);
+    } finally {
+      sharp.concurrency(before);
+      sharp.cache(true);
+    }
+  });
+});

@@ -1,0 +1,331 @@
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import sharp from 'sharp';
+import { openCliContext } from '@transferline/producer/cli-context';
+import { ingestPrefix } from '@transferline/producer/ingest.service';
+import { startTempStack } from '@transferline/producer/embedded/temp-stack';
+import { configureSharp, prepareImage, type PrepareOptions } from '@transferline/feature-worker/image.ops';
+import { contentHash } from '@transferline/shared';
+import { machine, withRatios, type Row, type SuiteResult } from '../report.js';
+
+/**
+ * Issue 3's benchmark: decode + resize to 224×224 on the same images held in memory, in one run:
+ * (a) `prepareImage` in this process (the ceiling), tuned and as it was before (lanczos3, libvips
+ * cache on); (b) the whole preprocess stage (S3 GET from the embedded server, SHA-256, sharp,
+ * tensor into Redis, embed job into BullMQ) with 1 and 2 worker processes; (c) PIL and OpenCV on
+ * the same files, as a Python user would. Two sets: Debian's wallpaper photos and 640×480 JPEGs.
+ *
+ * Each worker process is given one core (pinned with taskset, UV_THREADPOOL_SIZE=1, sharp
+ * concurrency 1, 4 jobs in hand so downloads and Redis round trips overlap decoding), as if each
+ * were a machine of its own; the S3 server and Redis float over both cores. "1 process,
+ * defaults" is one unpinned process with the default settings, using both cores. Every variant
+ * runs in rounds, round robin, so a shared machine's noise hits them alike.
+ */
+
+const PREP: PrepareOptions = { size: 224, maxInputPixels: 100_000_000, background: { r: 255, g: 255, b: 255 } };
+const BEFORE: PrepareOptions = { ...PREP, kernel: 'lanczos3' };
+const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const PHOTO_PACKAGES = ['mate-backgrounds', 'lomiri-wallpapers-16.04'];
+const MATE_NATURE = '/usr/share/backgrounds/mate/nature';
+const PYTHON = '/usr/bin/python3';
+const execFileAsync = promisify(execFile);
+/**
+ * Length of one timed pass through the stage. Images take 10–250 ms each, so a pass ends with a
+ * tail where some workers are idle; long passes make that a small share.
+ */
+const PASS_SECONDS = 5;
+
+interface Image {
+  name: string;
+  bytes: Buffer;
+}
+interface ImageSet {
+  id: 'large' | 'small';
+  label: string;
+  images: Image[];
+}
+
+export interface PreprocessBenchOptions {
+  /** seconds of measurement per figure, summed over rounds */
+  seconds?: number;
+  /** 640×480 JPEGs in the small set */
+  smallImages?: number;
+  /** which sets to run (both by default) */
+  sets?: ('large' | 'small')[];
+}
+
+export async function preprocessBench(o: PreprocessBenchOptions = {}): Promise<SuiteResult> {
+  const seconds = o.seconds ?? 10;
+  const startedAt = new Date().toISOString();
+  const notes: string[] = [];
+  const large = await largePhotos(notes);
+  const small = await smallJpegs(large.images, o.smallImages ?? 40);
+  const sets = [large, small].filter((s) => !o.sets || o.sets.includes(s.id));
+  const python = pythonPeers(notes);
+  const pin = process.platform === 'linux' && spawnSync('taskset', ['-V'], { stdio: 'ignore' }).status === 0;
+  if (!pin) notes.push('taskset not found: stage worker processes not pinned to a core each');
+  const rows: Row[] = [];
+  const details: Record<string, unknown> = { notes };
+  const workDir = await mkdtemp(path.join(os.tmpdir(), 'tl-bench-pp-'));
+  try {
+    for (const set of sets) {
+      const n = set.images.length;
+      const mb = set.images.reduce((s, im) => s + im.bytes.length, 0) / 1e6;
+      process.stderr.write(`preprocess: ${set.label}: ${n} images, ${mb.toFixed(1)} MB\n`);
+      const dir = path.join(workDir, set.id);
+      await writeFiles(dir, set.images);
+      const oneCore = { TL_PREPROCESS_CONCURRENCY: '4', TL_SHARP_CONCURRENCY: '1', UV_THREADPOOL_SIZE: '1' };
+      const stages = [await startStage(set, 1, oneCore, pin), await startStage(set, 2, oneCore, pin), await startStage(set, 1, {}, false)];
+      try {
+        const variants: Record<string, Measurer> = {
+          raw: rawMeasurer(set.images, PREP, 1),
+          before: rawMeasurer(set.images, BEFORE, 1),
+          raw2: rawMeasurer(set.images, PREP, 2),
+          stage1: stages[0]!.measure,
+          stage2: stages[1]!.measure,
+          stageDefault: stages[2]!.measure,
+          ...Object.fromEntries(python.map((p) => [p, pythonMeasurer(p, dir)])),
+        };
+        // Round robin, so that the noise of a shared machine hits every variant alike.
+        const rates = await roundRobin(variants, seconds);
+        const L = (s: string) => `${set.id}: ${s}`;
+        const RAW = L('raw prepareImage, 1 at a time (1 core)');
+        const STAGE1 = L('stage, 1 process (1 decode thread)');
+        rows.push(
+          { name: RAW, value: rates.raw!, unit: 'images/s' },
+          { name: L('raw, as before (lanczos3, libvips cache on)'), value: rates.before!, unit: 'images/s', vs: RAW },
+          { name: L('raw prepareImage, 2 at a time (2 cores)'), value: rates.raw2!, unit: 'images/s', vs: RAW },
+          { name: STAGE1, value: rates.stage1!, unit: 'images/s', vs: RAW, ...(set.id === 'large' ? { target: '≥ 0.85×' } : {}) },
+          { name: L('stage, 2 processes'), value: rates.stage2!, unit: 'images/s', vs: STAGE1, target: '≥ 1.7×' },
+          { name: L('stage, 1 process, defaults (both cores)'), value: rates.stageDefault!, unit: 'images/s', vs: L('raw prepareImage, 2 at a time (2 cores)') },
+        );
+        if (rates.pil) rows.push({ name: L('PIL draft() + bilinear (1 process)'), value: rates.pil, unit: 'images/s', vs: RAW });
+        if (rates.opencv) rows.push({ name: L('OpenCV IMREAD_REDUCED + INTER_AREA (1 process)'), value: rates.opencv, unit: 'images/s', vs: RAW });
+      } finally {
+        for (const s of stages) await s.stop();
+      }
+      details[set.id] = { images: n, megabytes: mb, label: set.label };
+    }
+  } finally {
+    await rm(workDir, { recursive: true, force: true });
+  }
+  return {
+    suite: 'preprocess',
+    startedAt,
+    machine: machine(),
+    rows: withRatios(rows),
+    details: { ...details, sharp: sharp.versions.sharp, vips: sharp.versions.vips, stageWorker: 'one core per process: pinned with taskset (worker i on CPU i), TL_PREPROCESS_CONCURRENCY=4, TL_SHARP_CONCURRENCY=1, UV_THREADPOOL_SIZE=1' },
+  };
+}
+
+/** One round of a variant: how many images it did in how many seconds. */
+type Measurer = () => Promise<{ images: number; seconds: number }>;
+
+async function roundRobin(variants: Record<string, Measurer>, seconds: number): Promise<Record<string, number>> {
+  const total = Object.fromEntries(Object.keys(variants).map((k) => [k, { images: 0, seconds: 0 }]));
+  for (const m of Object.values(variants)) await m(); // warm-up
+  const line: string[] = [];
+  while (Object.values(total).some((t) => t.seconds < seconds)) {
+    for (const [k, m] of Object.entries(variants)) {
+      if (total[k]!.seconds >= seconds) continue;
+      const r = await m();
+      total[k]!.images += r.images;
+      total[k]!.seconds += r.seconds;
+      line.push(`${k} ${(r.images / r.seconds).toFixed(1)}`);
+    }
+    process.stderr.write(`preprocess: round: ${line.splice(0).join(', ')} images/s\n`);
+  }
+  return Object.fromEntries(Object.entries(total).map(([k, t]) => [k, t.images / t.seconds]));
+}
+
+/** The wallpaper photos of two Debian packages (installed when missing and we are root). */
+async function largePhotos(notes: string[]): Promise<ImageSet> {
+  const missing = PHOTO_PACKAGES.filter((p) => spawnSync('dpkg', ['-s', p], { stdio: 'ignore' }).status !== 0);
+  if (missing.length) {
+    if (process.getuid?.() !== 0) throw new Error(`the large-photo set needs Debian packages: apt-get install ${missing.join(' ')}`);
+    process.stderr.write(`preprocess: installing ${missing.join(', ')} (real photos for the benchmark)\n`);
+    execFileSync('apt-get', ['install', '-y', '--no-install-recommends', ...missing], { stdio: 'ignore' });
+    notes.push(`installed ${missing.join(', ')}`);
+  }
+  const files = [
+    ...(existsSync(MATE_NATURE) ? readdirSync(MATE_NATURE).map((f) => path.join(MATE_NATURE, f)) : []),
+    ...execFileSync('dpkg', ['-L', 'lomiri-wallpapers-16.04'], { encoding: 'utf8' }).split('\n'),
+  ].filter((f) => /\.jpe?g$/i.test(f) && existsSync(f));
+  if (files.length < 10) throw new Error(`found only ${files.length} photos in ${PHOTO_PACKAGES.join(', ')}`);
+  const images = await Promise.all(files.sort().map(async (f) => ({ name: path.basename(f), bytes: await readFile(f) })));
+  return { id: 'large', label: `${images.length} photos from ${PHOTO_PACKAGES.join(' + ')} (1280×1024 … 5312×2988 JPEG)`, images };
+}
+
+/** 640×480 JPEGs made from the photos (real texture, not flat shapes), q85. */
+async function smallJpegs(photos: Image[], n: number): Promise<ImageSet> {
+  const images: Image[] = [];
+  for (let i = 0; i < n; i++) {
+    const src = photos[i % photos.length]!.bytes;
+    const bytes = await sharp(src).resize(640, 480, { fit: 'cover' }).modulate({ hue: (i * 37) % 360 }).jpeg({ quality: 85 }).toBuffer();
+    images.push({ name: `small-${String(i).padStart(3, '0')}.jpg`, bytes });
+  }
+  return { id: 'small', label: `${n} 640×480 JPEGs (q85, made from the photos)`, images };
+}
+
+/** `prepareImage` in this process over the whole set (≥ 1 s), `lanes` images at a time. */
+function rawMeasurer(images: Image[], o: PrepareOptions, lanes: number): Measurer {
+  return async () => {
+    // the tuned settings are what the worker applies at start; "before" had libvips's cache on
+    configureSharp({ concurrency: 1 });
+    if (o.kernel === 'lanczos3') sharp.cache(true);
+    let done = 0;
+    const t0 = performance.now();
+    while (performance.now() - t0 < 1000) {
+      let next = 0;
+      const lane = async () => {
+        while (next < images.length) await prepareImage(images[next++]!.bytes, o);
+      };
+      await Promise.all(Array.from({ length: lanes }, lane));
+      done += images.length;
+    }
+    sharp.cache(false);
+    return { images: done, seconds: (performance.now() - t0) / 1000 };
+  };
+}
+
+/**
+ * The preprocess stage alone (no embed, no train process), on a stack of its own. Each round
+ * enqueues the set as k new datasets (so every object is downloaded and decoded k times, k for
+ * ~PASS_SECONDS of work) and is timed from the first enqueue until the queue is drained: every job
+ * completed, every tensor stored.
+ */
+async function startStage(set: ImageSet, processes: number, env: NodeJS.ProcessEnv, pin: boolean): Promise<{ measure: Measurer; stop: () => Promise<void> }> {
+  const before = preprocessPids();
+  const stack = await startTempStack(
+    { TL_MODEL_WEIGHTS: 'random', TL_LOG_LEVEL: 'warn', TL_MAX_PENDING_TENSORS: '1000000', TL_MAX_OBJECT_BYTES: String(256 * 2 ** 20), ...env },
+    { embed: 0, train: 0, preprocess: processes },
+  );
+  const ctx = await openCliContext(stack.config, quiet).catch(async (err: unknown) => {
+    await stack.destroy();
+    throw err;
+  });
+  const stop = async () => {
+    await ctx.close();
+    await stack.destroy();
+  };
+  try {
+    const bucket = 'bench-preprocess';
+    await ctx.services.store.ensureBucket(bucket);
+    for (const im of set.images) await ctx.services.store.putObject(bucket, `train/photos/${im.name}`, im.bytes, 'image/jpeg');
+    while ((await ctx.queues.preprocess.getWorkersCount()) < processes) await sleep(100);
+    if (pin) {
+      // one core each: worker i on CPU i (threads included); the S3 server and Redis float
+      const mine = preprocessPids().filter((pid) => !before.includes(pid));
+      mine.forEach((pid, i) => execFileSync('taskset', ['-a', '-p', '-c', String(i % os.availableParallelism()), String(pid)], { stdio: 'ignore' }));
+    }
+    const deps = { services: ctx.services, preprocessQueue: ctx.queues.preprocess };
+    const distinct = new Set(set.images.map((im) => contentHash(im.bytes))).size;
+    let passes = 0;
+    let k = 1;
+    const measure: Measurer = async () => {
+      const t0 = performance.now();
+      for (let i = 0; i < k; i++) await ingestPrefix({ bucket, prefix: 'train/', dataset: `pass-${passes++}`, embedderId: ctx.embedderId }, deps);
+      for (;;) {
+        const c = await ctx.queues.preprocess.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
+        if (Object.values(c).every((v) => v === 0)) break;
+        await sleep(20);
+      }
+      const seconds = (performance.now() - t0) / 1000;
+      const failed = (await ctx.queues.preprocess.getJobCounts('failed')).failed ?? 0;
+      const stored = await ctx.services.tensors.count();
+      if (failed || stored !== distinct) throw new Error(`stage run incomplete: ${failed} failed jobs, ${stored} tensors stored for ${distinct} images`);
+      const images = k * set.images.length;
+      k = Math.max(1, Math.round((k * PASS_SECONDS) / seconds));
+      return { images, seconds };
+    };
+    return { measure, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+/** Worker processes of the preprocess role that this process started (any stack). */
+function preprocessPids(): number[] {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((pid) => {
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+        return ppid === process.pid && readFileSync(`/proc/${pid}/cmdline`, 'utf8').endsWith('main.js\0preprocess\0');
+      } catch {
+        return false; // gone while we looked
+      }
+    })
+    .map(Number);
+}
+
+async function writeFiles(dir: string, images: Image[]): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  for (const im of images) await writeFile(path.join(dir, im.name), im.bytes);
+}
+
+/** Which Python peers can run (Debian's python3-pil, python3-opencv; installed when root). */
+function pythonPeers(notes: string[]): ('pil' | 'opencv')[] {
+  const has = (mod: string) => existsSync(PYTHON) && spawnSync(PYTHON, ['-c', `import ${mod}`], { stdio: 'ignore' }).status === 0;
+  const want: [mod: string, pkg: string][] = [
+    ['PIL', 'python3-pil'],
+    ['cv2', 'python3-opencv'],
+  ];
+  const missing = want.filter(([m]) => !has(m)).map(([, p]) => p);
+  if (missing.length && process.getuid?.() === 0) {
+    process.stderr.write(`preprocess: installing ${missing.join(', ')} (the Python peers)\n`);
+    const r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...missing], { stdio: 'ignore' });
+    notes.push(r.status === 0 ? `installed ${missing.join(', ')}` : `could not install ${missing.join(', ')}`);
+  }
+  const peers: ('pil' | 'opencv')[] = [];
+  if (has('PIL')) peers.push('pil');
+  else notes.push('PIL not measured: apt-get install python3-pil');
+  if (has('PIL') && has('cv2') && has('numpy')) peers.push('opencv');
+  else notes.push('OpenCV not measured: apt-get install python3-opencv');
+  return peers;
+}
+
+/** The decode + resize a Python user would write; images read into memory first, one thread. */
+const PY_SCRIPT = `
+import io, os, sys, time
+from PIL import Image
+S = 224
+blobs = [open(os.path.join(sys.argv[2], f), 'rb').read() for f in sorted(os.listdir(sys.argv[2]))]
+def pil(b):
+    im = Image.open(io.BytesIO(b))
+    im.draft('RGB', (S, S))  # JPEG DCT scaling: decode at 1/2, 1/4, 1/8 while >= S
+    return im.convert('RGB').resize((S, S), Image.BILINEAR)
+def opencv(b):
+    import cv2, numpy as np
+    w, h = Image.open(io.BytesIO(b)).size  # header only
+    r = min(w, h) // S
+    flag = cv2.IMREAD_REDUCED_COLOR_8 if r >= 8 else cv2.IMREAD_REDUCED_COLOR_4 if r >= 4 else cv2.IMREAD_REDUCED_COLOR_2 if r >= 2 else cv2.IMREAD_COLOR
+    im = cv2.imdecode(np.frombuffer(b, np.uint8), flag)
+    return cv2.cvtColor(cv2.resize(im, (S, S), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+if sys.argv[1] == 'opencv':
+    import cv2
+    cv2.setNumThreads(1)
+fn = pil if sys.argv[1] == 'pil' else opencv
+for b in blobs: fn(b)
+n, t0 = 0, time.perf_counter()
+while time.perf_counter() - t0 < float(sys.argv[3]):
+    for b in blobs:
+        fn(b)
+        n += 1
+print(n, time.perf_counter() - t0)
+`;
+
+function pythonMeasurer(peer: 'pil' | 'opencv', dir: string): Measurer {
+  return async () => {
+    const { stdout } = await execFileAsync(PYTHON, ['-c', PY_SCRIPT, peer, dir, '1.5'], { encoding: 'utf8', env: { PATH: process.env.PATH, OMP_NUM_THREADS: '1' } });
+    const [images, seconds] = stdout.trim().split(' ').map(Number);
+    return { images: images!, seconds: seconds! };
+  };
+}

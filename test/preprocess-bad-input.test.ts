@@ -1,0 +1,126 @@
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { ingestCommand, waitForDataset } from '../apps/producer/src/commands/ingest.command.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
+
+/**
+ * Bad input through the real stack (S3 server, Redis, BullMQ, worker processes): each bad object
+ * fails alone, at once (no retry), with its own reason in `status` and in the metrics, and the
+ * good images queued behind them are all embedded.
+ */
+
+guardLeaks();
+
+const MAX_OBJECT_BYTES = 1_000_000;
+const MAX_INPUT_PIXELS = 4_000_000;
+const GOOD = 10;
+const bucket = 'bad-input';
+
+let stack: TestStack;
+let ctx: CliContext;
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+
+beforeAll(async () => {
+  stack = await startTestStack(
+    {
+      TL_MODEL_WEIGHTS: 'random',
+      TL_MAX_OBJECT_BYTES: String(MAX_OBJECT_BYTES),
+      TL_MAX_INPUT_PIXELS: String(MAX_INPUT_PIXELS),
+      TL_PREPROCESS_CONCURRENCY: '2',
+      TL_EMBED_BATCH_SIZE: '8',
+    },
+    { train: 0 },
+  );
+  ctx = await openCliContext(stack.config, sink);
+});
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+const noise = (width: number, height: number) => sharp({ create: { width, height, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 128, sigma: 60 } } });
+
+/** key (under train/cats/) → bytes and the reason it must fail with. */
+async function badCorpus(): Promise<{ key: string; bytes: Buffer; reason: string }[]> {
+  const jpeg = await noise(320, 240).jpeg().toBuffer();
+  const png = await noise(64, 64).png().toBuffer();
+  const bombHeader = Buffer.from(png);
+  bombHeader.writeUInt32BE(30_000, 16); // IHDR width
+  bombHeader.writeUInt32BE(30_000, 20); // IHDR height
+  const corrupt = Buffer.from(png);
+  for (let i = 200; i < 260; i++) corrupt[i]! ^= 0x55;
+  const bmp = Buffer.alloc(54 + 16);
+  bmp.write('BM', 0, 'latin1');
+  bmp.writeUInt32LE(bmp.length, 2);
+  bmp.writeUInt32LE(54, 10);
+  bmp.writeUInt32LE(40, 14);
+  bmp.writeInt32LE(2, 18);
+  bmp.writeInt32LE(2, 22);
+  bmp.writeUInt16LE(1, 26);
+  bmp.writeUInt16LE(24, 28);
+  // 9 megapixels of one colour: kilobytes that would decode to 27 MB
+  const bombSolid = await sharp({ create: { width: 3000, height: 3000, channels: 3, background: '#336699' } }).png({ palette: true, compressionLevel: 9 }).toBuffer();
+  const huge = await noise(700, 700).png({ compressionLevel: 0 }).toBuffer();
+  expect(bombSolid.length).toBeLessThan(50_000);
+  expect(huge.length).toBeGreaterThan(MAX_OBJECT_BYTES);
+  return [
+    { key: '00-empty.jpg', bytes: Buffer.alloc(0), reason: 'empty' },
+    { key: '01-truncated.jpg', bytes: jpeg.subarray(0, Math.floor(jpeg.length / 2)), reason: 'truncated' },
+    { key: '02-text.jpg', bytes: Buffer.from('this is a text file with a .jpg name\n'), reason: 'not-an-image' },
+    { key: '03-bitmap.bmp', bytes: bmp, reason: 'unsupported-format' },
+    { key: '04-bomb-header.png', bytes: bombHeader, reason: 'too-many-pixels' },
+    { key: '05-bomb-solid.png', bytes: bombSolid, reason: 'too-many-pixels' },
+    { key: '06-corrupt.png', bytes: corrupt, reason: 'undecodable' },
+    { key: '07-huge.png', bytes: huge, reason: 'too-large' },
+    { key: '08-deleted.jpg', bytes: jpeg, reason: 'not-found' },
+  ];
+}
+
+describe('bad input fails alone, with a reason', () => {
+  it('each bad object ends failed with its reason, once, and the good ones behind them are embedded', async () => {
+    const bad = await badCorpus();
+    const store = ctx.services.store;
+    await store.ensureBucket(bucket);
+    for (const b of bad) await store.putObject(bucket, `train/cats/${b.key}`, b.bytes);
+    for (let i = 0; i < GOOD; i++) {
+      const good = await sharp({ create: { width: 96, height: 96, channels: 3, background: { r: 20 * i, g: 100, b: 255 - 20 * i } } }).jpeg().toBuffer();
+      await store.putObject(bucket, `train/cats/50-good-${i}.jpg`, good, 'image/jpeg');
+    }
+
+    // Listed and enqueued while the queue is paused; one object is deleted before any job runs.
+    await ctx.queues.preprocess.pause();
+    const r = await ingestCommand(ctx, `s3://${bucket}/train/`, { dataset: 'bad', wait: false });
+    expect(r.counts.enqueued).toBe(bad.length + GOOD);
+    await store.deleteObject(bucket, 'train/cats/08-deleted.jpg');
+    await ctx.queues.preprocess.resume();
+
+    const status = await waitForDataset(ctx, 'bad', 30);
+    expect(status).toMatchObject({ total: bad.length + GOOD, embedded: GOOD, failed: bad.length, pending: 0 });
+    const expected = Object.fromEntries(bad.map((b) => [`${bucket}/train/cats/${b.key}`, b.reason]));
+    expect(Object.fromEntries(status.failures.map((f) => [f.item, f.reason]))).toEqual(expected);
+    expect(status.failures.find((f) => f.reason === 'too-large')?.detail).toMatch(/over the limit of 1000000/);
+
+    // what a user sees
+    const cli = await runCli(['status', '--json', '--dataset', 'bad'], stack.env);
+    expect(cli.code).toBe(0);
+    const shown = JSON.parse(cli.stdout) as { datasets: { failures: { item: string; reason: string }[] }[] };
+    expect(Object.fromEntries(shown.datasets[0]!.failures.map((f) => [f.item, f.reason]))).toEqual(expected);
+
+    // what Prometheus sees
+    const metrics = await scrape(stack.ports.preprocess);
+    const byReason = new Map<string, number>();
+    for (const b of bad) byReason.set(b.reason, (byReason.get(b.reason) ?? 0) + 1);
+    for (const [reason, n] of byReason) expect(metrics.get(`tl_failures_total{stage="preprocess",reason="${reason}"}`), reason).toBe(n);
+    expect(metrics.get('tl_images_total{stage="preprocess",outcome="failed"}')).toBe(bad.length);
+    expect(metrics.get('tl_images_total{stage="preprocess",outcome="queued"}')).toBe(GOOD);
+
+    // no retries: every failed job ran once; the worker never crashed
+    const failed = await ctx.queues.preprocess.getFailed(0, 100);
+    expect(failed).toHaveLength(bad.length);
+    for (const job of failed) expect(job.attemptsMade, job.failedReason).toBe(1);
+    expect(failed.map((j) => j.failedReason.split(':')[0]).sort()).toEqual(bad.map((b) => b.reason).sort());
+    expect(stack.events.filter((e) => /exited/.test(e))).toEqual([]);
+  });
+});
