@@ -45,15 +45,16 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     (jobs) => embedBatch(jobs, { services, embedder, embedderId, metrics }),
     config.embed.batchSize,
     config.embed.batchWaitMs,
+    2, // one batch's durable write overlaps the next one's forward pass
   );
   const handler: Handler<'embed'> = (payload) => batcher.submit(payload);
-  // Concurrency 2×B: while one batch runs, the next one is already being collected.
+  // Concurrency 3×B: one batch computing, one being written, the next one being collected.
   const worker = startWorker('embed', handler, {
     connection: services.redis,
     prefix: config.redis.prefix,
     log,
     metrics,
-    concurrency: 2 * config.embed.batchSize,
+    concurrency: 3 * config.embed.batchSize,
     lockDuration: config.jobLockMs,
   });
   log.info({ role: 'embed', embedderId, backend: rt.backend, batchSize: config.embed.batchSize }, 'worker started');

@@ -50,3 +50,24 @@ describe('MicroBatcher', () => {
     await expect(d.submit(7)).resolves.toBe(7);
   });
 });
+
+describe('MicroBatcher with two batches in flight', () => {
+  it('starts the next batch while one is still finishing, never more than two, in order', async () => {
+    let running = 0;
+    let maxRunning = 0;
+    const started: number[] = [];
+    const b = new MicroBatcher<number, number>(async (xs) => {
+      started.push(xs[0]!);
+      running++;
+      maxRunning = Math.max(maxRunning, running);
+      await new Promise((r) => setTimeout(r, 20));
+      running--;
+      return xs;
+    }, 2, 5, 2);
+    const all = Promise.all(Array.from({ length: 8 }, (_, i) => b.submit(i)));
+    await b.drain();
+    expect(await all).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    expect(maxRunning).toBe(2);
+    expect(started).toEqual([0, 2, 4, 6]);
+  });
+});

@@ -1,17 +1,22 @@
 /**
  * Dynamic batching for jobs that arrive one by one: collect up to `maxSize` items or wait at
  * most `maxWaitMs` after the first, then run them together. Each caller gets its own item's
- * result or error, so one bad item fails alone. Batches run one at a time, in order.
+ * result or error, so one bad item fails alone. At most `maxInFlight` batches run at once, in
+ * the order they were formed: with 2, one batch's durable write overlaps the next one's forward
+ * pass (a synchronous forward pass still runs one at a time on the JS thread).
  */
 export class MicroBatcher<I, O> {
   private pending: { item: I; resolve: (o: O) => void; reject: (e: Error) => void }[] = [];
+  private ready: (typeof this.pending)[] = [];
   private timer: NodeJS.Timeout | undefined;
-  private tail: Promise<void> = Promise.resolve();
+  private inFlight = 0;
+  private idle: (() => void)[] = [];
 
   constructor(
     private readonly run: (items: I[]) => Promise<(O | Error)[]>,
     private readonly maxSize: number,
     private readonly maxWaitMs: number,
+    private readonly maxInFlight = 1,
   ) {}
 
   submit(item: I): Promise<O> {
@@ -22,10 +27,11 @@ export class MicroBatcher<I, O> {
     });
   }
 
-  /** Waits for every batch started so far. */
+  /** Runs what is pending now and waits until no batch is running. */
   async drain(): Promise<void> {
     if (this.pending.length) this.flush();
-    await this.tail;
+    if (this.inFlight === 0 && this.ready.length === 0) return;
+    await new Promise<void>((resolve) => this.idle.push(resolve));
   }
 
   private flush(): void {
@@ -33,19 +39,33 @@ export class MicroBatcher<I, O> {
     this.timer = undefined;
     const batch = this.pending.splice(0, this.maxSize);
     if (this.pending.length) this.timer = setTimeout(() => this.flush(), this.maxWaitMs);
-    if (batch.length === 0) return;
-    this.tail = this.tail.then(async () => {
-      try {
-        const results = await this.run(batch.map((b) => b.item));
-        batch.forEach((b, i) => {
-          const r = results[i];
-          if (r instanceof Error) b.reject(r);
-          else if (r === undefined) b.reject(new Error('batch returned no result for this item'));
-          else b.resolve(r);
-        });
-      } catch (err) {
-        for (const b of batch) b.reject(err as Error);
-      }
-    });
+    if (batch.length) this.ready.push(batch);
+    this.startReady();
+  }
+
+  private startReady(): void {
+    while (this.inFlight < this.maxInFlight && this.ready.length) {
+      const batch = this.ready.shift()!;
+      this.inFlight++;
+      void this.execute(batch).finally(() => {
+        this.inFlight--;
+        this.startReady();
+        if (this.inFlight === 0 && this.ready.length === 0) for (const done of this.idle.splice(0)) done();
+      });
+    }
+  }
+
+  private async execute(batch: typeof this.pending): Promise<void> {
+    try {
+      const results = await this.run(batch.map((b) => b.item));
+      batch.forEach((b, i) => {
+        const r = results[i];
+        if (r instanceof Error) b.reject(r);
+        else if (r === undefined) b.reject(new Error('batch returned no result for this item'));
+        else b.resolve(r);
+      });
+    } catch (err) {
+      for (const b of batch) b.reject(err as Error);
+    }
   }
 }

@@ -58,11 +58,14 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     });
     page = [];
     const existing = await datasets.getItems(req.dataset, labelled.map((o) => o.id));
+    // An item whose embedding failed for good (its pixels expired before embed ran, say) is
+    // processed again: ingesting twice is how a user retries.
+    const failedEmbedding = await datasets.embeddingFailed(req.embedderId, existing.map((r) => r?.sha256 ?? '0'.repeat(64)));
     const fresh = labelled.filter((o, i) => {
       const r = existing[i];
       // A pending record is enqueued again: if its job still exists the id makes that a no-op,
       // if the job was lost (Redis flushed) this is how the item recovers.
-      const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && r.state !== 'pending';
+      const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && r.state !== 'pending' && !failedEmbedding[i];
       if (same) counts.unchanged++;
       return !same;
     });

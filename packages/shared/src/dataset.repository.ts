@@ -99,6 +99,12 @@ export class DatasetRepository {
     await this.redis.hset(this.keys.objectHashes(), itemId, `${etag} ${sha256}`);
   }
 
+  /** For each content hash, whether its embedding failed for good in this embedding space (and may be tried again). */
+  async embeddingFailed(embedderId: string, hashes: string[]): Promise<boolean[]> {
+    if (hashes.length === 0) return [];
+    return (await this.redis.hmget(this.keys.embeddingFailures(embedderId), ...hashes)).map((v) => v !== null);
+  }
+
   /** Every item of a dataset, streamed with HSCAN so a large dataset is never read in one reply. */
   async *scan(dataset: string): AsyncGenerator<[string, ItemRecord][]> {
     let cursor = '0';
