@@ -132,9 +132,11 @@ export async function fitHead(
         lossSum += loss.dataSync()[0]! * n;
         correct += batchCorrect;
         loss.dispose();
+        // A long epoch must not starve the event loop: /metrics answers, the job lock is renewed.
+        if (step % 25 === 0) await yieldToEventLoop();
       }
       const seconds = (performance.now() - started) / 1000;
-      const v = evaluateLoss(tf, val, valY, numClasses, logitsOf);
+      const v = await evaluateLoss(tf, val, valY, numClasses, logitsOf);
       if (v.loss < best.loss - 1e-7) {
         tf.dispose(best.weights);
         best = { loss: v.loss, epoch, weights: vars.map((x) => tf.keep(x.clone())) };
@@ -189,7 +191,9 @@ export function argmaxRows(p: Float32Array, classes: number): Int32Array {
   return out;
 }
 
-function evaluateLoss(tf: Tf, x: Matrix, y: Int32Array, k: number, logitsOf: (x: tfTypes.Tensor2D) => tfTypes.Tensor2D): { loss: number; accuracy: number } {
+const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+async function evaluateLoss(tf: Tf, x: Matrix, y: Int32Array, k: number, logitsOf: (x: tfTypes.Tensor2D) => tfTypes.Tensor2D): Promise<{ loss: number; accuracy: number }> {
   let loss = 0;
   let correct = 0;
   for (let start = 0; start < x.rows; start += CHUNK) {
@@ -203,6 +207,7 @@ function evaluateLoss(tf: Tf, x: Matrix, y: Int32Array, k: number, logitsOf: (x:
     });
     loss += l;
     correct += c;
+    await yieldToEventLoop();
   }
   return { loss: x.rows ? loss / x.rows : Number.NaN, accuracy: x.rows ? correct / x.rows : Number.NaN };
 }

@@ -68,13 +68,15 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   ctx.log.info({ train: splits.train.length, validation: splits.validation.length, test: splits.test.length, labels: labels.length, explicit: splits.explicit }, 'loading embeddings');
 
   const classIndex = new Map(labels.map((l, i) => [l, i]));
-  const load = async (list: Example[]) => {
-    const m = await services.cache.load(job.embedderId, list.map((e) => e.sha256));
-    return { x: { data: m.data, rows: m.rows, dim: m.dim || 1280 } as Matrix, y: Int32Array.from(list, (e) => classIndex.get(e.label)!) };
-  };
-  const train = await load(splits.train);
-  const val = await load(splits.validation);
-  const test = splits.test.length ? await load(splits.test) : undefined;
+  // One pass over the shards for all three splits: each shard is read once.
+  const [trainX, valX, testX] = await services.cache.loadMany(job.embedderId, [splits.train, splits.validation, splits.test].map((l) => l.map((e) => e.sha256)));
+  const labelled = (list: Example[], m: { data: Float32Array; rows: number; dim: number }) => ({
+    x: { data: m.data, rows: m.rows, dim: m.dim || 1280 } as Matrix,
+    y: Int32Array.from(list, (e) => classIndex.get(e.label)!),
+  });
+  const train = labelled(splits.train, trainX!);
+  const val = labelled(splits.validation, valX!);
+  const test = splits.test.length ? labelled(splits.test, testX!) : undefined;
 
   const m = deps.metrics;
   const d = { dataset: job.dataset };

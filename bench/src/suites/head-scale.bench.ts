@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { openCliContext } from '@transferline/producer/cli-context';
 import { trainCommand } from '@transferline/producer/commands/train.command';
 import { startTempStack } from '@transferline/producer/embedded/temp-stack';
@@ -43,11 +45,13 @@ export async function headScaleBench(o: { n: number; epochs: number }): Promise<
       const setupSeconds = (performance.now() - t0) / 1000;
       process.stderr.write(`head-scale: ${o.n} embeddings cached in ${setupSeconds.toFixed(0)} s\n`);
 
+      const rssOf = async () => Number(/^tl_process_resident_memory_bytes\{[^}]*\} (\d+)/m.exec(await fetch(`http://127.0.0.1:${stack.ports.train}/metrics`).then((r) => r.text(), () => ''))?.[1] ?? 0);
+      const idle = await rssOf();
       let peak = 0;
       let sampling = true;
       const sampler = (async () => {
         while (sampling) {
-          const text = await (await fetch(`http://127.0.0.1:${stack.ports.train}/metrics`)).text().catch(() => '');
+          const text = await fetch(`http://127.0.0.1:${stack.ports.train}/metrics`).then((r) => r.text(), () => '');
           const rss = Number(/^tl_process_resident_memory_bytes\{[^}]*\} (\d+)/m.exec(text)?.[1] ?? 0);
           peak = Math.max(peak, rss);
           await new Promise((r) => setTimeout(r, 200));
@@ -62,12 +66,18 @@ export async function headScaleBench(o: { n: number; epochs: number }): Promise<
       rows.push(
         { name: `train run on ${o.n.toLocaleString('en')} cached embeddings (${o.epochs} epochs, incl. load + report + save)`, value: seconds, unit: 's' },
         { name: 'embeddings held once (N × 1280 × 4 bytes)', value: floor, unit: 'MiB' },
-        { name: 'train worker RSS peak', value: peak / 2 ** 20, unit: 'MiB', vs: 'embeddings held once (N × 1280 × 4 bytes)', target: '< 2× (never held twice)' },
+        { name: 'train worker RSS when idle', value: idle / 2 ** 20, unit: 'MiB' },
+        { name: 'train worker RSS peak', value: peak / 2 ** 20, unit: 'MiB' },
+        { name: 'train worker RSS peak − idle', value: (peak - idle) / 2 ** 20, unit: 'MiB', vs: 'embeddings held once (N × 1280 × 4 bytes)', target: '< 2× (never held twice)' },
         { name: 'validation accuracy (synthetic classes)', value: run.result?.validationAccuracy ?? Number.NaN, unit: 'fraction' },
       );
     } finally {
       await ctx.close();
     }
+  } catch (err) {
+    const log = await readFile(path.join(stack.dataDir, 'logs', 'train.log'), 'utf8').catch(() => '');
+    process.stderr.write(`head-scale failed; the train worker's log ends:\n${log.split('\n').slice(-15).join('\n')}\n`);
+    throw err;
   } finally {
     await stack.destroy();
   }

@@ -80,20 +80,31 @@ export class EmbeddingCache {
 
   /**
    * Loads the embeddings of `hashes` in that order, reading each shard they live in once
-   * (a few large reads, not one request per image), `parallel` shards at a time.
+   * (a few large reads, not one request per image), `parallel` shards at a time. Memory: the
+   * result, plus at most `parallel` shards in flight.
    */
-  async load(embedderId: string, hashes: string[], parallel = 8): Promise<EmbeddingMatrix> {
-    const locations = await this.locate(embedderId, hashes);
-    const byShard = new Map<string, { row: number; out: number }[]>();
+  async load(embedderId: string, hashes: string[], parallel = 4): Promise<EmbeddingMatrix> {
+    return (await this.loadMany(embedderId, [hashes], parallel))[0]!;
+  }
+
+  /**
+   * Loads several lists at once (train, validation, test): each shard is read once and its rows
+   * go to whichever lists name them.
+   */
+  async loadMany(embedderId: string, lists: string[][], parallel = 4): Promise<EmbeddingMatrix[]> {
+    const byShard = new Map<string, { list: number; row: number; out: number }[]>();
+    for (const [list, hashes] of lists.entries()) {
+      const locations = await this.locate(embedderId, hashes);
+      locations.forEach((loc, out) => {
+        if (loc === null) throw new Error(`embedding for ${hashes[out]} is not cached in ${embedderId}`);
+        const [shardId, row] = loc.split(' ');
+        const targets = byShard.get(shardId!) ?? [];
+        targets.push({ list, row: Number(row), out });
+        byShard.set(shardId!, targets);
+      });
+    }
     let dim = 0;
-    locations.forEach((loc, out) => {
-      if (loc === null) throw new Error(`embedding for ${hashes[out]} is not cached in ${embedderId}`);
-      const [shardId, row] = loc.split(' ');
-      const list = byShard.get(shardId!) ?? [];
-      list.push({ row: Number(row), out });
-      byShard.set(shardId!, list);
-    });
-    let data = new Float32Array(0);
+    let outputs: Float32Array[] = [];
     const shardIds = [...byShard.keys()];
     let next = 0;
     const worker = async () => {
@@ -102,16 +113,16 @@ export class EmbeddingCache {
         const npy = decodeNpyFloat32(await this.store.getObject(this.bucket, this.shardKey(embedderId, shardId, 'npy')));
         if (dim === 0) {
           dim = npy.cols;
-          data = new Float32Array(hashes.length * dim);
+          outputs = lists.map((l) => new Float32Array(l.length * dim));
         } else if (npy.cols !== dim) throw new Error(`shard ${shardId} has dim ${npy.cols}, expected ${dim}`);
-        for (const { row, out } of byShard.get(shardId)!) {
+        for (const { list, row, out } of byShard.get(shardId)!) {
           if (row >= npy.rows) throw new Error(`shard ${shardId} has ${npy.rows} rows; index points at row ${row}`);
-          data.set(npy.data.subarray(row * dim, (row + 1) * dim), out * dim);
+          outputs[list]!.set(npy.data.subarray(row * dim, (row + 1) * dim), out * dim);
         }
       }
     };
     await Promise.all(Array.from({ length: Math.min(parallel, shardIds.length) }, worker));
-    return { data, rows: hashes.length, dim };
+    return lists.map((l, i) => ({ data: outputs[i] ?? new Float32Array(0), rows: l.length, dim }));
   }
 
   /** The shards of one embedding space, with their row counts, from the bucket. */

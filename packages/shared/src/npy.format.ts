@@ -26,7 +26,7 @@ export function encodeNpyFloat32(data: Float32Array, rows: number, cols: number)
   return out;
 }
 
-/** Decodes `.npy` bytes holding a little-endian float32 2-D C-order array. */
+/** Decodes `.npy` bytes holding a little-endian float32 2-D C-order array (a view on `bytes` when aligned). */
 export function decodeNpyFloat32(bytes: Uint8Array): { data: Float32Array; rows: number; cols: number } {
   if (bytes.length < 10 || MAGIC.some((b, i) => bytes[i] !== b)) throw new Error('npy: not a .npy file (bad magic)');
   const major = bytes[6];
@@ -43,7 +43,9 @@ export function decodeNpyFloat32(bytes: Uint8Array): { data: Float32Array; rows:
   const offset = start + headerLen;
   const expected = rows * cols * 4;
   if (bytes.length - offset !== expected) throw new Error(`npy: truncated: ${bytes.length - offset} data bytes, expected ${expected}`);
-  // Copy into an aligned buffer: the payload offset need not be a multiple of 4.
+  // A view when the payload is 4-byte aligned (no copy of a large shard), else an aligned copy.
+  const start4 = bytes.byteOffset + offset;
+  if (isLittleEndian() && start4 % 4 === 0) return { data: new Float32Array(bytes.buffer, start4, rows * cols), rows, cols };
   const data = new Float32Array(rows * cols);
   new Uint8Array(data.buffer).set(bytes.subarray(offset, offset + expected));
   if (!isLittleEndian()) {

@@ -120,18 +120,24 @@ export class ObjectStore {
       body.destroy();
       throw new ObjectTooLargeError(bucket, key, length, maxBytes);
     }
+    // With a known length the body is copied once into a buffer of that size, instead of being
+    // collected in chunks and concatenated (twice the memory at the peak, for large shards).
+    const out = res.ContentLength !== undefined ? Buffer.allocUnsafe(length) : undefined;
     const chunks: Buffer[] = [];
     let total = 0;
     for await (const chunk of body) {
       const buf = chunk as Buffer;
-      total += buf.length;
-      if (total > maxBytes) {
+      if (total + buf.length > maxBytes) {
         body.destroy();
-        throw new ObjectTooLargeError(bucket, key, total, maxBytes);
+        throw new ObjectTooLargeError(bucket, key, total + buf.length, maxBytes);
       }
-      chunks.push(buf);
+      if (out && total + buf.length <= out.length) buf.copy(out, total);
+      else chunks.push(buf);
+      total += buf.length;
     }
-    return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
+    if (out && chunks.length === 0) return total === out.length ? out : out.subarray(0, total);
+    // The server sent more than it announced: fall back to collecting everything.
+    return Buffer.concat([...(out ? [out.subarray(0, Math.min(total, out.length))] : []), ...chunks]);
   }
 
   /** Reads a small JSON object, or returns undefined when it does not exist. */
