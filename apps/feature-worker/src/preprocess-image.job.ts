@@ -45,8 +45,7 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
   try {
     const bytes = await store.getObject(job.bucket, job.key, deps.maxObjectBytes);
     const sha256 = contentHash(bytes);
-    await datasets.rememberHash(itemId, job.etag, sha256);
-    const [cached] = await cache.has(job.embedderId, [sha256]);
+    const [, [cached]] = await Promise.all([datasets.rememberHash(itemId, job.etag, sha256), cache.has(job.embedderId, [sha256])]);
     if (cached) {
       await datasets.putItem(job.dataset, itemId, { ...base, sha256, state: 'cached' });
       return 'cached';

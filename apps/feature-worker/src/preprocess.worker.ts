@@ -29,11 +29,11 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     services,
     enqueueEmbed: async (job: EmbedJob) => {
       // An embed job that failed for good keeps its id; new pixels for the same image must get
-      // a new chance, not be deduplicated against the failure.
+      // a new chance, not be deduplicated against the failure. (One ZSCORE on the hot path; the
+      // job is only loaded in the rare case it failed.)
       const id = jobIds.embed(job);
-      const previous = await queues.embed.getJob(id);
-      if (previous && (await previous.isFailed())) {
-        await previous.remove();
+      if ((await services.redis.zscore(queues.embed.toKey('failed'), id)) !== null) {
+        await (await queues.embed.getJob(id))?.remove();
         await services.redis.hdel(services.keys.embeddingFailures(job.embedderId), job.sha256);
       }
       await enqueue(queues.embed, 'embed', [{ id, payload: job }]);
