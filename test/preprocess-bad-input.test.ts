@@ -2,6 +2,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { ingestCommand, waitForDataset } from '../apps/producer/src/commands/ingest.command.js';
+import { tinyBmp } from './support/images.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
 
@@ -51,15 +52,7 @@ async function badCorpus(): Promise<{ key: string; bytes: Buffer; reason: string
   bombHeader.writeUInt32BE(30_000, 20); // IHDR height
   const corrupt = Buffer.from(png);
   for (let i = 200; i < 260; i++) corrupt[i]! ^= 0x55;
-  const bmp = Buffer.alloc(54 + 16);
-  bmp.write('BM', 0, 'latin1');
-  bmp.writeUInt32LE(bmp.length, 2);
-  bmp.writeUInt32LE(54, 10);
-  bmp.writeUInt32LE(40, 14);
-  bmp.writeInt32LE(2, 18);
-  bmp.writeInt32LE(2, 22);
-  bmp.writeUInt16LE(1, 26);
-  bmp.writeUInt16LE(24, 28);
+  const bmp = tinyBmp();
   // 9 megapixels of one colour: kilobytes that would decode to 27 MB
   const bombSolid = await sharp({ create: { width: 3000, height: 3000, channels: 3, background: '#336699' } }).png({ palette: true, compressionLevel: 9 }).toBuffer();
   const huge = await noise(700, 700).png({ compressionLevel: 0 }).toBuffer();

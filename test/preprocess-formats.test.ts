@@ -2,6 +2,7 @@ import sharp, { type Sharp, type Metadata } from 'sharp';
 import { PermanentError } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
 import { prepareImage, type PrepareOptions } from '../apps/feature-worker/src/image.ops.js';
+import { tinyBmp } from './support/images.js';
 
 /**
  * Every kind of image a user may drop, generated here, through `prepareImage`: each must come
@@ -231,16 +232,7 @@ describe('animations and pages: the first frame', () => {
 
 describe('a format we do not read fails with its reason', () => {
   it('BMP → unsupported-format', async () => {
-    // a valid 2×2 24-bit BMP
-    const bmp = Buffer.alloc(54 + 16);
-    bmp.write('BM', 0, 'latin1');
-    bmp.writeUInt32LE(bmp.length, 2);
-    bmp.writeUInt32LE(54, 10);
-    bmp.writeUInt32LE(40, 14);
-    bmp.writeInt32LE(2, 18);
-    bmp.writeInt32LE(2, 22);
-    bmp.writeUInt16LE(1, 26);
-    bmp.writeUInt16LE(24, 28);
+    const bmp = tinyBmp();
     const err = await prepareImage(bmp, OPTS).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PermanentError);
     expect(err).toMatchObject({ reason: 'unsupported-format', message: expect.stringMatching(/BMP/) });
