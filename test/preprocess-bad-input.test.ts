@@ -100,6 +100,11 @@ describe('bad input fails alone, with a reason', () => {
     expect(cli.code).toBe(0);
     const shown = JSON.parse(cli.stdout) as { datasets: { failures: { item: string; reason: string }[] }[] };
     expect(Object.fromEntries(shown.datasets[0]!.failures.map((f) => [f.item, f.reason]))).toEqual(expected);
+    // and listed, every one, by the failures command (filterable by reason)
+    const listed = await runCli(['failures', '--dataset', 'bad', '--json'], stack.env);
+    expect(Object.fromEntries((JSON.parse(listed.stdout) as { item: string; reason: string }[]).map((f) => [f.item, f.reason]))).toEqual(expected);
+    const bombs = await runCli(['failures', '--dataset', 'bad', '--reason', 'too-many-pixels'], stack.env);
+    expect(bombs.stdout).toMatch(/^dataset bad: 2 failed with too-many-pixels \(too-many-pixels 2\)$/m);
 
     // what Prometheus sees
     const metrics = await scrape(stack.ports.preprocess);

@@ -4,6 +4,7 @@ import { ConfigError, DatasetName, loadConfig, sleep } from '@transferline/share
 import { openCliContext, type CliContext } from './cli-context.js';
 import { compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
+import { failuresCommand } from './commands/failures.command.js';
 import { ingestCommand } from './commands/ingest.command.js';
 import { modelsCommand } from './commands/models.command.js';
 import { statusCommand } from './commands/status.command.js';
@@ -128,6 +129,14 @@ program
   .option('-d, --dataset <name>', 'only this dataset', dataset)
   .option('--json', 'machine-readable output')
   .action((o: { dataset?: string; json?: boolean }) => withContext((ctx) => statusCommand(ctx, o)));
+
+program
+  .command('failures')
+  .description('every image of a dataset that failed for good, with its reason code and message')
+  .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
+  .option('--reason <code>', 'only this reason (empty, not-an-image, unsupported-format, truncated, too-many-pixels, …)')
+  .option('--json', 'machine-readable output')
+  .action((o: { dataset: string; reason?: string; json?: boolean }) => withContext((ctx) => failuresCommand(ctx, o)));
 
 program
   .command('classify')
