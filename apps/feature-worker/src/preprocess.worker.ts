@@ -1,5 +1,6 @@
 import {
   PermanentError,
+  closeQueues,
   createMetrics,
   createQueues,
   createServices,
@@ -78,7 +79,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
       // Jobs held by backpressure give up first (they are retried later), so close() can finish.
       gate.close();
       await worker.close();
-      await Promise.all(Object.values(queues).map((q) => q.close()));
+      await closeQueues(queues);
       await services.close();
     },
   };

@@ -1,4 +1,5 @@
 import {
+  closeQueues,
   createQueues,
   createServices,
   embedderIdFromConfig,
@@ -34,7 +35,7 @@ export async function openCliContext(config: Config, out: NodeJS.WritableStream 
     embedderId: embedderIdFromConfig(config),
     out,
     close: async () => {
-      await Promise.all(Object.values(queues).map((q) => q.close()));
+      await closeQueues(queues);
       await services.close();
     },
   };

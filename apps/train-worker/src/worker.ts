@@ -26,24 +26,12 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
       throw err;
     }
   };
-  const worker = startWorker('train', handler, {
-    connection: services.redis,
-    prefix: config.redis.prefix,
-    concurrency: 1,
-    log,
-    metrics,
-    lockDuration: config.jobLockMs,
-  });
+  // One job of each kind at a time per process: both hold a model and large arrays in memory.
+  const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, lockDuration: config.jobLockMs };
+  const worker = startWorker('train', handler, settings);
   const classifyHandler: Handler<'classify'> = (payload, ctx) =>
     classifyImages(payload, { tf: rt.tf, services, bucket: config.s3.bucket, prefix: config.s3.prefix }, ctx);
-  const classifier = startWorker('classify', classifyHandler, {
-    connection: services.redis,
-    prefix: config.redis.prefix,
-    concurrency: 1,
-    log,
-    metrics,
-    lockDuration: config.jobLockMs,
-  });
+  const classifier = startWorker('classify', classifyHandler, settings);
   let closing = false;
   return {
     metrics,

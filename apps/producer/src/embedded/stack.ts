@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { createMetrics, createQueues, createRedis, loadConfig, ObjectStore, startMetricsServer, type Config, type JobName } from '@transferline/shared';
+import { closeQueues, createMetrics, createQueues, createRedis, loadConfig, ObjectStore, startMetricsServer, type Config, type JobName } from '@transferline/shared';
 import { startEmbeddedRedis } from './redis.server.js';
 import { startEmbeddedS3 } from './s3.server.js';
 import { Supervisor, type RoleName } from './supervisor.js';
@@ -91,7 +91,7 @@ export async function startStack(
     stops.push(async () => {
       clearInterval(poll);
       await server.close();
-      await Promise.all(Object.values(queues).map((q) => q.close()));
+      await closeQueues(queues);
       await redis.quit().catch(() => redis.disconnect());
     });
     return { config, env, ports: { ...ports, producer: server.port }, supervisor, stop: stopAll };

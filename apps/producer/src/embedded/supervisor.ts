@@ -45,10 +45,6 @@ export class Supervisor {
     return path.join(this.logDir, replica === 1 ? `${role}.log` : `${role}-${replica}.log`);
   }
 
-  /** Live worker processes, as `role#replica`. */
-  running(): string[] {
-    return [...this.children.keys()].sort();
-  }
 
   /** Sends a signal to one worker process (tests use SIGKILL to play a crash); false if it is not running. */
   signal(role: RoleName, replica: number, signal: NodeJS.Signals): boolean {
