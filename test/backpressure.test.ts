@@ -1,7 +1,8 @@
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
-import { ingestCommand, waitForDataset } from '../apps/producer/src/commands/ingest.command.js';
+import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
+import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { scrape, startTestStack, type TestStack } from './support/stack.js';
 
@@ -49,7 +50,7 @@ describe('backpressure', () => {
     let maxTensors = 0;
     let maxBacklog = 0;
     let sampling = true;
-    const embedQueue = ctx.queues.embed;
+    const embedQueue = ctx.queues.embed(stack.space.id);
     const sampler = (async () => {
       while (sampling && ctx.services.redis.status === 'ready') {
         const [tensors, c] = await Promise.all([ctx.services.tensors.count(), embedQueue.getJobCounts('waiting', 'active', 'delayed', 'prioritized')]);
@@ -82,7 +83,7 @@ describe('backpressure', () => {
 
       // Now embed starts, in its own process, and drains the backlog; preprocess resumes.
       await stack.supervisor.start([{ role: 'embed', replica: 1, metricsPort: 0, env: stack.env }]);
-      const status = await waitForDataset(ctx, 'bp', 60);
+      const status = await waitForDataset(ctx, 'bp', { space: stack.space.id, stallSeconds: 60 });
       sampling = false;
       await sampler;
 

@@ -60,12 +60,17 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     expect(r.counts).toMatchObject({ listed: distinct + 2, unlabelled: 1, enqueued: distinct + 1 });
     expect(r.status).toMatchObject({ total: distinct + 1, embedded: distinct + 1, failed: 0, pending: 0 });
     expect(output).toMatch(new RegExp(`dataset e2e: ${distinct + 1} images, ${distinct + 1} embedded \\(0 served from cache\\), 0 failed`));
-    expect(r.status!.labels).toEqual({ circle: PER_CLASS + 1, square: PER_CLASS, triangle: PER_CLASS, 'ünïcode label': 1 });
+    expect(r.status!.labels).toEqual([
+      { label: 'circle', count: PER_CLASS + 1 },
+      { label: 'square', count: PER_CLASS },
+      { label: 'triangle', count: PER_CLASS },
+      { label: 'ünïcode label', count: 1 },
+    ]);
 
     // one cache entry per distinct content: the copies share their original's entry
-    expect(await ctx.services.cache.size(ctx.embedderId)).toBe(distinct);
+    expect(await ctx.services.cache.size(stack.space.id)).toBe(distinct);
     let rows = 0;
-    for await (const o of ctx.services.store.listObjects(stack.config.s3.bucket, `embeddings/${ctx.embedderId}/`)) {
+    for await (const o of ctx.services.store.listObjects(stack.config.s3.bucket, `embeddings/${stack.space.id}/`)) {
       if (o.key.endsWith('.json')) rows += (await ctx.services.store.getJson<{ hashes: string[] }>(stack.config.s3.bucket, o.key))!.hashes.length;
     }
     expect(rows).toBe(distinct);
@@ -85,7 +90,7 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     expect(r.stdout).toMatch(new RegExp(`${distinct + 1} embedded`));
     const after = await scrape(stack.ports.embed);
     expect(after.get('tl_embed_batch_size_count')).toBe(before.get('tl_embed_batch_size_count'));
-    const counts = await ctx.queues.embed.getJobCounts('waiting', 'active', 'delayed');
+    const counts = await ctx.queues.embed(stack.space.id).getJobCounts('waiting', 'active', 'delayed');
     expect(counts).toEqual({ waiting: 0, active: 0, delayed: 0 });
     // a new dataset over the same objects is filled from the cache: no download, no job
     const again = await ingestCommand(ctx, `s3://${photos}/train/`, { dataset: 'e2e-copy', wait: true });
@@ -139,7 +144,7 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     const items: { sha: string; label: string }[] = [];
     for await (const page of ctx.services.datasets.scan('e2e')) for (const [, r] of page) items.push({ sha: r.sha256!, label: r.label });
     const unique = [...new Map(items.map((i) => [i.sha, i])).values()];
-    const x = await ctx.services.cache.load(ctx.embedderId, unique.map((u) => u.sha));
+    const x = await ctx.services.cache.load(stack.space.id, unique.map((u) => u.sha));
     const predicted = tf.tidy(() => (head.predict(tf.tensor2d(x.data, [x.rows, x.dim])) as import('@tensorflow/tfjs').Tensor).argMax(-1).arraySync() as number[]);
     const correct = predicted.filter((p, i) => labels[p] === unique[i]!.label).length;
     expect(correct / unique.length).toBeGreaterThan(0.8);
@@ -149,9 +154,17 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
   it('status shows every queue and the dataset', async () => {
     const r = await runCli(['status', '--json'], datasetEnv());
     expect(r.code).toBe(0);
-    const s = JSON.parse(r.stdout) as { queues: Record<string, { workers: number; failed: number }>; datasets: { dataset: string; embedded: number }[] };
-    expect(Object.keys(s.queues).sort()).toEqual(['classify', 'embed', 'preprocess', 'train']);
-    expect(s.queues.embed!.workers).toBeGreaterThanOrEqual(1);
+    const s = JSON.parse(r.stdout) as {
+      queues: Record<string, { workers: number; failed: number }>;
+      spaces: { space: { id: string; resize: string }; workers: { backend: string }[]; cached: number }[];
+      datasets: { dataset: string; embedded: number; space: string }[];
+    };
+    expect(Object.keys(s.queues).sort()).toEqual(['classify', `embed.${stack.space.id}`, 'preprocess', 'train']);
+    expect(s.queues[`embed.${stack.space.id}`]!.workers).toBe(1);
+    expect(s.spaces).toHaveLength(1);
+    expect(s.spaces[0]).toMatchObject({ space: { id: stack.space.id, resize: 'squash' }, cached: distinct });
+    expect(s.spaces[0]!.workers.map((w) => w.backend)).toEqual(['wasm']);
+    expect(s.datasets.find((d) => d.dataset === 'e2e')?.space).toBe(stack.space.id);
     expect(s.datasets.find((d) => d.dataset === 'e2e')?.embedded).toBe(distinct + 1);
   });
 });

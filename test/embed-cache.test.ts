@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
-import { ingestCommand, waitForDataset } from '../apps/producer/src/commands/ingest.command.js';
+import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
+import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { EmbeddingCache, ObjectStore } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
@@ -39,38 +40,38 @@ describe('the embedding cache', () => {
     total += await drop('a/', 8, 1);
     await ingestCommand(ctx, `s3://${photos}/a/`, { dataset: 'crash', wait: false });
     const deadline = Date.now() + 60_000;
-    while ((await ctx.queues.embed.getJobCounts('active')).active === 0) {
+    while ((await ctx.queues.embed(stack.space.id).getJobCounts('active')).active === 0) {
       if (Date.now() > deadline) throw new Error('embed never became active');
       await new Promise((r) => setTimeout(r, 20));
     }
     expect(stack.supervisor.signal('embed', 1, 'SIGKILL')).toBe(true);
     // the supervisor restarts it; the new process finds the dead one's jobs stalled and runs them again
-    const s = await waitForDataset(ctx, 'crash', 60);
+    const s = await waitForDataset(ctx, 'crash', { space: stack.space.id, stallSeconds: 60 });
     expect(s).toMatchObject({ total, embedded: total, failed: 0, pending: 0 });
-    expect(await ctx.services.cache.size(ctx.embedderId)).toBe(total);
+    expect(await ctx.services.cache.size(stack.space.id)).toBe(total);
     expect(stack.events.some((e) => /embed#1 exited \(SIGKILL\)/.test(e))).toBe(true);
-    expect(await ctx.queues.embed.getJobCounts('failed')).toEqual({ failed: 0 });
+    expect(await ctx.queues.embed(stack.space.id).getJobCounts('failed')).toEqual({ failed: 0 });
   }, 120_000);
 
   it('rebuilds its Redis index from the bucket after Redis loses it', async () => {
-    await ctx.services.redis.del(ctx.services.keys.embeddingIndex(ctx.embedderId));
-    expect((await ctx.services.datasets.status('crash', ctx.embedderId)).embedded).toBe(0);
+    await ctx.services.redis.del(ctx.services.keys.embeddingIndex(stack.space.id));
+    expect((await ctx.services.inspector.status('crash')).embedded).toBe(0);
     const r = await runCli(['cache', 'rebuild-index'], stack.env);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(`0 → ${total} images`);
-    expect((await ctx.services.datasets.status('crash', ctx.embedderId)).embedded).toBe(total);
+    expect((await ctx.services.inspector.status('crash')).embedded).toBe(total);
   });
 
   it('after compaction, loads N embeddings with one request per large shard, values unchanged', async () => {
     const items: string[] = [];
     for await (const page of ctx.services.datasets.scan('crash')) for (const [, rec] of page) items.push(rec.sha256!);
-    const before = await ctx.services.cache.load(ctx.embedderId, items);
-    const shardsBefore = (await ctx.services.cache.listShards(ctx.embedderId)).length;
+    const before = await ctx.services.cache.load(stack.space.id, items);
+    const shardsBefore = (await ctx.services.cache.listShards(stack.space.id)).length;
     expect(shardsBefore).toBeGreaterThanOrEqual(total / 4);
 
     const r = await runCli(['cache', 'compact', '--rows', '16'], stack.env);
     expect(r.code).toBe(0);
-    const shards = await ctx.services.cache.listShards(ctx.embedderId);
+    const shards = await ctx.services.cache.listShards(stack.space.id);
     expect(shards.length).toBe(Math.ceil(total / 16));
     expect(shards.reduce((a, s) => a + s.rows, 0)).toBe(total);
 
@@ -83,7 +84,7 @@ describe('the embedding cache', () => {
     })(stack.config.s3);
     try {
       const cache = new EmbeddingCache(ctx.services.redis, ctx.services.keys, counting, stack.config.s3.bucket, stack.config.s3.prefix);
-      const after = await cache.load(ctx.embedderId, items);
+      const after = await cache.load(stack.space.id, items);
       expect(gets).toBe(shards.length);
       expect(Buffer.compare(Buffer.from(after.data.buffer), Buffer.from(before.data.buffer))).toBe(0);
     } finally {

@@ -1,7 +1,8 @@
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
-import { ingestCommand, waitForDataset } from '../apps/producer/src/commands/ingest.command.js';
+import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
+import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { tinyBmp } from './support/images.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
@@ -89,7 +90,7 @@ describe('bad input fails alone, with a reason', () => {
     await store.deleteObject(bucket, 'train/cats/08-deleted.jpg');
     await ctx.queues.preprocess.resume();
 
-    const status = await waitForDataset(ctx, 'bad', 30);
+    const status = await waitForDataset(ctx, 'bad', { space: stack.space.id, stallSeconds: 30 });
     expect(status).toMatchObject({ total: bad.length + GOOD, embedded: GOOD, failed: bad.length, pending: 0 });
     const expected = Object.fromEntries(bad.map((b) => [`${bucket}/train/cats/${b.key}`, b.reason]));
     expect(Object.fromEntries(status.failures.map((f) => [f.item, f.reason]))).toEqual(expected);

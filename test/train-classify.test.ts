@@ -80,9 +80,8 @@ describe('training runs and classification', () => {
 
   it('classifies new images into JSON Lines in the bucket, keeps them out of the training set, and watches for more', async () => {
     for (const [i, kind] of kinds.entries()) await ctx.services.store.putObject(photos, `incoming/${kind}-new.jpg`, await renderSample(kind, 100 + i, 99));
-    const before = await ctx.services.datasets.status('shapes', ctx.embedderId);
+    const before = await ctx.services.inspector.status('shapes');
 
-    const controller = new AbortController();
     let rounds = 0;
     const dropLater = (async () => {
       // while it watches, a user drops one more image
@@ -90,7 +89,7 @@ describe('training runs and classification', () => {
       await ctx.services.store.putObject(photos, 'incoming/late-circle.jpg', await renderSample('circle', 200, 99));
     })();
     const sinkWithCount = { write: (s: string) => (s.startsWith('classified') && rounds++, true) } as unknown as NodeJS.WritableStream;
-    const results = await classifyCommand({ ...ctx, out: sinkWithCount }, `s3://${photos}/incoming/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 2, signal: controller.signal });
+    const results = await classifyCommand({ ...ctx, out: sinkWithCount }, `s3://${photos}/incoming/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 2 });
     await dropLater;
 
     expect(results[0]).toMatchObject({ classified: 3, failed: 0 });
@@ -110,21 +109,24 @@ describe('training runs and classification', () => {
     const firstFile = await file(results[0]!.outputKey);
     const log = { info: () => {}, warn: () => {} } as unknown as JobContext['log'];
     const rerun = await classifyImages(
-      { dataset: classifyDatasetName('shapes'), model: 'shapes', runId, embedderId: ctx.embedderId, bucket: photos, prefix: 'incoming/', outputKey: results[0]!.outputKey },
-      { tf, services: ctx.services, bucket: stack.config.s3.bucket, prefix: stack.config.s3.prefix },
+      { dataset: classifyDatasetName('shapes'), model: 'shapes', runId, embedderId: stack.space.id, bucket: photos, prefix: 'incoming/', outputKey: results[0]!.outputKey },
+      { tf, services: ctx.services, bucket: stack.config.s3.bucket },
       { log, progress: async () => {}, attempt: 2 },
     );
     expect(rerun).toMatchObject({ classified: 3, skipped: 1 });
     expect(await file(results[0]!.outputKey)).toBe(firstFile);
 
     // classified images are in their own set, never in the training dataset
-    expect(await ctx.services.datasets.status('shapes', ctx.embedderId)).toEqual(before);
-    expect((await ctx.services.datasets.status(classifyDatasetName('shapes'), ctx.embedderId)).total).toBe(4);
+    expect(await ctx.services.inspector.status('shapes')).toEqual(before);
+    expect((await ctx.services.inspector.status(classifyDatasetName('shapes'))).total).toBe(4);
   });
 
-  it('refuses a model trained in another embedding space', async () => {
-    const r = await runCli(['classify', `s3://${photos}/incoming/`, '--model', 'shapes'], { ...stack.env, TL_RESIZE: 'crop' });
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/trained on efficientnet-b0\.random-seed42\.squash224 embeddings, but this configuration embeds with efficientnet-b0\.random-seed42\.crop224/);
+  it("classifies in the model's own embedding space, whatever the CLI's environment says", async () => {
+    // a laptop whose settings differ from the workers': the model and the cluster decide, not this environment
+    const r = await runCli(['classify', `s3://${photos}/incoming/`, '--model', 'shapes'], { ...stack.env, TL_RESIZE: 'crop', TL_MODEL_WEIGHTS: 'imagenet' });
+    expect(r.stderr).not.toMatch(/transferline:/);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`embedding space ${stack.space.id.replace(/\./g, '\\.')}`));
+    expect(r.stdout).toMatch(/classified \d+ image\(s\)/);
   });
 });

@@ -1,20 +1,24 @@
 import { randomBytes } from 'node:crypto';
-import type { JobContext, Logger, Metrics, Redis } from '@transferline/shared';
-import type { Queue } from 'bullmq';
+import { DeferJob, type JobContext, type Logger, type Metrics, type Queues, type Redis, type RedisKeys } from '@transferline/shared';
 import type { TensorGate } from './preprocess-image.job.js';
 
 /**
- * Backpressure: at most `bound` tensors wait for embed, across every preprocess process.
- * A tensor is counted by its embed job (waiting, active, delayed or prioritized) or, between
- * storing the pixels and adding that job, by a reservation in a sorted set; one Lua script
- * checks the count and reserves atomically, so the bound holds exactly, however many processes
- * and jobs in hand. A job that finds no room keeps its pixels in memory and polls; when all of a
- * process's slots are held it takes no new job. Reservations expire (a process that dies while
- * holding one frees it within RESERVATION_MS).
+ * Backpressure: at most `bound` tensors wait for each embedding space's embed stage, across every
+ * preprocess process. A tensor is counted by its embed job (waiting, active, delayed or
+ * prioritized) or, between storing the pixels and adding that job, by a reservation in a sorted
+ * set; one Lua script checks the count and reserves atomically, so the bound holds exactly,
+ * however many processes and jobs in hand. A job that finds no room keeps its pixels in memory
+ * and polls (typically while embed catches up, or while the embed workers are still loading
+ * their model). Only when its space has no live embed worker and another space has some is the
+ * job put back for later, without spending an attempt: a space nobody serves cannot hold the
+ * preprocess slots that the others need. Reservations expire (a process that dies while holding
+ * one frees it within RESERVATION_MS).
  */
 export class EmbedBacklogGate implements TensorGate {
   private static readonly RESERVATION_MS = 60_000;
   private static readonly POLL_MS = 200;
+  /** how often a held job checks that some embed worker of its space is still live */
+  private static readonly LIVENESS_MS = 5_000;
   private static readonly SCRIPT = `
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -29,43 +33,55 @@ export class EmbedBacklogGate implements TensorGate {
 
   private held = 0;
   private closed = false;
-  private readonly keys: string[];
 
   constructor(
     private readonly redis: Redis,
-    embedQueue: Queue,
-    reservationsKey: string,
+    private readonly queues: Queues,
+    private readonly keys: RedisKeys,
     private readonly bound: number,
+    /** the spaces of the live embed workers, one entry per worker */
+    private readonly liveSpaces: () => Promise<string[]>,
     private readonly metrics: Metrics,
     private readonly log: Logger,
-  ) {
-    this.keys = [reservationsKey, ...['wait', 'paused', 'active', 'delayed', 'prioritized'].map((t) => embedQueue.toKey(t))];
+  ) {}
+
+  private keysOf(space: string): string[] {
+    const q = this.queues.embed(space);
+    return [this.keys.backpressure(space), ...['wait', 'paused', 'active', 'delayed', 'prioritized'].map((t) => q.toKey(t))];
   }
 
-  async admit(ctx: JobContext): Promise<{ release: () => Promise<void> }> {
+  async admit(space: string, ctx: JobContext): Promise<{ release: () => Promise<void> }> {
     const id = randomBytes(8).toString('hex');
-    let waiting = false;
+    const keys = this.keysOf(space);
+    let waitingSince = 0;
+    let checked = 0;
     try {
       for (;;) {
         if (this.closed) throw new Error('worker stopping while waiting for room in the embed backlog; the job will be retried');
-        const [ok, n] = (await this.redis.eval(EmbedBacklogGate.SCRIPT, this.keys.length, ...this.keys, this.bound, id, EmbedBacklogGate.RESERVATION_MS)) as [number, number];
+        const [ok, n] = (await this.redis.eval(EmbedBacklogGate.SCRIPT, keys.length, ...keys, this.bound, id, EmbedBacklogGate.RESERVATION_MS)) as [number, number];
         this.metrics.queueJobs.set({ queue: 'embed', state: 'backlog' }, n);
         if (ok === 1) break;
-        if (!waiting) {
-          waiting = true;
-          if (this.held++ === 0) this.log.info({ backlog: n, bound: this.bound }, 'embed backlog at the bound: holding preprocess jobs until embed catches up');
+        const now = Date.now();
+        if (!waitingSince) {
+          waitingSince = now;
+          if (this.held++ === 0) this.log.info({ backlog: n, bound: this.bound, space }, 'embed backlog at the bound: holding preprocess jobs until embed catches up');
           this.metrics.queueJobs.set({ queue: 'preprocess', state: 'held' }, this.held);
           ctx.log.debug({ backlog: n }, 'waiting for room in the embed backlog');
+        }
+        if (now - checked > EmbedBacklogGate.LIVENESS_MS) {
+          checked = now;
+          const live = await this.liveSpaces();
+          if (!live.includes(space) && live.length > 0) throw new DeferJob(30_000, `the embed backlog of ${space} is full, no embed worker of that space is live, and other spaces need the slot`);
         }
         await new Promise((r) => setTimeout(r, EmbedBacklogGate.POLL_MS * (0.75 + Math.random() / 2)));
       }
     } finally {
-      if (waiting) {
+      if (waitingSince) {
         if (--this.held === 0) this.log.info('embed backlog below the bound again: preprocess resumed');
         this.metrics.queueJobs.set({ queue: 'preprocess', state: 'held' }, this.held);
       }
     }
-    return { release: async () => void (await this.redis.zrem(this.keys[0]!, id)) };
+    return { release: async () => void (await this.redis.zrem(keys[0]!, id)) };
   }
 
   /** Makes jobs waiting for room give up (on shutdown). */

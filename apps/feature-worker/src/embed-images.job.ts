@@ -2,7 +2,7 @@ import { PermanentError, type EmbedJob, type Metrics, type Services } from '@tra
 import type { Embedder } from './embedder.js';
 
 export interface EmbedDeps {
-  services: Pick<Services, 'cache' | 'tensors' | 'redis' | 'keys'>;
+  services: Pick<Services, 'cache' | 'tensors'>;
   embedder: Embedder;
   embedderId: string;
   metrics: Metrics;
@@ -29,18 +29,16 @@ export async function embedBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(Em
     } else {
       const pixels = await tensors.get(job.sha256);
       if (!pixels) {
-        const err = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
-        await deps.services.redis.hset(deps.services.keys.embeddingFailures(deps.embedderId), job.sha256, `${err.reason} ${err.message}`);
-        results[i] = err;
+        results[i] = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
       } else if (pixels.length !== deps.embedder.inputSize * deps.embedder.inputSize * 3) {
-        results[i] = new PermanentError('bad-pixels', `stored pixels are ${pixels.length} bytes`);
+        results[i] = new PermanentError('bad-pixels', `stored pixels are ${pixels.length} bytes, expected ${deps.embedder.inputSize ** 2 * 3}`);
       } else {
         todo.push({ i, sha256: job.sha256, pixels });
       }
     }
   }
   if (todo.length) {
-    const data = forwardFitting(deps, todo.map((t) => t.pixels));
+    const data = await forwardFitting(deps, todo.map((t) => t.pixels));
     await cache.writeShard(deps.embedderId, todo.map((t) => t.sha256), data, deps.embedder.dim);
     await tensors.delete(todo.map((t) => t.sha256));
     for (const t of todo) results[t.i] = 'embedded';
@@ -55,18 +53,18 @@ const OUT_OF_MEMORY = /out of memory|OOM|resource exhausted|failed to allocate/i
  * One forward pass, or, when the device runs out of memory (a large batch on a small GPU),
  * halves the batch until it fits: the batch size adapts to device memory instead of failing jobs.
  */
-function forwardFitting(deps: Pick<EmbedDeps, 'embedder' | 'metrics'>, images: Uint8Array[]): Float32Array {
+async function forwardFitting(deps: Pick<EmbedDeps, 'embedder' | 'metrics'>, images: Uint8Array[]): Promise<Float32Array> {
   try {
     const end = deps.metrics.forwardSeconds.startTimer();
-    const data = deps.embedder.embedBatch(images);
+    const data = await deps.embedder.embedBatch(images);
     end();
     deps.metrics.embedBatch.observe(images.length);
     return data;
   } catch (err) {
     if (images.length < 2 || !OUT_OF_MEMORY.test((err as Error).message)) throw err;
     const half = Math.ceil(images.length / 2);
-    const a = forwardFitting(deps, images.slice(0, half));
-    const b = forwardFitting(deps, images.slice(half));
+    const a = await forwardFitting(deps, images.slice(0, half));
+    const b = await forwardFitting(deps, images.slice(half));
     const out = new Float32Array(a.length + b.length);
     out.set(a);
     out.set(b, a.length);

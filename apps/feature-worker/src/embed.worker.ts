@@ -1,30 +1,36 @@
 import {
   createMetrics,
   createServices,
-  embedderIdFromConfig,
+  DependencyGuard,
+  resolveWeights,
+  spaceFromConfig,
   startWorker,
+  watchRedis,
   type Config,
   type EmbedJob,
   type Handler,
   type Logger,
-  resolveWeights,
+  type RunningRole,
   type WeightsFile,
 } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { embedBatch, type EmbedOutcome } from './embed-images.job.js';
 import { createEfficientNetEmbedder } from './embedder.js';
 import { MicroBatcher } from './micro-batcher.js';
-import type { RunningRole } from './role.js';
 
-/** config → deps → the embed worker (the model, dynamic batching, the durable cache). */
+/**
+ * config → deps → the embed worker: the model, dynamic batching, the durable cache. This is the
+ * one process that derives an embedding space from its own configuration: it runs that space,
+ * publishes it in Redis with a heartbeat, and takes jobs from that space's queue only.
+ */
 export async function startEmbedRole(config: Config, log: Logger): Promise<RunningRole> {
   const metrics = createMetrics('embed');
   const services = createServices(config, 'worker');
-  const embedderId = embedderIdFromConfig(config);
+  watchRedis(services.redis, config.redis.url, log, metrics);
+  const space = spaceFromConfig(config);
   const rt = await loadTfRuntime(config.embed.backend, log);
-  const weights = config.embed.weights;
   let weightsFile: WeightsFile | undefined;
-  if (weights === 'imagenet') {
+  if (space.weights === 'imagenet') {
     let lastLog = 0;
     weightsFile = await resolveWeights(config.embed, {
       store: services.store,
@@ -37,36 +43,45 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     log.info({ path: weightsFile.path, md5: weightsFile.md5, downloaded: weightsFile.downloaded }, 'ImageNet weights verified');
   }
   const embedder = await createEfficientNetEmbedder(rt, { seed: config.embed.seed, ...(weightsFile && { weights: weightsFile.bytes }) });
-  metrics.modelInfo.set({ backend: rt.backend, weights, embedder: embedderId }, 1);
-  if (weights === 'random') {
-    log.warn({ embedderId }, 'embedding with deterministic RANDOM weights (seeded), not ImageNet: features are only good for easy tasks');
+  metrics.modelInfo.set({ backend: rt.backend, weights: space.weights, embedder: space.id }, 1);
+  if (space.weights === 'random') {
+    log.warn({ embedderId: space.id }, 'embedding with deterministic RANDOM weights (seeded), not ImageNet: features are only good for easy tasks');
   }
   const batcher = new MicroBatcher<EmbedJob, EmbedOutcome>(
-    (jobs) => embedBatch(jobs, { services, embedder, embedderId, metrics }),
+    (jobs) => embedBatch(jobs, { services, embedder, embedderId: space.id, metrics }),
     config.embed.batchSize,
     config.embed.batchWaitMs,
     2, // one batch's durable write overlaps the next one's forward pass
   );
   const handler: Handler<'embed'> = (payload) => batcher.submit(payload);
+  const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
   // Concurrency 3×B: one batch computing, one being written, the next one being collected.
   const worker = startWorker('embed', handler, {
     connection: services.redis,
     prefix: config.redis.prefix,
+    space: space.id,
     log,
     metrics,
     concurrency: 3 * config.embed.batchSize,
     lockDuration: config.jobLockMs,
+    guards: [s3],
+    onFinalFailure: async (payload, f) => {
+      if (payload) await services.datasets.recordEmbedFailure(payload.embedderId, payload.sha256, { reason: f.reason, detail: f.message, attempts: f.attempts });
+    },
   });
-  log.info({ role: 'embed', embedderId, backend: rt.backend, batchSize: config.embed.batchSize }, 'worker started');
+  const heartbeat = await services.spaces.startHeartbeat(space, rt.backend, (err) => log.debug({ err }, 'heartbeat not written'));
+  log.info({ role: 'embed', embedderId: space.id, backend: rt.backend, batchSize: config.embed.batchSize, workerId: heartbeat.workerId }, 'worker started');
   let closing = false;
   return {
     metrics,
     healthy: () => !closing && worker.isRunning(),
     stop: async () => {
       closing = true;
+      await heartbeat.stop().catch(() => {});
+      s3.close();
       await worker.close();
       await batcher.drain();
-      embedder.dispose();
+      await embedder.dispose();
       await services.close();
     },
   };

@@ -24,8 +24,8 @@ describe('the EfficientNet-B0 embedder', () => {
 
     const loaded = await createEfficientNetEmbedder(rt, { seed: 42, inputSize: size, weights: h5 });
     const unloaded = await createEfficientNetEmbedder(rt, { seed: 42, inputSize: size });
-    const got = loaded.embedBatch([image(size, 1)]);
-    const other = unloaded.embedBatch([image(size, 1)]);
+    const got = await loaded.embedBatch([image(size, 1)]);
+    const other = await unloaded.embedBatch([image(size, 1)]);
     expect(got.length).toBe(1280);
     let maxDiff = 0;
     let otherDiff = 0;
@@ -42,10 +42,10 @@ describe('the EfficientNet-B0 embedder', () => {
   it('gives each image of a batch the embedding it gets alone', async () => {
     const size = 32;
     const e = await createEfficientNetEmbedder(rt, { seed: 3, inputSize: size });
-    const batch = e.embedBatch([image(size, 1), image(size, 2), image(size, 3)]);
-    const alone = e.embedBatch([image(size, 2)]);
+    const batch = await e.embedBatch([image(size, 1), image(size, 2), image(size, 3)]);
+    const alone = await e.embedBatch([image(size, 2)]);
     for (let i = 0; i < 1280; i++) expect(batch[1280 + i]).toBeCloseTo(alone[i]!, 4);
-    expect(() => e.embedBatch([new Uint8Array(10)])).toThrow(/expected 3072 bytes per image/);
+    await expect(e.embedBatch([new Uint8Array(10)])).rejects.toThrow(/expected 3072 bytes per image/);
     e.dispose();
   });
 

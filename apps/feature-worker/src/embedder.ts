@@ -8,8 +8,8 @@ export interface Embedder {
   readonly inputSize: number;
   readonly dim: number;
   /** Row-major [n, dim] embeddings of n images, each size×size×3 uint8 RGB. */
-  embedBatch(images: Uint8Array[]): Float32Array;
-  dispose(): void;
+  embedBatch(images: Uint8Array[]): Promise<Float32Array>;
+  dispose(): void | Promise<void>;
 }
 
 export interface EmbedderOptions {
@@ -35,7 +35,7 @@ export async function createEfficientNetEmbedder(rt: TfRuntime, options: Embedde
   return {
     inputSize: size,
     dim: EFFICIENTNET_B0_EMBEDDING_DIM,
-    embedBatch(images) {
+    async embedBatch(images) {
       for (const img of images) {
         if (img.length !== pixelsPerImage) throw new Error(`expected ${pixelsPerImage} bytes per image, got ${img.length}`);
       }

@@ -3,7 +3,7 @@ import { ObjectNotFoundError, ObjectTooLargeError, PermanentError, contentHash, 
 import { describe, expect, it } from 'vitest';
 import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
 
-const JOB: PreprocessJob = { dataset: 'pets', bucket: 'photos', key: 'train/cats/1.jpg', etag: 'e1', label: 'cats', embedderId: 'emb' };
+const JOB: PreprocessJob = { dataset: 'pets', bucket: 'photos', key: 'train/cats/1.jpg', etag: 'e1', label: 'cats', embedderId: 'emb', resize: 'squash' };
 const ctx = { log: { debug: () => {}, info: () => {}, warn: () => {} }, progress: async () => {}, attempt: 1 } as unknown as JobContext;
 
 /** Plain fakes that record what the handler did, in order. */
@@ -44,7 +44,7 @@ describe('preprocessImage', () => {
     expect(f.calls).toEqual(['rememberHash', 'admit', 'put', 'enqueue', 'release']);
     const [sha] = [...f.tensors.keys()];
     expect(f.tensors.get(sha!)!.length).toBe(224 * 224 * 3);
-    expect(f.items.get('photos/train/cats/1.jpg')).toEqual({ label: 'cats', etag: 'e1', sha256: sha, state: 'queued' });
+    expect(f.items.get('photos/train/cats/1.jpg')).toEqual({ label: 'cats', etag: 'e1', space: 'emb', sha256: sha, state: 'queued' });
   });
 
   it('asks the gate for nothing when the embedding is cached', async () => {
@@ -52,7 +52,7 @@ describe('preprocessImage', () => {
     const f = fakes({ cached: true, object: async () => bytes });
     expect(await preprocessImage(JOB, f.deps, ctx)).toBe('cached');
     expect(f.calls).toEqual(['rememberHash']);
-    expect(f.items.get('photos/train/cats/1.jpg')).toEqual({ label: 'cats', etag: 'e1', sha256: contentHash(bytes), state: 'cached' });
+    expect(f.items.get('photos/train/cats/1.jpg')).toEqual({ label: 'cats', etag: 'e1', space: 'emb', sha256: contentHash(bytes), state: 'cached' });
   });
 
   it('releases the room when enqueueing fails, and leaves the item for the retry', async () => {
@@ -62,7 +62,7 @@ describe('preprocessImage', () => {
     expect(f.items.size).toBe(0);
   });
 
-  it('records permanent failures on the item with their reason', async () => {
+  it('fails for good with a reason code on bad input, before asking for room (the worker records it on the item)', async () => {
     const cases: [() => Promise<Buffer>, string][] = [
       [async () => Promise.reject(new ObjectNotFoundError('photos', JOB.key)), 'not-found'],
       [async () => Promise.reject(new ObjectTooLargeError('photos', JOB.key, 2e6, 1e6)), 'too-large'],
@@ -73,8 +73,8 @@ describe('preprocessImage', () => {
       const err = await preprocessImage(JOB, f.deps, ctx).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(PermanentError);
       expect((err as PermanentError).reason).toBe(reason);
-      expect(f.items.get('photos/train/cats/1.jpg')).toMatchObject({ state: 'failed', reason });
       expect(f.calls).not.toContain('admit');
+      expect(f.tensors.size).toBe(0);
     }
   });
 

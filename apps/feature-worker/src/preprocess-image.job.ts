@@ -12,20 +12,21 @@ import {
 import { prepareImage, type PrepareOptions } from './image.ops.js';
 
 /**
- * Room for one more tensor under the backpressure bound. `admit` waits until there is room and
- * holds it; `release` is called once the embed job is in the queue (which then counts the
+ * Room for one more tensor under a space's backpressure bound. `admit` waits until there is room
+ * and holds it; `release` is called once the embed job is in the queue (which then counts the
  * tensor) or when no tensor was stored after all.
  */
 export interface TensorGate {
-  admit: (ctx: JobContext) => Promise<{ release: () => Promise<void> }>;
+  admit: (space: string, ctx: JobContext) => Promise<{ release: () => Promise<void> }>;
 }
 
 export interface PreprocessDeps {
   services: Pick<Services, 'store' | 'datasets' | 'cache' | 'tensors'>;
-  /** Adds the embed job (content-derived id, so adding it twice is a no-op). */
+  /** Adds the embed job (content-derived id: adding it twice is a no-op; a failed one runs again). */
   enqueueEmbed: (job: EmbedJob) => Promise<void>;
   gate: TensorGate;
-  image: PrepareOptions;
+  /** decoding settings of this worker; the resize policy comes from each job's embedding space */
+  image: Omit<PrepareOptions, 'resize'>;
   maxObjectBytes: number;
 }
 
@@ -36,12 +37,12 @@ export type PreprocessOutcome = 'cached' | 'queued';
  * its pixels to embed. Running it twice leaves the same state: the item record is overwritten
  * with the same values, the tensor is stored under the content hash and the embed job id
  * derives from the content. A failure that retrying cannot fix (not found, too large, not an
- * image we can read) is recorded on the item with its reason and thrown as PermanentError.
+ * image we can read) is thrown as PermanentError; the worker records it on the item.
  */
 export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, ctx: JobContext): Promise<PreprocessOutcome> {
   const { store, datasets, cache, tensors } = deps.services;
   const itemId = DatasetRepository.itemId(job.bucket, job.key);
-  const base = { label: job.label, etag: job.etag };
+  const base = { label: job.label, etag: job.etag, space: job.embedderId };
   try {
     const bytes = await store.getObject(job.bucket, job.key, deps.maxObjectBytes);
     const sha256 = contentHash(bytes);
@@ -50,9 +51,9 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
       await datasets.putItem(job.dataset, itemId, { ...base, sha256, state: 'cached' });
       return 'cached';
     }
-    const pixels = await prepareImage(bytes, deps.image);
+    const pixels = await prepareImage(bytes, { ...deps.image, resize: job.resize });
     // Backpressure: the pixels wait here, not in Redis, while embed's backlog is at the bound.
-    const room = await deps.gate.admit(ctx);
+    const room = await deps.gate.admit(job.embedderId, ctx);
     try {
       await tensors.put(sha256, pixels);
       await deps.enqueueEmbed({ sha256, embedderId: job.embedderId });
@@ -62,10 +63,7 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
     await datasets.putItem(job.dataset, itemId, { ...base, sha256, state: 'queued' });
     return 'queued';
   } catch (err) {
-    const permanent = asPermanent(err);
-    if (!permanent) throw err;
-    await datasets.putItem(job.dataset, itemId, { ...base, state: 'failed', reason: permanent.reason, detail: permanent.message });
-    throw permanent;
+    throw asPermanent(err) ?? err;
   }
 }
 

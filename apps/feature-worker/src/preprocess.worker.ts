@@ -1,46 +1,43 @@
 import {
+  DatasetRepository,
+  DependencyGuard,
   PermanentError,
-  closeQueues,
   createMetrics,
   createQueues,
   createServices,
-  embedderIdFromConfig,
-  enqueue,
   jobIds,
+  requeue,
   startWorker,
+  watchRedis,
   type Config,
-  type Handler,
   type EmbedJob,
+  type Handler,
   type Logger,
+  type RunningRole,
 } from '@transferline/shared';
 import { EmbedBacklogGate } from './embed-backlog.gate.js';
 import { configureSharp } from './image.ops.js';
 import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
-import type { RunningRole } from './role.js';
 
-/** config → deps → the preprocess worker (CPU: download, hash, decode, resize). */
+/** config → deps → the preprocess worker (CPU: download, hash, decode, resize), serving every embedding space. */
 export async function startPreprocessRole(config: Config, log: Logger): Promise<RunningRole> {
   const metrics = createMetrics('preprocess');
   const services = createServices(config, 'worker');
+  watchRedis(services.redis, config.redis.url, log, metrics);
   const queues = createQueues(services.redis, config.redis.prefix);
-  const embedderId = embedderIdFromConfig(config);
   const sharpSettings = configureSharp({ concurrency: config.preprocess.sharpConcurrency });
-  const gate = new EmbedBacklogGate(services.redis, queues.embed, `${config.redis.prefix}:backpressure:embed`, config.preprocess.maxPendingTensors, metrics, log);
+  const gate = new EmbedBacklogGate(services.redis, queues, services.keys, config.preprocess.maxPendingTensors, async () => (await services.spaces.liveWorkers()).map((w) => w.space), metrics, log);
+  const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
   const deps: PreprocessDeps = {
     services,
     enqueueEmbed: async (job: EmbedJob) => {
-      // An embed job that failed for good keeps its id; new pixels for the same image must get
-      // a new chance, not be deduplicated against the failure. (One ZSCORE on the hot path; the
-      // job is only loaded in the rare case it failed.)
-      const id = jobIds.embed(job);
-      if ((await services.redis.zscore(queues.embed.toKey('failed'), id)) !== null) {
-        await (await queues.embed.getJob(id))?.remove();
-        await services.redis.hdel(services.keys.embeddingFailures(job.embedderId), job.sha256);
-      }
-      await enqueue(queues.embed, 'embed', [{ id, payload: job }]);
+      // New pixels for an image whose embedding failed for good get a new chance, not a
+      // dedupe against the failed job.
+      await services.datasets.clearEmbedFailures(job.embedderId, [job.sha256]);
+      await requeue(services.redis, queues.embed(job.embedderId), 'embed', [{ id: jobIds.embed(job), payload: job }]);
     },
     gate,
-    image: { size: 224, maxInputPixels: config.preprocess.maxInputPixels, background: config.preprocess.background, resize: config.preprocess.resize },
+    image: { size: 224, maxInputPixels: config.preprocess.maxInputPixels, background: config.preprocess.background },
     maxObjectBytes: config.preprocess.maxObjectBytes,
   };
   const handler: Handler<'preprocess'> = async (payload, ctx) => {
@@ -58,14 +55,27 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     metrics,
     concurrency: config.preprocess.concurrency,
     lockDuration: config.jobLockMs,
+    guards: [s3],
+    // Whatever ended the job (bad input, attempts spent, a crash too many), the item says so.
+    onFinalFailure: async (payload, f) => {
+      if (!payload) return;
+      await services.datasets.putItem(payload.dataset, DatasetRepository.itemId(payload.bucket, payload.key), {
+        label: payload.label,
+        etag: payload.etag,
+        space: payload.embedderId,
+        state: 'failed',
+        stage: 'preprocess',
+        reason: f.reason,
+        detail: f.message,
+        attempts: f.attempts,
+      });
+    },
   });
   log.info(
     {
       role: 'preprocess',
-      embedderId,
       concurrency: config.preprocess.concurrency,
       sharpConcurrency: sharpSettings.concurrency,
-      resize: config.preprocess.resize,
       maxPendingTensors: config.preprocess.maxPendingTensors,
     },
     'worker started',
@@ -78,10 +88,10 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
       closing = true;
       // Jobs held by backpressure give up first (they are retried later), so close() can finish.
       gate.close();
+      s3.close();
       await worker.close();
-      await closeQueues(queues);
+      await queues.close();
       await services.close();
     },
   };
 }
-

@@ -2,11 +2,13 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { ConfigError, DatasetName, loadConfig, sleep } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
+import { CliExit, EXIT } from './exit-codes.js';
 import { compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
 import { failuresCommand } from './commands/failures.command.js';
 import { ingestCommand } from './commands/ingest.command.js';
 import { modelsCommand } from './commands/models.command.js';
+import { retryCommand } from './commands/retry.command.js';
 import { statusCommand } from './commands/status.command.js';
 import { followRun, trainCommand, type TrainOptions } from './commands/train.command.js';
 import { upCommand } from './commands/up.command.js';
@@ -28,9 +30,20 @@ const dataset = (v: string) => {
   return v;
 };
 
-/** Runs a one-shot command with clients built from the environment, closed afterwards. */
+const embedderOption = ['--embedder <id>', 'the embedding space to use, when the deployment runs several (see "transferline status")'] as const;
+const stallOption = ['--stall-timeout <seconds>', 'give up waiting (exit code 4) after this long without progress when no worker can move the rest', int('--stall-timeout'), 30] as const;
+
+/**
+ * Runs a one-shot command with clients built from the environment, closed afterwards. Ctrl-C
+ * aborts its waits at once (the work goes on in the workers); a second Ctrl-C exits at once.
+ */
 async function withContext(fn: (ctx: CliContext) => Promise<unknown>): Promise<void> {
-  const ctx = await openCliContext(loadConfig(process.env));
+  const interrupt = new AbortController();
+  process.once('SIGINT', () => {
+    interrupt.abort();
+    process.once('SIGINT', () => process.exit(EXIT.interrupted));
+  });
+  const ctx = await openCliContext(loadConfig(process.env), process.stdout, interrupt.signal);
   try {
     await fn(ctx);
   } finally {
@@ -72,20 +85,42 @@ program
   .description('add every image under an s3:// prefix to a dataset (label = first folder below the prefix) and wait until embedded')
   .argument('<s3url>', 'e.g. s3://photos/train/')
   .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
+  .option(...embedderOption)
   .option('--no-wait', 'enqueue and return without waiting for the embeddings')
   .option('--watch', 'keep picking up new and changed objects under the prefix until Ctrl-C')
   .option('--interval <seconds>', 'how often --watch lists the prefix (default 10)', int('--interval'), 10)
-  .action((url: string, o: { dataset: string; wait: boolean; watch?: boolean; interval: number }) =>
+  .option(...stallOption)
+  .action((url: string, o: { dataset: string; embedder?: string; wait: boolean; watch?: boolean; interval: number; stallTimeout: number }) =>
     withContext(async (ctx) => {
-      const stop = new AbortController();
-      process.once('SIGINT', () => stop.abort());
       for (;;) {
-        const r = await ingestCommand(ctx, url, { dataset: o.dataset, wait: o.wait });
-        if (r.status && r.status.failed > 0) process.exitCode = 3;
-        if (!o.watch || stop.signal.aborted) break;
-        await sleep(o.interval * 1000, stop.signal);
-        if (stop.signal.aborted) break;
+        const r = await ingestCommand(ctx, url, { dataset: o.dataset, wait: o.wait, stallSeconds: o.stallTimeout, ...(o.embedder && { embedder: o.embedder }) });
+        if (r.status && r.status.failed > 0) process.exitCode = EXIT.failedItems;
+        if (!o.watch || ctx.signal?.aborted) break;
+        await sleep(o.interval * 1000, ctx.signal);
+        if (ctx.signal?.aborted) break;
       }
+    }),
+  );
+
+program
+  .command('retry')
+  .description('run failed images of a dataset again and wait until they are embedded or fail again')
+  .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
+  .option('--reason <code>', 'retry failures with this reason code (bad input included); default: the transient ones (attempts-exhausted, stalled, pixels-expired)')
+  .option('--stage <stage>', 'only failures of this stage: preprocess or embed')
+  .option('--no-wait', 'enqueue and return without waiting')
+  .option(...stallOption)
+  .action((o: { dataset: string; reason?: string; stage?: string; wait: boolean; stallTimeout: number }) =>
+    withContext(async (ctx) => {
+      if (o.stage !== undefined && o.stage !== 'preprocess' && o.stage !== 'embed') throw new Error('--stage is preprocess or embed');
+      const r = await retryCommand(ctx, {
+        dataset: o.dataset,
+        wait: o.wait,
+        stallSeconds: o.stallTimeout,
+        ...(o.reason && { reason: o.reason }),
+        ...(o.stage && { stage: o.stage as 'preprocess' | 'embed' }),
+      });
+      if (r.status && r.status.failed > 0) process.exitCode = EXIT.failedItems;
     }),
   );
 
@@ -110,16 +145,18 @@ program
   .option('--validation-fraction <x>', 'share of each class held out for validation (default 0.2)', fraction('--validation-fraction'))
   .option('--test-fraction <x>', 'share of each class held out for the test report (default 0.1)', fraction('--test-fraction'))
   .option('--seed <n>', 'seed of initial weights, shuffles and dropout (default 1): same data + same seed = same figures', int('--seed'))
-  .option('--run-id <id>', 'name of the run (default: a timestamp)')
+  .option('--run-id <id>', 'name of the run (default: a timestamp); refused if it exists')
+  .option('--partial', 'train now on the images embedded so far, although some are still pending (the report records it)')
   .option('--follow <run>', 'follow a run started elsewhere instead of starting one')
   .option('--no-wait', 'enqueue and return without following the run')
-  .action((o: TrainOptions & { dataset?: string; follow?: string; classWeights?: string }) =>
+  .option(...stallOption)
+  .action((o: TrainOptions & { dataset?: string; follow?: string; classWeights?: string; stallTimeout: number }) =>
     withContext(async (ctx) => {
-      if (o.follow) return followRun(ctx, o.follow);
+      if (o.follow) return followRun(ctx, o.follow, o.stallTimeout);
       if (!o.dataset) throw new Error('train needs --dataset NAME (or --follow RUN)');
       if (o.classWeights !== undefined && o.classWeights !== 'balanced' && o.classWeights !== 'none') throw new Error('--class-weights is balanced or none');
-      const { follow: _follow, ...rest } = o;
-      return trainCommand(ctx, { ...rest, dataset: o.dataset, classWeights: o.classWeights as 'balanced' | 'none' | undefined });
+      const { follow: _follow, stallTimeout, ...rest } = o;
+      return trainCommand(ctx, { ...rest, dataset: o.dataset, stallSeconds: stallTimeout, classWeights: o.classWeights as 'balanced' | 'none' | undefined });
     }),
   );
 
@@ -145,11 +182,10 @@ program
   .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to use, or dataset@run')
   .option('--watch', 'keep classifying new objects under the prefix')
   .option('--interval <seconds>', 'how often --watch looks for new objects (default 10)', int('--interval'), 10)
-  .action((url: string, o: { model: string; watch?: boolean; interval: number }) =>
+  .option(...stallOption)
+  .action((url: string, o: { model: string; watch?: boolean; interval: number; stallTimeout: number }) =>
     withContext(async (ctx) => {
-      const stop = new AbortController();
-      process.once('SIGINT', () => stop.abort());
-      await classifyCommand(ctx, url, { model: o.model, watch: !!o.watch, intervalSeconds: o.interval, signal: stop.signal });
+      await classifyCommand(ctx, url, { model: o.model, watch: !!o.watch, intervalSeconds: o.interval, stallSeconds: o.stallTimeout });
     }),
   );
 
@@ -164,15 +200,23 @@ const cache = program.command('cache').description('the embedding cache in the b
 cache
   .command('rebuild-index')
   .description('restore the Redis index of the embedding cache from the shards in the bucket (after Redis lost its data)')
-  .action(() => withContext(rebuildIndexCommand));
+  .option(...embedderOption)
+  .action((o: { embedder?: string }) => withContext((ctx) => rebuildIndexCommand(ctx, o)));
 cache
   .command('compact')
   .description('merge the small per-batch shards into large ones, so training reads few large objects')
   .option('--rows <n>', 'rows per merged shard (default 4096)', int('--rows'), 4096)
-  .action((o: { rows: number }) => withContext((ctx) => compactCommand(ctx, o.rows)));
+  .option(...embedderOption)
+  .action((o: { rows: number; embedder?: string }) => withContext((ctx) => compactCommand(ctx, o)));
 
+// A command that finished has closed every client it opened, so the process ends by itself
+// (the test suite runs each command as a child process and requires that it exits).
 program.parseAsync(process.argv).catch((err: unknown) => {
-  const msg = err instanceof ConfigError ? err.message : `transferline: ${(err as Error).message}`;
-  process.stderr.write(`${msg}\n`);
-  process.exit(1);
+  const e = err as Error;
+  if (e instanceof CliExit) {
+    process.stderr.write(`${e.message}\n`);
+    process.exit(e.code);
+  }
+  process.stderr.write(`${e instanceof ConfigError ? e.message : `transferline: ${e.message}`}\n`);
+  process.exit(EXIT.error);
 });

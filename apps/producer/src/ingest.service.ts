@@ -1,20 +1,24 @@
 import {
   DatasetRepository,
-  enqueue,
-  jobIds,
+  TRANSIENT_REASONS,
   itemFromKey,
+  jobIds,
+  requeue,
+  type EmbeddingSpace,
   type ItemRecord,
+  type ItemView,
   type ObjectInfo,
   type PreprocessJob,
+  type Queues,
   type Services,
 } from '@transferline/shared';
-import type { Queue } from 'bullmq';
 
 export interface IngestRequest {
   bucket: string;
   prefix: string;
   dataset: string;
-  embedderId: string;
+  /** the embedding space the images go into (read from the cluster) */
+  space: EmbeddingSpace;
   /** 'folders' (default): label = first folder below the prefix; 'none': every object, unlabelled (classify) */
   labels?: 'folders' | 'none';
 }
@@ -26,29 +30,34 @@ export interface IngestCounts {
   listed: number;
   /** objects at the prefix root or folder markers: no label, not ingested */
   unlabelled: number;
-  /** already in the dataset with the same ETag: nothing to do */
+  /** already in the dataset with the same ETag, embedded, in flight, or failed on bad input */
   unchanged: number;
   /** hash known and embedding cached: added without any job */
   fromCache: number;
-  /** preprocess jobs enqueued */
+  /** new or changed objects: preprocess jobs enqueued */
   enqueued: number;
+  /** items tried again: failed for a transient reason, or orphaned (their job was lost) */
+  retried: number;
 }
 
 export interface IngestDeps {
-  services: Pick<Services, 'store' | 'datasets' | 'cache'>;
-  preprocessQueue: Queue;
+  services: Pick<Services, 'store' | 'datasets' | 'cache' | 'inspector' | 'redis'>;
+  queues: Pick<Queues, 'preprocess'>;
 }
 
 /**
  * Lists `s3://bucket/prefix` page by page and makes the dataset match it. Per page of up to 1,000
- * keys: one HMGET for the dataset's records, one for known content hashes, one for the cache,
- * then one addBulk. An object already ingested with the same ETag costs nothing; one whose
- * bytes were seen before (under any key) and are embedded is added without a job; only new
- * content is enqueued, with a content-derived job id, so running ingest twice enqueues nothing new.
+ * keys: the dataset's records and their state (one classification of a few pipelined round
+ * trips), known content hashes, the cache, then one batch of jobs. An object already ingested
+ * with the same ETag costs nothing; one whose bytes were seen before (under any key) and are
+ * embedded is added without a job; new content is enqueued with a content-derived job id, so
+ * running ingest twice enqueues nothing new. Items that failed for a transient reason, and items
+ * whose job vanished, are enqueued again (a failed job is retried, not deduplicated away).
  */
 export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void): Promise<IngestCounts> {
-  const { store, datasets, cache } = deps.services;
-  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, fromCache: 0, enqueued: 0 };
+  const { store, datasets } = deps.services;
+  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, fromCache: 0, enqueued: 0, retried: 0 };
+  await datasets.setSpace(req.dataset, req.space.id);
   let page: ObjectInfo[] = [];
   const flush = async () => {
     const labelled = page.flatMap((o) => {
@@ -58,37 +67,23 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     });
     page = [];
     const existing = await datasets.getItems(req.dataset, labelled.map((o) => o.id));
-    // An item whose embedding failed for good (its pixels expired before embed ran, say) is
-    // processed again: ingesting twice is how a user retries.
-    const failedEmbedding = await datasets.embeddingFailed(req.embedderId, existing.map((r) => r?.sha256 ?? '0'.repeat(64)));
-    const fresh = labelled.filter((o, i) => {
-      const r = existing[i];
-      // A pending record is enqueued again: if its job still exists the id makes that a no-op,
-      // if the job was lost (Redis flushed) this is how the item recovers.
-      const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && r.state !== 'pending' && !failedEmbedding[i];
-      if (same) counts.unchanged++;
-      return !same;
+    const known = existing.flatMap((r, i) => (r ? [[labelled[i]!.id, r] as [string, ItemRecord]] : []));
+    const views = new Map((await deps.services.inspector.classify(req.dataset, known, req.space.id)).map((v) => [v.id, v]));
+    const work: { o: (typeof labelled)[number]; retry: boolean }[] = [];
+    for (const o of labelled) {
+      const v = views.get(o.id);
+      const r = v?.record;
+      const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && (r.space ?? req.space.id) === req.space.id;
+      if (!same) work.push({ o, retry: false });
+      else if (needsRetry(v!)) work.push({ o, retry: true });
+      else counts.unchanged++;
+    }
+    const outcomes = await submit(req, deps, work.map((w) => ({ ...w.o, ...(w.retry && { previous: views.get(w.o.id) }) })));
+    outcomes.forEach((outcome, i) => {
+      if (outcome === 'cached') counts.fromCache++;
+      else if (work[i]!.retry) counts.retried++;
+      else counts.enqueued++;
     });
-    const known = await datasets.knownHashes(fresh.map((o) => o.id));
-    const knownSha = fresh.map((o, i) => (known[i]?.etag === o.etag ? known[i]!.sha256 : undefined));
-    const cached = await cache.has(req.embedderId, knownSha.map((s) => s ?? '0'.repeat(64)));
-    const records: [string, ItemRecord][] = [];
-    const jobs: { id: string; payload: PreprocessJob }[] = [];
-    fresh.forEach((o, i) => {
-      const sha256 = knownSha[i];
-      if (sha256 && cached[i]) {
-        records.push([o.id, { label: o.label, etag: o.etag, sha256, state: 'cached', ...(o.split && { split: o.split }) }]);
-        counts.fromCache++;
-      } else {
-        records.push([o.id, { label: o.label, etag: o.etag, state: 'pending', ...(o.split && { split: o.split }) }]);
-        const payload: PreprocessJob = { dataset: req.dataset, bucket: req.bucket, key: o.key, etag: o.etag, label: o.label, embedderId: req.embedderId };
-        jobs.push({ id: jobIds.preprocess(payload), payload });
-      }
-    });
-    // Records first: a fast worker must find the item when its job runs.
-    await datasets.putItems(req.dataset, records);
-    await enqueue(deps.preprocessQueue, 'preprocess', jobs);
-    counts.enqueued += jobs.length;
     onPage?.({ ...counts });
   };
   for await (const o of store.listObjects(req.bucket, req.prefix)) {
@@ -98,4 +93,58 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   }
   if (page.length) await flush();
   return counts;
+}
+
+/** Whether re-ingesting an unchanged object should run it again. */
+function needsRetry(v: ItemView): boolean {
+  if (v.phase === 'orphaned') return true;
+  return v.phase === 'failed' && TRANSIENT_REASONS.has(v.failure!.reason);
+}
+
+export interface Submission {
+  id: string;
+  key: string;
+  etag: string;
+  label: string;
+  split?: ItemRecord['split'];
+  /** the item's classified state, when it is being run again */
+  previous?: ItemView;
+}
+
+/**
+ * Puts items (new, changed, or to be run again) on their way: an item whose bytes are known and
+ * embedded in the space is recorded as cached without a job; the others are recorded pending
+ * and get a preprocess job (a failed job of the same id is retried). Records are written before
+ * jobs, so a fast worker always finds its item. Returns what became of each item.
+ */
+export async function submit(
+  req: Pick<IngestRequest, 'bucket' | 'dataset' | 'space'>,
+  deps: IngestDeps,
+  items: Submission[],
+): Promise<('cached' | 'enqueued')[]> {
+  const { datasets, cache } = deps.services;
+  if (items.length === 0) return [];
+  const known = await datasets.knownHashes(items.map((o) => o.id));
+  const knownSha = items.map((o, i) => (known[i]?.etag === o.etag ? known[i]!.sha256 : undefined));
+  const cached = await cache.has(req.space.id, knownSha.map((s) => s ?? '0'.repeat(64)));
+  // An embed failure is about the bytes in a space; the item is being tried again, so forget it.
+  const failedEmbeds = items.flatMap((o) => (o.previous?.failure?.stage === 'embed' && o.previous.record.sha256 ? [o.previous.record.sha256] : []));
+  await datasets.clearEmbedFailures(req.space.id, failedEmbeds);
+  const records: [string, ItemRecord][] = [];
+  const jobs: { id: string; payload: PreprocessJob }[] = [];
+  const outcomes = items.map((o, i): 'cached' | 'enqueued' => {
+    const base = { label: o.label, etag: o.etag, space: req.space.id, ...(o.split && { split: o.split }) };
+    const sha256 = knownSha[i];
+    if (sha256 && cached[i]) {
+      records.push([o.id, { ...base, sha256, state: 'cached' }]);
+      return 'cached';
+    }
+    records.push([o.id, { ...base, state: 'pending' }]);
+    const payload: PreprocessJob = { dataset: req.dataset, bucket: req.bucket, key: o.key, etag: o.etag, label: o.label, embedderId: req.space.id, resize: req.space.resize };
+    jobs.push({ id: jobIds.preprocess(payload), payload });
+    return 'enqueued';
+  });
+  await datasets.putItems(req.dataset, records);
+  await requeue(deps.services.redis, deps.queues.preprocess, 'preprocess', jobs);
+  return outcomes;
 }

@@ -1,13 +1,12 @@
 import type * as tfTypes from '@tensorflow/tfjs';
-import { PermanentError, type ClassifyJob, type ClassifyResult, type JobContext, type Services } from '@transferline/shared';
+import { LabelsDoc, PermanentError, ReportDoc, RunDoc, type ClassifyJob, type ClassifyResult, type JobContext, type Services } from '@transferline/shared';
 import { loadHead } from './head.store.js';
 import { predictProba } from './head.trainer.js';
 
 export interface ClassifyDeps {
   tf: typeof tfTypes;
-  services: Pick<Services, 'datasets' | 'cache' | 'store' | 'redis' | 'keys'>;
+  services: Pick<Services, 'datasets' | 'cache' | 'store' | 'redis' | 'keys' | 'layout'>;
   bucket: string;
-  prefix: string;
 }
 
 /** One line of the results file. */
@@ -28,15 +27,16 @@ export interface ClassifiedLine {
  */
 export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: JobContext): Promise<ClassifyResult> {
   const { tf, services } = deps;
-  const modelPrefix = `${deps.prefix}models/${job.model}/${job.runId}/`;
-  const labels = await services.store.getJson<string[]>(deps.bucket, `${modelPrefix}labels.json`);
-  const run = await services.store.getJson<{ embedderId: string }>(deps.bucket, `${modelPrefix}run.json`);
+  const { layout } = services;
+  const modelPrefix = layout.run(job.model, job.runId);
+  const labels = await services.store.getDocument(LabelsDoc, deps.bucket, layout.runFile(job.model, job.runId, 'labels.json'));
+  const run = await services.store.getDocument(RunDoc, deps.bucket, layout.runFile(job.model, job.runId, 'run.json'));
   if (!labels || !run) throw new PermanentError('no-model', `no trained model at s3://${deps.bucket}/${modelPrefix}`);
   if (run.embedderId !== job.embedderId) {
     throw new PermanentError('embedder-mismatch', `the model was trained on ${run.embedderId} embeddings; these images were embedded with ${job.embedderId}`);
   }
-  const report = await services.store.getJson<{ validation?: { binary?: { threshold: number } } }>(deps.bucket, `${modelPrefix}report.json`);
-  const threshold = labels.length === 2 ? report?.validation?.binary?.threshold : undefined;
+  const report = await services.store.getDocument(ReportDoc, deps.bucket, layout.runFile(job.model, job.runId, 'report.json'));
+  const threshold = labels.length === 2 ? report?.validation.binary?.threshold : undefined;
 
   const doneKey = services.keys.classified(job.model, job.runId);
   const scope = `${job.bucket}/${job.prefix}`;
@@ -58,7 +58,7 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
       else if (r.sha256 && cached[i]) todo.push({ id, sha256: r.sha256, etag: r.etag });
     });
   }
-  const byLabel: Record<string, number> = {};
+  const counts = new Array<number>(labels.length).fill(0);
   if (todo.length) {
     const head = await loadHead(tf, services.store, deps.bucket, modelPrefix);
     try {
@@ -69,7 +69,7 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
         const row = Array.from(p.subarray(i * k, (i + 1) * k));
         const best = threshold !== undefined ? (row[1]! >= threshold ? 1 : 0) : row.indexOf(Math.max(...row));
         const label = labels[best]!;
-        byLabel[label] = (byLabel[label] ?? 0) + 1;
+        counts[best]!++;
         lines.push({ key: `s3://${t.id}`, sha256: t.sha256, label, probabilities: Object.fromEntries(labels.map((l, c) => [l, row[c]!])), model: modelRef });
       });
     } finally {
@@ -80,5 +80,6 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
   await services.store.putObject(deps.bucket, job.outputKey, lines.map((l) => JSON.stringify(l)).join('\n') + (lines.length ? '\n' : ''), 'application/x-ndjson');
   if (todo.length) await services.redis.hset(doneKey, ...todo.flatMap((t) => [t.id, `${t.etag} ${t.sha256} ${job.outputKey}`]));
   ctx.log.info({ classified: todo.length, failed, skipped }, 'classified');
+  const byLabel = labels.map((label, c) => ({ label, count: counts[c]! })).filter((l) => l.count > 0);
   return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel };
 }

@@ -36,7 +36,7 @@ describe('fitHead', () => {
   it('learns separable classes, and the returned model takes raw (unstandardised) features', async () => {
     const train = blobs([60, 60, 60], 16, 0.2, 1);
     const val = blobs([20, 20, 20], 16, 0.2, 2);
-    const fit = await fitHead(tf, train.x, train.y, val.x, val.y, 3, base);
+    const fit = await fitHead(tf, { train, validation: val, numClasses: 3, options: base });
     expect(fit.history.at(-1)!.valAccuracy).toBeGreaterThan(0.95);
     expect(accuracy(fit.model, val, 3)).toBeCloseTo(fit.history[fit.bestEpoch - 1]!.valAccuracy, 5);
     fit.model.dispose();
@@ -46,7 +46,7 @@ describe('fitHead', () => {
     const train = blobs([30, 30], 8, 0.5, 3);
     const val = blobs([10, 10], 8, 0.5, 4);
     const before = [train.x.data.slice(), val.x.data.slice()];
-    const fit = await fitHead(tf, train.x, train.y, val.x, val.y, 2, { ...base, epochs: 3 });
+    const fit = await fitHead(tf, { train, validation: val, numClasses: 2, options: { ...base, epochs: 3 } });
     fit.model.dispose();
     for (const [i, now] of [train.x.data, val.x.data].entries()) {
       let worst = 0;
@@ -59,7 +59,7 @@ describe('fitHead', () => {
     const run = async (seed: number) => {
       const train = blobs([40, 40], 12, 0.8, 5);
       const val = blobs([15, 15], 12, 0.8, 6);
-      const fit = await fitHead(tf, train.x, train.y, val.x, val.y, 2, { ...base, hiddenUnits: 8, dropout: 0.3, epochs: 8, seed });
+      const fit = await fitHead(tf, { train, validation: val, numClasses: 2, options: { ...base, hiddenUnits: 8, dropout: 0.3, epochs: 8, seed } });
       const weights = fit.model.getWeights().map((w) => Array.from(w.dataSync()));
       fit.model.dispose();
       return { history: fit.history.map(({ examplesPerSecond: _, ...h }) => h), weights };
@@ -76,7 +76,7 @@ describe('fitHead', () => {
     // few noisy examples in many dimensions: it overfits fast, validation loss turns up
     const train = blobs([12, 12], 64, 1.5, 7);
     const val = blobs([40, 40], 64, 1.5, 8);
-    const fit = await fitHead(tf, train.x, train.y, val.x, val.y, 2, { ...base, learningRate: 0.05, epochs: 200, patience: 5 });
+    const fit = await fitHead(tf, { train, validation: val, numClasses: 2, options: { ...base, learningRate: 0.05, epochs: 200, patience: 5 } });
     expect(fit.stoppedEarly).toBe(true);
     expect(fit.history.length).toBe(fit.bestEpoch + 5);
     const best = fit.history[fit.bestEpoch - 1]!;
@@ -91,7 +91,7 @@ describe('fitHead', () => {
     const train = blobs([380, 20], 4, 0.9, 11);
     const val = blobs([190, 10], 4, 0.9, 12);
     const recallOfRare = async (classWeights: 'none' | 'balanced') => {
-      const fit = await fitHead(tf, train.x, train.y, val.x, val.y, 2, { ...base, epochs: 40, classWeights });
+      const fit = await fitHead(tf, { train, validation: val, numClasses: 2, options: { ...base, epochs: 40, classWeights } });
       const pred = argmaxRows(predictProba(tf, fit.model, val.x), 2);
       fit.model.dispose();
       let hit = 0;
@@ -120,8 +120,8 @@ describe('fitHead', () => {
     };
     const train = make(400, 1);
     const val = make(200, 2);
-    const linear = await fitHead(tf, train.x, train.y, val.x, val.y, 2, { ...base, epochs: 60 });
-    const hidden = await fitHead(tf, train.x, train.y, val.x, val.y, 2, { ...base, epochs: 60, hiddenUnits: 16 });
+    const linear = await fitHead(tf, { train, validation: val, numClasses: 2, options: { ...base, epochs: 60 } });
+    const hidden = await fitHead(tf, { train, validation: val, numClasses: 2, options: { ...base, epochs: 60, hiddenUnits: 16 } });
     expect(accuracy(linear.model, val, 2)).toBeLessThan(0.7);
     expect(accuracy(hidden.model, val, 2)).toBeGreaterThan(0.9);
     linear.model.dispose();

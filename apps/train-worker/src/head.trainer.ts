@@ -1,5 +1,7 @@
 import type * as tfTypes from '@tensorflow/tfjs';
-import { seededRandom } from '@transferline/shared';
+import { seededRandom, type EpochLog } from '@transferline/shared';
+
+export type { EpochLog };
 
 type Tf = typeof tfTypes;
 
@@ -28,17 +30,6 @@ export interface HeadOptions {
   seed: number;
 }
 
-export interface EpochLog {
-  epoch: number;
-  loss: number;
-  accuracy: number;
-  valLoss: number;
-  valAccuracy: number;
-  bestValLoss: number;
-  learningRate: number;
-  examplesPerSecond: number;
-}
-
 export interface FitResult {
   /** softmax head that takes raw (unstandardised) features */
   model: tfTypes.Sequential;
@@ -58,16 +49,19 @@ const CHUNK = 4096;
  * model, which takes raw features.
  * Early stopping on the validation loss restores the best epoch's weights.
  */
-export async function fitHead(
-  tf: Tf,
-  train: Matrix,
-  trainY: Int32Array,
-  val: Matrix,
-  valY: Int32Array,
-  numClasses: number,
-  o: HeadOptions,
-  onEpoch?: (log: EpochLog) => void | Promise<void>,
-): Promise<FitResult> {
+export interface FitInput {
+  train: { x: Matrix; y: Int32Array };
+  validation: { x: Matrix; y: Int32Array };
+  numClasses: number;
+  options: HeadOptions;
+  /** called after every epoch (metrics, progress) */
+  onEpoch?: (log: EpochLog) => void | Promise<void>;
+}
+
+export async function fitHead(tf: Tf, input: FitInput): Promise<FitResult> {
+  const { numClasses, options: o, onEpoch } = input;
+  const { x: train, y: trainY } = input.train;
+  const { x: val, y: valY } = input.validation;
   const dim = train.dim;
   const { mean, std } = columnStats(train);
   standardiseInPlace(train, mean, std);

@@ -1,16 +1,25 @@
 import type * as tfTypes from '@tensorflow/tfjs';
-import { PermanentError, type JobContext, type Metrics, type Services, type TrainJob, type TrainResult } from '@transferline/shared';
+import {
+  PermanentError,
+  type JobContext,
+  type Metrics,
+  type ReportDoc,
+  type RunDoc,
+  type Services,
+  type SplitReport,
+  type TrainJob,
+  type TrainResult,
+} from '@transferline/shared';
 import { saveHead } from './head.store.js';
 import { argmaxRows, fitHead, predictProba, type EpochLog, type Matrix } from './head.trainer.js';
-import { bestThreshold, evaluate, rocAuc, type EvaluationReport } from './report.js';
+import { bestThreshold, evaluate, rocAuc } from './report.js';
 import { splitExamples, type Example } from './split.js';
 
 export interface TrainDeps {
   tf: typeof tfTypes;
   backend: string;
-  services: Pick<Services, 'datasets' | 'cache' | 'store'>;
+  services: Pick<Services, 'inspector' | 'cache' | 'store' | 'layout'>;
   bucket: string;
-  prefix: string;
   metrics: Metrics;
 }
 
@@ -21,28 +30,6 @@ export interface EpochProgress extends Partial<EpochLog> {
   epochs: number;
 }
 
-export interface SplitReport extends EvaluationReport {
-  /** two classes only: ROC AUC of the second label's probability, and the threshold chosen on validation */
-  binary?: { positiveLabel: string; rocAuc: number; threshold: number; accuracyAtThreshold: number };
-}
-
-export interface TrainReport {
-  dataset: string;
-  runId: string;
-  /** model, weights and preprocessing of the embeddings: classify must use the same */
-  embedderId: string;
-  createdAt: string;
-  labels: string[];
-  split: { train: number; validation: number; test: number; explicit: boolean; conflictsLeftOut: number };
-  params: Omit<TrainJob, 'dataset' | 'runId' | 'embedderId'>;
-  classWeights: Record<string, number>;
-  bestEpoch: number;
-  stoppedEarly: boolean;
-  history: EpochLog[];
-  validation: SplitReport;
-  test?: SplitReport;
-  train: EvaluationReport;
-}
 
 /**
  * Fits a head on a dataset's cached embeddings and writes `models/<dataset>/<run>/`: the head
@@ -54,10 +41,20 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
 
   const examples: Example[] = [];
-  for await (const page of services.datasets.scan(job.dataset)) {
-    const candidates = page.filter(([, r]) => r.sha256 && r.state !== 'failed');
-    const present = await services.cache.has(job.embedderId, candidates.map(([, r]) => r.sha256!));
-    candidates.forEach(([, r], i) => present[i] && examples.push({ sha256: r.sha256!, label: r.label, ...(r.split && { split: r.split }) }));
+  const coverage = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial };
+  for await (const page of services.inspector.scan(job.dataset)) {
+    for (const v of page) {
+      coverage.total++;
+      if (v.phase === 'failed') coverage.failed++;
+      else if (v.phase !== 'embedded') coverage.pending++;
+      else if (v.space === job.embedderId) {
+        coverage.embedded++;
+        examples.push({ sha256: v.record.sha256!, label: v.record.label, ...(v.record.split && { split: v.record.split }) });
+      } else coverage.pending++; // embedded in another space: not usable here
+    }
+  }
+  if (coverage.pending > 0 && !job.partial) {
+    throw new PermanentError('images-pending', `${coverage.pending} of ${coverage.total} images of ${job.dataset} are not embedded yet: wait for them, or train with --partial`);
   }
   if (examples.length === 0) throw new PermanentError('no-data', `dataset ${job.dataset} has no embedded images in ${job.embedderId} (ingest it first)`);
   const splits = splitExamples(examples, { validation: job.validationFraction, test: job.testFraction });
@@ -82,14 +79,11 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   const d = { dataset: job.dataset };
   m.trainEpoch.set(d, 0);
   m.trainLearningRate.set(d, job.learningRate);
-  const fit = await fitHead(
-    tf,
-    train.x,
-    train.y,
-    val.x,
-    val.y,
-    labels.length,
-    {
+  const fit = await fitHead(tf, {
+    train,
+    validation: val,
+    numClasses: labels.length,
+    options: {
       hiddenUnits: job.hiddenUnits,
       dropout: job.dropout,
       learningRate: job.learningRate,
@@ -100,7 +94,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
       classWeights: job.classWeights,
       seed: job.seed,
     },
-    async (log) => {
+    onEpoch: async (log) => {
       m.trainEpoch.set(d, log.epoch);
       m.trainLoss.set({ ...d, split: 'train' }, log.loss);
       m.trainLoss.set({ ...d, split: 'validation' }, log.valLoss);
@@ -110,21 +104,24 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
       m.trainExamplesPerSecond.set(d, log.examplesPerSecond);
       await ctx.progress({ phase: 'training', epochs: job.epochs, ...log } satisfies EpochProgress);
     },
-  );
+  });
 
-  const report = buildReport(tf, job, labels, fit, splits, { train, val, test });
+  const report = buildReport(tf, job, labels, fit, splits, coverage, { train, val, test });
   await ctx.progress({ phase: 'saving', epoch: job.epochs, epochs: job.epochs } satisfies EpochProgress);
-  const modelPrefix = `${deps.prefix}models/${job.dataset}/${job.runId}/`;
+  const { layout } = services;
+  const modelPrefix = layout.run(job.dataset, job.runId);
   try {
     await saveHead(tf, fit.model, services.store, deps.bucket, modelPrefix);
   } finally {
     fit.model.dispose();
   }
   const { dataset, runId, embedderId, ...params } = job;
-  await services.store.putJson(deps.bucket, `${modelPrefix}labels.json`, labels);
-  await services.store.putJson(deps.bucket, `${modelPrefix}run.json`, { dataset, runId, embedderId, params, backend: deps.backend, createdAt: report.createdAt });
-  await services.store.putJson(deps.bucket, `${modelPrefix}report.json`, report);
-  await services.store.putJson(deps.bucket, `${deps.prefix}models/${job.dataset}/latest.json`, { runId: job.runId, modelPrefix });
+  const run: RunDoc = { dataset, runId, embedderId, params, backend: deps.backend, createdAt: report.createdAt };
+  await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'labels.json'), labels);
+  await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'run.json'), run);
+  await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'report.json'), report);
+  // Last, so that whoever follows the pointer finds every file of the run.
+  await services.store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
   return {
     dataset,
     runId,
@@ -144,8 +141,9 @@ function buildReport(
   labels: string[],
   fit: Awaited<ReturnType<typeof fitHead>>,
   splits: ReturnType<typeof splitExamples>,
+  coverage: ReportDoc['coverage'],
   data: { train: Labelled; val: Labelled; test?: Labelled },
-): TrainReport {
+): ReportDoc {
   const k = labels.length;
   const probs = (s: Labelled) => predictProba(tf, fit.model, s.x);
   const valP = probs(data.val);
@@ -173,8 +171,9 @@ function buildReport(
     createdAt: new Date().toISOString(),
     labels,
     split: { train: splits.train.length, validation: splits.validation.length, test: splits.test.length, explicit: splits.explicit, conflictsLeftOut: splits.conflicts },
+    coverage,
     params,
-    classWeights: Object.fromEntries(labels.map((l, i) => [l, fit.classWeights[i]!])),
+    classWeights: fit.classWeights,
     bestEpoch: fit.bestEpoch,
     stoppedEarly: fit.stoppedEarly,
     history: fit.history,

@@ -1,20 +1,15 @@
-import { createMetrics, createServices, startWorker, type Config, type Handler, type Logger } from '@transferline/shared';
+import { createMetrics, createServices, DependencyGuard, startWorker, watchRedis, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { classifyImages } from './classify-images.job.js';
 import { trainHead } from './train-head.job.js';
 
-export interface RunningTrainer {
-  metrics: ReturnType<typeof createMetrics>;
-  healthy: () => boolean;
-  stop: () => Promise<void>;
-}
-
 /** config → deps → the train worker: training runs and classification, one job of each at a time per process. */
-export async function startTrainer(config: Config, log: Logger): Promise<RunningTrainer> {
+export async function startTrainer(config: Config, log: Logger): Promise<RunningRole> {
   const metrics = createMetrics('train');
   const services = createServices(config, 'worker');
+  watchRedis(services.redis, config.redis.url, log, metrics);
   const rt = await loadTfRuntime(config.embed.backend, log);
-  const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, prefix: config.s3.prefix, metrics };
+  const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics };
   const handler: Handler<'train'> = async (payload, ctx) => {
     try {
       const result = await trainHead(payload, deps, ctx);
@@ -26,11 +21,11 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
       throw err;
     }
   };
+  const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
-  const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, lockDuration: config.jobLockMs };
+  const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, lockDuration: config.jobLockMs, guards: [s3] };
   const worker = startWorker('train', handler, settings);
-  const classifyHandler: Handler<'classify'> = (payload, ctx) =>
-    classifyImages(payload, { tf: rt.tf, services, bucket: config.s3.bucket, prefix: config.s3.prefix }, ctx);
+  const classifyHandler: Handler<'classify'> = (payload, ctx) => classifyImages(payload, { tf: rt.tf, services, bucket: config.s3.bucket }, ctx);
   const classifier = startWorker('classify', classifyHandler, settings);
   let closing = false;
   return {
@@ -38,6 +33,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     healthy: () => !closing && worker.isRunning() && classifier.isRunning(),
     stop: async () => {
       closing = true;
+      s3.close();
       await Promise.all([worker.close(), classifier.close()]);
       await services.close();
     },

@@ -23,17 +23,18 @@ function randomImages(n: number): Uint8Array[] {
 
 /** Puts pixels in Redis as preprocess would, enqueues their embed jobs, waits until all are cached. */
 async function embedThroughQueue(ctx: CliContext, images: Uint8Array[]): Promise<number> {
+  const { space } = await ctx.services.spaces.resolve();
   const jobs: { id: string; payload: EmbedJob }[] = [];
   for (const img of images) {
     const sha256 = randomBytes(32).toString('hex');
     await ctx.services.tensors.put(sha256, img);
-    const payload = { sha256, embedderId: ctx.embedderId };
+    const payload = { sha256, embedderId: space.id };
     jobs.push({ id: jobIds.embed(payload), payload });
   }
-  const target = (await ctx.services.cache.size(ctx.embedderId)) + images.length;
+  const target = (await ctx.services.cache.size(space.id)) + images.length;
   const start = performance.now();
-  await enqueue(ctx.queues.embed, 'embed', jobs);
-  while ((await ctx.services.cache.size(ctx.embedderId)) < target) await sleep(20);
+  await enqueue(ctx.queues.embed(space.id), 'embed', jobs);
+  while ((await ctx.services.cache.size(space.id)) < target) await sleep(20);
   return (performance.now() - start) / 1000;
 }
 
@@ -42,7 +43,7 @@ async function stageRate(batch: number, processes: number, n: number): Promise<n
   try {
     const ctx = await openCliContext(stack.config, quiet);
     try {
-      while ((await ctx.queues.embed.getWorkersCount()) < processes) await sleep(100);
+      while ((await ctx.services.spaces.liveWorkers()).length < processes) await sleep(100);
       await embedThroughQueue(ctx, randomImages(batch * processes)); // warm-up: first passes compile kernels
       const seconds = await embedThroughQueue(ctx, randomImages(n));
       return n / seconds;
@@ -104,12 +105,13 @@ export async function embedBench(o: { images: number }): Promise<SuiteResult> {
       for (const kind of Object.keys(SAMPLE_CLASSES) as SampleClass[]) {
         for (let i = 0; i < Math.ceil(o.images / 3); i++, n++) await ctx.services.store.putObject('bench', `train/${kind}/${i}.jpg`, await renderSample(kind, i, 3));
       }
-      while ((await ctx.queues.embed.getWorkersCount()) === 0) await sleep(100);
+      while ((await ctx.services.spaces.liveWorkers()).length === 0) await sleep(100);
+      const { space } = await ctx.services.spaces.resolve();
       const forwardPasses = async () => Number(/^tl_embed_batch_size_count\{[^}]*\} (\d+)/m.exec(await (await fetch(`http://127.0.0.1:${stack.ports.embed}/metrics`)).text())?.[1]);
       const ingest = async () => {
         const t = performance.now();
-        await ingestPrefix({ bucket: 'bench', prefix: 'train/', dataset: 'bench', embedderId: ctx.embedderId }, { services: ctx.services, preprocessQueue: ctx.queues.preprocess });
-        while ((await ctx.services.datasets.status('bench', ctx.embedderId)).pending > 0) await sleep(20);
+        await ingestPrefix({ bucket: 'bench', prefix: 'train/', dataset: 'bench', space }, { services: ctx.services, queues: ctx.queues });
+        while ((await ctx.services.inspector.status('bench')).pending > 0) await sleep(20);
         return (performance.now() - t) / 1000;
       };
       const first = await ingest();

@@ -26,6 +26,8 @@ export async function headScaleBench(o: { n: number; epochs: number }): Promise<
       const shardRows = 4096;
       const t0 = performance.now();
       const items: [string, ItemRecord][] = [];
+      const { space } = await ctx.services.spaces.resolve();
+      await ctx.services.datasets.setSpace('scale', space.id);
       for (let start = 0; start < o.n; start += shardRows) {
         const n = Math.min(shardRows, o.n - start);
         const hashes: string[] = [];
@@ -36,9 +38,9 @@ export async function headScaleBench(o: { n: number; epochs: number }): Promise<
           hashes.push(sha256);
           // class signal in a few dimensions, noise in all
           for (let d = 0; d < DIM; d++) data[r * DIM + d] = rand() * 2 + (d % 10 === label && d < 100 ? 1.5 : 0);
-          items.push([`synthetic/${start + r}.jpg`, { label: `class-${label}`, etag: 'x', sha256, state: 'cached' }]);
+          items.push([`synthetic/${start + r}.jpg`, { label: `class-${label}`, etag: 'x', sha256, state: 'cached', space: space.id }]);
         }
-        await ctx.services.cache.writeShard(ctx.embedderId, hashes, data, DIM);
+        await ctx.services.cache.writeShard(space.id, hashes, data, DIM);
         if (items.length >= 20_000) await ctx.services.datasets.putItems('scale', items.splice(0));
       }
       await ctx.services.datasets.putItems('scale', items.splice(0));

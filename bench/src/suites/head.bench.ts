@@ -34,8 +34,11 @@ async function ours(train: Labelled, test: Labelled, o: Partial<HeadOptions>) {
   let peak = before;
   const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 50);
   const start = performance.now();
-  const fit = await fitHead(tf, fitPart.x, fitPart.y, valPart.x, valPart.y, 10, {
-    hiddenUnits: 0, dropout: 0, learningRate: 0.001, batchSize: 128, epochs: 40, l2: 1e-5, patience: 5, classWeights: 'none', seed: 1, ...o,
+  const fit = await fitHead(tf, {
+    train: fitPart,
+    validation: valPart,
+    numClasses: 10,
+    options: { hiddenUnits: 0, dropout: 0, learningRate: 0.001, batchSize: 128, epochs: 40, l2: 1e-5, patience: 5, classWeights: 'none', seed: 1, ...o },
   });
   const seconds = (performance.now() - start) / 1000;
   clearInterval(sampler);
@@ -112,7 +115,7 @@ export async function headBench(o: { embedTrain: number; embedTest: number }): P
           .toBuffer();
         batch.push(new Uint8Array(img));
         if (batch.length === 16 || i === n - 1) {
-          data.set(embedder.embedBatch(batch), done * 1280);
+          data.set(await embedder.embedBatch(batch), done * 1280);
           done += batch.length;
           batch.length = 0;
         }

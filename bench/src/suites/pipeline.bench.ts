@@ -49,17 +49,18 @@ export async function pipelineBench(o: { perClass: number }): Promise<SuiteResul
     await ctx.services.store.ensureBucket(bucket);
     for (const im of images) await ctx.services.store.putObject(bucket, `train/${im.key}`, im.bytes, 'image/jpeg');
     // the embed worker loads its model at start; wait until it is connected before timing
-    while ((await ctx.queues.embed.getWorkersCount()) === 0) await new Promise((r) => setTimeout(r, 100));
+    while ((await ctx.services.spaces.liveWorkers()).length === 0) await new Promise((r) => setTimeout(r, 100));
+    const { space } = await ctx.services.spaces.resolve();
 
     const t0 = performance.now();
     let preprocessDone = 0;
-    await ingestPrefix({ bucket, prefix: 'train/', dataset: 'bench', embedderId: ctx.embedderId }, { services: ctx.services, preprocessQueue: ctx.queues.preprocess });
+    await ingestPrefix({ bucket, prefix: 'train/', dataset: 'bench', space }, { services: ctx.services, queues: ctx.queues });
     for (;;) {
       if (!preprocessDone) {
         const c = await ctx.queues.preprocess.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
         if (Object.values(c).every((v) => v === 0)) preprocessDone = performance.now();
       }
-      const s = await ctx.services.datasets.status('bench', ctx.embedderId);
+      const s = await ctx.services.inspector.status('bench');
       if (s.pending === 0) break;
       await new Promise((r) => setTimeout(r, 50));
     }

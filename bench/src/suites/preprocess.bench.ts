@@ -223,13 +223,14 @@ async function startStage(set: ImageSet, processes: number, env: NodeJS.ProcessE
       const mine = preprocessPids().filter((pid) => !before.includes(pid));
       mine.forEach((pid, i) => execFileSync('taskset', ['-a', '-p', '-c', String(i % os.availableParallelism()), String(pid)], { stdio: 'ignore' }));
     }
-    const deps = { services: ctx.services, preprocessQueue: ctx.queues.preprocess };
+    const deps = { services: ctx.services, queues: ctx.queues };
+    const { space } = await ctx.services.spaces.resolve();
     const distinct = new Set(set.images.map((im) => contentHash(im.bytes))).size;
     let passes = 0;
     let k = 1;
     const measure: Measurer = async () => {
       const t0 = performance.now();
-      for (let i = 0; i < k; i++) await ingestPrefix({ bucket, prefix: 'train/', dataset: `pass-${passes++}`, embedderId: ctx.embedderId }, deps);
+      for (let i = 0; i < k; i++) await ingestPrefix({ bucket, prefix: 'train/', dataset: `pass-${passes++}`, space }, deps);
       for (;;) {
         const c = await ctx.queues.preprocess.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
         if (Object.values(c).every((v) => v === 0)) break;

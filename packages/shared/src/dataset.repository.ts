@@ -1,23 +1,6 @@
 import type { Redis } from 'ioredis';
+import { EmbedFailure, ItemRecord, parseDocument } from './documents.js';
 import type { RedisKeys } from './keys.js';
-import type { Split } from './labels.js';
-
-/**
- * What a dataset knows of one object. `pending`: enqueued, hash not known yet; `queued`: pixels
- * handed to embed; `cached`: its embedding already existed; `failed`: a permanent failure with a
- * reason code. Whether a queued item is embedded is read from the embedding index, not stored,
- * so there is one source of truth and running a job twice cannot make the counts drift.
- */
-export interface ItemRecord {
-  label: string;
-  etag: string;
-  state: 'pending' | 'queued' | 'cached' | 'failed';
-  sha256?: string;
-  reason?: string;
-  detail?: string;
-  /** the split the bucket's layout gave it (train/, val/, test/ folders), kept across updates */
-  split?: Split;
-}
 
 // Writes item records, keeping a `split` the stored record has when the new one names none:
 // the split is known at ingest, and later stages rewrite the record without knowing it.
@@ -39,18 +22,7 @@ end
 redis.call('SADD', KEYS[2], KEYS[3])
 return #ARGV / 2`;
 
-export interface DatasetStatus {
-  dataset: string;
-  total: number;
-  embedded: number;
-  cached: number;
-  pending: number;
-  failed: number;
-  failures: { item: string; reason: string; detail?: string }[];
-  labels: Record<string, number>;
-}
-
-/** A dataset's members (`bucket/key` → label, hash, state), kept in Redis. */
+/** A dataset's members (`bucket/key` → label, hash, state), its embedding space, and the failures of its images, kept in Redis. */
 export class DatasetRepository {
   constructor(
     private readonly redis: Redis,
@@ -61,6 +33,12 @@ export class DatasetRepository {
     return `${bucket}/${key}`;
   }
 
+  /** `bucket/key` → its parts (bucket names have no `/`). */
+  static parseItemId(id: string): { bucket: string; key: string } {
+    const slash = id.indexOf('/');
+    return { bucket: id.slice(0, slash), key: id.slice(slash + 1) };
+  }
+
   async list(): Promise<string[]> {
     return (await this.redis.smembers(this.keys.datasets())).sort();
   }
@@ -69,10 +47,19 @@ export class DatasetRepository {
     return (await this.redis.sismember(this.keys.datasets(), dataset)) === 1;
   }
 
+  /** The embedding space a dataset was last ingested into (what train uses). */
+  async space(dataset: string): Promise<string | undefined> {
+    return (await this.redis.hget(this.keys.datasetMeta(dataset), 'space')) ?? undefined;
+  }
+
+  async setSpace(dataset: string, space: string): Promise<void> {
+    await this.redis.hset(this.keys.datasetMeta(dataset), 'space', space);
+  }
+
   async getItems(dataset: string, itemIds: string[]): Promise<(ItemRecord | undefined)[]> {
     if (itemIds.length === 0) return [];
     const raw = await this.redis.hmget(this.keys.datasetItems(dataset), ...itemIds);
-    return raw.map((r) => (r === null ? undefined : (JSON.parse(r) as ItemRecord)));
+    return raw.map((r, i) => (r === null ? undefined : parseItem(r, dataset, itemIds[i]!)));
   }
 
   async putItems(dataset: string, items: [itemId: string, record: ItemRecord][]): Promise<void> {
@@ -99,10 +86,20 @@ export class DatasetRepository {
     await this.redis.hset(this.keys.objectHashes(), itemId, `${etag} ${sha256}`);
   }
 
-  /** For each content hash, whether its embedding failed for good in this embedding space (and may be tried again). */
-  async embeddingFailed(embedderId: string, hashes: string[]): Promise<boolean[]> {
+  /** For each content hash, its embedding failure in this space, if it failed for good. */
+  async embedFailures(embedderId: string, hashes: string[]): Promise<(EmbedFailure | undefined)[]> {
     if (hashes.length === 0) return [];
-    return (await this.redis.hmget(this.keys.embeddingFailures(embedderId), ...hashes)).map((v) => v !== null);
+    const raw = await this.redis.hmget(this.keys.embeddingFailures(embedderId), ...hashes);
+    return raw.map((r) => (r === null ? undefined : parseEmbedFailure(r)));
+  }
+
+  async recordEmbedFailure(embedderId: string, sha256: string, failure: EmbedFailure): Promise<void> {
+    await this.redis.hset(this.keys.embeddingFailures(embedderId), sha256, JSON.stringify(failure));
+  }
+
+  /** Forgets embedding failures (the images are about to be tried again). */
+  async clearEmbedFailures(embedderId: string, hashes: string[]): Promise<void> {
+    if (hashes.length) await this.redis.hdel(this.keys.embeddingFailures(embedderId), ...hashes);
   }
 
   /** Every item of a dataset, streamed with HSCAN so a large dataset is never read in one reply. */
@@ -112,45 +109,16 @@ export class DatasetRepository {
       const [next, flat] = await this.redis.hscan(this.keys.datasetItems(dataset), cursor, 'COUNT', 1000);
       cursor = next;
       const page: [string, ItemRecord][] = [];
-      for (let i = 0; i + 1 < flat.length; i += 2) page.push([flat[i]!, JSON.parse(flat[i + 1]!) as ItemRecord]);
+      for (let i = 0; i + 1 < flat.length; i += 2) page.push([flat[i]!, parseItem(flat[i + 1]!, dataset, flat[i]!)]);
       if (page.length) yield page;
     } while (cursor !== '0');
   }
+}
 
-  /**
-   * Counts a dataset's items by outcome. An item is embedded when its hash is in the embedding
-   * index of `embedderId`; an item whose embedding failed for good counts as failed.
-   */
-  async status(dataset: string, embedderId: string, maxFailuresListed = 20): Promise<DatasetStatus> {
-    const s: DatasetStatus = { dataset, total: 0, embedded: 0, cached: 0, pending: 0, failed: 0, failures: [], labels: {} };
-    const addFailure = (item: string, reason: string, detail?: string) => {
-      s.failed++;
-      if (s.failures.length < maxFailuresListed) s.failures.push(detail ? { item, reason, detail } : { item, reason });
-    };
-    for await (const page of this.scan(dataset)) {
-      const hashes = page.map(([, r]) => r.sha256 ?? '');
-      const withHash = hashes.filter(Boolean);
-      const pipe = this.redis.pipeline();
-      if (withHash.length) {
-        pipe.hmget(this.keys.embeddingIndex(embedderId), ...withHash);
-        pipe.hmget(this.keys.embeddingFailures(embedderId), ...withHash);
-      }
-      const res = withHash.length ? await pipe.exec() : [];
-      const indexed = (res?.[0]?.[1] as (string | null)[] | undefined) ?? [];
-      const failedEmb = (res?.[1]?.[1] as (string | null)[] | undefined) ?? [];
-      let j = 0;
-      for (const [id, r] of page) {
-        s.total++;
-        s.labels[r.label] = (s.labels[r.label] ?? 0) + 1;
-        const k = r.sha256 ? j++ : -1;
-        if (r.state === 'failed') addFailure(id, r.reason ?? 'unknown', r.detail);
-        else if (k >= 0 && indexed[k] !== null && indexed[k] !== undefined) {
-          s.embedded++;
-          if (r.state === 'cached') s.cached++;
-        } else if (k >= 0 && failedEmb[k]) addFailure(id, failedEmb[k]!.split(' ')[0]!, failedEmb[k]!.split(' ').slice(1).join(' ') || undefined);
-        else s.pending++;
-      }
-    }
-    return s;
-  }
+function parseItem(raw: string, dataset: string, id: string): ItemRecord {
+  return parseDocument(ItemRecord, JSON.parse(raw), `item ${id} of dataset ${dataset}`);
+}
+
+function parseEmbedFailure(raw: string): EmbedFailure {
+  return parseDocument(EmbedFailure, JSON.parse(raw), 'an embedding failure');
 }

@@ -1,15 +1,10 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { bucketLayout, type BucketLayout } from './bucket-layout.js';
+import { parseDocument, ShardManifest } from './documents.js';
 import { decodeNpyFloat32, encodeNpyFloat32 } from './npy.format.js';
 import type { RedisKeys } from './keys.js';
 import type { ObjectStore } from './s3.client.js';
-
-/** The metadata object stored beside each shard: which content hash each row holds. */
-export interface ShardManifest {
-  embedderId: string;
-  dim: number;
-  hashes: string[];
-}
 
 /** Where the embeddings of one dataset live, for a loader that reads each shard once. */
 export interface EmbeddingMatrix {
@@ -25,16 +20,20 @@ export interface EmbeddingMatrix {
  * The bucket is the source of truth: `rebuildIndex` restores Redis from it.
  */
 export class EmbeddingCache {
+  private readonly layout: BucketLayout;
+
   constructor(
     private readonly redis: Redis,
     private readonly keys: RedisKeys,
     private readonly store: ObjectStore,
     private readonly bucket: string,
-    private readonly prefix: string,
-  ) {}
+    prefix: string,
+  ) {
+    this.layout = bucketLayout(prefix);
+  }
 
   private shardKey(embedderId: string, shardId: string, ext: 'npy' | 'json'): string {
-    return `${this.prefix}embeddings/${embedderId}/${shardId}.${ext}`;
+    return this.layout.shard(embedderId, shardId, ext);
   }
 
   /** For each hash, whether its embedding is cached. */
@@ -128,10 +127,11 @@ export class EmbeddingCache {
   /** The shards of one embedding space, with their row counts, from the bucket. */
   async listShards(embedderId: string): Promise<{ shardId: string; rows: number; hashes: string[] }[]> {
     const shards: { shardId: string; rows: number; hashes: string[] }[] = [];
-    for await (const o of this.store.listObjects(this.bucket, `${this.prefix}embeddings/${embedderId}/`)) {
+    for await (const o of this.store.listObjects(this.bucket, this.layout.embeddings(embedderId))) {
       if (!o.key.endsWith('.json')) continue;
-      const manifest = await this.store.getJson<ShardManifest>(this.bucket, o.key);
-      if (!manifest || !Array.isArray(manifest.hashes)) continue;
+      const raw = await this.store.getJson(this.bucket, o.key);
+      if (raw === undefined) continue;
+      const manifest = parseDocument(ShardManifest, raw, `s3://${this.bucket}/${o.key}`);
       shards.push({ shardId: o.key.slice(o.key.lastIndexOf('/') + 1, -'.json'.length), rows: manifest.hashes.length, hashes: manifest.hashes });
     }
     return shards;

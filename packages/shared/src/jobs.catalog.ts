@@ -1,9 +1,21 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
+import { ResizePolicy } from './documents.js';
 
-/** Queue names. Every stage is a BullMQ queue; every role is a separate, horizontally scalable process. */
+/**
+ * Queue names. Every stage is a BullMQ queue; every role is a separate, horizontally scalable
+ * process. Embed has one queue per embedding space (`embed.<embedder id>`), so a job waits for a
+ * worker that runs its space and can never land on one that runs another.
+ */
 export const QUEUES = { preprocess: 'preprocess', embed: 'embed', train: 'train', classify: 'classify' } as const;
 export type QueueName = (typeof QUEUES)[keyof typeof QUEUES];
+
+/** The BullMQ queue of a job name (embed: of one embedding space). */
+export function queueName(name: JobName, space?: string): string {
+  if (name !== 'embed') return JOBS[name].queue;
+  if (!space) throw new Error('the embed queue is per embedding space: name the space');
+  return `${QUEUES.embed}.${space}`;
+}
 
 const datasetName = z
   .string()
@@ -18,7 +30,10 @@ const anyDatasetName = z.union([datasetName, z.string().regex(/^_classify\.[A-Za
 
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in lowercase hex');
 
-/** Decode, orient, colour-convert and resize one object; hand the pixels to embed. */
+/**
+ * Decode, orient, colour-convert and resize one object; hand the pixels to embed. The job names
+ * its embedding space and that space's resize policy, so any preprocess worker serves any space.
+ */
 export const PreprocessJob = z.object({
   dataset: anyDatasetName,
   bucket: z.string().min(1),
@@ -26,6 +41,7 @@ export const PreprocessJob = z.object({
   etag: z.string(),
   label: z.string().min(1),
   embedderId: z.string().min(1),
+  resize: ResizePolicy,
 });
 export type PreprocessJob = z.infer<typeof PreprocessJob>;
 
@@ -54,6 +70,8 @@ export const TrainJob = z.object({
   validationFraction: z.number().min(0.05).max(0.5).default(0.2),
   testFraction: z.number().min(0).max(0.5).default(0.1),
   seed: z.number().int().min(0).default(1),
+  /** train on what is embedded although some images are still pending (recorded in the report) */
+  partial: z.boolean().default(false),
 });
 export type TrainJob = z.infer<typeof TrainJob>;
 export type TrainJobInput = z.input<typeof TrainJob>;
@@ -79,7 +97,8 @@ export interface ClassifyResult {
   failed: number;
   /** items classified earlier with the same run and unchanged since (not written again) */
   skipped: number;
-  byLabel: Record<string, number>;
+  /** images per predicted label, in the model's label order */
+  byLabel: { label: string; count: number }[];
 }
 
 /** What a train job returns (also written as the run's summary). */

@@ -1,19 +1,30 @@
 /**
- * Every Redis key transferline writes, in one place. All start with the configured prefix, so
- * several deployments (or test runs) can share one Redis.
+ * Every Redis key transferline writes, in one place (BullMQ's own keys aside: queue names are in
+ * jobs.catalog.ts). All start with the configured prefix, so several deployments (or test runs)
+ * can share one Redis.
  */
 export function redisKeys(prefix: string) {
   return {
     /** hash: `bucket/key` → ItemRecord JSON, one per object of a dataset */
     datasetItems: (dataset: string) => `${prefix}:ds:${dataset}:items`,
+    /** hash: a dataset's own facts (`space`: the embedding space it was last ingested into) */
+    datasetMeta: (dataset: string) => `${prefix}:ds:${dataset}:meta`,
     /** set of dataset names */
     datasets: () => `${prefix}:datasets`,
     /** hash: `bucket/key` → `etag sha256`, so a known object is not downloaded again to learn its hash */
     objectHashes: () => `${prefix}:objects`,
     /** hash: sha256 → `shardId row` for one embedding space */
     embeddingIndex: (embedderId: string) => `${prefix}:emb:${embedderId}`,
-    /** hash: sha256 → reason, images whose embedding failed for good */
+    /** hash: sha256 → EmbedFailure JSON, images whose embedding failed for good in one space */
     embeddingFailures: (embedderId: string) => `${prefix}:embfail:${embedderId}`,
+    /** hash: embedder id → EmbeddingSpace JSON, every space an embed worker (or `up`) has published */
+    spaces: () => `${prefix}:spaces`,
+    /** sorted set: embed worker id → time of its last heartbeat (ms, Redis clock) */
+    embedWorkers: () => `${prefix}:embed-workers`,
+    /** hash: embed worker id → EmbedWorkerInfo JSON (its space, backend, host) */
+    embedWorkerInfo: () => `${prefix}:embed-workers:info`,
+    /** sorted set: backpressure reservations (id → expiry) for one space's embed backlog */
+    backpressure: (embedderId: string) => `${prefix}:backpressure:${embedderId}`,
     /** hash: `bucket/key` → `etag sha256 outputKey` of the images already classified with one model run */
     classified: (model: string, runId: string) => `${prefix}:classified:${model}:${runId}`,
     /** string: 224×224×3 uint8 pixels waiting for embed, with a TTL */

@@ -1,5 +1,4 @@
-/** The held-out splits a bucket's layout can name. */
-export type Split = 'train' | 'validation' | 'test';
+import type { Split } from './documents.js';
 
 const SPLIT_FOLDERS: Record<string, Split> = { train: 'train', val: 'validation', valid: 'validation', validation: 'validation', test: 'test' };
 

@@ -19,7 +19,7 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>): void {
         process.exit(0);
       },
       (err: unknown) => {
-        log.error({ err: (err as Error).message }, 'error while stopping');
+        log.error({ err }, 'error while stopping');
         process.exit(1);
       },
     );

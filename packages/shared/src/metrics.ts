@@ -13,7 +13,13 @@ export function createMetrics(role: string) {
   const r = [registry];
   return {
     registry,
-    jobs: new Counter({ name: 'tl_jobs_total', help: 'Jobs finished, by queue and outcome', labelNames: ['queue', 'outcome'] as const, registers: r }),
+    jobs: new Counter({
+      name: 'tl_jobs_total',
+      help: 'Job attempts by queue and outcome: completed, retried (an attempt failed, more remain), failed (for good), deferred (put back without spending an attempt)',
+      labelNames: ['queue', 'outcome'] as const,
+      registers: r,
+    }),
+    dependencyUp: new Gauge({ name: 'tl_dependency_up', help: 'Whether a dependency (s3, redis) answers; 0 while this process waits out its outage', labelNames: ['dependency'] as const, registers: r }),
     jobDuration: new Histogram({
       name: 'tl_job_duration_seconds',
       help: 'Time to process one job',

@@ -1,7 +1,8 @@
-import { Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
+import { DelayedError, Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
+import type { DependencyGuard } from './dependency.guard.js';
 import { PermanentError } from './errors.js';
-import { JOBS, jobOptions, type JobName, type JobPayload } from './jobs.catalog.js';
+import { JOBS, jobOptions, queueName, type JobName, type JobPayload } from './jobs.catalog.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 
@@ -14,16 +15,90 @@ export interface JobContext {
 
 export type Handler<N extends JobName, R = unknown> = (payload: JobPayload<N>, ctx: JobContext) => Promise<R>;
 
-export type Queues = { [N in JobName]: Queue };
+/**
+ * Thrown by a handler that cannot go on now for a reason that is not the item's (no room in the
+ * next stage's backlog, say): the job goes back to wait for `delayMs` and keeps its attempts.
+ */
+export class DeferJob extends Error {
+  override readonly name = 'DeferJob';
+  constructor(
+    readonly delayMs: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
-/** One Queue per job name, sharing a connection. */
+/** The end of an item's road: why its job failed for good, and after how many attempts. */
+export interface FinalFailure {
+  /** bounded code: the handler's PermanentError reason, `bad-payload`, `stalled` or `attempts-exhausted` */
+  reason: string;
+  message: string;
+  attempts: number;
+}
+
+/** BullMQ's message for a job whose worker died (or hung) holding it more often than allowed. */
+const STALLED = 'job stalled more than allowable limit';
+
+/** A job failed for good with a reason code (what PermanentError becomes at the boundary). */
+class ItemFailure extends UnrecoverableError {
+  constructor(
+    readonly reason: string,
+    readonly detail: string,
+  ) {
+    super(`${reason}: ${detail}`);
+  }
+}
+
+/** The queues of one deployment, sharing a connection; embed queues are made per space on first use. */
+export class Queues {
+  readonly preprocess: Queue;
+  readonly train: Queue;
+  readonly classify: Queue;
+  private readonly embedQueues = new Map<string, Queue>();
+
+  constructor(
+    private readonly connection: Redis,
+    readonly prefix: string,
+  ) {
+    this.preprocess = this.make(queueName('preprocess'));
+    this.train = this.make(queueName('train'));
+    this.classify = this.make(queueName('classify'));
+  }
+
+  /** The embed queue of one embedding space. */
+  embed(space: string): Queue {
+    let q = this.embedQueues.get(space);
+    if (!q) {
+      q = this.make(queueName('embed', space));
+      this.embedQueues.set(space, q);
+    }
+    return q;
+  }
+
+  /** The queue of a job name (embed needs its space). */
+  of(name: JobName, space?: string): Queue {
+    return name === 'embed' ? this.embed(space!) : this[name];
+  }
+
+  private make(name: string): Queue {
+    const q = new Queue(name, { connection: this.connection, prefix: this.prefix });
+    // Connection errors are reported once by the connection's own listener (redis.client.ts).
+    q.on('error', () => {});
+    return q;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.preprocess, this.train, this.classify, ...this.embedQueues.values()].map((q) => q.close()));
+  }
+}
+
 export function createQueues(connection: Redis, prefix: string): Queues {
-  const entries = (Object.keys(JOBS) as JobName[]).map((n) => [n, new Queue(JOBS[n].queue, { connection, prefix })]);
-  return Object.fromEntries(entries) as Queues;
+  return new Queues(connection, prefix);
 }
 
 export async function closeQueues(queues: Queues): Promise<void> {
-  await Promise.all(Object.values(queues).map((q) => q.close()));
+  await queues.close();
 }
 
 /** Adds jobs with their content-derived ids; an id that is already queued is not added again. */
@@ -32,7 +107,36 @@ export async function enqueue<N extends JobName>(queue: Queue, name: N, jobs: { 
   await queue.addBulk(jobs.map((j) => ({ name, data: j.payload, opts: jobOptions(name, j.id) })));
 }
 
-export interface WorkerSettings {
+/**
+ * Enqueues jobs that must run again although a job of the same id may sit in the failed set
+ * (BullMQ ignores an add whose id exists): a failed one is moved back to wait by BullMQ's own
+ * atomic retry, with its attempts reset; the rest are added. Two callers racing are safe: only
+ * one retry of a failed job succeeds (the other finds it no longer failed), and adds dedupe.
+ * Returns how many failed jobs were retried.
+ */
+export async function requeue<N extends JobName>(redis: Redis, queue: Queue, name: N, jobs: { id: string; payload: JobPayload<N> }[]): Promise<number> {
+  if (jobs.length === 0) return 0;
+  const failedKey = queue.toKey('failed');
+  const pipe = redis.pipeline();
+  for (const j of jobs) pipe.zscore(failedKey, j.id);
+  const scores = (await pipe.exec()) ?? [];
+  let retried = 0;
+  for (const [i, [, score]] of scores.entries()) {
+    if (score === null || score === undefined) continue;
+    const job = await queue.getJob(jobs[i]!.id);
+    if (!job) continue;
+    try {
+      await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
+      retried++;
+    } catch {
+      // another retry moved it first, or it was removed: either way the add below settles it
+    }
+  }
+  await enqueue(queue, name, jobs);
+  return retried;
+}
+
+export interface WorkerSettings<N extends JobName> {
   connection: Redis;
   prefix: string;
   concurrency: number;
@@ -43,47 +147,63 @@ export interface WorkerSettings {
    * worker dies, other workers find its jobs stalled once it expires and run them again.
    */
   lockDuration: number;
+  /** the embedding space of an embed worker (its queue) */
+  space?: string;
+  /**
+   * Called once when a job fails for good, whatever the path (a permanent error, a bad payload,
+   * its last attempt, or a worker that died holding it too often): the item records it.
+   */
+  onFinalFailure?: (payload: JobPayload<N> | undefined, failure: FinalFailure) => Promise<void>;
+  /** dependencies whose outage pauses this worker instead of spending attempts */
+  guards?: DependencyGuard[];
 }
 
 /**
- * The one place a handler meets BullMQ: the payload is `unknown` until its schema parses it
- * (a bad payload is a permanent failure, not a retry), PermanentError becomes
- * UnrecoverableError, everything else is retried with the catalog's backoff.
+ * The one place a handler meets BullMQ. The payload is `unknown` until its schema parses it (a
+ * bad payload fails for good, not a retry); PermanentError fails at once with its reason;
+ * DeferJob, and any error while a guarded dependency is down, puts the job back without spending
+ * an attempt (and an outage pauses the worker until the dependency is back); everything else is
+ * retried with the catalog's backoff. Every final failure, however it happens, goes through
+ * `onFinalFailure` and `tl_jobs_total{outcome="failed"}`.
  */
-export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: WorkerSettings): Worker {
+export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: WorkerSettings<N>): Worker {
   const spec = JOBS[name];
-  const processor = async (job: Job) => {
+  const label = { queue: spec.queue };
+  const defer = async (job: Job, token: string | undefined, delayMs: number) => {
+    s.metrics.jobs.inc({ ...label, outcome: 'deferred' });
+    await job.moveToDelayed(Date.now() + delayMs, token);
+    return new DelayedError();
+  };
+  const processor = async (job: Job, token?: string) => {
     const log = s.log.child({ queue: spec.queue, jobId: job.id, attempt: job.attemptsMade + 1 });
-    const end = s.metrics.jobDuration.startTimer({ queue: spec.queue });
     const parsed = spec.schema.safeParse(job.data as unknown);
-    if (!parsed.success) {
-      s.metrics.jobs.inc({ queue: spec.queue, outcome: 'invalid' });
-      s.metrics.failures.inc({ stage: spec.queue, reason: 'bad-payload' });
-      throw new UnrecoverableError(`bad-payload: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-    }
+    if (!parsed.success) throw new ItemFailure('bad-payload', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+    const down = s.guards?.find((g) => !g.up);
+    if (down) throw await defer(job, token, 5_000);
+    const end = s.metrics.jobDuration.startTimer(label);
     try {
       const result = await handler(parsed.data as JobPayload<N>, {
         log,
         progress: (v) => job.updateProgress(v),
         attempt: job.attemptsMade + 1,
       });
-      s.metrics.jobs.inc({ queue: spec.queue, outcome: 'completed' });
+      s.metrics.jobs.inc({ ...label, outcome: 'completed' });
       return result;
     } catch (err) {
-      if (err instanceof PermanentError) {
-        s.metrics.jobs.inc({ queue: spec.queue, outcome: 'failed' });
-        s.metrics.failures.inc({ stage: spec.queue, reason: err.reason });
-        log.warn({ reason: err.reason, err: err.message }, 'permanent failure');
-        throw new UnrecoverableError(`${err.reason}: ${err.message}`);
+      if (err instanceof PermanentError) throw new ItemFailure(err.reason, err.message);
+      if (err instanceof DeferJob) {
+        log.debug({ reason: err.message }, 'deferred');
+        throw await defer(job, token, err.delayMs);
       }
-      s.metrics.jobs.inc({ queue: spec.queue, outcome: 'retried' });
-      log.warn({ err: (err as Error).message }, 'job failed; will retry if attempts remain');
+      for (const g of s.guards ?? []) {
+        if (await g.isOutage(err)) throw await defer(job, token, 5_000);
+      }
       throw err;
     } finally {
       end();
     }
   };
-  const worker = new Worker(spec.queue, processor, {
+  const worker = new Worker(queueName(name, s.space), processor, {
     connection: s.connection,
     prefix: s.prefix,
     concurrency: s.concurrency,
@@ -91,6 +211,36 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
     stalledInterval: Math.min(30_000, s.lockDuration),
     autorun: true,
   });
-  worker.on('error', (err) => s.log.error({ err: err.message }, 'worker error'));
+  worker.on('failed', (job, err) => {
+    if (!job) return;
+    // finishedOn is set only when BullMQ moved the job to failed for good (no retry left).
+    const final = job.finishedOn !== undefined && job.finishedOn !== null;
+    s.metrics.jobs.inc({ ...label, outcome: final ? 'failed' : 'retried' });
+    const log = s.log.child({ queue: spec.queue, jobId: job.id, attempts: job.attemptsMade });
+    if (!final) {
+      log.warn({ err }, 'job failed; will retry');
+      return;
+    }
+    const failure: FinalFailure =
+      err instanceof ItemFailure
+        ? { reason: err.reason, message: err.detail, attempts: job.attemptsMade }
+        : err.message === STALLED
+          ? { reason: 'stalled', message: 'a worker died or hung while holding it, more often than allowed', attempts: job.attemptsMade }
+          : { reason: 'attempts-exhausted', message: err.message, attempts: job.attemptsMade };
+    s.metrics.failures.inc({ stage: spec.queue, reason: failure.reason });
+    log.warn({ reason: failure.reason, detail: failure.message }, 'failed for good');
+    const parsed = spec.schema.safeParse(job.data as unknown);
+    void s.onFinalFailure?.(parsed.success ? (parsed.data as JobPayload<N>) : undefined, failure).catch((e: unknown) => log.error({ err: e }, 'could not record the failure on the item'));
+  });
+  worker.on('error', (err) => {
+    if (!isConnectionError(err)) s.log.error({ err }, 'worker error');
+  });
+  const pause = (up: boolean) => void (up ? worker.resume() : worker.pause(true));
+  for (const g of s.guards ?? []) g.onChange(pause);
   return worker;
+}
+
+/** Errors of a lost Redis connection, which the connection's own listener reports once. */
+export function isConnectionError(err: Error): boolean {
+  return /ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|Connection is closed|connect ETIMEDOUT|getaddrinfo|Stream isn't writeable/.test(err.message);
 }

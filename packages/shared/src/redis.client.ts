@@ -1,4 +1,6 @@
 import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from './logger.js';
+import type { Metrics } from './metrics.js';
 
 export { Redis };
 
@@ -21,11 +23,40 @@ export function createRedis(url: string, mode: 'worker' | 'oneshot', options: Re
   return redis;
 }
 
+/** `redis://user:secret@host` → `redis://user:***@host`, for anything a person reads. */
+export function redactUrl(url: string): string {
+  return url.replace(/^(\w+:\/\/)([^@/]*)@/, (_, scheme: string, auth: string) => `${scheme}${auth.includes(':') ? `${auth.slice(0, auth.indexOf(':'))}:***` : '***'}@`);
+}
+
+/**
+ * Reports a worker's Redis outage in one line when it starts and one when it ends (and as
+ * `tl_dependency_up{dependency="redis"}`), instead of a stack trace per reconnect attempt.
+ * Work that needs Redis simply waits meanwhile: commands queue until the connection is back.
+ */
+export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pick<Metrics, 'dependencyUp'>): void {
+  let down = false;
+  let since = 0;
+  metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
+  redis.on('error', (err: Error) => {
+    if (down) return;
+    down = true;
+    since = Date.now();
+    metrics?.dependencyUp.set({ dependency: 'redis' }, 0);
+    log.warn({ dependency: 'redis', err: err.message }, `Redis at ${redactUrl(url)} is unreachable: waiting for it (work resumes when it is back)`);
+  });
+  redis.on('ready', () => {
+    if (!down) return;
+    down = false;
+    metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
+    log.info({ dependency: 'redis', downSeconds: Math.round((Date.now() - since) / 1000) }, 'Redis is back');
+  });
+}
+
 /** Waits for a connection or throws a clear error (for one-shot commands). */
 export async function pingRedis(redis: Redis, url: string): Promise<void> {
   try {
     await redis.ping();
   } catch (err) {
-    throw new Error(`cannot reach Redis at ${url}: ${(err as Error).message}. Is it running? (set REDIS_URL, or run "transferline up")`);
+    throw new Error(`cannot reach Redis at ${redactUrl(url)}: ${(err as Error).message}. Is it running? (set REDIS_URL, or run "transferline up")`);
   }
 }

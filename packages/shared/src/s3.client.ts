@@ -12,6 +12,8 @@ import {
   S3ServiceException,
 } from '@aws-sdk/client-s3';
 import type { Readable } from 'node:stream';
+import type { z } from 'zod';
+import { parseDocument } from './documents.js';
 
 /** Where and how to reach an S3-compatible server. */
 export interface S3Settings {
@@ -97,6 +99,20 @@ export class ObjectStore {
     }
   }
 
+  /**
+   * Whether the server answers at all (for telling an outage from an item's error): any answer
+   * but a 5xx counts, so a missing bucket or a denied HEAD still means S3 is up.
+   */
+  async probe(bucket: string): Promise<void> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: bucket }), { abortSignal: AbortSignal.timeout(5_000) });
+    } catch (err) {
+      const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
+      if (status !== undefined && status < 500) return;
+      throw err;
+    }
+  }
+
   async putObject(bucket: string, key: string, body: Uint8Array | string, contentType = 'application/octet-stream'): Promise<void> {
     await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
   }
@@ -148,6 +164,12 @@ export class ObjectStore {
       if (err instanceof ObjectNotFoundError) return undefined;
       throw err;
     }
+  }
+
+  /** Reads a stored JSON document and checks it against its schema; undefined when it does not exist. */
+  async getDocument<S extends z.ZodType>(schema: S, bucket: string, key: string): Promise<z.output<S> | undefined> {
+    const raw = await this.getJson(bucket, key);
+    return raw === undefined ? undefined : parseDocument(schema, raw, `s3://${bucket}/${key}`);
   }
 
   async putJson(bucket: string, key: string, value: unknown): Promise<void> {

@@ -1,7 +1,10 @@
 import type { Redis } from 'ioredis';
+import { bucketLayout, type BucketLayout } from './bucket-layout.js';
 import type { Config } from './config.js';
+import { DatasetInspector } from './dataset-status.js';
 import { DatasetRepository } from './dataset.repository.js';
 import { EmbeddingCache } from './embedding-cache.js';
+import { SpaceRegistry } from './embedding-space.js';
 import { redisKeys, type RedisKeys } from './keys.js';
 import { createRedis } from './redis.client.js';
 import { ObjectStore } from './s3.client.js';
@@ -12,7 +15,11 @@ export interface Services {
   redis: Redis;
   store: ObjectStore;
   keys: RedisKeys;
+  /** object keys in TL_BUCKET */
+  layout: BucketLayout;
   datasets: DatasetRepository;
+  inspector: DatasetInspector;
+  spaces: SpaceRegistry;
   cache: EmbeddingCache;
   tensors: TensorStore;
   close: () => Promise<void>;
@@ -22,11 +29,15 @@ export function createServices(config: Config, mode: 'worker' | 'oneshot'): Serv
   const redis = createRedis(config.redis.url, mode);
   const store = new ObjectStore(config.s3);
   const keys = redisKeys(config.redis.prefix);
+  const datasets = new DatasetRepository(redis, keys);
   return {
     redis,
     store,
     keys,
-    datasets: new DatasetRepository(redis, keys),
+    layout: bucketLayout(config.s3.prefix),
+    datasets,
+    inspector: new DatasetInspector(redis, keys, config.redis.prefix, datasets),
+    spaces: new SpaceRegistry(redis, keys),
     cache: new EmbeddingCache(redis, keys, store, config.s3.bucket, config.s3.prefix),
     tensors: new TensorStore(redis, keys, config.preprocess.tensorTtlSeconds),
     close: async () => {

@@ -1,14 +1,16 @@
 import type { DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { printable } from '../terminal.js';
 
 export type Failure = DatasetStatus['failures'][number];
 
 /**
  * `transferline failures -d NAME [--reason CODE] [--json]`: every image of a dataset that failed
- * for good, with its reason code and the message behind it (status shows only the first 20).
+ * for good, with its stage, reason code, message and attempts (status shows only the first 20).
  */
 export async function failuresCommand(ctx: CliContext, o: { dataset: string; reason?: string; json?: boolean }): Promise<Failure[]> {
-  const status = await ctx.services.datasets.status(o.dataset, ctx.embedderId, Number.POSITIVE_INFINITY);
+  if (!(await ctx.services.datasets.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset}; known: ${(await ctx.services.datasets.list()).join(', ') || '(none)'}`);
+  const status = await ctx.services.inspector.status(o.dataset, Number.POSITIVE_INFINITY);
   const failures = status.failures.filter((f) => !o.reason || f.reason === o.reason);
   if (o.json) {
     ctx.out.write(`${JSON.stringify(failures, null, 2)}\n`);
@@ -17,6 +19,8 @@ export async function failuresCommand(ctx: CliContext, o: { dataset: string; rea
   const byReason = new Map<string, number>();
   for (const f of failures) byReason.set(f.reason, (byReason.get(f.reason) ?? 0) + 1);
   ctx.out.write(`dataset ${o.dataset}: ${failures.length} failed${o.reason ? ` with ${o.reason}` : ''}${byReason.size ? ` (${[...byReason].map(([r, n]) => `${r} ${n}`).join(', ')})` : ''}\n`);
-  for (const f of failures) ctx.out.write(`  s3://${f.item}  ${f.reason}${f.detail ? `  ${f.detail}` : ''}\n`);
+  for (const f of failures) {
+    ctx.out.write(`  s3://${printable(f.item)}  ${f.stage} ${f.reason}${f.attempts ? ` after ${f.attempts} attempt${f.attempts === 1 ? '' : 's'}` : ''}${f.detail ? `  ${printable(f.detail)}` : ''}\n`);
+  }
   return failures;
 }

@@ -1,13 +1,17 @@
 import { parseS3Url, type DatasetStatus } from '@transferline/shared';
-import type { CliContext } from '../cli-context.js';
+import { chooseSpace, type CliContext } from '../cli-context.js';
+import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix, type IngestCounts } from '../ingest.service.js';
 import { createProgress } from '../progress.js';
+import { printable } from '../terminal.js';
 
 export interface IngestOptions {
   dataset: string;
   wait: boolean;
-  /** seconds without progress before the CLI says the workers may not be running */
-  stallHintSeconds?: number;
+  /** `--embedder ID`: the embedding space, when the cluster has more than one */
+  embedder?: string;
+  /** seconds without progress before a missing worker ends the wait (default 30) */
+  stallSeconds?: number;
 }
 
 export interface IngestOutcome {
@@ -15,16 +19,19 @@ export interface IngestOutcome {
   status?: DatasetStatus;
 }
 
-/** `transferline ingest s3://bucket/prefix --dataset NAME`: list, enqueue, then follow the dataset until every item is embedded or failed. */
+/**
+ * `transferline ingest s3://bucket/prefix --dataset NAME`: list, enqueue, then follow the dataset
+ * until every item is embedded or failed. The embedding space comes from the cluster (the embed
+ * workers publish theirs), never from this process's environment.
+ */
 export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptions): Promise<IngestOutcome> {
   const { bucket, prefix } = parseS3Url(url);
+  const space = await chooseSpace(ctx, o.embedder);
   const listing = createProgress('listing');
   let counts: IngestCounts;
   try {
-    counts = await ingestPrefix(
-      { bucket, prefix, dataset: o.dataset, embedderId: ctx.embedderId },
-      { services: ctx.services, preprocessQueue: ctx.queues.preprocess },
-      (c) => listing.update(c.listed, c.listed, `listed, ${c.enqueued} enqueued`),
+    counts = await ingestPrefix({ bucket, prefix, dataset: o.dataset, space }, { services: ctx.services, queues: ctx.queues }, (c) =>
+      listing.update(c.listed, c.listed, `listed, ${c.enqueued} enqueued`),
     );
   } catch (err) {
     const name = (err as Error).name;
@@ -34,53 +41,29 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
     listing.stop();
   }
   const w = (s: string) => ctx.out.write(`${s}\n`);
+  const where = `s3://${printable(bucket)}/${printable(prefix)}`;
+  if (counts.listed === 0) w(`ingest ${where}: no objects there (is the prefix right? keys look like ${where}<label>/<file>)`);
   w(
-    `ingest s3://${bucket}/${prefix} → dataset ${o.dataset}: ${counts.listed} objects listed, ${counts.enqueued} enqueued, ` +
+    `ingest ${where} → dataset ${o.dataset}: ${counts.listed} objects listed, ${counts.enqueued} enqueued, ` +
       `${counts.fromCache} already embedded, ${counts.unchanged} unchanged` +
+      (counts.retried ? `, ${counts.retried} tried again (failed on a transient error, or their job was lost)` : '') +
       (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : ''),
   );
   if (!o.wait) return { counts };
-  const status = await waitForDataset(ctx, o.dataset, o.stallHintSeconds ?? 30);
+  const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
   printDatasetSummary(ctx, status);
   return { counts, status };
 }
 
-/** Polls a dataset until nothing is pending, with a progress bar. */
-export async function waitForDataset(ctx: CliContext, dataset: string, stallHintSeconds: number): Promise<DatasetStatus> {
-  const bar = createProgress(`embedding ${dataset}`);
-  let lastDone = -1;
-  let lastChange = Date.now();
-  let hinted = false;
-  try {
-    for (;;) {
-      const s = await ctx.services.datasets.status(dataset, ctx.embedderId);
-      const done = s.embedded + s.failed;
-      bar.update(done, s.total, `embedded ${s.embedded} (cached ${s.cached}), failed ${s.failed}`);
-      if (s.pending === 0) return s;
-      if (done !== lastDone) {
-        lastDone = done;
-        lastChange = Date.now();
-      } else if (!hinted && Date.now() - lastChange > stallHintSeconds * 1000) {
-        hinted = true;
-        const workers = await Promise.all([ctx.queues.preprocess.getWorkersCount(), ctx.queues.embed.getWorkersCount()]);
-        ctx.out.write(
-          `\nno progress for ${stallHintSeconds} s; workers connected: preprocess ${workers[0]}, embed ${workers[1]}` +
-            (workers[0] && workers[1] ? ' (still working?)\n' : ' — start them with "transferline up" or the feature-worker processes\n'),
-        );
-      }
-      // Each poll scans the dataset's records: poll a large dataset less often (200,000 → every 2.5 s).
-      await new Promise((r) => setTimeout(r, Math.min(10_000, 500 + s.total / 100)));
-    }
-  } finally {
-    bar.stop();
-  }
-}
-
 export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   const w = (line: string) => ctx.out.write(`${line}\n`);
-  w(`dataset ${s.dataset}: ${s.total} images, ${s.embedded} embedded (${s.cached} served from cache), ${s.failed} failed, ${s.pending} pending`);
-  const labels = Object.entries(s.labels).sort(([a], [b]) => a.localeCompare(b));
-  if (labels.length) w(`  labels: ${labels.map(([l, n]) => `${l} (${n})`).join(', ')}`);
-  for (const f of s.failures) w(`  failed ${f.item}: ${f.reason}${f.detail ? ` — ${f.detail}` : ''}`);
-  if (s.failed > s.failures.length) w(`  … and ${s.failed - s.failures.length} more failures`);
+  w(
+    `dataset ${s.dataset}: ${s.total} images, ${s.embedded} embedded (${s.cached} served from cache), ${s.failed} failed, ${s.pending} pending` +
+      (s.orphaned ? `, ${s.orphaned} orphaned (their job was lost: ingest again)` : '') +
+      (s.space ? ` — embedding space ${s.space}` : ''),
+  );
+  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${printable(l.label)} (${l.count})`).join(', ')}`);
+  if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
+  for (const f of s.failures) w(`  failed s3://${printable(f.item)}: ${f.stage} ${f.reason}${f.detail ? ` — ${printable(f.detail)}` : ''}`);
+  if (s.failed > s.failures.length) w(`  … and ${s.failed - s.failures.length} more failures: transferline failures -d ${s.dataset}`);
 }

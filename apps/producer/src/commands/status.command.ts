@@ -1,33 +1,56 @@
-import { JOBS, type DatasetStatus, type JobName } from '@transferline/shared';
+import { type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 
+export interface SpaceStatus {
+  space: EmbeddingSpace;
+  workers: EmbedWorkerInfo[];
+  /** embed jobs waiting, active or delayed in the space's queue */
+  backlog: number;
+  /** embeddings cached in the space */
+  cached: number;
+}
+
 export interface StatusReport {
   queues: Record<string, Record<string, number> & { workers: number }>;
+  spaces: SpaceStatus[];
   datasets: DatasetStatus[];
 }
 
-/** `transferline status`: jobs per queue and state, workers connected, each dataset's progress. */
+/** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
+  const { datasets: repo, inspector, spaces: registry, cache } = ctx.services;
+  if (o.dataset && !(await repo.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset}; known: ${(await repo.list()).join(', ') || '(none)'}`);
   const queues: StatusReport['queues'] = {};
-  for (const name of Object.keys(JOBS) as JobName[]) {
-    const q = ctx.queues[name];
-    const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed', 'completed');
+  for (const [name, q] of [['preprocess', ctx.queues.preprocess], ['train', ctx.queues.train], ['classify', ctx.queues.classify]] as const) {
+    const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
     queues[name] = { ...counts, workers: await q.getWorkersCount() };
   }
-  const names = o.dataset ? [o.dataset] : await ctx.services.datasets.list();
-  const datasets = await Promise.all(names.map((d) => ctx.services.datasets.status(d, ctx.embedderId)));
+  const spaces: SpaceStatus[] = [];
+  for (const { space, workers } of await registry.list()) {
+    const q = ctx.queues.embed(space.id);
+    const c = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
+    queues[`embed.${space.id}`] = { ...c, workers: workers.length };
+    spaces.push({ space, workers, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), cached: await cache.size(space.id) });
+  }
+  const names = o.dataset ? [o.dataset] : await repo.list();
+  const datasets = await Promise.all(names.map((d) => inspector.status(d)));
   if (o.json) {
-    ctx.out.write(`${JSON.stringify({ queues, datasets }, null, 2)}\n`);
-    return { queues, datasets };
+    ctx.out.write(`${JSON.stringify({ queues, spaces, datasets }, null, 2)}\n`);
+    return { queues, spaces, datasets };
   }
   const w = (s: string) => ctx.out.write(`${s}\n`);
-  w(`queue        workers  waiting  active  delayed  failed`);
-  for (const [name, c] of Object.entries(queues)) {
-    w(`${name.padEnd(12)} ${String(c.workers).padStart(7)}  ${String((c.waiting ?? 0) + (c.prioritized ?? 0)).padStart(7)}  ${String(c.active ?? 0).padStart(6)}  ${String(c.delayed ?? 0).padStart(7)}  ${String(c.failed ?? 0).padStart(6)}`);
+  w('embedding spaces:');
+  if (spaces.length === 0) w('  none published yet: start the stack (transferline up) or an embed worker');
+  for (const s of spaces) {
+    const backends = [...new Set(s.workers.map((x) => x.backend))].join(', ');
+    w(`  ${s.space.id}: ${s.workers.length} embed worker${s.workers.length === 1 ? '' : 's'}${backends ? ` (${backends})` : ''}, backlog ${s.backlog}, ${s.cached} images cached`);
   }
-  w(`embedding cache (${ctx.embedderId}): ${await ctx.services.cache.size(ctx.embedderId)} images`);
+  w(`queue${' '.repeat(46)} workers  waiting  active  delayed  failed`);
+  for (const [name, c] of Object.entries(queues)) {
+    w(`${name.padEnd(51)} ${String(c.workers).padStart(7)}  ${String((c.waiting ?? 0) + (c.prioritized ?? 0)).padStart(7)}  ${String(c.active ?? 0).padStart(6)}  ${String(c.delayed ?? 0).padStart(7)}  ${String(c.failed ?? 0).padStart(6)}`);
+  }
   if (datasets.length === 0) w('no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
   for (const d of datasets) printDatasetSummary(ctx, d);
-  return { queues, datasets };
+  return { queues, spaces, datasets };
 }

@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { QueueEvents } from 'bullmq';
-import { enqueue, jobIds, TrainJob, type TrainJobInput, type TrainResult } from '@transferline/shared';
+import { enqueue, jobIds, ReportDoc, TrainJob, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { waitForDataset } from '../dataset-wait.js';
+import { followJob } from '../job-follow.js';
 import { createProgress } from '../progress.js';
+import { printable } from '../terminal.js';
 
 /** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
 export type HeadSettings = Partial<Pick<TrainJob, 'epochs' | 'learningRate' | 'batchSize' | 'seed' | 'hiddenUnits' | 'dropout' | 'l2' | 'patience' | 'classWeights' | 'validationFraction' | 'testFraction'>>;
@@ -11,6 +13,16 @@ export interface TrainOptions extends HeadSettings {
   dataset: string;
   runId?: string;
   wait: boolean;
+  /** train on what is embedded now, although images are still pending */
+  partial?: boolean;
+  /** seconds without progress (or without a worker) before a wait gives up (default 30) */
+  stallSeconds?: number;
+}
+
+export interface TrainOutcome {
+  runId: string;
+  result?: TrainResult;
+  report?: ReportDoc;
 }
 
 /** A sortable, unique run id: 20261127-213000-3fa2. */
@@ -20,79 +32,89 @@ export function newRunId(now = new Date()): string {
 }
 
 /**
- * `transferline train --dataset NAME`: enqueues a run for the train-worker and follows it
- * epoch by epoch; prints the report when it lands in the bucket.
+ * `transferline train --dataset NAME`: trains in the dataset's own embedding space (recorded at
+ * ingest). Images still pending are waited for (or left out with --partial, which the report
+ * records); then it enqueues a run for the train worker, follows it epoch by epoch, and prints
+ * the report when it lands in the bucket.
  */
-export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<{ runId: string; result?: TrainResult; report?: unknown }> {
-  if (!(await ctx.services.datasets.exists(o.dataset))) {
-    throw new Error(`no dataset named ${o.dataset}; known: ${(await ctx.services.datasets.list()).join(', ') || '(none; run ingest first)'}`);
+export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<TrainOutcome> {
+  const { datasets, inspector, store, layout } = ctx.services;
+  if (!(await datasets.exists(o.dataset))) {
+    throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none; run ingest first)'}`);
   }
-  const { dataset, runId, wait, ...settings } = o;
+  const space = await datasets.space(o.dataset);
+  if (!space) throw new Error(`dataset ${o.dataset} has no embedding space recorded (ingested by an older version?): ingest it again`);
+  const runId = o.runId ?? newRunId();
+  const jobId = jobIds.train({ runId });
+  if ((await ctx.queues.train.getJob(jobId)) || (await store.headObject(ctx.config.s3.bucket, layout.runFile(o.dataset, runId, 'run.json')))) {
+    throw new Error(`run ${runId} exists already (see "transferline models"): choose another --run-id, or leave it out for a new one`);
+  }
+  const stallSeconds = o.stallSeconds ?? 30;
+  const status = await inspector.status(o.dataset);
+  const waiting = status.pending + status.orphaned;
+  if (waiting > 0 && !o.partial) {
+    ctx.out.write(`${waiting} of ${status.total} images of ${o.dataset} are not embedded yet; waiting for them (or train now on the ${status.embedded} embedded with --partial)\n`);
+    await waitForDataset(ctx, o.dataset, { space, stallSeconds });
+  } else if (waiting > 0) {
+    ctx.out.write(`training on the ${status.embedded} embedded images of ${status.total} (--partial): ${waiting} still pending are left out, and the report says so\n`);
+  }
+
+  const { dataset, wait, partial, runId: _r, stallSeconds: _s, ...settings } = o;
   const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
-  const input: TrainJobInput = { dataset, runId: runId ?? newRunId(), embedderId: ctx.embedderId, ...defined };
+  const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined };
   const parsed = TrainJob.safeParse(input);
   if (!parsed.success) throw new Error(`bad training settings: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   const payload = parsed.data;
-  await enqueue(ctx.queues.train, 'train', [{ id: jobIds.train(payload), payload }]);
+  await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
   ctx.out.write(`run ${payload.runId} queued for dataset ${payload.dataset} (up to ${payload.epochs} epochs, ${payload.hiddenUnits ? `hidden layer of ${payload.hiddenUnits}` : 'softmax head'})\n`);
-  if (!wait) return { runId: payload.runId };
-  return followRun(ctx, payload.runId);
+  if (!wait) return { runId };
+  return followRun(ctx, runId, stallSeconds);
 }
 
 /**
  * Follows a run epoch by epoch (also one started elsewhere: `transferline train --follow RUN`)
  * and prints its report when it lands in the bucket.
  */
-export async function followRun(ctx: CliContext, runId: string): Promise<{ runId: string; result?: TrainResult; report?: unknown }> {
-  const id = jobIds.train({ runId });
-  const events = new QueueEvents(ctx.queues.train.name, { connection: ctx.services.redis.duplicate({ maxRetriesPerRequest: null }), prefix: ctx.config.redis.prefix });
+export async function followRun(ctx: CliContext, runId: string, stallSeconds = 30): Promise<TrainOutcome> {
+  const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
+  if (!job) throw new Error(`no run ${runId} in the train queue (finished runs are listed by "transferline models")`);
+  const payload = TrainJob.parse(job.data);
+  const bar = createProgress(`training ${payload.dataset}`);
+  let result: TrainResult;
   try {
-    await events.waitUntilReady();
-    const job = await ctx.queues.train.getJob(id);
-    if (!job) throw new Error(`no run ${runId} in the train queue (finished runs are listed by "transferline models")`);
-    const payload = job.data as TrainJob;
-    const bar = createProgress(`training ${payload.dataset}`);
-    const onProgress = ({ jobId, data }: { jobId: string; data: unknown }) => {
-      if (jobId !== id || typeof data !== 'object' || data === null) return;
-      const p = data as { phase: string; epoch: number; epochs: number; loss?: number; valLoss?: number; valAccuracy?: number };
-      const detail = p.phase === 'training' ? `loss ${p.loss?.toFixed(4)} val_loss ${p.valLoss?.toFixed(4)} val_acc ${p.valAccuracy?.toFixed(3)}` : p.phase;
-      bar.update(p.epoch, p.epochs, detail);
-    };
-    events.on('progress', onProgress);
-    let result: TrainResult;
-    try {
-      result = (await job.waitUntilFinished(events)) as TrainResult;
-    } catch (err) {
-      throw new Error(`run ${runId} failed: ${(err as Error).message}`);
-    } finally {
-      bar.stop();
-      events.off('progress', onProgress);
-    }
-    const report = await ctx.services.store.getJson<Record<string, unknown>>(ctx.config.s3.bucket, `${result.modelPrefix}report.json`);
-    printReport(ctx, result, report);
-    return { runId, result, report };
+    result = await followJob<TrainResult>(ctx, ctx.queues.train, job, {
+      what: `run ${runId}`,
+      role: 'train',
+      stallSeconds,
+      onProgress: (data) => {
+        if (typeof data !== 'object' || data === null) return;
+        const p = data as { phase: string; epoch: number; epochs: number; loss?: number; valLoss?: number; valAccuracy?: number };
+        const detail = p.phase === 'training' ? `loss ${p.loss?.toFixed(4)} val_loss ${p.valLoss?.toFixed(4)} val_acc ${p.valAccuracy?.toFixed(3)}` : p.phase;
+        bar.update(p.epoch, p.epochs, detail);
+      },
+    });
   } finally {
-    await events.close();
+    bar.stop();
   }
+  const report = await ctx.services.store.getDocument(ReportDoc, ctx.config.s3.bucket, ctx.services.layout.runFile(result.dataset, result.runId, 'report.json'));
+  printReport(ctx, result, report);
+  return { runId, result, ...(report && { report }) };
 }
 
-function printReport(ctx: CliContext, result: TrainResult, report: Record<string, unknown> | undefined): void {
+function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | undefined): void {
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images; best epoch ${result.bestEpoch})`);
-  const bin = (report?.validation as { binary?: { positiveLabel: string; rocAuc: number; threshold: number } } | undefined)?.binary;
-  if (bin) w(`  ROC AUC (validation, positive "${bin.positiveLabel}") ${bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
+  if (report?.coverage.partial) w(`  partial: trained on ${report.coverage.embedded} of ${report.coverage.total} images (${report.coverage.pending} pending, ${report.coverage.failed} failed)`);
+  const bin = report?.validation.binary;
+  if (bin) w(`  ROC AUC (validation, positive "${printable(bin.positiveLabel)}") ${bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
   w(`model: s3://${ctx.config.s3.bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);
-  const v = report?.validation as { confusionMatrix: number[][]; perClass: Record<string, { precision: number; recall: number; f1: number; support: number }> } | undefined;
-  const labels = report?.labels as string[] | undefined;
-  if (!v || !labels) return;
+  if (!report) return;
+  const labels = report.labels.map(printable);
   const width = Math.max(8, ...labels.map((l) => l.length)) + 2;
   w('validation confusion matrix (rows: true, columns: predicted):');
   w(' '.repeat(width) + labels.map((l) => l.padStart(width)).join(''));
-  v.confusionMatrix.forEach((row, i) => w(labels[i]!.padEnd(width) + row.map((n) => String(n).padStart(width)).join('')));
+  report.validation.confusionMatrix.forEach((row, i) => w(labels[i]!.padEnd(width) + row.map((n) => String(n).padStart(width)).join('')));
   w('per class:  precision  recall  f1  support');
-  for (const l of labels) {
-    const c = v.perClass[l]!;
-    w(`  ${l.padEnd(width)} ${c.precision.toFixed(3)}  ${c.recall.toFixed(3)}  ${c.f1.toFixed(3)}  ${c.support}`);
-  }
+  report.validation.perClass.forEach((c, i) => w(`  ${labels[i]!.padEnd(width)} ${c.precision.toFixed(3)}  ${c.recall.toFixed(3)}  ${c.f1.toFixed(3)}  ${c.support}`));
 }

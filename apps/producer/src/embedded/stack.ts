@@ -1,5 +1,18 @@
 import path from 'node:path';
-import { closeQueues, createMetrics, createQueues, createRedis, loadConfig, ObjectStore, startMetricsServer, type Config, type JobName } from '@transferline/shared';
+import {
+  METRICS_PORTS,
+  ObjectStore,
+  SpaceRegistry,
+  createMetrics,
+  createQueues,
+  createRedis,
+  loadConfig,
+  redisKeys,
+  spaceFromConfig,
+  startMetricsServer,
+  type Config,
+  type EmbeddingSpace,
+} from '@transferline/shared';
 import { startEmbeddedRedis } from './redis.server.js';
 import { startEmbeddedS3 } from './s3.server.js';
 import { Supervisor, type RoleName } from './supervisor.js';
@@ -10,7 +23,7 @@ export interface StackPorts {
   embed: number;
   train: number;
 }
-export const DEFAULT_PORTS: StackPorts = { producer: 9464, preprocess: 9465, embed: 9466, train: 9467 };
+export const DEFAULT_PORTS: StackPorts = { ...METRICS_PORTS };
 
 /** How many processes of each worker role to run. */
 export type Replicas = Record<RoleName, number>;
@@ -32,6 +45,8 @@ export interface Stack {
   /** Environment for clients of this stack (the CLI, tests, awscli). */
   env: NodeJS.ProcessEnv;
   ports: StackPorts;
+  /** the embedding space the stack's embed workers run (published in Redis at start) */
+  space: EmbeddingSpace;
   supervisor: Supervisor;
   stop: () => Promise<void>;
 }
@@ -71,18 +86,29 @@ export async function startStack(
     await store.ensureBucket(config.s3.bucket);
     store.close();
 
+    const redis = createRedis(config.redis.url, 'worker');
+    // The stack's embedding space is cluster state from the start: a CLI can resolve it before
+    // the embed workers have loaded their model (they publish it too, with their heartbeats).
+    const space = spaceFromConfig(config);
+    await new SpaceRegistry(redis, redisKeys(config.redis.prefix)).publish(space);
+
     const supervisor = new Supervisor(path.join(config.dataDir, 'logs'), onEvent);
     stops.push(() => supervisor.stop());
     await supervisor.start(children.map((c) => ({ ...c, env })));
 
     // The producer side's own metrics: queue depths, read on a timer (labels: queue, state).
     const metrics = createMetrics('producer');
-    const redis = createRedis(config.redis.url, 'worker');
     const queues = createQueues(redis, config.redis.prefix);
+    const watched = [
+      ['preprocess', queues.preprocess],
+      ['embed', queues.embed(space.id)],
+      ['train', queues.train],
+      ['classify', queues.classify],
+    ] as const;
     const poll = setInterval(() => {
       void Promise.all(
-        (Object.keys(queues) as JobName[]).map(async (name) => {
-          const counts = await queues[name].getJobCounts('waiting', 'active', 'delayed', 'failed');
+        watched.map(async ([name, q]) => {
+          const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'failed');
           for (const [state, n] of Object.entries(counts)) metrics.queueJobs.set({ queue: name, state }, n);
         }),
       ).catch(() => {});
@@ -91,10 +117,10 @@ export async function startStack(
     stops.push(async () => {
       clearInterval(poll);
       await server.close();
-      await closeQueues(queues);
+      await queues.close();
       await redis.quit().catch(() => redis.disconnect());
     });
-    return { config, env, ports: { ...ports, producer: server.port }, supervisor, stop: stopAll };
+    return { config, env, ports: { ...ports, producer: server.port }, space, supervisor, stop: stopAll };
   } catch (err) {
     await stopAll();
     throw err;

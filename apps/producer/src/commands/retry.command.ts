@@ -1,0 +1,55 @@
+import { DatasetRepository, TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
+import type { CliContext } from '../cli-context.js';
+import { waitForDataset } from '../dataset-wait.js';
+import { submit } from '../ingest.service.js';
+import { printDatasetSummary } from './ingest.command.js';
+
+export interface RetryOptions {
+  dataset: string;
+  /** only failures with this reason code (any code, bad input included); default: the transient ones */
+  reason?: string;
+  stage?: Stage;
+  wait: boolean;
+  stallSeconds?: number;
+}
+
+/**
+ * `transferline retry -d NAME [--reason CODE] [--stage preprocess|embed]`: runs failed images
+ * again and waits like ingest. Without --reason it takes the failures of the infrastructure
+ * (attempts exhausted, stalled, pixels expired), which a re-ingest also retries; bad input
+ * (empty, truncated, …) is retried only when --reason names it, e.g. after fixing a decoder.
+ * Racing retries are safe: a failed job is moved back by one of them only.
+ */
+export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ retried: number; status?: DatasetStatus }> {
+  const { datasets, inspector, spaces } = ctx.services;
+  if (!(await datasets.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
+  const spaceId = await datasets.space(o.dataset);
+  const space = spaceId ? await spaces.get(spaceId) : undefined;
+  if (!space) throw new Error(`dataset ${o.dataset} has no known embedding space: ingest it again`);
+  const chosen = (v: ItemView) =>
+    v.phase === 'failed' && (o.reason ? v.failure!.reason === o.reason : TRANSIENT_REASONS.has(v.failure!.reason)) && (!o.stage || v.failure!.stage === o.stage);
+  const byBucket = new Map<string, ItemView[]>();
+  let skipped = 0;
+  for await (const page of inspector.scan(o.dataset)) {
+    for (const v of page) {
+      if (chosen(v)) {
+        const { bucket } = DatasetRepository.parseItemId(v.id);
+        byBucket.set(bucket, [...(byBucket.get(bucket) ?? []), v]);
+      } else if (v.phase === 'failed') skipped++;
+    }
+  }
+  const retried = [...byBucket.values()].reduce((a, l) => a + l.length, 0);
+  for (const [bucket, views] of byBucket) {
+    for (let i = 0; i < views.length; i += 1000) {
+      const part = views.slice(i, i + 1000).map((v) => ({ id: v.id, key: DatasetRepository.parseItemId(v.id).key, etag: v.record.etag, label: v.record.label, ...(v.record.split && { split: v.record.split }), previous: v }));
+      await submit({ bucket, dataset: o.dataset, space }, { services: ctx.services, queues: ctx.queues }, part);
+    }
+  }
+  const what = o.reason ? `with reason ${o.reason}` : `on a transient error (${[...TRANSIENT_REASONS].join(', ')})`;
+  ctx.out.write(`retrying ${retried} failed image${retried === 1 ? '' : 's'} of ${o.dataset} ${what}${o.stage ? ` in ${o.stage}` : ''}`);
+  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (name a reason with --reason to retry them)\n` : '\n');
+  if (!o.wait || retried === 0) return { retried };
+  const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
+  printDatasetSummary(ctx, status);
+  return { retried, status };
+}

@@ -1,0 +1,67 @@
+import { sleep, type DatasetStatus } from '@transferline/shared';
+import type { CliContext } from './cli-context.js';
+import { CliExit, EXIT } from './exit-codes.js';
+import { createProgress } from './progress.js';
+
+export interface WaitOptions {
+  /** the embedding space whose workers embed the dataset */
+  space: string;
+  /** seconds without progress after which a missing worker (or lost jobs) ends the wait */
+  stallSeconds: number;
+}
+
+/**
+ * Follows a dataset until every item is embedded or failed, with a progress bar. Nothing here
+ * waits for ever: when nothing has moved for `stallSeconds`, it looks at what could still move
+ * the rest, and if a stage has no connected worker, or the remaining items have lost their
+ * jobs, it says so and ends with EXIT.stalled. A dataset that vanishes (Redis lost its data)
+ * ends with EXIT.vanished; Ctrl-C with EXIT.interrupted.
+ */
+export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOptions): Promise<DatasetStatus> {
+  const bar = createProgress(`embedding ${dataset}`);
+  let lastDone = -1;
+  let lastChange = Date.now();
+  let hinted = false;
+  try {
+    for (;;) {
+      if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the workers go on with ${dataset}: see "transferline status -d ${dataset}"`);
+      if (!(await ctx.services.datasets.exists(dataset))) {
+        throw new CliExit(EXIT.vanished, `dataset ${dataset} vanished from Redis while waiting: its data was lost or flushed. Ingest again to rebuild it (the embeddings in the bucket are kept: "transferline cache rebuild-index" restores their index).`);
+      }
+      const s = await ctx.services.inspector.status(dataset);
+      const done = s.embedded + s.failed;
+      bar.update(done, s.total, `embedded ${s.embedded} (cached ${s.cached}), failed ${s.failed}`);
+      if (s.pending + s.orphaned === 0) return s;
+      if (done !== lastDone) {
+        lastDone = done;
+        lastChange = Date.now();
+      } else if (Date.now() - lastChange > o.stallSeconds * 1000) {
+        const why = await whyStalled(ctx, s, o.space);
+        if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
+        if (!hinted) {
+          hinted = true;
+          ctx.out.write(`\nno progress for ${o.stallSeconds} s, but workers are connected for every waiting stage (busy with other work?); still waiting\n`);
+        }
+      }
+      // Each poll scans the dataset's records: poll a large dataset less often (200,000 → every 2.5 s).
+      await sleep(Math.min(10_000, 500 + s.total / 100), ctx.signal);
+    }
+  } finally {
+    bar.stop();
+  }
+}
+
+/** What keeps the remaining items from moving, if anything (undefined when workers are there to move them). */
+async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string): Promise<string | undefined> {
+  const reasons: string[] = [];
+  if (s.pendingByStage.preprocess > 0 && (await ctx.queues.preprocess.getWorkersCount()) === 0) {
+    reasons.push(`${s.pendingByStage.preprocess} images wait for preprocess and no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)`);
+  }
+  if (s.pendingByStage.embed > 0 && (await ctx.services.spaces.workersOf(space)) === 0) {
+    reasons.push(`${s.pendingByStage.embed} images wait for embed and no embed worker of ${space} is live (start one with that space's settings)`);
+  }
+  if (s.orphaned > 0 && s.pending === 0) {
+    reasons.push(`${s.orphaned} images have lost their jobs (Redis lost them, or they were removed): run the same ingest again to re-enqueue them`);
+  }
+  return reasons.length ? reasons.join('; ') : undefined;
+}

@@ -1,0 +1,183 @@
+import { QueueKeys } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { DatasetRepository } from './dataset.repository.js';
+import { EmbedFailure, parseDocument, type ItemRecord, type Stage } from './documents.js';
+import { jobIds, queueName } from './jobs.catalog.js';
+import type { RedisKeys } from './keys.js';
+
+/**
+ * Where an item stands. `embedded`: its embedding is in the space's index. `failed`: failed for
+ * good (stage, reason). `preprocess` / `embed`: a live job of that stage holds it. `orphaned`:
+ * neither done nor held by any live job (Redis lost the job, someone removed it, or it failed
+ * without its failure being recorded): nothing will move it until a re-ingest re-enqueues it.
+ */
+export type ItemPhase = 'embedded' | 'failed' | 'preprocess' | 'embed' | 'orphaned';
+
+export interface ItemFailureView {
+  stage: Stage;
+  reason: string;
+  detail?: string;
+  attempts?: number;
+}
+
+export interface ItemView {
+  id: string;
+  record: ItemRecord;
+  phase: ItemPhase;
+  /** the space the item belongs to (its record's, else the dataset's) */
+  space?: string;
+  failure?: ItemFailureView;
+}
+
+/**
+ * Failure reasons of the infrastructure or of a crash, not of the image: a re-ingest retries them
+ * by itself. Bad input (empty, truncated, …) stays failed until the object changes or
+ * `transferline retry --reason` names it.
+ */
+export const TRANSIENT_REASONS: ReadonlySet<string> = new Set(['attempts-exhausted', 'stalled', 'pixels-expired', 'bad-pixels', 'wrong-embedder']);
+
+export interface DatasetStatus {
+  dataset: string;
+  /** the embedding space the dataset was last ingested into */
+  space?: string;
+  total: number;
+  embedded: number;
+  /** embedded images whose embedding existed before (served from the cache) */
+  cached: number;
+  failed: number;
+  /** held by a live job, by stage */
+  pending: number;
+  pendingByStage: { preprocess: number; embed: number };
+  orphaned: number;
+  /** the first failures (up to the limit asked for) */
+  failures: ({ item: string } & ItemFailureView)[];
+  failuresByReason: { stage: Stage; reason: string; count: number }[];
+  /** images per label, sorted by label */
+  labels: { label: string; count: number }[];
+}
+
+/**
+ * The one reading of a dataset's state, shared by `status`, `failures`, the ingest wait, `train`
+ * and re-ingest: every item is classified from its record, the space's index and failure hash,
+ * and whether its job still exists in BullMQ.
+ */
+export class DatasetInspector {
+  private readonly queueKeys: QueueKeys;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: RedisKeys,
+    queuePrefix: string,
+    private readonly datasets = new DatasetRepository(redis, keys),
+  ) {
+    this.queueKeys = new QueueKeys(queuePrefix);
+  }
+
+  /** Classifies one page of items (a few pipelined round trips per page). */
+  async classify(dataset: string, page: [string, ItemRecord][], datasetSpace?: string): Promise<ItemView[]> {
+    const pipe = this.redis.pipeline();
+    const slots: { index?: number; fail?: number; job?: number }[] = [];
+    let n = 0;
+    for (const [id, r] of page) {
+      const space = r.space ?? datasetSpace;
+      const slot: (typeof slots)[number] = {};
+      if (r.state !== 'failed' && space) {
+        if (r.sha256) {
+          pipe.hget(this.keys.embeddingIndex(space), r.sha256);
+          pipe.hget(this.keys.embeddingFailures(space), r.sha256);
+          slot.index = n++;
+          slot.fail = n++;
+        }
+        const job = this.jobOf(dataset, id, r, space);
+        if (job) {
+          pipe.exists(this.queueKeys.toKey(job.queue, job.id));
+          pipe.zscore(this.queueKeys.toKey(job.queue, 'failed'), job.id);
+          slot.job = n;
+          n += 2;
+        }
+      }
+      slots.push(slot);
+    }
+    const res = n ? ((await pipe.exec()) ?? []) : [];
+    const at = (i: number | undefined) => (i === undefined ? null : (res[i]?.[1] as string | number | null));
+    return page.map(([id, record], i) => {
+      const slot = slots[i]!;
+      const space = record.space ?? datasetSpace;
+      const base = { id, record, ...(space && { space }) };
+      if (record.state === 'failed') {
+        return { ...base, phase: 'failed', failure: { stage: record.stage ?? 'preprocess', reason: record.reason ?? 'unknown', ...(record.detail && { detail: record.detail }), ...(record.attempts && { attempts: record.attempts }) } };
+      }
+      if (at(slot.index) !== null) return { ...base, phase: 'embedded' };
+      const fail = at(slot.fail);
+      if (fail !== null) {
+        const f = parseDocument(EmbedFailure, JSON.parse(String(fail)), `embedding failure of ${id}`);
+        return { ...base, phase: 'failed', failure: { stage: 'embed', ...f } };
+      }
+      const live = slot.job !== undefined && at(slot.job) === 1 && at(slot.job + 1) === null;
+      if (!live) return { ...base, phase: 'orphaned' };
+      return { ...base, phase: record.state === 'pending' ? 'preprocess' : 'embed' };
+    });
+  }
+
+  /** The job that should hold an item that is not done: its preprocess job, or its embed job once the pixels went to embed. */
+  private jobOf(dataset: string, id: string, r: ItemRecord, space: string): { queue: string; id: string } | undefined {
+    if (r.state === 'pending') {
+      const { bucket, key } = DatasetRepository.parseItemId(id);
+      return { queue: queueName('preprocess'), id: jobIds.preprocess({ dataset, bucket, key, etag: r.etag, embedderId: space }) };
+    }
+    if (r.sha256) return { queue: queueName('embed', space), id: jobIds.embed({ sha256: r.sha256, embedderId: space }) };
+    return undefined;
+  }
+
+  /** Every item of a dataset, classified, page by page. */
+  async *scan(dataset: string): AsyncGenerator<ItemView[]> {
+    const space = await this.datasets.space(dataset);
+    for await (const page of this.datasets.scan(dataset)) yield this.classify(dataset, page, space);
+  }
+
+  /** Counts a dataset's items by phase, with its first `maxFailuresListed` failures. */
+  async status(dataset: string, maxFailuresListed = 20): Promise<DatasetStatus> {
+    const space = await this.datasets.space(dataset);
+    const s: DatasetStatus = {
+      dataset,
+      ...(space && { space }),
+      total: 0,
+      embedded: 0,
+      cached: 0,
+      failed: 0,
+      pending: 0,
+      pendingByStage: { preprocess: 0, embed: 0 },
+      orphaned: 0,
+      failures: [],
+      failuresByReason: [],
+      labels: [],
+    };
+    const labels = new Map<string, number>();
+    const reasons = new Map<string, { stage: Stage; reason: string; count: number }>();
+    for await (const page of this.scan(dataset)) {
+      for (const v of page) {
+        s.total++;
+        labels.set(v.record.label, (labels.get(v.record.label) ?? 0) + 1);
+        if (v.phase === 'embedded') {
+          s.embedded++;
+          if (v.record.state === 'cached') s.cached++;
+        } else if (v.phase === 'failed') {
+          s.failed++;
+          const f = v.failure!;
+          if (s.failures.length < maxFailuresListed) s.failures.push({ item: v.id, ...f });
+          const k = `${f.stage} ${f.reason}`;
+          const r = reasons.get(k) ?? { stage: f.stage, reason: f.reason, count: 0 };
+          r.count++;
+          reasons.set(k, r);
+        } else if (v.phase === 'orphaned') s.orphaned++;
+        else {
+          s.pending++;
+          s.pendingByStage[v.phase]++;
+        }
+      }
+    }
+    s.labels = [...labels].map(([label, count]) => ({ label, count })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
+    s.failuresByReason = [...reasons.values()].sort((a, b) => b.count - a.count);
+    return s;
+  }
+}

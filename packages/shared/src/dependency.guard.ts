@@ -1,0 +1,94 @@
+import type { Logger } from './logger.js';
+import type { Metrics } from './metrics.js';
+
+/**
+ * Tells an outage of a dependency (S3 down, unreachable, answering 5xx to everything) from an
+ * error of one item, so that outages are waited out instead of burning every job's attempts.
+ * When a job fails with a transient error, the wiring asks `isOutage`: a probe of the dependency
+ * (a cheap request that needs nothing of the item) decides. While it is down, the guard probes
+ * every `intervalMs`, reports `tl_dependency_up{dependency} 0` and one log line, and calls its
+ * listeners (the worker pauses); when a probe succeeds it says so and they resume.
+ */
+export class DependencyGuard {
+  private down = false;
+  private downSince = 0;
+  private probing: Promise<boolean> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private readonly listeners: ((up: boolean) => void)[] = [];
+
+  constructor(
+    readonly name: string,
+    private readonly probe: () => Promise<void>,
+    private readonly log: Logger,
+    private readonly metrics: Pick<Metrics, 'dependencyUp'>,
+    private readonly o: { intervalMs?: number; probeTimeoutMs?: number; what?: string } = {},
+  ) {
+    metrics.dependencyUp.set({ dependency: name }, 1);
+  }
+
+  get up(): boolean {
+    return !this.down;
+  }
+
+  /** Called with false when the dependency goes down and true when it is back. */
+  onChange(listener: (up: boolean) => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** After a transient error: is the dependency itself down? (Probes once; concurrent callers share the probe.) */
+  async isOutage(err: unknown): Promise<boolean> {
+    if (this.down) return true;
+    const ok = await this.check();
+    if (!ok && !this.down && !this.closed) this.goDown(err);
+    return !ok;
+  }
+
+  private check(): Promise<boolean> {
+    this.probing ??= withTimeout(this.probe(), this.o.probeTimeoutMs ?? 5_000)
+      .then(() => true, () => false)
+      .finally(() => (this.probing = undefined));
+    return this.probing;
+  }
+
+  private goDown(err: unknown): void {
+    this.down = true;
+    this.downSince = Date.now();
+    this.metrics.dependencyUp.set({ dependency: this.name }, 0);
+    this.log.warn(
+      { dependency: this.name, err: (err as Error)?.message },
+      `${this.o.what ?? this.name} is unreachable: pausing work that needs it, probing every ${((this.o.intervalMs ?? 2_000) / 1000).toFixed(0)} s; jobs keep their attempts`,
+    );
+    for (const l of this.listeners) l(false);
+    const tick = () => {
+      if (this.closed) return;
+      void this.check().then((ok) => {
+        if (this.closed) return;
+        if (!ok) {
+          this.timer = setTimeout(tick, this.o.intervalMs ?? 2_000);
+          return;
+        }
+        this.down = false;
+        this.metrics.dependencyUp.set({ dependency: this.name }, 1);
+        this.log.info({ dependency: this.name, downSeconds: Math.round((Date.now() - this.downSince) / 1000) }, `${this.o.what ?? this.name} is back: resuming`);
+        for (const l of this.listeners) l(true);
+      });
+    };
+    this.timer = setTimeout(tick, this.o.intervalMs ?? 2_000);
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    p.then(
+      (v) => (clearTimeout(t), resolve(v)),
+      (e: unknown) => (clearTimeout(t), reject(e as Error)),
+    );
+  });
+}

@@ -1,0 +1,196 @@
+import { z } from 'zod';
+
+/*
+ * Every JSON document transferline stores (in Redis or in the bucket), with one zod schema each,
+ * used by the writer and by every reader. Per-label figures are arrays in label order, never
+ * objects keyed by label: a user's label may be `__proto__` or `constructor`, which a plain object
+ * (and zod's record parser) would silently drop or turn into a prototype.
+ */
+
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in lowercase hex');
+
+/** How a non-square image becomes square: `squash` (whole picture, aspect lost) or `crop` (centre square). */
+export const ResizePolicy = z.enum(['squash', 'crop']);
+export type ResizePolicy = z.infer<typeof ResizePolicy>;
+
+/** The held-out splits a bucket's layout can name. */
+export const Split = z.enum(['train', 'validation', 'test']);
+export type Split = z.infer<typeof Split>;
+
+/** The stages an image goes through, where an item can fail. */
+export const Stage = z.enum(['preprocess', 'embed']);
+export type Stage = z.infer<typeof Stage>;
+
+/**
+ * An embedding space: the model, its weights and the preprocessing that together give an image
+ * its embedding. Published in Redis by the embed workers that run it (and by `up`); every other
+ * process reads it from there instead of deriving it from its own environment.
+ */
+export const EmbeddingSpace = z.object({
+  /** the embedder id: cache keys are (id, content hash), and every model records it */
+  id: z.string().regex(/^[a-z0-9][a-z0-9.-]{0,120}$/),
+  model: z.literal('efficientnet-b0'),
+  weights: z.enum(['imagenet', 'random']),
+  /** MD5 of the weights file (imagenet) */
+  weightsMd5: z.string().optional(),
+  /** seed of the random weights (random) */
+  seed: z.number().int().optional(),
+  resize: ResizePolicy,
+  inputSize: z.number().int().positive(),
+  dim: z.number().int().positive(),
+});
+export type EmbeddingSpace = z.infer<typeof EmbeddingSpace>;
+
+/** What an embed worker says of itself in its heartbeat. */
+export const EmbedWorkerInfo = z.object({
+  workerId: z.string(),
+  space: z.string(),
+  backend: z.string(),
+  host: z.string(),
+  pid: z.number().int(),
+  startedAt: z.string(),
+});
+export type EmbedWorkerInfo = z.infer<typeof EmbedWorkerInfo>;
+
+/**
+ * What a dataset knows of one object (Redis hash `ds:<name>:items`, field `bucket/key`).
+ * `pending`: its preprocess job is enqueued; `queued`: pixels handed to embed; `cached`: its
+ * embedding existed already; `failed`: failed for good in preprocess, with stage, reason code,
+ * message and attempts. Whether a queued item is embedded, or failed in embed, is read from the
+ * space's index and failure hash, not stored here: one source of truth, so a job that runs twice
+ * cannot make counts drift.
+ */
+export const ItemRecord = z.object({
+  label: z.string(),
+  etag: z.string(),
+  state: z.enum(['pending', 'queued', 'cached', 'failed']),
+  /** the embedding space the item was last enqueued for */
+  space: z.string().optional(),
+  sha256: sha256Hex.optional(),
+  stage: Stage.optional(),
+  reason: z.string().optional(),
+  detail: z.string().optional(),
+  attempts: z.number().int().optional(),
+  /** the split the bucket's layout gave it (train/, val/, test/ folders), kept across updates */
+  split: Split.optional(),
+});
+export type ItemRecord = z.infer<typeof ItemRecord>;
+
+/** An image whose embedding failed for good in one space (hash `embfail:<space>`, field sha256). */
+export const EmbedFailure = z.object({
+  reason: z.string(),
+  detail: z.string().optional(),
+  attempts: z.number().int().optional(),
+});
+export type EmbedFailure = z.infer<typeof EmbedFailure>;
+
+/** The manifest beside each embedding shard: the content hash of each row. */
+export const ShardManifest = z.object({
+  embedderId: z.string(),
+  dim: z.number().int().positive(),
+  hashes: z.array(sha256Hex),
+});
+export type ShardManifest = z.infer<typeof ShardManifest>;
+
+/** `models/<dataset>/latest.json`: the newest run of a dataset. */
+export const LatestDoc = z.object({ runId: z.string(), modelPrefix: z.string() });
+export type LatestDoc = z.infer<typeof LatestDoc>;
+
+/** `models/<dataset>/<run>/labels.json`: class names in output order. */
+export const LabelsDoc = z.array(z.string());
+
+/** The training settings of a run (the train job without its identity). */
+export const HeadParams = z.object({
+  hiddenUnits: z.number().int(),
+  dropout: z.number(),
+  epochs: z.number().int(),
+  learningRate: z.number(),
+  batchSize: z.number().int(),
+  l2: z.number(),
+  patience: z.number().int(),
+  classWeights: z.enum(['balanced', 'none']),
+  validationFraction: z.number(),
+  testFraction: z.number(),
+  seed: z.number().int(),
+  partial: z.boolean(),
+});
+export type HeadParams = z.infer<typeof HeadParams>;
+
+/** `models/<dataset>/<run>/run.json`: what classify, serve and export need to use the model. */
+export const RunDoc = z.object({
+  dataset: z.string(),
+  runId: z.string(),
+  /** the embedding space of its inputs: classify must embed the same way */
+  embedderId: z.string(),
+  params: HeadParams,
+  backend: z.string(),
+  createdAt: z.string(),
+});
+export type RunDoc = z.infer<typeof RunDoc>;
+
+/** Precision, recall, F1 and support of one class. */
+export const ClassFigures = z.object({ label: z.string(), precision: z.number(), recall: z.number(), f1: z.number(), support: z.number().int() });
+export type ClassFigures = z.infer<typeof ClassFigures>;
+
+/** Evaluation of a classifier on one split; per-class figures in label order. */
+export const EvaluationReport = z.object({
+  examples: z.number().int(),
+  accuracy: z.number(),
+  /** confusion[trueClass][predictedClass], in label order */
+  confusionMatrix: z.array(z.array(z.number().int())),
+  perClass: z.array(ClassFigures),
+});
+export type EvaluationReport = z.infer<typeof EvaluationReport>;
+
+export const SplitReport = EvaluationReport.extend({
+  /** two classes only: ROC AUC of the second label's probability, and the threshold chosen on validation */
+  binary: z.object({ positiveLabel: z.string(), rocAuc: z.number(), threshold: z.number(), accuracyAtThreshold: z.number() }).optional(),
+});
+export type SplitReport = z.infer<typeof SplitReport>;
+
+export const EpochLog = z.object({
+  epoch: z.number().int(),
+  loss: z.number(),
+  accuracy: z.number(),
+  valLoss: z.number(),
+  valAccuracy: z.number(),
+  bestValLoss: z.number(),
+  learningRate: z.number(),
+  examplesPerSecond: z.number(),
+});
+export type EpochLog = z.infer<typeof EpochLog>;
+
+/** `models/<dataset>/<run>/report.json`: how the run went and how good the model is. */
+export const ReportDoc = z.object({
+  dataset: z.string(),
+  runId: z.string(),
+  embedderId: z.string(),
+  createdAt: z.string(),
+  labels: z.array(z.string()),
+  split: z.object({ train: z.number().int(), validation: z.number().int(), test: z.number().int(), explicit: z.boolean(), conflictsLeftOut: z.number().int() }),
+  /** the dataset when training began: images used, and those left out (still pending, or failed) */
+  coverage: z.object({ total: z.number().int(), embedded: z.number().int(), pending: z.number().int(), failed: z.number().int(), partial: z.boolean() }),
+  params: HeadParams,
+  /** in label order */
+  classWeights: z.array(z.number()),
+  bestEpoch: z.number().int(),
+  stoppedEarly: z.boolean(),
+  history: z.array(EpochLog),
+  validation: SplitReport,
+  test: SplitReport.optional(),
+  train: EvaluationReport,
+});
+export type ReportDoc = z.infer<typeof ReportDoc>;
+
+/** Thrown when a stored document does not match its schema: names the document and the first problems. */
+export class DocumentError extends Error {
+  override readonly name = 'DocumentError';
+}
+
+/** Parses a stored document, with an error that says which one and what is wrong. */
+export function parseDocument<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  const issues = r.error.issues.slice(0, 3).map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+  throw new DocumentError(`${where} is not a valid document (${issues.join('; ')}); was it written by another version?`);
+}

@@ -1,0 +1,173 @@
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
+import type { Redis } from 'ioredis';
+import type { Config } from './config.js';
+import { EmbeddingSpace, EmbedWorkerInfo, parseDocument } from './documents.js';
+import type { RedisKeys } from './keys.js';
+
+/** EfficientNet-B0's input side and embedding length. */
+export const EFFICIENTNET_B0 = { inputSize: 224, dim: 1280 } as const;
+
+/**
+ * The embedding space this process's configuration runs. Only the embed worker (which runs it)
+ * and `up` (which starts the embed workers) may call this: every other process reads the spaces
+ * the workers published (see SpaceRegistry), so a CLI whose environment differs from the
+ * workers' can never enqueue work nobody will do.
+ */
+export function spaceFromConfig(config: Pick<Config, 'embed' | 'preprocess'>): EmbeddingSpace {
+  const { weights, weightsMd5, seed } = config.embed;
+  const w = weights === 'random' ? `random-seed${seed}` : `imagenet-${weightsMd5.slice(0, 8)}`;
+  return {
+    id: `efficientnet-b0.${w}.${config.preprocess.resize}${EFFICIENTNET_B0.inputSize}`,
+    model: 'efficientnet-b0',
+    weights,
+    ...(weights === 'random' ? { seed } : { weightsMd5 }),
+    resize: config.preprocess.resize,
+    inputSize: EFFICIENTNET_B0.inputSize,
+    dim: EFFICIENTNET_B0.dim,
+  };
+}
+
+/** A space with the embed workers that run it now. */
+export interface SpaceWorkers {
+  space: EmbeddingSpace;
+  workers: EmbedWorkerInfo[];
+}
+
+/** No space could be chosen without the user's help; the message says which exist and what to do. */
+export class SpaceResolutionError extends Error {
+  override readonly name = 'SpaceResolutionError';
+}
+
+/** The chosen space, how many workers run it now, and a line for the user. */
+export interface ResolvedSpace {
+  space: EmbeddingSpace;
+  workers: number;
+  message: string;
+}
+
+// Heartbeats use Redis's clock, so machines whose clocks disagree still agree on who is alive.
+const BEAT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]) * 4)
+for _, id in ipairs(stale) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+return now`;
+const LIVE = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')`;
+
+/**
+ * The embedding spaces of a deployment, as cluster state in Redis: embed workers publish the
+ * space they run and keep a heartbeat; readers see which spaces exist and which have live
+ * workers, and choose one (see `resolve`).
+ */
+export class SpaceRegistry {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: RedisKeys,
+    /** a worker whose last heartbeat is older than this is gone */
+    private readonly ttlMs = 15_000,
+  ) {}
+
+  /** Records a space (idempotent). */
+  async publish(space: EmbeddingSpace): Promise<void> {
+    await this.redis.hset(this.keys.spaces(), space.id, JSON.stringify(space));
+  }
+
+  /** A space by id, if one was ever published. */
+  async get(id: string): Promise<EmbeddingSpace | undefined> {
+    const raw = await this.redis.hget(this.keys.spaces(), id);
+    return raw === null ? undefined : parseDocument(EmbeddingSpace, JSON.parse(raw), `space ${id}`);
+  }
+
+  /** Every space ever published, with the workers alive in each now. */
+  async list(): Promise<SpaceWorkers[]> {
+    const [all, workers] = await Promise.all([this.redis.hgetall(this.keys.spaces()), this.liveWorkers()]);
+    return Object.values(all)
+      .map((raw) => parseDocument(EmbeddingSpace, JSON.parse(raw), 'a published space'))
+      .map((space) => ({ space, workers: workers.filter((w) => w.space === space.id) }))
+      .sort((a, b) => b.workers.length - a.workers.length || a.space.id.localeCompare(b.space.id));
+  }
+
+  /** Embed workers whose heartbeat is recent. */
+  async liveWorkers(): Promise<EmbedWorkerInfo[]> {
+    const ids = (await this.redis.eval(LIVE, 1, this.keys.embedWorkers(), this.ttlMs)) as string[];
+    if (ids.length === 0) return [];
+    const raw = await this.redis.hmget(this.keys.embedWorkerInfo(), ...ids);
+    return raw.flatMap((r) => (r === null ? [] : [parseDocument(EmbedWorkerInfo, JSON.parse(r), 'an embed worker heartbeat')]));
+  }
+
+  /** Live workers of one space. */
+  async workersOf(spaceId: string): Promise<number> {
+    return (await this.liveWorkers()).filter((w) => w.space === spaceId).length;
+  }
+
+  /**
+   * Publishes `space` and beats for this worker every ttl/3 until `stop()`, which removes it at
+   * once (a crashed worker drops out when its beat goes stale).
+   */
+  async startHeartbeat(space: EmbeddingSpace, backend: string, onError: (err: Error) => void): Promise<{ workerId: string; stop: () => Promise<void> }> {
+    const info: EmbedWorkerInfo = {
+      workerId: `${os.hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`,
+      space: space.id,
+      backend,
+      host: os.hostname(),
+      pid: process.pid,
+      startedAt: new Date().toISOString(),
+    };
+    const beat = () => this.redis.eval(BEAT, 2, this.keys.embedWorkers(), this.keys.embedWorkerInfo(), info.workerId, JSON.stringify(info), this.ttlMs);
+    await this.publish(space);
+    await beat();
+    const timer = setInterval(() => void beat().catch(onError), Math.max(500, Math.floor(this.ttlMs / 3)));
+    timer.unref();
+    return {
+      workerId: info.workerId,
+      stop: async () => {
+        clearInterval(timer);
+        await this.redis.multi().zrem(this.keys.embedWorkers(), info.workerId).hdel(this.keys.embedWorkerInfo(), info.workerId).exec();
+      },
+    };
+  }
+
+  /**
+   * Chooses the space a command works in: the one named by `requested` (`--embedder ID`), else
+   * the one space with live workers, else the one space ever published. Anything ambiguous or
+   * empty is a SpaceResolutionError whose one line lists the spaces and their workers.
+   */
+  async resolve(requested?: string): Promise<ResolvedSpace> {
+    const spaces = await this.list();
+    const describe = (list: SpaceWorkers[]) => list.map((s) => `${s.space.id} (${plural(s.workers.length, 'worker')})`).join(', ');
+    const chosen = (s: SpaceWorkers, why: string): ResolvedSpace => ({
+      space: s.space,
+      workers: s.workers.length,
+      message:
+        s.workers.length > 0
+          ? `embedding space ${s.space.id} (${why}; ${plural(s.workers.length, 'embed worker')}: ${[...new Set(s.workers.map((w) => w.backend))].join(', ')})`
+          : `embedding space ${s.space.id} (${why}); no embed worker is live for it now: images wait in its queue until one starts`,
+    });
+    if (requested !== undefined) {
+      const s = spaces.find((x) => x.space.id === requested);
+      if (!s) throw new SpaceResolutionError(`no embedding space ${requested} is known here; ${spaces.length ? `known: ${describe(spaces)}` : 'none is: start an embed worker (transferline up)'}`);
+      return chosen(s, 'chosen with --embedder');
+    }
+    const live = spaces.filter((s) => s.workers.length > 0);
+    if (live.length === 1) return chosen(live[0]!, 'the one with live embed workers');
+    if (live.length > 1) throw new SpaceResolutionError(`embed workers of ${live.length} embedding spaces are live: ${describe(live)}; choose one with --embedder ID`);
+    if (spaces.length === 1) return chosen(spaces[0]!, 'the only one published');
+    if (spaces.length > 1) throw new SpaceResolutionError(`no embed worker is live, and ${spaces.length} embedding spaces are known: ${describe(spaces)}; choose one with --embedder ID`);
+    throw new SpaceResolutionError(
+      'no embed worker has published its embedding space in this Redis: start the stack (transferline up) or an embed worker (feature-worker embed) with the same REDIS_URL and TL_QUEUE_PREFIX',
+    );
+  }
+}
+
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}

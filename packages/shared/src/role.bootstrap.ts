@@ -1,0 +1,39 @@
+import { loadConfig, type Config } from './config.js';
+import { runUntilSignal } from './lifecycle.js';
+import { createLogger, type Logger } from './logger.js';
+import { startMetricsServer, type Metrics } from './metrics.js';
+
+/** Every process role, and the metrics port each serves by default (one home for these numbers). */
+export const METRICS_PORTS = { producer: 9464, preprocess: 9465, embed: 9466, train: 9467 } as const;
+export type ProcessRole = keyof typeof METRICS_PORTS;
+export type WorkerRole = Exclude<ProcessRole, 'producer'>;
+
+/** A started worker role: its metrics, its health, and a clean stop. */
+export interface RunningRole {
+  metrics: Metrics;
+  healthy: () => boolean;
+  stop: () => Promise<void>;
+}
+
+/**
+ * The life of a worker process, the same for every role: config parsed once → logger → the
+ * role's deps and workers → /metrics and /healthz → on SIGINT/SIGTERM stop taking work, finish
+ * or release what is in hand, exit 0. A failure to start prints one line and exits 1.
+ */
+export function runRole(role: WorkerRole, start: (config: Config, log: Logger) => Promise<RunningRole>): void {
+  const main = async () => {
+    const config = loadConfig(process.env);
+    const log = createLogger(role, config.logLevel);
+    const running = await start(config, log);
+    const server = await startMetricsServer(running.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], running.healthy);
+    log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
+    runUntilSignal(log, async () => {
+      await running.stop();
+      await server.close();
+    });
+  };
+  main().catch((err: unknown) => {
+    process.stderr.write(`${role} worker: ${(err as Error).message}\n`);
+    process.exit(1);
+  });
+}
