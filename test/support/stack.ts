@@ -10,15 +10,36 @@ export type TestStack = TempStack;
 /** The real embedded stack for one test file: see startTempStack. */
 export const startTestStack = startTempStack;
 
-/** Runs the `transferline` CLI (built) as a user would, against a stack. */
-export function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  /** true when the command had not exited by the deadline and was killed */
+  timedOut: boolean;
+  seconds: number;
+}
+
+/**
+ * Runs the `transferline` CLI (built) as a user would, against a stack. A command that has not
+ * exited by `deadlineMs` is killed and reported as timed out: a command that never exits is a bug.
+ */
+export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_000): Promise<CliRun> {
+  const started = Date.now();
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cliPath, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cliPath, ...args], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, deadlineMs);
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr, timedOut, seconds: (Date.now() - started) / 1000 });
+    });
   });
 }
 

@@ -45,12 +45,23 @@ describe('loadConfig', () => {
   it('lists every bad variable at once and never echoes a secret', () => {
     let message = '';
     try {
-      loadConfig({ TL_EMBED_BATCH_SIZE: 'x', TL_LOG_LEVEL: 'loud', S3_SECRET_ACCESS_KEY: '' , TL_REDIS_PORT: '-1' });
+      loadConfig({
+        TL_EMBED_BATCH_SIZE: 'x',
+        TL_LOG_LEVEL: 'loud',
+        TL_REDIS_PORT: '-1',
+        // a real secret that is invalid (a stray newline from a .env file), and a password in a bad URL
+        S3_SECRET_ACCESS_KEY: 'wJalrXUtnFEMI/K7MDENG\n',
+        REDIS_URL: 'http://default:hunter2@cache:6379',
+      });
     } catch (err) {
       message = (err as Error).message;
     }
     expect(message).toContain('TL_EMBED_BATCH_SIZE');
     expect(message).toContain('TL_LOG_LEVEL');
     expect(message).toContain('TL_REDIS_PORT');
+    expect(message).toMatch(/S3_SECRET_ACCESS_KEY: .*\(got "\*\*\*"\)/);
+    expect(message).toMatch(/REDIS_URL: .*\(got "http:\/\/default:\*\*\*@cache:6379"\)/);
+    expect(message).not.toContain('wJalrXUtnFEMI');
+    expect(message).not.toContain('hunter2');
   });
 });

@@ -1,6 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import { redactIfSecret } from './redact.js';
 
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
@@ -37,7 +38,7 @@ export const ConfigSchema = z
     TL_S3_PORT: port.default(9000),
     S3_REGION: z.string().min(1).default('us-east-1'),
     S3_ACCESS_KEY_ID: z.string().min(1).default('S3RVER'),
-    S3_SECRET_ACCESS_KEY: z.string().min(1).default('S3RVER'),
+    S3_SECRET_ACCESS_KEY: z.string().min(1).regex(/^\S+$/, 'no spaces or control characters (a stray quote or newline from a .env file?)').default('S3RVER'),
     S3_FORCE_PATH_STYLE: bool.default(true),
     TL_BUCKET: z
       .string()
@@ -151,8 +152,4 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
   }
   return parsed.data;
-}
-
-function redactIfSecret(name: string, value: string): string {
-  return /SECRET|PASSWORD|TOKEN/.test(name) ? '***' : value;
 }

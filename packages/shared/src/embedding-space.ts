@@ -47,11 +47,13 @@ export interface ResolvedSpace {
 }
 
 // Heartbeats use Redis's clock, so machines whose clocks disagree still agree on who is alive.
+// Each beat publishes the space again, so the registry heals itself if Redis lost its data.
 const BEAT = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]) * 4)
 for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[1], id)
@@ -122,8 +124,8 @@ export class SpaceRegistry {
       pid: process.pid,
       startedAt: new Date().toISOString(),
     };
-    const beat = () => this.redis.eval(BEAT, 2, this.keys.embedWorkers(), this.keys.embedWorkerInfo(), info.workerId, JSON.stringify(info), this.ttlMs);
-    await this.publish(space);
+    const beat = () =>
+      this.redis.eval(BEAT, 3, this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces(), info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space));
     await beat();
     const timer = setInterval(() => void beat().catch(onError), Math.max(500, Math.floor(this.ttlMs / 3)));
     timer.unref();

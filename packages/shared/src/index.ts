@@ -17,6 +17,7 @@ export * from './metrics.js';
 export * from './npy.format.js';
 export * from './queues.js';
 export * from './random.js';
+export * from './redact.js';
 export * from './redis.client.js';
 export * from './role.bootstrap.js';
 export * from './s3.client.js';

@@ -1,6 +1,7 @@
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
+import { redactUrl } from './redact.js';
 
 export { Redis };
 
@@ -21,11 +22,6 @@ export function createRedis(url: string, mode: 'worker' | 'oneshot', options: Re
   // each one as an "Unhandled error event". Commands still reject with their own errors.
   redis.on('error', onError ?? (() => {}));
   return redis;
-}
-
-/** `redis://user:secret@host` → `redis://user:***@host`, for anything a person reads. */
-export function redactUrl(url: string): string {
-  return url.replace(/^(\w+:\/\/)([^@/]*)@/, (_, scheme: string, auth: string) => `${scheme}${auth.includes(':') ? `${auth.slice(0, auth.indexOf(':'))}:***` : '***'}@`);
 }
 
 /**

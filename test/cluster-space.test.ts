@@ -1,0 +1,163 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import sharp from 'sharp';
+import { afterAll, describe, expect, it } from 'vitest';
+import { writeSampleSet } from '../apps/producer/src/demo/sample-images.js';
+import { freePort } from '../apps/producer/src/embedded/redis.server.js';
+import { createEfficientNetEmbedder } from '../apps/feature-worker/src/embedder.js';
+import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
+import { createServices, loadConfig, RunDoc } from '../packages/shared/src/index.js';
+import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
+import { childProcesses, guardLeaks } from './support/leak-guard.js';
+import { cliPath, runCli, startTestStack, type TestStack } from './support/stack.js';
+
+/**
+ * The embedding space is cluster state: a CLI whose environment differs from the workers'
+ * (the normal case for a laptop talking to a deployment) works in the space the workers run.
+ */
+
+guardLeaks();
+
+const execFileAsync = promisify(execFile);
+const cleanups: (() => Promise<void>)[] = [];
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+
+/** Reads a child's stdout until `pattern` shows up, or fails after `ms`. */
+function waitForOutput(child: ChildProcess, pattern: RegExp, ms: number, seen: { text: string }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`not seen within ${ms / 1000} s: ${pattern}\n--- output so far:\n${seen.text}`)), ms);
+    const check = () => {
+      if (pattern.test(seen.text)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    child.stdout!.on('data', check);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`exited (${code}) before ${pattern}\n--- output:\n${seen.text}`));
+    });
+    check();
+  });
+}
+
+describe("the README's two terminals", () => {
+  it('up --demo offline (random weights), then ingest, train and classify from a shell without TL_MODEL_WEIGHTS, each command exiting', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-up-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const metricsBase = await freePort();
+    const env: NodeJS.ProcessEnv = {
+      PATH: process.env.PATH,
+      HOME: dir,
+      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+      TL_DATA_DIR: path.join(dir, 'data'),
+      TL_REDIS_PORT: String(await freePort()),
+      TL_S3_PORT: String(await freePort()),
+      TL_MODEL_CACHE_DIR: path.join(dir, 'cache'),
+    };
+    // First terminal: no weights file can be had (as offline), so the demo goes on with random weights.
+    const up = spawn(process.execPath, [cliPath, 'up', '--demo', '--metrics-port', String(metricsBase)], {
+      env: { ...env, TL_MODEL_WEIGHTS_SOURCE: path.join(dir, 'nowhere', 'efficientnetb0_notop.h5') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const seen = { text: '' };
+    up.stdout!.on('data', (d: Buffer) => (seen.text += d.toString()));
+    up.stderr!.on('data', (d: Buffer) => (seen.text += d.toString()));
+    cleanups.push(async () => {
+      if (up.exitCode === null) {
+        up.kill('SIGINT');
+        await new Promise((r) => up.once('exit', r));
+      }
+    });
+    await waitForOutput(up, /the stack keeps running/, 180_000, seen);
+    expect(seen.text).toMatch(/SEEDED RANDOM WEIGHTS/);
+    expect(seen.text).toMatch(/run \S+: validation accuracy/);
+
+    // Second terminal: exactly what the banner suggests, from an environment that says nothing of weights.
+    const photos = path.join(dir, 'photos');
+    const n = await writeSampleSet(photos, 8, 23);
+    const s3 = `http://127.0.0.1:${env.TL_S3_PORT}`;
+    await execFileAsync('aws', ['--endpoint-url', s3, 's3', 'cp', '--recursive', '--quiet', photos, 's3://photos/mine/'], {
+      env: { PATH: process.env.PATH, HOME: dir, AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_DEFAULT_REGION: 'us-east-1' },
+    });
+    const ingest = await runCli(['ingest', 's3://photos/mine/', '--dataset', 'mine'], env);
+    expect(ingest.timedOut).toBe(false);
+    expect(ingest.code).toBe(0);
+    expect(ingest.stdout).toMatch(/embedding space efficientnet-b0\.random-seed42\.squash224 \(the one with live embed workers; 1 embed worker: wasm\)/);
+    expect(ingest.stdout).toMatch(new RegExp(`dataset mine: ${n} images, ${n} embedded \\(0 served from cache\\), 0 failed, 0 pending`));
+
+    const train = await runCli(['train', '--dataset', 'mine', '--epochs', '20'], env);
+    expect(train.code).toBe(0);
+    expect(train.stdout).toMatch(/run \S+: validation accuracy/);
+    const classify = await runCli(['classify', 's3://photos/mine/circle/', '--model', 'mine'], env);
+    expect(classify.code).toBe(0);
+    expect(classify.stdout).toMatch(/classified 8 image\(s\)/);
+
+    // Every command ends by itself once its work is done (a deadline would say otherwise).
+    const runId = /run (\S+) queued/.exec(train.stdout)![1]!;
+    for (const args of [['status'], ['models'], ['failures', '-d', 'mine'], ['train', '--follow', runId], ['retry', '-d', 'mine'], ['cache', 'compact']]) {
+      const r = await runCli(args, env, 60_000);
+      expect({ args, timedOut: r.timedOut, code: r.code, stderr: r.stderr.replace(/^(embedding|listing|training).*\n/gm, '') }).toEqual({ args, timedOut: false, code: 0, stderr: '' });
+    }
+
+    up.kill('SIGINT');
+    const code = await new Promise<number | null>((r) => up.once('exit', r));
+    expect(code).toBe(0);
+    expect(childProcesses()).toEqual([]);
+  }, 400_000);
+});
+
+describe('workers with TL_RESIZE=crop, a CLI without it', () => {
+  let stack: TestStack;
+  afterAll(async () => stack?.destroy());
+
+  it('embed in the crop space: the trained model records crop, and the pixels were cropped', async () => {
+    stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_RESIZE: 'crop' });
+    const { TL_RESIZE: _, ...cliEnv } = stack.env;
+    const services = createServices(loadConfig(cliEnv), 'oneshot');
+    try {
+      await services.store.ensureBucket('wide');
+      // wide images whose left and right thirds differ: crop and squash give different pixels
+      const wide = async (i: number, a: string, b: string) =>
+        sharp({ create: { width: 600, height: 200, channels: 3, background: '#808080' } })
+          .composite([
+            { input: await sharp({ create: { width: 200, height: 200, channels: 3, background: a } }).png().toBuffer(), left: 0, top: 0 },
+            { input: await sharp({ create: { width: 200, height: 200, channels: 3, background: b } }).png().toBuffer(), left: 400, top: 0 },
+            { input: await sharp({ create: { width: 40 + i * 5, height: 40, channels: 3, background: '#ffffff' } }).png().toBuffer(), left: 280, top: 80 },
+          ])
+          .jpeg()
+          .toBuffer();
+      const objects: [string, Buffer][] = [];
+      for (let i = 0; i < 6; i++) objects.push([`train/red/${i}.jpg`, await wide(i, '#ff0000', '#ff8800')], [`train/blue/${i}.jpg`, await wide(i, '#0000ff', '#0088ff')]);
+      for (const [k, b] of objects) await services.store.putObject('wide', k, b, 'image/jpeg');
+
+      const ingest = await runCli(['ingest', 's3://wide/train/', '-d', 'wide'], cliEnv);
+      expect(ingest.code).toBe(0);
+      expect(ingest.stdout).toMatch(/embedding space efficientnet-b0\.random-seed42\.crop224/);
+      const train = await runCli(['train', '-d', 'wide', '--epochs', '5', '--run-id', 'wide-1'], cliEnv);
+      expect(train.code).toBe(0);
+      const run = await services.store.getDocument(RunDoc, stack.config.s3.bucket, services.layout.runFile('wide', 'wide-1', 'run.json'));
+      expect(run!.embedderId).toBe('efficientnet-b0.random-seed42.crop224');
+
+      // The cached embedding is that of the centre crop, not of the squashed image.
+      const [item] = await services.datasets.getItems('wide', ['wide/train/red/0.jpg']);
+      const cached = await services.cache.load(run!.embedderId, [item!.sha256!]);
+      const rt = await loadTfRuntime('wasm');
+      const embedder = await createEfficientNetEmbedder(rt, { seed: 42 });
+      const opts = { size: 224, maxInputPixels: 1e8, background: { r: 255, g: 255, b: 255 } };
+      const [cropped, squashed] = await Promise.all((['crop', 'squash'] as const).map(async (resize) => embedder.embedBatch([await prepareImage(objects[0]![1], { ...opts, resize })])));
+      const diff = (a: Float32Array, b: Float32Array) => Math.max(...Array.from(a, (v, i) => Math.abs(v - b[i]!)));
+      expect(diff(cached.data, cropped!)).toBeLessThan(1e-4);
+      expect(diff(cached.data, squashed!)).toBeGreaterThan(1e-2);
+      embedder.dispose();
+    } finally {
+      await services.close();
+    }
+  }, 180_000);
+});

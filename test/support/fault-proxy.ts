@@ -1,0 +1,67 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/** What the proxy does to a request it would otherwise pass on. */
+export type Fault = { kind: 'status'; status: number } | { kind: 'slow'; ms: number } | { kind: 'drop' };
+
+/**
+ * A small fault-injecting HTTP proxy in front of an S3-compatible server, for tests that play a
+ * bad day: answer 5xx for some objects, answer slowly, or drop connections, while the rest goes
+ * through unchanged (the Host header is kept, so signed requests stay valid).
+ */
+export interface FaultProxy {
+  url: string;
+  /** requests whose path contains `match` (URL-decoded) get `fault`; '' matches everything */
+  inject: (match: string, fault: Fault) => void;
+  /** no faults any more */
+  heal: () => void;
+  /** requests that got a fault, by match */
+  hits: Map<string, number>;
+  close: () => Promise<void>;
+}
+
+export async function startFaultProxy(target: string): Promise<FaultProxy> {
+  const to = new URL(target);
+  const faults = new Map<string, Fault>();
+  const hits = new Map<string, number>();
+  const server = http.createServer((req, res) => {
+    const path = decodeURIComponent(req.url ?? '');
+    const hit = [...faults].find(([m]) => path.includes(m));
+    const pass = () => {
+      const up = http.request({ host: to.hostname, port: to.port, method: req.method, path: req.url, headers: req.headers }, (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    };
+    if (!hit) return pass();
+    const [match, fault] = hit;
+    hits.set(match, (hits.get(match) ?? 0) + 1);
+    if (fault.kind === 'drop') {
+      req.socket.destroy();
+      return;
+    }
+    if (fault.kind === 'slow') {
+      setTimeout(pass, fault.ms);
+      return;
+    }
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(fault.status, { 'content-type': 'application/xml' });
+      res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>injected fault</Message></Error>`);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    inject: (match, fault) => void faults.set(match, fault),
+    heal: () => faults.clear(),
+    hits,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}

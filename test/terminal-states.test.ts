@@ -1,0 +1,248 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { retryCommand } from '../apps/producer/src/commands/retry.command.js';
+import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
+import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
+import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
+import { jobIds, ReportDoc } from '../packages/shared/src/index.js';
+import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
+
+/**
+ * Every item reaches an end (embedded, or failed with a reason), and no command waits for ever:
+ * transient faults that outlast the attempts, lost jobs, missing workers, a flushed Redis,
+ * retries racing, pending images at training time. The workers read S3 through a
+ * fault-injecting proxy; the CLI runs as a user runs it (a child process with a deadline).
+ */
+
+guardLeaks();
+
+let s3dir: string;
+let s3: EmbeddedS3;
+let proxy: FaultProxy;
+let stack: TestStack;
+let ctx: CliContext;
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+const photos = 'photos-ts';
+const KINDS: SampleClass[] = ['circle', 'square'];
+
+beforeAll(async () => {
+  s3dir = await mkdtemp(path.join(os.tmpdir(), 'tl-s3-'));
+  s3 = await startEmbeddedS3({ directory: s3dir, port: 0 });
+  proxy = await startFaultProxy(s3.endpoint);
+  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', S3_ENDPOINT: proxy.url });
+  ctx = await openCliContext(stack.config, sink);
+  await ctx.services.store.ensureBucket(photos);
+  for (const kind of KINDS) for (let i = 0; i < 6; i++) await ctx.services.store.putObject(photos, `train/${kind}/${i}.jpg`, await renderSample(kind, i, 17));
+});
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+  await proxy?.close();
+  await s3?.stop();
+  if (s3dir) await rm(s3dir, { recursive: true, force: true });
+});
+
+const cli = (args: string[], deadlineMs = 120_000) => runCli(args, stack.env, deadlineMs);
+
+describe('transient faults that outlast the attempts', () => {
+  it('end the item failed with attempts-exhausted (exit 3); retry, and re-ingest, embed it once the fault clears', async () => {
+    const bad = 'train/circle/3.jpg';
+    proxy.inject(`/${photos}/${bad}`, { kind: 'status', status: 500 });
+    const [first, again] = await Promise.all([cli(['ingest', `s3://${photos}/train/`, '-d', 'faulty']), cli(['ingest', `s3://${photos}/train/`, '-d', 'faulty2'])]);
+    expect(first.timedOut).toBe(false);
+    expect(first.code).toBe(3);
+    expect(first.stdout).toMatch(/dataset faulty: 12 images, 11 embedded .*, 1 failed, 0 pending/);
+    expect(first.stdout).toContain(`failed s3://${photos}/${bad}: preprocess attempts-exhausted`);
+    expect(again.code).toBe(3);
+    const [item] = await ctx.services.datasets.getItems('faulty', [`${photos}/${bad}`]);
+    expect(item).toMatchObject({ state: 'failed', stage: 'preprocess', reason: 'attempts-exhausted', attempts: 5 });
+    expect(item!.detail).toMatch(/500|InternalError|injected fault/);
+    // the worker says so on /metrics: failed once for good, retried before that
+    const m = await scrape(stack.ports.preprocess);
+    expect(m.get('tl_failures_total{stage="preprocess",reason="attempts-exhausted"}')).toBe(2);
+    expect(m.get('tl_jobs_total{queue="preprocess",outcome="failed"}')).toBe(2);
+    expect(m.get('tl_jobs_total{queue="preprocess",outcome="retried"}')).toBe(8);
+    // the bucket itself answered all along: nothing was taken for an outage
+    expect(m.get('tl_dependency_up{dependency="s3"}')).toBe(1);
+
+    const failures = await cli(['failures', '-d', 'faulty']);
+    expect(failures.stdout).toMatch(/preprocess attempts-exhausted after 5 attempts/);
+
+    proxy.heal();
+    const retried = await cli(['retry', '-d', 'faulty']);
+    expect(retried.stderr).not.toMatch(/transferline:/);
+    expect(retried.code).toBe(0);
+    expect(retried.stdout).toMatch(/retrying 1 failed image of faulty/);
+    expect(retried.stdout).toMatch(/dataset faulty: 12 images, 12 embedded/);
+    // a re-ingest of the other dataset retries its transient failure by itself
+    const reingest = await cli(['ingest', `s3://${photos}/train/`, '-d', 'faulty2']);
+    expect(reingest.code).toBe(0);
+    expect(reingest.stdout).toMatch(/0 enqueued, 1 already embedded, 11 unchanged/);
+    expect(reingest.stdout).toMatch(/dataset faulty2: 12 images, 12 embedded/);
+  }, 240_000);
+});
+
+describe('lost jobs', () => {
+  it('an item whose job was removed from Redis shows as orphaned, and a re-ingest enqueues it again', async () => {
+    // preprocess is held back so the jobs wait; one of them is removed by hand
+    stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
+    try {
+      await ctx.services.store.putObject(photos, 'lost/square/a.jpg', await renderSample('square', 40, 5));
+      await ctx.services.store.putObject(photos, 'lost/circle/b.jpg', await renderSample('circle', 41, 5));
+      const r = await cli(['ingest', `s3://${photos}/lost/`, '-d', 'lost', '--no-wait']);
+      expect(r.stdout).toMatch(/2 enqueued/);
+      const [rec] = await ctx.services.datasets.getItems('lost', [`${photos}/lost/square/a.jpg`]);
+      const id = jobIds.preprocess({ dataset: 'lost', bucket: photos, key: 'lost/square/a.jpg', etag: rec!.etag, embedderId: stack.space.id });
+      expect(await ctx.queues.preprocess.remove(id)).toBe(1);
+      const s = await ctx.services.inspector.status('lost');
+      expect(s).toMatchObject({ total: 2, pending: 1, orphaned: 1 });
+      const status = await cli(['status', '-d', 'lost']);
+      expect(status.stdout).toMatch(/1 pending, 1 orphaned \(their job was lost: ingest again\)/);
+    } finally {
+      stack.supervisor.signal('preprocess', 1, 'SIGCONT');
+    }
+    const again = await cli(['ingest', `s3://${photos}/lost/`, '-d', 'lost']);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/1 tried again/);
+    expect(again.stdout).toMatch(/dataset lost: 2 images, 2 embedded/);
+  }, 120_000);
+});
+
+describe('two retries at once', () => {
+  it('embed each item once', async () => {
+    // four images whose pixels vanish before embed: they fail with pixels-expired
+    stack.supervisor.signal('embed', 1, 'SIGSTOP');
+    const keys = [0, 1, 2, 3].map((i) => `race/${KINDS[i % 2]}/${i}.jpg`);
+    try {
+      for (const [i, k] of keys.entries()) await ctx.services.store.putObject(photos, k, await renderSample(KINDS[i % 2]!, 60 + i, 9));
+      await cli(['ingest', `s3://${photos}/race/`, '-d', 'race', '--no-wait']);
+      const deadline = Date.now() + 30_000;
+      while ((await ctx.services.inspector.status('race')).pendingByStage.embed < 4) {
+        if (Date.now() > deadline) throw new Error('the images never reached embed');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const items = await ctx.services.datasets.getItems('race', keys.map((k) => `${photos}/${k}`));
+      await ctx.services.tensors.delete(items.map((r) => r!.sha256!));
+    } finally {
+      stack.supervisor.signal('embed', 1, 'SIGCONT');
+    }
+    const deadline = Date.now() + 30_000;
+    while ((await ctx.services.inspector.status('race')).failed < 4) {
+      if (Date.now() > deadline) throw new Error('the expired images never failed');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const before = (await scrape(stack.ports.embed)).get('tl_images_total{stage="embed",outcome="embedded"}') ?? 0;
+    // two clients, each with its own connections, scan and resubmit at the same moment
+    const other = await openCliContext(stack.config, sink);
+    try {
+      const [a, b] = await Promise.all([retryCommand(ctx, { dataset: 'race', wait: false }), retryCommand(other, { dataset: 'race', wait: false })]);
+      expect([a.retried, b.retried]).toEqual([4, 4]); // both saw the four failures: they really raced
+    } finally {
+      await other.close();
+    }
+    const done = await waitForDataset(ctx, 'race', { space: stack.space.id, stallSeconds: 30 });
+    expect(done).toMatchObject({ total: 4, embedded: 4, failed: 0, pending: 0, orphaned: 0 });
+    // and a third retry, from the CLI, finds nothing left to do
+    const third = await cli(['retry', '-d', 'race']);
+    expect(third.code).toBe(0);
+    expect(third.stdout).toMatch(/retrying 0 failed images of race/);
+    const after = (await scrape(stack.ports.embed)).get('tl_images_total{stage="embed",outcome="embedded"}') ?? 0;
+    expect(after - before).toBe(4);
+    // each hash is in the index once and in the shards once
+    const shas = (await ctx.services.datasets.getItems('race', keys.map((k) => `${photos}/${k}`))).map((r) => r!.sha256!);
+    const rows = new Map<string, number>();
+    for (const s of await ctx.services.cache.listShards(stack.space.id)) for (const h of s.hashes) rows.set(h, (rows.get(h) ?? 0) + 1);
+    for (const sha of shas) expect(rows.get(sha)).toBe(1);
+  }, 120_000);
+});
+
+describe('a command never waits for ever', () => {
+  it('ingest with no embed worker says which stage is missing and exits 4', async () => {
+    stack.supervisor.signal('embed', 1, 'SIGSTOP'); // hung: its heartbeat stops, so it is not live
+    try {
+      await ctx.services.store.putObject(photos, 'stall/circle/x.jpg', await renderSample('circle', 77, 3));
+      await ctx.services.store.putObject(photos, 'stall/square/y.jpg', await renderSample('square', 78, 3));
+      await new Promise((r) => setTimeout(r, 16_000)); // the heartbeat goes stale
+      const r = await cli(['ingest', `s3://${photos}/stall/`, '-d', 'stall', '--stall-timeout', '3'], 90_000);
+      expect(r.timedOut).toBe(false);
+      expect(r.code).toBe(4);
+      expect(r.stdout).toMatch(/no embed worker is live for it now/);
+      expect(r.stderr).toMatch(/no progress for 3 s: 2 images wait for embed and no embed worker of \S+ is live/);
+    } finally {
+      stack.supervisor.signal('embed', 1, 'SIGCONT');
+    }
+    const done = await cli(['ingest', `s3://${photos}/stall/`, '-d', 'stall']);
+    expect(done.code).toBe(0);
+    expect(done.stdout).toMatch(/dataset stall: 2 images, 2 embedded/);
+  }, 120_000);
+
+  it('says the dataset vanished when Redis loses its data mid-wait, and exits 5', async () => {
+    stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
+    try {
+      await ctx.services.store.putObject(photos, 'flush/circle/z.jpg', await renderSample('circle', 90, 4));
+      const waiting = cli(['ingest', `s3://${photos}/flush/`, '-d', 'flushed'], 60_000);
+      const deadline = Date.now() + 20_000;
+      while (!(await ctx.services.datasets.exists('flushed'))) {
+        if (Date.now() > deadline) throw new Error('the ingest never started');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await new Promise((r) => setTimeout(r, 1_000));
+      await ctx.services.redis.flushall();
+      const r = await waiting;
+      expect(r.code).toBe(5);
+      expect(r.stderr).toMatch(/dataset flushed vanished from Redis while waiting/);
+    } finally {
+      stack.supervisor.signal('preprocess', 1, 'SIGCONT');
+    }
+    // the stack's space is gone with the flush; the embed worker's heartbeat publishes it again
+    const deadline = Date.now() + 20_000;
+    while (!(await ctx.services.spaces.get(stack.space.id))) {
+      if (Date.now() > deadline) throw new Error('the space was not published again');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }, 90_000);
+});
+
+describe('train on a dataset with images still pending', () => {
+  it('waits for them, or trains on what is embedded with --partial and says so in the report', async () => {
+    const r0 = await cli(['ingest', `s3://${photos}/train/`, '-d', 'grow']);
+    expect(r0.code).toBe(0);
+    stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
+    let waiting: ReturnType<typeof cli> | undefined;
+    try {
+      for (let i = 0; i < 3; i++) await ctx.services.store.putObject(photos, `train/square/late-${i}.jpg`, await renderSample('square', 100 + i, 17));
+      await cli(['ingest', `s3://${photos}/train/`, '-d', 'grow', '--no-wait']);
+      const partial = await cli(['train', '-d', 'grow', '--partial', '--epochs', '5', '--run-id', 'grow-partial']);
+      expect(partial.code).toBe(0);
+      expect(partial.stdout).toMatch(/training on the 12 embedded images of 15 \(--partial\)/);
+      expect(partial.stdout).toMatch(/partial: trained on 12 of 15 images \(3 pending, 0 failed\)/);
+      const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('grow', 'grow-partial', 'report.json'));
+      expect(report!.coverage).toEqual({ total: 15, embedded: 12, pending: 3, failed: 0, partial: true });
+      expect(report!.params.partial).toBe(true);
+
+      const same = await cli(['train', '-d', 'grow', '--run-id', 'grow-partial']);
+      expect(same.code).toBe(1);
+      expect(same.stderr).toMatch(/run grow-partial exists already/);
+
+      waiting = cli(['train', '-d', 'grow', '--epochs', '5', '--run-id', 'grow-full']);
+      await new Promise((r) => setTimeout(r, 3_000));
+    } finally {
+      stack.supervisor.signal('preprocess', 1, 'SIGCONT');
+    }
+    const full = await waiting!;
+    expect(full.code).toBe(0);
+    expect(full.stdout).toMatch(/3 of 15 images of grow are not embedded yet; waiting for them/);
+    expect(full.stdout).toMatch(/run grow-full: validation accuracy/);
+    const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('grow', 'grow-full', 'report.json'));
+    expect(report!.coverage).toEqual({ total: 15, embedded: 15, pending: 0, failed: 0, partial: false });
+    // following a finished run prints its report and exits
+    const follow = await cli(['train', '--follow', 'grow-full']);
+    expect(follow.code).toBe(0);
+    expect(follow.stdout).toMatch(/run grow-full: validation accuracy/);
+  }, 180_000);
+});
