@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -85,6 +85,41 @@ describe('transient faults that outlast the attempts', () => {
     expect(reingest.stdout).toMatch(/0 enqueued, 1 already embedded, 11 unchanged/);
     expect(reingest.stdout).toMatch(/dataset faulty2: 12 images, 12 embedded/);
   }, 240_000);
+});
+
+describe('an S3 outage longer than the retries would last', () => {
+  it('is waited out: the workers pause and resume, no image fails, no attempt is spent', async () => {
+    stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
+    try {
+      for (let i = 0; i < 6; i++) await ctx.services.store.putObject(photos, `outage/${KINDS[i % 2]}/${i}.jpg`, await renderSample(KINDS[i % 2]!, 300 + i, 8));
+      const listed = await cli(['ingest', `s3://${photos}/outage/`, '-d', 'outage', '--no-wait']);
+      expect(listed.stdout).toMatch(/6 enqueued/);
+      proxy.inject('', { kind: 'drop' }); // S3 goes away for every request
+    } finally {
+      stack.supervisor.signal('preprocess', 1, 'SIGCONT');
+    }
+    const before = await scrape(stack.ports.preprocess);
+    // 25 s: five attempts with 1–8 s backoff would have been spent by then
+    let sawDown = false;
+    const until = Date.now() + 25_000;
+    while (Date.now() < until) {
+      sawDown ||= (await scrape(stack.ports.preprocess)).get('tl_dependency_up{dependency="s3"}') === 0;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    expect(sawDown).toBe(true);
+    proxy.heal();
+    const done = await cli(['ingest', `s3://${photos}/outage/`, '-d', 'outage']);
+    expect(done.code).toBe(0);
+    expect(done.stdout).toMatch(/dataset outage: 6 images, 6 embedded .*, 0 failed, 0 pending/);
+    const after = await scrape(stack.ports.preprocess);
+    const delta = (k: string) => (after.get(k) ?? 0) - (before.get(k) ?? 0);
+    expect(delta('tl_jobs_total{queue="preprocess",outcome="failed"}')).toBe(0);
+    expect(delta('tl_jobs_total{queue="preprocess",outcome="deferred"}')).toBeGreaterThan(0);
+    expect(after.get('tl_dependency_up{dependency="s3"}')).toBe(1);
+    const log = await readFile(stack.supervisor.logFile('preprocess'), 'utf8');
+    expect(log).toMatch(/S3 at \S+ is unreachable: pausing work that needs it/);
+    expect(log).toMatch(/S3 at \S+ is back: resuming/);
+  }, 120_000);
 });
 
 describe('lost jobs', () => {

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { appendFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startTempStack, type TempStack } from '../../apps/producer/src/embedded/temp-stack.js';
@@ -38,14 +39,31 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('close', (code) => {
       clearTimeout(timer);
-      resolve({ code, stdout, stderr, timedOut, seconds: (Date.now() - started) / 1000 });
+      const seconds = (Date.now() - started) / 1000;
+      // TL_TEST_TRANSCRIPT=file keeps what each command printed, for reports on a test run.
+      const transcript = process.env.TL_TEST_TRANSCRIPT;
+      if (transcript) appendFileSync(transcript, `$ transferline ${args.join(' ')}\n${stdout}${stderr}[exit ${timedOut ? 'killed at the deadline' : code}, ${seconds.toFixed(1)} s]\n\n`);
+      resolve({ code, stdout, stderr, timedOut, seconds });
     });
   });
 }
 
-/** One scrape of a /metrics endpoint, parsed into `name{labels}` → value. */
-export async function scrape(port: number): Promise<Map<string, number>> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+/**
+ * One scrape of a /metrics endpoint, parsed into `name{labels}` → value. A worker that is still
+ * starting (connection refused) is asked again for up to `waitMs`.
+ */
+export async function scrape(port: number, waitMs = 20_000): Promise<Map<string, number>> {
+  const deadline = Date.now() + waitMs;
+  let text: string;
+  for (;;) {
+    try {
+      text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      break;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
   const out = new Map<string, number>();
   for (const line of text.split('\n')) {
     if (!line || line.startsWith('#')) continue;
