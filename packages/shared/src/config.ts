@@ -49,6 +49,10 @@ export const ConfigSchema = z
       .regex(/^([^/].*\/)?$/, 'must be empty or end with / and not start with /')
       .default(''),
     TL_METRICS_HOST: z.string().default('0.0.0.0'),
+    TL_CONSOLE_HOST: z.string().min(1).default('127.0.0.1'),
+    TL_CONSOLE_PORT: port.default(9470),
+    TL_CONSOLE_USER: z.string().min(1).default('admin'),
+    TL_CONSOLE_PASSWORD: z.string().min(1).optional(),
     TL_METRICS_PORT: port.optional(),
     TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(60_000),
     TL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -100,6 +104,8 @@ export const ConfigSchema = z
       prefix: env.TL_PREFIX,
     },
     metrics: { host: env.TL_METRICS_HOST, port: env.TL_METRICS_PORT },
+    /** the web console (queues, datasets, models): read-only unless a password is set and given */
+    console: { host: env.TL_CONSOLE_HOST, port: env.TL_CONSOLE_PORT, user: env.TL_CONSOLE_USER, password: env.TL_CONSOLE_PASSWORD },
     logLevel: env.TL_LOG_LEVEL,
     /** how long a worker holds a job without renewing its lock before others treat it as crashed */
     jobLockMs: env.TL_JOB_LOCK_MS,
