@@ -59,7 +59,8 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     const r = await ingestCommand(ctx, `s3://${photos}/train/`, { dataset: 'e2e', wait: true });
     expect(r.counts).toMatchObject({ listed: distinct + 2, unlabelled: 1, enqueued: distinct + 1 });
     expect(r.status).toMatchObject({ total: distinct + 1, embedded: distinct + 1, failed: 0, pending: 0 });
-    expect(output).toMatch(new RegExp(`dataset e2e: ${distinct + 1} images, ${distinct + 1} embedded \\(0 served from cache\\), 0 failed`));
+    // the copy of circle 0 finds its twin's embedding cached if embed got to the twin first
+    expect(output).toMatch(new RegExp(`dataset e2e: ${distinct + 1} images, ${distinct + 1} embedded \\([01] served from cache\\), 0 failed`));
     expect(r.status!.labels).toEqual([
       { label: 'circle', count: PER_CLASS + 1 },
       { label: 'square', count: PER_CLASS },
@@ -163,7 +164,8 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     expect(s.queues[`embed.${stack.space.id}`]!.workers).toBe(1);
     expect(s.spaces).toHaveLength(1);
     expect(s.spaces[0]).toMatchObject({ space: { id: stack.space.id, resize: 'squash' }, cached: distinct });
-    expect(s.spaces[0]!.workers.map((w) => w.backend)).toEqual(['wasm']);
+    // ONNX Runtime is the CPU backend when no GPU package loads
+    expect(s.spaces[0]!.workers.map((w) => w.backend)).toEqual(['onnx']);
     expect(s.datasets.find((d) => d.dataset === 'e2e')?.space).toBe(stack.space.id);
     expect(s.datasets.find((d) => d.dataset === 'e2e')?.embedded).toBe(distinct + 1);
   });

@@ -93,6 +93,6 @@ describe('Prometheus watching a training run', () => {
       ['tl-train', '1'],
     ]);
     const model = await query('tl_model_info', end - 1, end);
-    expect(model[0]!.metric).toMatchObject({ weights: 'random', backend: 'wasm' });
+    expect(model[0]!.metric).toMatchObject({ weights: 'random', backend: 'onnx' });
   });
 });

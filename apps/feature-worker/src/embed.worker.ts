@@ -13,9 +13,9 @@ import {
   type RunningRole,
   type WeightsFile,
 } from '@transferline/shared';
-import { loadTfRuntime } from '@transferline/shared/tf';
+import os from 'node:os';
 import { embedBatch, type EmbedOutcome } from './embed-images.job.js';
-import { createEfficientNetEmbedder } from './embedder.js';
+import { startEmbedRuntime } from './embed-runtime.js';
 import { MicroBatcher } from './micro-batcher.js';
 
 /**
@@ -28,7 +28,6 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);
   const space = spaceFromConfig(config);
-  const rt = await loadTfRuntime(config.embed.backend, log);
   let weightsFile: WeightsFile | undefined;
   if (space.weights === 'imagenet') {
     let lastLog = 0;
@@ -42,7 +41,26 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     });
     log.info({ path: weightsFile.path, md5: weightsFile.md5, downloaded: weightsFile.downloaded }, 'ImageNet weights verified');
   }
-  const embedder = await createEfficientNetEmbedder(rt, { seed: config.embed.seed, ...(weightsFile && { weights: weightsFile.bytes }) });
+  // One ONNX Runtime process per machine uses every core; `up` divides them among its replicas.
+  const threads = config.embed.threads ?? Math.max(1, os.availableParallelism());
+  const rt = await startEmbedRuntime(
+    {
+      preference: config.embed.backend,
+      ...(weightsFile && { weights: weightsFile.bytes }),
+      weightsKey: weightsFile ? weightsFile.md5 : `random-seed${config.embed.seed}`,
+      seed: config.embed.seed,
+      inputSize: space.inputSize,
+      threads,
+      cacheDir: config.embed.cacheDir,
+      warmupBatch: config.embed.batchSize,
+    },
+    log,
+  );
+  const embedder = rt.embedder;
+  log.info(
+    { backend: rt.backend, provider: rt.provider, ...(rt.backend === 'onnx' && { threads, onnx: rt.onnx }), ...(rt.skipped.length && { skipped: rt.skipped }) },
+    `embedding on ${rt.backend} (${rt.provider})`,
+  );
   metrics.modelInfo.set({ backend: rt.backend, weights: space.weights, embedder: space.id }, 1);
   if (space.weights === 'random') {
     log.warn({ embedderId: space.id }, 'embedding with deterministic RANDOM weights (seeded), not ImageNet: features are only good for easy tasks');

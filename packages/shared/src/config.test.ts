@@ -34,7 +34,8 @@ describe('loadConfig', () => {
     ['S3_ENDPOINT', 'not a url'],
     ['TL_BUCKET', 'Bad_Bucket'],
     ['TL_PREFIX', 'models'],
-    ['TL_TF_BACKEND', 'cuda'],
+    ['TL_BACKEND', 'cuda'],
+    ['TL_EMBED_THREADS', '0'],
     ['TL_METRICS_PORT', '70000'],
     ['S3_FORCE_PATH_STYLE', 'maybe'],
   ])('rejects %s=%s with a message that names the variable', (name, value) => {

@@ -69,7 +69,10 @@ export const ConfigSchema = z
       .default('#ffffff'),
     TL_MAX_PENDING_TENSORS: z.coerce.number().int().min(1).default(2048),
     TL_SHARP_CONCURRENCY: z.coerce.number().int().min(0).max(256).default(0),
-    TL_TF_BACKEND: z.enum(['auto', 'tensorflow', 'wasm', 'cpu']).default('auto'),
+    TL_BACKEND: z.enum(['auto', 'tensorflow', 'onnx', 'wasm', 'cpu']).optional(),
+    /** the old name of TL_BACKEND, still read when TL_BACKEND is unset */
+    TL_TF_BACKEND: z.enum(['auto', 'tensorflow', 'onnx', 'wasm', 'cpu']).optional(),
+    TL_EMBED_THREADS: z.coerce.number().int().min(1).max(256).optional(),
     TL_MODEL_WEIGHTS: z.enum(['imagenet', 'random']).default('imagenet'),
     TL_MODEL_WEIGHTS_SOURCE: z
       .string()
@@ -123,7 +126,10 @@ export const ConfigSchema = z
     embed: {
       batchSize: env.TL_EMBED_BATCH_SIZE,
       batchWaitMs: env.TL_EMBED_BATCH_WAIT_MS,
-      backend: env.TL_TF_BACKEND,
+      /** auto: tfjs-node-gpu (CUDA) → ONNX Runtime (CPU) → TF.js wasm */
+      backend: env.TL_BACKEND ?? env.TL_TF_BACKEND ?? 'auto',
+      /** ONNX Runtime intra-op threads per embed process; default cores ÷ embed processes on this machine */
+      threads: env.TL_EMBED_THREADS,
       weights: env.TL_MODEL_WEIGHTS,
       weightsSource: env.TL_MODEL_WEIGHTS_SOURCE,
       weightsMd5: env.TL_MODEL_WEIGHTS_MD5,

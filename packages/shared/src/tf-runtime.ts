@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import type { Logger } from './logger.js';
 
+/** Which TensorFlow.js backend to load (`auto`: native if a package loads, else wasm). */
 export type BackendPreference = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
 
 export interface TfRuntime {
@@ -18,10 +19,10 @@ export interface TfRuntime {
  * Node, so scale it with processes). The native packages are optional: their installers
  * download libtensorflow and are simply absent where that failed.
  */
-export async function loadTfRuntime(preference: BackendPreference, log?: Logger): Promise<TfRuntime> {
+export async function loadTfRuntime(preference: BackendPreference, log?: Logger, o: { packages?: string[] } = {}): Promise<TfRuntime> {
   const tried: string[] = [];
   if (preference === 'auto' || preference === 'tensorflow') {
-    for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    for (const pkg of o.packages ?? ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
       try {
         await import(pkg);
         if (await tf.setBackend('tensorflow')) {
@@ -34,7 +35,7 @@ export async function loadTfRuntime(preference: BackendPreference, log?: Logger)
       }
     }
     if (preference === 'tensorflow') {
-      throw new Error(`TL_TF_BACKEND=tensorflow but no native TensorFlow.js package loads:\n  ${tried.join('\n  ')}`);
+      throw new Error(`TL_BACKEND=tensorflow but no native TensorFlow.js package loads:\n  ${tried.join('\n  ')}`);
     }
   }
   const backend = preference === 'cpu' ? 'cpu' : 'wasm';

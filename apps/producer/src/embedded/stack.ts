@@ -1,3 +1,4 @@
+import os from 'node:os';
 import path from 'node:path';
 import {
   METRICS_PORTS,
@@ -69,6 +70,9 @@ export async function startStack(
   };
   try {
     const env: NodeJS.ProcessEnv = { ...baseEnv };
+    // ONNX Runtime threads: the machine's cores shared among the embed processes started here.
+    const embedProcesses = children.filter((c) => c.role === 'embed').length;
+    if (embedProcesses > 0) env.TL_EMBED_THREADS ??= String(Math.max(1, Math.floor(os.availableParallelism() / embedProcesses)));
     if (initial.redis.embedded) {
       const redis = await startEmbeddedRedis({ directory: path.join(initial.dataDir, 'redis'), port: initial.redis.embeddedPort });
       stops.push(redis.stop);

@@ -1,0 +1,141 @@
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import type { Logger } from '@transferline/shared';
+import { loadTfRuntime } from '@transferline/shared/tf';
+import type { ThreadReply, ThreadRequest, ThreadSpec } from './embed.thread.js';
+import { createEfficientNetEmbedder, type Embedder } from './embedder.js';
+
+/** Where the model runs: `tensorflow` (tfjs-node[-gpu], libtensorflow), `onnx` (ONNX Runtime, CPU), `wasm` or `cpu` (TF.js). */
+export type EmbedBackend = 'tensorflow' | 'onnx' | 'wasm' | 'cpu';
+export type BackendPreference = 'auto' | EmbedBackend;
+
+export interface EmbedRuntimeSpec extends Omit<ThreadSpec, 'backend'> {
+  preference: BackendPreference;
+}
+
+export interface EmbedRuntime {
+  embedder: Embedder;
+  backend: EmbedBackend;
+  /** the package that provided it, for the log line */
+  provider: string;
+  /** ONNX Runtime only: the model file and whether it was built now */
+  onnx?: { path: string; built: boolean };
+  /** why earlier backends were skipped (auto) */
+  skipped: string[];
+}
+
+/**
+ * Starts the fastest backend that loads: auto tries tfjs-node-gpu (CUDA, the GPU path), then
+ * ONNX Runtime on CPU (the graph built from the same Keras weights), then TF.js wasm. ONNX
+ * Runtime and wasm run in a worker thread, so the forward pass never blocks the event loop; the
+ * native TF.js backend stays on the main thread (its kernels run in libtensorflow's own pool).
+ * A backend that was asked for by name and fails to load is an error, not a silent fallback.
+ */
+export async function startEmbedRuntime(spec: EmbedRuntimeSpec, log: Logger): Promise<EmbedRuntime> {
+  const order: EmbedBackend[] = spec.preference === 'auto' ? ['tensorflow', 'onnx', 'wasm'] : [spec.preference];
+  const skipped: string[] = [];
+  for (const backend of order) {
+    try {
+      if (backend === 'tensorflow') {
+        // On auto only the GPU package: on a CPU, ONNX Runtime is the faster native path.
+        const rt = await loadTfRuntime('tensorflow', undefined, spec.preference === 'auto' ? { packages: ['@tensorflow/tfjs-node-gpu'] } : {});
+        const embedder = await createEfficientNetEmbedder(rt, { seed: spec.seed, inputSize: spec.inputSize, ...(spec.weights && { weights: spec.weights }) });
+        return { embedder, backend, provider: rt.provider, skipped };
+      }
+      const started = await ThreadedEmbedder.start({ ...spec, backend }, log);
+      return { embedder: started.embedder, backend, provider: started.ready.provider, ...(started.ready.onnx && { onnx: started.ready.onnx }), skipped };
+    } catch (err) {
+      if (spec.preference !== 'auto') throw new Error(`TL_BACKEND=${backend} does not load: ${(err as Error).message}`);
+      skipped.push(`${backend}: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+  throw new Error(`no embedding backend loads:\n  ${skipped.join('\n  ')}`);
+}
+
+/** The built thread script (tests run the TypeScript sources, the thread always runs dist/). */
+const THREAD_SCRIPT = fileURLToPath(new URL('../dist/embed.thread.js', import.meta.url));
+
+/**
+ * An Embedder whose forward passes run in a worker thread: pixels are handed over in one buffer
+ * per batch (transferred, not copied), embeddings come back the same way.
+ */
+class ThreadedEmbedder implements Embedder {
+  readonly dim = 1280;
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (d: Float32Array) => void; reject: (e: Error) => void }>();
+  private dead: Error | undefined;
+  private closing = false;
+
+  private constructor(
+    private readonly thread: Worker,
+    readonly inputSize: number,
+    onDeath: (err: Error) => void,
+  ) {
+    thread.on('message', (m: ThreadReply) => {
+      if (m.type !== 'result' && m.type !== 'error') return;
+      const p = this.pending.get(m.id);
+      this.pending.delete(m.id);
+      if (m.type === 'result') p?.resolve(m.data);
+      else p?.reject(new Error(m.message));
+    });
+    const die = (err: Error) => {
+      if (this.closing) return;
+      this.dead = err;
+      for (const p of this.pending.values()) p.reject(err);
+      this.pending.clear();
+      onDeath(err);
+    };
+    thread.on('error', die);
+    thread.on('exit', (code) => die(new Error(`the embed thread exited (${code})`)));
+  }
+
+  static async start(spec: ThreadSpec, log: Logger): Promise<{ embedder: ThreadedEmbedder; ready: Extract<ThreadReply, { type: 'ready' }> }> {
+    const thread = new Worker(THREAD_SCRIPT, { workerData: spec });
+    let onMessage: (m: ThreadReply) => void = () => {};
+    let onError: (err: Error) => void = () => {};
+    let onExit: (code: number) => void = () => {};
+    const ready = await new Promise<Extract<ThreadReply, { type: 'ready' }>>((resolve, reject) => {
+      onMessage = (m) => {
+        if (m.type === 'ready') resolve(m);
+        else if (m.type === 'failed') reject(new Error(m.message));
+      };
+      onError = reject;
+      onExit = (code) => reject(new Error(`the embed thread exited (${code}) while starting`));
+      thread.on('message', onMessage).on('error', onError).on('exit', onExit);
+    })
+      .catch(async (err: unknown) => {
+        await thread.terminate();
+        throw err;
+      })
+      .finally(() => thread.off('message', onMessage).off('error', onError).off('exit', onExit));
+    const embedder = new ThreadedEmbedder(thread, spec.inputSize, (err) => {
+      // Without its thread this process cannot embed: say so and leave, so it is restarted.
+      log.fatal({ err }, 'the embed thread died; exiting so the process is restarted');
+      process.exit(1);
+    });
+    return { embedder, ready };
+  }
+
+  embedBatch(images: Uint8Array[]): Promise<Float32Array> {
+    if (this.dead) return Promise.reject(this.dead);
+    const per = this.inputSize * this.inputSize * 3;
+    for (const img of images) if (img.length !== per) return Promise.reject(new Error(`expected ${per} bytes per image, got ${img.length}`));
+    if (images.length === 0) return Promise.resolve(new Float32Array(0));
+    const pixels = new Uint8Array(images.length * per);
+    images.forEach((img, i) => pixels.set(img, i * per));
+    const id = this.nextId++;
+    return new Promise<Float32Array>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.thread.postMessage({ type: 'embed', id, n: images.length, pixels } satisfies ThreadRequest, [pixels.buffer]);
+    });
+  }
+
+  async dispose(): Promise<void> {
+    this.closing = true;
+    const exited = new Promise((r) => this.thread.once('exit', r));
+    this.thread.postMessage({ type: 'close' } satisfies ThreadRequest);
+    const timer = setTimeout(() => void this.thread.terminate(), 5_000);
+    await exited;
+    clearTimeout(timer);
+  }
+}

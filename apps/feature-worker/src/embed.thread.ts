@@ -1,0 +1,95 @@
+import { parentPort, workerData } from 'node:worker_threads';
+import { loadTfRuntime } from '@transferline/shared/tf';
+import { createEfficientNetEmbedder, type Embedder } from './embedder.js';
+import { buildEfficientNetB0 } from './model/efficientnet-b0.model.js';
+import { loadKerasH5Weights } from './model/keras-h5-weights.loader.js';
+import { exportEfficientNetB0ToOnnx, ONNX_BUILDER_VERSION } from './model/onnx-export.js';
+import { loadOrBuildOnnx } from './model/onnx-model.cache.js';
+import { createOnnxEmbedder } from './model/onnx.embedder.js';
+
+/** What the embed thread runs: the model, its weights, and the backend to run it on. */
+export interface ThreadSpec {
+  backend: 'onnx' | 'wasm' | 'cpu';
+  /** a Keras `efficientnetb0_notop.h5`; absent: the seeded random weights */
+  weights?: Uint8Array;
+  /** names the weights in the ONNX cache: their MD5, or `random-seed<N>` */
+  weightsKey: string;
+  seed: number;
+  inputSize: number;
+  /** ONNX Runtime intra-op threads */
+  threads: number;
+  /** where built ONNX models are kept (next to the weights) */
+  cacheDir: string;
+  /** a batch of this size runs twice at start, so the first real batches are not slow */
+  warmupBatch: number;
+}
+
+/** Messages from the thread. */
+export type ThreadReply =
+  | { type: 'ready'; provider: string; onnx?: { path: string; built: boolean } }
+  | { type: 'failed'; message: string }
+  | { type: 'result'; id: number; data: Float32Array }
+  | { type: 'error'; id: number; message: string };
+
+/** Messages to the thread. */
+export type ThreadRequest = { type: 'embed'; id: number; n: number; pixels: Uint8Array } | { type: 'close' };
+
+/**
+ * The forward pass runs here, off the worker's event loop: ONNX Runtime's and TF.js wasm's
+ * forward passes are synchronous native code, and a batch that blocked the main thread for
+ * seconds would hold up lock renewals (BullMQ would think the jobs stalled), heartbeats and
+ * /healthz. Requests are served one at a time, in order.
+ */
+async function start(spec: ThreadSpec): Promise<{ embedder: Embedder; reply: ThreadReply }> {
+  if (spec.backend === 'onnx') {
+    const key = `${spec.weightsKey}-${spec.inputSize}-${ONNX_BUILDER_VERSION}`;
+    const model = await loadOrBuildOnnx({
+      cacheDir: spec.cacheDir,
+      key,
+      // Built from the same Keras weights the TF.js model loads: the TF.js model (on the plain
+      // cpu backend, which only holds the weights here) is the one definition of the network.
+      build: async () => {
+        await loadTfRuntime('cpu');
+        const net = buildEfficientNetB0({ seed: spec.seed, inputSize: spec.inputSize });
+        try {
+          if (spec.weights) await loadKerasH5Weights(net, spec.weights);
+          return exportEfficientNetB0ToOnnx(net, { inputSize: spec.inputSize });
+        } finally {
+          net.dispose();
+        }
+      },
+    });
+    const embedder = await createOnnxEmbedder(model.bytes, { intraOpThreads: spec.threads, inputSize: spec.inputSize });
+    return { embedder, reply: { type: 'ready', provider: 'onnxruntime-node', onnx: { path: model.path, built: model.built } } };
+  }
+  const rt = await loadTfRuntime(spec.backend);
+  const embedder = await createEfficientNetEmbedder(rt, { seed: spec.seed, inputSize: spec.inputSize, ...(spec.weights && { weights: spec.weights }) });
+  return { embedder, reply: { type: 'ready', provider: rt.provider } };
+}
+
+const port = parentPort!;
+const spec = workerData as ThreadSpec;
+start(spec).then(
+  async ({ embedder, reply }) => {
+    const zeros = Array.from({ length: spec.warmupBatch }, () => new Uint8Array(spec.inputSize * spec.inputSize * 3));
+    for (let i = 0; i < 2 && zeros.length; i++) await embedder.embedBatch(zeros);
+    port.postMessage(reply);
+    port.on('message', (m: ThreadRequest) => {
+      if (m.type === 'close') {
+        void Promise.resolve(embedder.dispose()).finally(() => port.close());
+        return;
+      }
+      const per = spec.inputSize * spec.inputSize * 3;
+      const images = Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per));
+      embedder.embedBatch(images).then(
+        (data) => {
+          // A copy we own (the runtime may own the output's memory), handed over without another copy.
+          const out = data.slice();
+          port.postMessage({ type: 'result', id: m.id, data: out } satisfies ThreadReply, [out.buffer as ArrayBuffer]);
+        },
+        (err: unknown) => port.postMessage({ type: 'error', id: m.id, message: (err as Error).message } satisfies ThreadReply),
+      );
+    });
+  },
+  (err: unknown) => port.postMessage({ type: 'failed', message: (err as Error).message } satisfies ThreadReply),
+);

@@ -1,0 +1,119 @@
+import * as ort from 'onnxruntime-node';
+import { EFFICIENTNET_B0_EMBEDDING_DIM, EFFICIENTNET_B0_INPUT_SIZE } from './efficientnet-b0.model.js';
+import { ONNX_INPUT_NAME, ONNX_OUTPUT_NAME } from './onnx-export.js';
+
+/**
+ * EfficientNet-B0 on ONNX Runtime (CPU), with the same shape as the TF.js `Embedder`:
+ * pixels in, embeddings out.
+ */
+export interface OnnxEmbedder {
+  readonly inputSize: number;
+  readonly dim: number;
+  /**
+   * Row-major [n, dim] embeddings of n images, each size×size×3 uint8 RGB (HWC).
+   * ORT's run is synchronous native code: it blocks the Node event loop for the whole batch.
+   */
+  embedBatch(images: Uint8Array[]): Promise<Float32Array>;
+  /** Releases the native session; the embedder must not be used afterwards. */
+  dispose(): Promise<void>;
+}
+
+/** Options of {@link createOnnxEmbedder}. */
+export interface OnnxEmbedderOptions {
+  /** ORT intra-op threads: the threads one batch is spread over. */
+  intraOpThreads: number;
+  /** Side of the square input the model was exported for (default 224). */
+  inputSize?: number;
+}
+
+/**
+ * Opens an ONNX model made by `exportEfficientNetB0ToOnnx` (input `pixels` uint8 [N, S, S, 3],
+ * output `embedding` float32 [N, 1280]) on ORT's CPU provider with full graph optimisation.
+ *
+ * @throws Error if the model's input or output is not what the exporter writes, or if its input
+ *   size differs from `inputSize`.
+ */
+export async function createOnnxEmbedder(modelBytes: Uint8Array, o: OnnxEmbedderOptions): Promise<OnnxEmbedder> {
+  const size = o.inputSize ?? EFFICIENTNET_B0_INPUT_SIZE;
+  if (!Number.isInteger(o.intraOpThreads) || o.intraOpThreads < 1) {
+    throw new Error(`intraOpThreads must be a positive integer, got ${o.intraOpThreads}`);
+  }
+  const session = await ort.InferenceSession.create(modelBytes, {
+    executionProviders: ['cpu'],
+    graphOptimizationLevel: 'all',
+    intraOpNumThreads: o.intraOpThreads,
+    // The graph is one chain: inter-op parallelism would only add threads that contend with intra-op ones.
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+  });
+  try {
+    checkSignature(session, size);
+  } catch (error) {
+    await session.release();
+    throw error;
+  }
+
+  const bytesPerImage = size * size * 3;
+  const dim = EFFICIENTNET_B0_EMBEDDING_DIM;
+  return {
+    inputSize: size,
+    dim,
+    async embedBatch(images) {
+      images.forEach((image, i) => {
+        if (image.length !== bytesPerImage) {
+          throw new Error(
+            `image ${i} of ${images.length} has ${image.length} bytes, ` +
+              `expected ${bytesPerImage} (${size}×${size}×3 uint8 RGB)`,
+          );
+        }
+      });
+      if (images.length === 0) return new Float32Array(0);
+      // One tensor for the whole batch: a single image is fed as is, several are concatenated once.
+      const batch = images.length === 1 ? (images[0] as Uint8Array) : concat(images, bytesPerImage);
+      const input = new ort.Tensor('uint8', batch, [images.length, size, size, 3]);
+      const results = await session.run({ [ONNX_INPUT_NAME]: input });
+      const output = results[ONNX_OUTPUT_NAME];
+      if (output === undefined || output.type !== 'float32' || output.data.length !== images.length * dim) {
+        throw new Error(
+          `ONNX model returned ${output === undefined ? 'no' : `${output.type} [${output.dims.join(', ')}]`} ` +
+            `'${ONNX_OUTPUT_NAME}', expected float32 [${images.length}, ${dim}]`,
+        );
+      }
+      return output.data as Float32Array;
+    },
+    async dispose() {
+      await session.release();
+    },
+  };
+}
+
+function concat(images: Uint8Array[], bytesPerImage: number): Uint8Array {
+  const batch = new Uint8Array(images.length * bytesPerImage);
+  images.forEach((image, i) => batch.set(image, i * bytesPerImage));
+  return batch;
+}
+
+function checkSignature(session: ort.InferenceSession, size: number): void {
+  const input = session.inputMetadata.find((m) => m.name === ONNX_INPUT_NAME);
+  const output = session.outputMetadata.find((m) => m.name === ONNX_OUTPUT_NAME);
+  const problems: string[] = [];
+  if (input === undefined || !input.isTensor) {
+    problems.push(`no tensor input '${ONNX_INPUT_NAME}' (inputs: ${session.inputNames.join(', ')})`);
+  } else {
+    const [, height, width, channels] = input.shape;
+    if (input.type !== 'uint8' || input.shape.length !== 4 || channels !== 3) {
+      problems.push(`input '${ONNX_INPUT_NAME}' is ${input.type} [${input.shape.join(', ')}], expected uint8 [N, S, S, 3]`);
+    } else if (height !== size || width !== size) {
+      problems.push(`input '${ONNX_INPUT_NAME}' is ${String(height)}×${String(width)}, but inputSize is ${size}`);
+    }
+  }
+  if (output === undefined || !output.isTensor) {
+    problems.push(`no tensor output '${ONNX_OUTPUT_NAME}' (outputs: ${session.outputNames.join(', ')})`);
+  } else if (output.type !== 'float32' || output.shape[1] !== EFFICIENTNET_B0_EMBEDDING_DIM) {
+    problems.push(
+      `output '${ONNX_OUTPUT_NAME}' is ${output.type} [${output.shape.join(', ')}], ` +
+        `expected float32 [N, ${EFFICIENTNET_B0_EMBEDDING_DIM}]`,
+    );
+  }
+  if (problems.length > 0) throw new Error(`not an EfficientNet-B0 embedding model: ${problems.join('; ')}`);
+}
