@@ -8,7 +8,9 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const metrics = createMetrics('train');
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);
-  const rt = await loadTfRuntime(config.embed.backend, log);
+  // The head is small: TF.js on the native backend when one loads, else wasm (ONNX is for the embedder only).
+  const b = config.embed.backend;
+  const rt = await loadTfRuntime(b === 'onnx' ? 'auto' : b, log);
   const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics };
   const handler: Handler<'train'> = async (payload, ctx) => {
     try {
