@@ -1,6 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { DeferJob, type JobContext, type Logger, type Metrics, type Queues, type Redis, type RedisKeys } from '@transferline/shared';
-import type { TensorGate } from './preprocess-image.job.js';
+import { DeferJob, type ChainableCommander, type JobContext, type Logger, type Metrics, type Queues, type Redis, type RedisKeys } from '@transferline/shared';
+
+/** Room for one tensor, held until released (with `pipe`, the release is queued there). */
+export interface Room {
+  release: (pipe?: ChainableCommander) => Promise<void>;
+}
 
 /**
  * Backpressure: at most `bound` tensors wait for each embedding space's embed stage, across every
@@ -14,7 +18,7 @@ import type { TensorGate } from './preprocess-image.job.js';
  * preprocess slots that the others need. Reservations expire (a process that dies while holding
  * one frees it within RESERVATION_MS).
  */
-export class EmbedBacklogGate implements TensorGate {
+export class EmbedBacklogGate {
   private static readonly RESERVATION_MS = 60_000;
   private static readonly POLL_MS = 200;
   /** how often a held job checks that some embed worker of its space is still live */
@@ -50,7 +54,7 @@ export class EmbedBacklogGate implements TensorGate {
     return [this.keys.backpressure(space), ...['wait', 'paused', 'active', 'delayed', 'prioritized'].map((t) => q.toKey(t))];
   }
 
-  async admit(space: string, ctx: JobContext): Promise<{ release: () => Promise<void> }> {
+  async admit(space: string, ctx: JobContext): Promise<Room> {
     const id = randomBytes(8).toString('hex');
     const keys = this.keysOf(space);
     let waitingSince = 0;
@@ -81,7 +85,12 @@ export class EmbedBacklogGate implements TensorGate {
         this.metrics.queueJobs.set({ queue: 'preprocess', state: 'held' }, this.held);
       }
     }
-    return { release: async () => void (await this.redis.zrem(keys[0]!, id)) };
+    return {
+      release: async (pipe) => {
+        if (pipe) pipe.zrem(keys[0]!, id);
+        else await this.redis.zrem(keys[0]!, id);
+      },
+    };
   }
 
   /** Makes jobs waiting for room give up (on shutdown). */

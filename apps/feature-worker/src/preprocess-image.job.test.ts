@@ -7,28 +7,20 @@ const JOB: PreprocessJob = { dataset: 'pets', bucket: 'photos', key: 'train/cats
 const ctx = { log: { debug: () => {}, info: () => {}, warn: () => {} }, progress: async () => {}, attempt: 1 } as unknown as JobContext;
 
 /** Plain fakes that record what the handler did, in order. */
-function fakes(o: { object?: () => Promise<Buffer>; cached?: boolean; enqueue?: () => Promise<void> }) {
+function fakes(o: { object?: () => Promise<Buffer>; cached?: boolean; handOff?: () => Promise<void> }) {
   const calls: string[] = [];
   const items = new Map<string, ItemRecord>();
   const tensors = new Map<string, Uint8Array>();
   const deps: PreprocessDeps = {
-    services: {
-      store: { getObject: async () => (o.object ? o.object() : sharp({ create: { width: 64, height: 48, channels: 3, background: '#884422' } }).jpeg().toBuffer()) },
-      datasets: {
-        rememberHash: async () => void calls.push('rememberHash'),
-        putItem: async (_d: string, id: string, r: ItemRecord) => void items.set(id, r),
-      },
-      cache: { has: async () => [o.cached ?? false] },
-      tensors: { put: async (sha: string, px: Uint8Array) => void (calls.push('put'), tensors.set(sha, px)) },
-    } as unknown as PreprocessDeps['services'],
-    enqueueEmbed: async () => {
-      calls.push('enqueue');
-      await o.enqueue?.();
-    },
-    gate: {
-      admit: async () => {
-        calls.push('admit');
-        return { release: async () => void calls.push('release') };
+    objects: { getObject: async () => (o.object ? o.object() : sharp({ create: { width: 64, height: 48, channels: 3, background: '#884422' } }).jpeg().toBuffer()) },
+    store: {
+      lookup: async () => (calls.push('lookup'), o.cached ?? false),
+      record: async (_d, id, r) => void (calls.push('record'), items.set(id, r)),
+      handOff: async ({ job, pixels, itemId, record }) => {
+        calls.push('handOff');
+        await o.handOff?.();
+        tensors.set(job.sha256, pixels);
+        items.set(itemId, record);
       },
     },
     image: { size: 224, maxInputPixels: 1e7, background: { r: 255, g: 255, b: 255 } },
@@ -38,27 +30,26 @@ function fakes(o: { object?: () => Promise<Buffer>; cached?: boolean; enqueue?: 
 }
 
 describe('preprocessImage', () => {
-  it('stores the pixels under room from the gate, enqueues embed, then releases the room', async () => {
+  it('hands new pixels to embed and records the item queued', async () => {
     const f = fakes({});
     expect(await preprocessImage(JOB, f.deps, ctx)).toBe('queued');
-    expect(f.calls).toEqual(['rememberHash', 'admit', 'put', 'enqueue', 'release']);
+    expect(f.calls).toEqual(['lookup', 'handOff']);
     const [sha] = [...f.tensors.keys()];
     expect(f.tensors.get(sha!)!.length).toBe(224 * 224 * 3);
     expect(f.items.get('photos/train/cats/1.jpg')).toEqual({ label: 'cats', etag: 'e1', space: 'emb', sha256: sha, state: 'queued' });
   });
 
-  it('asks the gate for nothing when the embedding is cached', async () => {
+  it('decodes nothing and hands nothing over when the embedding is cached', async () => {
     const bytes = Buffer.from('cached bytes: never decoded');
     const f = fakes({ cached: true, object: async () => bytes });
     expect(await preprocessImage(JOB, f.deps, ctx)).toBe('cached');
-    expect(f.calls).toEqual(['rememberHash']);
+    expect(f.calls).toEqual(['lookup', 'record']);
     expect(f.items.get('photos/train/cats/1.jpg')).toEqual({ label: 'cats', etag: 'e1', space: 'emb', sha256: contentHash(bytes), state: 'cached' });
   });
 
-  it('releases the room when enqueueing fails, and leaves the item for the retry', async () => {
-    const f = fakes({ enqueue: async () => Promise.reject(new Error('redis went away')) });
+  it('lets a failed hand-off through for a retry, the item untouched', async () => {
+    const f = fakes({ handOff: async () => Promise.reject(new Error('redis went away')) });
     await expect(preprocessImage(JOB, f.deps, ctx)).rejects.toThrow('redis went away');
-    expect(f.calls.at(-1)).toBe('release');
     expect(f.items.size).toBe(0);
   });
 
@@ -73,7 +64,7 @@ describe('preprocessImage', () => {
       const err = await preprocessImage(JOB, f.deps, ctx).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(PermanentError);
       expect((err as PermanentError).reason).toBe(reason);
-      expect(f.calls).not.toContain('admit');
+      expect(f.calls).not.toContain('handOff');
       expect(f.tensors.size).toBe(0);
     }
   });

@@ -5,26 +5,32 @@ import {
   PermanentError,
   contentHash,
   type EmbedJob,
+  type ItemRecord,
   type JobContext,
+  type ObjectStore,
   type PreprocessJob,
-  type Services,
 } from '@transferline/shared';
 import { prepareImage, type PrepareOptions } from './image.ops.js';
 
 /**
- * Room for one more tensor under a space's backpressure bound. `admit` waits until there is room
- * and holds it; `release` is called once the embed job is in the queue (which then counts the
- * tensor) or when no tensor was stored after all.
+ * What preprocess needs of Redis and the queues, as three verbs, each a round trip or two
+ * (per-image round trips are most of the cost on small images).
  */
-export interface TensorGate {
-  admit: (space: string, ctx: JobContext) => Promise<{ release: () => Promise<void> }>;
+export interface PreprocessStore {
+  /** Remembers which bytes the object has at this ETag, and says whether the space has their embedding already. */
+  lookup: (itemId: string, etag: string, sha256: string, space: string) => Promise<boolean>;
+  record: (dataset: string, itemId: string, record: ItemRecord) => Promise<void>;
+  /**
+   * Under room in the space's embed backlog (waiting for it: backpressure): stores the pixels,
+   * enqueues the embed job (one that failed for good runs again), then releases the room and
+   * records the item as queued.
+   */
+  handOff: (o: { job: EmbedJob; pixels: Uint8Array; dataset: string; itemId: string; record: ItemRecord }, ctx: JobContext) => Promise<void>;
 }
 
 export interface PreprocessDeps {
-  services: Pick<Services, 'store' | 'datasets' | 'cache' | 'tensors'>;
-  /** Adds the embed job (content-derived id: adding it twice is a no-op; a failed one runs again). */
-  enqueueEmbed: (job: EmbedJob) => Promise<void>;
-  gate: TensorGate;
+  objects: Pick<ObjectStore, 'getObject'>;
+  store: PreprocessStore;
   /** decoding settings of this worker; the resize policy comes from each job's embedding space */
   image: Omit<PrepareOptions, 'resize'>;
   maxObjectBytes: number;
@@ -40,27 +46,17 @@ export type PreprocessOutcome = 'cached' | 'queued';
  * image we can read) is thrown as PermanentError; the worker records it on the item.
  */
 export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, ctx: JobContext): Promise<PreprocessOutcome> {
-  const { store, datasets, cache, tensors } = deps.services;
   const itemId = DatasetRepository.itemId(job.bucket, job.key);
   const base = { label: job.label, etag: job.etag, space: job.embedderId };
   try {
-    const bytes = await store.getObject(job.bucket, job.key, deps.maxObjectBytes);
+    const bytes = await deps.objects.getObject(job.bucket, job.key, deps.maxObjectBytes);
     const sha256 = contentHash(bytes);
-    const [, [cached]] = await Promise.all([datasets.rememberHash(itemId, job.etag, sha256), cache.has(job.embedderId, [sha256])]);
-    if (cached) {
-      await datasets.putItem(job.dataset, itemId, { ...base, sha256, state: 'cached' });
+    if (await deps.store.lookup(itemId, job.etag, sha256, job.embedderId)) {
+      await deps.store.record(job.dataset, itemId, { ...base, sha256, state: 'cached' });
       return 'cached';
     }
     const pixels = await prepareImage(bytes, { ...deps.image, resize: job.resize });
-    // Backpressure: the pixels wait here, not in Redis, while embed's backlog is at the bound.
-    const room = await deps.gate.admit(job.embedderId, ctx);
-    try {
-      await tensors.put(sha256, pixels);
-      await deps.enqueueEmbed({ sha256, embedderId: job.embedderId });
-    } finally {
-      await room.release();
-    }
-    await datasets.putItem(job.dataset, itemId, { ...base, sha256, state: 'queued' });
+    await deps.store.handOff({ job: { sha256, embedderId: job.embedderId }, pixels, dataset: job.dataset, itemId, record: { ...base, sha256, state: 'queued' } }, ctx);
     return 'queued';
   } catch (err) {
     throw asPermanent(err) ?? err;

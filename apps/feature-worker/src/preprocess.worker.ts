@@ -5,12 +5,9 @@ import {
   createMetrics,
   createQueues,
   createServices,
-  jobIds,
-  requeue,
   startWorker,
   watchRedis,
   type Config,
-  type EmbedJob,
   type Handler,
   type Logger,
   type RunningRole,
@@ -18,6 +15,7 @@ import {
 import { EmbedBacklogGate } from './embed-backlog.gate.js';
 import { configureSharp } from './image.ops.js';
 import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
+import { createPreprocessStore } from './preprocess.store.js';
 
 /** config → deps → the preprocess worker (CPU: download, hash, decode, resize), serving every embedding space. */
 export async function startPreprocessRole(config: Config, log: Logger): Promise<RunningRole> {
@@ -29,14 +27,8 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   const gate = new EmbedBacklogGate(services.redis, queues, services.keys, config.preprocess.maxPendingTensors, async () => (await services.spaces.liveWorkers()).map((w) => w.space), metrics, log);
   const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
   const deps: PreprocessDeps = {
-    services,
-    enqueueEmbed: async (job: EmbedJob) => {
-      // New pixels for an image whose embedding failed for good get a new chance, not a
-      // dedupe against the failed job.
-      await services.datasets.clearEmbedFailures(job.embedderId, [job.sha256]);
-      await requeue(services.redis, queues.embed(job.embedderId), 'embed', [{ id: jobIds.embed(job), payload: job }]);
-    },
-    gate,
+    objects: services.store,
+    store: createPreprocessStore(services, queues, gate),
     image: { size: 224, maxInputPixels: config.preprocess.maxInputPixels, background: config.preprocess.background },
     maxObjectBytes: config.preprocess.maxObjectBytes,
   };

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { ChainableCommander, Redis } from 'ioredis';
 import { EmbedFailure, ItemRecord, parseDocument } from './documents.js';
 import type { RedisKeys } from './keys.js';
 
@@ -62,9 +62,12 @@ export class DatasetRepository {
     return raw.map((r, i) => (r === null ? undefined : parseItem(r, dataset, itemIds[i]!)));
   }
 
-  async putItems(dataset: string, items: [itemId: string, record: ItemRecord][]): Promise<void> {
+  /** Writes item records (keeping a split the stored record has); with `pipe`, queues the write there instead. */
+  async putItems(dataset: string, items: [itemId: string, record: ItemRecord][], pipe?: ChainableCommander): Promise<void> {
     if (items.length === 0) return;
-    await this.redis.eval(PUT_ITEMS, 3, this.keys.datasetItems(dataset), this.keys.datasets(), dataset, ...items.flatMap(([id, r]) => [id, JSON.stringify(r)]));
+    const args = [PUT_ITEMS, 3, this.keys.datasetItems(dataset), this.keys.datasets(), dataset, ...items.flatMap(([id, r]) => [id, JSON.stringify(r)])] as const;
+    if (pipe) pipe.eval(...args);
+    else await this.redis.eval(...args);
   }
 
   async putItem(dataset: string, itemId: string, record: ItemRecord): Promise<void> {
@@ -82,8 +85,9 @@ export class DatasetRepository {
     });
   }
 
-  async rememberHash(itemId: string, etag: string, sha256: string): Promise<void> {
-    await this.redis.hset(this.keys.objectHashes(), itemId, `${etag} ${sha256}`);
+  async rememberHash(itemId: string, etag: string, sha256: string, pipe?: ChainableCommander): Promise<void> {
+    if (pipe) pipe.hset(this.keys.objectHashes(), itemId, `${etag} ${sha256}`);
+    else await this.redis.hset(this.keys.objectHashes(), itemId, `${etag} ${sha256}`);
   }
 
   /** For each content hash, its embedding failure in this space, if it failed for good. */
@@ -98,8 +102,10 @@ export class DatasetRepository {
   }
 
   /** Forgets embedding failures (the images are about to be tried again). */
-  async clearEmbedFailures(embedderId: string, hashes: string[]): Promise<void> {
-    if (hashes.length) await this.redis.hdel(this.keys.embeddingFailures(embedderId), ...hashes);
+  async clearEmbedFailures(embedderId: string, hashes: string[], pipe?: ChainableCommander): Promise<void> {
+    if (hashes.length === 0) return;
+    if (pipe) pipe.hdel(this.keys.embeddingFailures(embedderId), ...hashes);
+    else await this.redis.hdel(this.keys.embeddingFailures(embedderId), ...hashes);
   }
 
   /** Every item of a dataset, streamed with HSCAN so a large dataset is never read in one reply. */

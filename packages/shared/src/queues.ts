@@ -114,15 +114,24 @@ export async function enqueue<N extends JobName>(queue: Queue, name: N, jobs: { 
  * one retry of a failed job succeeds (the other finds it no longer failed), and adds dedupe.
  * Returns how many failed jobs were retried.
  */
-export async function requeue<N extends JobName>(redis: Redis, queue: Queue, name: N, jobs: { id: string; payload: JobPayload<N> }[]): Promise<number> {
+export async function requeue<N extends JobName>(
+  redis: Redis,
+  queue: Queue,
+  name: N,
+  jobs: { id: string; payload: JobPayload<N> }[],
+  /** which of the jobs sit in the failed set, when the caller has already asked (see failedScoreKey) */
+  knownFailed?: boolean[],
+): Promise<number> {
   if (jobs.length === 0) return 0;
-  const failedKey = queue.toKey('failed');
-  const pipe = redis.pipeline();
-  for (const j of jobs) pipe.zscore(failedKey, j.id);
-  const scores = (await pipe.exec()) ?? [];
+  let failed = knownFailed;
+  if (!failed) {
+    const pipe = redis.pipeline();
+    for (const j of jobs) pipe.zscore(queue.toKey('failed'), j.id);
+    failed = ((await pipe.exec()) ?? []).map(([, score]) => score !== null && score !== undefined);
+  }
   let retried = 0;
-  for (const [i, [, score]] of scores.entries()) {
-    if (score === null || score === undefined) continue;
+  for (const [i, isFailed] of failed.entries()) {
+    if (!isFailed) continue;
     const job = await queue.getJob(jobs[i]!.id);
     if (!job) continue;
     try {
@@ -134,6 +143,13 @@ export async function requeue<N extends JobName>(redis: Redis, queue: Queue, nam
   }
   await enqueue(queue, name, jobs);
   return retried;
+}
+
+/** Runs a pipeline and throws the first command error (ioredis reports them per command). */
+export async function execPipeline(pipe: ReturnType<Redis['pipeline']>): Promise<unknown[]> {
+  const res = (await pipe.exec()) ?? [];
+  for (const [err] of res) if (err) throw err;
+  return res.map(([, v]) => v);
 }
 
 export interface WorkerSettings<N extends JobName> {

@@ -4,6 +4,7 @@ import type { Metrics } from './metrics.js';
 import { redactUrl } from './redact.js';
 
 export { Redis };
+export type { ChainableCommander } from 'ioredis';
 
 /**
  * A Redis connection. Long-running workers retry forever (BullMQ needs

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { ChainableCommander, Redis } from 'ioredis';
 import type { RedisKeys } from './keys.js';
 
 /**
@@ -13,8 +13,11 @@ export class TensorStore {
     private readonly ttlSeconds: number,
   ) {}
 
-  async put(sha256: string, pixels: Uint8Array): Promise<void> {
-    await this.redis.set(this.keys.tensor(sha256), Buffer.from(pixels.buffer, pixels.byteOffset, pixels.byteLength), 'EX', this.ttlSeconds);
+  /** Stores pixels under their content hash, with the TTL; with `pipe`, queues the write there instead. */
+  async put(sha256: string, pixels: Uint8Array, pipe?: ChainableCommander): Promise<void> {
+    const value = Buffer.from(pixels.buffer, pixels.byteOffset, pixels.byteLength);
+    if (pipe) pipe.set(this.keys.tensor(sha256), value, 'EX', this.ttlSeconds);
+    else await this.redis.set(this.keys.tensor(sha256), value, 'EX', this.ttlSeconds);
   }
 
   async get(sha256: string): Promise<Buffer | null> {
