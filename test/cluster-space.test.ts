@@ -60,6 +60,7 @@ describe("the README's two terminals", () => {
       TL_REDIS_PORT: String(await freePort()),
       TL_S3_PORT: String(await freePort()),
       TL_MODEL_CACHE_DIR: path.join(dir, 'cache'),
+      TL_CONSOLE_PORT: '0',
     };
     // First terminal: no weights file can be had (as offline), so the demo goes on with random weights.
     const up = spawn(process.execPath, [cliPath, 'up', '--demo', '--metrics-port', String(metricsBase)], {

@@ -5,6 +5,7 @@ import { openCliContext, type CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
 import { compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
+import { consoleCommand } from './commands/console.command.js';
 import { failuresCommand } from './commands/failures.command.js';
 import { ingestCommand } from './commands/ingest.command.js';
 import { modelsCommand } from './commands/models.command.js';
@@ -195,6 +196,13 @@ program
   .option('-d, --dataset <name>', 'only this dataset', dataset)
   .option('--json', 'machine-readable output')
   .action((o: { dataset?: string; json?: boolean }) => withContext((ctx) => modelsCommand(ctx, o)));
+
+program
+  .command('console')
+  .description('web console: datasets, trained runs and every queue (bull-board); read-only unless TL_CONSOLE_PASSWORD is set and given')
+  .option('--host <host>', 'interface to listen on (default TL_CONSOLE_HOST, 127.0.0.1)')
+  .option('--port <n>', 'port (default TL_CONSOLE_PORT, 9470; 0 = any free port)', int('--port'))
+  .action((o: { host?: string; port?: number }) => withContext((ctx) => consoleCommand(ctx, o)));
 
 const cache = program.command('cache').description('the embedding cache in the bucket');
 cache

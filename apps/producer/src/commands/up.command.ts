@@ -1,6 +1,8 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { createLogger, loadConfig, resolveWeights, WeightsUnavailableError } from '@transferline/shared';
+import { createLogger, createQueues, createServices, loadConfig, resolveWeights, WeightsUnavailableError } from '@transferline/shared';
+import { startConsole, type ConsoleHandle } from '../console/console.server.js';
+import { consoleBanner } from './console.command.js';
 import { openCliContext } from '../cli-context.js';
 import { writeSampleSet } from '../demo/sample-images.js';
 import { childPorts, DEFAULT_PORTS, DEFAULT_REPLICAS, startStack, type Replicas, type StackPorts } from '../embedded/stack.js';
@@ -58,11 +60,24 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   const stack = await startStack(env, ports0, (line) => w(`[up] ${line}`), children);
   const { config, ports } = stack;
   const log = createLogger('producer', config.logLevel);
+  // The console's own clients, in worker mode: they wait out a Redis restart.
+  const consoleServices = createServices(config, 'worker');
+  const consoleQueues = createQueues(consoleServices.redis, config.redis.prefix);
+  let web: ConsoleHandle | undefined;
+  let webError: string | undefined;
+  try {
+    web = await startConsole({ services: consoleServices, queues: consoleQueues, config, log });
+  } catch (err) {
+    webError = (err as Error).message; // e.g. its port in use: the stack still runs
+  }
   let stopping = false;
   const stop = async (code: number) => {
     if (stopping) return;
     stopping = true;
     w('\nstopping the stack…');
+    await web?.close();
+    await consoleQueues.close();
+    await consoleServices.close();
     await stack.stop();
     w('stopped.');
     process.exit(code);
@@ -74,6 +89,8 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   w(`  S3 (path-style)  ${config.s3.endpoint}   access key ${config.s3.accessKeyId} / secret ${config.s3.secretAccessKey}${config.s3.embedded ? `   data: ${path.join(config.dataDir, 's3')}` : ''}`);
   w(`  Redis            ${config.redis.url}${config.redis.embedded ? `   data: ${path.join(config.dataDir, 'redis')}` : ''}`);
   w(`  metrics/health   producer :${ports.producer}  ${children.map((c) => `${c.role}${c.replica > 1 ? `#${c.replica}` : ''} :${c.metricsPort}`).join('  ')}   (/metrics, /healthz)`);
+  if (web) for (const line of consoleBanner(web, config.console.user)) w(`  ${line}`);
+  else w(`  console          not started: ${webError}`);
   w(`  model            EfficientNet-B0, ${config.embed.weights === 'random' ? `SEEDED RANDOM weights (seed ${config.embed.seed})` : `ImageNet weights (MD5 ${config.embed.weightsMd5})`}, backend: see ${path.join(config.dataDir, 'logs', 'embed.log')}`);
   w(`  worker logs      ${path.join(config.dataDir, 'logs')}/`);
   w(`  bucket for embeddings and models: s3://${config.s3.bucket}/${config.s3.prefix}`);

@@ -46,6 +46,11 @@ export class Supervisor {
   }
 
 
+  /** Process ids of the running worker processes, as `role#replica` → pid (benchmarks read their /proc). */
+  pids(): Record<string, number> {
+    return Object.fromEntries([...this.children].flatMap(([name, c]) => (c.pid ? [[name, c.pid]] : [])));
+  }
+
   /** Sends a signal to one worker process (tests use SIGKILL to play a crash); false if it is not running. */
   signal(role: RoleName, replica: number, signal: NodeJS.Signals): boolean {
     return this.children.get(`${role}#${replica}`)?.kill(signal) ?? false;

@@ -1,0 +1,70 @@
+import { Writable } from 'node:stream';
+import { ReportDoc, type Config, type DatasetStatus, type Queues, type Services, type SpaceWorkers } from '@transferline/shared';
+import type { Queue } from 'bullmq';
+import type { CliContext } from '../cli-context.js';
+import { listModelRuns, type ModelRun } from '../commands/models.command.js';
+
+/** What the console reads: the deployment's clients (it owns none of them). */
+export interface ConsoleDeps {
+  services: Services;
+  queues: Queues;
+  config: Config;
+}
+
+export interface QueueSummary {
+  /** the BullMQ queue name (bull-board's too) */
+  name: string;
+  counts: Record<string, number>;
+  paused: boolean;
+}
+
+export interface Overview {
+  spaces: SpaceWorkers[];
+  queues: QueueSummary[];
+  datasets: DatasetStatus[];
+  runs: ModelRun[];
+}
+
+export interface DatasetPage {
+  status: DatasetStatus;
+  runs: ModelRun[];
+}
+
+/** Every queue of the deployment: the fixed ones, then one embed queue per published space. */
+export function deploymentQueues(queues: Queues, spaces: SpaceWorkers[]): Queue[] {
+  return [queues.preprocess, ...spaces.map((s) => queues.embed(s.space.id)), queues.train, queues.classify];
+}
+
+async function summarise(q: Queue): Promise<QueueSummary> {
+  const [counts, paused] = await Promise.all([q.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'failed', 'completed'), q.isPaused()]);
+  return { name: q.name, counts, paused };
+}
+
+// listModelRuns is written for the CLI; it reads only config and services, and writes nothing.
+function runsContext(d: ConsoleDeps): CliContext {
+  const out = new Writable({ write: (_chunk, _enc, cb) => cb() });
+  return { config: d.config, services: d.services, queues: d.queues, out, close: async () => {} };
+}
+
+export async function loadOverview(d: ConsoleDeps): Promise<Overview> {
+  const spaces = await d.services.spaces.list();
+  const names = await d.services.datasets.list();
+  const [queues, datasets, runs] = await Promise.all([
+    Promise.all(deploymentQueues(d.queues, spaces).map(summarise)),
+    Promise.all(names.map((n) => d.services.inspector.status(n, 0))),
+    listModelRuns(runsContext(d)),
+  ]);
+  return { spaces, queues, datasets, runs };
+}
+
+/** One dataset with its first failures, or undefined when there is no such dataset. */
+export async function loadDataset(d: ConsoleDeps, dataset: string): Promise<DatasetPage | undefined> {
+  if (!(await d.services.datasets.exists(dataset))) return undefined;
+  const [status, runs] = await Promise.all([d.services.inspector.status(dataset, 100), listModelRuns(runsContext(d), dataset)]);
+  return { status, runs: runs.filter((r) => r.dataset === dataset) };
+}
+
+/** A run's report.json, or undefined when the bucket has none. */
+export async function loadReport(d: ConsoleDeps, dataset: string, runId: string): Promise<ReportDoc | undefined> {
+  return d.services.store.getDocument(ReportDoc, d.config.s3.bucket, d.services.layout.runFile(dataset, runId, 'report.json'));
+}

@@ -1,0 +1,186 @@
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
+import { TrainJob, type Config, type Logger, type Queues, type Services } from '@transferline/shared';
+import { requireAdmin } from './console-auth.js';
+import { deploymentQueues, loadDataset, loadOverview, loadReport, type ConsoleDeps } from './console-data.js';
+import { datasetPage, errorPage, notFoundPage, overviewPage } from './datasets.page.js';
+import type { Access } from './html.js';
+import { BOARD_PATHS, createQueueBoards } from './queue-boards.js';
+import { runPage } from './run.page.js';
+
+export interface ConsoleOptions {
+  services: Services;
+  queues: Queues;
+  /** the console's host, port and credentials are `config.console` */
+  config: Config;
+  log?: Logger;
+  /** how often the embedding spaces are read again, to put new embed queues on the boards (default 30 s) */
+  refreshMs?: number;
+  /** longest a page waits for Redis and S3 before it says they do not answer (default 15 s) */
+  pageDeadlineMs?: number;
+}
+
+export interface ConsoleHandle {
+  /** e.g. http://127.0.0.1:9470/ */
+  url: string;
+  port: number;
+  /** whether a password is configured, so that signed-in users can act on the queues */
+  actionsEnabled: boolean;
+  /** Stops listening and ends open connections; the clients passed in stay open (their owner closes them). */
+  close: () => Promise<void>;
+}
+
+/** A page handler: the HTML, or what is missing (a 404 that says so). */
+type PageLoader = (req: Request) => Promise<{ html: string } | { missing: string }>;
+
+// Our pages run no script at all: a label that slipped through escaping still could not execute.
+const PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${Math.round(ms / 1000)} s`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+/** The URL to print for a bound address (a wildcard address is reached through loopback). */
+function urlOf(host: string, port: number): string {
+  const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+  return `http://${h.includes(':') ? `[${h}]` : h}:${port}/`;
+}
+
+const isLoopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
+
+/**
+ * The web console: our own server-rendered pages (datasets, runs) and bull-board for every queue
+ * of the deployment, read-only for everyone, with actions behind basic auth when
+ * `config.console.password` is set. Listens on `config.console.host:port` (0 = any free port).
+ */
+export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
+  const { services, queues, config, log } = o;
+  const creds = { user: config.console.user, password: config.console.password };
+  const access: Access = { actionsConfigured: creds.password !== undefined };
+  const deps: ConsoleDeps = { services, queues, config };
+  const boards = createQueueBoards({ adminEnabled: access.actionsConfigured });
+  const pageDeadline = o.pageDeadlineMs ?? 15_000;
+
+  // New embedding spaces appear when embed workers of another configuration start: re-read the
+  // list (two cheap Redis reads) now and then and on every page or board request, sharing one
+  // read between concurrent requests, and put their queues on the boards.
+  let refreshing: Promise<void> | undefined;
+  const refresh = (): Promise<void> => {
+    refreshing ??= services.spaces
+      .list()
+      .then((spaces) => boards.sync(deploymentQueues(queues, spaces)))
+      .finally(() => (refreshing = undefined));
+    return refreshing;
+  };
+  // a Redis that does not answer fails the start, not a page later (worker-mode clients would wait for ever)
+  await withDeadline(refresh(), pageDeadline, 'Redis');
+  const timer = setInterval(() => void refresh().catch((err: unknown) => log?.warn({ err }, 'console: could not read the embedding spaces')), o.refreshMs ?? 30_000);
+  timer.unref();
+
+  const app = express();
+  app.disable('x-powered-by');
+  app.use((_req, res, next) => {
+    res.set({ 'X-Frame-Options': 'DENY', 'X-Content-Type-Options': 'nosniff', 'Referrer-Policy': 'no-referrer' });
+    next();
+  });
+
+  const servePage =
+    (load: PageLoader): RequestHandler =>
+    (req, res) => {
+      res.set({ 'Content-Security-Policy': PAGE_CSP, 'Cache-Control': 'no-store' });
+      withDeadline(
+        refresh().then(() => load(req)),
+        pageDeadline,
+        'Redis or S3',
+      ).then(
+        (r) => void ('html' in r ? res.type('html').send(r.html) : res.status(404).type('html').send(notFoundPage(access, r.missing))),
+        (err: unknown) => {
+          log?.warn({ err, path: req.path }, 'console: a page could not be read');
+          res.status(503).type('html').send(errorPage(access, `could not read the deployment: ${(err as Error).message}`));
+        },
+      );
+    };
+  const param = (req: Request, name: string) => String(req.params[name] ?? '');
+
+  app.get('/healthz', (_req, res) => void res.type('text/plain').send('ok\n'));
+  app.get(
+    '/',
+    servePage(async () => ({ html: overviewPage(access, await loadOverview(deps)) })),
+  );
+  app.get(
+    '/datasets/:dataset',
+    servePage(async (req) => {
+      const name = param(req, 'dataset');
+      const d = name.length <= 200 ? await loadDataset(deps, name) : undefined;
+      return d ? { html: datasetPage(access, d) } : { missing: `no dataset named ${name}` };
+    }),
+  );
+  app.get(
+    '/datasets/:dataset/runs/:runId',
+    servePage(async (req) => {
+      const [name, runId] = [param(req, 'dataset'), param(req, 'runId')];
+      // run ids are restricted (the train job's schema); anything else cannot name a run
+      const r = TrainJob.shape.runId.safeParse(runId).success && name.length <= 200 ? await loadReport(deps, name, runId) : undefined;
+      return r ? { html: runPage(access, r) } : { missing: `no run ${runId} of dataset ${name} in the bucket` };
+    }),
+  );
+
+  // bull-board's own page loads (not its API polls or static files) also pick up new spaces
+  const refreshOnBoardPage: RequestHandler = (req, _res, next) => {
+    if (req.method !== 'GET' || req.path.startsWith('/api/') || req.path.startsWith('/static/')) return next();
+    refresh().then(
+      () => next(),
+      () => next(),
+    );
+  };
+  app.use(BOARD_PATHS.readOnly, refreshOnBoardPage, boards.readOnly.router);
+  const noStore: RequestHandler = (_req, res, next) => {
+    res.set('Cache-Control', 'no-store');
+    next();
+  };
+  if (boards.admin) app.use(BOARD_PATHS.admin, requireAdmin(creds, log), noStore, refreshOnBoardPage, boards.admin.router);
+  else app.use(BOARD_PATHS.admin, requireAdmin(creds, log));
+
+  app.use((_req, res) => void res.status(404).type('html').send(notFoundPage(access, 'no such page')));
+  app.use((err: Error, req: Request, res: Response, _next: NextFunction) => {
+    log?.error({ err, path: req.path }, 'console: request failed');
+    if (!res.headersSent) res.status(500).type('text/plain').send('internal error\n');
+  });
+
+  const { host, port } = config.console;
+  const server = await new Promise<Server>((resolve, reject) => {
+    const s = app.listen(port, host);
+    s.once('listening', () => resolve(s));
+    s.once('error', (err: NodeJS.ErrnoException) => {
+      clearInterval(timer);
+      reject(
+        err.code === 'EADDRINUSE'
+          ? new Error(`the console cannot listen on ${host}:${port}: the port is in use (set TL_CONSOLE_PORT; 0 = any free port)`)
+          : new Error(`the console cannot listen on ${host}:${port}: ${err.message}`),
+      );
+    });
+  });
+  const bound = (server.address() as AddressInfo).port;
+  if (!isLoopback(host) && !access.actionsConfigured) {
+    log?.warn({ host }, 'console: listening beyond this machine without TL_CONSOLE_PASSWORD: anyone who can reach it sees job data (read-only)');
+  }
+  log?.debug({ host, port: bound, actionsEnabled: access.actionsConfigured }, 'console listening');
+  let closed: Promise<void> | undefined;
+  return {
+    url: urlOf(host, bound),
+    port: bound,
+    actionsEnabled: access.actionsConfigured,
+    close: () =>
+      (closed ??= new Promise<void>((resolve) => {
+        clearInterval(timer);
+        server.close(() => resolve());
+        // bull-board's UI polls over keep-alive connections: end them rather than wait
+        server.closeAllConnections();
+      })),
+  };
+}

@@ -1,0 +1,70 @@
+import type { DatasetStatus, ReportDoc } from '@transferline/shared';
+import { describe, expect, it } from 'vitest';
+import { datasetPage } from './datasets.page.js';
+import { escapeHtml, html } from './html.js';
+import { runPage } from './run.page.js';
+
+const EVIL = ['<script>alert(1)</script>', '__proto__', `"'><img src=x onerror=alert(2)>`];
+const access = { actionsConfigured: true };
+
+function report(labels: string[]): ReportDoc {
+  const ev = { examples: 9, accuracy: 2 / 3, confusionMatrix: [[2, 1, 0], [0, 3, 0], [1, 1, 1]], perClass: labels.map((label, i) => ({ label, precision: 0.5 + i / 10, recall: 0.25 * (i + 1), f1: 0.4, support: 3 })) };
+  return {
+    dataset: 'pets',
+    runId: 'r1',
+    embedderId: 'efficientnet-b0.random-seed42.squash224',
+    createdAt: '2026-01-01T00:00:00Z',
+    labels,
+    split: { train: 20, validation: 9, test: 0, explicit: false, conflictsLeftOut: 0 },
+    coverage: { total: 29, embedded: 29, pending: 0, failed: 0, partial: false },
+    params: { hiddenUnits: 0, dropout: 0.2, epochs: 5, learningRate: 0.001, batchSize: 64, l2: 1e-4, patience: 10, classWeights: 'balanced', validationFraction: 0.2, testFraction: 0.1, seed: 1, partial: false },
+    classWeights: [1, 1, 1],
+    bestEpoch: 2,
+    stoppedEarly: false,
+    history: [1, 2, 3].map((epoch) => ({ epoch, loss: 1 / epoch, accuracy: epoch / 4, valLoss: 1.1 / epoch, valAccuracy: epoch / 5, bestValLoss: 0.3, learningRate: 0.001, examplesPerSecond: 100 })),
+    validation: ev,
+    train: ev,
+  };
+}
+
+describe('html', () => {
+  it('escapes every interpolation unless it is another template', () => {
+    expect(html`<p title="${'"x"'}">${'<b>'}${html`<i>${'&'}</i>`}${[1, '<', undefined, false]}</p>`.value).toBe('<p title="&quot;x&quot;">&lt;b&gt;<i>&amp;</i>1&lt;</p>');
+    expect(escapeHtml(`<>&"'`)).toBe('&lt;&gt;&amp;&quot;&#39;');
+  });
+});
+
+describe('pages', () => {
+  it('render hostile labels as text: no tag, no attribute breaks out', () => {
+    const out = runPage(access, report(EVIL));
+    expect(out).not.toContain('<script>alert');
+    expect(out).not.toContain('<img src=x');
+    expect(out).toContain('&lt;script&gt;alert(1)&lt;/script&gt;');
+    expect(out).toContain('__proto__');
+    expect(out).toContain('id="confusion"');
+    expect(out).toContain('data-true="2" data-pred="0" data-value="1"');
+    expect(out).toContain('id="curve-loss"');
+    expect(out).toContain('data-series="valAccuracy" data-points="3"');
+  });
+
+  it('show a dataset with hostile labels, keys and messages escaped', () => {
+    const status: DatasetStatus = {
+      dataset: 'pets',
+      space: 'efficientnet-b0.random-seed42.squash224',
+      total: 3,
+      embedded: 1,
+      cached: 0,
+      failed: 1,
+      pending: 1,
+      pendingByStage: { preprocess: 1, embed: 0 },
+      orphaned: 0,
+      failures: [{ item: `photos/${EVIL[0]}/x.jpg`, stage: 'preprocess', reason: 'not-an-image', detail: EVIL[2], attempts: 1 }],
+      failuresByReason: [{ stage: 'preprocess', reason: 'not-an-image', count: 1 }],
+      labels: EVIL.map((label) => ({ label, count: 1 })),
+    };
+    const out = datasetPage(access, { status, runs: [] });
+    expect(out).not.toMatch(/<script>|<img /);
+    expect(out).toContain('data-count="failed"><b class="bad">1</b>');
+    expect(out).toContain('href="/queues/queue/preprocess?status=failed"');
+  });
+});

@@ -1,0 +1,266 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { consoleCommand } from '../apps/producer/src/commands/console.command.js';
+import { startConsole, type ConsoleHandle } from '../apps/producer/src/console/console.server.js';
+import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
+import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
+import { jobIds, ReportDoc, type DatasetStatus } from '../packages/shared/src/index.js';
+import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { repoRoot, runCli, startTestStack, type TestStack } from './support/stack.js';
+
+/**
+ * The web console in a real browser (Debian's chromium, headless, through playwright-core),
+ * against a real stack: an ingest where one object fails for good (its S3 GET answers 500 until
+ * healed), a trained head, then our pages checked against inspector.status and report.json,
+ * bull-board read-only without credentials, and the failed job retried from bull-board's own
+ * Retry button by a signed-in user until the image ends embedded.
+ */
+
+guardLeaks();
+
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+const photos = 'photos-console';
+const dataset = 'shapes';
+const runId = 'console-run';
+const bad = 'train/circle/3.jpg';
+const KINDS: SampleClass[] = ['circle', 'square'];
+const USER = 'admin';
+const PASSWORD = `pw-${randomBytes(8).toString('hex')}`;
+const shots = path.join(repoRoot, 'test-results', 'console');
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+let s3dir: string;
+let s3: EmbeddedS3;
+let proxy: FaultProxy;
+let stack: TestStack;
+let ctx: CliContext;
+let browser: Browser;
+let con: ConsoleHandle;
+let report: ReportDoc;
+let failedJobId: string;
+
+/** A browser context that reaches the console only (bull-board's web fonts and anything else external are refused). */
+async function newContext(credentials?: { username: string; password: string }): Promise<BrowserContext> {
+  const c = await browser.newContext({ viewport: { width: 1280, height: 900 }, ...(credentials && { httpCredentials: credentials }) });
+  c.setDefaultTimeout(15_000);
+  await c.route(
+    (url) => !url.href.startsWith(con.url),
+    (route) => route.abort(),
+  );
+  return c;
+}
+
+/** The number in a dataset page's count card. */
+const card = async (page: Page, name: string) => Number(await page.locator(`[data-dataset="${dataset}"] [data-count="${name}"] b`).innerText());
+
+async function waitForStatus(done: (s: DatasetStatus) => boolean, what: string, ms: number): Promise<DatasetStatus> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const s = await ctx.services.inspector.status(dataset);
+    if (done(s)) return s;
+    if (Date.now() > deadline) throw new Error(`gave up after ${ms / 1000} s waiting for ${what}: ${JSON.stringify({ ...s, failures: undefined })}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+beforeAll(async () => {
+  await mkdir(shots, { recursive: true });
+  s3dir = await mkdtemp(path.join(os.tmpdir(), 'tl-s3-'));
+  s3 = await startEmbeddedS3({ directory: s3dir, port: 0 });
+  proxy = await startFaultProxy(s3.endpoint);
+  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', S3_ENDPOINT: proxy.url });
+  ctx = await openCliContext(stack.config, sink);
+  await ctx.services.store.ensureBucket(photos);
+  for (const kind of KINDS) for (let i = 0; i < 8; i++) await ctx.services.store.putObject(photos, `train/${kind}/${i}.jpg`, await renderSample(kind, i, 23));
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS, timeout: 30_000 });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await con?.close();
+  await ctx?.close();
+  await stack?.destroy();
+  await proxy?.close();
+  await s3?.stop();
+  if (s3dir) await rm(s3dir, { recursive: true, force: true });
+});
+
+describe('the web console', () => {
+  it('ingests with one object failing for good, and trains a head', async () => {
+    proxy.inject(`/${photos}/${bad}`, { kind: 'status', status: 500 });
+    const ingest = await runCli(['ingest', `s3://${photos}/train/`, '-d', dataset], stack.env, 90_000);
+    expect(ingest.timedOut).toBe(false);
+    expect(ingest.code).toBe(3);
+    const s = await ctx.services.inspector.status(dataset);
+    expect(s).toMatchObject({ total: 16, embedded: 15, failed: 1, pending: 0, orphaned: 0 });
+    expect(s.failuresByReason).toEqual([{ stage: 'preprocess', reason: 'attempts-exhausted', count: 1 }]);
+    const train = await runCli(['train', '-d', dataset, '--epochs', '12', '--run-id', runId], stack.env, 90_000);
+    expect(train.code).toBe(0);
+    report = (await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile(dataset, runId, 'report.json')))!;
+    expect(report.labels).toEqual(['circle', 'square']);
+    const [item] = await ctx.services.datasets.getItems(dataset, [`${photos}/${bad}`]);
+    failedJobId = jobIds.preprocess({ dataset, bucket: photos, key: bad, etag: item!.etag, embedderId: stack.space.id });
+    expect(await ctx.queues.preprocess.getJobState(failedJobId)).toBe('failed');
+
+    con = await startConsole({ services: ctx.services, queues: ctx.queues, config: { ...stack.config, console: { host: '127.0.0.1', port: 0, user: USER, password: PASSWORD } } });
+    expect(con.url).toBe(`http://127.0.0.1:${con.port}/`);
+    expect(con.actionsEnabled).toBe(true);
+  }, 150_000);
+
+  it("shows each dataset's counts as inspector.status has them, and its runs", async () => {
+    const status = await ctx.services.inspector.status(dataset);
+    const c = await newContext();
+    try {
+      const page = await c.newPage();
+      await page.goto(con.url);
+      const row = page.locator(`#datasets tr[data-dataset="${dataset}"]`);
+      for (const k of ['total', 'embedded', 'cached', 'pending', 'orphaned', 'failed'] as const) expect(Number(await row.locator(`[data-count="${k}"]`).innerText()), k).toBe(status[k]);
+      await expect.poll(() => page.locator(`#runs tr[data-run="${runId}"]`).count()).toBe(1);
+      await expect.poll(() => page.locator(`#queues tr[data-queue="embed.${stack.space.id}"]`).count()).toBe(1);
+
+      await page.locator(`#datasets a[href="/datasets/${dataset}"]`).click();
+      await page.waitForURL(`**/datasets/${dataset}`);
+      for (const k of ['total', 'embedded', 'cached', 'pending', 'orphaned', 'failed'] as const) expect(await card(page, k), k).toBe(status[k]);
+      expect(await page.locator('#space').innerText()).toBe(stack.space.id);
+      const reason = page.locator('#failures-by-reason tr[data-reason="attempts-exhausted"][data-stage="preprocess"] [data-count="failures"]');
+      expect(Number(await reason.innerText())).toBe(1);
+      expect(await page.locator(`#failures tr[data-item="${photos}/${bad}"]`).innerText()).toMatch(/attempts-exhausted/);
+      expect(Number(await page.locator(`#runs tr[data-run="${runId}"] [data-metric="validation-accuracy"]`).getAttribute('data-value'))).toBe(report.validation.accuracy);
+      await page.screenshot({ path: path.join(shots, 'dataset.png'), fullPage: true });
+    } finally {
+      await c.close();
+    }
+  });
+
+  it("shows a run's confusion matrix, per-class figures and training curves as report.json has them", async () => {
+    const c = await newContext();
+    try {
+      const page = await c.newPage();
+      await page.goto(new URL(`/datasets/${dataset}/runs/${runId}`, con.url).href);
+      const v = report.validation;
+      expect(await page.locator('#confusion th[scope="col"]').allInnerTexts()).toEqual(report.labels);
+      expect(await page.locator('#confusion th[scope="row"]').allInnerTexts()).toEqual(report.labels);
+      const cells = await page.locator('#confusion td[data-true]').evaluateAll((tds) => tds.map((td) => [Number(td.getAttribute('data-true')), Number(td.getAttribute('data-pred')), Number(td.textContent)]));
+      const matrix = report.labels.map(() => report.labels.map(() => -1));
+      for (const [i, j, n] of cells) matrix[i!]![j!] = n!;
+      expect(matrix).toEqual(v.confusionMatrix);
+      expect(cells).toHaveLength(report.labels.length ** 2);
+
+      const rows = await page.locator('#per-class tr[data-label-index]').evaluateAll((trs) =>
+        trs.map((tr) => ({
+          label: tr.querySelector('td.label')?.textContent,
+          ...Object.fromEntries([...tr.querySelectorAll('[data-metric]')].map((td) => [td.getAttribute('data-metric'), Number(td.getAttribute('data-value'))])),
+        })),
+      );
+      expect(rows).toEqual(v.perClass.map((p) => ({ label: p.label, precision: p.precision, recall: p.recall, f1: p.f1, support: p.support })));
+      expect(Number(await page.locator('.card[data-metric="validation-accuracy"]').getAttribute('data-value'))).toBe(v.accuracy);
+
+      const n = String(report.history.length);
+      for (const [chart, series] of [['curve-loss', 'loss'], ['curve-loss', 'valLoss'], ['curve-accuracy', 'accuracy'], ['curve-accuracy', 'valAccuracy']] as const) {
+        expect(await page.locator(`svg#${chart} polyline[data-series="${series}"]`).getAttribute('data-points'), series).toBe(n);
+      }
+      await page.screenshot({ path: path.join(shots, 'run.png'), fullPage: true });
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('puts the embed queue of a space published later on the boards', async () => {
+    const crop = { ...stack.space, id: stack.space.id.replace('squash', 'crop'), resize: 'crop' as const };
+    await ctx.services.spaces.publish(crop);
+    const c = await newContext();
+    try {
+      const page = await c.newPage();
+      await page.goto(con.url); // our pages and the boards read the spaces again on each request
+      await expect.poll(() => page.reload().then(() => page.locator(`#queues tr[data-queue="embed.${crop.id}"]`).count()), { timeout: 10_000, interval: 2_500 }).toBe(1);
+      const board = (await (await fetch(new URL('/queues/api/queues', con.url))).json()) as { queues: { name: string; readOnlyMode: boolean }[] };
+      expect(board.queues.map((q) => q.name)).toContain(`embed.${crop.id}`);
+      expect(board.queues.every((q) => q.readOnlyMode)).toBe(true);
+    } finally {
+      await c.close();
+      await ctx.services.redis.hdel(ctx.services.keys.spaces(), crop.id);
+    }
+  });
+
+  it('is read-only without credentials: no action buttons, and changes are refused', async () => {
+    const c = await newContext();
+    try {
+      const page = await c.newPage();
+      await page.goto(new URL('/queues/queue/preprocess?status=failed', con.url).href);
+      const job = page.locator(`a[href*="${failedJobId}"]`).first();
+      await job.waitFor();
+      // the job card's header (id link, then actions) has no action buttons
+      expect(await job.locator('xpath=ancestor::div[2]').locator('button').count()).toBe(0);
+      expect(await page.getByRole('button', { name: /retry all/i }).count()).toBe(0);
+    } finally {
+      await c.close();
+    }
+    const retry = (base: string, headers: Record<string, string> = {}) => fetch(new URL(`${base}/api/queues/preprocess/${failedJobId}/retry`, con.url), { method: 'PUT', headers });
+    const auth = (user: string, pw: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${pw}`).toString('base64')}` });
+    expect((await retry('/queues')).status).toBe(405); // bull-board's read-only mode
+    const anonymous = await retry('/admin/queues');
+    expect(anonymous.status).toBe(401);
+    expect(anonymous.headers.get('www-authenticate')).toMatch(/^Basic realm=/);
+    expect((await retry('/admin/queues', auth(USER, `${PASSWORD}x`))).status).toBe(401);
+    expect((await retry('/admin/queues', auth('root', PASSWORD))).status).toBe(401);
+    // right credentials from a foreign page (a browser sends cached basic auth anywhere): refused
+    expect((await retry('/admin/queues', { ...auth(USER, PASSWORD), origin: 'http://evil.example' })).status).toBe(403);
+    expect(await ctx.queues.preprocess.getJobState(failedJobId)).toBe('failed');
+  });
+
+  it('retries the failed job from bull-board as a signed-in user, and the image ends embedded', async () => {
+    proxy.heal();
+    const c = await newContext({ username: USER, password: PASSWORD });
+    try {
+      const page = await c.newPage();
+      await page.goto(new URL('/admin/queues/queue/preprocess?status=failed', con.url).href);
+      const job = page.locator(`a[href*="${failedJobId}"]`).first();
+      await job.waitFor();
+      // bull-board shows why it failed (the worker's last error)
+      await page.getByText(/injected fault|InternalError|status code 500/).first().waitFor();
+      await page.screenshot({ path: path.join(shots, 'bull-board.png'), fullPage: true });
+      // the job card's header: its id link, then its actions (Retry, Duplicate, Update Data, Clean)
+      const first = job.locator('xpath=ancestor::div[2]').locator('button').first();
+      await first.hover();
+      await page.getByText('Retry', { exact: true }).waitFor(); // its tooltip says what it is
+      await first.click();
+      const confirm = page.getByRole('alertdialog');
+      expect(await confirm.innerText()).toMatch(/retry this job/);
+      const put = page.waitForResponse((r) => r.request().method() === 'PUT' && r.url().endsWith(`/admin/queues/api/queues/preprocess/${failedJobId}/retry`));
+      await confirm.getByRole('button', { name: 'Confirm' }).click();
+      expect((await put).status()).toBe(204);
+      const s = await waitForStatus((x) => x.embedded === x.total, 'the retried image to be embedded', 60_000);
+      expect(s).toMatchObject({ total: 16, embedded: 16, failed: 0, pending: 0, orphaned: 0 });
+    } finally {
+      await c.close();
+    }
+  }, 90_000);
+
+  it('serves from the console command until its signal aborts, then closes every client it opened', async () => {
+    const stop = new AbortController();
+    let printed = '';
+    const out = { write: (s: string) => ((printed += s), true) } as unknown as NodeJS.WritableStream;
+    const serving = consoleCommand({ ...ctx, out, signal: stop.signal }, { port: 0 });
+    const deadline = Date.now() + 15_000;
+    while (!/Ctrl-C stops it/.test(printed)) {
+      if (Date.now() > deadline) throw new Error(`the console command never said it was up: ${printed}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const url = /console\s+(http:\/\/\S+)/.exec(printed)![1]!;
+    expect(printed).toMatch(/queue actions {2}disabled: set TL_CONSOLE_PASSWORD/); // the stack's config has no password
+    expect(printed).not.toContain(PASSWORD);
+    const home = await fetch(url);
+    expect(home.status).toBe(200);
+    expect(await home.text()).toContain(`data-dataset="${dataset}"`);
+    expect((await fetch(new URL('/admin/queues/', url))).status).toBe(403);
+    stop.abort();
+    await serving;
+    await expect(fetch(url)).rejects.toThrow();
+  });
+});
