@@ -62,6 +62,14 @@ const NEEDS = [
     brew: ['--cask', 'chromium'],
   },
   {
+    name: 'docker-compose',
+    why: 'the infra test validates the compose files offline (docker compose config; no Docker engine needed)',
+    modes: ['test'],
+    present: () => has('docker-compose') || spawnSync('docker', ['compose', 'version'], { stdio: 'ignore' }).status === 0,
+    apt: ['docker-compose'],
+    brew: ['docker-compose'],
+  },
+  {
     name: 'real photos (mate-backgrounds)',
     why: 'the numerics test runs real photos through both backends and the reference',
     modes: ['test'],

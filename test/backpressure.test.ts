@@ -79,7 +79,10 @@ describe('backpressure', () => {
       await sleep(1_000); // and it stays there
       expect(await ctx.services.tensors.count()).toBe(BOUND);
       const backlog = await scrape(stack.workerPorts['preprocess#1']!);
-      expect(backlog.get('tl_queue_jobs{queue="embed",state="backlog"}')).toBe(BOUND);
+      expect(backlog.get(`tl_queue_jobs{queue="embed",space="${stack.space.id}",state="backlog"}`)).toBe(BOUND);
+      // and BullMQ's own counts, read on the scrape: the rest wait in the preprocess queue
+      expect(backlog.get('tl_queue_jobs{queue="preprocess",state="waiting"}')).toBe(IMAGES - BOUND - 4);
+      expect(backlog.get(`tl_queue_jobs{queue="embed",space="${stack.space.id}",state="waiting"}`)).toBe(BOUND);
 
       // Now embed starts, in its own process, and drains the backlog; preprocess resumes.
       await stack.supervisor.start([{ role: 'embed', replica: 1, metricsPort: 0, env: stack.env }]);

@@ -63,7 +63,7 @@ export class EmbedBacklogGate {
       for (;;) {
         if (this.closed) throw new Error('worker stopping while waiting for room in the embed backlog; the job will be retried');
         const [ok, n] = (await this.redis.eval(EmbedBacklogGate.SCRIPT, keys.length, ...keys, this.bound, id, EmbedBacklogGate.RESERVATION_MS)) as [number, number];
-        this.metrics.queueJobs.set({ queue: 'embed', state: 'backlog' }, n);
+        this.metrics.queueJobs.set({ queue: 'embed', space, state: 'backlog' }, n);
         if (ok === 1) break;
         const now = Date.now();
         if (!waitingSince) {

@@ -1,7 +1,9 @@
 import {
   createMetrics,
   createServices,
+  createQueues,
   DependencyGuard,
+  exportQueueDepths,
   resolveWeights,
   spaceFromConfig,
   startWorker,
@@ -87,6 +89,8 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
       if (payload) await services.datasets.recordEmbedFailure(payload.embedderId, payload.sha256, { reason: f.reason, detail: f.message, attempts: f.attempts });
     },
   });
+  const queues = createQueues(services.redis, config.redis.prefix);
+  exportQueueDepths(metrics, async () => [queues.embed(space.id)]);
   const heartbeat = await services.spaces.startHeartbeat(space, rt.backend, (err) => log.debug({ err }, 'heartbeat not written'));
   log.info({ role: 'embed', embedderId: space.id, backend: rt.backend, batchSize: config.embed.batchSize, workerId: heartbeat.workerId }, 'worker started');
   let closing = false;
@@ -100,6 +104,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
       await worker.close();
       await batcher.drain();
       await embedder.dispose();
+      await queues.close();
       await services.close();
     },
   };

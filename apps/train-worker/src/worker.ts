@@ -1,4 +1,4 @@
-import { createMetrics, createServices, DependencyGuard, startWorker, watchRedis, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
+import { createMetrics, createQueues, createServices, DependencyGuard, exportQueueDepths, startWorker, watchRedis, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { classifyImages } from './classify-images.job.js';
 import { trainHead } from './train-head.job.js';
@@ -23,6 +23,8 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
       throw err;
     }
   };
+  const queues = createQueues(services.redis, config.redis.prefix);
+  exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
   const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
   const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, lockDuration: config.jobLockMs, guards: [s3] };
@@ -37,6 +39,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
       closing = true;
       s3.close();
       await Promise.all([worker.close(), classifier.close()]);
+      await queues.close();
       await services.close();
     },
   };

@@ -1,5 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Queue } from 'bullmq';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /**
@@ -11,7 +12,10 @@ export function createMetrics(role: string) {
   registry.setDefaultLabels({ role });
   collectDefaultMetrics({ register: registry, prefix: 'tl_' });
   const r = [registry];
+  // Queue depths are read from BullMQ when Prometheus scrapes (see exportQueueDepths).
+  let queueDepthSource: (() => Promise<void>) | undefined;
   return {
+    setQueueDepthSource: (source: () => Promise<void>) => void (queueDepthSource = source),
     registry,
     jobs: new Counter({
       name: 'tl_jobs_total',
@@ -32,7 +36,15 @@ export function createMetrics(role: string) {
     embedBatch: new Histogram({ name: 'tl_embed_batch_size', help: 'Images per forward pass', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: r }),
     forwardSeconds: new Histogram({ name: 'tl_embed_forward_seconds', help: 'Time of one forward pass', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32], registers: r }),
     modelInfo: new Gauge({ name: 'tl_model_info', help: 'The embedding model this process runs (value 1)', labelNames: ['backend', 'weights', 'embedder'] as const, registers: r }),
-    queueJobs: new Gauge({ name: 'tl_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'] as const, registers: r }),
+    queueJobs: new Gauge({
+      name: 'tl_queue_jobs',
+      help: "Jobs per queue and state, from BullMQ's getJobCounts (space: the embedding space of an embed queue); also preprocess held and embed backlog, from the backpressure gate",
+      labelNames: ['queue', 'space', 'state'] as const,
+      registers: r,
+      async collect() {
+        await queueDepthSource?.();
+      },
+    }),
     trainEpoch: new Gauge({ name: 'tl_train_epoch', help: 'Epoch of the run in progress (1-based; 0 before the first)', labelNames: ['dataset'] as const, registers: r }),
     trainLoss: new Gauge({ name: 'tl_train_loss', help: 'Loss at the end of the last epoch', labelNames: ['dataset', 'split'] as const, registers: r }),
     trainAccuracy: new Gauge({ name: 'tl_train_accuracy', help: 'Accuracy at the end of the last epoch', labelNames: ['dataset', 'split'] as const, registers: r }),
@@ -44,6 +56,40 @@ export function createMetrics(role: string) {
 }
 export type Metrics = ReturnType<typeof createMetrics>;
 
+/** `embed.<space>` → { queue: 'embed', space }; any other queue name → { queue } (no space label). */
+export function queueLabels(queueName: string): { queue: string; space?: string } {
+  const dot = queueName.indexOf('.');
+  return dot < 0 ? { queue: queueName } : { queue: queueName.slice(0, dot), space: queueName.slice(dot + 1) };
+}
+
+/** The BullMQ job counts `tl_queue_jobs` reports, as getJobCounts names them. */
+const COUNTED_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'failed', 'completed'] as const;
+
+/**
+ * Exports `tl_queue_jobs{queue,space,state}` from BullMQ's own counts (getJobCounts) for the
+ * queues this process serves, read when Prometheus scrapes, so queue depth needs no exporter
+ * that knows BullMQ's key names. Each replica exports the same counts: aggregate with `max`.
+ * A Redis that does not answer within `timeoutMs` leaves the last values (the scrape still answers).
+ */
+export function exportQueueDepths(
+  metrics: Pick<Metrics, 'queueJobs' | 'setQueueDepthSource'>,
+  queues: () => Promise<Pick<Queue, 'name' | 'getJobCounts'>[]>,
+  timeoutMs = 2_000,
+): void {
+  const collect = async () => {
+    const list = await queues();
+    await Promise.all(
+      list.map(async (q) => {
+        const counts = await q.getJobCounts(...COUNTED_STATES);
+        const labels = queueLabels(q.name);
+        for (const state of COUNTED_STATES) metrics.queueJobs.set({ ...labels, state }, counts[state] ?? 0);
+      }),
+    );
+  };
+  metrics.setQueueDepthSource(() =>
+    Promise.race([collect().catch(() => undefined), new Promise<void>((r) => setTimeout(r, timeoutMs).unref())]),
+  );
+}
 /** An HTTP server with `/metrics` (Prometheus text format) and `/healthz` (200 while `healthy()` says so). */
 export async function startMetricsServer(
   registry: Registry,

@@ -7,6 +7,7 @@ import {
   createMetrics,
   createQueues,
   createRedis,
+  exportQueueDepths,
   loadConfig,
   redisKeys,
   spaceFromConfig,
@@ -94,32 +95,19 @@ export async function startStack(
     // The stack's embedding space is cluster state from the start: a CLI can resolve it before
     // the embed workers have loaded their model (they publish it too, with their heartbeats).
     const space = spaceFromConfig(config);
-    await new SpaceRegistry(redis, redisKeys(config.redis.prefix)).publish(space);
+    const spaces = new SpaceRegistry(redis, redisKeys(config.redis.prefix));
+    await spaces.publish(space);
 
     const supervisor = new Supervisor(path.join(config.dataDir, 'logs'), onEvent);
     stops.push(() => supervisor.stop());
     await supervisor.start(children.map((c) => ({ ...c, env })));
 
-    // The producer side's own metrics: queue depths, read on a timer (labels: queue, state).
+    // The producer's own metrics: every queue of the deployment, read from BullMQ on each scrape.
     const metrics = createMetrics('producer');
     const queues = createQueues(redis, config.redis.prefix);
-    const watched = [
-      ['preprocess', queues.preprocess],
-      ['embed', queues.embed(space.id)],
-      ['train', queues.train],
-      ['classify', queues.classify],
-    ] as const;
-    const poll = setInterval(() => {
-      void Promise.all(
-        watched.map(async ([name, q]) => {
-          const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'failed');
-          for (const [state, n] of Object.entries(counts)) metrics.queueJobs.set({ queue: name, state }, n);
-        }),
-      ).catch(() => {});
-    }, 2_000);
+    exportQueueDepths(metrics, async () => [queues.preprocess, ...(await spaces.list()).map((s) => queues.embed(s.space.id)), queues.train, queues.classify]);
     const server = await startMetricsServer(metrics.registry, config.metrics.host, ports.producer);
     stops.push(async () => {
-      clearInterval(poll);
       await server.close();
       await queues.close();
       await redis.quit().catch(() => redis.disconnect());
