@@ -90,7 +90,7 @@ describe("the README's two terminals", () => {
     const ingest = await runCli(['ingest', 's3://photos/mine/', '--dataset', 'mine'], env);
     expect(ingest.timedOut).toBe(false);
     expect(ingest.code).toBe(0);
-    expect(ingest.stdout).toMatch(/embedding space efficientnet-b0\.random-seed42\.squash224 \(the one with live embed workers; 1 embed worker: wasm\)/);
+    expect(ingest.stdout).toMatch(/embedding space efficientnet-b0\.random-seed42\.squash224 \(the one with live embed workers; 1 embed worker: onnx\)/);
     expect(ingest.stdout).toMatch(new RegExp(`dataset mine: ${n} images, ${n} embedded \\(0 served from cache\\), 0 failed, 0 pending`));
 
     const train = await runCli(['train', '--dataset', 'mine', '--epochs', '20'], env);

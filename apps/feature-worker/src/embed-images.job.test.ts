@@ -38,7 +38,7 @@ function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
         },
       },
       tensors: {
-        get: async (h: string) => (pixels[h] ? Buffer.from(pixels[h]!) : null),
+        getMany: async (hs: string[]) => hs.map((h) => (pixels[h] ? Buffer.from(pixels[h]!) : null)),
         delete: async (hs: string[]) => void deleted.push(...hs),
       },
     },

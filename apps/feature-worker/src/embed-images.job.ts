@@ -20,14 +20,15 @@ export async function embedBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(Em
   const { cache, tensors } = deps.services;
   const results: (EmbedOutcome | Error)[] = new Array(jobs.length);
   const todo: { i: number; sha256: string; pixels: Uint8Array }[] = [];
-  const cached = await cache.has(deps.embedderId, jobs.map((j) => j.sha256));
+  // Two round trips for the whole batch: which are cached, and every image's pixels.
+  const [cached, stored] = await Promise.all([cache.has(deps.embedderId, jobs.map((j) => j.sha256)), tensors.getMany(jobs.map((j) => j.sha256))]);
   for (const [i, job] of jobs.entries()) {
     if (job.embedderId !== deps.embedderId) {
       results[i] = new PermanentError('wrong-embedder', `job is for ${job.embedderId}, this worker runs ${deps.embedderId}`);
     } else if (cached[i] || todo.some((t) => t.sha256 === job.sha256)) {
       results[i] = 'cached';
     } else {
-      const pixels = await tensors.get(job.sha256);
+      const pixels = stored[i];
       if (!pixels) {
         results[i] = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
       } else if (pixels.length !== deps.embedder.inputSize * deps.embedder.inputSize * 3) {

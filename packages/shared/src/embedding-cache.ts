@@ -64,8 +64,11 @@ export class EmbeddingCache {
     if (data.length !== hashes.length * dim) throw new Error(`writeShard: ${data.length} values for ${hashes.length}×${dim}`);
     const shardId = createHash('sha256').update(hashes.join('\n')).digest('hex').slice(0, 32);
     const manifest: ShardManifest = { embedderId, dim, hashes };
-    await this.store.putObject(this.bucket, this.shardKey(embedderId, shardId, 'npy'), encodeNpyFloat32(data, hashes.length, dim));
-    await this.store.putJson(this.bucket, this.shardKey(embedderId, shardId, 'json'), manifest);
+    // Both objects before the index (in parallel: a batch's write is on the embed stage's path).
+    await Promise.all([
+      this.store.putObject(this.bucket, this.shardKey(embedderId, shardId, 'npy'), encodeNpyFloat32(data, hashes.length, dim)),
+      this.store.putJson(this.bucket, this.shardKey(embedderId, shardId, 'json'), manifest),
+    ]);
     await this.index(embedderId, shardId, hashes);
     return shardId;
   }

@@ -24,6 +24,12 @@ export class TensorStore {
     return this.redis.getBuffer(this.keys.tensor(sha256));
   }
 
+  /** The pixels of many images in one round trip (null where they are gone). */
+  async getMany(sha256s: string[]): Promise<(Buffer | null)[]> {
+    if (sha256s.length === 0) return [];
+    return this.redis.mgetBuffer(...sha256s.map((s) => this.keys.tensor(s)));
+  }
+
   async delete(sha256s: string[]): Promise<void> {
     if (sha256s.length) await this.redis.del(...sha256s.map((s) => this.keys.tensor(s)));
   }

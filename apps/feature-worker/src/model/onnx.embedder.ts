@@ -45,6 +45,9 @@ export async function createOnnxEmbedder(modelBytes: Uint8Array, o: OnnxEmbedder
     // The graph is one chain: inter-op parallelism would only add threads that contend with intra-op ones.
     interOpNumThreads: 1,
     executionMode: 'sequential',
+    // ORT's pool threads spin between work items by default; beside the worker's own thread,
+    // Redis and the S3 client on the same cores, that spinning takes the CPU they need.
+    extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
   });
   try {
     checkSignature(session, size);
