@@ -2,7 +2,8 @@ import type { Logger } from './logger.js';
 
 /**
  * On SIGINT/SIGTERM: stop taking work, finish or release what is in hand (`stop`), exit 0.
- * A second signal exits at once, for the impatient.
+ * A second signal exits at once, for the impatient. A process started with an IPC channel (by
+ * `up`) does the same when its parent goes away.
  */
 export function runUntilSignal(log: Logger, stop: () => Promise<void>): void {
   let stopping = false;
@@ -26,6 +27,8 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>): void {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // Started by `up` with an IPC channel: when `up` is gone (even SIGKILLed), so are we.
+  if (process.send) process.on('disconnect', () => onSignal('SIGTERM'));
 }
 
 /** Waits `ms`, or less if `signal` aborts first (watch loops that Ctrl-C must end promptly). */

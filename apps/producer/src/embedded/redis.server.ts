@@ -1,11 +1,14 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import net from 'node:net';
 import { Redis } from '@transferline/shared';
+import { SupervisedProcess } from './supervisor.js';
 
 export interface EmbeddedRedis {
   url: string;
   port: number;
+  /** the server's process (tests kill it to play a crash) */
+  process: SupervisedProcess;
   stop: () => Promise<void>;
 }
 
@@ -38,31 +41,48 @@ export async function freePort(): Promise<number> {
 }
 
 /**
- * Spawns the `redis-server` on the PATH, on loopback, with its data (AOF, so queues survive a
- * restart) under `directory`. Resolves once it answers PING. Stopped with SHUTDOWN, so it
+ * Runs the `redis-server` on the PATH, on loopback, with its data (AOF, so queues survive a
+ * restart) under `directory`, as a supervised child: restarted on the same port if it dies
+ * (`onEvent` says so, in one line), and sent SIGTERM when this process dies, however it died
+ * (Linux: `setpriv --pdeathsig`). Resolves once it answers PING. Stopped with SIGTERM, so it
  * flushes to disk.
  */
-export async function startEmbeddedRedis(o: { directory: string; port: number; persist?: boolean }): Promise<EmbeddedRedis> {
+export async function startEmbeddedRedis(o: { directory: string; port: number; persist?: boolean; logFile?: string; onEvent?: (line: string) => void }): Promise<EmbeddedRedis> {
   if (!findRedisServer()) throw new RedisNotFoundError();
   await mkdir(o.directory, { recursive: true });
   const port = o.port === 0 ? await freePort() : o.port;
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', o.directory, '--save', '', '--daemonize', 'no', '--protected-mode', 'yes'];
   args.push('--appendonly', o.persist === false ? 'no' : 'yes');
-  const child: ChildProcess = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
-  child.stdout?.on('data', (d: Buffer) => (output = (output + d.toString()).slice(-4000)));
-  child.stderr?.on('data', (d: Buffer) => (output = (output + d.toString()).slice(-4000)));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let up = false;
+  let early: ((code: string) => void) | undefined;
+  const exitedEarly = new Promise<string>((resolve) => (early = resolve));
+  const proc = new SupervisedProcess(
+    {
+      name: 'redis',
+      logFile: o.logFile ?? `${o.directory}.log`,
+      program: 'redis-server',
+      args,
+      env: () => process.env,
+      onOutput: (chunk) => (output = (output + chunk).slice(-4000)),
+      onExit: (code, signal) => {
+        if (up) return true;
+        early?.(String(signal ?? code));
+        return false;
+      },
+    },
+    o.onEvent ?? (() => {}),
+  );
   const url = `redis://127.0.0.1:${port}`;
   const deadline = Date.now() + 10_000;
   for (;;) {
-    const early = await Promise.race([exited, new Promise<'wait'>((r) => setTimeout(() => r('wait'), 100))]);
-    if (early !== 'wait') {
+    const exited = await Promise.race([exitedEarly, new Promise<undefined>((r) => setTimeout(() => r(undefined), 100))]);
+    if (exited !== undefined) {
       const inUse = /Address already in use/.test(output);
       throw new Error(
         inUse
           ? `port ${port} for the embedded Redis is in use: set TL_REDIS_PORT, or REDIS_URL to use the Redis already there`
-          : `redis-server exited (${early}): ${output.trim().split('\n').slice(-3).join(' | ')}`,
+          : `redis-server exited (${exited}): ${output.trim().split('\n').slice(-3).join(' | ')}`,
       );
     }
     const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
@@ -71,19 +91,16 @@ export async function startEmbeddedRedis(o: { directory: string; port: number; p
     probe.disconnect();
     if (ok) break;
     if (Date.now() > deadline) {
-      child.kill('SIGKILL');
+      await proc.stop(1_000);
       throw new Error(`redis-server did not answer on ${url} within 10 s`);
     }
   }
+  up = true;
   return {
     url,
     port,
-    stop: async () => {
-      if (child.exitCode !== null) return;
-      child.kill('SIGTERM'); // redis-server saves (AOF fsync) and exits on SIGTERM
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
-      await exited;
-      clearTimeout(timer);
-    },
+    process: proc,
+    // redis-server fsyncs its AOF and exits on SIGTERM
+    stop: () => proc.stop(5_000),
   };
 }

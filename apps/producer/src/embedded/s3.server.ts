@@ -1,45 +1,103 @@
 import { mkdir } from 'node:fs/promises';
-import S3rver from 's3rver';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SupervisedProcess } from './supervisor.js';
 
 export interface EmbeddedS3 {
   endpoint: string;
   port: number;
   accessKeyId: string;
   secretAccessKey: string;
+  /** the server's process (tests kill it to play a crash) */
+  process: SupervisedProcess;
   stop: () => Promise<void>;
 }
 
+/** The dev pair the embedded server accepts unless S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY choose others. */
+export const EMBEDDED_S3_DEV_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
+
+// The built script, whether this module runs from dist/ or (in tests) from src/.
+const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'embedded', 's3.main.js');
+const START_DEADLINE_MS = 20_000;
+
 /**
- * An S3-compatible server (s3rver) on a local folder, for one machine without MinIO or AWS.
- * Path-style URLs; credentials are s3rver's fixed dev pair S3RVER/S3RVER. Port 0 picks a free one.
+ * An S3-compatible server (s3rver behind our signature and key gate, `s3-gate.ts`) on a local
+ * folder, for one machine without an S3 service: path-style URLs, Signature V4 with the given
+ * credentials (anonymous and wrongly signed requests are refused). It runs as a supervised child
+ * process: restarted on the same port if it dies, and gone when this process goes. Port 0 picks a
+ * free one. Its log is `<directory>.log` unless `logFile` says otherwise.
  */
-export async function startEmbeddedS3(o: { directory: string; port: number; host?: string; buckets?: string[] }): Promise<EmbeddedS3> {
+export async function startEmbeddedS3(o: {
+  directory: string;
+  port: number;
+  host?: string;
+  buckets?: string[];
+  credentials?: { accessKeyId: string; secretAccessKey: string };
+  logFile?: string;
+  onEvent?: (line: string) => void;
+}): Promise<EmbeddedS3> {
   await mkdir(o.directory, { recursive: true });
-  const server = new S3rver({
-    address: o.host ?? '127.0.0.1',
-    port: o.port,
-    directory: o.directory,
-    silent: true,
-    vhostBuckets: false,
-    configureBuckets: (o.buckets ?? []).map((name) => ({ name })),
+  const logFile = o.logFile ?? `${o.directory}.log`;
+  await mkdir(path.dirname(logFile), { recursive: true });
+  const creds = o.credentials ?? EMBEDDED_S3_DEV_CREDENTIALS;
+  const host = o.host ?? '127.0.0.1';
+  let port = o.port;
+  let up = false;
+  let output = '';
+  let proc!: SupervisedProcess;
+  const ready = new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the embedded S3 server did not start within ${START_DEADLINE_MS / 1000} s: ${output.trim().split('\n').slice(-3).join(' | ')}`)), START_DEADLINE_MS);
+    proc = new SupervisedProcess(
+      {
+        name: 's3',
+        logFile,
+        node: { script, execArgv: ['--openssl-legacy-provider'] },
+        args: [],
+        env: () => ({
+          PATH: process.env.PATH,
+          TL_S3_DIR: o.directory,
+          TL_S3_HOST: host,
+          TL_S3_PORT: String(port),
+          TL_S3_BUCKETS: (o.buckets ?? []).join(','),
+          TL_S3_ACCESS_KEY_ID: creds.accessKeyId,
+          TL_S3_SECRET_ACCESS_KEY: creds.secretAccessKey,
+        }),
+        onOutput: (chunk) => (output = (output + chunk).slice(-4000)),
+        onMessage: (m) => {
+          const msg = m as { listening?: number; error?: string };
+          if (msg.listening !== undefined) {
+            port = msg.listening; // a restart binds the same port
+            up = true;
+            clearTimeout(timer);
+            resolve(port);
+          } else if (msg.error && !up) {
+            clearTimeout(timer);
+            reject(new Error(msg.error === 'EADDRINUSE' ? `port ${port} for the embedded S3 server is in use: set TL_S3_PORT, or S3_ENDPOINT to use a running server` : `the embedded S3 server failed: ${msg.error}`));
+          }
+        },
+        // Never came up: report it rather than retry for ever.
+        onExit: (code, signal) => {
+          if (up) return true;
+          clearTimeout(timer);
+          reject(new Error(`the embedded S3 server exited (${signal ?? code}) before it listened: ${output.trim().split('\n').slice(-3).join(' | ')}`));
+          return false;
+        },
+      },
+      o.onEvent ?? (() => {}),
+    );
   });
-  let address: { address: string; port: number };
   try {
-    address = await server.run();
+    await ready;
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === 'EADDRINUSE') throw new Error(`port ${o.port} for the embedded S3 server is in use: set TL_S3_PORT, or S3_ENDPOINT to use a running server`);
+    await proc.stop(2_000);
     throw err;
   }
   return {
-    endpoint: `http://${address.address}:${address.port}`,
-    port: address.port,
-    accessKeyId: 'S3RVER',
-    secretAccessKey: 'S3RVER',
-    stop: async () => {
-      // Keep-alive sockets from SDK clients would hold close() open.
-      server.httpServer?.closeAllConnections();
-      await server.close();
-    },
+    endpoint: `http://${host}:${port}`,
+    port,
+    accessKeyId: creds.accessKeyId,
+    secretAccessKey: creds.secretAccessKey,
+    process: proc,
+    stop: () => proc.stop(5_000),
   };
 }

@@ -1,6 +1,6 @@
 // s3rver ships no types; this is the part of its API we use.
 declare module 's3rver' {
-  import type { Server } from 'node:http';
+  import type { IncomingMessage, ServerResponse } from 'node:http';
   interface S3rverOptions {
     address?: string;
     port?: number;
@@ -11,10 +11,12 @@ declare module 's3rver' {
     vhostBuckets?: boolean;
     configureBuckets?: { name: string; configs?: (string | Buffer)[] }[];
   }
+  /** A Koa application. */
   export default class S3rver {
     constructor(options?: S3rverOptions);
-    run(): Promise<{ address: string; port: number }>;
-    close(): Promise<void>;
-    httpServer?: Server;
+    /** creates the buckets of `configureBuckets` (run() does it before it listens) */
+    configureBuckets(): Promise<void>;
+    /** the request handler, for a server of our own */
+    callback(): (req: IncomingMessage, res: ServerResponse) => void;
   }
 }

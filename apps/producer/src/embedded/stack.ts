@@ -1,3 +1,4 @@
+import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -17,7 +18,7 @@ import {
 } from '@transferline/shared';
 import { startEmbeddedRedis } from './redis.server.js';
 import { startEmbeddedS3 } from './s3.server.js';
-import { Supervisor, type RoleName } from './supervisor.js';
+import { Supervisor, type RoleName, type SupervisedProcess } from './supervisor.js';
 
 export interface StackPorts {
   producer: number;
@@ -50,6 +51,8 @@ export interface Stack {
   /** the embedding space the stack's embed workers run (published in Redis at start) */
   space: EmbeddingSpace;
   supervisor: Supervisor;
+  /** the embedded servers' processes, where the stack runs them (tests kill them to play a crash) */
+  servers: { redis?: SupervisedProcess; s3?: SupervisedProcess };
   stop: () => Promise<void>;
 }
 
@@ -69,19 +72,30 @@ export async function startStack(
   const stopAll = async () => {
     for (const s of stops.reverse()) await s().catch((err: unknown) => onEvent(`error while stopping: ${(err as Error).message}`));
   };
+  const servers: Stack['servers'] = {};
   try {
     const env: NodeJS.ProcessEnv = { ...baseEnv };
+    const logDir = path.join(initial.dataDir, 'logs');
+    await mkdir(logDir, { recursive: true });
     // ONNX Runtime threads: the machine's cores shared among the embed processes started here.
     const embedProcesses = children.filter((c) => c.role === 'embed').length;
     if (embedProcesses > 0) env.TL_EMBED_THREADS ??= String(Math.max(1, Math.floor(os.availableParallelism() / embedProcesses)));
     if (initial.redis.embedded) {
-      const redis = await startEmbeddedRedis({ directory: path.join(initial.dataDir, 'redis'), port: initial.redis.embeddedPort });
+      const redis = await startEmbeddedRedis({ directory: path.join(initial.dataDir, 'redis'), port: initial.redis.embeddedPort, logFile: path.join(logDir, 'redis.log'), onEvent });
       stops.push(redis.stop);
+      servers.redis = redis.process;
       env.REDIS_URL = redis.url;
     }
     if (initial.s3.embedded) {
-      const s3 = await startEmbeddedS3({ directory: path.join(initial.dataDir, 's3'), port: initial.s3.embeddedPort });
+      const s3 = await startEmbeddedS3({
+        directory: path.join(initial.dataDir, 's3'),
+        port: initial.s3.embeddedPort,
+        credentials: { accessKeyId: initial.s3.accessKeyId, secretAccessKey: initial.s3.secretAccessKey },
+        logFile: path.join(logDir, 's3.log'),
+        onEvent,
+      });
       stops.push(s3.stop);
+      servers.s3 = s3.process;
       env.S3_ENDPOINT = s3.endpoint;
       env.S3_ACCESS_KEY_ID = s3.accessKeyId;
       env.S3_SECRET_ACCESS_KEY = s3.secretAccessKey;
@@ -98,7 +112,7 @@ export async function startStack(
     const spaces = new SpaceRegistry(redis, redisKeys(config.redis.prefix));
     await spaces.publish(space);
 
-    const supervisor = new Supervisor(path.join(config.dataDir, 'logs'), onEvent);
+    const supervisor = new Supervisor(logDir, onEvent);
     stops.push(() => supervisor.stop());
     await supervisor.start(children.map((c) => ({ ...c, env })));
 
@@ -112,7 +126,7 @@ export async function startStack(
       await queues.close();
       await redis.quit().catch(() => redis.disconnect());
     });
-    return { config, env, ports: { ...ports, producer: server.port }, space, supervisor, stop: stopAll };
+    return { config, env, ports: { ...ports, producer: server.port }, space, supervisor, servers, stop: stopAll };
   } catch (err) {
     await stopAll();
     throw err;

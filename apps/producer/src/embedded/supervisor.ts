@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
@@ -22,14 +22,104 @@ export interface ChildSpec {
   env: NodeJS.ProcessEnv;
 }
 
+/** One process to keep running. */
+export interface ProcessSpec {
+  /** `role#replica`, `s3`, `redis`: names it in events */
+  name: string;
+  logFile: string;
+  /** a Node script (run with this Node, with an IPC channel: it exits when we go away), or a program */
+  node?: { script: string; execArgv?: string[] };
+  program?: string;
+  args: string[];
+  /** read at each (re)start, so a restart can reuse what the first start found (a port) */
+  env: () => NodeJS.ProcessEnv;
+  onMessage?: (message: unknown) => void;
+  onOutput?: (chunk: string) => void;
+  /** called on every exit; return false to not restart (a process that never came up, say) */
+  onExit?: (code: number | null, signal: NodeJS.Signals | null) => boolean | void;
+}
+
+/** Linux's `setpriv --pdeathsig`, when there: a program (redis-server) gets SIGTERM when we die, even by SIGKILL. */
+const setpriv = process.platform === 'linux' && spawnSync('setpriv', ['--help'], { encoding: 'utf8' }).stdout?.includes('--pdeathsig') ? 'setpriv' : undefined;
+
+/** A process kept running: restarted with a growing delay when it exits, until `stop()`. */
+export class SupervisedProcess {
+  private child: ChildProcess | undefined;
+  private stopping = false;
+  private restarts = 0;
+
+  constructor(
+    readonly spec: ProcessSpec,
+    private readonly onEvent: (line: string) => void,
+  ) {
+    this.spawn();
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  kill(signal: NodeJS.Signals): boolean {
+    return this.child?.kill(signal) ?? false;
+  }
+
+  private spawn(): void {
+    const s = this.spec;
+    const log = createWriteStream(s.logFile, { flags: 'a' });
+    const env = s.env();
+    const child = s.node
+      ? spawn(process.execPath, [...(s.node.execArgv ?? []), s.node.script, ...s.args], { env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
+      : setpriv
+        ? spawn(setpriv, ['--pdeathsig', 'SIGTERM', '--', s.program!, ...s.args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+        : spawn(s.program!, s.args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    for (const stream of [child.stdout, child.stderr]) {
+      stream?.pipe(log, { end: false });
+      if (s.onOutput) stream?.on('data', (d: Buffer) => s.onOutput!(d.toString()));
+    }
+    if (s.onMessage) child.on('message', s.onMessage);
+    // A spawn that fails (no such program) is reported through 'error' and 'exit'.
+    child.on('error', (err) => s.onOutput?.(`${err.message}\n`));
+    this.child = child;
+    const startedAt = Date.now();
+    child.once('exit', (code, signal) => {
+      log.end();
+      const again = s.onExit?.(code, signal) !== false;
+      if (this.stopping || !again) return;
+      this.restarts = Date.now() - startedAt > 60_000 ? 0 : this.restarts + 1;
+      const delay = Math.min(30_000, 500 * 2 ** (this.restarts - 1));
+      this.onEvent(`${s.name} exited (${signal ?? code}); restarting in ${(delay / 1000).toFixed(1)} s — see ${s.logFile}`);
+      setTimeout(() => {
+        if (this.stopping) return;
+        this.spawn();
+        this.onEvent(`${s.name} restarted`);
+      }, delay).unref();
+    });
+  }
+
+  /** SIGTERM, then SIGKILL after `timeoutMs`; resolves when it has exited. */
+  async stop(timeoutMs = 30_000): Promise<void> {
+    this.stopping = true;
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      child.once('exit', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      child.kill('SIGTERM');
+    });
+  }
+}
+
 /**
  * Starts and watches the worker processes; their logs go to `<logDir>/<role>.log`. A process that
  * dies is restarted (with a growing delay) until `stop()`, which sends SIGTERM and waits, so
- * jobs in hand are finished or released.
+ * jobs in hand are finished or released. Each worker has an IPC channel to this process and exits
+ * when it closes, so no worker outlives `up`, however `up` ended.
  */
 export class Supervisor {
-  private readonly children = new Map<string, ChildProcess>();
-  private stopping = false;
+  private readonly children = new Map<string, SupervisedProcess>();
 
   constructor(
     private readonly logDir: string,
@@ -38,13 +128,29 @@ export class Supervisor {
 
   async start(specs: ChildSpec[]): Promise<void> {
     await mkdir(this.logDir, { recursive: true });
-    for (const s of specs) this.spawn(s, 0);
+    for (const s of specs) {
+      const { script, args } = ROLES[s.role];
+      const name = `${s.role}#${s.replica}`;
+      this.children.set(
+        name,
+        new SupervisedProcess(
+          {
+            name,
+            logFile: this.logFile(s.role, s.replica),
+            node: { script },
+            args: [...args],
+            // The SDK's notice that its 2027 releases need Node 22 would repeat in every worker log.
+            env: () => ({ AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...s.env, TL_METRICS_PORT: String(s.metricsPort) }),
+          },
+          this.onEvent,
+        ),
+      );
+    }
   }
 
   logFile(role: RoleName, replica = 1): string {
     return path.join(this.logDir, replica === 1 ? `${role}.log` : `${role}-${replica}.log`);
   }
-
 
   /** Process ids of the running worker processes, as `role#replica` → pid (benchmarks read their /proc). */
   pids(): Record<string, number> {
@@ -56,46 +162,7 @@ export class Supervisor {
     return this.children.get(`${role}#${replica}`)?.kill(signal) ?? false;
   }
 
-  private spawn(spec: ChildSpec, restarts: number): void {
-    const { script, args } = ROLES[spec.role];
-    const name = `${spec.role}#${spec.replica}`;
-    const logFile = this.logFile(spec.role, spec.replica);
-    const log = createWriteStream(logFile, { flags: 'a' });
-    const child = spawn(process.execPath, [script, ...args], {
-      // The SDK's notice that its 2027 releases need Node 22 would repeat in every worker log.
-      env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...spec.env, TL_METRICS_PORT: String(spec.metricsPort) },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    child.stdout?.pipe(log, { end: false });
-    child.stderr?.pipe(log, { end: false });
-    this.children.set(name, child);
-    const startedAt = Date.now();
-    child.once('exit', (code, signal) => {
-      log.end();
-      this.children.delete(name);
-      if (this.stopping) return;
-      const n = Date.now() - startedAt > 60_000 ? 0 : restarts + 1;
-      const delay = Math.min(30_000, 500 * 2 ** n);
-      this.onEvent(`${name} exited (${signal ?? code}); restarting in ${(delay / 1000).toFixed(1)} s — see ${logFile}`);
-      setTimeout(() => !this.stopping && this.spawn(spec, n), delay).unref();
-    });
-  }
-
   async stop(timeoutMs = 30_000): Promise<void> {
-    this.stopping = true;
-    await Promise.all(
-      [...this.children.values()].map(
-        (child) =>
-          new Promise<void>((resolve) => {
-            if (child.exitCode !== null || child.signalCode !== null) return resolve();
-            const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-            child.once('exit', () => {
-              clearTimeout(timer);
-              resolve();
-            });
-            child.kill('SIGTERM');
-          }),
-      ),
-    );
+    await Promise.all([...this.children.values()].map((c) => c.stop(timeoutMs)));
   }
 }

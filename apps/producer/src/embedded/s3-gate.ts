@@ -1,0 +1,134 @@
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { SignatureV4 } from '@smithy/signature-v4';
+
+/**
+ * The embedded S3 server's front door. s3rver accepts anonymous requests, does not check
+ * Signature V4 at all, and writes keys to its folder as they come (`..` and over-long segments
+ * included); this gate stands before it and refuses, with S3's own error codes:
+ * - requests without a valid AWS Signature V4 (recomputed with the AWS SDK's own signer for the
+ *   credentials the server was started with), or more than 15 minutes off the server's clock;
+ * - keys S3 would refuse (over 1,024 bytes) or that this server could not store as files
+ *   (`.`/`..` segments, empty segments, a segment over 200 bytes).
+ * It reads only the request line and headers; the body goes on to s3rver untouched.
+ */
+export interface GateCredentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+}
+
+export interface GateRefusal {
+  status: number;
+  code: string;
+  message: string;
+}
+
+const MAX_SKEW_MS = 15 * 60_000;
+const MAX_KEY_BYTES = 1024;
+/** s3rver stores a key as `<dir>/<bucket>/<key>._S3rver_object` (and siblings): room for the suffix under NAME_MAX. */
+const MAX_SEGMENT_BYTES = 200;
+
+/** Node's SHA-256 in the shape the SDK's signer wants (an HMAC when given a secret). */
+class Sha256 {
+  private readonly hash;
+  constructor(secret?: string | Uint8Array | ArrayBuffer | ArrayBufferView) {
+    this.hash = secret === undefined ? createHash('sha256') : createHmac('sha256', toBytes(secret));
+  }
+  update(data: string | Uint8Array | ArrayBuffer | ArrayBufferView): void {
+    this.hash.update(toBytes(data));
+  }
+  digest(): Promise<Uint8Array> {
+    return Promise.resolve(this.hash.digest());
+  }
+}
+
+function toBytes(d: string | Uint8Array | ArrayBuffer | ArrayBufferView): Uint8Array | string {
+  if (typeof d === 'string' || d instanceof Uint8Array) return d;
+  if (ArrayBuffer.isView(d)) return new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
+  return new Uint8Array(d);
+}
+
+/** `Credential=AKID/20261128/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=…` */
+const AUTH_RE = /^AWS4-HMAC-SHA256\s+Credential=([^/,\s]+)\/(\d{8})\/([^/,\s]+)\/([^/,\s]+)\/aws4_request\s*,\s*SignedHeaders=([a-z0-9;._-]+)\s*,\s*Signature=([0-9a-f]{64})\s*$/i;
+
+function refuse(status: number, code: string, message: string): GateRefusal {
+  return { status, code, message };
+}
+
+/** Why a request's key cannot be stored, or null. `rawPath` is the path as sent (percent-encoded). */
+export function checkKey(rawPath: string): GateRefusal | null {
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(rawPath);
+  } catch {
+    return refuse(400, 'InvalidURI', 'Could not parse the specified URI.');
+  }
+  const slash = decoded.indexOf('/', 1);
+  if (slash < 0) return null; // the service or a bucket
+  const key = decoded.slice(slash + 1);
+  if (key === '') return null;
+  if (Buffer.byteLength(key) > MAX_KEY_BYTES) return refuse(400, 'KeyTooLongError', `Your key is too long: ${Buffer.byteLength(key)} bytes, at most ${MAX_KEY_BYTES}.`);
+  for (const segment of key.split('/')) {
+    if (segment === '.' || segment === '..') return refuse(400, 'InvalidArgument', 'Object keys with "." or ".." segments are not supported by this server.');
+    if (Buffer.byteLength(segment) > MAX_SEGMENT_BYTES) return refuse(400, 'KeyTooLongError', `A part of the key between slashes is too long: over ${MAX_SEGMENT_BYTES} bytes, which this server cannot store.`);
+    if (segment.includes('\0')) return refuse(400, 'InvalidArgument', 'Object keys with NUL characters are not supported.');
+  }
+  return null;
+}
+
+function parseAmzDate(s: string | undefined): Date | null {
+  const m = s ? /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(s) : null;
+  return m ? new Date(Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!)) : null;
+}
+
+function header(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v.join(',') : v;
+}
+
+/** Why the request is not signed by `creds`, or null when it is. */
+export async function checkSignature(req: IncomingMessage, creds: GateCredentials, now = Date.now()): Promise<GateRefusal | null> {
+  const url = new URL(req.url ?? '/', 'http://localhost');
+  if (url.searchParams.has('X-Amz-Algorithm') || url.searchParams.has('Signature')) {
+    return refuse(403, 'AccessDenied', 'Presigned URLs are not accepted by the embedded S3 server; sign requests with an Authorization header.');
+  }
+  const auth = header(req, 'authorization');
+  if (!auth) return refuse(403, 'AccessDenied', 'Anonymous requests are not allowed: sign your requests with the credentials the server was started with.');
+  const m = AUTH_RE.exec(auth);
+  if (!m) return refuse(400, 'AuthorizationHeaderMalformed', 'Only AWS Signature Version 4 (AWS4-HMAC-SHA256) is accepted.');
+  const [, accessKeyId, scopeDate, region, service, signedHeaderList, signature] = m as unknown as string[];
+  if (accessKeyId !== creds.accessKeyId) return refuse(403, 'InvalidAccessKeyId', 'The AWS Access Key Id you provided does not exist in our records.');
+  const date = parseAmzDate(header(req, 'x-amz-date'));
+  if (!date || scopeDate !== header(req, 'x-amz-date')!.slice(0, 8)) return refuse(403, 'AccessDenied', 'The request needs an x-amz-date header matching its credential scope.');
+  if (Math.abs(date.getTime() - now) > MAX_SKEW_MS) return refuse(403, 'RequestTimeTooSkewed', 'The difference between the request time and the current time is too large.');
+
+  const signed = signedHeaderList!.toLowerCase().split(';');
+  if (!signed.includes('host')) return refuse(403, 'AccessDenied', 'The host header must be signed.');
+  const headers: Record<string, string> = {};
+  for (const name of signed) {
+    const value = header(req, name);
+    if (value === undefined) return refuse(403, 'SignatureDoesNotMatch', `Signed header ${name} is missing from the request.`);
+    headers[name] = value;
+  }
+  const query: Record<string, string | string[]> = {};
+  for (const [k, v] of url.searchParams) {
+    const prev = query[k];
+    query[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+  }
+  const signer = new SignatureV4({ credentials: creds, region: region!, service: service!, sha256: Sha256, uriEscapePath: false, applyChecksum: false });
+  const rawPath = (req.url ?? '/').split('?')[0]!;
+  const expected = await signer.sign(
+    { method: req.method ?? 'GET', protocol: 'http:', hostname: 'localhost', path: rawPath, query, headers },
+    { signingDate: date, signingRegion: region, signingService: service, signableHeaders: new Set(signed) },
+  );
+  const calculated = /Signature=([0-9a-f]{64})/.exec(String(expected.headers.authorization ?? expected.headers.Authorization))?.[1] ?? '';
+  const ok = calculated.length === 64 && timingSafeEqual(Buffer.from(calculated), Buffer.from(signature!.toLowerCase()));
+  return ok ? null : refuse(403, 'SignatureDoesNotMatch', 'The request signature we calculated does not match the signature you provided. Check your key and signing method.');
+}
+
+export function sendRefusal(res: ServerResponse, r: GateRefusal, resource: string): void {
+  const esc = (s: string) => s.replace(/[<>&'"]/g, (c) => `&#${c.charCodeAt(0)};`);
+  const body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${r.code}</Code><Message>${esc(r.message)}</Message><Resource>${esc(resource)}</Resource></Error>`;
+  res.writeHead(r.status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body), connection: 'close' });
+  res.end(body);
+}

@@ -1,0 +1,74 @@
+/**
+ * The embedded S3 server as a process of its own, supervised by `up` like the workers: a request
+ * that crashes it takes down this process only, and `up` starts it again on the same port.
+ *
+ * Run with `--openssl-legacy-provider`: s3rver builds ListObjects continuation tokens with DES,
+ * which OpenSSL 3 refuses by default (listing past 1,000 keys would fail with an internal error).
+ *
+ * Environment: TL_S3_DIR, TL_S3_HOST, TL_S3_PORT (0: any free port), TL_S3_BUCKETS (comma-separated),
+ * TL_S3_ACCESS_KEY_ID, TL_S3_SECRET_ACCESS_KEY. Tells its parent `{ listening: port }` over IPC,
+ * and exits when the parent goes away (the IPC channel closes, even when the parent was SIGKILLed).
+ */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdir } from 'node:fs/promises';
+import S3rver from 's3rver';
+import { checkKey, checkSignature, sendRefusal } from './s3-gate.js';
+
+const env = process.env;
+const directory = env.TL_S3_DIR;
+const creds = { accessKeyId: env.TL_S3_ACCESS_KEY_ID ?? '', secretAccessKey: env.TL_S3_SECRET_ACCESS_KEY ?? '' };
+if (!directory || !creds.accessKeyId || !creds.secretAccessKey) {
+  process.stderr.write('s3 server: TL_S3_DIR, TL_S3_ACCESS_KEY_ID and TL_S3_SECRET_ACCESS_KEY are required\n');
+  process.exit(2);
+}
+const line = (msg: string) => process.stderr.write(`${new Date().toISOString()} s3 server: ${msg}\n`);
+
+await mkdir(directory, { recursive: true });
+const s3rver = new S3rver({
+  directory,
+  silent: true,
+  vhostBuckets: false,
+  configureBuckets: (env.TL_S3_BUCKETS ?? '').split(',').filter(Boolean).map((name) => ({ name })),
+});
+await s3rver.configureBuckets();
+const handle = s3rver.callback();
+
+const server = createServer((req, res) => {
+  const rawPath = (req.url ?? '/').split('?')[0]!;
+  const badKey = checkKey(rawPath);
+  if (badKey) return sendRefusal(res, badKey, rawPath);
+  checkSignature(req, creds).then(
+    (refusal) => {
+      if (refusal) {
+        line(`refused ${req.method} ${JSON.stringify(rawPath.slice(0, 200))}: ${refusal.code}`);
+        return sendRefusal(res, refusal, rawPath);
+      }
+      // Verified here; s3rver would check the key id against its own fixed account, so it sees
+      // the request as anonymous (which it serves) instead.
+      delete req.headers.authorization;
+      handle(req, res);
+    },
+    (err: unknown) => sendRefusal(res, { status: 500, code: 'InternalError', message: (err as Error).message }, rawPath),
+  );
+});
+// Keep-alive sockets from SDK clients would hold close() open.
+const stop = () => {
+  server.closeAllConnections();
+  server.close(() => process.exit(0));
+  setTimeout(() => process.exit(0), 2_000).unref();
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
+process.on('disconnect', stop);
+
+server.once('error', (err: NodeJS.ErrnoException) => {
+  line(err.code === 'EADDRINUSE' ? `port ${env.TL_S3_PORT} is in use` : err.message);
+  process.send?.({ error: err.code === 'EADDRINUSE' ? 'EADDRINUSE' : err.message });
+  process.exit(1);
+});
+server.listen(Number(env.TL_S3_PORT ?? 0), env.TL_S3_HOST ?? '127.0.0.1', () => {
+  const { port } = server.address() as AddressInfo;
+  line(`listening on ${env.TL_S3_HOST ?? '127.0.0.1'}:${port}, data in ${directory}`);
+  process.send?.({ listening: port });
+});

@@ -1,0 +1,134 @@
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
+import { ObjectStore } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+
+/**
+ * The embedded S3 server as a hostile user on the same machine would try it: anonymous and
+ * wrongly signed requests, keys that climb out of its folder or that its file system cannot
+ * hold, and a listing past 1,000 keys (s3rver's DES continuation tokens, refused by OpenSSL 3
+ * unless the server runs with the legacy provider). awscli plays the legitimate user.
+ */
+
+guardLeaks();
+
+const execFileAsync = promisify(execFile);
+const bucket = 'photos';
+const creds = { accessKeyId: 'tl-test-key', secretAccessKey: 'tl-test-secret-0123456789' };
+let dir: string;
+let s3: EmbeddedS3;
+let store: ObjectStore;
+
+function storeWith(secretAccessKey: string): ObjectStore {
+  return new ObjectStore({ endpoint: s3.endpoint, region: 'us-east-1', accessKeyId: creds.accessKeyId, secretAccessKey, forcePathStyle: true });
+}
+
+async function aws(args: string[], secret = creds.secretAccessKey) {
+  return execFileAsync('aws', ['--endpoint-url', s3.endpoint, ...args], {
+    env: { PATH: process.env.PATH, HOME: dir, AWS_ACCESS_KEY_ID: creds.accessKeyId, AWS_SECRET_ACCESS_KEY: secret, AWS_DEFAULT_REGION: 'us-east-1' },
+    timeout: 60_000,
+  }).then(
+    (r) => ({ code: 0, out: r.stdout + r.stderr }),
+    (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? 1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
+  );
+}
+
+/** Every file under the test's folder outside the server's data folder, but for its log. */
+async function strayFiles(): Promise<string[]> {
+  const all = await readdir(dir, { recursive: true });
+  return all.filter((f) => !f.startsWith('s3') && !f.startsWith('aws') && f !== 'file.jpg');
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'tl-s3-'));
+  s3 = await startEmbeddedS3({ directory: path.join(dir, 's3', 'data'), port: 0, buckets: [bucket], credentials: creds });
+  store = storeWith(creds.secretAccessKey);
+  await writeFile(path.join(dir, 'file.jpg'), 'not really a jpeg');
+}, 30_000);
+
+afterAll(async () => {
+  store?.close();
+  await s3?.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('the embedded S3 server', () => {
+  it('serves requests signed with its credentials (awscli and our SDK client)', async () => {
+    const cp = await aws(['s3', 'cp', path.join(dir, 'file.jpg'), `s3://${bucket}/train/cat/1.jpg`]);
+    expect(cp.out).toMatch(/upload:/);
+    expect(cp.code).toBe(0);
+    expect((await store.getObject(bucket, 'train/cat/1.jpg')).toString()).toBe('not really a jpeg');
+    await store.putObject(bucket, 'train/dog/a b+c é.jpg', Buffer.from('x'));
+    const ls = await aws(['s3', 'ls', '--recursive', `s3://${bucket}/train/`]);
+    expect(ls.out).toContain('train/dog/a b+c é.jpg');
+  });
+
+  it('refuses anonymous requests and wrong secrets, and keeps the objects', async () => {
+    for (const method of ['GET', 'PUT', 'DELETE']) {
+      const res = await fetch(`${s3.endpoint}/${bucket}/train/cat/1.jpg`, { method, body: method === 'PUT' ? 'overwritten' : undefined });
+      expect(res.status, method).toBe(403);
+      expect(await res.text()).toContain('<Code>AccessDenied</Code>');
+    }
+    const listing = await fetch(`${s3.endpoint}/${bucket}?list-type=2`);
+    expect(listing.status).toBe(403);
+
+    const wrong = storeWith('not-the-secret');
+    await expect(wrong.putObject(bucket, 'train/cat/1.jpg', Buffer.from('overwritten'))).rejects.toThrow(/signature/i);
+    await expect(wrong.getObject(bucket, 'train/cat/1.jpg')).rejects.toThrow(/signature/i);
+    wrong.close();
+    const cli = await aws(['s3', 'rm', `s3://${bucket}/train/cat/1.jpg`], 'wrong');
+    expect(cli.code).not.toBe(0);
+    expect(cli.out).toMatch(/SignatureDoesNotMatch/);
+
+    expect((await store.getObject(bucket, 'train/cat/1.jpg')).toString()).toBe('not really a jpeg');
+  });
+
+  it('writes no key outside its folder, and answers keys it cannot store with 400 (and stays up)', async () => {
+    const pid = s3.process.pid;
+    for (const key of ['..%2F..%2F..%2Fescaped.jpg', '..%2F..%2Fescaped2.jpg', 'a/..%2F..%2F..%2F..%2Fescaped3.jpg']) {
+      const res = await fetch(`${s3.endpoint}/${bucket}/${key}`, { method: 'PUT', body: 'x' });
+      expect(res.status, key).toBe(400);
+    }
+    // Signed, too: the signature does not make such a key acceptable.
+    await expect(store.putObject(bucket, 'a/../../../../escaped4.jpg', Buffer.from('x'))).rejects.toThrow(/not supported|InvalidArgument|400/);
+    expect(await strayFiles()).toEqual([]);
+
+    const long = `${'z'.repeat(300)}.jpg`;
+    const res = await fetch(`${s3.endpoint}/${bucket}/${long}`, { method: 'PUT', body: 'x' });
+    expect(res.status).toBe(400);
+    expect(await res.text()).toContain('KeyTooLongError');
+    await expect(store.putObject(bucket, `train/cat/${long}`, Buffer.from('x'))).rejects.toThrow(/KeyTooLong|too long/i);
+    expect(s3.process.pid).toBe(pid);
+    expect((await store.getObject(bucket, 'train/cat/1.jpg')).toString()).toBe('not really a jpeg');
+  });
+
+  it('lists 2,500 keys (continuation tokens past the first 1,000)', async () => {
+    const keys = Array.from({ length: 2500 }, (_, i) => `many/k${String(i).padStart(5, '0')}.txt`);
+    for (let i = 0; i < keys.length; i += 50) await Promise.all(keys.slice(i, i + 50).map((k) => store.putObject(bucket, k, Buffer.from(k))));
+    const listed: string[] = [];
+    for await (const o of store.listObjects(bucket, 'many/')) listed.push(o.key);
+    expect(listed.length).toBe(2500);
+    expect(new Set(listed)).toEqual(new Set(keys));
+  }, 120_000);
+
+  it('comes back on the same port after its process is killed', async () => {
+    const pid = s3.process.pid!;
+    expect(s3.process.kill('SIGKILL')).toBe(true);
+    const deadline = Date.now() + 15_000;
+    let body = '';
+    while (Date.now() < deadline) {
+      body = await store.getObject(bucket, 'train/cat/1.jpg').then((b) => b.toString(), () => '');
+      if (body) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(body).toBe('not really a jpeg');
+    expect(s3.process.pid).not.toBe(pid);
+    expect(existsSync(`/proc/${pid}`)).toBe(false);
+  });
+});
