@@ -1,5 +1,6 @@
 import {
   DatasetRepository,
+  ObjectChangedError,
   ObjectNotFoundError,
   ObjectTooLargeError,
   PermanentError,
@@ -49,7 +50,8 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
   const itemId = DatasetRepository.itemId(job.bucket, job.key);
   const base = { label: job.label, etag: job.etag, space: job.embedderId };
   try {
-    const bytes = await deps.objects.getObject(job.bucket, job.key, deps.maxObjectBytes);
+    // Only the content that was listed: bytes of a newer version would be recorded under the old ETag.
+    const bytes = await deps.objects.getObject(job.bucket, job.key, deps.maxObjectBytes, { ifMatch: job.etag });
     const sha256 = contentHash(bytes);
     if (await deps.store.lookup(itemId, job.etag, sha256, job.embedderId)) {
       await deps.store.record(job.dataset, itemId, { ...base, sha256, state: 'cached' });
@@ -67,5 +69,6 @@ function asPermanent(err: unknown): PermanentError | undefined {
   if (err instanceof PermanentError) return err;
   if (err instanceof ObjectNotFoundError) return new PermanentError('not-found', `${err.message} (deleted since it was listed?)`);
   if (err instanceof ObjectTooLargeError) return new PermanentError('too-large', err.message);
+  if (err instanceof ObjectChangedError) return new PermanentError('changed', `${err.message}: ingest again to take the new content`);
   return undefined;
 }

@@ -38,6 +38,10 @@ export interface IngestCounts {
   enqueued: number;
   /** items tried again: failed for a transient reason, or orphaned (their job was lost) */
   retried: number;
+  /** items under the prefix whose objects are gone from the bucket: taken out of the dataset */
+  removed: number;
+  /** labels whose folder names came in more than one Unicode spelling (NFC and NFD), merged into one */
+  mergedLabels: string[];
 }
 
 export interface IngestDeps {
@@ -56,15 +60,19 @@ export interface IngestDeps {
  */
 export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void): Promise<IngestCounts> {
   const { store, datasets } = deps.services;
-  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, fromCache: 0, enqueued: 0, retried: 0 };
+  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, fromCache: 0, enqueued: 0, retried: 0, removed: 0, mergedLabels: [] };
   await datasets.setSpace(req.dataset, req.space.id);
   let page: ObjectInfo[] = [];
+  const listedIds = new Set<string>();
+  const spellings = new Map<string, Set<string>>();
   const flush = async () => {
     const labelled = page.flatMap((o) => {
       const item = req.labels === 'none' ? (o.key.endsWith('/') ? undefined : { label: UNLABELLED }) : itemFromKey(req.prefix, o.key);
       if (item === undefined) counts.unlabelled++;
+      else noteSpelling(spellings, item.label, o.key, req.prefix);
       return item === undefined ? [] : [{ ...o, ...item, id: DatasetRepository.itemId(req.bucket, o.key) }];
     });
+    for (const o of labelled) listedIds.add(o.id);
     page = [];
     const existing = await datasets.getItems(req.dataset, labelled.map((o) => o.id));
     const known = existing.flatMap((r, i) => (r ? [[labelled[i]!.id, r] as [string, ItemRecord]] : []));
@@ -92,7 +100,38 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     if (page.length >= 1000) await flush();
   }
   if (page.length) await flush();
+  counts.removed = await removeDeleted(req, datasets, listedIds);
+  counts.mergedLabels = [...spellings].filter(([, forms]) => forms.size > 1).map(([label]) => label).sort();
+  onPage?.({ ...counts });
   return counts;
+}
+
+/** Records the raw folder spelling behind a (NFC-normalised) label. */
+function noteSpelling(spellings: Map<string, Set<string>>, label: string, key: string, prefix: string): void {
+  const raw = key.slice(prefix.length).split('/').find((part) => part.normalize('NFC') === label);
+  if (raw === undefined || raw === label) {
+    if (!spellings.has(label)) spellings.set(label, new Set([label]));
+    return;
+  }
+  const forms = spellings.get(label) ?? new Set<string>();
+  forms.add(raw);
+  spellings.set(label, forms);
+}
+
+/**
+ * Items of the dataset under the listed prefix whose objects were not listed: deleted from the
+ * bucket. They leave the dataset (and training), so a dataset matches its bucket after an ingest.
+ */
+async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services']['datasets'], listed: Set<string>): Promise<number> {
+  const gone: string[] = [];
+  for await (const page of datasets.scan(req.dataset)) {
+    for (const [id] of page) {
+      const { bucket, key } = DatasetRepository.parseItemId(id);
+      if (bucket === req.bucket && key.startsWith(req.prefix) && !listed.has(id)) gone.push(id);
+    }
+  }
+  for (let i = 0; i < gone.length; i += 1000) await datasets.removeItems(req.dataset, gone.slice(i, i + 1000));
+  return gone.length;
 }
 
 /** Whether re-ingesting an unchanged object should run it again. */

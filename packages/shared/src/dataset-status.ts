@@ -34,7 +34,7 @@ export interface ItemView {
  * by itself. Bad input (empty, truncated, …) stays failed until the object changes or
  * `transferline retry --reason` names it.
  */
-export const TRANSIENT_REASONS: ReadonlySet<string> = new Set(['attempts-exhausted', 'stalled', 'pixels-expired', 'bad-pixels', 'wrong-embedder']);
+export const TRANSIENT_REASONS: ReadonlySet<string> = new Set(['attempts-exhausted', 'stalled', 'pixels-expired', 'bad-pixels', 'wrong-embedder', 'changed']);
 
 export interface DatasetStatus {
   dataset: string;

@@ -74,6 +74,12 @@ export class DatasetRepository {
     await this.putItems(dataset, [[itemId, record]]);
   }
 
+  /** Takes items out of a dataset (their objects were deleted), and forgets the objects' content hashes. */
+  async removeItems(dataset: string, itemIds: string[]): Promise<void> {
+    if (itemIds.length === 0) return;
+    await this.redis.multi().hdel(this.keys.datasetItems(dataset), ...itemIds).hdel(this.keys.objectHashes(), ...itemIds).exec();
+  }
+
   /** Known content hashes of objects, keyed by `bucket/key`, valid only while the ETag matches. */
   async knownHashes(itemIds: string[]): Promise<({ etag: string; sha256: string } | undefined)[]> {
     if (itemIds.length === 0) return [];

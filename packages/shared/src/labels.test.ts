@@ -38,3 +38,14 @@ describe('itemFromKey', () => {
     expect(itemFromKey('photos/', 'photos/cats/b.jpg')).toEqual({ label: 'cats' });
   });
 });
+
+describe('labels named like Object.prototype members', () => {
+  it('are labels, not splits', async () => {
+    const { itemFromKey, splitOfFolder } = await import('./labels.js');
+    for (const name of ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf']) {
+      expect(splitOfFolder(name), name).toBeUndefined();
+      expect(itemFromKey('photos/', `photos/${name}/1.jpg`), name).toEqual({ label: name });
+      expect(itemFromKey('photos/val/', `photos/val/${name}/1.jpg`), name).toEqual({ label: name, split: 'validation' });
+    }
+  });
+});

@@ -1,10 +1,18 @@
 import type { Split } from './documents.js';
 
-const SPLIT_FOLDERS: Record<string, Split> = { train: 'train', val: 'validation', valid: 'validation', validation: 'validation', test: 'test' };
+// A Map, not an object literal: folder names are user strings, and `constructor` or `__proto__`
+// would find Object.prototype's members in a plain object.
+const SPLIT_FOLDERS = new Map<string, Split>([
+  ['train', 'train'],
+  ['val', 'validation'],
+  ['valid', 'validation'],
+  ['validation', 'validation'],
+  ['test', 'test'],
+]);
 
 /** The split a folder name stands for (`train`, `val`/`valid`/`validation`, `test`), if any. */
 export function splitOfFolder(name: string): Split | undefined {
-  return SPLIT_FOLDERS[name.toLowerCase()];
+  return SPLIT_FOLDERS.get(name.toLowerCase());
 }
 
 /**

@@ -47,6 +47,14 @@ export class ObjectTooLargeError extends Error {
   }
 }
 
+/** The object's content is no longer the one that was listed (its ETag changed): it was overwritten. */
+export class ObjectChangedError extends Error {
+  override readonly name = 'ObjectChangedError';
+  constructor(readonly bucket: string, readonly key: string, readonly expected: string, readonly actual: string | undefined) {
+    super(`s3://${bucket}/${key} changed after it was listed (ETag ${actual ?? 'unknown'}, listed ${expected})`);
+  }
+}
+
 /** `s3://bucket/some/prefix/` → `{ bucket, prefix }` (prefix normalised to end with `/` or be empty). */
 export function parseS3Url(url: string): { bucket: string; prefix: string } {
   const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(url);
@@ -119,15 +127,23 @@ export class ObjectStore {
 
   /**
    * Downloads an object into memory. The size is checked from the response headers before the
-   * body is read, so an oversized object costs one request and no transfer.
+   * body is read, so an oversized object costs one request and no transfer. With `ifMatch` (an
+   * ETag without quotes) it downloads only that content, or throws ObjectChangedError.
    */
-  async getObject(bucket: string, key: string, maxBytes = Number.POSITIVE_INFINITY): Promise<Buffer> {
+  async getObject(bucket: string, key: string, maxBytes = Number.POSITIVE_INFINITY, o: { ifMatch?: string } = {}): Promise<Buffer> {
     let res;
     try {
-      res = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+      res = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key, ...(o.ifMatch !== undefined && { IfMatch: `"${o.ifMatch}"` }) }));
     } catch (err) {
       if (isNotFound(err)) throw new ObjectNotFoundError(bucket, key);
+      if (o.ifMatch !== undefined && err instanceof S3ServiceException && err.$metadata.httpStatusCode === 412) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
       throw err;
+    }
+    // Servers that ignore If-Match (the embedded one) still say which content they sent.
+    const etag = res.ETag?.replace(/"/g, '');
+    if (o.ifMatch !== undefined && etag !== undefined && etag !== o.ifMatch) {
+      (res.Body as Readable | undefined)?.destroy();
+      throw new ObjectChangedError(bucket, key, o.ifMatch, etag);
     }
     const body = res.Body as Readable | undefined;
     if (!body) return Buffer.alloc(0);

@@ -47,8 +47,12 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
     `ingest ${where} → dataset ${o.dataset}: ${counts.listed} objects listed, ${counts.enqueued} enqueued, ` +
       `${counts.fromCache} already embedded, ${counts.unchanged} unchanged` +
       (counts.retried ? `, ${counts.retried} tried again (failed on a transient error, or their job was lost)` : '') +
-      (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : ''),
+      (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : '') +
+      (counts.removed ? `, ${counts.removed} removed from the dataset (deleted from the bucket)` : ''),
   );
+  for (const label of counts.mergedLabels) {
+    w(`note: label folder "${printable(label)}" comes in more than one Unicode spelling (NFC and NFD, as macOS writes them); they are one label`);
+  }
   if (!o.wait) return { counts };
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
   printDatasetSummary(ctx, status);
