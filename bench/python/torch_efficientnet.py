@@ -1,7 +1,9 @@
 """EfficientNet-B0 features (+ global average pool) in PyTorch on this CPU: the rate a Python user
 would get. torchvision's efficientnet_b0(weights=None): speed does not depend on the weights.
-Prints one JSON line: {"torch": version, "threads": n, "rates": {batch: images/s}}."""
+Prints one JSON line: {"torch": version, "threads": n, "interop": 1, "rates": {batch: images/s},
+"peak_rss_mb": VmHWM}."""
 import json
+import resource
 import sys
 import time
 
@@ -11,6 +13,7 @@ import torchvision
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 min_seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 8.0
 torch.set_num_threads(threads)
+torch.set_num_interop_threads(1)
 model = torchvision.models.efficientnet_b0(weights=None).eval()
 features = torch.nn.Sequential(model.features, model.avgpool, torch.nn.Flatten()).to(memory_format=torch.channels_last)
 rates = {}
@@ -24,4 +27,5 @@ with torch.inference_mode():
             n += batch
         assert out.shape == (batch, 1280)
         rates[batch] = n / (time.perf_counter() - start)
-print(json.dumps({"torch": torch.__version__, "threads": threads, "rates": rates}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "interop": torch.get_num_interop_threads(), "rates": rates, "peak_rss_mb": peak}))

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -38,8 +39,8 @@ export function withRatios(rows: Row[]): Row[] {
 }
 
 export function table(result: SuiteResult): string {
-  const head = ['figure', 'value', 'unit', 'vs', 'ratio', 'target'];
-  const lines = result.rows.map((r) => [r.name, r.value >= 100 ? r.value.toFixed(0) : r.value.toPrecision(3), r.unit, r.vs ?? '', r.ratio !== undefined ? `${r.ratio.toFixed(2)}×` : '', r.target ?? '']);
+  const head = ['figure', 'value', 'unit', 'vs', 'ratio', 'target', 'note'];
+  const lines = result.rows.map((r) => [r.name, r.value >= 100 ? r.value.toFixed(0) : r.value.toPrecision(3), r.unit, r.vs ?? '', r.ratio !== undefined ? `${r.ratio.toFixed(2)}×` : '', r.target ?? '', r.note ?? '']);
   const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
   const fmt = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
   return [`## ${result.suite}`, fmt(head), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...lines.map(fmt)].join('\n');
@@ -59,4 +60,23 @@ export async function timeAtLeast(minSeconds: number, fn: () => Promise<number>)
   do items += await fn();
   while ((performance.now() - start) / 1000 < minSeconds);
   return { items, seconds: (performance.now() - start) / 1000 };
+}
+
+/** A process's peak resident memory (VmHWM, MiB) from /proc: the kernel's own high-water mark, not a sample. */
+export function peakRssMb(pid: number = process.pid): number | undefined {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Polls until `done` holds; throws after `seconds` (a worker that died must not hold the bench open). */
+export async function until(what: string, done: () => Promise<boolean>, seconds = 600, everyMs = 20): Promise<void> {
+  const deadline = Date.now() + seconds * 1000;
+  while (!(await done())) {
+    if (Date.now() > deadline) throw new Error(`bench: gave up after ${seconds} s waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
 }

@@ -12,7 +12,7 @@ import { save, table, type SuiteResult } from './report.js';
 const SUITES: Record<string, () => Promise<SuiteResult>> = {
   pipeline: () => pipelineBench({ perClass: 30 }),
   preprocess: () => preprocessBench(),
-  embed: () => embedBench({ images: 96 }),
+  embed: () => embedBench({ images: 256 }),
   head: () => headBench({ embedTrain: 1000, embedTest: 500 }),
   'head-scale': () => headScaleBench({ n: Number(process.env.TL_BENCH_SCALE_N ?? 200_000), epochs: 3 }),
 };

@@ -1,52 +1,74 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import * as ort from 'onnxruntime-node';
 import { openCliContext, type CliContext } from '@transferline/producer/cli-context';
 import { ingestPrefix } from '@transferline/producer/ingest.service';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '@transferline/producer/demo/sample-images';
 import { startTempStack } from '@transferline/producer/embedded/temp-stack';
 import { createEfficientNetEmbedder } from '@transferline/feature-worker/embedder';
+import { buildEfficientNetB0 } from '@transferline/feature-worker/model/efficientnet-b0.model';
+import { exportEfficientNetB0ToOnnx } from '@transferline/feature-worker/model/onnx-export';
+import { createOnnxEmbedder } from '@transferline/feature-worker/model/onnx.embedder';
 import { enqueue, jobIds, type EmbedJob } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
-import { machine, timeAtLeast, withRatios, type Row, type SuiteResult } from '../report.js';
+import { machine, peakRssMb, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 const SIZE = 224 * 224 * 3;
+const BATCHES = [1, 8, 32] as const;
 const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const baseEnv = { TL_MODEL_WEIGHTS: 'random', TL_LOG_LEVEL: 'warn' };
+const pythonDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'python');
+const log = (s: string) => process.stderr.write(`embed: ${s}\n`);
 
 function randomImages(n: number): Uint8Array[] {
   return Array.from({ length: n }, () => new Uint8Array(randomBytes(SIZE)));
 }
 
+/** images/s of `embed` at each batch size, each timed for ≥ `seconds` after a warm-up. */
+async function rawRates(embed: (images: Uint8Array[]) => Promise<unknown>, seconds: number): Promise<Record<number, number>> {
+  const pool = randomImages(32);
+  const out: Record<number, number> = {};
+  for (const batch of BATCHES) {
+    for (let i = 0; i < 3; i++) await embed(pool.slice(0, batch)); // first runs at a new size are slow
+    const t = await timeAtLeast(seconds, async () => (await embed(pool.slice(0, batch)), batch));
+    out[batch] = t.items / t.seconds;
+  }
+  return out;
+}
+
 /** Puts pixels in Redis as preprocess would, enqueues their embed jobs, waits until all are cached. */
-async function embedThroughQueue(ctx: CliContext, images: Uint8Array[]): Promise<number> {
-  const { space } = await ctx.services.spaces.resolve();
+async function embedThroughQueue(ctx: CliContext, space: string, images: Uint8Array[]): Promise<number> {
   const jobs: { id: string; payload: EmbedJob }[] = [];
   for (const img of images) {
     const sha256 = randomBytes(32).toString('hex');
     await ctx.services.tensors.put(sha256, img);
-    const payload = { sha256, embedderId: space.id };
+    const payload = { sha256, embedderId: space };
     jobs.push({ id: jobIds.embed(payload), payload });
   }
-  const target = (await ctx.services.cache.size(space.id)) + images.length;
+  const target = (await ctx.services.cache.size(space)) + images.length;
   const start = performance.now();
-  await enqueue(ctx.queues.embed(space.id), 'embed', jobs);
-  while ((await ctx.services.cache.size(space.id)) < target) await sleep(20);
+  await enqueue(ctx.queues.embed(space), 'embed', jobs);
+  await until(`${images.length} embeddings in the cache`, async () => (await ctx.services.cache.size(space)) >= target, 600, 10);
   return (performance.now() - start) / 1000;
 }
 
-async function stageRate(batch: number, processes: number, n: number): Promise<number> {
-  const stack = await startTempStack({ ...baseEnv, TL_EMBED_BATCH_SIZE: String(batch), TL_EMBED_BATCH_WAIT_MS: '200' }, { preprocess: 0, embed: processes, train: 0 });
+/** The embed stage's rate through Redis and BullMQ (the worker processes of a real stack), and its peak RSS. */
+async function stageRate(o: { backend: string; batch: number; processes: number; threads: number; n: number }): Promise<{ rate: number; peakMb?: number }> {
+  const env = { ...baseEnv, TL_BACKEND: o.backend, TL_EMBED_THREADS: String(o.threads), TL_EMBED_BATCH_SIZE: String(o.batch), TL_EMBED_BATCH_WAIT_MS: '50' };
+  const stack = await startTempStack(env, { preprocess: 0, embed: o.processes, train: 0 });
   try {
     const ctx = await openCliContext(stack.config, quiet);
     try {
-      while ((await ctx.services.spaces.liveWorkers()).length < processes) await sleep(100);
-      await embedThroughQueue(ctx, randomImages(batch * processes)); // warm-up: first passes compile kernels
-      const seconds = await embedThroughQueue(ctx, randomImages(n));
-      return n / seconds;
+      await until(`${o.processes} embed workers`, async () => (await ctx.services.spaces.workersOf(stack.space.id)) >= o.processes, 120, 100);
+      await embedThroughQueue(ctx, stack.space.id, randomImages(o.batch * o.processes * 2)); // warm-up
+      const seconds = await embedThroughQueue(ctx, stack.space.id, randomImages(o.n));
+      const peaks = Object.entries(stack.supervisor.pids()).filter(([k]) => k.startsWith('embed')).map(([, pid]) => peakRssMb(pid) ?? 0);
+      return { rate: o.n / seconds, peakMb: Math.max(...peaks) };
     } finally {
       await ctx.close();
     }
@@ -55,45 +77,96 @@ async function stageRate(batch: number, processes: number, n: number): Promise<n
   }
 }
 
-async function torchRates(): Promise<Record<string, number> | undefined> {
-  const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'python', 'torch_efficientnet.py');
-  try {
-    const { stdout } = await promisify(execFile)('/usr/bin/python3', [script, '2', '8'], { timeout: 300_000 });
-    return (JSON.parse(stdout) as { rates: Record<string, number> }).rates;
-  } catch (err) {
-    process.stderr.write(`embed: PyTorch comparison skipped (${(err as Error).message.split('\n')[0]}; apt-get install python3-torch python3-torchvision)\n`);
-    return undefined;
-  }
+async function python(script: string, args: string[]): Promise<string> {
+  const { stdout } = await promisify(execFile)('/usr/bin/python3', [path.join(pythonDir, script), ...args], { timeout: 600_000, env: { ...process.env, OMP_NUM_THREADS: '2', MKL_NUM_THREADS: '2' } });
+  return stdout;
 }
 
 /**
- * Issue 4: raw model.predict at batch 1/8/32 vs the embed stage through Redis and BullMQ at the
- * same batch sizes; 1 vs 2 embed processes; first ingest vs re-ingest of the same bucket;
- * PyTorch on this CPU as a Python user's reference.
+ * Issue 9: the forward pass at batch 1/8/32 on ONNX Runtime (our graph, 1 and 2 threads), TF.js
+ * wasm, PyTorch eager (2 threads) and ONNX Runtime on torchvision's exported graph (the rate a
+ * Python user gets); the embed stage through Redis and BullMQ against the raw rate at the same
+ * batch and threads, and against today's wasm stage; first ingest vs re-ingest.
  */
-export async function embedBench(o: { images: number }): Promise<SuiteResult> {
+export async function embedBench(o: { images: number; seconds?: number }): Promise<SuiteResult> {
   const startedAt = new Date().toISOString();
+  const seconds = o.seconds ?? 8;
   const rows: Row[] = [];
-  const rt = await loadTfRuntime('auto');
-  const embedder = await createEfficientNetEmbedder(rt, { seed: 42 });
-  const pool = randomImages(32);
-  const raw: Record<number, number> = {};
-  for (const batch of [1, 8, 32]) {
-    embedder.embedBatch(pool.slice(0, batch));
-    const t = await timeAtLeast(8, async () => (embedder.embedBatch(pool.slice(0, batch)), batch));
-    raw[batch] = t.items / t.seconds;
-    rows.push({ name: `raw model.predict, batch ${batch} (${rt.backend})`, value: raw[batch]!, unit: 'images/s' });
-    process.stderr.write(`embed: raw batch ${batch}: ${raw[batch]!.toFixed(2)} images/s\n`);
-  }
-  embedder.dispose();
+  const details: Record<string, unknown> = {};
+  const name = { ours: (b: number, t: number) => `raw forward, ONNX Runtime (our graph), batch ${b}, ${t} thread${t > 1 ? 's' : ''}` };
 
-  for (const batch of [1, 8, 32]) {
-    const rate = await stageRate(batch, 1, Math.max(o.images, batch * 2));
-    rows.push({ name: `embed stage via Redis+BullMQ, batch ${batch}, 1 process`, value: rate, unit: 'images/s', vs: `raw model.predict, batch ${batch} (${rt.backend})`, target: '≥ 0.9×' });
-    process.stderr.write(`embed: stage batch ${batch}: ${rate.toFixed(2)} images/s\n`);
+  // Our graph, built from the TF.js model as the embed worker builds it (random weights: speed does not depend on them).
+  const rtCpu = await loadTfRuntime('cpu');
+  const net = buildEfficientNetB0({ seed: 42 });
+  const onnxBytes = exportEfficientNetB0ToOnnx(net);
+  net.dispose();
+  for (const threads of [1, 2]) {
+    const e = await createOnnxEmbedder(onnxBytes, { intraOpThreads: threads });
+    const r = await rawRates((x) => e.embedBatch(x), seconds);
+    await e.dispose();
+    for (const b of BATCHES) rows.push({ name: name.ours(b, threads), value: r[b]!, unit: 'images/s' });
+    log(`ORT ours ${threads} threads: ${JSON.stringify(r)}`);
   }
-  const two = await stageRate(8, 2, o.images);
-  rows.push({ name: 'embed stage, batch 8, 2 processes', value: two, unit: 'images/s', vs: 'embed stage via Redis+BullMQ, batch 8, 1 process', note: 'wasm is single-threaded under Node: scale with processes' });
+  details.rawPeakMbAfterOrt = peakRssMb();
+
+  // TF.js wasm: single-threaded under Node whatever the setting.
+  const rtWasm = await loadTfRuntime('wasm');
+  const wasm = await createEfficientNetEmbedder(rtWasm, { seed: 42 });
+  const wr = await rawRates((x) => wasm.embedBatch(x), seconds);
+  wasm.dispose();
+  for (const b of BATCHES) rows.push({ name: `raw forward, TF.js wasm, batch ${b}, 1 thread`, value: wr[b]!, unit: 'images/s', vs: name.ours(b, 2) });
+  log(`wasm: ${JSON.stringify(wr)}`);
+  void rtCpu;
+
+  // ONNX Runtime on torchvision's exported graph (float32 NCHW in), same threads.
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-bench-'));
+  try {
+    await python('torchvision_onnx_export.py', [path.join(dir, 'tv.onnx')]);
+    const session = await ort.InferenceSession.create(new Uint8Array(await readFile(path.join(dir, 'tv.onnx'))), {
+      executionProviders: ['cpu'],
+      graphOptimizationLevel: 'all',
+      intraOpNumThreads: 2,
+      interOpNumThreads: 1,
+      executionMode: 'sequential',
+    });
+    const pool = new Float32Array(32 * SIZE).map(() => Math.random());
+    const tr = await rawRates((x) => session.run({ input: new ort.Tensor('float32', pool.subarray(0, x.length * SIZE), [x.length, 3, 224, 224]) }), seconds);
+    await session.release();
+    for (const b of BATCHES) rows.push({ name: `raw forward, ONNX Runtime on torchvision's torch.onnx.export graph, batch ${b}, 2 threads`, value: tr[b]!, unit: 'images/s' });
+    for (const b of BATCHES) rows.push({ name: `ours vs torchvision-exported graph, batch ${b}`, value: rows.find((r) => r.name === name.ours(b, 2))!.value, unit: 'images/s', vs: `raw forward, ONNX Runtime on torchvision's torch.onnx.export graph, batch ${b}, 2 threads`, target: '≥ 0.9×' });
+    log(`ORT torchvision: ${JSON.stringify(tr)}`);
+  } catch (err) {
+    log(`torchvision ONNX comparison skipped (${(err as Error).message.split('\n')[0]}; apt-get install python3-torch python3-torchvision)`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  // PyTorch eager, 2 threads, 1 inter-op thread, channels_last.
+  try {
+    const t = JSON.parse(await python('torch_efficientnet.py', ['2', String(seconds)])) as { torch: string; threads: number; interop: number; rates: Record<string, number>; peak_rss_mb: number };
+    for (const b of BATCHES) {
+      rows.push({ name: `raw forward, PyTorch ${t.torch} eager, batch ${b}, ${t.threads} threads (interop ${t.interop})`, value: t.rates[b]!, unit: 'images/s' });
+      rows.push({ name: `ours vs PyTorch eager, batch ${b}`, value: rows.find((r) => r.name === name.ours(b, 2))!.value, unit: 'images/s', vs: `raw forward, PyTorch ${t.torch} eager, batch ${b}, ${t.threads} threads (interop ${t.interop})`, target: '≥ 2×' });
+    }
+    details.torchPeakMb = t.peak_rss_mb;
+  } catch (err) {
+    log(`PyTorch comparison skipped (${(err as Error).message.split('\n')[0]}; apt-get install python3-torch python3-torchvision)`);
+  }
+
+  // The stage through Redis and BullMQ, on the same threads, against the raw rate.
+  const stagePeaks: Record<string, number | undefined> = {};
+  for (const b of BATCHES) {
+    const s = await stageRate({ backend: 'onnx', batch: b, processes: 1, threads: 2, n: Math.max(o.images, b * 8) });
+    stagePeaks[`onnx batch ${b}`] = s.peakMb;
+    rows.push({ name: `embed stage via Redis+BullMQ, ONNX Runtime, batch ${b}, 1 process × 2 threads`, value: s.rate, unit: 'images/s', vs: name.ours(b, 2), target: '≥ 0.9×', note: `embed process peak ${s.peakMb?.toFixed(0)} MiB (VmHWM)` });
+    log(`stage onnx batch ${b}: ${s.rate.toFixed(1)}`);
+  }
+  const twoProc = await stageRate({ backend: 'onnx', batch: 8, processes: 2, threads: 1, n: Math.max(o.images, 64) });
+  rows.push({ name: 'embed stage, ONNX Runtime, batch 8, 2 processes × 1 thread', value: twoProc.rate, unit: 'images/s', vs: 'embed stage via Redis+BullMQ, ONNX Runtime, batch 8, 1 process × 2 threads', note: `peak ${twoProc.peakMb?.toFixed(0)} MiB per process` });
+  const wasmStage = await stageRate({ backend: 'wasm', batch: 8, processes: 1, threads: 1, n: 48 });
+  rows.push({ name: "today's embed stage before this change: TF.js wasm, batch 8, 1 process", value: wasmStage.rate, unit: 'images/s', note: `peak ${wasmStage.peakMb?.toFixed(0)} MiB` });
+  rows.push({ name: 'ONNX Runtime stage (batch 8, 2 threads) vs the wasm stage', value: rows.find((r) => r.name.startsWith('embed stage via Redis+BullMQ, ONNX Runtime, batch 8'))!.value, unit: 'images/s', vs: "today's embed stage before this change: TF.js wasm, batch 8, 1 process", target: '≥ 10×' });
+  details.stagePeakMb = stagePeaks;
 
   // First ingest vs re-ingest of the same bucket, the whole pipeline.
   const stack = await startTempStack({ ...baseEnv, TL_EMBED_BATCH_SIZE: '8' }, { preprocess: 1, embed: 1, train: 0 });
@@ -105,13 +178,12 @@ export async function embedBench(o: { images: number }): Promise<SuiteResult> {
       for (const kind of Object.keys(SAMPLE_CLASSES) as SampleClass[]) {
         for (let i = 0; i < Math.ceil(o.images / 3); i++, n++) await ctx.services.store.putObject('bench', `train/${kind}/${i}.jpg`, await renderSample(kind, i, 3));
       }
-      while ((await ctx.services.spaces.liveWorkers()).length === 0) await sleep(100);
-      const { space } = await ctx.services.spaces.resolve();
+      await until('an embed worker', async () => (await ctx.services.spaces.workersOf(stack.space.id)) > 0, 120, 100);
       const forwardPasses = async () => Number(/^tl_embed_batch_size_count\{[^}]*\} (\d+)/m.exec(await (await fetch(`http://127.0.0.1:${stack.ports.embed}/metrics`)).text())?.[1]);
       const ingest = async () => {
         const t = performance.now();
-        await ingestPrefix({ bucket: 'bench', prefix: 'train/', dataset: 'bench', space }, { services: ctx.services, queues: ctx.queues });
-        while ((await ctx.services.inspector.status('bench')).pending > 0) await sleep(20);
+        await ingestPrefix({ bucket: 'bench', prefix: 'train/', dataset: 'bench', space: stack.space }, { services: ctx.services, queues: ctx.queues });
+        await until('the ingest to finish', async () => (await ctx.services.inspector.status('bench')).pending === 0);
         return (performance.now() - t) / 1000;
       };
       const first = await ingest();
@@ -129,8 +201,6 @@ export async function embedBench(o: { images: number }): Promise<SuiteResult> {
   } finally {
     await stack.destroy();
   }
-
-  const torch = await torchRates();
-  if (torch) for (const [b, r] of Object.entries(torch)) rows.push({ name: `PyTorch eager efficientnet_b0 features, batch ${b}, 2 threads`, value: r, unit: 'images/s', vs: `raw model.predict, batch ${b} (${rt.backend})` });
-  return { suite: 'embed', startedAt, machine: machine(), rows: withRatios(rows), details: { backend: rt.backend, images: o.images } };
+  details.benchProcessPeakMb = peakRssMb();
+  return { suite: 'embed', startedAt, machine: machine(), rows: withRatios(rows), details: { ...details, images: o.images, cpus: os.availableParallelism() } };
 }

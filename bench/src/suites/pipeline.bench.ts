@@ -6,7 +6,7 @@ import { startTempStack } from '@transferline/producer/embedded/temp-stack';
 import { prepareImage } from '@transferline/feature-worker/image.ops';
 import { createEfficientNetEmbedder } from '@transferline/feature-worker/embedder';
 import { loadTfRuntime } from '@transferline/shared/tf';
-import { machine, timeAtLeast, withRatios, type Row, type SuiteResult } from '../report.js';
+import { machine, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 const PREP = { size: 224, maxInputPixels: 100_000_000, background: { r: 255, g: 255, b: 255 } };
 const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
@@ -49,21 +49,19 @@ export async function pipelineBench(o: { perClass: number }): Promise<SuiteResul
     await ctx.services.store.ensureBucket(bucket);
     for (const im of images) await ctx.services.store.putObject(bucket, `train/${im.key}`, im.bytes, 'image/jpeg');
     // the embed worker loads its model at start; wait until it is connected before timing
-    while ((await ctx.services.spaces.liveWorkers()).length === 0) await new Promise((r) => setTimeout(r, 100));
+    await until('an embed worker', async () => (await ctx.services.spaces.liveWorkers()).length > 0, 120, 100);
     const { space } = await ctx.services.spaces.resolve();
 
     const t0 = performance.now();
     let preprocessDone = 0;
     await ingestPrefix({ bucket, prefix: 'train/', dataset: 'bench', space }, { services: ctx.services, queues: ctx.queues });
-    for (;;) {
+    await until('every image embedded or failed', async () => {
       if (!preprocessDone) {
         const c = await ctx.queues.preprocess.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
         if (Object.values(c).every((v) => v === 0)) preprocessDone = performance.now();
       }
-      const s = await ctx.services.inspector.status('bench');
-      if (s.pending === 0) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+      return (await ctx.services.inspector.status('bench')).pending === 0;
+    }, 1800, 50);
     const endToEnd = (performance.now() - t0) / 1000;
     const metrics = await (await fetch(`http://127.0.0.1:${stack.ports.embed}/metrics`)).text();
     const forwardSum = Number(/^tl_embed_forward_seconds_sum\{[^}]*\} ([\d.e+-]+)$/m.exec(metrics)?.[1] ?? NaN);

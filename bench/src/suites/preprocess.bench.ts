@@ -10,7 +10,7 @@ import { ingestPrefix } from '@transferline/producer/ingest.service';
 import { startTempStack } from '@transferline/producer/embedded/temp-stack';
 import { configureSharp, prepareImage, type PrepareOptions } from '@transferline/feature-worker/image.ops';
 import { contentHash } from '@transferline/shared';
-import { machine, withRatios, type Row, type SuiteResult } from '../report.js';
+import { machine, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 /**
  * Issue 3's benchmark: decode + resize to 224×224 on the same images held in memory, in one run:
@@ -29,7 +29,6 @@ import { machine, withRatios, type Row, type SuiteResult } from '../report.js';
 const PREP: PrepareOptions = { size: 224, maxInputPixels: 100_000_000, background: { r: 255, g: 255, b: 255 } };
 const BEFORE: PrepareOptions = { ...PREP, kernel: 'lanczos3' };
 const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const PHOTO_PACKAGES = ['mate-backgrounds', 'lomiri-wallpapers-16.04'];
 const MATE_NATURE = '/usr/share/backgrounds/mate/nature';
 const PYTHON = '/usr/bin/python3';
@@ -217,7 +216,7 @@ async function startStage(set: ImageSet, processes: number, env: NodeJS.ProcessE
     const bucket = 'bench-preprocess';
     await ctx.services.store.ensureBucket(bucket);
     for (const im of set.images) await ctx.services.store.putObject(bucket, `train/photos/${im.name}`, im.bytes, 'image/jpeg');
-    while ((await ctx.queues.preprocess.getWorkersCount()) < processes) await sleep(100);
+    await until(`${processes} preprocess workers`, async () => (await ctx.queues.preprocess.getWorkersCount()) >= processes, 120, 100);
     if (pin) {
       // one core each: worker i on CPU i (threads included); the S3 server and Redis float
       const mine = preprocessPids().filter((pid) => !before.includes(pid));
@@ -231,11 +230,10 @@ async function startStage(set: ImageSet, processes: number, env: NodeJS.ProcessE
     const measure: Measurer = async () => {
       const t0 = performance.now();
       for (let i = 0; i < k; i++) await ingestPrefix({ bucket, prefix: 'train/', dataset: `pass-${passes++}`, space }, deps);
-      for (;;) {
+      await until('the preprocess queue to drain', async () => {
         const c = await ctx.queues.preprocess.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
-        if (Object.values(c).every((v) => v === 0)) break;
-        await sleep(20);
-      }
+        return Object.values(c).every((v) => v === 0);
+      });
       const seconds = (performance.now() - t0) / 1000;
       const failed = (await ctx.queues.preprocess.getJobCounts('failed')).failed ?? 0;
       const stored = await ctx.services.tensors.count();
