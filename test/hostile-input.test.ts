@@ -1,0 +1,163 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
+import { contentHash, DatasetRepository, ReportDoc } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { runCli, startTestStack, type TestStack } from './support/stack.js';
+
+/**
+ * Hostile input and a bucket that changes under the pipeline, as a user meets them through the
+ * CLI: labels that are names of Object.prototype, keys that carry terminal escapes, objects
+ * overwritten while their job waits, objects deleted after they were embedded, and the small
+ * CLI holes (unknown datasets, empty model names, empty prefixes, nonsense options).
+ */
+
+guardLeaks();
+
+let stack: TestStack;
+let ctx: CliContext;
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+const photos = 'hostile';
+const cli = (args: string[], deadlineMs = 120_000) => runCli(args, stack.env, deadlineMs);
+const ESC = '\u001b';
+
+beforeAll(async () => {
+  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', TL_EMBED_BATCH_WAIT_MS: '50' });
+  ctx = await openCliContext(stack.config, sink);
+  await ctx.services.store.ensureBucket(photos);
+});
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+describe('labels named after Object.prototype', () => {
+  it('train, report and print like any other label', async () => {
+    const labels = ['__proto__', 'constructor', 'toString'];
+    const kinds: SampleClass[] = ['circle', 'square', 'triangle'];
+    for (const [i, label] of labels.entries()) {
+      for (let n = 0; n < 8; n++) await ctx.services.store.putObject(photos, `proto/${label}/${n}.jpg`, await renderSample(kinds[i]!, n, 5));
+    }
+    const ingest = await cli(['ingest', `s3://${photos}/proto/`, '-d', 'proto']);
+    expect(ingest.code).toBe(0);
+    expect(ingest.stdout).toMatch(/dataset proto: 24 images, 24 embedded/);
+    for (const label of labels) expect(ingest.stdout).toContain(`${label} (8)`);
+
+    const train = await cli(['train', '-d', 'proto', '--epochs', '30', '--run-id', 'proto-1']);
+    expect(train.stderr).not.toMatch(/TypeError|at .*\.js:\d+/);
+    expect(train.code).toBe(0);
+    const report = (await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('proto', 'proto-1', 'report.json')))!;
+    expect(report.labels).toEqual([...labels].sort());
+    const perClass = report.validation.perClass.map((c) => c.label).sort();
+    expect(perClass).toEqual([...labels].sort());
+    // every validation image counted once in the confusion matrix
+    expect(report.validation.confusionMatrix.flat().reduce((a, b) => a + b, 0)).toBe(report.split.validation);
+    const status = await cli(['status', '-d', 'proto']);
+    for (const label of labels) expect(status.stdout).toContain(`${label} (8)`);
+  }, 240_000);
+});
+
+describe('keys with control characters', () => {
+  it('are printed escaped by ingest, status and failures, never obeyed by the terminal', async () => {
+    const evil = `esc/circle/${ESC}[2J${ESC}]0;pwned\u0007line\nbreak\ttab.jpg`;
+    await ctx.services.store.putObject(photos, evil, Buffer.from('this is not a JPEG'));
+    await ctx.services.store.putObject(photos, 'esc/circle/ok.jpg', await renderSample('circle', 1, 9));
+    const ingest = await cli(['ingest', `s3://${photos}/esc/`, '-d', 'esc']);
+    expect(ingest.code).toBe(3);
+    const status = await cli(['status', '-d', 'esc']);
+    const failures = await cli(['failures', '-d', 'esc']);
+    for (const r of [ingest, status, failures]) {
+      expect(r.stdout + r.stderr).not.toMatch(/[\u0000-\u0008\u000b-\u001f\u007f]/);
+      expect(r.stdout).toContain('\\x1b[2J\\x1b]0;pwned\\x07line\\nbreak\\ttab.jpg');
+    }
+    expect(failures.stdout).toMatch(/not-an-image/);
+  }, 120_000);
+});
+
+describe('a bucket that changes under the pipeline', () => {
+  it('an object overwritten while its job waits never leaves the new bytes\' hash under the old ETag', async () => {
+    // The repro: stop preprocess, ingest, overwrite, continue, restore the original, ingest again.
+    const key = 'changing/square/0.jpg';
+    const original = await renderSample('square', 0, 21);
+    const other = await renderSample('square', 1, 99);
+    await ctx.services.store.putObject(photos, key, original);
+    await ctx.services.store.putObject(photos, 'changing/circle/0.jpg', await renderSample('circle', 0, 21));
+    stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
+    try {
+      const listed = await cli(['ingest', `s3://${photos}/changing/`, '-d', 'changing', '--no-wait']);
+      expect(listed.stdout).toMatch(/2 enqueued/);
+      await ctx.services.store.putObject(photos, key, other);
+    } finally {
+      stack.supervisor.signal('preprocess', 1, 'SIGCONT');
+    }
+    const deadline = Date.now() + 60_000;
+    while ((await ctx.services.inspector.status('changing')).pending > 0) {
+      if (Date.now() > deadline) throw new Error('the jobs did not end within 60 s');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const id = DatasetRepository.itemId(photos, key);
+    const [stale] = await ctx.services.datasets.getItems('changing', [id]);
+    expect(stale).toMatchObject({ state: 'failed', reason: 'changed' });
+
+    await ctx.services.store.putObject(photos, key, original); // the listed content (and ETag) again
+    const again = await cli(['ingest', `s3://${photos}/changing/`, '-d', 'changing']);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/dataset changing: 2 images, 2 embedded/);
+    const [item] = await ctx.services.datasets.getItems('changing', [id]);
+    expect(item?.sha256).toBe(contentHash(original));
+    const [known] = await ctx.services.datasets.knownHashes([id]);
+    expect(known?.sha256).toBe(contentHash(original));
+
+    // and a plain overwrite is picked up by the next ingest with its own hash
+    await ctx.services.store.putObject(photos, key, other);
+    const third = await cli(['ingest', `s3://${photos}/changing/`, '-d', 'changing']);
+    expect(third.code).toBe(0);
+    expect(third.stdout).toMatch(/1 enqueued/);
+    const [updated] = await ctx.services.datasets.getItems('changing', [id]);
+    expect(updated?.sha256).toBe(contentHash(other));
+  }, 180_000);
+
+  it('an object deleted from the bucket leaves the dataset at the next ingest, and training', async () => {
+    for (const kind of ['circle', 'square'] as const) {
+      for (let n = 0; n < 6; n++) await ctx.services.store.putObject(photos, `shrinking/${kind}/${n}.jpg`, await renderSample(kind, n, 31));
+    }
+    const first = await cli(['ingest', `s3://${photos}/shrinking/`, '-d', 'shrinking']);
+    expect(first.stdout).toMatch(/dataset shrinking: 12 images, 12 embedded/);
+    await ctx.services.store.deleteObject(photos, 'shrinking/circle/0.jpg');
+    await ctx.services.store.deleteObject(photos, 'shrinking/square/5.jpg');
+    const again = await cli(['ingest', `s3://${photos}/shrinking/`, '-d', 'shrinking']);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/10 objects listed, .*2 removed from the dataset \(deleted from the bucket\)/);
+    expect(again.stdout).toMatch(/dataset shrinking: 10 images, 10 embedded .*0 failed, 0 pending/);
+    const train = await cli(['train', '-d', 'shrinking', '--epochs', '10', '--run-id', 'after-delete']);
+    expect(train.code).toBe(0);
+    const report = (await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('shrinking', 'after-delete', 'report.json')))!;
+    expect(report.coverage.total).toBe(10);
+    expect(report.split.train + report.split.validation + report.split.test).toBe(10);
+    // other prefixes of the dataset's bucket are not touched
+    const proto = await cli(['status', '-d', 'proto']);
+    expect(proto.stdout).toMatch(/dataset proto: 24 images/);
+  }, 180_000);
+});
+
+describe('small CLI holes', () => {
+  it('unknown datasets and models are errors, not zeros', async () => {
+    for (const args of [['status', '-d', 'nope'], ['failures', '-d', 'nope'], ['models', '-d', 'nope']]) {
+      const r = await cli(args);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.stderr).toMatch(/no dataset named nope/);
+    }
+    const empty = await cli(['classify', `s3://${photos}/proto/`, '-m', '']);
+    expect(empty.code).not.toBe(0);
+    expect(empty.stderr).toMatch(/--model needs a dataset name/);
+    expect(empty.stderr).not.toMatch(/XML|parse/i);
+  });
+
+  it('an empty prefix says so, and nonsense sizes are refused', async () => {
+    const none = await cli(['ingest', `s3://${photos}/no-such-prefix/`, '-d', 'none']);
+    expect(none.stdout).toMatch(/no objects there \(is the prefix right\?/);
+    const rows = await cli(['cache', 'compact', '--rows', '0']);
+    expect(rows.code).not.toBe(0);
+    expect(rows.stderr).toMatch(/--rows must be at least 2/);
+  });
+});
