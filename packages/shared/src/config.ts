@@ -48,13 +48,13 @@ export const ConfigSchema = z
       .string()
       .regex(/^([^/].*\/)?$/, 'must be empty or end with / and not start with /')
       .default(''),
-    TL_METRICS_HOST: z.string().default('0.0.0.0'),
+    TL_METRICS_HOST: z.string().default('127.0.0.1'),
     TL_CONSOLE_HOST: z.string().min(1).default('127.0.0.1'),
     TL_CONSOLE_PORT: port.default(9470),
     TL_CONSOLE_USER: z.string().min(1).default('admin'),
     TL_CONSOLE_PASSWORD: z.string().min(1).optional(),
     TL_METRICS_PORT: port.optional(),
-    TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(60_000),
+    TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(8_000),
     TL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     TL_PREPROCESS_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(Math.max(1, os.availableParallelism())),
     TL_MAX_OBJECT_BYTES: z.coerce.number().int().min(1).default(64 * 1024 * 1024),

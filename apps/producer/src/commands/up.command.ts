@@ -1,10 +1,11 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { createLogger, createQueues, createServices, loadConfig, resolveWeights, WeightsUnavailableError } from '@transferline/shared';
+import { createLogger, createQueues, createServices, loadConfig, redactUrl, resolveWeights, WeightsUnavailableError } from '@transferline/shared';
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
 import { consoleBanner } from './console.command.js';
 import { openCliContext } from '../cli-context.js';
 import { writeSampleSet } from '../demo/sample-images.js';
+import { EMBEDDED_S3_DEV_CREDENTIALS } from '../embedded/s3.server.js';
 import { childPorts, DEFAULT_PORTS, DEFAULT_REPLICAS, startStack, type Replicas, type StackPorts } from '../embedded/stack.js';
 import { ingestCommand } from './ingest.command.js';
 import { trainCommand } from './train.command.js';
@@ -85,9 +86,14 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   process.on('SIGINT', () => void stop(0));
   process.on('SIGTERM', () => void stop(0));
 
+  // The embedded server's public dev pair is shown (the README documents it); a secret of the
+  // user's own never reaches the terminal, nor a password inside the Redis URL.
+  const devPair = config.s3.accessKeyId === EMBEDDED_S3_DEV_CREDENTIALS.accessKeyId && config.s3.secretAccessKey === EMBEDDED_S3_DEV_CREDENTIALS.secretAccessKey;
+  const secretShown = devPair ? config.s3.secretAccessKey : '*** (S3_SECRET_ACCESS_KEY)';
+  const secretEnv = devPair ? config.s3.secretAccessKey : '"$S3_SECRET_ACCESS_KEY"';
   w('transferline is up');
-  w(`  S3 (path-style)  ${config.s3.endpoint}   access key ${config.s3.accessKeyId} / secret ${config.s3.secretAccessKey}${config.s3.embedded ? `   data: ${path.join(config.dataDir, 's3')}` : ''}`);
-  w(`  Redis            ${config.redis.url}${config.redis.embedded ? `   data: ${path.join(config.dataDir, 'redis')}` : ''}`);
+  w(`  S3 (path-style)  ${config.s3.endpoint}   access key ${config.s3.accessKeyId} / secret ${secretShown}${devPair && config.s3.embedded ? ' (public dev pair)' : ''}${config.s3.embedded ? `   data: ${path.join(config.dataDir, 's3')}` : ''}`);
+  w(`  Redis            ${redactUrl(config.redis.url)}${config.redis.embedded ? `   data: ${path.join(config.dataDir, 'redis')}` : ''}`);
   w(`  metrics/health   producer :${ports.producer}  ${children.map((c) => `${c.role}${c.replica > 1 ? `#${c.replica}` : ''} :${c.metricsPort}`).join('  ')}   (/metrics, /healthz)`);
   if (web) for (const line of consoleBanner(web, config.console.user)) w(`  ${line}`);
   else w(`  console          not started: ${webError}`);
@@ -134,7 +140,7 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   }
   w('\nthe stack keeps running; in another terminal try:');
   w('  npx transferline status');
-  w(`  aws --endpoint-url ${config.s3.endpoint} s3 cp --recursive ./photos s3://${DEMO_BUCKET}/mine/   (AWS_ACCESS_KEY_ID=${config.s3.accessKeyId} AWS_SECRET_ACCESS_KEY=${config.s3.secretAccessKey})`);
+  w(`  aws --endpoint-url ${config.s3.endpoint} s3 cp --recursive ./photos s3://${DEMO_BUCKET}/mine/   (AWS_ACCESS_KEY_ID=${config.s3.accessKeyId} AWS_SECRET_ACCESS_KEY=${secretEnv})`);
   w(`  npx transferline ingest s3://${DEMO_BUCKET}/mine/ --dataset mine && npx transferline train --dataset mine`);
   w('Ctrl-C stops everything.');
 }

@@ -1,0 +1,183 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { renderSample } from '../apps/producer/src/demo/sample-images.js';
+import { freePort } from '../apps/producer/src/embedded/redis.server.js';
+import { cliPath, runCli } from './support/stack.js';
+
+/**
+ * `transferline up` as a process, the way a user runs it in a terminal: what its banner shows
+ * (no secret of the user's own, loopback-only metrics), what happens when its Redis is killed
+ * (one line, a restart, the state kept, no stack traces), and when `up` itself is killed with
+ * SIGKILL (no orphan keeps a port, so the next `up` starts).
+ */
+
+const secret = `tl-test-secret-${randomBytes(6).toString('hex')}`;
+let dataDir: string;
+let env: NodeJS.ProcessEnv;
+let base: number;
+const running: ChildProcess[] = [];
+
+/** Four consecutive free ports (producer, preprocess, embed, train). */
+async function freeRun(n: number): Promise<number> {
+  const isFree = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const s = net.createServer().once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const start = 20_000 + Math.floor(Math.random() * 30_000);
+    let ok = true;
+    for (let i = 0; i < n && ok; i++) ok = await isFree(start + i);
+    if (ok) return start;
+  }
+  throw new Error('no run of free ports');
+}
+
+/** Every process below `pid` (children, grandchildren…), from /proc. */
+function descendants(pid: number): { pid: number; cmd: string }[] {
+  const parentOf = new Map<number, number>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      parentOf.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out: { pid: number; cmd: string }[] = [];
+  const walk = (p: number) => {
+    for (const [child, parent] of parentOf) {
+      if (parent !== p) continue;
+      let cmd = '';
+      try {
+        cmd = readFileSync(`/proc/${child}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      } catch {
+        // gone meanwhile
+      }
+      out.push({ pid: child, cmd });
+      walk(child);
+    }
+  };
+  walk(pid);
+  return out;
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+async function waitFor(what: string, cond: () => boolean | Promise<boolean>, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`gave up after ${ms / 1000} s waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Starts `transferline up` and resolves once its banner is out. */
+async function startUp(): Promise<{ child: ChildProcess; output: () => string }> {
+  const child = spawn(process.execPath, [cliPath, 'up', '--metrics-port', String(base)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  running.push(child);
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  await waitFor('the banner of up', () => out.includes('Ctrl-C stops everything') || child.exitCode !== null, 120_000);
+  if (child.exitCode !== null) throw new Error(`up exited ${child.exitCode}:\n${out}`);
+  return { child, output: () => out };
+}
+
+afterAll(async () => {
+  for (const c of running) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+});
+
+describe('transferline up, as a process', () => {
+  it('hides secrets, keeps metrics on loopback, restarts its Redis, and leaves no orphans when killed', async () => {
+    dataDir = await mkdtemp(path.join(os.tmpdir(), 'tl-up-'));
+    await mkdir(dataDir, { recursive: true });
+    base = await freeRun(4);
+    env = {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      TL_DATA_DIR: dataDir,
+      TL_REDIS_PORT: String(await freePort()),
+      TL_S3_PORT: String(await freePort()),
+      TL_CONSOLE_PORT: String(await freePort()),
+      TL_MODEL_WEIGHTS: 'random',
+      TL_LOG_LEVEL: 'info',
+      S3_ACCESS_KEY_ID: 'tl-test-key',
+      S3_SECRET_ACCESS_KEY: secret,
+      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+    };
+    const first = await startUp();
+    const banner = first.output();
+    expect(banner).toContain('access key tl-test-key / secret *** (S3_SECRET_ACCESS_KEY)');
+    expect(banner).toContain('AWS_SECRET_ACCESS_KEY="$S3_SECRET_ACCESS_KEY"');
+    expect(banner).not.toContain(secret);
+
+    // /metrics answers on loopback, and on no other interface of the machine
+    expect((await fetch(`http://127.0.0.1:${base}/metrics`).catch(() => undefined))?.status ?? 0).toBeGreaterThan(0);
+    const external = Object.values(os.networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal);
+    if (external) {
+      const reached = await fetch(`http://${external.address}:${base}/metrics`, { signal: AbortSignal.timeout(3_000) }).then(() => true, () => false);
+      expect(reached).toBe(false);
+    }
+
+    // some state in Redis, then its server is killed
+    const photos = path.join(dataDir, 'photos');
+    await mkdir(path.join(photos, 'a'), { recursive: true });
+    await mkdir(path.join(photos, 'b'), { recursive: true });
+    for (let i = 0; i < 2; i++) {
+      await writeFile(path.join(photos, 'a', `${i}.jpg`), await renderSample('circle', i, 3, 96));
+      await writeFile(path.join(photos, 'b', `${i}.jpg`), await renderSample('square', i, 3, 96));
+    }
+    const cliEnv = { ...env };
+    expect((await runCli(['upload', photos, 's3://photos/small/'], cliEnv)).code).toBe(0);
+    const ingest = await runCli(['ingest', 's3://photos/small/', '-d', 'small'], cliEnv);
+    expect(ingest.stdout).toMatch(/dataset small: 4 images, 4 embedded/);
+    await new Promise((r) => setTimeout(r, 1_500)); // the AOF is fsynced every second
+
+    const redis = descendants(first.child.pid!).find((p) => p.cmd.startsWith('redis-server'));
+    expect(redis).toBeDefined();
+    const mark = first.output().length;
+    process.kill(redis!.pid, 'SIGKILL');
+    await waitFor('up to restart Redis', () => /redis restarted/.test(first.output().slice(mark)), 30_000);
+    const status = await runCli(['status', '-d', 'small'], cliEnv);
+    expect(status.code).toBe(0);
+    expect(status.stdout).toMatch(/dataset small: 4 images, 4 embedded/);
+    await new Promise((r) => setTimeout(r, 6_000)); // long enough for a reconnect loop to print
+    const after = first.output().slice(mark);
+    expect(after).toMatch(/\[up\] redis exited \(SIGKILL\); restarting in [\d.]+ s/);
+    expect(after).not.toMatch(/^\s+at /m); // no stack traces
+    expect(after.split('\n').filter((l) => l.trim()).length).toBeLessThanOrEqual(3);
+
+    // SIGKILL up: every process it started goes away by itself
+    const children = descendants(first.child.pid!);
+    expect(children.length).toBeGreaterThanOrEqual(5); // redis, s3, preprocess, embed, train
+    first.child.kill('SIGKILL');
+    await waitFor(`no orphans (${children.map((c) => c.cmd.split(' ').slice(0, 3).join(' ')).join('; ')})`, () => children.every((c) => !alive(c.pid)), 20_000);
+
+    // and the next up starts on the same ports, with the same data
+    const second = await startUp();
+    expect(second.output()).toContain('transferline is up');
+    const again = await runCli(['status', '-d', 'small'], cliEnv);
+    expect(again.stdout).toMatch(/dataset small: 4 images, 4 embedded/);
+    const secondChildren = descendants(second.child.pid!);
+    second.child.kill('SIGINT');
+    await waitFor('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30_000);
+    expect(second.child.exitCode).toBe(0);
+    await waitFor('its processes to end', () => secondChildren.every((c) => !alive(c.pid)), 10_000);
+  }, 300_000);
+});
