@@ -3,7 +3,11 @@ import { loadTfRuntime } from '@transferline/shared/tf';
 import { classifyImages } from './classify-images.job.js';
 import { trainHead } from './train-head.job.js';
 
+/** The shortest lock a train or classify job gets, whatever TL_JOB_LOCK_MS says. */
+const TRAIN_LOCK_FLOOR_MS = 60_000;
+
 /** config → deps → the train worker: training runs and classification, one job of each at a time per process. */
+
 export async function startTrainer(config: Config, log: Logger): Promise<RunningRole> {
   const metrics = createMetrics('train');
   const services = createServices(config, 'worker');
@@ -27,7 +31,10 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
   const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
-  const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, lockDuration: config.jobLockMs, guards: [s3] };
+  // A training run holds the CPU in long synchronous stretches (TF.js kernels between awaits):
+  // its lock lasts at least a minute, so a busy trainer is never taken for a dead one.
+  const lockDuration = Math.max(config.jobLockMs, TRAIN_LOCK_FLOOR_MS);
+  const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, lockDuration, guards: [s3] };
   const worker = startWorker('train', handler, settings);
   const classifyHandler: Handler<'classify'> = (payload, ctx) => classifyImages(payload, { tf: rt.tf, services, bucket: config.s3.bucket }, ctx);
   const classifier = startWorker('classify', classifyHandler, settings);

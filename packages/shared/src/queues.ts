@@ -160,7 +160,8 @@ export interface WorkerSettings<N extends JobName> {
   metrics: Metrics;
   /**
    * How long a job's lock lasts (ms). BullMQ renews it at half-time while the job runs; when a
-   * worker dies, other workers find its jobs stalled once it expires and run them again.
+   * worker dies, other workers find its jobs stalled once it expires (checked every half lock)
+   * and run them again: a crashed worker's jobs move on within about 1.5 locks.
    */
   lockDuration: number;
   /** the embedding space of an embed worker (its queue) */
@@ -224,7 +225,7 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
     prefix: s.prefix,
     concurrency: s.concurrency,
     lockDuration: s.lockDuration,
-    stalledInterval: Math.min(30_000, s.lockDuration),
+    stalledInterval: Math.min(30_000, Math.max(1_000, Math.round(s.lockDuration / 2))),
     autorun: true,
   });
   worker.on('failed', (job, err) => {
