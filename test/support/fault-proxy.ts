@@ -13,6 +13,8 @@ export interface FaultProxy {
   url: string;
   /** requests whose path contains `match` (URL-decoded) get `fault`; '' matches everything */
   inject: (match: string, fault: Fault) => void;
+  /** no fault for `match` any more */
+  remove: (match: string) => void;
   /** no faults any more */
   heal: () => void;
   /** requests that got a fault, by match */
@@ -56,6 +58,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     inject: (match, fault) => void faults.set(match, fault),
+    remove: (match) => void faults.delete(match),
     heal: () => faults.clear(),
     hits,
     close: () =>

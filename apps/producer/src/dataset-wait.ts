@@ -1,4 +1,4 @@
-import { sleep, type DatasetStatus } from '@transferline/shared';
+import { isRedisUnavailable, redactUrl, sleep, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
 import { createProgress } from './progress.js';
@@ -10,41 +10,72 @@ export interface WaitOptions {
   stallSeconds: number;
 }
 
+/** How long a wait rides out an unreachable Redis (at least; the stall timeout if longer). */
+const REDIS_OUTAGE_SECONDS = 120;
+
 /**
  * Follows a dataset until every item is embedded or failed, with a progress bar. Nothing here
  * waits for ever: when nothing has moved for `stallSeconds`, it looks at what could still move
  * the rest, and if a stage has no connected worker, or the remaining items have lost their
  * jobs, it says so and ends with EXIT.stalled. A dataset that vanishes (Redis lost its data)
- * ends with EXIT.vanished; Ctrl-C with EXIT.interrupted.
+ * ends with EXIT.vanished; Ctrl-C with EXIT.interrupted. Redis going away (a restart) is waited
+ * out and said once, for up to REDIS_OUTAGE_SECONDS or the stall timeout, whichever is longer.
  */
 export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOptions): Promise<DatasetStatus> {
   const bar = createProgress(`embedding ${dataset}`);
+  const where = redactUrl(ctx.config.redis.url);
+  const outageLimit = Math.max(REDIS_OUTAGE_SECONDS, o.stallSeconds);
   let lastDone = -1;
   let lastChange = Date.now();
   let hinted = false;
+  let redisDownSince: number | undefined;
+
+  /** One look at the dataset: its status when the wait is over, undefined to go on waiting. */
+  const look = async (): Promise<DatasetStatus | undefined> => {
+    if (!(await ctx.services.datasets.exists(dataset))) {
+      throw new CliExit(EXIT.vanished, `dataset ${dataset} vanished from Redis while waiting: its data was lost or flushed. Ingest again to rebuild it (the embeddings in the bucket are kept: "transferline cache rebuild-index" restores their index).`);
+    }
+    const s = await ctx.services.inspector.status(dataset);
+    const done = s.embedded + s.failed;
+    bar.update(done, s.total, `embedded ${s.embedded} (cached ${s.cached}), failed ${s.failed}`);
+    if (s.pending + s.orphaned === 0) return s;
+    if (done !== lastDone) {
+      lastDone = done;
+      lastChange = Date.now();
+    } else if (Date.now() - lastChange > o.stallSeconds * 1000) {
+      const why = await whyStalled(ctx, s, o.space);
+      if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
+      if (!hinted) {
+        hinted = true;
+        ctx.out.write(`\nno progress for ${o.stallSeconds} s, but workers are connected for every waiting stage (busy with other work?); still waiting\n`);
+      }
+    }
+    // Each poll scans the dataset's records: poll a large dataset less often (200,000 → every 2.5 s).
+    await sleep(Math.min(10_000, 500 + s.total / 100), ctx.signal);
+    return undefined;
+  };
+
   try {
     for (;;) {
       if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the workers go on with ${dataset}: see "transferline status -d ${dataset}"`);
-      if (!(await ctx.services.datasets.exists(dataset))) {
-        throw new CliExit(EXIT.vanished, `dataset ${dataset} vanished from Redis while waiting: its data was lost or flushed. Ingest again to rebuild it (the embeddings in the bucket are kept: "transferline cache rebuild-index" restores their index).`);
-      }
-      const s = await ctx.services.inspector.status(dataset);
-      const done = s.embedded + s.failed;
-      bar.update(done, s.total, `embedded ${s.embedded} (cached ${s.cached}), failed ${s.failed}`);
-      if (s.pending + s.orphaned === 0) return s;
-      if (done !== lastDone) {
-        lastDone = done;
-        lastChange = Date.now();
-      } else if (Date.now() - lastChange > o.stallSeconds * 1000) {
-        const why = await whyStalled(ctx, s, o.space);
-        if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
-        if (!hinted) {
-          hinted = true;
-          ctx.out.write(`\nno progress for ${o.stallSeconds} s, but workers are connected for every waiting stage (busy with other work?); still waiting\n`);
+      try {
+        const s = await look();
+        if (redisDownSince !== undefined) {
+          ctx.out.write(`\nRedis is back after ${Math.round((Date.now() - redisDownSince) / 1000)} s\n`);
+          redisDownSince = undefined;
         }
+        if (s) return s;
+      } catch (err) {
+        if (!isRedisUnavailable(err)) throw err;
+        if (redisDownSince === undefined) {
+          redisDownSince = Date.now();
+          ctx.out.write(`\nRedis at ${where} is unreachable: waiting for it (up to ${outageLimit} s)\n`);
+        }
+        const down = (Date.now() - redisDownSince) / 1000;
+        if (down > outageLimit) throw new CliExit(EXIT.error, `Redis at ${where} has been unreachable for ${Math.round(down)} s; the workers go on when it is back: see "transferline status -d ${dataset}"`);
+        lastChange = Date.now(); // an outage is not a stall of the workers
+        await sleep(1_000, ctx.signal);
       }
-      // Each poll scans the dataset's records: poll a large dataset less often (200,000 → every 2.5 s).
-      await sleep(Math.min(10_000, 500 + s.total / 100), ctx.signal);
     }
   } finally {
     bar.stop();

@@ -9,16 +9,20 @@ export type { ChainableCommander } from 'ioredis';
 /**
  * A Redis connection. Long-running workers retry forever (BullMQ needs
  * `maxRetriesPerRequest: null` for its blocking connections); one-shot CLI commands fail fast
- * so the user hears about a missing server at once instead of a silent hang.
+ * so the user hears about a missing server at once instead of a silent hang. Once a one-shot
+ * connection has been up, it keeps reconnecting (a restarted Redis, say): a command that waits
+ * decides itself how long an outage it rides out (see isRedisUnavailable).
  */
 export function createRedis(url: string, mode: 'worker' | 'oneshot', options: RedisOptions = {}, onError?: (err: Error) => void): Redis {
+  let wasReady = false;
   const redis = new Redis(url, {
     maxRetriesPerRequest: mode === 'worker' ? null : 1,
     enableOfflineQueue: true,
     lazyConnect: false,
-    retryStrategy: mode === 'worker' ? (times) => Math.min(times * 200, 5_000) : (times) => (times > 2 ? null : 200),
+    retryStrategy: mode === 'worker' ? (times) => Math.min(times * 200, 5_000) : (times) => (wasReady ? Math.min(times * 200, 2_000) : times > 2 ? null : 200),
     ...options,
   });
+  redis.once('ready', () => (wasReady = true));
   // Connection errors are retried by the strategy above; without a listener ioredis would print
   // each one as an "Unhandled error event". Commands still reject with their own errors.
   redis.on('error', onError ?? (() => {}));
@@ -47,6 +51,15 @@ export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pic
     metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
     log.info({ dependency: 'redis', downSeconds: Math.round((Date.now() - since) / 1000) }, 'Redis is back');
   });
+}
+
+/** Whether an error means Redis could not be reached (as opposed to an error of the command). */
+export function isRedisUnavailable(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  if (err.name === 'MaxRetriesPerRequestError') return true;
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code && ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH'].includes(code)) return true;
+  return /Connection is closed|Stream isn't writeable|LOADING|enableOfflineQueue/.test(err.message);
 }
 
 /** Waits for a connection or throws a clear error (for one-shot commands). */
