@@ -52,6 +52,15 @@ export async function startEmbedRuntime(spec: EmbedRuntimeSpec, log: Logger): Pr
   throw new Error(`no embedding backend loads:\n  ${skipped.join('\n  ')}`);
 }
 
+/**
+ * Runs a ready ONNX model (uint8 [N, S, S, 3] in, `output` out) on ONNX Runtime in a worker
+ * thread, like the embed worker's forward pass: `serve` runs an exported classifier this way.
+ */
+export async function startOnnxThread(o: { bytes: Uint8Array; output: { name: string; dim: number }; inputSize: number; threads: number; warmupBatch: number }, log: Logger): Promise<Embedder> {
+  const spec: ThreadSpec = { backend: 'onnx', weightsKey: 'prebuilt', seed: 0, inputSize: o.inputSize, threads: o.threads, cacheDir: '', warmupBatch: o.warmupBatch, prebuilt: { bytes: o.bytes, output: o.output } };
+  return (await ThreadedEmbedder.start(spec, log)).embedder;
+}
+
 /** The built thread script (tests run the TypeScript sources, the thread always runs dist/). */
 const THREAD_SCRIPT = fileURLToPath(new URL('../dist/embed.thread.js', import.meta.url));
 
@@ -60,7 +69,7 @@ const THREAD_SCRIPT = fileURLToPath(new URL('../dist/embed.thread.js', import.me
  * per batch (transferred, not copied), embeddings come back the same way.
  */
 class ThreadedEmbedder implements Embedder {
-  readonly dim = 1280;
+  readonly dim: number;
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (d: Float32Array) => void; reject: (e: Error) => void }>();
   private dead: Error | undefined;
@@ -70,7 +79,9 @@ class ThreadedEmbedder implements Embedder {
     private readonly thread: Worker,
     readonly inputSize: number,
     onDeath: (err: Error) => void,
+    dim = 1280,
   ) {
+    this.dim = dim;
     thread.on('message', (m: ThreadReply) => {
       if (m.type !== 'result' && m.type !== 'error') return;
       const p = this.pending.get(m.id);
@@ -108,11 +119,16 @@ class ThreadedEmbedder implements Embedder {
         throw err;
       })
       .finally(() => thread.off('message', onMessage).off('error', onError).off('exit', onExit));
-    const embedder = new ThreadedEmbedder(thread, spec.inputSize, (err) => {
-      // Without its thread this process cannot embed: say so and leave, so it is restarted.
-      log.fatal({ err }, 'the embed thread died; exiting so the process is restarted');
-      process.exit(1);
-    });
+    const embedder = new ThreadedEmbedder(
+      thread,
+      spec.inputSize,
+      (err) => {
+        // Without its thread this process cannot embed: say so and leave, so it is restarted.
+        log.fatal({ err }, 'the embed thread died; exiting so the process is restarted');
+        process.exit(1);
+      },
+      spec.prebuilt?.output.dim,
+    );
     return { embedder, ready };
   }
 

@@ -22,6 +22,11 @@ export interface ThreadSpec {
   cacheDir: string;
   /** a batch of this size runs twice at start, so the first real batches are not slow */
   warmupBatch: number;
+  /**
+   * A ready ONNX model to run instead of building the embedding graph (onnx backend only): an
+   * exported image classifier, say, whose `output` is returned.
+   */
+  prebuilt?: { bytes: Uint8Array; output: { name: string; dim: number } };
 }
 
 /** Messages from the thread. */
@@ -41,6 +46,10 @@ export type ThreadRequest = { type: 'embed'; id: number; n: number; pixels: Uint
  * /healthz. Requests are served one at a time, in order.
  */
 async function start(spec: ThreadSpec): Promise<{ embedder: Embedder; reply: ThreadReply }> {
+  if (spec.backend === 'onnx' && spec.prebuilt) {
+    const embedder = await createOnnxEmbedder(spec.prebuilt.bytes, { intraOpThreads: spec.threads, inputSize: spec.inputSize, output: spec.prebuilt.output });
+    return { embedder: { ...embedder, dim: spec.prebuilt.output.dim }, reply: { type: 'ready', provider: 'onnxruntime-node' } };
+  }
   if (spec.backend === 'onnx') {
     const key = `${spec.weightsKey}-${spec.inputSize}-${ONNX_BUILDER_VERSION}`;
     const model = await loadOrBuildOnnx({

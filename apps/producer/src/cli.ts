@@ -14,6 +14,8 @@ import { statusCommand } from './commands/status.command.js';
 import { followRun, trainCommand, type TrainOptions } from './commands/train.command.js';
 import { upCommand } from './commands/up.command.js';
 import { uploadCommand } from './commands/upload.command.js';
+import { exportCommand } from './commands/export.command.js';
+import { serveCommand } from './commands/serve.command.js';
 
 const int = (name: string) => (v: string) => {
   const n = Number(v);
@@ -189,6 +191,23 @@ program
       await classifyCommand(ctx, url, { model: o.model, watch: !!o.watch, intervalSeconds: o.interval, stallSeconds: o.stallTimeout });
     }),
   );
+
+program
+  .command('export')
+  .description('write a trained model as one ONNX file: uint8 RGB images in, class probabilities out (labels and threshold in its metadata)')
+  .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to export, or dataset@run')
+  .option('--format <format>', 'onnx', 'onnx')
+  .option('-o, --output <file>', 'where to write it (default <dataset>-<run>.onnx here)')
+  .action((o: { model: string; format: string; output?: string }) => withContext((ctx) => exportCommand(ctx, o)));
+
+program
+  .command('serve')
+  .description('an HTTP classifier: POST image bytes (or multipart files, or JSON s3:// keys) to /v1/classify, labels and probabilities back')
+  .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to serve (followed as new runs land), or dataset@run')
+  .option('--host <host>', 'interface to listen on (default TL_SERVE_HOST, 127.0.0.1)')
+  .option('--port <n>', 'port (default TL_SERVE_PORT, 9480; 0 = any free port)', int('--port'))
+  .option('--threads <n>', 'ONNX Runtime threads (default: the cores)', int('--threads'))
+  .action((o: { model: string; host?: string; port?: number; threads?: number }) => withContext((ctx) => serveCommand(ctx, o)));
 
 program
   .command('models')

@@ -54,6 +54,12 @@ export const ConfigSchema = z
     TL_CONSOLE_USER: z.string().min(1).default('admin'),
     TL_CONSOLE_PASSWORD: z.string().min(1).optional(),
     TL_METRICS_PORT: port.optional(),
+    TL_SERVE_HOST: z.string().min(1).default('127.0.0.1'),
+    TL_SERVE_PORT: port.default(9480),
+    TL_SERVE_API_KEY: z.string().min(16, 'at least 16 characters').optional(),
+    TL_SERVE_MAX_QUEUE: z.coerce.number().int().min(1).default(256),
+    TL_SERVE_BATCH_SIZE: z.coerce.number().int().min(1).max(256).default(32),
+    TL_SERVE_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(1000).default(5),
     TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(8_000),
     TL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     TL_PREPROCESS_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(Math.max(1, os.availableParallelism())),
@@ -109,6 +115,16 @@ export const ConfigSchema = z
     metrics: { host: env.TL_METRICS_HOST, port: env.TL_METRICS_PORT },
     /** the web console (queues, datasets, models): read-only unless a password is set and given */
     console: { host: env.TL_CONSOLE_HOST, port: env.TL_CONSOLE_PORT, user: env.TL_CONSOLE_USER, password: env.TL_CONSOLE_PASSWORD },
+    /** `transferline serve`: the HTTP classifier */
+    serve: {
+      host: env.TL_SERVE_HOST,
+      port: env.TL_SERVE_PORT,
+      apiKey: env.TL_SERVE_API_KEY,
+      /** requests admitted at once (queued or in a batch); past it, 503 with Retry-After */
+      maxQueue: env.TL_SERVE_MAX_QUEUE,
+      batchSize: env.TL_SERVE_BATCH_SIZE,
+      batchWaitMs: env.TL_SERVE_BATCH_WAIT_MS,
+    },
     logLevel: env.TL_LOG_LEVEL,
     /** how long a worker holds a job without renewing its lock before others treat it as crashed */
     jobLockMs: env.TL_JOB_LOCK_MS,

@@ -90,6 +90,34 @@ export function exportQueueDepths(
     Promise.race([collect().catch(() => undefined), new Promise<void>((r) => setTimeout(r, timeoutMs).unref())]),
   );
 }
+/**
+ * The metrics of `transferline serve`. `label` is a class of the served model (a bounded set:
+ * the model's labels), `reason` a bounded code (overloaded, unauthorized, too-large, and the
+ * preprocess stage's bad-input reasons).
+ */
+export function createServeMetrics() {
+  const registry = new Registry();
+  registry.setDefaultLabels({ role: 'serve' });
+  collectDefaultMetrics({ register: registry, prefix: 'tl_' });
+  const r = [registry];
+  return {
+    registry,
+    requestDuration: new Histogram({
+      name: 'tl_serve_request_seconds',
+      help: 'Time to answer one HTTP request, by route and status code',
+      labelNames: ['route', 'status'] as const,
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: r,
+    }),
+    batchSize: new Histogram({ name: 'tl_serve_batch_size', help: 'Images per forward pass', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: r }),
+    inFlight: new Gauge({ name: 'tl_serve_in_flight_images', help: 'Images admitted and not answered yet (queued or in a forward pass)', registers: r }),
+    results: new Counter({ name: 'tl_serve_results_total', help: 'Images classified, by predicted label', labelNames: ['label'] as const, registers: r }),
+    rejected: new Counter({ name: 'tl_serve_rejected_total', help: 'Images or requests refused, by reason', labelNames: ['reason'] as const, registers: r }),
+    modelInfo: new Gauge({ name: 'tl_serve_model_info', help: '1 for the model being served', labelNames: ['dataset', 'run'] as const, registers: r }),
+  };
+}
+export type ServeMetrics = ReturnType<typeof createServeMetrics>;
+
 /** An HTTP server with `/metrics` (Prometheus text format) and `/healthz` (200 while `healthy()` says so). */
 export async function startMetricsServer(
   registry: Registry,

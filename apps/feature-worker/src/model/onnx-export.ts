@@ -18,10 +18,30 @@ export const ONNX_OUTPUT_NAME = 'embedding';
 const OPSET_VERSION = 17;
 const IR_VERSION = 8;
 
+/** Name of the output of a model exported with a classification head: float32 [N, classes]. */
+export const ONNX_PROBABILITIES_NAME = 'probabilities';
+
+/** One dense layer of a classification head: y = activation(x · kernel + bias). */
+export interface DenseLayerWeights {
+  /** row-major [inputs, units], as Keras and TF.js store it */
+  kernel: Float32Array;
+  bias: Float32Array;
+  inputs: number;
+  units: number;
+  activation: 'linear' | 'relu' | 'softmax';
+}
+
 /** Options of {@link exportEfficientNetB0ToOnnx}. */
 export interface OnnxExportOptions {
   /** Side of the square input; defaults to the model's. Must equal it when the model fixes one. */
   inputSize?: number;
+  /**
+   * A classification head to run on the embedding (dense layers, the last one softmax): the
+   * model then outputs `probabilities` [N, classes] instead of the embedding.
+   */
+  head?: readonly DenseLayerWeights[];
+  /** key/value pairs stored in the model (labels, threshold, provenance) */
+  metadata?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -98,17 +118,43 @@ export function exportEfficientNetB0ToOnnx(model: tf.LayersModel, options: OnnxE
     );
   }
   ctx.graph.addNode('Flatten', 'flatten', [pooled.name], [ONNX_OUTPUT_NAME], { axis: { int: 1 } });
+  const output = options.head ? appendHead(ctx.graph, options.head, pooled.channels) : { name: ONNX_OUTPUT_NAME, width: pooled.channels };
 
   return ctx.graph.toModelBytes({
     graphName: model.name,
     input: { name: ONNX_INPUT_NAME, elemType: 'uint8', dims: ['N', inputSize, inputSize, 3] },
-    output: { name: ONNX_OUTPUT_NAME, elemType: 'float32', dims: ['N', pooled.channels] },
+    output: { name: output.name, elemType: 'float32', dims: ['N', output.width] },
+    ...(options.metadata && { metadata: options.metadata }),
     opsetVersion: OPSET_VERSION,
     irVersion: IR_VERSION,
     producerName: 'transferline',
     producerVersion: ONNX_BUILDER_VERSION,
     docString: 'EfficientNet-B0 feature extractor exported from TF.js; BatchNormalization folded into convolutions',
   });
+}
+
+/** The head's dense layers as Gemm (+ Relu) nodes after the embedding, ending in a Softmax named `probabilities`. */
+function appendHead(graph: OnnxGraphBuilder, head: readonly DenseLayerWeights[], embeddingWidth: number): { name: string; width: number } {
+  const last = head[head.length - 1];
+  if (last === undefined || last.activation !== 'softmax') throw new OnnxExportError('a classification head must end in a softmax layer');
+  let value = ONNX_OUTPUT_NAME;
+  let width = embeddingWidth;
+  head.forEach((layer, i) => {
+    if (layer.inputs !== width) throw new OnnxExportError(`head layer ${i} takes ${layer.inputs} inputs, but gets ${width}`);
+    if (layer.kernel.length !== layer.inputs * layer.units || layer.bias.length !== layer.units) {
+      throw new OnnxExportError(`head layer ${i}: kernel or bias does not match [${layer.inputs}, ${layer.units}]`);
+    }
+    const kernel = graph.addInitializer(`head_${i}_kernel`, [layer.inputs, layer.units], layer.kernel);
+    const bias = graph.addInitializer(`head_${i}_bias`, [layer.units], layer.bias);
+    value = graph.addNode('Gemm', `head_${i}_dense`, [value, kernel, bias], [`head_${i}_logits`]);
+    if (layer.activation === 'relu') value = graph.addNode('Relu', `head_${i}_relu`, [value], [`head_${i}_relu`]);
+    if (layer.activation === 'softmax') {
+      if (i !== head.length - 1) throw new OnnxExportError(`head layer ${i}: softmax only on the last layer`);
+      value = graph.addNode('Softmax', 'head_softmax', [value], [ONNX_PROBABILITIES_NAME], { axis: { int: 1 } });
+    }
+    width = layer.units;
+  });
+  return { name: value, width };
 }
 
 function checkInputShape(model: tf.LayersModel, requested: number | undefined): number {

@@ -31,6 +31,8 @@ export interface OnnxModelInfo {
   producerName: string;
   producerVersion: string;
   docString?: string;
+  /** key/value pairs in the model's metadata_props (what onnxruntime's modelmeta.custom_metadata_map returns) */
+  metadata?: Readonly<Record<string, string>>;
 }
 
 const ELEM_TYPE = {
@@ -101,6 +103,7 @@ export class OnnxGraphBuilder {
       producerName: info.producerName,
       producerVersion: info.producerVersion,
       docString: info.docString ?? '',
+      metadataProps: Object.entries(info.metadata ?? {}).map(([key, value]) => ({ key, value })),
       graph: {
         name: info.graphName,
         node: this.nodes,

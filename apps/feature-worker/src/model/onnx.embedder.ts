@@ -24,6 +24,8 @@ export interface OnnxEmbedderOptions {
   intraOpThreads: number;
   /** Side of the square input the model was exported for (default 224). */
   inputSize?: number;
+  /** The output to return, for models with a head (default `embedding`, 1280 wide). */
+  output?: { name: string; dim: number };
 }
 
 /**
@@ -35,6 +37,7 @@ export interface OnnxEmbedderOptions {
  */
 export async function createOnnxEmbedder(modelBytes: Uint8Array, o: OnnxEmbedderOptions): Promise<OnnxEmbedder> {
   const size = o.inputSize ?? EFFICIENTNET_B0_INPUT_SIZE;
+  const output = o.output ?? { name: ONNX_OUTPUT_NAME, dim: EFFICIENTNET_B0_EMBEDDING_DIM };
   if (!Number.isInteger(o.intraOpThreads) || o.intraOpThreads < 1) {
     throw new Error(`intraOpThreads must be a positive integer, got ${o.intraOpThreads}`);
   }
@@ -50,14 +53,14 @@ export async function createOnnxEmbedder(modelBytes: Uint8Array, o: OnnxEmbedder
     extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
   });
   try {
-    checkSignature(session, size);
+    checkSignature(session, size, output);
   } catch (error) {
     await session.release();
     throw error;
   }
 
   const bytesPerImage = size * size * 3;
-  const dim = EFFICIENTNET_B0_EMBEDDING_DIM;
+  const dim = output.dim;
   return {
     inputSize: size,
     dim,
@@ -75,14 +78,14 @@ export async function createOnnxEmbedder(modelBytes: Uint8Array, o: OnnxEmbedder
       const batch = images.length === 1 ? (images[0] as Uint8Array) : concat(images, bytesPerImage);
       const input = new ort.Tensor('uint8', batch, [images.length, size, size, 3]);
       const results = await session.run({ [ONNX_INPUT_NAME]: input });
-      const output = results[ONNX_OUTPUT_NAME];
-      if (output === undefined || output.type !== 'float32' || output.data.length !== images.length * dim) {
+      const result = results[output.name];
+      if (result === undefined || result.type !== 'float32' || result.data.length !== images.length * dim) {
         throw new Error(
-          `ONNX model returned ${output === undefined ? 'no' : `${output.type} [${output.dims.join(', ')}]`} ` +
-            `'${ONNX_OUTPUT_NAME}', expected float32 [${images.length}, ${dim}]`,
+          `ONNX model returned ${result === undefined ? 'no' : `${result.type} [${result.dims.join(', ')}]`} ` +
+            `'${output.name}', expected float32 [${images.length}, ${dim}]`,
         );
       }
-      return output.data as Float32Array;
+      return result.data as Float32Array;
     },
     async dispose() {
       await session.release();
@@ -96,9 +99,9 @@ function concat(images: Uint8Array[], bytesPerImage: number): Uint8Array {
   return batch;
 }
 
-function checkSignature(session: ort.InferenceSession, size: number): void {
+function checkSignature(session: ort.InferenceSession, size: number, expected: { name: string; dim: number }): void {
   const input = session.inputMetadata.find((m) => m.name === ONNX_INPUT_NAME);
-  const output = session.outputMetadata.find((m) => m.name === ONNX_OUTPUT_NAME);
+  const output = session.outputMetadata.find((m) => m.name === expected.name);
   const problems: string[] = [];
   if (input === undefined || !input.isTensor) {
     problems.push(`no tensor input '${ONNX_INPUT_NAME}' (inputs: ${session.inputNames.join(', ')})`);
@@ -111,12 +114,9 @@ function checkSignature(session: ort.InferenceSession, size: number): void {
     }
   }
   if (output === undefined || !output.isTensor) {
-    problems.push(`no tensor output '${ONNX_OUTPUT_NAME}' (outputs: ${session.outputNames.join(', ')})`);
-  } else if (output.type !== 'float32' || output.shape[1] !== EFFICIENTNET_B0_EMBEDDING_DIM) {
-    problems.push(
-      `output '${ONNX_OUTPUT_NAME}' is ${output.type} [${output.shape.join(', ')}], ` +
-        `expected float32 [N, ${EFFICIENTNET_B0_EMBEDDING_DIM}]`,
-    );
+    problems.push(`no tensor output '${expected.name}' (outputs: ${session.outputNames.join(', ')})`);
+  } else if (output.type !== 'float32' || output.shape[1] !== expected.dim) {
+    problems.push(`output '${expected.name}' is ${output.type} [${output.shape.join(', ')}], expected float32 [N, ${expected.dim}]`);
   }
-  if (problems.length > 0) throw new Error(`not an EfficientNet-B0 embedding model: ${problems.join('; ')}`);
+  if (problems.length > 0) throw new Error(`not an EfficientNet-B0 model of this shape: ${problems.join('; ')}`);
 }

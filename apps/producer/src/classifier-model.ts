@@ -1,0 +1,38 @@
+import { buildClassifierOnnx, type ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
+import { LabelsDoc, ReportDoc, resolveWeights, type EmbeddingSpace } from '@transferline/shared';
+import { loadTfRuntime } from '@transferline/shared/tf';
+import { loadHead } from '@transferline/train-worker/head.store';
+import type { CliContext } from './cli-context.js';
+import { resolveModel } from './commands/classify.command.js';
+
+/** A trained run as one image-in, probabilities-out ONNX model. */
+export interface ClassifierModel {
+  bytes: Uint8Array;
+  meta: ClassifierMetadata;
+  space: EmbeddingSpace;
+}
+
+/**
+ * Builds the ONNX classifier of `dataset[@run]`: the run's head from the bucket, on EfficientNet-B0
+ * with the weights of the embedding space the head was trained in (the cached weights file, or
+ * TL_MODEL_WEIGHTS_SOURCE, verified by MD5; the seeded random weights for a random space).
+ */
+export async function loadClassifierModel(ctx: CliContext, spec: string): Promise<ClassifierModel> {
+  const { dataset, runId, space } = await resolveModel(ctx, spec);
+  const { bucket } = ctx.config.s3;
+  const { store, layout } = ctx.services;
+  const labels = await store.getDocument(LabelsDoc, bucket, layout.runFile(dataset, runId, 'labels.json'));
+  if (!labels) throw new Error(`run ${dataset}@${runId} has no labels.json in s3://${bucket}/${layout.run(dataset, runId)}`);
+  const report = await store.getDocument(ReportDoc, bucket, layout.runFile(dataset, runId, 'report.json'));
+  const threshold = labels.length === 2 ? report?.validation.binary?.threshold : undefined;
+  const { tf } = await loadTfRuntime('cpu');
+  const head = await loadHead(tf, store, bucket, layout.run(dataset, runId));
+  try {
+    const weights = space.weights === 'imagenet' ? (await resolveWeights({ ...ctx.config.embed, weightsMd5: space.weightsMd5! }, { store })).bytes : undefined;
+    const meta = { dataset, runId, labels, ...(threshold !== undefined && { threshold }) };
+    const bytes = await buildClassifierOnnx({ space, ...(weights && { weights }), head, meta });
+    return { bytes, meta: { ...meta, embedderId: space.id, resize: space.resize, inputSize: space.inputSize }, space };
+  } finally {
+    head.dispose();
+  }
+}

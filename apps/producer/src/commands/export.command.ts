@@ -1,0 +1,34 @@
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { CliContext } from '../cli-context.js';
+import { loadClassifierModel } from '../classifier-model.js';
+import { printable } from '../terminal.js';
+
+export interface ExportOptions {
+  /** `dataset` (its latest run) or `dataset@run` */
+  model: string;
+  format: string;
+  /** file to write (default `<dataset>-<run>.onnx` in the current folder) */
+  output?: string;
+}
+
+/**
+ * `transferline export -m NAME[@run] --format onnx [-o FILE]`: the trained model as one ONNX file
+ * that takes uint8 RGB images [N, 224, 224, 3] and returns class probabilities [N, classes]:
+ * EfficientNet-B0 with the weights of the model's embedding space, the head, softmax. Labels,
+ * threshold and provenance are in its metadata.
+ */
+export async function exportCommand(ctx: CliContext, o: ExportOptions): Promise<{ file: string; bytes: number }> {
+  if (o.format !== 'onnx') throw new Error(`--format ${JSON.stringify(o.format)} is not supported: onnx is the one format`);
+  const model = await loadClassifierModel(ctx, o.model);
+  const { meta } = model;
+  const file = path.resolve(o.output ?? `${meta.dataset}-${meta.runId}.onnx`.replace(/[^A-Za-z0-9._-]/g, '_'));
+  await writeFile(file, model.bytes);
+  const w = (s: string) => ctx.out.write(`${s}\n`);
+  w(`wrote ${file} (${(model.bytes.length / 1e6).toFixed(1)} MB): ${meta.dataset}@${meta.runId}, ${meta.labels.length} classes`);
+  w(`  input   pixels         uint8 [N, ${meta.inputSize}, ${meta.inputSize}, 3]  RGB, channels last; resize each image to ${meta.inputSize}×${meta.inputSize} first (${meta.resize === 'squash' ? 'stretch the whole image, as transferline does' : 'centre crop, as transferline does'})`);
+  w(`  output  probabilities  float32 [N, ${meta.labels.length}]  in label order: ${meta.labels.map(printable).join(', ')}`);
+  if (meta.threshold !== undefined) w(`  two classes: predict "${printable(meta.labels[1]!)}" when its probability ≥ ${meta.threshold.toFixed(4)} (chosen on validation; in the metadata as transferline.threshold)`);
+  w('  metadata: transferline.labels, transferline.threshold, transferline.model, transferline.embedder, transferline.resize');
+  return { file, bytes: model.bytes.length };
+}

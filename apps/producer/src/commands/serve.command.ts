@@ -1,0 +1,81 @@
+import { createLogger, createServices, LatestDoc } from '@transferline/shared';
+import type { CliContext } from '../cli-context.js';
+import { startClassifierServer, type ClassifierServer } from '../serve/classifier.server.js';
+import { printable } from '../terminal.js';
+
+export interface ServeOptions {
+  /** `dataset` (its latest run, followed as new runs land) or `dataset@run` (that run only) */
+  model: string;
+  host?: string;
+  port?: number;
+  /** ONNX Runtime intra-op threads (default: the machine's cores) */
+  threads?: number;
+  /** how often to look for a newer run when serving a dataset's latest (seconds; 0 = never) */
+  followSeconds?: number;
+  /** called once the server listens (tests); the command then runs until Ctrl-C or SIGTERM */
+  onListening?: (server: ClassifierServer) => void;
+}
+
+/**
+ * `transferline serve -m NAME[@run]`: an HTTP classifier on 127.0.0.1 (TL_SERVE_HOST,
+ * TL_SERVE_PORT), until Ctrl-C or SIGTERM. Serving a dataset's latest run, it swaps to a newer
+ * run when one lands (and on SIGHUP), without dropping requests in flight. It serves for hours,
+ * so its clients are in worker mode (they wait out a Redis or S3 restart).
+ */
+export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<void> {
+  const log = createLogger('serve', ctx.config.logLevel);
+  const services = createServices(ctx.config, 'worker');
+  const long: CliContext = { ...ctx, services };
+  const stop = new AbortController();
+  const onStop = () => stop.abort();
+  ctx.signal?.addEventListener('abort', onStop, { once: true });
+  process.once('SIGTERM', onStop);
+  if (!ctx.signal) process.once('SIGINT', onStop);
+  let server: ClassifierServer | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const w = (s: string) => ctx.out.write(`${s}\n`);
+  const swap = async (why: string) => {
+    try {
+      const was = server!.model().runId;
+      const m = await server!.reload();
+      w(`${why}: now serving ${m.dataset}@${m.runId} (was ${was})`);
+    } catch (err) {
+      w(`could not load the new model, still serving ${server!.model().runId}: ${(err as Error).message}`);
+    }
+  };
+  const onHup = () => void swap('SIGHUP');
+  try {
+    w(`loading ${o.model} (EfficientNet-B0 + head, one ONNX model)…`);
+    server = await startClassifierServer(long, { model: o.model, log, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }) });
+    const m = server.model();
+    w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${m.threshold.toFixed(3)}` : ''}) on ${server.url}`);
+    w(`  curl --data-binary @photo.jpg ${server.url}/v1/classify${ctx.config.serve.apiKey ? ' -H "Authorization: Bearer $TL_SERVE_API_KEY"' : ''}`);
+    w(`  ${server.url}/v1/models   ${server.url}/metrics   ${server.url}/healthz`);
+    w('Ctrl-C stops it.');
+    process.on('SIGHUP', onHup);
+    const follow = o.followSeconds ?? 30;
+    if (!o.model.includes('@') && follow > 0) {
+      const { bucket } = ctx.config.s3;
+      timer = setInterval(() => {
+        void (async () => {
+          const latest = await services.store.getDocument(LatestDoc, bucket, services.layout.latest(m.dataset)).catch(() => undefined);
+          if (latest && latest.runId !== server!.model().runId) await swap(`a newer run of ${m.dataset} landed`);
+        })();
+      }, follow * 1000);
+    }
+    o.onListening?.(server);
+    await new Promise<void>((resolve) => {
+      if (stop.signal.aborted) return resolve();
+      stop.signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+    w('\nstopping…');
+  } finally {
+    clearInterval(timer);
+    process.off('SIGHUP', onHup);
+    process.off('SIGTERM', onStop);
+    process.off('SIGINT', onStop);
+    ctx.signal?.removeEventListener('abort', onStop);
+    await server?.close();
+    await services.close();
+  }
+}

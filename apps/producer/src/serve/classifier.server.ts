@@ -1,0 +1,343 @@
+import { timingSafeEqual } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import busboy from 'busboy';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { ONNX_PROBABILITIES_NAME, type ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
+import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
+import type { Embedder } from '@transferline/feature-worker/embedder';
+import { prepareImage, type ResizePolicy } from '@transferline/feature-worker/image.ops';
+import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
+import { createServeMetrics, ObjectNotFoundError, ObjectTooLargeError, parseS3Url, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
+import type { CliContext } from '../cli-context.js';
+import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
+
+/** What one image gets back. */
+export type Classification = { label: string; probabilities: Record<string, number> } | { error: { reason: string; message: string } };
+
+/** A model being served: its ONNX Runtime thread and batcher, and the requests that hold it. */
+class ServedModel {
+  private holders = 0;
+  private released: (() => void) | undefined;
+
+  private constructor(
+    readonly meta: ClassifierMetadata,
+    private readonly runtime: Embedder,
+    readonly batcher: MicroBatcher<Uint8Array, Float32Array>,
+  ) {}
+
+  static async start(model: ClassifierModel, o: { threads: number; batchSize: number; batchWaitMs: number; metrics: ServeMetrics }, log: Logger): Promise<ServedModel> {
+    const k = model.meta.labels.length;
+    const runtime = await startOnnxThread({ bytes: model.bytes, output: { name: ONNX_PROBABILITIES_NAME, dim: k }, inputSize: model.meta.inputSize, threads: o.threads, warmupBatch: Math.min(o.batchSize, 8) }, log);
+    const batcher = new MicroBatcher<Uint8Array, Float32Array>(
+      async (images) => {
+        o.metrics.batchSize.observe(images.length);
+        const p = await runtime.embedBatch(images);
+        return images.map((_, i) => p.slice(i * k, (i + 1) * k));
+      },
+      o.batchSize,
+      o.batchWaitMs,
+      // two batches in flight: one is formed and handed over while the other runs
+      2,
+    );
+    return new ServedModel(model.meta, runtime, batcher);
+  }
+
+  hold(): () => void {
+    this.holders++;
+    return () => {
+      this.holders--;
+      if (this.holders === 0) this.released?.();
+    };
+  }
+
+  /** Waits for the requests that hold this model, then stops its thread. */
+  async retire(): Promise<void> {
+    if (this.holders > 0) await new Promise<void>((resolve) => (this.released = resolve));
+    await this.batcher.drain();
+    await this.runtime.dispose();
+  }
+
+  /** The label the model gives: the validation threshold for two classes, else the most probable. */
+  decide(p: Float32Array): Classification {
+    const { labels, threshold } = this.meta;
+    let best = 0;
+    if (threshold !== undefined && labels.length === 2) best = p[1]! >= threshold ? 1 : 0;
+    else for (let c = 1; c < p.length; c++) if (p[c]! > p[best]!) best = c;
+    return { label: labels[best]!, probabilities: Object.fromEntries(labels.map((l, c) => [l, p[c]!])) };
+  }
+}
+
+export interface ClassifierServer {
+  url: string;
+  port: number;
+  /** the model being served */
+  model: () => ClassifierMetadata;
+  /** Loads the model again (the newest run, when none was named); requests in flight finish on the old one. */
+  reload: () => Promise<ClassifierMetadata>;
+  close: () => Promise<void>;
+}
+
+/** HTTP status for a reason code: the image's fault (4xx), or ours (5xx). */
+function statusOf(reason: string): number {
+  if (reason === 'too-large') return 413;
+  if (reason === 'unauthorized') return 401;
+  if (reason === 'not-found') return 404;
+  if (reason === 'bad-request') return 400;
+  if (reason === 'overloaded') return 503;
+  if (reason === 'internal') return 500;
+  return 422; // the preprocess stage's bad-input reasons: empty, not-an-image, truncated, …
+}
+
+function asError(err: unknown): { reason: string; message: string } {
+  if (err instanceof PermanentError) return { reason: err.reason, message: err.message };
+  if (err instanceof ObjectNotFoundError) return { reason: 'not-found', message: err.message };
+  if (err instanceof ObjectTooLargeError) return { reason: 'too-large', message: err.message };
+  return { reason: 'internal', message: (err as Error).message };
+}
+
+/**
+ * `transferline serve`: image bytes in, labels out, over HTTP. Each image goes through the
+ * preprocess stage's own sharp pipeline (same resize policy, same bad-input reasons) and the
+ * exported classifier (EfficientNet-B0 + head, one ONNX model) on ONNX Runtime in a worker
+ * thread; requests from all clients are micro-batched into one forward pass. At most
+ * `maxQueue` images are admitted at once; past that, 503 with Retry-After.
+ */
+export async function startClassifierServer(ctx: CliContext, o: { model: string; log: Logger; host?: string; port?: number; threads?: number }): Promise<ClassifierServer> {
+  const cfg = ctx.config.serve;
+  const metrics = createServeMetrics();
+  const threads = o.threads ?? Math.max(1, os.availableParallelism());
+  const load = async () => ServedModel.start(await loadClassifierModel(ctx, o.model), { threads, batchSize: cfg.batchSize, batchWaitMs: cfg.batchWaitMs, metrics }, o.log);
+  let current = await load();
+  const showModel = (m: ClassifierMetadata) => {
+    metrics.modelInfo.reset();
+    metrics.modelInfo.set({ dataset: m.dataset, run: m.runId }, 1);
+  };
+  showModel(current.meta);
+  let admitted = 0;
+  const image = { size: current.meta.inputSize, maxInputPixels: ctx.config.preprocess.maxInputPixels, background: ctx.config.preprocess.background };
+  const maxBytes = ctx.config.preprocess.maxObjectBytes;
+
+  /** Classifies one image on the model the request holds; bad input is that image's answer, not an exception. */
+  const classify = async (model: ServedModel, bytes: Uint8Array): Promise<Classification> => {
+    try {
+      const pixels = await prepareImage(bytes, { ...image, resize: model.meta.resize as ResizePolicy });
+      const result = model.decide(await model.batcher.submit(pixels));
+      if ('label' in result) metrics.results.inc({ label: result.label });
+      return result;
+    } catch (err) {
+      const e = asError(err);
+      metrics.rejected.inc({ reason: e.reason });
+      if (e.reason === 'internal') o.log.error({ err }, 'classification failed');
+      return { error: e };
+    }
+  };
+
+  /** Admits n images or answers 503: the bound on work held in memory. */
+  const admit = (res: Response, n: number, model: ServedModel): (() => void) | undefined => {
+    if (admitted + n > cfg.maxQueue) {
+      metrics.rejected.inc({ reason: 'overloaded' }, n);
+      res.setHeader('Retry-After', '1');
+      res.status(503).json({ error: { reason: 'overloaded', message: `${admitted} images in progress (TL_SERVE_MAX_QUEUE=${cfg.maxQueue}); retry shortly` } });
+      return undefined;
+    }
+    admitted += n;
+    metrics.inFlight.set(admitted);
+    const release = model.hold();
+    return () => {
+      admitted -= n;
+      metrics.inFlight.set(admitted);
+      release();
+    };
+  };
+
+  const fail = (res: Response, reason: string, message: string) => {
+    metrics.rejected.inc({ reason });
+    res.status(statusOf(reason)).json({ error: { reason, message } });
+  };
+
+  const app = express();
+  app.disable('x-powered-by');
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    const end = metrics.requestDuration.startTimer({ route: req.path.startsWith('/v1/') ? req.path : 'other' });
+    res.on('finish', () => end({ status: String(res.statusCode) }));
+    next();
+  });
+  app.get('/healthz', (_req, res) => void res.type('text/plain').send('ok\n'));
+  app.get('/metrics', async (_req, res) => void res.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+  if (cfg.apiKey) {
+    const key = Buffer.from(cfg.apiKey);
+    app.use('/v1', (req: Request, res: Response, next: NextFunction) => {
+      const given = Buffer.from(req.get('x-api-key') ?? (req.get('authorization') ?? '').replace(/^Bearer /i, ''));
+      if (given.length === key.length && timingSafeEqual(given, key)) return next();
+      fail(res, 'unauthorized', 'an API key is required: send it as "Authorization: Bearer KEY" or "X-API-Key: KEY"');
+    });
+  }
+  app.get('/v1/models', (_req, res) => {
+    const m = current.meta;
+    res.json({ dataset: m.dataset, runId: m.runId, labels: m.labels, threshold: m.threshold ?? null, embedderId: m.embedderId, resize: m.resize, inputSize: m.inputSize });
+  });
+  app.post('/v1/models/reload', async (_req, res) => {
+    try {
+      const m = await reload();
+      res.json({ dataset: m.dataset, runId: m.runId });
+    } catch (err) {
+      fail(res, 'internal', (err as Error).message);
+    }
+  });
+
+  app.post('/v1/classify', (req, res) => {
+    const type = (req.get('content-type') ?? '').toLowerCase();
+    const model = current;
+    const modelRef = { dataset: model.meta.dataset, runId: model.meta.runId };
+    if (type.startsWith('multipart/form-data')) return void classifyMultipart(req, res, model, modelRef);
+    if (type.startsWith('application/json')) return void classifyKeys(req, res, model, modelRef);
+    // raw image bytes: the size is checked as they arrive, so an oversized body is not held
+    const declared = Number(req.get('content-length') ?? NaN);
+    if (declared > maxBytes) return void fail(res, 'too-large', `the image is ${declared} bytes; the limit is ${maxBytes} (TL_MAX_OBJECT_BYTES)`);
+    const release = admit(res, 1, model);
+    if (!release) return void req.resume();
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let over = false;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > maxBytes) over = true;
+      else chunks.push(c);
+    });
+    req.on('error', () => release());
+    req.on('end', () => {
+      void (async () => {
+        try {
+          if (over) return fail(res, 'too-large', `the image is over ${maxBytes} bytes (TL_MAX_OBJECT_BYTES)`);
+          const r = await classify(model, Buffer.concat(chunks));
+          if ('error' in r) res.status(statusOf(r.error.reason)).json({ ...r, model: modelRef });
+          else res.json({ ...r, model: modelRef });
+        } finally {
+          release();
+        }
+      })();
+    });
+  });
+
+  /** multipart/form-data: every file part is one image; the answer lists them in order, each with its name. */
+  function classifyMultipart(req: Request, res: Response, model: ServedModel, modelRef: object): void {
+    let bb: busboy.Busboy;
+    try {
+      bb = busboy({ headers: req.headers, limits: { fileSize: maxBytes, files: cfg.maxQueue } });
+    } catch (err) {
+      return fail(res, 'bad-request', (err as Error).message);
+    }
+    const parts: { name: string; done: Promise<Classification> }[] = [];
+    const releases: (() => void)[] = [];
+    let refused = false;
+    bb.on('file', (_field, stream, info) => {
+      const name = info.filename ?? `file${parts.length + 1}`;
+      if (refused) return void stream.resume();
+      const release = admit(res, 1, model);
+      if (!release) {
+        refused = true;
+        return void stream.resume();
+      }
+      releases.push(release);
+      const chunks: Buffer[] = [];
+      let truncated = false;
+      stream.on('data', (c: Buffer) => chunks.push(c));
+      stream.on('limit', () => (truncated = true));
+      parts.push({
+        name,
+        done: new Promise<Classification>((resolve) =>
+          stream.on('close', () => {
+            if (truncated) {
+              metrics.rejected.inc({ reason: 'too-large' });
+              resolve({ error: { reason: 'too-large', message: `${name} is over ${maxBytes} bytes (TL_MAX_OBJECT_BYTES)` } });
+            } else resolve(classify(model, Buffer.concat(chunks)));
+          }),
+        ),
+      });
+    });
+    bb.on('error', (err: Error) => {
+      releases.forEach((r) => r());
+      if (!res.headersSent) fail(res, 'bad-request', `not a readable multipart body: ${err.message}`);
+    });
+    bb.on('close', () => {
+      void (async () => {
+        try {
+          const results = await Promise.all(parts.map(async (p) => ({ name: p.name, ...(await p.done) })));
+          if (res.headersSent) return; // refused as overloaded
+          if (results.length === 0) return fail(res, 'bad-request', 'no file in the multipart body');
+          res.json({ results, model: modelRef });
+        } finally {
+          releases.forEach((r) => r());
+        }
+      })();
+    });
+    req.pipe(bb);
+  }
+
+  /** JSON `{"keys": ["s3://bucket/key", …]}`: objects read from the deployment's S3. */
+  function classifyKeys(req: Request, res: Response, model: ServedModel, modelRef: object): void {
+    express.json({ limit: '1mb' })(req, res, (err?: unknown) => {
+      void (async () => {
+        if (err) return fail(res, 'bad-request', `not JSON: ${(err as Error).message}`);
+        const keys = (req.body as { keys?: unknown })?.keys;
+        if (!Array.isArray(keys) || keys.length === 0 || !keys.every((k) => typeof k === 'string' && k.startsWith('s3://'))) {
+          return fail(res, 'bad-request', 'send {"keys": ["s3://bucket/key", …]}, or the image bytes, or multipart/form-data');
+        }
+        const release = admit(res, keys.length, model);
+        if (!release) return;
+        try {
+          const results = await Promise.all(
+            (keys as string[]).map(async (url) => {
+              try {
+                const { bucket, prefix } = parseS3Url(url);
+                const bytes = await ctx.services.store.getObject(bucket, prefix.replace(/\/$/, ''), maxBytes);
+                return { key: url, ...(await classify(model, bytes)) };
+              } catch (e) {
+                const error = asError(e);
+                metrics.rejected.inc({ reason: error.reason });
+                return { key: url, error };
+              }
+            }),
+          );
+          res.json({ results, model: modelRef });
+        } finally {
+          release();
+        }
+      })();
+    });
+  }
+
+  app.use((_req, res) => void fail(res, 'not-found', 'POST /v1/classify, GET /v1/models, POST /v1/models/reload, /healthz, /metrics'));
+
+  const reload = async (): Promise<ClassifierMetadata> => {
+    const next = await load();
+    const old = current;
+    current = next;
+    showModel(next.meta);
+    o.log.info({ dataset: next.meta.dataset, runId: next.meta.runId, was: old.meta.runId }, 'model swapped');
+    void old.retire();
+    return next.meta;
+  };
+
+  const server = http.createServer(app);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'EADDRINUSE' ? new Error(`port ${o.port ?? cfg.port} on ${o.host ?? cfg.host} is in use: set TL_SERVE_PORT or --port`) : err));
+    server.listen(o.port ?? cfg.port, o.host ?? cfg.host, () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  return {
+    url: `http://${host}:${addr.port}`,
+    port: addr.port,
+    model: () => current.meta,
+    reload,
+    close: async () => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      await closed;
+      await current.retire();
+    },
+  };
+}

@@ -1,0 +1,253 @@
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readdirSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import onnxProto from 'onnx-proto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { classifyCommand } from '../apps/producer/src/commands/classify.command.js';
+import { exportCommand } from '../apps/producer/src/commands/export.command.js';
+import { renderSample } from '../apps/producer/src/demo/sample-images.js';
+import { startClassifierServer, type ClassifierServer } from '../apps/producer/src/serve/classifier.server.js';
+import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
+import { createLogger } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { repoRoot, runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
+
+/**
+ * Using what was trained: `transferline export` writes one ONNX model (uint8 pixels in,
+ * probabilities out) that gives what `classify` gives on real photos; `transferline serve`
+ * answers over HTTP with the same numbers, micro-batches concurrent requests, refuses bad input
+ * with its reason code, sheds load with 503, checks its API key, and swaps to a new run without
+ * dropping requests in flight. The embedding space has weights with realistic statistics (the
+ * reference test's), so different photos get clearly different probabilities.
+ */
+
+guardLeaks();
+
+const PY = '/usr/bin/python3';
+const REF = path.join(repoRoot, 'test', 'support', 'python', 'keras_efficientnet_b0_reference.py');
+const PHOTOS = '/usr/share/backgrounds/mate/nature';
+const bucket = 'photos-serve';
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+const log = createLogger('serve-test', 'warn');
+
+let dir: string;
+let stack: TestStack;
+let ctx: CliContext;
+let photos: { name: string; bytes: Buffer }[];
+/** classify's probabilities per photo name, for run r1 */
+const classified = new Map<string, Record<string, number>>();
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'tl-serve-'));
+  const files = readdirSync(PHOTOS).filter((f) => f.endsWith('.jpg')).sort().map((f) => path.join(PHOTOS, f));
+  execFileSync(PY, [REF, 'photos', '--out', path.join(dir, 'calib.npy'), ...files.slice(0, 8)]);
+  execFileSync(PY, [REF, 'make-weights', '--calib', path.join(dir, 'calib.npy'), '--seed', '7', '--out', path.join(dir, 'w.h5')]);
+  const weights = await readFile(path.join(dir, 'w.h5'));
+  const md5 = createHash('md5').update(weights).digest('hex');
+  stack = await startTestStack({
+    TL_MODEL_WEIGHTS_SOURCE: path.join(dir, 'w.h5'),
+    TL_MODEL_WEIGHTS_MD5: md5,
+    TL_MODEL_CACHE_DIR: path.join(dir, 'cache'),
+    TL_EMBED_BATCH_SIZE: '4',
+    TL_EMBED_BATCH_WAIT_MS: '50',
+  });
+  ctx = await openCliContext(stack.config, sink);
+  await ctx.services.store.ensureBucket(bucket);
+  for (const kind of ['circle', 'square'] as const) {
+    for (let i = 0; i < 10; i++) await ctx.services.store.putObject(bucket, `train/${kind}/${i}.jpg`, await renderSample(kind, i, 4));
+  }
+  photos = await Promise.all(files.slice(8, 14).map(async (f) => ({ name: path.basename(f), bytes: await readFile(f) })));
+  for (const p of photos) await ctx.services.store.putObject(bucket, `incoming/${p.name}`, p.bytes, 'image/jpeg');
+  const ingest = await runCli(['ingest', `s3://${bucket}/train/`, '-d', 'shapes'], stack.env, 240_000);
+  expect(ingest.code).toBe(0);
+  const train = await runCli(['train', '-d', 'shapes', '--epochs', '40', '--run-id', 'r1', '--seed', '3'], stack.env, 240_000);
+  expect(train.code).toBe(0);
+  const [result] = await classifyCommand(ctx, `s3://${bucket}/incoming/`, { model: 'shapes@r1', watch: false, intervalSeconds: 1 });
+  const lines = (await ctx.services.store.getObject(stack.config.s3.bucket, result!.outputKey)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; probabilities: Record<string, number> });
+  for (const l of lines) classified.set(path.basename(l.key), l.probabilities);
+  expect(classified.size).toBe(photos.length);
+}, 600_000);
+
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+const maxDiff = (a: Record<string, number>, b: Record<string, number>) => Math.max(...Object.keys(b).map((k) => Math.abs((a[k] ?? NaN) - b[k]!)));
+
+describe('transferline export --format onnx', () => {
+  it('writes one model that gives classify\'s probabilities on real photos, with labels and threshold inside', async () => {
+    const file = path.join(dir, 'shapes.onnx');
+    const out = await exportCommand(ctx, { model: 'shapes@r1', format: 'onnx', output: file });
+    expect(out.file).toBe(file);
+    const bytes = await readFile(file);
+    // what a Python user reads with onnxruntime's get_modelmeta().custom_metadata_map
+    const meta = Object.fromEntries(onnxProto.onnx.ModelProto.decode(bytes).metadataProps.map((p) => [p.key, p.value]));
+    expect(JSON.parse(meta['transferline.labels']!)).toEqual(['circle', 'square']);
+    expect(Number(meta['transferline.threshold'])).toBeGreaterThan(0);
+    expect(meta['transferline.model']).toBe('shapes@r1');
+    expect(meta['transferline.embedder']).toBe(stack.space.id);
+
+    const session = await ort.InferenceSession.create(bytes);
+    try {
+      expect(session.inputNames).toEqual(['pixels']);
+      expect(session.outputNames).toEqual(['probabilities']);
+      const opts = { size: 224, maxInputPixels: stack.config.preprocess.maxInputPixels, background: stack.config.preprocess.background, resize: 'squash' as const };
+      const pixels = await Promise.all(photos.map((p) => prepareImage(p.bytes, opts)));
+      const batch = new Uint8Array(pixels.length * 224 * 224 * 3);
+      pixels.forEach((p, i) => batch.set(p, i * p.length));
+      const result = await session.run({ pixels: new ort.Tensor('uint8', batch, [pixels.length, 224, 224, 3]) });
+      const probs = result.probabilities!.data as Float32Array;
+      const spread = new Set<string>();
+      photos.forEach((p, i) => {
+        const mine = { circle: probs[i * 2]!, square: probs[i * 2 + 1]! };
+        expect(mine.circle + mine.square).toBeCloseTo(1, 5);
+        expect(maxDiff(mine, classified.get(p.name)!), p.name).toBeLessThanOrEqual(1e-4);
+        spread.add(mine.circle.toFixed(3));
+      });
+      expect(spread.size).toBeGreaterThan(1); // the photos really differ: the comparison can fail
+    } finally {
+      await session.release();
+    }
+  }, 180_000);
+
+  it('says what is wrong with a model name or format', async () => {
+    await expect(exportCommand(ctx, { model: 'nope', format: 'onnx' })).rejects.toThrow(/no trained model for nope/);
+    await expect(exportCommand(ctx, { model: 'shapes', format: 'tflite' })).rejects.toThrow(/onnx is the one format/);
+  });
+});
+
+describe('transferline serve', () => {
+  let server: ClassifierServer;
+  beforeAll(async () => {
+    server = await startClassifierServer(ctx, { model: 'shapes', log, port: 0, threads: 2 });
+  }, 180_000);
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  const post = (body: NonNullable<Parameters<typeof fetch>[1]>['body'], headers: Record<string, string> = {}) => fetch(`${server.url}/v1/classify`, { method: 'POST', body, headers });
+
+  it('answers one image with classify\'s label and probabilities, and says which model', async () => {
+    const res = await post(photos[0]!.bytes, { 'content-type': 'image/jpeg' });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as { label: string; probabilities: Record<string, number>; model: { dataset: string; runId: string } };
+    expect(body.model).toEqual({ dataset: 'shapes', runId: 'r1' });
+    expect(maxDiff(body.probabilities, classified.get(photos[0]!.name)!)).toBeLessThanOrEqual(1e-4);
+    expect(['circle', 'square']).toContain(body.label);
+    const models = (await (await fetch(`${server.url}/v1/models`)).json()) as { labels: string[]; runId: string; threshold: number };
+    expect(models).toMatchObject({ labels: ['circle', 'square'], runId: 'r1' });
+    // two classes: the label follows the threshold chosen on validation
+    expect(body.label).toBe(body.probabilities.square! >= models.threshold ? 'square' : 'circle');
+  });
+
+  it('takes several files as multipart, and s3:// keys as JSON, each with its own answer', async () => {
+    const form = new FormData();
+    form.append('a', new Blob([photos[1]!.bytes]), photos[1]!.name);
+    form.append('b', new Blob([Buffer.from('not an image at all')]), 'notes.txt');
+    form.append('c', new Blob([photos[2]!.bytes]), photos[2]!.name);
+    const res = await post(form);
+    expect(res.status).toBe(200);
+    const { results } = (await res.json()) as { results: { name: string; probabilities?: Record<string, number>; error?: { reason: string } }[] };
+    expect(results.map((r) => r.name)).toEqual([photos[1]!.name, 'notes.txt', photos[2]!.name]);
+    expect(maxDiff(results[0]!.probabilities!, classified.get(photos[1]!.name)!)).toBeLessThanOrEqual(1e-4);
+    expect(results[1]!.error?.reason).toBe('not-an-image');
+    expect(maxDiff(results[2]!.probabilities!, classified.get(photos[2]!.name)!)).toBeLessThanOrEqual(1e-4);
+
+    const keys = await post(JSON.stringify({ keys: [`s3://${bucket}/incoming/${photos[3]!.name}`, `s3://${bucket}/incoming/missing.jpg`] }), { 'content-type': 'application/json' });
+    const byKey = ((await keys.json()) as { results: { key: string; probabilities?: Record<string, number>; error?: { reason: string } }[] }).results;
+    expect(maxDiff(byKey[0]!.probabilities!, classified.get(photos[3]!.name)!)).toBeLessThanOrEqual(1e-4);
+    expect(byKey[1]!.error?.reason).toBe('not-found');
+  });
+
+  it('refuses bad input with the preprocess stage\'s reason codes', async () => {
+    const notImage = await post(Buffer.from('<html>hello</html>'), { 'content-type': 'application/octet-stream' });
+    expect(notImage.status).toBe(422);
+    expect(((await notImage.json()) as { error: { reason: string } }).error.reason).toBe('not-an-image');
+    const empty = await post(Buffer.alloc(0), { 'content-type': 'image/jpeg' });
+    expect(empty.status).toBe(422);
+    expect(((await empty.json()) as { error: { reason: string } }).error.reason).toBe('empty');
+    const last = photos[photos.length - 1]!;
+    const truncated = await post(last.bytes.subarray(0, Math.floor(last.bytes.length / 3)), { 'content-type': 'image/jpeg' });
+    expect(truncated.status).toBe(422);
+    expect(((await truncated.json()) as { error: { reason: string } }).error.reason).toBe('truncated');
+    const json = await post('{"keys": "nope"}', { 'content-type': 'application/json' });
+    expect(json.status).toBe(400);
+  });
+
+  it('micro-batches concurrent requests into shared forward passes, and says so on /metrics', async () => {
+    const before = await scrapeUrl(`${server.url}/metrics`);
+    const answers = await Promise.all(Array.from({ length: 24 }, (_, i) => post(photos[i % photos.length]!.bytes, { 'content-type': 'image/jpeg' })));
+    expect(answers.every((r) => r.status === 200)).toBe(true);
+    await Promise.all(answers.map((r) => r.arrayBuffer()));
+    const after = await scrapeUrl(`${server.url}/metrics`);
+    const passes = after.get('tl_serve_batch_size_count')! - (before.get('tl_serve_batch_size_count') ?? 0);
+    const images = after.get('tl_serve_batch_size_sum')! - (before.get('tl_serve_batch_size_sum') ?? 0);
+    expect(images).toBe(24);
+    expect(passes).toBeLessThan(24);
+    expect([...after.keys()].some((k) => k.startsWith('tl_serve_request_seconds_bucket'))).toBe(true);
+    expect((after.get('tl_serve_results_total{label="circle"}') ?? 0) + (after.get('tl_serve_results_total{label="square"}') ?? 0)).toBeGreaterThanOrEqual(24);
+  });
+
+  it('swaps to a new run without dropping the requests in flight', async () => {
+    const train = await runCli(['train', '-d', 'shapes', '--epochs', '20', '--run-id', 'r2', '--seed', '9'], stack.env, 240_000);
+    expect(train.code).toBe(0);
+    const inFlight = Array.from({ length: 40 }, (_, i) => post(photos[i % photos.length]!.bytes, { 'content-type': 'image/jpeg' }));
+    const swapped = server.reload();
+    const answers = await Promise.all(inFlight);
+    expect(answers.map((r) => r.status)).toEqual(answers.map(() => 200));
+    const runs = new Set(await Promise.all(answers.map(async (r) => ((await r.json()) as { model: { runId: string } }).model.runId)));
+    expect((await swapped).runId).toBe('r2');
+    for (const run of runs) expect(['r1', 'r2']).toContain(run);
+    const after = (await (await post(photos[0]!.bytes, { 'content-type': 'image/jpeg' })).json()) as { model: { runId: string } };
+    expect(after.model.runId).toBe('r2');
+  }, 300_000);
+});
+
+describe('transferline serve, guarded', () => {
+  let server: ClassifierServer;
+  const apiKey = 'k'.repeat(24);
+  beforeAll(async () => {
+    const config = { ...stack.config, serve: { ...stack.config.serve, apiKey, maxQueue: 2, batchWaitMs: 200 }, preprocess: { ...stack.config.preprocess, maxObjectBytes: 200_000 } };
+    server = await startClassifierServer({ ...ctx, config }, { model: 'shapes@r1', log, port: 0, threads: 1 });
+  }, 180_000);
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  it('asks for the API key, refuses oversized images, and sheds load with 503 and Retry-After', async () => {
+    const url = `${server.url}/v1/classify`;
+    const small = await renderSample('circle', 1, 1);
+    const none = await fetch(url, { method: 'POST', body: small });
+    expect(none.status).toBe(401);
+    const wrong = await fetch(url, { method: 'POST', body: small, headers: { authorization: `Bearer ${'x'.repeat(24)}` } });
+    expect(wrong.status).toBe(401);
+    const auth = { authorization: `Bearer ${apiKey}` };
+    const ok = await fetch(url, { method: 'POST', body: small, headers: auth });
+    expect(ok.status).toBe(200);
+    const big = await fetch(url, { method: 'POST', body: Buffer.alloc(300_000, 1), headers: auth });
+    expect(big.status).toBe(413);
+    expect(((await big.json()) as { error: { reason: string } }).error.reason).toBe('too-large');
+    // /healthz and /metrics need no key (Prometheus scrapes them)
+    expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
+
+    const burst = await Promise.all(Array.from({ length: 12 }, () => fetch(url, { method: 'POST', body: small, headers: auth })));
+    const statuses = burst.map((r) => r.status);
+    expect(statuses.filter((s) => s === 200).length).toBeGreaterThanOrEqual(2);
+    const shed = burst.filter((r) => r.status === 503);
+    expect(shed.length).toBeGreaterThan(0);
+    expect(shed[0]!.headers.get('retry-after')).toBe('1');
+    expect(((await shed[0]!.json()) as { error: { reason: string } }).error.reason).toBe('overloaded');
+  });
+});
+
+async function scrapeUrl(url: string): Promise<Map<string, number>> {
+  const port = Number(new URL(url).port);
+  return scrape(port);
+}
