@@ -97,6 +97,11 @@ describe('the embedded S3 server', () => {
     }
     // Signed, too: the signature does not make such a key acceptable.
     await expect(store.putObject(bucket, 'a/../../../../escaped4.jpg', Buffer.from('x'))).rejects.toThrow(/not supported|InvalidArgument|400/);
+    // nor a bucket named "..", nor a copy whose source climbs out
+    expect((await fetch(`${s3.endpoint}/..%2Fescaped5.jpg`, { method: 'PUT', body: 'x' })).status).toBe(400);
+    await expect(store.copyObject(bucket, '../../../../etc/hostname', 'copied.txt')).rejects.toThrow(/not supported|InvalidArgument|400/);
+    expect(await store.copyObject(bucket, 'train/cat/1.jpg', 'train/dog/1.jpg')).toMatch(/^[0-9a-f]{32}$/);
+    expect((await store.getObject(bucket, 'train/dog/1.jpg')).toString()).toBe('not really a jpeg');
     expect(await strayFiles()).toEqual([]);
 
     const long = `${'z'.repeat(300)}.jpg`;

@@ -1,4 +1,5 @@
 import {
+  CopyObjectCommand,
   CreateBucketCommand,
   DeleteObjectCommand,
   GetObjectCommand,
@@ -216,6 +217,13 @@ export class ObjectStore {
       }
       token = res.IsTruncated ? res.NextContinuationToken : undefined;
     } while (token);
+  }
+
+  /** Copies an object within the store (server-side, no download); returns the copy's ETag. */
+  async copyObject(bucket: string, from: string, to: string): Promise<string> {
+    const source = `${bucket}/${from}`.split('/').map(encodeURIComponent).join('/');
+    const res = await this.client.send(new CopyObjectCommand({ Bucket: bucket, Key: to, CopySource: source }));
+    return stripQuotes(res.CopyObjectResult?.ETag);
   }
 
   async deleteObject(bucket: string, key: string): Promise<void> {

@@ -64,6 +64,9 @@ export function checkKey(rawPath: string): GateRefusal | null {
     return refuse(400, 'InvalidURI', 'Could not parse the specified URI.');
   }
   const slash = decoded.indexOf('/', 1);
+  const bucket = decoded.slice(1, slash < 0 ? undefined : slash);
+  // S3's bucket naming rules, which also keep "." and ".." (a folder outside the data) out
+  if (bucket !== '' && (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) || bucket.includes('..'))) return refuse(400, 'InvalidBucketName', 'The specified bucket is not valid.');
   if (slash < 0) return null; // the service or a bucket
   const key = decoded.slice(slash + 1);
   if (key === '') return null;
@@ -74,6 +77,13 @@ export function checkKey(rawPath: string): GateRefusal | null {
     if (segment.includes('\0')) return refuse(400, 'InvalidArgument', 'Object keys with NUL characters are not supported.');
   }
   return null;
+}
+
+/** Why a copy request's source (`x-amz-copy-source: bucket/key`) cannot be read, or null. */
+export function checkCopySource(source: string | undefined): GateRefusal | null {
+  if (source === undefined) return null;
+  const path = source.split('?')[0]!;
+  return checkKey(path.startsWith('/') ? path : `/${path}`);
 }
 
 function parseAmzDate(s: string | undefined): Date | null {

@@ -13,7 +13,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
-import { checkKey, checkSignature, sendRefusal } from './s3-gate.js';
+import { checkCopySource, checkKey, checkSignature, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
 const directory = env.TL_S3_DIR;
@@ -36,7 +36,8 @@ const handle = s3rver.callback();
 
 const server = createServer((req, res) => {
   const rawPath = (req.url ?? '/').split('?')[0]!;
-  const badKey = checkKey(rawPath);
+  const copySource = req.headers['x-amz-copy-source'];
+  const badKey = checkKey(rawPath) ?? checkCopySource(Array.isArray(copySource) ? copySource[0] : copySource);
   if (badKey) return sendRefusal(res, badKey, rawPath);
   checkSignature(req, creds).then(
     (refusal) => {
