@@ -16,6 +16,7 @@ import { upCommand } from './commands/up.command.js';
 import { uploadCommand } from './commands/upload.command.js';
 import { exportCommand } from './commands/export.command.js';
 import { serveCommand } from './commands/serve.command.js';
+import { relabelCommand, reviewCommand } from './commands/review.command.js';
 
 const int = (name: string) => (v: string) => {
   const n = Number(v);
@@ -208,6 +209,25 @@ program
   .option('--port <n>', 'port (default TL_SERVE_PORT, 9480; 0 = any free port)', int('--port'))
   .option('--threads <n>', 'ONNX Runtime threads (default: the cores)', int('--threads'))
   .action((o: { model: string; host?: string; port?: number; threads?: number }) => withContext((ctx) => serveCommand(ctx, o)));
+
+program
+  .command('review')
+  .description("rank the images whose given label the model finds least likely (out-of-fold, confident learning), and the most uncertain")
+  .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
+  .option('--top <n>', 'how many to print of each list (default 20)', int('--top'))
+  .option('--folds <k>', 'folds of the out-of-fold predictions (default 5)', int('--folds'))
+  .option('--json', 'machine-readable output')
+  .action((o: { dataset: string; top?: number; folds?: number; json?: boolean }) => withContext((ctx) => reviewCommand(ctx, o)));
+
+program
+  .command('relabel')
+  .description('move images to another label folder and update the dataset (nothing is embedded again)')
+  .argument('[keys...]', 's3://bucket/key of each image to move')
+  .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
+  .option('--to <label>', 'the new label')
+  .option('--from-review <s3url>', 'move the label issues of a review file to their suggested labels')
+  .option('--top <n>', 'with --from-review: only the first n issues', int('--top'))
+  .action((keys: string[], o: { dataset: string; to?: string; fromReview?: string; top?: number }) => withContext((ctx) => relabelCommand(ctx, { ...o, keys })));
 
 program
   .command('models')

@@ -62,6 +62,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   const { store, datasets } = deps.services;
   const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, fromCache: 0, enqueued: 0, retried: 0, removed: 0, mergedLabels: [] };
   await datasets.setSpace(req.dataset, req.space.id);
+  await datasets.addSource(req.dataset, req.bucket, req.prefix);
   let page: ObjectInfo[] = [];
   const listedIds = new Set<string>();
   const spellings = new Map<string, Set<string>>();

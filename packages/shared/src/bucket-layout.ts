@@ -26,6 +26,8 @@ export function bucketLayout(prefix: string) {
       if (parts.length === 3) return { dataset: parts[0]!, runId: parts[1]!, file: parts[2]! };
       return undefined;
     },
+    /** one review of a dataset's labels (JSON Lines, most doubtful first) */
+    review: (dataset: string, stamp: string) => `${prefix}reviews/${dataset}/${stamp}.jsonl`,
     /** one classify round's JSON Lines */
     classifyResults: (model: string, runId: string, stamp: string) => `${prefix}results/${model}/${runId}/${stamp}.jsonl`,
   };

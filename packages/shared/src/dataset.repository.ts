@@ -56,6 +56,19 @@ export class DatasetRepository {
     await this.redis.hset(this.keys.datasetMeta(dataset), 'space', space);
   }
 
+  /** Records that `bucket/prefix` was ingested into the dataset. */
+  async addSource(dataset: string, bucket: string, prefix: string): Promise<void> {
+    await this.redis.sadd(this.keys.datasetSources(dataset), `${bucket}/${prefix}`);
+  }
+
+  /** The ingested prefix an item's key lies under (the longest, when they nest), or undefined. */
+  async sourceOf(dataset: string, itemId: string): Promise<{ bucket: string; prefix: string } | undefined> {
+    const found = (await this.redis.smembers(this.keys.datasetSources(dataset))).filter((s) => itemId.startsWith(s)).sort((a, b) => b.length - a.length)[0];
+    if (found === undefined) return undefined;
+    const slash = found.indexOf('/');
+    return { bucket: found.slice(0, slash), prefix: found.slice(slash + 1) };
+  }
+
   async getItems(dataset: string, itemIds: string[]): Promise<(ItemRecord | undefined)[]> {
     if (itemIds.length === 0) return [];
     const raw = await this.redis.hmget(this.keys.datasetItems(dataset), ...itemIds);

@@ -9,6 +9,8 @@ export function redisKeys(prefix: string) {
     datasetItems: (dataset: string) => `${prefix}:ds:${dataset}:items`,
     /** hash: a dataset's own facts (`space`: the embedding space it was last ingested into) */
     datasetMeta: (dataset: string) => `${prefix}:ds:${dataset}:meta`,
+    /** set: `bucket/prefix` of every prefix ingested into a dataset (relabel finds an object's label folder from it) */
+    datasetSources: (dataset: string) => `${prefix}:ds:${dataset}:sources`,
     /** set of dataset names */
     datasets: () => `${prefix}:datasets`,
     /** hash: `bucket/key` → `etag sha256`, so a known object is not downloaded again to learn its hash */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { labelFromKey } from './labels.js';
+import { labelFromKey, relabelKey } from './labels.js';
 
 describe('labelFromKey', () => {
   it('takes the first folder below the prefix', () => {
@@ -47,5 +47,17 @@ describe('labels named like Object.prototype members', () => {
       expect(itemFromKey('photos/', `photos/${name}/1.jpg`), name).toEqual({ label: name });
       expect(itemFromKey('photos/val/', `photos/val/${name}/1.jpg`), name).toEqual({ label: name, split: 'validation' });
     }
+  });
+});
+
+describe('relabelKey', () => {
+  it('renames the label folder and nothing else', () => {
+    expect(relabelKey('photos/', 'photos/cat/sub/1.jpg', 'dog')).toBe('photos/dog/sub/1.jpg');
+    expect(relabelKey('photos/', 'photos/val/cat/1.jpg', 'dog')).toBe('photos/val/dog/1.jpg');
+    expect(relabelKey('photos/val/', 'photos/val/cat/1.jpg', 'dog')).toBe('photos/val/dog/1.jpg');
+    expect(relabelKey('cat/', 'cat/cat/cat.jpg', 'dog')).toBe('cat/dog/cat.jpg');
+    expect(relabelKey('', 'cat/1.jpg', '__proto__')).toBe('__proto__/1.jpg');
+    expect(() => relabelKey('photos/', 'photos/1.jpg', 'dog')).toThrow(/not in a label folder/);
+    expect(() => relabelKey('photos/', 'photos/cat/1.jpg', 'a/b')).toThrow(/cannot be empty or contain/);
   });
 });

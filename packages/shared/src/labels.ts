@@ -48,3 +48,18 @@ export function itemFromKey(prefix: string, key: string): { label: string; split
   }
   return { label: first };
 }
+
+/**
+ * The key an object gets when it moves to label folder `label`: the folder `itemFromKey` read its
+ * label from is renamed, everything else (prefix, split folder, sub-folders, file name) is kept.
+ */
+export function relabelKey(prefix: string, key: string, label: string): string {
+  if (label === '' || label.includes('/')) throw new Error(`a label folder cannot be empty or contain "/" (got ${JSON.stringify(label)})`);
+  const item = itemFromKey(prefix, key);
+  if (item === undefined) throw new Error(`${key} is not in a label folder under ${prefix || 'the bucket root'}`);
+  const parts = key.slice(prefix.length).split('/');
+  const fromPrefix = splitOfFolder(prefix.replace(/\/$/, '').split('/').pop() ?? '');
+  const at = !fromPrefix && item.split ? 1 : 0;
+  parts[at] = label;
+  return `${prefix}${parts.join('/')}`;
+}

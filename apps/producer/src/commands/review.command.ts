@@ -1,0 +1,62 @@
+import { parseS3Url } from '@transferline/shared';
+import type { CliContext } from '../cli-context.js';
+import { relabelItems, reviewDataset, type RelabelOutcome, type Review, type ReviewLine } from '../review.service.js';
+import { printable } from '../terminal.js';
+
+/**
+ * `transferline review -d NAME [--top N] [--folds K] [--json]`: ranks the images whose given label
+ * the model finds least likely (out-of-fold, confident learning) and the most uncertain ones,
+ * prints the top N of each, and writes the whole list as JSON Lines in the bucket.
+ */
+export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?: number; folds?: number; json?: boolean }): Promise<Review & { outputKey: string }> {
+  const review = await reviewDataset(ctx, { dataset: o.dataset, ...(o.folds && { folds: o.folds }) });
+  const { bucket } = ctx.config.s3;
+  const outputKey = ctx.services.layout.review(o.dataset, new Date().toISOString().replace(/[:.]/g, '-'));
+  await ctx.services.store.putObject(bucket, outputKey, review.lines.map((l) => JSON.stringify(l)).join('\n') + (review.lines.length ? '\n' : ''), 'application/x-ndjson');
+  if (o.json) {
+    ctx.out.write(`${JSON.stringify({ ...review, outputKey: `s3://${bucket}/${outputKey}` }, null, 2)}\n`);
+    return { ...review, outputKey };
+  }
+  const top = o.top ?? 20;
+  const w = (s: string) => ctx.out.write(`${s}\n`);
+  const pct = (x: number) => `${(x * 100).toFixed(1).padStart(5)}%`;
+  const row = (l: ReviewLine) => `  ${pct(l.pGiven)}  ${printable(l.given)} → ${printable(l.suggested)} (${pct(l.pSuggested).trim()})  ${printable(l.key)}`;
+  w(`review of ${o.dataset}: ${review.lines.length} embedded images, ${review.folds}-fold out-of-fold predictions in ${review.seconds.toFixed(1)} s`);
+  w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
+  w('  p(given)  given → suggested  key');
+  for (const l of review.lines.filter((x) => x.issue).slice(0, top)) w(row(l));
+  const uncertain = [...review.lines].sort((a, b) => b.uncertainty - a.uncertainty).slice(0, Math.min(top, 10));
+  w(`the ${uncertain.length} most uncertain (the model cannot tell):`);
+  for (const l of uncertain) w(row(l));
+  w(`full list (JSON Lines): s3://${bucket}/${outputKey}`);
+  if (review.issues) w(`move them to the suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
+  return { ...review, outputKey };
+}
+
+/**
+ * `transferline relabel -d NAME KEY… --to LABEL`, or `--from-review s3://…jsonl [--top N]`: moves
+ * the objects to another label folder and updates the dataset, without embedding anything again.
+ */
+export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys: string[]; to?: string; fromReview?: string; top?: number }): Promise<RelabelOutcome[]> {
+  const asItemId = (k: string) => k.replace(/^s3:\/\//, '');
+  let moves: { itemId: string; label: string }[];
+  if (o.fromReview) {
+    if (o.keys.length || o.to) throw new Error('give either KEY… --to LABEL, or --from-review, not both');
+    const { bucket, prefix } = parseS3Url(o.fromReview);
+    const text = (await ctx.services.store.getObject(bucket, prefix.replace(/\/$/, ''))).toString();
+    const lines = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as ReviewLine);
+    moves = lines.filter((l) => l.issue).slice(0, o.top ?? Number.POSITIVE_INFINITY).map((l) => ({ itemId: asItemId(l.key), label: l.suggested }));
+  } else {
+    if (!o.to || o.keys.length === 0) throw new Error('name the images and the new label: transferline relabel -d NAME s3://bucket/key … --to LABEL (or --from-review)');
+    moves = o.keys.map((k) => ({ itemId: asItemId(k), label: o.to! }));
+  }
+  const outcomes = await relabelItems(ctx, o.dataset, moves);
+  const w = (s: string) => ctx.out.write(`${s}\n`);
+  for (const r of outcomes) {
+    if (r.outcome === 'moved') w(`  moved s3://${printable(r.from)} → s3://${printable(r.to!)}`);
+    else if (r.outcome === 'missing') w(`  not in ${o.dataset}: s3://${printable(r.from)}`);
+  }
+  const count = (x: RelabelOutcome['outcome']) => outcomes.filter((r) => r.outcome === x).length;
+  w(`relabel ${o.dataset}: ${count('moved')} moved, ${count('unchanged')} already there, ${count('missing')} not found; nothing to embed again. Train again to use the new labels.`);
+  return outcomes;
+}

@@ -1,0 +1,174 @@
+import { DatasetRepository, relabelKey } from '@transferline/shared';
+import { loadTfRuntime } from '@transferline/shared/tf';
+import { fitHead, predictProba, type Matrix } from '@transferline/train-worker/head.trainer';
+import type { CliContext } from './cli-context.js';
+
+/** One image of a review: its given label, what the model trained without it thinks, and why. */
+export interface ReviewLine {
+  /** `s3://bucket/key` */
+  key: string;
+  given: string;
+  /** the label the out-of-fold model finds most likely (among those above their class threshold, for issues) */
+  suggested: string;
+  /** out-of-fold probability of the given label: low means doubtful */
+  pGiven: number;
+  pSuggested: number;
+  /** confident learning: another label is above its class's mean self-confidence, and above the given one */
+  issue: boolean;
+  /** 1 − the highest probability: high means the model cannot tell */
+  uncertainty: number;
+  probabilities: Record<string, number>;
+}
+
+export interface Review {
+  dataset: string;
+  space: string;
+  labels: string[];
+  folds: number;
+  /** issues first (least likely given label first), then the rest by pGiven */
+  lines: ReviewLine[];
+  issues: number;
+  seconds: number;
+}
+
+/**
+ * Out-of-fold predicted probabilities for every embedded image of a dataset (stratified k-fold on
+ * the cached embeddings, the same softmax head `train` fits), and the images whose given label
+ * the model finds least likely: confident learning's rule (Northcutt et al.), an image is a label
+ * issue when some other class's probability reaches that class's mean self-confidence and beats
+ * the given label. Nothing is re-embedded; seconds for thousands of images.
+ */
+export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds?: number; seed?: number }): Promise<Review> {
+  const started = performance.now();
+  const { datasets, inspector, cache } = ctx.services;
+  if (!(await datasets.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
+  const space = await datasets.space(o.dataset);
+  if (!space) throw new Error(`dataset ${o.dataset} has not been ingested into an embedding space yet`);
+  const items: { id: string; sha256: string; label: string }[] = [];
+  for await (const page of inspector.scan(o.dataset)) {
+    for (const v of page) if (v.phase === 'embedded' && v.space === space && v.record.sha256) items.push({ id: v.id, sha256: v.record.sha256, label: v.record.label });
+  }
+  items.sort((a, b) => (a.sha256 < b.sha256 ? -1 : a.sha256 > b.sha256 ? 1 : a.id < b.id ? -1 : 1));
+  const labels = [...new Set(items.map((i) => i.label))].sort();
+  if (labels.length < 2) throw new Error(`dataset ${o.dataset} has ${labels.length} label(s) among its embedded images; a review needs two or more`);
+  const classOf = new Map(labels.map((l, i) => [l, i]));
+  const y = Int32Array.from(items, (i) => classOf.get(i.label)!);
+  const smallest = Math.min(...labels.map((_, c) => y.filter((v) => v === c).length));
+  const folds = Math.min(o.folds ?? 5, smallest);
+  if (folds < 2) throw new Error(`a label of ${o.dataset} has only ${smallest} embedded image(s); a review needs at least 2 per label`);
+
+  // stratified folds: each class's images (in hash order) dealt round-robin
+  const fold = new Int32Array(items.length);
+  const seen = new Array<number>(labels.length).fill(0);
+  y.forEach((c, i) => (fold[i] = seen[c]!++ % folds));
+
+  const x = await cache.load(space, items.map((i) => i.sha256));
+  const dim = x.dim || 1280;
+  const { tf } = await loadTfRuntime('cpu');
+  const k = labels.length;
+  const oof = new Float32Array(items.length * k);
+  const rows = (pick: (i: number) => boolean): { m: Matrix; y: Int32Array; index: number[] } => {
+    const index = items.map((_, i) => i).filter(pick);
+    const data = new Float32Array(index.length * dim);
+    index.forEach((r, j) => data.set(x.data.subarray(r * dim, (r + 1) * dim), j * dim));
+    return { m: { data, rows: index.length, dim }, y: Int32Array.from(index, (r) => y[r]!), index };
+  };
+  for (let f = 0; f < folds; f++) {
+    const train = rows((i) => fold[i] !== f);
+    const held = rows((i) => fold[i] === f);
+    // enough optimiser steps on small sets too: about 300, at most 200 epochs
+    const steps = Math.ceil(train.m.rows / 64);
+    const fit = await fitHead(tf, {
+      train: { x: train.m, y: train.y },
+      validation: { x: held.m, y: held.y },
+      numClasses: k,
+      options: { hiddenUnits: 0, dropout: 0, learningRate: 0.001, batchSize: 64, epochs: Math.min(200, Math.max(30, Math.ceil(300 / steps))), l2: 1e-4, patience: 0, classWeights: 'balanced', seed: (o.seed ?? 1) + f },
+    });
+    try {
+      const p = predictProba(tf, fit.model, held.m);
+      held.index.forEach((r, j) => oof.set(p.subarray(j * k, (j + 1) * k), r * k));
+    } finally {
+      fit.model.dispose();
+    }
+  }
+
+  // per-class thresholds: the mean probability of the class over the images labelled with it
+  const threshold = labels.map((_, c) => {
+    let sum = 0;
+    let n = 0;
+    y.forEach((v, i) => {
+      if (v === c) {
+        sum += oof[i * k + c]!;
+        n++;
+      }
+    });
+    return sum / n;
+  });
+  const lines: ReviewLine[] = items.map((item, i) => {
+    const p = oof.subarray(i * k, (i + 1) * k);
+    const given = y[i]!;
+    let best = 0;
+    for (let c = 1; c < k; c++) if (p[c]! > p[best]!) best = c;
+    let confident = -1;
+    for (let c = 0; c < k; c++) if (p[c]! >= threshold[c]! && (confident < 0 || p[c]! > p[confident]!)) confident = c;
+    const issue = confident >= 0 && confident !== given && p[confident]! > p[given]!;
+    const suggested = issue ? confident : best;
+    const { bucket, key } = DatasetRepository.parseItemId(item.id);
+    return {
+      key: `s3://${bucket}/${key}`,
+      given: labels[given]!,
+      suggested: labels[suggested]!,
+      pGiven: p[given]!,
+      pSuggested: p[suggested]!,
+      issue,
+      uncertainty: 1 - p[best]!,
+      probabilities: Object.fromEntries(labels.map((l, c) => [l, p[c]!])),
+    };
+  });
+  lines.sort((a, b) => Number(b.issue) - Number(a.issue) || a.pGiven - b.pGiven);
+  return { dataset: o.dataset, space, labels, folds, lines, issues: lines.filter((l) => l.issue).length, seconds: (performance.now() - started) / 1000 };
+}
+
+/** Where an object moves and what happened. */
+export interface RelabelOutcome {
+  from: string;
+  to?: string;
+  label: string;
+  outcome: 'moved' | 'unchanged' | 'missing';
+}
+
+/**
+ * Moves objects to another label folder (server-side copy, then delete) and updates the dataset
+ * to match: the item keeps its content hash, so nothing is downloaded or embedded again. The new
+ * key is recorded before the old object is deleted, so a crash in between leaves both keys and
+ * the next ingest reconciles; moving twice is moving once.
+ */
+export async function relabelItems(ctx: CliContext, dataset: string, moves: { itemId: string; label: string }[]): Promise<RelabelOutcome[]> {
+  const { datasets, store } = ctx.services;
+  if (!(await datasets.exists(dataset))) throw new Error(`no dataset named ${dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
+  const out: RelabelOutcome[] = [];
+  for (const move of moves) {
+    const label = move.label.normalize('NFC');
+    const source = await datasets.sourceOf(dataset, move.itemId);
+    if (!source) throw new Error(`s3://${move.itemId} is not under a prefix ingested into ${dataset}`);
+    const { bucket, key } = DatasetRepository.parseItemId(move.itemId);
+    const newKey = relabelKey(source.prefix, key, label);
+    const newId = DatasetRepository.itemId(bucket, newKey);
+    const [record, moved] = await datasets.getItems(dataset, [move.itemId, newId]);
+    if (!record) {
+      out.push({ from: move.itemId, to: newId, label, outcome: moved?.label === label ? 'unchanged' : 'missing' });
+      continue;
+    }
+    if (record.label === label) {
+      out.push({ from: move.itemId, label, outcome: 'unchanged' });
+      continue;
+    }
+    const etag = await store.copyObject(bucket, key, newKey);
+    await datasets.putItems(dataset, [[newId, { ...record, label, etag }]]);
+    if (record.sha256) await datasets.rememberHash(newId, etag, record.sha256);
+    await store.deleteObject(bucket, key);
+    await datasets.removeItems(dataset, [move.itemId]);
+    out.push({ from: move.itemId, to: newId, label, outcome: 'moved' });
+  }
+  return out;
+}

@@ -1,0 +1,111 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
+import { ReportDoc } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
+
+/**
+ * Fixing the training data where the model disagrees with it: 10% of a separable set is put in
+ * the wrong label folder on purpose; `review` must rank most of those at the top, `relabel`
+ * moves them back without embedding anything again, and training afterwards does better.
+ */
+
+guardLeaks();
+
+const KINDS: SampleClass[] = ['circle', 'square', 'triangle'];
+const PER_CLASS = 20;
+const bucket = 'review-photos';
+let stack: TestStack;
+let ctx: CliContext;
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+/** the keys put under a wrong label, with their true label */
+const flipped = new Map<string, SampleClass>();
+
+beforeAll(async () => {
+  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '8', TL_EMBED_BATCH_WAIT_MS: '50' });
+  ctx = await openCliContext(stack.config, sink);
+  await ctx.services.store.ensureBucket(bucket);
+  for (const [c, kind] of KINDS.entries()) {
+    for (let i = 0; i < PER_CLASS; i++) {
+      // every tenth image of each class goes into the next class's folder
+      const wrong = i % 10 === 3;
+      const folder = wrong ? KINDS[(c + 1) % KINDS.length]! : kind;
+      const key = `train/${folder}/${kind}-${i}.jpg`;
+      if (wrong) flipped.set(`s3://${bucket}/${key}`, kind);
+      await ctx.services.store.putObject(bucket, key, await renderSample(kind, i, 21, 128));
+    }
+  }
+  const ingest = await runCli(['ingest', `s3://${bucket}/train/`, '-d', 'noisy'], stack.env, 240_000);
+  expect(ingest.code).toBe(0);
+}, 300_000);
+
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+const accuracyOf = async (runId: string) => (await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('noisy', runId, 'report.json')))!;
+
+describe('review and relabel', () => {
+  it('ranks the flipped images at the top, moves them back without embedding, and training recovers', async () => {
+    expect(flipped.size).toBe(6); // 10% of 60
+    const before = await runCli(['train', '-d', 'noisy', '--epochs', '60', '--run-id', 'noisy-1', '--seed', '2'], stack.env, 240_000);
+    expect(before.code).toBe(0);
+
+    const review = await runCli(['review', '-d', 'noisy', '--json'], stack.env, 240_000);
+    expect(review.code).toBe(0);
+    const r = JSON.parse(review.stdout) as { lines: { key: string; given: string; suggested: string; issue: boolean; pGiven: number }[]; outputKey: string; seconds: number; folds: number };
+    expect(r.lines.length).toBe(60);
+    const top = r.lines.slice(0, flipped.size);
+    const hits = top.filter((l) => flipped.has(l.key));
+    expect(hits.length / flipped.size).toBeGreaterThanOrEqual(0.8); // precision at k = number flipped
+    for (const l of hits) if (l.issue) expect(l.suggested).toBe(flipped.get(l.key));
+    // the full list is in the bucket, most doubtful first
+    expect(r.outputKey).toMatch(new RegExp(`^s3://${stack.config.s3.bucket}/reviews/noisy/.+\\.jsonl$`));
+    const text = await runCli(['review', '-d', 'noisy', '--top', '6'], stack.env, 240_000);
+    expect(text.stdout).toMatch(/look mislabelled/);
+    expect(text.stdout).toMatch(/most uncertain/);
+    expect(text.stdout).toMatch(/transferline relabel -d noisy --from-review s3:\/\//);
+
+    const forwardPasses = async () => (await scrape(stack.ports.embed)).get('tl_embed_batch_size_count') ?? 0;
+    const passes = await forwardPasses();
+    const issues = r.lines.filter((l) => l.issue).length;
+    const relabel = await runCli(['relabel', '-d', 'noisy', '--from-review', r.outputKey, '--top', String(Math.min(issues, flipped.size))], stack.env, 120_000);
+    expect(relabel.code).toBe(0);
+    expect(relabel.stdout).toMatch(new RegExp(`relabel noisy: ${Math.min(issues, flipped.size)} moved`));
+    // the objects moved in the bucket: the true label's folder now holds them
+    for (const l of hits.filter((h) => h.issue)) {
+      const file = l.key.split('/').pop()!;
+      expect(await ctx.services.store.headObject(bucket, `train/${flipped.get(l.key)}/${file}`)).toBeDefined();
+      expect(await ctx.services.store.headObject(bucket, l.key.replace(`s3://${bucket}/`, ''))).toBeUndefined();
+    }
+    // relabelling again changes nothing
+    const again = await runCli(['relabel', '-d', 'noisy', '--from-review', r.outputKey, '--top', String(Math.min(issues, flipped.size))], stack.env, 120_000);
+    expect(again.stdout).toMatch(/0 moved/);
+    // the dataset matches the bucket: an ingest finds nothing to do, and nothing was embedded again
+    const ingest = await runCli(['ingest', `s3://${bucket}/train/`, '-d', 'noisy'], stack.env, 120_000);
+    expect(ingest.stdout).toMatch(/60 objects listed, 0 enqueued, 0 already embedded, 60 unchanged/);
+    expect(ingest.stdout).toMatch(/dataset noisy: 60 images, 60 embedded/);
+    expect(await forwardPasses()).toBe(passes);
+
+    const after = await runCli(['train', '-d', 'noisy', '--epochs', '60', '--run-id', 'noisy-2', '--seed', '2'], stack.env, 240_000);
+    expect(after.code).toBe(0);
+    const [b, a] = [await accuracyOf('noisy-1'), await accuracyOf('noisy-2')];
+    process.stderr.write(`review figures: ${JSON.stringify({ images: 60, flipped: flipped.size, precisionAtK: hits.length / flipped.size, reviewSeconds: r.seconds, folds: r.folds, validationAccuracyBefore: b.validation.accuracy, validationAccuracyAfter: a.validation.accuracy })}\n`);
+    expect(a.validation.accuracy).toBeGreaterThan(b.validation.accuracy);
+    expect(a.validation.accuracy).toBeGreaterThanOrEqual(0.9);
+  }, 600_000);
+
+  it('moves named images with --to, and says what it cannot find', async () => {
+    const key = `s3://${bucket}/train/circle/circle-0.jpg`;
+    const moved = await runCli(['relabel', '-d', 'noisy', key, '--to', 'square'], stack.env);
+    expect(moved.code).toBe(0);
+    expect(moved.stdout).toMatch(/moved s3:\/\/review-photos\/train\/circle\/circle-0\.jpg → s3:\/\/review-photos\/train\/square\/circle-0\.jpg/);
+    const missing = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/circle/nope.jpg`, '--to', 'square'], stack.env);
+    expect(missing.stdout).toMatch(/not in noisy: s3:\/\/review-photos\/train\/circle\/nope\.jpg/);
+    const unknown = await runCli(['relabel', '-d', 'nope', key, '--to', 'square'], stack.env);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/no dataset named nope/);
+  }, 120_000);
+});
