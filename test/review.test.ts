@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { startConsole } from '../apps/producer/src/console/console.server.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { ReportDoc } from '../packages/shared/src/index.js';
+import { ReportDoc, createLogger } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
 
@@ -67,6 +68,21 @@ describe('review and relabel', () => {
     expect(text.stdout).toMatch(/look mislabelled/);
     expect(text.stdout).toMatch(/most uncertain/);
     expect(text.stdout).toMatch(/transferline relabel -d noisy --from-review s3:\/\//);
+
+    // the console shows the review, with a thumbnail of each image, and no image outside the dataset
+    const web = await startConsole({ services: ctx.services, queues: ctx.queues, config: { ...stack.config, console: { ...stack.config.console, port: 0 } }, log: createLogger('console', 'warn') });
+    try {
+      const pageHtml = await (await fetch(`${web.url}datasets/noisy/review`)).text();
+      for (const l of hits) expect(pageHtml).toContain(`data-key="${l.key}"`);
+      const src = /<img src="([^"]+)"/.exec(pageHtml)![1]!.replace(/&amp;/g, '&');
+      const img = await fetch(new URL(src, web.url));
+      expect(img.headers.get('content-type')).toBe('image/jpeg');
+      expect((await img.arrayBuffer()).byteLength).toBeGreaterThan(500);
+      const outside = await fetch(`${web.url}datasets/noisy/thumbnail?key=${encodeURIComponent(`s3://${stack.config.s3.bucket}/${r.outputKey.split('/').slice(3).join('/')}`)}`);
+      expect(outside.status).toBe(404);
+    } finally {
+      await web.close();
+    }
 
     const forwardPasses = async () => (await scrape(stack.ports.embed)).get('tl_embed_batch_size_count') ?? 0;
     const passes = await forwardPasses();

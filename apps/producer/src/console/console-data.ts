@@ -1,8 +1,11 @@
 import { Writable } from 'node:stream';
-import { ReportDoc, type Config, type DatasetStatus, type Queues, type Services, type SpaceWorkers } from '@transferline/shared';
+import sharp from 'sharp';
+import { DatasetRepository, ReportDoc, type Config, type DatasetStatus, type Queues, type Services, type SpaceWorkers } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { listModelRuns, type ModelRun } from '../commands/models.command.js';
+import type { ReviewLine } from '../review.service.js';
+import type { ReviewView } from './review.page.js';
 
 /** What the console reads: the deployment's clients (it owns none of them). */
 export interface ConsoleDeps {
@@ -67,4 +70,28 @@ export async function loadDataset(d: ConsoleDeps, dataset: string): Promise<Data
 /** A run's report.json, or undefined when the bucket has none. */
 export async function loadReport(d: ConsoleDeps, dataset: string, runId: string): Promise<ReportDoc | undefined> {
   return d.services.store.getDocument(ReportDoc, d.config.s3.bucket, d.services.layout.runFile(dataset, runId, 'report.json'));
+}
+
+/** The newest review of a dataset (`reviews/<dataset>/`), or undefined when there is none. */
+export async function loadReview(deps: ConsoleDeps, dataset: string): Promise<ReviewView | undefined> {
+  const { store, layout } = deps.services;
+  const { bucket } = deps.config.s3;
+  const folder = layout.review(dataset, '').replace(/\.jsonl$/, '');
+  let newest: string | undefined;
+  for await (const o of store.listObjects(bucket, folder)) if (o.key.endsWith('.jsonl') && (!newest || o.key > newest)) newest = o.key;
+  if (!newest) return undefined;
+  const text = (await store.getObject(bucket, newest)).toString();
+  const lines = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as ReviewLine);
+  return { dataset, source: `s3://${bucket}/${newest}`, lines };
+}
+
+/** A 96-pixel JPEG of an image of the dataset (`s3://bucket/key`), or undefined when it is not one of its items. */
+export async function thumbnail(deps: ConsoleDeps, dataset: string, key: string): Promise<Buffer | undefined> {
+  const id = key.replace(/^s3:\/\//, '');
+  if (!id || id.length > 2048) return undefined;
+  const [item] = await deps.services.datasets.getItems(dataset, [id]);
+  if (!item) return undefined;
+  const { bucket, key: objectKey } = DatasetRepository.parseItemId(id);
+  const bytes = await deps.services.store.getObject(bucket, objectKey, deps.config.preprocess.maxObjectBytes);
+  return sharp(bytes, { limitInputPixels: deps.config.preprocess.maxInputPixels }).rotate().resize(96, 96, { fit: 'cover' }).jpeg({ quality: 70 }).toBuffer();
 }

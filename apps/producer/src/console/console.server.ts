@@ -3,10 +3,11 @@ import type { AddressInfo } from 'node:net';
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { TrainJob, type Config, type Logger, type Queues, type Services } from '@transferline/shared';
 import { requireAdmin } from './console-auth.js';
-import { deploymentQueues, loadDataset, loadOverview, loadReport, type ConsoleDeps } from './console-data.js';
+import { deploymentQueues, loadDataset, loadOverview, loadReport, loadReview, thumbnail, type ConsoleDeps } from './console-data.js';
 import { datasetPage, errorPage, notFoundPage, overviewPage } from './datasets.page.js';
 import type { Access } from './html.js';
 import { BOARD_PATHS, createQueueBoards } from './queue-boards.js';
+import { reviewPage } from './review.page.js';
 import { runPage } from './run.page.js';
 
 export interface ConsoleOptions {
@@ -129,6 +130,29 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
       return r ? { html: runPage(access, r) } : { missing: `no run ${runId} of dataset ${name} in the bucket` };
     }),
   );
+
+  app.get(
+    '/datasets/:dataset/review',
+    servePage(async (req) => {
+      const name = param(req, 'dataset');
+      const v = name.length <= 200 ? await loadReview(deps, name) : undefined;
+      return v ? { html: reviewPage(access, v) } : { missing: `no review of ${name} yet: transferline review -d ${name}` };
+    }),
+  );
+  // A small JPEG of an image of the dataset (only items of that dataset: not a window on the bucket).
+  app.get('/datasets/:dataset/thumbnail', (req, res) => {
+    const key = typeof req.query.key === 'string' ? req.query.key : '';
+    withDeadline(thumbnail(deps, param(req, 'dataset'), key), pageDeadline, 'S3').then(
+      (jpeg) => {
+        if (!jpeg) return void res.status(404).type('text/plain').send('not an image of this dataset\n');
+        res.set({ 'Cache-Control': 'private, max-age=300', 'Content-Security-Policy': "default-src 'none'" }).type('image/jpeg').send(jpeg);
+      },
+      (err: unknown) => {
+        log?.warn({ err, path: req.path }, 'console: a thumbnail could not be made');
+        res.status(503).type('text/plain').send('could not read the image\n');
+      },
+    );
+  });
 
   // bull-board's own page loads (not its API polls or static files) also pick up new spaces
   const refreshOnBoardPage: RequestHandler = (req, _res, next) => {

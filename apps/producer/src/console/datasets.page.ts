@@ -82,7 +82,7 @@ export function datasetPage(access: Access, d: DatasetPage): string {
       )}</table>${s.failed > s.failures.length ? html`<p class="muted">first ${s.failures.length} of ${s.failed}: <code>transferline failures -d ${s.dataset}</code> lists all</p>` : ''}`
     : '';
   const body = html`<section data-dataset="${s.dataset}"><h1>Dataset <span class="label">${s.dataset}</span></h1>
-<p>embedding space <code id="space">${s.space ?? '(none recorded)'}</code></p>
+<p>embedding space <code id="space">${s.space ?? '(none recorded)'}</code> · <a href="/datasets/${seg(s.dataset)}/review" id="review-link">labels worth a second look</a> (from <code>transferline review -d ${s.dataset}</code>)</p>
 ${countCards(s)}
 <h2>Failures by reason</h2>${failuresByReason(s)}${barChart('failures-chart', 'failures by reason', s.failuresByReason.map((f) => ({ name: `${f.stage} ${f.reason}`, value: f.count })), '#c0504d')}
 ${failures}
