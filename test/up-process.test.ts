@@ -69,13 +69,19 @@ function descendants(pid: number): { pid: number; cmd: string }[] {
   return out;
 }
 
-const alive = (pid: number) => {
+/** The process's state letter from /proc (R, S, D, Z…), or undefined once it is gone. */
+function stateOf(pid: number): string | undefined {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
   } catch {
-    return false;
+    return undefined;
   }
+}
+/** Running: a zombie (exited, waiting for its new parent to reap it) holds no port and no file. */
+const alive = (pid: number) => {
+  const state = stateOf(pid);
+  return state !== undefined && state !== 'Z' && state !== 'X';
 };
 
 async function waitFor(what: string, cond: () => boolean | Promise<boolean>, ms: number): Promise<void> {
@@ -167,7 +173,10 @@ describe('transferline up, as a process', () => {
     const children = descendants(first.child.pid!);
     expect(children.length).toBeGreaterThanOrEqual(5); // redis, s3, preprocess, embed, train
     first.child.kill('SIGKILL');
-    await waitFor(`no orphans (${children.map((c) => c.cmd.split(' ').slice(0, 3).join(' ')).join('; ')})`, () => children.every((c) => !alive(c.pid)), 20_000);
+    await waitFor('no orphans', () => children.every((c) => !alive(c.pid)), 30_000).catch((err: Error) => {
+      const left = children.filter((c) => alive(c.pid)).map((c) => `${c.pid} ${stateOf(c.pid)} ${c.cmd.split(' ').slice(0, 3).join(' ')}`);
+      throw new Error(`${err.message}; still running: ${left.join('; ')}`);
+    });
 
     // and the next up starts on the same ports, with the same data
     const second = await startUp();
