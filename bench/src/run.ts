@@ -3,6 +3,7 @@ import { headBench } from './suites/head.bench.js';
 import { headScaleBench } from './suites/head-scale.bench.js';
 import { pipelineBench } from './suites/pipeline.bench.js';
 import { preprocessBench } from './suites/preprocess.bench.js';
+import { queueMemoryBench } from './suites/queue-memory.bench.js';
 import { serveBench } from './suites/serve.bench.js';
 import { save, table, type SuiteResult } from './report.js';
 
@@ -16,6 +17,7 @@ const SUITES: Record<string, () => Promise<SuiteResult>> = {
   embed: () => embedBench({ images: 256 }),
   head: () => headBench({ embedTrain: 1000, embedTest: 500 }),
   serve: () => serveBench(),
+  'queue-memory': () => queueMemoryBench({ images: Number(process.env.TL_BENCH_QUEUE_IMAGES ?? 20_000), bound: 2048 }),
   'head-scale': () => headScaleBench({ n: Number(process.env.TL_BENCH_SCALE_N ?? 200_000), epochs: 3 }),
 };
 

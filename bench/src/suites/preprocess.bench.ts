@@ -39,11 +39,11 @@ const execFileAsync = promisify(execFile);
  */
 const PASS_SECONDS = 5;
 
-interface Image {
+export interface Image {
   name: string;
   bytes: Buffer;
 }
-interface ImageSet {
+export interface ImageSet {
   id: 'large' | 'small';
   label: string;
   images: Image[];
@@ -143,7 +143,7 @@ async function roundRobin(variants: Record<string, Measurer>, seconds: number): 
 }
 
 /** The wallpaper photos of two Debian packages (installed when missing and we are root). */
-async function largePhotos(notes: string[]): Promise<ImageSet> {
+export async function largePhotos(notes: string[]): Promise<ImageSet> {
   const missing = PHOTO_PACKAGES.filter((p) => spawnSync('dpkg', ['-s', p], { stdio: 'ignore' }).status !== 0);
   if (missing.length) {
     if (process.getuid?.() !== 0) throw new Error(`the large-photo set needs Debian packages: apt-get install ${missing.join(' ')}`);
