@@ -8,7 +8,7 @@ import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample
 import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
 import { contentHash, DatasetRepository, loadConfig, ObjectStore, ReportDoc } from '../packages/shared/src/index.js';
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
-import { cliPath, repoRoot, runCli, startTestStack, type CliRun, type TestStack } from './support/stack.js';
+import { cliPath, processesWithEnv, repoRoot, runCli, startTestStack, type CliRun, type TestStack } from './support/stack.js';
 
 /**
  * The fault suite: 300+ images in flight while every worker role is SIGKILLed at moments of its
@@ -248,7 +248,7 @@ describe('the fault suite', () => {
     ctx = undefined;
     await st.destroy();
     stack = undefined;
-    await until('every process of the stack to end', () => pids.every((p) => !alive(p)), 20, 100);
+    await until('every process of the stack to end', () => pids.every((p) => !alive(p)) && processesWithEnv('TL_DATA_DIR', st.dataDir).length === 0, 20, 100);
 
     // the same bucket, a stack that never saw a fault, the same training
     const clean = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '8', S3_ENDPOINT: s3.endpoint, TL_LOG_LEVEL: 'warn' }, { preprocess: 1, embed: 1, train: 1 });

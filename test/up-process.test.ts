@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
-import { cliPath, runCli } from './support/stack.js';
+import { cliPath, processesWithEnv, runCli } from './support/stack.js';
 
 /**
  * `transferline up` as a process, the way a user runs it in a terminal: what its banner shows
@@ -106,6 +106,8 @@ async function startUp(): Promise<{ child: ChildProcess; output: () => string }>
 
 afterAll(async () => {
   for (const c of running) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  // whatever a failed run left behind must not outlive the test
+  if (dataDir) for (const p of processesWithEnv('TL_DATA_DIR', dataDir)) process.kill(p.pid, 'SIGKILL');
   if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
@@ -178,6 +180,11 @@ describe('transferline up, as a process', () => {
       throw new Error(`${err.message}; still running: ${left.join('; ')}`);
     });
 
+    // nor anything it started later (a worker restarted after the list above was taken)
+    await waitFor('no process of the stack', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30_000).catch((err: Error) => {
+      throw new Error(`${err.message}; still running: ${processesWithEnv('TL_DATA_DIR', dataDir).map((p) => `${p.pid} ${p.cmd}`).join('; ')}`);
+    });
+
     // and the next up starts on the same ports, with the same data
     const second = await startUp();
     expect(second.output()).toContain('transferline is up');
@@ -188,5 +195,11 @@ describe('transferline up, as a process', () => {
     await waitFor('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30_000);
     expect(second.child.exitCode).toBe(0);
     await waitFor('its processes to end', () => secondChildren.every((c) => !alive(c.pid)), 10_000);
+    // right after the banner, while its workers still start: none of them may be left behind
+    const third = await startUp();
+    third.child.kill('SIGKILL');
+    await waitFor('no process of a stack killed while starting', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30_000).catch((err: Error) => {
+      throw new Error(`${err.message}; still running: ${processesWithEnv('TL_DATA_DIR', dataDir).map((p) => `${p.pid} ${p.cmd}`).join('; ')}`);
+    });
   }, 300_000);
 });

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startTempStack, type TempStack } from '../../apps/producer/src/embedded/temp-stack.js';
@@ -73,6 +73,28 @@ export async function scrape(port: number, waitMs = 20_000): Promise<Map<string,
     const name = brace < 0 ? series : series.slice(0, brace);
     const labels = brace < 0 ? [] : (series.slice(brace + 1, -1).match(/[a-z_]+="(?:[^"\\]|\\.)*"/g) ?? []).filter((l) => !l.startsWith('role='));
     out.set(labels.length ? `${name}{${labels.join(',')}}` : name, Number(line.slice(i + 1)));
+  }
+  return out;
+}
+
+/**
+ * Every live process whose environment has `name=value` (a stack's TL_DATA_DIR, say): what a
+ * stack left running, however it was started (a child spawned after a list was taken included).
+ * Zombies (exited, not reaped yet) hold nothing and are not listed.
+ */
+export function processesWithEnv(name: string, value: string): { pid: number; cmd: string }[] {
+  const out: { pid: number; cmd: string }[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+      if (state === 'Z' || state === 'X') continue;
+      if (!readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`${name}=${value}`)) continue;
+      out.push({ pid: Number(d), cmd: readFileSync(`/proc/${d}/cmdline`, 'utf8').replace(/\0/g, ' ').trim() });
+    } catch {
+      // gone meanwhile, or not ours to read
+    }
   }
   return out;
 }

@@ -1,18 +1,28 @@
 import type { Logger } from './logger.js';
 
+/** Longest a stop may take (jobs in hand, a Redis that is gone) before the process exits anyway. */
+const STOP_DEADLINE_MS = 45_000;
+/** The same when the parent (`up`) is gone: its Redis and S3 are going too, so a clean stop rarely can finish. */
+const ORPHAN_STOP_DEADLINE_MS = 5_000;
+
 /**
  * On SIGINT/SIGTERM: stop taking work, finish or release what is in hand (`stop`), exit 0.
- * A second signal exits at once, for the impatient. A process started with an IPC channel (by
- * `up`) does the same when its parent goes away.
+ * A second signal exits at once, for the impatient, and so does a stop that outlasts
+ * STOP_DEADLINE_MS (its jobs are found stalled and run again elsewhere). A process started with
+ * an IPC channel (by `up`) does the same when its parent goes away, or is already gone.
  */
 export function runUntilSignal(log: Logger, stop: () => Promise<void>): void {
   let stopping = false;
-  const onSignal = (signal: NodeJS.Signals) => {
+  const onSignal = (signal: NodeJS.Signals, deadlineMs = STOP_DEADLINE_MS) => {
     if (stopping) {
       log.warn({ signal }, 'second signal: exiting now');
       process.exit(130);
     }
     stopping = true;
+    setTimeout(() => {
+      log.warn({ deadlineMs }, 'stopping took too long: exiting; jobs in hand run again elsewhere');
+      process.exit(1);
+    }, deadlineMs).unref();
     log.info({ signal }, 'stopping: finishing the jobs in hand');
     stop().then(
       () => {
@@ -25,10 +35,13 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>): void {
       },
     );
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
   // Started by `up` with an IPC channel: when `up` is gone (even SIGKILLed), so are we.
-  if (process.send) process.on('disconnect', () => onSignal('SIGTERM'));
+  if (process.send) {
+    process.on('disconnect', () => onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS));
+    if (!process.connected) onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS);
+  }
 }
 
 /** Waits `ms`, or less if `signal` aborts first (watch loops that Ctrl-C must end promptly). */

@@ -21,12 +21,23 @@ export interface RunningRole {
  * or release what is in hand, exit 0. A failure to start prints one line and exits 1.
  */
 export function runRole(role: WorkerRole, start: (config: Config, log: Logger) => Promise<RunningRole>): void {
+  // While the role starts (loading a model takes seconds) a signal, or the parent going away,
+  // ends the process at once: nothing is in hand yet, and a missed 'disconnect' would leave an
+  // orphan that outlives `up`.
+  const early = () => process.exit(0);
+  process.once('SIGINT', early).once('SIGTERM', early);
+  if (process.send) {
+    process.once('disconnect', early);
+    // gone while this process loaded its modules: the event was emitted before anyone listened
+    if (!process.connected) early();
+  }
   const main = async () => {
     const config = loadConfig(process.env);
     const log = createLogger(role, config.logLevel);
     const running = await start(config, log);
     const server = await startMetricsServer(running.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], running.healthy);
     log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
+    process.off('SIGINT', early).off('SIGTERM', early).off('disconnect', early);
     runUntilSignal(log, async () => {
       await running.stop();
       await server.close();

@@ -62,6 +62,8 @@ const stop = () => {
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
 process.on('disconnect', stop);
+// `up` may have gone while this process was starting: the 'disconnect' event is then long past.
+if (process.send && !process.connected) stop();
 
 server.once('error', (err: NodeJS.ErrnoException) => {
   line(err.code === 'EADDRINUSE' ? `port ${env.TL_S3_PORT} is in use` : err.message);
