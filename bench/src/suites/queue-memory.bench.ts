@@ -35,7 +35,9 @@ export async function queueMemoryBench(o: { images: number; bound: number }): Pr
         await Promise.all(
           Array.from({ length: Math.min(64, o.images - i) }, async (_, j) => {
             const n = i + j;
-            const pixels = Buffer.alloc(32 * 32 * 3, n % 251).map((v, k) => (v + k * (1 + (n % 7)) + Math.floor(n / 251)) % 256);
+            // distinct content per image (the same bytes would share one embed job): n in the first pixels
+            const pixels = Buffer.alloc(32 * 32 * 3, 128);
+            for (let k = 0; k < 4; k++) pixels.fill((n >> (k * 4)) & 15 ? ((n >> (k * 4)) & 15) * 16 : 8, k * 96, (k + 1) * 96);
             const jpeg = await sharp(pixels, { raw: { width: 32, height: 32, channels: 3 } }).jpeg().toBuffer();
             await ctx.services.store.putObject(bucket, `q/${n % 2 ? 'odd' : 'even'}/${n}.jpg`, jpeg, 'image/jpeg');
           }),
