@@ -120,6 +120,7 @@ describe('review and relabel', () => {
     expect(moved.stdout).toMatch(/moved s3:\/\/review-photos\/train\/circle\/circle-0\.jpg → s3:\/\/review-photos\/train\/square\/circle-0\.jpg/);
     const missing = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/circle/nope.jpg`, '--to', 'square'], stack.env);
     expect(missing.stdout).toMatch(/not in noisy: s3:\/\/review-photos\/train\/circle\/nope\.jpg/);
+    expect(missing.code).toBe(1);
     const unknown = await runCli(['relabel', '-d', 'nope', key, '--to', 'square'], stack.env);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/no dataset named nope/);

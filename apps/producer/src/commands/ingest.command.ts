@@ -54,6 +54,8 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
     w(`note: label folder "${printable(label)}" comes in more than one Unicode spelling (NFC and NFD, as macOS writes them); they are one label`);
   }
   if (!o.wait) return { counts };
+  // nothing listed and nothing from before: no dataset to wait for (waiting would call it vanished)
+  if (!(await ctx.services.datasets.exists(o.dataset))) return { counts };
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
   printDatasetSummary(ctx, status);
   return { counts, status };

@@ -1,5 +1,6 @@
 import { parseS3Url } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { CliExit, EXIT } from '../exit-codes.js';
 import { relabelItems, reviewDataset, type RelabelOutcome, type Review, type ReviewLine } from '../review.service.js';
 import { printable } from '../terminal.js';
 
@@ -58,5 +59,6 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
   }
   const count = (x: RelabelOutcome['outcome']) => outcomes.filter((r) => r.outcome === x).length;
   w(`relabel ${o.dataset}: ${count('moved')} moved, ${count('unchanged')} already there, ${count('missing')} not found; nothing to embed again. Train again to use the new labels.`);
+  if (count('missing')) throw new CliExit(EXIT.error, `${count('missing')} of the images named are not in ${o.dataset}`);
   return outcomes;
 }
