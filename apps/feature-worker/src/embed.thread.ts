@@ -48,7 +48,7 @@ export type ThreadRequest = { type: 'embed'; id: number; n: number; pixels: Uint
 async function start(spec: ThreadSpec): Promise<{ embedder: Embedder; reply: ThreadReply }> {
   if (spec.backend === 'onnx' && spec.prebuilt) {
     const embedder = await createOnnxEmbedder(spec.prebuilt.bytes, { intraOpThreads: spec.threads, inputSize: spec.inputSize, output: spec.prebuilt.output });
-    return { embedder: { ...embedder, dim: spec.prebuilt.output.dim }, reply: { type: 'ready', provider: 'onnxruntime-node' } };
+    return { embedder, reply: { type: 'ready', provider: 'onnxruntime-node' } };
   }
   if (spec.backend === 'onnx') {
     const key = `${spec.weightsKey}-${spec.inputSize}-${ONNX_BUILDER_VERSION}`;

@@ -124,6 +124,9 @@ function noteSpelling(spellings: Map<string, Set<string>>, label: string, key: s
  * bucket. They leave the dataset (and training), so a dataset matches its bucket after an ingest.
  */
 async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services']['datasets'], listed: Set<string>): Promise<number> {
+  // Every listed object is in the dataset by now: when that is all it holds, nothing was deleted,
+  // and the scan (the whole dataset, on every round of --watch) is not needed.
+  if ((await datasets.size(req.dataset)) <= listed.size) return 0;
   const gone: string[] = [];
   for await (const page of datasets.scan(req.dataset)) {
     for (const [id] of page) {

@@ -96,7 +96,7 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
   const name = { ours: (b: number, t: number) => `raw forward, ONNX Runtime (our graph), batch ${b}, ${t} thread${t > 1 ? 's' : ''}` };
 
   // Our graph, built from the TF.js model as the embed worker builds it (random weights: speed does not depend on them).
-  const rtCpu = await loadTfRuntime('cpu');
+  await loadTfRuntime('cpu');
   const net = buildEfficientNetB0({ seed: 42 });
   const onnxBytes = exportEfficientNetB0ToOnnx(net);
   net.dispose();
@@ -116,7 +116,6 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
   wasm.dispose();
   for (const b of BATCHES) rows.push({ name: `raw forward, TF.js wasm, batch ${b}, 1 thread`, value: wr[b]!, unit: 'images/s', vs: name.ours(b, 2) });
   log(`wasm: ${JSON.stringify(wr)}`);
-  void rtCpu;
 
   // ONNX Runtime on torchvision's exported graph (float32 NCHW in), same threads.
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-bench-'));

@@ -87,6 +87,11 @@ export class DatasetRepository {
     await this.putItems(dataset, [[itemId, record]]);
   }
 
+  /** How many items the dataset holds. */
+  async size(dataset: string): Promise<number> {
+    return this.redis.hlen(this.keys.datasetItems(dataset));
+  }
+
   /** Takes items out of a dataset (their objects were deleted), and forgets the objects' content hashes. */
   async removeItems(dataset: string, itemIds: string[]): Promise<void> {
     if (itemIds.length === 0) return;

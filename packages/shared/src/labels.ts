@@ -30,14 +30,18 @@ export function labelFromKey(prefix: string, key: string): string | undefined {
   return label.trim() === '' ? undefined : label;
 }
 
+/** The split a prefix itself names (`s3://photos/val/`), if its last folder is a split folder. */
+function splitOfPrefix(prefix: string): Split | undefined {
+  return splitOfFolder(prefix.replace(/\/$/, '').split('/').pop() ?? '');
+}
+
 /**
  * Label and split of a listed object. The split comes from the layout: a prefix that ends in a
  * split folder (`s3://photos/val/`), or split folders right below the prefix
  * (`s3://photos/` holding `train/<label>/…` and `val/<label>/…`).
  */
 export function itemFromKey(prefix: string, key: string): { label: string; split?: Split } | undefined {
-  const last = prefix.replace(/\/$/, '').split('/').pop() ?? '';
-  const fromPrefix = splitOfFolder(last);
+  const fromPrefix = splitOfPrefix(prefix);
   const first = labelFromKey(prefix, key);
   if (first === undefined) return undefined;
   if (fromPrefix) return { label: first, split: fromPrefix };
@@ -58,8 +62,7 @@ export function relabelKey(prefix: string, key: string, label: string): string {
   const item = itemFromKey(prefix, key);
   if (item === undefined) throw new Error(`${key} is not in a label folder under ${prefix || 'the bucket root'}`);
   const parts = key.slice(prefix.length).split('/');
-  const fromPrefix = splitOfFolder(prefix.replace(/\/$/, '').split('/').pop() ?? '');
-  const at = !fromPrefix && item.split ? 1 : 0;
+  const at = !splitOfPrefix(prefix) && item.split ? 1 : 0;
   parts[at] = label;
   return `${prefix}${parts.join('/')}`;
 }

@@ -64,6 +64,14 @@ export function parseS3Url(url: string): { bucket: string; prefix: string } {
   return { bucket: m[1], prefix: rest === '' || rest.endsWith('/') ? rest : `${rest}/` };
 }
 
+/** `s3://bucket/some/key.jpg` → `{ bucket, key }`: one object, not a prefix. */
+export function parseS3ObjectUrl(url: string): { bucket: string; key: string } {
+  const { bucket, prefix } = parseS3Url(url);
+  const key = prefix.replace(/\/$/, '');
+  if (key === '') throw new Error(`${JSON.stringify(url)} names a bucket, not an object (expected s3://bucket/key)`);
+  return { bucket, key };
+}
+
 function isNotFound(err: unknown): boolean {
   return (
     err instanceof NoSuchKey ||

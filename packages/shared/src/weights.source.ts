@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from './config.js';
 import { OFFICIAL_WEIGHTS } from './config.js';
-import { parseS3Url, type ObjectStore } from './s3.client.js';
+import { parseS3ObjectUrl, type ObjectStore } from './s3.client.js';
 
 /** Model weights that could not be had; the message says where to put the file. */
 export class WeightsUnavailableError extends Error {
@@ -63,8 +63,8 @@ export async function resolveWeights(
     if (/^https?:\/\//.test(source)) bytes = await download(source, deps.onProgress);
     else if (source.startsWith('s3://')) {
       if (!deps.store) throw new Error('no S3 client to read an s3:// weights source');
-      const { bucket, prefix } = parseS3Url(source);
-      bytes = await deps.store.getObject(bucket, prefix.replace(/\/$/, ''));
+      const { bucket, key } = parseS3ObjectUrl(source);
+      bytes = await deps.store.getObject(bucket, key);
     } else {
       const file = source.startsWith('file:') ? fileURLToPath(source) : source;
       bytes = await readFile(file);

@@ -1,4 +1,4 @@
-import { parseS3Url } from '@transferline/shared';
+import { parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { relabelItems, reviewDataset, type RelabelOutcome, type Review, type ReviewLine } from '../review.service.js';
@@ -43,8 +43,8 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
   let moves: { itemId: string; label: string }[];
   if (o.fromReview) {
     if (o.keys.length || o.to) throw new Error('give either KEY… --to LABEL, or --from-review, not both');
-    const { bucket, prefix } = parseS3Url(o.fromReview);
-    const text = (await ctx.services.store.getObject(bucket, prefix.replace(/\/$/, ''))).toString();
+    const { bucket, key } = parseS3ObjectUrl(o.fromReview);
+    const text = (await ctx.services.store.getObject(bucket, key)).toString();
     const lines = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as ReviewLine);
     moves = lines.filter((l) => l.issue).slice(0, o.top ?? Number.POSITIVE_INFINITY).map((l) => ({ itemId: asItemId(l.key), label: l.suggested }));
   } else {

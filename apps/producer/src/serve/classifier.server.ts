@@ -9,12 +9,15 @@ import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
 import { prepareImage, type ResizePolicy } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
-import { createServeMetrics, ObjectNotFoundError, ObjectTooLargeError, parseS3Url, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
+import { createServeMetrics, ObjectNotFoundError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
 
 /** What one image gets back. */
 export type Classification = { label: string; probabilities: Record<string, number> } | { error: { reason: string; message: string } };
+
+/** Longest a retired model waits for the requests that still hold it. */
+const RETIRE_DEADLINE_MS = 30_000;
 
 /** A model being served: its ONNX Runtime thread and batcher, and the requests that hold it. */
 class ServedModel {
@@ -52,9 +55,16 @@ class ServedModel {
     };
   }
 
-  /** Waits for the requests that hold this model, then stops its thread. */
+  /**
+   * Waits for the requests that hold this model (at most RETIRE_DEADLINE_MS: a client that never
+   * finishes its upload must not keep an old model in memory for ever), then stops its thread.
+   */
   async retire(): Promise<void> {
-    if (this.holders > 0) await new Promise<void>((resolve) => (this.released = resolve));
+    if (this.holders > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([new Promise<void>((resolve) => (this.released = resolve)), new Promise<void>((resolve) => (timer = setTimeout(resolve, RETIRE_DEADLINE_MS)))]);
+      clearTimeout(timer);
+    }
     await this.batcher.drain();
     await this.runtime.dispose();
   }
@@ -291,8 +301,8 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
           const results = await Promise.all(
             (keys as string[]).map(async (url) => {
               try {
-                const { bucket, prefix } = parseS3Url(url);
-                const bytes = await ctx.services.store.getObject(bucket, prefix.replace(/\/$/, ''), maxBytes);
+                const { bucket, key } = parseS3ObjectUrl(url);
+                const bytes = await ctx.services.store.getObject(bucket, key, maxBytes);
                 return { key: url, ...(await classify(model, bytes)) };
               } catch (e) {
                 const error = asError(e);
@@ -311,7 +321,10 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
 
   app.use((_req, res) => void fail(res, 'not-found', 'POST /v1/classify, GET /v1/models, POST /v1/models/reload, /healthz, /metrics'));
 
-  const reload = async (): Promise<ClassifierMetadata> => {
+  // One load at a time: a SIGHUP, a new run landing and POST /v1/models/reload may coincide.
+  let reloading: Promise<ClassifierMetadata> | undefined;
+  const reload = (): Promise<ClassifierMetadata> => (reloading ??= swapModel().finally(() => (reloading = undefined)));
+  const swapModel = async (): Promise<ClassifierMetadata> => {
     const next = await load();
     const old = current;
     current = next;
