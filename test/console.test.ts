@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,9 +7,8 @@ import { openCliContext, type CliContext } from '../apps/producer/src/cli-contex
 import { consoleCommand } from '../apps/producer/src/commands/console.command.js';
 import { startConsole, type ConsoleHandle } from '../apps/producer/src/console/console.server.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
 import { jobIds, ReportDoc, type DatasetStatus } from '../packages/shared/src/index.js';
-import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { startFaultyS3, type FaultProxy, type FaultyS3 } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { repoRoot, runCli, startTestStack, type TestStack } from './support/stack.js';
 
@@ -35,8 +33,7 @@ const PASSWORD = `pw-${randomBytes(8).toString('hex')}`;
 const shots = path.join(repoRoot, 'test-results', 'console');
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-let s3dir: string;
-let s3: EmbeddedS3;
+let faulty: FaultyS3 | undefined;
 let proxy: FaultProxy;
 let stack: TestStack;
 let ctx: CliContext;
@@ -71,9 +68,8 @@ async function waitForStatus(done: (s: DatasetStatus) => boolean, what: string, 
 
 beforeAll(async () => {
   await mkdir(shots, { recursive: true });
-  s3dir = await mkdtemp(path.join(os.tmpdir(), 'tl-s3-'));
-  s3 = await startEmbeddedS3({ directory: s3dir, port: 0 });
-  proxy = await startFaultProxy(s3.endpoint);
+  faulty = await startFaultyS3();
+  proxy = faulty.proxy;
   stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', S3_ENDPOINT: proxy.url });
   ctx = await openCliContext(stack.config, sink);
   await ctx.services.store.ensureBucket(photos);
@@ -86,9 +82,7 @@ afterAll(async () => {
   await con?.close();
   await ctx?.close();
   await stack?.destroy();
-  await proxy?.close();
-  await s3?.stop();
-  if (s3dir) await rm(s3dir, { recursive: true, force: true });
+  await faulty?.stop();
 });
 
 describe('the web console', () => {

@@ -1,14 +1,11 @@
-import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
 import { contentHash, DatasetRepository, loadConfig, ObjectStore, ReportDoc } from '../packages/shared/src/index.js';
-import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
-import { cliPath, processesWithEnv, repoRoot, runCli, startTestStack, type CliRun, type TestStack } from './support/stack.js';
+import { startFaultyS3, type FaultyS3 } from './support/fault-proxy.js';
+import { isRunning, processesWithEnv, repoRoot, runCli, startTestStack, until, type TestStack } from './support/stack.js';
 
 /**
  * The fault suite: 300+ images in flight while every worker role is SIGKILLed at moments of its
@@ -27,69 +24,22 @@ const photos = 'faults';
 const sink = { write: () => true } as unknown as NodeJS.WritableStream;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-let s3dir: string;
-let s3: EmbeddedS3;
-let proxy: FaultProxy;
+let s3Behind: FaultyS3 | undefined;
 let stack: TestStack | undefined;
 let ctx: CliContext | undefined;
 
 afterAll(async () => {
   await ctx?.close();
   await stack?.destroy();
-  await proxy?.close();
-  await s3?.stop();
-  if (s3dir) await rm(s3dir, { recursive: true, force: true });
+  await s3Behind?.stop();
 });
-
-async function until(what: string, cond: () => Promise<boolean> | boolean, seconds: number, everyMs = 100): Promise<void> {
-  const deadline = Date.now() + seconds * 1000;
-  // a condition that cannot be read (Redis restarting) is not met yet
-  while (!(await Promise.resolve().then(cond).catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`gave up after ${seconds} s waiting for ${what}`);
-    await sleep(everyMs);
-  }
-}
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
-/** S3 settings of a client with the embedded server's credentials (the endpoint is set by the caller). */
-const stackless = () => loadConfig({ S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY_ID: s3.accessKeyId, S3_SECRET_ACCESS_KEY: s3.secretAccessKey }).s3;
-
-/** A CLI command running in the background, as a user's terminal would (deadline included). */
-function background(args: string[], env: NodeJS.ProcessEnv, deadlineMs: number): Promise<CliRun> {
-  return new Promise((resolve) => {
-    const started = Date.now();
-    const child = spawn(process.execPath, [cliPath, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, deadlineMs);
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr, timedOut, seconds: (Date.now() - started) / 1000 });
-    });
-  });
-}
 
 describe('the fault suite', () => {
   it(`${KINDS.length * PER_CLASS} images through kills, a Redis restart, an S3 outage, 5xx, slow answers, overwrites and deletes`, async () => {
-    s3dir = await mkdtemp(path.join(os.tmpdir(), 'tl-s3-'));
-    s3 = await startEmbeddedS3({ directory: s3dir, port: 0 });
-    proxy = await startFaultProxy(s3.endpoint);
+    s3Behind = await startFaultyS3();
+    const { s3, proxy } = s3Behind;
     // the user's side of the bucket: straight to the server, never through the faults
-    const direct = new ObjectStore({ ...stackless(), endpoint: s3.endpoint });
+    const direct = new ObjectStore(loadConfig({ S3_ENDPOINT: s3.endpoint, S3_ACCESS_KEY_ID: s3.accessKeyId, S3_SECRET_ACCESS_KEY: s3.secretAccessKey }).s3);
     await direct.ensureBucket(photos);
     const content = new Map<string, Buffer>();
     for (const kind of KINDS) {
@@ -140,7 +90,8 @@ describe('the fault suite', () => {
     for (const key of flaky) proxy.inject(`/${photos}/${key}`, { kind: 'status', status: 500 });
     proxy.inject('', { kind: 'slow', ms: 120 });
 
-    const ingest = background(['ingest', `s3://${photos}/train/`, '-d', 'faults', '--stall-timeout', '180'], st.env, 600_000);
+    // not awaited: it waits in the background, as in a user's second terminal
+    const ingest = runCli(['ingest', `s3://${photos}/train/`, '-d', 'faults', '--stall-timeout', '180'], st.env, 600_000);
 
     // 1. a preprocess worker dies holding jobs; the other one takes them over once their locks expire
     await until('15 images embedded', async () => (await embedded()) >= 15, 180);
@@ -248,7 +199,7 @@ describe('the fault suite', () => {
     ctx = undefined;
     await st.destroy();
     stack = undefined;
-    await until('every process of the stack to end', () => pids.every((p) => !alive(p)) && processesWithEnv('TL_DATA_DIR', st.dataDir).length === 0, 20, 100);
+    await until('every process of the stack to end', () => pids.every((p) => !isRunning(p)) && processesWithEnv('TL_DATA_DIR', st.dataDir).length === 0, 20, 100);
 
     // the same bucket, a stack that never saw a fault, the same training
     const clean = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '8', S3_ENDPOINT: s3.endpoint, TL_LOG_LEVEL: 'warn' }, { preprocess: 1, embed: 1, train: 1 });

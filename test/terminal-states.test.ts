@@ -1,14 +1,11 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { retryCommand } from '../apps/producer/src/commands/retry.command.js';
 import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
 import { jobIds, ReportDoc } from '../packages/shared/src/index.js';
-import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { startFaultyS3, type FaultProxy, type FaultyS3 } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
 
@@ -21,8 +18,7 @@ import { runCli, scrape, startTestStack, type TestStack } from './support/stack.
 
 guardLeaks();
 
-let s3dir: string;
-let s3: EmbeddedS3;
+let faulty: FaultyS3 | undefined;
 let proxy: FaultProxy;
 let stack: TestStack;
 let ctx: CliContext;
@@ -31,9 +27,8 @@ const photos = 'photos-ts';
 const KINDS: SampleClass[] = ['circle', 'square'];
 
 beforeAll(async () => {
-  s3dir = await mkdtemp(path.join(os.tmpdir(), 'tl-s3-'));
-  s3 = await startEmbeddedS3({ directory: s3dir, port: 0 });
-  proxy = await startFaultProxy(s3.endpoint);
+  faulty = await startFaultyS3();
+  proxy = faulty.proxy;
   stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', S3_ENDPOINT: proxy.url });
   ctx = await openCliContext(stack.config, sink);
   await ctx.services.store.ensureBucket(photos);
@@ -42,9 +37,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await ctx?.close();
   await stack?.destroy();
-  await proxy?.close();
-  await s3?.stop();
-  if (s3dir) await rm(s3dir, { recursive: true, force: true });
+  await faulty?.stop();
 });
 
 const cli = (args: string[], deadlineMs = 120_000) => runCli(args, stack.env, deadlineMs);

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
-import { cliPath, processesWithEnv, runCli } from './support/stack.js';
+import { cliPath, isRunning, processesWithEnv, processState, runCli, until } from './support/stack.js';
 
 /**
  * `transferline up` as a process, the way a user runs it in a terminal: what its banner shows
@@ -69,28 +69,7 @@ function descendants(pid: number): { pid: number; cmd: string }[] {
   return out;
 }
 
-/** The process's state letter from /proc (R, S, D, Z…), or undefined once it is gone. */
-function stateOf(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
-  } catch {
-    return undefined;
-  }
-}
-/** Running: a zombie (exited, waiting for its new parent to reap it) holds no port and no file. */
-const alive = (pid: number) => {
-  const state = stateOf(pid);
-  return state !== undefined && state !== 'Z' && state !== 'X';
-};
 
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`gave up after ${ms / 1000} s waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** Starts `transferline up` and resolves once its banner is out. */
 async function startUp(): Promise<{ child: ChildProcess; output: () => string }> {
@@ -99,7 +78,7 @@ async function startUp(): Promise<{ child: ChildProcess; output: () => string }>
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  await waitFor('the banner of up', () => out.includes('Ctrl-C stops everything') || child.exitCode !== null, 120_000);
+  await until('the banner of up', () => out.includes('Ctrl-C stops everything') || child.exitCode !== null, 120);
   if (child.exitCode !== null) throw new Error(`up exited ${child.exitCode}:\n${out}`);
   return { child, output: () => out };
 }
@@ -161,7 +140,7 @@ describe('transferline up, as a process', () => {
     expect(redis).toBeDefined();
     const mark = first.output().length;
     process.kill(redis!.pid, 'SIGKILL');
-    await waitFor('up to restart Redis', () => /redis restarted/.test(first.output().slice(mark)), 30_000);
+    await until('up to restart Redis', () => /redis restarted/.test(first.output().slice(mark)), 30);
     const status = await runCli(['status', '-d', 'small'], cliEnv);
     expect(status.code).toBe(0);
     expect(status.stdout).toMatch(/dataset small: 4 images, 4 embedded/);
@@ -175,13 +154,13 @@ describe('transferline up, as a process', () => {
     const children = descendants(first.child.pid!);
     expect(children.length).toBeGreaterThanOrEqual(5); // redis, s3, preprocess, embed, train
     first.child.kill('SIGKILL');
-    await waitFor('no orphans', () => children.every((c) => !alive(c.pid)), 30_000).catch((err: Error) => {
-      const left = children.filter((c) => alive(c.pid)).map((c) => `${c.pid} ${stateOf(c.pid)} ${c.cmd.split(' ').slice(0, 3).join(' ')}`);
+    await until('no orphans', () => children.every((c) => !isRunning(c.pid)), 30).catch((err: Error) => {
+      const left = children.filter((c) => isRunning(c.pid)).map((c) => `${c.pid} ${processState(c.pid)} ${c.cmd.split(' ').slice(0, 3).join(' ')}`);
       throw new Error(`${err.message}; still running: ${left.join('; ')}`);
     });
 
     // nor anything it started later (a worker restarted after the list above was taken)
-    await waitFor('no process of the stack', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30_000).catch((err: Error) => {
+    await until('no process of the stack', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30).catch((err: Error) => {
       throw new Error(`${err.message}; still running: ${processesWithEnv('TL_DATA_DIR', dataDir).map((p) => `${p.pid} ${p.cmd}`).join('; ')}`);
     });
 
@@ -192,13 +171,13 @@ describe('transferline up, as a process', () => {
     expect(again.stdout).toMatch(/dataset small: 4 images, 4 embedded/);
     const secondChildren = descendants(second.child.pid!);
     second.child.kill('SIGINT');
-    await waitFor('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30_000);
+    await until('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30);
     expect(second.child.exitCode).toBe(0);
-    await waitFor('its processes to end', () => secondChildren.every((c) => !alive(c.pid)), 10_000);
+    await until('its processes to end', () => secondChildren.every((c) => !isRunning(c.pid)), 10);
     // right after the banner, while its workers still start: none of them may be left behind
     const third = await startUp();
     third.child.kill('SIGKILL');
-    await waitFor('no process of a stack killed while starting', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30_000).catch((err: Error) => {
+    await until('no process of a stack killed while starting', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30).catch((err: Error) => {
       throw new Error(`${err.message}; still running: ${processesWithEnv('TL_DATA_DIR', dataDir).map((p) => `${p.pid} ${p.cmd}`).join('; ')}`);
     });
   }, 300_000);

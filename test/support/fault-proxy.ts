@@ -1,5 +1,9 @@
+import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { startEmbeddedS3, type EmbeddedS3 } from '../../apps/producer/src/embedded/s3.server.js';
 
 /** What the proxy does to a request it would otherwise pass on. */
 export type Fault = { kind: 'status'; status: number } | { kind: 'slow'; ms: number } | { kind: 'drop' };
@@ -66,5 +70,28 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
         server.closeAllConnections();
         server.close(() => resolve());
       }),
+  };
+}
+
+/** An S3 server of its own (in a temporary folder) with a fault proxy in front: point a stack's S3_ENDPOINT at `proxy.url`. */
+export interface FaultyS3 {
+  s3: EmbeddedS3;
+  proxy: FaultProxy;
+  /** Closes the proxy, stops the server and removes its folder. */
+  stop: () => Promise<void>;
+}
+
+export async function startFaultyS3(): Promise<FaultyS3> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-s3-'));
+  const s3 = await startEmbeddedS3({ directory: dir, port: 0 });
+  const proxy = await startFaultProxy(s3.endpoint);
+  return {
+    s3,
+    proxy,
+    stop: async () => {
+      await proxy.close();
+      await s3.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
   };
 }

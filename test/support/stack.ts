@@ -87,9 +87,7 @@ export function processesWithEnv(name: string, value: string): { pid: number; cm
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
     try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
-      if (state === 'Z' || state === 'X') continue;
+      if (!isRunning(Number(d))) continue;
       if (!readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`${name}=${value}`)) continue;
       out.push({ pid: Number(d), cmd: readFileSync(`/proc/${d}/cmdline`, 'utf8').replace(/\0/g, ' ').trim() });
     } catch {
@@ -97,4 +95,32 @@ export function processesWithEnv(name: string, value: string): { pid: number; cm
     }
   }
   return out;
+}
+
+/** The process's state letter from /proc (R, S, D, Z…), or undefined once it is gone. */
+export function processState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Running: a zombie (exited, waiting for its new parent to reap it) holds no port and no file. */
+export function isRunning(pid: number): boolean {
+  const state = processState(pid);
+  return state !== undefined && state !== 'Z' && state !== 'X';
+}
+
+/**
+ * Polls until `cond` holds, or throws after `seconds` naming `what`. A condition that cannot be
+ * read (Redis restarting, a server still starting) counts as not met yet.
+ */
+export async function until(what: string, cond: () => Promise<boolean> | boolean, seconds: number, everyMs = 100): Promise<void> {
+  const deadline = Date.now() + seconds * 1000;
+  while (!(await Promise.resolve().then(cond).catch(() => false))) {
+    if (Date.now() > deadline) throw new Error(`gave up after ${seconds} s waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
 }
