@@ -1,12 +1,12 @@
-import { enqueue, execPipeline, jobIds, requeue, type JobContext, type Queues, type Services } from '@transferline/shared';
+import { enqueueOn, execPipeline, jobIds, requeue, type JobContext, type Queues, type Services } from '@transferline/shared';
 import type { EmbedBacklogGate } from './embed-backlog.gate.js';
 import type { PreprocessStore } from './preprocess-image.job.js';
 
 /**
- * The preprocess stage's Redis side, with each image's writes batched into pipelines: a cached
- * image costs one round trip to look up and one to record; a new one, one to look up, one for
- * room in the backlog, one to store its pixels, BullMQ's add, and one to release the room and
- * record the item.
+ * The preprocess stage's Redis side, each image's writes batched: a cached image costs one round
+ * trip to look up and one to record; a new one, one to look up, one for room in the backlog, and
+ * one for all its writes (pixels, embed job, room given back, item recorded). Per-image round
+ * trips are most of the stage's cost on small images.
  */
 export function createPreprocessStore(s: Pick<Services, 'redis' | 'keys' | 'datasets' | 'tensors'>, queues: Queues, gate: EmbedBacklogGate): PreprocessStore {
   return {
@@ -23,24 +23,25 @@ export function createPreprocessStore(s: Pick<Services, 'redis' | 'keys' | 'data
       const queue = queues.embed(space);
       const id = jobIds.embed(o.job);
       const room = await gate.admit(space, ctx);
+      // Redis runs a pipeline's commands in order: the pixels are stored before their job is
+      // added, and the room is given back only once the job counts in the backlog instead.
+      const pipe = await queues.pipeline();
+      void s.tensors.put(o.job.sha256, o.pixels, pipe);
+      // New pixels for an image whose embedding failed for good get a new chance.
+      void s.datasets.clearEmbedFailures(space, [o.job.sha256], pipe);
+      pipe.zscore(queue.toKey('failed'), id);
+      enqueueOn(pipe, queue, 'embed', [{ id, payload: o.job }]);
+      void room.release(pipe);
+      void s.datasets.putItems(o.dataset, [[o.itemId, o.record]], pipe);
       try {
-        const pipe = s.redis.pipeline();
-        void s.tensors.put(o.job.sha256, o.pixels, pipe);
-        // New pixels for an image whose embedding failed for good get a new chance, not a
-        // dedupe against the failed job.
-        void s.datasets.clearEmbedFailures(space, [o.job.sha256], pipe);
-        pipe.zscore(queue.toKey('failed'), id);
-        const [, , failedScore] = await execPipeline(pipe);
+        const [, , failedScore, added] = await execPipeline(pipe);
+        if (added !== id) throw new Error(`adding embed job ${id} replied ${String(added)}`);
+        // The add above was a no-op against the failed job of the same id: move that one back.
         if (failedScore !== null) await requeue(s.redis, queue, 'embed', [{ id, payload: o.job }], [true]);
-        else await enqueue(queue, 'embed', [{ id, payload: o.job }]);
       } catch (err) {
         await room.release();
         throw err;
       }
-      const pipe = s.redis.pipeline();
-      room.release(pipe);
-      void s.datasets.putItems(o.dataset, [[o.itemId, o.record]], pipe);
-      await execPipeline(pipe);
     },
   };
 }

@@ -1,5 +1,5 @@
-import { DelayedError, Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import { DelayedError, Job, Queue, UnrecoverableError, Worker, createIORedisClient } from 'bullmq';
+import type { ChainableCommander, Redis } from 'ioredis';
 import type { DependencyGuard } from './dependency.guard.js';
 import { PermanentError } from './errors.js';
 import { JOBS, jobOptions, queueName, type JobName, type JobPayload } from './jobs.catalog.js';
@@ -76,6 +76,16 @@ export class Queues {
     return q;
   }
 
+  /**
+   * A pipeline on the queues' connection that BullMQ's scripts can join (`enqueueOn`), so a
+   * job's add travels with the caller's own writes. It is ioredis's pipeline, except that
+   * `hset` takes an object of fields (BullMQ's form).
+   */
+  async pipeline(): Promise<ChainableCommander> {
+    await this.preprocess.waitUntilReady(); // BullMQ's scripts are defined on the connection
+    return createIORedisClient(this.connection).pipeline() as unknown as ChainableCommander;
+  }
+
   /** The queue of a job name (embed needs its space). */
   of(name: JobName, space?: string): Queue {
     return name === 'embed' ? this.embed(space!) : this[name];
@@ -105,6 +115,19 @@ export async function closeQueues(queues: Queues): Promise<void> {
 export async function enqueue<N extends JobName>(queue: Queue, name: N, jobs: { id: string; payload: JobPayload<N> }[]): Promise<void> {
   if (jobs.length === 0) return;
   await queue.addBulk(jobs.map((j) => ({ name, data: j.payload, opts: jobOptions(name, j.id) })));
+}
+
+/**
+ * Queues the adds of `enqueue` on a pipeline from `Queues.pipeline()`, so they travel, and run in
+ * order, with the caller's other writes in one round trip: BullMQ's own add script. The
+ * pipeline's reply for each add is the job id (an id already queued is not added again).
+ */
+export function enqueueOn<N extends JobName>(pipe: ChainableCommander, queue: Queue, name: N, jobs: { id: string; payload: JobPayload<N> }[]): void {
+  if (typeof (pipe as { runCommand?: unknown }).runCommand !== 'function') throw new Error('enqueueOn needs a pipeline from Queues.pipeline()');
+  for (const j of jobs) {
+    // Queued synchronously; the outcome is the pipeline's reply, which its caller reads.
+    new Job(queue, name, j.payload, jobOptions(name, j.id), j.id).addJob(pipe as unknown as Parameters<Job['addJob']>[0]).catch(() => {});
+  }
 }
 
 /**
