@@ -83,6 +83,7 @@ start(spec).then(
     const zeros = Array.from({ length: spec.warmupBatch }, () => new Uint8Array(spec.inputSize * spec.inputSize * 3));
     for (let i = 0; i < 2 && zeros.length; i++) await embedder.embedBatch(zeros);
     port.postMessage(reply);
+    let queue: Promise<unknown> = Promise.resolve();
     port.on('message', (m: ThreadRequest) => {
       if (m.type === 'close') {
         void Promise.resolve(embedder.dispose()).finally(() => port.close());
@@ -90,7 +91,9 @@ start(spec).then(
       }
       const per = spec.inputSize * spec.inputSize * 3;
       const images = Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per));
-      embedder.embedBatch(images).then(
+      // One forward pass at a time: two runs of the session at once would each bring their own
+      // intra-op threads, oversubscribing the cores the threads were sized for.
+      queue = queue.then(() => embedder.embedBatch(images)).then(
         (data) => {
           // A copy we own (the runtime may own the output's memory), handed over without another copy.
           const out = data.slice();
