@@ -16,7 +16,7 @@ import { exportEfficientNetB0ToOnnx } from '@transferline/feature-worker/model/o
 import { createOnnxEmbedder } from '@transferline/feature-worker/model/onnx.embedder';
 import { enqueue, jobIds, type EmbedJob } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
-import { machine, peakRssMb, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
+import { cpuSeconds, descendants, machine, peakRssMb, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 const SIZE = 224 * 224 * 3;
 const BATCHES = [1, 8, 32] as const;
@@ -29,14 +29,17 @@ function randomImages(n: number): Uint8Array[] {
   return Array.from({ length: n }, () => new Uint8Array(randomBytes(SIZE)));
 }
 
-/** images/s of `embed` at each batch size, each timed for ≥ `seconds` after a warm-up. */
-async function rawRates(embed: (images: Uint8Array[]) => Promise<unknown>, seconds: number): Promise<Record<number, number>> {
+/** images/s of `embed` at each batch size, each timed for ≥ `seconds` after a warm-up, and the CPU ms it took per image (all threads). */
+async function rawRates(embed: (images: Uint8Array[]) => Promise<unknown>, seconds: number): Promise<Record<number, number> & { cpuMs: Record<number, number> }> {
   const pool = randomImages(32);
-  const out: Record<number, number> = {};
+  const out: Record<number, number> & { cpuMs: Record<number, number> } = { cpuMs: {} };
   for (const batch of BATCHES) {
     for (let i = 0; i < 3; i++) await embed(pool.slice(0, batch)); // first runs at a new size are slow
+    const cpu = process.cpuUsage();
     const t = await timeAtLeast(seconds, async () => (await embed(pool.slice(0, batch)), batch));
+    const used = process.cpuUsage(cpu);
     out[batch] = t.items / t.seconds;
+    out.cpuMs[batch] = (used.user + used.system) / 1000 / t.items;
   }
   return out;
 }
@@ -47,7 +50,7 @@ async function rawRates(embed: (images: Uint8Array[]) => Promise<unknown>, secon
  * them cached, without the ramp (the first batch collected, the last one written), as the raw
  * rate is taken after warm-up.
  */
-async function embedThroughQueue(ctx: CliContext, space: string, images: Uint8Array[]): Promise<{ seconds: number; steady: number }> {
+async function embedThroughQueue(ctx: CliContext, space: string, images: Uint8Array[], meter?: { start: () => void; stop: () => void }): Promise<{ seconds: number; steady: number }> {
   const jobs: { id: string; payload: EmbedJob }[] = [];
   for (const img of images) {
     const sha256 = randomBytes(32).toString('hex');
@@ -58,6 +61,7 @@ async function embedThroughQueue(ctx: CliContext, space: string, images: Uint8Ar
   const n = images.length;
   const base = await ctx.services.cache.size(space);
   const marks: { at: number; done: number }[] = [];
+  meter?.start();
   const start = performance.now();
   await enqueue(ctx.queues.embed(space), 'embed', jobs);
   await until(
@@ -73,12 +77,13 @@ async function embedThroughQueue(ctx: CliContext, space: string, images: Uint8Ar
     10,
   );
   const seconds = (performance.now() - start) / 1000;
+  meter?.stop();
   const [a, b] = marks;
   return { seconds, steady: a && b && b.at > a.at ? (b.done - a.done) / ((b.at - a.at) / 1000) : n / seconds };
 }
 
 /** The embed stage's rate through Redis and BullMQ (the worker processes of a real stack), and its peak RSS. */
-async function stageRate(o: { backend: string; batch: number; processes: number; threads: number; n: number }): Promise<{ rate: number; steady: number; peakMb?: number }> {
+async function stageRate(o: { backend: string; batch: number; processes: number; threads: number; n: number }): Promise<{ rate: number; steady: number; peakMb?: number; cpuMs: Record<string, number> }> {
   const env = { ...baseEnv, TL_BACKEND: o.backend, TL_EMBED_THREADS: String(o.threads), TL_EMBED_BATCH_SIZE: String(o.batch), TL_EMBED_BATCH_WAIT_MS: '50' };
   const stack = await startTempStack(env, { preprocess: 0, embed: o.processes, train: 0 });
   try {
@@ -86,9 +91,27 @@ async function stageRate(o: { backend: string; batch: number; processes: number;
     try {
       await until(`${o.processes} embed workers`, async () => (await ctx.services.spaces.workersOf(stack.space.id)) >= o.processes, 120, 100);
       await embedThroughQueue(ctx, stack.space.id, randomImages(o.batch * o.processes * 2)); // warm-up
-      const run = await embedThroughQueue(ctx, stack.space.id, randomImages(o.n));
-      const peaks = Object.entries(stack.supervisor.pids()).filter(([k]) => k.startsWith('embed')).map(([, pid]) => peakRssMb(pid) ?? 0);
-      return { rate: o.n / run.seconds, steady: run.steady, peakMb: Math.max(...peaks) };
+      const images = randomImages(o.n);
+      // CPU of every process of the stack over the run, by part: what the stage costs besides the forward pass.
+      const embedPids = Object.entries(stack.supervisor.pids()).filter(([k]) => k.startsWith('embed')).map(([, pid]) => pid);
+      const procs = descendants();
+      const partOf = (name: string, pid: number) => (embedPids.includes(pid) ? 'embed workers' : name.startsWith('redis-server#') ? 'Redis' : 'S3 server');
+      let cpuBefore = new Map<string, number>();
+      let selfBefore = process.cpuUsage();
+      const cpuMs: Record<string, number> = { 'embed workers': 0, Redis: 0, 'S3 server': 0, 'this process (enqueue, polling)': 0 };
+      const run = await embedThroughQueue(ctx, stack.space.id, images, {
+        start: () => {
+          cpuBefore = new Map([...procs].map(([name, pid]) => [name, cpuSeconds(pid)]));
+          selfBefore = process.cpuUsage();
+        },
+        stop: () => {
+          const self = process.cpuUsage(selfBefore);
+          cpuMs['this process (enqueue, polling)'] = (self.user + self.system) / 1000 / o.n;
+          for (const [name, pid] of procs) cpuMs[partOf(name, pid)]! += ((cpuSeconds(pid) - cpuBefore.get(name)!) * 1000) / o.n;
+        },
+      });
+      const peaks = embedPids.map((pid) => peakRssMb(pid) ?? 0);
+      return { rate: o.n / run.seconds, steady: run.steady, peakMb: Math.max(...peaks), cpuMs };
     } finally {
       await ctx.close();
     }
@@ -120,6 +143,7 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
   const details: Record<string, unknown> = {};
   const name = { ours: (b: number, t: number) => `raw forward, ONNX Runtime (our graph), batch ${b}, ${t} thread${t > 1 ? 's' : ''}` };
 
+  const rawCpuMs: Record<number, number> = {};
   // Our graph, built from the TF.js model as the embed worker builds it (random weights: speed does not depend on them).
   await loadTfRuntime('cpu');
   const net = buildEfficientNetB0({ seed: 42 });
@@ -130,6 +154,7 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
     const r = await rawRates((x) => e.embedBatch(x), seconds);
     await e.dispose();
     for (const b of BATCHES) rows.push({ name: name.ours(b, threads), value: r[b]!, unit: 'images/s' });
+    if (threads === 2) for (const b of BATCHES) rawCpuMs[b] = r.cpuMs[b]!;
     log(`ORT ours ${threads} threads: ${JSON.stringify(r)}`);
   }
   details.rawPeakMbAfterOrt = peakRssMb();
@@ -190,6 +215,18 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
     rows.push(
       { name: stageName(b), value: s.steady, unit: 'images/s', vs: name.ours(b, 2), target: '≥ 0.9×', note: `steady rate (10% → 90% of ${n} images); embed process peak ${s.peakMb?.toFixed(0)} MiB (VmHWM)` },
       { name: `${stageName(b)}, whole run`, value: s.rate, unit: 'images/s', vs: name.ours(b, 2), note: `${n} images, enqueue → last one cached` },
+    );
+    const cpuTotal = Object.values(s.cpuMs).reduce((a, v) => a + v, 0);
+    const rawCpu = `raw forward CPU per image, batch ${b}, 2 threads`;
+    rows.push(
+      { name: rawCpu, value: rawCpuMs[b]!, unit: 'CPU ms/image' },
+      {
+        name: `embed stage CPU per image, every process of the stack, batch ${b}`,
+        value: cpuTotal,
+        unit: 'CPU ms/image',
+        vs: rawCpu,
+        note: Object.entries(s.cpuMs).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', '),
+      },
     );
     log(`stage onnx batch ${b}: steady ${s.steady.toFixed(1)}, whole run ${s.rate.toFixed(1)} (${n} images)`);
   }
