@@ -16,6 +16,7 @@ import { exportEfficientNetB0ToOnnx } from '@transferline/feature-worker/model/o
 import { createOnnxEmbedder } from '@transferline/feature-worker/model/onnx.embedder';
 import { enqueue, jobIds, type EmbedJob } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
+import { ensurePythonPeers } from '../python-peers.js';
 import { cpuSeconds, descendants, machine, peakRssMb, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 const SIZE = 224 * 224 * 3;
@@ -167,6 +168,12 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
   for (const b of BATCHES) rows.push({ name: `raw forward, TF.js wasm, batch ${b}, 1 thread`, value: wr[b]!, unit: 'images/s', vs: name.ours(b, 2) });
   log(`wasm: ${JSON.stringify(wr)}`);
 
+  const peerNotes: string[] = [];
+  ensurePythonPeers('embed', [
+    ['torch', 'python3-torch'],
+    ['torchvision', 'python3-torchvision'],
+  ], peerNotes);
+  details.pythonPeers = peerNotes;
   // ONNX Runtime on torchvision's exported graph (float32 NCHW in), same threads.
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-bench-'));
   try {

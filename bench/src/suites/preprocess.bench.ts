@@ -10,6 +10,7 @@ import { ingestPrefix } from '@transferline/producer/ingest.service';
 import { startTempStack } from '@transferline/producer/embedded/temp-stack';
 import { configureSharp, prepareImage, type PrepareOptions } from '@transferline/feature-worker/image.ops';
 import { contentHash } from '@transferline/shared';
+import { ensurePythonPeers, PYTHON } from '../python-peers.js';
 import { machine, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 /**
@@ -31,7 +32,6 @@ const BEFORE: PrepareOptions = { ...PREP, kernel: 'lanczos3' };
 const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
 const PHOTO_PACKAGES = ['mate-backgrounds', 'lomiri-wallpapers-16.04'];
 const MATE_NATURE = '/usr/share/backgrounds/mate/nature';
-const PYTHON = '/usr/bin/python3';
 const execFileAsync = promisify(execFile);
 /**
  * Length of one timed pass through the stage. Images take 10–250 ms each, so a pass ends with a
@@ -272,22 +272,14 @@ async function writeFiles(dir: string, images: Image[]): Promise<void> {
 
 /** Which Python peers can run (Debian's python3-pil, python3-opencv; installed when root). */
 function pythonPeers(notes: string[]): ('pil' | 'opencv')[] {
-  const has = (mod: string) => existsSync(PYTHON) && spawnSync(PYTHON, ['-c', `import ${mod}`], { stdio: 'ignore' }).status === 0;
-  const want: [mod: string, pkg: string][] = [
+  const has = ensurePythonPeers('preprocess', [
     ['PIL', 'python3-pil'],
     ['cv2', 'python3-opencv'],
-  ];
-  const missing = want.filter(([m]) => !has(m)).map(([, p]) => p);
-  if (missing.length && process.getuid?.() === 0) {
-    process.stderr.write(`preprocess: installing ${missing.join(', ')} (the Python peers)\n`);
-    const r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...missing], { stdio: 'ignore' });
-    notes.push(r.status === 0 ? `installed ${missing.join(', ')}` : `could not install ${missing.join(', ')}`);
-  }
+    ['numpy', 'python3-numpy'],
+  ], notes);
   const peers: ('pil' | 'opencv')[] = [];
-  if (has('PIL')) peers.push('pil');
-  else notes.push('PIL not measured: apt-get install python3-pil');
-  if (has('PIL') && has('cv2') && has('numpy')) peers.push('opencv');
-  else notes.push('OpenCV not measured: apt-get install python3-opencv');
+  if (has.has('PIL')) peers.push('pil');
+  if (has.has('PIL') && has.has('cv2') && has.has('numpy')) peers.push('opencv');
   return peers;
 }
 
