@@ -13,7 +13,7 @@ import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
 import { createServices, loadConfig, RunDoc } from '../packages/shared/src/index.js';
 import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
 import { childProcesses, guardLeaks } from './support/leak-guard.js';
-import { cliPath, runCli, startTestStack, type TestStack } from './support/stack.js';
+import { cliPath, freeRun, runCli, startTestStack, type TestStack } from './support/stack.js';
 
 /**
  * The embedding space is cluster state: a CLI whose environment differs from the workers'
@@ -51,7 +51,7 @@ describe("the README's two terminals", () => {
   it('up --demo offline (random weights), then ingest, train and classify from a shell without TL_MODEL_WEIGHTS, each command exiting', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-up-'));
     cleanups.push(() => rm(dir, { recursive: true, force: true }));
-    const metricsBase = await freePort();
+    const metricsBase = await freeRun(4); // up binds P…P+3
     const env: NodeJS.ProcessEnv = {
       PATH: process.env.PATH,
       HOME: dir,

@@ -2,13 +2,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
-import { cliPath, isRunning, processesWithEnv, processState, runCli, until } from './support/stack.js';
+import { cliPath, freeRun, isRunning, processesWithEnv, processState, runCli, until } from './support/stack.js';
 
 /**
  * `transferline up` as a process, the way a user runs it in a terminal: what its banner shows
@@ -22,22 +21,6 @@ let dataDir: string;
 let env: NodeJS.ProcessEnv;
 let base: number;
 const running: ChildProcess[] = [];
-
-/** Four consecutive free ports (producer, preprocess, embed, train). */
-async function freeRun(n: number): Promise<number> {
-  const isFree = (port: number) =>
-    new Promise<boolean>((resolve) => {
-      const s = net.createServer().once('error', () => resolve(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
-    });
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const start = 20_000 + Math.floor(Math.random() * 30_000);
-    let ok = true;
-    for (let i = 0; i < n && ok; i++) ok = await isFree(start + i);
-    if (ok) return start;
-  }
-  throw new Error('no run of free ports');
-}
 
 /** Every process below `pid` (children, grandchildren…), from /proc. */
 function descendants(pid: number): { pid: number; cmd: string }[] {

@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startTempStack, type TempStack } from '../../apps/producer/src/embedded/temp-stack.js';
@@ -123,4 +124,24 @@ export async function until(what: string, cond: () => Promise<boolean> | boolean
     if (Date.now() > deadline) throw new Error(`gave up after ${seconds} s waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/**
+ * `n` consecutive free ports on loopback, for `up --metrics-port P` (P, P+1, P+2, P+3). Taken below
+ * Linux's ephemeral range (32768 and up), where port-0 listeners and outgoing connections of the
+ * other tests get their ports, so the run stays free until `up` binds it.
+ */
+export async function freeRun(n: number): Promise<number> {
+  const isFree = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const s = net.createServer().once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const start = 20_000 + Math.floor(Math.random() * (32_000 - 20_000));
+    let ok = true;
+    for (let i = 0; i < n && ok; i++) ok = await isFree(start + i);
+    if (ok) return start;
+  }
+  throw new Error(`no run of ${n} free ports between 20000 and 32000`);
 }
