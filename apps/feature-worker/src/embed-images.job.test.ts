@@ -99,6 +99,34 @@ describe('embedBatch', () => {
     expect(g.shards).toHaveLength(0);
   });
 
+  it('lets an embedder that reads the pixels itself do so: they never pass through here', async () => {
+    const stored: Record<string, Uint8Array> = { [sha(1)]: px(1), [sha(2)]: Uint8Array.of(1, 2, 3), [sha(4)]: px(4) };
+    const f = fakeDeps({});
+    let readHere = 0;
+    f.deps.services.tensors.getMany = () => {
+      readHere++;
+      return Promise.resolve([]);
+    };
+    const asked: string[][] = [];
+    f.deps.embedder.embedStored = async (hashes) => {
+      asked.push(hashes);
+      const ok = hashes.map((h) => stored[h]).filter((p): p is Uint8Array => p?.length === 12);
+      return { sizes: hashes.map((h) => stored[h]?.length ?? -1), data: await f.deps.embedder.embedBatch(ok) };
+    };
+    const r = await embedBatch([1, 2, 3, 4, 1].map((n) => ({ sha256: sha(n), embedderId: ID })), f.deps);
+    expect(readHere).toBe(0);
+    expect(asked).toEqual([[sha(1), sha(2), sha(3), sha(4)]]); // the duplicate is asked for once
+    expect(r[0]).toBe('embedded');
+    expect((r[1] as PermanentError).reason).toBe('bad-pixels');
+    expect((r[2] as PermanentError).reason).toBe('pixels-expired');
+    expect(r[3]).toBe('embedded');
+    expect(r[4]).toBe('cached');
+    expect(f.shards).toHaveLength(1);
+    expect(f.shards[0]!.hashes).toEqual([sha(1), sha(4)]);
+    expect([...f.shards[0]!.data]).toEqual([1, 1, 1, 4, 4, 4]);
+    expect(f.deleted.sort()).toEqual([sha(1), sha(4)]);
+  });
+
   it('refuses a job made for another embedding space', async () => {
     const f = fakeDeps({ [sha(1)]: px(1) });
     const [r] = await embedBatch([{ sha256: sha(1), embedderId: 'efficientnet-b0.other.crop224' }], f.deps);

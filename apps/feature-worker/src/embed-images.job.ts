@@ -1,5 +1,5 @@
 import { PermanentError, type EmbedJob, type Metrics, type Services } from '@transferline/shared';
-import type { Embedder } from './embedder.js';
+import type { Embedder, StoredEmbeddings } from './embedder.js';
 
 export interface EmbedDeps {
   services: Pick<Services, 'cache' | 'tensors'>;
@@ -19,33 +19,55 @@ export type EmbedOutcome = 'embedded' | 'cached';
 export async function embedBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(EmbedOutcome | Error)[]> {
   const { cache, tensors } = deps.services;
   const results: (EmbedOutcome | Error)[] = new Array(jobs.length);
-  const todo: { i: number; sha256: string; pixels: Uint8Array }[] = [];
-  // Two round trips for the whole batch: which are cached, and every image's pixels.
-  const [cached, stored] = await Promise.all([cache.has(deps.embedderId, jobs.map((j) => j.sha256)), tensors.getMany(jobs.map((j) => j.sha256))]);
+  const todo: { i: number; sha256: string }[] = [];
+  const cached = await cache.has(deps.embedderId, jobs.map((j) => j.sha256));
   for (const [i, job] of jobs.entries()) {
     if (job.embedderId !== deps.embedderId) {
       results[i] = new PermanentError('wrong-embedder', `job is for ${job.embedderId}, this worker runs ${deps.embedderId}`);
     } else if (cached[i] || todo.some((t) => t.sha256 === job.sha256)) {
       results[i] = 'cached';
     } else {
-      const pixels = stored[i];
-      if (!pixels) {
-        results[i] = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
-      } else if (pixels.length !== deps.embedder.inputSize * deps.embedder.inputSize * 3) {
-        results[i] = new PermanentError('bad-pixels', `stored pixels are ${pixels.length} bytes, expected ${deps.embedder.inputSize ** 2 * 3}`);
-      } else {
-        todo.push({ i, sha256: job.sha256, pixels });
-      }
+      todo.push({ i, sha256: job.sha256 });
     }
   }
   if (todo.length) {
-    const data = await forwardFitting(deps, todo.map((t) => t.pixels));
-    await cache.writeShard(deps.embedderId, todo.map((t) => t.sha256), data, deps.embedder.dim);
-    await tensors.delete(todo.map((t) => t.sha256));
-    for (const t of todo) results[t.i] = 'embedded';
+    const per = deps.embedder.inputSize * deps.embedder.inputSize * 3;
+    const { sizes, data } = await forwardStored(deps, todo.map((t) => t.sha256));
+    const done: string[] = [];
+    todo.forEach((t, k) => {
+      const size = sizes[k]!;
+      if (size < 0) results[t.i] = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
+      else if (size !== per) results[t.i] = new PermanentError('bad-pixels', `stored pixels are ${size} bytes, expected ${per}`);
+      else done.push(t.sha256);
+    });
+    if (data.length !== done.length * deps.embedder.dim) throw new Error(`the forward pass returned ${data.length} values for ${done.length} images of ${deps.embedder.dim}`);
+    if (done.length) {
+      await cache.writeShard(deps.embedderId, done, data, deps.embedder.dim);
+      await tensors.delete(done);
+      for (const t of todo) if (results[t.i] === undefined) results[t.i] = 'embedded';
+    }
   }
   for (const r of results) deps.metrics.images.inc({ stage: 'embed', outcome: r instanceof Error ? 'failed' : r });
   return results;
+}
+
+/**
+ * The forward pass on the stored pixels of `hashes`: read where the model runs when the
+ * embedder can (its thread's own Redis connection), else here.
+ */
+async function forwardStored(deps: EmbedDeps, hashes: string[]): Promise<StoredEmbeddings> {
+  if (deps.embedder.embedStored) {
+    const end = deps.metrics.forwardSeconds.startTimer();
+    const r = await deps.embedder.embedStored(hashes);
+    end();
+    const rows = r.data.length / deps.embedder.dim;
+    if (rows) deps.metrics.embedBatch.observe(rows);
+    return r;
+  }
+  const per = deps.embedder.inputSize * deps.embedder.inputSize * 3;
+  const stored = await deps.services.tensors.getMany(hashes);
+  const images = stored.filter((p): p is Buffer => p !== null && p.length === per);
+  return { sizes: stored.map((p) => (p ? p.length : -1)), data: images.length ? await forwardFitting(deps, images) : new Float32Array(0) };
 }
 
 const OUT_OF_MEMORY = /out of memory|OOM|resource exhausted|failed to allocate/i;

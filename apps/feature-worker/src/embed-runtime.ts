@@ -3,7 +3,7 @@ import { Worker } from 'node:worker_threads';
 import type { Logger } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import type { ThreadReply, ThreadRequest, ThreadSpec } from './embed.thread.js';
-import { createEfficientNetEmbedder, type Embedder } from './embedder.js';
+import { createEfficientNetEmbedder, type Embedder, type StoredEmbeddings } from './embedder.js';
 
 /** Where the model runs: `tensorflow` (tfjs-node[-gpu], libtensorflow), `onnx` (ONNX Runtime, CPU), `wasm` or `cpu` (TF.js). */
 export type EmbedBackend = 'tensorflow' | 'onnx' | 'wasm' | 'cpu';
@@ -71,7 +71,9 @@ const THREAD_SCRIPT = fileURLToPath(new URL('../dist/embed.thread.js', import.me
 class ThreadedEmbedder implements Embedder {
   readonly dim: number;
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (d: Float32Array) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, { resolve: (r: StoredEmbeddings) => void; reject: (e: Error) => void }>();
+  /** present when the thread reads pixels from Redis itself (spec.pixelSource) */
+  readonly embedStored?: (sha256s: string[]) => Promise<StoredEmbeddings>;
   private dead: Error | undefined;
   private closing = false;
 
@@ -80,13 +82,15 @@ class ThreadedEmbedder implements Embedder {
     readonly inputSize: number,
     onDeath: (err: Error) => void,
     dim = 1280,
+    readsPixels = false,
   ) {
     this.dim = dim;
+    if (readsPixels) this.embedStored = (sha256s) => this.request({ type: 'embed-stored', id: this.nextId++, sha256s });
     thread.on('message', (m: ThreadReply) => {
       if (m.type !== 'result' && m.type !== 'error') return;
       const p = this.pending.get(m.id);
       this.pending.delete(m.id);
-      if (m.type === 'result') p?.resolve(m.data);
+      if (m.type === 'result') p?.resolve({ data: m.data, sizes: m.sizes ?? [] });
       else p?.reject(new Error(m.message));
     });
     const die = (err: Error) => {
@@ -128,6 +132,7 @@ class ThreadedEmbedder implements Embedder {
         process.exit(1);
       },
       spec.prebuilt?.output.dim,
+      spec.pixelSource !== undefined,
     );
     return { embedder, ready };
   }
@@ -139,10 +144,14 @@ class ThreadedEmbedder implements Embedder {
     if (images.length === 0) return Promise.resolve(new Float32Array(0));
     const pixels = new Uint8Array(images.length * per);
     images.forEach((img, i) => pixels.set(img, i * per));
-    const id = this.nextId++;
-    return new Promise<Float32Array>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.thread.postMessage({ type: 'embed', id, n: images.length, pixels } satisfies ThreadRequest, [pixels.buffer]);
+    return this.request({ type: 'embed', id: this.nextId++, n: images.length, pixels }, [pixels.buffer]).then((r) => r.data);
+  }
+
+  private request(m: Exclude<ThreadRequest, { type: 'close' }>, transfer: ArrayBuffer[] = []): Promise<StoredEmbeddings> {
+    if (this.dead) return Promise.reject(this.dead);
+    return new Promise<StoredEmbeddings>((resolve, reject) => {
+      this.pending.set(m.id, { resolve, reject });
+      this.thread.postMessage(m, transfer);
     });
   }
 

@@ -1,4 +1,6 @@
 import { parentPort, workerData } from 'node:worker_threads';
+import { redisKeys } from '@transferline/shared/keys';
+import { createRedis } from '@transferline/shared/redis';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { createEfficientNetEmbedder, type Embedder } from './embedder.js';
 import { buildEfficientNetB0 } from './model/efficientnet-b0.model.js';
@@ -27,17 +29,22 @@ export interface ThreadSpec {
    * exported image classifier, say, whose `output` is returned.
    */
   prebuilt?: { bytes: Uint8Array; output: { name: string; dim: number } };
+  /**
+   * Where preprocess stores pixels: the thread reads them itself for `embed-stored` requests, so
+   * the 147 KB per image never enter the worker's main isolate (whose large heap each GC marks).
+   */
+  pixelSource?: { redisUrl: string; redisPrefix: string };
 }
 
 /** Messages from the thread. */
 export type ThreadReply =
   | { type: 'ready'; provider: string; onnx?: { path: string; built: boolean } }
   | { type: 'failed'; message: string }
-  | { type: 'result'; id: number; data: Float32Array }
+  | { type: 'result'; id: number; data: Float32Array; sizes?: number[] }
   | { type: 'error'; id: number; message: string };
 
 /** Messages to the thread. */
-export type ThreadRequest = { type: 'embed'; id: number; n: number; pixels: Uint8Array } | { type: 'close' };
+export type ThreadRequest = { type: 'embed'; id: number; n: number; pixels: Uint8Array } | { type: 'embed-stored'; id: number; sha256s: string[] } | { type: 'close' };
 
 /**
  * The forward pass runs here, off the worker's event loop: ONNX Runtime's and TF.js wasm's
@@ -83,24 +90,51 @@ start(spec).then(
     const zeros = Array.from({ length: spec.warmupBatch }, () => new Uint8Array(spec.inputSize * spec.inputSize * 3));
     for (let i = 0; i < 2 && zeros.length; i++) await embedder.embedBatch(zeros);
     port.postMessage(reply);
+    const per = spec.inputSize * spec.inputSize * 3;
+    const source = spec.pixelSource && { redis: createRedis(spec.pixelSource.redisUrl, 'worker'), keys: redisKeys(spec.pixelSource.redisPrefix) };
+    // One forward pass at a time: two runs of the session at once would each bring their own
+    // intra-op threads, oversubscribing the cores the threads were sized for. Reading the next
+    // batch's pixels does not wait for the running pass.
     let queue: Promise<unknown> = Promise.resolve();
-    port.on('message', (m: ThreadRequest) => {
-      if (m.type === 'close') {
-        void Promise.resolve(embedder.dispose()).finally(() => port.close());
-        return;
-      }
-      const per = spec.inputSize * spec.inputSize * 3;
-      const images = Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per));
-      // One forward pass at a time: two runs of the session at once would each bring their own
-      // intra-op threads, oversubscribing the cores the threads were sized for.
-      queue = queue.then(() => embedder.embedBatch(images)).then(
+    const forward = (id: number, images: Promise<Uint8Array[]>, sizes?: number[]) => {
+      const run = queue.then(async () => {
+        const batch = await images;
+        return batch.length ? embedder.embedBatch(batch) : new Float32Array(0);
+      });
+      queue = run.catch(() => {});
+      run.then(
         (data) => {
           // A copy we own (the runtime may own the output's memory), handed over without another copy.
           const out = data.slice();
-          port.postMessage({ type: 'result', id: m.id, data: out } satisfies ThreadReply, [out.buffer as ArrayBuffer]);
+          port.postMessage({ type: 'result', id, data: out, ...(sizes && { sizes }) } satisfies ThreadReply, [out.buffer as ArrayBuffer]);
         },
-        (err: unknown) => port.postMessage({ type: 'error', id: m.id, message: (err as Error).message } satisfies ThreadReply),
+        (err: unknown) => port.postMessage({ type: 'error', id, message: (err as Error).message } satisfies ThreadReply),
       );
+    };
+    port.on('message', (m: ThreadRequest) => {
+      if (m.type === 'close') {
+        source?.redis.disconnect();
+        void Promise.resolve(embedder.dispose()).finally(() => port.close());
+        return;
+      }
+      if (m.type === 'embed-stored') {
+        if (!source) {
+          port.postMessage({ type: 'error', id: m.id, message: 'this embed thread has no pixel source' } satisfies ThreadReply);
+          return;
+        }
+        const sizes: number[] = [];
+        const images = source.redis.mgetBuffer(...m.sha256s.map((h) => source.keys.tensor(h))).then((values) => {
+          const ok: Uint8Array[] = [];
+          for (const v of values) {
+            sizes.push(v ? v.length : -1);
+            if (v && v.length === per) ok.push(v);
+          }
+          return ok;
+        });
+        forward(m.id, images, sizes);
+        return;
+      }
+      forward(m.id, Promise.resolve(Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per))));
     });
   },
   (err: unknown) => port.postMessage({ type: 'failed', message: (err as Error).message } satisfies ThreadReply),

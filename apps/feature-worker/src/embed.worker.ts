@@ -55,6 +55,8 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
       threads,
       cacheDir: config.embed.cacheDir,
       warmupBatch: config.embed.batchSize,
+      // The embed thread reads the pixels itself: they never enter this isolate.
+      pixelSource: { redisUrl: config.redis.url, redisPrefix: config.redis.prefix },
     },
     log,
   );

@@ -9,7 +9,19 @@ export interface Embedder {
   readonly dim: number;
   /** Row-major [n, dim] embeddings of n images, each size×size×3 uint8 RGB. */
   embedBatch(images: Uint8Array[]): Promise<Float32Array>;
+  /**
+   * Reads the pixels preprocess stored for `sha256s` and embeds them, where the forward pass
+   * runs (an embed thread with its own Redis connection), so the worker's main thread never
+   * holds them. `sizes[i]` is the stored value's length (-1: gone); `data` has one row per image
+   * of the right size, in order. Absent: the caller reads the pixels and calls embedBatch.
+   */
+  embedStored?(sha256s: string[]): Promise<StoredEmbeddings>;
   dispose(): void | Promise<void>;
+}
+
+export interface StoredEmbeddings {
+  sizes: number[];
+  data: Float32Array;
 }
 
 export interface EmbedderOptions {
