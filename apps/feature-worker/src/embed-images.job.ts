@@ -59,7 +59,8 @@ async function forwardStored(deps: EmbedDeps, hashes: string[]): Promise<StoredE
   if (deps.embedder.embedStored) {
     const end = deps.metrics.forwardSeconds.startTimer();
     const r = await deps.embedder.embedStored(hashes);
-    end();
+    if (r.seconds === undefined) end();
+    else deps.metrics.forwardSeconds.observe(r.seconds);
     const rows = r.data.length / deps.embedder.dim;
     if (rows) deps.metrics.embedBatch.observe(rows);
     return r;

@@ -40,7 +40,7 @@ export interface ThreadSpec {
 export type ThreadReply =
   | { type: 'ready'; provider: string; onnx?: { path: string; built: boolean } }
   | { type: 'failed'; message: string }
-  | { type: 'result'; id: number; data: Float32Array; sizes?: number[] }
+  | { type: 'result'; id: number; data: Float32Array; sizes?: number[]; seconds: number }
   | { type: 'error'; id: number; message: string };
 
 /** Messages to the thread. */
@@ -99,14 +99,16 @@ start(spec).then(
     const forward = (id: number, images: Promise<Uint8Array[]>, sizes?: number[]) => {
       const run = queue.then(async () => {
         const batch = await images;
-        return batch.length ? embedder.embedBatch(batch) : new Float32Array(0);
+        const start = performance.now();
+        const data = batch.length ? await embedder.embedBatch(batch) : new Float32Array(0);
+        return { data, seconds: (performance.now() - start) / 1000 };
       });
       queue = run.catch(() => {});
       run.then(
-        (data) => {
+        ({ data, seconds }) => {
           // A copy we own (the runtime may own the output's memory), handed over without another copy.
           const out = data.slice();
-          port.postMessage({ type: 'result', id, data: out, ...(sizes && { sizes }) } satisfies ThreadReply, [out.buffer as ArrayBuffer]);
+          port.postMessage({ type: 'result', id, data: out, seconds, ...(sizes && { sizes }) } satisfies ThreadReply, [out.buffer as ArrayBuffer]);
         },
         (err: unknown) => port.postMessage({ type: 'error', id, message: (err as Error).message } satisfies ThreadReply),
       );

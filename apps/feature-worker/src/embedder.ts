@@ -22,6 +22,8 @@ export interface Embedder {
 export interface StoredEmbeddings {
   sizes: number[];
   data: Float32Array;
+  /** the forward pass's own time, without waiting for the pass before it or reading the pixels */
+  seconds?: number;
 }
 
 export interface EmbedderOptions {
