@@ -1,4 +1,4 @@
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -83,31 +83,6 @@ export function cpuSeconds(pid: number): number {
   }
 }
 const CLOCK_TICKS = 100; // USER_HZ: 100 on every Linux architecture Node runs on
-
-/** This process's descendants (a stack's Redis, S3 server and workers), by name: `comm#pid`. */
-export function descendants(root: number = process.pid): Map<string, number> {
-  const parentOf = new Map<number, { ppid: number; comm: string }>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      parentOf.set(Number(entry), { ppid: Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]), comm });
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const out = new Map<string, number>();
-  for (const [pid, { comm }] of parentOf) {
-    for (let p = parentOf.get(pid)?.ppid, hops = 0; p !== undefined && p > 1 && hops < 16; p = parentOf.get(p)?.ppid, hops++) {
-      if (p === root) {
-        out.set(`${comm}#${pid}`, pid);
-        break;
-      }
-    }
-  }
-  return out;
-}
 
 /** Polls until `done` holds; throws after `seconds` (a worker that died must not hold the bench open). */
 export async function until(what: string, done: () => Promise<boolean>, seconds = 600, everyMs = 20): Promise<void> {

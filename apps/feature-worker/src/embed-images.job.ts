@@ -32,7 +32,7 @@ export async function embedBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(Em
   }
   if (todo.length) {
     const per = deps.embedder.inputSize * deps.embedder.inputSize * 3;
-    const { sizes, data } = await forwardStored(deps, todo.map((t) => t.sha256));
+    const { sizes, data } = await forwardStored(deps, todo.map((t) => t.sha256), per);
     const done: string[] = [];
     todo.forEach((t, k) => {
       const size = sizes[k]!;
@@ -55,17 +55,15 @@ export async function embedBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(Em
  * The forward pass on the stored pixels of `hashes`: read where the model runs when the
  * embedder can (its thread's own Redis connection), else here.
  */
-async function forwardStored(deps: EmbedDeps, hashes: string[]): Promise<StoredEmbeddings> {
+async function forwardStored(deps: EmbedDeps, hashes: string[], per: number): Promise<StoredEmbeddings> {
   if (deps.embedder.embedStored) {
-    const end = deps.metrics.forwardSeconds.startTimer();
+    const started = performance.now();
     const r = await deps.embedder.embedStored(hashes);
-    if (r.seconds === undefined) end();
-    else deps.metrics.forwardSeconds.observe(r.seconds);
+    deps.metrics.forwardSeconds.observe(r.seconds ?? (performance.now() - started) / 1000);
     const rows = r.data.length / deps.embedder.dim;
     if (rows) deps.metrics.embedBatch.observe(rows);
     return r;
   }
-  const per = deps.embedder.inputSize * deps.embedder.inputSize * 3;
   const stored = await deps.services.tensors.getMany(hashes);
   const images = stored.filter((p): p is Buffer => p !== null && p.length === per);
   return { sizes: stored.map((p) => (p ? p.length : -1)), data: images.length ? await forwardFitting(deps, images) : new Float32Array(0) };

@@ -1,6 +1,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { redisKeys } from '@transferline/shared/keys';
 import { createRedis } from '@transferline/shared/redis';
+import { TensorStore } from '@transferline/shared/tensors';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { createEfficientNetEmbedder, type Embedder } from './embedder.js';
 import { buildEfficientNetB0 } from './model/efficientnet-b0.model.js';
@@ -91,21 +92,23 @@ start(spec).then(
     for (let i = 0; i < 2 && zeros.length; i++) await embedder.embedBatch(zeros);
     port.postMessage(reply);
     const per = spec.inputSize * spec.inputSize * 3;
-    const source = spec.pixelSource && { redis: createRedis(spec.pixelSource.redisUrl, 'worker'), keys: redisKeys(spec.pixelSource.redisPrefix) };
+    const redis = spec.pixelSource && createRedis(spec.pixelSource.redisUrl, 'worker');
+    // Reads only: the TTL is the writer's (preprocess) business.
+    const tensors = redis && new TensorStore(redis, redisKeys(spec.pixelSource!.redisPrefix), 0);
     // One forward pass at a time: two runs of the session at once would each bring their own
     // intra-op threads, oversubscribing the cores the threads were sized for. Reading the next
     // batch's pixels does not wait for the running pass.
     let queue: Promise<unknown> = Promise.resolve();
-    const forward = (id: number, images: Promise<Uint8Array[]>, sizes?: number[]) => {
+    const forward = (id: number, input: Promise<{ images: Uint8Array[]; sizes?: number[] }>) => {
       const run = queue.then(async () => {
-        const batch = await images;
+        const { images, sizes } = await input;
         const start = performance.now();
-        const data = batch.length ? await embedder.embedBatch(batch) : new Float32Array(0);
-        return { data, seconds: (performance.now() - start) / 1000 };
+        const data = images.length ? await embedder.embedBatch(images) : new Float32Array(0);
+        return { data, sizes, seconds: (performance.now() - start) / 1000 };
       });
       queue = run.catch(() => {});
       run.then(
-        ({ data, seconds }) => {
+        ({ data, sizes, seconds }) => {
           // A copy we own (the runtime may own the output's memory), handed over without another copy.
           const out = data.slice();
           port.postMessage({ type: 'result', id, data: out, seconds, ...(sizes && { sizes }) } satisfies ThreadReply, [out.buffer as ArrayBuffer]);
@@ -115,28 +118,20 @@ start(spec).then(
     };
     port.on('message', (m: ThreadRequest) => {
       if (m.type === 'close') {
-        source?.redis.disconnect();
+        redis?.disconnect();
         void Promise.resolve(embedder.dispose()).finally(() => port.close());
         return;
       }
       if (m.type === 'embed-stored') {
-        if (!source) {
+        if (!tensors) {
           port.postMessage({ type: 'error', id: m.id, message: 'this embed thread has no pixel source' } satisfies ThreadReply);
           return;
         }
-        const sizes: number[] = [];
-        const images = source.redis.mgetBuffer(...m.sha256s.map((h) => source.keys.tensor(h))).then((values) => {
-          const ok: Uint8Array[] = [];
-          for (const v of values) {
-            sizes.push(v ? v.length : -1);
-            if (v && v.length === per) ok.push(v);
-          }
-          return ok;
-        });
-        forward(m.id, images, sizes);
+        const stored = tensors.getMany(m.sha256s);
+        forward(m.id, stored.then((values) => ({ images: values.filter((v): v is Buffer => v?.length === per), sizes: values.map((v) => (v ? v.length : -1)) })));
         return;
       }
-      forward(m.id, Promise.resolve(Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per))));
+      forward(m.id, Promise.resolve({ images: Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per)) }));
     });
   },
   (err: unknown) => port.postMessage({ type: 'failed', message: (err as Error).message } satisfies ThreadReply),

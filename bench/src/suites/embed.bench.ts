@@ -16,8 +16,8 @@ import { exportEfficientNetB0ToOnnx } from '@transferline/feature-worker/model/o
 import { createOnnxEmbedder } from '@transferline/feature-worker/model/onnx.embedder';
 import { enqueue, jobIds, type EmbedJob } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
-import { ensurePythonPeers } from '../python-peers.js';
-import { cpuSeconds, descendants, machine, peakRssMb, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
+import { ensurePythonPeers, PYTHON } from '../python-peers.js';
+import { cpuSeconds, machine, peakRssMb, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 const SIZE = 224 * 224 * 3;
 const BATCHES = [1, 8, 32] as const;
@@ -95,20 +95,24 @@ async function stageRate(o: { backend: string; batch: number; processes: number;
       const images = randomImages(o.n);
       // CPU of every process of the stack over the run, by part: what the stage costs besides the forward pass.
       const embedPids = Object.entries(stack.supervisor.pids()).filter(([k]) => k.startsWith('embed')).map(([, pid]) => pid);
-      const procs = descendants();
-      const partOf = (name: string, pid: number) => (embedPids.includes(pid) ? 'embed workers' : name.startsWith('redis-server#') ? 'Redis' : 'S3 server');
-      let cpuBefore = new Map<string, number>();
+      const parts: [part: string, pids: number[]][] = [
+        ['embed workers', embedPids],
+        ['Redis', [stack.servers.redis?.pid ?? 0]],
+        ['S3 server', [stack.servers.s3?.pid ?? 0]],
+      ];
+      const cpuOf = (pids: number[]) => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+      let cpuBefore: number[] = [];
       let selfBefore = process.cpuUsage();
-      const cpuMs: Record<string, number> = { 'embed workers': 0, Redis: 0, 'S3 server': 0, 'this process (enqueue, polling)': 0 };
+      const cpuMs: Record<string, number> = {};
       const run = await embedThroughQueue(ctx, stack.space.id, images, {
         start: () => {
-          cpuBefore = new Map([...procs].map(([name, pid]) => [name, cpuSeconds(pid)]));
+          cpuBefore = parts.map(([, pids]) => cpuOf(pids));
           selfBefore = process.cpuUsage();
         },
         stop: () => {
           const self = process.cpuUsage(selfBefore);
+          parts.forEach(([part, pids], i) => (cpuMs[part] = ((cpuOf(pids) - cpuBefore[i]!) * 1000) / o.n));
           cpuMs['this process (enqueue, polling)'] = (self.user + self.system) / 1000 / o.n;
-          for (const [name, pid] of procs) cpuMs[partOf(name, pid)]! += ((cpuSeconds(pid) - cpuBefore.get(name)!) * 1000) / o.n;
         },
       });
       const peaks = embedPids.map((pid) => peakRssMb(pid) ?? 0);
@@ -127,7 +131,7 @@ function imagesFor(rate: number, seconds: number, batch: number): number {
 }
 
 async function python(script: string, args: string[]): Promise<string> {
-  const { stdout } = await promisify(execFile)('/usr/bin/python3', [path.join(pythonDir, script), ...args], { timeout: 600_000, env: { ...process.env, OMP_NUM_THREADS: '2', MKL_NUM_THREADS: '2' } });
+  const { stdout } = await promisify(execFile)(PYTHON, [path.join(pythonDir, script), ...args], { timeout: 600_000, env: { ...process.env, OMP_NUM_THREADS: '2', MKL_NUM_THREADS: '2' } });
   return stdout;
 }
 
