@@ -49,6 +49,29 @@ describe('createOnnxEmbedder on the full 224×224 model', () => {
     expect(dot / norms).toBeGreaterThan(0.99999);
   });
 
+  it('gives each row its own image, over batches of changing sizes, one after another and overlapping', async () => {
+    const images = [image(11), image(12), image(13), image(14)];
+    const single: Float32Array[] = [];
+    for (const im of images) single.push(await embedder.embedBatch([im]));
+    const expectRows = (out: Float32Array, which: number[]) => {
+      expect(out).toHaveLength(which.length * 1280);
+      which.forEach((k, row) => {
+        const got = out.subarray(row * 1280, (row + 1) * 1280);
+        const worst = Math.max(...got.map((v, i) => Math.abs(v - single[k]![i]!) / (1 + Math.abs(v))));
+        expect(worst, `row ${row} (image ${k})`).toBeLessThan(1e-4);
+      });
+    };
+    // The input buffer is kept between calls: a smaller batch after a larger one uses part of it.
+    const a = await embedder.embedBatch([images[0]!, images[1]!, images[2]!]);
+    const b = await embedder.embedBatch([images[3]!, images[1]!]);
+    // Two calls at once: the second must not write into the buffer the first is running on.
+    const [c, d] = await Promise.all([embedder.embedBatch([images[2]!, images[0]!]), embedder.embedBatch([images[1]!, images[3]!, images[0]!])]);
+    expectRows(a, [0, 1, 2]);
+    expectRows(b, [3, 1]);
+    expectRows(c, [2, 0]);
+    expectRows(d, [1, 3, 0]);
+  });
+
   it('returns nothing for no images and names a wrongly sized image', async () => {
     expect(await embedder.embedBatch([])).toHaveLength(0);
     await expect(embedder.embedBatch([image(1), new Uint8Array(10)])).rejects.toThrow(

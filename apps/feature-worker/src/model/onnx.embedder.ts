@@ -26,6 +26,13 @@ export interface OnnxEmbedderOptions {
   inputSize?: number;
   /** The output to return, for models with a head (default `embedding`, 1280 wide). */
   output?: { name: string; dim: number };
+  /**
+   * Let ORT's pool threads spin between work items, as ORT does by default (default false).
+   * Alone on the machine that is faster at batch 1; in the embed stage, beside the worker's own
+   * thread, Redis and S3 on the same cores, it was slower (bench: 69–79 against 80–94 img/s at
+   * batch 1 on 2 cores) and no faster at larger batches.
+   */
+  spinning?: boolean;
 }
 
 /**
@@ -50,7 +57,7 @@ export async function createOnnxEmbedder(modelBytes: Uint8Array, o: OnnxEmbedder
     executionMode: 'sequential',
     // ORT's pool threads spin between work items by default; beside the worker's own thread,
     // Redis and the S3 client on the same cores, that spinning takes the CPU they need.
-    extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
+    ...(!o.spinning && { extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } } }),
   });
   try {
     checkSignature(session, size, output);
@@ -61,6 +68,10 @@ export async function createOnnxEmbedder(modelBytes: Uint8Array, o: OnnxEmbedder
 
   const bytesPerImage = size * size * 3;
   const dim = output.dim;
+  // The batch input, kept from one call to the next: a fresh megabytes-large buffer per batch
+  // is external memory that sets off V8's full collections (every ~0.5 s at batch 8).
+  let input: Uint8Array | undefined;
+  let inputBusy = false;
   return {
     inputSize: size,
     dim,
@@ -74,10 +85,24 @@ export async function createOnnxEmbedder(modelBytes: Uint8Array, o: OnnxEmbedder
         }
       });
       if (images.length === 0) return new Float32Array(0);
-      // One tensor for the whole batch: a single image is fed as is, several are concatenated once.
-      const batch = images.length === 1 ? (images[0] as Uint8Array) : concat(images, bytesPerImage);
-      const input = new ort.Tensor('uint8', batch, [images.length, size, size, 3]);
-      const results = await session.run({ [ONNX_INPUT_NAME]: input });
+      // One tensor for the whole batch: a single image is fed as is, several are copied once into
+      // the kept buffer (a new one while a call that overlaps this one holds it).
+      let batch: Uint8Array;
+      let holds = false;
+      if (images.length === 1) batch = images[0] as Uint8Array;
+      else if (inputBusy) batch = concat(images, bytesPerImage, new Uint8Array(images.length * bytesPerImage));
+      else {
+        const need = images.length * bytesPerImage;
+        if (!input || input.length < need) input = new Uint8Array(need);
+        batch = concat(images, bytesPerImage, input.subarray(0, need));
+        inputBusy = holds = true;
+      }
+      let results: ort.InferenceSession.OnnxValueMapType;
+      try {
+        results = await session.run({ [ONNX_INPUT_NAME]: new ort.Tensor('uint8', batch, [images.length, size, size, 3]) });
+      } finally {
+        if (holds) inputBusy = false;
+      }
       const result = results[output.name];
       if (result === undefined || result.type !== 'float32' || result.data.length !== images.length * dim) {
         throw new Error(
@@ -93,10 +118,9 @@ export async function createOnnxEmbedder(modelBytes: Uint8Array, o: OnnxEmbedder
   };
 }
 
-function concat(images: Uint8Array[], bytesPerImage: number): Uint8Array {
-  const batch = new Uint8Array(images.length * bytesPerImage);
-  images.forEach((image, i) => batch.set(image, i * bytesPerImage));
-  return batch;
+function concat(images: Uint8Array[], bytesPerImage: number, into: Uint8Array): Uint8Array {
+  images.forEach((image, i) => into.set(image, i * bytesPerImage));
+  return into;
 }
 
 function checkSignature(session: ort.InferenceSession, size: number, expected: { name: string; dim: number }): void {
