@@ -1,3 +1,4 @@
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -83,6 +84,17 @@ export function cpuSeconds(pid: number): number {
   }
 }
 const CLOCK_TICKS = 100; // USER_HZ: 100 on every Linux architecture Node runs on
+
+/** Whether processes can be pinned to cores here (Linux with util-linux's taskset). */
+export const canPin = process.platform === 'linux' && spawnSync('taskset', ['-V'], { stdio: 'ignore' }).status === 0;
+
+/**
+ * Pins every thread a process has to `cpus` (taskset's list syntax: "0", "1", "0-1"); threads
+ * it starts later inherit the setting from the thread that starts them.
+ */
+export function pinProcess(pid: number, cpus: string): void {
+  execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
+}
 
 /** Polls until `done` holds; throws after `seconds` (a worker that died must not hold the bench open). */
 export async function until(what: string, done: () => Promise<boolean>, seconds = 600, everyMs = 20): Promise<void> {

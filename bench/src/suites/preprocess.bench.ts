@@ -11,7 +11,7 @@ import { startTempStack } from '@transferline/producer/embedded/temp-stack';
 import { configureSharp, prepareImage, type PrepareOptions } from '@transferline/feature-worker/image.ops';
 import { contentHash } from '@transferline/shared';
 import { ensurePythonPeers, PYTHON } from '../python-peers.js';
-import { machine, until, withRatios, type Row, type SuiteResult } from '../report.js';
+import { canPin, machine, pinProcess, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 /**
  * Issue 3's benchmark: decode + resize to 224×224 on the same images held in memory, in one run:
@@ -66,7 +66,7 @@ export async function preprocessBench(o: PreprocessBenchOptions = {}): Promise<S
   const small = await smallJpegs(large.images, o.smallImages ?? 40);
   const sets = [large, small].filter((s) => !o.sets || o.sets.includes(s.id));
   const python = pythonPeers(notes);
-  const pin = process.platform === 'linux' && spawnSync('taskset', ['-V'], { stdio: 'ignore' }).status === 0;
+  const pin = canPin;
   if (!pin) notes.push('taskset not found: stage worker processes not pinned to a core each');
   const rows: Row[] = [];
   const details: Record<string, unknown> = { notes };
@@ -220,7 +220,7 @@ async function startStage(set: ImageSet, processes: number, env: NodeJS.ProcessE
     if (pin) {
       // one core each: worker i on CPU i (threads included); the S3 server and Redis float
       const mine = preprocessPids().filter((pid) => !before.includes(pid));
-      mine.forEach((pid, i) => execFileSync('taskset', ['-a', '-p', '-c', String(i % os.availableParallelism()), String(pid)], { stdio: 'ignore' }));
+      mine.forEach((pid, i) => pinProcess(pid, String(i % os.availableParallelism())));
     }
     const deps = { services: ctx.services, queues: ctx.queues };
     const { space } = await ctx.services.spaces.resolve();
