@@ -2,11 +2,9 @@ import * as tf from '@tensorflow/tfjs';
 import { ChannelRescaling } from './channel-rescaling.layer.js';
 import { KERNEL_GAIN, kernelInitializer, RESIDUAL_BRANCH_VARIANCE } from './efficientnet-b0.initializers.js';
 import { IMAGENET_STD_RGB, Normalization } from './normalization.layer.js';
+import { EFFICIENTNET_B0_EMBEDDING_DIM, EFFICIENTNET_B0_INPUT_SIZE } from './efficientnet-b0.constants.js';
 
-/** Side of the square RGB image the ImageNet weights were trained at. */
-export const EFFICIENTNET_B0_INPUT_SIZE = 224;
-/** Length of the embedding: `top_conv` filters, averaged over space by `avg_pool`. */
-export const EFFICIENTNET_B0_EMBEDDING_DIM = 1280;
+export { EFFICIENTNET_B0_EMBEDDING_DIM, EFFICIENTNET_B0_INPUT_SIZE };
 // Keras' documented minimum for EfficientNet; five stride-2 stages need at least this much.
 const MIN_INPUT_SIZE = 32;
 

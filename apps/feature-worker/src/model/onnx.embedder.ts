@@ -1,5 +1,5 @@
 import * as ort from 'onnxruntime-node';
-import { EFFICIENTNET_B0_EMBEDDING_DIM, EFFICIENTNET_B0_INPUT_SIZE } from './efficientnet-b0.model.js';
+import { EFFICIENTNET_B0_EMBEDDING_DIM, EFFICIENTNET_B0_INPUT_SIZE } from './efficientnet-b0.constants.js';
 import { ONNX_INPUT_NAME, ONNX_OUTPUT_NAME } from './onnx-export.js';
 
 /**
