@@ -1,18 +1,25 @@
 import { describe, expect, it } from 'vitest';
 import { createMetrics, PermanentError, redisKeys } from '@transferline/shared';
+import { TensorStore } from '@transferline/shared/tensors';
 import { embedBatch, type EmbedDeps } from './embed-images.job.js';
 import type { Embedder } from './embedder.js';
 
 const sha = (n: number) => n.toString(16).padStart(64, '0');
 const ID = 'efficientnet-b0.test.squash224';
 
-/** Plain fakes: an in-memory cache and tensor store, an embedder that counts its forward passes. */
+/** Plain fakes: an in-memory cache and Redis under the real tensor store, an embedder that counts its forward passes. */
 function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
   const index = new Map<string, string>(cached.map((h) => [h, 'old 0']));
   const shards: { hashes: string[]; data: Float32Array }[] = [];
   const deleted: string[] = [];
   const failures = new Map<string, string>();
   const forward: number[] = [];
+  const keys = redisKeys('t');
+  const hashOf = (key: string) => key.slice(keys.tensor('').length);
+  const redis = {
+    mgetBuffer: async (...ks: string[]) => ks.map((k) => (pixels[hashOf(k)] ? Buffer.from(pixels[hashOf(k)]!) : null)),
+    del: async (...ks: string[]) => void deleted.push(...ks.map(hashOf)),
+  };
   const embedder: Embedder = {
     inputSize: 2,
     dim: 3,
@@ -27,7 +34,7 @@ function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
     embedderId: ID,
     metrics: createMetrics('test'),
     services: {
-      keys: redisKeys('t'),
+      keys,
       redis: { hset: async (_k: string, f: string, v: string) => void failures.set(f, v) },
       cache: {
         has: async (_id: string, hs: string[]) => hs.map((h) => index.has(h)),
@@ -37,10 +44,7 @@ function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
           return `s${shards.length}`;
         },
       },
-      tensors: {
-        getMany: async (hs: string[]) => hs.map((h) => (pixels[h] ? Buffer.from(pixels[h]!) : null)),
-        delete: async (hs: string[]) => void deleted.push(...hs),
-      },
+      tensors: new TensorStore(redis as never, keys, 0),
     },
   } as unknown as EmbedDeps;
   return { deps, index, shards, deleted, failures, forward };
@@ -103,9 +107,9 @@ describe('embedBatch', () => {
     const stored: Record<string, Uint8Array> = { [sha(1)]: px(1), [sha(2)]: Uint8Array.of(1, 2, 3), [sha(4)]: px(4) };
     const f = fakeDeps({});
     let readHere = 0;
-    f.deps.services.tensors.getMany = () => {
+    f.deps.services.tensors.getBatch = () => {
       readHere++;
-      return Promise.resolve([]);
+      return Promise.resolve({ images: [], sizes: [] });
     };
     const asked: string[][] = [];
     f.deps.embedder.embedStored = async (hashes) => {

@@ -64,9 +64,8 @@ async function forwardStored(deps: EmbedDeps, hashes: string[], per: number): Pr
     if (rows) deps.metrics.embedBatch.observe(rows);
     return r;
   }
-  const stored = await deps.services.tensors.getMany(hashes);
-  const images = stored.filter((p): p is Buffer => p !== null && p.length === per);
-  return { sizes: stored.map((p) => (p ? p.length : -1)), data: images.length ? await forwardFitting(deps, images) : new Float32Array(0) };
+  const { images, sizes } = await deps.services.tensors.getBatch(hashes, per);
+  return { sizes, data: images.length ? await forwardFitting(deps, images) : new Float32Array(0) };
 }
 
 const OUT_OF_MEMORY = /out of memory|OOM|resource exhausted|failed to allocate/i;

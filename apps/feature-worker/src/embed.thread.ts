@@ -77,16 +77,15 @@ async function start(spec: ThreadSpec): Promise<{ embedder: Embedder; reply: Thr
     const embedder = await createOnnxEmbedder(model.bytes, { intraOpThreads: spec.threads, inputSize: spec.inputSize });
     return { embedder, reply: { type: 'ready', provider: 'onnxruntime-node', onnx: { path: model.path, built: model.built } } };
   }
-  const { loadTfRuntime } = await modelBuilder();
-  const { createEfficientNetEmbedder } = await import('./embedder.js');
+  const [{ loadTfRuntime }, { createEfficientNetEmbedder }] = await Promise.all([import('@transferline/shared/tf'), import('./embedder.js')]);
   const rt = await loadTfRuntime(spec.backend);
   const embedder = await createEfficientNetEmbedder(rt, { seed: spec.seed, inputSize: spec.inputSize, ...(spec.weights && { weights: spec.weights }) });
   return { embedder, reply: { type: 'ready', provider: rt.provider } };
 }
 
 /**
- * TF.js and the model's definition, loaded only to build the ONNX graph (a cache miss) or to run
- * on TF.js: with a cached graph the thread's heap stays small (about 3 MB against 26), and every
+ * TF.js, the Keras loader and the model's definition, loaded only to build the ONNX graph (a
+ * cache miss): with a cached graph the thread's heap stays small (7 MB against 26), and every
  * full collection, which the pixel buffers set off about once a second, marks less.
  */
 async function modelBuilder() {
@@ -115,6 +114,9 @@ start(spec).then(
     // batch's pixels does not wait for the running pass.
     let queue: Promise<unknown> = Promise.resolve();
     const forward = (id: number, input: Promise<{ images: Uint8Array[]; sizes?: number[] }>) => {
+      // A read that fails while an earlier pass runs is reported when this batch's turn comes;
+      // until then it must not count as unhandled (that would end the thread, and the worker).
+      input.catch(() => {});
       const run = queue.then(async () => {
         const { images, sizes } = await input;
         const start = performance.now();
@@ -142,8 +144,7 @@ start(spec).then(
           port.postMessage({ type: 'error', id: m.id, message: 'this embed thread has no pixel source' } satisfies ThreadReply);
           return;
         }
-        const stored = tensors.getMany(m.sha256s);
-        forward(m.id, stored.then((values) => ({ images: values.filter((v): v is Buffer => v?.length === per), sizes: values.map((v) => (v ? v.length : -1)) })));
+        forward(m.id, tensors.getBatch(m.sha256s, per));
         return;
       }
       forward(m.id, Promise.resolve({ images: Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per)) }));

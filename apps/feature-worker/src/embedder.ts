@@ -12,8 +12,8 @@ export interface Embedder {
   /**
    * Reads the pixels preprocess stored for `sha256s` and embeds them, where the forward pass
    * runs (an embed thread with its own Redis connection), so the worker's main thread never
-   * holds them. `sizes[i]` is the stored value's length (-1: gone); `data` has one row per image
-   * of the right size, in order. Absent: the caller reads the pixels and calls embedBatch.
+   * holds them. `sizes` is TensorStore.getBatch's; `data` has one row per image of the right
+   * size, in order. Absent: the caller reads the pixels and calls embedBatch.
    */
   embedStored?(sha256s: string[]): Promise<StoredEmbeddings>;
   dispose(): void | Promise<void>;

@@ -24,10 +24,16 @@ export class TensorStore {
     return this.redis.getBuffer(this.keys.tensor(sha256));
   }
 
-  /** The pixels of many images in one round trip (null where they are gone). */
-  async getMany(sha256s: string[]): Promise<(Buffer | null)[]> {
-    if (sha256s.length === 0) return [];
-    return this.redis.mgetBuffer(...sha256s.map((s) => this.keys.tensor(s)));
+  /**
+   * A batch's pixels in one round trip, as a forward pass takes them: `images` holds, in order,
+   * those whose stored value is `bytes` long; `sizes[i]` is the stored length of `sha256s[i]`
+   * (-1: gone, its TTL passed or it was evicted), so a caller can tell a gone image from a
+   * malformed one.
+   */
+  async getBatch(sha256s: string[], bytes: number): Promise<{ images: Buffer[]; sizes: number[] }> {
+    if (sha256s.length === 0) return { images: [], sizes: [] };
+    const values = await this.redis.mgetBuffer(...sha256s.map((s) => this.keys.tensor(s)));
+    return { images: values.filter((v): v is Buffer => v?.length === bytes), sizes: values.map((v) => (v ? v.length : -1)) };
   }
 
   async delete(sha256s: string[]): Promise<void> {

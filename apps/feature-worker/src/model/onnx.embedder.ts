@@ -29,8 +29,9 @@ export interface OnnxEmbedderOptions {
   /**
    * Let ORT's pool threads spin between work items, as ORT does by default (default false).
    * Alone on the machine that is faster at batch 1; in the embed stage, beside the worker's own
-   * thread, Redis and S3 on the same cores, it was slower (bench: 69–79 against 80–94 img/s at
-   * batch 1 on 2 cores) and no faster at larger batches.
+   * thread, Redis and S3 on the same cores, it was slower (measured on 2 cores: 69–79 against
+   * 80–94 img/s at batch 1) and no faster at batch 8 or 32. The benchmark uses it to compare
+   * graphs under ORT's defaults.
    */
   spinning?: boolean;
 }
