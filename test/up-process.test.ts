@@ -22,6 +22,31 @@ let env: NodeJS.ProcessEnv;
 let base: number;
 const running: ChildProcess[] = [];
 
+/** Each thread of a process with the kernel function it sleeps in (/proc/…/wchan). */
+function whereWaiting(p: { pid: number; cmd: string }): string {
+  try {
+    const threads = readdirSync(`/proc/${p.pid}/task`).map((t) => {
+      const read = (f: string) => readFileSync(`/proc/${p.pid}/task/${t}/${f}`, 'utf8').trim();
+      return `${t} ${read('comm')} ${read('wchan')}`;
+    });
+    return `${p.pid} threads: ${threads.join(', ')}`;
+  } catch {
+    return `${p.pid}: gone while looked at`;
+  }
+}
+
+/** The last lines of every worker log of the stack. */
+function logTails(dir: string): string {
+  const logs = path.join(dir, 'logs');
+  try {
+    return readdirSync(logs)
+      .map((f) => `--- ${f}\n${readFileSync(path.join(logs, f), 'utf8').trimEnd().split('\n').slice(-8).join('\n')}`)
+      .join('\n');
+  } catch {
+    return `(no logs in ${logs})`;
+  }
+}
+
 /** Every process below `pid` (children, grandchildren…), from /proc. */
 function descendants(pid: number): { pid: number; cmd: string }[] {
   const parentOf = new Map<number, number>();
@@ -138,8 +163,11 @@ describe('transferline up, as a process', () => {
     expect(children.length).toBeGreaterThanOrEqual(5); // redis, s3, preprocess, embed, train
     first.child.kill('SIGKILL');
     await until('no orphans', () => children.every((c) => !isRunning(c.pid)), 30).catch((err: Error) => {
-      const left = children.filter((c) => isRunning(c.pid)).map((c) => `${c.pid} ${processState(c.pid)} ${c.cmd.split(' ').slice(0, 3).join(' ')}`);
-      throw new Error(`${err.message}; still running: ${left.join('; ')}`);
+      const left = children.filter((c) => isRunning(c.pid));
+      const named = left.map((c) => `${c.pid} ${processState(c.pid)} ${c.cmd.split(' ').slice(0, 3).join(' ')}`);
+      // Seen about once in six full runs, for a different worker each time: say where each
+      // leftover is waiting, and what its log said last, so the next failure explains itself.
+      throw new Error(`${err.message}; still running: ${named.join('; ')}\n${left.map(whereWaiting).join('\n')}\n${logTails(dataDir)}`);
     });
 
     // nor anything it started later (a worker restarted after the list above was taken)
