@@ -1,4 +1,6 @@
 import { execFile } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -6,7 +8,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
-import { ObjectStore } from '../packages/shared/src/index.js';
+import { ObjectChangedError, ObjectNotFoundError, ObjectStore, ObjectTooLargeError } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
 
 /**
@@ -111,6 +113,60 @@ describe('the embedded S3 server', () => {
     await expect(store.putObject(bucket, `train/cat/${long}`, Buffer.from('x'))).rejects.toThrow(/KeyTooLong|too long/i);
     expect(s3.process.pid).toBe(pid);
     expect((await store.getObject(bucket, 'train/cat/1.jpg')).toString()).toBe('not really a jpeg');
+  });
+
+  it('reads objects directly, and asks the SDK again when the answer is not a plain one', async () => {
+    // A pass-through proxy in front of the server: it records each request, telling the SDK's
+    // (which carry amz-sdk-invocation-id) from the direct ones, and can answer 503 once.
+    const seen: { path: string; sdk: boolean; status: number }[] = [];
+    let failNext = false;
+    const target = new URL(s3.endpoint);
+    const proxy = http.createServer((req, res) => {
+      const entry = { path: req.url ?? '', sdk: req.headers['amz-sdk-invocation-id'] !== undefined, status: 0 };
+      seen.push(entry);
+      if (failNext) {
+        failNext = false;
+        entry.status = 503;
+        res.writeHead(503, { 'content-type': 'application/xml' }).end('<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>');
+        return;
+      }
+      const up = http.request({ hostname: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (r) => {
+        entry.status = r.statusCode ?? 0;
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const via = new ObjectStore({ endpoint: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, region: 'us-east-1', ...creds, forcePathStyle: true });
+    try {
+      // keys that need encoding: space, plus, non-ASCII, and the characters RFC 3986 reserves
+      const key = "train/odd/a b+c é (1)!*'~.jpg";
+      const body = Buffer.from('odd bytes '.repeat(1000));
+      await store.putObject(bucket, key, body);
+      const etag = (await store.headObject(bucket, key))!.etag;
+
+      seen.length = 0;
+      expect((await via.getObject(bucket, key, Infinity, { ifMatch: etag })).equals(body)).toBe(true);
+      expect(seen).toEqual([{ path: expect.stringContaining('/photos/train/odd/a%20b%2Bc%20%C3%A9%20%281%29%21%2A%27~.jpg'), sdk: false, status: 200 }]);
+
+      // the plain refusals are settled in one direct request, with the usual errors
+      seen.length = 0;
+      await expect(via.getObject(bucket, 'train/odd/missing.jpg')).rejects.toBeInstanceOf(ObjectNotFoundError);
+      await expect(via.getObject(bucket, key, Infinity, { ifMatch: '0'.repeat(32) })).rejects.toBeInstanceOf(ObjectChangedError);
+      await expect(via.getObject(bucket, key, 100)).rejects.toBeInstanceOf(ObjectTooLargeError);
+      expect(seen.map((r) => r.sdk)).toEqual([false, false, false]);
+
+      // a 503 is asked again through the SDK, which gets the object
+      seen.length = 0;
+      failNext = true;
+      expect((await via.getObject(bucket, key)).equals(body)).toBe(true);
+      expect(seen.map((r) => [r.sdk, r.status])).toEqual([[false, 503], [true, 200]]);
+    } finally {
+      via.close();
+      await new Promise((r) => proxy.close(r));
+    }
   });
 
   it('lists 2,500 keys (continuation tokens past the first 1,000)', async () => {

@@ -15,6 +15,7 @@ import {
 import type { Readable } from 'node:stream';
 import type { z } from 'zod';
 import { parseDocument } from './documents.js';
+import { DirectGet } from './s3.direct-get.js';
 
 /** Where and how to reach an S3-compatible server. */
 export interface S3Settings {
@@ -86,6 +87,7 @@ function isNotFound(err: unknown): boolean {
  */
 export class ObjectStore {
   private readonly client: S3Client;
+  private readonly direct: DirectGet | undefined;
 
   constructor(settings: S3Settings) {
     this.client = new S3Client({
@@ -102,6 +104,7 @@ export class ObjectStore {
       // 0.06 ms less client CPU per small GET (measured against the embedded server).
       cacheMiddleware: true,
     });
+    this.direct = DirectGet.supports(settings) ? new DirectGet(settings) : undefined;
   }
 
   /** Creates the bucket unless it exists already. */
@@ -141,8 +144,25 @@ export class ObjectStore {
    * Downloads an object into memory. The size is checked from the response headers before the
    * body is read, so an oversized object costs one request and no transfer. With `ifMatch` (an
    * ETag without quotes) it downloads only that content, or throws ObjectChangedError.
+   * Path-style endpoints are read directly (see DirectGet: a quarter of the SDK's CPU per
+   * request); what that path cannot settle is asked again through the SDK.
    */
   async getObject(bucket: string, key: string, maxBytes = Number.POSITIVE_INFINITY, o: { ifMatch?: string } = {}): Promise<Buffer> {
+    if (this.direct) {
+      const r = await this.direct.get(bucket, key, maxBytes, o.ifMatch);
+      if (r.kind === 'body') {
+        const changed = changedContent(r.etag, bucket, key, o.ifMatch);
+        if (changed) throw changed;
+        return r.body;
+      }
+      if (r.kind === 'too-large') throw new ObjectTooLargeError(bucket, key, r.size, maxBytes);
+      if (r.kind === 'status' && r.status === 404) throw new ObjectNotFoundError(bucket, key);
+      if (r.kind === 'status' && o.ifMatch !== undefined) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
+    }
+    return this.getObjectViaSdk(bucket, key, maxBytes, o);
+  }
+
+  private async getObjectViaSdk(bucket: string, key: string, maxBytes: number, o: { ifMatch?: string }): Promise<Buffer> {
     let res;
     try {
       res = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key, ...(o.ifMatch !== undefined && { IfMatch: `"${o.ifMatch}"` }) }));
@@ -151,13 +171,12 @@ export class ObjectStore {
       if (o.ifMatch !== undefined && err instanceof S3ServiceException && err.$metadata.httpStatusCode === 412) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
       throw err;
     }
-    // Servers that ignore If-Match (the embedded one) still say which content they sent.
-    const etag = res.ETag?.replace(/"/g, '');
-    if (o.ifMatch !== undefined && etag !== undefined && etag !== o.ifMatch) {
-      (res.Body as Readable | undefined)?.destroy();
-      throw new ObjectChangedError(bucket, key, o.ifMatch, etag);
-    }
     const body = res.Body as Readable | undefined;
+    const changed = changedContent(res.ETag?.replace(/"/g, ''), bucket, key, o.ifMatch);
+    if (changed) {
+      body?.destroy();
+      throw changed;
+    }
     if (!body) return Buffer.alloc(0);
     const length = res.ContentLength ?? 0;
     if (length > maxBytes) {
@@ -242,8 +261,17 @@ export class ObjectStore {
   }
 
   close(): void {
+    this.direct?.close();
     this.client.destroy();
   }
+}
+
+/**
+ * Servers that ignore If-Match (the embedded one) still say which content they sent: content
+ * other than the listed one is refused.
+ */
+function changedContent(etag: string | undefined, bucket: string, key: string, ifMatch: string | undefined): ObjectChangedError | undefined {
+  return ifMatch !== undefined && etag !== undefined && etag !== ifMatch ? new ObjectChangedError(bucket, key, ifMatch, etag) : undefined;
 }
 
 function stripQuotes(etag: string | undefined): string {

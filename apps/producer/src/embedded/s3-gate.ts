@@ -1,6 +1,7 @@
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SignatureV4 } from '@smithy/signature-v4';
+import { Sha256 } from '@transferline/shared/sigv4';
 
 /**
  * The embedded S3 server's front door. s3rver accepts anonymous requests, does not check
@@ -27,26 +28,6 @@ const MAX_SKEW_MS = 15 * 60_000;
 const MAX_KEY_BYTES = 1024;
 /** s3rver stores a key as `<dir>/<bucket>/<key>._S3rver_object` (and siblings): room for the suffix under NAME_MAX. */
 const MAX_SEGMENT_BYTES = 200;
-
-/** Node's SHA-256 in the shape the SDK's signer wants (an HMAC when given a secret). */
-class Sha256 {
-  private readonly hash;
-  constructor(secret?: string | Uint8Array | ArrayBuffer | ArrayBufferView) {
-    this.hash = secret === undefined ? createHash('sha256') : createHmac('sha256', toBytes(secret));
-  }
-  update(data: string | Uint8Array | ArrayBuffer | ArrayBufferView): void {
-    this.hash.update(toBytes(data));
-  }
-  digest(): Promise<Uint8Array> {
-    return Promise.resolve(this.hash.digest());
-  }
-}
-
-function toBytes(d: string | Uint8Array | ArrayBuffer | ArrayBufferView): Uint8Array | string {
-  if (typeof d === 'string' || d instanceof Uint8Array) return d;
-  if (ArrayBuffer.isView(d)) return new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
-  return new Uint8Array(d);
-}
 
 /** `Credential=AKID/20261128/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=…` */
 const AUTH_RE = /^AWS4-HMAC-SHA256\s+Credential=([^/,\s]+)\/(\d{8})\/([^/,\s]+)\/([^/,\s]+)\/aws4_request\s*,\s*SignedHeaders=([a-z0-9;._-]+)\s*,\s*Signature=([0-9a-f]{64})\s*$/i;
