@@ -127,7 +127,11 @@ type Measurer = () => Promise<{ images: number; seconds: number }>;
 
 async function roundRobin(variants: Record<string, Measurer>, seconds: number): Promise<Record<string, number>> {
   const total = Object.fromEntries(Object.keys(variants).map((k) => [k, { images: 0, seconds: 0 }]));
-  for (const m of Object.values(variants)) await m(); // warm-up
+  // Warm-up, twice each: a stage's second call is a full pass (~PASS_SECONDS), so its workers'
+  // JIT and heap reach their steady state as the raw loop's do within its first second.
+  // Measured on 640×480: a fresh stage worker's rate rose from about 175 to 205-235 img/s over
+  // its first 1,600 images.
+  for (let i = 0; i < 2; i++) for (const m of Object.values(variants)) await m();
   const line: string[] = [];
   while (Object.values(total).some((t) => t.seconds < seconds)) {
     for (const [k, m] of Object.entries(variants)) {

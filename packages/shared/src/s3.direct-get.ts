@@ -10,6 +10,9 @@ export type DirectGetResult =
   | { kind: 'too-large'; size: number }
   | { kind: 'other' };
 
+/** The SHA-256 of no bytes: a GET's payload hash, as the SDK signs it. */
+const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
+
 /** How long a direct GET may sit without a byte before it is handed to the SDK instead. */
 const IDLE_TIMEOUT_MS = 30_000;
 
@@ -65,7 +68,7 @@ export class DirectGet {
       path,
       headers: {
         host: this.base.host,
-        'x-amz-content-sha256': 'UNSIGNED-PAYLOAD',
+        'x-amz-content-sha256': EMPTY_SHA256,
         ...(ifMatch !== undefined && { 'if-match': `"${ifMatch}"` }),
       },
     });
