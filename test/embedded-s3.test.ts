@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -115,14 +115,14 @@ describe('the embedded S3 server', () => {
     expect((await store.getObject(bucket, 'train/cat/1.jpg')).toString()).toBe('not really a jpeg');
   });
 
-  it('reads objects directly, and asks the SDK again when the answer is not a plain one', async () => {
+  it('reads and writes objects directly, and asks the SDK again when the answer is not a plain one', async () => {
     // A pass-through proxy in front of the server: it records each request, telling the SDK's
     // (which carry amz-sdk-invocation-id) from the direct ones, and can answer 503 once.
-    const seen: { path: string; sdk: boolean; status: number }[] = [];
+    const seen: { method?: string; path: string; sdk: boolean; status: number }[] = [];
     let failNext = false;
     const target = new URL(s3.endpoint);
     const proxy = http.createServer((req, res) => {
-      const entry = { path: req.url ?? '', sdk: req.headers['amz-sdk-invocation-id'] !== undefined, status: 0 };
+      const entry = { method: req.method, path: req.url ?? '', sdk: req.headers['amz-sdk-invocation-id'] !== undefined, status: 0 };
       seen.push(entry);
       if (failNext) {
         failNext = false;
@@ -144,12 +144,14 @@ describe('the embedded S3 server', () => {
       // keys that need encoding: space, plus, non-ASCII, and the characters RFC 3986 reserves
       const key = "train/odd/a b+c é (1)!*'~.jpg";
       const body = Buffer.from('odd bytes '.repeat(1000));
-      await store.putObject(bucket, key, body);
+      await via.putObject(bucket, key, body);
       const etag = (await store.headObject(bucket, key))!.etag;
+      expect((await store.getObject(bucket, key)).equals(body)).toBe(true);
 
       seen.length = 0;
       expect((await via.getObject(bucket, key, Infinity, { ifMatch: etag })).equals(body)).toBe(true);
-      expect(seen).toEqual([{ path: expect.stringContaining('/photos/train/odd/a%20b%2Bc%20%C3%A9%20%281%29%21%2A%27~.jpg'), sdk: false, status: 200 }]);
+      const encoded = '/photos/train/odd/a%20b%2Bc%20%C3%A9%20%281%29%21%2A%27~.jpg';
+      expect(seen).toEqual([{ method: 'GET', path: expect.stringContaining(encoded), sdk: false, status: 200 }]);
 
       // the plain refusals are settled in one direct request, with the usual errors
       seen.length = 0;
@@ -158,11 +160,24 @@ describe('the embedded S3 server', () => {
       await expect(via.getObject(bucket, key, 100)).rejects.toBeInstanceOf(ObjectTooLargeError);
       expect(seen.map((r) => r.sdk)).toEqual([false, false, false]);
 
+      // a PUT is one direct request too, and awscli reads back its bytes
+      seen.length = 0;
+      await via.putObject(bucket, 'train/odd/manifest.json', '{"ü": 1}', 'application/json');
+      expect(seen.map((r) => [r.method, r.sdk, r.status])).toEqual([['PUT', false, 200]]);
+      const back = await aws(['s3', 'cp', `s3://${bucket}/train/odd/manifest.json`, path.join(dir, 'aws-manifest.json')]);
+      expect(back.code).toBe(0);
+      expect(await readFile(path.join(dir, 'aws-manifest.json'), 'utf8')).toBe('{"ü": 1}');
+
       // a 503 is asked again through the SDK, which gets the object
       seen.length = 0;
       failNext = true;
       expect((await via.getObject(bucket, key)).equals(body)).toBe(true);
-      expect(seen.map((r) => [r.sdk, r.status])).toEqual([[false, 503], [true, 200]]);
+      expect(seen.map((r) => [r.method, r.sdk, r.status])).toEqual([['GET', false, 503], ['GET', true, 200]]);
+      seen.length = 0;
+      failNext = true;
+      await via.putObject(bucket, key, Buffer.from('second version'));
+      expect(seen.map((r) => [r.method, r.sdk, r.status])).toEqual([['PUT', false, 503], ['PUT', true, 200]]);
+      expect((await store.getObject(bucket, key)).toString()).toBe('second version');
     } finally {
       via.close();
       await new Promise((r) => proxy.close(r));
