@@ -15,7 +15,7 @@ import {
 import type { Readable } from 'node:stream';
 import type { z } from 'zod';
 import { parseDocument } from './documents.js';
-import { DirectS3 } from './s3.direct.js';
+import { DirectS3 } from './s3-direct.client.js';
 
 /** Where and how to reach an S3-compatible server. */
 export interface S3Settings {

@@ -1,7 +1,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { Sha256 } from '@transferline/shared/sigv4';
+import { Sha256 } from '@transferline/shared/s3-signing';
 
 /**
  * The embedded S3 server's front door. s3rver accepts anonymous requests, does not check

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { encodeKeyPath, Sha256 } from './sigv4.js';
+import { encodeKeyPath, Sha256 } from './s3.signing.js';
 
 /** What a direct GET came back with: the whole body, a definite answer, or "ask the SDK". */
 export type DirectGetResult =
