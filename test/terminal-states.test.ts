@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { retryCommand } from '../apps/producer/src/commands/retry.command.js';
 import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
+import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { jobIds, ReportDoc } from '../packages/shared/src/index.js';
 import { startFaultyS3, type FaultProxy, type FaultyS3 } from './support/fault-proxy.js';
@@ -228,11 +229,36 @@ describe('a command never waits for ever', () => {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
     }
     // the stack's space is gone with the flush; the embed worker's heartbeat publishes it again
-    const deadline = Date.now() + 20_000;
-    while (!(await ctx.services.spaces.get(stack.space.id))) {
-      if (Date.now() > deadline) throw new Error('the space was not published again');
-      await new Promise((r) => setTimeout(r, 200));
+    const republished = async () => {
+      const deadline = Date.now() + 20_000;
+      while (!(await ctx.services.spaces.get(stack.space.id))) {
+        if (Date.now() > deadline) throw new Error('the space was not published again');
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+    await republished();
+
+    // The flush landing between the wait's two reads (existence, and the status that follows):
+    // the status then says nothing is pending, which must end as vanished, not as done.
+    await ctx.services.store.putObject(photos, 'flush/square/w.jpg', await renderSample('square', 91, 4));
+    stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
+    try {
+      const space = stack.space;
+      expect((await ingestPrefix({ bucket: photos, prefix: 'flush/', dataset: 'flushed-mid-read', space }, ctx)).enqueued).toBe(2);
+      const inspector = ctx.services.inspector;
+      let flushes = 0;
+      const mid = Object.create(inspector) as typeof inspector;
+      mid.status = async (d: string) => {
+        if (flushes++ === 0) await ctx.services.redis.flushall();
+        return inspector.status(d);
+      };
+      const flushing = { ...ctx, services: { ...ctx.services, inspector: mid } } as CliContext;
+      await expect(waitForDataset(flushing, 'flushed-mid-read', { space: space.id, stallSeconds: 30 })).rejects.toMatchObject({ code: 5 });
+      expect(flushes).toBe(1);
+    } finally {
+      stack.supervisor.signal('preprocess', 1, 'SIGCONT');
     }
+    await republished();
   }, 90_000);
 });
 

@@ -32,10 +32,12 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
 
   /** One look at the dataset: its status when the wait is over, undefined to go on waiting. */
   const look = async (): Promise<DatasetStatus | undefined> => {
+    // Read, then check that the dataset is still there: a flush that lands while the status is
+    // read leaves a status of nothing pending (0 images), which must not pass for done.
+    const s = await ctx.services.inspector.status(dataset);
     if (!(await ctx.services.datasets.exists(dataset))) {
       throw new CliExit(EXIT.vanished, `dataset ${dataset} vanished from Redis while waiting: its data was lost or flushed. Ingest again to rebuild it (the embeddings in the bucket are kept: "transferline cache rebuild-index" restores their index).`);
     }
-    const s = await ctx.services.inspector.status(dataset);
     const done = s.embedded + s.failed;
     bar.update(done, s.total, `embedded ${s.embedded} (cached ${s.cached}), failed ${s.failed}`);
     if (s.pending + s.orphaned === 0) return s;
