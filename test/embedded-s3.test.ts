@@ -117,67 +117,92 @@ describe('the embedded S3 server', () => {
 
   it('reads and writes objects directly, and asks the SDK again when the answer is not a plain one', async () => {
     // A pass-through proxy in front of the server: it records each request, telling the SDK's
-    // (which carry amz-sdk-invocation-id) from the direct ones, and can answer 503 once.
+    // (which carry amz-sdk-invocation-id) from the direct ones. It can refuse the next direct
+    // requests with a status, and send bodies chunked (no Content-Length), as some proxies do.
     const seen: { method?: string; path: string; sdk: boolean; status: number }[] = [];
-    let failNext = false;
+    const fault = { direct: 0, status: 503, chunked: false };
     const target = new URL(s3.endpoint);
     const proxy = http.createServer((req, res) => {
       const entry = { method: req.method, path: req.url ?? '', sdk: req.headers['amz-sdk-invocation-id'] !== undefined, status: 0 };
       seen.push(entry);
-      if (failNext) {
-        failNext = false;
-        entry.status = 503;
-        res.writeHead(503, { 'content-type': 'application/xml' }).end('<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>');
+      if (!entry.sdk && fault.direct > 0) {
+        fault.direct--;
+        entry.status = fault.status;
+        req.resume();
+        res.writeHead(fault.status, { 'content-type': 'application/xml' }).end(`<Error><Code>Injected${fault.status}</Code><Message>injected by the test</Message></Error>`);
         return;
       }
-      const up = http.request({ hostname: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (r) => {
+      // a connection of its own each time: no stale keep-alive socket can turn into a failure
+      const up = http.request({ hostname: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers, agent: false }, (r) => {
         entry.status = r.statusCode ?? 0;
-        res.writeHead(r.statusCode ?? 502, r.headers);
+        const headers = { ...r.headers };
+        if (fault.chunked) delete headers['content-length'];
+        res.writeHead(r.statusCode ?? 502, headers);
         r.pipe(res);
       });
       up.on('error', () => res.destroy());
       req.pipe(up);
     });
+    proxy.keepAliveTimeout = 60_000;
     await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
     const via = new ObjectStore({ endpoint: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, region: 'us-east-1', ...creds, forcePathStyle: true });
+    const calls = () => seen.splice(0).map((r) => [r.method, r.sdk ? 'sdk' : 'direct', r.status]);
     try {
       // keys that need encoding: space, plus, non-ASCII, and the characters RFC 3986 reserves
       const key = "train/odd/a b+c é (1)!*'~.jpg";
       const body = Buffer.from('odd bytes '.repeat(1000));
       await via.putObject(bucket, key, body);
+      expect(calls()).toEqual([['PUT', 'direct', 200]]);
       const etag = (await store.headObject(bucket, key))!.etag;
       expect((await store.getObject(bucket, key)).equals(body)).toBe(true);
 
-      seen.length = 0;
       expect((await via.getObject(bucket, key, Infinity, { ifMatch: etag })).equals(body)).toBe(true);
       const encoded = '/photos/train/odd/a%20b%2Bc%20%C3%A9%20%281%29%21%2A%27~.jpg';
       expect(seen).toEqual([{ method: 'GET', path: expect.stringContaining(encoded), sdk: false, status: 200 }]);
+      seen.length = 0;
 
       // the plain refusals are settled in one direct request, with the usual errors
-      seen.length = 0;
       await expect(via.getObject(bucket, 'train/odd/missing.jpg')).rejects.toBeInstanceOf(ObjectNotFoundError);
       await expect(via.getObject(bucket, key, Infinity, { ifMatch: '0'.repeat(32) })).rejects.toBeInstanceOf(ObjectChangedError);
       await expect(via.getObject(bucket, key, 100)).rejects.toBeInstanceOf(ObjectTooLargeError);
-      expect(seen.map((r) => r.sdk)).toEqual([false, false, false]);
+      // as from a server that honours If-Match
+      Object.assign(fault, { direct: 1, status: 412 });
+      await expect(via.getObject(bucket, key, Infinity, { ifMatch: etag })).rejects.toBeInstanceOf(ObjectChangedError);
+      expect(calls()).toEqual([['GET', 'direct', 404], ['GET', 'direct', 200], ['GET', 'direct', 200], ['GET', 'direct', 412]]);
+
+      // without a Content-Length: read whole, or stopped at the limit, still in one request
+      fault.chunked = true;
+      expect((await via.getObject(bucket, key)).equals(body)).toBe(true);
+      await expect(via.getObject(bucket, key, 100)).rejects.toBeInstanceOf(ObjectTooLargeError);
+      fault.chunked = false;
+      expect(calls()).toEqual([['GET', 'direct', 200], ['GET', 'direct', 200]]);
 
       // a PUT is one direct request too, and awscli reads back its bytes
-      seen.length = 0;
       await via.putObject(bucket, 'train/odd/manifest.json', '{"ü": 1}', 'application/json');
-      expect(seen.map((r) => [r.method, r.sdk, r.status])).toEqual([['PUT', false, 200]]);
+      expect(calls()).toEqual([['PUT', 'direct', 200]]);
       const back = await aws(['s3', 'cp', `s3://${bucket}/train/odd/manifest.json`, path.join(dir, 'aws-manifest.json')]);
       expect(back.code).toBe(0);
       expect(await readFile(path.join(dir, 'aws-manifest.json'), 'utf8')).toBe('{"ü": 1}');
 
-      // a 503 is asked again through the SDK, which gets the object
-      seen.length = 0;
-      failNext = true;
+      // a 503 is asked again through the SDK, which gets it done
+      Object.assign(fault, { direct: 1, status: 503 });
       expect((await via.getObject(bucket, key)).equals(body)).toBe(true);
-      expect(seen.map((r) => [r.method, r.sdk, r.status])).toEqual([['GET', false, 503], ['GET', true, 200]]);
-      seen.length = 0;
-      failNext = true;
+      expect(calls()).toEqual([['GET', 'direct', 503], ['GET', 'sdk', 200]]);
+      fault.direct = 1;
       await via.putObject(bucket, key, Buffer.from('second version'));
-      expect(seen.map((r) => [r.method, r.sdk, r.status])).toEqual([['PUT', false, 503], ['PUT', true, 200]]);
+      expect(calls()).toEqual([['PUT', 'direct', 503], ['PUT', 'sdk', 200]]);
       expect((await store.getObject(bucket, key)).toString()).toBe('second version');
+
+      // 20 hand-overs in a row (a direct answer first, which restarts the count): the direct
+      // path rests, and requests go to the SDK alone
+      await via.getObject(bucket, key);
+      expect(calls()).toEqual([['GET', 'direct', 200]]);
+      fault.direct = 20;
+      for (let i = 0; i < 20; i++) await via.getObject(bucket, key);
+      expect(calls().filter(([, by]) => by === 'direct')).toHaveLength(20);
+      await via.getObject(bucket, key);
+      await via.putObject(bucket, 'train/odd/rest.txt', 'x');
+      expect(calls()).toEqual([['GET', 'sdk', 200], ['PUT', 'sdk', 200]]);
     } finally {
       via.close();
       await new Promise((r) => proxy.close(r));

@@ -238,8 +238,9 @@ describe('a command never waits for ever', () => {
     };
     await republished();
 
-    // The flush landing between the wait's two reads (existence, and the status that follows):
-    // the status then says nothing is pending, which must end as vanished, not as done.
+    // The flush landing just before the wait reads the status (the race the wait had when it
+    // checked existence first): the status then says nothing is pending, which must end as
+    // vanished, not as done.
     await ctx.services.store.putObject(photos, 'flush/square/w.jpg', await renderSample('square', 91, 4));
     stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
     try {

@@ -1,3 +1,4 @@
+import { Buffer, constants as bufferConstants } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
@@ -6,8 +7,9 @@ import { encodeKeyPath, Sha256 } from './s3.signing.js';
 
 /** What a direct GET came back with: the whole body, a definite answer, or "ask the SDK". */
 export type DirectGetResult =
-  | { kind: 'body'; body: Buffer; etag: string | undefined }
-  | { kind: 'status'; status: 404 | 412 }
+  | { kind: 'body'; body: Buffer }
+  | { kind: 'not-found' }
+  | { kind: 'changed'; etag: string | undefined }
   | { kind: 'too-large'; size: number }
   | { kind: 'other' };
 
@@ -15,7 +17,11 @@ export type DirectGetResult =
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
 /** How long a direct request may sit without a byte before it is handed to the SDK instead. */
-const IDLE_TIMEOUT_MS = 30_000;
+const IDLE_TIMEOUT_MS = 120_000;
+/** After this many answers in a row that the SDK had to take over, the direct path rests... */
+const FALLBACKS_BEFORE_REST = 20;
+/** ...for this long: a server it does not suit (or an outage) costs one request, not two. */
+const REST_MS = 60_000;
 
 /**
  * Whole-object GETs and PUTs without the SDK's middleware stack: signed by the SDK's own SigV4
@@ -23,18 +29,29 @@ const IDLE_TIMEOUT_MS = 30_000;
  * the SDK's GetObject took about 0.95 ms of CPU per image, this about 0.25-0.45 ms; the embed
  * worker writes two objects per batch. Only path-style endpoints (the default here, and what
  * MinIO, SeaweedFS and the embedded server use); only the plain answers (200, and for a GET
- * 404 and 412). Anything else, a refusal, a 5xx, a redirect, a dropped connection, comes back
- * as `other`, and the caller asks again through the SDK, which retries and words the error as
- * it always has. A PUT sent twice stores the same bytes twice: harmless.
+ * 404, 412 or another ETag, and a body over the limit). Anything else, a refusal, a 5xx, a
+ * redirect, a dropped connection, comes back as `other`, and the caller asks again through the
+ * SDK, which retries and words the error as it always has. A PUT sent twice stores the same
+ * bytes twice: harmless. Requests are signed at the SDK's clock offset, which it corrects on a
+ * skew error; 20 hand-overs in a row rest the direct path for a minute.
  */
 export class DirectS3 {
   private readonly signer: SignatureV4;
   private readonly agent: http.Agent;
   private readonly request: typeof http.request;
   private readonly base: URL;
+  /** `URL.hostname` keeps an IPv6 address's brackets; a socket wants it bare. */
+  private readonly connectHost: string;
+  private fallbacks = 0;
+  private restUntil = 0;
 
-  constructor(o: { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string }) {
+  constructor(
+    o: { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string },
+    /** the SDK's correction of this machine's clock (ms), so both sign at the same time */
+    private readonly clockOffsetMs: () => number = () => 0,
+  ) {
     this.base = new URL(o.endpoint);
+    this.connectHost = this.base.hostname.replace(/^\[(.*)\]$/, '$1');
     const tls = this.base.protocol === 'https:';
     this.agent = tls ? new https.Agent({ keepAlive: true, maxSockets: 50 }) : new http.Agent({ keepAlive: true, maxSockets: 50 });
     this.request = tls ? https.request : http.request;
@@ -59,23 +76,69 @@ export class DirectS3 {
     }
   }
 
+  /** False while the direct path rests after too many hand-overs in a row. */
+  get usable(): boolean {
+    return Date.now() >= this.restUntil;
+  }
+
+  private tally<T>(result: T, handedOver: boolean): T {
+    if (!handedOver) this.fallbacks = 0;
+    else if (++this.fallbacks >= FALLBACKS_BEFORE_REST) {
+      this.fallbacks = 0;
+      this.restUntil = Date.now() + REST_MS;
+    }
+    return result;
+  }
+
   private async signed(method: 'GET' | 'PUT', bucket: string, key: string, headers: Record<string, string>): Promise<{ path: string; headers: Record<string, string> }> {
     const path = `${this.base.pathname.replace(/\/+$/, '')}/${encodeURIComponent(bucket)}/${encodeKeyPath(key)}`;
-    const req = await this.signer.sign({
-      method,
-      protocol: this.base.protocol,
-      hostname: this.base.hostname,
-      ...(this.base.port !== '' && { port: Number(this.base.port) }),
-      path,
-      headers: { host: this.base.host, ...headers },
-    });
+    const req = await this.signer.sign(
+      {
+        method,
+        protocol: this.base.protocol,
+        hostname: this.base.hostname,
+        ...(this.base.port !== '' && { port: Number(this.base.port) }),
+        path,
+        headers: { host: this.base.host, ...headers },
+      },
+      { signingDate: new Date(Date.now() + this.clockOffsetMs()) },
+    );
     return { path, headers: req.headers };
   }
 
-  private send(method: 'GET' | 'PUT', path: string, headers: Record<string, string>): http.ClientRequest {
-    const req = this.request({ agent: this.agent, protocol: this.base.protocol, hostname: this.base.hostname, port: this.base.port, method, path, headers });
-    req.setTimeout(IDLE_TIMEOUT_MS, () => req.destroy(new Error('idle')));
-    return req;
+  /**
+   * Sends one request; `onResponse` settles it (a throw there hands it over). Whatever else
+   * happens, an error, a timeout, the connection closing before an answer, it settles as
+   * handed over: no outcome is left waiting.
+   */
+  private exchange<T>(method: 'GET' | 'PUT', path: string, headers: Record<string, string>, body: Uint8Array | undefined, handOver: T, onResponse: (res: http.IncomingMessage, settle: (r: T) => void) => void): Promise<T> {
+    return new Promise<T>((resolve) => {
+      let settled = false;
+      const settle = (r: T) => {
+        if (settled) return;
+        settled = true;
+        resolve(r);
+      };
+      try {
+        const req = this.request({ agent: this.agent, protocol: this.base.protocol, hostname: this.connectHost, port: this.base.port, method, path, headers });
+        req.setTimeout(IDLE_TIMEOUT_MS, () => req.destroy(new Error('idle')));
+        req.on('error', () => settle(handOver));
+        req.on('close', () => settle(handOver));
+        req.on('response', (res) => {
+          res.on('error', () => settle(handOver));
+          res.on('close', () => settle(handOver));
+          try {
+            onResponse(res, settle);
+          } catch {
+            settle(handOver);
+            res.destroy();
+          }
+        });
+        req.end(body);
+      } catch {
+        settle(handOver);
+      }
+    });
   }
 
   async get(bucket: string, key: string, maxBytes: number, ifMatch?: string): Promise<DirectGetResult> {
@@ -83,44 +146,60 @@ export class DirectS3 {
       'x-amz-content-sha256': EMPTY_SHA256,
       ...(ifMatch !== undefined && { 'if-match': `"${ifMatch}"` }),
     });
-    return new Promise<DirectGetResult>((resolve) => {
-      const req = this.send('GET', path, headers);
-      req.on('error', () => resolve({ kind: 'other' }));
-      req.on('response', (res) => {
-        const status = res.statusCode ?? 0;
-        if (status !== 200) {
-          res.resume();
-          return resolve(status === 404 || status === 412 ? { kind: 'status', status } : { kind: 'other' });
-        }
-        const announced = res.headers['content-length'] === undefined ? undefined : Number(res.headers['content-length']);
-        if (announced !== undefined && announced > maxBytes) {
+    const other: DirectGetResult = { kind: 'other' };
+    const r = await this.exchange<DirectGetResult>('GET', path, headers, undefined, other, (res, settle) => {
+      const status = res.statusCode ?? 0;
+      if (status !== 200) {
+        res.resume();
+        if (status === 404) settle({ kind: 'not-found' });
+        else if (status === 412 && ifMatch !== undefined) settle({ kind: 'changed', etag: undefined });
+        else settle(other);
+        return;
+      }
+      // Servers that ignore If-Match (the embedded one) still say which content they send:
+      // other content is refused before its body is read, as the SDK path does.
+      const etag = typeof res.headers.etag === 'string' ? res.headers.etag.replace(/"/g, '') : undefined;
+      if (ifMatch !== undefined && etag !== undefined && etag !== ifMatch) {
+        settle({ kind: 'changed', etag });
+        res.destroy();
+        return;
+      }
+      const announced = res.headers['content-length'] === undefined ? undefined : Number(res.headers['content-length']);
+      if (announced !== undefined && announced > maxBytes) {
+        settle({ kind: 'too-large', size: announced });
+        res.destroy();
+        return;
+      }
+      if (announced !== undefined && !(Number.isSafeInteger(announced) && announced <= bufferConstants.MAX_LENGTH)) {
+        settle(other);
+        res.destroy();
+        return;
+      }
+      // Copied once into a buffer of the announced size; collected in chunks without one.
+      const out = announced === undefined ? undefined : Buffer.allocUnsafe(announced);
+      const chunks: Buffer[] = [];
+      let total = 0;
+      res.on('data', (chunk: Buffer) => {
+        if (total + chunk.length > maxBytes) {
+          settle({ kind: 'too-large', size: total + chunk.length });
           res.destroy();
-          return resolve({ kind: 'too-large', size: announced });
+          return;
         }
-        const etag = typeof res.headers.etag === 'string' ? res.headers.etag.replace(/"/g, '') : undefined;
-        // Copied once into a buffer of the announced size; collected in chunks without one.
-        const out = announced !== undefined && Number.isSafeInteger(announced) ? Buffer.allocUnsafe(announced) : undefined;
-        const chunks: Buffer[] = [];
-        let total = 0;
-        res.on('data', (chunk: Buffer) => {
-          if (total + chunk.length > maxBytes) {
-            res.destroy();
-            return resolve({ kind: 'too-large', size: total + chunk.length });
-          }
-          if (out && total + chunk.length <= out.length) chunk.copy(out, total);
-          else chunks.push(chunk);
-          total += chunk.length;
-        });
-        res.on('error', () => resolve({ kind: 'other' }));
-        res.on('aborted', () => resolve({ kind: 'other' }));
-        res.on('end', () => {
-          // A body shorter or longer than announced: not trusted, the SDK asks again.
-          if (announced !== undefined && (total !== announced || chunks.length > 0)) return resolve({ kind: 'other' });
-          resolve({ kind: 'body', body: out ?? Buffer.concat(chunks), etag });
-        });
+        if (out && total + chunk.length <= out.length) chunk.copy(out, total);
+        else chunks.push(chunk);
+        total += chunk.length;
       });
-      req.end();
+      res.on('end', () => {
+        // A body shorter or longer than announced: not trusted, the SDK asks again.
+        if (out && (total !== out.length || chunks.length > 0)) return settle(other);
+        try {
+          settle({ kind: 'body', body: out ?? Buffer.concat(chunks) });
+        } catch {
+          settle(other);
+        }
+      });
     });
+    return this.tally(r, r.kind === 'other');
   }
 
   /** Stores `body` under `key`: true when the server said 200, false when the SDK should try. */
@@ -130,16 +209,11 @@ export class DirectS3 {
       'content-type': contentType,
       'x-amz-content-sha256': createHash('sha256').update(body).digest('hex'),
     });
-    return new Promise<boolean>((resolve) => {
-      const req = this.send('PUT', path, headers);
-      req.on('error', () => resolve(false));
-      req.on('response', (res) => {
-        res.resume();
-        res.on('error', () => resolve(false));
-        res.on('end', () => resolve(res.statusCode === 200));
-      });
-      req.end(body);
+    const ok = await this.exchange<boolean>('PUT', path, headers, body, false, (res, settle) => {
+      res.resume();
+      res.on('end', () => settle(res.statusCode === 200));
     });
+    return this.tally(ok, !ok);
   }
 
   close(): void {

@@ -82,7 +82,8 @@ function isNotFound(err: unknown): boolean {
 }
 
 /**
- * The object store behind one module, with domain verbs; nothing outside this file sees the SDK.
+ * The object store behind one module, with domain verbs; nothing outside this file and its direct
+ * path (s3-direct.client.ts) sees the SDK or S3's protocol.
  * Works with AWS S3, MinIO and the embedded s3rver (path-style addressing).
  */
 export class ObjectStore {
@@ -104,7 +105,9 @@ export class ObjectStore {
       // 0.06 ms less client CPU per small GET (measured against the embedded server).
       cacheMiddleware: true,
     });
-    this.direct = DirectS3.supports(settings) ? new DirectS3(settings) : undefined;
+    // Signed at the SDK's clock: it corrects its offset when a server says the clock is skewed.
+    const client = this.client;
+    this.direct = DirectS3.supports(settings) ? new DirectS3(settings, () => client.config.systemClockOffset ?? 0) : undefined;
   }
 
   /** Creates the bucket unless it exists already. */
@@ -138,7 +141,7 @@ export class ObjectStore {
 
   /** Stores an object; path-style endpoints directly, as getObject reads them, else through the SDK. */
   async putObject(bucket: string, key: string, body: Uint8Array | string, contentType = 'application/octet-stream'): Promise<void> {
-    if (this.direct && (await this.direct.put(bucket, key, typeof body === 'string' ? Buffer.from(body, 'utf8') : body, contentType))) return;
+    if (this.direct?.usable && (await this.direct.put(bucket, key, typeof body === 'string' ? Buffer.from(body, 'utf8') : body, contentType))) return;
     await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
   }
 
@@ -146,20 +149,16 @@ export class ObjectStore {
    * Downloads an object into memory. The size is checked from the response headers before the
    * body is read, so an oversized object costs one request and no transfer. With `ifMatch` (an
    * ETag without quotes) it downloads only that content, or throws ObjectChangedError.
-   * Path-style endpoints are read directly (see DirectS3: a quarter of the SDK's CPU per
+   * Path-style endpoints are read directly (see DirectS3: about a third of the SDK's CPU per
    * request); what that path cannot settle is asked again through the SDK.
    */
   async getObject(bucket: string, key: string, maxBytes = Number.POSITIVE_INFINITY, o: { ifMatch?: string } = {}): Promise<Buffer> {
-    if (this.direct) {
+    if (this.direct?.usable) {
       const r = await this.direct.get(bucket, key, maxBytes, o.ifMatch);
-      if (r.kind === 'body') {
-        const changed = changedContent(r.etag, bucket, key, o.ifMatch);
-        if (changed) throw changed;
-        return r.body;
-      }
+      if (r.kind === 'body') return r.body;
+      if (r.kind === 'not-found') throw new ObjectNotFoundError(bucket, key);
+      if (r.kind === 'changed') throw new ObjectChangedError(bucket, key, o.ifMatch ?? '', r.etag);
       if (r.kind === 'too-large') throw new ObjectTooLargeError(bucket, key, r.size, maxBytes);
-      if (r.kind === 'status' && r.status === 404) throw new ObjectNotFoundError(bucket, key);
-      if (r.kind === 'status' && o.ifMatch !== undefined) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
     }
     return this.getObjectViaSdk(bucket, key, maxBytes, o);
   }
