@@ -122,7 +122,7 @@ describe('the embedded S3 server', () => {
     const seen: { method?: string; path: string; sdk: boolean; status: number }[] = [];
     const fault = { direct: 0, status: 503, chunked: false };
     const target = new URL(s3.endpoint);
-    const proxy = http.createServer((req, res) => {
+    const handler: http.RequestListener = (req, res) => {
       const entry = { method: req.method, path: req.url ?? '', sdk: req.headers['amz-sdk-invocation-id'] !== undefined, status: 0 };
       seen.push(entry);
       if (!entry.sdk && fault.direct > 0) {
@@ -142,9 +142,13 @@ describe('the embedded S3 server', () => {
       });
       up.on('error', () => res.destroy());
       req.pipe(up);
-    });
+    };
+    const proxy = http.createServer(handler);
     proxy.keepAliveTimeout = 60_000;
     await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    // the same on IPv6 loopback, whose URL host has brackets a socket must not see
+    const proxy6 = http.createServer(handler);
+    await new Promise<void>((r) => proxy6.listen(0, '::1', r));
     const via = new ObjectStore({ endpoint: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, region: 'us-east-1', ...creds, forcePathStyle: true });
     const calls = () => seen.splice(0).map((r) => [r.method, r.sdk ? 'sdk' : 'direct', r.status]);
     try {
@@ -203,9 +207,19 @@ describe('the embedded S3 server', () => {
       await via.getObject(bucket, key);
       await via.putObject(bucket, 'train/odd/rest.txt', 'x');
       expect(calls()).toEqual([['GET', 'sdk', 200], ['PUT', 'sdk', 200]]);
+
+      const via6 = new ObjectStore({ endpoint: `http://[::1]:${(proxy6.address() as AddressInfo).port}`, region: 'us-east-1', ...creds, forcePathStyle: true });
+      try {
+        await via6.putObject(bucket, 'train/odd/v6.txt', 'over IPv6');
+        expect((await via6.getObject(bucket, 'train/odd/v6.txt')).toString()).toBe('over IPv6');
+        expect(calls()).toEqual([['PUT', 'direct', 200], ['GET', 'direct', 200]]);
+      } finally {
+        via6.close();
+      }
     } finally {
       via.close();
       await new Promise((r) => proxy.close(r));
+      await new Promise((r) => proxy6.close(r));
     }
   });
 
