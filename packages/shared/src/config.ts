@@ -65,7 +65,8 @@ export const ConfigSchema = z
     // Each image waits on S3 and Redis as well as decoding: with 4 in flight per core those waits
     // overlap the decodes. Measured on 2 cores, one process, 640×480 JPEGs (img/s by images in
     // flight): 2: 210, 4: 237, 8: 294-320, 16: 340; on the wallpaper photos, 2: 89, 8: 110.
-    TL_PREPROCESS_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(4 * Math.max(1, os.availableParallelism())),
+    // At most 64: each waiting image is held whole in memory (up to TL_MAX_OBJECT_BYTES).
+    TL_PREPROCESS_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(Math.min(64, 4 * Math.max(1, os.availableParallelism()))),
     TL_MAX_OBJECT_BYTES: z.coerce.number().int().min(1).default(64 * 1024 * 1024),
     TL_MAX_INPUT_PIXELS: z.coerce.number().int().min(1).default(100_000_000),
     TL_TENSOR_TTL_SECONDS: z.coerce.number().int().min(60).default(7 * 24 * 3600),
