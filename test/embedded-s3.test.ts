@@ -196,6 +196,10 @@ describe('the embedded S3 server', () => {
       await via.putObject(bucket, key, Buffer.from('second version'));
       expect(calls()).toEqual([['PUT', 'direct', 503], ['PUT', 'sdk', 200]]);
       expect((await store.getObject(bucket, key)).toString()).toBe('second version');
+      // the SDK path refuses content other than the listed one as the direct path does
+      fault.direct = 1;
+      await expect(via.getObject(bucket, key, Infinity, { ifMatch: '0'.repeat(32) })).rejects.toBeInstanceOf(ObjectChangedError);
+      expect(calls()).toEqual([['GET', 'direct', 503], ['GET', 'sdk', 200]]);
 
       // 20 hand-overs in a row (a direct answer first, which restarts the count): the direct
       // path rests, and requests go to the SDK alone

@@ -13,6 +13,16 @@ export type DirectGetResult =
   | { kind: 'too-large'; size: number }
   | { kind: 'other' };
 
+/**
+ * The ETag a server sent (quotes off) when it names other content than If-Match asked for;
+ * undefined when it is that content or nothing was asked. Servers that ignore If-Match (the
+ * embedded one) still say which content they send. Both GET paths decide by this.
+ */
+export function otherContent(etagHeader: string | undefined, ifMatch: string | undefined): string | undefined {
+  const etag = etagHeader?.replace(/"/g, '');
+  return ifMatch !== undefined && etag !== undefined && etag !== ifMatch ? etag : undefined;
+}
+
 /** The SHA-256 of no bytes: a GET's payload hash, as the SDK signs it. */
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
@@ -40,6 +50,8 @@ export class DirectS3 {
   private readonly agent: http.Agent;
   private readonly request: typeof http.request;
   private readonly base: URL;
+  /** The endpoint's own path (a proxy's prefix, say), without its trailing slash. */
+  private readonly pathPrefix: string;
   /** `URL.hostname` keeps an IPv6 address's brackets; a socket wants it bare. */
   private readonly connectHost: string;
   private fallbacks = 0;
@@ -51,6 +63,7 @@ export class DirectS3 {
     private readonly clockOffsetMs: () => number = () => 0,
   ) {
     this.base = new URL(o.endpoint);
+    this.pathPrefix = this.base.pathname.replace(/\/+$/, '');
     this.connectHost = this.base.hostname.replace(/^\[(.*)\]$/, '$1');
     const tls = this.base.protocol === 'https:';
     this.agent = tls ? new https.Agent({ keepAlive: true, maxSockets: 50 }) : new http.Agent({ keepAlive: true, maxSockets: 50 });
@@ -91,7 +104,7 @@ export class DirectS3 {
   }
 
   private async signed(method: 'GET' | 'PUT', bucket: string, key: string, headers: Record<string, string>): Promise<{ path: string; headers: Record<string, string> }> {
-    const path = `${this.base.pathname.replace(/\/+$/, '')}/${encodeURIComponent(bucket)}/${encodeKeyPath(key)}`;
+    const path = `${this.pathPrefix}/${encodeURIComponent(bucket)}/${encodeKeyPath(key)}`;
     const req = await this.signer.sign(
       {
         method,
@@ -156,11 +169,10 @@ export class DirectS3 {
         else settle(other);
         return;
       }
-      // Servers that ignore If-Match (the embedded one) still say which content they send:
-      // other content is refused before its body is read, as the SDK path does.
-      const etag = typeof res.headers.etag === 'string' ? res.headers.etag.replace(/"/g, '') : undefined;
-      if (ifMatch !== undefined && etag !== undefined && etag !== ifMatch) {
-        settle({ kind: 'changed', etag });
+      // Other content than the listed one is refused before its body is read, as the SDK path does.
+      const sent = otherContent(res.headers.etag, ifMatch);
+      if (sent !== undefined) {
+        settle({ kind: 'changed', etag: sent });
         res.destroy();
         return;
       }
