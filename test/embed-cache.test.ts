@@ -16,7 +16,8 @@ const photos = 'photos-cache';
 
 beforeAll(async () => {
   // short job locks, so a crashed worker's jobs come back within seconds
-  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '4', TL_EMBED_BATCH_WAIT_MS: '50', TL_MODEL_WEIGHTS: 'random', TL_JOB_LOCK_MS: '3000' });
+  // shards of one batch each, so compaction has small shards to merge
+  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '4', TL_EMBED_BATCH_WAIT_MS: '50', TL_EMBED_SHARD_ROWS: '4', TL_MODEL_WEIGHTS: 'random', TL_JOB_LOCK_MS: '3000' });
   ctx = await openCliContext(stack.config, sink);
   await ctx.services.store.ensureBucket(photos);
 });

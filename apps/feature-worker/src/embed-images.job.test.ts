@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { createMetrics, PermanentError, redisKeys } from '@transferline/shared';
 import { TensorStore } from '@transferline/shared/tensors';
-import { embedBatch, type EmbedDeps } from './embed-images.job.js';
+import { EmbedStage, type EmbedDeps, type EmbedStageOptions } from './embed-images.job.js';
 import type { Embedder } from './embedder.js';
 
 const sha = (n: number) => n.toString(16).padStart(64, '0');
@@ -11,6 +11,8 @@ const ID = 'efficientnet-b0.test.squash224';
 function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
   const index = new Map<string, string>(cached.map((h) => [h, 'old 0']));
   const shards: { hashes: string[]; data: Float32Array }[] = [];
+  /** set to hold shard writes until it resolves, or to fail them */
+  const writes: { gate?: Promise<void>; failNext?: Error } = {};
   const deleted: string[] = [];
   const failures = new Map<string, string>();
   const forward: number[] = [];
@@ -39,6 +41,10 @@ function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
       cache: {
         has: async (_id: string, hs: string[]) => hs.map((h) => index.has(h)),
         writeShard: async (_id: string, hashes: string[], data: Float32Array) => {
+          await writes.gate;
+          const fail = writes.failNext;
+          writes.failNext = undefined;
+          if (fail) throw fail;
           shards.push({ hashes, data });
           hashes.forEach((h, i) => index.set(h, `s${shards.length} ${i}`));
           return `s${shards.length}`;
@@ -47,15 +53,23 @@ function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
       tensors: new TensorStore(redis as never, keys, 0),
     },
   } as unknown as EmbedDeps;
-  return { deps, index, shards, deleted, failures, forward };
+  return { deps, index, shards, deleted, failures, forward, writes };
 }
 
 const px = (v: number) => Uint8Array.from({ length: 12 }, () => v);
+const job = (n: number) => ({ sha256: sha(n), embedderId: ID });
 
-describe('embedBatch', () => {
+/** A stage on the fakes whose batches form from the jobs submitted together (no waiting for more). */
+function stageOf(deps: EmbedDeps, o: Partial<EmbedStageOptions> = {}) {
+  const stage = new EmbedStage(deps, { batchSize: 8, batchWaitMs: 0, shardRows: 64, shardMaxDelayMs: 60_000, ...o });
+  const run = (ns: number[]) => Promise.allSettled(ns.map((n) => stage.embed(job(n)))).then((rs) => rs.map((r) => (r.status === 'fulfilled' ? r.value : (r.reason as Error))));
+  return { stage, run };
+}
+
+describe('EmbedStage', () => {
   it('embeds a batch in one forward pass, stores it as one shard, then frees the pixels', async () => {
     const f = fakeDeps({ [sha(1)]: px(1), [sha(2)]: px(2) });
-    const r = await embedBatch([{ sha256: sha(1), embedderId: ID }, { sha256: sha(2), embedderId: ID }], f.deps);
+    const r = await stageOf(f.deps, { batchSize: 2 }).run([1, 2]);
     expect(r).toEqual(['embedded', 'embedded']);
     expect(f.forward).toEqual([2]);
     expect(f.shards).toHaveLength(1);
@@ -65,19 +79,20 @@ describe('embedBatch', () => {
 
   it('fails an image whose pixels are gone alone, with a reason, and embeds the rest', async () => {
     const f = fakeDeps({ [sha(1)]: px(1), [sha(3)]: px(3) });
-    const r = await embedBatch([1, 2, 3].map((n) => ({ sha256: sha(n), embedderId: ID })), f.deps);
+    const r = await stageOf(f.deps, { batchSize: 3 }).run([1, 2, 3]);
     expect(r[0]).toBe('embedded');
     expect(r[1]).toBeInstanceOf(PermanentError);
     expect((r[1] as PermanentError).reason).toBe('pixels-expired');
     expect(r[2]).toBe('embedded');
     expect(f.forward).toEqual([2]);
+    expect(f.shards.map((s) => s.hashes)).toEqual([[sha(1), sha(3)]]);
   });
 
   it('running the same jobs twice embeds once (the second run finds them cached)', async () => {
     const f = fakeDeps({ [sha(1)]: px(1) });
-    const jobs = [{ sha256: sha(1), embedderId: ID }];
-    expect(await embedBatch(jobs, f.deps)).toEqual(['embedded']);
-    expect(await embedBatch(jobs, f.deps)).toEqual(['cached']);
+    const { run } = stageOf(f.deps);
+    expect(await run([1])).toEqual(['embedded']);
+    expect(await run([1])).toEqual(['cached']);
     expect(f.forward).toEqual([1]);
     expect(f.shards).toHaveLength(1);
   });
@@ -90,7 +105,7 @@ describe('embedBatch', () => {
       if (images.length > 2) throw new Error('OOM when allocating tensor with shape[5,112,112,96]');
       return embed(images);
     };
-    const r = await embedBatch(Array.from({ length: n }, (_, i) => ({ sha256: sha(i + 1), embedderId: ID })), f.deps);
+    const r = await stageOf(f.deps, { batchSize: n }).run([1, 2, 3, 4, 5]);
     expect(r).toEqual(Array(n).fill('embedded'));
     expect(f.forward).toEqual([2, 1, 2]);
     expect([...f.shards[0]!.data]).toEqual([1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]);
@@ -99,7 +114,8 @@ describe('embedBatch', () => {
     g.deps.embedder.embedBatch = () => {
       throw new Error('device lost');
     };
-    await expect(embedBatch([9, 10].map((i) => ({ sha256: sha(i), embedderId: ID })), g.deps)).rejects.toThrow('device lost');
+    const failed = await stageOf(g.deps, { batchSize: 2 }).run([9, 10]);
+    expect(failed.map((e) => (e as Error).message)).toEqual(['device lost', 'device lost']);
     expect(g.shards).toHaveLength(0);
   });
 
@@ -117,14 +133,14 @@ describe('embedBatch', () => {
       const ok = hashes.map((h) => stored[h]).filter((p): p is Uint8Array => p?.length === 12);
       return { sizes: hashes.map((h) => stored[h]?.length ?? -1), data: await f.deps.embedder.embedBatch(ok) };
     };
-    const r = await embedBatch([1, 2, 3, 4, 1].map((n) => ({ sha256: sha(n), embedderId: ID })), f.deps);
+    const r = await stageOf(f.deps, { batchSize: 5 }).run([1, 2, 3, 4, 1]);
     expect(readHere).toBe(0);
     expect(asked).toEqual([[sha(1), sha(2), sha(3), sha(4)]]); // the duplicate is asked for once
     expect(r[0]).toBe('embedded');
     expect((r[1] as PermanentError).reason).toBe('bad-pixels');
     expect((r[2] as PermanentError).reason).toBe('pixels-expired');
     expect(r[3]).toBe('embedded');
-    expect(r[4]).toBe('cached');
+    expect(r[4]).toBe('embedded'); // the same image twice: written once, both wait for that write
     expect(f.shards).toHaveLength(1);
     expect(f.shards[0]!.hashes).toEqual([sha(1), sha(4)]);
     expect([...f.shards[0]!.data]).toEqual([1, 1, 1, 4, 4, 4]);
@@ -133,8 +149,48 @@ describe('embedBatch', () => {
 
   it('refuses a job made for another embedding space', async () => {
     const f = fakeDeps({ [sha(1)]: px(1) });
-    const [r] = await embedBatch([{ sha256: sha(1), embedderId: 'efficientnet-b0.other.crop224' }], f.deps);
+    const r = await stageOf(f.deps).stage.embed({ sha256: sha(1), embedderId: 'efficientnet-b0.other.crop224' }).catch((e: unknown) => e);
     expect((r as PermanentError).reason).toBe('wrong-embedder');
     expect(f.forward).toEqual([]);
+  });
+
+  it('writes the embeddings of several forward batches as one shard, and completes no job before it is written', async () => {
+    const ns = [1, 2, 3, 4, 5, 6, 7];
+    const f = fakeDeps(Object.fromEntries(ns.map((n) => [sha(n), px(n)])));
+    let release!: () => void;
+    f.writes.gate = new Promise<void>((resolve) => (release = resolve));
+    const { stage } = stageOf(f.deps, { batchSize: 2, shardRows: 6 });
+    const settled: number[] = [];
+    const all = Promise.all(ns.map((n) => stage.embed(job(n)).then((o) => (settled.push(n), o))));
+    // four forward batches (2+2+2+1); the first six rows fill a shard, the seventh is written once nothing more comes
+    await expect.poll(() => f.forward).toEqual([2, 2, 2, 1]);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(settled).toEqual([]);
+    expect(f.shards).toHaveLength(0);
+    release();
+    expect(await all).toEqual(Array(7).fill('embedded'));
+    expect(f.shards.map((s) => s.hashes)).toEqual([ns.slice(0, 6).map(sha), [sha(7)]]);
+    expect([...f.shards[0]!.data]).toEqual(ns.slice(0, 6).flatMap((n) => [n, n, n]));
+    expect(f.deleted.sort()).toEqual(ns.map(sha));
+  });
+
+  it('writes a lone job as soon as nothing more is coming, not after the longest delay', async () => {
+    const f = fakeDeps({ [sha(1)]: px(1) });
+    // shardMaxDelayMs is a minute: only the idle forward stage can let this finish within the test's timeout
+    const { run } = stageOf(f.deps, { batchSize: 8, batchWaitMs: 5, shardRows: 64, shardMaxDelayMs: 60_000 });
+    expect(await run([1])).toEqual(['embedded']);
+    expect(f.shards).toHaveLength(1);
+  });
+
+  it('fails every job of a shard whose write failed, keeps their pixels, and embeds them when they run again', async () => {
+    const f = fakeDeps({ [sha(1)]: px(1), [sha(2)]: px(2) });
+    f.writes.failNext = new Error('S3 is down');
+    const { run } = stageOf(f.deps, { batchSize: 2 });
+    const r = await run([1, 2]);
+    expect(r.map((e) => (e as Error).message)).toEqual(['S3 is down', 'S3 is down']);
+    expect(f.deleted).toEqual([]);
+    expect(f.index.size).toBe(0);
+    expect(await run([1, 2])).toEqual(['embedded', 'embedded']);
+    expect(f.deleted.sort()).toEqual([sha(1), sha(2)]);
   });
 });

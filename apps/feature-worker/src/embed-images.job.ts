@@ -1,5 +1,7 @@
 import { PermanentError, type EmbedJob, type Metrics, type Services } from '@transferline/shared';
 import type { Embedder, StoredEmbeddings } from './embedder.js';
+import { MicroBatcher } from './micro-batcher.js';
+import { ShardWriter } from './shard-writer.js';
 
 export interface EmbedDeps {
   services: Pick<Services, 'cache' | 'tensors'>;
@@ -10,22 +12,88 @@ export interface EmbedDeps {
 
 export type EmbedOutcome = 'embedded' | 'cached';
 
+export interface EmbedStageOptions {
+  /** most images per forward pass */
+  batchSize: number;
+  /** longest wait for a forward batch to fill */
+  batchWaitMs: number;
+  /** most embeddings per shard written: several forward batches share one write */
+  shardRows: number;
+  /** longest a computed embedding waits for its shard to be written */
+  shardMaxDelayMs: number;
+}
+
 /**
- * One forward pass for a batch of jobs. An image whose embedding is cached already is skipped
- * (a job may run twice); one whose pixels are gone fails alone; the rest are embedded together,
- * written to one shard, indexed, and only then reported done, so a job completes only once its
- * embedding is durable.
+ * The embed stage of one worker: jobs arrive one by one, are gathered into forward batches
+ * (dynamic batching), and their embeddings into shards (group commit), so neither a forward
+ * pass nor a write is paid per image. A job completes only once its embedding is durable: its
+ * shard's objects are in the bucket and indexed, and its pixels freed.
  */
-export async function embedBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(EmbedOutcome | Error)[]> {
-  const { cache, tensors } = deps.services;
-  const results: (EmbedOutcome | Error)[] = new Array(jobs.length);
+export class EmbedStage {
+  private readonly batcher: MicroBatcher<EmbedJob, Float32Array | 'cached'>;
+  private readonly shards: ShardWriter;
+
+  constructor(
+    private readonly deps: EmbedDeps,
+    o: EmbedStageOptions,
+  ) {
+    const { cache, tensors } = deps.services;
+    // Two batches in flight: the next one's pixels are read while one computes.
+    this.batcher = new MicroBatcher((jobs) => forwardBatch(jobs, deps), o.batchSize, o.batchWaitMs, 2);
+    this.shards = new ShardWriter(
+      async (hashes, data) => {
+        await cache.writeShard(deps.embedderId, hashes, data, deps.embedder.dim);
+        await tensors.delete(hashes);
+      },
+      { dim: deps.embedder.dim, maxRows: Math.max(o.shardRows, o.batchSize), maxDelayMs: o.shardMaxDelayMs, moreComing: () => this.batcher.busy },
+    );
+  }
+
+  /**
+   * Jobs a worker should hold at once: a batch computing, the next one read, one collecting,
+   * and a shard's worth waiting to be written. Fewer would starve the forward pass while rows
+   * wait for their shard (it is then written early: smaller shards, never a stall).
+   */
+  static concurrency(o: Pick<EmbedStageOptions, 'batchSize' | 'shardRows'>): number {
+    return 3 * o.batchSize + Math.max(o.shardRows, o.batchSize);
+  }
+
+  async embed(job: EmbedJob): Promise<EmbedOutcome> {
+    const r = await this.batcher.submit(job);
+    if (r === 'cached') return 'cached';
+    await this.shards.add(job.sha256, r);
+    this.deps.metrics.images.inc({ stage: 'embed', outcome: 'embedded' });
+    return 'embedded';
+  }
+
+  /** Runs and writes everything submitted so far. */
+  async drain(): Promise<void> {
+    await this.batcher.drain();
+    await this.shards.drain();
+  }
+}
+
+/**
+ * One forward pass for a batch of jobs: each job's embedding (not yet stored), `cached`, or its
+ * error. An image whose embedding is cached already is skipped (a job may run twice); one whose
+ * pixels are gone fails alone; the rest are embedded together.
+ */
+export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(Float32Array | 'cached' | Error)[]> {
+  const { cache } = deps.services;
+  const dim = deps.embedder.dim;
+  const results: (Float32Array | 'cached' | Error)[] = new Array(jobs.length);
   const todo: { i: number; sha256: string }[] = [];
+  // The same image twice in a batch (a job run twice at once) is computed once; both wait for its write.
+  const twins: [twin: number, first: number][] = [];
   const cached = await cache.has(deps.embedderId, jobs.map((j) => j.sha256));
   for (const [i, job] of jobs.entries()) {
+    const first = todo.find((t) => t.sha256 === job.sha256);
     if (job.embedderId !== deps.embedderId) {
       results[i] = new PermanentError('wrong-embedder', `job is for ${job.embedderId}, this worker runs ${deps.embedderId}`);
-    } else if (cached[i] || todo.some((t) => t.sha256 === job.sha256)) {
+    } else if (cached[i]) {
       results[i] = 'cached';
+    } else if (first) {
+      twins.push([i, first.i]);
     } else {
       todo.push({ i, sha256: job.sha256 });
     }
@@ -33,21 +101,20 @@ export async function embedBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(Em
   if (todo.length) {
     const per = deps.embedder.inputSize * deps.embedder.inputSize * 3;
     const { sizes, data } = await forwardStored(deps, todo.map((t) => t.sha256), per);
-    const done: string[] = [];
-    todo.forEach((t, k) => {
+    const ok = todo.filter((t, k) => {
       const size = sizes[k]!;
       if (size < 0) results[t.i] = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
       else if (size !== per) results[t.i] = new PermanentError('bad-pixels', `stored pixels are ${size} bytes, expected ${per}`);
-      else done.push(t.sha256);
+      return size === per;
     });
-    if (data.length !== done.length * deps.embedder.dim) throw new Error(`the forward pass returned ${data.length} values for ${done.length} images of ${deps.embedder.dim}`);
-    if (done.length) {
-      await cache.writeShard(deps.embedderId, done, data, deps.embedder.dim);
-      await tensors.delete(done);
-      for (const t of todo) if (results[t.i] === undefined) results[t.i] = 'embedded';
-    }
+    if (data.length !== ok.length * dim) throw new Error(`the forward pass returned ${data.length} values for ${ok.length} images of ${dim}`);
+    ok.forEach((t, row) => (results[t.i] = data.subarray(row * dim, (row + 1) * dim)));
+    for (const [twin, first] of twins) results[twin] = results[first]!;
   }
-  for (const r of results) deps.metrics.images.inc({ stage: 'embed', outcome: r instanceof Error ? 'failed' : r });
+  for (const r of results) {
+    if (r instanceof Error) deps.metrics.images.inc({ stage: 'embed', outcome: 'failed' });
+    else if (r === 'cached') deps.metrics.images.inc({ stage: 'embed', outcome: 'cached' });
+  }
   return results;
 }
 

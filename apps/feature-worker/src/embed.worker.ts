@@ -9,16 +9,17 @@ import {
   startWorker,
   watchRedis,
   type Config,
-  type EmbedJob,
   type Handler,
   type Logger,
   type RunningRole,
   type WeightsFile,
 } from '@transferline/shared';
 import os from 'node:os';
-import { embedBatch, type EmbedOutcome } from './embed-images.job.js';
+import { EmbedStage } from './embed-images.job.js';
 import { startEmbedRuntime } from './embed-runtime.js';
-import { MicroBatcher } from './micro-batcher.js';
+
+/** Longest a computed embedding waits for its shard: under steady load shards fill much sooner. */
+const SHARD_MAX_DELAY_MS = 1_000;
 
 /**
  * config → deps → the embed worker: the model, dynamic batching, the durable cache. This is the
@@ -69,22 +70,19 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   if (space.weights === 'random') {
     log.warn({ embedderId: space.id }, 'embedding with deterministic RANDOM weights (seeded), not ImageNet: features are only good for easy tasks');
   }
-  const batcher = new MicroBatcher<EmbedJob, EmbedOutcome>(
-    (jobs) => embedBatch(jobs, { services, embedder, embedderId: space.id, metrics }),
-    config.embed.batchSize,
-    config.embed.batchWaitMs,
-    2, // one batch's durable write overlaps the next one's forward pass
+  const stage = new EmbedStage(
+    { services, embedder, embedderId: space.id, metrics },
+    { batchSize: config.embed.batchSize, batchWaitMs: config.embed.batchWaitMs, shardRows: config.embed.shardRows, shardMaxDelayMs: SHARD_MAX_DELAY_MS },
   );
-  const handler: Handler<'embed'> = (payload) => batcher.submit(payload);
+  const handler: Handler<'embed'> = (payload) => stage.embed(payload);
   const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
-  // Concurrency 3×B: one batch computing, one being written, the next one being collected.
   const worker = startWorker('embed', handler, {
     connection: services.redis,
     prefix: config.redis.prefix,
     space: space.id,
     log,
     metrics,
-    concurrency: 3 * config.embed.batchSize,
+    concurrency: EmbedStage.concurrency(config.embed),
     lockDuration: config.jobLockMs,
     guards: [s3],
     onFinalFailure: async (payload, f) => {
@@ -104,7 +102,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
       await heartbeat.stop().catch(() => {});
       s3.close();
       await worker.close();
-      await batcher.drain();
+      await stage.drain();
       await embedder.dispose();
       await queues.close();
       await services.close();

@@ -2,8 +2,7 @@
  * Dynamic batching for jobs that arrive one by one: collect up to `maxSize` items or wait at
  * most `maxWaitMs` after the first, then run them together. Each caller gets its own item's
  * result or error, so one bad item fails alone. At most `maxInFlight` batches run at once, in
- * the order they were formed: with 2, one batch's durable write overlaps the next one's forward
- * pass (a synchronous forward pass still runs one at a time on the JS thread).
+ * the order they were formed: with 2, the next batch's inputs are read while one computes.
  */
 export class MicroBatcher<I, O> {
   private pending: { item: I; resolve: (o: O) => void; reject: (e: Error) => void }[] = [];
@@ -25,6 +24,11 @@ export class MicroBatcher<I, O> {
       if (this.pending.length >= this.maxSize) this.flush();
       else this.timer ??= setTimeout(() => this.flush(), this.maxWaitMs);
     });
+  }
+
+  /** Whether items are waiting or a batch is running. */
+  get busy(): boolean {
+    return this.pending.length > 0 || this.ready.length > 0 || this.inFlight > 0;
   }
 
   /** Runs what is pending now and waits until no batch is running. */

@@ -72,6 +72,9 @@ export const ConfigSchema = z
     TL_TENSOR_TTL_SECONDS: z.coerce.number().int().min(60).default(7 * 24 * 3600),
     TL_EMBED_BATCH_SIZE: z.coerce.number().int().min(1).max(512).default(8),
     TL_EMBED_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(60_000).default(100),
+    // Each shard costs two PUTs and two Redis commands whatever its size: at batch 8 that was a
+    // seventh of the S3 server's and the worker's time beside the forward pass.
+    TL_EMBED_SHARD_ROWS: z.coerce.number().int().min(1).max(4096).default(64),
     TL_RESIZE: z.enum(['squash', 'crop']).default('squash'),
     TL_ALPHA_BACKGROUND: z
       .string()
@@ -146,6 +149,8 @@ export const ConfigSchema = z
     embed: {
       batchSize: env.TL_EMBED_BATCH_SIZE,
       batchWaitMs: env.TL_EMBED_BATCH_WAIT_MS,
+      /** most embeddings per shard written (at least one batch): several batches share a write */
+      shardRows: env.TL_EMBED_SHARD_ROWS,
       /** auto: tfjs-node-gpu (CUDA) → ONNX Runtime (CPU) → TF.js wasm */
       backend: env.TL_BACKEND ?? env.TL_TF_BACKEND ?? 'auto',
       /** ONNX Runtime intra-op threads per embed process; default cores ÷ embed processes on this machine */

@@ -141,7 +141,7 @@ export class EmbeddingCache {
   }
 
   /**
-   * Merges small shards (the embed stage writes one per forward batch) into shards of up to
+   * Merges small shards (the embed stage writes up to `TL_EMBED_SHARD_ROWS` rows at a time) into shards of up to
    * `targetRows`, so training reads N embeddings in about N / targetRows requests. Each merged
    * shard is written and indexed before the small ones are deleted; a hash stored twice (a batch
    * retried after a crash) is kept once. A reader holding an old location may fail once and
