@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { createMetrics, PermanentError, redisKeys } from '@transferline/shared';
 import { TensorStore } from '@transferline/shared/tensors';
 import { EmbedStage, type EmbedDeps, type EmbedStageOptions } from './embed-images.job.js';
+import { ShardWriter } from './shard-writer.js';
 import type { Embedder } from './embedder.js';
 
 const sha = (n: number) => n.toString(16).padStart(64, '0');
@@ -58,6 +59,13 @@ function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
 
 const px = (v: number) => Uint8Array.from({ length: 12 }, () => v);
 const job = (n: number) => ({ sha256: sha(n), embedderId: ID });
+
+/** The embed stage's image counts by outcome, as Prometheus would scrape them. */
+async function counted(deps: EmbedDeps): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const v of (await deps.metrics.images.get()).values) if (v.labels.stage === 'embed') out[String(v.labels.outcome)] = v.value;
+  return out;
+}
 
 /** A stage on the fakes whose batches form from the jobs submitted together (no waiting for more). */
 function stageOf(deps: EmbedDeps, o: Partial<EmbedStageOptions> = {}) {
@@ -140,7 +148,7 @@ describe('EmbedStage', () => {
     expect((r[1] as PermanentError).reason).toBe('bad-pixels');
     expect((r[2] as PermanentError).reason).toBe('pixels-expired');
     expect(r[3]).toBe('embedded');
-    expect(r[4]).toBe('embedded'); // the same image twice: written once, both wait for that write
+    expect(r[4]).toBe('cached'); // the same image twice: written once, both wait for that write
     expect(f.shards).toHaveLength(1);
     expect(f.shards[0]!.hashes).toEqual([sha(1), sha(4)]);
     expect([...f.shards[0]!.data]).toEqual([1, 1, 1, 4, 4, 4]);
@@ -190,7 +198,76 @@ describe('EmbedStage', () => {
     expect(r.map((e) => (e as Error).message)).toEqual(['S3 is down', 'S3 is down']);
     expect(f.deleted).toEqual([]);
     expect(f.index.size).toBe(0);
+    expect((await counted(f.deps)).embedded ?? 0).toBe(0);
     expect(await run([1, 2])).toEqual(['embedded', 'embedded']);
     expect(f.deleted.sort()).toEqual([sha(1), sha(2)]);
+    expect(await counted(f.deps)).toEqual({ embedded: 2 });
+  });
+
+  it('writes waiting rows as soon as a later batch ends without any (all cached), not after the longest delay', async () => {
+    const f = fakeDeps({ [sha(1)]: px(1) }, [sha(2)]);
+    // the cached image's batch ends last: only then is nothing more coming
+    const has = f.deps.services.cache.has.bind(f.deps.services.cache);
+    f.deps.services.cache.has = async (id, hs) => {
+      if (hs.includes(sha(2))) await new Promise((r) => setTimeout(r, 50));
+      return has(id, hs);
+    };
+    const { run } = stageOf(f.deps, { batchSize: 1, shardMaxDelayMs: 60_000 });
+    expect(await run([1, 2])).toEqual(['embedded', 'cached']);
+    expect(f.shards.map((s) => s.hashes)).toEqual([[sha(1)]]);
+  });
+
+  it('writes an image whose job ran twice at once (two batches) once, and counts the second run as cached', async () => {
+    const f = fakeDeps({ [sha(1)]: px(1) });
+    const { run } = stageOf(f.deps, { batchSize: 1 });
+    expect(await run([1, 1])).toEqual(['embedded', 'cached']);
+    expect(f.forward).toEqual([1, 1]);
+    expect(f.shards.map((s) => s.hashes)).toEqual([[sha(1)]]);
+    expect(await counted(f.deps)).toEqual({ embedded: 1, cached: 1 });
+  });
+
+  it('does not fail an image whose pixels are gone because it was embedded meanwhile (a second run of its job)', async () => {
+    const f = fakeDeps({});
+    let asked = 0;
+    // the first look finds it not cached; by the time its pixels are read, the other run has written it
+    f.deps.services.cache.has = async (_id, hs) => hs.map(() => asked++ > 0);
+    const { run } = stageOf(f.deps);
+    expect(await run([5])).toEqual(['cached']);
+    const g = fakeDeps({});
+    expect((((await stageOf(g.deps).run([5]))[0]) as PermanentError).reason).toBe('pixels-expired');
+  });
+
+  it('drain runs the batch still collecting and writes its shard before it resolves', async () => {
+    const f = fakeDeps({ [sha(1)]: px(1), [sha(2)]: px(2), [sha(3)]: px(3) });
+    const { stage } = stageOf(f.deps, { batchSize: 8, batchWaitMs: 60_000, shardMaxDelayMs: 60_000 });
+    const jobs = Promise.all([1, 2, 3].map((n) => stage.embed(job(n))));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(f.forward).toEqual([]);
+    await stage.drain();
+    expect(f.shards.map((s) => s.hashes)).toEqual([[sha(1), sha(2), sha(3)]]);
+    expect(f.deleted.sort()).toEqual([sha(1), sha(2), sha(3)]);
+    expect(await jobs).toEqual(['embedded', 'embedded', 'embedded']);
+  });
+});
+
+describe('ShardWriter', () => {
+  const row = (v: number) => Float32Array.of(v, v, v);
+
+  it('writes after the longest delay when more rows keep being announced but none come', async () => {
+    const written: string[][] = [];
+    const w = new ShardWriter(async (hashes) => void written.push(hashes), { dim: 3, maxRows: 64, maxDelayMs: 30, moreComing: () => true });
+    await w.add(sha(1), row(1));
+    expect(written).toEqual([[sha(1)]]);
+  });
+
+  it('splits what waits into shards of at most maxRows, and refuses a row of the wrong size', async () => {
+    const written: string[][] = [];
+    const w = new ShardWriter(async (hashes) => void written.push(hashes), { dim: 3, maxRows: 2, maxDelayMs: 60_000, moreComing: () => true });
+    await Promise.all([1, 2, 3, 4].map((n) => w.add(sha(n), row(n))));
+    expect(written).toEqual([
+      [sha(1), sha(2)],
+      [sha(3), sha(4)],
+    ]);
+    await expect(w.add(sha(5), Float32Array.of(1, 2))).rejects.toThrow('an embedding of 2 values, expected 3');
   });
 });

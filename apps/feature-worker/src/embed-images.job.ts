@@ -1,4 +1,4 @@
-import { PermanentError, type EmbedJob, type Metrics, type Services } from '@transferline/shared';
+import { PermanentError, type EmbedJob, type Logger, type Metrics, type Services } from '@transferline/shared';
 import type { Embedder, StoredEmbeddings } from './embedder.js';
 import { MicroBatcher } from './micro-batcher.js';
 import { ShardWriter } from './shard-writer.js';
@@ -8,6 +8,7 @@ export interface EmbedDeps {
   embedder: Embedder;
   embedderId: string;
   metrics: Metrics;
+  log?: Pick<Logger, 'warn'>;
 }
 
 export type EmbedOutcome = 'embedded' | 'cached';
@@ -43,7 +44,9 @@ export class EmbedStage {
     this.shards = new ShardWriter(
       async (hashes, data) => {
         await cache.writeShard(deps.embedderId, hashes, data, deps.embedder.dim);
-        await tensors.delete(hashes);
+        // The embeddings are durable: pixels left behind expire with their TTL, and failing the
+        // jobs now would only make their retries find them cached and leave the pixels anyway.
+        await tensors.delete(hashes).catch((err: unknown) => deps.log?.warn({ err, images: hashes.length }, 'embedded, but their pixels were not deleted from Redis (they expire with their TTL)'));
       },
       { dim: deps.embedder.dim, maxRows: Math.max(o.shardRows, o.batchSize), maxDelayMs: o.shardMaxDelayMs, moreComing: () => this.batcher.busy },
     );
@@ -59,11 +62,18 @@ export class EmbedStage {
   }
 
   async embed(job: EmbedJob): Promise<EmbedOutcome> {
-    const r = await this.batcher.submit(job);
+    let r: Float32Array | 'cached';
+    try {
+      r = await this.batcher.submit(job);
+    } finally {
+      // A batch that ended without rows (all cached or failed) may have been the last one coming.
+      this.shards.poke();
+    }
     if (r === 'cached') return 'cached';
-    await this.shards.add(job.sha256, r);
-    this.deps.metrics.images.inc({ stage: 'embed', outcome: 'embedded' });
-    return 'embedded';
+    // The same image twice at once (a job run twice) is written once: the other caller counts it as cached.
+    const outcome = (await this.shards.add(job.sha256, r)) ? 'embedded' : 'cached';
+    this.deps.metrics.images.inc({ stage: 'embed', outcome });
+    return outcome;
   }
 
   /** Runs and writes everything submitted so far. */
@@ -101,9 +111,15 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
   if (todo.length) {
     const per = deps.embedder.inputSize * deps.embedder.inputSize * 3;
     const { sizes, data } = await forwardStored(deps, todo.map((t) => t.sha256), per);
+    // Gone pixels of an image embedded meanwhile (a second run of its job, whose first run has
+    // just written it and freed them) are no failure.
+    const gone = todo.filter((_, k) => sizes[k]! < 0);
+    const since = gone.length ? await cache.has(deps.embedderId, gone.map((t) => t.sha256)) : [];
+    const embeddedSince = new Set(gone.filter((_, k) => since[k]).map((t) => t.i));
     const ok = todo.filter((t, k) => {
       const size = sizes[k]!;
-      if (size < 0) results[t.i] = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
+      if (size < 0 && embeddedSince.has(t.i)) results[t.i] = 'cached';
+      else if (size < 0) results[t.i] = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
       else if (size !== per) results[t.i] = new PermanentError('bad-pixels', `stored pixels are ${size} bytes, expected ${per}`);
       return size === per;
     });

@@ -71,7 +71,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     log.warn({ embedderId: space.id }, 'embedding with deterministic RANDOM weights (seeded), not ImageNet: features are only good for easy tasks');
   }
   const stage = new EmbedStage(
-    { services, embedder, embedderId: space.id, metrics },
+    { services, embedder, embedderId: space.id, metrics, log },
     { batchSize: config.embed.batchSize, batchWaitMs: config.embed.batchWaitMs, shardRows: config.embed.shardRows, shardMaxDelayMs: SHARD_MAX_DELAY_MS },
   );
   const handler: Handler<'embed'> = (payload) => stage.embed(payload);

@@ -6,9 +6,13 @@
  * not held back), and at the latest `maxDelayMs` after the first row waited. Each caller's
  * promise settles with the write that holds its row: a job completes only once its embedding is
  * durable. A hash added again while it waits is written once, for both callers.
+ *
+ * "Nothing more coming" is judged after each add and after each `poke` (the owner pokes when a
+ * forward batch ends without rows: all cached or failed), once the callbacks queued by then have
+ * run.
  */
 export class ShardWriter {
-  private waiting = new Map<string, { row: Float32Array; settle: { resolve: () => void; reject: (e: Error) => void }[] }>();
+  private waiting = new Map<string, { row: Float32Array; settle: { resolve: (owner: boolean) => void; reject: (e: Error) => void }[] }>();
   private timer: NodeJS.Timeout | undefined;
   private checkScheduled = false;
   private writing = new Set<Promise<void>>();
@@ -24,10 +28,13 @@ export class ShardWriter {
     },
   ) {}
 
-  /** Resolves once `row`, the embedding of `sha256`, is durable. */
-  add(sha256: string, row: Float32Array): Promise<void> {
+  /**
+   * Resolves once `row`, the embedding of `sha256`, is durable: true for the caller whose row was
+   * written, false for one that found the same hash waiting and shared its write.
+   */
+  add(sha256: string, row: Float32Array): Promise<boolean> {
     if (row.length !== this.o.dim) return Promise.reject(new Error(`an embedding of ${row.length} values, expected ${this.o.dim}`));
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<boolean>((resolve, reject) => {
       const entry = this.waiting.get(sha256);
       if (entry) entry.settle.push({ resolve, reject });
       else this.waiting.set(sha256, { row, settle: [{ resolve, reject }] });
@@ -37,6 +44,11 @@ export class ShardWriter {
         this.scheduleCheck();
       }
     });
+  }
+
+  /** Asks again whether more rows are coming (a forward batch ended without adding any). */
+  poke(): void {
+    if (this.waiting.size) this.scheduleCheck();
   }
 
   /** Writes what waits now and resolves once every write has settled. */
@@ -70,7 +82,7 @@ export class ShardWriter {
       const done = Promise.resolve()
         .then(() => this.write(hashes, data))
         .then(
-          () => group.forEach(([, e]) => e.settle.forEach((s) => s.resolve())),
+          () => group.forEach(([, e]) => e.settle.forEach((s, i) => s.resolve(i === 0))),
           (err: unknown) => group.forEach(([, e]) => e.settle.forEach((s) => s.reject(err as Error))),
         );
       this.writing.add(done);

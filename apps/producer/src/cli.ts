@@ -251,7 +251,7 @@ cache
   .action((o: { embedder?: string }) => withContext((ctx) => rebuildIndexCommand(ctx, o)));
 cache
   .command('compact')
-  .description('merge the small per-batch shards into large ones, so training reads few large objects')
+  .description('merge the small shards the embed stage writes into large ones, so training reads few large objects')
   .option('--rows <n>', 'rows per merged shard (default 4096)', int('--rows'), 4096)
   .option(...embedderOption)
   .action((o: { rows: number; embedder?: string }) => withContext((ctx) => compactCommand(ctx, o)));

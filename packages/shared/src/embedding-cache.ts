@@ -16,8 +16,11 @@ export interface EmbeddingMatrix {
 /**
  * The durable embedding cache: shards in the bucket (`.npy` float32 [n, dim] + a JSON list of
  * content hashes, readable with numpy), an index sha256 → (shard, row) in Redis. A shard's id is
- * derived from the hashes it holds, so writing the same batch twice writes the same objects.
- * The bucket is the source of truth: `rebuildIndex` restores Redis from it.
+ * derived from the hashes it holds, so writing the same rows twice writes the same objects. A
+ * shard holds whatever rows waited together, so a job run again after a crash between the write
+ * and the index may write its row into a second shard: the index points at one of them, and
+ * `compact` keeps each hash once. The bucket is the source of truth: `rebuildIndex` restores
+ * Redis from it.
  */
 export class EmbeddingCache {
   private readonly layout: BucketLayout;

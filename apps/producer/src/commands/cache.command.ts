@@ -9,7 +9,7 @@ export async function rebuildIndexCommand(ctx: CliContext, o: { embedder?: strin
   return after;
 }
 
-/** `transferline cache compact`: merges the small per-batch shards into large ones, so training reads few large objects. */
+/** `transferline cache compact`: merges the small shards the embed stage writes into large ones, so training reads few large objects. */
 export async function compactCommand(ctx: CliContext, o: { rows: number; embedder?: string }): Promise<{ shardsBefore: number; shardsAfter: number; rows: number }> {
   if (!(o.rows >= 2)) throw new Error('--rows must be at least 2');
   const space = await chooseSpace(ctx, o.embedder);
