@@ -182,7 +182,11 @@ describe('transferline up, as a process', () => {
     expect(again.stdout).toMatch(/dataset small: 4 images, 4 embedded/);
     const secondChildren = descendants(second.child.pid!);
     second.child.kill('SIGINT');
-    await until('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30);
+    await until('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30).catch((err: Error) => {
+      // Seen once in a full run under load: say which process held the stop up, and what it logged.
+      const left = secondChildren.filter((c) => isRunning(c.pid));
+      throw new Error(`${err.message}; still running: ${left.map((c) => `${c.pid} ${c.cmd.split(' ').slice(0, 3).join(' ')}`).join('; ')}\n${left.map(whereWaiting).join('\n')}\n${second.output().slice(-2000)}\n${logTails(dataDir)}`);
+    });
     expect(second.child.exitCode).toBe(0);
     await until('its processes to end', () => secondChildren.every((c) => !isRunning(c.pid)), 10);
     // right after the banner, while its workers still start: none of them may be left behind
