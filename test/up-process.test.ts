@@ -165,8 +165,10 @@ describe('transferline up, as a process', () => {
     await until('no orphans', () => children.every((c) => !isRunning(c.pid)), 30).catch((err: Error) => {
       const left = children.filter((c) => isRunning(c.pid));
       const named = left.map((c) => `${c.pid} ${processState(c.pid)} ${c.cmd.split(' ').slice(0, 3).join(' ')}`);
-      // Seen about once in six full runs, for a different worker each time: say where each
-      // leftover is waiting, and what its log said last, so the next failure explains itself.
+      // Seen about once in six full runs, for a different worker each time, until the logger
+      // wrote synchronously: the async one's flush at exit retried EPIPE for ever once `up` was
+      // gone (test/logger-exit.test.ts). If it comes back: say where each leftover is waiting,
+      // and what its log said last, so the failure explains itself.
       throw new Error(`${err.message}; still running: ${named.join('; ')}\n${left.map(whereWaiting).join('\n')}\n${logTails(dataDir)}`);
     });
 
