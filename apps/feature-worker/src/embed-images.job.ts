@@ -48,7 +48,7 @@ export class EmbedStage {
         // jobs now would only make their retries find them cached and leave the pixels anyway.
         await tensors.delete(hashes).catch((err: unknown) => deps.log?.warn({ err, images: hashes.length }, 'embedded, but their pixels were not deleted from Redis (they expire with their TTL)'));
       },
-      { dim: deps.embedder.dim, maxRows: Math.max(o.shardRows, o.batchSize), maxDelayMs: o.shardMaxDelayMs, moreComing: () => this.batcher.busy },
+      { dim: deps.embedder.dim, maxRows: EmbedStage.shardRows(o), maxDelayMs: o.shardMaxDelayMs, moreComing: () => this.batcher.busy },
     );
   }
 
@@ -58,7 +58,12 @@ export class EmbedStage {
    * wait for their shard (it is then written early: smaller shards, never a stall).
    */
   static concurrency(o: Pick<EmbedStageOptions, 'batchSize' | 'shardRows'>): number {
-    return 3 * o.batchSize + Math.max(o.shardRows, o.batchSize);
+    return 3 * o.batchSize + EmbedStage.shardRows(o);
+  }
+
+  /** Most rows per shard: never fewer than one forward batch, so a batch is never split. */
+  private static shardRows(o: Pick<EmbedStageOptions, 'batchSize' | 'shardRows'>): number {
+    return Math.max(o.shardRows, o.batchSize);
   }
 
   async embed(job: EmbedJob): Promise<EmbedOutcome> {

@@ -31,17 +31,30 @@ function randomImages(n: number): Uint8Array[] {
   return Array.from({ length: n }, () => new Uint8Array(randomBytes(SIZE)));
 }
 
+type Forward = (images: Uint8Array[]) => Promise<unknown>;
+
+/** A few calls at this batch size, untimed: the first runs at a new size are slow. */
+async function warmUp(embed: Forward, pool: Uint8Array[], batch: number): Promise<void> {
+  for (let i = 0; i < 3; i++) await embed(pool.slice(0, batch));
+}
+
+/** images/s of `embed` on batches of `batch` for at least `seconds`, and how many it embedded. */
+async function rateOf(embed: Forward, pool: Uint8Array[], batch: number, seconds: number): Promise<{ rate: number; images: number }> {
+  const t = await timeAtLeast(seconds, async () => (await embed(pool.slice(0, batch)), batch));
+  return { rate: t.items / t.seconds, images: t.items };
+}
+
 /** images/s of `embed` at each batch size, each timed for ≥ `seconds` after a warm-up, and the CPU ms it took per image (all threads). */
-async function rawRates(embed: (images: Uint8Array[]) => Promise<unknown>, seconds: number): Promise<Record<number, number> & { cpuMs: Record<number, number> }> {
+async function rawRates(embed: Forward, seconds: number): Promise<Record<number, number> & { cpuMs: Record<number, number> }> {
   const pool = randomImages(32);
   const out: Record<number, number> & { cpuMs: Record<number, number> } = { cpuMs: {} };
   for (const batch of BATCHES) {
-    for (let i = 0; i < 3; i++) await embed(pool.slice(0, batch)); // first runs at a new size are slow
+    await warmUp(embed, pool, batch);
     const cpu = process.cpuUsage();
-    const t = await timeAtLeast(seconds, async () => (await embed(pool.slice(0, batch)), batch));
+    const { rate, images } = await rateOf(embed, pool, batch, seconds);
     const used = process.cpuUsage(cpu);
-    out[batch] = t.items / t.seconds;
-    out.cpuMs[batch] = (used.user + used.system) / 1000 / t.items;
+    out[batch] = rate;
+    out.cpuMs[batch] = (used.user + used.system) / 1000 / images;
   }
   return out;
 }
@@ -51,12 +64,7 @@ async function rawRates(embed: (images: Uint8Array[]) => Promise<unknown>, secon
  * two graphs compared minutes apart on a noisy machine differed by ±15% from run to run; taken
  * turn by turn, drift hits both alike.
  */
-async function pairedRates(
-  a: (images: Uint8Array[]) => Promise<unknown>,
-  b: (images: Uint8Array[]) => Promise<unknown>,
-  seconds: number,
-  rounds = 4,
-): Promise<{ a: Record<number, number>; b: Record<number, number> }> {
+async function pairedRates(a: Forward, b: Forward, seconds: number, rounds = 4): Promise<{ a: Record<number, number>; b: Record<number, number> }> {
   const pool = randomImages(32);
   const out = { a: {} as Record<number, number>, b: {} as Record<number, number> };
   const median = (xs: number[]) => {
@@ -65,14 +73,13 @@ async function pairedRates(
     return sorted.length % 2 ? sorted[m]! : (sorted[m - 1]! + sorted[m]!) / 2;
   };
   for (const batch of BATCHES) {
-    for (const f of [a, b]) for (let i = 0; i < 3; i++) await f(pool.slice(0, batch));
+    await warmUp(a, pool, batch);
+    await warmUp(b, pool, batch);
     const ra: number[] = [];
     const rb: number[] = [];
     for (let r = 0; r < rounds; r++) {
-      for (const [f, into] of [[a, ra], [b, rb]] as const) {
-        const t = await timeAtLeast(seconds / rounds, async () => (await f(pool.slice(0, batch)), batch));
-        into.push(t.items / t.seconds);
-      }
+      ra.push((await rateOf(a, pool, batch, seconds / rounds)).rate);
+      rb.push((await rateOf(b, pool, batch, seconds / rounds)).rate);
     }
     out.a[batch] = median(ra);
     out.b[batch] = median(rb);
@@ -297,14 +304,17 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
   // Each stage run is compared with the raw rate taken just before and just after it (their
   // mean), on sessions held open for this: a raw rate taken minutes earlier drifted by up to
   // ±15% on this machine, as much as the margin being measured.
-  const held = { 1: await createOnnxEmbedder(onnxBytes, { intraOpThreads: 1 }), 2: await createOnnxEmbedder(onnxBytes, { intraOpThreads: 2 }) };
+  const held = {
+    2: await createOnnxEmbedder(onnxBytes, { intraOpThreads: 2 }),
+    ...(ownCore && { 1: await createOnnxEmbedder(onnxBytes, { intraOpThreads: 1 }) }),
+  } as Partial<Record<1 | 2, Awaited<ReturnType<typeof createOnnxEmbedder>>>>;
   const heldPool = randomImages(32);
   const rawNow = async (threads: 1 | 2, b: number, pinned: boolean): Promise<number> => {
+    const forward: Forward = (x) => held[threads]!.embedBatch(x);
     if (pinned) pinProcess(process.pid, '0');
     try {
-      for (let i = 0; i < 3; i++) await held[threads].embedBatch(heldPool.slice(0, b));
-      const t = await timeAtLeast(seconds / 2, async () => (await held[threads].embedBatch(heldPool.slice(0, b)), b));
-      return t.items / t.seconds;
+      await warmUp(forward, heldPool, b);
+      return (await rateOf(forward, heldPool, b, seconds / 2)).rate;
     } finally {
       if (pinned) pinProcess(process.pid, ALL_CPUS);
     }
@@ -362,8 +372,7 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
       log(`stage onnx batch ${b}, 1 thread on its own core: steady ${s.steady.toFixed(1)} against raw ${raw1.toFixed(1)} (${n} images)`);
     }
   }
-  await held[1].dispose();
-  await held[2].dispose();
+  for (const e of Object.values(held)) await e.dispose();
   const twoProc = await stageRate({ backend: 'onnx', batch: 8, processes: 2, threads: 1, n: imagesFor(raw2(8), stageSeconds, 16) });
   rows.push({ name: 'embed stage, ONNX Runtime, batch 8, 2 processes × 1 thread', value: twoProc.steady, unit: 'images/s', vs: stageName(8), note: `steady rate; peak ${twoProc.peakMb?.toFixed(0)} MiB per process` });
   const wasmStageName = "today's embed stage before this change: TF.js wasm, batch 8, 1 process";

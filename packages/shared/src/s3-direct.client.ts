@@ -37,7 +37,7 @@ const REST_MS = 60_000;
  * Whole-object GETs and PUTs without the SDK's middleware stack: signed by the SDK's own SigV4
  * signer, sent on a keep-alive agent. In the preprocess worker (one GET per image, beside sharp)
  * the SDK's GetObject took about 0.95 ms of CPU per image, this about 0.25-0.45 ms; the embed
- * worker writes two objects per batch. Only path-style endpoints (the default here, and what
+ * worker writes two objects per shard. Only path-style endpoints (the default here, and what
  * MinIO, SeaweedFS and the embedded server use); only the plain answers (200, and for a GET
  * 404, 412 or another ETag, and a body over the limit). Anything else, a refusal, a 5xx, a
  * redirect, a dropped connection, comes back as `other`, and the caller asks again through the
