@@ -63,6 +63,27 @@ describe('the embedding cache', () => {
     expect((await ctx.services.inspector.status('crash')).embedded).toBe(total);
   });
 
+  it('never leaves a manifest without its data: a write whose .npy fails leaves nothing compaction or rebuild-index would read', async () => {
+    const failingNpy = new (class extends ObjectStore {
+      override putObject(bucket: string, key: string, body: Uint8Array | string, contentType?: string) {
+        // the .npy is refused after a delay, as a slow PUT cut short by a kill or an outage
+        if (key.endsWith('.npy')) return new Promise<void>((_, reject) => setTimeout(() => reject(new Error('S3 refused the .npy')), 200));
+        return super.putObject(bucket, key, body, contentType);
+      }
+    })(stack.config.s3);
+    try {
+      const cache = new EmbeddingCache(ctx.services.redis, ctx.services.keys, failingNpy, stack.config.s3.bucket, stack.config.s3.prefix);
+      const space = 'efficientnet-b0.write-order.squash224';
+      const hash = 'ab'.repeat(32);
+      await expect(cache.writeShard(space, [hash], new Float32Array(4), 4)).rejects.toThrow('S3 refused the .npy');
+      expect(await cache.listShards(space)).toEqual([]);
+      expect(await cache.has(space, [hash])).toEqual([false]);
+      expect(await cache.rebuildIndex(space)).toBe(0);
+    } finally {
+      failingNpy.close();
+    }
+  });
+
   it('after compaction, loads N embeddings with one request per large shard, values unchanged', async () => {
     const items: string[] = [];
     for await (const page of ctx.services.datasets.scan('crash')) for (const [, rec] of page) items.push(rec.sha256!);

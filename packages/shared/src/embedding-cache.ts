@@ -59,19 +59,18 @@ export class EmbeddingCache {
   }
 
   /**
-   * Stores a batch of embeddings durably (shard objects first, then the index), so a hash is
-   * only ever indexed once its bytes are in the bucket.
+   * Stores embeddings durably: the `.npy`, then its manifest, then the index. A hash is only
+   * ever indexed once its bytes are in the bucket, and a manifest only ever names data that is
+   * there: `listShards`, `compact` and `rebuildIndex` go by the manifests, so a write cut short
+   * (a kill, a failed PUT) may leave data without a manifest, never a manifest without data.
    */
   async writeShard(embedderId: string, hashes: string[], data: Float32Array, dim: number): Promise<string> {
     if (hashes.length === 0) throw new Error('writeShard: empty batch');
     if (data.length !== hashes.length * dim) throw new Error(`writeShard: ${data.length} values for ${hashes.length}×${dim}`);
     const shardId = createHash('sha256').update(hashes.join('\n')).digest('hex').slice(0, 32);
     const manifest: ShardManifest = { embedderId, dim, hashes };
-    // Both objects before the index (in parallel: a batch's write is on the embed stage's path).
-    await Promise.all([
-      this.store.putObject(this.bucket, this.shardKey(embedderId, shardId, 'npy'), encodeNpyFloat32(data, hashes.length, dim)),
-      this.store.putJson(this.bucket, this.shardKey(embedderId, shardId, 'json'), manifest),
-    ]);
+    await this.store.putObject(this.bucket, this.shardKey(embedderId, shardId, 'npy'), encodeNpyFloat32(data, hashes.length, dim));
+    await this.store.putJson(this.bucket, this.shardKey(embedderId, shardId, 'json'), manifest);
     await this.index(embedderId, shardId, hashes);
     return shardId;
   }
