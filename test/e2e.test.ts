@@ -1,11 +1,12 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
+import { FEATURE_WORKER_NODE_FLAGS } from '../apps/producer/src/embedded/supervisor.js';
 import { renderSample, writeSampleSet } from '../apps/producer/src/demo/sample-images.js';
 import { loadHead } from '../apps/train-worker/src/head.store.js';
 import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
@@ -150,6 +151,16 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     const correct = predicted.filter((p, i) => labels[p] === unique[i]!.label).length;
     expect(correct / unique.length).toBeGreaterThan(0.8);
     head.dispose();
+  });
+
+  it('runs its feature workers with the Node flags of every deployment file', async () => {
+    const workers = Object.entries(stack.supervisor.pids()).filter(([name]) => /^(preprocess|embed)#/.test(name));
+    expect(workers.map(([name]) => name.split('#')[0]).sort()).toEqual(['embed', 'preprocess']);
+    for (const [name, pid] of workers) {
+      const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+      const script = argv.findIndex((a) => a.endsWith(path.join('feature-worker', 'dist', 'main.js')));
+      expect(argv.slice(1, script), name).toEqual([...FEATURE_WORKER_NODE_FLAGS]);
+    }
   });
 
   it('status shows every queue and the dataset', async () => {

@@ -1,6 +1,9 @@
 import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { FEATURE_WORKER_NODE_FLAGS } from '../apps/producer/src/embedded/supervisor.js';
 import { repoRoot } from './support/stack.js';
 
 describe('deployment files', () => {
@@ -10,4 +13,28 @@ describe('deployment files', () => {
     // promtool is installed by .ci/run: the Prometheus rules must have been checked, not skipped
     expect(stdout).toMatch(/^ok\s+promtool check rules/m);
   }, 150_000);
+});
+
+describe('feature-worker command lines', () => {
+  // One home for the flags (the supervisor of `up`); every deployment file must say the same.
+  const files = ['docker-compose.yml', 'infra/k8s/base/preprocess.yaml', 'infra/k8s/base/embed.yaml', 'infra/docker/Dockerfile', 'infra/docker/Dockerfile.gpu', 'infra/README.md'];
+
+  it('start the feature workers with the Node flags that up uses', async () => {
+    expect(FEATURE_WORKER_NODE_FLAGS.length).toBeGreaterThan(0);
+    let commands = 0;
+    for (const file of files) {
+      const text = await readFile(path.join(repoRoot, file), 'utf8');
+      for (const line of text.split('\n').filter((l) => l.includes('apps/feature-worker/dist/main.js'))) {
+        commands++;
+        // JSON-array commands ("node", "--flag", "apps/…") and shell ones (node --flag apps/…)
+        const words = line.replace(/[[\]",`|#]/g, ' ').trim().split(/\s+/);
+        const node = words.indexOf('node');
+        const script = words.indexOf('apps/feature-worker/dist/main.js');
+        expect(node, `${file}: ${line.trim()}`).toBeGreaterThanOrEqual(0);
+        expect(words.slice(node + 1, script), `${file}: ${line.trim()}`).toEqual([...FEATURE_WORKER_NODE_FLAGS]);
+      }
+    }
+    // compose (2), k8s (2), the CPU image's comment (2), the GPU image (comment + CMD), the infra README (2)
+    expect(commands).toBeGreaterThanOrEqual(10);
+  });
 });
