@@ -113,4 +113,33 @@ describe('the embedding cache', () => {
       counting.close();
     }
   });
+
+  it('cache compact deletes shard data that no manifest names once it is old enough, and nothing else', async () => {
+    const { store, layout, cache } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    const space = stack.space.id;
+    // what a write cut short between its .npy and its manifest leaves (a kill, a failed PUT)
+    const orphan = layout.shard(space, 'f'.repeat(32), 'npy');
+    await store.putObject(bucket, orphan, Buffer.alloc(256, 1));
+    const items: string[] = [];
+    for await (const page of ctx.services.datasets.scan('crash')) for (const [, rec] of page) items.push(rec.sha256!);
+    const before = await cache.load(space, items);
+    const shards = (await cache.listShards(space)).map((s) => s.shardId).sort();
+
+    // young data may be a write in progress: the default age keeps it
+    const young = await runCli(['cache', 'compact', '--rows', '16'], stack.env);
+    expect(young.code).toBe(0);
+    expect(young.stdout).not.toContain('leftover');
+    expect(await store.headObject(bucket, orphan)).toBeDefined();
+
+    const swept = await runCli(['cache', 'compact', '--rows', '16', '--orphans-older-than', '0'], stack.env);
+    expect(swept.code).toBe(0);
+    expect(swept.stdout).toContain('1 leftover .npy without a manifest deleted');
+    expect(await store.headObject(bucket, orphan)).toBeUndefined();
+    // every shard that a manifest names keeps its data
+    expect((await cache.listShards(space)).map((s) => s.shardId).sort()).toEqual(shards);
+    for (const id of shards) expect(await store.headObject(bucket, layout.shard(space, id, 'npy'))).toBeDefined();
+    const after = await cache.load(space, items);
+    expect(Buffer.compare(Buffer.from(after.data.buffer), Buffer.from(before.data.buffer))).toBe(0);
+  });
 });

@@ -3,7 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { ConfigError, DatasetName, loadConfig, sleep } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
-import { compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
+import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
 import { consoleCommand } from './commands/console.command.js';
 import { failuresCommand } from './commands/failures.command.js';
@@ -253,8 +253,9 @@ cache
   .command('compact')
   .description('merge the small shards the embed stage writes into large ones, so training reads few large objects')
   .option('--rows <n>', 'rows per merged shard (default 4096)', int('--rows'), 4096)
+  .option('--orphans-older-than <minutes>', `also delete shard data that no manifest names (a write cut short) once it is this old (default ${DEFAULT_ORPHAN_MINUTES})`, int('--orphans-older-than'))
   .option(...embedderOption)
-  .action((o: { rows: number; embedder?: string }) => withContext((ctx) => compactCommand(ctx, o)));
+  .action((o: { rows: number; embedder?: string; orphansOlderThan?: number }) => withContext((ctx) => compactCommand(ctx, { rows: o.rows, ...(o.embedder !== undefined && { embedder: o.embedder }), ...(o.orphansOlderThan !== undefined && { orphanMinutes: o.orphansOlderThan }) })));
 
 // A command that finished has closed every client it opened, so the process ends by itself
 // (the test suite runs each command as a child process and requires that it exits).

@@ -143,6 +143,30 @@ export class EmbeddingCache {
   }
 
   /**
+   * Deletes shard data that no manifest names and that is older than `olderThanMs`: what a write
+   * cut short after its `.npy` (a kill, a failed manifest PUT) leaves. Nothing reads such data
+   * (listing, loading and indexing go by the manifests), so it only takes room in the bucket.
+   * Younger data may be a write in progress, whose manifest comes next. Returns the count deleted.
+   */
+  async sweepOrphans(embedderId: string, olderThanMs: number, now = Date.now()): Promise<number> {
+    const manifests = new Set<string>();
+    const data: { shardId: string; key: string; lastModified?: Date }[] = [];
+    for await (const o of this.store.listObjects(this.bucket, this.layout.embeddings(embedderId))) {
+      const name = o.key.slice(o.key.lastIndexOf('/') + 1);
+      if (name.endsWith('.json')) manifests.add(name.slice(0, -'.json'.length));
+      else if (name.endsWith('.npy')) data.push({ shardId: name.slice(0, -'.npy'.length), key: o.key, ...(o.lastModified && { lastModified: o.lastModified }) });
+    }
+    let removed = 0;
+    for (const d of data) {
+      // A server that gives no date gets nothing deleted: the age is what tells a leftover from a write in progress.
+      if (manifests.has(d.shardId) || !d.lastModified || now - d.lastModified.getTime() < olderThanMs) continue;
+      await this.store.deleteObject(this.bucket, d.key);
+      removed++;
+    }
+    return removed;
+  }
+
+  /**
    * Merges small shards (the embed stage writes up to `TL_EMBED_SHARD_ROWS` rows at a time) into shards of up to
    * `targetRows`, so training reads N embeddings in about N / targetRows requests. Each merged
    * shard is written and indexed before the small ones are deleted; a hash stored twice (a batch

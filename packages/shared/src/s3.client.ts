@@ -31,6 +31,8 @@ export interface ObjectInfo {
   key: string;
   size: number;
   etag: string;
+  /** when the object was last written, where the server says (listings do) */
+  lastModified?: Date;
 }
 
 /** The object is not there (deleted between listing and processing, or never was). */
@@ -245,7 +247,7 @@ export class ObjectStore {
       );
       for (const o of res.Contents ?? []) {
         if (o.Key === undefined) continue;
-        yield { key: o.Key, size: o.Size ?? 0, etag: stripQuotes(o.ETag) };
+        yield { key: o.Key, size: o.Size ?? 0, etag: stripQuotes(o.ETag), ...(o.LastModified && { lastModified: o.LastModified }) };
       }
       token = res.IsTruncated ? res.NextContinuationToken : undefined;
     } while (token);
