@@ -3,9 +3,10 @@ import { openCliContext, type CliContext } from '../apps/producer/src/cli-contex
 import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
 import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { EmbeddingCache, ObjectStore } from '../packages/shared/src/index.js';
+import { randomBytes } from 'node:crypto';
+import { EmbeddingCache, ObjectStore, enqueue, jobIds } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { runCli, startTestStack, type TestStack } from './support/stack.js';
+import { runCli, startTestStack, until, type TestStack } from './support/stack.js';
 
 guardLeaks();
 
@@ -141,5 +142,23 @@ describe('the embedding cache', () => {
     for (const id of shards) expect(await store.headObject(bucket, layout.shard(space, id, 'npy'))).toBeDefined();
     const after = await cache.load(space, items);
     expect(Buffer.compare(Buffer.from(after.data.buffer), Buffer.from(before.data.buffer))).toBe(0);
+  });
+
+  it('an embed job whose image is indexed meanwhile is not embedded again, though its pixels are still there', async () => {
+    const space = stack.space.id;
+    const [fresh, indexed] = [randomBytes(32).toString('hex'), randomBytes(32).toString('hex')];
+    for (const h of [fresh, indexed]) await ctx.services.tensors.put(h, randomBytes(224 * 224 * 3));
+    // as a first run of its job would have left it: embedded and indexed, its pixels not yet freed
+    await ctx.services.redis.hset(ctx.services.keys.embeddingIndex(space), indexed, 'earlier-shard 0');
+    const queue = ctx.queues.embed(space);
+    const jobs = [fresh, indexed].map((sha256) => ({ id: jobIds.embed({ sha256, embedderId: space }), payload: { sha256, embedderId: space } }));
+    await enqueue(queue, 'embed', jobs);
+    await until('both embed jobs to finish', async () => {
+      const c = await queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
+      return Object.values(c).every((v) => v === 0);
+    }, 60);
+    const index = await ctx.services.redis.hmget(ctx.services.keys.embeddingIndex(space), fresh, indexed);
+    expect(index[0]).toMatch(/^[0-9a-f]{32} \d+$/); // embedded into a shard of its own run
+    expect(index[1]).toBe('earlier-shard 0'); // found in the index by the read of its pixels: no second forward pass
   });
 });

@@ -127,32 +127,45 @@ describe('EmbedStage', () => {
     expect(g.shards).toHaveLength(0);
   });
 
-  it('lets an embedder that reads the pixels itself do so: they never pass through here', async () => {
-    const stored: Record<string, Uint8Array> = { [sha(1)]: px(1), [sha(2)]: Uint8Array.of(1, 2, 3), [sha(4)]: px(4) };
-    const f = fakeDeps({});
+  it('lets an embedder that reads the pixels itself do so, and look the index up in that same read', async () => {
+    const stored: Record<string, Uint8Array> = { [sha(1)]: px(1), [sha(2)]: Uint8Array.of(1, 2, 3), [sha(4)]: px(4), [sha(5)]: px(5) };
+    const f = fakeDeps({}, [sha(5)]);
     let readHere = 0;
     f.deps.services.tensors.getBatch = () => {
       readHere++;
       return Promise.resolve({ images: [], sizes: [] });
     };
-    const asked: string[][] = [];
-    f.deps.embedder.embedStored = async (hashes) => {
-      asked.push(hashes);
-      const ok = hashes.map((h) => stored[h]).filter((p): p is Uint8Array => p?.length === 12);
-      return { sizes: hashes.map((h) => stored[h]?.length ?? -1), data: await f.deps.embedder.embedBatch(ok) };
+    const lookedUpHere: string[][] = [];
+    const has = f.deps.services.cache.has.bind(f.deps.services.cache);
+    f.deps.services.cache.has = (id, hs) => {
+      lookedUpHere.push(hs);
+      return has(id, hs);
     };
-    const r = await stageOf(f.deps, { batchSize: 5 }).run([1, 2, 3, 4, 1]);
+    const asked: { hashes: string[]; space: string | undefined }[] = [];
+    f.deps.embedder.embedStored = async (hashes, o) => {
+      asked.push({ hashes, space: o?.skipIndexedIn });
+      const cached = hashes.map((h) => o?.skipIndexedIn === ID && f.index.has(h));
+      const ok = hashes.filter((h, i) => !cached[i] && stored[h]?.length === 12).map((h) => stored[h]!);
+      return { sizes: hashes.map((h) => stored[h]?.length ?? -1), data: await f.deps.embedder.embedBatch(ok), cached };
+    };
+    const r = await stageOf(f.deps, { batchSize: 6 }).run([1, 2, 3, 4, 1, 5]);
     expect(readHere).toBe(0);
-    expect(asked).toEqual([[sha(1), sha(2), sha(3), sha(4)]]); // the duplicate is asked for once
+    // one round trip for the batch: the index is asked in the embedder's read, not here first;
+    // here only for the image whose pixels are gone (was it embedded meanwhile?)
+    expect(lookedUpHere).toEqual([[sha(3)]]);
+    expect(asked).toEqual([{ hashes: [sha(1), sha(2), sha(3), sha(4), sha(5)], space: ID }]); // the duplicate is asked for once
     expect(r[0]).toBe('embedded');
     expect((r[1] as PermanentError).reason).toBe('bad-pixels');
     expect((r[2] as PermanentError).reason).toBe('pixels-expired');
     expect(r[3]).toBe('embedded');
     expect(r[4]).toBe('cached'); // the same image twice: written once, both wait for that write
+    expect(r[5]).toBe('cached'); // indexed already: its pixels are not embedded again
+    expect(f.forward).toEqual([2]);
     expect(f.shards).toHaveLength(1);
     expect(f.shards[0]!.hashes).toEqual([sha(1), sha(4)]);
     expect([...f.shards[0]!.data]).toEqual([1, 1, 1, 4, 4, 4]);
     expect(f.deleted.sort()).toEqual([sha(1), sha(4)]);
+    expect(await counted(f.deps)).toMatchObject({ embedded: 2, cached: 2, failed: 2 });
   });
 
   it('refuses a job made for another embedding space', async () => {

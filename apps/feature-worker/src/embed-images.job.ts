@@ -100,7 +100,9 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
   const todo: { i: number; sha256: string }[] = [];
   // The same image twice in a batch (a job run twice at once) is computed once; both wait for its write.
   const twins: [twin: number, first: number][] = [];
-  const cached = await cache.has(deps.embedderId, jobs.map((j) => j.sha256));
+  // An embedder that reads the pixels itself looks the hashes up in the index in that same round
+  // trip (one less per batch here); otherwise they are looked up first.
+  const cached = deps.embedder.embedStored ? [] : await cache.has(deps.embedderId, jobs.map((j) => j.sha256));
   for (const [i, job] of jobs.entries()) {
     const first = todo.find((t) => t.sha256 === job.sha256);
     if (job.embedderId !== deps.embedderId) {
@@ -115,18 +117,19 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
   }
   if (todo.length) {
     const per = deps.embedder.inputSize * deps.embedder.inputSize * 3;
-    const { sizes, data } = await forwardStored(deps, todo.map((t) => t.sha256), per);
+    const { sizes, data, indexed } = await forwardStored(deps, todo.map((t) => t.sha256), per);
     // Gone pixels of an image embedded meanwhile (a second run of its job, whose first run has
     // just written it and freed them) are no failure.
-    const gone = todo.filter((_, k) => sizes[k]! < 0);
+    const gone = todo.filter((_, k) => !indexed[k] && sizes[k]! < 0);
     const since = gone.length ? await cache.has(deps.embedderId, gone.map((t) => t.sha256)) : [];
     const embeddedSince = new Set(gone.filter((_, k) => since[k]).map((t) => t.i));
     const ok = todo.filter((t, k) => {
       const size = sizes[k]!;
-      if (size < 0 && embeddedSince.has(t.i)) results[t.i] = 'cached';
+      if (indexed[k]) results[t.i] = 'cached';
+      else if (size < 0 && embeddedSince.has(t.i)) results[t.i] = 'cached';
       else if (size < 0) results[t.i] = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
       else if (size !== per) results[t.i] = new PermanentError('bad-pixels', `stored pixels are ${size} bytes, expected ${per}`);
-      return size === per;
+      return !indexed[k] && size === per;
     });
     if (data.length !== ok.length * dim) throw new Error(`the forward pass returned ${data.length} values for ${ok.length} images of ${dim}`);
     ok.forEach((t, row) => (results[t.i] = data.subarray(row * dim, (row + 1) * dim)));
@@ -140,20 +143,21 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
 }
 
 /**
- * The forward pass on the stored pixels of `hashes`: read where the model runs when the
- * embedder can (its thread's own Redis connection), else here.
+ * The forward pass on the stored pixels of `hashes`, skipping those whose embedding is indexed
+ * already (`indexed`): read where the model runs when the embedder can (its thread's own Redis
+ * connection, the index looked up in the same round trip), else here.
  */
-async function forwardStored(deps: EmbedDeps, hashes: string[], per: number): Promise<StoredEmbeddings> {
+async function forwardStored(deps: EmbedDeps, hashes: string[], per: number): Promise<StoredEmbeddings & { indexed: boolean[] }> {
   if (deps.embedder.embedStored) {
     const started = performance.now();
-    const r = await deps.embedder.embedStored(hashes);
+    const r = await deps.embedder.embedStored(hashes, { skipIndexedIn: deps.embedderId });
     deps.metrics.forwardSeconds.observe(r.seconds ?? (performance.now() - started) / 1000);
     const rows = r.data.length / deps.embedder.dim;
     if (rows) deps.metrics.embedBatch.observe(rows);
-    return r;
+    return { ...r, indexed: r.cached ?? hashes.map(() => false) };
   }
   const { images, sizes } = await deps.services.tensors.getBatch(hashes, per);
-  return { sizes, data: images.length ? await forwardFitting(deps, images) : new Float32Array(0) };
+  return { sizes, data: images.length ? await forwardFitting(deps, images) : new Float32Array(0), indexed: hashes.map(() => false) };
 }
 
 const OUT_OF_MEMORY = /out of memory|OOM|resource exhausted|failed to allocate/i;

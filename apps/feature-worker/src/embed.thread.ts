@@ -38,11 +38,14 @@ export interface ThreadSpec {
 export type ThreadReply =
   | { type: 'ready'; provider: string; onnx?: { path: string; built: boolean } }
   | { type: 'failed'; message: string }
-  | { type: 'result'; id: number; data: Float32Array; sizes?: number[]; seconds: number }
+  | { type: 'result'; id: number; data: Float32Array; sizes?: number[]; cached?: boolean[]; seconds: number }
   | { type: 'error'; id: number; message: string };
 
 /** Messages to the thread. */
-export type ThreadRequest = { type: 'embed'; id: number; n: number; pixels: Uint8Array } | { type: 'embed-stored'; id: number; sha256s: string[] } | { type: 'close' };
+export type ThreadRequest =
+  | { type: 'embed'; id: number; n: number; pixels: Uint8Array }
+  | { type: 'embed-stored'; id: number; sha256s: string[]; skipIndexedIn?: string }
+  | { type: 'close' };
 
 /**
  * The forward pass runs here, off the worker's event loop: ONNX Runtime's and TF.js wasm's
@@ -113,22 +116,22 @@ start(spec).then(
     // intra-op threads, oversubscribing the cores the threads were sized for. Reading the next
     // batch's pixels does not wait for the running pass.
     let queue: Promise<unknown> = Promise.resolve();
-    const forward = (id: number, input: Promise<{ images: Uint8Array[]; sizes?: number[] }>) => {
+    const forward = (id: number, input: Promise<{ images: Uint8Array[]; sizes?: number[]; cached?: boolean[] }>) => {
       // A read that fails while an earlier pass runs is reported when this batch's turn comes;
       // until then it must not count as unhandled (that would end the thread, and the worker).
       input.catch(() => {});
       const run = queue.then(async () => {
-        const { images, sizes } = await input;
+        const { images, sizes, cached } = await input;
         const start = performance.now();
         const data = images.length ? await embedder.embedBatch(images) : new Float32Array(0);
-        return { data, sizes, seconds: (performance.now() - start) / 1000 };
+        return { data, sizes, cached, seconds: (performance.now() - start) / 1000 };
       });
       queue = run.catch(() => {});
       run.then(
-        ({ data, sizes, seconds }) => {
+        ({ data, sizes, cached, seconds }) => {
           // A copy we own (the runtime may own the output's memory), handed over without another copy.
           const out = data.slice();
-          port.postMessage({ type: 'result', id, data: out, seconds, ...(sizes && { sizes }) } satisfies ThreadReply, [out.buffer as ArrayBuffer]);
+          port.postMessage({ type: 'result', id, data: out, seconds, ...(sizes && { sizes }), ...(cached && { cached }) } satisfies ThreadReply, [out.buffer as ArrayBuffer]);
         },
         (err: unknown) => port.postMessage({ type: 'error', id, message: (err as Error).message } satisfies ThreadReply),
       );
@@ -144,7 +147,7 @@ start(spec).then(
           port.postMessage({ type: 'error', id: m.id, message: 'this embed thread has no pixel source' } satisfies ThreadReply);
           return;
         }
-        forward(m.id, tensors.getBatch(m.sha256s, per));
+        forward(m.id, m.skipIndexedIn === undefined ? tensors.getBatch(m.sha256s, per) : tensors.getBatchUnlessIndexed(m.sha256s, per, m.skipIndexedIn));
         return;
       }
       forward(m.id, Promise.resolve({ images: Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per)) }));

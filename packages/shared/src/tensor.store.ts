@@ -36,6 +36,27 @@ export class TensorStore {
     return { images: values.filter((v): v is Buffer => v?.length === bytes), sizes: values.map((v) => (v ? v.length : -1)) };
   }
 
+  /**
+   * getBatch, and in the same round trip which of `sha256s` the embedding space `space` has in
+   * its index already (`cached`): those are left out of `images`, whatever their pixels.
+   */
+  async getBatchUnlessIndexed(sha256s: string[], bytes: number, space: string): Promise<{ images: Buffer[]; sizes: number[]; cached: boolean[] }> {
+    if (sha256s.length === 0) return { images: [], sizes: [], cached: [] };
+    const pipe = this.redis.pipeline();
+    pipe.hmget(this.keys.embeddingIndex(space), ...sha256s);
+    pipe.mgetBuffer(...sha256s.map((s) => this.keys.tensor(s)));
+    const replies = (await pipe.exec()) ?? [];
+    for (const [err] of replies) if (err) throw err;
+    const indexed = replies[0]![1] as (string | null)[];
+    const values = replies[1]![1] as (Buffer | null)[];
+    const cached = indexed.map((v) => v !== null);
+    return {
+      images: values.filter((v, i): v is Buffer => !cached[i] && v?.length === bytes),
+      sizes: values.map((v) => (v ? v.length : -1)),
+      cached,
+    };
+  }
+
   async delete(sha256s: string[]): Promise<void> {
     if (sha256s.length) await this.redis.del(...sha256s.map((s) => this.keys.tensor(s)));
   }
