@@ -146,7 +146,7 @@ describe('EmbedStage', () => {
       asked.push({ hashes, space: o?.skipIndexedIn });
       const cached = hashes.map((h) => o?.skipIndexedIn === ID && f.index.has(h));
       const ok = hashes.filter((h, i) => !cached[i] && stored[h]?.length === 12).map((h) => stored[h]!);
-      return { sizes: hashes.map((h) => stored[h]?.length ?? -1), data: await f.deps.embedder.embedBatch(ok), cached };
+      return { sizes: hashes.map((h) => stored[h]?.length ?? -1), data: ok.length ? await f.deps.embedder.embedBatch(ok) : new Float32Array(0), cached };
     };
     const r = await stageOf(f.deps, { batchSize: 6 }).run([1, 2, 3, 4, 1, 5]);
     expect(readHere).toBe(0);
@@ -166,6 +166,12 @@ describe('EmbedStage', () => {
     expect([...f.shards[0]!.data]).toEqual([1, 1, 1, 4, 4, 4]);
     expect(f.deleted.sort()).toEqual([sha(1), sha(4)]);
     expect(await counted(f.deps)).toMatchObject({ embedded: 2, cached: 2, failed: 2 });
+    // a batch found all indexed runs no forward pass, and the metrics count none
+    const passes = async () => (await f.deps.metrics.forwardSeconds.get()).values.find((v) => v.metricName?.endsWith('_count'))?.value;
+    expect(await passes()).toBe(1);
+    expect(await stageOf(f.deps, { batchSize: 2 }).run([1, 5])).toEqual(['cached', 'cached']);
+    expect(f.forward).toEqual([2]);
+    expect(await passes()).toBe(1);
   });
 
   it('refuses a job made for another embedding space', async () => {

@@ -151,9 +151,12 @@ async function forwardStored(deps: EmbedDeps, hashes: string[], per: number): Pr
   if (deps.embedder.embedStored) {
     const started = performance.now();
     const r = await deps.embedder.embedStored(hashes, { skipIndexedIn: deps.embedderId });
-    deps.metrics.forwardSeconds.observe(r.seconds ?? (performance.now() - started) / 1000);
     const rows = r.data.length / deps.embedder.dim;
-    if (rows) deps.metrics.embedBatch.observe(rows);
+    // A batch found all indexed (or gone) ran no forward pass: it is not one in the metrics.
+    if (rows) {
+      deps.metrics.forwardSeconds.observe(r.seconds ?? (performance.now() - started) / 1000);
+      deps.metrics.embedBatch.observe(rows);
+    }
     return { ...r, indexed: r.cached ?? hashes.map(() => false) };
   }
   const { images, sizes } = await deps.services.tensors.getBatch(hashes, per);

@@ -251,9 +251,9 @@ cache
   .action((o: { embedder?: string }) => withContext((ctx) => rebuildIndexCommand(ctx, o)));
 cache
   .command('compact')
-  .description('merge the small shards the embed stage writes into large ones, so training reads few large objects')
+  .description('merge the small shards the embed stage writes into large ones, so training reads few large objects; then delete shard data that no manifest names')
   .option('--rows <n>', 'rows per merged shard (default 4096)', int('--rows'), 4096)
-  .option('--orphans-older-than <minutes>', `also delete shard data that no manifest names (a write cut short) once it is this old (default ${DEFAULT_ORPHAN_MINUTES})`, int('--orphans-older-than'))
+  .option('--orphans-older-than <minutes>', `delete shard data that no manifest names (a write cut short) once it is this old (default ${DEFAULT_ORPHAN_MINUTES}); below a few minutes only while no embed worker writes: a write in progress has its data before its manifest`, int('--orphans-older-than'))
   .option(...embedderOption)
   .action((o: { rows: number; embedder?: string; orphansOlderThan?: number }) => withContext((ctx) => compactCommand(ctx, { rows: o.rows, ...(o.embedder !== undefined && { embedder: o.embedder }), ...(o.orphansOlderThan !== undefined && { orphanMinutes: o.orphansOlderThan }) })));
 

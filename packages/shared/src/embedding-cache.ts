@@ -144,7 +144,8 @@ export class EmbeddingCache {
 
   /**
    * Deletes shard data that no manifest names and that is older than `olderThanMs`: what a write
-   * cut short after its `.npy` (a kill, a failed manifest PUT) leaves. Nothing reads such data
+   * cut short after its `.npy` (a kill, a failed manifest PUT) leaves, or a compaction cut short
+   * between deleting a shard's manifest and its data. Nothing reads such data
    * (listing, loading and indexing go by the manifests), so it only takes room in the bucket.
    * Younger data may be a write in progress, whose manifest comes next. Returns the count deleted.
    */
