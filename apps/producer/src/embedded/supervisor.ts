@@ -13,12 +13,13 @@ const appsDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..',
  * A feature worker allocates far more in buffers (each image's download, its 147 KB of pixels,
  * a batch's pixel reads) than in JavaScript objects. V8 counts those buffers toward the limit
  * that starts a full collection, and with its default starting limit for a small heap (a worker's
- * is about 20 MB) it ran one every few dozen images, marking the whole heap each time. A 256 MB
+ * is about 20 MB) it marks the whole heap far more often than its objects need. A 256 MB
  * starting old space lets the buffers, which die young, go with the cheap young collections.
- * Measured on 2 cores, one preprocess worker pinned to a core: full collections 40 → 4 in a run
- * of 2,000 640×480 JPEGs, 3.45 → 3.28 ms of CPU per image, on large photos 30.2 → 31.3 images/s;
- * the embed worker at batch 1: 138 → 140-145 images/s. Peak memory (VmHWM) rose by 15-55 MB.
- * Not allowed in NODE_OPTIONS, hence the command lines.
+ * Measured on 2 cores, one preprocess worker pinned to a core, 2,000 640×480 JPEGs: on Node 22
+ * (what npm start, the tests and the images run) full collections 8 → 5 and 3.87 → 3.72 and
+ * 3.67 → 3.35 ms of CPU per image in two A/B runs; on Node 20, 40 → 4 and 3.45 → 3.28 ms, large
+ * photos 30.2 → 31.3 images/s, the embed worker at batch 1 138 → 140-145 images/s. Peak memory
+ * (VmHWM) rose by 10-55 MB. Not allowed in NODE_OPTIONS, hence the command lines.
  */
 export const FEATURE_WORKER_NODE_FLAGS = ['--initial-old-space-size=256'] as const;
 
