@@ -327,9 +327,12 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
   };
   const stageSeconds = Math.max(12, seconds);
   const stageName = (b: number) => `embed stage via Redis+BullMQ, ONNX Runtime, batch ${b}, 1 process × 2 threads`;
+  /** the same raw pass (2 threads) measured again around each shared-core stage run */
+  const raw2Again: Record<number, [before: number, after: number]> = {};
   for (const b of BATCHES) {
     const n = imagesFor(raw2(b), stageSeconds, b);
     const { result: s, raw, before, after } = await around(2, b, false, () => stageRate({ backend: 'onnx', batch: b, processes: 1, threads: 2, n }));
+    raw2Again[b] = [before, after];
     stagePeaks[`onnx batch ${b}`] = s.peakMb;
     const rawName = `${name.ours(b, 2)}, around the stage run`;
     rows.push(
@@ -378,8 +381,22 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
   const wasmStageName = "today's embed stage before this change: TF.js wasm, batch 8, 1 process";
   const wasmStage = await stageRate({ backend: 'wasm', batch: 8, processes: 1, threads: 1, n: 96 });
   rows.push({ name: wasmStageName, value: wasmStage.steady, unit: 'images/s', note: `steady rate; peak ${wasmStage.peakMb?.toFixed(0)} MiB` });
-  // The issue's target is on the raw forward pass ("ours ≥ 10× today's wasm stage"); the stage against stage is shown too.
-  for (const b of BATCHES) rows.push({ name: `ours (raw forward, batch ${b}, 2 threads) vs today's wasm stage`, value: raw2(b), unit: 'images/s', vs: wasmStageName, target: '≥ 10×' });
+  // The issue's target is on the raw forward pass ("ours ≥ 10× today's wasm stage"); the stage
+  // against stage is shown too. The raw rate is the median of its three measurements in this run
+  // (the raw row, and just before and after its stage run): one of them alone fell in a slow
+  // spell of the machine twice (140 img/s at batch 1, against 188-205 minutes later).
+  for (const b of BATCHES) {
+    const three = [raw2(b), ...raw2Again[b]!];
+    const median = [...three].sort((x, y) => x - y)[1]!;
+    rows.push({
+      name: `ours (raw forward, batch ${b}, 2 threads) vs today's wasm stage`,
+      value: median,
+      unit: 'images/s',
+      vs: wasmStageName,
+      target: '≥ 10×',
+      note: `median of this run's 3 measurements of the raw pass: ${three.map((v) => v.toFixed(1)).join(', ')} (the raw row, just before and just after its stage run)`,
+    });
+  }
   rows.push({ name: 'ONNX Runtime stage (batch 8, 2 threads) vs the wasm stage', value: rows.find((r) => r.name === stageName(8))!.value, unit: 'images/s', vs: wasmStageName });
   details.stagePeakMb = stagePeaks;
 
