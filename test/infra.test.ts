@@ -1,6 +1,5 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -19,24 +18,26 @@ describe('deployment files', () => {
 describe('feature-worker command lines', () => {
   // One home for the flags (the supervisor of `up`); every file that writes the command out must
   // say the same: every tracked file but the TypeScript, which builds its paths from parts.
+  const SCRIPT = 'apps/feature-worker/dist/main.js';
   const files = () =>
     execFileSync('git', ['ls-files', '-z'], { cwd: repoRoot, encoding: 'utf8' })
       .split('\0')
-      .filter((f) => f && !f.endsWith('.ts') && existsSync(path.join(repoRoot, f)) && readFileSync(path.join(repoRoot, f), 'utf8').includes('apps/feature-worker/dist/main.js'));
+      .filter((f) => f && !f.endsWith('.ts') && existsSync(path.join(repoRoot, f)))
+      .map((f) => ({ file: f, text: readFileSync(path.join(repoRoot, f), 'utf8') }))
+      .filter((f) => f.text.includes(SCRIPT));
 
-  it('start the feature workers with the Node flags that up uses', async () => {
+  it('start the feature workers with the Node flags that up uses', () => {
     expect(FEATURE_WORKER_NODE_FLAGS.length).toBeGreaterThan(0);
     const found = files();
-    expect(found).toEqual(expect.arrayContaining(['docker-compose.yml', 'infra/k8s/base/preprocess.yaml', 'infra/k8s/base/embed.yaml', 'infra/docker/Dockerfile.gpu']));
+    expect(found.map((f) => f.file)).toEqual(expect.arrayContaining(['docker-compose.yml', 'infra/k8s/base/preprocess.yaml', 'infra/k8s/base/embed.yaml', 'infra/docker/Dockerfile.gpu']));
     let commands = 0;
-    for (const file of found) {
-      const text = await readFile(path.join(repoRoot, file), 'utf8');
-      for (const line of text.split('\n').filter((l) => l.includes('apps/feature-worker/dist/main.js'))) {
+    for (const { file, text } of found) {
+      for (const line of text.split('\n').filter((l) => l.includes(SCRIPT))) {
         commands++;
         // JSON-array commands ("node", "--flag", "apps/…") and shell ones (node --flag apps/…)
         const words = line.replace(/[[\]",`|#]/g, ' ').trim().split(/\s+/);
         const node = words.indexOf('node');
-        const script = words.indexOf('apps/feature-worker/dist/main.js');
+        const script = words.indexOf(SCRIPT);
         expect(node, `${file}: ${line.trim()}`).toBeGreaterThanOrEqual(0);
         expect(words.slice(node + 1, script), `${file}: ${line.trim()}`).toEqual([...FEATURE_WORKER_NODE_FLAGS]);
       }

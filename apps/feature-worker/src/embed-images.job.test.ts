@@ -19,8 +19,19 @@ function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
   const forward: number[] = [];
   const keys = redisKeys('t');
   const hashOf = (key: string) => key.slice(keys.tensor('').length);
+  const mget = (ks: string[]) => ks.map((k) => (pixels[hashOf(k)] ? Buffer.from(pixels[hashOf(k)]!) : null));
   const redis = {
-    mgetBuffer: async (...ks: string[]) => ks.map((k) => (pixels[hashOf(k)] ? Buffer.from(pixels[hashOf(k)]!) : null)),
+    mgetBuffer: async (...ks: string[]) => mget(ks),
+    // the pixel read that also asks the index (HMGET + MGET in one round trip)
+    pipeline: () => {
+      const replies: unknown[] = [];
+      const pipe = {
+        hmget: (key: string, ...hs: string[]) => (replies.push(key === keys.embeddingIndex(ID) ? hs.map((h) => index.get(h) ?? null) : hs.map(() => null)), pipe),
+        mgetBuffer: (...ks: string[]) => (replies.push(mget(ks)), pipe),
+        exec: async () => replies.map((r) => [null, r]),
+      };
+      return pipe;
+    },
     del: async (...ks: string[]) => void deleted.push(...ks.map(hashOf)),
   };
   const embedder: Embedder = {
@@ -98,11 +109,16 @@ describe('EmbedStage', () => {
 
   it('running the same jobs twice embeds once (the second run finds them cached)', async () => {
     const f = fakeDeps({ [sha(1)]: px(1) });
+    let lookups = 0;
+    const has = f.deps.services.cache.has.bind(f.deps.services.cache);
+    f.deps.services.cache.has = (id, hs) => (lookups++, has(id, hs));
     const { run } = stageOf(f.deps);
     expect(await run([1])).toEqual(['embedded']);
     expect(await run([1])).toEqual(['cached']);
     expect(f.forward).toEqual([1]);
     expect(f.shards).toHaveLength(1);
+    // found by the pixel read, which asks the index in the same round trip: no look-up of its own
+    expect(lookups).toBe(0);
   });
 
   it('halves a batch that does not fit in device memory instead of failing it', async () => {
@@ -133,7 +149,7 @@ describe('EmbedStage', () => {
     let readHere = 0;
     f.deps.services.tensors.getBatch = () => {
       readHere++;
-      return Promise.resolve({ images: [], sizes: [] });
+      return Promise.resolve({ images: [], sizes: [], cached: [] });
     };
     const lookedUpHere: string[][] = [];
     const has = f.deps.services.cache.has.bind(f.deps.services.cache);
@@ -247,11 +263,13 @@ describe('EmbedStage', () => {
 
   it('does not fail an image whose pixels are gone because it was embedded meanwhile (a second run of its job)', async () => {
     const f = fakeDeps({});
-    let asked = 0;
-    // the first look finds it not cached; by the time its pixels are read, the other run has written it
-    f.deps.services.cache.has = async (_id, hs) => hs.map(() => asked++ > 0);
+    // the pixel read (and its look at the index) finds neither; the look that follows gone pixels
+    // finds it indexed: the other run had written it, and freed the pixels, in between
+    const lookedUpAfter: string[][] = [];
+    f.deps.services.cache.has = async (_id, hs) => (lookedUpAfter.push(hs), hs.map(() => true));
     const { run } = stageOf(f.deps);
     expect(await run([5])).toEqual(['cached']);
+    expect(lookedUpAfter).toEqual([[sha(5)]]);
     const g = fakeDeps({});
     expect((((await stageOf(g.deps).run([5]))[0]) as PermanentError).reason).toBe('pixels-expired');
   });

@@ -100,15 +100,11 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
   const todo: { i: number; sha256: string }[] = [];
   // The same image twice in a batch (a job run twice at once) is computed once; both wait for its write.
   const twins: [twin: number, first: number][] = [];
-  // An embedder that reads the pixels itself looks the hashes up in the index in that same round
-  // trip (one less per batch here); otherwise they are looked up first.
-  const cached = deps.embedder.embedStored ? [] : await cache.has(deps.embedderId, jobs.map((j) => j.sha256));
+  // Images embedded already are found by the pixel read itself (the index asked in the same round trip).
   for (const [i, job] of jobs.entries()) {
     const first = todo.find((t) => t.sha256 === job.sha256);
     if (job.embedderId !== deps.embedderId) {
       results[i] = new PermanentError('wrong-embedder', `job is for ${job.embedderId}, this worker runs ${deps.embedderId}`);
-    } else if (cached[i]) {
-      results[i] = 'cached';
     } else if (first) {
       twins.push([i, first.i]);
     } else {
@@ -144,8 +140,8 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
 
 /**
  * The forward pass on the stored pixels of `hashes`, skipping those whose embedding is indexed
- * already (`indexed`): read where the model runs when the embedder can (its thread's own Redis
- * connection, the index looked up in the same round trip), else here.
+ * already (`indexed`, asked in the same round trip as the pixels): read where the model runs when
+ * the embedder can (its thread's own Redis connection), else here.
  */
 async function forwardStored(deps: EmbedDeps, hashes: string[], per: number): Promise<StoredEmbeddings & { indexed: boolean[] }> {
   if (deps.embedder.embedStored) {
@@ -159,8 +155,8 @@ async function forwardStored(deps: EmbedDeps, hashes: string[], per: number): Pr
     }
     return { ...r, indexed: r.cached ?? hashes.map(() => false) };
   }
-  const { images, sizes } = await deps.services.tensors.getBatch(hashes, per);
-  return { sizes, data: images.length ? await forwardFitting(deps, images) : new Float32Array(0), indexed: hashes.map(() => false) };
+  const { images, sizes, cached } = await deps.services.tensors.getBatch(hashes, per, deps.embedderId);
+  return { sizes, data: images.length ? await forwardFitting(deps, images) : new Float32Array(0), indexed: cached };
 }
 
 const OUT_OF_MEMORY = /out of memory|OOM|resource exhausted|failed to allocate/i;

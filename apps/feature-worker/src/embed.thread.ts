@@ -147,7 +147,7 @@ start(spec).then(
           port.postMessage({ type: 'error', id: m.id, message: 'this embed thread has no pixel source' } satisfies ThreadReply);
           return;
         }
-        forward(m.id, m.skipIndexedIn === undefined ? tensors.getBatch(m.sha256s, per) : tensors.getBatchUnlessIndexed(m.sha256s, per, m.skipIndexedIn));
+        forward(m.id, tensors.getBatch(m.sha256s, per, m.skipIndexedIn));
         return;
       }
       forward(m.id, Promise.resolve({ images: Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per)) }));

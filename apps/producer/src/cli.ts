@@ -255,7 +255,7 @@ cache
   .option('--rows <n>', 'rows per merged shard (default 4096)', int('--rows'), 4096)
   .option('--orphans-older-than <minutes>', `delete shard data that no manifest names (a write cut short) once it is this old (default ${DEFAULT_ORPHAN_MINUTES}); below a few minutes only while no embed worker writes: a write in progress has its data before its manifest`, int('--orphans-older-than'))
   .option(...embedderOption)
-  .action((o: { rows: number; embedder?: string; orphansOlderThan?: number }) => withContext((ctx) => compactCommand(ctx, { rows: o.rows, ...(o.embedder !== undefined && { embedder: o.embedder }), ...(o.orphansOlderThan !== undefined && { orphanMinutes: o.orphansOlderThan }) })));
+  .action((o: { rows: number; embedder?: string; orphansOlderThan?: number }) => withContext((ctx) => compactCommand(ctx, o)));
 
 // A command that finished has closed every client it opened, so the process ends by itself
 // (the test suite runs each command as a child process and requires that it exits).

@@ -33,6 +33,12 @@ function randomImages(n: number): Uint8Array[] {
 
 type Forward = (images: Uint8Array[]) => Promise<unknown>;
 
+function median(xs: number[]): number {
+  const sorted = [...xs].sort((x, y) => x - y);
+  const m = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[m]! : (sorted[m - 1]! + sorted[m]!) / 2;
+}
+
 /** A few calls at this batch size, untimed: the first runs at a new size are slow. */
 async function warmUp(embed: Forward, pool: Uint8Array[], batch: number): Promise<void> {
   for (let i = 0; i < 3; i++) await embed(pool.slice(0, batch));
@@ -67,11 +73,6 @@ async function rawRates(embed: Forward, seconds: number): Promise<Record<number,
 async function pairedRates(a: Forward, b: Forward, seconds: number, rounds = 4): Promise<{ a: Record<number, number>; b: Record<number, number> }> {
   const pool = randomImages(32);
   const out = { a: {} as Record<number, number>, b: {} as Record<number, number> };
-  const median = (xs: number[]) => {
-    const sorted = [...xs].sort((x, y) => x - y);
-    const m = sorted.length >> 1;
-    return sorted.length % 2 ? sorted[m]! : (sorted[m - 1]! + sorted[m]!) / 2;
-  };
   for (const batch of BATCHES) {
     await warmUp(a, pool, batch);
     await warmUp(b, pool, batch);
@@ -387,10 +388,9 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
   // spell of the machine twice (140 img/s at batch 1, against 188-205 minutes later).
   for (const b of BATCHES) {
     const three = [raw2(b), ...raw2Again[b]!];
-    const median = [...three].sort((x, y) => x - y)[1]!;
     rows.push({
       name: `ours (raw forward, batch ${b}, 2 threads) vs today's wasm stage`,
-      value: median,
+      value: median(three),
       unit: 'images/s',
       vs: wasmStageName,
       target: '≥ 10×',

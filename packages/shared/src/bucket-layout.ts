@@ -11,6 +11,11 @@ export function bucketLayout(prefix: string) {
     embeddings: (embedderId: string) => `${prefix}embeddings/${embedderId}/`,
     /** one shard: float32 [n, dim] (`.npy`) and its manifest of content hashes (`.json`) */
     shard: (embedderId: string, shardId: string, ext: 'npy' | 'json') => `${prefix}embeddings/${embedderId}/${shardId}.${ext}`,
+    /** which shard, and which of its two objects, a key of `embeddings/<space>/` names (for listings) */
+    parseShardKey(key: string): { shardId: string; ext: 'npy' | 'json' } | undefined {
+      const m = /\/([^/]+)\.(npy|json)$/.exec(key);
+      return key.startsWith(`${prefix}embeddings/`) && m ? { shardId: m[1]!, ext: m[2] as 'npy' | 'json' } : undefined;
+    },
     /** folder of every trained model (`models/`), or of one dataset's runs */
     models: (dataset?: string) => (dataset ? `${models}${dataset}/` : models),
     /** folder of one run: model.json, weights.bin, labels.json, run.json, report.json */

@@ -133,11 +133,12 @@ export class EmbeddingCache {
   async listShards(embedderId: string): Promise<{ shardId: string; rows: number; hashes: string[] }[]> {
     const shards: { shardId: string; rows: number; hashes: string[] }[] = [];
     for await (const o of this.store.listObjects(this.bucket, this.layout.embeddings(embedderId))) {
-      if (!o.key.endsWith('.json')) continue;
+      const shard = this.layout.parseShardKey(o.key);
+      if (shard?.ext !== 'json') continue;
       const raw = await this.store.getJson(this.bucket, o.key);
       if (raw === undefined) continue;
       const manifest = parseDocument(ShardManifest, raw, `s3://${this.bucket}/${o.key}`);
-      shards.push({ shardId: o.key.slice(o.key.lastIndexOf('/') + 1, -'.json'.length), rows: manifest.hashes.length, hashes: manifest.hashes });
+      shards.push({ shardId: shard.shardId, rows: manifest.hashes.length, hashes: manifest.hashes });
     }
     return shards;
   }
@@ -153,9 +154,9 @@ export class EmbeddingCache {
     const manifests = new Set<string>();
     const data: { shardId: string; key: string; lastModified?: Date }[] = [];
     for await (const o of this.store.listObjects(this.bucket, this.layout.embeddings(embedderId))) {
-      const name = o.key.slice(o.key.lastIndexOf('/') + 1);
-      if (name.endsWith('.json')) manifests.add(name.slice(0, -'.json'.length));
-      else if (name.endsWith('.npy')) data.push({ shardId: name.slice(0, -'.npy'.length), key: o.key, ...(o.lastModified && { lastModified: o.lastModified }) });
+      const shard = this.layout.parseShardKey(o.key);
+      if (shard?.ext === 'json') manifests.add(shard.shardId);
+      else if (shard?.ext === 'npy') data.push({ shardId: shard.shardId, key: o.key, ...(o.lastModified && { lastModified: o.lastModified }) });
     }
     let removed = 0;
     for (const d of data) {

@@ -168,13 +168,6 @@ export async function requeue<N extends JobName>(
   return retried;
 }
 
-/** Runs a pipeline and throws the first command error (ioredis reports them per command). */
-export async function execPipeline(pipe: ReturnType<Redis['pipeline']>): Promise<unknown[]> {
-  const res = (await pipe.exec()) ?? [];
-  for (const [err] of res) if (err) throw err;
-  return res.map(([, v]) => v);
-}
-
 export interface WorkerSettings<N extends JobName> {
   connection: Redis;
   prefix: string;

@@ -70,3 +70,10 @@ export async function pingRedis(redis: Redis, url: string): Promise<void> {
     throw new Error(`cannot reach Redis at ${redactUrl(url)}: ${(err as Error).message}. Is it running? (set REDIS_URL, or run "transferline up")`);
   }
 }
+
+/** Runs a pipeline and throws the first command error (ioredis reports them per command). */
+export async function execPipeline(pipe: ReturnType<Redis['pipeline']>): Promise<unknown[]> {
+  const res = (await pipe.exec()) ?? [];
+  for (const [err] of res) if (err) throw err;
+  return res.map(([, v]) => v);
+}

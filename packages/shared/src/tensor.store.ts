@@ -1,5 +1,6 @@
 import type { ChainableCommander, Redis } from 'ioredis';
 import type { RedisKeys } from './keys.js';
+import { execPipeline } from './redis.client.js';
 
 /**
  * Transient pixels between preprocess and embed: 224×224×3 uint8 (147 KB) under the image's
@@ -28,33 +29,27 @@ export class TensorStore {
    * A batch's pixels in one round trip, as a forward pass takes them: `images` holds, in order,
    * those whose stored value is `bytes` long; `sizes[i]` is the stored length of `sha256s[i]`
    * (-1: gone, its TTL passed or it was evicted), so a caller can tell a gone image from a
-   * malformed one.
+   * malformed one. With `unlessIndexedIn` (an embedding space), the same round trip asks that
+   * space's index too: `cached[i]` says `sha256s[i]` is embedded already, and it is left out of
+   * `images`, whatever its pixels (a job run twice, an image embedded meanwhile).
    */
-  async getBatch(sha256s: string[], bytes: number): Promise<{ images: Buffer[]; sizes: number[] }> {
-    if (sha256s.length === 0) return { images: [], sizes: [] };
-    const values = await this.redis.mgetBuffer(...sha256s.map((s) => this.keys.tensor(s)));
-    return { images: values.filter((v): v is Buffer => v?.length === bytes), sizes: values.map((v) => (v ? v.length : -1)) };
-  }
-
-  /**
-   * getBatch, and in the same round trip which of `sha256s` the embedding space `space` has in
-   * its index already (`cached`): those are left out of `images`, whatever their pixels.
-   */
-  async getBatchUnlessIndexed(sha256s: string[], bytes: number, space: string): Promise<{ images: Buffer[]; sizes: number[]; cached: boolean[] }> {
+  async getBatch(sha256s: string[], bytes: number, unlessIndexedIn?: string): Promise<{ images: Buffer[]; sizes: number[]; cached: boolean[] }> {
     if (sha256s.length === 0) return { images: [], sizes: [], cached: [] };
-    const pipe = this.redis.pipeline();
-    pipe.hmget(this.keys.embeddingIndex(space), ...sha256s);
-    pipe.mgetBuffer(...sha256s.map((s) => this.keys.tensor(s)));
-    const replies = (await pipe.exec()) ?? [];
-    for (const [err] of replies) if (err) throw err;
-    const indexed = replies[0]![1] as (string | null)[];
-    const values = replies[1]![1] as (Buffer | null)[];
-    const cached = indexed.map((v) => v !== null);
-    return {
-      images: values.filter((v, i): v is Buffer => !cached[i] && v?.length === bytes),
-      sizes: values.map((v) => (v ? v.length : -1)),
-      cached,
-    };
+    const tensorKeys = sha256s.map((s) => this.keys.tensor(s));
+    let values: (Buffer | null)[];
+    let cached: boolean[];
+    if (unlessIndexedIn === undefined) {
+      values = await this.redis.mgetBuffer(...tensorKeys);
+      cached = sha256s.map(() => false);
+    } else {
+      const pipe = this.redis.pipeline();
+      pipe.hmget(this.keys.embeddingIndex(unlessIndexedIn), ...sha256s);
+      pipe.mgetBuffer(...tensorKeys);
+      const [indexed, got] = (await execPipeline(pipe)) as [(string | null)[], (Buffer | null)[]];
+      values = got;
+      cached = indexed.map((v) => v !== null);
+    }
+    return { images: values.filter((v, i): v is Buffer => !cached[i] && v?.length === bytes), sizes: values.map((v) => (v ? v.length : -1)), cached };
   }
 
   async delete(sha256s: string[]): Promise<void> {

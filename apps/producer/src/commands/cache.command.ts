@@ -9,17 +9,20 @@ export async function rebuildIndexCommand(ctx: CliContext, o: { embedder?: strin
   return after;
 }
 
+/** A shard write takes seconds; data an hour old that no manifest names will never get one. */
+export const DEFAULT_ORPHAN_MINUTES = 60;
+
 /**
  * `transferline cache compact`: merges the small shards the embed stage writes into large ones, so
  * training reads few large objects; then deletes shard data that no manifest names (left by a
- * write cut short) once it is older than `orphanMinutes`, so a write in progress keeps its data.
+ * write cut short) once it is `orphansOlderThan` minutes old, so a write in progress keeps its data.
  */
 export async function compactCommand(
   ctx: CliContext,
-  o: { rows: number; embedder?: string; orphanMinutes?: number },
+  o: { rows: number; embedder?: string; orphansOlderThan?: number },
 ): Promise<{ shardsBefore: number; shardsAfter: number; rows: number; orphans: number }> {
   if (!(o.rows >= 2)) throw new Error('--rows must be at least 2');
-  const orphanMinutes = o.orphanMinutes ?? DEFAULT_ORPHAN_MINUTES;
+  const orphanMinutes = o.orphansOlderThan ?? DEFAULT_ORPHAN_MINUTES;
   if (!(orphanMinutes >= 0)) throw new Error('--orphans-older-than must be 0 or more minutes');
   const space = await chooseSpace(ctx, o.embedder);
   const r = await ctx.services.cache.compact(space.id, o.rows);
@@ -28,6 +31,3 @@ export async function compactCommand(
   ctx.out.write(orphans ? `; ${orphans} leftover .npy without a manifest deleted\n` : '\n');
   return { ...r, orphans };
 }
-
-/** A shard write takes seconds; data an hour old that no manifest names will never get one. */
-export const DEFAULT_ORPHAN_MINUTES = 60;
