@@ -161,6 +161,10 @@ describe('the embedding cache', () => {
     const index = await ctx.services.redis.hmget(ctx.services.keys.embeddingIndex(space), fresh, indexed);
     expect(index[0]).toMatch(/^[0-9a-f]{32} \d+$/); // embedded into a shard of its own run
     expect(index[1]).toBe('earlier-shard 0'); // found in the index by the read of its pixels: no second forward pass
+    // both images' pixels are freed: the embedded one's once written, the indexed one's at once,
+    // not left in Redis for their TTL
+    const left = await ctx.services.redis.exists(ctx.services.keys.tensor(fresh), ctx.services.keys.tensor(indexed));
+    expect(left).toBe(0);
     await ctx.services.redis.hdel(ctx.services.keys.embeddingIndex(space), indexed); // it names no real shard
   });
 });

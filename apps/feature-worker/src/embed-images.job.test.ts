@@ -121,6 +121,20 @@ describe('EmbedStage', () => {
     expect(lookups).toBe(0);
   });
 
+  it('frees the pixels of an image found indexed (stored again after it was embedded), not leaving them to their TTL', async () => {
+    // preprocess looked it up just before another job embedded it, then stored its pixels again
+    const f = fakeDeps({ [sha(5)]: px(5), [sha(6)]: px(6) }, [sha(5)]);
+    const { run } = stageOf(f.deps, { batchSize: 2 });
+    expect(await run([5, 6])).toEqual(['cached', 'embedded']);
+    expect(f.forward).toEqual([1]);
+    expect(f.deleted.sort()).toEqual([sha(5), sha(6)]);
+    // a batch of only indexed images is freed as well, with no forward pass
+    const g = fakeDeps({ [sha(7)]: px(7) }, [sha(7)]);
+    expect(await stageOf(g.deps).run([7])).toEqual(['cached']);
+    expect(g.forward).toEqual([]);
+    expect(g.deleted).toEqual([sha(7)]);
+  });
+
   it('halves a batch that does not fit in device memory instead of failing it', async () => {
     const n = 5;
     const f = fakeDeps(Object.fromEntries(Array.from({ length: n }, (_, i) => [sha(i + 1), px(i + 1)])));
@@ -180,7 +194,8 @@ describe('EmbedStage', () => {
     expect(f.shards).toHaveLength(1);
     expect(f.shards[0]!.hashes).toEqual([sha(1), sha(4)]);
     expect([...f.shards[0]!.data]).toEqual([1, 1, 1, 4, 4, 4]);
-    expect(f.deleted.sort()).toEqual([sha(1), sha(4)]);
+    // the embedded ones' pixels once written; the indexed one's at once (no job needs them)
+    expect(f.deleted.sort()).toEqual([sha(1), sha(4), sha(5)]);
     expect(await counted(f.deps)).toMatchObject({ embedded: 2, cached: 2, failed: 2 });
     // a batch found all indexed runs no forward pass, and the metrics count none
     const passes = async () => (await f.deps.metrics.forwardSeconds.get()).values.find((v) => v.metricName?.endsWith('_count'))?.value;

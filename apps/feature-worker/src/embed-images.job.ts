@@ -127,6 +127,11 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
       else if (size !== per) results[t.i] = new PermanentError('bad-pixels', `stored pixels are ${size} bytes, expected ${per}`);
       return !indexed[k] && size === per;
     });
+    // Pixels of images found indexed (stored again by a preprocess that looked them up just
+    // before they were embedded, or a job run twice) are not needed by any job: freed now, not
+    // left to their TTL. Only such a batch pays this round trip.
+    const stale = todo.filter((_, k) => indexed[k]).map((t) => t.sha256);
+    if (stale.length) await deps.services.tensors.delete(stale).catch((err: unknown) => deps.log?.warn({ err, images: stale.length }, 'their embeddings are indexed, but their pixels were not deleted from Redis (they expire with their TTL)'));
     if (data.length !== ok.length * dim) throw new Error(`the forward pass returned ${data.length} values for ${ok.length} images of ${dim}`);
     ok.forEach((t, row) => (results[t.i] = data.subarray(row * dim, (row + 1) * dim)));
     for (const [twin, first] of twins) results[twin] = results[first]!;
