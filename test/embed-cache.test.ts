@@ -148,7 +148,10 @@ describe('the embedding cache', () => {
   it('an embed job whose image is indexed meanwhile is not embedded again, though its pixels are still there', async () => {
     const space = stack.space.id;
     const [fresh, indexed] = [randomBytes(32).toString('hex'), randomBytes(32).toString('hex')];
-    for (const h of [fresh, indexed]) await ctx.services.tensors.put(h, randomBytes(224 * 224 * 3));
+    for (const h of [fresh, indexed]) await ctx.services.tensors.put(space, h, randomBytes(224 * 224 * 3));
+    // the same images queued for another space (its own resize policy): pixels of its own
+    const other = 'efficientnet-b0.other-weights.crop224';
+    for (const h of [fresh, indexed]) await ctx.services.tensors.put(other, h, randomBytes(224 * 224 * 3));
     // as a first run of its job would have left it: embedded and indexed, its pixels not yet freed
     await ctx.services.redis.hset(ctx.services.keys.embeddingIndex(space), indexed, 'earlier-shard 0');
     const queue = ctx.queues.embed(space);
@@ -162,9 +165,11 @@ describe('the embedding cache', () => {
     expect(index[0]).toMatch(/^[0-9a-f]{32} \d+$/); // embedded into a shard of its own run
     expect(index[1]).toBe('earlier-shard 0'); // found in the index by the read of its pixels: no second forward pass
     // both images' pixels are freed: the embedded one's once written, the indexed one's at once,
-    // not left in Redis for their TTL
-    const left = await ctx.services.redis.exists(ctx.services.keys.tensor(fresh), ctx.services.keys.tensor(indexed));
-    expect(left).toBe(0);
+    // not left in Redis for their TTL; the other space's pixels of the same images are its own
+    const { keys } = ctx.services;
+    expect(await ctx.services.redis.exists(keys.tensor(space, fresh), keys.tensor(space, indexed))).toBe(0);
+    expect(await ctx.services.redis.exists(keys.tensor(other, fresh), keys.tensor(other, indexed))).toBe(2);
+    await ctx.services.tensors.delete(other, [fresh, indexed]);
     await ctx.services.redis.hdel(ctx.services.keys.embeddingIndex(space), indexed); // it names no real shard
   });
 });

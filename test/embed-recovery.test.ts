@@ -35,7 +35,7 @@ describe('an image whose embedding failed for good', () => {
     while (((await ctx.queues.embed(stack.space.id).getJobCounts('waiting')).waiting ?? 0) < 4) await new Promise((r) => setTimeout(r, 50));
     // two images' pixels vanish from Redis (TTL passed, or evicted) before embed gets to them
     const items = (await ctx.services.datasets.getItems('rec', [0, 1].map((i) => `photos-rec/train/circle/${i}.jpg`))).map((r) => r!.sha256!);
-    await ctx.services.tensors.delete(items);
+    await ctx.services.tensors.delete(stack.space.id, items);
 
     embed = await startEmbedRole(stack.config, createLogger('embed', 'silent'));
     const first = await waitForDataset(ctx, 'rec', { space: stack.space.id, stallSeconds: 60 });

@@ -41,7 +41,7 @@ describe('a long forward pass', () => {
     const jobs: { id: string; payload: EmbedJob }[] = [];
     for (let i = 0; i < 2 * BATCH; i++) {
       const sha256 = randomBytes(32).toString('hex');
-      await ctx.services.tensors.put(sha256, randomBytes(224 * 224 * 3));
+      await ctx.services.tensors.put(stack.space.id, sha256, randomBytes(224 * 224 * 3));
       const payload = { sha256, embedderId: stack.space.id };
       jobs.push({ id: jobIds.embed(payload), payload });
     }

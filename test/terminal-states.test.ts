@@ -156,7 +156,7 @@ describe('two retries at once', () => {
         await new Promise((r) => setTimeout(r, 100));
       }
       const items = await ctx.services.datasets.getItems('race', keys.map((k) => `${photos}/${k}`));
-      await ctx.services.tensors.delete(items.map((r) => r!.sha256!));
+      await ctx.services.tensors.delete(stack.space.id, items.map((r) => r!.sha256!));
     } finally {
       stack.supervisor.signal('embed', 1, 'SIGCONT');
     }

@@ -18,7 +18,9 @@ function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
   const failures = new Map<string, string>();
   const forward: number[] = [];
   const keys = redisKeys('t');
-  const hashOf = (key: string) => key.slice(keys.tensor('').length);
+  // pixels are stored per space: a key of another space names nothing here
+  const mine = keys.tensor(ID, '');
+  const hashOf = (key: string) => (key.startsWith(mine) ? key.slice(mine.length) : `other space: ${key}`);
   const mget = (ks: string[]) => ks.map((k) => (pixels[hashOf(k)] ? Buffer.from(pixels[hashOf(k)]!) : null));
   const redis = {
     mgetBuffer: async (...ks: string[]) => mget(ks),
@@ -171,10 +173,10 @@ describe('EmbedStage', () => {
       lookedUpHere.push(hs);
       return has(id, hs);
     };
-    const asked: { hashes: string[]; space: string | undefined }[] = [];
-    f.deps.embedder.embedStored = async (hashes, o) => {
-      asked.push({ hashes, space: o?.skipIndexedIn });
-      const cached = hashes.map((h) => o?.skipIndexedIn === ID && f.index.has(h));
+    const asked: { hashes: string[]; space: string }[] = [];
+    f.deps.embedder.embedStored = async (space, hashes) => {
+      asked.push({ hashes, space });
+      const cached = hashes.map((h) => space === ID && f.index.has(h));
       const ok = hashes.filter((h, i) => !cached[i] && stored[h]?.length === 12).map((h) => stored[h]!);
       return { sizes: hashes.map((h) => stored[h]?.length ?? -1), data: ok.length ? await f.deps.embedder.embedBatch(ok) : new Float32Array(0), cached };
     };

@@ -46,7 +46,7 @@ export class EmbedStage {
         await cache.writeShard(deps.embedderId, hashes, data, deps.embedder.dim);
         // The embeddings are durable: pixels left behind expire with their TTL, and failing the
         // jobs now would only make their retries find them cached and leave the pixels anyway.
-        await tensors.delete(hashes).catch((err: unknown) => deps.log?.warn({ err, images: hashes.length }, 'embedded, but their pixels were not deleted from Redis (they expire with their TTL)'));
+        await tensors.delete(deps.embedderId, hashes).catch((err: unknown) => deps.log?.warn({ err, images: hashes.length }, 'embedded, but their pixels were not deleted from Redis (they expire with their TTL)'));
       },
       { dim: deps.embedder.dim, maxRows: EmbedStage.shardRows(o), maxDelayMs: o.shardMaxDelayMs, moreComing: () => this.batcher.busy },
     );
@@ -113,7 +113,7 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
   }
   if (todo.length) {
     const per = deps.embedder.inputSize * deps.embedder.inputSize * 3;
-    const { sizes, data, indexed } = await forwardStored(deps, todo.map((t) => t.sha256), per);
+    const { sizes, data, cached: indexed } = await forwardStored(deps, todo.map((t) => t.sha256), per);
     // Gone pixels of an image embedded meanwhile (a second run of its job, whose first run has
     // just written it and freed them) are no failure.
     const gone = todo.filter((_, k) => !indexed[k] && sizes[k]! < 0);
@@ -127,11 +127,11 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
       else if (size !== per) results[t.i] = new PermanentError('bad-pixels', `stored pixels are ${size} bytes, expected ${per}`);
       return !indexed[k] && size === per;
     });
-    // Pixels of images found indexed (stored again by a preprocess that looked them up just
-    // before they were embedded, or a job run twice) are not needed by any job: freed now, not
-    // left to their TTL. Only such a batch pays this round trip.
-    const stale = todo.filter((_, k) => indexed[k]).map((t) => t.sha256);
-    if (stale.length) await deps.services.tensors.delete(stale).catch((err: unknown) => deps.log?.warn({ err, images: stale.length }, 'their embeddings are indexed, but their pixels were not deleted from Redis (they expire with their TTL)'));
+    // This space's pixels of images found indexed (stored again by a preprocess that looked them
+    // up just before they were embedded) serve no job of this space: freed now, not left to
+    // their TTL. Only a batch that finds such pixels pays this round trip.
+    const stale = todo.filter((_, k) => indexed[k] && sizes[k]! >= 0).map((t) => t.sha256);
+    if (stale.length) await deps.services.tensors.delete(deps.embedderId, stale).catch((err: unknown) => deps.log?.warn({ err, images: stale.length }, 'their embeddings are indexed, but their pixels were not deleted from Redis (they expire with their TTL)'));
     if (data.length !== ok.length * dim) throw new Error(`the forward pass returned ${data.length} values for ${ok.length} images of ${dim}`);
     ok.forEach((t, row) => (results[t.i] = data.subarray(row * dim, (row + 1) * dim)));
     for (const [twin, first] of twins) results[twin] = results[first]!;
@@ -144,24 +144,24 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
 }
 
 /**
- * The forward pass on the stored pixels of `hashes`, skipping those whose embedding is indexed
- * already (`indexed`, asked in the same round trip as the pixels): read where the model runs when
- * the embedder can (its thread's own Redis connection), else here.
+ * The forward pass on this space's stored pixels of `hashes`, skipping those whose embedding is
+ * indexed already (`cached`, asked in the same round trip as the pixels): read where the model
+ * runs when the embedder can (its thread's own Redis connection), else here.
  */
-async function forwardStored(deps: EmbedDeps, hashes: string[], per: number): Promise<StoredEmbeddings & { indexed: boolean[] }> {
+async function forwardStored(deps: EmbedDeps, hashes: string[], per: number): Promise<StoredEmbeddings> {
   if (deps.embedder.embedStored) {
     const started = performance.now();
-    const r = await deps.embedder.embedStored(hashes, { skipIndexedIn: deps.embedderId });
+    const r = await deps.embedder.embedStored(deps.embedderId, hashes);
     const rows = r.data.length / deps.embedder.dim;
     // A batch found all indexed (or gone) ran no forward pass: it is not one in the metrics.
     if (rows) {
       deps.metrics.forwardSeconds.observe(r.seconds ?? (performance.now() - started) / 1000);
       deps.metrics.embedBatch.observe(rows);
     }
-    return { ...r, indexed: r.cached ?? hashes.map(() => false) };
+    return r;
   }
-  const { images, sizes, cached } = await deps.services.tensors.getBatch(hashes, per, deps.embedderId);
-  return { sizes, data: images.length ? await forwardFitting(deps, images) : new Float32Array(0), indexed: cached };
+  const { images, sizes, cached } = await deps.services.tensors.getBatch(deps.embedderId, hashes, per);
+  return { sizes, data: images.length ? await forwardFitting(deps, images) : new Float32Array(0), cached };
 }
 
 const OUT_OF_MEMORY = /out of memory|OOM|resource exhausted|failed to allocate/i;

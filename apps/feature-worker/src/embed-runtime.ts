@@ -73,7 +73,7 @@ class ThreadedEmbedder implements Embedder {
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (r: StoredEmbeddings) => void; reject: (e: Error) => void }>();
   /** present when the thread reads pixels from Redis itself (spec.pixelSource) */
-  readonly embedStored?: (sha256s: string[], o?: { skipIndexedIn?: string }) => Promise<StoredEmbeddings>;
+  readonly embedStored?: (space: string, sha256s: string[]) => Promise<StoredEmbeddings>;
   private dead: Error | undefined;
   private closing = false;
 
@@ -85,12 +85,12 @@ class ThreadedEmbedder implements Embedder {
     readsPixels = false,
   ) {
     this.dim = dim;
-    if (readsPixels) this.embedStored = (sha256s, o) => this.request({ type: 'embed-stored', id: this.nextId++, sha256s, ...(o?.skipIndexedIn !== undefined && { skipIndexedIn: o.skipIndexedIn }) });
+    if (readsPixels) this.embedStored = (space, sha256s) => this.request({ type: 'embed-stored', id: this.nextId++, space, sha256s });
     thread.on('message', (m: ThreadReply) => {
       if (m.type !== 'result' && m.type !== 'error') return;
       const p = this.pending.get(m.id);
       this.pending.delete(m.id);
-      if (m.type === 'result') p?.resolve({ data: m.data, sizes: m.sizes ?? [], seconds: m.seconds, ...(m.cached && { cached: m.cached }) });
+      if (m.type === 'result') p?.resolve({ data: m.data, sizes: m.sizes ?? [], cached: m.cached ?? m.sizes?.map(() => false) ?? [], seconds: m.seconds });
       else p?.reject(new Error(m.message));
     });
     const die = (err: Error) => {

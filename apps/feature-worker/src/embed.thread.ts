@@ -44,7 +44,7 @@ export type ThreadReply =
 /** Messages to the thread. */
 export type ThreadRequest =
   | { type: 'embed'; id: number; n: number; pixels: Uint8Array }
-  | { type: 'embed-stored'; id: number; sha256s: string[]; skipIndexedIn?: string }
+  | { type: 'embed-stored'; id: number; space: string; sha256s: string[] }
   | { type: 'close' };
 
 /**
@@ -147,7 +147,7 @@ start(spec).then(
           port.postMessage({ type: 'error', id: m.id, message: 'this embed thread has no pixel source' } satisfies ThreadReply);
           return;
         }
-        forward(m.id, tensors.getBatch(m.sha256s, per, m.skipIndexedIn));
+        forward(m.id, tensors.getBatch(m.space, m.sha256s, per));
         return;
       }
       forward(m.id, Promise.resolve({ images: Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per)) }));

@@ -10,23 +10,22 @@ export interface Embedder {
   /** Row-major [n, dim] embeddings of n images, each size×size×3 uint8 RGB. */
   embedBatch(images: Uint8Array[]): Promise<Float32Array>;
   /**
-   * Reads the pixels preprocess stored for `sha256s` and embeds them, where the forward pass
-   * runs (an embed thread with its own Redis connection), so the worker's main thread never
-   * holds them. `sizes` is TensorStore.getBatch's; `data` has one row per image of the right
-   * size, in order. With `skipIndexedIn`, the same read first looks each hash up in that
-   * embedding space's index: those found are reported in `cached` and not embedded (a job run
-   * twice, or an image embedded meanwhile), at no extra round trip. Absent: the caller reads the
-   * pixels and calls embedBatch.
+   * Reads the pixels preprocess stored for `space` and `sha256s` and embeds them, where the
+   * forward pass runs (an embed thread with its own Redis connection), so the worker's main
+   * thread never holds them. The same read looks each hash up in the space's index: those found
+   * are reported in `cached` and not embedded (a job run twice, or an image embedded meanwhile),
+   * at no extra round trip. `sizes` is TensorStore.getBatch's; `data` has one row per image of
+   * the right size, in order. Absent: the caller reads the pixels and calls embedBatch.
    */
-  embedStored?(sha256s: string[], o?: { skipIndexedIn?: string }): Promise<StoredEmbeddings>;
+  embedStored?(space: string, sha256s: string[]): Promise<StoredEmbeddings>;
   dispose(): void | Promise<void>;
 }
 
 export interface StoredEmbeddings {
   sizes: number[];
   data: Float32Array;
-  /** with `skipIndexedIn`: per hash, whether its embedding is in the index (then it has no row in `data`) */
-  cached?: boolean[];
+  /** per hash, whether its embedding is in the index (then it has no row in `data`) */
+  cached: boolean[];
   /** the forward pass's own time, without waiting for the pass before it or reading the pixels */
   seconds?: number;
 }

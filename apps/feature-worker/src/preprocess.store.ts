@@ -26,7 +26,7 @@ export function createPreprocessStore(s: Pick<Services, 'redis' | 'keys' | 'data
       // Redis runs a pipeline's commands in order: the pixels are stored before their job is
       // added, and the room is given back only once the job counts in the backlog instead.
       const pipe = await queues.pipeline();
-      void s.tensors.put(o.job.sha256, o.pixels, pipe);
+      void s.tensors.put(space, o.job.sha256, o.pixels, pipe);
       // New pixels for an image whose embedding failed for good get a new chance.
       void s.datasets.clearEmbedFailures(space, [o.job.sha256], pipe);
       pipe.zscore(queue.toKey('failed'), id);

@@ -98,7 +98,7 @@ async function embedThroughQueue(ctx: CliContext, space: string, images: Uint8Ar
   const jobs: { id: string; payload: EmbedJob }[] = [];
   for (const img of images) {
     const sha256 = randomBytes(32).toString('hex');
-    await ctx.services.tensors.put(sha256, img);
+    await ctx.services.tensors.put(space, sha256, img);
     const payload = { sha256, embedderId: space };
     jobs.push({ id: jobIds.embed(payload), payload });
   }

@@ -29,8 +29,11 @@ export function redisKeys(prefix: string) {
     backpressure: (embedderId: string) => `${prefix}:backpressure:${embedderId}`,
     /** hash: `bucket/key` → `etag sha256 outputKey` of the images already classified with one model run */
     classified: (model: string, runId: string) => `${prefix}:classified:${model}:${runId}`,
-    /** string: 224×224×3 uint8 pixels waiting for embed, with a TTL */
-    tensor: (sha256: string) => `${prefix}:tensor:${sha256}`,
+    /**
+     * string: pixels waiting for one embedding space's embed stage (its input size and resize
+     * policy: another space's pixels of the same image differ), with a TTL
+     */
+    tensor: (embedderId: string, sha256: string) => `${prefix}:tensor:${embedderId}:${sha256}`,
   };
 }
 export type RedisKeys = ReturnType<typeof redisKeys>;
