@@ -135,6 +135,21 @@ describe('EmbedStage', () => {
     expect(await stageOf(g.deps).run([7])).toEqual(['cached']);
     expect(g.forward).toEqual([]);
     expect(g.deleted).toEqual([sha(7)]);
+    // a job run twice finds its pixels already freed by its first run: nothing to delete
+    const h = fakeDeps({}, [sha(8)]);
+    expect(await stageOf(h.deps).run([8])).toEqual(['cached']);
+    expect(h.deleted).toEqual([]);
+  });
+
+  it('keeps the results of a batch when freeing the pixels of an indexed image fails (they expire with their TTL)', async () => {
+    const f = fakeDeps({ [sha(5)]: px(5), [sha(6)]: px(6) }, [sha(5)]);
+    const warned: unknown[] = [];
+    (f.deps as { log?: unknown }).log = { warn: (o: unknown) => warned.push(o) };
+    let dels = 0;
+    (f.deps.services.tensors as unknown as { delete: () => Promise<void> }).delete = () => (dels++ === 0 ? Promise.reject(new Error('READONLY')) : Promise.resolve());
+    expect(await stageOf(f.deps, { batchSize: 2 }).run([5, 6])).toEqual(['cached', 'embedded']);
+    expect(f.shards.map((s) => s.hashes)).toEqual([[sha(6)]]);
+    expect(warned).toHaveLength(1);
   });
 
   it('halves a batch that does not fit in device memory instead of failing it', async () => {
