@@ -9,7 +9,7 @@ const sha = (n: number) => n.toString(16).padStart(64, '0');
 const ID = 'efficientnet-b0.test.squash224';
 
 /** Plain fakes: an in-memory cache and Redis under the real tensor store, an embedder that counts its forward passes. */
-function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
+function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = [], o: { afterPixelRead?: () => void } = {}) {
   const index = new Map<string, string>(cached.map((h) => [h, 'old 0']));
   const shards: { hashes: string[]; data: Float32Array }[] = [];
   /** set to hold shard writes until it resolves, or to fail them */
@@ -23,13 +23,13 @@ function fakeDeps(pixels: Record<string, Uint8Array>, cached: string[] = []) {
   const hashOf = (key: string) => (key.startsWith(mine) ? key.slice(mine.length) : `other space: ${key}`);
   const mget = (ks: string[]) => ks.map((k) => (pixels[hashOf(k)] ? Buffer.from(pixels[hashOf(k)]!) : null));
   const redis = {
-    mgetBuffer: async (...ks: string[]) => mget(ks),
-    // the pixel read that also asks the index (HMGET + MGET in one round trip)
+    // the pixel read that also asks the index (MGET + HMGET in one round trip, run in order;
+    // `afterPixelRead` plays what other clients do between the two)
     pipeline: () => {
       const replies: unknown[] = [];
       const pipe = {
         hmget: (key: string, ...hs: string[]) => (replies.push(key === keys.embeddingIndex(ID) ? hs.map((h) => index.get(h) ?? null) : hs.map(() => null)), pipe),
-        mgetBuffer: (...ks: string[]) => (replies.push(mget(ks)), pipe),
+        mgetBuffer: (...ks: string[]) => (replies.push(mget(ks)), o.afterPixelRead?.(), pipe),
         exec: async () => replies.map((r) => [null, r]),
       };
       return pipe;
@@ -197,9 +197,9 @@ describe('EmbedStage', () => {
     };
     const r = await stageOf(f.deps, { batchSize: 6 }).run([1, 2, 3, 4, 1, 5]);
     expect(readHere).toBe(0);
-    // one round trip for the batch: the index is asked in the embedder's read, not here first;
-    // here only for the image whose pixels are gone (was it embedded meanwhile?)
-    expect(lookedUpHere).toEqual([[sha(3)]]);
+    // one round trip for the batch: the index is asked in the embedder's read, never here
+    // (not even for the image whose pixels are gone)
+    expect(lookedUpHere).toEqual([]);
     expect(asked).toEqual([{ hashes: [sha(1), sha(2), sha(3), sha(4), sha(5)], space: ID }]); // the duplicate is asked for once
     expect(r[0]).toBe('embedded');
     expect((r[1] as PermanentError).reason).toBe('bad-pixels');
@@ -294,14 +294,15 @@ describe('EmbedStage', () => {
   });
 
   it('does not fail an image whose pixels are gone because it was embedded meanwhile (a second run of its job)', async () => {
-    const f = fakeDeps({});
-    // the pixel read (and its look at the index) finds neither; the look that follows gone pixels
-    // finds it indexed: the other run had written it, and freed the pixels, in between
-    const lookedUpAfter: string[][] = [];
-    f.deps.services.cache.has = async (_id, hs) => (lookedUpAfter.push(hs), hs.map(() => true));
-    const { run } = stageOf(f.deps);
-    expect(await run([5])).toEqual(['cached']);
-    expect(lookedUpAfter).toEqual([[sha(5)]]);
+    // the pixel read finds them gone: the other run indexed the image, then freed its pixels,
+    // just before; the index is read after the pixels, in the same round trip, and finds it
+    const f = fakeDeps({}, [], { afterPixelRead: () => void f.index.set(sha(5), 'other-run 0') });
+    let looked = 0;
+    f.deps.services.cache.has = async (_id, hs) => (looked++, hs.map(() => false));
+    expect(await stageOf(f.deps).run([5])).toEqual(['cached']);
+    expect(looked).toBe(0); // no look of its own
+    expect(f.forward).toEqual([]);
+    // gone, and not indexed: gone for good
     const g = fakeDeps({});
     expect((((await stageOf(g.deps).run([5]))[0]) as PermanentError).reason).toBe('pixels-expired');
   });

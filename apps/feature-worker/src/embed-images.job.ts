@@ -94,7 +94,6 @@ export class EmbedStage {
  * pixels are gone fails alone; the rest are embedded together.
  */
 export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(Float32Array | 'cached' | Error)[]> {
-  const { cache } = deps.services;
   const dim = deps.embedder.dim;
   const results: (Float32Array | 'cached' | Error)[] = new Array(jobs.length);
   const todo: { i: number; sha256: string }[] = [];
@@ -113,16 +112,13 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
   }
   if (todo.length) {
     const per = deps.embedder.inputSize * deps.embedder.inputSize * 3;
+    // An image embedded meanwhile (a second run of its job, whose first run has just written it
+    // and freed its pixels) is found indexed by the same read: gone pixels of an image not
+    // indexed are gone for good.
     const { sizes, data, cached: indexed } = await forwardStored(deps, todo.map((t) => t.sha256), per);
-    // Gone pixels of an image embedded meanwhile (a second run of its job, whose first run has
-    // just written it and freed them) are no failure.
-    const gone = todo.filter((_, k) => !indexed[k] && sizes[k]! < 0);
-    const since = gone.length ? await cache.has(deps.embedderId, gone.map((t) => t.sha256)) : [];
-    const embeddedSince = new Set(gone.filter((_, k) => since[k]).map((t) => t.i));
     const ok = todo.filter((t, k) => {
       const size = sizes[k]!;
       if (indexed[k]) results[t.i] = 'cached';
-      else if (size < 0 && embeddedSince.has(t.i)) results[t.i] = 'cached';
       else if (size < 0) results[t.i] = new PermanentError('pixels-expired', 'the preprocessed pixels are gone from Redis (TTL passed or evicted); ingest again');
       else if (size !== per) results[t.i] = new PermanentError('bad-pixels', `stored pixels are ${size} bytes, expected ${per}`);
       return !indexed[k] && size === per;

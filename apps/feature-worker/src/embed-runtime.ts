@@ -90,7 +90,7 @@ class ThreadedEmbedder implements Embedder {
       if (m.type !== 'result' && m.type !== 'error') return;
       const p = this.pending.get(m.id);
       this.pending.delete(m.id);
-      if (m.type === 'result') p?.resolve({ data: m.data, sizes: m.sizes ?? [], cached: m.cached ?? m.sizes?.map(() => false) ?? [], seconds: m.seconds });
+      if (m.type === 'result') p?.resolve({ data: m.data, sizes: m.sizes ?? [], cached: m.cached ?? [], seconds: m.seconds });
       else p?.reject(new Error(m.message));
     });
     const die = (err: Error) => {

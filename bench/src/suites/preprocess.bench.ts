@@ -153,6 +153,8 @@ interface StageCpu {
   driver: number;
 }
 const CPU_PARTS = ['workers', 's3', 'redis', 'driver'] as const;
+/** A StageCpu whose every part is `f(part)`. */
+const perPart = (f: (part: keyof StageCpu) => number): StageCpu => ({ workers: f('workers'), s3: f('s3'), redis: f('redis'), driver: f('driver') });
 
 interface Measured {
   rate: number;
@@ -177,7 +179,7 @@ async function roundRobin(variants: Record<string, Measurer>, seconds: number): 
       const r = await m();
       t.images += r.images;
       t.seconds += r.seconds;
-      if (r.cpu) t.cpu = Object.fromEntries(CPU_PARTS.map((p) => [p, (t.cpu?.[p] ?? 0) + r.cpu![p]])) as unknown as StageCpu;
+      if (r.cpu) t.cpu = perPart((p) => (t.cpu?.[p] ?? 0) + r.cpu![p]);
       line.push(`${k} ${(r.images / r.seconds).toFixed(1)}`);
     }
     process.stderr.write(`preprocess: round: ${line.splice(0).join(', ')} images/s\n`);
@@ -187,7 +189,7 @@ async function roundRobin(variants: Record<string, Measurer>, seconds: number): 
     Object.entries(total).map(([k, t]) => {
       const m: Measured = { rate: t.images / t.seconds };
       if (t.cpu) {
-        m.cpuMs = Object.fromEntries(CPU_PARTS.map((p) => [p, (t.cpu![p] * 1000) / t.images])) as unknown as StageCpu;
+        m.cpuMs = perPart((p) => (t.cpu![p] * 1000) / t.images);
         m.busy = CPU_PARTS.reduce((sum, p) => sum + t.cpu![p], 0) / (cores * t.seconds);
       }
       return [k, m];
@@ -324,7 +326,7 @@ async function startStage(set: ImageSet, processes: number, env: NodeJS.ProcessE
       const failed = (await ctx.queues.preprocess.getJobCounts('failed')).failed ?? 0;
       const stored = await ctx.services.tensors.count();
       if (failed || stored !== distinct) throw new Error(`stage run incomplete: ${failed} failed jobs, ${stored} tensors stored for ${distinct} images`);
-      const cpu = Object.fromEntries(CPU_PARTS.map((p) => [p, cpu1[p] - cpu0[p]])) as unknown as StageCpu;
+      const cpu = perPart((p) => cpu1[p] - cpu0[p]);
       // a process that restarted mid-pass reads as less CPU than before (or none)
       if (CPU_PARTS.some((p) => cpu[p] < 0)) throw new Error(`a process of the stage restarted during a pass: ${JSON.stringify(cpu)}`);
       lastRate = images / seconds;

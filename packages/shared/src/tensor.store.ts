@@ -24,24 +24,22 @@ export class TensorStore {
     else await this.redis.set(this.keys.tensor(space, sha256), value, 'EX', this.ttlSeconds);
   }
 
-  async get(space: string, sha256: string): Promise<Buffer | null> {
-    return this.redis.getBuffer(this.keys.tensor(space, sha256));
-  }
-
   /**
    * A batch's pixels for `space`, in one round trip with a look at that space's embedding index,
    * as a forward pass takes them: `cached[i]` says `sha256s[i]` is embedded already (a job run
    * twice, an image embedded meanwhile), and it is left out of `images`, whatever its pixels;
    * `images` holds, in order, the others whose stored value is `bytes` long; `sizes[i]` is the
-   * stored length of `sha256s[i]` (-1: gone, its TTL passed or it was evicted), so a caller can
-   * tell a gone image from a malformed one.
+   * stored length of `sha256s[i]` (-1: gone), so a caller can tell a gone image from a malformed
+   * one. The pixels are read before the index: the embed stage frees an image's pixels only once
+   * it is indexed, so pixels gone because another run embedded the image always come with
+   * `cached`, and gone pixels of an image not cached are gone for good (TTL, eviction).
    */
   async getBatch(space: string, sha256s: string[], bytes: number): Promise<{ images: Buffer[]; sizes: number[]; cached: boolean[] }> {
     if (sha256s.length === 0) return { images: [], sizes: [], cached: [] };
     const pipe = this.redis.pipeline();
-    pipe.hmget(this.keys.embeddingIndex(space), ...sha256s);
     pipe.mgetBuffer(...sha256s.map((s) => this.keys.tensor(space, s)));
-    const [indexed, values] = (await execPipeline(pipe)) as [(string | null)[], (Buffer | null)[]];
+    pipe.hmget(this.keys.embeddingIndex(space), ...sha256s);
+    const [values, indexed] = (await execPipeline(pipe)) as [(Buffer | null)[], (string | null)[]];
     const cached = indexed.map((v) => v !== null);
     return { images: values.filter((v, i): v is Buffer => !cached[i] && v?.length === bytes), sizes: values.map((v) => (v ? v.length : -1)), cached };
   }
