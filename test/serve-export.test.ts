@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import http from 'node:http';
 import { readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -244,6 +245,61 @@ describe('transferline serve, guarded', () => {
     expect(shed.length).toBeGreaterThan(0);
     expect(shed[0]!.headers.get('retry-after')).toBe('1');
     expect(((await shed[0]!.json()) as { error: { reason: string } }).error.reason).toBe('overloaded');
+  });
+
+  it('answers a broken multipart body with 400, and gives back the slots of it and of an upload its client dropped', async () => {
+    const auth = { authorization: `Bearer ${apiKey}` };
+    const port = server.port;
+    const head = (boundary: string) => `--${boundary}\r\nContent-Disposition: form-data; name="a"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`;
+    const small = await renderSample('circle', 2, 1);
+    // The body ends inside the file part: busboy fails that part's stream.
+    const broken = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = http.request({ port, path: '/v1/classify', method: 'POST', headers: { ...auth, 'content-type': 'multipart/form-data; boundary=XyZ' } }, (res) => {
+        let body = '';
+        res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on('error', reject);
+      req.end(Buffer.concat([Buffer.from(head('XyZ')), small.subarray(0, 100)]));
+    });
+    expect(broken.status).toBe(400);
+    expect((JSON.parse(broken.body) as { error: { reason: string } }).error.reason).toBe('bad-request');
+    // A client that sends half a file and goes away.
+    await new Promise<void>((resolve) => {
+      const req = http.request({ port, path: '/v1/classify', method: 'POST', headers: { ...auth, 'content-type': 'multipart/form-data; boundary=AbC', 'content-length': '100000' } });
+      req.on('error', () => resolve());
+      req.write(Buffer.concat([Buffer.from(head('AbC')), small.subarray(0, 200)]), () => setTimeout(() => (req.destroy(), resolve()), 300));
+    });
+    // Nothing is left admitted (not 1 for the dropped upload, nor -1 for the broken body, released twice).
+    const deadline = Date.now() + 10_000;
+    let inFlight = NaN;
+    while (Date.now() < deadline) {
+      inFlight = (await scrapeUrl(`${server.url}/metrics`)).get('tl_serve_in_flight_images')!;
+      if (inFlight === 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(inFlight).toBe(0);
+    // and both slots (TL_SERVE_MAX_QUEUE=2) take images again
+    const form = new FormData();
+    form.append('a', new Blob([small]), 'a.png');
+    form.append('b', new Blob([small]), 'b.png');
+    const two = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: form, headers: auth });
+    expect(two.status).toBe(200);
+    expect(((await two.json()) as { results: unknown[] }).results).toHaveLength(2);
+  });
+
+  it('refuses more keys or files than it could ever admit with 400, not a 503 to retry for ever', async () => {
+    const auth = { authorization: `Bearer ${apiKey}` };
+    const keys = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: JSON.stringify({ keys: ['s3://a-b/1.jpg', 's3://a-b/2.jpg', 's3://a-b/3.jpg'] }), headers: { ...auth, 'content-type': 'application/json' } });
+    expect(keys.status).toBe(400);
+    expect(((await keys.json()) as { error: { message: string } }).error.message).toMatch(/at most 2 keys/);
+  });
+
+  it('labels request timings by known route only, so unknown paths add no series', async () => {
+    const path = `/v1/no-such-${Date.now()}`;
+    expect((await fetch(`${server.url}${path}`, { headers: { authorization: `Bearer ${apiKey}` } })).status).toBe(404);
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    expect(text).not.toContain(path);
+    expect(text).toMatch(/tl_serve_request_seconds_count\{[^}]*route="other",status="404"\}/);
   });
 });
 

@@ -61,6 +61,9 @@ export async function startOnnxThread(o: { bytes: Uint8Array; output: { name: st
   return (await ThreadedEmbedder.start(spec, log)).embedder;
 }
 
+/** What a forward pass asked of a disposed embedder gets. */
+const UNLOADED = () => new Error('the model was unloaded (disposed) before this forward pass ran');
+
 /** The built thread script (tests run the TypeScript sources, the thread always runs dist/). */
 const THREAD_SCRIPT = fileURLToPath(new URL('../dist/embed.thread.js', import.meta.url));
 
@@ -94,11 +97,12 @@ class ThreadedEmbedder implements Embedder {
       else p?.reject(new Error(m.message));
     });
     const die = (err: Error) => {
-      if (this.closing) return;
-      this.dead = err;
-      for (const p of this.pending.values()) p.reject(err);
+      if (this.dead) return;
+      // Disposed: what was still waiting (or asks later) fails instead of waiting on a thread that is gone.
+      this.dead = this.closing ? UNLOADED() : err;
+      for (const p of this.pending.values()) p.reject(this.dead);
       this.pending.clear();
-      onDeath(err);
+      if (!this.closing) onDeath(err);
     };
     thread.on('error', die);
     thread.on('exit', (code) => die(new Error(`the embed thread exited (${code})`)));
@@ -149,6 +153,7 @@ class ThreadedEmbedder implements Embedder {
 
   private request(m: Exclude<ThreadRequest, { type: 'close' }>, transfer: ArrayBuffer[] = []): Promise<StoredEmbeddings> {
     if (this.dead) return Promise.reject(this.dead);
+    if (this.closing) return Promise.reject(UNLOADED());
     return new Promise<StoredEmbeddings>((resolve, reject) => {
       this.pending.set(m.id, { resolve, reject });
       this.thread.postMessage(m, transfer);

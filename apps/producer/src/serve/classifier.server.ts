@@ -16,6 +16,19 @@ import { loadClassifierModel, type ClassifierModel } from '../classifier-model.j
 /** What one image gets back. */
 export type Classification = { label: string; probabilities: Record<string, number> } | { error: { reason: string; message: string } };
 
+/** The routes with a label of their own on the request-duration metric; everything else is `other`. */
+const ROUTES = new Set(['/v1/classify', '/v1/models', '/v1/models/reload', '/healthz', '/metrics']);
+
+/** `fn` that runs on its first call only. */
+function once(fn: () => void): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    fn();
+  };
+}
+
 /** Longest a retired model waits for the requests that still hold it. */
 const RETIRE_DEADLINE_MS = 30_000;
 
@@ -47,12 +60,13 @@ class ServedModel {
     return new ServedModel(model.meta, runtime, batcher);
   }
 
+  /** Keeps this model loaded until the returned function is called (once; later calls do nothing). */
   hold(): () => void {
     this.holders++;
-    return () => {
+    return once(() => {
       this.holders--;
       if (this.holders === 0) this.released?.();
-    };
+    });
   }
 
   /**
@@ -144,8 +158,8 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     }
   };
 
-  /** Admits n images or answers 503: the bound on work held in memory. */
-  const admit = (res: Response, n: number, model: ServedModel): (() => void) | undefined => {
+  /** Admits n images or answers 503: the bound on work held in memory. The release runs once, however often it is called. */
+  const admit = (res: Response, n: number): (() => void) | undefined => {
     if (admitted + n > cfg.maxQueue) {
       metrics.rejected.inc({ reason: 'overloaded' }, n);
       res.setHeader('Retry-After', '1');
@@ -154,12 +168,10 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     }
     admitted += n;
     metrics.inFlight.set(admitted);
-    const release = model.hold();
-    return () => {
+    return once(() => {
       admitted -= n;
       metrics.inFlight.set(admitted);
-      release();
-    };
+    });
   };
 
   const fail = (res: Response, reason: string, message: string) => {
@@ -170,7 +182,8 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
   const app = express();
   app.disable('x-powered-by');
   app.use((req: Request, res: Response, next: NextFunction) => {
-    const end = metrics.requestDuration.startTimer({ route: req.path.startsWith('/v1/') ? req.path : 'other' });
+    // Known routes only: a label per path asked for would let any client add series without end.
+    const end = metrics.requestDuration.startTimer({ route: ROUTES.has(req.path) ? req.path : 'other' });
     res.on('finish', () => end({ status: String(res.statusCode) }));
     next();
   });
@@ -200,13 +213,16 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
   app.post('/v1/classify', (req, res) => {
     const type = (req.get('content-type') ?? '').toLowerCase();
     const model = current;
+    // The model stays loaded until this request's answer is sent or its client has gone, even
+    // when a newer run is swapped in while its body is still arriving.
+    res.on('close', model.hold());
     const modelRef = { dataset: model.meta.dataset, runId: model.meta.runId };
     if (type.startsWith('multipart/form-data')) return void classifyMultipart(req, res, model, modelRef);
     if (type.startsWith('application/json')) return void classifyKeys(req, res, model, modelRef);
     // raw image bytes: the size is checked as they arrive, so an oversized body is not held
     const declared = Number(req.get('content-length') ?? NaN);
     if (declared > maxBytes) return void fail(res, 'too-large', `the image is ${declared} bytes; the limit is ${maxBytes} (TL_MAX_OBJECT_BYTES)`);
-    const release = admit(res, 1, model);
+    const release = admit(res, 1);
     if (!release) return void req.resume();
     const chunks: Buffer[] = [];
     let size = 0;
@@ -216,7 +232,11 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
       if (size > maxBytes) over = true;
       else chunks.push(c);
     });
-    req.on('error', () => release());
+    // A client that goes away mid-body: no 'end' comes.
+    req.on('error', release);
+    req.on('close', () => {
+      if (!req.complete) release();
+    });
     req.on('end', () => {
       void (async () => {
         try {
@@ -242,10 +262,11 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     const parts: { name: string; done: Promise<Classification> }[] = [];
     const releases: (() => void)[] = [];
     let refused = false;
+    let tooMany = false;
     bb.on('file', (_field, stream, info) => {
       const name = info.filename ?? `file${parts.length + 1}`;
       if (refused) return void stream.resume();
-      const release = admit(res, 1, model);
+      const release = admit(res, 1);
       if (!release) {
         refused = true;
         return void stream.resume();
@@ -253,13 +274,19 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
       releases.push(release);
       const chunks: Buffer[] = [];
       let truncated = false;
+      // The body ended inside this part, or the client went away: this part has no image.
+      let broken: Error | undefined;
+      stream.on('error', (err: Error) => (broken = err));
       stream.on('data', (c: Buffer) => chunks.push(c));
       stream.on('limit', () => (truncated = true));
       parts.push({
         name,
         done: new Promise<Classification>((resolve) =>
           stream.on('close', () => {
-            if (truncated) {
+            if (broken) {
+              metrics.rejected.inc({ reason: 'bad-request' });
+              resolve({ error: { reason: 'bad-request', message: `${name}: ${broken.message}` } });
+            } else if (truncated) {
               metrics.rejected.inc({ reason: 'too-large' });
               resolve({ error: { reason: 'too-large', message: `${name} is over ${maxBytes} bytes (TL_MAX_OBJECT_BYTES)` } });
             } else resolve(classify(model, Buffer.concat(chunks)));
@@ -267,21 +294,29 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
         ),
       });
     });
+    bb.on('filesLimit', () => (tooMany = true));
+    // busboy closes after an error too: the slots are given back there, once every part has settled.
     bb.on('error', (err: Error) => {
-      releases.forEach((r) => r());
-      if (!res.headersSent) fail(res, 'bad-request', `not a readable multipart body: ${err.message}`);
+      if (!res.headersSent && !res.destroyed) fail(res, 'bad-request', `not a readable multipart body: ${err.message}`);
     });
     bb.on('close', () => {
       void (async () => {
         try {
           const results = await Promise.all(parts.map(async (p) => ({ name: p.name, ...(await p.done) })));
-          if (res.headersSent) return; // refused as overloaded
+          if (res.headersSent) return; // refused as overloaded, or not readable
+          if (tooMany) return fail(res, 'bad-request', `at most ${cfg.maxQueue} files per request (TL_SERVE_MAX_QUEUE)`);
           if (results.length === 0) return fail(res, 'bad-request', 'no file in the multipart body');
           res.json({ results, model: modelRef });
         } finally {
           releases.forEach((r) => r());
         }
       })();
+    });
+    // A client that goes away mid-upload: busboy would wait for the rest of the body for ever.
+    req.on('close', () => {
+      if (req.complete) return;
+      req.unpipe(bb);
+      bb.destroy(new Error('the client went away before the upload ended'));
     });
     req.pipe(bb);
   }
@@ -295,7 +330,8 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
         if (!Array.isArray(keys) || keys.length === 0 || !keys.every((k) => typeof k === 'string' && k.startsWith('s3://'))) {
           return fail(res, 'bad-request', 'send {"keys": ["s3://bucket/key", …]}, or the image bytes, or multipart/form-data');
         }
-        const release = admit(res, keys.length, model);
+        if (keys.length > cfg.maxQueue) return fail(res, 'bad-request', `at most ${cfg.maxQueue} keys per request (TL_SERVE_MAX_QUEUE); this one has ${keys.length}`);
+        const release = admit(res, keys.length);
         if (!release) return;
         try {
           const results = await Promise.all(

@@ -1,0 +1,43 @@
+import { createLogger } from '@transferline/shared';
+import { loadTfRuntime } from '@transferline/shared/tf';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { startOnnxThread } from './embed-runtime.js';
+import { buildEfficientNetB0, EFFICIENTNET_B0_EMBEDDING_DIM } from './model/efficientnet-b0.model.js';
+import { exportEfficientNetB0ToOnnx, ONNX_OUTPUT_NAME } from './model/onnx-export.js';
+
+const SIZE = 64;
+const log = createLogger('embed-runtime-test', 'fatal');
+
+/** Whether `p` settles (either way) within `ms`. */
+async function settles(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([p.then(() => true, () => true), hung]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+describe('a forward pass in its thread, once the model is disposed', () => {
+  let bytes: Uint8Array;
+  beforeAll(async () => {
+    await loadTfRuntime('cpu');
+    const net = buildEfficientNetB0({ seed: 5, inputSize: SIZE });
+    bytes = exportEfficientNetB0ToOnnx(net, { inputSize: SIZE });
+    net.dispose();
+  }, 120_000);
+
+  it('fails at once instead of waiting for ever (serve swapping a model under a slow request)', async () => {
+    const embedder = await startOnnxThread({ bytes, output: { name: ONNX_OUTPUT_NAME, dim: EFFICIENTNET_B0_EMBEDDING_DIM }, inputSize: SIZE, threads: 1, warmupBatch: 1 }, log);
+    const image = new Uint8Array(SIZE * SIZE * 3).fill(90);
+    expect((await embedder.embedBatch([image])).length).toBe(EFFICIENTNET_B0_EMBEDDING_DIM);
+    // asked just before the dispose: it runs, or fails saying why, but it does not hang
+    const inFlight = embedder.embedBatch([image, image]);
+    await embedder.dispose();
+    expect(await settles(inFlight, 10_000)).toBe(true);
+    const after = embedder.embedBatch([image]);
+    expect(await settles(after, 10_000)).toBe(true);
+    await expect(after).rejects.toThrow(/unloaded/);
+  }, 60_000);
+});
