@@ -210,6 +210,21 @@ describe('a command never waits for ever', () => {
     expect(done.stdout).toMatch(/dataset stall: 2 images, 2 embedded/);
   }, 120_000);
 
+  it('ingest into a paused queue says the queue is paused and exits 4, though its workers are connected', async () => {
+    await ctx.queues.preprocess.pause();
+    try {
+      await ctx.services.store.putObject(photos, 'paused/circle/p.jpg', await renderSample('circle', 81, 3));
+      const r = await cli(['ingest', `s3://${photos}/paused/`, '-d', 'paused', '--stall-timeout', '3'], 90_000);
+      expect(r.timedOut).toBe(false);
+      expect(r.code).toBe(4);
+      expect(r.stderr).toMatch(/no progress for 3 s: 1 images wait for preprocess and the \S+ queue is paused/);
+    } finally {
+      await ctx.queues.preprocess.resume();
+    }
+    const done = await cli(['ingest', `s3://${photos}/paused/`, '-d', 'paused']);
+    expect(done.code).toBe(0);
+  }, 120_000);
+
   it('says the dataset vanished when Redis loses its data mid-wait, and exits 5', async () => {
     stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
     try {

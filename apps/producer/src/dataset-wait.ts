@@ -16,8 +16,8 @@ const REDIS_OUTAGE_SECONDS = 120;
 /**
  * Follows a dataset until every item is embedded or failed, with a progress bar. Nothing here
  * waits for ever: when nothing has moved for `stallSeconds`, it looks at what could still move
- * the rest, and if a stage has no connected worker, or the remaining items have lost their
- * jobs, it says so and ends with EXIT.stalled. A dataset that vanishes (Redis lost its data)
+ * the rest, and if a stage has no connected worker or its queue is paused, or the remaining
+ * items have lost their jobs, it says so and ends with EXIT.stalled. A dataset that vanishes (Redis lost its data)
  * ends with EXIT.vanished; Ctrl-C with EXIT.interrupted. Redis going away (a restart) is waited
  * out and said once, for up to REDIS_OUTAGE_SECONDS or the stall timeout, whichever is longer.
  */
@@ -87,10 +87,16 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
 /** What keeps the remaining items from moving, if anything (undefined when workers are there to move them). */
 async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string): Promise<string | undefined> {
   const reasons: string[] = [];
-  if (s.pendingByStage.preprocess > 0 && (await ctx.queues.preprocess.getWorkersCount()) === 0) {
+  const embedQueue = ctx.queues.embed(space);
+  // A paused queue holds its jobs however many workers are connected (the console's queue board pauses).
+  if (s.pendingByStage.preprocess > 0 && (await ctx.queues.preprocess.isPaused())) {
+    reasons.push(`${s.pendingByStage.preprocess} images wait for preprocess and the ${ctx.queues.preprocess.name} queue is paused (resume it: the console's queue board)`);
+  } else if (s.pendingByStage.preprocess > 0 && (await ctx.queues.preprocess.getWorkersCount()) === 0) {
     reasons.push(`${s.pendingByStage.preprocess} images wait for preprocess and no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)`);
   }
-  if (s.pendingByStage.embed > 0 && (await ctx.services.spaces.workersOf(space)) === 0) {
+  if (s.pendingByStage.embed > 0 && (await embedQueue.isPaused())) {
+    reasons.push(`${s.pendingByStage.embed} images wait for embed and the ${embedQueue.name} queue is paused (resume it: the console's queue board)`);
+  } else if (s.pendingByStage.embed > 0 && (await ctx.services.spaces.workersOf(space)) === 0) {
     reasons.push(`${s.pendingByStage.embed} images wait for embed and no embed worker of ${space} is live (start one with that space's settings)`);
   }
   if (s.orphaned > 0 && s.pending === 0) {

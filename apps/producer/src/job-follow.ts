@@ -1,5 +1,5 @@
 import { QueueEvents, type Job, type Queue } from 'bullmq';
-import { sleep } from '@transferline/shared';
+import { isRedisUnavailable, redactUrl, sleep } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
 
@@ -15,9 +15,10 @@ export interface FollowOptions {
 
 /**
  * Waits for one job to finish and returns its result, following its progress. Never waits for
- * ever: if the job still waits and no worker of its queue has been connected for
- * `stallSeconds`, it says so and ends with EXIT.stalled (the job stays queued for when a worker
- * comes); Ctrl-C ends with EXIT.interrupted. A failed job throws its reason.
+ * ever: when nothing can move the job for `stallSeconds` (no worker of its queue connected, or
+ * the queue paused), or the job is gone from its queue, it says so and ends with EXIT.stalled
+ * (a queued job stays queued for when a worker comes); Ctrl-C ends with EXIT.interrupted. A
+ * failed job throws its reason.
  */
 export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions): Promise<R> {
   // A blocking connection of its own; BullMQ leaves a connection it was given open, so we close
@@ -50,22 +51,65 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
   }
 }
 
-/** Rejects when the job is stuck waiting with no worker, or on Ctrl-C; never resolves otherwise. */
+/** How long following a job rides out an unreachable Redis (at least; the stall timeout if longer). */
+const REDIS_OUTAGE_SECONDS = 120;
+
+/**
+ * Rejects when nothing can move the job, or on Ctrl-C; never resolves otherwise. Nothing can
+ * move it when, for `stallSeconds`: no worker of its queue is connected (whether the job waits,
+ * or is active in a worker that is gone: only a live worker moves a stalled job back), or its
+ * queue is paused. A job that is gone from the queue (removed, or Redis lost it) ends the wait at
+ * once. Redis going away is waited out, as the dataset wait does.
+ */
 async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, stop: AbortSignal): Promise<never> {
-  let noWorkerSince: number | undefined;
+  const where = redactUrl(ctx.config.redis.url);
+  const outageLimit = Math.max(REDIS_OUTAGE_SECONDS, o.stallSeconds);
+  let stuckSince: number | undefined;
+  let goneOnce = false;
+  let redisDownSince: number | undefined;
   for (;;) {
     await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
     if (stop.aborted) return new Promise<never>(() => {});
     if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; ${o.what} goes on in the ${o.role} worker`);
-    const state = await queue.getJobState(job.id!);
-    const waiting = state === 'waiting' || state === 'delayed' || state === 'prioritized';
-    if (!waiting || (await queue.getWorkersCount()) > 0) {
-      noWorkerSince = undefined;
+    let state: string;
+    let why: string | undefined;
+    try {
+      state = await queue.getJobState(job.id!);
+      if (state === 'unknown') {
+        // A job removed when it completed may be seen gone just before its completion event lands: look twice.
+        if (goneOnce) throw new CliExit(EXIT.stalled, `${o.what} is gone from the ${queue.name} queue (removed, or Redis lost it): nothing will run it; start it again`);
+        goneOnce = true;
+        continue;
+      }
+      goneOnce = false;
+      const pending = state === 'waiting' || state === 'delayed' || state === 'prioritized' || state === 'active';
+      if (pending && (await queue.isPaused())) why = `the ${queue.name} queue is paused: resume it (the console's queue board) and the job goes on`;
+      else if (pending && (await queue.getWorkersCount()) === 0) {
+        why =
+          state === 'active'
+            ? `its ${o.role} worker is gone and no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker) and it takes the job up again`
+            : `no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker); the job stays queued until then`;
+      }
+      if (redisDownSince !== undefined) {
+        ctx.out.write(`\nRedis is back after ${Math.round((Date.now() - redisDownSince) / 1000)} s\n`);
+        redisDownSince = undefined;
+      }
+    } catch (err) {
+      if (err instanceof CliExit || !isRedisUnavailable(err)) throw err;
+      if (redisDownSince === undefined) {
+        redisDownSince = Date.now();
+        ctx.out.write(`\nRedis at ${where} is unreachable: waiting for it (up to ${outageLimit} s)\n`);
+      }
+      const down = (Date.now() - redisDownSince) / 1000;
+      if (down > outageLimit) throw new CliExit(EXIT.error, `Redis at ${where} has been unreachable for ${Math.round(down)} s; ${o.what} goes on in the ${o.role} worker when it is back`);
+      stuckSince = undefined; // an outage is not a stall of the workers
       continue;
     }
-    noWorkerSince ??= Date.now();
-    if (Date.now() - noWorkerSince > o.stallSeconds * 1000) {
-      throw new CliExit(EXIT.stalled, `${o.what} has waited ${o.stallSeconds} s and no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker); the job stays queued until then`);
+    if (!why) {
+      stuckSince = undefined;
+      continue;
     }
+    stuckSince ??= Date.now();
+    if (Date.now() - stuckSince > o.stallSeconds * 1000) throw new CliExit(EXIT.stalled, `${o.what} has not moved for ${o.stallSeconds} s: ${why}`);
   }
 }

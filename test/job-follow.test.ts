@@ -1,0 +1,102 @@
+import { randomBytes } from 'node:crypto';
+import { Queue, Worker } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
+import { followJob } from '../apps/producer/src/job-follow.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { startTestStack, until, type TestStack } from './support/stack.js';
+
+/**
+ * Following one job (`train`, `classify`) ends when nothing can move it: a worker that died
+ * holding the job, a job removed from its queue, a paused queue. Real Redis and BullMQ; the
+ * "worker" is a BullMQ Worker in this process whose processor never returns.
+ */
+
+guardLeaks();
+
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+let stack: TestStack;
+let ctx: CliContext;
+const opened: { close: () => Promise<unknown> }[] = [];
+
+beforeAll(async () => {
+  stack = await startTestStack({}, { preprocess: 0, embed: 0, train: 0 });
+  ctx = await openCliContext(stack.config, sink);
+}, 120_000);
+
+afterAll(async () => {
+  for (const o of opened.reverse()) await o.close().catch(() => {});
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+function newQueue(): Queue {
+  const q = new Queue(`follow-${randomBytes(3).toString('hex')}`, { connection: ctx.services.redis, prefix: ctx.config.redis.prefix });
+  opened.push(q);
+  return q;
+}
+
+/** A worker of `queue` that takes jobs and never finishes them. */
+function hangingWorker(queue: Queue): Worker {
+  const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
+  const worker = new Worker(queue.name, () => new Promise<unknown>(() => {}), { connection, prefix: ctx.config.redis.prefix, lockDuration: 60_000 });
+  worker.on('error', () => {});
+  opened.push({ close: async () => (await worker.close(true), connection.disconnect()) });
+  return worker;
+}
+
+/** How following `jobId` ended: its CliExit, within `seconds` (or 'still waiting'). */
+async function followEnds(queue: Queue, jobId: string, seconds: number): Promise<CliExit | string> {
+  const job = (await queue.getJob(jobId))!;
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('still waiting'), seconds * 1000)));
+  const followed = followJob(ctx, queue, job, { what: 'run r1', role: 'train', stallSeconds: 2 }).then(
+    () => 'finished',
+    (err: unknown) => (err instanceof CliExit ? err : String(err)),
+  );
+  try {
+    return await Promise.race([followed, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+describe('following a job', () => {
+  it('ends with exit 4 when the worker holding the job is gone', async () => {
+    const queue = newQueue();
+    const job = await queue.add('train', {});
+    const worker = hangingWorker(queue);
+    await until('the job is taken', async () => (await queue.getJobState(job.id!)) === 'active', 20);
+    await worker.close(true); // its process died: the job stays active, its lock until it expires
+    await worker.disconnect();
+    const end = await followEnds(queue, job.id!, 20);
+    expect(end).toBeInstanceOf(CliExit);
+    expect((end as CliExit).code).toBe(EXIT.stalled);
+    expect((end as CliExit).message).toMatch(/its train worker is gone and no train worker is connected/);
+  }, 60_000);
+
+  it('ends with exit 4 when the job is removed from its queue', async () => {
+    const queue = newQueue();
+    const job = await queue.add('train', {});
+    const following = followEnds(queue, job.id!, 20);
+    await new Promise((r) => setTimeout(r, 500));
+    await job.remove();
+    const end = await following;
+    expect(end).toBeInstanceOf(CliExit);
+    expect((end as CliExit).code).toBe(EXIT.stalled);
+    expect((end as CliExit).message).toMatch(/is gone from the \S+ queue/);
+  }, 60_000);
+
+  it('ends with exit 4 and says so when the queue is paused, though a worker is connected', async () => {
+    const queue = newQueue();
+    hangingWorker(queue);
+    await until('the worker is connected', async () => (await queue.getWorkersCount()) > 0, 20);
+    await queue.pause();
+    const job = await queue.add('train', {});
+    const end = await followEnds(queue, job.id!, 20);
+    expect(end).toBeInstanceOf(CliExit);
+    expect((end as CliExit).code).toBe(EXIT.stalled);
+    expect((end as CliExit).message).toMatch(/queue is paused: resume it/);
+  }, 60_000);
+});
