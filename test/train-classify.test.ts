@@ -121,6 +121,24 @@ describe('training runs and classification', () => {
     expect((await ctx.services.inspector.status(classifyDatasetName('shapes'))).total).toBe(4);
   });
 
+  it('trains two classes whose val/ folder holds one of them, and the run stays readable', async () => {
+    // ROC AUC has no value on a one-class validation set: stored as null, not NaN (JSON's null, which the schema refused)
+    for (let i = 0; i < 6; i++) {
+      await ctx.services.store.putObject(photos, `duo/train/circle/${i}.jpg`, await renderSample('circle', 300 + i, 5));
+      await ctx.services.store.putObject(photos, `duo/train/square/${i}.jpg`, await renderSample('square', 300 + i, 5));
+    }
+    for (let i = 6; i < 9; i++) await ctx.services.store.putObject(photos, `duo/val/circle/${i}.jpg`, await renderSample('circle', 300 + i, 5));
+    const ingest = await runCli(['ingest', `s3://${photos}/duo/`, '-d', 'duo'], stack.env);
+    expect(ingest.code).toBe(0);
+    const train = await runCli(['train', '-d', 'duo', '--epochs', '5', '--run-id', 'one-class-val'], stack.env);
+    expect(train.stderr).not.toMatch(/transferline:/);
+    expect(train.code).toBe(0);
+    expect(train.stdout).toMatch(/ROC AUC \(validation, positive "square"\) n\/a/);
+    const models = await runCli(['models', '--json'], stack.env);
+    expect(models.code).toBe(0);
+    expect((JSON.parse(models.stdout) as { dataset: string; runId: string }[]).some((m) => m.dataset === 'duo' && m.runId === 'one-class-val')).toBe(true);
+  });
+
   it("classifies in the model's own embedding space, whatever the CLI's environment says", async () => {
     // a laptop whose settings differ from the workers': the model and the cluster decide, not this environment
     const r = await runCli(['classify', `s3://${photos}/incoming/`, '--model', 'shapes'], { ...stack.env, TL_RESIZE: 'crop', TL_MODEL_WEIGHTS: 'imagenet' });

@@ -35,7 +35,15 @@ describe('rocAuc and bestThreshold', () => {
     // positives at 0.4 and 0.9, negatives at 0.1, 0.6: 3 of 4 pairs ordered
     expect(rocAuc([0.4, 0.9, 0.1, 0.6], [true, true, false, false])).toBe(0.75);
     expect(rocAuc([0.3], [true])).toBeNaN();
+    // every threshold in (0.35, 0.4] separates these: the middle of the gap
     const t = bestThreshold([0.1, 0.35, 0.4, 0.8, 0.9], [false, false, true, true, true]);
-    expect(t).toEqual({ threshold: 0.4, tpr: 1, fpr: 0 });
+    expect(t.threshold).toBeCloseTo(0.375, 12);
+    expect(t).toMatchObject({ tpr: 1, fpr: 0 });
+    // a new positive at 0.9 is not called negative because the lowest positive seen was 0.96
+    expect(bestThreshold([0.99, 0.97, 0.96, 0.6, 0.4, 0.02], [true, true, true, false, false, false]).threshold).toBeCloseTo(0.78, 12);
+    // 0.5 (the most probable label) when it separates as well as any
+    expect(bestThreshold([0.2, 0.3, 0.7, 0.9], [false, false, true, true]).threshold).toBe(0.5);
+    // the best is to call everything positive: below the lowest score
+    expect(bestThreshold([0.2, 0.3, 0.35], [true, true, false]).threshold).toBeLessThanOrEqual(0.2);
   });
 });

@@ -27,7 +27,7 @@ export function evaluate(labels: string[], truth: ArrayLike<number>, predicted: 
 
 /**
  * Area under the ROC curve of `scores` for the positive examples (`positive[i]` true), by the
- * rank statistic (Mann–Whitney U), ties counted half. NaN when one side is empty.
+ * rank statistic (Mann–Whitney U), ties counted half. NaN when one side is empty (stored as null).
  */
 export function rocAuc(scores: ArrayLike<number>, positive: ArrayLike<boolean>): number {
   const idx = Array.from({ length: scores.length }, (_, i) => i).sort((a, b) => scores[a]! - scores[b]!);
@@ -53,6 +53,10 @@ export function rocAuc(scores: ArrayLike<number>, positive: ArrayLike<boolean>):
 /**
  * The decision threshold on the positive class's probability that maximises balanced accuracy
  * (Youden's J = TPR − FPR) on these scores: the validation set, so the test set stays unseen.
+ * Every threshold between the best group of scores and the next lower one decides these scores
+ * alike; of those it takes 0.5 (the plain most-probable rule) when it is one of them, else the
+ * middle of the gap, so a new image just below the lowest positive score seen is not called
+ * negative by a threshold sitting on that score.
  */
 export function bestThreshold(scores: ArrayLike<number>, positive: ArrayLike<boolean>): { threshold: number; tpr: number; fpr: number } {
   // Sweep the scores from high to low: predicting positive for score >= t admits one group of ties at a time.
@@ -62,7 +66,7 @@ export function bestThreshold(scores: ArrayLike<number>, positive: ArrayLike<boo
   const nNeg = positive.length - nPos;
   let tp = 0;
   let fp = 0;
-  let best = { threshold: 0.5, tpr: Number.NaN, fpr: Number.NaN, j: -Infinity };
+  let best = { upper: 0.5, lower: 0.5, tpr: Number.NaN, fpr: Number.NaN, j: -Infinity };
   for (let i = 0; i < idx.length; ) {
     const t = scores[idx[i]!]!;
     while (i < idx.length && scores[idx[i]!] === t) {
@@ -71,7 +75,9 @@ export function bestThreshold(scores: ArrayLike<number>, positive: ArrayLike<boo
     }
     const tpr = nPos ? tp / nPos : 0;
     const fpr = nNeg ? fp / nNeg : 0;
-    if (tpr - fpr > best.j) best = { threshold: t, tpr, fpr, j: tpr - fpr };
+    // the next lower score (0 below the lowest: probabilities are not negative)
+    if (tpr - fpr > best.j) best = { upper: t, lower: i < idx.length ? scores[idx[i]!]! : Math.min(0, t), tpr, fpr, j: tpr - fpr };
   }
-  return { threshold: best.threshold, tpr: best.tpr, fpr: best.fpr };
+  const threshold = best.lower < 0.5 && 0.5 <= best.upper ? 0.5 : (best.lower + best.upper) / 2;
+  return { threshold, tpr: best.tpr, fpr: best.fpr };
 }

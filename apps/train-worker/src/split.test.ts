@@ -62,6 +62,24 @@ describe('splitExamples', () => {
     expect(ids(s2.train)).not.toContain(dup.sha256);
   });
 
+  it('gives its splits in the same order whatever order the records were listed in (the seeded shuffle depends on it)', () => {
+    const foldered = make({ a: 12, b: 9 }).map((e, i) => ({ ...e, split: i % 4 === 0 ? ('validation' as const) : i % 5 === 0 ? ('test' as const) : ('train' as const) }));
+    const auto = make({ a: 12, b: 9 });
+    for (const ex of [foldered, auto]) {
+      const a = splitExamples(ex, F);
+      const b = splitExamples([...ex].reverse(), F);
+      expect(b.train.map((e) => e.sha256)).toEqual(a.train.map((e) => e.sha256));
+      expect(b.validation.map((e) => e.sha256)).toEqual(a.validation.map((e) => e.sha256));
+      expect(b.test.map((e) => e.sha256)).toEqual(a.test.map((e) => e.sha256));
+    }
+  });
+
+  it('leaves every class at least one training image, whatever the fractions ask', () => {
+    const s = splitExamples(make({ a: 4, b: 3, c: 10 }), { validation: 0.5, test: 0.5 });
+    for (const l of ['a', 'b', 'c']) expect(s.train.filter((e) => e.label === l).length).toBeGreaterThanOrEqual(1);
+    expect(s.train.length + s.validation.length + s.test.length).toBe(17);
+  });
+
   it('keeps tiny classes in training', () => {
     const s = splitExamples(make({ a: 1, b: 2, c: 3 }), F);
     expect(s.train.filter((e) => e.label === 'a')).toHaveLength(1);

@@ -47,7 +47,9 @@ export function splitExamples(examples: Example[], fractions: { validation: numb
   const explicit = unique.some((e) => e.split === 'validation' || e.split === 'test');
   const out: Splits = { train: [], validation: [], test: [], explicit, conflicts };
   if (explicit) {
-    for (const e of unique) out[e.split ?? 'train'].push(e);
+    // In a fixed order (label, then content hash), not the order Redis listed the records in:
+    // that changes when Redis restarts, and the seeded shuffle would then train differently.
+    for (const e of unique.sort(byLabelThenHash)) out[e.split ?? 'train'].push(e);
     return out;
   }
   const byLabel = new Map<string, Example[]>();
@@ -56,10 +58,16 @@ export function splitExamples(examples: Example[], fractions: { validation: numb
     const list = byLabel.get(label)!.sort((a, b) => (a.sha256 < b.sha256 ? -1 : 1));
     const n = list.length;
     const nVal = n < 2 ? 0 : Math.max(1, Math.round(n * fractions.validation));
-    const nTest = fractions.test <= 0 || n < 3 ? 0 : Math.max(1, Math.round(n * fractions.test));
+    // Training keeps at least one image of every label, whatever the fractions ask.
+    const nTest = fractions.test <= 0 || n < 3 ? 0 : Math.min(n - nVal - 1, Math.max(1, Math.round(n * fractions.test)));
     out.validation.push(...list.slice(0, nVal));
     out.test.push(...list.slice(nVal, nVal + nTest));
     out.train.push(...list.slice(nVal + nTest));
   }
   return out;
+}
+
+function byLabelThenHash(a: Example, b: Example): number {
+  if (a.label !== b.label) return a.label < b.label ? -1 : 1;
+  return a.sha256 < b.sha256 ? -1 : a.sha256 > b.sha256 ? 1 : 0;
 }

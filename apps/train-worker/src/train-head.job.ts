@@ -61,6 +61,9 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   const labels = [...new Set([...splits.train, ...splits.validation, ...splits.test].map((e) => e.label))].sort();
   if (labels.length < 2) throw new PermanentError('one-class', `dataset ${job.dataset} has only one label (${labels[0] ?? 'none'}); a classifier needs two or more`);
   if (splits.validation.length === 0) throw new PermanentError('too-small', 'too few images for a validation split (need 2+ per class, or a val/ folder)');
+  if (splits.train.length === 0) throw new PermanentError('too-small', 'no image left to train on: every image is in the val/ or test/ folders');
+  const untrained = labels.filter((l) => !splits.train.some((e) => e.label === l));
+  if (untrained.length) ctx.log.warn({ labels: untrained }, 'labels with no training image (only in val/ or test/): the model cannot learn them');
   if (splits.conflicts) ctx.log.warn({ conflicts: splits.conflicts }, 'images found under two labels were left out');
   ctx.log.info({ train: splits.train.length, validation: splits.validation.length, test: splits.test.length, labels: labels.length, explicit: splits.explicit }, 'loading embeddings');
 
@@ -155,7 +158,9 @@ function buildReport(
     threshold ??= bestThreshold(scores, positive).threshold;
     const t = threshold;
     const acc = scores.reduce((a, v, i) => a + ((v >= t) === positive[i] ? 1 : 0), 0) / Math.max(1, scores.length);
-    return { positiveLabel: labels[1]!, rocAuc: rocAuc(scores, positive), threshold: t, accuracyAtThreshold: acc };
+    const auc = rocAuc(scores, positive);
+    // A split with one class only has no ROC curve: null, not NaN (which JSON cannot hold).
+    return { positiveLabel: labels[1]!, rocAuc: Number.isFinite(auc) ? auc : null, threshold: t, accuracyAtThreshold: acc };
   };
   const splitReport = (p: Float32Array, s: Labelled): SplitReport => {
     const r: SplitReport = evaluate(labels, s.y, argmaxRows(p, k));

@@ -143,8 +143,11 @@ export const EvaluationReport = z.object({
 export type EvaluationReport = z.infer<typeof EvaluationReport>;
 
 export const SplitReport = EvaluationReport.extend({
-  /** two classes only: ROC AUC of the second label's probability, and the threshold chosen on validation */
-  binary: z.object({ positiveLabel: z.string(), rocAuc: z.number(), threshold: z.number(), accuracyAtThreshold: z.number() }).optional(),
+  /**
+   * two classes only: ROC AUC of the second label's probability (null when the split holds one
+   * class only), and the threshold chosen on validation
+   */
+  binary: z.object({ positiveLabel: z.string(), rocAuc: z.number().nullable(), threshold: z.number(), accuracyAtThreshold: z.number() }).optional(),
 });
 export type SplitReport = z.infer<typeof SplitReport>;
 

@@ -107,7 +107,7 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images; best epoch ${result.bestEpoch})`);
   if (report?.coverage.partial) w(`  partial: trained on ${report.coverage.embedded} of ${report.coverage.total} images (${report.coverage.pending} pending, ${report.coverage.failed} failed)`);
   const bin = report?.validation.binary;
-  if (bin) w(`  ROC AUC (validation, positive "${printable(bin.positiveLabel)}") ${bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
+  if (bin) w(`  ROC AUC (validation, positive "${printable(bin.positiveLabel)}") ${bin.rocAuc === null ? 'n/a (validation holds one class only)' : bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
   w(`model: s3://${ctx.config.s3.bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);
   if (!report) return;
   const labels = report.labels.map(printable);

@@ -47,7 +47,7 @@ export function runPage(access: Access, r: ReportDoc): string {
       })}</div><p class="muted">${epochs.length} epochs; the dotted line marks the best epoch (${r.bestEpoch})${r.stoppedEarly ? ', where early stopping restored the weights' : ''}</p>`
     : html`<p class="muted" id="no-history">no training history in the report</p>`;
   const binary = (b: ReportDoc['validation']['binary']) =>
-    b ? html`<p id="binary">two classes: ROC AUC <b data-value="${b.rocAuc}">${fixed3(b.rocAuc)}</b> for <span class="label">${b.positiveLabel}</span>; threshold chosen on validation ${fixed3(b.threshold)} (accuracy there ${pct(b.accuracyAtThreshold)})</p>` : '';
+    b ? html`<p id="binary">two classes: ROC AUC <b data-value="${b.rocAuc ?? ''}">${b.rocAuc === null ? 'n/a' : fixed3(b.rocAuc)}</b> for <span class="label">${b.positiveLabel}</span>; threshold chosen on validation ${fixed3(b.threshold)} (accuracy there ${pct(b.accuracyAtThreshold)})</p>` : '';
   const test = r.test
     ? html`<h2>Test split (${r.test.examples} images)</h2>${confusionTable('confusion-test', r.labels, r.test.confusionMatrix)}${perClassTable('per-class-test', r.test)}`
     : html`<p class="muted">no test split in this run</p>`;
