@@ -84,6 +84,21 @@ describe('backpressure', () => {
       expect(backlog.get('tl_queue_jobs{queue="preprocess",state="waiting"}')).toBe(IMAGES - BOUND - 4);
       expect(backlog.get(`tl_queue_jobs{queue="embed",space="${stack.space.id}",state="waiting"}`)).toBe(BOUND);
 
+      // A preprocess process stopped (Ctrl-C, a restart, a scale-down) while its jobs wait for
+      // room puts them back without spending an attempt (not left active in a process that is
+      // gone, to be taken for stalled later: twice fails them as 'stalled'); the supervisor
+      // starts it again.
+      const held4 = await ctx.queues.preprocess.getJobs(['active']);
+      expect(held4).toHaveLength(4);
+      const stopped = stack.supervisor.pids()['preprocess#1'];
+      stack.supervisor.signal('preprocess', 1, 'SIGTERM');
+      const back = Date.now() + 30_000;
+      while (stack.supervisor.pids()['preprocess#1'] === stopped || (await metricsOf(stack.workerPorts['preprocess#1']!)).get('tl_queue_jobs{queue="preprocess",state="held"}') !== 2) {
+        if (Date.now() > back) throw new Error('the stopped preprocess process did not come back to hold its jobs');
+        await sleep(200);
+      }
+      for (const j of held4) expect(await ctx.queues.preprocess.getJob(j.id!)).toMatchObject({ attemptsMade: 0, stalledCounter: 0 });
+
       // Now embed starts, in its own process, and drains the backlog; preprocess resumes.
       await stack.supervisor.start([{ role: 'embed', replica: 1, metricsPort: 0, env: stack.env }]);
       const status = await waitForDataset(ctx, 'bp', { space: stack.space.id, stallSeconds: 60 });

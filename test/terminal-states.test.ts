@@ -81,6 +81,31 @@ describe('transient faults that outlast the attempts', () => {
   }, 240_000);
 });
 
+describe('embed failing for good', () => {
+  it('frees the pixels of its images (a fault that fails every embed cannot fill Redis), and retry embeds them once the fault clears', async () => {
+    // S3 refuses the shard writes (a read-only key, say) but answers the bucket: no outage, every attempt is spent
+    const shards = `/${stack.config.s3.bucket}/embeddings/`;
+    proxy.inject(shards, { kind: 'status', status: 403 });
+    const keys = ['nowrite/circle/a.jpg', 'nowrite/square/b.jpg'];
+    try {
+      for (const [i, k] of keys.entries()) await ctx.services.store.putObject(photos, k, await renderSample(KINDS[i]!, 40 + i, 23));
+      const r = await cli(['ingest', `s3://${photos}/nowrite/`, '-d', 'nowrite'], 180_000);
+      expect(r.timedOut).toBe(false);
+      expect(r.code).toBe(3);
+      expect(r.stdout).toMatch(/dataset nowrite: 2 images, 0 embedded .*, 2 failed/);
+      for (const k of keys) expect(r.stdout).toContain(`failed s3://${photos}/${k}: embed attempts-exhausted`);
+      const items = await ctx.services.datasets.getItems('nowrite', keys.map((k) => `${photos}/${k}`));
+      // the failure is recorded before the pixels go: by now both are done
+      for (const item of items) expect(await ctx.services.redis.exists(ctx.services.keys.tensor(stack.space.id, item!.sha256!))).toBe(0);
+    } finally {
+      proxy.remove(shards);
+    }
+    const retried = await cli(['retry', '-d', 'nowrite']);
+    expect(retried.code).toBe(0);
+    expect(retried.stdout).toMatch(/dataset nowrite: 2 images, 2 embedded/);
+  }, 240_000);
+});
+
 describe('an S3 outage longer than the retries would last', () => {
   it('is waited out: the workers pause and resume, no image fails, no attempt is spent', async () => {
     stack.supervisor.signal('preprocess', 1, 'SIGSTOP');

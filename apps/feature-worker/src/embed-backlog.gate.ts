@@ -61,7 +61,8 @@ export class EmbedBacklogGate {
     let checked = 0;
     try {
       for (;;) {
-        if (this.closed) throw new Error('worker stopping while waiting for room in the embed backlog; the job will be retried');
+        // Put back without spending an attempt: a stop (Ctrl-C, a restart, a scale-down) is no fault of the job.
+        if (this.closed) throw new DeferJob(1_000, 'worker stopping while waiting for room in the embed backlog; the job is put back');
         const [ok, n] = (await this.redis.eval(EmbedBacklogGate.SCRIPT, keys.length, ...keys, this.bound, id, EmbedBacklogGate.RESERVATION_MS)) as [number, number];
         this.metrics.queueJobs.set({ queue: 'embed', space, state: 'backlog' }, n);
         if (ok === 1) break;

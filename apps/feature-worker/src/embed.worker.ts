@@ -4,6 +4,7 @@ import {
   createQueues,
   DependencyGuard,
   exportQueueDepths,
+  jobIds,
   resolveWeights,
   spaceFromConfig,
   startWorker,
@@ -75,6 +76,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     { batchSize: config.embed.batchSize, batchWaitMs: config.embed.batchWaitMs, shardRows: config.embed.shardRows, shardMaxDelayMs: SHARD_MAX_DELAY_MS },
   );
   const handler: Handler<'embed'> = (payload) => stage.embed(payload);
+  const queues = createQueues(services.redis, config.redis.prefix);
   const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
   const worker = startWorker('embed', handler, {
     connection: services.redis,
@@ -86,10 +88,12 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     lockDuration: config.jobLockMs,
     guards: [s3],
     onFinalFailure: async (payload, f) => {
-      if (payload) await services.datasets.recordEmbedFailure(payload.embedderId, payload.sha256, { reason: f.reason, detail: f.message, attempts: f.attempts });
+      if (!payload) return;
+      await services.datasets.recordEmbedFailure(payload.embedderId, payload.sha256, { reason: f.reason, detail: f.message, attempts: f.attempts });
+      // Its pixels serve no one now (not a job of another space that landed here: that space may still need them).
+      if (payload.embedderId === space.id) await services.tensors.deleteOfFailedJob(space.id, payload.sha256, queues.embed(space.id).toKey('failed'), jobIds.embed(payload));
     },
   });
-  const queues = createQueues(services.redis, config.redis.prefix);
   exportQueueDepths(metrics, async () => [queues.embed(space.id)]);
   const heartbeat = await services.spaces.startHeartbeat(space, rt.backend, (err) => log.debug({ err }, 'heartbeat not written'));
   log.info({ role: 'embed', embedderId: space.id, backend: rt.backend, batchSize: config.embed.batchSize, workerId: heartbeat.workerId }, 'worker started');

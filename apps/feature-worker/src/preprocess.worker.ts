@@ -81,7 +81,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     healthy: () => !closing && worker.isRunning(),
     stop: async () => {
       closing = true;
-      // Jobs held by backpressure give up first (they are retried later), so close() can finish.
+      // Jobs held by backpressure are put back first (no attempt spent), so close() can finish.
       gate.close();
       s3.close();
       await worker.close();

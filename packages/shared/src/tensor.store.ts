@@ -2,6 +2,10 @@ import type { ChainableCommander, Redis } from 'ioredis';
 import type { RedisKeys } from './keys.js';
 import { execPipeline } from './redis.client.js';
 
+/** KEYS: the queue's failed set, the pixels; ARGV: the job id. */
+const DELETE_IF_FAILED = `if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return redis.call('DEL', KEYS[2]) end
+return 0`;
+
 /**
  * Transient pixels between preprocess and embed: 224×224×3 uint8 (147 KB) under the embedding
  * space and the image's content hash, with a TTL so an abandoned tensor cannot pin Redis memory
@@ -42,6 +46,18 @@ export class TensorStore {
     const [values, indexed] = (await execPipeline(pipe)) as [(Buffer | null)[], (string | null)[]];
     const cached = indexed.map((v) => v !== null);
     return { images: values.filter((v, i): v is Buffer => !cached[i] && v?.length === bytes), sizes: values.map((v) => (v ? v.length : -1)), cached };
+  }
+
+  /**
+   * Frees a space's pixels of an image whose embed job failed for good: no retry reads them (a
+   * re-ingest or `retry` preprocesses the image again), and the embed backlog's bound does not
+   * count failed jobs, so left to their TTL they could fill Redis while every embed fails. Only
+   * while the job is still in its queue's failed set (`failedKey`): one moved back meanwhile by a
+   * hand-off that stored fresh pixels for it keeps them. One script, so the look and the delete
+   * see the same state. True when pixels were freed.
+   */
+  async deleteOfFailedJob(space: string, sha256: string, failedKey: string, jobId: string): Promise<boolean> {
+    return (await this.redis.eval(DELETE_IF_FAILED, 2, failedKey, this.keys.tensor(space, sha256), jobId)) === 1;
   }
 
   async delete(space: string, sha256s: string[]): Promise<void> {
