@@ -36,9 +36,30 @@ describe('what a user sees when something is wrong', () => {
     }
   });
 
-  it('a command without its required option shows the help for it', async () => {
+  it('a command without its required option shows the help for it, and exits 2 (bad usage)', async () => {
     const r = await runCli(['ingest', 's3://photos/train/'], baseEnv);
-    expect(r.code).not.toBe(0);
+    expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/required option '-d, --dataset <name>' not specified/);
+  });
+
+  it('every kind of bad usage exits 2, before anything is asked of Redis; --help exits 0', async () => {
+    // baseEnv's Redis is not there: a usage error must not get as far as trying it (that exits 1)
+    const cases: [string[], RegExp][] = [
+      [['ingest', 's3://photos/train/', '-d', 'x', '--bogus'], /unknown option '--bogus'/],
+      [['no-such-command'], /unknown command 'no-such-command'/],
+      [['train', '-d', 'x', '--epochs', 'abc'], /--epochs must be a whole number/],
+      [['ingest', 's3://photos/train/', '-d', 'x', '--watch', '--interval', '0'], /--interval must be a positive number/],
+      [['retry', '-d', 'x', '--stage', 'train'], /--stage is preprocess or embed/],
+      [['train', '--epochs', '3'], /train needs --dataset NAME/],
+      [['train', '-d', 'x', '--class-weights', 'heavy'], /--class-weights is balanced or none/],
+    ];
+    for (const [args, message] of cases) {
+      const r = await runCli(args, { ...baseEnv, REDIS_URL: 'redis://127.0.0.1:1' });
+      expect({ args, code: r.code }).toEqual({ args, code: 2 });
+      expect(r.stderr).toMatch(message);
+    }
+    const help = await runCli(['ingest', '--help'], baseEnv);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/--stall-timeout/);
   });
 });

@@ -7,7 +7,8 @@ import type { JobContext } from '../packages/shared/src/index.js';
 import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { classifyDatasetName } from '../packages/shared/src/index.js';
+import { classifyDatasetName, jobIds } from '../packages/shared/src/index.js';
+import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
 
@@ -137,6 +138,31 @@ describe('training runs and classification', () => {
     const models = await runCli(['models', '--json'], stack.env);
     expect(models.code).toBe(0);
     expect((JSON.parse(models.stdout) as { dataset: string; runId: string }[]).some((m) => m.dataset === 'duo' && m.runId === 'one-class-val')).toBe(true);
+  });
+
+  it('refuses bad training settings with exit 2 before it waits or enqueues anything', async () => {
+    const r = await runCli(['train', '-d', 'shapes', '--validation-fraction', '0.6', '--run-id', 'never'], stack.env);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/bad training settings: validationFraction/);
+    expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'never' }))).toBeUndefined();
+  });
+
+  it('classify waits for the images an interrupted round left on their way, instead of leaving them out', async () => {
+    for (const [i, kind] of kinds.entries()) await ctx.services.store.putObject(photos, `later/${kind}.jpg`, await renderSample(kind, 400 + i, 31));
+    const model = await resolveModel(ctx, 'shapes');
+    stack.supervisor.signal('embed', 1, 'SIGSTOP');
+    let classifying: Promise<unknown> | undefined;
+    try {
+      // the round that was cut short: its images were enqueued, then Ctrl-C
+      const first = await ingestPrefix({ bucket: photos, prefix: 'later/', dataset: classifyDatasetName('shapes'), space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
+      expect(first.enqueued).toBe(kinds.length);
+      classifying = classifyCommand(ctx, `s3://${photos}/later/`, { model: 'shapes', watch: false, intervalSeconds: 1 });
+      await new Promise((r) => setTimeout(r, 1_500));
+    } finally {
+      stack.supervisor.signal('embed', 1, 'SIGCONT');
+    }
+    const [round] = (await classifying) as Awaited<ReturnType<typeof classifyCommand>>;
+    expect(round).toMatchObject({ classified: kinds.length, failed: 0 });
   });
 
   it("classifies in the model's own embedding space, whatever the CLI's environment says", async () => {

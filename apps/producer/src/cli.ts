@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, type CommanderError } from 'commander';
 import { ConfigError, DatasetName, loadConfig, sleep } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -55,9 +55,15 @@ async function withContext(fn: (ctx: CliContext) => Promise<unknown>): Promise<v
   }
 }
 
+/** Bad usage as the CLI itself finds it (a value out of range, options that do not go together): exit 2. */
+const usage = (message: string) => new CliExit(EXIT.usage, `transferline: ${message}`);
+
 const program = new Command('transferline')
   .description('A bucket of labelled images in, a trained image classifier out (EfficientNet-B0 embeddings + a trained head).')
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Commander's own errors (unknown command or option, missing argument, a value its parser
+  // refuses) exit 2, as the README says; --help and --version exit 0. Subcommands inherit this.
+  .exitOverride((err: CommanderError) => process.exit(err.exitCode === 0 ? 0 : EXIT.usage));
 
 program
   .command('up')
@@ -92,7 +98,7 @@ program
   .option(...embedderOption)
   .option('--no-wait', 'enqueue and return without waiting for the embeddings')
   .option('--watch', 'keep picking up new and changed objects under the prefix until Ctrl-C')
-  .option('--interval <seconds>', 'how often --watch lists the prefix (default 10)', int('--interval'), 10)
+  .option('--interval <seconds>', 'how often --watch lists the prefix (default 10)', positive('--interval'), 10)
   .option(...stallOption)
   .action((url: string, o: { dataset: string; embedder?: string; wait: boolean; watch?: boolean; interval: number; stallTimeout: number }) =>
     withContext(async (ctx) => {
@@ -103,6 +109,8 @@ program
         await sleep(o.interval * 1000, ctx.signal);
         if (ctx.signal?.aborted) break;
       }
+      // Ctrl-C between two rounds of --watch ends as Ctrl-C does everywhere else.
+      if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the workers go on with ${o.dataset}`);
     }),
   );
 
@@ -110,13 +118,13 @@ program
   .command('retry')
   .description('run failed images of a dataset again and wait until they are embedded or fail again')
   .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
-  .option('--reason <code>', 'retry failures with this reason code (bad input included); default: the transient ones (attempts-exhausted, stalled, pixels-expired)')
+  .option('--reason <code>', 'retry failures with this reason code (bad input included); default: the ones that are not the image\'s fault (attempts-exhausted, stalled, pixels-expired, bad-pixels, wrong-embedder, changed)')
   .option('--stage <stage>', 'only failures of this stage: preprocess or embed')
   .option('--no-wait', 'enqueue and return without waiting')
   .option(...stallOption)
-  .action((o: { dataset: string; reason?: string; stage?: string; wait: boolean; stallTimeout: number }) =>
-    withContext(async (ctx) => {
-      if (o.stage !== undefined && o.stage !== 'preprocess' && o.stage !== 'embed') throw new Error('--stage is preprocess or embed');
+  .action((o: { dataset: string; reason?: string; stage?: string; wait: boolean; stallTimeout: number }) => {
+    if (o.stage !== undefined && o.stage !== 'preprocess' && o.stage !== 'embed') throw usage('--stage is preprocess or embed');
+    return withContext(async (ctx) => {
       const r = await retryCommand(ctx, {
         dataset: o.dataset,
         wait: o.wait,
@@ -125,8 +133,8 @@ program
         ...(o.stage && { stage: o.stage as 'preprocess' | 'embed' }),
       });
       if (r.status && r.status.failed > 0) process.exitCode = EXIT.failedItems;
-    }),
-  );
+    });
+  });
 
 const fraction = (name: string) => (v: string) => {
   const n = Number(v);
@@ -152,17 +160,17 @@ program
   .option('--run-id <id>', 'name of the run (default: a timestamp); refused if it exists')
   .option('--partial', 'train now on the images embedded so far, although some are still pending (the report records it)')
   .option('--follow <run>', 'follow a run started elsewhere instead of starting one')
-  .option('--no-wait', 'enqueue and return without following the run')
+  .option('--no-wait', 'enqueue the run and return without following it (it still waits for the images to be embedded, unless --partial)')
   .option(...stallOption)
-  .action((o: TrainOptions & { dataset?: string; follow?: string; classWeights?: string; stallTimeout: number }) =>
-    withContext(async (ctx) => {
+  .action((o: TrainOptions & { dataset?: string; follow?: string; classWeights?: string; stallTimeout: number }) => {
+    if (!o.follow && !o.dataset) throw usage('train needs --dataset NAME (or --follow RUN)');
+    if (o.classWeights !== undefined && o.classWeights !== 'balanced' && o.classWeights !== 'none') throw usage('--class-weights is balanced or none');
+    return withContext(async (ctx) => {
       if (o.follow) return followRun(ctx, o.follow, o.stallTimeout);
-      if (!o.dataset) throw new Error('train needs --dataset NAME (or --follow RUN)');
-      if (o.classWeights !== undefined && o.classWeights !== 'balanced' && o.classWeights !== 'none') throw new Error('--class-weights is balanced or none');
       const { follow: _follow, stallTimeout, ...rest } = o;
-      return trainCommand(ctx, { ...rest, dataset: o.dataset, stallSeconds: stallTimeout, classWeights: o.classWeights as 'balanced' | 'none' | undefined });
-    }),
-  );
+      return trainCommand(ctx, { ...rest, dataset: o.dataset!, stallSeconds: stallTimeout, classWeights: o.classWeights as 'balanced' | 'none' | undefined });
+    });
+  });
 
 program
   .command('status')
@@ -185,11 +193,13 @@ program
   .argument('<s3url>', 'e.g. s3://photos/incoming/')
   .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to use, or dataset@run')
   .option('--watch', 'keep classifying new objects under the prefix')
-  .option('--interval <seconds>', 'how often --watch looks for new objects (default 10)', int('--interval'), 10)
+  .option('--interval <seconds>', 'how often --watch looks for new objects (default 10)', positive('--interval'), 10)
   .option(...stallOption)
   .action((url: string, o: { model: string; watch?: boolean; interval: number; stallTimeout: number }) =>
     withContext(async (ctx) => {
-      await classifyCommand(ctx, url, { model: o.model, watch: !!o.watch, intervalSeconds: o.interval, stallSeconds: o.stallTimeout });
+      const rounds = await classifyCommand(ctx, url, { model: o.model, watch: !!o.watch, intervalSeconds: o.interval, stallSeconds: o.stallTimeout });
+      if (rounds.some((r) => r.failed > 0)) process.exitCode = EXIT.failedItems;
+      if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, '\ninterrupted');
     }),
   );
 

@@ -15,8 +15,8 @@ export interface RetryOptions {
 
 /**
  * `transferline retry -d NAME [--reason CODE] [--stage preprocess|embed]`: runs failed images
- * again and waits like ingest. Without --reason it takes the failures of the infrastructure
- * (attempts exhausted, stalled, pixels expired), which a re-ingest also retries; bad input
+ * again and waits like ingest. Without --reason it takes the failures that are not the image's
+ * (TRANSIENT_REASONS: attempts exhausted, stalled, pixels expired, …), which a re-ingest also retries; bad input
  * (empty, truncated, …) is retried only when --reason names it, e.g. after fixing a decoder.
  * Racing retries are safe: a failed job is moved back by one of them only.
  */

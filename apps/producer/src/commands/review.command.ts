@@ -42,13 +42,13 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
   const asItemId = (k: string) => k.replace(/^s3:\/\//, '');
   let moves: { itemId: string; label: string }[];
   if (o.fromReview) {
-    if (o.keys.length || o.to) throw new Error('give either KEY… --to LABEL, or --from-review, not both');
+    if (o.keys.length || o.to) throw new CliExit(EXIT.usage, 'transferline: give either KEY… --to LABEL, or --from-review, not both');
     const { bucket, key } = parseS3ObjectUrl(o.fromReview);
     const text = (await ctx.services.store.getObject(bucket, key)).toString();
     const lines = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as ReviewLine);
     moves = lines.filter((l) => l.issue).slice(0, o.top ?? Number.POSITIVE_INFINITY).map((l) => ({ itemId: asItemId(l.key), label: l.suggested }));
   } else {
-    if (!o.to || o.keys.length === 0) throw new Error('name the images and the new label: transferline relabel -d NAME s3://bucket/key … --to LABEL (or --from-review)');
+    if (!o.to || o.keys.length === 0) throw new CliExit(EXIT.usage, 'transferline: name the images and the new label: transferline relabel -d NAME s3://bucket/key … --to LABEL (or --from-review)');
     moves = o.keys.map((k) => ({ itemId: asItemId(k), label: o.to! }));
   }
   const outcomes = await relabelItems(ctx, o.dataset, moves);

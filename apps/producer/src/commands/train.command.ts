@@ -3,6 +3,7 @@ import { enqueue, jobIds, ReportDoc, TrainJob, type TrainJobInput, type TrainRes
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { followJob } from '../job-follow.js';
+import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 
@@ -49,6 +50,13 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   if ((await ctx.queues.train.getJob(jobId)) || (await store.headObject(ctx.config.s3.bucket, layout.runFile(o.dataset, runId, 'run.json')))) {
     throw new Error(`run ${runId} exists already (see "transferline models"): choose another --run-id, or leave it out for a new one`);
   }
+  // The settings are checked before any wait: a bad value must not wait for every embedding first.
+  const { dataset, wait, partial, runId: _r, stallSeconds: _s, ...settings } = o;
+  const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
+  const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined };
+  const parsed = TrainJob.safeParse(input);
+  if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  const payload = parsed.data;
   const stallSeconds = o.stallSeconds ?? 30;
   const status = await inspector.status(o.dataset);
   const waiting = status.pending + status.orphaned;
@@ -59,12 +67,6 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     ctx.out.write(`training on the ${status.embedded} embedded images of ${status.total} (--partial): ${waiting} still pending are left out, and the report says so\n`);
   }
 
-  const { dataset, wait, partial, runId: _r, stallSeconds: _s, ...settings } = o;
-  const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
-  const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined };
-  const parsed = TrainJob.safeParse(input);
-  if (!parsed.success) throw new Error(`bad training settings: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-  const payload = parsed.data;
   await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
   ctx.out.write(`run ${payload.runId} queued for dataset ${payload.dataset} (up to ${payload.epochs} epochs, ${payload.hiddenUnits ? `hidden layer of ${payload.hiddenUnits}` : 'softmax head'})\n`);
   if (!wait) return { runId };

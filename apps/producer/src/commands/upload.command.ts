@@ -4,13 +4,18 @@ import { parseS3Url } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
 
-/** Every file below `dir`, as paths relative to it with `/` separators (hidden files skipped). */
+/** Every file below `dir`, as paths relative to it with `/` separators (hidden files and folders skipped). */
 export async function listFiles(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { recursive: true, withFileTypes: true });
-  return entries
-    .filter((e) => e.isFile() && !e.name.startsWith('.'))
-    .map((e) => path.relative(dir, path.join(e.parentPath, e.name)).split(path.sep).join('/'))
-    .sort();
+  return (
+    entries
+      .filter((e) => e.isFile())
+      // Dirent.parentPath is Node 20.12+; 20.9-20.11 (which package.json allows) call it path.
+      .map((e) => path.relative(dir, path.join(e.parentPath ?? (e as unknown as { path: string }).path, e.name)).split(path.sep).join('/'))
+      // .DS_Store, and folders such as .thumbnails/ that would otherwise become a label
+      .filter((rel) => !rel.split('/').some((part) => part.startsWith('.')))
+      .sort()
+  );
 }
 
 /** `transferline upload ./photos s3://bucket/train/`: copies a local folder (one sub-folder per label) into the bucket. */
