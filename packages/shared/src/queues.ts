@@ -158,10 +158,15 @@ export async function requeue<N extends JobName>(
     const job = await queue.getJob(jobs[i]!.id);
     if (!job) continue;
     try {
+      // A fresh start: BullMQ resets the attempts but not the stall count, so a job that failed
+      // as 'stalled' would fail again at the next worker death. No worker holds a failed job, so
+      // the count is cleared before the job is moved back.
+      await redis.hdel(queue.toKey(job.id!), 'stc');
       await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
       retried++;
-    } catch {
+    } catch (err) {
       // another retry moved it first, or it was removed: either way the add below settles it
+      if (!/not in the failed state|Missing key/i.test((err as Error).message)) throw err;
     }
   }
   await enqueue(queue, name, jobs);

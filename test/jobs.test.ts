@@ -4,13 +4,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
 import { followJob } from '../apps/producer/src/job-follow.js';
+import { requeue } from '../packages/shared/src/queues.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { startTestStack, until, type TestStack } from './support/stack.js';
 
 /**
  * Following one job (`train`, `classify`) ends when nothing can move it: a worker that died
- * holding the job, a job removed from its queue, a paused queue. Real Redis and BullMQ; the
- * "worker" is a BullMQ Worker in this process whose processor never returns.
+ * holding the job, a job removed from its queue, a paused queue. A failed job run again starts
+ * afresh. Real Redis and BullMQ; the "workers" are BullMQ Workers in this process.
  */
 
 guardLeaks();
@@ -98,5 +99,25 @@ describe('following a job', () => {
     expect(end).toBeInstanceOf(CliExit);
     expect((end as CliExit).code).toBe(EXIT.stalled);
     expect((end as CliExit).message).toMatch(/queue is paused: resume it/);
+  }, 60_000);
+});
+
+describe('a failed job run again (retry, a re-ingest, a hand-off)', () => {
+  it('starts afresh: attempts and the stall count reset, so one more worker death does not fail it as stalled', async () => {
+    const queue = newQueue();
+    const payload = { sha256: 'a'.repeat(64), embedderId: 'space-x' };
+    const job = await queue.add('embed', payload, { jobId: 'e-1', attempts: 1 });
+    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
+    const worker = new Worker(queue.name, () => Promise.reject(new Error('boom')), { connection, prefix: ctx.config.redis.prefix });
+    worker.on('error', () => {});
+    opened.push({ close: async () => (await worker.close(), connection.disconnect()) });
+    await until('the job failed', async () => (await queue.getJobState(job.id!)) === 'failed', 20);
+    await worker.close();
+    // it had stalled twice before (a worker died holding it): BullMQ counts that in the job's hash
+    await ctx.services.redis.hset(queue.toKey(job.id!), 'stc', 2);
+    expect(await requeue(ctx.services.redis, queue, 'embed', [{ id: job.id!, payload }])).toBe(1);
+    const again = (await queue.getJob(job.id!))!;
+    expect(await again.getState()).toBe('waiting');
+    expect({ attemptsMade: again.attemptsMade, stalledCounter: again.stalledCounter }).toEqual({ attemptsMade: 0, stalledCounter: 0 });
   }, 60_000);
 });
