@@ -1,12 +1,17 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import path from 'node:path';
 import { Queue, Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
 import { followJob } from '../apps/producer/src/job-follow.js';
 import { requeue } from '../packages/shared/src/queues.js';
+import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
+import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { startTestStack, until, type TestStack } from './support/stack.js';
+import { repoRoot, startTestStack, until, type TestStack } from './support/stack.js';
 
 /**
  * Following one job (`train`, `classify`) ends when nothing can move it: a worker that died
@@ -120,4 +125,28 @@ describe('a failed job run again (retry, a re-ingest, a hand-off)', () => {
     expect(await again.getState()).toBe('waiting');
     expect({ attemptsMade: again.attemptsMade, stalledCounter: again.stalledCounter }).toEqual({ attemptsMade: 0, stalledCounter: 0 });
   }, 60_000);
+});
+
+describe('a worker that cannot serve its metrics', () => {
+  it('exits saying the port is in use, with nothing it took left active', async () => {
+    const bucket = 'jobs-port';
+    await ctx.services.store.ensureBucket(bucket);
+    for (let i = 0; i < 6; i++) await ctx.services.store.putObject(bucket, `train/${i % 2 ? 'circle' : 'square'}/${i}.jpg`, await renderSample(i % 2 ? 'circle' : 'square', i, 2));
+    const { space } = await ctx.services.spaces.resolve();
+    expect((await ingestPrefix({ bucket, prefix: 'train/', dataset: 'port', space }, { services: ctx.services, queues: ctx.queues })).enqueued).toBe(6);
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (taken.address() as net.AddressInfo).port;
+      const run = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = execFile(process.execPath, [path.join(repoRoot, 'apps', 'feature-worker', 'dist', 'main.js'), 'preprocess'], { env: { ...stack.env, TL_METRICS_PORT: String(port) }, timeout: 60_000 }, (_err, _out, stderr) => resolve({ code: child.exitCode, stderr }));
+      });
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(/metrics port \d+ on 127\.0\.0\.1 is in use/);
+      // what it had taken was finished or put back before it exited, not left to be found stalled
+      expect((await ctx.queues.preprocess.getJobCounts('active')).active).toBe(0);
+    } finally {
+      await new Promise((r) => taken.close(r));
+    }
+  }, 90_000);
 });

@@ -35,13 +35,22 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger) =
     const config = loadConfig(process.env);
     const log = createLogger(role, config.logLevel);
     const running = await start(config, log);
-    const server = await startMetricsServer(running.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], running.healthy);
-    log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
+    // From here the role may hold jobs: a signal stops it cleanly instead of exiting with them.
     process.off('SIGINT', early).off('SIGTERM', early).off('disconnect', early);
+    let server: Awaited<ReturnType<typeof startMetricsServer>> | undefined;
     runUntilSignal(log, async () => {
       await running.stop();
-      await server.close();
+      await server?.close();
     });
+    try {
+      server = await startMetricsServer(running.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], running.healthy);
+    } catch (err) {
+      // A port in use: the jobs it already took are finished or put back before it exits, not
+      // left to be found stalled (twice fails them).
+      await running.stop().catch(() => {});
+      throw err;
+    }
+    log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
   };
   main().catch((err: unknown) => {
     process.stderr.write(`${role} worker: ${(err as Error).message}\n`);
