@@ -150,3 +150,31 @@ describe('a worker that cannot serve its metrics', () => {
     }
   }, 90_000);
 });
+
+describe('the item record a stage job writes', () => {
+  const sha = (c: string) => c.repeat(64);
+  it('gives way to what ingest wrote since for other content, and a job run twice keeps the image it queued', async () => {
+    const d = ctx.services.datasets;
+    const id = 'photos/train/cat/1.jpg';
+    // ingested at E1, preprocessed and queued; then the object was overwritten (E2) and ingested again
+    await d.putItem('records', id, { label: 'cat', etag: 'E1', space: 's1', state: 'pending' });
+    await d.putItem('records', id, { label: 'cat', etag: 'E1', space: 's1', state: 'queued', sha256: sha('a') }, 'worker');
+    await d.putItem('records', id, { label: 'cat', etag: 'E2', space: 's1', state: 'pending' });
+    // the E1 job, run again late, fails as changed: the E2 record stands
+    await d.putItem('records', id, { label: 'cat', etag: 'E1', space: 's1', state: 'failed', stage: 'preprocess', reason: 'changed' }, 'worker');
+    expect((await d.getItems('records', [id]))[0]).toMatchObject({ etag: 'E2', state: 'pending' });
+    // nor does a job of another embedding space than the one last ingested into
+    await d.putItem('records', id, { label: 'cat', etag: 'E2', space: 's0', state: 'failed', stage: 'preprocess', reason: 'truncated' }, 'worker');
+    expect((await d.getItems('records', [id]))[0]).toMatchObject({ etag: 'E2', space: 's1', state: 'pending' });
+    // the E2 job queues it; run twice, its second run finds the image embedded: still this ingest's, not the cache's
+    await d.putItem('records', id, { label: 'cat', etag: 'E2', space: 's1', state: 'queued', sha256: sha('b') }, 'worker');
+    await d.putItem('records', id, { label: 'cat', etag: 'E2', space: 's1', state: 'cached', sha256: sha('b') }, 'worker');
+    expect((await d.getItems('records', [id]))[0]).toMatchObject({ etag: 'E2', state: 'queued', sha256: sha('b') });
+    // a job for the current content still writes: its failure is recorded
+    await d.putItem('records', id, { label: 'cat', etag: 'E2', space: 's1', state: 'failed', stage: 'preprocess', reason: 'truncated' }, 'worker');
+    expect((await d.getItems('records', [id]))[0]).toMatchObject({ etag: 'E2', state: 'failed', reason: 'truncated' });
+    // and ingest always writes
+    await d.putItem('records', id, { label: 'cat', etag: 'E3', space: 's2', state: 'pending' });
+    expect((await d.getItems('records', [id]))[0]).toMatchObject({ etag: 'E3', space: 's2', state: 'pending' });
+  });
+});

@@ -17,7 +17,7 @@ export function createPreprocessStore(s: Pick<Services, 'redis' | 'keys' | 'data
       const [, cached] = await execPipeline(pipe);
       return cached === 1;
     },
-    record: (dataset, itemId, record) => s.datasets.putItem(dataset, itemId, record),
+    record: (dataset, itemId, record) => s.datasets.putItem(dataset, itemId, record, 'worker'),
     async handOff(o, ctx: JobContext) {
       const space = o.job.embedderId;
       const queue = queues.embed(space);
@@ -32,7 +32,7 @@ export function createPreprocessStore(s: Pick<Services, 'redis' | 'keys' | 'data
       pipe.zscore(queue.toKey('failed'), id);
       enqueueOn(pipe, queue, 'embed', [{ id, payload: o.job }]);
       void room.release(pipe);
-      void s.datasets.putItems(o.dataset, [[o.itemId, o.record]], pipe);
+      void s.datasets.putItems(o.dataset, [[o.itemId, o.record]], pipe, 'worker');
       try {
         const [, , failedScore, added] = await execPipeline(pipe);
         if (added !== id) throw new Error(`adding embed job ${id} replied ${String(added)}`);

@@ -63,7 +63,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
         reason: f.reason,
         detail: f.message,
         attempts: f.attempts,
-      });
+      }, 'worker');
     },
   });
   log.info(

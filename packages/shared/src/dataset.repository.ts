@@ -2,25 +2,34 @@ import type { ChainableCommander, Redis } from 'ioredis';
 import { EmbedFailure, ItemRecord, parseDocument } from './documents.js';
 import type { RedisKeys } from './keys.js';
 
-// Writes item records, keeping a `split` the stored record has when the new one names none:
-// the split is known at ingest, and later stages rewrite the record without knowing it.
+// Writes item records (ARGV[1] = 'worker' or 'ingest', then id, record pairs), keeping a `split`
+// the stored record has when the new one names none: the split is known at ingest, and later
+// stages rewrite the record without knowing it. A worker's write is skipped when the stored
+// record is about other content than its job was for (another ETag: the object was overwritten
+// and ingested again; another embedding space: ingested again into it), and when it would turn
+// an image its own earlier run queued into "cached" (a job run twice finds the image it queued
+// embedded by then): what ingest wrote since, and what the first run did, stand.
 const PUT_ITEMS = `
-for i = 1, #ARGV, 2 do
+local worker = ARGV[1] == 'worker'
+for i = 2, #ARGV, 2 do
   local rec = cjson.decode(ARGV[i + 1])
-  if rec.split == nil then
-    local old = redis.call('HGET', KEYS[1], ARGV[i])
-    if old then
-      local o = cjson.decode(old)
-      if o.split then
-        rec.split = o.split
-        ARGV[i + 1] = cjson.encode(rec)
-      end
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  local skip = false
+  if old then
+    local o = cjson.decode(old)
+    if worker and ((o.etag and rec.etag and o.etag ~= rec.etag) or (o.space and rec.space and o.space ~= rec.space)) then
+      skip = true
+    elseif worker and rec.state == 'cached' and o.state == 'queued' and o.sha256 == rec.sha256 then
+      skip = true
+    elseif rec.split == nil and o.split then
+      rec.split = o.split
+      ARGV[i + 1] = cjson.encode(rec)
     end
   end
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if not skip then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 redis.call('SADD', KEYS[2], KEYS[3])
-return #ARGV / 2`;
+return 1`;
 
 /** A dataset's members (`bucket/key` → label, hash, state), its embedding space, and the failures of its images, kept in Redis. */
 export class DatasetRepository {
@@ -76,15 +85,19 @@ export class DatasetRepository {
   }
 
   /** Writes item records (keeping a split the stored record has); with `pipe`, queues the write there instead. */
-  async putItems(dataset: string, items: [itemId: string, record: ItemRecord][], pipe?: ChainableCommander): Promise<void> {
+  /**
+   * Writes item records. `by: 'worker'` for a stage's job reporting on its item: skipped when the
+   * stored record has moved on to other content (see PUT_ITEMS); ingest and relabel write always.
+   */
+  async putItems(dataset: string, items: [itemId: string, record: ItemRecord][], pipe?: ChainableCommander, by: 'ingest' | 'worker' = 'ingest'): Promise<void> {
     if (items.length === 0) return;
-    const args = [PUT_ITEMS, 3, this.keys.datasetItems(dataset), this.keys.datasets(), dataset, ...items.flatMap(([id, r]) => [id, JSON.stringify(r)])] as const;
+    const args = [PUT_ITEMS, 3, this.keys.datasetItems(dataset), this.keys.datasets(), dataset, by, ...items.flatMap(([id, r]) => [id, JSON.stringify(r)])] as const;
     if (pipe) pipe.eval(...args);
     else await this.redis.eval(...args);
   }
 
-  async putItem(dataset: string, itemId: string, record: ItemRecord): Promise<void> {
-    await this.putItems(dataset, [[itemId, record]]);
+  async putItem(dataset: string, itemId: string, record: ItemRecord, by: 'ingest' | 'worker' = 'ingest'): Promise<void> {
+    await this.putItems(dataset, [[itemId, record]], undefined, by);
   }
 
   /** How many items the dataset holds. */
