@@ -52,6 +52,7 @@ describe('what a user sees when something is wrong', () => {
       [['retry', '-d', 'x', '--stage', 'train'], /--stage is preprocess or embed/],
       [['train', '--epochs', '3'], /train needs --dataset NAME/],
       [['train', '-d', 'x', '--class-weights', 'heavy'], /--class-weights is balanced or none/],
+      [['review', '-d', 'x', '--folds', '1'], /--folds must be 2 or more/],
     ];
     for (const [args, message] of cases) {
       const r = await runCli(args, { ...baseEnv, REDIS_URL: 'redis://127.0.0.1:1' });

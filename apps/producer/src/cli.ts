@@ -225,7 +225,11 @@ program
   .description("rank the images whose given label the model finds least likely (out-of-fold, confident learning), and the most uncertain")
   .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
   .option('--top <n>', 'how many to print of each list (default 20)', int('--top'))
-  .option('--folds <k>', 'folds of the out-of-fold predictions (default 5)', int('--folds'))
+  .option('--folds <k>', 'folds of the out-of-fold predictions (default 5, at least 2)', (v: string) => {
+    const k = int('--folds')(v);
+    if (k < 2) throw new InvalidArgumentError('--folds must be 2 or more (each image is predicted by a model that did not see it)');
+    return k;
+  })
   .option('--json', 'machine-readable output')
   .action((o: { dataset: string; top?: number; folds?: number; json?: boolean }) => withContext((ctx) => reviewCommand(ctx, o)));
 
