@@ -145,6 +145,10 @@ describe('training runs and classification', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/bad training settings: validationFraction/);
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'never' }))).toBeUndefined();
+    // a run id another dataset's run holds is refused, saying whose
+    const taken = await runCli(['train', '-d', 'shapes', '--run-id', 'one-class-val'], stack.env);
+    expect(taken.code).toBe(1);
+    expect(taken.stderr).toMatch(/run id one-class-val is taken by a run of dataset duo/);
   });
 
   it('classify waits for the images an interrupted round left on their way, instead of leaving them out', async () => {

@@ -47,7 +47,13 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   if (!space) throw new Error(`dataset ${o.dataset} has no embedding space recorded (ingested by an older version?): ingest it again`);
   const runId = o.runId ?? newRunId();
   const jobId = jobIds.train({ runId });
-  if ((await ctx.queues.train.getJob(jobId)) || (await store.headObject(ctx.config.s3.bucket, layout.runFile(o.dataset, runId, 'run.json')))) {
+  // Run ids name train jobs across datasets (`train --follow RUN` takes the id alone).
+  const taken = await ctx.queues.train.getJob(jobId);
+  const takenBy = (taken?.data as { dataset?: string } | undefined)?.dataset;
+  if (taken && takenBy !== undefined && takenBy !== o.dataset) {
+    throw new Error(`run id ${runId} is taken by a run of dataset ${takenBy} (run ids are unique across datasets): choose another --run-id, or leave it out for a new one`);
+  }
+  if (taken || (await store.headObject(ctx.config.s3.bucket, layout.runFile(o.dataset, runId, 'run.json')))) {
     throw new Error(`run ${runId} exists already (see "transferline models"): choose another --run-id, or leave it out for a new one`);
   }
   // The settings are checked before any wait: a bad value must not wait for every embedding first.
