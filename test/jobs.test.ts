@@ -94,6 +94,15 @@ describe('following a job', () => {
     expect((end as CliExit).message).toMatch(/is gone from the \S+ queue/);
   }, 60_000);
 
+  it('goes on following a job that runs when its queue is paused (a pause holds waiting jobs only)', async () => {
+    const queue = newQueue();
+    const job = await queue.add('train', {});
+    hangingWorker(queue);
+    await until('the job is taken', async () => (await queue.getJobState(job.id!)) === 'active', 20);
+    await queue.pause();
+    expect(await followEnds(queue, job.id!, 5)).toBe('still waiting');
+  }, 60_000);
+
   it('ends with exit 4 and says so when the queue is paused, though a worker is connected', async () => {
     const queue = newQueue();
     hangingWorker(queue);
@@ -128,7 +137,7 @@ describe('a failed job run again (retry, a re-ingest, a hand-off)', () => {
 });
 
 describe('a worker that cannot serve its metrics', () => {
-  it('exits saying the port is in use, with nothing it took left active', async () => {
+  it('exits saying the port is in use, before it takes any job', async () => {
     const bucket = 'jobs-port';
     await ctx.services.store.ensureBucket(bucket);
     for (let i = 0; i < 6; i++) await ctx.services.store.putObject(bucket, `train/${i % 2 ? 'circle' : 'square'}/${i}.jpg`, await renderSample(i % 2 ? 'circle' : 'square', i, 2));
@@ -143,8 +152,8 @@ describe('a worker that cannot serve its metrics', () => {
       });
       expect(run.code).toBe(1);
       expect(run.stderr).toMatch(/metrics port \d+ on 127\.0\.0\.1 is in use/);
-      // what it had taken was finished or put back before it exited, not left to be found stalled
-      expect((await ctx.queues.preprocess.getJobCounts('active')).active).toBe(0);
+      // it took nothing (a job taken and left would be found stalled later; twice fails it)
+      expect(await ctx.queues.preprocess.getJobCounts('waiting', 'active', 'completed', 'failed')).toEqual({ waiting: 6, active: 0, completed: 0, failed: 0 });
     } finally {
       await new Promise((r) => taken.close(r));
     }
@@ -176,5 +185,9 @@ describe('the item record a stage job writes', () => {
     // and ingest always writes
     await d.putItem('records', id, { label: 'cat', etag: 'E3', space: 's2', state: 'pending' });
     expect((await d.getItems('records', [id]))[0]).toMatchObject({ etag: 'E3', space: 's2', state: 'pending' });
+    // an item removed since its job was enqueued (its object deleted, or moved by relabel) is not brought back by the job
+    await d.removeItems('records', [id]);
+    await d.putItem('records', id, { label: 'cat', etag: 'E3', space: 's2', state: 'failed', stage: 'preprocess', reason: 'not-found' }, 'worker');
+    expect((await d.getItems('records', [id]))[0]).toBeUndefined();
   });
 });

@@ -292,6 +292,12 @@ describe('transferline serve, guarded', () => {
     const keys = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: JSON.stringify({ keys: ['s3://a-b/1.jpg', 's3://a-b/2.jpg', 's3://a-b/3.jpg'] }), headers: { ...auth, 'content-type': 'application/json' } });
     expect(keys.status).toBe(400);
     expect(((await keys.json()) as { error: { message: string } }).error.message).toMatch(/at most 2 keys/);
+    const small = await renderSample('square', 3, 1);
+    const form = new FormData();
+    for (const n of ['a', 'b', 'c']) form.append(n, new Blob([small]), `${n}.png`);
+    const files = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: form, headers: auth });
+    expect(files.status).toBe(400);
+    expect(((await files.json()) as { error: { message: string } }).error.message).toMatch(/at most 2 files/);
   });
 
   it('labels request timings by known route only, so unknown paths add no series', async () => {

@@ -51,14 +51,17 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_
 
 /**
  * One scrape of a /metrics endpoint, parsed into `name{labels}` → value. A worker that is still
- * starting (connection refused) is asked again for up to `waitMs`.
+ * starting (connection refused, or 503 before it has its metrics) is asked again for up to `waitMs`.
  */
 export async function scrape(port: number, waitMs = 20_000): Promise<Map<string, number>> {
   const deadline = Date.now() + waitMs;
   let text: string;
   for (;;) {
     try {
-      text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+      text = await res.text();
+      // 503 while the worker starts (its port is bound before it has its metrics)
+      if (!res.ok) throw new Error(`/metrics on port ${port}: HTTP ${res.status} ${text.trim()}`);
       break;
     } catch (err) {
       if (Date.now() > deadline) throw err;

@@ -13,9 +13,9 @@ export interface Room {
  * set; one Lua script checks the count and reserves atomically, so the bound holds exactly,
  * however many processes and jobs in hand. A job that finds no room keeps its pixels in memory
  * and polls (typically while embed catches up, or while the embed workers are still loading
- * their model). Only when its space has no live embed worker and another space has some is the
- * job put back for later, without spending an attempt: a space nobody serves cannot hold the
- * preprocess slots that the others need. Reservations expire (a process that dies while holding
+ * their model). It is put back for later, without spending an attempt, when its space has no
+ * live embed worker and another space has some (a space nobody serves cannot hold the preprocess
+ * slots that the others need), and when its process stops. Reservations expire (a process that dies while holding
  * one frees it within RESERVATION_MS).
  */
 export class EmbedBacklogGate {

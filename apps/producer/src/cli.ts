@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError, type CommanderError } from 'commander';
-import { ConfigError, DatasetName, loadConfig, sleep } from '@transferline/shared';
+import { ConfigError, DatasetName, loadConfig, sleep, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
@@ -118,7 +118,7 @@ program
   .command('retry')
   .description('run failed images of a dataset again and wait until they are embedded or fail again')
   .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
-  .option('--reason <code>', 'retry failures with this reason code (bad input included); default: the ones that are not the image\'s fault (attempts-exhausted, stalled, pixels-expired, bad-pixels, wrong-embedder, changed)')
+  .option('--reason <code>', `retry failures with this reason code (bad input included); default: the ones that are not the image's fault (${[...TRANSIENT_REASONS].join(', ')})`)
   .option('--stage <stage>', 'only failures of this stage: preprocess or embed')
   .option('--no-wait', 'enqueue and return without waiting')
   .option(...stallOption)

@@ -8,10 +8,12 @@ export interface WaitOptions {
   space: string;
   /** seconds without progress after which a missing worker (or lost jobs) ends the wait */
   stallSeconds: number;
+  /** only the items whose object lies under this `bucket/prefix` (classify: one prefix of a model's set) */
+  within?: string;
 }
 
-/** How long a wait rides out an unreachable Redis (at least; the stall timeout if longer). */
-const REDIS_OUTAGE_SECONDS = 120;
+/** How long a wait (a dataset's, or a job's) rides out an unreachable Redis (at least; the stall timeout if longer). */
+export const REDIS_OUTAGE_SECONDS = 120;
 
 /**
  * Follows a dataset until every item is embedded or failed, with a progress bar. Nothing here
@@ -34,7 +36,7 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
   const look = async (): Promise<DatasetStatus | undefined> => {
     // Read, then check that the dataset is still there: a flush that lands while the status is
     // read leaves a status of nothing pending (0 images), which must not pass for done.
-    const s = await ctx.services.inspector.status(dataset);
+    const s = await ctx.services.inspector.status(dataset, 20, o.within);
     if (!(await ctx.services.datasets.exists(dataset))) {
       throw new CliExit(EXIT.vanished, `dataset ${dataset} vanished from Redis while waiting: its data was lost or flushed. Ingest again to rebuild it (the embeddings in the bucket are kept: "transferline cache rebuild-index" restores their index).`);
     }

@@ -1,6 +1,7 @@
 import { QueueEvents, type Job, type Queue } from 'bullmq';
 import { isRedisUnavailable, redactUrl, sleep } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
+import { REDIS_OUTAGE_SECONDS } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
 
 export interface FollowOptions {
@@ -51,9 +52,6 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
   }
 }
 
-/** How long following a job rides out an unreachable Redis (at least; the stall timeout if longer). */
-const REDIS_OUTAGE_SECONDS = 120;
-
 /**
  * Rejects when nothing can move the job, or on Ctrl-C; never resolves otherwise. Nothing can
  * move it when, for `stallSeconds`: no worker of its queue is connected (whether the job waits,
@@ -82,8 +80,10 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
         continue;
       }
       goneOnce = false;
-      const pending = state === 'waiting' || state === 'delayed' || state === 'prioritized' || state === 'active';
-      if (pending && (await queue.isPaused())) why = `the ${queue.name} queue is paused: resume it (the console's queue board) and the job goes on`;
+      // A paused queue holds its waiting jobs; one already running goes on.
+      const waiting = state === 'waiting' || state === 'delayed' || state === 'prioritized';
+      const pending = waiting || state === 'active';
+      if (waiting && (await queue.isPaused())) why = `the ${queue.name} queue is paused: resume it (the console's queue board) and the job goes on`;
       else if (pending && (await queue.getWorkersCount()) === 0) {
         why =
           state === 'active'

@@ -151,8 +151,11 @@ function buildReport(
   const probs = (s: Labelled) => predictProba(tf, fit.model, s.x);
   const valP = probs(data.val);
   let threshold: number | undefined;
+  // A threshold is chosen only on a validation split that holds both classes: on one class
+  // alone any cutoff "separates" it, and serving would call most images that class's opposite.
+  const bothInValidation = k === 2 && data.val.y.includes(0) && data.val.y.includes(1);
   const binary = (p: Float32Array, s: Labelled): SplitReport['binary'] => {
-    if (k !== 2) return undefined;
+    if (!bothInValidation) return undefined;
     const scores = Float32Array.from({ length: s.y.length }, (_, i) => p[i * 2 + 1]!);
     const positive = Array.from(s.y, (c) => c === 1);
     threshold ??= bestThreshold(scores, positive).threshold;

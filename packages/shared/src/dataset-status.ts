@@ -135,8 +135,11 @@ export class DatasetInspector {
     for await (const page of this.datasets.scan(dataset)) yield this.classify(dataset, page, space);
   }
 
-  /** Counts a dataset's items by phase, with its first `maxFailuresListed` failures. */
-  async status(dataset: string, maxFailuresListed = 20): Promise<DatasetStatus> {
+  /**
+   * Counts a dataset's items by phase, with its first `maxFailuresListed` failures; with
+   * `within` (`bucket/prefix`), only the items whose object lies under it.
+   */
+  async status(dataset: string, maxFailuresListed = 20, within?: string): Promise<DatasetStatus> {
     const space = await this.datasets.space(dataset);
     const s: DatasetStatus = {
       dataset,
@@ -156,6 +159,7 @@ export class DatasetInspector {
     const reasons = new Map<string, { stage: Stage; reason: string; count: number }>();
     for await (const page of this.scan(dataset)) {
       for (const v of page) {
+        if (within !== undefined && !v.id.startsWith(within)) continue;
         s.total++;
         labels.set(v.record.label, (labels.get(v.record.label) ?? 0) + 1);
         if (v.phase === 'embedded') {

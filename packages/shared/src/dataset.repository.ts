@@ -6,7 +6,8 @@ import type { RedisKeys } from './keys.js';
 // the stored record has when the new one names none: the split is known at ingest, and later
 // stages rewrite the record without knowing it. A worker's write is skipped when the stored
 // record is about other content than its job was for (another ETag: the object was overwritten
-// and ingested again; another embedding space: ingested again into it), and when it would turn
+// and ingested again; another embedding space: ingested again into it), when there is no record
+// (the item was removed since), and when it would turn
 // an image its own earlier run queued into "cached" (a job run twice finds the image it queued
 // embedded by then): what ingest wrote since, and what the first run did, stand.
 const PUT_ITEMS = `
@@ -14,7 +15,9 @@ local worker = ARGV[1] == 'worker'
 for i = 2, #ARGV, 2 do
   local rec = cjson.decode(ARGV[i + 1])
   local old = redis.call('HGET', KEYS[1], ARGV[i])
-  local skip = false
+  -- no record: ingest writes one before any job, so the item was removed (its object deleted,
+  -- or moved by relabel) since this job was enqueued
+  local skip = worker and not old
   if old then
     local o = cjson.decode(old)
     if worker and ((o.etag and rec.etag and o.etag ~= rec.etag) or (o.space and rec.space and o.space ~= rec.space)) then
@@ -84,10 +87,11 @@ export class DatasetRepository {
     return raw.map((r, i) => (r === null ? undefined : parseItem(r, dataset, itemIds[i]!)));
   }
 
-  /** Writes item records (keeping a split the stored record has); with `pipe`, queues the write there instead. */
   /**
-   * Writes item records. `by: 'worker'` for a stage's job reporting on its item: skipped when the
-   * stored record has moved on to other content (see PUT_ITEMS); ingest and relabel write always.
+   * Writes item records, keeping a split the stored record has; with `pipe`, queues the write
+   * there instead. `by: 'worker'` for a stage's job reporting on its item: skipped when the item
+   * is gone or its record has moved on to other content (see PUT_ITEMS); ingest and relabel write
+   * always.
    */
   async putItems(dataset: string, items: [itemId: string, record: ItemRecord][], pipe?: ChainableCommander, by: 'ingest' | 'worker' = 'ingest'): Promise<void> {
     if (items.length === 0) return;

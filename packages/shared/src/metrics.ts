@@ -118,9 +118,13 @@ export function createServeMetrics() {
 }
 export type ServeMetrics = ReturnType<typeof createServeMetrics>;
 
-/** An HTTP server with `/metrics` (Prometheus text format) and `/healthz` (200 while `healthy()` says so). */
+/**
+ * An HTTP server with `/metrics` (Prometheus text format) and `/healthz` (200 while `healthy()`
+ * says so). `registry` may be a getter, for a server bound before its process has its metrics (a
+ * worker binds its port before it takes any job): `/metrics` answers 503 until it returns one.
+ */
 export async function startMetricsServer(
-  registry: Registry,
+  registry: Registry | (() => Registry | undefined),
   host: string,
   port: number,
   healthy: () => boolean | Promise<boolean> = () => true,
@@ -128,9 +132,13 @@ export async function startMetricsServer(
   const server = http.createServer((req, res) => {
     void (async () => {
       try {
-        if (req.url === '/metrics') {
-          const body = await registry.metrics();
-          res.writeHead(200, { 'content-type': registry.contentType });
+        const current = typeof registry === 'function' ? registry() : registry;
+        if (req.url === '/metrics' && !current) {
+          res.writeHead(503, { 'content-type': 'text/plain' });
+          res.end('starting\n');
+        } else if (req.url === '/metrics' && current) {
+          const body = await current.metrics();
+          res.writeHead(200, { 'content-type': current.contentType });
           res.end(body);
         } else if (req.url === '/healthz') {
           const ok = await healthy();

@@ -34,23 +34,23 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger) =
   const main = async () => {
     const config = loadConfig(process.env);
     const log = createLogger(role, config.logLevel);
-    const running = await start(config, log);
-    // From here the role may hold jobs: a signal stops it cleanly instead of exiting with them.
-    process.off('SIGINT', early).off('SIGTERM', early).off('disconnect', early);
-    let server: Awaited<ReturnType<typeof startMetricsServer>> | undefined;
-    runUntilSignal(log, async () => {
-      await running.stop();
-      await server?.close();
-    });
+    // The port first: a port in use ends the process before it has taken any job (after, it
+    // would leave them to be found stalled). /healthz says 503 until the role has started.
+    let running: RunningRole | undefined;
+    const server = await startMetricsServer(() => running?.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], () => running?.healthy() ?? false);
+    log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
     try {
-      server = await startMetricsServer(running.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], running.healthy);
+      running = await start(config, log);
     } catch (err) {
-      // A port in use: the jobs it already took are finished or put back before it exits, not
-      // left to be found stalled (twice fails them).
-      await running.stop().catch(() => {});
+      await server.close();
       throw err;
     }
-    log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
+    process.off('SIGINT', early).off('SIGTERM', early).off('disconnect', early);
+    const started = running;
+    runUntilSignal(log, async () => {
+      await started.stop();
+      await server.close();
+    });
   };
   main().catch((err: unknown) => {
     process.stderr.write(`${role} worker: ${(err as Error).message}\n`);

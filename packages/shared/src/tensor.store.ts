@@ -54,7 +54,9 @@ export class TensorStore {
    * count failed jobs, so left to their TTL they could fill Redis while every embed fails. Only
    * while the job is still in its queue's failed set (`failedKey`): one moved back meanwhile by a
    * hand-off that stored fresh pixels for it keeps them. One script, so the look and the delete
-   * see the same state. True when pixels were freed.
+   * see the same state. A hand-off stores its pixels a round trip before it moves the job back:
+   * one landing in that moment loses them, and its job fails as `pixels-expired`, which a
+   * re-ingest or `retry` runs again. True when pixels were freed.
    */
   async deleteOfFailedJob(space: string, sha256: string, failedKey: string, jobId: string): Promise<boolean> {
     return (await this.redis.eval(DELETE_IF_FAILED, 2, failedKey, this.keys.tensor(space, sha256), jobId)) === 1;

@@ -45,7 +45,7 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
       await submit({ bucket, dataset: o.dataset, space }, { services: ctx.services, queues: ctx.queues }, part);
     }
   }
-  const what = o.reason ? `with reason ${o.reason}` : `on a transient error (${[...TRANSIENT_REASONS].join(', ')})`;
+  const what = o.reason ? `with reason ${o.reason}` : `that is not the image's fault (${[...TRANSIENT_REASONS].join(', ')})`;
   ctx.out.write(`retrying ${retried} failed image${retried === 1 ? '' : 's'} of ${o.dataset} ${what}${o.stage ? ` in ${o.stage}` : ''}`);
   ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (name a reason with --reason to retry them)\n` : '\n');
   if (!o.wait || retried === 0) return { retried };
