@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -81,7 +81,8 @@ function descendants(pid: number): { pid: number; cmd: string }[] {
 
 /** Starts `transferline up` and resolves once its banner is out. */
 async function startUp(): Promise<{ child: ChildProcess; output: () => string }> {
-  const child = spawn(process.execPath, [cliPath, 'up', '--metrics-port', String(base)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // a process group of its own, as a shell runs a job: Ctrl-C in a terminal signals the whole group
+  const child = spawn(process.execPath, [cliPath, 'up', '--metrics-port', String(base)], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   running.push(child);
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -183,7 +184,8 @@ describe('transferline up, as a process', () => {
     const again = await runCli(['status', '-d', 'small'], cliEnv);
     expect(again.stdout).toMatch(/dataset small: 4 images, 4 embedded/);
     const secondChildren = descendants(second.child.pid!);
-    second.child.kill('SIGINT');
+    // Ctrl-C as a terminal sends it: to the foreground process group, not only to up
+    process.kill(-second.child.pid!, 'SIGINT');
     await until('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30).catch((err: Error) => {
       // Seen once in a full run under load: say which process held the stop up, and what it logged.
       const left = secondChildren.filter((c) => isRunning(c.pid));
@@ -191,6 +193,17 @@ describe('transferline up, as a process', () => {
     });
     expect(second.child.exitCode).toBe(0);
     await until('its processes to end', () => secondChildren.every((c) => !isRunning(c.pid)), 10);
+    // each worker stopped cleanly, once: a SIGINT of its own, then up's SIGTERM, would have been
+    // a second signal (exit at once, jobs in hand), with Redis gone under it. (A worker still
+    // starting exits at once without a word: it holds nothing.)
+    for (const role of ['preprocess', 'embed', 'train']) {
+      const lines = (await readFile(path.join(dataDir, 'logs', `${role}.log`), 'utf8')).trim().split('\n');
+      const stopping = lines.findLastIndex((l) => /stopping: finishing the jobs in hand/.test(l));
+      if (stopping < 0 || lines.slice(stopping).some((l) => /"msg":"worker started"/.test(l))) continue;
+      expect(lines[stopping]).toMatch(/"signal":"SIGTERM"/);
+      expect(lines.slice(stopping).join('\n')).not.toMatch(/second signal/);
+      expect(lines.slice(stopping).some((l) => /"msg":"stopped"/.test(l))).toBe(true);
+    }
     // right after the banner, while its workers still start: none of them may be left behind
     const third = await startUp();
     third.child.kill('SIGKILL');

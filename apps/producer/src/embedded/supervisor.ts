@@ -84,11 +84,17 @@ export class SupervisedProcess {
     const s = this.spec;
     const log = createWriteStream(s.logFile, { flags: 'a' });
     const env = s.env();
+    // Each child in a process group of its own: Ctrl-C in a terminal signals the foreground group,
+    // which would stop Redis and the S3 server at once, under workers that still need them to
+    // finish or put back their jobs, and then this process's SIGTERM would be the workers'
+    // second signal (exit now). Only `up` gets it, and stops them in order. A child still ends
+    // with `up`, however `up` ends: the workers when their IPC channel closes, Redis by pdeathsig.
+    const options = { env, detached: true } as const;
     const child = s.node
-      ? spawn(process.execPath, [...(s.node.execArgv ?? []), s.node.script, ...s.args], { env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
+      ? spawn(process.execPath, [...(s.node.execArgv ?? []), s.node.script, ...s.args], { ...options, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
       : setpriv
-        ? spawn(setpriv, ['--pdeathsig', 'SIGTERM', '--', s.program!, ...s.args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
-        : spawn(s.program!, s.args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+        ? spawn(setpriv, ['--pdeathsig', 'SIGTERM', '--', s.program!, ...s.args], { ...options, stdio: ['ignore', 'pipe', 'pipe'] })
+        : spawn(s.program!, s.args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
     for (const stream of [child.stdout, child.stderr]) {
       stream?.pipe(log, { end: false });
       if (s.onOutput) stream?.on('data', (d: Buffer) => s.onOutput!(d.toString()));
