@@ -70,6 +70,23 @@ describe('training runs and classification', () => {
     expect(strip(b)).toEqual(strip(first));
   });
 
+  it('a finished run retried from the queue board returns it as it is, not trained again over it', async () => {
+    const job = (await ctx.queues.train.getJob(jobIds.train({ runId: first.runId })))!;
+    const reportKey = ctx.services.layout.runFile('shapes', first.runId, 'report.json');
+    const before = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, reportKey);
+    await job.retry('completed');
+    const deadline = Date.now() + 60_000;
+    while ((await job.getState()) !== 'completed' || (await ctx.queues.train.getJob(job.id!))!.attemptsStarted < 1) {
+      if (Date.now() > deadline) throw new Error('the retried run did not complete');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const again = (await ctx.queues.train.getJob(job.id!))!;
+    expect(again.returnvalue).toMatchObject({ runId: first.runId, validationAccuracy: first.validation.accuracy });
+    // the same report, to the millisecond of its making (training again would stamp a new one)
+    const after = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, reportKey);
+    expect(after?.createdAt).toBe(before?.createdAt);
+  });
+
   it('lists the runs with their accuracy', async () => {
     const r = await runCli(['models', '--json'], stack.env);
     expect(r.code).toBe(0);

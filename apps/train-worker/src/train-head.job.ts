@@ -3,7 +3,7 @@ import {
   PermanentError,
   type JobContext,
   type Metrics,
-  type ReportDoc,
+  ReportDoc,
   type RunDoc,
   type Services,
   type SplitReport,
@@ -38,6 +38,11 @@ export interface EpochProgress extends Partial<EpochLog> {
  */
 export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext): Promise<TrainResult> {
   const { tf, services } = deps;
+  // A run is written once. The same job run again (its completion lost to a crash, or retried
+  // from the queue board) finds its report and returns that run: training again would write
+  // other figures over it, from the dataset as it is now.
+  const written = await services.store.getDocument(ReportDoc, deps.bucket, services.layout.runFile(job.dataset, job.runId, 'report.json'));
+  if (written) return finishedRun(written, deps, ctx);
   await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
 
   const examples: Example[] = [];
@@ -133,6 +138,27 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
     ...(report.test && { testAccuracy: report.test.accuracy }),
     examples: splits.train.length + splits.validation.length + splits.test.length,
     bestEpoch: fit.bestEpoch,
+  };
+}
+
+/**
+ * The result of a run whose report is in the bucket already. Its latest.json pointer is written
+ * only when the dataset has none (a crash before that last write): a newer run's is left alone.
+ */
+async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext): Promise<TrainResult> {
+  const { dataset, runId } = report;
+  const { layout, store } = deps.services;
+  const modelPrefix = layout.run(dataset, runId);
+  ctx.log.info({ dataset, runId }, 'this run is written already: not trained again');
+  if (!(await store.headObject(deps.bucket, layout.latest(dataset)))) await store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
+  return {
+    dataset,
+    runId,
+    modelPrefix,
+    validationAccuracy: report.validation.accuracy,
+    ...(report.test && { testAccuracy: report.test.accuracy }),
+    examples: report.split.train + report.split.validation + report.split.test,
+    bestEpoch: report.bestEpoch,
   };
 }
 

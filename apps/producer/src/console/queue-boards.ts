@@ -43,7 +43,11 @@ function board(basePath: string, readOnly: boolean, links: { text: string; url: 
   const add = (q: Queue) => {
     if (names.has(q.name)) return;
     // readOnlyMode: the API answers 405 to every change, and the UI shows no action buttons
-    api.addQueue(new BullMQAdapter(q, { readOnlyMode: readOnly }));
+    // No "retry" button on completed jobs (a finished run is not trained again anyway: the train
+    // job returns it as it is). bull-board's adapter reads allowCompletedRetries (base.js), but
+    // its typings leave it out of QueueAdapterOptions.
+    const options = { readOnlyMode: readOnly, allowCompletedRetries: false };
+    api.addQueue(new BullMQAdapter(q, options));
     names.add(q.name);
   };
   return { board: { basePath, router: serverAdapter.getRouter() as Express, names: () => [...names] }, add };
