@@ -7,7 +7,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SignatureV4 } from '@smithy/signature-v4';
 import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
+import { Sha256 } from '../packages/shared/src/s3.signing.js';
 import { ObjectChangedError, ObjectNotFoundError, ObjectStore, ObjectTooLargeError } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
 
@@ -39,6 +41,16 @@ async function aws(args: string[], secret = creds.secretAccessKey) {
     (r) => ({ code: 0, out: r.stdout + r.stderr }),
     (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? 1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
   );
+}
+
+/** A raw request signed with the server's credentials (for requests our client never sends). */
+async function signed(method: string, pathname: string, headers: Record<string, string> = {}, body?: string): Promise<Response> {
+  const url = new URL(s3.endpoint);
+  const signer = new SignatureV4({ credentials: creds, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false });
+  const [p, q] = pathname.split(/\?(.*)/s);
+  const query = Object.fromEntries(new URLSearchParams(q ?? ''));
+  const req = await signer.sign({ method, protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: p!, query, headers: { host: url.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', ...headers } });
+  return fetch(`${s3.endpoint}${pathname}`, { method, headers: req.headers, ...(body !== undefined && { body }) });
 }
 
 /** Every file under the test's folder outside the server's data folder, but for its log. */
@@ -104,6 +116,21 @@ describe('the embedded S3 server', () => {
     await expect(store.copyObject(bucket, '../../../../etc/hostname', 'copied.txt')).rejects.toThrow(/not supported|InvalidArgument|400/);
     expect(await store.copyObject(bucket, 'train/cat/1.jpg', 'train/dog/1.jpg')).toMatch(/^[0-9a-f]{32}$/);
     expect((await store.getObject(bucket, 'train/dog/1.jpg')).toString()).toBe('not really a jpeg');
+    expect(await strayFiles()).toEqual([]);
+
+    // keys that are not in the path: a browser-form upload, a multi-object delete's body, a copy source past a '?'
+    const form = `--b\r\nContent-Disposition: form-data; name="key"\r\n\r\n../../../../escaped6.jpg\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\nhello\r\n--b--\r\n`;
+    expect((await signed('POST', `/${bucket}`, { 'content-type': 'multipart/form-data; boundary=b' }, form)).status).toBe(405);
+    const climbs = await aws(['s3api', 'delete-objects', '--bucket', bucket, '--delete', JSON.stringify({ Objects: [{ Key: 'train/cat/1.jpg' }, { Key: '../../../../escaped7' }] })]);
+    expect(climbs.code).not.toBe(0);
+    expect(climbs.out).toMatch(/InvalidArgument|not supported/);
+    expect((await store.getObject(bucket, 'train/cat/1.jpg')).toString()).toBe('not really a jpeg'); // none of the list was deleted
+    const past = await signed('PUT', `/${bucket}/copied2.txt`, { 'x-amz-copy-source': `${bucket}/x?/../../../../../etc/hostname` });
+    expect(past.status).toBe(400);
+    // a multi-object delete of keys it can hold still works (awscli's "rm --recursive" sends one)
+    for (const k of ['tmp/a.txt', 'tmp/b.txt']) await store.putObject(bucket, k, Buffer.from(k));
+    expect((await aws(['s3', 'rm', `s3://${bucket}/tmp/`, '--recursive'])).code).toBe(0);
+    expect(await store.headObject(bucket, 'tmp/a.txt')).toBeUndefined();
     expect(await strayFiles()).toEqual([]);
 
     const long = `${'z'.repeat(300)}.jpg`;

@@ -11,7 +11,8 @@ import { Sha256 } from '@transferline/shared/s3-signing';
  *   credentials the server was started with), or more than 15 minutes off the server's clock;
  * - keys S3 would refuse (over 1,024 bytes) or that this server could not store as files
  *   (`.`/`..` segments, empty segments, a segment over 200 bytes).
- * It reads only the request line and headers; the body goes on to s3rver untouched.
+ * It reads the request line and headers; the body goes on to s3rver untouched, but for a
+ * multi-object delete's (a small XML list of keys), which it reads and checks first.
  */
 export interface GateCredentials {
   accessKeyId: string;
@@ -60,11 +61,47 @@ export function checkKey(rawPath: string): GateRefusal | null {
   return null;
 }
 
-/** Why a copy request's source (`x-amz-copy-source: bucket/key`) cannot be read, or null. */
+/**
+ * Why a copy request's source (`x-amz-copy-source: bucket/key`) cannot be read, or null. The
+ * whole header is the key to s3rver (it takes no `?versionId=`), so the whole header is checked.
+ */
 export function checkCopySource(source: string | undefined): GateRefusal | null {
   if (source === undefined) return null;
-  const path = source.split('?')[0]!;
-  return checkKey(path.startsWith('/') ? path : `/${path}`);
+  return checkKey(source.startsWith('/') ? source : `/${source}`);
+}
+
+/**
+ * Requests whose keys are not in the path: a browser-form upload (`POST /bucket`, the key a form
+ * field) is refused, as are requests of any other method to a bucket with `?delete`; a
+ * multi-object delete (`POST /bucket?delete`) names its keys in its XML body, which
+ * `checkDeleteKeys` reads.
+ */
+export function checkKeysElsewhere(method: string | undefined, rawPath: string, query: string): GateRefusal | null {
+  const bucketOnly = /^\/[^/]+\/?$/.test(rawPath);
+  const params = new URLSearchParams(query);
+  if (method === 'POST' && bucketOnly && !params.has('delete')) {
+    return refuse(405, 'MethodNotAllowed', 'POST uploads (browser forms) are not supported by the embedded S3 server: use PUT.');
+  }
+  return null;
+}
+
+/** The keys of a multi-object delete body (`<Delete><Object><Key>…</Key></Object>…`), XML entities decoded. */
+export function deleteKeys(xml: string): string[] {
+  const entities: Record<string, string> = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" };
+  return [...xml.matchAll(/<Key>([\s\S]*?)<\/Key>/g)].map((m) =>
+    m[1]!.replace(/&(#x[0-9a-f]+|#\d+|[a-z]+);/gi, (all, e: string) =>
+      e[0] === '#' ? String.fromCodePoint(e[1] === 'x' || e[1] === 'X' ? parseInt(e.slice(2), 16) : parseInt(e.slice(1), 10)) : (entities[e] ?? all),
+    ),
+  );
+}
+
+/** Why a multi-object delete of `bucket` cannot be done (a key this server could not hold), or null. */
+export function checkDeleteKeys(bucket: string, xml: string): GateRefusal | null {
+  for (const key of deleteKeys(xml)) {
+    const bad = checkKey(`/${bucket}/${encodeURIComponent(key).replace(/%2F/g, '/')}`);
+    if (bad) return bad;
+  }
+  return null;
 }
 
 function parseAmzDate(s: string | undefined): Date | null {

@@ -9,11 +9,11 @@
  * TL_S3_ACCESS_KEY_ID, TL_S3_SECRET_ACCESS_KEY. Tells its parent `{ listening: port }` over IPC,
  * and exits when the parent goes away (the IPC channel closes, even when the parent was SIGKILLed).
  */
-import { createServer } from 'node:http';
+import { createServer, IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
-import { checkCopySource, checkKey, checkSignature, sendRefusal } from './s3-gate.js';
+import { checkCopySource, checkDeleteKeys, checkKey, checkKeysElsewhere, checkSignature, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
 const directory = env.TL_S3_DIR;
@@ -34,13 +34,39 @@ const s3rver = new S3rver({
 await s3rver.configureBuckets();
 const handle = s3rver.callback();
 
+/** Most bytes of a multi-object delete body read (1,000 keys of 1,024 bytes, and the XML around them). */
+const MAX_DELETE_BODY = 2 * 1024 * 1024;
+
+/** The request's body, or undefined when it is larger than `max`. */
+function readBody(req: IncomingMessage, max: number): Promise<Buffer | undefined> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size <= max) chunks.push(c);
+    });
+    req.on('end', () => resolve(size <= max ? Buffer.concat(chunks) : undefined));
+    req.on('error', reject);
+  });
+}
+
+/** A request like `req` whose body is `body`, read already: what s3rver reads instead of `req`. */
+function replay(req: IncomingMessage, body: Buffer): IncomingMessage {
+  const again = new IncomingMessage(req.socket);
+  Object.assign(again, { method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, httpVersion: req.httpVersion, httpVersionMajor: req.httpVersionMajor, httpVersionMinor: req.httpVersionMinor });
+  again.push(body);
+  again.push(null);
+  return again;
+}
+
 const server = createServer((req, res) => {
-  const rawPath = (req.url ?? '/').split('?')[0]!;
+  const [rawPath = '/', query = ''] = (req.url ?? '/').split(/\?(.*)/s);
   const copySource = req.headers['x-amz-copy-source'];
-  const badKey = checkKey(rawPath) ?? checkCopySource(Array.isArray(copySource) ? copySource[0] : copySource);
+  const badKey = checkKey(rawPath) ?? checkCopySource(Array.isArray(copySource) ? copySource[0] : copySource) ?? checkKeysElsewhere(req.method, rawPath, query);
   if (badKey) return sendRefusal(res, badKey, rawPath);
   checkSignature(req, creds).then(
-    (refusal) => {
+    async (refusal) => {
       if (refusal) {
         line(`refused ${req.method} ${JSON.stringify(rawPath.slice(0, 200))}: ${refusal.code}`);
         return sendRefusal(res, refusal, rawPath);
@@ -48,10 +74,15 @@ const server = createServer((req, res) => {
       // Verified here; s3rver would check the key id against its own fixed account, so it sees
       // the request as anonymous (which it serves) instead.
       delete req.headers.authorization;
-      handle(req, res);
+      if (req.method !== 'POST' || !new URLSearchParams(query).has('delete')) return handle(req, res);
+      // A multi-object delete names its keys in its body: each is checked like a key in a path.
+      const body = await readBody(req, MAX_DELETE_BODY);
+      if (!body) return sendRefusal(res, { status: 400, code: 'MalformedXML', message: `A delete request of more than ${MAX_DELETE_BODY} bytes is not accepted.` }, rawPath);
+      const bad = checkDeleteKeys(decodeURIComponent(rawPath.split('/')[1] ?? ''), body.toString('utf8'));
+      if (bad) return sendRefusal(res, bad, rawPath);
+      handle(replay(req, body), res);
     },
-    (err: unknown) => sendRefusal(res, { status: 500, code: 'InternalError', message: (err as Error).message }, rawPath),
-  );
+  ).catch((err: unknown) => sendRefusal(res, { status: 500, code: 'InternalError', message: (err as Error).message }, rawPath));
 });
 // Keep-alive sockets from SDK clients would hold close() open.
 const stop = () => {
