@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
+import http from 'node:http';
 import path from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -206,6 +207,17 @@ describe('the web console', () => {
     // right credentials from a foreign page (a browser sends cached basic auth anywhere): refused
     expect((await retry('/admin/queues', { ...auth(USER, PASSWORD), origin: 'http://evil.example' })).status).toBe(403);
     expect(await ctx.queues.preprocess.getJobState(failedJobId)).toBe('failed');
+  });
+
+  it('answers only requests that name the loopback it listens on (a rebound DNS name gets 421)', async () => {
+    const get = (host: string) =>
+      new Promise<number>((resolve, reject) => {
+        const u = new URL(con.url);
+        http.get({ hostname: u.hostname, port: u.port, path: '/', headers: { host } }, (res) => (res.resume(), resolve(res.statusCode!))).on('error', reject);
+      });
+    expect(await get(`evil.example:${new URL(con.url).port}`)).toBe(421);
+    expect(await get(`localhost:${new URL(con.url).port}`)).toBe(200);
+    expect(await get(`127.0.0.1:${new URL(con.url).port}`)).toBe(200);
   });
 
   it('retries the failed job from bull-board as a signed-in user, and the image ends embedded', async () => {

@@ -83,6 +83,19 @@ describe('the embedded S3 server', () => {
     expect(ls.out).toContain('train/dog/a b+c é.jpg');
   });
 
+  it('answers only requests that name the loopback it listens on, even when signed (DNS rebinding)', async () => {
+    const u = new URL(s3.endpoint);
+    const signer = new SignatureV4({ credentials: creds, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false });
+    const status = async (host: string) => {
+      const req = await signer.sign({ method: 'GET', protocol: 'http:', hostname: host.split(':')[0]!, path: `/${bucket}/train/cat/1.jpg`, query: {}, headers: { host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } });
+      return new Promise<number>((resolve, reject) => {
+        http.get({ hostname: u.hostname, port: u.port, path: `/${bucket}/train/cat/1.jpg`, headers: req.headers }, (res) => (res.resume(), resolve(res.statusCode!))).on('error', reject);
+      });
+    };
+    expect(await status(`evil.example:${u.port}`)).toBe(400);
+    expect(await status(`localhost:${u.port}`)).toBe(200);
+  });
+
   it('refuses anonymous requests and wrong secrets, and keeps the objects', async () => {
     for (const method of ['GET', 'PUT', 'DELETE']) {
       const res = await fetch(`${s3.endpoint}/${bucket}/train/cat/1.jpg`, { method, body: method === 'PUT' ? 'overwritten' : undefined });

@@ -9,6 +9,7 @@ import type { Access } from './html.js';
 import { BOARD_PATHS, createQueueBoards } from './queue-boards.js';
 import { reviewPage } from './review.page.js';
 import { runPage } from './run.page.js';
+import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 
 export interface ConsoleOptions {
   services: Services;
@@ -52,7 +53,7 @@ function urlOf(host: string, port: number): string {
   return `http://${h.includes(':') ? `[${h}]` : h}:${port}/`;
 }
 
-const isLoopback = (host: string) => host === 'localhost' || host === '::1' || host.startsWith('127.');
+const isLoopback = isLoopbackHost;
 
 /**
  * The web console: our own server-rendered pages (datasets, runs) and bull-board for every queue
@@ -85,6 +86,14 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
 
   const app = express();
   app.disable('x-powered-by');
+  // Bound to loopback: only requests that name it (another site's name re-pointed at 127.0.0.1
+  // would otherwise let its pages read the console from a browser on this machine).
+  if (isLoopback(config.console.host)) {
+    app.use((req, res, next) => {
+      if (hostHeaderIsLoopback(req.headers.host)) return next();
+      res.status(421).type('text/plain').send('this console answers at localhost or 127.0.0.1 only\n');
+    });
+  }
   app.use((_req, res, next) => {
     res.set({ 'X-Frame-Options': 'DENY', 'X-Content-Type-Options': 'nosniff', 'Referrer-Policy': 'no-referrer' });
     next();

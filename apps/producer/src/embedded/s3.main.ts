@@ -13,6 +13,7 @@ import { createServer, IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
+import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 import { checkCopySource, checkDeleteKeys, checkKey, checkKeysElsewhere, checkSignature, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
@@ -60,8 +61,14 @@ function replay(req: IncomingMessage, body: Buffer): IncomingMessage {
   return again;
 }
 
+// Bound to loopback: only requests that name it (see loopback-host.ts: DNS rebinding).
+const loopbackOnly = isLoopbackHost(env.TL_S3_HOST ?? '127.0.0.1');
+
 const server = createServer((req, res) => {
   const [rawPath = '/', query = ''] = (req.url ?? '/').split(/\?(.*)/s);
+  if (loopbackOnly && !hostHeaderIsLoopback(req.headers.host)) {
+    return sendRefusal(res, { status: 400, code: 'InvalidRequest', message: 'This server answers requests to localhost or 127.0.0.1 only.' }, rawPath);
+  }
   const copySource = req.headers['x-amz-copy-source'];
   const badKey = checkKey(rawPath) ?? checkCopySource(Array.isArray(copySource) ? copySource[0] : copySource) ?? checkKeysElsewhere(req.method, rawPath, query);
   if (badKey) return sendRefusal(res, badKey, rawPath);

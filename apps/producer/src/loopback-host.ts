@@ -1,0 +1,15 @@
+/** A host this machine's loopback answers to: `localhost`, `127.x.x.x`, `::1`. */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+/**
+ * Whether a request's Host header names the loopback, for a server bound to it. A web page can
+ * have its own DNS name re-pointed at 127.0.0.1 (DNS rebinding) and reach such a server from the
+ * browser as a same-origin request, but its requests still carry that name as their Host.
+ */
+export function hostHeaderIsLoopback(hostHeader: string | undefined): boolean {
+  if (!hostHeader) return false;
+  const name = hostHeader.startsWith('[') ? hostHeader.slice(1, hostHeader.indexOf(']')) : hostHeader.replace(/:\d+$/, '');
+  return isLoopbackHost(name.toLowerCase());
+}
