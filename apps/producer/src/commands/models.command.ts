@@ -13,20 +13,23 @@ export interface ModelRun {
   latest: boolean;
 }
 
+/** How many documents listModelRuns reads at once. */
+const READS_AT_ONCE = 16;
+
 /** Every trained run in the bucket (from its report.json), newest first per dataset. */
 export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<ModelRun[]> {
   const { bucket } = ctx.config.s3;
   const { store, layout } = ctx.services;
   const runs: ModelRun[] = [];
   const latest = new Map<string, string>();
-  for await (const o of store.listObjects(bucket, layout.models(dataset))) {
-    const k = layout.parseModelKey(o.key);
+  const read = async (key: string) => {
+    const k = layout.parseModelKey(key);
     if (k?.file === 'latest.json') {
-      const l = await store.getDocument(LatestDoc, bucket, o.key);
+      const l = await store.getDocument(LatestDoc, bucket, key);
       if (l) latest.set(k.dataset, l.runId);
     } else if (k?.file === 'report.json') {
-      const r = await store.getDocument(ReportDoc, bucket, o.key);
-      if (!r) continue;
+      const r = await store.getDocument(ReportDoc, bucket, key);
+      if (!r) return;
       runs.push({
         dataset: r.dataset,
         runId: r.runId,
@@ -39,7 +42,18 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
         latest: false,
       });
     }
+  };
+  const keys: string[] = [];
+  for await (const o of store.listObjects(bucket, layout.models(dataset))) {
+    const file = layout.parseModelKey(o.key)?.file;
+    if (file === 'latest.json' || file === 'report.json') keys.push(o.key);
   }
+  // A few reads at a time, not one after another: hundreds of runs on a remote S3 would take
+  // longer than the console gives a page.
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(READS_AT_ONCE, keys.length) }, async () => {
+    while (next < keys.length) await read(keys[next++]!);
+  }));
   for (const r of runs) r.latest = latest.get(r.dataset) === r.runId;
   return runs.sort((a, b) => a.dataset.localeCompare(b.dataset) || b.createdAt.localeCompare(a.createdAt));
 }
