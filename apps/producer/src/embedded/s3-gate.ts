@@ -1,4 +1,5 @@
 import { timingSafeEqual } from 'node:crypto';
+import { createRequire } from 'node:module';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { Sha256 } from '@transferline/shared/s3-signing';
@@ -72,36 +73,45 @@ export function checkCopySource(source: string | undefined): GateRefusal | null 
 
 /**
  * Requests whose keys are not in the path: a browser-form upload (`POST /bucket`, the key a form
- * field) is refused, as are requests of any other method to a bucket with `?delete`; a
- * multi-object delete (`POST /bucket?delete`) names its keys in its XML body, which
- * `checkDeleteKeys` reads.
+ * field) is refused. A multi-object delete (`POST /bucket?delete`, its keys in its XML body,
+ * which `deleteBody` reads) must ask for that and nothing else: s3rver's router reads only the
+ * first 1,000 query parameters, so `?a0&…&a999&delete` would pass here as a delete and reach it
+ * as a form upload.
  */
 export function checkKeysElsewhere(method: string | undefined, rawPath: string, query: string): GateRefusal | null {
-  const bucketOnly = /^\/[^/]+\/?$/.test(rawPath);
-  const params = new URLSearchParams(query);
-  if (method === 'POST' && bucketOnly && !params.has('delete')) {
-    return refuse(405, 'MethodNotAllowed', 'POST uploads (browser forms) are not supported by the embedded S3 server: use PUT.');
-  }
-  return null;
+  if (method !== 'POST' || !/^\/[^/]+\/?$/.test(rawPath) || isDeleteQuery(query)) return null;
+  return refuse(405, 'MethodNotAllowed', 'POST uploads (browser forms) are not supported by the embedded S3 server: use PUT.');
 }
 
-/** The keys of a multi-object delete body (`<Delete><Object><Key>…</Key></Object>…`), XML entities decoded. */
-export function deleteKeys(xml: string): string[] {
-  const entities: Record<string, string> = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" };
-  return [...xml.matchAll(/<Key>([\s\S]*?)<\/Key>/g)].map((m) =>
-    m[1]!.replace(/&(#x[0-9a-f]+|#\d+|[a-z]+);/gi, (all, e: string) =>
-      e[0] === '#' ? String.fromCodePoint(e[1] === 'x' || e[1] === 'X' ? parseInt(e.slice(2), 16) : parseInt(e.slice(1), 10)) : (entities[e] ?? all),
-    ),
-  );
+/** Whether a bucket POST's query asks for a multi-object delete, as the SDKs send it. */
+export function isDeleteQuery(query: string): boolean {
+  return query === 'delete' || query === 'delete=';
 }
 
-/** Why a multi-object delete of `bucket` cannot be done (a key this server could not hold), or null. */
-export function checkDeleteKeys(bucket: string, xml: string): GateRefusal | null {
-  for (const key of deleteKeys(xml)) {
+// s3rver's own XML parser and entity decoder, as it calls them on a delete's body: the keys the
+// gate checks are the keys s3rver would delete.
+const fromS3rver = createRequire(createRequire(import.meta.url).resolve('s3rver'));
+const xmlParser = fromS3rver('fast-xml-parser') as { validate: (xml: string) => true | object; parse: (xml: string, o: object) => unknown };
+const he = fromS3rver('he') as { decode: (s: string) => string };
+
+const xmlEscape = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+/**
+ * A multi-object delete of `bucket`: the keys of `xml` read as s3rver reads them, each checked
+ * like a key in a path, and the body to hand s3rver instead (those keys only, written out plainly,
+ * so it deletes exactly what was checked); or why not.
+ */
+export function deleteBody(bucket: string, xml: string): { body: string } | { refusal: GateRefusal } {
+  const malformed = { refusal: refuse(400, 'MalformedXML', 'The XML you provided was not well-formed or did not validate against our published schema.') };
+  if (xmlParser.validate(xml) !== true) return malformed;
+  const parsed = xmlParser.parse(xml, { tagValueProcessor: (a: string) => he.decode(a) }) as { Delete?: { Object?: unknown } };
+  if (!parsed.Delete?.Object) return malformed;
+  const keys = ([] as unknown[]).concat(parsed.Delete.Object).map((o) => String((o as { Key?: unknown } | undefined)?.Key ?? ''));
+  for (const key of keys) {
     const bad = checkKey(`/${bucket}/${encodeURIComponent(key).replace(/%2F/g, '/')}`);
-    if (bad) return bad;
+    if (bad) return { refusal: bad };
   }
-  return null;
+  return { body: `<?xml version="1.0" encoding="UTF-8"?><Delete>${keys.map((k) => `<Object><Key>${xmlEscape(k)}</Key></Object>`).join('')}</Delete>` };
 }
 
 function parseAmzDate(s: string | undefined): Date | null {

@@ -14,7 +14,7 @@ import type { AddressInfo } from 'node:net';
 import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
-import { checkCopySource, checkDeleteKeys, checkKey, checkKeysElsewhere, checkSignature, sendRefusal } from './s3-gate.js';
+import { checkCopySource, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
 const directory = env.TL_S3_DIR;
@@ -55,7 +55,10 @@ function readBody(req: IncomingMessage, max: number): Promise<Buffer | undefined
 /** A request like `req` whose body is `body`, read already: what s3rver reads instead of `req`. */
 function replay(req: IncomingMessage, body: Buffer): IncomingMessage {
   const again = new IncomingMessage(req.socket);
-  Object.assign(again, { method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, httpVersion: req.httpVersion, httpVersionMajor: req.httpVersionMajor, httpVersionMinor: req.httpVersionMinor });
+  const headers: IncomingMessage['headers'] = { ...req.headers, 'content-length': String(body.length) };
+  delete headers['content-md5']; // of the body as sent, not of this one
+  // complete: the whole body is here (an incomplete one ending would be taken for an abort, and its socket cut)
+  Object.assign(again, { method: req.method, url: req.url, headers, httpVersion: req.httpVersion, httpVersionMajor: req.httpVersionMajor, httpVersionMinor: req.httpVersionMinor, complete: true });
   again.push(body);
   again.push(null);
   return again;
@@ -81,13 +84,14 @@ const server = createServer((req, res) => {
       // Verified here; s3rver would check the key id against its own fixed account, so it sees
       // the request as anonymous (which it serves) instead.
       delete req.headers.authorization;
-      if (req.method !== 'POST' || !new URLSearchParams(query).has('delete')) return handle(req, res);
-      // A multi-object delete names its keys in its body: each is checked like a key in a path.
+      if (req.method !== 'POST' || !isDeleteQuery(query)) return handle(req, res);
+      // A multi-object delete names its keys in its body: each is checked like a key in a path,
+      // and s3rver gets a body of the checked keys only.
       const body = await readBody(req, MAX_DELETE_BODY);
       if (!body) return sendRefusal(res, { status: 400, code: 'MalformedXML', message: `A delete request of more than ${MAX_DELETE_BODY} bytes is not accepted.` }, rawPath);
-      const bad = checkDeleteKeys(decodeURIComponent(rawPath.split('/')[1] ?? ''), body.toString('utf8'));
-      if (bad) return sendRefusal(res, bad, rawPath);
-      handle(replay(req, body), res);
+      const checked = deleteBody(decodeURIComponent(rawPath.split('/')[1] ?? ''), body.toString('utf8'));
+      if ('refusal' in checked) return sendRefusal(res, checked.refusal, rawPath);
+      handle(replay(req, Buffer.from(checked.body)), res);
     },
   ).catch((err: unknown) => sendRefusal(res, { status: 500, code: 'InternalError', message: (err as Error).message }, rawPath));
 });
