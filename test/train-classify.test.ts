@@ -72,19 +72,31 @@ describe('training runs and classification', () => {
 
   it('a finished run retried from the queue board returns it as it is, not trained again over it', async () => {
     const job = (await ctx.queues.train.getJob(jobIds.train({ runId: first.runId })))!;
+    const { bucket } = stack.config.s3;
     const reportKey = ctx.services.layout.runFile('shapes', first.runId, 'report.json');
-    const before = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, reportKey);
-    await job.retry('completed');
-    const deadline = Date.now() + 60_000;
-    while ((await job.getState()) !== 'completed' || (await ctx.queues.train.getJob(job.id!))!.attemptsStarted < 1) {
-      if (Date.now() > deadline) throw new Error('the retried run did not complete');
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const again = (await ctx.queues.train.getJob(job.id!))!;
-    expect(again.returnvalue).toMatchObject({ runId: first.runId, validationAccuracy: first.validation.accuracy });
+    const latestKey = ctx.services.layout.latest('shapes');
+    const before = await ctx.services.store.getDocument(ReportDoc, bucket, reportKey);
+    const newer = (await ctx.services.store.getJson<{ runId: string }>(bucket, latestKey))!.runId;
+    expect(newer).not.toBe(first.runId); // the second run of the first test is the latest
+    const retried = async () => {
+      await job.retry('completed');
+      const deadline = Date.now() + 60_000;
+      while ((await job.getState()) !== 'completed') {
+        if (Date.now() > deadline) throw new Error('the retried run did not complete');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return (await ctx.queues.train.getJob(job.id!))!.returnvalue as unknown;
+    };
+    expect(await retried()).toMatchObject({ runId: first.runId, validationAccuracy: first.validation.accuracy });
     // the same report, to the millisecond of its making (training again would stamp a new one)
-    const after = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, reportKey);
-    expect(after?.createdAt).toBe(before?.createdAt);
+    expect((await ctx.services.store.getDocument(ReportDoc, bucket, reportKey))?.createdAt).toBe(before?.createdAt);
+    // and the newer run stays the latest
+    expect((await ctx.services.store.getJson<{ runId: string }>(bucket, latestKey))?.runId).toBe(newer);
+    // a run whose last write (the pointer) was lost is made the latest when it runs again
+    await ctx.services.store.deleteObject(bucket, latestKey);
+    await retried();
+    expect((await ctx.services.store.getJson<{ runId: string }>(bucket, latestKey))?.runId).toBe(first.runId);
+    await ctx.services.store.putJson(bucket, latestKey, { runId: newer, modelPrefix: ctx.services.layout.run('shapes', newer) });
   });
 
   it('lists the runs with their accuracy', async () => {

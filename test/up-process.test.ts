@@ -179,11 +179,18 @@ describe('transferline up, as a process', () => {
     });
 
     // and the next up starts on the same ports, with the same data
+    const logOf = (role: string) => path.join(dataDir, 'logs', `${role}.log`);
+    const logStart = Object.fromEntries(await Promise.all(['preprocess', 'embed', 'train'].map(async (r) => [r, (await readFile(logOf(r))).length] as const)));
     const second = await startUp();
     expect(second.output()).toContain('transferline is up');
     const again = await runCli(['status', '-d', 'small'], cliEnv);
     expect(again.stdout).toMatch(/dataset small: 4 images, 4 embedded/);
     const secondChildren = descendants(second.child.pid!);
+    // every worker started (its /healthz says so), so each has a stop to make
+    await until('every worker of the second up to be healthy', async () => {
+      const codes = await Promise.all([1, 2, 3].map((i) => fetch(`http://127.0.0.1:${base + i}/healthz`).then((r) => r.status, () => 0)));
+      return codes.every((c) => c === 200);
+    }, 120);
     // Ctrl-C as a terminal sends it: to the foreground process group, not only to up
     process.kill(-second.child.pid!, 'SIGINT');
     await until('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30).catch((err: Error) => {
@@ -193,16 +200,13 @@ describe('transferline up, as a process', () => {
     });
     expect(second.child.exitCode).toBe(0);
     await until('its processes to end', () => secondChildren.every((c) => !isRunning(c.pid)), 10);
-    // each worker stopped cleanly, once: a SIGINT of its own, then up's SIGTERM, would have been
-    // a second signal (exit at once, jobs in hand), with Redis gone under it. (A worker still
-    // starting exits at once without a word: it holds nothing.)
+    // each worker stopped cleanly, once, on up's SIGTERM: a SIGINT of its own first would have
+    // made up's SIGTERM a second signal (exit at once, jobs in hand), with Redis gone under it
     for (const role of ['preprocess', 'embed', 'train']) {
-      const lines = (await readFile(path.join(dataDir, 'logs', `${role}.log`), 'utf8')).trim().split('\n');
-      const stopping = lines.findLastIndex((l) => /stopping: finishing the jobs in hand/.test(l));
-      if (stopping < 0 || lines.slice(stopping).some((l) => /"msg":"worker started"/.test(l))) continue;
-      expect(lines[stopping]).toMatch(/"signal":"SIGTERM"/);
-      expect(lines.slice(stopping).join('\n')).not.toMatch(/second signal/);
-      expect(lines.slice(stopping).some((l) => /"msg":"stopped"/.test(l))).toBe(true);
+      const lines = (await readFile(logOf(role))).subarray(logStart[role]!).toString('utf8');
+      expect(lines, role).toMatch(/"signal":"SIGTERM","msg":"stopping: finishing the jobs in hand"/);
+      expect(lines, role).not.toMatch(/"signal":"SIGINT"|second signal/);
+      expect(lines, role).toMatch(/"msg":"stopped"/);
     }
     // right after the banner, while its workers still start: none of them may be left behind
     const third = await startUp();
@@ -210,5 +214,11 @@ describe('transferline up, as a process', () => {
     await until('no process of a stack killed while starting', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30).catch((err: Error) => {
       throw new Error(`${err.message}; still running: ${processesWithEnv('TL_DATA_DIR', dataDir).map((p) => `${p.pid} ${p.cmd}`).join('; ')}`);
     });
+    // the terminal closes (SIGHUP): up stops the stack as on Ctrl-C, and exits 0
+    const fourth = await startUp();
+    fourth.child.kill('SIGHUP');
+    await until('up to stop on SIGHUP', () => fourth.child.exitCode !== null || fourth.child.signalCode !== null, 60);
+    expect({ code: fourth.child.exitCode, signal: fourth.child.signalCode }).toEqual({ code: 0, signal: null });
+    await until('no process of the stack after SIGHUP', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30);
   }, 300_000);
 });

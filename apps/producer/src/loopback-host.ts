@@ -1,6 +1,6 @@
-/** A host this machine's loopback answers to: `localhost`, `127.x.x.x`, `::1`. */
+/** A host this machine's loopback answers to: `localhost` (and `*.localhost`, which browsers resolve there), `127.x.x.x`, `::1`. */
 export function isLoopbackHost(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+  return host === 'localhost' || host.endsWith('.localhost') || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 /**

@@ -3,6 +3,7 @@ import {
   PermanentError,
   type JobContext,
   type Metrics,
+  LatestDoc,
   ReportDoc,
   type RunDoc,
   type Services,
@@ -142,15 +143,20 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
 }
 
 /**
- * The result of a run whose report is in the bucket already. Its latest.json pointer is written
- * only when the dataset has none (a crash before that last write): a newer run's is left alone.
+ * The result of a run whose report is in the bucket already. Its latest.json pointer (the last
+ * write of a run: a crash may have come before it) is set to this run unless it names a newer
+ * one (by the reports' createdAt): a run retried long after is not made latest again.
  */
 async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext): Promise<TrainResult> {
   const { dataset, runId } = report;
   const { layout, store } = deps.services;
   const modelPrefix = layout.run(dataset, runId);
   ctx.log.info({ dataset, runId }, 'this run is written already: not trained again');
-  if (!(await store.headObject(deps.bucket, layout.latest(dataset)))) await store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
+  const latest = await store.getDocument(LatestDoc, deps.bucket, layout.latest(dataset));
+  const current = latest && latest.runId !== runId ? await store.getDocument(ReportDoc, deps.bucket, layout.runFile(dataset, latest.runId, 'report.json')).catch(() => undefined) : undefined;
+  if (!latest || (latest.runId !== runId && !(current && current.createdAt > report.createdAt))) {
+    await store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
+  }
   return {
     dataset,
     runId,

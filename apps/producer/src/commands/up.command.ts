@@ -83,8 +83,19 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     w('stopped.');
     process.exit(code);
   };
-  process.on('SIGINT', () => void stop(0));
+  // The children run in process groups of their own (a terminal's Ctrl-C reaches this process
+  // alone), so a second Ctrl-C is passed on: the workers take it as their second signal and
+  // exit at once, as they would have had it from the terminal; then this process goes.
+  process.on('SIGINT', () => {
+    if (!stopping) return void stop(0);
+    w('second Ctrl-C: exiting now; jobs in hand run again when the stack is next up');
+    stack.supervisor.signalAll('SIGINT');
+    for (const server of [stack.servers.redis, stack.servers.s3]) server?.kill('SIGINT');
+    process.exit(130);
+  });
   process.on('SIGTERM', () => void stop(0));
+  // the terminal closed: the children no longer hear of it by themselves
+  process.on('SIGHUP', () => void stop(0));
 
   // The embedded server's public dev pair is shown (the README documents it); a secret of the
   // user's own never reaches the terminal, nor a password inside the Redis URL.

@@ -185,6 +185,11 @@ export class Supervisor {
     return this.children.get(`${role}#${replica}`)?.kill(signal) ?? false;
   }
 
+  /** Sends a signal to every worker process (a second Ctrl-C: exit now). */
+  signalAll(signal: NodeJS.Signals): void {
+    for (const c of this.children.values()) c.kill(signal);
+  }
+
   async stop(timeoutMs = 30_000): Promise<void> {
     await Promise.all([...this.children.values()].map((c) => c.stop(timeoutMs)));
   }
