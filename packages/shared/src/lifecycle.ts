@@ -6,7 +6,24 @@ const STOP_DEADLINE_MS = 45_000;
 const ORPHAN_STOP_DEADLINE_MS = 5_000;
 
 /**
- * On SIGINT/SIGTERM: stop taking work, finish or release what is in hand (`stop`), exit 0.
+ * Whether this process is supervised by `up` (started with an IPC channel). Such a process shares
+ * `up`'s process group, so a terminal's Ctrl-C reaches it too; it leaves SIGINT to `up`, which
+ * stops its children in order with SIGTERM (workers first, Redis and S3 last) and passes a
+ * second Ctrl-C on as a second SIGTERM. (A group of its own would take a session of its own, and
+ * with the kernel's autogroup scheduling each session is weighed as one: the embed worker's
+ * threads would then share one process's CPU weight against Redis's and the S3 server's.)
+ */
+export function supervisedByUp(): boolean {
+  return typeof process.send === 'function';
+}
+
+/** The signals that stop this process: SIGTERM, and SIGINT unless `up` supervises it. */
+export function stopSignals(): NodeJS.Signals[] {
+  return supervisedByUp() ? ['SIGTERM'] : ['SIGINT', 'SIGTERM'];
+}
+
+/**
+ * On SIGINT/SIGTERM (see stopSignals): stop taking work, finish or release what is in hand (`stop`), exit 0.
  * A second signal exits at once, for the impatient, and so does a stop that outlasts
  * STOP_DEADLINE_MS (its jobs are found stalled and run again elsewhere). A process started with
  * an IPC channel (by `up`) does the same when its parent goes away, or is already gone.
@@ -35,8 +52,9 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>): void {
       },
     );
   };
-  process.on('SIGINT', () => onSignal('SIGINT'));
-  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  for (const signal of stopSignals()) process.on(signal, () => onSignal(signal));
+  // up's children leave the terminal's Ctrl-C to up (a listener keeps it from ending the process)
+  if (supervisedByUp()) process.on('SIGINT', () => {});
   // Started by `up` with an IPC channel: when `up` is gone (even SIGKILLed), so are we.
   if (process.send) {
     process.on('disconnect', () => onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS));

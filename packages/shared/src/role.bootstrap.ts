@@ -1,5 +1,5 @@
 import { loadConfig, type Config } from './config.js';
-import { runUntilSignal } from './lifecycle.js';
+import { runUntilSignal, stopSignals, supervisedByUp } from './lifecycle.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, type Metrics } from './metrics.js';
 
@@ -25,7 +25,9 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger) =
   // ends the process at once: nothing is in hand yet, and a missed 'disconnect' would leave an
   // orphan that outlives `up`.
   const early = () => process.exit(0);
-  process.once('SIGINT', early).once('SIGTERM', early);
+  // (under up, the terminal's Ctrl-C is up's to handle: see stopSignals)
+  if (supervisedByUp()) process.on('SIGINT', () => {});
+  for (const signal of stopSignals()) process.once(signal, early);
   if (process.send) {
     process.once('disconnect', early);
     // gone while this process loaded its modules: the event was emitted before anyone listened

@@ -83,14 +83,13 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     w('stopped.');
     process.exit(code);
   };
-  // The children run in process groups of their own (a terminal's Ctrl-C reaches this process
-  // alone), so a second Ctrl-C is passed on: the workers take it as their second signal and
-  // exit at once, as they would have had it from the terminal; then this process goes.
+  // The children leave the terminal's Ctrl-C to this process (lifecycle.ts: stopSignals), so a
+  // second Ctrl-C is passed on as a second SIGTERM: the workers exit at once; then this process goes.
   process.on('SIGINT', () => {
     if (!stopping) return void stop(0);
     w('second Ctrl-C: exiting now; jobs in hand run again when the stack is next up');
-    stack.supervisor.signalAll('SIGINT');
-    for (const server of [stack.servers.redis, stack.servers.s3]) server?.kill('SIGINT');
+    stack.supervisor.signalAll('SIGTERM');
+    for (const server of [stack.servers.redis, stack.servers.s3]) server?.kill('SIGTERM');
     process.exit(130);
   });
   process.on('SIGTERM', () => void stop(0));

@@ -101,8 +101,9 @@ const stop = () => {
   server.close(() => process.exit(0));
   setTimeout(() => process.exit(0), 2_000).unref();
 };
+// Started by up (IPC): the terminal's Ctrl-C is up's, which stops this server last, with SIGTERM.
 process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
+process.on('SIGINT', process.send ? () => {} : stop);
 process.on('disconnect', stop);
 // `up` may have gone while this process was starting: the 'disconnect' event is then long past.
 if (process.send && !process.connected) stop();

@@ -84,17 +84,16 @@ export class SupervisedProcess {
     const s = this.spec;
     const log = createWriteStream(s.logFile, { flags: 'a' });
     const env = s.env();
-    // Each child in a process group of its own: Ctrl-C in a terminal signals the foreground group,
-    // which would stop Redis and the S3 server at once, under workers that still need them to
-    // finish or put back their jobs, and then this process's SIGTERM would be the workers'
-    // second signal (exit now). Only `up` gets it, and stops them in order. A child still ends
-    // with `up`, however `up` ends: the workers when their IPC channel closes, Redis by pdeathsig.
-    const options = { env, detached: true } as const;
+    // Ctrl-C in a terminal signals the whole foreground group, which would stop Redis at once,
+    // under workers that still need it to finish or put back their jobs. Node children (workers,
+    // the S3 server) stay in this group but leave SIGINT to `up` (lifecycle.ts: stopSignals); a
+    // program (Redis) gets a session of its own. Every child still ends with `up`, however `up`
+    // ends: Node children when their IPC channel closes, Redis by pdeathsig.
     const child = s.node
-      ? spawn(process.execPath, [...(s.node.execArgv ?? []), s.node.script, ...s.args], { ...options, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
+      ? spawn(process.execPath, [...(s.node.execArgv ?? []), s.node.script, ...s.args], { env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
       : setpriv
-        ? spawn(setpriv, ['--pdeathsig', 'SIGTERM', '--', s.program!, ...s.args], { ...options, stdio: ['ignore', 'pipe', 'pipe'] })
-        : spawn(s.program!, s.args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
+        ? spawn(setpriv, ['--pdeathsig', 'SIGTERM', '--', s.program!, ...s.args], { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+        : spawn(s.program!, s.args, { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     for (const stream of [child.stdout, child.stderr]) {
       stream?.pipe(log, { end: false });
       if (s.onOutput) stream?.on('data', (d: Buffer) => s.onOutput!(d.toString()));
@@ -185,7 +184,7 @@ export class Supervisor {
     return this.children.get(`${role}#${replica}`)?.kill(signal) ?? false;
   }
 
-  /** Sends a signal to every worker process (a second Ctrl-C: exit now). */
+  /** Sends a signal to every worker process (a second SIGTERM: exit now). */
   signalAll(signal: NodeJS.Signals): void {
     for (const c of this.children.values()) c.kill(signal);
   }
