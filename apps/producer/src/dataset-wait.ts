@@ -13,7 +13,35 @@ export interface WaitOptions {
 }
 
 /** How long a wait (a dataset's, or a job's) rides out an unreachable Redis (at least; the stall timeout if longer). */
-export const REDIS_OUTAGE_SECONDS = 120;
+const REDIS_OUTAGE_SECONDS = 120;
+
+/**
+ * How a CLI wait rides out Redis going away (a restart): `down(err)` for each failed look (errors
+ * other than an unreachable Redis are thrown on), which says so once and gives up with
+ * EXIT.error after REDIS_OUTAGE_SECONDS or the stall timeout, whichever is longer, `then`
+ * saying what goes on meanwhile; `up()` after each look that worked, which says when it is back.
+ */
+export function redisOutage(ctx: CliContext, stallSeconds: number, then: string): { up: () => void; down: (err: unknown) => void } {
+  const where = redactUrl(ctx.config.redis.url);
+  const limit = Math.max(REDIS_OUTAGE_SECONDS, stallSeconds);
+  let since: number | undefined;
+  return {
+    up: () => {
+      if (since === undefined) return;
+      ctx.out.write(`\nRedis is back after ${Math.round((Date.now() - since) / 1000)} s\n`);
+      since = undefined;
+    },
+    down: (err) => {
+      if (!isRedisUnavailable(err)) throw err;
+      if (since === undefined) {
+        since = Date.now();
+        ctx.out.write(`\nRedis at ${where} is unreachable: waiting for it (up to ${limit} s)\n`);
+      }
+      const down = (Date.now() - since) / 1000;
+      if (down > limit) throw new CliExit(EXIT.error, `Redis at ${where} has been unreachable for ${Math.round(down)} s; ${then}`);
+    },
+  };
+}
 
 /**
  * Follows a dataset until every item is embedded or failed, with a progress bar. Nothing here
@@ -25,12 +53,10 @@ export const REDIS_OUTAGE_SECONDS = 120;
  */
 export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOptions): Promise<DatasetStatus> {
   const bar = createProgress(`embedding ${dataset}`);
-  const where = redactUrl(ctx.config.redis.url);
-  const outageLimit = Math.max(REDIS_OUTAGE_SECONDS, o.stallSeconds);
+  const outage = redisOutage(ctx, o.stallSeconds, `the workers go on when it is back: see "transferline status -d ${dataset}"`);
   let lastDone = -1;
   let lastChange = Date.now();
   let hinted = false;
-  let redisDownSince: number | undefined;
 
   /** One look at the dataset: its status when the wait is over, undefined to go on waiting. */
   const look = async (): Promise<DatasetStatus | undefined> => {
@@ -64,19 +90,10 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
       if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the workers go on with ${dataset}: see "transferline status -d ${dataset}"`);
       try {
         const s = await look();
-        if (redisDownSince !== undefined) {
-          ctx.out.write(`\nRedis is back after ${Math.round((Date.now() - redisDownSince) / 1000)} s\n`);
-          redisDownSince = undefined;
-        }
+        outage.up();
         if (s) return s;
       } catch (err) {
-        if (!isRedisUnavailable(err)) throw err;
-        if (redisDownSince === undefined) {
-          redisDownSince = Date.now();
-          ctx.out.write(`\nRedis at ${where} is unreachable: waiting for it (up to ${outageLimit} s)\n`);
-        }
-        const down = (Date.now() - redisDownSince) / 1000;
-        if (down > outageLimit) throw new CliExit(EXIT.error, `Redis at ${where} has been unreachable for ${Math.round(down)} s; the workers go on when it is back: see "transferline status -d ${dataset}"`);
+        outage.down(err);
         lastChange = Date.now(); // an outage is not a stall of the workers
         await sleep(1_000, ctx.signal);
       }

@@ -1,7 +1,7 @@
 import { QueueEvents, type Job, type Queue } from 'bullmq';
-import { isRedisUnavailable, redactUrl, sleep } from '@transferline/shared';
+import { sleep } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
-import { REDIS_OUTAGE_SECONDS } from './dataset-wait.js';
+import { redisOutage } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
 
 export interface FollowOptions {
@@ -60,19 +60,16 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
  * once. Redis going away is waited out, as the dataset wait does.
  */
 async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, stop: AbortSignal): Promise<never> {
-  const where = redactUrl(ctx.config.redis.url);
-  const outageLimit = Math.max(REDIS_OUTAGE_SECONDS, o.stallSeconds);
+  const outage = redisOutage(ctx, o.stallSeconds, `${o.what} goes on in the ${o.role} worker when it is back`);
   let stuckSince: number | undefined;
   let goneOnce = false;
-  let redisDownSince: number | undefined;
   for (;;) {
     await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
     if (stop.aborted) return new Promise<never>(() => {});
     if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; ${o.what} goes on in the ${o.role} worker`);
-    let state: string;
     let why: string | undefined;
     try {
-      state = await queue.getJobState(job.id!);
+      const state = await queue.getJobState(job.id!);
       if (state === 'unknown') {
         // A job removed when it completed may be seen gone just before its completion event lands: look twice.
         if (goneOnce) throw new CliExit(EXIT.stalled, `${o.what} is gone from the ${queue.name} queue (removed, or Redis lost it): nothing will run it; start it again`);
@@ -90,18 +87,9 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
             ? `its ${o.role} worker is gone and no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker) and it takes the job up again`
             : `no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker); the job stays queued until then`;
       }
-      if (redisDownSince !== undefined) {
-        ctx.out.write(`\nRedis is back after ${Math.round((Date.now() - redisDownSince) / 1000)} s\n`);
-        redisDownSince = undefined;
-      }
+      outage.up();
     } catch (err) {
-      if (err instanceof CliExit || !isRedisUnavailable(err)) throw err;
-      if (redisDownSince === undefined) {
-        redisDownSince = Date.now();
-        ctx.out.write(`\nRedis at ${where} is unreachable: waiting for it (up to ${outageLimit} s)\n`);
-      }
-      const down = (Date.now() - redisDownSince) / 1000;
-      if (down > outageLimit) throw new CliExit(EXIT.error, `Redis at ${where} has been unreachable for ${Math.round(down)} s; ${o.what} goes on in the ${o.role} worker when it is back`);
+      outage.down(err);
       stuckSince = undefined; // an outage is not a stall of the workers
       continue;
     }

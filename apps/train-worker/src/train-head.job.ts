@@ -131,14 +131,19 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'report.json'), report);
   // Last, so that whoever follows the pointer finds every file of the run.
   await services.store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
+  return resultOf(report, modelPrefix);
+}
+
+/** What a train job returns for a run: read off its report (a run trained now, or found written). */
+function resultOf(report: ReportDoc, modelPrefix: string): TrainResult {
   return {
-    dataset,
-    runId,
+    dataset: report.dataset,
+    runId: report.runId,
     modelPrefix,
     validationAccuracy: report.validation.accuracy,
     ...(report.test && { testAccuracy: report.test.accuracy }),
-    examples: splits.train.length + splits.validation.length + splits.test.length,
-    bestEpoch: fit.bestEpoch,
+    examples: report.split.train + report.split.validation + report.split.test,
+    bestEpoch: report.bestEpoch,
   };
 }
 
@@ -157,15 +162,7 @@ async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext):
   if (!latest || (latest.runId !== runId && !(current && current.createdAt > report.createdAt))) {
     await store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
   }
-  return {
-    dataset,
-    runId,
-    modelPrefix,
-    validationAccuracy: report.validation.accuracy,
-    ...(report.test && { testAccuracy: report.test.accuracy }),
-    examples: report.split.train + report.split.validation + report.split.test,
-    bestEpoch: report.bestEpoch,
-  };
+  return resultOf(report, modelPrefix);
 }
 
 type Labelled = { x: Matrix; y: Int32Array };

@@ -13,13 +13,18 @@ const ORPHAN_STOP_DEADLINE_MS = 5_000;
  * with the kernel's autogroup scheduling each session is weighed as one: the embed worker's
  * threads would then share one process's CPU weight against Redis's and the S3 server's.)
  */
-export function supervisedByUp(): boolean {
+function supervisedByUp(): boolean {
   return typeof process.send === 'function';
 }
 
-/** The signals that stop this process: SIGTERM, and SIGINT unless `up` supervises it. */
+/**
+ * The signals that stop this process: SIGTERM, and SIGINT unless `up` supervises it; under `up`,
+ * SIGINT is then ignored (a listener keeps it from ending the process), from this first call on.
+ */
 export function stopSignals(): NodeJS.Signals[] {
-  return supervisedByUp() ? ['SIGTERM'] : ['SIGINT', 'SIGTERM'];
+  if (!supervisedByUp()) return ['SIGINT', 'SIGTERM'];
+  if (process.listenerCount('SIGINT') === 0) process.on('SIGINT', () => {});
+  return ['SIGTERM'];
 }
 
 /**
@@ -53,8 +58,6 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>): void {
     );
   };
   for (const signal of stopSignals()) process.on(signal, () => onSignal(signal));
-  // up's children leave the terminal's Ctrl-C to up (a listener keeps it from ending the process)
-  if (supervisedByUp()) process.on('SIGINT', () => {});
   // Started by `up` with an IPC channel: when `up` is gone (even SIGKILLed), so are we.
   if (process.send) {
     process.on('disconnect', () => onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS));

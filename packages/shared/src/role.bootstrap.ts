@@ -1,5 +1,5 @@
 import { loadConfig, type Config } from './config.js';
-import { runUntilSignal, stopSignals, supervisedByUp } from './lifecycle.js';
+import { runUntilSignal, stopSignals } from './lifecycle.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, type Metrics } from './metrics.js';
 
@@ -26,7 +26,6 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger) =
   // orphan that outlives `up`.
   const early = () => process.exit(0);
   // (under up, the terminal's Ctrl-C is up's to handle: see stopSignals)
-  if (supervisedByUp()) process.on('SIGINT', () => {});
   for (const signal of stopSignals()) process.once(signal, early);
   if (process.send) {
     process.once('disconnect', early);

@@ -59,14 +59,14 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   const stallSeconds = o.stallSeconds ?? 30;
   const results: ClassifyResult[] = [];
   for (let round = 1; ; round++) {
-    const counts = await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
+    await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
     // Wait for whatever under this prefix is still on its way, not only what this round enqueued:
     // images an earlier round left pending (one cut short by Ctrl-C, another client's) would
     // otherwise be skipped by the classify job, which takes the embedded and the failed. Other
     // prefixes classified with the same model are not this command's to wait for.
     const within = `${bucket}/${prefix}`;
     const before = await ctx.services.inspector.status(dataset, 0, within);
-    if (counts.enqueued + counts.retried + before.pending + before.orphaned > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within });
+    if (before.pending + before.orphaned > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within });
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
     const payload: ClassifyJob = {
       dataset,

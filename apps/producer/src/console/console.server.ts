@@ -53,7 +53,6 @@ function urlOf(host: string, port: number): string {
   return `http://${h.includes(':') ? `[${h}]` : h}:${port}/`;
 }
 
-const isLoopback = isLoopbackHost;
 
 /**
  * The web console: our own server-rendered pages (datasets, runs) and bull-board for every queue
@@ -88,7 +87,7 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
   app.disable('x-powered-by');
   // Bound to loopback: only requests that name it (another site's name re-pointed at 127.0.0.1
   // would otherwise let its pages read the console from a browser on this machine).
-  if (isLoopback(config.console.host)) {
+  if (isLoopbackHost(config.console.host)) {
     app.use((req, res, next) => {
       if (hostHeaderIsLoopback(req.headers.host)) return next();
       res.status(421).type('text/plain').send('this console answers at localhost or 127.0.0.1 only\n');
@@ -199,7 +198,7 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
     });
   });
   const bound = (server.address() as AddressInfo).port;
-  if (!isLoopback(host) && !access.actionsConfigured) {
+  if (!isLoopbackHost(host) && !access.actionsConfigured) {
     log?.warn({ host }, 'console: listening beyond this machine without TL_CONSOLE_PASSWORD: anyone who can reach it sees job data (read-only)');
   }
   log?.debug({ host, port: bound, actionsEnabled: access.actionsConfigured }, 'console listening');

@@ -13,6 +13,7 @@ import { createServer, IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
+import { stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 import { checkCopySource, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
 
@@ -101,9 +102,8 @@ const stop = () => {
   server.close(() => process.exit(0));
   setTimeout(() => process.exit(0), 2_000).unref();
 };
-// Started by up (IPC): the terminal's Ctrl-C is up's, which stops this server last, with SIGTERM.
-process.on('SIGTERM', stop);
-process.on('SIGINT', process.send ? () => {} : stop);
+// Started by up: the terminal's Ctrl-C is up's, which stops this server last, with SIGTERM.
+for (const signal of stopSignals()) process.on(signal, stop);
 process.on('disconnect', stop);
 // `up` may have gone while this process was starting: the 'disconnect' event is then long past.
 if (process.send && !process.connected) stop();
