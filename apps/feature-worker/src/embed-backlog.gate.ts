@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { DeferJob, type ChainableCommander, type JobContext, type Logger, type Metrics, type Queues, type Redis, type RedisKeys } from '@transferline/shared';
+import { DeferJob, RedisScript, type ChainableCommander, type JobContext, type Logger, type Metrics, type Queues, type Redis, type RedisKeys } from '@transferline/shared';
 
 /** Room for one tensor, held until released (with `pipe`, the release is queued there). */
 export interface Room {
@@ -23,7 +23,7 @@ export class EmbedBacklogGate {
   private static readonly POLL_MS = 200;
   /** how often a held job checks that some embed worker of its space is still live */
   private static readonly LIVENESS_MS = 5_000;
-  private static readonly SCRIPT = `
+  private static readonly SCRIPT = new RedisScript('tlAdmitToEmbedBacklog', `
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -33,7 +33,7 @@ export class EmbedBacklogGate {
       redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
       return {1, n + 1}
     end
-    return {0, n}`;
+    return {0, n}`, 6);
 
   private held = 0;
   private closed = false;
@@ -63,7 +63,7 @@ export class EmbedBacklogGate {
       for (;;) {
         // Put back without spending an attempt: a stop (Ctrl-C, a restart, a scale-down) is no fault of the job.
         if (this.closed) throw new DeferJob(1_000, 'worker stopping while waiting for room in the embed backlog; the job is put back');
-        const [ok, n] = (await this.redis.eval(EmbedBacklogGate.SCRIPT, keys.length, ...keys, this.bound, id, EmbedBacklogGate.RESERVATION_MS)) as [number, number];
+        const [ok, n] = (await EmbedBacklogGate.SCRIPT.run(this.redis, keys, [this.bound, id, EmbedBacklogGate.RESERVATION_MS])) as [number, number];
         this.metrics.queueJobs.set({ queue: 'embed', space, state: 'backlog' }, n);
         if (ok === 1) break;
         const now = Date.now();

@@ -1,6 +1,7 @@
 import type { ChainableCommander, Redis } from 'ioredis';
 import { EmbedFailure, ItemRecord, parseDocument } from './documents.js';
 import type { RedisKeys } from './keys.js';
+import { RedisScript } from './redis.client.js';
 
 // Writes item records (ARGV[1] = 'worker' or 'ingest', then id, record pairs), keeping a `split`
 // the stored record has when the new one names none: the split is known at ingest, and later
@@ -10,7 +11,7 @@ import type { RedisKeys } from './keys.js';
 // (the item was removed since), and when it would turn
 // an image its own earlier run queued into "cached" (a job run twice finds the image it queued
 // embedded by then): what ingest wrote since, and what the first run did, stand.
-const PUT_ITEMS = `
+const PUT_ITEMS = new RedisScript('tlPutItems', `
 local worker = ARGV[1] == 'worker'
 for i = 2, #ARGV, 2 do
   local rec = cjson.decode(ARGV[i + 1])
@@ -32,14 +33,17 @@ for i = 2, #ARGV, 2 do
   if not skip then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 redis.call('SADD', KEYS[2], KEYS[3])
-return 1`;
+return 1`, 3);
 
 /** A dataset's members (`bucket/key` → label, hash, state), its embedding space, and the failures of its images, kept in Redis. */
 export class DatasetRepository {
   constructor(
     private readonly redis: Redis,
     private readonly keys: RedisKeys,
-  ) {}
+  ) {
+    // before any pipeline of this connection is made, so that those carry it too
+    PUT_ITEMS.define(redis);
+  }
 
   static itemId(bucket: string, key: string): string {
     return `${bucket}/${key}`;
@@ -95,9 +99,10 @@ export class DatasetRepository {
    */
   async putItems(dataset: string, items: [itemId: string, record: ItemRecord][], pipe?: ChainableCommander, by: 'ingest' | 'worker' = 'ingest'): Promise<void> {
     if (items.length === 0) return;
-    const args = [PUT_ITEMS, 3, this.keys.datasetItems(dataset), this.keys.datasets(), dataset, by, ...items.flatMap(([id, r]) => [id, JSON.stringify(r)])] as const;
-    if (pipe) pipe.eval(...args);
-    else await this.redis.eval(...args);
+    const keys = [this.keys.datasetItems(dataset), this.keys.datasets(), dataset];
+    const args = [by, ...items.flatMap(([id, r]) => [id, JSON.stringify(r)])];
+    if (pipe) PUT_ITEMS.queue(pipe, keys, args);
+    else await PUT_ITEMS.run(this.redis, keys, args);
   }
 
   async putItem(dataset: string, itemId: string, record: ItemRecord, by: 'ingest' | 'worker' = 'ingest'): Promise<void> {

@@ -1,10 +1,10 @@
 import type { ChainableCommander, Redis } from 'ioredis';
 import type { RedisKeys } from './keys.js';
-import { execPipeline } from './redis.client.js';
+import { RedisScript, execPipeline } from './redis.client.js';
 
 /** KEYS: the queue's failed set, the pixels; ARGV: the job id. */
-const DELETE_IF_FAILED = `if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return redis.call('DEL', KEYS[2]) end
-return 0`;
+const DELETE_IF_FAILED = new RedisScript('tlDeleteTensorIfFailed', `if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return redis.call('DEL', KEYS[2]) end
+return 0`, 2);
 
 /**
  * Transient pixels between preprocess and embed: 224×224×3 uint8 (147 KB) under the embedding
@@ -59,7 +59,7 @@ export class TensorStore {
    * re-ingest or `retry` runs again. True when pixels were freed.
    */
   async deleteOfFailedJob(space: string, sha256: string, failedKey: string, jobId: string): Promise<boolean> {
-    return (await this.redis.eval(DELETE_IF_FAILED, 2, failedKey, this.keys.tensor(space, sha256), jobId)) === 1;
+    return (await DELETE_IF_FAILED.run(this.redis, [failedKey, this.keys.tensor(space, sha256)], [jobId])) === 1;
   }
 
   async delete(space: string, sha256s: string[]): Promise<void> {
