@@ -125,4 +125,60 @@ describe('review and relabel', () => {
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/no dataset named nope/);
   }, 120_000);
+
+  it('checks every move before making one: a key outside the dataset moves nothing', async () => {
+    const inside = `s3://${bucket}/train/square/square-1.jpg`;
+    const outside = `s3://${bucket}/elsewhere/square/x.jpg`;
+    const r = await runCli(['relabel', '-d', 'noisy', inside, outside, '--to', 'triangle'], stack.env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/nothing was moved: s3:\/\/review-photos\/elsewhere\/square\/x\.jpg is not under a prefix ingested into noisy/);
+    expect(await ctx.services.store.headObject(bucket, 'train/square/square-1.jpg')).toBeDefined();
+    expect(await ctx.services.store.headObject(bucket, 'train/triangle/square-1.jpg')).toBeUndefined();
+  }, 120_000);
+
+  it('a move that fails part way leaves the moves before it listed, and the same command again finishes', async () => {
+    // the second image's object was deleted behind the dataset's back: its copy fails
+    const first = `s3://${bucket}/train/square/square-2.jpg`;
+    const gone = `s3://${bucket}/train/square/square-4.jpg`;
+    const bytes = await ctx.services.store.getObject(bucket, 'train/square/square-4.jpg');
+    await ctx.services.store.deleteObject(bucket, 'train/square/square-4.jpg');
+    const r = await runCli(['relabel', '-d', 'noisy', first, gone, '--to', 'circle'], stack.env);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/moved s3:\/\/review-photos\/train\/square\/square-2\.jpg → s3:\/\/review-photos\/train\/circle\/square-2\.jpg/);
+    expect(r.stdout).toMatch(/relabel noisy stopped after 1 of 2: 1 moved, 0 already there, 0 not found; the same command again finishes the rest/);
+    expect(await ctx.services.store.headObject(bucket, 'train/circle/square-2.jpg')).toBeDefined();
+    // the object is back: running the same command again moves it, and the first stays moved
+    await ctx.services.store.putObject(bucket, 'train/square/square-4.jpg', bytes);
+    const again = await runCli(['relabel', '-d', 'noisy', first, gone, '--to', 'circle'], stack.env);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/relabel noisy: 1 moved, 1 already there, 0 not found/);
+  }, 120_000);
+
+  it('a review file with a line that is not a review line: relabel refuses it, the console shows the rest and names the line', async () => {
+    const good = { key: `s3://${bucket}/train/triangle/triangle-5.jpg`, given: 'triangle', suggested: 'circle', pGiven: 0.1, pSuggested: 0.8, issue: true, uncertainty: 0.2, probabilities: { circle: 0.8, square: 0.1, triangle: 0.1 } };
+    // newer than any review written so far: the console shows the newest
+    const key = ctx.services.layout.review('noisy', '9999-12-31T00-00-00-000Z');
+    const text = [JSON.stringify(good), '{"key":"s3://review-photos/train/circle/circle-7.jpg","given":"circle"', JSON.stringify({ ...good, pGiven: 'high' })].join('\n') + '\n';
+    await ctx.services.store.putObject(stack.config.s3.bucket, key, text, 'application/x-ndjson');
+    try {
+      const r = await runCli(['relabel', '-d', 'noisy', '--from-review', `s3://${stack.config.s3.bucket}/${key}`], stack.env);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/is not a review file \(2 lines of 3 unreadable\); nothing was moved:\n  line 2: not JSON/);
+      expect(r.stderr).toMatch(/line 3: pGiven: /);
+      expect(await ctx.services.store.headObject(bucket, 'train/triangle/triangle-5.jpg')).toBeDefined();
+
+      const web = await startConsole({ services: ctx.services, queues: ctx.queues, config: { ...stack.config, console: { ...stack.config.console, port: 0 } }, log: createLogger('console', 'warn') });
+      try {
+        const res = await fetch(`${web.url}datasets/noisy/review`);
+        expect(res.status).toBe(200);
+        const pageHtml = await res.text();
+        expect(pageHtml).toContain(`data-key="${good.key}"`);
+        expect(pageHtml).toMatch(/id="unreadable">2 lines of this file are not review lines and are left out \(line 2: not JSON/);
+      } finally {
+        await web.close();
+      }
+    } finally {
+      await ctx.services.store.deleteObject(stack.config.s3.bucket, key);
+    }
+  }, 120_000);
 });

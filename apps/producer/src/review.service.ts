@@ -1,24 +1,7 @@
-import { DatasetRepository, relabelKey } from '@transferline/shared';
+import { DatasetRepository, relabelKey, type ReviewLine } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { fitHead, predictProba, type Matrix } from '@transferline/train-worker/head.trainer';
 import type { CliContext } from './cli-context.js';
-
-/** One image of a review: its given label, what the model trained without it thinks, and why. */
-export interface ReviewLine {
-  /** `s3://bucket/key` */
-  key: string;
-  given: string;
-  /** the label the out-of-fold model finds most likely (among those above their class threshold, for issues) */
-  suggested: string;
-  /** out-of-fold probability of the given label: low means doubtful */
-  pGiven: number;
-  pSuggested: number;
-  /** confident learning: another label is above its class's mean self-confidence, and above the given one */
-  issue: boolean;
-  /** 1 − the highest probability: high means the model cannot tell */
-  uncertainty: number;
-  probabilities: Record<string, number>;
-}
 
 export interface Review {
   dataset: string;
@@ -141,34 +124,58 @@ export interface RelabelOutcome {
  * Moves objects to another label folder (server-side copy, then delete) and updates the dataset
  * to match: the item keeps its content hash, so nothing is downloaded or embedded again. The new
  * key is recorded before the old object is deleted, so a crash in between leaves both keys and
- * the next ingest reconciles; moving twice is moving once.
+ * the next ingest reconciles; moving twice is moving once. Every move is checked before the first
+ * is made (a key outside the dataset's prefixes, a label that cannot be a folder: nothing moves);
+ * `onOutcome` hears of each as it is done, so a failure part way (S3 refusing a copy) still
+ * leaves the caller knowing what moved.
  */
-export async function relabelItems(ctx: CliContext, dataset: string, moves: { itemId: string; label: string }[]): Promise<RelabelOutcome[]> {
+export async function relabelItems(
+  ctx: CliContext,
+  dataset: string,
+  moves: { itemId: string; label: string }[],
+  onOutcome: (r: RelabelOutcome) => void = () => {},
+): Promise<RelabelOutcome[]> {
   const { datasets, store } = ctx.services;
   if (!(await datasets.exists(dataset))) throw new Error(`no dataset named ${dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
-  const out: RelabelOutcome[] = [];
+  const planned: { itemId: string; label: string; bucket: string; key: string; newKey: string }[] = [];
+  const problems: string[] = [];
   for (const move of moves) {
     const label = move.label.normalize('NFC');
     const source = await datasets.sourceOf(dataset, move.itemId);
-    if (!source) throw new Error(`s3://${move.itemId} is not under a prefix ingested into ${dataset}`);
+    if (!source) {
+      problems.push(`s3://${move.itemId} is not under a prefix ingested into ${dataset}`);
+      continue;
+    }
     const { bucket, key } = DatasetRepository.parseItemId(move.itemId);
-    const newKey = relabelKey(source.prefix, key, label);
+    try {
+      planned.push({ itemId: move.itemId, label, bucket, key, newKey: relabelKey(source.prefix, key, label) });
+    } catch (err) {
+      problems.push(`s3://${move.itemId}: ${(err as Error).message}`);
+    }
+  }
+  if (problems.length) throw new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
+  const out: RelabelOutcome[] = [];
+  const report = (r: RelabelOutcome) => {
+    out.push(r);
+    onOutcome(r);
+  };
+  for (const { itemId, label, bucket, key, newKey } of planned) {
     const newId = DatasetRepository.itemId(bucket, newKey);
-    const [record, moved] = await datasets.getItems(dataset, [move.itemId, newId]);
+    const [record, moved] = await datasets.getItems(dataset, [itemId, newId]);
     if (!record) {
-      out.push({ from: move.itemId, to: newId, label, outcome: moved?.label === label ? 'unchanged' : 'missing' });
+      report({ from: itemId, to: newId, label, outcome: moved?.label === label ? 'unchanged' : 'missing' });
       continue;
     }
     if (record.label === label) {
-      out.push({ from: move.itemId, label, outcome: 'unchanged' });
+      report({ from: itemId, label, outcome: 'unchanged' });
       continue;
     }
     const etag = await store.copyObject(bucket, key, newKey);
     await datasets.putItems(dataset, [[newId, { ...record, label, etag }]]);
     if (record.sha256) await datasets.rememberHash(newId, etag, record.sha256);
     await store.deleteObject(bucket, key);
-    await datasets.removeItems(dataset, [move.itemId]);
-    out.push({ from: move.itemId, to: newId, label, outcome: 'moved' });
+    await datasets.removeItems(dataset, [itemId]);
+    report({ from: itemId, to: newId, label, outcome: 'moved' });
   }
   return out;
 }

@@ -185,6 +185,37 @@ export const ReportDoc = z.object({
 });
 export type ReportDoc = z.infer<typeof ReportDoc>;
 
+/**
+ * Probabilities by label, as the JSON Lines files people read show them (`{"cats": 0.97}`). Checked
+ * without being rebuilt: zod's record parser would drop a label named `__proto__`.
+ */
+const LabelProbabilities = z.custom<Record<string, number>>(
+  (v) => typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((p) => typeof p === 'number' && p >= 0 && p <= 1),
+  'an object of label → probability (0 to 1)',
+);
+const probability = z.number().min(0).max(1);
+
+/**
+ * One line of `reviews/<dataset>/<time>.jsonl`: an image, its given label, what the model trained
+ * without it thinks, and why. Written by `review`; read by `relabel --from-review` and the console.
+ */
+export const ReviewLine = z.object({
+  /** `s3://bucket/key` */
+  key: z.string().startsWith('s3://'),
+  given: z.string(),
+  /** the label the out-of-fold model finds most likely (among those above their class threshold, for issues) */
+  suggested: z.string(),
+  /** out-of-fold probability of the given label: low means doubtful */
+  pGiven: probability,
+  pSuggested: probability,
+  /** confident learning: another label is above its class's mean self-confidence, and above the given one */
+  issue: z.boolean(),
+  /** 1 − the highest probability: high means the model cannot tell */
+  uncertainty: probability,
+  probabilities: LabelProbabilities,
+});
+export type ReviewLine = z.infer<typeof ReviewLine>;
+
 /** Thrown when a stored document does not match its schema: names the document and the first problems. */
 export class DocumentError extends Error {
   override readonly name = 'DocumentError';
@@ -196,4 +227,28 @@ export function parseDocument<S extends z.ZodType>(schema: S, value: unknown, wh
   if (r.success) return r.data;
   const issues = r.error.issues.slice(0, 3).map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
   throw new DocumentError(`${where} is not a valid document (${issues.join('; ')}); was it written by another version?`);
+}
+
+/**
+ * A JSON Lines document (blank lines skipped), each line checked against `schema`: the lines that
+ * parse, and for the others their line number (from 1) and what is wrong, so a reader can refuse
+ * the file or show what it can, naming the lines.
+ */
+export function parseJsonLines<S extends z.ZodType>(schema: S, text: string): { values: z.output<S>[]; bad: { line: number; reason: string }[] } {
+  const values: z.output<S>[] = [];
+  const bad: { line: number; reason: string }[] = [];
+  text.split('\n').forEach((raw, i) => {
+    if (!raw.trim()) return;
+    let json: unknown;
+    try {
+      json = JSON.parse(raw);
+    } catch (err) {
+      bad.push({ line: i + 1, reason: `not JSON (${(err as Error).message})` });
+      return;
+    }
+    const r = schema.safeParse(json);
+    if (r.success) values.push(r.data);
+    else bad.push({ line: i + 1, reason: r.error.issues.slice(0, 2).map((x) => `${x.path.join('.') || '(root)'}: ${x.message}`).join('; ') });
+  });
+  return { values, bad };
 }

@@ -1,7 +1,7 @@
-import { parseS3ObjectUrl } from '@transferline/shared';
+import { ReviewLine, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
-import { relabelItems, reviewDataset, type RelabelOutcome, type Review, type ReviewLine } from '../review.service.js';
+import { relabelItems, reviewDataset, type RelabelOutcome, type Review } from '../review.service.js';
 import { printable } from '../terminal.js';
 
 /**
@@ -45,20 +45,33 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
     if (o.keys.length || o.to) throw new CliExit(EXIT.usage, 'transferline: give either KEY… --to LABEL, or --from-review, not both');
     const { bucket, key } = parseS3ObjectUrl(o.fromReview);
     const text = (await ctx.services.store.getObject(bucket, key)).toString();
-    const lines = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as ReviewLine);
+    // Moving images on a file that is partly not a review would move what it happens to say.
+    const { values: lines, bad } = parseJsonLines(ReviewLine, text);
+    if (bad.length) {
+      const shown = bad.slice(0, 3).map((b) => `line ${b.line}: ${b.reason}`).join('\n  ');
+      throw new CliExit(EXIT.error, `transferline: ${o.fromReview} is not a review file (${bad.length} line${bad.length === 1 ? '' : 's'} of ${bad.length + lines.length} unreadable); nothing was moved:\n  ${shown}`);
+    }
     moves = lines.filter((l) => l.issue).slice(0, o.top ?? Number.POSITIVE_INFINITY).map((l) => ({ itemId: asItemId(l.key), label: l.suggested }));
   } else {
     if (!o.to || o.keys.length === 0) throw new CliExit(EXIT.usage, 'transferline: name the images and the new label: transferline relabel -d NAME s3://bucket/key … --to LABEL (or --from-review)');
     moves = o.keys.map((k) => ({ itemId: asItemId(k), label: o.to! }));
   }
-  const outcomes = await relabelItems(ctx, o.dataset, moves);
   const w = (s: string) => ctx.out.write(`${s}\n`);
-  for (const r of outcomes) {
-    if (r.outcome === 'moved') w(`  moved s3://${printable(r.from)} → s3://${printable(r.to!)}`);
-    else if (r.outcome === 'missing') w(`  not in ${o.dataset}: s3://${printable(r.from)}`);
+  const done: RelabelOutcome[] = [];
+  const count = (x: RelabelOutcome['outcome']) => done.filter((r) => r.outcome === x).length;
+  const summary = () => `${count('moved')} moved, ${count('unchanged')} already there, ${count('missing')} not found`;
+  try {
+    await relabelItems(ctx, o.dataset, moves, (r) => {
+      done.push(r);
+      if (r.outcome === 'moved') w(`  moved s3://${printable(r.from)} → s3://${printable(r.to!)}`);
+      else if (r.outcome === 'missing') w(`  not in ${o.dataset}: s3://${printable(r.from)}`);
+    });
+  } catch (err) {
+    // What moved before the failure stays moved (and is listed above): the same command again finishes the rest.
+    if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${moves.length}: ${summary()}; the same command again finishes the rest (moving twice is moving once)`);
+    throw err;
   }
-  const count = (x: RelabelOutcome['outcome']) => outcomes.filter((r) => r.outcome === x).length;
-  w(`relabel ${o.dataset}: ${count('moved')} moved, ${count('unchanged')} already there, ${count('missing')} not found; nothing to embed again. Train again to use the new labels.`);
+  w(`relabel ${o.dataset}: ${summary()}; nothing to embed again. Train again to use the new labels.`);
   if (count('missing')) throw new CliExit(EXIT.error, `${count('missing')} of the images named are not in ${o.dataset}`);
-  return outcomes;
+  return done;
 }

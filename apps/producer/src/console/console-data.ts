@@ -1,10 +1,9 @@
 import { Writable } from 'node:stream';
 import sharp from 'sharp';
-import { DatasetRepository, ReportDoc, type Config, type DatasetStatus, type Queues, type Services, type SpaceWorkers } from '@transferline/shared';
+import { DatasetRepository, ReportDoc, ReviewLine, parseJsonLines, type Config, type DatasetStatus, type Queues, type Services, type SpaceWorkers } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { listModelRuns, type ModelRun } from '../commands/models.command.js';
-import type { ReviewLine } from '../review.service.js';
 import type { ReviewView } from './review.page.js';
 
 /** What the console reads: the deployment's clients (it owns none of them). */
@@ -81,8 +80,9 @@ export async function loadReview(deps: ConsoleDeps, dataset: string): Promise<Re
   for await (const o of store.listObjects(bucket, folder)) if (o.key.endsWith('.jsonl') && (!newest || o.key > newest)) newest = o.key;
   if (!newest) return undefined;
   const text = (await store.getObject(bucket, newest)).toString();
-  const lines = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as ReviewLine);
-  return { dataset, source: `s3://${bucket}/${newest}`, lines };
+  // A line that is not a review line (edited by hand, cut short) is named on the page; the rest still shows.
+  const { values: lines, bad } = parseJsonLines(ReviewLine, text);
+  return { dataset, source: `s3://${bucket}/${newest}`, lines, unreadable: bad };
 }
 
 /** A 96-pixel JPEG of an image of the dataset (`s3://bucket/key`), or undefined when it is not one of its items. */

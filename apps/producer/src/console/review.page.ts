@@ -1,4 +1,4 @@
-import type { ReviewLine } from '../review.service.js';
+import type { ReviewLine } from '@transferline/shared';
 import { html, page, pct, seg, type Access } from './html.js';
 
 /** What the review page shows: the newest review of a dataset from the bucket. */
@@ -7,6 +7,8 @@ export interface ReviewView {
   /** `s3://bucket/reviews/<dataset>/<time>.jsonl` */
   source: string;
   lines: ReviewLine[];
+  /** lines of the file that are not review lines: their number (from 1) and what is wrong */
+  unreadable: { line: number; reason: string }[];
 }
 
 const MAX_ROWS = 100;
@@ -23,6 +25,7 @@ export function reviewPage(access: Access, v: ReviewView): string {
   const body = html`<h1>Review of <a href="/datasets/${seg(v.dataset)}">${v.dataset}</a></h1>
 <p class="muted">out-of-fold predictions on the cached embeddings, from <code>${v.source}</code>; move images with
 <code>transferline relabel -d ${v.dataset} --from-review ${v.source}</code></p>
+${v.unreadable.length ? html`<p class="bad" id="unreadable">${v.unreadable.length} line${v.unreadable.length === 1 ? '' : 's'} of this file ${v.unreadable.length === 1 ? 'is' : 'are'} not review lines and ${v.unreadable.length === 1 ? 'is' : 'are'} left out (line ${v.unreadable[0]!.line}: ${v.unreadable[0]!.reason}); <code>relabel --from-review</code> refuses the file until ${v.unreadable.length === 1 ? 'it is' : 'they are'} mended, or run <code>transferline review -d ${v.dataset}</code> again</p>` : ''}
 <h2>${issues.length} image${issues.length === 1 ? '' : 's'} whose label looks wrong${issues.length > MAX_ROWS ? ` (first ${MAX_ROWS})` : ''}</h2>
 ${issues.length ? table('issues', issues.slice(0, MAX_ROWS)) : html`<p class="muted" id="no-issues">none: every label agrees with the model</p>`}
 <h2>The most uncertain</h2>
