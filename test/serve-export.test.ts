@@ -309,6 +309,73 @@ describe('transferline serve, guarded', () => {
   });
 });
 
+describe('transferline serve, bounded by bytes', () => {
+  let server: ClassifierServer;
+  // 150 kB of image bytes at once (TL_SERVE_MAX_BYTES), so one image is at most that too
+  const MAX_BYTES = 150_000;
+  beforeAll(async () => {
+    const config = { ...stack.config, serve: { ...stack.config.serve, maxBytes: MAX_BYTES }, preprocess: { ...stack.config.preprocess, maxObjectBytes: 10_000_000 } };
+    server = await startClassifierServer({ ...ctx, config }, { model: 'shapes@r1', log, port: 0, threads: 1 });
+  }, 180_000);
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  const heldBytes = async () => (await scrapeUrl(`${server.url}/metrics`)).get('tl_serve_held_bytes');
+
+  it('holds at most TL_SERVE_MAX_BYTES of image bytes: a body past it gets 503 and Retry-After, and the bytes are given back', async () => {
+    const url = `${server.url}/v1/classify`;
+    // an image larger than the whole budget could never be taken: 413, naming the setting
+    const huge = await fetch(url, { method: 'POST', body: Buffer.alloc(MAX_BYTES + 1, 1) });
+    expect(huge.status).toBe(413);
+    expect(((await huge.json()) as { error: { message: string } }).error.message).toMatch(/TL_SERVE_MAX_BYTES/);
+
+    // a slow client holds 100 kB of a body...
+    const slow = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-length': '100001' } });
+    const answer = new Promise<number>((resolve, reject) => {
+      slow.on('response', (res) => (res.resume(), resolve(res.statusCode!)));
+      slow.on('error', reject);
+    });
+    await new Promise<void>((resolve) => slow.write(Buffer.alloc(100_000, 7), () => resolve()));
+    const deadline = Date.now() + 10_000;
+    while ((await heldBytes()) !== 100_000 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(await heldBytes()).toBe(100_000);
+    // ...so another 60 kB body does not fit: 503 to retry, not a process that grows without bound
+    const second = await fetch(url, { method: 'POST', body: Buffer.alloc(60_000, 3) });
+    expect(second.status).toBe(503);
+    expect(second.headers.get('retry-after')).toBe('1');
+    expect(((await second.json()) as { error: { reason: string; message: string } }).error).toMatchObject({ reason: 'overloaded', message: expect.stringMatching(/TL_SERVE_MAX_BYTES=150000/) });
+    // so does a multipart upload: the whole request is refused
+    const form = new FormData();
+    form.append('a', new Blob([Buffer.alloc(60_000, 5)]), 'a.jpg');
+    const multi = await fetch(url, { method: 'POST', body: form });
+    expect(multi.status).toBe(503);
+    // the slow body ends (it is no image): its answer is its own, and every byte is given back
+    slow.end(Buffer.alloc(1, 7));
+    expect(await answer).toBe(422);
+    while ((await heldBytes()) !== 0 && Date.now() < deadline + 10_000) await new Promise((r) => setTimeout(r, 50));
+    expect(await heldBytes()).toBe(0);
+    // and a real image goes through again
+    const ok = await fetch(url, { method: 'POST', body: await renderSample('circle', 4, 1) });
+    expect(ok.status).toBe(200);
+  });
+
+  it('reads s3:// keys in turn within the budget instead of refusing them', async () => {
+    // each read first reserves room for the largest image (here the whole budget): one at a time
+    const keys: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      await ctx.services.store.putObject(bucket, `small/${i}.jpg`, await renderSample(i % 2 ? 'circle' : 'square', 20 + i, 1));
+      keys.push(`s3://${bucket}/small/${i}.jpg`);
+    }
+    const res = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: JSON.stringify({ keys }), headers: { 'content-type': 'application/json' } });
+    expect(res.status).toBe(200);
+    const results = ((await res.json()) as { results: { key: string; label?: string; error?: unknown }[] }).results;
+    expect(results.map((r) => r.key)).toEqual(keys);
+    for (const r of results) expect(r.label, JSON.stringify(r)).toBeDefined();
+    expect(await heldBytes()).toBe(0);
+  });
+});
+
 async function scrapeUrl(url: string): Promise<Map<string, number>> {
   const port = Number(new URL(url).port);
   return scrape(port);

@@ -58,6 +58,7 @@ export const ConfigSchema = z
     TL_SERVE_PORT: port.default(9480),
     TL_SERVE_API_KEY: z.string().min(16, 'at least 16 characters').optional(),
     TL_SERVE_MAX_QUEUE: z.coerce.number().int().min(1).default(256),
+    TL_SERVE_MAX_BYTES: z.coerce.number().int().min(1).default(256 * 1024 * 1024),
     TL_SERVE_BATCH_SIZE: z.coerce.number().int().min(1).max(256).default(32),
     TL_SERVE_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(1000).default(5),
     TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(8_000),
@@ -129,6 +130,8 @@ export const ConfigSchema = z
       apiKey: env.TL_SERVE_API_KEY,
       /** requests admitted at once (queued or in a batch); past it, 503 with Retry-After */
       maxQueue: env.TL_SERVE_MAX_QUEUE,
+      /** image bytes held at once (bodies arriving, images waiting for a forward pass); past it, 503 with Retry-After */
+      maxBytes: env.TL_SERVE_MAX_BYTES,
       batchSize: env.TL_SERVE_BATCH_SIZE,
       batchWaitMs: env.TL_SERVE_BATCH_WAIT_MS,
     },

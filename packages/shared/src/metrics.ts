@@ -111,6 +111,7 @@ export function createServeMetrics() {
     }),
     batchSize: new Histogram({ name: 'tl_serve_batch_size', help: 'Images per forward pass', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: r }),
     inFlight: new Gauge({ name: 'tl_serve_in_flight_images', help: 'Images admitted and not answered yet (queued or in a forward pass)', registers: r }),
+    heldBytes: new Gauge({ name: 'tl_serve_held_bytes', help: 'Image bytes held (bodies arriving, images waiting for a forward pass); bounded by TL_SERVE_MAX_BYTES', registers: r }),
     results: new Counter({ name: 'tl_serve_results_total', help: 'Images classified, by predicted label', labelNames: ['label'] as const, registers: r }),
     rejected: new Counter({ name: 'tl_serve_rejected_total', help: 'Images or requests refused, by reason', labelNames: ['reason'] as const, registers: r }),
     modelInfo: new Gauge({ name: 'tl_serve_model_info', help: '1 for the model being served', labelNames: ['dataset', 'run'] as const, registers: r }),

@@ -12,6 +12,7 @@ import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
 import { createServeMetrics, ObjectNotFoundError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
+import { ByteBudget, type ByteHold } from './byte-budget.js';
 
 /** What one image gets back. */
 export type Classification = { label: string; probabilities: Record<string, number> } | { error: { reason: string; message: string } };
@@ -126,7 +127,8 @@ function asError(err: unknown): { reason: string; message: string } {
  * preprocess stage's own sharp pipeline (same resize policy, same bad-input reasons) and the
  * exported classifier (EfficientNet-B0 + head, one ONNX model) on ONNX Runtime in a worker
  * thread; requests from all clients are micro-batched into one forward pass. At most
- * `maxQueue` images are admitted at once; past that, 503 with Retry-After.
+ * `maxQueue` images and `maxBytes` of image bytes are held at once; past either, 503 with
+ * Retry-After.
  */
 export async function startClassifierServer(ctx: CliContext, o: { model: string; log: Logger; host?: string; port?: number; threads?: number }): Promise<ClassifierServer> {
   const cfg = ctx.config.serve;
@@ -141,7 +143,10 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
   showModel(current.meta);
   let admitted = 0;
   const image = { size: current.meta.inputSize, maxInputPixels: ctx.config.preprocess.maxInputPixels, background: ctx.config.preprocess.background };
-  const maxBytes = ctx.config.preprocess.maxObjectBytes;
+  // One image may be as large as TL_MAX_OBJECT_BYTES, and no larger than all it could ever be given.
+  const maxBytes = Math.min(ctx.config.preprocess.maxObjectBytes, cfg.maxBytes);
+  const limitName = maxBytes < ctx.config.preprocess.maxObjectBytes ? 'TL_SERVE_MAX_BYTES' : 'TL_MAX_OBJECT_BYTES';
+  const budget = new ByteBudget(cfg.maxBytes, (held) => metrics.heldBytes.set(held));
 
   /** Classifies one image on the model the request holds; bad input is that image's answer, not an exception. */
   const classify = async (model: ServedModel, bytes: Uint8Array): Promise<Classification> => {
@@ -172,6 +177,13 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
       admitted -= n;
       metrics.inFlight.set(admitted);
     });
+  };
+
+  /** 503 for a body that would take the image bytes held past TL_SERVE_MAX_BYTES. */
+  const overBudget = (res: Response) => {
+    if (res.headersSent || res.destroyed) return;
+    res.setHeader('Retry-After', '1');
+    fail(res, 'overloaded', `${Math.round(budget.bytes / 2 ** 20)} MiB of images in progress (TL_SERVE_MAX_BYTES=${cfg.maxBytes}); retry shortly`);
   };
 
   const fail = (res: Response, reason: string, message: string) => {
@@ -221,16 +233,23 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     if (type.startsWith('application/json')) return void classifyKeys(req, res, model, modelRef);
     // raw image bytes: the size is checked as they arrive, so an oversized body is not held
     const declared = Number(req.get('content-length') ?? NaN);
-    if (declared > maxBytes) return void fail(res, 'too-large', `the image is ${declared} bytes; the limit is ${maxBytes} (TL_MAX_OBJECT_BYTES)`);
-    const release = admit(res, 1);
-    if (!release) return void req.resume();
-    const chunks: Buffer[] = [];
+    if (declared > maxBytes) return void fail(res, 'too-large', `the image is ${declared} bytes; the limit is ${maxBytes} (${limitName})`);
+    const slot = admit(res, 1);
+    if (!slot) return void req.resume();
+    const bytes = budget.hold();
+    const release = () => (slot(), bytes.release());
+    let chunks: Buffer[] = [];
     let size = 0;
     let over = false;
+    let overloaded = false;
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (size > maxBytes) over = true;
-      else chunks.push(c);
+      if (over || overloaded) return;
+      if (bytes.take(c.length)) return void chunks.push(c);
+      overloaded = true;
+      chunks = [];
+      bytes.release();
     });
     // A client that goes away mid-body: no 'end' comes.
     req.on('error', release);
@@ -240,7 +259,8 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     req.on('end', () => {
       void (async () => {
         try {
-          if (over) return fail(res, 'too-large', `the image is over ${maxBytes} bytes (TL_MAX_OBJECT_BYTES)`);
+          if (over) return fail(res, 'too-large', `the image is over ${maxBytes} bytes (${limitName})`);
+          if (overloaded) return overBudget(res);
           const r = await classify(model, Buffer.concat(chunks));
           if ('error' in r) res.status(statusOf(r.error.reason)).json({ ...r, model: modelRef });
           else res.json({ ...r, model: modelRef });
@@ -271,13 +291,22 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
         refused = true;
         return void stream.resume();
       }
-      releases.push(release);
-      const chunks: Buffer[] = [];
+      const bytes = budget.hold();
+      releases.push(release, bytes.release);
+      let chunks: Buffer[] = [];
       let truncated = false;
       // The body ended inside this part, or the client went away: this part has no image.
       let broken: Error | undefined;
       stream.on('error', (err: Error) => (broken = err));
-      stream.on('data', (c: Buffer) => chunks.push(c));
+      stream.on('data', (c: Buffer) => {
+        if (refused) return;
+        if (bytes.take(c.length)) return void chunks.push(c);
+        // Past TL_SERVE_MAX_BYTES: the whole request is refused (retry), the rest is read and dropped.
+        refused = true;
+        chunks = [];
+        bytes.release();
+        overBudget(res);
+      });
       stream.on('limit', () => (truncated = true));
       parts.push({
         name,
@@ -288,8 +317,10 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
               resolve({ error: { reason: 'bad-request', message: `${name}: ${broken.message}` } });
             } else if (truncated) {
               metrics.rejected.inc({ reason: 'too-large' });
-              resolve({ error: { reason: 'too-large', message: `${name} is over ${maxBytes} bytes (TL_MAX_OBJECT_BYTES)` } });
-            } else resolve(classify(model, Buffer.concat(chunks)));
+              resolve({ error: { reason: 'too-large', message: `${name} is over ${maxBytes} bytes (${limitName})` } });
+            } else if (refused) {
+              resolve({ error: { reason: 'overloaded', message: `${name}: not classified, the request was refused` } });
+            } else resolve(classify(model, Buffer.concat(chunks)).finally(bytes.release));
           }),
         ),
       });
@@ -338,8 +369,16 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
             (keys as string[]).map(async (url) => {
               try {
                 const { bucket, key } = parseS3ObjectUrl(url);
-                const bytes = await ctx.services.store.getObject(bucket, key, maxBytes);
-                return { key: url, ...(await classify(model, bytes)) };
+                // Room for the largest image first, then only what it is: at most
+                // TL_SERVE_MAX_BYTES ÷ the image limit reads at a time.
+                const hold: ByteHold = await budget.wait(maxBytes);
+                try {
+                  const bytes = await ctx.services.store.getObject(bucket, key, maxBytes);
+                  hold.shrinkTo(bytes.length);
+                  return { key: url, ...(await classify(model, bytes)) };
+                } finally {
+                  hold.release();
+                }
               } catch (e) {
                 const error = asError(e);
                 metrics.rejected.inc({ reason: error.reason });
