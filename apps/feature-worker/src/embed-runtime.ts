@@ -82,6 +82,7 @@ class ThreadedEmbedder implements Embedder {
 
   private constructor(
     private readonly thread: Worker,
+    log: Logger,
     readonly inputSize: number,
     onDeath: (err: Error) => void,
     dim = 1280,
@@ -90,6 +91,7 @@ class ThreadedEmbedder implements Embedder {
     this.dim = dim;
     if (readsPixels) this.embedStored = (space, sha256s) => this.request({ type: 'embed-stored', id: this.nextId++, space, sha256s });
     thread.on('message', (m: ThreadReply) => {
+      if (m.type === 'warn') return void log.warn(m.message);
       if (m.type !== 'result' && m.type !== 'error') return;
       const p = this.pending.get(m.id);
       this.pending.delete(m.id);
@@ -129,6 +131,7 @@ class ThreadedEmbedder implements Embedder {
       .finally(() => thread.off('message', onMessage).off('error', onError).off('exit', onExit));
     const embedder = new ThreadedEmbedder(
       thread,
+      log,
       spec.inputSize,
       (err) => {
         // Without its thread this process cannot embed: say so and leave, so it is restarted.

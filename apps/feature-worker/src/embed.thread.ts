@@ -31,7 +31,16 @@ export interface ThreadSpec {
    * Where preprocess stores pixels: the thread reads them itself for `embed-stored` requests, so
    * the 147 KB per image never enter the worker's main isolate (whose large heap each GC marks).
    */
-  pixelSource?: { redisUrl: string; redisPrefix: string };
+  pixelSource?: {
+    redisUrl: string;
+    redisPrefix: string;
+    /**
+     * A read unanswered this long on a connection that looks up is taken for a dead one (a NAT or
+     * load balancer that dropped the flow without a reset): the connection is made again and the
+     * read sent again. 30 s by default.
+     */
+    stallMs?: number;
+  };
 }
 
 /** Messages from the thread. */
@@ -39,7 +48,9 @@ export type ThreadReply =
   | { type: 'ready'; provider: string; onnx?: { path: string; built: boolean } }
   | { type: 'failed'; message: string }
   | { type: 'result'; id: number; data: Float32Array; sizes?: number[]; cached?: boolean[]; seconds: number }
-  | { type: 'error'; id: number; message: string };
+  | { type: 'error'; id: number; message: string }
+  /** something the worker should log */
+  | { type: 'warn'; message: string };
 
 /** Messages to the thread. */
 export type ThreadRequest =
@@ -112,6 +123,27 @@ start(spec).then(
     const redis = spec.pixelSource && createRedis(spec.pixelSource.redisUrl, 'worker');
     // Reads only: the TTL is the writer's (preprocess) business.
     const tensors = redis && new TensorStore(redis, redisKeys(spec.pixelSource!.redisPrefix), 0);
+    const stallMs = spec.pixelSource?.stallMs ?? 30_000;
+    /**
+     * A read that hangs would hold this batch, and every one after it, for ever, while the worker
+     * keeps renewing the jobs' locks: nothing else would ever take them. While Redis is down the
+     * read waits as all work does (ioredis queues it); while the connection says it is up and
+     * nothing answers, it is made again, and ioredis sends the read again on the new one.
+     */
+    const guarded = <T>(read: Promise<T>): Promise<T> => {
+      let timer: NodeJS.Timeout | undefined;
+      const watch = () => {
+        timer = setTimeout(() => {
+          if (redis?.status === 'ready') {
+            port.postMessage({ type: 'warn', message: `a pixel read had no answer from Redis in ${stallMs / 1000} s on a connection that looked up: connecting again and reading again` } satisfies ThreadReply);
+            redis.disconnect(true);
+          }
+          watch();
+        }, stallMs);
+      };
+      watch();
+      return read.finally(() => clearTimeout(timer));
+    };
     // One forward pass at a time: two runs of the session at once would each bring their own
     // intra-op threads, oversubscribing the cores the threads were sized for. Reading the next
     // batch's pixels does not wait for the running pass.
@@ -147,7 +179,7 @@ start(spec).then(
           port.postMessage({ type: 'error', id: m.id, message: 'this embed thread has no pixel source' } satisfies ThreadReply);
           return;
         }
-        forward(m.id, tensors.getBatch(m.space, m.sha256s, per));
+        forward(m.id, guarded(tensors.getBatch(m.space, m.sha256s, per)));
         return;
       }
       forward(m.id, Promise.resolve({ images: Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per)) }));

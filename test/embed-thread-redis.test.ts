@@ -1,0 +1,127 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startEmbedRuntime, type EmbedRuntime } from '../apps/feature-worker/src/embed-runtime.js';
+import { createLogger, createRedis, redisKeys, TensorStore, type Redis } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { startTestStack, type TestStack } from './support/stack.js';
+
+/**
+ * The embed thread reads the pixels of each batch from Redis itself. A connection that a NAT or
+ * load balancer dropped without a reset looks up and never answers: the read would hang, and
+ * with it every later batch, while the worker renews the jobs' locks for ever. Real Redis behind
+ * a TCP proxy that can go silent on the connections it has (new ones still pass).
+ */
+
+guardLeaks();
+
+const SIZE = 64;
+let stack: TestStack;
+let redis: Redis;
+let dir: string;
+let proxy: SilentProxy;
+let runtime: EmbedRuntime | undefined;
+
+interface SilentProxy {
+  url: string;
+  /** the connections made so far stop passing anything, without closing */
+  silence: () => void;
+  connections: () => number;
+  close: () => Promise<void>;
+}
+
+async function startSilentProxy(target: URL): Promise<SilentProxy> {
+  const pairs: [net.Socket, net.Socket][] = [];
+  const all: net.Socket[] = [];
+  let made = 0;
+  const server = net.createServer((client) => {
+    made++;
+    const upstream = net.connect(Number(target.port), target.hostname);
+    client.on('error', () => {});
+    upstream.on('error', () => {});
+    client.pipe(upstream).pipe(client);
+    pairs.push([client, upstream]);
+    all.push(client, upstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    silence: () => {
+      for (const [client, upstream] of pairs.splice(0)) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        client.pause();
+        upstream.pause();
+      }
+    },
+    connections: () => made,
+    close: async () => {
+      for (const socket of all) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** What `p` gave within `ms`, or 'hung'. */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | 'hung'> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<'hung'>((resolve) => (timer = setTimeout(() => resolve('hung'), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+beforeAll(async () => {
+  stack = await startTestStack({}, { preprocess: 0, embed: 0, train: 0 });
+  redis = createRedis(stack.config.redis.url, 'oneshot');
+  dir = await mkdtemp(path.join(os.tmpdir(), 'tl-thread-redis-'));
+  proxy = await startSilentProxy(new URL(stack.config.redis.url));
+}, 120_000);
+
+afterAll(async () => {
+  await runtime?.embedder.dispose();
+  await proxy?.close();
+  redis?.disconnect();
+  await stack?.destroy();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe("the embed thread's pixel reads", () => {
+  it('come back from a connection that went silent: connected again and read again, the batch embedded', async () => {
+    runtime = await startEmbedRuntime(
+      {
+        preference: 'onnx',
+        weightsKey: 'random-seed7',
+        seed: 7,
+        inputSize: SIZE,
+        threads: 1,
+        cacheDir: dir,
+        warmupBatch: 1,
+        pixelSource: { redisUrl: proxy.url, redisPrefix: stack.config.redis.prefix, stallMs: 1_000 },
+      },
+      createLogger('thread-redis-test', 'fatal'),
+    );
+    const embedStored = runtime.embedder.embedStored!;
+    const tensors = new TensorStore(redis, redisKeys(stack.config.redis.prefix), 3600);
+    const put = async () => {
+      const sha = randomBytes(32).toString('hex');
+      await tensors.put('s1', sha, randomBytes(SIZE * SIZE * 3));
+      return sha;
+    };
+    const first = await embedStored('s1', [await put()]);
+    expect(first.sizes).toEqual([SIZE * SIZE * 3]);
+    const before = proxy.connections();
+
+    proxy.silence();
+    const second = await within(embedStored('s1', [await put(), await put()]), 20_000);
+    expect(second).not.toBe('hung');
+    if (second === 'hung') return;
+    expect(second.sizes).toEqual([SIZE * SIZE * 3, SIZE * SIZE * 3]);
+    expect(second.data.length).toBe(2 * runtime.embedder.dim);
+    expect(proxy.connections()).toBeGreaterThan(before);
+  }, 120_000);
+});
