@@ -209,6 +209,35 @@ describe('the web console', () => {
     expect(await ctx.queues.preprocess.getJobState(failedJobId)).toBe('failed');
   });
 
+  it('the admin board refuses the actions that would leave images waiting for ever or jobs naming the wrong content', async () => {
+    const headers = { authorization: `Basic ${Buffer.from(`${USER}:${PASSWORD}`).toString('base64')}`, 'content-type': 'application/json' };
+    const put = (action: string, body: object = {}) => fetch(new URL(`/admin/queues/api/queues/preprocess/${action}`, con.url), { method: 'PUT', headers, body: JSON.stringify(body) });
+    const counts = await ctx.queues.preprocess.getJobCounts();
+    for (const [action, body, why] of [
+      ['empty', {}, /images would wait for ever/],
+      ['obliterate', { force: true }, /images would wait for ever/],
+      ['clean/waiting', {}, /only completed and failed jobs can be cleaned/],
+      ['concurrency', { concurrency: 1 }, /scale the worker processes instead/],
+      ['rate-limit', { max: 1, duration: 1000 }, /scale the worker processes instead/],
+      [`${failedJobId}/update-data`, { data: { key: 'elsewhere.jpg' } }, /wrong content/],
+    ] as const) {
+      const r = await put(action, body);
+      expect(r.status, action).toBe(405);
+      expect(((await r.json()) as { message: string }).message, action).toMatch(why);
+    }
+    const add = await fetch(new URL('/admin/queues/api/queues/preprocess/add', con.url), { method: 'POST', headers, body: JSON.stringify({ name: 'preprocess', data: {} }) });
+    expect(add.status).toBe(405);
+    // nothing changed: the same jobs, no queue-wide limit, the failed job as it was
+    expect(await ctx.queues.preprocess.getJobCounts()).toEqual(counts);
+    expect(await ctx.queues.preprocess.getGlobalConcurrency()).toBeNull();
+    expect((await ctx.queues.preprocess.getJob(failedJobId))?.data.key).not.toBe('elsewhere.jpg');
+    // what it does offer still works: pause and resume
+    expect((await put('pause')).status).toBeLessThan(300);
+    expect(await ctx.queues.preprocess.isPaused()).toBe(true);
+    expect((await put('resume')).status).toBeLessThan(300);
+    expect(await ctx.queues.preprocess.isPaused()).toBe(false);
+  });
+
   it('answers only requests that name the loopback it listens on (a rebound DNS name gets 421)', async () => {
     const get = (host: string) =>
       new Promise<number>((resolve, reject) => {

@@ -2,7 +2,7 @@ import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import type { Queue } from 'bullmq';
-import type { Express } from 'express';
+import type { Express, RequestHandler } from 'express';
 
 /** Where the boards live: everyone sees the read-only one; the admin one needs credentials. */
 export const BOARD_PATHS = { readOnly: '/queues', admin: '/admin/queues' } as const;
@@ -52,6 +52,27 @@ function board(basePath: string, readOnly: boolean, links: { text: string; url: 
   };
   return { board: { basePath, router: serverAdapter.getRouter() as Express, names: () => [...names] }, add };
 }
+
+/**
+ * bull-board actions the admin board does not offer, with why: each breaks a promise the rest of
+ * transferline keeps (every image ends embedded or failed, a job's data names its content, workers
+ * scale by process count). Matched on the path under the board's `/api/queues/`.
+ */
+const REFUSED_ACTIONS: { path: RegExp; why: string }[] = [
+  { path: /^[^/]+\/(empty|obliterate)$/, why: 'it drops jobs, and their images would wait for ever; remove the images from the bucket and ingest again instead' },
+  { path: /^[^/]+\/clean\/(?!completed$|failed$)[^/]+$/, why: 'only completed and failed jobs can be cleaned: dropping waiting or running ones leaves their images waiting for ever' },
+  { path: /^[^/]+\/(concurrency|rate-limit)$/, why: 'a queue-wide limit is kept in Redis and throttles every worker until someone removes it there; scale the worker processes instead' },
+  { path: /^[^/]+\/(add|[^/]+\/update-data)$/, why: "a job's data names its content (bucket, key, ETag, hash): a hand-made or edited job would record an image under the wrong content; ingest and retry enqueue jobs" },
+];
+
+/** Answers 405, saying why, for the actions in REFUSED_ACTIONS; every other request goes on to bull-board. */
+export const refuseUnsafeActions: RequestHandler = (req, res, next) => {
+  if (req.method === 'GET' || req.method === 'HEAD') return next();
+  const m = /^\/api\/queues\/(.+)$/.exec(req.path);
+  const refused = m && REFUSED_ACTIONS.find((a) => a.path.test(m[1]!));
+  if (!refused) return next();
+  res.status(405).json({ error: 'not offered by transferline', message: `transferline does not offer this action: ${refused.why}` });
+};
 
 /**
  * bull-board for the deployment's queues, twice over the same Queue objects: a read-only board
