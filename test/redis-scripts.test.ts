@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRedis, DatasetRepository, redisKeys, type Redis } from '../packages/shared/src/index.js';
+import { createQueues, createRedis, DatasetRepository, RedisScript, redisKeys, type Redis } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { startTestStack, type TestStack } from './support/stack.js';
 
@@ -41,18 +41,25 @@ const record = (n: number) => ({ label: 'cat', etag: `e${n}`, space: 's1', state
 describe('Lua scripts run by SHA', () => {
   it('item records: the script text goes once per connection, every later write is EVALSHA', async () => {
     const redis = connect();
-    const keys = redisKeys(`scripts-${Date.now()}`);
+    const prefix = `scripts-${Date.now()}`;
+    const keys = redisKeys(prefix);
     const repo = new DatasetRepository(redis, keys);
     await repo.putItem('d1', 'b/k0', record(0)); // loads the script on this connection
     const before = await evalCalls(redis);
     for (let i = 1; i <= 20; i++) await repo.putItem('d1', `b/k${i}`, record(i));
-    const pipe = redis.multi();
+    const pipe = redis.pipeline();
     await repo.putItems('d1', [['b/k21', record(21)], ['b/k22', record(22)]], pipe);
     await pipe.exec();
+    // the preprocess stage's pipeline: BullMQ's wrapper around the same connection
+    const queues = createQueues(redis, prefix);
+    const bullPipe = await queues.pipeline();
+    await repo.putItems('d1', [['b/k23', record(23)]], bullPipe);
+    await bullPipe.exec();
+    await queues.close();
     const after = await evalCalls(redis);
     expect(after.eval - before.eval).toBe(0);
-    expect(after.evalsha - before.evalsha).toBe(21);
-    expect(await repo.size('d1')).toBe(23);
+    expect(after.evalsha - before.evalsha).toBe(22);
+    expect(await repo.size('d1')).toBe(24);
     expect((await repo.getItems('d1', ['b/k22']))[0]).toMatchObject({ etag: 'e22', state: 'queued' });
   });
 
@@ -68,7 +75,12 @@ describe('Lua scripts run by SHA', () => {
     await repo.putItems('d1', [['b/c', record(3)]], pipe);
     const res = await pipe.exec();
     expect(res?.every(([err]) => err === null)).toBe(true);
-    expect((await repo.getItems('d1', ['b/a', 'b/b', 'b/c'])).map((r) => r?.etag)).toEqual(['e1', 'e2', 'e3']);
+    // in a MULTI a NOSCRIPT would only show in EXEC's reply, too late to load the script: sent by EVAL there
+    await redis.script('FLUSH');
+    const multi = redis.multi();
+    await repo.putItems('d1', [['b/d', record(4)]], multi);
+    expect((await multi.exec())?.every(([err]) => err === null)).toBe(true);
+    expect((await repo.getItems('d1', ['b/a', 'b/b', 'b/c', 'b/d'])).map((r) => r?.etag)).toEqual(['e1', 'e2', 'e3', 'e4']);
   });
 
   it('a pipeline of a connection the repository was not made with still writes (by EVAL)', async () => {
@@ -76,9 +88,16 @@ describe('Lua scripts run by SHA', () => {
     const other = connect();
     const keys = redisKeys(`scripts-other-${Date.now()}`);
     const repo = new DatasetRepository(redis, keys);
+    const before = await evalCalls(redis);
     const pipe = other.pipeline();
     await repo.putItems('d1', [['b/x', record(7)]], pipe);
     await pipe.exec();
+    expect((await evalCalls(redis)).eval - before.eval).toBe(1);
     expect((await repo.getItems('d1', ['b/x']))[0]?.etag).toBe('e7');
+  });
+
+  it('refuses a second script under a taken name, or a name ioredis has (it would run the other)', () => {
+    expect(() => new RedisScript('tlPutItems', 'return 1', 0)).toThrow(/taken/);
+    expect(() => new RedisScript('get', 'return 1', 0)).toThrow(/taken/);
   });
 });

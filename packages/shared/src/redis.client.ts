@@ -89,13 +89,19 @@ type Callable = Record<string, ((...args: ScriptArg[]) => unknown) | undefined>;
  */
 export class RedisScript {
   private static readonly defined = new WeakMap<Redis, Set<string>>();
+  /** one text per name: a second script under a taken name would silently run the first */
+  private static readonly names = new Map<string, string>();
 
   constructor(
-    /** the command's name on the connection; unique per script */
+    /** the command's name on the connection: unique, and no command ioredis has */
     private readonly name: string,
     private readonly lua: string,
     private readonly numberOfKeys: number,
-  ) {}
+  ) {
+    const taken = RedisScript.names.get(name);
+    if ((taken !== undefined && taken !== lua) || name in Redis.prototype) throw new Error(`Redis script name ${name} is taken`);
+    RedisScript.names.set(name, lua);
+  }
 
   /** Makes the script a command of this connection (idempotent); pipelines made after it carry it. */
   define(redis: Redis): void {
@@ -112,10 +118,15 @@ export class RedisScript {
     return (redis as unknown as Callable)[this.name]!.call(redis, ...keys, ...args) as Promise<unknown>;
   }
 
-  /** Queues the script in a pipeline or transaction (by EVAL when it was made before `define`). */
+  /**
+   * Queues the script in a pipeline: by SHA when the pipeline's connection has it defined (ioredis
+   * loads it again after NOSCRIPT), else by EVAL. In a MULTI always by EVAL: there a NOSCRIPT
+   * (the server lost its scripts) only shows in EXEC's reply, too late for ioredis to load it.
+   */
   queue(pipe: ChainableCommander, keys: ScriptArg[], args: ScriptArg[]): void {
     this.check(keys);
-    const command = (pipe as unknown as Callable)[this.name];
+    const transaction = ((pipe as unknown as { _transactions?: number })._transactions ?? 0) > 0;
+    const command = transaction ? undefined : (pipe as unknown as Callable)[this.name];
     if (command) command.call(pipe, ...keys, ...args);
     else pipe.eval(this.lua, this.numberOfKeys, ...keys, ...args);
   }
