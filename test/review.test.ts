@@ -158,13 +158,16 @@ describe('review and relabel', () => {
     const good = { key: `s3://${bucket}/train/triangle/triangle-5.jpg`, given: 'triangle', suggested: 'circle', pGiven: 0.1, pSuggested: 0.8, issue: true, uncertainty: 0.2, probabilities: { circle: 0.8, square: 0.1, triangle: 0.1 } };
     // newer than any review written so far: the console shows the newest
     const key = ctx.services.layout.review('noisy', '9999-12-31T00-00-00-000Z');
-    const text = [JSON.stringify(good), '{"key":"s3://review-photos/train/circle/circle-7.jpg","given":"circle"', JSON.stringify({ ...good, pGiven: 'high' })].join('\n') + '\n';
+    // the broken line carries a terminal escape (set the window title): printed, it must not act
+    const text = [JSON.stringify(good), 'oops \u001b]0;pwned\u0007 {"key":"s3://review-photos/train/circle/circle-7.jpg"', JSON.stringify({ ...good, pGiven: 'high' })].join('\n') + '\n';
     await ctx.services.store.putObject(stack.config.s3.bucket, key, text, 'application/x-ndjson');
     try {
       const r = await runCli(['relabel', '-d', 'noisy', '--from-review', `s3://${stack.config.s3.bucket}/${key}`], stack.env);
       expect(r.code).toBe(1);
       expect(r.stderr).toMatch(/is not a review file \(2 lines of 3 unreadable\); nothing was moved:\n  line 2: not JSON/);
       expect(r.stderr).toMatch(/line 3: pGiven: /);
+      expect(r.stderr).not.toContain('\u001b');
+      expect(r.stderr).toContain('"oops \\x1b]0;p');
       expect(await ctx.services.store.headObject(bucket, 'train/triangle/triangle-5.jpg')).toBeDefined();
 
       const web = await startConsole({ services: ctx.services, queues: ctx.queues, config: { ...stack.config, console: { ...stack.config.console, port: 0 } }, log: createLogger('console', 'warn') });
@@ -180,5 +183,50 @@ describe('review and relabel', () => {
     } finally {
       await ctx.services.store.deleteObject(stack.config.s3.bucket, key);
     }
+  }, 120_000);
+
+  it('never overwrites another image: a destination in the bucket or the dataset, or two images bound for one key, moves nothing', async () => {
+    // an object at the destination that is not this image (not ingested)
+    await ctx.services.store.putObject(bucket, 'train/triangle/square-6.jpg', await renderSample('triangle', 99, 21, 128));
+    const over = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/square/square-7.jpg`, `s3://${bucket}/train/square/square-6.jpg`, '--to', 'triangle'], stack.env);
+    expect(over.code).toBe(1);
+    expect(over.stderr).toMatch(/nothing was moved: s3:\/\/review-photos\/train\/square\/square-6\.jpg would overwrite s3:\/\/review-photos\/train\/triangle\/square-6\.jpg, an object in the bucket that is not this image/);
+    expect(await ctx.services.store.headObject(bucket, 'train/square/square-7.jpg')).toBeDefined();
+    // once ingested it is an image of the dataset: still not overwritten
+    expect((await runCli(['ingest', `s3://${bucket}/train/`, '-d', 'noisy'], stack.env, 120_000)).code).toBe(0);
+    const dataset = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/square/square-6.jpg`, '--to', 'triangle'], stack.env);
+    expect(dataset.code).toBe(1);
+    expect(dataset.stderr).toMatch(/would overwrite s3:\/\/review-photos\/train\/triangle\/square-6\.jpg, another image of noisy/);
+    // two images with one file name, bound for one folder
+    await ctx.services.store.putObject(bucket, 'train/circle/twin.jpg', await renderSample('circle', 98, 21, 128));
+    await ctx.services.store.putObject(bucket, 'train/square/twin.jpg', await renderSample('square', 98, 21, 128));
+    expect((await runCli(['ingest', `s3://${bucket}/train/`, '-d', 'noisy'], stack.env, 120_000)).code).toBe(0);
+    const twins = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/circle/twin.jpg`, `s3://${bucket}/train/square/twin.jpg`, '--to', 'triangle'], stack.env);
+    expect(twins.code).toBe(1);
+    expect(twins.stderr).toMatch(/would both move to s3:\/\/review-photos\/train\/triangle\/twin\.jpg/);
+    expect(await ctx.services.store.headObject(bucket, 'train/triangle/twin.jpg')).toBeUndefined();
+    // the same image named twice is moved once
+    const twice = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/circle/twin.jpg`, `s3://${bucket}/train/circle/twin.jpg`, '--to', 'triangle'], stack.env);
+    expect(twice.code).toBe(0);
+    expect(twice.stdout).toMatch(/relabel noisy: 1 moved, 0 already there, 0 not found/);
+  }, 300_000);
+
+  it('finishes a move cut short after it deleted the old object (the old record still there)', async () => {
+    const from = 'train/square/square-8.jpg';
+    const to = 'train/circle/square-8.jpg';
+    const [record] = await ctx.services.datasets.getItems('noisy', [`${bucket}/${from}`]);
+    expect(record?.label).toBe('square');
+    // what a run that stopped (Redis went away) between deleting the old object and removing its record left
+    const etag = await ctx.services.store.copyObject(bucket, from, to);
+    await ctx.services.datasets.putItems('noisy', [[`${bucket}/${to}`, { ...record!, label: 'circle', etag }]]);
+    await ctx.services.store.deleteObject(bucket, from);
+    const r = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'circle'], stack.env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/relabel noisy: 1 moved/);
+    expect(await ctx.services.store.headObject(bucket, from)).toBeUndefined();
+    expect(await ctx.services.store.headObject(bucket, to)).toBeDefined();
+    const [gone, moved] = await ctx.services.datasets.getItems('noisy', [`${bucket}/${from}`, `${bucket}/${to}`]);
+    expect(gone).toBeUndefined();
+    expect(moved).toMatchObject({ label: 'circle', sha256: record!.sha256 });
   }, 120_000);
 });

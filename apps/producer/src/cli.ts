@@ -17,6 +17,7 @@ import { uploadCommand } from './commands/upload.command.js';
 import { exportCommand } from './commands/export.command.js';
 import { serveCommand } from './commands/serve.command.js';
 import { relabelCommand, reviewCommand } from './commands/review.command.js';
+import { printableMessage } from './terminal.js';
 
 const int = (name: string) => (v: string) => {
   const n = Number(v);
@@ -275,10 +276,11 @@ cache
 // (the test suite runs each command as a child process and requires that it exits).
 program.parseAsync(process.argv).catch((err: unknown) => {
   const e = err as Error;
+  // Errors quote keys, labels and file contents: printed, they must not drive the terminal.
   if (e instanceof CliExit) {
-    process.stderr.write(`${e.message}\n`);
+    process.stderr.write(`${printableMessage(e.message)}\n`);
     process.exit(e.code);
   }
-  process.stderr.write(`${e instanceof ConfigError ? e.message : `transferline: ${e.message}`}\n`);
+  process.stderr.write(`${printableMessage(e instanceof ConfigError ? e.message : `transferline: ${e.message}`)}\n`);
   process.exit(EXIT.error);
 });

@@ -123,11 +123,13 @@ export interface RelabelOutcome {
 /**
  * Moves objects to another label folder (server-side copy, then delete) and updates the dataset
  * to match: the item keeps its content hash, so nothing is downloaded or embedded again. The new
- * key is recorded before the old object is deleted, so a crash in between leaves both keys and
- * the next ingest reconciles; moving twice is moving once. Every move is checked before the first
- * is made (a key outside the dataset's prefixes, a label that cannot be a folder: nothing moves);
- * `onOutcome` hears of each as it is done, so a failure part way (S3 refusing a copy) still
- * leaves the caller knowing what moved.
+ * key is recorded before the old object is deleted, so a crash in between leaves both keys: the
+ * same move again finishes it (or the next ingest reconciles); moving twice is moving once.
+ * Every move is checked before the first is made, and none is made when one cannot be: a key
+ * outside the dataset's prefixes, a label that cannot be a folder, two moves to one key, a
+ * destination that holds another image (in the dataset or only in the bucket). `onOutcome`
+ * hears of each move as it is done, so a failure part way (S3 refusing a copy) still leaves the
+ * caller knowing what moved.
  */
 export async function relabelItems(
   ctx: CliContext,
@@ -137,42 +139,78 @@ export async function relabelItems(
 ): Promise<RelabelOutcome[]> {
   const { datasets, store } = ctx.services;
   if (!(await datasets.exists(dataset))) throw new Error(`no dataset named ${dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
-  const planned: { itemId: string; label: string; bucket: string; key: string; newKey: string }[] = [];
+  const planned: { itemId: string; newId: string; label: string; bucket: string; key: string; newKey: string }[] = [];
   const problems: string[] = [];
+  const targets = new Map<string, string>();
+  const named = new Map<string, string>();
   for (const move of moves) {
     const label = move.label.normalize('NFC');
+    // the same image named twice: once is enough, two labels is a contradiction
+    const before = named.get(move.itemId);
+    if (before !== undefined) {
+      if (before !== label) problems.push(`s3://${move.itemId} is named twice, for ${before} and for ${label}`);
+      continue;
+    }
+    named.set(move.itemId, label);
     const source = await datasets.sourceOf(dataset, move.itemId);
     if (!source) {
       problems.push(`s3://${move.itemId} is not under a prefix ingested into ${dataset}`);
       continue;
     }
     const { bucket, key } = DatasetRepository.parseItemId(move.itemId);
+    let newKey: string;
     try {
-      planned.push({ itemId: move.itemId, label, bucket, key, newKey: relabelKey(source.prefix, key, label) });
+      newKey = relabelKey(source.prefix, key, label);
     } catch (err) {
       problems.push(`s3://${move.itemId}: ${(err as Error).message}`);
+      continue;
     }
+    const newId = DatasetRepository.itemId(bucket, newKey);
+    const other = targets.get(newId);
+    if (other !== undefined) problems.push(`s3://${move.itemId} and s3://${other} would both move to s3://${newId}`);
+    targets.set(newId, move.itemId);
+    planned.push({ itemId: move.itemId, newId, label, bucket, key, newKey });
   }
+  // What each move finds: its record, and what is at its destination already.
+  const records = planned.length ? await datasets.getItems(dataset, planned.flatMap((p) => [p.itemId, p.newId])) : [];
+  const found = await Promise.all(
+    planned.map(async (p, i) => {
+      const record = records[2 * i];
+      const there = records[2 * i + 1];
+      // an earlier run of this move, cut short after it recorded the new key
+      const half = record !== undefined && there !== undefined && there.label === p.label && there.sha256 !== undefined && there.sha256 === record.sha256;
+      if (record && record.label !== p.label && p.newId !== p.itemId && !half) {
+        if (there) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`);
+        else {
+          // an object not in the dataset: ours only if it is this image's copy (a run cut short after copying)
+          const object = await store.headObject(p.bucket, p.newKey);
+          if (object && object.etag !== record.etag) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, an object in the bucket that is not this image`);
+        }
+      }
+      return { record, there, half };
+    }),
+  );
   if (problems.length) throw new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
   const out: RelabelOutcome[] = [];
   const report = (r: RelabelOutcome) => {
     out.push(r);
     onOutcome(r);
   };
-  for (const { itemId, label, bucket, key, newKey } of planned) {
-    const newId = DatasetRepository.itemId(bucket, newKey);
-    const [record, moved] = await datasets.getItems(dataset, [itemId, newId]);
+  for (const [i, { itemId, newId, label, bucket, key, newKey }] of planned.entries()) {
+    const { record, there, half } = found[i]!;
     if (!record) {
-      report({ from: itemId, to: newId, label, outcome: moved?.label === label ? 'unchanged' : 'missing' });
+      report({ from: itemId, to: newId, label, outcome: there?.label === label ? 'unchanged' : 'missing' });
       continue;
     }
     if (record.label === label) {
       report({ from: itemId, label, outcome: 'unchanged' });
       continue;
     }
-    const etag = await store.copyObject(bucket, key, newKey);
-    await datasets.putItems(dataset, [[newId, { ...record, label, etag }]]);
-    if (record.sha256) await datasets.rememberHash(newId, etag, record.sha256);
+    if (!half) {
+      const etag = await store.copyObject(bucket, key, newKey);
+      await datasets.putItems(dataset, [[newId, { ...record, label, etag }]]);
+      if (record.sha256) await datasets.rememberHash(newId, etag, record.sha256);
+    }
     await store.deleteObject(bucket, key);
     await datasets.removeItems(dataset, [itemId]);
     report({ from: itemId, to: newId, label, outcome: 'moved' });

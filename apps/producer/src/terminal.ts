@@ -9,3 +9,8 @@ export function printable(s: string): string {
     return named[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
   });
 }
+
+/** A message of ours that may quote users' text: its line breaks kept, every other control character escaped. */
+export function printableMessage(s: string): string {
+  return s.split('\n').map(printable).join('\n');
+}

@@ -11,6 +11,11 @@ import { printable } from '../terminal.js';
  */
 export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?: number; folds?: number; json?: boolean }): Promise<Review & { outputKey: string }> {
   const review = await reviewDataset(ctx, { dataset: o.dataset, ...(o.folds && { folds: o.folds }) });
+  // What relabel and the console will read back: a line they would refuse is not written.
+  for (const l of review.lines) {
+    const r = ReviewLine.safeParse(l);
+    if (!r.success) throw new Error(`the review of ${l.key} is not a valid review line (${r.error.issues[0]?.path.join('.')}: ${r.error.issues[0]?.message}); are its cached embeddings finite numbers?`);
+  }
   const { bucket } = ctx.config.s3;
   const outputKey = ctx.services.layout.review(o.dataset, new Date().toISOString().replace(/[:.]/g, '-'));
   await ctx.services.store.putObject(bucket, outputKey, review.lines.map((l) => JSON.stringify(l)).join('\n') + (review.lines.length ? '\n' : ''), 'application/x-ndjson');
