@@ -29,6 +29,8 @@ interface SilentProxy {
   url: string;
   /** the connections made so far stop passing anything, without closing */
   silence: () => void;
+  /** answers on the connections made so far arrive slowly: 2 kB every 100 ms */
+  trickle: () => void;
   connections: () => number;
   close: () => Promise<void>;
 }
@@ -55,6 +57,24 @@ async function startSilentProxy(target: URL): Promise<SilentProxy> {
         upstream.unpipe(client);
         client.pause();
         upstream.pause();
+      }
+    },
+    trickle: () => {
+      for (const [client, upstream] of pairs) {
+        upstream.unpipe(client);
+        const pending: Buffer[] = [];
+        // unpipe paused it: a 'data' listener alone would not start it again
+        upstream.on('data', (c: Buffer) => void pending.push(c)).resume();
+        const timer = setInterval(() => {
+          let room = 2048;
+          while (room > 0 && pending.length) {
+            const c = pending.shift()!;
+            if (c.length > room) pending.unshift(c.subarray(room));
+            client.write(c.subarray(0, room));
+            room -= Math.min(room, c.length);
+          }
+        }, 100);
+        client.on('close', () => clearInterval(timer));
       }
     },
     connections: () => made,
@@ -123,5 +143,28 @@ describe("the embed thread's pixel reads", () => {
     expect(second.sizes).toEqual([SIZE * SIZE * 3, SIZE * SIZE * 3]);
     expect(second.data.length).toBe(2 * runtime.embedder.dim);
     expect(proxy.connections()).toBeGreaterThan(before);
+  }, 120_000);
+
+  it('leave a read that is slow but arriving alone (no new connection, no read sent again)', async () => {
+    const embedStored = runtime!.embedder.embedStored!;
+    const tensors = new TensorStore(redis, redisKeys(stack.config.redis.prefix), 3600);
+    const shas: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const sha = randomBytes(32).toString('hex');
+      await tensors.put('s1', sha, randomBytes(SIZE * SIZE * 3));
+      shas.push(sha);
+    }
+    // settle on one connection first
+    await embedStored('s1', [shas[0]!]);
+    const before = proxy.connections();
+    proxy.trickle();
+    // 4 × 12 kB at 20 kB/s: about 2.5 s of answer, against 1 s of silence allowed
+    const started = performance.now();
+    const r = await within(embedStored('s1', shas), 30_000);
+    expect(r).not.toBe('hung');
+    if (r === 'hung') return;
+    expect(r.sizes).toEqual(shas.map(() => SIZE * SIZE * 3));
+    expect(performance.now() - started).toBeGreaterThan(1_500);
+    expect(proxy.connections()).toBe(before);
   }, 120_000);
 });

@@ -127,20 +127,30 @@ start(spec).then(
     /**
      * A read that hangs would hold this batch, and every one after it, for ever, while the worker
      * keeps renewing the jobs' locks: nothing else would ever take them. While Redis is down the
-     * read waits as all work does (ioredis queues it); while the connection says it is up and
-     * nothing answers, it is made again, and ioredis sends the read again on the new one.
+     * read waits as all work does (ioredis queues it). When a connection that is up (or connected
+     * and not yet ready) has received nothing for `stallMs` while the read waits, it is made
+     * again, and ioredis sends the read again on the new one; a read that is slow but arriving
+     * is left alone.
      */
     const guarded = <T>(read: Promise<T>): Promise<T> => {
       let timer: NodeJS.Timeout | undefined;
+      let seen: { stream: unknown; bytes: number } | undefined;
       const watch = () => {
         timer = setTimeout(() => {
-          if (redis?.status === 'ready') {
-            port.postMessage({ type: 'warn', message: `a pixel read had no answer from Redis in ${stallMs / 1000} s on a connection that looked up: connecting again and reading again` } satisfies ThreadReply);
-            redis.disconnect(true);
-          }
+          const stream = redis?.stream;
+          const now = stream ? { stream, bytes: stream.bytesRead } : undefined;
+          const silent = now && seen && now.stream === seen.stream && now.bytes === seen.bytes;
+          if (silent && (redis!.status === 'ready' || redis!.status === 'connect')) {
+            port.postMessage({ type: 'warn', message: `Redis sent nothing for ${stallMs / 1000} s while a pixel read waited, on a connection that looked up: connecting again and reading again` } satisfies ThreadReply);
+            redis!.disconnect(true);
+            seen = undefined;
+          } else seen = now;
           watch();
         }, stallMs);
+        // a thread being closed does not wait for it
+        timer.unref();
       };
+      seen = redis?.stream ? { stream: redis.stream, bytes: redis.stream.bytesRead } : undefined;
       watch();
       return read.finally(() => clearTimeout(timer));
     };
