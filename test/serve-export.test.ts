@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
+import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { classifyCommand } from '../apps/producer/src/commands/classify.command.js';
@@ -311,10 +312,11 @@ describe('transferline serve, guarded', () => {
 
 describe('transferline serve, bounded by bytes', () => {
   let server: ClassifierServer;
-  // 150 kB of image bytes at once (TL_SERVE_MAX_BYTES), so one image is at most that too
+  // 150 kB of image bytes at once (TL_SERVE_MAX_BYTES), so one image is at most that too; a
+  // forward pass waits up to 1 s for company, so an image holds its bytes that long
   const MAX_BYTES = 150_000;
   beforeAll(async () => {
-    const config = { ...stack.config, serve: { ...stack.config.serve, maxBytes: MAX_BYTES }, preprocess: { ...stack.config.preprocess, maxObjectBytes: 10_000_000 } };
+    const config = { ...stack.config, serve: { ...stack.config.serve, maxBytes: MAX_BYTES, batchWaitMs: 1000 }, preprocess: { ...stack.config.preprocess, maxObjectBytes: 10_000_000 } };
     server = await startClassifierServer({ ...ctx, config }, { model: 'shapes@r1', log, port: 0, threads: 1 });
   }, 180_000);
   afterAll(async () => {
@@ -322,57 +324,94 @@ describe('transferline serve, bounded by bytes', () => {
   });
 
   const heldBytes = async () => (await scrapeUrl(`${server.url}/metrics`)).get('tl_serve_held_bytes');
+  const heldBecomes = async (n: number) => {
+    const deadline = Date.now() + 10_000;
+    while ((await heldBytes()) !== n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    return heldBytes();
+  };
+  /** A PNG of noise: a real image of about `side`² × 3 bytes. */
+  const noisePng = (side: number, seed: number) => sharp(Buffer.from(Array.from({ length: side * side * 3 }, (_, i) => (i * 7919 + seed * 104729) % 251)), { raw: { width: side, height: side, channels: 3 } }).png({ compressionLevel: 0 }).toBuffer();
+  /** A client that declares `length` bytes, sends `first` of them and waits. */
+  const slowUpload = async (length: number, first: number) => {
+    const req = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-length': String(length) } });
+    const answer = new Promise<number>((resolve) => {
+      req.on('response', (res) => (res.resume(), resolve(res.statusCode!)));
+      req.on('error', () => resolve(-1));
+    });
+    await new Promise<void>((resolve) => req.write(Buffer.alloc(first, 7), () => resolve()));
+    return { req, answer };
+  };
 
-  it('holds at most TL_SERVE_MAX_BYTES of image bytes: a body past it gets 503 and Retry-After, and the bytes are given back', async () => {
+  it('holds at most TL_SERVE_MAX_BYTES of image bytes: a body past it gets 503 and Retry-After at once, and the bytes are given back', async () => {
     const url = `${server.url}/v1/classify`;
     // an image larger than the whole budget could never be taken: 413, naming the setting
     const huge = await fetch(url, { method: 'POST', body: Buffer.alloc(MAX_BYTES + 1, 1) });
     expect(huge.status).toBe(413);
     expect(((await huge.json()) as { error: { message: string } }).error.message).toMatch(/TL_SERVE_MAX_BYTES/);
 
-    // a slow client holds 100 kB of a body...
-    const slow = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-length': '100001' } });
-    const answer = new Promise<number>((resolve, reject) => {
-      slow.on('response', (res) => (res.resume(), resolve(res.statusCode!)));
-      slow.on('error', reject);
-    });
-    await new Promise<void>((resolve) => slow.write(Buffer.alloc(100_000, 7), () => resolve()));
-    const deadline = Date.now() + 10_000;
-    while ((await heldBytes()) !== 100_000 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    expect(await heldBytes()).toBe(100_000);
-    // ...so another 60 kB body does not fit: 503 to retry, not a process that grows without bound
-    const second = await fetch(url, { method: 'POST', body: Buffer.alloc(60_000, 3) });
-    expect(second.status).toBe(503);
-    expect(second.headers.get('retry-after')).toBe('1');
-    expect(((await second.json()) as { error: { reason: string; message: string } }).error).toMatchObject({ reason: 'overloaded', message: expect.stringMatching(/TL_SERVE_MAX_BYTES=150000/) });
+    // a slow client's declared 100 kB are held from its first byte...
+    const slow = await slowUpload(100_000, 1_000);
+    expect(await heldBecomes(100_000)).toBe(100_000);
+    // ...so another 60 kB body does not fit: 503 to retry, answered before its body is read
+    const second = await slowUpload(60_000, 1_000);
+    expect(await second.answer).toBe(503);
+    second.req.destroy();
+    const fetched = await fetch(url, { method: 'POST', body: Buffer.alloc(60_000, 3) });
+    expect(fetched.headers.get('retry-after')).toBe('1');
+    expect(((await fetched.json()) as { error: { reason: string; message: string } }).error).toMatchObject({ reason: 'overloaded', message: expect.stringMatching(/TL_SERVE_MAX_BYTES=150000/) });
     // so does a multipart upload: the whole request is refused
     const form = new FormData();
     form.append('a', new Blob([Buffer.alloc(60_000, 5)]), 'a.jpg');
     const multi = await fetch(url, { method: 'POST', body: form });
     expect(multi.status).toBe(503);
     // the slow body ends (it is no image): its answer is its own, and every byte is given back
-    slow.end(Buffer.alloc(1, 7));
-    expect(await answer).toBe(422);
-    while ((await heldBytes()) !== 0 && Date.now() < deadline + 10_000) await new Promise((r) => setTimeout(r, 50));
-    expect(await heldBytes()).toBe(0);
+    slow.req.end(Buffer.alloc(99_000, 7));
+    expect(await slow.answer).toBe(422);
+    expect(await heldBecomes(0)).toBe(0);
+    // a client that goes away mid-body gives its bytes back too
+    const dropped = await slowUpload(120_000, 50_000);
+    expect(await heldBecomes(120_000)).toBe(120_000);
+    dropped.req.destroy();
+    expect(await heldBecomes(0)).toBe(0);
     // and a real image goes through again
     const ok = await fetch(url, { method: 'POST', body: await renderSample('circle', 4, 1) });
     expect(ok.status).toBe(200);
   });
 
-  it('reads s3:// keys in turn within the budget instead of refusing them', async () => {
-    // each read first reserves room for the largest image (here the whole budget): one at a time
+  it('answers 413, not a 503 to retry for ever, when one multipart request alone is over the budget', async () => {
+    const [a, b] = [await noisePng(160, 1), await noisePng(160, 2)];
+    expect(a.length + b.length).toBeGreaterThan(MAX_BYTES);
+    const form = new FormData();
+    form.append('a', new Blob([a]), 'a.png');
+    form.append('b', new Blob([b]), 'b.png');
+    const res = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: form });
+    expect(res.status).toBe(413);
+    expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/must fit in TL_SERVE_MAX_BYTES .* send fewer or smaller files/);
+    expect(await heldBecomes(0)).toBe(0);
+  });
+
+  it('reads s3:// keys when there is room: a key waits while uploads fill the budget, then is classified', async () => {
     const keys: string[] = [];
-    for (let i = 0; i < 4; i++) {
-      await ctx.services.store.putObject(bucket, `small/${i}.jpg`, await renderSample(i % 2 ? 'circle' : 'square', 20 + i, 1));
-      keys.push(`s3://${bucket}/small/${i}.jpg`);
+    for (let i = 0; i < 3; i++) {
+      await ctx.services.store.putObject(bucket, `noise/${i}.png`, await noisePng(110, 10 + i));
+      keys.push(`s3://${bucket}/noise/${i}.png`);
     }
-    const res = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: JSON.stringify({ keys }), headers: { 'content-type': 'application/json' } });
+    const slow = await slowUpload(100_000, 1_000);
+    expect(await heldBecomes(100_000)).toBe(100_000);
+    let answered = false;
+    const asked = fetch(`${server.url}/v1/classify`, { method: 'POST', body: JSON.stringify({ keys }), headers: { 'content-type': 'application/json' } }).then((r) => ((answered = true), r));
+    await new Promise((r) => setTimeout(r, 1_500));
+    // three 36 kB objects do not fit beside the 100 kB held: the request waits (no 503), and uploads wait behind it
+    expect(answered).toBe(false);
+    const behind = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: Buffer.alloc(1_000, 3) });
+    expect(behind.status).toBe(503);
+    slow.req.end(Buffer.alloc(99_000, 7));
+    const res = await asked;
     expect(res.status).toBe(200);
     const results = ((await res.json()) as { results: { key: string; label?: string; error?: unknown }[] }).results;
     expect(results.map((r) => r.key)).toEqual(keys);
     for (const r of results) expect(r.label, JSON.stringify(r)).toBeDefined();
-    expect(await heldBytes()).toBe(0);
+    expect(await heldBecomes(0)).toBe(0);
   });
 });
 

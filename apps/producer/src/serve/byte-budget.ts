@@ -1,18 +1,24 @@
 /** Bytes one request (or one part of it) holds of a ByteBudget. */
 export interface ByteHold {
-  /** Adds n bytes if the budget has room: false (and nothing taken) when it has not. */
+  /** Adds n bytes if the budget has room and nobody waits for it: false (and nothing taken) otherwise. */
   take: (n: number) => boolean;
-  /** Keeps only n bytes of what is held (a reservation for the worst case, once the real size is known). */
-  shrinkTo: (n: number) => void;
+  /** Adds n bytes whatever the room (bytes that arrived beyond what was reserved for them). */
+  add: (n: number) => void;
   /** Gives everything back; later calls do nothing. */
   release: () => void;
+}
+
+/** Why a wait for room ended without it. */
+export class BudgetWaitError extends Error {
+  override readonly name = 'BudgetWaitError';
 }
 
 /**
  * The image bytes `serve` holds at once (bodies arriving, images waiting for their forward pass),
  * across requests: the admission count alone bounds images, and each may be 64 MB. Bodies that
  * clients send take as they arrive and are refused past the budget (503: retry); reads the server
- * makes itself (s3:// keys) wait their turn for room instead.
+ * makes itself (s3:// keys) wait their turn for room, first come first served, and while one
+ * waits no body takes the room it waits for.
  */
 export class ByteBudget {
   private held = 0;
@@ -33,16 +39,15 @@ export class ByteBudget {
     let released = false;
     return {
       take: (n) => {
-        if (released || this.held + n > this.limit) return false;
+        if (released || this.waiters.length > 0 || this.held + n > this.limit) return false;
         mine += n;
         this.change(n);
         return true;
       },
-      shrinkTo: (n) => {
-        if (released || n >= mine) return;
-        this.change(n - mine);
-        mine = n;
-        this.grantWaiting();
+      add: (n) => {
+        if (released || n <= 0) return;
+        mine += n;
+        this.change(n);
       },
       release: () => {
         if (released) return;
@@ -54,11 +59,36 @@ export class ByteBudget {
     };
   }
 
-  /** A hold of n bytes, once the budget has room for them (first come, first served). */
-  wait(n: number): Promise<ByteHold> {
-    if (n > this.limit) return Promise.reject(new Error(`${n} bytes can never fit a budget of ${this.limit}`));
-    return new Promise((grant) => {
-      this.waiters.push({ n, grant });
+  /**
+   * A hold of n bytes once the budget has room for them. Rejects with BudgetWaitError after
+   * `deadlineMs`, or when `signal` aborts (its client went away), leaving the queue.
+   */
+  wait(n: number, o: { deadlineMs: number; signal?: AbortSignal }): Promise<ByteHold> {
+    if (n > this.limit) return Promise.reject(new BudgetWaitError(`${n} bytes can never fit a budget of ${this.limit}`));
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        n,
+        grant: (h: ByteHold) => {
+          clearTimeout(timer);
+          o.signal?.removeEventListener('abort', onAbort);
+          resolve(h);
+        },
+      };
+      const leave = (message: string) => {
+        const at = this.waiters.indexOf(waiter);
+        if (at < 0) return;
+        this.waiters.splice(at, 1);
+        o.signal?.removeEventListener('abort', onAbort);
+        clearTimeout(timer);
+        reject(new BudgetWaitError(message));
+        // the head of the queue may fit now that this one left it
+        this.grantWaiting();
+      };
+      const onAbort = () => leave('the request was abandoned');
+      const timer = setTimeout(() => leave(`no room for ${n} bytes in ${o.deadlineMs / 1000} s`), o.deadlineMs);
+      if (o.signal?.aborted) return void reject(new BudgetWaitError('the request was abandoned'));
+      o.signal?.addEventListener('abort', onAbort);
+      this.waiters.push(waiter);
       this.grantWaiting();
     });
   }
@@ -67,7 +97,7 @@ export class ByteBudget {
     while (this.waiters.length && this.held + this.waiters[0]!.n <= this.limit) {
       const w = this.waiters.shift()!;
       const h = this.hold();
-      h.take(w.n);
+      h.add(w.n);
       w.grant(h);
     }
   }

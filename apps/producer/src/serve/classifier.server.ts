@@ -12,7 +12,7 @@ import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
 import { createServeMetrics, ObjectNotFoundError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
-import { ByteBudget, type ByteHold } from './byte-budget.js';
+import { BudgetWaitError, ByteBudget, type ByteHold } from './byte-budget.js';
 
 /** What one image gets back. */
 export type Classification = { label: string; probabilities: Record<string, number> } | { error: { reason: string; message: string } };
@@ -29,6 +29,9 @@ function once(fn: () => void): () => void {
     fn();
   };
 }
+
+/** Longest an s3:// key's read waits for room in TL_SERVE_MAX_BYTES before it is answered "overloaded". */
+const KEY_ROOM_DEADLINE_MS = 30_000;
 
 /** Longest a retired model waits for the requests that still hold it. */
 const RETIRE_DEADLINE_MS = 30_000;
@@ -237,6 +240,14 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     const slot = admit(res, 1);
     if (!slot) return void req.resume();
     const bytes = budget.hold();
+    // With a declared length its room is taken at once, so a refusal comes before the upload, not after it.
+    const reserved = Number.isFinite(declared);
+    if (reserved && !bytes.take(declared)) {
+      slot();
+      res.setHeader('Connection', 'close');
+      overBudget(res);
+      return void req.resume();
+    }
     const release = () => (slot(), bytes.release());
     let chunks: Buffer[] = [];
     let size = 0;
@@ -244,9 +255,13 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     let overloaded = false;
     req.on('data', (c: Buffer) => {
       size += c.length;
-      if (size > maxBytes) over = true;
       if (over || overloaded) return;
-      if (bytes.take(c.length)) return void chunks.push(c);
+      if (size > maxBytes) {
+        over = true;
+        chunks = [];
+        return void bytes.release();
+      }
+      if (reserved || bytes.take(c.length)) return void chunks.push(c);
       overloaded = true;
       chunks = [];
       bytes.release();
@@ -261,7 +276,9 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
         try {
           if (over) return fail(res, 'too-large', `the image is over ${maxBytes} bytes (${limitName})`);
           if (overloaded) return overBudget(res);
-          const r = await classify(model, Buffer.concat(chunks));
+          const body = Buffer.concat(chunks);
+          chunks = [];
+          const r = await classify(model, body);
           if ('error' in r) res.status(statusOf(r.error.reason)).json({ ...r, model: modelRef });
           else res.json({ ...r, model: modelRef });
         } finally {
@@ -281,8 +298,17 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     }
     const parts: { name: string; done: Promise<Classification> }[] = [];
     const releases: (() => void)[] = [];
+    /** each part still holding bytes: drops them (its chunks and its hold) */
+    const drops = new Set<() => void>();
     let refused = false;
     let tooMany = false;
+    /** bytes of this request's parts held right now */
+    let own = 0;
+    const refuse = (answer: () => void) => {
+      refused = true;
+      for (const drop of drops) drop();
+      answer();
+    };
     bb.on('file', (_field, stream, info) => {
       const name = info.filename ?? `file${parts.length + 1}`;
       if (refused) return void stream.resume();
@@ -292,35 +318,55 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
         return void stream.resume();
       }
       const bytes = budget.hold();
-      releases.push(release, bytes.release);
       let chunks: Buffer[] = [];
+      let mine = 0;
+      const drop = () => {
+        chunks = [];
+        own -= mine;
+        mine = 0;
+        bytes.release();
+        drops.delete(drop);
+      };
+      drops.add(drop);
+      releases.push(release, drop);
       let truncated = false;
       // The body ended inside this part, or the client went away: this part has no image.
       let broken: Error | undefined;
       stream.on('error', (err: Error) => (broken = err));
       stream.on('data', (c: Buffer) => {
-        if (refused) return;
-        if (bytes.take(c.length)) return void chunks.push(c);
-        // Past TL_SERVE_MAX_BYTES: the whole request is refused (retry), the rest is read and dropped.
-        refused = true;
-        chunks = [];
-        bytes.release();
-        overBudget(res);
+        if (refused || truncated) return;
+        if (own + c.length > cfg.maxBytes) {
+          // this request alone is over the budget: no retry would pass
+          return refuse(() => !res.headersSent && fail(res, 'too-large', `the files of one request must fit in TL_SERVE_MAX_BYTES (${cfg.maxBytes} bytes) at once: send fewer or smaller files per request`));
+        }
+        if (!bytes.take(c.length)) return refuse(() => overBudget(res));
+        chunks.push(c);
+        mine += c.length;
+        own += c.length;
       });
-      stream.on('limit', () => (truncated = true));
+      stream.on('limit', () => {
+        truncated = true;
+        drop();
+      });
       parts.push({
         name,
         done: new Promise<Classification>((resolve) =>
           stream.on('close', () => {
             if (broken) {
+              drop();
               metrics.rejected.inc({ reason: 'bad-request' });
               resolve({ error: { reason: 'bad-request', message: `${name}: ${broken.message}` } });
             } else if (truncated) {
               metrics.rejected.inc({ reason: 'too-large' });
               resolve({ error: { reason: 'too-large', message: `${name} is over ${maxBytes} bytes (${limitName})` } });
             } else if (refused) {
+              drop();
               resolve({ error: { reason: 'overloaded', message: `${name}: not classified, the request was refused` } });
-            } else resolve(classify(model, Buffer.concat(chunks)).finally(bytes.release));
+            } else {
+              const body = Buffer.concat(chunks);
+              chunks = [];
+              resolve(classify(model, body).finally(drop));
+            }
           }),
         ),
       });
@@ -334,7 +380,7 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
       void (async () => {
         try {
           const results = await Promise.all(parts.map(async (p) => ({ name: p.name, ...(await p.done) })));
-          if (res.headersSent) return; // refused as overloaded, or not readable
+          if (res.headersSent) return; // refused (overloaded, too large), or not readable
           if (tooMany) return fail(res, 'bad-request', `at most ${cfg.maxQueue} files per request (TL_SERVE_MAX_QUEUE)`);
           if (results.length === 0) return fail(res, 'bad-request', 'no file in the multipart body');
           res.json({ results, model: modelRef });
@@ -364,29 +410,34 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
         if (keys.length > cfg.maxQueue) return fail(res, 'bad-request', `at most ${cfg.maxQueue} keys per request (TL_SERVE_MAX_QUEUE); this one has ${keys.length}`);
         const release = admit(res, keys.length);
         if (!release) return;
+        // a client that goes away stops this request's waits for room
+        const gone = new AbortController();
+        res.on('close', () => gone.abort());
         try {
           const results = await Promise.all(
             (keys as string[]).map(async (url) => {
+              let hold: ByteHold | undefined;
               try {
                 const { bucket, key } = parseS3ObjectUrl(url);
-                // Room for the largest image first, then only what it is: at most
-                // TL_SERVE_MAX_BYTES ÷ the image limit reads at a time.
-                const hold: ByteHold = await budget.wait(maxBytes);
-                try {
-                  const bytes = await ctx.services.store.getObject(bucket, key, maxBytes);
-                  hold.shrinkTo(bytes.length);
-                  return { key: url, ...(await classify(model, bytes)) };
-                } finally {
-                  hold.release();
-                }
+                // Room for what the object is (its size from a HEAD), then the object.
+                const head = await ctx.services.store.headObject(bucket, key);
+                if (!head) throw new ObjectNotFoundError(bucket, key);
+                if (head.size > maxBytes) return { key: url, error: { reason: 'too-large', message: `${url} is ${head.size} bytes, over the limit of ${maxBytes} (${limitName})` } };
+                hold = await budget.wait(head.size, { deadlineMs: KEY_ROOM_DEADLINE_MS, signal: gone.signal });
+                const bytes = await ctx.services.store.getObject(bucket, key, maxBytes);
+                // replaced by a larger object since the HEAD: held all the same (it is in memory)
+                hold.add(bytes.length - head.size);
+                return { key: url, ...(await classify(model, bytes)) };
               } catch (e) {
-                const error = asError(e);
+                const error = e instanceof BudgetWaitError ? { reason: 'overloaded', message: `${url}: ${e.message} (TL_SERVE_MAX_BYTES=${cfg.maxBytes}); retry shortly` } : asError(e);
                 metrics.rejected.inc({ reason: error.reason });
                 return { key: url, error };
+              } finally {
+                hold?.release();
               }
             }),
           );
-          res.json({ results, model: modelRef });
+          if (!res.destroyed) res.json({ results, model: modelRef });
         } finally {
           release();
         }
