@@ -229,4 +229,26 @@ describe('review and relabel', () => {
     expect(gone).toBeUndefined();
     expect(moved).toMatchObject({ label: 'circle', sha256: record!.sha256 });
   }, 120_000);
+
+  it('never deletes the only copy: a move cut short whose new object is gone or replaced is refused', async () => {
+    const from = 'train/square/square-9.jpg';
+    const to = 'train/circle/square-9.jpg';
+    const [record] = await ctx.services.datasets.getItems('noisy', [`${bucket}/${from}`]);
+    const bytes = await ctx.services.store.getObject(bucket, from);
+    const etag = await ctx.services.store.copyObject(bucket, from, to);
+    await ctx.services.datasets.putItems('noisy', [[`${bucket}/${to}`, { ...record!, label: 'circle', etag }]]);
+    // the new key's object was replaced by another image (not ingested yet): neither is touched
+    await ctx.services.store.putObject(bucket, to, await renderSample('circle', 97, 21, 128));
+    const replaced = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'circle'], stack.env);
+    expect(replaced.code).toBe(1);
+    expect(replaced.stderr).toMatch(/s3:\/\/review-photos\/train\/circle\/square-9\.jpg holds another object than the one recorded for it/);
+    expect(await ctx.services.store.headObject(bucket, from)).toBeDefined();
+    // both objects gone: nothing to finish, and said so
+    await ctx.services.store.deleteObject(bucket, to);
+    await ctx.services.store.deleteObject(bucket, from);
+    const gone = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'circle'], stack.env);
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toMatch(/are both gone from the bucket/);
+    await ctx.services.store.putObject(bucket, from, bytes);
+  }, 120_000);
 });

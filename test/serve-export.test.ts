@@ -356,7 +356,9 @@ describe('transferline serve, bounded by bytes', () => {
     const second = await slowUpload(60_000, 1_000);
     expect(await second.answer).toBe(503);
     second.req.destroy();
+    // a client that sends its whole body at once sees the 503 too (not a reset connection)
     const fetched = await fetch(url, { method: 'POST', body: Buffer.alloc(60_000, 3) });
+    expect(fetched.status).toBe(503);
     expect(fetched.headers.get('retry-after')).toBe('1');
     expect(((await fetched.json()) as { error: { reason: string; message: string } }).error).toMatchObject({ reason: 'overloaded', message: expect.stringMatching(/TL_SERVE_MAX_BYTES=150000/) });
     // so does a multipart upload: the whole request is refused
@@ -386,6 +388,8 @@ describe('transferline serve, bounded by bytes', () => {
     form.append('b', new Blob([b]), 'b.png');
     const res = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: form });
     expect(res.status).toBe(413);
+    // the first file is still in the batcher (its forward pass waits 1 s): its bytes are still counted
+    expect(await heldBytes()).toBe(a.length);
     expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/must fit in TL_SERVE_MAX_BYTES .* send fewer or smaller files/);
     expect(await heldBecomes(0)).toBe(0);
   });
@@ -401,7 +405,7 @@ describe('transferline serve, bounded by bytes', () => {
     let answered = false;
     const asked = fetch(`${server.url}/v1/classify`, { method: 'POST', body: JSON.stringify({ keys }), headers: { 'content-type': 'application/json' } }).then((r) => ((answered = true), r));
     await new Promise((r) => setTimeout(r, 1_500));
-    // three 36 kB objects do not fit beside the 100 kB held: the request waits (no 503), and uploads wait behind it
+    // the three 36 kB objects do not fit beside the 100 kB held (one does): the request waits, no 503, and uploads wait behind it
     expect(answered).toBe(false);
     const behind = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: Buffer.alloc(1_000, 3) });
     expect(behind.status).toBe(503);

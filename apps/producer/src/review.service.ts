@@ -177,17 +177,27 @@ export async function relabelItems(
     planned.map(async (p, i) => {
       const record = records[2 * i];
       const there = records[2 * i + 1];
-      // an earlier run of this move, cut short after it recorded the new key
-      const half = record !== undefined && there !== undefined && there.label === p.label && there.sha256 !== undefined && there.sha256 === record.sha256;
-      if (record && record.label !== p.label && p.newId !== p.itemId && !half) {
-        if (there) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`);
-        else {
+      let finish = false;
+      if (record && record.label !== p.label) {
+        if (there) {
+          // Recorded there with this image's content: an earlier run of this move, cut short after
+          // recording the new key. Copied again while the old object is there; without it, finished
+          // only when the new key's object is the one recorded (else the image would be lost).
+          const same = there.label === p.label && there.sha256 !== undefined && there.sha256 === record.sha256;
+          if (!same) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`);
+          else {
+            const [source, target] = await Promise.all([store.headObject(p.bucket, p.key), store.headObject(p.bucket, p.newKey)]);
+            if (target && target.etag !== there.etag) problems.push(`s3://${p.newId} holds another object than the one recorded for it: ingest the prefix again first`);
+            else if (!source && !target) problems.push(`s3://${p.itemId} and s3://${p.newId} are both gone from the bucket: ingest the prefix again`);
+            else finish = !source;
+          }
+        } else {
           // an object not in the dataset: ours only if it is this image's copy (a run cut short after copying)
           const object = await store.headObject(p.bucket, p.newKey);
           if (object && object.etag !== record.etag) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, an object in the bucket that is not this image`);
         }
       }
-      return { record, there, half };
+      return { record, there, finish };
     }),
   );
   if (problems.length) throw new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
@@ -197,7 +207,7 @@ export async function relabelItems(
     onOutcome(r);
   };
   for (const [i, { itemId, newId, label, bucket, key, newKey }] of planned.entries()) {
-    const { record, there, half } = found[i]!;
+    const { record, there, finish } = found[i]!;
     if (!record) {
       report({ from: itemId, to: newId, label, outcome: there?.label === label ? 'unchanged' : 'missing' });
       continue;
@@ -206,11 +216,11 @@ export async function relabelItems(
       report({ from: itemId, label, outcome: 'unchanged' });
       continue;
     }
-    if (!half) {
+    if (!finish) {
       const etag = await store.copyObject(bucket, key, newKey);
       await datasets.putItems(dataset, [[newId, { ...record, label, etag }]]);
       if (record.sha256) await datasets.rememberHash(newId, etag, record.sha256);
-    }
+    } else if (record.sha256 && there?.etag) await datasets.rememberHash(newId, there.etag, record.sha256);
     await store.deleteObject(bucket, key);
     await datasets.removeItems(dataset, [itemId]);
     report({ from: itemId, to: newId, label, outcome: 'moved' });

@@ -39,6 +39,7 @@ export class ByteBudget {
     let released = false;
     return {
       take: (n) => {
+        if (n <= 0) return !released;
         if (released || this.waiters.length > 0 || this.held + n > this.limit) return false;
         mine += n;
         this.change(n);
@@ -85,8 +86,8 @@ export class ByteBudget {
         this.grantWaiting();
       };
       const onAbort = () => leave('the request was abandoned');
-      const timer = setTimeout(() => leave(`no room for ${n} bytes in ${o.deadlineMs / 1000} s`), o.deadlineMs);
       if (o.signal?.aborted) return void reject(new BudgetWaitError('the request was abandoned'));
+      const timer = setTimeout(() => leave(`no room for ${n} bytes in ${o.deadlineMs / 1000} s`), o.deadlineMs);
       o.signal?.addEventListener('abort', onAbort);
       this.waiters.push(waiter);
       this.grantWaiting();

@@ -244,7 +244,8 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     const reserved = Number.isFinite(declared);
     if (reserved && !bytes.take(declared)) {
       slot();
-      res.setHeader('Connection', 'close');
+      // answered now; the rest of the body is read and dropped (closing instead would reset the
+      // connection under a client still sending, which then sees no 503 at all)
       overBudget(res);
       return void req.resume();
     }
@@ -365,6 +366,8 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
             } else {
               const body = Buffer.concat(chunks);
               chunks = [];
+              // in the batcher now: its bytes stay held until it is answered, whatever a later part does
+              drops.delete(drop);
               resolve(classify(model, body).finally(drop));
             }
           }),
@@ -422,8 +425,9 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
                 // Room for what the object is (its size from a HEAD), then the object.
                 const head = await ctx.services.store.headObject(bucket, key);
                 if (!head) throw new ObjectNotFoundError(bucket, key);
-                if (head.size > maxBytes) return { key: url, error: { reason: 'too-large', message: `${url} is ${head.size} bytes, over the limit of ${maxBytes} (${limitName})` } };
+                if (head.size > maxBytes) throw new PermanentError('too-large', `${url} is ${head.size} bytes, over the limit of ${maxBytes} (${limitName})`);
                 hold = await budget.wait(head.size, { deadlineMs: KEY_ROOM_DEADLINE_MS, signal: gone.signal });
+                if (gone.signal.aborted) throw new BudgetWaitError('the request was abandoned');
                 const bytes = await ctx.services.store.getObject(bucket, key, maxBytes);
                 // replaced by a larger object since the HEAD: held all the same (it is in memory)
                 hold.add(bytes.length - head.size);
