@@ -73,7 +73,7 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
     });
   } catch (err) {
     // What moved before the failure stays moved (and is listed above): the same command again finishes the rest.
-    if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${moves.length}: ${summary()}; the same command again finishes the rest (moving twice is moving once)`);
+    if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${new Set(moves.map((m) => m.itemId)).size}: ${summary()}; the same command again finishes the rest (moving twice is moving once)`);
     throw err;
   }
   w(`relabel ${o.dataset}: ${summary()}; nothing to embed again. Train again to use the new labels.`);
