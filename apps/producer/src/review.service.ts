@@ -183,7 +183,9 @@ export async function relabelItems(
           // Recorded there with this image's content: an earlier run of this move, cut short after
           // recording the new key. Copied again while the old object is there; without it, finished
           // only when the new key's object is the one recorded (else the image would be lost).
-          const same = there.label === p.label && there.sha256 !== undefined && there.sha256 === record.sha256;
+          // (by content hash; an image not preprocessed yet has none: by ETag, which a copy keeps)
+          const sameContent = record.sha256 !== undefined || there.sha256 !== undefined ? there.sha256 === record.sha256 : there.etag !== undefined && there.etag === record.etag;
+          const same = there.label === p.label && sameContent;
           if (!same) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`);
           else {
             const [source, target] = await Promise.all([store.headObject(p.bucket, p.key), store.headObject(p.bucket, p.newKey)]);
