@@ -225,8 +225,17 @@ describe('the web console', () => {
       expect(r.status, action).toBe(405);
       expect(((await r.json()) as { message: string }).message, action).toMatch(why);
     }
+    // as bull-board's own routes match: any case, a trailing slash
+    for (const action of ['EMPTY', 'empty/', 'clean/wait/', 'Clean/Waiting']) expect((await put(action)).status, action).toBe(405);
     const add = await fetch(new URL('/admin/queues/api/queues/preprocess/add', con.url), { method: 'POST', headers, body: JSON.stringify({ name: 'preprocess', data: {} }) });
     expect(add.status).toBe(405);
+    // removing one job: refused while it waits (its image would wait for ever)
+    const waiting = await ctx.queues.preprocess.add('preprocess', { note: 'a job that waits' }, { jobId: `waits-${Date.now()}`, delay: 3_600_000 });
+    const remove = await put(`${waiting.id}/clean`);
+    expect(remove.status).toBe(405);
+    expect(((await remove.json()) as { message: string }).message).toMatch(/this job is delayed/);
+    expect(await ctx.queues.preprocess.getJobState(waiting.id!)).toBe('delayed');
+    await waiting.remove();
     // nothing changed: the same jobs, no queue-wide limit, the failed job as it was
     expect(await ctx.queues.preprocess.getJobCounts()).toEqual(counts);
     expect(await ctx.queues.preprocess.getGlobalConcurrency()).toBeNull();

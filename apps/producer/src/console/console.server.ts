@@ -6,7 +6,7 @@ import { requireAdmin } from './console-auth.js';
 import { deploymentQueues, loadDataset, loadOverview, loadReport, loadReview, thumbnail, type ConsoleDeps } from './console-data.js';
 import { datasetPage, errorPage, notFoundPage, overviewPage } from './datasets.page.js';
 import type { Access } from './html.js';
-import { BOARD_PATHS, createQueueBoards, refuseUnsafeActions } from './queue-boards.js';
+import { BOARD_PATHS, createQueueBoards } from './queue-boards.js';
 import { reviewPage } from './review.page.js';
 import { runPage } from './run.page.js';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
@@ -175,7 +175,7 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
     res.set('Cache-Control', 'no-store');
     next();
   };
-  if (boards.admin) app.use(BOARD_PATHS.admin, requireAdmin(creds, log), noStore, refuseUnsafeActions, refreshOnBoardPage, boards.admin.router);
+  if (boards.admin) app.use(BOARD_PATHS.admin, requireAdmin(creds, log), noStore, refreshOnBoardPage, boards.admin.router);
   else app.use(BOARD_PATHS.admin, requireAdmin(creds, log));
 
   app.use((_req, res) => void res.status(404).type('html').send(notFoundPage(access, 'no such page')));

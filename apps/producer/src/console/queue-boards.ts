@@ -2,15 +2,15 @@ import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import type { Queue } from 'bullmq';
-import type { Express, RequestHandler } from 'express';
+import { Router, type Express, type RequestHandler } from 'express';
 
 /** Where the boards live: everyone sees the read-only one; the admin one needs credentials. */
 export const BOARD_PATHS = { readOnly: '/queues', admin: '/admin/queues' } as const;
 
 export interface QueueBoard {
   basePath: string;
-  /** the board's express app, to mount at `basePath` */
-  router: Express;
+  /** the board's express app, to mount at `basePath` (on the admin board, behind its refusals) */
+  router: RequestHandler;
   /** names of the queues on the board */
   names: () => string[];
 }
@@ -39,40 +39,58 @@ function board(basePath: string, readOnly: boolean, links: { text: string; url: 
       },
     },
   });
-  const names = new Set<string>();
+  const queues = new Map<string, Queue>();
   const add = (q: Queue) => {
-    if (names.has(q.name)) return;
+    if (queues.has(q.name)) return;
     // readOnlyMode: the API answers 405 to every change, and the UI shows no action buttons
     // No "retry" button on completed jobs (a finished run is not trained again anyway: the train
     // job returns it as it is). bull-board's adapter reads allowCompletedRetries (base.js), but
     // its typings leave it out of QueueAdapterOptions.
     const options = { readOnlyMode: readOnly, allowCompletedRetries: false };
     api.addQueue(new BullMQAdapter(q, options));
-    names.add(q.name);
+    queues.set(q.name, q);
   };
-  return { board: { basePath, router: serverAdapter.getRouter() as Express, names: () => [...names] }, add };
+  const router = Router();
+  if (!readOnly) router.use(refusals((name) => queues.get(name)));
+  router.use(serverAdapter.getRouter() as Express);
+  return { board: { basePath, router, names: () => [...queues.keys()] }, add };
 }
 
-/**
- * bull-board actions the admin board does not offer, with why: each breaks a promise the rest of
- * transferline keeps (every image ends embedded or failed, a job's data names its content, workers
- * scale by process count). Matched on the path under the board's `/api/queues/`.
- */
-const REFUSED_ACTIONS: { path: RegExp; why: string }[] = [
-  { path: /^[^/]+\/(empty|obliterate)$/, why: 'it drops jobs, and their images would wait for ever; remove the images from the bucket and ingest again instead' },
-  { path: /^[^/]+\/clean\/(?!completed$|failed$)[^/]+$/, why: 'only completed and failed jobs can be cleaned: dropping waiting or running ones leaves their images waiting for ever' },
-  { path: /^[^/]+\/(concurrency|rate-limit)$/, why: 'a queue-wide limit is kept in Redis and throttles every worker until someone removes it there; scale the worker processes instead' },
-  { path: /^[^/]+\/(add|[^/]+\/update-data)$/, why: "a job's data names its content (bucket, key, ETag, hash): a hand-made or edited job would record an image under the wrong content; ingest and retry enqueue jobs" },
-];
+const DROPS = 'it drops jobs, and their images would wait for ever; remove the images from the bucket and ingest again instead';
+const LIMITS = 'a queue-wide limit is kept in Redis and throttles every worker until someone removes it there; scale the worker processes instead';
+const CLEAN = 'only completed and failed jobs can be cleaned: dropping waiting or running ones leaves their images waiting for ever';
+const DATA = "a job's data names its content (bucket, key, ETag, hash): a hand-made or edited job would record an image under the wrong content; ingest and retry enqueue jobs";
+/** job states whose jobs can be cleaned (removed) without leaving an image waiting for ever */
+const CLEANABLE = new Set(['completed', 'failed', 'unknown']);
 
-/** Answers 405, saying why, for the actions in REFUSED_ACTIONS; every other request goes on to bull-board. */
-export const refuseUnsafeActions: RequestHandler = (req, res, next) => {
-  if (req.method === 'GET' || req.method === 'HEAD') return next();
-  const m = /^\/api\/queues\/(.+)$/.exec(req.path);
-  const refused = m && REFUSED_ACTIONS.find((a) => a.path.test(m[1]!));
-  if (!refused) return next();
-  res.status(405).json({ error: 'not offered by transferline', message: `transferline does not offer this action: ${refused.why}` });
-};
+/**
+ * The bull-board actions the admin board does not offer, answered 405 with why: each breaks a
+ * promise the rest of transferline keeps (every image ends embedded or failed, a job's data
+ * names its content, workers scale by process count). An express Router of its own, mounted
+ * ahead of bull-board's, so its paths match as bull-board's routes do (any case, a trailing slash).
+ */
+function refusals(queueOf: (name: string) => Queue | undefined): Router {
+  const r = Router();
+  const refuse =
+    (why: string): RequestHandler =>
+    (_req, res) =>
+      void res.status(405).json({ error: 'not offered by transferline', message: `transferline does not offer this action: ${why}` });
+  const q = '/api/queues/:queueName';
+  r.put([`${q}/empty`, `${q}/obliterate`], refuse(DROPS));
+  r.put([`${q}/concurrency`, `${q}/rate-limit`], refuse(LIMITS));
+  r.all([`${q}/add`, `${q}/:jobId/update-data`], (req, res, next) => (req.method === 'GET' || req.method === 'HEAD' ? next() : refuse(DATA)(req, res, next)));
+  // cleaning a whole state, and removing one job: completed and failed ones only
+  r.put(`${q}/clean/:state`, (req, res, next) => (['completed', 'failed'].includes(String(req.params.state).toLowerCase()) ? next() : refuse(CLEAN)(req, res, next)));
+  r.put(`${q}/:jobId/clean`, (req, res, next) => {
+    const queue = queueOf(String(req.params.queueName));
+    if (!queue) return next();
+    queue.getJobState(String(req.params.jobId)).then(
+      (state) => (CLEANABLE.has(state) ? next() : refuse(`${CLEAN} (this job is ${state})`)(req, res, next)),
+      next,
+    );
+  });
+  return r;
+}
 
 /**
  * bull-board for the deployment's queues, twice over the same Queue objects: a read-only board
