@@ -100,7 +100,39 @@ beforeAll(async () => {
   redis = createRedis(stack.config.redis.url, 'oneshot');
   dir = await mkdtemp(path.join(os.tmpdir(), 'tl-thread-redis-'));
   proxy = await startSilentProxy(new URL(stack.config.redis.url));
+  runtime = await startEmbedRuntime(
+    {
+      preference: 'onnx',
+      weightsKey: 'random-seed7',
+      seed: 7,
+      inputSize: SIZE,
+      threads: 1,
+      cacheDir: dir,
+      warmupBatch: 1,
+      pixelSource: { redisUrl: proxy.url, redisPrefix: stack.config.redis.prefix, stallMs: 1_000 },
+    },
+    createLogger('thread-redis-test', 'fatal'),
+  );
 }, 120_000);
+
+/** The pixels of `n` new images, stored as preprocess stores them; their hashes. */
+async function storePixels(n: number): Promise<string[]> {
+  const tensors = new TensorStore(redis, redisKeys(stack.config.redis.prefix), 3600);
+  const shas: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const sha = randomBytes(32).toString('hex');
+    await tensors.put('s1', sha, randomBytes(SIZE * SIZE * 3));
+    shas.push(sha);
+  }
+  return shas;
+}
+
+/** What `p` gave, or a failure when it had not settled within `ms`. */
+async function settles<T>(p: Promise<T>, ms: number): Promise<T> {
+  const r = await within(p, ms);
+  if (r === 'hung') throw new Error(`the read had not settled after ${ms / 1000} s`);
+  return r;
+}
 
 afterAll(async () => {
   await runtime?.embedder.dispose();
@@ -112,57 +144,28 @@ afterAll(async () => {
 
 describe("the embed thread's pixel reads", () => {
   it('come back from a connection that went silent: connected again and read again, the batch embedded', async () => {
-    runtime = await startEmbedRuntime(
-      {
-        preference: 'onnx',
-        weightsKey: 'random-seed7',
-        seed: 7,
-        inputSize: SIZE,
-        threads: 1,
-        cacheDir: dir,
-        warmupBatch: 1,
-        pixelSource: { redisUrl: proxy.url, redisPrefix: stack.config.redis.prefix, stallMs: 1_000 },
-      },
-      createLogger('thread-redis-test', 'fatal'),
-    );
-    const embedStored = runtime.embedder.embedStored!;
-    const tensors = new TensorStore(redis, redisKeys(stack.config.redis.prefix), 3600);
-    const put = async () => {
-      const sha = randomBytes(32).toString('hex');
-      await tensors.put('s1', sha, randomBytes(SIZE * SIZE * 3));
-      return sha;
-    };
-    const first = await embedStored('s1', [await put()]);
+    const embedStored = runtime!.embedder.embedStored!;
+    const first = await embedStored('s1', await storePixels(1));
     expect(first.sizes).toEqual([SIZE * SIZE * 3]);
     const before = proxy.connections();
-
+    const shas = await storePixels(2);
     proxy.silence();
-    const second = await within(embedStored('s1', [await put(), await put()]), 20_000);
-    expect(second).not.toBe('hung');
-    if (second === 'hung') return;
+    const second = await settles(embedStored('s1', shas), 20_000);
     expect(second.sizes).toEqual([SIZE * SIZE * 3, SIZE * SIZE * 3]);
-    expect(second.data.length).toBe(2 * runtime.embedder.dim);
+    expect(second.data.length).toBe(2 * runtime!.embedder.dim);
     expect(proxy.connections()).toBeGreaterThan(before);
   }, 120_000);
 
   it('leave a read that is slow but arriving alone (no new connection, no read sent again)', async () => {
     const embedStored = runtime!.embedder.embedStored!;
-    const tensors = new TensorStore(redis, redisKeys(stack.config.redis.prefix), 3600);
-    const shas: string[] = [];
-    for (let i = 0; i < 4; i++) {
-      const sha = randomBytes(32).toString('hex');
-      await tensors.put('s1', sha, randomBytes(SIZE * SIZE * 3));
-      shas.push(sha);
-    }
+    const shas = await storePixels(4);
     // settle on one connection first
     await embedStored('s1', [shas[0]!]);
     const before = proxy.connections();
     proxy.trickle();
     // 4 × 12 kB at 20 kB/s: about 2.5 s of answer, against 1 s of silence allowed
     const started = performance.now();
-    const r = await within(embedStored('s1', shas), 30_000);
-    expect(r).not.toBe('hung');
-    if (r === 'hung') return;
+    const r = await settles(embedStored('s1', shas), 30_000);
     expect(r.sizes).toEqual(shas.map(() => SIZE * SIZE * 3));
     expect(performance.now() - started).toBeGreaterThan(1_500);
     expect(proxy.connections()).toBe(before);

@@ -317,7 +317,7 @@ describe('transferline serve, bounded by bytes', () => {
   const MAX_BYTES = 150_000;
   beforeAll(async () => {
     const config = { ...stack.config, serve: { ...stack.config.serve, maxBytes: MAX_BYTES, batchWaitMs: 1000 }, preprocess: { ...stack.config.preprocess, maxObjectBytes: 10_000_000 } };
-    server = await startClassifierServer({ ...ctx, config }, { model: 'shapes@r1', log, port: 0, threads: 1 });
+    server = await startClassifierServer({ ...ctx, config }, { model: 'shapes@r1', log, port: 0, threads: 1, bodyIdleMs: 5_000 });
   }, 180_000);
   afterAll(async () => {
     await server?.close();
@@ -383,14 +383,47 @@ describe('transferline serve, bounded by bytes', () => {
   it('answers 413, not a 503 to retry for ever, when one multipart request alone is over the budget', async () => {
     const [a, b] = [await noisePng(160, 1), await noisePng(160, 2)];
     expect(a.length + b.length).toBeGreaterThan(MAX_BYTES);
-    const form = new FormData();
-    form.append('a', new Blob([a]), 'a.png');
-    form.append('b', new Blob([b]), 'b.png');
-    const res = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: form });
-    expect(res.status).toBe(413);
-    // the first file is still in the batcher (its forward pass waits 1 s): its bytes are still counted
+    const head = (name: string) => Buffer.from(`--XyZ\r\nContent-Disposition: form-data; name="${name}"; filename="${name}.png"\r\nContent-Type: image/png\r\n\r\n`);
+    /** Sends the first file whole, waits for `between`, then the second. */
+    const twoFiles = async (between: () => Promise<unknown>) => {
+      const req = http.request({ port: server.port, path: '/v1/classify', method: 'POST', agent: false, headers: { 'content-type': 'multipart/form-data; boundary=XyZ' } });
+      const answer = new Promise<{ status: number; body: string }>((resolve, reject) => {
+        req.on('response', (res) => {
+          let body = '';
+          res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode!, body }));
+        });
+        req.on('error', reject);
+      });
+      // the second part's header comes with the first file, so that the first part is known to end
+      req.write(Buffer.concat([head('a'), a, Buffer.from('\r\n'), head('b')]));
+      await between();
+      req.end(Buffer.concat([b, Buffer.from('\r\n--XyZ--\r\n')]));
+      return answer;
+    };
+    // the second file arrives while the first waits in the batcher (its forward pass waits 1 s)
+    const whileHeld = await twoFiles(() => heldBecomes(a.length));
+    expect(whileHeld.status).toBe(413);
+    expect((JSON.parse(whileHeld.body) as { error: { message: string } }).error.message).toMatch(/must fit in TL_SERVE_MAX_BYTES .* send fewer or smaller files/);
+    // the first file is still in the batcher: its bytes are still counted, until it is answered
     expect(await heldBytes()).toBe(a.length);
-    expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/must fit in TL_SERVE_MAX_BYTES .* send fewer or smaller files/);
+    expect(await heldBecomes(0)).toBe(0);
+    // the same request, the second file sent after the first was classified: the same answer
+    const afterFirst = await twoFiles(async () => {
+      await heldBecomes(a.length);
+      return heldBecomes(0);
+    });
+    expect(afterFirst.status).toBe(413);
+    expect(await heldBecomes(0)).toBe(0);
+  });
+
+  it('ends a body that sends nothing (a client that declared 100 kB and stalls gives its room back)', async () => {
+    const stalled = await slowUpload(100_000, 1_000);
+    expect(await heldBecomes(100_000)).toBe(100_000);
+    let timer: NodeJS.Timeout | undefined;
+    const ended = await Promise.race([stalled.answer, new Promise<string>((resolve) => (timer = setTimeout(() => resolve('still open after 15 s'), 15_000)))]);
+    clearTimeout(timer);
+    stalled.req.destroy();
+    expect(ended).toBe(-1); // its connection was ended (after 5 s here), no answer
     expect(await heldBecomes(0)).toBe(0);
   });
 

@@ -35,9 +35,10 @@ export interface ThreadSpec {
     redisUrl: string;
     redisPrefix: string;
     /**
-     * A read unanswered this long on a connection that looks up is taken for a dead one (a NAT or
-     * load balancer that dropped the flow without a reset): the connection is made again and the
-     * read sent again. 30 s by default.
+     * A connection that receives nothing this long while a read waits, though it looks up, is
+     * taken for a dead one (a NAT or load balancer that dropped the flow without a reset): it is
+     * made again and the read sent again. A slow read that keeps arriving is left alone. 30 s by
+     * default.
      */
     stallMs?: number;
   };

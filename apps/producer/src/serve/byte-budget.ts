@@ -1,6 +1,6 @@
 /** Bytes one request (or one part of it) holds of a ByteBudget. */
 export interface ByteHold {
-  /** Adds n bytes if the budget has room and nobody waits for it: false (and nothing taken) otherwise. */
+  /** Adds n bytes if the budget has room and nobody waits for it: false (and nothing taken) otherwise; 0 bytes always. */
   take: (n: number) => boolean;
   /** Adds n bytes whatever the room (bytes that arrived beyond what was reserved for them). */
   add: (n: number) => void;
@@ -16,9 +16,10 @@ export class BudgetWaitError extends Error {
 /**
  * The image bytes `serve` holds at once (bodies arriving, images waiting for their forward pass),
  * across requests: the admission count alone bounds images, and each may be 64 MB. Bodies that
- * clients send take as they arrive and are refused past the budget (503: retry); reads the server
- * makes itself (s3:// keys) wait their turn for room, first come first served, and while one
- * waits no body takes the room it waits for.
+ * clients send take their room at once (a raw body with a declared length) or as they arrive
+ * (multipart parts, chunked bodies), and are refused past the budget (503: retry); reads the
+ * server makes itself (s3:// keys) wait their turn for room, first come first served, and while
+ * one waits no body takes the room it waits for.
  */
 export class ByteBudget {
   private held = 0;

@@ -32,6 +32,22 @@ function once(fn: () => void): () => void {
 
 /** Longest an s3:// key's read waits for room in TL_SERVE_MAX_BYTES before it is answered "overloaded". */
 const KEY_ROOM_DEADLINE_MS = 30_000;
+/** Longest a request body may send nothing: a client that declared a length and stalls gives its room back. */
+const BODY_IDLE_MS = 30_000;
+
+/** Ends `req` when its body sends nothing for `ms` (the room it holds is given back as for any client that leaves). */
+function endStalledBody(req: Request, ms: number): void {
+  const socket = req.socket;
+  const onTimeout = () => req.destroy(new Error(`the client sent nothing for ${ms / 1000} s`));
+  socket.setTimeout(ms);
+  socket.on('timeout', onTimeout);
+  const done = () => {
+    socket.setTimeout(0);
+    socket.off('timeout', onTimeout);
+  };
+  req.once('end', done);
+  req.once('close', done);
+}
 
 /** Longest a retired model waits for the requests that still hold it. */
 const RETIRE_DEADLINE_MS = 30_000;
@@ -133,7 +149,10 @@ function asError(err: unknown): { reason: string; message: string } {
  * `maxQueue` images and `maxBytes` of image bytes are held at once; past either, 503 with
  * Retry-After.
  */
-export async function startClassifierServer(ctx: CliContext, o: { model: string; log: Logger; host?: string; port?: number; threads?: number }): Promise<ClassifierServer> {
+export async function startClassifierServer(
+  ctx: CliContext,
+  o: { model: string; log: Logger; host?: string; port?: number; threads?: number; /** tests: a shorter stall limit for bodies */ bodyIdleMs?: number },
+): Promise<ClassifierServer> {
   const cfg = ctx.config.serve;
   const metrics = createServeMetrics();
   const threads = o.threads ?? Math.max(1, os.availableParallelism());
@@ -150,6 +169,8 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
   const maxBytes = Math.min(ctx.config.preprocess.maxObjectBytes, cfg.maxBytes);
   const limitName = maxBytes < ctx.config.preprocess.maxObjectBytes ? 'TL_SERVE_MAX_BYTES' : 'TL_MAX_OBJECT_BYTES';
   const budget = new ByteBudget(cfg.maxBytes, (held) => metrics.heldBytes.set(held));
+  /** What an image over the limit is told: its size when known. */
+  const tooLarge = (what: string, size?: number) => `${what} is ${size === undefined ? 'over' : `${size} bytes, over`} the limit of ${maxBytes} bytes (${limitName})`;
 
   /** Classifies one image on the model the request holds; bad input is that image's answer, not an exception. */
   const classify = async (model: ServedModel, bytes: Uint8Array): Promise<Classification> => {
@@ -232,11 +253,12 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     // when a newer run is swapped in while its body is still arriving.
     res.on('close', model.hold());
     const modelRef = { dataset: model.meta.dataset, runId: model.meta.runId };
+    endStalledBody(req, o.bodyIdleMs ?? BODY_IDLE_MS);
     if (type.startsWith('multipart/form-data')) return void classifyMultipart(req, res, model, modelRef);
     if (type.startsWith('application/json')) return void classifyKeys(req, res, model, modelRef);
     // raw image bytes: the size is checked as they arrive, so an oversized body is not held
     const declared = Number(req.get('content-length') ?? NaN);
-    if (declared > maxBytes) return void fail(res, 'too-large', `the image is ${declared} bytes; the limit is ${maxBytes} (${limitName})`);
+    if (declared > maxBytes) return void fail(res, 'too-large', tooLarge('the image', declared));
     const slot = admit(res, 1);
     if (!slot) return void req.resume();
     const bytes = budget.hold();
@@ -275,7 +297,7 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     req.on('end', () => {
       void (async () => {
         try {
-          if (over) return fail(res, 'too-large', `the image is over ${maxBytes} bytes (${limitName})`);
+          if (over) return fail(res, 'too-large', tooLarge('the image'));
           if (overloaded) return overBudget(res);
           const body = Buffer.concat(chunks);
           chunks = [];
@@ -303,7 +325,10 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
     const drops = new Set<() => void>();
     let refused = false;
     let tooMany = false;
-    /** bytes of this request's parts held right now */
+    /**
+     * bytes of this request's files so far, all of them: never less when earlier files have been
+     * classified, so whether a request fits TL_SERVE_MAX_BYTES does not depend on timing
+     */
     let own = 0;
     const refuse = (answer: () => void) => {
       refused = true;
@@ -320,11 +345,8 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
       }
       const bytes = budget.hold();
       let chunks: Buffer[] = [];
-      let mine = 0;
       const drop = () => {
         chunks = [];
-        own -= mine;
-        mine = 0;
         bytes.release();
         drops.delete(drop);
       };
@@ -342,7 +364,6 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
         }
         if (!bytes.take(c.length)) return refuse(() => overBudget(res));
         chunks.push(c);
-        mine += c.length;
         own += c.length;
       });
       stream.on('limit', () => {
@@ -359,7 +380,7 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
               resolve({ error: { reason: 'bad-request', message: `${name}: ${broken.message}` } });
             } else if (truncated) {
               metrics.rejected.inc({ reason: 'too-large' });
-              resolve({ error: { reason: 'too-large', message: `${name} is over ${maxBytes} bytes (${limitName})` } });
+              resolve({ error: { reason: 'too-large', message: tooLarge(name) } });
             } else if (refused) {
               drop();
               resolve({ error: { reason: 'overloaded', message: `${name}: not classified, the request was refused` } });
@@ -425,7 +446,7 @@ export async function startClassifierServer(ctx: CliContext, o: { model: string;
                 // Room for what the object is (its size from a HEAD), then the object.
                 const head = await ctx.services.store.headObject(bucket, key);
                 if (!head) throw new ObjectNotFoundError(bucket, key);
-                if (head.size > maxBytes) throw new PermanentError('too-large', `${url} is ${head.size} bytes, over the limit of ${maxBytes} (${limitName})`);
+                if (head.size > maxBytes) throw new PermanentError('too-large', tooLarge(url, head.size));
                 hold = await budget.wait(head.size, { deadlineMs: KEY_ROOM_DEADLINE_MS, signal: gone.signal });
                 if (gone.signal.aborted) throw new BudgetWaitError('the request was abandoned');
                 const bytes = await ctx.services.store.getObject(bucket, key, maxBytes);
