@@ -221,12 +221,19 @@ export class DocumentError extends Error {
   override readonly name = 'DocumentError';
 }
 
+/** The first `n` problems zod found, as `path: message` (for error messages). */
+export function describeIssues(error: z.ZodError, n = 3): string {
+  return error.issues
+    .slice(0, n)
+    .map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`)
+    .join('; ');
+}
+
 /** Parses a stored document, with an error that says which one and what is wrong. */
 export function parseDocument<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
   const r = schema.safeParse(value);
   if (r.success) return r.data;
-  const issues = r.error.issues.slice(0, 3).map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
-  throw new DocumentError(`${where} is not a valid document (${issues.join('; ')}); was it written by another version?`);
+  throw new DocumentError(`${where} is not a valid document (${describeIssues(r.error)}); was it written by another version?`);
 }
 
 /**
@@ -248,7 +255,7 @@ export function parseJsonLines<S extends z.ZodType>(schema: S, text: string): { 
     }
     const r = schema.safeParse(json);
     if (r.success) values.push(r.data);
-    else bad.push({ line: i + 1, reason: r.error.issues.slice(0, 2).map((x) => `${x.path.join('.') || '(root)'}: ${x.message}`).join('; ') });
+    else bad.push({ line: i + 1, reason: describeIssues(r.error, 2) });
   });
   return { values, bad };
 }

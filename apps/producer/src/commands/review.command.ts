@@ -1,4 +1,4 @@
-import { ReviewLine, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
+import { ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { relabelItems, reviewDataset, type RelabelOutcome, type Review } from '../review.service.js';
@@ -14,7 +14,7 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   // What relabel and the console will read back: a line they would refuse is not written.
   for (const l of review.lines) {
     const r = ReviewLine.safeParse(l);
-    if (!r.success) throw new Error(`the review of ${l.key} is not a valid review line (${r.error.issues[0]?.path.join('.')}: ${r.error.issues[0]?.message}); are its cached embeddings finite numbers?`);
+    if (!r.success) throw new Error(`the review of ${l.key} is not a valid review line (${describeIssues(r.error, 1)}); are its cached embeddings finite numbers?`);
   }
   const { bucket } = ctx.config.s3;
   const outputKey = ctx.services.layout.review(o.dataset, new Date().toISOString().replace(/[:.]/g, '-'));
