@@ -1,4 +1,4 @@
-import { DatasetRepository, relabelKey, type ReviewLine } from '@transferline/shared';
+import { DatasetRepository, relabelKey, type ItemRecord, type ReviewLine } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { fitHead, predictProba, type Matrix } from '@transferline/train-worker/head.trainer';
 import type { CliContext } from './cli-context.js';
@@ -120,6 +120,24 @@ export interface RelabelOutcome {
   outcome: 'moved' | 'unchanged' | 'missing';
 }
 
+/** One move, planned: where the object is and where it goes. */
+interface PlannedMove {
+  itemId: string;
+  newId: string;
+  label: string;
+  bucket: string;
+  key: string;
+  newKey: string;
+}
+
+/** A planned move with what it found: the item's record, the record at its destination, and whether only the end of an earlier run is left to do. */
+interface InspectedMove extends PlannedMove {
+  record: ItemRecord | undefined;
+  there: ItemRecord | undefined;
+  /** the new key holds the image and the old object is gone: only the old record is left */
+  finish: boolean;
+}
+
 /**
  * Moves objects to another label folder (server-side copy, then delete) and updates the dataset
  * to match: the item keeps its content hash, so nothing is downloaded or embedded again. The new
@@ -137,10 +155,23 @@ export async function relabelItems(
   moves: { itemId: string; label: string }[],
   onOutcome: (r: RelabelOutcome) => void = () => {},
 ): Promise<RelabelOutcome[]> {
-  const { datasets, store } = ctx.services;
+  const { datasets } = ctx.services;
   if (!(await datasets.exists(dataset))) throw new Error(`no dataset named ${dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
-  const planned: { itemId: string; newId: string; label: string; bucket: string; key: string; newKey: string }[] = [];
   const problems: string[] = [];
+  const inspected = await inspectMoves(ctx, dataset, await planMoves(ctx, dataset, moves, problems), problems);
+  if (problems.length) throw new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
+  const out: RelabelOutcome[] = [];
+  for (const move of inspected) {
+    const r = await applyMove(ctx, dataset, move);
+    out.push(r);
+    onOutcome(r);
+  }
+  return out;
+}
+
+/** Each image once, with its new key; what cannot be a move goes to `problems`. */
+async function planMoves(ctx: CliContext, dataset: string, moves: { itemId: string; label: string }[], problems: string[]): Promise<PlannedMove[]> {
+  const planned: PlannedMove[] = [];
   const targets = new Map<string, string>();
   const named = new Map<string, string>();
   for (const move of moves) {
@@ -152,7 +183,7 @@ export async function relabelItems(
       continue;
     }
     named.set(move.itemId, label);
-    const source = await datasets.sourceOf(dataset, move.itemId);
+    const source = await ctx.services.datasets.sourceOf(dataset, move.itemId);
     if (!source) {
       problems.push(`s3://${move.itemId} is not under a prefix ingested into ${dataset}`);
       continue;
@@ -171,10 +202,15 @@ export async function relabelItems(
     targets.set(newId, move.itemId);
     planned.push({ itemId: move.itemId, newId, label, bucket, key, newKey });
   }
-  // What each move finds: its record, and what is at its destination already.
+  return planned;
+}
+
+/** What each move finds (its record, what is at its destination); a move that would overwrite another image, or lose one, goes to `problems`. */
+async function inspectMoves(ctx: CliContext, dataset: string, planned: PlannedMove[], problems: string[]): Promise<InspectedMove[]> {
+  const { datasets, store } = ctx.services;
   const records = planned.length ? await datasets.getItems(dataset, planned.flatMap((p) => [p.itemId, p.newId])) : [];
-  const found = await Promise.all(
-    planned.map(async (p, i) => {
+  return Promise.all(
+    planned.map(async (p, i): Promise<InspectedMove> => {
       const record = records[2 * i];
       const there = records[2 * i + 1];
       let finish = false;
@@ -185,8 +221,7 @@ export async function relabelItems(
           // only when the new key's object is the one recorded (else the image would be lost).
           // (by content hash; an image not preprocessed yet has none: by ETag, which a copy keeps)
           const sameContent = record.sha256 !== undefined || there.sha256 !== undefined ? there.sha256 === record.sha256 : there.etag !== undefined && there.etag === record.etag;
-          const same = there.label === p.label && sameContent;
-          if (!same) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`);
+          if (there.label !== p.label || !sameContent) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`);
           else {
             const [source, target] = await Promise.all([store.headObject(p.bucket, p.key), store.headObject(p.bucket, p.newKey)]);
             if (target && target.etag !== there.etag) problems.push(`s3://${p.newId} holds another object than the one recorded for it: ingest the prefix again first`);
@@ -194,38 +229,29 @@ export async function relabelItems(
             else finish = !source;
           }
         } else {
-          // an object not in the dataset: ours only if it is this image's copy (a run cut short after copying)
+          // an object not in the dataset: ours only if it is this image's copy (a run cut short after
+          // copying; S3 gives the copy of an object uploaded in parts another ETag: refused, safely)
           const object = await store.headObject(p.bucket, p.newKey);
           if (object && object.etag !== record.etag) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, an object in the bucket that is not this image`);
         }
       }
-      return { record, there, finish };
+      return { ...p, record, there, finish };
     }),
   );
-  if (problems.length) throw new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
-  const out: RelabelOutcome[] = [];
-  const report = (r: RelabelOutcome) => {
-    out.push(r);
-    onOutcome(r);
-  };
-  for (const [i, { itemId, newId, label, bucket, key, newKey }] of planned.entries()) {
-    const { record, there, finish } = found[i]!;
-    if (!record) {
-      report({ from: itemId, to: newId, label, outcome: there?.label === label ? 'unchanged' : 'missing' });
-      continue;
-    }
-    if (record.label === label) {
-      report({ from: itemId, label, outcome: 'unchanged' });
-      continue;
-    }
-    if (!finish) {
-      const etag = await store.copyObject(bucket, key, newKey);
-      await datasets.putItems(dataset, [[newId, { ...record, label, etag }]]);
-      if (record.sha256) await datasets.rememberHash(newId, etag, record.sha256);
-    } else if (record.sha256 && there?.etag) await datasets.rememberHash(newId, there.etag, record.sha256);
-    await store.deleteObject(bucket, key);
-    await datasets.removeItems(dataset, [itemId]);
-    report({ from: itemId, to: newId, label, outcome: 'moved' });
-  }
-  return out;
+}
+
+/** Makes one checked move: copy, record the new key, delete the old object, forget the old key. */
+async function applyMove(ctx: CliContext, dataset: string, m: InspectedMove): Promise<RelabelOutcome> {
+  const { datasets, store } = ctx.services;
+  const { itemId, newId, label, bucket, key, newKey, record, there, finish } = m;
+  if (!record) return { from: itemId, to: newId, label, outcome: there?.label === label ? 'unchanged' : 'missing' };
+  if (record.label === label) return { from: itemId, label, outcome: 'unchanged' };
+  if (!finish) {
+    const etag = await store.copyObject(bucket, key, newKey);
+    await datasets.putItems(dataset, [[newId, { ...record, label, etag }]]);
+    if (record.sha256) await datasets.rememberHash(newId, etag, record.sha256);
+  } else if (record.sha256 && there?.etag) await datasets.rememberHash(newId, there.etag, record.sha256);
+  await store.deleteObject(bucket, key);
+  await datasets.removeItems(dataset, [itemId]);
+  return { from: itemId, to: newId, label, outcome: 'moved' };
 }
