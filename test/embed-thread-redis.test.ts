@@ -29,8 +29,10 @@ interface SilentProxy {
   url: string;
   /** the connections made so far stop passing anything, without closing */
   silence: () => void;
-  /** answers on the connections made so far arrive slowly: 2 kB every 100 ms */
+  /** answers on the connections made so far arrive slowly: 2 kB every 100 ms (each mode takes the connections made so far; later ones pass) */
   trickle: () => void;
+  /** on the connections made so far, the next `n` bytes of answer pass, then nothing */
+  cutAfter: (n: number) => void;
   connections: () => number;
   close: () => Promise<void>;
 }
@@ -60,7 +62,7 @@ async function startSilentProxy(target: URL): Promise<SilentProxy> {
       }
     },
     trickle: () => {
-      for (const [client, upstream] of pairs) {
+      for (const [client, upstream] of pairs.splice(0)) {
         upstream.unpipe(client);
         const pending: Buffer[] = [];
         // unpipe paused it: a 'data' listener alone would not start it again
@@ -75,6 +77,19 @@ async function startSilentProxy(target: URL): Promise<SilentProxy> {
           }
         }, 100);
         client.on('close', () => clearInterval(timer));
+      }
+    },
+    cutAfter: (n) => {
+      for (const [client, upstream] of pairs.splice(0)) {
+        upstream.unpipe(client);
+        let left = n;
+        // unpipe paused it: a 'data' listener alone would not start it again
+        upstream
+          .on('data', (c: Buffer) => {
+            if (left > 0) client.write(c.subarray(0, left));
+            left -= Math.min(left, c.length);
+          })
+          .resume();
       }
     },
     connections: () => made,
@@ -156,6 +171,20 @@ describe("the embed thread's pixel reads", () => {
     expect(proxy.connections()).toBeGreaterThan(before);
   }, 120_000);
 
+  it('make a read again whose connection went silent part way through its answer (ioredis aborts such a pipeline)', async () => {
+    const embedStored = runtime!.embedder.embedStored!;
+    const shas = await storePixels(2);
+    await embedStored('s1', [shas[0]!]);
+    const before = proxy.connections();
+    // the read is a pipeline (MGET of the pixels, HMGET of the index): the whole MGET answer
+    // passes (RESP: *2, then $12288 + bytes for each image), the HMGET answer never comes
+    const mget = 4 + 2 * (`$${SIZE * SIZE * 3}\r\n`.length + SIZE * SIZE * 3 + 2);
+    proxy.cutAfter(mget);
+    const r = await settles(embedStored('s1', shas), 20_000);
+    expect(r.sizes).toEqual([SIZE * SIZE * 3, SIZE * SIZE * 3]);
+    expect(r.data.length).toBe(2 * runtime!.embedder.dim);
+    expect(proxy.connections()).toBeGreaterThan(before);
+  }, 120_000);
   it('leave a read that is slow but arriving alone (no new connection, no read sent again)', async () => {
     const embedStored = runtime!.embedder.embedStored!;
     const shas = await storePixels(4);
@@ -170,4 +199,5 @@ describe("the embed thread's pixel reads", () => {
     expect(performance.now() - started).toBeGreaterThan(1_500);
     expect(proxy.connections()).toBe(before);
   }, 120_000);
+
 });

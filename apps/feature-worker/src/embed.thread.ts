@@ -133,9 +133,10 @@ start(spec).then(
      * again, and ioredis sends the read again on the new one; a read that is slow but arriving
      * is left alone.
      */
-    const guarded = <T>(read: Promise<T>): Promise<T> => {
+    const guarded = async <T>(read: () => Promise<T>, again = true): Promise<T> => {
       let timer: NodeJS.Timeout | undefined;
       let seen: { stream: unknown; bytes: number } | undefined;
+      let cycled = false;
       const watch = () => {
         timer = setTimeout(() => {
           const stream = redis?.stream;
@@ -143,6 +144,7 @@ start(spec).then(
           const silent = now && seen && now.stream === seen.stream && now.bytes === seen.bytes;
           if (silent && (redis!.status === 'ready' || redis!.status === 'connect')) {
             port.postMessage({ type: 'warn', message: `Redis sent nothing for ${stallMs / 1000} s while a pixel read waited, on a connection that looked up: connecting again and reading again` } satisfies ThreadReply);
+            cycled = true;
             redis!.disconnect(true);
             seen = undefined;
           } else seen = now;
@@ -153,7 +155,16 @@ start(spec).then(
       };
       seen = redis?.stream ? { stream: redis.stream, bytes: redis.stream.bytesRead } : undefined;
       watch();
-      return read.finally(() => clearTimeout(timer));
+      try {
+        return await read();
+      } catch (err) {
+        // ioredis sends again what got no answer at all, but aborts a pipeline that was partly
+        // answered when its connection was dropped: that read is made again, once.
+        if (cycled && again && (err as Error).name === 'AbortError') return guarded(read, false);
+        throw err;
+      } finally {
+        clearTimeout(timer);
+      }
     };
     // One forward pass at a time: two runs of the session at once would each bring their own
     // intra-op threads, oversubscribing the cores the threads were sized for. Reading the next
@@ -190,7 +201,7 @@ start(spec).then(
           port.postMessage({ type: 'error', id: m.id, message: 'this embed thread has no pixel source' } satisfies ThreadReply);
           return;
         }
-        forward(m.id, guarded(tensors.getBatch(m.space, m.sha256s, per)));
+        forward(m.id, guarded(() => tensors.getBatch(m.space, m.sha256s, per)));
         return;
       }
       forward(m.id, Promise.resolve({ images: Array.from({ length: m.n }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per)) }));
