@@ -51,6 +51,14 @@ async function startSilentProxy(target: URL): Promise<SilentProxy> {
     all.push(client, upstream);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  /** The connections made so far hand their answers to `relay(client)` instead of straight back (later ones pass). */
+  const relayAnswers = (relay: (client: net.Socket) => (chunk: Buffer) => void) => {
+    for (const [client, upstream] of pairs.splice(0)) {
+      upstream.unpipe(client);
+      // unpipe paused it: a 'data' listener alone would not start it again
+      upstream.on('data', relay(client)).resume();
+    }
+  };
   return {
     url: `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
     silence: () => {
@@ -61,12 +69,9 @@ async function startSilentProxy(target: URL): Promise<SilentProxy> {
         upstream.pause();
       }
     },
-    trickle: () => {
-      for (const [client, upstream] of pairs.splice(0)) {
-        upstream.unpipe(client);
+    trickle: () =>
+      relayAnswers((client) => {
         const pending: Buffer[] = [];
-        // unpipe paused it: a 'data' listener alone would not start it again
-        upstream.on('data', (c: Buffer) => void pending.push(c)).resume();
         const timer = setInterval(() => {
           let room = 2048;
           while (room > 0 && pending.length) {
@@ -77,21 +82,16 @@ async function startSilentProxy(target: URL): Promise<SilentProxy> {
           }
         }, 100);
         client.on('close', () => clearInterval(timer));
-      }
-    },
-    cutAfter: (n) => {
-      for (const [client, upstream] of pairs.splice(0)) {
-        upstream.unpipe(client);
+        return (c) => void pending.push(c);
+      }),
+    cutAfter: (n) =>
+      relayAnswers((client) => {
         let left = n;
-        // unpipe paused it: a 'data' listener alone would not start it again
-        upstream
-          .on('data', (c: Buffer) => {
-            if (left > 0) client.write(c.subarray(0, left));
-            left -= Math.min(left, c.length);
-          })
-          .resume();
-      }
-    },
+        return (c) => {
+          if (left > 0) client.write(c.subarray(0, left));
+          left -= Math.min(left, c.length);
+        };
+      }),
     connections: () => made,
     close: async () => {
       for (const socket of all) socket.destroy();
@@ -158,33 +158,29 @@ afterAll(async () => {
 });
 
 describe("the embed thread's pixel reads", () => {
-  it('come back from a connection that went silent: connected again and read again, the batch embedded', async () => {
-    const embedStored = runtime!.embedder.embedStored!;
-    const first = await embedStored('s1', await storePixels(1));
-    expect(first.sizes).toEqual([SIZE * SIZE * 3]);
-    const before = proxy.connections();
-    const shas = await storePixels(2);
-    proxy.silence();
-    const second = await settles(embedStored('s1', shas), 20_000);
-    expect(second.sizes).toEqual([SIZE * SIZE * 3, SIZE * SIZE * 3]);
-    expect(second.data.length).toBe(2 * runtime!.embedder.dim);
-    expect(proxy.connections()).toBeGreaterThan(before);
-  }, 120_000);
-
-  it('make a read again whose connection went silent part way through its answer (ioredis aborts such a pipeline)', async () => {
+  /** Two images read while `fault` breaks the connection the thread settled on: both come back, over a new connection. */
+  const readsThrough = async (fault: () => void) => {
     const embedStored = runtime!.embedder.embedStored!;
     const shas = await storePixels(2);
-    await embedStored('s1', [shas[0]!]);
+    expect((await embedStored('s1', [shas[0]!])).sizes).toEqual([SIZE * SIZE * 3]); // settle on one connection first
     const before = proxy.connections();
-    // the read is a pipeline (MGET of the pixels, HMGET of the index): the whole MGET answer
-    // passes (RESP: *2, then $12288 + bytes for each image), the HMGET answer never comes
-    const mget = 4 + 2 * (`$${SIZE * SIZE * 3}\r\n`.length + SIZE * SIZE * 3 + 2);
-    proxy.cutAfter(mget);
+    fault();
     const r = await settles(embedStored('s1', shas), 20_000);
     expect(r.sizes).toEqual([SIZE * SIZE * 3, SIZE * SIZE * 3]);
     expect(r.data.length).toBe(2 * runtime!.embedder.dim);
     expect(proxy.connections()).toBeGreaterThan(before);
+  };
+
+  it('come back from a connection that went silent: connected again and read again, the batch embedded', async () => {
+    await readsThrough(() => proxy.silence());
   }, 120_000);
+
+  it('make a read again whose connection went silent part way through its answer (ioredis aborts such a pipeline)', async () => {
+    // the read is a pipeline (MGET of the pixels, HMGET of the index): the whole MGET answer
+    // passes (RESP: *2, then $12288 + bytes for each image), the HMGET answer never comes
+    await readsThrough(() => proxy.cutAfter(4 + 2 * (`$${SIZE * SIZE * 3}\r\n`.length + SIZE * SIZE * 3 + 2)));
+  }, 120_000);
+
   it('leave a read that is slow but arriving alone (no new connection, no read sent again)', async () => {
     const embedStored = runtime!.embedder.embedStored!;
     const shas = await storePixels(4);

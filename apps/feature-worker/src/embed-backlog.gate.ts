@@ -15,8 +15,8 @@ export interface Room {
  * and polls (typically while embed catches up, or while the embed workers are still loading
  * their model). It is put back for later, without spending an attempt, when its space has no
  * live embed worker and another space has some (a space nobody serves cannot hold the preprocess
- * slots that the others need), and when its process stops. Reservations expire (a process that dies while holding
- * one frees it within RESERVATION_MS).
+ * slots that the others need), and when its process stops. Reservations expire (a process that
+ * dies while holding one frees it within RESERVATION_MS).
  */
 export class EmbedBacklogGate {
   private static readonly RESERVATION_MS = 60_000;

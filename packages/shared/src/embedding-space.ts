@@ -4,6 +4,7 @@ import type { Redis } from 'ioredis';
 import type { Config } from './config.js';
 import { EmbeddingSpace, EmbedWorkerInfo, parseDocument } from './documents.js';
 import type { RedisKeys } from './keys.js';
+import { RedisScript } from './redis.client.js';
 
 /** EfficientNet-B0's input side and embedding length. */
 export const EFFICIENTNET_B0 = { inputSize: 224, dim: 1280 } as const;
@@ -48,7 +49,7 @@ export interface ResolvedSpace {
 
 // Heartbeats use Redis's clock, so machines whose clocks disagree still agree on who is alive.
 // Each beat publishes the space again, so the registry heals itself if Redis lost its data.
-const BEAT = `
+const BEAT = new RedisScript('tlEmbedWorkerBeat', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
@@ -59,11 +60,11 @@ for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
 end
-return now`;
-const LIVE = `
+return now`, 3);
+const LIVE = new RedisScript('tlLiveEmbedWorkers', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')`;
+return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')`, 1);
 
 /**
  * The embedding spaces of a deployment, as cluster state in Redis: embed workers publish the
@@ -100,7 +101,7 @@ export class SpaceRegistry {
 
   /** Embed workers whose heartbeat is recent. */
   async liveWorkers(): Promise<EmbedWorkerInfo[]> {
-    const ids = (await this.redis.eval(LIVE, 1, this.keys.embedWorkers(), this.ttlMs)) as string[];
+    const ids = (await LIVE.run(this.redis, [this.keys.embedWorkers()], [this.ttlMs])) as string[];
     if (ids.length === 0) return [];
     const raw = await this.redis.hmget(this.keys.embedWorkerInfo(), ...ids);
     return raw.flatMap((r) => (r === null ? [] : [parseDocument(EmbedWorkerInfo, JSON.parse(r), 'an embed worker heartbeat')]));
@@ -125,7 +126,7 @@ export class SpaceRegistry {
       startedAt: new Date().toISOString(),
     };
     const beat = () =>
-      this.redis.eval(BEAT, 3, this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces(), info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space));
+      BEAT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces()], [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space)]);
     await beat();
     const timer = setInterval(() => void beat().catch(onError), Math.max(500, Math.floor(this.ttlMs / 3)));
     timer.unref();
