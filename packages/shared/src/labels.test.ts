@@ -60,4 +60,12 @@ describe('relabelKey', () => {
     expect(() => relabelKey('photos/', 'photos/1.jpg', 'dog')).toThrow(/not in a label folder/);
     expect(() => relabelKey('photos/', 'photos/cat/1.jpg', 'a/b')).toThrow(/cannot be empty or contain/);
   });
+  it('refuses a label that would make the key longer than S3 allows (1,024 bytes of UTF-8)', () => {
+    const key = `photos/cat/${'x'.repeat(1000)}.jpg`;
+    expect(relabelKey('photos/', key, 'dogs')).toHaveLength(1016);
+    expect(relabelKey('photos/', key, 'dogs'.padEnd(12, 's'))).toHaveLength(1024);
+    // 13 characters, or 4 of them taking 3 bytes each
+    expect(() => relabelKey('photos/', key, 'dogs'.padEnd(13, 's'))).toThrow(/would be 1025 bytes long, and S3 keys are at most 1024: choose a shorter label/);
+    expect(() => relabelKey('photos/', key, 'é'.repeat(7))).toThrow(/would be 1026 bytes/);
+  });
 });

@@ -53,6 +53,9 @@ export function itemFromKey(prefix: string, key: string): { label: string; split
   return { label: first };
 }
 
+/** The longest object key S3 accepts, in bytes of UTF-8. */
+export const S3_MAX_KEY_BYTES = 1024;
+
 /**
  * The key an object gets when it moves to label folder `label`: the folder `itemFromKey` read its
  * label from is renamed, everything else (prefix, split folder, sub-folders, file name) is kept.
@@ -64,5 +67,8 @@ export function relabelKey(prefix: string, key: string, label: string): string {
   const parts = key.slice(prefix.length).split('/');
   const at = !splitOfPrefix(prefix) && item.split ? 1 : 0;
   parts[at] = label;
-  return `${prefix}${parts.join('/')}`;
+  const moved = `${prefix}${parts.join('/')}`;
+  const bytes = Buffer.byteLength(moved);
+  if (bytes > S3_MAX_KEY_BYTES) throw new Error(`the new key would be ${bytes} bytes long, and S3 keys are at most ${S3_MAX_KEY_BYTES}: choose a shorter label`);
+  return moved;
 }

@@ -2,6 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SignatureV4 } from '@smithy/signature-v4';
+import { S3_MAX_KEY_BYTES } from '@transferline/shared/labels';
 import { Sha256 } from '@transferline/shared/s3-signing';
 
 /**
@@ -27,7 +28,6 @@ export interface GateRefusal {
 }
 
 const MAX_SKEW_MS = 15 * 60_000;
-const MAX_KEY_BYTES = 1024;
 /** s3rver stores a key as `<dir>/<bucket>/<key>._S3rver_object` (and siblings): room for the suffix under NAME_MAX. */
 const MAX_SEGMENT_BYTES = 200;
 
@@ -53,7 +53,7 @@ export function checkKey(rawPath: string): GateRefusal | null {
   if (slash < 0) return null; // the service or a bucket
   const key = decoded.slice(slash + 1);
   if (key === '') return null;
-  if (Buffer.byteLength(key) > MAX_KEY_BYTES) return refuse(400, 'KeyTooLongError', `Your key is too long: ${Buffer.byteLength(key)} bytes, at most ${MAX_KEY_BYTES}.`);
+  if (Buffer.byteLength(key) > S3_MAX_KEY_BYTES) return refuse(400, 'KeyTooLongError', `Your key is too long: ${Buffer.byteLength(key)} bytes, at most ${S3_MAX_KEY_BYTES}.`);
   for (const segment of key.split('/')) {
     if (segment === '.' || segment === '..') return refuse(400, 'InvalidArgument', 'Object keys with "." or ".." segments are not supported by this server.');
     if (Buffer.byteLength(segment) > MAX_SEGMENT_BYTES) return refuse(400, 'KeyTooLongError', `A part of the key between slashes is too long: over ${MAX_SEGMENT_BYTES} bytes, which this server cannot store.`);
