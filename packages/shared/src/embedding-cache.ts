@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import pMap from 'p-map';
 import { bucketLayout, type BucketLayout } from './bucket-layout.js';
 import { parseDocument, ShardManifest } from './documents.js';
 import { decodeNpyFloat32, encodeNpyFloat32 } from './npy.format.js';
@@ -109,23 +110,18 @@ export class EmbeddingCache {
     }
     let dim = 0;
     let outputs: Float32Array[] = [];
-    const shardIds = [...byShard.keys()];
-    let next = 0;
-    const worker = async () => {
-      while (next < shardIds.length) {
-        const shardId = shardIds[next++]!;
-        const npy = decodeNpyFloat32(await this.store.getObject(this.bucket, this.shardKey(embedderId, shardId, 'npy')));
-        if (dim === 0) {
-          dim = npy.cols;
-          outputs = lists.map((l) => new Float32Array(l.length * dim));
-        } else if (npy.cols !== dim) throw new Error(`shard ${shardId} has dim ${npy.cols}, expected ${dim}`);
-        for (const { list, row, out } of byShard.get(shardId)!) {
-          if (row >= npy.rows) throw new Error(`shard ${shardId} has ${npy.rows} rows; index points at row ${row}`);
-          outputs[list]!.set(npy.data.subarray(row * dim, (row + 1) * dim), out * dim);
-        }
+    const read = async (shardId: string) => {
+      const npy = decodeNpyFloat32(await this.store.getObject(this.bucket, this.shardKey(embedderId, shardId, 'npy')));
+      if (dim === 0) {
+        dim = npy.cols;
+        outputs = lists.map((l) => new Float32Array(l.length * dim));
+      } else if (npy.cols !== dim) throw new Error(`shard ${shardId} has dim ${npy.cols}, expected ${dim}`);
+      for (const { list, row, out } of byShard.get(shardId)!) {
+        if (row >= npy.rows) throw new Error(`shard ${shardId} has ${npy.rows} rows; index points at row ${row}`);
+        outputs[list]!.set(npy.data.subarray(row * dim, (row + 1) * dim), out * dim);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(parallel, shardIds.length) }, worker));
+    await pMap(byShard.keys(), read, { concurrency: parallel });
     return lists.map((l, i) => ({ data: outputs[i] ?? new Float32Array(0), rows: l.length, dim }));
   }
 

@@ -1,3 +1,4 @@
+import pMap from 'p-map';
 import { LatestDoc, ReportDoc } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 
@@ -50,10 +51,7 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
   }
   // A few reads at a time, not one after another: hundreds of runs on a remote S3 would take
   // longer than the console gives a page.
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(READS_AT_ONCE, keys.length) }, async () => {
-    while (next < keys.length) await read(keys[next++]!);
-  }));
+  await pMap(keys, read, { concurrency: READS_AT_ONCE });
   for (const r of runs) r.latest = latest.get(r.dataset) === r.runId;
   return runs.sort((a, b) => a.dataset.localeCompare(b.dataset) || b.createdAt.localeCompare(a.createdAt));
 }

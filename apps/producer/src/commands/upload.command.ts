@@ -1,5 +1,6 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
+import pMap from 'p-map';
 import { parseS3Url } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
@@ -26,16 +27,12 @@ export async function uploadCommand(ctx: CliContext, dir: string, url: string, p
   await ctx.services.store.ensureBucket(bucket);
   const bar = createProgress('uploading');
   let done = 0;
-  let next = 0;
-  const worker = async () => {
-    while (next < files.length) {
-      const rel = files[next++]!;
-      await ctx.services.store.putObject(bucket, `${prefix}${rel}`, await readFile(path.join(dir, rel)), contentType(rel));
-      bar.update(++done, files.length, rel);
-    }
+  const upload = async (rel: string) => {
+    await ctx.services.store.putObject(bucket, `${prefix}${rel}`, await readFile(path.join(dir, rel)), contentType(rel));
+    bar.update(++done, files.length, rel);
   };
   try {
-    await Promise.all(Array.from({ length: Math.min(parallel, files.length) }, worker));
+    await pMap(files, upload, { concurrency: parallel });
   } finally {
     bar.stop();
   }
