@@ -1,4 +1,5 @@
-import { DatasetRepository, relabelKey, type ItemRecord, type ReviewLine } from '@transferline/shared';
+import pMap from 'p-map';
+import { DatasetRepository, ObjectRefusedError, contentHash, relabelKey, type ItemRecord, type ObjectInfo, type ReviewLine } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { fitHead, predictProba, type Matrix } from '@transferline/train-worker/head.trainer';
 import type { CliContext } from './cli-context.js';
@@ -205,39 +206,82 @@ async function planMoves(ctx: CliContext, dataset: string, moves: { itemId: stri
   return planned;
 }
 
-/** What each move finds (its record, what is at its destination); a move that would overwrite another image, or lose one, goes to `problems`. */
+/** How many moves are inspected at once (each a HEAD or two; a download or two when ETags cannot tell). */
+const INSPECTIONS_AT_ONCE = 16;
+
+/**
+ * What each move finds (its record, what is at its destination); a move that would overwrite
+ * another image, lose one, or copy bytes other than the ingested ones goes to `problems`.
+ */
 async function inspectMoves(ctx: CliContext, dataset: string, planned: PlannedMove[], problems: string[]): Promise<InspectedMove[]> {
-  const { datasets, store } = ctx.services;
+  const { datasets } = ctx.services;
   const records = planned.length ? await datasets.getItems(dataset, planned.flatMap((p) => [p.itemId, p.newId])) : [];
-  return Promise.all(
-    planned.map(async (p, i): Promise<InspectedMove> => {
+  return pMap(
+    planned,
+    async (p, i): Promise<InspectedMove> => {
       const record = records[2 * i];
       const there = records[2 * i + 1];
-      let finish = false;
-      if (record && record.label !== p.label) {
-        if (there) {
-          // Recorded there with this image's content: an earlier run of this move, cut short after
-          // recording the new key. Copied again while the old object is there; without it, finished
-          // only when the new key's object is the one recorded (else the image would be lost).
-          // (by content hash; an image not preprocessed yet has none: by ETag, which a copy keeps)
-          const sameContent = record.sha256 !== undefined || there.sha256 !== undefined ? there.sha256 === record.sha256 : there.etag !== undefined && there.etag === record.etag;
-          if (there.label !== p.label || !sameContent) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`);
-          else {
-            const [source, target] = await Promise.all([store.headObject(p.bucket, p.key), store.headObject(p.bucket, p.newKey)]);
-            if (target && target.etag !== there.etag) problems.push(`s3://${p.newId} holds another object than the one recorded for it: ingest the prefix again first`);
-            else if (!source && !target) problems.push(`s3://${p.itemId} and s3://${p.newId} are both gone from the bucket: ingest the prefix again`);
-            else finish = !source;
-          }
-        } else {
-          // an object not in the dataset: ours only if it is this image's copy (a run cut short after
-          // copying; S3 gives the copy of an object uploaded in parts another ETag: refused, safely)
-          const object = await store.headObject(p.bucket, p.newKey);
-          if (object && object.etag !== record.etag) problems.push(`s3://${p.itemId} would overwrite s3://${p.newId}, an object in the bucket that is not this image`);
-        }
-      }
-      return { ...p, record, there, finish };
-    }),
+      // nothing to copy: not in the dataset, or under this label already
+      if (!record || record.label === p.label) return { ...p, record, there, finish: false };
+      const found = await checkMove(ctx, dataset, p, record, there);
+      if (found !== 'copy' && found !== 'finish') problems.push(found);
+      return { ...p, record, there, finish: found === 'finish' };
+    },
+    { concurrency: INSPECTIONS_AT_ONCE },
   );
+}
+
+/**
+ * Whether a move can be made: 'copy' (copy, record, delete), 'finish' (an earlier run of it was
+ * cut short after deleting the old object: only the old record is left), or why not.
+ */
+async function checkMove(ctx: CliContext, dataset: string, p: PlannedMove, record: ItemRecord, there: ItemRecord | undefined): Promise<'copy' | 'finish' | string> {
+  const { store } = ctx.services;
+  let source: ObjectInfo | undefined;
+  let target: ObjectInfo | undefined;
+  try {
+    [source, target] = await Promise.all([store.headObject(p.bucket, p.key), store.headObject(p.bucket, p.newKey)]);
+  } catch (err) {
+    // a key S3 will not take (too long for this server, say): the copy would be refused as well
+    if (err instanceof ObjectRefusedError) return `s3://${p.itemId} cannot move to s3://${p.newId}: ${err.message}`;
+    throw err;
+  }
+  // The copy must carry the bytes that were ingested: their content hash goes with them.
+  const changed = `s3://${p.itemId} changed since it was ingested: ingest the prefix again first`;
+  if (there) {
+    // Recorded there with this image's content: an earlier run of this move, cut short after
+    // recording the new key. Copied again while the old object is there; without it, finished
+    // only when the new key's object is the one recorded (else the image would be lost).
+    // (by content hash; an image not preprocessed yet has none: by ETag, else by its bytes)
+    const same =
+      record.sha256 !== undefined || there.sha256 !== undefined
+        ? there.sha256 === record.sha256
+        : there.etag === record.etag || (target !== undefined && target.etag === there.etag && (await holdsImage(ctx, p, record, source, target)));
+    if (there.label !== p.label || !same) return `s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`;
+    if (target && target.etag !== there.etag) return `s3://${p.newId} holds another object than the one recorded for it: ingest the prefix again first`;
+    if (!source && !target) return `s3://${p.itemId} and s3://${p.newId} are both gone from the bucket: ingest the prefix again`;
+    if (!source) return 'finish';
+    return source.etag === record.etag ? 'copy' : changed;
+  }
+  if (!source) return `s3://${p.itemId} is gone from the bucket (deleted since it was ingested?): put it back, or ingest the prefix again`;
+  if (source.etag !== record.etag) return changed;
+  // An object not in the dataset: ours only if it is this image's copy, left by a run cut short after copying.
+  if (target && !(await holdsImage(ctx, p, record, source, target))) return `s3://${p.itemId} would overwrite s3://${p.newId}, an object in the bucket that is not this image`;
+  return 'copy';
+}
+
+/**
+ * Whether the object at the move's new key holds this image's bytes: by ETag, and when the ETags
+ * differ (S3 gives the copy of an object uploaded in parts another ETag) by content: against the
+ * image's content hash, or without one (not preprocessed yet) against the old object's bytes.
+ */
+async function holdsImage(ctx: CliContext, p: PlannedMove, record: ItemRecord, source: ObjectInfo | undefined, target: ObjectInfo): Promise<boolean> {
+  if (target.etag === record.etag) return true;
+  if (!source || source.size !== target.size) return false;
+  const { store } = ctx.services;
+  const max = ctx.config.preprocess.maxObjectBytes;
+  const copied = contentHash(await store.getObject(p.bucket, p.newKey, max, { ifMatch: target.etag }));
+  return copied === (record.sha256 ?? contentHash(await store.getObject(p.bucket, p.key, max, { ifMatch: source.etag })));
 }
 
 /** Makes one checked move: copy, record the new key, delete the old object, forget the old key. */

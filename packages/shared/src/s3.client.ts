@@ -59,6 +59,17 @@ export class ObjectChangedError extends Error {
   }
 }
 
+/**
+ * S3 refused a request about this key with a client error other than 404 (a key it cannot
+ * store, no permission): asking again will not help. A HEAD's answer has no body to say why.
+ */
+export class ObjectRefusedError extends Error {
+  override readonly name = 'ObjectRefusedError';
+  constructor(readonly bucket: string, readonly key: string, readonly status: number, code: string) {
+    super(`S3 refused s3://${bucket}/${key}: HTTP ${status}${code === 'UnknownError' ? '' : ` (${code})`}`);
+  }
+}
+
 /** `s3://bucket/some/prefix/` → `{ bucket, prefix }` (prefix normalised to end with `/` or be empty). */
 export function parseS3Url(url: string): { bucket: string; prefix: string } {
   const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(url);
@@ -234,6 +245,8 @@ export class ObjectStore {
       return { key, size: res.ContentLength ?? 0, etag: stripQuotes(res.ETag) };
     } catch (err) {
       if (isNotFound(err)) return undefined;
+      const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
+      if (status !== undefined && status >= 400 && status < 500) throw new ObjectRefusedError(bucket, key, status, (err as Error).name);
       throw err;
     }
   }
