@@ -109,3 +109,46 @@ export class ByteBudget {
     this.onChange(this.held);
   }
 }
+
+/**
+ * One body (or one multipart part) as it arrives: its chunks, and the room they take in a
+ * ByteBudget, taken for the declared length at once (`reserve`) or chunk by chunk (`push`).
+ */
+export class HeldBody {
+  private chunks: Buffer[] = [];
+  private readonly hold: ByteHold;
+  private reserved = false;
+
+  constructor(budget: ByteBudget) {
+    this.hold = budget.hold();
+  }
+
+  /** Takes room for the whole body (its declared length) before it arrives: false when there is none. */
+  reserve(n: number): boolean {
+    this.reserved = this.hold.take(n);
+    return this.reserved;
+  }
+
+  /** Keeps a chunk when its bytes fit (reserved, or room taken now); when they do not, drops everything kept and says false. */
+  push(chunk: Buffer): boolean {
+    if (!this.reserved && !this.hold.take(chunk.length)) {
+      this.drop();
+      return false;
+    }
+    this.chunks.push(chunk);
+    return true;
+  }
+
+  /** The body in one buffer; its room stays held until `drop` (the image waits for its forward pass). */
+  take(): Buffer {
+    const body = Buffer.concat(this.chunks);
+    this.chunks = [];
+    return body;
+  }
+
+  /** Forgets the chunks and gives the room back; later calls do nothing. */
+  drop(): void {
+    this.chunks = [];
+    this.hold.release();
+  }
+}

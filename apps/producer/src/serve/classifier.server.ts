@@ -12,7 +12,7 @@ import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
 import { createServeMetrics, ObjectNotFoundError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
-import { BudgetWaitError, ByteBudget, type ByteHold } from './byte-budget.js';
+import { BudgetWaitError, ByteBudget, HeldBody, type ByteHold } from './byte-budget.js';
 
 /** What one image gets back. */
 export type Classification = { label: string; probabilities: Record<string, number> } | { error: { reason: string; message: string } };
@@ -261,33 +261,26 @@ export async function startClassifierServer(
     if (declared > maxBytes) return void fail(res, 'too-large', tooLarge('the image', declared));
     const slot = admit(res, 1);
     if (!slot) return void req.resume();
-    const bytes = budget.hold();
+    const body = new HeldBody(budget);
     // With a declared length its room is taken at once, so a refusal comes before the upload, not after it.
-    const reserved = Number.isFinite(declared);
-    if (reserved && !bytes.take(declared)) {
+    if (Number.isFinite(declared) && !body.reserve(declared)) {
       slot();
       // answered now; the rest of the body is read and dropped (closing instead would reset the
       // connection under a client still sending, which then sees no 503 at all)
       overBudget(res);
       return void req.resume();
     }
-    const release = () => (slot(), bytes.release());
-    let chunks: Buffer[] = [];
+    const release = () => (slot(), body.drop());
     let size = 0;
-    let over = false;
-    let overloaded = false;
+    let refused: 'too-large' | 'overloaded' | undefined;
     req.on('data', (c: Buffer) => {
       size += c.length;
-      if (over || overloaded) return;
+      if (refused) return;
       if (size > maxBytes) {
-        over = true;
-        chunks = [];
-        return void bytes.release();
+        refused = 'too-large';
+        return void body.drop();
       }
-      if (reserved || bytes.take(c.length)) return void chunks.push(c);
-      overloaded = true;
-      chunks = [];
-      bytes.release();
+      if (!body.push(c)) refused = 'overloaded';
     });
     // A client that goes away mid-body: no 'end' comes.
     req.on('error', release);
@@ -297,11 +290,9 @@ export async function startClassifierServer(
     req.on('end', () => {
       void (async () => {
         try {
-          if (over) return fail(res, 'too-large', tooLarge('the image'));
-          if (overloaded) return overBudget(res);
-          const body = Buffer.concat(chunks);
-          chunks = [];
-          const r = await classify(model, body);
+          if (refused === 'too-large') return fail(res, 'too-large', tooLarge('the image'));
+          if (refused === 'overloaded') return overBudget(res);
+          const r = await classify(model, body.take());
           if ('error' in r) res.status(statusOf(r.error.reason)).json({ ...r, model: modelRef });
           else res.json({ ...r, model: modelRef });
         } finally {
@@ -343,11 +334,9 @@ export async function startClassifierServer(
         refused = true;
         return void stream.resume();
       }
-      const bytes = budget.hold();
-      let chunks: Buffer[] = [];
+      const body = new HeldBody(budget);
       const drop = () => {
-        chunks = [];
-        bytes.release();
+        body.drop();
         drops.delete(drop);
       };
       drops.add(drop);
@@ -362,8 +351,7 @@ export async function startClassifierServer(
           // this request alone is over the budget: no retry would pass
           return refuse(() => !res.headersSent && fail(res, 'too-large', `the files of one request must fit in TL_SERVE_MAX_BYTES (${cfg.maxBytes} bytes) at once: send fewer or smaller files per request`));
         }
-        if (!bytes.take(c.length)) return refuse(() => overBudget(res));
-        chunks.push(c);
+        if (!body.push(c)) return refuse(() => overBudget(res));
         own += c.length;
       });
       stream.on('limit', () => {
@@ -385,11 +373,9 @@ export async function startClassifierServer(
               drop();
               resolve({ error: { reason: 'overloaded', message: `${name}: not classified, the request was refused` } });
             } else {
-              const body = Buffer.concat(chunks);
-              chunks = [];
               // in the batcher now: its bytes stay held until it is answered, whatever a later part does
               drops.delete(drop);
-              resolve(classify(model, body).finally(drop));
+              resolve(classify(model, body.take()).finally(drop));
             }
           }),
         ),
