@@ -83,6 +83,26 @@ describe('Lua scripts run by SHA', () => {
     expect((await repo.getItems('d1', ['b/a', 'b/b', 'b/c', 'b/d'])).map((r) => r?.etag)).toEqual(['e1', 'e2', 'e3', 'e4']);
   });
 
+  it('tells a MULTI from a pipeline by ioredis\'s count of open transactions, and without it sends EVAL', async () => {
+    const redis = connect();
+    const repo = new DatasetRepository(redis, redisKeys(`scripts-tx-${Date.now()}`));
+    await repo.putItem('d1', 'b/a', record(1)); // the script is defined on this connection
+    const sent = async (pipe: ReturnType<Redis['pipeline']>) => {
+      const before = await evalCalls(redis);
+      await repo.putItems('d1', [['b/b', record(2)]], pipe);
+      await pipe.exec();
+      const after = await evalCalls(redis);
+      return { eval: after.eval - before.eval, evalsha: after.evalsha - before.evalsha };
+    };
+    // the private field RedisScript reads: if an ioredis upgrade renames it, this fails first
+    expect((redis.pipeline() as unknown as { _transactions?: unknown })._transactions).toBe(0);
+    expect(await sent(redis.pipeline())).toEqual({ eval: 0, evalsha: 1 });
+    expect(await sent(redis.multi())).toEqual({ eval: 1, evalsha: 0 });
+    const unknown = redis.pipeline();
+    delete (unknown as unknown as { _transactions?: unknown })._transactions;
+    expect(await sent(unknown)).toEqual({ eval: 1, evalsha: 0 });
+  });
+
   it('a pipeline of a connection the repository was not made with still writes (by EVAL)', async () => {
     const redis = connect();
     const other = connect();

@@ -125,7 +125,10 @@ export class RedisScript {
    */
   queue(pipe: ChainableCommander, keys: ScriptArg[], args: ScriptArg[]): void {
     this.check(keys);
-    const transaction = ((pipe as unknown as { _transactions?: number })._transactions ?? 0) > 0;
+    // ioredis counts a pipeline's open MULTIs in a private field (a test pins it); were it ever
+    // gone, every pipeline is taken for a transaction: EVAL is right everywhere, EVALSHA is not.
+    const open = (pipe as unknown as { _transactions?: unknown })._transactions;
+    const transaction = typeof open !== 'number' || open > 0;
     const command = transaction ? undefined : (pipe as unknown as Callable)[this.name];
     if (command) command.call(pipe, ...keys, ...args);
     else pipe.eval(this.lua, this.numberOfKeys, ...keys, ...args);
