@@ -281,6 +281,22 @@ describe('the embedded S3 server', () => {
     }
   });
 
+  it('copies only the content a copy asks for (x-amz-copy-source-if-match), as S3 does', async () => {
+    await store.putObject(bucket, 'cond/a.txt', 'first');
+    const { etag } = (await store.headObject(bucket, 'cond/a.txt'))!;
+    expect(await store.copyObject(bucket, 'cond/a.txt', 'cond/b.txt', { ifMatch: etag })).toBe(etag);
+    await store.putObject(bucket, 'cond/a.txt', 'replaced');
+    await expect(store.copyObject(bucket, 'cond/a.txt', 'cond/c.txt', { ifMatch: etag })).rejects.toThrow(/s3:\/\/photos\/cond\/a\.txt changed after it was listed/);
+    expect(await store.headObject(bucket, 'cond/c.txt')).toBeUndefined();
+    // awscli, as a user would ask
+    const refused = await aws(['s3api', 'copy-object', '--bucket', bucket, '--key', 'cond/d.txt', '--copy-source', `${bucket}/cond/a.txt`, '--copy-source-if-match', `"${etag}"`]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.out).toMatch(/PreconditionFailed/);
+    const now = (await store.headObject(bucket, 'cond/a.txt'))!.etag;
+    expect((await aws(['s3api', 'copy-object', '--bucket', bucket, '--key', 'cond/d.txt', '--copy-source', `${bucket}/cond/a.txt`, '--copy-source-if-match', `"${now}"`])).code).toBe(0);
+    expect((await store.getObject(bucket, 'cond/d.txt')).toString()).toBe('replaced');
+  });
+
   it('lists 2,500 keys (continuation tokens past the first 1,000)', async () => {
     const keys = Array.from({ length: 2500 }, (_, i) => `many/k${String(i).padStart(5, '0')}.txt`);
     for (let i = 0; i < keys.length; i += 50) await Promise.all(keys.slice(i, i + 50).map((k) => store.putObject(bucket, k, Buffer.from(k))));

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,6 +27,18 @@ let ctx: CliContext;
 const sink = { write: () => true } as unknown as NodeJS.WritableStream;
 /** the keys put under a wrong label, with their true label */
 const flipped = new Map<string, SampleClass>();
+/** Where the S3 server keeps an object's bytes (`<key>._S3rver_object`) and ETag (`….md5`). */
+const stored = (key: string) => path.join(stack.dataDir, 's3', bucket, `${key}._S3rver_object`);
+/**
+ * Gives an object the ETag S3 gives one uploaded in parts ("<MD5 of the parts' MD5s>-<parts>"):
+ * this server stores every object under the plain MD5 of its bytes, and a copy gets the plain MD5.
+ */
+async function uploadedInParts(key: string): Promise<string> {
+  const etag = `${createHash('md5').update(key).digest('hex')}-2`;
+  await writeFile(`${stored(key)}.md5`, etag);
+  expect((await ctx.services.store.headObject(bucket, key))?.etag).toBe(etag);
+  return etag;
+}
 
 beforeAll(async () => {
   stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '8', TL_EMBED_BATCH_WAIT_MS: '50' });
@@ -179,7 +192,7 @@ describe('review and relabel', () => {
     try {
       const r = await runCli(['relabel', '-d', 'noisy', '--from-review', `s3://${stack.config.s3.bucket}/${file}`], stack.env);
       expect(r.code).toBe(1);
-      expect(r.stderr).toMatch(/nothing was moved: s3:\/\/review-photos\/train\/triangle\/triangle-4\.jpg cannot move to s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: S3 refused s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: HTTP 400/);
+      expect(r.stderr).toMatch(/nothing was moved: s3:\/\/review-photos\/train\/triangle\/triangle-4\.jpg cannot be moved to s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: S3 refused s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: HTTP 400$/m);
       expect(await ctx.services.store.headObject(bucket, 'train/triangle/triangle-3.jpg')).toBeDefined();
     } finally {
       await ctx.services.store.deleteObject(stack.config.s3.bucket, file);
@@ -216,9 +229,7 @@ describe('review and relabel', () => {
     // copy of it the plain MD5 of its bytes. This server stores every object under its plain MD5:
     // the old object is given the ETag S3 would have (in the server's own file for it), and the
     // dataset records it, as an ingest would have listed it.
-    const multipart = `${createHash('md5').update('parts').digest('hex')}-2`;
-    await writeFile(path.join(stack.dataDir, 's3', bucket, `${from}._S3rver_object.md5`), multipart);
-    expect((await ctx.services.store.headObject(bucket, from))?.etag).toBe(multipart);
+    const multipart = await uploadedInParts(from);
     await ctx.services.datasets.putItems('noisy', [[`${bucket}/${from}`, { ...record!, etag: multipart }]]);
     // what a run cut short after copying left: the same bytes at the new key, under a plain MD5
     const bytes = await ctx.services.store.getObject(bucket, from);
@@ -232,6 +243,85 @@ describe('review and relabel', () => {
     expect((await ctx.services.store.getObject(bucket, to)).equals(bytes)).toBe(true);
     expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/${to}`]))[0]).toMatchObject({ label: 'circle', sha256: record!.sha256 });
   }, 120_000);
+
+  it('does not copy an object replaced after the checks (the copy asks S3 for the content ingested)', async () => {
+    const first = `s3://${bucket}/train/circle/circle-5.jpg`;
+    const second = 'train/circle/circle-6.jpg';
+    const other = await renderSample('square', 94, 21, 128);
+    // another upload lands on the second image's key once the first move is made and printed
+    // (written straight into the server's files: it must happen before the next request)
+    let printed = '';
+    const out = {
+      write: (text: string) => {
+        printed += text;
+        if (text.includes('moved s3://review-photos/train/circle/circle-5.jpg')) {
+          writeFileSync(stored(second), other);
+          writeFileSync(`${stored(second)}.md5`, createHash('md5').update(other).digest('hex'));
+        }
+        return true;
+      },
+    } as unknown as NodeJS.WritableStream;
+    const own = await openCliContext(stack.config, out);
+    try {
+      await expect(relabelCommand(own, { dataset: 'noisy', keys: [first, `s3://${bucket}/${second}`], to: 'triangle' })).rejects.toThrow(/s3:\/\/review-photos\/train\/circle\/circle-6\.jpg changed after it was listed/);
+    } finally {
+      await own.close();
+    }
+    expect(printed).toMatch(/relabel noisy stopped after 1 of 2: 1 moved/);
+    expect(await ctx.services.store.headObject(bucket, 'train/triangle/circle-6.jpg')).toBeUndefined();
+    expect((await ctx.services.store.getObject(bucket, second)).equals(other)).toBe(true);
+    expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/train/triangle/circle-6.jpg`]))[0]).toBeUndefined();
+  }, 120_000);
+
+  it('a move cut short, recorded at the new key, whose old object was replaced since: refused', async () => {
+    const from = 'train/circle/circle-7.jpg';
+    const to = 'train/square/circle-7.jpg';
+    const [record] = await ctx.services.datasets.getItems('noisy', [`${bucket}/${from}`]);
+    const etag = await ctx.services.store.copyObject(bucket, from, to);
+    await ctx.services.datasets.putItems('noisy', [[`${bucket}/${to}`, { ...record!, label: 'square', etag }]]);
+    await ctx.services.store.putObject(bucket, from, await renderSample('triangle', 93, 21, 128));
+    const r = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'square'], stack.env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/nothing was moved: s3:\/\/review-photos\/train\/circle\/circle-7\.jpg changed since it was ingested: ingest the prefix again first/);
+    expect(await ctx.services.store.headObject(bucket, from)).toBeDefined();
+  }, 120_000);
+
+  describe('an image not preprocessed yet (no content hash), uploaded in parts, moved by a run cut short after recording the new key', () => {
+    /** The state such a run leaves: the copy at the new key (another ETag), recorded there; the old object and record still there. */
+    async function cutShort(name: string): Promise<{ from: string; to: string; bytes: Buffer }> {
+      const from = `train/square/${name}.jpg`;
+      const to = `train/circle/${name}.jpg`;
+      const bytes = await renderSample('square', 92, 21, 128);
+      await ctx.services.store.putObject(bucket, from, bytes);
+      const etag = await uploadedInParts(from);
+      await ctx.services.datasets.putItems('noisy', [[`${bucket}/${from}`, { label: 'square', etag, space: stack.space.id, state: 'queued' }]]);
+      await ctx.services.store.putObject(bucket, to, bytes); // what S3's copy would be: the plain MD5
+      const copied = (await ctx.services.store.headObject(bucket, to))!.etag;
+      expect(copied).not.toBe(etag);
+      await ctx.services.datasets.putItems('noisy', [[`${bucket}/${to}`, { label: 'circle', etag: copied, space: stack.space.id, state: 'queued' }]]);
+      return { from, to, bytes };
+    }
+
+    it('is finished, known by its bytes against the old object', async () => {
+      const { from, to, bytes } = await cutShort('parts-1');
+      const r = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'circle'], stack.env);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/relabel noisy: 1 moved/);
+      expect(await ctx.services.store.headObject(bucket, from)).toBeUndefined();
+      expect((await ctx.services.store.getObject(bucket, to)).equals(bytes)).toBe(true);
+      expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/${from}`]))[0]).toBeUndefined();
+    }, 120_000);
+
+    it('with the old object gone as well (cut short after deleting it): nothing to compare with, said so, nothing deleted', async () => {
+      const { from, to } = await cutShort('parts-2');
+      await ctx.services.store.deleteObject(bucket, from);
+      const r = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'circle'], stack.env);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/cannot tell whether s3:\/\/review-photos\/train\/circle\/parts-2\.jpg holds the image of s3:\/\/review-photos\/train\/square\/parts-2\.jpg \(S3 gave it another ETag, and there is no content hash or old object to compare it with, or it is over TL_MAX_OBJECT_BYTES\): ingest the prefix again/);
+      expect(await ctx.services.store.headObject(bucket, to)).toBeDefined();
+    }, 120_000);
+  });
 
   it('a review file with a line that is not a review line: relabel refuses it, the console shows the rest and names the line', async () => {
     const good = { key: `s3://${bucket}/train/triangle/triangle-5.jpg`, given: 'triangle', suggested: 'circle', pGiven: 0.1, pSuggested: 0.8, issue: true, uncertainty: 0.2, probabilities: { circle: 0.8, square: 0.1, triangle: 0.1 } };

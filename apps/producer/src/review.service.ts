@@ -1,5 +1,16 @@
 import pMap from 'p-map';
-import { DatasetRepository, ObjectRefusedError, contentHash, relabelKey, type ItemRecord, type ObjectInfo, type ReviewLine } from '@transferline/shared';
+import {
+  DatasetRepository,
+  ObjectChangedError,
+  ObjectNotFoundError,
+  ObjectRefusedError,
+  ObjectTooLargeError,
+  contentHash,
+  relabelKey,
+  type ItemRecord,
+  type ObjectInfo,
+  type ReviewLine,
+} from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { fitHead, predictProba, type Matrix } from '@transferline/train-worker/head.trainer';
 import type { CliContext } from './cli-context.js';
@@ -146,9 +157,10 @@ interface InspectedMove extends PlannedMove {
  * same move again finishes it (or the next ingest reconciles); moving twice is moving once.
  * Every move is checked before the first is made, and none is made when one cannot be: a key
  * outside the dataset's prefixes, a label that cannot be a folder, two moves to one key, a
- * destination that holds another image (in the dataset or only in the bucket). `onOutcome`
- * hears of each move as it is done, so a failure part way (S3 refusing a copy) still leaves the
- * caller knowing what moved.
+ * destination that holds another image (in the dataset or only in the bucket) or that S3 will
+ * not take, an object gone or changed since it was ingested. `onOutcome` hears of each move as
+ * it is done, so a failure part way (S3 or Redis lost, an object replaced meanwhile) still
+ * leaves the caller knowing what moved.
  */
 export async function relabelItems(
   ctx: CliContext,
@@ -243,45 +255,66 @@ async function checkMove(ctx: CliContext, dataset: string, p: PlannedMove, recor
     [source, target] = await Promise.all([store.headObject(p.bucket, p.key), store.headObject(p.bucket, p.newKey)]);
   } catch (err) {
     // a key S3 will not take (too long for this server, say): the copy would be refused as well
-    if (err instanceof ObjectRefusedError) return `s3://${p.itemId} cannot move to s3://${p.newId}: ${err.message}`;
+    if (err instanceof ObjectRefusedError) return `s3://${p.itemId} cannot be moved to s3://${p.newId}: ${err.message}`;
     throw err;
   }
   // The copy must carry the bytes that were ingested: their content hash goes with them.
   const changed = `s3://${p.itemId} changed since it was ingested: ingest the prefix again first`;
+  const overwrites = `s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`;
+  const unknown = `cannot tell whether s3://${p.newId} holds the image of s3://${p.itemId} (S3 gave it another ETag, and there is no content hash or old object to compare it with, or it is over TL_MAX_OBJECT_BYTES): ingest the prefix again`;
   if (there) {
-    // Recorded there with this image's content: an earlier run of this move, cut short after
-    // recording the new key. Copied again while the old object is there; without it, finished
-    // only when the new key's object is the one recorded (else the image would be lost).
-    // (by content hash; an image not preprocessed yet has none: by ETag, else by its bytes)
-    const same =
-      record.sha256 !== undefined || there.sha256 !== undefined
-        ? there.sha256 === record.sha256
-        : there.etag === record.etag || (target !== undefined && target.etag === there.etag && (await holdsImage(ctx, p, record, source, target)));
-    if (there.label !== p.label || !same) return `s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`;
+    // Recorded there: an earlier run of this move, cut short after recording the new key, when
+    // it is this image. Copied again while the old object is there; without it, finished only
+    // when the new key's object is the one recorded (else the image would be lost).
+    if (there.label !== p.label) return overwrites;
     if (target && target.etag !== there.etag) return `s3://${p.newId} holds another object than the one recorded for it: ingest the prefix again first`;
     if (!source && !target) return `s3://${p.itemId} and s3://${p.newId} are both gone from the bucket: ingest the prefix again`;
+    const same = await recordsOneImage(ctx, p, record, there, source, target);
+    if (same === 'unknown') return unknown;
+    if (!same) return overwrites;
     if (!source) return 'finish';
     return source.etag === record.etag ? 'copy' : changed;
   }
   if (!source) return `s3://${p.itemId} is gone from the bucket (deleted since it was ingested?): put it back, or ingest the prefix again`;
   if (source.etag !== record.etag) return changed;
+  if (!target) return 'copy';
   // An object not in the dataset: ours only if it is this image's copy, left by a run cut short after copying.
-  if (target && !(await holdsImage(ctx, p, record, source, target))) return `s3://${p.itemId} would overwrite s3://${p.newId}, an object in the bucket that is not this image`;
-  return 'copy';
+  const ours = await holdsImage(ctx, p, record, source, target);
+  if (ours === 'unknown') return unknown;
+  return ours ? 'copy' : `s3://${p.itemId} would overwrite s3://${p.newId}, an object in the bucket that is not this image`;
+}
+
+/**
+ * Whether the record at the new key is of this image: by content hash when both records have
+ * one, else by ETag (a copy keeps it, unless S3 gave it another), else by the new key's bytes.
+ */
+async function recordsOneImage(ctx: CliContext, p: PlannedMove, record: ItemRecord, there: ItemRecord, source: ObjectInfo | undefined, target: ObjectInfo | undefined): Promise<boolean | 'unknown'> {
+  if (record.sha256 !== undefined && there.sha256 !== undefined) return record.sha256 === there.sha256;
+  if (there.etag === record.etag) return true;
+  // the new key's object is the one recorded there (checked before): compare its bytes
+  return target ? holdsImage(ctx, p, record, source, target) : false;
 }
 
 /**
  * Whether the object at the move's new key holds this image's bytes: by ETag, and when the ETags
  * differ (S3 gives the copy of an object uploaded in parts another ETag) by content: against the
  * image's content hash, or without one (not preprocessed yet) against the old object's bytes.
+ * 'unknown' when neither is there to compare with, or an object is too large to read or changes
+ * while it is read.
  */
-async function holdsImage(ctx: CliContext, p: PlannedMove, record: ItemRecord, source: ObjectInfo | undefined, target: ObjectInfo): Promise<boolean> {
+async function holdsImage(ctx: CliContext, p: PlannedMove, record: ItemRecord, source: ObjectInfo | undefined, target: ObjectInfo): Promise<boolean | 'unknown'> {
   if (target.etag === record.etag) return true;
-  if (!source || source.size !== target.size) return false;
+  if (source && source.size !== target.size) return false;
+  if (!record.sha256 && !source) return 'unknown';
   const { store } = ctx.services;
   const max = ctx.config.preprocess.maxObjectBytes;
-  const copied = contentHash(await store.getObject(p.bucket, p.newKey, max, { ifMatch: target.etag }));
-  return copied === (record.sha256 ?? contentHash(await store.getObject(p.bucket, p.key, max, { ifMatch: source.etag })));
+  try {
+    const copied = contentHash(await store.getObject(p.bucket, p.newKey, max, { ifMatch: target.etag }));
+    return copied === (record.sha256 ?? contentHash(await store.getObject(p.bucket, p.key, max, { ifMatch: source!.etag })));
+  } catch (err) {
+    if (err instanceof ObjectTooLargeError || err instanceof ObjectChangedError || err instanceof ObjectNotFoundError) return 'unknown';
+    throw err;
+  }
 }
 
 /** Makes one checked move: copy, record the new key, delete the old object, forget the old key. */
@@ -291,7 +324,9 @@ async function applyMove(ctx: CliContext, dataset: string, m: InspectedMove): Pr
   if (!record) return { from: itemId, to: newId, label, outcome: there?.label === label ? 'unchanged' : 'missing' };
   if (record.label === label) return { from: itemId, label, outcome: 'unchanged' };
   if (!finish) {
-    const etag = await store.copyObject(bucket, key, newKey);
+    // Only the content checked (and ingested): S3 refuses the copy if the object was replaced since.
+    // (An upload to the old key between this copy and the delete below would still be deleted.)
+    const etag = await store.copyObject(bucket, key, newKey, { ifMatch: record.etag });
     await datasets.putItems(dataset, [[newId, { ...record, label, etag }]]);
     if (record.sha256) await datasets.rememberHash(newId, etag, record.sha256);
   } else if (record.sha256 && there?.etag) await datasets.rememberHash(newId, there.etag, record.sha256);

@@ -66,8 +66,15 @@ export class ObjectChangedError extends Error {
 export class ObjectRefusedError extends Error {
   override readonly name = 'ObjectRefusedError';
   constructor(readonly bucket: string, readonly key: string, readonly status: number, code: string) {
-    super(`S3 refused s3://${bucket}/${key}: HTTP ${status}${code === 'UnknownError' ? '' : ` (${code})`}`);
+    // a HEAD's refusal has no body: the SDK names it "Unknown"
+    super(`S3 refused s3://${bucket}/${key}: HTTP ${status}${/^Unknown(Error)?$/.test(code) ? '' : ` (${code})`}`);
   }
+}
+
+/** A client error S3 would give again (not 404; not 408 or 429, which ask to try again later). */
+function refusedStatus(err: unknown): number | undefined {
+  const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
+  return status !== undefined && status >= 400 && status < 500 && ![404, 408, 429].includes(status) ? status : undefined;
 }
 
 /** `s3://bucket/some/prefix/` → `{ bucket, prefix }` (prefix normalised to end with `/` or be empty). */
@@ -245,8 +252,8 @@ export class ObjectStore {
       return { key, size: res.ContentLength ?? 0, etag: stripQuotes(res.ETag) };
     } catch (err) {
       if (isNotFound(err)) return undefined;
-      const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
-      if (status !== undefined && status >= 400 && status < 500) throw new ObjectRefusedError(bucket, key, status, (err as Error).name);
+      const status = refusedStatus(err);
+      if (status !== undefined) throw new ObjectRefusedError(bucket, key, status, (err as Error).name);
       throw err;
     }
   }
@@ -266,11 +273,19 @@ export class ObjectStore {
     } while (token);
   }
 
-  /** Copies an object within the store (server-side, no download); returns the copy's ETag. */
-  async copyObject(bucket: string, from: string, to: string): Promise<string> {
+  /**
+   * Copies an object within the store (server-side, no download); returns the copy's ETag. With
+   * `ifMatch` (an ETag without quotes) it copies only that content, or throws ObjectChangedError.
+   */
+  async copyObject(bucket: string, from: string, to: string, o: { ifMatch?: string } = {}): Promise<string> {
     const source = `${bucket}/${from}`.split('/').map(encodeURIComponent).join('/');
-    const res = await this.client.send(new CopyObjectCommand({ Bucket: bucket, Key: to, CopySource: source }));
-    return stripQuotes(res.CopyObjectResult?.ETag);
+    try {
+      const res = await this.client.send(new CopyObjectCommand({ Bucket: bucket, Key: to, CopySource: source, ...(o.ifMatch !== undefined && { CopySourceIfMatch: `"${o.ifMatch}"` }) }));
+      return stripQuotes(res.CopyObjectResult?.ETag);
+    } catch (err) {
+      if (o.ifMatch !== undefined && err instanceof S3ServiceException && err.$metadata.httpStatusCode === 412) throw new ObjectChangedError(bucket, from, o.ifMatch, undefined);
+      throw err;
+    }
   }
 
   async deleteObject(bucket: string, key: string): Promise<void> {

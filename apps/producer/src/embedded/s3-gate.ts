@@ -72,6 +72,24 @@ export function checkCopySource(source: string | undefined): GateRefusal | null 
 }
 
 /**
+ * S3's condition on a copy's source, `x-amz-copy-source-if-match`, which s3rver ignores: a copy
+ * whose source holds other content than the ETag named gets 412, as from S3. `etagOf` gives the
+ * source's ETag (without quotes), or undefined when it does not exist (s3rver answers that).
+ */
+export async function checkCopyCondition(req: IncomingMessage, etagOf: (bucket: string, key: string) => Promise<string | undefined>): Promise<GateRefusal | null> {
+  const one = (h: string | string[] | undefined) => (Array.isArray(h) ? h[0] : h);
+  const source = one(req.headers['x-amz-copy-source']);
+  const ifMatch = one(req.headers['x-amz-copy-source-if-match']);
+  if (source === undefined || ifMatch === undefined) return null;
+  const [bucket = '', ...key] = source.replace(/^\//, '').split('?')[0]!.split('/').map(decodeURIComponent);
+  const etag = await etagOf(bucket, key.join('/'));
+  if (etag === undefined) return null;
+  const wanted = ifMatch.split(',').map((t) => t.trim().replace(/"/g, ''));
+  if (wanted.includes('*') || wanted.includes(etag)) return null;
+  return refuse(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold (x-amz-copy-source-if-match).');
+}
+
+/**
  * Requests whose keys are not in the path: a browser-form upload (`POST /bucket`, the key a form
  * field) is refused. A multi-object delete (`POST /bucket?delete`, its keys in its XML body,
  * which `deleteBody` reads) must ask for that and nothing else: s3rver's router reads only the

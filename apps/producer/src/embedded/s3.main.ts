@@ -15,7 +15,7 @@ import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
 import { stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
-import { checkCopySource, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
+import { checkCopyCondition, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
 const directory = env.TL_S3_DIR;
@@ -35,6 +35,12 @@ const s3rver = new S3rver({
 });
 await s3rver.configureBuckets();
 const handle = s3rver.callback();
+const { store } = s3rver as unknown as { store: { getMetadata: (bucket: string, key: string) => Promise<{ etag: string }> } };
+/** An object's ETag without quotes, as s3rver would send it; undefined when there is no such object. */
+const etagOf = (bucket: string, key: string) => store.getMetadata(bucket, key).then(
+  (m) => m.etag.replace(/"/g, ''),
+  () => undefined,
+);
 
 /** Most bytes of a multi-object delete body read (1,000 keys of 1,024 bytes, and the XML around them). */
 const MAX_DELETE_BODY = 2 * 1024 * 1024;
@@ -85,6 +91,8 @@ const server = createServer((req, res) => {
       // Verified here; s3rver would check the key id against its own fixed account, so it sees
       // the request as anonymous (which it serves) instead.
       delete req.headers.authorization;
+      const condition = await checkCopyCondition(req, etagOf);
+      if (condition) return sendRefusal(res, condition, rawPath);
       if (req.method !== 'POST' || !isDeleteQuery(query)) return handle(req, res);
       // A multi-object delete names its keys in its body: each is checked like a key in a path,
       // and s3rver gets a body of the checked keys only.
