@@ -111,6 +111,10 @@ describe('backpressure', () => {
       expect(await ctx.services.tensors.count()).toBe(0);
       const failed = await ctx.queues.preprocess.getJobCounts('failed');
       expect(failed.failed).toBe(0);
+      // the backlog on preprocess's metrics says what status says now: empty
+      const after = await scrape(stack.workerPorts['preprocess#1']!);
+      expect(after.get(`tl_queue_jobs{queue="embed",space="${stack.space.id}",state="backlog"}`)).toBe(0);
+      expect(after.get('tl_queue_jobs{queue="preprocess",state="held"}')).toBe(0);
     } finally {
       sampling = false;
       await sampler;

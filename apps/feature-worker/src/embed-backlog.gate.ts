@@ -64,7 +64,6 @@ export class EmbedBacklogGate {
         // Put back without spending an attempt: a stop (Ctrl-C, a restart, a scale-down) is no fault of the job.
         if (this.closed) throw new DeferJob(1_000, 'worker stopping while waiting for room in the embed backlog; the job is put back');
         const [ok, n] = (await EmbedBacklogGate.SCRIPT.run(this.redis, keys, [this.bound, id, EmbedBacklogGate.RESERVATION_MS])) as [number, number];
-        this.metrics.queueJobs.set({ queue: 'embed', space, state: 'backlog' }, n);
         if (ok === 1) break;
         const now = Date.now();
         if (!waitingSince) {
@@ -92,6 +91,17 @@ export class EmbedBacklogGate {
         else await this.redis.zrem(keys[0]!, id);
       },
     };
+  }
+
+  /**
+   * Sets `tl_queue_jobs{queue="embed",state="backlog"}` to the tensors that wait for the space's
+   * embed stage now, counted as admission counts them (a bound of 0 reserves nothing). Read when
+   * Prometheus scrapes: a count kept from the last admission stayed at its last value once
+   * preprocess had nothing more to hand over.
+   */
+  async exportBacklog(space: string): Promise<void> {
+    const [, n] = (await EmbedBacklogGate.SCRIPT.run(this.redis, this.keysOf(space), [0, 'none', 0])) as [number, number];
+    this.metrics.queueJobs.set({ queue: 'embed', space, state: 'backlog' }, n);
   }
 
   /** Makes jobs waiting for room give up (on shutdown). */

@@ -74,17 +74,19 @@ const COUNTED_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'failed',
 export function exportQueueDepths(
   metrics: Pick<Metrics, 'queueJobs' | 'setQueueDepthSource'>,
   queues: () => Promise<Pick<Queue, 'name' | 'getJobCounts'>[]>,
-  timeoutMs = 2_000,
+  o: { timeoutMs?: number; /** more of tl_queue_jobs, read on the same scrape */ also?: () => Promise<void> } = {},
 ): void {
+  const timeoutMs = o.timeoutMs ?? 2_000;
   const collect = async () => {
     const list = await queues();
-    await Promise.all(
-      list.map(async (q) => {
+    await Promise.all([
+      ...list.map(async (q) => {
         const counts = await q.getJobCounts(...COUNTED_STATES);
         const labels = queueLabels(q.name);
         for (const state of COUNTED_STATES) metrics.queueJobs.set({ ...labels, state }, counts[state] ?? 0);
       }),
-    );
+      o.also?.(),
+    ]);
   };
   metrics.setQueueDepthSource(() =>
     Promise.race([collect().catch(() => undefined), new Promise<void>((r) => setTimeout(r, timeoutMs).unref())]),
