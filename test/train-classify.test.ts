@@ -223,4 +223,16 @@ describe('training runs and classification', () => {
     expect(r.stdout).toMatch(new RegExp(`embedding space ${stack.space.id.replace(/\./g, '\\.')}`));
     expect(r.stdout).toMatch(/classified \d+ image\(s\)/);
   });
+
+  it('says which images it could not classify and why, and failures lists them for its dataset', async () => {
+    await ctx.services.store.putObject(photos, 'broken/circle-1.jpg', await renderSample('circle', 300, 99));
+    await ctx.services.store.putObject(photos, 'broken/notes.jpg', 'meeting notes, not a photo');
+    const r = await runCli(['classify', `s3://${photos}/broken/`, '--model', 'shapes'], stack.env);
+    expect(r.stdout).toMatch(/classified 1 image\(s\) .*, 1 failed/);
+    expect(r.stdout).toMatch(new RegExp(`failed s3://${photos}/broken/notes\\.jpg: preprocess not-an-image`));
+    const failures = await runCli(['failures', '-d', classifyDatasetName('shapes')], stack.env);
+    expect(failures.stderr).toBe('');
+    expect(failures.code).toBe(0);
+    expect(failures.stdout).toMatch(new RegExp(`s3://${photos}/broken/notes\\.jpg  preprocess not-an-image`));
+  });
 });

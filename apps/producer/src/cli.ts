@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError, type CommanderError } from 'commander';
-import { ConfigError, DatasetName, loadConfig, sleep, TRANSIENT_REASONS } from '@transferline/shared';
+import { AnyDatasetName, ConfigError, DatasetName, loadConfig, sleep, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
@@ -31,6 +31,12 @@ const positive = (name: string) => (v: string) => {
 };
 const dataset = (v: string) => {
   const r = DatasetName.safeParse(v);
+  if (!r.success) throw new InvalidArgumentError(r.error.issues[0]?.message ?? 'bad dataset name');
+  return v;
+};
+/** A dataset to look at or retry: a user's, or `_classify.<model>` (where classify keeps its images). */
+const anyDataset = (v: string) => {
+  const r = AnyDatasetName.safeParse(v);
   if (!r.success) throw new InvalidArgumentError(r.error.issues[0]?.message ?? 'bad dataset name');
   return v;
 };
@@ -118,7 +124,7 @@ program
 program
   .command('retry')
   .description('run failed images of a dataset again and wait until they are embedded or fail again')
-  .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
+  .requiredOption('-d, --dataset <name>', 'dataset name', anyDataset)
   .option('--reason <code>', `retry failures with this reason code (bad input included); default: the ones that are not the image's fault (${[...TRANSIENT_REASONS].join(', ')})`)
   .option('--stage <stage>', 'only failures of this stage: preprocess or embed')
   .option('--no-wait', 'enqueue and return without waiting')
@@ -176,14 +182,14 @@ program
 program
   .command('status')
   .description('jobs per queue, workers connected, and each dataset\'s progress and failures')
-  .option('-d, --dataset <name>', 'only this dataset', dataset)
+  .option('-d, --dataset <name>', 'only this dataset', anyDataset)
   .option('--json', 'machine-readable output')
   .action((o: { dataset?: string; json?: boolean }) => withContext((ctx) => statusCommand(ctx, o)));
 
 program
   .command('failures')
   .description('every image of a dataset that failed for good, with its reason code and message')
-  .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
+  .requiredOption('-d, --dataset <name>', 'dataset name', anyDataset)
   .option('--reason <code>', 'only this reason (empty, not-an-image, unsupported-format, truncated, too-many-pixels, …)')
   .option('--json', 'machine-readable output')
   .action((o: { dataset: string; reason?: string; json?: boolean }) => withContext((ctx) => failuresCommand(ctx, o)));

@@ -26,7 +26,11 @@ export const DatasetName = datasetName;
 export function classifyDatasetName(model: string): string {
   return `_classify.${model}`;
 }
-const anyDatasetName = z.union([datasetName, z.string().regex(/^_classify\.[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/)]);
+const anyDatasetName = z.union([datasetName, z.string().regex(/^_classify\.[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/)], {
+  error: 'dataset names are 1-64 letters, digits, _ . - and start with a letter or digit (or are _classify.<model>, where classify keeps its images)',
+});
+/** A dataset a user may look at: one of theirs, or one where classify keeps a model's images. */
+export const AnyDatasetName = anyDatasetName;
 
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in lowercase hex');
 

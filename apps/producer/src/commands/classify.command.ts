@@ -2,6 +2,7 @@ import { classifyDatasetName, DatasetName, enqueue, jobIds, LatestDoc, parseS3Ur
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
+import { printFailures } from './ingest.command.js';
 import { followJob } from '../job-follow.js';
 import { printable } from '../terminal.js';
 
@@ -88,6 +89,8 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
         `${labels ? ` (${labels})` : ''}${r.failed ? `, ${r.failed} failed` : ''}${r.skipped ? `, ${r.skipped} already done` : ''}` +
         ` → s3://${ctx.config.s3.bucket}/${r.outputKey}\n`,
     );
+    // which images failed, and why (the results file has them too)
+    if (r.failed) printFailures(ctx, await ctx.services.inspector.status(dataset, 20, within));
     if (!o.watch || (o.maxRounds !== undefined && round >= o.maxRounds) || ctx.signal?.aborted) break;
     await sleep(o.intervalSeconds * 1000, ctx.signal);
     if (ctx.signal?.aborted) break;

@@ -70,6 +70,12 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   );
   if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${printable(l.label)} (${l.count})`).join(', ')}`);
   if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
+  printFailures(ctx, s);
+}
+
+/** The failures a status lists, one line each, and where to find the rest. */
+export function printFailures(ctx: CliContext, s: Pick<DatasetStatus, 'dataset' | 'failed' | 'failures'>): void {
+  const w = (line: string) => ctx.out.write(`${line}\n`);
   for (const f of s.failures) w(`  failed s3://${printable(f.item)}: ${f.stage} ${f.reason}${f.detail ? ` — ${printable(f.detail)}` : ''}`);
   if (s.failed > s.failures.length) w(`  … and ${s.failed - s.failures.length} more failures: transferline failures -d ${s.dataset}`);
 }
