@@ -173,6 +173,18 @@ describe('training runs and classification', () => {
     expect((JSON.parse(models.stdout) as { dataset: string; runId: string }[]).some((m) => m.dataset === 'duo' && m.runId === 'one-class-val')).toBe(true);
   });
 
+  it('a run stopped early shows the epochs it ran, not the ones asked for', async () => {
+    const train = await runCli(['train', '-d', 'duo', '--epochs', '300', '--patience', '1', '--run-id', 'early'], stack.env);
+    expect(train.code).toBe(0);
+    const report = (await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'early', 'report.json')))!;
+    expect(report.stoppedEarly).toBe(true);
+    const ran = report.history.length;
+    expect(ran).toBeLessThan(300);
+    // the progress line (a plain line when stderr is not a terminal)
+    expect(train.stderr).toContain(`training duo: ${ran}/${ran} saving (stopped early: ${ran} of 300 epochs, validation loss no longer improving)`);
+    expect(train.stderr).not.toContain('300/300');
+  });
+
   it('refuses bad training settings with exit 2 before it waits or enqueues anything', async () => {
     const r = await runCli(['train', '-d', 'shapes', '--validation-fraction', '0.6', '--run-id', 'never'], stack.env);
     expect(r.code).toBe(2);

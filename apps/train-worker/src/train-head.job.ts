@@ -28,7 +28,10 @@ export interface TrainDeps {
 export interface EpochProgress extends Partial<EpochLog> {
   phase: 'loading' | 'training' | 'saving';
   epoch: number;
+  /** the epochs asked for; once saving, the epochs run (fewer when stopped early) */
   epochs: number;
+  /** saving after stopping early: the epochs that were asked for */
+  planned?: number;
 }
 
 
@@ -116,7 +119,8 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   });
 
   const report = buildReport(tf, job, labels, fit, splits, coverage, { train, val, test });
-  await ctx.progress({ phase: 'saving', epoch: job.epochs, epochs: job.epochs } satisfies EpochProgress);
+  const ran = fit.history.length;
+  await ctx.progress({ phase: 'saving', epoch: ran, epochs: ran, ...(ran < job.epochs && { planned: job.epochs }) } satisfies EpochProgress);
   const { layout } = services;
   const modelPrefix = layout.run(job.dataset, job.runId);
   try {

@@ -6,6 +6,7 @@ import { followJob } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
+import type { EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
 export type HeadSettings = Partial<Pick<TrainJob, 'epochs' | 'learningRate' | 'batchSize' | 'seed' | 'hiddenUnits' | 'dropout' | 'l2' | 'patience' | 'classWeights' | 'validationFraction' | 'testFraction'>>;
@@ -96,8 +97,13 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
       stallSeconds,
       onProgress: (data) => {
         if (typeof data !== 'object' || data === null) return;
-        const p = data as { phase: string; epoch: number; epochs: number; loss?: number; valLoss?: number; valAccuracy?: number };
-        const detail = p.phase === 'training' ? `loss ${p.loss?.toFixed(4)} val_loss ${p.valLoss?.toFixed(4)} val_acc ${p.valAccuracy?.toFixed(3)}` : p.phase;
+        const p = data as EpochProgress;
+        const detail =
+          p.phase === 'training'
+            ? `loss ${p.loss?.toFixed(4)} val_loss ${p.valLoss?.toFixed(4)} val_acc ${p.valAccuracy?.toFixed(3)}`
+            : p.phase === 'saving' && p.planned
+              ? `saving (stopped early: ${p.epochs} of ${p.planned} epochs, validation loss no longer improving)`
+              : p.phase;
         bar.update(p.epoch, p.epochs, detail);
       },
     });
