@@ -73,6 +73,8 @@ describe('review and relabel', () => {
 
     const review = await runCli(['review', '-d', 'noisy', '--json'], stack.env, 240_000);
     expect(review.code).toBe(0);
+    // no advice from TF.js to install a package this project does not use
+    expect(review.stderr).not.toMatch(/TensorFlow\.js in Node\.js/);
     const r = JSON.parse(review.stdout) as { lines: { key: string; given: string; suggested: string; issue: boolean; pGiven: number }[]; outputKey: string; seconds: number; folds: number };
     expect(r.lines.length).toBe(60);
     const top = r.lines.slice(0, flipped.size);

@@ -1,7 +1,10 @@
 import { createLogger } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { startOnnxThread } from './embed-runtime.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { startEmbedRuntime, startOnnxThread } from './embed-runtime.js';
 import { buildEfficientNetB0, EFFICIENTNET_B0_EMBEDDING_DIM } from './model/efficientnet-b0.model.js';
 import { exportEfficientNetB0ToOnnx, ONNX_OUTPUT_NAME } from './model/onnx-export.js';
 
@@ -40,4 +43,24 @@ describe('a forward pass in its thread, once the model is disposed', () => {
     expect(await settles(after, 10_000)).toBe(true);
     await expect(after).rejects.toThrow(/unloaded/);
   }, 60_000);
+});
+
+describe('auto', () => {
+  it('says why it passed over the GPU backend, without naming a setting nobody made', async () => {
+    const cacheDir = await mkdtemp(path.join(os.tmpdir(), 'tl-rt-'));
+    try {
+      const rt = await startEmbedRuntime({ preference: 'auto', weightsKey: 'random-seed3', seed: 3, inputSize: SIZE, threads: 1, cacheDir, warmupBatch: 1 }, log);
+      try {
+        expect(rt.backend).toBe('onnx');
+        // tfjs-node-gpu cannot be installed here (its installer downloads libtensorflow)
+        expect(rt.skipped).toHaveLength(1);
+        expect(rt.skipped[0]).toMatch(/^tensorflow: no native TensorFlow\.js package loads \(@tensorflow\/tfjs-node-gpu: \S.+\)$/);
+        expect(rt.skipped[0]).not.toMatch(/TL_BACKEND/);
+      } finally {
+        await rt.embedder.dispose();
+      }
+    } finally {
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });

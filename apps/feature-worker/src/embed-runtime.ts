@@ -46,7 +46,7 @@ export async function startEmbedRuntime(spec: EmbedRuntimeSpec, log: Logger): Pr
       return { embedder: started.embedder, backend, provider: started.ready.provider, ...(started.ready.onnx && { onnx: started.ready.onnx }), skipped };
     } catch (err) {
       if (spec.preference !== 'auto') throw new Error(`TL_BACKEND=${backend} does not load: ${(err as Error).message}`);
-      skipped.push(`${backend}: ${(err as Error).message.split('\n')[0]}`);
+      skipped.push(`${backend}: ${(err as Error).message.replace(/\s*\n\s*/g, '; ')}`);
     }
   }
   throw new Error(`no embedding backend loads:\n  ${skipped.join('\n  ')}`);

@@ -35,12 +35,28 @@ export async function loadTfRuntime(preference: BackendPreference, log?: Logger,
       }
     }
     if (preference === 'tensorflow') {
-      throw new Error(`TL_BACKEND=tensorflow but no native TensorFlow.js package loads:\n  ${tried.join('\n  ')}`);
+      throw new Error(`no native TensorFlow.js package loads (${tried.join('; ')})`);
     }
   }
   const backend = preference === 'cpu' ? 'cpu' : 'wasm';
   if (!(await tf.setBackend(backend))) throw new Error(`TensorFlow.js backend ${backend} failed to initialise`);
   await tf.ready();
+  if (backend === 'cpu') quietFirstTensor();
   log?.info({ backend, provider: `@tensorflow/tfjs-backend-${backend}`, skipped: tried.length ? tried : undefined }, 'TensorFlow.js backend selected');
   return { tf, backend, provider: `@tensorflow/tfjs-backend-${backend}` };
+}
+
+/**
+ * TF.js's CPU backend prints, at its first tensor in Node, advice to install tfjs-node: a
+ * package this project does not use (ONNX Runtime is its native path; the CPU backend only
+ * builds graphs and fits small heads). That first tensor is made with TF.js's warnings off.
+ */
+function quietFirstTensor(): void {
+  const prod = tf.env().getBool('PROD');
+  tf.env().set('PROD', true);
+  try {
+    tf.scalar(0).dispose();
+  } finally {
+    tf.env().set('PROD', prod);
+  }
 }
