@@ -79,6 +79,9 @@ describe("the README's two terminals", () => {
     await waitForOutput(up, /the stack keeps running/, 180_000, seen);
     expect(seen.text).toMatch(/SEEDED RANDOM WEIGHTS/);
     expect(seen.text).toMatch(/run \S+: validation accuracy/);
+    // the demo waits for the embed worker it started, instead of saying that none is live
+    expect(seen.text).toMatch(/embedding space \S+ \(the one with live embed workers; 1 embed worker: onnx\)/);
+    expect(seen.text).not.toMatch(/no embed worker is live/);
 
     // Second terminal: exactly what the banner suggests, from an environment that says nothing of weights.
     const photos = path.join(dir, 'photos');

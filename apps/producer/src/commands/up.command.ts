@@ -1,6 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { createLogger, createQueues, createServices, loadConfig, redactUrl, resolveWeights, WeightsUnavailableError } from '@transferline/shared';
+import { createLogger, createQueues, createServices, loadConfig, redactUrl, resolveWeights, sleep, WeightsUnavailableError } from '@transferline/shared';
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
 import { consoleBanner } from './console.command.js';
 import { openCliContext } from '../cli-context.js';
@@ -47,6 +47,26 @@ async function ensureWeights(env: NodeJS.ProcessEnv, demo: boolean, w: (s: strin
   }
 }
 const DEMO_PREFIX = 'train/';
+
+/** Longest the demo waits for the stack's embed worker to load its model before it ingests anyway. */
+const EMBED_LIVE_DEADLINE_MS = 180_000;
+
+/**
+ * Waits until an embed worker is live (it publishes itself once its model is loaded: seconds, or
+ * a minute the first time its ONNX graph is built), so the demo's ingest does not begin with "no
+ * embed worker is live". Gives up at the deadline or when the stack stops; the ingest then says
+ * what it finds, and its own stall timeout applies.
+ */
+async function embedWorkerLive(spaces: { liveWorkers: () => Promise<unknown[]> }, w: (s: string) => void, stopping: () => boolean): Promise<void> {
+  const deadline = Date.now() + EMBED_LIVE_DEADLINE_MS;
+  let said = false;
+  while (Date.now() < deadline && !stopping()) {
+    if ((await spaces.liveWorkers()).length > 0) return;
+    if (!said) w('demo: waiting for the embed worker to load EfficientNet-B0 (the first start builds its ONNX graph)…');
+    said = true;
+    await sleep(250);
+  }
+}
 
 /**
  * `transferline up [--demo]`: the whole stack on this machine. With --demo and an empty demo
@@ -132,6 +152,7 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
         } else {
           w(`\ndemo: s3://${DEMO_BUCKET}/${DEMO_PREFIX} already has images; using them`);
         }
+        if (children.some((c) => c.role === 'embed')) await embedWorkerLive(ctx.services.spaces, w, () => stopping);
         await ingestCommand(ctx, `s3://${DEMO_BUCKET}/${DEMO_PREFIX}`, { dataset: 'demo', wait: true });
         await trainCommand(ctx, { dataset: 'demo', wait: true, epochs: 40 });
       } finally {
