@@ -156,7 +156,9 @@ describe('small CLI holes', () => {
   it('an empty prefix says so, and nonsense sizes are refused', async () => {
     const none = await cli(['ingest', `s3://${photos}/no-such-prefix/`, '-d', 'none']);
     expect(none.stdout).toMatch(/no objects there \(is the prefix right\?/);
-    expect(none.code).toBe(0); // nothing to wait for: not a dataset that vanished
+    // nothing to wait for (not a dataset that vanished), and nothing created: an error a script sees
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/nothing to ingest under s3:\/\/\S+\/no-such-prefix\/, so dataset none was not created/);
     expect(none.stderr).not.toMatch(/vanished/);
     const rows = await cli(['cache', 'compact', '--rows', '0']);
     expect(rows.code).not.toBe(0);

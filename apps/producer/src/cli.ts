@@ -112,6 +112,11 @@ program
       for (;;) {
         const r = await ingestCommand(ctx, url, { dataset: o.dataset, wait: o.wait, stallSeconds: o.stallTimeout, ...(o.embedder && { embedder: o.embedder }) });
         if (r.status && r.status.failed > 0) process.exitCode = EXIT.failedItems;
+        // A prefix with nothing under it, for a dataset that does not exist: a typo, most likely;
+        // a script's next step (train) would fail on it. Watching an empty prefix is fine.
+        if (!o.watch && r.counts.listed === 0 && !(await ctx.services.datasets.exists(o.dataset))) {
+          throw new CliExit(EXIT.error, `transferline: nothing to ingest under ${printableMessage(url)}, so dataset ${o.dataset} was not created`);
+        }
         if (!o.watch || ctx.signal?.aborted) break;
         await sleep(o.interval * 1000, ctx.signal);
         if (ctx.signal?.aborted) break;
