@@ -123,6 +123,12 @@ describe('transferline up, as a process', () => {
     expect(banner).toContain('AWS_SECRET_ACCESS_KEY="$S3_SECRET_ACCESS_KEY"');
     expect(banner).not.toContain(secret);
 
+    // the same command again in another terminal: it says what holds the port, and leaves the first up
+    const twice = await runCli(['up', '--metrics-port', String(await freePort())], env, 60_000);
+    expect(twice.code).toBe(1);
+    expect(twice.stderr).toMatch(new RegExp(`port ${env.TL_REDIS_PORT} for the embedded Redis is in use, by another "transferline up" perhaps`));
+    expect(first.child.exitCode).toBeNull();
+
     // /metrics answers on loopback, and on no other interface of the machine
     expect((await fetch(`http://127.0.0.1:${base}/metrics`).catch(() => undefined))?.status ?? 0).toBeGreaterThan(0);
     const external = Object.values(os.networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal);

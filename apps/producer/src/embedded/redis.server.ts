@@ -81,7 +81,7 @@ export async function startEmbeddedRedis(o: { directory: string; port: number; p
       const inUse = /Address already in use/.test(output);
       throw new Error(
         inUse
-          ? `port ${port} for the embedded Redis is in use: set TL_REDIS_PORT, or REDIS_URL to use the Redis already there`
+          ? `port ${port} for the embedded Redis is in use, by another "transferline up" perhaps (Ctrl-C in its terminal stops it; the CLI's commands work against it as it is); else set TL_REDIS_PORT, or REDIS_URL to use the Redis already there`
           : `redis-server exited (${exited}): ${output.trim().split('\n').slice(-3).join(' | ')}`,
       );
     }
