@@ -1,3 +1,5 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
@@ -121,5 +123,10 @@ describe('bad input fails alone, with a reason', () => {
     for (const job of failed) expect(job.attemptsMade, job.failedReason).toBe(1);
     expect(failed.map((j) => j.failedReason.split(':')[0]).sort()).toEqual(bad.map((b) => b.reason).sort());
     expect(stack.events.filter((e) => /exited/.test(e))).toEqual([]);
+
+    // the worker's log names each object that failed for good, with its reason
+    const lines = (await readFile(path.join(stack.dataDir, 'logs', 'preprocess.log'), 'utf8')).split('\n').filter((l) => l.includes('"failed for good"'));
+    const logged = Object.fromEntries(lines.map((l) => JSON.parse(l) as { object: string; reason: string }).map((l) => [l.object.replace(/^s3:\/\//, ''), l.reason]));
+    expect(logged).toEqual(expected);
   });
 });

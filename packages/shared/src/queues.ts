@@ -29,6 +29,21 @@ export class DeferJob extends Error {
   }
 }
 
+/** What a job was about, for its log lines: the object, the image's content, the dataset or run. */
+function subjectOf(data: unknown): Record<string, string> {
+  const d = (typeof data === 'object' && data !== null ? data : {}) as Record<string, unknown>;
+  const str = (k: string) => (typeof d[k] === 'string' ? (d[k] as string) : undefined);
+  const bucket = str('bucket');
+  const key = str('key');
+  const subject: Record<string, string> = {};
+  if (bucket !== undefined && key !== undefined) subject.object = `s3://${bucket}/${key}`;
+  for (const k of ['sha256', 'dataset', 'runId'] as const) {
+    const v = str(k);
+    if (v !== undefined) subject[k] = v;
+  }
+  return subject;
+}
+
 /** The end of an item's road: why its job failed for good, and after how many attempts. */
 export interface FinalFailure {
   /** bounded code: the handler's PermanentError reason, `bad-payload`, `stalled` or `attempts-exhausted` */
@@ -266,7 +281,7 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
           ? { reason: 'stalled', message: 'a worker died or hung while holding it, more often than allowed', attempts: job.attemptsMade }
           : { reason: 'attempts-exhausted', message: err.message, attempts: job.attemptsMade };
     s.metrics.failures.inc({ stage: spec.queue, reason: failure.reason });
-    log.warn({ reason: failure.reason, detail: failure.message }, 'failed for good');
+    log.warn({ ...subjectOf(job.data), reason: failure.reason, detail: failure.message }, 'failed for good');
     const parsed = spec.schema.safeParse(job.data as unknown);
     void s.onFinalFailure?.(parsed.success ? (parsed.data as JobPayload<N>) : undefined, failure).catch((e: unknown) => log.error({ err: e }, 'could not record the failure on the item'));
   });

@@ -68,7 +68,11 @@ export function overviewPage(access: Access, o: Overview): string {
   const body = html`<h1>Datasets and models</h1>
 <h2>Datasets</h2>${datasets}
 <h2>Trained runs</h2>${runsTable(o.runs, true)}
-<h2>Queues</h2><p class="muted">jobs per queue; pause, resume, retry and clean on the <a href="/queues/">queue board</a></p>${queuesTable(o.queues)}
+<h2>Queues</h2><p class="muted" id="queue-actions">jobs per queue, and each job on the <a href="/queues/">queue board</a>; ${
+    access.actionsConfigured
+      ? html`pause, resume, retry and clean on the <a href="/admin/queues/">admin board</a> (sign in)`
+      : html`to pause, resume, retry or clean, set TL_CONSOLE_PASSWORD (the admin board)`
+  }</p>${queuesTable(o.queues)}
 <h2>Embedding spaces</h2>${spaces}`;
   return page({ ...access, title: 'datasets and models' }, body);
 }

@@ -1,6 +1,6 @@
 import type { DatasetStatus, ReportDoc } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
-import { datasetPage } from './datasets.page.js';
+import { datasetPage, overviewPage } from './datasets.page.js';
 import { escapeHtml, html } from './html.js';
 import { runPage } from './run.page.js';
 
@@ -66,5 +66,15 @@ describe('pages', () => {
     expect(out).not.toMatch(/<script>|<img /);
     expect(out).toContain('data-count="failed"><b class="bad">1</b>');
     expect(out).toContain('href="/queues/queue/preprocess?status=failed"');
+  });
+});
+
+describe('the overview', () => {
+  it('offers queue actions only where there are some: the admin board with a password, else how to get one', () => {
+    const o = { datasets: [], runs: [], queues: [], spaces: [] } as unknown as Parameters<typeof overviewPage>[1];
+    const readOnly = overviewPage({ actionsConfigured: false }, o);
+    expect(readOnly).toMatch(/id="queue-actions">jobs per queue, and each job on the <a href="\/queues\/">queue board<\/a>; to pause, resume, retry or clean, set TL_CONSOLE_PASSWORD/);
+    expect(readOnly).not.toContain('href="/admin/queues/">admin board');
+    expect(overviewPage({ actionsConfigured: true }, o)).toMatch(/pause, resume, retry and clean on the <a href="\/admin\/queues\/">admin board<\/a> \(sign in\)/);
   });
 });
