@@ -38,6 +38,12 @@ type PageLoader = (req: Request) => Promise<{ html: string } | { missing: string
 
 // Our pages run no script at all: a label that slipped through escaping still could not execute.
 const PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/**
+ * bull-board's pages: its scripts, styles and API are all served from here; the one thing its
+ * page asks of another origin, Google Fonts, is not fetched (a console offline, or one whose
+ * operators' addresses should not reach a third party; the board falls back to system fonts).
+ */
+const BOARD_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
 
 function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -170,12 +176,16 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
       () => next(),
     );
   };
-  app.use(BOARD_PATHS.readOnly, refreshOnBoardPage, boards.readOnly.router);
+  const boardCsp: RequestHandler = (_req, res, next) => {
+    res.set('Content-Security-Policy', BOARD_CSP);
+    next();
+  };
+  app.use(BOARD_PATHS.readOnly, boardCsp, refreshOnBoardPage, boards.readOnly.router);
   const noStore: RequestHandler = (_req, res, next) => {
     res.set('Cache-Control', 'no-store');
     next();
   };
-  if (boards.admin) app.use(BOARD_PATHS.admin, requireAdmin(creds, log), noStore, refreshOnBoardPage, boards.admin.router);
+  if (boards.admin) app.use(BOARD_PATHS.admin, requireAdmin(creds, log), noStore, boardCsp, refreshOnBoardPage, boards.admin.router);
   else app.use(BOARD_PATHS.admin, requireAdmin(creds, log));
 
   app.use((_req, res) => void res.status(404).type('html').send(notFoundPage(access, 'no such page')));
