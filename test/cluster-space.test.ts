@@ -80,7 +80,7 @@ describe("the README's two terminals", () => {
     expect(seen.text).toMatch(/SEEDED RANDOM WEIGHTS/);
     expect(seen.text).toMatch(/run \S+: validation accuracy/);
     // the demo waits for the embed worker it started, instead of saying that none is live
-    expect(seen.text).toMatch(/embedding space \S+ \(the one with live embed workers; 1 embed worker: onnx\)/);
+    expect(seen.text).toMatch(/embedding space \S+ \(this stack's; 1 embed worker: onnx\)/);
     expect(seen.text).not.toMatch(/no embed worker is live/);
 
     // Second terminal: exactly what the banner suggests, from an environment that says nothing of weights.

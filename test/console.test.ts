@@ -86,6 +86,13 @@ afterAll(async () => {
   await faulty?.stop();
 });
 
+/** What the page's Content-Security-Policy refused, but for bull-board's Google Fonts stylesheet (refused on purpose). */
+function cspRefusals(page: Page): () => string[] {
+  const refused: string[] = [];
+  page.on('console', (m) => void (/Content Security Policy/i.test(m.text()) && !m.text().includes('fonts.googleapis.com') && refused.push(m.text())));
+  return () => refused;
+}
+
 describe('the web console', () => {
   it('ingests with one object failing for good, and trains a head', async () => {
     proxy.inject(`/${photos}/${bad}`, { kind: 'status', status: 500 });
@@ -191,11 +198,16 @@ describe('the web console', () => {
       const elsewhere: string[] = [];
       page.on('requestfailed', (r) => void (new URL(r.url()).origin !== new URL(con.url).origin && !/csp/i.test(r.failure()?.errorText ?? '') && elsewhere.push(`${r.url()} ${r.failure()?.errorText}`)));
       page.on('requestfinished', (r) => void (new URL(r.url()).origin !== new URL(con.url).origin && elsewhere.push(r.url())));
+      const refused = cspRefusals(page);
       await page.goto(new URL('/queues/queue/preprocess?status=failed', con.url).href);
       const job = page.locator(`a[href*="${failedJobId}"]`).first();
       await job.waitFor();
-      // the board asks nothing of another origin (bull-board's page links Google Fonts)
+      // the board asks nothing of another origin (bull-board's page links Google Fonts), and the
+      // policy that stops that refuses nothing of its own: the job's data and logs open
       expect(elsewhere).toEqual([]);
+      await job.click();
+      await page.getByText(/injected fault|InternalError|status code 500/).first().waitFor();
+      expect(refused()).toEqual([]);
       // the job card's header (id link, then actions) has no action buttons
       expect(await job.locator('xpath=ancestor::div[2]').locator('button').count()).toBe(0);
       expect(await page.getByRole('button', { name: /retry all/i }).count()).toBe(0);
@@ -269,6 +281,7 @@ describe('the web console', () => {
     const c = await newContext({ username: USER, password: PASSWORD });
     try {
       const page = await c.newPage();
+      const refused = cspRefusals(page);
       await page.goto(new URL('/admin/queues/queue/preprocess?status=failed', con.url).href);
       const job = page.locator(`a[href*="${failedJobId}"]`).first();
       await job.waitFor();
@@ -285,6 +298,7 @@ describe('the web console', () => {
       const put = page.waitForResponse((r) => r.request().method() === 'PUT' && r.url().endsWith(`/admin/queues/api/queues/preprocess/${failedJobId}/retry`));
       await confirm.getByRole('button', { name: 'Confirm' }).click();
       expect((await put).status()).toBe(204);
+      expect(refused()).toEqual([]);
       const s = await waitForStatus((x) => x.embedded === x.total, 'the retried image to be embedded', 60_000);
       expect(s).toMatchObject({ total: 16, embedded: 16, failed: 0, pending: 0, orphaned: 0 });
     } finally {

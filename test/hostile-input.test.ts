@@ -160,6 +160,12 @@ describe('small CLI holes', () => {
     expect(none.code).toBe(1);
     expect(none.stderr).toMatch(/nothing to ingest under s3:\/\/\S+\/no-such-prefix\/, so dataset none was not created/);
     expect(none.stderr).not.toMatch(/vanished/);
+    // a prefix one level too deep: objects, but none in a label folder
+    await ctx.services.store.putObject(photos, 'flat/1.jpg', await renderSample('circle', 1, 1, 64));
+    const flat = await cli(['ingest', `s3://${photos}/flat/`, '-d', 'flat']);
+    expect(flat.code).toBe(1);
+    expect(flat.stdout).toMatch(/1 skipped \(not in a label folder/);
+    expect(flat.stderr).toMatch(/none of the 1 objects is in a label folder under s3:\/\/\S+\/flat\/, so dataset flat was not created/);
     const rows = await cli(['cache', 'compact', '--rows', '0']);
     expect(rows.code).not.toBe(0);
     expect(rows.stderr).toMatch(/--rows must be at least 2/);

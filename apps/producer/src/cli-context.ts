@@ -38,8 +38,8 @@ export async function openCliContext(config: Config, out: NodeJS.WritableStream 
  * environment): `--embedder ID` when given, else the one the embed workers run. Says which in
  * one line.
  */
-export async function chooseSpace(ctx: CliContext, requested?: string): Promise<EmbeddingSpace> {
-  const r = await ctx.services.spaces.resolve(requested);
+export async function chooseSpace(ctx: CliContext, requested?: string, reason?: string): Promise<EmbeddingSpace> {
+  const r = await ctx.services.spaces.resolve(requested, reason);
   ctx.out.write(`${r.message}\n`);
   return r.space;
 }

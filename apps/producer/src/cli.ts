@@ -29,17 +29,15 @@ const positive = (name: string) => (v: string) => {
   if (!(n > 0)) throw new InvalidArgumentError(`${name} must be a positive number`);
   return n;
 };
-const dataset = (v: string) => {
-  const r = DatasetName.safeParse(v);
+/** An option's value checked against a name schema: commander shows the schema's message. */
+const named = (schema: typeof DatasetName | typeof AnyDatasetName) => (v: string) => {
+  const r = schema.safeParse(v);
   if (!r.success) throw new InvalidArgumentError(r.error.issues[0]?.message ?? 'bad dataset name');
   return v;
 };
+const dataset = named(DatasetName);
 /** A dataset to look at or retry: a user's, or `_classify.<model>` (where classify keeps its images). */
-const anyDataset = (v: string) => {
-  const r = AnyDatasetName.safeParse(v);
-  if (!r.success) throw new InvalidArgumentError(r.error.issues[0]?.message ?? 'bad dataset name');
-  return v;
-};
+const anyDataset = named(AnyDatasetName);
 
 const embedderOption = ['--embedder <id>', 'the embedding space to use, when the deployment runs several (see "transferline status")'] as const;
 const stallOption = ['--stall-timeout <seconds>', 'give up waiting (exit code 4) after this long without progress when no worker can move the rest', int('--stall-timeout'), 30] as const;
@@ -112,10 +110,12 @@ program
       for (;;) {
         const r = await ingestCommand(ctx, url, { dataset: o.dataset, wait: o.wait, stallSeconds: o.stallTimeout, ...(o.embedder && { embedder: o.embedder }) });
         if (r.status && r.status.failed > 0) process.exitCode = EXIT.failedItems;
-        // A prefix with nothing under it, for a dataset that does not exist: a typo, most likely;
-        // a script's next step (train) would fail on it. Watching an empty prefix is fine.
-        if (!o.watch && r.counts.listed === 0 && !(await ctx.services.datasets.exists(o.dataset))) {
-          throw new CliExit(EXIT.error, `transferline: nothing to ingest under ${printableMessage(url)}, so dataset ${o.dataset} was not created`);
+        // Nothing under the prefix, or nothing in a label folder (a prefix one level too deep), for
+        // a dataset that does not exist: a typo, most likely; a script's next step (train) would
+        // fail on it. Watching a prefix that is empty for now is fine.
+        if (!o.watch && r.counts.enqueued + r.counts.fromCache === 0 && !(await ctx.services.datasets.exists(o.dataset))) {
+          const what = r.counts.listed === 0 ? 'nothing to ingest under' : `none of the ${r.counts.listed} objects is in a label folder under`;
+          throw new CliExit(EXIT.error, `transferline: ${what} ${printableMessage(url)}, so dataset ${o.dataset} was not created`);
         }
         if (!o.watch || ctx.signal?.aborted) break;
         await sleep(o.interval * 1000, ctx.signal);

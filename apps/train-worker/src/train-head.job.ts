@@ -120,7 +120,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
 
   const report = buildReport(tf, job, labels, fit, splits, coverage, { train, val, test });
   const ran = fit.history.length;
-  await ctx.progress({ phase: 'saving', epoch: ran, epochs: ran, ...(ran < job.epochs && { planned: job.epochs }) } satisfies EpochProgress);
+  await ctx.progress({ phase: 'saving', epoch: ran, epochs: ran, ...(fit.stoppedEarly && { planned: job.epochs }) } satisfies EpochProgress);
   const { layout } = services;
   const modelPrefix = layout.run(job.dataset, job.runId);
   try {

@@ -14,7 +14,9 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   watchRedis(services.redis, config.redis.url, log, metrics);
   // The head is small: TF.js on the native backend when one loads, else wasm (ONNX is for the embedder only).
   const b = config.embed.backend;
-  const rt = await loadTfRuntime(b === 'onnx' ? 'auto' : b, log);
+  const rt = await loadTfRuntime(b === 'onnx' ? 'auto' : b, log).catch((err: unknown) => {
+    throw b === 'tensorflow' ? new Error(`TL_BACKEND=tensorflow does not load: ${(err as Error).message}`) : err;
+  });
   const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics };
   const handler: Handler<'train'> = async (payload, ctx) => {
     try {

@@ -142,9 +142,10 @@ export class SpaceRegistry {
   /**
    * Chooses the space a command works in: the one named by `requested` (`--embedder ID`), else
    * the one space with live workers, else the one space ever published. Anything ambiguous or
-   * empty is a SpaceResolutionError whose one line lists the spaces and their workers.
+   * empty is a SpaceResolutionError whose one line lists the spaces and their workers. `reason`
+   * says why `requested` was asked for, in the message.
    */
-  async resolve(requested?: string): Promise<ResolvedSpace> {
+  async resolve(requested?: string, reason = 'chosen with --embedder'): Promise<ResolvedSpace> {
     const spaces = await this.list();
     const describe = (list: SpaceWorkers[]) => list.map((s) => `${s.space.id} (${plural(s.workers.length, 'worker')})`).join(', ');
     const chosen = (s: SpaceWorkers, why: string): ResolvedSpace => ({
@@ -158,7 +159,7 @@ export class SpaceRegistry {
     if (requested !== undefined) {
       const s = spaces.find((x) => x.space.id === requested);
       if (!s) throw new SpaceResolutionError(`no embedding space ${requested} is known here; ${spaces.length ? `known: ${describe(spaces)}` : 'none is: start an embed worker (transferline up)'}`);
-      return chosen(s, 'chosen with --embedder');
+      return chosen(s, reason);
     }
     const live = spaces.filter((s) => s.workers.length > 0);
     if (live.length === 1) return chosen(live[0]!, 'the one with live embed workers');

@@ -17,9 +17,8 @@ export function queueName(name: JobName, space?: string): string {
   return `${QUEUES.embed}.${space}`;
 }
 
-const datasetName = z
-  .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'dataset names are 1-64 letters, digits, _ . - and start with a letter or digit');
+const DATASET_NAME_RULE = 'dataset names are 1-64 letters, digits, _ . - and start with a letter or digit';
+const datasetName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, DATASET_NAME_RULE);
 export const DatasetName = datasetName;
 
 /** The dataset that holds the images classified with a model: not a user's name (those start with a letter or digit), so never trained on. */
@@ -27,7 +26,7 @@ export function classifyDatasetName(model: string): string {
   return `_classify.${model}`;
 }
 const anyDatasetName = z.union([datasetName, z.string().regex(/^_classify\.[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/)], {
-  error: 'dataset names are 1-64 letters, digits, _ . - and start with a letter or digit (or are _classify.<model>, where classify keeps its images)',
+  error: `${DATASET_NAME_RULE} (or are _classify.<model>, where classify keeps its images)`,
 });
 /** A dataset a user may look at: one of theirs, or one where classify keeps a model's images. */
 export const AnyDatasetName = anyDatasetName;

@@ -10,6 +10,8 @@ export interface IngestOptions {
   wait: boolean;
   /** `--embedder ID`: the embedding space, when the cluster has more than one */
   embedder?: string;
+  /** why `embedder` was chosen, for the line that names the space (default: "chosen with --embedder") */
+  embedderReason?: string;
   /** seconds without progress before a missing worker ends the wait (default 30) */
   stallSeconds?: number;
 }
@@ -26,7 +28,7 @@ export interface IngestOutcome {
  */
 export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptions): Promise<IngestOutcome> {
   const { bucket, prefix } = parseS3Url(url);
-  const space = await chooseSpace(ctx, o.embedder);
+  const space = await chooseSpace(ctx, o.embedder, o.embedderReason);
   const listing = createProgress('listing');
   let counts: IngestCounts;
   try {

@@ -52,17 +52,17 @@ const DEMO_PREFIX = 'train/';
 const EMBED_LIVE_DEADLINE_MS = 180_000;
 
 /**
- * Waits until an embed worker is live (it publishes itself once its model is loaded: seconds, or
- * a minute the first time its ONNX graph is built), so the demo's ingest does not begin with "no
- * embed worker is live". Gives up at the deadline or when the stack stops; the ingest then says
- * what it finds, and its own stall timeout applies.
+ * Waits until an embed worker of the stack's space is live (it publishes itself once its model is
+ * loaded: seconds, or a minute the first time it builds its model), so the demo's ingest does not
+ * begin with "no embed worker is live". Gives up at the deadline or when the stack stops; the
+ * ingest then says what it finds, and its own stall timeout applies.
  */
-async function embedWorkerLive(spaces: { liveWorkers: () => Promise<unknown[]> }, w: (s: string) => void, stopping: () => boolean): Promise<void> {
+async function embedWorkerLive(workers: () => Promise<number>, w: (s: string) => void, stopping: () => boolean): Promise<void> {
   const deadline = Date.now() + EMBED_LIVE_DEADLINE_MS;
   let said = false;
   while (Date.now() < deadline && !stopping()) {
-    if ((await spaces.liveWorkers()).length > 0) return;
-    if (!said) w('demo: waiting for the embed worker to load EfficientNet-B0 (the first start builds its ONNX graph)…');
+    if ((await workers()) > 0) return;
+    if (!said) w('demo: waiting for the embed worker to load EfficientNet-B0…');
     said = true;
     await sleep(250);
   }
@@ -152,8 +152,9 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
         } else {
           w(`\ndemo: s3://${DEMO_BUCKET}/${DEMO_PREFIX} already has images; using them`);
         }
-        if (children.some((c) => c.role === 'embed')) await embedWorkerLive(ctx.services.spaces, w, () => stopping);
-        await ingestCommand(ctx, `s3://${DEMO_BUCKET}/${DEMO_PREFIX}`, { dataset: 'demo', wait: true });
+        if (children.some((c) => c.role === 'embed')) await embedWorkerLive(() => ctx.services.spaces.workersOf(stack.space.id), w, () => stopping);
+        // the stack's own space, whatever other spaces a shared Redis holds
+        await ingestCommand(ctx, `s3://${DEMO_BUCKET}/${DEMO_PREFIX}`, { dataset: 'demo', wait: true, embedder: stack.space.id, embedderReason: "this stack's" });
         await trainCommand(ctx, { dataset: 'demo', wait: true, epochs: 40 });
       } finally {
         await ctx.close();

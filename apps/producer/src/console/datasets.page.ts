@@ -1,7 +1,7 @@
 import { queueName, type DatasetStatus } from '@transferline/shared';
 import type { ModelRun } from '../commands/models.command.js';
 import type { DatasetPage, Overview, QueueSummary } from './console-data.js';
-import { html, page, pct, seg, type Access, type SafeHtml } from './html.js';
+import { BOARD_PATHS, html, page, pct, seg, type Access, type SafeHtml } from './html.js';
 import { barChart } from './svg-chart.js';
 
 /** The states a dataset's images are counted in, in the order shown (names are the `data-count` values). */
@@ -15,7 +15,7 @@ const COUNT_HELP: Record<(typeof COUNTS)[number], string> = {
   failed: 'failed for good',
 };
 
-const boardLink = (queue: string, status?: string) => `/queues/queue/${seg(queue)}${status ? `?status=${seg(status)}` : ''}`;
+const boardLink = (queue: string, status?: string) => `${BOARD_PATHS.readOnly}/queue/${seg(queue)}${status ? `?status=${seg(status)}` : ''}`;
 const datasetLink = (d: string) => `/datasets/${seg(d)}`;
 const runLink = (d: string, run: string) => `/datasets/${seg(d)}/runs/${seg(run)}`;
 
@@ -68,10 +68,8 @@ export function overviewPage(access: Access, o: Overview): string {
   const body = html`<h1>Datasets and models</h1>
 <h2>Datasets</h2>${datasets}
 <h2>Trained runs</h2>${runsTable(o.runs, true)}
-<h2>Queues</h2><p class="muted" id="queue-actions">jobs per queue, and each job on the <a href="/queues/">queue board</a>; ${
-    access.actionsConfigured
-      ? html`pause, resume, retry and clean on the <a href="/admin/queues/">admin board</a> (sign in)`
-      : html`to pause, resume, retry or clean, set TL_CONSOLE_PASSWORD (the admin board)`
+<h2>Queues</h2><p class="muted" id="queue-actions">jobs per queue, and each job on the <a href="${BOARD_PATHS.readOnly}/">queue board</a>${
+    access.actionsConfigured ? html`; pause, resume, retry and clean on the <a href="${BOARD_PATHS.admin}/">admin board</a> (sign in)` : html` (read-only)`
   }</p>${queuesTable(o.queues)}
 <h2>Embedding spaces</h2>${spaces}`;
   return page({ ...access, title: 'datasets and models' }, body);

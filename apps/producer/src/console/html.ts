@@ -65,6 +65,9 @@ code{font:12px ui-monospace,monospace;background:#eef1f4;padding:0 .25rem;border
 .label{white-space:pre-wrap;word-break:break-word}
 `;
 
+/** Where the queue boards are mounted: bull-board read-only, and with actions behind the password. */
+export const BOARD_PATHS = { readOnly: '/queues', admin: '/admin/queues' } as const;
+
 export interface Shell {
   title: string;
   /** whether a password is configured (the admin board exists) */
@@ -78,11 +81,11 @@ export type Access = Omit<Shell, 'title'>;
 export function page(shell: Shell, body: SafeHtml): string {
   const mode = !shell.actionsConfigured
     ? html`read-only (set TL_CONSOLE_PASSWORD to enable queue actions)`
-    : html`read-only here; <a href="/admin/queues/" id="sign-in">queue actions (sign in)</a>`;
+    : html`read-only here; <a href="${BOARD_PATHS.admin}/" id="sign-in">queue actions (sign in)</a>`;
   return html`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex"><title>${shell.title} · transferline</title><style>${new SafeHtml(CSS)}</style></head>
-<body><header><strong>transferline</strong><a href="/">datasets &amp; models</a><a href="/queues/">queues</a><span class="mode" id="mode">${mode}</span></header>
+<body><header><strong>transferline</strong><a href="/">datasets &amp; models</a><a href="${BOARD_PATHS.readOnly}/">queues</a><span class="mode" id="mode">${mode}</span></header>
 <main>${body}</main></body></html>
 `.value;
 }

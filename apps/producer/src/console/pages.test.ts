@@ -70,10 +70,12 @@ describe('pages', () => {
 });
 
 describe('the overview', () => {
-  it('offers queue actions only where there are some: the admin board with a password, else how to get one', () => {
+  it('offers queue actions only where there are some: the admin board with a password, else none', () => {
     const o = { datasets: [], runs: [], queues: [], spaces: [] } as unknown as Parameters<typeof overviewPage>[1];
     const readOnly = overviewPage({ actionsConfigured: false }, o);
-    expect(readOnly).toMatch(/id="queue-actions">jobs per queue, and each job on the <a href="\/queues\/">queue board<\/a>; to pause, resume, retry or clean, set TL_CONSOLE_PASSWORD/);
+    expect(readOnly).toMatch(/id="queue-actions">jobs per queue, and each job on the <a href="\/queues\/">queue board<\/a> \(read-only\)</);
+    // the header says how to enable them
+    expect(readOnly).toMatch(/id="mode">read-only \(set TL_CONSOLE_PASSWORD to enable queue actions\)/);
     expect(readOnly).not.toContain('href="/admin/queues/">admin board');
     expect(overviewPage({ actionsConfigured: true }, o)).toMatch(/pause, resume, retry and clean on the <a href="\/admin\/queues\/">admin board<\/a> \(sign in\)/);
   });

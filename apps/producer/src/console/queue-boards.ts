@@ -5,7 +5,9 @@ import type { Queue } from 'bullmq';
 import { Router, type Express, type RequestHandler } from 'express';
 
 /** Where the boards live: everyone sees the read-only one; the admin one needs credentials. */
-export const BOARD_PATHS = { readOnly: '/queues', admin: '/admin/queues' } as const;
+import { BOARD_PATHS } from './html.js';
+
+export { BOARD_PATHS };
 
 export interface QueueBoard {
   basePath: string;

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import net from 'node:net';
 import { Redis } from '@transferline/shared';
-import { SupervisedProcess } from './supervisor.js';
+import { ANOTHER_UP, SupervisedProcess } from './supervisor.js';
 
 export interface EmbeddedRedis {
   url: string;
@@ -81,7 +81,7 @@ export async function startEmbeddedRedis(o: { directory: string; port: number; p
       const inUse = /Address already in use/.test(output);
       throw new Error(
         inUse
-          ? `port ${port} for the embedded Redis is in use, by another "transferline up" perhaps (Ctrl-C in its terminal stops it; the CLI's commands work against it as it is); else set TL_REDIS_PORT, or REDIS_URL to use the Redis already there`
+          ? `port ${port} for the embedded Redis is in use, ${ANOTHER_UP}; else set TL_REDIS_PORT, or REDIS_URL to use the Redis already there`
           : `redis-server exited (${exited}): ${output.trim().split('\n').slice(-3).join(' | ')}`,
       );
     }

@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SupervisedProcess } from './supervisor.js';
+import { ANOTHER_UP, SupervisedProcess } from './supervisor.js';
 
 export interface EmbeddedS3 {
   endpoint: string;
@@ -72,7 +72,7 @@ export async function startEmbeddedS3(o: {
             resolve(port);
           } else if (msg.error && !up) {
             clearTimeout(timer);
-            reject(new Error(msg.error === 'EADDRINUSE' ? `port ${port} for the embedded S3 server is in use: set TL_S3_PORT, or S3_ENDPOINT to use a running server` : `the embedded S3 server failed: ${msg.error}`));
+            reject(new Error(msg.error === 'EADDRINUSE' ? `port ${port} for the embedded S3 server is in use, ${ANOTHER_UP}; else set TL_S3_PORT, or S3_ENDPOINT to use a running server` : `the embedded S3 server failed: ${msg.error}`));
           }
         },
         // Never came up: report it rather than retry for ever.

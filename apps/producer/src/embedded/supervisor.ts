@@ -193,3 +193,6 @@ export class Supervisor {
     await Promise.all([...this.children.values()].map((c) => c.stop(timeoutMs)));
   }
 }
+
+/** Who most likely holds a port the embedded stack wants: the same stack, up in another terminal. */
+export const ANOTHER_UP = `by another "transferline up" perhaps (Ctrl-C in its terminal stops it; the CLI's commands work against it as it is)`;
