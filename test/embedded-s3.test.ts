@@ -297,6 +297,24 @@ describe('the embedded S3 server', () => {
     expect((await store.getObject(bucket, 'cond/d.txt')).toString()).toBe('replaced');
   });
 
+  it('deletes only the content a delete asks for (if-match), as S3 does', async () => {
+    await store.putObject(bucket, 'cond/del.txt', 'first');
+    const { etag } = (await store.headObject(bucket, 'cond/del.txt'))!;
+    await store.putObject(bucket, 'cond/del.txt', 'replaced');
+    await expect(store.deleteObject(bucket, 'cond/del.txt', { ifMatch: etag })).rejects.toThrow(/s3:\/\/photos\/cond\/del\.txt changed after it was listed/);
+    expect((await store.getObject(bucket, 'cond/del.txt')).toString()).toBe('replaced');
+    // as a raw request: S3's status and code
+    const raw = await signed('DELETE', `/${bucket}/cond/del.txt`, { 'if-match': `"${etag}"` });
+    expect(raw.status).toBe(412);
+    expect(await raw.text()).toMatch(/<Code>PreconditionFailed<\/Code>/);
+    const now = (await store.headObject(bucket, 'cond/del.txt'))!.etag;
+    await store.deleteObject(bucket, 'cond/del.txt', { ifMatch: now });
+    expect(await store.headObject(bucket, 'cond/del.txt')).toBeUndefined();
+    // already gone: S3 answers 404 to a conditional delete; the goal is reached all the same
+    expect((await signed('DELETE', `/${bucket}/cond/del.txt`, { 'if-match': `"${now}"` })).status).toBe(404);
+    await store.deleteObject(bucket, 'cond/del.txt', { ifMatch: now });
+  });
+
   it('lists 2,500 keys (continuation tokens past the first 1,000)', async () => {
     const keys = Array.from({ length: 2500 }, (_, i) => `many/k${String(i).padStart(5, '0')}.txt`);
     for (let i = 0; i < keys.length; i += 50) await Promise.all(keys.slice(i, i + 50).map((k) => store.putObject(bucket, k, Buffer.from(k))));

@@ -275,6 +275,33 @@ describe('review and relabel', () => {
     expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/train/triangle/circle-6.jpg`]))[0]).toBeUndefined();
   }, 120_000);
 
+  it('leaves an object written to the old key while it moved (the delete asks S3 for the content moved)', async () => {
+    const from = 'train/circle/circle-8.jpg';
+    const to = 'train/square/circle-8.jpg';
+    const bytes = await ctx.services.store.getObject(bucket, from);
+    const upload = await renderSample('triangle', 91, 21, 128);
+    let printed = '';
+    const own = await openCliContext(stack.config, { write: (t: string) => ((printed += t), true) } as unknown as NodeJS.WritableStream);
+    try {
+      // someone uploads to the old key between the copy (recorded) and the delete
+      const record = own.services.datasets.putItems.bind(own.services.datasets);
+      own.services.datasets.putItems = (async (...args: Parameters<typeof record>) => {
+        const r = await record(...args);
+        await own.services.store.putObject(bucket, from, upload);
+        return r;
+      }) as typeof record;
+      await relabelCommand(own, { dataset: 'noisy', keys: [`s3://${bucket}/${from}`], to: 'square' });
+    } finally {
+      await own.close();
+    }
+    expect(printed).toMatch(/moved s3:\/\/review-photos\/train\/circle\/circle-8\.jpg → s3:\/\/review-photos\/train\/square\/circle-8\.jpg \(s3:\/\/review-photos\/train\/circle\/circle-8\.jpg was written again while it moved: the new object is left there, for the next ingest\)/);
+    expect((await ctx.services.store.getObject(bucket, from)).equals(upload)).toBe(true);
+    expect((await ctx.services.store.getObject(bucket, to)).equals(bytes)).toBe(true);
+    const [old, moved] = await ctx.services.datasets.getItems('noisy', [`${bucket}/${from}`, `${bucket}/${to}`]);
+    expect(old).toBeUndefined();
+    expect(moved).toMatchObject({ label: 'square' });
+  }, 120_000);
+
   it('a move cut short, recorded at the new key, whose old object was replaced since: refused', async () => {
     const from = 'train/circle/circle-7.jpg';
     const to = 'train/square/circle-7.jpg';

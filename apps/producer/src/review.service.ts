@@ -130,6 +130,8 @@ export interface RelabelOutcome {
   to?: string;
   label: string;
   outcome: 'moved' | 'unchanged' | 'missing';
+  /** what else the user should know of this move */
+  note?: string;
 }
 
 /** One move, planned: where the object is and where it goes. */
@@ -325,12 +327,20 @@ async function applyMove(ctx: CliContext, dataset: string, m: InspectedMove): Pr
   if (record.label === label) return { from: itemId, label, outcome: 'unchanged' };
   if (!finish) {
     // Only the content checked (and ingested): S3 refuses the copy if the object was replaced since.
-    // (An upload to the old key between this copy and the delete below would still be deleted.)
     const etag = await store.copyObject(bucket, key, newKey, { ifMatch: record.etag });
     await datasets.putItems(dataset, [[newId, { ...record, label, etag }]]);
     if (record.sha256) await datasets.rememberHash(newId, etag, record.sha256);
   } else if (record.sha256 && there?.etag) await datasets.rememberHash(newId, there.etag, record.sha256);
-  await store.deleteObject(bucket, key);
+  // The old object only while it holds what was moved: an upload to its key meanwhile stays (the
+  // next ingest takes it); on a server that ignores the condition it goes, as without it.
+  const kept = await store.deleteObject(bucket, key, { ifMatch: record.etag }).then(
+    () => false,
+    (err: unknown) => {
+      if (err instanceof ObjectChangedError) return true;
+      throw err;
+    },
+  );
   await datasets.removeItems(dataset, [itemId]);
-  return { from: itemId, to: newId, label, outcome: 'moved' };
+  const note = `s3://${itemId} was written again while it moved: the new object is left there, for the next ingest`;
+  return { from: itemId, to: newId, label, outcome: 'moved', ...(kept ? { note } : {}) };
 }

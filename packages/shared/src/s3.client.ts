@@ -288,8 +288,19 @@ export class ObjectStore {
     }
   }
 
-  async deleteObject(bucket: string, key: string): Promise<void> {
-    await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
+  /**
+   * Deletes an object. With `ifMatch` (an ETag without quotes) only while it holds that content:
+   * another throws ObjectChangedError, and one already gone is not an error. (S3 and Ceph check
+   * the condition; a server that ignores it deletes whatever is there, as without it.)
+   */
+  async deleteObject(bucket: string, key: string, o: { ifMatch?: string } = {}): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key, ...(o.ifMatch !== undefined && { IfMatch: `"${o.ifMatch}"` }) }));
+    } catch (err) {
+      if (o.ifMatch !== undefined && err instanceof S3ServiceException && err.$metadata.httpStatusCode === 412) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
+      if (o.ifMatch !== undefined && isNotFound(err)) return;
+      throw err;
+    }
   }
 
   close(): void {

@@ -68,7 +68,7 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
   try {
     await relabelItems(ctx, o.dataset, moves, (r) => {
       done.push(r);
-      if (r.outcome === 'moved') w(`  moved s3://${printable(r.from)} → s3://${printable(r.to!)}`);
+      if (r.outcome === 'moved') w(`  moved s3://${printable(r.from)} → s3://${printable(r.to!)}${r.note ? ` (${printable(r.note)})` : ''}`);
       else if (r.outcome === 'missing') w(`  not in ${o.dataset}: s3://${printable(r.from)}`);
     });
   } catch (err) {

@@ -72,21 +72,23 @@ export function checkCopySource(source: string | undefined): GateRefusal | null 
 }
 
 /**
- * S3's condition on a copy's source, `x-amz-copy-source-if-match`, which s3rver ignores: a copy
- * whose source holds other content than the ETag named gets 412, as from S3. `etagOf` gives the
- * source's ETag (without quotes), or undefined when it does not exist (s3rver answers that).
+ * S3's content conditions that s3rver ignores: a copy's `x-amz-copy-source-if-match` (its source
+ * must hold that ETag) and a delete's `if-match` (the object must hold it). Refused with 412 as
+ * S3 refuses them, and a conditional delete of an object that is not there with 404, as S3 does.
+ * `etagOf` gives an object's ETag (without quotes), or undefined when it does not exist.
  */
-export async function checkCopyCondition(req: IncomingMessage, etagOf: (bucket: string, key: string) => Promise<string | undefined>): Promise<GateRefusal | null> {
+export async function checkConditions(req: IncomingMessage, rawPath: string, etagOf: (bucket: string, key: string) => Promise<string | undefined>): Promise<GateRefusal | null> {
   const one = (h: string | string[] | undefined) => (Array.isArray(h) ? h[0] : h);
   const source = one(req.headers['x-amz-copy-source']);
-  const ifMatch = one(req.headers['x-amz-copy-source-if-match']);
-  if (source === undefined || ifMatch === undefined) return null;
-  const [bucket = '', ...key] = source.replace(/^\//, '').split('?')[0]!.split('/').map(decodeURIComponent);
+  const [target, wanted] =
+    source !== undefined ? [source.split('?')[0]!, one(req.headers['x-amz-copy-source-if-match'])] : req.method === 'DELETE' ? [rawPath, one(req.headers['if-match'])] : [undefined, undefined];
+  if (target === undefined || wanted === undefined) return null;
+  const [bucket = '', ...key] = target.replace(/^\//, '').split('/').map(decodeURIComponent);
   const etag = await etagOf(bucket, key.join('/'));
-  if (etag === undefined) return null;
-  const wanted = ifMatch.split(',').map((t) => t.trim().replace(/"/g, ''));
-  if (wanted.includes('*') || wanted.includes(etag)) return null;
-  return refuse(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold (x-amz-copy-source-if-match).');
+  if (etag === undefined) return source !== undefined ? null : refuse(404, 'NoSuchKey', 'The specified key does not exist.');
+  const tags = wanted.split(',').map((t) => t.trim().replace(/"/g, ''));
+  if (tags.includes('*') || tags.includes(etag)) return null;
+  return refuse(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold.');
 }
 
 /**

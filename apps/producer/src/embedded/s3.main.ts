@@ -15,7 +15,7 @@ import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
 import { stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
-import { checkCopyCondition, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
+import { checkConditions, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
 const directory = env.TL_S3_DIR;
@@ -91,7 +91,7 @@ const server = createServer((req, res) => {
       // Verified here; s3rver would check the key id against its own fixed account, so it sees
       // the request as anonymous (which it serves) instead.
       delete req.headers.authorization;
-      const condition = await checkCopyCondition(req, etagOf);
+      const condition = await checkConditions(req, rawPath, etagOf);
       if (condition) return sendRefusal(res, condition, rawPath);
       if (req.method !== 'POST' || !isDeleteQuery(query)) return handle(req, res);
       // A multi-object delete names its keys in its body: each is checked like a key in a path,
