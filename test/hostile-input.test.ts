@@ -166,6 +166,17 @@ describe('small CLI holes', () => {
     expect(flat.code).toBe(1);
     expect(flat.stdout).toMatch(/1 skipped \(not in a label folder/);
     expect(flat.stderr).toMatch(/none of the 1 objects is in a label folder under s3:\/\/\S+\/flat\/, so dataset flat was not created/);
+    expect(await ctx.services.datasets.sourceOf('flat', `${photos}/flat/1.jpg`)).toBeUndefined();
+    // the same mistake for a dataset that exists: the prefix one level too deep adds nothing, and
+    // is not taken for the dataset's source (relabel would find no label folder under it)
+    const deep = await cli(['ingest', `s3://${photos}/proto/toString/`, '-d', 'proto']);
+    expect(deep.code).toBe(0);
+    expect(deep.stdout).toMatch(/8 skipped \(not in a label folder/);
+    expect(deep.stdout).not.toMatch(/removed from the dataset/);
+    expect((await ctx.services.inspector.status('proto')).total).toBe(24);
+    const moved = await cli(['relabel', '-d', 'proto', `s3://${photos}/proto/toString/7.jpg`, '--to', 'zebra']);
+    expect(moved.stderr).toBe('');
+    expect(moved.stdout).toMatch(/relabel proto: 1 moved/);
     const rows = await cli(['cache', 'compact', '--rows', '0']);
     expect(rows.code).not.toBe(0);
     expect(rows.stderr).toMatch(/--rows must be at least 2/);

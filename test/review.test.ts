@@ -269,7 +269,8 @@ describe('review and relabel', () => {
     } finally {
       await own.close();
     }
-    expect(printed).toMatch(/relabel noisy stopped after 1 of 2: 1 moved/);
+    expect(printed).toMatch(/relabel noisy stopped after 1 of 2: 1 moved, 0 already there, 0 not found; s3:\/\/review-photos\/train\/circle\/circle-6\.jpg was replaced while relabel ran: ingest its prefix again, then the same command moves the rest/);
+    expect(printed).not.toMatch(/the same command again finishes the rest/);
     expect(await ctx.services.store.headObject(bucket, 'train/triangle/circle-6.jpg')).toBeUndefined();
     expect((await ctx.services.store.getObject(bucket, second)).equals(other)).toBe(true);
     expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/train/triangle/circle-6.jpg`]))[0]).toBeUndefined();
@@ -340,6 +341,14 @@ describe('review and relabel', () => {
       expect(await ctx.services.store.headObject(bucket, from)).toBeUndefined();
       expect((await ctx.services.store.getObject(bucket, to)).equals(bytes)).toBe(true);
       expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/${from}`]))[0]).toBeUndefined();
+    }, 120_000);
+
+    it('with the old object replaced since: "changed", not "another image"', async () => {
+      const { from } = await cutShort('parts-3');
+      await ctx.services.store.putObject(bucket, from, await renderSample('triangle', 90, 21, 128));
+      const r = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'circle'], stack.env);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/nothing was moved: s3:\/\/review-photos\/train\/square\/parts-3\.jpg changed since it was ingested: ingest the prefix again first/);
     }, 120_000);
 
     it('with the old object gone as well (cut short after deleting it): nothing to compare with, said so, nothing deleted', async () => {

@@ -61,10 +61,14 @@ export interface IngestDeps {
 export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void): Promise<IngestCounts> {
   const { store, datasets } = deps.services;
   const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, fromCache: 0, enqueued: 0, retried: 0, removed: 0, mergedLabels: [] };
-  await datasets.setSpace(req.dataset, req.space.id);
-  await datasets.addSource(req.dataset, req.bucket, req.prefix);
   let page: ObjectInfo[] = [];
+  // The prefix becomes a source of the dataset (relabel finds an item's label folder by it) only
+  // once it gives the dataset an item: a prefix one level too deep, all of it unlabelled, must not
+  // stand in for the right one.
+  let recorded = false;
+  /** every object listed, labelled or not: an item is gone only when its key is not among them */
   const listedIds = new Set<string>();
+  let labelledCount = 0;
   const spellings = new Map<string, Set<string>>();
   const flush = async () => {
     const labelled = page.flatMap((o) => {
@@ -73,8 +77,14 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
       else noteSpelling(spellings, item.label, o.key, req.prefix);
       return item === undefined ? [] : [{ ...o, ...item, id: DatasetRepository.itemId(req.bucket, o.key) }];
     });
-    for (const o of labelled) listedIds.add(o.id);
+    for (const o of page) listedIds.add(DatasetRepository.itemId(req.bucket, o.key));
+    labelledCount += labelled.length;
     page = [];
+    if (labelled.length && !recorded) {
+      await datasets.setSpace(req.dataset, req.space.id);
+      await datasets.addSource(req.dataset, req.bucket, req.prefix);
+      recorded = true;
+    }
     const existing = await datasets.getItems(req.dataset, labelled.map((o) => o.id));
     const known = existing.flatMap((r, i) => (r ? [[labelled[i]!.id, r] as [string, ItemRecord]] : []));
     const views = new Map((await deps.services.inspector.classify(req.dataset, known, req.space.id)).map((v) => [v.id, v]));
@@ -101,7 +111,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     if (page.length >= 1000) await flush();
   }
   if (page.length) await flush();
-  counts.removed = await removeDeleted(req, datasets, listedIds);
+  counts.removed = await removeDeleted(req, datasets, listedIds, labelledCount);
   counts.mergedLabels = [...spellings].filter(([, forms]) => forms.size > 1).map(([label]) => label).sort();
   onPage?.({ ...counts });
   return counts;
@@ -123,10 +133,12 @@ function noteSpelling(spellings: Map<string, Set<string>>, label: string, key: s
  * Items of the dataset under the listed prefix whose objects were not listed: deleted from the
  * bucket. They leave the dataset (and training), so a dataset matches its bucket after an ingest.
  */
-async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services']['datasets'], listed: Set<string>): Promise<number> {
-  // Every listed object is in the dataset by now: when that is all it holds, nothing was deleted,
-  // and the scan (the whole dataset, on every round of --watch) is not needed.
-  if ((await datasets.size(req.dataset)) <= listed.size) return 0;
+async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services']['datasets'], listed: Set<string>, labelled: number): Promise<number> {
+  // Every labelled object listed is in the dataset by now: when that is all it holds, nothing was
+  // deleted, and the scan (the whole dataset, on every round of --watch) is not needed.
+  if ((await datasets.size(req.dataset)) <= labelled) return 0;
+  // An item whose key was listed stays, labelled under this prefix or not: ingesting a prefix one
+  // level too deep (nothing in a label folder under it) must not take the dataset's images out.
   const gone: string[] = [];
   for await (const page of datasets.scan(req.dataset)) {
     for (const [id] of page) {

@@ -220,7 +220,7 @@ async function planMoves(ctx: CliContext, dataset: string, moves: { itemId: stri
   return planned;
 }
 
-/** How many moves are inspected at once (each a HEAD or two; a download or two when ETags cannot tell). */
+/** How many moves are inspected at once (each two HEADs; a download or two when ETags cannot tell). */
 const INSPECTIONS_AT_ONCE = 16;
 
 /**
@@ -256,7 +256,7 @@ async function checkMove(ctx: CliContext, dataset: string, p: PlannedMove, recor
   try {
     [source, target] = await Promise.all([store.headObject(p.bucket, p.key), store.headObject(p.bucket, p.newKey)]);
   } catch (err) {
-    // a key S3 will not take (too long for this server, say): the copy would be refused as well
+    // S3 refuses to look at one of them (a key it will not take, no permission): the copy would be refused as well
     if (err instanceof ObjectRefusedError) return `s3://${p.itemId} cannot be moved to s3://${p.newId}: ${err.message}`;
     throw err;
   }
@@ -271,11 +271,12 @@ async function checkMove(ctx: CliContext, dataset: string, p: PlannedMove, recor
     if (there.label !== p.label) return overwrites;
     if (target && target.etag !== there.etag) return `s3://${p.newId} holds another object than the one recorded for it: ingest the prefix again first`;
     if (!source && !target) return `s3://${p.itemId} and s3://${p.newId} are both gone from the bucket: ingest the prefix again`;
+    // (and before comparing anything with it: the old object must still be what was ingested)
+    if (source && source.etag !== record.etag) return changed;
     const same = await recordsOneImage(ctx, p, record, there, source, target);
     if (same === 'unknown') return unknown;
     if (!same) return overwrites;
-    if (!source) return 'finish';
-    return source.etag === record.etag ? 'copy' : changed;
+    return source ? 'copy' : 'finish';
   }
   if (!source) return `s3://${p.itemId} is gone from the bucket (deleted since it was ingested?): put it back, or ingest the prefix again`;
   if (source.etag !== record.etag) return changed;
@@ -307,12 +308,13 @@ async function recordsOneImage(ctx: CliContext, p: PlannedMove, record: ItemReco
 async function holdsImage(ctx: CliContext, p: PlannedMove, record: ItemRecord, source: ObjectInfo | undefined, target: ObjectInfo): Promise<boolean | 'unknown'> {
   if (target.etag === record.etag) return true;
   if (source && source.size !== target.size) return false;
-  if (!record.sha256 && !source) return 'unknown';
+  const expected = record.sha256 ?? (source && { etag: source.etag });
+  if (!expected) return 'unknown';
   const { store } = ctx.services;
   const max = ctx.config.preprocess.maxObjectBytes;
   try {
     const copied = contentHash(await store.getObject(p.bucket, p.newKey, max, { ifMatch: target.etag }));
-    return copied === (record.sha256 ?? contentHash(await store.getObject(p.bucket, p.key, max, { ifMatch: source!.etag })));
+    return copied === (typeof expected === 'string' ? expected : contentHash(await store.getObject(p.bucket, p.key, max, { ifMatch: expected.etag })));
   } catch (err) {
     if (err instanceof ObjectTooLargeError || err instanceof ObjectChangedError || err instanceof ObjectNotFoundError) return 'unknown';
     throw err;

@@ -55,7 +55,7 @@ export class ObjectTooLargeError extends Error {
 export class ObjectChangedError extends Error {
   override readonly name = 'ObjectChangedError';
   constructor(readonly bucket: string, readonly key: string, readonly expected: string, readonly actual: string | undefined) {
-    super(`s3://${bucket}/${key} changed after it was listed (ETag ${actual ?? 'unknown'}, listed ${expected})`);
+    super(`s3://${bucket}/${key} changed after it was listed (listed with ETag ${expected}${actual === undefined ? '' : `, now ${actual}`})`);
   }
 }
 

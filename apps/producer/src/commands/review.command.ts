@@ -1,4 +1,4 @@
-import { ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
+import { ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { relabelItems, reviewDataset, type RelabelOutcome, type Review } from '../review.service.js';
@@ -72,8 +72,13 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
       else if (r.outcome === 'missing') w(`  not in ${o.dataset}: s3://${printable(r.from)}`);
     });
   } catch (err) {
-    // What moved before the failure stays moved (and is listed above): the same command again finishes the rest.
-    if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${new Set(moves.map((m) => m.itemId)).size}: ${summary()}; the same command again finishes the rest (moving twice is moving once)`);
+    // What moved before the failure stays moved (and is listed above). After S3 or Redis went away
+    // the same command finishes the rest; an object replaced meanwhile must be ingested first.
+    const next =
+      err instanceof ObjectChangedError
+        ? `s3://${printable(err.bucket)}/${printable(err.key)} was replaced while relabel ran: ingest its prefix again, then the same command moves the rest`
+        : 'the same command again finishes the rest (moving twice is moving once)';
+    if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${new Set(moves.map((m) => m.itemId)).size}: ${summary()}; ${next}`);
     throw err;
   }
   w(`relabel ${o.dataset}: ${summary()}; nothing to embed again. Train again to use the new labels.`);
