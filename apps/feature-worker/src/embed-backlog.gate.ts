@@ -95,7 +95,8 @@ export class EmbedBacklogGate {
 
   /**
    * Sets `tl_queue_jobs{queue="embed",state="backlog"}` to the tensors that wait for the space's
-   * embed stage now, counted as admission counts them (a bound of 0 reserves nothing). Read when
+   * embed stage now, counted as admission counts them (a bound of 0 reserves nothing; the script
+   * also drops reservations past their expiry, as every admission does). Read when
    * Prometheus scrapes: a count kept from the last admission stayed at its last value once
    * preprocess had nothing more to hand over.
    */

@@ -27,10 +27,16 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   const sharpSettings = configureSharp({ concurrency: config.preprocess.sharpConcurrency });
   const gate = new EmbedBacklogGate(services.redis, queues, services.keys, config.preprocess.maxPendingTensors, async () => (await services.spaces.liveWorkers()).map((w) => w.space), metrics, log);
   // Its own queue, and the embed queues it feeds (so embed can be scaled on them even at zero).
-  const spaces = async () => (await services.spaces.list()).map((s) => s.space.id);
-  exportQueueDepths(metrics, async () => [queues.preprocess, ...(await spaces()).map((space) => queues.embed(space))], {
-    also: async () => void (await Promise.all((await spaces()).map((space) => gate.exportBacklog(space)))),
-  });
+  // The spaces listed once per scrape: their queues' counts, and each one's backlog as the gate counts it.
+  let spaces: string[] = [];
+  exportQueueDepths(
+    metrics,
+    async () => {
+      spaces = (await services.spaces.list()).map((s) => s.space.id);
+      return [queues.preprocess, ...spaces.map((space) => queues.embed(space))];
+    },
+    { also: async () => void (await Promise.all(spaces.map((space) => gate.exportBacklog(space)))) },
+  );
   const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
   const deps: PreprocessDeps = {
     objects: services.store,

@@ -74,7 +74,7 @@ const COUNTED_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'failed',
 export function exportQueueDepths(
   metrics: Pick<Metrics, 'queueJobs' | 'setQueueDepthSource'>,
   queues: () => Promise<Pick<Queue, 'name' | 'getJobCounts'>[]>,
-  o: { timeoutMs?: number; /** more of tl_queue_jobs, read on the same scrape */ also?: () => Promise<void> } = {},
+  o: { timeoutMs?: number; /** more of tl_queue_jobs, read on the same scrape once `queues` has answered */ also?: () => Promise<void> } = {},
 ): void {
   const timeoutMs = o.timeoutMs ?? 2_000;
   const collect = async () => {

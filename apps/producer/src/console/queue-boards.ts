@@ -3,10 +3,9 @@ import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import type { Queue } from 'bullmq';
 import { Router, type Express, type RequestHandler } from 'express';
-
-/** Where the boards live: everyone sees the read-only one; the admin one needs credentials. */
 import { BOARD_PATHS } from './html.js';
 
+/** Where the boards live (everyone sees the read-only one; the admin one needs credentials): one home, in html.ts. */
 export { BOARD_PATHS };
 
 export interface QueueBoard {
