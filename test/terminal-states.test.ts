@@ -66,6 +66,10 @@ describe('transient faults that outlast the attempts', () => {
 
     const failures = await cli(['failures', '-d', 'faulty']);
     expect(failures.stdout).toMatch(/preprocess attempts-exhausted after 5 attempts/);
+    // a reason nothing failed with retries nothing, and says which reasons there are
+    const none = await cli(['retry', '-d', 'faulty', '--reason', 'no-such-reason']);
+    expect(none.code).toBe(0);
+    expect(none.stdout).toMatch(/retrying 0 failed images of faulty with reason no-such-reason; 1 other failure left alone \(attempts-exhausted: name one with --reason to retry those\)/);
 
     proxy.heal();
     const retried = await cli(['retry', '-d', 'faulty']);

@@ -185,10 +185,22 @@ describe('training runs and classification', () => {
     expect(train.stderr).not.toContain('300/300');
   });
 
+  it('says how many images it left out because their bytes are filed under two labels', async () => {
+    const bytes = await ctx.services.store.getObject(photos, 'duo/train/circle/0.jpg');
+    await ctx.services.store.putObject(photos, 'duo/train/square/copy-of-circle-0.jpg', bytes);
+    expect((await runCli(['ingest', `s3://${photos}/duo/`, '-d', 'duo'], stack.env)).code).toBe(0);
+    const train = await runCli(['train', '-d', 'duo', '--epochs', '3', '--run-id', 'conflict'], stack.env);
+    expect(train.code).toBe(0);
+    expect(train.stdout).toMatch(/left out: 1 image whose bytes are filed under more than one label/);
+    const report = (await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'conflict', 'report.json')))!;
+    expect(report.split.conflictsLeftOut).toBe(1);
+  });
+
   it('refuses bad training settings with exit 2 before it waits or enqueues anything', async () => {
     const r = await runCli(['train', '-d', 'shapes', '--validation-fraction', '0.6', '--run-id', 'never'], stack.env);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/bad training settings: validationFraction/);
+    // named as the user gave it: the option, not the field of the job
+    expect(r.stderr).toMatch(/bad training settings: --validation-fraction: /);
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'never' }))).toBeUndefined();
     // a run id another dataset's run holds is refused, saying whose
     const taken = await runCli(['train', '-d', 'shapes', '--run-id', 'one-class-val'], stack.env);

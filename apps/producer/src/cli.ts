@@ -103,7 +103,7 @@ program
   .option(...embedderOption)
   .option('--no-wait', 'enqueue and return without waiting for the embeddings')
   .option('--watch', 'keep picking up new and changed objects under the prefix until Ctrl-C')
-  .option('--interval <seconds>', 'how often --watch lists the prefix (default 10)', positive('--interval'), 10)
+  .option('--interval <seconds>', 'how often --watch lists the prefix', positive('--interval'), 10)
   .option(...stallOption)
   .action((url: string, o: { dataset: string; embedder?: string; wait: boolean; watch?: boolean; interval: number; stallTimeout: number }) =>
     withContext(async (ctx) => {
@@ -205,7 +205,7 @@ program
   .argument('<s3url>', 'e.g. s3://photos/incoming/')
   .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to use, or dataset@run')
   .option('--watch', 'keep classifying new objects under the prefix')
-  .option('--interval <seconds>', 'how often --watch looks for new objects (default 10)', positive('--interval'), 10)
+  .option('--interval <seconds>', 'how often --watch looks for new objects', positive('--interval'), 10)
   .option(...stallOption)
   .action((url: string, o: { model: string; watch?: boolean; interval: number; stallTimeout: number }) =>
     withContext(async (ctx) => {
@@ -278,7 +278,7 @@ cache
 cache
   .command('compact')
   .description('merge the small shards the embed stage writes into large ones, so training reads few large objects; then delete shard data that no manifest names')
-  .option('--rows <n>', 'rows per merged shard (default 4096)', int('--rows'), 4096)
+  .option('--rows <n>', 'rows per merged shard', int('--rows'), 4096)
   .option('--orphans-older-than <minutes>', `delete shard data that no manifest names (a write cut short) once it is this old (default ${DEFAULT_ORPHAN_MINUTES}); below a few minutes only while no embed worker writes: a write in progress has its data before its manifest`, int('--orphans-older-than'))
   .option(...embedderOption)
   .action((o: { rows: number; embedder?: string; orphansOlderThan?: number }) => withContext((ctx) => compactCommand(ctx, o)));

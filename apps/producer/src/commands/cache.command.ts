@@ -1,4 +1,5 @@
 import { chooseSpace, type CliContext } from '../cli-context.js';
+import { CliExit, EXIT } from '../exit-codes.js';
 
 /** `transferline cache rebuild-index`: restores the Redis index of the embedding cache from the shards in the bucket (after Redis lost it). */
 export async function rebuildIndexCommand(ctx: CliContext, o: { embedder?: string } = {}): Promise<number> {
@@ -21,13 +22,13 @@ export async function compactCommand(
   ctx: CliContext,
   o: { rows: number; embedder?: string; orphansOlderThan?: number },
 ): Promise<{ shardsBefore: number; shardsAfter: number; rows: number; orphans: number }> {
-  if (!(o.rows >= 2)) throw new Error('--rows must be at least 2');
+  if (!(o.rows >= 2)) throw new CliExit(EXIT.usage, 'transferline: --rows must be at least 2');
   const orphanMinutes = o.orphansOlderThan ?? DEFAULT_ORPHAN_MINUTES;
   if (!(orphanMinutes >= 0)) throw new Error('--orphans-older-than must be 0 or more minutes');
   const space = await chooseSpace(ctx, o.embedder);
   const r = await ctx.services.cache.compact(space.id, o.rows);
   const orphans = await ctx.services.cache.sweepOrphans(space.id, orphanMinutes * 60_000);
-  ctx.out.write(`embedding cache ${space.id}: ${r.rows} rows, ${r.shardsBefore} shards → ${r.shardsAfter}`);
+  ctx.out.write(`embedding cache ${space.id}: ${r.rows} rows, ${r.shardsBefore} shard${r.shardsBefore === 1 ? '' : 's'} → ${r.shardsAfter}`);
   ctx.out.write(orphans ? `; ${orphans} leftover .npy without a manifest deleted\n` : '\n');
   return { ...r, orphans };
 }

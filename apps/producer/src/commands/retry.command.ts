@@ -30,12 +30,17 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
     v.phase === 'failed' && (o.reason ? v.failure!.reason === o.reason : TRANSIENT_REASONS.has(v.failure!.reason)) && (!o.stage || v.failure!.stage === o.stage);
   const byBucket = new Map<string, ItemView[]>();
   let skipped = 0;
+  /** the reasons of the failures left alone */
+  const left: string[] = [];
   for await (const page of inspector.scan(o.dataset)) {
     for (const v of page) {
       if (chosen(v)) {
         const { bucket } = DatasetRepository.parseItemId(v.id);
         byBucket.set(bucket, [...(byBucket.get(bucket) ?? []), v]);
-      } else if (v.phase === 'failed') skipped++;
+      } else if (v.phase === 'failed') {
+        skipped++;
+        left.push(v.failure!.reason);
+      }
     }
   }
   const retried = [...byBucket.values()].reduce((a, l) => a + l.length, 0);
@@ -45,9 +50,10 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
       await submit({ bucket, dataset: o.dataset, space }, { services: ctx.services, queues: ctx.queues }, part);
     }
   }
-  const what = o.reason ? `with reason ${o.reason}` : `that is not the image's fault (${[...TRANSIENT_REASONS].join(', ')})`;
+  const what = o.reason ? `with reason ${o.reason}` : `that failed on an error that is not the image's (${[...TRANSIENT_REASONS].join(', ')})`;
   ctx.out.write(`retrying ${retried} failed image${retried === 1 ? '' : 's'} of ${o.dataset} ${what}${o.stage ? ` in ${o.stage}` : ''}`);
-  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (name a reason with --reason to retry them)\n` : '\n');
+  const reasons = [...new Set(left)].sort().join(', ');
+  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${reasons}: name one with --reason to retry those)\n` : '\n');
   if (!o.wait || retried === 0) return { retried };
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
   printDatasetSummary(ctx, status);

@@ -9,6 +9,12 @@ import { printable } from '../terminal.js';
 import type { EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
+/** The option a TrainJob field comes from: `validationFraction` → `--validation-fraction`. */
+function flagOf(path: PropertyKey[]): string {
+  const field = String(path[0] ?? '');
+  return field ? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}` : 'settings';
+}
+
 export type HeadSettings = Partial<Pick<TrainJob, 'epochs' | 'learningRate' | 'batchSize' | 'seed' | 'hiddenUnits' | 'dropout' | 'l2' | 'patience' | 'classWeights' | 'validationFraction' | 'testFraction'>>;
 
 export interface TrainOptions extends HeadSettings {
@@ -62,7 +68,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
   const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined };
   const parsed = TrainJob.safeParse(input);
-  if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${flagOf(i.path)}: ${i.message}`).join('; ')}`);
   const payload = parsed.data;
   const stallSeconds = o.stallSeconds ?? 30;
   const status = await inspector.status(o.dataset);
@@ -120,6 +126,8 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images; best epoch ${result.bestEpoch})`);
   if (report?.coverage.partial) w(`  partial: trained on ${report.coverage.embedded} of ${report.coverage.total} images (${report.coverage.pending} pending, ${report.coverage.failed} failed)`);
+  const conflicts = report?.split.conflictsLeftOut ?? 0;
+  if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; \`transferline review\` and \`relabel\` sort them out); copies under one label count once`);
   const bin = report?.validation.binary;
   if (bin) w(`  ROC AUC (validation, positive "${printable(bin.positiveLabel)}") ${bin.rocAuc === null ? 'n/a (validation holds one class only)' : bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
   w(`model: s3://${ctx.config.s3.bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);

@@ -468,7 +468,7 @@ export async function startClassifierServer(
     const old = current;
     current = next;
     showModel(next.meta);
-    o.log.info({ dataset: next.meta.dataset, runId: next.meta.runId, was: old.meta.runId }, 'model swapped');
+    o.log.info({ dataset: next.meta.dataset, runId: next.meta.runId, was: old.meta.runId }, next.meta.runId === old.meta.runId ? 'model reloaded (the same run)' : 'model swapped');
     void old.retire();
     return next.meta;
   };
