@@ -248,6 +248,21 @@ describe('training runs and classification', () => {
     expect(r.stdout).toMatch(/classified \d+ image\(s\)/);
   });
 
+  it('a round of --watch that finds nothing new writes no results file', async () => {
+    const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
+    const listed = async () => {
+      let n = 0;
+      // the run's results folder: a results key without its file name
+      const folder = ctx.services.layout.classifyResults('shapes', (await resolveModel(ctx, 'shapes')).runId, '').replace(/\.jsonl$/, '');
+      for await (const _ of ctx.services.store.listObjects(stack.config.s3.bucket, folder)) n++;
+      return n;
+    };
+    const before = await listed();
+    const results = await classifyCommand({ ...ctx, out: quiet }, `s3://${photos}/incoming/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 3 });
+    expect(results).toHaveLength(1); // the first round runs; the next two found nothing new
+    expect(await listed()).toBe(before + 1);
+  });
+
   it('says which images it could not classify and why, and failures lists them for its dataset', async () => {
     await ctx.services.store.putObject(photos, 'broken/circle-1.jpg', await renderSample('circle', 300, 99));
     await ctx.services.store.putObject(photos, 'broken/notes.jpg', 'meeting notes, not a photo');

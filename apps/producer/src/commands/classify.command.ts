@@ -60,7 +60,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   const stallSeconds = o.stallSeconds ?? 30;
   const results: ClassifyResult[] = [];
   for (let round = 1; ; round++) {
-    await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
+    const counts = await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
     // Wait for whatever under this prefix is still on its way, not only what this round enqueued:
     // images an earlier round left pending (one cut short by Ctrl-C, another client's) would
     // otherwise be skipped by the classify job, which takes the embedded and the failed. Other
@@ -68,6 +68,15 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     const within = `${bucket}/${prefix}`;
     const before = await ctx.services.inspector.status(dataset, 0, within);
     if (before.pending + before.orphaned > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within });
+    // A round of --watch that found nothing new writes no results file (every round's would list
+    // the same images, failures included, as "already done").
+    const fresh = counts.enqueued + counts.fromCache + counts.retried + before.pending + before.orphaned;
+    if (round > 1 && fresh === 0) {
+      if (o.maxRounds !== undefined && round >= o.maxRounds) break;
+      await sleep(o.intervalSeconds * 1000, ctx.signal);
+      if (ctx.signal?.aborted) break;
+      continue;
+    }
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
     const payload: ClassifyJob = {
       dataset,
