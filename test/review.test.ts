@@ -29,6 +29,15 @@ const sink = { write: () => true } as unknown as NodeJS.WritableStream;
 const flipped = new Map<string, SampleClass>();
 /** Where the S3 server keeps an object's bytes (`<key>._S3rver_object`) and ETag (`….md5`). */
 const stored = (key: string) => path.join(stack.dataDir, 's3', bucket, `${key}._S3rver_object`);
+/** relabel of one image through the CLI: it says it moved it, the old key is gone, the new one holds `bytes`. */
+async function expectMoved(from: string, to: string, label: string, bytes: Buffer): Promise<void> {
+  const r = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', label], stack.env);
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  expect(r.stdout).toMatch(/relabel noisy: 1 moved/);
+  expect(await ctx.services.store.headObject(bucket, from)).toBeUndefined();
+  expect((await ctx.services.store.getObject(bucket, to)).equals(bytes)).toBe(true);
+}
 /**
  * Gives an object the ETag S3 gives one uploaded in parts ("<MD5 of the parts' MD5s>-<parts>"):
  * this server stores every object under the plain MD5 of its bytes, and a copy gets the plain MD5.
@@ -237,12 +246,7 @@ describe('review and relabel', () => {
     const bytes = await ctx.services.store.getObject(bucket, from);
     await ctx.services.store.putObject(bucket, to, bytes);
     expect((await ctx.services.store.headObject(bucket, to))?.etag).not.toBe(multipart);
-    const r = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'circle'], stack.env);
-    expect(r.stderr).toBe('');
-    expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/relabel noisy: 1 moved/);
-    expect(await ctx.services.store.headObject(bucket, from)).toBeUndefined();
-    expect((await ctx.services.store.getObject(bucket, to)).equals(bytes)).toBe(true);
+    await expectMoved(from, to, 'circle', bytes);
     expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/${to}`]))[0]).toMatchObject({ label: 'circle', sha256: record!.sha256 });
   }, 120_000);
 
@@ -334,12 +338,7 @@ describe('review and relabel', () => {
 
     it('is finished, known by its bytes against the old object', async () => {
       const { from, to, bytes } = await cutShort('parts-1');
-      const r = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'circle'], stack.env);
-      expect(r.stderr).toBe('');
-      expect(r.code).toBe(0);
-      expect(r.stdout).toMatch(/relabel noisy: 1 moved/);
-      expect(await ctx.services.store.headObject(bucket, from)).toBeUndefined();
-      expect((await ctx.services.store.getObject(bucket, to)).equals(bytes)).toBe(true);
+      await expectMoved(from, to, 'circle', bytes);
       expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/${from}`]))[0]).toBeUndefined();
     }, 120_000);
 

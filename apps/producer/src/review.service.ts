@@ -308,13 +308,11 @@ async function recordsOneImage(ctx: CliContext, p: PlannedMove, record: ItemReco
 async function holdsImage(ctx: CliContext, p: PlannedMove, record: ItemRecord, source: ObjectInfo | undefined, target: ObjectInfo): Promise<boolean | 'unknown'> {
   if (target.etag === record.etag) return true;
   if (source && source.size !== target.size) return false;
-  const expected = record.sha256 ?? (source && { etag: source.etag });
-  if (!expected) return 'unknown';
-  const { store } = ctx.services;
-  const max = ctx.config.preprocess.maxObjectBytes;
+  if (!record.sha256 && !source) return 'unknown';
+  const hashOf = async (key: string, etag: string) => contentHash(await ctx.services.store.getObject(p.bucket, key, ctx.config.preprocess.maxObjectBytes, { ifMatch: etag }));
   try {
-    const copied = contentHash(await store.getObject(p.bucket, p.newKey, max, { ifMatch: target.etag }));
-    return copied === (typeof expected === 'string' ? expected : contentHash(await store.getObject(p.bucket, p.key, max, { ifMatch: expected.etag })));
+    const copied = await hashOf(p.newKey, target.etag);
+    return copied === (record.sha256 ?? (await hashOf(p.key, source!.etag)));
   } catch (err) {
     if (err instanceof ObjectTooLargeError || err instanceof ObjectChangedError || err instanceof ObjectNotFoundError) return 'unknown';
     throw err;

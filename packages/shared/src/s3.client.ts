@@ -71,6 +71,11 @@ export class ObjectRefusedError extends Error {
   }
 }
 
+/** S3 refused a request made with `If-Match` (412): the object holds other content than that ETag. */
+function preconditionFailed(err: unknown, ifMatch: string | undefined): ifMatch is string {
+  return ifMatch !== undefined && err instanceof S3ServiceException && err.$metadata.httpStatusCode === 412;
+}
+
 /** A client error S3 would give again (not 404; not 408 or 429, which ask to try again later). */
 function refusedStatus(err: unknown): number | undefined {
   const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
@@ -190,7 +195,7 @@ export class ObjectStore {
       res = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key, ...(o.ifMatch !== undefined && { IfMatch: `"${o.ifMatch}"` }) }));
     } catch (err) {
       if (isNotFound(err)) throw new ObjectNotFoundError(bucket, key);
-      if (o.ifMatch !== undefined && err instanceof S3ServiceException && err.$metadata.httpStatusCode === 412) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
+      if (preconditionFailed(err, o.ifMatch)) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
       throw err;
     }
     const body = res.Body as Readable | undefined;
@@ -283,7 +288,7 @@ export class ObjectStore {
       const res = await this.client.send(new CopyObjectCommand({ Bucket: bucket, Key: to, CopySource: source, ...(o.ifMatch !== undefined && { CopySourceIfMatch: `"${o.ifMatch}"` }) }));
       return stripQuotes(res.CopyObjectResult?.ETag);
     } catch (err) {
-      if (o.ifMatch !== undefined && err instanceof S3ServiceException && err.$metadata.httpStatusCode === 412) throw new ObjectChangedError(bucket, from, o.ifMatch, undefined);
+      if (preconditionFailed(err, o.ifMatch)) throw new ObjectChangedError(bucket, from, o.ifMatch, undefined);
       throw err;
     }
   }
@@ -297,7 +302,7 @@ export class ObjectStore {
     try {
       await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key, ...(o.ifMatch !== undefined && { IfMatch: `"${o.ifMatch}"` }) }));
     } catch (err) {
-      if (o.ifMatch !== undefined && err instanceof S3ServiceException && err.$metadata.httpStatusCode === 412) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
+      if (preconditionFailed(err, o.ifMatch)) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
       if (o.ifMatch !== undefined && isNotFound(err)) return;
       throw err;
     }

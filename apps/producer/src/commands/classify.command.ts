@@ -71,38 +71,37 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     // A round of --watch that found nothing new writes no results file (every round's would list
     // the same images, failures included, as "already done").
     const fresh = counts.enqueued + counts.fromCache + counts.retried + before.pending + before.orphaned;
-    if (round > 1 && fresh === 0) {
-      if (o.maxRounds !== undefined && round >= o.maxRounds) break;
-      await sleep(o.intervalSeconds * 1000, ctx.signal);
-      if (ctx.signal?.aborted) break;
-      continue;
-    }
-    const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-    const payload: ClassifyJob = {
-      dataset,
-      model: model.dataset,
-      runId: model.runId,
-      embedderId: model.space.id,
-      bucket,
-      prefix,
-      outputKey: ctx.services.layout.classifyResults(model.dataset, model.runId, stamp),
-    };
-    const id = jobIds.classify(payload);
-    await enqueue(ctx.queues.classify, 'classify', [{ id, payload }]);
-    const job = (await ctx.queues.classify.getJob(id))!;
-    const r = await followJob<ClassifyResult>(ctx, ctx.queues.classify, job, { what: `classifying s3://${bucket}/${prefix}`, role: 'train', stallSeconds });
-    results.push(r);
-    const labels = r.byLabel.map((l) => `${printable(l.label)} ${l.count}`).join(', ');
-    ctx.out.write(
-      `classified ${r.classified} image(s) under s3://${printable(bucket)}/${printable(prefix)} with ${model.dataset}@${model.runId}` +
-        `${labels ? ` (${labels})` : ''}${r.failed ? `, ${r.failed} failed` : ''}${r.skipped ? `, ${r.skipped} already done` : ''}` +
-        ` → s3://${ctx.config.s3.bucket}/${r.outputKey}\n`,
-    );
-    // which images failed, and why (the results file has them too)
-    if (r.failed) printFailures(ctx, await ctx.services.inspector.status(dataset, 20, within));
+    if (round === 1 || fresh > 0) results.push(await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds));
     if (!o.watch || (o.maxRounds !== undefined && round >= o.maxRounds) || ctx.signal?.aborted) break;
     await sleep(o.intervalSeconds * 1000, ctx.signal);
     if (ctx.signal?.aborted) break;
   }
   return results;
+}
+
+/** One classify job over the prefix (the items embedded or failed by now): its results file, and what it says. */
+async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: string, bucket: string, prefix: string, stallSeconds: number): Promise<ClassifyResult> {
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const payload: ClassifyJob = {
+    dataset,
+    model: model.dataset,
+    runId: model.runId,
+    embedderId: model.space.id,
+    bucket,
+    prefix,
+    outputKey: ctx.services.layout.classifyResults(model.dataset, model.runId, stamp),
+  };
+  const id = jobIds.classify(payload);
+  await enqueue(ctx.queues.classify, 'classify', [{ id, payload }]);
+  const job = (await ctx.queues.classify.getJob(id))!;
+  const r = await followJob<ClassifyResult>(ctx, ctx.queues.classify, job, { what: `classifying s3://${bucket}/${prefix}`, role: 'train', stallSeconds });
+  const labels = r.byLabel.map((l) => `${printable(l.label)} ${l.count}`).join(', ');
+  ctx.out.write(
+    `classified ${r.classified} image(s) under s3://${printable(bucket)}/${printable(prefix)} with ${model.dataset}@${model.runId}` +
+      `${labels ? ` (${labels})` : ''}${r.failed ? `, ${r.failed} failed` : ''}${r.skipped ? `, ${r.skipped} already done` : ''}` +
+      ` → s3://${ctx.config.s3.bucket}/${r.outputKey}\n`,
+  );
+  // which images failed, and why (the results file has them too)
+  if (r.failed) printFailures(ctx, await ctx.services.inspector.status(dataset, 20, `${bucket}/${prefix}`));
+  return r;
 }
