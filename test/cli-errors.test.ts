@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { createRedis } from '../packages/shared/src/index.js';
 import { describe, expect, it } from 'vitest';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
 import { runCli } from './support/stack.js';
@@ -18,8 +19,30 @@ describe('what a user sees when something is wrong', () => {
     const started = Date.now();
     const r = await runCli(['status'], { ...baseEnv, REDIS_URL: 'redis://127.0.0.1:1' });
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/cannot reach Redis at redis:\/\/127\.0\.0\.1:1: .*Is it running\?/);
+    // why, in words: not ioredis's "max retries per request" for a server that is not there
+    expect(r.stderr).toMatch(/cannot reach Redis at redis:\/\/127\.0\.0\.1:1: connection refused\. Is it running\?/);
+    expect(r.stderr).not.toMatch(/maxRetriesPerRequest/);
     expect(Date.now() - started).toBeLessThan(15_000);
+  });
+
+  it('a Redis that is there but refuses the password is not called unreachable', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-authredis-'));
+    const server = await startEmbeddedRedis({ directory: path.join(dir, 'redis'), port: 0, persist: false });
+    try {
+      const admin = createRedis(server.url, 'oneshot');
+      await admin.config('SET', 'requirepass', 'sekrit');
+      await admin.quit().catch(() => undefined);
+      const port = new URL(server.url).port;
+      const wrong = await runCli(['status'], { ...baseEnv, REDIS_URL: `redis://:guess@127.0.0.1:${port}` });
+      expect(wrong.code).toBe(1);
+      expect(wrong.stderr).toMatch(new RegExp(`Redis at redis://:\\*\\*\\*@127\\.0\\.0\\.1:${port} refused the connection: WRONGPASS .*\\(check REDIS_URL\\)`));
+      expect(wrong.stderr).not.toMatch(/guess|Is it running/);
+      const none = await runCli(['status'], { ...baseEnv, REDIS_URL: `redis://127.0.0.1:${port}` });
+      expect(none.stderr).toMatch(/refused the connection: NOAUTH/);
+    } finally {
+      await server.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('up without redis-server on the PATH says how to install it', async () => {

@@ -24,9 +24,29 @@ export function createRedis(url: string, mode: 'worker' | 'oneshot', options: Re
   });
   redis.once('ready', () => (wasReady = true));
   // Connection errors are retried by the strategy above; without a listener ioredis would print
-  // each one as an "Unhandled error event". Commands still reject with their own errors.
-  redis.on('error', onError ?? (() => {}));
+  // each one as an "Unhandled error event". Commands still reject with their own errors, which
+  // say only that the retries ran out: the last connection error is kept to say why.
+  redis.on('error', (err: Error) => {
+    lastConnectionError.set(redis, err);
+    onError?.(err);
+  });
   return redis;
+}
+
+const lastConnectionError = new WeakMap<Redis, Error>();
+
+/** Why a connection failed, in words: the socket's error code where it has one. */
+function connectionProblem(err: Error): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  const words: Record<string, string> = {
+    ECONNREFUSED: 'connection refused',
+    ENOTFOUND: 'no such host',
+    EAI_AGAIN: 'the host name could not be resolved',
+    ETIMEDOUT: 'the connection timed out',
+    EHOSTUNREACH: 'the host is unreachable',
+    ECONNRESET: 'the connection was reset',
+  };
+  return (code && words[code]) ?? err.message;
 }
 
 /**
@@ -67,7 +87,11 @@ export async function pingRedis(redis: Redis, url: string): Promise<void> {
   try {
     await redis.ping();
   } catch (err) {
-    throw new Error(`cannot reach Redis at ${redactUrl(url)}: ${(err as Error).message}. Is it running? (set REDIS_URL, or run "transferline up")`);
+    const where = redactUrl(url);
+    // Reached, and refused: a password, a TLS setting, a server still loading its data.
+    if (!isRedisUnavailable(err)) throw new Error(`Redis at ${where} refused the connection: ${(err as Error).message} (check REDIS_URL)`);
+    const cause = lastConnectionError.get(redis);
+    throw new Error(`cannot reach Redis at ${where}: ${cause ? connectionProblem(cause) : (err as Error).message}. Is it running? (set REDIS_URL, or run "transferline up")`);
   }
 }
 
