@@ -105,7 +105,10 @@ describe('bad input fails alone, with a reason', () => {
     expect(Object.fromEntries(shown.datasets[0]!.failures.map((f) => [f.item, f.reason]))).toEqual(expected);
     // and listed, every one, by the failures command (filterable by reason)
     const listed = await runCli(['failures', '--dataset', 'bad', '--json'], stack.env);
-    expect(Object.fromEntries((JSON.parse(listed.stdout) as { item: string; reason: string }[]).map((f) => [f.item, f.reason]))).toEqual(expected);
+    const listedJson = JSON.parse(listed.stdout) as { item: string; object: string; reason: string }[];
+    expect(Object.fromEntries(listedJson.map((f) => [f.item, f.reason]))).toEqual(expected);
+    // each with the object as a user names it, ready for awscli
+    expect(listedJson.map((f) => f.object).sort()).toEqual(Object.keys(expected).map((id) => `s3://${id}`).sort());
     const bombs = await runCli(['failures', '--dataset', 'bad', '--reason', 'too-many-pixels'], stack.env);
     expect(bombs.stdout).toMatch(/^dataset bad: 2 failed with too-many-pixels \(too-many-pixels 2\)$/m);
 

@@ -49,8 +49,8 @@ export interface DatasetStatus {
   pending: number;
   pendingByStage: { preprocess: number; embed: number };
   orphaned: number;
-  /** the first failures (up to the limit asked for) */
-  failures: ({ item: string } & ItemFailureView)[];
+  /** the first failures (up to the limit asked for): the item id (`bucket/key`) and its object's `s3://` URL */
+  failures: ({ item: string; object: string } & ItemFailureView)[];
   failuresByReason: { stage: Stage; reason: string; count: number }[];
   /** images per label, sorted by label */
   labels: { label: string; count: number }[];
@@ -168,7 +168,7 @@ export class DatasetInspector {
         } else if (v.phase === 'failed') {
           s.failed++;
           const f = v.failure!;
-          if (s.failures.length < maxFailuresListed) s.failures.push({ item: v.id, ...f });
+          if (s.failures.length < maxFailuresListed) s.failures.push({ item: v.id, object: DatasetRepository.objectUrl(v.id), ...f });
           const k = `${f.stage} ${f.reason}`;
           const r = reasons.get(k) ?? { stage: f.stage, reason: f.reason, count: 0 };
           r.count++;

@@ -49,6 +49,11 @@ export class DatasetRepository {
     return `${bucket}/${key}`;
   }
 
+  /** `bucket/key` → `s3://bucket/key`, the object as a user names it. */
+  static objectUrl(itemId: string): string {
+    return `s3://${itemId}`;
+  }
+
   /** `bucket/key` → its parts (bucket names have no `/`). */
   static parseItemId(id: string): { bucket: string; key: string } {
     const slash = id.indexOf('/');

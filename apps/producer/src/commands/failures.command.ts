@@ -20,7 +20,7 @@ export async function failuresCommand(ctx: CliContext, o: { dataset: string; rea
   for (const f of failures) byReason.set(f.reason, (byReason.get(f.reason) ?? 0) + 1);
   ctx.out.write(`dataset ${o.dataset}: ${failures.length} failed${o.reason ? ` with ${o.reason}` : ''}${byReason.size ? ` (${[...byReason].map(([r, n]) => `${r} ${n}`).join(', ')})` : ''}\n`);
   for (const f of failures) {
-    ctx.out.write(`  s3://${printable(f.item)}  ${f.stage} ${f.reason}${f.attempts ? ` after ${f.attempts} attempt${f.attempts === 1 ? '' : 's'}` : ''}${f.detail ? `  ${printable(f.detail)}` : ''}\n`);
+    ctx.out.write(`  ${printable(f.object)}  ${f.stage} ${f.reason}${f.attempts ? ` after ${f.attempts} attempt${f.attempts === 1 ? '' : 's'}` : ''}${f.detail ? `  ${printable(f.detail)}` : ''}\n`);
   }
   return failures;
 }

@@ -78,6 +78,6 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
 /** The failures a status lists, one line each, and where to find the rest. */
 export function printFailures(ctx: CliContext, s: Pick<DatasetStatus, 'dataset' | 'failed' | 'failures'>): void {
   const w = (line: string) => ctx.out.write(`${line}\n`);
-  for (const f of s.failures) w(`  failed s3://${printable(f.item)}: ${f.stage} ${f.reason}${f.detail ? ` — ${printable(f.detail)}` : ''}`);
+  for (const f of s.failures) w(`  failed ${printable(f.object)}: ${f.stage} ${f.reason}${f.detail ? ` — ${printable(f.detail)}` : ''}`);
   if (s.failed > s.failures.length) w(`  … and ${s.failed - s.failures.length} more failures: transferline failures -d ${s.dataset}`);
 }
