@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError, type CommanderError } from 'commander';
-import { AnyDatasetName, ConfigError, DatasetName, loadConfig, sleep, TRANSIENT_REASONS } from '@transferline/shared';
+import { AnyDatasetName, ConfigError, DatasetName, loadConfig, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
 import { consoleCommand } from './commands/console.command.js';
 import { failuresCommand } from './commands/failures.command.js';
-import { ingestCommand } from './commands/ingest.command.js';
+import { ingestCommand, watchIngest } from './commands/ingest.command.js';
 import { modelsCommand } from './commands/models.command.js';
 import { retryCommand } from './commands/retry.command.js';
 import { statusCommand } from './commands/status.command.js';
@@ -107,22 +107,23 @@ program
   .option(...stallOption)
   .action((url: string, o: { dataset: string; embedder?: string; wait: boolean; watch?: boolean; interval: number; stallTimeout: number }) =>
     withContext(async (ctx) => {
-      for (;;) {
-        const r = await ingestCommand(ctx, url, { dataset: o.dataset, wait: o.wait, stallSeconds: o.stallTimeout, ...(o.embedder && { embedder: o.embedder }) });
-        if (r.status && r.status.failed > 0) process.exitCode = EXIT.failedItems;
-        // Nothing under the prefix, or nothing in a label folder (a prefix one level too deep), for
-        // a dataset that does not exist: a typo, most likely; a script's next step (train) would
-        // fail on it. Watching a prefix that is empty for now is fine.
-        if (!o.watch && r.counts.enqueued + r.counts.fromCache === 0 && !(await ctx.services.datasets.exists(o.dataset))) {
-          const what = r.counts.listed === 0 ? 'nothing to ingest under' : `none of the ${r.counts.listed} objects is in a label folder under`;
-          throw new CliExit(EXIT.error, `transferline: ${what} ${printableMessage(url)}, so dataset ${o.dataset} was not created`);
-        }
-        if (!o.watch || ctx.signal?.aborted) break;
-        await sleep(o.interval * 1000, ctx.signal);
-        if (ctx.signal?.aborted) break;
+      const settings = { dataset: o.dataset, wait: o.wait, stallSeconds: o.stallTimeout, ...(o.embedder && { embedder: o.embedder }) };
+      if (o.watch) {
+        const rounds = await watchIngest(ctx, url, { ...settings, intervalSeconds: o.interval });
+        if (rounds.some((r) => r.status && r.status.failed > 0)) process.exitCode = EXIT.failedItems;
+        // Ctrl-C between two rounds of --watch ends as Ctrl-C does everywhere else.
+        if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the workers go on with ${o.dataset}`);
+        return;
       }
-      // Ctrl-C between two rounds of --watch ends as Ctrl-C does everywhere else.
-      if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the workers go on with ${o.dataset}`);
+      const r = await ingestCommand(ctx, url, settings);
+      if (r.status && r.status.failed > 0) process.exitCode = EXIT.failedItems;
+      // Nothing under the prefix, or nothing in a label folder (a prefix one level too deep), for
+      // a dataset that does not exist: a typo, most likely; a script's next step (train) would
+      // fail on it. Watching a prefix that is empty for now is fine.
+      if (r.counts.enqueued + r.counts.fromCache === 0 && !(await ctx.services.datasets.exists(o.dataset))) {
+        const what = r.counts.listed === 0 ? 'nothing to ingest under' : `none of the ${r.counts.listed} objects is in a label folder under`;
+        throw new CliExit(EXIT.error, `transferline: ${what} ${printableMessage(url)}, so dataset ${o.dataset} was not created`);
+      }
     }),
   );
 

@@ -1,4 +1,4 @@
-import { parseS3Url, type DatasetStatus } from '@transferline/shared';
+import { parseS3Url, sleep, type DatasetStatus } from '@transferline/shared';
 import { chooseSpace, type CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix, type IngestCounts } from '../ingest.service.js';
@@ -14,11 +14,23 @@ export interface IngestOptions {
   embedderReason?: string;
   /** seconds without progress before a missing worker ends the wait (default 30) */
   stallSeconds?: number;
+  /**
+   * A round of --watch after the first: no listing bar, and when the listing changed nothing
+   * (no object new, changed, gone or tried again) nothing is printed and nothing waited for.
+   */
+  quietUnlessNew?: boolean;
 }
 
 export interface IngestOutcome {
   counts: IngestCounts;
   status?: DatasetStatus;
+  /** a quiet round: the listing changed nothing, and nothing was printed */
+  quiet?: boolean;
+}
+
+/** Whether a listing changed the dataset (or asked anything of the workers). */
+function changedAnything(c: IngestCounts): boolean {
+  return c.enqueued + c.fromCache + c.retried + c.removed > 0 || c.mergedLabels.length > 0;
 }
 
 /**
@@ -29,19 +41,20 @@ export interface IngestOutcome {
 export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptions): Promise<IngestOutcome> {
   const { bucket, prefix } = parseS3Url(url);
   const space = await chooseSpace(ctx, o.embedder, o.embedderReason);
-  const listing = createProgress('listing');
+  const listing = o.quietUnlessNew ? undefined : createProgress('listing');
   let counts: IngestCounts;
   try {
     counts = await ingestPrefix({ bucket, prefix, dataset: o.dataset, space }, { services: ctx.services, queues: ctx.queues }, (c) =>
-      listing.update(c.listed, c.listed, `listed, ${c.enqueued} enqueued`),
+      listing?.update(c.listed, c.listed, `listed, ${c.enqueued} enqueued`),
     );
   } catch (err) {
     const name = (err as Error).name;
     if (name === 'NoSuchBucket') throw new Error(`bucket ${bucket} does not exist at ${ctx.config.s3.endpoint}`);
     throw err;
   } finally {
-    listing.stop();
+    listing?.stop();
   }
+  if (o.quietUnlessNew && !changedAnything(counts)) return { counts, quiet: true };
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const where = `s3://${printable(bucket)}/${printable(prefix)}`;
   if (counts.listed === 0) w(`ingest ${where}: no objects there (is the prefix right? keys look like ${where}<label>/<file>)`);
@@ -61,6 +74,31 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
   printDatasetSummary(ctx, status);
   return { counts, status };
+}
+
+export interface WatchOptions extends Omit<IngestOptions, 'quietUnlessNew'> {
+  intervalSeconds: number;
+  /** for tests: stop after this many rounds */
+  maxRounds?: number;
+}
+
+/**
+ * `ingest --watch`: lists the prefix every `intervalSeconds` until Ctrl-C. The first round is a
+ * whole ingest; after it, a round speaks only when the listing changed something (new, changed
+ * or deleted objects, images tried again), and then waits for what it enqueued as ingest does.
+ * Returns every round's outcome.
+ */
+export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions): Promise<IngestOutcome[]> {
+  const rounds: IngestOutcome[] = [];
+  const { intervalSeconds, maxRounds, ...ingest } = o;
+  for (let round = 1; ; round++) {
+    rounds.push(await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1 }));
+    if (round === 1) ctx.out.write(`watching ${printable(url)}: listing it every ${intervalSeconds} s for new and changed images (Ctrl-C to stop)\n`);
+    if ((maxRounds !== undefined && round >= maxRounds) || ctx.signal?.aborted) break;
+    await sleep(intervalSeconds * 1000, ctx.signal);
+    if (ctx.signal?.aborted) break;
+  }
+  return rounds;
 }
 
 export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
