@@ -76,6 +76,8 @@ describe('what a user sees when something is wrong', () => {
       [['train', '--epochs', '3'], /train needs --dataset NAME/],
       [['train', '-d', 'x', '--class-weights', 'heavy'], /--class-weights is balanced or none/],
       [['review', '-d', 'x', '--folds', '1'], /--folds must be 2 or more/],
+      // a followed run keeps the settings it started with
+      [['train', '--follow', 'r1', '--epochs', '5', '--no-wait'], /--follow follows a run as it was started: --epochs, --no-wait cannot change it/],
     ];
     for (const [args, message] of cases) {
       const r = await runCli(args, { ...baseEnv, REDIS_URL: 'redis://127.0.0.1:1' });

@@ -325,7 +325,7 @@ describe('train on a dataset with images still pending', () => {
       expect(report!.params.partial).toBe(true);
 
       const same = await cli(['train', '-d', 'grow', '--run-id', 'grow-partial']);
-      expect(same.code).toBe(1);
+      expect(same.code).toBe(2);
       expect(same.stderr).toMatch(/run grow-partial exists already/);
 
       waiting = cli(['train', '-d', 'grow', '--epochs', '5', '--run-id', 'grow-full']);

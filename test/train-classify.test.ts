@@ -204,8 +204,16 @@ describe('training runs and classification', () => {
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'never' }))).toBeUndefined();
     // a run id another dataset's run holds is refused, saying whose
     const taken = await runCli(['train', '-d', 'shapes', '--run-id', 'one-class-val'], stack.env);
-    expect(taken.code).toBe(1);
+    expect(taken.code).toBe(2); // an option refused, as the bad settings above
     expect(taken.stderr).toMatch(/run id one-class-val is taken by a run of dataset duo/);
+    // following a run while naming another dataset is refused, not answered with the other dataset's run
+    const other = await runCli(['train', '--follow', 'one-class-val', '-d', 'shapes'], stack.env);
+    expect(other.code).toBe(2);
+    expect(other.stderr).toMatch(/run one-class-val trains dataset duo, not shapes/);
+    expect(other.stdout).not.toMatch(/validation accuracy/);
+    const same = await runCli(['train', '--follow', 'one-class-val', '-d', 'duo'], stack.env);
+    expect(same.stderr).toBe('');
+    expect(same.stdout).toMatch(/^run one-class-val: validation accuracy/m);
   });
 
   it('classify waits for the images an interrupted round left on their way, instead of leaving them out', async () => {

@@ -175,11 +175,16 @@ program
   .option('--follow <run>', 'follow a run started elsewhere instead of starting one')
   .option('--no-wait', 'enqueue the run and return without following it (it still waits for the images to be embedded, unless --partial)')
   .option(...stallOption)
-  .action((o: TrainOptions & { dataset?: string; follow?: string; classWeights?: string; stallTimeout: number }) => {
+  .action((o: TrainOptions & { dataset?: string; follow?: string; classWeights?: string; stallTimeout: number }, cmd: Command) => {
     if (!o.follow && !o.dataset) throw usage('train needs --dataset NAME (or --follow RUN)');
     if (o.classWeights !== undefined && o.classWeights !== 'balanced' && o.classWeights !== 'none') throw usage('--class-weights is balanced or none');
+    if (o.follow) {
+      // A run's settings were fixed when it started: one given here would be silently ignored.
+      const given = cmd.options.filter((opt) => !['dataset', 'follow', 'stallTimeout'].includes(opt.attributeName()) && cmd.getOptionValueSource(opt.attributeName()) === 'cli');
+      if (given.length) throw usage(`--follow follows a run as it was started: ${given.map((opt) => opt.long).join(', ')} cannot change it`);
+    }
     return withContext(async (ctx) => {
-      if (o.follow) return followRun(ctx, o.follow, o.stallTimeout);
+      if (o.follow) return followRun(ctx, o.follow, o.stallTimeout, o.dataset);
       const { follow: _follow, stallTimeout, ...rest } = o;
       return trainCommand(ctx, { ...rest, dataset: o.dataset!, stallSeconds: stallTimeout, classWeights: o.classWeights as 'balanced' | 'none' | undefined });
     });

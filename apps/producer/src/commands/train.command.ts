@@ -58,10 +58,10 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   const taken = await ctx.queues.train.getJob(jobId);
   const takenBy = (taken?.data as { dataset?: string } | undefined)?.dataset;
   if (taken && takenBy !== undefined && takenBy !== o.dataset) {
-    throw new Error(`run id ${runId} is taken by a run of dataset ${takenBy} (run ids are unique across datasets): choose another --run-id, or leave it out for a new one`);
+    throw new CliExit(EXIT.usage, `transferline: run id ${runId} is taken by a run of dataset ${takenBy} (run ids are unique across datasets): choose another --run-id, or leave it out for a new one`);
   }
   if (taken || (await store.headObject(ctx.config.s3.bucket, layout.runFile(o.dataset, runId, 'run.json')))) {
-    throw new Error(`run ${runId} exists already (see "transferline models"): choose another --run-id, or leave it out for a new one`);
+    throw new CliExit(EXIT.usage, `transferline: run ${runId} exists already (see "transferline models"): choose another --run-id, or leave it out for a new one`);
   }
   // The settings are checked before any wait: a bad value must not wait for every embedding first.
   const { dataset, wait, partial, runId: _r, stallSeconds: _s, ...settings } = o;
@@ -90,10 +90,13 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
  * Follows a run epoch by epoch (also one started elsewhere: `transferline train --follow RUN`)
  * and prints its report when it lands in the bucket.
  */
-export async function followRun(ctx: CliContext, runId: string, stallSeconds = 30): Promise<TrainOutcome> {
+export async function followRun(ctx: CliContext, runId: string, stallSeconds = 30, dataset?: string): Promise<TrainOutcome> {
   const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
   if (!job) throw new Error(`no run ${runId} in the train queue (finished runs are listed by "transferline models")`);
   const payload = TrainJob.parse(job.data);
+  if (dataset !== undefined && payload.dataset !== dataset) {
+    throw new CliExit(EXIT.usage, `transferline: run ${runId} trains dataset ${payload.dataset}, not ${dataset} (--follow takes the run id alone)`);
+  }
   const bar = createProgress(`training ${payload.dataset}`);
   let result: TrainResult;
   try {
