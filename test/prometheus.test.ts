@@ -99,5 +99,23 @@ describe('Prometheus watching a training run', () => {
     ]);
     const model = await query('tl_model_info', end - 1, end);
     expect(model[0]!.metric).toMatchObject({ weights: 'random', backend: 'onnx' });
+    // the dataset's first run counted by increase(), as the alerts and the dashboard count it
+    const runs = await query('increase(tl_train_runs_total{dataset="watched",outcome="completed"}[1h])', end - 1, end);
+    expect(Number(runs[0]?.values.at(-1)?.[1])).toBeGreaterThan(0);
+  });
+
+  it("sees a stage's first failure with rate() and increase(), as the dashboard's failure panels do", async () => {
+    const start = Date.now() / 1000;
+    // before any: the series are there at 0, from each worker's start
+    const zero = await query('tl_failures_total{role="preprocess",reason="not-an-image"}', start - 1, start);
+    expect(zero.map((s) => s.values.at(-1)![1])).toEqual(['0']);
+    await ctx.services.store.putObject('photos-prom', 'more/circle/notes.jpg', 'meeting notes, not a photo');
+    await ingestCommand(ctx, 's3://photos-prom/more/', { dataset: 'first-failure', wait: true });
+    await new Promise((r) => setTimeout(r, 600)); // a few more scrapes
+    const end = Date.now() / 1000;
+    const increase = await query('increase(tl_failures_total{stage="preprocess",reason="not-an-image"}[1h])', end - 1, end);
+    expect(Number(increase[0]?.values.at(-1)?.[1])).toBeGreaterThan(0);
+    const failed = await query('increase(tl_images_total{stage="preprocess",outcome="failed"}[1h])', end - 1, end);
+    expect(Number(failed[0]?.values.at(-1)?.[1])).toBeGreaterThan(0);
   });
 });

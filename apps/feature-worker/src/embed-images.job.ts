@@ -88,6 +88,11 @@ export class EmbedStage {
   }
 }
 
+/** Why embed fails an item for good (besides the reasons every worker has). */
+export const EMBED_FAILURE_REASONS = ['wrong-embedder', 'pixels-expired', 'bad-pixels'] as const;
+/** What `tl_images_total{stage="embed"}` counts. */
+export const EMBED_OUTCOMES = ['embedded', 'cached', 'failed'] as const;
+
 /**
  * One forward pass for a batch of jobs: each job's embedding (not yet stored), `cached`, or its
  * error. An image whose embedding is cached already is skipped (a job may run twice); one whose

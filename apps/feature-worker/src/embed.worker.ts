@@ -16,7 +16,7 @@ import {
   type WeightsFile,
 } from '@transferline/shared';
 import os from 'node:os';
-import { EmbedStage } from './embed-images.job.js';
+import { EMBED_FAILURE_REASONS, EMBED_OUTCOMES, EmbedStage } from './embed-images.job.js';
 import { startEmbedRuntime } from './embed-runtime.js';
 
 /** Longest a computed embedding waits for its shard: under steady load shards fill much sooner. */
@@ -75,6 +75,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     { services, embedder, embedderId: space.id, metrics, log },
     { batchSize: config.embed.batchSize, batchWaitMs: config.embed.batchWaitMs, shardRows: config.embed.shardRows, shardMaxDelayMs: SHARD_MAX_DELAY_MS },
   );
+  for (const outcome of EMBED_OUTCOMES) metrics.images.inc({ stage: 'embed', outcome }, 0);
   const handler: Handler<'embed'> = (payload) => stage.embed(payload);
   const queues = createQueues(services.redis, config.redis.prefix);
   const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
@@ -87,6 +88,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     concurrency: EmbedStage.concurrency(config.embed),
     lockDuration: config.jobLockMs,
     guards: [s3],
+    failureReasons: EMBED_FAILURE_REASONS,
     onFinalFailure: async (payload, f) => {
       if (!payload) return;
       await services.datasets.recordEmbedFailure(payload.embedderId, payload.sha256, { reason: f.reason, detail: f.message, attempts: f.attempts });

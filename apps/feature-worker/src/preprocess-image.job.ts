@@ -11,7 +11,7 @@ import {
   type ObjectStore,
   type PreprocessJob,
 } from '@transferline/shared';
-import { prepareImage, type PrepareOptions } from './image.ops.js';
+import { IMAGE_FAILURE_REASONS, prepareImage, type PrepareOptions } from './image.ops.js';
 
 /**
  * What preprocess needs of Redis and the queues, as three verbs, each a round trip or two
@@ -38,6 +38,11 @@ export interface PreprocessDeps {
 }
 
 export type PreprocessOutcome = 'cached' | 'queued';
+
+/** Why preprocess fails an item for good: its bytes (IMAGE_FAILURE_REASONS), or its object. */
+export const PREPROCESS_FAILURE_REASONS = [...IMAGE_FAILURE_REASONS, 'not-found', 'too-large', 'changed'] as const;
+type ObjectFailureReason = Exclude<(typeof PREPROCESS_FAILURE_REASONS)[number], (typeof IMAGE_FAILURE_REASONS)[number]>;
+const permanent = (reason: ObjectFailureReason, message: string) => new PermanentError(reason, message);
 
 /**
  * One object: download, hash, and either note that its embedding is cached already or hand
@@ -67,8 +72,8 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
 
 function asPermanent(err: unknown): PermanentError | undefined {
   if (err instanceof PermanentError) return err;
-  if (err instanceof ObjectNotFoundError) return new PermanentError('not-found', `${err.message} (deleted since it was listed?)`);
-  if (err instanceof ObjectTooLargeError) return new PermanentError('too-large', err.message);
-  if (err instanceof ObjectChangedError) return new PermanentError('changed', `${err.message}: ingest again to take the new content`);
+  if (err instanceof ObjectNotFoundError) return permanent('not-found', `${err.message} (deleted since it was listed?)`);
+  if (err instanceof ObjectTooLargeError) return permanent('too-large', err.message);
+  if (err instanceof ObjectChangedError) return permanent('changed', `${err.message}: ingest again to take the new content`);
   return undefined;
 }

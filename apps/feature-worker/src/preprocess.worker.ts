@@ -15,7 +15,7 @@ import {
 } from '@transferline/shared';
 import { EmbedBacklogGate } from './embed-backlog.gate.js';
 import { configureSharp } from './image.ops.js';
-import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
+import { PREPROCESS_FAILURE_REASONS, preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
 import { createPreprocessStore } from './preprocess.store.js';
 
 /** config → deps → the preprocess worker (CPU: download, hash, decode, resize), serving every embedding space. */
@@ -44,6 +44,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     image: { size: 224, maxInputPixels: config.preprocess.maxInputPixels, background: config.preprocess.background },
     maxObjectBytes: config.preprocess.maxObjectBytes,
   };
+  for (const outcome of ['cached', 'queued', 'failed', 'retried']) metrics.images.inc({ stage: 'preprocess', outcome }, 0);
   const handler: Handler<'preprocess'> = async (payload, ctx) => {
     const outcome = await preprocessImage(payload, deps, ctx).catch((err: unknown) => {
       metrics.images.inc({ stage: 'preprocess', outcome: err instanceof PermanentError ? 'failed' : 'retried' });
@@ -60,6 +61,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     concurrency: config.preprocess.concurrency,
     lockDuration: config.jobLockMs,
     guards: [s3],
+    failureReasons: PREPROCESS_FAILURE_REASONS,
     // Whatever ended the job (bad input, attempts spent, a crash too many), the item says so.
     onFinalFailure: async (payload, f) => {
       if (!payload) return;

@@ -19,6 +19,9 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   });
   const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics };
   const handler: Handler<'train'> = async (payload, ctx) => {
+    // The dataset's series exist from its first run's start: one that appeared with its first
+    // increment would be at 1 when first scraped, and increase() (alerts, dashboards) would miss it.
+    for (const outcome of ['completed', 'failed']) metrics.trainRuns.inc({ dataset: payload.dataset, outcome }, 0);
     try {
       const result = await trainHead(payload, deps, ctx);
       metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'completed' });

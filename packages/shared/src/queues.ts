@@ -209,7 +209,16 @@ export interface WorkerSettings<N extends JobName> {
   onFinalFailure?: (payload: JobPayload<N> | undefined, failure: FinalFailure) => Promise<void>;
   /** dependencies whose outage pauses this worker instead of spending attempts */
   guards?: DependencyGuard[];
+  /**
+   * The reasons its handler fails an item with (PermanentError), besides the ones every worker
+   * has (WORKER_FAILURE_REASONS): their `tl_failures_total` series start at 0.
+   */
+  failureReasons?: readonly string[];
 }
+
+/** Reasons any worker fails a job for good with, whatever its handler. */
+export const WORKER_FAILURE_REASONS = ['bad-payload', 'stalled', 'attempts-exhausted'] as const;
+const JOB_OUTCOMES = ['completed', 'retried', 'failed', 'deferred'] as const;
 
 /**
  * The one place a handler meets BullMQ. The payload is `unknown` until its schema parses it (a
@@ -222,6 +231,11 @@ export interface WorkerSettings<N extends JobName> {
 export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: WorkerSettings<N>): Worker {
   const spec = JOBS[name];
   const label = { queue: spec.queue };
+  // Every series this worker can count exists from its start, at 0: a counter that appears with
+  // its first increment is already at 1 when Prometheus first sees it, and rate() and increase()
+  // (the dashboards, the alerts) miss that first failure or run.
+  for (const outcome of JOB_OUTCOMES) s.metrics.jobs.inc({ ...label, outcome }, 0);
+  for (const reason of [...WORKER_FAILURE_REASONS, ...(s.failureReasons ?? [])]) s.metrics.failures.inc({ stage: spec.queue, reason }, 0);
   const defer = async (job: Job, token: string | undefined, delayMs: number) => {
     s.metrics.jobs.inc({ ...label, outcome: 'deferred' });
     await job.moveToDelayed(Date.now() + delayMs, token);
