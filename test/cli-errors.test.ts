@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createRedis } from '../packages/shared/src/index.js';
@@ -55,6 +55,30 @@ describe('what a user sees when something is wrong', () => {
       expect(err!.message).toMatch(/apt-get install redis-server.*brew install redis.*REDIS_URL/);
     } finally {
       process.env.PATH = saved;
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("up's Redis does not take another redis-server's answer on its port for its own", async () => {
+    // Another `up` starting at the same moment takes the port first: ours fails to bind (here: a
+    // redis-server that never binds, so the failure cannot win the race) while the other answers.
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-racedredis-'));
+    const other = await startEmbeddedRedis({ directory: path.join(dir, 'other'), port: 0, persist: false });
+    const bin = path.join(dir, 'bin');
+    await mkdir(bin);
+    await writeFile(path.join(bin, 'redis-server'), '#!/bin/sh\n[ "$1" = --version ] && echo "Redis server v=7" && exit 0\nexec sleep 20\n', { mode: 0o755 });
+    const saved = process.env.PATH;
+    process.env.PATH = `${bin}:${saved}`;
+    try {
+      const port = Number(new URL(other.url).port);
+      const err = await startEmbeddedRedis({ directory: path.join(dir, 'ours'), port, persist: false }).then(
+        (r) => (void r.stop(), undefined),
+        (e: unknown) => e as Error,
+      );
+      expect(err?.message).toMatch(new RegExp(`port ${port} for the embedded Redis is taken by another redis-server \\(pid \\d+\\), by another "transferline up" perhaps`));
+    } finally {
+      process.env.PATH = saved;
+      await other.stop();
       await rm(dir, { recursive: true, force: true });
     }
   });

@@ -87,9 +87,16 @@ export async function startEmbeddedRedis(o: { directory: string; port: number; p
     }
     const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
     probe.on('error', () => {});
-    const ok = await probe.connect().then(() => probe.ping()).then(() => true, () => false);
+    // Whose answer: a Redis that took the port first (another `up` starting at the same moment)
+    // answers too, while ours fails to bind; its data is not ours to use.
+    const info = await probe.connect().then(() => probe.info('server'), () => undefined).catch(() => undefined);
     probe.disconnect();
-    if (ok) break;
+    const answeredBy = Number(/^process_id:(\d+)/m.exec(info ?? '')?.[1]);
+    if (info !== undefined && answeredBy !== proc.pid) {
+      await proc.stop(1_000);
+      throw new Error(`port ${port} for the embedded Redis is taken by another redis-server (pid ${answeredBy || 'unknown'}), ${ANOTHER_UP}; else set TL_REDIS_PORT, or REDIS_URL to use the Redis already there`);
+    }
+    if (info !== undefined) break;
     if (Date.now() > deadline) {
       await proc.stop(1_000);
       throw new Error(`redis-server did not answer on ${url} within 10 s`);
