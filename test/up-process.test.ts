@@ -128,6 +128,12 @@ describe('transferline up, as a process', () => {
     expect(twice.code).toBe(1);
     expect(twice.stderr).toMatch(new RegExp(`port ${env.TL_REDIS_PORT} for the embedded Redis is in use, by another "transferline up" perhaps`));
     expect(first.child.exitCode).toBeNull();
+    // and with its own Redis and S3 ports but the first one's metrics ports: named as up names them
+    const sameMetrics = await runCli(['up', '--metrics-port', String(base)], { ...env, TL_REDIS_PORT: String(await freePort()), TL_S3_PORT: String(await freePort()), TL_CONSOLE_PORT: String(await freePort()) }, 60_000);
+    expect(sameMetrics.code).toBe(1);
+    expect(sameMetrics.stderr).toMatch(new RegExp(`metrics port ${base} \\(producer\\) on 127\\.0\\.0\\.1 is in use, by another "transferline up" perhaps.*choose other ports with --metrics-port P`));
+    expect(sameMetrics.stderr).not.toMatch(/TL_METRICS_PORT/);
+    expect(first.child.exitCode).toBeNull();
 
     // /metrics answers on loopback, and on no other interface of the machine
     expect((await fetch(`http://127.0.0.1:${base}/metrics`).catch(() => undefined))?.status ?? 0).toBeGreaterThan(0);

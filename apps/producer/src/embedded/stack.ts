@@ -1,4 +1,5 @@
 import { mkdir } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -18,7 +19,7 @@ import {
 } from '@transferline/shared';
 import { startEmbeddedRedis } from './redis.server.js';
 import { startEmbeddedS3 } from './s3.server.js';
-import { Supervisor, type RoleName, type SupervisedProcess } from './supervisor.js';
+import { ANOTHER_UP, Supervisor, type RoleName, type SupervisedProcess } from './supervisor.js';
 
 export interface StackPorts {
   producer: number;
@@ -40,6 +41,25 @@ export function childPorts(ports: StackPorts, replicas: Replicas): { role: RoleN
   return (Object.keys(replicas) as RoleName[]).flatMap((role) =>
     Array.from({ length: replicas[role] }, (_, i) => ({ role, replica: i + 1, metricsPort: ports[role] === 0 ? 0 : ports[role] + 10 * i })),
   );
+}
+
+/**
+ * Refuses, before anything starts, a metrics port that something holds: under `up` the ports
+ * come from --metrics-port (the workers' own TL_METRICS_PORT is set from it), and a worker
+ * whose port is taken would fail at each restart.
+ */
+async function checkMetricsPorts(host: string, wanted: { name: string; port: number }[]): Promise<void> {
+  for (const { name, port } of wanted) {
+    if (port === 0) continue;
+    const taken = await new Promise<boolean>((resolve) => {
+      const probe = net.createServer();
+      probe.once('error', () => resolve(true));
+      probe.listen(port, host, () => probe.close(() => resolve(false)));
+    });
+    if (taken) {
+      throw new Error(`metrics port ${port} (${name}) on ${host} is in use, ${ANOTHER_UP}; else choose other ports with --metrics-port P (the stack uses P to P+3, and +10 for each further replica of a role)`);
+    }
+  }
 }
 
 export interface Stack {
@@ -74,6 +94,7 @@ export async function startStack(
   };
   const servers: Stack['servers'] = {};
   try {
+    await checkMetricsPorts(initial.metrics.host, [{ name: 'producer', port: ports.producer }, ...children.map((c) => ({ name: `${c.role}${c.replica > 1 ? ` #${c.replica}` : ''}`, port: c.metricsPort }))]);
     const env: NodeJS.ProcessEnv = { ...baseEnv };
     const logDir = path.join(initial.dataDir, 'logs');
     await mkdir(logDir, { recursive: true });
