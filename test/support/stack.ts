@@ -60,8 +60,9 @@ export async function scrape(port: number, waitMs = 20_000): Promise<Map<string,
     try {
       const res = await fetch(`http://127.0.0.1:${port}/metrics`);
       text = await res.text();
-      // 503 while the worker starts (its port is bound before it has its metrics)
       if (!res.ok) throw new Error(`/metrics on port ${port}: HTTP ${res.status} ${text.trim()}`);
+      // a worker whose role is still starting (its port is bound before it has its metrics)
+      if (/^tl_role_ready(\{[^}]*\})? 0$/m.test(text)) throw new Error(`/metrics on port ${port}: the role is still starting`);
       break;
     } catch (err) {
       if (Date.now() > deadline) throw err;

@@ -14,6 +14,8 @@ export function createMetrics(role: string) {
   const r = [registry];
   // Queue depths are read from BullMQ when Prometheus scrapes (see exportQueueDepths).
   let queueDepthSource: (() => Promise<void>) | undefined;
+  // This registry is served once the role has started (see startingMetrics for before).
+  new Gauge({ name: READY, help: READY_HELP, registers: r }).set(1);
   return {
     setQueueDepthSource: (source: () => Promise<void>) => void (queueDepthSource = source),
     registry,
@@ -55,6 +57,22 @@ export function createMetrics(role: string) {
   };
 }
 export type Metrics = ReturnType<typeof createMetrics>;
+
+const READY = 'tl_role_ready';
+const READY_HELP = '1 once the role has started (its model loaded, taking jobs); 0 while it starts';
+
+/**
+ * What a worker's /metrics says while its role starts (an embed worker loads its model for
+ * seconds, minutes on a GPU): its process metrics and `tl_role_ready 0`. Answering (rather than
+ * 503) keeps Prometheus's `up` for processes that do not answer at all.
+ */
+export function startingMetrics(role: string): Registry {
+  const registry = new Registry();
+  registry.setDefaultLabels({ role });
+  collectDefaultMetrics({ register: registry, prefix: 'tl_' });
+  new Gauge({ name: READY, help: READY_HELP, registers: [registry] }).set(0);
+  return registry;
+}
 
 /** `embed.<space>` → { queue: 'embed', space }; any other queue name → { queue } (no space label). */
 export function queueLabels(queueName: string): { queue: string; space?: string } {
@@ -124,18 +142,20 @@ export type ServeMetrics = ReturnType<typeof createServeMetrics>;
 /**
  * An HTTP server with `/metrics` (Prometheus text format) and `/healthz` (200 while `healthy()`
  * says so). `registry` may be a getter, for a server bound before its process has its metrics (a
- * worker binds its port before it takes any job): `/metrics` answers 503 until it returns one.
+ * worker binds its port before it takes any job): until it returns one, `/metrics` serves
+ * `starting` (see startingMetrics), or answers 503 without it.
  */
 export async function startMetricsServer(
   registry: Registry | (() => Registry | undefined),
   host: string,
   port: number,
   healthy: () => boolean | Promise<boolean> = () => true,
+  starting?: Registry,
 ): Promise<{ port: number; close: () => Promise<void> }> {
   const server = http.createServer((req, res) => {
     void (async () => {
       try {
-        const current = typeof registry === 'function' ? registry() : registry;
+        const current = (typeof registry === 'function' ? registry() : registry) ?? starting;
         if (req.url === '/metrics' && !current) {
           res.writeHead(503, { 'content-type': 'text/plain' });
           res.end('starting\n');

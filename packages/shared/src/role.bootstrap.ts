@@ -1,7 +1,7 @@
 import { loadConfig, type Config } from './config.js';
 import { runUntilSignal, stopSignals } from './lifecycle.js';
 import { createLogger, type Logger } from './logger.js';
-import { startMetricsServer, type Metrics } from './metrics.js';
+import { startMetricsServer, startingMetrics, type Metrics } from './metrics.js';
 
 /** Every process role, and the metrics port each serves by default (one home for these numbers). */
 export const METRICS_PORTS = { producer: 9464, preprocess: 9465, embed: 9466, train: 9467 } as const;
@@ -36,9 +36,10 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger) =
     const config = loadConfig(process.env);
     const log = createLogger(role, config.logLevel);
     // The port first: a port in use ends the process before it has taken any job (after, it
-    // would leave them to be found stalled). /healthz says 503 until the role has started.
+    // would leave them to be found stalled). /healthz says 503 until the role has started, and
+    // /metrics `tl_role_ready 0`.
     let running: RunningRole | undefined;
-    const server = await startMetricsServer(() => running?.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], () => running?.healthy() ?? false);
+    const server = await startMetricsServer(() => running?.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], () => running?.healthy() ?? false, startingMetrics(role));
     log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
     try {
       running = await start(config, log);

@@ -1,0 +1,26 @@
+import { describe, expect, it } from 'vitest';
+import { createMetrics, startMetricsServer, startingMetrics } from './metrics.js';
+
+describe("a worker's /metrics while its role starts", () => {
+  it('answers with the process metrics and tl_role_ready 0 (so Prometheus keeps up=1), /healthz 503, then the role', async () => {
+    let role: ReturnType<typeof createMetrics> | undefined;
+    const server = await startMetricsServer(() => role?.registry, '127.0.0.1', 0, () => role !== undefined, startingMetrics('embed'));
+    const get = (p: string) => fetch(`http://127.0.0.1:${server.port}${p}`).then(async (r) => ({ status: r.status, text: await r.text() }));
+    try {
+      const starting = await get('/metrics');
+      expect(starting.status).toBe(200);
+      expect(starting.text).toMatch(/^tl_role_ready\{role="embed"\} 0$/m);
+      expect(starting.text).toMatch(/^tl_process_start_time_seconds\{role="embed"\} \d+/m);
+      expect(starting.text).not.toMatch(/tl_jobs_total/);
+      expect((await get('/healthz')).status).toBe(503);
+
+      role = createMetrics('embed');
+      const ready = await get('/metrics');
+      expect(ready.text).toMatch(/^tl_role_ready\{role="embed"\} 1$/m);
+      expect(ready.text).toMatch(/^# TYPE tl_jobs_total counter$/m);
+      expect((await get('/healthz')).status).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+});
