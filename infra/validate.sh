@@ -3,7 +3,7 @@
 #
 #   bash infra/validate.sh
 #
-# - docker compose config (base file, CPU override, tools profile) with Compose v2; with the
+# - docker compose config (base file, CPU override, tools/serve/console profiles) with Compose v2; with the
 #   old docker-compose v1 the base file, and the CPU override merged here first (v1 cannot read
 #   the `!reset` tag that the override uses)
 # - promtool: Prometheus config, rules, rule unit tests, and every PromQL query of the dashboard
@@ -41,7 +41,7 @@ cpu_files=(-f docker-compose.yml -f infra/compose/docker-compose.cpu.yml)
 if have docker && docker compose version >/dev/null 2>&1; then
   check "compose config (GPU, default)" docker compose "${compose_files[@]}" config -q
   check "compose config (CPU override)" docker compose "${cpu_files[@]}" config -q
-  check "compose config (tools profile)" docker compose "${compose_files[@]}" --profile tools config -q
+  check "compose config (tools, serve, console profiles)" docker compose "${compose_files[@]}" --profile tools --profile serve --profile console config -q
   # the CPU variant must not keep the GPU reservation
   if docker compose "${cpu_files[@]}" config 2>/dev/null | grep -q 'driver: nvidia'; then
     fail "compose CPU override drops the GPU reservation"
@@ -85,7 +85,7 @@ PY
   else
     skip "compose config (CPU override)" "needs python3 with PyYAML to merge for docker-compose v1"
   fi
-  check "compose config (tools profile; docker-compose v1)" docker-compose "${compose_files[@]}" --profile tools config -q
+  check "compose config (tools, serve, console profiles; docker-compose v1)" docker-compose "${compose_files[@]}" --profile tools --profile serve --profile console config -q
 else
   skip "compose config" "neither 'docker compose' (v2) nor 'docker-compose' is installed"
 fi

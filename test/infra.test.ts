@@ -3,6 +3,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { ConfigSchema } from '../packages/shared/src/config.js';
 import { FEATURE_WORKER_NODE_FLAGS } from '../apps/producer/src/embedded/supervisor.js';
 import { repoRoot } from './support/stack.js';
 
@@ -13,6 +15,24 @@ describe('deployment files', () => {
     // promtool is installed by .ci/run: the Prometheus rules must have been checked, not skipped
     expect(stdout).toMatch(/^ok\s+promtool check rules/m);
   }, 150_000);
+});
+
+describe('the compose file', () => {
+  it('passes every setting the application reads, but those that make no sense in containers', () => {
+    // the embedded servers of `up`; the in-container ports compose publishes; the XDG fallback
+    const notApplicable = ['TL_REDIS_PORT', 'TL_S3_PORT', 'TL_CONSOLE_PORT', 'TL_SERVE_PORT', 'XDG_CACHE_HOME'];
+    let schema: z.ZodType = ConfigSchema;
+    // the schema's object, under its refinements and transforms
+    for (let i = 0; i < 5 && !(schema instanceof z.ZodObject); i++) {
+      const def = (schema as unknown as { def: { in?: z.ZodType; innerType?: z.ZodType; schema?: z.ZodType } }).def;
+      schema = (def.in ?? def.innerType ?? def.schema)!;
+    }
+    const keys = Object.keys((schema as z.ZodObject).shape);
+    expect(keys).toContain('TL_SERVE_API_KEY');
+    const compose = readFileSync(path.join(repoRoot, 'docker-compose.yml'), 'utf8');
+    const missing = keys.filter((k) => !notApplicable.includes(k) && !new RegExp(`^\\s+${k}:`, 'm').test(compose));
+    expect(missing).toEqual([]);
+  });
 });
 
 describe('feature-worker command lines', () => {
