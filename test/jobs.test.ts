@@ -8,6 +8,8 @@ import { openCliContext, type CliContext } from '../apps/producer/src/cli-contex
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
 import { followJob } from '../apps/producer/src/job-follow.js';
 import { requeue } from '../packages/shared/src/queues.js';
+import { createMetrics, DependencyGuard, ObjectStore } from '../packages/shared/src/index.js';
+import { pino } from 'pino';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { guardLeaks } from './support/leak-guard.js';
@@ -158,6 +160,41 @@ describe('a worker that cannot serve its metrics', () => {
       await new Promise((r) => taken.close(r));
     }
   }, 90_000);
+});
+
+describe('a worker whose S3 credentials are wrong', () => {
+  it('does not start, and says which settings', async () => {
+    const run = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const child = execFile(process.execPath, [path.join(repoRoot, 'apps', 'feature-worker', 'dist', 'main.js'), 'preprocess'], { env: { ...stack.env, S3_SECRET_ACCESS_KEY: 'not-the-secret', TL_METRICS_PORT: '0' }, timeout: 60_000 }, (_err, _out, stderr) => resolve({ code: child.exitCode, stderr }));
+    });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/S3 at http:\/\/127\.0\.0\.1:\d+ rejects this process's credentials \(SignatureDoesNotMatch\): check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY/);
+    expect(run.stderr).not.toContain('not-the-secret');
+  }, 90_000);
+
+  it('pauses its work, every attempt kept, when S3 starts refusing them under a running worker (a key rotated)', async () => {
+    const store = new ObjectStore({ ...stack.config.s3, secretAccessKey: 'rotated-away' });
+    const lines: string[] = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    const guard = new DependencyGuard('s3', () => store.probe(stack.config.s3.bucket), log, createMetrics('preprocess'), { what: `S3 at ${stack.config.s3.endpoint}`, intervalMs: 60_000 });
+    try {
+      // what a job's GET met: a transient error to the job, and the guard finds S3 refusing this process
+      const err = await store.getObject(stack.config.s3.bucket, 'anything.jpg').then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(Error);
+      expect(await guard.isOutage(err)).toBe(true);
+      expect(guard.up).toBe(false);
+      expect(lines.join('')).toMatch(/rejects this process's credentials \(SignatureDoesNotMatch\): check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: pausing work that needs it/);
+      // the right credentials: S3 is up (a missing key is no outage)
+      const good = new ObjectStore(stack.config.s3);
+      const fine = new DependencyGuard('s3', () => good.probe(stack.config.s3.bucket), log, createMetrics('preprocess'));
+      expect(await fine.isOutage(new Error('one item'))).toBe(false);
+      fine.close();
+      good.close();
+    } finally {
+      guard.close();
+      store.close();
+    }
+  });
 });
 
 describe('the item record a stage job writes', () => {

@@ -79,6 +79,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   const handler: Handler<'embed'> = (payload) => stage.embed(payload);
   const queues = createQueues(services.redis, config.redis.prefix);
   const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
+  await s3.checkAtStart();
   const worker = startWorker('embed', handler, {
     connection: services.redis,
     prefix: config.redis.prefix,

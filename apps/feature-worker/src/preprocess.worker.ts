@@ -38,6 +38,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     { also: async () => void (await Promise.all(spaces.map((space) => gate.exportBacklog(space)))) },
   );
   const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
+  await s3.checkAtStart();
   const deps: PreprocessDeps = {
     objects: services.store,
     store: createPreprocessStore(services, queues, gate),

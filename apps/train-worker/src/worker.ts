@@ -35,6 +35,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const queues = createQueues(services.redis, config.redis.prefix);
   exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
   const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
+  await s3.checkAtStart();
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
   // A training run holds the CPU in long synchronous stretches (TF.js kernels between awaits):
   // its lock lasts at least a minute, so a busy trainer is never taken for a dead one.

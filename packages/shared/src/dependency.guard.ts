@@ -1,8 +1,10 @@
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
+import { S3CredentialsError } from './s3.client.js';
 
 /**
- * Tells an outage of a dependency (S3 down, unreachable, answering 5xx to everything) from an
+ * Tells an outage of a dependency (S3 down, unreachable, answering 5xx to everything, refusing
+ * this process's credentials) from an
  * error of one item, so that outages are waited out instead of burning every job's attempts.
  * When a job fails with a transient error, the wiring asks `isOutage`: a probe of the dependency
  * (a cheap request that needs nothing of the item) decides. While it is down, the guard probes
@@ -13,6 +15,8 @@ export class DependencyGuard {
   private down = false;
   private downSince = 0;
   private probing: Promise<boolean> | undefined;
+  /** why the last probe failed */
+  private probeError: unknown;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly listeners: ((up: boolean) => void)[] = [];
@@ -44,9 +48,21 @@ export class DependencyGuard {
     return !ok;
   }
 
+  /**
+   * At a worker's start: a dependency that refuses this process's credentials will refuse every
+   * request until the settings are changed, so the worker does not start (the error says which
+   * settings). Any other failure of the probe is left to the outage handling.
+   */
+  async checkAtStart(): Promise<void> {
+    if (!(await this.check()) && this.probeError instanceof S3CredentialsError) throw this.probeError;
+  }
+
   private check(): Promise<boolean> {
     this.probing ??= withTimeout(this.probe(), this.o.probeTimeoutMs ?? 5_000)
-      .then(() => true, () => false)
+      .then(
+        () => true,
+        (err: unknown) => ((this.probeError = err), false),
+      )
       .finally(() => (this.probing = undefined));
     return this.probing;
   }
@@ -55,9 +71,11 @@ export class DependencyGuard {
     this.down = true;
     this.downSince = Date.now();
     this.metrics.dependencyUp.set({ dependency: this.name }, 0);
+    // Credentials refused (rotated, say) are an outage of this process, not of its jobs.
+    const headline = this.probeError instanceof S3CredentialsError ? this.probeError.message : `${this.o.what ?? this.name} is unreachable`;
     this.log.warn(
       { dependency: this.name, err: (err as Error)?.message },
-      `${this.o.what ?? this.name} is unreachable: pausing work that needs it, probing every ${((this.o.intervalMs ?? 2_000) / 1000).toFixed(0)} s; jobs keep their attempts`,
+      `${headline}: pausing work that needs it, probing every ${((this.o.intervalMs ?? 2_000) / 1000).toFixed(0)} s; jobs keep their attempts`,
     );
     for (const l of this.listeners) l(false);
     const tick = () => {

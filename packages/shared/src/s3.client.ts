@@ -71,6 +71,20 @@ export class ObjectRefusedError extends Error {
   }
 }
 
+/**
+ * S3 rejects the credentials themselves (a wrong secret, an unknown or disabled key, an expired
+ * session token): every request of this process would fail alike, so no item is to blame.
+ */
+export class S3CredentialsError extends Error {
+  override readonly name = 'S3CredentialsError';
+  constructor(readonly endpoint: string, readonly code: string) {
+    super(`S3 at ${endpoint} rejects this process's credentials (${code}): check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY`);
+  }
+}
+
+/** The error codes with which S3 rejects the credentials rather than a request. */
+const CREDENTIAL_CODES = new Set(['SignatureDoesNotMatch', 'InvalidAccessKeyId', 'InvalidToken', 'ExpiredToken', 'TokenRefreshRequired', 'InvalidClientTokenId', 'AuthorizationHeaderMalformed']);
+
 /** S3 refused a request made with `If-Match` (412): the object holds other content than that ETag. */
 function preconditionFailed(err: unknown, ifMatch: string | undefined): ifMatch is string {
   return ifMatch !== undefined && err instanceof S3ServiceException && err.$metadata.httpStatusCode === 412;
@@ -114,8 +128,10 @@ function isNotFound(err: unknown): boolean {
 export class ObjectStore {
   private readonly client: S3Client;
   private readonly direct: DirectS3 | undefined;
+  private readonly endpoint: string;
 
   constructor(settings: S3Settings) {
+    this.endpoint = settings.endpoint;
     this.client = new S3Client({
       endpoint: settings.endpoint,
       region: settings.region,
@@ -152,13 +168,18 @@ export class ObjectStore {
   }
 
   /**
-   * Whether the server answers at all (for telling an outage from an item's error): any answer
-   * but a 5xx counts, so a missing bucket or a denied HEAD still means S3 is up.
+   * Whether S3 serves this process at all (for telling an outage from an item's error): any
+   * answer but a 5xx or a refusal of the credentials counts, so a missing key or bucket, or a
+   * request denied by a policy, still means S3 is up. Refused credentials: S3CredentialsError.
    */
   async probe(bucket: string): Promise<void> {
     try {
-      await this.client.send(new HeadBucketCommand({ Bucket: bucket }), { abortSignal: AbortSignal.timeout(5_000) });
+      // A GET (not a HEAD, whose refusals have no body): S3 names why it refuses. The key is
+      // not expected to exist; any answer but a rejection of the credentials or a 5xx is "up".
+      const res = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: '.transferline-probe' }), { abortSignal: AbortSignal.timeout(5_000) });
+      (res.Body as Readable | undefined)?.destroy();
     } catch (err) {
+      if (err instanceof S3ServiceException && CREDENTIAL_CODES.has(err.name)) throw new S3CredentialsError(this.endpoint, err.name);
       const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
       if (status !== undefined && status < 500) return;
       throw err;
