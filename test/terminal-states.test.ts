@@ -130,6 +130,18 @@ describe('an S3 outage longer than the retries would last', () => {
       await new Promise((r) => setTimeout(r, 500));
     }
     expect(sawDown).toBe(true);
+    // A command that waits for these images, on a machine that reaches S3 (the CLI's own S3 is
+    // not the workers'): it says the worker is paused and why, and ends instead of waiting for
+    // ever on a worker that is connected but moves nothing.
+    const direct = { ...stack.env, S3_ENDPOINT: faulty!.s3.endpoint };
+    const waiting = await runCli(['train', '-d', 'outage', '--stall-timeout', '3'], direct, 90_000);
+    expect(waiting.timedOut).toBe(false);
+    expect(waiting.code).toBe(4);
+    expect(waiting.stderr).toMatch(/no progress for 3 s: 6 images wait for preprocess and its worker is paused: S3 at \S+ is unreachable \(for \d+ s\); they resume by themselves/);
+    const status = await runCli(['status', '-d', 'outage'], direct);
+    expect(status.stdout).toMatch(/^ {2}preprocess: 1 worker paused: S3 at \S+ is unreachable/m);
+    // alive for a liveness probe: restarting it would not bring S3 back
+    expect((await fetch(`http://127.0.0.1:${stack.ports.preprocess}/healthz`)).status).toBe(200);
     proxy.heal();
     const done = await cli(['ingest', `s3://${photos}/outage/`, '-d', 'outage']);
     expect(done.code).toBe(0);
@@ -142,7 +154,9 @@ describe('an S3 outage longer than the retries would last', () => {
     const log = await readFile(stack.supervisor.logFile('preprocess'), 'utf8');
     expect(log).toMatch(/S3 at \S+ is unreachable: pausing work that needs it/);
     expect(log).toMatch(/S3 at \S+ is back: resuming/);
-  }, 120_000);
+    // and no longer listed as paused
+    expect((await runCli(['status', '-d', 'outage'], stack.env)).stdout).not.toMatch(/paused/);
+  }, 180_000);
 });
 
 describe('lost jobs', () => {

@@ -103,7 +103,8 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   let closing = false;
   return {
     metrics,
-    healthy: () => !closing && worker.isRunning(),
+    // paused by an outage is alive: a liveness probe must not restart it for S3's trouble
+    healthy: () => !closing && (worker.isRunning() || worker.isPaused()),
     stop: async () => {
       closing = true;
       await heartbeat.stop().catch(() => {});

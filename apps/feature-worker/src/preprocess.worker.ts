@@ -90,7 +90,8 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   let closing = false;
   return {
     metrics,
-    healthy: () => !closing && worker.isRunning(),
+    // paused by an outage is alive: a liveness probe must not restart it for S3's trouble
+    healthy: () => !closing && (worker.isRunning() || worker.isPaused()),
     stop: async () => {
       closing = true;
       // Jobs held by backpressure are put back first (no attempt spent), so close() can finish.

@@ -110,16 +110,38 @@ async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string): Pro
   // A paused queue holds its jobs however many workers are connected (the console's queue board pauses).
   if (s.pendingByStage.preprocess > 0 && (await ctx.queues.preprocess.isPaused())) {
     reasons.push(`${s.pendingByStage.preprocess} images wait for preprocess and the ${ctx.queues.preprocess.name} queue is paused (resume it: the console's queue board)`);
-  } else if (s.pendingByStage.preprocess > 0 && (await ctx.queues.preprocess.getWorkersCount()) === 0) {
-    reasons.push(`${s.pendingByStage.preprocess} images wait for preprocess and no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)`);
+  } else if (s.pendingByStage.preprocess > 0) {
+    const connected = await ctx.queues.preprocess.getWorkersCount();
+    if (connected === 0) reasons.push(`${s.pendingByStage.preprocess} images wait for preprocess and no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)`);
+    else {
+      const paused = await allPaused(ctx, ctx.queues.preprocess.name, connected);
+      if (paused) reasons.push(`${s.pendingByStage.preprocess} images wait for preprocess and ${paused}`);
+    }
   }
   if (s.pendingByStage.embed > 0 && (await embedQueue.isPaused())) {
     reasons.push(`${s.pendingByStage.embed} images wait for embed and the ${embedQueue.name} queue is paused (resume it: the console's queue board)`);
-  } else if (s.pendingByStage.embed > 0 && (await ctx.services.spaces.workersOf(space)) === 0) {
-    reasons.push(`${s.pendingByStage.embed} images wait for embed and no embed worker of ${space} is live (start one with that space's settings)`);
+  } else if (s.pendingByStage.embed > 0) {
+    const live = await ctx.services.spaces.workersOf(space);
+    if (live === 0) reasons.push(`${s.pendingByStage.embed} images wait for embed and no embed worker of ${space} is live (start one with that space's settings)`);
+    else {
+      const paused = await allPaused(ctx, embedQueue.name, live);
+      if (paused) reasons.push(`${s.pendingByStage.embed} images wait for embed and ${paused}`);
+    }
   }
   if (s.orphaned > 0 && s.pending === 0) {
     reasons.push(`${s.orphaned} images have lost their jobs (Redis lost them, or they were removed): run the same ingest again to re-enqueue them`);
   }
   return reasons.length ? reasons.join('; ') : undefined;
+}
+
+/**
+ * When every worker of `queue` (`connected` of them) is paused by an outage, what to tell the
+ * user (the workers resume by themselves; a wait that took them for busy would never end).
+ */
+export async function allPaused(ctx: CliContext, queue: string, connected: number): Promise<string | undefined> {
+  const paused = await ctx.services.paused.list(queue);
+  if (connected === 0 || paused.length < connected) return undefined;
+  const reasons = [...new Set(paused.map((p) => p.reason))].join('; ');
+  const longest = Math.round((Date.now() - Math.min(...paused.map((p) => p.since))) / 1000);
+  return `${connected === 1 ? 'its worker is' : `all ${connected} of its workers are`} paused: ${reasons} (for ${longest} s); they resume by themselves when that is mended`;
 }

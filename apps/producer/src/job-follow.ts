@@ -1,7 +1,7 @@
 import { QueueEvents, type Job, type Queue } from 'bullmq';
 import { sleep } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
-import { redisOutage } from './dataset-wait.js';
+import { allPaused, redisOutage } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
 
 export interface FollowOptions {
@@ -81,11 +81,17 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
       const waiting = state === 'waiting' || state === 'delayed' || state === 'prioritized';
       const pending = waiting || state === 'active';
       if (waiting && (await queue.isPaused())) why = `the ${queue.name} queue is paused: resume it (the console's queue board) and the job goes on`;
-      else if (pending && (await queue.getWorkersCount()) === 0) {
-        why =
-          state === 'active'
-            ? `its ${o.role} worker is gone and no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker) and it takes the job up again`
-            : `no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker); the job stays queued until then`;
+      else if (pending) {
+        const connected = await queue.getWorkersCount();
+        if (connected === 0) {
+          why =
+            state === 'active'
+              ? `its ${o.role} worker is gone and no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker) and it takes the job up again`
+              : `no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker); the job stays queued until then`;
+        } else if (waiting) {
+          const paused = await allPaused(ctx, queue.name, connected);
+          if (paused) why = `it waits for the ${queue.name} queue, and ${paused}`;
+        }
       }
       outage.up();
     } catch (err) {

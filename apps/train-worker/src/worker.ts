@@ -47,7 +47,8 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   let closing = false;
   return {
     metrics,
-    healthy: () => !closing && worker.isRunning() && classifier.isRunning(),
+    // paused by an outage is alive: a liveness probe must not restart it for S3's trouble
+    healthy: () => !closing && [worker, classifier].every((w) => w.isRunning() || w.isPaused()),
     stop: async () => {
       closing = true;
       s3.close();

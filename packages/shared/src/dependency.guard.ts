@@ -35,6 +35,11 @@ export class DependencyGuard {
     return !this.down;
   }
 
+  /** What is wrong while it is down, in words ("S3 at … is unreachable", or the credentials refused). */
+  get reason(): string {
+    return this.probeError instanceof S3CredentialsError ? this.probeError.message : `${this.o.what ?? this.name} is unreachable`;
+  }
+
   /** Called with false when the dependency goes down and true when it is back. */
   onChange(listener: (up: boolean) => void): void {
     this.listeners.push(listener);
@@ -72,10 +77,9 @@ export class DependencyGuard {
     this.downSince = Date.now();
     this.metrics.dependencyUp.set({ dependency: this.name }, 0);
     // Credentials refused (rotated, say) are an outage of this process, not of its jobs.
-    const headline = this.probeError instanceof S3CredentialsError ? this.probeError.message : `${this.o.what ?? this.name} is unreachable`;
     this.log.warn(
       { dependency: this.name, err: (err as Error)?.message },
-      `${headline}: pausing work that needs it, probing every ${((this.o.intervalMs ?? 2_000) / 1000).toFixed(0)} s; jobs keep their attempts`,
+      `${this.reason}: pausing work that needs it, probing every ${((this.o.intervalMs ?? 2_000) / 1000).toFixed(0)} s; jobs keep their attempts`,
     );
     for (const l of this.listeners) l(false);
     const tick = () => {

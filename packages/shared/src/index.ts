@@ -4,6 +4,7 @@ export * from './content-hash.js';
 export * from './dataset-status.js';
 export * from './dataset.repository.js';
 export * from './dependency.guard.js';
+export * from './paused-workers.js';
 export * from './documents.js';
 export * from './embedding-cache.js';
 export * from './embedding-space.js';

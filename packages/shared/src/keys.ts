@@ -27,6 +27,8 @@ export function redisKeys(prefix: string) {
     embedWorkerInfo: () => `${prefix}:embed-workers:info`,
     /** sorted set: backpressure reservations (id → expiry) for one space's embed backlog */
     backpressure: (embedderId: string) => `${prefix}:backpressure:${embedderId}`,
+    /** sorted set: PausedWorker JSON → expiry (ms, Redis clock), the workers of one queue an outage pauses */
+    pausedWorkers: (queue: string) => `${prefix}:paused:${queue}`,
     /** hash: `bucket/key` → `etag sha256 outputKey` of the images already classified with one model run */
     classified: (model: string, runId: string) => `${prefix}:classified:${model}:${runId}`,
     /**

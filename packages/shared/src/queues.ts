@@ -4,7 +4,9 @@ import type { DependencyGuard } from './dependency.guard.js';
 import { PermanentError } from './errors.js';
 import { JOBS, jobOptions, queueName, type JobName, type JobPayload } from './jobs.catalog.js';
 import type { Logger } from './logger.js';
+import { redisKeys } from './keys.js';
 import type { Metrics } from './metrics.js';
+import { PausedWorkers } from './paused-workers.js';
 
 /** What a handler may do besides its work: log, report progress. It never sees BullMQ. */
 export interface JobContext {
@@ -302,8 +304,26 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
   worker.on('error', (err) => {
     if (!isConnectionError(err)) s.log.error({ err }, 'worker error');
   });
-  const pause = (up: boolean) => void (up ? worker.resume() : worker.pause(true));
-  for (const g of s.guards ?? []) g.onChange(pause);
+  // Paused by an outage: said in Redis too, so that a CLI waiting on this queue does not take a
+  // paused worker for one that will move its work (see PausedWorkers).
+  const paused = new PausedWorkers(s.connection, redisKeys(s.prefix));
+  const unmark = new Map<DependencyGuard, () => Promise<void>>();
+  for (const g of s.guards ?? []) {
+    g.onChange((up) => {
+      if (up) {
+        void unmark.get(g)?.();
+        unmark.delete(g);
+        if (unmark.size === 0) worker.resume();
+        return;
+      }
+      void worker.pause(true);
+      if (!unmark.has(g)) unmark.set(g, paused.mark(worker.name, { dependency: g.name, reason: g.reason }, (err) => s.log.debug({ err }, 'paused state not written')));
+    });
+  }
+  worker.on('closing', () => {
+    for (const stop of unmark.values()) void stop();
+    unmark.clear();
+  });
   return worker;
 }
 

@@ -6,6 +6,7 @@ import { DatasetRepository } from './dataset.repository.js';
 import { EmbeddingCache } from './embedding-cache.js';
 import { SpaceRegistry } from './embedding-space.js';
 import { redisKeys, type RedisKeys } from './keys.js';
+import { PausedWorkers } from './paused-workers.js';
 import { createRedis } from './redis.client.js';
 import { ObjectStore } from './s3.client.js';
 import { TensorStore } from './tensor.store.js';
@@ -22,6 +23,8 @@ export interface Services {
   spaces: SpaceRegistry;
   cache: EmbeddingCache;
   tensors: TensorStore;
+  /** the workers an outage pauses, per queue */
+  paused: PausedWorkers;
   close: () => Promise<void>;
 }
 
@@ -40,6 +43,7 @@ export function createServices(config: Config, mode: 'worker' | 'oneshot'): Serv
     spaces: new SpaceRegistry(redis, keys),
     cache: new EmbeddingCache(redis, keys, store, config.s3.bucket, config.s3.prefix),
     tensors: new TensorStore(redis, keys, config.preprocess.tensorTtlSeconds),
+    paused: new PausedWorkers(redis, keys),
     close: async () => {
       store.close();
       await redis.quit().catch(() => redis.disconnect());

@@ -1,4 +1,4 @@
-import { type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace } from '@transferline/shared';
+import { type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorker } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 
@@ -12,7 +12,8 @@ export interface SpaceStatus {
 }
 
 export interface StatusReport {
-  queues: Record<string, Record<string, number> & { workers: number }>;
+  /** per queue: job counts, connected workers, and the workers an outage pauses (with why) */
+  queues: Record<string, Partial<Record<'waiting' | 'active' | 'delayed' | 'prioritized' | 'failed', number>> & { workers: number; paused: PausedWorker[] }>;
   spaces: SpaceStatus[];
   datasets: DatasetStatus[];
 }
@@ -24,13 +25,13 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const queues: StatusReport['queues'] = {};
   for (const [name, q] of [['preprocess', ctx.queues.preprocess], ['train', ctx.queues.train], ['classify', ctx.queues.classify]] as const) {
     const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
-    queues[name] = { ...counts, workers: await q.getWorkersCount() };
+    queues[name] = { ...counts, workers: await q.getWorkersCount(), paused: await ctx.services.paused.list(q.name) };
   }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers } of await registry.list()) {
     const q = ctx.queues.embed(space.id);
     const c = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
-    queues[`embed.${space.id}`] = { ...c, workers: workers.length };
+    queues[`embed.${space.id}`] = { ...c, workers: workers.length, paused: await ctx.services.paused.list(q.name) };
     spaces.push({ space, workers, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), cached: await cache.size(space.id) });
   }
   const names = o.dataset ? [o.dataset] : await repo.list();
@@ -49,6 +50,12 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   w(`queue${' '.repeat(46)} workers  waiting  active  delayed  failed`);
   for (const [name, c] of Object.entries(queues)) {
     w(`${name.padEnd(51)} ${String(c.workers).padStart(7)}  ${String((c.waiting ?? 0) + (c.prioritized ?? 0)).padStart(7)}  ${String(c.active ?? 0).padStart(6)}  ${String(c.delayed ?? 0).padStart(7)}  ${String(c.failed ?? 0).padStart(6)}`);
+  }
+  for (const [name, c] of Object.entries(queues)) {
+    for (const reason of new Set(c.paused.map((p) => p.reason))) {
+      const n = c.paused.filter((p) => p.reason === reason).length;
+      w(`  ${name}: ${n} worker${n === 1 ? '' : 's'} paused: ${reason} (they resume by themselves when it is mended)`);
+    }
   }
   if (datasets.length === 0) w('no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
   for (const d of datasets) printDatasetSummary(ctx, d);
