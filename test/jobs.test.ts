@@ -8,7 +8,7 @@ import { openCliContext, type CliContext } from '../apps/producer/src/cli-contex
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
 import { followJob } from '../apps/producer/src/job-follow.js';
 import { requeue } from '../packages/shared/src/queues.js';
-import { createMetrics, DependencyGuard, ObjectStore } from '../packages/shared/src/index.js';
+import { createMetrics, DependencyGuard, ObjectStore, type ItemRecord } from '../packages/shared/src/index.js';
 import { pino } from 'pino';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
@@ -193,6 +193,32 @@ describe('a worker whose S3 credentials are wrong', () => {
     } finally {
       guard.close();
       store.close();
+    }
+  });
+});
+
+describe('reading a dataset while its items move on', () => {
+  it('does not call an item orphaned whose job finished between reading its record and looking for its job', async () => {
+    const d = ctx.services.datasets;
+    const { space } = await ctx.services.spaces.resolve();
+    const id = 'photos/train/cat/moving.jpg';
+    const sha = 'c'.repeat(64);
+    // what the page said (pending: its preprocess job should be there), and what happened since:
+    // preprocess finished (its job gone), embed finished (the embedding indexed)
+    const asRead: [string, ItemRecord] = [id, { label: 'cat', etag: 'E1', space: space.id, state: 'pending' }];
+    await d.putItem('moving', id, { label: 'cat', etag: 'E1', space: space.id, state: 'queued', sha256: sha });
+    await ctx.services.redis.hset(ctx.services.keys.embeddingIndex(space.id), sha, 'shard-x 0');
+    try {
+      const [view] = await ctx.services.inspector.classify('moving', [asRead], space.id);
+      expect(view!.phase).toBe('embedded');
+      // one whose record has not changed and whose job is gone is orphaned
+      const [lost] = await ctx.services.inspector.classify('moving', [[id, (await d.getItems('moving', [id]))[0]!]], space.id);
+      expect(lost!.phase).toBe('embedded');
+      await ctx.services.redis.hdel(ctx.services.keys.embeddingIndex(space.id), sha);
+      const [gone] = await ctx.services.inspector.classify('moving', [[id, (await d.getItems('moving', [id]))[0]!]], space.id);
+      expect(gone!.phase).toBe('orphaned');
+    } finally {
+      await ctx.services.redis.hdel(ctx.services.keys.embeddingIndex(space.id), sha);
     }
   });
 });

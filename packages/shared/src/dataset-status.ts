@@ -73,8 +73,26 @@ export class DatasetInspector {
     this.queueKeys = new QueueKeys(queuePrefix);
   }
 
-  /** Classifies one page of items (a few pipelined round trips per page). */
+  /**
+   * Classifies one page of items (a few pipelined round trips per page). The page was read
+   * before its jobs were looked up: an item that moved on in between (its preprocess job done
+   * and removed, its record now `queued`) would look orphaned. A stage writes an item's next
+   * record before its job leaves the queue, so an item whose job is gone is read again, and
+   * classified from its record as it is now; only one whose record has not changed is orphaned.
+   */
   async classify(dataset: string, page: [string, ItemRecord][], datasetSpace?: string): Promise<ItemView[]> {
+    const views = await this.classifyAsRead(dataset, page, datasetSpace);
+    const suspects = views.flatMap((v, i) => (v.phase === 'orphaned' ? [i] : []));
+    if (suspects.length === 0) return views;
+    const now = await this.datasets.getItems(dataset, suspects.map((i) => page[i]![0]));
+    const moved = suspects.flatMap((i, k) => (now[k] && JSON.stringify(now[k]) !== JSON.stringify(page[i]![1]) ? [{ i, entry: [page[i]![0], now[k]!] as [string, ItemRecord] }] : []));
+    if (moved.length === 0) return views;
+    const again = await this.classifyAsRead(dataset, moved.map((m) => m.entry), datasetSpace);
+    moved.forEach((m, k) => (views[m.i] = again[k]!));
+    return views;
+  }
+
+  private async classifyAsRead(dataset: string, page: [string, ItemRecord][], datasetSpace?: string): Promise<ItemView[]> {
     const pipe = this.redis.pipeline();
     const slots: { index?: number; fail?: number; job?: number }[] = [];
     let n = 0;
