@@ -127,7 +127,7 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   w(`  metrics/health   producer :${ports.producer}  ${children.map((c) => `${c.role}${c.replica > 1 ? `#${c.replica}` : ''} :${c.metricsPort}`).join('  ')}   (/metrics, /healthz)`);
   if (web) for (const line of consoleBanner(web, config.console.user)) w(`  ${line}`);
   else w(`  console          not started: ${webError}`);
-  w(`  model            EfficientNet-B0, ${config.embed.weights === 'random' ? `SEEDED RANDOM weights (seed ${config.embed.seed})` : `ImageNet weights (MD5 ${config.embed.weightsMd5})`}, backend: see ${path.join(config.dataDir, 'logs', 'embed.log')}`);
+  w(`  model            EfficientNet-B0, ${config.embed.weights === 'random' ? `SEEDED RANDOM weights (seed ${config.embed.seed})` : `ImageNet weights (MD5 ${config.embed.weightsMd5})`}${children.some((c) => c.role === 'embed') ? `, backend: see ${path.join(config.dataDir, 'logs', 'embed.log')}` : ' (no embed worker here: --embed-workers 0)'}`);
   w(`  worker logs      ${path.join(config.dataDir, 'logs')}/`);
   w(`  bucket for embeddings and models: s3://${config.s3.bucket}/${config.s3.prefix}`);
 
