@@ -109,6 +109,8 @@ describe('Prometheus watching a training run', () => {
     // before any: the series are there at 0, from each worker's start
     const zero = await query('tl_failures_total{role="preprocess",reason="not-an-image"}', start - 1, start);
     expect(zero.map((s) => s.values.at(-1)![1])).toEqual(['0']);
+    const held = await query('tl_queue_jobs{role="preprocess",queue="preprocess",state="held"}', start - 1, start);
+    expect(held.map((s) => s.values.at(-1)![1])).toEqual(['0']);
     await ctx.services.store.putObject('photos-prom', 'more/circle/notes.jpg', 'meeting notes, not a photo');
     await ingestCommand(ctx, 's3://photos-prom/more/', { dataset: 'first-failure', wait: true });
     await new Promise((r) => setTimeout(r, 600)); // a few more scrapes

@@ -47,7 +47,10 @@ export class EmbedBacklogGate {
     private readonly liveSpaces: () => Promise<string[]>,
     private readonly metrics: Metrics,
     private readonly log: Logger,
-  ) {}
+  ) {
+    // there from the start: a dashboard's "held" panel shows 0, not "no data", until the first hold
+    metrics.queueJobs.set({ queue: 'preprocess', state: 'held' }, 0);
+  }
 
   private keysOf(space: string): string[] {
     const q = this.queues.embed(space);
