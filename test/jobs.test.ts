@@ -183,6 +183,9 @@ describe('a worker whose S3 credentials are wrong', () => {
       expect(err).toBeInstanceOf(Error);
       expect(await guard.isOutage(err)).toBe(true);
       expect(guard.up).toBe(false);
+      // read once, at start: only a restart with other credentials mends it (its /healthz says 503 for that)
+      expect(guard.refusesCredentials).toBe(true);
+      expect(guard.remedy).toBe('restart them with credentials S3 accepts');
       expect(lines.join('')).toMatch(/rejects this process's credentials \(SignatureDoesNotMatch\): check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: pausing work that needs it/);
       // the right credentials: S3 is up (a missing key is no outage)
       const good = new ObjectStore(stack.config.s3);

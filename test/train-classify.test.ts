@@ -4,7 +4,7 @@ import { classifyCommand, resolveModel } from '../apps/producer/src/commands/cla
 import { classifyImages } from '../apps/train-worker/src/classify-images.job.js';
 import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
 import type { JobContext } from '../packages/shared/src/index.js';
-import { ingestCommand, watchIngest } from '../apps/producer/src/commands/ingest.command.js';
+import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { classifyDatasetName, jobIds, ReportDoc } from '../packages/shared/src/index.js';
@@ -273,17 +273,19 @@ describe('training runs and classification', () => {
 
   it('ingest --watch speaks only for a round that found something new', async () => {
     for (const kind of kinds) for (let i = 0; i < 2; i++) await ctx.services.store.putObject(photos, `watched/${kind}/${i}.jpg`, await renderSample(kind, 600 + i, 41));
+    const late = await renderSample('circle', 700, 41);
     let text = '';
     let dropped: Promise<unknown> | undefined;
     const out = {
       write: (chunk: string) => {
         text += chunk;
-        // a user drops one more image while the prefix is watched
-        if (!dropped && /^watching /m.test(text)) dropped = renderSample('circle', 700, 41).then((b) => ctx.services.store.putObject(photos, `watched/circle/late.jpg`, b));
+        // a user drops one more image while the prefix is watched (one PUT, well within the interval)
+        if (!dropped && /^watching /m.test(text)) dropped = ctx.services.store.putObject(photos, `watched/circle/late.jpg`, late);
         return true;
       },
     } as unknown as NodeJS.WritableStream;
-    const rounds = await watchIngest({ ...ctx, out }, `s3://${photos}/watched/`, { dataset: 'watched', wait: true, intervalSeconds: 1, maxRounds: 4 });
+    const rounds: IngestOutcome[] = [];
+    await watchIngest({ ...ctx, out }, `s3://${photos}/watched/`, { dataset: 'watched', wait: true, intervalSeconds: 2, maxRounds: 4, onRound: (r) => rounds.push(r) });
     await dropped;
     expect(rounds.map((r) => r.counts.enqueued)).toEqual([2 * kinds.length, 1, 0, 0]);
     expect(rounds.map((r) => r.quiet ?? false)).toEqual([false, false, true, true]);

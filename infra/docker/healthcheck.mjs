@@ -6,7 +6,8 @@
 //
 // The port is the argument, else TL_METRICS_PORT, else 9464. Exit 0 on HTTP 200, 1 otherwise.
 const port = Number(process.argv[2] ?? process.env.TL_METRICS_PORT ?? 9464);
-const timeoutMs = Number(process.env.TL_HEALTHCHECK_TIMEOUT_MS ?? 3000);
+// empty (compose passes unset variables as empty) = the default
+const timeoutMs = Number(process.env.TL_HEALTHCHECK_TIMEOUT_MS || 3000);
 
 try {
   const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });

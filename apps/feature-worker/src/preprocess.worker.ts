@@ -90,8 +90,9 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   let closing = false;
   return {
     metrics,
-    // paused by an outage is alive: a liveness probe must not restart it for S3's trouble
-    healthy: () => !closing && (worker.isRunning() || worker.isPaused()),
+    // Paused by an outage is alive: a liveness probe must not restart it for S3's trouble, only
+    // for credentials S3 refuses (read once, at start: a restart is what can mend them).
+    healthy: () => !closing && (worker.isRunning() || worker.isPaused()) && !s3.refusesCredentials,
     stop: async () => {
       closing = true;
       // Jobs held by backpressure are put back first (no attempt spent), so close() can finish.

@@ -109,8 +109,8 @@ program
     withContext(async (ctx) => {
       const settings = { dataset: o.dataset, wait: o.wait, stallSeconds: o.stallTimeout, ...(o.embedder && { embedder: o.embedder }) };
       if (o.watch) {
-        const rounds = await watchIngest(ctx, url, { ...settings, intervalSeconds: o.interval });
-        if (rounds.some((r) => r.status && r.status.failed > 0)) process.exitCode = EXIT.failedItems;
+        const watched = await watchIngest(ctx, url, { ...settings, intervalSeconds: o.interval });
+        if (watched.failed) process.exitCode = EXIT.failedItems;
         // Ctrl-C between two rounds of --watch ends as Ctrl-C does everywhere else.
         if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the workers go on with ${o.dataset}`);
         return;

@@ -25,6 +25,9 @@ export interface ClassifiedLine {
  * already classified by this run with unchanged bytes are skipped, so a watch loop only writes
  * what is new; running the same job twice writes the same file.
  */
+/** Why a classify job fails for good (besides the reasons every worker has). */
+export const CLASSIFY_FAILURE_REASONS = ['no-model', 'embedder-mismatch'] as const;
+
 export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: JobContext): Promise<ClassifyResult> {
   const { tf, services } = deps;
   const { layout } = services;

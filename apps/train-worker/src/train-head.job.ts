@@ -40,6 +40,9 @@ export interface EpochProgress extends Partial<EpochLog> {
  * (TF.js), `labels.json`, `run.json` (the configuration, including the embedder id: model,
  * weights, preprocessing) and `report.json`; then points `models/<dataset>/latest.json` at it.
  */
+/** Why a training run fails for good (besides the reasons every worker has). */
+export const TRAIN_FAILURE_REASONS = ['images-pending', 'no-data', 'one-class', 'too-small'] as const;
+
 export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext): Promise<TrainResult> {
   const { tf, services } = deps;
   // A run is written once. The same job run again (its completion lost to a crash, or retried

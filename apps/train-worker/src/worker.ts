@@ -1,7 +1,7 @@
 import { createMetrics, createQueues, createServices, DependencyGuard, exportQueueDepths, startWorker, watchRedis, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
-import { classifyImages } from './classify-images.job.js';
-import { trainHead } from './train-head.job.js';
+import { CLASSIFY_FAILURE_REASONS, classifyImages } from './classify-images.job.js';
+import { TRAIN_FAILURE_REASONS, trainHead } from './train-head.job.js';
 
 /** The shortest lock a train or classify job gets, whatever TL_JOB_LOCK_MS says. */
 const TRAIN_LOCK_FLOOR_MS = 60_000;
@@ -22,15 +22,10 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     // The dataset's series exist from its first run's start: one that appeared with its first
     // increment would be at 1 when first scraped, and increase() (alerts, dashboards) would miss it.
     for (const outcome of ['completed', 'failed']) metrics.trainRuns.inc({ dataset: payload.dataset, outcome }, 0);
-    try {
-      const result = await trainHead(payload, deps, ctx);
-      metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'completed' });
-      ctx.log.info({ dataset: payload.dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
-      return result;
-    } catch (err) {
-      metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'failed' });
-      throw err;
-    }
+    const result = await trainHead(payload, deps, ctx);
+    metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'completed' });
+    ctx.log.info({ dataset: payload.dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
+    return result;
   };
   const queues = createQueues(services.redis, config.redis.prefix);
   exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
@@ -41,14 +36,20 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   // its lock lasts at least a minute, so a busy trainer is never taken for a dead one.
   const lockDuration = Math.max(config.jobLockMs, TRAIN_LOCK_FLOOR_MS);
   const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, lockDuration, guards: [s3] };
-  const worker = startWorker('train', handler, settings);
+  const worker = startWorker('train', handler, {
+    ...settings,
+    failureReasons: TRAIN_FAILURE_REASONS,
+    // A run counts as failed once it has failed for good: not an attempt retried, nor one put back during an outage.
+    onFinalFailure: async (payload) => void (payload && metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'failed' })),
+  });
   const classifyHandler: Handler<'classify'> = (payload, ctx) => classifyImages(payload, { tf: rt.tf, services, bucket: config.s3.bucket }, ctx);
-  const classifier = startWorker('classify', classifyHandler, settings);
+  const classifier = startWorker('classify', classifyHandler, { ...settings, failureReasons: CLASSIFY_FAILURE_REASONS });
   let closing = false;
   return {
     metrics,
-    // paused by an outage is alive: a liveness probe must not restart it for S3's trouble
-    healthy: () => !closing && [worker, classifier].every((w) => w.isRunning() || w.isPaused()),
+    // Paused by an outage is alive: a liveness probe must not restart it for S3's trouble, only
+    // for credentials S3 refuses (read once, at start: a restart is what can mend them).
+    healthy: () => !closing && [worker, classifier].every((w) => w.isRunning() || w.isPaused()) && !s3.refusesCredentials,
     stop: async () => {
       closing = true;
       s3.close();

@@ -79,6 +79,7 @@ export class DatasetInspector {
    * and removed, its record now `queued`) would look orphaned. A stage writes an item's next
    * record before its job leaves the queue, so an item whose job is gone is read again, and
    * classified from its record as it is now; only one whose record has not changed is orphaned.
+   * (An embed job's result is its index entry, looked up after the job: see classifyAsRead.)
    */
   async classify(dataset: string, page: [string, ItemRecord][], datasetSpace?: string): Promise<ItemView[]> {
     const views = await this.classifyAsRead(dataset, page, datasetSpace);
@@ -100,18 +101,21 @@ export class DatasetInspector {
       const space = r.space ?? datasetSpace;
       const slot: (typeof slots)[number] = {};
       if (r.state !== 'failed' && space) {
-        if (r.sha256) {
-          pipe.hget(this.keys.embeddingIndex(space), r.sha256);
-          pipe.hget(this.keys.embeddingFailures(space), r.sha256);
-          slot.index = n++;
-          slot.fail = n++;
-        }
+        // The job first, then what it writes: Redis runs these in order, and a stage writes its
+        // result (the index, a failure) before its job leaves the queue, so a job found gone
+        // here has its result found below.
         const job = this.jobOf(dataset, id, r, space);
         if (job) {
           pipe.exists(this.queueKeys.toKey(job.queue, job.id));
           pipe.zscore(this.queueKeys.toKey(job.queue, 'failed'), job.id);
           slot.job = n;
           n += 2;
+        }
+        if (r.sha256) {
+          pipe.hget(this.keys.embeddingIndex(space), r.sha256);
+          pipe.hget(this.keys.embeddingFailures(space), r.sha256);
+          slot.index = n++;
+          slot.fail = n++;
         }
       }
       slots.push(slot);

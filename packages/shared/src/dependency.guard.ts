@@ -37,7 +37,21 @@ export class DependencyGuard {
 
   /** What is wrong while it is down, in words ("S3 at … is unreachable", or the credentials refused). */
   get reason(): string {
-    return this.probeError instanceof S3CredentialsError ? this.probeError.message : `${this.o.what ?? this.name} is unreachable`;
+    return this.refusesCredentials ? (this.probeError as Error).message : `${this.o.what ?? this.name} is unreachable`;
+  }
+
+  /**
+   * Down because it refuses this process's credentials: this process reads them once, at start,
+   * so only a restart with others mends it (its /healthz says so; a key enabled again on the
+   * server side also ends the pause).
+   */
+  get refusesCredentials(): boolean {
+    return this.down && this.probeError instanceof S3CredentialsError;
+  }
+
+  /** What ends the pause, in words. */
+  get remedy(): string {
+    return this.refusesCredentials ? 'restart them with credentials S3 accepts' : 'they resume by themselves when that is mended';
   }
 
   /** Called with false when the dependency goes down and true when it is back. */

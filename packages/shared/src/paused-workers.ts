@@ -9,6 +9,8 @@ export interface PausedWorker {
   dependency: string;
   /** what is wrong, e.g. "S3 at http://s3:9000 is unreachable" */
   reason: string;
+  /** what ends the pause, e.g. "they resume by themselves when that is mended" */
+  remedy: string;
   /** when it paused (ms since the epoch, the worker's clock) */
   since: number;
 }
@@ -20,7 +22,9 @@ const MARK = new RedisScript('tlMarkPaused', `
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if ARGV[3] ~= '' then redis.call('ZREM', KEYS[1], ARGV[3]) end
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
   return 1`, 1);
 const LIVE = new RedisScript('tlLivePaused', `
   local t = redis.call('TIME')
@@ -39,11 +43,19 @@ export class PausedWorkers {
     private readonly keys: Pick<RedisKeys, 'pausedWorkers'>,
   ) {}
 
-  /** Marks this process's worker of `queue` paused until the returned function is called. */
-  mark(queue: string, o: { dependency: string; reason: string }, onError: (err: unknown) => void = () => {}): () => Promise<void> {
-    const entry = JSON.stringify({ worker: `${os.hostname()}:${process.pid}`, dependency: o.dependency, reason: o.reason, since: Date.now() } satisfies PausedWorker);
+  /**
+   * Marks this process's worker of `queue` paused until the returned function is called. What
+   * is wrong is asked again at each refresh (an outage may turn into refused credentials).
+   */
+  mark(queue: string, o: { dependency: string; describe: () => { reason: string; remedy: string } }, onError: (err: unknown) => void = () => {}): () => Promise<void> {
+    const since = Date.now();
     const key = this.keys.pausedWorkers(queue);
-    const write = () => MARK.run(this.redis, [key], [entry, TTL_MS]).catch(onError);
+    let entry = '';
+    const write = () => {
+      const before = entry;
+      entry = JSON.stringify({ worker: `${os.hostname()}:${process.pid}`, dependency: o.dependency, ...o.describe(), since } satisfies PausedWorker);
+      return MARK.run(this.redis, [key], [entry, TTL_MS, before === entry ? '' : before]).catch(onError);
+    };
     void write();
     const timer = setInterval(() => void write(), REFRESH_MS);
     timer.unref();

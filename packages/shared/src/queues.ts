@@ -317,7 +317,7 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
         return;
       }
       void worker.pause(true);
-      if (!unmark.has(g)) unmark.set(g, paused.mark(worker.name, { dependency: g.name, reason: g.reason }, (err) => s.log.debug({ err }, 'paused state not written')));
+      if (!unmark.has(g)) unmark.set(g, paused.mark(worker.name, { dependency: g.name, describe: () => ({ reason: g.reason, remedy: g.remedy }) }, (err) => s.log.debug({ err }, 'paused state not written')));
     });
   }
   worker.on('closing', () => {

@@ -78,7 +78,8 @@ export class ObjectRefusedError extends Error {
 export class S3CredentialsError extends Error {
   override readonly name = 'S3CredentialsError';
   constructor(readonly endpoint: string, readonly code: string) {
-    super(`S3 at ${endpoint} rejects this process's credentials (${code}): check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY`);
+    // a malformed authorization header names the wrong region, most often
+    super(`S3 at ${endpoint} rejects this process's credentials (${code}): check ${code === 'AuthorizationHeaderMalformed' ? 'S3_REGION' : 'S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY'}`);
   }
 }
 

@@ -28,9 +28,12 @@ export interface IngestOutcome {
   quiet?: boolean;
 }
 
-/** Whether a listing changed the dataset (or asked anything of the workers). */
+/**
+ * Whether a listing changed the dataset (or asked anything of the workers). Labels spelled two
+ * ways are found again by every listing: said by the rounds that speak, not a change.
+ */
 function changedAnything(c: IngestCounts): boolean {
-  return c.enqueued + c.fromCache + c.retried + c.removed > 0 || c.mergedLabels.length > 0;
+  return c.enqueued + c.fromCache + c.retried + c.removed > 0;
 }
 
 /**
@@ -80,25 +83,29 @@ export interface WatchOptions extends Omit<IngestOptions, 'quietUnlessNew'> {
   intervalSeconds: number;
   /** for tests: stop after this many rounds */
   maxRounds?: number;
+  /** called with each round's outcome */
+  onRound?: (outcome: IngestOutcome) => void;
 }
 
 /**
  * `ingest --watch`: lists the prefix every `intervalSeconds` until Ctrl-C. The first round is a
  * whole ingest; after it, a round speaks only when the listing changed something (new, changed
  * or deleted objects, images tried again), and then waits for what it enqueued as ingest does.
- * Returns every round's outcome.
+ * Says whether any round ended with failed images (a watch runs for days: no round is kept).
  */
-export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions): Promise<IngestOutcome[]> {
-  const rounds: IngestOutcome[] = [];
-  const { intervalSeconds, maxRounds, ...ingest } = o;
+export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions): Promise<{ failed: boolean }> {
+  let failed = false;
+  const { intervalSeconds, maxRounds, onRound, ...ingest } = o;
   for (let round = 1; ; round++) {
-    rounds.push(await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1 }));
+    const outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1 });
+    failed ||= (outcome.status?.failed ?? 0) > 0;
+    onRound?.(outcome);
     if (round === 1) ctx.out.write(`watching ${printable(url)}: listing it every ${intervalSeconds} s for new and changed images (Ctrl-C to stop)\n`);
     if ((maxRounds !== undefined && round >= maxRounds) || ctx.signal?.aborted) break;
     await sleep(intervalSeconds * 1000, ctx.signal);
     if (ctx.signal?.aborted) break;
   }
-  return rounds;
+  return { failed };
 }
 
 export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {

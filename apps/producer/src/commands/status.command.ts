@@ -53,8 +53,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   for (const [name, c] of Object.entries(queues)) {
     for (const reason of new Set(c.paused.map((p) => p.reason))) {
-      const n = c.paused.filter((p) => p.reason === reason).length;
-      w(`  ${name}: ${n} worker${n === 1 ? '' : 's'} paused: ${reason} (they resume by themselves when it is mended)`);
+      const of = c.paused.filter((p) => p.reason === reason);
+      w(`  ${name}: ${of.length} worker${of.length === 1 ? '' : 's'} paused: ${reason} (${of[0]!.remedy})`);
     }
   }
   if (datasets.length === 0) w('no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
