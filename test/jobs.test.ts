@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
@@ -11,6 +11,7 @@ import { requeue } from '../packages/shared/src/queues.js';
 import { createMetrics, DependencyGuard, ObjectStore, type ItemRecord } from '../packages/shared/src/index.js';
 import { pino } from 'pino';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
+import { freePort } from '../apps/producer/src/embedded/redis.server.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { repoRoot, startTestStack, until, type TestStack } from './support/stack.js';
@@ -158,6 +159,31 @@ describe('a worker that cannot serve its metrics', () => {
       expect(await ctx.queues.preprocess.getJobCounts('waiting', 'active', 'completed', 'failed')).toEqual({ waiting: 6, active: 0, completed: 0, failed: 0 });
     } finally {
       await new Promise((r) => taken.close(r));
+    }
+  }, 90_000);
+});
+
+describe('a worker stopped while Redis is unreachable', () => {
+  it('exits at once, instead of waiting out the stop deadline for jobs that cannot finish', async () => {
+    const metricsPort = await freePort();
+    const redisPort = await freePort(); // nothing listens there
+    const child = spawn(process.execPath, [path.join(repoRoot, 'apps', 'feature-worker', 'dist', 'main.js'), 'preprocess'], {
+      env: { ...stack.env, REDIS_URL: `redis://127.0.0.1:${redisPort}`, TL_METRICS_PORT: String(metricsPort) },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      await until('the worker started', async () => (await fetch(`http://127.0.0.1:${metricsPort}/healthz`).then((r) => r.status, () => 0)) === 200, 60);
+      const stopAsked = Date.now();
+      child.kill('SIGTERM');
+      const code = await Promise.race([exited, new Promise<'late'>((r) => setTimeout(() => r('late'), 20_000))]);
+      expect(code).toBe(0);
+      expect(Date.now() - stopAsked).toBeLessThan(20_000); // the deadline it used to wait out is 45 s
+      expect(stderr).toMatch(/Redis is unreachable: nothing in hand can finish, exiting now/);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
     }
   }, 90_000);
 });

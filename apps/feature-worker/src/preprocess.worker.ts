@@ -90,6 +90,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   let closing = false;
   return {
     metrics,
+    redis: services.redis,
     // Paused by an outage is alive: a liveness probe must not restart it for S3's trouble, only
     // for credentials S3 refuses (read once, at start: a restart is what can mend them).
     healthy: () => !closing && (worker.isRunning() || worker.isPaused()) && !s3.refusesCredentials,

@@ -1,3 +1,4 @@
+import type { Redis } from 'ioredis';
 import { loadConfig, type Config } from './config.js';
 import { runUntilSignal, stopSignals } from './lifecycle.js';
 import { createLogger, type Logger } from './logger.js';
@@ -13,6 +14,8 @@ export interface RunningRole {
   metrics: Metrics;
   healthy: () => boolean;
   stop: () => Promise<void>;
+  /** the role's Redis connection: a stop while it is down has nothing it can finish */
+  redis?: Pick<Redis, 'status'>;
 }
 
 /**
@@ -50,6 +53,12 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger) =
     process.off('SIGINT', early).off('SIGTERM', early).off('disconnect', early);
     const started = running;
     runUntilSignal(log, async () => {
+      // Without Redis no job in hand can be completed or put back: waiting out the stop
+      // deadline would only delay the exit. Their locks expire and they run again elsewhere.
+      if (started.redis && started.redis.status !== 'ready') {
+        log.warn({ redis: started.redis.status }, 'Redis is unreachable: nothing in hand can finish, exiting now; jobs in hand run again elsewhere');
+        return;
+      }
       await started.stop();
       await server.close();
     });
