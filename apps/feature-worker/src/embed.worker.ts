@@ -2,12 +2,13 @@ import {
   createMetrics,
   createServices,
   createQueues,
-  DependencyGuard,
+  startS3Guard,
   exportQueueDepths,
   jobIds,
   resolveWeights,
   spaceFromConfig,
   startWorker,
+  workersAlive,
   watchRedis,
   type Config,
   type Handler,
@@ -78,8 +79,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   for (const outcome of EMBED_OUTCOMES) metrics.images.inc({ stage: 'embed', outcome }, 0);
   const handler: Handler<'embed'> = (payload) => stage.embed(payload);
   const queues = createQueues(services.redis, config.redis.prefix);
-  const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
-  await s3.checkAtStart();
+  const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   const worker = startWorker('embed', handler, {
     connection: services.redis,
     prefix: config.redis.prefix,
@@ -104,9 +104,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   return {
     metrics,
     redis: services.redis,
-    // Paused by an outage is alive: a liveness probe must not restart it for S3's trouble, only
-    // for credentials S3 refuses (read once, at start: a restart is what can mend them).
-    healthy: () => !closing && (worker.isRunning() || worker.isPaused()) && !s3.refusesCredentials,
+    healthy: () => !closing && workersAlive([worker], [s3]),
     stop: async () => {
       closing = true;
       await heartbeat.stop().catch(() => {});

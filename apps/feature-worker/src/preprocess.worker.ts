@@ -1,12 +1,13 @@
 import {
   DatasetRepository,
-  DependencyGuard,
+  startS3Guard,
   PermanentError,
   createMetrics,
   createQueues,
   createServices,
   exportQueueDepths,
   startWorker,
+  workersAlive,
   watchRedis,
   type Config,
   type Handler,
@@ -37,8 +38,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     },
     { also: async () => void (await Promise.all(spaces.map((space) => gate.exportBacklog(space)))) },
   );
-  const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
-  await s3.checkAtStart();
+  const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   const deps: PreprocessDeps = {
     objects: services.store,
     store: createPreprocessStore(services, queues, gate),
@@ -91,9 +91,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   return {
     metrics,
     redis: services.redis,
-    // Paused by an outage is alive: a liveness probe must not restart it for S3's trouble, only
-    // for credentials S3 refuses (read once, at start: a restart is what can mend them).
-    healthy: () => !closing && (worker.isRunning() || worker.isPaused()) && !s3.refusesCredentials,
+    healthy: () => !closing && workersAlive([worker], [s3]),
     stop: async () => {
       closing = true;
       // Jobs held by backpressure are put back first (no attempt spent), so close() can finish.

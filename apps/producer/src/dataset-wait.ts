@@ -1,4 +1,5 @@
 import { isRedisUnavailable, redactUrl, sleep, type DatasetStatus } from '@transferline/shared';
+import type { Queue } from 'bullmq';
 import type { CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
 import { createProgress } from './progress.js';
@@ -105,33 +106,29 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
 
 /** What keeps the remaining items from moving, if anything (undefined when workers are there to move them). */
 async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string): Promise<string | undefined> {
-  const reasons: string[] = [];
-  const embedQueue = ctx.queues.embed(space);
-  // A paused queue holds its jobs however many workers are connected (the console's queue board pauses).
-  if (s.pendingByStage.preprocess > 0 && (await ctx.queues.preprocess.isPaused())) {
-    reasons.push(`${s.pendingByStage.preprocess} images wait for preprocess and the ${ctx.queues.preprocess.name} queue is paused (resume it: the console's queue board)`);
-  } else if (s.pendingByStage.preprocess > 0) {
-    const connected = await ctx.queues.preprocess.getWorkersCount();
-    if (connected === 0) reasons.push(`${s.pendingByStage.preprocess} images wait for preprocess and no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)`);
-    else {
-      const paused = await allPaused(ctx, ctx.queues.preprocess.name, connected);
-      if (paused) reasons.push(`${s.pendingByStage.preprocess} images wait for preprocess and ${paused}`);
-    }
-  }
-  if (s.pendingByStage.embed > 0 && (await embedQueue.isPaused())) {
-    reasons.push(`${s.pendingByStage.embed} images wait for embed and the ${embedQueue.name} queue is paused (resume it: the console's queue board)`);
-  } else if (s.pendingByStage.embed > 0) {
-    const live = await ctx.services.spaces.workersOf(space);
-    if (live === 0) reasons.push(`${s.pendingByStage.embed} images wait for embed and no embed worker of ${space} is live (start one with that space's settings)`);
-    else {
-      const paused = await allPaused(ctx, embedQueue.name, live);
-      if (paused) reasons.push(`${s.pendingByStage.embed} images wait for embed and ${paused}`);
-    }
-  }
+  const reasons = [
+    await stageBlocked(ctx, 'preprocess', s.pendingByStage.preprocess, ctx.queues.preprocess, () => ctx.queues.preprocess.getWorkersCount(), 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)'),
+    await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), `no embed worker of ${space} is live (start one with that space's settings)`),
+  ].filter((r): r is string => r !== undefined);
   if (s.orphaned > 0 && s.pending === 0) {
     reasons.push(`${s.orphaned} images have lost their jobs (Redis lost them, or they were removed): run the same ingest again to re-enqueue them`);
   }
   return reasons.length ? reasons.join('; ') : undefined;
+}
+
+/**
+ * Why a stage with `waiting` images moves none of them, if it does not: its queue is paused (the
+ * console's queue board pauses; connected workers then hold nothing), it has no worker
+ * (`workers` counts them), or every one of them is paused by an outage.
+ */
+async function stageBlocked(ctx: CliContext, stage: string, waiting: number, queue: Pick<Queue, 'name' | 'isPaused'>, workers: () => Promise<number>, none: string): Promise<string | undefined> {
+  if (waiting === 0) return undefined;
+  const what = `${waiting} images wait for ${stage} and`;
+  if (await queue.isPaused()) return `${what} the ${queue.name} queue is paused (resume it: the console's queue board)`;
+  const live = await workers();
+  if (live === 0) return `${what} ${none}`;
+  const paused = await allPaused(ctx, queue.name, live);
+  return paused && `${what} ${paused}`;
 }
 
 /**

@@ -1,4 +1,4 @@
-import { createMetrics, createQueues, createServices, DependencyGuard, exportQueueDepths, startWorker, watchRedis, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
+import { createMetrics, createQueues, createServices, exportQueueDepths, startS3Guard, startWorker, watchRedis, workersAlive, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { CLASSIFY_FAILURE_REASONS, classifyImages } from './classify-images.job.js';
 import { TRAIN_FAILURE_REASONS, trainHead } from './train-head.job.js';
@@ -29,8 +29,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   };
   const queues = createQueues(services.redis, config.redis.prefix);
   exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
-  const s3 = new DependencyGuard('s3', () => services.store.probe(config.s3.bucket), log, metrics, { what: `S3 at ${config.s3.endpoint}` });
-  await s3.checkAtStart();
+  const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
   // A training run holds the CPU in long synchronous stretches (TF.js kernels between awaits):
   // its lock lasts at least a minute, so a busy trainer is never taken for a dead one.
@@ -48,9 +47,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   return {
     metrics,
     redis: services.redis,
-    // Paused by an outage is alive: a liveness probe must not restart it for S3's trouble, only
-    // for credentials S3 refuses (read once, at start: a restart is what can mend them).
-    healthy: () => !closing && [worker, classifier].every((w) => w.isRunning() || w.isPaused()) && !s3.refusesCredentials,
+    healthy: () => !closing && workersAlive([worker, classifier], [s3]),
     stop: async () => {
       closing = true;
       s3.close();

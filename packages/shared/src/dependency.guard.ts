@@ -1,6 +1,6 @@
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
-import { S3CredentialsError } from './s3.client.js';
+import { S3CredentialsError, type ObjectStore } from './s3.client.js';
 
 /**
  * Tells an outage of a dependency (S3 down, unreachable, answering 5xx to everything, refusing
@@ -117,6 +117,16 @@ export class DependencyGuard {
     this.closed = true;
     clearTimeout(this.timer);
   }
+}
+
+/**
+ * The S3 guard every worker role runs: an S3 outage pauses its work, and credentials S3 refuses
+ * keep it from starting (checkAtStart).
+ */
+export async function startS3Guard(store: Pick<ObjectStore, 'probe'>, s3: { bucket: string; endpoint: string }, log: Logger, metrics: Pick<Metrics, 'dependencyUp'>): Promise<DependencyGuard> {
+  const guard = new DependencyGuard('s3', () => store.probe(s3.bucket), log, metrics, { what: `S3 at ${s3.endpoint}` });
+  await guard.checkAtStart();
+  return guard;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {

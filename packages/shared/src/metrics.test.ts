@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { createMetrics, startMetricsServer, startingMetrics } from './metrics.js';
 
 describe("a worker's /metrics while its role starts", () => {
-  it('answers with the process metrics and tl_role_ready 0 (so Prometheus keeps up=1), /healthz 503, then the role', async () => {
+  it('answers with tl_role_ready 0 and the process start time (so Prometheus keeps up=1), /healthz 503, then the role', async () => {
     let role: ReturnType<typeof createMetrics> | undefined;
     const server = await startMetricsServer(() => role?.registry, '127.0.0.1', 0, () => role !== undefined, startingMetrics('embed'));
     const get = (p: string) => fetch(`http://127.0.0.1:${server.port}${p}`).then(async (r) => ({ status: r.status, text: await r.text() }));

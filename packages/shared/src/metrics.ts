@@ -63,14 +63,18 @@ const READY_HELP = '1 once the role has started (its model loaded, taking jobs);
 
 /**
  * What a worker's /metrics says while its role starts (an embed worker loads its model for
- * seconds, minutes on a GPU): its process metrics and `tl_role_ready 0`. Answering (rather than
- * 503) keeps Prometheus's `up` for processes that do not answer at all.
+ * seconds, minutes on a GPU): `tl_role_ready 0` and its process's start time (what the
+ * "no workers" alerts look for). Answering (rather than 503) keeps Prometheus's `up` for
+ * processes that do not answer at all. Static values: nothing keeps collecting for a registry
+ * that is served only until the role's own takes over.
  */
 export function startingMetrics(role: string): Registry {
   const registry = new Registry();
   registry.setDefaultLabels({ role });
-  collectDefaultMetrics({ register: registry, prefix: 'tl_' });
   new Gauge({ name: READY, help: READY_HELP, registers: [registry] }).set(0);
+  new Gauge({ name: 'tl_process_start_time_seconds', help: 'Start time of the process since unix epoch in seconds.', registers: [registry] }).set(
+    Math.round(Date.now() / 1000 - process.uptime()),
+  );
   return registry;
 }
 

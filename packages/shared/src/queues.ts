@@ -327,6 +327,15 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
   return worker;
 }
 
+/**
+ * Whether a worker process is alive for a liveness probe: its workers run, or an outage pauses
+ * them (a restart would not bring S3 back), unless a dependency refuses this process's
+ * credentials, which it read once, at start: only a restart with others mends that.
+ */
+export function workersAlive(workers: Pick<Worker, 'isRunning' | 'isPaused'>[], guards: Pick<DependencyGuard, 'refusesCredentials'>[]): boolean {
+  return workers.every((w) => w.isRunning() || w.isPaused()) && !guards.some((g) => g.refusesCredentials);
+}
+
 /** Errors of a lost Redis connection, which the connection's own listener reports once. */
 export function isConnectionError(err: Error): boolean {
   return /ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|Connection is closed|connect ETIMEDOUT|getaddrinfo|Stream isn't writeable/.test(err.message);
