@@ -140,6 +140,6 @@ export async function allPaused(ctx: CliContext, queue: string, connected: numbe
   if (connected === 0 || paused.length < connected) return undefined;
   const reasons = [...new Set(paused.map((p) => p.reason))].join('; ');
   const remedies = [...new Set(paused.map((p) => p.remedy))].join('; ');
-  const longest = Math.round((Date.now() - Math.min(...paused.map((p) => p.since))) / 1000);
+  const longest = Math.max(...paused.map((p) => p.pausedSeconds));
   return `${connected === 1 ? 'its worker is' : `all ${connected} of its workers are`} paused: ${reasons} (for ${longest} s); ${remedies}`;
 }

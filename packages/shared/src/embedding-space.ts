@@ -1,9 +1,9 @@
-import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Config } from './config.js';
 import { EmbeddingSpace, EmbedWorkerInfo, parseDocument } from './documents.js';
 import type { RedisKeys } from './keys.js';
+import { PROCESS_NAME } from './lifecycle.js';
 import { RedisScript } from './redis.client.js';
 
 /** EfficientNet-B0's input side and embedding length. */
@@ -118,7 +118,7 @@ export class SpaceRegistry {
    */
   async startHeartbeat(space: EmbeddingSpace, backend: string, onError: (err: Error) => void): Promise<{ workerId: string; stop: () => Promise<void> }> {
     const info: EmbedWorkerInfo = {
-      workerId: `${os.hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`,
+      workerId: PROCESS_NAME,
       space: space.id,
       backend,
       host: os.hostname(),

@@ -1,4 +1,15 @@
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
 import type { Logger } from './logger.js';
+
+/**
+ * This process as other processes see it: `host:pid:random` (the random part tells apart two
+ * containers whose processes are both pid 1 on hosts of one name). One name for every record a
+ * worker leaves in Redis: its BullMQ connections (`CLIENT LIST`), the job it holds (BullMQ's
+ * `processedBy`), its embed heartbeat, its pause entry; so the CLI can tell which worker holds a
+ * job and whether it is still connected.
+ */
+export const PROCESS_NAME = `${os.hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
 /** Longest a stop may take (jobs in hand, a Redis that is gone) before the process exits anyway. */
 const STOP_DEADLINE_MS = 45_000;

@@ -1,18 +1,23 @@
-import os from 'node:os';
 import type { RedisKeys } from './keys.js';
+import { PROCESS_NAME } from './lifecycle.js';
 import { RedisScript, type Redis } from './redis.client.js';
 
 /** A worker paused by an outage of one of its dependencies, as the CLI shows it. */
 export interface PausedWorker {
-  /** host:pid */
+  /** the worker's PROCESS_NAME (host:pid:random) */
   worker: string;
   dependency: string;
   /** what is wrong, e.g. "S3 at http://s3:9000 is unreachable" */
   reason: string;
   /** what ends the pause, e.g. "they resume by themselves when that is mended" */
   remedy: string;
-  /** when it paused (ms since the epoch, the worker's clock) */
+  /** when it paused (ms since the epoch, Redis's clock) */
   since: number;
+}
+
+/** A paused worker as `list` gives it: how long it has been paused, measured on Redis's clock. */
+export interface PausedWorkerNow extends PausedWorker {
+  pausedSeconds: number;
 }
 
 const TTL_MS = 20_000;
@@ -29,7 +34,9 @@ const MARK = new RedisScript('tlMarkPaused', `
 const LIVE = new RedisScript('tlLivePaused', `
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')`, 1);
+  local live = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+  table.insert(live, 1, tostring(now))
+  return live`, 1);
 
 /**
  * Which workers of a queue are paused by an outage (S3 unreachable, credentials refused): a
@@ -48,26 +55,42 @@ export class PausedWorkers {
    * is wrong is asked again at each refresh (an outage may turn into refused credentials).
    */
   mark(queue: string, o: { dependency: string; describe: () => { reason: string; remedy: string } }, onError: (err: unknown) => void = () => {}): () => Promise<void> {
-    const since = Date.now();
     const key = this.keys.pausedWorkers(queue);
+    // Redis's clock, as the CLI's "paused for N s" is measured on it (this machine's may differ).
+    const since = this.redis.time().then(
+      ([s, us]) => Number(s) * 1000 + Math.floor(Number(us) / 1000),
+      () => Date.now(),
+    );
     let entry = '';
+    let stopped = false;
+    // One write at a time, in order: each replaces the entry the one before it wrote.
+    let writing: Promise<void> = Promise.resolve();
     const write = () => {
-      const before = entry;
-      entry = JSON.stringify({ worker: `${os.hostname()}:${process.pid}`, dependency: o.dependency, ...o.describe(), since } satisfies PausedWorker);
-      return MARK.run(this.redis, [key], [entry, TTL_MS, before === entry ? '' : before]).catch(onError);
+      writing = writing.then(async () => {
+        const at = await since;
+        if (stopped) return;
+        const before = entry;
+        entry = JSON.stringify({ worker: PROCESS_NAME, dependency: o.dependency, ...o.describe(), since: at } satisfies PausedWorker);
+        await MARK.run(this.redis, [key], [entry, TTL_MS, before === entry ? '' : before]).catch(onError);
+      });
     };
-    void write();
-    const timer = setInterval(() => void write(), REFRESH_MS);
+    write();
+    const timer = setInterval(write, REFRESH_MS);
     timer.unref();
     return async () => {
+      stopped = true;
       clearInterval(timer);
-      await this.redis.zrem(key, entry).catch(onError);
+      await writing;
+      if (entry) await this.redis.zrem(key, entry).catch(onError);
     };
   }
 
   /** The workers of `queue` paused now. */
-  async list(queue: string): Promise<PausedWorker[]> {
-    const entries = (await LIVE.run(this.redis, [this.keys.pausedWorkers(queue)], [])) as string[];
-    return entries.map((e) => JSON.parse(e) as PausedWorker);
+  async list(queue: string): Promise<PausedWorkerNow[]> {
+    const [now, ...entries] = (await LIVE.run(this.redis, [this.keys.pausedWorkers(queue)], [])) as string[];
+    return entries.map((e) => {
+      const w = JSON.parse(e) as PausedWorker;
+      return { ...w, pausedSeconds: Math.max(0, Math.round((Number(now) - w.since) / 1000)) };
+    });
   }
 }

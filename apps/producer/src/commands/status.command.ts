@@ -1,4 +1,4 @@
-import { type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorker } from '@transferline/shared';
+import { type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 
@@ -13,7 +13,7 @@ export interface SpaceStatus {
 
 export interface StatusReport {
   /** per queue: job counts, connected workers, and the workers an outage pauses (with why) */
-  queues: Record<string, Partial<Record<'waiting' | 'active' | 'delayed' | 'prioritized' | 'failed', number>> & { workers: number; paused: PausedWorker[] }>;
+  queues: Record<string, Partial<Record<'waiting' | 'active' | 'delayed' | 'prioritized' | 'failed', number>> & { workers: number; paused: PausedWorkerNow[] }>;
   spaces: SpaceStatus[];
   datasets: DatasetStatus[];
 }
