@@ -307,4 +307,32 @@ describe('training runs and classification', () => {
     expect(failures.code).toBe(0);
     expect(failures.stdout).toMatch(new RegExp(`s3://${photos}/broken/notes\\.jpg  preprocess not-an-image`));
   });
+
+  it('a run whose train worker is killed: train says the worker is gone, which worker takes it up again, and ends with the report', async () => {
+    // Last in this file: the killed run's lock (a minute: the train floor) holds the train worker's slot until it runs out.
+    const runId = 'killed-mid-run';
+    const train = runCli(['train', '-d', 'shapes', '--epochs', '150', '--patience', '0', '--batch-size', '8', '--seed', '3', '--run-id', runId], stack.env, 300_000);
+    let holder: string | undefined;
+    const deadline = Date.now() + 60_000;
+    while (!holder) {
+      if (Date.now() > deadline) throw new Error('the run never started');
+      const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
+      const epoch = (job?.progress as { epoch?: number } | undefined)?.epoch ?? 0;
+      if (job?.processedBy && epoch >= 1) holder = job.processedBy;
+      else await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(stack.supervisor.signal('train', 1, 'SIGKILL')).toBe(true);
+    const r = await train;
+    expect(r.code).toBe(0);
+    const gone = new RegExp(`^run ${runId}: its train worker \\(${holder.replace(/[.]/g, '\\.')}\\) is gone; another train worker takes it up again when its lock runs out, within about 90 s$`, 'm');
+    expect(r.stdout).toMatch(gone);
+    const again = /^run killed-mid-run started again on train worker (\S+)$/m.exec(r.stdout);
+    expect(again?.[1]).toBeDefined();
+    expect(again![1]).not.toBe(holder);
+    // said once each, the notice before the restart, and the report after both
+    expect(r.stdout.match(/is gone; another train worker/g)).toHaveLength(1);
+    expect(r.stdout.indexOf('is gone')).toBeLessThan(r.stdout.indexOf('started again'));
+    expect(r.stdout.indexOf('started again')).toBeLessThan(r.stdout.indexOf(`run ${runId}: validation accuracy`));
+    expect(stack.events.some((e) => /train#1 exited \(SIGKILL\)/.test(e))).toBe(true);
+  }, 300_000);
 });

@@ -1,5 +1,5 @@
 import { QueueEvents, type Job, type Queue } from 'bullmq';
-import { sleep } from '@transferline/shared';
+import { JOBS, jobLock, sleep, type JobName } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { allPaused, redisOutage } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -63,6 +63,7 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
   const outage = redisOutage(ctx, o.stallSeconds, `${o.what} goes on in the ${o.role} worker when it is back`);
   let stuckSince: number | undefined;
   let goneOnce = false;
+  const holder = holderWatch(ctx, job, o);
   for (;;) {
     await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
     if (stop.aborted) return new Promise<never>(() => {});
@@ -82,7 +83,9 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
       const pending = waiting || state === 'active';
       if (waiting && (await queue.isPaused())) why = `the ${queue.name} queue is paused: resume it (the console's queue board) and the job goes on`;
       else if (pending) {
-        const connected = await queue.getWorkersCount();
+        const workers = await queue.getWorkers();
+        const connected = workers.length;
+        if (state === 'active' && connected > 0) await holder.check(queue, workers);
         if (connected === 0) {
           why =
             state === 'active'
@@ -106,4 +109,33 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
     stuckSince ??= Date.now();
     if (Date.now() - stuckSince > o.stallSeconds * 1000) throw new CliExit(EXIT.stalled, `${o.what} has not moved for ${o.stallSeconds} s: ${why}`);
   }
+}
+
+/**
+ * Says when the worker running the job is gone while others are connected (it was stopped or
+ * crashed: its connection closed): nothing moves until its lock runs out and a connected worker
+ * takes the job up again, which for a training run is a minute or more of silence otherwise.
+ * Then says which worker took it up. Workers are named (PROCESS_NAME) and BullMQ records the
+ * name of the one that holds a job (`processedBy`).
+ */
+function holderWatch(ctx: CliContext, job: Job, o: FollowOptions) {
+  const name = job.name in JOBS ? (job.name as JobName) : undefined;
+  const lock = name && jobLock(name, ctx.config.jobLockMs);
+  let gone: string | undefined;
+  return {
+    async check(queue: Queue, workers: Record<string, string>[]): Promise<void> {
+      const holder = (await queue.getJob(job.id!))?.processedBy;
+      if (!holder) return;
+      // BullMQ lists every worker under the queue's name; `rawname` is its connection's own name
+      const live = workers.some((w) => w.rawname?.endsWith(`:w:${holder}`));
+      if (!live && gone !== holder) {
+        gone = holder;
+        const within = lock ? `, within about ${Math.ceil((lock.lockMs + lock.stalledIntervalMs) / 1000)} s` : '';
+        ctx.out.write(`\n${o.what}: its ${o.role} worker (${holder}) is gone; another ${o.role} worker takes it up again when its lock runs out${within}\n`);
+      } else if (live && gone !== undefined && gone !== holder) {
+        gone = undefined;
+        ctx.out.write(`\n${o.what} started again on ${o.role} worker ${holder}\n`);
+      }
+    },
+  };
 }

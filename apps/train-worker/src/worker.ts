@@ -3,9 +3,6 @@ import { loadTfRuntime } from '@transferline/shared/tf';
 import { CLASSIFY_FAILURE_REASONS, classifyImages } from './classify-images.job.js';
 import { TRAIN_FAILURE_REASONS, trainHead } from './train-head.job.js';
 
-/** The shortest lock a train or classify job gets, whatever TL_JOB_LOCK_MS says. */
-const TRAIN_LOCK_FLOOR_MS = 60_000;
-
 /** config → deps → the train worker: training runs and classification, one job of each at a time per process. */
 
 export async function startTrainer(config: Config, log: Logger): Promise<RunningRole> {
@@ -31,10 +28,8 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
-  // A training run holds the CPU in long synchronous stretches (TF.js kernels between awaits):
-  // its lock lasts at least a minute, so a busy trainer is never taken for a dead one.
-  const lockDuration = Math.max(config.jobLockMs, TRAIN_LOCK_FLOOR_MS);
-  const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, lockDuration, guards: [s3] };
+  // Their locks last at least a minute (the catalog's floor: long synchronous TF.js stretches).
+  const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, lockDuration: config.jobLockMs, guards: [s3] };
   const worker = startWorker('train', handler, {
     ...settings,
     failureReasons: TRAIN_FAILURE_REASONS,

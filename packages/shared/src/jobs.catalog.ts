@@ -122,17 +122,35 @@ interface JobSpec<S extends z.ZodType> {
   attempts: number;
   /** Base delay of the exponential backoff, in ms (jitter is added). */
   backoffMs: number;
+  /**
+   * The shortest lock its jobs get, whatever TL_JOB_LOCK_MS says. A training run (and
+   * classification, on the same worker) holds the CPU in long synchronous stretches (TF.js
+   * kernels between awaits): a lock of at least a minute keeps a busy worker from being taken
+   * for a dead one.
+   */
+  minLockMs?: number;
 }
 
 /** One catalog: job name → queue, schema, retry policy. The handler maps are typed from it. */
 export const JOBS = {
   preprocess: { queue: QUEUES.preprocess, schema: PreprocessJob, attempts: 5, backoffMs: 1_000 },
   embed: { queue: QUEUES.embed, schema: EmbedJob, attempts: 5, backoffMs: 2_000 },
-  train: { queue: QUEUES.train, schema: TrainJob, attempts: 2, backoffMs: 5_000 },
-  classify: { queue: QUEUES.classify, schema: ClassifyJob, attempts: 3, backoffMs: 2_000 },
+  train: { queue: QUEUES.train, schema: TrainJob, attempts: 2, backoffMs: 5_000, minLockMs: 60_000 },
+  classify: { queue: QUEUES.classify, schema: ClassifyJob, attempts: 3, backoffMs: 2_000, minLockMs: 60_000 },
 } as const satisfies Record<string, JobSpec<z.ZodType>>;
 export type JobName = keyof typeof JOBS;
 export type JobPayload<N extends JobName> = z.output<(typeof JOBS)[N]['schema']>;
+
+/**
+ * How long a job of this name is locked (BullMQ renews the lock at half-time while the job
+ * runs), and how often workers look for jobs whose lock ran out (their worker died): such a job
+ * runs again within `lockMs + stalledIntervalMs` of its worker's last renewal.
+ */
+export function jobLock(name: JobName, configuredMs: number): { lockMs: number; stalledIntervalMs: number } {
+  const spec: JobSpec<z.ZodType> = JOBS[name];
+  const lockMs = Math.max(configuredMs, spec.minLockMs ?? 0);
+  return { lockMs, stalledIntervalMs: Math.min(30_000, Math.max(1_000, Math.round(lockMs / 2))) };
+}
 
 /** BullMQ options for a job of this name: retries with exponential backoff + jitter, completed removed, failures kept (capped). */
 export function jobOptions(name: JobName, jobId: string) {

@@ -2,7 +2,8 @@ import { DelayedError, Job, Queue, UnrecoverableError, Worker, createIORedisClie
 import type { ChainableCommander, Redis } from 'ioredis';
 import type { DependencyGuard } from './dependency.guard.js';
 import { PermanentError } from './errors.js';
-import { JOBS, jobOptions, queueName, type JobName, type JobPayload } from './jobs.catalog.js';
+import { JOBS, jobLock, jobOptions, queueName, type JobName, type JobPayload } from './jobs.catalog.js';
+import { PROCESS_NAME } from './lifecycle.js';
 import type { Logger } from './logger.js';
 import { redisKeys } from './keys.js';
 import type { Metrics } from './metrics.js';
@@ -197,9 +198,10 @@ export interface WorkerSettings<N extends JobName> {
   log: Logger;
   metrics: Metrics;
   /**
-   * How long a job's lock lasts (ms). BullMQ renews it at half-time while the job runs; when a
-   * worker dies, other workers find its jobs stalled once it expires (checked every half lock)
-   * and run them again: a crashed worker's jobs move on within about 1.5 locks.
+   * How long a job's lock lasts (ms; TL_JOB_LOCK_MS, raised to the job's floor: `jobLock`).
+   * BullMQ renews it at half-time while the job runs; when a worker dies, other workers find its
+   * jobs stalled once it expires (checked every half lock) and run them again: a crashed
+   * worker's jobs move on within about 1.5 locks.
    */
   lockDuration: number;
   /** the embedding space of an embed worker (its queue) */
@@ -272,12 +274,16 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
       end();
     }
   };
+  const lock = jobLock(name, s.lockDuration);
   const worker = new Worker(queueName(name, s.space), processor, {
     connection: s.connection,
     prefix: s.prefix,
     concurrency: s.concurrency,
-    lockDuration: s.lockDuration,
-    stalledInterval: Math.min(30_000, Math.max(1_000, Math.round(s.lockDuration / 2))),
+    lockDuration: lock.lockMs,
+    stalledInterval: lock.stalledIntervalMs,
+    // The same name as this process's other records in Redis: `followJob` reads the job's
+    // `processedBy` and the connected workers' names to tell when the worker holding a job is gone.
+    name: PROCESS_NAME,
     autorun: true,
   });
   worker.on('failed', (job, err) => {
