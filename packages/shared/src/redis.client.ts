@@ -55,6 +55,11 @@ function connectionProblem(err: Error): string {
  * Work that needs Redis simply waits meanwhile: commands queue until the connection is back.
  */
 export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pick<Metrics, 'dependencyUp'>): void {
+  // Asked once, when the connection first answers (commands wait for it).
+  redisEvictionRisk(redis).then(
+    (risk) => risk && log.warn({ dependency: 'redis' }, `Redis at ${redactUrl(url)}: ${risk}`),
+    () => {},
+  );
   let down = false;
   let since = 0;
   metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
@@ -71,6 +76,24 @@ export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pic
     metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
     log.info({ dependency: 'redis', downSeconds: Math.round((Date.now() - since) / 1000) }, 'Redis is back');
   });
+}
+
+/**
+ * Why this Redis may delete our keys by itself, or undefined. With a memory cap (`maxmemory`)
+ * and any policy but `noeviction`, Redis deletes keys to make room once the cap is reached:
+ * queued jobs, pixels waiting for embed, dataset records. Without a cap it never evicts, whatever
+ * the policy. (BullMQ's own warning is one plain line on stderr, at every connection, cap or not.)
+ */
+export async function redisEvictionRisk(redis: Redis): Promise<string | undefined> {
+  const info = await redis.info('memory');
+  const field = (name: string) => new RegExp(`^${name}:(.*)$`, 'm').exec(info)?.[1]?.trim();
+  const policy = field('maxmemory_policy');
+  if (!policy || policy === 'noeviction' || !(Number(field('maxmemory')) > 0)) return undefined;
+  return (
+    `it deletes keys to make room once it holds ${field('maxmemory_human') ?? field('maxmemory')} (maxmemory-policy ${policy}): ` +
+    'queued jobs, pixels waiting for embed and dataset records can vanish under load, leaving images orphaned or jobs lost. ' +
+    'Set maxmemory-policy noeviction (BullMQ requires it; preprocess bounds what waits for embed: TL_MAX_PENDING_TENSORS)'
+  );
 }
 
 /** Whether an error means Redis could not be reached (as opposed to an error of the command). */

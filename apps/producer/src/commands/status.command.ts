@@ -1,4 +1,4 @@
-import { type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
+import { redactUrl, redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 
@@ -16,6 +16,8 @@ export interface StatusReport {
   queues: Record<string, Partial<Record<'waiting' | 'active' | 'delayed' | 'prioritized' | 'failed', number>> & { workers: number; paused: PausedWorkerNow[] }>;
   spaces: SpaceStatus[];
   datasets: DatasetStatus[];
+  /** what puts the deployment's data at risk (a Redis that evicts keys) */
+  warnings: string[];
 }
 
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
@@ -36,11 +38,15 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   const names = o.dataset ? [o.dataset] : await repo.list();
   const datasets = await Promise.all(names.map((d) => inspector.status(d)));
+  // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
+  const eviction = await redisEvictionRisk(ctx.services.redis).catch(() => undefined);
+  const warnings = eviction ? [`Redis at ${redactUrl(ctx.config.redis.url)}: ${eviction}`] : [];
   if (o.json) {
-    ctx.out.write(`${JSON.stringify({ queues, spaces, datasets }, null, 2)}\n`);
-    return { queues, spaces, datasets };
+    ctx.out.write(`${JSON.stringify({ queues, spaces, datasets, warnings }, null, 2)}\n`);
+    return { queues, spaces, datasets, warnings };
   }
   const w = (s: string) => ctx.out.write(`${s}\n`);
+  for (const warning of warnings) w(`warning: ${warning}`);
   w('embedding spaces:');
   if (spaces.length === 0) w('  none published yet: start the stack (transferline up) or an embed worker');
   for (const s of spaces) {
@@ -59,5 +65,5 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   if (datasets.length === 0) w('no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
   for (const d of datasets) printDatasetSummary(ctx, d);
-  return { queues, spaces, datasets };
+  return { queues, spaces, datasets, warnings };
 }
