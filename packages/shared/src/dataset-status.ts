@@ -4,6 +4,13 @@ import { DatasetRepository } from './dataset.repository.js';
 import { EmbedFailure, parseDocument, type ItemRecord, type Stage } from './documents.js';
 import { jobIds, queueName } from './jobs.catalog.js';
 import type { RedisKeys } from './keys.js';
+import { sleep } from './lifecycle.js';
+
+/**
+ * How long an item whose job BullMQ has just failed is given for its worker to record why (one
+ * round trip after the job moved, normally a millisecond or two).
+ */
+const FAILURE_RECORD_GRACE_MS = 500;
 
 /**
  * Where an item stands. `embedded`: its embedding is in the space's index. `failed`: failed for
@@ -82,18 +89,34 @@ export class DatasetInspector {
    * (An embed job's result is its index entry, looked up after the job: see classifyAsRead.)
    */
   async classify(dataset: string, page: [string, ItemRecord][], datasetSpace?: string): Promise<ItemView[]> {
-    const views = await this.classifyAsRead(dataset, page, datasetSpace);
+    const read = await this.classifyAsRead(dataset, page, datasetSpace);
+    const views = read.views;
     const suspects = views.flatMap((v, i) => (v.phase === 'orphaned' ? [i] : []));
     if (suspects.length === 0) return views;
     const now = await this.datasets.getItems(dataset, suspects.map((i) => page[i]![0]));
     const moved = suspects.flatMap((i, k) => (now[k] && JSON.stringify(now[k]) !== JSON.stringify(page[i]![1]) ? [{ i, entry: [page[i]![0], now[k]!] as [string, ItemRecord] }] : []));
-    if (moved.length === 0) return views;
-    const again = await this.classifyAsRead(dataset, moved.map((m) => m.entry), datasetSpace);
-    moved.forEach((m, k) => (views[m.i] = again[k]!));
+    if (moved.length > 0) {
+      const again = await this.classifyAsRead(dataset, moved.map((m) => m.entry), datasetSpace);
+      moved.forEach((m, k) => {
+        views[m.i] = again.views[k]!;
+        read.jobFailed[m.i] = again.jobFailed[k]!;
+      });
+    }
+    // BullMQ has just failed the job for good and its worker writes why right after (the item's
+    // record, or the space's failure hash): give it a moment. A failure still unrecorded then
+    // was lost with its worker, and the item is orphaned indeed (a re-ingest runs it again).
+    const recording = views.flatMap((v, i) => (v.phase === 'orphaned' && read.jobFailed[i] ? [i] : []));
+    if (recording.length === 0) return views;
+    await sleep(FAILURE_RECORD_GRACE_MS);
+    const later = await this.datasets.getItems(dataset, recording.map((i) => page[i]![0]));
+    const entries = recording.flatMap((i, k) => (later[k] ? [{ i, entry: [page[i]![0], later[k]!] as [string, ItemRecord] }] : []));
+    const last = await this.classifyAsRead(dataset, entries.map((e) => e.entry), datasetSpace);
+    entries.forEach((e, k) => (views[e.i] = last.views[k]!));
     return views;
   }
 
-  private async classifyAsRead(dataset: string, page: [string, ItemRecord][], datasetSpace?: string): Promise<ItemView[]> {
+  /** Each item as read, and whether its job is in BullMQ's failed set (its failure about to be recorded, or lost). */
+  private async classifyAsRead(dataset: string, page: [string, ItemRecord][], datasetSpace?: string): Promise<{ views: ItemView[]; jobFailed: boolean[] }> {
     const pipe = this.redis.pipeline();
     const slots: { index?: number; fail?: number; job?: number }[] = [];
     let n = 0;
@@ -122,7 +145,8 @@ export class DatasetInspector {
     }
     const res = n ? ((await pipe.exec()) ?? []) : [];
     const at = (i: number | undefined) => (i === undefined ? null : (res[i]?.[1] as string | number | null));
-    return page.map(([id, record], i) => {
+    const jobFailed = slots.map((slot) => slot.job !== undefined && at(slot.job + 1) !== null);
+    const views = page.map(([id, record], i): ItemView => {
       const slot = slots[i]!;
       const space = record.space ?? datasetSpace;
       const base = { id, record, ...(space && { space }) };
@@ -139,6 +163,7 @@ export class DatasetInspector {
       if (!live) return { ...base, phase: 'orphaned' };
       return { ...base, phase: record.state === 'pending' ? 'preprocess' : 'embed' };
     });
+    return { views, jobFailed };
   }
 
   /** The job that should hold an item that is not done: its preprocess job, or its embed job once the pixels went to embed. */

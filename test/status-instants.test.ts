@@ -1,0 +1,65 @@
+import { UnrecoverableError, Worker } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { contentHash, enqueue, jobIds, queueName } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { startTestStack, until, type TestStack } from './support/stack.js';
+
+/**
+ * `status` read at the instant an embed job fails for good: BullMQ moves the job to its failed
+ * set, then the worker records why (one round trip later). An image read in between is failed
+ * (once its failure lands), not "orphaned (their job was lost: ingest again)"; one whose worker
+ * never recorded why (it died in between) is orphaned indeed. Real Redis and BullMQ; the failing
+ * worker is a bare BullMQ worker, so that the test decides when (and whether) the failure is
+ * recorded.
+ */
+
+guardLeaks();
+
+let stack: TestStack;
+let ctx: CliContext;
+const space = 'efficientnet-b0.test-instants.squash224';
+const dataset = 'instants';
+
+beforeAll(async () => {
+  stack = await startTestStack({}, { preprocess: 0, embed: 0, train: 0 });
+  ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
+}, 120_000);
+
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+/** An image handed to embed whose embed job then fails for good, its failure not recorded yet. */
+async function failedEmbedJob(name: string): Promise<string> {
+  const sha256 = contentHash(Buffer.from(name));
+  await ctx.services.datasets.putItem(dataset, `photos/train/cat/${name}.jpg`, { label: 'cat', etag: `e-${name}`, sha256, space, state: 'queued' });
+  const queue = ctx.queues.embed(space);
+  const id = jobIds.embed({ sha256, embedderId: space });
+  await enqueue(queue, 'embed', [{ id, payload: { sha256, embedderId: space } }]);
+  const worker = new Worker(queueName('embed', space), async () => {
+    throw new UnrecoverableError('the pixels are not what they should be');
+  }, { connection: ctx.services.redis.duplicate({ maxRetriesPerRequest: null }), prefix: stack.config.redis.prefix, autorun: true });
+  try {
+    await until('the job to fail', async () => (await queue.getJobState(id)) === 'failed', 30, 50);
+  } finally {
+    await worker.close();
+  }
+  return sha256;
+}
+
+describe('status at the instant an embed job fails for good', () => {
+  it('counts the image failed once its worker records why, and orphaned only when that never comes', async () => {
+    const recorded = await failedEmbedJob('recorded');
+    await failedEmbedJob('lost'); // its worker died before recording why
+    // the worker's record of why lands just after status started reading
+    const reading = ctx.services.inspector.status(dataset);
+    await new Promise((r) => setTimeout(r, 100));
+    await ctx.services.datasets.recordEmbedFailure(space, recorded, { reason: 'bad-pixels', detail: 'the pixels are not what they should be', attempts: 1 });
+    const s = await reading;
+    expect(s).toMatchObject({ total: 2, failed: 1, orphaned: 1, pending: 0 });
+    expect(s.failures).toEqual([expect.objectContaining({ stage: 'embed', reason: 'bad-pixels' })]);
+    expect(s.failures[0]!.item).toBe('photos/train/cat/recorded.jpg');
+  });
+});
