@@ -327,4 +327,24 @@ describe('the web console', () => {
     await serving;
     await expect(fetch(url)).rejects.toThrow();
   });
+  it('a page that cannot be read in time says so, and whether Redis answers, instead of blaming it', async () => {
+    // a deployment whose items take longer to read than the page may wait (here 200,000, and a 0.3 s deadline)
+    const big = 'many-items';
+    for (let b = 0; b < 200_000; b += 5_000) {
+      const items = Array.from({ length: 5_000 }, (_, k) => [`${photos}/bulk/l${k % 3}/${b + k}.jpg`, { label: `l${k % 3}`, etag: `e${b + k}`, state: 'pending' as const }] as [string, { label: string; etag: string; state: 'pending' }]);
+      await ctx.services.datasets.putItems(big, items);
+    }
+    const slow = await startConsole({ services: ctx.services, queues: ctx.queues, config: { ...stack.config, console: { host: '127.0.0.1', port: 0, user: USER, password: undefined } }, pageDeadlineMs: 300 });
+    try {
+      const home = await fetch(slow.url);
+      expect(home.status).toBe(503);
+      const text = await home.text();
+      expect(text).toMatch(/could not read the deployment: reading it took longer than 0\.3 s, though Redis answers/);
+      expect(text).not.toMatch(/did not answer/);
+      // the small dataset's own page still reads in time
+      expect((await fetch(new URL(`/datasets/${dataset}`, slow.url))).status).toBe(200);
+    } finally {
+      await slow.close();
+    }
+  }, 120_000);
 });

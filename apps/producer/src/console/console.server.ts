@@ -45,12 +45,30 @@ const PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' 
  */
 const BOARD_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
 
+class DeadlineError extends Error {}
+
+/** "0.3 s", "15 s" */
+const seconds = (ms: number) => `${ms < 10_000 ? Number((ms / 1000).toFixed(1)) : Math.round(ms / 1000)} s`;
+
 function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${Math.round(ms / 1000)} s`)), ms);
+    timer = setTimeout(() => reject(new DeadlineError(`${what} did not answer within ${seconds(ms)}`)), ms);
   });
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Why a page missed its deadline: Redis not answering, or (Redis answering a PING at once) a page
+ * with that much to read: the overview reads every item of every dataset.
+ */
+async function whyLate(err: DeadlineError, redis: { ping: () => Promise<unknown> }, ms: number): Promise<string> {
+  const answers = await withDeadline(redis.ping(), 1_000, 'Redis').then(
+    () => true,
+    () => false,
+  );
+  if (!answers) return err.message;
+  return `reading it took longer than ${seconds(ms)}, though Redis answers: the deployment holds more items than this page reads in that time (each dataset's page reads one dataset; so does transferline status -d NAME)`;
 }
 
 /** The URL to print for a bound address (a wildcard address is reached through loopback). */
@@ -114,9 +132,10 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
         'Redis or S3',
       ).then(
         (r) => void ('html' in r ? res.type('html').send(r.html) : res.status(404).type('html').send(notFoundPage(access, r.missing))),
-        (err: unknown) => {
-          log?.warn({ err, path: req.path }, 'console: a page could not be read');
-          res.status(503).type('html').send(errorPage(access, `could not read the deployment: ${(err as Error).message}`));
+        async (err: unknown) => {
+          const why = err instanceof DeadlineError ? await whyLate(err, services.redis, pageDeadline) : (err as Error).message;
+          log?.warn({ err, path: req.path, why }, 'console: a page could not be read');
+          res.status(503).type('html').send(errorPage(access, `could not read the deployment: ${why}`));
         },
       );
     };
