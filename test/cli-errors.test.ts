@@ -1,10 +1,11 @@
+import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createRedis } from '../packages/shared/src/index.js';
 import { describe, expect, it } from 'vitest';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
-import { runCli } from './support/stack.js';
+import { cliPath, runCli } from './support/stack.js';
 
 const baseEnv = { PATH: process.env.PATH, HOME: process.env.HOME };
 
@@ -39,6 +40,23 @@ describe('what a user sees when something is wrong', () => {
       expect(wrong.stderr).not.toMatch(/guess|Is it running/);
       const none = await runCli(['status'], { ...baseEnv, REDIS_URL: `redis://127.0.0.1:${port}` });
       expect(none.stderr).toMatch(/refused the connection: NOAUTH/);
+    } finally {
+      await server.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('output piped into a reader that stops early (| head) ends quietly, exit 0', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-epipe-'));
+    const server = await startEmbeddedRedis({ directory: path.join(dir, 'redis'), port: 0, persist: false });
+    try {
+      const child = spawn(process.execPath, [cliPath, 'status'], { env: { ...baseEnv, REDIS_URL: server.url }, stdio: ['ignore', 'pipe', 'pipe'] });
+      child.stdout.destroy(); // the reader is gone before the first line
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+      expect(stderr).toBe('');
+      expect(code).toBe(0);
     } finally {
       await server.stop();
       await rm(dir, { recursive: true, force: true });

@@ -19,6 +19,15 @@ import { serveCommand } from './commands/serve.command.js';
 import { relabelCommand, reviewCommand } from './commands/review.command.js';
 import { printableMessage } from './terminal.js';
 
+// A reader that goes away (`transferline status | head -3`) ends the output, as it ends any
+// Unix tool's: quietly, not with a stack trace and exit 1. (What the command started goes on.)
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
+  });
+}
+
 const int = (name: string) => (v: string) => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number`);
