@@ -113,6 +113,17 @@ describe('prepareImage', () => {
     expect(classifyDecodeError(new Error('VipsJpeg: premature end of JPEG image'), 'jpeg', jpeg).reason).toBe('truncated');
     expect(classifyDecodeError(new Error('something else'), 'jpeg', jpeg).reason).toBe('undecodable');
   });
+
+  it('words the failure once, and in words when libvips gives none', () => {
+    const cut = Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0, 0x10, 0x4a, 0x46]); // no end marker
+    // libvips's error buffer, shared by concurrent decodes: a line twice, or "Unknown error"
+    expect(classifyDecodeError(new Error('VipsJpeg: premature end of JPEG image\nVipsJpeg: premature end of JPEG image'), 'jpeg', cut).message).toBe('VipsJpeg: premature end of JPEG image');
+    const none = classifyDecodeError(new Error('Unknown error'), 'jpeg', cut);
+    expect(none.reason).toBe('truncated');
+    expect(none.message).toBe('the jpeg file ends before its image does (cut short: an upload or copy that did not finish?)');
+    const whole = Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0, 0, 0xff, 0xd9]);
+    expect(classifyDecodeError(new Error('Unknown error'), 'jpeg', whole).message).toBe('the jpeg decoder could not read it and gave no reason');
+  });
 });
 
 describe('configureSharp', () => {

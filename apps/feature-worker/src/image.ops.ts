@@ -112,16 +112,19 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
  * the file), since decoders word it in many ways.
  */
 export function classifyDecodeError(err: Error, format: string, bytes: Uint8Array): PermanentError {
-  const m = err.message.split('\n').filter(Boolean).slice(-3).join('; ');
+  // libvips's last lines, each once (its error buffer is shared by the images decoding at once,
+  // so the same line can come twice, or none at all: "Unknown error")
+  const lines = [...new Set(err.message.split('\n').map((l) => l.trim()).filter((l) => l && !/^unknown error$/i.test(l)))];
+  const m = lines.slice(-3).join('; ');
   if (/pixel limit/i.test(err.message)) return new PermanentError('too-many-pixels', m);
   if (/timeout/i.test(err.message)) return new PermanentError('decode-timeout', m);
   if (/has not been built in|decoder plugin|unsupported codec/i.test(err.message)) {
     return new PermanentError('unsupported-format', `${format}: this build of sharp cannot decode it (${m})`);
   }
   if (looksTruncated(format, bytes) || /premature end|truncated|unexpected end|not enough data/i.test(err.message)) {
-    return new PermanentError('truncated', m);
+    return new PermanentError('truncated', m || `the ${format} file ends before its image does (cut short: an upload or copy that did not finish?)`);
   }
-  return new PermanentError('undecodable', m);
+  return new PermanentError('undecodable', m || `the ${format} decoder could not read it and gave no reason`);
 }
 
 const ascii = (b: Uint8Array, start: number, length: number) => String.fromCharCode(...b.subarray(start, start + length));
