@@ -306,6 +306,9 @@ describe('training runs and classification', () => {
     expect(failures.stderr).toBe('');
     expect(failures.code).toBe(0);
     expect(failures.stdout).toMatch(new RegExp(`s3://${photos}/broken/notes\\.jpg  preprocess not-an-image`));
+    // its images have no label: status says so, not "?"
+    const status = await runCli(['status', '-d', classifyDatasetName('shapes')], stack.env);
+    expect(status.stdout).toMatch(/^ {2}labels: \(unlabelled\) \(\d+\)$/m);
   });
 
   it('a run whose train worker is killed: train says the worker is gone, which worker takes it up again, and ends with the report', async () => {

@@ -1,7 +1,7 @@
 import { parseS3Url, sleep, type DatasetStatus } from '@transferline/shared';
 import { chooseSpace, type CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
-import { ingestPrefix, type IngestCounts } from '../ingest.service.js';
+import { ingestPrefix, UNLABELLED, type IngestCounts } from '../ingest.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 
@@ -115,7 +115,8 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
       (s.orphaned ? `, ${s.orphaned} orphaned (their job was lost: ingest again)` : '') +
       (s.space ? ` — embedding space ${s.space}` : ''),
   );
-  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${printable(l.label)} (${l.count})`).join(', ')}`);
+  // images to classify carry no label (UNLABELLED in their records)
+  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${l.label === UNLABELLED ? '(unlabelled)' : printable(l.label)} (${l.count})`).join(', ')}`);
   if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
   printFailures(ctx, s);
 }
