@@ -1,5 +1,5 @@
 import type * as tfTypes from '@tensorflow/tfjs';
-import { LabelsDoc, PermanentError, ReportDoc, RunDoc, type ClassifyJob, type ClassifyResult, type JobContext, type Services } from '@transferline/shared';
+import { CLASSIFY_EARLIER_FILES, LabelsDoc, PermanentError, ReportDoc, RunDoc, type ClassifyJob, type ClassifyResult, type JobContext, type Services } from '@transferline/shared';
 import { loadHead } from './head.store.js';
 import { predictProba } from './head.trainer.js';
 
@@ -47,6 +47,7 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
   const lines: ClassifiedLine[] = [];
   const modelRef = { dataset: job.model, runId: job.runId };
   let skipped = 0;
+  const earlier = new Set<string>();
   for await (const page of services.datasets.scan(job.dataset)) {
     const mine = page.filter(([id]) => id.startsWith(scope));
     if (mine.length === 0) continue;
@@ -56,7 +57,10 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
       // Done by an earlier job (another output file) with the same bytes: skip. Done by this very
       // job (a retry after it had finished) counts as not done, so its file is rewritten whole.
       const prior = done[i]?.split(' ');
-      if (r.sha256 && prior && prior[0] === r.etag && prior[1] === r.sha256 && prior[2] !== job.outputKey) skipped++;
+      if (r.sha256 && prior && prior[0] === r.etag && prior[1] === r.sha256 && prior[2] !== job.outputKey) {
+        skipped++;
+        earlier.add(prior[2]!);
+      }
       else if (r.state === 'failed') lines.push({ key: `s3://${id}`, error: r.reason ?? 'failed', model: modelRef });
       else if (r.sha256 && cached[i]) todo.push({ id, sha256: r.sha256, etag: r.etag });
     });
@@ -80,9 +84,13 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
     }
   }
   const failed = lines.filter((l) => l.error).length;
-  await services.store.putObject(deps.bucket, job.outputKey, lines.map((l) => JSON.stringify(l)).join('\n') + (lines.length ? '\n' : ''), 'application/x-ndjson');
+  // Nothing new (every image done by an earlier job of this run): no empty file; the result names
+  // the files that hold those labels instead. Results files are named by time: newest first.
+  const written = lines.length > 0;
+  if (written) await services.store.putObject(deps.bucket, job.outputKey, lines.map((l) => JSON.stringify(l)).join('\n') + '\n', 'application/x-ndjson');
   if (todo.length) await services.redis.hset(doneKey, ...todo.flatMap((t) => [t.id, `${t.etag} ${t.sha256} ${job.outputKey}`]));
   ctx.log.info({ classified: todo.length, failed, skipped }, 'classified');
   const byLabel = labels.map((label, c) => ({ label, count: counts[c]! })).filter((l) => l.count > 0);
-  return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel };
+  const earlierFiles = [...earlier].sort().reverse().slice(0, CLASSIFY_EARLIER_FILES);
+  return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel, earlierFiles, written };
 }

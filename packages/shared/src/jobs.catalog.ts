@@ -94,12 +94,22 @@ export const ClassifyJob = z.object({
 });
 export type ClassifyJob = z.infer<typeof ClassifyJob>;
 
+/** How many earlier results files a classify result names. */
+export const CLASSIFY_EARLIER_FILES = 10;
+
 export interface ClassifyResult {
   outputKey: string;
   classified: number;
   failed: number;
   /** items classified earlier with the same run and unchanged since (not written again) */
   skipped: number;
+  /**
+   * The results files that hold the skipped items' labels (the newest first, at most
+   * CLASSIFY_EARLIER_FILES). Absent in results of jobs that ran before it existed.
+   */
+  earlierFiles?: string[];
+  /** false when nothing was new: no results file was written (absent: written) */
+  written?: boolean;
   /** images per predicted label, in the model's label order */
   byLabel: { label: string; count: number }[];
 }

@@ -1,4 +1,4 @@
-import { classifyDatasetName, DatasetName, enqueue, jobIds, LatestDoc, parseS3Url, RunDoc, sleep, type ClassifyJob, type ClassifyResult, type EmbeddingSpace } from '@transferline/shared';
+import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, LatestDoc, parseS3Url, RunDoc, sleep, type ClassifyJob, type ClassifyResult, type EmbeddingSpace } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
@@ -71,7 +71,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     // A round of --watch that found nothing new writes no results file (every round's would list
     // the same images, failures included, as "already done").
     const fresh = counts.enqueued + counts.fromCache + counts.retried + before.pending + before.orphaned;
-    if (round === 1 || fresh > 0) results.push(await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds));
+    if (round === 1 || fresh > 0) results.push(await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1));
     if (!o.watch || (o.maxRounds !== undefined && round >= o.maxRounds) || ctx.signal?.aborted) break;
     await sleep(o.intervalSeconds * 1000, ctx.signal);
     if (ctx.signal?.aborted) break;
@@ -79,8 +79,12 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   return results;
 }
 
-/** One classify job over the prefix (the items embedded or failed by now): its results file, and what it says. */
-async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: string, bucket: string, prefix: string, stallSeconds: number): Promise<ClassifyResult> {
+/**
+ * One classify job over the prefix (the items embedded or failed by now): its results file, and
+ * what it says; with `pointBack` (a command's first round), also where the labels of the images
+ * classified before are (a later round of --watch knows: its earlier rounds printed them).
+ */
+async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: string, bucket: string, prefix: string, stallSeconds: number, pointBack: boolean): Promise<ClassifyResult> {
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const payload: ClassifyJob = {
     dataset,
@@ -96,11 +100,18 @@ async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: st
   const job = (await ctx.queues.classify.getJob(id))!;
   const r = await followJob<ClassifyResult>(ctx, ctx.queues.classify, job, { what: `classifying s3://${bucket}/${prefix}`, role: 'train', stallSeconds });
   const labels = r.byLabel.map((l) => `${printable(l.label)} ${l.count}`).join(', ');
+  const { bucket: results } = ctx.config.s3;
   ctx.out.write(
     `classified ${r.classified} image(s) under s3://${printable(bucket)}/${printable(prefix)} with ${model.dataset}@${model.runId}` +
       `${labels ? ` (${labels})` : ''}${r.failed ? `, ${r.failed} failed` : ''}${r.skipped ? `, ${r.skipped} already done` : ''}` +
-      ` → s3://${ctx.config.s3.bucket}/${r.outputKey}\n`,
+      (r.written === false ? ': nothing new to write\n' : ` → s3://${results}/${r.outputKey}\n`),
   );
+  // where the labels of the images done before are (a second run of the same command, say)
+  const earlier = r.earlierFiles ?? [];
+  if (pointBack && earlier.length) {
+    const more = earlier.length === CLASSIFY_EARLIER_FILES ? ' (the newest; older files in the same folder)' : '';
+    ctx.out.write(`  the ${r.skipped} already done are labelled in${more}: ${earlier.map((k) => `s3://${results}/${k}`).join(', ')}\n`);
+  }
   // which images failed, and why (the results file has them too)
   if (r.failed) printFailures(ctx, await ctx.services.inspector.status(dataset, 20, `${bucket}/${prefix}`));
   return r;
