@@ -1,5 +1,5 @@
 import { parseS3Url, sleep, type DatasetStatus } from '@transferline/shared';
-import { chooseSpace, type CliContext } from '../cli-context.js';
+import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix, UNLABELLED, type IngestCounts } from '../ingest.service.js';
 import { createProgress } from '../progress.js';
@@ -43,7 +43,9 @@ function changedAnything(c: IngestCounts): boolean {
  */
 export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptions): Promise<IngestOutcome> {
   const { bucket, prefix } = parseS3Url(url);
-  const space = await chooseSpace(ctx, o.embedder, o.embedderReason);
+  // which space, and why: said by the rounds that speak (a quiet --watch round says nothing)
+  const { space, message: spaceChoice } = await ctx.services.spaces.resolve(o.embedder, o.embedderReason);
+  if (!o.quietUnlessNew) ctx.out.write(`${spaceChoice}\n`);
   const listing = o.quietUnlessNew ? undefined : createProgress('listing');
   let counts: IngestCounts;
   try {
@@ -58,6 +60,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
     listing?.stop();
   }
   if (o.quietUnlessNew && !changedAnything(counts)) return { counts, quiet: true };
+  if (o.quietUnlessNew) ctx.out.write(`${spaceChoice}\n`);
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const where = `s3://${printable(bucket)}/${printable(prefix)}`;
   if (counts.listed === 0) w(`ingest ${where}: no objects there (is the prefix right? keys look like ${where}<label>/<file>)`);
