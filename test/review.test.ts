@@ -92,7 +92,15 @@ describe('review and relabel', () => {
     for (const l of hits) if (l.issue) expect(l.suggested).toBe(flipped.get(l.key));
     // the full list is in the bucket, most doubtful first
     expect(r.outputKey).toMatch(new RegExp(`^s3://${stack.config.s3.bucket}/reviews/noisy/.+\\.jsonl$`));
+    // an image not embedded yet (its job lost: orphaned) is left out, and said so
+    const pendingId = `${bucket}/train/circle/not-yet.jpg`;
+    await ctx.services.datasets.putItem('noisy', pendingId, { label: 'circle', etag: 'e-not-yet', state: 'pending' });
     const text = await runCli(['review', '-d', 'noisy', '--top', '6'], stack.env, 240_000);
+    await ctx.services.datasets.removeItems('noisy', [pendingId]);
+    expect(text.stdout).toMatch(/^review of noisy: 60 embedded images, 5-fold/m);
+    expect(text.stdout).toMatch(/^ {2}left out: 1 images not embedded yet \(on their way, or orphaned: see transferline status\)/m);
+    // progress, fold by fold (a plain line per update off a terminal)
+    expect(text.stderr).toMatch(/^review of noisy: folds: 5\/5 fitted$/m);
     expect(text.stdout).toMatch(/look mislabelled/);
     expect(text.stdout).toMatch(/most uncertain/);
     expect(text.stdout).toMatch(/transferline relabel -d noisy --from-review s3:\/\//);

@@ -23,6 +23,8 @@ export interface Review {
   /** issues first (least likely given label first), then the rest by pGiven */
   lines: ReviewLine[];
   issues: number;
+  /** images not embedded yet (still on their way, or orphaned): left out of this review */
+  notYetEmbedded: number;
   seconds: number;
 }
 
@@ -31,21 +33,27 @@ export interface Review {
  * the cached embeddings, the same softmax head `train` fits), and the images whose given label
  * the model finds least likely: confident learning's rule (Northcutt et al.), an image is a label
  * issue when some other class's probability reaches that class's mean self-confidence and beats
- * the given label. Nothing is re-embedded; seconds for thousands of images.
+ * the given label. Nothing is re-embedded: seconds for thousands of images, a minute or two for
+ * tens of thousands (k heads fitted on TF.js's wasm backend); `onFold` hears each fold finish.
  */
-export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds?: number; seed?: number }): Promise<Review> {
+export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds?: number; seed?: number; onFold?: (done: number, folds: number) => void }): Promise<Review> {
   const started = performance.now();
   const { datasets, inspector, cache } = ctx.services;
   if (!(await datasets.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
   const space = await datasets.space(o.dataset);
   if (!space) throw new Error(`dataset ${o.dataset} has not been ingested into an embedding space yet`);
   const items: { id: string; sha256: string; label: string }[] = [];
+  let notYetEmbedded = 0;
   for await (const page of inspector.scan(o.dataset)) {
-    for (const v of page) if (v.phase === 'embedded' && v.space === space && v.record.sha256) items.push({ id: v.id, sha256: v.record.sha256, label: v.record.label });
+    for (const v of page) {
+      if (v.phase === 'embedded' && v.space === space && v.record.sha256) items.push({ id: v.id, sha256: v.record.sha256, label: v.record.label });
+      else if (v.phase !== 'failed') notYetEmbedded++;
+    }
   }
   items.sort((a, b) => (a.sha256 < b.sha256 ? -1 : a.sha256 > b.sha256 ? 1 : a.id < b.id ? -1 : 1));
   const labels = [...new Set(items.map((i) => i.label))].sort();
-  if (labels.length < 2) throw new Error(`dataset ${o.dataset} has ${labels.length} label(s) among its embedded images; a review needs two or more`);
+  const onTheirWay = notYetEmbedded ? ` (${notYetEmbedded} more are not embedded yet: review again once ingest is done)` : '';
+  if (labels.length < 2) throw new Error(`dataset ${o.dataset} has ${labels.length} label(s) among its embedded images; a review needs two or more${onTheirWay}`);
   const classOf = new Map(labels.map((l, i) => [l, i]));
   const y = Int32Array.from(items, (i) => classOf.get(i.label)!);
   const smallest = Math.min(...labels.map((_, c) => y.filter((v) => v === c).length));
@@ -59,7 +67,8 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
 
   const x = await cache.load(space, items.map((i) => i.sha256));
   const dim = x.dim || 1280;
-  const { tf } = await loadTfRuntime('cpu');
+  // wasm: about 2.3 times TF.js's plain-JS cpu backend on these fits
+  const { tf } = await loadTfRuntime('wasm');
   const k = labels.length;
   const oof = new Float32Array(items.length * k);
   const rows = (pick: (i: number) => boolean): { m: Matrix; y: Int32Array; index: number[] } => {
@@ -85,6 +94,7 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
     } finally {
       fit.model.dispose();
     }
+    o.onFold?.(f + 1, folds);
   }
 
   // per-class thresholds: the mean probability of the class over the images labelled with it
@@ -121,7 +131,7 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
     };
   });
   lines.sort((a, b) => Number(b.issue) - Number(a.issue) || a.pGiven - b.pGiven);
-  return { dataset: o.dataset, space, labels, folds, lines, issues: lines.filter((l) => l.issue).length, seconds: (performance.now() - started) / 1000 };
+  return { dataset: o.dataset, space, labels, folds, lines, issues: lines.filter((l) => l.issue).length, notYetEmbedded, seconds: (performance.now() - started) / 1000 };
 }
 
 /** Where an object moves and what happened. */

@@ -2,6 +2,7 @@ import { ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { relabelItems, reviewDataset, type RelabelOutcome, type Review } from '../review.service.js';
+import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 
 /**
@@ -10,7 +11,13 @@ import { printable } from '../terminal.js';
  * prints the top N of each, and writes the whole list as JSON Lines in the bucket.
  */
 export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?: number; folds?: number; json?: boolean }): Promise<Review & { outputKey: string }> {
-  const review = await reviewDataset(ctx, { dataset: o.dataset, ...(o.folds && { folds: o.folds }) });
+  const bar = createProgress(`review of ${o.dataset}: folds`);
+  let review: Review;
+  try {
+    review = await reviewDataset(ctx, { dataset: o.dataset, ...(o.folds && { folds: o.folds }), onFold: (done, folds) => bar.update(done, folds, 'fitted') });
+  } finally {
+    bar.stop();
+  }
   // What relabel and the console will read back: a line they would refuse is not written.
   for (const l of review.lines) {
     const r = ReviewLine.safeParse(l);
@@ -28,6 +35,7 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   const pct = (x: number) => `${(x * 100).toFixed(1).padStart(5)}%`;
   const row = (l: ReviewLine) => `  ${pct(l.pGiven)}  ${printable(l.given)} → ${printable(l.suggested)} (${pct(l.pSuggested).trim()})  ${printable(l.key)}`;
   w(`review of ${o.dataset}: ${review.lines.length} embedded images, ${review.folds}-fold out-of-fold predictions in ${review.seconds.toFixed(1)} s`);
+  if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
   w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
   w('  p(given)  given → suggested  key');
   for (const l of review.lines.filter((x) => x.issue).slice(0, top)) w(row(l));
