@@ -243,8 +243,15 @@ describe('training runs and classification', () => {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
     }
     expect((await ctx.services.inspector.status(classifyDatasetName('shapes'))).orphaned).toBe(1);
-    const [again] = await classifyCommand(ctx, `s3://${photos}/later/`, { model: 'shapes', watch: false, intervalSeconds: 1, stallSeconds: 2 });
-    expect(again).toMatchObject({ classified: 0, skipped: kinds.length, failed: 0 }); // done by the round above
+    let said = '';
+    const out = { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream;
+    const [again] = await classifyCommand({ ...ctx, out }, `s3://${photos}/later/`, { model: 'shapes', watch: false, intervalSeconds: 1, stallSeconds: 2 });
+    // done by the round above: no empty file, and it says where their labels are
+    expect(again).toMatchObject({ classified: 0, skipped: kinds.length, failed: 0, written: false, earlierFiles: [round!.outputKey] });
+    expect(said).toMatch(new RegExp(`, ${kinds.length} already done: nothing new to write$`, 'm'));
+    expect(said).toContain(`  the ${kinds.length} already done are labelled in: s3://${stack.config.s3.bucket}/${round!.outputKey}\n`);
+    await expect(ctx.services.store.getObject(stack.config.s3.bucket, again!.outputKey)).rejects.toThrow();
+    expect((await ctx.services.store.getObject(stack.config.s3.bucket, round!.outputKey)).toString().trim().split('\n')).toHaveLength(kinds.length);
   });
 
   it("classifies in the model's own embedding space, whatever the CLI's environment says", async () => {
@@ -268,7 +275,10 @@ describe('training runs and classification', () => {
     const before = await listed();
     const results = await classifyCommand({ ...ctx, out: quiet }, `s3://${photos}/incoming/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 3 });
     expect(results).toHaveLength(1); // the first round runs; the next two found nothing new
-    expect(await listed()).toBe(before + 1);
+    // and the first found every image labelled by an earlier command: no (empty) file, it names theirs
+    expect(results[0]).toMatchObject({ classified: 0, written: false });
+    expect(results[0]!.earlierFiles!.length).toBeGreaterThan(0);
+    expect(await listed()).toBe(before);
   });
 
   it('ingest --watch speaks only for a round that found something new', async () => {
@@ -294,6 +304,8 @@ describe('training runs and classification', () => {
     expect(text.match(/^ingest s3:\/\/photos-tc\/watched\/ → dataset watched:/gm)).toHaveLength(2);
     expect(text.match(/^dataset watched: /gm)).toHaveLength(2);
     expect(text.match(/^watching /gm)).toHaveLength(1);
+    // which embedding space, said by those two rounds only
+    expect(text.match(/^embedding space /gm)).toHaveLength(2);
   });
 
   it('says which images it could not classify and why, and failures lists them for its dataset', async () => {
