@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { classifyCommand, resolveModel } from '../apps/producer/src/commands/classify.command.js';
@@ -10,7 +11,7 @@ import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer
 import { classifyDatasetName, jobIds, ReportDoc } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
+import { cliPath, runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
 
 guardLeaks();
 
@@ -321,6 +322,26 @@ describe('training runs and classification', () => {
     // its images have no label: status says so, not "?"
     const status = await runCli(['status', '-d', classifyDatasetName('shapes')], stack.env);
     expect(status.stdout).toMatch(/^ {2}labels: \(unlabelled\) \(\d+\)$/m);
+  });
+
+  it('Ctrl-C while train follows its run: exit 130, the run goes on, and it says how to follow it again', async () => {
+    const runId = 'interrupted-run';
+    const child = spawn(process.execPath, [cliPath, 'train', '-d', 'shapes', '--epochs', '150', '--patience', '0', '--batch-size', '8', '--run-id', runId], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...stack.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let said = '';
+    child.stdout.on('data', (d: Buffer) => (said += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (said += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+    const deadline = Date.now() + 60_000;
+    while (!/training shapes: [1-9]/.test(said)) {
+      if (Date.now() > deadline) throw new Error(`the run never showed an epoch: ${said}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(said).toContain(`interrupted; run ${runId} goes on in the train worker (follow it again: transferline train --follow ${runId})`);
+    const again = await runCli(['train', '--follow', runId], stack.env);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(new RegExp(`^run ${runId}: validation accuracy`, 'm'));
   });
 
   it('a run whose train worker is killed: train says the worker is gone, which worker takes it up again, and ends with the report', async () => {

@@ -11,6 +11,8 @@ export interface FollowOptions {
   role: string;
   /** seconds a job may wait with no worker connected before we give up (it stays queued) */
   stallSeconds: number;
+  /** the command that follows the job again, told on Ctrl-C ("transferline train --follow RUN") */
+  followAgain?: string;
   onProgress?: (data: unknown) => void;
 }
 
@@ -67,7 +69,7 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
   for (;;) {
     await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
     if (stop.aborted) return new Promise<never>(() => {});
-    if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; ${o.what} goes on in the ${o.role} worker`);
+    if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; ${o.what} goes on in the ${o.role} worker${o.followAgain ? ` (follow it again: ${o.followAgain})` : ''}`);
     let why: string | undefined;
     try {
       const state = await queue.getJobState(job.id!);

@@ -104,6 +104,7 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
       what: `run ${runId}`,
       role: 'train',
       stallSeconds,
+      followAgain: `transferline train --follow ${runId}`,
       onProgress: (data) => {
         if (typeof data !== 'object' || data === null) return;
         const p = data as EpochProgress;
