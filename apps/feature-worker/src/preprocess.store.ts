@@ -33,11 +33,19 @@ export function createPreprocessStore(s: Pick<Services, 'redis' | 'keys' | 'data
       enqueueOn(pipe, queue, 'embed', [{ id, payload: o.job }]);
       void room.release(pipe);
       void s.datasets.putItems(o.dataset, [[o.itemId, o.record]], pipe, 'worker');
+      // Asked after the pixels were stored: an embed job of the same bytes (another object's)
+      // that indexed them and freed its pixels before ours landed would leave ours for their TTL
+      // (our add is a no-op while that job is active). Embed indexes before it frees, so either
+      // it frees ours, or this finds the index.
+      pipe.hexists(s.keys.embeddingIndex(space), o.job.sha256);
       try {
-        const [, , failedScore, added] = await execPipeline(pipe);
+        const replies = await execPipeline(pipe);
+        const [, , failedScore, added] = replies;
         if (added !== id) throw new Error(`adding embed job ${id} replied ${String(added)}`);
         // The add above was a no-op against the failed job of the same id: move that one back.
         if (failedScore !== null) await requeue(s.redis, queue, 'embed', [{ id, payload: o.job }], [true]);
+        // Embedded already: a job of ours (if one was added) finds it indexed and needs no pixels.
+        if (replies.at(-1) === 1) await s.tensors.delete(space, [o.job.sha256]);
       } catch (err) {
         await room.release();
         throw err;

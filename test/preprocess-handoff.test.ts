@@ -1,0 +1,70 @@
+import { Worker } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { EmbedBacklogGate } from '../apps/feature-worker/src/embed-backlog.gate.js';
+import { createPreprocessStore } from '../apps/feature-worker/src/preprocess.store.js';
+import { contentHash, createLogger, createMetrics, enqueue, jobIds, queueName, type JobContext } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { startTestStack, until, type TestStack } from './support/stack.js';
+
+/**
+ * Two objects with the same bytes, preprocessed at the same time: the second hands its pixels to
+ * embed while the first's embed job is still active, after that job indexed the image and freed
+ * its pixels. The second job's add is a no-op (same id), so nothing would ever free the second
+ * copy of the pixels: 150 KB left in Redis for the pixels' TTL (days), per duplicate (the scale
+ * trial found 11 such keys). Real Redis and BullMQ; a bare BullMQ worker holds the embed job.
+ */
+
+guardLeaks();
+
+let stack: TestStack;
+let ctx: CliContext;
+const space = 'efficientnet-b0.test-handoff.squash224';
+
+beforeAll(async () => {
+  stack = await startTestStack({}, { preprocess: 0, embed: 0, train: 0 });
+  ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
+}, 120_000);
+
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+describe('preprocess hand-off of bytes another object embedded meanwhile', () => {
+  it('leaves no pixels behind in Redis', async () => {
+    const { services, queues } = ctx;
+    const log = createLogger('test', 'warn');
+    const gate = new EmbedBacklogGate(services.redis, queues, services.keys, 1000, async () => [space], createMetrics('preprocess'), log);
+    const store = createPreprocessStore(services, queues, gate);
+    const pixels = new Uint8Array(224 * 224 * 3).fill(7);
+    const sha256 = contentHash(Buffer.from('the same bytes under two keys'));
+    const job = { sha256, embedderId: space };
+    const id = jobIds.embed(job);
+
+    // the first object's embed job is active in a worker that holds it
+    await enqueue(queues.embed(space), 'embed', [{ id, payload: job }]);
+    let finish!: () => void;
+    const held = new Promise<void>((resolve) => (finish = resolve));
+    const worker = new Worker(queueName('embed', space), () => held, { connection: services.redis.duplicate({ maxRetriesPerRequest: null }), prefix: stack.config.redis.prefix, autorun: true });
+    try {
+      await until('the embed job to be active', async () => (await queues.embed(space).getJobState(id)) === 'active', 30, 50);
+      // ...which has indexed the image and freed its pixels
+      await services.redis.hset(services.keys.embeddingIndex(space), sha256, 'shard-0:0');
+      await services.tensors.delete(space, [sha256]);
+
+      // the second object (ingested: its record pending) hands its pixels off now
+      const itemId = 'photos/train/cat/copy.jpg';
+      await services.datasets.putItem('twins', itemId, { label: 'cat', etag: 'e2', space, state: 'pending' });
+      const ctxJob: JobContext = { log, progress: async () => {}, attempt: 1 };
+      await store.handOff({ job, pixels, dataset: 'twins', itemId, record: { label: 'cat', etag: 'e2', sha256, space, state: 'queued' } }, ctxJob);
+      finish();
+      await until('the embed job to complete', async () => ['completed', 'unknown'].includes(await queues.embed(space).getJobState(id)), 30, 50);
+    } finally {
+      await worker.close();
+    }
+    expect(await services.redis.exists(services.keys.tensor(space, sha256))).toBe(0);
+    // the image counts as embedded for the second object's dataset
+    expect(await services.inspector.status('twins')).toMatchObject({ total: 1, embedded: 1, orphaned: 0 });
+  });
+});
