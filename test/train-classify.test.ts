@@ -189,12 +189,18 @@ describe('training runs and classification', () => {
   it('says how many images it left out because their bytes are filed under two labels', async () => {
     const bytes = await ctx.services.store.getObject(photos, 'duo/train/circle/0.jpg');
     await ctx.services.store.putObject(photos, 'duo/train/square/copy-of-circle-0.jpg', bytes);
+    // and a plain duplicate: the same bytes twice under one label
+    await ctx.services.store.putObject(photos, 'duo/train/circle/copy-of-circle-1.jpg', await ctx.services.store.getObject(photos, 'duo/train/circle/1.jpg'));
     expect((await runCli(['ingest', `s3://${photos}/duo/`, '-d', 'duo'], stack.env)).code).toBe(0);
     const train = await runCli(['train', '-d', 'duo', '--epochs', '3', '--run-id', 'conflict'], stack.env);
     expect(train.code).toBe(0);
     expect(train.stdout).toMatch(/left out: 1 image whose bytes are filed under more than one label/);
     const report = (await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'conflict', 'report.json')))!;
     expect(report.split.conflictsLeftOut).toBe(1);
+    // the images trained on, and why fewer than embedded: both copies of the conflicting bytes out, the duplicate once
+    const distinct = report.split.train + report.split.validation + report.split.test;
+    expect(report.coverage.embedded - distinct).toBe(3);
+    expect(train.stdout).toContain(`  ${report.coverage.embedded} embedded images, ${distinct} distinct: copies of the same bytes count once, and bytes filed under two labels are left out (below)\n`);
   });
 
   it('refuses bad training settings with exit 2 before it waits or enqueues anything', async () => {

@@ -131,6 +131,11 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images; best epoch ${result.bestEpoch})`);
   if (report?.coverage.partial) w(`  partial: trained on ${report.coverage.embedded} of ${report.coverage.total} images (${report.coverage.pending} pending, ${report.coverage.failed} failed)`);
   const conflicts = report?.split.conflictsLeftOut ?? 0;
+  // what the example count above leaves unsaid: identical bytes are one example
+  const embedded = report?.coverage.embedded;
+  if (embedded !== undefined && embedded > result.examples) {
+    w(`  ${embedded} embedded images, ${result.examples} distinct: copies of the same bytes count once${conflicts ? ', and bytes filed under two labels are left out (below)' : ''}`);
+  }
   if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; \`transferline review\` and \`relabel\` sort them out); copies under one label count once`);
   const bin = report?.validation.binary;
   if (bin) w(`  ROC AUC (validation, positive "${printable(bin.positiveLabel)}") ${bin.rocAuc === null ? 'n/a (validation holds one class only)' : bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
