@@ -46,7 +46,8 @@ describe('preprocess hand-off of bytes another object embedded meanwhile', () =>
     await enqueue(queues.embed(space), 'embed', [{ id, payload: job }]);
     let finish!: () => void;
     const held = new Promise<void>((resolve) => (finish = resolve));
-    const worker = new Worker(queueName('embed', space), () => held, { connection: services.redis.duplicate({ maxRetriesPerRequest: null }), prefix: stack.config.redis.prefix, autorun: true });
+    const connection = services.redis.duplicate({ maxRetriesPerRequest: null });
+    const worker = new Worker(queueName('embed', space), () => held, { connection, prefix: stack.config.redis.prefix, autorun: true });
     try {
       await until('the embed job to be active', async () => (await queues.embed(space).getJobState(id)) === 'active', 30, 50);
       // ...which has indexed the image and freed its pixels
@@ -62,6 +63,7 @@ describe('preprocess hand-off of bytes another object embedded meanwhile', () =>
       await until('the embed job to complete', async () => ['completed', 'unknown'].includes(await queues.embed(space).getJobState(id)), 30, 50);
     } finally {
       await worker.close();
+      connection.disconnect();
     }
     expect(await services.redis.exists(services.keys.tensor(space, sha256))).toBe(0);
     // the image counts as embedded for the second object's dataset

@@ -38,13 +38,16 @@ async function failedEmbedJob(name: string): Promise<string> {
   const queue = ctx.queues.embed(space);
   const id = jobIds.embed({ sha256, embedderId: space });
   await enqueue(queue, 'embed', [{ id, payload: { sha256, embedderId: space } }]);
+  // BullMQ leaves a connection it was given open: ours to close
+  const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
   const worker = new Worker(queueName('embed', space), async () => {
     throw new UnrecoverableError('the pixels are not what they should be');
-  }, { connection: ctx.services.redis.duplicate({ maxRetriesPerRequest: null }), prefix: stack.config.redis.prefix, autorun: true });
+  }, { connection, prefix: stack.config.redis.prefix, autorun: true });
   try {
     await until('the job to fail', async () => (await queue.getJobState(id)) === 'failed', 30, 50);
   } finally {
     await worker.close();
+    connection.disconnect();
   }
   return sha256;
 }
@@ -55,7 +58,8 @@ describe('status at the instant an embed job fails for good', () => {
     await failedEmbedJob('lost'); // its worker died before recording why
     // the worker's record of why lands just after status started reading
     const reading = ctx.services.inspector.status(dataset);
-    await new Promise((r) => setTimeout(r, 100));
+    // well after the first read of these two items (milliseconds), well before the 500 ms re-read
+    await new Promise((r) => setTimeout(r, 250));
     await ctx.services.datasets.recordEmbedFailure(space, recorded, { reason: 'bad-pixels', detail: 'the pixels are not what they should be', attempts: 1 });
     const s = await reading;
     expect(s).toMatchObject({ total: 2, failed: 1, orphaned: 1, pending: 0 });

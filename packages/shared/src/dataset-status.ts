@@ -11,6 +11,11 @@ import { sleep } from './lifecycle.js';
  * round trip after the job moved, normally a millisecond or two).
  */
 const FAILURE_RECORD_GRACE_MS = 500;
+/**
+ * Only a job failed this recently (its failed-set score is when, on its worker's clock: room for
+ * skew between machines) can still be having its failure recorded; an older one's was lost.
+ */
+const JUST_FAILED_MS = 30_000;
 
 /**
  * Where an item stands. `embedded`: its embedding is in the space's index. `failed`: failed for
@@ -99,13 +104,18 @@ export class DatasetInspector {
       const again = await this.classifyAsRead(dataset, moved.map((m) => m.entry), datasetSpace);
       moved.forEach((m, k) => {
         views[m.i] = again.views[k]!;
-        read.jobFailed[m.i] = again.jobFailed[k]!;
+        read.jobFailedAt[m.i] = again.jobFailedAt[k]!;
       });
     }
     // BullMQ has just failed the job for good and its worker writes why right after (the item's
     // record, or the space's failure hash): give it a moment. A failure still unrecorded then
-    // was lost with its worker, and the item is orphaned indeed (a re-ingest runs it again).
-    const recording = views.flatMap((v, i) => (v.phase === 'orphaned' && read.jobFailed[i] ? [i] : []));
+    // (or failed long ago) was lost with its worker, and the item is orphaned indeed (a re-ingest
+    // runs it again).
+    const clock = Date.now();
+    const recording = views.flatMap((v, i) => {
+      const at = read.jobFailedAt[i] ?? null;
+      return v.phase === 'orphaned' && at !== null && Math.abs(clock - at) < JUST_FAILED_MS ? [i] : [];
+    });
     if (recording.length === 0) return views;
     await sleep(FAILURE_RECORD_GRACE_MS);
     const later = await this.datasets.getItems(dataset, recording.map((i) => page[i]![0]));
@@ -116,14 +126,14 @@ export class DatasetInspector {
   }
 
   /**
-   * Each item as read, and whether its job is in BullMQ's failed set (its failure about to be
-   * recorded, or lost). Results first, for the whole page (two HMGETs per embedding space): most
+   * Each item as read, and when its job entered BullMQ's failed set, if it is there (its failure
+   * about to be recorded, or lost). Results first, for the whole page (two HMGETs per embedding space): most
    * items of a dataset are done, and a done item needs nothing more (an index entry or a failure,
    * once written, stays). Then, for the rest only, the job and, after it, the result once more:
    * Redis runs a pipeline's commands in order, and a stage writes its result (the index, a
    * failure) before its job leaves the queue, so a job found gone there has its result found.
    */
-  private async classifyAsRead(dataset: string, page: [string, ItemRecord][], datasetSpace?: string): Promise<{ views: ItemView[]; jobFailed: boolean[] }> {
+  private async classifyAsRead(dataset: string, page: [string, ItemRecord][], datasetSpace?: string): Promise<{ views: ItemView[]; jobFailedAt: (number | null)[] }> {
     const spaceOf = (r: ItemRecord) => r.space ?? datasetSpace;
     const open = page.map(([, r]) => r.state !== 'failed' && spaceOf(r) !== undefined);
     const result: { index: string | null; fail: string | null }[] = page.map(() => ({ index: null, fail: null }));
@@ -148,7 +158,7 @@ export class DatasetInspector {
         at.forEach((i, j) => (result[i] = { index: index[j] ?? null, fail: fail[j] ?? null }));
       });
     }
-    const jobFailed = page.map(() => false);
+    const jobFailedAt = page.map((): number | null => null);
     const live = page.map(() => false);
     const rest = page.flatMap(([id, r], i) => (open[i] && result[i]!.index === null && result[i]!.fail === null ? [{ i, job: this.jobOf(dataset, id, r, spaceOf(r)!) }] : []));
     if (rest.length > 0) {
@@ -171,7 +181,7 @@ export class DatasetInspector {
         if (job) {
           const exists = next();
           const failedScore = next();
-          jobFailed[i] = failedScore !== null;
+          jobFailedAt[i] = failedScore === null ? null : Number(failedScore);
           live[i] = exists === 1 && failedScore === null;
         }
         if (page[i]![1].sha256) result[i] = { index: next() as string | null, fail: next() as string | null };
@@ -192,7 +202,7 @@ export class DatasetInspector {
       if (!live[i]) return { ...base, phase: 'orphaned' };
       return { ...base, phase: record.state === 'pending' ? 'preprocess' : 'embed' };
     });
-    return { views, jobFailed };
+    return { views, jobFailedAt };
   }
 
   /** The job that should hold an item that is not done: its preprocess job, or its embed job once the pixels went to embed. */
