@@ -366,14 +366,14 @@ describe('training runs and classification', () => {
     expect(stack.supervisor.signal('train', 1, 'SIGKILL')).toBe(true);
     const r = await train;
     expect(r.code).toBe(0);
-    const gone = new RegExp(`^run ${runId}: its train worker \\(${holder.replace(/[.]/g, '\\.')}\\) is gone; another train worker takes it up again when its lock runs out, within about 90 s$`, 'm');
+    const gone = new RegExp(`^run ${runId}: its train worker \\(${holder.replace(/[.]/g, '\\.')}\\) is stopping or gone; if it does not finish it, another train worker takes it up again when its lock runs out, within about 90 s$`, 'm');
     expect(r.stdout).toMatch(gone);
     const again = /^run killed-mid-run started again on train worker (\S+)$/m.exec(r.stdout);
     expect(again?.[1]).toBeDefined();
     expect(again![1]).not.toBe(holder);
     // said once each, the notice before the restart, and the report after both
-    expect(r.stdout.match(/is gone; another train worker/g)).toHaveLength(1);
-    expect(r.stdout.indexOf('is gone')).toBeLessThan(r.stdout.indexOf('started again'));
+    expect(r.stdout.match(/is stopping or gone; /g)).toHaveLength(1);
+    expect(r.stdout.indexOf('stopping or gone')).toBeLessThan(r.stdout.indexOf('started again'));
     expect(r.stdout.indexOf('started again')).toBeLessThan(r.stdout.indexOf(`run ${runId}: validation accuracy`));
     expect(stack.events.some((e) => /train#1 exited \(SIGKILL\)/.test(e))).toBe(true);
   }, 300_000);

@@ -114,30 +114,39 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
 }
 
 /**
- * Says when the worker running the job is gone while others are connected (it was stopped or
- * crashed: its connection closed): nothing moves until its lock runs out and a connected worker
- * takes the job up again, which for a training run is a minute or more of silence otherwise.
- * Then says which worker took it up. Workers are named (PROCESS_NAME) and BullMQ records the
- * name of the one that holds a job (`processedBy`).
+ * Says when the worker running the job is stopping or gone while others are connected (stopped,
+ * crashed, or its connection lost): if it does not finish the job, nothing moves until its lock
+ * runs out and a connected worker takes the job up again, which for a training run is a minute
+ * or more of silence otherwise. Then says which worker took it up, or that the same one is back.
+ * Workers name their blocking connection (PROCESS_NAME) and BullMQ records the name of the one
+ * that holds a job (`processedBy`). A worker stopping cleanly closes that connection first and
+ * then finishes its job, hence "stopping or gone"; a holder must be missing on two polls in a row
+ * (a reconnect is not a death); a Redis that lists no client names (CLIENT refused) is not read.
  */
 function holderWatch(ctx: CliContext, job: Job, o: FollowOptions) {
   const name = job.name in JOBS ? (job.name as JobName) : undefined;
   const lock = name && jobLock(name, ctx.config.jobLockMs);
   let gone: string | undefined;
+  let missing: { holder: string; polls: number } | undefined;
   return {
     async check(queue: Queue, workers: Record<string, string>[]): Promise<void> {
+      // BullMQ lists every worker under the queue's name; `rawname` is its connection's own name
+      if (!workers.some((w) => w.rawname)) return;
       const holder = (await queue.getJob(job.id!))?.processedBy;
       if (!holder) return;
-      // BullMQ lists every worker under the queue's name; `rawname` is its connection's own name
       const live = workers.some((w) => w.rawname?.endsWith(`:w:${holder}`));
-      if (!live && gone !== holder) {
-        gone = holder;
-        const within = lock ? `, within about ${Math.ceil((lock.lockMs + lock.stalledIntervalMs) / 1000)} s` : '';
-        ctx.out.write(`\n${o.what}: its ${o.role} worker (${holder}) is gone; another ${o.role} worker takes it up again when its lock runs out${within}\n`);
-      } else if (live && gone !== undefined && gone !== holder) {
+      if (live) {
+        missing = undefined;
+        if (gone === holder) ctx.out.write(`\n${o.what}: its ${o.role} worker (${holder}) is connected again\n`);
+        else if (gone !== undefined) ctx.out.write(`\n${o.what} started again on ${o.role} worker ${holder}\n`);
         gone = undefined;
-        ctx.out.write(`\n${o.what} started again on ${o.role} worker ${holder}\n`);
+        return;
       }
+      missing = missing?.holder === holder ? { holder, polls: missing.polls + 1 } : { holder, polls: 1 };
+      if (missing.polls < 2 || gone === holder) return;
+      gone = holder;
+      const within = lock ? `, within about ${Math.ceil((lock.lockMs + lock.stalledIntervalMs) / 1000)} s` : '';
+      ctx.out.write(`\n${o.what}: its ${o.role} worker (${holder}) is stopping or gone; if it does not finish it, another ${o.role} worker takes it up again when its lock runs out${within}\n`);
     },
   };
 }

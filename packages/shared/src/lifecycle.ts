@@ -5,7 +5,7 @@ import type { Logger } from './logger.js';
 /**
  * This process as other processes see it: `host:pid:random` (the random part tells apart two
  * containers whose processes are both pid 1 on hosts of one name). One name for every record a
- * worker leaves in Redis: its BullMQ connections (`CLIENT LIST`), the job it holds (BullMQ's
+ * worker leaves in Redis: its BullMQ workers' blocking connections (`CLIENT LIST`), the job it holds (BullMQ's
  * `processedBy`), its embed heartbeat, its pause entry; so the CLI can tell which worker holds a
  * job and whether it is still connected.
  */
