@@ -46,7 +46,7 @@ describe('what a user sees when something is wrong', () => {
     }
   });
 
-  it('output piped into a reader that stops early (| head) ends quietly, exit 0', async () => {
+  it('output piped into a reader that stops early (| head) ends quietly, with the status of a SIGPIPE (141)', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-epipe-'));
     const server = await startEmbeddedRedis({ directory: path.join(dir, 'redis'), port: 0, persist: false });
     try {
@@ -56,7 +56,7 @@ describe('what a user sees when something is wrong', () => {
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
       expect(stderr).toBe('');
-      expect(code).toBe(0);
+      expect(code).toBe(141);
     } finally {
       await server.stop();
       await rm(dir, { recursive: true, force: true });

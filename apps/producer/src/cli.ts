@@ -19,12 +19,13 @@ import { serveCommand } from './commands/serve.command.js';
 import { relabelCommand, reviewCommand } from './commands/review.command.js';
 import { printableMessage } from './terminal.js';
 
-// A reader that goes away (`transferline status | head -3`) ends the output, as it ends any
-// Unix tool's: quietly, not with a stack trace and exit 1. (What the command started goes on.)
+// A reader that goes away (`transferline status | head -3`) ends the command as it ends any Unix
+// tool: quietly, with the status of a SIGPIPE (141), not a stack trace and exit 1; and not 0, which
+// would hide from a script that a wait was cut short. (The workers go on with what it enqueued.)
 for (const stream of [process.stdout, process.stderr]) {
   stream.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code !== 'EPIPE') throw err;
-    process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
+    process.exit(EXIT.brokenPipe);
   });
 }
 

@@ -16,6 +16,8 @@ export const EXIT = {
   vanished: 5,
   /** interrupted by Ctrl-C (the work goes on in the workers) */
   interrupted: 130,
+  /** the reader of its output went away (`| head`): 128 + SIGPIPE, as a shell reports a tool it killed */
+  brokenPipe: 141,
 } as const;
 
 /** Ends the command with an exit code and a message for the user. */
