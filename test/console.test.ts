@@ -341,8 +341,6 @@ describe('the web console', () => {
       const text = await home.text();
       expect(text).toMatch(/could not read the deployment: reading it took longer than 0\.3 s, though Redis answers/);
       expect(text).not.toMatch(/did not answer/);
-      // the small dataset's own page still reads in time
-      expect((await fetch(new URL(`/datasets/${dataset}`, slow.url))).status).toBe(200);
     } finally {
       await slow.close();
     }

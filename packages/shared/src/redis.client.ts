@@ -56,8 +56,8 @@ function connectionProblem(err: Error): string {
  */
 export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pick<Metrics, 'dependencyUp'>): void {
   // Asked once, when the connection first answers (commands wait for it).
-  redisEvictionRisk(redis).then(
-    (risk) => risk && log.warn({ dependency: 'redis' }, `Redis at ${redactUrl(url)}: ${risk}`),
+  redisEvictionRisk(redis, url).then(
+    (risk) => risk && log.warn({ dependency: 'redis' }, risk),
     () => {},
   );
   let down = false;
@@ -79,19 +79,23 @@ export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pic
 }
 
 /**
- * Why this Redis may delete our keys by itself, or undefined. With a memory cap (`maxmemory`)
- * and any policy but `noeviction`, Redis deletes keys to make room once the cap is reached:
- * queued jobs, pixels waiting for embed, dataset records. Without a cap it never evicts, whatever
- * the policy. (BullMQ's own warning is one plain line on stderr, at every connection, cap or not.)
+ * Why this Redis may delete our keys by itself (the whole warning, naming it), or undefined.
+ * With a memory cap (`maxmemory`) and any policy but `noeviction`, Redis deletes keys to make
+ * room once the cap is reached: under a `volatile-*` policy only keys with a TTL (pixels waiting
+ * for embed, job locks), under `allkeys-*` any (queued jobs, dataset records too). Without a cap
+ * it never evicts, whatever the policy. (BullMQ's own warning is one plain line on stderr, at
+ * every connection, cap or not.)
  */
-export async function redisEvictionRisk(redis: Redis): Promise<string | undefined> {
+export async function redisEvictionRisk(redis: Redis, url: string): Promise<string | undefined> {
   const info = await redis.info('memory');
   const field = (name: string) => new RegExp(`^${name}:(.*)$`, 'm').exec(info)?.[1]?.trim();
   const policy = field('maxmemory_policy');
   if (!policy || policy === 'noeviction' || !(Number(field('maxmemory')) > 0)) return undefined;
+  const what = policy.startsWith('volatile')
+    ? 'pixels waiting for embed and job locks can vanish under load, leaving images to fail or jobs to run twice'
+    : 'queued jobs, pixels waiting for embed and dataset records can vanish under load, leaving images orphaned or jobs lost';
   return (
-    `it deletes keys to make room once it holds ${field('maxmemory_human') ?? field('maxmemory')} (maxmemory-policy ${policy}): ` +
-    'queued jobs, pixels waiting for embed and dataset records can vanish under load, leaving images orphaned or jobs lost. ' +
+    `Redis at ${redactUrl(url)} deletes keys to make room once it holds ${field('maxmemory_human') ?? field('maxmemory')} (maxmemory-policy ${policy}): ${what}. ` +
     'Set maxmemory-policy noeviction (BullMQ requires it; preprocess bounds what waits for embed: TL_MAX_PENDING_TENSORS)'
   );
 }

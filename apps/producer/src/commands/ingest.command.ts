@@ -1,4 +1,4 @@
-import { parseS3Url, sleep, type DatasetStatus } from '@transferline/shared';
+import { classifyDatasetName, parseS3Url, sleep, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix, UNLABELLED, type IngestCounts } from '../ingest.service.js';
@@ -118,8 +118,9 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
       (s.orphaned ? `, ${s.orphaned} orphaned (their job was lost: ingest again)` : '') +
       (s.space ? ` — embedding space ${s.space}` : ''),
   );
-  // images to classify carry no label (UNLABELLED in their records)
-  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${l.label === UNLABELLED ? '(unlabelled)' : printable(l.label)} (${l.count})`).join(', ')}`);
+  // images to classify carry no label (UNLABELLED in their records; a user's folder may be named so)
+  const unlabelled = (label: string) => label === UNLABELLED && s.dataset.startsWith(classifyDatasetName(''));
+  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${unlabelled(l.label) ? '(unlabelled)' : printable(l.label)} (${l.count})`).join(', ')}`);
   if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
   printFailures(ctx, s);
 }

@@ -1,4 +1,4 @@
-import { redactUrl, redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
+import { redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 
@@ -39,8 +39,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const names = o.dataset ? [o.dataset] : await repo.list();
   const datasets = await Promise.all(names.map((d) => inspector.status(d)));
   // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
-  const eviction = await redisEvictionRisk(ctx.services.redis).catch(() => undefined);
-  const warnings = eviction ? [`Redis at ${redactUrl(ctx.config.redis.url)}: ${eviction}`] : [];
+  const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
+  const warnings = eviction ? [eviction] : [];
   if (o.json) {
     ctx.out.write(`${JSON.stringify({ queues, spaces, datasets, warnings }, null, 2)}\n`);
     return { queues, spaces, datasets, warnings };

@@ -59,8 +59,8 @@ function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /**
- * Why a page missed its deadline: Redis not answering, or (Redis answering a PING at once) a page
- * with that much to read: the overview reads every item of every dataset.
+ * Why a page that reads every item missed its deadline: Redis not answering, or (Redis answering
+ * a PING at once) that much to read: the overview reads every item of every dataset.
  */
 async function whyLate(err: DeadlineError, redis: { ping: () => Promise<unknown> }, ms: number): Promise<string> {
   const answers = await withDeadline(redis.ping(), 1_000, 'Redis').then(
@@ -122,8 +122,9 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
     next();
   });
 
+  /** `readsItems`: a page that reads every item of one or all datasets, whose size can pass the deadline */
   const servePage =
-    (load: PageLoader): RequestHandler =>
+    (load: PageLoader, o: { readsItems?: boolean } = {}): RequestHandler =>
     (req, res) => {
       res.set({ 'Content-Security-Policy': PAGE_CSP, 'Cache-Control': 'no-store' });
       withDeadline(
@@ -133,7 +134,7 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
       ).then(
         (r) => void ('html' in r ? res.type('html').send(r.html) : res.status(404).type('html').send(notFoundPage(access, r.missing))),
         async (err: unknown) => {
-          const why = err instanceof DeadlineError ? await whyLate(err, services.redis, pageDeadline) : (err as Error).message;
+          const why = err instanceof DeadlineError && o.readsItems ? await whyLate(err, services.redis, pageDeadline) : (err as Error).message;
           log?.warn({ err, path: req.path, why }, 'console: a page could not be read');
           res.status(503).type('html').send(errorPage(access, `could not read the deployment: ${why}`));
         },
@@ -144,7 +145,7 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
   app.get('/healthz', (_req, res) => void res.type('text/plain').send('ok\n'));
   app.get(
     '/',
-    servePage(async () => ({ html: overviewPage(access, await loadOverview(deps)) })),
+    servePage(async () => ({ html: overviewPage(access, await loadOverview(deps)) }), { readsItems: true }),
   );
   app.get(
     '/datasets/:dataset',
@@ -152,7 +153,7 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
       const name = param(req, 'dataset');
       const d = name.length <= 200 ? await loadDataset(deps, name) : undefined;
       return d ? { html: datasetPage(access, d) } : { missing: `no dataset named ${name}` };
-    }),
+    }, { readsItems: true }),
   );
   app.get(
     '/datasets/:dataset/runs/:runId',
