@@ -181,4 +181,14 @@ describe('small CLI holes', () => {
     expect(rows.code).toBe(2); // bad usage, as the README's exit codes say
     expect(rows.stderr).toMatch(/--rows must be at least 2/);
   });
+  it('split folders beside other folders under the prefix (a prefix one level too high) are pointed out', async () => {
+    const img = await renderSample('circle', 7, 7, 64);
+    for (const key of ['layout/train/cat/1.jpg', 'layout/val/cat/2.jpg', 'layout/incoming/x.jpg', 'layout/more/cat/3.jpg']) await ctx.services.store.putObject(photos, key, img);
+    const mixed = await cli(['ingest', `s3://${photos}/layout/`, '-d', 'layout', '--no-wait']);
+    expect(mixed.code).toBe(0);
+    expect(mixed.stdout).toContain(`note: under s3://${photos}/layout/, train/, val/ hold splits (the folders in them are labels), but incoming/, more/ are taken as labels themselves: if they are not labels, ingest the right prefixes one by one into a new dataset`);
+    // a bucket's own splits alone, or label folders alone, are the layouts the README describes: no note
+    const splits = await cli(['ingest', `s3://${photos}/layout/train/`, '-d', 'layout-train', '--no-wait']);
+    expect(splits.stdout).not.toMatch(/^note:/m);
+  });
 });

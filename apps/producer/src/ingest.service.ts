@@ -2,6 +2,7 @@ import {
   DatasetRepository,
   TRANSIENT_REASONS,
   itemFromKey,
+  splitOfPrefix,
   jobIds,
   requeue,
   type EmbeddingSpace,
@@ -42,6 +43,11 @@ export interface IngestCounts {
   removed: number;
   /** labels whose folder names came in more than one Unicode spelling (NFC and NFD), merged into one */
   mergedLabels: string[];
+  /**
+   * Split folders (train/, val/, test/: their sub-folders are labels) beside folders read as
+   * labels, directly under the prefix: likely a prefix one level too high. Absent otherwise.
+   */
+  mixedLayout?: { splitFolders: string[]; labelFolders: string[] };
 }
 
 export interface IngestDeps {
@@ -70,11 +76,15 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   const listedIds = new Set<string>();
   let labelledCount = 0;
   const spellings = new Map<string, Set<string>>();
+  // the folders directly under the prefix, by how they were read (a split, or a label)
+  const layout = { splitFolders: new Set<string>(), labelFolders: new Set<string>() };
+  const readsSplits = req.labels !== 'none' && !splitOfPrefix(req.prefix);
   const flush = async () => {
     const labelled = page.flatMap((o) => {
       const item = req.labels === 'none' ? (o.key.endsWith('/') ? undefined : { label: UNLABELLED }) : itemFromKey(req.prefix, o.key);
       if (item === undefined) counts.unlabelled++;
       else noteSpelling(spellings, item.label, o.key, req.prefix);
+      if (item && readsSplits) (item.split ? layout.splitFolders : layout.labelFolders).add(o.key.slice(req.prefix.length).split('/')[0]!);
       return item === undefined ? [] : [{ ...o, ...item, id: DatasetRepository.itemId(req.bucket, o.key) }];
     });
     for (const o of page) listedIds.add(DatasetRepository.itemId(req.bucket, o.key));
@@ -113,6 +123,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   if (page.length) await flush();
   counts.removed = await removeDeleted(req, datasets, listedIds, labelledCount);
   counts.mergedLabels = [...spellings].filter(([, forms]) => forms.size > 1).map(([label]) => label).sort();
+  if (layout.splitFolders.size && layout.labelFolders.size) counts.mixedLayout = { splitFolders: [...layout.splitFolders].sort(), labelFolders: [...layout.labelFolders].sort() };
   onPage?.({ ...counts });
   return counts;
 }

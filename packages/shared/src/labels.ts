@@ -31,7 +31,7 @@ export function labelFromKey(prefix: string, key: string): string | undefined {
 }
 
 /** The split a prefix itself names (`s3://photos/val/`), if its last folder is a split folder. */
-function splitOfPrefix(prefix: string): Split | undefined {
+export function splitOfPrefix(prefix: string): Split | undefined {
   return splitOfFolder(prefix.replace(/\/$/, '').split('/').pop() ?? '');
 }
 

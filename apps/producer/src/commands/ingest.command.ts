@@ -71,6 +71,15 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
       (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : '') +
       (counts.removed ? `, ${counts.removed} removed from the dataset (deleted from the bucket)` : ''),
   );
+  if (counts.mixedLayout) {
+    const { splitFolders, labelFolders } = counts.mixedLayout;
+    const list = (names: string[]) => `${names.slice(0, 5).map((n) => `${printable(n)}/`).join(', ')}${names.length > 5 ? ` and ${names.length - 5} more` : ''}`;
+    w(
+      `note: under ${where}, ${list(splitFolders)} hold${splitFolders.length === 1 ? 's' : ''} splits (the folders in ${splitFolders.length === 1 ? 'it' : 'them'} are labels), ` +
+        `but ${list(labelFolders)} ${labelFolders.length === 1 ? 'is' : 'are'} taken as label${labelFolders.length === 1 ? '' : 's'} themselves: ` +
+        `if ${labelFolders.length === 1 ? 'it is' : 'they are'} not labels, ingest the right prefixes one by one into a new dataset (this one has those labels now)`,
+    );
+  }
   for (const label of counts.mergedLabels) {
     w(`note: label folder "${printable(label)}" comes in more than one Unicode spelling (NFC and NFD, as macOS writes them); they are one label`);
   }
