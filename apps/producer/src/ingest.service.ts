@@ -37,6 +37,8 @@ export interface IngestCounts {
   fromCache: number;
   /** new or changed objects: preprocess jobs enqueued */
   enqueued: number;
+  /** new or changed objects whose job another ingest had just enqueued (running at the same time) */
+  alreadyQueued: number;
   /** items tried again: failed for a transient reason, or orphaned (their job was lost) */
   retried: number;
   /** items under the prefix whose objects are gone from the bucket: taken out of the dataset */
@@ -66,7 +68,7 @@ export interface IngestDeps {
  */
 export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void): Promise<IngestCounts> {
   const { store, datasets } = deps.services;
-  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, fromCache: 0, enqueued: 0, retried: 0, removed: 0, mergedLabels: [] };
+  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, fromCache: 0, enqueued: 0, alreadyQueued: 0, retried: 0, removed: 0, mergedLabels: [] };
   let page: ObjectInfo[] = [];
   // The prefix becomes a source of the dataset (relabel finds an item's label folder by it) only
   // once it gives the dataset an item: a prefix one level too deep, all of it unlabelled, must not
@@ -111,6 +113,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     outcomes.forEach((outcome, i) => {
       if (outcome === 'cached') counts.fromCache++;
       else if (work[i]!.retry) counts.retried++;
+      else if (outcome === 'queued') counts.alreadyQueued++;
       else counts.enqueued++;
     });
     onPage?.({ ...counts });
@@ -187,7 +190,7 @@ export async function submit(
   req: Pick<IngestRequest, 'bucket' | 'dataset' | 'space'>,
   deps: IngestDeps,
   items: Submission[],
-): Promise<('cached' | 'enqueued')[]> {
+): Promise<('cached' | 'enqueued' | 'queued')[]> {
   const { datasets, cache } = deps.services;
   if (items.length === 0) return [];
   const known = await datasets.knownHashes(items.map((o) => o.id));
@@ -210,7 +213,15 @@ export async function submit(
     jobs.push({ id: jobIds.preprocess(payload), payload });
     return 'enqueued';
   });
+  // Jobs that exist already: failed ones are moved back (requeue); the others were queued by
+  // another ingest of the same objects at the same time, and adding them again is a no-op.
+  const pipe = deps.services.redis.pipeline();
+  for (const j of jobs) pipe.exists(deps.queues.preprocess.toKey(j.id)).zscore(deps.queues.preprocess.toKey('failed'), j.id);
+  const res = ((await pipe.exec()) ?? []).map(([, v]) => v);
+  const failed = jobs.map((_, k) => res[2 * k + 1] !== null && res[2 * k + 1] !== undefined);
+  const queuedBefore = new Set(jobs.flatMap((j, k) => (res[2 * k] === 1 && !failed[k] ? [j.id] : [])));
   await datasets.putItems(req.dataset, records);
-  await requeue(deps.services.redis, deps.queues.preprocess, 'preprocess', jobs);
-  return outcomes;
+  await requeue(deps.services.redis, deps.queues.preprocess, 'preprocess', jobs, failed);
+  let at = 0;
+  return outcomes.map((o) => (o === 'enqueued' && queuedBefore.has(jobs[at++]!.id) ? 'queued' : o));
 }

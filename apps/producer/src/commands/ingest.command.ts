@@ -33,7 +33,7 @@ export interface IngestOutcome {
  * ways are found again by every listing: said by the rounds that speak, not a change.
  */
 function changedAnything(c: IngestCounts): boolean {
-  return c.enqueued + c.fromCache + c.retried + c.removed > 0;
+  return c.enqueued + c.alreadyQueued + c.fromCache + c.retried + c.removed > 0;
 }
 
 /**
@@ -67,6 +67,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   w(
     `ingest ${where} → dataset ${o.dataset}: ${counts.listed} objects listed, ${counts.enqueued} enqueued, ` +
       `${counts.fromCache} already embedded, ${counts.unchanged} unchanged` +
+      (counts.alreadyQueued ? `, ${counts.alreadyQueued} already queued (by another ingest of them running now)` : '') +
       (counts.retried ? `, ${counts.retried} tried again (failed on a transient error, or their job was lost)` : '') +
       (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : '') +
       (counts.removed ? `, ${counts.removed} removed from the dataset (deleted from the bucket)` : ''),

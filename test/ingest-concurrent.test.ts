@@ -1,0 +1,42 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { submit } from '../apps/producer/src/ingest.service.js';
+import { DatasetRepository } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { startTestStack, type TestStack } from './support/stack.js';
+
+/**
+ * Two ingests of the same objects into one dataset at the same moment: each listed them before
+ * the other recorded them, so both submit the same preprocess jobs. Only one set runs (job ids
+ * derive from the content); the second must say its jobs were already queued, not "enqueued"
+ * (the concurrency trial: both said "600 enqueued"). Real Redis and BullMQ, no preprocess worker
+ * (the jobs stay queued).
+ */
+
+guardLeaks();
+
+let stack: TestStack;
+let ctx: CliContext;
+
+beforeAll(async () => {
+  stack = await startTestStack({}, { preprocess: 0, embed: 0, train: 0 });
+  ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
+}, 120_000);
+
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+describe('two ingests of the same objects at once', () => {
+  it('the second says its jobs were already queued, and one set of jobs waits', async () => {
+    const { space } = await ctx.services.spaces.resolve();
+    const items = [1, 2, 3].map((n) => ({ id: DatasetRepository.itemId('photos', `train/cat/${n}.jpg`), key: `train/cat/${n}.jpg`, etag: `etag-${n}`, label: 'cat' }));
+    const req = { bucket: 'photos', dataset: 'twice', space };
+    const deps = { services: ctx.services, queues: ctx.queues };
+    expect(await submit(req, deps, items)).toEqual(['enqueued', 'enqueued', 'enqueued']);
+    expect(await submit(req, deps, items)).toEqual(['queued', 'queued', 'queued']);
+    const counts = await ctx.queues.preprocess.getJobCounts('waiting', 'prioritized', 'active', 'delayed');
+    expect(Object.values(counts).reduce((a, b) => a + b, 0)).toBe(3);
+  });
+});
