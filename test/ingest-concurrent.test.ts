@@ -1,9 +1,8 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { describe, expect, it } from 'vitest';
 import { submit } from '../apps/producer/src/ingest.service.js';
 import { DatasetRepository } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { startTestStack, type TestStack } from './support/stack.js';
+import { NO_WORKERS, stackForFile } from './support/stack.js';
 
 /**
  * Two ingests of the same objects into one dataset at the same moment: each listed them before
@@ -15,21 +14,11 @@ import { startTestStack, type TestStack } from './support/stack.js';
 
 guardLeaks();
 
-let stack: TestStack;
-let ctx: CliContext;
-
-beforeAll(async () => {
-  stack = await startTestStack({}, { preprocess: 0, embed: 0, train: 0 });
-  ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
-}, 120_000);
-
-afterAll(async () => {
-  await ctx?.close();
-  await stack?.destroy();
-});
+const file = stackForFile({}, NO_WORKERS);
 
 describe('two ingests of the same objects at once', () => {
   it('the second says its jobs were already queued, and one set of jobs waits', async () => {
+    const { ctx } = file;
     const { space } = await ctx.services.spaces.resolve();
     const items = [1, 2, 3].map((n) => ({ id: DatasetRepository.itemId('photos', `train/cat/${n}.jpg`), key: `train/cat/${n}.jpg`, etag: `etag-${n}`, label: 'cat' }));
     const req = { bucket: 'photos', dataset: 'twice', space };

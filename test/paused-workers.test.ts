@@ -1,9 +1,8 @@
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { createRedis, PausedWorkers, PROCESS_NAME, redisKeys, type Redis } from '../packages/shared/src/index.js';
-import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { allPaused } from '../apps/producer/src/dataset-wait.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { startTestStack, type TestStack } from './support/stack.js';
+import { NO_WORKERS, stackForFile } from './support/stack.js';
 
 /**
  * The entries a worker paused by an outage keeps in Redis, as the CLI reads them: how long it has
@@ -13,31 +12,25 @@ import { startTestStack, type TestStack } from './support/stack.js';
 
 guardLeaks();
 
-let stack: TestStack;
-let ctx: CliContext;
+const file = stackForFile({}, NO_WORKERS);
 const clients: Redis[] = [];
 
-beforeAll(async () => {
-  stack = await startTestStack({}, { preprocess: 0, embed: 0, train: 0 });
-  ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
-}, 120_000);
-
-afterAll(async () => {
+afterAll(() => {
   for (const c of clients) c.disconnect();
-  await ctx?.close();
-  await stack?.destroy();
 });
 
 function registry(): PausedWorkers {
-  const redis = createRedis(stack.config.redis.url, 'oneshot');
+  const { config } = file.stack;
+  const redis = createRedis(config.redis.url, 'oneshot');
   clients.push(redis);
-  return new PausedWorkers(redis, redisKeys(stack.config.redis.prefix));
+  return new PausedWorkers(redis, redisKeys(config.redis.prefix));
 }
 
 const outage = { dependency: 's3', describe: () => ({ reason: 'S3 at http://s3.example:9000 is unreachable', remedy: 'they resume by themselves when it is back' }) };
 
 describe('paused workers', () => {
   it('a worker whose clock runs an hour late is shown paused for seconds, not an hour', async () => {
+    const { ctx } = file;
     const queue = `clock-${Date.now()}`;
     const late = Date.now() - 3_600_000;
     const clock = vi.spyOn(Date, 'now').mockImplementation(() => late);
@@ -58,6 +51,7 @@ describe('paused workers', () => {
   });
 
   it('a pause ended right after it began leaves no entry behind', async () => {
+    const { ctx } = file;
     const queue = `brief-${Date.now()}`;
     const unmark = registry().mark(queue, outage);
     await unmark();

@@ -1,11 +1,10 @@
 import { Worker } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { describe, expect, it } from 'vitest';
 import { EmbedBacklogGate } from '../apps/feature-worker/src/embed-backlog.gate.js';
 import { createPreprocessStore } from '../apps/feature-worker/src/preprocess.store.js';
 import { contentHash, createLogger, createMetrics, enqueue, jobIds, queueName, type JobContext } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { startTestStack, until, type TestStack } from './support/stack.js';
+import { NO_WORKERS, stackForFile, until } from './support/stack.js';
 
 /**
  * Two objects with the same bytes, preprocessed at the same time: the second hands its pixels to
@@ -17,22 +16,12 @@ import { startTestStack, until, type TestStack } from './support/stack.js';
 
 guardLeaks();
 
-let stack: TestStack;
-let ctx: CliContext;
+const file = stackForFile({}, NO_WORKERS);
 const space = 'efficientnet-b0.test-handoff.squash224';
-
-beforeAll(async () => {
-  stack = await startTestStack({}, { preprocess: 0, embed: 0, train: 0 });
-  ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
-}, 120_000);
-
-afterAll(async () => {
-  await ctx?.close();
-  await stack?.destroy();
-});
 
 describe('preprocess hand-off of bytes another object embedded meanwhile', () => {
   it('leaves no pixels behind in Redis', async () => {
+    const { ctx, stack } = file;
     const { services, queues } = ctx;
     const log = createLogger('test', 'warn');
     const gate = new EmbedBacklogGate(services.redis, queues, services.keys, 1000, async () => [space], createMetrics('preprocess'), log);

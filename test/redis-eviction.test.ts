@@ -1,10 +1,9 @@
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { createRedis, type Redis } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { runCli, startTestStack, until, type TestStack } from './support/stack.js';
+import { runCli, stackForFile, until } from './support/stack.js';
 
 /**
  * A Redis that evicts keys once it reaches a memory cap can drop queued jobs, pixels and dataset
@@ -14,26 +13,22 @@ import { runCli, startTestStack, until, type TestStack } from './support/stack.j
 
 guardLeaks();
 
-let stack: TestStack;
+const file = stackForFile({}, { preprocess: 1, embed: 0, train: 0 });
 let redis: Redis;
-let ctx: CliContext;
 /** what `status --json` says, in this process */
-const warnings = async () => (await statusCommand(ctx, { json: true })).warnings;
+const warnings = async () => (await statusCommand(file.ctx, { json: true })).warnings;
 
-beforeAll(async () => {
-  stack = await startTestStack({}, { preprocess: 1, embed: 0, train: 0 });
-  redis = createRedis(stack.config.redis.url, 'oneshot');
-  ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
-}, 120_000);
+beforeAll(() => {
+  redis = createRedis(file.stack.config.redis.url, 'oneshot');
+});
 
-afterAll(async () => {
+afterAll(() => {
   redis?.disconnect();
-  await ctx?.close();
-  await stack?.destroy();
 });
 
 describe('a Redis that evicts keys', () => {
   it('status and the workers warn about a memory cap with an evicting policy, and only then', async () => {
+    const { stack } = file;
     expect(await warnings()).toEqual([]);
     // a policy that evicts, but no cap: Redis never evicts
     await redis.config('SET', 'maxmemory-policy', 'allkeys-lru');

@@ -1,9 +1,8 @@
 import { UnrecoverableError, Worker } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { describe, expect, it } from 'vitest';
 import { contentHash, enqueue, jobIds, queueName } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { startTestStack, until, type TestStack } from './support/stack.js';
+import { NO_WORKERS, stackForFile, until } from './support/stack.js';
 
 /**
  * `status` read at the instant an embed job fails for good: BullMQ moves the job to its failed
@@ -16,23 +15,13 @@ import { startTestStack, until, type TestStack } from './support/stack.js';
 
 guardLeaks();
 
-let stack: TestStack;
-let ctx: CliContext;
+const file = stackForFile({}, NO_WORKERS);
 const space = 'efficientnet-b0.test-instants.squash224';
 const dataset = 'instants';
 
-beforeAll(async () => {
-  stack = await startTestStack({}, { preprocess: 0, embed: 0, train: 0 });
-  ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
-}, 120_000);
-
-afterAll(async () => {
-  await ctx?.close();
-  await stack?.destroy();
-});
-
 /** An image handed to embed whose embed job then fails for good, its failure not recorded yet. */
 async function failedEmbedJob(name: string): Promise<string> {
+  const { ctx, stack } = file;
   const sha256 = contentHash(Buffer.from(name));
   await ctx.services.datasets.putItem(dataset, `photos/train/cat/${name}.jpg`, { label: 'cat', etag: `e-${name}`, sha256, space, state: 'queued' });
   const queue = ctx.queues.embed(space);
@@ -54,6 +43,7 @@ async function failedEmbedJob(name: string): Promise<string> {
 
 describe('status at the instant an embed job fails for good', () => {
   it('counts the image failed once its worker records why, and orphaned only when that never comes', async () => {
+    const { ctx } = file;
     const recorded = await failedEmbedJob('recorded');
     await failedEmbedJob('lost'); // its worker died before recording why
     // the worker's record of why lands just after status started reading

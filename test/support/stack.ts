@@ -3,6 +3,8 @@ import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll } from 'vitest';
+import { openCliContext, type CliContext } from '../../apps/producer/src/cli-context.js';
 import { startTempStack, type TempStack } from '../../apps/producer/src/embedded/temp-stack.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -11,6 +13,38 @@ export const cliPath = path.join(repoRoot, 'apps', 'producer', 'dist', 'cli.js')
 export type TestStack = TempStack;
 /** The real embedded stack for one test file: see startTempStack. */
 export const startTestStack = startTempStack;
+
+/** Replicas for a stack of Redis and S3 alone: the test plays the workers itself. */
+export const NO_WORKERS = { preprocess: 0, embed: 0, train: 0 } as const;
+
+/**
+ * A stack for the test file that calls it, started before its tests and destroyed after them,
+ * with a CLI context on it (its output discarded). Read `stack` and `ctx` inside the tests.
+ */
+export function stackForFile(env: NodeJS.ProcessEnv = {}, replicas: Parameters<typeof startTempStack>[1] = {}): { readonly stack: TestStack; readonly ctx: CliContext } {
+  let stack: TestStack | undefined;
+  let ctx: CliContext | undefined;
+  beforeAll(async () => {
+    stack = await startTestStack(env, replicas);
+    ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
+  }, 120_000);
+  afterAll(async () => {
+    await ctx?.close();
+    await stack?.destroy();
+  });
+  const started = <T>(v: T | undefined): T => {
+    if (v === undefined) throw new Error('the stack is read before it started (outside a test?)');
+    return v;
+  };
+  return {
+    get stack() {
+      return started(stack);
+    },
+    get ctx() {
+      return started(ctx);
+    },
+  };
+}
 
 export interface CliRun {
   code: number | null;
