@@ -86,11 +86,10 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
   const failed = lines.filter((l) => l.error).length;
   // Nothing new (every image done by an earlier job of this run): no empty file; the result names
   // the files that hold those labels instead. Results files are named by time: newest first.
-  const written = lines.length > 0;
-  if (written) await services.store.putObject(deps.bucket, job.outputKey, lines.map((l) => JSON.stringify(l)).join('\n') + '\n', 'application/x-ndjson');
+  if (lines.length) await services.store.putObject(deps.bucket, job.outputKey, lines.map((l) => JSON.stringify(l)).join('\n') + '\n', 'application/x-ndjson');
   if (todo.length) await services.redis.hset(doneKey, ...todo.flatMap((t) => [t.id, `${t.etag} ${t.sha256} ${job.outputKey}`]));
   ctx.log.info({ classified: todo.length, failed, skipped }, 'classified');
   const byLabel = labels.map((label, c) => ({ label, count: counts[c]! })).filter((l) => l.count > 0);
   const earlierFiles = [...earlier].sort().reverse().slice(0, CLASSIFY_EARLIER_FILES);
-  return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel, earlierFiles, written };
+  return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel, earlierFiles };
 }

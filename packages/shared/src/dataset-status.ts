@@ -94,34 +94,33 @@ export class DatasetInspector {
    * (An embed job's result is its index entry, looked up after the job: see classifyAsRead.)
    */
   async classify(dataset: string, page: [string, ItemRecord][], datasetSpace?: string): Promise<ItemView[]> {
-    const read = await this.classifyAsRead(dataset, page, datasetSpace);
-    const views = read.views;
+    const { views, jobFailedAt } = await this.classifyAsRead(dataset, page, datasetSpace);
+    /** Reads the records of `at` again and classifies those that `take` (record as read, as now) keeps. */
+    const again = async (at: number[], take: (before: ItemRecord, now: ItemRecord) => boolean) => {
+      const now = await this.datasets.getItems(dataset, at.map((i) => page[i]![0]));
+      const keep = at.flatMap((i, k) => (now[k] && take(page[i]![1], now[k]!) ? [{ i, entry: [page[i]![0], now[k]!] as [string, ItemRecord] }] : []));
+      if (keep.length === 0) return;
+      const read = await this.classifyAsRead(dataset, keep.map((e) => e.entry), datasetSpace);
+      keep.forEach((e, k) => {
+        views[e.i] = read.views[k]!;
+        jobFailedAt[e.i] = read.jobFailedAt[k]!;
+      });
+    };
     const suspects = views.flatMap((v, i) => (v.phase === 'orphaned' ? [i] : []));
     if (suspects.length === 0) return views;
-    const now = await this.datasets.getItems(dataset, suspects.map((i) => page[i]![0]));
-    const moved = suspects.flatMap((i, k) => (now[k] && JSON.stringify(now[k]) !== JSON.stringify(page[i]![1]) ? [{ i, entry: [page[i]![0], now[k]!] as [string, ItemRecord] }] : []));
-    if (moved.length > 0) {
-      const again = await this.classifyAsRead(dataset, moved.map((m) => m.entry), datasetSpace);
-      moved.forEach((m, k) => {
-        views[m.i] = again.views[k]!;
-        read.jobFailedAt[m.i] = again.jobFailedAt[k]!;
-      });
-    }
+    await again(suspects, (before, now) => JSON.stringify(now) !== JSON.stringify(before));
     // BullMQ has just failed the job for good and its worker writes why right after (the item's
     // record, or the space's failure hash): give it a moment. A failure still unrecorded then
     // (or failed long ago) was lost with its worker, and the item is orphaned indeed (a re-ingest
     // runs it again).
     const clock = Date.now();
     const recording = views.flatMap((v, i) => {
-      const at = read.jobFailedAt[i] ?? null;
+      const at = jobFailedAt[i] ?? null;
       return v.phase === 'orphaned' && at !== null && Math.abs(clock - at) < JUST_FAILED_MS ? [i] : [];
     });
     if (recording.length === 0) return views;
     await sleep(FAILURE_RECORD_GRACE_MS);
-    const later = await this.datasets.getItems(dataset, recording.map((i) => page[i]![0]));
-    const entries = recording.flatMap((i, k) => (later[k] ? [{ i, entry: [page[i]![0], later[k]!] as [string, ItemRecord] }] : []));
-    const last = await this.classifyAsRead(dataset, entries.map((e) => e.entry), datasetSpace);
-    entries.forEach((e, k) => (views[e.i] = last.views[k]!));
+    await again(recording, () => true);
     return views;
   }
 

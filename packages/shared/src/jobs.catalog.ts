@@ -98,6 +98,7 @@ export type ClassifyJob = z.infer<typeof ClassifyJob>;
 export const CLASSIFY_EARLIER_FILES = 10;
 
 export interface ClassifyResult {
+  /** the results file: written only when the job had a line to write (classified + failed > 0) */
   outputKey: string;
   classified: number;
   failed: number;
@@ -108,8 +109,6 @@ export interface ClassifyResult {
    * CLASSIFY_EARLIER_FILES). Absent in results of jobs that ran before it existed.
    */
   earlierFiles?: string[];
-  /** false when nothing was new: no results file was written (absent: written) */
-  written?: boolean;
   /** images per predicted label, in the model's label order */
   byLabel: { label: string; count: number }[];
 }

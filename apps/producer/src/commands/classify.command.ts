@@ -104,7 +104,7 @@ async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: st
   ctx.out.write(
     `classified ${r.classified} image(s) under s3://${printable(bucket)}/${printable(prefix)} with ${model.dataset}@${model.runId}` +
       `${labels ? ` (${labels})` : ''}${r.failed ? `, ${r.failed} failed` : ''}${r.skipped ? `, ${r.skipped} already done` : ''}` +
-      (r.written === false ? ': nothing new to write\n' : ` → s3://${results}/${r.outputKey}\n`),
+      (r.classified + r.failed === 0 ? ': nothing new to write\n' : ` → s3://${results}/${r.outputKey}\n`),
   );
   // where the labels of the images done before are (a second run of the same command, say)
   const earlier = r.earlierFiles ?? [];
