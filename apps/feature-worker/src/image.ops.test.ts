@@ -1,7 +1,7 @@
 import sharp, { type Sharp } from 'sharp';
 import { PermanentError } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
-import { classifyDecodeError, configureSharp, looksTruncated, prepareImage, sniffFormat, type PrepareOptions } from './image.ops.js';
+import { classifyDecodeError, configureSharp, looksTruncated, prepareImage, sniffFormat, vipsErrors, type PrepareOptions } from './image.ops.js';
 
 const OPTS: PrepareOptions = { size: 224, maxInputPixels: 10_000_000, background: { r: 255, g: 255, b: 255 } };
 
@@ -104,6 +104,35 @@ describe('prepareImage', () => {
     const corrupt = Buffer.from(png);
     for (let i = 200; i < 260; i++) corrupt[i]! ^= 0x55;
     expect(await reasonOf(corrupt)).toBe('undecodable');
+  });
+
+  it('gives each image its own reason and message when many fail at once', async () => {
+    // libvips's error buffer is shared by the decodes in flight: without attribution, about a
+    // quarter of these came back with another image's message, some with its reason
+    const png = await noise(320, 240).png().toBuffer();
+    const jpeg = await noise(640, 480).jpeg().toBuffer();
+    const webp = await noise(320, 240).webp().toBuffer();
+    const bomb = Buffer.from(png);
+    bomb.writeUInt32BE(30000, 16);
+    bomb.writeUInt32BE(30000, 20);
+    const corrupt = Buffer.from(png);
+    for (let i = 200; i < 260; i++) corrupt[i]! ^= 0x55;
+    const cases = { bomb, corrupt, jpegCut: jpeg.subarray(0, Math.floor(jpeg.length * 0.6)), webpCut: webp.subarray(0, Math.floor(webp.length * 0.6)), good: jpeg };
+    const outcome = async (bytes: Uint8Array) => prepareImage(bytes, OPTS).then(() => 'decoded', (err: PermanentError) => `${err.reason}: ${err.message}`);
+    const alone: Record<string, string> = {};
+    for (const [name, bytes] of Object.entries(cases)) alone[name] = await outcome(bytes);
+    expect(alone.corrupt).toMatch(/^undecodable: .*png/i);
+    expect(alone.jpegCut).toMatch(/^truncated: .*jpeg/i);
+    const names = Object.keys(cases) as (keyof typeof cases)[];
+    const reruns = vipsErrors.rerunsAlone;
+    const wrong: string[] = [];
+    for (let round = 0; round < 20; round++) {
+      const batch = Array.from({ length: 16 }, (_, i) => names[(i * 7 + round) % names.length]!);
+      const got = await Promise.all(batch.map((name) => outcome(cases[name])));
+      batch.forEach((name, i) => got[i] !== alone[name] && wrong.push(`${name} → ${got[i]}`));
+    }
+    expect(wrong).toEqual([]);
+    expect(vipsErrors.rerunsAlone).toBeGreaterThan(reruns); // the mix did fail at once
   });
 
   it('maps decoder messages it cannot see from the bytes', () => {

@@ -1,5 +1,6 @@
 import sharp, { type OutputInfo } from 'sharp';
 import { PermanentError } from '@transferline/shared';
+import { VipsErrorAttribution } from './vips-errors.js';
 
 /**
  * How a non-square image becomes size×size. `squash` scales each axis on its own (the whole
@@ -55,6 +56,9 @@ export function configureSharp(o: { concurrency: number }): { concurrency: numbe
   return { concurrency: sharp.concurrency() };
 }
 
+/** This process's decodes, for telling apart the failures of images that fail at once. */
+export const vipsErrors = new VipsErrorAttribution();
+
 /**
  * Decode → EXIF orientation → sRGB (embedded ICC profiles, CMYK, 16-bit and grey all end as
  * 8-bit sRGB) → alpha flattened onto the background → size×size by the resize policy, as raw
@@ -74,8 +78,10 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
     throw new PermanentError('unsupported-format', `${sniffed.format} images are not supported: convert them to JPEG, PNG, WebP, AVIF, GIF or TIFF`);
   }
   const kernel = o.kernel ?? 'linear';
-  let out: { data: Buffer; info: OutputInfo };
-  try {
+  const timeoutSeconds = o.timeoutSeconds ?? 60;
+  let started = 0;
+  const decode = () => {
+    started = performance.now();
     const image = sharp(bytes, {
       limitInputPixels: o.maxInputPixels,
       // Damaged images that still decode partially (grey bands): a training set is better without them.
@@ -88,14 +94,20 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
     // formats work in sRGB from the start. Not JPEG (never alpha) nor WebP (always RGB): that
     // would turn off their shrink-on-load.
     if (sniffed.format !== 'jpeg' && sniffed.format !== 'webp') image.pipelineColourspace('srgb');
-    out = await image
-      .timeout({ seconds: o.timeoutSeconds ?? 60 })
+    return image
+      .timeout({ seconds: timeoutSeconds })
       // No-ops for images without alpha; sRGB is sharp's output space unless told otherwise.
       .flatten({ background: o.background })
       .resize(o.size, o.size, o.resize === 'crop' ? { fit: 'cover', position: 'centre', kernel } : { fit: 'fill', kernel })
       .removeAlpha()
       .raw()
       .toBuffer({ resolveWithObject: true });
+  };
+  let out: { data: Buffer; info: OutputInfo };
+  try {
+    // A timeout this decode lived long enough to reach is its own; any other message may be
+    // another image's until shown otherwise (vips-errors.ts).
+    out = await vipsErrors.run(decode, (err) => /timeout/i.test((err as Error).message) && performance.now() - started >= timeoutSeconds * 1000);
   } catch (err) {
     throw classifyDecodeError(err as Error, sniffed.format, bytes);
   }
@@ -112,8 +124,7 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
  * the file), since decoders word it in many ways.
  */
 export function classifyDecodeError(err: Error, format: string, bytes: Uint8Array): PermanentError {
-  // libvips's last lines, each once (its error buffer is shared by the images decoding at once,
-  // so the same line can come twice, or none at all: "Unknown error")
+  // libvips's last lines, each once (a line can come twice; "Unknown error" is no message at all)
   const lines = [...new Set(err.message.split('\n').map((l) => l.trim()).filter((l) => l && !/^unknown error$/i.test(l)))];
   const m = lines.slice(-3).join('; ');
   if (/pixel limit/i.test(err.message)) return new PermanentError('too-many-pixels', m);
