@@ -5,7 +5,8 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { ConfigSchema } from '../packages/shared/src/config.js';
-import { FEATURE_WORKER_NODE_FLAGS } from '../apps/producer/src/embedded/supervisor.js';
+import { FEATURE_WORKER_NODE_FLAGS, livenessProbeTiming } from '../apps/producer/src/embedded/supervisor.js';
+import { loadConfig } from '../packages/shared/src/config.js';
 import { repoRoot } from './support/stack.js';
 
 describe('deployment files', () => {
@@ -19,8 +20,9 @@ describe('deployment files', () => {
 
 describe('the compose file', () => {
   it('passes every setting the application reads, but those that make no sense in containers', () => {
-    // the embedded servers of `up`; the in-container ports compose publishes; the XDG fallback
-    const notApplicable = ['TL_REDIS_PORT', 'TL_S3_PORT', 'TL_CONSOLE_PORT', 'TL_SERVE_PORT', 'XDG_CACHE_HOME'];
+    // the embedded servers of `up`; the in-container ports compose publishes; the XDG fallback;
+    // up's own liveness watch (in containers, the orchestrator's probes)
+    const notApplicable = ['TL_REDIS_PORT', 'TL_S3_PORT', 'TL_CONSOLE_PORT', 'TL_SERVE_PORT', 'XDG_CACHE_HOME', 'TL_UP_HANG_SECONDS'];
     let schema: z.ZodType = ConfigSchema;
     // the schema's object, under its refinements and transforms
     for (let i = 0; i < 5 && !(schema instanceof z.ZodObject); i++) {
@@ -32,6 +34,21 @@ describe('the compose file', () => {
     const compose = readFileSync(path.join(repoRoot, 'docker-compose.yml'), 'utf8');
     const missing = keys.filter((k) => !notApplicable.includes(k) && !new RegExp(`^\\s+${k}:`, 'm').test(compose));
     expect(missing).toEqual([]);
+  });
+});
+
+describe('liveness', () => {
+  it('the Kubernetes probes give up on a worker after as long as up does, asking as often', () => {
+    const hangSeconds = loadConfig({}).upHangSeconds;
+    const { periodMs, timeoutMs } = livenessProbeTiming(hangSeconds * 1000);
+    for (const role of ['preprocess', 'embed', 'train']) {
+      const manifest = readFileSync(path.join(repoRoot, 'infra', 'k8s', 'base', `${role}.yaml`), 'utf8');
+      const block = /^(\s+)livenessProbe:\n((?:\1\s+.*\n)+)/m.exec(manifest)?.[2];
+      expect(block, role).toBeDefined();
+      const field = (name: string) => Number(new RegExp(`^\\s+${name}: (\\d+)$`, 'm').exec(block!)?.[1]);
+      expect(block, role).toMatch(/path: \/healthz/);
+      expect({ role, period: field('periodSeconds'), timeout: field('timeoutSeconds'), hang: field('periodSeconds') * field('failureThreshold') }).toEqual({ role, period: periodMs / 1000, timeout: timeoutMs / 1000, hang: hangSeconds });
+    }
   });
 });
 

@@ -62,6 +62,11 @@ export const ConfigSchema = z
     TL_SERVE_BATCH_SIZE: z.coerce.number().int().min(1).max(256).default(32),
     TL_SERVE_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(1000).default(5),
     TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(8_000),
+    TL_UP_HANG_SECONDS: z.coerce
+      .number()
+      .int()
+      .refine((v) => v === 0 || v >= 3, '0 (never) or at least 3')
+      .default(60),
     TL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     // Each image waits on S3 and Redis as well as decoding: with 4 in flight per core those waits
     // overlap the decodes. Measured on 2 cores, one process, 640×480 JPEGs (img/s by images in
@@ -136,6 +141,11 @@ export const ConfigSchema = z
       batchWaitMs: env.TL_SERVE_BATCH_WAIT_MS,
     },
     logLevel: env.TL_LOG_LEVEL,
+    /**
+     * `up`: a worker whose /healthz has not answered for this long (stopped, its event loop
+     * blocked) is killed and started again, as the Kubernetes liveness probes do; 0 = never
+     */
+    upHangSeconds: env.TL_UP_HANG_SECONDS,
     /** how long a worker holds a job without renewing its lock before others treat it as crashed */
     jobLockMs: env.TL_JOB_LOCK_MS,
     preprocess: {

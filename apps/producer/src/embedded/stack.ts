@@ -133,7 +133,7 @@ export async function startStack(
     const spaces = new SpaceRegistry(redis, redisKeys(config.redis.prefix));
     await spaces.publish(space);
 
-    const supervisor = new Supervisor(logDir, onEvent);
+    const supervisor = new Supervisor(logDir, onEvent, { metricsHost: config.metrics.host, hangMs: config.upHangSeconds * 1000 });
     stops.push(() => supervisor.stop());
     await supervisor.start(children.map((c) => ({ ...c, env })));
 

@@ -54,6 +54,18 @@ export interface ProcessSpec {
   onOutput?: (chunk: string) => void;
   /** called on every exit; return false to not restart (a process that never came up, say) */
   onExit?: (code: number | null, signal: NodeJS.Signals | null) => boolean | void;
+  /** killed and restarted when this URL, having answered 200 once, has not answered 200 for `hangMs` */
+  liveness?: { url: string; hangMs: number };
+}
+
+/**
+ * How often a liveness URL is asked, and how long an answer may take, for a process declared
+ * hung after `hangMs` without a 200: the Kubernetes manifests' livenessProbe (every 20 s, 5 s
+ * timeout, 3 failures) for the default 60 s, proportionally less for a shorter one.
+ */
+export function livenessProbeTiming(hangMs: number): { periodMs: number; timeoutMs: number } {
+  const periodMs = Math.min(20_000, Math.floor(hangMs / 3));
+  return { periodMs, timeoutMs: Math.min(5_000, periodMs) };
 }
 
 /** Linux's `setpriv --pdeathsig`, when there: a program (redis-server) gets SIGTERM when we die, even by SIGKILL. */
@@ -103,7 +115,9 @@ export class SupervisedProcess {
     child.on('error', (err) => s.onOutput?.(`${err.message}\n`));
     this.child = child;
     const startedAt = Date.now();
+    const stopWatching = s.liveness ? this.watchLiveness(child, s.liveness) : () => undefined;
     child.once('exit', (code, signal) => {
+      stopWatching();
       log.end();
       const again = s.onExit?.(code, signal) !== false;
       if (this.stopping || !again) return;
@@ -116,6 +130,38 @@ export class SupervisedProcess {
         this.onEvent(`${s.name} restarted`);
       }, delay).unref();
     });
+  }
+
+  /**
+   * A process that stops answering its liveness URL (SIGSTOPped, its event loop blocked, wedged
+   * in a native call) would otherwise hold its jobs' locks, or keep them renewed, for ever while
+   * `up` shows nothing: it is killed, and the exit handler starts it again. Probing starts once
+   * it has answered 200 (a role that is still starting has deadlines of its own).
+   */
+  private watchLiveness(child: ChildProcess, liveness: { url: string; hangMs: number }): () => void {
+    const { periodMs, timeoutMs } = livenessProbeTiming(liveness.hangMs);
+    let answeredAt: number | undefined;
+    let probing = false;
+    const timer = setInterval(() => {
+      if (probing || this.stopping) return;
+      probing = true;
+      void fetch(liveness.url, { signal: AbortSignal.timeout(timeoutMs) })
+        .then(
+          (res) => (void res.body?.cancel(), res.ok),
+          () => false,
+        )
+        .then((ok) => {
+          probing = false;
+          if (ok) answeredAt = Date.now();
+          else if (answeredAt !== undefined && Date.now() - answeredAt >= liveness.hangMs && !this.stopping && child.exitCode === null && child.signalCode === null) {
+            clearInterval(timer);
+            this.onEvent(`${this.spec.name} has not answered ${liveness.url} for ${Math.round((Date.now() - answeredAt) / 1000)} s (stopped, or its event loop is blocked): killing it to start it again — see ${this.spec.logFile}`);
+            child.kill('SIGKILL');
+          }
+        });
+    }, periodMs);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   /** SIGTERM, then SIGKILL after `timeoutMs`; resolves when it has exited. */
@@ -143,9 +189,14 @@ export class SupervisedProcess {
 export class Supervisor {
   private readonly children = new Map<string, SupervisedProcess>();
 
+  /**
+   * `liveness`: each worker's /healthz is watched on `metricsHost` (a wildcard address is asked
+   * on loopback); one that stops answering for `hangMs` is killed and started again (0: never).
+   */
   constructor(
     private readonly logDir: string,
     private readonly onEvent: (line: string) => void,
+    private readonly liveness: { metricsHost: string; hangMs: number } = { metricsHost: '127.0.0.1', hangMs: 0 },
   ) {}
 
   async start(specs: ChildSpec[]): Promise<void> {
@@ -163,6 +214,7 @@ export class Supervisor {
             args: [...args],
             // The SDK's notice that its 2027 releases need Node 22 would repeat in every worker log.
             env: () => ({ AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...s.env, TL_METRICS_PORT: String(s.metricsPort) }),
+            liveness: this.liveness.hangMs > 0 && s.metricsPort > 0 ? { url: `http://${probeHost(this.liveness.metricsHost)}:${s.metricsPort}/healthz`, hangMs: this.liveness.hangMs } : undefined,
           },
           this.onEvent,
         ),
@@ -192,6 +244,13 @@ export class Supervisor {
   async stop(timeoutMs = 30_000): Promise<void> {
     await Promise.all([...this.children.values()].map((c) => c.stop(timeoutMs)));
   }
+}
+
+/** Where to reach a server bound to `host` from this machine. */
+function probeHost(host: string): string {
+  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return host.includes(':') ? `[${host}]` : host;
 }
 
 /** Who most likely holds a port the embedded stack wants: the same stack, up in another terminal. */
