@@ -232,5 +232,30 @@ describe('transferline up, as a process', () => {
     await until('up to stop on SIGHUP', () => fourth.child.exitCode !== null || fourth.child.signalCode !== null, 60);
     expect({ code: fourth.child.exitCode, signal: fourth.child.signalCode }).toEqual({ code: 0, signal: null });
     await until('no process of the stack after SIGHUP', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30);
+
+    // `up | head -3`: the reader goes away after the banner's first lines. At up's next line (a
+    // worker that died, here) it stops the stack in order (workers, then Redis and S3) before it
+    // exits, with a SIGPIPE's status and no trace
+    const piped = spawn('bash', ['-c', `set -o pipefail; "${process.execPath}" "${cliPath}" up --metrics-port ${base} | head -3`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    running.push(piped);
+    let pipedOut = '';
+    let pipedErr = '';
+    piped.stdout!.on('data', (d: Buffer) => (pipedOut += d.toString()));
+    piped.stderr!.on('data', (d: Buffer) => (pipedErr += d.toString()));
+    let leftAtExit: { pid: number; cmd: string }[] | undefined;
+    const pipedExit = new Promise<number | null>((resolve) =>
+      piped.once('exit', (code) => {
+        leftAtExit = processesWithEnv('TL_DATA_DIR', dataDir); // the moment up is gone
+        resolve(code);
+      }),
+    );
+    await until('head to have its three lines', () => pipedOut.split('\n').filter(Boolean).length >= 3, 60);
+    await until('a preprocess worker of the piped up', () => processesWithEnv('TL_DATA_DIR', dataDir).some((p) => p.cmd.includes('main.js preprocess')), 60);
+    process.kill(processesWithEnv('TL_DATA_DIR', dataDir).find((p) => p.cmd.includes('main.js preprocess'))!.pid, 'SIGKILL');
+    await until('the piped up to exit', () => piped.exitCode !== null || piped.signalCode !== null, 60);
+    const pipedCode = await pipedExit;
+    expect({ code: pipedCode, stderr: pipedErr }).toEqual({ code: 141, stderr: '' });
+    expect(pipedOut.split('\n').filter(Boolean)).toHaveLength(3);
+    expect(leftAtExit!.map((p) => `${p.pid} ${p.cmd}`)).toEqual([]);
   }, 300_000);
 });

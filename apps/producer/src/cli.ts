@@ -2,7 +2,7 @@
 import { Command, InvalidArgumentError, type CommanderError } from 'commander';
 import { AnyDatasetName, ConfigError, DatasetName, loadConfig, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
-import { CliExit, EXIT } from './exit-codes.js';
+import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
 import { consoleCommand } from './commands/console.command.js';
@@ -22,10 +22,15 @@ import { printableMessage } from './terminal.js';
 // A reader that goes away (`transferline status | head -3`) ends the command as it ends any Unix
 // tool: quietly, with the status of a SIGPIPE (141), not a stack trace and exit 1; and not 0, which
 // would hide from a script that a wait was cut short. (The workers go on with what it enqueued.)
+let pipeBroken = false;
 for (const stream of [process.stdout, process.stderr]) {
   stream.on('error', (err: NodeJS.ErrnoException) => {
+    // (a write racing the first EPIPE finds the stream destroyed: the same broken pipe)
+    if (pipeBroken && err.code === 'ERR_STREAM_DESTROYED') return;
     if (err.code !== 'EPIPE') throw err;
-    process.exit(EXIT.brokenPipe);
+    if (pipeBroken) return;
+    pipeBroken = true;
+    brokenPipe();
   });
 }
 

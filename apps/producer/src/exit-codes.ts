@@ -30,3 +30,18 @@ export class CliExit extends Error {
     super(message);
   }
 }
+
+let brokenPipeHandler = (): void => process.exit(EXIT.brokenPipe);
+
+/**
+ * What the CLI does when the reader of its output goes away: exit at once with `brokenPipe`, or,
+ * for a command that must first stop what it started (`up`: its workers and servers), what it
+ * registers here.
+ */
+export function onBrokenPipe(handler: () => void): void {
+  brokenPipeHandler = handler;
+}
+
+export function brokenPipe(): void {
+  brokenPipeHandler();
+}

@@ -11,6 +11,7 @@ import { ingestCommand } from './ingest.command.js';
 import { trainCommand } from './train.command.js';
 import { uploadCommand } from './upload.command.js';
 import { createProgress } from '../progress.js';
+import { EXIT, onBrokenPipe } from '../exit-codes.js';
 
 export interface UpOptions {
   demo: boolean;
@@ -74,7 +75,9 @@ async function embedWorkerLive(workers: () => Promise<number>, w: (s: string) =>
  * prints the report, so the first command shows the product working end to end.
  */
 export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJS.WritableStream = process.stdout): Promise<void> {
-  const w = (s: string) => out.write(`${s}\n`);
+  // Once the reader of the output is gone (`up | head`), the stack still stops in order, silently.
+  let outGone = false;
+  const w = (s: string) => void (outGone || out.write(`${s}\n`));
   env = await ensureWeights(env, o.demo, w);
   const ports0 = { ...DEFAULT_PORTS, ...o.ports };
   const children = childPorts(ports0, { ...DEFAULT_REPLICAS, ...o.replicas });
@@ -113,6 +116,10 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     process.exit(130);
   });
   process.on('SIGTERM', () => void stop(0));
+  onBrokenPipe(() => {
+    outGone = true;
+    void stop(EXIT.brokenPipe);
+  });
   // the terminal closed: the children no longer hear of it by themselves
   process.on('SIGHUP', () => void stop(0));
 
