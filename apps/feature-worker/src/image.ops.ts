@@ -103,12 +103,14 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
       .raw()
       .toBuffer({ resolveWithObject: true });
   };
+  // A decode that ran out its time failed on its own account, whatever the shared error buffer
+  // says by then (another image's lines, or nothing); any other failure is checked (vips-errors.ts).
+  const timedOut = () => performance.now() - started >= timeoutSeconds * 1000;
   let out: { data: Buffer; info: OutputInfo };
   try {
-    // A timeout this decode lived long enough to reach is its own; any other message may be
-    // another image's until shown otherwise (vips-errors.ts).
-    out = await vipsErrors.run(decode, (err) => /timeout/i.test((err as Error).message) && performance.now() - started >= timeoutSeconds * 1000);
+    out = await vipsErrors.run(decode, timedOut);
   } catch (err) {
+    if (timedOut()) throw new PermanentError('decode-timeout', `decoding took longer than ${timeoutSeconds} s`);
     throw classifyDecodeError(err as Error, sniffed.format, bytes);
   }
   const { data, info } = out;

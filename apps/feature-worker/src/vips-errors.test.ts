@@ -1,104 +1,151 @@
 import { describe, expect, it } from 'vitest';
 import { VipsErrorAttribution } from './vips-errors.js';
 
-/** A decode that settles when told to, counting how many ran at once while it was running. */
-function gatedDecode(state: { inFlight: number }) {
-  let finish!: (ok: boolean) => void;
-  let calls = 0;
-  let aloneOnRerun: boolean | undefined;
-  const decode = () => {
-    calls++;
-    if (calls > 1) aloneOnRerun = state.inFlight === 0;
-    state.inFlight++;
-    return new Promise<string>((resolve, reject) => {
-      finish = (ok) => {
-        state.inFlight--;
-        if (ok) resolve('pixels');
-        else reject(new Error('boom'));
-      };
-    });
+/** Decodes that settle when told to; `inFlight` counts those running, `log` what each call saw. */
+function decodes() {
+  const state = { inFlight: 0 };
+  const make = (name: string) => {
+    const finishers: ((ok: boolean) => void)[] = [];
+    const calls: { aloneAtStart: boolean }[] = [];
+    const decode = () => {
+      calls.push({ aloneAtStart: state.inFlight === 0 });
+      state.inFlight++;
+      return new Promise<string>((resolve, reject) => {
+        finishers.push((ok) => {
+          state.inFlight--;
+          if (ok) resolve(`${name}: pixels`);
+          else reject(new Error(`${name}: call ${calls.length}`));
+        });
+      });
+    };
+    /** settles the latest call */
+    const finish = (ok: boolean) => finishers.at(-1)!(ok);
+    return { decode, finish, calls };
   };
-  return { decode, finish: (ok: boolean) => finish(ok), calls: () => calls, aloneOnRerun: () => aloneOnRerun };
+  return { make, state };
 }
 
-const tick = () => new Promise((r) => setTimeout(r, 5));
+const tick = (ms = 5) => new Promise((r) => setTimeout(r, ms));
+async function until(cond: () => boolean) {
+  for (let i = 0; i < 200 && !cond(); i++) await tick();
+  expect(cond()).toBe(true);
+}
 /** A promise's outcome, handled from the start (a rejection awaited later is not unhandled). */
 const outcome = (p: Promise<string>) => p.then((v) => v, (err: Error) => `error: ${err.message}`);
 
 describe('VipsErrorAttribution', () => {
-  it('lets a failure stand when no decode beside it failed', async () => {
+  it('lets a failure stand when no other decode was in flight with it', async () => {
     const v = new VipsErrorAttribution();
-    const state = { inFlight: 0 };
-    const a = gatedDecode(state);
-    const b = gatedDecode(state);
-    const pa = v.run(a.decode);
-    const pb = v.run(b.decode);
+    const { make } = decodes();
+    const a = make('a');
+    const pa = outcome(v.run(a.decode));
     a.finish(false);
-    const failed = expect(pa).rejects.toThrow('boom'); // waits for b, which succeeds
-    await tick();
+    expect(await pa).toBe('error: a: call 1');
+    // and a later decode, which never overlapped it, is not touched either
+    const b = make('b');
+    const pb = outcome(v.run(b.decode));
     b.finish(true);
-    await failed;
-    await expect(pb).resolves.toBe('pixels');
-    expect(a.calls()).toBe(1);
-    expect(v.rerunsAlone).toBe(0);
+    expect(await pb).toBe('b: pixels');
+    expect(v.counts).toEqual({ rerunAlone: 0, keptFirstError: 0 });
   });
 
-  it('runs again, each alone, two decodes that failed while both were in flight', async () => {
+  it('runs a failure that overlapped a successful decode again, alone, once the others finished', async () => {
+    // sharp clears the shared buffer after every image: a neighbour that succeeds can wipe it
     const v = new VipsErrorAttribution();
-    const state = { inFlight: 0 };
-    const [a, b, c] = [gatedDecode(state), gatedDecode(state), gatedDecode(state)];
+    const { make } = decodes();
+    const [a, b] = [make('a'), make('b')];
     const pa = outcome(v.run(a.decode));
     const pb = outcome(v.run(b.decode));
-    const pc = v.run(c.decode); // overlaps both, succeeds late
+    a.finish(false);
+    await tick();
+    expect(a.calls).toHaveLength(1); // b still decodes
+    const c = make('c');
+    const pc = outcome(v.run(c.decode)); // starts after the failure: waits for the re-run
+    await tick();
+    expect(c.calls).toHaveLength(0);
+    b.finish(true);
+    expect(await pb).toBe('b: pixels');
+    await until(() => a.calls.length === 2);
+    expect(a.calls[1]!.aloneAtStart).toBe(true);
+    expect(c.calls).toHaveLength(0);
+    a.finish(false);
+    expect(await pa).toBe('error: a: call 2'); // the second run's error is the one that counts
+    await until(() => c.calls.length === 1);
+    c.finish(true);
+    expect(await pc).toBe('c: pixels');
+    expect(v.counts).toEqual({ rerunAlone: 1, keptFirstError: 0 });
+  });
+
+  it('runs two failures that overlapped each other again one at a time', async () => {
+    const v = new VipsErrorAttribution();
+    const { make, state } = decodes();
+    const [a, b] = [make('a'), make('b')];
+    const pa = outcome(v.run(a.decode));
+    const pb = outcome(v.run(b.decode));
     a.finish(false);
     b.finish(false);
-    await tick();
-    // nothing runs again while c is still decoding
-    expect(a.calls() + b.calls()).toBe(2);
-    // a decode that starts before the re-runs do is waited for like any other
-    const d = gatedDecode(state);
-    const pd = v.run(d.decode);
-    c.finish(true);
-    await expect(pc).resolves.toBe('pixels');
-    await tick();
-    expect(d.calls()).toBe(1);
-    expect(a.calls() + b.calls()).toBe(2);
-    d.finish(true);
-    await expect(pd).resolves.toBe('pixels');
-    for (let i = 0; i < 50 && a.calls() + b.calls() < 3; i++) await tick();
-    // one re-run at a time, with nothing else decoding; a decode that starts now waits for both
-    const first = a.calls() === 2 ? a : b;
-    const second = first === a ? b : a;
-    expect(first.aloneOnRerun()).toBe(true);
-    expect(second.calls()).toBe(1);
-    const e = gatedDecode(state);
-    const pe = v.run(e.decode);
-    first.finish(false);
-    for (let i = 0; i < 50 && second.calls() < 2; i++) await tick();
-    expect(second.aloneOnRerun()).toBe(true);
-    expect(e.calls()).toBe(0);
-    second.finish(true);
-    expect(await (first === a ? pa : pb)).toBe('error: boom');
-    expect(await (first === a ? pb : pa)).toBe('pixels');
-    for (let i = 0; i < 50 && e.calls() < 1; i++) await tick();
-    e.finish(true);
-    await expect(pe).resolves.toBe('pixels');
-    expect(v.rerunsAlone).toBe(2);
+    await until(() => a.calls.length + b.calls.length === 3);
+    const [first, second] = a.calls.length === 2 ? [a, b] : [b, a];
+    expect(first.calls[1]!.aloneAtStart).toBe(true);
+    first.finish(true); // the first error was not its own: it decodes after all
+    await until(() => second.calls.length === 2);
+    expect(second.calls[1]!.aloneAtStart).toBe(true);
+    second.finish(false);
+    expect([await pa, await pb].sort()).toEqual([`${first === a ? 'a' : 'b'}: pixels`, `error: ${second === a ? 'a' : 'b'}: call 2`].sort());
+    expect(state.inFlight).toBe(0);
+    expect(v.counts.rerunAlone).toBe(2);
   });
 
   it('does not run again a failure the caller knows is its own', async () => {
     const v = new VipsErrorAttribution();
-    const state = { inFlight: 0 };
-    const [a, b] = [gatedDecode(state), gatedDecode(state)];
-    const pa = v.run(a.decode, () => true);
-    const pb = v.run(b.decode);
+    const { make } = decodes();
+    const [a, b] = [make('a'), make('b')];
+    const pa = outcome(v.run(a.decode, () => true));
+    const pb = outcome(v.run(b.decode));
     a.finish(false);
-    b.finish(false);
-    await expect(pa).rejects.toThrow('boom');
-    for (let i = 0; i < 50 && b.calls() < 2; i++) await tick();
-    b.finish(false);
-    await expect(pb).rejects.toThrow('boom');
-    expect(a.calls()).toBe(1);
-    expect(b.calls()).toBe(2); // b's error may still be a's lines: b runs again
+    expect(await pa).toBe('error: a: call 1');
+    b.finish(true);
+    expect(await pb).toBe('b: pixels');
+    expect(a.calls).toHaveLength(1);
+  });
+
+  it('keeps the first error when the others do not finish in time, or the re-run takes too long', async () => {
+    const v = new VipsErrorAttribution({ drainMs: 50, rerunMs: 50 });
+    const { make } = decodes();
+    // a neighbour that never finishes (a decode wedged in a native call): nothing waits on it for ever
+    const [stuck, a] = [make('stuck'), make('a')];
+    void outcome(v.run(stuck.decode));
+    const pa = outcome(v.run(a.decode));
+    a.finish(false);
+    expect(await pa).toBe('error: a: call 1');
+    expect(a.calls).toHaveLength(1);
+    const b = make('b');
+    const pb = outcome(v.run(b.decode)); // decodes go on
+    b.finish(true);
+    expect(await pb).toBe('b: pixels');
+    expect(v.counts).toEqual({ rerunAlone: 0, keptFirstError: 1 });
+    stuck.finish(true);
+
+    // a re-run that never ends: the first error stands, and the run still counts as in flight
+    const [c, d] = [make('c'), make('d')];
+    const pc = outcome(v.run(c.decode));
+    const pd = outcome(v.run(d.decode));
+    c.finish(false);
+    d.finish(true);
+    expect(await pd).toBe('d: pixels');
+    await until(() => c.calls.length === 2);
+    expect(await pc).toBe('error: c: call 1');
+    const [e, f] = [make('e'), make('f')];
+    const pe = outcome(v.run(e.decode)); // overlaps c's re-run, still going
+    e.finish(false);
+    await until(() => e.calls.length === 1);
+    c.finish(true);
+    await until(() => e.calls.length === 2);
+    e.finish(false);
+    expect(await pe).toBe('error: e: call 2');
+    const pf = outcome(v.run(f.decode));
+    f.finish(true);
+    expect(await pf).toBe('f: pixels');
+    expect(v.counts).toEqual({ rerunAlone: 2, keptFirstError: 2 });
   });
 });
