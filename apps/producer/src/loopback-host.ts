@@ -13,3 +13,9 @@ export function hostHeaderIsLoopback(hostHeader: string | undefined): boolean {
   const name = hostHeader.startsWith('[') ? hostHeader.slice(1, hostHeader.indexOf(']')) : hostHeader.replace(/:\d+$/, '');
   return isLoopbackHost(name.toLowerCase());
 }
+
+/** The host to reach a server bound to `host` from this machine: a wildcard address through loopback, IPv6 in brackets. */
+export function reachableHost(host: string): string {
+  const h = host === '0.0.0.0' || host === '::' || host === '' ? '127.0.0.1' : host;
+  return h.includes(':') ? `[${h}]` : h;
+}

@@ -9,7 +9,7 @@ import type { Access } from './html.js';
 import { BOARD_PATHS, createQueueBoards } from './queue-boards.js';
 import { reviewPage } from './review.page.js';
 import { runPage } from './run.page.js';
-import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
+import { hostHeaderIsLoopback, isLoopbackHost, reachableHost } from '../loopback-host.js';
 
 export interface ConsoleOptions {
   services: Services;
@@ -73,8 +73,7 @@ async function whyLate(err: DeadlineError, redis: { ping: () => Promise<unknown>
 
 /** The URL to print for a bound address (a wildcard address is reached through loopback). */
 function urlOf(host: string, port: number): string {
-  const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
-  return `http://${h.includes(':') ? `[${h}]` : h}:${port}/`;
+  return `http://${reachableHost(host)}:${port}/`;
 }
 
 

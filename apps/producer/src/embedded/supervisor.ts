@@ -3,6 +3,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { reachableHost } from '../loopback-host.js';
 
 const appsDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -67,6 +68,9 @@ export function livenessProbeTiming(hangMs: number): { periodMs: number; timeout
   const periodMs = Math.min(20_000, Math.floor(hangMs / 3));
   return { periodMs, timeoutMs: Math.min(5_000, periodMs) };
 }
+
+/** How long a process told to stop (SIGTERM) has before it is killed. */
+const STOP_GRACE_MS = 30_000;
 
 /** Linux's `setpriv --pdeathsig`, when there: a program (redis-server) gets SIGTERM when we die, even by SIGKILL. */
 const setpriv = process.platform === 'linux' && spawnSync('setpriv', ['--help'], { encoding: 'utf8' }).stdout?.includes('--pdeathsig') ? 'setpriv' : undefined;
@@ -135,28 +139,46 @@ export class SupervisedProcess {
   /**
    * A process that stops answering its liveness URL (SIGSTOPped, its event loop blocked, wedged
    * in a native call) would otherwise hold its jobs' locks, or keep them renewed, for ever while
-   * `up` shows nothing: it is killed, and the exit handler starts it again. Probing starts once
-   * it has answered 200 (a role that is still starting has deadlines of its own).
+   * `up` shows nothing: it is killed, and the exit handler starts it again. One that answers, but
+   * not 200, for as long (a worker whose S3 credentials were refused: it read them at start) is
+   * stopped as `up` stops it, so it puts its jobs back, and started again. Probing starts once it
+   * has answered 200 (a role that is still starting has deadlines of its own); time is measured
+   * on the monotonic clock, and it takes two failed probes in a row, so neither a suspended
+   * laptop nor one slow answer counts as a hang.
    */
   private watchLiveness(child: ChildProcess, liveness: { url: string; hangMs: number }): () => void {
     const { periodMs, timeoutMs } = livenessProbeTiming(liveness.hangMs);
     let answeredAt: number | undefined;
+    let failures = 0;
     let probing = false;
+    const running = () => !this.stopping && child.exitCode === null && child.signalCode === null;
     const timer = setInterval(() => {
-      if (probing || this.stopping) return;
+      if (probing || !running()) return;
       probing = true;
       void fetch(liveness.url, { signal: AbortSignal.timeout(timeoutMs) })
         .then(
-          (res) => (void res.body?.cancel(), res.ok),
-          () => false,
+          (res) => (void res.body?.cancel(), res.status),
+          () => undefined,
         )
-        .then((ok) => {
+        .then((status) => {
           probing = false;
-          if (ok) answeredAt = Date.now();
-          else if (answeredAt !== undefined && Date.now() - answeredAt >= liveness.hangMs && !this.stopping && child.exitCode === null && child.signalCode === null) {
-            clearInterval(timer);
-            this.onEvent(`${this.spec.name} has not answered ${liveness.url} for ${Math.round((Date.now() - answeredAt) / 1000)} s (stopped, or its event loop is blocked): killing it to start it again — see ${this.spec.logFile}`);
+          if (status === 200) {
+            answeredAt = performance.now();
+            failures = 0;
+            return;
+          }
+          failures++;
+          if (answeredAt === undefined || failures < 2 || !running()) return;
+          const seconds = Math.round((performance.now() - answeredAt) / 1000);
+          if (seconds * 1000 < liveness.hangMs) return;
+          clearInterval(timer);
+          if (status === undefined) {
+            this.onEvent(`${this.spec.name} has not answered ${liveness.url} for ${seconds} s (stopped, or its event loop is blocked): killing it to start it again — see ${this.spec.logFile}`);
             child.kill('SIGKILL');
+          } else {
+            this.onEvent(`${this.spec.name} has answered ${liveness.url} with ${status} (unhealthy) for ${seconds} s: stopping it to start it again — see ${this.spec.logFile}`);
+            child.kill('SIGTERM');
+            setTimeout(() => running() && child.kill('SIGKILL'), STOP_GRACE_MS).unref();
           }
         });
     }, periodMs);
@@ -165,7 +187,7 @@ export class SupervisedProcess {
   }
 
   /** SIGTERM, then SIGKILL after `timeoutMs`; resolves when it has exited. */
-  async stop(timeoutMs = 30_000): Promise<void> {
+  async stop(timeoutMs = STOP_GRACE_MS): Promise<void> {
     this.stopping = true;
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
@@ -214,7 +236,7 @@ export class Supervisor {
             args: [...args],
             // The SDK's notice that its 2027 releases need Node 22 would repeat in every worker log.
             env: () => ({ AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...s.env, TL_METRICS_PORT: String(s.metricsPort) }),
-            liveness: this.liveness.hangMs > 0 && s.metricsPort > 0 ? { url: `http://${probeHost(this.liveness.metricsHost)}:${s.metricsPort}/healthz`, hangMs: this.liveness.hangMs } : undefined,
+            liveness: this.liveness.hangMs > 0 && s.metricsPort > 0 ? { url: `http://${reachableHost(this.liveness.metricsHost)}:${s.metricsPort}/healthz`, hangMs: this.liveness.hangMs } : undefined,
           },
           this.onEvent,
         ),
@@ -241,16 +263,9 @@ export class Supervisor {
     for (const c of this.children.values()) c.kill(signal);
   }
 
-  async stop(timeoutMs = 30_000): Promise<void> {
+  async stop(timeoutMs = STOP_GRACE_MS): Promise<void> {
     await Promise.all([...this.children.values()].map((c) => c.stop(timeoutMs)));
   }
-}
-
-/** Where to reach a server bound to `host` from this machine. */
-function probeHost(host: string): string {
-  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
-  if (host === '::') return '[::1]';
-  return host.includes(':') ? `[${host}]` : host;
 }
 
 /** Who most likely holds a port the embedded stack wants: the same stack, up in another terminal. */
