@@ -259,6 +259,21 @@ describe('training runs and classification', () => {
     expect(said).toContain(`  the ${kinds.length} already done are labelled in: s3://${stack.config.s3.bucket}/${round!.outputKey}\n`);
     await expect(ctx.services.store.getObject(stack.config.s3.bucket, again!.outputKey)).rejects.toThrow();
     expect((await ctx.services.store.getObject(stack.config.s3.bucket, round!.outputKey)).toString().trim().split('\n')).toHaveLength(kinds.length);
+
+    // old results pruned: the file that held those labels is deleted. The next run labels them
+    // again (not "already done", pointing at a file that is gone), and says why
+    await ctx.services.store.deleteObject(stack.config.s3.bucket, round!.outputKey);
+    said = '';
+    const [redone] = await classifyCommand({ ...ctx, out }, `s3://${photos}/later/`, { model: 'shapes', watch: false, intervalSeconds: 1, stallSeconds: 2 });
+    expect(redone).toMatchObject({ classified: kinds.length, skipped: 0, failed: 0, again: kinds.length, filesGone: [round!.outputKey] });
+    expect(said).toContain(`  ${kinds.length} of them had been labelled in results file(s) deleted since (s3://${stack.config.s3.bucket}/${round!.outputKey}): labelled again in this one\n`);
+    const lines = (await ctx.services.store.getObject(stack.config.s3.bucket, redone!.outputKey)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; label?: string });
+    expect(lines.map((l) => l.key).sort()).toEqual(kinds.map((k) => `s3://${photos}/later/${k}.jpg`).sort());
+    expect(lines.every((l) => l.label)).toBe(true);
+    // and the run after points at the new file
+    const [after] = await classifyCommand(ctx, `s3://${photos}/later/`, { model: 'shapes', watch: false, intervalSeconds: 1, stallSeconds: 2 });
+    expect(after).toMatchObject({ classified: 0, skipped: kinds.length, earlierFiles: [redone!.outputKey] });
+    expect(after!.again).toBeUndefined();
   });
 
   it("classifies in the model's own embedding space, whatever the CLI's environment says", async () => {

@@ -1,5 +1,5 @@
 import type * as tfTypes from '@tensorflow/tfjs';
-import { CLASSIFY_EARLIER_FILES, LabelsDoc, PermanentError, ReportDoc, RunDoc, type ClassifyJob, type ClassifyResult, type JobContext, type Services } from '@transferline/shared';
+import { CLASSIFY_EARLIER_FILES, LabelsDoc, PermanentError, ReportDoc, RunDoc, type ClassifyJob, type ClassifyResult, type ItemRecord, type JobContext, type Services } from '@transferline/shared';
 import { loadHead } from './head.store.js';
 import { predictProba } from './head.trainer.js';
 
@@ -46,24 +46,36 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
   const todo: { id: string; sha256: string; etag: string }[] = [];
   const lines: ClassifiedLine[] = [];
   const modelRef = { dataset: job.model, runId: job.runId };
-  let skipped = 0;
-  const earlier = new Set<string>();
+  const pending: { id: string; r: ItemRecord; cached: boolean; priorFile?: string }[] = [];
   for await (const page of services.datasets.scan(job.dataset)) {
     const mine = page.filter(([id]) => id.startsWith(scope));
     if (mine.length === 0) continue;
     const done = await services.redis.hmget(doneKey, ...mine.map(([id]) => id));
     const cached = await services.cache.has(job.embedderId, mine.map(([, r]) => r.sha256 ?? '0'.repeat(64)));
     mine.forEach(([id, r], i) => {
-      // Done by an earlier job (another output file) with the same bytes: skip. Done by this very
-      // job (a retry after it had finished) counts as not done, so its file is rewritten whole.
+      // Done by an earlier job (another output file) with the same bytes: skipped, if that file
+      // is still there. Done by this very job (a retry after it had finished) counts as not done,
+      // so its file is rewritten whole.
       const prior = done[i]?.split(' ');
-      if (r.sha256 && prior && prior[0] === r.etag && prior[1] === r.sha256 && prior[2] !== job.outputKey) {
-        skipped++;
-        earlier.add(prior[2]!);
-      }
-      else if (r.state === 'failed') lines.push({ key: `s3://${id}`, error: r.reason ?? 'failed', model: modelRef });
-      else if (r.sha256 && cached[i]) todo.push({ id, sha256: r.sha256, etag: r.etag });
+      const priorFile = r.sha256 && prior && prior[0] === r.etag && prior[1] === r.sha256 && prior[2] !== job.outputKey ? prior[2] : undefined;
+      pending.push({ id, r, cached: cached[i]!, priorFile });
     });
+  }
+  // A results file deleted since (old results pruned) holds no labels any more: its images are
+  // classified again, into this job's file.
+  const gone = await missingFiles(services.store, deps.bucket, new Set(pending.flatMap((p) => (p.priorFile ? [p.priorFile] : []))));
+  let skipped = 0;
+  let again = 0;
+  const earlier = new Set<string>();
+  for (const { id, r, cached, priorFile } of pending) {
+    if (priorFile && !gone.has(priorFile)) {
+      skipped++;
+      earlier.add(priorFile);
+      continue;
+    }
+    if (priorFile) again++;
+    if (r.state === 'failed') lines.push({ key: `s3://${id}`, error: r.reason ?? 'failed', model: modelRef });
+    else if (r.sha256 && cached) todo.push({ id, sha256: r.sha256, etag: r.etag });
   }
   const counts = new Array<number>(labels.length).fill(0);
   if (todo.length) {
@@ -88,8 +100,19 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
   // the files that hold those labels instead. Results files are named by time: newest first.
   if (lines.length) await services.store.putObject(deps.bucket, job.outputKey, lines.map((l) => JSON.stringify(l)).join('\n') + '\n', 'application/x-ndjson');
   if (todo.length) await services.redis.hset(doneKey, ...todo.flatMap((t) => [t.id, `${t.etag} ${t.sha256} ${job.outputKey}`]));
-  ctx.log.info({ classified: todo.length, failed, skipped }, 'classified');
+  ctx.log.info({ classified: todo.length, failed, skipped, again, filesGone: gone.size }, 'classified');
   const byLabel = labels.map((label, c) => ({ label, count: counts[c]! })).filter((l) => l.count > 0);
   const earlierFiles = [...earlier].sort().reverse().slice(0, CLASSIFY_EARLIER_FILES);
-  return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel, earlierFiles };
+  return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel, earlierFiles, ...(again ? { again, filesGone: [...gone].sort() } : {}) };
+}
+
+/** Which of these results files are no longer in the bucket (a HEAD each, a few at a time). */
+async function missingFiles(store: ClassifyDeps['services']['store'], bucket: string, keys: Set<string>): Promise<Set<string>> {
+  const gone = new Set<string>();
+  const all = [...keys];
+  for (let i = 0; i < all.length; i += 16) {
+    const heads = await Promise.all(all.slice(i, i + 16).map((k) => store.headObject(bucket, k)));
+    heads.forEach((h, j) => h === undefined && gone.add(all[i + j]!));
+  }
+  return gone;
 }

@@ -109,6 +109,13 @@ export interface ClassifyResult {
    * CLASSIFY_EARLIER_FILES). Absent in results of jobs that ran before it existed.
    */
   earlierFiles?: string[];
+  /**
+   * Images classified earlier by this run whose results file is no longer in the bucket (deleted
+   * since): classified again, into this job's file (counted in `classified`/`failed` too), and
+   * the files found gone. Absent when none.
+   */
+  again?: number;
+  filesGone?: string[];
   /** images per predicted label, in the model's label order */
   byLabel: { label: string; count: number }[];
 }

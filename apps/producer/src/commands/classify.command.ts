@@ -106,6 +106,12 @@ async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: st
       `${labels ? ` (${labels})` : ''}${r.failed ? `, ${r.failed} failed` : ''}${r.skipped ? `, ${r.skipped} already done` : ''}` +
       (r.classified + r.failed === 0 ? ': nothing new to write\n' : ` → s3://${results}/${r.outputKey}\n`),
   );
+  // images whose earlier results file was deleted (old results pruned): labelled again, here
+  if (r.again) {
+    const files = r.filesGone ?? [];
+    const shown = files.slice(0, 3).map((k) => `s3://${results}/${k}`).join(', ') + (files.length > 3 ? `, and ${files.length - 3} more` : '');
+    ctx.out.write(`  ${r.again} of them had been labelled in results file(s) deleted since (${shown}): labelled again in this one\n`);
+  }
   // where the labels of the images done before are (a second run of the same command, say)
   const earlier = r.earlierFiles ?? [];
   if (pointBack && earlier.length) {
