@@ -79,10 +79,38 @@ describe('the embedding cache', () => {
       await expect(cache.writeShard(space, [hash], new Float32Array(4), 4)).rejects.toThrow('S3 refused the .npy');
       expect(await cache.listShards(space)).toEqual([]);
       expect(await cache.has(space, [hash])).toEqual([false]);
-      expect(await cache.rebuildIndex(space)).toBe(0);
+      expect(await cache.rebuildIndex(space)).toEqual({ indexed: 0, dropped: 0 });
     } finally {
       failingNpy.close();
     }
+  });
+
+  it('rebuild-index drops the entries of a shard deleted from the bucket, and works for a space Redis no longer knows', async () => {
+    const { cache, store, layout, redis, keys } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    // a space no worker here runs (nor published): as after Redis lost its data
+    const space = 'efficientnet-b0.rebuild-stale.squash224';
+    const hashes = Array.from({ length: 6 }, () => randomBytes(32).toString('hex'));
+    await cache.writeShard(space, hashes.slice(0, 3), new Float32Array(3 * 4).fill(1), 4);
+    await cache.writeShard(space, hashes.slice(3), new Float32Array(3 * 4).fill(2), 4);
+    const [kept, deleted] = (await cache.listShards(space)).sort((a, b) => (a.hashes.includes(hashes[0]!) ? -1 : b.hashes.includes(hashes[0]!) ? 1 : 0));
+    expect(kept!.hashes.sort()).toEqual(hashes.slice(0, 3).sort());
+    // a team deletes one shard from the bucket by hand; the index still points at it
+    for (const ext of ['json', 'npy'] as const) await store.deleteObject(bucket, layout.shard(space, deleted!.shardId, ext));
+    expect(await cache.size(space)).toBe(6);
+
+    const r = await runCli(['cache', 'rebuild-index', '--embedder', space], stack.env);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`embedding space ${space} is not published in Redis`);
+    expect(r.stdout).toContain(`embedding index for ${space}: 6 → 3 images`);
+    expect(r.stdout).toContain('3 entries dropped: their shard is no longer in the bucket');
+    expect(await cache.has(space, hashes)).toEqual([true, true, true, false, false, false]);
+    // a space with nothing in the bucket either is still refused
+    const none = await runCli(['cache', 'rebuild-index', '--embedder', 'efficientnet-b0.nowhere.squash224'], stack.env);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/no embedding space efficientnet-b0\.nowhere\.squash224 is known here/);
+    await redis.del(keys.embeddingIndex(space));
   });
 
   it('after compaction, loads N embeddings with one request per large shard, values unchanged', async () => {

@@ -6,6 +6,7 @@ import { parseDocument, ShardManifest } from './documents.js';
 import { decodeNpyFloat32, encodeNpyFloat32 } from './npy.format.js';
 import type { RedisKeys } from './keys.js';
 import type { ObjectStore } from './s3.client.js';
+import { execPipeline, RedisScript } from './redis.client.js';
 
 /** Where the embeddings of one dataset live, for a loader that reads each shard once. */
 export interface EmbeddingMatrix {
@@ -13,6 +14,10 @@ export interface EmbeddingMatrix {
   rows: number;
   dim: number;
 }
+
+/** Deletes an index entry if it still holds the value read (not re-pointed at another shard since). */
+const DROP_IF_UNCHANGED = new RedisScript('tlDropIndexEntryIfUnchanged', `if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0`, 1);
 
 /**
  * The durable embedding cache: shards in the bucket (`.npy` float32 [n, dim] + a JSON list of
@@ -218,10 +223,40 @@ export class EmbeddingCache {
     return { shardsBefore: shards.length, shardsAfter: shards.length - removed, rows: total };
   }
 
-  /** Restores the Redis index of one embedding space from the shards in the bucket. Returns the count indexed. */
-  async rebuildIndex(embedderId: string): Promise<number> {
+  /**
+   * Restores the Redis index of one embedding space from the shards in the bucket, and drops the
+   * entries that point at a shard no longer there (deleted from the bucket by hand, say: kept,
+   * they would call those images embedded while training fails to read them). An entry is only
+   * dropped when its shard's manifest is still missing at that moment and the entry is still the
+   * one read, so a shard an embed worker writes meanwhile (manifest before index) keeps its rows.
+   */
+  async rebuildIndex(embedderId: string): Promise<{ indexed: number; dropped: number }> {
     const shards = await this.listShards(embedderId);
     for (const s of shards) await this.index(embedderId, s.shardId, s.hashes);
-    return this.size(embedderId);
+    const listed = new Set(shards.map((s) => s.shardId));
+    const key = this.keys.embeddingIndex(embedderId);
+    const stale = new Map<string, [string, string][]>(); // shard → its entries
+    let cursor = '0';
+    do {
+      const [next, flat] = await this.redis.hscan(key, cursor, 'COUNT', 1000);
+      cursor = next;
+      for (let i = 0; i < flat.length; i += 2) {
+        const shardId = flat[i + 1]!.split(' ')[0]!;
+        if (listed.has(shardId)) continue;
+        let entries = stale.get(shardId);
+        if (!entries) stale.set(shardId, (entries = []));
+        entries.push([flat[i]!, flat[i + 1]!]);
+      }
+    } while (cursor !== '0');
+    let dropped = 0;
+    for (const [shardId, entries] of stale) {
+      if (await this.store.headObject(this.bucket, this.shardKey(embedderId, shardId, 'json'))) continue;
+      for (let i = 0; i < entries.length; i += 500) {
+        const pipe = this.redis.pipeline();
+        for (const [hash, value] of entries.slice(i, i + 500)) DROP_IF_UNCHANGED.queue(pipe, [key], [hash, value]);
+        for (const n of await execPipeline(pipe)) dropped += Number(n);
+      }
+    }
+    return { indexed: await this.size(embedderId), dropped };
   }
 }

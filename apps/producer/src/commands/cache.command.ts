@@ -1,13 +1,37 @@
+import { SpaceResolutionError } from '@transferline/shared';
 import { chooseSpace, type CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 
 /** `transferline cache rebuild-index`: restores the Redis index of the embedding cache from the shards in the bucket (after Redis lost it). */
-export async function rebuildIndexCommand(ctx: CliContext, o: { embedder?: string } = {}): Promise<number> {
-  const space = await chooseSpace(ctx, o.embedder);
-  const before = await ctx.services.cache.size(space.id);
-  const after = await ctx.services.cache.rebuildIndex(space.id);
-  ctx.out.write(`embedding index for ${space.id}: ${before} → ${after} images, from s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(space.id)}\n`);
-  return after;
+export async function rebuildIndexCommand(ctx: CliContext, o: { embedder?: string } = {}): Promise<{ indexed: number; dropped: number }> {
+  const id = await spaceToRebuild(ctx, o.embedder);
+  const before = await ctx.services.cache.size(id);
+  const r = await ctx.services.cache.rebuildIndex(id);
+  ctx.out.write(`embedding index for ${id}: ${before} → ${r.indexed} images, from s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(id)}\n`);
+  if (r.dropped) {
+    ctx.out.write(`  ${r.dropped} entr${r.dropped === 1 ? 'y' : 'ies'} dropped: their shard is no longer in the bucket; ingest their datasets again to embed those images again\n`);
+  }
+  return r;
+}
+
+/**
+ * The space whose index to rebuild. After Redis lost its data no space may be published there
+ * until a worker of it starts: one named with --embedder whose shards are in the bucket is
+ * rebuilt all the same (the bucket is the source of truth).
+ */
+async function spaceToRebuild(ctx: CliContext, embedder?: string): Promise<string> {
+  try {
+    return (await chooseSpace(ctx, embedder)).id;
+  } catch (err) {
+    if (!embedder || !(err instanceof SpaceResolutionError)) throw err;
+    const { bucket } = ctx.config.s3;
+    const folder = ctx.services.layout.embeddings(embedder);
+    for await (const _ of ctx.services.store.listObjects(bucket, folder)) {
+      ctx.out.write(`embedding space ${embedder} is not published in Redis (no worker of it has started since Redis lost its data?); its shards are in s3://${bucket}/${folder}\n`);
+      return embedder;
+    }
+    throw err;
+  }
 }
 
 /** A shard write takes seconds; data an hour old that no manifest names will never get one. */
