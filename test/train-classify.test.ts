@@ -8,8 +8,9 @@ import type { JobContext } from '../packages/shared/src/index.js';
 import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { classifyDatasetName, jobIds, ReportDoc } from '../packages/shared/src/index.js';
+import { classifyDatasetName, jobIds, ReportDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
+import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { cliPath, runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
 
@@ -328,6 +329,54 @@ describe('training runs and classification', () => {
     expect(text.match(/^watching /gm)).toHaveLength(1);
     // which embedding space, said by those two rounds only
     expect(text.match(/^embedding space /gm)).toHaveLength(2);
+  });
+
+  it('ingest --watch goes on through an S3 outage, and keeps its space when workers of another start', async () => {
+    for (const kind of kinds) await ctx.services.store.putObject(photos, `outage/${kind}/0.jpg`, await renderSample(kind, 800, 51));
+    // the CLI reaches S3 through a proxy that can fail it; the workers reach S3 directly
+    const proxy = await startFaultProxy(stack.config.s3.endpoint);
+    let text = '';
+    let other: { stop: () => Promise<void> } | undefined;
+    let healing: Promise<unknown> | undefined;
+    const started: Promise<unknown>[] = [];
+    const out = {
+      write: (chunk: string) => {
+        text += chunk;
+        if (/^watching /m.test(chunk)) {
+          // after the first round: S3 answers 503 to everything, and an embed worker of another space is live
+          proxy.inject('', { kind: 'status', status: 503 });
+          const crop = spaceFromConfig(loadConfig({ ...stack.env, TL_RESIZE: 'crop' }));
+          started.push(ctx.services.spaces.startHeartbeat(crop, 'test', () => undefined).then((h) => (other = h)));
+        }
+        if (!healing && /^watch: round \d+ failed: /m.test(text)) {
+          // a round or two later S3 is back, and a user drops one more image
+          healing = new Promise((r) => setTimeout(r, 2_500)).then(async () => {
+            proxy.heal();
+            await ctx.services.store.putObject(photos, 'outage/circle/late.jpg', await renderSample('circle', 801, 51));
+          });
+        }
+        return true;
+      },
+    } as unknown as NodeJS.WritableStream;
+    const watchCtx = await openCliContext({ ...stack.config, s3: { ...stack.config.s3, endpoint: proxy.url } }, out);
+    const rounds: IngestOutcome[] = [];
+    try {
+      await watchIngest(watchCtx, `s3://${photos}/outage/`, { dataset: 'outage', wait: true, intervalSeconds: 1, maxRounds: 9, onRound: (r) => rounds.push(r) });
+      await healing;
+      await Promise.all(started);
+    } finally {
+      await other?.stop();
+      await watchCtx.close();
+      await proxy.close();
+    }
+    // one line for the outage (not one per round), one when it went through again
+    expect(text.match(/^watch: round \d+ failed: .*; trying again every 1 s \(Ctrl-C to stop\)$/gm)).toHaveLength(1);
+    expect(text).toMatch(/^watch: round \d+ went through; \d+ rounds? since round \d+ had failed$/m);
+    expect(text).not.toMatch(/embedding spaces are live/);
+    // the image dropped during the outage was ingested, into the watch's own space
+    expect(rounds.map((r) => r.counts.enqueued)).toContain(1);
+    expect(rounds.every((r) => r.space === stack.space.id)).toBe(true);
+    expect(await ctx.services.inspector.status('outage')).toMatchObject({ total: kinds.length + 1, embedded: kinds.length + 1 });
   });
 
   it('says which images it could not classify and why, and failures lists them for its dataset', async () => {

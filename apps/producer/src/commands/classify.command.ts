@@ -1,5 +1,6 @@
-import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, LatestDoc, parseS3Url, RunDoc, sleep, type ClassifyJob, type ClassifyResult, type EmbeddingSpace } from '@transferline/shared';
+import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, LatestDoc, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { watchRounds } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
 import { printFailures } from './ingest.command.js';
@@ -59,7 +60,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   const dataset = classifyDatasetName(model.dataset);
   const stallSeconds = o.stallSeconds ?? 30;
   const results: ClassifyResult[] = [];
-  for (let round = 1; ; round++) {
+  await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, async (round) => {
     const counts = await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
     // Wait for whatever under this prefix is still on its way, not only what this round enqueued:
     // images an earlier round left pending (one cut short by Ctrl-C, another client's) would
@@ -72,10 +73,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     // the same images, failures included, as "already done").
     const fresh = counts.enqueued + counts.fromCache + counts.retried + before.pending + before.orphaned;
     if (round === 1 || fresh > 0) results.push(await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1));
-    if (!o.watch || (o.maxRounds !== undefined && round >= o.maxRounds) || ctx.signal?.aborted) break;
-    await sleep(o.intervalSeconds * 1000, ctx.signal);
-    if (ctx.signal?.aborted) break;
-  }
+  });
   return results;
 }
 

@@ -1,5 +1,6 @@
-import { classifyDatasetName, parseS3Url, sleep, type DatasetStatus } from '@transferline/shared';
+import { classifyDatasetName, parseS3Url, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { watchRounds } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix, UNLABELLED, type IngestCounts } from '../ingest.service.js';
 import { createProgress } from '../progress.js';
@@ -22,6 +23,8 @@ export interface IngestOptions {
 }
 
 export interface IngestOutcome {
+  /** the embedding space the images went to */
+  space: string;
   counts: IngestCounts;
   status?: DatasetStatus;
   /** a quiet round: the listing changed nothing, and nothing was printed */
@@ -59,7 +62,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   } finally {
     listing?.stop();
   }
-  if (o.quietUnlessNew && !changedAnything(counts)) return { counts, quiet: true };
+  if (o.quietUnlessNew && !changedAnything(counts)) return { space: space.id, counts, quiet: true };
   if (o.quietUnlessNew) ctx.out.write(`${spaceChoice}\n`);
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const where = `s3://${printable(bucket)}/${printable(prefix)}`;
@@ -84,12 +87,12 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   for (const label of counts.mergedLabels) {
     w(`note: label folder "${printable(label)}" comes in more than one Unicode spelling (NFC and NFD, as macOS writes them); they are one label`);
   }
-  if (!o.wait) return { counts };
+  if (!o.wait) return { space: space.id, counts };
   // nothing listed and nothing from before: no dataset to wait for (waiting would call it vanished)
-  if (!(await ctx.services.datasets.exists(o.dataset))) return { counts };
+  if (!(await ctx.services.datasets.exists(o.dataset))) return { space: space.id, counts };
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
   printDatasetSummary(ctx, status);
-  return { counts, status };
+  return { space: space.id, counts, status };
 }
 
 export interface WatchOptions extends Omit<IngestOptions, 'quietUnlessNew'> {
@@ -109,15 +112,16 @@ export interface WatchOptions extends Omit<IngestOptions, 'quietUnlessNew'> {
 export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions): Promise<{ failed: boolean }> {
   let failed = false;
   const { intervalSeconds, maxRounds, onRound, ...ingest } = o;
-  for (let round = 1; ; round++) {
+  await watchRounds(ctx, { intervalSeconds, maxRounds }, async (round) => {
     const outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1 });
     failed ||= (outcome.status?.failed ?? 0) > 0;
     onRound?.(outcome);
-    if (round === 1) ctx.out.write(`watching ${printable(url)}: listing it every ${intervalSeconds} s for new and changed images (Ctrl-C to stop)\n`);
-    if ((maxRounds !== undefined && round >= maxRounds) || ctx.signal?.aborted) break;
-    await sleep(intervalSeconds * 1000, ctx.signal);
-    if (ctx.signal?.aborted) break;
-  }
+    if (round === 1) {
+      ctx.out.write(`watching ${printable(url)}: listing it every ${intervalSeconds} s for new and changed images (Ctrl-C to stop)\n`);
+      // the space the first round chose stays the watch's, whatever other spaces' workers come and go
+      if (!ingest.embedder) Object.assign(ingest, { embedder: outcome.space, embedderReason: 'the one this watch started with' });
+    }
+  });
   return { failed };
 }
 
