@@ -54,6 +54,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
 
   const examples: Example[] = [];
   const coverage = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial };
+  let elsewhere = 0;
   for await (const page of services.inspector.scan(job.dataset)) {
     for (const v of page) {
       coverage.total++;
@@ -62,11 +63,15 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
       else if (v.space === job.embedderId) {
         coverage.embedded++;
         examples.push({ sha256: v.record.sha256!, label: v.record.label, ...(v.record.split && { split: v.record.split }) });
-      } else coverage.pending++; // embedded in another space: not usable here
+      } else {
+        coverage.pending++; // embedded in another space: not usable here
+        elsewhere++;
+      }
     }
   }
   if (coverage.pending > 0 && !job.partial) {
-    throw new PermanentError('images-pending', `${coverage.pending} of ${coverage.total} images of ${job.dataset} are not embedded yet: wait for them, or train with --partial`);
+    const why = elsewhere ? ` (${elsewhere} of them are embedded in another space: ingest their prefixes again with --embedder ${job.embedderId})` : '';
+    throw new PermanentError('images-pending', `${coverage.pending} of ${coverage.total} images of ${job.dataset} are not embedded in ${job.embedderId} yet${why}: wait for them, or train with --partial`);
   }
   if (examples.length === 0) throw new PermanentError('no-data', `dataset ${job.dataset} has no embedded images in ${job.embedderId} (ingest it first)`);
   const splits = splitExamples(examples, { validation: job.validationFraction, test: job.testFraction });

@@ -66,6 +66,12 @@ export interface DatasetStatus {
   failuresByReason: { stage: Stage; reason: string; count: number }[];
   /** images per label, sorted by label */
   labels: { label: string; count: number }[];
+  /**
+   * Embedded images (counted in `embedded`) whose embedding is in another space than the
+   * dataset's (a later ingest of some of its prefixes moved the dataset to another space): train
+   * cannot use them. By space, with the ingested prefixes (`bucket/prefix`) they lie under.
+   */
+  elsewhere: { space: string; count: number; sources: string[] }[];
 }
 
 /**
@@ -239,8 +245,10 @@ export class DatasetInspector {
       failures: [],
       failuresByReason: [],
       labels: [],
+      elsewhere: [],
     };
     const labels = new Map<string, number>();
+    const elsewhere = new Map<string, { count: number; items: string[] }>();
     const reasons = new Map<string, { stage: Stage; reason: string; count: number }>();
     for await (const page of this.scan(dataset)) {
       for (const v of page) {
@@ -250,6 +258,12 @@ export class DatasetInspector {
         if (v.phase === 'embedded') {
           s.embedded++;
           if (v.record.state === 'cached') s.cached++;
+          if (space && v.space && v.space !== space) {
+            const e = elsewhere.get(v.space) ?? { count: 0, items: [] };
+            e.count++;
+            if (e.items.length < 1000) e.items.push(v.id);
+            elsewhere.set(v.space, e);
+          }
         } else if (v.phase === 'failed') {
           s.failed++;
           const f = v.failure!;
@@ -267,6 +281,11 @@ export class DatasetInspector {
     }
     s.labels = [...labels].map(([label, count]) => ({ label, count })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
     s.failuresByReason = [...reasons.values()].sort((a, b) => b.count - a.count);
+    if (elsewhere.size) {
+      const sources = await this.datasets.sources(dataset);
+      const sourceOf = (id: string) => sources.filter((src) => id.startsWith(src)).sort((a, b) => b.length - a.length)[0];
+      s.elsewhere = [...elsewhere].map(([sp, e]) => ({ space: sp, count: e.count, sources: [...new Set(e.items.flatMap((id) => sourceOf(id) ?? []))].sort() }));
+    }
     return s;
   }
 }

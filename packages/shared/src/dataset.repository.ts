@@ -82,9 +82,14 @@ export class DatasetRepository {
     await this.redis.sadd(this.keys.datasetSources(dataset), `${bucket}/${prefix}`);
   }
 
+  /** Every `bucket/prefix` ingested into the dataset. */
+  async sources(dataset: string): Promise<string[]> {
+    return this.redis.smembers(this.keys.datasetSources(dataset));
+  }
+
   /** The ingested prefix an item's key lies under (the longest, when they nest), or undefined. */
   async sourceOf(dataset: string, itemId: string): Promise<{ bucket: string; prefix: string } | undefined> {
-    const found = (await this.redis.smembers(this.keys.datasetSources(dataset))).filter((s) => itemId.startsWith(s)).sort((a, b) => b.length - a.length)[0];
+    const found = (await this.sources(dataset)).filter((s) => itemId.startsWith(s)).sort((a, b) => b.length - a.length)[0];
     if (found === undefined) return undefined;
     const slash = found.indexOf('/');
     return { bucket: found.slice(0, slash), prefix: found.slice(slash + 1) };

@@ -136,7 +136,23 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   const unlabelled = (label: string) => label === UNLABELLED && s.dataset.startsWith(classifyDatasetName(''));
   if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${unlabelled(l.label) ? '(unlabelled)' : printable(l.label)} (${l.count})`).join(', ')}`);
   if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
+  for (const line of elsewhereLines(s)) w(`  ${line}`);
   printFailures(ctx, s);
+}
+
+/**
+ * What to say of embedded images whose embedding is in another space than the dataset's (a later
+ * ingest of some of its prefixes, into another space, moved the dataset there): train leaves
+ * them out, and ingesting their prefixes again into the dataset's space brings them back.
+ */
+export function elsewhereLines(s: Pick<DatasetStatus, 'space' | 'elsewhere'>): string[] {
+  return s.elsewhere.map((e) => {
+    const prefixes = e.sources.slice(0, 3).map((src) => `s3://${printable(src)}`).join(', ') + (e.sources.length > 3 ? ` and ${e.sources.length - 3} more` : '');
+    return (
+      `${e.count} of them are embedded in ${e.space}, not in the dataset's space ${s.space} (its last ingest's): train leaves them out. ` +
+      `Ingest ${prefixes || 'their prefixes'} again with --embedder ${s.space} to use them`
+    );
+  });
 }
 
 /** The failures a status lists, one line each, and where to find the rest. */

@@ -6,6 +6,7 @@ import { followJob } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
+import { elsewhereLines } from './ingest.command.js';
 import type { EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
@@ -72,6 +73,12 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   const payload = parsed.data;
   const stallSeconds = o.stallSeconds ?? 30;
   const status = await inspector.status(o.dataset);
+  // embedded in another space: no wait brings them into this one
+  const elsewhere = status.elsewhere.reduce((n, e) => n + e.count, 0);
+  if (elsewhere > 0 && !o.partial) {
+    throw new CliExit(EXIT.error, `transferline: ${elsewhereLines(status).join('; ')}; or train with --partial to leave them out`);
+  }
+  if (elsewhere > 0) ctx.out.write(`--partial: ${elsewhereLines(status).join('; ')}\n`);
   const waiting = status.pending + status.orphaned;
   if (waiting > 0 && !o.partial) {
     ctx.out.write(`${waiting} of ${status.total} images of ${o.dataset} are not embedded yet; waiting for them (or train now on the ${status.embedded} embedded with --partial)\n`);
