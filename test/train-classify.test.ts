@@ -251,6 +251,9 @@ describe('training runs and classification', () => {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
     }
     expect((await ctx.services.inspector.status(classifyDatasetName('shapes'))).orphaned).toBe(1);
+    // what brings it back: classify again (its dataset cannot be ingested into)
+    const orphanSaid = await runCli(['status', '-d', classifyDatasetName('shapes')], stack.env);
+    expect(orphanSaid.stdout).toMatch(/, 1 orphaned \(their job was lost: run the same classify again\)/);
     let said = '';
     const out = { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream;
     const [again] = await classifyCommand({ ...ctx, out }, `s3://${photos}/later/`, { model: 'shapes', watch: false, intervalSeconds: 1, stallSeconds: 2 });

@@ -25,6 +25,19 @@ export const DatasetName = datasetName;
 export function classifyDatasetName(model: string): string {
   return `_classify.${model}`;
 }
+
+/** Whether a dataset is where classify keeps its images (see classifyDatasetName). */
+export function isClassifyDataset(dataset: string): boolean {
+  return dataset.startsWith(classifyDatasetName(''));
+}
+
+/**
+ * What brings back a dataset's images whose job was lost: the command that lists their prefix
+ * again (classify's datasets cannot be ingested into).
+ */
+export function relistCommand(dataset: string): string {
+  return isClassifyDataset(dataset) ? 'run the same classify again' : 'ingest again';
+}
 const anyDatasetName = z.union([datasetName, z.string().regex(/^_classify\.[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/)], {
   error: `${DATASET_NAME_RULE} (or are _classify.<model>, where classify keeps its images)`,
 });

@@ -1,4 +1,4 @@
-import { classifyDatasetName, parseS3Url, type DatasetStatus } from '@transferline/shared';
+import { isClassifyDataset, parseS3Url, relistCommand, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { watchRounds } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
@@ -129,11 +129,11 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   const w = (line: string) => ctx.out.write(`${line}\n`);
   w(
     `dataset ${s.dataset}: ${s.total} images, ${s.embedded} embedded (${s.cached} served from cache), ${s.failed} failed, ${s.pending} pending` +
-      (s.orphaned ? `, ${s.orphaned} orphaned (their job was lost: ingest again)` : '') +
+      (s.orphaned ? `, ${s.orphaned} orphaned (their job was lost: ${relistCommand(s.dataset)})` : '') +
       (s.space ? ` — embedding space ${s.space}` : ''),
   );
   // images to classify carry no label (UNLABELLED in their records; a user's folder may be named so)
-  const unlabelled = (label: string) => label === UNLABELLED && s.dataset.startsWith(classifyDatasetName(''));
+  const unlabelled = (label: string) => label === UNLABELLED && isClassifyDataset(s.dataset);
   if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${unlabelled(l.label) ? '(unlabelled)' : printable(l.label)} (${l.count})`).join(', ')}`);
   if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
   for (const line of elsewhereLines(s)) w(`  ${line}`);

@@ -1,4 +1,4 @@
-import { queueName, type DatasetStatus } from '@transferline/shared';
+import { queueName, relistCommand, type DatasetStatus } from '@transferline/shared';
 import type { ModelRun } from '../commands/models.command.js';
 import type { DatasetPage, Overview, QueueSummary } from './console-data.js';
 import { BOARD_PATHS, html, page, pct, seg, type Access, type SafeHtml } from './html.js';
@@ -11,7 +11,7 @@ const COUNT_HELP: Record<(typeof COUNTS)[number], string> = {
   embedded: 'embedding in the cache',
   cached: 'of those, served from the cache',
   pending: 'held by a live job',
-  orphaned: 'job lost: ingest again',
+  orphaned: 'job lost',
   failed: 'failed for good',
 };
 
@@ -21,7 +21,7 @@ const runLink = (d: string, run: string) => `/datasets/${seg(d)}/runs/${seg(run)
 
 function countCards(s: DatasetStatus): SafeHtml {
   return html`<div class="cards">${COUNTS.map(
-    (k) => html`<div class="card" data-count="${k}"><b class="${k === 'failed' && s.failed > 0 ? 'bad' : ''}">${s[k]}</b>${k}<br><span class="muted">${COUNT_HELP[k]}</span></div>`,
+    (k) => html`<div class="card" data-count="${k}"><b class="${k === 'failed' && s.failed > 0 ? 'bad' : ''}">${s[k]}</b>${k}<br><span class="muted">${k === 'orphaned' ? `${COUNT_HELP[k]}: ${relistCommand(s.dataset)}` : COUNT_HELP[k]}</span></div>`,
   )}</div>
 <p class="muted">pending by stage: <span data-pending="preprocess">${s.pendingByStage.preprocess}</span> preprocess, <span data-pending="embed">${s.pendingByStage.embed}</span> embed</p>`;
 }
