@@ -5,7 +5,7 @@ import path from 'node:path';
 import { createRedis } from '../packages/shared/src/index.js';
 import { describe, expect, it } from 'vitest';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
-import { cliPath, runCli } from './support/stack.js';
+import { cliPath, processesWithEnv, runCli } from './support/stack.js';
 
 const baseEnv = { PATH: process.env.PATH, HOME: process.env.HOME };
 
@@ -73,6 +73,23 @@ describe('what a user sees when something is wrong', () => {
       expect(err!.message).toMatch(/apt-get install redis-server.*brew install redis.*REDIS_URL/);
     } finally {
       process.env.PATH = saved;
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('up with REDIS_URL or S3_ENDPOINT set to a server that does not answer says which variable, and leaves nothing running', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-upext-'));
+    try {
+      const env = { ...baseEnv, TL_DATA_DIR: dir, TL_MODEL_WEIGHTS: 'random', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' };
+      const redis = await runCli(['up', '--metrics-port', '0'], { ...env, REDIS_URL: 'redis://127.0.0.1:1', S3_ENDPOINT: 'http://127.0.0.1:1' }, 60_000);
+      expect(redis.code).toBe(1);
+      expect(redis.stderr).toMatch(/^transferline: REDIS_URL is set \(redis:\/\/127\.0\.0\.1:1\), so up uses that Redis and starts none; it does not answer \(connection refused\): unset REDIS_URL and S3_ENDPOINT/m);
+      // its own Redis, an S3_ENDPOINT left over from another terminal
+      const s3 = await runCli(['up', '--metrics-port', '0'], { ...env, TL_REDIS_PORT: '0', S3_ENDPOINT: 'http://127.0.0.1:1' }, 60_000);
+      expect(s3.code).toBe(1);
+      expect(s3.stderr).toMatch(/^transferline: S3_ENDPOINT is set \(http:\/\/127\.0\.0\.1:1\), so up uses that S3 server and starts none; it does not answer \(.*ECONNREFUSED.*\): unset REDIS_URL/m);
+      expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
+    } finally {
       await rm(dir, { recursive: true, force: true });
     }
   });

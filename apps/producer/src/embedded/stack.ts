@@ -11,6 +11,8 @@ import {
   createRedis,
   exportQueueDepths,
   loadConfig,
+  pingRedis,
+  redactUrl,
   redisKeys,
   spaceFromConfig,
   startMetricsServer,
@@ -122,9 +124,23 @@ export async function startStack(
       env.S3_SECRET_ACCESS_KEY = s3.secretAccessKey;
     }
     const config = loadConfig(env);
+    // Servers named by REDIS_URL / S3_ENDPOINT (exported for a second terminal, say) are used
+    // as they are, and none is started: one that does not answer is named, with the way out.
+    const external = (what: string, variable: string, where: string, cause: (err: Error) => string) => (err: unknown) => {
+      throw new Error(`${variable} is set (${where}), so up uses that ${what} and starts none; it does not answer (${cause(err as Error)}): unset REDIS_URL and S3_ENDPOINT to run the stack's own, or start that server`);
+    };
+    if (!config.redis.embedded) {
+      const probe = createRedis(config.redis.url, 'oneshot');
+      await pingRedis(probe, config.redis.url)
+        .catch(external('Redis', 'REDIS_URL', redactUrl(config.redis.url), (e) => /^cannot reach Redis at \S+: (.*?)\. Is it running\?/.exec(e.message)?.[1] ?? e.message))
+        .finally(() => probe.disconnect());
+    }
     const store = new ObjectStore(config.s3);
-    await store.ensureBucket(config.s3.bucket);
-    store.close();
+    try {
+      await store.ensureBucket(config.s3.bucket).catch(config.s3.embedded ? (err: unknown) => Promise.reject(err) : external('S3 server', 'S3_ENDPOINT', config.s3.endpoint, (e) => e.message));
+    } finally {
+      store.close();
+    }
 
     const redis = createRedis(config.redis.url, 'worker');
     // The stack's embedding space is cluster state from the start: a CLI can resolve it before
