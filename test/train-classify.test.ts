@@ -397,6 +397,29 @@ describe('training runs and classification', () => {
     expect(status.stdout).toMatch(/^ {2}labels: \(unlabelled\) \(\d+\)$/m);
   });
 
+  it("a latest run deleted from the bucket: models, classify and export use the newest run left, and say so", async () => {
+    const before = (await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout;
+    const previous = (JSON.parse(before) as { runId: string; latest: boolean }[]).find((r) => r.latest)!.runId;
+    await trainCommand(ctx, { dataset: 'shapes', wait: true, epochs: 2, runId: 'shapes-pruned' });
+    // a team prunes runs by hand: the newest, which latest.json names, goes
+    const { store, layout } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    for await (const o of store.listObjects(bucket, layout.run('shapes', 'shapes-pruned'))) await store.deleteObject(bucket, o.key);
+    const models = await runCli(['models', '-d', 'shapes'], stack.env);
+    expect(models.code).toBe(0);
+    expect(models.stdout).toMatch(new RegExp(`^shapes\\s+${previous} \\*`, 'm'));
+    expect(models.stdout).toContain(`note: the latest run of shapes, shapes-pruned, is no longer in the bucket: its newest run left, ${previous}, is used instead\n`);
+    const classify = await runCli(['classify', `s3://${photos}/incoming/`, '--model', 'shapes'], stack.env);
+    expect(classify.stderr).toBe('');
+    expect(classify.code).toBe(0);
+    expect(classify.stdout).toContain(`note: the latest run of shapes, shapes-pruned, is no longer in the bucket: using its newest run left, ${previous}\n`);
+    expect(classify.stdout).toMatch(new RegExp(`^model shapes@${previous},`, 'm'));
+    // training again makes the new run the latest, as ever
+    const again = await trainCommand(ctx, { dataset: 'shapes', wait: true, epochs: 2, runId: 'shapes-after-prune' });
+    expect(again.runId).toBe('shapes-after-prune');
+    expect((await runCli(['models', '-d', 'shapes'], stack.env)).stdout).not.toContain('note:');
+  });
+
   it('Ctrl-C while train follows its run: exit 130, the run goes on, and it says how to follow it again', async () => {
     const runId = 'interrupted-run';
     const child = spawn(process.execPath, [cliPath, 'train', '-d', 'shapes', '--epochs', '150', '--patience', '0', '--batch-size', '8', '--run-id', runId], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...stack.env }, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -1,6 +1,7 @@
-import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, LatestDoc, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace } from '@transferline/shared';
+import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { watchRounds } from '../watch-loop.js';
+import { latestRun } from './models.command.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
 import { printFailures } from './ingest.command.js';
@@ -35,8 +36,10 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
   if (!DatasetName.safeParse(dataset).success) throw new Error(`--model needs a dataset name, optionally @run (got ${JSON.stringify(spec)})`);
   const { bucket } = ctx.config.s3;
   const { store, layout, spaces } = ctx.services;
-  const runId = m[2] ?? (await store.getDocument(LatestDoc, bucket, layout.latest(dataset)))?.runId;
+  const latest = m[2] === undefined ? await latestRun(ctx, dataset) : undefined;
+  const runId = m[2] ?? latest?.runId;
   if (!runId) throw new Error(`no trained model for ${dataset}: run "transferline train --dataset ${dataset}" first`);
+  if (latest?.insteadOf) ctx.out.write(`note: the latest run of ${dataset}, ${latest.insteadOf}, is no longer in the bucket: using its newest run left, ${runId}\n`);
   const run = await store.getDocument(RunDoc, bucket, layout.runFile(dataset, runId, 'run.json'));
   if (!run) throw new Error(`no run ${runId} of ${dataset} in s3://${bucket}/${layout.models()} (see "transferline models")`);
   const space = await spaces.get(run.embedderId);

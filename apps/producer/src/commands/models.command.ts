@@ -12,6 +12,8 @@ export interface ModelRun {
   testAccuracy?: number;
   partial: boolean;
   latest: boolean;
+  /** set on a run taken as latest because the run latest.json names (this) is gone from the bucket */
+  latestInsteadOf?: string;
 }
 
 /** How many documents listModelRuns reads at once. */
@@ -52,8 +54,29 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
   // A few reads at a time, not one after another: hundreds of runs on a remote S3 would take
   // longer than the console gives a page.
   await pMap(keys, read, { concurrency: READS_AT_ONCE });
+  runs.sort((a, b) => a.dataset.localeCompare(b.dataset) || b.createdAt.localeCompare(a.createdAt));
   for (const r of runs) r.latest = latest.get(r.dataset) === r.runId;
-  return runs.sort((a, b) => a.dataset.localeCompare(b.dataset) || b.createdAt.localeCompare(a.createdAt));
+  // latest.json naming a run deleted from the bucket since: the newest run left stands in
+  for (const [d, named] of latest) {
+    const newest = runs.find((r) => r.dataset === d);
+    if (newest && !runs.some((r) => r.dataset === d && r.latest)) Object.assign(newest, { latest: true, latestInsteadOf: named });
+  }
+  return runs;
+}
+
+/**
+ * The run `dataset` means without `@run`: the one its latest.json names, or, when that run was
+ * deleted from the bucket since, the newest run left (`insteadOf` then names the missing one).
+ * Undefined when the dataset has no run.
+ */
+export async function latestRun(ctx: CliContext, dataset: string): Promise<{ runId: string; insteadOf?: string } | undefined> {
+  const { bucket } = ctx.config.s3;
+  const { store, layout } = ctx.services;
+  const named = (await store.getDocument(LatestDoc, bucket, layout.latest(dataset)))?.runId;
+  if (named === undefined) return undefined;
+  if (await store.headObject(bucket, layout.runFile(dataset, named, 'report.json'))) return { runId: named };
+  const newest = (await listModelRuns(ctx, dataset)).find((r) => r.dataset === dataset && r.latest);
+  return newest && { runId: newest.runId, insteadOf: named };
 }
 
 /** `transferline models [-d NAME] [--json]`: the runs with their validation and test accuracy. */
@@ -76,5 +99,8 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
     );
   }
   ctx.out.write('* latest run of its dataset (what classify --model DATASET uses)\n');
+  for (const r of runs.filter((x) => x.latestInsteadOf)) {
+    ctx.out.write(`note: the latest run of ${r.dataset}, ${r.latestInsteadOf}, is no longer in the bucket: its newest run left, ${r.runId}, is used instead\n`);
+  }
   return runs;
 }

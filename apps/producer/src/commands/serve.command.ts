@@ -1,5 +1,6 @@
-import { createLogger, createServices, LatestDoc } from '@transferline/shared';
+import { createLogger, createServices } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { latestRun } from './models.command.js';
 import { startClassifierServer, type ClassifierServer } from '../serve/classifier.server.js';
 import { printable } from '../terminal.js';
 
@@ -55,11 +56,10 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     process.on('SIGHUP', onHup);
     const follow = o.followSeconds ?? 30;
     if (!o.model.includes('@') && follow > 0) {
-      const { bucket } = ctx.config.s3;
       timer = setInterval(() => {
         void (async () => {
-          const latest = await services.store.getDocument(LatestDoc, bucket, services.layout.latest(m.dataset)).catch(() => undefined);
-          if (latest && latest.runId !== server!.model().runId) await swap(`a newer run of ${m.dataset} landed`);
+          const latest = await latestRun(long, m.dataset).catch(() => undefined);
+          if (latest && latest.runId !== server!.model().runId) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `a newer run of ${m.dataset} landed`);
         })();
       }, follow * 1000);
     }
