@@ -12,7 +12,7 @@ import { classifyDatasetName, jobIds, ReportDoc, spaceFromConfig, loadConfig } f
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { cliPath, runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
+import { cliPath, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
 
 guardLeaks();
 
@@ -420,6 +420,33 @@ describe('training runs and classification', () => {
     expect((await runCli(['models', '-d', 'shapes'], stack.env)).stdout).not.toContain('note:');
   });
 
+  it('train --cancel: a queued run is removed, a run in training stops after its epoch, and neither writes a model', async () => {
+    const { store, layout, redis, keys } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    // a run far too long, and one queued behind it (one run at a time per train worker)
+    await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 10_000, patience: 0, runId: 'endless' });
+    const job = (await ctx.queues.train.getJob(jobIds.train({ runId: 'endless' })))!;
+    await until('the long run to train', async () => (((await ctx.queues.train.getJob(job.id!))?.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 1, 60);
+    await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 5, runId: 'queued-behind' });
+    expect(await (await ctx.queues.train.getJob(jobIds.train({ runId: 'queued-behind' })))!.getState()).toBe('waiting');
+
+    const queued = await runCli(['train', '--cancel', 'queued-behind'], stack.env);
+    expect({ code: queued.code, stderr: queued.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(queued.stdout).toBe('run queued-behind cancelled: removed from the queue before any worker started it\n');
+    expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'queued-behind' }))).toBeUndefined();
+
+    const long = await runCli(['train', '--cancel', 'endless'], stack.env, 150_000);
+    expect({ code: long.code, stderr: long.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(long.stdout).toMatch(/^run endless is training: it stops at the end of its current epoch…\nrun endless cancelled: run endless was cancelled \(transferline train --cancel\) after epoch \d+ of 10000\n$/);
+    expect(await (await ctx.queues.train.getJob(job.id!))!.getState()).toBe('failed');
+    for (const file of ['run.json', 'report.json'] as const) expect(await store.headObject(bucket, layout.runFile('shapes', 'endless', file))).toBeUndefined();
+    expect(await redis.exists(keys.trainCancel('endless'))).toBe(0);
+    // asked again: it says so, and changes nothing
+    const again = await runCli(['train', '--cancel', 'endless'], stack.env);
+    expect(again.stdout).toBe('run endless had been cancelled already: nothing to cancel\n');
+    expect((await runCli(['train', '--cancel', 'endless', '-d', 'shapes'], stack.env)).code).toBe(2);
+  }, 200_000);
+
   it('Ctrl-C while train follows its run: exit 130, the run goes on, and it says how to follow it again', async () => {
     const runId = 'interrupted-run';
     const child = spawn(process.execPath, [cliPath, 'train', '-d', 'shapes', '--epochs', '150', '--patience', '0', '--batch-size', '8', '--run-id', runId], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...stack.env }, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -434,7 +461,7 @@ describe('training runs and classification', () => {
     }
     child.kill('SIGINT');
     expect(await exited).toBe(130);
-    expect(said).toContain(`interrupted; run ${runId} goes on in the train worker (follow it again: transferline train --follow ${runId})`);
+    expect(said).toContain(`interrupted; run ${runId} goes on in the train worker (follow it again: transferline train --follow ${runId}; stop it: transferline train --cancel ${runId})`);
     const again = await runCli(['train', '--follow', runId], stack.env);
     expect(again.code).toBe(0);
     expect(again.stdout).toMatch(new RegExp(`^run ${runId}: validation accuracy`, 'm'));

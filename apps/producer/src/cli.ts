@@ -11,7 +11,7 @@ import { ingestCommand, watchIngest } from './commands/ingest.command.js';
 import { modelsCommand } from './commands/models.command.js';
 import { retryCommand } from './commands/retry.command.js';
 import { statusCommand } from './commands/status.command.js';
-import { followRun, trainCommand, type TrainOptions } from './commands/train.command.js';
+import { cancelRun, followRun, trainCommand, type TrainOptions } from './commands/train.command.js';
 import { upCommand } from './commands/up.command.js';
 import { uploadCommand } from './commands/upload.command.js';
 import { exportCommand } from './commands/export.command.js';
@@ -188,10 +188,16 @@ program
   .option('--run-id <id>', 'name of the run (default: a timestamp); refused if it exists')
   .option('--partial', 'train now on the images embedded so far, although some are still pending (the report records it)')
   .option('--follow <run>', 'follow a run started elsewhere instead of starting one')
+  .option('--cancel <run>', 'stop a run for good, writing no model: removed if no worker started it, else at the end of its current epoch')
   .option('--no-wait', 'enqueue the run and return without following it (it still waits for the images to be embedded, unless --partial)')
   .option(...stallOption)
-  .action((o: TrainOptions & { dataset?: string; follow?: string; classWeights?: string; stallTimeout: number }, cmd: Command) => {
-    if (!o.follow && !o.dataset) throw usage('train needs --dataset NAME (or --follow RUN)');
+  .action((o: TrainOptions & { dataset?: string; follow?: string; cancel?: string; classWeights?: string; stallTimeout: number }, cmd: Command) => {
+    if (o.cancel) {
+      const given = cmd.options.filter((opt) => opt.attributeName() !== 'cancel' && cmd.getOptionValueSource(opt.attributeName()) === 'cli');
+      if (given.length) throw usage(`--cancel takes the run id alone: ${given.map((opt) => opt.long).join(', ')} cannot go with it`);
+      return withContext((ctx) => cancelRun(ctx, o.cancel!));
+    }
+    if (!o.follow && !o.dataset) throw usage('train needs --dataset NAME (or --follow RUN, or --cancel RUN)');
     if (o.classWeights !== undefined && o.classWeights !== 'balanced' && o.classWeights !== 'none') throw usage('--class-weights is balanced or none');
     if (o.follow) {
       // A run's settings were fixed when it started: one given here would be silently ignored.

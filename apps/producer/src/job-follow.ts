@@ -13,6 +13,8 @@ export interface FollowOptions {
   stallSeconds: number;
   /** the command that follows the job again, told on Ctrl-C ("transferline train --follow RUN") */
   followAgain?: string;
+  /** the command that stops the work for good, said with the Ctrl-C line */
+  cancel?: string;
   onProgress?: (data: unknown) => void;
 }
 
@@ -69,7 +71,7 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
   for (;;) {
     await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
     if (stop.aborted) return new Promise<never>(() => {});
-    if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; ${o.what} goes on in the ${o.role} worker${o.followAgain ? ` (follow it again: ${o.followAgain})` : ''}`);
+    if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; ${o.what} goes on in the ${o.role} worker${o.followAgain ? ` (follow it again: ${o.followAgain}${o.cancel ? `; stop it: ${o.cancel}` : ''})` : ''}`);
     let why: string | undefined;
     try {
       const state = await queue.getJobState(job.id!);

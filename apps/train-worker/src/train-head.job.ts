@@ -19,7 +19,7 @@ import { splitExamples, type Example } from './split.js';
 export interface TrainDeps {
   tf: typeof tfTypes;
   backend: string;
-  services: Pick<Services, 'inspector' | 'cache' | 'store' | 'layout'>;
+  services: Pick<Services, 'inspector' | 'cache' | 'store' | 'layout' | 'redis' | 'keys'>;
   bucket: string;
   metrics: Metrics;
 }
@@ -41,7 +41,7 @@ export interface EpochProgress extends Partial<EpochLog> {
  * weights, preprocessing) and `report.json`; then points `models/<dataset>/latest.json` at it.
  */
 /** Why a training run fails for good (besides the reasons every worker has). */
-export const TRAIN_FAILURE_REASONS = ['images-pending', 'no-data', 'one-class', 'too-small'] as const;
+export const TRAIN_FAILURE_REASONS = ['images-pending', 'no-data', 'one-class', 'too-small', 'cancelled'] as const;
 
 export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext): Promise<TrainResult> {
   const { tf, services } = deps;
@@ -50,6 +50,15 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   // other figures over it, from the dataset as it is now.
   const written = await services.store.getDocument(ReportDoc, deps.bucket, services.layout.runFile(job.dataset, job.runId, 'report.json'));
   if (written) return finishedRun(written, deps, ctx);
+  // `train --cancel RUN`: asked before it started (or before this worker took it up again), or
+  // while it trains, checked after each epoch; the run ends for good, writing nothing
+  const cancelled = async (when: string) => {
+    const flag = services.keys.trainCancel(job.runId);
+    if (!(await services.redis.exists(flag))) return;
+    await services.redis.del(flag); // acted on: the run ends for good here
+    throw new PermanentError('cancelled', `run ${job.runId} was cancelled (transferline train --cancel) ${when}`);
+  };
+  await cancelled('before it started');
   await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
 
   const examples: Example[] = [];
@@ -123,6 +132,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
       m.trainBestValidationLoss.set(d, log.bestValLoss);
       m.trainExamplesPerSecond.set(d, log.examplesPerSecond);
       await ctx.progress({ phase: 'training', epochs: job.epochs, ...log } satisfies EpochProgress);
+      await cancelled(`after epoch ${log.epoch} of ${job.epochs}`);
     },
   });
 

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { enqueue, jobIds, ReportDoc, TrainJob, type TrainJobInput, type TrainResult } from '@transferline/shared';
+import { enqueue, jobIds, ReportDoc, sleep, TrainJob, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { followJob } from '../job-follow.js';
@@ -112,6 +112,7 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
       role: 'train',
       stallSeconds,
       followAgain: `transferline train --follow ${runId}`,
+      cancel: `transferline train --cancel ${runId}`,
       onProgress: (data) => {
         if (typeof data !== 'object' || data === null) return;
         const p = data as EpochProgress;
@@ -130,6 +131,66 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
   const report = await ctx.services.store.getDocument(ReportDoc, ctx.config.s3.bucket, ctx.services.layout.runFile(result.dataset, result.runId, 'report.json'));
   printReport(ctx, result, report);
   return { runId, result, ...(report && { report }) };
+}
+
+/** How long `train --cancel` waits for a run in training to stop (at the end of its epoch). */
+const CANCEL_WAIT_MS = 120_000;
+/** How long a cancel request waits in Redis for a worker to act on it (one taking the run up again, say). */
+const CANCEL_TTL_SECONDS = 24 * 3600;
+
+export type CancelOutcome = 'removed' | 'cancelled' | 'finished' | 'asked';
+
+/**
+ * `transferline train --cancel RUN`: stops a run for good, writing no model. A run no worker has
+ * taken yet is removed from the queue; one in training stops at the end of its current epoch
+ * (its worker checks after each), and so does one a worker takes up again after its own died.
+ * A run that ended already is left as it is.
+ */
+export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_WAIT_MS): Promise<CancelOutcome> {
+  const w = (line: string) => ctx.out.write(`${line}\n`);
+  const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
+  if (!job) throw new Error(`no run ${runId} in the train queue (finished runs are listed by "transferline models")`);
+  const ended = async (): Promise<CancelOutcome | undefined> => {
+    const state = await job.getState();
+    if (state === 'completed') return 'finished';
+    if (state === 'failed') return (await ctx.queues.train.getJob(job.id!))?.failedReason?.includes('was cancelled') ? 'cancelled' : 'finished';
+    return undefined;
+  };
+  const before = await ended();
+  if (before) {
+    w(`run ${runId} had ${before === 'cancelled' ? 'been cancelled' : 'ended'} already: nothing to cancel`);
+    return 'finished';
+  }
+  const flag = ctx.services.keys.trainCancel(runId);
+  await ctx.services.redis.set(flag, new Date().toISOString(), 'EX', CANCEL_TTL_SECONDS);
+  if ((await job.getState()) !== 'active') {
+    try {
+      await job.remove();
+      await ctx.services.redis.del(flag);
+      w(`run ${runId} cancelled: removed from the queue before any worker started it`);
+      return 'removed';
+    } catch {
+      // a worker took it meanwhile: it finds the request at its first check
+    }
+  }
+  w(`run ${runId} is training: it stops at the end of its current epoch…`);
+  const deadline = Date.now() + waitMs;
+  while (Date.now() < deadline && !ctx.signal?.aborted) {
+    const now = await ended();
+    if (now === 'cancelled') {
+      // the job's failure reads `cancelled: run … was cancelled … after epoch N of M`
+      const why = ((await ctx.queues.train.getJob(job.id!))?.failedReason ?? '').replace(/^cancelled: /, '');
+      w(`run ${runId} cancelled: ${why}`);
+      return 'cancelled';
+    }
+    if (now === 'finished') {
+      w(`run ${runId} ended before it could stop (see transferline models)`);
+      return 'finished';
+    }
+    await sleep(500, ctx.signal);
+  }
+  w(`run ${runId} has not stopped within ${Math.round(waitMs / 1000)} s (a long epoch, or its worker is gone): it stops at its next check (transferline train --follow ${runId})`);
+  return 'asked';
 }
 
 function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | undefined): void {
