@@ -7,7 +7,7 @@ import { NO_WORKERS, stackForFile, until } from './support/stack.js';
 /**
  * `status` read at the instant an embed job fails for good: BullMQ moves the job to its failed
  * set, then the worker records why (one round trip later). An image read in between is failed
- * (once its failure lands), not "orphaned (their job was lost: ingest again)"; one whose worker
+ * (once its failure lands), not "orphaned (their job was lost: run the same ingest again)"; one whose worker
  * never recorded why (it died in between) is orphaned indeed. Real Redis and BullMQ; the failing
  * worker is a bare BullMQ worker, so that the test decides when (and whether) the failure is
  * recorded.

@@ -430,10 +430,17 @@ describe('training runs and classification', () => {
     await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 5, runId: 'queued-behind' });
     expect(await (await ctx.queues.train.getJob(jobIds.train({ runId: 'queued-behind' })))!.getState()).toBe('waiting');
 
+    // someone follows the queued run; it is cancelled: the follower says so (not "lost")
+    const follower = runCli(['train', '--follow', 'queued-behind'], stack.env, 60_000);
+    await new Promise((r) => setTimeout(r, 2_500));
     const queued = await runCli(['train', '--cancel', 'queued-behind'], stack.env);
     expect({ code: queued.code, stderr: queued.stderr }).toEqual({ code: 0, stderr: '' });
     expect(queued.stdout).toBe('run queued-behind cancelled: removed from the queue before any worker started it\n');
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'queued-behind' }))).toBeUndefined();
+    const followed = await follower;
+    expect({ code: followed.code, timedOut: followed.timedOut }).toEqual({ code: 1, timedOut: false });
+    expect(followed.stderr).toContain('run queued-behind was cancelled (transferline train --cancel queued-behind) before it started');
+    expect((await runCli(['train', '--cancel', 'queued-behind'], stack.env)).stdout).toBe('run queued-behind had been cancelled already: nothing to cancel\n');
 
     const long = await runCli(['train', '--cancel', 'endless'], stack.env, 150_000);
     expect({ code: long.code, stderr: long.stderr }).toEqual({ code: 0, stderr: '' });
@@ -445,6 +452,13 @@ describe('training runs and classification', () => {
     const again = await runCli(['train', '--cancel', 'endless'], stack.env);
     expect(again.stdout).toBe('run endless had been cancelled already: nothing to cancel\n');
     expect((await runCli(['train', '--cancel', 'endless', '-d', 'shapes'], stack.env)).code).toBe(2);
+    // a finished run cannot be cancelled: exit 1, saying it has a model
+    const done = await runCli(['train', '--cancel', 'shapes-after-prune'], stack.env);
+    expect(done.code).toBe(1);
+    expect(done.stderr).toContain('run shapes-after-prune ended before it could be cancelled: its model is in the bucket');
+    // the id of the run cancelled while queued, used again: a new run, not a cancelled one
+    const reused = await trainCommand(ctx, { dataset: 'shapes', wait: true, epochs: 2, runId: 'queued-behind' });
+    expect(reused.result?.runId).toBe('queued-behind');
   }, 200_000);
 
   it('Ctrl-C while train follows its run: exit 130, the run goes on, and it says how to follow it again', async () => {

@@ -124,7 +124,7 @@ describe('prepareImage', () => {
     expect(alone.corrupt).toMatch(/^undecodable: .*png/i);
     expect(alone.jpegCut).toMatch(/^truncated: .*jpeg/i);
     const names = Object.keys(cases) as (keyof typeof cases)[];
-    const reruns = vipsErrors.counts.rerunAlone;
+    const { rerunAlone: reruns, keptFirstError: kept } = vipsErrors.counts;
     const wrong: string[] = [];
     // mostly bad images (their messages mix), then one bad among good ones (a neighbour's finish
     // clears the buffer: its message was lost about one time in eight)
@@ -141,7 +141,7 @@ describe('prepareImage', () => {
     }
     expect(wrong).toEqual([]);
     expect(vipsErrors.counts.rerunAlone).toBeGreaterThan(reruns); // failures did overlap other decodes
-    expect(vipsErrors.counts.keptFirstError).toBe(0);
+    expect(vipsErrors.counts.keptFirstError).toBe(kept);
   });
 
   it('maps decoder messages it cannot see from the bytes', () => {

@@ -1,4 +1,4 @@
-import { isClassifyDataset, isRedisUnavailable, redactUrl, sleep, type DatasetStatus } from '@transferline/shared';
+import { isRedisUnavailable, relistCommand, redactUrl, sleep, type DatasetStatus } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -111,7 +111,7 @@ async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string): Pro
     await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), `no embed worker of ${space} is live (start one with that space's settings)`),
   ].filter((r): r is string => r !== undefined);
   if (s.orphaned > 0 && s.pending === 0) {
-    reasons.push(`${s.orphaned} images have lost their jobs (Redis lost them, or they were removed): ${isClassifyDataset(s.dataset) ? 'run the same classify' : 'run the same ingest'} again to re-enqueue them`);
+    reasons.push(`${s.orphaned} images have lost their jobs (Redis lost them, or they were removed): ${relistCommand(s.dataset)} to re-enqueue them`);
   }
   return reasons.length ? reasons.join('; ') : undefined;
 }

@@ -15,6 +15,8 @@ export interface FollowOptions {
   followAgain?: string;
   /** the command that stops the work for good, said with the Ctrl-C line */
   cancel?: string;
+  /** whether the job, found gone from its queue, was removed by that command (then: exit 1, saying so) */
+  wasCancelled?: () => Promise<boolean>;
   onProgress?: (data: unknown) => void;
 }
 
@@ -77,6 +79,7 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
       const state = await queue.getJobState(job.id!);
       if (state === 'unknown') {
         // A job removed when it completed may be seen gone just before its completion event lands: look twice.
+        if (goneOnce && (await o.wasCancelled?.())) throw new CliExit(EXIT.error, `${o.what} was cancelled (${o.cancel ?? 'cancelled'}) before it started`);
         if (goneOnce) throw new CliExit(EXIT.stalled, `${o.what} is gone from the ${queue.name} queue (removed, or Redis lost it): nothing will run it; start it again`);
         goneOnce = true;
         continue;

@@ -41,5 +41,5 @@ export async function watchRounds(ctx: CliContext, o: WatchLoopOptions, round: (
 
 function roundFailure(ctx: CliContext, err: unknown): string {
   if (isRedisUnavailable(err)) return `cannot reach Redis at ${redactUrl(ctx.config.redis.url)}`;
-  return (err as Error).message.split('\n')[0]!;
+  return (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
 }

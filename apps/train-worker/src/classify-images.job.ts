@@ -73,9 +73,11 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
       earlier.add(priorFile);
       continue;
     }
-    if (priorFile) again++;
+    let labelled = true;
     if (r.state === 'failed') lines.push({ key: `s3://${id}`, error: r.reason ?? 'failed', model: modelRef });
     else if (r.sha256 && cached) todo.push({ id, sha256: r.sha256, etag: r.etag });
+    else labelled = false;
+    if (priorFile && labelled) again++;
   }
   const counts = new Array<number>(labels.length).fill(0);
   if (todo.length) {

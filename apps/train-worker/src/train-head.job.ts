@@ -53,9 +53,9 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   // `train --cancel RUN`: asked before it started (or before this worker took it up again), or
   // while it trains, checked after each epoch; the run ends for good, writing nothing
   const cancelled = async (when: string) => {
-    const flag = services.keys.trainCancel(job.runId);
-    if (!(await services.redis.exists(flag))) return;
-    await services.redis.del(flag); // acted on: the run ends for good here
+    // (the flag stays until the CLI sees the run failed, or its TTL: a worker dying right after
+    // this check leaves it for the one that takes the run up again)
+    if (!(await services.redis.exists(services.keys.trainCancel(job.runId)))) return;
     throw new PermanentError('cancelled', `run ${job.runId} was cancelled (transferline train --cancel) ${when}`);
   };
   await cancelled('before it started');

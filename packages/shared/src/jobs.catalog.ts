@@ -36,7 +36,7 @@ export function isClassifyDataset(dataset: string): boolean {
  * again (classify's datasets cannot be ingested into).
  */
 export function relistCommand(dataset: string): string {
-  return isClassifyDataset(dataset) ? 'run the same classify again' : 'ingest again';
+  return isClassifyDataset(dataset) ? 'run the same classify again' : 'run the same ingest again';
 }
 const anyDatasetName = z.union([datasetName, z.string().regex(/^_classify\.[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/)], {
   error: `${DATASET_NAME_RULE} (or are _classify.<model>, where classify keeps its images)`,

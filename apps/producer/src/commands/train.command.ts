@@ -87,6 +87,8 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     ctx.out.write(`training on the ${status.embedded} embedded images of ${status.total} (--partial): ${waiting} still pending are left out, and the report says so\n`);
   }
 
+  // a run id used before by a run cancelled while queued: the new run is not that one
+  await ctx.services.redis.del(ctx.services.keys.trainCancel(runId));
   await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
   ctx.out.write(`run ${payload.runId} queued for dataset ${payload.dataset} (up to ${payload.epochs} epochs, ${payload.hiddenUnits ? `hidden layer of ${payload.hiddenUnits}` : 'softmax head'})\n`);
   if (!wait) return { runId };
@@ -113,6 +115,7 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
       stallSeconds,
       followAgain: `transferline train --follow ${runId}`,
       cancel: `transferline train --cancel ${runId}`,
+      wasCancelled: async () => (await ctx.services.redis.exists(ctx.services.keys.trainCancel(runId))) > 0,
       onProgress: (data) => {
         if (typeof data !== 'object' || data === null) return;
         const p = data as EpochProgress;
@@ -138,59 +141,76 @@ const CANCEL_WAIT_MS = 120_000;
 /** How long a cancel request waits in Redis for a worker to act on it (one taking the run up again, say). */
 const CANCEL_TTL_SECONDS = 24 * 3600;
 
-export type CancelOutcome = 'removed' | 'cancelled' | 'finished' | 'asked';
+export type CancelOutcome = 'removed' | 'cancelled' | 'already-cancelled';
 
 /**
- * `transferline train --cancel RUN`: stops a run for good, writing no model. A run no worker has
- * taken yet is removed from the queue; one in training stops at the end of its current epoch
- * (its worker checks after each), and so does one a worker takes up again after its own died.
- * A run that ended already is left as it is.
+ * `transferline train --cancel RUN`: stops a run for good, writing no model. A run no worker holds
+ * is removed from the queue; one in training stops at the end of its current epoch (its worker
+ * checks a flag in Redis after each), and so does one a worker takes up again after its own died,
+ * while the flag lasts (CANCEL_TTL_SECONDS). The flag also tells a `train` following a removed
+ * run that it was cancelled, not lost. Exit 0 once cancelled; 1 if the run ended otherwise (a
+ * model was written); 4 if it has not stopped within the wait; 130 on Ctrl-C.
  */
 export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_WAIT_MS): Promise<CancelOutcome> {
   const w = (line: string) => ctx.out.write(`${line}\n`);
+  const { redis, keys } = ctx.services;
+  const flag = keys.trainCancel(runId);
   const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
-  if (!job) throw new Error(`no run ${runId} in the train queue (finished runs are listed by "transferline models")`);
-  const ended = async (): Promise<CancelOutcome | undefined> => {
+  if (!job) {
+    if (await redis.exists(flag)) {
+      w(`run ${runId} had been cancelled already: nothing to cancel`);
+      return 'already-cancelled';
+    }
+    throw new Error(`no run ${runId} in the train queue (finished runs are listed by "transferline models")`);
+  }
+  const failure = async () => (await ctx.queues.train.getJob(job.id!))?.failedReason ?? '';
+  const ended = async (): Promise<'cancelled' | 'finished' | undefined> => {
     const state = await job.getState();
     if (state === 'completed') return 'finished';
-    if (state === 'failed') return (await ctx.queues.train.getJob(job.id!))?.failedReason?.includes('was cancelled') ? 'cancelled' : 'finished';
+    if (state === 'failed') return (await failure()).startsWith('cancelled: ') ? 'cancelled' : 'finished';
     return undefined;
   };
+  const finished = async () => {
+    const why = await failure();
+    return new CliExit(EXIT.error, `transferline: run ${runId} ended before it could be cancelled: ${why ? `it failed (${why})` : 'its model is in the bucket (transferline models)'}`);
+  };
   const before = await ended();
-  if (before) {
-    w(`run ${runId} had ${before === 'cancelled' ? 'been cancelled' : 'ended'} already: nothing to cancel`);
-    return 'finished';
+  if (before === 'cancelled') {
+    w(`run ${runId} had been cancelled already: nothing to cancel`);
+    return 'already-cancelled';
   }
-  const flag = ctx.services.keys.trainCancel(runId);
-  await ctx.services.redis.set(flag, new Date().toISOString(), 'EX', CANCEL_TTL_SECONDS);
+  if (before === 'finished') throw await finished();
+  await redis.set(flag, new Date().toISOString(), 'EX', CANCEL_TTL_SECONDS);
   if ((await job.getState()) !== 'active') {
-    try {
-      await job.remove();
-      await ctx.services.redis.del(flag);
-      w(`run ${runId} cancelled: removed from the queue before any worker started it`);
+    const ranBefore = job.attemptsMade > 0 || job.processedOn !== undefined;
+    const removed = await job.remove().then(
+      () => true,
+      (err: Error) => {
+        // taken by a worker meanwhile (BullMQ refuses to remove a locked job): it finds the flag at its first check
+        if (/locked|could not be removed/i.test(err.message)) return false;
+        throw err;
+      },
+    );
+    if (removed) {
+      w(`run ${runId} cancelled: removed from the queue ${ranBefore ? 'where it waited to run again (a worker had started it before)' : 'before any worker started it'}`);
       return 'removed';
-    } catch {
-      // a worker took it meanwhile: it finds the request at its first check
     }
   }
   w(`run ${runId} is training: it stops at the end of its current epoch…`);
   const deadline = Date.now() + waitMs;
-  while (Date.now() < deadline && !ctx.signal?.aborted) {
+  while (Date.now() < deadline) {
+    if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the request stands: run ${runId} stops at its worker's next check (within ${CANCEL_TTL_SECONDS / 3600} h)`);
     const now = await ended();
     if (now === 'cancelled') {
       // the job's failure reads `cancelled: run … was cancelled … after epoch N of M`
-      const why = ((await ctx.queues.train.getJob(job.id!))?.failedReason ?? '').replace(/^cancelled: /, '');
-      w(`run ${runId} cancelled: ${why}`);
+      w(`run ${runId} cancelled: ${(await failure()).replace(/^cancelled: /, '')}`);
+      await redis.del(flag);
       return 'cancelled';
     }
-    if (now === 'finished') {
-      w(`run ${runId} ended before it could stop (see transferline models)`);
-      return 'finished';
-    }
+    if (now === 'finished') throw await finished();
     await sleep(500, ctx.signal);
   }
-  w(`run ${runId} has not stopped within ${Math.round(waitMs / 1000)} s (a long epoch, or its worker is gone): it stops at its next check (transferline train --follow ${runId})`);
-  return 'asked';
+  throw new CliExit(EXIT.stalled, `transferline: run ${runId} has not stopped within ${Math.round(waitMs / 1000)} s (a long epoch, or its worker is gone): it stops at its worker's next check while the request stands (${CANCEL_TTL_SECONDS / 3600} h); follow it: transferline train --follow ${runId}`);
 }
 
 function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | undefined): void {

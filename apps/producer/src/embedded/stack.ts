@@ -127,7 +127,10 @@ export async function startStack(
     // Servers named by REDIS_URL / S3_ENDPOINT (exported for a second terminal, say) are used
     // as they are, and none is started: one that does not answer is named, with the way out.
     const external = (what: string, variable: string, where: string, cause: (err: Error) => string) => (err: unknown) => {
-      throw new Error(`${variable} is set (${where}), so up uses that ${what} and starts none; it does not answer (${cause(err as Error)}): unset REDIS_URL and S3_ENDPOINT to run the stack's own, or start that server`);
+      // an HTTP answer (403: other credentials, say) is not silence
+      const answered = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode !== undefined;
+      const problem = answered ? `it answers with an error (${cause(err as Error)})` : `it does not answer (${cause(err as Error)})`;
+      throw new Error(`${variable} is set (${where}), so up uses that ${what} and starts none; ${problem}: unset REDIS_URL and S3_ENDPOINT to run the stack's own, or start that server`);
     };
     if (!config.redis.embedded) {
       const probe = createRedis(config.redis.url, 'oneshot');

@@ -169,8 +169,9 @@ export class SupervisedProcess {
           }
           failures++;
           if (answeredAt === undefined || failures < 2 || !running()) return;
-          const seconds = Math.round((performance.now() - answeredAt) / 1000);
-          if (seconds * 1000 < liveness.hangMs) return;
+          const silentMs = performance.now() - answeredAt;
+          if (silentMs < liveness.hangMs) return;
+          const seconds = Math.floor(silentMs / 1000);
           clearInterval(timer);
           if (status === undefined) {
             this.onEvent(`${this.spec.name} has not answered ${liveness.url} for ${seconds} s (stopped, or its event loop is blocked): killing it to start it again — see ${this.spec.logFile}`);
