@@ -174,7 +174,7 @@ describe('lost jobs', () => {
       const s = await ctx.services.inspector.status('lost');
       expect(s).toMatchObject({ total: 2, pending: 1, orphaned: 1 });
       const status = await cli(['status', '-d', 'lost']);
-      expect(status.stdout).toMatch(/1 pending, 1 orphaned \(their job was lost: ingest again\)/);
+      expect(status.stdout).toMatch(/1 pending, 1 orphaned \(their job was lost: run the same ingest again\)/);
     } finally {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
     }
