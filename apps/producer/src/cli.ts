@@ -188,7 +188,7 @@ program
   .option('--run-id <id>', 'name of the run (default: a timestamp); refused if it exists')
   .option('--partial', 'train now on the images embedded so far, although some are still pending (the report records it)')
   .option('--follow <run>', 'follow a run started elsewhere instead of starting one')
-  .option('--cancel <run>', 'stop a run for good, writing no model: removed if no worker started it, else at the end of its current epoch')
+  .option('--cancel <run>', 'stop a run for good, writing no model: removed if no worker started it, else at the end of an epoch, within about a second')
   .option('--no-wait', 'enqueue the run and return without following it (it still waits for the images to be embedded, unless --partial)')
   .option(...stallOption)
   .action((o: TrainOptions & { dataset?: string; follow?: string; cancel?: string; classWeights?: string; stallTimeout: number }, cmd: Command) => {

@@ -41,6 +41,9 @@ export interface EpochProgress extends Partial<EpochLog> {
  * weights, preprocessing) and `report.json`; then points `models/<dataset>/latest.json` at it.
  */
 /** Why a training run fails for good (besides the reasons every worker has). */
+/** How often a training run asks whether it was cancelled (`train --cancel`), at most. */
+const CANCEL_CHECK_MS = 1_000;
+
 export const TRAIN_FAILURE_REASONS = ['images-pending', 'no-data', 'one-class', 'too-small', 'cancelled'] as const;
 
 export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext): Promise<TrainResult> {
@@ -52,7 +55,11 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   if (written) return finishedRun(written, deps, ctx);
   // `train --cancel RUN`: asked before it started (or before this worker took it up again), or
   // while it trains, checked after each epoch; the run ends for good, writing nothing
+  let checkedAt = 0;
   const cancelled = async (when: string) => {
+    // at most once a second: epochs of a small dataset take a millisecond, and this is a round trip
+    if (performance.now() - checkedAt < CANCEL_CHECK_MS) return;
+    checkedAt = performance.now();
     // (the flag stays until the CLI sees the run failed, or its TTL: a worker dying right after
     // this check leaves it for the one that takes the run up again)
     if (!(await services.redis.exists(services.keys.trainCancel(job.runId)))) return;

@@ -248,7 +248,8 @@ export class DatasetInspector {
       elsewhere: [],
     };
     const labels = new Map<string, number>();
-    const elsewhere = new Map<string, { count: number; items: string[] }>();
+    const elsewhere = new Map<string, { count: number; sources: Set<string> }>();
+    let sources: string[] | undefined; // read at the first such image
     const reasons = new Map<string, { stage: Stage; reason: string; count: number }>();
     for await (const page of this.scan(dataset)) {
       for (const v of page) {
@@ -259,9 +260,11 @@ export class DatasetInspector {
           s.embedded++;
           if (v.record.state === 'cached') s.cached++;
           if (space && v.space && v.space !== space) {
-            const e = elsewhere.get(v.space) ?? { count: 0, items: [] };
+            const e = elsewhere.get(v.space) ?? { count: 0, sources: new Set<string>() };
             e.count++;
-            if (e.items.length < 1000) e.items.push(v.id);
+            sources ??= await this.datasets.sources(dataset);
+            const source = DatasetRepository.sourceAmong(sources, v.id);
+            if (source) e.sources.add(source);
             elsewhere.set(v.space, e);
           }
         } else if (v.phase === 'failed') {
@@ -281,11 +284,7 @@ export class DatasetInspector {
     }
     s.labels = [...labels].map(([label, count]) => ({ label, count })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
     s.failuresByReason = [...reasons.values()].sort((a, b) => b.count - a.count);
-    if (elsewhere.size) {
-      const sources = await this.datasets.sources(dataset);
-      const sourceOf = (id: string) => sources.filter((src) => id.startsWith(src)).sort((a, b) => b.length - a.length)[0];
-      s.elsewhere = [...elsewhere].map(([sp, e]) => ({ space: sp, count: e.count, sources: [...new Set(e.items.flatMap((id) => sourceOf(id) ?? []))].sort() }));
-    }
+    s.elsewhere = [...elsewhere].map(([sp, e]) => ({ space: sp, count: e.count, sources: [...e.sources].sort() }));
     return s;
   }
 }

@@ -87,9 +87,14 @@ export class DatasetRepository {
     return this.redis.smembers(this.keys.datasetSources(dataset));
   }
 
+  /** Of a dataset's `sources`, the one an item lies under (the longest, when they nest). */
+  static sourceAmong(sources: string[], itemId: string): string | undefined {
+    return sources.filter((s) => itemId.startsWith(s)).sort((a, b) => b.length - a.length)[0];
+  }
+
   /** The ingested prefix an item's key lies under (the longest, when they nest), or undefined. */
   async sourceOf(dataset: string, itemId: string): Promise<{ bucket: string; prefix: string } | undefined> {
-    const found = (await this.sources(dataset)).filter((s) => itemId.startsWith(s)).sort((a, b) => b.length - a.length)[0];
+    const found = DatasetRepository.sourceAmong(await this.sources(dataset), itemId);
     if (found === undefined) return undefined;
     const slash = found.indexOf('/');
     return { bucket: found.slice(0, slash), prefix: found.slice(slash + 1) };

@@ -68,6 +68,15 @@ class ItemFailure extends UnrecoverableError {
   }
 }
 
+/**
+ * The reason code and detail of a job failed for good by a PermanentError, read back from BullMQ's
+ * `failedReason` (written by ItemFailure above); undefined for any other failure.
+ */
+export function permanentFailureOf(failedReason: string | undefined): { reason: string; detail: string } | undefined {
+  const m = /^([a-z][a-z-]*): (.*)$/s.exec(failedReason ?? '');
+  return m ? { reason: m[1]!, detail: m[2]! } : undefined;
+}
+
 /** The queues of one deployment, sharing a connection; embed queues are made per space on first use. */
 export class Queues {
   readonly preprocess: Queue;

@@ -109,6 +109,17 @@ export function isRedisUnavailable(err: unknown): boolean {
   return /Connection is closed|Stream isn't writeable|LOADING|enableOfflineQueue/.test(err.message);
 }
 
+/** Redis did not answer: `problem` says how (connection refused, no such host, timed out…). */
+export class RedisUnreachableError extends Error {
+  override readonly name = 'RedisUnreachableError';
+  constructor(
+    readonly where: string,
+    readonly problem: string,
+  ) {
+    super(`cannot reach Redis at ${where}: ${problem}. Is it running? (set REDIS_URL, or run "transferline up")`);
+  }
+}
+
 /** Waits for a connection or throws a clear error (for one-shot commands). */
 export async function pingRedis(redis: Redis, url: string): Promise<void> {
   try {
@@ -118,7 +129,7 @@ export async function pingRedis(redis: Redis, url: string): Promise<void> {
     // Reached, and refused: a password, a TLS setting, a server still loading its data.
     if (!isRedisUnavailable(err)) throw new Error(`Redis at ${where} refused the connection: ${(err as Error).message} (check REDIS_URL)`);
     const cause = lastConnectionError.get(redis);
-    throw new Error(`cannot reach Redis at ${where}: ${cause ? connectionProblem(cause) : (err as Error).message}. Is it running? (set REDIS_URL, or run "transferline up")`);
+    throw new RedisUnreachableError(where, cause ? connectionProblem(cause) : (err as Error).message);
   }
 }
 

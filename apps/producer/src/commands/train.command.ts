@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { enqueue, jobIds, ReportDoc, sleep, TrainJob, type TrainJobInput, type TrainResult } from '@transferline/shared';
+import { enqueue, jobIds, permanentFailureOf, ReportDoc, sleep, TrainJob, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { followJob } from '../job-follow.js';
@@ -145,8 +145,8 @@ export type CancelOutcome = 'removed' | 'cancelled' | 'already-cancelled';
 
 /**
  * `transferline train --cancel RUN`: stops a run for good, writing no model. A run no worker holds
- * is removed from the queue; one in training stops at the end of its current epoch (its worker
- * checks a flag in Redis after each), and so does one a worker takes up again after its own died,
+ * is removed from the queue; one in training stops at the end of an epoch within about a second (its worker
+ * checks a flag in Redis after an epoch, at most once a second), and so does one a worker takes up again after its own died,
  * while the flag lasts (CANCEL_TTL_SECONDS). The flag also tells a `train` following a removed
  * run that it was cancelled, not lost. Exit 0 once cancelled; 1 if the run ended otherwise (a
  * model was written); 4 if it has not stopped within the wait; 130 on Ctrl-C.
@@ -167,7 +167,7 @@ export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_
   const ended = async (): Promise<'cancelled' | 'finished' | undefined> => {
     const state = await job.getState();
     if (state === 'completed') return 'finished';
-    if (state === 'failed') return (await failure()).startsWith('cancelled: ') ? 'cancelled' : 'finished';
+    if (state === 'failed') return permanentFailureOf(await failure())?.reason === 'cancelled' ? 'cancelled' : 'finished';
     return undefined;
   };
   const finished = async () => {
@@ -196,14 +196,13 @@ export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_
       return 'removed';
     }
   }
-  w(`run ${runId} is training: it stops at the end of its current epoch…`);
+  w(`run ${runId} is training: it stops at the end of an epoch, within about a second…`);
   const deadline = Date.now() + waitMs;
   while (Date.now() < deadline) {
     if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the request stands: run ${runId} stops at its worker's next check (within ${CANCEL_TTL_SECONDS / 3600} h)`);
     const now = await ended();
     if (now === 'cancelled') {
-      // the job's failure reads `cancelled: run … was cancelled … after epoch N of M`
-      w(`run ${runId} cancelled: ${(await failure()).replace(/^cancelled: /, '')}`);
+      w(`run ${runId} cancelled: ${permanentFailureOf(await failure())?.detail ?? ''}`);
       await redis.del(flag);
       return 'cancelled';
     }

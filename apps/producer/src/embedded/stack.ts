@@ -12,7 +12,7 @@ import {
   exportQueueDepths,
   loadConfig,
   pingRedis,
-  redactUrl,
+  RedisUnreachableError,
   redisKeys,
   spaceFromConfig,
   startMetricsServer,
@@ -126,21 +126,27 @@ export async function startStack(
     const config = loadConfig(env);
     // Servers named by REDIS_URL / S3_ENDPOINT (exported for a second terminal, say) are used
     // as they are, and none is started: one that does not answer is named, with the way out.
-    const external = (what: string, variable: string, where: string, cause: (err: Error) => string) => (err: unknown) => {
-      // an HTTP answer (403: other credentials, say) is not silence
-      const answered = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode !== undefined;
-      const problem = answered ? `it answers with an error (${cause(err as Error)})` : `it does not answer (${cause(err as Error)})`;
-      throw new Error(`${variable} is set (${where}), so up uses that ${what} and starts none; ${problem}: unset REDIS_URL and S3_ENDPOINT to run the stack's own, or start that server`);
-    };
+    const external = (variable: string, what: string, where: string, problem: string) =>
+      new Error(`${variable} is set (${where}), so up uses that ${what} and starts none; ${problem}: unset REDIS_URL and S3_ENDPOINT to run the stack's own, or start that server`);
     if (!config.redis.embedded) {
       const probe = createRedis(config.redis.url, 'oneshot');
-      await pingRedis(probe, config.redis.url)
-        .catch(external('Redis', 'REDIS_URL', redactUrl(config.redis.url), (e) => /^cannot reach Redis at \S+: (.*?)\. Is it running\?/.exec(e.message)?.[1] ?? e.message))
-        .finally(() => probe.disconnect());
+      try {
+        await pingRedis(probe, config.redis.url);
+      } catch (err) {
+        if (!(err instanceof RedisUnreachableError)) throw err;
+        throw external('REDIS_URL', 'Redis', err.where, `it does not answer (${err.problem})`);
+      } finally {
+        probe.disconnect();
+      }
     }
     const store = new ObjectStore(config.s3);
     try {
-      await store.ensureBucket(config.s3.bucket).catch(config.s3.embedded ? (err: unknown) => Promise.reject(err) : external('S3 server', 'S3_ENDPOINT', config.s3.endpoint, (e) => e.message));
+      await store.ensureBucket(config.s3.bucket);
+    } catch (err) {
+      if (config.s3.embedded) throw err;
+      // an HTTP answer (403: other credentials, say) is not silence
+      const answered = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode !== undefined;
+      throw external('S3_ENDPOINT', 'S3 server', config.s3.endpoint, `${answered ? 'it answers with an error' : 'it does not answer'} (${(err as Error).message})`);
     } finally {
       store.close();
     }
