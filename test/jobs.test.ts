@@ -282,4 +282,26 @@ describe('the item record a stage job writes', () => {
     await d.putItem('records', id, { label: 'cat', etag: 'E3', space: 's2', state: 'failed', stage: 'preprocess', reason: 'not-found' }, 'worker');
     expect((await d.getItems('records', [id]))[0]).toBeUndefined();
   });
+
+  it('a deleted dataset stays deleted when a job of its images finishes late; objects another dataset holds keep their hash', async () => {
+    const d = ctx.services.datasets;
+    const { redis, keys } = ctx.services;
+    const mine = 'photos/gone/cat/1.jpg';
+    const shared = 'photos/both/cat/2.jpg';
+    await d.putItems('doomed', [[mine, { label: 'cat', etag: 'E1', space: 's1', state: 'pending' }], [shared, { label: 'cat', etag: 'E2', space: 's1', state: 'pending' }]]);
+    await d.putItem('keeper', shared, { label: 'cat', etag: 'E2', space: 's1', state: 'pending' });
+    await d.addSource('doomed', 'photos', 'gone/');
+    await d.setSpace('doomed', 's1');
+    await d.rememberHash(mine, 'E1', sha('a'));
+    await d.rememberHash(shared, 'E2', sha('b'));
+    expect(await d.remove('doomed')).toBe(2);
+    expect(await d.list()).not.toContain('doomed');
+    expect(await redis.exists(keys.datasetItems('doomed'), keys.datasetMeta('doomed'), keys.datasetSources('doomed'))).toBe(0);
+    expect(await d.knownHashes([mine, shared])).toEqual([undefined, { etag: 'E2', sha256: sha('b') }]);
+    // its preprocess job, run late: no record comes back, nor the dataset's name
+    await d.putItem('doomed', mine, { label: 'cat', etag: 'E1', space: 's1', state: 'queued', sha256: sha('a') }, 'worker');
+    expect(await d.list()).not.toContain('doomed');
+    expect(await d.size('doomed')).toBe(0);
+    expect((await d.getItems('keeper', [shared]))[0]).toMatchObject({ etag: 'E2' });
+  });
 });

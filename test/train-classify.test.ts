@@ -8,7 +8,7 @@ import type { JobContext } from '../packages/shared/src/index.js';
 import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { classifyDatasetName, jobIds, ReportDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
+import { classifyDatasetName, jobIds, LatestDoc, ReportDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
@@ -38,6 +38,30 @@ afterAll(async () => {
   await ctx?.close();
   await stack?.destroy();
 });
+
+/** Runs the CLI on a pseudo-terminal (util-linux `script`), typing `answer` once it asks `prompt`. */
+function answerOnTerminal(args: string[], prompt: string, answer: string): Promise<{ code: number | null; output: string }> {
+  const command = [process.execPath, cliPath, ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  return new Promise((resolve, reject) => {
+    const child = spawn('script', ['-qec', command, '/dev/null'], { env: { ...stack.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' }, stdio: ['pipe', 'pipe', 'inherit'] });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    let output = '';
+    let answered = false;
+    child.stdout.on('data', (d: Buffer) => {
+      output += d.toString();
+      if (!answered && output.includes(prompt)) {
+        answered = true;
+        child.stdin.write(`${answer}\n`);
+      }
+    });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      // as a user reads it: without readline's cursor moves and the terminal's carriage returns
+      resolve({ code, output: output.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '').replace(/\r/g, '') });
+    });
+  });
+}
 
 type Report = { split: { train: number; validation: number; test: number; explicit: boolean }; history: unknown[]; validation: { accuracy: number; confusionMatrix: number[][] }; createdAt: string; runId: string };
 
@@ -460,6 +484,107 @@ describe('training runs and classification', () => {
     const reused = await trainCommand(ctx, { dataset: 'shapes', wait: true, epochs: 2, runId: 'queued-behind' });
     expect(reused.result?.runId).toBe('queued-behind');
   }, 200_000);
+
+  it('delete run and delete dataset: say what goes and what stays, delete only when told, and leave the rest working', async () => {
+    const { store, layout, redis, keys, datasets } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    const listed = async (folder: string) => {
+      const found: string[] = [];
+      for await (const o of store.listObjects(bucket, folder)) found.push(o.key);
+      return found;
+    };
+    for (const kind of kinds) {
+      for (let i = 0; i < 5; i++) await store.putObject(photos, `doomed/${kind}/${i}.jpg`, await renderSample(kind, 300 + i, 41));
+      await store.putObject(photos, `doomed-in/${kind}.jpg`, await renderSample(kind, 400, 41));
+    }
+    expect((await runCli(['ingest', `s3://${photos}/doomed/`, '-d', 'doomed'], stack.env)).code).toBe(0);
+    await trainCommand(ctx, { dataset: 'doomed', wait: true, epochs: 2, runId: 'doomed-old' });
+    await trainCommand(ctx, { dataset: 'doomed', wait: true, epochs: 2, runId: 'doomed-new' });
+    expect((await runCli(['classify', `s3://${photos}/doomed-in/`, '--model', 'doomed'], stack.env)).code).toBe(0);
+    const runFolder = layout.run('doomed', 'doomed-new');
+    const runFiles = await listed(runFolder);
+    const resultsFolder = layout.results('doomed', 'doomed-new');
+    expect(await listed(resultsFolder)).toHaveLength(1);
+    expect(await redis.hlen(keys.classified('doomed', 'doomed-new'))).toBe(3);
+
+    // not on a terminal and without --yes: the plan, exit 2, nothing deleted; --dry-run: the plan, exit 0
+    const plan = [
+      `  run doomed@doomed-new: ${runFiles.length} files in s3://${bucket}/${runFolder}`,
+      `  classify's record of the 3 images it labelled (Redis)`,
+      `  it is the latest run of doomed: doomed-old, the newest run left, becomes the latest`,
+      `kept:`,
+      `  its classify results: 1 file in s3://${bucket}/${resultsFolder} (add --results to delete them too)`,
+    ].join('\n');
+    const asked = await runCli(['delete', 'run', 'doomed@doomed-new'], stack.env);
+    expect(asked.code).toBe(2);
+    expect(asked.stdout).toBe(`would delete:\n${plan}\n`);
+    expect(asked.stderr).toBe('transferline: nothing deleted: add --yes to delete (on a terminal it asks instead)\n');
+    const dry = await runCli(['delete', 'run', 'doomed@doomed-new', '--dry-run'], stack.env);
+    expect({ code: dry.code, stdout: dry.stdout }).toEqual({ code: 0, stdout: `would delete:\n${plan}\nnothing deleted (--dry-run)\n` });
+    expect(await listed(runFolder)).toEqual(runFiles);
+    // on a terminal it asks; anything but y keeps the run
+    const onTerminal = await answerOnTerminal(['delete', 'run', 'doomed@doomed-new'], 'delete? [y/N] ', 'n');
+    expect(onTerminal.code).toBe(0);
+    expect(onTerminal.output).toBe(`would delete:\n${plan}\ndelete? [y/N] n\nnothing deleted\n`);
+    expect(await listed(runFolder)).toEqual(runFiles);
+
+    const gone = await runCli(['delete', 'run', 'doomed@doomed-new', '--yes'], stack.env);
+    expect({ code: gone.code, stderr: gone.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(gone.stdout).toBe(`deleting:\n${plan}\ndeleted run doomed@doomed-new\n`);
+    expect(await listed(runFolder)).toEqual([]);
+    expect(await redis.exists(keys.classified('doomed', 'doomed-new'))).toBe(0);
+    expect(await listed(resultsFolder)).toHaveLength(1);
+    // the run left is the latest, with no note: the pointer was moved, not left naming a deleted run
+    expect((await store.getDocument(LatestDoc, bucket, layout.latest('doomed')))?.runId).toBe('doomed-old');
+    const models = await runCli(['models', '-d', 'doomed'], stack.env);
+    expect(models.stdout).toMatch(/^doomed\s+doomed-old \*/m);
+    expect(models.stdout).not.toMatch(/doomed-new|note:/);
+    // twice: no such run, exit 1, nothing else touched
+    const twice = await runCli(['delete', 'run', 'doomed@doomed-new', '--yes'], stack.env);
+    expect(twice.code).toBe(1);
+    expect(twice.stderr).toContain(`no run doomed-new of doomed in s3://${bucket}/${layout.models('doomed')}: nothing deleted`);
+    expect((await runCli(['delete', 'run', 'doomed', '--yes'], stack.env)).code).toBe(2);
+
+    // a dataset with a run in training is not deleted: it says which run to cancel
+    await trainCommand(ctx, { dataset: 'doomed', wait: false, epochs: 10_000, patience: 0, runId: 'doomed-long' });
+    const refused = await runCli(['delete', 'dataset', 'doomed', '--yes'], stack.env);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/nothing deleted: a run of doomed would write a model into what is deleted; cancel it first .*\n {2}run doomed-long is (training|queued): transferline train --cancel doomed-long\n/);
+    expect(await datasets.size('doomed')).toBe(15);
+    expect((await runCli(['train', '--cancel', 'doomed-long'], stack.env, 150_000)).code).toBe(0);
+
+    // the dataset alone: its records go; its run stays, and classify goes on using it
+    const item = `${photos}/doomed/circle/0.jpg`;
+    expect(await datasets.knownHashes([item])).not.toEqual([undefined]);
+    const ds = await runCli(['delete', 'dataset', 'doomed', '--yes'], stack.env);
+    expect({ code: ds.code, stderr: ds.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(ds.stdout).toContain('  dataset doomed: 15 images (their records, sources and embedding space, in Redis)\n');
+    expect(ds.stdout).toContain(`  its 1 trained run in s3://${bucket}/${layout.models('doomed')} (classify, serve and export go on using it; add --runs to delete it too)\n`);
+    expect(await datasets.list()).not.toContain('doomed');
+    expect(await redis.exists(keys.datasetItems('doomed'), keys.datasetMeta('doomed'), keys.datasetSources('doomed'))).toBe(0);
+    expect(await datasets.knownHashes([item])).toEqual([undefined]);
+    expect((await runCli(['status'], stack.env)).stdout).not.toMatch(/^dataset doomed:/m);
+    const after = await runCli(['classify', `s3://${photos}/doomed-in/`, '--model', 'doomed'], stack.env);
+    expect(after.code).toBe(0);
+    expect(after.stdout).toMatch(/^model doomed@doomed-old,/m);
+
+    // then everything of it: runs, what classify kept and recorded for them, results
+    const all = await runCli(['delete', 'dataset', 'doomed', '--runs', '--results', '--yes'], stack.env);
+    expect({ code: all.code, stderr: all.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(all.stdout).toContain(`  dataset ${classifyDatasetName('doomed')}: the 3 images classify kept for its runs\n`);
+    expect(all.stdout).toContain(`  2 files of classify results and label reviews in s3://${bucket}/${layout.results('doomed')}\n`);
+    expect(await listed(layout.models('doomed'))).toEqual([]);
+    expect(await listed(layout.results('doomed'))).toEqual([]);
+    expect(await datasets.exists(classifyDatasetName('doomed'))).toBe(false);
+    expect(await redis.keys(`${keys.classified('doomed', '')}*`)).toEqual([]);
+    expect((await runCli(['models', '-d', 'doomed'], stack.env)).code).toBe(1);
+    expect((await runCli(['delete', 'dataset', 'doomed', '--yes'], stack.env)).stderr).toContain('no dataset named doomed: nothing deleted');
+    // the images and their embeddings stay: ingested again, every one comes from the cache
+    const back = await ingestCommand(ctx, `s3://${photos}/doomed/`, { dataset: 'doomed', wait: true });
+    expect(back.status).toMatchObject({ total: 15, embedded: 15, cached: 15, failed: 0 });
+    // and the other datasets are as they were
+    expect((await ctx.services.inspector.status('shapes')).embedded).toBeGreaterThan(0);
+  }, 240_000);
 
   it('Ctrl-C while train follows its run: exit 130, the run goes on, and it says how to follow it again', async () => {
     const runId = 'interrupted-run';

@@ -6,6 +6,7 @@ import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
 import { consoleCommand } from './commands/console.command.js';
+import { deleteDatasetCommand, deleteRunCommand, terminalConfirm, type DeleteOptions } from './commands/delete.command.js';
 import { failuresCommand } from './commands/failures.command.js';
 import { ingestCommand, watchIngest } from './commands/ingest.command.js';
 import { modelsCommand } from './commands/models.command.js';
@@ -309,6 +310,26 @@ cache
   .option('--orphans-older-than <minutes>', `delete shard data that no manifest names (a write cut short) once it is this old (default ${DEFAULT_ORPHAN_MINUTES}); below a few minutes only while no embed worker writes: a write in progress has its data before its manifest`, int('--orphans-older-than'))
   .option(...embedderOption)
   .action((o: { rows: number; embedder?: string; orphansOlderThan?: number }) => withContext((ctx) => compactCommand(ctx, o)));
+
+const del = program.command('delete').description('delete a trained run, or a dataset (with its runs if asked): prints what goes and what stays, and deletes with --yes');
+const deleteOptions = (c: Command) =>
+  c
+    .option('--results', 'the classify results (and, for a dataset, the label reviews) written for it, too')
+    .option('--dry-run', 'print what would be deleted; delete nothing')
+    .option('-y, --yes', 'delete without asking (required when not on a terminal)');
+deleteOptions(
+  del
+    .command('run')
+    .description("a trained run: its model files and classify's record of what it labelled; the newest run left becomes the latest")
+    .argument('<dataset@run>', 'the run, named in full (see "transferline models")'),
+).action((spec: string, o: DeleteOptions) => withContext((ctx) => deleteRunCommand(ctx, spec, o, terminalConfirm())));
+deleteOptions(
+  del
+    .command('dataset')
+    .description('a dataset: its records in Redis (the images and their cached embeddings stay); with --runs its trained runs too')
+    .argument('<name>', 'the dataset (or _classify.<model>: classify then labels every image again)', anyDataset)
+    .option('--runs', "its trained runs too, with classify's records of what they labelled and the images classify kept for them"),
+).action((name: string, o: DeleteOptions & { runs?: boolean }) => withContext((ctx) => deleteDatasetCommand(ctx, name, o, terminalConfirm())));
 
 // A command that finished has closed every client it opened, so the process ends by itself
 // (the test suite runs each command as a child process and requires that it exits).

@@ -6,6 +6,8 @@
 export function bucketLayout(prefix: string) {
   const models = `${prefix}models/`;
   const run = (dataset: string, runId: string) => `${models}${dataset}/${runId}/`;
+  const reviews = (dataset: string) => `${prefix}reviews/${dataset}/`;
+  const results = (model: string, runId?: string) => `${prefix}results/${model}/${runId === undefined ? '' : `${runId}/`}`;
   return {
     /** folder of one embedding space's shards */
     embeddings: (embedderId: string) => `${prefix}embeddings/${embedderId}/`,
@@ -32,9 +34,13 @@ export function bucketLayout(prefix: string) {
       return undefined;
     },
     /** one review of a dataset's labels (JSON Lines, most doubtful first) */
-    review: (dataset: string, stamp: string) => `${prefix}reviews/${dataset}/${stamp}.jsonl`,
+    review: (dataset: string, stamp: string) => `${reviews(dataset)}${stamp}.jsonl`,
+    /** folder of a dataset's reviews */
+    reviews,
     /** one classify round's JSON Lines */
-    classifyResults: (model: string, runId: string, stamp: string) => `${prefix}results/${model}/${runId}/${stamp}.jsonl`,
+    classifyResults: (model: string, runId: string, stamp: string) => `${results(model, runId)}${stamp}.jsonl`,
+    /** folder of every classify round of a model's runs, or of one run's */
+    results,
   };
 }
 export type BucketLayout = ReturnType<typeof bucketLayout>;

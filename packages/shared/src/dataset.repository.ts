@@ -8,11 +8,14 @@ import { RedisScript } from './redis.client.js';
 // stages rewrite the record without knowing it. A worker's write is skipped when the stored
 // record is about other content than its job was for (another ETag: the object was overwritten
 // and ingested again; another embedding space: ingested again into it), when there is no record
-// (the item was removed since), and when it would turn
-// an image its own earlier run queued into "cached" (a job run twice finds the image it queued
-// embedded by then): what ingest wrote since, and what the first run did, stand.
+// (the item was removed since, or its whole dataset deleted), and when it would turn an image its
+// own earlier run queued into "cached" (a job run twice finds the image it queued embedded by
+// then): what ingest wrote since, and what the first run did, stand. Only a write that happened
+// names the dataset in the set of datasets, so a job that finishes after its dataset was deleted
+// does not bring the name back.
 const PUT_ITEMS = new RedisScript('tlPutItems', `
 local worker = ARGV[1] == 'worker'
+local wrote = false
 for i = 2, #ARGV, 2 do
   local rec = cjson.decode(ARGV[i + 1])
   local old = redis.call('HGET', KEYS[1], ARGV[i])
@@ -30,9 +33,12 @@ for i = 2, #ARGV, 2 do
       ARGV[i + 1] = cjson.encode(rec)
     end
   end
-  if not skip then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  if not skip then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    wrote = true
+  end
 end
-redis.call('SADD', KEYS[2], KEYS[3])
+if wrote then redis.call('SADD', KEYS[2], KEYS[3]) end
 return 1`, 3);
 
 /** A dataset's members (`bucket/key` → label, hash, state), its embedding space, and the failures of its images, kept in Redis. */
@@ -133,6 +139,32 @@ export class DatasetRepository {
   async removeItems(dataset: string, itemIds: string[]): Promise<void> {
     if (itemIds.length === 0) return;
     await this.redis.multi().hdel(this.keys.datasetItems(dataset), ...itemIds).hdel(this.keys.objectHashes(), ...itemIds).exec();
+  }
+
+  /**
+   * Forgets a dataset: its items, its facts, its sources and its name; and the remembered content
+   * hashes of its objects that no other dataset holds. The objects themselves and their cached
+   * embeddings stay (the cache is shared by content). Jobs of its images still on their way find
+   * no record when they finish and write nothing (see PUT_ITEMS). Returns how many items it held.
+   */
+  async remove(dataset: string): Promise<number> {
+    const items = this.keys.datasetItems(dataset);
+    const held = await this.redis.hlen(items);
+    const others = (await this.list()).filter((d) => d !== dataset);
+    let cursor = '0';
+    do {
+      const [next, flat] = await this.redis.hscan(items, cursor, 'COUNT', 1000);
+      cursor = next;
+      let unshared = flat.filter((_, i) => i % 2 === 0);
+      for (const other of others) {
+        if (unshared.length === 0) break;
+        const there = await this.redis.hmget(this.keys.datasetItems(other), ...unshared);
+        unshared = unshared.filter((_, i) => there[i] === null);
+      }
+      if (unshared.length) await this.redis.hdel(this.keys.objectHashes(), ...unshared);
+    } while (cursor !== '0');
+    await this.redis.multi().del(items, this.keys.datasetMeta(dataset), this.keys.datasetSources(dataset)).srem(this.keys.datasets(), dataset).exec();
+    return held;
   }
 
   /** Known content hashes of objects, keyed by `bucket/key`, valid only while the ETag matches. */

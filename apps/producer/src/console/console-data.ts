@@ -75,7 +75,7 @@ export async function loadReport(d: ConsoleDeps, dataset: string, runId: string)
 export async function loadReview(deps: ConsoleDeps, dataset: string): Promise<ReviewView | undefined> {
   const { store, layout } = deps.services;
   const { bucket } = deps.config.s3;
-  const folder = layout.review(dataset, '').replace(/\.jsonl$/, '');
+  const folder = layout.reviews(dataset);
   let newest: string | undefined;
   for await (const o of store.listObjects(bucket, folder)) if (o.key.endsWith('.jsonl') && (!newest || o.key > newest)) newest = o.key;
   if (!newest) return undefined;

@@ -1,0 +1,248 @@
+import { createInterface } from 'node:readline/promises';
+import type { Queue } from 'bullmq';
+import pMap from 'p-map';
+import { classifyDatasetName, DatasetName, isClassifyDataset, LatestDoc } from '@transferline/shared';
+import type { CliContext } from '../cli-context.js';
+import { CliExit, EXIT } from '../exit-codes.js';
+import { listModelRuns } from './models.command.js';
+
+/**
+ * `transferline delete run|dataset`: what a deployment that trains for months needs to give back
+ * Redis memory and bucket space. Each command first works out what it would delete and prints
+ * it; it deletes only with --yes (or a "y" on a terminal). Never deleted: the images under the
+ * user's own prefixes, and the embedding cache (shared by content between datasets: deleting a
+ * dataset and ingesting it again embeds nothing again).
+ */
+export interface DeleteOptions {
+  /** delete without asking */
+  yes?: boolean;
+  /** print what would be deleted, delete nothing */
+  dryRun?: boolean;
+  /** the classify results (and, for a dataset, the label reviews) written with it, too */
+  results?: boolean;
+}
+
+/** Where a deletion's plan is asked about; a test or a script passes none (no terminal). */
+export interface Confirm {
+  (question: string): Promise<boolean>;
+}
+
+/** On a terminal: asks, and only "y" or "yes" deletes. Elsewhere undefined: --yes is required. */
+export function terminalConfirm(): Confirm | undefined {
+  if (!process.stdin.isTTY || !process.stdout.isTTY) return undefined;
+  return async (question) => {
+    const rl = createInterface({ input: process.stdin, output: process.stdout });
+    try {
+      return /^y(es)?$/i.test((await rl.question(question)).trim());
+    } finally {
+      rl.close();
+    }
+  };
+}
+
+interface Plan {
+  /** what goes, one line each, as printed before anything is deleted */
+  lines: string[];
+  /** what stays that a user might think goes, printed too */
+  kept: string[];
+  run: () => Promise<void>;
+}
+
+/** The states of a job that has not ended: one of these may still write what is to be deleted. */
+const IN_FLIGHT = ['active', 'waiting', 'delayed', 'prioritized', 'waiting-children'] as const;
+
+async function jobsInFlight<D>(queue: Queue, match: (data: D) => boolean): Promise<{ id: string; data: D; state: string }[]> {
+  const found: { id: string; data: D; state: string }[] = [];
+  for (const state of IN_FLIGHT) {
+    for (const job of await queue.getJobs([state])) if (job?.id && match(job.data as D)) found.push({ id: job.id, data: job.data as D, state });
+  }
+  return found;
+}
+
+/** Refuses while a train run of `dataset` (or the run `runId`) is queued or training: it would write a model into what is deleted. */
+async function refuseWhileTraining(ctx: CliContext, dataset: string, runId?: string): Promise<void> {
+  const runs = await jobsInFlight<{ dataset: string; runId: string }>(ctx.queues.train, (d) => d.dataset === dataset && (runId === undefined || d.runId === runId));
+  if (runs.length === 0) return;
+  const lines = runs.map((r) => `  run ${r.data.runId} is ${r.state === 'active' ? 'training' : 'queued'}: transferline train --cancel ${r.data.runId}`);
+  throw new CliExit(EXIT.error, `transferline: nothing deleted: ${runs.length === 1 ? 'a run' : `${runs.length} runs`} of ${dataset} would write a model into what is deleted; cancel ${runs.length === 1 ? 'it' : 'them'} first (or wait for ${runs.length === 1 ? 'it' : 'them'} to end):\n${lines.join('\n')}`);
+}
+
+/** Refuses while classify jobs that write what is deleted are queued or running. */
+async function refuseWhileClassifying(ctx: CliContext, what: string, match: (d: { dataset: string; model: string; runId: string }) => boolean): Promise<void> {
+  const jobs = await jobsInFlight(ctx.queues.classify, match);
+  if (jobs.length === 0) return;
+  throw new CliExit(EXIT.error, `transferline: nothing deleted: ${jobs.length} classify round${jobs.length === 1 ? '' : 's'} ${what} ${jobs.length === 1 ? 'is' : 'are'} still queued or running; wait for ${jobs.length === 1 ? 'it' : 'them'} to end (transferline status) and delete again`);
+}
+
+/** Every object under a folder of the bucket. */
+async function objectsUnder(ctx: CliContext, folder: string): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const o of ctx.services.store.listObjects(ctx.config.s3.bucket, folder)) keys.push(o.key);
+  return keys;
+}
+
+async function deleteObjects(ctx: CliContext, keys: string[]): Promise<void> {
+  const { bucket } = ctx.config.s3;
+  // one at a time would take minutes for a dataset with thousands of results files on a remote S3
+  await pMap(keys, (k) => ctx.services.store.deleteObject(bucket, k), { concurrency: 16 });
+}
+
+/** The Redis keys matching `pattern` (SCAN, never KEYS: a large Redis is not blocked). */
+async function redisKeysMatching(ctx: CliContext, pattern: string): Promise<string[]> {
+  const found: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, keys] = await ctx.services.redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    cursor = next;
+    found.push(...keys);
+  } while (cursor !== '0');
+  return found;
+}
+
+/** A string matched literally in a SCAN pattern. */
+const globLiteral = (s: string) => s.replace(/[*?[\]\\]/g, '\\$&');
+
+const files = (n: number) => `${n} file${n === 1 ? '' : 's'}`;
+const images = (n: number) => `${n} image${n === 1 ? '' : 's'}`;
+
+/** Prints the plan, asks (or requires --yes), then carries it out. */
+async function carryOut(ctx: CliContext, plan: Plan, o: DeleteOptions, confirm: Confirm | undefined, done: string): Promise<boolean> {
+  const w = (line: string) => ctx.out.write(`${line}\n`);
+  w(o.dryRun || !o.yes ? 'would delete:' : 'deleting:');
+  for (const l of plan.lines) w(`  ${l}`);
+  if (plan.kept.length) {
+    w('kept:');
+    for (const l of plan.kept) w(`  ${l}`);
+  }
+  if (o.dryRun) {
+    w('nothing deleted (--dry-run)');
+    return false;
+  }
+  if (!o.yes) {
+    if (!confirm) throw new CliExit(EXIT.usage, 'transferline: nothing deleted: add --yes to delete (on a terminal it asks instead)');
+    if (!(await confirm('delete? [y/N] '))) {
+      w('nothing deleted');
+      return false;
+    }
+  }
+  await plan.run();
+  w(done);
+  return true;
+}
+
+/**
+ * `transferline delete run DATASET@RUN`: a trained run's files (model, weights, labels, report),
+ * classify's record of the images it labelled, and with --results the results files it wrote.
+ * If it was the dataset's latest run, the newest run left becomes the latest (or, with none left,
+ * the dataset has no latest run). Refused while the run, or a classify round with it, is queued or
+ * running.
+ */
+export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteOptions, confirm?: Confirm): Promise<boolean> {
+  const m = /^([^@]+)@(.+)$/.exec(spec);
+  if (!m || !DatasetName.safeParse(m[1]).success) {
+    throw new CliExit(EXIT.usage, `transferline: delete run needs DATASET@RUN, the run named in full (see "transferline models"); got ${JSON.stringify(spec)}`);
+  }
+  const [, dataset, runId] = m as unknown as [string, string, string];
+  const { bucket } = ctx.config.s3;
+  const { store, layout, redis, keys } = ctx.services;
+  await refuseWhileTraining(ctx, dataset, runId);
+  await refuseWhileClassifying(ctx, `with ${dataset}@${runId}`, (d) => d.model === dataset && d.runId === runId);
+
+  const runFiles = await objectsUnder(ctx, layout.run(dataset, runId));
+  const classified = keys.classified(dataset, runId);
+  const labelled = await redis.hlen(classified);
+  const results = await objectsUnder(ctx, layout.results(dataset, runId));
+  if (runFiles.length === 0 && labelled === 0 && (!o.results || results.length === 0)) {
+    throw new CliExit(EXIT.error, `transferline: no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)}: nothing deleted (see "transferline models -d ${dataset}")`);
+  }
+  const latestKey = layout.latest(dataset);
+  const latest = await store.getDocument(LatestDoc, bucket, latestKey);
+  const newestLeft = (await listModelRuns(ctx, dataset)).find((r) => r.dataset === dataset && r.runId !== runId);
+
+  const plan: Plan = { lines: [], kept: [], run: async () => {} };
+  if (runFiles.length) plan.lines.push(`run ${dataset}@${runId}: ${files(runFiles.length)} in s3://${bucket}/${layout.run(dataset, runId)}`);
+  if (labelled) plan.lines.push(`classify's record of the ${images(labelled)} it labelled (Redis)`);
+  if (o.results && results.length) plan.lines.push(`its classify results: ${files(results.length)} in s3://${bucket}/${layout.results(dataset, runId)}`);
+  if (!o.results && results.length) plan.kept.push(`its classify results: ${files(results.length)} in s3://${bucket}/${layout.results(dataset, runId)} (add --results to delete them too)`);
+  const wasLatest = latest?.runId === runId;
+  if (wasLatest) {
+    plan.lines.push(newestLeft ? `it is the latest run of ${dataset}: ${newestLeft.runId}, the newest run left, becomes the latest` : `it is the only run of ${dataset}: the dataset is left with no trained model`);
+  }
+  plan.run = async () => {
+    // report.json first: the run leaves every listing at once, and a deletion cut short is finished by the next
+    const report = layout.runFile(dataset, runId, 'report.json');
+    if (runFiles.includes(report)) await store.deleteObject(bucket, report);
+    await deleteObjects(ctx, runFiles.filter((k) => k !== report));
+    await redis.del(classified);
+    if (o.results) await deleteObjects(ctx, results);
+    if (!wasLatest) return;
+    // a run that finished meanwhile is the latest now: it stays so
+    if ((await store.getDocument(LatestDoc, bucket, latestKey))?.runId !== runId) return;
+    if (newestLeft) await store.putJson(bucket, latestKey, { runId: newestLeft.runId, modelPrefix: layout.run(dataset, newestLeft.runId) } satisfies LatestDoc);
+    else await store.deleteObject(bucket, latestKey);
+  };
+  return carryOut(ctx, plan, o, confirm, `deleted run ${dataset}@${runId}`);
+}
+
+/**
+ * `transferline delete dataset NAME`: forgets a dataset in Redis (its items, facts, sources; the
+ * remembered hashes of objects no other dataset holds). With --runs, its trained runs too, with
+ * classify's records of what they labelled and the images classify kept for them
+ * (`_classify.NAME`); with --results, the classify results and label reviews written for it.
+ * Deleting `_classify.MODEL` makes the next classify with MODEL label every image again.
+ */
+export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: DeleteOptions & { runs?: boolean }, confirm?: Confirm): Promise<boolean> {
+  const { bucket } = ctx.config.s3;
+  const { layout, redis, keys, datasets } = ctx.services;
+  const classifyData = isClassifyDataset(dataset);
+  if (classifyData && o.runs) throw new CliExit(EXIT.usage, `transferline: --runs is for a dataset trained on; ${dataset} holds the images classify labelled`);
+  // the model whose classify bookkeeping goes with this deletion, if any
+  const model = classifyData ? dataset.slice(classifyDatasetName('').length) : o.runs ? dataset : undefined;
+  if (!classifyData) await refuseWhileTraining(ctx, dataset);
+  if (model !== undefined) await refuseWhileClassifying(ctx, `with ${model}`, (d) => d.model === model);
+
+  const exists = await datasets.exists(dataset);
+  const status = exists ? await ctx.services.inspector.status(dataset) : undefined;
+  const runs = classifyData ? [] : (await listModelRuns(ctx, dataset)).filter((r) => r.dataset === dataset);
+  const runFiles = o.runs ? await objectsUnder(ctx, layout.models(dataset)) : [];
+  const classifyDataset = classifyDatasetName(model ?? dataset);
+  const classifiedImages = o.runs && (await datasets.exists(classifyDataset)) ? await datasets.size(classifyDataset) : 0;
+  const records = model === undefined ? [] : await redisKeysMatching(ctx, `${globLiteral(keys.classified(model, ''))}*`);
+  const results = model === undefined ? [] : await objectsUnder(ctx, layout.results(model));
+  const reviews = classifyData ? [] : await objectsUnder(ctx, layout.reviews(dataset));
+  const outputs = [...results, ...reviews];
+
+  if (!exists && runFiles.length === 0 && records.length === 0) {
+    const hint = runs.length && !o.runs ? `; its ${runs.length} trained run${runs.length === 1 ? ' is' : 's are'} still in the bucket: add --runs to delete ${runs.length === 1 ? 'it' : 'them'}` : '';
+    throw new CliExit(EXIT.error, `transferline: no dataset named ${dataset}${hint}: nothing deleted (see "transferline status")`);
+  }
+
+  const plan: Plan = { lines: [], kept: [], run: async () => {} };
+  if (status) {
+    plan.lines.push(`dataset ${dataset}: ${images(status.total)} (their records, sources and embedding space, in Redis)`);
+    if (status.pending) plan.lines.push(`  ${images(status.pending)} still on their way: their jobs finish and write nothing`);
+  }
+  if (o.runs && runFiles.length) plan.lines.push(`${runs.length} trained run${runs.length === 1 ? '' : 's'}: ${files(runFiles.length)} in s3://${bucket}/${layout.models(dataset)}`);
+  if (classifiedImages) plan.lines.push(`dataset ${classifyDataset}: the ${images(classifiedImages)} classify kept for its runs`);
+  if (records.length) plan.lines.push(`classify's record of the images ${model} labelled (${records.length} run${records.length === 1 ? '' : 's'}; Redis): the next classify labels them all again`);
+  const outputsWhere = [results.length && `s3://${bucket}/${layout.results(model!)}`, reviews.length && `s3://${bucket}/${layout.reviews(dataset)}`].filter(Boolean).join(' and ');
+  if (o.results && outputs.length) plan.lines.push(`${files(outputs.length)} of classify results and label reviews in ${outputsWhere}`);
+  plan.kept.push(`the images themselves, and their cached embeddings (ingesting them again embeds nothing again)`);
+  const them = runs.length === 1 ? 'it' : 'them';
+  if (!o.runs && runs.length) plan.kept.push(`its ${runs.length} trained run${runs.length === 1 ? '' : 's'} in s3://${bucket}/${layout.models(dataset)} (classify, serve and export go on using ${them}; add --runs to delete ${them} too)`);
+  if (!o.results && outputs.length) plan.kept.push(`${files(outputs.length)} of classify results and label reviews in ${outputsWhere} (add --results to delete them too)`);
+
+  plan.run = async () => {
+    if (exists) await datasets.remove(dataset);
+    if (o.runs) {
+      // reports first: the runs leave every listing at once, and a deletion cut short is finished by the next
+      const reports = runFiles.filter((k) => layout.parseModelKey(k)?.file === 'report.json');
+      await deleteObjects(ctx, reports);
+      await deleteObjects(ctx, runFiles.filter((k) => !reports.includes(k)));
+      if (classifiedImages) await datasets.remove(classifyDataset);
+    }
+    if (records.length) await redis.del(...records);
+    if (o.results) await deleteObjects(ctx, outputs);
+  };
+  return carryOut(ctx, plan, o, confirm, `deleted ${[exists && `dataset ${dataset}`, o.runs && runs.length && `its ${runs.length} run${runs.length === 1 ? '' : 's'}`].filter(Boolean).join(' and ') || `what was left of ${dataset}`}`);
+}
