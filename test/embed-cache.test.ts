@@ -85,27 +85,33 @@ describe('the embedding cache', () => {
     }
   });
 
-  it('rebuild-index drops the entries of a shard deleted from the bucket, and works for a space Redis no longer knows', async () => {
+  it('rebuild-index drops the entries of a shard deleted from the bucket, or of its data alone, and works for a space Redis no longer knows', async () => {
     const { cache, store, layout, redis, keys } = ctx.services;
     const bucket = stack.config.s3.bucket;
     // a space no worker here runs (nor published): as after Redis lost its data
     const space = 'efficientnet-b0.rebuild-stale.squash224';
-    const hashes = Array.from({ length: 6 }, () => randomBytes(32).toString('hex'));
+    const hashes = Array.from({ length: 9 }, () => randomBytes(32).toString('hex'));
+    const shardOf = async (first: string) => (await cache.listShards(space)).find((s) => s.hashes.includes(first))!;
     await cache.writeShard(space, hashes.slice(0, 3), new Float32Array(3 * 4).fill(1), 4);
-    await cache.writeShard(space, hashes.slice(3), new Float32Array(3 * 4).fill(2), 4);
-    const [kept, deleted] = (await cache.listShards(space)).sort((a, b) => (a.hashes.includes(hashes[0]!) ? -1 : b.hashes.includes(hashes[0]!) ? 1 : 0));
-    expect(kept!.hashes.sort()).toEqual(hashes.slice(0, 3).sort());
-    // a team deletes one shard from the bucket by hand; the index still points at it
-    for (const ext of ['json', 'npy'] as const) await store.deleteObject(bucket, layout.shard(space, deleted!.shardId, ext));
-    expect(await cache.size(space)).toBe(6);
+    await cache.writeShard(space, hashes.slice(3, 6), new Float32Array(3 * 4).fill(2), 4);
+    await cache.writeShard(space, hashes.slice(6), new Float32Array(3 * 4).fill(3), 4);
+    const deleted = await shardOf(hashes[3]!);
+    const dataless = await shardOf(hashes[6]!);
+    // a team deletes one shard from the bucket by hand, and the data of another; the index still points at both
+    for (const ext of ['json', 'npy'] as const) await store.deleteObject(bucket, layout.shard(space, deleted.shardId, ext));
+    await store.deleteObject(bucket, layout.shard(space, dataless.shardId, 'npy'));
+    expect(await cache.size(space)).toBe(9);
 
     const r = await runCli(['cache', 'rebuild-index', '--embedder', space], stack.env);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(`embedding space ${space} is not published in Redis`);
-    expect(r.stdout).toContain(`embedding index for ${space}: 6 → 3 images`);
-    expect(r.stdout).toContain('3 entries dropped: their shard is no longer in the bucket');
-    expect(await cache.has(space, hashes)).toEqual([true, true, true, false, false, false]);
+    expect(r.stdout).toContain(`embedding index for ${space}: 9 → 3 images`);
+    expect(r.stdout).toContain('6 entries dropped: their shard, or its data (.npy), is no longer in the bucket');
+    expect(await cache.has(space, hashes)).toEqual([true, true, true, false, false, false, false, false, false]);
+    // what is left loads; compaction passes over the manifest without data instead of failing on it
+    expect((await cache.load(space, hashes.slice(0, 3))).rows).toBe(3);
+    expect(await cache.compact(space, 16)).toEqual({ shardsBefore: 1, shardsAfter: 1, rows: 3 });
     // a space with nothing in the bucket either is still refused
     const none = await runCli(['cache', 'rebuild-index', '--embedder', 'efficientnet-b0.nowhere.squash224'], stack.env);
     expect(none.code).toBe(1);

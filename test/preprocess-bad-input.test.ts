@@ -119,6 +119,10 @@ describe('bad input fails alone, with a reason', () => {
     for (const [reason, n] of byReason) expect(metrics.get(`tl_failures_total{stage="preprocess",reason="${reason}"}`), reason).toBe(n);
     expect(metrics.get('tl_images_total{stage="preprocess",outcome="failed"}')).toBe(bad.length);
     expect(metrics.get('tl_images_total{stage="preprocess",outcome="queued"}')).toBe(GOOD);
+    // failed decodes that overlapped another (2 at a time here) ran again alone: counted, at most once per bad image decoded
+    const reruns = ['rerun-alone', 'kept-first-error'].map((outcome) => metrics.get(`tl_decode_reruns_total{outcome="${outcome}"}`));
+    expect(reruns.every((n) => n !== undefined)).toBe(true);
+    expect(reruns.reduce((a, n) => a! + n!, 0)).toBeLessThanOrEqual(bad.length);
 
     // no retries: every failed job ran once; the worker never crashed
     const failed = await ctx.queues.preprocess.getFailed(0, 100);

@@ -2,13 +2,14 @@ import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { classifyCommand, resolveModel } from '../apps/producer/src/commands/classify.command.js';
+import { latestRun } from '../apps/producer/src/commands/models.command.js';
 import { classifyImages } from '../apps/train-worker/src/classify-images.job.js';
 import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
 import type { JobContext } from '../packages/shared/src/index.js';
 import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { classifyDatasetName, jobIds, LatestDoc, ReportDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
+import { classifyDatasetName, jobIds, jobLock, LatestDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
@@ -23,7 +24,8 @@ const photos = 'photos-tc';
 const kinds = Object.keys(SAMPLE_CLASSES) as SampleClass[];
 
 beforeAll(async () => {
-  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '8', TL_MODEL_WEIGHTS: 'random' });
+  // a train lock of 15 s, not a minute: the killed run below is taken up again that much sooner
+  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '8', TL_MODEL_WEIGHTS: 'random', TL_TRAIN_JOB_LOCK_MS: '15000' });
   ctx = await openCliContext(stack.config, sink);
   await ctx.services.store.ensureBucket(photos);
   // the bucket's own split folders: train/ and val/ below the prefix
@@ -464,6 +466,8 @@ describe('training runs and classification', () => {
     const followed = await follower;
     expect({ code: followed.code, timedOut: followed.timedOut }).toEqual({ code: 1, timedOut: false });
     expect(followed.stderr).toContain('run queued-behind was cancelled (transferline train --cancel queued-behind) before it started');
+    // while it waited, the follower said what it waited for (not silence)
+    expect(followed.stdout).toContain('run queued-behind: queued behind 1 job of the train queue (1 running, 0 waiting); it starts when the train worker is free\n');
     expect((await runCli(['train', '--cancel', 'queued-behind'], stack.env)).stdout).toBe('run queued-behind had been cancelled already: nothing to cancel\n');
 
     const long = await runCli(['train', '--cancel', 'endless'], stack.env, 150_000);
@@ -501,6 +505,11 @@ describe('training runs and classification', () => {
     await trainCommand(ctx, { dataset: 'doomed', wait: true, epochs: 2, runId: 'doomed-old' });
     await trainCommand(ctx, { dataset: 'doomed', wait: true, epochs: 2, runId: 'doomed-new' });
     expect((await runCli(['classify', `s3://${photos}/doomed-in/`, '--model', 'doomed'], stack.env)).code).toBe(0);
+    // a candidate trained after it, not promoted: deleting the latest must not make it the latest
+    await trainCommand(ctx, { dataset: 'doomed', wait: true, epochs: 2, runId: 'doomed-candidate', promote: false });
+    // a dataset whose name starts the same, and its classify record: untouched by all of this
+    await datasets.putItem('doomed.x', `${photos}/elsewhere/a.jpg`, { label: 'a', etag: 'e', space: stack.space.id, state: 'pending' });
+    await redis.hset(keys.classified('doomed.x', 'r1'), `${photos}/elsewhere/a.jpg`, 'e sha key');
     const runFolder = layout.run('doomed', 'doomed-new');
     const runFiles = await listed(runFolder);
     const resultsFolder = layout.results('doomed', 'doomed-new');
@@ -511,7 +520,7 @@ describe('training runs and classification', () => {
     const plan = [
       `  run doomed@doomed-new: ${runFiles.length} files in s3://${bucket}/${runFolder}`,
       `  classify's record of the 3 images it labelled (Redis)`,
-      `  it is the latest run of doomed: doomed-old, the newest run left, becomes the latest`,
+      `  it is the latest run of doomed: doomed-old, the newest run left (not counting --no-promote runs), becomes the latest`,
       `kept:`,
       `  its classify results: 1 file in s3://${bucket}/${resultsFolder} (add --results to delete them too)`,
     ].join('\n');
@@ -534,22 +543,25 @@ describe('training runs and classification', () => {
     expect(await listed(runFolder)).toEqual([]);
     expect(await redis.exists(keys.classified('doomed', 'doomed-new'))).toBe(0);
     expect(await listed(resultsFolder)).toHaveLength(1);
+    // its finished job is gone too: the id is free again
+    expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'doomed-new' }))).toBeUndefined();
     // the run left is the latest, with no note: the pointer was moved, not left naming a deleted run
     expect((await store.getDocument(LatestDoc, bucket, layout.latest('doomed')))?.runId).toBe('doomed-old');
     const models = await runCli(['models', '-d', 'doomed'], stack.env);
     expect(models.stdout).toMatch(/^doomed\s+doomed-old \*/m);
+    expect(models.stdout).toMatch(/^doomed\s+doomed-candidate .*\(--no-promote\)$/m);
     expect(models.stdout).not.toMatch(/doomed-new|note:/);
     // twice: no such run, exit 1, nothing else touched
     const twice = await runCli(['delete', 'run', 'doomed@doomed-new', '--yes'], stack.env);
     expect(twice.code).toBe(1);
-    expect(twice.stderr).toContain(`no run doomed-new of doomed in s3://${bucket}/${layout.models('doomed')}: nothing deleted`);
+    expect(twice.stderr).toContain(`no run doomed-new of doomed in s3://${bucket}/${layout.models('doomed')}; its classify results are still in s3://${bucket}/${resultsFolder}: add --results to delete them: nothing deleted`);
     expect((await runCli(['delete', 'run', 'doomed', '--yes'], stack.env)).code).toBe(2);
 
     // a dataset with a run in training is not deleted: it says which run to cancel
     await trainCommand(ctx, { dataset: 'doomed', wait: false, epochs: 10_000, patience: 0, runId: 'doomed-long' });
     const refused = await runCli(['delete', 'dataset', 'doomed', '--yes'], stack.env);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/nothing deleted: a run of doomed would write a model into what is deleted; cancel it first .*\n {2}run doomed-long is (training|queued): transferline train --cancel doomed-long\n/);
+    expect(refused.stderr).toMatch(/nothing deleted: a run of doomed trains on what is deleted; cancel it first .*\n {2}run doomed-long is (training|queued): transferline train --cancel doomed-long\n/);
     expect(await datasets.size('doomed')).toBe(15);
     expect((await runCli(['train', '--cancel', 'doomed-long'], stack.env, 150_000)).code).toBe(0);
 
@@ -559,7 +571,7 @@ describe('training runs and classification', () => {
     const ds = await runCli(['delete', 'dataset', 'doomed', '--yes'], stack.env);
     expect({ code: ds.code, stderr: ds.stderr }).toEqual({ code: 0, stderr: '' });
     expect(ds.stdout).toContain('  dataset doomed: 15 images (their records, sources and embedding space, in Redis)\n');
-    expect(ds.stdout).toContain(`  its 1 trained run in s3://${bucket}/${layout.models('doomed')} (classify, serve and export go on using it; add --runs to delete it too)\n`);
+    expect(ds.stdout).toContain(`  its 2 trained runs in s3://${bucket}/${layout.models('doomed')} (classify, serve and export go on using them; add --runs to delete them too)\n`);
     expect(await datasets.list()).not.toContain('doomed');
     expect(await redis.exists(keys.datasetItems('doomed'), keys.datasetMeta('doomed'), keys.datasetSources('doomed'))).toBe(0);
     expect(await datasets.knownHashes([item])).toEqual([undefined]);
@@ -577,6 +589,10 @@ describe('training runs and classification', () => {
     expect(await listed(layout.results('doomed'))).toEqual([]);
     expect(await datasets.exists(classifyDatasetName('doomed'))).toBe(false);
     expect(await redis.keys(`${keys.classified('doomed', '')}*`)).toEqual([]);
+    expect(await datasets.size('doomed.x')).toBe(1);
+    expect(await redis.hlen(keys.classified('doomed.x', 'r1'))).toBe(1);
+    await datasets.remove('doomed.x');
+    await redis.del(keys.classified('doomed.x', 'r1'));
     expect((await runCli(['models', '-d', 'doomed'], stack.env)).code).toBe(1);
     expect((await runCli(['delete', 'dataset', 'doomed', '--yes'], stack.env)).stderr).toContain('no dataset named doomed: nothing deleted');
     // the images and their embeddings stay: ingested again, every one comes from the cache
@@ -585,6 +601,56 @@ describe('training runs and classification', () => {
     // and the other datasets are as they were
     expect((await ctx.services.inspector.status('shapes')).embedded).toBeGreaterThan(0);
   }, 240_000);
+
+  it('after Redis lost its data: status says so and how to come back; ingest restores the cache index and embeds nothing again', async () => {
+    const { redis, keys, datasets, store, layout, cache } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    const space = stack.space.id;
+    // a run records the prefixes its dataset came from
+    const latest = (await latestRun(ctx, 'shapes'))!.runId;
+    expect((await store.getDocument(RunDoc, bucket, layout.runFile('shapes', latest, 'run.json')))?.sources).toEqual([`s3://${photos}/set/`]);
+    // Redis loses the cache index and the dataset's records, as a restart without persistence would
+    const indexed = await cache.size(space);
+    await redis.del(keys.embeddingIndex(space));
+    await datasets.remove('shapes');
+    const status = await runCli(['status'], stack.env);
+    expect(status.code).toBe(0);
+    expect(status.stdout).toContain(`warning: the embedding index of ${space} is empty while its shards are in s3://${bucket}/${layout.embeddings(space)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${space}\n`);
+    expect(status.stdout).toContain(`warning: dataset shapes has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): transferline ingest s3://${photos}/set/ -d shapes\n`);
+
+    // as it says: the ingest restores the index first, and no image is embedded again
+    const embedded = async () => (await scrape(stack.ports.embed)).get('tl_images_total{stage="embed",outcome="embedded"}') ?? 0;
+    const embeddedBefore = await embedded();
+    const again = await runCli(['ingest', `s3://${photos}/set/`, '-d', 'shapes'], stack.env);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain(`note: the embedding index of ${space} was empty while its shards are in s3://${bucket}/${layout.embeddings(space)} (Redis lost its data?): restored from them, ${indexed} images; those are not embedded again\n`);
+    expect(await cache.size(space)).toBe(indexed);
+    expect(await ctx.services.inspector.status('shapes')).toMatchObject({ total: 66, embedded: 66, cached: 66, failed: 0 });
+    expect(await embedded()).toBe(embeddedBefore);
+    expect((await runCli(['status'], stack.env)).stdout).not.toContain('Redis lost its data');
+  });
+
+  it('train --no-promote leaves the latest run as it was; promote makes a run the latest, or rolls back to an older one', async () => {
+    const latestOf = async () => (await latestRun(ctx, 'shapes'))?.runId;
+    const before = await latestOf();
+    const r = await runCli(['train', '-d', 'shapes', '--epochs', '2', '--run-id', 'shapes-candidate', '--no-promote'], stack.env);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('  not made the latest run of shapes (--no-promote): classify, serve and export use it as -m shapes@shapes-candidate; make it the latest with: transferline promote shapes@shapes-candidate\n');
+    expect(await latestOf()).toBe(before);
+    expect((await runCli(['models', '-d', 'shapes'], stack.env)).stdout).toMatch(new RegExp(`^shapes\\s+${before} \\*`, 'm'));
+
+    const promoted = await runCli(['promote', 'shapes@shapes-candidate'], stack.env);
+    expect(promoted.stdout).toBe(`shapes@shapes-candidate is now the latest run of shapes (it was ${before}): classify, serve and export use it without @run\n`);
+    expect(await latestOf()).toBe('shapes-candidate');
+    expect((await runCli(['promote', 'shapes@shapes-candidate'], stack.env)).stdout).toBe('shapes@shapes-candidate is the latest run of shapes already\n');
+    // rolled back
+    expect((await runCli(['promote', `shapes@${before}`], stack.env)).code).toBe(0);
+    expect(await latestOf()).toBe(before);
+    const missing = await runCli(['promote', 'shapes@no-such-run'], stack.env);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('no run no-such-run of shapes');
+    expect((await runCli(['promote', 'shapes'], stack.env)).code).toBe(2);
+  });
 
   it('Ctrl-C while train follows its run: exit 130, the run goes on, and it says how to follow it again', async () => {
     const runId = 'interrupted-run';
@@ -607,7 +673,7 @@ describe('training runs and classification', () => {
   });
 
   it('a run whose train worker is killed: train says the worker is gone, which worker takes it up again, and ends with the report', async () => {
-    // Last in this file: the killed run's lock (a minute: the train floor) holds the train worker's slot until it runs out.
+    // Last in this file: the killed run's lock (TL_TRAIN_JOB_LOCK_MS) holds the train worker's slot until it runs out.
     const runId = 'killed-mid-run';
     const train = runCli(['train', '-d', 'shapes', '--epochs', '150', '--patience', '0', '--batch-size', '8', '--seed', '3', '--run-id', runId], stack.env, 300_000);
     let holder: string | undefined;
@@ -620,9 +686,12 @@ describe('training runs and classification', () => {
       else await new Promise((r) => setTimeout(r, 50));
     }
     expect(stack.supervisor.signal('train', 1, 'SIGKILL')).toBe(true);
+    const lock = jobLock('train', stack.config);
+    const within = Math.ceil((lock.lockMs + lock.stalledIntervalMs) / 1000);
+    expect(within).toBe(23);
     const r = await train;
     expect(r.code).toBe(0);
-    const gone = new RegExp(`^run ${runId}: its train worker \\(${holder.replace(/[.]/g, '\\.')}\\) is stopping or gone; if it does not finish it, another train worker takes it up again when its lock runs out, within about 90 s$`, 'm');
+    const gone = new RegExp(`^run ${runId}: its train worker \\(${holder.replace(/[.]/g, '\\.')}\\) is stopping or gone; if it does not finish it, another train worker takes it up again when its lock runs out, within about ${within} s$`, 'm');
     expect(r.stdout).toMatch(gone);
     const again = /^run killed-mid-run started again on train worker (\S+)$/m.exec(r.stdout);
     expect(again?.[1]).toBeDefined();

@@ -87,7 +87,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     log,
     metrics,
     concurrency: EmbedStage.concurrency(config.embed),
-    lockDuration: config.jobLockMs,
+    locks: config,
     guards: [s3],
     failureReasons: EMBED_FAILURE_REASONS,
     onFinalFailure: async (payload, f) => {

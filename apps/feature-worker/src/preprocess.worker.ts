@@ -15,7 +15,7 @@ import {
   type RunningRole,
 } from '@transferline/shared';
 import { EmbedBacklogGate } from './embed-backlog.gate.js';
-import { configureSharp } from './image.ops.js';
+import { configureSharp, vipsErrors } from './image.ops.js';
 import { PREPROCESS_FAILURE_REASONS, preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
 import { createPreprocessStore } from './preprocess.store.js';
 
@@ -46,6 +46,8 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     maxObjectBytes: config.preprocess.maxObjectBytes,
   };
   for (const outcome of ['cached', 'queued', 'failed', 'retried']) metrics.images.inc({ stage: 'preprocess', outcome }, 0);
+  for (const outcome of ['rerun-alone', 'kept-first-error'] as const) metrics.decodeReruns.inc({ outcome }, 0);
+  vipsErrors.onOutcome = (outcome) => metrics.decodeReruns.inc({ outcome });
   const handler: Handler<'preprocess'> = async (payload, ctx) => {
     const outcome = await preprocessImage(payload, deps, ctx).catch((err: unknown) => {
       metrics.images.inc({ stage: 'preprocess', outcome: err instanceof PermanentError ? 'failed' : 'retried' });
@@ -60,7 +62,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     log,
     metrics,
     concurrency: config.preprocess.concurrency,
-    lockDuration: config.jobLockMs,
+    locks: config,
     guards: [s3],
     failureReasons: PREPROCESS_FAILURE_REASONS,
     // Whatever ended the job (bad input, attempts spent, a crash too many), the item says so.

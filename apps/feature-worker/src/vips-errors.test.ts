@@ -111,6 +111,8 @@ describe('VipsErrorAttribution', () => {
 
   it('keeps the first error when the others do not finish in time, or the re-run takes too long', async () => {
     const v = new VipsErrorAttribution({ drainMs: 50, rerunMs: 50 });
+    const told: string[] = [];
+    v.onOutcome = (o) => told.push(o);
     const { make } = decodes();
     // a neighbour that never finishes (a decode wedged in a native call): nothing waits on it for ever
     const [stuck, a] = [make('stuck'), make('a')];
@@ -147,5 +149,6 @@ describe('VipsErrorAttribution', () => {
     f.finish(true);
     expect(await pf).toBe('f: pixels');
     expect(v.counts).toEqual({ rerunAlone: 2, keptFirstError: 2 });
+    expect(told).toEqual(['kept-first-error', 'rerun-alone', 'kept-first-error', 'rerun-alone']);
   });
 });

@@ -41,6 +41,8 @@ export class VipsErrorAttribution {
   private alone: Promise<unknown> | undefined;
   /** Failed decodes run again alone, and those that could not be in time (kept their first error). */
   readonly counts = { rerunAlone: 0, keptFirstError: 0 };
+  /** Told of each, as it happens (the preprocess worker counts them in `tl_decode_reruns_total`). */
+  onOutcome: ((outcome: 'rerun-alone' | 'kept-first-error') => void) | undefined;
 
   constructor(private readonly limits = { drainMs: DRAIN_LIMIT_MS, rerunMs: RERUN_LIMIT_MS }) {}
 
@@ -86,6 +88,7 @@ export class VipsErrorAttribution {
       );
       if (drained.done) {
         this.counts.rerunAlone++;
+        this.onOutcome?.('rerun-alone');
         // in flight like any decode: one that outlives RERUN_LIMIT_MS still overlaps the next ones
         const rerun = this.enter();
         const again = await within(
@@ -101,6 +104,7 @@ export class VipsErrorAttribution {
         }
       }
       this.counts.keptFirstError++;
+      this.onOutcome?.('kept-first-error');
       throw firstError;
     })();
     this.alone = run;

@@ -5,19 +5,14 @@ import { openCliContext, type CliContext } from './cli-context.js';
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
-import { consoleCommand } from './commands/console.command.js';
 import { deleteDatasetCommand, deleteRunCommand, terminalConfirm, type DeleteOptions } from './commands/delete.command.js';
 import { failuresCommand } from './commands/failures.command.js';
 import { ingestCommand, watchIngest } from './commands/ingest.command.js';
-import { modelsCommand } from './commands/models.command.js';
+import { modelsCommand, promoteCommand } from './commands/models.command.js';
 import { retryCommand } from './commands/retry.command.js';
 import { statusCommand } from './commands/status.command.js';
 import { cancelRun, followRun, trainCommand, type TrainOptions } from './commands/train.command.js';
-import { upCommand } from './commands/up.command.js';
 import { uploadCommand } from './commands/upload.command.js';
-import { exportCommand } from './commands/export.command.js';
-import { serveCommand } from './commands/serve.command.js';
-import { relabelCommand, reviewCommand } from './commands/review.command.js';
 import { printableMessage } from './terminal.js';
 
 // A reader that goes away (`transferline status | head -3`) ends the command as it ends any Unix
@@ -79,6 +74,15 @@ async function withContext(fn: (ctx: CliContext) => Promise<unknown>): Promise<v
 /** Bad usage as the CLI itself finds it (a value out of range, options that do not go together): exit 2. */
 const usage = (message: string) => new CliExit(EXIT.usage, `transferline: ${message}`);
 
+// The commands that bring in a model runtime, an HTTP server or the queue board (TF.js, ONNX,
+// h5wasm, express, bull-board: most of a second) are loaded when they run, so that every other
+// command (and --help, and a usage error) starts without them.
+const up = () => import('./commands/up.command.js');
+const exporting = () => import('./commands/export.command.js');
+const serving = () => import('./commands/serve.command.js');
+const reviewing = () => import('./commands/review.command.js');
+const consoling = () => import('./commands/console.command.js');
+
 const program = new Command('transferline')
   .description('A bucket of labelled images in, a trained image classifier out (EfficientNet-B0 embeddings + a trained head).')
   .showHelpAfterError()
@@ -96,7 +100,7 @@ program
   .option('--embed-workers <n>', 'embed processes (default 1; the wasm backend is single-threaded, so one per core)', int('--embed-workers'))
   .action(async (o: { demo?: boolean; exitAfterDemo?: boolean; preprocessWorkers?: number; embedWorkers?: number; metricsPort?: number }) => {
     const base = o.metricsPort;
-    await upCommand(process.env, {
+    await (await up()).upCommand(process.env, {
       demo: !!o.demo,
       ...(base !== undefined && { ports: { producer: base, preprocess: base + 1, embed: base + 2, train: base + 3 } }),
       exitAfterDemo: !!o.exitAfterDemo,
@@ -188,6 +192,7 @@ program
   .option('--seed <n>', 'seed of initial weights, shuffles and dropout (default 1): same data + same seed = same figures', int('--seed'))
   .option('--run-id <id>', 'name of the run (default: a timestamp); refused if it exists')
   .option('--partial', 'train now on the images embedded so far, although some are still pending (the report records it)')
+  .option('--no-promote', "do not make the run the dataset's latest (what classify, serve and export use without @run); transferline promote does it later")
   .option('--follow <run>', 'follow a run started elsewhere instead of starting one')
   .option('--cancel <run>', 'stop a run for good, writing no model: removed if no worker started it, else at the end of an epoch, within about a second')
   .option('--no-wait', 'enqueue the run and return without following it (it still waits for the images to be embedded, unless --partial)')
@@ -249,7 +254,7 @@ program
   .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to export, or dataset@run')
   .option('--format <format>', 'onnx', 'onnx')
   .option('-o, --output <file>', 'where to write it (default <dataset>-<run>.onnx here)')
-  .action((o: { model: string; format: string; output?: string }) => withContext((ctx) => exportCommand(ctx, o)));
+  .action((o: { model: string; format: string; output?: string }) => withContext(async (ctx) => (await exporting()).exportCommand(ctx, o)));
 
 program
   .command('serve')
@@ -258,7 +263,7 @@ program
   .option('--host <host>', 'interface to listen on (default TL_SERVE_HOST, 127.0.0.1)')
   .option('--port <n>', 'port (default TL_SERVE_PORT, 9480; 0 = any free port)', int('--port'))
   .option('--threads <n>', 'ONNX Runtime threads (default: the cores)', int('--threads'))
-  .action((o: { model: string; host?: string; port?: number; threads?: number }) => withContext((ctx) => serveCommand(ctx, o)));
+  .action((o: { model: string; host?: string; port?: number; threads?: number }) => withContext(async (ctx) => (await serving()).serveCommand(ctx, o)));
 
 program
   .command('review')
@@ -271,7 +276,7 @@ program
     return k;
   })
   .option('--json', 'machine-readable output')
-  .action((o: { dataset: string; top?: number; folds?: number; json?: boolean }) => withContext((ctx) => reviewCommand(ctx, o)));
+  .action((o: { dataset: string; top?: number; folds?: number; json?: boolean }) => withContext(async (ctx) => (await reviewing()).reviewCommand(ctx, o)));
 
 program
   .command('relabel')
@@ -281,7 +286,7 @@ program
   .option('--to <label>', 'the new label')
   .option('--from-review <s3url>', 'move the label issues of a review file to their suggested labels')
   .option('--top <n>', 'with --from-review: only the first n issues', int('--top'))
-  .action((keys: string[], o: { dataset: string; to?: string; fromReview?: string; top?: number }) => withContext((ctx) => relabelCommand(ctx, { ...o, keys })));
+  .action((keys: string[], o: { dataset: string; to?: string; fromReview?: string; top?: number }) => withContext(async (ctx) => (await reviewing()).relabelCommand(ctx, { ...o, keys })));
 
 program
   .command('models')
@@ -291,11 +296,17 @@ program
   .action((o: { dataset?: string; json?: boolean }) => withContext((ctx) => modelsCommand(ctx, o)));
 
 program
+  .command('promote')
+  .description("make a trained run its dataset's latest: what classify, serve and export use without @run (a serve following the dataset switches within its follow interval)")
+  .argument('<dataset@run>', 'the run, named in full (see "transferline models")')
+  .action((spec: string) => withContext((ctx) => promoteCommand(ctx, spec)));
+
+program
   .command('console')
   .description('web console: datasets, trained runs and every queue (bull-board); read-only unless TL_CONSOLE_PASSWORD is set and given')
   .option('--host <host>', 'interface to listen on (default TL_CONSOLE_HOST, 127.0.0.1)')
   .option('--port <n>', 'port (default TL_CONSOLE_PORT, 9470; 0 = any free port)', int('--port'))
-  .action((o: { host?: string; port?: number }) => withContext((ctx) => consoleCommand(ctx, o)));
+  .action((o: { host?: string; port?: number }) => withContext(async (ctx) => (await consoling()).consoleCommand(ctx, o)));
 
 const cache = program.command('cache').description('the embedding cache in the bucket');
 cache

@@ -65,7 +65,7 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
     // read leaves a status of nothing pending (0 images), which must not pass for done.
     const s = await ctx.services.inspector.status(dataset, 20, o.within);
     if (!(await ctx.services.datasets.exists(dataset))) {
-      throw new CliExit(EXIT.vanished, `dataset ${dataset} vanished from Redis while waiting: its data was lost or flushed. Ingest again to rebuild it (the embeddings in the bucket are kept: "transferline cache rebuild-index" restores their index).`);
+      throw new CliExit(EXIT.vanished, `dataset ${dataset} vanished from Redis while waiting: it was deleted (transferline delete dataset), or Redis lost its data. Ingest again to rebuild it (the embeddings in the bucket are kept, and ingest restores their index if Redis lost it).`);
     }
     const done = s.embedded + s.failed;
     bar.update(done, s.total, `embedded ${s.embedded} (cached ${s.cached}), failed ${s.failed}`);

@@ -70,6 +70,7 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
   let stuckSince: number | undefined;
   let goneOnce = false;
   const holder = holderWatch(ctx, job, o);
+  const queued = queueWatch(ctx, job, o);
   for (;;) {
     await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
     if (stop.aborted) return new Promise<never>(() => {});
@@ -93,6 +94,7 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
         const workers = await queue.getWorkers();
         const connected = workers.length;
         if (state === 'active' && connected > 0) await holder.check(queue, workers);
+        await queued.check(queue, state, connected);
         if (connected === 0) {
           why =
             state === 'active'
@@ -119,6 +121,32 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
 }
 
 /**
+ * Says, once, when the job waits behind others (a train worker runs one run at a time, so a run
+ * queued behind a long one is silent otherwise), and then when it starts.
+ */
+function queueWatch(ctx: CliContext, job: Job, o: FollowOptions) {
+  let said = false;
+  let started = false;
+  return {
+    async check(queue: Queue, state: string, connected: number): Promise<void> {
+      if (state === 'active') {
+        if (said && !started) ctx.out.write(`\n${o.what}: started\n`);
+        started = true;
+        return;
+      }
+      if (said || started || connected === 0 || state !== 'waiting') return;
+      const [active, waiting] = await Promise.all([queue.getActiveCount(), queue.getWaiting()]);
+      const before = waiting.filter((j) => j.id !== job.id && j.timestamp <= job.timestamp).length;
+      const ahead = active + before;
+      if (ahead === 0) return;
+      said = true;
+      const free = connected === 1 ? `the ${o.role} worker is free` : `one of the ${connected} ${o.role} workers is free`;
+      ctx.out.write(`\n${o.what}: queued behind ${ahead} job${ahead === 1 ? '' : 's'} of the ${queue.name} queue (${active} running, ${before} waiting); it starts when ${free}\n`);
+    },
+  };
+}
+
+/**
  * Says when the worker running the job is stopping or gone while others are connected (stopped,
  * crashed, or its connection lost): if it does not finish the job, nothing moves until its lock
  * runs out and a connected worker takes the job up again, which for a training run is a minute
@@ -130,7 +158,7 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
  */
 function holderWatch(ctx: CliContext, job: Job, o: FollowOptions) {
   const name = job.name in JOBS ? (job.name as JobName) : undefined;
-  const lock = name && jobLock(name, ctx.config.jobLockMs);
+  const lock = name && jobLock(name, ctx.config);
   let gone: string | undefined;
   let missing: { holder: string; polls: number } | undefined;
   return {

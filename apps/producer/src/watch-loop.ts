@@ -16,7 +16,7 @@ export interface WatchLoopOptions {
  * so. A watch is left to run unattended: an outage must not end it.
  */
 export async function watchRounds(ctx: CliContext, o: WatchLoopOptions, round: (n: number) => Promise<void>): Promise<void> {
-  let failing: { since: number; message: string; rounds: number } | undefined;
+  let failing: { since: number; kind: string; rounds: number } | undefined;
   for (let n = 1; ; n++) {
     if (n === 1) await round(n);
     else {
@@ -29,8 +29,10 @@ export async function watchRounds(ctx: CliContext, o: WatchLoopOptions, round: (
       } catch (err) {
         if (ctx.signal?.aborted) break;
         const message = roundFailure(ctx, err);
-        if (failing?.message !== message) ctx.out.write(`watch: round ${n} failed: ${message}; trying again every ${o.intervalSeconds} s (Ctrl-C to stop)\n`);
-        failing = { since: failing?.since ?? n, rounds: (failing?.rounds ?? 0) + 1, message };
+        // one kind of failure whatever its figures ("12 images have not moved", then 11): said once
+        const kind = message.replace(/\d+(\.\d+)?/g, '#');
+        if (failing?.kind !== kind) ctx.out.write(`watch: round ${n} failed: ${message}; trying again every ${o.intervalSeconds} s (Ctrl-C to stop)\n`);
+        failing = { since: failing?.since ?? n, rounds: (failing?.rounds ?? 0) + 1, kind };
       }
     }
     if ((o.maxRounds !== undefined && n >= o.maxRounds) || ctx.signal?.aborted) break;

@@ -1,5 +1,6 @@
 import type * as tfTypes from '@tensorflow/tfjs';
 import {
+  DatasetRepository,
   PermanentError,
   type JobContext,
   type Metrics,
@@ -19,7 +20,7 @@ import { splitExamples, type Example } from './split.js';
 export interface TrainDeps {
   tf: typeof tfTypes;
   backend: string;
-  services: Pick<Services, 'inspector' | 'cache' | 'store' | 'layout' | 'redis' | 'keys'>;
+  services: Pick<Services, 'inspector' | 'datasets' | 'cache' | 'store' | 'layout' | 'redis' | 'keys'>;
   bucket: string;
   metrics: Metrics;
 }
@@ -52,7 +53,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   // from the queue board) finds its report and returns that run: training again would write
   // other figures over it, from the dataset as it is now.
   const written = await services.store.getDocument(ReportDoc, deps.bucket, services.layout.runFile(job.dataset, job.runId, 'report.json'));
-  if (written) return finishedRun(written, deps, ctx);
+  if (written) return finishedRun(written, deps, ctx, job.promote);
   // `train --cancel RUN`: asked before it started (or before this worker took it up again), or
   // while it trains, checked after each epoch; the run ends for good, writing nothing
   let checkedAt = 0;
@@ -154,13 +155,15 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
     fit.model.dispose();
   }
   const { dataset, runId, embedderId, ...params } = job;
-  const run: RunDoc = { dataset, runId, embedderId, params, backend: deps.backend, createdAt: report.createdAt };
+  const { promote } = job;
+  const sources = (await services.datasets.sources(dataset)).sort().map((s) => DatasetRepository.objectUrl(s));
+  const run: RunDoc = { dataset, runId, embedderId, params, backend: deps.backend, createdAt: report.createdAt, sources };
   await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'labels.json'), labels);
   await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'run.json'), run);
   await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'report.json'), report);
   // Last, so that whoever follows the pointer finds every file of the run.
-  await services.store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
-  return resultOf(report, modelPrefix);
+  if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
+  return { ...resultOf(report, modelPrefix), latest: promote };
 }
 
 /** What a train job returns for a run: read off its report (a run trained now, or found written). */
@@ -179,19 +182,21 @@ function resultOf(report: ReportDoc, modelPrefix: string): TrainResult {
 /**
  * The result of a run whose report is in the bucket already. Its latest.json pointer (the last
  * write of a run: a crash may have come before it) is set to this run unless it names a newer
- * one (by the reports' createdAt): a run retried long after is not made latest again.
+ * one (by the reports' createdAt): a run retried long after is not made latest again; nor is a
+ * run trained with --no-promote.
  */
-async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext): Promise<TrainResult> {
+async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext, promote: boolean): Promise<TrainResult> {
   const { dataset, runId } = report;
   const { layout, store } = deps.services;
   const modelPrefix = layout.run(dataset, runId);
   ctx.log.info({ dataset, runId }, 'this run is written already: not trained again');
   const latest = await store.getDocument(LatestDoc, deps.bucket, layout.latest(dataset));
   const current = latest && latest.runId !== runId ? await store.getDocument(ReportDoc, deps.bucket, layout.runFile(dataset, latest.runId, 'report.json')).catch(() => undefined) : undefined;
-  if (!latest || (latest.runId !== runId && !(current && current.createdAt > report.createdAt))) {
+  if (promote && (!latest || (latest.runId !== runId && !(current && current.createdAt > report.createdAt)))) {
     await store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
+    return { ...resultOf(report, modelPrefix), latest: true };
   }
-  return resultOf(report, modelPrefix);
+  return { ...resultOf(report, modelPrefix), latest: latest?.runId === runId };
 }
 
 type Labelled = { x: Matrix; y: Int32Array };

@@ -29,7 +29,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
   // Their locks last at least a minute (the catalog's floor: long synchronous TF.js stretches).
-  const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, lockDuration: config.jobLockMs, guards: [s3] };
+  const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, locks: config, guards: [s3] };
   const worker = startWorker('train', handler, {
     ...settings,
     failureReasons: TRAIN_FAILURE_REASONS,

@@ -113,6 +113,8 @@ export const HeadParams = z.object({
   testFraction: z.number(),
   seed: z.number().int(),
   partial: z.boolean(),
+  /** false for a run trained with --no-promote (a candidate): never made the latest unless promoted */
+  promote: z.boolean().optional(),
 });
 export type HeadParams = z.infer<typeof HeadParams>;
 
@@ -125,6 +127,11 @@ export const RunDoc = z.object({
   params: HeadParams,
   backend: z.string(),
   createdAt: z.string(),
+  /**
+   * the `s3://bucket/prefix` of every prefix ingested into the dataset when it trained: what to
+   * ingest again should Redis lose its data (runs written before this field have none)
+   */
+  sources: z.array(z.string()).optional(),
 });
 export type RunDoc = z.infer<typeof RunDoc>;
 

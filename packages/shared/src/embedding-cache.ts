@@ -130,16 +130,26 @@ export class EmbeddingCache {
     return lists.map((l, i) => ({ data: outputs[i] ?? new Float32Array(0), rows: l.length, dim }));
   }
 
-  /** The shards of one embedding space, with their row counts, from the bucket. */
+  /**
+   * The shards of one embedding space, with their row counts, from the bucket: those with both a
+   * manifest and its data. (A manifest whose `.npy` is gone, deleted by hand, names rows nothing
+   * can read; a write never leaves one, since the data goes first.)
+   */
   async listShards(embedderId: string): Promise<{ shardId: string; rows: number; hashes: string[] }[]> {
-    const shards: { shardId: string; rows: number; hashes: string[] }[] = [];
+    const manifests: { shardId: string; key: string }[] = [];
+    const data = new Set<string>();
     for await (const o of this.store.listObjects(this.bucket, this.layout.embeddings(embedderId))) {
       const shard = this.layout.parseShardKey(o.key);
-      if (shard?.ext !== 'json') continue;
-      const raw = await this.store.getJson(this.bucket, o.key);
+      if (shard?.ext === 'json') manifests.push({ shardId: shard.shardId, key: o.key });
+      else if (shard?.ext === 'npy') data.add(shard.shardId);
+    }
+    const shards: { shardId: string; rows: number; hashes: string[] }[] = [];
+    for (const m of manifests) {
+      if (!data.has(m.shardId)) continue;
+      const raw = await this.store.getJson(this.bucket, m.key);
       if (raw === undefined) continue;
-      const manifest = parseDocument(ShardManifest, raw, `s3://${this.bucket}/${o.key}`);
-      shards.push({ shardId: shard.shardId, rows: manifest.hashes.length, hashes: manifest.hashes });
+      const manifest = parseDocument(ShardManifest, raw, `s3://${this.bucket}/${m.key}`);
+      shards.push({ shardId: m.shardId, rows: manifest.hashes.length, hashes: manifest.hashes });
     }
     return shards;
   }
@@ -224,11 +234,31 @@ export class EmbeddingCache {
   }
 
   /**
+   * Restores the index from the bucket when it is empty while shards of the space are there: Redis
+   * lost its data (a restart without persistence, a flush). Without it every image would be
+   * embedded again. Returns how many images it indexed, or undefined when nothing was lost.
+   */
+  async restoreLostIndex(embedderId: string): Promise<number | undefined> {
+    if (!(await this.indexLost(embedderId))) return undefined;
+    return (await this.rebuildIndex(embedderId)).indexed;
+  }
+
+  /** Whether the space's index is empty while a shard of it is in the bucket (Redis lost its data). */
+  async indexLost(embedderId: string): Promise<boolean> {
+    if ((await this.size(embedderId)) > 0) return false;
+    for await (const o of this.store.listObjects(this.bucket, this.layout.embeddings(embedderId))) {
+      if (this.layout.parseShardKey(o.key)?.ext === 'json') return true;
+    }
+    return false;
+  }
+
+  /**
    * Restores the Redis index of one embedding space from the shards in the bucket, and drops the
-   * entries that point at a shard no longer there (deleted from the bucket by hand, say: kept,
-   * they would call those images embedded while training fails to read them). An entry is only
-   * dropped when its shard's manifest is still missing at that moment and the entry is still the
-   * one read, so a shard an embed worker writes meanwhile (manifest before index) keeps its rows.
+   * entries that point at a shard no longer there, or whose data is gone (deleted from the bucket
+   * by hand, say: kept, they would call those images embedded while training fails to read them).
+   * An entry is only dropped when, at that moment, its shard's manifest or data is still missing
+   * and the entry is still the one read, so a shard an embed worker writes meanwhile (data, then
+   * manifest, then index) keeps its rows.
    */
   async rebuildIndex(embedderId: string): Promise<{ indexed: number; dropped: number }> {
     const shards = await this.listShards(embedderId);
@@ -250,7 +280,8 @@ export class EmbeddingCache {
     } while (cursor !== '0');
     let dropped = 0;
     for (const [shardId, entries] of stale) {
-      if (await this.store.headObject(this.bucket, this.shardKey(embedderId, shardId, 'json'))) continue;
+      const whole = (await this.store.headObject(this.bucket, this.shardKey(embedderId, shardId, 'json'))) && (await this.store.headObject(this.bucket, this.shardKey(embedderId, shardId, 'npy')));
+      if (whole) continue;
       for (let i = 0; i < entries.length; i += 500) {
         const pipe = this.redis.pipeline();
         for (const [hash, value] of entries.slice(i, i + 500)) DROP_IF_UNCHANGED.queue(pipe, [key], [hash, value]);

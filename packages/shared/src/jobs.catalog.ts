@@ -88,6 +88,8 @@ export const TrainJob = z.object({
   seed: z.number().int().min(0).default(1),
   /** train on what is embedded although some images are still pending (recorded in the report) */
   partial: z.boolean().default(false),
+  /** make the run its dataset's latest when it is written (what classify, serve and export use by default) */
+  promote: z.boolean().default(true),
 });
 export type TrainJob = z.infer<typeof TrainJob>;
 export type TrainJobInput = z.input<typeof TrainJob>;
@@ -143,6 +145,8 @@ export interface TrainResult {
   testAccuracy?: number;
   examples: number;
   bestEpoch: number;
+  /** whether the run is its dataset's latest (false for a run trained with --no-promote; absent from runs of older workers) */
+  latest?: boolean;
 }
 
 interface JobSpec<S extends z.ZodType> {
@@ -152,32 +156,38 @@ interface JobSpec<S extends z.ZodType> {
   /** Base delay of the exponential backoff, in ms (jitter is added). */
   backoffMs: number;
   /**
-   * The shortest lock its jobs get, whatever TL_JOB_LOCK_MS says. A training run (and
+   * Its lock is TL_TRAIN_JOB_LOCK_MS (a minute), not TL_JOB_LOCK_MS. A training run (and
    * classification, on the same worker) holds the CPU in long synchronous stretches (TF.js
-   * kernels between awaits): a lock of at least a minute keeps a busy worker from being taken
-   * for a dead one.
+   * kernels between awaits): a lock of a minute keeps a busy worker from being taken for a dead
+   * one.
    */
-  minLockMs?: number;
+  longLock?: boolean;
 }
 
 /** One catalog: job name → queue, schema, retry policy. The handler maps are typed from it. */
 export const JOBS = {
   preprocess: { queue: QUEUES.preprocess, schema: PreprocessJob, attempts: 5, backoffMs: 1_000 },
   embed: { queue: QUEUES.embed, schema: EmbedJob, attempts: 5, backoffMs: 2_000 },
-  train: { queue: QUEUES.train, schema: TrainJob, attempts: 2, backoffMs: 5_000, minLockMs: 60_000 },
-  classify: { queue: QUEUES.classify, schema: ClassifyJob, attempts: 3, backoffMs: 2_000, minLockMs: 60_000 },
+  train: { queue: QUEUES.train, schema: TrainJob, attempts: 2, backoffMs: 5_000, longLock: true },
+  classify: { queue: QUEUES.classify, schema: ClassifyJob, attempts: 3, backoffMs: 2_000, longLock: true },
 } as const satisfies Record<string, JobSpec<z.ZodType>>;
 export type JobName = keyof typeof JOBS;
 export type JobPayload<N extends JobName> = z.output<(typeof JOBS)[N]['schema']>;
+
+/** The configured locks (TL_JOB_LOCK_MS, TL_TRAIN_JOB_LOCK_MS): `Config` is one. */
+export interface JobLocks {
+  jobLockMs: number;
+  trainJobLockMs: number;
+}
 
 /**
  * How long a job of this name is locked (BullMQ renews the lock at half-time while the job
  * runs), and how often workers look for jobs whose lock ran out (their worker died): such a job
  * runs again within `lockMs + stalledIntervalMs` of its worker's last renewal.
  */
-export function jobLock(name: JobName, configuredMs: number): { lockMs: number; stalledIntervalMs: number } {
+export function jobLock(name: JobName, locks: JobLocks): { lockMs: number; stalledIntervalMs: number } {
   const spec: JobSpec<z.ZodType> = JOBS[name];
-  const lockMs = Math.max(configuredMs, spec.minLockMs ?? 0);
+  const lockMs = spec.longLock ? locks.trainJobLockMs : locks.jobLockMs;
   return { lockMs, stalledIntervalMs: Math.min(30_000, Math.max(1_000, Math.round(lockMs / 2))) };
 }
 

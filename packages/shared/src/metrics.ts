@@ -34,6 +34,12 @@ export function createMetrics(role: string) {
       registers: r,
     }),
     failures: new Counter({ name: 'tl_failures_total', help: 'Permanent item failures, by stage and reason code', labelNames: ['stage', 'reason'] as const, registers: r }),
+    decodeReruns: new Counter({
+      name: 'tl_decode_reruns_total',
+      help: 'Failed decodes that overlapped others, run again alone so the error recorded is their own (libvips keeps one error message per process): rerun-alone, or kept-first-error when that could not be done in time',
+      labelNames: ['outcome'] as const,
+      registers: r,
+    }),
     images: new Counter({ name: 'tl_images_total', help: 'Images handled, by stage and outcome (cached = served from the embedding cache)', labelNames: ['stage', 'outcome'] as const, registers: r }),
     embedBatch: new Histogram({ name: 'tl_embed_batch_size', help: 'Images per forward pass', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: r }),
     forwardSeconds: new Histogram({ name: 'tl_embed_forward_seconds', help: 'Time of one forward pass', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32], registers: r }),

@@ -2,7 +2,7 @@ import { DelayedError, Job, Queue, UnrecoverableError, Worker, createIORedisClie
 import type { ChainableCommander, Redis } from 'ioredis';
 import type { DependencyGuard } from './dependency.guard.js';
 import { PermanentError } from './errors.js';
-import { JOBS, jobLock, jobOptions, queueName, type JobName, type JobPayload } from './jobs.catalog.js';
+import { JOBS, jobLock, jobOptions, queueName, type JobLocks, type JobName, type JobPayload } from './jobs.catalog.js';
 import { PROCESS_NAME } from './lifecycle.js';
 import type { Logger } from './logger.js';
 import { redisKeys } from './keys.js';
@@ -207,12 +207,13 @@ export interface WorkerSettings<N extends JobName> {
   log: Logger;
   metrics: Metrics;
   /**
-   * How long a job's lock lasts (ms; TL_JOB_LOCK_MS, raised to the job's floor: `jobLock`).
-   * BullMQ renews it at half-time while the job runs; when a worker dies, other workers find its
-   * jobs stalled once it expires (checked every half lock) and run them again: a crashed
-   * worker's jobs move on within about 1.5 locks.
+   * How long a job's lock lasts: the deployment's Config, whose TL_JOB_LOCK_MS or
+   * TL_TRAIN_JOB_LOCK_MS each job name takes (`jobLock`). BullMQ renews it at half-time while
+   * the job runs; when a worker dies, other workers find its jobs stalled once it expires
+   * (checked every half lock) and run them again: a crashed worker's jobs move on within about
+   * 1.5 locks.
    */
-  lockDuration: number;
+  locks: JobLocks;
   /** the embedding space of an embed worker (its queue) */
   space?: string;
   /**
@@ -283,7 +284,7 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
       end();
     }
   };
-  const lock = jobLock(name, s.lockDuration);
+  const lock = jobLock(name, s.locks);
   const worker = new Worker(queueName(name, s.space), processor, {
     connection: s.connection,
     prefix: s.prefix,

@@ -9,7 +9,7 @@ export async function rebuildIndexCommand(ctx: CliContext, o: { embedder?: strin
   const r = await ctx.services.cache.rebuildIndex(id);
   ctx.out.write(`embedding index for ${id}: ${before} → ${r.indexed} images, from s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(id)}\n`);
   if (r.dropped) {
-    ctx.out.write(`  ${r.dropped} entr${r.dropped === 1 ? 'y' : 'ies'} dropped: their shard is no longer in the bucket; ingest their datasets again to embed those images again\n`);
+    ctx.out.write(`  ${r.dropped} entr${r.dropped === 1 ? 'y' : 'ies'} dropped: their shard, or its data (.npy), is no longer in the bucket; ingest their datasets again to embed those images again\n`);
   }
   return r;
 }

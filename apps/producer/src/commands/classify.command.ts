@@ -4,7 +4,7 @@ import { watchRounds } from '../watch-loop.js';
 import { latestRun } from './models.command.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
-import { printFailures } from './ingest.command.js';
+import { printFailures, restoreLostIndex } from './ingest.command.js';
 import { followJob } from '../job-follow.js';
 import { printable } from '../terminal.js';
 
@@ -64,6 +64,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   const stallSeconds = o.stallSeconds ?? 30;
   const results: ClassifyResult[] = [];
   await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, async (round) => {
+    await restoreLostIndex(ctx, model.space.id);
     const counts = await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
     // Wait for whatever under this prefix is still on its way, not only what this round enqueued:
     // images an earlier round left pending (one cut short by Ctrl-C, another client's) would

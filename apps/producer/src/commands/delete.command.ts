@@ -1,10 +1,10 @@
 import { createInterface } from 'node:readline/promises';
 import type { Queue } from 'bullmq';
 import pMap from 'p-map';
-import { classifyDatasetName, DatasetName, isClassifyDataset, LatestDoc } from '@transferline/shared';
+import { classifyDatasetName, isClassifyDataset, jobIds, LatestDoc } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
-import { listModelRuns } from './models.command.js';
+import { listModelRuns, newestPromotable, parseRunSpec } from './models.command.js';
 
 /**
  * `transferline delete run|dataset`: what a deployment that trains for months needs to give back
@@ -64,7 +64,8 @@ async function refuseWhileTraining(ctx: CliContext, dataset: string, runId?: str
   const runs = await jobsInFlight<{ dataset: string; runId: string }>(ctx.queues.train, (d) => d.dataset === dataset && (runId === undefined || d.runId === runId));
   if (runs.length === 0) return;
   const lines = runs.map((r) => `  run ${r.data.runId} is ${r.state === 'active' ? 'training' : 'queued'}: transferline train --cancel ${r.data.runId}`);
-  throw new CliExit(EXIT.error, `transferline: nothing deleted: ${runs.length === 1 ? 'a run' : `${runs.length} runs`} of ${dataset} would write a model into what is deleted; cancel ${runs.length === 1 ? 'it' : 'them'} first (or wait for ${runs.length === 1 ? 'it' : 'them'} to end):\n${lines.join('\n')}`);
+  const what = runId === undefined ? `${runs.length === 1 ? 'a run' : `${runs.length} runs`} of ${dataset} ${runs.length === 1 ? 'trains' : 'train'} on what is deleted` : `run ${runId} would write its model back`;
+  throw new CliExit(EXIT.error, `transferline: nothing deleted: ${what}; cancel ${runs.length === 1 ? 'it' : 'them'} first (or wait for ${runs.length === 1 ? 'it' : 'them'} to end):\n${lines.join('\n')}`);
 }
 
 /** Refuses while classify jobs that write what is deleted are queued or running. */
@@ -120,7 +121,12 @@ async function carryOut(ctx: CliContext, plan: Plan, o: DeleteOptions, confirm: 
   }
   if (!o.yes) {
     if (!confirm) throw new CliExit(EXIT.usage, 'transferline: nothing deleted: add --yes to delete (on a terminal it asks instead)');
-    if (!(await confirm('delete? [y/N] '))) {
+    const yes = await confirm('delete? [y/N] ').catch((err: Error) => {
+      // Ctrl-C (or Ctrl-D) at the question: as Ctrl-C anywhere else
+      if (err.name === 'AbortError') throw new CliExit(EXIT.interrupted, '\nnothing deleted');
+      throw err;
+    });
+    if (!yes) {
       w('nothing deleted');
       return false;
     }
@@ -132,56 +138,72 @@ async function carryOut(ctx: CliContext, plan: Plan, o: DeleteOptions, confirm: 
 
 /**
  * `transferline delete run DATASET@RUN`: a trained run's files (model, weights, labels, report),
- * classify's record of the images it labelled, and with --results the results files it wrote.
- * If it was the dataset's latest run, the newest run left becomes the latest (or, with none left,
- * the dataset has no latest run). Refused while the run, or a classify round with it, is queued or
- * running.
+ * classify's record of the images it labelled, its finished train job, and with --results the
+ * results files it wrote. If it was the dataset's latest run, the newest run left that was not
+ * trained with --no-promote becomes the latest (with none, the dataset is left with no latest
+ * run). Refused while the run, or a classify round with it, is queued or running.
  */
 export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteOptions, confirm?: Confirm): Promise<boolean> {
-  const m = /^([^@]+)@(.+)$/.exec(spec);
-  if (!m || !DatasetName.safeParse(m[1]).success) {
-    throw new CliExit(EXIT.usage, `transferline: delete run needs DATASET@RUN, the run named in full (see "transferline models"); got ${JSON.stringify(spec)}`);
-  }
-  const [, dataset, runId] = m as unknown as [string, string, string];
+  const { dataset, runId } = parseRunSpec('delete run', spec);
   const { bucket } = ctx.config.s3;
   const { store, layout, redis, keys } = ctx.services;
-  await refuseWhileTraining(ctx, dataset, runId);
-  await refuseWhileClassifying(ctx, `with ${dataset}@${runId}`, (d) => d.model === dataset && d.runId === runId);
+  const refuse = async () => {
+    await refuseWhileTraining(ctx, dataset, runId);
+    await refuseWhileClassifying(ctx, `with ${dataset}@${runId}`, (d) => d.model === dataset && d.runId === runId);
+  };
+  await refuse();
 
   const runFiles = await objectsUnder(ctx, layout.run(dataset, runId));
   const classified = keys.classified(dataset, runId);
   const labelled = await redis.hlen(classified);
   const results = await objectsUnder(ctx, layout.results(dataset, runId));
-  if (runFiles.length === 0 && labelled === 0 && (!o.results || results.length === 0)) {
-    throw new CliExit(EXIT.error, `transferline: no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)}: nothing deleted (see "transferline models -d ${dataset}")`);
-  }
   const latestKey = layout.latest(dataset);
-  const latest = await store.getDocument(LatestDoc, bucket, latestKey);
-  const newestLeft = (await listModelRuns(ctx, dataset)).find((r) => r.dataset === dataset && r.runId !== runId);
+  const wasLatest = (await store.getDocument(LatestDoc, bucket, latestKey))?.runId === runId;
+  if (runFiles.length === 0 && labelled === 0 && !wasLatest && (!o.results || results.length === 0)) {
+    const left = results.length ? `; its classify results are still in s3://${bucket}/${layout.results(dataset, runId)}: add --results to delete them` : '';
+    throw new CliExit(EXIT.error, `transferline: no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)}${left}: nothing deleted (see "transferline models -d ${dataset}")`);
+  }
+  const newestLeft = newestPromotable(await listModelRuns(ctx, dataset), dataset, runId);
 
   const plan: Plan = { lines: [], kept: [], run: async () => {} };
   if (runFiles.length) plan.lines.push(`run ${dataset}@${runId}: ${files(runFiles.length)} in s3://${bucket}/${layout.run(dataset, runId)}`);
   if (labelled) plan.lines.push(`classify's record of the ${images(labelled)} it labelled (Redis)`);
   if (o.results && results.length) plan.lines.push(`its classify results: ${files(results.length)} in s3://${bucket}/${layout.results(dataset, runId)}`);
   if (!o.results && results.length) plan.kept.push(`its classify results: ${files(results.length)} in s3://${bucket}/${layout.results(dataset, runId)} (add --results to delete them too)`);
-  const wasLatest = latest?.runId === runId;
   if (wasLatest) {
-    plan.lines.push(newestLeft ? `it is the latest run of ${dataset}: ${newestLeft.runId}, the newest run left, becomes the latest` : `it is the only run of ${dataset}: the dataset is left with no trained model`);
+    plan.lines.push(
+      newestLeft
+        ? `it is the latest run of ${dataset}: ${newestLeft.runId}, the newest run left (not counting --no-promote runs), becomes the latest`
+        : `it is the latest run of ${dataset}, and no other run of it can take its place: ${dataset} is left with no latest run (transferline promote names one)`,
+    );
   }
   plan.run = async () => {
-    // report.json first: the run leaves every listing at once, and a deletion cut short is finished by the next
+    await refuse(); // again: a run or a classify round may have been queued while the user read the plan
+    // The pointer first, while the run still exists: a deletion cut short then leaves no pointer
+    // at a run that is gone, and the next `delete run` finds the rest. A run that finished
+    // meanwhile and made itself the latest stays so.
+    if (wasLatest && (await store.getDocument(LatestDoc, bucket, latestKey))?.runId === runId) {
+      if (newestLeft) await store.putJson(bucket, latestKey, { runId: newestLeft.runId, modelPrefix: layout.run(dataset, newestLeft.runId) } satisfies LatestDoc);
+      else await store.deleteObject(bucket, latestKey);
+    }
+    // report.json next: the run leaves every listing at once
     const report = layout.runFile(dataset, runId, 'report.json');
     if (runFiles.includes(report)) await store.deleteObject(bucket, report);
     await deleteObjects(ctx, runFiles.filter((k) => k !== report));
-    await redis.del(classified);
+    await redis.unlink(classified);
     if (o.results) await deleteObjects(ctx, results);
-    if (!wasLatest) return;
-    // a run that finished meanwhile is the latest now: it stays so
-    if ((await store.getDocument(LatestDoc, bucket, latestKey))?.runId !== runId) return;
-    if (newestLeft) await store.putJson(bucket, latestKey, { runId: newestLeft.runId, modelPrefix: layout.run(dataset, newestLeft.runId) } satisfies LatestDoc);
-    else await store.deleteObject(bucket, latestKey);
+    // its finished job, kept for `train --follow`, would refuse the run id as taken
+    await removeEndedTrainJob(ctx, runId);
   };
   return carryOut(ctx, plan, o, confirm, `deleted run ${dataset}@${runId}`);
+}
+
+/** Removes a run's train job once it has ended (kept by BullMQ for `train --follow`); one still running is not touched. */
+async function removeEndedTrainJob(ctx: CliContext, runId: string): Promise<void> {
+  const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
+  if (!job) return;
+  const state = await job.getState();
+  if (state === 'completed' || state === 'failed') await job.remove();
 }
 
 /**
@@ -193,26 +215,30 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
  */
 export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: DeleteOptions & { runs?: boolean }, confirm?: Confirm): Promise<boolean> {
   const { bucket } = ctx.config.s3;
-  const { layout, redis, keys, datasets } = ctx.services;
+  const { store, layout, redis, keys, datasets } = ctx.services;
   const classifyData = isClassifyDataset(dataset);
   if (classifyData && o.runs) throw new CliExit(EXIT.usage, `transferline: --runs is for a dataset trained on; ${dataset} holds the images classify labelled`);
-  // the model whose classify bookkeeping goes with this deletion, if any
+  // the model whose classify bookkeeping goes with this deletion, if any; and whose results --results takes
   const model = classifyData ? dataset.slice(classifyDatasetName('').length) : o.runs ? dataset : undefined;
-  if (!classifyData) await refuseWhileTraining(ctx, dataset);
-  if (model !== undefined) await refuseWhileClassifying(ctx, `with ${model}`, (d) => d.model === model);
+  const refuse = async () => {
+    if (!classifyData) await refuseWhileTraining(ctx, dataset);
+    if (model !== undefined) await refuseWhileClassifying(ctx, `with ${model}`, (d) => d.model === model);
+  };
+  await refuse();
 
   const exists = await datasets.exists(dataset);
   const status = exists ? await ctx.services.inspector.status(dataset) : undefined;
   const runs = classifyData ? [] : (await listModelRuns(ctx, dataset)).filter((r) => r.dataset === dataset);
-  const runFiles = o.runs ? await objectsUnder(ctx, layout.models(dataset)) : [];
+  const runFiles = o.runs ? (await objectsUnder(ctx, layout.models(dataset))).filter((k) => layout.parseModelKey(k)?.runId !== undefined) : [];
   const classifyDataset = classifyDatasetName(model ?? dataset);
   const classifiedImages = o.runs && (await datasets.exists(classifyDataset)) ? await datasets.size(classifyDataset) : 0;
   const records = model === undefined ? [] : await redisKeysMatching(ctx, `${globLiteral(keys.classified(model, ''))}*`);
-  const results = model === undefined ? [] : await objectsUnder(ctx, layout.results(model));
+  const resultsOf = classifyData ? model! : dataset;
+  const results = await objectsUnder(ctx, layout.results(resultsOf));
   const reviews = classifyData ? [] : await objectsUnder(ctx, layout.reviews(dataset));
   const outputs = [...results, ...reviews];
 
-  if (!exists && runFiles.length === 0 && records.length === 0) {
+  if (!exists && runFiles.length === 0 && records.length === 0 && classifiedImages === 0 && (!o.results || outputs.length === 0)) {
     const hint = runs.length && !o.runs ? `; its ${runs.length} trained run${runs.length === 1 ? ' is' : 's are'} still in the bucket: add --runs to delete ${runs.length === 1 ? 'it' : 'them'}` : '';
     throw new CliExit(EXIT.error, `transferline: no dataset named ${dataset}${hint}: nothing deleted (see "transferline status")`);
   }
@@ -220,12 +246,12 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   const plan: Plan = { lines: [], kept: [], run: async () => {} };
   if (status) {
     plan.lines.push(`dataset ${dataset}: ${images(status.total)} (their records, sources and embedding space, in Redis)`);
-    if (status.pending) plan.lines.push(`  ${images(status.pending)} still on their way: their jobs finish and write nothing`);
+    if (status.pending) plan.lines.push(`  ${images(status.pending)} still on their way: their embeddings are cached when their jobs finish, their records are not written`);
   }
-  if (o.runs && runFiles.length) plan.lines.push(`${runs.length} trained run${runs.length === 1 ? '' : 's'}: ${files(runFiles.length)} in s3://${bucket}/${layout.models(dataset)}`);
+  if (runFiles.length) plan.lines.push(`${runs.length} trained run${runs.length === 1 ? '' : 's'} (${files(runFiles.length)}) in s3://${bucket}/${layout.models(dataset)}`);
   if (classifiedImages) plan.lines.push(`dataset ${classifyDataset}: the ${images(classifiedImages)} classify kept for its runs`);
   if (records.length) plan.lines.push(`classify's record of the images ${model} labelled (${records.length} run${records.length === 1 ? '' : 's'}; Redis): the next classify labels them all again`);
-  const outputsWhere = [results.length && `s3://${bucket}/${layout.results(model!)}`, reviews.length && `s3://${bucket}/${layout.reviews(dataset)}`].filter(Boolean).join(' and ');
+  const outputsWhere = [results.length && `s3://${bucket}/${layout.results(resultsOf)}`, reviews.length && `s3://${bucket}/${layout.reviews(dataset)}`].filter(Boolean).join(' and ');
   if (o.results && outputs.length) plan.lines.push(`${files(outputs.length)} of classify results and label reviews in ${outputsWhere}`);
   plan.kept.push(`the images themselves, and their cached embeddings (ingesting them again embeds nothing again)`);
   const them = runs.length === 1 ? 'it' : 'them';
@@ -233,15 +259,23 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   if (!o.results && outputs.length) plan.kept.push(`${files(outputs.length)} of classify results and label reviews in ${outputsWhere} (add --results to delete them too)`);
 
   plan.run = async () => {
+    await refuse(); // again: a run or a classify round may have been queued while the user read the plan
     if (exists) await datasets.remove(dataset);
     if (o.runs) {
-      // reports first: the runs leave every listing at once, and a deletion cut short is finished by the next
+      // The pointer first, and only if it names a run being deleted: a run that finished while
+      // the user read the plan (not in runFiles) keeps its files and stays the latest.
+      const deleted = new Set(runFiles.map((k) => layout.parseModelKey(k)?.runId));
+      const latestKey = layout.latest(dataset);
+      const latest = await store.getDocument(LatestDoc, bucket, latestKey);
+      if (latest && deleted.has(latest.runId)) await store.deleteObject(bucket, latestKey);
+      // reports next: the runs leave every listing at once, and a deletion cut short is finished by the next
       const reports = runFiles.filter((k) => layout.parseModelKey(k)?.file === 'report.json');
       await deleteObjects(ctx, reports);
       await deleteObjects(ctx, runFiles.filter((k) => !reports.includes(k)));
+      for (const runId of deleted) if (runId !== undefined) await removeEndedTrainJob(ctx, runId);
       if (classifiedImages) await datasets.remove(classifyDataset);
     }
-    if (records.length) await redis.del(...records);
+    if (records.length) await redis.unlink(...records);
     if (o.results) await deleteObjects(ctx, outputs);
   };
   return carryOut(ctx, plan, o, confirm, `deleted ${[exists && `dataset ${dataset}`, o.runs && runs.length && `its ${runs.length} run${runs.length === 1 ? '' : 's'}`].filter(Boolean).join(' and ') || `what was left of ${dataset}`}`);

@@ -49,6 +49,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   // which space, and why: said by the rounds that speak (a quiet --watch round says nothing)
   const { space, message: spaceChoice } = await ctx.services.spaces.resolve(o.embedder, o.embedderReason);
   if (!o.quietUnlessNew) ctx.out.write(`${spaceChoice}\n`);
+  await restoreLostIndex(ctx, space.id);
   const listing = o.quietUnlessNew ? undefined : createProgress('listing');
   let counts: IngestCounts;
   try {
@@ -93,6 +94,18 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
   printDatasetSummary(ctx, status);
   return { space: space.id, counts, status };
+}
+
+/**
+ * Before images are looked up in the cache: an index Redis lost is restored from the bucket (and
+ * said), so nothing cached is embedded again. Ingest and classify both call it.
+ */
+export async function restoreLostIndex(ctx: CliContext, space: string): Promise<void> {
+  const restored = await ctx.services.cache.restoreLostIndex(space);
+  if (restored === undefined) return;
+  ctx.out.write(
+    `note: the embedding index of ${space} was empty while its shards are in s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(space)} (Redis lost its data?): restored from them, ${restored} images; those are not embedded again\n`,
+  );
 }
 
 export interface WatchOptions extends Omit<IngestOptions, 'quietUnlessNew'> {

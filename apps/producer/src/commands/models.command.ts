@@ -1,6 +1,7 @@
 import pMap from 'p-map';
-import { LatestDoc, ReportDoc } from '@transferline/shared';
+import { DatasetName, LatestDoc, ReportDoc } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { CliExit, EXIT } from '../exit-codes.js';
 
 export interface ModelRun {
   dataset: string;
@@ -11,6 +12,8 @@ export interface ModelRun {
   validationAccuracy: number;
   testAccuracy?: number;
   partial: boolean;
+  /** trained with --no-promote: never taken as latest unless promoted */
+  candidate: boolean;
   latest: boolean;
   /** set on a run taken as latest because the run latest.json names (this) is gone from the bucket */
   latestInsteadOf?: string;
@@ -42,6 +45,7 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
         validationAccuracy: r.validation.accuracy,
         ...(r.test && { testAccuracy: r.test.accuracy }),
         partial: r.coverage.partial,
+        candidate: r.params.promote === false,
         latest: false,
       });
     }
@@ -56,12 +60,17 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
   await pMap(keys, read, { concurrency: READS_AT_ONCE });
   runs.sort((a, b) => a.dataset.localeCompare(b.dataset) || b.createdAt.localeCompare(a.createdAt));
   for (const r of runs) r.latest = latest.get(r.dataset) === r.runId;
-  // latest.json naming a run deleted from the bucket since: the newest run left stands in
+  // latest.json naming a run deleted from the bucket since: the newest run left stands in (not a --no-promote one)
   for (const [d, named] of latest) {
-    const newest = runs.find((r) => r.dataset === d);
+    const newest = newestPromotable(runs, d);
     if (newest && !runs.some((r) => r.dataset === d && r.latest)) Object.assign(newest, { latest: true, latestInsteadOf: named });
   }
   return runs;
+}
+
+/** The run that stands in as a dataset's latest when its own is gone: its newest, leaving out --no-promote runs. */
+export function newestPromotable(runs: ModelRun[], dataset: string, except?: string): ModelRun | undefined {
+  return runs.find((r) => r.dataset === dataset && !r.candidate && r.runId !== except);
 }
 
 /**
@@ -95,7 +104,7 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
   ctx.out.write('dataset          run                          val acc  test acc  classes  embeddings\n');
   for (const r of runs) {
     ctx.out.write(
-      `${r.dataset.padEnd(16)} ${(r.runId + (r.latest ? ' *' : '')).padEnd(28)} ${pct(r.validationAccuracy)}  ${pct(r.testAccuracy)}   ${String(r.labels.length).padStart(7)}  ${r.embedderId}${r.partial ? ' (partial)' : ''}\n`,
+      `${r.dataset.padEnd(16)} ${(r.runId + (r.latest ? ' *' : '')).padEnd(28)} ${pct(r.validationAccuracy)}  ${pct(r.testAccuracy)}   ${String(r.labels.length).padStart(7)}  ${r.embedderId}${r.partial ? ' (partial)' : ''}${r.candidate && !r.latest ? ' (--no-promote)' : ''}\n`,
     );
   }
   ctx.out.write('* latest run of its dataset (what classify --model DATASET uses)\n');
@@ -103,4 +112,34 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
     ctx.out.write(`note: the latest run of ${r.dataset}, ${r.latestInsteadOf}, is no longer in the bucket: its newest run left, ${r.runId}, is used instead\n`);
   }
   return runs;
+}
+
+/** `DATASET@RUN`, a run named in full (commands that change a run take no implicit "latest"). */
+export function parseRunSpec(command: string, spec: string): { dataset: string; runId: string } {
+  const m = /^([^@]+)@(.+)$/.exec(spec);
+  if (!m || !DatasetName.safeParse(m[1]).success) {
+    throw new CliExit(EXIT.usage, `transferline: ${command} needs DATASET@RUN, the run named in full (see "transferline models"); got ${JSON.stringify(spec)}`);
+  }
+  return { dataset: m[1]!, runId: m[2]! };
+}
+
+/**
+ * `transferline promote DATASET@RUN`: makes a run its dataset's latest (latest.json), what
+ * classify, serve and export use without @run: a run trained with --no-promote, or an older one
+ * to roll back to.
+ */
+export async function promoteCommand(ctx: CliContext, spec: string): Promise<void> {
+  const { dataset, runId } = parseRunSpec('promote', spec);
+  const { bucket } = ctx.config.s3;
+  const { store, layout } = ctx.services;
+  if (!(await store.headObject(bucket, layout.runFile(dataset, runId, 'report.json')))) {
+    throw new CliExit(EXIT.error, `transferline: no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)} (see "transferline models -d ${dataset}")`);
+  }
+  const before = await latestRun(ctx, dataset);
+  if (before?.runId === runId && !before.insteadOf) {
+    ctx.out.write(`${dataset}@${runId} is the latest run of ${dataset} already\n`);
+    return;
+  }
+  await store.putJson(bucket, layout.latest(dataset), { runId, modelPrefix: layout.run(dataset, runId) } satisfies LatestDoc);
+  ctx.out.write(`${dataset}@${runId} is now the latest run of ${dataset}${before ? ` (it was ${before.runId})` : ''}: classify, serve and export use it without @run\n`);
 }

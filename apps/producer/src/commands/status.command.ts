@@ -1,6 +1,7 @@
-import { redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
+import { RunDoc, redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
+import { latestRun, listModelRuns } from './models.command.js';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -41,6 +42,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
   const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
   const warnings = eviction ? [eviction] : [];
+  warnings.push(...(await dataLossWarnings(ctx, spaces)));
   if (o.json) {
     ctx.out.write(`${JSON.stringify({ queues, spaces, datasets, warnings }, null, 2)}\n`);
     return { queues, spaces, datasets, warnings };
@@ -66,4 +68,32 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   if (datasets.length === 0) w('no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
   for (const d of datasets) printDatasetSummary(ctx, d);
   return { queues, spaces, datasets, warnings };
+}
+
+/**
+ * What Redis losing its data (a restart without persistence, a flush) leaves: a space whose
+ * embedding index is empty while its shards are in the bucket, and datasets with trained runs
+ * that Redis no longer knows. Looked for only when the first is seen (deleting a dataset and
+ * keeping its runs is a user's choice, not a loss), with the commands that bring both back.
+ */
+async function dataLossWarnings(ctx: CliContext, spaces: SpaceStatus[]): Promise<string[]> {
+  const { cache, layout, datasets, store } = ctx.services;
+  const { bucket } = ctx.config.s3;
+  const warnings: string[] = [];
+  for (const s of spaces) {
+    if (s.cached > 0 || !(await cache.indexLost(s.space.id))) continue;
+    warnings.push(
+      `the embedding index of ${s.space.id} is empty while its shards are in s3://${bucket}/${layout.embeddings(s.space.id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${s.space.id}`,
+    );
+  }
+  if (warnings.length === 0) return warnings;
+  const known = new Set(await datasets.list());
+  const trained = [...new Set((await listModelRuns(ctx)).map((r) => r.dataset))].filter((d) => !known.has(d));
+  for (const d of trained) {
+    const runId = (await latestRun(ctx, d))?.runId;
+    const run = runId === undefined ? undefined : await store.getDocument(RunDoc, bucket, layout.runFile(d, runId, 'run.json'));
+    const again = run?.sources?.length ? run.sources.map((src) => `transferline ingest ${src} -d ${d}`).join('; ') : `its runs do not record its prefixes (trained before they did): ingest them as before`;
+    warnings.push(`dataset ${d} has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): ${again}`);
+  }
+  return warnings;
 }

@@ -24,6 +24,8 @@ export interface TrainOptions extends HeadSettings {
   wait: boolean;
   /** train on what is embedded now, although images are still pending */
   partial?: boolean;
+  /** make the run the dataset's latest when it is written (default true; `--no-promote`) */
+  promote?: boolean;
   /** seconds without progress (or without a worker) before a wait gives up (default 30) */
   stallSeconds?: number;
 }
@@ -227,6 +229,9 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   const bin = report?.validation.binary;
   if (bin) w(`  ROC AUC (validation, positive "${printable(bin.positiveLabel)}") ${bin.rocAuc === null ? 'n/a (validation holds one class only)' : bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
   w(`model: s3://${ctx.config.s3.bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);
+  if (result.latest === false) {
+    w(`  not made the latest run of ${result.dataset} (--no-promote): classify, serve and export use it as -m ${result.dataset}@${result.runId}; make it the latest with: transferline promote ${result.dataset}@${result.runId}`);
+  }
   if (!report) return;
   const labels = report.labels.map(printable);
   const width = Math.max(8, ...labels.map((l) => l.length)) + 2;
