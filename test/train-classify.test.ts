@@ -618,6 +618,11 @@ describe('training runs and classification', () => {
     expect(status.stdout).toContain(`warning: the embedding index of ${space} is empty while its shards are in s3://${bucket}/${layout.embeddings(space)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${space}\n`);
     expect(status.stdout).toContain(`warning: dataset shapes has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): transferline ingest s3://${photos}/set/ -d shapes\n`);
 
+    // train says the same, rather than "no dataset"
+    const train = await runCli(['train', '-d', 'shapes'], stack.env);
+    expect(train.code).toBe(1);
+    expect(train.stderr).toContain(`no dataset named shapes in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its latest run recorded: transferline ingest s3://${photos}/set/ -d shapes\n`);
+
     // as it says: the ingest restores the index first, and no image is embedded again
     const embedded = async () => (await scrape(stack.ports.embed)).get('tl_images_total{stage="embed",outcome="embedded"}') ?? 0;
     const embeddedBefore = await embedded();

@@ -1,5 +1,5 @@
 import pMap from 'p-map';
-import { DatasetName, LatestDoc, ReportDoc } from '@transferline/shared';
+import { DatasetName, LatestDoc, ReportDoc, RunDoc } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 
@@ -142,4 +142,16 @@ export async function promoteCommand(ctx: CliContext, spec: string): Promise<voi
   }
   await store.putJson(bucket, layout.latest(dataset), { runId, modelPrefix: layout.run(dataset, runId) } satisfies LatestDoc);
   ctx.out.write(`${dataset}@${runId} is now the latest run of ${dataset}${before ? ` (it was ${before.runId})` : ''}: classify, serve and export use it without @run\n`);
+}
+
+/**
+ * The commands that ingest a dataset again, from the prefixes its latest run recorded
+ * (run.json `sources`); undefined when it has no run, or runs too old to record them.
+ */
+export async function reingestCommands(ctx: CliContext, dataset: string): Promise<string[] | undefined> {
+  const runId = (await latestRun(ctx, dataset))?.runId;
+  if (runId === undefined) return undefined;
+  const { bucket } = ctx.config.s3;
+  const run = await ctx.services.store.getDocument(RunDoc, bucket, ctx.services.layout.runFile(dataset, runId, 'run.json'));
+  return run?.sources?.length ? run.sources.map((src) => `transferline ingest ${src} -d ${dataset}`) : undefined;
 }

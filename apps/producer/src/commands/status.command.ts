@@ -1,7 +1,7 @@
-import { RunDoc, redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
+import { redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
-import { latestRun, listModelRuns } from './models.command.js';
+import { listModelRuns, reingestCommands } from './models.command.js';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -77,7 +77,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
  * keeping its runs is a user's choice, not a loss), with the commands that bring both back.
  */
 async function dataLossWarnings(ctx: CliContext, spaces: SpaceStatus[]): Promise<string[]> {
-  const { cache, layout, datasets, store } = ctx.services;
+  const { cache, layout, datasets } = ctx.services;
   const { bucket } = ctx.config.s3;
   const warnings: string[] = [];
   for (const s of spaces) {
@@ -90,9 +90,7 @@ async function dataLossWarnings(ctx: CliContext, spaces: SpaceStatus[]): Promise
   const known = new Set(await datasets.list());
   const trained = [...new Set((await listModelRuns(ctx)).map((r) => r.dataset))].filter((d) => !known.has(d));
   for (const d of trained) {
-    const runId = (await latestRun(ctx, d))?.runId;
-    const run = runId === undefined ? undefined : await store.getDocument(RunDoc, bucket, layout.runFile(d, runId, 'run.json'));
-    const again = run?.sources?.length ? run.sources.map((src) => `transferline ingest ${src} -d ${d}`).join('; ') : `its runs do not record its prefixes (trained before they did): ingest them as before`;
+    const again = (await reingestCommands(ctx, d))?.join('; ') ?? `its runs do not record its prefixes (trained before they did): ingest them as before`;
     warnings.push(`dataset ${d} has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): ${again}`);
   }
   return warnings;

@@ -7,6 +7,7 @@ import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { elsewhereLines } from './ingest.command.js';
+import { reingestCommands } from './models.command.js';
 import type { EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
@@ -51,6 +52,9 @@ export function newRunId(now = new Date()): string {
 export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<TrainOutcome> {
   const { datasets, inspector, store, layout } = ctx.services;
   if (!(await datasets.exists(o.dataset))) {
+    // runs of it in the bucket: it was deleted, or Redis lost its data; say how to bring it back
+    const again = await reingestCommands(ctx, o.dataset);
+    if (again) throw new Error(`no dataset named ${o.dataset} in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its latest run recorded: ${again.join('; ')}`);
     throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none; run ingest first)'}`);
   }
   const space = await datasets.space(o.dataset);
