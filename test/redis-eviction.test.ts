@@ -44,7 +44,10 @@ describe('a Redis that evicts keys', () => {
     expect(await warnings()).toEqual([expect.stringMatching(/\(maxmemory-policy volatile-lru\): pixels waiting for embed and job locks can vanish/)]);
     await redis.config('SET', 'maxmemory-policy', 'allkeys-lru');
 
-    // a worker started against it says so in its log
+    // a worker started against it says so in its log (the first one up before it is stopped:
+    // a stop in the middle of its start is another test's matter)
+    const healthy = async () => (await fetch(`http://127.0.0.1:${stack.ports.preprocess}/healthz`).then((r) => r.status, () => 0)) === 200;
+    await until('the preprocess worker to be up', healthy, 60, 200);
     const logFile = stack.supervisor.logFile('preprocess');
     const before = (await readFile(logFile, 'utf8')).length;
     expect(stack.supervisor.signal('preprocess', 1, 'SIGTERM')).toBe(true);
