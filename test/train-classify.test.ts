@@ -616,12 +616,12 @@ describe('training runs and classification', () => {
     const status = await runCli(['status'], stack.env);
     expect(status.code).toBe(0);
     expect(status.stdout).toContain(`warning: the embedding index of ${space} is empty while its shards are in s3://${bucket}/${layout.embeddings(space)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${space}\n`);
-    expect(status.stdout).toContain(`warning: dataset shapes has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): transferline ingest s3://${photos}/set/ -d shapes\n`);
+    expect(status.stdout).toContain(`warning: dataset shapes has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): transferline ingest s3://${photos}/set/ -d shapes --embedder ${space}\n`);
 
     // train says the same, rather than "no dataset"
     const train = await runCli(['train', '-d', 'shapes'], stack.env);
     expect(train.code).toBe(1);
-    expect(train.stderr).toContain(`no dataset named shapes in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its latest run recorded: transferline ingest s3://${photos}/set/ -d shapes\n`);
+    expect(train.stderr).toContain(`no dataset named shapes in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its latest run recorded: transferline ingest s3://${photos}/set/ -d shapes --embedder ${space}\n`);
 
     // as it says: the ingest restores the index first, and no image is embedded again
     const embedded = async () => (await scrape(stack.ports.embed)).get('tl_images_total{stage="embed",outcome="embedded"}') ?? 0;
@@ -651,6 +651,15 @@ describe('training runs and classification', () => {
     // rolled back
     expect((await runCli(['promote', `shapes@${before}`], stack.env)).code).toBe(0);
     expect(await latestOf()).toBe(before);
+    // a rollback to an older run stands when the newer run's job runs again (retried from the board)
+    const runs = JSON.parse((await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout) as { runId: string; candidate: boolean }[];
+    const older = runs.find((r) => r.runId !== before && !r.candidate)!.runId;
+    expect((await runCli(['promote', `shapes@${older}`], stack.env)).code).toBe(0);
+    const job = (await ctx.queues.train.getJob(jobIds.train({ runId: before! })))!;
+    await job.retry('completed');
+    await until('the retried run to complete', async () => (await job.getState()) === 'completed', 60);
+    expect(await latestOf()).toBe(older);
+    expect((await runCli(['promote', `shapes@${before}`], stack.env)).code).toBe(0);
     const missing = await runCli(['promote', 'shapes@no-such-run'], stack.env);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('no run no-such-run of shapes');

@@ -5,6 +5,7 @@ import {
   type JobContext,
   type Metrics,
   LatestDoc,
+  latestPointer,
   ReportDoc,
   type RunDoc,
   type Services,
@@ -162,7 +163,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'run.json'), run);
   await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'report.json'), report);
   // Last, so that whoever follows the pointer finds every file of the run.
-  if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
+  if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix));
   return { ...resultOf(report, modelPrefix), latest: promote };
 }
 
@@ -181,9 +182,10 @@ function resultOf(report: ReportDoc, modelPrefix: string): TrainResult {
 
 /**
  * The result of a run whose report is in the bucket already. Its latest.json pointer (the last
- * write of a run: a crash may have come before it) is set to this run unless it names a newer
- * one (by the reports' createdAt): a run retried long after is not made latest again; nor is a
- * run trained with --no-promote.
+ * write of a run: a crash may have come before it) is set to this run unless it was written
+ * after this run's report (by promote, delete, or another run), or names a newer run (by the
+ * reports' createdAt): a run retried long after is not made latest again, and a rollback by
+ * `promote` stands; nor is a run trained with --no-promote.
  */
 async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext, promote: boolean): Promise<TrainResult> {
   const { dataset, runId } = report;
@@ -192,8 +194,9 @@ async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext, 
   ctx.log.info({ dataset, runId }, 'this run is written already: not trained again');
   const latest = await store.getDocument(LatestDoc, deps.bucket, layout.latest(dataset));
   const current = latest && latest.runId !== runId ? await store.getDocument(ReportDoc, deps.bucket, layout.runFile(dataset, latest.runId, 'report.json')).catch(() => undefined) : undefined;
-  if (promote && (!latest || (latest.runId !== runId && !(current && current.createdAt > report.createdAt)))) {
-    await store.putJson(deps.bucket, layout.latest(dataset), { runId, modelPrefix });
+  const setSince = latest?.setAt !== undefined && latest.setAt > report.createdAt;
+  if (promote && (!latest || (latest.runId !== runId && !setSince && !(current && current.createdAt > report.createdAt)))) {
+    await store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix));
     return { ...resultOf(report, modelPrefix), latest: true };
   }
   return { ...resultOf(report, modelPrefix), latest: latest?.runId === runId };

@@ -62,7 +62,7 @@ export const ConfigSchema = z
     TL_SERVE_BATCH_SIZE: z.coerce.number().int().min(1).max(256).default(32),
     TL_SERVE_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(1000).default(5),
     TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(8_000),
-    TL_TRAIN_JOB_LOCK_MS: z.coerce.number().int().min(5_000).default(60_000),
+    TL_TRAIN_JOB_LOCK_MS: z.coerce.number().int().min(5_000).optional(),
     TL_UP_HANG_SECONDS: z.coerce
       .number()
       .int()
@@ -150,7 +150,8 @@ export const ConfigSchema = z
     /** how long a worker holds a job without renewing its lock before others treat it as crashed */
     jobLockMs: env.TL_JOB_LOCK_MS,
     /** the same for train and classify jobs, whose worker holds the CPU for long stretches */
-    trainJobLockMs: env.TL_TRAIN_JOB_LOCK_MS,
+    // (unset: a minute, or TL_JOB_LOCK_MS if that is raised above it, as before this setting)
+    trainJobLockMs: env.TL_TRAIN_JOB_LOCK_MS ?? Math.max(env.TL_JOB_LOCK_MS, 60_000),
     preprocess: {
       concurrency: env.TL_PREPROCESS_CONCURRENCY,
       resize: env.TL_RESIZE,

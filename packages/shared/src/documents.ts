@@ -93,8 +93,18 @@ export const ShardManifest = z.object({
 export type ShardManifest = z.infer<typeof ShardManifest>;
 
 /** `models/<dataset>/latest.json`: the newest run of a dataset. */
-export const LatestDoc = z.object({ runId: z.string(), modelPrefix: z.string() });
+export const LatestDoc = z.object({
+  runId: z.string(),
+  modelPrefix: z.string(),
+  /** when the pointer was written (absent from pointers written before it was recorded) */
+  setAt: z.string().optional(),
+});
 export type LatestDoc = z.infer<typeof LatestDoc>;
+
+/** The latest.json that points at a run, as every writer (train, promote, delete) writes it. */
+export function latestPointer(runId: string, modelPrefix: string, now = new Date()): LatestDoc {
+  return { runId, modelPrefix, setAt: now.toISOString() };
+}
 
 /** `models/<dataset>/<run>/labels.json`: class names in output order. */
 export const LabelsDoc = z.array(z.string());

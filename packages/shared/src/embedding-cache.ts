@@ -243,11 +243,18 @@ export class EmbeddingCache {
     return (await this.rebuildIndex(embedderId)).indexed;
   }
 
-  /** Whether the space's index is empty while a shard of it is in the bucket (Redis lost its data). */
+  /**
+   * Whether the space's index is empty while a shard of it is in the bucket (Redis lost its
+   * data): a manifest with its data, as `listShards` counts shards.
+   */
   async indexLost(embedderId: string): Promise<boolean> {
     if ((await this.size(embedderId)) > 0) return false;
+    const seen = { json: new Set<string>(), npy: new Set<string>() };
     for await (const o of this.store.listObjects(this.bucket, this.layout.embeddings(embedderId))) {
-      if (this.layout.parseShardKey(o.key)?.ext === 'json') return true;
+      const shard = this.layout.parseShardKey(o.key);
+      if (!shard) continue;
+      seen[shard.ext].add(shard.shardId);
+      if (seen[shard.ext === 'json' ? 'npy' : 'json'].has(shard.shardId)) return true;
     }
     return false;
   }

@@ -1,7 +1,7 @@
 import { createInterface } from 'node:readline/promises';
 import type { Queue } from 'bullmq';
 import pMap from 'p-map';
-import { classifyDatasetName, isClassifyDataset, jobIds, LatestDoc } from '@transferline/shared';
+import { classifyDatasetName, isClassifyDataset, jobIds, LatestDoc, latestPointer } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { listModelRuns, newestPromotable, parseRunSpec } from './models.command.js';
@@ -32,8 +32,12 @@ export function terminalConfirm(): Confirm | undefined {
   if (!process.stdin.isTTY || !process.stdout.isTTY) return undefined;
   return async (question) => {
     const rl = createInterface({ input: process.stdin, output: process.stdout });
+    // Ctrl-C or Ctrl-D ends the question with an AbortError, on every Node this runs on
+    const abort = new AbortController();
+    rl.on('SIGINT', () => abort.abort());
+    rl.on('close', () => abort.abort());
     try {
-      return /^y(es)?$/i.test((await rl.question(question)).trim());
+      return /^y(es)?$/i.test((await rl.question(question, { signal: abort.signal })).trim());
     } finally {
       rl.close();
     }
@@ -183,7 +187,7 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
     // at a run that is gone, and the next `delete run` finds the rest. A run that finished
     // meanwhile and made itself the latest stays so.
     if (wasLatest && (await store.getDocument(LatestDoc, bucket, latestKey))?.runId === runId) {
-      if (newestLeft) await store.putJson(bucket, latestKey, { runId: newestLeft.runId, modelPrefix: layout.run(dataset, newestLeft.runId) } satisfies LatestDoc);
+      if (newestLeft) await store.putJson(bucket, latestKey, latestPointer(newestLeft.runId, layout.run(dataset, newestLeft.runId)));
       else await store.deleteObject(bucket, latestKey);
     }
     // report.json next: the run leaves every listing at once
@@ -193,15 +197,16 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
     await redis.unlink(classified);
     if (o.results) await deleteObjects(ctx, results);
     // its finished job, kept for `train --follow`, would refuse the run id as taken
-    await removeEndedTrainJob(ctx, runId);
+    await removeEndedTrainJob(ctx, dataset, runId);
   };
   return carryOut(ctx, plan, o, confirm, `deleted run ${dataset}@${runId}`);
 }
 
 /** Removes a run's train job once it has ended (kept by BullMQ for `train --follow`); one still running is not touched. */
-async function removeEndedTrainJob(ctx: CliContext, runId: string): Promise<void> {
+async function removeEndedTrainJob(ctx: CliContext, dataset: string, runId: string): Promise<void> {
   const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
-  if (!job) return;
+  // (run ids are unique across datasets only while the job is kept: another dataset's may reuse one)
+  if (!job || (job.data as { dataset?: string }).dataset !== dataset) return;
   const state = await job.getState();
   if (state === 'completed' || state === 'failed') await job.remove();
 }
@@ -272,7 +277,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
       const reports = runFiles.filter((k) => layout.parseModelKey(k)?.file === 'report.json');
       await deleteObjects(ctx, reports);
       await deleteObjects(ctx, runFiles.filter((k) => !reports.includes(k)));
-      for (const runId of deleted) if (runId !== undefined) await removeEndedTrainJob(ctx, runId);
+      for (const runId of deleted) if (runId !== undefined) await removeEndedTrainJob(ctx, dataset, runId);
       if (classifiedImages) await datasets.remove(classifyDataset);
     }
     if (records.length) await redis.unlink(...records);

@@ -102,7 +102,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
  */
 export async function restoreLostIndex(ctx: CliContext, space: string): Promise<void> {
   const restored = await ctx.services.cache.restoreLostIndex(space);
-  if (restored === undefined) return;
+  if (!restored) return;
   ctx.out.write(
     `note: the embedding index of ${space} was empty while its shards are in s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(space)} (Redis lost its data?): restored from them, ${restored} images; those are not embedded again\n`,
   );

@@ -1,7 +1,8 @@
 import pMap from 'p-map';
-import { DatasetName, LatestDoc, ReportDoc, RunDoc } from '@transferline/shared';
+import { DatasetName, LatestDoc, latestPointer, ReportDoc, RunDoc } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
+import { printable } from '../terminal.js';
 
 export interface ModelRun {
   dataset: string;
@@ -140,7 +141,7 @@ export async function promoteCommand(ctx: CliContext, spec: string): Promise<voi
     ctx.out.write(`${dataset}@${runId} is the latest run of ${dataset} already\n`);
     return;
   }
-  await store.putJson(bucket, layout.latest(dataset), { runId, modelPrefix: layout.run(dataset, runId) } satisfies LatestDoc);
+  await store.putJson(bucket, layout.latest(dataset), latestPointer(runId, layout.run(dataset, runId)));
   ctx.out.write(`${dataset}@${runId} is now the latest run of ${dataset}${before ? ` (it was ${before.runId})` : ''}: classify, serve and export use it without @run\n`);
 }
 
@@ -153,5 +154,7 @@ export async function reingestCommands(ctx: CliContext, dataset: string): Promis
   if (runId === undefined) return undefined;
   const { bucket } = ctx.config.s3;
   const run = await ctx.services.store.getDocument(RunDoc, bucket, ctx.services.layout.runFile(dataset, runId, 'run.json'));
-  return run?.sources?.length ? run.sources.map((src) => `transferline ingest ${src} -d ${dataset}`) : undefined;
+  // in the run's own space (its models classify there), quoted for a shell when the prefix needs it
+  const quote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+  return run?.sources?.length ? run.sources.map((src) => `transferline ingest ${quote(printable(src))} -d ${dataset} --embedder ${run.embedderId}`) : undefined;
 }

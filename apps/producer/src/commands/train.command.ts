@@ -138,7 +138,7 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
     bar.stop();
   }
   const report = await ctx.services.store.getDocument(ReportDoc, ctx.config.s3.bucket, ctx.services.layout.runFile(result.dataset, result.runId, 'report.json'));
-  printReport(ctx, result, report);
+  printReport(ctx, result, report, payload.promote);
   return { runId, result, ...(report && { report }) };
 }
 
@@ -218,7 +218,7 @@ export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_
   throw new CliExit(EXIT.stalled, `transferline: run ${runId} has not stopped within ${Math.round(waitMs / 1000)} s (a long epoch, or its worker is gone): it stops at its worker's next check while the request stands (${CANCEL_TTL_SECONDS / 3600} h); follow it: transferline train --follow ${runId}`);
 }
 
-function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | undefined): void {
+function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | undefined, promote: boolean): void {
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images; best epoch ${result.bestEpoch})`);
@@ -233,8 +233,10 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   const bin = report?.validation.binary;
   if (bin) w(`  ROC AUC (validation, positive "${printable(bin.positiveLabel)}") ${bin.rocAuc === null ? 'n/a (validation holds one class only)' : bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
   w(`model: s3://${ctx.config.s3.bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);
-  if (result.latest === false) {
+  if (!promote) {
     w(`  not made the latest run of ${result.dataset} (--no-promote): classify, serve and export use it as -m ${result.dataset}@${result.runId}; make it the latest with: transferline promote ${result.dataset}@${result.runId}`);
+  } else if (result.latest === false) {
+    w(`  not the latest run of ${result.dataset}: the latest was set after it (by promote, or a newer run); see transferline models -d ${result.dataset}`);
   }
   if (!report) return;
   const labels = report.labels.map(printable);
