@@ -467,7 +467,7 @@ describe('training runs and classification', () => {
     expect({ code: followed.code, timedOut: followed.timedOut }).toEqual({ code: 1, timedOut: false });
     expect(followed.stderr).toContain('run queued-behind was cancelled (transferline train --cancel queued-behind) before it started');
     // while it waited, the follower said what it waited for (not silence)
-    expect(followed.stdout).toContain('run queued-behind: queued behind 1 job of the train queue (1 running, 0 waiting); it starts when the train worker is free\n');
+    expect(followed.stdout).toContain('run queued-behind: queued behind 1 job of the train queue (1 running: endless; 0 waiting before it); it starts when the train worker is free\n');
     expect((await runCli(['train', '--cancel', 'queued-behind'], stack.env)).stdout).toBe('run queued-behind had been cancelled already: nothing to cancel\n');
 
     const long = await runCli(['train', '--cancel', 'endless'], stack.env, 150_000);
@@ -580,11 +580,19 @@ describe('training runs and classification', () => {
     expect(after.code).toBe(0);
     expect(after.stdout).toMatch(/^model doomed@doomed-old,/m);
 
+    // the latest deleted with only a --no-promote run left: no latest run, and classify says how to name or promote one
+    const lone = await runCli(['delete', 'run', 'doomed@doomed-old', '--yes'], stack.env);
+    expect(lone.stdout).toContain('  it is the latest run of doomed, and no other run of it can take its place: doomed is left with no latest run (transferline promote names one)\n');
+    const none = await runCli(['classify', `s3://${photos}/doomed-in/`, '--model', 'doomed'], stack.env);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toContain('doomed has no latest run (its 1 run was trained with --no-promote, or the latest was deleted): name one, -m doomed@doomed-candidate, or make one the latest: transferline promote doomed@doomed-candidate\n');
+    expect((await runCli(['models', '-d', 'doomed'], stack.env)).stdout).toContain('note: doomed has no latest run: make one the latest with transferline promote doomed@RUN\n');
+
     // then everything of it: runs, what classify kept and recorded for them, results
     const all = await runCli(['delete', 'dataset', 'doomed', '--runs', '--results', '--yes'], stack.env);
     expect({ code: all.code, stderr: all.stderr }).toEqual({ code: 0, stderr: '' });
     expect(all.stdout).toContain(`  dataset ${classifyDatasetName('doomed')}: the 3 images classify kept for its runs\n`);
-    expect(all.stdout).toContain(`  2 files of classify results and label reviews in s3://${bucket}/${layout.results('doomed')}\n`);
+    expect(all.stdout).toContain(`  2 files of classify results in s3://${bucket}/${layout.results('doomed')}\n`);
     expect(await listed(layout.models('doomed'))).toEqual([]);
     expect(await listed(layout.results('doomed'))).toEqual([]);
     expect(await datasets.exists(classifyDatasetName('doomed'))).toBe(false);

@@ -135,13 +135,16 @@ function queueWatch(ctx: CliContext, job: Job, o: FollowOptions) {
         return;
       }
       if (said || started || connected === 0 || state !== 'waiting') return;
-      const [active, waiting] = await Promise.all([queue.getActiveCount(), queue.getWaiting()]);
+      const [running, waiting] = await Promise.all([queue.getActive(), queue.getWaiting()]);
       const before = waiting.filter((j) => j.id !== job.id && j.timestamp <= job.timestamp).length;
+      const active = running.length;
       const ahead = active + before;
+      // a training run is named by its run id
+      const names = running.map((j) => (j.data as { runId?: string } | undefined)?.runId ?? j.id).join(', ');
       if (ahead === 0) return;
       said = true;
       const free = connected === 1 ? `the ${o.role} worker is free` : `one of the ${connected} ${o.role} workers is free`;
-      ctx.out.write(`\n${o.what}: queued behind ${ahead} job${ahead === 1 ? '' : 's'} of the ${queue.name} queue (${active} running, ${before} waiting); it starts when ${free}\n`);
+      ctx.out.write(`\n${o.what}: queued behind ${ahead} job${ahead === 1 ? '' : 's'} of the ${queue.name} queue (${active} running${names ? `: ${names}` : ''}; ${before} waiting before it); it starts when ${free}\n`);
     },
   };
 }

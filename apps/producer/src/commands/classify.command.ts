@@ -1,7 +1,7 @@
 import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { watchRounds } from '../watch-loop.js';
-import { latestRun } from './models.command.js';
+import { latestRun, listModelRuns } from './models.command.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
 import { printFailures, restoreLostIndex } from './ingest.command.js';
@@ -38,7 +38,12 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
   const { store, layout, spaces } = ctx.services;
   const latest = m[2] === undefined ? await latestRun(ctx, dataset) : undefined;
   const runId = m[2] ?? latest?.runId;
-  if (!runId) throw new Error(`no trained model for ${dataset}: run "transferline train --dataset ${dataset}" first`);
+  if (!runId) {
+    // runs, but none the latest: all trained with --no-promote, or the latest deleted with no run to take its place
+    const runs = (await listModelRuns(ctx, dataset)).filter((r) => r.dataset === dataset);
+    if (runs.length) throw new Error(`${dataset} has no latest run (its ${runs.length} run${runs.length === 1 ? ' was' : 's were'} trained with --no-promote, or the latest was deleted): name one, -m ${dataset}@${runs[0]!.runId}, or make one the latest: transferline promote ${dataset}@${runs[0]!.runId}`);
+    throw new Error(`no trained model for ${dataset}: run "transferline train --dataset ${dataset}" first`);
+  }
   if (latest?.insteadOf) ctx.out.write(`note: the latest run of ${dataset}, ${latest.insteadOf}, is no longer in the bucket: using its newest run left, ${runId}\n`);
   const run = await store.getDocument(RunDoc, bucket, layout.runFile(dataset, runId, 'run.json'));
   if (!run) throw new Error(`no run ${runId} of ${dataset} in s3://${bucket}/${layout.models()} (see "transferline models")`);

@@ -257,11 +257,12 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   if (classifiedImages) plan.lines.push(`dataset ${classifyDataset}: the ${images(classifiedImages)} classify kept for its runs`);
   if (records.length) plan.lines.push(`classify's record of the images ${model} labelled (${records.length} run${records.length === 1 ? '' : 's'}; Redis): the next classify labels them all again`);
   const outputsWhere = [results.length && `s3://${bucket}/${layout.results(resultsOf)}`, reviews.length && `s3://${bucket}/${layout.reviews(dataset)}`].filter(Boolean).join(' and ');
-  if (o.results && outputs.length) plan.lines.push(`${files(outputs.length)} of classify results and label reviews in ${outputsWhere}`);
-  plan.kept.push(`the images themselves, and their cached embeddings (ingesting them again embeds nothing again)`);
+  const outputsWhat = [results.length && 'classify results', reviews.length && 'label reviews'].filter(Boolean).join(' and ');
+  if (o.results && outputs.length) plan.lines.push(`${files(outputs.length)} of ${outputsWhat} in ${outputsWhere}`);
+  plan.kept.push(`the images themselves, and their cached embeddings (ingested again, no image is embedded again)`);
   const them = runs.length === 1 ? 'it' : 'them';
   if (!o.runs && runs.length) plan.kept.push(`its ${runs.length} trained run${runs.length === 1 ? '' : 's'} in s3://${bucket}/${layout.models(dataset)} (classify, serve and export go on using ${them}; add --runs to delete ${them} too)`);
-  if (!o.results && outputs.length) plan.kept.push(`${files(outputs.length)} of classify results and label reviews in ${outputsWhere} (add --results to delete them too)`);
+  if (!o.results && outputs.length) plan.kept.push(`${files(outputs.length)} of ${outputsWhat} in ${outputsWhere} (add --results to delete them too)`);
 
   plan.run = async () => {
     await refuse(); // again: a run or a classify round may have been queued while the user read the plan

@@ -109,6 +109,9 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
     );
   }
   ctx.out.write('* latest run of its dataset (what classify --model DATASET uses)\n');
+  for (const d of new Set(runs.map((r) => r.dataset))) {
+    if (!runs.some((r) => r.dataset === d && r.latest)) ctx.out.write(`note: ${d} has no latest run: make one the latest with transferline promote ${d}@RUN\n`);
+  }
   for (const r of runs.filter((x) => x.latestInsteadOf)) {
     ctx.out.write(`note: the latest run of ${r.dataset}, ${r.latestInsteadOf}, is no longer in the bucket: its newest run left, ${r.runId}, is used instead\n`);
   }
