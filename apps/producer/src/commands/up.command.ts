@@ -78,6 +78,13 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   // Once the reader of the output is gone (`up | head`), the stack still stops in order, silently.
   let outGone = false;
   const w = (s: string) => void (outGone || out.write(`${s}\n`));
+  // From the first line on: a reader gone while the stack starts (a worker's restart said
+  // before the banner) must not end this process before it can stop what it started.
+  let whenGone = (): void => {};
+  onBrokenPipe(() => {
+    outGone = true;
+    whenGone();
+  });
   env = await ensureWeights(env, o.demo, w);
   const ports0 = { ...DEFAULT_PORTS, ...o.ports };
   const children = childPorts(ports0, { ...DEFAULT_REPLICAS, ...o.replicas });
@@ -116,10 +123,8 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     process.exit(130);
   });
   process.on('SIGTERM', () => void stop(0));
-  onBrokenPipe(() => {
-    outGone = true;
-    void stop(EXIT.brokenPipe);
-  });
+  whenGone = () => void stop(EXIT.brokenPipe);
+  if (outGone) whenGone();
   // the terminal closed: the children no longer hear of it by themselves
   process.on('SIGHUP', () => void stop(0));
 
