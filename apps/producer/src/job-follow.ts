@@ -122,9 +122,12 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
 
 /**
  * Says, once, when the job waits behind others (a train worker runs one run at a time, so a run
- * queued behind a long one is silent otherwise), and then when it starts.
+ * queued behind a long one is silent otherwise), and then when it starts. It looks at the queue
+ * once, at the first poll that finds a worker connected: a job with nothing ahead of it starts
+ * at once, and reading every waiting job each second would be work for nothing.
  */
 function queueWatch(ctx: CliContext, job: Job, o: FollowOptions) {
+  let looked = false;
   let said = false;
   let started = false;
   return {
@@ -134,7 +137,8 @@ function queueWatch(ctx: CliContext, job: Job, o: FollowOptions) {
         started = true;
         return;
       }
-      if (said || started || connected === 0 || state !== 'waiting') return;
+      if (looked || started || connected === 0 || state !== 'waiting') return;
+      looked = true;
       const [running, waiting] = await Promise.all([queue.getActive(), queue.getWaiting()]);
       const before = waiting.filter((j) => j.id !== job.id && j.timestamp <= job.timestamp).length;
       const active = running.length;

@@ -149,8 +149,10 @@ export const ConfigSchema = z
     upHangSeconds: env.TL_UP_HANG_SECONDS,
     /** how long a worker holds a job without renewing its lock before others treat it as crashed */
     jobLockMs: env.TL_JOB_LOCK_MS,
-    /** the same for train and classify jobs, whose worker holds the CPU for long stretches */
-    // (unset: a minute, or TL_JOB_LOCK_MS if that is raised above it, as before this setting)
+    /**
+     * the same for train and classify jobs, whose worker holds the CPU for long stretches (unset:
+     * a minute, or TL_JOB_LOCK_MS if that is raised above it, as before this setting)
+     */
     trainJobLockMs: env.TL_TRAIN_JOB_LOCK_MS ?? Math.max(env.TL_JOB_LOCK_MS, 60_000),
     preprocess: {
       concurrency: env.TL_PREPROCESS_CONCURRENCY,
