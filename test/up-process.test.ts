@@ -250,12 +250,32 @@ describe('transferline up, as a process', () => {
       }),
     );
     await until('head to have its three lines', () => pipedOut.split('\n').filter(Boolean).length >= 3, 60);
-    await until('a preprocess worker of the piped up', () => processesWithEnv('TL_DATA_DIR', dataDir).some((p) => p.cmd.includes('main.js preprocess')), 60);
-    process.kill(processesWithEnv('TL_DATA_DIR', dataDir).find((p) => p.cmd.includes('main.js preprocess'))!.pid, 'SIGKILL');
+    // Which line of up's meets the closed pipe depends on timing: a banner line written after head
+    // exited, or else the line that says a worker died. Both must stop the stack the same way.
+    const pipedDone = () => piped.exitCode !== null || piped.signalCode !== null;
+    const preprocessOfPiped = () => processesWithEnv('TL_DATA_DIR', dataDir).find((p) => p.cmd.includes('main.js preprocess'));
+    await until('a preprocess worker of the piped up, or the piped up to exit at a banner line', () => pipedDone() || preprocessOfPiped() !== undefined, 60);
+    const victim = pipedDone() ? undefined : preprocessOfPiped();
+    if (victim) {
+      try {
+        process.kill(victim.pid, 'SIGKILL');
+      } catch {
+        // already gone: up is stopping the stack at a banner line
+      }
+    }
     await until('the piped up to exit', () => piped.exitCode !== null || piped.signalCode !== null, 60);
     const pipedCode = await pipedExit;
     expect({ code: pipedCode, stderr: pipedErr }).toEqual({ code: 141, stderr: '' });
     expect(pipedOut.split('\n').filter(Boolean)).toHaveLength(3);
     expect(leftAtExit!.map((p) => `${p.pid} ${p.cmd}`)).toEqual([]);
+
+    // `up | true`: the reader is gone before up's first line, while the stack starts. The same
+    // status, no trace, and nothing it started is left
+    const unread = spawn('bash', ['-c', `set -o pipefail; "${process.execPath}" "${cliPath}" up --metrics-port ${base} | true`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    running.push(unread);
+    let unreadErr = '';
+    unread.stderr!.on('data', (d: Buffer) => (unreadErr += d.toString()));
+    const unreadCode = await new Promise<number | null>((resolve) => unread.once('exit', resolve));
+    expect({ code: unreadCode, stderr: unreadErr, left: processesWithEnv('TL_DATA_DIR', dataDir).map((p) => `${p.pid} ${p.cmd}`) }).toEqual({ code: 141, stderr: '', left: [] });
   }, 300_000);
 });

@@ -94,7 +94,7 @@ export async function startEmbeddedRedis(o: { directory: string; port: number; p
     const answeredBy = Number(/^process_id:(\d+)/m.exec(info ?? '')?.[1]);
     if (info !== undefined && answeredBy !== proc.pid) {
       await proc.stop(1_000);
-      throw new Error(`port ${port} for the embedded Redis is taken by another redis-server (pid ${answeredBy || 'unknown'}), ${ANOTHER_UP}; else set TL_REDIS_PORT, or REDIS_URL to use the Redis already there`);
+      throw new Error(`port ${port} for the embedded Redis is in use${answeredBy ? ` (by redis-server pid ${answeredBy})` : ''}, ${ANOTHER_UP}; else set TL_REDIS_PORT, or REDIS_URL to use the Redis already there`);
     }
     if (info !== undefined) break;
     if (Date.now() > deadline) {
