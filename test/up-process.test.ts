@@ -124,7 +124,7 @@ describe('transferline up, as a process', () => {
     expect(banner).not.toContain(secret);
 
     // the same command again in another terminal: it says what holds the port, and leaves the first up
-    const twice = await runCli(['up', '--metrics-port', String(await freePort())], env, 60_000);
+    const twice = await runCli(['up', '--metrics-port', String(await freeRun(4))], env, 60_000);
     expect(twice.code).toBe(1);
     expect(twice.stderr).toMatch(new RegExp(`port ${env.TL_REDIS_PORT} for the embedded Redis is in use, by another "transferline up" perhaps`));
     expect(first.child.exitCode).toBeNull();
