@@ -470,9 +470,15 @@ describe('training runs and classification', () => {
     expect(followed.stdout).toContain('run queued-behind: queued behind 1 job of the train queue (1 running: endless; 0 waiting before it); it starts when the train worker is free\n');
     expect((await runCli(['train', '--cancel', 'queued-behind'], stack.env)).stdout).toBe('run queued-behind had been cancelled already: nothing to cancel\n');
 
+    // someone follows the run in training; the cancel says when the run stopped, once, and the
+    // follower hears that it was cancelled, not that it failed
+    const trainingFollower = runCli(['train', '--follow', 'endless'], stack.env, 150_000);
     const long = await runCli(['train', '--cancel', 'endless'], stack.env, 150_000);
     expect({ code: long.code, stderr: long.stderr }).toEqual({ code: 0, stderr: '' });
-    expect(long.stdout).toMatch(/^run endless is training: it stops at the end of an epoch, within about a second…\nrun endless cancelled: run endless was cancelled \(transferline train --cancel\) after epoch \d+ of 10000\n$/);
+    expect(long.stdout).toMatch(/^run endless is training: it stops at the end of an epoch, within about a second…\nrun endless was cancelled \(transferline train --cancel\) after epoch \d+ of 10000\n$/);
+    const trainingFollowed = await trainingFollower;
+    expect({ code: trainingFollowed.code, timedOut: trainingFollowed.timedOut }).toEqual({ code: 1, timedOut: false });
+    expect(trainingFollowed.stderr).toMatch(/^run endless was cancelled \(transferline train --cancel\) after epoch \d+ of 10000\n$/);
     expect(await (await ctx.queues.train.getJob(job.id!))!.getState()).toBe('failed');
     for (const file of ['run.json', 'report.json'] as const) expect(await store.headObject(bucket, layout.runFile('shapes', 'endless', file))).toBeUndefined();
     expect(await redis.exists(keys.trainCancel('endless'))).toBe(0);
@@ -546,7 +552,10 @@ describe('training runs and classification', () => {
     // its finished job is gone too: the id is free again
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'doomed-new' }))).toBeUndefined();
     // the run left is the latest, with no note: the pointer was moved, not left naming a deleted run
-    expect((await store.getDocument(LatestDoc, bucket, layout.latest('doomed')))?.runId).toBe('doomed-old');
+    const pointer = await store.getDocument(LatestDoc, bucket, layout.latest('doomed'));
+    expect(pointer?.runId).toBe('doomed-old');
+    // nor does it remember the deleted run as a former latest: a run of that id trained again is a new run
+    expect(pointer?.previous ?? []).not.toContain('doomed-new');
     const models = await runCli(['models', '-d', 'doomed'], stack.env);
     expect(models.stdout).toMatch(/^doomed\s+doomed-old \*/m);
     expect(models.stdout).toMatch(/^doomed\s+doomed-candidate .*\(--no-promote\)$/m);
@@ -617,14 +626,32 @@ describe('training runs and classification', () => {
     // a run records the prefixes its dataset came from
     const latest = (await latestRun(ctx, 'shapes'))!.runId;
     expect((await store.getDocument(RunDoc, bucket, layout.runFile('shapes', latest, 'run.json')))?.sources).toEqual([`s3://${photos}/set/`]);
-    // Redis loses the cache index and the dataset's records, as a restart without persistence would
+    // a second trained dataset (its images all cached), and a space no worker publishes now (an
+    // older embedder's, say) whose shards are in the bucket
+    expect((await runCli(['ingest', `s3://${photos}/set/`, '-d', 'twin'], stack.env)).code).toBe(0);
+    expect((await runCli(['train', '-d', 'twin', '--epochs', '2', '--run-id', 'twin-run'], stack.env)).code).toBe(0);
+    const ghost = 'ghost-space';
+    const shardJson = (await (async () => {
+      for await (const o of store.listObjects(bucket, layout.embeddings(space))) if (o.key.endsWith('.json')) return o.key;
+      return undefined;
+    })())!;
+    const ghostShard = layout.parseShardKey(shardJson)!.shardId;
+    for (const ext of ['json', 'npy'] as const) await store.copyObject(bucket, layout.shard(space, ghostShard, ext), layout.shard(ghost, ghostShard, ext));
+    // Redis loses the cache index and the datasets' records, as a restart without persistence
+    // would, and no worker has published its space again yet
     const indexed = await cache.size(space);
-    await redis.del(keys.embeddingIndex(space));
+    await redis.del(keys.embeddingIndex(space), keys.spaces());
     await datasets.remove('shapes');
+    await datasets.remove('twin');
+    const lostLine = (id: string) => `warning: the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}\n`;
+    const datasetLine = (d: string) => `warning: dataset ${d} has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): transferline ingest s3://${photos}/set/ -d ${d} --embedder ${space}\n`;
     const status = await runCli(['status'], stack.env);
     expect(status.code).toBe(0);
-    expect(status.stdout).toContain(`warning: the embedding index of ${space} is empty while its shards are in s3://${bucket}/${layout.embeddings(space)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${space}\n`);
-    expect(status.stdout).toContain(`warning: dataset shapes has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): transferline ingest s3://${photos}/set/ -d shapes --embedder ${space}\n`);
+    expect(status.stdout).toContain(lostLine(space));
+    expect(status.stdout).toContain(lostLine(ghost));
+    expect(status.stdout).toContain(datasetLine('shapes'));
+    expect(status.stdout).toContain(datasetLine('twin'));
+    await until('the embed worker to publish its space again', async () => (await ctx.services.spaces.list()).some((x) => x.space.id === space), 30);
 
     // train says the same, rather than "no dataset"
     const train = await runCli(['train', '-d', 'shapes'], stack.env);
@@ -640,7 +667,23 @@ describe('training runs and classification', () => {
     expect(await cache.size(space)).toBe(indexed);
     expect(await ctx.services.inspector.status('shapes')).toMatchObject({ total: 66, embedded: 66, cached: 66, failed: 0 });
     expect(await embedded()).toBe(embeddedBefore);
-    expect((await runCli(['status'], stack.env)).stdout).not.toContain('Redis lost its data');
+    // the index is back, and the other dataset is still named until it is ingested again
+    const between = (await runCli(['status'], stack.env)).stdout;
+    expect(between).not.toContain(lostLine(space));
+    expect(between).not.toContain(datasetLine('shapes'));
+    expect(between).toContain(datasetLine('twin'));
+    expect(between).toContain(lostLine(ghost));
+    expect((await runCli(['cache', 'rebuild-index', '--embedder', ghost], stack.env)).code).toBe(0);
+    // the other way to settle it: deleting the lost dataset (its runs stay unless --runs)
+    const settled = await runCli(['delete', 'dataset', 'twin', '--yes'], stack.env);
+    expect({ code: settled.code, stderr: settled.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(settled.stdout).toContain("  dataset twin: its records were lost with Redis's data; status stops naming it as one to ingest again\n");
+    const after = (await runCli(['status'], stack.env)).stdout;
+    expect(after).not.toContain('Redis lost its data');
+    expect(after).not.toContain('has trained runs but no records');
+    for (const ext of ['json', 'npy'] as const) await store.deleteObject(bucket, layout.shard(ghost, ghostShard, ext));
+    await redis.del(keys.embeddingIndex(ghost));
+    expect((await runCli(['delete', 'dataset', 'twin', '--runs', '--yes'], stack.env)).code).toBe(0);
   });
 
   it('train --no-promote leaves the latest run as it was; promote makes a run the latest, or rolls back to an older one', async () => {
@@ -659,6 +702,13 @@ describe('training runs and classification', () => {
     // rolled back
     expect((await runCli(['promote', `shapes@${before}`], stack.env)).code).toBe(0);
     expect(await latestOf()).toBe(before);
+    // once the latest, a --no-promote run is a run like the others: no mark, and the run that
+    // stands in when the latest is deleted may be it
+    const listed = await runCli(['models', '-d', 'shapes'], stack.env);
+    expect(listed.stdout).toMatch(/^shapes\s+shapes-candidate\s/m);
+    expect(listed.stdout).not.toContain('(--no-promote)');
+    const candidate = (JSON.parse((await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout) as { runId: string; candidate: boolean }[]).find((x) => x.runId === 'shapes-candidate');
+    expect(candidate?.candidate).toBe(false);
     // a rollback to an older run stands when the newer run's job runs again (retried from the board)
     const runs = JSON.parse((await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout) as { runId: string; candidate: boolean }[];
     const older = runs.find((r) => r.runId !== before && !r.candidate)!.runId;

@@ -1,5 +1,5 @@
 import { QueueEvents, type Job, type Queue } from 'bullmq';
-import { JOBS, jobLock, sleep, type JobName } from '@transferline/shared';
+import { JOBS, jobLock, permanentFailureOf, sleep, type JobName } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { allPaused, redisOutage } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -47,6 +47,9 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
       return await Promise.race([finished, stalled]);
     } catch (err) {
       if (err instanceof CliExit) throw err;
+      // a cancel someone asked for (train --cancel) is not a failure of the job's own
+      const permanent = permanentFailureOf((err as Error).message);
+      if (permanent?.reason === 'cancelled') throw new CliExit(EXIT.error, permanent.detail);
       throw new Error(`${o.what} failed: ${(err as Error).message}`);
     } finally {
       watchdog.abort();

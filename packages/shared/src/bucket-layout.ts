@@ -11,6 +11,8 @@ export function bucketLayout(prefix: string) {
   return {
     /** folder of one embedding space's shards */
     embeddings: (embedderId: string) => `${prefix}embeddings/${embedderId}/`,
+    /** the folder that holds one folder per embedding space */
+    embeddingSpaces: () => `${prefix}embeddings/`,
     /** one shard: float32 [n, dim] (`.npy`) and its manifest of content hashes (`.json`) */
     shard: (embedderId: string, shardId: string, ext: 'npy' | 'json') => `${prefix}embeddings/${embedderId}/${shardId}.${ext}`,
     /** which shard, and which of its two objects, a key of `embeddings/<space>/` names (for listings) */

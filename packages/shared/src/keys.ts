@@ -29,6 +29,12 @@ export function redisKeys(prefix: string) {
     backpressure: (embedderId: string) => `${prefix}:backpressure:${embedderId}`,
     /** sorted set: PausedWorker JSON → expiry (ms, Redis clock), the workers of one queue an outage pauses */
     pausedWorkers: (queue: string) => `${prefix}:paused:${queue}`,
+    /**
+     * set: datasets with trained runs whose records Redis lost (found when a space's index was
+     * found empty while its shards are in the bucket); `status` names each until it is ingested
+     * again or deleted
+     */
+    datasetsLost: () => `${prefix}:datasets-lost`,
     /** string, with a TTL: a train run asked to stop (`train --cancel`); its worker checks it at start and after each epoch */
     trainCancel: (runId: string) => `${prefix}:cancel:${runId}`,
     /** hash: `bucket/key` → `etag sha256 outputKey` of the images already classified with one model run */

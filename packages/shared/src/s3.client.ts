@@ -300,6 +300,18 @@ export class ObjectStore {
     } while (token);
   }
 
+  /** The names of the folders right under `prefix` (a listing with a `/` delimiter). */
+  async listFolders(bucket: string, prefix: string): Promise<string[]> {
+    const names: string[] = [];
+    let token: string | undefined;
+    do {
+      const res = await this.client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }));
+      for (const p of res.CommonPrefixes ?? []) if (p.Prefix !== undefined) names.push(p.Prefix.slice(prefix.length, -1));
+      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+    } while (token);
+    return names;
+  }
+
   /**
    * Copies an object within the store (server-side, no download); returns the copy's ETag. With
    * `ifMatch` (an ETag without quotes) it copies only that content, or throws ObjectChangedError.

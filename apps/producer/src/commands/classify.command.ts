@@ -4,7 +4,8 @@ import { watchRounds } from '../watch-loop.js';
 import { latestRun, listModelRuns } from './models.command.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
-import { printFailures, restoreLostIndex } from './ingest.command.js';
+import { restoreLostIndex } from '../data-loss.js';
+import { printFailures } from './ingest.command.js';
 import { followJob } from '../job-follow.js';
 import { printable } from '../terminal.js';
 

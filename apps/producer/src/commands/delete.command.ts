@@ -162,7 +162,8 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
   const labelled = await redis.hlen(classified);
   const results = await objectsUnder(ctx, layout.results(dataset, runId));
   const latestKey = layout.latest(dataset);
-  const wasLatest = (await store.getDocument(LatestDoc, bucket, latestKey))?.runId === runId;
+  const pointer = await store.getDocument(LatestDoc, bucket, latestKey);
+  const wasLatest = pointer?.runId === runId;
   if (runFiles.length === 0 && labelled === 0 && !wasLatest && (!o.results || results.length === 0)) {
     const left = results.length ? `; its classify results are still in s3://${bucket}/${layout.results(dataset, runId)}: add --results to delete them` : '';
     throw new CliExit(EXIT.error, `transferline: no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)}${left}: nothing deleted (see "transferline models -d ${dataset}")`);
@@ -186,9 +187,13 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
     // The pointer first, while the run still exists: a deletion cut short then leaves no pointer
     // at a run that is gone, and the next `delete run` finds the rest. A run that finished
     // meanwhile and made itself the latest stays so.
-    if (wasLatest && (await store.getDocument(LatestDoc, bucket, latestKey))?.runId === runId) {
-      if (newestLeft) await store.putJson(bucket, latestKey, latestPointer(newestLeft.runId, layout.run(dataset, newestLeft.runId)));
+    const now = await store.getDocument(LatestDoc, bucket, latestKey);
+    if (wasLatest && now?.runId === runId) {
+      if (newestLeft) await store.putJson(bucket, latestKey, latestPointer(newestLeft.runId, layout.run(dataset, newestLeft.runId), { before: now, forget: runId }));
       else await store.deleteObject(bucket, latestKey);
+    } else if (now?.previous?.includes(runId)) {
+      // a run of the same id trained later is a new run: it was never the latest
+      await store.putJson(bucket, latestKey, { ...now, previous: now.previous.filter((r) => r !== runId) });
     }
     // report.json next: the run leaves every listing at once
     const report = layout.runFile(dataset, runId, 'report.json');
@@ -243,7 +248,9 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   const reviews = classifyData ? [] : await objectsUnder(ctx, layout.reviews(dataset));
   const outputs = [...results, ...reviews];
 
-  if (!exists && runFiles.length === 0 && records.length === 0 && classifiedImages === 0 && (!o.results || outputs.length === 0)) {
+  // Redis lost its records, and status names it until it is ingested again: deleting it is the other way to settle that
+  const lost = !exists && (await redis.sismember(keys.datasetsLost(), dataset)) === 1;
+  if (!exists && !lost && runFiles.length === 0 && records.length === 0 && classifiedImages === 0 && (!o.results || outputs.length === 0)) {
     const hint = runs.length && !o.runs ? `; its ${runs.length} trained run${runs.length === 1 ? ' is' : 's are'} still in the bucket: add --runs to delete ${runs.length === 1 ? 'it' : 'them'}` : '';
     throw new CliExit(EXIT.error, `transferline: no dataset named ${dataset}${hint}: nothing deleted (see "transferline status")`);
   }
@@ -253,6 +260,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
     plan.lines.push(`dataset ${dataset}: ${images(status.total)} (their records, sources and embedding space, in Redis)`);
     if (status.pending) plan.lines.push(`  ${images(status.pending)} still on their way: their embeddings are cached when their jobs finish, their records are not written`);
   }
+  if (lost) plan.lines.push(`dataset ${dataset}: its records were lost with Redis's data; status stops naming it as one to ingest again`);
   if (runFiles.length) plan.lines.push(`${runs.length} trained run${runs.length === 1 ? '' : 's'} (${files(runFiles.length)}) in s3://${bucket}/${layout.models(dataset)}`);
   if (classifiedImages) plan.lines.push(`dataset ${classifyDataset}: the ${images(classifiedImages)} classify kept for its runs`);
   if (records.length) plan.lines.push(`classify's record of the images ${model} labelled (${records.length} run${records.length === 1 ? '' : 's'}; Redis): the next classify labels them all again`);
@@ -267,6 +275,8 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   plan.run = async () => {
     await refuse(); // again: a run or a classify round may have been queued while the user read the plan
     if (exists) await datasets.remove(dataset);
+    // a dataset Redis lost, deleted on purpose now: no longer one to ingest again
+    await redis.srem(keys.datasetsLost(), dataset);
     if (o.runs) {
       // The pointer first, and only if it names a run being deleted: a run that finished while
       // the user read the plan (not in runFiles) keeps its files and stays the latest.

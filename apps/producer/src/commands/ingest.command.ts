@@ -1,5 +1,6 @@
 import { isClassifyDataset, parseS3Url, relistCommand, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { restoreLostIndex } from '../data-loss.js';
 import { watchRounds } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix, UNLABELLED, type IngestCounts } from '../ingest.service.js';
@@ -94,18 +95,6 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
   printDatasetSummary(ctx, status);
   return { space: space.id, counts, status };
-}
-
-/**
- * Before images are looked up in the cache: an index Redis lost is restored from the bucket (and
- * said), so nothing cached is embedded again. Ingest and classify both call it.
- */
-export async function restoreLostIndex(ctx: CliContext, space: string): Promise<void> {
-  const restored = await ctx.services.cache.restoreLostIndex(space);
-  if (!restored) return;
-  ctx.out.write(
-    `note: the embedding index of ${space} was empty while its shards are in s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(space)} (Redis lost its data?): restored from them, ${restored} images; those are not embedded again\n`,
-  );
 }
 
 export interface WatchOptions extends Omit<IngestOptions, 'quietUnlessNew'> {

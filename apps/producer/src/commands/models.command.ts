@@ -1,8 +1,7 @@
 import pMap from 'p-map';
-import { DatasetName, LatestDoc, latestPointer, ReportDoc, RunDoc } from '@transferline/shared';
+import { DatasetName, everLatest, LatestDoc, latestPointer, ReportDoc } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
-import { printable } from '../terminal.js';
 
 export interface ModelRun {
   dataset: string;
@@ -28,12 +27,12 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
   const { bucket } = ctx.config.s3;
   const { store, layout } = ctx.services;
   const runs: ModelRun[] = [];
-  const latest = new Map<string, string>();
+  const latest = new Map<string, LatestDoc>();
   const read = async (key: string) => {
     const k = layout.parseModelKey(key);
     if (k?.file === 'latest.json') {
       const l = await store.getDocument(LatestDoc, bucket, key);
-      if (l) latest.set(k.dataset, l.runId);
+      if (l) latest.set(k.dataset, l);
     } else if (k?.file === 'report.json') {
       const r = await store.getDocument(ReportDoc, bucket, key);
       if (!r) return;
@@ -60,9 +59,13 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
   // longer than the console gives a page.
   await pMap(keys, read, { concurrency: READS_AT_ONCE });
   runs.sort((a, b) => a.dataset.localeCompare(b.dataset) || b.createdAt.localeCompare(a.createdAt));
-  for (const r of runs) r.latest = latest.get(r.dataset) === r.runId;
+  for (const r of runs) {
+    r.latest = latest.get(r.dataset)?.runId === r.runId;
+    // a --no-promote run once promoted is a run like the others
+    r.candidate &&= !everLatest(latest.get(r.dataset), r.runId);
+  }
   // latest.json naming a run deleted from the bucket since: the newest run left stands in (not a --no-promote one)
-  for (const [d, named] of latest) {
+  for (const [d, { runId: named }] of latest) {
     const newest = newestPromotable(runs, d);
     if (newest && !runs.some((r) => r.dataset === d && r.latest)) Object.assign(newest, { latest: true, latestInsteadOf: named });
   }
@@ -144,20 +147,7 @@ export async function promoteCommand(ctx: CliContext, spec: string): Promise<voi
     ctx.out.write(`${dataset}@${runId} is the latest run of ${dataset} already\n`);
     return;
   }
-  await store.putJson(bucket, layout.latest(dataset), latestPointer(runId, layout.run(dataset, runId)));
+  const pointer = await store.getDocument(LatestDoc, bucket, layout.latest(dataset));
+  await store.putJson(bucket, layout.latest(dataset), latestPointer(runId, layout.run(dataset, runId), { before: pointer }));
   ctx.out.write(`${dataset}@${runId} is now the latest run of ${dataset}${before ? ` (it was ${before.runId})` : ''}: classify, serve and export use it without @run\n`);
-}
-
-/**
- * The commands that ingest a dataset again, from the prefixes its latest run recorded
- * (run.json `sources`); undefined when it has no run, or runs too old to record them.
- */
-export async function reingestCommands(ctx: CliContext, dataset: string): Promise<string[] | undefined> {
-  const runId = (await latestRun(ctx, dataset))?.runId;
-  if (runId === undefined) return undefined;
-  const { bucket } = ctx.config.s3;
-  const run = await ctx.services.store.getDocument(RunDoc, bucket, ctx.services.layout.runFile(dataset, runId, 'run.json'));
-  // in the run's own space (its models classify there), quoted for a shell when the prefix needs it
-  const quote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
-  return run?.sources?.length ? run.sources.map((src) => `transferline ingest ${quote(printable(src))} -d ${dataset} --embedder ${run.embedderId}`) : undefined;
 }

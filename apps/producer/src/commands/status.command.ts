@@ -1,7 +1,7 @@
 import { redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
-import { listModelRuns, reingestCommands } from './models.command.js';
+import { lostDatasets, recordLostDatasets, reingestCommands } from '../data-loss.js';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -71,25 +71,23 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
 }
 
 /**
- * What Redis losing its data (a restart without persistence, a flush) leaves: a space whose
- * embedding index is empty while its shards are in the bucket, and datasets with trained runs
- * that Redis no longer knows. Looked for only when the first is seen (deleting a dataset and
- * keeping its runs is a user's choice, not a loss), with the commands that bring both back.
+ * What Redis losing its data (a restart without persistence, a flush) leaves (data-loss.ts): a
+ * space whose embedding index is empty while its shards are in the bucket (every space with a
+ * folder there is looked at, not only those a worker has published since), and the datasets with
+ * trained runs that Redis no longer knew then, with the commands that bring both back. A dataset
+ * deleted on purpose while its runs stay is not a loss: it is only named when a loss is found.
  */
 async function dataLossWarnings(ctx: CliContext, spaces: SpaceStatus[]): Promise<string[]> {
-  const { cache, layout, datasets } = ctx.services;
+  const { cache, layout, store } = ctx.services;
   const { bucket } = ctx.config.s3;
   const warnings: string[] = [];
-  for (const s of spaces) {
-    if (s.cached > 0 || !(await cache.indexLost(s.space.id))) continue;
-    warnings.push(
-      `the embedding index of ${s.space.id} is empty while its shards are in s3://${bucket}/${layout.embeddings(s.space.id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${s.space.id}`,
-    );
+  const ids = new Set([...spaces.map((s) => s.space.id), ...(await store.listFolders(bucket, layout.embeddingSpaces()))]);
+  for (const id of [...ids].sort()) {
+    if (!(await cache.indexLost(id))) continue;
+    warnings.push(`the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}`);
   }
-  if (warnings.length === 0) return warnings;
-  const known = new Set(await datasets.list());
-  const trained = [...new Set((await listModelRuns(ctx)).map((r) => r.dataset))].filter((d) => !known.has(d));
-  for (const d of trained) {
+  if (warnings.length) await recordLostDatasets(ctx);
+  for (const d of await lostDatasets(ctx)) {
     const again = (await reingestCommands(ctx, d))?.join('; ') ?? `its runs do not record its prefixes (trained before they did): ingest them as before`;
     warnings.push(`dataset ${d} has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): ${again}`);
   }

@@ -7,7 +7,7 @@ import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { elsewhereLines } from './ingest.command.js';
-import { reingestCommands } from './models.command.js';
+import { reingestCommands } from '../data-loss.js';
 import type { EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
@@ -208,7 +208,8 @@ export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_
     if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the request stands: run ${runId} stops at its worker's next check (within ${CANCEL_TTL_SECONDS / 3600} h)`);
     const now = await ended();
     if (now === 'cancelled') {
-      w(`run ${runId} cancelled: ${permanentFailureOf(await failure())?.detail ?? ''}`);
+      // the worker's own words: when it stopped ("run R was cancelled (…) after epoch 3 of 40")
+      w(permanentFailureOf(await failure())?.detail ?? `run ${runId} cancelled`);
       await redis.del(flag);
       return 'cancelled';
     }
