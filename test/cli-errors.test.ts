@@ -110,7 +110,7 @@ describe('what a user sees when something is wrong', () => {
         (r) => (void r.stop(), undefined),
         (e: unknown) => e as Error,
       );
-      expect(err?.message).toMatch(new RegExp(`port ${port} for the embedded Redis is in use \\(by redis-server pid ${other.process.pid}\\), by another "transferline up" perhaps`));
+      expect(err?.message).toMatch(new RegExp(`port ${port} for the embedded Redis is in use, by another "transferline up" perhaps.* \\(redis-server pid ${other.process.pid} answers on it\\)$`));
     } finally {
       process.env.PATH = saved;
       await other.stop();

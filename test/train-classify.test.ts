@@ -478,7 +478,10 @@ describe('training runs and classification', () => {
     expect(long.stdout).toMatch(/^run endless is training: it stops at the end of an epoch, within about a second…\nrun endless was cancelled \(transferline train --cancel\) after epoch \d+ of 10000\n$/);
     const trainingFollowed = await trainingFollower;
     expect({ code: trainingFollowed.code, timedOut: trainingFollowed.timedOut }).toEqual({ code: 1, timedOut: false });
-    expect(trainingFollowed.stderr).toMatch(/^run endless was cancelled \(transferline train --cancel\) after epoch \d+ of 10000\n$/);
+    // (its progress lines go to stderr too when it is not a terminal)
+    expect(trainingFollowed.stderr).toMatch(/(^|\n)run endless was cancelled \(transferline train --cancel\) after epoch \d+ of 10000\n$/);
+    expect(trainingFollowed.stderr.match(/cancelled/g)).toHaveLength(1);
+    expect(trainingFollowed.stderr).not.toContain('failed');
     expect(await (await ctx.queues.train.getJob(job.id!))!.getState()).toBe('failed');
     for (const file of ['run.json', 'report.json'] as const) expect(await store.headObject(bucket, layout.runFile('shapes', 'endless', file))).toBeUndefined();
     expect(await redis.exists(keys.trainCancel('endless'))).toBe(0);
@@ -526,7 +529,7 @@ describe('training runs and classification', () => {
     const plan = [
       `  run doomed@doomed-new: ${runFiles.length} files in s3://${bucket}/${runFolder}`,
       `  classify's record of the 3 images it labelled (Redis)`,
-      `  it is the latest run of doomed: doomed-old, the newest run left (not counting --no-promote runs), becomes the latest`,
+      `  it is the latest run of doomed: doomed-old, the newest run left (not counting --no-promote runs never promoted), becomes the latest`,
       `kept:`,
       `  its classify results: 1 file in s3://${bucket}/${resultsFolder} (add --results to delete them too)`,
     ].join('\n');
@@ -552,10 +555,7 @@ describe('training runs and classification', () => {
     // its finished job is gone too: the id is free again
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'doomed-new' }))).toBeUndefined();
     // the run left is the latest, with no note: the pointer was moved, not left naming a deleted run
-    const pointer = await store.getDocument(LatestDoc, bucket, layout.latest('doomed'));
-    expect(pointer?.runId).toBe('doomed-old');
-    // nor does it remember the deleted run as a former latest: a run of that id trained again is a new run
-    expect(pointer?.previous ?? []).not.toContain('doomed-new');
+    expect((await store.getDocument(LatestDoc, bucket, layout.latest('doomed')))?.runId).toBe('doomed-old');
     const models = await runCli(['models', '-d', 'doomed'], stack.env);
     expect(models.stdout).toMatch(/^doomed\s+doomed-old \*/m);
     expect(models.stdout).toMatch(/^doomed\s+doomed-candidate .*\(--no-promote\)$/m);
@@ -644,7 +644,7 @@ describe('training runs and classification', () => {
     await datasets.remove('shapes');
     await datasets.remove('twin');
     const lostLine = (id: string) => `warning: the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}\n`;
-    const datasetLine = (d: string) => `warning: dataset ${d} has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): transferline ingest s3://${photos}/set/ -d ${d} --embedder ${space}\n`;
+    const datasetLine = (d: string) => `warning: dataset ${d} has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): transferline ingest s3://${photos}/set/ -d ${d} --embedder ${space}\n`;
     const status = await runCli(['status'], stack.env);
     expect(status.code).toBe(0);
     expect(status.stdout).toContain(lostLine(space));
@@ -656,14 +656,16 @@ describe('training runs and classification', () => {
     // train says the same, rather than "no dataset"
     const train = await runCli(['train', '-d', 'shapes'], stack.env);
     expect(train.code).toBe(1);
-    expect(train.stderr).toContain(`no dataset named shapes in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its latest run recorded: transferline ingest s3://${photos}/set/ -d shapes --embedder ${space}\n`);
+    expect(train.stderr).toContain(`no dataset named shapes in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its runs recorded: transferline ingest s3://${photos}/set/ -d shapes --embedder ${space}\n`);
 
     // as it says: the ingest restores the index first, and no image is embedded again
     const embedded = async () => (await scrape(stack.ports.embed)).get('tl_images_total{stage="embed",outcome="embedded"}') ?? 0;
     const embeddedBefore = await embedded();
     const again = await runCli(['ingest', `s3://${photos}/set/`, '-d', 'shapes'], stack.env);
     expect(again.code).toBe(0);
-    expect(again.stdout).toContain(`note: the embedding index of ${space} was empty while its shards are in s3://${bucket}/${layout.embeddings(space)} (Redis lost its data?): restored from them, ${indexed} images; those are not embedded again\n`);
+    expect(again.stdout).toContain(
+      `note: the embedding index of ${space} is empty while its shards are in s3://${bucket}/${layout.embeddings(space)} (Redis lost its data?): restoring it from them…\nnote: restored the embedding index of ${space}: ${indexed} images, which are not embedded again\n`,
+    );
     expect(await cache.size(space)).toBe(indexed);
     expect(await ctx.services.inspector.status('shapes')).toMatchObject({ total: 66, embedded: 66, cached: 66, failed: 0 });
     expect(await embedded()).toBe(embeddedBefore);
@@ -673,14 +675,18 @@ describe('training runs and classification', () => {
     expect(between).not.toContain(datasetLine('shapes'));
     expect(between).toContain(datasetLine('twin'));
     expect(between).toContain(lostLine(ghost));
-    expect((await runCli(['cache', 'rebuild-index', '--embedder', ghost], stack.env)).code).toBe(0);
-    // the other way to settle it: deleting the lost dataset (its runs stay unless --runs)
+    // the other way to settle it: deleting the lost dataset (its runs stay unless --runs); status
+    // does not name it again while an index is still empty (the ghost's)
     const settled = await runCli(['delete', 'dataset', 'twin', '--yes'], stack.env);
     expect({ code: settled.code, stderr: settled.stderr }).toEqual({ code: 0, stderr: '' });
     expect(settled.stdout).toContain("  dataset twin: its records were lost with Redis's data; status stops naming it as one to ingest again\n");
+    const settledStatus = (await runCli(['status'], stack.env)).stdout;
+    expect(settledStatus).toContain(lostLine(ghost));
+    expect(settledStatus).not.toContain(datasetLine('twin'));
+    expect((await runCli(['cache', 'rebuild-index', '--embedder', ghost], stack.env)).code).toBe(0);
     const after = (await runCli(['status'], stack.env)).stdout;
     expect(after).not.toContain('Redis lost its data');
-    expect(after).not.toContain('has trained runs but no records');
+    expect(after).not.toContain('lost its records');
     for (const ext of ['json', 'npy'] as const) await store.deleteObject(bucket, layout.shard(ghost, ghostShard, ext));
     await redis.del(keys.embeddingIndex(ghost));
     expect((await runCli(['delete', 'dataset', 'twin', '--runs', '--yes'], stack.env)).code).toBe(0);
@@ -710,14 +716,22 @@ describe('training runs and classification', () => {
     const candidate = (JSON.parse((await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout) as { runId: string; candidate: boolean }[]).find((x) => x.runId === 'shapes-candidate');
     expect(candidate?.candidate).toBe(false);
     // a rollback to an older run stands when the newer run's job runs again (retried from the board)
-    const runs = JSON.parse((await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout) as { runId: string; candidate: boolean }[];
-    const older = runs.find((r) => r.runId !== before && !r.candidate)!.runId;
+    const runs = JSON.parse((await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout) as { runId: string; candidate: boolean; createdAt: string }[];
+    const beforeAt = runs.find((r) => r.runId === before)!.createdAt;
+    const older = runs.find((r) => r.createdAt < beforeAt && !r.candidate)!.runId;
     expect((await runCli(['promote', `shapes@${older}`], stack.env)).code).toBe(0);
     const job = (await ctx.queues.train.getJob(jobIds.train({ runId: before! })))!;
     await job.retry('completed');
     await until('the retried run to complete', async () => (await job.getState()) === 'completed', 60);
     expect(await latestOf()).toBe(older);
     expect((await runCli(['promote', `shapes@${before}`], stack.env)).code).toBe(0);
+    // a run of shapes on its way, which makes itself the latest when it ends: promote says so
+    await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 10_000, patience: 0, runId: 'shapes-coming' });
+    const warned = await runCli(['promote', `shapes@${older}`], stack.env);
+    expect(warned.code).toBe(0);
+    expect(warned.stdout).toMatch(new RegExp(`^note: run shapes-coming of shapes is (training|queued) and becomes the latest when it ends \\(it was not started with --no-promote\\): to keep ${older}, cancel it \\(transferline train --cancel shapes-coming\\) or promote ${older} again after it$`, 'm'));
+    expect((await runCli(['train', '--cancel', 'shapes-coming'], stack.env, 150_000)).code).toBe(0);
+    expect((await runCli(['promote', `shapes@${before}`], stack.env)).stdout).not.toContain('note:');
     const missing = await runCli(['promote', 'shapes@no-such-run'], stack.env);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('no run no-such-run of shapes');

@@ -331,7 +331,7 @@ const deleteOptions = (c: Command) =>
 deleteOptions(
   del
     .command('run')
-    .description("a trained run: its model files and classify's record of what it labelled; if it was the latest, the newest run left not trained with --no-promote becomes the latest")
+    .description("a trained run: its model files and classify's record of what it labelled; if it was the latest, the newest run left that is not an unpromoted --no-promote run becomes the latest")
     .argument('<dataset@run>', 'the run, named in full (see "transferline models")'),
 ).action((spec: string, o: DeleteOptions) => withContext((ctx) => deleteRunCommand(ctx, spec, o, terminalConfirm())));
 deleteOptions(

@@ -1,4 +1,4 @@
-import { RunDoc } from '@transferline/shared';
+import { DatasetRepository, RunDoc } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { latestRun, listModelRuns } from './commands/models.command.js';
 import { printable } from './terminal.js';
@@ -17,33 +17,51 @@ import { printable } from './terminal.js';
  * said), so nothing cached is embedded again. Ingest and classify both call it.
  */
 export async function restoreLostIndex(ctx: CliContext, space: string): Promise<void> {
-  const restored = await ctx.services.cache.restoreLostIndex(space);
-  if (!restored) return;
+  const { cache } = ctx.services;
+  if (!(await cache.indexLost(space))) return;
   await recordLostDatasets(ctx);
-  ctx.out.write(
-    `note: the embedding index of ${space} was empty while its shards are in s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(space)} (Redis lost its data?): restored from them, ${restored} images; those are not embedded again\n`,
-  );
+  // it reads every manifest of the space: a large cache takes a while
+  ctx.out.write(`note: the embedding index of ${space} is empty while its shards are in s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(space)} (Redis lost its data?): restoring it from them…\n`);
+  const { indexed } = await cache.rebuildIndex(space);
+  ctx.out.write(`note: restored the embedding index of ${space}: ${indexed} images, which are not embedded again\n`);
 }
 
-/** Remembers the datasets with trained runs that Redis has no records of: a loss was just found. */
+/**
+ * Remembers the datasets with trained runs that Redis has no records of, once per loss: a loss
+ * was just found. Once, so that a dataset settled since (`delete dataset`) is not named again by
+ * the next `status` while an index is still empty; the marker goes with the next loss.
+ */
 export async function recordLostDatasets(ctx: CliContext): Promise<void> {
   const { datasets, redis, keys } = ctx.services;
+  if ((await redis.set(keys.dataLossRecorded(), new Date().toISOString(), 'NX')) !== 'OK') return;
   const known = new Set(await datasets.list());
   const lost = [...new Set((await listModelRuns(ctx)).map((r) => r.dataset))].filter((d) => !known.has(d));
   if (lost.length) await redis.sadd(keys.datasetsLost(), ...lost);
 }
 
 /**
- * The datasets a loss left without records that are still without them; those ingested again
- * since (or deleted on purpose: `delete dataset` forgets them) are forgotten here.
+ * The datasets a loss left without records, each with the ingest commands still to run: those of
+ * its recorded prefixes not ingested again yet (undefined when its runs do not record them). A
+ * dataset is forgotten here once every prefix is ingested again (or, unrecorded, once it has
+ * records), once none of its runs is left, or when `delete dataset` settles it.
  */
-export async function lostDatasets(ctx: CliContext): Promise<string[]> {
+export async function lostDatasets(ctx: CliContext): Promise<{ dataset: string; commands?: string[] }[]> {
   const { datasets, redis, keys } = ctx.services;
   const remembered = (await redis.smembers(keys.datasetsLost())).sort();
-  const back: string[] = [];
-  for (const d of remembered) if (await datasets.exists(d)) back.push(d);
-  if (back.length) await redis.srem(keys.datasetsLost(), ...back);
-  return remembered.filter((d) => !back.includes(d));
+  if (remembered.length === 0) return [];
+  const trained = new Set((await listModelRuns(ctx)).map((r) => r.dataset));
+  const settled: string[] = [];
+  const left: { dataset: string; commands?: string[] }[] = [];
+  for (const dataset of remembered) {
+    const recorded = trained.has(dataset) ? await recordedSources(ctx, dataset) : undefined;
+    const exists = await datasets.exists(dataset);
+    const ingested = new Set(exists ? (await datasets.sources(dataset)).map((s) => DatasetRepository.objectUrl(s)) : []);
+    const missing = recorded?.sources.filter((s) => !ingested.has(s));
+    if (!trained.has(dataset) || (missing ? missing.length === 0 : exists)) settled.push(dataset);
+    else left.push({ dataset, ...(recorded && missing && { commands: missing.map((src) => ingestCommand(dataset, src, recorded.embedderId)) }) });
+  }
+  if (settled.length) await redis.srem(keys.datasetsLost(), ...settled);
+  return left;
 }
 
 /**
@@ -52,11 +70,19 @@ export async function lostDatasets(ctx: CliContext): Promise<string[]> {
  * old to record them.
  */
 export async function reingestCommands(ctx: CliContext, dataset: string): Promise<string[] | undefined> {
+  const recorded = await recordedSources(ctx, dataset);
+  return recorded?.sources.map((src) => ingestCommand(dataset, src, recorded.embedderId));
+}
+
+async function recordedSources(ctx: CliContext, dataset: string): Promise<{ sources: string[]; embedderId: string } | undefined> {
   const runId = (await latestRun(ctx, dataset))?.runId ?? (await listModelRuns(ctx, dataset)).find((r) => r.dataset === dataset)?.runId;
   if (runId === undefined) return undefined;
-  const { bucket } = ctx.config.s3;
-  const run = await ctx.services.store.getDocument(RunDoc, bucket, ctx.services.layout.runFile(dataset, runId, 'run.json'));
-  // in the run's own space (its models classify there), quoted for a shell when the prefix needs it
+  const run = await ctx.services.store.getDocument(RunDoc, ctx.config.s3.bucket, ctx.services.layout.runFile(dataset, runId, 'run.json'));
+  return run?.sources?.length ? { sources: run.sources, embedderId: run.embedderId } : undefined;
+}
+
+/** In the run's own space (its models classify there), quoted for a shell when the prefix needs it. */
+function ingestCommand(dataset: string, source: string, embedderId: string): string {
   const quote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
-  return run?.sources?.length ? run.sources.map((src) => `transferline ingest ${quote(printable(src))} -d ${dataset} --embedder ${run.embedderId}`) : undefined;
+  return `transferline ingest ${quote(printable(source))} -d ${dataset} --embedder ${embedderId}`;
 }

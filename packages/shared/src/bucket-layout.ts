@@ -48,4 +48,4 @@ export function bucketLayout(prefix: string) {
 export type BucketLayout = ReturnType<typeof bucketLayout>;
 
 /** The files of a trained run. */
-export type RunFile = 'model.json' | 'weights.bin' | 'labels.json' | 'run.json' | 'report.json';
+export type RunFile = 'model.json' | 'weights.bin' | 'labels.json' | 'run.json' | 'report.json' | 'promoted.json';

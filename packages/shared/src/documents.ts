@@ -92,37 +92,26 @@ export const ShardManifest = z.object({
 });
 export type ShardManifest = z.infer<typeof ShardManifest>;
 
-/** `models/<dataset>/latest.json`: the run a dataset's name means without `@run`. */
+/** `models/<dataset>/latest.json`: the newest run of a dataset. */
 export const LatestDoc = z.object({
   runId: z.string(),
   modelPrefix: z.string(),
   /** when the pointer was written (absent from pointers written before it was recorded) */
   setAt: z.string().optional(),
-  /**
-   * The runs it named before, newest first, at most LATEST_PREVIOUS_KEPT (absent from pointers
-   * written before it was recorded). A run trained with --no-promote that was once the latest is
-   * a run like any other since.
-   */
-  previous: z.array(z.string()).optional(),
 });
 export type LatestDoc = z.infer<typeof LatestDoc>;
 
-/** How many former latest runs a latest.json remembers. */
-export const LATEST_PREVIOUS_KEPT = 100;
+/** The latest.json that points at a run, as every writer (train, promote, delete) writes it. */
+export function latestPointer(runId: string, modelPrefix: string, now = new Date()): LatestDoc {
+  return { runId, modelPrefix, setAt: now.toISOString() };
+}
 
 /**
- * The latest.json that points at a run, as every writer (train, promote, delete) writes it:
- * `before` is the pointer it replaces, whose runs it remembers, save `forget` (a run deleted).
+ * `models/<dataset>/<run>/promoted.json`: written by `promote`. A run trained with --no-promote
+ * that was made the latest once is a run like the others since (its presence is what counts).
  */
-export function latestPointer(runId: string, modelPrefix: string, o: { before?: LatestDoc; forget?: string; now?: Date } = {}): LatestDoc {
-  const previous = o.before ? [o.before.runId, ...(o.before.previous ?? [])].filter((r, i, all) => r !== runId && r !== o.forget && all.indexOf(r) === i).slice(0, LATEST_PREVIOUS_KEPT) : [];
-  return { runId, modelPrefix, setAt: (o.now ?? new Date()).toISOString(), ...(previous.length > 0 && { previous }) };
-}
-
-/** Whether a run is or was the latest of its dataset, by its latest.json. */
-export function everLatest(pointer: LatestDoc | undefined, runId: string): boolean {
-  return pointer !== undefined && (pointer.runId === runId || (pointer.previous ?? []).includes(runId));
-}
+export const PromotedDoc = z.object({ promotedAt: z.string() });
+export type PromotedDoc = z.infer<typeof PromotedDoc>;
 
 /** `models/<dataset>/<run>/labels.json`: class names in output order. */
 export const LabelsDoc = z.array(z.string());

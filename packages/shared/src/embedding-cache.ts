@@ -234,16 +234,6 @@ export class EmbeddingCache {
   }
 
   /**
-   * Restores the index from the bucket when it is empty while shards of the space are there: Redis
-   * lost its data (a restart without persistence, a flush). Without it every image would be
-   * embedded again. Returns how many images it indexed, or undefined when nothing was lost.
-   */
-  async restoreLostIndex(embedderId: string): Promise<number | undefined> {
-    if (!(await this.indexLost(embedderId))) return undefined;
-    return (await this.rebuildIndex(embedderId)).indexed;
-  }
-
-  /**
    * Whether the space's index is empty while a shard of it is in the bucket (Redis lost its
    * data): a manifest with its data, as `listShards` counts shards.
    */

@@ -35,6 +35,8 @@ export function redisKeys(prefix: string) {
      * again or deleted
      */
     datasetsLost: () => `${prefix}:datasets-lost`,
+    /** string: when the datasets a loss left without records were remembered (once per loss: it goes with the next one) */
+    dataLossRecorded: () => `${prefix}:data-loss-recorded`,
     /** string, with a TTL: a train run asked to stop (`train --cancel`); its worker checks it at start and after each epoch */
     trainCancel: (runId: string) => `${prefix}:cancel:${runId}`,
     /** hash: `bucket/key` → `etag sha256 outputKey` of the images already classified with one model run */

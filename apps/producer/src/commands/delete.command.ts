@@ -1,9 +1,9 @@
 import { createInterface } from 'node:readline/promises';
-import type { Queue } from 'bullmq';
 import pMap from 'p-map';
 import { classifyDatasetName, isClassifyDataset, jobIds, LatestDoc, latestPointer } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
+import { jobsInFlight } from '../jobs-in-flight.js';
 import { listModelRuns, newestPromotable, parseRunSpec } from './models.command.js';
 
 /**
@@ -50,17 +50,6 @@ interface Plan {
   /** what stays that a user might think goes, printed too */
   kept: string[];
   run: () => Promise<void>;
-}
-
-/** The states of a job that has not ended: one of these may still write what is to be deleted. */
-const IN_FLIGHT = ['active', 'waiting', 'delayed', 'prioritized', 'waiting-children'] as const;
-
-async function jobsInFlight<D>(queue: Queue, match: (data: D) => boolean): Promise<{ id: string; data: D; state: string }[]> {
-  const found: { id: string; data: D; state: string }[] = [];
-  for (const state of IN_FLIGHT) {
-    for (const job of await queue.getJobs([state])) if (job?.id && match(job.data as D)) found.push({ id: job.id, data: job.data as D, state });
-  }
-  return found;
 }
 
 /** Refuses while a train run of `dataset` (or the run `runId`) is queued or training: it would write a model into what is deleted. */
@@ -162,8 +151,7 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
   const labelled = await redis.hlen(classified);
   const results = await objectsUnder(ctx, layout.results(dataset, runId));
   const latestKey = layout.latest(dataset);
-  const pointer = await store.getDocument(LatestDoc, bucket, latestKey);
-  const wasLatest = pointer?.runId === runId;
+  const wasLatest = (await store.getDocument(LatestDoc, bucket, latestKey))?.runId === runId;
   if (runFiles.length === 0 && labelled === 0 && !wasLatest && (!o.results || results.length === 0)) {
     const left = results.length ? `; its classify results are still in s3://${bucket}/${layout.results(dataset, runId)}: add --results to delete them` : '';
     throw new CliExit(EXIT.error, `transferline: no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)}${left}: nothing deleted (see "transferline models -d ${dataset}")`);
@@ -178,7 +166,7 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
   if (wasLatest) {
     plan.lines.push(
       newestLeft
-        ? `it is the latest run of ${dataset}: ${newestLeft.runId}, the newest run left (not counting --no-promote runs), becomes the latest`
+        ? `it is the latest run of ${dataset}: ${newestLeft.runId}, the newest run left (not counting --no-promote runs never promoted), becomes the latest`
         : `it is the latest run of ${dataset}, and no other run of it can take its place: ${dataset} is left with no latest run (transferline promote names one)`,
     );
   }
@@ -187,13 +175,9 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
     // The pointer first, while the run still exists: a deletion cut short then leaves no pointer
     // at a run that is gone, and the next `delete run` finds the rest. A run that finished
     // meanwhile and made itself the latest stays so.
-    const now = await store.getDocument(LatestDoc, bucket, latestKey);
-    if (wasLatest && now?.runId === runId) {
-      if (newestLeft) await store.putJson(bucket, latestKey, latestPointer(newestLeft.runId, layout.run(dataset, newestLeft.runId), { before: now, forget: runId }));
+    if (wasLatest && (await store.getDocument(LatestDoc, bucket, latestKey))?.runId === runId) {
+      if (newestLeft) await store.putJson(bucket, latestKey, latestPointer(newestLeft.runId, layout.run(dataset, newestLeft.runId)));
       else await store.deleteObject(bucket, latestKey);
-    } else if (now?.previous?.includes(runId)) {
-      // a run of the same id trained later is a new run: it was never the latest
-      await store.putJson(bucket, latestKey, { ...now, previous: now.previous.filter((r) => r !== runId) });
     }
     // report.json next: the run leaves every listing at once
     const report = layout.runFile(dataset, runId, 'report.json');

@@ -1,5 +1,6 @@
 import pMap from 'p-map';
-import { DatasetName, everLatest, LatestDoc, latestPointer, ReportDoc } from '@transferline/shared';
+import { DatasetName, LatestDoc, latestPointer, ReportDoc, type PromotedDoc, type TrainJob } from '@transferline/shared';
+import { jobsInFlight } from '../jobs-in-flight.js';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 
@@ -12,7 +13,7 @@ export interface ModelRun {
   validationAccuracy: number;
   testAccuracy?: number;
   partial: boolean;
-  /** trained with --no-promote: never taken as latest unless promoted */
+  /** trained with --no-promote and never promoted: never taken as latest unless promoted */
   candidate: boolean;
   latest: boolean;
   /** set on a run taken as latest because the run latest.json names (this) is gone from the bucket */
@@ -27,12 +28,14 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
   const { bucket } = ctx.config.s3;
   const { store, layout } = ctx.services;
   const runs: ModelRun[] = [];
-  const latest = new Map<string, LatestDoc>();
+  const latest = new Map<string, string>();
+  // runs `promote` made the latest once (promoted.json: its presence in the listing is enough)
+  const promoted = new Set<string>();
   const read = async (key: string) => {
     const k = layout.parseModelKey(key);
     if (k?.file === 'latest.json') {
       const l = await store.getDocument(LatestDoc, bucket, key);
-      if (l) latest.set(k.dataset, l);
+      if (l) latest.set(k.dataset, l.runId);
     } else if (k?.file === 'report.json') {
       const r = await store.getDocument(ReportDoc, bucket, key);
       if (!r) return;
@@ -52,20 +55,21 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
   };
   const keys: string[] = [];
   for await (const o of store.listObjects(bucket, layout.models(dataset))) {
-    const file = layout.parseModelKey(o.key)?.file;
-    if (file === 'latest.json' || file === 'report.json') keys.push(o.key);
+    const k = layout.parseModelKey(o.key);
+    if (k?.file === 'latest.json' || k?.file === 'report.json') keys.push(o.key);
+    if (k?.file === 'promoted.json') promoted.add(`${k.dataset}/${k.runId}`);
   }
   // A few reads at a time, not one after another: hundreds of runs on a remote S3 would take
   // longer than the console gives a page.
   await pMap(keys, read, { concurrency: READS_AT_ONCE });
   runs.sort((a, b) => a.dataset.localeCompare(b.dataset) || b.createdAt.localeCompare(a.createdAt));
   for (const r of runs) {
-    r.latest = latest.get(r.dataset)?.runId === r.runId;
-    // a --no-promote run once promoted is a run like the others
-    r.candidate &&= !everLatest(latest.get(r.dataset), r.runId);
+    r.latest = latest.get(r.dataset) === r.runId;
+    // a --no-promote run promoted once is a run like the others
+    r.candidate &&= !promoted.has(`${r.dataset}/${r.runId}`);
   }
-  // latest.json naming a run deleted from the bucket since: the newest run left stands in (not a --no-promote one)
-  for (const [d, { runId: named }] of latest) {
+  // latest.json naming a run deleted from the bucket since: the newest run left stands in (not a --no-promote one never promoted)
+  for (const [d, named] of latest) {
     const newest = newestPromotable(runs, d);
     if (newest && !runs.some((r) => r.dataset === d && r.latest)) Object.assign(newest, { latest: true, latestInsteadOf: named });
   }
@@ -147,7 +151,13 @@ export async function promoteCommand(ctx: CliContext, spec: string): Promise<voi
     ctx.out.write(`${dataset}@${runId} is the latest run of ${dataset} already\n`);
     return;
   }
-  const pointer = await store.getDocument(LatestDoc, bucket, layout.latest(dataset));
-  await store.putJson(bucket, layout.latest(dataset), latestPointer(runId, layout.run(dataset, runId), { before: pointer }));
+  // the marker first: a promote cut short leaves a run that is no longer a candidate, not a latest one that still is
+  await store.putJson(bucket, layout.runFile(dataset, runId, 'promoted.json'), { promotedAt: new Date().toISOString() } satisfies PromotedDoc);
+  await store.putJson(bucket, layout.latest(dataset), latestPointer(runId, layout.run(dataset, runId)));
   ctx.out.write(`${dataset}@${runId} is now the latest run of ${dataset}${before ? ` (it was ${before.runId})` : ''}: classify, serve and export use it without @run\n`);
+  // a run of the dataset that will make itself the latest when it ends undoes this
+  const coming = await jobsInFlight<TrainJob>(ctx.queues.train, (d) => d.dataset === dataset && d.promote !== false);
+  for (const r of coming) {
+    ctx.out.write(`note: run ${r.data.runId} of ${dataset} is ${r.state === 'active' ? 'training' : 'queued'} and becomes the latest when it ends (it was not started with --no-promote): to keep ${runId}, cancel it (transferline train --cancel ${r.data.runId}) or promote ${runId} again after it\n`);
+  }
 }

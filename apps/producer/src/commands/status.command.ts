@@ -1,7 +1,7 @@
 import { redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
-import { lostDatasets, recordLostDatasets, reingestCommands } from '../data-loss.js';
+import { lostDatasets, recordLostDatasets } from '../data-loss.js';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -81,15 +81,17 @@ async function dataLossWarnings(ctx: CliContext, spaces: SpaceStatus[]): Promise
   const { cache, layout, store } = ctx.services;
   const { bucket } = ctx.config.s3;
   const warnings: string[] = [];
-  const ids = new Set([...spaces.map((s) => s.space.id), ...(await store.listFolders(bucket, layout.embeddingSpaces()))]);
+  // (a bucket that cannot be listed now is not a reason to fail status: the spaces published are looked at)
+  const inBucket = await store.listFolders(bucket, layout.embeddingSpaces()).catch(() => []);
+  const ids = new Set([...spaces.map((s) => s.space.id), ...inBucket]);
   for (const id of [...ids].sort()) {
-    if (!(await cache.indexLost(id))) continue;
+    if (!(await cache.indexLost(id).catch(() => false))) continue;
     warnings.push(`the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}`);
   }
   if (warnings.length) await recordLostDatasets(ctx);
-  for (const d of await lostDatasets(ctx)) {
-    const again = (await reingestCommands(ctx, d))?.join('; ') ?? `its runs do not record its prefixes (trained before they did): ingest them as before`;
-    warnings.push(`dataset ${d} has trained runs but no records in Redis; ingest it again (its images come from the cache once the index is back): ${again}`);
+  for (const { dataset, commands } of await lostDatasets(ctx)) {
+    const again = commands?.join('; ') ?? `its runs do not record its prefixes (trained before they did): ingest them as before`;
+    warnings.push(`dataset ${dataset} has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): ${again}`);
   }
   return warnings;
 }

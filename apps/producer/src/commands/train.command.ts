@@ -54,7 +54,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   if (!(await datasets.exists(o.dataset))) {
     // runs of it in the bucket: it was deleted, or Redis lost its data; say how to bring it back
     const again = await reingestCommands(ctx, o.dataset);
-    if (again) throw new Error(`no dataset named ${o.dataset} in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its latest run recorded: ${again.join('; ')}`);
+    if (again) throw new Error(`no dataset named ${o.dataset} in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its runs recorded: ${again.join('; ')}`);
     throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none; run ingest first)'}`);
   }
   const space = await datasets.space(o.dataset);

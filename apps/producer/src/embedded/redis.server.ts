@@ -75,15 +75,14 @@ export async function startEmbeddedRedis(o: { directory: string; port: number; p
   );
   const url = `redis://127.0.0.1:${port}`;
   const deadline = Date.now() + 10_000;
+  // one message whether ours failed to bind or another Redis answered first (then named by its pid)
+  const inUse = (answeredBy?: number) =>
+    new Error(`port ${port} for the embedded Redis is in use, ${ANOTHER_UP}; else set TL_REDIS_PORT, or REDIS_URL to use the Redis already there${answeredBy ? ` (redis-server pid ${answeredBy} answers on it)` : ''}`);
   for (;;) {
     const exited = await Promise.race([exitedEarly, new Promise<undefined>((r) => setTimeout(() => r(undefined), 100))]);
     if (exited !== undefined) {
-      const inUse = /Address already in use/.test(output);
-      throw new Error(
-        inUse
-          ? `port ${port} for the embedded Redis is in use, ${ANOTHER_UP}; else set TL_REDIS_PORT, or REDIS_URL to use the Redis already there`
-          : `redis-server exited (${exited}): ${output.trim().split('\n').slice(-3).join(' | ')}`,
-      );
+      if (/Address already in use/.test(output)) throw inUse();
+      throw new Error(`redis-server exited (${exited}): ${output.trim().split('\n').slice(-3).join(' | ')}`);
     }
     const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
     probe.on('error', () => {});
@@ -94,7 +93,7 @@ export async function startEmbeddedRedis(o: { directory: string; port: number; p
     const answeredBy = Number(/^process_id:(\d+)/m.exec(info ?? '')?.[1]);
     if (info !== undefined && answeredBy !== proc.pid) {
       await proc.stop(1_000);
-      throw new Error(`port ${port} for the embedded Redis is in use${answeredBy ? ` (by redis-server pid ${answeredBy})` : ''}, ${ANOTHER_UP}; else set TL_REDIS_PORT, or REDIS_URL to use the Redis already there`);
+      throw inUse(answeredBy);
     }
     if (info !== undefined) break;
     if (Date.now() > deadline) {
