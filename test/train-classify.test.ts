@@ -9,7 +9,7 @@ import type { JobContext } from '../packages/shared/src/index.js';
 import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { classifyDatasetName, jobIds, jobLock, LatestDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
+import { classifyDatasetName, jobIds, jobLock, LatestDoc, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
@@ -690,6 +690,14 @@ describe('training runs and classification', () => {
     for (const ext of ['json', 'npy'] as const) await store.deleteObject(bucket, layout.shard(ghost, ghostShard, ext));
     await redis.del(keys.embeddingIndex(ghost));
     expect((await runCli(['delete', 'dataset', 'twin', '--runs', '--yes'], stack.env)).code).toBe(0);
+    // a later loss is a loss again: named as the first was
+    await redis.del(keys.embeddingIndex(space));
+    await datasets.remove('shapes');
+    const second = (await runCli(['status'], stack.env)).stdout;
+    expect(second).toContain(lostLine(space));
+    expect(second).toContain(datasetLine('shapes'));
+    expect((await runCli(['ingest', `s3://${photos}/set/`, '-d', 'shapes'], stack.env)).code).toBe(0);
+    expect((await runCli(['status'], stack.env)).stdout).not.toContain('lost its records');
   });
 
   it('train --no-promote leaves the latest run as it was; promote makes a run the latest, or rolls back to an older one', async () => {
@@ -708,13 +716,22 @@ describe('training runs and classification', () => {
     // rolled back
     expect((await runCli(['promote', `shapes@${before}`], stack.env)).code).toBe(0);
     expect(await latestOf()).toBe(before);
-    // once the latest, a --no-promote run is a run like the others: no mark, and the run that
-    // stands in when the latest is deleted may be it
+    // promoted once, a --no-promote run is a run like the others: no mark, not a candidate
     const listed = await runCli(['models', '-d', 'shapes'], stack.env);
     expect(listed.stdout).toMatch(/^shapes\s+shapes-candidate\s/m);
     expect(listed.stdout).not.toContain('(--no-promote)');
     const candidate = (JSON.parse((await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout) as { runId: string; candidate: boolean }[]).find((x) => x.runId === 'shapes-candidate');
     expect(candidate?.candidate).toBe(false);
+    // its marker goes with it; one left behind (a deletion cut short) does not count for a later
+    // --no-promote run of the same id
+    const markerKey = ctx.services.layout.runFile('shapes', 'shapes-candidate', 'promoted.json');
+    const marker = await ctx.services.store.getDocument(PromotedDoc, stack.config.s3.bucket, markerKey);
+    expect(marker).toBeDefined();
+    expect((await runCli(['delete', 'run', 'shapes@shapes-candidate', '--yes'], stack.env)).code).toBe(0);
+    expect(await ctx.services.store.headObject(stack.config.s3.bucket, markerKey)).toBeUndefined();
+    await ctx.services.store.putJson(stack.config.s3.bucket, markerKey, marker);
+    expect((await runCli(['train', '-d', 'shapes', '--epochs', '2', '--run-id', 'shapes-candidate', '--no-promote'], stack.env)).code).toBe(0);
+    expect((await runCli(['models', '-d', 'shapes'], stack.env)).stdout).toMatch(/^shapes\s+shapes-candidate .*\(--no-promote\)$/m);
     // a rollback to an older run stands when the newer run's job runs again (retried from the board)
     const runs = JSON.parse((await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout) as { runId: string; candidate: boolean; createdAt: string }[];
     const beforeAt = runs.find((r) => r.runId === before)!.createdAt;

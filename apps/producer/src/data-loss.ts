@@ -29,14 +29,24 @@ export async function restoreLostIndex(ctx: CliContext, space: string): Promise<
 /**
  * Remembers the datasets with trained runs that Redis has no records of, once per loss: a loss
  * was just found. Once, so that a dataset settled since (`delete dataset`) is not named again by
- * the next `status` while an index is still empty; the marker goes with the next loss.
+ * the next `status` while an index is still empty. The marker is written last (a failure on the
+ * way leaves the loss to be recorded by the next call), and goes when `status` finds no index
+ * lost any more (lossOver), or with the next flush.
  */
 export async function recordLostDatasets(ctx: CliContext): Promise<void> {
   const { datasets, redis, keys } = ctx.services;
-  if ((await redis.set(keys.dataLossRecorded(), new Date().toISOString(), 'NX')) !== 'OK') return;
+  if (await redis.exists(keys.dataLossRecorded())) return;
   const known = new Set(await datasets.list());
   const lost = [...new Set((await listModelRuns(ctx)).map((r) => r.dataset))].filter((d) => !known.has(d));
-  if (lost.length) await redis.sadd(keys.datasetsLost(), ...lost);
+  const tx = redis.multi();
+  if (lost.length) tx.sadd(keys.datasetsLost(), ...lost);
+  tx.set(keys.dataLossRecorded(), new Date().toISOString());
+  await tx.exec();
+}
+
+/** No space's index is lost any more: a later loss is a new one, to be recorded again. */
+export async function lossOver(ctx: CliContext): Promise<void> {
+  await ctx.services.redis.del(ctx.services.keys.dataLossRecorded());
 }
 
 /**

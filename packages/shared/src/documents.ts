@@ -107,10 +107,14 @@ export function latestPointer(runId: string, modelPrefix: string, now = new Date
 }
 
 /**
- * `models/<dataset>/<run>/promoted.json`: written by `promote`. A run trained with --no-promote
- * that was made the latest once is a run like the others since (its presence is what counts).
+ * `models/<dataset>/<run>/promoted.json`: written by `promote` for a run trained with
+ * --no-promote, which is a run like the others since.
  */
-export const PromotedDoc = z.object({ promotedAt: z.string() });
+export const PromotedDoc = z.object({
+  promotedAt: z.string(),
+  /** the createdAt of the run's report: a marker left by an earlier run of the same id does not count */
+  runCreatedAt: z.string(),
+});
 export type PromotedDoc = z.infer<typeof PromotedDoc>;
 
 /** `models/<dataset>/<run>/labels.json`: class names in output order. */

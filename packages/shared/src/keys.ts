@@ -35,7 +35,7 @@ export function redisKeys(prefix: string) {
      * again or deleted
      */
     datasetsLost: () => `${prefix}:datasets-lost`,
-    /** string: when the datasets a loss left without records were remembered (once per loss: it goes with the next one) */
+    /** string: when the datasets a loss left without records were remembered (once per loss: status removes it once no index is lost) */
     dataLossRecorded: () => `${prefix}:data-loss-recorded`,
     /** string, with a TTL: a train run asked to stop (`train --cancel`); its worker checks it at start and after each epoch */
     trainCancel: (runId: string) => `${prefix}:cancel:${runId}`,

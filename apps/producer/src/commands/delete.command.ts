@@ -179,10 +179,12 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
       if (newestLeft) await store.putJson(bucket, latestKey, latestPointer(newestLeft.runId, layout.run(dataset, newestLeft.runId)));
       else await store.deleteObject(bucket, latestKey);
     }
-    // report.json next: the run leaves every listing at once
+    // its promote marker next (one left behind by a deletion cut short would not be taken for a
+    // later run of the same id anyway), then report.json: the run leaves every listing at once
+    const marker = layout.runFile(dataset, runId, 'promoted.json');
     const report = layout.runFile(dataset, runId, 'report.json');
-    if (runFiles.includes(report)) await store.deleteObject(bucket, report);
-    await deleteObjects(ctx, runFiles.filter((k) => k !== report));
+    for (const first of [marker, report]) if (runFiles.includes(first)) await store.deleteObject(bucket, first);
+    await deleteObjects(ctx, runFiles.filter((k) => k !== report && k !== marker));
     await redis.unlink(classified);
     if (o.results) await deleteObjects(ctx, results);
     // its finished job, kept for `train --follow`, would refuse the run id as taken

@@ -1,5 +1,5 @@
 import pMap from 'p-map';
-import { DatasetName, LatestDoc, latestPointer, ReportDoc, type PromotedDoc, type TrainJob } from '@transferline/shared';
+import { DatasetName, LatestDoc, latestPointer, PromotedDoc, ReportDoc, type TrainJob } from '@transferline/shared';
 import { jobsInFlight } from '../jobs-in-flight.js';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
@@ -29,8 +29,8 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
   const { store, layout } = ctx.services;
   const runs: ModelRun[] = [];
   const latest = new Map<string, string>();
-  // runs `promote` made the latest once (promoted.json: its presence in the listing is enough)
-  const promoted = new Set<string>();
+  // runs trained with --no-promote that `promote` made the latest once (promoted.json)
+  const promoted = new Map<string, string>(); // dataset/run → its promoted.json key
   const read = async (key: string) => {
     const k = layout.parseModelKey(key);
     if (k?.file === 'latest.json') {
@@ -57,17 +57,23 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
   for await (const o of store.listObjects(bucket, layout.models(dataset))) {
     const k = layout.parseModelKey(o.key);
     if (k?.file === 'latest.json' || k?.file === 'report.json') keys.push(o.key);
-    if (k?.file === 'promoted.json') promoted.add(`${k.dataset}/${k.runId}`);
+    if (k?.file === 'promoted.json') promoted.set(`${k.dataset}/${k.runId}`, o.key);
   }
   // A few reads at a time, not one after another: hundreds of runs on a remote S3 would take
   // longer than the console gives a page.
   await pMap(keys, read, { concurrency: READS_AT_ONCE });
   runs.sort((a, b) => a.dataset.localeCompare(b.dataset) || b.createdAt.localeCompare(a.createdAt));
-  for (const r of runs) {
-    r.latest = latest.get(r.dataset) === r.runId;
-    // a --no-promote run promoted once is a run like the others
-    r.candidate &&= !promoted.has(`${r.dataset}/${r.runId}`);
-  }
+  // a --no-promote run promoted once is a run like the others; a marker is read only for such a
+  // run, and counts only when it was written for this run (not an earlier one of the same id)
+  await pMap(
+    runs.filter((r) => r.candidate && promoted.has(`${r.dataset}/${r.runId}`)),
+    async (r) => {
+      const marker = await store.getDocument(PromotedDoc, bucket, promoted.get(`${r.dataset}/${r.runId}`)!);
+      if (marker?.runCreatedAt === r.createdAt) r.candidate = false;
+    },
+    { concurrency: READS_AT_ONCE },
+  );
+  for (const r of runs) r.latest = latest.get(r.dataset) === r.runId;
   // latest.json naming a run deleted from the bucket since: the newest run left stands in (not a --no-promote one never promoted)
   for (const [d, named] of latest) {
     const newest = newestPromotable(runs, d);
@@ -143,20 +149,28 @@ export async function promoteCommand(ctx: CliContext, spec: string): Promise<voi
   const { dataset, runId } = parseRunSpec('promote', spec);
   const { bucket } = ctx.config.s3;
   const { store, layout } = ctx.services;
-  if (!(await store.headObject(bucket, layout.runFile(dataset, runId, 'report.json')))) {
+  const report = await store.getDocument(ReportDoc, bucket, layout.runFile(dataset, runId, 'report.json'));
+  if (!report) {
     throw new CliExit(EXIT.error, `transferline: no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)} (see "transferline models -d ${dataset}")`);
+  }
+  // A run trained with --no-promote is marked promoted, first: a promote cut short leaves a run
+  // that is no longer a candidate, not a latest one that still is. The marker names the run it
+  // is for (its createdAt), so one left behind is not taken for a later run of the same id.
+  if (report.params.promote === false) {
+    await store.putJson(bucket, layout.runFile(dataset, runId, 'promoted.json'), { promotedAt: new Date().toISOString(), runCreatedAt: report.createdAt } satisfies PromotedDoc);
   }
   const before = await latestRun(ctx, dataset);
   if (before?.runId === runId && !before.insteadOf) {
     ctx.out.write(`${dataset}@${runId} is the latest run of ${dataset} already\n`);
     return;
   }
-  // the marker first: a promote cut short leaves a run that is no longer a candidate, not a latest one that still is
-  await store.putJson(bucket, layout.runFile(dataset, runId, 'promoted.json'), { promotedAt: new Date().toISOString() } satisfies PromotedDoc);
   await store.putJson(bucket, layout.latest(dataset), latestPointer(runId, layout.run(dataset, runId)));
   ctx.out.write(`${dataset}@${runId} is now the latest run of ${dataset}${before ? ` (it was ${before.runId})` : ''}: classify, serve and export use it without @run\n`);
-  // a run of the dataset that will make itself the latest when it ends undoes this
-  const coming = await jobsInFlight<TrainJob>(ctx.queues.train, (d) => d.dataset === dataset && d.promote !== false);
+  // A run of the dataset that will make itself the latest when it ends undoes this (not one whose
+  // report is written: run again, it leaves a pointer set after it alone). Done is done if this fails.
+  const inFlight = await jobsInFlight<TrainJob>(ctx.queues.train, (d) => d.dataset === dataset && d.promote !== false).catch((): { id: string; data: TrainJob; state: string }[] => []);
+  const coming: typeof inFlight = [];
+  for (const r of inFlight) if (!(await store.headObject(bucket, layout.runFile(dataset, r.data.runId, 'report.json')).catch(() => undefined))) coming.push(r);
   for (const r of coming) {
     ctx.out.write(`note: run ${r.data.runId} of ${dataset} is ${r.state === 'active' ? 'training' : 'queued'} and becomes the latest when it ends (it was not started with --no-promote): to keep ${runId}, cancel it (transferline train --cancel ${r.data.runId}) or promote ${runId} again after it\n`);
   }

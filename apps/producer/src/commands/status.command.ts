@@ -1,7 +1,7 @@
 import { redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
-import { lostDatasets, recordLostDatasets } from '../data-loss.js';
+import { lossOver, lostDatasets, recordLostDatasets } from '../data-loss.js';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -88,10 +88,16 @@ async function dataLossWarnings(ctx: CliContext, spaces: SpaceStatus[]): Promise
     if (!(await cache.indexLost(id).catch(() => false))) continue;
     warnings.push(`the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}`);
   }
-  if (warnings.length) await recordLostDatasets(ctx);
-  for (const { dataset, commands } of await lostDatasets(ctx)) {
-    const again = commands?.join('; ') ?? `its runs do not record its prefixes (trained before they did): ingest them as before`;
-    warnings.push(`dataset ${dataset} has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): ${again}`);
+  try {
+    if (warnings.length) await recordLostDatasets(ctx);
+    else await lossOver(ctx);
+    for (const { dataset, commands } of await lostDatasets(ctx)) {
+      const again = commands?.join('; ') ?? `its runs do not record its prefixes (trained before they did): ingest them as before`;
+      warnings.push(`dataset ${dataset} has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): ${again}`);
+    }
+  } catch (err) {
+    // the runs are read from the bucket: one that cannot be read now is not a reason to fail status
+    warnings.push(`could not check which datasets Redis lost: ${(err as Error).message}`);
   }
   return warnings;
 }
