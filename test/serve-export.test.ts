@@ -12,12 +12,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { classifyCommand } from '../apps/producer/src/commands/classify.command.js';
 import { exportCommand } from '../apps/producer/src/commands/export.command.js';
+import { serveCommand } from '../apps/producer/src/commands/serve.command.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { startClassifierServer, type ClassifierServer } from '../apps/producer/src/serve/classifier.server.js';
 import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
 import { createLogger } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { repoRoot, runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
+import { repoRoot, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
 
 /**
  * Using what was trained: `transferline export` writes one ONNX model (uint8 pixels in,
@@ -210,6 +211,22 @@ describe('transferline serve', () => {
     const after = (await (await post(photos[0]!.bytes, { 'content-type': 'image/jpeg' })).json()) as { model: { runId: string } };
     expect(after.model.runId).toBe('r2');
   }, 300_000);
+
+  it('serve -m DATASET follows its latest run: a promote swaps it, and it says why, once', async () => {
+    let said = '';
+    const out = { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream;
+    const abort = new AbortController();
+    const serving = serveCommand({ ...ctx, out, signal: abort.signal }, { model: 'shapes', port: 0, threads: 1, followSeconds: 1 });
+    try {
+      await until('serve to load the latest run', () => said.includes('serving shapes@r2 '), 120);
+      expect((await runCli(['promote', 'shapes@r1'], stack.env)).code).toBe(0);
+      await until('serve to swap to the promoted run', () => said.includes('now serving shapes@r1'), 60);
+      expect(said).toContain('the latest run of shapes is now r1 (a new run, promote, or delete run): now serving shapes@r1 (was r2)\n');
+    } finally {
+      abort.abort();
+      await serving;
+    }
+  }, 240_000);
 });
 
 describe('transferline serve, guarded', () => {

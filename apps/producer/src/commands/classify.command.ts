@@ -72,6 +72,8 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, async (round) => {
     await restoreLostIndex(ctx, model.space.id);
     const counts = await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
+    // a mistyped prefix must not read as "all done"
+    if (round === 1 && counts.listed === 0) ctx.out.write(`classify s3://${printable(bucket)}/${printable(prefix)}: no objects there${o.watch ? ' yet' : ''} (is the prefix right?)\n`);
     // Wait for whatever under this prefix is still on its way, not only what this round enqueued:
     // images an earlier round left pending (one cut short by Ctrl-C, another client's) would
     // otherwise be skipped by the classify job, which takes the embedded and the failed. Other

@@ -60,7 +60,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
         void (async () => {
           const latest = await latestRun(long, m.dataset).catch(() => undefined);
           const was = server!.model().runId;
-          if (latest && latest.runId !== was) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (was ${was}: a new run, promote, or delete run)`);
+          if (latest && latest.runId !== was) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (a new run, promote, or delete run)`);
         })();
       }, follow * 1000);
     }

@@ -42,7 +42,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
   const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
   const warnings = eviction ? [eviction] : [];
-  warnings.push(...(await dataLossWarnings(ctx, spaces)));
+  const lossWarnings = await dataLossWarnings(ctx, spaces);
+  warnings.push(...lossWarnings);
   if (o.json) {
     ctx.out.write(`${JSON.stringify({ queues, spaces, datasets, warnings }, null, 2)}\n`);
     return { queues, spaces, datasets, warnings };
@@ -50,7 +51,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const w = (s: string) => ctx.out.write(`${s}\n`);
   for (const warning of warnings) w(`warning: ${warning}`);
   w('embedding spaces:');
-  if (spaces.length === 0) w('  none published yet: start the stack (transferline up) or an embed worker');
+  if (spaces.length === 0) {
+    w(lossWarnings.length ? '  none published since Redis lost its data: a running embed worker publishes its space again within seconds' : '  none published yet: start the stack (transferline up) or an embed worker');
+  }
   for (const s of spaces) {
     const backends = [...new Set(s.workers.map((x) => x.backend))].join(', ');
     w(`  ${s.space.id}: ${s.workers.length} embed worker${s.workers.length === 1 ? '' : 's'}${backends ? ` (${backends})` : ''}, backlog ${s.backlog}, ${s.cached} images cached`);
@@ -65,7 +68,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
       w(`  ${name}: ${of.length} worker${of.length === 1 ? '' : 's'} paused: ${reason} (${of[0]!.remedy})`);
     }
   }
-  if (datasets.length === 0) w('no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
+  if (datasets.length === 0) w(lossWarnings.length ? 'no datasets in Redis: ingest again as the warnings above say' : 'no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
   for (const d of datasets) printDatasetSummary(ctx, d);
   return { queues, spaces, datasets, warnings };
 }
