@@ -103,6 +103,14 @@ describe('review and relabel', () => {
     expect(text.stderr).toMatch(/^review of noisy: folds: 5\/5 fitted$/m);
     expect(text.stdout).toMatch(/look mislabelled/);
     expect(text.stdout).toMatch(/most uncertain/);
+    // each uncertain image with the label it is confused with, never its own label twice
+    const uncertainRows = text.stdout.split('the 6 most uncertain (the model cannot tell):\n')[1]!.split('\nfull list')[0]!.split('\n').slice(1);
+    expect(uncertainRows).toHaveLength(6);
+    for (const line of uncertainRows) {
+      const m = /^ +[\d.]+% {2}(\S+), or (\S+) \([\d.]+%\) {2}s3:\/\//.exec(line);
+      expect(m, line).not.toBeNull();
+      expect(m![1]).not.toBe(m![2]);
+    }
     expect(text.stdout).toMatch(/transferline relabel -d noisy --from-review s3:\/\//);
 
     // the console shows the review, with a thumbnail of each image, and no image outside the dataset

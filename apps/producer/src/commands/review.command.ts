@@ -41,7 +41,12 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   for (const l of review.lines.filter((x) => x.issue).slice(0, top)) w(row(l));
   const uncertain = [...review.lines].sort((a, b) => b.uncertainty - a.uncertainty).slice(0, Math.min(top, 10));
   w(`the ${uncertain.length} most uncertain (the model cannot tell):`);
-  for (const l of uncertain) w(row(l));
+  // here the suggested label is often the given one: the label it is confused with says more
+  w('  p(given)  given, or the likeliest other label  key');
+  for (const l of uncertain) {
+    const [other, pOther] = Object.entries(l.probabilities).filter(([label]) => label !== l.given).sort((a, b) => b[1] - a[1])[0] ?? ['–', 0];
+    w(`  ${pct(l.pGiven)}  ${printable(l.given)}, or ${printable(other)} (${pct(pOther).trim()})  ${printable(l.key)}`);
+  }
   w(`full list (JSON Lines): s3://${bucket}/${outputKey}`);
   if (review.issues) w(`move them to the suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
   return { ...review, outputKey };

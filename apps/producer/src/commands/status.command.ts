@@ -1,4 +1,4 @@
-import { redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
+import { permanentFailureOf, redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { lossOver, lostDatasets, recordLostDatasets } from '../data-loss.js';
@@ -14,12 +14,15 @@ export interface SpaceStatus {
 
 export interface StatusReport {
   /** per queue: job counts, connected workers, and the workers an outage pauses (with why) */
-  queues: Record<string, Partial<Record<'waiting' | 'active' | 'delayed' | 'prioritized' | 'failed', number>> & { workers: number; paused: PausedWorkerNow[] }>;
+  queues: Record<string, Partial<Record<'waiting' | 'active' | 'delayed' | 'prioritized' | 'failed', number>> & { workers: number; paused: PausedWorkerNow[]; cancelled?: number }>;
   spaces: SpaceStatus[];
   datasets: DatasetStatus[];
   /** what puts the deployment's data at risk (a Redis that evicts keys) */
   warnings: string[];
 }
+
+/** How many of the train queue's failed jobs status reads to count the cancelled ones. */
+const CANCELLED_SCAN = 1000;
 
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
@@ -29,6 +32,11 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const [name, q] of [['preprocess', ctx.queues.preprocess], ['train', ctx.queues.train], ['classify', ctx.queues.classify]] as const) {
     const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
     queues[name] = { ...counts, workers: await q.getWorkersCount(), paused: await ctx.services.paused.list(q.name) };
+  }
+  // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no failure
+  if (queues.train!.failed) {
+    const failed = await ctx.queues.train.getFailed(0, CANCELLED_SCAN - 1);
+    queues.train!.cancelled = failed.filter((j) => permanentFailureOf(j?.failedReason)?.reason === 'cancelled').length;
   }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers } of await registry.list()) {
@@ -62,6 +70,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const [name, c] of Object.entries(queues)) {
     w(`${name.padEnd(51)} ${String(c.workers).padStart(7)}  ${String((c.waiting ?? 0) + (c.prioritized ?? 0)).padStart(7)}  ${String(c.active ?? 0).padStart(6)}  ${String(c.delayed ?? 0).padStart(7)}  ${String(c.failed ?? 0).padStart(6)}`);
   }
+  if (queues.train!.cancelled) w(`  train: ${queues.train!.cancelled} of its failed ${queues.train!.cancelled === 1 ? 'is a run' : 'are runs'} stopped with train --cancel, not failures`);
   for (const [name, c] of Object.entries(queues)) {
     for (const reason of new Set(c.paused.map((p) => p.reason))) {
       const of = c.paused.filter((p) => p.reason === reason);
