@@ -764,7 +764,8 @@ describe('training runs and classification', () => {
 
   it('Ctrl-C while train follows its run: exit 130, the run goes on, and it says how to follow it again', async () => {
     const runId = 'interrupted-run';
-    const child = spawn(process.execPath, [cliPath, 'train', '-d', 'shapes', '--epochs', '150', '--patience', '0', '--batch-size', '8', '--run-id', runId], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...stack.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // long enough (about 5 s here) that it is still training when Ctrl-C lands; 150 epochs once ended first under CI load
+    const child = spawn(process.execPath, [cliPath, 'train', '-d', 'shapes', '--epochs', '1000', '--patience', '0', '--batch-size', '8', '--run-id', runId], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...stack.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let said = '';
     child.stdout.on('data', (d: Buffer) => (said += d.toString()));
     child.stderr.on('data', (d: Buffer) => (said += d.toString()));
