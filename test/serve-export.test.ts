@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { readdirSync } from 'node:fs';
@@ -18,7 +18,7 @@ import { startClassifierServer, type ClassifierServer } from '../apps/producer/s
 import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
 import { createLogger } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { repoRoot, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
+import { cliPath, repoRoot, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
 
 /**
  * Using what was trained: `transferline export` writes one ONNX model (uint8 pixels in,
@@ -226,6 +226,37 @@ describe('transferline serve', () => {
       abort.abort();
       await serving;
     }
+  }, 240_000);
+
+  it('transferline serve says each reload once, in its own words, whoever asked: no log line among them', async () => {
+    // as a user runs it: its own process, stdout and stderr as a terminal would show them
+    const child = spawn(process.execPath, [cliPath, 'serve', '-m', 'shapes', '--port', '0', '--threads', '1'], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...stack.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      await until('serve to listen', () => /serving shapes@r1 .* on (http:\/\/\S+)/.test(out) || child.exitCode !== null, 120);
+      const url = /serving shapes@r1 .* on (http:\/\/\S+)/.exec(out)?.[1];
+      expect(url, `serve did not start:\n${out}\n${err}`).toBeDefined();
+      // asked over HTTP: the same run again
+      const reloaded = await fetch(`${url}/v1/models/reload`, { method: 'POST' });
+      expect(reloaded.status).toBe(200);
+      await until('the reload line', () => out.includes('POST /v1/models/reload: '), 30);
+      // asked by a signal, after a promote
+      expect((await runCli(['promote', 'shapes@r2'], stack.env)).code).toBe(0);
+      child.kill('SIGHUP');
+      await until('the SIGHUP line', () => out.includes('SIGHUP: '), 60);
+      const lines = out.split('\n');
+      expect(lines.filter((l) => l.startsWith('POST /v1/models/reload: '))).toEqual(['POST /v1/models/reload: reloaded shapes@r1 (the same run)']);
+      expect(lines.filter((l) => l.startsWith('SIGHUP: '))).toEqual(['SIGHUP: now serving shapes@r2 (was r1)']);
+      expect(err).toBe('');
+    } finally {
+      child.kill('SIGINT');
+      await exited;
+    }
+    expect(child.exitCode ?? child.signalCode).not.toBeNull();
   }, 240_000);
 });
 

@@ -35,19 +35,27 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
   let server: ClassifierServer | undefined;
   let timer: NodeJS.Timeout | undefined;
   const w = (s: string) => ctx.out.write(`${s}\n`);
-  const swap = async (why: string) => {
+  // One line per reload, whoever asked (a signal, a new latest run, POST /v1/models/reload), in
+  // place of the server's log line: a terminal shows one account of it.
+  let why: string | undefined;
+  const onSwap = (m: { dataset: string; runId: string }, was: string) => {
+    w(`${why ?? 'POST /v1/models/reload'}: ${m.runId === was ? `reloaded ${m.dataset}@${m.runId} (the same run)` : `now serving ${m.dataset}@${m.runId} (was ${was})`}`);
+    why = undefined;
+  };
+  const swap = async (reason: string) => {
+    why = reason;
     try {
-      const was = server!.model().runId;
-      const m = await server!.reload();
-      w(`${why}: now serving ${m.dataset}@${m.runId} (was ${was})`);
+      await server!.reload();
     } catch (err) {
-      w(`could not load the new model, still serving ${server!.model().runId}: ${(err as Error).message}`);
+      w(`${reason}: could not load the new model, still serving ${server!.model().runId}: ${(err as Error).message}`);
+    } finally {
+      if (why === reason) why = undefined;
     }
   };
   const onHup = () => void swap('SIGHUP');
   try {
     w(`loading ${o.model} (EfficientNet-B0 + head, one ONNX model)…`);
-    server = await startClassifierServer(long, { model: o.model, log, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }) });
+    server = await startClassifierServer(long, { model: o.model, log, onSwap, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }) });
     const m = server.model();
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${m.threshold.toFixed(3)}` : ''}) on ${server.url}`);
     w(`  curl --data-binary @photo.jpg ${server.url}/v1/classify${ctx.config.serve.apiKey ? ' -H "Authorization: Bearer $TL_SERVE_API_KEY"' : ''}`);

@@ -153,7 +153,20 @@ function asError(err: unknown): { reason: string; message: string } {
  */
 export async function startClassifierServer(
   ctx: CliContext,
-  o: { model: string; log: Logger; host?: string; port?: number; threads?: number; /** tests: a shorter stall limit for bodies */ bodyIdleMs?: number },
+  o: {
+    model: string;
+    log: Logger;
+    host?: string;
+    port?: number;
+    threads?: number;
+    /** tests: a shorter stall limit for bodies */
+    bodyIdleMs?: number;
+    /**
+     * Told of every reload, whatever asked for it (`reload()`, POST /v1/models/reload), with the
+     * run served before; without it, each is logged (info). `serve` prints a line of its own.
+     */
+    onSwap?: (next: ClassifierMetadata, was: string) => void;
+  },
 ): Promise<ClassifierServer> {
   const cfg = ctx.config.serve;
   const metrics = createServeMetrics();
@@ -468,7 +481,8 @@ export async function startClassifierServer(
     const old = current;
     current = next;
     showModel(next.meta);
-    o.log.info({ dataset: next.meta.dataset, runId: next.meta.runId, was: old.meta.runId }, next.meta.runId === old.meta.runId ? 'model reloaded (the same run)' : 'model swapped');
+    if (o.onSwap) o.onSwap(next.meta, old.meta.runId);
+    else o.log.info({ dataset: next.meta.dataset, runId: next.meta.runId, was: old.meta.runId }, next.meta.runId === old.meta.runId ? 'model reloaded (the same run)' : 'model swapped');
     void old.retire();
     return next.meta;
   };
