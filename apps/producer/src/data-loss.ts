@@ -52,8 +52,9 @@ export async function lossOver(ctx: CliContext): Promise<void> {
 /**
  * The datasets a loss left without records, each with the ingest commands still to run: those of
  * its recorded prefixes not ingested again yet (undefined when its runs do not record them). A
- * dataset is forgotten here once every prefix is ingested again (or, unrecorded, once it has
- * records), once none of its runs is left, or when `delete dataset` settles it.
+ * dataset is forgotten here once every prefix is ingested again and listed to the end (or,
+ * unrecorded, once it has records), once none of its runs is left, or when `delete dataset`
+ * settles it.
  */
 export async function lostDatasets(ctx: CliContext): Promise<{ dataset: string; commands?: string[] }[]> {
   const { datasets, redis, keys } = ctx.services;
@@ -65,7 +66,8 @@ export async function lostDatasets(ctx: CliContext): Promise<{ dataset: string; 
   for (const dataset of remembered) {
     const recorded = trained.has(dataset) ? await recordedSources(ctx, dataset) : undefined;
     const exists = await datasets.exists(dataset);
-    const ingested = new Set(exists ? (await datasets.sources(dataset)).map((s) => DatasetRepository.objectUrl(s)) : []);
+    // ingested again: listed to the end (an ingest cut short after its first page is not enough)
+    const ingested = new Set(exists ? (await datasets.listedSources(dataset)).map((s) => DatasetRepository.objectUrl(s)) : []);
     const missing = recorded?.sources.filter((s) => !ingested.has(s));
     if (!trained.has(dataset) || (missing ? missing.length === 0 : exists)) settled.push(dataset);
     else left.push({ dataset, ...(recorded && missing && { commands: missing.map((src) => ingestCommand(dataset, src, recorded.embedderId)) }) });

@@ -125,6 +125,8 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   }
   if (page.length) await flush();
   counts.removed = await removeDeleted(req, datasets, listedIds, labelledCount);
+  // Listed to the end: the dataset has every object of the prefix now (what a Redis loss asks for).
+  if (recorded) await datasets.markListed(req.dataset, req.bucket, req.prefix);
   counts.mergedLabels = [...spellings].filter(([, forms]) => forms.size > 1).map(([label]) => label).sort();
   if (layout.splitFolders.size && layout.labelFolders.size) counts.mixedLayout = { splitFolders: [...layout.splitFolders].sort(), labelFolders: [...layout.labelFolders].sort() };
   onPage?.({ ...counts });

@@ -93,6 +93,16 @@ export class DatasetRepository {
     return this.redis.smembers(this.keys.datasetSources(dataset));
   }
 
+  /** Records that an ingest of `bucket/prefix` into the dataset listed it to the end (every object seen). */
+  async markListed(dataset: string, bucket: string, prefix: string): Promise<void> {
+    await this.redis.sadd(this.keys.datasetListed(dataset), `${bucket}/${prefix}`);
+  }
+
+  /** Of the dataset's sources, every `bucket/prefix` an ingest listed to the end. */
+  async listedSources(dataset: string): Promise<string[]> {
+    return this.redis.smembers(this.keys.datasetListed(dataset));
+  }
+
   /** Of a dataset's `sources`, the one an item lies under (the longest, when they nest). */
   static sourceAmong(sources: string[], itemId: string): string | undefined {
     return sources.filter((s) => itemId.startsWith(s)).sort((a, b) => b.length - a.length)[0];
@@ -163,7 +173,7 @@ export class DatasetRepository {
       }
       if (unshared.length) await this.redis.hdel(this.keys.objectHashes(), ...unshared);
     } while (cursor !== '0');
-    await this.redis.multi().del(items, this.keys.datasetMeta(dataset), this.keys.datasetSources(dataset)).srem(this.keys.datasets(), dataset).exec();
+    await this.redis.multi().del(items, this.keys.datasetMeta(dataset), this.keys.datasetSources(dataset), this.keys.datasetListed(dataset)).srem(this.keys.datasets(), dataset).exec();
     return held;
   }
 

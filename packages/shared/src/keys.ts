@@ -11,6 +11,8 @@ export function redisKeys(prefix: string) {
     datasetMeta: (dataset: string) => `${prefix}:ds:${dataset}:meta`,
     /** set: `bucket/prefix` of every prefix ingested into a dataset (relabel finds an object's label folder from it) */
     datasetSources: (dataset: string) => `${prefix}:ds:${dataset}:sources`,
+    /** set: the `sources` whose latest ingest listed them to the end (one cut short may have left objects out) */
+    datasetListed: (dataset: string) => `${prefix}:ds:${dataset}:listed`,
     /** set of dataset names */
     datasets: () => `${prefix}:datasets`,
     /** hash: `bucket/key` → `etag sha256`, so a known object is not downloaded again to learn its hash */
