@@ -185,7 +185,7 @@ program
   .option('--learning-rate <lr>', 'Adam learning rate (default 0.001)', positive('--learning-rate'))
   .option('--batch-size <n>', 'mini-batch size (default 64)', int('--batch-size'))
   .option('--l2 <x>', 'L2 penalty on the weights (default 0.0001)', (v: string) => Number(v))
-  .option('--patience <n>', 'stop after n epochs without a better validation loss, keeping the best (default 10; 0 = off)', int('--patience'))
+  .option('--patience <n>', 'stop after n epochs without a better validation loss (default 10; 0 = off); either way the best epoch is kept', int('--patience'))
   .option('--class-weights <mode>', 'balanced (default: weight rare classes up) or none')
   .option('--validation-fraction <x>', 'share of each class held out for validation (default 0.2)', fraction('--validation-fraction'))
   .option('--test-fraction <x>', 'share of each class held out for the test report (default 0.1)', fraction('--test-fraction'))

@@ -71,7 +71,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   if (counts.listed === 0) w(`ingest ${where}: no objects there (is the prefix right? keys look like ${where}<label>/<file>)`);
   w(
     `ingest ${where} → dataset ${o.dataset}: ${counts.listed} objects listed, ${counts.enqueued} enqueued, ` +
-      `${counts.fromCache} already embedded, ${counts.unchanged} unchanged` +
+      `${counts.fromCache} known to be in the embedding cache, ${counts.unchanged} unchanged` +
       (counts.alreadyQueued ? `, ${counts.alreadyQueued} already queued (by another ingest of them running now)` : '') +
       (counts.retried ? `, ${counts.retried} tried again (failed on a transient error, or their job was lost)` : '') +
       (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : '') +
@@ -130,7 +130,7 @@ export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions)
 export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   const w = (line: string) => ctx.out.write(`${line}\n`);
   w(
-    `dataset ${s.dataset}: ${s.total} images, ${s.embedded} embedded (${s.cached} served from cache), ${s.failed} failed, ${s.pending} pending` +
+    `dataset ${s.dataset}: ${s.total} images, ${s.embedded} embedded (${s.cached} found in the embedding cache), ${s.failed} failed, ${s.pending} pending` +
       (s.orphaned ? `, ${s.orphaned} orphaned (their job was lost: ${relistCommand(s.dataset)})` : '') +
       (s.space ? ` — embedding space ${s.space}` : ''),
   );
