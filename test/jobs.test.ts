@@ -291,12 +291,13 @@ describe('the item record a stage job writes', () => {
     await d.putItems('doomed', [[mine, { label: 'cat', etag: 'E1', space: 's1', state: 'pending' }], [shared, { label: 'cat', etag: 'E2', space: 's1', state: 'pending' }]]);
     await d.putItem('keeper', shared, { label: 'cat', etag: 'E2', space: 's1', state: 'pending' });
     await d.addSource('doomed', 'photos', 'gone/');
+    await d.markListed('doomed', 'photos', 'gone/');
     await d.setSpace('doomed', 's1');
     await d.rememberHash(mine, 'E1', sha('a'));
     await d.rememberHash(shared, 'E2', sha('b'));
     expect(await d.remove('doomed')).toBe(2);
     expect(await d.list()).not.toContain('doomed');
-    expect(await redis.exists(keys.datasetItems('doomed'), keys.datasetMeta('doomed'), keys.datasetSources('doomed'))).toBe(0);
+    expect(await redis.exists(keys.datasetItems('doomed'), keys.datasetMeta('doomed'), keys.datasetSources('doomed'), keys.datasetListed('doomed'))).toBe(0);
     expect(await d.knownHashes([mine, shared])).toEqual([undefined, { etag: 'E2', sha256: sha('b') }]);
     // its preprocess job, run late: no record comes back, nor the dataset's name
     await d.putItem('doomed', mine, { label: 'cat', etag: 'E1', space: 's1', state: 'queued', sha256: sha('a') }, 'worker');

@@ -145,7 +145,7 @@ describe('review and relabel', () => {
     expect(again.stdout).toMatch(/0 moved/);
     // the dataset matches the bucket: an ingest finds nothing to do, and nothing was embedded again
     const ingest = await runCli(['ingest', `s3://${bucket}/train/`, '-d', 'noisy'], stack.env, 120_000);
-    expect(ingest.stdout).toMatch(/60 objects listed, 0 enqueued, 0 known to be in the embedding cache, 60 unchanged/);
+    expect(ingest.stdout).toMatch(/60 objects listed, 0 enqueued, 0 added from the embedding cache \(no job\), 60 unchanged/);
     expect(ingest.stdout).toMatch(/dataset noisy: 60 images, 60 embedded/);
     expect(await forwardPasses()).toBe(passes);
 

@@ -80,7 +80,7 @@ describe('transient faults that outlast the attempts', () => {
     // a re-ingest of the other dataset retries its transient failure by itself
     const reingest = await cli(['ingest', `s3://${photos}/train/`, '-d', 'faulty2']);
     expect(reingest.code).toBe(0);
-    expect(reingest.stdout).toMatch(/0 enqueued, 1 known to be in the embedding cache, 11 unchanged/);
+    expect(reingest.stdout).toMatch(/0 enqueued, 1 added from the embedding cache \(no job\), 11 unchanged/);
     expect(reingest.stdout).toMatch(/dataset faulty2: 12 images, 12 embedded/);
   }, 240_000);
 });

@@ -11,6 +11,7 @@ import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { classifyDatasetName, jobIds, jobLock, LatestDoc, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
+import { restoreLostIndex } from '../apps/producer/src/data-loss.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { cliPath, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
@@ -459,6 +460,8 @@ describe('training runs and classification', () => {
     await until('the long run to train', async () => (((await ctx.queues.train.getJob(job.id!))?.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 1, 60);
     await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 5, runId: 'queued-behind' });
     expect(await (await ctx.queues.train.getJob(jobIds.train({ runId: 'queued-behind' })))!.getState()).toBe('waiting');
+    // a job added after it by a client whose clock is an hour behind waits behind it all the same
+    await ctx.queues.train.add('train', { runId: 'skewed-clock' }, { jobId: 'skewed-clock', timestamp: Date.now() - 3_600_000 });
 
     // someone follows the queued run; it is cancelled: the follower says so (not "lost")
     const follower = runCli(['train', '--follow', 'queued-behind'], stack.env, 60_000);
@@ -472,6 +475,7 @@ describe('training runs and classification', () => {
     expect(followed.stderr).toContain('run queued-behind was cancelled (transferline train --cancel queued-behind) before it started');
     // while it waited, the follower said what it waited for (not silence)
     expect(followed.stdout).toContain('run queued-behind: queued behind 1 job of the train queue (1 running: endless; 0 waiting before it); it starts when the train worker is free\n');
+    await ctx.queues.train.remove('skewed-clock');
     expect((await runCli(['train', '--cancel', 'queued-behind'], stack.env)).stdout).toBe('run queued-behind had been cancelled already: nothing to cancel\n');
 
     // someone follows the run in training; the cancel says when the run stopped, once, and the
@@ -589,7 +593,7 @@ describe('training runs and classification', () => {
     expect(ds.stdout).toContain('  dataset doomed: 15 images (their records, sources and embedding space, in Redis)\n');
     expect(ds.stdout).toContain(`  its 2 trained runs in s3://${bucket}/${layout.models('doomed')} (classify, serve and export go on using them; add --runs to delete them too)\n`);
     expect(await datasets.list()).not.toContain('doomed');
-    expect(await redis.exists(keys.datasetItems('doomed'), keys.datasetMeta('doomed'), keys.datasetSources('doomed'))).toBe(0);
+    expect(await redis.exists(keys.datasetItems('doomed'), keys.datasetMeta('doomed'), keys.datasetSources('doomed'), keys.datasetListed('doomed'))).toBe(0);
     expect(await datasets.knownHashes([item])).toEqual([undefined]);
     expect((await runCli(['status'], stack.env)).stdout).not.toMatch(/^dataset doomed:/m);
     const after = await runCli(['classify', `s3://${photos}/doomed-in/`, '--model', 'doomed'], stack.env);
@@ -674,7 +678,7 @@ describe('training runs and classification', () => {
       `note: the embedding index of ${space} is empty while its shards are in s3://${bucket}/${layout.embeddings(space)} (Redis lost its data?): restoring it from them…\nnote: restored the embedding index of ${space}: ${indexed} images, which are not embedded again\n`,
     );
     // the listing cannot know the bytes (their hashes went with Redis), the jobs find them cached
-    expect(again.stdout).toContain('66 enqueued, 0 known to be in the embedding cache');
+    expect(again.stdout).toContain('66 enqueued, 0 added from the embedding cache (no job)');
     expect(again.stdout).toContain('dataset shapes: 66 images, 66 embedded (66 found in the embedding cache), 0 failed, 0 pending');
     expect(await cache.size(space)).toBe(indexed);
     expect(await ctx.services.inspector.status('shapes')).toMatchObject({ total: 66, embedded: 66, cached: 66, failed: 0 });
@@ -706,15 +710,20 @@ describe('training runs and classification', () => {
     const second = (await runCli(['status'], stack.env)).stdout;
     expect(second).toContain(lostLine(space));
     expect(second).toContain(datasetLine('shapes'));
-    // an ingest cut short after its first page has given the dataset items and its prefix, but not
-    // every object: the dataset is not back, and status goes on naming it
+    // an ingest cut short before its listing ended (here: after its one page was written, as a
+    // crash after the first of many pages would leave it): the dataset has items and its prefix,
+    // but is not back, and status goes on naming it. The index restored first, as ingest does, so
+    // that its jobs embed nothing again.
+    await restoreLostIndex(ctx, space);
     const cut = new Error('ingest cut short');
     const onPage = () => {
       throw cut;
     };
     await expect(ingestPrefix({ bucket: photos, prefix: 'set/', dataset: 'shapes', space: stack.space }, ctx, onPage)).rejects.toBe(cut);
     expect(await datasets.exists('shapes')).toBe(true);
-    expect((await runCli(['status'], stack.env)).stdout).toContain(datasetLine('shapes'));
+    expect((await runCli(['status'], stack.env)).stdout).toContain(
+      `warning: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): transferline ingest s3://${photos}/set/ -d shapes --embedder ${space}\n`,
+    );
     expect((await runCli(['ingest', `s3://${photos}/set/`, '-d', 'shapes'], stack.env)).code).toBe(0);
     expect((await runCli(['status'], stack.env)).stdout).not.toContain('lost its records');
   });

@@ -53,24 +53,24 @@ export async function lossOver(ctx: CliContext): Promise<void> {
  * The datasets a loss left without records, each with the ingest commands still to run: those of
  * its recorded prefixes not ingested again yet (undefined when its runs do not record them). A
  * dataset is forgotten here once every prefix is ingested again and listed to the end (or,
- * unrecorded, once it has records), once none of its runs is left, or when `delete dataset`
- * settles it.
+ * unrecorded, once some prefix is), once none of its runs is left, or when `delete dataset`
+ * settles it. `partly`: it has records again, from an ingest cut short or from only some prefixes.
  */
-export async function lostDatasets(ctx: CliContext): Promise<{ dataset: string; commands?: string[] }[]> {
+export async function lostDatasets(ctx: CliContext): Promise<{ dataset: string; commands?: string[]; partly: boolean }[]> {
   const { datasets, redis, keys } = ctx.services;
   const remembered = (await redis.smembers(keys.datasetsLost())).sort();
   if (remembered.length === 0) return [];
   const trained = new Set((await listModelRuns(ctx)).map((r) => r.dataset));
   const settled: string[] = [];
-  const left: { dataset: string; commands?: string[] }[] = [];
+  const left: { dataset: string; commands?: string[]; partly: boolean }[] = [];
   for (const dataset of remembered) {
     const recorded = trained.has(dataset) ? await recordedSources(ctx, dataset) : undefined;
     const exists = await datasets.exists(dataset);
     // ingested again: listed to the end (an ingest cut short after its first page is not enough)
     const ingested = new Set(exists ? (await datasets.listedSources(dataset)).map((s) => DatasetRepository.objectUrl(s)) : []);
     const missing = recorded?.sources.filter((s) => !ingested.has(s));
-    if (!trained.has(dataset) || (missing ? missing.length === 0 : exists)) settled.push(dataset);
-    else left.push({ dataset, ...(recorded && missing && { commands: missing.map((src) => ingestCommand(dataset, src, recorded.embedderId)) }) });
+    if (!trained.has(dataset) || (missing ? missing.length === 0 : ingested.size > 0)) settled.push(dataset);
+    else left.push({ dataset, partly: exists, ...(recorded && missing && { commands: missing.map((src) => ingestCommand(dataset, src, recorded.embedderId)) }) });
   }
   if (settled.length) await redis.srem(keys.datasetsLost(), ...settled);
   return left;

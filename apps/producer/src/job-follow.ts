@@ -1,5 +1,5 @@
 import { QueueEvents, type Job, type Queue } from 'bullmq';
-import { JOBS, jobLock, permanentFailureOf, sleep, type JobName } from '@transferline/shared';
+import { JOBS, execPipeline, jobLock, permanentFailureOf, sleep, type JobName, type Redis } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { allPaused, redisOutage } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -142,8 +142,7 @@ function queueWatch(ctx: CliContext, job: Job, o: FollowOptions) {
       }
       if (looked || started || connected === 0 || state !== 'waiting') return;
       looked = true;
-      const [running, waiting] = await Promise.all([queue.getActive(), queue.getWaiting()]);
-      const before = waiting.filter((j) => j.id !== job.id && j.timestamp <= job.timestamp).length;
+      const [running, before] = await Promise.all([queue.getActive(), waitingAhead(ctx.services.redis, queue, job.id!)]);
       const active = running.length;
       const ahead = active + before;
       // a training run is named by its run id
@@ -154,6 +153,17 @@ function queueWatch(ctx: CliContext, job: Job, o: FollowOptions) {
       ctx.out.write(`\n${o.what}: queued behind ${ahead} job${ahead === 1 ? '' : 's'} of the ${queue.name} queue (${active} running${names ? `: ${names}` : ''}; ${before} waiting before it); it starts when ${free}\n`);
     },
   };
+}
+
+/**
+ * How many waiting jobs a worker takes before this one: those to its right in the wait list
+ * (BullMQ pushes new jobs on the left and workers take from the right), exact whatever the
+ * clocks of the clients that added them. 0 when it is no longer there.
+ */
+async function waitingAhead(redis: Redis, queue: Queue, id: string): Promise<number> {
+  const wait = queue.toKey('wait');
+  const [pos, len] = await execPipeline(redis.pipeline().lpos(wait, id).llen(wait));
+  return typeof pos === 'number' && typeof len === 'number' ? len - 1 - pos : 0;
 }
 
 /**

@@ -11,7 +11,7 @@ export function redisKeys(prefix: string) {
     datasetMeta: (dataset: string) => `${prefix}:ds:${dataset}:meta`,
     /** set: `bucket/prefix` of every prefix ingested into a dataset (relabel finds an object's label folder from it) */
     datasetSources: (dataset: string) => `${prefix}:ds:${dataset}:sources`,
-    /** set: the `sources` whose latest ingest listed them to the end (one cut short may have left objects out) */
+    /** set: the `sources` some ingest listed to the end since the dataset's records began (one cut short may have left objects out) */
     datasetListed: (dataset: string) => `${prefix}:ds:${dataset}:listed`,
     /** set of dataset names */
     datasets: () => `${prefix}:datasets`,

@@ -71,7 +71,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   if (counts.listed === 0) w(`ingest ${where}: no objects there (is the prefix right? keys look like ${where}<label>/<file>)`);
   w(
     `ingest ${where} → dataset ${o.dataset}: ${counts.listed} objects listed, ${counts.enqueued} enqueued, ` +
-      `${counts.fromCache} known to be in the embedding cache, ${counts.unchanged} unchanged` +
+      `${counts.fromCache} added from the embedding cache (no job), ${counts.unchanged} unchanged` +
       (counts.alreadyQueued ? `, ${counts.alreadyQueued} already queued (by another ingest of them running now)` : '') +
       (counts.retried ? `, ${counts.retried} tried again (failed on a transient error, or their job was lost)` : '') +
       (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : '') +

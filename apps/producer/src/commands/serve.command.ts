@@ -35,15 +35,16 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
   let server: ClassifierServer | undefined;
   let timer: NodeJS.Timeout | undefined;
   const w = (s: string) => ctx.out.write(`${s}\n`);
-  // One line per reload, whoever asked (a signal, a new latest run, POST /v1/models/reload), in
-  // place of the server's log line: a terminal shows one account of it.
+  // One line per load, naming what asked for it (a signal, a new latest run, POST
+  // /v1/models/reload; a request that comes while a load is under way joins it), in place of the
+  // server's log line: a terminal shows one account of each.
   let why: string | undefined;
   const onSwap = (m: { dataset: string; runId: string }, was: string) => {
     w(`${why ?? 'POST /v1/models/reload'}: ${m.runId === was ? `reloaded ${m.dataset}@${m.runId} (the same run)` : `now serving ${m.dataset}@${m.runId} (was ${was})`}`);
     why = undefined;
   };
   const swap = async (reason: string) => {
-    why = reason;
+    why ??= reason;
     try {
       await server!.reload();
     } catch (err) {

@@ -103,9 +103,13 @@ async function dataLossWarnings(ctx: CliContext, spaces: SpaceStatus[]): Promise
   try {
     if (warnings.length) await recordLostDatasets(ctx);
     else await lossOver(ctx);
-    for (const { dataset, commands } of await lostDatasets(ctx)) {
+    for (const { dataset, commands, partly } of await lostDatasets(ctx)) {
       const again = commands?.join('; ') ?? `its runs do not record its prefixes (trained before they did): ingest them as before`;
-      warnings.push(`dataset ${dataset} has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): ${again}`);
+      warnings.push(
+        partly
+          ? `dataset ${dataset} lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): ${again}`
+          : `dataset ${dataset} has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): ${again}`,
+      );
     }
   } catch (err) {
     // the runs are read from the bucket: one that cannot be read now is not a reason to fail status
