@@ -103,6 +103,18 @@ describe("the README's two terminals", () => {
     expect(classify.code).toBe(0);
     expect(classify.stdout).toMatch(/classified 8 image\(s\)/);
 
+    // Redis forgets the published spaces (a flush, say): the command status prints then, which
+    // names the space, waits for the live worker to publish it again rather than failing
+    const services = createServices(loadConfig(env), 'oneshot');
+    try {
+      await services.redis.del(services.keys.spaces());
+    } finally {
+      await services.close();
+    }
+    const named = await runCli(['ingest', 's3://photos/mine/', '--dataset', 'mine', '--embedder', 'efficientnet-b0.random-seed42.squash224'], env);
+    expect(named.code, named.stderr).toBe(0);
+    expect(named.stdout).toMatch(/embedding space efficientnet-b0\.random-seed42\.squash224 \(chosen with --embedder; 1 embed worker: onnx\)/);
+
     // Every command ends by itself once its work is done (a deadline would say otherwise).
     const runId = /run (\S+) queued/.exec(train.stdout)![1]!;
     for (const args of [['status'], ['models'], ['failures', '-d', 'mine'], ['train', '--follow', runId], ['retry', '-d', 'mine'], ['cache', 'compact']]) {

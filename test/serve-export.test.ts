@@ -240,6 +240,8 @@ describe('transferline serve', () => {
       await until('serve to listen', () => /serving shapes@r1 .* on (http:\/\/\S+)/.test(out) || child.exitCode !== null, 120);
       const url = /serving shapes@r1 .* on (http:\/\/\S+)/.exec(out)?.[1];
       expect(url, `serve did not start:\n${out}\n${err}`).toBeDefined();
+      // it names the process to signal (through npx, the job's pid is npm's)
+      expect(out).toContain(`Ctrl-C stops it; kill -HUP ${child.pid} reloads the model.\n`);
       // asked over HTTP: the same run again
       const reloaded = await fetch(`${url}/v1/models/reload`, { method: 'POST' });
       expect(reloaded.status).toBe(200);

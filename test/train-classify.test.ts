@@ -493,7 +493,7 @@ describe('training runs and classification', () => {
     expect(await (await ctx.queues.train.getJob(job.id!))!.getState()).toBe('failed');
     // status counts it among the train queue's failed jobs (BullMQ's state), and says it was a cancel
     const status = await runCli(['status'], stack.env);
-    expect(status.stdout).toMatch(/^ {2}train: \d+ of its failed (is a run|are runs) stopped with train --cancel, not failures$/m);
+    expect(status.stdout).toMatch(/^ {2}train: (1 of its failed jobs is a run|\d+ of its failed jobs are runs) stopped with train --cancel, not (a failure|failures)$/m);
     for (const file of ['run.json', 'report.json'] as const) expect(await store.headObject(bucket, layout.runFile('shapes', 'endless', file))).toBeUndefined();
     expect(await redis.exists(keys.trainCancel('endless'))).toBe(0);
     // asked again: it says so, and changes nothing

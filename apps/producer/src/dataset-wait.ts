@@ -68,7 +68,7 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
       throw new CliExit(EXIT.vanished, `dataset ${dataset} vanished from Redis while waiting: it was deleted (transferline delete dataset), or Redis lost its data. Ingest again to rebuild it (the embeddings in the bucket are kept, and ingest restores their index if Redis lost it).`);
     }
     const done = s.embedded + s.failed;
-    bar.update(done, s.total, `embedded ${s.embedded} (cached ${s.cached}), failed ${s.failed}`);
+    bar.update(done, s.total, `embedded ${s.embedded} (${s.cached} found in the cache), failed ${s.failed}`);
     if (s.pending + s.orphaned === 0) return s;
     if (done !== lastDone) {
       lastDone = done;

@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis';
 import type { Config } from './config.js';
 import { EmbeddingSpace, EmbedWorkerInfo, parseDocument } from './documents.js';
 import type { RedisKeys } from './keys.js';
-import { PROCESS_NAME } from './lifecycle.js';
+import { PROCESS_NAME, sleep } from './lifecycle.js';
 import { RedisScript } from './redis.client.js';
 
 /** EfficientNet-B0's input side and embedding length. */
@@ -143,10 +143,19 @@ export class SpaceRegistry {
    * Chooses the space a command works in: the one named by `requested` (`--embedder ID`), else
    * the one space with live workers, else the one space ever published. Anything ambiguous or
    * empty is a SpaceResolutionError whose one line lists the spaces and their workers. `reason`
-   * says why `requested` was asked for, in the message.
+   * says why `requested` was asked for, in the message. A requested space not published is
+   * waited for one heartbeat: after Redis lost its data, a live worker publishes it again within
+   * that (the command `status` prints then names it).
    */
   async resolve(requested?: string, reason = 'chosen with --embedder'): Promise<ResolvedSpace> {
-    const spaces = await this.list();
+    let spaces = await this.list();
+    if (requested !== undefined) {
+      const deadline = Date.now() + this.ttlMs / 3 + 1_000;
+      while (!spaces.some((x) => x.space.id === requested) && Date.now() < deadline) {
+        await sleep(250);
+        spaces = await this.list();
+      }
+    }
     const describe = (list: SpaceWorkers[]) => list.map((s) => `${s.space.id} (${plural(s.workers.length, 'worker')})`).join(', ');
     const chosen = (s: SpaceWorkers, why: string): ResolvedSpace => ({
       space: s.space,
@@ -158,7 +167,10 @@ export class SpaceRegistry {
     });
     if (requested !== undefined) {
       const s = spaces.find((x) => x.space.id === requested);
-      if (!s) throw new SpaceResolutionError(`no embedding space ${requested} is known here; ${spaces.length ? `known: ${describe(spaces)}` : 'none is: start an embed worker (transferline up)'}`);
+      if (!s) {
+        const known = spaces.length ? `known: ${describe(spaces)}` : 'no space is published in this Redis: start the stack (transferline up) or an embed worker of that space';
+        throw new SpaceResolutionError(`no embedding space ${requested} is known here (none was published within ${Math.round(this.ttlMs / 3000) + 1} s); ${known}`);
+      }
       return chosen(s, reason);
     }
     const live = spaces.filter((s) => s.workers.length > 0);

@@ -121,7 +121,7 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
       `${r.dataset.padEnd(16)} ${(r.runId + (r.latest ? ' *' : '')).padEnd(28)} ${pct(r.validationAccuracy)}  ${pct(r.testAccuracy)}   ${String(r.labels.length).padStart(7)}  ${r.embedderId}${r.partial ? ' (partial)' : ''}${r.candidate && !r.latest ? ' (--no-promote)' : ''}\n`,
     );
   }
-  ctx.out.write('* latest run of its dataset (what classify --model DATASET uses)\n');
+  ctx.out.write('* latest run of its dataset (what classify, serve and export use without @run)\n');
   for (const d of new Set(runs.map((r) => r.dataset))) {
     if (!runs.some((r) => r.dataset === d && r.latest)) ctx.out.write(`note: ${d} has no latest run: make one the latest with transferline promote ${d}@RUN\n`);
   }

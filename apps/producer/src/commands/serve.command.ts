@@ -61,7 +61,8 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${m.threshold.toFixed(3)}` : ''}) on ${server.url}`);
     w(`  curl --data-binary @photo.jpg ${server.url}/v1/classify${ctx.config.serve.apiKey ? ' -H "Authorization: Bearer $TL_SERVE_API_KEY"' : ''}`);
     w(`  ${server.url}/v1/models   ${server.url}/metrics   ${server.url}/healthz`);
-    w('Ctrl-C stops it.');
+    // the pid: through `npx`, a signal sent to the job's pid reaches npm, not this process
+    w(`Ctrl-C stops it; kill -HUP ${process.pid} reloads the model.`);
     process.on('SIGHUP', onHup);
     const follow = o.followSeconds ?? 30;
     if (!o.model.includes('@') && follow > 0) {

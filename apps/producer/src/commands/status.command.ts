@@ -70,7 +70,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const [name, c] of Object.entries(queues)) {
     w(`${name.padEnd(51)} ${String(c.workers).padStart(7)}  ${String((c.waiting ?? 0) + (c.prioritized ?? 0)).padStart(7)}  ${String(c.active ?? 0).padStart(6)}  ${String(c.delayed ?? 0).padStart(7)}  ${String(c.failed ?? 0).padStart(6)}`);
   }
-  if (queues.train!.cancelled) w(`  train: ${queues.train!.cancelled} of its failed ${queues.train!.cancelled === 1 ? 'is a run' : 'are runs'} stopped with train --cancel, not failures`);
+  const cancelled = queues.train!.cancelled;
+  if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);
   for (const [name, c] of Object.entries(queues)) {
     for (const reason of new Set(c.paused.map((p) => p.reason))) {
       const of = c.paused.filter((p) => p.reason === reason);
