@@ -216,7 +216,7 @@ describe('transferline serve', () => {
     let said = '';
     const out = { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream;
     const abort = new AbortController();
-    const serving = serveCommand({ ...ctx, out, signal: abort.signal }, { model: 'shapes', port: 0, threads: 1, followSeconds: 1 });
+    const serving = serveCommand({ ...ctx, out, signal: abort.signal }, { model: 'shapes', port: 0, threads: 1, followInterval: 1 });
     try {
       await until('serve to load the latest run', () => said.includes('serving shapes@r2 '), 120);
       expect((await runCli(['promote', 'shapes@r1'], stack.env)).code).toBe(0);

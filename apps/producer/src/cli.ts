@@ -264,9 +264,7 @@ program
   .option('--port <n>', 'port (default TL_SERVE_PORT, 9480; 0 = any free port)', int('--port'))
   .option('--threads <n>', 'ONNX Runtime threads (default: the cores)', int('--threads'))
   .option('--follow-interval <s>', 'with -m DATASET: how often to look for a newer latest run, in seconds (default 30; 0 = only on SIGHUP or POST /v1/models/reload)', int('--follow-interval'))
-  .action((o: { model: string; host?: string; port?: number; threads?: number; followInterval?: number }) =>
-    withContext(async (ctx) => (await serving()).serveCommand(ctx, { ...o, ...(o.followInterval !== undefined && { followSeconds: o.followInterval }) })),
-  );
+  .action((o: { model: string; host?: string; port?: number; threads?: number; followInterval?: number }) => withContext(async (ctx) => (await serving()).serveCommand(ctx, o)));
 
 program
   .command('review')

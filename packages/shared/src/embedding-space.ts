@@ -79,6 +79,11 @@ export class SpaceRegistry {
     private readonly ttlMs = 15_000,
   ) {}
 
+  /** How often a worker beats (and publishes its space again): three beats to a TTL. */
+  private get beatMs(): number {
+    return Math.max(500, Math.floor(this.ttlMs / 3));
+  }
+
   /** Records a space (idempotent). */
   async publish(space: EmbeddingSpace): Promise<void> {
     await this.redis.hset(this.keys.spaces(), space.id, JSON.stringify(space));
@@ -128,7 +133,7 @@ export class SpaceRegistry {
     const beat = () =>
       BEAT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces()], [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space)]);
     await beat();
-    const timer = setInterval(() => void beat().catch(onError), Math.max(500, Math.floor(this.ttlMs / 3)));
+    const timer = setInterval(() => void beat().catch(onError), this.beatMs);
     timer.unref();
     return {
       workerId: info.workerId,
@@ -148,14 +153,12 @@ export class SpaceRegistry {
    * that (the command `status` prints then names it).
    */
   async resolve(requested?: string, reason = 'chosen with --embedder'): Promise<ResolvedSpace> {
-    let spaces = await this.list();
+    const waitMs = this.beatMs + 1_000;
     if (requested !== undefined) {
-      const deadline = Date.now() + this.ttlMs / 3 + 1_000;
-      while (!spaces.some((x) => x.space.id === requested) && Date.now() < deadline) {
-        await sleep(250);
-        spaces = await this.list();
-      }
+      const deadline = Date.now() + waitMs;
+      while (!(await this.redis.hexists(this.keys.spaces(), requested)) && Date.now() < deadline) await sleep(250);
     }
+    const spaces = await this.list();
     const describe = (list: SpaceWorkers[]) => list.map((s) => `${s.space.id} (${plural(s.workers.length, 'worker')})`).join(', ');
     const chosen = (s: SpaceWorkers, why: string): ResolvedSpace => ({
       space: s.space,
@@ -169,7 +172,7 @@ export class SpaceRegistry {
       const s = spaces.find((x) => x.space.id === requested);
       if (!s) {
         const known = spaces.length ? `known: ${describe(spaces)}` : 'no space is published in this Redis: start the stack (transferline up) or an embed worker of that space';
-        throw new SpaceResolutionError(`no embedding space ${requested} is known here (none was published within ${Math.round(this.ttlMs / 3000) + 1} s); ${known}`);
+        throw new SpaceResolutionError(`no embedding space ${requested} is known here (none was published within ${Math.round(waitMs / 1000)} s); ${known}`);
       }
       return chosen(s, reason);
     }

@@ -11,8 +11,8 @@ export interface ServeOptions {
   port?: number;
   /** ONNX Runtime intra-op threads (default: the machine's cores) */
   threads?: number;
-  /** how often to look for a newer run when serving a dataset's latest (seconds; 0 = never) */
-  followSeconds?: number;
+  /** how often to look for a newer run when serving a dataset's latest (seconds, default 30; 0 = only when asked: SIGHUP, POST /v1/models/reload) */
+  followInterval?: number;
   /** called once the server listens (tests); the command then runs until Ctrl-C or SIGTERM */
   onListening?: (server: ClassifierServer) => void;
 }
@@ -36,21 +36,15 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
   let timer: NodeJS.Timeout | undefined;
   const w = (s: string) => ctx.out.write(`${s}\n`);
   // One line per load, naming what asked for it (a signal, a new latest run, POST
-  // /v1/models/reload; a request that comes while a load is under way joins it), in place of the
+  // /v1/models/reload; one that comes while a load is under way joins it), in place of the
   // server's log line: a terminal shows one account of each.
-  let why: string | undefined;
-  const onSwap = (m: { dataset: string; runId: string }, was: string) => {
-    w(`${why ?? 'POST /v1/models/reload'}: ${m.runId === was ? `reloaded ${m.dataset}@${m.runId} (the same run)` : `now serving ${m.dataset}@${m.runId} (was ${was})`}`);
-    why = undefined;
-  };
-  const swap = async (reason: string) => {
-    why ??= reason;
+  const onSwap = (m: { dataset: string; runId: string }, was: string, cause: string) =>
+    w(`${cause}: ${m.runId === was ? `reloaded ${m.dataset}@${m.runId} (the same run)` : `now serving ${m.dataset}@${m.runId} (was ${was})`}`);
+  const swap = async (cause: string) => {
     try {
-      await server!.reload();
+      await server!.reload(cause);
     } catch (err) {
-      w(`${reason}: could not load the new model, still serving ${server!.model().runId}: ${(err as Error).message}`);
-    } finally {
-      if (why === reason) why = undefined;
+      w(`${cause}: could not load the new model, still serving ${server!.model().runId}: ${(err as Error).message}`);
     }
   };
   const onHup = () => void swap('SIGHUP');
@@ -64,7 +58,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     // the pid: through `npx`, a signal sent to the job's pid reaches npm, not this process
     w(`Ctrl-C stops it; kill -HUP ${process.pid} reloads the model.`);
     process.on('SIGHUP', onHup);
-    const follow = o.followSeconds ?? 30;
+    const follow = o.followInterval ?? 30;
     if (!o.model.includes('@') && follow > 0) {
       timer = setInterval(() => {
         void (async () => {

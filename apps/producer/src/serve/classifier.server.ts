@@ -118,8 +118,11 @@ export interface ClassifierServer {
   port: number;
   /** the model being served */
   model: () => ClassifierMetadata;
-  /** Loads the model again (the newest run, when none was named); requests in flight finish on the old one. */
-  reload: () => Promise<ClassifierMetadata>;
+  /**
+   * Loads the model again (the newest run, when none was named); requests in flight finish on the
+   * old one. `cause` says what asked (for onSwap); a call while a load is under way joins it.
+   */
+  reload: (cause?: string) => Promise<ClassifierMetadata>;
   close: () => Promise<void>;
 }
 
@@ -162,10 +165,11 @@ export async function startClassifierServer(
     /** tests: a shorter stall limit for bodies */
     bodyIdleMs?: number;
     /**
-     * Told of every reload, whatever asked for it (`reload()`, POST /v1/models/reload), with the
-     * run served before; without it, each is logged (info). `serve` prints a line of its own.
+     * Told of every load, with the run served before and what asked for it (the cause given to
+     * `reload()`, or POST /v1/models/reload); without it, each is logged (info). `serve` prints a
+     * line of its own.
      */
-    onSwap?: (next: ClassifierMetadata, was: string) => void;
+    onSwap?: (next: ClassifierMetadata, was: string, cause: string) => void;
   },
 ): Promise<ClassifierServer> {
   const cfg = ctx.config.serve;
@@ -254,7 +258,7 @@ export async function startClassifierServer(
   });
   app.post('/v1/models/reload', async (_req, res) => {
     try {
-      const m = await reload();
+      const m = await reload('POST /v1/models/reload');
       res.json({ dataset: m.dataset, runId: m.runId });
     } catch (err) {
       fail(res, 'internal', (err as Error).message);
@@ -475,14 +479,14 @@ export async function startClassifierServer(
 
   // One load at a time: a SIGHUP, a new run landing and POST /v1/models/reload may coincide.
   let reloading: Promise<ClassifierMetadata> | undefined;
-  const reload = (): Promise<ClassifierMetadata> => (reloading ??= swapModel().finally(() => (reloading = undefined)));
-  const swapModel = async (): Promise<ClassifierMetadata> => {
+  const reload = (cause = 'reload'): Promise<ClassifierMetadata> => (reloading ??= swapModel(cause).finally(() => (reloading = undefined)));
+  const swapModel = async (cause: string): Promise<ClassifierMetadata> => {
     const next = await load();
     const old = current;
     current = next;
     showModel(next.meta);
-    if (o.onSwap) o.onSwap(next.meta, old.meta.runId);
-    else o.log.info({ dataset: next.meta.dataset, runId: next.meta.runId, was: old.meta.runId }, next.meta.runId === old.meta.runId ? 'model reloaded (the same run)' : 'model swapped');
+    if (o.onSwap) o.onSwap(next.meta, old.meta.runId, cause);
+    else o.log.info({ dataset: next.meta.dataset, runId: next.meta.runId, was: old.meta.runId, cause }, next.meta.runId === old.meta.runId ? 'model reloaded (the same run)' : 'model swapped');
     void old.retire();
     return next.meta;
   };
