@@ -119,6 +119,35 @@ describe('the embedding cache', () => {
     await redis.del(keys.embeddingIndex(space));
   });
 
+  it('rebuild-index while cache compact merges the shards it is reading: every row still loads', async () => {
+    const { cache, redis, keys } = ctx.services;
+    const space = 'efficientnet-b0.rebuild-compact.squash224';
+    const hashes = Array.from({ length: 12 }, () => randomBytes(32).toString('hex'));
+    for (let i = 0; i < 4; i++) await cache.writeShard(space, hashes.slice(3 * i, 3 * i + 3), new Float32Array(3 * 4).fill(i + 1), 4);
+    const values = (await cache.load(space, hashes)).data;
+    await redis.del(keys.embeddingIndex(space)); // Redis lost it
+    // the restore reads the four small manifests; as it reads the last, a compaction merges them
+    // (writing and indexing the merged shard, deleting the small ones) before the restore indexes them
+    let manifests = 0;
+    const racing = new (class extends ObjectStore {
+      override async getJson<T>(bucket: string, key: string): Promise<T | undefined> {
+        const got = await super.getJson<T>(bucket, key);
+        if (++manifests === 4) expect(await cache.compact(space, 64)).toEqual({ shardsBefore: 4, shardsAfter: 1, rows: 12 });
+        return got;
+      }
+    })(stack.config.s3);
+    try {
+      const restoring = new EmbeddingCache(redis, keys, racing, stack.config.s3.bucket, stack.config.s3.prefix);
+      expect(await restoring.rebuildIndex(space)).toEqual({ indexed: 12, dropped: 0 });
+    } finally {
+      racing.close();
+    }
+    expect(manifests).toBeGreaterThanOrEqual(4);
+    // no entry points at a small shard the compaction deleted
+    expect(Buffer.compare(Buffer.from((await cache.load(space, hashes)).data.buffer), Buffer.from(values.buffer))).toBe(0);
+    await redis.del(keys.embeddingIndex(space));
+  });
+
   it('after compaction, loads N embeddings with one request per large shard, values unchanged', async () => {
     const items: string[] = [];
     for await (const page of ctx.services.datasets.scan('crash')) for (const [, rec] of page) items.push(rec.sha256!);

@@ -135,7 +135,20 @@ export class EmbeddingCache {
    * manifest and its data. (A manifest whose `.npy` is gone, deleted by hand, names rows nothing
    * can read; a write never leaves one, since the data goes first.)
    */
-  async listShards(embedderId: string): Promise<{ shardId: string; rows: number; hashes: string[] }[]> {
+  async listShards(embedderId: string, except: ReadonlySet<string> = new Set()): Promise<{ shardId: string; rows: number; hashes: string[] }[]> {
+    const shards: { shardId: string; rows: number; hashes: string[] }[] = [];
+    for (const m of await this.wholeShards(embedderId)) {
+      if (except.has(m.shardId)) continue;
+      const raw = await this.store.getJson(this.bucket, m.key);
+      if (raw === undefined) continue;
+      const manifest = parseDocument(ShardManifest, raw, `s3://${this.bucket}/${m.key}`);
+      shards.push({ shardId: m.shardId, rows: manifest.hashes.length, hashes: manifest.hashes });
+    }
+    return shards;
+  }
+
+  /** The manifests in the bucket whose data is there too (a listing only: no manifest is read). */
+  private async wholeShards(embedderId: string): Promise<{ shardId: string; key: string }[]> {
     const manifests: { shardId: string; key: string }[] = [];
     const data = new Set<string>();
     for await (const o of this.store.listObjects(this.bucket, this.layout.embeddings(embedderId))) {
@@ -143,15 +156,7 @@ export class EmbeddingCache {
       if (shard?.ext === 'json') manifests.push({ shardId: shard.shardId, key: o.key });
       else if (shard?.ext === 'npy') data.add(shard.shardId);
     }
-    const shards: { shardId: string; rows: number; hashes: string[] }[] = [];
-    for (const m of manifests) {
-      if (!data.has(m.shardId)) continue;
-      const raw = await this.store.getJson(this.bucket, m.key);
-      if (raw === undefined) continue;
-      const manifest = parseDocument(ShardManifest, raw, `s3://${this.bucket}/${m.key}`);
-      shards.push({ shardId: m.shardId, rows: manifest.hashes.length, hashes: manifest.hashes });
-    }
-    return shards;
+    return manifests.filter((m) => data.has(m.shardId));
   }
 
   /**
@@ -255,12 +260,16 @@ export class EmbeddingCache {
    * by hand, say: kept, they would call those images embedded while training fails to read them).
    * An entry is only dropped when, at that moment, its shard's manifest or data is still missing
    * and the entry is still the one read, so a shard an embed worker writes meanwhile (data, then
-   * manifest, then index) keeps its rows.
+   * manifest, then index) keeps its rows. A `compact` meanwhile writes and indexes merged shards,
+   * then deletes the small ones this pass had read and indexes again: the shards that appeared
+   * since the first listing are indexed too, so those rows point at the merged shard, not at none.
    */
   async rebuildIndex(embedderId: string): Promise<{ indexed: number; dropped: number }> {
     const shards = await this.listShards(embedderId);
     for (const s of shards) await this.index(embedderId, s.shardId, s.hashes);
-    const listed = new Set(shards.map((s) => s.shardId));
+    const first = new Set(shards.map((s) => s.shardId));
+    for (const s of await this.listShards(embedderId, first)) await this.index(embedderId, s.shardId, s.hashes);
+    const listed = new Set((await this.wholeShards(embedderId)).map((s) => s.shardId));
     const key = this.keys.embeddingIndex(embedderId);
     const stale = new Map<string, [string, string][]>(); // shard → its entries
     let cursor = '0';
