@@ -221,7 +221,7 @@ describe('transferline serve', () => {
       await until('serve to load the latest run', () => said.includes('serving shapes@r2 '), 120);
       expect((await runCli(['promote', 'shapes@r1'], stack.env)).code).toBe(0);
       await until('serve to swap to the promoted run', () => said.includes('now serving shapes@r1'), 60);
-      expect(said).toContain('the latest run of shapes is now r1 (a new run, promote, or delete run): now serving shapes@r1 (was r2)\n');
+      expect(said).toContain('the latest run of shapes is now r1 (promoted): now serving shapes@r1 (was r2)\n');
     } finally {
       abort.abort();
       await serving;

@@ -105,8 +105,10 @@ describe('training runs and classification', () => {
     const reportKey = ctx.services.layout.runFile('shapes', first.runId, 'report.json');
     const latestKey = ctx.services.layout.latest('shapes');
     const before = await ctx.services.store.getDocument(ReportDoc, bucket, reportKey);
-    const newer = (await ctx.services.store.getJson<{ runId: string }>(bucket, latestKey))!.runId;
+    const pointer = (await ctx.services.store.getDocument(LatestDoc, bucket, latestKey))!;
+    const newer = pointer.runId;
     expect(newer).not.toBe(first.runId); // the second run of the first test is the latest
+    expect(pointer.setBy).toBe('train'); // what moved it, as serve's follow loop says
     const retried = async () => {
       await job.retry('completed');
       const deadline = Date.now() + 60_000;
@@ -566,7 +568,7 @@ describe('training runs and classification', () => {
     // its finished job is gone too: the id is free again
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'doomed-new' }))).toBeUndefined();
     // the run left is the latest, with no note: the pointer was moved, not left naming a deleted run
-    expect((await store.getDocument(LatestDoc, bucket, layout.latest('doomed')))?.runId).toBe('doomed-old');
+    expect(await store.getDocument(LatestDoc, bucket, layout.latest('doomed'))).toMatchObject({ runId: 'doomed-old', setBy: 'delete' });
     const models = await runCli(['models', '-d', 'doomed'], stack.env);
     expect(models.stdout).toMatch(/^doomed\s+doomed-old \*/m);
     expect(models.stdout).toMatch(/^doomed\s+doomed-candidate .*\(--no-promote\)$/m);

@@ -163,7 +163,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'run.json'), run);
   await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'report.json'), report);
   // Last, so that whoever follows the pointer finds every file of the run.
-  if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix));
+  if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix, 'train'));
   return { ...resultOf(report, modelPrefix), latest: promote };
 }
 
@@ -196,7 +196,7 @@ async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext, 
   const current = latest && latest.runId !== runId ? await store.getDocument(ReportDoc, deps.bucket, layout.runFile(dataset, latest.runId, 'report.json')).catch(() => undefined) : undefined;
   const setSince = latest?.setAt !== undefined && latest.setAt > report.createdAt;
   if (promote && (!latest || (latest.runId !== runId && !setSince && !(current && current.createdAt > report.createdAt)))) {
-    await store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix));
+    await store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix, 'train'));
     return { ...resultOf(report, modelPrefix), latest: true };
   }
   return { ...resultOf(report, modelPrefix), latest: latest?.runId === runId };

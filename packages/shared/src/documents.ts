@@ -98,12 +98,14 @@ export const LatestDoc = z.object({
   modelPrefix: z.string(),
   /** when the pointer was written (absent from pointers written before it was recorded) */
   setAt: z.string().optional(),
+  /** what wrote it: a run that ended, `promote`, or `delete run` of the latest run (absent from older pointers) */
+  setBy: z.enum(['train', 'promote', 'delete']).optional(),
 });
 export type LatestDoc = z.infer<typeof LatestDoc>;
 
 /** The latest.json that points at a run, as every writer (train, promote, delete) writes it. */
-export function latestPointer(runId: string, modelPrefix: string, now = new Date()): LatestDoc {
-  return { runId, modelPrefix, setAt: now.toISOString() };
+export function latestPointer(runId: string, modelPrefix: string, setBy: NonNullable<LatestDoc['setBy']>, now = new Date()): LatestDoc {
+  return { runId, modelPrefix, setAt: now.toISOString(), setBy };
 }
 
 /**

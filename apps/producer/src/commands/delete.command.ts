@@ -176,7 +176,7 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
     // at a run that is gone, and the next `delete run` finds the rest. A run that finished
     // meanwhile and made itself the latest stays so.
     if (wasLatest && (await store.getDocument(LatestDoc, bucket, latestKey))?.runId === runId) {
-      if (newestLeft) await store.putJson(bucket, latestKey, latestPointer(newestLeft.runId, layout.run(dataset, newestLeft.runId)));
+      if (newestLeft) await store.putJson(bucket, latestKey, latestPointer(newestLeft.runId, layout.run(dataset, newestLeft.runId), 'delete'));
       else await store.deleteObject(bucket, latestKey);
     }
     // its promote marker next (one left behind by a deletion cut short would not be taken for a

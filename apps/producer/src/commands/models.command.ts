@@ -92,12 +92,13 @@ export function newestPromotable(runs: ModelRun[], dataset: string, except?: str
  * deleted from the bucket since, the newest run left (`insteadOf` then names the missing one).
  * Undefined when the dataset has no run.
  */
-export async function latestRun(ctx: CliContext, dataset: string): Promise<{ runId: string; insteadOf?: string } | undefined> {
+export async function latestRun(ctx: CliContext, dataset: string): Promise<{ runId: string; insteadOf?: string; setBy?: LatestDoc['setBy'] } | undefined> {
   const { bucket } = ctx.config.s3;
   const { store, layout } = ctx.services;
-  const named = (await store.getDocument(LatestDoc, bucket, layout.latest(dataset)))?.runId;
+  const pointer = await store.getDocument(LatestDoc, bucket, layout.latest(dataset));
+  const named = pointer?.runId;
   if (named === undefined) return undefined;
-  if (await store.headObject(bucket, layout.runFile(dataset, named, 'report.json'))) return { runId: named };
+  if (await store.headObject(bucket, layout.runFile(dataset, named, 'report.json'))) return { runId: named, ...(pointer?.setBy && { setBy: pointer.setBy }) };
   const newest = (await listModelRuns(ctx, dataset)).find((r) => r.dataset === dataset && r.latest);
   return newest && { runId: newest.runId, insteadOf: named };
 }
@@ -164,7 +165,7 @@ export async function promoteCommand(ctx: CliContext, spec: string): Promise<voi
     ctx.out.write(`${dataset}@${runId} is the latest run of ${dataset} already\n`);
     return;
   }
-  await store.putJson(bucket, layout.latest(dataset), latestPointer(runId, layout.run(dataset, runId)));
+  await store.putJson(bucket, layout.latest(dataset), latestPointer(runId, layout.run(dataset, runId), 'promote'));
   ctx.out.write(`${dataset}@${runId} is now the latest run of ${dataset}${before ? ` (it was ${before.runId})` : ''}: classify, serve and export use it without @run\n`);
   // A run of the dataset that will make itself the latest when it ends undoes this (not one whose
   // report is written: run again, it leaves a pointer set after it alone). Done is done if this fails.

@@ -17,6 +17,15 @@ export interface ServeOptions {
   onListening?: (server: ClassifierServer) => void;
 }
 
+/** What moved a dataset's latest run, as serve's follow loop says it (the pointer records its writer). */
+const SET_BY = {
+  train: 'a new run finished',
+  promote: 'promoted',
+  delete: 'the run it replaced was deleted',
+  // a pointer written before the writer was recorded
+  unknown: 'a new run, promote, or delete run',
+} as const;
+
 /**
  * `transferline serve -m NAME[@run]`: an HTTP classifier on 127.0.0.1 (TL_SERVE_HOST,
  * TL_SERVE_PORT), until Ctrl-C or SIGTERM. Serving a dataset's latest run, it swaps to a newer
@@ -64,7 +73,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
         void (async () => {
           const latest = await latestRun(long, m.dataset).catch(() => undefined);
           const was = server!.model().runId;
-          if (latest && latest.runId !== was) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (a new run, promote, or delete run)`);
+          if (latest && latest.runId !== was) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy ?? 'unknown']})`);
         })();
       }, follow * 1000);
     }
