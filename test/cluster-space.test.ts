@@ -76,49 +76,55 @@ describe("the README's two terminals", () => {
         await new Promise((r) => up.once('exit', r));
       }
     });
-    await waitForOutput(up, /the stack keeps running/, 180_000, seen);
+    await waitForOutput(up, /Ctrl-C stops everything/, 180_000, seen);
     expect(seen.text).toMatch(/SEEDED RANDOM WEIGHTS/);
     expect(seen.text).toMatch(/run \S+: validation accuracy/);
     // the demo waits for the embed worker it started, instead of saying that none is live
     expect(seen.text).toMatch(/embedding space \S+ \(this stack's; 1 embed worker: onnx\)/);
     expect(seen.text).not.toMatch(/no embed worker is live/);
 
-    // Second terminal: exactly what the banner suggests, from an environment that says nothing of weights.
+    // Second terminal: exactly what the banner suggests, from an environment that says nothing of
+    // weights and has only the settings the banner says to export (this stack's ports are not the defaults).
+    const exported = /^ {2}export (.+)$/m.exec(seen.text)?.[1];
+    expect(exported, seen.text).toBeDefined();
+    const settings = Object.fromEntries(exported!.split(' ').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+    expect(settings).toEqual({ TL_REDIS_PORT: env.TL_REDIS_PORT, TL_S3_PORT: env.TL_S3_PORT, TL_MODEL_CACHE_DIR: env.TL_MODEL_CACHE_DIR, TL_MODEL_WEIGHTS_SOURCE: path.join(dir, 'nowhere', 'efficientnetb0_notop.h5') });
+    const shell: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: dir, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...settings };
     const photos = path.join(dir, 'photos');
     const n = await writeSampleSet(photos, 8, 23);
     const s3 = `http://127.0.0.1:${env.TL_S3_PORT}`;
     await execFileAsync('aws', ['--endpoint-url', s3, 's3', 'cp', '--recursive', '--quiet', photos, 's3://photos/mine/'], {
       env: { PATH: process.env.PATH, HOME: dir, AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_DEFAULT_REGION: 'us-east-1' },
     });
-    const ingest = await runCli(['ingest', 's3://photos/mine/', '--dataset', 'mine'], env);
+    const ingest = await runCli(['ingest', 's3://photos/mine/', '--dataset', 'mine'], shell);
     expect(ingest.timedOut).toBe(false);
     expect(ingest.code).toBe(0);
     expect(ingest.stdout).toMatch(/embedding space efficientnet-b0\.random-seed42\.squash224 \(the one with live embed workers; 1 embed worker: onnx\)/);
     expect(ingest.stdout).toMatch(new RegExp(`dataset mine: ${n} images, ${n} embedded \\(0 found in the embedding cache\\), 0 failed, 0 pending`));
 
-    const train = await runCli(['train', '--dataset', 'mine', '--epochs', '20'], env);
+    const train = await runCli(['train', '--dataset', 'mine', '--epochs', '20'], shell);
     expect(train.code).toBe(0);
     expect(train.stdout).toMatch(/run \S+: validation accuracy/);
-    const classify = await runCli(['classify', 's3://photos/mine/circle/', '--model', 'mine'], env);
+    const classify = await runCli(['classify', 's3://photos/mine/circle/', '--model', 'mine'], shell);
     expect(classify.code).toBe(0);
     expect(classify.stdout).toMatch(/classified 8 image\(s\)/);
 
     // Redis forgets the published spaces (a flush, say): the command status prints then, which
     // names the space, waits for the live worker to publish it again rather than failing
-    const services = createServices(loadConfig(env), 'oneshot');
+    const services = createServices(loadConfig(shell), 'oneshot');
     try {
       await services.redis.del(services.keys.spaces());
     } finally {
       await services.close();
     }
-    const named = await runCli(['ingest', 's3://photos/mine/', '--dataset', 'mine', '--embedder', 'efficientnet-b0.random-seed42.squash224'], env);
+    const named = await runCli(['ingest', 's3://photos/mine/', '--dataset', 'mine', '--embedder', 'efficientnet-b0.random-seed42.squash224'], shell);
     expect(named.code, named.stderr).toBe(0);
     expect(named.stdout).toMatch(/embedding space efficientnet-b0\.random-seed42\.squash224 \(chosen with --embedder; 1 embed worker: onnx\)/);
 
     // Every command ends by itself once its work is done (a deadline would say otherwise).
     const runId = /run (\S+) queued/.exec(train.stdout)![1]!;
     for (const args of [['status'], ['models'], ['failures', '-d', 'mine'], ['train', '--follow', runId], ['retry', '-d', 'mine'], ['cache', 'compact']]) {
-      const r = await runCli(args, env, 60_000);
+      const r = await runCli(args, shell, 60_000);
       expect({ args, timedOut: r.timedOut, code: r.code, stderr: r.stderr.replace(/^(embedding|listing|training).*\n/gm, '') }).toEqual({ args, timedOut: false, code: 0, stderr: '' });
     }
 

@@ -1,7 +1,7 @@
 import { DatasetRepository, RunDoc } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { latestRun, listModelRuns } from './commands/models.command.js';
-import { printable } from './terminal.js';
+import { printable, shellQuote } from './terminal.js';
 
 /**
  * What Redis losing its data (a restart without persistence, a flush) leaves, and what brings it
@@ -95,6 +95,5 @@ async function recordedSources(ctx: CliContext, dataset: string): Promise<{ sour
 
 /** In the run's own space (its models classify there), quoted for a shell when the prefix needs it. */
 function ingestCommand(dataset: string, source: string, embedderId: string): string {
-  const quote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
-  return `transferline ingest ${quote(printable(source))} -d ${dataset} --embedder ${embedderId}`;
+  return `transferline ingest ${shellQuote(printable(source))} -d ${dataset} --embedder ${embedderId}`;
 }

@@ -14,3 +14,8 @@ export function printable(s: string): string {
 export function printableMessage(s: string): string {
   return s.split('\n').map(printable).join('\n');
 }
+
+/** A value as a POSIX shell reads it back unchanged (for commands we print for the user to run). */
+export function shellQuote(value: string): string {
+  return /^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;
+}

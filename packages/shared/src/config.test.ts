@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, loadConfig, stackSettings } from './config.js';
 
 describe('loadConfig', () => {
   it('has defaults that work on one machine', () => {
@@ -64,5 +64,27 @@ describe('loadConfig', () => {
     expect(message).toMatch(/REDIS_URL: .*\(got "http:\/\/default:\*\*\*@cache:6379"\)/);
     expect(message).not.toContain('wJalrXUtnFEMI');
     expect(message).not.toContain('hunter2');
+  });
+});
+
+describe('stackSettings: what up tells another shell to export', () => {
+  it('is empty on the defaults, even when they are spelt out', () => {
+    expect(stackSettings({})).toEqual([]);
+    expect(stackSettings({ TL_REDIS_PORT: '6390', TL_S3_PORT: '9000', TL_BUCKET: 'transferline', HOME: '/x' })).toEqual([]);
+  });
+
+  it('names the settings that reach the stack, paths made absolute, secrets named but not shown', () => {
+    const settings = stackSettings({
+      TL_REDIS_PORT: '6401',
+      TL_CONSOLE_PORT: '9999', // the console is up's, not the other shell's
+      TL_DATA_DIR: '/tmp/d', // only up reads it
+      TL_MODEL_CACHE_DIR: 'cache',
+      S3_SECRET_ACCESS_KEY: 'hunter22',
+      REDIS_URL: 'redis://u:pw@redis.example:6379',
+      TL_PREFIX: 'team/',
+    });
+    expect(settings).toEqual([{ name: 'REDIS_URL' }, { name: 'TL_REDIS_PORT', value: '6401' }, { name: 'S3_SECRET_ACCESS_KEY' }, { name: 'TL_PREFIX', value: 'team/' }, { name: 'TL_MODEL_CACHE_DIR', value: path.resolve('cache') }]);
+    expect(JSON.stringify(settings)).not.toMatch(/hunter22|pw@/);
+    expect(stackSettings({ REDIS_URL: 'redis://redis.example:6379' })).toEqual([{ name: 'REDIS_URL', value: 'redis://redis.example:6379' }]);
   });
 });

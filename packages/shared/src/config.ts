@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { redactIfSecret } from './redact.js';
+import { redactIfSecret, redactUrl } from './redact.js';
 
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
@@ -22,8 +22,7 @@ function hexColour(hex: string): { r: number; g: number; b: number } {
 }
 
 /** Every environment variable transferline reads, with a default that works on one machine. */
-export const ConfigSchema = z
-  .object({
+const EnvSchema = z.object({
     TL_DATA_DIR: z.string().min(1).default('./data'),
     REDIS_URL: z
       .string()
@@ -105,8 +104,10 @@ export const ConfigSchema = z
     TL_MODEL_CACHE_DIR: z.string().min(1).optional(),
     XDG_CACHE_HOME: z.string().min(1).optional(),
     TL_MODEL_SEED: z.coerce.number().int().min(0).default(42),
-  })
-  .transform((env) => ({
+  });
+
+/** The environment parsed into the configuration every process shares. */
+export const ConfigSchema = EnvSchema.transform((env) => ({
     dataDir: path.resolve(env.TL_DATA_DIR),
     redis: {
       url: env.REDIS_URL ?? `redis://127.0.0.1:${env.TL_REDIS_PORT}`,
@@ -194,9 +195,7 @@ export class ConfigError extends Error {
  * throws a ConfigError whose message names the variable and what it must be.
  */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const relevant = Object.fromEntries(
-    Object.entries(env).filter(([k, v]) => v !== undefined && v !== '' && (k.startsWith('TL_') || k.startsWith('S3_') || k === 'REDIS_URL' || k === 'XDG_CACHE_HOME')),
-  );
+  const relevant = relevantEnv(env);
   const parsed = ConfigSchema.safeParse(relevant);
   if (!parsed.success) {
     const lines = parsed.error.issues.map((i) => {
@@ -208,4 +207,50 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
   }
   return parsed.data;
+}
+
+/** The variables of the environment transferline reads (an empty one counts as unset). */
+function relevantEnv(env: NodeJS.ProcessEnv): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined && e[1] !== '' && (e[0].startsWith('TL_') || e[0].startsWith('S3_') || e[0] === 'REDIS_URL' || e[0] === 'XDG_CACHE_HOME')),
+  );
+}
+
+/**
+ * The settings a command run in another shell needs to reach the same stack: its Redis and queue
+ * prefix, its S3 server, bucket and prefix, and the model weights (serve and export read them).
+ */
+const STACK_VARIABLES = [
+  'REDIS_URL',
+  'TL_REDIS_PORT',
+  'TL_QUEUE_PREFIX',
+  'S3_ENDPOINT',
+  'TL_S3_PORT',
+  'S3_REGION',
+  'S3_ACCESS_KEY_ID',
+  'S3_SECRET_ACCESS_KEY',
+  'S3_FORCE_PATH_STYLE',
+  'TL_BUCKET',
+  'TL_PREFIX',
+  'TL_MODEL_CACHE_DIR',
+  'TL_MODEL_WEIGHTS_SOURCE',
+  'TL_MODEL_WEIGHTS_MD5',
+] as const satisfies readonly (keyof z.input<typeof EnvSchema>)[];
+
+/**
+ * Of the settings another shell needs to reach this stack (STACK_VARIABLES), those set to other
+ * than their defaults: what `up` tells its user to repeat there. Paths are made absolute (the
+ * other shell may be elsewhere); a secret (the S3 secret key, a Redis URL with a password) is
+ * named, not shown.
+ */
+export function stackSettings(env: NodeJS.ProcessEnv = process.env): { name: string; value?: string }[] {
+  const relevant = relevantEnv(env);
+  const defaults: Record<string, unknown> = EnvSchema.parse({});
+  return STACK_VARIABLES.flatMap((name): { name: string; value?: string }[] => {
+    const value = relevant[name];
+    if (value === undefined || value === String(defaults[name])) return [];
+    if (name === 'S3_SECRET_ACCESS_KEY' || (name === 'REDIS_URL' && redactUrl(value) !== value)) return [{ name }];
+    const shown = name === 'TL_MODEL_CACHE_DIR' || (name === 'TL_MODEL_WEIGHTS_SOURCE' && !/^[a-z0-9]+:/.test(value)) ? path.resolve(value) : value;
+    return [{ name, value: shown }];
+  });
 }

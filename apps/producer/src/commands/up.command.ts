@@ -1,6 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { createLogger, createQueues, createServices, loadConfig, redactUrl, resolveWeights, sleep, WeightsUnavailableError } from '@transferline/shared';
+import { createLogger, createQueues, createServices, loadConfig, redactUrl, resolveWeights, sleep, stackSettings, WeightsUnavailableError } from '@transferline/shared';
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
 import { consoleBanner } from './console.command.js';
 import { openCliContext } from '../cli-context.js';
@@ -12,6 +12,7 @@ import { trainCommand } from './train.command.js';
 import { uploadCommand } from './upload.command.js';
 import { createProgress } from '../progress.js';
 import { EXIT, onBrokenPipe } from '../exit-codes.js';
+import { shellQuote } from '../terminal.js';
 
 export interface UpOptions {
   demo: boolean;
@@ -183,6 +184,12 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     return;
   }
   w('\nthe stack keeps running; in another terminal try:');
+  // settings that are not the defaults: the other terminal's commands reach this stack only with them
+  const settings = stackSettings(env);
+  const shown = settings.filter((s) => s.value !== undefined).map((s) => `${s.name}=${shellQuote(s.value!)}`);
+  const hidden = settings.filter((s) => s.value === undefined).map((s) => s.name);
+  if (shown.length) w(`  export ${shown.join(' ')}${hidden.length ? `   (and your ${hidden.join(', ')})` : ''}`);
+  else if (hidden.length) w(`  (with your ${hidden.join(', ')} set, as here)`);
   w('  npx transferline status');
   w(`  aws --endpoint-url ${config.s3.endpoint} s3 cp --recursive ./photos s3://${DEMO_BUCKET}/mine/   (AWS_ACCESS_KEY_ID=${config.s3.accessKeyId} AWS_SECRET_ACCESS_KEY=${secretEnv})`);
   w(`  npx transferline ingest s3://${DEMO_BUCKET}/mine/ --dataset mine && npx transferline train --dataset mine`);
