@@ -726,6 +726,15 @@ describe('training runs and classification', () => {
     expect((await runCli(['status'], stack.env)).stdout).toContain(
       `warning: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): transferline ingest s3://${photos}/set/ -d shapes --embedder ${space}\n`,
     );
+    // train does not learn from the part that is back without being told: --partial, and it says so
+    const reingest = `transferline ingest s3://${photos}/set/ -d shapes --embedder ${space}`;
+    const refused = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'shapes-part'], stack.env);
+    expect({ code: refused.code, stdout: refused.stdout }).toEqual({ code: 1, stdout: '' });
+    expect(refused.stderr).toBe(`transferline: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): a run now would learn from part of it; ingest again first: ${reingest}; or train with --partial on what it has\n`);
+    const part = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'shapes-part', '--partial', '--no-promote'], stack.env);
+    expect(part.code, part.stderr).toBe(0);
+    expect(part.stdout).toContain(`--partial: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left); training on what it has (to have the rest: ${reingest})\n`);
+    expect((await runCli(['delete', 'run', 'shapes@shapes-part', '--yes'], stack.env)).code).toBe(0);
     expect((await runCli(['ingest', `s3://${photos}/set/`, '-d', 'shapes'], stack.env)).code).toBe(0);
     expect((await runCli(['status'], stack.env)).stdout).not.toContain('lost its records');
   });

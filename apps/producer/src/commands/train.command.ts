@@ -7,7 +7,7 @@ import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { elsewhereLines } from './ingest.command.js';
-import { reingestCommands } from '../data-loss.js';
+import { lostDatasets, reingestCommands } from '../data-loss.js';
 import type { EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
@@ -56,6 +56,16 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     const again = await reingestCommands(ctx, o.dataset);
     if (again) throw new Error(`no dataset named ${o.dataset} in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its runs recorded: ${again.join('; ')}`);
     throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none; run ingest first)'}`);
+  }
+  // Redis lost its records and an ingest brought back only part of it (cut short, or some of its
+  // prefixes): a run now would learn from that part, and become the latest. (Runs that cannot be
+  // read now are not a reason to refuse.)
+  const lost = (await lostDatasets(ctx).catch(() => [])).find((l) => l.dataset === o.dataset);
+  if (lost) {
+    const line = `dataset ${o.dataset} lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left)`;
+    const again = lost.commands?.join('; ') ?? 'ingest its prefixes as before (its runs do not record them)';
+    if (!o.partial) throw new CliExit(EXIT.error, `transferline: ${line}: a run now would learn from part of it; ingest again first: ${again}; or train with --partial on what it has`);
+    ctx.out.write(`--partial: ${line}; training on what it has (to have the rest: ${again})\n`);
   }
   const space = await datasets.space(o.dataset);
   if (!space) throw new Error(`dataset ${o.dataset} has no embedding space recorded (ingested by an older version?): ingest it again`);
