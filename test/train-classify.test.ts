@@ -204,7 +204,7 @@ describe('training runs and classification', () => {
     expect((JSON.parse(models.stdout) as { dataset: string; runId: string }[]).some((m) => m.dataset === 'duo' && m.runId === 'one-class-val')).toBe(true);
   });
 
-  it('a run stopped early shows the epochs it ran, not the ones asked for', async () => {
+  it('a run stopped early shows the epochs it ran, against the total it was shown with', async () => {
     const train = await runCli(['train', '-d', 'duo', '--epochs', '300', '--patience', '1', '--run-id', 'early'], stack.env);
     expect(train.code).toBe(0);
     const report = (await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'early', 'report.json')))!;
@@ -212,8 +212,11 @@ describe('training runs and classification', () => {
     const ran = report.history.length;
     expect(ran).toBeLessThan(300);
     // the progress line (a plain line when stderr is not a terminal)
-    expect(train.stderr).toContain(`training duo: ${ran}/${ran} saving (stopped early: ${ran} of 300 epochs, validation loss no longer improving)`);
+    expect(train.stderr).toContain(`training duo: ${ran}/300 saving (stopped early: ${ran} of 300 epochs, validation loss no longer improving)`);
     expect(train.stderr).not.toContain('300/300');
+    // the total does not change mid-run (it used to read 1/300 … and then 5/5)
+    const totals = new Set([...train.stderr.matchAll(/^training duo: \d+\/(\d+) /gm)].map((m) => m[1]));
+    expect([...totals]).toEqual(['300']);
   });
 
   it('says how many images it left out because their bytes are filed under two labels', async () => {
@@ -479,6 +482,11 @@ describe('training runs and classification', () => {
     expect(followed.stdout).toContain('run queued-behind: queued behind 1 job of the train queue (1 running: endless; 0 waiting before it); it starts when the train worker is free\n');
     await ctx.queues.train.remove('skewed-clock');
     expect((await runCli(['train', '--cancel', 'queued-behind'], stack.env)).stdout).toBe('run queued-behind had been cancelled already: nothing to cancel\n');
+    // the id of the run cancelled while queued, used again: a new run, not a cancelled one. Followed
+    // while queued, it says that it started before its first progress line (stderr merged, as on a terminal).
+    await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 2, runId: 'queued-behind' });
+    const reused = runCli(['train', '--follow', 'queued-behind'], stack.env, 180_000, { merged: true });
+    await new Promise((r) => setTimeout(r, 2_500));
 
     // someone follows the run in training; the cancel says when the run stopped, once, and the
     // follower hears that it was cancelled, not that it failed
@@ -506,9 +514,14 @@ describe('training runs and classification', () => {
     const done = await runCli(['train', '--cancel', 'shapes-after-prune'], stack.env);
     expect(done.code).toBe(1);
     expect(done.stderr).toContain('run shapes-after-prune ended before it could be cancelled: its model is in the bucket');
-    // the id of the run cancelled while queued, used again: a new run, not a cancelled one
-    const reused = await trainCommand(ctx, { dataset: 'shapes', wait: true, epochs: 2, runId: 'queued-behind' });
-    expect(reused.result?.runId).toBe('queued-behind');
+    const followedReused = await reused;
+    expect({ code: followedReused.code, timedOut: followedReused.timedOut }).toEqual({ code: 0, timedOut: false });
+    const out = followedReused.stdout;
+    expect(out).toContain('run queued-behind: queued behind 1 job of the train queue (1 running: endless; 0 waiting before it)');
+    expect(out).toMatch(/^run queued-behind: validation accuracy/m);
+    const startedAt = out.indexOf('\nrun queued-behind: started\n');
+    expect(startedAt).toBeGreaterThan(out.indexOf('queued behind'));
+    expect(startedAt).toBeLessThan(out.indexOf('training shapes:'));
   }, 200_000);
 
   it('delete run and delete dataset: say what goes and what stays, delete only when told, and leave the rest working', async () => {

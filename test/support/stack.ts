@@ -58,11 +58,14 @@ export interface CliRun {
 /**
  * Runs the `transferline` CLI (built) as a user would, against a stack. A command that has not
  * exited by `deadlineMs` is killed and reported as timed out: a command that never exits is a bug.
+ * `merged`: stderr goes into stdout's pipe, as on a terminal, so the order of lines across the
+ * two is kept (stderr is then empty).
  */
-export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_000): Promise<CliRun> {
+export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_000, o: { merged?: boolean } = {}): Promise<CliRun> {
   const started = Date.now();
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cliPath, ...args], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, argv] = o.merged ? ['sh', ['-c', 'exec "$0" "$@" 2>&1', process.execPath, cliPath, ...args]] : [process.execPath, [cliPath, ...args]];
+    const child = spawn(cmd, argv, { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     let timedOut = false;

@@ -34,15 +34,19 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
   connection.on('error', () => {});
   const events = new QueueEvents(queue.name, { connection, prefix: ctx.config.redis.prefix });
   events.on('error', () => {});
+  const queued = queueWatch(ctx, job, o);
   const onProgress = ({ jobId, data }: { jobId: string; data: unknown }) => {
-    if (jobId === job.id) o.onProgress?.(data);
+    if (jobId !== job.id) return;
+    // progress means a worker has it: "started" comes before its first line, not after the next poll
+    queued.started();
+    o.onProgress?.(data);
   };
   try {
     await events.waitUntilReady();
     events.on('progress', onProgress);
     const finished = job.waitUntilFinished(events) as Promise<R>;
     const watchdog = new AbortController();
-    const stalled = watch(ctx, queue, job, o, watchdog.signal);
+    const stalled = watch(ctx, queue, job, o, queued, watchdog.signal);
     try {
       return await Promise.race([finished, stalled]);
     } catch (err) {
@@ -68,12 +72,11 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
  * queue is paused. A job that is gone from the queue (removed, or Redis lost it) ends the wait at
  * once. Redis going away is waited out, as the dataset wait does.
  */
-async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, stop: AbortSignal): Promise<never> {
+async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, queued: QueueWatch, stop: AbortSignal): Promise<never> {
   const outage = redisOutage(ctx, o.stallSeconds, `${o.what} goes on in the ${o.role} worker when it is back`);
   let stuckSince: number | undefined;
   let goneOnce = false;
   const holder = holderWatch(ctx, job, o);
-  const queued = queueWatch(ctx, job, o);
   for (;;) {
     await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
     if (stop.aborted) return new Promise<never>(() => {});
@@ -123,23 +126,30 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
   }
 }
 
+interface QueueWatch {
+  /** the job was seen active, or reported progress */
+  started(): void;
+  check(queue: Queue, state: string, connected: number): Promise<void>;
+}
+
 /**
  * Says, once, when the job waits behind others (a train worker runs one run at a time, so a run
  * queued behind a long one is silent otherwise), and then when it starts. It looks at the queue
  * once, at the first poll that finds a worker connected: a job with nothing ahead of it starts
  * at once, and reading every waiting job each second would be work for nothing.
  */
-function queueWatch(ctx: CliContext, job: Job, o: FollowOptions) {
+function queueWatch(ctx: CliContext, job: Job, o: FollowOptions): QueueWatch {
   let looked = false;
   let said = false;
   let started = false;
+  const start = () => {
+    if (said && !started) ctx.out.write(`\n${o.what}: started\n`);
+    started = true;
+  };
   return {
+    started: start,
     async check(queue: Queue, state: string, connected: number): Promise<void> {
-      if (state === 'active') {
-        if (said && !started) ctx.out.write(`\n${o.what}: started\n`);
-        started = true;
-        return;
-      }
+      if (state === 'active') return start();
       if (looked || started || connected === 0 || state !== 'waiting') return;
       looked = true;
       const [running, before] = await Promise.all([queue.getActive(), waitingAhead(ctx.services.redis, queue, job.id!)]);

@@ -5,7 +5,8 @@ import cliProgress from 'cli-progress';
  * seconds, so logs stay readable.
  */
 export interface Progress {
-  update(value: number, total: number, detail: string): void;
+  /** `now`: a line that must show at once (a change of phase), not only every few seconds */
+  update(value: number, total: number, detail: string, now?: boolean): void;
   stop(): void;
 }
 
@@ -32,9 +33,9 @@ export function createProgress(label: string, stream: NodeJS.WriteStream = proce
   let last = 0;
   let lastLine = '';
   return {
-    update(value, total, detail) {
+    update(value, total, detail, now = false) {
       const line = `${label}: ${value}/${total} ${detail}`;
-      if (line !== lastLine && (Date.now() - last > 2000 || value === total)) {
+      if (line !== lastLine && (now || Date.now() - last > 2000 || value === total)) {
         stream.write(`${line}\n`);
         last = Date.now();
         lastLine = line;

@@ -141,7 +141,8 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
             : p.phase === 'saving' && p.planned
               ? `saving (stopped early: ${p.epochs} of ${p.planned} epochs, validation loss no longer improving)`
               : p.phase;
-        bar.update(p.epoch, p.epochs, detail);
+        // a run stopped early keeps the total it was shown with: 20/300, "stopped early: 20 of 300"
+        bar.update(p.epoch, p.planned ?? p.epochs, detail, p.phase !== 'training');
       },
     });
   } finally {
