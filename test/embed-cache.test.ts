@@ -148,6 +148,44 @@ describe('the embedding cache', () => {
     await redis.del(keys.embeddingIndex(space));
   });
 
+  it('rebuild-index that reads a merged shard and the small ones compaction is about to delete: their rows point at the merged shard', async () => {
+    const { cache, store, layout, redis, keys } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    const space = 'efficientnet-b0.rebuild-compact-late.squash224';
+    // two small shards and the merged one, written and indexed as compaction does before it
+    // deletes the small ones; the merged shard listed first, so the restore indexes the small after it
+    let small: string[] = [];
+    let hashes: string[] = [];
+    let merged = '';
+    for (let tries = 0; ; tries++) {
+      hashes = Array.from({ length: 6 }, () => randomBytes(32).toString('hex'));
+      small = [await cache.writeShard(space, hashes.slice(0, 3), new Float32Array(12).fill(1), 4), await cache.writeShard(space, hashes.slice(3), new Float32Array(12).fill(2), 4)];
+      merged = await cache.writeShard(space, hashes, Float32Array.from({ length: 24 }, (_, i) => (i < 12 ? 1 : 2)), 4);
+      if (small.every((id) => merged < id)) break;
+      for (const id of [...small, merged]) for (const ext of ['json', 'npy'] as const) await store.deleteObject(bucket, layout.shard(space, id, ext));
+      expect(tries).toBeLessThan(30);
+    }
+    await redis.del(keys.embeddingIndex(space)); // Redis lost it
+    // as the restore reads the last manifest, the compaction deletes the small shards
+    let manifests = 0;
+    const racing = new (class extends ObjectStore {
+      override async getJson<T>(b: string, key: string): Promise<T | undefined> {
+        const got = await super.getJson<T>(b, key);
+        if (++manifests === 3) for (const id of small) for (const ext of ['json', 'npy'] as const) await store.deleteObject(bucket, layout.shard(space, id, ext));
+        return got;
+      }
+    })(stack.config.s3);
+    try {
+      const restoring = new EmbeddingCache(redis, keys, racing, bucket, stack.config.s3.prefix);
+      expect(await restoring.rebuildIndex(space)).toEqual({ indexed: 6, dropped: 0 });
+    } finally {
+      racing.close();
+    }
+    expect(manifests).toBe(3);
+    expect(Array.from((await cache.load(space, hashes)).data)).toEqual(Array.from({ length: 24 }, (_, i) => (i < 12 ? 1 : 2)));
+    await redis.del(keys.embeddingIndex(space));
+  });
+
   it('after compaction, loads N embeddings with one request per large shard, values unchanged', async () => {
     const items: string[] = [];
     for await (const page of ctx.services.datasets.scan('crash')) for (const [, rec] of page) items.push(rec.sha256!);

@@ -15,9 +15,14 @@ export interface EmbeddingMatrix {
   dim: number;
 }
 
-/** Deletes an index entry if it still holds the value read (not re-pointed at another shard since). */
-const DROP_IF_UNCHANGED = new RedisScript('tlDropIndexEntryIfUnchanged', `if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0`, 1);
+/**
+ * If an index entry still holds the value read (not re-pointed at another shard since): points it
+ * at ARGV[3] and returns 2, or, without ARGV[3], deletes it and returns 1; else returns 0.
+ */
+const REPLACE_IF_UNCHANGED = new RedisScript('tlReplaceIndexEntryIfUnchanged', `if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 2 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1`, 1);
 
 /**
  * The durable embedding cache: shards in the bucket (`.npy` float32 [n, dim] + a JSON list of
@@ -261,14 +266,15 @@ export class EmbeddingCache {
    * An entry is only dropped when, at that moment, its shard's manifest or data is still missing
    * and the entry is still the one read, so a shard an embed worker writes meanwhile (data, then
    * manifest, then index) keeps its rows. A `compact` meanwhile writes and indexes merged shards,
-   * then deletes the small ones this pass had read and indexes again: the shards that appeared
-   * since the first listing are indexed too, so those rows point at the merged shard, not at none.
+   * then deletes the small ones, which this pass may have read and indexed again after it: the
+   * shards that appeared since the first listing are indexed too, and an entry left pointing at a
+   * shard that went is pointed at another shard still there that holds its row, if one does.
    */
   async rebuildIndex(embedderId: string): Promise<{ indexed: number; dropped: number }> {
     const shards = await this.listShards(embedderId);
     for (const s of shards) await this.index(embedderId, s.shardId, s.hashes);
-    const first = new Set(shards.map((s) => s.shardId));
-    for (const s of await this.listShards(embedderId, first)) await this.index(embedderId, s.shardId, s.hashes);
+    const later = await this.listShards(embedderId, new Set(shards.map((s) => s.shardId)));
+    for (const s of later) await this.index(embedderId, s.shardId, s.hashes);
     const listed = new Set((await this.wholeShards(embedderId)).map((s) => s.shardId));
     const key = this.keys.embeddingIndex(embedderId);
     const stale = new Map<string, [string, string][]>(); // shard → its entries
@@ -285,13 +291,22 @@ export class EmbeddingCache {
       }
     } while (cursor !== '0');
     let dropped = 0;
+    // where each row lies in a shard that is still there (built only when some entry needs it)
+    let home: Map<string, string> | undefined;
     for (const [shardId, entries] of stale) {
       const whole = (await this.store.headObject(this.bucket, this.shardKey(embedderId, shardId, 'json'))) && (await this.store.headObject(this.bucket, this.shardKey(embedderId, shardId, 'npy')));
       if (whole) continue;
+      if (!home) {
+        home = new Map();
+        for (const s of [...shards, ...later]) if (listed.has(s.shardId)) s.hashes.forEach((h, row) => home!.set(h, `${s.shardId} ${row}`));
+      }
       for (let i = 0; i < entries.length; i += 500) {
         const pipe = this.redis.pipeline();
-        for (const [hash, value] of entries.slice(i, i + 500)) DROP_IF_UNCHANGED.queue(pipe, [key], [hash, value]);
-        for (const n of await execPipeline(pipe)) dropped += Number(n);
+        for (const [hash, value] of entries.slice(i, i + 500)) {
+          const to = home.get(hash);
+          REPLACE_IF_UNCHANGED.queue(pipe, [key], to ? [hash, value, to] : [hash, value]);
+        }
+        for (const n of await execPipeline(pipe)) if (Number(n) === 1) dropped++;
       }
     }
     return { indexed: await this.size(embedderId), dropped };
