@@ -469,8 +469,9 @@ describe('training runs and classification', () => {
     await ctx.queues.train.add('train', { runId: 'skewed-clock' }, { jobId: 'skewed-clock', timestamp: Date.now() - 3_600_000 });
 
     // someone follows the queued run; it is cancelled: the follower says so (not "lost")
-    const follower = runCli(['train', '--follow', 'queued-behind'], stack.env, 60_000);
-    await new Promise((r) => setTimeout(r, 2_500));
+    let followerSaid = '';
+    const follower = runCli(['train', '--follow', 'queued-behind'], stack.env, 60_000, { onOutput: (c) => (followerSaid += c) });
+    await until('the follower to say what the run waits for', () => followerSaid.includes('queued behind'), 30);
     const queued = await runCli(['train', '--cancel', 'queued-behind'], stack.env);
     expect({ code: queued.code, stderr: queued.stderr }).toEqual({ code: 0, stderr: '' });
     expect(queued.stdout).toBe('run queued-behind cancelled: removed from the queue before any worker started it\n');
@@ -485,8 +486,9 @@ describe('training runs and classification', () => {
     // the id of the run cancelled while queued, used again: a new run, not a cancelled one. Followed
     // while queued, it says that it started before its first progress line (stderr merged, as on a terminal).
     await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 2, runId: 'queued-behind' });
-    const reused = runCli(['train', '--follow', 'queued-behind'], stack.env, 180_000, { merged: true });
-    await new Promise((r) => setTimeout(r, 2_500));
+    let reusedSaid = '';
+    const reused = runCli(['train', '--follow', 'queued-behind'], stack.env, 150_000, { merged: true, onOutput: (c) => (reusedSaid += c) });
+    await until('the follower of the reused id to say what it waits for', () => reusedSaid.includes('queued behind'), 30);
 
     // someone follows the run in training; the cancel says when the run stopped, once, and the
     // follower hears that it was cancelled, not that it failed
@@ -652,9 +654,10 @@ describe('training runs and classification', () => {
     // a run records the prefixes its dataset came from
     const latest = (await latestRun(ctx, 'shapes'))!.runId;
     expect((await store.getDocument(RunDoc, bucket, layout.runFile('shapes', latest, 'run.json')))?.sources).toEqual([`s3://${photos}/set/`]);
-    // a second trained dataset (its images all cached), and a space no worker publishes now (an
-    // older embedder's, say) whose shards are in the bucket
+    // a second trained dataset, from two prefixes (its images all cached), and a space no worker
+    // publishes now (an older embedder's, say) whose shards are in the bucket
     expect((await runCli(['ingest', `s3://${photos}/set/`, '-d', 'twin'], stack.env)).code).toBe(0);
+    expect((await runCli(['ingest', `s3://${photos}/doomed/`, '-d', 'twin'], stack.env)).code).toBe(0);
     expect((await runCli(['train', '-d', 'twin', '--epochs', '2', '--run-id', 'twin-run'], stack.env)).code).toBe(0);
     const ghost = 'ghost-space';
     const shardJson = (await (async () => {
@@ -670,7 +673,9 @@ describe('training runs and classification', () => {
     await datasets.remove('shapes');
     await datasets.remove('twin');
     const lostLine = (id: string) => `warning: the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}\n`;
-    const datasetLine = (d: string) => `warning: dataset ${d} has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): transferline ingest s3://${photos}/set/ -d ${d} --embedder ${space}\n`;
+    const reingest = (d: string, prefixes: string[]) => prefixes.map((p) => `transferline ingest s3://${photos}/${p} -d ${d} --embedder ${space}`).join('; ');
+    const prefixesOf = (d: string) => (d === 'twin' ? ['doomed/', 'set/'] : ['set/']);
+    const datasetLine = (d: string) => `warning: dataset ${d} has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): ${reingest(d, prefixesOf(d))}\n`;
     const status = await runCli(['status'], stack.env);
     expect(status.code).toBe(0);
     expect(status.stdout).toContain(lostLine(space));
@@ -704,6 +709,20 @@ describe('training runs and classification', () => {
     expect(between).not.toContain(datasetLine('shapes'));
     expect(between).toContain(datasetLine('twin'));
     expect(between).toContain(lostLine(ghost));
+    // one of its two prefixes ingested again: status and train name the other one only
+    expect((await runCli(['ingest', `s3://${photos}/set/`, '-d', 'twin'], stack.env)).code).toBe(0);
+    const half = `dataset twin lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left)`;
+    expect((await runCli(['status'], stack.env)).stdout).toContain(`warning: ${half}: ${reingest('twin', ['doomed/'])}\n`);
+    const halfTrain = await runCli(['train', '-d', 'twin', '--epochs', '1'], stack.env);
+    expect({ code: halfTrain.code, stderr: halfTrain.stderr }).toEqual({ code: 1, stderr: `transferline: ${half}: ${reingest('twin', ['doomed/'])}. A run now would learn from part of it: ingest again first, or train with --partial on what it has\n` });
+    // trained on that part all the same (--partial; the run becomes the latest and records only
+    // the prefix it had): the other prefix is still named
+    const partRun = await runCli(['train', '-d', 'twin', '--epochs', '1', '--partial', '--run-id', 'twin-part'], stack.env);
+    expect(partRun.code, partRun.stderr).toBe(0);
+    expect(partRun.stdout).toContain(`--partial: ${half}: ${reingest('twin', ['doomed/'])}. Training on what it has.\n`);
+    expect((await latestRun(ctx, 'twin'))?.runId).toBe('twin-part');
+    expect((await store.getDocument(RunDoc, bucket, layout.runFile('twin', 'twin-part', 'run.json')))?.sources).toEqual([`s3://${photos}/set/`]);
+    expect((await runCli(['status'], stack.env)).stdout).toContain(`warning: ${half}: ${reingest('twin', ['doomed/'])}\n`);
     // the other way to settle it: deleting the lost dataset (its runs stay unless --runs); status
     // does not name it again while an index is still empty (the ghost's)
     const settled = await runCli(['delete', 'dataset', 'twin', '--yes'], stack.env);
@@ -711,7 +730,7 @@ describe('training runs and classification', () => {
     expect(settled.stdout).toContain("  dataset twin: its records were lost with Redis's data; status stops naming it as one to ingest again\n");
     const settledStatus = (await runCli(['status'], stack.env)).stdout;
     expect(settledStatus).toContain(lostLine(ghost));
-    expect(settledStatus).not.toContain(datasetLine('twin'));
+    expect(settledStatus).not.toContain('dataset twin');
     expect((await runCli(['cache', 'rebuild-index', '--embedder', ghost], stack.env)).code).toBe(0);
     const after = (await runCli(['status'], stack.env)).stdout;
     expect(after).not.toContain('Redis lost its data');
@@ -740,13 +759,13 @@ describe('training runs and classification', () => {
       `warning: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): transferline ingest s3://${photos}/set/ -d shapes --embedder ${space}\n`,
     );
     // train does not learn from the part that is back without being told: --partial, and it says so
-    const reingest = `transferline ingest s3://${photos}/set/ -d shapes --embedder ${space}`;
+    const again2 = reingest('shapes', ['set/']);
     const refused = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'shapes-part'], stack.env);
     expect({ code: refused.code, stdout: refused.stdout }).toEqual({ code: 1, stdout: '' });
-    expect(refused.stderr).toBe(`transferline: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): a run now would learn from part of it; ingest again first: ${reingest}; or train with --partial on what it has\n`);
+    expect(refused.stderr).toBe(`transferline: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): ${again2}. A run now would learn from part of it: ingest again first, or train with --partial on what it has\n`);
     const part = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'shapes-part', '--partial', '--no-promote'], stack.env);
     expect(part.code, part.stderr).toBe(0);
-    expect(part.stdout).toContain(`--partial: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left); training on what it has (to have the rest: ${reingest})\n`);
+    expect(part.stdout).toContain(`--partial: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): ${again2}. Training on what it has.\n`);
     expect((await runCli(['delete', 'run', 'shapes@shapes-part', '--yes'], stack.env)).code).toBe(0);
     expect((await runCli(['ingest', `s3://${photos}/set/`, '-d', 'shapes'], stack.env)).code).toBe(0);
     expect((await runCli(['status'], stack.env)).stdout).not.toContain('lost its records');

@@ -59,9 +59,9 @@ export interface CliRun {
  * Runs the `transferline` CLI (built) as a user would, against a stack. A command that has not
  * exited by `deadlineMs` is killed and reported as timed out: a command that never exits is a bug.
  * `merged`: stderr goes into stdout's pipe, as on a terminal, so the order of lines across the
- * two is kept (stderr is then empty).
+ * two is kept (stderr is then empty). `onOutput` hears each chunk of either as it comes.
  */
-export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_000, o: { merged?: boolean } = {}): Promise<CliRun> {
+export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_000, o: { merged?: boolean; onOutput?: (chunk: string) => void } = {}): Promise<CliRun> {
   const started = Date.now();
   return new Promise((resolve) => {
     const [cmd, argv] = o.merged ? ['sh', ['-c', 'exec "$0" "$@" 2>&1', process.execPath, cliPath, ...args]] : [process.execPath, [cliPath, ...args]];
@@ -73,8 +73,14 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_
       timedOut = true;
       child.kill('SIGKILL');
     }, deadlineMs);
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      o.onOutput?.(d.toString());
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      o.onOutput?.(d.toString());
+    });
     child.on('close', (code) => {
       clearTimeout(timer);
       const seconds = (Date.now() - started) / 1000;

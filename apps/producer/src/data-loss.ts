@@ -1,4 +1,4 @@
-import { DatasetRepository, RunDoc } from '@transferline/shared';
+import { DatasetRepository, LostSources, parseDocument, RunDoc, type Redis, type RedisKeys } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { latestRun, listModelRuns } from './commands/models.command.js';
 import { printable, shellQuote } from './terminal.js';
@@ -38,8 +38,12 @@ export async function recordLostDatasets(ctx: CliContext): Promise<void> {
   if (await redis.exists(keys.dataLossRecorded())) return;
   const known = new Set(await datasets.list());
   const lost = [...new Set((await listModelRuns(ctx)).map((r) => r.dataset))].filter((d) => !known.has(d));
+  // what each came from, as its runs say now: a run trained later on the part ingested again
+  // (train --partial) records only that part, and must not make the rest forgotten
+  const recorded = await Promise.all(lost.map(async (d) => [d, await recordedSources(ctx, d)] as const));
   const tx = redis.multi();
   if (lost.length) tx.sadd(keys.datasetsLost(), ...lost);
+  for (const [d, r] of recorded) if (r) tx.hset(keys.datasetsLostSources(), d, JSON.stringify(r satisfies LostSources));
   tx.set(keys.dataLossRecorded(), new Date().toISOString());
   await tx.exec();
 }
@@ -56,15 +60,18 @@ export async function lossOver(ctx: CliContext): Promise<void> {
  * unrecorded, once some prefix is), once none of its runs is left, or when `delete dataset`
  * settles it. `partly`: it has records again, from an ingest cut short or from only some prefixes.
  */
-export async function lostDatasets(ctx: CliContext): Promise<{ dataset: string; commands?: string[]; partly: boolean }[]> {
+export async function lostDatasets(ctx: CliContext): Promise<LostDataset[]> {
   const { datasets, redis, keys } = ctx.services;
   const remembered = (await redis.smembers(keys.datasetsLost())).sort();
   if (remembered.length === 0) return [];
   const trained = new Set((await listModelRuns(ctx)).map((r) => r.dataset));
+  const atLoss = await redis.hmget(keys.datasetsLostSources(), ...remembered);
   const settled: string[] = [];
-  const left: { dataset: string; commands?: string[]; partly: boolean }[] = [];
-  for (const dataset of remembered) {
-    const recorded = trained.has(dataset) ? await recordedSources(ctx, dataset) : undefined;
+  const left: LostDataset[] = [];
+  for (const [i, dataset] of remembered.entries()) {
+    const stored = atLoss[i] ? parseDocument(LostSources, JSON.parse(atLoss[i]), `${keys.datasetsLostSources()} ${dataset}`) : undefined;
+    // (a loss recorded by an older version kept no sources: its runs' say)
+    const recorded = trained.has(dataset) ? (stored ?? (await recordedSources(ctx, dataset))) : undefined;
     const exists = await datasets.exists(dataset);
     // ingested again: listed to the end (an ingest cut short after its first page is not enough)
     const ingested = new Set(exists ? (await datasets.listedSources(dataset)).map((s) => DatasetRepository.objectUrl(s)) : []);
@@ -72,8 +79,29 @@ export async function lostDatasets(ctx: CliContext): Promise<{ dataset: string; 
     if (!trained.has(dataset) || (missing ? missing.length === 0 : ingested.size > 0)) settled.push(dataset);
     else left.push({ dataset, partly: exists, ...(recorded && missing && { commands: missing.map((src) => ingestCommand(dataset, src, recorded.embedderId)) }) });
   }
-  if (settled.length) await redis.srem(keys.datasetsLost(), ...settled);
+  if (settled.length) await forgetLost(redis, keys, settled);
   return left;
+}
+
+export interface LostDataset {
+  dataset: string;
+  /** the ingest commands still to run; undefined when its runs do not record its prefixes */
+  commands?: string[];
+  /** it has records again, from an ingest cut short or from only some of its prefixes */
+  partly: boolean;
+}
+
+/** A lost dataset settled (ingested again, deleted, or without runs): no longer named. */
+export async function forgetLost(redis: Redis, keys: RedisKeys, datasets: string[]): Promise<void> {
+  await redis.multi().srem(keys.datasetsLost(), ...datasets).hdel(keys.datasetsLostSources(), ...datasets).exec();
+}
+
+/** How a lost dataset is named (status warns with it, train refuses with it), with what brings it back. */
+export function lostDatasetLine(l: LostDataset): string {
+  const again = l.commands?.join('; ') ?? 'its runs do not record its prefixes (trained before they did): ingest them as before';
+  return l.partly
+    ? `dataset ${l.dataset} lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): ${again}`
+    : `dataset ${l.dataset} has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): ${again}`;
 }
 
 /**

@@ -152,7 +152,10 @@ function queueWatch(ctx: CliContext, job: Job, o: FollowOptions): QueueWatch {
       if (state === 'active') return start();
       if (looked || started || connected === 0 || state !== 'waiting') return;
       looked = true;
-      const [running, before] = await Promise.all([queue.getActive(), waitingAhead(ctx.services.redis, queue, job.id!)]);
+      const [all, before] = await Promise.all([queue.getActive(), waitingAhead(ctx.services.redis, queue, job.id!)]);
+      // it may have started meanwhile (its first progress said so): then it waits behind nothing
+      if (started) return;
+      const running = all.filter((j) => j.id !== job.id);
       const active = running.length;
       const ahead = active + before;
       // a training run is named by its run id

@@ -158,6 +158,15 @@ export const RunDoc = z.object({
 });
 export type RunDoc = z.infer<typeof RunDoc>;
 
+/** Redis `datasetsLostSources`: what a dataset Redis lost came from, as its runs recorded it at the loss. */
+export const LostSources = z.object({
+  /** `s3://bucket/prefix`, as RunDoc.sources */
+  sources: z.array(z.string()),
+  /** the space of the run they came from: the ingest commands name it */
+  embedderId: z.string(),
+});
+export type LostSources = z.infer<typeof LostSources>;
+
 /** Precision, recall, F1 and support of one class. */
 export const ClassFigures = z.object({ label: z.string(), precision: z.number(), recall: z.number(), f1: z.number(), support: z.number().int() });
 export type ClassFigures = z.infer<typeof ClassFigures>;

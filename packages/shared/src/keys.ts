@@ -37,6 +37,11 @@ export function redisKeys(prefix: string) {
      * again or deleted
      */
     datasetsLost: () => `${prefix}:datasets-lost`,
+    /**
+     * hash: lost dataset → LostSources JSON, the prefixes to ingest again as its runs recorded them
+     * when the loss was found (a run trained since on part of it records only that part)
+     */
+    datasetsLostSources: () => `${prefix}:datasets-lost-sources`,
     /** string: when the datasets a loss left without records were remembered (once per loss: status removes it once no index is lost) */
     dataLossRecorded: () => `${prefix}:data-loss-recorded`,
     /** string, with a TTL: a train run asked to stop (`train --cancel`); its worker checks it at start and after each epoch */

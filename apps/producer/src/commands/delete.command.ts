@@ -1,6 +1,7 @@
 import { createInterface } from 'node:readline/promises';
 import pMap from 'p-map';
 import { classifyDatasetName, isClassifyDataset, jobIds, LatestDoc, latestPointer } from '@transferline/shared';
+import { forgetLost } from '../data-loss.js';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
@@ -235,7 +236,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   const outputs = [...results, ...reviews];
 
   // Redis lost its records, and status names it until it is ingested again: deleting it is the other way to settle that
-  const lost = !exists && (await redis.sismember(keys.datasetsLost(), dataset)) === 1;
+  const lost = (await redis.sismember(keys.datasetsLost(), dataset)) === 1;
   if (!exists && !lost && runFiles.length === 0 && records.length === 0 && classifiedImages === 0 && (!o.results || outputs.length === 0)) {
     const hint = runs.length && !o.runs ? `; its ${runs.length} trained run${runs.length === 1 ? ' is' : 's are'} still in the bucket: add --runs to delete ${runs.length === 1 ? 'it' : 'them'}` : '';
     throw new CliExit(EXIT.error, `transferline: no dataset named ${dataset}${hint}: nothing deleted (see "transferline status")`);
@@ -262,7 +263,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
     await refuse(); // again: a run or a classify round may have been queued while the user read the plan
     if (exists) await datasets.remove(dataset);
     // a dataset Redis lost, deleted on purpose now: no longer one to ingest again
-    await redis.srem(keys.datasetsLost(), dataset);
+    await forgetLost(redis, keys, [dataset]);
     if (o.runs) {
       // The pointer first, and only if it names a run being deleted: a run that finished while
       // the user read the plan (not in runFiles) keeps its files and stays the latest.

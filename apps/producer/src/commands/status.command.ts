@@ -1,7 +1,7 @@
 import { permanentFailureOf, redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
-import { lossOver, lostDatasets, recordLostDatasets } from '../data-loss.js';
+import { lossOver, lostDatasetLine, lostDatasets, recordLostDatasets } from '../data-loss.js';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -104,14 +104,7 @@ async function dataLossWarnings(ctx: CliContext, spaces: SpaceStatus[]): Promise
   try {
     if (warnings.length) await recordLostDatasets(ctx);
     else await lossOver(ctx);
-    for (const { dataset, commands, partly } of await lostDatasets(ctx)) {
-      const again = commands?.join('; ') ?? `its runs do not record its prefixes (trained before they did): ingest them as before`;
-      warnings.push(
-        partly
-          ? `dataset ${dataset} lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): ${again}`
-          : `dataset ${dataset} has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): ${again}`,
-      );
-    }
+    for (const lost of await lostDatasets(ctx)) warnings.push(lostDatasetLine(lost));
   } catch (err) {
     // the runs are read from the bucket: one that cannot be read now is not a reason to fail status
     warnings.push(`could not check which datasets Redis lost: ${(err as Error).message}`);

@@ -7,7 +7,7 @@ import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { elsewhereLines } from './ingest.command.js';
-import { lostDatasets, reingestCommands } from '../data-loss.js';
+import { lostDatasetLine, lostDatasets, reingestCommands } from '../data-loss.js';
 import type { EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
@@ -62,10 +62,8 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   // read now are not a reason to refuse.)
   const lost = (await lostDatasets(ctx).catch(() => [])).find((l) => l.dataset === o.dataset);
   if (lost) {
-    const line = `dataset ${o.dataset} lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left)`;
-    const again = lost.commands?.join('; ') ?? 'ingest its prefixes as before (its runs do not record them)';
-    if (!o.partial) throw new CliExit(EXIT.error, `transferline: ${line}: a run now would learn from part of it; ingest again first: ${again}; or train with --partial on what it has`);
-    ctx.out.write(`--partial: ${line}; training on what it has (to have the rest: ${again})\n`);
+    if (!o.partial) throw new CliExit(EXIT.error, `transferline: ${lostDatasetLine(lost)}. A run now would learn from part of it: ingest again first, or train with --partial on what it has`);
+    ctx.out.write(`--partial: ${lostDatasetLine(lost)}. Training on what it has.\n`);
   }
   const space = await datasets.space(o.dataset);
   if (!space) throw new Error(`dataset ${o.dataset} has no embedding space recorded (ingested by an older version?): ingest it again`);
