@@ -85,9 +85,17 @@ describe("the README's two terminals", () => {
 
     // Second terminal: exactly what the banner suggests, from an environment that says nothing of
     // weights and has only the settings the banner says to export (this stack's ports are not the defaults).
-    const exported = /^ {2}export (.+)$/m.exec(seen.text)?.[1];
+    const exported = /^ {2}(export .+)$/m.exec(seen.text)?.[1];
     expect(exported, seen.text).toBeDefined();
-    const settings = Object.fromEntries(exported!.split(' ').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+    expect(seen.text).not.toMatch(/^ {2}# and /m); // no secret of its own to set
+    // as a shell reads the line
+    const shellEnv = (await execFileAsync('sh', ['-c', `${exported}\nenv`], { env: { PATH: process.env.PATH } })).stdout;
+    const settings = Object.fromEntries(
+      shellEnv
+        .split('\n')
+        .filter((l) => /^(TL_|S3_|REDIS_URL=|XDG_)/.test(l))
+        .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+    );
     expect(settings).toEqual({ TL_REDIS_PORT: env.TL_REDIS_PORT, TL_S3_PORT: env.TL_S3_PORT, TL_MODEL_CACHE_DIR: env.TL_MODEL_CACHE_DIR, TL_MODEL_WEIGHTS_SOURCE: path.join(dir, 'nowhere', 'efficientnetb0_notop.h5') });
     const shell: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: dir, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...settings };
     const photos = path.join(dir, 'photos');

@@ -86,5 +86,11 @@ describe('stackSettings: what up tells another shell to export', () => {
     expect(settings).toEqual([{ name: 'REDIS_URL' }, { name: 'TL_REDIS_PORT', value: '6401' }, { name: 'S3_SECRET_ACCESS_KEY' }, { name: 'TL_PREFIX', value: 'team/' }, { name: 'TL_MODEL_CACHE_DIR', value: path.resolve('cache') }]);
     expect(JSON.stringify(settings)).not.toMatch(/hunter22|pw@/);
     expect(stackSettings({ REDIS_URL: 'redis://redis.example:6379' })).toEqual([{ name: 'REDIS_URL', value: 'redis://redis.example:6379' }]);
+    // a token inside a URL is a secret too; the cache under XDG_CACHE_HOME and serve's image settings reach the stack
+    expect(stackSettings({ TL_MODEL_WEIGHTS_SOURCE: 'https://tok3n@weights.example/b0.h5', XDG_CACHE_HOME: 'xdg', TL_ALPHA_BACKGROUND: '#000000', TL_LOG_LEVEL: 'debug' })).toEqual([
+      { name: 'TL_ALPHA_BACKGROUND', value: '#000000' },
+      { name: 'TL_MODEL_WEIGHTS_SOURCE' },
+      { name: 'XDG_CACHE_HOME', value: path.resolve('xdg') },
+    ]);
   });
 });

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { redactIfSecret, redactUrl } from './redact.js';
+import { redactIfSecret } from './redact.js';
 
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
@@ -217,40 +217,80 @@ function relevantEnv(env: NodeJS.ProcessEnv): Record<string, string> {
 }
 
 /**
- * The settings a command run in another shell needs to reach the same stack: its Redis and queue
- * prefix, its S3 server, bucket and prefix, and the model weights (serve and export read them).
+ * For each variable: whether a command run in another shell needs it to work with the same stack
+ * (`stack`: its Redis and queue prefix, S3 server, bucket and prefix, lock timings, the image
+ * limits and background serve applies, the model weights serve and export read), or it belongs to
+ * the process it is given to (`process`: its own ports, logs, the workers' tuning, what the space
+ * published in Redis already says). Every variable is one or the other: a new one must be placed.
  */
-const STACK_VARIABLES = [
-  'REDIS_URL',
-  'TL_REDIS_PORT',
-  'TL_QUEUE_PREFIX',
-  'S3_ENDPOINT',
-  'TL_S3_PORT',
-  'S3_REGION',
-  'S3_ACCESS_KEY_ID',
-  'S3_SECRET_ACCESS_KEY',
-  'S3_FORCE_PATH_STYLE',
-  'TL_BUCKET',
-  'TL_PREFIX',
-  'TL_MODEL_CACHE_DIR',
-  'TL_MODEL_WEIGHTS_SOURCE',
-  'TL_MODEL_WEIGHTS_MD5',
-] as const satisfies readonly (keyof z.input<typeof EnvSchema>)[];
+const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
+  TL_DATA_DIR: 'process',
+  REDIS_URL: 'stack',
+  TL_REDIS_PORT: 'stack',
+  TL_QUEUE_PREFIX: 'stack',
+  S3_ENDPOINT: 'stack',
+  TL_S3_PORT: 'stack',
+  S3_REGION: 'stack',
+  S3_ACCESS_KEY_ID: 'stack',
+  S3_SECRET_ACCESS_KEY: 'stack',
+  S3_FORCE_PATH_STYLE: 'stack',
+  TL_BUCKET: 'stack',
+  TL_PREFIX: 'stack',
+  TL_METRICS_HOST: 'process',
+  TL_CONSOLE_HOST: 'process',
+  TL_CONSOLE_PORT: 'process',
+  TL_CONSOLE_USER: 'process',
+  TL_CONSOLE_PASSWORD: 'process',
+  TL_METRICS_PORT: 'process',
+  TL_SERVE_HOST: 'process',
+  TL_SERVE_PORT: 'process',
+  TL_SERVE_API_KEY: 'process',
+  TL_SERVE_MAX_QUEUE: 'process',
+  TL_SERVE_MAX_BYTES: 'process',
+  TL_SERVE_BATCH_SIZE: 'process',
+  TL_SERVE_BATCH_WAIT_MS: 'process',
+  TL_JOB_LOCK_MS: 'stack',
+  TL_TRAIN_JOB_LOCK_MS: 'stack',
+  TL_UP_HANG_SECONDS: 'process',
+  TL_LOG_LEVEL: 'process',
+  TL_PREPROCESS_CONCURRENCY: 'process',
+  TL_MAX_OBJECT_BYTES: 'stack',
+  TL_MAX_INPUT_PIXELS: 'stack',
+  TL_TENSOR_TTL_SECONDS: 'process',
+  TL_EMBED_BATCH_SIZE: 'process',
+  TL_EMBED_BATCH_WAIT_MS: 'process',
+  TL_EMBED_SHARD_ROWS: 'process',
+  TL_RESIZE: 'process',
+  TL_ALPHA_BACKGROUND: 'stack',
+  TL_MAX_PENDING_TENSORS: 'process',
+  TL_SHARP_CONCURRENCY: 'process',
+  TL_BACKEND: 'process',
+  TL_TF_BACKEND: 'process',
+  TL_EMBED_THREADS: 'process',
+  TL_MODEL_WEIGHTS: 'process',
+  TL_MODEL_WEIGHTS_SOURCE: 'stack',
+  TL_MODEL_WEIGHTS_MD5: 'stack',
+  TL_MODEL_CACHE_DIR: 'stack',
+  XDG_CACHE_HOME: 'stack',
+  TL_MODEL_SEED: 'process',
+};
+
+/** Variables whose value is a file path: made absolute, since the other shell may be elsewhere. */
+const PATHS = new Set(['TL_MODEL_CACHE_DIR', 'XDG_CACHE_HOME']);
 
 /**
- * Of the settings another shell needs to reach this stack (STACK_VARIABLES), those set to other
- * than their defaults: what `up` tells its user to repeat there. Paths are made absolute (the
- * other shell may be elsewhere); a secret (the S3 secret key, a Redis URL with a password) is
- * named, not shown.
+ * Of the settings another shell needs to reach this stack (REACH), those set to other than their
+ * defaults: what `up` tells its user to repeat there. Paths are made absolute; a secret (a key,
+ * a password, or a URL that carries one) is named, not shown.
  */
 export function stackSettings(env: NodeJS.ProcessEnv = process.env): { name: string; value?: string }[] {
   const relevant = relevantEnv(env);
   const defaults: Record<string, unknown> = EnvSchema.parse({});
-  return STACK_VARIABLES.flatMap((name): { name: string; value?: string }[] => {
+  return Object.entries(REACH).flatMap(([name, reach]): { name: string; value?: string }[] => {
     const value = relevant[name];
-    if (value === undefined || value === String(defaults[name])) return [];
-    if (name === 'S3_SECRET_ACCESS_KEY' || (name === 'REDIS_URL' && redactUrl(value) !== value)) return [{ name }];
-    const shown = name === 'TL_MODEL_CACHE_DIR' || (name === 'TL_MODEL_WEIGHTS_SOURCE' && !/^[a-z0-9]+:/.test(value)) ? path.resolve(value) : value;
-    return [{ name, value: shown }];
+    if (reach !== 'stack' || value === undefined || value === String(defaults[name])) return [];
+    if (redactIfSecret(name, value) !== value) return [{ name }];
+    const local = PATHS.has(name) || (name === 'TL_MODEL_WEIGHTS_SOURCE' && !/^[a-z0-9]+:/.test(value));
+    return [{ name, value: local ? path.resolve(value) : value }];
   });
 }

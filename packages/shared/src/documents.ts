@@ -98,13 +98,16 @@ export const LatestDoc = z.object({
   modelPrefix: z.string(),
   /** when the pointer was written (absent from pointers written before it was recorded) */
   setAt: z.string().optional(),
-  /** what wrote it: a run that ended, `promote`, or `delete run` of the latest run (absent from older pointers) */
-  setBy: z.enum(['train', 'promote', 'delete']).optional(),
+  /**
+   * what wrote it: `train` (a run that ended), `promote`, or `delete` (of the run it named); absent
+   * from older pointers. A string, so that a writer added later does not make this version refuse the pointer.
+   */
+  setBy: z.string().optional(),
 });
 export type LatestDoc = z.infer<typeof LatestDoc>;
 
 /** The latest.json that points at a run, as every writer (train, promote, delete) writes it. */
-export function latestPointer(runId: string, modelPrefix: string, setBy: NonNullable<LatestDoc['setBy']>, now = new Date()): LatestDoc {
+export function latestPointer(runId: string, modelPrefix: string, setBy: 'train' | 'promote' | 'delete', now = new Date()): LatestDoc {
   return { runId, modelPrefix, setAt: now.toISOString(), setBy };
 }
 

@@ -21,8 +21,8 @@ export interface ServeOptions {
 const SET_BY = {
   train: 'a new run finished',
   promote: 'promoted',
-  delete: 'the run it replaced was deleted',
-  // a pointer written before the writer was recorded
+  delete: 'the previous latest run was deleted',
+  // a pointer written before the writer was recorded (or by a writer this version does not know)
   unknown: 'a new run, promote, or delete run',
 } as const;
 
@@ -73,7 +73,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
         void (async () => {
           const latest = await latestRun(long, m.dataset).catch(() => undefined);
           const was = server!.model().runId;
-          if (latest && latest.runId !== was) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy ?? 'unknown']})`);
+          if (latest && latest.runId !== was) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[(latest.setBy ?? 'unknown') as keyof typeof SET_BY] ?? SET_BY.unknown})`);
         })();
       }, follow * 1000);
     }

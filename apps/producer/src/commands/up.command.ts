@@ -188,8 +188,8 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   const settings = stackSettings(env);
   const shown = settings.filter((s) => s.value !== undefined).map((s) => `${s.name}=${shellQuote(s.value!)}`);
   const hidden = settings.filter((s) => s.value === undefined).map((s) => s.name);
-  if (shown.length) w(`  export ${shown.join(' ')}${hidden.length ? `   (and your ${hidden.join(', ')})` : ''}`);
-  else if (hidden.length) w(`  (with your ${hidden.join(', ')} set, as here)`);
+  if (shown.length) w(`  export ${shown.join(' ')}`);
+  if (hidden.length) w(`  # and ${hidden.join(', ')} as set here (not shown)`);
   w('  npx transferline status');
   w(`  aws --endpoint-url ${config.s3.endpoint} s3 cp --recursive ./photos s3://${DEMO_BUCKET}/mine/   (AWS_ACCESS_KEY_ID=${config.s3.accessKeyId} AWS_SECRET_ACCESS_KEY=${secretEnv})`);
   w(`  npx transferline ingest s3://${DEMO_BUCKET}/mine/ --dataset mine && npx transferline train --dataset mine`);
