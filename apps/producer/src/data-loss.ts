@@ -69,7 +69,7 @@ export async function lostDatasets(ctx: CliContext): Promise<LostDataset[]> {
   const settled: string[] = [];
   const left: LostDataset[] = [];
   for (const [i, dataset] of remembered.entries()) {
-    const stored = atLoss[i] ? parseDocument(LostSources, JSON.parse(atLoss[i]), `${keys.datasetsLostSources()} ${dataset}`) : undefined;
+    const stored = parseLostSources(ctx, dataset, atLoss[i]);
     // (a loss recorded by an older version kept no sources: its runs' say)
     const recorded = trained.has(dataset) ? (stored ?? (await recordedSources(ctx, dataset))) : undefined;
     const exists = await datasets.exists(dataset);
@@ -105,13 +105,19 @@ export function lostDatasetLine(l: LostDataset): string {
 }
 
 /**
- * The commands that ingest a dataset again, from the prefixes a run of it recorded (run.json
- * `sources`): its latest run's, else its newest run's; undefined when it has no run, or runs too
- * old to record them.
+ * The commands that ingest a dataset again, from the prefixes its runs recorded: as they were when
+ * a loss was found, else its latest run's (run.json `sources`), else its newest run's; undefined
+ * when it has no run, or runs too old to record them.
  */
 export async function reingestCommands(ctx: CliContext, dataset: string): Promise<string[] | undefined> {
-  const recorded = await recordedSources(ctx, dataset);
+  const { redis, keys } = ctx.services;
+  const recorded = parseLostSources(ctx, dataset, await redis.hget(keys.datasetsLostSources(), dataset)) ?? (await recordedSources(ctx, dataset));
   return recorded?.sources.map((src) => ingestCommand(dataset, src, recorded.embedderId));
+}
+
+/** A lost dataset's sources as recorded at the loss (datasetsLostSources), if they were. */
+function parseLostSources(ctx: CliContext, dataset: string, raw: string | null | undefined): LostSources | undefined {
+  return raw ? parseDocument(LostSources, JSON.parse(raw), `${ctx.services.keys.datasetsLostSources()} ${dataset}`) : undefined;
 }
 
 async function recordedSources(ctx: CliContext, dataset: string): Promise<{ sources: string[]; embedderId: string } | undefined> {
