@@ -13,7 +13,7 @@ import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
 import { createServices, loadConfig, RunDoc } from '../packages/shared/src/index.js';
 import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
 import { childProcesses, guardLeaks } from './support/leak-guard.js';
-import { cliPath, freeRun, runCli, startTestStack, type TestStack } from './support/stack.js';
+import { cliPath, freeRun, repoRoot, runCli, startTestStack, type TestStack } from './support/stack.js';
 
 /**
  * The embedding space is cluster state: a CLI whose environment differs from the workers'
@@ -58,7 +58,7 @@ describe("the README's two terminals", () => {
       AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
       TL_DATA_DIR: path.join(dir, 'data'),
       TL_REDIS_PORT: String(await freePort()),
-      TL_S3_PORT: String(await freePort()),
+      TL_S3_PORT: '0', // any free port: the banner must say which
       TL_MODEL_CACHE_DIR: path.join(dir, 'cache'),
       TL_CONSOLE_PORT: '0',
     };
@@ -85,7 +85,12 @@ describe("the README's two terminals", () => {
 
     // Second terminal: exactly what the banner suggests, from an environment that says nothing of
     // weights and has only the settings the banner says to export (this stack's ports are not the defaults).
-    const exported = /^ {2}(export .+)$/m.exec(seen.text)?.[1];
+    const s3 = /^ {2}S3 \(path-style\) +(http:\/\/127\.0\.0\.1:(\d+))/m.exec(seen.text)!;
+    const hints = seen.text.slice(seen.text.indexOf('in another terminal try:\n') + 'in another terminal try:\n'.length, seen.text.indexOf('Ctrl-C stops everything.'));
+    // each line pastes into a shell as it is, beginning where npx finds transferline
+    expect(hints.split('\n')[0]).toBe(`  cd ${repoRoot}`);
+    await execFileAsync('sh', ['-n', '-c', hints]);
+    const exported = /^ {2}(export .+)$/m.exec(hints)?.[1];
     expect(exported, seen.text).toBeDefined();
     expect(seen.text).not.toMatch(/^ {2}# and /m); // no secret of its own to set
     // as a shell reads the line
@@ -96,14 +101,14 @@ describe("the README's two terminals", () => {
         .filter((l) => /^(TL_|S3_|REDIS_URL=|XDG_)/.test(l))
         .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
     );
-    expect(settings).toEqual({ TL_REDIS_PORT: env.TL_REDIS_PORT, TL_S3_PORT: env.TL_S3_PORT, TL_MODEL_CACHE_DIR: env.TL_MODEL_CACHE_DIR, TL_MODEL_WEIGHTS_SOURCE: path.join(dir, 'nowhere', 'efficientnetb0_notop.h5') });
+    expect(settings).toEqual({ TL_REDIS_PORT: env.TL_REDIS_PORT, TL_S3_PORT: s3[2], TL_MODEL_CACHE_DIR: env.TL_MODEL_CACHE_DIR, TL_MODEL_WEIGHTS_SOURCE: path.join(dir, 'nowhere', 'efficientnetb0_notop.h5') });
     const shell: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: dir, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...settings };
     const photos = path.join(dir, 'photos');
     const n = await writeSampleSet(photos, 8, 23);
-    const s3 = `http://127.0.0.1:${env.TL_S3_PORT}`;
-    await execFileAsync('aws', ['--endpoint-url', s3, 's3', 'cp', '--recursive', '--quiet', photos, 's3://photos/mine/'], {
-      env: { PATH: process.env.PATH, HOME: dir, AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_DEFAULT_REGION: 'us-east-1' },
-    });
+    // the banner's own awscli line, from the folder that holds ./photos
+    const awsLine = /^ {2}(AWS_ACCESS_KEY_ID=.* aws .+)$/m.exec(hints)![1]!;
+    expect(awsLine).toContain(`--endpoint-url ${s3[1]} `);
+    await execFileAsync('sh', ['-c', awsLine], { cwd: dir, env: { PATH: process.env.PATH, HOME: dir } });
     const ingest = await runCli(['ingest', 's3://photos/mine/', '--dataset', 'mine'], shell);
     expect(ingest.timedOut).toBe(false);
     expect(ingest.code).toBe(0);

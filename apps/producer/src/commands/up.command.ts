@@ -1,5 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createLogger, createQueues, createServices, loadConfig, redactUrl, resolveWeights, sleep, stackSettings, WeightsUnavailableError } from '@transferline/shared';
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
 import { consoleBanner } from './console.command.js';
@@ -183,15 +184,28 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     await stop(0);
     return;
   }
+  // Every line below pastes into a shell as it is (the test runs them through one).
   w('\nthe stack keeps running; in another terminal try:');
-  // settings that are not the defaults: the other terminal's commands reach this stack only with them
-  const settings = stackSettings(env);
+  // npx finds transferline in the project's own node_modules
+  w(`  cd ${shellQuote(PROJECT_ROOT)}`);
+  // settings that are not the defaults: the other terminal's commands reach this stack only with
+  // them; a port given as 0 (any free one) is the one the server got
+  const own = loadConfig(env);
+  const settings = stackSettings({
+    ...env,
+    ...(own.redis.embedded && { TL_REDIS_PORT: new URL(config.redis.url).port }),
+    ...(own.s3.embedded && { TL_S3_PORT: new URL(config.s3.endpoint).port }),
+  });
   const shown = settings.filter((s) => s.value !== undefined).map((s) => `${s.name}=${shellQuote(s.value!)}`);
   const hidden = settings.filter((s) => s.value === undefined).map((s) => s.name);
   if (shown.length) w(`  export ${shown.join(' ')}`);
   if (hidden.length) w(`  # and ${hidden.join(', ')} as set here (not shown)`);
   w('  npx transferline status');
-  w(`  aws --endpoint-url ${config.s3.endpoint} s3 cp --recursive ./photos s3://${DEMO_BUCKET}/mine/   (AWS_ACCESS_KEY_ID=${config.s3.accessKeyId} AWS_SECRET_ACCESS_KEY=${secretEnv})`);
+  w(`  npx transferline upload ./photos s3://${DEMO_BUCKET}/mine/   # a folder per label; or with any S3 client:`);
+  w(`  AWS_ACCESS_KEY_ID=${shellQuote(config.s3.accessKeyId)} AWS_SECRET_ACCESS_KEY=${secretEnv} aws --endpoint-url ${config.s3.endpoint} s3 cp --recursive ./photos s3://${DEMO_BUCKET}/mine/`);
   w(`  npx transferline ingest s3://${DEMO_BUCKET}/mine/ --dataset mine && npx transferline train --dataset mine`);
   w('Ctrl-C stops everything.');
 }
+
+/** The project's root, where `npx transferline` finds the CLI (from src/ or dist/ of apps/producer). */
+const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..');
