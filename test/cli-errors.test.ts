@@ -46,6 +46,23 @@ describe('what a user sees when something is wrong', () => {
     }
   });
 
+  it('S3 that is not there: a command says where it looked, in words; status says what it could not check', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-nos3-'));
+    const server = await startEmbeddedRedis({ directory: path.join(dir, 'redis'), port: 0, persist: false });
+    try {
+      const env = { ...baseEnv, REDIS_URL: server.url, S3_ENDPOINT: 'http://127.0.0.1:1' };
+      const models = await runCli(['models'], env);
+      expect(models.code).toBe(1);
+      expect(models.stderr).toBe('transferline: cannot reach S3 at http://127.0.0.1:1: connection refused. Is it running? (set S3_ENDPOINT or TL_S3_PORT, or run "transferline up")\n');
+      const status = await runCli(['status'], env);
+      expect({ code: status.code, stderr: status.stderr }).toEqual({ code: 0, stderr: '' });
+      expect(status.stdout).toContain('warning: cannot read s3://transferline/, so whether Redis lost data is not checked: cannot reach S3 at http://127.0.0.1:1: connection refused.');
+    } finally {
+      await server.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('output piped into a reader that stops early (| head) ends quietly, with the status of a SIGPIPE (141)', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-epipe-'));
     const server = await startEmbeddedRedis({ directory: path.join(dir, 'redis'), port: 0, persist: false });

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError, type CommanderError } from 'commander';
-import { AnyDatasetName, ConfigError, DatasetName, loadConfig, TRANSIENT_REASONS } from '@transferline/shared';
+import { AnyDatasetName, ConfigError, DatasetName, loadConfig, S3UnreachableError, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
@@ -352,6 +352,8 @@ program.parseAsync(process.argv).catch((err: unknown) => {
     process.stderr.write(`${printableMessage(e.message)}\n`);
     process.exit(e.code);
   }
-  process.stderr.write(`${printableMessage(e instanceof ConfigError ? e.message : `transferline: ${e.message}`)}\n`);
+  // S3 that does not answer is said as Redis that does not answer is, not as a socket's error
+  const s3 = e instanceof ConfigError ? undefined : S3UnreachableError.from(e, loadConfig(process.env).s3.endpoint);
+  process.stderr.write(`${printableMessage(e instanceof ConfigError ? e.message : `transferline: ${(s3 ?? e).message}`)}\n`);
   process.exit(EXIT.error);
 });

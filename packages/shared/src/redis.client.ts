@@ -1,6 +1,7 @@
 import { Redis, type ChainableCommander, type RedisOptions } from 'ioredis';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
+import { connectionFailure } from './errors.js';
 import { redactUrl } from './redact.js';
 
 export { Redis };
@@ -37,16 +38,7 @@ const lastConnectionError = new WeakMap<Redis, Error>();
 
 /** Why a connection failed, in words: the socket's error code where it has one. */
 function connectionProblem(err: Error): string {
-  const code = (err as NodeJS.ErrnoException).code;
-  const words: Record<string, string> = {
-    ECONNREFUSED: 'connection refused',
-    ENOTFOUND: 'no such host',
-    EAI_AGAIN: 'the host name could not be resolved',
-    ETIMEDOUT: 'the connection timed out',
-    EHOSTUNREACH: 'the host is unreachable',
-    ECONNRESET: 'the connection was reset',
-  };
-  return (code && words[code]) ?? err.message;
+  return connectionFailure(err)?.problem ?? err.message;
 }
 
 /**
@@ -116,7 +108,7 @@ export class RedisUnreachableError extends Error {
     readonly where: string,
     readonly problem: string,
   ) {
-    super(`cannot reach Redis at ${where}: ${problem}. Is it running? (set REDIS_URL, or run "transferline up")`);
+    super(`cannot reach Redis at ${where}: ${problem}. Is it running? (set REDIS_URL or TL_REDIS_PORT, or run "transferline up")`);
   }
 }
 

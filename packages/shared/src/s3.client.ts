@@ -15,6 +15,8 @@ import {
 import type { Readable } from 'node:stream';
 import type { z } from 'zod';
 import { parseDocument } from './documents.js';
+import { connectionFailure } from './errors.js';
+import { redactUrl } from './redact.js';
 import { DirectS3, otherContent } from './s3-direct.client.js';
 
 /** Where and how to reach an S3-compatible server. */
@@ -80,6 +82,29 @@ export class S3CredentialsError extends Error {
   constructor(readonly endpoint: string, readonly code: string) {
     // a malformed authorization header names the wrong region, most often
     super(`S3 at ${endpoint} rejects this process's credentials (${code}): check ${code === 'AuthorizationHeaderMalformed' ? 'S3_REGION' : 'S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY'}`);
+  }
+}
+
+/** S3 did not answer: `problem` says how (connection refused, no such host, timed out…). */
+export class S3UnreachableError extends Error {
+  override readonly name = 'S3UnreachableError';
+  constructor(
+    readonly endpoint: string,
+    readonly problem: string,
+  ) {
+    super(`cannot reach S3 at ${redactUrl(endpoint)}: ${problem}. Is it running? (set S3_ENDPOINT or TL_S3_PORT, or run "transferline up")`);
+  }
+
+  /** `err` as this error when it is a connection to `endpoint` that could not be made or kept. */
+  static from(err: unknown, endpoint: string): S3UnreachableError | undefined {
+    if (err instanceof S3UnreachableError) return err;
+    const failed = connectionFailure(err);
+    if (!failed) return undefined;
+    const url = new URL(endpoint);
+    const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    const ours = failed.port === port || failed.hostname === host || failed.address === host;
+    return ours ? new S3UnreachableError(endpoint, failed.problem) : undefined;
   }
 }
 

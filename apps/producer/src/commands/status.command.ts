@@ -1,4 +1,4 @@
-import { permanentFailureOf, redisEvictionRisk, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
+import { permanentFailureOf, redisEvictionRisk, S3UnreachableError, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { lossOver, lostDatasetLine, lostDatasets, recordLostDatasets } from '../data-loss.js';
@@ -47,11 +47,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   const names = o.dataset ? [o.dataset] : await repo.list();
   const datasets = await Promise.all(names.map((d) => inspector.status(d)));
-  // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
-  const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
-  const warnings = eviction ? [eviction] : [];
-  const lossWarnings = await dataLossWarnings(ctx, spaces);
-  warnings.push(...lossWarnings);
+  const { warnings, loss: lossWarnings } = await deploymentWarnings(ctx, spaces.map((s) => s.space.id));
   if (o.json) {
     ctx.out.write(`${JSON.stringify({ queues, spaces, datasets, warnings }, null, 2)}\n`);
     return { queues, spaces, datasets, warnings };
@@ -84,19 +80,37 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
 }
 
 /**
+ * What status warns of, and the console's front page shows: a Redis that may evict our keys, and
+ * what Redis losing its data left (`loss`, part of `warnings`). `spaces`: the published ones.
+ */
+export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Promise<{ warnings: string[]; loss: string[] }> {
+  // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
+  const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
+  const loss = await dataLossWarnings(ctx, spaces);
+  return { warnings: [...(eviction ? [eviction] : []), ...loss], loss };
+}
+
+/**
  * What Redis losing its data (a restart without persistence, a flush) leaves (data-loss.ts): a
  * space whose embedding index is empty while its shards are in the bucket (every space with a
  * folder there is looked at, not only those a worker has published since), and the datasets with
  * trained runs that Redis no longer knew then, with the commands that bring both back. A dataset
  * deleted on purpose while its runs stay is not a loss: it is only named when a loss is found.
  */
-async function dataLossWarnings(ctx: CliContext, spaces: SpaceStatus[]): Promise<string[]> {
+async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<string[]> {
   const { cache, layout, store } = ctx.services;
   const { bucket } = ctx.config.s3;
   const warnings: string[] = [];
-  // (a bucket that cannot be listed now is not a reason to fail status: the spaces published are looked at)
-  const inBucket = await store.listFolders(bucket, layout.embeddingSpaces()).catch(() => []);
-  const ids = new Set([...spaces.map((s) => s.space.id), ...inBucket]);
+  // A bucket that cannot be listed now is not a reason to fail status, but it is said: what
+  // Redis may have lost is found by reading the bucket.
+  let inBucket: string[];
+  try {
+    inBucket = await store.listFolders(bucket, layout.embeddingSpaces());
+  } catch (err) {
+    const why = (S3UnreachableError.from(err, ctx.config.s3.endpoint) ?? (err as Error)).message;
+    return [`cannot read s3://${bucket}/, so whether Redis lost data is not checked: ${why}`];
+  }
+  const ids = new Set([...spaces, ...inBucket]);
   for (const id of [...ids].sort()) {
     if (!(await cache.indexLost(id).catch(() => false))) continue;
     warnings.push(`the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}`);

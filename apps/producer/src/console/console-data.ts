@@ -4,6 +4,7 @@ import { DatasetRepository, ReportDoc, ReviewLine, parseJsonLines, type Config, 
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { listModelRuns, type ModelRun } from '../commands/models.command.js';
+import { deploymentWarnings } from '../commands/status.command.js';
 import type { ReviewView } from './review.page.js';
 
 /** What the console reads: the deployment's clients (it owns none of them). */
@@ -25,6 +26,8 @@ export interface Overview {
   queues: QueueSummary[];
   datasets: DatasetStatus[];
   runs: ModelRun[];
+  /** what `status` warns of (Redis may evict keys; what Redis losing its data left, and what brings it back) */
+  warnings: string[];
 }
 
 export interface DatasetPage {
@@ -42,7 +45,8 @@ async function summarise(q: Queue): Promise<QueueSummary> {
   return { name: q.name, counts, paused };
 }
 
-// listModelRuns is written for the CLI; it reads only config and services, and writes nothing.
+// listModelRuns and deploymentWarnings are written for the CLI; they read config and services (and
+// the latter remembers a loss it finds in Redis, as status does); nothing is printed.
 function runsContext(d: ConsoleDeps): CliContext {
   const out = new Writable({ write: (_chunk, _enc, cb) => cb() });
   return { config: d.config, services: d.services, queues: d.queues, out, close: async () => {} };
@@ -51,12 +55,16 @@ function runsContext(d: ConsoleDeps): CliContext {
 export async function loadOverview(d: ConsoleDeps): Promise<Overview> {
   const spaces = await d.services.spaces.list();
   const names = await d.services.datasets.list();
-  const [queues, datasets, runs] = await Promise.all([
+  const [queues, datasets, runs, { warnings }] = await Promise.all([
     Promise.all(deploymentQueues(d.queues, spaces).map(summarise)),
     Promise.all(names.map((n) => d.services.inspector.status(n, 0))),
     listModelRuns(runsContext(d)),
+    deploymentWarnings(
+      runsContext(d),
+      spaces.map((s) => s.space.id),
+    ),
   ]);
-  return { spaces, queues, datasets, runs };
+  return { spaces, queues, datasets, runs, warnings };
 }
 
 /** One dataset with its first failures, or undefined when there is no such dataset. */

@@ -65,7 +65,8 @@ export function overviewPage(access: Access, o: Overview): string {
           )}</td><td><code>${d.space ?? '–'}</code></td></tr>`,
       )}</table>`
     : html`<p class="muted">no datasets yet: <code>transferline ingest s3://bucket/prefix --dataset NAME</code></p>`;
-  const body = html`<h1>Datasets and models</h1>
+  const warnings = o.warnings.length ? html`<ul id="warnings" class="bad">${o.warnings.map((w) => html`<li>${w}</li>`)}</ul>` : '';
+  const body = html`<h1>Datasets and models</h1>${warnings}
 <h2>Datasets</h2>${datasets}
 <h2>Trained runs</h2>${runsTable(o.runs, true)}
 <h2>Queues</h2><p class="muted" id="queue-actions">jobs per queue, and each job on the <a href="${BOARD_PATHS.readOnly}/">queue board</a>${

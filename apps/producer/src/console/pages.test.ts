@@ -72,12 +72,18 @@ describe('pages', () => {
 
 describe('the overview', () => {
   it('offers queue actions only where there are some: the admin board with a password, else none', () => {
-    const o = { datasets: [], runs: [], queues: [], spaces: [] } as unknown as Parameters<typeof overviewPage>[1];
+    const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1];
     const readOnly = overviewPage({ actionsConfigured: false }, o);
     expect(readOnly).toMatch(/id="queue-actions">jobs per queue, and each job on the <a href="\/queues\/">queue board<\/a> \(read-only\)</);
     // the header says how to enable them
     expect(readOnly).toMatch(/id="mode">read-only \(set TL_CONSOLE_PASSWORD to enable queue actions\)/);
     expect(readOnly).not.toContain('href="/admin/queues/">admin board');
     expect(overviewPage({ actionsConfigured: true }, o)).toMatch(/pause, resume, retry and clean on the <a href="\/admin\/queues\/">admin board<\/a> \(sign in\)/);
+    expect(readOnly).not.toContain('id="warnings"');
+  });
+
+  it("shows status's warnings first, escaped", () => {
+    const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: ['dataset <b>x</b> lost its records: transferline ingest s3://p/x/ -d x'] } as unknown as Parameters<typeof overviewPage>[1];
+    expect(overviewPage({ actionsConfigured: false }, o)).toContain('<h1>Datasets and models</h1><ul id="warnings" class="bad"><li>dataset &lt;b&gt;x&lt;/b&gt; lost its records: transferline ingest s3://p/x/ -d x</li></ul>');
   });
 });
