@@ -120,6 +120,10 @@ describe("the README's two terminals", () => {
     expect(train.stdout).toMatch(/run \S+: validation accuracy/);
     const classify = await runCli(['classify', 's3://photos/mine/circle/', '--model', 'mine'], shell);
     expect(classify.code).toBe(0);
+    // a model of the random space says so where it leaves transferline
+    const onnx = await runCli(['export', '-m', 'mine', '-o', path.join(dir, 'mine.onnx')], shell);
+    expect(onnx.code).toBe(0);
+    expect(onnx.stdout).toContain('  note: EfficientNet-B0 runs with SEEDED RANDOM weights (seed 42), as this run was trained (efficientnet-b0.random-seed42.squash224): fine for the demo\'s shapes, not for real photos\n');
     expect(classify.stdout).toMatch(/classified 8 image\(s\)/);
 
     // Redis forgets the published spaces (a flush, say): the command status prints then, which

@@ -242,6 +242,7 @@ describe('transferline serve', () => {
       expect(url, `serve did not start:\n${out}\n${err}`).toBeDefined();
       // it names the process to signal (through npx, the job's pid is npm's)
       expect(out).toContain(`Ctrl-C stops it; kill -HUP ${child.pid} reloads the model.\n`);
+      expect(out).not.toContain('RANDOM'); // ImageNet-layout weights: no note about random ones
       // asked over HTTP: the same run again
       const reloaded = await fetch(`${url}/v1/models/reload`, { method: 'POST' });
       expect(reloaded.status).toBe(200);

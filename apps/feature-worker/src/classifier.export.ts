@@ -18,6 +18,8 @@ export interface ClassifierMetadata {
   /** how images are brought to inputSize × inputSize before they enter the model */
   resize: string;
   inputSize: number;
+  /** the seed of EfficientNet-B0's weights when the space has seeded random ones, not ImageNet's */
+  randomSeed?: number;
 }
 
 /** Metadata keys, as Python's `onnxruntime` shows them in `get_modelmeta().custom_metadata_map`. */

@@ -31,8 +31,14 @@ export async function loadClassifierModel(ctx: CliContext, spec: string): Promis
     const weights = space.weights === 'imagenet' ? (await resolveWeights({ ...ctx.config.embed, weightsMd5: space.weightsMd5! }, { store })).bytes : undefined;
     const meta = { dataset, runId, labels, ...(threshold !== undefined && { threshold }) };
     const bytes = await buildClassifierOnnx({ space, ...(weights && { weights }), head, meta });
-    return { bytes, meta: { ...meta, embedderId: space.id, resize: space.resize, inputSize: space.inputSize }, space };
+    return { bytes, meta: { ...meta, embedderId: space.id, resize: space.resize, inputSize: space.inputSize, ...(space.weights === 'random' && { randomSeed: space.seed ?? 0 }) }, space };
   } finally {
     head.dispose();
   }
+}
+
+/** What serve and export say of a model whose EfficientNet-B0 has seeded random weights (none otherwise). */
+export function randomWeightsNote(meta: ClassifierMetadata): string | undefined {
+  if (meta.randomSeed === undefined) return undefined;
+  return `note: EfficientNet-B0 runs with SEEDED RANDOM weights (seed ${meta.randomSeed}), as this run was trained (${meta.embedderId}): fine for the demo's shapes, not for real photos`;
 }

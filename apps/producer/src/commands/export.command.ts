@@ -1,7 +1,7 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { CliContext } from '../cli-context.js';
-import { loadClassifierModel } from '../classifier-model.js';
+import { loadClassifierModel, randomWeightsNote } from '../classifier-model.js';
 import { printable } from '../terminal.js';
 
 export interface ExportOptions {
@@ -30,5 +30,7 @@ export async function exportCommand(ctx: CliContext, o: ExportOptions): Promise<
   w(`  output  probabilities  float32 [N, ${meta.labels.length}]  in label order: ${meta.labels.map(printable).join(', ')}`);
   if (meta.threshold !== undefined) w(`  two classes: predict "${printable(meta.labels[1]!)}" when its probability ≥ ${meta.threshold.toFixed(4)} (chosen on validation; in the metadata as transferline.threshold)`);
   w('  metadata: transferline.labels, transferline.threshold, transferline.model, transferline.embedder, transferline.resize');
+  const random = randomWeightsNote(meta);
+  if (random) w(`  ${random}`);
   return { file, bytes: model.bytes.length };
 }

@@ -1,6 +1,7 @@
 import { createLogger, createServices } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { latestRun } from './models.command.js';
+import { randomWeightsNote } from '../classifier-model.js';
 import { startClassifierServer, type ClassifierServer } from '../serve/classifier.server.js';
 import { printable } from '../terminal.js';
 
@@ -62,6 +63,8 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     server = await startClassifierServer(long, { model: o.model, log, onSwap, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }) });
     const m = server.model();
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${m.threshold.toFixed(3)}` : ''}) on ${server.url}`);
+    const random = randomWeightsNote(m);
+    if (random) w(`  ${random}`);
     w(`  curl --data-binary @photo.jpg ${server.url}/v1/classify${ctx.config.serve.apiKey ? ' -H "Authorization: Bearer $TL_SERVE_API_KEY"' : ''}`);
     w(`  ${server.url}/v1/models   ${server.url}/metrics   ${server.url}/healthz`);
     // the pid: through `npx`, a signal sent to the job's pid reaches npm, not this process
