@@ -241,7 +241,9 @@ describe('training runs and classification', () => {
     const r = await runCli(['train', '-d', 'shapes', '--validation-fraction', '0.6', '--run-id', 'never'], stack.env);
     expect(r.code).toBe(2);
     // named as the user gave it: the option, not the field of the job
-    expect(r.stderr).toMatch(/bad training settings: --validation-fraction: /);
+    expect(r.stderr).toBe('transferline: bad training settings: --validation-fraction: at most 0.5 (got 0.6)\n');
+    const several = await runCli(['train', '-d', 'shapes', '--epochs', '100000', '--learning-rate', '20', '--run-id', 'never'], stack.env);
+    expect({ code: several.code, stderr: several.stderr }).toEqual({ code: 2, stderr: 'transferline: bad training settings: --epochs: at most 10000 (got 100000); --learning-rate: at most 10 (got 20)\n' });
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'never' }))).toBeUndefined();
     // a run id another dataset's run holds is refused, saying whose
     const taken = await runCli(['train', '-d', 'shapes', '--run-id', 'one-class-val'], stack.env);
@@ -517,11 +519,21 @@ describe('training runs and classification', () => {
     const done = await runCli(['train', '--cancel', 'shapes-after-prune'], stack.env);
     expect(done.code).toBe(1);
     expect(done.stderr).toContain('run shapes-after-prune ended before it could be cancelled: its model is in the bucket');
+    // the id of a run cancelled in training (no model written) is free for a new run, which says so
+    const reuse = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'endless', '--no-promote'], stack.env);
+    expect({ code: reuse.code, stderr: reuse.stderr.replace(/^training shapes.*\n/gm, '') }).toEqual({ code: 0, stderr: '' });
+    expect(reuse.stdout).toMatch(/^run endless was cancelled before it wrote a model: this run takes its id\nrun endless queued for dataset shapes/m);
+    expect(await store.headObject(bucket, layout.runFile('shapes', 'endless', 'report.json'))).toBeDefined();
+    // one with a model is still refused
+    expect((await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'endless'], stack.env)).code).toBe(2);
+    expect((await runCli(['delete', 'run', 'shapes@endless', '--yes'], stack.env)).code).toBe(0);
     const followedReused = await reused;
     expect({ code: followedReused.code, timedOut: followedReused.timedOut }).toEqual({ code: 0, timedOut: false });
     const out = followedReused.stdout;
     expect(out).toContain('run queued-behind: queued behind 1 job of the train queue (1 running: endless; 0 waiting before it)');
     expect(out).toMatch(/^run queued-behind: validation accuracy/m);
+    // not a terminal: its own lines come without a blank line before them
+    expect(out).not.toMatch(/\n\nrun queued-behind:/);
     const startedAt = out.indexOf('\nrun queued-behind: started\n');
     expect(startedAt).toBeGreaterThan(out.indexOf('queued behind'));
     expect(startedAt).toBeLessThan(out.indexOf('training shapes:'));
@@ -723,7 +735,9 @@ describe('training runs and classification', () => {
     // the prefix it had): the other prefix is still named
     const partRun = await runCli(['train', '-d', 'twin', '--epochs', '1', '--partial', '--run-id', 'twin-part'], stack.env);
     expect(partRun.code, partRun.stderr).toBe(0);
-    expect(partRun.stdout).toContain(`--partial: ${half}: ${reingest('twin', ['doomed/'])}. Training on what it has.\n`);
+    expect(partRun.stdout).toContain(`--partial: ${half}: ${reingest('twin', ['doomed/'])}. Training on what it has, and the report records what it left out; the run becomes the latest (--no-promote keeps the one there).\n`);
+    expect(partRun.stdout).toMatch(new RegExp(`^  partial: trained on \\d+ of \\d+ images \\(0 pending, 0 failed\\); not ingested again to the end after Redis lost its data, so left out: s3://${photos}/doomed/$`, 'm'));
+    expect((await store.getDocument(ReportDoc, bucket, layout.runFile('twin', 'twin-part', 'report.json')))?.coverage.notIngestedAgain).toEqual([`s3://${photos}/doomed/`]);
     expect((await latestRun(ctx, 'twin'))?.runId).toBe('twin-part');
     expect((await store.getDocument(RunDoc, bucket, layout.runFile('twin', 'twin-part', 'run.json')))?.sources).toEqual([`s3://${photos}/set/`]);
     expect((await runCli(['status'], stack.env)).stdout).toContain(`warning: ${half}: ${reingest('twin', ['doomed/'])}\n`);
@@ -769,7 +783,7 @@ describe('training runs and classification', () => {
     expect(refused.stderr).toBe(`transferline: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): ${again2}. A run now would learn from part of it: ingest again first, or train with --partial on what it has\n`);
     const part = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'shapes-part', '--partial', '--no-promote'], stack.env);
     expect(part.code, part.stderr).toBe(0);
-    expect(part.stdout).toContain(`--partial: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): ${again2}. Training on what it has.\n`);
+    expect(part.stdout).toContain(`--partial: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): ${again2}. Training on what it has, and the report records what it left out.\n`);
     expect((await runCli(['delete', 'run', 'shapes@shapes-part', '--yes'], stack.env)).code).toBe(0);
     expect((await runCli(['ingest', `s3://${photos}/set/`, '-d', 'shapes'], stack.env)).code).toBe(0);
     expect((await runCli(['status'], stack.env)).stdout).not.toContain('lost its records');

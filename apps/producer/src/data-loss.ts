@@ -77,7 +77,7 @@ export async function lostDatasets(ctx: CliContext): Promise<LostDataset[]> {
     const ingested = new Set(exists ? (await datasets.listedSources(dataset)).map((s) => DatasetRepository.objectUrl(s)) : []);
     const missing = recorded?.sources.filter((s) => !ingested.has(s));
     if (!trained.has(dataset) || (missing ? missing.length === 0 : ingested.size > 0)) settled.push(dataset);
-    else left.push({ dataset, partly: exists, ...(recorded && missing && { commands: missing.map((src) => ingestCommand(dataset, src, recorded.embedderId)) }) });
+    else left.push({ dataset, partly: exists, ...(recorded && missing && { missing, commands: missing.map((src) => ingestCommand(dataset, src, recorded.embedderId)) }) });
   }
   if (settled.length) await forgetLost(redis, keys, settled);
   return left;
@@ -85,7 +85,8 @@ export async function lostDatasets(ctx: CliContext): Promise<LostDataset[]> {
 
 export interface LostDataset {
   dataset: string;
-  /** the ingest commands still to run; undefined when its runs do not record its prefixes */
+  /** the prefixes (s3://bucket/prefix/) not ingested again yet, and the commands that do it; undefined when its runs do not record its prefixes */
+  missing?: string[];
   commands?: string[];
   /** it has records again, from an ingest cut short or from only some of its prefixes */
   partly: boolean;

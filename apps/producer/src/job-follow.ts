@@ -143,7 +143,7 @@ function queueWatch(ctx: CliContext, job: Job, o: FollowOptions): QueueWatch {
   let said = false;
   let started = false;
   const start = () => {
-    if (said && !started) ctx.out.write(`\n${o.what}: started\n`);
+    if (said && !started) say(ctx, `${o.what}: started`);
     started = true;
   };
   return {
@@ -163,9 +163,17 @@ function queueWatch(ctx: CliContext, job: Job, o: FollowOptions): QueueWatch {
       if (ahead === 0) return;
       said = true;
       const free = connected === 1 ? `the ${o.role} worker is free` : `one of the ${connected} ${o.role} workers is free`;
-      ctx.out.write(`\n${o.what}: queued behind ${ahead} job${ahead === 1 ? '' : 's'} of the ${queue.name} queue (${active} running${names ? `: ${names}` : ''}; ${before} waiting before it); it starts when ${free}\n`);
+      say(ctx, `${o.what}: queued behind ${ahead} job${ahead === 1 ? '' : 's'} of the ${queue.name} queue (${active} running${names ? `: ${names}` : ''}; ${before} waiting before it); it starts when ${free}`);
     },
   };
+}
+
+/**
+ * One line of the follower's own, among the progress lines: on a terminal, after a line break
+ * that ends the progress bar's line; in a log, as a line of its own (no blank line before it).
+ */
+function say(ctx: CliContext, line: string): void {
+  ctx.out.write(`${process.stderr.isTTY ? '\n' : ''}${line}\n`);
 }
 
 /**
@@ -203,8 +211,8 @@ function holderWatch(ctx: CliContext, job: Job, o: FollowOptions) {
       const live = workers.some((w) => w.rawname?.endsWith(`:w:${holder}`));
       if (live) {
         missing = undefined;
-        if (gone === holder) ctx.out.write(`\n${o.what}: its ${o.role} worker (${holder}) is connected again\n`);
-        else if (gone !== undefined) ctx.out.write(`\n${o.what} started again on ${o.role} worker ${holder}\n`);
+        if (gone === holder) say(ctx, `${o.what}: its ${o.role} worker (${holder}) is connected again`);
+        else if (gone !== undefined) say(ctx, `${o.what} started again on ${o.role} worker ${holder}`);
         gone = undefined;
         return;
       }
@@ -212,7 +220,7 @@ function holderWatch(ctx: CliContext, job: Job, o: FollowOptions) {
       if (missing.polls < 2 || gone === holder) return;
       gone = holder;
       const within = lock ? `, within about ${Math.ceil((lock.lockMs + lock.stalledIntervalMs) / 1000)} s` : '';
-      ctx.out.write(`\n${o.what}: its ${o.role} worker (${holder}) is stopping or gone; if it does not finish it, another ${o.role} worker takes it up again when its lock runs out${within}\n`);
+      say(ctx, `${o.what}: its ${o.role} worker (${holder}) is stopping or gone; if it does not finish it, another ${o.role} worker takes it up again when its lock runs out${within}`);
     },
   };
 }

@@ -71,7 +71,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
 
   const examples: Example[] = [];
-  const coverage = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial };
+  const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(job.notIngestedAgain?.length && { notIngestedAgain: job.notIngestedAgain }) };
   let elsewhere = 0;
   for await (const page of services.inspector.scan(job.dataset)) {
     for (const v of page) {

@@ -214,7 +214,15 @@ export const ReportDoc = z.object({
   labels: z.array(z.string()),
   split: z.object({ train: z.number().int(), validation: z.number().int(), test: z.number().int(), explicit: z.boolean(), conflictsLeftOut: z.number().int() }),
   /** the dataset when training began: images used, and those left out (still pending, or failed) */
-  coverage: z.object({ total: z.number().int(), embedded: z.number().int(), pending: z.number().int(), failed: z.number().int(), partial: z.boolean() }),
+  coverage: z.object({
+    total: z.number().int(),
+    embedded: z.number().int(),
+    pending: z.number().int(),
+    failed: z.number().int(),
+    partial: z.boolean(),
+    /** prefixes of the dataset not ingested again after Redis lost its data, left out (TrainJob.notIngestedAgain) */
+    notIngestedAgain: z.array(z.string()).optional(),
+  }),
   params: HeadParams,
   /** in label order */
   classWeights: z.array(z.number()),

@@ -88,6 +88,11 @@ export const TrainJob = z.object({
   seed: z.number().int().min(0).default(1),
   /** train on what is embedded although some images are still pending (recorded in the report) */
   partial: z.boolean().default(false),
+  /**
+   * --partial on a dataset Redis lost that is only partly ingested again: the prefixes
+   * (s3://bucket/prefix/) still to ingest, which the run leaves out (recorded in the report)
+   */
+  notIngestedAgain: z.array(z.string()).optional(),
   /** make the run its dataset's latest when it is written (what classify, serve and export use by default) */
   promote: z.boolean().default(true),
 });

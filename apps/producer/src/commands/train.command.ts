@@ -6,6 +6,7 @@ import { followJob } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
+import { notIngestedAgain } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { lostDatasetLine, lostDatasets, reingestCommands } from '../data-loss.js';
 import type { EpochProgress } from '@transferline/train-worker/train-head.job';
@@ -15,6 +16,13 @@ import type { EpochProgress } from '@transferline/train-worker/train-head.job';
 function flagOf(path: PropertyKey[]): string {
   const field = String(path[0] ?? '');
   return field ? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}` : 'settings';
+}
+
+/** A range an option's value is out of, in words ("at most 10000"), rather than the schema's message. */
+function boundOf(issue: { code: string; maximum?: unknown; minimum?: unknown; inclusive?: boolean }): string | undefined {
+  if (issue.code === 'too_big') return issue.inclusive === false ? `below ${String(issue.maximum)}` : `at most ${String(issue.maximum)}`;
+  if (issue.code === 'too_small') return issue.inclusive === false ? `above ${String(issue.minimum)}` : `at least ${String(issue.minimum)}`;
+  return undefined;
 }
 
 export type HeadSettings = Partial<Pick<TrainJob, 'epochs' | 'learningRate' | 'batchSize' | 'seed' | 'hiddenUnits' | 'dropout' | 'l2' | 'patience' | 'classWeights' | 'validationFraction' | 'testFraction'>>;
@@ -63,7 +71,8 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   const lost = (await lostDatasets(ctx).catch(() => [])).find((l) => l.dataset === o.dataset);
   if (lost) {
     if (!o.partial) throw new CliExit(EXIT.error, `transferline: ${lostDatasetLine(lost)}. A run now would learn from part of it: ingest again first, or train with --partial on what it has`);
-    ctx.out.write(`--partial: ${lostDatasetLine(lost)}. Training on what it has.\n`);
+    const latest = o.promote === false ? '' : '; the run becomes the latest (--no-promote keeps the one there)';
+    ctx.out.write(`--partial: ${lostDatasetLine(lost)}. Training on what it has, and the report records what it left out${latest}.\n`);
   }
   const space = await datasets.space(o.dataset);
   if (!space) throw new Error(`dataset ${o.dataset} has no embedding space recorded (ingested by an older version?): ingest it again`);
@@ -75,15 +84,19 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   if (taken && takenBy !== undefined && takenBy !== o.dataset) {
     throw new CliExit(EXIT.usage, `transferline: run id ${runId} is taken by a run of dataset ${takenBy} (run ids are unique across datasets): choose another --run-id, or leave it out for a new one`);
   }
-  if (taken || (await store.headObject(ctx.config.s3.bucket, layout.runFile(o.dataset, runId, 'run.json')))) {
+  const written = await store.headObject(ctx.config.s3.bucket, layout.runFile(o.dataset, runId, 'run.json'));
+  // A run that failed or was cancelled before it wrote a model leaves only its failed job: its id
+  // may be used again (the job goes when the new run is queued, and train says so).
+  const replaces = taken && !written && (await taken.getState()) === 'failed' ? taken : undefined;
+  if ((taken && !replaces) || written) {
     throw new CliExit(EXIT.usage, `transferline: run ${runId} exists already (see "transferline models"): choose another --run-id, or leave it out for a new one`);
   }
   // The settings are checked before any wait: a bad value must not wait for every embedding first.
   const { dataset, wait, partial, runId: _r, stallSeconds: _s, ...settings } = o;
   const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
-  const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined };
+  const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined, ...(lost?.missing?.length && { notIngestedAgain: lost.missing }) };
   const parsed = TrainJob.safeParse(input);
-  if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${flagOf(i.path)}: ${i.message}`).join('; ')}`);
+  if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${flagOf(i.path)}: ${boundOf(i) ?? i.message} (got ${String((input as Record<string, unknown>)[String(i.path[0])])})`).join('; ')}`);
   const payload = parsed.data;
   const stallSeconds = o.stallSeconds ?? 30;
   const status = await inspector.status(o.dataset);
@@ -101,6 +114,11 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     ctx.out.write(`training on the ${status.embedded} embedded images of ${status.total} (--partial): ${waiting} still pending are left out, and the report says so\n`);
   }
 
+  if (replaces) {
+    await replaces.remove();
+    const cancelled = permanentFailureOf(replaces.failedReason ?? '')?.reason === 'cancelled';
+    ctx.out.write(`run ${runId} ${cancelled ? 'was cancelled' : 'failed'} before it wrote a model: this run takes its id\n`);
+  }
   // a run id used before by a run cancelled while queued: the new run is not that one
   await ctx.services.redis.del(ctx.services.keys.trainCancel(runId));
   await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
@@ -232,7 +250,7 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images; best epoch ${result.bestEpoch})`);
-  if (report?.coverage.partial) w(`  partial: trained on ${report.coverage.embedded} of ${report.coverage.total} images (${report.coverage.pending} pending, ${report.coverage.failed} failed)`);
+  if (report?.coverage.partial) w(`  partial: trained on ${report.coverage.embedded} of ${report.coverage.total} images (${report.coverage.pending} pending, ${report.coverage.failed} failed)${notIngestedAgain(report.coverage, printable)}`);
   const conflicts = report?.split.conflictsLeftOut ?? 0;
   // what the example count above leaves unsaid: identical bytes are one example
   const embedded = report?.coverage.embedded;

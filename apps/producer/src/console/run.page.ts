@@ -1,6 +1,7 @@
 import type { EvaluationReport, ReportDoc } from '@transferline/shared';
 import { fixed3, html, page, pct, seg, type Access, type SafeHtml } from './html.js';
 import { lineChart } from './svg-chart.js';
+import { notIngestedAgain } from '../report-words.js';
 
 /**
  * confusion[true][predicted] as a table with the labels on both sides; each cell carries
@@ -73,7 +74,7 @@ export function runPage(access: Access, r: ReportDoc): string {
     'train / validation / test images',
     `${r.split.train} / ${r.split.validation} / ${r.split.test}`,
   )}${card('best-epoch', `best epoch${r.stoppedEarly ? ' (stopped early)' : ''}`, String(r.bestEpoch), r.bestEpoch)}</div>
-<p id="coverage" class="${c.partial ? 'bad' : 'muted'}">trained on ${c.embedded} of ${c.total} images (${c.pending} pending, ${c.failed} failed)${c.partial ? ' — a partial run (--partial)' : ''}${r.split.explicit ? '; splits from the bucket layout' : ''}</p>
+<p id="coverage" class="${c.partial ? 'bad' : 'muted'}">trained on ${c.embedded} of ${c.total} images (${c.pending} pending, ${c.failed} failed)${c.partial ? ' — a partial run (--partial)' : ''}${notIngestedAgain(c)}${r.split.explicit ? '; splits from the bucket layout' : ''}</p>
 <h2>Validation (${v.examples} images)</h2>${binary(v.binary)}
 ${confusionTable('confusion', r.labels, v.confusionMatrix)}
 ${perClassTable('per-class', v)}
