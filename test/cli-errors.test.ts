@@ -57,6 +57,9 @@ describe('what a user sees when something is wrong', () => {
       const status = await runCli(['status'], env);
       expect({ code: status.code, stderr: status.stderr }).toEqual({ code: 0, stderr: '' });
       expect(status.stdout).toContain('warning: cannot read s3://transferline/, so whether Redis lost data is not checked: cannot reach S3 at http://127.0.0.1:1: connection refused.');
+      // and nothing it could not check is called lost
+      expect(status.stdout).not.toContain('Redis lost its data');
+      expect(status.stdout).toContain('no datasets yet: transferline ingest');
     } finally {
       await server.stop();
       await rm(dir, { recursive: true, force: true });

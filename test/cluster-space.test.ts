@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFile } from 'node:child_process';
+import { realpathSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -88,7 +89,9 @@ describe("the README's two terminals", () => {
     const s3 = /^ {2}S3 \(path-style\) +(http:\/\/127\.0\.0\.1:(\d+))/m.exec(seen.text)!;
     const hints = seen.text.slice(seen.text.indexOf('in another terminal try:\n') + 'in another terminal try:\n'.length, seen.text.indexOf('Ctrl-C stops everything.'));
     // each line pastes into a shell as it is, beginning where npx finds transferline
-    expect(hints.split('\n')[0]).toBe(`  cd ${repoRoot}`);
+    const cdLine = hints.split('\n')[0]!;
+    expect(cdLine).toMatch(/^ {2}cd /);
+    expect((await execFileAsync('sh', ['-c', `${cdLine}\npwd -P`], { cwd: os.tmpdir() })).stdout.trim()).toBe(realpathSync(repoRoot));
     await execFileAsync('sh', ['-n', '-c', hints]);
     const exported = /^ {2}(export .+)$/m.exec(hints)?.[1];
     expect(exported, seen.text).toBeDefined();

@@ -31,7 +31,7 @@ export async function loadClassifierModel(ctx: CliContext, spec: string): Promis
     const weights = space.weights === 'imagenet' ? (await resolveWeights({ ...ctx.config.embed, weightsMd5: space.weightsMd5! }, { store })).bytes : undefined;
     const meta = { dataset, runId, labels, ...(threshold !== undefined && { threshold }) };
     const bytes = await buildClassifierOnnx({ space, ...(weights && { weights }), head, meta });
-    return { bytes, meta: { ...meta, embedderId: space.id, resize: space.resize, inputSize: space.inputSize, ...(space.weights === 'random' && { randomSeed: space.seed ?? 0 }) }, space };
+    return { bytes, meta: { ...meta, embedderId: space.id, resize: space.resize, inputSize: space.inputSize, ...(space.weights === 'random' && space.seed !== undefined && { randomSeed: space.seed }) }, space };
   } finally {
     head.dispose();
   }

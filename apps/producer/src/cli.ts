@@ -353,7 +353,14 @@ program.parseAsync(process.argv).catch((err: unknown) => {
     process.exit(e.code);
   }
   // S3 that does not answer is said as Redis that does not answer is, not as a socket's error
-  const s3 = e instanceof ConfigError ? undefined : S3UnreachableError.from(e, loadConfig(process.env).s3.endpoint);
-  process.stderr.write(`${printableMessage(e instanceof ConfigError ? e.message : `transferline: ${(s3 ?? e).message}`)}\n`);
+  let s3: S3UnreachableError | undefined;
+  try {
+    s3 = e instanceof ConfigError ? undefined : S3UnreachableError.from(e, loadConfig(process.env).s3.endpoint);
+  } catch {
+    // (a configuration that does not load: the error is told as it is)
+  }
+  // an error without a message (Node's AggregateError of a refused dual-stack host) says its code
+  const message = (s3 ?? e).message || (e as NodeJS.ErrnoException).code || e.name;
+  process.stderr.write(`${printableMessage(e instanceof ConfigError ? e.message : `transferline: ${message}`)}\n`);
   process.exit(EXIT.error);
 });

@@ -169,11 +169,13 @@ function queueWatch(ctx: CliContext, job: Job, o: FollowOptions): QueueWatch {
 }
 
 /**
- * One line of the follower's own, among the progress lines: on a terminal, after a line break
- * that ends the progress bar's line; in a log, as a line of its own (no blank line before it).
+ * One line of the follower's own, among the progress lines: on a terminal (the bar on stderr,
+ * this line on the same screen), after a line break that ends the bar's line; in a log, as a line
+ * of its own (no blank line before it).
  */
 function say(ctx: CliContext, line: string): void {
-  ctx.out.write(`${process.stderr.isTTY ? '\n' : ''}${line}\n`);
+  const sameScreen = process.stderr.isTTY && (ctx.out as Partial<NodeJS.WriteStream>).isTTY === true;
+  ctx.out.write(`${sameScreen ? '\n' : ''}${line}\n`);
 }
 
 /**

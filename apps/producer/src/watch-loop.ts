@@ -1,4 +1,4 @@
-import { isRedisUnavailable, redactUrl, sleep } from '@transferline/shared';
+import { isRedisUnavailable, redactUrl, S3UnreachableError, sleep } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 
 export interface WatchLoopOptions {
@@ -42,6 +42,8 @@ export async function watchRounds(ctx: CliContext, o: WatchLoopOptions, round: (
 }
 
 function roundFailure(ctx: CliContext, err: unknown): string {
+  const s3 = S3UnreachableError.from(err, ctx.config.s3.endpoint);
+  if (s3) return s3.message;
   if (isRedisUnavailable(err)) return `cannot reach Redis at ${redactUrl(ctx.config.redis.url)}`;
   return (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
 }

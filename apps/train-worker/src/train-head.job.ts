@@ -71,7 +71,10 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
 
   const examples: Example[] = [];
-  const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(job.notIngestedAgain?.length && { notIngestedAgain: job.notIngestedAgain }) };
+  // the prefixes the CLI found not ingested again, less those an ingest listed to the end since
+  const listed = new Set((await services.datasets.listedSources(job.dataset)).map((s) => DatasetRepository.objectUrl(s)));
+  const left = job.notIngestedAgain?.filter((s) => !listed.has(s));
+  const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(left?.length && { notIngestedAgain: left }) };
   let elsewhere = 0;
   for await (const page of services.inspector.scan(job.dataset)) {
     for (const v of page) {
@@ -155,7 +158,8 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   } finally {
     fit.model.dispose();
   }
-  const { dataset, runId, embedderId, ...params } = job;
+  // (what the run left out is in its report's coverage, not among its settings)
+  const { dataset, runId, embedderId, notIngestedAgain: _left, ...params } = job;
   const { promote } = job;
   const sources = (await services.datasets.sources(dataset)).sort().map((s) => DatasetRepository.objectUrl(s));
   const run: RunDoc = { dataset, runId, embedderId, params, backend: deps.backend, createdAt: report.createdAt, sources };
@@ -237,7 +241,8 @@ function buildReport(
     return b ? { ...r, binary: b } : r;
   };
   const validation = splitReport(valP, data.val);
-  const { dataset, runId, embedderId, ...params } = job;
+  // (what the run left out is in its report's coverage, not among its settings)
+  const { dataset, runId, embedderId, notIngestedAgain: _left, ...params } = job;
   return {
     dataset,
     runId,

@@ -20,25 +20,27 @@ const CONNECTION_PROBLEMS: Record<string, string> = {
   ETIMEDOUT: 'the connection timed out',
   EHOSTUNREACH: 'the host is unreachable',
   ECONNRESET: 'the connection was reset',
+  EPIPE: 'the connection was closed',
 };
 
+type Failure = { problem: string; address?: string; port?: number; hostname?: string };
+
 /**
- * The network error inside `err` (itself, its cause, or one of an AggregateError's), when it is
- * one of a connection that could not be made or kept: its code in words, and where it went.
+ * The network error inside `err` (itself, its cause, or one of an AggregateError's: a host with an
+ * IPv6 and an IPv4 address refused on both), when it is one of a connection that could not be made
+ * or kept: its code in words, and where it went (from the error that says).
  */
-export function connectionFailure(err: unknown): { problem: string; address?: string; port?: number; hostname?: string } | undefined {
-  const seen = new Set<unknown>();
-  const visit = (e: unknown): ReturnType<typeof connectionFailure> => {
-    if (!(e instanceof Error) || seen.has(e)) return undefined;
-    seen.add(e);
-    const n = e as NodeJS.ErrnoException & { address?: string; port?: number; hostname?: string };
-    const problem = n.code ? CONNECTION_PROBLEMS[n.code] : undefined;
-    if (problem) return { problem, ...(n.address && { address: n.address }), ...(n.port !== undefined && { port: n.port }), ...(n.hostname && { hostname: n.hostname }) };
-    for (const inner of [e.cause, ...(e instanceof AggregateError ? e.errors : [])]) {
-      const found = visit(inner);
-      if (found) return found;
-    }
-    return undefined;
+export function connectionFailure(err: unknown): Failure | undefined {
+  const chain: (Error & { code?: string; address?: string; port?: number; hostname?: string })[] = [];
+  const walk = (e: unknown): void => {
+    if (!(e instanceof Error) || chain.includes(e)) return;
+    chain.push(e);
+    walk(e.cause);
+    if (e instanceof AggregateError) for (const inner of e.errors) walk(inner);
   };
-  return visit(err);
+  walk(err);
+  const coded = chain.find((e) => e.code !== undefined && e.code in CONNECTION_PROBLEMS);
+  if (!coded) return undefined;
+  const where = [coded, ...chain].find((e) => e.address !== undefined || e.hostname !== undefined) ?? coded;
+  return { problem: CONNECTION_PROBLEMS[coded.code!]!, ...(where.address && { address: where.address }), ...(where.port !== undefined && { port: where.port }), ...(where.hostname && { hostname: where.hostname }) };
 }

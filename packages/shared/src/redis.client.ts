@@ -96,6 +96,7 @@ export async function redisEvictionRisk(redis: Redis, url: string): Promise<stri
 export function isRedisUnavailable(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   if (err.name === 'MaxRetriesPerRequestError') return true;
+  // the error's own code only: a cause inside another client's error (S3's) is not Redis's
   const code = (err as NodeJS.ErrnoException).code;
   if (code && ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH'].includes(code)) return true;
   return /Connection is closed|Stream isn't writeable|LOADING|enableOfflineQueue/.test(err.message);

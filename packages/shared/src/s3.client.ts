@@ -100,10 +100,13 @@ export class S3UnreachableError extends Error {
     if (err instanceof S3UnreachableError) return err;
     const failed = connectionFailure(err);
     if (!failed) return undefined;
+    // Its host and port, not either: Redis may be on the same host, anything else on the same port.
     const url = new URL(endpoint);
     const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
     const host = url.hostname.replace(/^\[|\]$/g, '');
-    const ours = failed.port === port || failed.hostname === host || failed.address === host;
+    const loopback = (a?: string) => a === '127.0.0.1' || a === '::1';
+    const hostMatches = failed.hostname === host || failed.address === host || (host === 'localhost' && loopback(failed.address));
+    const ours = hostMatches && (failed.port === undefined || failed.port === port);
     return ours ? new S3UnreachableError(endpoint, failed.problem) : undefined;
   }
 }

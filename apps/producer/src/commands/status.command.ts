@@ -47,7 +47,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   const names = o.dataset ? [o.dataset] : await repo.list();
   const datasets = await Promise.all(names.map((d) => inspector.status(d)));
-  const { warnings, loss: lossWarnings } = await deploymentWarnings(ctx, spaces.map((s) => s.space.id));
+  const { warnings, lossFound } = await deploymentWarnings(ctx, spaces.map((s) => s.space.id));
   if (o.json) {
     ctx.out.write(`${JSON.stringify({ queues, spaces, datasets, warnings }, null, 2)}\n`);
     return { queues, spaces, datasets, warnings };
@@ -56,7 +56,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const warning of warnings) w(`warning: ${warning}`);
   w('embedding spaces:');
   if (spaces.length === 0) {
-    w(lossWarnings.length ? '  none published since Redis lost its data: a running embed worker publishes its space again within seconds' : '  none published yet: start the stack (transferline up) or an embed worker');
+    w(lossFound ? '  none published since Redis lost its data: a running embed worker publishes its space again within seconds' : '  none published yet: start the stack (transferline up) or an embed worker');
   }
   for (const s of spaces) {
     const backends = [...new Set(s.workers.map((x) => x.backend))].join(', ');
@@ -74,20 +74,21 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
       w(`  ${name}: ${of.length} worker${of.length === 1 ? '' : 's'} paused: ${reason} (${of[0]!.remedy})`);
     }
   }
-  if (datasets.length === 0) w(lossWarnings.length ? 'no datasets in Redis: ingest again as the warnings above say' : 'no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
+  if (datasets.length === 0) w(lossFound ? 'no datasets in Redis: ingest again as the warnings above say' : 'no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
   for (const d of datasets) printDatasetSummary(ctx, d);
   return { queues, spaces, datasets, warnings };
 }
 
 /**
  * What status warns of, and the console's front page shows: a Redis that may evict our keys, and
- * what Redis losing its data left (`loss`, part of `warnings`). `spaces`: the published ones.
+ * what Redis losing its data left. `lossFound`: a loss was found (not merely left unchecked).
+ * `spaces`: the published ones.
  */
-export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Promise<{ warnings: string[]; loss: string[] }> {
+export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Promise<{ warnings: string[]; lossFound: boolean }> {
   // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
   const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
   const loss = await dataLossWarnings(ctx, spaces);
-  return { warnings: [...(eviction ? [eviction] : []), ...loss], loss };
+  return { warnings: [...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found };
 }
 
 /**
@@ -97,7 +98,7 @@ export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Pro
  * trained runs that Redis no longer knew then, with the commands that bring both back. A dataset
  * deleted on purpose while its runs stay is not a loss: it is only named when a loss is found.
  */
-async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<string[]> {
+async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ lines: string[]; found: boolean }> {
   const { cache, layout, store } = ctx.services;
   const { bucket } = ctx.config.s3;
   const warnings: string[] = [];
@@ -107,21 +108,26 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<stri
   try {
     inBucket = await store.listFolders(bucket, layout.embeddingSpaces());
   } catch (err) {
+    // (nor is a loss remembered or forgotten: nothing was seen)
     const why = (S3UnreachableError.from(err, ctx.config.s3.endpoint) ?? (err as Error)).message;
-    return [`cannot read s3://${bucket}/, so whether Redis lost data is not checked: ${why}`];
+    return { lines: [`cannot read s3://${bucket}/, so whether Redis lost data is not checked: ${why}`], found: false };
   }
   const ids = new Set([...spaces, ...inBucket]);
   for (const id of [...ids].sort()) {
     if (!(await cache.indexLost(id).catch(() => false))) continue;
     warnings.push(`the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}`);
   }
+  let found = warnings.length > 0;
   try {
     if (warnings.length) await recordLostDatasets(ctx);
     else await lossOver(ctx);
-    for (const lost of await lostDatasets(ctx)) warnings.push(lostDatasetLine(lost));
+    for (const lost of await lostDatasets(ctx)) {
+      warnings.push(lostDatasetLine(lost));
+      found = true;
+    }
   } catch (err) {
     // the runs are read from the bucket: one that cannot be read now is not a reason to fail status
     warnings.push(`could not check which datasets Redis lost: ${(err as Error).message}`);
   }
-  return warnings;
+  return { lines: warnings, found };
 }

@@ -9,7 +9,7 @@ import { printable } from '../terminal.js';
 import { notIngestedAgain } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { lostDatasetLine, lostDatasets, reingestCommands } from '../data-loss.js';
-import type { EpochProgress } from '@transferline/train-worker/train-head.job';
+import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
 /** The option a TrainJob field comes from: `validationFraction` → `--validation-fraction`. */
@@ -72,7 +72,8 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   if (lost) {
     if (!o.partial) throw new CliExit(EXIT.error, `transferline: ${lostDatasetLine(lost)}. A run now would learn from part of it: ingest again first, or train with --partial on what it has`);
     const latest = o.promote === false ? '' : '; the run becomes the latest (--no-promote keeps the one there)';
-    ctx.out.write(`--partial: ${lostDatasetLine(lost)}. Training on what it has, and the report records what it left out${latest}.\n`);
+    const recorded = lost.missing?.length ? ', and the report records what it left out' : '';
+    ctx.out.write(`--partial: ${lostDatasetLine(lost)}. Training on what it has${recorded}${latest}.\n`);
   }
   const space = await datasets.space(o.dataset);
   if (!space) throw new Error(`dataset ${o.dataset} has no embedding space recorded (ingested by an older version?): ingest it again`);
@@ -85,9 +86,11 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     throw new CliExit(EXIT.usage, `transferline: run id ${runId} is taken by a run of dataset ${takenBy} (run ids are unique across datasets): choose another --run-id, or leave it out for a new one`);
   }
   const written = await store.headObject(ctx.config.s3.bucket, layout.runFile(o.dataset, runId, 'run.json'));
-  // A run that failed or was cancelled before it wrote a model leaves only its failed job: its id
-  // may be used again (the job goes when the new run is queued, and train says so).
-  const replaces = taken && !written && (await taken.getState()) === 'failed' ? taken : undefined;
+  // A run that ended without a model for a reason its worker gave (cancelled, nothing to train
+  // on…) leaves only its failed job: its id may be used again (the job goes when the new run is
+  // queued, and train says so). Not one that failed otherwise (stalled: its worker may live on).
+  const ended = taken && !written && (await taken.getState()) === 'failed' ? permanentFailureOf(taken.failedReason) : undefined;
+  const replaces = ended && (TRAIN_FAILURE_REASONS as readonly string[]).includes(ended.reason) ? taken : undefined;
   if ((taken && !replaces) || written) {
     throw new CliExit(EXIT.usage, `transferline: run ${runId} exists already (see "transferline models"): choose another --run-id, or leave it out for a new one`);
   }
@@ -96,7 +99,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
   const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined, ...(lost?.missing?.length && { notIngestedAgain: lost.missing }) };
   const parsed = TrainJob.safeParse(input);
-  if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${flagOf(i.path)}: ${boundOf(i) ?? i.message} (got ${String((input as Record<string, unknown>)[String(i.path[0])])})`).join('; ')}`);
+  if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${flagOf(i.path)}: ${boundOf(i) ?? i.message}${i.path.length ? ` (got ${String((input as Record<string, unknown>)[String(i.path[0])])})` : ''}`).join('; ')}`);
   const payload = parsed.data;
   const stallSeconds = o.stallSeconds ?? 30;
   const status = await inspector.status(o.dataset);
@@ -115,9 +118,13 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   }
 
   if (replaces) {
-    await replaces.remove();
-    const cancelled = permanentFailureOf(replaces.failedReason ?? '')?.reason === 'cancelled';
-    ctx.out.write(`run ${runId} ${cancelled ? 'was cancelled' : 'failed'} before it wrote a model: this run takes its id\n`);
+    // looked at again just before it goes: a wait above may have been long, and the id queued again meanwhile
+    const now = await ctx.queues.train.getJob(jobId);
+    const same = now && (await now.getState()) === 'failed' && now.failedReason === replaces.failedReason && now.finishedOn === replaces.finishedOn;
+    const removed = same && (await now.remove().then(() => true, () => false));
+    if (!removed) throw new CliExit(EXIT.usage, `transferline: run ${runId} was queued again meanwhile: choose another --run-id, or leave it out for a new one`);
+    const why = permanentFailureOf(replaces.failedReason)!;
+    ctx.out.write(`run ${runId} ended without a model (${why.reason === 'cancelled' ? 'cancelled' : `${why.reason}: ${why.detail}`}): this run takes its id\n`);
   }
   // a run id used before by a run cancelled while queued: the new run is not that one
   await ctx.services.redis.del(ctx.services.keys.trainCancel(runId));

@@ -59,12 +59,26 @@ export async function loadOverview(d: ConsoleDeps): Promise<Overview> {
     Promise.all(deploymentQueues(d.queues, spaces).map(summarise)),
     Promise.all(names.map((n) => d.services.inspector.status(n, 0))),
     listModelRuns(runsContext(d)),
-    deploymentWarnings(
-      runsContext(d),
+    recentWarnings(
+      d,
       spaces.map((s) => s.space.id),
     ),
   ]);
   return { spaces, queues, datasets, runs, warnings };
+}
+
+/** How long the front page reuses the warnings it found: they read the bucket, and pages reload. */
+const WARNINGS_TTL_MS = 30_000;
+const warningsSeen = new WeakMap<Services, { at: number; found: ReturnType<typeof deploymentWarnings> }>();
+
+/** status's warnings (deploymentWarnings), found at most once per WARNINGS_TTL_MS per deployment. */
+function recentWarnings(d: ConsoleDeps, spaces: string[]): ReturnType<typeof deploymentWarnings> {
+  const seen = warningsSeen.get(d.services);
+  if (seen && Date.now() - seen.at < WARNINGS_TTL_MS) return seen.found;
+  const found = deploymentWarnings(runsContext(d), spaces);
+  warningsSeen.set(d.services, { at: Date.now(), found });
+  found.catch(() => warningsSeen.delete(d.services));
+  return found;
 }
 
 /** One dataset with its first failures, or undefined when there is no such dataset. */
