@@ -5,7 +5,7 @@ import { watchRounds } from './watch-loop.js';
 function context(): { ctx: CliContext; printed: string[] } {
   const printed: string[] = [];
   const out = { write: (s: string) => (printed.push(s), true) } as unknown as NodeJS.WritableStream;
-  return { ctx: { out, config: { redis: { url: 'redis://127.0.0.1:1' } } } as unknown as CliContext, printed };
+  return { ctx: { out, config: { redis: { url: 'redis://127.0.0.1:1' }, s3: { endpoint: 'http://127.0.0.1:9' } } } as unknown as CliContext, printed };
 }
 
 describe('watchRounds', () => {
@@ -21,6 +21,18 @@ describe('watchRounds', () => {
       'watch: round 4 failed: bucket photos does not exist; trying again every 0.001 s (Ctrl-C to stop)\n',
       'watch: round 6 went through; 4 rounds since round 2 had failed\n',
     ]);
+  });
+
+  it('names the server a refused connection went to: S3 by its host and port, else Redis', async () => {
+    const refused = (port: number) => Object.assign(new Error(`connect ECONNREFUSED 127.0.0.1:${port}`), { code: 'ECONNREFUSED', address: '127.0.0.1', port });
+    const { ctx, printed } = context();
+    const failures = [undefined, refused(9), refused(1), undefined];
+    await watchRounds(ctx, { intervalSeconds: 0.001, maxRounds: failures.length }, async (n) => {
+      const failure = failures[n - 1];
+      if (failure) throw new Error('the listing failed', { cause: failure }); // as the SDK wraps it
+    });
+    expect(printed[0]).toBe('watch: round 2 failed: cannot reach S3 at http://127.0.0.1:9: connection refused. Is it running? (set S3_ENDPOINT or TL_S3_PORT, or run "transferline up"); trying again every 0.001 s (Ctrl-C to stop)\n');
+    expect(printed[1]).toBe('watch: round 3 failed: the listing failed; trying again every 0.001 s (Ctrl-C to stop)\n');
   });
 
   it("ends on the first round's failure", async () => {

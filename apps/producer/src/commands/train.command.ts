@@ -69,12 +69,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   // prefixes): a run now would learn from that part, and become the latest. (Runs that cannot be
   // read now are not a reason to refuse.)
   const lost = (await lostDatasets(ctx).catch(() => [])).find((l) => l.dataset === o.dataset);
-  if (lost) {
-    if (!o.partial) throw new CliExit(EXIT.error, `transferline: ${lostDatasetLine(lost)}. A run now would learn from part of it: ingest again first, or train with --partial on what it has`);
-    const latest = o.promote === false ? '' : '; the run becomes the latest (--no-promote keeps the one there)';
-    const recorded = lost.missing?.length ? ', and the report records what it left out' : '';
-    ctx.out.write(`--partial: ${lostDatasetLine(lost)}. Training on what it has${recorded}${latest}.\n`);
-  }
+  if (lost && !o.partial) throw new CliExit(EXIT.error, `transferline: ${lostDatasetLine(lost)}. A run now would learn from part of it: ingest again first, or train with --partial on what it has`);
   const space = await datasets.space(o.dataset);
   if (!space) throw new Error(`dataset ${o.dataset} has no embedding space recorded (ingested by an older version?): ingest it again`);
   const runId = o.runId ?? newRunId();
@@ -101,6 +96,11 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   const parsed = TrainJob.safeParse(input);
   if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${flagOf(i.path)}: ${boundOf(i) ?? i.message}${i.path.length ? ` (got ${String((input as Record<string, unknown>)[String(i.path[0])])})` : ''}`).join('; ')}`);
   const payload = parsed.data;
+  if (lost) {
+    const latest = payload.promote ? '; the run becomes the latest (--no-promote keeps the one there)' : '';
+    const recorded = lost.missing?.length ? ', and the report records what it left out' : '';
+    ctx.out.write(`--partial: ${lostDatasetLine(lost)}. Training on what it has${recorded}${latest}.\n`);
+  }
   const stallSeconds = o.stallSeconds ?? 30;
   const status = await inspector.status(o.dataset);
   // embedded in another space: no wait brings them into this one
