@@ -72,8 +72,8 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
 
   const examples: Example[] = [];
   // the prefixes the CLI found not ingested again, less those an ingest listed to the end since
-  const listed = new Set((await services.datasets.listedSources(job.dataset)).map((s) => DatasetRepository.objectUrl(s)));
-  const left = job.notIngestedAgain?.filter((s) => !listed.has(s));
+  const listed = job.notIngestedAgain?.length ? new Set((await services.datasets.listedSources(job.dataset)).map((s) => DatasetRepository.objectUrl(s))) : undefined;
+  const left = job.notIngestedAgain?.filter((s) => !listed?.has(s));
   const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(left?.length && { notIngestedAgain: left }) };
   let elsewhere = 0;
   for await (const page of services.inspector.scan(job.dataset)) {

@@ -140,10 +140,14 @@ export class EmbeddingCache {
    * manifest and its data. (A manifest whose `.npy` is gone, deleted by hand, names rows nothing
    * can read; a write never leaves one, since the data goes first.)
    */
-  async listShards(embedderId: string, except: ReadonlySet<string> = new Set()): Promise<{ shardId: string; rows: number; hashes: string[] }[]> {
+  async listShards(embedderId: string): Promise<{ shardId: string; rows: number; hashes: string[] }[]> {
+    return this.readManifests(await this.wholeShards(embedderId));
+  }
+
+  /** The rows of these shards, from their manifests (one gone since it was listed is passed over). */
+  private async readManifests(manifests: { shardId: string; key: string }[]): Promise<{ shardId: string; rows: number; hashes: string[] }[]> {
     const shards: { shardId: string; rows: number; hashes: string[] }[] = [];
-    for (const m of await this.wholeShards(embedderId)) {
-      if (except.has(m.shardId)) continue;
+    for (const m of manifests) {
       const raw = await this.store.getJson(this.bucket, m.key);
       if (raw === undefined) continue;
       const manifest = parseDocument(ShardManifest, raw, `s3://${this.bucket}/${m.key}`);
@@ -273,9 +277,12 @@ export class EmbeddingCache {
   async rebuildIndex(embedderId: string): Promise<{ indexed: number; dropped: number }> {
     const shards = await this.listShards(embedderId);
     for (const s of shards) await this.index(embedderId, s.shardId, s.hashes);
-    const later = await this.listShards(embedderId, new Set(shards.map((s) => s.shardId)));
+    // one listing more: the shards there now (what is written after it is checked by HEAD below)
+    const now = await this.wholeShards(embedderId);
+    const first = new Set(shards.map((s) => s.shardId));
+    const later = await this.readManifests(now.filter((m) => !first.has(m.shardId)));
     for (const s of later) await this.index(embedderId, s.shardId, s.hashes);
-    const listed = new Set((await this.wholeShards(embedderId)).map((s) => s.shardId));
+    const listed = new Set(now.map((m) => m.shardId));
     const key = this.keys.embeddingIndex(embedderId);
     const stale = new Map<string, [string, string][]>(); // shard → its entries
     let cursor = '0';

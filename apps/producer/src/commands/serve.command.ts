@@ -76,7 +76,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
         void (async () => {
           const latest = await latestRun(long, m.dataset).catch(() => undefined);
           const was = server!.model().runId;
-          if (latest && latest.runId !== was) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[(latest.setBy ?? 'unknown') as keyof typeof SET_BY] ?? SET_BY.unknown})`);
+          if (latest && latest.runId !== was) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy !== undefined && Object.hasOwn(SET_BY, latest.setBy) ? (latest.setBy as keyof typeof SET_BY) : 'unknown']})`);
         })();
       }, follow * 1000);
     }
