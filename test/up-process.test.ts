@@ -1,9 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
@@ -152,6 +153,9 @@ describe('transferline up, as a process', () => {
       await writeFile(path.join(photos, 'b', `${i}.jpg`), await renderSample('square', i, 3, 96));
     }
     const cliEnv = { ...env };
+    // the banner's any-S3-client line works as printed without --demo too (its bucket is there)
+    const awsLine = /^ {2}(AWS_ACCESS_KEY_ID=.* aws .+)$/m.exec(banner)![1]!;
+    await promisify(execFile)('sh', ['-c', awsLine], { cwd: dataDir, env: { PATH: process.env.PATH, HOME: dataDir, S3_SECRET_ACCESS_KEY: secret } });
     expect((await runCli(['upload', photos, 's3://photos/small/'], cliEnv)).code).toBe(0);
     const ingest = await runCli(['ingest', 's3://photos/small/', '-d', 'small'], cliEnv);
     expect(ingest.stdout).toMatch(/dataset small: 4 images, 4 embedded/);

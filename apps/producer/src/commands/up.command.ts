@@ -184,13 +184,19 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     await stop(0);
     return;
   }
+  // The hints' any-S3-client line copies into s3://photos/, which only `upload` would create:
+  // made here on the embedded server (a bucket of the user's own S3 is theirs to name and make).
+  // (`config` is the children's, which name the embedded servers as if they were the user's own.)
+  const own = loadConfig(env);
+  if (own.s3.embedded) {
+    await consoleServices.store.ensureBucket(DEMO_BUCKET).catch((err: unknown) => w(`  (could not create s3://${DEMO_BUCKET}: ${(err as Error).message})`));
+  }
   // Every line below pastes into a shell as it is (the test runs them through one).
   w('\nthe stack keeps running; in another terminal try:');
   // npx finds transferline in the project's own node_modules
   w(`  cd ${shellQuote(PROJECT_ROOT)}`);
   // settings that are not the defaults: the other terminal's commands reach this stack only with
   // them; a port given as 0 (any free one) is the one the server got
-  const own = loadConfig(env);
   const settings = stackSettings({
     ...env,
     ...(own.redis.embedded && { TL_REDIS_PORT: new URL(config.redis.url).port }),
