@@ -23,6 +23,14 @@ const CONNECTION_PROBLEMS: Record<string, string> = {
   EPIPE: 'the connection was closed',
 };
 
+/** Whether a socket error code means a connection could not be made or kept (one home for the codes). */
+export function isConnectionCode(code: string | undefined): boolean {
+  return code !== undefined && Object.hasOwn(CONNECTION_PROBLEMS, code);
+}
+
+/** The codes, for matching messages that carry one but lost the error's `code` ("connect ECONNREFUSED …"). */
+export const CONNECTION_CODE_PATTERN = Object.keys(CONNECTION_PROBLEMS).join('|');
+
 type Failure = { problem: string; address?: string; port?: number; hostname?: string };
 
 /**
@@ -39,7 +47,7 @@ export function connectionFailure(err: unknown): Failure | undefined {
     if (e instanceof AggregateError) for (const inner of e.errors) walk(inner);
   };
   walk(err);
-  const coded = chain.find((e) => e.code !== undefined && e.code in CONNECTION_PROBLEMS);
+  const coded = chain.find((e) => isConnectionCode(e.code));
   if (!coded) return undefined;
   const where = [coded, ...chain].find((e) => e.address !== undefined || e.hostname !== undefined) ?? coded;
   return { problem: CONNECTION_PROBLEMS[coded.code!]!, ...(where.address && { address: where.address }), ...(where.port !== undefined && { port: where.port }), ...(where.hostname && { hostname: where.hostname }) };

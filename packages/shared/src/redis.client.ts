@@ -1,7 +1,7 @@
 import { Redis, type ChainableCommander, type RedisOptions } from 'ioredis';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
-import { connectionFailure } from './errors.js';
+import { connectionFailure, isConnectionCode } from './errors.js';
 import { redactUrl } from './redact.js';
 
 export { Redis };
@@ -98,7 +98,7 @@ export function isRedisUnavailable(err: unknown): boolean {
   if (err.name === 'MaxRetriesPerRequestError') return true;
   // the error's own code only: a cause inside another client's error (S3's) is not Redis's
   const code = (err as NodeJS.ErrnoException).code;
-  if (code && ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH'].includes(code)) return true;
+  if (isConnectionCode(code)) return true;
   return /Connection is closed|Stream isn't writeable|LOADING|enableOfflineQueue/.test(err.message);
 }
 
