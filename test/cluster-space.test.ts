@@ -128,6 +128,20 @@ describe("the README's two terminals", () => {
     expect(onnx.code).toBe(0);
     expect(onnx.stdout).toContain('  note: EfficientNet-B0 runs with SEEDED RANDOM weights (seed 42), as this run was trained (efficientnet-b0.random-seed42.squash224): fine for the demo\'s shapes, not for real photos\n');
     expect(classify.stdout).toMatch(/classified 8 image\(s\)/);
+    // and serve says it too, under the line that says what it serves
+    const serve = spawn(process.execPath, [cliPath, 'serve', '-m', 'mine', '--port', '0', '--threads', '1'], { env: shell, stdio: ['ignore', 'pipe', 'pipe'] });
+    cleanups.push(async () => {
+      if (serve.exitCode === null) {
+        serve.kill('SIGKILL');
+        await new Promise((r) => serve.once('exit', r));
+      }
+    });
+    const served = { text: '' };
+    serve.stdout!.on('data', (d: Buffer) => (served.text += d.toString()));
+    await waitForOutput(serve, /Ctrl-C stops it/, 60_000, served);
+    expect(served.text).toMatch(/^serving mine@\S+ \(circle, square, triangle\) on http:\/\/127\.0\.0\.1:\d+\n {2}note: EfficientNet-B0 runs with SEEDED RANDOM weights \(seed 42\)/m);
+    serve.kill('SIGINT');
+    await new Promise((r) => serve.once('exit', r));
 
     // Redis forgets the published spaces (a flush, say): the command status prints then, which
     // names the space, waits for the live worker to publish it again rather than failing

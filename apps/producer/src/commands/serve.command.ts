@@ -2,6 +2,7 @@ import { createLogger, createServices } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { latestRun } from './models.command.js';
 import { randomWeightsNote } from '../classifier-model.js';
+import type { ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
 import { startClassifierServer, type ClassifierServer } from '../serve/classifier.server.js';
 import { printable } from '../terminal.js';
 
@@ -48,8 +49,12 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
   // One line per load, naming what asked for it (a signal, a new latest run, POST
   // /v1/models/reload; one that comes while a load is under way joins it), in place of the
   // server's log line: a terminal shows one account of each.
-  const onSwap = (m: { dataset: string; runId: string }, was: string, cause: string) =>
+  const onSwap = (m: ClassifierMetadata, was: string, cause: string) => {
     w(`${cause}: ${m.runId === was ? `reloaded ${m.dataset}@${m.runId} (the same run)` : `now serving ${m.dataset}@${m.runId} (was ${was})`}`);
+    // a run of another embedding space may have other weights: said of the model now served
+    const random = m.runId === was ? undefined : randomWeightsNote(m);
+    if (random) w(`  ${random}`);
+  };
   const swap = async (cause: string) => {
     try {
       await server!.reload(cause);
