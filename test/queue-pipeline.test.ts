@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startEmbeddedRedis, type EmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
-import { createQueues, createRedis, enqueueOn, execPipeline, jobIds, type Queues, type Redis } from '../packages/shared/src/index.js';
+import { createQueues, createRedis, enqueue, enqueueOn, execPipeline, JOBS, jobIds, loadConfig, type Queues, type Redis } from '../packages/shared/src/index.js';
 
 /**
  * Preprocess hands an image to embed in one round trip: its pixels, the embed job (BullMQ's own
@@ -57,5 +57,29 @@ describe('a job added on a pipeline with other writes', () => {
 
   it('refuses a pipeline BullMQ cannot join, instead of dropping the add', () => {
     expect(() => enqueueOn(client.pipeline(), queues.embed('space-1'), 'embed', [{ id, payload }])).toThrow(/Queues.pipeline/);
+  });
+});
+
+describe('TL_RETRY_BACKOFF_SCALE', () => {
+  it("scales the retry delays a job is added with, through either kind of add, from the config's value", async () => {
+    const scaled = createQueues(client, 'qp-backoff', { retryBackoffScale: loadConfig({ TL_RETRY_BACKOFF_SCALE: '0.25' }).retryBackoffScale });
+    try {
+      const payload = { sha256: 'cd'.repeat(32), embedderId: 'space-2' };
+      const pipe = await scaled.pipeline();
+      enqueueOn(pipe, scaled.embed('space-2'), 'embed', [{ id: jobIds.embed(payload), payload }]);
+      await execPipeline(pipe);
+      const pp = { dataset: 'd', bucket: 'b', key: 'k.jpg', etag: 'e', label: 'l', embedderId: 'space-2', resize: 'squash' as const };
+      await enqueue(scaled.preprocess, 'preprocess', [{ id: jobIds.preprocess(pp), payload: pp }]);
+      expect((await scaled.embed('space-2').getJob(jobIds.embed(payload)))?.opts.backoff).toMatchObject({ type: 'exponential', delay: JOBS.embed.backoffMs / 4 });
+      expect((await scaled.preprocess.getJob(jobIds.preprocess(pp)))?.opts.backoff).toMatchObject({ type: 'exponential', delay: JOBS.preprocess.backoffMs / 4 });
+      // and the default is the catalog's own
+      expect((await queues.embed('space-1').getJob(jobIds.embed({ sha256: 'ab'.repeat(32), embedderId: 'space-1' })))?.opts.backoff).toMatchObject({ delay: JOBS.embed.backoffMs });
+    } finally {
+      await scaled.close();
+    }
+  });
+
+  it('is refused out of range, named', () => {
+    expect(() => loadConfig({ TL_RETRY_BACKOFF_SCALE: '0' })).toThrow(/TL_RETRY_BACKOFF_SCALE/);
   });
 });

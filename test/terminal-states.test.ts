@@ -5,7 +5,7 @@ import { retryCommand } from '../apps/producer/src/commands/retry.command.js';
 import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { jobIds, ReportDoc } from '../packages/shared/src/index.js';
+import { JOBS, jobIds, ReportDoc } from '../packages/shared/src/index.js';
 import { startFaultyS3, type FaultProxy, type FaultyS3 } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
@@ -26,11 +26,13 @@ let ctx: CliContext;
 const sink = { write: () => true } as unknown as NodeJS.WritableStream;
 const photos = 'photos-ts';
 const KINDS: SampleClass[] = ['circle', 'square'];
+const BACKOFF_SCALE = 0.1;
 
 beforeAll(async () => {
   faulty = await startFaultyS3();
   proxy = faulty.proxy;
-  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', S3_ENDPOINT: proxy.url });
+  // retries 10× sooner than by default: what is tested is where they end, not how long they wait
+  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', S3_ENDPOINT: proxy.url, TL_RETRY_BACKOFF_SCALE: String(BACKOFF_SCALE) });
   ctx = await openCliContext(stack.config, sink);
   await ctx.services.store.ensureBucket(photos);
   for (const kind of KINDS) for (let i = 0; i < 6; i++) await ctx.services.store.putObject(photos, `train/${kind}/${i}.jpg`, await renderSample(kind, i, 17));
@@ -122,14 +124,16 @@ describe('an S3 outage longer than the retries would last', () => {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
     }
     const before = await scrape(stack.ports.preprocess);
-    // 25 s: five attempts with 1–8 s backoff would have been spent by then
     let sawDown = false;
-    const until = Date.now() + 25_000;
-    while (Date.now() < until) {
-      sawDown ||= (await scrape(stack.ports.preprocess)).get('tl_dependency_up{dependency="s3"}') === 0;
-      await new Promise((r) => setTimeout(r, 500));
+    const deadline = Date.now() + 25_000;
+    while (!sawDown && Date.now() < deadline) {
+      sawDown = (await scrape(stack.ports.preprocess)).get('tl_dependency_up{dependency="s3"}') === 0;
+      if (!sawDown) await new Promise((r) => setTimeout(r, 250));
     }
     expect(sawDown).toBe(true);
+    // then twice as long as five attempts' backoffs could last (1 + 2 + 4 + 8 times the base, +50% jitter)
+    const { attempts, backoffMs } = JOBS.preprocess;
+    await new Promise((r) => setTimeout(r, 2 * 1.5 * backoffMs * BACKOFF_SCALE * (2 ** (attempts - 1) - 1)));
     // A command that waits for these images, on a machine that reaches S3 (the CLI's own S3 is
     // not the workers'): it says the worker is paused and why, and ends instead of waiting for
     // ever on a worker that is connected but moves nothing.

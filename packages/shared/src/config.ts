@@ -62,6 +62,7 @@ const EnvSchema = z.object({
     TL_SERVE_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(1000).default(5),
     TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(8_000),
     TL_TRAIN_JOB_LOCK_MS: z.coerce.number().int().min(5_000).optional(),
+    TL_RETRY_BACKOFF_SCALE: z.coerce.number().min(0.01).max(100).default(1),
     TL_UP_HANG_SECONDS: z.coerce
       .number()
       .int()
@@ -155,6 +156,8 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
      * a minute, or TL_JOB_LOCK_MS if that is raised above it, as before this setting)
      */
     trainJobLockMs: env.TL_TRAIN_JOB_LOCK_MS ?? Math.max(env.TL_JOB_LOCK_MS, 60_000),
+    /** multiplies every job's retry delays (jobs.catalog.ts: JOBS' backoffMs), stored on each job as it is enqueued */
+    retryBackoffScale: env.TL_RETRY_BACKOFF_SCALE,
     preprocess: {
       concurrency: env.TL_PREPROCESS_CONCURRENCY,
       resize: env.TL_RESIZE,
@@ -251,6 +254,7 @@ const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
   TL_SERVE_BATCH_WAIT_MS: 'process',
   TL_JOB_LOCK_MS: 'stack',
   TL_TRAIN_JOB_LOCK_MS: 'stack',
+  TL_RETRY_BACKOFF_SCALE: 'stack',
   TL_UP_HANG_SECONDS: 'process',
   TL_LOG_LEVEL: 'process',
   TL_PREPROCESS_CONCURRENCY: 'process',

@@ -196,13 +196,16 @@ export function jobLock(name: JobName, locks: JobLocks): { lockMs: number; stall
   return { lockMs, stalledIntervalMs: Math.min(30_000, Math.max(1_000, Math.round(lockMs / 2))) };
 }
 
-/** BullMQ options for a job of this name: retries with exponential backoff + jitter, completed removed, failures kept (capped). */
-export function jobOptions(name: JobName, jobId: string) {
+/**
+ * BullMQ options for a job of this name: retries with exponential backoff + jitter (its base
+ * times TL_RETRY_BACKOFF_SCALE), completed removed, failures kept (capped).
+ */
+export function jobOptions(name: JobName, jobId: string, backoffScale = 1) {
   const spec = JOBS[name];
   return {
     jobId,
     attempts: spec.attempts,
-    backoff: { type: 'exponential' as const, delay: spec.backoffMs, jitter: 0.5 },
+    backoff: { type: 'exponential' as const, delay: Math.max(1, Math.round(spec.backoffMs * backoffScale)), jitter: 0.5 },
     // Finished runs stay (capped) so a CLI can still read a result it did not wait for.
     removeOnComplete: name === 'train' || name === 'classify' ? { count: 1_000 } : true,
     removeOnFail: { count: 10_000 },

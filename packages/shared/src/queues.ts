@@ -1,7 +1,7 @@
 import { DelayedError, Job, Queue, UnrecoverableError, Worker, createIORedisClient } from 'bullmq';
 import type { ChainableCommander, Redis } from 'ioredis';
 import type { DependencyGuard } from './dependency.guard.js';
-import { PermanentError } from './errors.js';
+import { CONNECTION_CODE_PATTERN, isConnectionCode, PermanentError } from './errors.js';
 import { JOBS, jobLock, jobOptions, queueName, type JobLocks, type JobName, type JobPayload } from './jobs.catalog.js';
 import { PROCESS_NAME } from './lifecycle.js';
 import type { Logger } from './logger.js';
@@ -87,6 +87,8 @@ export class Queues {
   constructor(
     private readonly connection: Redis,
     readonly prefix: string,
+    /** TL_RETRY_BACKOFF_SCALE: the jobs added to these queues carry their retry delays times this */
+    private readonly retryBackoffScale = 1,
   ) {
     this.preprocess = this.make(queueName('preprocess'));
     this.train = this.make(queueName('train'));
@@ -120,6 +122,7 @@ export class Queues {
 
   private make(name: string): Queue {
     const q = new Queue(name, { connection: this.connection, prefix: this.prefix });
+    BACKOFF_SCALE.set(q, this.retryBackoffScale);
     // Connection errors are reported once by the connection's own listener (redis.client.ts).
     q.on('error', () => {});
     return q;
@@ -130,9 +133,14 @@ export class Queues {
   }
 }
 
-export function createQueues(connection: Redis, prefix: string): Queues {
-  return new Queues(connection, prefix);
+/** The deployment's queues; `retryBackoffScale` is the config's (TL_RETRY_BACKOFF_SCALE) wherever jobs are added. */
+export function createQueues(connection: Redis, prefix: string, o: { retryBackoffScale?: number } = {}): Queues {
+  return new Queues(connection, prefix, o.retryBackoffScale);
 }
+
+/** Each queue's retry-delay scale, set by the Queues that made it (one read by both kinds of add). */
+const BACKOFF_SCALE = new WeakMap<Queue, number>();
+const optionsFor = (queue: Queue, name: JobName, id: string) => jobOptions(name, id, BACKOFF_SCALE.get(queue));
 
 export async function closeQueues(queues: Queues): Promise<void> {
   await queues.close();
@@ -141,7 +149,7 @@ export async function closeQueues(queues: Queues): Promise<void> {
 /** Adds jobs with their content-derived ids; an id that is already queued is not added again. */
 export async function enqueue<N extends JobName>(queue: Queue, name: N, jobs: { id: string; payload: JobPayload<N> }[]): Promise<void> {
   if (jobs.length === 0) return;
-  await queue.addBulk(jobs.map((j) => ({ name, data: j.payload, opts: jobOptions(name, j.id) })));
+  await queue.addBulk(jobs.map((j) => ({ name, data: j.payload, opts: optionsFor(queue, name, j.id) })));
 }
 
 /**
@@ -153,7 +161,7 @@ export function enqueueOn<N extends JobName>(pipe: ChainableCommander, queue: Qu
   if (typeof (pipe as { runCommand?: unknown }).runCommand !== 'function') throw new Error('enqueueOn needs a pipeline from Queues.pipeline()');
   for (const j of jobs) {
     // Queued synchronously; the outcome is the pipeline's reply, which its caller reads.
-    new Job(queue, name, j.payload, jobOptions(name, j.id), j.id).addJob(pipe as unknown as Parameters<Job['addJob']>[0]).catch(() => {});
+    new Job(queue, name, j.payload, optionsFor(queue, name, j.id), j.id).addJob(pipe as unknown as Parameters<Job['addJob']>[0]).catch(() => {});
   }
 }
 
@@ -352,7 +360,9 @@ export function workersAlive(workers: Pick<Worker, 'isRunning' | 'isPaused'>[], 
   return workers.every((w) => w.isRunning() || w.isPaused()) && !guards.some((g) => g.refusesCredentials);
 }
 
+const LOST_CONNECTION = new RegExp(`${CONNECTION_CODE_PATTERN}|Connection is closed|getaddrinfo|Stream isn't writeable`);
+
 /** Errors of a lost Redis connection, which the connection's own listener reports once. */
 export function isConnectionError(err: Error): boolean {
-  return /ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|Connection is closed|connect ETIMEDOUT|getaddrinfo|Stream isn't writeable/.test(err.message);
+  return isConnectionCode((err as NodeJS.ErrnoException).code) || LOST_CONNECTION.test(err.message);
 }
