@@ -105,7 +105,8 @@ export class S3UnreachableError extends Error {
     const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
     const host = url.hostname.replace(/^\[|\]$/g, '');
     const loopback = (a?: string) => a === '127.0.0.1' || a === '::1';
-    const hostMatches = failed.hostname === host || failed.address === host || (host === 'localhost' && loopback(failed.address));
+    // a virtual-hosted request (S3_FORCE_PATH_STYLE=false) goes to bucket.host
+    const hostMatches = failed.hostname === host || failed.hostname?.endsWith(`.${host}`) === true || failed.address === host || (host === 'localhost' && loopback(failed.address));
     const ours = hostMatches && (failed.port === undefined || failed.port === port);
     return ours ? new S3UnreachableError(endpoint, failed.problem) : undefined;
   }
