@@ -129,7 +129,7 @@ describe("the README's two terminals", () => {
     expect(onnx.stdout).toContain('  note: EfficientNet-B0 runs with SEEDED RANDOM weights (seed 42), as this run was trained (efficientnet-b0.random-seed42.squash224): fine for the demo\'s shapes, not for real photos\n');
     expect(classify.stdout).toMatch(/classified 8 image\(s\)/);
     // and serve says it too, under the line that says what it serves
-    const serve = spawn(process.execPath, [cliPath, 'serve', '-m', 'mine', '--port', '0', '--threads', '1'], { env: shell, stdio: ['ignore', 'pipe', 'pipe'] });
+    const serve = spawn(process.execPath, [cliPath, 'serve', '-m', 'mine', '--port', '0', '--threads', '1', '--follow-interval', '1'], { env: shell, stdio: ['ignore', 'pipe', 'pipe'] });
     cleanups.push(async () => {
       if (serve.exitCode === null) {
         serve.kill('SIGKILL');
@@ -140,6 +140,11 @@ describe("the README's two terminals", () => {
     serve.stdout!.on('data', (d: Buffer) => (served.text += d.toString()));
     await waitForOutput(serve, /Ctrl-C stops it/, 60_000, served);
     expect(served.text).toMatch(/^serving mine@\S+ \(circle, square, triangle\) on http:\/\/127\.0\.0\.1:\d+\n {2}note: EfficientNet-B0 runs with SEEDED RANDOM weights \(seed 42\)/m);
+    // and again for the run it swaps to
+    const second = await runCli(['train', '--dataset', 'mine', '--epochs', '5'], shell);
+    expect(second.code).toBe(0);
+    const run2 = /run (\S+): validation accuracy/.exec(second.stdout)![1]!;
+    await waitForOutput(serve, new RegExp(`now serving mine@${run2} \\(was \\S+\\)\\n {2}note: EfficientNet-B0 runs with SEEDED RANDOM weights`), 30_000, served);
     serve.kill('SIGINT');
     await new Promise((r) => serve.once('exit', r));
 

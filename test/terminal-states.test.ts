@@ -131,9 +131,9 @@ describe('an S3 outage longer than the retries would last', () => {
       if (!sawDown) await new Promise((r) => setTimeout(r, 250));
     }
     expect(sawDown).toBe(true);
-    // then twice as long as five attempts' backoffs could last (1 + 2 + 4 + 8 times the base, +50% jitter)
+    // then three times as long as five attempts' backoffs could last (1 + 2 + 4 + 8 times the base; jitter only shortens them)
     const { attempts, backoffMs } = JOBS.preprocess;
-    await new Promise((r) => setTimeout(r, 2 * 1.5 * backoffMs * BACKOFF_SCALE * (2 ** (attempts - 1) - 1)));
+    await new Promise((r) => setTimeout(r, 3 * backoffMs * BACKOFF_SCALE * (2 ** (attempts - 1) - 1)));
     // A command that waits for these images, on a machine that reaches S3 (the CLI's own S3 is
     // not the workers'): it says the worker is paused and why, and ends instead of waiting for
     // ever on a worker that is connected but moves nothing.
