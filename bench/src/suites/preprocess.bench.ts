@@ -9,7 +9,7 @@ import { openCliContext } from '@transferline/producer/cli-context';
 import { ingestPrefix } from '@transferline/producer/ingest.service';
 import { startTempStack } from '@transferline/producer/embedded/temp-stack';
 import { configureSharp, prepareImage, type PrepareOptions } from '@transferline/feature-worker/image.ops';
-import { contentHash } from '@transferline/shared';
+import { contentHash, defaultPreprocessConcurrency } from '@transferline/shared';
 import { ensurePythonPeers, PYTHON } from '../python-peers.js';
 import { canPin, cpuSeconds, machine, pinProcess, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
@@ -21,12 +21,14 @@ import { canPin, cpuSeconds, machine, pinProcess, until, withRatios, type Row, t
  * the same files, as a Python user would. Two sets: Debian's wallpaper photos and 640×480 JPEGs.
  *
  * Each worker process is given one core (pinned with taskset, UV_THREADPOOL_SIZE=1, sharp
- * concurrency 1, 4 jobs in hand so downloads and Redis round trips overlap decoding), as if each
- * were a machine of its own; the S3 server and Redis float over both cores. "1 process,
+ * concurrency 1, as many jobs in hand as a one-core machine gets by default, so downloads and Redis
+ * round trips overlap decoding), as if each were a machine of its own; the S3 server and Redis float over both cores. "1 process,
  * defaults" is one unpinned process with the default settings, using both cores. Every variant
  * runs in rounds, round robin, so a shared machine's noise hits them alike.
  */
 
+/** A worker process as if on a machine of one core: the images in flight that such a machine gets by default, one decode thread. */
+const ONE_CORE = { TL_PREPROCESS_CONCURRENCY: String(defaultPreprocessConcurrency(1)), TL_SHARP_CONCURRENCY: '1', UV_THREADPOOL_SIZE: '1' };
 const PREP: PrepareOptions = { size: 224, maxInputPixels: 100_000_000, background: { r: 255, g: 255, b: 255 } };
 const BEFORE: PrepareOptions = { ...PREP, kernel: 'lanczos3' };
 const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
@@ -78,8 +80,7 @@ export async function preprocessBench(o: PreprocessBenchOptions = {}): Promise<S
       process.stderr.write(`preprocess: ${set.label}: ${n} images, ${mb.toFixed(1)} MB\n`);
       const dir = path.join(workDir, set.id);
       await writeFiles(dir, set.images);
-      const oneCore = { TL_PREPROCESS_CONCURRENCY: '4', TL_SHARP_CONCURRENCY: '1', UV_THREADPOOL_SIZE: '1' };
-      const stages = [await startStage(set, 1, oneCore, pin), await startStage(set, 2, oneCore, pin), await startStage(set, 1, {}, false)];
+      const stages = [await startStage(set, 1, ONE_CORE, pin), await startStage(set, 2, ONE_CORE, pin), await startStage(set, 1, {}, false)];
       try {
         const variants: Record<string, Measurer> = {
           raw: rawMeasurer(set.images, PREP, 1),
@@ -136,7 +137,7 @@ export async function preprocessBench(o: PreprocessBenchOptions = {}): Promise<S
     startedAt,
     machine: machine(),
     rows: withRatios(rows),
-    details: { ...details, sharp: sharp.versions.sharp, vips: sharp.versions.vips, stageWorker: 'one core per process: pinned with taskset (worker i on CPU i), TL_PREPROCESS_CONCURRENCY=4, TL_SHARP_CONCURRENCY=1, UV_THREADPOOL_SIZE=1' },
+    details: { ...details, sharp: sharp.versions.sharp, vips: sharp.versions.vips, stageWorker: `one core per process: pinned with taskset (worker i on CPU i), ${Object.entries(ONE_CORE).map(([k, v]) => `${k}=${v}`).join(', ')}` },
   };
 }
 

@@ -1,6 +1,7 @@
+import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, stackSettings } from './config.js';
+import { ConfigError, defaultPreprocessConcurrency, loadConfig, stackSettings } from './config.js';
 
 describe('loadConfig', () => {
   it('has defaults that work on one machine', () => {
@@ -12,7 +13,11 @@ describe('loadConfig', () => {
     expect(c.s3.bucket).toBe('transferline');
     expect(c.dataDir).toBe(path.resolve('./data'));
     expect(c.embed.batchSize).toBeGreaterThan(0);
-    expect(c.preprocess.concurrency).toBeGreaterThan(0);
+    expect(c.preprocess.concurrency).toBe(defaultPreprocessConcurrency(os.availableParallelism()));
+  });
+
+  it('keeps enough images in flight to hide the waits on S3 and Redis: 8 per core, at least 16, at most 64', () => {
+    expect([1, 2, 3, 4, 8, 16].map(defaultPreprocessConcurrency)).toEqual([16, 16, 24, 32, 64, 64]);
   });
 
   it('uses external servers when their URLs are given', () => {

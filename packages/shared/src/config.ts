@@ -21,6 +21,18 @@ function hexColour(hex: string): { r: number; g: number; b: number } {
   return { r: (n >> 16) & 255, g: (n >> 8) & 255, b: n & 255 };
 }
 
+/**
+ * Images a preprocess process works on at once, by default: each waits on S3 and Redis as well as
+ * decoding, and enough in flight keep the decoding core busy through those waits. 8 per core, at
+ * least 16, at most 64 (each waiting image is held whole in memory, up to TL_MAX_OBJECT_BYTES).
+ * Measured (img/s by images in flight): one process pinned to one core, 640×480 JPEGs: 4: 155-175,
+ * 8: 163-192, 16: 172-197; the wallpaper photos: 4: 16.8, 8: 18.0, 16: 19.2. One process on 2
+ * cores, 640×480: 2: 210, 4: 237, 8: 294-320, 16: 340.
+ */
+export function defaultPreprocessConcurrency(cores: number): number {
+  return Math.min(64, Math.max(16, 8 * Math.max(1, cores)));
+}
+
 /** Every environment variable transferline reads, with a default that works on one machine. */
 const EnvSchema = z.object({
     TL_DATA_DIR: z.string().min(1).default('./data'),
@@ -69,11 +81,7 @@ const EnvSchema = z.object({
       .refine((v) => v === 0 || v >= 3, '0 (never) or at least 3')
       .default(60),
     TL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-    // Each image waits on S3 and Redis as well as decoding: with 4 in flight per core those waits
-    // overlap the decodes. Measured on 2 cores, one process, 640×480 JPEGs (img/s by images in
-    // flight): 2: 210, 4: 237, 8: 294-320, 16: 340; on the wallpaper photos, 2: 89, 8: 110.
-    // At most 64: each waiting image is held whole in memory (up to TL_MAX_OBJECT_BYTES).
-    TL_PREPROCESS_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(Math.min(64, 4 * Math.max(1, os.availableParallelism()))),
+    TL_PREPROCESS_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(defaultPreprocessConcurrency(os.availableParallelism())),
     TL_MAX_OBJECT_BYTES: z.coerce.number().int().min(1).default(64 * 1024 * 1024),
     TL_MAX_INPUT_PIXELS: z.coerce.number().int().min(1).default(100_000_000),
     TL_TENSOR_TTL_SECONDS: z.coerce.number().int().min(60).default(7 * 24 * 3600),
