@@ -120,7 +120,18 @@ describe("the README's two terminals", () => {
 
     const train = await runCli(['train', '--dataset', 'mine', '--epochs', '20'], shell);
     expect(train.code).toBe(0);
-    expect(train.stdout).toMatch(/run \S+: validation accuracy/);
+    // the report says how the images were split, so that no accuracy reads as one over all of them
+    const split = /run \S+: validation accuracy [\d.]+%, test accuracy [\d.]+% \((\d+) images: (\d+) train, (\d+) validation, (\d+) test; best epoch \d+\)/.exec(train.stdout);
+    expect(split, train.stdout).not.toBeNull();
+    expect(Number(split![2]) + Number(split![3]) + Number(split![4])).toBe(Number(split![1]));
+    // and models lines its figures up under their headings
+    const listed = (await runCli(['models'], shell)).stdout.split('\n');
+    const heading = listed[0]!;
+    const row = listed.find((l) => l.startsWith('mine '))!;
+    for (const column of ['val acc', 'test acc', 'classes']) {
+      const end = heading.indexOf(column) + column.length;
+      expect(row.slice(end - 1, end + 1), `${column}:\n${heading}\n${row}`).toMatch(/^\S /);
+    }
     const classify = await runCli(['classify', 's3://photos/mine/circle/', '--model', 'mine'], shell);
     expect(classify.code).toBe(0);
     // a model of the random space says so where it leaves transferline

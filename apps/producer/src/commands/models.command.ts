@@ -119,7 +119,7 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
   ctx.out.write('dataset          run                          val acc  test acc  classes  embeddings\n');
   for (const r of runs) {
     ctx.out.write(
-      `${r.dataset.padEnd(16)} ${(r.runId + (r.latest ? ' *' : '')).padEnd(28)} ${pct(r.validationAccuracy)}  ${pct(r.testAccuracy)}   ${String(r.labels.length).padStart(7)}  ${r.embedderId}${r.partial ? ' (partial)' : ''}${r.candidate && !r.latest ? ' (--no-promote)' : ''}\n`,
+      `${r.dataset.padEnd(16)} ${(r.runId + (r.latest ? ' *' : '')).padEnd(28)} ${pct(r.validationAccuracy).padStart('val acc'.length)}  ${pct(r.testAccuracy).padStart('test acc'.length)}  ${String(r.labels.length).padStart('classes'.length)}  ${r.embedderId}${r.partial ? ' (partial)' : ''}${r.candidate && !r.latest ? ' (--no-promote)' : ''}\n`,
     );
   }
   ctx.out.write('* latest run of its dataset (what classify, serve and export use without @run)\n');

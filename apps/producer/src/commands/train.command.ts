@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { enqueue, jobIds, permanentFailureOf, ReportDoc, sleep, TrainJob, type TrainJobInput, type TrainResult } from '@transferline/shared';
+import { enqueue, jobIds, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { followJob } from '../job-follow.js';
@@ -16,13 +16,6 @@ import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-w
 function flagOf(path: PropertyKey[]): string {
   const field = String(path[0] ?? '');
   return field ? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}` : 'settings';
-}
-
-/** A range an option's value is out of, in words ("at most 10000"), rather than the schema's message. */
-function boundOf(issue: { code: string; maximum?: unknown; minimum?: unknown; inclusive?: boolean }): string | undefined {
-  if (issue.code === 'too_big') return issue.inclusive === false ? `below ${String(issue.maximum)}` : `at most ${String(issue.maximum)}`;
-  if (issue.code === 'too_small') return issue.inclusive === false ? `above ${String(issue.minimum)}` : `at least ${String(issue.minimum)}`;
-  return undefined;
 }
 
 export type HeadSettings = Partial<Pick<TrainJob, 'epochs' | 'learningRate' | 'batchSize' | 'seed' | 'hiddenUnits' | 'dropout' | 'l2' | 'patience' | 'classWeights' | 'validationFraction' | 'testFraction'>>;
@@ -94,7 +87,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
   const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined, ...(lost?.missing?.length && { notIngestedAgain: lost.missing }) };
   const parsed = TrainJob.safeParse(input);
-  if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${flagOf(i.path)}: ${boundOf(i) ?? i.message}${i.path.length ? ` (got ${String((input as Record<string, unknown>)[String(i.path[0])])})` : ''}`).join('; ')}`);
+  if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${flagOf(i.path)}: ${rangeWords(i) ?? i.message}${i.path.length ? ` (got ${String((input as Record<string, unknown>)[String(i.path[0])])})` : ''}`).join('; ')}`);
   const payload = parsed.data;
   if (lost) {
     const latest = payload.promote ? '; the run becomes the latest (--no-promote keeps the one there)' : '';
@@ -253,10 +246,15 @@ export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_
   throw new CliExit(EXIT.stalled, `transferline: run ${runId} has not stopped within ${Math.round(waitMs / 1000)} s (a long epoch, or its worker is gone): it stops at its worker's next check while the request stands (${CANCEL_TTL_SECONDS / 3600} h); follow it: transferline train --follow ${runId}`);
 }
 
+/** "10 train, 4 validation, 2 test": how the run's images were split, so that no figure reads as all of them. */
+function splitWords(split: ReportDoc['split']): string {
+  return `${split.train} train, ${split.validation} validation${split.test > 0 ? `, ${split.test} test` : ''}`;
+}
+
 function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | undefined, promote: boolean): void {
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
-  w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images; best epoch ${result.bestEpoch})`);
+  w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images${report ? `: ${splitWords(report.split)}` : ''}; best epoch ${result.bestEpoch})`);
   if (report?.coverage.partial) w(`  partial: trained on ${report.coverage.embedded} of ${report.coverage.total} images (${report.coverage.pending} pending, ${report.coverage.failed} failed)${notIngestedAgain(report.coverage, printable)}`);
   const conflicts = report?.split.conflictsLeftOut ?? 0;
   // what the example count above leaves unsaid: identical bytes are one example
