@@ -80,6 +80,7 @@ describe('TL_RETRY_BACKOFF_SCALE', () => {
   });
 
   it('is refused out of range, named', () => {
-    expect(() => loadConfig({ TL_RETRY_BACKOFF_SCALE: '0' })).toThrow(/TL_RETRY_BACKOFF_SCALE/);
+    expect(() => loadConfig({ TL_RETRY_BACKOFF_SCALE: '0' })).toThrow(/TL_RETRY_BACKOFF_SCALE: at least 0\.01 \(got "0"\)/);
+    expect(() => loadConfig({ TL_RETRY_BACKOFF_SCALE: '1000' })).toThrow(/TL_RETRY_BACKOFF_SCALE: at most 100 \(got "1000"\)/);
   });
 });

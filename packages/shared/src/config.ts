@@ -196,6 +196,13 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
 
 export type Config = z.output<typeof ConfigSchema>;
 
+/** A range a value is out of, in words ("at most 10000"), rather than the schema's message; for settings and options alike. */
+export function rangeWords(issue: { code: string; maximum?: unknown; minimum?: unknown; inclusive?: boolean }): string | undefined {
+  if (issue.code === 'too_big') return issue.inclusive === false ? `below ${String(issue.maximum)}` : `at most ${String(issue.maximum)}`;
+  if (issue.code === 'too_small') return issue.inclusive === false ? `above ${String(issue.minimum)}` : `at least ${String(issue.minimum)}`;
+  return undefined;
+}
+
 /** Thrown when the environment does not parse; the message names every bad variable. */
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -213,7 +220,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       const name = String(i.path[0] ?? '(environment)');
       const value = relevant[name];
       const shown = value === undefined ? '' : ` (got ${JSON.stringify(redactIfSecret(name, value))})`;
-      return `  ${name}: ${i.message}${shown}`;
+      return `  ${name}: ${rangeWords(i) ?? i.message}${shown}`;
     });
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
   }
