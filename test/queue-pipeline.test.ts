@@ -72,8 +72,9 @@ describe('TL_RETRY_BACKOFF_SCALE', () => {
       await enqueue(scaled.preprocess, 'preprocess', [{ id: jobIds.preprocess(pp), payload: pp }]);
       expect((await scaled.embed('space-2').getJob(jobIds.embed(payload)))?.opts.backoff).toMatchObject({ type: 'exponential', delay: JOBS.embed.backoffMs / 4 });
       expect((await scaled.preprocess.getJob(jobIds.preprocess(pp)))?.opts.backoff).toMatchObject({ type: 'exponential', delay: JOBS.preprocess.backoffMs / 4 });
-      // and the default is the catalog's own
-      expect((await queues.embed('space-1').getJob(jobIds.embed({ sha256: 'ab'.repeat(32), embedderId: 'space-1' })))?.opts.backoff).toMatchObject({ delay: JOBS.embed.backoffMs });
+      // and queues made without the setting add the same job with the catalog's own delays
+      await enqueue(queues.preprocess, 'preprocess', [{ id: jobIds.preprocess(pp), payload: pp }]);
+      expect((await queues.preprocess.getJob(jobIds.preprocess(pp)))?.opts.backoff).toMatchObject({ type: 'exponential', delay: JOBS.preprocess.backoffMs });
     } finally {
       await scaled.close();
     }

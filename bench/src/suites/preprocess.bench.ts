@@ -21,9 +21,10 @@ import { canPin, cpuSeconds, machine, pinProcess, until, withRatios, type Row, t
  * the same files, as a Python user would. Two sets: Debian's wallpaper photos and 640×480 JPEGs.
  *
  * Each worker process is given one core (pinned with taskset, UV_THREADPOOL_SIZE=1, sharp
- * concurrency 1, as many jobs in hand as a one-core machine gets by default, so downloads and Redis
- * round trips overlap decoding), as if each were a machine of its own; the S3 server and Redis float over both cores. "1 process,
- * defaults" is one unpinned process with the default settings, using both cores. Every variant
+ * concurrency 1, as many jobs in hand as a one-core machine gets by default, so downloads and
+ * Redis round trips overlap decoding), as if each were a machine of its own; the S3 server and
+ * Redis float over both cores. "1 process, defaults" is one unpinned process with the default
+ * settings, using both cores. Every variant
  * runs in rounds, round robin, so a shared machine's noise hits them alike.
  */
 

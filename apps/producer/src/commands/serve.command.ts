@@ -51,7 +51,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
   // server's log line: a terminal shows one account of each.
   const onSwap = (m: ClassifierMetadata, was: string, cause: string) => {
     w(`${cause}: ${m.runId === was ? `reloaded ${m.dataset}@${m.runId} (the same run)` : `now serving ${m.dataset}@${m.runId} (was ${was})`}`);
-    // a run of another embedding space may have other weights: said of the model now served
+    // said of each run it now serves, as at start: the new run may be of another embedding space
     const random = m.runId === was ? undefined : randomWeightsNote(m);
     if (random) w(`  ${random}`);
   };

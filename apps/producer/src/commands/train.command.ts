@@ -11,13 +11,13 @@ import { elsewhereLines } from './ingest.command.js';
 import { lostDatasetLine, lostDatasets, reingestCommands } from '../data-loss.js';
 import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
 
-/** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
 /** The option a TrainJob field comes from: `validationFraction` → `--validation-fraction`. */
 function flagOf(path: PropertyKey[]): string {
   const field = String(path[0] ?? '');
   return field ? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}` : 'settings';
 }
 
+/** Per-run settings the CLI passes through; unset ones take the job catalog's defaults. */
 export type HeadSettings = Partial<Pick<TrainJob, 'epochs' | 'learningRate' | 'batchSize' | 'seed' | 'hiddenUnits' | 'dropout' | 'l2' | 'patience' | 'classWeights' | 'validationFraction' | 'testFraction'>>;
 
 export interface TrainOptions extends HeadSettings {
