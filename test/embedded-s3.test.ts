@@ -44,13 +44,13 @@ async function aws(args: string[], secret = creds.secretAccessKey) {
 }
 
 /** A raw request signed with the server's credentials (for requests our client never sends). */
-async function signed(method: string, pathname: string, headers: Record<string, string> = {}, body?: string): Promise<Response> {
+async function signed(method: string, pathname: string, headers: Record<string, string> = {}, body?: string | Uint8Array): Promise<Response> {
   const url = new URL(s3.endpoint);
   const signer = new SignatureV4({ credentials: creds, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false });
   const [p, q] = pathname.split(/\?(.*)/s);
   const query = Object.fromEntries(new URLSearchParams(q ?? ''));
   const req = await signer.sign({ method, protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: p!, query, headers: { host: url.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', ...headers } });
-  return fetch(`${s3.endpoint}${pathname}`, { method, headers: req.headers, ...(body !== undefined && { body }) });
+  return fetch(`${s3.endpoint}${pathname}`, { method, headers: req.headers, redirect: 'manual', ...(body !== undefined && { body }) });
 }
 
 /** Every file under the test's folder outside the server's data folder, but for its log. */
@@ -183,7 +183,9 @@ describe('the embedded S3 server', () => {
         fault.direct--;
         entry.status = fault.status;
         req.resume();
-        res.writeHead(fault.status, { 'content-type': 'application/xml' }).end(`<Error><Code>Injected${fault.status}</Code><Message>injected by the test</Message></Error>`);
+        // a 200 as from a server that ignores If-Match: other content, and its ETag
+        if (fault.status === 200) res.writeHead(200, { etag: `"${'f'.repeat(32)}"`, 'content-type': 'image/jpeg' }).end('other content');
+        else res.writeHead(fault.status, { 'content-type': 'application/xml' }).end(`<Error><Code>Injected${fault.status}</Code><Message>injected by the test</Message></Error>`);
         return;
       }
       // a connection of its own each time: no stale keep-alive socket can turn into a failure
@@ -223,10 +225,10 @@ describe('the embedded S3 server', () => {
       await expect(via.getObject(bucket, 'train/odd/missing.jpg')).rejects.toBeInstanceOf(ObjectNotFoundError);
       await expect(via.getObject(bucket, key, Infinity, { ifMatch: '0'.repeat(32) })).rejects.toBeInstanceOf(ObjectChangedError);
       await expect(via.getObject(bucket, key, 100)).rejects.toBeInstanceOf(ObjectTooLargeError);
-      // as from a server that honours If-Match
-      Object.assign(fault, { direct: 1, status: 412 });
+      // from a server that ignores If-Match: the other ETag it sends is refused all the same
+      Object.assign(fault, { direct: 1, status: 200 });
       await expect(via.getObject(bucket, key, Infinity, { ifMatch: etag })).rejects.toBeInstanceOf(ObjectChangedError);
-      expect(calls()).toEqual([['GET', 'direct', 404], ['GET', 'direct', 200], ['GET', 'direct', 200], ['GET', 'direct', 412]]);
+      expect(calls()).toEqual([['GET', 'direct', 404], ['GET', 'direct', 412], ['GET', 'direct', 200], ['GET', 'direct', 200]]);
 
       // without a Content-Length: read whole, or stopped at the limit, still in one request
       fault.chunked = true;
@@ -279,6 +281,43 @@ describe('the embedded S3 server', () => {
       await new Promise((r) => proxy.close(r));
       await new Promise((r) => proxy6.close(r));
     }
+  });
+
+  it('answers a plain GET as s3rver would, from its files, and leaves ranges and the other conditions to s3rver', async () => {
+    // the headers a GET sends that are not the connection's, as s3rver's HEAD (never answered here) sends them
+    const meta = (r: Response) => Object.fromEntries([...r.headers].filter(([h]) => !['date', 'connection', 'keep-alive', 'transfer-encoding'].includes(h)));
+    const small = Buffer.from('small bytes '.repeat(100));
+    const large = Buffer.alloc(3 * 1024 * 1024 + 17, 7); // over the size read in one call: streamed
+    large.write('the start');
+    for (const [key, body] of [['plain/small.txt', small], ['plain/large.bin', large]] as const) {
+      const put = await signed('PUT', `/${bucket}/${key}`, { 'content-type': 'text/x-test', 'cache-control': 'max-age=60', 'content-disposition': 'attachment', 'x-amz-meta-origin': 'the test' }, body);
+      expect(put.status).toBe(200);
+      const get = await signed('GET', `/${bucket}/${key}`);
+      expect(get.status).toBe(200);
+      expect(Buffer.from(await get.arrayBuffer()).equals(body)).toBe(true);
+      const head = await signed('HEAD', `/${bucket}/${key}`);
+      expect(meta(get)).toEqual(meta(head));
+      expect(meta(get)).toMatchObject({ 'content-type': 'text/x-test', 'cache-control': 'max-age=60', 'content-disposition': 'attachment', 'x-amz-meta-origin': 'the test', 'content-length': String(body.length), 'accept-ranges': 'bytes' });
+    }
+    // the SDK reads the same
+    const viaSdk = await store.headObject(bucket, 'plain/small.txt');
+    expect((await store.getObject(bucket, 'plain/small.txt')).equals(small)).toBe(true);
+    const etag = `"${viaSdk!.etag}"`;
+
+    // If-Match as S3 answers it (s3rver ignores it)
+    expect((await signed('GET', `/${bucket}/plain/small.txt`, { 'if-match': etag })).status).toBe(200);
+    const other = await signed('GET', `/${bucket}/plain/small.txt`, { 'if-match': `"${'0'.repeat(32)}"` });
+    expect(other.status).toBe(412);
+    expect(await other.text()).toMatch(/<Code>PreconditionFailed<\/Code>/);
+    // what s3rver does: a range, If-None-Match, missing keys and buckets
+    const range = await signed('GET', `/${bucket}/plain/large.bin`, { range: 'bytes=0-8' });
+    expect([range.status, range.headers.get('content-range'), await range.text()]).toEqual([206, `bytes 0-8/${large.length}`, 'the start']);
+    expect((await signed('GET', `/${bucket}/plain/small.txt`, { 'if-none-match': etag })).status).toBe(304);
+    const missing = await signed('GET', `/${bucket}/plain/missing.txt`);
+    expect([missing.status, await missing.text()]).toEqual([404, expect.stringMatching(/<Code>NoSuchKey<\/Code>/)]);
+    const noBucket = await signed('GET', `/no-such-bucket/plain/small.txt`);
+    expect([noBucket.status, await noBucket.text()]).toEqual([404, expect.stringMatching(/<Code>NoSuchBucket<\/Code>/)]);
+
   });
 
   it('copies only the content a copy asks for (x-amz-copy-source-if-match), as S3 does', async () => {

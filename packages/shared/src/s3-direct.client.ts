@@ -15,8 +15,8 @@ export type DirectGetResult =
 
 /**
  * The ETag a server sent (quotes off) when it names other content than If-Match asked for;
- * undefined when it is that content or nothing was asked. Servers that ignore If-Match (the
- * embedded one) still say which content they send. Both GET paths decide by this.
+ * undefined when it is that content or nothing was asked. Servers that ignore If-Match (s3rver,
+ * say) still say which content they send. Both GET paths decide by this.
  */
 export function otherContent(etagHeader: string | undefined, ifMatch: string | undefined): string | undefined {
   const etag = etagHeader?.replace(/"/g, '');

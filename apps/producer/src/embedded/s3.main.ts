@@ -15,6 +15,7 @@ import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
 import { stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
+import { plainGetTarget, servePlainGet } from './s3-plain-get.js';
 import { checkConditions, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
@@ -93,6 +94,8 @@ const server = createServer((req, res) => {
       delete req.headers.authorization;
       const condition = await checkConditions(req, rawPath, etagOf);
       if (condition) return sendRefusal(res, condition, rawPath);
+      const plain = plainGetTarget(req, rawPath, query);
+      if (plain && servePlainGet(directory, plain.bucket, plain.key, req, res)) return;
       if (req.method !== 'POST' || !isDeleteQuery(query)) return handle(req, res);
       // A multi-object delete names its keys in its body: each is checked like a key in a path,
       // and s3rver gets a body of the checked keys only.
