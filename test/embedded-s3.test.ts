@@ -2,12 +2,13 @@ import { execFile } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SignatureV4 } from '@smithy/signature-v4';
+import { plainGetTarget, servePlainGet, SMALL_OBJECT_BYTES } from '../apps/producer/src/embedded/s3-plain-get.js';
 import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
 import { Sha256 } from '../packages/shared/src/s3.signing.js';
 import { ObjectChangedError, ObjectNotFoundError, ObjectStore, ObjectTooLargeError } from '../packages/shared/src/index.js';
@@ -130,6 +131,13 @@ describe('the embedded S3 server', () => {
     expect(await store.copyObject(bucket, 'train/cat/1.jpg', 'train/dog/1.jpg')).toMatch(/^[0-9a-f]{32}$/);
     expect((await store.getObject(bucket, 'train/dog/1.jpg')).toString()).toBe('not really a jpeg');
     expect(await strayFiles()).toEqual([]);
+    // an empty part between slashes: stored as a path, "a//b" would be another key's file ("a/b")
+    await store.putObject(bucket, 'train/empty/a/b.jpg', Buffer.from('a/b'));
+    for (const key of ['train/empty/a//b.jpg', 'train/empty//a/b.jpg', 'train/empty/a%2F%2Fb.jpg']) {
+      expect((await signed('GET', `/${bucket}/${key}`)).status, key).toBe(400);
+      expect((await signed('PUT', `/${bucket}/${key}`, {}, 'overwritten')).status, key).toBe(400);
+    }
+    expect((await store.getObject(bucket, 'train/empty/a/b.jpg')).toString()).toBe('a/b');
 
     // keys that are not in the path: a browser-form upload, a multi-object delete's body, a copy source past a '?'
     const form = `--b\r\nContent-Disposition: form-data; name="key"\r\n\r\n../../../../escaped6.jpg\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\nhello\r\n--b--\r\n`;
@@ -174,17 +182,18 @@ describe('the embedded S3 server', () => {
     // (which carry amz-sdk-invocation-id) from the direct ones. It can refuse the next direct
     // requests with a status, and send bodies chunked (no Content-Length), as some proxies do.
     const seen: { method?: string; path: string; sdk: boolean; status: number }[] = [];
-    const fault = { direct: 0, status: 503, chunked: false };
+    // `sdk`: the next SDK requests are answered as by a server that ignores If-Match
+    const fault = { direct: 0, status: 503, chunked: false, sdk: 0 };
     const target = new URL(s3.endpoint);
     const handler: http.RequestListener = (req, res) => {
       const entry = { method: req.method, path: req.url ?? '', sdk: req.headers['amz-sdk-invocation-id'] !== undefined, status: 0 };
       seen.push(entry);
-      if (!entry.sdk && fault.direct > 0) {
-        fault.direct--;
-        entry.status = fault.status;
+      if (entry.sdk ? fault.sdk > 0 : fault.direct > 0) {
+        const status = entry.sdk ? (fault.sdk--, 200) : (fault.direct--, fault.status);
+        entry.status = status;
         req.resume();
         // a 200 as from a server that ignores If-Match: other content, and its ETag
-        if (fault.status === 200) res.writeHead(200, { etag: `"${'f'.repeat(32)}"`, 'content-type': 'image/jpeg' }).end('other content');
+        if (status === 200) res.writeHead(200, { etag: `"${'f'.repeat(32)}"`, 'content-type': 'image/jpeg' }).end('other content');
         else res.writeHead(fault.status, { 'content-type': 'application/xml' }).end(`<Error><Code>Injected${fault.status}</Code><Message>injected by the test</Message></Error>`);
         return;
       }
@@ -252,9 +261,13 @@ describe('the embedded S3 server', () => {
       await via.putObject(bucket, key, Buffer.from('second version'));
       expect(calls()).toEqual([['PUT', 'direct', 503], ['PUT', 'sdk', 200]]);
       expect((await store.getObject(bucket, key)).toString()).toBe('second version');
-      // the SDK path refuses content other than the listed one as the direct path does
+      // the SDK path refuses content other than the listed one as the direct path does: the
+      // server's 412, and the other ETag of a server that ignores If-Match
       fault.direct = 1;
       await expect(via.getObject(bucket, key, Infinity, { ifMatch: '0'.repeat(32) })).rejects.toBeInstanceOf(ObjectChangedError);
+      expect(calls()).toEqual([['GET', 'direct', 503], ['GET', 'sdk', 412]]);
+      Object.assign(fault, { direct: 1, sdk: 1 });
+      await expect(via.getObject(bucket, key, Infinity, { ifMatch: (await store.headObject(bucket, key))!.etag })).rejects.toBeInstanceOf(ObjectChangedError);
       expect(calls()).toEqual([['GET', 'direct', 503], ['GET', 'sdk', 200]]);
 
       // 20 hand-overs in a row (a direct answer first, which restarts the count): the direct
@@ -283,41 +296,104 @@ describe('the embedded S3 server', () => {
     }
   });
 
-  it('answers a plain GET as s3rver would, from its files, and leaves ranges and the other conditions to s3rver', async () => {
-    // the headers a GET sends that are not the connection's, as s3rver's HEAD (never answered here) sends them
+  it('answers a plain GET as s3rver would, and If-Match as S3 does on every GET and HEAD', async () => {
+    // the headers a GET sends that are not the connection's, as s3rver's HEAD (never answered by the gate) sends them
     const meta = (r: Response) => Object.fromEntries([...r.headers].filter(([h]) => !['date', 'connection', 'keep-alive', 'transfer-encoding'].includes(h)));
-    const small = Buffer.from('small bytes '.repeat(100));
-    const large = Buffer.alloc(3 * 1024 * 1024 + 17, 7); // over the size read in one call: streamed
+    const large = Buffer.alloc(3 * 1024 * 1024 + 17, 7);
     large.write('the start');
-    for (const [key, body] of [['plain/small.txt', small], ['plain/large.bin', large]] as const) {
+    const bodies = { 'plain/small.txt': Buffer.from('small bytes '.repeat(100)), 'plain/empty.txt': Buffer.alloc(0), 'plain/large.bin': large };
+    for (const [key, body] of Object.entries(bodies)) {
       const put = await signed('PUT', `/${bucket}/${key}`, { 'content-type': 'text/x-test', 'cache-control': 'max-age=60', 'content-disposition': 'attachment', 'x-amz-meta-origin': 'the test' }, body);
       expect(put.status).toBe(200);
-      const get = await signed('GET', `/${bucket}/${key}`);
-      expect(get.status).toBe(200);
-      expect(Buffer.from(await get.arrayBuffer()).equals(body)).toBe(true);
-      const head = await signed('HEAD', `/${bucket}/${key}`);
-      expect(meta(get)).toEqual(meta(head));
-      expect(meta(get)).toMatchObject({ 'content-type': 'text/x-test', 'cache-control': 'max-age=60', 'content-disposition': 'attachment', 'x-amz-meta-origin': 'the test', 'content-length': String(body.length), 'accept-ranges': 'bytes' });
+      for (const query of ['', '?x-id=GetObject']) {
+        const get = await signed('GET', `/${bucket}/${key}${query}`);
+        expect(get.status).toBe(200);
+        expect(Buffer.from(await get.arrayBuffer()).equals(body)).toBe(true);
+        const head = await signed('HEAD', `/${bucket}/${key}`);
+        expect(meta(get)).toEqual(meta(head));
+        expect(meta(get)).toMatchObject({ 'content-type': 'text/x-test', 'cache-control': 'max-age=60', 'content-disposition': 'attachment', 'x-amz-meta-origin': 'the test', 'content-length': String(body.length), 'accept-ranges': 'bytes' });
+      }
     }
-    // the SDK reads the same
-    const viaSdk = await store.headObject(bucket, 'plain/small.txt');
-    expect((await store.getObject(bucket, 'plain/small.txt')).equals(small)).toBe(true);
-    const etag = `"${viaSdk!.etag}"`;
-
-    // If-Match as S3 answers it (s3rver ignores it)
-    expect((await signed('GET', `/${bucket}/plain/small.txt`, { 'if-match': etag })).status).toBe(200);
-    const other = await signed('GET', `/${bucket}/plain/small.txt`, { 'if-match': `"${'0'.repeat(32)}"` });
-    expect(other.status).toBe(412);
-    expect(await other.text()).toMatch(/<Code>PreconditionFailed<\/Code>/);
+    const etag = `"${(await store.headObject(bucket, 'plain/small.txt'))!.etag}"`;
+    const other = `"${'0'.repeat(32)}"`;
+    const status = async (method: string, pathname: string, headers: Record<string, string> = {}) => (await signed(method, pathname, headers)).status;
+    expect(await status('GET', `/${bucket}/plain/small.txt`, { 'if-match': etag })).toBe(200);
+    expect(await status('GET', `/${bucket}/plain/small.txt`, { 'if-match': `${other}, ${etag}` })).toBe(200);
+    expect(await status('GET', `/${bucket}/plain/small.txt`, { 'if-match': '*' })).toBe(200);
+    const refused = await signed('GET', `/${bucket}/plain/small.txt`, { 'if-match': other });
+    expect([refused.status, await refused.text()]).toEqual([412, expect.stringMatching(/<Code>PreconditionFailed<\/Code>/)]);
+    // requests s3rver answers (it ignores If-Match): the gate checks it first
+    expect(await status('GET', `/${bucket}/plain/large.bin`, { 'if-match': other, range: 'bytes=0-8' })).toBe(412);
+    expect(await status('HEAD', `/${bucket}/plain/small.txt`, { 'if-match': other })).toBe(412);
+    expect(await status('HEAD', `/${bucket}/plain/small.txt`, { 'if-match': etag })).toBe(200);
+    expect(await status('GET', `/${bucket}/plain/missing.txt`, { 'if-match': other })).toBe(404);
     // what s3rver does: a range, If-None-Match, missing keys and buckets
     const range = await signed('GET', `/${bucket}/plain/large.bin`, { range: 'bytes=0-8' });
     expect([range.status, range.headers.get('content-range'), await range.text()]).toEqual([206, `bytes 0-8/${large.length}`, 'the start']);
-    expect((await signed('GET', `/${bucket}/plain/small.txt`, { 'if-none-match': etag })).status).toBe(304);
+    expect(await status('GET', `/${bucket}/plain/small.txt`, { 'if-none-match': etag })).toBe(304);
     const missing = await signed('GET', `/${bucket}/plain/missing.txt`);
     expect([missing.status, await missing.text()]).toEqual([404, expect.stringMatching(/<Code>NoSuchKey<\/Code>/)]);
     const noBucket = await signed('GET', `/no-such-bucket/plain/small.txt`);
     expect([noBucket.status, await noBucket.text()]).toEqual([404, expect.stringMatching(/<Code>NoSuchBucket<\/Code>/)]);
+    // the SDK's GetObject (its x-id query) and awscli, with a tag that no longer holds
+    await expect(store.getObject(bucket, 'plain/small.txt', Infinity, { ifMatch: '0'.repeat(32) })).rejects.toBeInstanceOf(ObjectChangedError);
+    const cli = await aws(['s3api', 'get-object', '--bucket', bucket, '--key', 'plain/small.txt', '--if-match', other, path.join(dir, 'aws-got.txt')]);
+    expect([cli.code, cli.out]).toEqual([expect.not.stringMatching(/^0$/), expect.stringMatching(/PreconditionFailed|412/)]);
+  });
 
+  it('answers from s3rver\'s files only what it can answer as s3rver would, and hands the rest on', async () => {
+    // the gate's plain GET alone, on the server's folder: 599 when it hands a request on
+    const root = path.join(dir, 's3', 'data');
+    const plain = http.createServer((req, res) => {
+      const [rawPath = '/', query = ''] = (req.url ?? '/').split(/\?(.*)/s);
+      const target = plainGetTarget(req, rawPath, query);
+      if (!target || !servePlainGet(root, target, req, res, rawPath)) res.writeHead(599).end();
+    });
+    await new Promise<void>((r) => plain.listen(0, '127.0.0.1', r));
+    const base = `http://127.0.0.1:${(plain.address() as AddressInfo).port}`;
+    const get = (p: string, headers: Record<string, string> = {}) => fetch(`${base}${p}`, { headers });
+    try {
+      const small = Buffer.from('answered here');
+      const streamed = Buffer.alloc(SMALL_OBJECT_BYTES + 1, 3);
+      await store.putObject(bucket, 'direct/small.txt', small, 'text/plain');
+      await store.putObject(bucket, 'direct/streamed.bin', streamed);
+      await store.putObject(bucket, 'direct/folder/', Buffer.alloc(0));
+      for (const [p, body] of [['/photos/direct/small.txt', small], ['/photos/direct/small.txt?x-id=GetObject', small], ['/photos/direct/streamed.bin', streamed], ['/photos/direct/folder/', Buffer.alloc(0)]] as const) {
+        const res = await get(p);
+        expect(res.status, p).toBe(200);
+        expect(Buffer.from(await res.arrayBuffer()).equals(body), p).toBe(true);
+      }
+      expect((await get('/photos/direct/small.txt', { 'if-match': '"nope"' })).status).toBe(412);
+      // handed on: options s3rver handles, other queries, keys it has no such file for
+      for (const [p, headers] of [
+        ['/photos/direct/small.txt', { range: 'bytes=0-1' }],
+        ['/photos/direct/small.txt', { 'if-none-match': '"x"' }],
+        ['/photos/direct/small.txt', { 'if-modified-since': new Date().toUTCString() }],
+        ['/photos/direct/small.txt', { origin: 'http://example.com' }],
+        ['/photos/direct/small.txt?tagging', {}],
+        ['/photos/direct/missing.txt', {}],
+        ['/photos/direct//small.txt', {}],
+        ['/photos/direct', {}],
+      ] as const) expect((await get(p, headers)).status, `${p} ${JSON.stringify(headers)}`).toBe(599);
+      // the object written after its MD5 file (a PUT in progress): s3rver's
+      const object = path.join(root, bucket, 'direct', 'small.txt._S3rver_object');
+      const later = new Date(Date.now() + 60_000);
+      await utimes(object, later, later);
+      expect((await get('/photos/direct/small.txt')).status).toBe(599);
+      await store.putObject(bucket, 'direct/small.txt', small, 'text/plain');
+      expect((await get('/photos/direct/small.txt')).status).toBe(200);
+      // no MD5 file (s3rver writes it on its first read): s3rver's
+      await rm(`${object}.md5`);
+      expect((await get('/photos/direct/small.txt')).status).toBe(599);
+      expect((await store.getObject(bucket, 'direct/small.txt')).equals(small)).toBe(true); // through the server: s3rver, which writes it
+      expect((await get('/photos/direct/small.txt')).status).toBe(200);
+      // an empty stored Content-Type is sent as s3rver's default
+      await writeFile(path.join(root, bucket, 'direct', 'small.txt._S3rver_metadata.json'), JSON.stringify({ 'content-type': '', 'x-amz-meta-a': 'b' }));
+      const typed = await get('/photos/direct/small.txt');
+      expect([typed.headers.get('content-type'), typed.headers.get('x-amz-meta-a')]).toEqual(['binary/octet-stream', 'b']);
+    } finally {
+      await new Promise((r) => plain.close(r));
+    }
   });
 
   it('copies only the content a copy asks for (x-amz-copy-source-if-match), as S3 does', async () => {

@@ -54,7 +54,11 @@ export function checkKey(rawPath: string): GateRefusal | null {
   const key = decoded.slice(slash + 1);
   if (key === '') return null;
   if (Buffer.byteLength(key) > S3_MAX_KEY_BYTES) return refuse(400, 'KeyTooLongError', `Your key is too long: ${Buffer.byteLength(key)} bytes, at most ${S3_MAX_KEY_BYTES}.`);
-  for (const segment of key.split('/')) {
+  const segments = key.split('/');
+  if (key.endsWith('/')) segments.pop(); // a "folder" key: one trailing slash
+  for (const segment of segments) {
+    // stored as a path, "a//b" would be "a/b": another key's object
+    if (segment === '') return refuse(400, 'InvalidArgument', 'Object keys with an empty part between slashes ("a//b", or a leading "/") are not supported by this server.');
     if (segment === '.' || segment === '..') return refuse(400, 'InvalidArgument', 'Object keys with "." or ".." segments are not supported by this server.');
     if (Buffer.byteLength(segment) > MAX_SEGMENT_BYTES) return refuse(400, 'KeyTooLongError', `A part of the key between slashes is too long: over ${MAX_SEGMENT_BYTES} bytes, which this server cannot store.`);
     if (segment.includes('\0')) return refuse(400, 'InvalidArgument', 'Object keys with NUL characters are not supported.');
@@ -73,22 +77,27 @@ export function checkCopySource(source: string | undefined): GateRefusal | null 
 
 /**
  * S3's content conditions that s3rver ignores: a copy's `x-amz-copy-source-if-match` (its source
- * must hold that ETag) and a delete's `if-match` (the object must hold it). Refused with 412 as
- * S3 refuses them, and a conditional delete of an object that is not there with 404, as S3 does.
- * `etagOf` gives an object's ETag (without quotes), or undefined when it does not exist.
+ * must hold that ETag), and a delete's, a GET's or a HEAD's `if-match` (the object must hold it).
+ * Refused with 412 as S3 refuses them, and a conditional delete of an object that is not there
+ * with 404, as S3 does (a read of one is s3rver's 404 to word). `etagOf` gives an object's ETag
+ * (without quotes), or undefined when it does not exist.
  */
 export async function checkConditions(req: IncomingMessage, rawPath: string, etagOf: (bucket: string, key: string) => Promise<string | undefined>): Promise<GateRefusal | null> {
   const one = (h: string | string[] | undefined) => (Array.isArray(h) ? h[0] : h);
   const source = one(req.headers['x-amz-copy-source']);
-  const [target, wanted] =
-    source !== undefined ? [source.split('?')[0]!, one(req.headers['x-amz-copy-source-if-match'])] : req.method === 'DELETE' ? [rawPath, one(req.headers['if-match'])] : [undefined, undefined];
+  const onPath = req.method === 'DELETE' || req.method === 'GET' || req.method === 'HEAD';
+  const [target, wanted] = source !== undefined ? [source.split('?')[0]!, one(req.headers['x-amz-copy-source-if-match'])] : onPath ? [rawPath, one(req.headers['if-match'])] : [undefined, undefined];
   if (target === undefined || wanted === undefined) return null;
   const [bucket = '', ...key] = target.replace(/^\//, '').split('/').map(decodeURIComponent);
+  if (key.length === 0) return null; // a bucket's request: not an object's condition
   const etag = await etagOf(bucket, key.join('/'));
-  if (etag === undefined) return source !== undefined ? null : refuse(404, 'NoSuchKey', 'The specified key does not exist.');
-  const tags = wanted.split(',').map((t) => t.trim().replace(/"/g, ''));
-  if (tags.includes('*') || tags.includes(etag)) return null;
-  return refuse(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold.');
+  if (etag === undefined) return req.method === 'DELETE' && source === undefined ? refuse(404, 'NoSuchKey', 'The specified key does not exist.') : null;
+  return ifMatchHolds(wanted, etag) ? null : refuse(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold.');
+}
+
+/** Whether an If-Match header (`"tag"`, a list of them, or `*`) holds for an object of ETag `etag` (without quotes). */
+export function ifMatchHolds(header: string, etag: string): boolean {
+  return header.split(',').some((t) => t.trim() === '*' || t.trim().replace(/"/g, '') === etag);
 }
 
 /**

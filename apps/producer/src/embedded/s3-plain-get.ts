@@ -1,6 +1,7 @@
-import { closeSync, createReadStream, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
+import { ifMatchHolds, sendRefusal } from './s3-gate.js';
 
 /**
  * The embedded S3 server's plain object GET, answered from s3rver's folder without going through
@@ -9,18 +10,20 @@ import path from 'node:path';
  * a 100 KB image cost the server about 1.8 ms of CPU, a third of what the worker spends on it, on
  * the same cores when the whole stack runs on one machine (`up`); answered here, about 0.5 ms.
  *
- * Only the plainest request is taken: GET of an object, no query string, no Range, no
- * If-None-Match/If-Modified-Since/If-Unmodified-Since, no Origin (CORS), with the object's files as
- * s3rver writes them. Everything else, and any
- * surprise on the way (no such file, no MD5 file yet, unreadable metadata, a folder), goes on to
- * s3rver, which answers as it always has: nothing is sent before the whole answer is known.
+ * Only the plainest request is taken: GET of an object, no query string (but the SDKs' `x-id=GetObject`,
+ * which s3rver ignores too), no Range, no If-None-Match/If-Modified-Since/If-Unmodified-Since, no
+ * Origin (CORS), with the object's files as s3rver writes them. Everything else, and any surprise
+ * on the way (no such file, no MD5 file yet, unreadable metadata, a folder, an object written
+ * after its MD5 file: a PUT in progress), goes on to s3rver, which answers as it always has:
+ * nothing is sent before the whole answer is known.
  * If-Match is honoured (412 when the object's ETag is another), as S3 does and s3rver does not.
  * (s3rver's website behaviour never applies here: it takes a request with x-amz-* headers, as every
  * request the gate lets through is signed with, for an API request.)
  *
  * The small files (the ETag, the metadata, and objects up to SMALL_OBJECT_BYTES) are read
  * synchronously: from the page cache that takes microseconds, less than a hop to libuv's thread
- * pool and back for each. Larger objects are streamed.
+ * pool and back for each (a cold read of one blocks the server for as long; the bound keeps that
+ * short). Larger objects are streamed.
  *
  * s3rver's file layout (its FilesystemStore, 3.x, on POSIX): `<dir>/<bucket>/<key>._S3rver_object`,
  * beside it `…object.md5` (the ETag) and `…_S3rver_metadata.json` (Content-Type, Cache-Control,
@@ -32,16 +35,19 @@ const STORED_HEADERS = new Set(['cache-control', 'content-disposition', 'content
 /** Request headers whose handling is s3rver's. */
 const LEFT_TO_S3RVER = ['range', 'if-none-match', 'if-modified-since', 'if-unmodified-since', 'origin'];
 /** Objects up to this size are read in one synchronous call; larger ones are streamed. */
-export const SMALL_OBJECT_BYTES = 1024 * 1024;
+export const SMALL_OBJECT_BYTES = 256 * 1024;
 
 /** The bucket and key of a GET this module answers, or undefined when s3rver should. `rawPath` as sent (percent-encoded). */
 export function plainGetTarget(req: Pick<IncomingMessage, 'method' | 'headers'>, rawPath: string, query: string): { bucket: string; key: string } | undefined {
-  if (req.method !== 'GET' || query !== '' || process.platform === 'win32') return undefined;
+  if (req.method !== 'GET' || (query !== '' && query !== 'x-id=GetObject') || process.platform === 'win32') return undefined;
   if (LEFT_TO_S3RVER.some((h) => req.headers[h] !== undefined)) return undefined;
   const m = /^\/([^/]+)\/(.+)$/s.exec(rawPath);
   if (!m) return undefined;
   try {
-    return { bucket: decodeURIComponent(m[1]!), key: decodeURIComponent(m[2]!) };
+    const key = decodeURIComponent(m[2]!);
+    // an empty part would vanish in the file's path (the gate refuses such keys anyway)
+    if (key.startsWith('/') || key.includes('//')) return undefined;
+    return { bucket: decodeURIComponent(m[1]!), key };
   } catch {
     return undefined;
   }
@@ -54,19 +60,21 @@ function filePath(root: string, bucket: string, key: string, resource: string): 
   return path.join(root, bucket, ...parts, `${name}._S3rver_${resource}`);
 }
 
-/** A small file's text, or undefined when it does not exist. */
-function textOf(file: string): string | undefined {
+/** A small file's text and when it was last written, or undefined when it does not exist. */
+function smallFile(file: string): { text: string; mtimeMs: number } | undefined {
+  let fd: number;
   try {
-    return readFileSync(file, 'utf8');
+    fd = openSync(file, 'r');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
-}
-
-/** What an If-Match header asks for holds for an object of ETag `md5` (without quotes). */
-function matches(ifMatch: string, md5: string): boolean {
-  return ifMatch.split(',').some((t) => t.trim() === '*' || t.trim().replace(/"/g, '') === md5);
+  try {
+    const { mtimeMs, size } = fstatSync(fd);
+    return { text: readAll(fd, size).toString('utf8'), mtimeMs };
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** All of a file's bytes from `fd`, up to `size` (fewer if it was cut short meanwhile). */
@@ -83,9 +91,11 @@ function readAll(fd: number, size: number): Buffer {
 
 /**
  * Answers a plain GET of `bucket/key` from `root` (s3rver's folder) and returns true; returns
- * false, with nothing sent, when s3rver should answer instead.
+ * false, with nothing sent, when s3rver should answer instead. `rawPath` names the resource in an
+ * error's body.
  */
-export function servePlainGet(root: string, bucket: string, key: string, req: IncomingMessage, res: ServerResponse): boolean {
+export function servePlainGet(root: string, target: { bucket: string; key: string }, req: IncomingMessage, res: ServerResponse, rawPath: string): boolean {
+  const { bucket, key } = target;
   const objectFile = filePath(root, bucket, key, 'object');
   let fd: number;
   try {
@@ -95,40 +105,42 @@ export function servePlainGet(root: string, bucket: string, key: string, req: In
   }
   let streaming = false;
   try {
-    let size: number, mtime: Date, md5: string | undefined, stored: Record<string, unknown>;
+    let size: number, mtime: Date, mtimeMs: number, md5: string, stored: Record<string, unknown>;
     try {
       // the size and time of the bytes this descriptor reads, even if the object is replaced meanwhile
       const st = fstatSync(fd);
-      if (!st.isFile()) return false;
-      [size, mtime] = [st.size, st.mtime];
-      md5 = textOf(`${objectFile}.md5`);
-      if (md5 === undefined) return false; // s3rver writes a missing MD5 file itself
-      const metadata = textOf(filePath(root, bucket, key, 'metadata.json'));
-      stored = metadata === undefined ? {} : (JSON.parse(metadata) as Record<string, unknown>);
+      const tag = smallFile(`${objectFile}.md5`);
+      // No MD5 file yet: s3rver writes it. One older than the object: a PUT is writing the object,
+      // and the MD5 file still names the old content.
+      if (!st.isFile() || tag === undefined || tag.mtimeMs < st.mtimeMs) return false;
+      const metadata = smallFile(filePath(root, bucket, key, 'metadata.json'));
+      [size, mtime, mtimeMs, md5, stored] = [st.size, st.mtime, st.mtimeMs, tag.text, metadata === undefined ? {} : (JSON.parse(metadata.text) as Record<string, unknown>)];
     } catch {
       return false;
     }
     const ifMatch = req.headers['if-match'];
-    if (ifMatch !== undefined && !matches(ifMatch, md5)) {
-      const body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold.</Message><Condition>If-Match</Condition></Error>`;
-      res.writeHead(412, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
-      res.end(body);
+    if (ifMatch !== undefined && !ifMatchHolds(ifMatch, md5)) {
+      sendRefusal(res, { status: 412, code: 'PreconditionFailed', message: 'At least one of the pre-conditions you specified did not hold.' }, rawPath);
       return true;
     }
-    const headers: Record<string, string | number> = { 'accept-ranges': 'bytes', 'content-type': 'binary/octet-stream' };
+    const headers: Record<string, string | number> = { 'accept-ranges': 'bytes' };
     for (const [name, value] of Object.entries(stored)) {
       if (typeof value === 'string' && (STORED_HEADERS.has(name) || name.startsWith('x-amz-meta-'))) headers[name] = value;
     }
+    if (!headers['content-type']) headers['content-type'] = 'binary/octet-stream'; // s3rver's default, for an empty one too
     headers['last-modified'] = mtime.toUTCString();
     headers.etag = JSON.stringify(md5);
     if (size <= SMALL_OBJECT_BYTES) {
       let body: Buffer;
       try {
         body = readAll(fd, size);
+        // written to while it was read: not the content the ETag names
+        const after = fstatSync(fd);
+        if (after.size !== size || after.mtimeMs !== mtimeMs || body.length !== size) return false;
       } catch {
         return false;
       }
-      res.writeHead(200, { ...headers, 'content-length': body.length });
+      res.writeHead(200, { ...headers, 'content-length': size });
       res.end(body);
       return true;
     }

@@ -92,10 +92,11 @@ const server = createServer((req, res) => {
       // Verified here; s3rver would check the key id against its own fixed account, so it sees
       // the request as anonymous (which it serves) instead.
       delete req.headers.authorization;
+      // A plain GET is answered from s3rver's files (its If-Match checked there); the rest is s3rver's.
+      const plain = plainGetTarget(req, rawPath, query);
+      if (plain && servePlainGet(directory, plain, req, res, rawPath)) return;
       const condition = await checkConditions(req, rawPath, etagOf);
       if (condition) return sendRefusal(res, condition, rawPath);
-      const plain = plainGetTarget(req, rawPath, query);
-      if (plain && servePlainGet(directory, plain.bucket, plain.key, req, res)) return;
       if (req.method !== 'POST' || !isDeleteQuery(query)) return handle(req, res);
       // A multi-object delete names its keys in its body: each is checked like a key in a path,
       // and s3rver gets a body of the checked keys only.
