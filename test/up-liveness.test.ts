@@ -50,7 +50,8 @@ describe('up watches its workers', () => {
       return pid !== undefined && pid !== stopped;
     }, 20);
     await until('the new preprocess#1 answers /healthz', () => healthz(one), 60);
-    expect(await file.ctx.queues.preprocess.getWorkersCount()).toBe(2);
+    // BullMQ lists a worker once its connection has named itself, which may come just after /healthz
+    await until('both preprocess workers take jobs', async () => (await file.ctx.queues.preprocess.getWorkersCount()) === 2, 20);
     // the worker that kept answering was never touched
     expect(stack.supervisor.pids()['preprocess#2']).toBe(before['preprocess#2']);
     expect(stack.events.filter((e) => e.includes('has not answered'))).toHaveLength(1);
