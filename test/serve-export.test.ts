@@ -16,7 +16,7 @@ import { serveCommand } from '../apps/producer/src/commands/serve.command.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { startClassifierServer, type ClassifierServer } from '../apps/producer/src/serve/classifier.server.js';
 import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
-import { createLogger } from '../packages/shared/src/index.js';
+import { createLogger, ReportDoc } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { cliPath, repoRoot, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
 
@@ -70,6 +70,11 @@ beforeAll(async () => {
   expect(ingest.code).toBe(0);
   const train = await runCli(['train', '-d', 'shapes', '--epochs', '40', '--run-id', 'r1', '--seed', '3'], stack.env, 240_000);
   expect(train.code).toBe(0);
+  // two classes: the report says what classify and serve decide with, and how accurate that is
+  const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('shapes', 'r1', 'report.json'));
+  const bin = report!.validation.binary!;
+  const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+  expect(train.stdout).toContain(`classify and serve call an image "square" when its probability is at least ${bin.threshold.toFixed(3)}: accuracy ${pct(bin.accuracyAtThreshold)} on validation`);
   const [result] = await classifyCommand(ctx, `s3://${bucket}/incoming/`, { model: 'shapes@r1', watch: false, intervalSeconds: 1 });
   const lines = (await ctx.services.store.getObject(stack.config.s3.bucket, result!.outputKey)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; probabilities: Record<string, number> });
   for (const l of lines) classified.set(path.basename(l.key), l.probabilities);

@@ -343,7 +343,8 @@ export class ObjectStore {
 
   /**
    * Copies an object within the store (server-side, no download); returns the copy's ETag. With
-   * `ifMatch` (an ETag without quotes) it copies only that content, or throws ObjectChangedError.
+   * `ifMatch` (an ETag without quotes) it copies only that content, or throws ObjectChangedError;
+   * ObjectNotFoundError when there is no such object.
    */
   async copyObject(bucket: string, from: string, to: string, o: { ifMatch?: string } = {}): Promise<string> {
     const source = `${bucket}/${from}`.split('/').map(encodeURIComponent).join('/');
@@ -352,6 +353,7 @@ export class ObjectStore {
       return stripQuotes(res.CopyObjectResult?.ETag);
     } catch (err) {
       if (preconditionFailed(err, o.ifMatch)) throw new ObjectChangedError(bucket, from, o.ifMatch, undefined);
+      if (isNotFound(err)) throw new ObjectNotFoundError(bucket, from);
       throw err;
     }
   }

@@ -264,7 +264,13 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   }
   if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; \`transferline review\` and \`relabel\` sort them out); copies under one label count once`);
   const bin = report?.validation.binary;
-  if (bin) w(`  ROC AUC (validation, positive "${printable(bin.positiveLabel)}") ${bin.rocAuc === null ? 'n/a (validation holds one class only)' : bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
+  if (bin) {
+    // classify and serve decide with the threshold, not at p = 0.5 as the accuracies above and the matrix below
+    const testAt = report?.test?.binary?.accuracyAtThreshold;
+    const positive = printable(bin.positiveLabel);
+    w(`  ROC AUC (validation, positive "${positive}") ${bin.rocAuc === null ? 'n/a (validation holds one class only)' : bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
+    w(`  classify and serve call an image "${positive}" when its probability is at least ${bin.threshold.toFixed(3)}: accuracy ${pct(bin.accuracyAtThreshold)} on validation${testAt !== undefined ? `, ${pct(testAt)} on test` : ''} (the figures above and the matrix below are at 0.5)`);
+  }
   w(`model: s3://${ctx.config.s3.bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);
   if (!promote) {
     w(`  not made the latest run of ${result.dataset} (--no-promote): classify, serve and export use it as -m ${result.dataset}@${result.runId}; make it the latest with: transferline promote ${result.dataset}@${result.runId}`);

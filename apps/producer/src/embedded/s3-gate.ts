@@ -76,6 +76,41 @@ export function checkCopySource(source: string | undefined): GateRefusal | null 
 }
 
 /**
+ * A copy's source as s3rver must be given it. It reads the header with `decodeURI`, which leaves
+ * `%2C`, `%2B`, `%3A`, … encoded (the SDKs and awscli encode `, + : & = @ $ ; ? #` in a key): a key
+ * with one of them was "not found". Re-encoded with `encodeURI`, which `decodeURI` undoes exactly,
+ * the header names the key S3 would read. (`source` was checked by checkCopySource: it decodes.)
+ */
+export function copySourceForS3rver(source: string): string {
+  return encodeURI(decodeURIComponent(source));
+}
+
+/** `bytes=-N`: the last N bytes of an object. */
+const SUFFIX_RANGE = /^bytes=-(\d+)$/;
+
+/** The object a request's path names (`/bucket/key…`, percent-encoded), or undefined for the service's or a bucket's (`/bucket`). */
+export function objectOfPath(rawPath: string): { bucket: string; key: string } | undefined {
+  const [bucket = '', ...key] = rawPath.replace(/^\//, '').split('/').map(decodeURIComponent);
+  return key.length === 0 ? undefined : { bucket, key: key.join('/') };
+}
+
+/**
+ * A suffix range (`bytes=-N`, the last N bytes) as an absolute one for an object of `size` bytes,
+ * or undefined when `range` is not one. s3rver reads `bytes=-100` as `bytes=0-100`: the first 101
+ * bytes. The last 0 bytes are no bytes: a range past the end, which s3rver refuses as S3 does (416).
+ */
+export function absoluteRange(range: string, size: number): string | undefined {
+  const m = SUFFIX_RANGE.exec(range);
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  return n === 0 ? `bytes=${size}-` : `bytes=${Math.max(0, size - n)}-`;
+}
+
+export function isSuffixRange(range: string | string[] | undefined): range is string {
+  return typeof range === 'string' && SUFFIX_RANGE.test(range);
+}
+
+/**
  * S3's content conditions that s3rver ignores: a copy's `x-amz-copy-source-if-match` (its source
  * must hold that ETag), and a delete's, a GET's or a HEAD's `if-match` (the object must hold it).
  * Refused with 412 as S3 refuses them, and a conditional delete of an object that is not there
@@ -88,9 +123,9 @@ export async function checkConditions(req: IncomingMessage, rawPath: string, eta
   const onPath = req.method === 'DELETE' || req.method === 'GET' || req.method === 'HEAD';
   const [target, wanted] = source !== undefined ? [source.split('?')[0]!, one(req.headers['x-amz-copy-source-if-match'])] : onPath ? [rawPath, one(req.headers['if-match'])] : [undefined, undefined];
   if (target === undefined || wanted === undefined) return null;
-  const [bucket = '', ...key] = target.replace(/^\//, '').split('/').map(decodeURIComponent);
-  if (key.length === 0) return null; // a bucket's request: not an object's condition
-  const etag = await etagOf(bucket, key.join('/'));
+  const object = objectOfPath(target);
+  if (!object) return null; // a bucket's request: not an object's condition
+  const etag = await etagOf(object.bucket, object.key);
   if (etag === undefined) return req.method === 'DELETE' && source === undefined ? refuse(404, 'NoSuchKey', 'The specified key does not exist.') : null;
   return ifMatchHolds(wanted, etag) ? null : refuse(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold.');
 }

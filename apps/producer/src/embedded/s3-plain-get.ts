@@ -1,4 +1,5 @@
-import { closeSync, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, createReadStream, fstatSync, openSync, readSync, type Stats } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { ifMatchHolds, sendRefusal } from './s3-gate.js';
@@ -13,9 +14,9 @@ import { ifMatchHolds, sendRefusal } from './s3-gate.js';
  * Only the plainest request is taken: GET of an object, no query string (but the SDKs' `x-id=GetObject`,
  * which s3rver ignores too), no Range, no If-None-Match/If-Modified-Since/If-Unmodified-Since, no
  * Origin (CORS), with the object's files as s3rver writes them. Everything else, and any surprise
- * on the way (no such file, no MD5 file yet, unreadable metadata, a folder, an object written
- * after its MD5 file: a PUT in progress), goes on to s3rver, which answers as it always has:
- * nothing is sent before the whole answer is known.
+ * on the way (no such file, no MD5 file yet, unreadable metadata, a folder, a large object a PUT
+ * may be writing: see servePlainGet), goes on to s3rver, which answers as it always has: nothing
+ * is sent before the whole answer is known.
  * If-Match is honoured (412 when the object's ETag is another), as S3 does and s3rver does not.
  * (s3rver's website behaviour never applies here: it takes a request with x-amz-* headers, as every
  * request the gate lets through is signed with, for an API request.)
@@ -89,10 +90,29 @@ function readAll(fd: number, size: number): Buffer {
   return n === size ? body : body.subarray(0, n);
 }
 
+/** An ETag as s3rver stores it: an MD5 in hex, or an upload in parts' (`<md5>-<parts>`). */
+const STORED_ETAG = /^[0-9a-f]{32}(-\d+)?$/;
+/** An object last written longer ago than this is taken to be still (no write of it in progress). */
+const SETTLED_MS = 2_000;
+
+function md5Hex(body: Uint8Array): string {
+  return createHash('md5').update(body).digest('hex');
+}
+
 /**
  * Answers a plain GET of `bucket/key` from `root` (s3rver's folder) and returns true; returns
  * false, with nothing sent, when s3rver should answer instead. `rawPath` names the resource in an
  * error's body.
+ *
+ * s3rver overwrites an object's files in place (the object, then its MD5 file, then its metadata),
+ * so a read can meet a PUT halfway: new bytes under the old ETag, or an MD5 file cut short. A
+ * small object's bytes are checked against its ETag before they are sent: a body that is not the
+ * content its ETag names is never sent. When they differ and the object was written just now,
+ * the answer is 503 SlowDown (a PUT is in progress: every S3 client asks again); when it has
+ * been still for SETTLED_MS, its MD5 file is what is stale (s3rver's copy with new metadata over
+ * an existing key keeps the old one), and s3rver answers as it always has. A larger object is
+ * streamed only when its MD5 file was written after it (or it has been still for SETTLED_MS),
+ * and a response whose file changed while it was sent is cut off, not ended.
  */
 export function servePlainGet(root: string, target: { bucket: string; key: string }, req: IncomingMessage, res: ServerResponse, rawPath: string): boolean {
   const { bucket, key } = target;
@@ -105,18 +125,38 @@ export function servePlainGet(root: string, target: { bucket: string; key: strin
   }
   let streaming = false;
   try {
-    let size: number, mtime: Date, mtimeMs: number, md5: string, stored: Record<string, unknown>;
+    let st: Stats, tag: { text: string; mtimeMs: number } | undefined, metadata: { text: string } | undefined;
     try {
       // the size and time of the bytes this descriptor reads, even if the object is replaced meanwhile
-      const st = fstatSync(fd);
-      const tag = smallFile(`${objectFile}.md5`);
-      // No MD5 file yet: s3rver writes it. One older than the object: a PUT is writing the object,
-      // and the MD5 file still names the old content.
-      if (!st.isFile() || tag === undefined || tag.mtimeMs < st.mtimeMs) return false;
-      const metadata = smallFile(filePath(root, bucket, key, 'metadata.json'));
-      [size, mtime, mtimeMs, md5, stored] = [st.size, st.mtime, st.mtimeMs, tag.text, metadata === undefined ? {} : (JSON.parse(metadata.text) as Record<string, unknown>)];
+      st = fstatSync(fd);
+      tag = smallFile(`${objectFile}.md5`);
+      if (!st.isFile() || tag === undefined) return false; // no MD5 file yet: s3rver writes it
+      metadata = smallFile(filePath(root, bucket, key, 'metadata.json'));
     } catch {
       return false;
+    }
+    const md5 = tag.text;
+    const settled = Date.now() - st.mtimeMs > SETTLED_MS;
+    const slowDown = () => {
+      sendRefusal(res, { status: 503, code: 'SlowDown', message: 'The object is being written; please ask again.' }, rawPath);
+      return true;
+    };
+    let stored: Record<string, unknown>;
+    try {
+      stored = metadata === undefined ? {} : (JSON.parse(metadata.text) as Record<string, unknown>);
+    } catch {
+      return settled ? false : slowDown(); // cut short while a PUT writes it
+    }
+    let body: Buffer | undefined;
+    if (st.size <= SMALL_OBJECT_BYTES) {
+      try {
+        body = readAll(fd, st.size);
+      } catch {
+        return false;
+      }
+      if (!/^[0-9a-f]{32}$/.test(md5) || md5Hex(body) !== md5) return settled ? false : slowDown();
+    } else if (!STORED_ETAG.test(md5) || (tag.mtimeMs <= st.mtimeMs && !settled)) {
+      return false; // a PUT may be writing it: s3rver's
     }
     const ifMatch = req.headers['if-match'];
     if (ifMatch !== undefined && !ifMatchHolds(ifMatch, md5)) {
@@ -128,28 +168,32 @@ export function servePlainGet(root: string, target: { bucket: string; key: strin
       if (typeof value === 'string' && (STORED_HEADERS.has(name) || name.startsWith('x-amz-meta-'))) headers[name] = value;
     }
     if (!headers['content-type']) headers['content-type'] = 'binary/octet-stream'; // s3rver's default, for an empty one too
-    headers['last-modified'] = mtime.toUTCString();
+    headers['last-modified'] = st.mtime.toUTCString();
     headers.etag = JSON.stringify(md5);
-    if (size <= SMALL_OBJECT_BYTES) {
-      let body: Buffer;
-      try {
-        body = readAll(fd, size);
-        // written to while it was read: not the content the ETag names
-        const after = fstatSync(fd);
-        if (after.size !== size || after.mtimeMs !== mtimeMs || body.length !== size) return false;
-      } catch {
-        return false;
-      }
-      res.writeHead(200, { ...headers, 'content-length': size });
+    if (body) {
+      res.writeHead(200, { ...headers, 'content-length': body.length });
       res.end(body);
       return true;
     }
-    res.writeHead(200, { ...headers, 'content-length': size });
-    const stream = createReadStream('', { fd, start: 0, end: size - 1, autoClose: true });
+    res.writeHead(200, { ...headers, 'content-length': st.size });
+    const stream = createReadStream('', { fd, start: 0, end: st.size - 1, autoClose: true });
     streaming = true; // the stream closes the descriptor
     stream.on('error', () => res.destroy());
     res.on('close', () => stream.destroy());
-    stream.pipe(res);
+    stream.pipe(res, { end: false });
+    stream.on('end', () => {
+      // (the descriptor is closed after 'end': still open here)
+      let changed: boolean;
+      try {
+        const after = fstatSync(fd);
+        changed = after.size !== st.size || after.mtimeMs !== st.mtimeMs;
+      } catch {
+        changed = true;
+      }
+      // written to while it was sent: cut off, so the client does not take it for the content its ETag names
+      if (changed) res.destroy();
+      else res.end();
+    });
     return true;
   } finally {
     if (!streaming) closeSync(fd);

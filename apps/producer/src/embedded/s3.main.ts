@@ -16,7 +16,7 @@ import S3rver from 's3rver';
 import { stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 import { plainGetTarget, servePlainGet } from './s3-plain-get.js';
-import { checkConditions, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
+import { absoluteRange, checkConditions, checkCopySource, copySourceForS3rver, isSuffixRange, objectOfPath, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
 const directory = env.TL_S3_DIR;
@@ -36,10 +36,15 @@ const s3rver = new S3rver({
 });
 await s3rver.configureBuckets();
 const handle = s3rver.callback();
-const { store } = s3rver as unknown as { store: { getMetadata: (bucket: string, key: string) => Promise<{ etag: string }> } };
+const { store } = s3rver as unknown as { store: { getMetadata: (bucket: string, key: string) => Promise<{ etag: string; 'content-length': number }> } };
 /** An object's ETag without quotes, as s3rver would send it; undefined when there is no such object. */
 const etagOf = (bucket: string, key: string) => store.getMetadata(bucket, key).then(
   (m) => m.etag.replace(/"/g, ''),
+  () => undefined,
+);
+/** An object's size in bytes; undefined when there is no such object. */
+const sizeOf = (bucket: string, key: string) => store.getMetadata(bucket, key).then(
+  (m) => Number(m['content-length']),
   () => undefined,
 );
 
@@ -97,6 +102,13 @@ const server = createServer((req, res) => {
       if (plain && servePlainGet(directory, plain, req, res, rawPath)) return;
       const condition = await checkConditions(req, rawPath, etagOf);
       if (condition) return sendRefusal(res, condition, rawPath);
+      const source = req.headers['x-amz-copy-source'];
+      if (typeof source === 'string') req.headers['x-amz-copy-source'] = copySourceForS3rver(source);
+      const object = objectOfPath(rawPath);
+      if (isSuffixRange(req.headers.range) && object && (req.method === 'GET' || req.method === 'HEAD')) {
+        const size = await sizeOf(object.bucket, object.key);
+        if (size !== undefined) req.headers.range = absoluteRange(req.headers.range, size);
+      }
       if (req.method !== 'POST' || !isDeleteQuery(query)) return handle(req, res);
       // A multi-object delete names its keys in its body: each is checked like a key in a path,
       // and s3rver gets a body of the checked keys only.
