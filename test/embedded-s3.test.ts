@@ -338,6 +338,8 @@ describe('the embedded S3 server', () => {
     const all = await signed('GET', `/${bucket}/plain/small.txt`, { range: `bytes=-${10 ** 9}` });
     expect([all.status, await all.text()]).toEqual([206, bodies['plain/small.txt'].toString()]);
     expect(await status('GET', `/${bucket}/plain/small.txt`, { range: 'bytes=-0' })).toBe(416);
+    const none = await signed('GET', `/${bucket}/plain/empty.txt`, { range: 'bytes=-5' });
+    expect([none.status, none.headers.get('content-length'), (await none.arrayBuffer()).byteLength]).toEqual([200, '0', 0]);
     const cliTail = await aws(['s3api', 'get-object', '--bucket', bucket, '--key', 'plain/large.bin', '--range', 'bytes=-100', path.join(dir, 'aws-tail.bin')]);
     expect(cliTail.code, cliTail.out).toBe(0);
     expect((await readFile(path.join(dir, 'aws-tail.bin'))).equals(large.subarray(-100))).toBe(true);
@@ -400,6 +402,30 @@ describe('the embedded S3 server', () => {
       expect((await get('/photos/direct/small.txt')).status).toBe(599);
       await store.putObject(bucket, 'direct/small.txt', small, 'text/plain');
       expect((await get('/photos/direct/small.txt')).status).toBe(200);
+      // a large object rewritten while it is sent: cut off before its last bytes, never a whole body
+      const rewritten = Buffer.alloc(24 * 1024 * 1024, 97);
+      await store.putObject(bucket, 'direct/rewritten.bin', rewritten);
+      const rewrittenFile = path.join(root, bucket, 'direct', 'rewritten.bin._S3rver_object');
+      await utimes(rewrittenFile, longAgo, longAgo);
+      const outcome = await new Promise<{ status?: number; complete: boolean; bytes: number }>((resolve, reject) => {
+        http
+          .get(`${base}/photos/direct/rewritten.bin`, (res) => {
+            res.pause(); // the server fills the socket and waits
+            let bytes = 0;
+            setTimeout(() => {
+              writeFile(rewrittenFile, Buffer.alloc(rewritten.length, 98)).then(() => {
+                res.on('data', (c: Buffer) => (bytes += c.length));
+                res.on('error', () => {});
+                res.on('close', () => resolve({ status: res.statusCode, complete: res.complete, bytes }));
+                res.resume();
+              }, reject);
+            }, 300);
+          })
+          .on('error', reject);
+      });
+      expect(outcome.status).toBe(200);
+      expect(outcome.complete).toBe(false);
+      expect(outcome.bytes).toBeLessThan(rewritten.length);
       // a large object written after its MD5 file (a PUT in progress): s3rver's
       const now = new Date();
       await utimes(largeFile, now, now);
@@ -430,6 +456,18 @@ describe('the embedded S3 server', () => {
       expect((await store.getObject(bucket, `copies/cli/${name}`)).toString(), name).toBe(name);
     }
     await expect(store.copyObject(bucket, 'copies/from/missing,1.jpg', 'copies/to/x.jpg')).rejects.toThrow(/s3:\/\/photos\/copies\/from\/missing,1\.jpg does not exist/);
+  });
+
+  it('gives a key copied over with new metadata the ETag of its new bytes', async () => {
+    await store.putObject(bucket, 'replace/src.txt', Buffer.from('the new bytes'));
+    await store.putObject(bucket, 'replace/dst.txt', Buffer.from('the old bytes, longer'));
+    const md5 = createHash('md5').update('the new bytes').digest('hex');
+    const cli = await aws(['s3api', 'copy-object', '--bucket', bucket, '--key', 'replace/dst.txt', '--copy-source', `${bucket}/replace/src.txt`, '--metadata-directive', 'REPLACE', '--content-type', 'text/x-new']);
+    expect(cli.code, cli.out).toBe(0);
+    expect(cli.out).toContain(md5);
+    const got = await signed('GET', `/${bucket}/replace/dst.txt`);
+    expect([got.status, got.headers.get('etag'), got.headers.get('content-type'), await got.text()]).toEqual([200, `"${md5}"`, 'text/x-new', 'the new bytes']);
+    expect((await store.headObject(bucket, 'replace/dst.txt'))!.etag).toBe(md5);
   });
 
   it('never sends a body that is not the content its ETag names, while the object is being rewritten', async () => {

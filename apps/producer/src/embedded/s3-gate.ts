@@ -95,14 +95,14 @@ export function objectOfPath(rawPath: string): { bucket: string; key: string } |
 }
 
 /**
- * A suffix range (`bytes=-N`, the last N bytes) as an absolute one for an object of `size` bytes,
- * or undefined when `range` is not one. s3rver reads `bytes=-100` as `bytes=0-100`: the first 101
- * bytes. The last 0 bytes are no bytes: a range past the end, which s3rver refuses as S3 does (416).
+ * A suffix range (`bytes=-N`, the last N bytes) as an absolute one for an object of `size` bytes
+ * (s3rver reads `bytes=-100` as `bytes=0-100`: the first 101 bytes), or null for no range at all:
+ * an empty object has no last bytes to send, and is sent whole. The last 0 bytes of another are a
+ * range past its end, which s3rver refuses as S3 does (416). `range` is a suffix range.
  */
-export function absoluteRange(range: string, size: number): string | undefined {
-  const m = SUFFIX_RANGE.exec(range);
-  if (!m) return undefined;
-  const n = Number(m[1]);
+export function absoluteRange(range: string, size: number): string | null {
+  const n = Number(SUFFIX_RANGE.exec(range)?.[1]);
+  if (size === 0) return null;
   return n === 0 ? `bytes=${size}-` : `bytes=${Math.max(0, size - n)}-`;
 }
 

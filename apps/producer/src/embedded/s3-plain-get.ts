@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, fstatSync, openSync, readSync, type Stats } from 'node:fs';
+import { closeSync, createReadStream, fstatSync, openSync, readSync, rmSync, statSync, type Stats } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { ifMatchHolds, sendRefusal } from './s3-gate.js';
@@ -61,6 +61,24 @@ function filePath(root: string, bucket: string, key: string, resource: string): 
   return path.join(root, bucket, ...parts, `${name}._S3rver_${resource}`);
 }
 
+/** An object's size from its file (what s3rver would send), or undefined when there is none. */
+export function storedSize(root: string, bucket: string, key: string): number | undefined {
+  try {
+    return statSync(filePath(root, bucket, key, 'object')).size;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Forgets an object's stored ETag (its MD5 file), so that s3rver computes it again from the bytes
+ * at the next read. s3rver's copy with new metadata (`x-amz-metadata-directive: REPLACE`) over an
+ * existing key keeps the old object's MD5 file: the copy would be sent under the old ETag.
+ */
+export function forgetStoredEtag(root: string, bucket: string, key: string): void {
+  rmSync(`${filePath(root, bucket, key, 'object')}.md5`, { force: true });
+}
+
 /** A small file's text and when it was last written, or undefined when it does not exist. */
 function smallFile(file: string): { text: string; mtimeMs: number } | undefined {
   let fd: number;
@@ -112,7 +130,7 @@ function md5Hex(body: Uint8Array): string {
  * been still for SETTLED_MS, its MD5 file is what is stale (s3rver's copy with new metadata over
  * an existing key keeps the old one), and s3rver answers as it always has. A larger object is
  * streamed only when its MD5 file was written after it (or it has been still for SETTLED_MS),
- * and a response whose file changed while it was sent is cut off, not ended.
+ * and a response whose file changed while it was sent is cut off before its last bytes.
  */
 export function servePlainGet(root: string, target: { bucket: string; key: string }, req: IncomingMessage, res: ServerResponse, rawPath: string): boolean {
   const { bucket, key } = target;
@@ -180,7 +198,16 @@ export function servePlainGet(root: string, target: { bucket: string; key: strin
     streaming = true; // the stream closes the descriptor
     stream.on('error', () => res.destroy());
     res.on('close', () => stream.destroy());
-    stream.pipe(res, { end: false });
+    // The last chunk is held back until the file is known unchanged: a client that got every byte
+    // would take a file rewritten meanwhile for the content its ETag names; cut off, it asks again.
+    let held: Buffer | undefined;
+    stream.on('data', (chunk) => {
+      if (held && !res.write(held)) {
+        stream.pause();
+        res.once('drain', () => stream.resume());
+      }
+      held = chunk as Buffer; // no encoding set: Buffers
+    });
     stream.on('end', () => {
       // (the descriptor is closed after 'end': still open here)
       let changed: boolean;
@@ -190,9 +217,8 @@ export function servePlainGet(root: string, target: { bucket: string; key: strin
       } catch {
         changed = true;
       }
-      // written to while it was sent: cut off, so the client does not take it for the content its ETag names
       if (changed) res.destroy();
-      else res.end();
+      else res.end(held);
     });
     return true;
   } finally {

@@ -15,7 +15,7 @@ import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
 import { stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
-import { plainGetTarget, servePlainGet } from './s3-plain-get.js';
+import { forgetStoredEtag, plainGetTarget, servePlainGet, storedSize } from './s3-plain-get.js';
 import { absoluteRange, checkConditions, checkCopySource, copySourceForS3rver, isSuffixRange, objectOfPath, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
@@ -36,17 +36,13 @@ const s3rver = new S3rver({
 });
 await s3rver.configureBuckets();
 const handle = s3rver.callback();
-const { store } = s3rver as unknown as { store: { getMetadata: (bucket: string, key: string) => Promise<{ etag: string; 'content-length': number }> } };
+const { store } = s3rver as unknown as { store: { getMetadata: (bucket: string, key: string) => Promise<{ etag: string }> } };
 /** An object's ETag without quotes, as s3rver would send it; undefined when there is no such object. */
 const etagOf = (bucket: string, key: string) => store.getMetadata(bucket, key).then(
   (m) => m.etag.replace(/"/g, ''),
   () => undefined,
 );
-/** An object's size in bytes; undefined when there is no such object. */
-const sizeOf = (bucket: string, key: string) => store.getMetadata(bucket, key).then(
-  (m) => Number(m['content-length']),
-  () => undefined,
-);
+
 
 /** Most bytes of a multi-object delete body read (1,000 keys of 1,024 bytes, and the XML around them). */
 const MAX_DELETE_BODY = 2 * 1024 * 1024;
@@ -102,12 +98,24 @@ const server = createServer((req, res) => {
       if (plain && servePlainGet(directory, plain, req, res, rawPath)) return;
       const condition = await checkConditions(req, rawPath, etagOf);
       if (condition) return sendRefusal(res, condition, rawPath);
-      const source = req.headers['x-amz-copy-source'];
-      if (typeof source === 'string') req.headers['x-amz-copy-source'] = copySourceForS3rver(source);
       const object = objectOfPath(rawPath);
+      const source = req.headers['x-amz-copy-source'];
+      if (typeof source === 'string') {
+        req.headers['x-amz-copy-source'] = copySourceForS3rver(source);
+        // s3rver keeps the old MD5 file of a key copied over with new metadata: forgotten before
+        // (the copy's answer) and after (a read meanwhile), it is computed from the new bytes
+        if (object && String(req.headers['x-amz-metadata-directive']).toUpperCase() === 'REPLACE') {
+          forgetStoredEtag(directory, object.bucket, object.key);
+          res.on('finish', () => forgetStoredEtag(directory, object.bucket, object.key));
+        }
+      }
       if (isSuffixRange(req.headers.range) && object && (req.method === 'GET' || req.method === 'HEAD')) {
-        const size = await sizeOf(object.bucket, object.key);
-        if (size !== undefined) req.headers.range = absoluteRange(req.headers.range, size);
+        const size = storedSize(directory, object.bucket, object.key);
+        if (size !== undefined) {
+          const range = absoluteRange(req.headers.range, size);
+          if (range === null) delete req.headers.range;
+          else req.headers.range = range;
+        }
       }
       if (req.method !== 'POST' || !isDeleteQuery(query)) return handle(req, res);
       // A multi-object delete names its keys in its body: each is checked like a key in a path,
