@@ -15,8 +15,8 @@ import { ifMatchHolds, sendRefusal } from './s3-gate.js';
  * which s3rver ignores too), no Range, no If-None-Match/If-Modified-Since/If-Unmodified-Since, no
  * Origin (CORS), with the object's files as s3rver writes them. Everything else, and any surprise
  * on the way (no such file, no MD5 file yet, unreadable metadata, a folder, a large object a PUT
- * may be writing: see servePlainGet), goes on to s3rver, which answers as it always has: nothing
- * is sent before the whole answer is known.
+ * may be writing: see servePlainGet), goes on to s3rver, which answers as it always has (nothing
+ * is sent before that is decided).
  * If-Match is honoured (412 when the object's ETag is another), as S3 does and s3rver does not.
  * (s3rver's website behaviour never applies here: it takes a request with x-amz-* headers, as every
  * request the gate lets through is signed with, for an API request.)

@@ -16,7 +16,7 @@ import S3rver from 's3rver';
 import { stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 import { forgetStoredEtag, plainGetTarget, servePlainGet, storedSize } from './s3-plain-get.js';
-import { absoluteRange, checkConditions, checkCopySource, copySourceForS3rver, isSuffixRange, objectOfPath, checkKey, checkKeysElsewhere, checkSignature, deleteBody, isDeleteQuery, sendRefusal } from './s3-gate.js';
+import { absoluteRange, checkConditions, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, copySourceForS3rver, deleteBody, isDeleteQuery, isSuffixRange, objectOfPath, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
 const directory = env.TL_S3_DIR;
@@ -42,7 +42,6 @@ const etagOf = (bucket: string, key: string) => store.getMetadata(bucket, key).t
   (m) => m.etag.replace(/"/g, ''),
   () => undefined,
 );
-
 
 /** Most bytes of a multi-object delete body read (1,000 keys of 1,024 bytes, and the XML around them). */
 const MAX_DELETE_BODY = 2 * 1024 * 1024;
