@@ -19,7 +19,7 @@ beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'tl-qp-'));
   redis = await startEmbeddedRedis({ directory: dir, port: await freePort() });
   client = createRedis(redis.url, 'worker');
-  queues = createQueues(client, 'qp');
+  queues = createQueues(client, loadConfig({ TL_QUEUE_PREFIX: 'qp' }));
 });
 afterAll(async () => {
   await queues?.close();
@@ -62,7 +62,7 @@ describe('a job added on a pipeline with other writes', () => {
 
 describe('TL_RETRY_BACKOFF_SCALE', () => {
   it("scales the retry delays a job is added with, through either kind of add, from the config's value", async () => {
-    const scaled = createQueues(client, 'qp-backoff', { retryBackoffScale: loadConfig({ TL_RETRY_BACKOFF_SCALE: '0.25' }).retryBackoffScale });
+    const scaled = createQueues(client, loadConfig({ TL_QUEUE_PREFIX: 'qp-backoff', TL_RETRY_BACKOFF_SCALE: '0.25' }));
     try {
       const payload = { sha256: 'cd'.repeat(32), embedderId: 'space-2' };
       const pipe = await scaled.pipeline();

@@ -51,7 +51,7 @@ describe('Lua scripts run by SHA', () => {
     await repo.putItems('d1', [['b/k21', record(21)], ['b/k22', record(22)]], pipe);
     await pipe.exec();
     // the preprocess stage's pipeline: BullMQ's wrapper around the same connection
-    const queues = createQueues(redis, prefix);
+    const queues = createQueues(redis, { redis: { prefix }, retryBackoffScale: 1 });
     const bullPipe = await queues.pipeline();
     await repo.putItems('d1', [['b/k23', record(23)]], bullPipe);
     await bullPipe.exec();

@@ -78,7 +78,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   );
   for (const outcome of EMBED_OUTCOMES) metrics.images.inc({ stage: 'embed', outcome }, 0);
   const handler: Handler<'embed'> = (payload) => stage.embed(payload);
-  const queues = createQueues(services.redis, config.redis.prefix, { retryBackoffScale: config.retryBackoffScale });
+  const queues = createQueues(services.redis, config);
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   const worker = startWorker('embed', handler, {
     connection: services.redis,

@@ -24,7 +24,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   const metrics = createMetrics('preprocess');
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);
-  const queues = createQueues(services.redis, config.redis.prefix, { retryBackoffScale: config.retryBackoffScale });
+  const queues = createQueues(services.redis, config);
   const sharpSettings = configureSharp({ concurrency: config.preprocess.sharpConcurrency });
   const gate = new EmbedBacklogGate(services.redis, queues, services.keys, config.preprocess.maxPendingTensors, async () => (await services.spaces.liveWorkers()).map((w) => w.space), metrics, log);
   // Its own queue, and the embed queues it feeds (so embed can be scaled on them even at zero).

@@ -19,7 +19,7 @@ export async function openCliContext(config: Config, out: NodeJS.WritableStream 
     await services.close();
     throw err;
   }
-  const queues = createQueues(services.redis, config.redis.prefix, { retryBackoffScale: config.retryBackoffScale });
+  const queues = createQueues(services.redis, config);
   return {
     config,
     services,

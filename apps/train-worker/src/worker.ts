@@ -24,7 +24,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     ctx.log.info({ dataset: payload.dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
     return result;
   };
-  const queues = createQueues(services.redis, config.redis.prefix, { retryBackoffScale: config.retryBackoffScale });
+  const queues = createQueues(services.redis, config);
   exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   // One job of each kind at a time per process: both hold a model and large arrays in memory.

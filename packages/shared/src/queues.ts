@@ -133,9 +133,15 @@ export class Queues {
   }
 }
 
-/** The deployment's queues; `retryBackoffScale` is the config's (TL_RETRY_BACKOFF_SCALE) wherever jobs are added. */
-export function createQueues(connection: Redis, prefix: string, o: { retryBackoffScale?: number } = {}): Queues {
-  return new Queues(connection, prefix, o.retryBackoffScale);
+/** What the queues take from the configuration: their key prefix, and the retry delays' scale of the jobs added to them. */
+export interface QueueSettings {
+  redis: { prefix: string };
+  retryBackoffScale: number;
+}
+
+/** The deployment's queues, as the configuration (TL_QUEUE_PREFIX, TL_RETRY_BACKOFF_SCALE) has them. */
+export function createQueues(connection: Redis, config: QueueSettings): Queues {
+  return new Queues(connection, config.redis.prefix, config.retryBackoffScale);
 }
 
 /** Each queue's retry-delay scale, set by the Queues that made it (one read by both kinds of add). */

@@ -33,7 +33,7 @@ export async function consoleCommand(ctx: CliContext, o: ConsoleCommandOptions =
   const config: Config = { ...ctx.config, console: { ...ctx.config.console, ...(o.host !== undefined && { host: o.host }), ...(o.port !== undefined && { port: o.port }) } };
   const log = createLogger('console', config.logLevel);
   const services = createServices(config, 'worker');
-  const queues = createQueues(services.redis, config.redis.prefix, { retryBackoffScale: config.retryBackoffScale });
+  const queues = createQueues(services.redis, config);
   const stop = new AbortController();
   const onStop = () => stop.abort();
   ctx.signal?.addEventListener('abort', onStop, { once: true });

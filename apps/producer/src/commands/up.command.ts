@@ -95,7 +95,7 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   const log = createLogger('producer', config.logLevel);
   // The console's own clients, in worker mode: they wait out a Redis restart.
   const consoleServices = createServices(config, 'worker');
-  const consoleQueues = createQueues(consoleServices.redis, config.redis.prefix, { retryBackoffScale: config.retryBackoffScale });
+  const consoleQueues = createQueues(consoleServices.redis, config);
   let web: ConsoleHandle | undefined;
   let webError: string | undefined;
   try {

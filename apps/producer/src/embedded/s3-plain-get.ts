@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, createReadStream, fstatSync, openSync, readSync, rmSync, statSync, type Stats } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
-import { ifMatchHolds, sendRefusal } from './s3-gate.js';
+import { ifMatchHolds, objectOfPath, sendRefusal } from './s3-gate.js';
 
 /**
  * The embedded S3 server's plain object GET, answered from s3rver's folder without going through
@@ -42,16 +42,15 @@ export const SMALL_OBJECT_BYTES = 256 * 1024;
 export function plainGetTarget(req: Pick<IncomingMessage, 'method' | 'headers'>, rawPath: string, query: string): { bucket: string; key: string } | undefined {
   if (req.method !== 'GET' || (query !== '' && query !== 'x-id=GetObject') || process.platform === 'win32') return undefined;
   if (LEFT_TO_S3RVER.some((h) => req.headers[h] !== undefined)) return undefined;
-  const m = /^\/([^/]+)\/(.+)$/s.exec(rawPath);
-  if (!m) return undefined;
+  let object;
   try {
-    const key = decodeURIComponent(m[2]!);
-    // an empty part would vanish in the file's path (the gate refuses such keys anyway)
-    if (key.startsWith('/') || key.includes('//')) return undefined;
-    return { bucket: decodeURIComponent(m[1]!), key };
+    object = objectOfPath(rawPath);
   } catch {
-    return undefined;
+    return undefined; // not percent-decodable
   }
+  // an empty part would vanish in the file's path (the gate refuses such keys anyway)
+  if (!object || object.bucket === '' || object.key === '' || object.key.startsWith('/') || object.key.includes('//')) return undefined;
+  return object;
 }
 
 /** The path of one of an object's files in s3rver's folder (`resource`: object, object.md5, metadata.json). */

@@ -164,7 +164,7 @@ export async function startStack(
 
     // The producer's own metrics: every queue of the deployment, read from BullMQ on each scrape.
     const metrics = createMetrics('producer');
-    const queues = createQueues(redis, config.redis.prefix, { retryBackoffScale: config.retryBackoffScale });
+    const queues = createQueues(redis, config);
     exportQueueDepths(metrics, async () => [queues.preprocess, ...(await spaces.list()).map((s) => queues.embed(s.space.id)), queues.train, queues.classify]);
     const server = await startMetricsServer(metrics.registry, config.metrics.host, ports.producer);
     stops.push(async () => {
