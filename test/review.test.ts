@@ -104,8 +104,14 @@ describe('review and relabel', () => {
     expect(text.stdout).toMatch(/look mislabelled/);
     expect(text.stdout).toMatch(/most uncertain/);
     // each uncertain image with the label it is confused with, never its own label twice
-    const uncertainRows = text.stdout.split('the 6 most uncertain (the model cannot tell):\n')[1]!.split('\nfull list')[0]!.split('\n').slice(1);
+    const [head, rest] = text.stdout.split('the 6 most uncertain of the others (the model cannot tell):\n');
+    const uncertainRows = rest!.split('\nfull list')[0]!.split('\n').slice(1);
     expect(uncertainRows).toHaveLength(6);
+    // an image listed as mislabelled is not listed again among the uncertain ones
+    const keysIn = (rows: string) => new Set([...rows.matchAll(/(s3:\/\/\S+)$/gm)].map((m) => m[1]!));
+    const mislabelled = keysIn(head!.split('least likely:\n')[1]!);
+    expect(mislabelled.size).toBeGreaterThan(0);
+    for (const key of keysIn(uncertainRows.join('\n'))) expect(mislabelled.has(key), key).toBe(false);
     for (const line of uncertainRows) {
       const m = /^ +[\d.]+% {2}(\S+), or (\S+) \([\d.]+%\) {2}s3:\/\//.exec(line);
       expect(m, line).not.toBeNull();

@@ -15,6 +15,21 @@ import { loadTfRuntime } from '@transferline/shared/tf';
 import { fitHead, predictProba, type Matrix } from '@transferline/train-worker/head.trainer';
 import type { CliContext } from './cli-context.js';
 
+/**
+ * What a review shows first (the CLI and the console alike): the first `issues` images whose label
+ * looks wrong, in the review's order, then the `uncertain` most uncertain of the rest: an image
+ * shown as mislabelled is not shown again among the uncertain ones.
+ */
+export function reviewHighlights(lines: readonly ReviewLine[], n: { issues: number; uncertain: number }): { issues: ReviewLine[]; uncertain: ReviewLine[] } {
+  const issues = lines.filter((l) => l.issue).slice(0, n.issues);
+  const shown = new Set(issues.map((l) => l.key));
+  const uncertain = lines
+    .filter((l) => !shown.has(l.key))
+    .sort((a, b) => b.uncertainty - a.uncertainty)
+    .slice(0, n.uncertain);
+  return { issues, uncertain };
+}
+
 export interface Review {
   dataset: string;
   space: string;

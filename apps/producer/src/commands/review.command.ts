@@ -1,7 +1,7 @@
 import { ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
-import { relabelItems, reviewDataset, type RelabelOutcome, type Review } from '../review.service.js';
+import { relabelItems, reviewDataset, reviewHighlights, type RelabelOutcome, type Review } from '../review.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 
@@ -38,9 +38,9 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
   w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
   w('  p(given)  given → suggested  key');
-  for (const l of review.lines.filter((x) => x.issue).slice(0, top)) w(row(l));
-  const uncertain = [...review.lines].sort((a, b) => b.uncertainty - a.uncertainty).slice(0, Math.min(top, 10));
-  w(`the ${uncertain.length} most uncertain (the model cannot tell):`);
+  const { issues, uncertain } = reviewHighlights(review.lines, { issues: top, uncertain: Math.min(top, 10) });
+  for (const l of issues) w(row(l));
+  w(`the ${uncertain.length} most uncertain${issues.length ? ' of the others' : ''} (the model cannot tell):`);
   // here the suggested label is often the given one: the label it is confused with says more
   w('  p(given)  given, or the likeliest other label  key');
   for (const l of uncertain) {
