@@ -48,23 +48,32 @@ export interface ResolvedSpace {
 }
 
 // Heartbeats use Redis's clock, so machines whose clocks disagree still agree on who is alive.
-// Each beat publishes the space again, so the registry heals itself if Redis lost its data.
+// Each beat publishes the space again, so the registry heals itself if Redis lost its data; the
+// first beat this Redis holds is remembered (KEYS[4]): one beat later, every live worker's space
+// is published again.
 const BEAT = new RedisScript('tlEmbedWorkerBeat', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+redis.call('SET', KEYS[4], now, 'NX')
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]) * 4)
 for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
 end
-return now`, 3);
+return now`, 4);
 const LIVE = new RedisScript('tlLiveEmbedWorkers', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')`, 1);
+/** How long ago (ms, Redis clock) the first heartbeat this Redis holds was written; -1 when none is. */
+const REGISTRY_AGE = new RedisScript('tlSpacesAge', `
+local since = redis.call('GET', KEYS[1])
+if not since then return -1 end
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(since)`, 1);
 
 /**
  * The embedding spaces of a deployment, as cluster state in Redis: embed workers publish the
@@ -131,7 +140,7 @@ export class SpaceRegistry {
       startedAt: new Date().toISOString(),
     };
     const beat = () =>
-      BEAT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces()], [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space)]);
+      BEAT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces(), this.keys.spacesSince()], [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space)]);
     await beat();
     const timer = setInterval(() => void beat().catch(onError), this.beatMs);
     timer.unref();
@@ -149,14 +158,18 @@ export class SpaceRegistry {
    * the one space with live workers, else the one space ever published. Anything ambiguous or
    * empty is a SpaceResolutionError whose one line lists the spaces and their workers. `reason`
    * says why `requested` was asked for, in the message. A requested space not published is
-   * waited for one heartbeat: after Redis lost its data, a live worker publishes it again within
-   * that (the command `status` prints then names it).
+   * waited for until one heartbeat has passed since the first this Redis holds: after Redis lost
+   * its data, a live worker publishes it again within that (the command `status` prints then
+   * names it). A space still unknown after that (a typo) is refused at once.
    */
   async resolve(requested?: string, reason = 'chosen with --embedder'): Promise<ResolvedSpace> {
-    const waitMs = this.beatMs + 1_000;
-    if (requested !== undefined) {
-      const deadline = Date.now() + waitMs;
-      while (!(await this.redis.hexists(this.keys.spaces(), requested)) && Date.now() < deadline) await sleep(250);
+    let waited = 0;
+    if (requested !== undefined && !(await this.redis.hexists(this.keys.spaces(), requested))) {
+      const age = Number(await REGISTRY_AGE.run(this.redis, [this.keys.spacesSince()], []));
+      const oneBeat = this.beatMs + 1_000;
+      waited = age < 0 ? oneBeat : Math.max(0, oneBeat - age);
+      const deadline = Date.now() + waited;
+      while (Date.now() < deadline && !(await this.redis.hexists(this.keys.spaces(), requested))) await sleep(250);
     }
     const spaces = await this.list();
     const describe = (list: SpaceWorkers[]) => list.map((s) => `${s.space.id} (${plural(s.workers.length, 'worker')})`).join(', ');
@@ -172,7 +185,8 @@ export class SpaceRegistry {
       const s = spaces.find((x) => x.space.id === requested);
       if (!s) {
         const known = spaces.length ? `known: ${describe(spaces)}` : 'no space is published in this Redis: start the stack (transferline up) or an embed worker of that space';
-        throw new SpaceResolutionError(`no embedding space ${requested} is known here (none was published within ${Math.round(waitMs / 1000)} s); ${known}`);
+        const published = waited > 0 ? `none was published within ${Math.max(1, Math.round(waited / 1000))} s` : 'no embed worker has published it';
+        throw new SpaceResolutionError(`no embedding space ${requested} is known here (${published}); ${known}`);
       }
       return chosen(s, reason);
     }

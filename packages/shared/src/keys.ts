@@ -23,6 +23,8 @@ export function redisKeys(prefix: string) {
     embeddingFailures: (embedderId: string) => `${prefix}:embfail:${embedderId}`,
     /** hash: embedder id → EmbeddingSpace JSON, every space an embed worker (or `up`) has published */
     spaces: () => `${prefix}:spaces`,
+    /** time (ms, Redis clock) of the first embed worker heartbeat this Redis holds: the spaces are all published again one beat after it */
+    spacesSince: () => `${prefix}:spaces:since`,
     /** sorted set: embed worker id → time of its last heartbeat (ms, Redis clock) */
     embedWorkers: () => `${prefix}:embed-workers`,
     /** hash: embed worker id → EmbedWorkerInfo JSON (its space, backend, host) */
