@@ -53,11 +53,16 @@ export function plainGetTarget(req: Pick<IncomingMessage, 'method' | 'headers'>,
   return object;
 }
 
+/** What s3rver appends to the last part of a key to name its files. */
+const S3RVER_SUFFIX = '._S3rver_';
+/** The ending of an object's bytes file: `<key>._S3rver_object` (its ETag is in `….md5` beside it). */
+export const OBJECT_SUFFIX = `${S3RVER_SUFFIX}object`;
+
 /** The path of one of an object's files in s3rver's folder (`resource`: object, object.md5, metadata.json). */
 function filePath(root: string, bucket: string, key: string, resource: string): string {
   const parts = key.split('/');
   const name = parts.pop()!;
-  return path.join(root, bucket, ...parts, `${name}._S3rver_${resource}`);
+  return path.join(root, bucket, ...parts, `${name}${S3RVER_SUFFIX}${resource}`);
 }
 
 /** An object's size from its file (what s3rver would send), or undefined when there is none. */
@@ -108,7 +113,7 @@ function readAll(fd: number, size: number): Buffer {
 }
 
 /** An ETag as s3rver stores it: an MD5 in hex, or an upload in parts' (`<md5>-<parts>`). */
-const STORED_ETAG = /^[0-9a-f]{32}(-\d+)?$/;
+export const STORED_ETAG = /^[0-9a-f]{32}(-\d+)?$/;
 /** An object last written longer ago than this is taken to be still (no write of it in progress). */
 const SETTLED_MS = 2_000;
 

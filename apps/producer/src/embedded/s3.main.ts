@@ -3,7 +3,8 @@
  * that crashes it takes down this process only, and `up` starts it again on the same port.
  *
  * Run with `--openssl-legacy-provider`: s3rver builds ListObjects continuation tokens with DES,
- * which OpenSSL 3 refuses by default (listing past 1,000 keys would fail with an internal error).
+ * which OpenSSL 3 refuses by default, for the listings it still answers (a browser's, with an
+ * Origin header: see s3-list.ts; past 1,000 keys they would fail with an internal error).
  *
  * Environment: TL_S3_DIR, TL_S3_HOST, TL_S3_PORT (0: any free port), TL_S3_BUCKETS (comma-separated),
  * TL_S3_ACCESS_KEY_ID, TL_S3_SECRET_ACCESS_KEY. Tells its parent `{ listening: port }` over IPC,
@@ -15,6 +16,7 @@ import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
 import { stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
+import { listTarget, serveList } from './s3-list.js';
 import { forgetStoredEtag, plainGetTarget, servePlainGet, storedSize } from './s3-plain-get.js';
 import { absoluteRange, checkConditions, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, copySourceForS3rver, deleteBody, isDeleteQuery, isSuffixRange, objectOfPath, sendRefusal } from './s3-gate.js';
 
@@ -92,7 +94,11 @@ const server = createServer((req, res) => {
       // Verified here; s3rver would check the key id against its own fixed account, so it sees
       // the request as anonymous (which it serves) instead.
       delete req.headers.authorization;
-      // A plain GET is answered from s3rver's files (its If-Match checked there); the rest is s3rver's.
+      // A listing and a plain GET are answered from s3rver's files (see s3-list.ts and
+      // s3-plain-get.ts); the rest is s3rver's.
+      const list = listTarget(req, directory, rawPath, query);
+      if (list && 'code' in list) return sendRefusal(res, list, rawPath);
+      if (list) return serveList(directory, list, res);
       const plain = plainGetTarget(req, rawPath, query);
       if (plain && servePlainGet(directory, plain, req, res, rawPath)) return;
       const condition = await checkConditions(req, rawPath, etagOf);
