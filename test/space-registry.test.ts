@@ -53,13 +53,19 @@ describe('SpaceRegistry.resolve', () => {
     expect((await registry.resolve(space.id)).space).toEqual(space);
   });
 
-  it('waits for a space lost with the registry until its worker publishes it again', async () => {
+  it('waits for a space lost from the registry until its worker publishes it again', async () => {
     const { registry, keys } = await registryWithWorker('lost');
     await new Promise((r) => setTimeout(r, TTL_MS + 100));
-    // Redis lost the registry (a restart without persistence): the space, the beats, and when they began.
-    await redis.del(keys.spaces(), keys.embedWorkers(), keys.embedWorkerInfo(), keys.spacesSince());
-    const r = await registry.resolve(space.id);
-    expect(r.space).toEqual(space);
-    expect(r.workers).toBe(1);
+    // Redis lost the published spaces alone (an eviction, a delete), then all of the registry (a restart without persistence)
+    for (const lost of [[keys.spaces()], [keys.spaces(), keys.embedWorkers(), keys.embedWorkerInfo()]]) {
+      await redis.del(...lost);
+      const r = await registry.resolve(space.id);
+      expect(r.space).toEqual(space);
+      expect(r.workers).toBe(1);
+      expect((await registry.list()).map((s) => s.space)).toEqual([space]);
+    }
+    // the field that says when the registry began is not a space
+    await expect(registry.resolve('@since')).rejects.toThrow(/no embedding space @since is known here/);
+    expect(await registry.get('@since')).toBeUndefined();
   });
 });

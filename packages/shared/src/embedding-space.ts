@@ -47,30 +47,36 @@ export interface ResolvedSpace {
   message: string;
 }
 
+/**
+ * The field of the spaces hash that holds when its first heartbeat was written: kept in the hash
+ * itself, so that whatever loses the spaces (a flush, an eviction, a delete) loses it too.
+ */
+const SINCE_FIELD = '@since';
+
 // Heartbeats use Redis's clock, so machines whose clocks disagree still agree on who is alive.
 // Each beat publishes the space again, so the registry heals itself if Redis lost its data; the
-// first beat this Redis holds is remembered (KEYS[4]): one beat later, every live worker's space
-// is published again.
+// first beat the spaces hash holds is remembered in it: one beat later, every live worker's space
+// is in it again.
 const BEAT = new RedisScript('tlEmbedWorkerBeat', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
-redis.call('SET', KEYS[4], now, 'NX')
+redis.call('HSETNX', KEYS[3], ARGV[6], now)
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]) * 4)
 for _, id in ipairs(stale) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
 end
-return now`, 4);
+return now`, 3);
 const LIVE = new RedisScript('tlLiveEmbedWorkers', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')`, 1);
-/** How long ago (ms, Redis clock) the first heartbeat this Redis holds was written; -1 when none is. */
+/** How long ago (ms, Redis clock) the first heartbeat the spaces hash holds was written; -1 when it holds none. */
 const REGISTRY_AGE = new RedisScript('tlSpacesAge', `
-local since = redis.call('GET', KEYS[1])
+local since = redis.call('HGET', KEYS[1], ARGV[1])
 if not since then return -1 end
 local t = redis.call('TIME')
 return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(since)`, 1);
@@ -100,6 +106,7 @@ export class SpaceRegistry {
 
   /** A space by id, if one was ever published. */
   async get(id: string): Promise<EmbeddingSpace | undefined> {
+    if (id === SINCE_FIELD) return undefined;
     const raw = await this.redis.hget(this.keys.spaces(), id);
     return raw === null ? undefined : parseDocument(EmbeddingSpace, JSON.parse(raw), `space ${id}`);
   }
@@ -107,8 +114,9 @@ export class SpaceRegistry {
   /** Every space ever published, with the workers alive in each now. */
   async list(): Promise<SpaceWorkers[]> {
     const [all, workers] = await Promise.all([this.redis.hgetall(this.keys.spaces()), this.liveWorkers()]);
-    return Object.values(all)
-      .map((raw) => parseDocument(EmbeddingSpace, JSON.parse(raw), 'a published space'))
+    return Object.entries(all)
+      .filter(([id]) => id !== SINCE_FIELD)
+      .map(([, raw]) => parseDocument(EmbeddingSpace, JSON.parse(raw), 'a published space'))
       .map((space) => ({ space, workers: workers.filter((w) => w.space === space.id) }))
       .sort((a, b) => b.workers.length - a.workers.length || a.space.id.localeCompare(b.space.id));
   }
@@ -140,7 +148,7 @@ export class SpaceRegistry {
       startedAt: new Date().toISOString(),
     };
     const beat = () =>
-      BEAT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces(), this.keys.spacesSince()], [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space)]);
+      BEAT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces()], [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space), SINCE_FIELD]);
     await beat();
     const timer = setInterval(() => void beat().catch(onError), this.beatMs);
     timer.unref();
@@ -164,12 +172,13 @@ export class SpaceRegistry {
    */
   async resolve(requested?: string, reason = 'chosen with --embedder'): Promise<ResolvedSpace> {
     let waited = 0;
-    if (requested !== undefined && !(await this.redis.hexists(this.keys.spaces(), requested))) {
-      const age = Number(await REGISTRY_AGE.run(this.redis, [this.keys.spacesSince()], []));
+    const published = async (id: string) => id !== SINCE_FIELD && (await this.redis.hexists(this.keys.spaces(), id)) === 1;
+    if (requested !== undefined && !(await published(requested))) {
+      const age = Number(await REGISTRY_AGE.run(this.redis, [this.keys.spaces()], [SINCE_FIELD]));
       const oneBeat = this.beatMs + 1_000;
       waited = age < 0 ? oneBeat : Math.max(0, oneBeat - age);
       const deadline = Date.now() + waited;
-      while (Date.now() < deadline && !(await this.redis.hexists(this.keys.spaces(), requested))) await sleep(250);
+      while (Date.now() < deadline && !(await published(requested))) await sleep(250);
     }
     const spaces = await this.list();
     const describe = (list: SpaceWorkers[]) => list.map((s) => `${s.space.id} (${plural(s.workers.length, 'worker')})`).join(', ');
@@ -185,8 +194,8 @@ export class SpaceRegistry {
       const s = spaces.find((x) => x.space.id === requested);
       if (!s) {
         const known = spaces.length ? `known: ${describe(spaces)}` : 'no space is published in this Redis: start the stack (transferline up) or an embed worker of that space';
-        const published = waited > 0 ? `none was published within ${Math.max(1, Math.round(waited / 1000))} s` : 'no embed worker has published it';
-        throw new SpaceResolutionError(`no embedding space ${requested} is known here (${published}); ${known}`);
+        const why = waited > 0 ? `none was published within ${Math.max(1, Math.round(waited / 1000))} s` : 'no embed worker has published it';
+        throw new SpaceResolutionError(`no embedding space ${requested} is known here (${why}); ${known}`);
       }
       return chosen(s, reason);
     }

@@ -21,10 +21,11 @@ export function redisKeys(prefix: string) {
     embeddingIndex: (embedderId: string) => `${prefix}:emb:${embedderId}`,
     /** hash: sha256 → EmbedFailure JSON, images whose embedding failed for good in one space */
     embeddingFailures: (embedderId: string) => `${prefix}:embfail:${embedderId}`,
-    /** hash: embedder id → EmbeddingSpace JSON, every space an embed worker (or `up`) has published */
+    /**
+     * hash: embedder id → EmbeddingSpace JSON, every space an embed worker (or `up`) has published;
+     * and field `@since`: the time (ms, Redis clock) of the first heartbeat this hash holds
+     */
     spaces: () => `${prefix}:spaces`,
-    /** time (ms, Redis clock) of the first embed worker heartbeat this Redis holds: the spaces are all published again one beat after it */
-    spacesSince: () => `${prefix}:spaces:since`,
     /** sorted set: embed worker id → time of its last heartbeat (ms, Redis clock) */
     embedWorkers: () => `${prefix}:embed-workers`,
     /** hash: embed worker id → EmbedWorkerInfo JSON (its space, backend, host) */
