@@ -692,6 +692,64 @@ describe('the embedded S3 server', () => {
       }
     }, 120_000);
 
+    it('lists an object once its upload is complete: a half-sent new key is not listed, a half-sent overwrite keeps its old ETag', async () => {
+      /** A PUT of `total` bytes of which the first `sent` are sent now, the rest by finish(). */
+      const partialPut = async (key: string, total: number, sent: number) => {
+        const url = new URL(s3.endpoint);
+        const signer = new SignatureV4({ credentials: creds, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false });
+        const signedReq = await signer.sign({ method: 'PUT', protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: `/${bucket}/${key}`, headers: { host: url.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(total) } });
+        const req = http.request({ host: url.hostname, port: url.port, method: 'PUT', path: `/${bucket}/${key}`, headers: signedReq.headers });
+        const answered = new Promise<number>((resolve, reject) => req.on('response', (r) => (r.resume(), resolve(r.statusCode!))).on('error', reject));
+        const body = Buffer.alloc(total, 7);
+        req.write(body.subarray(0, sent));
+        return { body, finish: () => (req.end(body.subarray(sent)), answered) };
+      };
+      const listedAs = async (key: string) => {
+        const page = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: key }));
+        return (page.Contents ?? []).filter((o) => o.Key === key).map((o) => o.ETag!.replace(/"/g, ''));
+      };
+      const waitForFile = async (file: string, size: number) => {
+        const deadline = Date.now() + 10_000;
+        while (!(existsSync(file) && (await readFile(file)).length >= size)) {
+          if (Date.now() > deadline) throw new Error(`${file} never reached ${size} bytes`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      };
+      const root = path.join(dir, 's3', 'data', bucket);
+      const half = 2 * 1024 * 1024;
+      // a new key, half sent: s3rver has written its bytes so far
+      const fresh = await partialPut('up/new.bin', 2 * half, half);
+      await waitForFile(path.join(root, 'up', 'new.bin._S3rver_object'), half);
+      expect(await listedAs('up/new.bin')).toEqual([]);
+      expect(await fresh.finish()).toBe(200);
+      expect(await listedAs('up/new.bin')).toEqual([createHash('md5').update(fresh.body).digest('hex')]);
+      // an overwrite, half sent: the old content's ETag until the new one is complete
+      await store.putObject(bucket, 'up/old.bin', 'the old content');
+      const oldEtag = createHash('md5').update('the old content').digest('hex');
+      const over = await partialPut('up/old.bin', 2 * half, half);
+      await waitForFile(path.join(root, 'up', 'old.bin._S3rver_object'), half);
+      expect(await listedAs('up/old.bin')).toEqual([oldEtag]);
+      expect(await over.finish()).toBe(200);
+      expect(await listedAs('up/old.bin')).toEqual([createHash('md5').update(over.body).digest('hex')]);
+    });
+
+    it('lists a key with a carriage return as that key, and refuses what S3 refuses', async () => {
+      await store.putObject(bucket, 'cr/a\rb\nc.jpg', 'cr');
+      const listed = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'cr/' }));
+      expect(listed.Contents!.map((o) => o.Key)).toEqual(['cr/a\rb\nc.jpg']);
+      expect((await store.getObject(bucket, listed.Contents![0]!.Key!)).toString()).toBe('cr');
+      // a parameter S3 ignores (MinIO's mc sends metadata=true) is ignored: the listing is the same
+      const withParam = await signed('GET', `/${bucket}?list-type=2&prefix=lst/d&metadata=true`);
+      const keysOf = (xml: string) => [...xml.matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => m[1]);
+      expect(keysOf(await withParam.text())).toEqual(inS3Order.filter((k) => k.startsWith('lst/d')).slice(0, 1000));
+      expect((await signed('GET', `/${bucket}?list-type=2&encoding-type=base64`)).status).toBe(400);
+      expect((await signed('GET', `/${bucket}?list-type=2&continuation-token=`)).status).toBe(400);
+      // a folder of a bucket is not a bucket
+      const folder = await signed('GET', `/${bucket}%2Flst?list-type=2`);
+      expect(folder.status).toBe(400);
+      expect(await folder.text()).toContain('<Code>InvalidBucketName</Code>');
+    });
+
     it('lists an object whose ETag file is missing with the MD5 of its bytes', async () => {
       const file = path.join(dir, 's3', 'data', bucket, 'lst', 'Z.jpg._S3rver_object');
       await rm(`${file}.md5`);

@@ -38,6 +38,11 @@ function refuse(status: number, code: string, message: string): GateRefusal {
   return { status, code, message };
 }
 
+/** S3's bucket naming rules, which also keep "." and ".." (a folder outside the data) and "/" out. */
+export function isBucketName(name: string): boolean {
+  return /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(name) && !name.includes('..');
+}
+
 /** Why a request's key cannot be stored, or null. `rawPath` is the path as sent (percent-encoded). */
 export function checkKey(rawPath: string): GateRefusal | null {
   let decoded: string;
@@ -48,8 +53,7 @@ export function checkKey(rawPath: string): GateRefusal | null {
   }
   const slash = decoded.indexOf('/', 1);
   const bucket = decoded.slice(1, slash < 0 ? undefined : slash);
-  // S3's bucket naming rules, which also keep "." and ".." (a folder outside the data) out
-  if (bucket !== '' && (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) || bucket.includes('..'))) return refuse(400, 'InvalidBucketName', 'The specified bucket is not valid.');
+  if (bucket !== '' && !isBucketName(bucket)) return refuse(400, 'InvalidBucketName', 'The specified bucket is not valid.');
   if (slash < 0) return null; // the service or a bucket
   const key = decoded.slice(slash + 1);
   if (key === '') return null;

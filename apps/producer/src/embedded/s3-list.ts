@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, readdirSync, readFileSync, statSync, type Stats } from 'node:fs';
+import { createReadStream, readFileSync, statSync, type Stats } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
-import type { GateRefusal } from './s3-gate.js';
+import { isBucketName, type GateRefusal } from './s3-gate.js';
 import { OBJECT_SUFFIX, STORED_ETAG } from './s3-plain-get.js';
 
 /**
@@ -20,18 +21,26 @@ import { OBJECT_SUFFIX, STORED_ETAG } from './s3-plain-get.js';
  * for the whole bucket every round. Answered here, a folder is read once (and kept while it does
  * not change) and each listed key costs a stat and its ETag file.
  *
- * Taken: GET of a bucket (path style) whose query holds only listing parameters, no Origin
- * (CORS: s3rver's), a valid max-keys, and a continuation token this module wrote; everything
- * else (another sub-resource, a bucket that does not exist, a parameter S3 refuses) goes on to
- * s3rver, which answers or refuses it as before, with nothing sent here.
+ * Taken: GET of a bucket (path style) that names no sub-resource (`?location`, `?versions`, …:
+ * s3rver's, as its router would choose), no Origin (CORS: s3rver's), a valid max-keys, no
+ * parameter twice, and a continuation token this module wrote; other parameters are ignored, as
+ * s3rver and S3 ignore them. Everything else (a bucket that does not exist, a parameter S3
+ * refuses) goes on to s3rver, which answers or refuses it as before, with nothing sent here.
  *
  * What S3 does and s3rver did not: MaxKeys and KeyCount count common prefixes with keys, a
- * listing that stops at a common prefix continues after every key under it, and
- * `encoding-type=url` is honoured (keys, prefixes and the delimiter URL-encoded, as awscli asks).
+ * listing that stops at a common prefix continues after every key under it, `encoding-type=url`
+ * is honoured (keys, prefixes and the delimiter URL-encoded, as awscli asks), and an object is
+ * listed once its upload is complete: s3rver writes the bytes as they come, then the ETag, then
+ * the metadata, and listed a half-written object with the MD5 of the bytes so far, or a
+ * half-overwritten one with the new size under the old ETag. Here an object without its metadata
+ * file is not listed yet; one being overwritten keeps its old ETag (with the size of the bytes
+ * so far: the old size is gone), so an ingest sees it unchanged until the new one is complete.
  */
 
-/** The query parameters of a listing; any other (`?location`, `?versions`, …) is s3rver's to answer. */
-const LIST_PARAMS = new Set(['list-type', 'prefix', 'delimiter', 'max-keys', 'continuation-token', 'start-after', 'encoding-type', 'fetch-owner', 'marker', 'x-id']);
+/** The parameters of a listing; others are ignored, but for the sub-resources below. */
+const LIST_PARAMS = ['list-type', 'prefix', 'delimiter', 'max-keys', 'continuation-token', 'start-after', 'encoding-type', 'fetch-owner', 'marker', 'x-id'];
+/** A bucket's sub-resources (S3's; s3rver's router answers those it knows, and lists for the rest): never a listing here. */
+const SUBRESOURCES = new Set(['accelerate', 'acl', 'analytics', 'cors', 'delete', 'encryption', 'intelligent-tiering', 'inventory', 'lifecycle', 'location', 'logging', 'metrics', 'notification', 'object-lock', 'ownershipControls', 'policy', 'policyStatus', 'publicAccessBlock', 'replication', 'requestPayment', 'tagging', 'uploads', 'versioning', 'versions', 'website']);
 /** S3 sends at most this many keys and common prefixes in one answer. */
 const MAX_KEYS = 1000;
 /** The account s3rver names as every object's owner. */
@@ -74,8 +83,10 @@ export function listTarget(req: Pick<IncomingMessage, 'method' | 'headers'>, roo
   } catch {
     return undefined;
   }
+  // `/photos%2Fbig` names a bucket "photos/big", which cannot be (s3rver listed folder big of photos)
+  if (!isBucketName(bucket)) return { status: 400, code: 'InvalidBucketName', message: 'The specified bucket is not valid.' };
   const q = new URLSearchParams(query);
-  for (const name of q.keys()) if (!LIST_PARAMS.has(name)) return undefined;
+  for (const name of q.keys()) if (SUBRESOURCES.has(name)) return undefined;
   const params: Record<string, string | undefined> = {};
   for (const name of LIST_PARAMS) {
     const values = q.getAll(name);
@@ -91,7 +102,7 @@ export function listTarget(req: Pick<IncomingMessage, 'method' | 'headers'>, roo
   const maxKeysAsked = params['max-keys'];
   if (maxKeysAsked !== undefined && (!/^\d+$/.test(maxKeysAsked) || Number(maxKeysAsked) > 2147483647)) return undefined;
   const encoding = params['encoding-type'];
-  if (encoding !== undefined && encoding !== 'url') return undefined;
+  if (encoding !== undefined && encoding !== 'url') return { status: 400, code: 'InvalidArgument', message: 'Invalid Encoding Method specified in Request' };
   // not a bucket here: s3rver says NoSuchBucket
   try {
     if (!statSync(path.join(root, bucket)).isDirectory()) return undefined;
@@ -100,10 +111,10 @@ export function listTarget(req: Pick<IncomingMessage, 'method' | 'headers'>, roo
   }
   let after = version === 2 ? (params['start-after'] ?? '') : (params.marker ?? '');
   const token = version === 2 ? params['continuation-token'] : undefined;
-  if (token !== undefined && token !== '') {
+  if (token !== undefined) {
     const decoded = decodeToken(token);
-    if (!decoded) return undefined; // not ours: s3rver's own, or nothing s3rver can read either
-    if (decoded.bucket !== bucket) return { status: 400, code: 'InvalidArgument', message: 'The continuation token provided is incorrect' };
+    if (!decoded && token !== '') return undefined; // not ours: s3rver's own, or nothing s3rver can read either
+    if (decoded?.bucket !== bucket) return { status: 400, code: 'InvalidArgument', message: 'The continuation token provided is incorrect' };
     after = decoded.after;
   }
   return {
@@ -114,7 +125,7 @@ export function listTarget(req: Pick<IncomingMessage, 'method' | 'headers'>, roo
     maxKeys: Math.min(MAX_KEYS, Number(maxKeysAsked ?? MAX_KEYS)),
     maxKeysAsked: maxKeysAsked ?? String(MAX_KEYS),
     after,
-    ...(token !== undefined && token !== '' && { token }),
+    ...(token !== undefined && { token }),
     ...(version === 2 && params['start-after'] !== undefined && { startAfter: params['start-after'] }),
     ...(version === 1 && { marker: params.marker ?? '' }),
     encodeUrl: encoding === 'url',
@@ -137,29 +148,51 @@ function decodeToken(token: string): { bucket: string; after: string } | undefin
   return undefined;
 }
 
-/** S3's order of keys: by their UTF-8 bytes (JavaScript's `<` compares UTF-16 units, which differs past U+FFFF). */
-function utf8(s: string): Buffer {
-  return Buffer.from(s, 'utf8');
+/**
+ * S3's order of keys: by their UTF-8 bytes, which is the order of code points. JavaScript's `<`
+ * compares UTF-16 units, which puts a character past U+FFFF (a surrogate pair, D800-DFFF) before
+ * one in E000-FFFF: the units are mapped so that surrogates come last.
+ */
+export function compareKeys(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x !== y) return codePointRank(x) - codePointRank(y);
+  }
+  return a.length - b.length;
+}
+
+function codePointRank(unit: number): number {
+  return unit < 0xd800 ? unit : unit >= 0xe000 ? unit - 0x800 : unit + 0x2000;
 }
 
 /** One entry of a folder: a sub-folder (`part` ends with `/`) or an object (`part` is the key's last part). */
 interface Child {
   name: string;
   part: string;
-  bytes: Buffer;
   folder: boolean;
 }
 
-/** A folder's entries read before, kept while its time does not change (see children). */
-const folders = new Map<string, { mtimeMs: number; children: Child[] }>();
+/** Folders' entries as last read: used again while the folder's time has not changed since it was still. */
+const folders = new Map<string, { mtimeMs: number; readAt: number; settled: boolean; children: Child[] }>();
 /** Most entries kept, over all folders (a few tens of MB); the least recently read folders go first. */
 const ENTRIES_KEPT = 200_000;
 let entriesKept = 0;
-/** A folder changed less than this long ago may change again within its time's resolution: not kept. */
+/** A folder changed less than this long ago may change again within its time's resolution. */
 const SETTLED_MS = 1_000;
+/**
+ * A listing under way uses a folder read this recently, even if it changed since: S3 does not
+ * promise that a listing shows keys added after it began, and a folder of 100,000 keys being
+ * uploaded to would otherwise be read again for every page.
+ */
+const SNAPSHOT_MS = 10_000;
 
-/** A folder's objects and sub-folders in S3's order of the keys they hold, or [] when it is gone. */
-function children(dir: string): Child[] {
+/**
+ * A folder's objects and sub-folders in S3's order of the keys they hold, or [] when it is gone.
+ * Read off the event loop: a folder of 100,000 keys is 300,000 files.
+ */
+async function children(dir: string, continuing: boolean): Promise<Child[]> {
   let mtimeMs: number;
   try {
     mtimeMs = statSync(dir).mtimeMs;
@@ -167,30 +200,34 @@ function children(dir: string): Child[] {
     return [];
   }
   const kept = folders.get(dir);
-  if (kept) {
-    folders.delete(dir); // most recently read last (or gone, if changed)
-    if (kept.mtimeMs === mtimeMs) {
-      folders.set(dir, kept);
-      return kept.children;
-    }
-    entriesKept -= kept.children.length;
+  if (kept && ((kept.settled && kept.mtimeMs === mtimeMs) || (continuing && Date.now() - kept.readAt < SNAPSHOT_MS))) {
+    folders.delete(dir); // most recently used last
+    folders.set(dir, kept);
+    return kept.children;
   }
+  const readAt = Date.now();
   let entries;
   try {
-    entries = readdirSync(dir, { withFileTypes: true });
+    entries = await readdir(dir, { withFileTypes: true });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return [];
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return [];
     throw err;
   }
   const list: Child[] = [];
   for (const e of entries) {
     // A key's objects under `a/` sort as `a/…`: after `a-c` and `a.jpg`, though folder `a` is read before them.
     const part = e.isDirectory() ? `${e.name}/` : e.isFile() && e.name.endsWith(OBJECT_SUFFIX) ? e.name.slice(0, -OBJECT_SUFFIX.length) : undefined;
-    if (part !== undefined) list.push({ name: e.name, part, bytes: utf8(part), folder: e.isDirectory() });
+    if (part !== undefined) list.push({ name: e.name, part, folder: e.isDirectory() });
   }
-  list.sort((a, b) => Buffer.compare(a.bytes, b.bytes));
-  if (Date.now() - mtimeMs > SETTLED_MS && list.length <= ENTRIES_KEPT) {
-    folders.set(dir, { mtimeMs, children: list });
+  list.sort((a, b) => compareKeys(a.part, b.part));
+  const old = folders.get(dir);
+  if (old) {
+    folders.delete(dir);
+    entriesKept -= old.children.length;
+  }
+  if (list.length <= ENTRIES_KEPT) {
+    folders.set(dir, { mtimeMs, readAt, settled: readAt - mtimeMs > SETTLED_MS, children: list });
     entriesKept += list.length;
     for (const [oldest, f] of folders) {
       if (entriesKept <= ENTRIES_KEPT) break;
@@ -201,13 +238,13 @@ function children(dir: string): Child[] {
   return list;
 }
 
-/** The first index of `list` whose part is after `bytes` (or at it, with `inclusive`). */
-function firstAfter(list: Child[], bytes: Buffer, inclusive: boolean): number {
+/** The first index of `list` whose part is after `s` (or at it, with `inclusive`). */
+function firstAfter(list: Child[], s: string, inclusive: boolean): number {
   let lo = 0;
   let hi = list.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    const c = Buffer.compare(list[mid]!.bytes, bytes);
+    const c = compareKeys(list[mid]!.part, s);
     if (c < 0 || (c === 0 && !inclusive)) lo = mid + 1;
     else hi = mid;
   }
@@ -224,19 +261,19 @@ interface Skip {
  * `after` (undefined: from the first) whose last part here begins with `namePrefix`, but for
  * those `skip` names when they come.
  */
-function* objectsUnder(dir: string, base: string, namePrefix: string, after: string | undefined, skip: Skip): Generator<{ key: string; file: string }> {
+async function* objectsUnder(dir: string, base: string, namePrefix: string, after: string | undefined, skip: Skip, continuing: boolean): AsyncGenerator<{ key: string; file: string }> {
   if (after !== undefined && !after.startsWith(base)) {
     // every key here begins with `base`: all of them are before a bound past it, all after one before it
-    if (Buffer.compare(utf8(after), utf8(base)) > 0) return;
+    if (compareKeys(after, base) > 0) return;
     after = undefined;
   }
-  const list = children(dir);
-  let i = namePrefix ? firstAfter(list, utf8(namePrefix), true) : 0;
+  const list = await children(dir, continuing);
+  let i = namePrefix ? firstAfter(list, namePrefix, true) : 0;
   // The key to continue after, relative to this folder: the children up to it are passed over,
   // but for the folder that holds it (the last child at or before it, when a prefix of it).
   const rel = after?.slice(base.length);
   if (rel !== undefined) {
-    let j = firstAfter(list, utf8(rel), false);
+    let j = firstAfter(list, rel, false);
     if (j > 0 && list[j - 1]!.folder && rel.startsWith(list[j - 1]!.part)) j--;
     i = Math.max(i, j);
   }
@@ -246,15 +283,19 @@ function* objectsUnder(dir: string, base: string, namePrefix: string, after: str
     if (skip.under !== undefined && base.startsWith(skip.under)) return;
     const key = base + c.part;
     if (skip.under !== undefined && key.startsWith(skip.under)) continue;
-    if (c.folder) yield* objectsUnder(path.join(dir, c.name), key, '', rel !== undefined && rel.startsWith(c.part) ? after : undefined, skip);
+    if (c.folder) yield* objectsUnder(path.join(dir, c.name), key, '', rel !== undefined && rel.startsWith(c.part) ? after : undefined, skip, continuing);
     else if (key !== '' && !(rel !== undefined && c.part === rel)) yield { key, file: path.join(dir, c.name) };
   }
 }
 
 type Entry = { key: string; file: string } | { commonPrefix: string };
 
-/** A page of a listing: its entries (keys and common prefixes, in S3's order), and whether more follow. */
-export function listPage(root: string, r: Pick<ListRequest, 'bucket' | 'prefix' | 'delimiter' | 'maxKeys' | 'after'>): { entries: Entry[]; truncated: boolean } {
+/**
+ * A page of a listing: its entries (keys and common prefixes, in S3's order), and whether more
+ * follow. A page that continues a listing (after a token or marker) may use folders as they were
+ * read up to SNAPSHOT_MS ago.
+ */
+export async function listPage(root: string, r: Pick<ListRequest, 'bucket' | 'prefix' | 'delimiter' | 'maxKeys' | 'after'>): Promise<{ entries: Entry[]; truncated: boolean }> {
   const parts = r.prefix.split('/');
   const namePrefix = parts.pop()!;
   // No key has an empty, `.` or `..` part (the gate refuses them): such a prefix names nothing,
@@ -269,7 +310,7 @@ export function listPage(root: string, r: Pick<ListRequest, 'bucket' | 'prefix' 
   // A listing continued after a common prefix goes on after every key under it.
   const skip: Skip = r.after.startsWith(prefix) && rollUp(r.after) === r.after ? { under: r.after } : {};
   const entries: Entry[] = [];
-  for (const o of objectsUnder(path.join(root, r.bucket, ...parts), parts.map((p) => `${p}/`).join(''), namePrefix, r.after === '' ? undefined : r.after, skip)) {
+  for await (const o of objectsUnder(path.join(root, r.bucket, ...parts), parts.map((p) => `${p}/`).join(''), namePrefix, r.after === '' ? undefined : r.after, skip, r.after !== '')) {
     if (!o.key.startsWith(prefix)) continue;
     if (entries.length === r.maxKeys) return { entries, truncated: true };
     const common = rollUp(o.key);
@@ -282,7 +323,13 @@ export function listPage(root: string, r: Pick<ListRequest, 'bucket' | 'prefix' 
   return { entries, truncated: false };
 }
 
-/** An object's size, time and ETag, or undefined when it was deleted meanwhile. */
+/**
+ * An object's size, time and ETag as a listing shows them, or undefined when it is not listed:
+ * deleted meanwhile, or not yet complete (s3rver writes its metadata file last: an upload cut
+ * short never has one). An object whose metadata is older than its bytes is being overwritten
+ * (or was, by an upload cut short): it keeps the ETag of its last complete upload, as S3 lists
+ * the old version until the new one is complete.
+ */
 async function described(file: string): Promise<{ st: Stats; etag: string } | undefined> {
   let st: Stats;
   try {
@@ -290,11 +337,12 @@ async function described(file: string): Promise<{ st: Stats; etag: string } | un
   } catch {
     return undefined;
   }
+  if (!statSync(file.slice(0, -'object'.length) + 'metadata.json', { throwIfNoEntry: false })) return undefined;
   let etag: string | undefined;
   try {
     etag = readFileSync(`${file}.md5`, 'utf8');
   } catch {
-    // not written yet (or forgotten: see forgetStoredEtag): the MD5 of the bytes, as s3rver computes it
+    // forgotten (see forgetStoredEtag): the MD5 of the bytes, as s3rver computes it
   }
   if (etag === undefined || !STORED_ETAG.test(etag)) {
     try {
@@ -316,14 +364,15 @@ function md5OfFile(file: string): Promise<string> {
   });
 }
 
-/** Text for XML: markup escaped; characters XML 1.0 cannot hold as character references (use encoding-type=url for those keys). */
+/** Text for XML: markup escaped; control characters as character references (XML 1.0 cannot hold most of them at all: use encoding-type=url for such keys). */
 function xml(s: string): string {
-  return s.replace(/[&<>"'\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' })[c] ?? `&#x${c.charCodeAt(0).toString(16)};`);
+  // A raw CR would be read back as LF (XML's line-end handling): another key. S3 sends &#13;.
+  return s.replace(/[&<>"'\u0000-\u0008\u000a-\u001f]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' })[c] ?? `&#${c.charCodeAt(0)};`);
 }
 
 /** Answers a listing (see listTarget) from `root`, s3rver's folder. */
 export async function serveList(root: string, r: ListRequest, res: ServerResponse): Promise<void> {
-  const { entries, truncated } = listPage(root, r);
+  const { entries, truncated } = await listPage(root, r);
   const name = (s: string) => xml(r.encodeUrl ? encodeURIComponent(s).replace(/%2F/g, '/') : s);
   const contents: string[] = [];
   const prefixes: string[] = [];
