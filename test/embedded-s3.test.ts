@@ -466,9 +466,17 @@ describe('the embedded S3 server', () => {
     const cli = await aws(['s3api', 'copy-object', '--bucket', bucket, '--key', 'replace/dst.txt', '--copy-source', `${bucket}/replace/src.txt`, '--metadata-directive', 'REPLACE', '--content-type', 'text/x-new']);
     expect(cli.code, cli.out).toBe(0);
     expect(cli.out).toContain(md5);
+    // its ETag is stored again from the new bytes before anything reads it: a listing or a copy
+    // from it finds it (s3rver's copy reads the source's MD5 file, and failed without it)
+    const md5File = path.join(dir, 's3', 'data', bucket, 'replace', 'dst.txt._S3rver_object.md5');
+    const deadline = Date.now() + 10_000;
+    while (!existsSync(md5File) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(await readFile(md5File, 'utf8')).toBe(md5);
     const got = await signed('GET', `/${bucket}/replace/dst.txt`);
     expect([got.status, got.headers.get('etag'), got.headers.get('content-type'), await got.text()]).toEqual([200, `"${md5}"`, 'text/x-new', 'the new bytes']);
     expect((await store.headObject(bucket, 'replace/dst.txt'))!.etag).toBe(md5);
+    await store.copyObject(bucket, 'replace/dst.txt', 'replace/again.txt');
+    expect((await store.getObject(bucket, 'replace/again.txt')).toString()).toBe('the new bytes');
   });
 
   it('never sends a body that is not the content its ETag names, while the object is being rewritten', async () => {
@@ -748,6 +756,23 @@ describe('the embedded S3 server', () => {
       const folder = await signed('GET', `/${bucket}%2Flst?list-type=2`);
       expect(folder.status).toBe(400);
       expect(await folder.text()).toContain('<Code>InvalidBucketName</Code>');
+    });
+
+    it('lists every key written before a listing began, whatever another listing read before', async () => {
+      for (const k of ['snap/A/1', 'snap/A/2', 'snap/B/1']) await store.putObject(bucket, k, k);
+      const all = async (maxKeys?: number) => {
+        const keys: string[] = [];
+        let token: string | undefined;
+        do {
+          const page = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'snap/', MaxKeys: maxKeys, ContinuationToken: token }));
+          keys.push(...(page.Contents ?? []).map((o) => o.Key!));
+          token = page.IsTruncated ? page.NextContinuationToken : undefined;
+        } while (token);
+        return keys;
+      };
+      expect(await all()).toEqual(['snap/A/1', 'snap/A/2', 'snap/B/1']); // reads folder B
+      await store.putObject(bucket, 'snap/B/2', 'written after that read, before the next listing');
+      expect(await all(1)).toEqual(['snap/A/1', 'snap/A/2', 'snap/B/1', 'snap/B/2']);
     });
 
     it('lists an object whose ETag file is missing with the MD5 of its bytes', async () => {

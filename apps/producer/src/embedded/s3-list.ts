@@ -45,7 +45,7 @@ const SUBRESOURCES = new Set(['accelerate', 'acl', 'analytics', 'cors', 'delete'
 const MAX_KEYS = 1000;
 /** The account s3rver names as every object's owner. */
 const OWNER = '<Owner><ID>123456789000</ID><DisplayName>S3rver</DisplayName></Owner>';
-/** Continuation tokens this module writes: `tl1.` and the bucket and last entry sent, as base64url JSON. */
+/** Continuation tokens this module writes: `tl1.` and the bucket, the last entry sent and when the listing began, as base64url JSON. */
 const TOKEN_PREFIX = 'tl1.';
 
 export interface ListRequest {
@@ -59,6 +59,8 @@ export interface ListRequest {
   maxKeysAsked: string;
   /** keys up to this one (in S3's order) are not listed: the continuation token's, start-after's or marker's */
   after: string;
+  /** when the listing began (its first page; ms): folders read since then may be used again for its pages */
+  startedAt: number;
   /** the v2 continuation token as sent */
   token?: string;
   /** the v2 start-after as sent (sent back when there is no token) */
@@ -110,12 +112,14 @@ export function listTarget(req: Pick<IncomingMessage, 'method' | 'headers'>, roo
     return undefined;
   }
   let after = version === 2 ? (params['start-after'] ?? '') : (params.marker ?? '');
+  // a marker or start-after says nothing of when a listing began: each such page starts one
+  let startedAt = Date.now();
   const token = version === 2 ? params['continuation-token'] : undefined;
   if (token !== undefined) {
     const decoded = decodeToken(token);
     if (!decoded && token !== '') return undefined; // not ours: s3rver's own, or nothing s3rver can read either
     if (decoded?.bucket !== bucket) return { status: 400, code: 'InvalidArgument', message: 'The continuation token provided is incorrect' };
-    after = decoded.after;
+    ({ after, startedAt } = decoded);
   }
   return {
     bucket,
@@ -125,6 +129,7 @@ export function listTarget(req: Pick<IncomingMessage, 'method' | 'headers'>, roo
     maxKeys: Math.min(MAX_KEYS, Number(maxKeysAsked ?? MAX_KEYS)),
     maxKeysAsked: maxKeysAsked ?? String(MAX_KEYS),
     after,
+    startedAt,
     ...(token !== undefined && { token }),
     ...(version === 2 && params['start-after'] !== undefined && { startAfter: params['start-after'] }),
     ...(version === 1 && { marker: params.marker ?? '' }),
@@ -133,15 +138,15 @@ export function listTarget(req: Pick<IncomingMessage, 'method' | 'headers'>, roo
   };
 }
 
-function encodeToken(bucket: string, after: string): string {
-  return TOKEN_PREFIX + Buffer.from(JSON.stringify([bucket, after])).toString('base64url');
+function encodeToken(bucket: string, after: string, startedAt: number): string {
+  return TOKEN_PREFIX + Buffer.from(JSON.stringify([bucket, after, startedAt])).toString('base64url');
 }
 
-function decodeToken(token: string): { bucket: string; after: string } | undefined {
+function decodeToken(token: string): { bucket: string; after: string; startedAt: number } | undefined {
   if (!token.startsWith(TOKEN_PREFIX)) return undefined;
   try {
     const v = JSON.parse(Buffer.from(token.slice(TOKEN_PREFIX.length), 'base64url').toString('utf8')) as unknown;
-    if (Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'string') return { bucket: v[0], after: v[1] };
+    if (Array.isArray(v) && v.length === 3 && typeof v[0] === 'string' && typeof v[1] === 'string' && typeof v[2] === 'number') return { bucket: v[0], after: v[1], startedAt: v[2] };
   } catch {
     // not ours
   }
@@ -174,25 +179,25 @@ interface Child {
   folder: boolean;
 }
 
-/** Folders' entries as last read: used again while the folder's time has not changed since it was still. */
+/**
+ * Folders' entries as last read: used again while the folder's time has not changed since it was
+ * still, and by the pages of a listing that began before the read.
+ */
 const folders = new Map<string, { mtimeMs: number; readAt: number; settled: boolean; children: Child[] }>();
-/** Most entries kept, over all folders (a few tens of MB); the least recently read folders go first. */
+/** Most entries kept, over all folders (a few tens of MB; a larger folder is kept alone); the least recently read go first. */
 const ENTRIES_KEPT = 200_000;
 let entriesKept = 0;
 /** A folder changed less than this long ago may change again within its time's resolution. */
 const SETTLED_MS = 1_000;
-/**
- * A listing under way uses a folder read this recently, even if it changed since: S3 does not
- * promise that a listing shows keys added after it began, and a folder of 100,000 keys being
- * uploaded to would otherwise be read again for every page.
- */
-const SNAPSHOT_MS = 10_000;
 
 /**
  * A folder's objects and sub-folders in S3's order of the keys they hold, or [] when it is gone.
- * Read off the event loop: a folder of 100,000 keys is 300,000 files.
+ * A read made since `since` (when the listing asking began) is used again even if the folder
+ * changed since: S3 does not promise that a listing shows keys written after it began (it does
+ * promise those written before), and a folder of 100,000 keys being uploaded to would otherwise
+ * be read again for every page. Read off the event loop: such a folder is 300,000 files.
  */
-async function children(dir: string, continuing: boolean): Promise<Child[]> {
+async function children(dir: string, since: number): Promise<Child[]> {
   let mtimeMs: number;
   try {
     mtimeMs = statSync(dir).mtimeMs;
@@ -200,7 +205,7 @@ async function children(dir: string, continuing: boolean): Promise<Child[]> {
     return [];
   }
   const kept = folders.get(dir);
-  if (kept && ((kept.settled && kept.mtimeMs === mtimeMs) || (continuing && Date.now() - kept.readAt < SNAPSHOT_MS))) {
+  if (kept && ((kept.settled && kept.mtimeMs === mtimeMs) || kept.readAt >= since)) {
     folders.delete(dir); // most recently used last
     folders.set(dir, kept);
     return kept.children;
@@ -226,14 +231,12 @@ async function children(dir: string, continuing: boolean): Promise<Child[]> {
     folders.delete(dir);
     entriesKept -= old.children.length;
   }
-  if (list.length <= ENTRIES_KEPT) {
-    folders.set(dir, { mtimeMs, readAt, settled: readAt - mtimeMs > SETTLED_MS, children: list });
-    entriesKept += list.length;
-    for (const [oldest, f] of folders) {
-      if (entriesKept <= ENTRIES_KEPT) break;
-      folders.delete(oldest);
-      entriesKept -= f.children.length;
-    }
+  folders.set(dir, { mtimeMs, readAt, settled: readAt - mtimeMs > SETTLED_MS, children: list });
+  entriesKept += list.length;
+  for (const [oldest, f] of folders) {
+    if (entriesKept <= ENTRIES_KEPT || oldest === dir) break;
+    folders.delete(oldest);
+    entriesKept -= f.children.length;
   }
   return list;
 }
@@ -261,13 +264,13 @@ interface Skip {
  * `after` (undefined: from the first) whose last part here begins with `namePrefix`, but for
  * those `skip` names when they come.
  */
-async function* objectsUnder(dir: string, base: string, namePrefix: string, after: string | undefined, skip: Skip, continuing: boolean): AsyncGenerator<{ key: string; file: string }> {
+async function* objectsUnder(dir: string, base: string, namePrefix: string, after: string | undefined, skip: Skip, since: number): AsyncGenerator<{ key: string; file: string }> {
   if (after !== undefined && !after.startsWith(base)) {
     // every key here begins with `base`: all of them are before a bound past it, all after one before it
     if (compareKeys(after, base) > 0) return;
     after = undefined;
   }
-  const list = await children(dir, continuing);
+  const list = await children(dir, since);
   let i = namePrefix ? firstAfter(list, namePrefix, true) : 0;
   // The key to continue after, relative to this folder: the children up to it are passed over,
   // but for the folder that holds it (the last child at or before it, when a prefix of it).
@@ -283,7 +286,7 @@ async function* objectsUnder(dir: string, base: string, namePrefix: string, afte
     if (skip.under !== undefined && base.startsWith(skip.under)) return;
     const key = base + c.part;
     if (skip.under !== undefined && key.startsWith(skip.under)) continue;
-    if (c.folder) yield* objectsUnder(path.join(dir, c.name), key, '', rel !== undefined && rel.startsWith(c.part) ? after : undefined, skip, continuing);
+    if (c.folder) yield* objectsUnder(path.join(dir, c.name), key, '', rel !== undefined && rel.startsWith(c.part) ? after : undefined, skip, since);
     else if (key !== '' && !(rel !== undefined && c.part === rel)) yield { key, file: path.join(dir, c.name) };
   }
 }
@@ -292,10 +295,9 @@ type Entry = { key: string; file: string } | { commonPrefix: string };
 
 /**
  * A page of a listing: its entries (keys and common prefixes, in S3's order), and whether more
- * follow. A page that continues a listing (after a token or marker) may use folders as they were
- * read up to SNAPSHOT_MS ago.
+ * follow. Folders read since the listing began (`startedAt`) are not read again.
  */
-export async function listPage(root: string, r: Pick<ListRequest, 'bucket' | 'prefix' | 'delimiter' | 'maxKeys' | 'after'>): Promise<{ entries: Entry[]; truncated: boolean }> {
+export async function listPage(root: string, r: Pick<ListRequest, 'bucket' | 'prefix' | 'delimiter' | 'maxKeys' | 'after' | 'startedAt'>): Promise<{ entries: Entry[]; truncated: boolean }> {
   const parts = r.prefix.split('/');
   const namePrefix = parts.pop()!;
   // No key has an empty, `.` or `..` part (the gate refuses them): such a prefix names nothing,
@@ -310,7 +312,7 @@ export async function listPage(root: string, r: Pick<ListRequest, 'bucket' | 'pr
   // A listing continued after a common prefix goes on after every key under it.
   const skip: Skip = r.after.startsWith(prefix) && rollUp(r.after) === r.after ? { under: r.after } : {};
   const entries: Entry[] = [];
-  for await (const o of objectsUnder(path.join(root, r.bucket, ...parts), parts.map((p) => `${p}/`).join(''), namePrefix, r.after === '' ? undefined : r.after, skip, r.after !== '')) {
+  for await (const o of objectsUnder(path.join(root, r.bucket, ...parts), parts.map((p) => `${p}/`).join(''), namePrefix, r.after === '' ? undefined : r.after, skip, r.startedAt)) {
     if (!o.key.startsWith(prefix)) continue;
     if (entries.length === r.maxKeys) return { entries, truncated: true };
     const common = rollUp(o.key);
@@ -342,17 +344,25 @@ async function described(file: string): Promise<{ st: Stats; etag: string } | un
   try {
     etag = readFileSync(`${file}.md5`, 'utf8');
   } catch {
-    // forgotten (see forgetStoredEtag): the MD5 of the bytes, as s3rver computes it
+    // not there (a copy with new metadata is being made: see s3.main.ts)
   }
-  if (etag === undefined || !STORED_ETAG.test(etag)) {
+  if (etag !== undefined && STORED_ETAG.test(etag)) return { st, etag };
+  // the MD5 of the bytes, as s3rver computes it, once they are still
+  for (let tries = 0; ; tries++) {
     try {
-      etag = await md5OfFile(file);
+      const md5 = await md5OfFile(file);
+      const now = statSync(file);
+      if ((now.size === st.size && now.mtimeMs === st.mtimeMs) || tries === STILL_TRIES) return { st: now, etag: md5 };
+      st = now;
     } catch {
       return undefined;
     }
+    await new Promise((r) => setTimeout(r, 50));
   }
-  return { st, etag };
 }
+
+/** How many times an object being written is hashed again, 50 ms apart, before its last hash is listed. */
+const STILL_TRIES = 20;
 
 function md5OfFile(file: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -397,7 +407,7 @@ export async function serveList(root: string, r: ListRequest, res: ServerRespons
     r.version === 2
       ? opt('StartAfter', r.token === undefined && r.startAfter !== undefined ? name(r.startAfter) : undefined) +
         opt('ContinuationToken', r.token && xml(r.token)) +
-        opt('NextContinuationToken', truncated ? encodeToken(r.bucket, lastName) : undefined) +
+        opt('NextContinuationToken', truncated ? encodeToken(r.bucket, lastName, r.startedAt) : undefined) +
         `<KeyCount>${keyCount}</KeyCount>`
       : `<Marker>${name(r.marker ?? '')}</Marker>` + opt('NextMarker', truncated && r.delimiter ? name(lastName) : undefined);
   const body =

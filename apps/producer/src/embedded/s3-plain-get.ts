@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, fstatSync, openSync, readSync, rmSync, statSync, type Stats } from 'node:fs';
+import { closeSync, createReadStream, fstatSync, openSync, readSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { ifMatchHolds, objectOfPath, sendRefusal } from './s3-gate.js';
@@ -81,6 +81,25 @@ export function storedSize(root: string, bucket: string, key: string): number | 
  */
 export function forgetStoredEtag(root: string, bucket: string, key: string): void {
   rmSync(`${filePath(root, bucket, key, 'object')}.md5`, { force: true });
+}
+
+/**
+ * Stores an object's ETag computed from its bytes (after such a copy), so that no later reader
+ * finds it without one: s3rver's own copy from it, a plain GET, a listing. Left forgotten when
+ * the bytes changed while they were read (a write in progress stores its own).
+ */
+export async function storeEtagOfBytes(root: string, bucket: string, key: string): Promise<void> {
+  const file = filePath(root, bucket, key, 'object');
+  try {
+    const before = statSync(file);
+    const hash = createHash('md5');
+    for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+    const after = statSync(file);
+    if (after.size !== before.size || after.mtimeMs !== before.mtimeMs) return forgetStoredEtag(root, bucket, key);
+    writeFileSync(`${file}.md5`, hash.digest('hex'));
+  } catch {
+    forgetStoredEtag(root, bucket, key);
+  }
 }
 
 /** A small file's text and when it was last written, or undefined when it does not exist. */

@@ -17,7 +17,7 @@ import S3rver from 's3rver';
 import { stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 import { listTarget, serveList } from './s3-list.js';
-import { forgetStoredEtag, plainGetTarget, servePlainGet, storedSize } from './s3-plain-get.js';
+import { forgetStoredEtag, plainGetTarget, servePlainGet, storeEtagOfBytes, storedSize } from './s3-plain-get.js';
 import { absoluteRange, checkConditions, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, copySourceForS3rver, deleteBody, isDeleteQuery, isSuffixRange, objectOfPath, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
@@ -108,10 +108,11 @@ const server = createServer((req, res) => {
       if (typeof source === 'string') {
         req.headers['x-amz-copy-source'] = copySourceForS3rver(source);
         // s3rver keeps the old MD5 file of a key copied over with new metadata: forgotten before
-        // (the copy's answer) and after (a read meanwhile), it is computed from the new bytes
+        // (the copy's answer computes it from the new bytes), and stored again from the bytes
+        // after (a read meanwhile may have stored the old bytes' MD5)
         if (object && String(req.headers['x-amz-metadata-directive']).toUpperCase() === 'REPLACE') {
           forgetStoredEtag(directory, object.bucket, object.key);
-          res.on('finish', () => forgetStoredEtag(directory, object.bucket, object.key));
+          res.on('finish', () => void storeEtagOfBytes(directory, object.bucket, object.key));
         }
       }
       if (isSuffixRange(req.headers.range) && object && (req.method === 'GET' || req.method === 'HEAD')) {
