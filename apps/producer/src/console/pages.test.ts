@@ -70,6 +70,16 @@ describe('pages', () => {
   });
 });
 
+describe('the run page', () => {
+  it('says how many distinct images the run trained on, and why fewer than were embedded, as train prints it', () => {
+    const plain = runPage(access, report(['a', 'b', 'c']));
+    expect(plain).toMatch(/id="coverage" class="muted">29 of 29 images embedded \(0 pending, 0 failed\); trained on 29 distinct images<\/p>/);
+    const r = report(['a', 'b', 'c']);
+    const copies = runPage(access, { ...r, coverage: { ...r.coverage, total: 33, embedded: 33 }, split: { ...r.split, conflictsLeftOut: 2 } });
+    expect(copies).toContain('33 of 33 images embedded (0 pending, 0 failed); trained on 29 distinct images (copies of the same bytes count once; 2 left out: their bytes are filed under more than one label)');
+  });
+});
+
 describe('the overview', () => {
   it('offers queue actions only where there are some: the admin board with a password, else none', () => {
     const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1];

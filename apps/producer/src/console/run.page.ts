@@ -66,6 +66,9 @@ export function runPage(access: Access, r: ReportDoc): string {
     ['seed', p.seed],
   ];
   const c = r.coverage;
+  // what was trained on: copies of the same bytes are one example, and bytes under two labels are left out (as train prints)
+  const distinct = r.split.train + r.split.validation + r.split.test;
+  const conflicts = r.split.conflictsLeftOut;
   const body = html`<section data-run="${r.runId}" data-run-dataset="${r.dataset}">
 <h1>Run <span class="label">${r.runId}</span> of <a class="label" href="/datasets/${seg(r.dataset)}">${r.dataset}</a></h1>
 <p>created ${r.createdAt}; embedding space <code>${r.embedderId}</code>; ${r.labels.length} classes</p>
@@ -74,7 +77,9 @@ export function runPage(access: Access, r: ReportDoc): string {
     'train / validation / test images',
     `${r.split.train} / ${r.split.validation} / ${r.split.test}`,
   )}${card('best-epoch', `best epoch${r.stoppedEarly ? ' (stopped early)' : ''}`, String(r.bestEpoch), r.bestEpoch)}</div>
-<p id="coverage" class="${c.partial ? 'bad' : 'muted'}">trained on ${c.embedded} of ${c.total} images (${c.pending} pending, ${c.failed} failed)${c.partial ? ' — a partial run (--partial)' : ''}${notIngestedAgain(c)}${r.split.explicit ? '; splits from the bucket layout' : ''}</p>
+<p id="coverage" class="${c.partial ? 'bad' : 'muted'}">${c.embedded} of ${c.total} images embedded (${c.pending} pending, ${c.failed} failed)${c.partial ? ' — a partial run (--partial)' : ''}${notIngestedAgain(c)}; trained on ${distinct} distinct images${
+    c.embedded > distinct ? html` (copies of the same bytes count once${conflicts ? `; ${conflicts} left out: their bytes are filed under more than one label` : ''})` : ''
+  }${r.split.explicit ? '; splits from the bucket layout' : ''}</p>
 <h2>Validation (${v.examples} images)</h2>${binary(v.binary)}
 ${confusionTable('confusion', r.labels, v.confusionMatrix)}
 ${perClassTable('per-class', v)}

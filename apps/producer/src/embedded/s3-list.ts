@@ -72,8 +72,9 @@ export interface ListRequest {
 }
 
 /**
- * The listing a request asks for, a refusal (a continuation token of another bucket), or
- * undefined when s3rver should answer it. `rawPath` and `query` as sent.
+ * The listing a request asks for, a refusal (what S3 refuses: a bucket name that cannot be, an
+ * encoding other than `url`, an empty token or another bucket's), or undefined when s3rver should
+ * answer it. `rawPath` and `query` as sent.
  */
 export function listTarget(req: Pick<IncomingMessage, 'method' | 'headers'>, root: string, rawPath: string, query: string): ListRequest | GateRefusal | undefined {
   if (req.method !== 'GET' || req.headers.origin !== undefined || process.platform === 'win32') return undefined;
