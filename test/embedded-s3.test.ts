@@ -729,6 +729,13 @@ describe('the embedded S3 server', () => {
       const fresh = await partialPut('up/new.bin', 2 * half, half);
       await waitForFile(path.join(root, 'up', 'new.bin._S3rver_object'), half);
       expect(await listedAs('up/new.bin')).toEqual([]);
+      // nor its folder, when it is the folder's only key
+      const folderUpload = await partialPut('up/folder/only.bin', 2 * half, half);
+      await waitForFile(path.join(root, 'up', 'folder', 'only.bin._S3rver_object'), half);
+      const folders = async () => ((await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'up/', Delimiter: '/' }))).CommonPrefixes ?? []).map((p) => p.Prefix);
+      expect(await folders()).toEqual([]);
+      expect(await folderUpload.finish()).toBe(200);
+      expect(await folders()).toEqual(['up/folder/']);
       expect(await fresh.finish()).toBe(200);
       expect(await listedAs('up/new.bin')).toEqual([createHash('md5').update(fresh.body).digest('hex')]);
       // an overwrite, half sent: the old content's ETag until the new one is complete

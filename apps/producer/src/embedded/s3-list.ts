@@ -314,7 +314,8 @@ export async function listPage(root: string, r: Pick<ListRequest, 'bucket' | 'pr
   const skip: Skip = r.after.startsWith(prefix) && rollUp(r.after) === r.after ? { under: r.after } : {};
   const entries: Entry[] = [];
   for await (const o of objectsUnder(path.join(root, r.bucket, ...parts), parts.map((p) => `${p}/`).join(''), namePrefix, r.after === '' ? undefined : r.after, skip, r.startedAt)) {
-    if (!o.key.startsWith(prefix)) continue;
+    // an upload not complete yet is no key: nor a common prefix, nor a reason to say more follow
+    if (!o.key.startsWith(prefix) || !complete(o.file)) continue;
     if (entries.length === r.maxKeys) return { entries, truncated: true };
     const common = rollUp(o.key);
     if (common === undefined) entries.push(o);
@@ -327,12 +328,16 @@ export async function listPage(root: string, r: Pick<ListRequest, 'bucket' | 'pr
 }
 
 /**
- * An object's size, time and ETag as a listing shows them, or undefined when it is not listed:
- * deleted meanwhile, or not yet complete (s3rver writes its metadata file last: an upload cut
- * short never has one). An object whose metadata is older than its bytes is being overwritten
- * (or was, by an upload cut short): it keeps the ETag of its last complete upload, as S3 lists
- * the old version until the new one is complete.
+ * Whether an object's upload is complete: s3rver writes its metadata file last (an upload cut
+ * short never has one). An object being overwritten (or cut short while it was) has its old
+ * one: it is listed with the ETag of its last complete upload, as S3 lists the old version until
+ * the new one is complete.
  */
+function complete(objectFile: string): boolean {
+  return statSync(`${objectFile.slice(0, -'object'.length)}metadata.json`, { throwIfNoEntry: false }) !== undefined;
+}
+
+/** An object's size, time and ETag as a listing shows them, or undefined when it was deleted meanwhile. */
 async function described(file: string): Promise<{ st: Stats; etag: string } | undefined> {
   let st: Stats;
   try {
@@ -340,7 +345,6 @@ async function described(file: string): Promise<{ st: Stats; etag: string } | un
   } catch {
     return undefined;
   }
-  if (!statSync(file.slice(0, -'object'.length) + 'metadata.json', { throwIfNoEntry: false })) return undefined;
   let etag: string | undefined;
   try {
     etag = readFileSync(`${file}.md5`, 'utf8');
