@@ -46,14 +46,20 @@ async function aws(args: string[], secret = creds.secretAccessKey) {
   );
 }
 
-/** A raw request signed with the server's credentials (for requests our client never sends). */
-async function signed(method: string, pathname: string, headers: Record<string, string> = {}, body?: string | Uint8Array): Promise<Response> {
+/** Signs raw requests with the server's credentials (for requests our client never sends), the body unsigned. */
+const signer = new SignatureV4({ credentials: creds, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false });
+
+/** The headers of a request to the server signed with its credentials. */
+async function signedHeaders(method: string, pathname: string, headers: Record<string, string> = {}): Promise<Record<string, string>> {
   const url = new URL(s3.endpoint);
-  const signer = new SignatureV4({ credentials: creds, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false });
   const [p, q] = pathname.split(/\?(.*)/s);
   const query = Object.fromEntries(new URLSearchParams(q ?? ''));
-  const req = await signer.sign({ method, protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: p!, query, headers: { host: url.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', ...headers } });
-  return fetch(`${s3.endpoint}${pathname}`, { method, headers: req.headers, redirect: 'manual', ...(body !== undefined && { body }) });
+  return (await signer.sign({ method, protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: p!, query, headers: { host: url.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', ...headers } })).headers;
+}
+
+/** A raw request signed with the server's credentials. */
+async function signed(method: string, pathname: string, headers: Record<string, string> = {}, body?: string | Uint8Array): Promise<Response> {
+  return fetch(`${s3.endpoint}${pathname}`, { method, headers: await signedHeaders(method, pathname, headers), redirect: 'manual', ...(body !== undefined && { body }) });
 }
 
 /** Every file under the test's folder outside the server's data folder, but for its log. */
@@ -88,7 +94,6 @@ describe('the embedded S3 server', () => {
 
   it('answers only requests that name the loopback it listens on, even when signed (DNS rebinding)', async () => {
     const u = new URL(s3.endpoint);
-    const signer = new SignatureV4({ credentials: creds, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false });
     const status = async (host: string) => {
       const req = await signer.sign({ method: 'GET', protocol: 'http:', hostname: host.split(':')[0]!, path: `/${bucket}/train/cat/1.jpg`, query: {}, headers: { host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } });
       return new Promise<number>((resolve, reject) => {
@@ -704,9 +709,8 @@ describe('the embedded S3 server', () => {
       /** A PUT of `total` bytes of which the first `sent` are sent now, the rest by finish(). */
       const partialPut = async (key: string, total: number, sent: number) => {
         const url = new URL(s3.endpoint);
-        const signer = new SignatureV4({ credentials: creds, region: 'us-east-1', service: 's3', sha256: Sha256, uriEscapePath: false });
-        const signedReq = await signer.sign({ method: 'PUT', protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: `/${bucket}/${key}`, headers: { host: url.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', 'content-length': String(total) } });
-        const req = http.request({ host: url.hostname, port: url.port, method: 'PUT', path: `/${bucket}/${key}`, headers: signedReq.headers });
+        const headers = await signedHeaders('PUT', `/${bucket}/${key}`, { 'content-length': String(total) });
+        const req = http.request({ host: url.hostname, port: url.port, method: 'PUT', path: `/${bucket}/${key}`, headers });
         const answered = new Promise<number>((resolve, reject) => req.on('response', (r) => (r.resume(), resolve(r.statusCode!))).on('error', reject));
         const body = Buffer.alloc(total, 7);
         req.write(body.subarray(0, sent));

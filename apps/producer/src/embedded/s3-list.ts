@@ -1,10 +1,9 @@
-import { createHash } from 'node:crypto';
-import { createReadStream, readFileSync, statSync, type Stats } from 'node:fs';
+import { readFileSync, statSync, type Stats } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { isBucketName, type GateRefusal } from './s3-gate.js';
-import { OBJECT_SUFFIX, STORED_ETAG } from './s3-plain-get.js';
+import { besideObject, md5OfBytes, OBJECT_SUFFIX, STORED_ETAG } from './s3-plain-get.js';
 
 /**
  * The embedded S3 server's bucket listings (ListObjectsV2, and the older ListObjects), answered
@@ -189,7 +188,7 @@ const folders = new Map<string, { mtimeMs: number; readAt: number; settled: bool
 const ENTRIES_KEPT = 200_000;
 let entriesKept = 0;
 /** A folder changed less than this long ago may change again within its time's resolution. */
-const SETTLED_MS = 1_000;
+const FOLDER_SETTLED_MS = 1_000;
 
 /**
  * A folder's objects and sub-folders in S3's order of the keys they hold, or [] when it is gone.
@@ -232,7 +231,7 @@ async function children(dir: string, since: number): Promise<Child[]> {
     folders.delete(dir);
     entriesKept -= old.children.length;
   }
-  folders.set(dir, { mtimeMs, readAt, settled: readAt - mtimeMs > SETTLED_MS, children: list });
+  folders.set(dir, { mtimeMs, readAt, settled: readAt - mtimeMs > FOLDER_SETTLED_MS, children: list });
   entriesKept += list.length;
   for (const [oldest, f] of folders) {
     if (entriesKept <= ENTRIES_KEPT || oldest === dir) break;
@@ -334,7 +333,7 @@ export async function listPage(root: string, r: Pick<ListRequest, 'bucket' | 'pr
  * the new one is complete.
  */
 function complete(objectFile: string): boolean {
-  return statSync(`${objectFile.slice(0, -'object'.length)}metadata.json`, { throwIfNoEntry: false }) !== undefined;
+  return statSync(besideObject(objectFile, 'metadata.json'), { throwIfNoEntry: false }) !== undefined;
 }
 
 /** An object's size, time and ETag as a listing shows them, or undefined when it was deleted meanwhile. */
@@ -347,37 +346,22 @@ async function described(file: string): Promise<{ st: Stats; etag: string } | un
   }
   let etag: string | undefined;
   try {
-    etag = readFileSync(`${file}.md5`, 'utf8');
+    etag = readFileSync(besideObject(file, 'object.md5'), 'utf8');
   } catch {
     // not there (a copy with new metadata is being made: see s3.main.ts)
   }
   if (etag !== undefined && STORED_ETAG.test(etag)) return { st, etag };
-  // the MD5 of the bytes, as s3rver computes it, once they are still
-  for (let tries = 0; ; tries++) {
-    try {
-      const md5 = await md5OfFile(file);
-      const now = statSync(file);
-      if ((now.size === st.size && now.mtimeMs === st.mtimeMs) || tries === STILL_TRIES) return { st: now, etag: md5 };
-      st = now;
-    } catch {
-      return undefined;
-    }
-    await new Promise((r) => setTimeout(r, 50));
+  // the MD5 of the bytes, as s3rver computes it, once they are still (else of the last read)
+  try {
+    const h = await md5OfBytes(file, STILL_TRIES);
+    return { st: h.st, etag: h.md5 };
+  } catch {
+    return undefined;
   }
 }
 
-/** How many times an object being written is hashed again, 50 ms apart, before its last hash is listed. */
+/** How many times an object being written is hashed, 50 ms apart, before its last hash is listed. */
 const STILL_TRIES = 20;
-
-function md5OfFile(file: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const hash = createHash('md5');
-    createReadStream(file)
-      .on('data', (chunk) => hash.update(chunk))
-      .on('error', reject)
-      .on('end', () => resolve(hash.digest('hex')));
-  });
-}
 
 /** Text for XML: markup escaped; control characters as character references (XML 1.0 cannot hold most of them at all: use encoding-type=url for such keys). */
 function xml(s: string): string {

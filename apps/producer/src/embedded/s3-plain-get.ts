@@ -83,6 +83,28 @@ export function forgetStoredEtag(root: string, bucket: string, key: string): voi
   rmSync(`${filePath(root, bucket, key, 'object')}.md5`, { force: true });
 }
 
+/** Another of an object's files (`resource`: object.md5, metadata.json), from the path of its bytes file. */
+export function besideObject(objectFile: string, resource: string): string {
+  return `${objectFile.slice(0, -OBJECT_SUFFIX.length)}${S3RVER_SUFFIX}${resource}`;
+}
+
+/**
+ * The MD5 of a file's bytes, as s3rver computes an ETag, read up to `tries` times 50 ms apart
+ * until the file did not change during a read (`still`); with the file's state at the last read.
+ * Throws when the file is gone.
+ */
+export async function md5OfBytes(file: string, tries: number): Promise<{ md5: string; st: Stats; still: boolean }> {
+  for (let i = 1; ; i++) {
+    const before = statSync(file);
+    const hash = createHash('md5');
+    for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+    const st = statSync(file);
+    const still = st.size === before.size && st.mtimeMs === before.mtimeMs;
+    if (still || i >= tries) return { md5: hash.digest('hex'), st, still };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /**
  * Stores an object's ETag computed from its bytes (after such a copy), so that no later reader
  * finds it without one: s3rver's own copy from it, a plain GET, a listing. Left forgotten when
@@ -91,12 +113,9 @@ export function forgetStoredEtag(root: string, bucket: string, key: string): voi
 export async function storeEtagOfBytes(root: string, bucket: string, key: string): Promise<void> {
   const file = filePath(root, bucket, key, 'object');
   try {
-    const before = statSync(file);
-    const hash = createHash('md5');
-    for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
-    const after = statSync(file);
-    if (after.size !== before.size || after.mtimeMs !== before.mtimeMs) return forgetStoredEtag(root, bucket, key);
-    writeFileSync(`${file}.md5`, hash.digest('hex'));
+    const { md5, still } = await md5OfBytes(file, 1);
+    if (still) writeFileSync(besideObject(file, 'object.md5'), md5);
+    else forgetStoredEtag(root, bucket, key);
   } catch {
     forgetStoredEtag(root, bucket, key);
   }
