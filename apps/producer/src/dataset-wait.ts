@@ -68,7 +68,8 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
       throw new CliExit(EXIT.vanished, `dataset ${dataset} vanished from Redis while waiting: it was deleted (transferline delete dataset), or Redis lost its data. Ingest again to rebuild it (the embeddings in the bucket are kept, and ingest restores their index if Redis lost it).`);
     }
     const done = s.embedded + s.failed;
-    bar.update(done, s.total, `embedded ${s.embedded} (${s.cached} found in the cache), failed ${s.failed}`);
+    // The count is of images done with: a failed one is done too, and said so.
+    bar.update(done, s.total, `done: ${s.embedded} embedded (${s.cached} found in the cache), ${s.failed} failed`);
     if (s.pending + s.orphaned === 0) return s;
     if (done !== lastDone) {
       lastDone = done;
