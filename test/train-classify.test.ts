@@ -12,7 +12,7 @@ import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer
 import { classifyDatasetName, jobIds, jobLock, LatestDoc, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { restoreLostIndex } from '../apps/producer/src/data-loss.js';
-import { loadOverview } from '../apps/producer/src/console/console-data.js';
+import { consoleDeps, loadOverview } from '../apps/producer/src/console/console-data.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { cliPath, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
@@ -696,7 +696,7 @@ describe('training runs and classification', () => {
     expect(status.stdout).toContain(datasetLine('shapes'));
     expect(status.stdout).toContain(datasetLine('twin'));
     // the console's front page says the same
-    const overview = await loadOverview(ctx);
+    const overview = await loadOverview(consoleDeps(ctx, 60_000));
     for (const line of [lostLine(space), datasetLine('shapes'), datasetLine('twin')]) expect(overview.warnings).toContain(line.replace(/^warning: |\n$/g, ''));
     await until('the embed worker to publish its space again', async () => (await ctx.services.spaces.list()).some((x) => x.space.id === space), 30);
 

@@ -211,16 +211,27 @@ export class DatasetRepository {
     else await this.redis.hdel(this.keys.embeddingFailures(embedderId), ...hashes);
   }
 
-  /** Every item of a dataset, streamed with HSCAN so a large dataset is never read in one reply. */
+  /**
+   * Every item of a dataset, streamed with HSCAN so a large dataset is never read in one reply.
+   * The next page is asked for as soon as its cursor is known, so Redis reads it while the
+   * caller works on this one (a status of 1,000,000 items is a thousand pages).
+   */
   async *scan(dataset: string): AsyncGenerator<[string, ItemRecord][]> {
-    let cursor = '0';
-    do {
-      const [next, flat] = await this.redis.hscan(this.keys.datasetItems(dataset), cursor, 'COUNT', 1000);
-      cursor = next;
+    const key = this.keys.datasetItems(dataset);
+    const ask = (cursor: string) => {
+      const reply = this.redis.hscan(key, cursor, 'COUNT', 1000);
+      reply.catch(() => {}); // a caller that stops early leaves it unread; a failure is thrown where it is read
+      return reply;
+    };
+    let reply = ask('0');
+    for (;;) {
+      const [next, flat] = await reply;
+      if (next !== '0') reply = ask(next);
       const page: [string, ItemRecord][] = [];
       for (let i = 0; i + 1 < flat.length; i += 2) page.push([flat[i]!, parseItem(flat[i + 1]!, dataset, flat[i]!)]);
       if (page.length) yield page;
-    } while (cursor !== '0');
+      if (next === '0') return;
+    }
   }
 }
 

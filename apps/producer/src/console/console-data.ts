@@ -1,18 +1,31 @@
 import { Writable } from 'node:stream';
 import sharp from 'sharp';
-import { DatasetRepository, ReportDoc, ReviewLine, parseJsonLines, type Config, type DatasetStatus, type Queues, type Services, type SpaceWorkers } from '@transferline/shared';
+import { DatasetRepository, ReportDoc, ReviewLine, parseJsonLines, type Config, type Queues, type Services, type SpaceWorkers } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { listModelRuns, type ModelRun } from '../commands/models.command.js';
 import { deploymentWarnings } from '../commands/status.command.js';
 import type { ReviewView } from './review.page.js';
+import { StatusMemo, type Counted } from './status-memo.js';
 
 /** What the console reads: the deployment's clients (it owns none of them). */
 export interface ConsoleDeps {
   services: Services;
   queues: Queues;
   config: Config;
+  /** the datasets' counts, shared by the pages (one read at a time per dataset) */
+  statuses: StatusMemo;
+  /** how long a page waits for a dataset's count before it shows the last one (or none yet) */
+  countWaitMs: number;
 }
+
+/** The console's reads of a deployment, its pages waiting up to `countWaitMs` for a dataset's count. */
+export function consoleDeps(d: Pick<ConsoleDeps, 'services' | 'queues' | 'config'>, countWaitMs: number): ConsoleDeps {
+  return { ...d, statuses: new StatusMemo((dataset) => d.services.inspector.status(dataset, 100)), countWaitMs };
+}
+
+/** A dataset's counts, or, while its first read goes on past the page's wait, how many images it holds. */
+export type DatasetCounts = { dataset: string; counted: Counted } | { dataset: string; counting: number };
 
 export interface QueueSummary {
   /** the BullMQ queue name (bull-board's too) */
@@ -24,16 +37,13 @@ export interface QueueSummary {
 export interface Overview {
   spaces: SpaceWorkers[];
   queues: QueueSummary[];
-  datasets: DatasetStatus[];
+  datasets: DatasetCounts[];
   runs: ModelRun[];
   /** what `status` warns of (Redis may evict keys; what Redis losing its data left, and what brings it back) */
   warnings: string[];
 }
 
-export interface DatasetPage {
-  status: DatasetStatus;
-  runs: ModelRun[];
-}
+export type DatasetPage = DatasetCounts & { runs: ModelRun[] };
 
 /** Every queue of the deployment: the fixed ones, then one embed queue per published space. */
 export function deploymentQueues(queues: Queues, spaces: SpaceWorkers[]): Queue[] {
@@ -55,9 +65,10 @@ function runsContext(d: ConsoleDeps): CliContext {
 export async function loadOverview(d: ConsoleDeps): Promise<Overview> {
   const spaces = await d.services.spaces.list();
   const names = await d.services.datasets.list();
+  d.statuses.keepOnly(names);
   const [queues, datasets, runs, { warnings }] = await Promise.all([
     Promise.all(deploymentQueues(d.queues, spaces).map(summarise)),
-    Promise.all(names.map((n) => d.services.inspector.status(n, 0))),
+    Promise.all(names.map((n) => countsOf(d, n))),
     listModelRuns(runsContext(d)),
     recentWarnings(
       d,
@@ -84,8 +95,14 @@ function recentWarnings(d: ConsoleDeps, spaces: string[]): ReturnType<typeof dep
 /** One dataset with its first failures, or undefined when there is no such dataset. */
 export async function loadDataset(d: ConsoleDeps, dataset: string): Promise<DatasetPage | undefined> {
   if (!(await d.services.datasets.exists(dataset))) return undefined;
-  const [status, runs] = await Promise.all([d.services.inspector.status(dataset, 100), listModelRuns(runsContext(d), dataset)]);
-  return { status, runs: runs.filter((r) => r.dataset === dataset) };
+  const [counts, runs] = await Promise.all([countsOf(d, dataset), listModelRuns(runsContext(d), dataset)]);
+  return { ...counts, runs: runs.filter((r) => r.dataset === dataset) };
+}
+
+/** A dataset's counts (its first failures too) within the page's wait, else how many images it holds. */
+async function countsOf(d: ConsoleDeps, dataset: string): Promise<DatasetCounts> {
+  const counted = await d.statuses.get(dataset, d.countWaitMs);
+  return counted ? { dataset, counted } : { dataset, counting: await d.services.datasets.size(dataset) };
 }
 
 /** A run's report.json, or undefined when the bucket has none. */

@@ -3,9 +3,9 @@ import type { AddressInfo } from 'node:net';
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { TrainJob, type Config, type Logger, type Queues, type Services } from '@transferline/shared';
 import { requireAdmin } from './console-auth.js';
-import { deploymentQueues, loadDataset, loadOverview, loadReport, loadReview, thumbnail, type ConsoleDeps } from './console-data.js';
+import { consoleDeps, deploymentQueues, loadDataset, loadOverview, loadReport, loadReview, thumbnail } from './console-data.js';
 import { datasetPage, errorPage, notFoundPage, overviewPage } from './datasets.page.js';
-import type { Access } from './html.js';
+import { seconds, type Access } from './html.js';
 import { BOARD_PATHS, createQueueBoards } from './queue-boards.js';
 import { reviewPage } from './review.page.js';
 import { runPage } from './run.page.js';
@@ -21,6 +21,8 @@ export interface ConsoleOptions {
   refreshMs?: number;
   /** longest a page waits for Redis and S3 before it says they do not answer (default 15 s) */
   pageDeadlineMs?: number;
+  /** longest a page waits for a dataset's count before it shows the last one, or none yet (default half the page's deadline) */
+  countWaitMs?: number;
 }
 
 export interface ConsoleHandle {
@@ -47,8 +49,6 @@ const BOARD_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src
 
 class DeadlineError extends Error {}
 
-/** "0.3 s", "15 s" */
-const seconds = (ms: number) => `${ms < 10_000 ? Number((ms / 1000).toFixed(1)) : Math.round(ms / 1000)} s`;
 
 function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -59,16 +59,17 @@ function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /**
- * Why a page that reads every item missed its deadline: Redis not answering, or (Redis answering
- * a PING at once) that much to read: the overview reads every item of every dataset.
+ * Why a page missed its deadline. A dataset's count waits only part of it (StatusMemo), so what
+ * is left is Redis not answering, or (Redis answering a PING at once) S3, where the trained runs,
+ * their reports and the reviews are.
  */
-async function whyLate(err: DeadlineError, redis: { ping: () => Promise<unknown> }, ms: number): Promise<string> {
+async function whyLate(err: DeadlineError, redis: { ping: () => Promise<unknown> }): Promise<string> {
   const answers = await withDeadline(redis.ping(), 1_000, 'Redis').then(
     () => true,
     () => false,
   );
-  if (!answers) return err.message;
-  return `reading it took longer than ${seconds(ms)}, though Redis answers: the deployment holds more items than this page reads in that time (each dataset's page reads one dataset; so does transferline status -d NAME)`;
+  if (!answers) return `${err.message}: Redis does not answer a PING either`;
+  return `${err.message}; Redis answers, so the wait is on S3 (the trained runs, their reports and the reviews are read from the bucket)`;
 }
 
 /** The URL to print for a bound address (a wildcard address is reached through loopback). */
@@ -86,9 +87,10 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
   const { services, queues, config, log } = o;
   const creds = { user: config.console.user, password: config.console.password };
   const access: Access = { actionsConfigured: creds.password !== undefined };
-  const deps: ConsoleDeps = { services, queues, config };
   const boards = createQueueBoards({ adminEnabled: access.actionsConfigured });
   const pageDeadline = o.pageDeadlineMs ?? 15_000;
+  // A dataset's count reads every item: a page waits for it only so long, then shows the last count.
+  const deps = consoleDeps({ services, queues, config }, o.countWaitMs ?? pageDeadline / 2);
 
   // New embedding spaces appear when embed workers of another configuration start: re-read the
   // list (two cheap Redis reads) now and then and on every page or board request, sharing one
@@ -121,9 +123,8 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
     next();
   });
 
-  /** `readsItems`: a page that reads every item of one or all datasets, whose size can pass the deadline */
   const servePage =
-    (load: PageLoader, o: { readsItems?: boolean } = {}): RequestHandler =>
+    (load: PageLoader): RequestHandler =>
     (req, res) => {
       res.set({ 'Content-Security-Policy': PAGE_CSP, 'Cache-Control': 'no-store' });
       withDeadline(
@@ -133,7 +134,7 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
       ).then(
         (r) => void ('html' in r ? res.type('html').send(r.html) : res.status(404).type('html').send(notFoundPage(access, r.missing))),
         async (err: unknown) => {
-          const why = err instanceof DeadlineError && o.readsItems ? await whyLate(err, services.redis, pageDeadline) : (err as Error).message;
+          const why = err instanceof DeadlineError ? await whyLate(err, services.redis) : (err as Error).message;
           log?.warn({ err, path: req.path, why }, 'console: a page could not be read');
           res.status(503).type('html').send(errorPage(access, `could not read the deployment: ${why}`));
         },
@@ -144,7 +145,7 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
   app.get('/healthz', (_req, res) => void res.type('text/plain').send('ok\n'));
   app.get(
     '/',
-    servePage(async () => ({ html: overviewPage(access, await loadOverview(deps)) }), { readsItems: true }),
+    servePage(async () => ({ html: overviewPage(access, await loadOverview(deps)) })),
   );
   app.get(
     '/datasets/:dataset',
@@ -152,7 +153,7 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
       const name = param(req, 'dataset');
       const d = name.length <= 200 ? await loadDataset(deps, name) : undefined;
       return d ? { html: datasetPage(access, d) } : { missing: `no dataset named ${name}` };
-    }, { readsItems: true }),
+    }),
   );
   app.get(
     '/datasets/:dataset/runs/:runId',

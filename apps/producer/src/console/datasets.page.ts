@@ -1,7 +1,8 @@
 import { queueName, relistCommand, type DatasetStatus } from '@transferline/shared';
 import type { ModelRun } from '../commands/models.command.js';
-import type { DatasetPage, Overview, QueueSummary } from './console-data.js';
-import { BOARD_PATHS, html, page, pct, seg, type Access, type SafeHtml } from './html.js';
+import type { DatasetCounts, DatasetPage, Overview, QueueSummary } from './console-data.js';
+import type { Counted } from './status-memo.js';
+import { BOARD_PATHS, html, page, pct, seconds, seg, type Access, type SafeHtml } from './html.js';
 import { barChart } from './svg-chart.js';
 
 /** The states a dataset's images are counted in, in the order shown (names are the `data-count` values). */
@@ -50,20 +51,39 @@ function queuesTable(queues: QueueSummary[]): SafeHtml {
   )}</table>`;
 }
 
+/** Counts older than this say when they were read. */
+const SAY_AGE_MS = 2_000;
+
+/** When counts reused or kept from an earlier read were read, and what a read of them costs; nothing for fresh ones. */
+function countedAge(c: Counted, now: number): SafeHtml | '' {
+  const age = now - c.readAt;
+  if (age < SAY_AGE_MS) return '';
+  return html`<span class="muted" data-counted-ago="${Math.round(age / 1000)}">counted ${seconds(age)} ago (a count of its images takes ${seconds(c.tookMs)})</span>`;
+}
+
+/** A dataset whose first count is still under way: how many images it holds. */
+function counting(items: number): SafeHtml {
+  return html`<span class="muted" data-counting="${items}">counting its ${items} images… (reload in a few seconds)</span>`;
+}
+
+function datasetRow(d: DatasetCounts, now: number): SafeHtml {
+  const name = html`<td><a href="${datasetLink(d.dataset)}">${d.dataset}</a></td>`;
+  if ('counting' in d) return html`<tr data-dataset="${d.dataset}">${name}<td class="n" data-count="total">${d.counting}</td><td colspan="${COUNTS.length + 1}">${counting(d.counting)}</td></tr>`;
+  const s = d.counted.status;
+  return html`<tr data-dataset="${d.dataset}">${name}${COUNTS.map((k) => html`<td class="n${k === 'failed' && s[k] > 0 ? ' bad' : ''}" data-count="${k}">${s[k]}</td>`)}<td>${s.failuresByReason.map(
+    (f) => html`<span data-reason="${f.reason}">${f.stage} <code>${f.reason}</code> ×${f.count}</span> `,
+  )}${countedAge(d.counted, now)}</td><td><code>${s.space ?? '–'}</code></td></tr>`;
+}
+
 /** `/`: embedding spaces, queues, every dataset's counts and every trained run. */
-export function overviewPage(access: Access, o: Overview): string {
+export function overviewPage(access: Access, o: Overview, now = Date.now()): string {
   const spaces = o.spaces.length
     ? html`<table id="spaces"><tr><th>embedding space</th><th class="n">live embed workers</th><th>backends</th></tr>${o.spaces.map(
         (s) => html`<tr data-space="${s.space.id}"><td><code>${s.space.id}</code></td><td class="n">${s.workers.length}</td><td>${[...new Set(s.workers.map((w) => w.backend))].join(', ')}</td></tr>`,
       )}</table>`
     : html`<p class="muted">no embedding space published yet: start the stack (<code>transferline up</code>) or an embed worker</p>`;
   const datasets = o.datasets.length
-    ? html`<table id="datasets"><tr><th>dataset</th>${COUNTS.map((k) => html`<th class="n">${k}</th>`)}<th>failures by reason</th><th>embedding space</th></tr>${o.datasets.map(
-        (d) =>
-          html`<tr data-dataset="${d.dataset}"><td><a href="${datasetLink(d.dataset)}">${d.dataset}</a></td>${COUNTS.map((k) => html`<td class="n${k === 'failed' && d[k] > 0 ? ' bad' : ''}" data-count="${k}">${d[k]}</td>`)}<td>${d.failuresByReason.map(
-            (f) => html`<span data-reason="${f.reason}">${f.stage} <code>${f.reason}</code> ×${f.count}</span> `,
-          )}</td><td><code>${d.space ?? '–'}</code></td></tr>`,
-      )}</table>`
+    ? html`<table id="datasets"><tr><th>dataset</th>${COUNTS.map((k) => html`<th class="n">${k}</th>`)}<th>failures by reason</th><th>embedding space</th></tr>${o.datasets.map((d) => datasetRow(d, now))}</table>`
     : html`<p class="muted">no datasets yet: <code>transferline ingest s3://bucket/prefix --dataset NAME</code></p>`;
   const warnings = o.warnings.length ? html`<ul id="warnings" class="bad">${o.warnings.map((w) => html`<li>${w}</li>`)}</ul>` : '';
   const body = html`<h1>Datasets and models</h1>${warnings}
@@ -77,8 +97,14 @@ export function overviewPage(access: Access, o: Overview): string {
 }
 
 /** `/datasets/:name`: one dataset's counts, failures by reason (with the first failures), labels and runs. */
-export function datasetPage(access: Access, d: DatasetPage): string {
-  const s = d.status;
+export function datasetPage(access: Access, d: DatasetPage, now = Date.now()): string {
+  if ('counting' in d) {
+    const body = html`<section data-dataset="${d.dataset}"><h1>Dataset <span class="label">${d.dataset}</span></h1>
+<p>${counting(d.counting)}</p>
+<h2>Trained runs</h2>${runsTable(d.runs, false)}</section>`;
+    return page({ ...access, title: `dataset ${d.dataset}` }, body);
+  }
+  const s = d.counted.status;
   const failures = s.failures.length
     ? html`<table id="failures"><tr><th>image</th><th>stage</th><th>reason</th><th class="n">attempts</th><th>message</th></tr>${s.failures.map(
         (f) => html`<tr data-item="${f.item}"><td class="label">${f.item}</td><td>${f.stage}</td><td><code>${f.reason}</code></td><td class="n">${f.attempts ?? ''}</td><td class="label">${f.detail ?? ''}</td></tr>`,
@@ -86,7 +112,7 @@ export function datasetPage(access: Access, d: DatasetPage): string {
     : '';
   const body = html`<section data-dataset="${s.dataset}"><h1>Dataset <span class="label">${s.dataset}</span></h1>
 <p>embedding space <code id="space">${s.space ?? '(none recorded)'}</code> · <a href="/datasets/${seg(s.dataset)}/review" id="review-link">labels worth a second look</a> (from <code>transferline review -d ${s.dataset}</code>)</p>
-${countCards(s)}
+${countCards(s)}${countedAge(d.counted, now) ? html`<p>${countedAge(d.counted, now)}</p>` : ''}
 <h2>Failures by reason</h2>${failuresByReason(s)}${barChart('failures-chart', 'failures by reason', s.failuresByReason.map((f) => ({ name: `${f.stage} ${f.reason}`, value: f.count })), '#c0504d')}
 ${failures}
 <h2>Images per label</h2>${

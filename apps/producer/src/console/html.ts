@@ -35,6 +35,9 @@ export function html(strings: TemplateStringsArray, ...values: unknown[]): SafeH
 /** A path segment of one of our URLs (dataset names and run ids are restricted, but never trusted). */
 export const seg = (s: string): string => encodeURIComponent(s);
 
+/** "0.3 s", "15 s" */
+export const seconds = (ms: number): string => `${ms < 10_000 ? Number((ms / 1000).toFixed(1)) : Math.round(ms / 1000)} s`;
+
 /** 0.8333 → "83.3%"; undefined → "–". */
 export function pct(x: number | undefined): string {
   return x === undefined || !Number.isFinite(x) ? '–' : `${(x * 100).toFixed(1)}%`;

@@ -63,10 +63,17 @@ describe('pages', () => {
       failuresByReason: [{ stage: 'preprocess', reason: 'not-an-image', count: 1 }],
       labels: EVIL.map((label) => ({ label, count: 1 })),
     };
-    const out = datasetPage(access, { status, runs: [] });
+    const out = datasetPage(access, { dataset: 'pets', counted: { status, readAt: 1_000, tookMs: 5 }, runs: [] }, 1_010);
     expect(out).not.toMatch(/<script>|<img /);
     expect(out).toContain('data-count="failed"><b class="bad">1</b>');
     expect(out).toContain('href="/queues/queue/preprocess?status=failed"');
+    // fresh counts say nothing of when; counts read a while ago say when, and what a count costs
+    expect(out).not.toContain('data-counted-ago');
+    const kept = datasetPage(access, { dataset: 'pets', counted: { status, readAt: 1_000, tookMs: 8_100 }, runs: [] }, 43_000);
+    expect(kept).toContain('<span class="muted" data-counted-ago="42">counted 42 s ago (a count of its images takes 8.1 s)</span>');
+    const counting = datasetPage(access, { dataset: 'pets', counting: 1_000_000, runs: [] });
+    expect(counting).toContain('data-counting="1000000">counting its 1000000 images… (reload in a few seconds)');
+    expect(counting).not.toContain('data-count=');
   });
 });
 
@@ -90,6 +97,14 @@ describe('the overview', () => {
     expect(readOnly).not.toContain('href="/admin/queues/">admin board');
     expect(overviewPage({ actionsConfigured: true }, o)).toMatch(/pause, resume, retry and clean on the <a href="\/admin\/queues\/">admin board<\/a> \(sign in\)/);
     expect(readOnly).not.toContain('id="warnings"');
+  });
+
+  it('shows a dataset still being counted by its number of images, and counts kept from an earlier read with their age', () => {
+    const status = { dataset: 'kept', space: 's', total: 7, embedded: 7, cached: 0, failed: 0, pending: 0, pendingByStage: { preprocess: 0, embed: 0 }, orphaned: 0, elsewhere: [], failures: [], failuresByReason: [], labels: [] } satisfies DatasetStatus;
+    const o = { datasets: [{ dataset: 'big', counting: 2_000_000 }, { dataset: 'kept', counted: { status, readAt: 0, tookMs: 1_500 } }], runs: [], queues: [], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1];
+    const out = overviewPage(access, o, 10_000);
+    expect(out).toContain('<tr data-dataset="big"><td><a href="/datasets/big">big</a></td><td class="n" data-count="total">2000000</td><td colspan="7"><span class="muted" data-counting="2000000">counting its 2000000 images… (reload in a few seconds)</span></td></tr>');
+    expect(out).toMatch(/<tr data-dataset="kept">.*<td class="n" data-count="embedded">7<\/td>.*data-counted-ago="10">counted 10 s ago \(a count of its images takes 1\.5 s\)/);
   });
 
   it("shows status's warnings first, escaped", () => {
