@@ -497,3 +497,33 @@ describe('review and relabel', () => {
     expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/${to}`]))[0]).toMatchObject({ label: 'triangle' });
   }, 120_000);
 });
+describe('review of a dataset with copies of the same bytes', () => {
+  it('counts copies once: four copies of an image score as one did, all alike, and the header says so', async () => {
+    // 20 circles and 20 squares, and a circle's bytes in the square folder: once, then four times
+    for (const kind of ['circle', 'square'] as const) {
+      for (let i = 0; i < 20; i++) await ctx.services.store.putObject(bucket, `dups/${kind}/${kind}-${i}.jpg`, await renderSample(kind, i, 77, 128));
+    }
+    const copy = await renderSample('circle', 40, 77, 128);
+    const copies = [0, 1, 2, 3].map((n) => `dups/square/copy-${n}.jpg`);
+    type Review = { distinct: number; lines: { key: string; probabilities: Record<string, number> }[] };
+    const review = async () => {
+      expect((await runCli(['ingest', `s3://${bucket}/dups/`, '-d', 'dups'], stack.env, 240_000)).code).toBe(0);
+      const r = await runCli(['review', '-d', 'dups', '--json'], stack.env, 240_000);
+      expect(r.code).toBe(0);
+      return JSON.parse(r.stdout) as Review;
+    };
+    const scores = (r: Review) => copies.flatMap((key) => r.lines.filter((l) => l.key === `s3://${bucket}/${key}`).map((l) => l.probabilities));
+    await ctx.services.store.putObject(bucket, copies[0]!, copy);
+    const once = await review();
+    expect(once.distinct).toBe(41);
+    for (const key of copies.slice(1)) await ctx.services.store.putObject(bucket, key, copy);
+    const four = await review();
+    expect(four.lines).toHaveLength(44);
+    expect(four.distinct).toBe(41);
+    // the copies share a fold and the heads fitted without them: each scores as the one copy did
+    expect(scores(four)).toHaveLength(4);
+    for (const p of scores(four)) for (const [label, v] of Object.entries(scores(once)[0]!)) expect(p[label], label).toBeCloseTo(v, 6);
+    const text = await runCli(['review', '-d', 'dups'], stack.env, 240_000);
+    expect(text.stdout).toMatch(/^review of dups: 44 embedded images, 41 distinct \(copies of the same bytes count once and share a fold\), 5-fold/m);
+  }, 300_000);
+});

@@ -35,6 +35,8 @@ export interface Review {
   space: string;
   labels: string[];
   folds: number;
+  /** distinct images among the lines: copies of the same bytes are one (one fold, fitted once) */
+  distinct: number;
   /** issues first (least likely given label first), then the rest by pGiven */
   lines: ReviewLine[];
   issues: number;
@@ -71,30 +73,46 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   if (labels.length < 2) throw new Error(`dataset ${o.dataset} has ${labels.length} label(s) among its embedded images; a review needs two or more${onTheirWay}`);
   const classOf = new Map(labels.map((l, i) => [l, i]));
   const y = Int32Array.from(items, (i) => classOf.get(i.label)!);
-  const smallest = Math.min(...labels.map((_, c) => y.filter((v) => v === c).length));
+  // Copies of the same bytes (one content hash, adjacent in hash order) are one image here, as in
+  // train: they go to one fold together, so none is scored by a head fitted on its own copy, and
+  // they are fitted once, under their label when their copies agree on it (not at all when not).
+  const groups: { first: number; members: number[]; label: number | undefined }[] = [];
+  items.forEach((item, i) => {
+    const g = groups.at(-1);
+    if (g && items[g.first]!.sha256 === item.sha256) {
+      g.members.push(i);
+      if (g.label !== y[i]) g.label = undefined;
+    } else groups.push({ first: i, members: [i], label: y[i]! });
+  });
+  const perClass = labels.map((_, c) => groups.filter((g) => g.label === c).length);
+  const smallest = Math.min(...perClass);
   const folds = Math.min(o.folds ?? 5, smallest);
-  if (folds < 2) throw new Error(`a label of ${o.dataset} has only ${smallest} embedded image(s); a review needs at least 2 per label`);
+  if (folds < 2) throw new Error(`a label of ${o.dataset} has only ${smallest} distinct embedded image(s) (copies of the same bytes count once; bytes under two labels not at all); a review needs at least 2 per label`);
 
-  // stratified folds: each class's images (in hash order) dealt round-robin
-  const fold = new Int32Array(items.length);
+  // stratified folds: each class's distinct images (in hash order) dealt round-robin, copies with them
+  const groupFold = new Int32Array(groups.length);
   const seen = new Array<number>(labels.length).fill(0);
-  y.forEach((c, i) => (fold[i] = seen[c]!++ % folds));
+  groups.forEach((g, n) => {
+    const c = g.label ?? y[g.first]!;
+    groupFold[n] = seen[c]!++ % folds;
+  });
 
-  const x = await cache.load(space, items.map((i) => i.sha256));
+  const x = await cache.load(space, groups.map((g) => items[g.first]!.sha256));
   const dim = x.dim || 1280;
   // wasm: about 2.3 times TF.js's plain-JS cpu backend on these fits
   const { tf } = await loadTfRuntime('wasm');
   const k = labels.length;
   const oof = new Float32Array(items.length * k);
-  const rows = (pick: (i: number) => boolean): { m: Matrix; y: Int32Array; index: number[] } => {
-    const index = items.map((_, i) => i).filter(pick);
+  /** One row per group picked: its embedding, and its label (the first copy's for groups only predicted). */
+  const rows = (pick: (n: number) => boolean): { m: Matrix; y: Int32Array; index: number[] } => {
+    const index = groups.map((_, n) => n).filter(pick);
     const data = new Float32Array(index.length * dim);
-    index.forEach((r, j) => data.set(x.data.subarray(r * dim, (r + 1) * dim), j * dim));
-    return { m: { data, rows: index.length, dim }, y: Int32Array.from(index, (r) => y[r]!), index };
+    index.forEach((n, j) => data.set(x.data.subarray(n * dim, (n + 1) * dim), j * dim));
+    return { m: { data, rows: index.length, dim }, y: Int32Array.from(index, (n) => groups[n]!.label ?? y[groups[n]!.first]!), index };
   };
   for (let f = 0; f < folds; f++) {
-    const train = rows((i) => fold[i] !== f);
-    const held = rows((i) => fold[i] === f);
+    const train = rows((n) => groupFold[n] !== f && groups[n]!.label !== undefined);
+    const held = rows((n) => groupFold[n] === f);
     // enough optimiser steps on small sets too: about 300, at most 200 epochs
     const steps = Math.ceil(train.m.rows / 64);
     const fit = await fitHead(tf, {
@@ -105,23 +123,24 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
     });
     try {
       const p = predictProba(tf, fit.model, held.m);
-      held.index.forEach((r, j) => oof.set(p.subarray(j * k, (j + 1) * k), r * k));
+      held.index.forEach((n, j) => {
+        for (const i of groups[n]!.members) oof.set(p.subarray(j * k, (j + 1) * k), i * k);
+      });
     } finally {
       fit.model.dispose();
     }
     o.onFold?.(f + 1, folds);
   }
 
-  // per-class thresholds: the mean probability of the class over the images labelled with it
+  // per-class thresholds: the mean probability of the class over the distinct images labelled with it
   const threshold = labels.map((_, c) => {
     let sum = 0;
     let n = 0;
-    y.forEach((v, i) => {
-      if (v === c) {
-        sum += oof[i * k + c]!;
-        n++;
-      }
-    });
+    for (const g of groups) {
+      if (!g.members.some((i) => y[i] === c)) continue;
+      sum += oof[g.first * k + c]!;
+      n++;
+    }
     return sum / n;
   });
   const lines: ReviewLine[] = items.map((item, i) => {
@@ -146,7 +165,7 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
     };
   });
   lines.sort((a, b) => Number(b.issue) - Number(a.issue) || a.pGiven - b.pGiven);
-  return { dataset: o.dataset, space, labels, folds, lines, issues: lines.filter((l) => l.issue).length, notYetEmbedded, seconds: (performance.now() - started) / 1000 };
+  return { dataset: o.dataset, space, labels, folds, lines, distinct: groups.length, issues: lines.filter((l) => l.issue).length, notYetEmbedded, seconds: (performance.now() - started) / 1000 };
 }
 
 /** Where an object moves and what happened. */

@@ -34,7 +34,9 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const pct = (x: number) => `${(x * 100).toFixed(1).padStart(5)}%`;
   const row = (l: ReviewLine) => `  ${pct(l.pGiven)}  ${printable(l.given)} → ${printable(l.suggested)} (${pct(l.pSuggested).trim()})  ${printable(l.key)}`;
-  w(`review of ${o.dataset}: ${review.lines.length} embedded images, ${review.folds}-fold out-of-fold predictions in ${review.seconds.toFixed(1)} s`);
+  const copies = review.lines.length - review.distinct;
+  const distinct = copies ? `, ${review.distinct} distinct (copies of the same bytes count once and share a fold)` : '';
+  w(`review of ${o.dataset}: ${review.lines.length} embedded images${distinct}, ${review.folds}-fold out-of-fold predictions in ${review.seconds.toFixed(1)} s`);
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
   w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
   w('  p(given)  given → suggested  key');
