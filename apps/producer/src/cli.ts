@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-import { Command, InvalidArgumentError, type CommanderError } from 'commander';
-import { AnyDatasetName, ConfigError, DatasetName, loadConfig, S3UnreachableError, TRANSIENT_REASONS } from '@transferline/shared';
+import { Command, InvalidArgumentError, Option, type CommanderError } from 'commander';
+import { AnyDatasetName, ConfigError, DatasetName, loadConfig, parseS3Url, S3UnreachableError, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
@@ -32,8 +32,17 @@ for (const stream of [process.stdout, process.stderr]) {
 
 const int = (name: string) => (v: string) => {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number`);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number, 0 or more`);
   return n;
+};
+/** An s3://bucket/prefix argument, refused as bad usage when it is not one. */
+const s3url = (v: string) => {
+  try {
+    parseS3Url(v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+  return v;
 };
 const positive = (name: string) => (v: string) => {
   const n = Number(v);
@@ -112,13 +121,13 @@ program
   .command('upload')
   .description('copy a local folder (one sub-folder per label) into the bucket')
   .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg')
-  .argument('<s3url>', 'destination, e.g. s3://photos/train/')
+  .argument('<s3url>', 'destination, e.g. s3://photos/train/', s3url)
   .action((dir: string, url: string) => withContext((ctx) => uploadCommand(ctx, dir, url)));
 
 program
   .command('ingest')
   .description('add every image under an s3:// prefix to a dataset (label = first folder below the prefix) and wait until embedded')
-  .argument('<s3url>', 'e.g. s3://photos/train/')
+  .argument('<s3url>', 'e.g. s3://photos/train/', s3url)
   .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
   .option(...embedderOption)
   .option('--no-wait', 'enqueue and return without waiting for the embeddings')
@@ -235,7 +244,7 @@ program
 program
   .command('classify')
   .description('label the images under an s3:// prefix with a trained model; results as JSON Lines in the bucket')
-  .argument('<s3url>', 'e.g. s3://photos/incoming/')
+  .argument('<s3url>', 'e.g. s3://photos/incoming/', s3url)
   .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to use, or dataset@run')
   .option('--watch', 'keep classifying new objects under the prefix')
   .option('--interval <seconds>', 'how often --watch looks for new objects', positive('--interval'), 10)
@@ -252,7 +261,7 @@ program
   .command('export')
   .description('write a trained model as one ONNX file: uint8 RGB images in, class probabilities out (labels and threshold in its metadata)')
   .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to export, or dataset@run')
-  .option('--format <format>', 'onnx', 'onnx')
+  .addOption(new Option('--format <format>', 'the file format').choices(['onnx']).default('onnx'))
   .option('-o, --output <file>', 'where to write it (default <dataset>-<run>.onnx here)')
   .action((o: { model: string; format: string; output?: string }) => withContext(async (ctx) => (await exporting()).exportCommand(ctx, o)));
 

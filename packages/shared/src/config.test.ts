@@ -58,6 +58,8 @@ describe('loadConfig', () => {
         // a real secret that is invalid (a stray newline from a .env file), and a password in a bad URL
         S3_SECRET_ACCESS_KEY: 'wJalrXUtnFEMI/K7MDENG\n',
         REDIS_URL: 'http://default:hunter2@cache:6379',
+        // an API key too short to be allowed is still a key
+        TL_SERVE_API_KEY: 'short-key',
       });
     } catch (err) {
       message = (err as Error).message;
@@ -69,6 +71,8 @@ describe('loadConfig', () => {
     expect(message).toMatch(/REDIS_URL: .*\(got "http:\/\/default:\*\*\*@cache:6379"\)/);
     expect(message).not.toContain('wJalrXUtnFEMI');
     expect(message).not.toContain('hunter2');
+    expect(message).toContain('  TL_SERVE_API_KEY: at least 16 characters (got "***")');
+    expect(message).not.toContain('short-key');
   });
 });
 

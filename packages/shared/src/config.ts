@@ -197,9 +197,11 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
 export type Config = z.output<typeof ConfigSchema>;
 
 /** A range a value is out of, in words ("at most 10000"), rather than the schema's message; for settings and options alike. */
-export function rangeWords(issue: { code: string; maximum?: unknown; minimum?: unknown; inclusive?: boolean }): string | undefined {
-  if (issue.code === 'too_big') return issue.inclusive === false ? `below ${String(issue.maximum)}` : `at most ${String(issue.maximum)}`;
-  if (issue.code === 'too_small') return issue.inclusive === false ? `above ${String(issue.minimum)}` : `at least ${String(issue.minimum)}`;
+export function rangeWords(issue: { code: string; maximum?: unknown; minimum?: unknown; inclusive?: boolean; origin?: string }): string | undefined {
+  // a string's bounds are on its length
+  const unit = issue.origin === 'string' ? ' characters' : '';
+  if (issue.code === 'too_big') return issue.inclusive === false ? `below ${String(issue.maximum)}${unit}` : `at most ${String(issue.maximum)}${unit}`;
+  if (issue.code === 'too_small') return issue.inclusive === false ? `above ${String(issue.minimum)}${unit}` : `at least ${String(issue.minimum)}${unit}`;
   return undefined;
 }
 

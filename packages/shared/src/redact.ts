@@ -5,5 +5,5 @@ export function redactUrl(url: string): string {
 
 /** A setting's value as it may be shown: secrets hidden whole, and passwords inside URLs. */
 export function redactIfSecret(name: string, value: string): string {
-  return /SECRET|PASSWORD|TOKEN/.test(name) ? '***' : redactUrl(value);
+  return /SECRET|PASSWORD|TOKEN|API_KEY/.test(name) ? '***' : redactUrl(value);
 }
