@@ -135,5 +135,11 @@ describe('bad input fails alone, with a reason', () => {
     const lines = (await readFile(path.join(stack.dataDir, 'logs', 'preprocess.log'), 'utf8')).split('\n').filter((l) => l.includes('"failed for good"'));
     const logged = Object.fromEntries(lines.map((l) => JSON.parse(l) as { object: string; reason: string }).map((l) => [l.object.replace(/^s3:\/\//, ''), l.reason]));
     expect(logged).toEqual(expected);
+    // every line is plain JSON with no key twice (a log shipper keeps one of two, or refuses the line)
+    for (const role of ['preprocess', 'embed']) {
+      const all = (await readFile(path.join(stack.dataDir, 'logs', `${role}.log`), 'utf8')).split('\n').filter((l) => l.startsWith('{'));
+      expect(all.length, role).toBeGreaterThan(1);
+      for (const l of all) expect(JSON.stringify(JSON.parse(l)), role).toBe(l);
+    }
   });
 });

@@ -99,7 +99,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   });
   exportQueueDepths(metrics, async () => [queues.embed(space.id)]);
   const heartbeat = await services.spaces.startHeartbeat(space, rt.backend, (err) => log.debug({ err }, 'heartbeat not written'));
-  log.info({ role: 'embed', embedderId: space.id, backend: rt.backend, batchSize: config.embed.batchSize, workerId: heartbeat.workerId }, 'worker started');
+  log.info({ embedderId: space.id, backend: rt.backend, batchSize: config.embed.batchSize, workerId: heartbeat.workerId }, 'worker started');
   let closing = false;
   return {
     metrics,

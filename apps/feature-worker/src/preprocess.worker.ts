@@ -82,7 +82,6 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   });
   log.info(
     {
-      role: 'preprocess',
       concurrency: config.preprocess.concurrency,
       sharpConcurrency: sharpSettings.concurrency,
       maxPendingTensors: config.preprocess.maxPendingTensors,
