@@ -1,3 +1,6 @@
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
@@ -153,6 +156,25 @@ describe('small CLI holes', () => {
     expect(empty.code).not.toBe(0);
     expect(empty.stderr).toMatch(/--model needs a dataset name/);
     expect(empty.stderr).not.toMatch(/XML|parse/i);
+  });
+
+  it('upload says when it creates the bucket (a typo in its name does not pass unseen), and names a folder that is not there', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-upload-'));
+    try {
+      await mkdir(path.join(dir, 'circle'));
+      await writeFile(path.join(dir, 'circle', '1.jpg'), await renderSample('circle', 1, 5, 64));
+      const fresh = await cli(['upload', dir, 's3://photos-typo/x/']);
+      expect(fresh.code).toBe(0);
+      expect(fresh.stdout).toBe('created bucket s3://photos-typo (it did not exist)\nuploaded 1 files to s3://photos-typo/x/\n');
+      const again = await cli(['upload', dir, 's3://photos-typo/x/']);
+      expect(again.stdout).toBe('uploaded 1 files to s3://photos-typo/x/\n');
+      const missing = await cli(['upload', path.join(dir, 'nope'), 's3://photos-typo/x/']);
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toContain(`transferline: no folder ${path.join(dir, 'nope')} here`);
+      expect(missing.stderr).not.toMatch(/ENOENT|scandir/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('an empty prefix says so, and nonsense sizes are refused', async () => {

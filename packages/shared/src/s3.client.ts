@@ -182,17 +182,20 @@ export class ObjectStore {
     this.direct = DirectS3.supports(settings) ? new DirectS3(settings, () => client.config.systemClockOffset ?? 0) : undefined;
   }
 
-  /** Creates the bucket unless it exists already. */
-  async ensureBucket(bucket: string): Promise<void> {
+  /** Creates the bucket unless it exists already; true when this call created it. */
+  async ensureBucket(bucket: string): Promise<boolean> {
     try {
       await this.client.send(new HeadBucketCommand({ Bucket: bucket }));
+      return false;
     } catch (err) {
       if (!isNotFound(err) && !(err instanceof S3ServiceException && err.name === 'NoSuchBucket')) throw err;
       try {
         await this.client.send(new CreateBucketCommand({ Bucket: bucket }));
+        return true;
       } catch (createErr) {
         const name = (createErr as Error).name;
         if (name !== 'BucketAlreadyOwnedByYou' && name !== 'BucketAlreadyExists') throw createErr;
+        return false;
       }
     }
   }

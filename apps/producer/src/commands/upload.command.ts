@@ -22,9 +22,14 @@ export async function listFiles(dir: string): Promise<string[]> {
 /** `transferline upload ./photos s3://bucket/train/`: copies a local folder (one sub-folder per label) into the bucket. */
 export async function uploadCommand(ctx: CliContext, dir: string, url: string, parallel = 8): Promise<number> {
   const { bucket, prefix } = parseS3Url(url);
-  const files = await listFiles(dir);
+  const files = await listFiles(dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') throw new Error(`no folder ${dir} here (${path.resolve(dir)})`);
+    if (err.code === 'ENOTDIR') throw new Error(`${dir} is a file: upload takes a folder with one sub-folder per label`);
+    throw err;
+  });
   if (files.length === 0) throw new Error(`no files under ${dir}`);
-  await ctx.services.store.ensureBucket(bucket);
+  // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
+  if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
   const bar = createProgress('uploading');
   let done = 0;
   const upload = async (rel: string) => {
