@@ -72,6 +72,11 @@ describe('transient faults that outlast the attempts', () => {
     const none = await cli(['retry', '-d', 'faulty', '--reason', 'no-such-reason']);
     expect(none.code).toBe(0);
     expect(none.stdout).toMatch(/retrying 0 failed images of faulty with reason no-such-reason; 1 other failure left alone \(attempts-exhausted: name one with --reason to retry those\)/);
+    // the reason named, but not its stage: the stage is what left it alone
+    const wrongStage = await cli(['retry', '-d', 'faulty', '--reason', 'attempts-exhausted', '--stage', 'embed']);
+    expect(wrongStage.stdout).toContain('retrying 0 failed images of faulty with reason attempts-exhausted in embed; 1 other failure left alone (preprocess attempts-exhausted: name one with --reason and its stage with --stage to retry those)\n');
+    const noSuch = await cli(['failures', '-d', 'faulty', '--reason', 'no-such-reason']);
+    expect(noSuch.stdout).toBe('dataset faulty: 0 failed with no-such-reason; its 1 failed with preprocess attempts-exhausted 1\n');
 
     proxy.heal();
     const retried = await cli(['retry', '-d', 'faulty']);

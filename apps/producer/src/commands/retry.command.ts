@@ -39,7 +39,8 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
         byBucket.set(bucket, [...(byBucket.get(bucket) ?? []), v]);
       } else if (v.phase === 'failed') {
         skipped++;
-        left.push(v.failure!.reason);
+        // with --stage, a failure may be left alone for its stage alone: say which
+        left.push(o.stage ? `${v.failure!.stage} ${v.failure!.reason}` : v.failure!.reason);
       }
     }
   }
@@ -53,7 +54,8 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
   const what = o.reason ? `with reason ${o.reason}` : `that failed on an error that is not the image's (${[...TRANSIENT_REASONS].join(', ')})`;
   ctx.out.write(`retrying ${retried} failed image${retried === 1 ? '' : 's'} of ${o.dataset} ${what}${o.stage ? ` in ${o.stage}` : ''}`);
   const reasons = [...new Set(left)].sort().join(', ');
-  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${reasons}: name one with --reason to retry those)\n` : '\n');
+  const how = o.stage ? 'name one with --reason and its stage with --stage' : 'name one with --reason';
+  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${reasons}: ${how} to retry those)\n` : '\n');
   if (!o.wait || retried === 0) return { retried };
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
   printDatasetSummary(ctx, status);
