@@ -47,4 +47,16 @@ describe('the review page', () => {
     expect(uncertainTable).not.toContain(lines[1]!.key);
     expect(html).toContain('<h2>The most uncertain of the others</h2>');
   });
+
+  it('shows an uncertain image with the label it is confused with, as the CLI does (its suggested label is its own)', () => {
+    const html = reviewPage({ actionsConfigured: false }, { dataset: 'pets', source: 's3://b/reviews/pets/t.jsonl', lines, unreadable: [] });
+    const uncertainTable = /<table id="uncertain">.*?<\/table>/s.exec(html)![0];
+    // 'fine': given a, p(a) 0.9; confused, if at all, with b at 0.1
+    const fine = new RegExp(`<tr data-key="${lines[3]!.key}">.*?</tr>`).exec(uncertainTable)![0];
+    expect(fine).toMatch(/<td class="label">a<\/td><td class="label">b<\/td><td class="n" data-value="0.9">90.0%<\/td><td class="n">10.0%<\/td>/);
+    expect(uncertainTable).toContain('<th>or else</th>');
+    // a label issue keeps its suggested label
+    const issuesTable = /<table id="issues">.*?<\/table>/s.exec(html)![0];
+    expect(issuesTable).toContain('<th>suggested</th>');
+  });
 });

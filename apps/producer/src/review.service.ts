@@ -30,6 +30,15 @@ export function reviewHighlights(lines: readonly ReviewLine[], n: { issues: numb
   return { issues, uncertain };
 }
 
+/**
+ * The label an image is likeliest to be besides its given one, and its probability: what an
+ * uncertain image is confused with (its suggested label is often its given one).
+ */
+export function likeliestOther(l: ReviewLine): { label: string; p: number } | undefined {
+  const [label, p] = Object.entries(l.probabilities).filter(([other]) => other !== l.given).sort((a, b) => b[1] - a[1])[0] ?? [];
+  return label === undefined ? undefined : { label, p: p! };
+}
+
 export interface Review {
   dataset: string;
   space: string;

@@ -1,7 +1,7 @@
 import { ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
-import { relabelItems, reviewDataset, reviewHighlights, type RelabelOutcome, type Review } from '../review.service.js';
+import { likeliestOther, relabelItems, reviewDataset, reviewHighlights, type RelabelOutcome, type Review } from '../review.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 
@@ -46,8 +46,8 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   // here the suggested label is often the given one: the label it is confused with says more
   w('  p(given)  given, or the likeliest other label  key');
   for (const l of uncertain) {
-    const [other, pOther] = Object.entries(l.probabilities).filter(([label]) => label !== l.given).sort((a, b) => b[1] - a[1])[0] ?? ['–', 0];
-    w(`  ${pct(l.pGiven)}  ${printable(l.given)}, or ${printable(other)} (${pct(pOther).trim()})  ${printable(l.key)}`);
+    const other = likeliestOther(l) ?? { label: '–', p: 0 };
+    w(`  ${pct(l.pGiven)}  ${printable(l.given)}, or ${printable(other.label)} (${pct(other.p).trim()})  ${printable(l.key)}`);
   }
   w(`full list (JSON Lines): s3://${bucket}/${outputKey}`);
   if (review.issues) w(`move them to the suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);

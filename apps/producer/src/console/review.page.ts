@@ -1,5 +1,5 @@
 import type { ReviewLine } from '@transferline/shared';
-import { reviewHighlights } from '../review.service.js';
+import { likeliestOther, reviewHighlights } from '../review.service.js';
 import { html, page, pct, seg, type Access } from './html.js';
 
 /** What the review page shows: the newest review of a dataset from the bucket. */
@@ -19,17 +19,20 @@ export function reviewPage(access: Access, v: ReviewView): string {
   const { issues: shown, uncertain } = reviewHighlights(v.lines, { issues: MAX_ROWS, uncertain: 20 });
   const issues = v.lines.filter((l) => l.issue).length;
   const thumb = (l: ReviewLine) => html`<img src="/datasets/${seg(v.dataset)}/thumbnail?key=${encodeURIComponent(l.key)}" width="96" height="96" alt="" loading="lazy">`;
-  const row = (l: ReviewLine) =>
-    html`<tr data-key="${l.key}"><td>${thumb(l)}</td><td class="label">${l.given}</td><td class="label">${l.suggested}</td><td class="n" data-value="${l.pGiven}">${pct(l.pGiven)}</td><td class="n">${pct(l.pSuggested)}</td><td><code>${l.key}</code></td></tr>`;
-  const table = (id: string, rows: ReviewLine[]) =>
-    html`<table id="${id}"><tr><th></th><th>given</th><th>suggested</th><th class="n">p(given)</th><th class="n">p(suggested)</th><th>key</th></tr>${rows.map(row)}</table>`;
+  // a label issue with the label suggested; an uncertain image with the label it is confused with (its suggested one is often its own)
+  const row = (l: ReviewLine, other: { label: string; p: number } | undefined) =>
+    html`<tr data-key="${l.key}"><td>${thumb(l)}</td><td class="label">${l.given}</td><td class="label">${other?.label ?? '–'}</td><td class="n" data-value="${l.pGiven}">${pct(l.pGiven)}</td><td class="n">${pct(other?.p)}</td><td><code>${l.key}</code></td></tr>`;
+  const table = (id: string, rows: ReviewLine[], suggested: boolean) =>
+    html`<table id="${id}"><tr><th></th><th>given</th><th>${suggested ? 'suggested' : 'or else'}</th><th class="n">p(given)</th><th class="n">${suggested ? 'p(suggested)' : 'p(or else)'}</th><th>key</th></tr>${rows.map((l) =>
+      row(l, suggested ? { label: l.suggested, p: l.pSuggested } : likeliestOther(l)),
+    )}</table>`;
   const body = html`<h1>Review of <a href="/datasets/${seg(v.dataset)}">${v.dataset}</a></h1>
 <p class="muted">out-of-fold predictions on the cached embeddings, from <code>${v.source}</code>; move images with
 <code>transferline relabel -d ${v.dataset} --from-review ${v.source}</code></p>
 ${v.unreadable.length ? html`<p class="bad" id="unreadable">${v.unreadable.length} line${v.unreadable.length === 1 ? '' : 's'} of this file ${v.unreadable.length === 1 ? 'is' : 'are'} not review lines and ${v.unreadable.length === 1 ? 'is' : 'are'} left out (line ${v.unreadable[0]!.line}: ${v.unreadable[0]!.reason}); <code>relabel --from-review</code> refuses the file until ${v.unreadable.length === 1 ? 'it is' : 'they are'} mended, or run <code>transferline review -d ${v.dataset}</code> again</p>` : ''}
 <h2>${issues} image${issues === 1 ? '' : 's'} whose label looks wrong${issues > MAX_ROWS ? ` (first ${MAX_ROWS})` : ''}</h2>
-${issues ? table('issues', shown) : html`<p class="muted" id="no-issues">none: every label agrees with the model</p>`}
+${issues ? table('issues', shown, true) : html`<p class="muted" id="no-issues">none: every label agrees with the model</p>`}
 <h2>The most uncertain${issues ? ' of the others' : ''}</h2>
-${table('uncertain', uncertain)}`;
+${table('uncertain', uncertain, false)}`;
   return page({ title: `review of ${v.dataset}`, ...access }, body);
 }
