@@ -365,6 +365,17 @@ describe('transferline serve, guarded', () => {
     expect(text).not.toContain(path);
     expect(text).toMatch(/tl_serve_request_seconds_count\{[^}]*route="other",status="404"\}/);
   });
+
+  it('answers a known route asked with the wrong method 405, with the methods it takes', async () => {
+    const auth = { authorization: `Bearer ${apiKey}` };
+    const get = await fetch(`${server.url}/v1/classify`, { headers: auth });
+    expect(get.status).toBe(405);
+    expect(get.headers.get('allow')).toBe('POST');
+    expect(await get.json()).toEqual({ error: { reason: 'method-not-allowed', message: '/v1/classify answers POST, not GET' } });
+    const post = await fetch(`${server.url}/v1/models`, { method: 'POST', headers: auth });
+    expect(post.status).toBe(405);
+    expect(post.headers.get('allow')).toBe('GET, HEAD');
+  });
 });
 
 describe('transferline serve, bounded by bytes', () => {

@@ -18,7 +18,15 @@ import { BudgetWaitError, ByteBudget, HeldBody, type ByteHold } from './byte-bud
 export type Classification = { label: string; probabilities: Record<string, number> } | { error: { reason: string; message: string } };
 
 /** The routes with a label of their own on the request-duration metric; everything else is `other`. */
-const ROUTES = new Set(['/v1/classify', '/v1/models', '/v1/models/reload', '/healthz', '/metrics']);
+/** The routes served, with the methods each answers (HEAD with GET). */
+const ROUTE_METHODS: Record<string, readonly string[]> = {
+  '/v1/classify': ['POST'],
+  '/v1/models': ['GET', 'HEAD'],
+  '/v1/models/reload': ['POST'],
+  '/healthz': ['GET', 'HEAD'],
+  '/metrics': ['GET', 'HEAD'],
+};
+const ROUTES = new Set(Object.keys(ROUTE_METHODS));
 
 /** `fn` that runs on its first call only. */
 function once(fn: () => void): () => void {
@@ -131,6 +139,7 @@ function statusOf(reason: string): number {
   if (reason === 'too-large') return 413;
   if (reason === 'unauthorized') return 401;
   if (reason === 'not-found') return 404;
+  if (reason === 'method-not-allowed') return 405;
   if (reason === 'bad-request') return 400;
   if (reason === 'overloaded') return 503;
   if (reason === 'internal') return 500;
@@ -475,6 +484,13 @@ export async function startClassifierServer(
     });
   }
 
+  // A route asked with another method (GET /v1/classify): 405 with the methods it answers, not 404.
+  app.use((req, res, next) => {
+    const allowed = Object.hasOwn(ROUTE_METHODS, req.path) ? ROUTE_METHODS[req.path]! : undefined;
+    if (!allowed) return next();
+    res.set('Allow', allowed.join(', '));
+    fail(res, 'method-not-allowed', `${req.path} answers ${allowed.filter((m) => m !== 'HEAD').join(', ')}, not ${req.method}`);
+  });
   app.use((_req, res) => void fail(res, 'not-found', 'POST /v1/classify, GET /v1/models, POST /v1/models/reload, /healthz, /metrics'));
 
   // One load at a time: a SIGHUP, a new run landing and POST /v1/models/reload may coincide.
