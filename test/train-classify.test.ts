@@ -150,9 +150,12 @@ describe('training runs and classification', () => {
       while (rounds === 0) await new Promise((r) => setTimeout(r, 50));
       await ctx.services.store.putObject(photos, 'incoming/late-circle.jpg', await renderSample('circle', 200, 99));
     })();
-    const sinkWithCount = { write: (s: string) => (s.startsWith('classified') && rounds++, true) } as unknown as NodeJS.WritableStream;
+    let said = '';
+    const sinkWithCount = { write: (s: string) => ((said += s), s.startsWith('classified') && rounds++, true) } as unknown as NodeJS.WritableStream;
     const results = await classifyCommand({ ...ctx, out: sinkWithCount }, `s3://${photos}/incoming/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 2 });
     await dropLater;
+    // after its first round it says it goes on watching
+    expect(said).toContain(`watching s3://${photos}/incoming/: listing it every 1 s for new images to classify (Ctrl-C to stop)\n`);
 
     expect(results[0]).toMatchObject({ classified: 3, failed: 0 });
     expect(results[1]).toMatchObject({ classified: 1, skipped: 3 });

@@ -85,6 +85,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     // the same images, failures included, as "already done").
     const fresh = counts.enqueued + counts.fromCache + counts.retried + before.pending + before.orphaned;
     if (round === 1 || fresh > 0) results.push(await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1));
+    if (round === 1 && o.watch) ctx.out.write(`watching s3://${printable(bucket)}/${printable(prefix)}: listing it every ${o.intervalSeconds} s for new images to classify (Ctrl-C to stop)\n`);
   });
   return results;
 }
