@@ -173,6 +173,39 @@ describe('the web console', () => {
     }
   });
 
+  it("reads each run's report once across page loads, and shows a run that appears (and goes) at once", async () => {
+    const { bucket } = stack.config.s3;
+    const { store, layout } = ctx.services;
+    const reads = () => proxy.hits.get('report.json') ?? 0;
+    const runsShown = async (path: string) => [...(await (await fetch(new URL(path, con.url))).text()).matchAll(/<tr data-run="([^"]+)"/g)].map((m) => m[1]);
+    // a fault that changes nothing, to count the requests for reports
+    proxy.inject('report.json', { kind: 'slow', ms: 0 });
+    try {
+      await runsShown('/');
+      const before = reads();
+      for (let i = 0; i < 3; i++) expect(await runsShown('/')).toEqual([runId]);
+      expect(await runsShown(`/datasets/${dataset}`)).toEqual([runId]);
+      expect(reads()).toBe(before);
+      // a new run's report is read when it appears, once
+      const later = { ...report, runId: 'later-run', createdAt: new Date(Date.parse(report.createdAt) + 60_000).toISOString() };
+      await store.putObject(bucket, layout.runFile(dataset, 'later-run', 'report.json'), JSON.stringify(later), 'application/json');
+      const put = reads(); // (the proxy counts this PUT too)
+      expect(put).toBe(before + 1);
+      expect(await runsShown('/')).toEqual(['later-run', runId]);
+      expect(await runsShown('/')).toEqual(['later-run', runId]);
+      expect(reads()).toBe(put + 1);
+      // a report written again under the same run id (another ETag) is read again
+      await store.putObject(bucket, layout.runFile(dataset, 'later-run', 'report.json'), JSON.stringify({ ...later, validation: { ...later.validation, accuracy: 0.123 } }), 'application/json');
+      const page = await (await fetch(con.url)).text();
+      expect(page).toMatch(/<tr data-run="later-run"[^]*?data-metric="validation-accuracy" data-value="0.123"/);
+      await store.deleteObject(bucket, layout.runFile(dataset, 'later-run', 'report.json'));
+      expect(await runsShown('/')).toEqual([runId]);
+    } finally {
+      proxy.remove('report.json');
+      await store.deleteObject(bucket, layout.runFile(dataset, 'later-run', 'report.json'));
+    }
+  });
+
   it('puts the embed queue of a space published later on the boards', async () => {
     const crop = { ...stack.space, id: stack.space.id.replace('squash', 'crop'), resize: 'crop' as const };
     await ctx.services.spaces.publish(crop);

@@ -23,23 +23,25 @@ export interface ModelRun {
 /** How many documents listModelRuns reads at once. */
 const READS_AT_ONCE = 16;
 
-/** Every trained run in the bucket (from its report.json), newest first per dataset. */
-export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<ModelRun[]> {
+/**
+ * The runs read from their report.json, by the report's key and ETag: a report is written once
+ * (a run id trained again writes another, with another ETag), so a reader that lists the runs
+ * again and again (the console) reads each report once, not on every page.
+ */
+export type ReadReports = Map<string, { etag: string; run: ModelRun | undefined }>;
+
+/** Every trained run in the bucket (from its report.json), newest first per dataset; with `reports`, each report read once. */
+export async function listModelRuns(ctx: CliContext, dataset?: string, reports?: ReadReports): Promise<ModelRun[]> {
   const { bucket } = ctx.config.s3;
   const { store, layout } = ctx.services;
   const runs: ModelRun[] = [];
   const latest = new Map<string, string>();
   // runs trained with --no-promote that `promote` made the latest once (promoted.json)
   const promoted = new Map<string, string>(); // dataset/run → its promoted.json key
-  const read = async (key: string) => {
-    const k = layout.parseModelKey(key);
-    if (k?.file === 'latest.json') {
-      const l = await store.getDocument(LatestDoc, bucket, key);
-      if (l) latest.set(k.dataset, l.runId);
-    } else if (k?.file === 'report.json') {
-      const r = await store.getDocument(ReportDoc, bucket, key);
-      if (!r) return;
-      runs.push({
+  const readReport = async (key: string): Promise<ModelRun | undefined> => {
+    const r = await store.getDocument(ReportDoc, bucket, key);
+    return (
+      r && {
         dataset: r.dataset,
         runId: r.runId,
         createdAt: r.createdAt,
@@ -50,14 +52,32 @@ export async function listModelRuns(ctx: CliContext, dataset?: string): Promise<
         partial: r.coverage.partial,
         candidate: r.params.promote === false,
         latest: false,
-      });
+      }
+    );
+  };
+  const read = async ({ key, etag }: { key: string; etag: string }) => {
+    const k = layout.parseModelKey(key);
+    if (k?.file === 'latest.json') {
+      const l = await store.getDocument(LatestDoc, bucket, key);
+      if (l) latest.set(k.dataset, l.runId);
+    } else if (k?.file === 'report.json') {
+      const known = reports?.get(key);
+      const run = known?.etag === etag ? known.run : await readReport(key);
+      reports?.set(key, { etag, run });
+      // a copy: what follows marks it (latest, promoted) for this listing only
+      if (run) runs.push({ ...run });
     }
   };
-  const keys: string[] = [];
+  const keys: { key: string; etag: string }[] = [];
   for await (const o of store.listObjects(bucket, layout.models(dataset))) {
     const k = layout.parseModelKey(o.key);
-    if (k?.file === 'latest.json' || k?.file === 'report.json') keys.push(o.key);
+    if (k?.file === 'latest.json' || k?.file === 'report.json') keys.push(o);
     if (k?.file === 'promoted.json') promoted.set(`${k.dataset}/${k.runId}`, o.key);
+  }
+  // reports of runs deleted since are forgotten (a listing of one dataset knows only its own)
+  if (reports && dataset === undefined) {
+    const listed = new Set(keys.map((o) => o.key));
+    for (const key of reports.keys()) if (!listed.has(key)) reports.delete(key);
   }
   // A few reads at a time, not one after another: hundreds of runs on a remote S3 would take
   // longer than the console gives a page.

@@ -1,4 +1,4 @@
-import { permanentFailureOf, redisEvictionRisk, S3UnreachableError, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow } from '@transferline/shared';
+import { permanentFailureOf, redisEvictionRisk, S3UnreachableError, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { lossOver, lostDatasetLine, lostDatasets, recordLostDatasets } from '../data-loss.js';
@@ -24,6 +24,12 @@ export interface StatusReport {
 /** How many of the train queue's failed jobs status reads to count the cancelled ones. */
 const CANCELLED_SCAN = 1000;
 
+/** How many of the train queue's failed jobs (its newest CANCELLED_SCAN) are runs stopped with train --cancel: no failures. */
+export async function cancelledRuns(queues: Pick<Queues, 'train'>): Promise<number> {
+  const failed = await queues.train.getFailed(0, CANCELLED_SCAN - 1);
+  return failed.filter((j) => permanentFailureOf(j?.failedReason)?.reason === 'cancelled').length;
+}
+
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
   const { datasets: repo, inspector, spaces: registry, cache } = ctx.services;
@@ -34,10 +40,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     queues[name] = { ...counts, workers: await q.getWorkersCount(), paused: await ctx.services.paused.list(q.name) };
   }
   // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no failure
-  if (queues.train!.failed) {
-    const failed = await ctx.queues.train.getFailed(0, CANCELLED_SCAN - 1);
-    queues.train!.cancelled = failed.filter((j) => permanentFailureOf(j?.failedReason)?.reason === 'cancelled').length;
-  }
+  if (queues.train!.failed) queues.train!.cancelled = await cancelledRuns(ctx.queues);
   const spaces: SpaceStatus[] = [];
   for (const { space, workers } of await registry.list()) {
     const q = ctx.queues.embed(space.id);

@@ -3,8 +3,8 @@ import sharp from 'sharp';
 import { DatasetRepository, ReportDoc, ReviewLine, parseJsonLines, type Config, type Queues, type Services, type SpaceWorkers } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
-import { listModelRuns, type ModelRun } from '../commands/models.command.js';
-import { deploymentWarnings } from '../commands/status.command.js';
+import { listModelRuns, type ModelRun, type ReadReports } from '../commands/models.command.js';
+import { cancelledRuns, deploymentWarnings } from '../commands/status.command.js';
 import type { ReviewView } from './review.page.js';
 import { StatusMemo, type Counted } from './status-memo.js';
 
@@ -17,11 +17,13 @@ export interface ConsoleDeps {
   statuses: StatusMemo;
   /** how long a page waits for a dataset's count before it shows the last one (or none yet) */
   countWaitMs: number;
+  /** the trained runs' reports read so far: each is read once */
+  reports: ReadReports;
 }
 
 /** The console's reads of a deployment, its pages waiting up to `countWaitMs` for a dataset's count. */
 export function consoleDeps(d: Pick<ConsoleDeps, 'services' | 'queues' | 'config'>, countWaitMs: number): ConsoleDeps {
-  return { ...d, statuses: new StatusMemo((dataset) => d.services.inspector.status(dataset, 100)), countWaitMs };
+  return { ...d, statuses: new StatusMemo((dataset) => d.services.inspector.status(dataset, 100)), countWaitMs, reports: new Map() };
 }
 
 /** A dataset's counts, or, while its first read goes on past the page's wait, how many images it holds. */
@@ -32,6 +34,8 @@ export interface QueueSummary {
   name: string;
   counts: Record<string, number>;
   paused: boolean;
+  /** the train queue: how many of its failed jobs are runs stopped with train --cancel (no failures) */
+  cancelled?: number;
 }
 
 export interface Overview {
@@ -50,9 +54,11 @@ export function deploymentQueues(queues: Queues, spaces: SpaceWorkers[]): Queue[
   return [queues.preprocess, ...spaces.map((s) => queues.embed(s.space.id)), queues.train, queues.classify];
 }
 
-async function summarise(q: Queue): Promise<QueueSummary> {
+async function summarise(q: Queue, queues: Queues): Promise<QueueSummary> {
   const [counts, paused] = await Promise.all([q.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'failed', 'completed'), q.isPaused()]);
-  return { name: q.name, counts, paused };
+  // as status says: runs stopped with train --cancel end as failed jobs, and are no failure
+  const cancelled = q === queues.train && counts.failed ? await cancelledRuns(queues) : 0;
+  return { name: q.name, counts, paused, ...(cancelled && { cancelled }) };
 }
 
 // listModelRuns and deploymentWarnings are written for the CLI; they read config and services (and
@@ -67,9 +73,9 @@ export async function loadOverview(d: ConsoleDeps): Promise<Overview> {
   const names = await d.services.datasets.list();
   d.statuses.keepOnly(names);
   const [queues, datasets, runs, { warnings }] = await Promise.all([
-    Promise.all(deploymentQueues(d.queues, spaces).map(summarise)),
+    Promise.all(deploymentQueues(d.queues, spaces).map((q) => summarise(q, d.queues))),
     Promise.all(names.map((n) => countsOf(d, n))),
-    listModelRuns(runsContext(d)),
+    listModelRuns(runsContext(d), undefined, d.reports),
     recentWarnings(
       d,
       spaces.map((s) => s.space.id),
@@ -95,7 +101,7 @@ function recentWarnings(d: ConsoleDeps, spaces: string[]): ReturnType<typeof dep
 /** One dataset with its first failures, or undefined when there is no such dataset. */
 export async function loadDataset(d: ConsoleDeps, dataset: string): Promise<DatasetPage | undefined> {
   if (!(await d.services.datasets.exists(dataset))) return undefined;
-  const [counts, runs] = await Promise.all([countsOf(d, dataset), listModelRuns(runsContext(d), dataset)]);
+  const [counts, runs] = await Promise.all([countsOf(d, dataset), listModelRuns(runsContext(d), dataset, d.reports)]);
   return { ...counts, runs: runs.filter((r) => r.dataset === dataset) };
 }
 

@@ -107,6 +107,14 @@ describe('the overview', () => {
     expect(out).toMatch(/<tr data-dataset="kept">.*<td class="n" data-count="embedded">7<\/td>.*data-counted-ago="10">counted 10 s ago \(a count of its images takes 1\.5 s\)/);
   });
 
+  it("says which of the train queue's failed jobs are cancelled runs, as status does, and does not mark them as failures", () => {
+    const q = (name: string, failed: number, cancelled?: number) => ({ name, counts: { failed }, paused: false, ...(cancelled && { cancelled }) });
+    const o = { datasets: [], runs: [], queues: [q('train', 1, 1), q('classify', 2)], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1];
+    const out = overviewPage(access, o);
+    expect(out).toContain('<a class="" href="/queues/queue/train?status=failed">1</a> <span class="muted" data-cancelled="1">(1 is a run stopped with train --cancel)</span>');
+    expect(out).toContain('<a class="bad" href="/queues/queue/classify?status=failed">2</a></td>');
+  });
+
   it("shows status's warnings first, escaped", () => {
     const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: ['dataset <b>x</b> lost its records: transferline ingest s3://p/x/ -d x'] } as unknown as Parameters<typeof overviewPage>[1];
     expect(overviewPage({ actionsConfigured: false }, o)).toContain('<h1>Datasets and models</h1><ul id="warnings" class="bad"><li>dataset &lt;b&gt;x&lt;/b&gt; lost its records: transferline ingest s3://p/x/ -d x</li></ul>');
