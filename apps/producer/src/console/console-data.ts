@@ -19,11 +19,26 @@ export interface ConsoleDeps {
   countWaitMs: number;
   /** the trained runs' reports read so far: each is read once */
   reports: ReadReports;
+  /** how many of the train queue's `failed` failed jobs are cancelled runs (read again when that number changes, or after a while) */
+  cancelledRuns: (failed: number) => Promise<number>;
 }
+
+/** How long the count of cancelled runs among the train queue's failed jobs is reused while their number stays. */
+const CANCELLED_TTL_MS = 30_000;
 
 /** The console's reads of a deployment, its pages waiting up to `countWaitMs` for a dataset's count. */
 export function consoleDeps(d: Pick<ConsoleDeps, 'services' | 'queues' | 'config'>, countWaitMs: number): ConsoleDeps {
-  return { ...d, statuses: new StatusMemo((dataset) => d.services.inspector.status(dataset, 100)), countWaitMs, reports: new Map() };
+  let cancelled: { failed: number; at: number; count: Promise<number> } | undefined;
+  const cancelledOf = (failed: number) => {
+    // reads up to a thousand failed jobs: not again for every page while nothing failed since
+    if (!cancelled || cancelled.failed !== failed || Date.now() - cancelled.at > CANCELLED_TTL_MS) {
+      const count = cancelledRuns(d.queues);
+      cancelled = { failed, at: Date.now(), count };
+      count.catch(() => (cancelled = undefined));
+    }
+    return cancelled.count;
+  };
+  return { ...d, statuses: new StatusMemo((dataset) => d.services.inspector.status(dataset, 100)), countWaitMs, reports: new Map(), cancelledRuns: cancelledOf };
 }
 
 /** A dataset's counts, or, while its first read goes on past the page's wait, how many images it holds. */
@@ -54,10 +69,10 @@ export function deploymentQueues(queues: Queues, spaces: SpaceWorkers[]): Queue[
   return [queues.preprocess, ...spaces.map((s) => queues.embed(s.space.id)), queues.train, queues.classify];
 }
 
-async function summarise(q: Queue, queues: Queues): Promise<QueueSummary> {
+async function summarise(q: Queue, d: ConsoleDeps): Promise<QueueSummary> {
   const [counts, paused] = await Promise.all([q.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'failed', 'completed'), q.isPaused()]);
   // as status says: runs stopped with train --cancel end as failed jobs, and are no failure
-  const cancelled = q === queues.train && counts.failed ? await cancelledRuns(queues) : 0;
+  const cancelled = q === d.queues.train && counts.failed ? await d.cancelledRuns(counts.failed) : 0;
   return { name: q.name, counts, paused, ...(cancelled && { cancelled }) };
 }
 
@@ -73,7 +88,7 @@ export async function loadOverview(d: ConsoleDeps): Promise<Overview> {
   const names = await d.services.datasets.list();
   d.statuses.keepOnly(names);
   const [queues, datasets, runs, { warnings }] = await Promise.all([
-    Promise.all(deploymentQueues(d.queues, spaces).map((q) => summarise(q, d.queues))),
+    Promise.all(deploymentQueues(d.queues, spaces).map((q) => summarise(q, d))),
     Promise.all(names.map((n) => countsOf(d, n))),
     listModelRuns(runsContext(d), undefined, d.reports),
     recentWarnings(

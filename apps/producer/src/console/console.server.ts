@@ -60,8 +60,8 @@ function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 
 /**
  * Why a page missed its deadline. A dataset's count waits only part of it (StatusMemo), so what
- * is left is Redis not answering, or (Redis answering a PING at once) S3, where the trained runs,
- * their reports and the reviews are.
+ * is left is Redis not answering, or (Redis answering a PING at once) most likely S3, where the
+ * trained runs, their reports and the reviews are.
  */
 async function whyLate(err: DeadlineError, redis: { ping: () => Promise<unknown> }): Promise<string> {
   const answers = await withDeadline(redis.ping(), 1_000, 'Redis').then(
@@ -69,7 +69,7 @@ async function whyLate(err: DeadlineError, redis: { ping: () => Promise<unknown>
     () => false,
   );
   if (!answers) return `${err.message}: Redis does not answer a PING either`;
-  return `${err.message}; Redis answers, so the wait is on S3 (the trained runs, their reports and the reviews are read from the bucket)`;
+  return `${err.message}; Redis answers a PING, so the wait is likely on S3 (the trained runs, their reports and the reviews are read from the bucket)`;
 }
 
 /** The URL to print for a bound address (a wildcard address is reached through loopback). */

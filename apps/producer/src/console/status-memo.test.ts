@@ -74,6 +74,19 @@ describe('StatusMemo', () => {
     expect((await memo.get('big', 20))!.status.total).toBe(8);
   });
 
+  it('a read that fails after an earlier one ended shows the earlier counts (with their age), and the next page reads again', async () => {
+    const { memo, reads, advance } = harness();
+    const a = memo.get('d', 1_000);
+    reads[0]!.end(3);
+    const first = await a;
+    advance(60_000);
+    const b = memo.get('d', 1_000);
+    reads[1]!.fail(new Error('LOADING Redis is loading the dataset in memory'));
+    expect(await b).toBe(first);
+    void memo.get('d', 1_000);
+    expect(reads).toHaveLength(3);
+  });
+
   it('a failed read fails the pages waiting for it, and the next page reads again; one failing unwatched leaves no rejection', async () => {
     const { memo, reads, tick } = harness();
     const a = memo.get('d', 1_000);

@@ -33,7 +33,8 @@ export class StatusMemo {
 
   /**
    * The dataset's counts: fresh, or reused (see above), or the last ones when a read does not
-   * end within `waitMs`; undefined when no read has ended yet. A read that fails rejects.
+   * end within `waitMs` or fails (their age says how old they are); undefined when no read has
+   * ended yet. A read that fails with no earlier counts to show rejects.
    */
   async get(dataset: string, waitMs: number): Promise<Counted | undefined> {
     let e = this.entries.get(dataset);
@@ -42,8 +43,12 @@ export class StatusMemo {
     if (last && this.now() - (last.readAt + last.tookMs) < Math.min(MAX_REUSE_MS, REUSE_FACTOR * last.tookMs)) return last;
     const entry = e;
     entry.reading ??= this.start(dataset, entry);
-    const ended = await within(entry.reading, waitMs);
-    return ended ?? entry.last;
+    try {
+      return (await within(entry.reading, waitMs)) ?? entry.last;
+    } catch (err) {
+      if (entry.last) return entry.last;
+      throw err;
+    }
   }
 
   /** Forgets the datasets not among `datasets` (deleted since). */
