@@ -491,7 +491,7 @@ export async function startClassifierServer(
     res.set('Allow', allowed.join(', '));
     fail(res, 'method-not-allowed', `${req.path} answers ${allowed.filter((m) => m !== 'HEAD').join(', ')}, not ${req.method}`);
   });
-  app.use((_req, res) => void fail(res, 'not-found', 'POST /v1/classify, GET /v1/models, POST /v1/models/reload, /healthz, /metrics'));
+  app.use((_req, res) => void fail(res, 'not-found', Object.entries(ROUTE_METHODS).map(([route, methods]) => `${methods[0]} ${route}`).join(', ')));
 
   // One load at a time: a SIGHUP, a new run landing and POST /v1/models/reload may coincide.
   let reloading: Promise<ClassifierMetadata> | undefined;
