@@ -24,3 +24,17 @@ describe("a worker's /metrics while its role starts", () => {
     }
   });
 });
+
+describe('the metrics of each role', () => {
+  it('show the embed histograms on the embed role only, not empty on the others', async () => {
+    for (const role of ['producer', 'preprocess', 'train']) {
+      const text = await createMetrics(role).registry.metrics();
+      expect(text, role).not.toMatch(/tl_embed_batch_size|tl_embed_forward_seconds/);
+      expect(text, role).toMatch(/^# TYPE tl_jobs_total counter$/m);
+    }
+    const embed = createMetrics('embed');
+    embed.embedBatch.observe(8);
+    expect(await embed.registry.metrics()).toMatch(/^tl_embed_batch_size_count\{role="embed"\} 1$/m);
+    expect(await embed.registry.metrics()).toMatch(/^# TYPE tl_embed_forward_seconds histogram$/m);
+  });
+});

@@ -41,8 +41,9 @@ export function createMetrics(role: string) {
       registers: r,
     }),
     images: new Counter({ name: 'tl_images_total', help: 'Images handled, by stage and outcome (cached = served from the embedding cache)', labelNames: ['stage', 'outcome'] as const, registers: r }),
-    embedBatch: new Histogram({ name: 'tl_embed_batch_size', help: 'Images per forward pass', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: r }),
-    forwardSeconds: new Histogram({ name: 'tl_embed_forward_seconds', help: 'Time of one forward pass', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32], registers: r }),
+    // on the embed role's /metrics only: a histogram without labels shows (empty) wherever it is registered
+    embedBatch: new Histogram({ name: 'tl_embed_batch_size', help: 'Images per forward pass', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: role === 'embed' ? r : [] }),
+    forwardSeconds: new Histogram({ name: 'tl_embed_forward_seconds', help: 'Time of one forward pass', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32], registers: role === 'embed' ? r : [] }),
     modelInfo: new Gauge({ name: 'tl_model_info', help: 'The embedding model this process runs (value 1)', labelNames: ['backend', 'weights', 'embedder'] as const, registers: r }),
     queueJobs: new Gauge({
       name: 'tl_queue_jobs',
