@@ -8,3 +8,20 @@ export function notIngestedAgain(coverage: ReportDoc['coverage'], show: (s: stri
   const left = coverage.notIngestedAgain;
   return left?.length ? `; not ingested again to the end after Redis lost its data, so left out: ${left.map(show).join(', ')}` : '';
 }
+
+/** Fewer validation images of a class than this leave a two-class threshold little to go on. */
+const FEW_FOR_THRESHOLD = 10;
+
+/**
+ * A caution for a two-class threshold chosen on few validation images of a class (a small
+ * dataset's run): the cutoff between so few scores may not hold on new images. Undefined when
+ * there is no threshold or enough images.
+ */
+export function thresholdCaution(v: ReportDoc['validation'], labels: readonly string[], show: (s: string) => string = (s) => s): string | undefined {
+  if (!v.binary) return undefined;
+  const perClass = v.confusionMatrix.map((row) => row.reduce((a, b) => a + b, 0));
+  const fewest = Math.min(...perClass);
+  if (fewest >= FEW_FOR_THRESHOLD) return undefined;
+  const label = labels[perClass.indexOf(fewest)] ?? '?';
+  return `the threshold was chosen on ${v.examples} validation images, ${fewest} of them "${show(label)}": too few to place it well; more images (or a larger --validation-fraction) make it steadier`;
+}

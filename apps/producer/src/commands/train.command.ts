@@ -6,7 +6,7 @@ import { followJob } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { notIngestedAgain } from '../report-words.js';
+import { notIngestedAgain, thresholdCaution } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { lostDatasetLine, lostDatasets, reingestCommands } from '../data-loss.js';
 import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
@@ -270,6 +270,8 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
     const positive = printable(bin.positiveLabel);
     w(`  ROC AUC (validation, positive "${positive}") ${bin.rocAuc === null ? 'n/a (validation holds one class only)' : bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
     w(`  classify and serve call an image "${positive}" when its probability is at least ${bin.threshold.toFixed(3)}: accuracy ${pct(bin.accuracyAtThreshold)} on validation${testAt !== undefined ? `, ${pct(testAt)} on test` : ''} (the figures above and the matrix below are at 0.5)`);
+    const caution = report && thresholdCaution(report.validation, report.labels, printable);
+    if (caution) w(`  note: ${caution}`);
   }
   w(`model: s3://${ctx.config.s3.bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);
   if (!promote) {
