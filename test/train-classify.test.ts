@@ -201,6 +201,7 @@ describe('training runs and classification', () => {
     expect(train.stderr).not.toMatch(/transferline:/);
     expect(train.code).toBe(0);
     expect(train.stdout).not.toMatch(/threshold chosen on validation/);
+    expect(train.stdout).toContain('  no threshold: validation held only "circle", so classify and serve take the most probable label');
     const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'one-class-val', 'report.json'));
     expect(report?.validation.binary).toBeUndefined();
     const models = await runCli(['models', '--json'], stack.env);
@@ -499,6 +500,8 @@ describe('training runs and classification', () => {
     // someone follows the run in training; the cancel says when the run stopped, once, and the
     // follower hears that it was cancelled, not that it failed
     const trainingFollower = runCli(['train', '--follow', 'endless'], stack.env, 150_000);
+    const runsOf = async (outcome: string) => (await scrape(stack.ports.train)).get(`tl_train_runs_total{dataset="shapes",outcome="${outcome}"}`) ?? 0;
+    const [failedBefore, cancelledBefore] = [await runsOf('failed'), await runsOf('cancelled')];
     const long = await runCli(['train', '--cancel', 'endless'], stack.env, 150_000);
     expect({ code: long.code, stderr: long.stderr }).toEqual({ code: 0, stderr: '' });
     expect(long.stdout).toMatch(/^run endless is training: it stops at the end of an epoch, within about a second…\nrun endless was cancelled \(transferline train --cancel\) after epoch \d+ of 10000\n$/);
@@ -509,6 +512,9 @@ describe('training runs and classification', () => {
     expect(trainingFollowed.stderr.match(/cancelled/g)).toHaveLength(1);
     expect(trainingFollowed.stderr).not.toContain('failed');
     expect(await (await ctx.queues.train.getJob(job.id!))!.getState()).toBe('failed');
+    // the train worker counts it as cancelled, not failed (an alert on failed runs stays quiet)
+    await until('the cancelled run to be counted', async () => (await runsOf('cancelled')) === cancelledBefore + 1, 10);
+    expect(await runsOf('failed')).toBe(failedBefore);
     // status counts it among the train queue's failed jobs (BullMQ's state), and says it was a cancel
     const status = await runCli(['status'], stack.env);
     expect(status.stdout).toMatch(/^ {2}train: (1 of its failed jobs is a run|\d+ of its failed jobs are runs) stopped with train --cancel, not (a failure|failures)$/m);
@@ -522,14 +528,18 @@ describe('training runs and classification', () => {
     const done = await runCli(['train', '--cancel', 'shapes-after-prune'], stack.env);
     expect(done.code).toBe(1);
     expect(done.stderr).toContain('run shapes-after-prune ended before it could be cancelled: its model is in the bucket');
-    // the id of a run cancelled in training (no model written) is free for a new run, which says so
-    const reuse = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'endless', '--no-promote'], stack.env);
-    expect({ code: reuse.code, stderr: reuse.stderr.replace(/^training shapes.*\n/gm, '') }).toEqual({ code: 0, stderr: '' });
-    expect(reuse.stdout).toMatch(/^run endless ended without a model \(cancelled\): this run takes its id\nrun endless queued for dataset shapes/m);
-    expect(await store.headObject(bucket, layout.runFile('shapes', 'endless', 'report.json'))).toBeDefined();
-    // one with a model is still refused
-    expect((await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'endless'], stack.env)).code).toBe(2);
-    expect((await runCli(['delete', 'run', 'shapes@endless', '--yes'], stack.env)).code).toBe(0);
+    // the id of a run cancelled in training (no model written) is free for a new run, of any
+    // dataset (run ids are unique across datasets), which says so
+    const reuse = await runCli(['train', '-d', 'duo', '--epochs', '1', '--run-id', 'endless', '--no-promote'], stack.env);
+    expect({ code: reuse.code, stderr: reuse.stderr.replace(/^training duo.*\n/gm, '') }).toEqual({ code: 0, stderr: '' });
+    expect(reuse.stdout).toMatch(/^run endless ended without a model \(cancelled\): this run takes its id\nrun endless queued for dataset duo/m);
+    expect(await store.headObject(bucket, layout.runFile('duo', 'endless', 'report.json'))).toBeDefined();
+    // one with a model is still refused, in its dataset and in another
+    expect((await runCli(['train', '-d', 'duo', '--epochs', '1', '--run-id', 'endless'], stack.env)).code).toBe(2);
+    const otherDataset = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'endless'], stack.env);
+    expect(otherDataset.code).toBe(2);
+    expect(otherDataset.stderr).toMatch(/run id endless is taken by a run of dataset duo/);
+    expect((await runCli(['delete', 'run', 'duo@endless', '--yes'], stack.env)).code).toBe(0);
     const followedReused = await reused;
     expect({ code: followedReused.code, timedOut: followedReused.timedOut }).toEqual({ code: 0, timedOut: false });
     const out = followedReused.stdout;

@@ -18,7 +18,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const handler: Handler<'train'> = async (payload, ctx) => {
     // The dataset's series exist from its first run's start: one that appeared with its first
     // increment would be at 1 when first scraped, and increase() (alerts, dashboards) would miss it.
-    for (const outcome of ['completed', 'failed']) metrics.trainRuns.inc({ dataset: payload.dataset, outcome }, 0);
+    for (const outcome of ['completed', 'failed', 'cancelled']) metrics.trainRuns.inc({ dataset: payload.dataset, outcome }, 0);
     const result = await trainHead(payload, deps, ctx);
     metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'completed' });
     ctx.log.info({ dataset: payload.dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
@@ -33,8 +33,10 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const worker = startWorker('train', handler, {
     ...settings,
     failureReasons: TRAIN_FAILURE_REASONS,
-    // A run counts as failed once it has failed for good: not an attempt retried, nor one put back during an outage.
-    onFinalFailure: async (payload) => void (payload && metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'failed' })),
+    // A run counts as failed once it has failed for good: not an attempt retried, nor one put back
+    // during an outage; one stopped with train --cancel counts as cancelled (an alert on failed
+    // runs must not fire for it).
+    onFinalFailure: async (payload, f) => void (payload && metrics.trainRuns.inc({ dataset: payload.dataset, outcome: f.reason === 'cancelled' ? 'cancelled' : 'failed' })),
   });
   const classifyHandler: Handler<'classify'> = (payload, ctx) => classifyImages(payload, { tf: rt.tf, services, bucket: config.s3.bucket }, ctx);
   const classifier = startWorker('classify', classifyHandler, { ...settings, failureReasons: CLASSIFY_FAILURE_REASONS });

@@ -70,15 +70,18 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   // Run ids name train jobs across datasets (`train --follow RUN` takes the id alone).
   const taken = await ctx.queues.train.getJob(jobId);
   const takenBy = (taken?.data as { dataset?: string } | undefined)?.dataset;
-  if (taken && takenBy !== undefined && takenBy !== o.dataset) {
-    throw new CliExit(EXIT.usage, `transferline: run id ${runId} is taken by a run of dataset ${takenBy} (run ids are unique across datasets): choose another --run-id, or leave it out for a new one`);
-  }
-  const written = await store.headObject(ctx.config.s3.bucket, layout.runFile(o.dataset, runId, 'run.json'));
+  const takenByOther = takenBy !== undefined && takenBy !== o.dataset ? takenBy : undefined;
+  const runJson = (dataset: string) => store.headObject(ctx.config.s3.bucket, layout.runFile(dataset, runId, 'run.json'));
+  const written = await runJson(o.dataset);
   // A run that ended without a model for a reason its worker gave (cancelled, nothing to train
-  // on…) leaves only its failed job: its id may be used again (the job goes when the new run is
-  // queued, and train says so). Not one that failed otherwise (stalled: its worker may live on).
+  // on…) leaves only its failed job: its id may be used again, by any dataset (the job goes when
+  // the new run is queued, and train says so). Not one that failed otherwise (stalled: its
+  // worker may live on), nor one whose model is in the bucket.
   const ended = taken && !written && (await taken.getState()) === 'failed' ? permanentFailureOf(taken.failedReason) : undefined;
-  const replaces = ended && (TRAIN_FAILURE_REASONS as readonly string[]).includes(ended.reason) ? taken : undefined;
+  const replaces = ended && (TRAIN_FAILURE_REASONS as readonly string[]).includes(ended.reason) && !(takenByOther && (await runJson(takenByOther))) ? taken : undefined;
+  if (taken && !replaces && takenByOther) {
+    throw new CliExit(EXIT.usage, `transferline: run id ${runId} is taken by a run of dataset ${takenByOther} (run ids are unique across datasets): choose another --run-id, or leave it out for a new one`);
+  }
   if ((taken && !replaces) || written) {
     throw new CliExit(EXIT.usage, `transferline: run ${runId} exists already (see "transferline models"): choose another --run-id, or leave it out for a new one`);
   }
@@ -262,7 +265,7 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   if (embedded !== undefined && embedded > result.examples) {
     w(`  ${embedded} embedded images, ${result.examples} distinct: copies of the same bytes count once${conflicts ? ', and bytes filed under two labels are left out (below)' : ''}`);
   }
-  if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; \`transferline review\` and \`relabel\` sort them out); copies under one label count once`);
+  if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; move them to their label with \`transferline relabel\`, which \`transferline review\` also suggests when each label has two other images); copies under one label count once`);
   const bin = report?.validation.binary;
   if (bin) {
     // classify and serve decide with the threshold, not at p = 0.5 as the accuracies above and the matrix below
@@ -272,6 +275,9 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
     w(`  classify and serve call an image "${positive}" when its probability is at least ${bin.threshold.toFixed(3)}: accuracy ${pct(bin.accuracyAtThreshold)} on validation${testAt !== undefined ? `, ${pct(testAt)} on test` : ''} (the figures above and the matrix below are at 0.5)`);
     const caution = report && thresholdCaution(report.validation, report.labels, printable);
     if (caution) w(`  note: ${caution}`);
+  } else if (report?.labels.length === 2) {
+    const held = report.labels.filter((_, c) => (report.validation.confusionMatrix[c] ?? []).some((n) => n > 0)).map(printable);
+    w(`  no threshold: validation held ${held.length ? `only "${held.join('", "')}"` : 'no image'}, so classify and serve take the most probable label (more images of each label give validation both)`);
   }
   w(`model: s3://${ctx.config.s3.bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);
   if (!promote) {
