@@ -94,7 +94,8 @@ const maxDiff = (a: Record<string, number>, b: Record<string, number>) => Math.m
 describe('transferline export --format onnx', () => {
   it('writes one model that gives classify\'s probabilities on real photos, with labels and threshold inside', async () => {
     const file = path.join(dir, 'shapes.onnx');
-    const out = await exportCommand(ctx, { model: 'shapes@r1', format: 'onnx', output: file });
+    let said = '';
+    const out = await exportCommand({ ...ctx, out: { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream }, { model: 'shapes@r1', format: 'onnx', output: file });
     expect(out.file).toBe(file);
     const bytes = await readFile(file);
     // what a Python user reads with onnxruntime's get_modelmeta().custom_metadata_map
@@ -103,6 +104,8 @@ describe('transferline export --format onnx', () => {
     expect(Number(meta['transferline.threshold'])).toBeGreaterThan(0);
     expect(meta['transferline.model']).toBe('shapes@r1');
     expect(meta['transferline.embedder']).toBe(stack.space.id);
+    // what it says the file holds is what the file holds
+    expect(said).toContain(`  metadata: ${Object.keys(meta).join(', ')}\n`);
 
     const session = await ort.InferenceSession.create(bytes);
     try {

@@ -1,5 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { classifierMetadataProps } from '@transferline/feature-worker/classifier.export';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, randomWeightsNote } from '../classifier-model.js';
 import { printable } from '../terminal.js';
@@ -29,7 +30,9 @@ export async function exportCommand(ctx: CliContext, o: ExportOptions): Promise<
   w(`  input   pixels         uint8 [N, ${meta.inputSize}, ${meta.inputSize}, 3]  RGB, channels last; resize each image to ${meta.inputSize}×${meta.inputSize} first (${meta.resize === 'squash' ? 'stretch the whole image, as transferline does' : 'centre crop, as transferline does'})`);
   w(`  output  probabilities  float32 [N, ${meta.labels.length}]  in label order: ${meta.labels.map(printable).join(', ')}`);
   if (meta.threshold !== undefined) w(`  two classes: predict "${printable(meta.labels[1]!)}" when its probability ≥ ${meta.threshold.toFixed(4)} (chosen on validation; in the metadata as transferline.threshold)`);
-  w('  metadata: transferline.labels, transferline.threshold, transferline.model, transferline.embedder, transferline.resize');
+  // the keys the file holds (no threshold when validation held one class, or for more than two)
+  w(`  metadata: ${Object.keys(classifierMetadataProps(meta)).join(', ')}`);
+  if (meta.threshold === undefined && meta.labels.length === 2) w('  no threshold: validation held one class only, so the most probable label wins');
   const random = randomWeightsNote(meta);
   if (random) w(`  ${random}`);
   return { file, bytes: model.bytes.length };
