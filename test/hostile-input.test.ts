@@ -170,8 +170,14 @@ describe('small CLI holes', () => {
       expect(again.stdout).toBe('uploaded 1 files to s3://photos-typo/x/\n');
       const missing = await cli(['upload', path.join(dir, 'nope'), 's3://photos-typo/x/']);
       expect(missing.code).toBe(1);
-      expect(missing.stderr).toContain(`transferline: no folder ${path.join(dir, 'nope')} here`);
+      expect(missing.stderr).toContain(`transferline: no folder ${path.join(dir, 'nope')}\n`);
       expect(missing.stderr).not.toMatch(/ENOENT|scandir/);
+      // a name S3 would refuse is said so, not an UnknownError from the HEAD of a bucket
+      for (const name of ['Bad_Bucket', 'ab']) {
+        const bad = await cli(['upload', dir, `s3://${name}/x/`]);
+        expect(bad.code).toBe(1);
+        expect(bad.stderr).toBe(`transferline: "${name}" cannot be a bucket's name: 3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit\n`);
+      }
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

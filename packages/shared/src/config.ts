@@ -1,6 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import { isBucketName } from './labels.js';
 import { redactIfSecret } from './redact.js';
 
 const bool = z
@@ -53,7 +54,7 @@ const EnvSchema = z.object({
     S3_FORCE_PATH_STYLE: bool.default(true),
     TL_BUCKET: z
       .string()
-      .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be a valid S3 bucket name')
+      .refine(isBucketName, 'must be a valid S3 bucket name')
       .default('transferline'),
     TL_PREFIX: z
       .string()

@@ -72,3 +72,15 @@ export function relabelKey(prefix: string, key: string, label: string): string {
   if (bytes > S3_MAX_KEY_BYTES) throw new Error(`the new key would be ${bytes} bytes long, and S3 keys are at most ${S3_MAX_KEY_BYTES}: choose a shorter label`);
   return moved;
 }
+
+/**
+ * Whether S3 takes `name` for a new bucket: 3-63 lowercase letters, digits, dots and hyphens,
+ * starting and ending with a letter or digit, no two dots in a row (what MinIO and the embedded
+ * server enforce too).
+ */
+export function isBucketName(name: string): boolean {
+  return /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(name) && !name.includes('..');
+}
+
+/** What a bucket name must be, in words, for an error message. */
+export const BUCKET_NAME_RULE = '3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit';

@@ -1,7 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import pMap from 'p-map';
-import { parseS3Url } from '@transferline/shared';
+import { BUCKET_NAME_RULE, isBucketName, parseS3Url } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
 
@@ -23,12 +23,13 @@ export async function listFiles(dir: string): Promise<string[]> {
 export async function uploadCommand(ctx: CliContext, dir: string, url: string, parallel = 8): Promise<number> {
   const { bucket, prefix } = parseS3Url(url);
   const files = await listFiles(dir).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') throw new Error(`no folder ${dir} here (${path.resolve(dir)})`);
+    if (err.code === 'ENOENT') throw new Error(`no folder ${dir}${path.isAbsolute(dir) ? '' : ` here (${path.resolve(dir)})`}`);
     if (err.code === 'ENOTDIR') throw new Error(`${dir} is a file: upload takes a folder with one sub-folder per label`);
     throw err;
   });
   if (files.length === 0) throw new Error(`no files under ${dir}`);
   // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
+  if (!isBucketName(bucket)) throw new Error(`${JSON.stringify(bucket)} cannot be a bucket's name: ${BUCKET_NAME_RULE}`);
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
   const bar = createProgress('uploading');
   let done = 0;

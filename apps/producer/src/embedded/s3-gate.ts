@@ -2,7 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { S3_MAX_KEY_BYTES } from '@transferline/shared/labels';
+import { isBucketName, S3_MAX_KEY_BYTES } from '@transferline/shared/labels';
 import { Sha256 } from '@transferline/shared/s3-signing';
 
 /**
@@ -36,11 +36,6 @@ const AUTH_RE = /^AWS4-HMAC-SHA256\s+Credential=([^/,\s]+)\/(\d{8})\/([^/,\s]+)\
 
 function refuse(status: number, code: string, message: string): GateRefusal {
   return { status, code, message };
-}
-
-/** S3's bucket naming rules, which also keep "." and ".." (a folder outside the data) and "/" out. */
-export function isBucketName(name: string): boolean {
-  return /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(name) && !name.includes('..');
 }
 
 /** Why a request's key cannot be stored, or null. `rawPath` is the path as sent (percent-encoded). */

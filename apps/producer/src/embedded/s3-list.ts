@@ -2,7 +2,8 @@ import { readFileSync, statSync, type Stats } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
-import { isBucketName, type GateRefusal } from './s3-gate.js';
+import { isBucketName } from '@transferline/shared/labels';
+import type { GateRefusal } from './s3-gate.js';
 import { besideObject, md5OfBytes, OBJECT_SUFFIX, STORED_ETAG } from './s3-plain-get.js';
 
 /**
