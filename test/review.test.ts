@@ -104,7 +104,7 @@ describe('review and relabel', () => {
     expect(text.stdout).toMatch(/look mislabelled/);
     expect(text.stdout).toMatch(/most uncertain/);
     // each uncertain image with the label it is confused with, never its own label twice
-    const [head, rest] = text.stdout.split('the 6 most uncertain of the others (the model cannot tell):\n');
+    const [head, rest] = text.stdout.split('the 6 most uncertain of the others (lowest top probability first):\n');
     const uncertainRows = rest!.split('\nfull list')[0]!.split('\n').slice(1);
     expect(uncertainRows).toHaveLength(6);
     // an image listed as mislabelled is not listed again among the uncertain ones

@@ -81,6 +81,8 @@ export interface Review {
   space: string;
   labels: string[];
   folds: number;
+  /** set when there are fewer folds than asked: the label with the fewest fittable images, and how many */
+  foldsLimitedBy?: { label: string; images: number };
   /** distinct images among the lines: copies of the same bytes are one (one fold, fitted once) */
   distinct: number;
   /** issues first (least likely given label first), then the rest by pGiven */
@@ -122,7 +124,8 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   const groups = copyGroups(items, y);
   const perClass = labels.map((_, c) => groups.filter((g) => g.label === c).length);
   const smallest = Math.min(...perClass);
-  const folds = Math.min(o.folds ?? 5, smallest);
+  const asked = o.folds ?? 5;
+  const folds = Math.min(asked, smallest);
   if (folds < 2) {
     const few = labels.filter((_, c) => perClass[c]! < 2).map((l) => {
       const c = classOf.get(l)!;
@@ -205,7 +208,9 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
     };
   });
   lines.sort((a, b) => Number(b.issue) - Number(a.issue) || a.pGiven - b.pGiven);
-  return { dataset: o.dataset, space, labels, folds, lines, distinct: groups.length, issues: lines.filter((l) => l.issue).length, notYetEmbedded, seconds: (performance.now() - started) / 1000 };
+  // fewer folds than asked: each fold needs an image of every label
+  const fewest = labels[perClass.indexOf(smallest)]!;
+  return { dataset: o.dataset, space, labels, folds, ...(folds < asked && { foldsLimitedBy: { label: fewest, images: smallest } }), lines, distinct: groups.length, issues: lines.filter((l) => l.issue).length, notYetEmbedded, seconds: (performance.now() - started) / 1000 };
 }
 
 /** Where an object moves and what happened. */

@@ -36,13 +36,14 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   const row = (l: ReviewLine) => `  ${pct(l.pGiven)}  ${printable(l.given)} → ${printable(l.suggested)} (${pct(l.pSuggested).trim()})  ${printable(l.key)}`;
   const copies = review.lines.length - review.distinct;
   const distinct = copies ? `, ${review.distinct} distinct (copies of the same bytes count once and share a fold)` : '';
-  w(`review of ${o.dataset}: ${review.lines.length} embedded images${distinct}, ${review.folds}-fold out-of-fold predictions in ${review.seconds.toFixed(1)} s`);
+  const limited = review.foldsLimitedBy ? ` (not ${o.folds ?? 5}: ${printable(review.foldsLimitedBy.label)} has ${review.foldsLimitedBy.images} images to fit on, and every fold needs one)` : '';
+  w(`review of ${o.dataset}: ${review.lines.length} embedded images${distinct}, ${review.folds}-fold${limited} out-of-fold predictions in ${review.seconds.toFixed(1)} s`);
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
   w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
   w('  p(given)  given → suggested  key');
   const { issues, uncertain } = reviewHighlights(review.lines, { issues: top, uncertain: Math.min(top, 10) });
   for (const l of issues) w(row(l));
-  w(`the ${uncertain.length} most uncertain${issues.length ? ' of the others' : ''} (the model cannot tell):`);
+  w(`the ${uncertain.length} most uncertain${issues.length ? ' of the others' : ''} (lowest top probability first):`);
   // here the suggested label is often the given one: the label it is confused with says more
   w('  p(given)  given, or the likeliest other label  key');
   for (const l of uncertain) {
