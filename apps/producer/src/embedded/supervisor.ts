@@ -125,8 +125,9 @@ export class SupervisedProcess {
       log.end();
       const again = s.onExit?.(code, signal) !== false;
       if (this.stopping || !again) return;
-      this.restarts = Date.now() - startedAt > 60_000 ? 0 : this.restarts + 1;
-      const delay = Math.min(30_000, 500 * 2 ** (this.restarts - 1));
+      const next = nextRestart(this.restarts, Date.now() - startedAt);
+      this.restarts = next.restarts;
+      const delay = next.delayMs;
       this.onEvent(`${s.name} exited (${signal ?? code}); restarting in ${(delay / 1000).toFixed(1)} s — see ${s.logFile}`);
       setTimeout(() => {
         if (this.stopping) return;
@@ -267,6 +268,16 @@ export class Supervisor {
   async stop(timeoutMs = STOP_GRACE_MS): Promise<void> {
     await Promise.all([...this.children.values()].map((c) => c.stop(timeoutMs)));
   }
+}
+
+/**
+ * When a process that exited is started again: 0.5 s after it exits, doubling (up to 30 s) for
+ * each exit within a minute of its start; one that ran longer starts the count again at its first
+ * restart (`restarts`: how many quick exits in a row, counting this one).
+ */
+export function nextRestart(restarts: number, ranMs: number): { restarts: number; delayMs: number } {
+  const n = ranMs > 60_000 ? 1 : restarts + 1;
+  return { restarts: n, delayMs: Math.min(30_000, 500 * 2 ** (n - 1)) };
 }
 
 /** Who most likely holds a port the embedded stack wants: the same stack, up in another terminal. */
