@@ -135,6 +135,8 @@ describe('bad input fails alone, with a reason', () => {
     const lines = (await readFile(path.join(stack.dataDir, 'logs', 'preprocess.log'), 'utf8')).split('\n').filter((l) => l.includes('"failed for good"'));
     const logged = Object.fromEntries(lines.map((l) => JSON.parse(l) as { object: string; reason: string }).map((l) => [l.object.replace(/^s3:\/\//, ''), l.reason]));
     expect(logged).toEqual(expected);
+    // with the attempt under the key the job's other lines use
+    for (const l of lines) expect(JSON.parse(l)).toMatchObject({ attempt: 1 });
     // every line is plain JSON with no key twice (a log shipper keeps one of two, or refuses the line)
     for (const role of ['preprocess', 'embed']) {
       const all = (await readFile(path.join(stack.dataDir, 'logs', `${role}.log`), 'utf8')).split('\n').filter((l) => l.startsWith('{'));

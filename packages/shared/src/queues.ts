@@ -315,7 +315,8 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
     // finishedOn is set only when BullMQ moved the job to failed for good (no retry left).
     const final = job.finishedOn !== undefined && job.finishedOn !== null;
     s.metrics.jobs.inc({ ...label, outcome: final ? 'failed' : 'retried' });
-    const log = s.log.child({ queue: spec.queue, jobId: job.id, attempts: job.attemptsMade });
+    // `attempt`, as on the job's other lines: the attempt that failed (the last one made)
+    const log = s.log.child({ queue: spec.queue, jobId: job.id, attempt: job.attemptsMade });
     if (!final) {
       log.warn({ err }, 'job failed; will retry');
       return;
