@@ -132,6 +132,8 @@ describe('a bucket that changes under the pipeline', () => {
     await ctx.services.store.deleteObject(photos, 'shrinking/square/5.jpg');
     const again = await cli(['ingest', `s3://${photos}/shrinking/`, '-d', 'shrinking']);
     expect(again.code).toBe(0);
+    // a reason asked of a dataset with no failures (a typo, or the wrong dataset): said
+    expect((await cli(['failures', '-d', 'shrinking', '--reason', 'truncate'])).stdout).toBe('dataset shrinking: 0 failed with truncate; it has no failed images\n');
     expect(again.stdout).toMatch(/10 objects listed, .*2 removed from the dataset \(deleted from the bucket\)/);
     expect(again.stdout).toMatch(/dataset shrinking: 10 images, 10 embedded .*0 failed, 0 pending/);
     const train = await cli(['train', '-d', 'shrinking', '--epochs', '10', '--run-id', 'after-delete']);
@@ -168,6 +170,11 @@ describe('small CLI holes', () => {
       expect(fresh.stdout).toBe('created bucket s3://photos-typo (it did not exist)\nuploaded 1 files to s3://photos-typo/x/\n');
       const again = await cli(['upload', dir, 's3://photos-typo/x/']);
       expect(again.stdout).toBe('uploaded 1 files to s3://photos-typo/x/\n');
+      // a file beside the label folders has no label: said before it is uploaded
+      await writeFile(path.join(dir, 'loose.jpg'), await renderSample('circle', 2, 5, 64));
+      const loose = await cli(['upload', dir, 's3://photos-typo/y/']);
+      expect(loose.stdout).toContain(`note: 1 of the 2 files are not in a label folder ("loose.jpg"): ingest skips them; put them in a folder per label (${path.join(dir, 'LABEL', 'loose.jpg')})\n`);
+      await rm(path.join(dir, 'loose.jpg'));
       const missing = await cli(['upload', path.join(dir, 'nope'), 's3://photos-typo/x/']);
       expect(missing.code).toBe(1);
       expect(missing.stderr).toContain(`transferline: no folder ${path.join(dir, 'nope')}\n`);

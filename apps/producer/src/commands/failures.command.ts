@@ -19,7 +19,7 @@ export async function failuresCommand(ctx: CliContext, o: { dataset: string; rea
   const byReason = new Map<string, number>();
   for (const f of failures) byReason.set(f.reason, (byReason.get(f.reason) ?? 0) + 1);
   // a reason nothing failed with (a typo?): the reasons there are
-  const others = failures.length === 0 && status.failed > 0 ? `; its ${status.failed} failed with ${status.failuresByReason.map((r) => `${r.stage} ${r.reason} ${r.count}`).join(', ')}` : '';
+  const others = !o.reason || failures.length > 0 ? '' : status.failed > 0 ? `; its ${status.failed} failed with ${status.failuresByReason.map((r) => `${r.stage} ${r.reason} ${r.count}`).join(', ')}` : '; it has no failed images';
   ctx.out.write(`dataset ${o.dataset}: ${failures.length} failed${o.reason ? ` with ${o.reason}` : ''}${byReason.size ? ` (${[...byReason].map(([r, n]) => `${r} ${n}`).join(', ')})` : ''}${others}\n`);
   for (const f of failures) {
     ctx.out.write(`  ${printable(f.object)}  ${f.stage} ${f.reason}${f.attempts ? ` after ${f.attempts} attempt${f.attempts === 1 ? '' : 's'}` : ''}${f.detail ? `  ${printable(f.detail)}` : ''}\n`);

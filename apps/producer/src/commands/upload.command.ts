@@ -28,6 +28,9 @@ export async function uploadCommand(ctx: CliContext, dir: string, url: string, p
     throw err;
   });
   if (files.length === 0) throw new Error(`no files under ${dir}`);
+  // ingest takes the first folder below the prefix for the label: files right in the folder have none
+  const loose = files.filter((f) => !f.includes('/'));
+  if (loose.length) ctx.out.write(`note: ${loose.length} of the ${files.length} files are not in a label folder (${loose.slice(0, 3).map((f) => JSON.stringify(f)).join(', ')}${loose.length > 3 ? ', …' : ''}): ingest skips them; put them in a folder per label (${path.join(dir, 'LABEL', loose[0]!)})\n`);
   // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
   if (!isBucketName(bucket)) throw new Error(`${JSON.stringify(bucket)} cannot be a bucket's name: ${BUCKET_NAME_RULE}`);
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
