@@ -81,8 +81,8 @@ export interface Review {
   space: string;
   labels: string[];
   folds: number;
-  /** set when there are fewer folds than asked: the label with the fewest fittable images, and how many */
-  foldsLimitedBy?: { label: string; images: number };
+  /** set when there are fewer folds than asked: how many were, the label with the fewest fittable images, and how many */
+  foldsLimitedBy?: { asked: number; label: string; images: number };
   /** distinct images among the lines: copies of the same bytes are one (one fold, fitted once) */
   distinct: number;
   /** issues first (least likely given label first), then the rest by pGiven */
@@ -210,7 +210,7 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   lines.sort((a, b) => Number(b.issue) - Number(a.issue) || a.pGiven - b.pGiven);
   // fewer folds than asked: each fold needs an image of every label
   const fewest = labels[perClass.indexOf(smallest)]!;
-  return { dataset: o.dataset, space, labels, folds, ...(folds < asked && { foldsLimitedBy: { label: fewest, images: smallest } }), lines, distinct: groups.length, issues: lines.filter((l) => l.issue).length, notYetEmbedded, seconds: (performance.now() - started) / 1000 };
+  return { dataset: o.dataset, space, labels, folds, ...(folds < asked && { foldsLimitedBy: { asked, label: fewest, images: smallest } }), lines, distinct: groups.length, issues: lines.filter((l) => l.issue).length, notYetEmbedded, seconds: (performance.now() - started) / 1000 };
 }
 
 /** Where an object moves and what happened. */

@@ -36,7 +36,7 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   const row = (l: ReviewLine) => `  ${pct(l.pGiven)}  ${printable(l.given)} → ${printable(l.suggested)} (${pct(l.pSuggested).trim()})  ${printable(l.key)}`;
   const copies = review.lines.length - review.distinct;
   const distinct = copies ? `, ${review.distinct} distinct (copies of the same bytes count once and share a fold)` : '';
-  const limited = review.foldsLimitedBy ? ` (not ${o.folds ?? 5}: ${printable(review.foldsLimitedBy.label)} has ${review.foldsLimitedBy.images} images to fit on, and every fold needs one)` : '';
+  const limited = review.foldsLimitedBy ? ` (not ${review.foldsLimitedBy.asked}: ${printable(review.foldsLimitedBy.label)} has ${review.foldsLimitedBy.images} images to fit on, and every fold needs one)` : '';
   w(`review of ${o.dataset}: ${review.lines.length} embedded images${distinct}, ${review.folds}-fold${limited} out-of-fold predictions in ${review.seconds.toFixed(1)} s`);
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
   w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
