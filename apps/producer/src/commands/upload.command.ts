@@ -1,7 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import pMap from 'p-map';
-import { BUCKET_NAME_RULE, isBucketName, parseS3Url } from '@transferline/shared';
+import { BUCKET_NAME_RULE, isBucketName, itemFromKey, parseS3Url } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
 
@@ -28,11 +28,11 @@ export async function uploadCommand(ctx: CliContext, dir: string, url: string, p
     throw err;
   });
   if (files.length === 0) throw new Error(`no files under ${dir}`);
-  // ingest takes the first folder below the prefix for the label: files right in the folder have none
-  const loose = files.filter((f) => !f.includes('/'));
+  // files that ingest would find no label for (not in a label folder), by ingest's own rule
+  const loose = files.filter((f) => itemFromKey(prefix, `${prefix}${f}`) === undefined);
   if (loose.length) ctx.out.write(`note: ${loose.length} of the ${files.length} files are not in a label folder (${loose.slice(0, 3).map((f) => JSON.stringify(f)).join(', ')}${loose.length > 3 ? ', …' : ''}): ingest skips them; put them in a folder per label (${path.join(dir, 'LABEL', loose[0]!)})\n`);
-  // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
   if (!isBucketName(bucket)) throw new Error(`${JSON.stringify(bucket)} cannot be a bucket's name: ${BUCKET_NAME_RULE}`);
+  // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
   const bar = createProgress('uploading');
   let done = 0;
