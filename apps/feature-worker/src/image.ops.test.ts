@@ -104,6 +104,22 @@ describe('prepareImage', () => {
     const corrupt = Buffer.from(png);
     for (let i = 200; i < 260; i++) corrupt[i]! ^= 0x55;
     expect(await reasonOf(corrupt)).toBe('undecodable');
+    // a corrupt header is not a short file: garbage after the signature, a first chunk that is
+    // not IHDR, a chunk type that is not four letters (sharp says "corrupt header:" and no more)
+    const junk = Buffer.concat([png.subarray(0, 8), Buffer.alloc(200, 0x41)]);
+    const notIhdr = Buffer.from(png);
+    notIhdr.write('QQQQ', 12, 'latin1');
+    const badType = Buffer.from(png);
+    badType.write('I~AT', 37, 'latin1');
+    for (const [name, bytes] of Object.entries({ junk, notIhdr, badType })) {
+      expect(looksTruncated('png', bytes), name).toBe(false);
+      const err = await prepareImage(bytes, OPTS).then(() => undefined, (e: unknown) => e as PermanentError);
+      expect(err?.reason, name).toBe('undecodable');
+      expect(err?.message, name).not.toMatch(/:$/);
+    }
+    // cut inside a chunk, and cut between chunks before IEND
+    expect(looksTruncated('png', png.subarray(0, 100))).toBe(true);
+    expect(looksTruncated('png', png.subarray(0, 33))).toBe(true);
   });
 
   it('gives each image its own reason and message when many fail at once', async () => {

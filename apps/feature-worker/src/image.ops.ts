@@ -127,7 +127,8 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
  */
 export function classifyDecodeError(err: Error, format: string, bytes: Uint8Array): PermanentError {
   // libvips's last lines, each once (a line can come twice; "Unknown error" is no message at all)
-  const lines = [...new Set(err.message.split('\n').map((l) => l.trim()).filter((l) => l && !/^unknown error$/i.test(l)))];
+  // (sharp's "Input buffer has corrupt header: " is followed by nothing when libvips said nothing)
+  const lines = [...new Set(err.message.split('\n').map((l) => l.trim().replace(/:$/, '')).filter((l) => l && !/^unknown error$/i.test(l)))];
   const m = lines.slice(-3).join('; ');
   if (/pixel limit/i.test(err.message)) return new PermanentError('too-many-pixels', m);
   if (/timeout/i.test(err.message)) return new PermanentError('decode-timeout', m);
@@ -196,8 +197,19 @@ export function looksTruncated(format: string, b: Uint8Array): boolean {
       for (let i = t.length - 2; i >= 0; i--) if (t[i] === 0xff && t[i + 1] === 0xd9) return false;
       return true;
     }
-    case 'png':
-      return !ascii(tail(64), 0, 64).includes('IEND');
+    case 'png': {
+      // Chunks (length, type, data, CRC) follow the signature up to IEND. The file is cut short
+      // when they run past its end or stop before IEND; chunks that make no sense (a type that is
+      // not four letters, IHDR not first) are a corrupt file, not a short one.
+      let at = 8;
+      while (at + 8 <= b.length) {
+        const type = ascii(b, at + 4, 4);
+        if (!/^[A-Za-z]{4}$/.test(type) || (at === 8 && type !== 'IHDR') || u32be(b, at) > 0x7fffffff) return false;
+        if (type === 'IEND') return false;
+        at += 12 + u32be(b, at);
+      }
+      return true;
+    }
     case 'gif':
       return !tail(16).includes(0x3b);
     case 'webp':
