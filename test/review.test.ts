@@ -95,9 +95,18 @@ describe('review and relabel', () => {
     // an image not embedded yet (its job lost: orphaned) is left out, and said so
     const pendingId = `${bucket}/train/circle/not-yet.jpg`;
     await ctx.services.datasets.putItem('noisy', pendingId, { label: 'circle', etag: 'e-not-yet', state: 'pending' });
+    // and one that failed for good is left out too; a circle's bytes filed under square as well
+    // are predicted but fitted under neither: the header counts both
+    const failedId = `${bucket}/train/circle/broken.jpg`;
+    await ctx.services.datasets.putItem('noisy', failedId, { label: 'circle', etag: 'e-broken', state: 'failed', stage: 'preprocess', reason: 'truncated' });
+    const circle = (await ctx.services.datasets.getItems('noisy', [r.lines.find((l) => l.given === 'circle')!.key.replace('s3://', '')]))[0]!;
+    const tornId = `${bucket}/train/square/also-a-circle.jpg`;
+    await ctx.services.datasets.putItem('noisy', tornId, { ...circle, label: 'square' });
     const text = await runCli(['review', '-d', 'noisy', '--top', '6'], stack.env, 240_000);
-    await ctx.services.datasets.removeItems('noisy', [pendingId]);
-    expect(text.stdout).toMatch(/^review of noisy: 60 embedded images, 5-fold/m);
+    await ctx.services.datasets.removeItems('noisy', [pendingId, failedId, tornId]);
+    expect(text.stdout).toMatch(/^review of noisy: 61 embedded images, 60 distinct \(copies of the same bytes count once and share a fold\), 5-fold/m);
+    expect(text.stdout).toMatch(/^ {2}1 of them is filed under more than one label: predicted, but fitted under none \(move it with transferline relabel\)$/m);
+    expect(text.stdout).toMatch(/^ {2}left out: 1 failed image \(see transferline failures -d noisy\)$/m);
     expect(text.stdout).toMatch(/^ {2}left out: 1 images not embedded yet \(on their way, or orphaned: see transferline status\)/m);
     // progress, fold by fold (a plain line per update off a terminal)
     expect(text.stderr).toMatch(/^review of noisy: folds: 5\/5 fitted$/m);

@@ -238,7 +238,8 @@ describe('training runs and classification', () => {
     // the images trained on, and why fewer than embedded: both copies of the conflicting bytes out, the duplicate once
     const distinct = report.split.train + report.split.validation + report.split.test;
     expect(report.coverage.embedded - distinct).toBe(3);
-    expect(train.stdout).toContain(`  ${report.coverage.embedded} embedded images, ${distinct} distinct: copies of the same bytes count once, and bytes filed under two labels are left out (below)\n`);
+    // the distinct bytes are those used and the conflicting ones (one distinct image, left out)
+    expect(train.stdout).toContain(`  ${report.coverage.embedded} embedded images, ${distinct + 1} distinct (copies of the same bytes count once), ${distinct} used: bytes filed under two labels are left out (below)\n`);
   });
 
   it('refuses bad training settings with exit 2 before it waits or enqueues anything', async () => {

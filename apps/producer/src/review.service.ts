@@ -90,6 +90,10 @@ export interface Review {
   issues: number;
   /** images not embedded yet (still on their way, or orphaned): left out of this review */
   notYetEmbedded: number;
+  /** images that failed for good: left out of this review */
+  failed: number;
+  /** distinct images filed under more than one label: predicted, fitted under none */
+  underTwoLabels: number;
   seconds: number;
 }
 
@@ -109,10 +113,12 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   if (!space) throw new Error(`dataset ${o.dataset} has not been ingested into an embedding space yet`);
   const items: { id: string; sha256: string; label: string }[] = [];
   let notYetEmbedded = 0;
+  let failed = 0;
   for await (const page of inspector.scan(o.dataset)) {
     for (const v of page) {
       if (v.phase === 'embedded' && v.space === space && v.record.sha256) items.push({ id: v.id, sha256: v.record.sha256, label: v.record.label });
-      else if (v.phase !== 'failed') notYetEmbedded++;
+      else if (v.phase === 'failed') failed++;
+      else notYetEmbedded++;
     }
   }
   items.sort((a, b) => (a.sha256 < b.sha256 ? -1 : a.sha256 > b.sha256 ? 1 : a.id < b.id ? -1 : 1));
@@ -210,7 +216,7 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   lines.sort((a, b) => Number(b.issue) - Number(a.issue) || a.pGiven - b.pGiven);
   // fewer folds than asked: each fold needs an image of every label
   const fewest = labels[perClass.indexOf(smallest)]!;
-  return { dataset: o.dataset, space, labels, folds, ...(folds < asked && { foldsLimitedBy: { asked, label: fewest, images: smallest } }), lines, distinct: groups.length, issues: lines.filter((l) => l.issue).length, notYetEmbedded, seconds: (performance.now() - started) / 1000 };
+  return { dataset: o.dataset, space, labels, folds, ...(folds < asked && { foldsLimitedBy: { asked, label: fewest, images: smallest } }), lines, distinct: groups.length, underTwoLabels: groups.filter((g) => g.label === undefined).length, issues: lines.filter((l) => l.issue).length, notYetEmbedded, failed, seconds: (performance.now() - started) / 1000 };
 }
 
 /** Where an object moves and what happened. */

@@ -38,6 +38,8 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   const distinct = copies ? `, ${review.distinct} distinct (copies of the same bytes count once and share a fold)` : '';
   const limited = review.foldsLimitedBy ? ` (not ${review.foldsLimitedBy.asked}: ${printable(review.foldsLimitedBy.label)} has ${review.foldsLimitedBy.images} images to fit on, and every fold needs one)` : '';
   w(`review of ${o.dataset}: ${review.lines.length} embedded images${distinct}, ${review.folds}-fold${limited} out-of-fold predictions in ${review.seconds.toFixed(1)} s`);
+  if (review.underTwoLabels) w(`  ${review.underTwoLabels} of them ${review.underTwoLabels === 1 ? 'is' : 'are'} filed under more than one label: predicted, but fitted under none (move ${review.underTwoLabels === 1 ? 'it' : 'them'} with transferline relabel)`);
+  if (review.failed) w(`  left out: ${review.failed} failed image${review.failed === 1 ? '' : 's'} (see transferline failures -d ${o.dataset})`);
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
   w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
   w('  p(given)  given → suggested  key');

@@ -263,7 +263,8 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   // what the example count above leaves unsaid: identical bytes are one example
   const embedded = report?.coverage.embedded;
   if (embedded !== undefined && embedded > result.examples) {
-    w(`  ${embedded} embedded images, ${result.examples} distinct: copies of the same bytes count once${conflicts ? ', and bytes filed under two labels are left out (below)' : ''}`);
+    // distinct bytes = those used + those filed under two labels (left out)
+    w(`  ${embedded} embedded images, ${result.examples + conflicts} distinct (copies of the same bytes count once)${conflicts ? `, ${result.examples} used: bytes filed under two labels are left out (below)` : ''}`);
   }
   if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; move them to their label with \`transferline relabel\`, which \`transferline review\` also suggests when each label has two other images); copies under one label count once`);
   const bin = report?.validation.binary;
