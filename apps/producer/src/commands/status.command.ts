@@ -1,4 +1,5 @@
-import { permanentFailureOf, redisEvictionRisk, S3UnreachableError, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues } from '@transferline/shared';
+import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers } from '@transferline/shared';
+import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { lossOver, lostDatasetLine, lostDatasets, recordLostDatasets } from '../data-loss.js';
@@ -30,22 +31,28 @@ export async function cancelledRuns(queues: Pick<Queues, 'train'>): Promise<numb
   return failed.filter((j) => permanentFailureOf(j?.failedReason)?.reason === 'cancelled').length;
 }
 
+/** Every queue of the deployment in the pipeline's order: preprocess, one embed queue per published space, train, classify. */
+export function deploymentQueues(queues: Queues, spaces: SpaceWorkers[]): Queue[] {
+  return [queues.preprocess, ...spaces.map((s) => queues.embed(s.space.id)), queues.train, queues.classify];
+}
+
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
   const { datasets: repo, inspector, spaces: registry, cache } = ctx.services;
   if (o.dataset && !(await repo.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset}; known: ${(await repo.list()).join(', ') || '(none)'}`);
+  const listed = await registry.list();
   const queues: StatusReport['queues'] = {};
-  for (const [name, q] of [['preprocess', ctx.queues.preprocess], ['train', ctx.queues.train], ['classify', ctx.queues.classify]] as const) {
+  // in the pipeline's order, as the console lists them; an embed queue's workers are its space's live ones
+  for (const q of deploymentQueues(ctx.queues, listed)) {
     const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
-    queues[name] = { ...counts, workers: await q.getWorkersCount(), paused: await ctx.services.paused.list(q.name) };
+    const space = listed.find((s) => q.name === queueName('embed', s.space.id));
+    queues[q.name] = { ...counts, workers: space ? space.workers.length : await q.getWorkersCount(), paused: await ctx.services.paused.list(q.name) };
   }
   // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no failure
   if (queues.train!.failed) queues.train!.cancelled = await cancelledRuns(ctx.queues);
   const spaces: SpaceStatus[] = [];
-  for (const { space, workers } of await registry.list()) {
-    const q = ctx.queues.embed(space.id);
-    const c = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
-    queues[`embed.${space.id}`] = { ...c, workers: workers.length, paused: await ctx.services.paused.list(q.name) };
+  for (const { space, workers } of listed) {
+    const c = queues[queueName('embed', space.id)]!;
     spaces.push({ space, workers, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), cached: await cache.size(space.id) });
   }
   const names = o.dataset ? [o.dataset] : await repo.list();

@@ -4,7 +4,7 @@ import { DatasetRepository, ReportDoc, ReviewLine, parseJsonLines, type Config, 
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { listModelRuns, type ModelRun, type ReadReports } from '../commands/models.command.js';
-import { cancelledRuns, deploymentWarnings } from '../commands/status.command.js';
+import { cancelledRuns, deploymentQueues, deploymentWarnings } from '../commands/status.command.js';
 import type { ReviewView } from './review.page.js';
 import { StatusMemo, type Counted } from './status-memo.js';
 
@@ -63,11 +63,6 @@ export interface Overview {
 }
 
 export type DatasetPage = DatasetCounts & { runs: ModelRun[] };
-
-/** Every queue of the deployment: the fixed ones, then one embed queue per published space. */
-export function deploymentQueues(queues: Queues, spaces: SpaceWorkers[]): Queue[] {
-  return [queues.preprocess, ...spaces.map((s) => queues.embed(s.space.id)), queues.train, queues.classify];
-}
 
 async function summarise(q: Queue, d: ConsoleDeps): Promise<QueueSummary> {
   const [counts, paused] = await Promise.all([q.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'failed', 'completed'), q.isPaused()]);
