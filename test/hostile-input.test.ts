@@ -134,6 +134,7 @@ describe('a bucket that changes under the pipeline', () => {
     expect(again.code).toBe(0);
     // a reason asked of a dataset with no failures (a typo, or the wrong dataset): said
     expect((await cli(['failures', '-d', 'shrinking', '--reason', 'truncate'])).stdout).toBe('dataset shrinking: 0 failed with truncate; it has no failed images\n');
+    expect((await cli(['retry', '-d', 'shrinking', '--reason', 'truncate'])).stdout).toBe('retrying 0 failed images of shrinking with reason truncate; it has no failed images\n');
     expect(again.stdout).toMatch(/10 objects listed, .*2 removed from the dataset \(deleted from the bucket\)/);
     expect(again.stdout).toMatch(/dataset shrinking: 10 images, 10 embedded .*0 failed, 0 pending/);
     const train = await cli(['train', '-d', 'shrinking', '--epochs', '10', '--run-id', 'after-delete']);
@@ -228,4 +229,22 @@ describe('small CLI holes', () => {
     const splits = await cli(['ingest', `s3://${photos}/layout/train/`, '-d', 'layout-train', '--no-wait']);
     expect(splits.stdout).not.toMatch(/^note:/m);
   });
+});
+
+describe('deleting a dataset', () => {
+  it("removes its failed preprocess jobs, and no other dataset's", async () => {
+    for (const d of ['gone', 'kept']) {
+      for (let n = 0; n < 2; n++) await ctx.services.store.putObject(photos, `${d}/circle/${n}.jpg`, await renderSample('circle', n, 41));
+      await ctx.services.store.putObject(photos, `${d}/circle/notes.jpg`, `not an image: ${d}\n`);
+      expect((await cli(['ingest', `s3://${photos}/${d}/`, '-d', d])).stdout).toMatch(new RegExp(`dataset ${d}: 3 images, 2 embedded .*1 failed`));
+    }
+    const failedOf = async (d: string) => (await ctx.queues.preprocess.getFailed()).filter((j) => (j.data as { dataset: string }).dataset === d).length;
+    expect([await failedOf('gone'), await failedOf('kept')]).toEqual([1, 1]);
+    const del = await cli(['delete', 'dataset', 'gone', '--yes']);
+    expect(del.code).toBe(0);
+    expect(del.stdout).toContain('\n  1 failed preprocess job of gone (in Redis; status and the console count them among the queue\'s failures)\n');
+    // status and the console count the queue's failed jobs: the deleted dataset's no longer
+    expect([await failedOf('gone'), await failedOf('kept')]).toEqual([0, 1]);
+    expect((await cli(['failures', '-d', 'kept'])).stdout).toMatch(/^dataset kept: 1 failed \(not-an-image 1\)/);
+  }, 240_000);
 });

@@ -55,7 +55,8 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
   ctx.out.write(`retrying ${retried} failed image${retried === 1 ? '' : 's'} of ${o.dataset} ${what}${o.stage ? ` in ${o.stage}` : ''}`);
   const reasons = [...new Set(left)].sort().join(', ');
   const how = o.stage ? 'name one with --reason and its stage with --stage' : 'name one with --reason';
-  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${reasons}: ${how} to retry those)\n` : '\n');
+  // nothing failed at all (a typo'd reason, or the wrong dataset): said, as `failures` does
+  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${reasons}: ${how} to retry those)\n` : retried ? '\n' : '; it has no failed images\n');
   if (!o.wait || retried === 0) return { retried };
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
   printDatasetSummary(ctx, status);
