@@ -1,7 +1,7 @@
 import type { ReviewLine } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
 import { reviewPage } from './console/review.page.js';
-import { copyGroups, dealFolds, reviewHighlights } from './review.service.js';
+import { dealFolds, foldGroups, reviewHighlights } from './review.service.js';
 
 /** A review line of `key`, given `given`, with the out-of-fold probabilities `p` (two labels: a, b). */
 function line(key: string, given: 'a' | 'b', pA: number, issue: boolean): ReviewLine {
@@ -64,9 +64,9 @@ describe('the review page', () => {
 describe('the folds of a review', () => {
   it('keep copies of the same bytes together, and give images filed under two labels no class turn', () => {
     // in hash order: cat A, an image filed under cat and dog (X), cat B, then two dogs
-    const items = [{ sha256: 'a' }, { sha256: 'x' }, { sha256: 'x' }, { sha256: 'b' }, { sha256: 'b' }, { sha256: 'd1' }, { sha256: 'd2' }];
-    const y = [0, 0, 1, 0, 0, 1, 1];
-    const groups = copyGroups(items, y);
+    const labels = ['cat', 'cat', 'dog', 'cat', 'cat', 'dog', 'dog'];
+    const items = ['a', 'x', 'x', 'b', 'b', 'd1', 'd2'].map((sha256, i) => ({ sha256, label: labels[i]! }));
+    const groups = foldGroups(items, new Map([['cat', 0], ['dog', 1]]));
     expect(groups.map((g) => [g.members, g.label])).toEqual([[[0], 0], [[1, 2], undefined], [[3, 4], 0], [[5], 1], [[6], 1]]);
     const fold = dealFolds(groups, 2, 2);
     // cat's two fittable images in different folds (X taking cat's turn put both in fold 0 before)

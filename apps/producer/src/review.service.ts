@@ -6,6 +6,7 @@ import {
   ObjectRefusedError,
   ObjectTooLargeError,
   contentHash,
+  groupCopies,
   relabelKey,
   type ItemRecord,
   type ObjectInfo,
@@ -39,8 +40,8 @@ export function likeliestOther(l: ReviewLine): { label: string; p: number } | un
   return label === undefined ? undefined : { label, p: p! };
 }
 
-/** Copies of the same bytes: the indices of the items, and their class when they all agree on it. */
-export interface CopyGroup {
+/** A group of copies of the same bytes (groupCopies), with its label as a class index. */
+export interface FoldGroup {
   first: number;
   members: number[];
   /** undefined when the copies are filed under different labels (fitted under neither) */
@@ -48,20 +49,11 @@ export interface CopyGroup {
 }
 
 /**
- * Copies of the same bytes as one image, as train counts them: items in content-hash order
- * (copies adjacent), `y` their classes. A review deals each group to one fold, so no copy is
- * scored by a head fitted on another, and fits it once.
+ * Copies of the same bytes as one image, by the rule train uses (groupCopies). A review deals each
+ * group to one fold, so no copy is scored by a head fitted on another, and fits it once.
  */
-export function copyGroups(items: readonly { sha256: string }[], y: ArrayLike<number>): CopyGroup[] {
-  const groups: CopyGroup[] = [];
-  items.forEach((item, i) => {
-    const g = groups.at(-1);
-    if (g && items[g.first]!.sha256 === item.sha256) {
-      g.members.push(i);
-      if (g.label !== y[i]) g.label = undefined;
-    } else groups.push({ first: i, members: [i], label: y[i]! });
-  });
-  return groups;
+export function foldGroups(items: readonly { sha256: string; label: string }[], classOf: ReadonlyMap<string, number>): FoldGroup[] {
+  return groupCopies(items).map((g) => ({ first: g.members[0]!, members: g.members, label: g.label === undefined ? undefined : classOf.get(g.label)! }));
 }
 
 /**
@@ -69,7 +61,7 @@ export function copyGroups(items: readonly { sha256: string }[], y: ArrayLike<nu
  * (fitted under neither label) dealt apart, so they take no class's turn and every fold keeps
  * images of every class to fit on. The fold of each group.
  */
-export function dealFolds(groups: readonly CopyGroup[], classes: number, folds: number): Int32Array {
+export function dealFolds(groups: readonly FoldGroup[], classes: number, folds: number): Int32Array {
   const fold = new Int32Array(groups.length);
   const turns = new Array<number>(classes + 1).fill(0);
   groups.forEach((g, n) => (fold[n] = turns[g.label ?? classes]!++ % folds));
@@ -127,7 +119,7 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   if (labels.length < 2) throw new Error(`dataset ${o.dataset} has ${labels.length} label(s) among its embedded images; a review needs two or more${onTheirWay}`);
   const classOf = new Map(labels.map((l, i) => [l, i]));
   const y = Int32Array.from(items, (i) => classOf.get(i.label)!);
-  const groups = copyGroups(items, y);
+  const groups = foldGroups(items, classOf);
   const perClass = labels.map((_, c) => groups.filter((g) => g.label === c).length);
   const smallest = Math.min(...perClass);
   const asked = o.folds ?? 5;

@@ -1,4 +1,4 @@
-import type { Split } from '@transferline/shared';
+import { groupCopies, type Split } from '@transferline/shared';
 
 export interface Example {
   sha256: string;
@@ -29,20 +29,21 @@ const RANK: Record<Split, number> = { test: 2, validation: 1, train: 0 };
  * and adding images moves few of the others.
  */
 export function splitExamples(examples: Example[], fractions: { validation: number; test: number }): Splits {
-  const bySha = new Map<string, Example & { labels: Set<string> }>();
-  for (const e of examples) {
-    const seen = bySha.get(e.sha256);
-    if (!seen) bySha.set(e.sha256, { ...e, labels: new Set([e.label]) });
-    else {
-      seen.labels.add(e.label);
-      if (e.split && (!seen.split || RANK[e.split] > RANK[seen.split])) seen.split = e.split;
-    }
-  }
   let conflicts = 0;
   const unique: Example[] = [];
-  for (const e of bySha.values()) {
-    if (e.labels.size > 1) conflicts++;
-    else unique.push(e.split ? { sha256: e.sha256, label: e.label, split: e.split } : { sha256: e.sha256, label: e.label });
+  for (const g of groupCopies(examples)) {
+    if (g.label === undefined) {
+      conflicts++;
+      continue;
+    }
+    const first = examples[g.members[0]!]!;
+    // a copy in a held-out folder holds the image out
+    let split: Split | undefined;
+    for (const i of g.members) {
+      const s = examples[i]!.split;
+      if (s && (!split || RANK[s] > RANK[split])) split = s;
+    }
+    unique.push(split ? { sha256: first.sha256, label: g.label, split } : { sha256: first.sha256, label: g.label });
   }
   const explicit = unique.some((e) => e.split === 'validation' || e.split === 'test');
   const out: Splits = { train: [], validation: [], test: [], explicit, conflicts };

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { labelFromKey, relabelKey } from './labels.js';
+import { groupCopies, labelFromKey, relabelKey } from './labels.js';
 
 describe('labelFromKey', () => {
   it('takes the first folder below the prefix', () => {
@@ -67,5 +67,24 @@ describe('relabelKey', () => {
     // 13 characters, or 4 of them taking 3 bytes each
     expect(() => relabelKey('photos/', key, 'dogs'.padEnd(13, 's'))).toThrow(/would be 1025 bytes long, and S3 keys are at most 1024: choose a shorter label/);
     expect(() => relabelKey('photos/', key, 'é'.repeat(7))).toThrow(/would be 1026 bytes/);
+  });
+});
+
+describe('groupCopies', () => {
+  it('makes one group of the copies of each content hash, with the label they agree on', () => {
+    const items = [
+      { sha256: 'b', label: 'cat' },
+      { sha256: 'a', label: 'dog' },
+      { sha256: 'b', label: 'cat' },
+      { sha256: 'c', label: 'cat' },
+      { sha256: 'c', label: 'dog' },
+      { sha256: 'c', label: 'cat' },
+    ];
+    expect(groupCopies(items)).toEqual([
+      { members: [0, 2], label: 'cat' },
+      { members: [1], label: 'dog' },
+      // filed under two labels: no label is right for them, whatever most copies say
+      { members: [3, 4, 5], label: undefined },
+    ]);
   });
 });

@@ -84,3 +84,28 @@ export function isBucketName(name: string): boolean {
 
 /** What a bucket name must be, in words, for an error message. */
 export const BUCKET_NAME_RULE = '3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit';
+
+/** Copies of the same bytes: indices of the items with one content hash, and the label they agree on. */
+export interface CopyGroup {
+  /** indices into the items, in their order */
+  members: number[];
+  /** undefined when the copies are filed under different labels: no label is right for them */
+  label: string | undefined;
+}
+
+/**
+ * The rule `train` and `review` share: copies of the same bytes (one SHA-256) are one image, and
+ * bytes filed under two labels are fitted under neither. Groups in the order of their first copy.
+ */
+export function groupCopies(items: readonly { sha256: string; label: string }[]): CopyGroup[] {
+  const bySha = new Map<string, CopyGroup>();
+  items.forEach((item, i) => {
+    const g = bySha.get(item.sha256);
+    if (!g) bySha.set(item.sha256, { members: [i], label: item.label });
+    else {
+      g.members.push(i);
+      if (g.label !== item.label) g.label = undefined;
+    }
+  });
+  return [...bySha.values()];
+}
