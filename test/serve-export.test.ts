@@ -247,7 +247,8 @@ describe('transferline serve', () => {
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     try {
-      await until('serve to listen', () => /serving shapes@r1 .* on (http:\/\/\S+)/.test(out) || child.exitCode !== null, 120);
+      // (its lines may come in more than one chunk: the last of them is waited for)
+      await until('serve to listen', () => (/serving shapes@r1 .* on (http:\/\/\S+)/.test(out) && out.includes('reloads the model.\n')) || child.exitCode !== null, 120);
       const url = /serving shapes@r1 .* on (http:\/\/\S+)/.exec(out)?.[1];
       expect(url, `serve did not start:\n${out}\n${err}`).toBeDefined();
       // it names the process to signal (through npx, the job's pid is npm's)
@@ -290,8 +291,11 @@ describe('transferline serve, guarded', () => {
     const small = await renderSample('circle', 1, 1);
     const none = await fetch(url, { method: 'POST', body: small });
     expect(none.status).toBe(401);
+    expect(((await none.json()) as { error: { message: string } }).error.message).toMatch(/^an API key is required/);
     const wrong = await fetch(url, { method: 'POST', body: small, headers: { authorization: `Bearer ${'x'.repeat(24)}` } });
     expect(wrong.status).toBe(401);
+    // a key that is not this server's is said to be wrong, not missing
+    expect(((await wrong.json()) as { error: { message: string } }).error.message).toBe('wrong API key (TL_SERVE_API_KEY of this server)');
     const auth = { authorization: `Bearer ${apiKey}` };
     const ok = await fetch(url, { method: 'POST', body: small, headers: auth });
     expect(ok.status).toBe(200);
@@ -307,7 +311,7 @@ describe('transferline serve, guarded', () => {
     const shed = burst.filter((r) => r.status === 503);
     expect(shed.length).toBeGreaterThan(0);
     expect(shed[0]!.headers.get('retry-after')).toBe('1');
-    expect(((await shed[0]!.json()) as { error: { reason: string } }).error.reason).toBe('overloaded');
+    expect(((await shed[0]!.json()) as { error: { reason: string; message: string } }).error).toMatchObject({ reason: 'overloaded', message: expect.stringMatching(/^\d images in progress: over TL_SERVE_MAX_QUEUE=2; retry shortly$/) });
   });
 
   it('answers a broken multipart body with 400, and gives back the slots of it and of an upload its client dropped', async () => {
@@ -489,6 +493,29 @@ describe('transferline serve, bounded by bytes', () => {
     expect(await heldBecomes(0)).toBe(0);
   });
 
+  it('gives back every slot of a request refused with 413 whose client hangs up mid-upload (as curl does)', async () => {
+    const inFlight = async () => (await scrapeUrl(`${server.url}/metrics`)).get('tl_serve_in_flight_images');
+    const zeros = Buffer.alloc(60_000);
+    const head = (name: string) => Buffer.from(`--XyZ\r\nContent-Disposition: form-data; name="${name}"; filename="${name}.bin"\r\nContent-Type: application/octet-stream\r\n\r\n`);
+    const req = http.request({ port: server.port, path: '/v1/classify', method: 'POST', agent: false, headers: { 'content-type': 'multipart/form-data; boundary=XyZ', 'content-length': '10000000' } });
+    const status = new Promise<number>((resolve) => {
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+        // the answer is a refusal: stop sending, and hang up
+        req.destroy();
+      });
+      req.on('error', () => resolve(-1));
+    });
+    // three files: the third goes over the budget while it arrives, and the client is still sending
+    req.write(Buffer.concat([head('a'), zeros, Buffer.from('\r\n'), head('b'), zeros, Buffer.from('\r\n'), head('c'), zeros]));
+    expect(await status).toBe(413);
+    const deadline = Date.now() + 10_000;
+    while ((await inFlight()) !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(await inFlight()).toBe(0);
+    expect(await heldBecomes(0)).toBe(0);
+  });
+
   it('ends a body that sends nothing (a client that declared 100 kB and stalls gives its room back)', async () => {
     const stalled = await slowUpload(100_000, 1_000);
     expect(await heldBecomes(100_000)).toBe(100_000);
@@ -496,7 +523,7 @@ describe('transferline serve, bounded by bytes', () => {
     const ended = await Promise.race([stalled.answer, new Promise<string>((resolve) => (timer = setTimeout(() => resolve('still open after 15 s'), 15_000)))]);
     clearTimeout(timer);
     stalled.req.destroy();
-    expect(ended).toBe(-1); // its connection was ended (after 5 s here), no answer
+    expect(ended).toBe(408); // told why, and its connection ended (after 5 s here)
     expect(await heldBecomes(0)).toBe(0);
   });
 

@@ -44,14 +44,22 @@ const KEY_ROOM_DEADLINE_MS = 30_000;
 const BODY_IDLE_MS = 30_000;
 
 /** Ends `req` when its body sends nothing for `ms` (the room it holds is given back as for any client that leaves). */
-function endStalledBody(req: Request, ms: number): void {
+function endStalledBody(req: Request, res: Response, ms: number): void {
   const socket = req.socket;
-  const onTimeout = () => req.destroy(new Error(`the client sent nothing for ${ms / 1000} s`));
+  const onTimeout = () => {
+    const err = new Error(`the client sent nothing for ${ms / 1000} s`);
+    if (res.headersSent) return void req.destroy(err);
+    // told why (408), then the connection ended: what the body held is given back as for a client gone
+    res.once('finish', () => req.destroy(err));
+    res.status(408).set('Connection', 'close').json({ error: { reason: 'timeout', message: `${err.message} of its body: the request was ended` } });
+  };
   socket.setTimeout(ms);
-  socket.on('timeout', onTimeout);
+  // heard on the request: Node destroys a timed-out socket at once when no request, response or
+  // server listens, and the 408 would never be sent
+  req.on('timeout', onTimeout);
   const done = () => {
     socket.setTimeout(0);
-    socket.off('timeout', onTimeout);
+    req.off('timeout', onTimeout);
   };
   req.once('end', done);
   req.once('close', done);
@@ -220,7 +228,8 @@ export async function startClassifierServer(
     if (admitted + n > cfg.maxQueue) {
       metrics.rejected.inc({ reason: 'overloaded' }, n);
       res.setHeader('Retry-After', '1');
-      res.status(503).json({ error: { reason: 'overloaded', message: `${admitted} images in progress (TL_SERVE_MAX_QUEUE=${cfg.maxQueue}); retry shortly` } });
+      const asked = n > 1 ? `, and this request brings ${n} more` : '';
+      res.status(503).json({ error: { reason: 'overloaded', message: `${admitted} images in progress${asked}: over TL_SERVE_MAX_QUEUE=${cfg.maxQueue}; retry shortly` } });
       return undefined;
     }
     admitted += n;
@@ -258,7 +267,7 @@ export async function startClassifierServer(
     app.use('/v1', (req: Request, res: Response, next: NextFunction) => {
       const given = Buffer.from(req.get('x-api-key') ?? (req.get('authorization') ?? '').replace(/^Bearer /i, ''));
       if (given.length === key.length && timingSafeEqual(given, key)) return next();
-      fail(res, 'unauthorized', 'an API key is required: send it as "Authorization: Bearer KEY" or "X-API-Key: KEY"');
+      fail(res, 'unauthorized', given.length ? 'wrong API key (TL_SERVE_API_KEY of this server)' : 'an API key is required: send it as "Authorization: Bearer KEY" or "X-API-Key: KEY"');
     });
   }
   app.get('/v1/models', (_req, res) => {
@@ -281,7 +290,7 @@ export async function startClassifierServer(
     // when a newer run is swapped in while its body is still arriving.
     res.on('close', model.hold());
     const modelRef = { dataset: model.meta.dataset, runId: model.meta.runId };
-    endStalledBody(req, o.bodyIdleMs ?? BODY_IDLE_MS);
+    endStalledBody(req, res, o.bodyIdleMs ?? BODY_IDLE_MS);
     if (type.startsWith('multipart/form-data')) return void classifyMultipart(req, res, model, modelRef);
     if (type.startsWith('application/json')) return void classifyKeys(req, res, model, modelRef);
     // raw image bytes: the size is checked as they arrive, so an oversized body is not held
@@ -353,14 +362,24 @@ export async function startClassifierServer(
       refused = true;
       for (const drop of drops) drop();
       answer();
+      // Nothing more of the body is wanted. Once answered, Node no longer tells the request that
+      // its client hung up (the socket closes, the request never does), and busboy would wait for
+      // the rest for ever, holding the request's slots: the parser is stopped now (its open part
+      // closes, so every part settles) and the rest of the body read and dropped. (Not from
+      // inside busboy's own callback: on the next turn.)
+      setImmediate(() => {
+        req.unpipe(bb);
+        bb.destroy();
+        req.resume();
+      });
     };
     bb.on('file', (_field, stream, info) => {
       const name = info.filename ?? `file${parts.length + 1}`;
       if (refused) return void stream.resume();
       const release = admit(res, 1);
       if (!release) {
-        refused = true;
-        return void stream.resume();
+        stream.resume();
+        return refuse(() => {}); // admit answered 503
       }
       const body = new HeldBody(budget);
       const drop = () => {
@@ -390,16 +409,17 @@ export async function startClassifierServer(
         name,
         done: new Promise<Classification>((resolve) =>
           stream.on('close', () => {
-            if (broken) {
+            if (refused) {
+              // (closed early by the refusal's stop of the parser, or whole: not classified either way)
+              drop();
+              resolve({ error: { reason: 'overloaded', message: `${name}: not classified, the request was refused` } });
+            } else if (broken) {
               drop();
               metrics.rejected.inc({ reason: 'bad-request' });
               resolve({ error: { reason: 'bad-request', message: `${name}: ${broken.message}` } });
             } else if (truncated) {
               metrics.rejected.inc({ reason: 'too-large' });
               resolve({ error: { reason: 'too-large', message: tooLarge(name) } });
-            } else if (refused) {
-              drop();
-              resolve({ error: { reason: 'overloaded', message: `${name}: not classified, the request was refused` } });
             } else {
               // in the batcher now: its bytes stay held until it is answered, whatever a later part does
               drops.delete(drop);
