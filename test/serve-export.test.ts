@@ -77,6 +77,11 @@ beforeAll(async () => {
   expect(train.stdout).toContain(`classify and serve call an image "square" when its probability is at least ${bin.threshold.toFixed(3)}: accuracy ${pct(bin.accuracyAtThreshold)} on validation`);
   // chosen on a handful of validation images (10 per class in all): said
   expect(train.stdout).toMatch(/^ {2}note: the threshold was chosen on \d+ validation images, \d+ of them "(circle|square)": too few to place it well/m);
+  // models lists the accuracy at 0.5, and under it the accuracy of the rule the model decides by
+  const models = await runCli(['models', '-d', 'shapes'], stack.env);
+  expect(models.stdout).toMatch(new RegExp(`^shapes +r1 \\* +${pct(report!.validation.accuracy)} .*\n {19}classify and serve decide at ${bin.threshold.toFixed(3)}: val ${pct(bin.accuracyAtThreshold)}, test ${pct(report!.test!.binary!.accuracyAtThreshold)}\n`, 'm'));
+  const listed = (JSON.parse((await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout) as { atThreshold?: object }[])[0];
+  expect(listed?.atThreshold).toEqual({ threshold: bin.threshold, validation: bin.accuracyAtThreshold, test: report!.test!.binary!.accuracyAtThreshold });
   const [result] = await classifyCommand(ctx, `s3://${bucket}/incoming/`, { model: 'shapes@r1', watch: false, intervalSeconds: 1 });
   const lines = (await ctx.services.store.getObject(stack.config.s3.bucket, result!.outputKey)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; probabilities: Record<string, number> });
   for (const l of lines) classified.set(path.basename(l.key), l.probabilities);

@@ -10,8 +10,11 @@ export interface ModelRun {
   createdAt: string;
   embedderId: string;
   labels: string[];
+  /** at p = 0.5 (argmax), as train's report gives them */
   validationAccuracy: number;
   testAccuracy?: number;
+  /** two classes: the threshold classify, serve and export decide at, and the accuracies there */
+  atThreshold?: { threshold: number; validation: number; test?: number };
   partial: boolean;
   /** trained with --no-promote and never promoted: never taken as latest unless promoted */
   candidate: boolean;
@@ -49,6 +52,13 @@ export async function listModelRuns(ctx: CliContext, dataset?: string, reports?:
         labels: r.labels,
         validationAccuracy: r.validation.accuracy,
         ...(r.test && { testAccuracy: r.test.accuracy }),
+        ...(r.validation.binary && {
+          atThreshold: {
+            threshold: r.validation.binary.threshold,
+            validation: r.validation.binary.accuracyAtThreshold,
+            ...(r.test?.binary && { test: r.test.binary.accuracyAtThreshold }),
+          },
+        }),
         partial: r.coverage.partial,
         candidate: r.params.promote === false,
         latest: false,
@@ -141,6 +151,9 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
     ctx.out.write(
       `${r.dataset.padEnd(16)} ${(r.runId + (r.latest ? ' *' : '')).padEnd(28)} ${pct(r.validationAccuracy).padStart('val acc'.length)}  ${pct(r.testAccuracy).padStart('test acc'.length)}  ${String(r.labels.length).padStart('classes'.length)}  ${r.embedderId}${r.partial ? ' (partial)' : ''}${r.candidate && !r.latest ? ' (--no-promote)' : ''}\n`,
     );
+    // the accuracies above are at 0.5; a two-class model decides at its threshold
+    const t = r.atThreshold;
+    if (t) ctx.out.write(`${' '.repeat(17)}  classify and serve decide at ${t.threshold.toFixed(3)}: val ${pct(t.validation).trim()}${t.test !== undefined ? `, test ${pct(t.test).trim()}` : ''}\n`);
   }
   ctx.out.write('* latest run of its dataset (what classify, serve and export use without @run)\n');
   for (const d of new Set(runs.map((r) => r.dataset))) {
