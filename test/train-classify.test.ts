@@ -9,7 +9,7 @@ import type { JobContext } from '../packages/shared/src/index.js';
 import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { classifyDatasetName, jobIds, jobLock, LatestDoc, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
+import { classifyDatasetName, jobIds, jobLock, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { restoreLostIndex } from '../apps/producer/src/data-loss.js';
 import { consoleDeps, loadOverview } from '../apps/producer/src/console/console-data.js';
@@ -432,6 +432,10 @@ describe('training runs and classification', () => {
     const r = await runCli(['classify', `s3://${photos}/broken/`, '--model', 'shapes'], stack.env);
     expect(r.stdout).toMatch(/classified 1 image\(s\) .*, 1 failed/);
     expect(r.stdout).toMatch(new RegExp(`failed s3://${photos}/broken/notes\\.jpg: preprocess not-an-image`));
+    // its line in the results file: the reason code and its message, as failures gives them
+    const { bucket: at, key } = parseS3ObjectUrl(/(s3:\/\/\S+\.jsonl)/.exec(r.stdout)![1]!);
+    const lines = (await ctx.services.store.getObject(at, key)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; error?: string; detail?: string });
+    expect(lines.find((l) => l.key === `s3://${photos}/broken/notes.jpg`)).toMatchObject({ error: 'not-an-image', detail: expect.stringMatching(/^not an image \(starts with text/) });
     const failures = await runCli(['failures', '-d', classifyDatasetName('shapes')], stack.env);
     expect(failures.stderr).toBe('');
     expect(failures.code).toBe(0);

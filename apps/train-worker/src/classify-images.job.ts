@@ -15,7 +15,9 @@ export interface ClassifiedLine {
   sha256?: string;
   label?: string;
   probabilities?: Record<string, number>;
+  /** why the image has no label: a reason code (as in `status` and `failures`), and its message */
   error?: string;
+  detail?: string;
   model: { dataset: string; runId: string };
 }
 
@@ -74,7 +76,7 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
       continue;
     }
     let labelled = true;
-    if (r.state === 'failed') lines.push({ key: `s3://${id}`, error: r.reason ?? 'failed', model: modelRef });
+    if (r.state === 'failed') lines.push({ key: `s3://${id}`, error: r.reason ?? 'failed', ...(r.detail && { detail: r.detail }), model: modelRef });
     else if (r.sha256 && cached) todo.push({ id, sha256: r.sha256, etag: r.etag });
     else labelled = false;
     if (priorFile && labelled) again++;
