@@ -390,6 +390,11 @@ describe('transferline serve, guarded', () => {
     expect(post.status).toBe(405);
     expect(post.headers.get('allow')).toBe('GET, HEAD');
   });
+
+  it('says a port in use before it loads any model', async () => {
+    // the port of the server above: taken. The model does not exist: had it been loaded first, that would be the error
+    await expect(startClassifierServer(ctx, { model: 'no-such-dataset', log, port: server.port, threads: 1 })).rejects.toThrow(`port ${server.port} on ${stack.config.serve.host} is in use: set TL_SERVE_PORT or --port`);
+  });
 });
 
 describe('transferline serve, bounded by bytes', () => {

@@ -193,7 +193,23 @@ export async function startClassifierServer(
   const metrics = createServeMetrics();
   const threads = o.threads ?? Math.max(1, os.availableParallelism());
   const load = async () => ServedModel.start(await loadClassifierModel(ctx, o.model), { threads, batchSize: cfg.batchSize, batchWaitMs: cfg.batchWaitMs, metrics }, o.log);
-  let current = await load();
+  // The port first: one in use is said at once, not after the model has loaded. Until it has,
+  // every request (/healthz too: not ready yet) is answered 503.
+  let handle: http.RequestListener = (_req, res) => {
+    res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' }).end(JSON.stringify({ error: { reason: 'overloaded', message: 'loading the model; retry shortly' } }));
+  };
+  const server = http.createServer((req, res) => handle(req, res));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'EADDRINUSE' ? new Error(`port ${o.port ?? cfg.port} on ${o.host ?? cfg.host} is in use: set TL_SERVE_PORT or --port`) : err));
+    server.listen(o.port ?? cfg.port, o.host ?? cfg.host, () => resolve());
+  });
+  let current: ServedModel;
+  try {
+    current = await load();
+  } catch (err) {
+    await new Promise((resolve) => server.close(resolve));
+    throw err;
+  }
   const showModel = (m: ClassifierMetadata) => {
     metrics.modelInfo.reset();
     metrics.modelInfo.set({ dataset: m.dataset, run: m.runId }, 1);
@@ -527,11 +543,7 @@ export async function startClassifierServer(
     return next.meta;
   };
 
-  const server = http.createServer(app);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'EADDRINUSE' ? new Error(`port ${o.port ?? cfg.port} on ${o.host ?? cfg.host} is in use: set TL_SERVE_PORT or --port`) : err));
-    server.listen(o.port ?? cfg.port, o.host ?? cfg.host, () => resolve());
-  });
+  handle = app;
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
