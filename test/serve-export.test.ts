@@ -319,6 +319,53 @@ describe('transferline serve, guarded', () => {
     expect(((await shed[0]!.json()) as { error: { reason: string; message: string } }).error).toMatchObject({ reason: 'overloaded', message: expect.stringMatching(/^\d images in progress: over TL_SERVE_MAX_QUEUE=2; retry shortly$/) });
   });
 
+  it('stays up when a multipart part is refused for want of room while its file is still arriving, and gives every slot back', async () => {
+    const auth = { authorization: `Bearer ${apiKey}` };
+    const inFlight = async () => (await scrapeUrl(`${server.url}/metrics`)).get('tl_serve_in_flight_images');
+    const inFlightBecomes = async (n: number) => {
+      const deadline = Date.now() + 10_000;
+      while ((await inFlight()) !== n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      return inFlight();
+    };
+    // two raw uploads that declare more than they send hold both slots (TL_SERVE_MAX_QUEUE=2)
+    const holders = [1, 2].map((n) => {
+      const req = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { ...auth, 'content-type': 'application/octet-stream', 'content-length': '100000' } });
+      req.on('error', () => {});
+      req.write(Buffer.alloc(1000, n));
+      return req;
+    });
+    expect(await inFlightBecomes(2)).toBe(2);
+    // a multipart upload whose first file has begun: no room for it
+    const req = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { ...auth, 'content-type': 'multipart/form-data; boundary=XyZ' } });
+    const status = new Promise<number>((resolve) => {
+      req.on('response', (res) => (res.resume(), resolve(res.statusCode!)));
+      req.on('error', () => resolve(-1));
+    });
+    req.write(Buffer.concat([Buffer.from('--XyZ\r\nContent-Disposition: form-data; name="a"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'), Buffer.alloc(5_000, 3)]));
+    expect(await status).toBe(503);
+    // the parser stopped under that file: serve goes on (an unheard error on the file's stream ended the process)
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
+    req.destroy();
+    for (const h of holders) h.destroy();
+    expect(await inFlightBecomes(0)).toBe(0);
+  });
+
+  it('answers a multipart body with a malformed part header 400, and gives back the slots of the parts before it', async () => {
+    const small = await renderSample('circle', 3, 1);
+    const body = Buffer.concat([
+      Buffer.from('--XyZ\r\nContent-Disposition: form-data; name="a"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'),
+      small,
+      Buffer.from('\r\n--XyZ\r\nBad Header Name: x\r\n\r\nxyz\r\n--XyZ--\r\n'),
+    ]);
+    const r = await fetch(`${server.url}/v1/classify`, { method: 'POST', body, headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'multipart/form-data; boundary=XyZ' } });
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(/^not a readable multipart body: /);
+    const deadline = Date.now() + 10_000;
+    while ((await scrapeUrl(`${server.url}/metrics`)).get('tl_serve_in_flight_images') !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect((await scrapeUrl(`${server.url}/metrics`)).get('tl_serve_in_flight_images')).toBe(0);
+  });
+
   it('answers a broken multipart body with 400, and gives back the slots of it and of an upload its client dropped', async () => {
     const auth = { authorization: `Bearer ${apiKey}` };
     const port = server.port;
@@ -535,6 +582,18 @@ describe('transferline serve, bounded by bytes', () => {
     stalled.req.destroy();
     expect(ended).toBe(408); // told why, and its connection ended (after 5 s here)
     expect(await heldBecomes(0)).toBe(0);
+    // the same for a JSON body of keys; the parser's late error about the body cut short has no
+    // one to tell (answering it a second time ended the process)
+    const keys = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'application/json', 'content-length': '200' } });
+    const answered = new Promise<number>((resolve) => {
+      keys.on('response', (res) => (res.resume(), resolve(res.statusCode!)));
+      keys.on('error', () => resolve(-1));
+    });
+    keys.write('{"keys": ["s3://b/k"');
+    expect(await answered).toBe(408);
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
+    expect((await scrapeUrl(`${server.url}/metrics`)).get('tl_serve_rejected_total{reason="timeout"}')).toBe(2);
   });
 
   it('reads s3:// keys when there is room: a key waits while uploads fill the budget, then is classified', async () => {

@@ -43,22 +43,28 @@ const KEY_ROOM_DEADLINE_MS = 30_000;
 /** Longest a request body may send nothing: a client that declared a length and stalls gives its room back. */
 const BODY_IDLE_MS = 30_000;
 
-/** Ends `req` when its body sends nothing for `ms` (the room it holds is given back as for any client that leaves). */
-function endStalledBody(req: Request, res: Response, ms: number): void {
+/**
+ * Ends `req` when its body sends nothing for `ms` (the room it holds is given back as for any
+ * client that leaves), answered by `answer` first when nothing has been yet.
+ */
+function endStalledBody(req: Request, res: Response, ms: number, answer: (message: string) => void): void {
   const socket = req.socket;
   const onTimeout = () => {
     const err = new Error(`the client sent nothing for ${ms / 1000} s`);
     if (res.headersSent) return void req.destroy(err);
     // told why (408), then the connection ended: what the body held is given back as for a client gone
     res.once('finish', () => req.destroy(err));
-    res.status(408).set('Connection', 'close').json({ error: { reason: 'timeout', message: `${err.message} of its body: the request was ended` } });
+    res.set('Connection', 'close');
+    answer(`the request's body stalled: ${err.message}, so the request was ended`);
   };
   socket.setTimeout(ms);
   // heard on the request: Node destroys a timed-out socket at once when no request, response or
   // server listens, and the 408 would never be sent
   req.on('timeout', onTimeout);
   const done = () => {
-    socket.setTimeout(0);
+    // (a body that ends after its answer was sent, a refusal's: Node has set the socket's
+    // keep-alive timeout by then, which must stay)
+    if (!res.writableFinished) socket.setTimeout(0);
     req.off('timeout', onTimeout);
   };
   req.once('end', done);
@@ -145,6 +151,7 @@ export interface ClassifierServer {
 /** HTTP status for a reason code: the image's fault (4xx), or ours (5xx). */
 function statusOf(reason: string): number {
   if (reason === 'too-large') return 413;
+  if (reason === 'timeout') return 408;
   if (reason === 'unauthorized') return 401;
   if (reason === 'not-found') return 404;
   if (reason === 'method-not-allowed') return 405;
@@ -207,7 +214,10 @@ export async function startClassifierServer(
   try {
     current = await load();
   } catch (err) {
-    await new Promise((resolve) => server.close(resolve));
+    const closed = new Promise((resolve) => server.close(resolve));
+    // (clients that connected while it loaded: not waited for)
+    server.closeAllConnections();
+    await closed;
     throw err;
   }
   const showModel = (m: ClassifierMetadata) => {
@@ -242,6 +252,8 @@ export async function startClassifierServer(
   /** Admits n images or answers 503: the bound on work held in memory. The release runs once, however often it is called. */
   const admit = (res: Response, n: number): (() => void) | undefined => {
     if (admitted + n > cfg.maxQueue) {
+      // (a request answered already, a multipart body refused as unreadable: told nothing more)
+      if (res.headersSent || res.destroyed) return undefined;
       metrics.rejected.inc({ reason: 'overloaded' }, n);
       res.setHeader('Retry-After', '1');
       const asked = n > 1 ? `, and this request brings ${n} more` : '';
@@ -264,6 +276,9 @@ export async function startClassifierServer(
   };
 
   const fail = (res: Response, reason: string, message: string) => {
+    // one answer per request: a late error (a body cut off after a 408, a parser failing after a
+    // refusal) has no one to tell
+    if (res.headersSent || res.destroyed) return;
     metrics.rejected.inc({ reason });
     res.status(statusOf(reason)).json({ error: { reason, message } });
   };
@@ -306,7 +321,7 @@ export async function startClassifierServer(
     // when a newer run is swapped in while its body is still arriving.
     res.on('close', model.hold());
     const modelRef = { dataset: model.meta.dataset, runId: model.meta.runId };
-    endStalledBody(req, res, o.bodyIdleMs ?? BODY_IDLE_MS);
+    endStalledBody(req, res, o.bodyIdleMs ?? BODY_IDLE_MS, (message) => fail(res, 'timeout', message));
     if (type.startsWith('multipart/form-data')) return void classifyMultipart(req, res, model, modelRef);
     if (type.startsWith('application/json')) return void classifyKeys(req, res, model, modelRef);
     // raw image bytes: the size is checked as they arrive, so an oversized body is not held
@@ -391,10 +406,13 @@ export async function startClassifierServer(
     };
     bb.on('file', (_field, stream, info) => {
       const name = info.filename ?? `file${parts.length + 1}`;
-      if (refused) return void stream.resume();
+      // A part not taken is read and dropped; stopping the parser destroys it with an error,
+      // which must have a listener (an unheard 'error' would end the process).
+      const skip = () => void stream.on('error', () => {}).resume();
+      if (refused) return skip();
       const release = admit(res, 1);
       if (!release) {
-        stream.resume();
+        skip();
         return refuse(() => {}); // admit answered 503
       }
       const body = new HeldBody(budget);
@@ -447,8 +465,11 @@ export async function startClassifierServer(
     });
     bb.on('filesLimit', () => (tooMany = true));
     // busboy closes after an error too: the slots are given back there, once every part has settled.
+    // An unreadable body (a malformed part header, a body that ends inside a part): refused like
+    // any other, so the parser is stopped and closes (pipe() only unhooks a destination that
+    // errs: busboy would wait for ever and the request's slots with it).
     bb.on('error', (err: Error) => {
-      if (!res.headersSent && !res.destroyed) fail(res, 'bad-request', `not a readable multipart body: ${err.message}`);
+      if (!refused) refuse(() => fail(res, 'bad-request', `not a readable multipart body: ${err.message}`));
     });
     bb.on('close', () => {
       void (async () => {
