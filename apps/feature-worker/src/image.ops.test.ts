@@ -117,6 +117,13 @@ describe('prepareImage', () => {
       expect(err?.reason, name).toBe('undecodable');
       expect(err?.message, name).not.toMatch(/:$/);
     }
+    // a complete file with one length gone wrong (its chunks now run past the end): complete all
+    // the same, it ends with IEND
+    const badLength = Buffer.from(png);
+    const idat = badLength.indexOf('IDAT', 0, 'latin1') - 4;
+    badLength.writeUInt32BE(badLength.readUInt32BE(idat) ^ 0x100000, idat);
+    expect(looksTruncated('png', badLength)).toBe(false);
+    expect(await reasonOf(badLength)).toBe('undecodable');
     // cut inside a chunk, and cut between chunks before IEND
     expect(looksTruncated('png', png.subarray(0, 100))).toBe(true);
     expect(looksTruncated('png', png.subarray(0, 33))).toBe(true);

@@ -146,6 +146,12 @@ const startsWith = (b: Uint8Array, sig: number[], at = 0) => sig.every((v, i) =>
 const u32be = (b: Uint8Array, at: number) => ((b[at]! << 24) >>> 0) + (b[at + 1]! << 16) + (b[at + 2]! << 8) + b[at + 3]!;
 const u32le = (b: Uint8Array, at: number) => ((b[at + 3]! << 24) >>> 0) + (b[at + 2]! << 16) + (b[at + 1]! << 8) + b[at]!;
 
+const PNG_IHDR = [0x49, 0x48, 0x44, 0x52];
+const PNG_IEND = [0, 0, 0, 0, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82];
+const isLetter = (c: number) => (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a);
+/** Four ASCII letters at `at`: a PNG chunk type. */
+const isChunkType = (b: Uint8Array, at: number) => isLetter(b[at]!) && isLetter(b[at + 1]!) && isLetter(b[at + 2]!) && isLetter(b[at + 3]!);
+
 const HEIC_BRANDS = new Set(['heic', 'heix', 'hevc', 'hevx', 'heim', 'heis', 'hevm', 'hevs']);
 
 /**
@@ -198,14 +204,15 @@ export function looksTruncated(format: string, b: Uint8Array): boolean {
       return true;
     }
     case 'png': {
-      // Chunks (length, type, data, CRC) follow the signature up to IEND. The file is cut short
-      // when they run past its end or stop before IEND; chunks that make no sense (a type that is
-      // not four letters, IHDR not first) are a corrupt file, not a short one.
+      // A complete file ends with IEND (length 0, its type, its CRC), whatever its chunks say.
+      if (startsWith(tail(12), PNG_IEND)) return false;
+      // Otherwise its chunks (length, type, data, CRC) are followed from the signature: the file is
+      // cut short when they run past its end or stop before IEND; chunks that make no sense (a type
+      // that is not four letters, IHDR not first) are a corrupt file, not a short one.
       let at = 8;
       while (at + 8 <= b.length) {
-        const type = ascii(b, at + 4, 4);
-        if (!/^[A-Za-z]{4}$/.test(type) || (at === 8 && type !== 'IHDR') || u32be(b, at) > 0x7fffffff) return false;
-        if (type === 'IEND') return false;
+        if (!isChunkType(b, at + 4) || (at === 8 && !startsWith(b, PNG_IHDR, at + 4)) || b[at]! > 0x7f) return false;
+        if (startsWith(b, PNG_IEND.slice(4, 8), at + 4)) return false;
         at += 12 + u32be(b, at);
       }
       return true;
