@@ -208,8 +208,9 @@ async function removeEndedTrainJob(ctx: CliContext, dataset: string, runId: stri
  * The preprocess queue's failed jobs of a dataset (BullMQ keeps up to 10,000 per queue): once the
  * dataset is gone nothing retries them, and status and the console would go on counting them.
  */
-async function failedPreprocessJobs(ctx: CliContext, dataset: string): Promise<Job[]> {
-  return (await ctx.queues.preprocess.getFailed()).filter((j): j is Job => (j?.data as { dataset?: string } | undefined)?.dataset === dataset);
+async function failedPreprocessJobs(ctx: CliContext, datasets: string[]): Promise<Job[]> {
+  const of = new Set(datasets);
+  return (await ctx.queues.preprocess.getFailed()).filter((j): j is Job => of.has((j?.data as { dataset?: string } | undefined)?.dataset ?? ''));
 }
 
 /**
@@ -246,7 +247,8 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
 
   // Redis lost its records, and status names it until it is ingested again: deleting it is the other way to settle that
   const lost = (await redis.sismember(keys.datasetsLost(), dataset)) === 1;
-  const failedJobs = await failedPreprocessJobs(ctx, dataset);
+  // (with the images classify kept for its runs, theirs too)
+  const failedJobs = await failedPreprocessJobs(ctx, classifiedImages ? [dataset, classifyDataset] : [dataset]);
   if (!exists && !lost && failedJobs.length === 0 && runFiles.length === 0 && records.length === 0 && classifiedImages === 0 && (!o.results || outputs.length === 0)) {
     const hint = runs.length && !o.runs ? `; its ${runs.length} trained run${runs.length === 1 ? ' is' : 's are'} still in the bucket: add --runs to delete ${runs.length === 1 ? 'it' : 'them'}` : '';
     throw new CliExit(EXIT.error, `transferline: no dataset named ${dataset}${hint}: nothing deleted (see "transferline status")`);
@@ -257,7 +259,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
     plan.lines.push(`dataset ${dataset}: ${images(status.total)} (their records, sources and embedding space, in Redis)`);
     if (status.pending) plan.lines.push(`  ${images(status.pending)} still on their way: their embeddings are cached when their jobs finish, their records are not written`);
   }
-  if (failedJobs.length) plan.lines.push(`${failedJobs.length} failed preprocess job${failedJobs.length === 1 ? '' : 's'} of ${dataset} (in Redis; status and the console count them among the queue's failures)`);
+  if (failedJobs.length) plan.lines.push(`${failedJobs.length} failed preprocess job${failedJobs.length === 1 ? '' : 's'} of ${classifiedImages ? `${dataset} and ${classifyDataset}` : dataset} (in Redis; status and the console count them among the queue's failures)`);
   if (lost) plan.lines.push(`dataset ${dataset}: its records were lost with Redis's data; status stops naming it as one to ingest again`);
   if (runFiles.length) plan.lines.push(`${runs.length} trained run${runs.length === 1 ? '' : 's'} (${files(runFiles.length)}) in s3://${bucket}/${layout.models(dataset)}`);
   if (classifiedImages) plan.lines.push(`dataset ${classifyDataset}: the ${images(classifiedImages)} classify kept for its runs`);
