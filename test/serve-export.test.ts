@@ -301,6 +301,10 @@ describe('transferline serve, guarded', () => {
     expect(wrong.status).toBe(401);
     // a key that is not this server's is said to be wrong, not missing
     expect(((await wrong.json()) as { error: { message: string } }).error.message).toBe('wrong API key (TL_SERVE_API_KEY of this server)');
+    // an empty X-API-Key does not hide the key in Authorization; "Bearer " and nothing is no key
+    expect((await fetch(url, { method: 'POST', body: small, headers: { 'x-api-key': '', authorization: `Bearer ${apiKey}` } })).status).toBe(200);
+    const blank = await fetch(url, { method: 'POST', body: small, headers: { authorization: 'Bearer ' } });
+    expect(((await blank.json()) as { error: { message: string } }).error.message).toMatch(/^an API key is required/);
     const auth = { authorization: `Bearer ${apiKey}` };
     const ok = await fetch(url, { method: 'POST', body: small, headers: auth });
     expect(ok.status).toBe(200);
@@ -441,6 +445,11 @@ describe('transferline serve, guarded', () => {
   it('says a port in use before it loads any model', async () => {
     // the port of the server above: taken. The model does not exist: had it been loaded first, that would be the error
     await expect(startClassifierServer(ctx, { model: 'no-such-dataset', log, port: server.port, threads: 1 })).rejects.toThrow(`port ${server.port} on ${stack.config.serve.host} is in use: set TL_SERVE_PORT or --port`);
+    // and the CLI says nothing of loading
+    const cli = await runCli(['serve', '-m', 'shapes', '--port', String(server.port)], stack.env);
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toContain(`port ${server.port} on ${stack.config.serve.host} is in use`);
+    expect(cli.stdout).not.toMatch(/loading/);
   });
 });
 
@@ -570,6 +579,19 @@ describe('transferline serve, bounded by bytes', () => {
     const deadline = Date.now() + 10_000;
     while ((await inFlight()) !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     expect(await inFlight()).toBe(0);
+    expect(await heldBecomes(0)).toBe(0);
+  });
+
+  it('answers a body of no declared length 413 when it passes the image limit, even if it was refused for room first', async () => {
+    const held = await slowUpload(100_000, 1_000);
+    expect(await heldBecomes(100_000)).toBe(100_000);
+    // chunked: no length declared; it finds no room at once, and ends up larger than any image may be
+    const chunks = [Buffer.alloc(100_000, 1), Buffer.alloc(100_000, 2)];
+    const body = new ReadableStream({ pull: (c) => (chunks.length ? c.enqueue(chunks.shift()) : c.close()) });
+    const r = await fetch(`${server.url}/v1/classify`, { method: 'POST', body, duplex: 'half' } as RequestInit);
+    expect(r.status).toBe(413);
+    expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(/^the image is 200000 bytes, over the limit of 150000 bytes/);
+    held.req.destroy();
     expect(await heldBecomes(0)).toBe(0);
   });
 

@@ -178,7 +178,14 @@ describe('prepareImage', () => {
   it('words the failure once, and in words when libvips gives none', () => {
     const cut = Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0, 0x10, 0x4a, 0x46]); // no end marker
     // libvips's error buffer, shared by concurrent decodes: a line twice, or "Unknown error"
-    expect(classifyDecodeError(new Error('VipsJpeg: premature end of JPEG image\nVipsJpeg: premature end of JPEG image'), 'jpeg', cut).message).toBe('VipsJpeg: premature end of JPEG image');
+    expect(classifyDecodeError(new Error('VipsJpeg: premature end of JPEG image\nVipsJpeg: premature end of JPEG image'), 'jpeg', cut).message).toBe(
+      'the jpeg file ends before its image does (cut short: an upload or copy that did not finish?); the decoder said: VipsJpeg: premature end of JPEG image',
+    );
+    // a PNG cut after its header: libvips calls that a corrupt header; the reason and the words agree
+    const png = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+    expect(classifyDecodeError(new Error('Input buffer has corrupt header: '), 'png', png).message).toBe(
+      'the png file ends before its image does (cut short: an upload or copy that did not finish?); the decoder said: Input buffer has corrupt header',
+    );
     const none = classifyDecodeError(new Error('Unknown error'), 'jpeg', cut);
     expect(none.reason).toBe('truncated');
     expect(none.message).toBe('the jpeg file ends before its image does (cut short: an upload or copy that did not finish?)');

@@ -136,7 +136,8 @@ export function classifyDecodeError(err: Error, format: string, bytes: Uint8Arra
     return new PermanentError('unsupported-format', `${format}: this build of sharp cannot decode it (${m})`);
   }
   if (looksTruncated(format, bytes) || /premature end|truncated|unexpected end|not enough data/i.test(err.message)) {
-    return new PermanentError('truncated', m || `the ${format} file ends before its image does (cut short: an upload or copy that did not finish?)`);
+    // in our words first: the decoder's may speak of a corrupt header where the file is cut short
+    return new PermanentError('truncated', `the ${format} file ends before its image does (cut short: an upload or copy that did not finish?)${m ? `; the decoder said: ${m}` : ''}`);
   }
   return new PermanentError('undecodable', m || `the ${format} decoder could not read it and gave no reason`);
 }

@@ -194,6 +194,8 @@ export async function startClassifierServer(
      * line of its own.
      */
     onSwap?: (next: ClassifierMetadata, was: string, cause: string) => void;
+    /** Told once the port is bound, before the model loads. */
+    onListening?: () => void;
   },
 ): Promise<ClassifierServer> {
   const cfg = ctx.config.serve;
@@ -210,6 +212,7 @@ export async function startClassifierServer(
     server.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'EADDRINUSE' ? new Error(`port ${o.port ?? cfg.port} on ${o.host ?? cfg.host} is in use: set TL_SERVE_PORT or --port`) : err));
     server.listen(o.port ?? cfg.port, o.host ?? cfg.host, () => resolve());
   });
+  o.onListening?.();
   let current: ServedModel;
   try {
     current = await load();
@@ -296,7 +299,8 @@ export async function startClassifierServer(
   if (cfg.apiKey) {
     const key = Buffer.from(cfg.apiKey);
     app.use('/v1', (req: Request, res: Response, next: NextFunction) => {
-      const given = Buffer.from(req.get('x-api-key') ?? (req.get('authorization') ?? '').replace(/^Bearer /i, ''));
+      // (an empty X-API-Key does not hide an Authorization header)
+      const given = Buffer.from(req.get('x-api-key') || (req.get('authorization') ?? '').replace(/^Bearer(?:\s+|$)/i, '').trim());
       if (given.length === key.length && timingSafeEqual(given, key)) return next();
       fail(res, 'unauthorized', given.length ? 'wrong API key (TL_SERVE_API_KEY of this server)' : 'an API key is required: send it as "Authorization: Bearer KEY" or "X-API-Key: KEY"');
     });
@@ -358,7 +362,9 @@ export async function startClassifierServer(
     req.on('end', () => {
       void (async () => {
         try {
-          if (refused === 'too-large') return fail(res, 'too-large', tooLarge('the image'));
+          // too large whatever the room: a body of no declared length refused for room as it came
+          // in, then passing the limit, is told so, not to retry
+          if (refused === 'too-large' || size > maxBytes) return fail(res, 'too-large', tooLarge('the image', size));
           if (refused === 'overloaded') return overBudget(res);
           const r = await classify(model, body.take());
           if ('error' in r) res.status(statusOf(r.error.reason)).json({ ...r, model: modelRef });
