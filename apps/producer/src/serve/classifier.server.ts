@@ -42,26 +42,42 @@ function once(fn: () => void): () => void {
 const KEY_ROOM_DEADLINE_MS = 30_000;
 /** Longest a request body may send nothing: a client that declared a length and stalls gives its room back. */
 const BODY_IDLE_MS = 30_000;
+/**
+ * Least a body must send in each BODY_IDLE_MS while it arrives (a 2G link sends far more): a
+ * client that trickles a byte now and then would otherwise hold the room of its declared length
+ * until Node's own 5-minute request timeout, and a few such clients the whole byte budget.
+ */
+const BODY_MIN_BYTES_PER_WINDOW = 16 * 1024;
 
 /**
- * Ends `req` when its body sends nothing for `ms` (the room it holds is given back as for any
- * client that leaves), answered by `answer` first when nothing has been yet.
+ * Ends `req` when its body sends nothing for `ms`, or less than BODY_MIN_BYTES_PER_WINDOW in any
+ * `ms` (the room it holds is given back as for any client that leaves), answered by `answer`
+ * first when nothing has been yet.
  */
 function endStalledBody(req: Request, res: Response, ms: number, answer: (message: string) => void): void {
   const socket = req.socket;
-  const onTimeout = () => {
-    const err = new Error(`the client sent nothing for ${ms / 1000} s`);
+  const end = (why: string) => {
+    const err = new Error(`the client sent ${why}`);
     if (res.headersSent) return void req.destroy(err);
     // told why (408), then the connection ended: what the body held is given back as for a client gone
     res.once('finish', () => req.destroy(err));
     res.set('Connection', 'close');
     answer(`the request's body stalled: ${err.message}, so the request was ended`);
   };
+  const onTimeout = () => end(`nothing for ${ms / 1000} s`);
   socket.setTimeout(ms);
   // heard on the request: Node destroys a timed-out socket at once when no request, response or
   // server listens, and the 408 would never be sent
   req.on('timeout', onTimeout);
+  // the rate, from the socket's count (a 'data' listener here would change how the body flows)
+  let read = socket.bytesRead;
+  const rate = setInterval(() => {
+    const sent = socket.bytesRead - read;
+    read = socket.bytesRead;
+    if (sent > 0 && sent < BODY_MIN_BYTES_PER_WINDOW) end(`${sent} bytes in ${ms / 1000} s, under the ${BODY_MIN_BYTES_PER_WINDOW} a body must send in that time`);
+  }, ms).unref();
   const done = () => {
+    clearInterval(rate);
     // (a body that ends after its answer was sent, a refusal's: Node has set the socket's
     // keep-alive timeout by then, which must stay)
     if (!res.writableFinished) socket.setTimeout(0);
