@@ -40,49 +40,36 @@ function once(fn: () => void): () => void {
 
 /** Longest an s3:// key's read waits for room in TL_SERVE_MAX_BYTES before it is answered "overloaded". */
 const KEY_ROOM_DEADLINE_MS = 30_000;
-/** Longest a request body may send nothing: a client that declared a length and stalls gives its room back. */
+/** The window over which a request body's progress is judged. */
 const BODY_IDLE_MS = 30_000;
 /**
- * Least a body must send in each BODY_IDLE_MS while it arrives (a 2G link sends far more): a
- * client that trickles a byte now and then would otherwise hold the room of its declared length
- * until Node's own 5-minute request timeout, and a few such clients the whole byte budget.
+ * Least a body must send in each BODY_IDLE_MS while it arrives (a 2G link sends far more): one
+ * that stalls, or trickles a byte now and then, would otherwise hold the room of its declared
+ * length until Node's own 5-minute request timeout, and a few such clients the whole byte budget.
  */
 const BODY_MIN_BYTES_PER_WINDOW = 16 * 1024;
 
 /**
- * Ends `req` when its body sends nothing for `ms`, or less than BODY_MIN_BYTES_PER_WINDOW in any
+ * Ends `req` when its body sends less than BODY_MIN_BYTES_PER_WINDOW (or nothing) in a window of
  * `ms` (the room it holds is given back as for any client that leaves), answered by `answer`
- * first when nothing has been yet.
+ * first when nothing has been yet. Read from the socket's byte count: a 'data' listener here would
+ * change how the body flows, and the socket's own timeout is Node's keep-alive timer too.
  */
 function endStalledBody(req: Request, res: Response, ms: number, answer: (message: string) => void): void {
   const socket = req.socket;
-  const end = (why: string) => {
-    const err = new Error(`the client sent ${why}`);
+  let read = socket.bytesRead;
+  const window = setInterval(() => {
+    const sent = socket.bytesRead - read;
+    read = socket.bytesRead;
+    if (sent >= BODY_MIN_BYTES_PER_WINDOW) return;
+    const err = new Error(`the client sent ${sent ? `${sent} bytes in ${ms / 1000} s, under the ${BODY_MIN_BYTES_PER_WINDOW} a body must send in that time` : `nothing for ${ms / 1000} s`}`);
     if (res.headersSent) return void req.destroy(err);
     // told why (408), then the connection ended: what the body held is given back as for a client gone
     res.once('finish', () => req.destroy(err));
     res.set('Connection', 'close');
     answer(`the request's body stalled: ${err.message}, so the request was ended`);
-  };
-  const onTimeout = () => end(`nothing for ${ms / 1000} s`);
-  socket.setTimeout(ms);
-  // heard on the request: Node destroys a timed-out socket at once when no request, response or
-  // server listens, and the 408 would never be sent
-  req.on('timeout', onTimeout);
-  // the rate, from the socket's count (a 'data' listener here would change how the body flows)
-  let read = socket.bytesRead;
-  const rate = setInterval(() => {
-    const sent = socket.bytesRead - read;
-    read = socket.bytesRead;
-    if (sent > 0 && sent < BODY_MIN_BYTES_PER_WINDOW) end(`${sent} bytes in ${ms / 1000} s, under the ${BODY_MIN_BYTES_PER_WINDOW} a body must send in that time`);
   }, ms).unref();
-  const done = () => {
-    clearInterval(rate);
-    // (a body that ends after its answer was sent, a refusal's: Node has set the socket's
-    // keep-alive timeout by then, which must stay)
-    if (!res.writableFinished) socket.setTimeout(0);
-    req.off('timeout', onTimeout);
-  };
+  const done = () => clearInterval(window);
   req.once('end', done);
   req.once('close', done);
 }
