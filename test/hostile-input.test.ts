@@ -186,6 +186,10 @@ describe('small CLI holes', () => {
         expect(bad.code).toBe(1);
         expect(bad.stderr).toBe(`transferline: "${name}" cannot be a bucket's name: 3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit\n`);
       }
+      // said before the folder is read: not a missing folder, nor a note about loose files
+      const both = await cli(['upload', path.join(dir, 'nope'), 's3://Bad_Bucket/x/']);
+      expect(both.stderr).toMatch(/^transferline: "Bad_Bucket" cannot be a bucket's name/);
+      expect(both.stdout).toBe('');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

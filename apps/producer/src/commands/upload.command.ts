@@ -22,6 +22,8 @@ export async function listFiles(dir: string): Promise<string[]> {
 /** `transferline upload ./photos s3://bucket/train/`: copies a local folder (one sub-folder per label) into the bucket. */
 export async function uploadCommand(ctx: CliContext, dir: string, url: string, parallel = 8): Promise<number> {
   const { bucket, prefix } = parseS3Url(url);
+  // before the folder is read: a name S3 would refuse is said first, whatever the folder holds
+  if (!isBucketName(bucket)) throw new Error(`${JSON.stringify(bucket)} cannot be a bucket's name: ${BUCKET_NAME_RULE}`);
   const files = await listFiles(dir).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT') throw new Error(`no folder ${dir}${path.isAbsolute(dir) ? '' : ` here (${path.resolve(dir)})`}`);
     if (err.code === 'ENOTDIR') throw new Error(`${dir} is a file: upload takes a folder with one sub-folder per label`);
@@ -31,7 +33,6 @@ export async function uploadCommand(ctx: CliContext, dir: string, url: string, p
   // files that ingest would find no label for (not in a label folder), by ingest's own rule
   const loose = files.filter((f) => itemFromKey(prefix, `${prefix}${f}`) === undefined);
   if (loose.length) ctx.out.write(`note: ${loose.length} of the ${files.length} files are not in a label folder (${loose.slice(0, 3).map((f) => JSON.stringify(f)).join(', ')}${loose.length > 3 ? ', …' : ''}): ingest skips them; put them in a folder per label (${path.join(dir, 'LABEL', loose[0]!)})\n`);
-  if (!isBucketName(bucket)) throw new Error(`${JSON.stringify(bucket)} cannot be a bucket's name: ${BUCKET_NAME_RULE}`);
   // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
   const bar = createProgress('uploading');
