@@ -236,19 +236,32 @@ describe('small CLI holes', () => {
 });
 
 describe('deleting a dataset', () => {
-  it("removes its failed preprocess jobs, and no other dataset's", async () => {
+  it("removes its failed preprocess jobs, and no other dataset's; with --runs, those of the images its runs classified", async () => {
     for (const d of ['gone', 'kept']) {
-      for (let n = 0; n < 2; n++) await ctx.services.store.putObject(photos, `${d}/circle/${n}.jpg`, await renderSample('circle', n, 41));
+      for (const kind of ['circle', 'square'] as const) for (let n = 0; n < 2; n++) await ctx.services.store.putObject(photos, `${d}/${kind}/${n}.jpg`, await renderSample(kind, n, 41));
       await ctx.services.store.putObject(photos, `${d}/circle/notes.jpg`, `not an image: ${d}\n`);
-      expect((await cli(['ingest', `s3://${photos}/${d}/`, '-d', d])).stdout).toMatch(new RegExp(`dataset ${d}: 3 images, 2 embedded .*1 failed`));
+      expect((await cli(['ingest', `s3://${photos}/${d}/`, '-d', d])).stdout).toMatch(new RegExp(`dataset ${d}: 5 images, 4 embedded .*1 failed`));
     }
+    // a run of gone, which classified an unreadable image: a failed job of _classify.gone
+    expect((await cli(['train', '-d', 'gone', '--epochs', '1', '--run-id', 'gone-run'])).code).toBe(0);
+    await ctx.services.store.putObject(photos, 'gone-in/a.jpg', await renderSample('circle', 7, 41));
+    await ctx.services.store.putObject(photos, 'gone-in/b.jpg', 'not an image either\n');
+    const classified = await cli(['classify', `s3://${photos}/gone-in/`, '--model', 'gone']);
+    expect(classified.stdout).toMatch(/classified 1 image\(s\) .*, 1 failed/);
     const failedOf = async (d: string) => (await ctx.queues.preprocess.getFailed()).filter((j) => (j.data as { dataset: string }).dataset === d).length;
-    expect([await failedOf('gone'), await failedOf('kept')]).toEqual([1, 1]);
+    const counts = async () => [await failedOf('gone'), await failedOf('_classify.gone'), await failedOf('kept')];
+    expect(await counts()).toEqual([1, 1, 1]);
     const del = await cli(['delete', 'dataset', 'gone', '--yes']);
     expect(del.code).toBe(0);
     expect(del.stdout).toContain('\n  1 failed preprocess job of gone (in Redis; status and the console count them among the queue\'s failures)\n');
-    // status and the console count the queue's failed jobs: the deleted dataset's no longer
-    expect([await failedOf('gone'), await failedOf('kept')]).toEqual([0, 1]);
+    // status and the console count the queue's failed jobs: the deleted dataset's no longer; the
+    // classified images stay with the runs that are kept
+    expect(await counts()).toEqual([0, 1, 1]);
     expect((await cli(['failures', '-d', 'kept'])).stdout).toMatch(/^dataset kept: 1 failed \(not-an-image 1\)/);
+    // with its runs: the images they classified go, their failed job with them
+    const runs = await cli(['delete', 'dataset', 'gone', '--runs', '--yes']);
+    expect(runs.code).toBe(0);
+    expect(runs.stdout).toContain('\n  1 failed preprocess job of gone and _classify.gone (in Redis; status and the console count them among the queue\'s failures)\n');
+    expect(await counts()).toEqual([0, 0, 1]);
   }, 240_000);
 });
