@@ -1,6 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
+import net from 'node:net';
 import { readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -17,6 +18,8 @@ import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { startClassifierServer, type ClassifierServer } from '../apps/producer/src/serve/classifier.server.js';
 import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
 import { createLogger, ReportDoc } from '../packages/shared/src/index.js';
+import { freePort } from '../apps/producer/src/embedded/redis.server.js';
+import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { cliPath, repoRoot, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
 
@@ -450,6 +453,33 @@ describe('transferline serve, guarded', () => {
     expect(cli.code).toBe(1);
     expect(cli.stderr).toContain(`port ${server.port} on ${stack.config.serve.host} is in use`);
     expect(cli.stdout).not.toMatch(/loading/);
+  });
+
+  it('a model that fails to load: says why at once, and closes the connections made while it loaded', async () => {
+    // the model's lookup goes through S3 slowed down: time for a client to connect while it loads
+    const proxy = await startFaultProxy(stack.config.s3.endpoint);
+    const slowCtx = await openCliContext({ ...stack.config, s3: { ...stack.config.s3, endpoint: proxy.url } }, sink);
+    try {
+      proxy.inject('', { kind: 'slow', ms: 1_000 });
+      const port = await freePort();
+      let clientClosed = false;
+      // a client in the middle of sending its headers while it loads: no request yet for the 503,
+      // and not idle, so closing the server alone would wait for it until Node's header timeout
+      const onListening = () => {
+        const client = net.connect(port, stack.config.serve.host, () => client.write('POST /v1/classify HTTP/1.1\r\nHost: x\r\n'));
+        client.on('close', () => (clientClosed = true));
+        client.on('error', () => undefined);
+      };
+      const start = startClassifierServer(slowCtx, { model: 'no-such-dataset', log, port, threads: 1, onListening });
+      // (a deadline of its own: a start that waits for the client would hang the test past its timeout)
+      const outcome = await Promise.race([start.then(() => 'loaded', (err: Error) => err.message), new Promise((r) => setTimeout(r, 15_000, 'still closing after 15 s'))]);
+      expect(outcome).toMatch(/no-such-dataset/);
+      // the server closed it (not the client, which never ends it)
+      await until('the server to close the connection made while it loaded', () => clientClosed, 10);
+    } finally {
+      await slowCtx.close();
+      await proxy.close();
+    }
   });
 });
 
