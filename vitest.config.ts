@@ -16,6 +16,10 @@ export default defineConfig({
     exclude: ['**/node_modules/**', '**/dist/**'],
     // Integration tests start real redis-server, S3 and worker processes: one file at a time on 2 cores.
     fileParallelism: false,
+    // One process for every file, in turn: each file's own stack, clients and servers are its own
+    // (the leak guard checks that each file stops what it started), while the modules (BullMQ,
+    // the AWS SDK, TF.js, ONNX Runtime) load once, not once per file.
+    isolate: false,
     testTimeout: 60_000,
     hookTimeout: 180_000,
     pool: 'forks',
