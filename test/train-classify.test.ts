@@ -329,6 +329,17 @@ describe('training runs and classification', () => {
     expect(r.stdout).toMatch(/classified \d+ image\(s\)/);
   });
 
+  it('a run asked for from a shell with another TL_BUCKET: train says where the worker wrote it, and that the shell looks elsewhere', async () => {
+    const bucket = stack.config.s3.bucket;
+    const r = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'other-shell', '--no-promote'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
+    expect({ code: r.code, stderr: r.stderr.replace(/^training shapes.*\n/gm, '') }).toEqual({ code: 0, stderr: '' });
+    expect(r.stdout).toContain(`\nmodel: s3://${bucket}/${ctx.services.layout.run('shapes', 'other-shell')} (model.json, weights.bin, labels.json, report.json)\n`);
+    expect(r.stdout).toContain(`  warning: the train worker wrote it to bucket ${bucket}, and this shell's bucket is not-the-workers: models, classify, export and serve from here look for it there; set TL_BUCKET=${bucket} as the workers have it\n`);
+    // the report, read where the worker wrote it
+    expect(r.stdout).toContain('validation confusion matrix');
+    expect((await runCli(['delete', 'run', 'shapes@other-shell', '--yes'], stack.env)).code).toBe(0);
+  });
+
   it('a round of --watch that finds nothing new writes no results file', async () => {
     const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
     const listed = async () => {

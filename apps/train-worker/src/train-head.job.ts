@@ -168,15 +168,16 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'report.json'), report);
   // Last, so that whoever follows the pointer finds every file of the run.
   if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix, 'train'));
-  return { ...resultOf(report, modelPrefix), latest: promote };
+  return { ...resultOf(report, modelPrefix, deps.bucket), latest: promote };
 }
 
 /** What a train job returns for a run: read off its report (a run trained now, or found written). */
-function resultOf(report: ReportDoc, modelPrefix: string): TrainResult {
+function resultOf(report: ReportDoc, modelPrefix: string, bucket: string): TrainResult {
   return {
     dataset: report.dataset,
     runId: report.runId,
     modelPrefix,
+    bucket,
     validationAccuracy: report.validation.accuracy,
     ...(report.test && { testAccuracy: report.test.accuracy }),
     examples: report.split.train + report.split.validation + report.split.test,
@@ -201,9 +202,9 @@ async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext, 
   const setSince = latest?.setAt !== undefined && latest.setAt > report.createdAt;
   if (promote && (!latest || (latest.runId !== runId && !setSince && !(current && current.createdAt > report.createdAt)))) {
     await store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix, 'train'));
-    return { ...resultOf(report, modelPrefix), latest: true };
+    return { ...resultOf(report, modelPrefix, deps.bucket), latest: true };
   }
-  return { ...resultOf(report, modelPrefix), latest: latest?.runId === runId };
+  return { ...resultOf(report, modelPrefix, deps.bucket), latest: latest?.runId === runId };
 }
 
 type Labelled = { x: Matrix; y: Int32Array };

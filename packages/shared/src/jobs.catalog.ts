@@ -145,6 +145,11 @@ export interface TrainResult {
   dataset: string;
   runId: string;
   modelPrefix: string;
+  /**
+   * The bucket the worker wrote the run to: the run is where the worker says, whatever the
+   * TL_BUCKET of the shell that asked for it (absent from runs of older workers).
+   */
+  bucket?: string;
   validationAccuracy: number;
   /** undefined when the run had no test split */
   testAccuracy?: number;

@@ -167,7 +167,8 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
   } finally {
     bar.stop();
   }
-  const report = await ctx.services.store.getDocument(ReportDoc, ctx.config.s3.bucket, ctx.services.layout.runFile(result.dataset, result.runId, 'report.json'));
+  // (read where the worker wrote it, which a shell with another TL_BUCKET would not find)
+  const report = await ctx.services.store.getDocument(ReportDoc, result.bucket ?? ctx.config.s3.bucket, ctx.services.layout.runFile(result.dataset, result.runId, 'report.json'));
   printReport(ctx, result, report, payload.promote);
   return { runId, result, ...(report && { report }) };
 }
@@ -280,7 +281,11 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
     const held = report.labels.filter((_, c) => (report.validation.confusionMatrix[c] ?? []).some((n) => n > 0)).map(printable);
     w(`  no threshold: validation held ${held.length ? `only "${held.join('", "')}"` : 'no image'}, so classify and serve take the most probable label (more images of each label give validation both)`);
   }
-  w(`model: s3://${ctx.config.s3.bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);
+  const bucket = result.bucket ?? ctx.config.s3.bucket;
+  w(`model: s3://${bucket}/${result.modelPrefix} (model.json, weights.bin, labels.json, report.json)`);
+  if (bucket !== ctx.config.s3.bucket) {
+    w(`  warning: the train worker wrote it to bucket ${bucket}, and this shell's bucket is ${ctx.config.s3.bucket}: models, classify, export and serve from here look for it there; set TL_BUCKET=${bucket} as the workers have it`);
+  }
   if (!promote) {
     w(`  not made the latest run of ${result.dataset} (--no-promote): classify, serve and export use it as -m ${result.dataset}@${result.runId}; make it the latest with: transferline promote ${result.dataset}@${result.runId}`);
   } else if (result.latest === false) {
