@@ -1,7 +1,10 @@
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRedis, loadConfig, redisKeys, SpaceRegistry, spaceFromConfig, type Redis } from '../packages/shared/src/index.js';
+import { createRedis, DatasetRepository, loadConfig, ObjectStore, redisKeys, SpaceRegistry, spaceFromConfig, type Redis } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { startTestStack, type TestStack } from './support/stack.js';
+import { repoRoot, runCli, startTestStack, until, type TestStack } from './support/stack.js';
 
 /**
  * Choosing a space by id (`--embedder ID`) against the registry the embed workers' heartbeats
@@ -67,5 +70,41 @@ describe('SpaceRegistry.resolve', () => {
     // the field that says when the registry began is not a space
     await expect(registry.resolve('@since')).rejects.toThrow(/no embedding space @since is known here/);
     expect(await registry.get('@since')).toBeUndefined();
+  });
+
+  it("keeps a dataset in its space when another space's workers are live beside its own", async () => {
+    // the stack's own registry (its prefix): workers of two spaces beat in it
+    const keys = redisKeys(stack.config.redis.prefix);
+    const registry = new SpaceRegistry(redis, keys, TTL_MS);
+    const crop = spaceFromConfig(loadConfig({ TL_MODEL_WEIGHTS: 'random', TL_MODEL_SEED: '7', TL_RESIZE: 'crop' }));
+    stops.push((await registry.startHeartbeat(space, 'test', () => undefined)).stop);
+    // the other space's worker: another process (a worker's id is its process's)
+    const shared = pathToFileURL(path.join(repoRoot, 'packages', 'shared', 'dist', 'index.js')).href;
+    const other = spawn(process.execPath, ['--input-type=module', '-e', `
+      const { createRedis, redisKeys, SpaceRegistry } = await import(${JSON.stringify(shared)});
+      const registry = new SpaceRegistry(createRedis(${JSON.stringify(stack.config.redis.url)}, 'worker'), redisKeys(${JSON.stringify(stack.config.redis.prefix)}), ${TTL_MS});
+      await registry.startHeartbeat(${JSON.stringify(crop)}, 'test', () => undefined);
+      setInterval(() => {}, 1000);
+    `], { stdio: 'ignore' });
+    stops.push(async () => {
+      other.kill('SIGKILL');
+      if (other.exitCode === null && other.signalCode === null) await new Promise((r) => other.once('exit', r));
+    });
+    await until('the other space to be published', async () => (await registry.list()).filter((x) => x.workers.length > 0).length === 2, 30);
+    await expect(registry.resolve()).rejects.toThrow(`embed workers of 2 embedding spaces are live: `);
+    const chosen = await registry.resolve(undefined, undefined, crop.id);
+    expect(chosen.space).toEqual(crop);
+    expect(chosen.message).toBe(`embedding space ${crop.id} (the dataset's space; embed workers of 2 spaces are live; 1 embed worker: test)`);
+    // a space none of the live workers run is no choice: still asked for
+    await expect(registry.resolve(undefined, undefined, 'efficientnet-b0.gone.squash224')).rejects.toThrow('embed workers of 2 embedding spaces are live');
+    // what ingest says of a dataset in one of them, and of a new dataset
+    const store = new ObjectStore(stack.config.s3);
+    await store.ensureBucket('spaces');
+    await store.putObject('spaces', 'in/cat/note.txt', 'not an image');
+    await new DatasetRepository(redis, keys).setSpace('cropped', crop.id);
+    const again = await runCli(['ingest', 's3://spaces/in/', '-d', 'cropped', '--no-wait'], stack.env);
+    expect(again.stdout).toContain(`embedding space ${crop.id} (the dataset's space; embed workers of 2 spaces are live`);
+    const fresh = await runCli(['ingest', 's3://spaces/in/', '-d', 'fresh', '--no-wait'], stack.env);
+    expect({ code: fresh.code, stderr: fresh.stderr }).toEqual({ code: 1, stderr: expect.stringContaining('embed workers of 2 embedding spaces are live') });
   });
 });

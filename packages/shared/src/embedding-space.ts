@@ -163,14 +163,15 @@ export class SpaceRegistry {
 
   /**
    * Chooses the space a command works in: the one named by `requested` (`--embedder ID`), else
-   * the one space with live workers, else the one space ever published. Anything ambiguous or
+   * the one space with live workers (`current`, the space of the dataset the command works on,
+   * when its workers are live among others'), else the one space ever published. Anything ambiguous or
    * empty is a SpaceResolutionError whose one line lists the spaces and their workers. `reason`
    * says why `requested` was asked for, in the message. A requested space not published is
    * waited for until one heartbeat has passed since the first this Redis holds: after Redis lost
    * its data, a live worker publishes it again within that (the command `status` prints then
    * names it). A space still unknown after that (a typo) is refused at once.
    */
-  async resolve(requested?: string, reason = 'chosen with --embedder'): Promise<ResolvedSpace> {
+  async resolve(requested?: string, reason = 'chosen with --embedder', current?: string): Promise<ResolvedSpace> {
     let waited = 0;
     const published = async (id: string) => id !== SINCE_FIELD && (await this.redis.hexists(this.keys.spaces(), id)) === 1;
     if (requested !== undefined && !(await published(requested))) {
@@ -201,6 +202,9 @@ export class SpaceRegistry {
     }
     const live = spaces.filter((s) => s.workers.length > 0);
     if (live.length === 1) return chosen(live[0]!, 'the one with live embed workers');
+    const own = live.length > 1 ? live.find((s) => s.space.id === current) : undefined;
+    // a dataset stays in its space when another one's workers start beside its own
+    if (own) return chosen(own, `the dataset's space; embed workers of ${live.length} spaces are live`);
     if (live.length > 1) throw new SpaceResolutionError(`embed workers of ${live.length} embedding spaces are live: ${describe(live)}; choose one with --embedder ID`);
     if (spaces.length === 1) return chosen(spaces[0]!, 'the only one published');
     if (spaces.length > 1) throw new SpaceResolutionError(`no embed worker is live, and ${spaces.length} embedding spaces are known: ${describe(spaces)}; choose one with --embedder ID`);

@@ -48,7 +48,7 @@ function changedAnything(c: IngestCounts): boolean {
 export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptions): Promise<IngestOutcome> {
   const { bucket, prefix } = parseS3Url(url);
   // which space, and why: said by the rounds that speak (a quiet --watch round says nothing)
-  const { space, message: spaceChoice } = await ctx.services.spaces.resolve(o.embedder, o.embedderReason);
+  const { space, message: spaceChoice } = await ctx.services.spaces.resolve(o.embedder, o.embedderReason, await ctx.services.datasets.space(o.dataset));
   if (!o.quietUnlessNew) ctx.out.write(`${spaceChoice}\n`);
   await restoreLostIndex(ctx, space.id);
   const listing = o.quietUnlessNew ? undefined : createProgress('listing');
