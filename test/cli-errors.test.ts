@@ -5,7 +5,7 @@ import path from 'node:path';
 import { createRedis } from '../packages/shared/src/index.js';
 import { describe, expect, it } from 'vitest';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
-import { cliPath, processesWithEnv, runCli } from './support/stack.js';
+import { cliPath, NO_WORKERS, processesWithEnv, runCli, startTestStack } from './support/stack.js';
 
 const baseEnv = { PATH: process.env.PATH, HOME: process.env.HOME };
 
@@ -63,6 +63,24 @@ describe('what a user sees when something is wrong', () => {
     } finally {
       await server.stop();
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('S3 that refuses: a bucket that is not there, or credentials it rejects, is said with the setting to look at', async () => {
+    const stack = await startTestStack({}, NO_WORKERS);
+    try {
+      const at = stack.config.s3.endpoint;
+      // a shell whose TL_BUCKET is not the workers'
+      const models = await runCli(['models'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
+      expect({ code: models.code, stderr: models.stderr }).toEqual({ code: 1, stderr: `transferline: bucket not-the-workers does not exist at ${at}: it is this process's TL_BUCKET, where the workers keep embeddings and models; set TL_BUCKET as the workers have it\n` });
+      // a bucket of the user's, named in the command
+      const ingest = await runCli(['ingest', 's3://no-such-photos/train/', '-d', 'photos'], stack.env);
+      expect({ code: ingest.code, stderr: ingest.stderr }).toEqual({ code: 1, stderr: `transferline: bucket no-such-photos does not exist at ${at}\n` });
+      // a wrong secret: the settings named, not S3's words about signatures
+      const secret = await runCli(['models'], { ...stack.env, S3_SECRET_ACCESS_KEY: 'not-the-secret' });
+      expect({ code: secret.code, stderr: secret.stderr }).toEqual({ code: 1, stderr: `transferline: S3 at ${at} rejects this process's credentials (SignatureDoesNotMatch): check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY\n` });
+    } finally {
+      await stack.destroy();
     }
   });
 

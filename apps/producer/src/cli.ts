@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError, Option, type CommanderError } from 'commander';
-import { AnyDatasetName, ConfigError, DatasetName, loadConfig, parseS3Url, S3UnreachableError, TRANSIENT_REASONS } from '@transferline/shared';
+import { AnyDatasetName, ConfigError, DatasetName, loadConfig, parseS3Url, s3Refusal, S3UnreachableError, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
@@ -361,10 +361,12 @@ program.parseAsync(process.argv).catch((err: unknown) => {
     process.stderr.write(`${printableMessage(e.message)}\n`);
     process.exit(e.code);
   }
-  // S3 that does not answer is said as Redis that does not answer is, not as a socket's error
-  let s3: S3UnreachableError | undefined;
+  // S3 that does not answer is said as Redis that does not answer is, not as a socket's error;
+  // what S3 refuses (credentials, a bucket that is not there) names the setting to look at
+  let s3: Error | undefined;
   try {
-    s3 = e instanceof ConfigError ? undefined : S3UnreachableError.from(e, loadConfig(process.env).s3.endpoint);
+    const config = e instanceof ConfigError ? undefined : loadConfig(process.env).s3;
+    s3 = config && (S3UnreachableError.from(e, config.endpoint) ?? s3Refusal(e, config));
   } catch {
     // (a configuration that does not load: the error is told as it is)
   }

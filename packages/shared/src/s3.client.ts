@@ -115,6 +115,23 @@ export class S3UnreachableError extends Error {
 /** The error codes with which S3 rejects the credentials rather than a request. */
 const CREDENTIAL_CODES = new Set(['SignatureDoesNotMatch', 'InvalidAccessKeyId', 'InvalidToken', 'ExpiredToken', 'TokenRefreshRequired', 'InvalidClientTokenId', 'AuthorizationHeaderMalformed']);
 
+/**
+ * An answer of S3 said as what to do about it: credentials it refuses (S3CredentialsError, naming
+ * the settings), or a bucket that does not exist, named with the endpoint, and as the
+ * deployment's bucket (TL_BUCKET) when it is this process's. Undefined for any other error.
+ */
+export function s3Refusal(err: unknown, s3: { endpoint: string; bucket: string }): Error | undefined {
+  if (!(err instanceof S3ServiceException)) return undefined;
+  if (CREDENTIAL_CODES.has(err.name)) return new S3CredentialsError(redactUrl(s3.endpoint), err.name);
+  if (err.name !== 'NoSuchBucket') return undefined;
+  const named = (err as { BucketName?: unknown }).BucketName;
+  const bucket = typeof named === 'string' && named !== '' ? named : undefined;
+  const at = redactUrl(s3.endpoint);
+  if (bucket === undefined) return new Error(`a bucket this command reads does not exist at ${at} (S3 did not say which; this process's TL_BUCKET is ${s3.bucket})`);
+  if (bucket !== s3.bucket) return new Error(`bucket ${bucket} does not exist at ${at}`);
+  return new Error(`bucket ${bucket} does not exist at ${at}: it is this process's TL_BUCKET, where the workers keep embeddings and models; set TL_BUCKET as the workers have it`);
+}
+
 /** S3 refused a request made with `If-Match` (412): the object holds other content than that ETag. */
 function preconditionFailed(err: unknown, ifMatch: string | undefined): ifMatch is string {
   return ifMatch !== undefined && err instanceof S3ServiceException && err.$metadata.httpStatusCode === 412;

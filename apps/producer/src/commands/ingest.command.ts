@@ -1,4 +1,4 @@
-import { isClassifyDataset, parseS3Url, relistCommand, type DatasetStatus } from '@transferline/shared';
+import { isClassifyDataset, parseS3Url, relistCommand, s3Refusal, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { restoreLostIndex } from '../data-loss.js';
 import { watchRounds } from '../watch-loop.js';
@@ -58,9 +58,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
       listing?.update(c.listed, c.listed, `listed, ${c.enqueued} enqueued`),
     );
   } catch (err) {
-    const name = (err as Error).name;
-    if (name === 'NoSuchBucket') throw new Error(`bucket ${bucket} does not exist at ${ctx.config.s3.endpoint}`);
-    throw err;
+    throw s3Refusal(err, ctx.config.s3) ?? err;
   } finally {
     listing?.stop();
   }
