@@ -2,8 +2,9 @@ import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { createRedis } from '../packages/shared/src/index.js';
+import { createRedis, redisKeys } from '../packages/shared/src/index.js';
 import { describe, expect, it } from 'vitest';
+import { openCliContext } from '../apps/producer/src/cli-context.js';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
 import { cliPath, NO_WORKERS, processesWithEnv, runCli, startTestStack } from './support/stack.js';
 
@@ -80,6 +81,27 @@ describe('what a user sees when something is wrong', () => {
       const secret = await runCli(['models'], { ...stack.env, S3_SECRET_ACCESS_KEY: 'not-the-secret' });
       expect({ code: secret.code, stderr: secret.stderr }).toEqual({ code: 1, stderr: `transferline: S3 at ${at} rejects this process's credentials (SignatureDoesNotMatch): check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY\n` });
     } finally {
+      await stack.destroy();
+    }
+  });
+
+  it("a shell whose TL_QUEUE_PREFIX is not the workers': status says so, not that Redis lost its data, and records no loss", async () => {
+    const stack = await startTestStack({}, NO_WORKERS);
+    const ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
+    try {
+      // the workers' cache: a shard in the bucket, indexed under the workers' prefix
+      await ctx.services.cache.writeShard(stack.space.id, ['a'.repeat(64)], new Float32Array(4), 4);
+      const other = await runCli(['status'], { ...stack.env, TL_QUEUE_PREFIX: 'elsewhere' });
+      expect({ code: other.code, stderr: other.stderr }).toEqual({ code: 0, stderr: '' });
+      expect(other.stdout).toContain(`warning: the embedding index of ${stack.space.id} is not under this process's queue prefix (TL_QUEUE_PREFIX=elsewhere) but under TL_QUEUE_PREFIX=${stack.config.redis.prefix} in this Redis: set TL_QUEUE_PREFIX as the workers have it (nothing was lost)\n`);
+      expect(other.stdout).not.toContain('Redis lost its data');
+      // no loss recorded under the prefix it looked in
+      const there = redisKeys('elsewhere');
+      expect(await ctx.services.redis.exists(there.dataLossRecorded(), there.datasetsLost(), there.datasetsLostSources())).toBe(0);
+      // with the workers' prefix, nothing to say of it
+      expect((await runCli(['status'], stack.env)).stdout).not.toContain(`embedding index of ${stack.space.id}`);
+    } finally {
+      await ctx.close();
       await stack.destroy();
     }
   });

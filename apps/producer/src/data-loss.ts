@@ -1,5 +1,6 @@
 import { DatasetRepository, LostSources, parseDocument, RunDoc, type Redis, type RedisKeys } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
+import { globLiteral, redisKeysMatching } from './redis-scan.js';
 import { latestRun, listModelRuns } from './commands/models.command.js';
 import { printable, shellQuote } from './terminal.js';
 
@@ -24,6 +25,19 @@ export async function restoreLostIndex(ctx: CliContext, space: string): Promise<
   ctx.out.write(`note: the embedding index of ${space} is empty while its shards are in s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(space)} (Redis lost its data?): restoring it from them…\n`);
   const { indexed } = await cache.rebuildIndex(space);
   ctx.out.write(`note: restored the embedding index of ${space}: ${indexed} images, which are not embedded again\n`);
+}
+
+/**
+ * The other queue prefixes (TL_QUEUE_PREFIX) under which this Redis holds `space`'s embedding
+ * index. A process whose prefix is not the workers' finds its own index empty while the shards
+ * are in the bucket: that is no loss, and nothing is recorded for it. (A SCAN: run only for an
+ * index that looks lost.)
+ */
+export async function indexUnderOtherPrefixes(ctx: CliContext, space: string): Promise<string[]> {
+  const own = ctx.services.keys.embeddingIndex(space);
+  const tail = own.slice(ctx.config.redis.prefix.length);
+  const found = await redisKeysMatching(ctx, `*${globLiteral(tail)}`);
+  return [...new Set(found.filter((k) => k !== own && k.endsWith(tail)).map((k) => k.slice(0, -tail.length)))].sort();
 }
 
 /**

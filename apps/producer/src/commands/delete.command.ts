@@ -4,6 +4,7 @@ import pMap from 'p-map';
 import { classifyDatasetName, isClassifyDataset, jobIds, LatestDoc, latestPointer } from '@transferline/shared';
 import { forgetLost } from '../data-loss.js';
 import type { CliContext } from '../cli-context.js';
+import { globLiteral, redisKeysMatching } from '../redis-scan.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
 import { listModelRuns, newestPromotable, parseRunSpec } from './models.command.js';
@@ -83,20 +84,6 @@ async function deleteObjects(ctx: CliContext, keys: string[]): Promise<void> {
   await pMap(keys, (k) => ctx.services.store.deleteObject(bucket, k), { concurrency: 16 });
 }
 
-/** The Redis keys matching `pattern` (SCAN, never KEYS: a large Redis is not blocked). */
-async function redisKeysMatching(ctx: CliContext, pattern: string): Promise<string[]> {
-  const found: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, keys] = await ctx.services.redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    cursor = next;
-    found.push(...keys);
-  } while (cursor !== '0');
-  return found;
-}
-
-/** A string matched literally in a SCAN pattern. */
-const globLiteral = (s: string) => s.replace(/[*?[\]\\]/g, '\\$&');
 
 const files = (n: number) => `${n} file${n === 1 ? '' : 's'}`;
 const images = (n: number) => `${n} image${n === 1 ? '' : 's'}`;

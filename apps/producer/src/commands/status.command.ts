@@ -2,7 +2,8 @@ import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, t
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
-import { lossOver, lostDatasetLine, lostDatasets, recordLostDatasets } from '../data-loss.js';
+import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, recordLostDatasets } from '../data-loss.js';
+import { printable } from '../terminal.js';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -123,8 +124,15 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
     return { lines: [`cannot read s3://${bucket}/, so whether Redis lost data is not checked: ${why}`], found: false };
   }
   const ids = new Set([...spaces, ...inBucket]);
+  const elsewhere: string[] = [];
   for (const id of [...ids].sort()) {
     if (!(await cache.indexLost(id).catch(() => false))) continue;
+    // a shell with another TL_QUEUE_PREFIX than the workers' sees their data as gone: it is not
+    const others = await indexUnderOtherPrefixes(ctx, id).catch(() => []);
+    if (others.length) {
+      elsewhere.push(`the embedding index of ${id} is not under this process's queue prefix (TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}) but under ${others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ')} in this Redis: set TL_QUEUE_PREFIX as the workers have it (nothing was lost)`);
+      continue;
+    }
     warnings.push(`the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}`);
   }
   let found = warnings.length > 0;
@@ -139,5 +147,5 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
     // the runs are read from the bucket: one that cannot be read now is not a reason to fail status
     warnings.push(`could not check which datasets Redis lost: ${(err as Error).message}`);
   }
-  return { lines: warnings, found };
+  return { lines: [...elsewhere, ...warnings], found };
 }
