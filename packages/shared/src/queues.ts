@@ -258,7 +258,8 @@ const JOB_OUTCOMES = ['completed', 'retried', 'failed', 'deferred'] as const;
  */
 export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: WorkerSettings<N>): Worker {
   const spec = JOBS[name];
-  const label = { queue: spec.queue };
+  // (an embed queue's space, as tl_queue_jobs has it: a stalled space is told from a working one)
+  const label = { queue: spec.queue, ...(s.space !== undefined && { space: s.space }) };
   // Every series this worker can count exists from its start, at 0: a counter that appears with
   // its first increment is already at 1 when Prometheus first sees it, and rate() and increase()
   // (the dashboards, the alerts) miss that first failure or run.
