@@ -2,6 +2,7 @@ import type { DatasetStatus, ReportDoc } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
 import { datasetPage, overviewPage } from './datasets.page.js';
 import { escapeHtml, html } from './html.js';
+import { reviewPage } from './review.page.js';
 import { runPage } from './run.page.js';
 
 const EVIL = ['<script>alert(1)</script>', '__proto__', `"'><img src=x onerror=alert(2)>`];
@@ -118,5 +119,16 @@ describe('the overview', () => {
   it("shows status's warnings first, escaped", () => {
     const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: ['dataset <b>x</b> lost its records: transferline ingest s3://p/x/ -d x'] } as unknown as Parameters<typeof overviewPage>[1];
     expect(overviewPage({ actionsConfigured: false }, o)).toContain('<h1>Datasets and models</h1><ul id="warnings" class="bad"><li>dataset &lt;b&gt;x&lt;/b&gt; lost its records: transferline ingest s3://p/x/ -d x</li></ul>');
+  });
+});
+
+describe('the review page', () => {
+  const line = (i: number, issue: boolean) => ({ key: `s3://photos/train/cat/${i}.jpg`, given: 'cat', suggested: 'dog', pGiven: 0.1, pSuggested: 0.9, issue, uncertainty: 0.1, probabilities: { cat: 0.1, dog: 0.9 } });
+  const source = 's3://tl/reviews/pets/2026.jsonl';
+  it('names the images it shows in the relabel command it suggests (--top), not every issue of the list', () => {
+    const page = reviewPage(access, { dataset: 'pets', source, lines: Array.from({ length: 103 }, (_, i) => line(i, true)), unreadable: [] });
+    expect(page).toContain(`move the 100 images below to their suggested labels with\n<code>transferline relabel -d pets --from-review ${source} --top 100</code>`);
+    const none = reviewPage(access, { dataset: 'pets', source, lines: [line(0, false)], unreadable: [] });
+    expect(none).not.toContain('transferline relabel');
   });
 });
