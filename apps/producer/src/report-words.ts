@@ -1,4 +1,4 @@
-import type { ReportDoc } from '@transferline/shared';
+import type { EvaluationReport, ReportDoc } from '@transferline/shared';
 
 /**
  * The end of a report's coverage line (the CLI's report, the console's run page) for the prefixes a
@@ -24,4 +24,17 @@ export function thresholdCaution(v: ReportDoc['validation'], labels: readonly st
   if (fewest >= FEW_FOR_THRESHOLD) return undefined;
   const label = labels[perClass.indexOf(fewest)] ?? '?';
   return `the threshold was chosen on ${v.examples} validation images, ${fewest} of them "${show(label)}": too few to place it well; more images (or a larger --validation-fraction) make it steadier`;
+}
+
+/**
+ * A class's precision, recall and F1 as figures to show (the CLI's report, the console's run
+ * page): each undefined where the split gives it nothing to measure, which the report stores as 0.
+ * Recall and F1 need an image of the class in the split (a label of one image has none in
+ * validation); precision needs an image predicted as it. A class never predicted, though there,
+ * has recall and F1 0: the model never finds it.
+ */
+export function classFigures(ev: EvaluationReport, c: number): { precision?: number; recall?: number; f1?: number } {
+  const x = ev.perClass[c]!;
+  const predicted = ev.confusionMatrix.reduce((n, row) => n + (row[c] ?? 0), 0);
+  return { ...(predicted > 0 && { precision: x.precision }), ...(x.support > 0 && { recall: x.recall, f1: x.f1 }) };
 }

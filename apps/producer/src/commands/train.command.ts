@@ -6,7 +6,7 @@ import { followJob } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { notIngestedAgain, thresholdCaution } from '../report-words.js';
+import { classFigures, notIngestedAgain, thresholdCaution } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { lostDatasetLine, lostDatasets, reingestCommands } from '../data-loss.js';
 import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
@@ -298,5 +298,9 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   w(' '.repeat(width) + labels.map((l) => l.padStart(width)).join(''));
   report.validation.confusionMatrix.forEach((row, i) => w(labels[i]!.padEnd(width) + row.map((n) => String(n).padStart(width)).join('')));
   w('per class:  precision  recall  f1  support');
-  report.validation.perClass.forEach((c, i) => w(`  ${labels[i]!.padEnd(width)} ${c.precision.toFixed(3)}  ${c.recall.toFixed(3)}  ${c.f1.toFixed(3)}  ${c.support}`));
+  const shown = (x: number | undefined) => (x === undefined ? '  n/a' : x.toFixed(3));
+  const figures = report.validation.perClass.map((_, i) => classFigures(report.validation, i));
+  report.validation.perClass.forEach((c, i) => w(`  ${labels[i]!.padEnd(width)} ${shown(figures[i]!.precision)}  ${shown(figures[i]!.recall)}  ${shown(figures[i]!.f1)}  ${c.support}`));
+  const unseen = labels.filter((_, i) => figures[i]!.recall === undefined);
+  if (unseen.length) w(`  n/a: ${unseen.map((l) => `"${l}"`).join(', ')} ${unseen.length === 1 ? 'has' : 'have'} no image in validation (too few images of ${unseen.length === 1 ? 'it' : 'them'}), so nothing measures ${unseen.length === 1 ? 'it' : 'them'} there`);
 }

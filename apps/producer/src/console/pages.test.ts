@@ -4,6 +4,7 @@ import { datasetPage, overviewPage } from './datasets.page.js';
 import { escapeHtml, html } from './html.js';
 import { reviewPage } from './review.page.js';
 import { runPage } from './run.page.js';
+import { classFigures } from '../report-words.js';
 
 const EVIL = ['<script>alert(1)</script>', '__proto__', `"'><img src=x onerror=alert(2)>`];
 const access = { actionsConfigured: true };
@@ -85,6 +86,21 @@ describe('the run page', () => {
     const r = report(['a', 'b', 'c']);
     const copies = runPage(access, { ...r, coverage: { ...r.coverage, total: 33, embedded: 33 }, split: { ...r.split, conflictsLeftOut: 2 } });
     expect(copies).toContain('33 of 33 images embedded (0 pending, 0 failed); trained on 29 distinct images (copies of the same bytes count once; 2 left out: their bytes are filed under more than one label)');
+  });
+
+  it('shows n/a, not 0, where validation has nothing to measure: a label with no image there, or none predicted as it', () => {
+    const r = report(['a', 'b', 'c']);
+    // c has no validation image and is never predicted; b is there but never predicted
+    const v = { examples: 5, accuracy: 0.6, confusionMatrix: [[3, 0, 0], [2, 0, 0], [0, 0, 0]], perClass: [
+      { label: 'a', precision: 0.6, recall: 1, f1: 0.75, support: 3 },
+      { label: 'b', precision: 0, recall: 0, f1: 0, support: 2 },
+      { label: 'c', precision: 0, recall: 0, f1: 0, support: 0 },
+    ] };
+    expect([0, 1, 2].map((c) => classFigures(v, c))).toEqual([{ precision: 0.6, recall: 1, f1: 0.75 }, { recall: 0, f1: 0 }, {}]);
+    const cells = (label: string) => [...new RegExp(`<td class="label">${label}</td>((?:<td[^>]*>[^<]*</td>){4})`).exec(runPage(access, { ...r, validation: v }))![1]!.matchAll(/<td[^>]*>([^<]*)<\/td>/g)].map((m) => m[1]);
+    expect(cells('a')).toEqual(['0.600', '1.000', '0.750', '3']);
+    expect(cells('b')).toEqual(['n/a', '0.000', '0.000', '2']);
+    expect(cells('c')).toEqual(['n/a', 'n/a', 'n/a', '0']);
   });
 });
 

@@ -1,7 +1,7 @@
 import type { EvaluationReport, ReportDoc } from '@transferline/shared';
 import { fixed3, html, page, pct, seg, type Access, type SafeHtml } from './html.js';
 import { lineChart } from './svg-chart.js';
-import { notIngestedAgain } from '../report-words.js';
+import { classFigures, notIngestedAgain } from '../report-words.js';
 
 /**
  * confusion[true][predicted] as a table with the labels on both sides; each cell carries
@@ -23,10 +23,12 @@ function confusionTable(id: string, labels: string[], m: number[][]): SafeHtml {
 
 /** Precision, recall, F1 and support per class, in label order (`data-value` holds the exact figure). */
 function perClassTable(id: string, r: EvaluationReport): SafeHtml {
-  const metric = (name: string, v: number) => html`<td class="n" data-metric="${name}" data-value="${v}">${fixed3(v)}</td>`;
-  return html`<table id="${id}"><tr><th>label</th><th class="n">precision</th><th class="n">recall</th><th class="n">F1</th><th class="n">support</th></tr>${r.perClass.map(
-    (c, i) => html`<tr data-label-index="${i}"><td class="label">${c.label}</td>${metric('precision', c.precision)}${metric('recall', c.recall)}${metric('f1', c.f1)}<td class="n" data-metric="support" data-value="${c.support}">${c.support}</td></tr>`,
-  )}</table>`;
+  // (n/a where the split has nothing to measure: see classFigures)
+  const metric = (name: string, v: number | undefined) => html`<td class="n" data-metric="${name}" data-value="${v ?? ''}">${v === undefined ? 'n/a' : fixed3(v)}</td>`;
+  return html`<table id="${id}"><tr><th>label</th><th class="n">precision</th><th class="n">recall</th><th class="n">F1</th><th class="n">support</th></tr>${r.perClass.map((c, i) => {
+    const f = classFigures(r, i);
+    return html`<tr data-label-index="${i}"><td class="label">${c.label}</td>${metric('precision', f.precision)}${metric('recall', f.recall)}${metric('f1', f.f1)}<td class="n" data-metric="support" data-value="${c.support}">${c.support}</td></tr>`;
+  })}</table>`;
 }
 
 function card(metric: string, title: string, value: string, exact?: number | string): SafeHtml {
