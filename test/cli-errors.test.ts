@@ -67,7 +67,7 @@ describe('what a user sees when something is wrong', () => {
     }
   });
 
-  it('S3 that refuses: a bucket that is not there, or credentials it rejects, is said with the setting to look at', async () => {
+  it('S3 that refuses: a bucket that is not there, or credentials it rejects, is said with the setting to look at; upload needs S3 alone', async () => {
     const stack = await startTestStack({}, NO_WORKERS);
     try {
       const at = stack.config.s3.endpoint;
@@ -80,6 +80,18 @@ describe('what a user sees when something is wrong', () => {
       // a wrong secret: the settings named, not S3's words about signatures
       const secret = await runCli(['models'], { ...stack.env, S3_SECRET_ACCESS_KEY: 'not-the-secret' });
       expect({ code: secret.code, stderr: secret.stderr }).toEqual({ code: 1, stderr: `transferline: S3 at ${at} rejects this process's credentials (SignatureDoesNotMatch): check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY\n` });
+      // upload asks nothing of Redis: it fills a bucket with no Redis running
+      const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-upload-'));
+      try {
+        await mkdir(path.join(dir, 'cat'));
+        await writeFile(path.join(dir, 'cat', 'a.jpg'), 'bytes of a cat');
+        const upload = await runCli(['upload', dir, 's3://no-redis/train/'], { ...stack.env, REDIS_URL: 'redis://127.0.0.1:1' });
+        expect(upload.code, upload.stderr).toBe(0);
+        expect(upload.stderr).not.toMatch(/Redis/);
+        expect(upload.stdout).toContain('uploaded 1 files to s3://no-redis/train/\n');
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
     } finally {
       await stack.destroy();
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError, Option, type CommanderError } from 'commander';
-import { AnyDatasetName, ConfigError, DatasetName, loadConfig, parseS3Url, s3Refusal, S3UnreachableError, TRANSIENT_REASONS } from '@transferline/shared';
+import { AnyDatasetName, ConfigError, DatasetName, loadConfig, ObjectStore, parseS3Url, s3Refusal, S3UnreachableError, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
@@ -122,7 +122,15 @@ program
   .description('copy a local folder (one sub-folder per label) into the bucket')
   .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg')
   .argument('<s3url>', 'destination, e.g. s3://photos/train/', s3url)
-  .action((dir: string, url: string) => withContext((ctx) => uploadCommand(ctx, dir, url)));
+  .action(async (dir: string, url: string) => {
+    // S3 alone: an upload asks nothing of Redis, which need not be running
+    const store = new ObjectStore(loadConfig(process.env).s3);
+    try {
+      await uploadCommand({ services: { store }, out: process.stdout }, dir, url);
+    } finally {
+      store.close();
+    }
+  });
 
 program
   .command('ingest')

@@ -19,8 +19,14 @@ export async function listFiles(dir: string): Promise<string[]> {
   );
 }
 
+/** What an upload uses: the bucket alone (no Redis: a bucket is filled before a stack runs, too). */
+export interface UploadContext {
+  services: Pick<CliContext['services'], 'store'>;
+  out: NodeJS.WritableStream;
+}
+
 /** `transferline upload ./photos s3://bucket/train/`: copies a local folder (one sub-folder per label) into the bucket. */
-export async function uploadCommand(ctx: CliContext, dir: string, url: string, parallel = 8): Promise<number> {
+export async function uploadCommand(ctx: UploadContext, dir: string, url: string, parallel = 8): Promise<number> {
   const { bucket, prefix } = parseS3Url(url);
   // before the folder is read: a name S3 would refuse is said first, whatever the folder holds
   if (!isBucketName(bucket)) throw new Error(`${JSON.stringify(bucket)} cannot be a bucket's name: ${BUCKET_NAME_RULE}`);
