@@ -146,7 +146,21 @@ describe('review and relabel', () => {
     const forwardPasses = async () => (await scrape(stack.ports.embed)).get('tl_embed_batch_size_count') ?? 0;
     const passes = await forwardPasses();
     const issues = r.lines.filter((l) => l.issue).length;
-    const relabel = await runCli(['relabel', '-d', 'noisy', '--from-review', r.outputKey, '--top', String(Math.min(issues, flipped.size))], stack.env, 120_000);
+    const moves = Math.min(issues, flipped.size);
+    // first, as a look: every move checked and printed, nothing moved
+    const records = async () => {
+      const all: [string, unknown][] = [];
+      for await (const page of ctx.services.datasets.scan('noisy')) all.push(...page);
+      return all.sort((a, b) => (a[0] < b[0] ? -1 : 1));
+    };
+    const itemsBefore = await records();
+    const look = await runCli(['relabel', '-d', 'noisy', '--from-review', r.outputKey, '--top', String(moves), '--dry-run'], stack.env, 120_000);
+    expect({ code: look.code, stderr: look.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(look.stdout.match(/^ {2}would move s3:\/\/\S+ → s3:\/\/\S+$/gm)).toHaveLength(moves);
+    expect(look.stdout).toContain(`relabel noisy: ${moves} to move, 0 already there, 0 not found; nothing moved (--dry-run): run it without --dry-run to move them\n`);
+    for (const l of hits.filter((h) => h.issue)) expect(await ctx.services.store.headObject(bucket, l.key.replace(`s3://${bucket}/`, ''))).toBeDefined();
+    expect(await records()).toEqual(itemsBefore);
+    const relabel = await runCli(['relabel', '-d', 'noisy', '--from-review', r.outputKey, '--top', String(moves)], stack.env, 120_000);
     expect(relabel.code).toBe(0);
     expect(relabel.stdout).toMatch(new RegExp(`relabel noisy: ${Math.min(issues, flipped.size)} moved`));
     // the objects moved in the bucket: the true label's folder now holds them

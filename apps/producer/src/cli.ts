@@ -304,7 +304,8 @@ program
   .option('--to <label>', 'the new label')
   .option('--from-review <s3url>', 'move the label issues of a review file to their suggested labels')
   .option('--top <n>', 'with --from-review: only the first n issues', int('--top'))
-  .action((keys: string[], o: { dataset: string; to?: string; fromReview?: string; top?: number }) => withContext(async (ctx) => (await reviewing()).relabelCommand(ctx, { ...o, keys })));
+  .option('--dry-run', 'check every move and print what would move, moving nothing')
+  .action((keys: string[], o: { dataset: string; to?: string; fromReview?: string; top?: number; dryRun?: boolean }) => withContext(async (ctx) => (await reviewing()).relabelCommand(ctx, { ...o, keys })));
 
 program
   .command('models')

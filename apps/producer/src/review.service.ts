@@ -249,13 +249,15 @@ interface InspectedMove extends PlannedMove {
  * destination that holds another image (in the dataset or only in the bucket) or that S3 will
  * not take, an object gone or changed since it was ingested. `onOutcome` hears of each move as
  * it is done, so a failure part way (S3 or Redis lost, an object replaced meanwhile) still
- * leaves the caller knowing what moved.
+ * leaves the caller knowing what moved. With `dryRun`, every check is made and each move's
+ * outcome told as it would be, and nothing is moved.
  */
 export async function relabelItems(
   ctx: CliContext,
   dataset: string,
   moves: { itemId: string; label: string }[],
   onOutcome: (r: RelabelOutcome) => void = () => {},
+  o: { dryRun?: boolean } = {},
 ): Promise<RelabelOutcome[]> {
   const { datasets } = ctx.services;
   if (!(await datasets.exists(dataset))) throw new Error(`no dataset named ${dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
@@ -264,7 +266,7 @@ export async function relabelItems(
   if (problems.length) throw new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
   const out: RelabelOutcome[] = [];
   for (const move of inspected) {
-    const r = await applyMove(ctx, dataset, move);
+    const r = o.dryRun ? outcomeOf(move) ?? { from: move.itemId, to: move.newId, label: move.label, outcome: 'moved' } : await applyMove(ctx, dataset, move);
     out.push(r);
     onOutcome(r);
   }
@@ -407,11 +409,20 @@ async function holdsImage(ctx: CliContext, p: PlannedMove, record: ItemRecord, s
 }
 
 /** Makes one checked move: copy, record the new key, delete the old object, forget the old key. */
-async function applyMove(ctx: CliContext, dataset: string, m: InspectedMove): Promise<RelabelOutcome> {
-  const { datasets, store } = ctx.services;
-  const { itemId, newId, label, bucket, key, newKey, record, there, finish } = m;
+/** The outcome of a move with nothing to do (its image not in the dataset, or under its label already); undefined when it moves. */
+function outcomeOf(m: InspectedMove): RelabelOutcome | undefined {
+  const { itemId, newId, label, record, there } = m;
   if (!record) return { from: itemId, to: newId, label, outcome: there?.label === label ? 'unchanged' : 'missing' };
   if (record.label === label) return { from: itemId, label, outcome: 'unchanged' };
+  return undefined;
+}
+
+async function applyMove(ctx: CliContext, dataset: string, m: InspectedMove): Promise<RelabelOutcome> {
+  const { datasets, store } = ctx.services;
+  const nothing = outcomeOf(m);
+  if (nothing) return nothing;
+  const { itemId, newId, label, bucket, key, newKey, there, finish } = m;
+  const record = m.record!; // (a move without one has an outcome above)
   if (!finish) {
     // Only the content checked (and ingested): S3 refuses the copy if the object was replaced since.
     const etag = await store.copyObject(bucket, key, newKey, { ifMatch: record.etag });

@@ -53,7 +53,7 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
     w(`  ${pct(l.pGiven)}  ${printable(l.given)}, or ${printable(other.label)} (${pct(other.p).trim()})  ${printable(l.key)}`);
   }
   w(`full list (JSON Lines): s3://${bucket}/${outputKey}`);
-  if (review.issues) w(`move them to the suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
+  if (review.issues) w(`move them to the suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)} (with --dry-run first to see each move)`);
   return { ...review, outputKey };
 }
 
@@ -61,7 +61,7 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
  * `transferline relabel -d NAME KEY… --to LABEL`, or `--from-review s3://…jsonl [--top N]`: moves
  * the objects to another label folder and updates the dataset, without embedding anything again.
  */
-export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys: string[]; to?: string; fromReview?: string; top?: number }): Promise<RelabelOutcome[]> {
+export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys: string[]; to?: string; fromReview?: string; top?: number; dryRun?: boolean }): Promise<RelabelOutcome[]> {
   const asItemId = (k: string) => k.replace(/^s3:\/\//, '');
   let moves: { itemId: string; label: string }[];
   if (o.fromReview) {
@@ -82,13 +82,20 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const done: RelabelOutcome[] = [];
   const count = (x: RelabelOutcome['outcome']) => done.filter((r) => r.outcome === x).length;
-  const summary = () => `${count('moved')} moved, ${count('unchanged')} already there, ${count('missing')} not found`;
+  const moved = o.dryRun ? 'would move' : 'moved';
+  const summary = () => `${count('moved')} ${o.dryRun ? 'to move' : 'moved'}, ${count('unchanged')} already there, ${count('missing')} not found`;
   try {
-    await relabelItems(ctx, o.dataset, moves, (r) => {
-      done.push(r);
-      if (r.outcome === 'moved') w(`  moved s3://${printable(r.from)} → s3://${printable(r.to!)}${r.note ? ` (${printable(r.note)})` : ''}`);
-      else if (r.outcome === 'missing') w(`  not in ${o.dataset}: s3://${printable(r.from)}`);
-    });
+    await relabelItems(
+      ctx,
+      o.dataset,
+      moves,
+      (r) => {
+        done.push(r);
+        if (r.outcome === 'moved') w(`  ${moved} s3://${printable(r.from)} → s3://${printable(r.to!)}${r.note ? ` (${printable(r.note)})` : ''}`);
+        else if (r.outcome === 'missing') w(`  not in ${o.dataset}: s3://${printable(r.from)}`);
+      },
+      { dryRun: !!o.dryRun },
+    );
   } catch (err) {
     // What moved before the failure stays moved (and is listed above). After S3 or Redis went away
     // the same command finishes the rest; an object replaced meanwhile must be ingested first.
@@ -99,7 +106,8 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
     if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${new Set(moves.map((m) => m.itemId)).size}: ${summary()}; ${next}`);
     throw err;
   }
-  w(`relabel ${o.dataset}: ${summary()}; nothing to embed again. Train again to use the new labels.`);
+  if (o.dryRun) w(`relabel ${o.dataset}: ${summary()}; nothing moved (--dry-run): run it without --dry-run to move them`);
+  else w(`relabel ${o.dataset}: ${summary()}; nothing to embed again. Train again to use the new labels.`);
   if (count('missing')) throw new CliExit(EXIT.error, `${count('missing')} of the images named are not in ${o.dataset}`);
   return done;
 }
