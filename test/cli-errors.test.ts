@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createRedis, redisKeys } from '../packages/shared/src/index.js';
+import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { openCliContext } from '../apps/producer/src/cli-context.js';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
@@ -113,6 +114,28 @@ describe('what a user sees when something is wrong', () => {
       // with the workers' prefix, nothing to say of it
       expect((await runCli(['status'], stack.env)).stdout).not.toContain(`embedding index of ${stack.space.id}`);
     } finally {
+      await ctx.close();
+      await stack.destroy();
+    }
+  });
+
+  it('status names the jobs left active by a worker that stopped, when no worker of their queue is connected', async () => {
+    const stack = await startTestStack({}, NO_WORKERS);
+    const ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
+    // a worker takes a job and goes away without finishing it (as a killed one does)
+    const connection = createRedis(stack.config.redis.url, 'worker');
+    const worker = new Worker(ctx.queues.preprocess.name, null, { connection, prefix: stack.config.redis.prefix, autorun: false });
+    try {
+      await ctx.queues.preprocess.add('preprocess', { any: 'payload' }, { jobId: 'held-by-the-gone' });
+      expect((await worker.getNextJob('a-token'))?.id).toBe('held-by-the-gone');
+      await worker.close(true);
+      const status = await runCli(['status'], stack.env);
+      expect(status.code).toBe(0);
+      expect(status.stdout).toMatch(/^preprocess +0 +0 +1 /m);
+      expect(status.stdout).toContain('\n  preprocess: 1 active job and no worker connected: held by a worker that stopped; a worker of this queue takes it up again once it starts\n');
+    } finally {
+      await worker.close(true);
+      connection.disconnect();
       await ctx.close();
       await stack.destroy();
     }

@@ -77,6 +77,12 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const [name, c] of Object.entries(queues)) {
     w(`${name.padEnd(51)} ${String(c.workers).padStart(7)}  ${String((c.waiting ?? 0) + (c.prioritized ?? 0)).padStart(7)}  ${String(c.active ?? 0).padStart(6)}  ${String(c.delayed ?? 0).padStart(7)}  ${String(c.failed ?? 0).padStart(6)}`);
   }
+  // jobs a worker held when it stopped (killed, its machine gone): only a worker of their queue
+  // takes them back (BullMQ's stalled check), so with none connected they stay active
+  for (const [name, c] of Object.entries(queues)) {
+    const held = c.active ?? 0;
+    if (c.workers === 0 && held > 0) w(`  ${name}: ${held} active job${held === 1 ? '' : 's'} and no worker connected: held by a worker that stopped; a worker of this queue takes ${held === 1 ? 'it' : 'them'} up again once it starts`);
+  }
   const cancelled = queues.train!.cancelled;
   if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);
   for (const [name, c] of Object.entries(queues)) {
