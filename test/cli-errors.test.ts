@@ -2,12 +2,15 @@ import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { createRedis, redisKeys } from '../packages/shared/src/index.js';
+import { createRedis, redisKeys, SpaceRegistry } from '../packages/shared/src/index.js';
 import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { openCliContext } from '../apps/producer/src/cli-context.js';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
 import { cliPath, NO_WORKERS, processesWithEnv, runCli, startTestStack } from './support/stack.js';
+import { guardLeaks } from './support/leak-guard.js';
+
+guardLeaks();
 
 const baseEnv = { PATH: process.env.PATH, HOME: process.env.HOME };
 
@@ -113,6 +116,13 @@ describe('what a user sees when something is wrong', () => {
       expect(await ctx.services.redis.exists(there.dataLossRecorded(), there.datasetsLost(), there.datasetsLostSources())).toBe(0);
       // with the workers' prefix, nothing to say of it
       expect((await runCli(['status'], stack.env)).stdout).not.toContain(`embedding index of ${stack.space.id}`);
+      // a deployment of that prefix, sharing this Redis, whose workers publish the space there: its
+      // empty index is a loss, whatever the other prefix holds
+      const beat = await new SpaceRegistry(ctx.services.redis, there).startHeartbeat(stack.space, 'test', () => undefined);
+      await beat.stop();
+      const lost = await runCli(['status'], { ...stack.env, TL_QUEUE_PREFIX: 'elsewhere' });
+      expect(lost.stdout).toContain(`warning: the embedding index of ${stack.space.id} is empty while its shards are in s3://${stack.config.s3.bucket}/`);
+      expect(lost.stdout).not.toContain('TL_QUEUE_PREFIX as the workers have it');
     } finally {
       await ctx.close();
       await stack.destroy();
@@ -132,7 +142,7 @@ describe('what a user sees when something is wrong', () => {
       const status = await runCli(['status'], stack.env);
       expect(status.code).toBe(0);
       expect(status.stdout).toMatch(/^preprocess +0 +0 +1 /m);
-      expect(status.stdout).toContain('\n  preprocess: 1 active job and no worker connected: held by a worker that stopped; a worker of this queue takes it up again once it starts\n');
+      expect(status.stdout).toContain('\n  preprocess: 1 active job and no worker connected: held by a worker that stopped; a worker of this queue takes it up again once it starts (a job stalled too often fails as stalled)\n');
     } finally {
       await worker.close(true);
       connection.disconnect();

@@ -6,6 +6,9 @@ import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample
 import { contentHash, DatasetRepository, loadConfig, ObjectStore, ReportDoc } from '../packages/shared/src/index.js';
 import { startFaultyS3, type FaultyS3 } from './support/fault-proxy.js';
 import { isRunning, processesWithEnv, repoRoot, runCli, startTestStack, until, type TestStack } from './support/stack.js';
+import { guardLeaks } from './support/leak-guard.js';
+
+guardLeaks();
 
 /**
  * The fault suite: 300+ images in flight while every worker role is SIGKILLed at moments of its

@@ -2,6 +2,9 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { repoRoot } from './support/stack.js';
+import { guardLeaks } from './support/leak-guard.js';
+
+guardLeaks();
 
 describe('a process whose stderr reader is gone (up killed)', () => {
   it('still exits: its last log lines cannot hold it at exit', async () => {

@@ -4,6 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { repoRoot } from './support/stack.js';
+import { guardLeaks } from './support/leak-guard.js';
+
+guardLeaks();
 
 /**
  * The preflight that `npm start` and `npm test` run first, on a machine without redis-server:

@@ -4,6 +4,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startEmbeddedRedis, type EmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
 import { createQueues, createRedis, enqueue, enqueueOn, execPipeline, JOBS, jobIds, loadConfig, type Queues, type Redis } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+
+guardLeaks();
 
 /**
  * Preprocess hands an image to embed in one round trip: its pixels, the embed job (BullMQ's own

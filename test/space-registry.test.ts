@@ -72,18 +72,20 @@ describe('SpaceRegistry.resolve', () => {
     expect(await registry.get('@since')).toBeUndefined();
   });
 
-  it("keeps a dataset in its space when another space's workers are live beside its own", async () => {
+  it("keeps a dataset in its space, whoever else's workers are live, and moves it only when told", async () => {
     // the stack's own registry (its prefix): workers of two spaces beat in it
     const keys = redisKeys(stack.config.redis.prefix);
     const registry = new SpaceRegistry(redis, keys, TTL_MS);
     const crop = spaceFromConfig(loadConfig({ TL_MODEL_WEIGHTS: 'random', TL_MODEL_SEED: '7', TL_RESIZE: 'crop' }));
-    stops.push((await registry.startHeartbeat(space, 'test', () => undefined)).stop);
+    const squashBeat = await registry.startHeartbeat(space, 'test', () => undefined);
+    stops.push(squashBeat.stop);
     // the other space's worker: another process (a worker's id is its process's)
     const shared = pathToFileURL(path.join(repoRoot, 'packages', 'shared', 'dist', 'index.js')).href;
     const other = spawn(process.execPath, ['--input-type=module', '-e', `
       const { createRedis, redisKeys, SpaceRegistry } = await import(${JSON.stringify(shared)});
       const registry = new SpaceRegistry(createRedis(${JSON.stringify(stack.config.redis.url)}, 'worker'), redisKeys(${JSON.stringify(stack.config.redis.prefix)}), ${TTL_MS});
-      await registry.startHeartbeat(${JSON.stringify(crop)}, 'test', () => undefined);
+      const beat = await registry.startHeartbeat(${JSON.stringify(crop)}, 'test', () => undefined);
+      process.on('SIGTERM', () => beat.stop().then(() => process.exit(0)));
       setInterval(() => {}, 1000);
     `], { stdio: 'ignore' });
     stops.push(async () => {
@@ -106,5 +108,19 @@ describe('SpaceRegistry.resolve', () => {
     expect(again.stdout).toContain(`embedding space ${crop.id} (the dataset's space; embed workers of 2 spaces are live`);
     const fresh = await runCli(['ingest', 's3://spaces/in/', '-d', 'fresh', '--no-wait'], stack.env);
     expect({ code: fresh.code, stderr: fresh.stderr }).toEqual({ code: 1, stderr: expect.stringContaining('embed workers of 2 embedding spaces are live') });
+
+    // its own space's worker stopped (restarting, say), another's live: not moved there unasked
+    other.kill('SIGTERM');
+    await until("the dataset's space to have no live worker", async () => (await registry.list()).find((x) => x.space.id === crop.id)?.workers.length === 0, 30);
+    const refusal = `the dataset is in embedding space ${crop.id}, and no embed worker of it is live now while those of ${space.id} (1 worker) are: start a worker of ${crop.id} (or ingest with --embedder ${crop.id}: the images wait in its queue), or move the dataset with --embedder ID (its images are embedded again there)`;
+    await expect(registry.resolve(undefined, undefined, crop.id)).rejects.toThrow(refusal);
+    const unmoved = await runCli(['ingest', 's3://spaces/in/', '-d', 'cropped', '--no-wait'], stack.env);
+    expect({ code: unmoved.code, stderr: unmoved.stderr }).toEqual({ code: 1, stderr: `transferline: ${refusal}\n` });
+    expect(await new DatasetRepository(redis, keys).space('cropped')).toBe(crop.id);
+    // no worker live at all: it stays in its own space, where its images wait
+    await squashBeat.stop();
+    await until('no space to have a live worker', async () => (await registry.list()).every((x) => x.workers.length === 0), 30);
+    expect((await registry.resolve(undefined, undefined, crop.id)).message).toBe(`embedding space ${crop.id} (the dataset's space); no embed worker is live for it now: images wait in its queue until one starts`);
+    store.close();
   });
 });

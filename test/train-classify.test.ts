@@ -202,6 +202,9 @@ describe('training runs and classification', () => {
     expect(train.code).toBe(0);
     expect(train.stdout).not.toMatch(/threshold chosen on validation/);
     expect(train.stdout).toContain('  no threshold: validation held only "circle", so classify and serve take the most probable label');
+    // square has no validation image: nothing measures its recall there (n/a, not 0.000)
+    expect(train.stdout).toMatch(/^ {2}square +(n\/a|\d\.\d{3}) {2} {2}n\/a {2} {2}n\/a {2}0$/m);
+    expect(train.stdout).toContain('  n/a: "square" has no image in validation, so its recall and F1 are not measured (a label of very few images, or a val/ folder without it)\n');
     const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'one-class-val', 'report.json'));
     expect(report?.validation.binary).toBeUndefined();
     const models = await runCli(['models', '--json'], stack.env);
@@ -331,11 +334,11 @@ describe('training runs and classification', () => {
 
   it('a run asked for from a shell with another TL_BUCKET: train says where the worker wrote it, and that the shell looks elsewhere', async () => {
     const bucket = stack.config.s3.bucket;
-    const r = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'other-shell', '--no-promote'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
+    const r = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'other-shell', '--no-promote'], { ...stack.env, TL_BUCKET: 'not-the-workers', TL_PREFIX: 'not/theirs/' });
     expect({ code: r.code, stderr: r.stderr.replace(/^training shapes.*\n/gm, '') }).toEqual({ code: 0, stderr: '' });
     expect(r.stdout).toContain(`\nmodel: s3://${bucket}/${ctx.services.layout.run('shapes', 'other-shell')} (model.json, weights.bin, labels.json, report.json)\n`);
     expect(r.stdout).toContain(`  warning: the train worker wrote it to bucket ${bucket}, and this shell's bucket is not-the-workers: models, classify, export and serve from here look for it there; set TL_BUCKET=${bucket} as the workers have it\n`);
-    // the report, read where the worker wrote it
+    // the report, read where the worker wrote it (its bucket, its TL_PREFIX)
     expect(r.stdout).toContain('validation confusion matrix');
     expect((await runCli(['delete', 'run', 'shapes@other-shell', '--yes'], stack.env)).code).toBe(0);
   });

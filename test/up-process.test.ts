@@ -9,6 +9,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
 import { cliPath, freeRun, isRunning, processesWithEnv, processState, runCli, until } from './support/stack.js';
+import { guardLeaks } from './support/leak-guard.js';
+
+guardLeaks();
 
 /**
  * `transferline up` as a process, the way a user runs it in a terminal: what its banner shows

@@ -29,16 +29,19 @@ export function childProcesses(): string[] {
  * starts (workers, redis-server, S3 server, clients) must be stopped by its own cleanup.
  */
 export function guardLeaks(): void {
+  // (against what was there before the file: the files run one after another in one process)
   let before: Record<string, number> = {};
+  let kidsBefore = new Set<string>();
   beforeAll(() => {
     before = handles();
+    kidsBefore = new Set(childProcesses());
   });
   afterAll(async () => {
     const deadline = Date.now() + 5_000;
     for (;;) {
       const now = handles();
       const leaked = WATCHED.filter((k) => (now[k] ?? 0) > (before[k] ?? 0)).map((k) => `${k} ×${(now[k] ?? 0) - (before[k] ?? 0)}`);
-      const kids = childProcesses();
+      const kids = childProcesses().filter((k) => !kidsBefore.has(k));
       if (leaked.length === 0 && kids.length === 0) return;
       if (Date.now() > deadline) throw new Error(`test leaked: ${[...leaked, ...kids.map((k) => `process ${k}`)].join(', ')}`);
       await new Promise((r) => setTimeout(r, 100));

@@ -163,8 +163,9 @@ export class SpaceRegistry {
 
   /**
    * Chooses the space a command works in: the one named by `requested` (`--embedder ID`), else
-   * the one space with live workers (`current`, the space of the dataset the command works on,
-   * when its workers are live among others'), else the one space ever published. Anything ambiguous or
+   * `current` (the space of the dataset the command works on, once published: refused while
+   * only other spaces' workers are live), else the one space with live workers, else the one
+   * space ever published. Anything ambiguous or
    * empty is a SpaceResolutionError whose one line lists the spaces and their workers. `reason`
    * says why `requested` was asked for, in the message. A requested space not published is
    * waited for until one heartbeat has passed since the first this Redis holds: after Redis lost
@@ -201,10 +202,17 @@ export class SpaceRegistry {
       return chosen(s, reason);
     }
     const live = spaces.filter((s) => s.workers.length > 0);
+    // A dataset stays in its space: whatever other spaces' workers are live, or none. It moves to
+    // another only when asked (--embedder), as its images are embedded again there.
+    const own = current === undefined ? undefined : spaces.find((s) => s.space.id === current);
+    if (own && own.workers.length > 0) return chosen(own, live.length > 1 ? `the dataset's space; embed workers of ${live.length} spaces are live` : 'the one with live embed workers');
+    if (own && live.length === 0) return chosen(own, "the dataset's space");
+    if (own) {
+      throw new SpaceResolutionError(
+        `the dataset is in embedding space ${own.space.id}, and no embed worker of it is live now while those of ${describe(live)} are: start a worker of ${own.space.id} (or ingest with --embedder ${own.space.id}: the images wait in its queue), or move the dataset with --embedder ID (its images are embedded again there)`,
+      );
+    }
     if (live.length === 1) return chosen(live[0]!, 'the one with live embed workers');
-    const own = live.length > 1 ? live.find((s) => s.space.id === current) : undefined;
-    // a dataset stays in its space when another one's workers start beside its own
-    if (own) return chosen(own, `the dataset's space; embed workers of ${live.length} spaces are live`);
     if (live.length > 1) throw new SpaceResolutionError(`embed workers of ${live.length} embedding spaces are live: ${describe(live)}; choose one with --embedder ID`);
     if (spaces.length === 1) return chosen(spaces[0]!, 'the only one published');
     if (spaces.length > 1) throw new SpaceResolutionError(`no embed worker is live, and ${spaces.length} embedding spaces are known: ${describe(spaces)}; choose one with --embedder ID`);

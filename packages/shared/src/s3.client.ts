@@ -81,7 +81,7 @@ export class S3CredentialsError extends Error {
   override readonly name = 'S3CredentialsError';
   constructor(readonly endpoint: string, readonly code: string) {
     // a malformed authorization header names the wrong region, most often
-    super(`S3 at ${endpoint} rejects this process's credentials (${code}): check ${code === 'AuthorizationHeaderMalformed' ? 'S3_REGION' : 'S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY'}`);
+    super(`S3 at ${redactUrl(endpoint)} rejects this process's credentials (${code}): check ${code === 'AuthorizationHeaderMalformed' ? 'S3_REGION' : 'S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY'}`);
   }
 }
 
@@ -122,7 +122,7 @@ const CREDENTIAL_CODES = new Set(['SignatureDoesNotMatch', 'InvalidAccessKeyId',
  */
 export function s3Refusal(err: unknown, s3: { endpoint: string; bucket: string }): Error | undefined {
   if (!(err instanceof S3ServiceException)) return undefined;
-  if (CREDENTIAL_CODES.has(err.name)) return new S3CredentialsError(redactUrl(s3.endpoint), err.name);
+  if (CREDENTIAL_CODES.has(err.name)) return new S3CredentialsError(s3.endpoint, err.name);
   if (err.name !== 'NoSuchBucket') return undefined;
   const named = (err as { BucketName?: unknown }).BucketName;
   const bucket = typeof named === 'string' && named !== '' ? named : undefined;
@@ -229,7 +229,8 @@ export class ObjectStore {
       const res = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: '.transferline-probe' }), { abortSignal: AbortSignal.timeout(5_000) });
       (res.Body as Readable | undefined)?.destroy();
     } catch (err) {
-      if (err instanceof S3ServiceException && CREDENTIAL_CODES.has(err.name)) throw new S3CredentialsError(this.endpoint, err.name);
+      const refused = s3Refusal(err, { endpoint: this.endpoint, bucket });
+      if (refused instanceof S3CredentialsError) throw refused;
       const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
       if (status !== undefined && status < 500) return;
       throw err;

@@ -81,7 +81,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   // takes them back (BullMQ's stalled check), so with none connected they stay active
   for (const [name, c] of Object.entries(queues)) {
     const held = c.active ?? 0;
-    if (c.workers === 0 && held > 0) w(`  ${name}: ${held} active job${held === 1 ? '' : 's'} and no worker connected: held by a worker that stopped; a worker of this queue takes ${held === 1 ? 'it' : 'them'} up again once it starts`);
+    if (c.workers === 0 && held > 0) w(`  ${name}: ${held} active job${held === 1 ? '' : 's'} and no worker connected: held by a worker that stopped; a worker of this queue takes ${held === 1 ? 'it' : 'them'} up again once it starts (a job stalled too often fails as stalled)`);
   }
   const cancelled = queues.train!.cancelled;
   if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);
@@ -133,8 +133,10 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
   const elsewhere: string[] = [];
   for (const id of [...ids].sort()) {
     if (!(await cache.indexLost(id).catch(() => false))) continue;
-    // a shell with another TL_QUEUE_PREFIX than the workers' sees their data as gone: it is not
-    const others = await indexUnderOtherPrefixes(ctx, id).catch(() => []);
+    // A shell with another TL_QUEUE_PREFIX than the workers' sees their data as gone: it is not.
+    // Only while no worker has published the space under this prefix: one has, after a real loss
+    // (within a heartbeat), whatever another deployment sharing this Redis holds.
+    const others = spaces.includes(id) ? [] : await indexUnderOtherPrefixes(ctx, id).catch(() => []);
     if (others.length) {
       elsewhere.push(`the embedding index of ${id} is not under this process's queue prefix (TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}) but under ${others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ')} in this Redis: set TL_QUEUE_PREFIX as the workers have it (nothing was lost)`);
       continue;

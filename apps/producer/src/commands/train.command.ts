@@ -167,8 +167,9 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
   } finally {
     bar.stop();
   }
-  // (read where the worker wrote it, which a shell with another TL_BUCKET would not find)
-  const report = await ctx.services.store.getDocument(ReportDoc, result.bucket ?? ctx.config.s3.bucket, ctx.services.layout.runFile(result.dataset, result.runId, 'report.json'));
+  // read where the worker wrote it (its bucket, its run folder under its TL_PREFIX), which a shell
+  // with other settings would not find
+  const report = await ctx.services.store.getDocument(ReportDoc, result.bucket ?? ctx.config.s3.bucket, `${result.modelPrefix}report.json`);
   printReport(ctx, result, report, payload.promote);
   return { runId, result, ...(report && { report }) };
 }
@@ -302,5 +303,5 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   const figures = report.validation.perClass.map((_, i) => classFigures(report.validation, i));
   report.validation.perClass.forEach((c, i) => w(`  ${labels[i]!.padEnd(width)} ${shown(figures[i]!.precision)}  ${shown(figures[i]!.recall)}  ${shown(figures[i]!.f1)}  ${c.support}`));
   const unseen = labels.filter((_, i) => figures[i]!.recall === undefined);
-  if (unseen.length) w(`  n/a: ${unseen.map((l) => `"${l}"`).join(', ')} ${unseen.length === 1 ? 'has' : 'have'} no image in validation (too few images of ${unseen.length === 1 ? 'it' : 'them'}), so nothing measures ${unseen.length === 1 ? 'it' : 'them'} there`);
+  if (unseen.length) w(`  n/a: ${unseen.map((l) => `"${l}"`).join(', ')} ${unseen.length === 1 ? 'has' : 'have'} no image in validation, so ${unseen.length === 1 ? 'its' : 'their'} recall and F1 are not measured (a label of very few images, or a val/ folder without it)`);
 }

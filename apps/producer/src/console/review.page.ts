@@ -30,7 +30,7 @@ export function reviewPage(access: Access, v: ReviewView): string {
 <p class="muted" id="source">out-of-fold predictions on the cached embeddings, from <code>${v.source}</code>${
     // the images shown below, as review's own hint names those it printed: not every issue of a long list unseen
     shown.length ? html`; once you have looked at them, move the ${shown.length === 1 ? 'image' : `${shown.length} images`} below to their suggested labels with
-<code>transferline relabel -d ${v.dataset} --from-review ${v.source} --top ${shown.length}</code>` : ''
+<code>transferline relabel -d ${v.dataset} --from-review ${v.source} --top ${shown.length}</code> (add <code>--dry-run</code> to see each move first)` : ''
   }</p>
 ${v.unreadable.length ? html`<p class="bad" id="unreadable">${v.unreadable.length} line${v.unreadable.length === 1 ? '' : 's'} of this file ${v.unreadable.length === 1 ? 'is' : 'are'} not review lines and ${v.unreadable.length === 1 ? 'is' : 'are'} left out (line ${v.unreadable[0]!.line}: ${v.unreadable[0]!.reason}); <code>relabel --from-review</code> refuses the file until ${v.unreadable.length === 1 ? 'it is' : 'they are'} mended, or run <code>transferline review -d ${v.dataset}</code> again</p>` : ''}
 <h2>${issues} image${issues === 1 ? '' : 's'} whose label looks wrong${issues > MAX_ROWS ? ` (first ${MAX_ROWS})` : ''}</h2>
