@@ -332,7 +332,7 @@ describe('training runs and classification', () => {
     expect(r.stdout).toMatch(/classified \d+ image\(s\)/);
   });
 
-  it('a run asked for from a shell with another TL_BUCKET: train says where the worker wrote it, and that the shell looks elsewhere', async () => {
+  it('a run asked for from a shell with another TL_BUCKET: train says where the worker wrote it, and that the shell looks elsewhere; another TL_QUEUE_PREFIX is named as such', async () => {
     const bucket = stack.config.s3.bucket;
     const r = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'other-shell', '--no-promote'], { ...stack.env, TL_BUCKET: 'not-the-workers', TL_PREFIX: 'not/theirs/' });
     expect({ code: r.code, stderr: r.stderr.replace(/^training shapes.*\n/gm, '') }).toEqual({ code: 0, stderr: '' });
@@ -340,6 +340,12 @@ describe('training runs and classification', () => {
     expect(r.stdout).toContain(`  warning: the train worker wrote it to bucket ${bucket}, and this shell's bucket is not-the-workers: models, classify, export and serve from here look for it there; set TL_BUCKET=${bucket} as the workers have it\n`);
     // the report, read where the worker wrote it (its bucket, its TL_PREFIX)
     expect(r.stdout).toContain('validation confusion matrix');
+    // a shell with another TL_QUEUE_PREFIX sees none of the workers' datasets: told so, not "Redis lost its data"
+    const prefix = await runCli(['train', '-d', 'shapes', '--epochs', '1'], { ...stack.env, TL_QUEUE_PREFIX: 'not-the-workers' });
+    expect({ code: prefix.code, stderr: prefix.stderr }).toEqual({
+      code: 1,
+      stderr: `transferline: no dataset named shapes under this process's queue prefix (TL_QUEUE_PREFIX=not-the-workers), though it has trained runs, and this Redis holds their space's index under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`,
+    });
     expect((await runCli(['delete', 'run', 'shapes@other-shell', '--yes'], stack.env)).code).toBe(0);
   });
 

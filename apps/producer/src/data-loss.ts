@@ -34,6 +34,9 @@ export async function restoreLostIndex(ctx: CliContext, space: string): Promise<
  * index that looks lost.)
  */
 export async function indexUnderOtherPrefixes(ctx: CliContext, space: string): Promise<string[]> {
+  // Only while no worker has published the space under this prefix: one has, after a real loss
+  // (within a heartbeat), whatever another deployment sharing this Redis holds.
+  if ((await ctx.services.spaces.get(space)) !== undefined) return [];
   const own = ctx.services.keys.embeddingIndex(space);
   const tail = own.slice(ctx.config.redis.prefix.length);
   const found = await redisKeysMatching(ctx, `*${globLiteral(tail)}`);
@@ -122,12 +125,12 @@ export function lostDatasetLine(l: LostDataset): string {
 /**
  * The commands that ingest a dataset again, from the prefixes its runs recorded: as they were when
  * a loss was found, else its latest run's (run.json `sources`), else its newest run's; undefined
- * when it has no run, or runs too old to record them.
+ * when it has no run, or runs too old to record them. With the space they recorded.
  */
-export async function reingestCommands(ctx: CliContext, dataset: string): Promise<string[] | undefined> {
+export async function reingestCommands(ctx: CliContext, dataset: string): Promise<{ commands: string[]; space: string } | undefined> {
   const { redis, keys } = ctx.services;
   const recorded = parseLostSources(ctx, dataset, await redis.hget(keys.datasetsLostSources(), dataset)) ?? (await recordedSources(ctx, dataset));
-  return recorded?.sources.map((src) => ingestCommand(dataset, src, recorded.embedderId));
+  return recorded && { commands: recorded.sources.map((src) => ingestCommand(dataset, src, recorded.embedderId)), space: recorded.embedderId };
 }
 
 /** A lost dataset's sources as recorded at the loss (datasetsLostSources), if they were. */

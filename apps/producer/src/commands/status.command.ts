@@ -133,10 +133,8 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
   const elsewhere: string[] = [];
   for (const id of [...ids].sort()) {
     if (!(await cache.indexLost(id).catch(() => false))) continue;
-    // A shell with another TL_QUEUE_PREFIX than the workers' sees their data as gone: it is not.
-    // Only while no worker has published the space under this prefix: one has, after a real loss
-    // (within a heartbeat), whatever another deployment sharing this Redis holds.
-    const others = spaces.includes(id) ? [] : await indexUnderOtherPrefixes(ctx, id).catch(() => []);
+    // a shell with another TL_QUEUE_PREFIX than the workers' sees their data as gone: it is not
+    const others = await indexUnderOtherPrefixes(ctx, id).catch(() => []);
     if (others.length) {
       elsewhere.push(`the embedding index of ${id} is not under this process's queue prefix (TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}) but under ${others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ')} in this Redis: set TL_QUEUE_PREFIX as the workers have it (nothing was lost)`);
       continue;

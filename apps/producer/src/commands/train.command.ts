@@ -8,7 +8,7 @@ import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { classFigures, notIngestedAgain, thresholdCaution } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
-import { lostDatasetLine, lostDatasets, reingestCommands } from '../data-loss.js';
+import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, reingestCommands } from '../data-loss.js';
 import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** The option a TrainJob field comes from: `validationFraction` → `--validation-fraction`. */
@@ -55,7 +55,10 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   if (!(await datasets.exists(o.dataset))) {
     // runs of it in the bucket: it was deleted, or Redis lost its data; say how to bring it back
     const again = await reingestCommands(ctx, o.dataset);
-    if (again) throw new Error(`no dataset named ${o.dataset} in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its runs recorded: ${again.join('; ')}`);
+    // (a shell whose TL_QUEUE_PREFIX is not the workers' sees none of their datasets)
+    const others = again ? await indexUnderOtherPrefixes(ctx, again.space).catch(() => []) : [];
+    if (others.length) throw new Error(`no dataset named ${o.dataset} under this process's queue prefix (TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}), though it has trained runs, and this Redis holds their space's index under ${others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ')}: set TL_QUEUE_PREFIX as the workers have it`);
+    if (again) throw new Error(`no dataset named ${o.dataset} in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its runs recorded: ${again.commands.join('; ')}`);
     throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none; run ingest first)'}`);
   }
   // Redis lost its records and an ingest brought back only part of it (cut short, or some of its
