@@ -5,9 +5,8 @@ import path from 'node:path';
 import { createRedis, redisKeys, SpaceRegistry } from '../packages/shared/src/index.js';
 import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
-import { openCliContext } from '../apps/producer/src/cli-context.js';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
-import { cliPath, NO_WORKERS, processesWithEnv, runCli, startTestStack } from './support/stack.js';
+import { cliPath, NO_WORKERS, processesWithEnv, runCli, stackForFile } from './support/stack.js';
 import { guardLeaks } from './support/leak-guard.js';
 
 guardLeaks();
@@ -71,9 +70,11 @@ describe('what a user sees when something is wrong', () => {
     }
   });
 
-  it('S3 that refuses: a bucket that is not there, or credentials it rejects, is said with the setting to look at; upload needs S3 alone', async () => {
-    const stack = await startTestStack({}, NO_WORKERS);
-    try {
+  describe('against a stack of Redis and S3 alone', () => {
+    const file = stackForFile({}, NO_WORKERS);
+
+    it('S3 that refuses: a bucket that is not there, or credentials it rejects, is said with the setting to look at; upload needs S3 alone', async () => {
+      const { stack } = file;
       const at = stack.config.s3.endpoint;
       // a shell whose TL_BUCKET is not the workers'
       const models = await runCli(['models'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
@@ -96,20 +97,15 @@ describe('what a user sees when something is wrong', () => {
       } finally {
         await rm(dir, { recursive: true, force: true });
       }
-    } finally {
-      await stack.destroy();
-    }
-  });
+    });
 
-  it("a shell whose TL_QUEUE_PREFIX is not the workers': status says so, not that Redis lost its data, and records no loss", async () => {
-    const stack = await startTestStack({}, NO_WORKERS);
-    const ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
-    try {
+    it("a shell whose TL_QUEUE_PREFIX is not the workers': status says so, not that Redis lost its data, and records no loss", async () => {
+      const { stack, ctx } = file;
       // the workers' cache: a shard in the bucket, indexed under the workers' prefix
       await ctx.services.cache.writeShard(stack.space.id, ['a'.repeat(64)], new Float32Array(4), 4);
       const other = await runCli(['status'], { ...stack.env, TL_QUEUE_PREFIX: 'elsewhere' });
       expect({ code: other.code, stderr: other.stderr }).toEqual({ code: 0, stderr: '' });
-      expect(other.stdout).toContain(`warning: the embedding index of ${stack.space.id} is not under this process's queue prefix (TL_QUEUE_PREFIX=elsewhere) but under TL_QUEUE_PREFIX=${stack.config.redis.prefix} in this Redis: set TL_QUEUE_PREFIX as the workers have it (nothing was lost)\n`);
+      expect(other.stdout).toContain(`warning: the embedding index of ${stack.space.id} is empty, and nothing was lost: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds the index under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`);
       expect(other.stdout).not.toContain('Redis lost its data');
       // no loss recorded under the prefix it looked in
       const there = redisKeys('elsewhere');
@@ -123,32 +119,26 @@ describe('what a user sees when something is wrong', () => {
       const lost = await runCli(['status'], { ...stack.env, TL_QUEUE_PREFIX: 'elsewhere' });
       expect(lost.stdout).toContain(`warning: the embedding index of ${stack.space.id} is empty while its shards are in s3://${stack.config.s3.bucket}/`);
       expect(lost.stdout).not.toContain('TL_QUEUE_PREFIX as the workers have it');
-    } finally {
-      await ctx.close();
-      await stack.destroy();
-    }
-  });
+    });
 
-  it('status names the jobs left active by a worker that stopped, when no worker of their queue is connected', async () => {
-    const stack = await startTestStack({}, NO_WORKERS);
-    const ctx = await openCliContext(stack.config, { write: () => true } as unknown as NodeJS.WritableStream);
-    // a worker takes a job and goes away without finishing it (as a killed one does)
-    const connection = createRedis(stack.config.redis.url, 'worker');
-    const worker = new Worker(ctx.queues.preprocess.name, null, { connection, prefix: stack.config.redis.prefix, autorun: false });
-    try {
-      await ctx.queues.preprocess.add('preprocess', { any: 'payload' }, { jobId: 'held-by-the-gone' });
-      expect((await worker.getNextJob('a-token'))?.id).toBe('held-by-the-gone');
-      await worker.close(true);
-      const status = await runCli(['status'], stack.env);
-      expect(status.code).toBe(0);
-      expect(status.stdout).toMatch(/^preprocess +0 +0 +1 /m);
-      expect(status.stdout).toContain('\n  preprocess: 1 active job and no worker connected: held by a worker that stopped; a worker of this queue takes it up again once it starts (a job stalled too often fails as stalled)\n');
-    } finally {
-      await worker.close(true);
-      connection.disconnect();
-      await ctx.close();
-      await stack.destroy();
-    }
+    it('status names the jobs left active by a worker that stopped, when no worker of their queue is connected', async () => {
+      const { stack, ctx } = file;
+      // a worker takes a job and goes away without finishing it (as a killed one does)
+      const connection = createRedis(stack.config.redis.url, 'worker');
+      const worker = new Worker(ctx.queues.preprocess.name, null, { connection, prefix: stack.config.redis.prefix, autorun: false });
+      try {
+        await ctx.queues.preprocess.add('preprocess', { any: 'payload' }, { jobId: 'held-by-the-gone' });
+        expect((await worker.getNextJob('a-token'))?.id).toBe('held-by-the-gone');
+        await worker.close(true);
+        const status = await runCli(['status'], stack.env);
+        expect(status.code).toBe(0);
+        expect(status.stdout).toMatch(/^preprocess +0 +0 +1 /m);
+        expect(status.stdout).toContain('\n  preprocess: 1 active job and no worker connected: held by a worker that stopped; a worker of this queue takes it up again once it starts (a job stalled too often fails as stalled)\n');
+      } finally {
+        await worker.close(true);
+        connection.disconnect();
+      }
+    });
   });
 
   it('output piped into a reader that stops early (| head) ends quietly, with the status of a SIGPIPE (141)', async () => {

@@ -472,7 +472,9 @@ describe('transferline serve, guarded', () => {
       };
       const start = startClassifierServer(slowCtx, { model: 'no-such-dataset', log, port, threads: 1, onListening });
       // (a deadline of its own: a start that waits for the client would hang the test past its timeout)
-      const outcome = await Promise.race([start.then(() => 'loaded', (err: Error) => err.message), new Promise((r) => setTimeout(r, 15_000, 'still closing after 15 s'))]);
+      let timer: NodeJS.Timeout | undefined;
+      const outcome = await Promise.race([start.then(() => 'loaded', (err: Error) => err.message), new Promise((r) => (timer = setTimeout(r, 15_000, 'still closing after 15 s')))]);
+      clearTimeout(timer);
       expect(outcome).toMatch(/no-such-dataset/);
       // the server closed it (not the client, which never ends it)
       await until('the server to close the connection made while it loaded', () => clientClosed, 10);

@@ -344,7 +344,7 @@ describe('training runs and classification', () => {
     const prefix = await runCli(['train', '-d', 'shapes', '--epochs', '1'], { ...stack.env, TL_QUEUE_PREFIX: 'not-the-workers' });
     expect({ code: prefix.code, stderr: prefix.stderr }).toEqual({
       code: 1,
-      stderr: `transferline: no dataset named shapes under this process's queue prefix (TL_QUEUE_PREFIX=not-the-workers), though it has trained runs, and this Redis holds their space's index under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`,
+      stderr: `transferline: no dataset named shapes, though it has trained runs, and the index of their space is elsewhere: this process's queue prefix is TL_QUEUE_PREFIX=not-the-workers, and this Redis holds the index under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`,
     });
     expect((await runCli(['delete', 'run', 'shapes@other-shell', '--yes'], stack.env)).code).toBe(0);
   });

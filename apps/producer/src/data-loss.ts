@@ -43,6 +43,11 @@ export async function indexUnderOtherPrefixes(ctx: CliContext, space: string): P
   return [...new Set(found.filter((k) => k !== own && k.endsWith(tail)).map((k) => k.slice(0, -tail.length)))].sort();
 }
 
+/** What a process whose prefix is not the workers' is told (status, train): `others`, from indexUnderOtherPrefixes. */
+export function otherPrefixWords(ctx: CliContext, others: string[]): string {
+  return `this process's queue prefix is TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}, and this Redis holds the index under ${others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ')}: set TL_QUEUE_PREFIX as the workers have it`;
+}
+
 /**
  * Remembers the datasets with trained runs that Redis has no records of, once per loss: a loss
  * was just found. Once, so that a dataset settled since (`delete dataset`) is not named again by

@@ -53,8 +53,10 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
     w(`  ${pct(l.pGiven)}  ${printable(l.given)}, or ${printable(other.label)} (${pct(other.p).trim()})  ${printable(l.key)}`);
   }
   w(`full list (JSON Lines): s3://${bucket}/${outputKey}`);
-  if (review.issues) w(`move them to the suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
-  if (review.issues) w('  (add --dry-run to see each move first, and move nothing)');
+  if (review.issues) {
+    w(`move them to the suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
+    w('  (add --dry-run to see each move first, and move nothing)');
+  }
   return { ...review, outputKey };
 }
 

@@ -2,8 +2,7 @@ import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, t
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
-import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, recordLostDatasets } from '../data-loss.js';
-import { printable } from '../terminal.js';
+import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -136,7 +135,7 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
     // a shell with another TL_QUEUE_PREFIX than the workers' sees their data as gone: it is not
     const others = await indexUnderOtherPrefixes(ctx, id).catch(() => []);
     if (others.length) {
-      elsewhere.push(`the embedding index of ${id} is not under this process's queue prefix (TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}) but under ${others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ')} in this Redis: set TL_QUEUE_PREFIX as the workers have it (nothing was lost)`);
+      elsewhere.push(`the embedding index of ${id} is empty, and nothing was lost: ${otherPrefixWords(ctx, others)}`);
       continue;
     }
     warnings.push(`the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}`);

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { enqueue, jobIds, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type TrainJobInput, type TrainResult } from '@transferline/shared';
+import { enqueue, jobIds, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { followJob } from '../job-follow.js';
@@ -8,7 +8,7 @@ import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { classFigures, notIngestedAgain, thresholdCaution } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
-import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, reingestCommands } from '../data-loss.js';
+import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, otherPrefixWords, reingestCommands } from '../data-loss.js';
 import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** The option a TrainJob field comes from: `validationFraction` → `--validation-fraction`. */
@@ -57,7 +57,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     const again = await reingestCommands(ctx, o.dataset);
     // (a shell whose TL_QUEUE_PREFIX is not the workers' sees none of their datasets)
     const others = again ? await indexUnderOtherPrefixes(ctx, again.space).catch(() => []) : [];
-    if (others.length) throw new Error(`no dataset named ${o.dataset} under this process's queue prefix (TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}), though it has trained runs, and this Redis holds their space's index under ${others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ')}: set TL_QUEUE_PREFIX as the workers have it`);
+    if (others.length) throw new Error(`no dataset named ${o.dataset}, though it has trained runs, and the index of their space is elsewhere: ${otherPrefixWords(ctx, others)}`);
     if (again) throw new Error(`no dataset named ${o.dataset} in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its runs recorded: ${again.commands.join('; ')}`);
     throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none; run ingest first)'}`);
   }
@@ -172,7 +172,7 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
   }
   // read where the worker wrote it (its bucket, its run folder under its TL_PREFIX), which a shell
   // with other settings would not find
-  const report = await ctx.services.store.getDocument(ReportDoc, result.bucket ?? ctx.config.s3.bucket, `${result.modelPrefix}report.json`);
+  const report = await ctx.services.store.getDocument(ReportDoc, result.bucket ?? ctx.config.s3.bucket, `${result.modelPrefix}${'report.json' satisfies RunFile}`);
   printReport(ctx, result, report, payload.promote);
   return { runId, result, ...(report && { report }) };
 }
