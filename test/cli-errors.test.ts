@@ -79,6 +79,11 @@ describe('what a user sees when something is wrong', () => {
       // a shell whose TL_BUCKET is not the workers'
       const models = await runCli(['models'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
       expect({ code: models.code, stderr: models.stderr }).toEqual({ code: 1, stderr: `transferline: bucket not-the-workers does not exist at ${at}: it is this process's TL_BUCKET, where the workers keep embeddings and models; set TL_BUCKET as the workers have it\n` });
+      // commands that read one run's files, where a missing file means "no such run", say the same
+      for (const args of [['promote', 'photos@r1'], ['classify', 's3://photos/incoming/', '-m', 'photos@r1']]) {
+        const r = await runCli(args, { ...stack.env, TL_BUCKET: 'not-the-workers' });
+        expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 1, stderr: models.stderr });
+      }
       // a bucket of the user's, named in the command
       const ingest = await runCli(['ingest', 's3://no-such-photos/train/', '-d', 'photos'], stack.env);
       expect({ code: ingest.code, stderr: ingest.stderr }).toEqual({ code: 1, stderr: `transferline: bucket no-such-photos does not exist at ${at}\n` });

@@ -13,7 +13,7 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import { plainGetTarget, servePlainGet, SMALL_OBJECT_BYTES } from '../apps/producer/src/embedded/s3-plain-get.js';
 import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
 import { Sha256 } from '../packages/shared/src/s3.signing.js';
-import { ObjectChangedError, ObjectNotFoundError, ObjectStore, ObjectTooLargeError } from '../packages/shared/src/index.js';
+import { BucketNotFoundError, ObjectChangedError, ObjectNotFoundError, ObjectStore, ObjectTooLargeError } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
 
 /**
@@ -245,6 +245,10 @@ describe('the embedded S3 server', () => {
       Object.assign(fault, { direct: 1, status: 200 });
       await expect(via.getObject(bucket, key, Infinity, { ifMatch: etag })).rejects.toBeInstanceOf(ObjectChangedError);
       expect(calls()).toEqual([['GET', 'direct', 404], ['GET', 'direct', 412], ['GET', 'direct', 200], ['GET', 'direct', 200]]);
+      // a bucket that does not exist is not a missing object: a JSON read does not take it for "none yet"
+      await expect(via.getJson('no-such-bucket', 'models/latest.json')).rejects.toEqual(new BucketNotFoundError('no-such-bucket', `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`));
+      expect(await via.getJson(bucket, 'models/latest.json')).toBeUndefined();
+      expect(calls()).toEqual([['GET', 'direct', 404], ['GET', 'direct', 404]]);
 
       // without a Content-Length: read whole, or stopped at the limit, still in one request
       fault.chunked = true;
@@ -287,6 +291,10 @@ describe('the embedded S3 server', () => {
       await via.getObject(bucket, key);
       await via.putObject(bucket, 'train/odd/rest.txt', 'x');
       expect(calls()).toEqual([['GET', 'sdk', 200], ['PUT', 'sdk', 200]]);
+      // the SDK's path tells a missing bucket from a missing key alike
+      await expect(via.getJson('no-such-bucket', 'models/latest.json')).rejects.toBeInstanceOf(BucketNotFoundError);
+      expect(await via.getJson(bucket, 'models/latest.json')).toBeUndefined();
+      expect(calls()).toEqual([['GET', 'sdk', 404], ['GET', 'sdk', 404]]);
 
       const via6 = new ObjectStore({ endpoint: `http://[::1]:${(proxy6.address() as AddressInfo).port}`, region: 'us-east-1', ...creds, forcePathStyle: true });
       try {

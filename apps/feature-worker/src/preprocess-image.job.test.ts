@@ -1,5 +1,5 @@
 import sharp from 'sharp';
-import { ObjectNotFoundError, ObjectTooLargeError, PermanentError, contentHash, type ItemRecord, type JobContext, type PreprocessJob } from '@transferline/shared';
+import { BucketNotFoundError, ObjectNotFoundError, ObjectTooLargeError, PermanentError, contentHash, type ItemRecord, type JobContext, type PreprocessJob } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
 import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
 
@@ -56,6 +56,8 @@ describe('preprocessImage', () => {
   it('fails for good with a reason code on bad input, before asking for room (the worker records it on the item)', async () => {
     const cases: [() => Promise<Buffer>, string][] = [
       [async () => Promise.reject(new ObjectNotFoundError('photos', JOB.key)), 'not-found'],
+      // the whole source bucket deleted since the listing: retrying will not bring it back
+      [async () => Promise.reject(new BucketNotFoundError('photos', 'http://127.0.0.1:9000')), 'not-found'],
       [async () => Promise.reject(new ObjectTooLargeError('photos', JOB.key, 2e6, 1e6)), 'too-large'],
       [async () => Buffer.from('plain text'), 'not-an-image'],
     ];

@@ -1,4 +1,5 @@
 import {
+  BucketNotFoundError,
   DatasetRepository,
   ObjectChangedError,
   ObjectNotFoundError,
@@ -73,6 +74,7 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
 function asPermanent(err: unknown): PermanentError | undefined {
   if (err instanceof PermanentError) return err;
   if (err instanceof ObjectNotFoundError) return permanent('not-found', `${err.message} (deleted since it was listed?)`);
+  if (err instanceof BucketNotFoundError) return permanent('not-found', `${err.message} (deleted since its images were listed?)`);
   if (err instanceof ObjectTooLargeError) return permanent('too-large', err.message);
   if (err instanceof ObjectChangedError) return permanent('changed', `${err.message}: ingest again to take the new content`);
   return undefined;

@@ -9,6 +9,7 @@ import { encodeKeyPath, Sha256 } from './s3.signing.js';
 export type DirectGetResult =
   | { kind: 'body'; body: Buffer }
   | { kind: 'not-found' }
+  | { kind: 'no-bucket' }
   | { kind: 'changed'; etag: string | undefined }
   | { kind: 'too-large'; size: number }
   | { kind: 'other' };
@@ -162,10 +163,20 @@ export class DirectS3 {
     const other: DirectGetResult = { kind: 'other' };
     const r = await this.exchange<DirectGetResult>('GET', path, headers, undefined, other, (res, settle) => {
       const status = res.statusCode ?? 0;
+      if (status === 404) {
+        // S3 says in the body whether the key or the whole bucket is missing: a wrong bucket
+        // is a setting to name, not an object to report missing.
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          if (text.length < 4096) text += chunk;
+        });
+        res.on('end', () => settle(text.includes('<Code>NoSuchBucket</Code>') ? { kind: 'no-bucket' } : { kind: 'not-found' }));
+        return;
+      }
       if (status !== 200) {
         res.resume();
-        if (status === 404) settle({ kind: 'not-found' });
-        else if (status === 412 && ifMatch !== undefined) settle({ kind: 'changed', etag: undefined });
+        if (status === 412 && ifMatch !== undefined) settle({ kind: 'changed', etag: undefined });
         else settle(other);
         return;
       }

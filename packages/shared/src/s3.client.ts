@@ -53,6 +53,14 @@ export class ObjectTooLargeError extends Error {
   }
 }
 
+/** The bucket itself does not exist (S3's NoSuchBucket): a setting or a URL to mend, not a missing object. */
+export class BucketNotFoundError extends Error {
+  override readonly name = 'BucketNotFoundError';
+  constructor(readonly bucket: string, endpoint: string) {
+    super(`bucket ${bucket} does not exist at ${redactUrl(endpoint)}`);
+  }
+}
+
 /** The object's content is no longer the one that was listed (its ETag changed): it was overwritten. */
 export class ObjectChangedError extends Error {
   override readonly name = 'ObjectChangedError';
@@ -121,10 +129,12 @@ const CREDENTIAL_CODES = new Set(['SignatureDoesNotMatch', 'InvalidAccessKeyId',
  * deployment's bucket (TL_BUCKET) when it is this process's. Undefined for any other error.
  */
 export function s3Refusal(err: unknown, s3: { endpoint: string; bucket: string }): Error | undefined {
-  if (!(err instanceof S3ServiceException)) return undefined;
-  if (CREDENTIAL_CODES.has(err.name)) return new S3CredentialsError(s3.endpoint, err.name);
-  if (err.name !== 'NoSuchBucket') return undefined;
-  const named = (err as { BucketName?: unknown }).BucketName;
+  let named: unknown;
+  if (err instanceof BucketNotFoundError) named = err.bucket;
+  else if (!(err instanceof S3ServiceException)) return undefined;
+  else if (CREDENTIAL_CODES.has(err.name)) return new S3CredentialsError(s3.endpoint, err.name);
+  else if (err.name !== 'NoSuchBucket') return undefined;
+  else named = (err as { BucketName?: unknown }).BucketName;
   const bucket = typeof named === 'string' && named !== '' ? named : undefined;
   const at = redactUrl(s3.endpoint);
   if (bucket === undefined) return new Error(`a bucket this command reads does not exist at ${at} (S3 did not say which; this process's TL_BUCKET is ${s3.bucket})`);
@@ -159,7 +169,14 @@ export function parseS3ObjectUrl(url: string): { bucket: string; key: string } {
   return { bucket, key };
 }
 
+/** S3's answer that the bucket itself is missing (a GET's or a listing's; a HEAD's 404 cannot say). */
+function isNoSuchBucket(err: unknown): boolean {
+  return err instanceof S3ServiceException && err.name === 'NoSuchBucket';
+}
+
+/** S3's answer that the key is missing, in a bucket that exists (as far as the answer says). */
 function isNotFound(err: unknown): boolean {
+  if (isNoSuchBucket(err)) return false;
   return (
     err instanceof NoSuchKey ||
     err instanceof NotFound ||
@@ -205,7 +222,7 @@ export class ObjectStore {
       await this.client.send(new HeadBucketCommand({ Bucket: bucket }));
       return false;
     } catch (err) {
-      if (!isNotFound(err) && !(err instanceof S3ServiceException && err.name === 'NoSuchBucket')) throw err;
+      if (!isNotFound(err) && !isNoSuchBucket(err)) throw err;
       try {
         await this.client.send(new CreateBucketCommand({ Bucket: bucket }));
         return true;
@@ -255,6 +272,7 @@ export class ObjectStore {
       const r = await this.direct.get(bucket, key, maxBytes, o.ifMatch);
       if (r.kind === 'body') return r.body;
       if (r.kind === 'not-found') throw new ObjectNotFoundError(bucket, key);
+      if (r.kind === 'no-bucket') throw new BucketNotFoundError(bucket, this.endpoint);
       if (r.kind === 'changed') throw new ObjectChangedError(bucket, key, o.ifMatch ?? '', r.etag);
       if (r.kind === 'too-large') throw new ObjectTooLargeError(bucket, key, r.size, maxBytes);
     }
@@ -267,6 +285,7 @@ export class ObjectStore {
       res = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key, ...(o.ifMatch !== undefined && { IfMatch: `"${o.ifMatch}"` }) }));
     } catch (err) {
       if (isNotFound(err)) throw new ObjectNotFoundError(bucket, key);
+      if (isNoSuchBucket(err)) throw new BucketNotFoundError(bucket, this.endpoint);
       if (preconditionFailed(err, o.ifMatch)) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
       throw err;
     }
@@ -302,7 +321,7 @@ export class ObjectStore {
     return Buffer.concat([...(out ? [out.subarray(0, Math.min(total, out.length))] : []), ...chunks]);
   }
 
-  /** Reads a small JSON object, or returns undefined when it does not exist. */
+  /** Reads a small JSON object, or returns undefined when it does not exist (BucketNotFoundError when its bucket does not). */
   async getJson<T>(bucket: string, key: string): Promise<T | undefined> {
     try {
       return JSON.parse((await this.getObject(bucket, key)).toString('utf8')) as T;

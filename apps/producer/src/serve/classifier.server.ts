@@ -9,7 +9,7 @@ import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
 import { prepareImage, type ResizePolicy } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
-import { createServeMetrics, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
+import { BucketNotFoundError, createServeMetrics, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
 import { BudgetWaitError, ByteBudget, HeldBody, type ByteHold } from './byte-budget.js';
@@ -166,7 +166,7 @@ function statusOf(reason: string): number {
 
 function asError(err: unknown): { reason: string; message: string } {
   if (err instanceof PermanentError) return { reason: err.reason, message: err.message };
-  if (err instanceof ObjectNotFoundError) return { reason: 'not-found', message: err.message };
+  if (err instanceof ObjectNotFoundError || err instanceof BucketNotFoundError) return { reason: 'not-found', message: err.message };
   if (err instanceof ObjectTooLargeError) return { reason: 'too-large', message: err.message };
   // S3 will not let serve read it (no permission, a key it cannot hold): the request's to mend
   if (err instanceof ObjectRefusedError) return { reason: 'bad-request', message: err.message };
