@@ -117,6 +117,70 @@ describe('following a job', () => {
     expect((end as CliExit).code).toBe(EXIT.stalled);
     expect((end as CliExit).message).toMatch(/queue is paused: resume it/);
   }, 60_000);
+
+  it('returns the result, and says the failure, of a job that ended before its completion event could be read', async () => {
+    // BullMQ's QueueEvents reads its stream from "$", from when its first read reaches Redis: a
+    // job that ends between the follower's first look at it and that read sends an event no one
+    // reads (it happened under load, and classify waited for ever). A proxy in front of Redis
+    // holds the followers' first stream reads until the jobs have ended.
+    const redis = new URL(stack.config.redis.url);
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let reads = 0;
+    const sockets = new Set<net.Socket>();
+    const proxy = net.createServer((client) => {
+      const upstream = net.connect(Number(redis.port), redis.hostname);
+      for (const s of [client, upstream]) {
+        sockets.add(s);
+        s.on('error', () => {});
+        s.on('close', () => (client.destroy(), upstream.destroy()));
+      }
+      let held: Buffer[] | undefined;
+      client.on('data', (d: Buffer) => {
+        if (held) return void held.push(d);
+        if (!/\$5\r\nxread\r\n/i.test(d.toString('latin1'))) return void upstream.write(d);
+        held = [d];
+        reads++;
+        void released.then(() => {
+          for (const b of held!) upstream.write(b);
+          held = undefined;
+        });
+      });
+      upstream.on('data', (d: Buffer) => client.write(d));
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const via = new URL(stack.config.redis.url);
+    via.port = String((proxy.address() as net.AddressInfo).port);
+    const follower = await openCliContext({ ...stack.config, redis: { ...stack.config.redis, url: via.toString() } }, sink);
+    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
+    try {
+      const queue = newQueue();
+      const done = await queue.add('train', { outcome: 'done' });
+      const broken = await queue.add('train', { outcome: 'broken' });
+      const follow = (job: typeof done) => followJob(follower, queue, job, { what: `run ${job.id}`, role: 'train', stallSeconds: 30 }).then((r) => ({ result: r }), (err: unknown) => ({ error: String(err) }));
+      const followed = [follow(done), follow(broken)];
+      await until('both followers read their events', async () => reads === 2, 20);
+      // each follower has looked at its job (waiting), and its read of the events is on its way, held
+      await new Promise((r) => setTimeout(r, 300));
+      const worker = new Worker(queue.name, async (job) => (job.data.outcome === 'done' ? { accuracy: 0.9 } : Promise.reject(new Error('no images to train on'))), { connection, prefix: ctx.config.redis.prefix });
+      worker.on('error', () => {});
+      opened.push({ close: () => worker.close() });
+      await until('both jobs ended', async () => (await queue.getJobState(done.id!)) === 'completed' && (await queue.getJobState(broken.id!)) === 'failed', 20);
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<string>((r) => (timer = setTimeout(() => r('still waiting'), 10_000)));
+      try {
+        expect(await Promise.race([Promise.all(followed), deadline])).toEqual([{ result: { accuracy: 0.9 } }, { error: `Error: run ${broken.id} failed: no images to train on` }]);
+      } finally {
+        clearTimeout(timer);
+      }
+    } finally {
+      release();
+      await follower.close();
+      connection.disconnect();
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => proxy.close(r));
+    }
+  }, 60_000);
 });
 
 describe('a failed job run again (retry, a re-ingest, a hand-off)', () => {

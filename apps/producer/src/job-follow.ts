@@ -1,4 +1,4 @@
-import { QueueEvents, type Job, type Queue } from 'bullmq';
+import { Job, QueueEvents, type Queue } from 'bullmq';
 import { JOBS, execPipeline, jobLock, permanentFailureOf, sleep, type JobName, type Redis } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { allPaused, redisOutage } from './dataset-wait.js';
@@ -46,9 +46,9 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
     events.on('progress', onProgress);
     const finished = job.waitUntilFinished(events) as Promise<R>;
     const watchdog = new AbortController();
-    const stalled = watch(ctx, queue, job, o, queued, watchdog.signal);
+    const polled = watch<R>(ctx, queue, job, o, queued, watchdog.signal);
     try {
-      return await Promise.race([finished, stalled]);
+      return await Promise.race([finished, polled]);
     } catch (err) {
       if (err instanceof CliExit) throw err;
       // a cancel someone asked for (train --cancel) is not a failure of the job's own
@@ -66,13 +66,18 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
 }
 
 /**
- * Rejects when nothing can move the job, or on Ctrl-C; never resolves otherwise. Nothing can
+ * The job's end as its state says it, polled each second: its result, or its failure thrown.
+ * The completion event alone can be missed: QueueEvents reads its stream from the moment its
+ * first read reaches Redis ("$"), so a job that ends between the follower's first look and that
+ * read sends an event no one reads, and waiting for the event alone waited for ever.
+ *
+ * Rejects when nothing can move the job, or on Ctrl-C. Nothing can
  * move it when, for `stallSeconds`: no worker of its queue is connected (whether the job waits,
  * or is active in a worker that is gone: only a live worker moves a stalled job back), or its
  * queue is paused. A job that is gone from the queue (removed, or Redis lost it) ends the wait at
  * once. Redis going away is waited out, as the dataset wait does.
  */
-async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, queued: QueueWatch, stop: AbortSignal): Promise<never> {
+async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, queued: QueueWatch, stop: AbortSignal): Promise<R> {
   const outage = redisOutage(ctx, o.stallSeconds, `${o.what} goes on in the ${o.role} worker when it is back`);
   let stuckSince: number | undefined;
   let goneOnce = false;
@@ -92,6 +97,13 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
         continue;
       }
       goneOnce = false;
+      if (state === 'completed' || state === 'failed') {
+        const done = await Job.fromId(queue, job.id!);
+        if (done?.finishedOn !== undefined) {
+          if (state === 'failed') throw new JobFailed(done.failedReason);
+          return done.returnvalue as R;
+        }
+      }
       // A paused queue holds its waiting jobs; one already running goes on.
       const waiting = state === 'waiting' || state === 'delayed' || state === 'prioritized';
       const pending = waiting || state === 'active';
@@ -113,6 +125,7 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
       }
       outage.up();
     } catch (err) {
+      if (err instanceof JobFailed) throw err;
       outage.down(err);
       stuckSince = undefined; // an outage is not a stall of the workers
       continue;
@@ -125,6 +138,9 @@ async function watch(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, 
     if (Date.now() - stuckSince > o.stallSeconds * 1000) throw new CliExit(EXIT.stalled, `${o.what} has not moved for ${o.stallSeconds} s: ${why}`);
   }
 }
+
+/** The followed job failed: its reason, thrown as the completion event's failure would be. */
+class JobFailed extends Error {}
 
 interface QueueWatch {
   /** the job was seen active, or reported progress */
