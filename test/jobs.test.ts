@@ -152,7 +152,6 @@ describe('following a job', () => {
     const via = new URL(stack.config.redis.url);
     via.port = String((proxy.address() as net.AddressInfo).port);
     const follower = await openCliContext({ ...stack.config, redis: { ...stack.config.redis, url: via.toString() } }, sink);
-    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
     try {
       const queue = newQueue();
       const done = await queue.add('train', { outcome: 'done' });
@@ -162,9 +161,10 @@ describe('following a job', () => {
       await until('both followers read their events', async () => reads === 2, 20);
       // each follower has looked at its job (waiting), and its read of the events is on its way, held
       await new Promise((r) => setTimeout(r, 300));
+      const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
       const worker = new Worker(queue.name, async (job) => (job.data.outcome === 'done' ? { accuracy: 0.9 } : Promise.reject(new Error('no images to train on'))), { connection, prefix: ctx.config.redis.prefix });
       worker.on('error', () => {});
-      opened.push({ close: () => worker.close() });
+      opened.push({ close: async () => (await worker.close(), connection.disconnect()) });
       await until('both jobs ended', async () => (await queue.getJobState(done.id!)) === 'completed' && (await queue.getJobState(broken.id!)) === 'failed', 20);
       let timer: NodeJS.Timeout | undefined;
       const deadline = new Promise<string>((r) => (timer = setTimeout(() => r('still waiting'), 10_000)));
@@ -173,10 +173,11 @@ describe('following a job', () => {
       } finally {
         clearTimeout(timer);
       }
+      // and nothing is left listening on the queue (a watch follows a job each round)
+      expect(['closing', 'error'].map((e) => queue.listenerCount(e))).toEqual([0, 0]);
     } finally {
       release();
       await follower.close();
-      connection.disconnect();
       for (const s of sockets) s.destroy();
       await new Promise((r) => proxy.close(r));
     }

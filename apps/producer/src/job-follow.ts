@@ -41,10 +41,26 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
     queued.started();
     o.onProgress?.(data);
   };
+  // The job's end as its events say it, at once; the poll below finds it too, within a second,
+  // if the event is missed. (Not BullMQ's waitUntilFinished: it leaves a listener on the queue
+  // when its own event does not end the wait, one more per round of classify --watch.)
+  let onEnd: { completed: (a: { jobId: string; returnvalue: unknown }) => void; failed: (a: { jobId: string; failedReason: string }) => void } | undefined;
+  const finished = new Promise<R>((resolve, reject) => {
+    onEnd = {
+      // (QueueEvents has parsed the return value's JSON already)
+      completed: (a) => {
+        if (a.jobId === job.id) resolve(a.returnvalue as R);
+      },
+      failed: (a) => {
+        if (a.jobId === job.id) reject(new Error(a.failedReason));
+      },
+    };
+  });
   try {
     await events.waitUntilReady();
     events.on('progress', onProgress);
-    const finished = job.waitUntilFinished(events) as Promise<R>;
+    events.on('completed', onEnd!.completed);
+    events.on('failed', onEnd!.failed);
     const watchdog = new AbortController();
     const polled = watch<R>(ctx, queue, job, o, queued, watchdog.signal);
     try {
@@ -60,6 +76,8 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
     }
   } finally {
     events.off('progress', onProgress);
+    events.off('completed', onEnd!.completed);
+    events.off('failed', onEnd!.failed);
     await events.close();
     connection.disconnect();
   }
@@ -82,8 +100,9 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
   let stuckSince: number | undefined;
   let goneOnce = false;
   const holder = holderWatch(ctx, job, o);
-  for (;;) {
-    await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
+  // (the first look at once: the job may have ended already)
+  for (let look = 0; ; look++) {
+    if (look > 0) await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
     if (stop.aborted) return new Promise<never>(() => {});
     if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; ${o.what} goes on in the ${o.role} worker${o.followAgain ? ` (follow it again: ${o.followAgain}${o.cancel ? `; stop it: ${o.cancel}` : ''})` : ''}`);
     let why: string | undefined;
@@ -99,7 +118,8 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
       goneOnce = false;
       if (state === 'completed' || state === 'failed') {
         const done = await Job.fromId(queue, job.id!);
-        if (done?.finishedOn !== undefined) {
+        // (the same end still: not a job retried from the queue board between the two reads)
+        if (done?.finishedOn !== undefined && (await queue.getJobState(job.id!)) === state) {
           if (state === 'failed') throw new JobFailed(done.failedReason);
           return done.returnvalue as R;
         }

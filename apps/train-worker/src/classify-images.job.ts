@@ -1,5 +1,5 @@
 import type * as tfTypes from '@tensorflow/tfjs';
-import { CLASSIFY_EARLIER_FILES, LabelsDoc, PermanentError, ReportDoc, RunDoc, type ClassifyJob, type ClassifyResult, type ItemRecord, type JobContext, type Services } from '@transferline/shared';
+import { BucketNotFoundError, CLASSIFY_EARLIER_FILES, LabelsDoc, PermanentError, ReportDoc, RunDoc, type ClassifyJob, type ClassifyResult, type ItemRecord, type JobContext, type Services } from '@transferline/shared';
 import { loadHead } from './head.store.js';
 import { predictProba } from './head.trainer.js';
 
@@ -34,8 +34,14 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
   const { tf, services } = deps;
   const { layout } = services;
   const modelPrefix = layout.run(job.model, job.runId);
-  const labels = await services.store.getDocument(LabelsDoc, deps.bucket, layout.runFile(job.model, job.runId, 'labels.json'));
-  const run = await services.store.getDocument(RunDoc, deps.bucket, layout.runFile(job.model, job.runId, 'run.json'));
+  const [labels, run] = await Promise.all([
+    services.store.getDocument(LabelsDoc, deps.bucket, layout.runFile(job.model, job.runId, 'labels.json')),
+    services.store.getDocument(RunDoc, deps.bucket, layout.runFile(job.model, job.runId, 'run.json')),
+  ]).catch((err: unknown) => {
+    // this worker's own bucket missing: asking again will not make it exist
+    if (err instanceof BucketNotFoundError) throw new PermanentError('no-model', `${err.message}: it is the train worker's TL_BUCKET, where the models are`);
+    throw err;
+  });
   if (!labels || !run) throw new PermanentError('no-model', `no trained model at s3://${deps.bucket}/${modelPrefix}`);
   if (run.embedderId !== job.embedderId) {
     throw new PermanentError('embedder-mismatch', `the model was trained on ${run.embedderId} embeddings; these images were embedded with ${job.embedderId}`);

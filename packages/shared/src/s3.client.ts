@@ -384,7 +384,7 @@ export class ObjectStore {
   /**
    * Copies an object within the store (server-side, no download); returns the copy's ETag. With
    * `ifMatch` (an ETag without quotes) it copies only that content, or throws ObjectChangedError;
-   * ObjectNotFoundError when there is no such object.
+   * ObjectNotFoundError when there is no such object, BucketNotFoundError when no such bucket.
    */
   async copyObject(bucket: string, from: string, to: string, o: { ifMatch?: string } = {}): Promise<string> {
     const source = `${bucket}/${from}`.split('/').map(encodeURIComponent).join('/');
@@ -394,6 +394,7 @@ export class ObjectStore {
     } catch (err) {
       if (preconditionFailed(err, o.ifMatch)) throw new ObjectChangedError(bucket, from, o.ifMatch, undefined);
       if (isNotFound(err)) throw new ObjectNotFoundError(bucket, from);
+      if (isNoSuchBucket(err)) throw new BucketNotFoundError(bucket, this.endpoint);
       throw err;
     }
   }
@@ -409,6 +410,7 @@ export class ObjectStore {
     } catch (err) {
       if (preconditionFailed(err, o.ifMatch)) throw new ObjectChangedError(bucket, key, o.ifMatch, undefined);
       if (o.ifMatch !== undefined && isNotFound(err)) return;
+      if (isNoSuchBucket(err)) throw new BucketNotFoundError(bucket, this.endpoint);
       throw err;
     }
   }
