@@ -29,7 +29,7 @@ export function childProcesses(): string[] {
  * starts (workers, redis-server, S3 server, clients) must be stopped by its own cleanup.
  */
 export function guardLeaks(): void {
-  // (against what was there before the file: the files run one after another in one process)
+  // (against what was there before the file: a process runs its files one after another)
   let before: Record<string, number> = {};
   let kidsBefore = new Set<string>();
   beforeAll(() => {
