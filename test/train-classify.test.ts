@@ -823,7 +823,7 @@ describe('training runs and classification', () => {
     expect(refused.stderr).toBe(`transferline: dataset shapes lost its records with Redis's data and is not ingested again to the end yet (an ingest cut short, or prefixes left): ${again2}. A run now would learn from part of it: ingest again first, or train with --partial on what it has\n`);
     expect((await runCli(['ingest', `s3://${photos}/set/`, '-d', 'shapes'], stack.env)).code).toBe(0);
     expect((await runCli(['status'], stack.env)).stdout).not.toContain('lost its records');
-  });
+  }, 180_000);
 
   it('train --no-promote leaves the latest run as it was; promote makes a run the latest, or rolls back to an older one', async () => {
     const latestOf = async () => (await latestRun(ctx, 'shapes'))?.runId;
@@ -878,7 +878,7 @@ describe('training runs and classification', () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('no run no-such-run of shapes');
     expect((await runCli(['promote', 'shapes'], stack.env)).code).toBe(2);
-  });
+  }, 180_000);
 
   it('Ctrl-C while train follows its run: exit 130, the run goes on, and it says how to follow it again', async () => {
     const runId = 'interrupted-run';
