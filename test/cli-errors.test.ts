@@ -126,6 +126,36 @@ describe('what a user sees when something is wrong', () => {
       expect(lost.stdout).not.toContain('TL_QUEUE_PREFIX as the workers have it');
     });
 
+    it("a shell whose TL_BUCKET or TL_PREFIX is not the live workers': models, promote, classify and status say which settings to set, not to train first", async () => {
+      const { stack, ctx } = file;
+      const { bucket, prefix } = stack.config.s3;
+      // the live embed worker of this deployment, saying where it keeps embeddings and models
+      const beat = await ctx.services.spaces.startHeartbeat(stack.space, 'test', () => undefined, { bucket, prefix });
+      try {
+        // the user's photo bucket, set as TL_BUCKET by mistake: it exists, and holds no models
+        await ctx.services.store.ensureBucket('their-photos');
+        const shell = { ...stack.env, TL_BUCKET: 'their-photos' };
+        const hint = `this shell looks in s3://their-photos/${prefix}, but the live embed workers keep embeddings and models in s3://${bucket}/${prefix}: set TL_BUCKET=${bucket} as the workers have it`;
+        const models = await runCli(['models'], shell);
+        expect({ code: models.code, stdout: models.stdout }).toEqual({ code: 0, stdout: `no trained models yet: ${hint}\n` });
+        for (const args of [['promote', 'photos@r1'], ['classify', 's3://their-photos/incoming/', '-m', 'photos@r1'], ['classify', 's3://their-photos/incoming/', '-m', 'photos']]) {
+          const r = await runCli(args, shell);
+          expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 1, stderr: expect.stringContaining(`: ${hint}\n`) });
+          expect(r.stderr).not.toMatch(/transferline train/);
+        }
+        expect((await runCli(['status'], shell)).stdout).toContain(`warning: ${hint}\n`);
+        // a prefix of its own too: both settings named
+        const both = await runCli(['models'], { ...shell, TL_PREFIX: 'mine/' });
+        expect(both.stdout).toContain(`but the live embed workers keep embeddings and models in s3://${bucket}/${prefix}: set TL_BUCKET=${bucket} and ${prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${prefix}`} as the workers have it\n`);
+        // the workers' own settings: nothing of the kind
+        const own = await runCli(['models'], stack.env);
+        expect(own.stdout).toBe('no trained models yet: transferline train --dataset NAME\n');
+        expect((await runCli(['status'], stack.env)).stdout).not.toContain('this shell looks in');
+      } finally {
+        await beat.stop();
+      }
+    });
+
     it('status names the jobs left active by a worker that stopped, when no worker of their queue is connected', async () => {
       const { stack, ctx } = file;
       // a worker takes a job and goes away without finishing it (as a killed one does)

@@ -168,7 +168,7 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     expect(r.code).toBe(0);
     const s = JSON.parse(r.stdout) as {
       queues: Record<string, { workers: number; failed: number }>;
-      spaces: { space: { id: string; resize: string }; workers: { backend: string }[]; cached: number }[];
+      spaces: { space: { id: string; resize: string }; workers: { backend: string; storage?: { bucket: string; prefix: string } }[]; cached: number }[];
       datasets: { dataset: string; embedded: number; space: string }[];
     };
     // in the pipeline's order, as the console lists them
@@ -178,6 +178,8 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     expect(s.spaces[0]).toMatchObject({ space: { id: stack.space.id, resize: 'squash' }, cached: distinct });
     // ONNX Runtime is the CPU backend when no GPU package loads
     expect(s.spaces[0]!.workers.map((w) => w.backend)).toEqual(['onnx']);
+    // and where it keeps embeddings and models, for a shell set up apart from it to be told
+    expect(s.spaces[0]!.workers.map((w) => w.storage)).toEqual([{ bucket: stack.config.s3.bucket, prefix: stack.config.s3.prefix }]);
     expect(s.datasets.find((d) => d.dataset === 'e2e')?.space).toBe(stack.space.id);
     expect(s.datasets.find((d) => d.dataset === 'e2e')?.embedded).toBe(distinct + 1);
   });

@@ -98,7 +98,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     },
   });
   exportQueueDepths(metrics, async () => [queues.embed(space.id)]);
-  const heartbeat = await services.spaces.startHeartbeat(space, rt.backend, (err) => log.debug({ err }, 'heartbeat not written'));
+  const heartbeat = await services.spaces.startHeartbeat(space, rt.backend, (err) => log.debug({ err }, 'heartbeat not written'), { bucket: config.s3.bucket, prefix: config.s3.prefix });
   log.info({ embedderId: space.id, backend: rt.backend, batchSize: config.embed.batchSize, workerId: heartbeat.workerId }, 'worker started');
   let closing = false;
   return {

@@ -49,6 +49,8 @@ export const EmbedWorkerInfo = z.object({
   host: z.string(),
   pid: z.number().int(),
   startedAt: z.string(),
+  /** where it keeps embeddings (and the train worker, which reads them, models): its TL_BUCKET and TL_PREFIX */
+  storage: z.object({ bucket: z.string(), prefix: z.string() }).optional(),
 });
 export type EmbedWorkerInfo = z.infer<typeof EmbedWorkerInfo>;
 

@@ -29,6 +29,25 @@ export function spaceFromConfig(config: Pick<Config, 'embed' | 'preprocess'>): E
   };
 }
 
+/** Where a deployment keeps embeddings and models: its TL_BUCKET and TL_PREFIX. */
+export interface Storage {
+  bucket: string;
+  prefix: string;
+}
+
+/**
+ * When this process's TL_BUCKET/TL_PREFIX are none of the live workers' (a shell set up apart
+ * from them), the line that says so and which settings to set; undefined when one matches, or
+ * when no live worker says (none live, or a version before workers said where).
+ */
+export function storageAdvice(own: Storage, workers: readonly EmbedWorkerInfo[]): string | undefined {
+  const theirs = [...new Map(workers.flatMap((w) => (w.storage ? [[`s3://${w.storage.bucket}/${w.storage.prefix}`, w.storage] as const] : []))).entries()].sort(([a], [b]) => a.localeCompare(b));
+  if (theirs.length === 0 || theirs.some(([, s]) => s.bucket === own.bucket && s.prefix === own.prefix)) return undefined;
+  const [, first] = theirs[0]!;
+  const settings = [...(first.bucket !== own.bucket ? [`TL_BUCKET=${first.bucket}`] : []), ...(first.prefix !== own.prefix ? [first.prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${first.prefix}`] : [])];
+  return `this shell looks in s3://${own.bucket}/${own.prefix}, but the live embed workers keep embeddings and models in ${theirs.map(([url]) => url).join(' and ')}: set ${settings.join(' and ')} as the workers have it`;
+}
+
 /** A space with the embed workers that run it now. */
 export interface SpaceWorkers {
   space: EmbeddingSpace;
@@ -138,7 +157,7 @@ export class SpaceRegistry {
    * Publishes `space` and beats for this worker every ttl/3 until `stop()`, which removes it at
    * once (a crashed worker drops out when its beat goes stale).
    */
-  async startHeartbeat(space: EmbeddingSpace, backend: string, onError: (err: Error) => void): Promise<{ workerId: string; stop: () => Promise<void> }> {
+  async startHeartbeat(space: EmbeddingSpace, backend: string, onError: (err: Error) => void, storage?: Storage): Promise<{ workerId: string; stop: () => Promise<void> }> {
     const info: EmbedWorkerInfo = {
       workerId: PROCESS_NAME,
       space: space.id,
@@ -146,6 +165,7 @@ export class SpaceRegistry {
       host: os.hostname(),
       pid: process.pid,
       startedAt: new Date().toISOString(),
+      ...(storage && { storage }),
     };
     const beat = () =>
       BEAT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces()], [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space), SINCE_FIELD]);

@@ -8,6 +8,7 @@ import { restoreLostIndex } from '../data-loss.js';
 import { printFailures } from './ingest.command.js';
 import { followJob } from '../job-follow.js';
 import { printable } from '../terminal.js';
+import { nothingHere } from '../storage-hint.js';
 
 export interface ClassifyOptions {
   /** `dataset` (its latest run) or `dataset@run` */
@@ -43,11 +44,11 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
     // runs, but none the latest: all trained with --no-promote, or the latest deleted with no run to take its place
     const runs = (await listModelRuns(ctx, dataset)).filter((r) => r.dataset === dataset);
     if (runs.length) throw new Error(`${dataset} has no latest run (its ${runs.length} run${runs.length === 1 ? ' was' : 's were'} trained with --no-promote, or the latest was deleted): name one, -m ${dataset}@${runs[0]!.runId}, or make one the latest: transferline promote ${dataset}@${runs[0]!.runId}`);
-    throw new Error(`no trained model for ${dataset}: run "transferline train --dataset ${dataset}" first`);
+    throw new Error(await nothingHere(ctx, `no trained model for ${dataset}`, `: run "transferline train --dataset ${dataset}" first`));
   }
   if (latest?.insteadOf) ctx.out.write(`note: the latest run of ${dataset}, ${latest.insteadOf}, is no longer in the bucket: using its newest run left, ${runId}\n`);
   const run = await store.getDocument(RunDoc, bucket, layout.runFile(dataset, runId, 'run.json'));
-  if (!run) throw new Error(`no run ${runId} of ${dataset} in s3://${bucket}/${layout.models()} (see "transferline models")`);
+  if (!run) throw new Error(await nothingHere(ctx, `no run ${runId} of ${dataset} in s3://${bucket}/${layout.models()}`, ' (see "transferline models")'));
   const space = await spaces.get(run.embedderId);
   if (!space) throw new Error(`model ${dataset}@${runId} was trained in embedding space ${run.embedderId}, which no embed worker of this deployment has published: start one with those settings`);
   return { dataset, runId, space };

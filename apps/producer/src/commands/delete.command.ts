@@ -6,6 +6,7 @@ import { forgetLost } from '../data-loss.js';
 import type { CliContext } from '../cli-context.js';
 import { globLiteral, redisKeysMatching } from '../redis-scan.js';
 import { CliExit, EXIT } from '../exit-codes.js';
+import { nothingHere } from '../storage-hint.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
 import { listModelRuns, newestPromotable, parseRunSpec } from './models.command.js';
 
@@ -143,7 +144,7 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
   const wasLatest = (await store.getDocument(LatestDoc, bucket, latestKey))?.runId === runId;
   if (runFiles.length === 0 && labelled === 0 && !wasLatest && (!o.results || results.length === 0)) {
     const left = results.length ? `; its classify results are still in s3://${bucket}/${layout.results(dataset, runId)}: add --results to delete them` : '';
-    throw new CliExit(EXIT.error, `transferline: no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)}${left}: nothing deleted (see "transferline models -d ${dataset}")`);
+    throw new CliExit(EXIT.error, `transferline: ${await nothingHere(ctx, `no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)}${left}: nothing deleted`, ` (see "transferline models -d ${dataset}")`)}`);
   }
   const newestLeft = newestPromotable(await listModelRuns(ctx, dataset), dataset, runId);
 

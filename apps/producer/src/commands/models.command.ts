@@ -3,6 +3,7 @@ import { DatasetName, LatestDoc, latestPointer, PromotedDoc, ReportDoc, type Tra
 import { jobsInFlight } from '../jobs-in-flight.js';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
+import { nothingHere } from '../storage-hint.js';
 
 export interface ModelRun {
   dataset: string;
@@ -142,7 +143,7 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
   }
   if (runs.length === 0) {
     if (o.dataset && !(await ctx.services.datasets.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset} and no models for it`);
-    ctx.out.write(`no trained models yet${o.dataset ? ` for ${o.dataset}` : ''}: transferline train --dataset NAME\n`);
+    ctx.out.write(`${await nothingHere(ctx, `no trained models yet${o.dataset ? ` for ${o.dataset}` : ''}`, ': transferline train --dataset NAME')}\n`);
     return runs;
   }
   const pct = (x?: number) => (x === undefined ? '   –  ' : `${(x * 100).toFixed(1).padStart(5)}%`);
@@ -185,7 +186,7 @@ export async function promoteCommand(ctx: CliContext, spec: string): Promise<voi
   const { store, layout } = ctx.services;
   const report = await store.getDocument(ReportDoc, bucket, layout.runFile(dataset, runId, 'report.json'));
   if (!report) {
-    throw new CliExit(EXIT.error, `transferline: no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)} (see "transferline models -d ${dataset}")`);
+    throw new CliExit(EXIT.error, `transferline: ${await nothingHere(ctx, `no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)}`, ` (see "transferline models -d ${dataset}")`)}`);
   }
   // A run trained with --no-promote is marked promoted, first: a promote cut short leaves a run
   // that is no longer a candidate, not a latest one that still is. The marker names the run it

@@ -1,4 +1,4 @@
-import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers } from '@transferline/shared';
+import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, storageAdvice, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
@@ -96,15 +96,17 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
 }
 
 /**
- * What status warns of, and the console's front page shows: a Redis that may evict our keys, and
- * what Redis losing its data left. `lossFound`: a loss was found (not merely left unchecked).
+ * What status warns of, and the console's front page shows: a bucket or prefix that is not the
+ * live workers', a Redis that may evict our keys, and what Redis losing its data left. `lossFound`: a loss was found (not merely left unchecked).
  * `spaces`: the published ones.
  */
 export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Promise<{ warnings: string[]; lossFound: boolean }> {
   // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
   const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
   const loss = await dataLossWarnings(ctx, spaces);
-  return { warnings: [...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found };
+  // a shell whose TL_BUCKET/TL_PREFIX are not the workers': every model and cache read here looks elsewhere
+  const storage = await ctx.services.spaces.liveWorkers().then((workers) => storageAdvice(ctx.config.s3, workers), () => undefined);
+  return { warnings: [...(storage ? [storage] : []), ...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found };
 }
 
 /**

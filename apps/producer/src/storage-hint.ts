@@ -1,0 +1,15 @@
+import { storageAdvice } from '@transferline/shared';
+import type { CliContext } from './cli-context.js';
+
+/**
+ * What a command says when the bucket has nothing for it: `base` with the settings to mend when
+ * this shell's TL_BUCKET/TL_PREFIX are none of the live workers' (then looking elsewhere, not
+ * training, is the answer), else `base` with its usual `advice`.
+ */
+export async function nothingHere(ctx: CliContext, base: string, advice: string): Promise<string> {
+  const hint = await ctx.services.spaces.liveWorkers().then(
+    (workers) => storageAdvice(ctx.config.s3, workers),
+    () => undefined, // (a Redis that does not answer: the usual advice, and the command goes on to say so)
+  );
+  return hint ? `${base}: ${hint}` : `${base}${advice}`;
+}

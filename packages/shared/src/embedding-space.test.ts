@@ -1,0 +1,23 @@
+import { describe, expect, it } from 'vitest';
+import { storageAdvice } from './embedding-space.js';
+import type { EmbedWorkerInfo } from './documents.js';
+
+const worker = (storage?: { bucket: string; prefix: string }): EmbedWorkerInfo => ({ workerId: 'w', space: 's', backend: 'onnx', host: 'h', pid: 1, startedAt: '', ...(storage && { storage }) });
+
+describe('storageAdvice', () => {
+  it('says nothing when a live worker keeps what this shell reads, or no worker says where it keeps it', () => {
+    expect(storageAdvice({ bucket: 'tl', prefix: '' }, [worker({ bucket: 'other', prefix: '' }), worker({ bucket: 'tl', prefix: '' })])).toBeUndefined();
+    // workers of a version that did not say (a rolling upgrade), or none live
+    expect(storageAdvice({ bucket: 'tl', prefix: '' }, [worker()])).toBeUndefined();
+    expect(storageAdvice({ bucket: 'tl', prefix: '' }, [])).toBeUndefined();
+  });
+
+  it('names the settings that differ, and every place the workers keep theirs', () => {
+    expect(storageAdvice({ bucket: 'photos', prefix: 'tl/' }, [worker({ bucket: 'tl', prefix: 'tl/' }), worker()])).toBe(
+      'this shell looks in s3://photos/tl/, but the live embed workers keep embeddings and models in s3://tl/tl/: set TL_BUCKET=tl as the workers have it',
+    );
+    expect(storageAdvice({ bucket: 'tl', prefix: 'mine/' }, [worker({ bucket: 'tl', prefix: '' }), worker({ bucket: 'b', prefix: 'x/' }), worker({ bucket: 'tl', prefix: '' })])).toBe(
+      'this shell looks in s3://tl/mine/, but the live embed workers keep embeddings and models in s3://b/x/ and s3://tl/: set TL_BUCKET=b and TL_PREFIX=x/ as the workers have it',
+    );
+  });
+});
