@@ -79,6 +79,9 @@ describe('what a user sees when something is wrong', () => {
       // a shell whose TL_BUCKET is not the workers'
       const models = await runCli(['models'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
       expect({ code: models.code, stderr: models.stderr }).toEqual({ code: 1, stderr: `transferline: bucket not-the-workers does not exist at ${at}: it is this process's TL_BUCKET, where the workers keep embeddings and models; set TL_BUCKET as the workers have it\n` });
+      // status goes on without the bucket, and says which setting it could not read
+      const status = await runCli(['status'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
+      expect(status.stdout).toContain(`warning: cannot read s3://not-the-workers/, so whether Redis lost data is not checked: ${models.stderr.replace(/^transferline: /, '')}`);
       // commands that read one run's files, where a missing file means "no such run", say the same
       for (const args of [['promote', 'photos@r1'], ['classify', 's3://photos/incoming/', '-m', 'photos@r1']]) {
         const r = await runCli(args, { ...stack.env, TL_BUCKET: 'not-the-workers' });

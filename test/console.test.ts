@@ -422,4 +422,15 @@ describe('the web console', () => {
       await ctx.services.datasets.remove(big);
     }
   }, 120_000);
+
+  it("started with a TL_BUCKET that does not exist, says that setting, not an outage to wait out", async () => {
+    const wrong = await startConsole({ services: ctx.services, queues: ctx.queues, config: { ...stack.config, s3: { ...stack.config.s3, bucket: 'not-the-workers' }, console: { host: '127.0.0.1', port: 0, user: USER, password: undefined } } });
+    try {
+      const home = await fetch(wrong.url);
+      expect(home.status).toBe(503);
+      expect(await home.text()).toContain(`could not read the deployment: bucket not-the-workers does not exist at ${stack.config.s3.endpoint}: it is this process&#39;s TL_BUCKET`);
+    } finally {
+      await wrong.close();
+    }
+  });
 });

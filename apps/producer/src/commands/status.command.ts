@@ -1,4 +1,4 @@
-import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, storageAdvice, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers } from '@transferline/shared';
+import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, s3Refusal, storageAdvice, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
@@ -127,7 +127,7 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
     inBucket = await store.listFolders(bucket, layout.embeddingSpaces());
   } catch (err) {
     // (nor is a loss remembered or forgotten: nothing was seen)
-    const why = (S3UnreachableError.from(err, ctx.config.s3.endpoint) ?? (err as Error)).message;
+    const why = (S3UnreachableError.from(err, ctx.config.s3.endpoint) ?? s3Refusal(err, ctx.config.s3) ?? (err as Error)).message;
     return { lines: [`cannot read s3://${bucket}/, so whether Redis lost data is not checked: ${why}`], found: false };
   }
   const ids = new Set([...spaces, ...inBucket]);

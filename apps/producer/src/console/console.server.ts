@@ -1,7 +1,7 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
-import { TrainJob, type Config, type Logger, type Queues, type Services } from '@transferline/shared';
+import { s3Refusal, TrainJob, type Config, type Logger, type Queues, type Services } from '@transferline/shared';
 import { requireAdmin } from './console-auth.js';
 import { deploymentQueues } from '../commands/status.command.js';
 import { consoleDeps, loadDataset, loadOverview, loadReport, loadReview, thumbnail } from './console-data.js';
@@ -135,7 +135,8 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
       ).then(
         (r) => void ('html' in r ? res.type('html').send(r.html) : res.status(404).type('html').send(notFoundPage(access, r.missing))),
         async (err: unknown) => {
-          const why = err instanceof DeadlineError ? await whyLate(err, services.redis) : (err as Error).message;
+          // (what S3 refuses names the setting: a TL_BUCKET that does not exist is no outage to wait out)
+          const why = err instanceof DeadlineError ? await whyLate(err, services.redis) : (s3Refusal(err, config.s3) ?? (err as Error)).message;
           log?.warn({ err, path: req.path, why }, 'console: a page could not be read');
           res.status(503).type('html').send(errorPage(access, `could not read the deployment: ${why}`));
         },
