@@ -159,6 +159,20 @@ describe('what a user sees when something is wrong', () => {
       }
     });
 
+    it("classify of a dataset whose first run is on its way names that run, not 'train first'", async () => {
+      const { ctx } = file;
+      const job = await ctx.queues.train.add('train', { dataset: 'coming', runId: 'r-coming', promote: true }, { jobId: 'train-r-coming' });
+      try {
+        const r = await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], file.stack.env);
+        expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: 'transferline: no trained model for coming yet: run r-coming is queued (follow it: transferline train --follow r-coming), and coming has its model once it ends\n' });
+        // a run that will not be the latest (--no-promote) is no such promise
+        await job.updateData({ dataset: 'coming', runId: 'r-coming', promote: false });
+        expect((await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], file.stack.env)).stderr).toBe('transferline: no trained model for coming: run "transferline train --dataset coming" first\n');
+      } finally {
+        await job.remove();
+      }
+    });
+
     it('status names the jobs left active by a worker that stopped, when no worker of their queue is connected', async () => {
       const { stack, ctx } = file;
       // a worker takes a job and goes away without finishing it (as a killed one does)

@@ -1,4 +1,4 @@
-import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace } from '@transferline/shared';
+import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type TrainJob, type ClassifyResult, type EmbeddingSpace } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { watchRounds } from '../watch-loop.js';
 import { latestRun, listModelRuns } from './models.command.js';
@@ -9,6 +9,7 @@ import { printFailures } from './ingest.command.js';
 import { followJob } from '../job-follow.js';
 import { printable } from '../terminal.js';
 import { nothingHere } from '../storage-hint.js';
+import { jobsInFlight } from '../jobs-in-flight.js';
 
 export interface ClassifyOptions {
   /** `dataset` (its latest run) or `dataset@run` */
@@ -44,6 +45,9 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
     // runs, but none the latest: all trained with --no-promote, or the latest deleted with no run to take its place
     const runs = (await listModelRuns(ctx, dataset)).filter((r) => r.dataset === dataset);
     if (runs.length) throw new Error(`${dataset} has no latest run (its ${runs.length} run${runs.length === 1 ? ' was' : 's were'} trained with --no-promote, or the latest was deleted): name one, -m ${dataset}@${runs[0]!.runId}, or make one the latest: transferline promote ${dataset}@${runs[0]!.runId}`);
+    // its first run on its way: that is what to wait for, not a run to start
+    const coming = await jobsInFlight<TrainJob>(ctx.queues.train, (j) => j.dataset === dataset && j.promote !== false);
+    if (coming.length) throw new Error(`no trained model for ${dataset} yet: run ${coming[0]!.data.runId} is ${coming[0]!.state === 'active' ? 'training' : 'queued'} (follow it: transferline train --follow ${coming[0]!.data.runId}), and ${dataset} has its model once it ends`);
     throw new Error(await nothingHere(ctx, `no trained model for ${dataset}`, `: run "transferline train --dataset ${dataset}" first`));
   }
   if (latest?.insteadOf) ctx.out.write(`note: the latest run of ${dataset}, ${latest.insteadOf}, is no longer in the bucket: using its newest run left, ${runId}\n`);
