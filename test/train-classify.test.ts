@@ -446,6 +446,14 @@ describe('training runs and classification', () => {
     expect(await ctx.services.inspector.status('outage')).toMatchObject({ total: kinds.length + 1, embedded: kinds.length + 1 });
   });
 
+  it('a dataset whose every image failed: train says so, not to ingest it first', async () => {
+    for (const kind of ['a', 'b']) await ctx.services.store.putObject(photos, `allbad/${kind}/notes.jpg`, 'not an image at all');
+    expect((await runCli(['ingest', `s3://${photos}/allbad/`, '-d', 'allbad'], stack.env)).stdout).toContain('2 failed');
+    const r = await runCli(['train', '-d', 'allbad', '--epochs', '1'], stack.env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`dataset allbad has no embedded images in ${stack.space.id}: all 2 of its images failed (see "transferline failures -d allbad")`);
+  });
+
   it('says which images it could not classify and why, and failures lists them for its dataset', async () => {
     await ctx.services.store.putObject(photos, 'broken/circle-1.jpg', await renderSample('circle', 300, 99));
     await ctx.services.store.putObject(photos, 'broken/notes.jpg', 'meeting notes, not a photo');

@@ -94,7 +94,11 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
     const why = elsewhere ? ` (${elsewhere} of them are embedded in another space: ingest their prefixes again with --embedder ${job.embedderId})` : '';
     throw new PermanentError('images-pending', `${coverage.pending} of ${coverage.total} images of ${job.dataset} are not embedded in ${job.embedderId} yet${why}: wait for them, or train with --partial`);
   }
-  if (examples.length === 0) throw new PermanentError('no-data', `dataset ${job.dataset} has no embedded images in ${job.embedderId} (ingest it first)`);
+  if (examples.length === 0) {
+    // ingested, and every image failed: "ingest it first" would send the user round again
+    const why = coverage.failed > 0 && coverage.pending === 0 ? `: all ${coverage.failed} of its images failed (see "transferline failures -d ${job.dataset}")` : ' (ingest it first)';
+    throw new PermanentError('no-data', `dataset ${job.dataset} has no embedded images in ${job.embedderId}${why}`);
+  }
   const splits = splitExamples(examples, { validation: job.validationFraction, test: job.testFraction });
   const labels = [...new Set([...splits.train, ...splits.validation, ...splits.test].map((e) => e.label))].sort();
   if (labels.length < 2) throw new PermanentError('one-class', `dataset ${job.dataset} has only one label (${labels[0] ?? 'none'}); a classifier needs two or more`);
