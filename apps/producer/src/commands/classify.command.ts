@@ -1,4 +1,4 @@
-import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type TrainJob, type ClassifyResult, type EmbeddingSpace } from '@transferline/shared';
+import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace, type TrainJob } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { watchRounds } from '../watch-loop.js';
 import { latestRun, listModelRuns } from './models.command.js';

@@ -97,8 +97,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
 
 /**
  * What status warns of, and the console's front page shows: a bucket or prefix that is not the
- * live workers', a Redis that may evict our keys, and what Redis losing its data left. `lossFound`: a loss was found (not merely left unchecked).
- * `spaces`: the published ones.
+ * live workers', a Redis that may evict our keys, and what Redis losing its data left.
+ * `lossFound`: a loss was found (not merely left unchecked). `spaces`: the published ones.
  */
 export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Promise<{ warnings: string[]; lossFound: boolean }> {
   // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
