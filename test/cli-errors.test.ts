@@ -165,6 +165,15 @@ describe('what a user sees when something is wrong', () => {
       try {
         const r = await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], file.stack.env);
         expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: 'transferline: no trained model for coming yet: run r-coming is queued (follow it: transferline train --follow r-coming), and coming has its model once it ends\n' });
+        // a shell looking in another bucket than the workers' is told that first: the run's model
+        // will be where it does not look
+        const beat = await ctx.services.spaces.startHeartbeat(file.stack.space, 'test', () => undefined, { bucket: file.stack.config.s3.bucket, prefix: file.stack.config.s3.prefix });
+        try {
+          const elsewhere = await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], { ...file.stack.env, TL_BUCKET: 'their-photos' });
+          expect(elsewhere.stderr).toMatch(/^transferline: no trained model for coming: this shell looks in s3:\/\/their-photos\/.*set TL_BUCKET=.* as the workers have it\n$/);
+        } finally {
+          await beat.stop();
+        }
         // a run that will not be the latest (--no-promote) is no such promise
         await job.updateData({ dataset: 'coming', runId: 'r-coming', promote: false });
         expect((await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], file.stack.env)).stderr).toBe('transferline: no trained model for coming: run "transferline train --dataset coming" first\n');

@@ -6,10 +6,16 @@ import type { CliContext } from './cli-context.js';
  * this shell's TL_BUCKET/TL_PREFIX are none of the live workers' (then looking elsewhere, not
  * training, is the answer), else `base` with its usual `advice`.
  */
-export async function nothingHere(ctx: CliContext, base: string, advice: string): Promise<string> {
-  const hint = await ctx.services.spaces.liveWorkers().then(
+export async function nothingHere(ctx: CliContext, base: string, advice: string | (() => Promise<string>)): Promise<string> {
+  const hint = await storageHint(ctx);
+  if (hint) return `${base}: ${hint}`;
+  return `${base}${typeof advice === 'string' ? advice : await advice()}`;
+}
+
+/** The storage advice for this shell, from the live workers; undefined when there is none to give. */
+export async function storageHint(ctx: CliContext): Promise<string | undefined> {
+  return ctx.services.spaces.liveWorkers().then(
     (workers) => storageAdvice(ctx.config.s3, workers),
     () => undefined, // (a Redis that does not answer: the usual advice, and the command goes on to say so)
   );
-  return hint ? `${base}: ${hint}` : `${base}${advice}`;
 }

@@ -96,7 +96,12 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   }
   if (examples.length === 0) {
     // ingested, and every image failed: "ingest it first" would send the user round again
-    const why = coverage.failed > 0 && coverage.pending === 0 ? `: all ${coverage.failed} of its images failed (see "transferline failures -d ${job.dataset}")` : ' (ingest it first)';
+    const why =
+      coverage.pending > 0
+        ? `: ${coverage.pending} of its ${coverage.total} images are not embedded in it yet${elsewhere ? ` (${elsewhere} are embedded in another space: ingest their prefixes again with --embedder ${job.embedderId})` : ''}`
+        : coverage.failed > 0
+          ? `: all ${coverage.failed} of its images failed (see "transferline failures -d ${job.dataset}")`
+          : ' (ingest it first)';
     throw new PermanentError('no-data', `dataset ${job.dataset} has no embedded images in ${job.embedderId}${why}`);
   }
   const splits = splitExamples(examples, { validation: job.validationFraction, test: job.testFraction });

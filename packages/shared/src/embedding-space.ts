@@ -43,9 +43,12 @@ export interface Storage {
 export function storageAdvice(own: Storage, workers: readonly EmbedWorkerInfo[]): string | undefined {
   const theirs = [...new Map(workers.flatMap((w) => (w.storage ? [[`s3://${w.storage.bucket}/${w.storage.prefix}`, w.storage] as const] : []))).entries()].sort(([a], [b]) => a.localeCompare(b));
   if (theirs.length === 0 || theirs.some(([, s]) => s.bucket === own.bucket && s.prefix === own.prefix)) return undefined;
-  const [, first] = theirs[0]!;
-  const settings = [...(first.bucket !== own.bucket ? [`TL_BUCKET=${first.bucket}`] : []), ...(first.prefix !== own.prefix ? [first.prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${first.prefix}`] : [])];
-  return `this shell looks in s3://${own.bucket}/${own.prefix}, but the live embed workers keep embeddings and models in ${theirs.map(([url]) => url).join(' and ')}: set ${settings.join(' and ')} as the workers have it`;
+  const looks = `this shell looks in s3://${own.bucket}/${own.prefix}, but the live embed workers keep embeddings and models in`;
+  // workers that disagree among themselves: which of them is right is not this line's to say
+  if (theirs.length > 1) return `${looks} ${theirs.map(([url]) => url).join(' and ')} (they disagree: set TL_BUCKET and TL_PREFIX as the workers whose models you want have them)`;
+  const [[url, s]] = theirs as [[string, Storage]];
+  const settings = [...(s.bucket !== own.bucket ? [`TL_BUCKET=${s.bucket}`] : []), ...(s.prefix !== own.prefix ? [s.prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${s.prefix}`] : [])];
+  return `${looks} ${url}: set ${settings.join(' and ')} as the workers have it`;
 }
 
 /** A space with the embed workers that run it now. */

@@ -45,10 +45,17 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
     // runs, but none the latest: all trained with --no-promote, or the latest deleted with no run to take its place
     const runs = (await listModelRuns(ctx, dataset)).filter((r) => r.dataset === dataset);
     if (runs.length) throw new Error(`${dataset} has no latest run (its ${runs.length} run${runs.length === 1 ? ' was' : 's were'} trained with --no-promote, or the latest was deleted): name one, -m ${dataset}@${runs[0]!.runId}, or make one the latest: transferline promote ${dataset}@${runs[0]!.runId}`);
-    // its first run on its way: that is what to wait for, not a run to start
-    const coming = await jobsInFlight<TrainJob>(ctx.queues.train, (j) => j.dataset === dataset && j.promote !== false);
-    if (coming.length) throw new Error(`no trained model for ${dataset} yet: run ${coming[0]!.data.runId} is ${coming[0]!.state === 'active' ? 'training' : 'queued'} (follow it: transferline train --follow ${coming[0]!.data.runId}), and ${dataset} has its model once it ends`);
-    throw new Error(await nothingHere(ctx, `no trained model for ${dataset}`, `: run "transferline train --dataset ${dataset}" first`));
+    // (a shell looking in another bucket than the workers' is told that first: a run on its way
+    // writes its model where this shell does not look)
+    throw new Error(
+      await nothingHere(ctx, `no trained model for ${dataset}`, async () => {
+        // its first run on its way: that is what to wait for, not a run to start
+        const coming = await jobsInFlight<TrainJob>(ctx.queues.train, (j) => j.dataset === dataset && j.promote !== false).catch(() => []);
+        const run = coming[0];
+        if (run) return ` yet: run ${run.data.runId} is ${run.state === 'active' ? 'training' : 'queued'} (follow it: transferline train --follow ${run.data.runId}), and ${dataset} has its model once it ends`;
+        return `: run "transferline train --dataset ${dataset}" first`;
+      }),
+    );
   }
   if (latest?.insteadOf) ctx.out.write(`note: the latest run of ${dataset}, ${latest.insteadOf}, is no longer in the bucket: using its newest run left, ${runId}\n`);
   const run = await store.getDocument(RunDoc, bucket, layout.runFile(dataset, runId, 'run.json'));
