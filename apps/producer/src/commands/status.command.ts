@@ -1,7 +1,8 @@
-import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, s3Refusal, storageAdvice, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers } from '@transferline/shared';
+import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
+import { storageHint } from '../storage-hint.js';
 import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
 
 export interface SpaceStatus {
@@ -105,7 +106,7 @@ export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Pro
   const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
   const loss = await dataLossWarnings(ctx, spaces);
   // a shell whose TL_BUCKET/TL_PREFIX are not the workers': every model and cache read here looks elsewhere
-  const storage = await ctx.services.spaces.liveWorkers().then((workers) => storageAdvice(ctx.config.s3, workers), () => undefined);
+  const storage = await storageHint(ctx);
   return { warnings: [...(storage ? [storage] : []), ...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found };
 }
 
