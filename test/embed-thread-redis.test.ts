@@ -122,6 +122,7 @@ beforeAll(async () => {
       seed: 7,
       inputSize: SIZE,
       threads: 1,
+      streams: 1,
       cacheDir: dir,
       warmupBatch: 1,
       pixelSource: { redisUrl: proxy.url, redisPrefix: stack.config.redis.prefix, stallMs: 1_000 },

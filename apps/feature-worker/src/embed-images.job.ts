@@ -39,8 +39,9 @@ export class EmbedStage {
     o: EmbedStageOptions,
   ) {
     const { cache, tensors } = deps.services;
-    // Two batches in flight: the next one's pixels are read while one computes.
-    this.batcher = new MicroBatcher((jobs) => forwardBatch(jobs, deps), o.batchSize, o.batchWaitMs, 2);
+    // A batch computing on each of the embedder's streams, and one more: the next one's pixels
+    // are read while they compute.
+    this.batcher = new MicroBatcher((jobs) => forwardBatch(jobs, deps), o.batchSize, o.batchWaitMs, (deps.embedder.streams ?? 1) + 1);
     this.shards = new ShardWriter(
       async (hashes, data) => {
         await cache.writeShard(deps.embedderId, hashes, data, deps.embedder.dim);
@@ -53,12 +54,12 @@ export class EmbedStage {
   }
 
   /**
-   * Jobs a worker should hold at once: a batch computing, the next one read, one collecting,
-   * and a shard's worth waiting to be written. Fewer would starve the forward pass while rows
-   * wait for their shard (it is then written early: smaller shards, never a stall).
+   * Jobs a worker should hold at once: a batch computing on each stream, the next one read, one
+   * collecting, and a shard's worth waiting to be written. Fewer would starve the forward pass
+   * while rows wait for their shard (it is then written early: smaller shards, never a stall).
    */
-  static concurrency(o: Pick<EmbedStageOptions, 'batchSize' | 'shardRows'>): number {
-    return 3 * o.batchSize + EmbedStage.shardRows(o);
+  static concurrency(o: Pick<EmbedStageOptions, 'batchSize' | 'shardRows'>, streams = 1): number {
+    return (streams + 2) * o.batchSize + EmbedStage.shardRows(o);
   }
 
   /** Most rows per shard: never fewer than one forward batch, so a batch is never split. */

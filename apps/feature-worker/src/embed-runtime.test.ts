@@ -4,7 +4,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { startEmbedRuntime, startOnnxThread } from './embed-runtime.js';
+import { shareThreads, startEmbedRuntime, startOnnxThread } from './embed-runtime.js';
 import { buildEfficientNetB0, EFFICIENTNET_B0_EMBEDDING_DIM } from './model/efficientnet-b0.model.js';
 import { exportEfficientNetB0ToOnnx, ONNX_OUTPUT_NAME } from './model/onnx-export.js';
 
@@ -51,7 +51,7 @@ describe('auto', () => {
     try {
       const gpuPackage = '@tensorflow/tfjs-node-gpu'; // optional: absent where its installer failed
       const gpu = await import(gpuPackage).then(() => true, () => false);
-      const rt = await startEmbedRuntime({ preference: 'auto', weightsKey: 'random-seed3', seed: 3, inputSize: SIZE, threads: 1, cacheDir, warmupBatch: 1 }, log);
+      const rt = await startEmbedRuntime({ preference: 'auto', weightsKey: 'random-seed3', seed: 3, inputSize: SIZE, threads: 1, streams: 1, cacheDir, warmupBatch: 1 }, log);
       try {
         // where tfjs-node-gpu loads (the GPU image) there is nothing to pass over
         if (gpu) return void expect(rt.backend).toBe('tensorflow');
@@ -66,4 +66,17 @@ describe('auto', () => {
       await rm(cacheDir, { recursive: true, force: true });
     }
   }, 120_000);
+});
+
+describe('shareThreads', () => {
+  it('gives each stream its share of the threads, as evenly as whole threads go', () => {
+    expect(shareThreads(2, 2)).toEqual([1, 1]);
+    expect(shareThreads(2, 1)).toEqual([2]);
+    expect(shareThreads(6, 4)).toEqual([2, 2, 1, 1]);
+    expect(shareThreads(8, 4)).toEqual([2, 2, 2, 2]);
+  });
+
+  it('refuses a stream without a thread of its own', () => {
+    expect(() => shareThreads(2, 3)).toThrow('3 streams need at least 3 threads, and there are 2');
+  });
 });

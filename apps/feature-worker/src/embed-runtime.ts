@@ -9,8 +9,15 @@ import { createEfficientNetEmbedder, type Embedder, type StoredEmbeddings } from
 export type EmbedBackend = 'tensorflow' | 'onnx' | 'wasm' | 'cpu';
 export type BackendPreference = 'auto' | EmbedBackend;
 
-export interface EmbedRuntimeSpec extends Omit<ThreadSpec, 'backend'> {
+export interface EmbedRuntimeSpec extends Omit<ThreadSpec, 'backend' | 'threads'> {
   preference: BackendPreference;
+  /** the forward pass's threads in all (ONNX Runtime intra-op threads), shared among the streams */
+  threads: number;
+  /**
+   * Forward passes run at once (ONNX Runtime and wasm): each stream is a thread with its own
+   * session, given its share of `threads`. The native TF.js backend runs one.
+   */
+  streams: number;
 }
 
 export interface EmbedRuntime {
@@ -22,6 +29,20 @@ export interface EmbedRuntime {
   onnx?: { path: string; built: boolean };
   /** why earlier backends were skipped (auto) */
   skipped: string[];
+  /** the intra-op threads of each stream (forward passes run at once); one entry on tensorflow */
+  streams: number[];
+}
+
+/**
+ * `threads` shared among `streams`, as evenly as whole threads go (6 among 4: 2, 2, 1, 1).
+ *
+ * @throws Error if there are more streams than threads: a stream without a thread of its own
+ *   would only take turns with another on the same core.
+ */
+export function shareThreads(threads: number, streams: number): number[] {
+  if (!Number.isInteger(streams) || streams < 1) throw new Error(`streams must be a positive integer, got ${streams}`);
+  if (streams > threads) throw new Error(`${streams} streams need at least ${streams} threads, and there are ${threads}`);
+  return Array.from({ length: streams }, (_, i) => Math.floor(threads / streams) + (i < threads % streams ? 1 : 0));
 }
 
 /**
@@ -40,10 +61,12 @@ export async function startEmbedRuntime(spec: EmbedRuntimeSpec, log: Logger): Pr
         // On auto only the GPU package: on a CPU, ONNX Runtime is the faster native path.
         const rt = await loadTfRuntime('tensorflow', undefined, spec.preference === 'auto' ? { packages: ['@tensorflow/tfjs-node-gpu'] } : {});
         const embedder = await createEfficientNetEmbedder(rt, { seed: spec.seed, inputSize: spec.inputSize, ...(spec.weights && { weights: spec.weights }) });
-        return { embedder, backend, provider: rt.provider, skipped };
+        return { embedder, backend, provider: rt.provider, skipped, streams: [spec.threads] };
       }
-      const started = await ThreadedEmbedder.start({ ...spec, backend }, log);
-      return { embedder: started.embedder, backend, provider: started.ready.provider, ...(started.ready.onnx && { onnx: started.ready.onnx }), skipped };
+      const shares = shareThreads(spec.threads, spec.streams);
+      const { streams: _, ...threadSpec } = spec;
+      const started = await startStreams({ ...threadSpec, backend }, shares, log);
+      return { embedder: started.embedder, backend, provider: started.ready.provider, ...(started.ready.onnx && { onnx: started.ready.onnx }), skipped, streams: shares };
     } catch (err) {
       if (spec.preference !== 'auto') throw new Error(`TL_BACKEND=${backend} does not load: ${(err as Error).message}`);
       skipped.push(`${backend}: ${(err as Error).message.replace(/\s*\n\s*/g, '; ')}`);
@@ -59,6 +82,63 @@ export async function startEmbedRuntime(spec: EmbedRuntimeSpec, log: Logger): Pr
 export async function startOnnxThread(o: { bytes: Uint8Array; output: { name: string; dim: number }; inputSize: number; threads: number; warmupBatch: number }, log: Logger): Promise<Embedder> {
   const spec: ThreadSpec = { backend: 'onnx', weightsKey: 'prebuilt', seed: 0, inputSize: o.inputSize, threads: o.threads, cacheDir: '', warmupBatch: o.warmupBatch, prebuilt: { bytes: o.bytes, output: o.output } };
   return (await ThreadedEmbedder.start(spec, log)).embedder;
+}
+
+/**
+ * One embed thread per stream, each with its share of the threads. The first starts alone: on a
+ * cache miss it builds the ONNX graph, which the others then load from the cache.
+ */
+async function startStreams(spec: ThreadSpec, shares: number[], log: Logger): Promise<{ embedder: Embedder; ready: Extract<ThreadReply, { type: 'ready' }> }> {
+  const [first, ...rest] = shares;
+  const head = await ThreadedEmbedder.start({ ...spec, threads: first! }, log);
+  if (rest.length === 0) return head;
+  const others = await Promise.allSettled(rest.map((threads) => ThreadedEmbedder.start({ ...spec, threads }, log)));
+  const members = [head.embedder, ...others.flatMap((o) => (o.status === 'fulfilled' ? [o.value.embedder] : []))];
+  const failed = others.find((o) => o.status === 'rejected');
+  if (failed) {
+    await Promise.all(members.map((m) => m.dispose()));
+    throw failed.reason as Error;
+  }
+  return { embedder: new StreamPool(members), ready: head.ready };
+}
+
+/**
+ * Several embed threads as one Embedder: each batch goes to the thread with the fewest batches
+ * on hand, so a pass computes on every stream while the next batch's pixels are read. Passes
+ * finish out of order; each caller gets its own batch's result.
+ */
+class StreamPool implements Embedder {
+  readonly inputSize: number;
+  readonly dim: number;
+  readonly streams: number;
+  readonly embedStored?: (space: string, sha256s: string[]) => Promise<StoredEmbeddings>;
+  private readonly onHand: number[];
+
+  constructor(private readonly members: ThreadedEmbedder[]) {
+    this.inputSize = members[0]!.inputSize;
+    this.dim = members[0]!.dim;
+    this.streams = members.length;
+    this.onHand = members.map(() => 0);
+    if (members.every((m) => m.embedStored)) this.embedStored = (space, sha256s) => this.on((m) => m.embedStored!(space, sha256s));
+  }
+
+  embedBatch(images: Uint8Array[]): Promise<Float32Array> {
+    return this.on((m) => m.embedBatch(images));
+  }
+
+  private async on<T>(call: (m: ThreadedEmbedder) => Promise<T>): Promise<T> {
+    const i = this.onHand.indexOf(Math.min(...this.onHand));
+    this.onHand[i]!++;
+    try {
+      return await call(this.members[i]!);
+    } finally {
+      this.onHand[i]!--;
+    }
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all(this.members.map((m) => m.dispose()));
+  }
 }
 
 /** What a forward pass asked of a disposed embedder gets. */

@@ -29,6 +29,17 @@ const SHARD_MAX_DELAY_MS = 1_000;
  * publishes it in Redis with a heartbeat, and takes jobs from that space's queue only.
  */
 export async function startEmbedRole(config: Config, log: Logger): Promise<RunningRole> {
+  // One ONNX Runtime process per machine uses every core; `up` divides them among its replicas.
+  const threads = config.embed.threads ?? Math.max(1, os.availableParallelism());
+  // Several single-threaded passes at once use the cores better than one pass spread over them:
+  // on 2 cores, 2 streams × 1 thread ran 2.2× the images/s of 1 × 2 at batch 1, 1.15× at 8.
+  const streams = config.embed.streams ?? Math.min(threads, 4);
+  if (streams > threads) {
+    throw new Error(
+      `TL_EMBED_STREAMS=${streams} is more than the ${threads} thread${threads > 1 ? 's' : ''} this embed process has ` +
+        `(TL_EMBED_THREADS${config.embed.threads === undefined ? ', by default the cores' : ''}): each stream needs a thread of its own`,
+    );
+  }
   const metrics = createMetrics('embed');
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);
@@ -46,8 +57,6 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     });
     log.info({ path: weightsFile.path, md5: weightsFile.md5, downloaded: weightsFile.downloaded }, 'ImageNet weights verified');
   }
-  // One ONNX Runtime process per machine uses every core; `up` divides them among its replicas.
-  const threads = config.embed.threads ?? Math.max(1, os.availableParallelism());
   const rt = await startEmbedRuntime(
     {
       preference: config.embed.backend,
@@ -56,6 +65,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
       seed: config.embed.seed,
       inputSize: space.inputSize,
       threads,
+      streams,
       cacheDir: config.embed.cacheDir,
       warmupBatch: config.embed.batchSize,
       // The embed thread reads the pixels itself: they never enter this isolate.
@@ -65,7 +75,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   );
   const embedder = rt.embedder;
   log.info(
-    { backend: rt.backend, provider: rt.provider, ...(rt.backend === 'onnx' && { threads, onnx: rt.onnx }), ...(rt.skipped.length && { skipped: rt.skipped }) },
+    { backend: rt.backend, provider: rt.provider, ...(rt.backend === 'onnx' && { threads, streams: rt.streams, onnx: rt.onnx }), ...(rt.skipped.length && { skipped: rt.skipped }) },
     `embedding on ${rt.backend} (${rt.provider})`,
   );
   metrics.modelInfo.set({ backend: rt.backend, weights: space.weights, embedder: space.id }, 1);
@@ -86,7 +96,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     space: space.id,
     log,
     metrics,
-    concurrency: EmbedStage.concurrency(config.embed),
+    concurrency: EmbedStage.concurrency(config.embed, rt.streams.length),
     locks: config,
     guards: [s3],
     failureReasons: EMBED_FAILURE_REASONS,

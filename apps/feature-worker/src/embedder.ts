@@ -7,6 +7,8 @@ import { loadKerasH5Weights } from './model/keras-h5-weights.loader.js';
 export interface Embedder {
   readonly inputSize: number;
   readonly dim: number;
+  /** forward passes it runs at once (default 1): callers keep that many batches, and one more, on hand */
+  readonly streams?: number;
   /** Row-major [n, dim] embeddings of n images, each size×size×3 uint8 RGB. */
   embedBatch(images: Uint8Array[]): Promise<Float32Array>;
   /**

@@ -41,6 +41,7 @@ describe('loadConfig', () => {
     ['TL_PREFIX', 'models'],
     ['TL_BACKEND', 'cuda'],
     ['TL_EMBED_THREADS', '0'],
+    ['TL_EMBED_STREAMS', '0'],
     ['TL_METRICS_PORT', '70000'],
     ['S3_FORCE_PATH_STYLE', 'maybe'],
   ])('rejects %s=%s with a message that names the variable', (name, value) => {

@@ -102,6 +102,7 @@ const EnvSchema = z.object({
     /** the old name of TL_BACKEND, still read when TL_BACKEND is unset */
     TL_TF_BACKEND: z.enum(['auto', 'tensorflow', 'onnx', 'wasm', 'cpu']).optional(),
     TL_EMBED_THREADS: z.coerce.number().int().min(1).max(256).optional(),
+    TL_EMBED_STREAMS: z.coerce.number().int().min(1).max(64).optional(),
     TL_MODEL_WEIGHTS: z.enum(['imagenet', 'random']).default('imagenet'),
     TL_MODEL_WEIGHTS_SOURCE: z
       .string()
@@ -187,6 +188,11 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
       backend: env.TL_BACKEND ?? env.TL_TF_BACKEND ?? 'auto',
       /** ONNX Runtime intra-op threads per embed process; default cores ÷ embed processes on this machine */
       threads: env.TL_EMBED_THREADS,
+      /**
+       * Forward passes one embed process runs at once, each on its own ONNX Runtime session and
+       * thread, sharing `threads` among them; default min(threads, 4): one thread each
+       */
+      streams: env.TL_EMBED_STREAMS,
       weights: env.TL_MODEL_WEIGHTS,
       weightsSource: env.TL_MODEL_WEIGHTS_SOURCE,
       weightsMd5: env.TL_MODEL_WEIGHTS_MD5,
@@ -289,6 +295,7 @@ const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
   TL_BACKEND: 'process',
   TL_TF_BACKEND: 'process',
   TL_EMBED_THREADS: 'process',
+  TL_EMBED_STREAMS: 'process',
   TL_MODEL_WEIGHTS: 'process',
   TL_MODEL_WEIGHTS_SOURCE: 'stack',
   TL_MODEL_WEIGHTS_MD5: 'stack',

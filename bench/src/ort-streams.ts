@@ -1,0 +1,85 @@
+import { randomBytes } from 'node:crypto';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { createOnnxEmbedder, type OnnxEmbedder } from '@transferline/feature-worker/model/onnx.embedder';
+
+/**
+ * The raw forward pass as an embed worker with several streams runs it: one ONNX Runtime
+ * session per thread, each with its share of the intra-op threads, all computing at once on
+ * pixels they already hold (no Redis, no queue). The ceiling of the embed stage with streams.
+ */
+export class RawStreams {
+  private constructor(private readonly threads: Worker[]) {}
+
+  /** Starts one thread per entry of `shares` (its intra-op threads), each with a session of `onnx`. */
+  static async start(onnx: Uint8Array, shares: number[]): Promise<RawStreams> {
+    const threads = shares.map((intraOpThreads) => new Worker(new URL(import.meta.url), { workerData: { onnx, intraOpThreads } satisfies Spec }));
+    const streams = new RawStreams(threads);
+    try {
+      await streams.all({ type: 'ping' });
+    } catch (err) {
+      await streams.dispose();
+      throw err;
+    }
+    return streams;
+  }
+
+  /** A few untimed passes of `batch` on each stream: the first runs at a new size are slow. */
+  async warm(batch: number): Promise<void> {
+    await this.all({ type: 'warm', batch });
+  }
+
+  /** images/s of all streams together on batches of `batch`, each stream running for about `seconds`; and the images embedded. */
+  async run(batch: number, seconds: number): Promise<{ rate: number; images: number }> {
+    const runs = (await this.all({ type: 'run', batch, seconds })) as { images: number; seconds: number }[];
+    return { rate: runs.reduce((sum, r) => sum + r.images / r.seconds, 0), images: runs.reduce((sum, r) => sum + r.images, 0) };
+  }
+
+  private all(m: Request): Promise<unknown[]> {
+    return Promise.all(
+      this.threads.map(
+        (t) =>
+          new Promise((resolve, reject) => {
+            const onError = (err: Error) => reject(err);
+            t.once('error', onError);
+            t.once('message', (r: unknown) => {
+              t.off('error', onError);
+              resolve(r);
+            });
+            t.postMessage(m);
+          }),
+      ),
+    );
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all(this.threads.map((t) => t.terminate()));
+  }
+}
+
+interface Spec {
+  onnx: Uint8Array;
+  intraOpThreads: number;
+}
+type Request = { type: 'ping' } | { type: 'warm'; batch: number } | { type: 'run'; batch: number; seconds: number };
+
+async function serve(spec: Spec): Promise<void> {
+  const port = parentPort!;
+  let embedder: OnnxEmbedder | undefined;
+  const pool = Array.from({ length: 32 }, () => new Uint8Array(randomBytes(224 * 224 * 3)));
+  port.on('message', (m: Request) => {
+    void (async () => {
+      embedder ??= await createOnnxEmbedder(spec.onnx, { intraOpThreads: spec.intraOpThreads });
+      if (m.type === 'warm') for (let i = 0; i < 3; i++) await embedder.embedBatch(pool.slice(0, m.batch));
+      if (m.type !== 'run') return port.postMessage('ok');
+      const start = performance.now();
+      let images = 0;
+      while (performance.now() - start < m.seconds * 1000) {
+        await embedder.embedBatch(pool.slice(0, m.batch));
+        images += m.batch;
+      }
+      port.postMessage({ images, seconds: (performance.now() - start) / 1000 });
+    })();
+  });
+}
+
+if (!isMainThread && (workerData as Partial<Spec> | undefined)?.onnx) void serve(workerData as Spec);

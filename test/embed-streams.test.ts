@@ -1,0 +1,90 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
+import { startEmbedRole } from '../apps/feature-worker/src/embed.worker.js';
+import { createLogger, enqueue, jobIds, type Config, type EmbedJob } from '../packages/shared/src/index.js';
+import { guardLeaks } from './support/leak-guard.js';
+import { startTestStack, type TestStack } from './support/stack.js';
+
+/**
+ * An embed process runs several forward passes at once (TL_EMBED_STREAMS), each on its own
+ * ONNX Runtime session and thread: a real worker in this process, real Redis and S3, the
+ * EfficientNet-B0 graph at 224×224 (random weights: the speed and the sameness of the numbers
+ * do not depend on them).
+ */
+
+guardLeaks();
+
+const SIZE = 224 * 224 * 3;
+const IMAGES = 160;
+let stack: TestStack;
+let ctx: CliContext;
+const sink = { write: () => true } as unknown as NodeJS.WritableStream;
+const log = createLogger('embed', 'silent');
+
+beforeAll(async () => {
+  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '8', TL_BACKEND: 'onnx' }, { preprocess: 0, embed: 0, train: 0 });
+  ctx = await openCliContext(stack.config, sink);
+}, 120_000);
+afterAll(async () => {
+  await ctx?.close();
+  await stack?.destroy();
+});
+
+const withEmbed = (embed: Partial<Config['embed']>): Config => ({ ...stack.config, embed: { ...stack.config.embed, ...embed } });
+
+/**
+ * Embeds `pixels` (stored and queued as preprocess does, under new hashes) with an embed worker
+ * of `streams` streams on 2 threads. Returns the wall time from the enqueue to the last one
+ * cached, the forward passes' own time summed over all of them, and the hashes.
+ */
+async function embedWith(streams: number, pixels: Uint8Array[]): Promise<{ wall: number; forward: number; hashes: string[] }> {
+  const space = stack.space.id;
+  const role = await startEmbedRole(withEmbed({ threads: 2, streams }), log);
+  try {
+    const jobs = pixels.map(() => {
+      const payload: EmbedJob = { sha256: randomBytes(32).toString('hex'), embedderId: space };
+      return { id: jobIds.embed(payload), payload };
+    });
+    for (const [i, job] of jobs.entries()) await ctx.services.tensors.put(space, job.payload.sha256, pixels[i]!);
+    const base = await ctx.services.cache.size(space);
+    const start = performance.now();
+    await enqueue(ctx.queues.embed(space), 'embed', jobs);
+    const deadline = Date.now() + 120_000;
+    while ((await ctx.services.cache.size(space)) - base < jobs.length) {
+      if (Date.now() > deadline) throw new Error(`${jobs.length} images not embedded within 120 s`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const wall = (performance.now() - start) / 1000;
+    const values = (await role.metrics.forwardSeconds.get()).values;
+    const forward = values.find((v) => v.metricName === 'tl_embed_forward_seconds_sum')!.value;
+    return { wall, forward, hashes: jobs.map((j) => j.payload.sha256) };
+  } finally {
+    await role.stop();
+  }
+}
+
+describe('an embed worker with two streams on two threads', () => {
+  it('computes two batches at once, where one stream computes them in turn, and both give the same embeddings', async () => {
+    const pixels = Array.from({ length: IMAGES }, () => new Uint8Array(randomBytes(SIZE)));
+    const one = await embedWith(1, pixels);
+    const two = await embedWith(2, pixels);
+    // Passes in turn add up to less than the run's wall time; passes at once, to more.
+    expect(one.forward).toBeLessThan(one.wall);
+    expect(two.forward).toBeGreaterThan(two.wall);
+
+    // the same pixels, the same embedding space: the streams' numbers agree with one stream's
+    const a = await ctx.services.cache.load(stack.space.id, one.hashes);
+    const b = await ctx.services.cache.load(stack.space.id, two.hashes);
+    expect(b.rows).toBe(IMAGES);
+    let worst = 0;
+    for (let i = 0; i < a.data.length; i++) worst = Math.max(worst, Math.abs(a.data[i]! - b.data[i]!) / (Math.abs(a.data[i]!) + 1e-3));
+    expect(worst).toBeLessThan(1e-4);
+  }, 300_000);
+
+  it('refuses more streams than threads, before it opens anything, saying which settings', async () => {
+    await expect(startEmbedRole(withEmbed({ threads: 2, streams: 3 }), log)).rejects.toThrow(
+      /^TL_EMBED_STREAMS=3 is more than the 2 threads this embed process has \(TL_EMBED_THREADS\): each stream needs a thread of its own$/,
+    );
+  });
+});
