@@ -452,6 +452,11 @@ describe('training runs and classification', () => {
     const r = await runCli(['train', '-d', 'allbad', '--epochs', '1'], stack.env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`dataset allbad has no embedded images in ${stack.space.id}: all 2 of its images failed (see "transferline failures -d allbad")`);
+    // status names the failed run and why, where it counted a failed train job and said nothing more
+    const status = await runCli(['status'], stack.env);
+    expect(status.stdout).toMatch(new RegExp(`^ {2}train: run \\S+ of allbad failed \\(no-data\\): dataset allbad has no embedded images in ${stack.space.id.replace(/\./g, '\\.')}: all 2 of its images failed`, 'm'));
+    const json = JSON.parse((await runCli(['status', '--json'], stack.env)).stdout) as { queues: Record<string, { failedRuns?: { dataset: string; reason: string }[] }> };
+    expect(json.queues.train!.failedRuns).toContainEqual(expect.objectContaining({ dataset: 'allbad', reason: 'no-data' }));
   });
 
   it('says which images it could not classify and why, and failures lists them for its dataset', async () => {

@@ -16,20 +16,56 @@ export interface SpaceStatus {
 
 export interface StatusReport {
   /** per queue: job counts, connected workers, and the workers an outage pauses (with why) */
-  queues: Record<string, Partial<Record<'waiting' | 'active' | 'delayed' | 'prioritized' | 'failed', number>> & { workers: number; paused: PausedWorkerNow[]; cancelled?: number }>;
+  queues: Record<
+    string,
+    Partial<Record<'waiting' | 'active' | 'delayed' | 'prioritized' | 'failed', number>> & {
+      workers: number;
+      paused: PausedWorkerNow[];
+      /** train only: its failed jobs that are runs stopped with train --cancel */
+      cancelled?: number;
+      /** train only: its other failed jobs, the newest first: runs the worker refused or that failed */
+      failedRuns?: FailedRun[];
+    }
+  >;
   spaces: SpaceStatus[];
   datasets: DatasetStatus[];
   /** what puts the deployment's data at risk (a Redis that evicts keys) */
   warnings: string[];
 }
 
-/** How many of the train queue's failed jobs status reads to count the cancelled ones. */
-const CANCELLED_SCAN = 1000;
+/** How many of the train queue's failed jobs status reads to tell the cancelled ones from the rest. */
+const FAILED_SCAN = 1000;
+/** Failed runs status names one by one; past that, how many more. */
+const FAILED_RUNS_SHOWN = 3;
 
-/** How many of the train queue's failed jobs (its newest CANCELLED_SCAN) are runs stopped with train --cancel: no failures. */
+/** A train job that failed, other than by train --cancel. */
+export interface FailedRun {
+  dataset: string;
+  runId: string;
+  /** the reason code (no-data, one-class, …), or `error` for a failure without one */
+  reason: string;
+  detail: string;
+}
+
+/**
+ * The train queue's failed jobs (its newest FAILED_SCAN): how many are runs stopped with train
+ * --cancel (no failures), and the others, the newest first.
+ */
+export async function failedRuns(queues: Pick<Queues, 'train'>): Promise<{ cancelled: number; failed: FailedRun[] }> {
+  const jobs = (await queues.train.getFailed(0, FAILED_SCAN - 1)).filter((j) => j !== undefined);
+  const failed: FailedRun[] = [];
+  let cancelled = 0;
+  for (const j of jobs) {
+    const why = permanentFailureOf(j.failedReason);
+    if (why?.reason === 'cancelled') cancelled++;
+    else failed.push({ dataset: String(j.data?.dataset ?? '?'), runId: String(j.data?.runId ?? j.id), reason: why?.reason ?? 'error', detail: why?.detail ?? j.failedReason ?? '' });
+  }
+  return { cancelled, failed };
+}
+
+/** How many of the train queue's failed jobs (its newest FAILED_SCAN) are runs stopped with train --cancel: no failures. */
 export async function cancelledRuns(queues: Pick<Queues, 'train'>): Promise<number> {
-  const failed = await queues.train.getFailed(0, CANCELLED_SCAN - 1);
-  return failed.filter((j) => permanentFailureOf(j?.failedReason)?.reason === 'cancelled').length;
+  return (await failedRuns(queues)).cancelled;
 }
 
 /** Every queue of the deployment in the pipeline's order: preprocess, one embed queue per published space, train, classify. */
@@ -49,8 +85,13 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const space = listed.find((s) => q.name === queueName('embed', s.space.id));
     queues[q.name] = { ...counts, workers: space ? space.workers.length : await q.getWorkersCount(), paused: await ctx.services.paused.list(q.name) };
   }
-  // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no failure
-  if (queues.train!.failed) queues.train!.cancelled = await cancelledRuns(ctx.queues);
+  // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no
+  // failure; the others are named with their reason
+  if (queues.train!.failed) {
+    const { cancelled, failed } = await failedRuns(ctx.queues);
+    queues.train!.cancelled = cancelled;
+    queues.train!.failedRuns = failed;
+  }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers } of listed) {
     const c = queues[queueName('embed', space.id)]!;
@@ -85,6 +126,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   const cancelled = queues.train!.cancelled;
   if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);
+  const failedOnes = queues.train!.failedRuns ?? [];
+  for (const f of failedOnes.slice(0, FAILED_RUNS_SHOWN)) w(`  train: run ${f.runId} of ${f.dataset} failed (${f.reason}): ${f.detail}`);
+  if (failedOnes.length > FAILED_RUNS_SHOWN) w(`  train: and ${failedOnes.length - FAILED_RUNS_SHOWN} more failed runs (transferline console lists them)`);
   for (const [name, c] of Object.entries(queues)) {
     for (const reason of new Set(c.paused.map((p) => p.reason))) {
       const of = c.paused.filter((p) => p.reason === reason);
