@@ -1,10 +1,13 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { startEmbedRole } from '../apps/feature-worker/src/embed.worker.js';
 import { createLogger, enqueue, jobIds, type Config, type EmbedJob } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { startTestStack, type TestStack } from './support/stack.js';
+import { freeRun, runCli, startTestStack, type TestStack } from './support/stack.js';
 
 /**
  * An embed process runs several forward passes at once (TL_EMBED_STREAMS), each on its own
@@ -69,8 +72,7 @@ describe('an embed worker with two streams on two threads', () => {
     const pixels = Array.from({ length: IMAGES }, () => new Uint8Array(randomBytes(SIZE)));
     const one = await embedWith(1, pixels);
     const two = await embedWith(2, pixels);
-    // Passes in turn add up to less than the run's wall time; passes at once, to more.
-    expect(one.forward).toBeLessThan(one.wall);
+    // passes at once add up to more than the run's wall time (passes in turn never can)
     expect(two.forward).toBeGreaterThan(two.wall);
 
     // the same pixels, the same embedding space: the streams' numbers agree with one stream's
@@ -87,4 +89,21 @@ describe('an embed worker with two streams on two threads', () => {
       /^TL_EMBED_STREAMS=3 is more than the 2 threads this embed process has \(TL_EMBED_THREADS\): each stream needs a thread of its own$/,
     );
   });
+
+  it('up refuses more streams than the threads it gives each embed process, before it starts anything', async () => {
+    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'tl-streams-up-'));
+    try {
+      // as many embed processes as cores: one thread each
+      const cores = os.availableParallelism();
+      const r = await runCli(['up', '--embed-workers', String(cores), '--metrics-port', String(await freeRun(4 + 10 * (cores - 1)))], { TL_DATA_DIR: dataDir, TL_MODEL_WEIGHTS: 'random', TL_EMBED_STREAMS: '2' }, 60_000);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(
+        `TL_EMBED_STREAMS=2 is more than the 1 thread each embed process has (the ${cores} core${cores > 1 ? 's' : ''} shared among ${cores} embed process${cores > 1 ? 'es' : ''}: set fewer --embed-workers, or TL_EMBED_THREADS): each stream needs a thread of its own`,
+      );
+      // no Redis, no S3 server, no worker was started: nothing was written
+      expect(await readdir(dataDir)).toEqual([]);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  }, 90_000);
 });

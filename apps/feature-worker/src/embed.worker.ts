@@ -2,6 +2,7 @@ import {
   createMetrics,
   createServices,
   createQueues,
+  embedParallelism,
   startS3Guard,
   exportQueueDepths,
   jobIds,
@@ -30,16 +31,7 @@ const SHARD_MAX_DELAY_MS = 1_000;
  */
 export async function startEmbedRole(config: Config, log: Logger): Promise<RunningRole> {
   // One ONNX Runtime process per machine uses every core; `up` divides them among its replicas.
-  const threads = config.embed.threads ?? Math.max(1, os.availableParallelism());
-  // Several single-threaded passes at once use the cores better than one pass spread over them:
-  // on 2 cores, 2 streams × 1 thread ran 2.2× the images/s of 1 × 2 at batch 1, 1.15× at 8.
-  const streams = config.embed.streams ?? Math.min(threads, 4);
-  if (streams > threads) {
-    throw new Error(
-      `TL_EMBED_STREAMS=${streams} is more than the ${threads} thread${threads > 1 ? 's' : ''} this embed process has ` +
-        `(TL_EMBED_THREADS${config.embed.threads === undefined ? ', by default the cores' : ''}): each stream needs a thread of its own`,
-    );
-  }
+  const { threads, streams } = embedParallelism(config.embed, { threads: Math.max(1, os.availableParallelism()), from: 'TL_EMBED_THREADS, by default the cores' });
   const metrics = createMetrics('embed');
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);
@@ -79,6 +71,9 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     `embedding on ${rt.backend} (${rt.provider})`,
   );
   metrics.modelInfo.set({ backend: rt.backend, weights: space.weights, embedder: space.id }, 1);
+  if (config.embed.streams !== undefined && rt.streams.length !== config.embed.streams) {
+    log.warn({ streams: config.embed.streams, backend: rt.backend }, `TL_EMBED_STREAMS is not used on the ${rt.backend} backend: it runs one forward pass at a time, on its own threads`);
+  }
   if (space.weights === 'random') {
     log.warn({ embedderId: space.id }, 'embedding with deterministic RANDOM weights (seeded), not ImageNet: features are only good for easy tasks');
   }

@@ -9,6 +9,7 @@ import {
   createMetrics,
   createQueues,
   createRedis,
+  embedParallelism,
   exportQueueDepths,
   loadConfig,
   pingRedis,
@@ -98,11 +99,19 @@ export async function startStack(
   try {
     await checkMetricsPorts(initial.metrics.host, [{ name: 'producer', port: ports.producer }, ...children.map((c) => ({ name: `${c.role}${c.replica > 1 ? ` #${c.replica}` : ''}`, port: c.metricsPort }))]);
     const env: NodeJS.ProcessEnv = { ...baseEnv };
-    const logDir = path.join(initial.dataDir, 'logs');
-    await mkdir(logDir, { recursive: true });
     // ONNX Runtime threads: the machine's cores shared among the embed processes started here.
     const embedProcesses = children.filter((c) => c.role === 'embed').length;
-    if (embedProcesses > 0) env.TL_EMBED_THREADS ??= String(Math.max(1, Math.floor(os.availableParallelism() / embedProcesses)));
+    if (embedProcesses > 0) {
+      const cores = os.availableParallelism();
+      const { threads } = embedParallelism(initial.embed, {
+        threads: Math.max(1, Math.floor(cores / embedProcesses)),
+        of: 'each embed process has',
+        from: `the ${cores} core${cores > 1 ? 's' : ''} shared among ${embedProcesses} embed process${embedProcesses > 1 ? 'es' : ''}: set fewer --embed-workers, or TL_EMBED_THREADS`,
+      });
+      env.TL_EMBED_THREADS ??= String(threads);
+    }
+    const logDir = path.join(initial.dataDir, 'logs');
+    await mkdir(logDir, { recursive: true });
     if (initial.redis.embedded) {
       const redis = await startEmbeddedRedis({ directory: path.join(initial.dataDir, 'redis'), port: initial.redis.embeddedPort, logFile: path.join(logDir, 'redis.log'), onEvent });
       stops.push(redis.stop);
