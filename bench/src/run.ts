@@ -12,7 +12,7 @@ import { save, table, type SuiteResult } from './report.js';
  * and writes bench/results/<suite>.json.
  */
 const SUITES: Record<string, () => Promise<SuiteResult>> = {
-  pipeline: () => pipelineBench({ perClass: 30 }),
+  pipeline: () => pipelineBench({ perClass: 300 }),
   preprocess: () => preprocessBench(),
   embed: () => embedBench({ images: 256 }),
   head: () => headBench({ embedTrain: 1000, embedTest: 500 }),
