@@ -181,10 +181,13 @@ describe('transferline serve', () => {
     expect(results[1]!.error?.reason).toBe('not-an-image');
     expect(maxDiff(results[2]!.probabilities!, classified.get(photos[2]!.name)!)).toBeLessThanOrEqual(1e-4);
 
-    const keys = await post(JSON.stringify({ keys: [`s3://${bucket}/incoming/${photos[3]!.name}`, `s3://${bucket}/incoming/missing.jpg`] }), { 'content-type': 'application/json' });
-    const byKey = ((await keys.json()) as { results: { key: string; probabilities?: Record<string, number>; error?: { reason: string } }[] }).results;
+    const keys = await post(JSON.stringify({ keys: [`s3://${bucket}/incoming/${photos[3]!.name}`, `s3://${bucket}/incoming/missing.jpg`, 's3://no-such-bucket-here/incoming/a.jpg'] }), { 'content-type': 'application/json' });
+    const byKey = ((await keys.json()) as { results: { key: string; probabilities?: Record<string, number>; error?: { reason: string; message: string } }[] }).results;
     expect(maxDiff(byKey[0]!.probabilities!, classified.get(photos[3]!.name)!)).toBeLessThanOrEqual(1e-4);
     expect(byKey[1]!.error?.reason).toBe('not-found');
+    expect(byKey[1]!.error?.message).not.toMatch(/bucket/);
+    // a wrong bucket is named as such, not taken for a missing object
+    expect(byKey[2]!.error).toMatchObject({ reason: 'not-found', message: expect.stringMatching(/^bucket no-such-bucket-here does not exist at http:\/\/127\.0\.0\.1:\d+$/) });
   });
 
   it('refuses bad input with the preprocess stage\'s reason codes', async () => {

@@ -216,21 +216,27 @@ export class ObjectStore {
     this.direct = DirectS3.supports(settings) ? new DirectS3(settings, () => client.config.systemClockOffset ?? 0) : undefined;
   }
 
-  /** Creates the bucket unless it exists already; true when this call created it. */
-  async ensureBucket(bucket: string): Promise<boolean> {
+  /** Whether the bucket exists (a HEAD of it answered, rather than a 404). */
+  async bucketExists(bucket: string): Promise<boolean> {
     try {
       await this.client.send(new HeadBucketCommand({ Bucket: bucket }));
-      return false;
+      return true;
     } catch (err) {
-      if (!isNotFound(err) && !isNoSuchBucket(err)) throw err;
-      try {
-        await this.client.send(new CreateBucketCommand({ Bucket: bucket }));
-        return true;
-      } catch (createErr) {
-        const name = (createErr as Error).name;
-        if (name !== 'BucketAlreadyOwnedByYou' && name !== 'BucketAlreadyExists') throw createErr;
-        return false;
-      }
+      if (isNotFound(err) || isNoSuchBucket(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Creates the bucket unless it exists already; true when this call created it. */
+  async ensureBucket(bucket: string): Promise<boolean> {
+    if (await this.bucketExists(bucket)) return false;
+    try {
+      await this.client.send(new CreateBucketCommand({ Bucket: bucket }));
+      return true;
+    } catch (createErr) {
+      const name = (createErr as Error).name;
+      if (name !== 'BucketAlreadyOwnedByYou' && name !== 'BucketAlreadyExists') throw createErr;
+      return false;
     }
   }
 
@@ -341,12 +347,17 @@ export class ObjectStore {
     await this.putObject(bucket, key, JSON.stringify(value, null, 2), 'application/json');
   }
 
-  /** Size and ETag of one object, or undefined when it does not exist. */
-  async headObject(bucket: string, key: string): Promise<ObjectInfo | undefined> {
+  /**
+   * Size and ETag of one object, or undefined when it does not exist. A HEAD's 404 has no body
+   * to tell a missing key from a missing bucket: with `bucketToo`, a 404 asks about the bucket
+   * (one more request, on a miss only) and throws BucketNotFoundError when it is the bucket.
+   */
+  async headObject(bucket: string, key: string, o: { bucketToo?: boolean } = {}): Promise<ObjectInfo | undefined> {
     try {
       const res = await this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
       return { key, size: res.ContentLength ?? 0, etag: stripQuotes(res.ETag) };
     } catch (err) {
+      if (isNotFound(err) && o.bucketToo && !(await this.bucketExists(bucket))) throw new BucketNotFoundError(bucket, this.endpoint);
       if (isNotFound(err)) return undefined;
       const status = refusedStatus(err);
       if (status !== undefined) throw new ObjectRefusedError(bucket, key, status, (err as Error).name);

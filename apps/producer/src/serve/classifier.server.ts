@@ -524,7 +524,7 @@ export async function startClassifierServer(
               try {
                 const { bucket, key } = parseS3ObjectUrl(url);
                 // Room for what the object is (its size from a HEAD), then the object.
-                const head = await ctx.services.store.headObject(bucket, key);
+                const head = await ctx.services.store.headObject(bucket, key, { bucketToo: true });
                 if (!head) throw new ObjectNotFoundError(bucket, key);
                 if (head.size > maxBytes) throw new PermanentError('too-large', tooLarge(url, head.size));
                 hold = await budget.wait(head.size, { deadlineMs: KEY_ROOM_DEADLINE_MS, signal: gone.signal });
