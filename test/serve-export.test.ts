@@ -458,6 +458,14 @@ describe('transferline serve, guarded', () => {
     expect(cli.stdout).not.toMatch(/loading/);
   });
 
+  it('refuses more forward passes at once than threads, before it takes a port or loads a model', async () => {
+    const port = await freePort();
+    const cli = await runCli(['serve', '-m', 'shapes', '--port', String(port), '--threads', '2', '--streams', '3'], stack.env);
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toContain('--streams 3 is more than the 2 threads serve has (--threads): each stream needs a thread of its own');
+    expect(cli.stdout).not.toMatch(/loading/);
+  });
+
   it('a model that fails to load: says why at once, and closes the connections made while it loaded', async () => {
     // the model's lookup goes through S3 slowed down: time for a client to connect while it loads
     const proxy = await startFaultProxy(stack.config.s3.endpoint);

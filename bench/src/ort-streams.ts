@@ -10,9 +10,12 @@ import { createOnnxEmbedder, type OnnxEmbedder } from '@transferline/feature-wor
 export class RawStreams {
   private constructor(private readonly threads: Worker[]) {}
 
-  /** Starts one thread per entry of `shares` (its intra-op threads), each with a session of `onnx`. */
-  static async start(onnx: Uint8Array, shares: number[]): Promise<RawStreams> {
-    const threads = shares.map((intraOpThreads) => new Worker(new URL(import.meta.url), { workerData: { onnx, intraOpThreads } satisfies Spec }));
+  /**
+   * Starts one thread per entry of `shares` (its intra-op threads), each with a session of
+   * `onnx`; `output`: the output to read, for a model with a head (default the embedding).
+   */
+  static async start(onnx: Uint8Array, shares: number[], output?: { name: string; dim: number }): Promise<RawStreams> {
+    const threads = shares.map((intraOpThreads) => new Worker(new URL(import.meta.url), { workerData: { onnx, intraOpThreads, ...(output && { output }) } satisfies Spec }));
     const streams = new RawStreams(threads);
     try {
       await streams.all({ type: 'ping' });
@@ -65,6 +68,7 @@ export class RawStreams {
 interface Spec {
   onnx: Uint8Array;
   intraOpThreads: number;
+  output?: { name: string; dim: number };
 }
 type Request = { type: 'ping' } | { type: 'warm'; batch: number } | { type: 'run'; batch: number; seconds: number };
 
@@ -74,7 +78,7 @@ async function serve(spec: Spec): Promise<void> {
   const pool = Array.from({ length: 32 }, () => new Uint8Array(randomBytes(224 * 224 * 3)));
   port.on('message', (m: Request) => {
     void (async () => {
-      embedder ??= await createOnnxEmbedder(spec.onnx, { intraOpThreads: spec.intraOpThreads });
+      embedder ??= await createOnnxEmbedder(spec.onnx, { intraOpThreads: spec.intraOpThreads, ...(spec.output && { output: spec.output }) });
       if (m.type === 'warm') for (let i = 0; i < 3; i++) await embedder.embedBatch(pool.slice(0, m.batch));
       if (m.type !== 'run') return port.postMessage('ok');
       // on the process's clock (each thread's performance.now() has an origin of its own)

@@ -76,12 +76,13 @@ export async function startEmbedRuntime(spec: EmbedRuntimeSpec, log: Logger): Pr
 }
 
 /**
- * Runs a ready ONNX model (uint8 [N, S, S, 3] in, `output` out) on ONNX Runtime in a worker
- * thread, like the embed worker's forward pass: `serve` runs an exported classifier this way.
+ * Runs a ready ONNX model (uint8 [N, S, S, 3] in, `output` out) on ONNX Runtime in worker
+ * threads, like the embed worker's forward pass: `serve` runs an exported classifier this way.
+ * `streams` passes at once (default 1), sharing `threads`.
  */
-export async function startOnnxThread(o: { bytes: Uint8Array; output: { name: string; dim: number }; inputSize: number; threads: number; warmupBatch: number }, log: Logger): Promise<Embedder> {
+export async function startOnnxThread(o: { bytes: Uint8Array; output: { name: string; dim: number }; inputSize: number; threads: number; streams?: number; warmupBatch: number }, log: Logger): Promise<Embedder> {
   const spec: ThreadSpec = { backend: 'onnx', weightsKey: 'prebuilt', seed: 0, inputSize: o.inputSize, threads: o.threads, cacheDir: '', warmupBatch: o.warmupBatch, prebuilt: { bytes: o.bytes, output: o.output } };
-  return (await ThreadedEmbedder.start(spec, log)).embedder;
+  return (await startStreams(spec, shareThreads(o.threads, o.streams ?? 1), log)).embedder;
 }
 
 /**

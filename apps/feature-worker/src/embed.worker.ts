@@ -2,7 +2,8 @@ import {
   createMetrics,
   createServices,
   createQueues,
-  embedParallelism,
+  EMBED_STREAMS_NAMED,
+  forwardParallelism,
   startS3Guard,
   exportQueueDepths,
   jobIds,
@@ -31,7 +32,11 @@ const SHARD_MAX_DELAY_MS = 1_000;
  */
 export async function startEmbedRole(config: Config, log: Logger): Promise<RunningRole> {
   // One ONNX Runtime process per machine uses every core; `up` divides them among its replicas.
-  const { threads, streams } = embedParallelism(config.embed, { threads: Math.max(1, os.availableParallelism()), from: 'TL_EMBED_THREADS, by default the cores' });
+  const { threads, streams } = forwardParallelism(
+    config.embed,
+    { threads: Math.max(1, os.availableParallelism()), from: 'TL_EMBED_THREADS, by default the cores' },
+    { ...EMBED_STREAMS_NAMED, of: 'this embed process has' },
+  );
   const metrics = createMetrics('embed');
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);

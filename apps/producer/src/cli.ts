@@ -280,8 +280,9 @@ program
   .option('--host <host>', 'interface to listen on (default TL_SERVE_HOST, 127.0.0.1)')
   .option('--port <n>', 'port (default TL_SERVE_PORT, 9480; 0 = any free port)', int('--port'))
   .option('--threads <n>', 'ONNX Runtime threads (default: the cores)', int('--threads'))
+  .option('--streams <n>', 'forward passes at once, sharing the threads (default: one per thread, at most 4)', int('--streams'))
   .option('--follow-interval <s>', 'with -m DATASET: how often to look for a newer latest run, in seconds (default 30; 0 = only on SIGHUP or POST /v1/models/reload)', int('--follow-interval'))
-  .action((o: { model: string; host?: string; port?: number; threads?: number; followInterval?: number }) => withContext(async (ctx) => (await serving()).serveCommand(ctx, o)));
+  .action((o: { model: string; host?: string; port?: number; threads?: number; streams?: number; followInterval?: number }) => withContext(async (ctx) => (await serving()).serveCommand(ctx, o)));
 
 program
   .command('review')

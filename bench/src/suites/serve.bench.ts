@@ -11,6 +11,8 @@ import { renderSample } from '@transferline/producer/demo/sample-images';
 import { freePort } from '@transferline/producer/embedded/redis.server';
 import { startTempStack } from '@transferline/producer/embedded/temp-stack';
 import { ingestPrefix } from '@transferline/producer/ingest.service';
+import { ONNX_PROBABILITIES_NAME } from '@transferline/feature-worker/classifier.export';
+import { RawStreams } from '../ort-streams.js';
 import { machine, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
@@ -28,6 +30,8 @@ function rssMb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
  * same threads; then 10,000 requests, with the server's RSS before and after (no leak: it must
  * stay flat). The server is the CLI in its own process, as users run it.
  */
+const rawStreamsName = (b: number) => `raw forward of the exported classifier, batch ${b}, 2 streams × 1 thread (2 sessions at once, as serve runs them by default)`;
+
 export async function serveBench(o: { seconds?: number; soakRequests?: number } = {}): Promise<SuiteResult> {
   const startedAt = new Date().toISOString();
   const seconds = o.seconds ?? 10;
@@ -37,6 +41,7 @@ export async function serveBench(o: { seconds?: number; soakRequests?: number } 
   try {
     const ctx = await openCliContext(stack.config, quiet);
     let bytes: Uint8Array;
+    let labels: number;
     try {
       await ctx.services.store.ensureBucket('bench-serve');
       for (const kind of ['circle', 'square'] as const) for (let i = 0; i < 12; i++) await ctx.services.store.putObject('bench-serve', `train/${kind}/${i}.jpg`, await renderSample(kind, i, 5));
@@ -44,7 +49,9 @@ export async function serveBench(o: { seconds?: number; soakRequests?: number } 
       await ingestPrefix({ bucket: 'bench-serve', prefix: 'train/', dataset: 'serve', space: stack.space }, { services: ctx.services, queues: ctx.queues });
       await until('the set embedded', async () => (await ctx.services.inspector.status('serve')).pending === 0, 300, 100);
       await trainCommand(ctx, { dataset: 'serve', epochs: 20, wait: true });
-      bytes = (await loadClassifierModel(ctx, 'serve')).bytes;
+      const model = await loadClassifierModel(ctx, 'serve');
+      bytes = model.bytes;
+      labels = model.meta.labels.length;
     } finally {
       await ctx.close();
     }
@@ -60,6 +67,18 @@ export async function serveBench(o: { seconds?: number; soakRequests?: number } 
       rows.push({ name: `raw forward of the exported classifier, batch ${b}, ${threads} threads`, value: raw[b]!, unit: 'images/s' });
     }
     await session.release();
+    // as serve runs it by default: 2 streams of 1 thread, passes at once
+    const streams = await RawStreams.start(bytes, [1, 1], { name: ONNX_PROBABILITIES_NAME, dim: labels });
+    const rawStreams: Record<number, number> = {};
+    try {
+      for (const b of [1, 8, 32]) {
+        await streams.warm(b);
+        rawStreams[b] = (await streams.run(b, seconds / 2)).rate;
+        rows.push({ name: rawStreamsName(b), value: rawStreams[b]!, unit: 'images/s', vs: `raw forward of the exported classifier, batch ${b}, ${threads} threads` });
+      }
+    } finally {
+      await streams.dispose();
+    }
 
     const photo = readdirSync(PHOTOS).filter((f) => f.endsWith('.jpg')).sort()[0]!;
     const body = await sharp(path.join(PHOTOS, photo)).resize(640, 480, { fit: 'fill' }).jpeg({ quality: 90 }).toBuffer();
@@ -82,7 +101,7 @@ export async function serveBench(o: { seconds?: number; soakRequests?: number } 
           name: `serve, ${c} concurrent client${c === 1 ? '' : 's'} (640×480 JPEG)`,
           value: ok / seconds,
           unit: 'images/s',
-          vs: `raw forward of the exported classifier, batch ${c === 1 ? 1 : c === 8 ? 8 : 32}, ${threads} threads`,
+          vs: rawStreamsName(c === 1 ? 1 : c === 8 ? 8 : 32),
           ...(c === 64 && { target: '≥ 0.8×' }),
           note: `p50 ${r.latency.p50} ms, p99 ${r.latency.p99} ms, ${r.non2xx} non-2xx, ${r.errors} errors`,
         });

@@ -35,27 +35,35 @@ export function defaultPreprocessConcurrency(cores: number): number {
 }
 
 /**
- * An embed process's ONNX Runtime threads and the forward passes it runs at once (its streams),
- * from TL_EMBED_THREADS and TL_EMBED_STREAMS or their defaults: `fallback.threads` when the
+ * The ONNX Runtime threads of a process that runs the model (an embed worker, serve) and the
+ * forward passes it runs at once (its streams), as set or by default: `fallback.threads` when the
  * threads are not set (the cores; `up` shares them among its embed processes), one stream per
  * thread up to 4. Several single-threaded passes use the cores better than one pass spread over
  * them: on 2 cores, 2 streams × 1 thread ran 2.2× the images/s of 1 × 2 at batch 1, 1.15× at 8.
  * Streams mean nothing on the tensorflow backend (one pass, libtensorflow's own threads).
  *
- * @throws ConfigError if there are more streams than threads, naming where the threads came from
- *   (`fallback.from`, when TL_EMBED_THREADS is not set).
+ * @throws ConfigError if there are more streams than threads, in the words of `named`: the
+ *   streams' setting, the threads' setting, whose threads they are (`of`), and where the
+ *   threads came from when they were not set (`from`).
  */
-export function embedParallelism(embed: Pick<Config['embed'], 'threads' | 'streams' | 'backend'>, fallback: { threads: number; from: string; of?: string }): { threads: number; streams: number } {
-  const threads = embed.threads ?? fallback.threads;
-  const streams = embed.streams ?? Math.min(threads, 4);
-  if (embed.backend !== 'tensorflow' && streams > threads) {
+export function forwardParallelism(
+  set: { threads?: number | undefined; streams?: number | undefined; backend?: string },
+  fallback: { threads: number; from: string },
+  named: { streams: (n: number) => string; threads: string; of: string },
+): { threads: number; streams: number } {
+  const threads = set.threads ?? fallback.threads;
+  const streams = set.streams ?? Math.min(threads, 4);
+  if (set.backend !== 'tensorflow' && streams > threads) {
     throw new ConfigError(
-      `TL_EMBED_STREAMS=${streams} is more than the ${threads} thread${threads > 1 ? 's' : ''} ${fallback.of ?? 'this embed process has'} ` +
-        `(${embed.threads === undefined ? fallback.from : 'TL_EMBED_THREADS'}): each stream needs a thread of its own`,
+      `${named.streams(streams)} is more than the ${threads} thread${threads > 1 ? 's' : ''} ${named.of} ` +
+        `(${set.threads === undefined ? fallback.from : named.threads}): each stream needs a thread of its own`,
     );
   }
   return { threads, streams };
 }
+
+/** The words of forwardParallelism for an embed process's settings. */
+export const EMBED_STREAMS_NAMED = { streams: (n: number) => `TL_EMBED_STREAMS=${n}`, threads: 'TL_EMBED_THREADS' } as const;
 
 /** Every environment variable transferline reads, with a default that works on one machine. */
 const EnvSchema = z.object({

@@ -13,6 +13,8 @@ export interface ServeOptions {
   port?: number;
   /** ONNX Runtime intra-op threads (default: the machine's cores) */
   threads?: number;
+  /** forward passes at once, sharing the threads (default: one per thread, at most 4) */
+  streams?: number;
   /** how often to look for a newer run when serving a dataset's latest (seconds, default 30; 0 = only when asked: SIGHUP, POST /v1/models/reload) */
   followInterval?: number;
   /** called once the server listens (tests); the command then runs until Ctrl-C or SIGTERM */
@@ -66,7 +68,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
   try {
     // said once the port is taken: a port in use is said before any loading
     const onListening = () => w(`loading ${o.model} (EfficientNet-B0 + head, one ONNX model)…`);
-    server = await startClassifierServer(long, { model: o.model, log, onSwap, onListening, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }) });
+    server = await startClassifierServer(long, { model: o.model, log, onSwap, onListening, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }), ...(o.streams && { streams: o.streams }) });
     const m = server.model();
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${m.threshold.toFixed(3)}` : ''}) on ${server.url}`);
     const random = randomWeightsNote(m);

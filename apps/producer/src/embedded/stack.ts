@@ -9,7 +9,8 @@ import {
   createMetrics,
   createQueues,
   createRedis,
-  embedParallelism,
+  EMBED_STREAMS_NAMED,
+  forwardParallelism,
   exportQueueDepths,
   loadConfig,
   pingRedis,
@@ -103,11 +104,14 @@ export async function startStack(
     const embedProcesses = children.filter((c) => c.role === 'embed').length;
     if (embedProcesses > 0) {
       const cores = os.availableParallelism();
-      const { threads } = embedParallelism(initial.embed, {
-        threads: Math.max(1, Math.floor(cores / embedProcesses)),
-        of: 'each embed process has',
-        from: `the ${cores} core${cores > 1 ? 's' : ''} shared among ${embedProcesses} embed process${embedProcesses > 1 ? 'es' : ''}: set fewer --embed-workers, or TL_EMBED_THREADS`,
-      });
+      const { threads } = forwardParallelism(
+        initial.embed,
+        {
+          threads: Math.max(1, Math.floor(cores / embedProcesses)),
+          from: `the ${cores} core${cores > 1 ? 's' : ''} shared among ${embedProcesses} embed process${embedProcesses > 1 ? 'es' : ''}: set fewer --embed-workers, or TL_EMBED_THREADS`,
+        },
+        { ...EMBED_STREAMS_NAMED, of: 'each embed process has' },
+      );
       env.TL_EMBED_THREADS ??= String(threads);
     }
     const logDir = path.join(initial.dataDir, 'logs');

@@ -9,7 +9,7 @@ import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
 import { prepareImage, type ResizePolicy } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
-import { BucketNotFoundError, createServeMetrics, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
+import { BucketNotFoundError, createServeMetrics, forwardParallelism, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
 import { BudgetWaitError, ByteBudget, HeldBody, type ByteHold } from './byte-budget.js';
@@ -88,9 +88,9 @@ class ServedModel {
     readonly batcher: MicroBatcher<Uint8Array, Float32Array>,
   ) {}
 
-  static async start(model: ClassifierModel, o: { threads: number; batchSize: number; batchWaitMs: number; metrics: ServeMetrics }, log: Logger): Promise<ServedModel> {
+  static async start(model: ClassifierModel, o: { threads: number; streams: number; batchSize: number; batchWaitMs: number; metrics: ServeMetrics }, log: Logger): Promise<ServedModel> {
     const k = model.meta.labels.length;
-    const runtime = await startOnnxThread({ bytes: model.bytes, output: { name: ONNX_PROBABILITIES_NAME, dim: k }, inputSize: model.meta.inputSize, threads: o.threads, warmupBatch: Math.min(o.batchSize, 8) }, log);
+    const runtime = await startOnnxThread({ bytes: model.bytes, output: { name: ONNX_PROBABILITIES_NAME, dim: k }, inputSize: model.meta.inputSize, threads: o.threads, streams: o.streams, warmupBatch: Math.min(o.batchSize, 8) }, log);
     const batcher = new MicroBatcher<Uint8Array, Float32Array>(
       async (images) => {
         o.metrics.batchSize.observe(images.length);
@@ -99,8 +99,8 @@ class ServedModel {
       },
       o.batchSize,
       o.batchWaitMs,
-      // two batches in flight: one is formed and handed over while the other runs
-      2,
+      // a batch running on each stream, and one more formed and handed over meanwhile
+      o.streams + 1,
     );
     return new ServedModel(model.meta, runtime, batcher);
   }
@@ -188,7 +188,10 @@ export async function startClassifierServer(
     log: Logger;
     host?: string;
     port?: number;
+    /** ONNX Runtime intra-op threads in all (default: the cores) */
     threads?: number;
+    /** forward passes at once, sharing the threads (default: one per thread, at most 4) */
+    streams?: number;
     /** tests: a shorter stall limit for bodies */
     bodyIdleMs?: number;
     /**
@@ -203,8 +206,8 @@ export async function startClassifierServer(
 ): Promise<ClassifierServer> {
   const cfg = ctx.config.serve;
   const metrics = createServeMetrics();
-  const threads = o.threads ?? Math.max(1, os.availableParallelism());
-  const load = async () => ServedModel.start(await loadClassifierModel(ctx, o.model), { threads, batchSize: cfg.batchSize, batchWaitMs: cfg.batchWaitMs, metrics }, o.log);
+  const { threads, streams } = forwardParallelism(o, { threads: Math.max(1, os.availableParallelism()), from: '--threads, by default the cores' }, { streams: (n) => `--streams ${n}`, threads: '--threads', of: 'serve has' });
+  const load = async () => ServedModel.start(await loadClassifierModel(ctx, o.model), { threads, streams, batchSize: cfg.batchSize, batchWaitMs: cfg.batchWaitMs, metrics }, o.log);
   // The port first: one in use is said at once, not after the model has loaded. Until it has,
   // every request (/healthz too: not ready yet) is answered 503.
   let handle: http.RequestListener = (_req, res) => {
