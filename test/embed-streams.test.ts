@@ -41,7 +41,7 @@ const withEmbed = (embed: Partial<Config['embed']>): Config => ({ ...stack.confi
  * of `streams` streams on 2 threads. Returns the wall time from the enqueue to the last one
  * cached, the forward passes' own time summed over all of them, and the hashes.
  */
-async function embedWith(streams: number, pixels: Uint8Array[]): Promise<{ wall: number; forward: number; hashes: string[] }> {
+async function embedWith(streams: number, pixels: Uint8Array[]): Promise<{ wall: number; forward: number; hashes: string[]; scraped: string }> {
   const space = stack.space.id;
   const role = await startEmbedRole(withEmbed({ threads: 2, streams }), log);
   try {
@@ -61,7 +61,7 @@ async function embedWith(streams: number, pixels: Uint8Array[]): Promise<{ wall:
     const wall = (performance.now() - start) / 1000;
     const values = (await role.metrics.forwardSeconds.get()).values;
     const forward = values.find((v) => v.metricName === 'tl_embed_forward_seconds_sum')!.value;
-    return { wall, forward, hashes: jobs.map((j) => j.payload.sha256) };
+    return { wall, forward, hashes: jobs.map((j) => j.payload.sha256), scraped: await role.metrics.registry.metrics() };
   } finally {
     await role.stop();
   }
@@ -74,6 +74,9 @@ describe('an embed worker with two streams on two threads', () => {
     const two = await embedWith(2, pixels);
     // passes at once add up to more than the run's wall time (passes in turn never can)
     expect(two.forward).toBeGreaterThan(two.wall);
+    // and /metrics says how many run at once, on how many threads
+    expect(one.scraped).toMatch(/^tl_embed_streams\{threads="2",role="embed"\} 1$/m);
+    expect(two.scraped).toMatch(/^tl_embed_streams\{threads="2",role="embed"\} 2$/m);
 
     // the same pixels, the same embedding space: the streams' numbers agree with one stream's
     const a = await ctx.services.cache.load(stack.space.id, one.hashes);
@@ -86,7 +89,7 @@ describe('an embed worker with two streams on two threads', () => {
 
   it('refuses more streams than threads, before it opens anything, saying which settings', async () => {
     await expect(startEmbedRole(withEmbed({ threads: 2, streams: 3 }), log)).rejects.toThrow(
-      /^TL_EMBED_STREAMS=3 is more than the 2 threads this embed process has \(TL_EMBED_THREADS\): each stream needs a thread of its own$/,
+      /^TL_EMBED_STREAMS=3 is more than the 2 threads this embed process has \(TL_EMBED_THREADS\): each stream needs a thread of its own; set TL_EMBED_STREAMS=2 or fewer, or leave it unset$/,
     );
   });
 
@@ -98,7 +101,9 @@ describe('an embed worker with two streams on two threads', () => {
       const r = await runCli(['up', '--embed-workers', String(cores), '--metrics-port', String(await freeRun(4 + 10 * (cores - 1)))], { TL_DATA_DIR: dataDir, TL_MODEL_WEIGHTS: 'random', TL_EMBED_STREAMS: '2' }, 60_000);
       expect(r.code).toBe(1);
       expect(r.stderr).toContain(
-        `TL_EMBED_STREAMS=2 is more than the 1 thread each embed process has (the ${cores} core${cores > 1 ? 's' : ''} shared among ${cores} embed process${cores > 1 ? 'es' : ''}: set fewer --embed-workers, or TL_EMBED_THREADS): each stream needs a thread of its own`,
+        cores > 1
+          ? `TL_EMBED_STREAMS=2 is more than the 1 thread each embed process has (the ${cores} cores shared among ${cores} embed processes): each stream needs a thread of its own; set TL_EMBED_STREAMS=1, or leave it unset, or start fewer --embed-workers`
+          : 'TL_EMBED_STREAMS=2 is more than the 1 thread each embed process has (the 1 core): each stream needs a thread of its own; set TL_EMBED_STREAMS=1, or leave it unset',
       );
       // no Redis, no S3 server, no worker was started: nothing was written
       expect(await readdir(dataDir)).toEqual([]);

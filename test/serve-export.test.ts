@@ -462,7 +462,7 @@ describe('transferline serve, guarded', () => {
     const port = await freePort();
     const cli = await runCli(['serve', '-m', 'shapes', '--port', String(port), '--threads', '2', '--streams', '3'], stack.env);
     expect(cli.code).toBe(1);
-    expect(cli.stderr).toContain('--streams 3 is more than the 2 threads serve has (--threads): each stream needs a thread of its own');
+    expect(cli.stderr).toContain('--streams 3 is more than the 2 threads serve has (--threads): each stream needs a thread of its own; set --streams 2 or fewer, or leave it unset');
     expect(cli.stdout).not.toMatch(/loading/);
   });
 

@@ -453,10 +453,21 @@ describe('training runs and classification', () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`dataset allbad has no embedded images in ${stack.space.id}: all 2 of its images failed (see "transferline failures -d allbad")`);
     // status names the failed run and why, where it counted a failed train job and said nothing more
-    const status = await runCli(['status'], stack.env);
-    expect(status.stdout).toMatch(new RegExp(`^ {2}train: run \\S+ of allbad failed \\(no-data\\): dataset allbad has no embedded images in ${stack.space.id.replace(/\./g, '\\.')}: all 2 of its images failed`, 'm'));
-    const json = JSON.parse((await runCli(['status', '--json'], stack.env)).stdout) as { queues: Record<string, { failedRuns?: { dataset: string; reason: string }[] }> };
-    expect(json.queues.train!.failedRuns).toContainEqual(expect.objectContaining({ dataset: 'allbad', reason: 'no-data' }));
+    const named = new RegExp(`^ {2}train: run \\S+ of allbad failed \\d+ s ago \\(no-data\\): dataset allbad has no embedded images in ${stack.space.id.replace(/\./g, '\\.')}: all 2 of its images failed`, 'm');
+    expect((await runCli(['status'], stack.env)).stdout).toMatch(named);
+    const failedRunsOf = async (args: string[]) =>
+      (JSON.parse((await runCli(['status', '--json', ...args], stack.env)).stdout) as { queues: Record<string, { failedRuns?: { dataset: string; reason: string }[] }> }).queues.train!.failedRuns ?? [];
+    expect(await failedRunsOf([])).toContainEqual(expect.objectContaining({ dataset: 'allbad', reason: 'no-data' }));
+    // status of another dataset does not name it
+    const other = await runCli(['status', '-d', 'shapes'], stack.env);
+    expect(other.code).toBe(0);
+    expect(other.stdout).not.toMatch(/of allbad failed/);
+    // once a run of allbad has completed, its failure is behind it: status names it no more
+    for (const [i, kind] of (['circle', 'square'] as const).entries()) for (let j = 0; j < 3; j++) await ctx.services.store.putObject(photos, `allbad/${'ab'[i]}/${kind}-${j}.jpg`, await renderSample(kind, 900 + j, 61));
+    await runCli(['ingest', `s3://${photos}/allbad/`, '-d', 'allbad'], stack.env);
+    expect((await runCli(['train', '-d', 'allbad', '--epochs', '1'], stack.env)).code).toBe(0);
+    expect((await runCli(['status'], stack.env)).stdout).not.toMatch(/of allbad failed/);
+    expect((await failedRunsOf([])).filter((f) => f.dataset === 'allbad')).toEqual([]);
   });
 
   it('says which images it could not classify and why, and failures lists them for its dataset', async () => {

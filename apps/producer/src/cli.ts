@@ -106,7 +106,7 @@ program
   .option('--exit-after-demo', 'stop the stack when the demo is done')
   .option('--metrics-port <n>', 'first metrics port: producer n, preprocess n+1, embed n+2, train n+3 (+10 per extra replica; default 9464)', int('--metrics-port'))
   .option('--preprocess-workers <n>', 'preprocess processes (default 1)', int('--preprocess-workers'))
-  .option('--embed-workers <n>', 'embed processes (default 1; the wasm backend is single-threaded, so one per core)', int('--embed-workers'))
+  .option('--embed-workers <n>', 'embed processes (default 1); they share the cores, each running one forward pass per thread at once (TL_EMBED_STREAMS)', int('--embed-workers'))
   .action(async (o: { demo?: boolean; exitAfterDemo?: boolean; preprocessWorkers?: number; embedWorkers?: number; metricsPort?: number }) => {
     const base = o.metricsPort;
     await (await up()).upCommand(process.env, {

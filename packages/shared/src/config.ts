@@ -43,20 +43,21 @@ export function defaultPreprocessConcurrency(cores: number): number {
  * Streams mean nothing on the tensorflow backend (one pass, libtensorflow's own threads).
  *
  * @throws ConfigError if there are more streams than threads, in the words of `named`: the
- *   streams' setting, the threads' setting, whose threads they are (`of`), and where the
- *   threads came from when they were not set (`from`).
+ *   streams' setting, the threads' setting, whose threads they are (`of`), where the threads
+ *   came from when they were not set (`from`), and another way out (`orElse`).
  */
 export function forwardParallelism(
   set: { threads?: number | undefined; streams?: number | undefined; backend?: string },
   fallback: { threads: number; from: string },
-  named: { streams: (n: number) => string; threads: string; of: string },
+  named: { streams: (n: number) => string; threads: string; of: string; orElse?: string },
 ): { threads: number; streams: number } {
   const threads = set.threads ?? fallback.threads;
   const streams = set.streams ?? Math.min(threads, 4);
   if (set.backend !== 'tensorflow' && streams > threads) {
     throw new ConfigError(
       `${named.streams(streams)} is more than the ${threads} thread${threads > 1 ? 's' : ''} ${named.of} ` +
-        `(${set.threads === undefined ? fallback.from : named.threads}): each stream needs a thread of its own`,
+        `(${set.threads === undefined ? fallback.from : named.threads}): each stream needs a thread of its own; ` +
+        `set ${named.streams(threads)}${threads > 1 ? ' or fewer' : ''}, or leave it unset${named.orElse ? `, ${named.orElse}` : ''}`,
     );
   }
   return { threads, streams };

@@ -23,7 +23,11 @@ export interface StatusReport {
       paused: PausedWorkerNow[];
       /** train only: its failed jobs that are runs stopped with train --cancel */
       cancelled?: number;
-      /** train only: its other failed jobs, the newest first: runs the worker refused or that failed */
+      /**
+       * train only: its other failed jobs, the newest first: runs the worker refused or that
+       * failed, of datasets that exist (of the one asked for, with -d), and not followed by a run
+       * of their dataset that completed
+       */
       failedRuns?: FailedRun[];
     }
   >;
@@ -45,6 +49,8 @@ export interface FailedRun {
   /** the reason code (no-data, one-class, …), or `error` for a failure without one */
   reason: string;
   detail: string;
+  /** when it failed (ms since the epoch) */
+  failedAt: number;
 }
 
 /**
@@ -58,9 +64,39 @@ export async function failedRuns(queues: Pick<Queues, 'train'>): Promise<{ cance
   for (const j of jobs) {
     const why = permanentFailureOf(j.failedReason);
     if (why?.reason === 'cancelled') cancelled++;
-    else failed.push({ dataset: String(j.data?.dataset ?? '?'), runId: String(j.data?.runId ?? j.id), reason: why?.reason ?? 'error', detail: why?.detail ?? j.failedReason ?? '' });
+    else failed.push({ dataset: String(j.data?.dataset ?? '?'), runId: String(j.data?.runId ?? j.id), reason: why?.reason ?? 'error', detail: why?.detail ?? j.failedReason ?? '', failedAt: j.finishedOn ?? j.timestamp });
   }
   return { cancelled, failed };
+}
+
+/**
+ * The failed runs a user still has to act on: of datasets that exist (and of `only`, if given),
+ * and not followed by a run of their dataset that completed (BullMQ keeps the newest 1,000).
+ */
+async function failedRunsToAct(ctx: CliContext, failed: FailedRun[], only?: string): Promise<FailedRun[]> {
+  const of = failed.filter((f) => only === undefined || f.dataset === only);
+  if (of.length === 0) return [];
+  const completed = new Map<string, number>();
+  for (const j of await ctx.queues.train.getCompleted(0, 999)) {
+    const dataset = (j?.data as { dataset?: string } | undefined)?.dataset;
+    if (dataset !== undefined) completed.set(dataset, Math.max(completed.get(dataset) ?? 0, j!.finishedOn ?? 0));
+  }
+  const exists = new Map<string, boolean>();
+  const out: FailedRun[] = [];
+  for (const f of of) {
+    if (!exists.has(f.dataset)) exists.set(f.dataset, await ctx.services.datasets.exists(f.dataset));
+    if (exists.get(f.dataset) && (completed.get(f.dataset) ?? 0) < f.failedAt) out.push(f);
+  }
+  return out;
+}
+
+/** "3 min ago", "2 h ago", "5 days ago": how long since `at`. */
+function ago(at: number, now = Date.now()): string {
+  const s = Math.max(0, Math.round((now - at) / 1000));
+  if (s < 90) return `${s} s ago`;
+  if (s < 90 * 60) return `${Math.round(s / 60)} min ago`;
+  if (s < 36 * 3600) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86_400)} days ago`;
 }
 
 /** How many of the train queue's failed jobs (its newest FAILED_SCAN) are runs stopped with train --cancel: no failures. */
@@ -90,7 +126,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   if (queues.train!.failed) {
     const { cancelled, failed } = await failedRuns(ctx.queues);
     queues.train!.cancelled = cancelled;
-    queues.train!.failedRuns = failed;
+    queues.train!.failedRuns = await failedRunsToAct(ctx, failed, o.dataset);
   }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers } of listed) {
@@ -127,8 +163,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const cancelled = queues.train!.cancelled;
   if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);
   const failedOnes = queues.train!.failedRuns ?? [];
-  for (const f of failedOnes.slice(0, FAILED_RUNS_SHOWN)) w(`  train: run ${f.runId} of ${f.dataset} failed (${f.reason}): ${f.detail}`);
-  if (failedOnes.length > FAILED_RUNS_SHOWN) w(`  train: and ${failedOnes.length - FAILED_RUNS_SHOWN} more failed runs (transferline console lists them)`);
+  for (const f of failedOnes.slice(0, FAILED_RUNS_SHOWN)) w(`  train: run ${f.runId} of ${f.dataset} failed ${ago(f.failedAt)} (${f.reason}): ${f.detail}`);
+  if (failedOnes.length > FAILED_RUNS_SHOWN) w(`  train: and ${failedOnes.length - FAILED_RUNS_SHOWN} more failed runs (status --json lists them)`);
   for (const [name, c] of Object.entries(queues)) {
     for (const reason of new Set(c.paused.map((p) => p.reason))) {
       const of = c.paused.filter((p) => p.reason === reason);

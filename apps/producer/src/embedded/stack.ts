@@ -108,9 +108,9 @@ export async function startStack(
         initial.embed,
         {
           threads: Math.max(1, Math.floor(cores / embedProcesses)),
-          from: `the ${cores} core${cores > 1 ? 's' : ''} shared among ${embedProcesses} embed process${embedProcesses > 1 ? 'es' : ''}: set fewer --embed-workers, or TL_EMBED_THREADS`,
+          from: embedProcesses > 1 ? `the ${cores} core${cores > 1 ? 's' : ''} shared among ${embedProcesses} embed processes` : `the ${cores} core${cores > 1 ? 's' : ''}`,
         },
-        { ...EMBED_STREAMS_NAMED, of: 'each embed process has' },
+        { ...EMBED_STREAMS_NAMED, of: 'each embed process has', ...(embedProcesses > 1 && { orElse: 'or start fewer --embed-workers' }) },
       );
       env.TL_EMBED_THREADS ??= String(threads);
     }
