@@ -187,7 +187,7 @@ describe('transferline serve', () => {
     expect(byKey[1]!.error?.reason).toBe('not-found');
     expect(byKey[1]!.error?.message).not.toMatch(/bucket/);
     // a wrong bucket is named as such, not taken for a missing object
-    expect(byKey[2]!.error).toMatchObject({ reason: 'not-found', message: expect.stringMatching(/^bucket no-such-bucket-here does not exist at http:\/\/127\.0\.0\.1:\d+$/) });
+    expect(byKey[2]!.error).toMatchObject({ reason: 'not-found', message: 'bucket no-such-bucket-here does not exist' });
   });
 
   it('refuses bad input with the preprocess stage\'s reason codes', async () => {

@@ -466,8 +466,13 @@ describe('training runs and classification', () => {
     for (const [i, kind] of (['circle', 'square'] as const).entries()) for (let j = 0; j < 3; j++) await ctx.services.store.putObject(photos, `allbad/${'ab'[i]}/${kind}-${j}.jpg`, await renderSample(kind, 900 + j, 61));
     await runCli(['ingest', `s3://${photos}/allbad/`, '-d', 'allbad'], stack.env);
     expect((await runCli(['train', '-d', 'allbad', '--epochs', '1'], stack.env)).code).toBe(0);
-    expect((await runCli(['status'], stack.env)).stdout).not.toMatch(/of allbad failed/);
+    const after = await runCli(['status', '-d', 'allbad'], stack.env);
+    expect(after.stdout).not.toMatch(/of allbad failed/);
+    // only counted: the failed column still has it
+    expect(after.stdout).toMatch(/^ {2}train: 1 other failed run needs nothing more: of a dataset deleted since, or followed by a run of it that completed$/m);
     expect((await failedRunsOf([])).filter((f) => f.dataset === 'allbad')).toEqual([]);
+    const json = JSON.parse((await runCli(['status', '--json', '-d', 'allbad'], stack.env)).stdout) as { queues: Record<string, { failedRuns?: unknown[]; failedRunsSettled?: number }> };
+    expect(json.queues.train).toMatchObject({ failedRuns: [], failedRunsSettled: 1 });
   });
 
   it('says which images it could not classify and why, and failures lists them for its dataset', async () => {

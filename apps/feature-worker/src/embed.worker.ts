@@ -71,11 +71,13 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     log,
   );
   const embedder = rt.embedder;
+  // a wasm (or cpu) stream is single-threaded, whatever TL_EMBED_THREADS says
+  const used = rt.backend === 'onnx' ? threads : rt.streams.length;
   log.info(
-    { backend: rt.backend, provider: rt.provider, ...(rt.backend !== 'tensorflow' && { threads, streams: rt.streams }), ...(rt.onnx && { onnx: rt.onnx }), ...(rt.skipped.length && { skipped: rt.skipped }) },
-    `embedding on ${rt.backend} (${rt.provider})${rt.backend === 'tensorflow' ? '' : `: ${rt.streams.length} forward pass${rt.streams.length > 1 ? 'es' : ''} at once on ${threads} thread${threads > 1 ? 's' : ''}`}`,
+    { backend: rt.backend, provider: rt.provider, ...(rt.backend !== 'tensorflow' && { threads: used, streams: rt.streams }), ...(rt.onnx && { onnx: rt.onnx }), ...(rt.skipped.length && { skipped: rt.skipped }) },
+    `embedding on ${rt.backend} (${rt.provider})${rt.backend === 'tensorflow' ? '' : `: ${rt.streams.length} forward pass${rt.streams.length > 1 ? 'es' : ''} at once on ${used} thread${used > 1 ? 's' : ''}`}`,
   );
-  metrics.embedStreams.set({ threads: String(rt.backend === 'tensorflow' ? 0 : threads) }, rt.streams.length);
+  metrics.embedStreams.set({ threads: String(rt.backend === 'tensorflow' ? 0 : used) }, rt.streams.length);
   metrics.modelInfo.set({ backend: rt.backend, weights: space.weights, embedder: space.id }, 1);
   if (config.embed.streams !== undefined && rt.streams.length !== config.embed.streams) {
     log.warn({ streams: config.embed.streams, backend: rt.backend }, `TL_EMBED_STREAMS is not used on the ${rt.backend} backend: it runs one forward pass at a time, on its own threads`);

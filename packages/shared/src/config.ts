@@ -53,6 +53,7 @@ export function forwardParallelism(
 ): { threads: number; streams: number } {
   const threads = set.threads ?? fallback.threads;
   const streams = set.streams ?? Math.min(threads, 4);
+  if (streams < 1) throw new ConfigError(`${named.streams(streams)}: at least 1 forward pass at a time`);
   if (set.backend !== 'tensorflow' && streams > threads) {
     throw new ConfigError(
       `${named.streams(streams)} is more than the ${threads} thread${threads > 1 ? 's' : ''} ${named.of} ` +

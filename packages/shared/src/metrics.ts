@@ -44,7 +44,7 @@ export function createMetrics(role: string) {
     // on the embed role's /metrics only: a histogram without labels shows (empty) wherever it is registered
     embedBatch: new Histogram({ name: 'tl_embed_batch_size', help: 'Images per forward pass', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: role === 'embed' ? r : [] }),
     forwardSeconds: new Histogram({ name: 'tl_embed_forward_seconds', help: 'Time of one forward pass', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32], registers: role === 'embed' ? r : [] }),
-    embedStreams: new Gauge({ name: 'tl_embed_streams', help: 'Forward passes the embed worker runs at once (TL_EMBED_STREAMS), and the threads they share', labelNames: ['threads'] as const, registers: role === 'embed' ? r : [] }),
+    embedStreams: new Gauge({ name: 'tl_embed_streams', help: 'Forward passes the embed worker runs at once (TL_EMBED_STREAMS), and the threads they run on (ONNX Runtime: TL_EMBED_THREADS; wasm: one each; tensorflow: 0)', labelNames: ['threads'] as const, registers: role === 'embed' ? r : [] }),
     modelInfo: new Gauge({ name: 'tl_model_info', help: 'The embedding model this process runs (value 1)', labelNames: ['backend', 'weights', 'embedder'] as const, registers: r }),
     queueJobs: new Gauge({
       name: 'tl_queue_jobs',

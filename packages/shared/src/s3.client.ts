@@ -357,7 +357,8 @@ export class ObjectStore {
       const res = await this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
       return { key, size: res.ContentLength ?? 0, etag: stripQuotes(res.ETag) };
     } catch (err) {
-      if (isNotFound(err) && o.bucketToo && !(await this.bucketExists(bucket))) throw new BucketNotFoundError(bucket, this.endpoint);
+      // (a second look that fails leaves it a missing object, as it was without the look)
+      if (isNotFound(err) && o.bucketToo && !(await this.bucketExists(bucket).catch(() => true))) throw new BucketNotFoundError(bucket, this.endpoint);
       if (isNotFound(err)) return undefined;
       const status = refusedStatus(err);
       if (status !== undefined) throw new ObjectRefusedError(bucket, key, status, (err as Error).name);

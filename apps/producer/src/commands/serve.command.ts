@@ -68,7 +68,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
   try {
     // said once the port is taken: a port in use is said before any loading
     const onListening = () => w(`loading ${o.model} (EfficientNet-B0 + head, one ONNX model)…`);
-    server = await startClassifierServer(long, { model: o.model, log, onSwap, onListening, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }), ...(o.streams && { streams: o.streams }) });
+    server = await startClassifierServer(long, { model: o.model, log, onSwap, onListening, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }), ...(o.streams !== undefined && { streams: o.streams }) });
     const m = server.model();
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${m.threshold.toFixed(3)}` : ''}) on ${server.url}`);
     const random = randomWeightsNote(m);

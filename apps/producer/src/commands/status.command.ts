@@ -29,6 +29,8 @@ export interface StatusReport {
        * of their dataset that completed
        */
       failedRuns?: FailedRun[];
+      /** train only: the failed runs not in failedRuns (of deleted datasets, or followed by a completed run) */
+      failedRunsSettled?: number;
     }
   >;
   spaces: SpaceStatus[];
@@ -73,9 +75,9 @@ export async function failedRuns(queues: Pick<Queues, 'train'>): Promise<{ cance
  * The failed runs a user still has to act on: of datasets that exist (and of `only`, if given),
  * and not followed by a run of their dataset that completed (BullMQ keeps the newest 1,000).
  */
-async function failedRunsToAct(ctx: CliContext, failed: FailedRun[], only?: string): Promise<FailedRun[]> {
+async function failedRunsToAct(ctx: CliContext, failed: FailedRun[], only?: string): Promise<{ toAct: FailedRun[]; settled: number }> {
   const of = failed.filter((f) => only === undefined || f.dataset === only);
-  if (of.length === 0) return [];
+  if (of.length === 0) return { toAct: [], settled: 0 };
   const completed = new Map<string, number>();
   for (const j of await ctx.queues.train.getCompleted(0, 999)) {
     const dataset = (j?.data as { dataset?: string } | undefined)?.dataset;
@@ -87,7 +89,7 @@ async function failedRunsToAct(ctx: CliContext, failed: FailedRun[], only?: stri
     if (!exists.has(f.dataset)) exists.set(f.dataset, await ctx.services.datasets.exists(f.dataset));
     if (exists.get(f.dataset) && (completed.get(f.dataset) ?? 0) < f.failedAt) out.push(f);
   }
-  return out;
+  return { toAct: out, settled: of.length - out.length };
 }
 
 /** "3 min ago", "2 h ago", "5 days ago": how long since `at`. */
@@ -123,10 +125,13 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no
   // failure; the others are named with their reason
+  queues.train!.failedRuns = [];
   if (queues.train!.failed) {
     const { cancelled, failed } = await failedRuns(ctx.queues);
+    const { toAct, settled } = await failedRunsToAct(ctx, failed, o.dataset);
     queues.train!.cancelled = cancelled;
-    queues.train!.failedRuns = await failedRunsToAct(ctx, failed, o.dataset);
+    queues.train!.failedRuns = toAct;
+    queues.train!.failedRunsSettled = settled;
   }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers } of listed) {
@@ -165,6 +170,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const failedOnes = queues.train!.failedRuns ?? [];
   for (const f of failedOnes.slice(0, FAILED_RUNS_SHOWN)) w(`  train: run ${f.runId} of ${f.dataset} failed ${ago(f.failedAt)} (${f.reason}): ${f.detail}`);
   if (failedOnes.length > FAILED_RUNS_SHOWN) w(`  train: and ${failedOnes.length - FAILED_RUNS_SHOWN} more failed runs (status --json lists them)`);
+  const settled = queues.train!.failedRunsSettled ?? 0;
+  if (settled) w(`  train: ${settled === 1 ? '1 other failed run needs' : `${settled} other failed runs need`} nothing more: of a dataset deleted since, or followed by a run of it that completed`);
   for (const [name, c] of Object.entries(queues)) {
     for (const reason of new Set(c.paused.map((p) => p.reason))) {
       const of = c.paused.filter((p) => p.reason === reason);

@@ -110,7 +110,7 @@ export async function startStack(
           threads: Math.max(1, Math.floor(cores / embedProcesses)),
           from: embedProcesses > 1 ? `the ${cores} core${cores > 1 ? 's' : ''} shared among ${embedProcesses} embed processes` : `the ${cores} core${cores > 1 ? 's' : ''}`,
         },
-        { ...EMBED_STREAMS_NAMED, of: 'each embed process has', ...(embedProcesses > 1 && { orElse: 'or start fewer --embed-workers' }) },
+        { ...EMBED_STREAMS_NAMED, of: 'each embed process has', ...(embedProcesses > 1 && initial.embed.threads === undefined && { orElse: 'or start fewer --embed-workers' }) },
       );
       env.TL_EMBED_THREADS ??= String(threads);
     }

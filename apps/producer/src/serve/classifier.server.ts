@@ -166,7 +166,9 @@ function statusOf(reason: string): number {
 
 function asError(err: unknown): { reason: string; message: string } {
   if (err instanceof PermanentError) return { reason: err.reason, message: err.message };
-  if (err instanceof ObjectNotFoundError || err instanceof BucketNotFoundError) return { reason: 'not-found', message: err.message };
+  if (err instanceof ObjectNotFoundError) return { reason: 'not-found', message: err.message };
+  // (without the S3 endpoint: serve's clients need not learn where its storage is)
+  if (err instanceof BucketNotFoundError) return { reason: 'not-found', message: `bucket ${err.bucket} does not exist` };
   if (err instanceof ObjectTooLargeError) return { reason: 'too-large', message: err.message };
   // S3 will not let serve read it (no permission, a key it cannot hold): the request's to mend
   if (err instanceof ObjectRefusedError) return { reason: 'bad-request', message: err.message };
@@ -176,8 +178,8 @@ function asError(err: unknown): { reason: string; message: string } {
 /**
  * `transferline serve`: image bytes in, labels out, over HTTP. Each image goes through the
  * preprocess stage's own sharp pipeline (same resize policy, same bad-input reasons) and the
- * exported classifier (EfficientNet-B0 + head, one ONNX model) on ONNX Runtime in a worker
- * thread; requests from all clients are micro-batched into one forward pass. At most
+ * exported classifier (EfficientNet-B0 + head, one ONNX model) on ONNX Runtime in worker
+ * threads; requests from all clients are micro-batched into forward passes, `streams` at once. At most
  * `maxQueue` images and `maxBytes` of image bytes are held at once; past either, 503 with
  * Retry-After.
  */
