@@ -113,6 +113,24 @@ export async function listModelRuns(ctx: CliContext, dataset?: string, reports?:
   return runs;
 }
 
+/**
+ * When the newest run of `dataset` in the bucket completed (its report's createdAt, ms since the
+ * epoch), or undefined if it has none: one listing, and one read of the report written last. The
+ * bucket is where runs live: a completed run is known as long as its model is, however many runs
+ * the train queue has kept since.
+ */
+export async function newestRunCompletedAt(ctx: Pick<CliContext, 'config' | 'services'>, dataset: string): Promise<number | undefined> {
+  const { bucket } = ctx.config.s3;
+  const { store, layout } = ctx.services;
+  let newest: { key: string; at: number } | undefined;
+  for await (const o of store.listObjects(bucket, layout.models(dataset))) {
+    const at = o.lastModified?.getTime() ?? 0;
+    if (layout.parseModelKey(o.key)?.file === 'report.json' && (!newest || at > newest.at)) newest = { key: o.key, at };
+  }
+  const report = newest && (await store.getDocument(ReportDoc, bucket, newest.key));
+  return report ? Date.parse(report.createdAt) : undefined;
+}
+
 /** The run that stands in as a dataset's latest when its own is gone: its newest, leaving out --no-promote runs. */
 export function newestPromotable(runs: ModelRun[], dataset: string, except?: string): ModelRun | undefined {
   return runs.find((r) => r.dataset === dataset && !r.candidate && r.runId !== except);

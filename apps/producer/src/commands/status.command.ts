@@ -1,8 +1,10 @@
 import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers } from '@transferline/shared';
 import type { Queue } from 'bullmq';
+import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { storageHint } from '../storage-hint.js';
+import { newestRunCompletedAt } from './models.command.js';
 import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
 
 export interface SpaceStatus {
@@ -73,23 +75,20 @@ export async function failedRuns(queues: Pick<Queues, 'train'>): Promise<{ cance
 
 /**
  * The failed runs a user still has to act on: of datasets that exist (and of `only`, if given),
- * and not followed by a run of their dataset that completed (BullMQ keeps the newest 1,000).
+ * and not followed by a run of their dataset that completed (its report in the bucket is newer).
  */
 async function failedRunsToAct(ctx: CliContext, failed: FailedRun[], only?: string): Promise<{ toAct: FailedRun[]; settled: number }> {
   const of = failed.filter((f) => only === undefined || f.dataset === only);
-  if (of.length === 0) return { toAct: [], settled: 0 };
-  const completed = new Map<string, number>();
-  for (const j of await ctx.queues.train.getCompleted(0, 999)) {
-    const dataset = (j?.data as { dataset?: string } | undefined)?.dataset;
-    if (dataset !== undefined) completed.set(dataset, Math.max(completed.get(dataset) ?? 0, j!.finishedOn ?? 0));
-  }
-  const exists = new Map<string, boolean>();
-  const out: FailedRun[] = [];
-  for (const f of of) {
-    if (!exists.has(f.dataset)) exists.set(f.dataset, await ctx.services.datasets.exists(f.dataset));
-    if (exists.get(f.dataset) && (completed.get(f.dataset) ?? 0) < f.failedAt) out.push(f);
-  }
-  return { toAct: out, settled: of.length - out.length };
+  const datasets = [...new Set(of.map((f) => f.dataset))];
+  // of each dataset with a failed run: whether it exists, and when its newest run completed (a
+  // bucket that cannot be read now leaves its failures named: status says elsewhere that it cannot)
+  const completedAt = async (d: string) => (await newestRunCompletedAt(ctx, d).catch(() => undefined)) ?? 0;
+  const known = new Map(await pMap(datasets, async (d) => [d, (await ctx.services.datasets.exists(d)) ? { completedAt: await completedAt(d) } : undefined] as const, { concurrency: 8 }));
+  const toAct = of.filter((f) => {
+    const d = known.get(f.dataset);
+    return d !== undefined && d.completedAt < f.failedAt;
+  });
+  return { toAct, settled: of.length - toAct.length };
 }
 
 /** "3 min ago", "2 h ago", "5 days ago": how long since `at`. */
