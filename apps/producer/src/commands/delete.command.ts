@@ -1,5 +1,5 @@
 import { createInterface } from 'node:readline/promises';
-import type { Job } from 'bullmq';
+import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
 import { classifyDatasetName, isClassifyDataset, jobIds, LatestDoc, latestPointer } from '@transferline/shared';
 import { forgetLost } from '../data-loss.js';
@@ -193,12 +193,12 @@ async function removeEndedTrainJob(ctx: CliContext, dataset: string, runId: stri
 }
 
 /**
- * The preprocess queue's failed jobs of a dataset (BullMQ keeps up to 10,000 per queue): once the
- * dataset is gone nothing retries them, and status and the console would go on counting them.
+ * A queue's failed jobs of some datasets (BullMQ keeps up to 10,000 per queue): once a dataset is
+ * gone nothing retries them, and status and the console would go on counting them.
  */
-async function failedPreprocessJobs(ctx: CliContext, datasets: string[]): Promise<Job[]> {
+async function failedJobsOf(queue: Queue, datasets: string[]): Promise<Job[]> {
   const of = new Set(datasets);
-  return (await ctx.queues.preprocess.getFailed()).filter((j): j is Job => of.has((j?.data as { dataset?: string } | undefined)?.dataset ?? ''));
+  return (await queue.getFailed()).filter((j): j is Job => of.has((j?.data as { dataset?: string } | undefined)?.dataset ?? ''));
 }
 
 /**
@@ -236,8 +236,10 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   // Redis lost its records, and status names it until it is ingested again: deleting it is the other way to settle that
   const lost = (await redis.sismember(keys.datasetsLost(), dataset)) === 1;
   // (with the images classify kept for its runs, theirs too)
-  const failedJobs = await failedPreprocessJobs(ctx, classifiedImages ? [dataset, classifyDataset] : [dataset]);
-  if (!exists && !lost && failedJobs.length === 0 && runFiles.length === 0 && records.length === 0 && classifiedImages === 0 && (!o.results || outputs.length === 0)) {
+  const failedJobs = await failedJobsOf(ctx.queues.preprocess, classifiedImages ? [dataset, classifyDataset] : [dataset]);
+  // its runs that failed or were cancelled, which wrote no model: status counts them among the train queue's failures
+  const failedRuns = classifyData ? [] : await failedJobsOf(ctx.queues.train, [dataset]);
+  if (!exists && !lost && failedJobs.length === 0 && failedRuns.length === 0 && runFiles.length === 0 && records.length === 0 && classifiedImages === 0 && (!o.results || outputs.length === 0)) {
     const hint = runs.length && !o.runs ? `; its ${runs.length} trained run${runs.length === 1 ? ' is' : 's are'} still in the bucket: add --runs to delete ${runs.length === 1 ? 'it' : 'them'}` : '';
     throw new CliExit(EXIT.error, `transferline: no dataset named ${dataset}${hint}: nothing deleted (see "transferline status")`);
   }
@@ -248,6 +250,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
     if (status.pending) plan.lines.push(`  ${images(status.pending)} still on their way: their embeddings are cached when their jobs finish, their records are not written`);
   }
   if (failedJobs.length) plan.lines.push(`${failedJobs.length} failed preprocess job${failedJobs.length === 1 ? '' : 's'} of ${classifiedImages ? `${dataset} and ${classifyDataset}` : dataset} (in Redis; status and the console count them among the queue's failures)`);
+  if (failedRuns.length) plan.lines.push(`${failedRuns.length} failed or cancelled train run${failedRuns.length === 1 ? '' : 's'} of ${dataset}, which wrote no model (in Redis; status and the console count them among the train queue's failures)`);
   if (lost) plan.lines.push(`dataset ${dataset}: its records were lost with Redis's data; status stops naming it as one to ingest again`);
   if (runFiles.length) plan.lines.push(`${runs.length} trained run${runs.length === 1 ? '' : 's'} (${files(runFiles.length)}) in s3://${bucket}/${layout.models(dataset)}`);
   if (classifiedImages) plan.lines.push(`dataset ${classifyDataset}: the ${images(classifiedImages)} classify kept for its runs`);
@@ -264,7 +267,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
     await refuse(); // again: a run or a classify round may have been queued while the user read the plan
     if (exists) await datasets.remove(dataset);
     // (one that failed while the user read the plan stays: delete again to remove it)
-    for (const job of failedJobs) await job.remove().catch(() => undefined);
+    for (const job of [...failedJobs, ...failedRuns]) await job.remove().catch(() => undefined);
     // a dataset Redis lost, deleted on purpose now: no longer one to ingest again
     await forgetLost(redis, keys, [dataset]);
     if (o.runs) {
