@@ -79,6 +79,8 @@ describe("the README's two terminals", () => {
     });
     await waitForOutput(up, /Ctrl-C stops everything/, 180_000, seen);
     expect(seen.text).toMatch(/SEEDED RANDOM WEIGHTS/);
+    // the banner says where the embed worker names its backend
+    expect(seen.text).toContain(`, backend: see ${path.join(env.TL_DATA_DIR!, 'logs', 'embed.log')}\n`);
     expect(seen.text).toMatch(/run \S+: validation accuracy/);
     // the demo waits for the embed worker it started, instead of saying that none is live
     expect(seen.text).toMatch(/embedding space \S+ \(this stack's; 1 embed worker: onnx\)/);

@@ -54,6 +54,13 @@ const DEMO_PREFIX = 'train/';
 /** Longest the demo waits for the stack's embed worker to load its model before it ingests anyway. */
 const EMBED_LIVE_DEADLINE_MS = 180_000;
 
+/** Where the banner says each embed worker names its backend (its log: one per replica), or that none runs here. */
+function embedBackendWhere(supervisor: { logFile: (role: 'embed', replica?: number) => string }, children: { role: string; replica: number }[]): string {
+  const logs = children.filter((c) => c.role === 'embed').map((c) => supervisor.logFile('embed', c.replica));
+  if (logs.length === 0) return ' (no embed worker here: --embed-workers 0)';
+  return `, backend: see ${logs.length === 1 ? logs[0] : `${logs.map((l) => path.basename(l)).join(', ')} in ${path.dirname(logs[0]!)}/`}`;
+}
+
 /**
  * Waits until an embed worker of the stack's space is live (it publishes itself once its model is
  * loaded: seconds, or a minute the first time it builds its model), so the demo's ingest does not
@@ -141,7 +148,7 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   w(`  metrics/health   producer :${ports.producer}  ${children.map((c) => `${c.role}${c.replica > 1 ? `#${c.replica}` : ''} :${c.metricsPort}`).join('  ')}   (/metrics, /healthz)`);
   if (web) for (const line of consoleBanner(web, config.console.user)) w(`  ${line}`);
   else w(`  console          not started: ${webError}`);
-  w(`  model            EfficientNet-B0, ${config.embed.weights === 'random' ? `SEEDED RANDOM weights (seed ${config.embed.seed})` : `ImageNet weights (MD5 ${config.embed.weightsMd5})`}${children.some((c) => c.role === 'embed') ? `, backend: see ${path.join(config.dataDir, 'logs', 'embed.log')}` : ' (no embed worker here: --embed-workers 0)'}`);
+  w(`  model            EfficientNet-B0, ${config.embed.weights === 'random' ? `SEEDED RANDOM weights (seed ${config.embed.seed})` : `ImageNet weights (MD5 ${config.embed.weightsMd5})`}${embedBackendWhere(stack.supervisor, children)}`);
   w(`  worker logs      ${path.join(config.dataDir, 'logs')}/`);
   w(`  bucket for embeddings and models: s3://${config.s3.bucket}/${config.s3.prefix}`);
 
