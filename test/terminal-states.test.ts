@@ -244,6 +244,11 @@ describe('two retries at once', () => {
 
 describe('a command never waits for ever', () => {
   it('ingest with no embed worker says which stage is missing and exits 4', async () => {
+    const live = Date.now() + 60_000;
+    while ((await ctx.services.spaces.workersOf(stack.space.id)) === 0) {
+      if (Date.now() > live) throw new Error('the embed worker never beat');
+      await new Promise((r) => setTimeout(r, 100));
+    }
     stack.supervisor.signal('embed', 1, 'SIGSTOP'); // hung: its heartbeat stops, so it is not live
     try {
       await ctx.services.store.putObject(photos, 'stall/circle/x.jpg', await renderSample('circle', 77, 3));
@@ -258,7 +263,8 @@ describe('a command never waits for ever', () => {
       expect(r.timedOut).toBe(false);
       expect(r.code).toBe(4);
       expect(r.stdout).toMatch(/no embed worker is live for it now/);
-      expect(r.stderr).toMatch(/no progress for 3 s: 2 images wait for embed and no embed worker of \S+ is live/);
+      // naming the worker that went silent, and that up restarts a hung one
+      expect(r.stderr).toMatch(/no progress for 3 s: 2 images wait for embed and no embed worker of \S+ is live: its worker \S+ last beat \d+ s ago \(stopped, hung, or cut off from Redis\?\); restart it \(up restarts it by itself once its \/healthz has gone unanswered for TL_UP_HANG_SECONDS\), or start one with that space's settings/);
     } finally {
       stack.supervisor.signal('embed', 1, 'SIGCONT');
     }
@@ -266,6 +272,52 @@ describe('a command never waits for ever', () => {
     expect(done.code).toBe(0);
     expect(done.stdout).toMatch(/dataset stall: 2 images, 2 embedded/);
   }, 120_000);
+
+  it('ingest whose only preprocess worker hangs says it moves nothing and exits 4, though it is connected', async () => {
+    // hung before it took any of them: connected (its connection stays open), taking none
+    await ctx.services.store.putObject(photos, 'hung/circle/a.jpg', await renderSample('circle', 85, 3));
+    const started = Date.now() + 60_000;
+    while ((await ctx.queues.preprocess.getWorkersCount()) === 0) {
+      if (Date.now() > started) throw new Error('the preprocess worker never connected');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
+    try {
+      const r = await cli(['ingest', `s3://${photos}/hung/`, '-d', 'hung', '--stall-timeout', '3'], 90_000);
+      expect(r.timedOut).toBe(false);
+      expect(r.code).toBe(4);
+      expect(r.stderr).toMatch(/no progress for 3 s: 1 images wait for preprocess and its connected workers take none of the 1 jobs waiting in \S+ \(hung: SIGSTOPped, its event loop blocked, or cut off from Redis\?\); restart them/);
+    } finally {
+      stack.supervisor.signal('preprocess', 1, 'SIGCONT');
+    }
+    expect((await cli(['ingest', `s3://${photos}/hung/`, '-d', 'hung'])).stdout).toMatch(/dataset hung: 1 images, 1 embedded/);
+
+    // hung while it holds a job: the job's lock runs out, and nothing takes it up
+    await ctx.services.store.putObject(photos, 'hung/square/b.jpg', await renderSample('square', 86, 3));
+    // its GET answered slowly, so the worker holds the job when it is stopped
+    proxy.inject('hung/square/b.jpg', { kind: 'slow', ms: 3_000 });
+    try {
+      expect((await cli(['ingest', `s3://${photos}/hung/`, '-d', 'hung', '--no-wait'])).code).toBe(0);
+      const deadline = Date.now() + 30_000;
+      while ((await ctx.queues.preprocess.getActiveCount()) === 0) {
+        if (Date.now() > deadline) throw new Error('the job never became active');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
+    } finally {
+      proxy.remove('hung/square/b.jpg');
+    }
+    try {
+      const r = await cli(['ingest', `s3://${photos}/hung/`, '-d', 'hung', '--stall-timeout', '3'], 90_000);
+      expect(r.timedOut).toBe(false);
+      expect(r.code).toBe(4);
+      expect(r.stderr).toMatch(/no progress for 3 s: 1 images wait for preprocess and the job its workers hold lost its lock: worker \S+ stopped renewing it \(hung: SIGSTOPped, its event loop blocked, or cut off from Redis\?\), and no other worker took it up; restart it/);
+    } finally {
+      stack.supervisor.signal('preprocess', 1, 'SIGCONT');
+    }
+    // woken, it goes on: every image ends embedded
+    expect((await cli(['ingest', `s3://${photos}/hung/`, '-d', 'hung'])).stdout).toMatch(/dataset hung: 2 images, 2 embedded .*, 0 failed, 0 pending/);
+  }, 240_000);
 
   it('ingest into a paused queue says the queue is paused and exits 4, though its workers are connected', async () => {
     await ctx.queues.preprocess.pause();

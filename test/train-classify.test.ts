@@ -939,6 +939,31 @@ describe('training runs and classification', () => {
     expect(again.stdout).toMatch(new RegExp(`^run ${runId}: validation accuracy`, 'm'));
   });
 
+  it('a run whose only train worker hangs: train --follow says its lock ran out and gives up, where it waited for ever', async () => {
+    const runId = 'hung-mid-run';
+    expect((await runCli(['train', '-d', 'shapes', '--epochs', '10000', '--patience', '0', '--run-id', runId, '--no-wait'], stack.env)).code).toBe(0);
+    let holder: string | undefined;
+    const deadline = Date.now() + 60_000;
+    while (!holder) {
+      if (Date.now() > deadline) throw new Error('the run never started');
+      const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
+      if (job?.processedBy && ((job.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 1) holder = job.processedBy;
+      else await new Promise((r) => setTimeout(r, 50));
+    }
+    // stopped: its connection stays open, so it is still a connected train worker
+    expect(stack.supervisor.signal('train', 1, 'SIGSTOP')).toBe(true);
+    try {
+      const r = await runCli(['train', '--follow', runId, '--stall-timeout', '3'], stack.env, 90_000);
+      expect(r.timedOut).toBe(false);
+      expect(r.code).toBe(4);
+      expect(r.stderr).toContain(`run ${runId} has not moved for 3 s: its train worker (${holder}) stopped renewing its lock (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?), and no other train worker is connected to take it up: restart it`);
+    } finally {
+      stack.supervisor.signal('train', 1, 'SIGCONT');
+    }
+    // woken, the run is stopped as any other, and the worker is free for the next
+    expect((await runCli(['train', '--cancel', runId], stack.env, 150_000)).code).toBe(0);
+  }, 240_000);
+
   it('a run whose train worker is killed: train says the worker is gone, which worker takes it up again, and ends with the report', async () => {
     // Last in this file: the killed run's lock (TL_TRAIN_JOB_LOCK_MS) holds the train worker's slot until it runs out.
     const runId = 'killed-mid-run';

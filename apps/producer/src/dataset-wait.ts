@@ -1,4 +1,4 @@
-import { isRedisUnavailable, relistCommand, redactUrl, sleep, type DatasetStatus } from '@transferline/shared';
+import { isRedisUnavailable, relistCommand, redactUrl, sleep, unlockedActiveJobs, type DatasetStatus } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -120,7 +120,7 @@ export function pollDelayMs(total: number, tookMs: number): number {
 async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string): Promise<string | undefined> {
   const reasons = [
     await stageBlocked(ctx, 'preprocess', s.pendingByStage.preprocess, ctx.queues.preprocess, () => ctx.queues.preprocess.getWorkersCount(), 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)'),
-    await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), `no embed worker of ${space} is live (start one with that space's settings)`),
+    await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), () => noEmbedWorker(ctx, space)),
   ].filter((r): r is string => r !== undefined);
   if (s.orphaned > 0 && s.pending === 0) {
     reasons.push(`${s.orphaned} images have lost their jobs (Redis lost them, or they were removed): ${relistCommand(s.dataset)} to re-enqueue them`);
@@ -131,16 +131,51 @@ async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string): Pro
 /**
  * Why a stage with `waiting` images moves none of them, if it does not: its queue is paused (the
  * console's queue board pauses; connected workers then hold nothing), it has no worker
- * (`workers` counts them), or every one of them is paused by an outage.
+ * (`workers` counts them), every one of them is paused by an outage, or those connected move
+ * nothing (movesNothing: hung).
  */
-async function stageBlocked(ctx: CliContext, stage: string, waiting: number, queue: Pick<Queue, 'name' | 'isPaused'>, workers: () => Promise<number>, none: string): Promise<string | undefined> {
+async function stageBlocked(ctx: CliContext, stage: string, waiting: number, queue: Pick<Queue, 'name' | 'isPaused' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts'>, workers: () => Promise<number>, none: string | (() => Promise<string>)): Promise<string | undefined> {
   if (waiting === 0) return undefined;
   const what = `${waiting} images wait for ${stage} and`;
   if (await queue.isPaused()) return `${what} the ${queue.name} queue is paused (resume it: the console's queue board)`;
   const live = await workers();
-  if (live === 0) return `${what} ${none}`;
-  const paused = await allPaused(ctx, queue.name, live);
-  return paused && `${what} ${paused}`;
+  if (live === 0) return `${what} ${typeof none === 'string' ? none : await none()}`;
+  const blocked = (await allPaused(ctx, queue.name, live)) ?? (await movesNothing(ctx, queue));
+  return blocked && `${what} ${blocked}`;
+}
+
+/** How `up` and a Kubernetes liveness probe deal with a worker that hangs: said where one did. */
+export const RESTARTED_BY = 'up restarts it by itself once its /healthz has gone unanswered for TL_UP_HANG_SECONDS';
+
+/**
+ * When a queue's connected workers move nothing (and nothing moved for the stall timeout), what
+ * to tell the user: every job they hold has lost its lock (the worker holding them stopped
+ * renewing it, and no other took them up: a live one does within its stalled-job interval, a
+ * few seconds), or they hold none while jobs wait (a worker that can take work takes it at once).
+ * Either way the worker is hung: SIGSTOPped, its event loop blocked, or cut off from Redis; its
+ * connection, still open, counts it as connected. Jobs held back by backpressure keep their locks;
+ * delayed ones (backoff) do not wait.
+ */
+async function movesNothing(ctx: CliContext, queue: Pick<Queue, 'name' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts'>): Promise<string | undefined> {
+  const hung = '(hung: SIGSTOPped, its event loop blocked, or cut off from Redis?)';
+  const { active, unlocked } = await unlockedActiveJobs(ctx.services.redis, queue);
+  if (active === 0) {
+    const c = await queue.getJobCounts('waiting', 'prioritized');
+    const n = (c.waiting ?? 0) + (c.prioritized ?? 0);
+    return n ? `its connected workers take none of the ${n} jobs waiting in ${queue.name} ${hung}; restart them (${RESTARTED_BY}), or start another` : undefined;
+  }
+  if (unlocked.length < active) return undefined;
+  const holder = (await queue.getJob(unlocked[0]!))?.processedBy;
+  const [them, it] = active === 1 ? ['the job', 'it'] : [`all ${active} jobs`, 'them'];
+  return `${them} its workers hold lost ${active === 1 ? 'its lock' : 'their locks'}: ${holder ? `worker ${holder}` : 'their worker'} stopped renewing ${it} ${hung}, and no other worker took ${it} up; restart it (${RESTARTED_BY}), or start another`;
+}
+
+/** Why no embed worker of `space` is live, naming the last one that beat if one did (the newest silent one). */
+async function noEmbedWorker(ctx: CliContext, space: string): Promise<string> {
+  const none = `no embed worker of ${space} is live`;
+  const [last] = await ctx.services.spaces.silentWorkers(space).catch(() => []);
+  if (!last) return `${none} (start one with that space's settings)`;
+  return `${none}: its worker ${last.worker.workerId} last beat ${Math.round(last.silentMs / 1000)} s ago (stopped, hung, or cut off from Redis?); restart it (${RESTARTED_BY}), or start one with that space's settings`;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { Job, QueueEvents, type Queue } from 'bullmq';
-import { JOBS, execPipeline, jobLock, permanentFailureOf, sleep, type JobName, type Redis } from '@transferline/shared';
+import { JOBS, execPipeline, jobLock, permanentFailureOf, sleep, unlockedActiveJobs, type JobName, type Redis } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
-import { allPaused, redisOutage } from './dataset-wait.js';
+import { allPaused, redisOutage, RESTARTED_BY } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
 
 export interface FollowOptions {
@@ -91,8 +91,8 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
  *
  * Rejects when nothing can move the job, or on Ctrl-C. Nothing can
  * move it when, for `stallSeconds`: no worker of its queue is connected (whether the job waits,
- * or is active in a worker that is gone: only a live worker moves a stalled job back), or its
- * queue is paused. A job that is gone from the queue (removed, or Redis lost it) ends the wait at
+ * or is active in a worker that is gone: only a live worker moves a stalled job back), its
+ * queue is paused, or it is active in a worker that hung (lockLost) with no other to take it up. A job that is gone from the queue (removed, or Redis lost it) ends the wait at
  * once. Redis going away is waited out, as the dataset wait does.
  */
 async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, queued: QueueWatch, stop: AbortSignal): Promise<R> {
@@ -131,7 +131,10 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
       else if (pending) {
         const workers = await queue.getWorkers();
         const connected = workers.length;
-        if (state === 'active' && connected > 0) await holder.check(queue, workers);
+        if (state === 'active' && connected > 0) {
+          await holder.check(queue, workers);
+          why = await lockLost(ctx, queue, job.id!, workers, o.role);
+        }
         await queued.check(queue, state, connected);
         if (connected === 0) {
           why =
@@ -157,6 +160,21 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
     stuckSince ??= Date.now();
     if (Date.now() - stuckSince > o.stallSeconds * 1000) throw new CliExit(EXIT.stalled, `${o.what} has not moved for ${o.stallSeconds} s: ${why}`);
   }
+}
+
+/**
+ * Why nothing will move an active job whose lock has run out while its worker's connection stays
+ * open (hung: SIGSTOPped, its event loop blocked, cut off from Redis), when no other worker of the
+ * queue is connected to take it up (one that is does, within its stalled-job interval).
+ */
+async function lockLost(ctx: CliContext, queue: Queue, jobId: string, workers: Record<string, string>[], role: string): Promise<string | undefined> {
+  const { unlocked } = await unlockedActiveJobs(ctx.services.redis, queue);
+  if (!unlocked.includes(jobId)) return undefined;
+  const holder = (await queue.getJob(jobId))?.processedBy;
+  // BullMQ lists every worker under the queue's name; `rawname` is its connection's own name
+  const others = holder && workers.some((w) => w.rawname) ? workers.filter((w) => !w.rawname?.endsWith(`:w:${holder}`)).length : workers.length - 1;
+  if (others > 0) return undefined;
+  return `its ${role} worker${holder ? ` (${holder})` : ''} stopped renewing its lock (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?), and no other ${role} worker is connected to take it up: restart it (${RESTARTED_BY}), or start another`;
 }
 
 /** The followed job failed: its reason, thrown as the completion event's failure would be. */

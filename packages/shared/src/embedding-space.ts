@@ -96,6 +96,10 @@ const LIVE = new RedisScript('tlLiveEmbedWorkers', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')`, 1);
+const SILENT = new RedisScript('tlSilentEmbedWorkers', `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return { now, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])), 'WITHSCORES') }`, 1);
 /** How long ago (ms, Redis clock) the first heartbeat the spaces hash holds was written; -1 when it holds none. */
 const REGISTRY_AGE = new RedisScript('tlSpacesAge', `
 local since = redis.call('HGET', KEYS[1], ARGV[1])
@@ -149,6 +153,24 @@ export class SpaceRegistry {
     if (ids.length === 0) return [];
     const raw = await this.redis.hmget(this.keys.embedWorkerInfo(), ...ids);
     return raw.flatMap((r) => (r === null ? [] : [parseDocument(EmbedWorkerInfo, JSON.parse(r), 'an embed worker heartbeat')]));
+  }
+
+  /**
+   * Workers of one space that beat once and have stopped (killed, SIGSTOPped, blocked, or cut off
+   * from Redis), with how long ago they last beat: kept until a live worker's beat clears them
+   * (four TTLs), or for ever while none beats.
+   */
+  async silentWorkers(spaceId: string): Promise<{ worker: EmbedWorkerInfo; silentMs: number }[]> {
+    const [now, flat] = (await SILENT.run(this.redis, [this.keys.embedWorkers()], [this.ttlMs])) as [number, string[]];
+    const beats = new Map<string, number>();
+    for (let i = 0; i + 1 < flat.length; i += 2) beats.set(flat[i]!, Number(flat[i + 1]));
+    if (beats.size === 0) return [];
+    const raw = await this.redis.hmget(this.keys.embedWorkerInfo(), ...beats.keys());
+    return raw
+      .flatMap((r) => (r === null ? [] : [parseDocument(EmbedWorkerInfo, JSON.parse(r), 'an embed worker heartbeat')]))
+      .filter((w) => w.space === spaceId)
+      .map((worker) => ({ worker, silentMs: now - beats.get(worker.workerId)! }))
+      .sort((a, b) => a.silentMs - b.silentMs);
   }
 
   /** Live workers of one space. */

@@ -6,6 +6,7 @@ import { JOBS, jobLock, jobOptions, queueName, type JobLocks, type JobName, type
 import { PROCESS_NAME } from './lifecycle.js';
 import type { Logger } from './logger.js';
 import { redisKeys } from './keys.js';
+import { RedisScript } from './redis.client.js';
 import type { Metrics } from './metrics.js';
 import { PausedWorkers } from './paused-workers.js';
 
@@ -373,4 +374,25 @@ const LOST_CONNECTION = new RegExp(`${CONNECTION_CODE_PATTERN}|Connection is clo
 /** Errors of a lost Redis connection, which the connection's own listener reports once. */
 export function isConnectionError(err: Error): boolean {
   return isConnectionCode((err as NodeJS.ErrnoException).code) || LOST_CONNECTION.test(err.message);
+}
+
+const UNLOCKED_ACTIVE = new RedisScript('tlUnlockedActive', `
+local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local unlocked = {}
+for _, id in ipairs(ids) do
+  if redis.call('EXISTS', KEYS[2] .. id .. ':lock') == 0 then table.insert(unlocked, id) end
+end
+return { #ids, unlocked }`, 2);
+
+/**
+ * Of a queue's active jobs (the first `limit`), those whose lock has run out: the worker holding
+ * them stopped renewing it (SIGSTOPped, its event loop blocked, cut off from Redis, or killed)
+ * and no worker's stalled-job check has moved them back yet. Its connection may still be open,
+ * so BullMQ counts it as a connected worker: a wait that trusted that count would wait for ever on
+ * a hung one. Read in one script, so a job that ends meanwhile (its lock deleted with it) is not
+ * taken for one that lost it.
+ */
+export async function unlockedActiveJobs(redis: Redis, queue: Pick<Queue, 'keys' | 'toKey'>, limit = 1_000): Promise<{ active: number; unlocked: string[] }> {
+  const [active, unlocked] = (await UNLOCKED_ACTIVE.run(redis, [queue.keys.active!, queue.toKey('')], [limit])) as [number, string[]];
+  return { active, unlocked };
 }
