@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { startEmbedRole } from '../apps/feature-worker/src/embed.worker.js';
@@ -92,6 +93,15 @@ describe('an embed worker with two streams on two threads', () => {
       /^TL_EMBED_STREAMS=3 is more than the 2 threads this embed process has \(TL_EMBED_THREADS\): each stream needs a thread of its own; set TL_EMBED_STREAMS=2 or fewer, or leave it unset$/,
     );
   });
+
+  it('warns when TL_EMBED_THREADS is more than the cores, and runs', async () => {
+    const warned: string[] = [];
+    const capture = pino({ level: 'warn' }, { write: (line: string) => void warned.push((JSON.parse(line) as { msg: string }).msg) });
+    const cores = os.availableParallelism();
+    const role = await startEmbedRole(withEmbed({ threads: cores + 1, streams: 1 }), capture);
+    await role.stop();
+    expect(warned).toContain(`TL_EMBED_THREADS=${cores + 1} is more than the ${cores} core${cores > 1 ? 's' : ''} of this machine: the threads take turns on them, and each forward pass runs slower than on ${cores}; set TL_EMBED_THREADS=${cores} or fewer, or leave it unset`);
+  }, 120_000);
 
   it('up refuses more streams than the threads it gives each embed process, before it starts anything', async () => {
     const dataDir = await mkdtemp(path.join(os.tmpdir(), 'tl-streams-up-'));

@@ -3,7 +3,9 @@ import {
   createServices,
   createQueues,
   EMBED_STREAMS_NAMED,
+  EMBED_THREADS_NAMED,
   forwardParallelism,
+  threadsOverCores,
   startS3Guard,
   exportQueueDepths,
   jobIds,
@@ -37,6 +39,8 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     { threads: Math.max(1, os.availableParallelism()), from: 'TL_EMBED_THREADS, by default the cores' },
     { ...EMBED_STREAMS_NAMED, of: 'this embed process has' },
   );
+  const over = threadsOverCores(config.embed.threads, os.availableParallelism(), EMBED_THREADS_NAMED);
+  if (over) log.warn(over);
   const metrics = createMetrics('embed');
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, defaultPreprocessConcurrency, loadConfig, stackSettings } from './config.js';
+import { ConfigError, defaultPreprocessConcurrency, loadConfig, stackSettings, threadsOverCores } from './config.js';
 
 describe('loadConfig', () => {
   it('has defaults that work on one machine', () => {
@@ -104,3 +104,17 @@ describe('stackSettings: what up tells another shell to export', () => {
     ]);
   });
 });
+
+describe('threadsOverCores: a warning when the threads set outnumber the cores', () => {
+  const named = (n: number) => `TL_EMBED_THREADS=${n}`;
+  it('says nothing when the threads fit, or were not set', () => {
+    expect(threadsOverCores(undefined, 2, named)).toBeUndefined();
+    expect(threadsOverCores(2, 2, named)).toBeUndefined();
+    expect(threadsOverCores(1, 2, named, 2)).toBeUndefined();
+  });
+  it('names the setting, the cores, and what fits, for one process or several', () => {
+    expect(threadsOverCores(4, 2, named)).toBe('TL_EMBED_THREADS=4 is more than the 2 cores of this machine: the threads take turns on them, and each forward pass runs slower than on 2; set TL_EMBED_THREADS=2 or fewer, or leave it unset');
+    expect(threadsOverCores(2, 2, named, 2)).toBe('TL_EMBED_THREADS=2 for each of 2 embed processes is more than the 2 cores of this machine: the threads take turns on them, and each forward pass runs slower than on 1; set TL_EMBED_THREADS=1, or leave it unset');
+  });
+});
+

@@ -64,8 +64,24 @@ export function forwardParallelism(
   return { threads, streams };
 }
 
+/**
+ * A warning when the ONNX Runtime threads set for the processes that run the model on this machine
+ * (`processes` of `threads` each) outnumber its `cores`: the threads take turns on the cores, and
+ * each pass runs slower than on fewer threads. Undefined when they fit, or were not set.
+ */
+export function threadsOverCores(set: number | undefined, cores: number, named: (n: number) => string, processes = 1): string | undefined {
+  if (set === undefined || set * processes <= cores) return undefined;
+  const fit = Math.max(1, Math.floor(cores / processes));
+  return (
+    `${named(set)}${processes > 1 ? ` for each of ${processes} embed processes` : ''} is more than the ${cores} core${cores > 1 ? 's' : ''} of this machine: ` +
+    `the threads take turns on them, and each forward pass runs slower than on ${fit}; set ${named(fit)}${processes > 1 ? '' : ' or fewer'}, or leave it unset`
+  );
+}
+
 /** The words of forwardParallelism for an embed process's settings. */
 export const EMBED_STREAMS_NAMED = { streams: (n: number) => `TL_EMBED_STREAMS=${n}`, threads: 'TL_EMBED_THREADS' } as const;
+/** An embed process's threads setting, as threadsOverCores words it. */
+export const EMBED_THREADS_NAMED = (n: number) => `TL_EMBED_THREADS=${n}`;
 
 /** Every environment variable transferline reads, with a default that works on one machine. */
 const EnvSchema = z.object({

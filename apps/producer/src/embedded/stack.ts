@@ -11,6 +11,8 @@ import {
   createRedis,
   EMBED_STREAMS_NAMED,
   forwardParallelism,
+  threadsOverCores,
+  EMBED_THREADS_NAMED,
   exportQueueDepths,
   loadConfig,
   pingRedis,
@@ -112,6 +114,8 @@ export async function startStack(
         },
         { ...EMBED_STREAMS_NAMED, of: 'each embed process has', ...(embedProcesses > 1 && initial.embed.threads === undefined && { orElse: 'or start fewer --embed-workers' }) },
       );
+      const over = threadsOverCores(initial.embed.threads, cores, EMBED_THREADS_NAMED, embedProcesses);
+      if (over) onEvent(`warning: ${over}`);
       env.TL_EMBED_THREADS ??= String(threads);
     }
     const logDir = path.join(initial.dataDir, 'logs');

@@ -9,7 +9,7 @@ import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
 import { prepareImage, type ResizePolicy } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
-import { BucketNotFoundError, createServeMetrics, forwardParallelism, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
+import { BucketNotFoundError, createServeMetrics, forwardParallelism, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
 import { BudgetWaitError, ByteBudget, HeldBody, type ByteHold } from './byte-budget.js';
@@ -209,6 +209,8 @@ export async function startClassifierServer(
   const cfg = ctx.config.serve;
   const metrics = createServeMetrics();
   const { threads, streams } = forwardParallelism(o, { threads: Math.max(1, os.availableParallelism()), from: '--threads, by default the cores' }, { streams: (n) => `--streams ${n}`, threads: '--threads', of: 'serve has' });
+  const over = threadsOverCores(o.threads, os.availableParallelism(), (n) => `--threads ${n}`);
+  if (over) o.log.warn(over);
   const load = async () => ServedModel.start(await loadClassifierModel(ctx, o.model), { threads, streams, batchSize: cfg.batchSize, batchWaitMs: cfg.batchWaitMs, metrics }, o.log);
   // The port first: one in use is said at once, not after the model has loaded. Until it has,
   // every request (/healthz too: not ready yet) is answered 503.
