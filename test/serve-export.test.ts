@@ -464,6 +464,13 @@ describe('transferline serve, guarded', () => {
     expect(cli.code).toBe(1);
     expect(cli.stderr).toContain('--streams 3 is more than the 2 threads serve has (--threads): each stream needs a thread of its own; set --streams 2 or fewer, or leave it unset');
     expect(cli.stdout).not.toMatch(/loading/);
+    // set in its environment (a container's CPU limit is not seen as cores): named as such
+    const env = await runCli(['serve', '-m', 'shapes', '--port', String(port)], { ...stack.env, TL_SERVE_THREADS: '1', TL_SERVE_STREAMS: '2' }, 60_000);
+    expect(env.code).toBe(1);
+    expect(env.stderr).toContain('TL_SERVE_STREAMS=2 is more than the 1 thread serve has (TL_SERVE_THREADS): each stream needs a thread of its own; set TL_SERVE_STREAMS=1, or leave it unset');
+    // the flags win over them
+    const flags = await runCli(['serve', '-m', 'shapes', '--port', String(port), '--threads', '2', '--streams', '3'], { ...stack.env, TL_SERVE_THREADS: '8', TL_SERVE_STREAMS: '1' }, 60_000);
+    expect(flags.stderr).toContain('--streams 3 is more than the 2 threads serve has (--threads)');
   });
 
   it('a model that fails to load: says why at once, and closes the connections made while it loaded', async () => {

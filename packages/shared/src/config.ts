@@ -122,6 +122,8 @@ const EnvSchema = z.object({
     TL_SERVE_MAX_BYTES: z.coerce.number().int().min(1).default(256 * 1024 * 1024),
     TL_SERVE_BATCH_SIZE: z.coerce.number().int().min(1).max(256).default(32),
     TL_SERVE_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(1000).default(5),
+    TL_SERVE_THREADS: z.coerce.number().int().min(1).optional(),
+    TL_SERVE_STREAMS: z.coerce.number().int().min(1).optional(),
     TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(8_000),
     TL_TRAIN_JOB_LOCK_MS: z.coerce.number().int().min(5_000).optional(),
     TL_RETRY_BACKOFF_SCALE: z.coerce.number().min(0.01).max(100).default(1),
@@ -201,6 +203,9 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
       maxBytes: env.TL_SERVE_MAX_BYTES,
       batchSize: env.TL_SERVE_BATCH_SIZE,
       batchWaitMs: env.TL_SERVE_BATCH_WAIT_MS,
+      /** ONNX Runtime threads and forward passes at once, when --threads and --streams are not given (a container's CPU limit is not seen as cores) */
+      threads: env.TL_SERVE_THREADS,
+      streams: env.TL_SERVE_STREAMS,
     },
     logLevel: env.TL_LOG_LEVEL,
     /**
@@ -325,6 +330,8 @@ const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
   TL_SERVE_MAX_BYTES: 'process',
   TL_SERVE_BATCH_SIZE: 'process',
   TL_SERVE_BATCH_WAIT_MS: 'process',
+  TL_SERVE_THREADS: 'process',
+  TL_SERVE_STREAMS: 'process',
   TL_JOB_LOCK_MS: 'stack',
   TL_TRAIN_JOB_LOCK_MS: 'stack',
   TL_RETRY_BACKOFF_SCALE: 'stack',

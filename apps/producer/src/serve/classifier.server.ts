@@ -208,8 +208,12 @@ export async function startClassifierServer(
 ): Promise<ClassifierServer> {
   const cfg = ctx.config.serve;
   const metrics = createServeMetrics();
-  const { threads, streams } = forwardParallelism(o, { threads: Math.max(1, os.availableParallelism()), from: '--threads, by default the cores' }, { streams: (n) => `--streams ${n}`, threads: '--threads', of: 'serve has' });
-  const over = threadsOverCores(o.threads, os.availableParallelism(), (n) => `--threads ${n}`);
+  // the flags, else TL_SERVE_THREADS and TL_SERVE_STREAMS; a refusal or a warning names the one given
+  const set = { threads: o.threads ?? cfg.threads, streams: o.streams ?? cfg.streams };
+  const threadsNamed = o.threads === undefined && cfg.threads !== undefined ? 'TL_SERVE_THREADS' : '--threads';
+  const streamsNamed = (n: number) => (o.streams === undefined && cfg.streams !== undefined ? `TL_SERVE_STREAMS=${n}` : `--streams ${n}`);
+  const { threads, streams } = forwardParallelism(set, { threads: Math.max(1, os.availableParallelism()), from: '--threads, by default the cores' }, { streams: streamsNamed, threads: threadsNamed, of: 'serve has' });
+  const over = threadsOverCores(set.threads, os.availableParallelism(), (n) => (threadsNamed === '--threads' ? `--threads ${n}` : `TL_SERVE_THREADS=${n}`));
   if (over) o.log.warn(over);
   const load = async () => ServedModel.start(await loadClassifierModel(ctx, o.model), { threads, streams, batchSize: cfg.batchSize, batchWaitMs: cfg.batchWaitMs, metrics }, o.log);
   // The port first: one in use is said at once, not after the model has loaded. Until it has,
