@@ -1,4 +1,4 @@
-import { isRedisUnavailable, relistCommand, redactUrl, sleep, unlockedActiveJobs, type DatasetStatus } from '@transferline/shared';
+import { isRedisUnavailable, jobLock, relistCommand, redactUrl, sleep, unlockedActiveJobs, type DatasetStatus } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -58,6 +58,8 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
   let lastDone = -1;
   let lastChange = Date.now();
   let hinted = false;
+  // since when each stage's connected workers were first seen moving nothing (movesNothing)
+  const hungSince = new Map<string, number>();
 
   /** One look at the dataset: its status when the wait is over, undefined to go on waiting. */
   const look = async (): Promise<DatasetStatus | undefined> => {
@@ -77,7 +79,7 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
       lastDone = done;
       lastChange = Date.now();
     } else if (Date.now() - lastChange > o.stallSeconds * 1000) {
-      const why = await whyStalled(ctx, s, o.space);
+      const why = await whyStalled(ctx, s, o.space, hungSince);
       if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
       if (!hinted) {
         hinted = true;
@@ -117,10 +119,10 @@ export function pollDelayMs(total: number, tookMs: number): number {
 }
 
 /** What keeps the remaining items from moving, if anything (undefined when workers are there to move them). */
-async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string): Promise<string | undefined> {
+async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string, hungSince: Map<string, number>): Promise<string | undefined> {
   const reasons = [
-    await stageBlocked(ctx, 'preprocess', s.pendingByStage.preprocess, ctx.queues.preprocess, () => ctx.queues.preprocess.getWorkersCount(), 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)'),
-    await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), () => noEmbedWorker(ctx, space)),
+    await stageBlocked(ctx, 'preprocess', s.pendingByStage.preprocess, ctx.queues.preprocess, () => ctx.queues.preprocess.getWorkersCount(), 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)', hungSince),
+    await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), () => noEmbedWorker(ctx, space), hungSince),
   ].filter((r): r is string => r !== undefined);
   if (s.orphaned > 0 && s.pending === 0) {
     reasons.push(`${s.orphaned} images have lost their jobs (Redis lost them, or they were removed): ${relistCommand(s.dataset)} to re-enqueue them`);
@@ -134,14 +136,32 @@ async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string): Pro
  * (`workers` counts them), every one of them is paused by an outage, or those connected move
  * nothing (movesNothing: hung).
  */
-async function stageBlocked(ctx: CliContext, stage: string, waiting: number, queue: Pick<Queue, 'name' | 'isPaused' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts'>, workers: () => Promise<number>, none: string | (() => Promise<string>)): Promise<string | undefined> {
+async function stageBlocked(
+  ctx: CliContext,
+  stage: 'preprocess' | 'embed',
+  waiting: number,
+  queue: Pick<Queue, 'name' | 'isPaused' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts'>,
+  workers: () => Promise<number>,
+  none: string | (() => Promise<string>),
+  hungSince: Map<string, number>,
+): Promise<string | undefined> {
   if (waiting === 0) return undefined;
   const what = `${waiting} images wait for ${stage} and`;
   if (await queue.isPaused()) return `${what} the ${queue.name} queue is paused (resume it: the console's queue board)`;
   const live = await workers();
   if (live === 0) return `${what} ${typeof none === 'string' ? none : await none()}`;
-  const blocked = (await allPaused(ctx, queue.name, live)) ?? (await movesNothing(ctx, queue));
-  return blocked && `${what} ${blocked}`;
+  const paused = await allPaused(ctx, queue.name, live);
+  if (paused) return `${what} ${paused}`;
+  const hung = await movesNothing(ctx, queue);
+  if (!hung) {
+    hungSince.delete(stage);
+    return undefined;
+  }
+  // A worker alive but slow to renew (its event loop busy) loses a lock too; its own stalled-job
+  // check then moves the job back within two intervals: only a state that outlasts them is a hang.
+  const since = hungSince.get(stage) ?? Date.now();
+  hungSince.set(stage, since);
+  return Date.now() - since >= 2 * jobLock(stage, ctx.config).stalledIntervalMs ? `${what} ${hung}` : undefined;
 }
 
 /** How `up` and a Kubernetes liveness probe deal with a worker that hangs: said where one did. */

@@ -100,6 +100,8 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
   let stuckSince: number | undefined;
   let goneOnce = false;
   const holder = holderWatch(ctx, job, o);
+  // since when the job's lock was first seen lost (lockLost)
+  const lapsed: { since?: number } = {};
   // (the first look at once: the job may have ended already)
   for (let look = 0; ; look++) {
     if (look > 0) await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
@@ -133,7 +135,7 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
         const connected = workers.length;
         if (state === 'active' && connected > 0) {
           await holder.check(queue, workers);
-          why = await lockLost(ctx, queue, job.id!, workers, o.role);
+          why = await lockLost(ctx, queue, job, workers, o.role, lapsed);
         }
         await queued.check(queue, state, connected);
         if (connected === 0) {
@@ -167,9 +169,18 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
  * open (hung: SIGSTOPped, its event loop blocked, cut off from Redis), when no other worker of the
  * queue is connected to take it up (one that is does, within its stalled-job interval).
  */
-async function lockLost(ctx: CliContext, queue: Queue, jobId: string, workers: Record<string, string>[], role: string): Promise<string | undefined> {
+async function lockLost(ctx: CliContext, queue: Queue, job: Job, workers: Record<string, string>[], role: string, lapsed: { since?: number }): Promise<string | undefined> {
+  const jobId = job.id!;
   const { unlocked } = await unlockedActiveJobs(ctx.services.redis, queue);
-  if (!unlocked.includes(jobId)) return undefined;
+  if (!unlocked.includes(jobId)) {
+    delete lapsed.since;
+    return undefined;
+  }
+  // A worker alive but slow to renew (TF.js holding its event loop) loses the lock too; its own
+  // stalled-job check then moves the job back within two intervals: only a loss that outlasts them is a hang.
+  lapsed.since ??= Date.now();
+  const lock = job.name in JOBS ? jobLock(job.name as JobName, ctx.config) : undefined;
+  if (lock && Date.now() - lapsed.since < 2 * lock.stalledIntervalMs) return undefined;
   const holder = (await queue.getJob(jobId))?.processedBy;
   // BullMQ lists every worker under the queue's name; `rawname` is its connection's own name
   const others = holder && workers.some((w) => w.rawname) ? workers.filter((w) => !w.rawname?.endsWith(`:w:${holder}`)).length : workers.length - 1;
