@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createRedis, redisKeys, SpaceRegistry } from '../packages/shared/src/index.js';
@@ -69,6 +70,31 @@ describe('what a user sees when something is wrong', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('S3 that accepts connections and never answers: a command gives up and says so, where it waited for ever', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-muteS3-'));
+    const server = await startEmbeddedRedis({ directory: path.join(dir, 'redis'), port: 0, persist: false });
+    // a server that takes every connection and answers nothing (a SIGSTOPped or wedged S3)
+    const held: net.Socket[] = [];
+    const mute = net.createServer((socket) => void held.push(socket));
+    await new Promise<void>((resolve) => mute.listen(0, '127.0.0.1', resolve));
+    const endpoint = `http://127.0.0.1:${(mute.address() as net.AddressInfo).port}`;
+    try {
+      const env = { ...baseEnv, REDIS_URL: server.url, S3_ENDPOINT: endpoint, TL_S3_IDLE_TIMEOUT_MS: '1000' };
+      const models = await runCli(['models'], env, 60_000);
+      expect(models.timedOut).toBe(false);
+      expect(models.code).toBe(1);
+      expect(models.stderr).toBe(`transferline: cannot reach S3 at ${endpoint}: it did not answer in time (a server that accepts connections but never answers is stopped or wedged). Is it running? (set S3_ENDPOINT or TL_S3_PORT, or run "transferline up")\n`);
+      const status = await runCli(['status'], env, 60_000);
+      expect({ timedOut: status.timedOut, code: status.code }).toEqual({ timedOut: false, code: 0 });
+      expect(status.stdout).toContain(`warning: cannot read s3://transferline/, so whether Redis lost data is not checked: cannot reach S3 at ${endpoint}: it did not answer in time`);
+    } finally {
+      for (const socket of held) socket.destroy();
+      await new Promise((resolve) => mute.close(resolve));
+      await server.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 
   describe('against a stack of Redis and S3 alone', () => {
     const file = stackForFile({}, NO_WORKERS);

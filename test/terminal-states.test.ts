@@ -32,7 +32,8 @@ beforeAll(async () => {
   faulty = await startFaultyS3();
   proxy = faulty.proxy;
   // retries 10× sooner than by default: what is tested is where they end, not how long they wait
-  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', S3_ENDPOINT: proxy.url, TL_RETRY_BACKOFF_SCALE: String(BACKOFF_SCALE) });
+  // and a request S3 does not answer is given up after 3 s without a byte (30 by default)
+  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', S3_ENDPOINT: proxy.url, TL_RETRY_BACKOFF_SCALE: String(BACKOFF_SCALE), TL_S3_IDLE_TIMEOUT_MS: '3000' });
   ctx = await openCliContext(stack.config, sink);
   await ctx.services.store.ensureBucket(photos);
   for (const kind of KINDS) for (let i = 0; i < 6; i++) await ctx.services.store.putObject(photos, `train/${kind}/${i}.jpg`, await renderSample(kind, i, 17));
@@ -44,6 +45,15 @@ afterAll(async () => {
 });
 
 const cli = (args: string[], deadlineMs = 120_000) => runCli(args, stack.env, deadlineMs);
+
+/** Until the preprocess worker is connected: a test that stops it must find it started. */
+async function preprocessConnected(): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while ((await ctx.queues.preprocess.getWorkersCount()) === 0) {
+    if (Date.now() > deadline) throw new Error('the preprocess worker never connected');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 describe('transient faults that outlast the attempts', () => {
   it('end the item failed with attempts-exhausted (exit 3); retry, and re-ingest, embed it once the fault clears', async () => {
@@ -168,6 +178,34 @@ describe('an S3 outage longer than the retries would last', () => {
   }, 180_000);
 });
 
+describe('an S3 that takes connections and never answers (stopped, wedged)', () => {
+  it('is an outage: the workers give its requests up, pause and say so, and a wait ends, where all of them waited for ever', async () => {
+    await preprocessConnected();
+    stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
+    try {
+      for (let i = 0; i < 2; i++) await ctx.services.store.putObject(photos, `mute/${KINDS[i]}/${i}.jpg`, await renderSample(KINDS[i]!, 320 + i, 8));
+      expect((await cli(['ingest', `s3://${photos}/mute/`, '-d', 'mute', '--no-wait'])).stdout).toMatch(/2 enqueued/);
+      proxy.inject('', { kind: 'mute' }); // every request to S3 is taken and never answered
+    } finally {
+      stack.supervisor.signal('preprocess', 1, 'SIGCONT');
+    }
+    try {
+      // a command on a machine whose S3 answers: told why nothing moves, and ended
+      const direct = { ...stack.env, S3_ENDPOINT: faulty!.s3.endpoint };
+      const waiting = await runCli(['train', '-d', 'mute', '--stall-timeout', '3'], direct, 150_000);
+      expect(waiting.timedOut).toBe(false);
+      expect(waiting.code).toBe(4);
+      expect(waiting.stderr).toMatch(/no progress for 3 s: 2 images wait for preprocess and its worker is paused: S3 at \S+ is unreachable/);
+      expect((await scrape(stack.ports.preprocess)).get('tl_dependency_up{dependency="s3"}')).toBe(0);
+    } finally {
+      proxy.heal();
+    }
+    const done = await cli(['ingest', `s3://${photos}/mute/`, '-d', 'mute']);
+    expect(done.code).toBe(0);
+    expect(done.stdout).toMatch(/dataset mute: 2 images, 2 embedded .*, 0 failed, 0 pending/);
+  }, 240_000);
+});
+
 describe('lost jobs', () => {
   it('an item whose job was removed from Redis shows as orphaned, and a re-ingest enqueues it again', async () => {
     // preprocess is held back so the jobs wait; one of them is removed by hand
@@ -276,11 +314,7 @@ describe('a command never waits for ever', () => {
   it('ingest whose only preprocess worker hangs says it moves nothing and exits 4, though it is connected', async () => {
     // hung before it took any of them: connected (its connection stays open), taking none
     await ctx.services.store.putObject(photos, 'hung/circle/a.jpg', await renderSample('circle', 85, 3));
-    const started = Date.now() + 60_000;
-    while ((await ctx.queues.preprocess.getWorkersCount()) === 0) {
-      if (Date.now() > started) throw new Error('the preprocess worker never connected');
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await preprocessConnected();
     stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
     try {
       const r = await cli(['ingest', `s3://${photos}/hung/`, '-d', 'hung', '--stall-timeout', '3'], 90_000);

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { startEmbeddedS3, type EmbeddedS3 } from '../../apps/producer/src/embedded/s3.server.js';
 
 /** What the proxy does to a request it would otherwise pass on. */
-export type Fault = { kind: 'status'; status: number } | { kind: 'slow'; ms: number } | { kind: 'drop' };
+export type Fault = { kind: 'status'; status: number } | { kind: 'slow'; ms: number } | { kind: 'drop' } | { kind: 'mute' };
 
 /**
  * A small fault-injecting HTTP proxy in front of an S3-compatible server, for tests that play a
@@ -46,6 +46,11 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     hits.set(match, (hits.get(match) ?? 0) + 1);
     if (fault.kind === 'drop') {
       req.socket.destroy();
+      return;
+    }
+    if (fault.kind === 'mute') {
+      // taken, and never answered: a server that is stopped or wedged (the client gives up)
+      req.resume();
       return;
     }
     if (fault.kind === 'slow') {

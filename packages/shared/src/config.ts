@@ -101,6 +101,7 @@ const EnvSchema = z.object({
     S3_ACCESS_KEY_ID: z.string().min(1).default('S3RVER'),
     S3_SECRET_ACCESS_KEY: z.string().min(1).regex(/^\S+$/, 'no spaces or control characters (a stray quote or newline from a .env file?)').default('S3RVER'),
     S3_FORCE_PATH_STYLE: bool.default(true),
+    TL_S3_IDLE_TIMEOUT_MS: z.coerce.number().int().min(500).default(30_000),
     TL_BUCKET: z
       .string()
       .refine(isBucketName, 'must be a valid S3 bucket name')
@@ -186,6 +187,8 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
       accessKeyId: env.S3_ACCESS_KEY_ID,
       secretAccessKey: env.S3_SECRET_ACCESS_KEY,
       forcePathStyle: env.S3_FORCE_PATH_STYLE,
+      /** how long a request to S3 may go without a byte (or a connection take) before it is given up and retried */
+      idleTimeoutMs: env.TL_S3_IDLE_TIMEOUT_MS,
       bucket: env.TL_BUCKET,
       prefix: env.TL_PREFIX,
     },
@@ -315,6 +318,7 @@ const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
   S3_ACCESS_KEY_ID: 'stack',
   S3_SECRET_ACCESS_KEY: 'stack',
   S3_FORCE_PATH_STYLE: 'stack',
+  TL_S3_IDLE_TIMEOUT_MS: 'process',
   TL_BUCKET: 'stack',
   TL_PREFIX: 'stack',
   TL_METRICS_HOST: 'process',

@@ -27,8 +27,6 @@ export function otherContent(etagHeader: string | undefined, ifMatch: string | u
 /** The SHA-256 of no bytes: a GET's payload hash, as the SDK signs it. */
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
-/** How long a direct request may sit without a byte before it is handed to the SDK instead. */
-const IDLE_TIMEOUT_MS = 120_000;
 /** After this many answers in a row that the SDK had to take over, the direct path rests... */
 const FALLBACKS_BEFORE_REST = 20;
 /** ...for this long: a server it does not suit (or an outage) costs one request, not two. */
@@ -55,15 +53,17 @@ export class DirectS3 {
   private readonly pathPrefix: string;
   /** `URL.hostname` keeps an IPv6 address's brackets; a socket wants it bare. */
   private readonly connectHost: string;
+  private readonly idleTimeoutMs: number;
   private fallbacks = 0;
   private restUntil = 0;
 
   constructor(
-    o: { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string },
+    o: { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string; /** how long a request may sit without a byte before it is handed to the SDK instead */ idleTimeoutMs: number },
     /** the SDK's correction of this machine's clock (ms), so both sign at the same time */
     private readonly clockOffsetMs: () => number = () => 0,
   ) {
     this.base = new URL(o.endpoint);
+    this.idleTimeoutMs = o.idleTimeoutMs;
     this.pathPrefix = this.base.pathname.replace(/\/+$/, '');
     this.connectHost = this.base.hostname.replace(/^\[(.*)\]$/, '$1');
     const tls = this.base.protocol === 'https:';
@@ -135,7 +135,7 @@ export class DirectS3 {
       };
       try {
         const req = this.request({ agent: this.agent, protocol: this.base.protocol, hostname: this.connectHost, port: this.base.port, method, path, headers });
-        req.setTimeout(IDLE_TIMEOUT_MS, () => req.destroy(new Error('idle')));
+        req.setTimeout(this.idleTimeoutMs, () => req.destroy(new Error('idle')));
         req.on('error', () => settle(handOver));
         req.on('close', () => settle(handOver));
         req.on('response', (res) => {

@@ -26,7 +26,16 @@ export interface S3Settings {
   accessKeyId: string;
   secretAccessKey: string;
   forcePathStyle: boolean;
+  /**
+   * How long a request may go without a byte, or a connection take, before it is given up (and
+   * retried as the SDK retries): a server that accepts connections and never answers (stopped,
+   * wedged) would otherwise hold every caller for ever. Default 30 s.
+   */
+  idleTimeoutMs?: number;
 }
+
+/** S3Settings.idleTimeoutMs when it is not set. */
+const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
 
 /** One listed object. `etag` is the server's ETag without quotes. */
 export interface ObjectInfo {
@@ -106,6 +115,8 @@ export class S3UnreachableError extends Error {
   /** `err` as this error when it is a connection to `endpoint` that could not be made or kept. */
   static from(err: unknown, endpoint: string): S3UnreachableError | undefined {
     if (err instanceof S3UnreachableError) return err;
+    // (the SDK's own timeouts, of the requests this store sends to `endpoint`: they name no host)
+    if (timedOut(err)) return new S3UnreachableError(endpoint, 'it did not answer in time (a server that accepts connections but never answers is stopped or wedged)');
     const failed = connectionFailure(err);
     if (!failed) return undefined;
     // Its host and port, not either: Redis may be on the same host, anything else on the same port.
@@ -118,6 +129,12 @@ export class S3UnreachableError extends Error {
     const ours = hostMatches && (failed.port === undefined || failed.port === port);
     return ours ? new S3UnreachableError(endpoint, failed.problem) : undefined;
   }
+}
+
+/** Whether `err` (or its cause) is a request given up for want of an answer: the SDK's idle or connection timeout, an AbortSignal.timeout. */
+function timedOut(err: unknown): boolean {
+  for (let e = err; e instanceof Error; e = e.cause) if (e.name === 'TimeoutError') return true;
+  return false;
 }
 
 /** The error codes with which S3 rejects the credentials rather than a request. */
@@ -206,6 +223,7 @@ export class ObjectStore {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 5,
+      requestHandler: { connectionTimeout: settings.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS, socketTimeout: settings.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS },
       // The middleware stack is resolved once per command type, not on every request: about
       // 0.06 ms less client CPU per small GET (measured against the embedded server). Whole
       // GETs and PUTs mostly go direct; listing, HEAD, copy, delete and the hand-overs do not.
@@ -213,7 +231,7 @@ export class ObjectStore {
     });
     // Signed at the SDK's clock: it corrects its offset when a server says the clock is skewed.
     const client = this.client;
-    this.direct = DirectS3.supports(settings) ? new DirectS3(settings, () => client.config.systemClockOffset ?? 0) : undefined;
+    this.direct = DirectS3.supports(settings) ? new DirectS3({ ...settings, idleTimeoutMs: settings.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS }, () => client.config.systemClockOffset ?? 0) : undefined;
   }
 
   /** Whether the bucket exists (a HEAD of it answered, rather than a 404). */
