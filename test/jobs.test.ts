@@ -7,8 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
 import { followJob } from '../apps/producer/src/job-follow.js';
-import { requeue } from '../packages/shared/src/queues.js';
-import { createMetrics, DependencyGuard, ObjectStore, type ItemRecord } from '../packages/shared/src/index.js';
+import { requeue, unlockedActiveJobs } from '../packages/shared/src/queues.js';
+import { createMetrics, DependencyGuard, ObjectStore, PROCESS_NAME, type ItemRecord } from '../packages/shared/src/index.js';
 import { pino } from 'pino';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
@@ -180,6 +180,76 @@ describe('following a job', () => {
       await follower.close();
       for (const s of sockets) s.destroy();
       await new Promise((r) => proxy.close(r));
+    }
+  }, 60_000);
+});
+
+/** A worker of `queue` that takes a job and then renews nothing, as a hung one: its lock (5 s) runs out, and it checks for stalled jobs only hourly. Named, as ours are (`processedBy`). */
+function lapsingWorker(queue: Queue): Worker {
+  const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
+  const worker = new Worker(queue.name, () => new Promise<unknown>(() => {}), { connection, prefix: ctx.config.redis.prefix, lockDuration: 5_000, skipLockRenewal: true, stalledInterval: 3_600_000, name: `lapsing-${randomBytes(3).toString('hex')}` });
+  worker.on('error', () => {});
+  opened.push({ close: async () => (await worker.close(true), connection.disconnect()) });
+  return worker;
+}
+
+describe('a worker that holds a job and stops renewing its lock (hung)', () => {
+  it('unlockedActiveJobs finds the job once its lock has run out, not before, with the jobs waiting', async () => {
+    const queue = newQueue();
+    lapsingWorker(queue);
+    await until('the worker is connected', async () => (await queue.getWorkersCount()) === 1, 20);
+    const first = await queue.add('train', {});
+    await until('the job is taken', async () => (await queue.getJobState(first.id!)) === 'active', 20);
+    await queue.add('train', {});
+    await queue.add('train', {}, { priority: 1 });
+    expect(await unlockedActiveJobs(ctx.services.redis, queue)).toEqual({ active: 1, unlocked: [], waiting: 2 });
+    await until('its lock runs out', async () => (await unlockedActiveJobs(ctx.services.redis, queue)).unlocked.length === 1, 20);
+    expect(await unlockedActiveJobs(ctx.services.redis, queue)).toEqual({ active: 1, unlocked: [first.id], waiting: 2 });
+    // only the first of the active jobs looked at: the others are not known to be unlocked
+    expect(await unlockedActiveJobs(ctx.services.redis, queue, 0)).toEqual({ active: 1, unlocked: [], waiting: 2 });
+  }, 60_000);
+
+  it('following the job ends with exit 4, naming it hung, though its worker is still connected', async () => {
+    const queue = newQueue();
+    // (a job of no name in the catalogue: its lock is this worker's, not TL_TRAIN_JOB_LOCK_MS's two intervals)
+    const job = await queue.add('hung', {});
+    lapsingWorker(queue);
+    await until('the job is taken', async () => (await queue.getJobState(job.id!)) === 'active', 20);
+    expect(await queue.getWorkersCount()).toBe(1);
+    const end = await followEnds(queue, job.id!, 30);
+    expect(end).toBeInstanceOf(CliExit);
+    expect((end as CliExit).code).toBe(EXIT.stalled);
+    expect((end as CliExit).message).toMatch(/run r1 has not moved for 2 s: its train worker \(\S+\) stopped renewing its lock \(hung: .*\), and no other train worker is connected to take it up/);
+  }, 60_000);
+
+  it('following it does not end while another worker is connected to take it up', async () => {
+    const queue = newQueue();
+    const job = await queue.add('train', {});
+    lapsingWorker(queue);
+    await until('the job is taken', async () => (await queue.getJobState(job.id!)) === 'active', 20);
+    hangingWorker(queue); // connected, with room: its stalled-job check takes the job up within 30 s
+    expect(await followEnds(queue, job.id!, 8)).toBe('still waiting');
+  }, 60_000);
+
+  it('following it ends when the other worker connected is paused by an outage (a paused worker takes nothing up)', async () => {
+    const queue = newQueue();
+    const job = await queue.add('hung', {});
+    lapsingWorker(queue);
+    await until('the job is taken', async () => (await queue.getJobState(job.id!)) === 'active', 20);
+    // another worker, of this process, paused as an S3 outage pauses one
+    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
+    const other = new Worker(queue.name, () => new Promise<unknown>(() => {}), { connection, prefix: ctx.config.redis.prefix, name: PROCESS_NAME });
+    other.on('error', () => {});
+    opened.push({ close: async () => (await other.close(true), connection.disconnect()) });
+    await until('both are connected', async () => (await queue.getWorkersCount()) === 2, 20);
+    const unmark = ctx.services.paused.mark(queue.name, { dependency: 's3', describe: () => ({ reason: 'S3 at x is unreachable', remedy: 'they resume by themselves' }) });
+    try {
+      await until('it is listed paused', async () => (await ctx.services.paused.list(queue.name)).length === 1, 20);
+      const end = await followEnds(queue, job.id!, 30);
+      expect(end).toBeInstanceOf(CliExit);
+      expect((end as CliExit).message).toMatch(/stopped renewing its lock \(hung: .*\), and no other train worker that is not paused is connected to take it up/);
+    } finally {
+      await unmark();
     }
   }, 60_000);
 });

@@ -695,8 +695,8 @@ describe('training runs and classification', () => {
     expect({ code: ds.code, stderr: ds.stderr }).toEqual({ code: 0, stderr: '' });
     expect(ds.stdout).toContain('  dataset doomed: 15 images (their records, sources and embedding space, in Redis)\n');
     expect(ds.stdout).toContain(`  its 2 trained runs in s3://${bucket}/${layout.models('doomed')} (classify, serve and export go on using them; add --runs to delete them too)\n`);
-    // the cancelled run, which wrote no model, goes with its dataset: the train queue counts it no more
-    expect(ds.stdout).toContain("  1 failed or cancelled train run of doomed, which wrote no model (in Redis; status and the console count them among the train queue's failures)\n");
+    // the cancelled run's job goes with its dataset: the train queue counts it no more
+    expect(ds.stdout).toContain("  the jobs of 1 failed or cancelled train run of doomed (in Redis; status and the console count them among the train queue's failures)\n");
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'doomed-long' }))).toBeUndefined();
     expect(await datasets.list()).not.toContain('doomed');
     expect(await redis.exists(keys.datasetItems('doomed'), keys.datasetMeta('doomed'), keys.datasetSources('doomed'), keys.datasetListed('doomed'))).toBe(0);

@@ -39,8 +39,6 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     { threads: Math.max(1, os.availableParallelism()), from: 'TL_EMBED_THREADS, by default the cores' },
     { ...EMBED_STREAMS_NAMED, of: 'this embed process has' },
   );
-  const over = threadsOverCores(config.embed.threads, os.availableParallelism(), EMBED_THREADS_NAMED);
-  if (over) log.warn(over);
   const metrics = createMetrics('embed');
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);
@@ -75,6 +73,9 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
     log,
   );
   const embedder = rt.embedder;
+  // (ONNX Runtime's threads only: wasm streams are single-threaded, libtensorflow has its own)
+  const over = rt.backend === 'onnx' && threadsOverCores(config.embed.threads, os.availableParallelism(), EMBED_THREADS_NAMED);
+  if (over) log.warn(over);
   // a wasm (or cpu) stream is single-threaded, whatever TL_EMBED_THREADS says
   const used = rt.backend === 'onnx' ? threads : rt.streams.length;
   log.info(

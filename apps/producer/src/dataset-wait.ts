@@ -58,8 +58,8 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
   let lastDone = -1;
   let lastChange = Date.now();
   let hinted = false;
-  // since when each stage's connected workers were first seen moving nothing (movesNothing)
-  const hungSince = new Map<string, number>();
+  // since when each stage's connected workers have been seen moving nothing, in the same state (movesNothing)
+  const hungSince: HungSince = new Map();
 
   /** One look at the dataset: its status when the wait is over, undefined to go on waiting. */
   const look = async (): Promise<DatasetStatus | undefined> => {
@@ -78,8 +78,9 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
     if (done !== lastDone) {
       lastDone = done;
       lastChange = Date.now();
+      hungSince.clear();
     } else if (Date.now() - lastChange > o.stallSeconds * 1000) {
-      const why = await whyStalled(ctx, s, o.space, hungSince);
+      const why = await whyStalled(ctx, s, o.space, { since: hungSince, atLeastMs: o.stallSeconds * 1000 });
       if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
       if (!hinted) {
         hinted = true;
@@ -100,6 +101,7 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
       } catch (err) {
         outage.down(err);
         lastChange = Date.now(); // an outage is not a stall of the workers
+        hungSince.clear();
         await sleep(1_000, ctx.signal);
       }
     }
@@ -119,10 +121,10 @@ export function pollDelayMs(total: number, tookMs: number): number {
 }
 
 /** What keeps the remaining items from moving, if anything (undefined when workers are there to move them). */
-async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string, hungSince: Map<string, number>): Promise<string | undefined> {
+async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string, hung: HungWatch): Promise<string | undefined> {
   const reasons = [
-    await stageBlocked(ctx, 'preprocess', s.pendingByStage.preprocess, ctx.queues.preprocess, () => ctx.queues.preprocess.getWorkersCount(), 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)', hungSince),
-    await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), () => noEmbedWorker(ctx, space), hungSince),
+    await stageBlocked(ctx, 'preprocess', s.pendingByStage.preprocess, ctx.queues.preprocess, () => ctx.queues.preprocess.getWorkersCount(), 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)', hung),
+    await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), () => noEmbedWorker(ctx, space), hung),
   ].filter((r): r is string => r !== undefined);
   if (s.orphaned > 0 && s.pending === 0) {
     reasons.push(`${s.orphaned} images have lost their jobs (Redis lost them, or they were removed): ${relistCommand(s.dataset)} to re-enqueue them`);
@@ -143,59 +145,74 @@ async function stageBlocked(
   queue: Pick<Queue, 'name' | 'isPaused' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts'>,
   workers: () => Promise<number>,
   none: string | (() => Promise<string>),
-  hungSince: Map<string, number>,
+  hung: HungWatch,
 ): Promise<string | undefined> {
-  if (waiting === 0) return undefined;
+  if (waiting === 0) {
+    hung.since.delete(stage);
+    return undefined;
+  }
   const what = `${waiting} images wait for ${stage} and`;
   if (await queue.isPaused()) return `${what} the ${queue.name} queue is paused (resume it: the console's queue board)`;
   const live = await workers();
   if (live === 0) return `${what} ${typeof none === 'string' ? none : await none()}`;
   const paused = await allPaused(ctx, queue.name, live);
   if (paused) return `${what} ${paused}`;
-  const hung = await movesNothing(ctx, queue);
-  if (!hung) {
-    hungSince.delete(stage);
+  const found = await movesNothing(ctx, queue);
+  const seen = hung.since.get(stage);
+  if (!found) {
+    hung.since.delete(stage);
     return undefined;
   }
-  // A worker alive but slow to renew (its event loop busy) loses a lock too; its own stalled-job
-  // check then moves the job back within two intervals: only a state that outlasts them is a hang.
-  const since = hungSince.get(stage) ?? Date.now();
-  hungSince.set(stage, since);
-  return Date.now() - since >= 2 * jobLock(stage, ctx.config).stalledIntervalMs ? `${what} ${hung}` : undefined;
+  // A worker alive but slow to renew (its event loop busy) loses a lock too, and a live one takes
+  // up a dead one's jobs within its stalled-job interval (the workers' TL_JOB_LOCK_MS, which this
+  // shell may not share): only the same state, outlasting two intervals and the stall timeout
+  // again, is a hang.
+  const since = seen?.state === found.state ? seen.at : Date.now();
+  hung.since.set(stage, { state: found.state, at: since });
+  return Date.now() - since >= Math.max(2 * jobLock(stage, ctx.config).stalledIntervalMs, hung.atLeastMs) ? `${what} ${found.message}` : undefined;
 }
 
-/** How `up` and a Kubernetes liveness probe deal with a worker that hangs: said where one did. */
-export const RESTARTED_BY = 'up restarts it by itself once its /healthz has gone unanswered for TL_UP_HANG_SECONDS';
+/** Since when each stage's connected workers have been seen moving nothing, and in which state. */
+type HungSince = Map<string, { state: string; at: number }>;
+/** What the dataset wait keeps for movesNothing: HungSince, and the least time a state must last. */
+interface HungWatch {
+  since: HungSince;
+  atLeastMs: number;
+}
+
+/** What restarts a hung worker under `up`: said where one may be hung. */
+export const RESTARTED_BY = 'under up, a worker that is stopped or blocked is restarted once its /healthz has gone unanswered for TL_UP_HANG_SECONDS';
 
 /**
- * When a queue's connected workers move nothing (and nothing moved for the stall timeout), what
- * to tell the user: every job they hold has lost its lock (the worker holding them stopped
- * renewing it, and no other took them up: a live one does within its stalled-job interval, a
- * few seconds), or they hold none while jobs wait (a worker that can take work takes it at once).
- * Either way the worker is hung: SIGSTOPped, its event loop blocked, or cut off from Redis; its
- * connection, still open, counts it as connected. Jobs held back by backpressure keep their locks;
- * delayed ones (backoff) do not wait.
+ * When a queue's connected workers move nothing (and nothing moved for the stall timeout), the
+ * state they are in (the same state, seen again, is the same hang) and what to tell the user:
+ * every job they hold has lost its lock (the worker holding them stopped renewing it, and no
+ * other took them up), or they hold none while jobs wait (a worker that can take work takes it
+ * at once). Either way the worker is hung: SIGSTOPped, its event loop blocked, or cut off from
+ * Redis; its connection, still open, counts it as connected. Jobs held back by backpressure keep
+ * their locks; delayed ones (backoff) do not wait. More active jobs than are looked at: not said.
  */
-async function movesNothing(ctx: CliContext, queue: Pick<Queue, 'name' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts'>): Promise<string | undefined> {
+async function movesNothing(ctx: CliContext, queue: Pick<Queue, 'name' | 'keys' | 'toKey' | 'getJob'>): Promise<{ state: string; message: string } | undefined> {
   const hung = '(hung: SIGSTOPped, its event loop blocked, or cut off from Redis?)';
-  const { active, unlocked } = await unlockedActiveJobs(ctx.services.redis, queue);
+  const { active, unlocked, waiting } = await unlockedActiveJobs(ctx.services.redis, queue);
   if (active === 0) {
-    const c = await queue.getJobCounts('waiting', 'prioritized');
-    const n = (c.waiting ?? 0) + (c.prioritized ?? 0);
-    return n ? `its connected workers take none of the ${n} jobs waiting in ${queue.name} ${hung}; restart them (${RESTARTED_BY}), or start another` : undefined;
+    return waiting ? { state: 'take-none', message: `its connected workers take none of the ${waiting} jobs waiting in ${queue.name} ${hung}; restart them, or start another (${RESTARTED_BY})` } : undefined;
   }
   if (unlocked.length < active) return undefined;
   const holder = (await queue.getJob(unlocked[0]!))?.processedBy;
   const [them, it] = active === 1 ? ['the job', 'it'] : [`all ${active} jobs`, 'them'];
-  return `${them} its workers hold lost ${active === 1 ? 'its lock' : 'their locks'}: ${holder ? `worker ${holder}` : 'their worker'} stopped renewing ${it} ${hung}, and no other worker took ${it} up; restart it (${RESTARTED_BY}), or start another`;
+  return {
+    state: `unlocked:${[...unlocked].sort().join(',')}`,
+    message: `${them} its workers hold lost ${active === 1 ? 'its lock' : 'their locks'}: ${holder ? `worker ${holder}` : 'their worker'} stopped renewing ${it} ${hung}, and no other worker took ${it} up; restart it, or start another (${RESTARTED_BY})`,
+  };
 }
 
-/** Why no embed worker of `space` is live, naming the last one that beat if one did (the newest silent one). */
+/** Why no embed worker of `space` is live, naming the one that beat last if it did so lately (the registry keeps a silent worker four TTLs). */
 async function noEmbedWorker(ctx: CliContext, space: string): Promise<string> {
   const none = `no embed worker of ${space} is live`;
   const [last] = await ctx.services.spaces.silentWorkers(space).catch(() => []);
   if (!last) return `${none} (start one with that space's settings)`;
-  return `${none}: its worker ${last.worker.workerId} last beat ${Math.round(last.silentMs / 1000)} s ago (stopped, hung, or cut off from Redis?); restart it (${RESTARTED_BY}), or start one with that space's settings`;
+  return `${none}: its worker ${last.worker.workerId} last beat ${Math.round(last.silentMs / 1000)} s ago (stopped, hung, or cut off from Redis?); restart it, or start one with that space's settings (${RESTARTED_BY})`;
 }
 
 /**

@@ -182,10 +182,14 @@ async function lockLost(ctx: CliContext, queue: Queue, job: Job, workers: Record
   const lock = job.name in JOBS ? jobLock(job.name as JobName, ctx.config) : undefined;
   if (lock && Date.now() - lapsed.since < 2 * lock.stalledIntervalMs) return undefined;
   const holder = (await queue.getJob(jobId))?.processedBy;
-  // BullMQ lists every worker under the queue's name; `rawname` is its connection's own name
-  const others = holder && workers.some((w) => w.rawname) ? workers.filter((w) => !w.rawname?.endsWith(`:w:${holder}`)).length : workers.length - 1;
+  // Another worker takes it up, unless it is paused by an outage (a paused worker runs no
+  // stalled-job check). BullMQ lists every worker under the queue's name; `rawname` is its
+  // connection's own name.
+  const paused = (await ctx.services.paused.list(queue.name)).map((p) => p.worker);
+  const named = workers.some((w) => w.rawname);
+  const others = named ? workers.filter((w) => ![holder, ...paused].some((n) => n && w.rawname?.endsWith(`:w:${n}`))).length : workers.length - 1 - paused.length;
   if (others > 0) return undefined;
-  return `its ${role} worker${holder ? ` (${holder})` : ''} stopped renewing its lock (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?), and no other ${role} worker is connected to take it up: restart it (${RESTARTED_BY}), or start another`;
+  return `its ${role} worker${holder ? ` (${holder})` : ''} stopped renewing its lock (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?), and no other ${role} worker ${paused.length ? 'that is not paused ' : ''}is connected to take it up: restart it, or start another (${RESTARTED_BY})`;
 }
 
 /** The followed job failed: its reason, thrown as the completion event's failure would be. */

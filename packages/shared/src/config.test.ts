@@ -115,6 +115,10 @@ describe('threadsOverCores: a warning when the threads set outnumber the cores',
   it('names the setting, the cores, and what fits, for one process or several', () => {
     expect(threadsOverCores(4, 2, named)).toBe('TL_EMBED_THREADS=4 is more than the 2 cores of this machine: the threads take turns on them, and each forward pass runs slower than on 2; set TL_EMBED_THREADS=2 or fewer, or leave it unset');
     expect(threadsOverCores(2, 2, named, 2)).toBe('TL_EMBED_THREADS=2 for each of 2 embed processes is more than the 2 cores of this machine: the threads take turns on them, and each forward pass runs slower than on 1; set TL_EMBED_THREADS=1, or leave it unset');
+    expect(threadsOverCores(2, 1, named)).toBe('TL_EMBED_THREADS=2 is more than the 1 core of this machine: the threads take turns on them, and each forward pass runs slower than on 1; set TL_EMBED_THREADS=1, or leave it unset');
+  });
+  it('with more processes than cores, says to start fewer: one thread each is too many already', () => {
+    expect(threadsOverCores(1, 2, named, 3)).toBe('TL_EMBED_THREADS=1 for each of 3 embed processes is more than the 2 cores of this machine: the threads take turns on them; start 2 embed processes or fewer here (--embed-workers)');
   });
 });
 

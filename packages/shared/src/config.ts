@@ -71,11 +71,11 @@ export function forwardParallelism(
  */
 export function threadsOverCores(set: number | undefined, cores: number, named: (n: number) => string, processes = 1): string | undefined {
   if (set === undefined || set * processes <= cores) return undefined;
-  const fit = Math.max(1, Math.floor(cores / processes));
-  return (
-    `${named(set)}${processes > 1 ? ` for each of ${processes} embed processes` : ''} is more than the ${cores} core${cores > 1 ? 's' : ''} of this machine: ` +
-    `the threads take turns on them, and each forward pass runs slower than on ${fit}; set ${named(fit)}${processes > 1 ? '' : ' or fewer'}, or leave it unset`
-  );
+  const what = `${named(set)}${processes > 1 ? ` for each of ${processes} embed processes` : ''} is more than the ${cores} core${cores > 1 ? 's' : ''} of this machine: the threads take turns on them`;
+  // more processes than cores: one thread each is still too many
+  if (processes > cores) return `${what}; start ${cores} embed process${cores > 1 ? 'es' : ''} or fewer here (--embed-workers)`;
+  const fit = Math.floor(cores / processes);
+  return `${what}, and each forward pass runs slower than on ${fit}; set ${named(fit)}${fit > 1 ? ' or fewer' : ''}, or leave it unset`;
 }
 
 /** The words of forwardParallelism for an embed process's settings. */

@@ -156,9 +156,9 @@ export class SpaceRegistry {
   }
 
   /**
-   * Workers of one space that beat once and have stopped (killed, SIGSTOPped, blocked, or cut off
-   * from Redis), with how long ago they last beat: kept until a live worker's beat clears them
-   * (four TTLs), or for ever while none beats.
+   * Workers of one space that beat lately and have stopped (killed, SIGSTOPped, blocked, or cut
+   * off from Redis), with how long ago they last beat, the latest first: silent for less than four
+   * TTLs (a live worker's beat clears them then; with none beating they would stay for ever).
    */
   async silentWorkers(spaceId: string): Promise<{ worker: EmbedWorkerInfo; silentMs: number }[]> {
     const [now, flat] = (await SILENT.run(this.redis, [this.keys.embedWorkers()], [this.ttlMs])) as [number, string[]];
@@ -170,6 +170,7 @@ export class SpaceRegistry {
       .flatMap((r) => (r === null ? [] : [parseDocument(EmbedWorkerInfo, JSON.parse(r), 'an embed worker heartbeat')]))
       .filter((w) => w.space === spaceId)
       .map((worker) => ({ worker, silentMs: now - beats.get(worker.workerId)! }))
+      .filter((w) => w.silentMs < 4 * this.ttlMs)
       .sort((a, b) => a.silentMs - b.silentMs);
   }
 

@@ -377,22 +377,25 @@ export function isConnectionError(err: Error): boolean {
 }
 
 const UNLOCKED_ACTIVE = new RedisScript('tlUnlockedActive', `
-local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local active = redis.call('LLEN', KEYS[1])
+local ids = {}
+if tonumber(ARGV[1]) > 0 then ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1) end
 local unlocked = {}
 for _, id in ipairs(ids) do
   if redis.call('EXISTS', KEYS[2] .. id .. ':lock') == 0 then table.insert(unlocked, id) end
 end
-return { #ids, unlocked }`, 2);
+return { active, unlocked, redis.call('LLEN', KEYS[3]) + redis.call('ZCARD', KEYS[4]) }`, 4);
 
 /**
- * Of a queue's active jobs (the first `limit`), those whose lock has run out: the worker holding
- * them stopped renewing it (SIGSTOPped, its event loop blocked, cut off from Redis, or killed)
- * and no worker's stalled-job check has moved them back yet. Its connection may still be open,
- * so BullMQ counts it as a connected worker: a wait that trusted that count would wait for ever on
- * a hung one. Read in one script, so a job that ends meanwhile (its lock deleted with it) is not
- * taken for one that lost it.
+ * A queue's active jobs, those of them (the first `limit` looked at) whose lock has run out, and
+ * how many jobs wait (waiting or prioritized), read at one moment. A job without its lock: the
+ * worker holding it stopped renewing it (SIGSTOPped, its event loop blocked, cut off from Redis,
+ * or killed) and no worker's stalled-job check has moved it back yet. Its connection may still be
+ * open, so BullMQ counts it as a connected worker: a wait that trusted that count would wait for
+ * ever on a hung one. One script, so a job that ends meanwhile (its lock deleted with it) is not
+ * taken for one that lost it, nor a job added meanwhile for one left waiting.
  */
-export async function unlockedActiveJobs(redis: Redis, queue: Pick<Queue, 'keys' | 'toKey'>, limit = 1_000): Promise<{ active: number; unlocked: string[] }> {
-  const [active, unlocked] = (await UNLOCKED_ACTIVE.run(redis, [queue.keys.active!, queue.toKey('')], [limit])) as [number, string[]];
-  return { active, unlocked };
+export async function unlockedActiveJobs(redis: Redis, queue: Pick<Queue, 'keys' | 'toKey'>, limit = 1_000): Promise<{ active: number; unlocked: string[]; waiting: number }> {
+  const [active, unlocked, waiting] = (await UNLOCKED_ACTIVE.run(redis, [queue.keys.active!, queue.toKey(''), queue.keys.wait!, queue.keys.prioritized!], [limit])) as [number, string[], number];
+  return { active, unlocked, waiting };
 }

@@ -237,7 +237,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   const lost = (await redis.sismember(keys.datasetsLost(), dataset)) === 1;
   // (with the images classify kept for its runs, theirs too)
   const failedJobs = await failedJobsOf(ctx.queues.preprocess, classifiedImages ? [dataset, classifyDataset] : [dataset]);
-  // its runs that failed or were cancelled, which wrote no model: status counts them among the train queue's failures
+  // the jobs of its runs that failed or were cancelled: status counts them among the train queue's failures
   const failedRuns = classifyData ? [] : await failedJobsOf(ctx.queues.train, [dataset]);
   if (!exists && !lost && failedJobs.length === 0 && failedRuns.length === 0 && runFiles.length === 0 && records.length === 0 && classifiedImages === 0 && (!o.results || outputs.length === 0)) {
     const hint = runs.length && !o.runs ? `; its ${runs.length} trained run${runs.length === 1 ? ' is' : 's are'} still in the bucket: add --runs to delete ${runs.length === 1 ? 'it' : 'them'}` : '';
@@ -250,7 +250,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
     if (status.pending) plan.lines.push(`  ${images(status.pending)} still on their way: their embeddings are cached when their jobs finish, their records are not written`);
   }
   if (failedJobs.length) plan.lines.push(`${failedJobs.length} failed preprocess job${failedJobs.length === 1 ? '' : 's'} of ${classifiedImages ? `${dataset} and ${classifyDataset}` : dataset} (in Redis; status and the console count them among the queue's failures)`);
-  if (failedRuns.length) plan.lines.push(`${failedRuns.length} failed or cancelled train run${failedRuns.length === 1 ? '' : 's'} of ${dataset}, which wrote no model (in Redis; status and the console count them among the train queue's failures)`);
+  if (failedRuns.length) plan.lines.push(`the jobs of ${failedRuns.length} failed or cancelled train run${failedRuns.length === 1 ? '' : 's'} of ${dataset} (in Redis; status and the console count them among the train queue's failures)`);
   if (lost) plan.lines.push(`dataset ${dataset}: its records were lost with Redis's data; status stops naming it as one to ingest again`);
   if (runFiles.length) plan.lines.push(`${runs.length} trained run${runs.length === 1 ? '' : 's'} (${files(runFiles.length)}) in s3://${bucket}/${layout.models(dataset)}`);
   if (classifiedImages) plan.lines.push(`dataset ${classifyDataset}: the ${images(classifiedImages)} classify kept for its runs`);

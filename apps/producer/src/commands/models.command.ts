@@ -114,21 +114,21 @@ export async function listModelRuns(ctx: CliContext, dataset?: string, reports?:
 }
 
 /**
- * When the newest run of `dataset` in the bucket completed (its report's createdAt, ms since the
- * epoch), or undefined if it has none: one listing, and one read of the report written last. The
- * bucket is where runs live: a completed run is known as long as its model is, however many runs
- * the train queue has kept since.
+ * When the newest run of `dataset` in the bucket that completed after `after` (ms since the epoch)
+ * did, by its report's createdAt (the train worker's clock, as BullMQ's times are), or undefined
+ * if none did: one listing, and a read of each report uploaded since, with a minute's slack for
+ * S3's clock (a copied bucket's upload times are later than its reports' own, never earlier).
  */
-export async function newestRunCompletedAt(ctx: Pick<CliContext, 'config' | 'services'>, dataset: string): Promise<number | undefined> {
+export async function runCompletedAfter(ctx: Pick<CliContext, 'config' | 'services'>, dataset: string, after: number): Promise<number | undefined> {
   const { bucket } = ctx.config.s3;
   const { store, layout } = ctx.services;
-  let newest: { key: string; at: number } | undefined;
+  const since: string[] = [];
   for await (const o of store.listObjects(bucket, layout.models(dataset))) {
-    const at = o.lastModified?.getTime() ?? 0;
-    if (layout.parseModelKey(o.key)?.file === 'report.json' && (!newest || at > newest.at)) newest = { key: o.key, at };
+    if (layout.parseModelKey(o.key)?.file === 'report.json' && (o.lastModified?.getTime() ?? Number.POSITIVE_INFINITY) >= after - 60_000) since.push(o.key);
   }
-  const report = newest && (await store.getDocument(ReportDoc, bucket, newest.key));
-  return report ? Date.parse(report.createdAt) : undefined;
+  const created = await pMap(since, async (key) => (await store.getDocument(ReportDoc, bucket, key))?.createdAt, { concurrency: READS_AT_ONCE });
+  const later = created.flatMap((c) => (c === undefined ? [] : [Date.parse(c)])).filter((t) => t > after);
+  return later.length ? Math.max(...later) : undefined;
 }
 
 /** The run that stands in as a dataset's latest when its own is gone: its newest, leaving out --no-promote runs. */

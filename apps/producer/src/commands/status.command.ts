@@ -4,7 +4,7 @@ import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { storageHint } from '../storage-hint.js';
-import { newestRunCompletedAt } from './models.command.js';
+import { runCompletedAfter } from './models.command.js';
 import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
 
 export interface SpaceStatus {
@@ -75,14 +75,26 @@ export async function failedRuns(queues: Pick<Queues, 'train'>): Promise<{ cance
 
 /**
  * The failed runs a user still has to act on: of datasets that exist (and of `only`, if given),
- * and not followed by a run of their dataset that completed (its report in the bucket is newer).
+ * and not followed by a run of their dataset that completed: one whose report in the bucket is
+ * newer (however many runs the train queue has kept since), or one of the train queue's newest
+ * 1,000 completed jobs (a train worker that writes to another bucket than this shell reads).
  */
 async function failedRunsToAct(ctx: CliContext, failed: FailedRun[], only?: string): Promise<{ toAct: FailedRun[]; settled: number }> {
   const of = failed.filter((f) => only === undefined || f.dataset === only);
+  if (of.length === 0) return { toAct: [], settled: 0 };
+  const completed = new Map<string, number>();
+  for (const j of await ctx.queues.train.getCompleted(0, 999)) {
+    const dataset = (j?.data as { dataset?: string } | undefined)?.dataset;
+    if (dataset !== undefined) completed.set(dataset, Math.max(completed.get(dataset) ?? 0, j!.finishedOn ?? 0));
+  }
   const datasets = [...new Set(of.map((f) => f.dataset))];
-  // of each dataset with a failed run: whether it exists, and when its newest run completed (a
+  // of each dataset with a failed run: whether it exists, and when a run of it last completed (a
   // bucket that cannot be read now leaves its failures named: status says elsewhere that it cannot)
-  const completedAt = async (d: string) => (await newestRunCompletedAt(ctx, d).catch(() => undefined)) ?? 0;
+  const completedAt = async (d: string) => {
+    const earliest = Math.min(...of.filter((f) => f.dataset === d).map((f) => f.failedAt));
+    const inBucket = await runCompletedAfter(ctx, d, earliest).catch(() => undefined);
+    return Math.max(inBucket ?? 0, completed.get(d) ?? 0);
+  };
   const known = new Map(await pMap(datasets, async (d) => [d, (await ctx.services.datasets.exists(d)) ? { completedAt: await completedAt(d) } : undefined] as const, { concurrency: 8 }));
   const toAct = of.filter((f) => {
     const d = known.get(f.dataset);

@@ -55,7 +55,7 @@ const DEMO_PREFIX = 'train/';
 const EMBED_LIVE_DEADLINE_MS = 180_000;
 
 /** Where the banner says each embed worker names its backend (its log: one per replica), or that none runs here. */
-function embedBackendWhere(supervisor: { logFile: (role: 'embed', replica?: number) => string }, children: { role: string; replica: number }[]): string {
+export function embedBackendWhere(supervisor: { logFile: (role: 'embed', replica?: number) => string }, children: { role: string; replica: number }[]): string {
   const logs = children.filter((c) => c.role === 'embed').map((c) => supervisor.logFile('embed', c.replica));
   if (logs.length === 0) return ' (no embed worker here: --embed-workers 0)';
   return `, backend: see ${logs.length === 1 ? logs[0] : `${logs.map((l) => path.basename(l)).join(', ')} in ${path.dirname(logs[0]!)}/`}`;

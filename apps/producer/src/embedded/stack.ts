@@ -114,7 +114,7 @@ export async function startStack(
         },
         { ...EMBED_STREAMS_NAMED, of: 'each embed process has', ...(embedProcesses > 1 && initial.embed.threads === undefined && { orElse: 'or start fewer --embed-workers' }) },
       );
-      const over = threadsOverCores(initial.embed.threads, cores, EMBED_THREADS_NAMED, embedProcesses);
+      const over = initial.embed.backend !== 'tensorflow' && threadsOverCores(initial.embed.threads, cores, EMBED_THREADS_NAMED, embedProcesses);
       if (over) onEvent(`warning: ${over}`);
       env.TL_EMBED_THREADS ??= String(threads);
     }
