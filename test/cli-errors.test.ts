@@ -155,6 +155,27 @@ describe('what a user sees when something is wrong', () => {
       expect(lost.stdout).not.toContain('TL_QUEUE_PREFIX as the workers have it');
     });
 
+    it("a shell whose TL_QUEUE_PREFIX is not the workers': delete dataset --runs deletes nothing of a live dataset, and the commands of a dataset name the setting", async () => {
+      const { stack, ctx } = file;
+      const { bucket } = stack.config.s3;
+      const { store, layout, datasets } = ctx.services;
+      // a dataset of the workers, with a trained run in the bucket
+      await datasets.putItem('prefixed', 's3://photos/prefixed/cat/a.jpg', { label: 'cat', etag: 'e', space: stack.space.id, state: 'pending' });
+      await store.putJson(bucket, layout.runFile('prefixed', 'r1', 'run.json'), { dataset: 'prefixed' });
+      const elsewhere = { ...stack.env, TL_QUEUE_PREFIX: 'elsewhere' };
+      const words = `no dataset named prefixed here: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds it under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it`;
+      const del = await runCli(['delete', 'dataset', 'prefixed', '--runs', '--yes'], elsewhere);
+      expect({ code: del.code, stderr: del.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}: nothing deleted\n` });
+      expect(await store.headObject(bucket, layout.runFile('prefixed', 'r1', 'run.json'))).toBeDefined();
+      expect(await datasets.exists('prefixed')).toBe(true);
+      for (const args of [['failures', '-d', 'prefixed'], ['retry', '-d', 'prefixed'], ['status', '-d', 'prefixed'], ['train', '-d', 'prefixed', '--no-wait']]) {
+        const r = await runCli(args, elsewhere);
+        expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 1, stderr: `transferline: ${words}\n` });
+      }
+      await datasets.remove('prefixed');
+      await store.deleteObject(bucket, layout.runFile('prefixed', 'r1', 'run.json'));
+    });
+
     it("a shell whose TL_BUCKET or TL_PREFIX is not the live workers': models, promote, classify and status say which settings to set, not to train first", async () => {
       const { stack, ctx } = file;
       const { bucket, prefix } = stack.config.s3;

@@ -43,9 +43,31 @@ export async function indexUnderOtherPrefixes(ctx: CliContext, space: string): P
   return [...new Set(found.filter((k) => k !== own && k.endsWith(tail)).map((k) => k.slice(0, -tail.length)))].sort();
 }
 
-/** What a process whose prefix is not the workers' is told (status, train): `others`, from indexUnderOtherPrefixes. */
-export function otherPrefixWords(ctx: CliContext, others: string[]): string {
-  return `this process's queue prefix is TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}, and this Redis holds the index under ${others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ')}: set TL_QUEUE_PREFIX as the workers have it`;
+/** What a process whose prefix is not the workers' is told (status, train): `others`, from indexUnderOtherPrefixes or datasetUnderOtherPrefixes. */
+export function otherPrefixWords(ctx: CliContext, others: string[], what = 'the index'): string {
+  return `this process's queue prefix is TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}, and this Redis holds ${what} under ${others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ')}: set TL_QUEUE_PREFIX as the workers have it`;
+}
+
+/**
+ * The other queue prefixes under which this Redis holds dataset `name`: a shell whose
+ * TL_QUEUE_PREFIX is not the workers' finds none of their datasets. (A SCAN: run only for a
+ * dataset not found.)
+ */
+export async function datasetUnderOtherPrefixes(ctx: CliContext, name: string): Promise<string[]> {
+  const own = ctx.services.keys.datasetItems(name);
+  const tail = own.slice(ctx.config.redis.prefix.length);
+  const found = await redisKeysMatching(ctx, `*${globLiteral(tail)}`);
+  return [...new Set(found.filter((k) => k !== own && k.endsWith(tail)).map((k) => k.slice(0, -tail.length)))].sort();
+}
+
+/**
+ * The error for a dataset this process does not find: held under another TL_QUEUE_PREFIX (the
+ * setting to fix, rather than an ingest to run or runs to delete), else the datasets it knows.
+ */
+export async function noSuchDataset(ctx: CliContext, name: string, none = '(none)'): Promise<Error> {
+  const others = await datasetUnderOtherPrefixes(ctx, name).catch(() => []);
+  if (others.length) return new Error(`no dataset named ${name} here: ${otherPrefixWords(ctx, others, 'it')}`);
+  return new Error(`no dataset named ${name}; known: ${(await ctx.services.datasets.list()).join(', ') || none}`);
 }
 
 /**

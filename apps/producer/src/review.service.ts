@@ -15,6 +15,7 @@ import {
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { fitHead, predictProba, type Matrix } from '@transferline/train-worker/head.trainer';
 import type { CliContext } from './cli-context.js';
+import { noSuchDataset } from './data-loss.js';
 
 /**
  * What a review shows first (the CLI and the console alike): the first `issues` images whose label
@@ -100,7 +101,7 @@ export interface Review {
 export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds?: number; seed?: number; onFold?: (done: number, folds: number) => void }): Promise<Review> {
   const started = performance.now();
   const { datasets, inspector, cache } = ctx.services;
-  if (!(await datasets.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
+  if (!(await datasets.exists(o.dataset))) throw await noSuchDataset(ctx, o.dataset);
   const space = await datasets.space(o.dataset);
   if (!space) throw new Error(`dataset ${o.dataset} has not been ingested into an embedding space yet`);
   const items: { id: string; sha256: string; label: string }[] = [];
@@ -260,7 +261,7 @@ export async function relabelItems(
   o: { dryRun?: boolean } = {},
 ): Promise<RelabelOutcome[]> {
   const { datasets } = ctx.services;
-  if (!(await datasets.exists(dataset))) throw new Error(`no dataset named ${dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
+  if (!(await datasets.exists(dataset))) throw await noSuchDataset(ctx, dataset);
   const problems: string[] = [];
   const inspected = await inspectMoves(ctx, dataset, await planMoves(ctx, dataset, moves, problems), problems);
   if (problems.length) throw new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);

@@ -2,7 +2,7 @@ import { createInterface } from 'node:readline/promises';
 import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
 import { classifyDatasetName, isClassifyDataset, jobIds, LatestDoc, latestPointer } from '@transferline/shared';
-import { forgetLost } from '../data-loss.js';
+import { datasetUnderOtherPrefixes, forgetLost, otherPrefixWords } from '../data-loss.js';
 import type { CliContext } from '../cli-context.js';
 import { globLiteral, redisKeysMatching } from '../redis-scan.js';
 import { CliExit, EXIT } from '../exit-codes.js';
@@ -222,6 +222,10 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   await refuse();
 
   const exists = await datasets.exists(dataset);
+  // A shell whose TL_QUEUE_PREFIX is not the workers' sees none of their datasets: what it would
+  // delete (the runs of a dataset it takes for gone, with --runs) belongs to a live one.
+  const elsewhere = exists ? [] : await datasetUnderOtherPrefixes(ctx, dataset);
+  if (elsewhere.length) throw new CliExit(EXIT.error, `transferline: no dataset named ${dataset} here: ${otherPrefixWords(ctx, elsewhere, 'it')}: nothing deleted`);
   const status = exists ? await ctx.services.inspector.status(dataset) : undefined;
   const runs = classifyData ? [] : (await listModelRuns(ctx, dataset)).filter((r) => r.dataset === dataset);
   const runFiles = o.runs ? (await objectsUnder(ctx, layout.models(dataset))).filter((k) => layout.parseModelKey(k)?.runId !== undefined) : [];

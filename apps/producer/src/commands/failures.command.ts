@@ -1,5 +1,6 @@
 import type { DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { noSuchDataset } from '../data-loss.js';
 import { printable } from '../terminal.js';
 
 export type Failure = DatasetStatus['failures'][number];
@@ -9,7 +10,7 @@ export type Failure = DatasetStatus['failures'][number];
  * for good, with its stage, reason code, message and attempts (status shows only the first 20).
  */
 export async function failuresCommand(ctx: CliContext, o: { dataset: string; reason?: string; json?: boolean }): Promise<Failure[]> {
-  if (!(await ctx.services.datasets.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset}; known: ${(await ctx.services.datasets.list()).join(', ') || '(none)'}`);
+  if (!(await ctx.services.datasets.exists(o.dataset))) throw await noSuchDataset(ctx, o.dataset);
   const status = await ctx.services.inspector.status(o.dataset, Number.POSITIVE_INFINITY);
   const failures = status.failures.filter((f) => !o.reason || f.reason === o.reason);
   if (o.json) {

@@ -1,5 +1,6 @@
 import { DatasetRepository, TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { noSuchDataset } from '../data-loss.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { submit } from '../ingest.service.js';
 import { printDatasetSummary } from './ingest.command.js';
@@ -22,7 +23,7 @@ export interface RetryOptions {
  */
 export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ retried: number; status?: DatasetStatus }> {
   const { datasets, inspector, spaces } = ctx.services;
-  if (!(await datasets.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none)'}`);
+  if (!(await datasets.exists(o.dataset))) throw await noSuchDataset(ctx, o.dataset);
   const spaceId = await datasets.space(o.dataset);
   const space = spaceId ? await spaces.get(spaceId) : undefined;
   if (!space) throw new Error(`dataset ${o.dataset} has no known embedding space: ingest it again`);

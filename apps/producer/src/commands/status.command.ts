@@ -5,7 +5,7 @@ import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { storageHint } from '../storage-hint.js';
 import { runCompletedAfter } from './models.command.js';
-import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
+import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -125,7 +125,7 @@ export function deploymentQueues(queues: Queues, spaces: SpaceWorkers[]): Queue[
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
   const { datasets: repo, inspector, spaces: registry, cache } = ctx.services;
-  if (o.dataset && !(await repo.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset}; known: ${(await repo.list()).join(', ') || '(none)'}`);
+  if (o.dataset && !(await repo.exists(o.dataset))) throw await noSuchDataset(ctx, o.dataset);
   const listed = await registry.list();
   const queues: StatusReport['queues'] = {};
   // in the pipeline's order, as the console lists them; an embed queue's workers are its space's live ones

@@ -8,7 +8,7 @@ import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { classFigures, notIngestedAgain, thresholdCaution } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
-import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, otherPrefixWords, reingestCommands } from '../data-loss.js';
+import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
 import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
 
 /** The option a TrainJob field comes from: `validationFraction` → `--validation-fraction`. */
@@ -59,7 +59,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     const others = again ? await indexUnderOtherPrefixes(ctx, again.space).catch(() => []) : [];
     if (others.length) throw new Error(`no dataset named ${o.dataset}, though it has trained runs, and the index of their space is elsewhere: ${otherPrefixWords(ctx, others)}`);
     if (again) throw new Error(`no dataset named ${o.dataset} in Redis, though it has trained runs (it was deleted, or Redis lost its data); ingest it again, as its runs recorded: ${again.commands.join('; ')}`);
-    throw new Error(`no dataset named ${o.dataset}; known: ${(await datasets.list()).join(', ') || '(none; run ingest first)'}`);
+    throw await noSuchDataset(ctx, o.dataset, '(none; run ingest first)');
   }
   // Redis lost its records and an ingest brought back only part of it (cut short, or some of its
   // prefixes): a run now would learn from that part, and become the latest. (Runs that cannot be
