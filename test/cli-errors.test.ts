@@ -343,6 +343,9 @@ describe('what a user sees when something is wrong', () => {
       [['train', '--epochs', '3'], /train needs --dataset NAME/],
       [['train', '-d', 'x', '--class-weights', 'heavy'], /--class-weights is balanced or none/],
       [['review', '-d', 'x', '--folds', '1'], /--folds must be 2 or more/],
+      // a run that would name another folder of the bucket
+      [['delete', 'run', 'x@..'], /delete run needs DATASET@RUN, the run named in full/],
+      [['promote', 'x@../y'], /promote needs DATASET@RUN/],
       // a followed run keeps the settings it started with
       [['train', '--follow', 'r1', '--epochs', '5', '--no-wait'], /--follow follows a run as it was started: --epochs, --no-wait cannot change it/],
     ];

@@ -253,6 +253,11 @@ describe('training runs and classification', () => {
     const several = await runCli(['train', '-d', 'shapes', '--epochs', '100000', '--learning-rate', '20', '--run-id', 'never'], stack.env);
     expect({ code: several.code, stderr: several.stderr }).toEqual({ code: 2, stderr: 'transferline: bad training settings: --epochs: at most 10000 (got 100000); --learning-rate: at most 10 (got 20)\n' });
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'never' }))).toBeUndefined();
+    // a run id that would name another folder of the bucket (`..`), or none, is refused before anything is asked of S3
+    for (const id of ['..', '.', '../x', 'x/y']) {
+      const bad = await runCli(['train', '-d', 'shapes', '--run-id', id], stack.env);
+      expect({ id, code: bad.code, stderr: bad.stderr }).toEqual({ id, code: 2, stderr: `transferline: bad training settings: --run-id: letters, digits, _, . and - (at most 80), starting with a letter or digit (got ${id})\n` });
+    }
     // a run id another dataset's run holds is refused, saying whose
     const taken = await runCli(['train', '-d', 'shapes', '--run-id', 'one-class-val'], stack.env);
     expect(taken.code).toBe(2); // an option refused, as the bad settings above

@@ -8,7 +8,7 @@ import { classifyCommand } from './commands/classify.command.js';
 import { deleteDatasetCommand, deleteRunCommand, terminalConfirm, type DeleteOptions } from './commands/delete.command.js';
 import { failuresCommand } from './commands/failures.command.js';
 import { ingestCommand, watchIngest } from './commands/ingest.command.js';
-import { modelsCommand, promoteCommand } from './commands/models.command.js';
+import { modelsCommand, parseRunSpec, promoteCommand } from './commands/models.command.js';
 import { retryCommand } from './commands/retry.command.js';
 import { statusCommand } from './commands/status.command.js';
 import { cancelRun, followRun, trainCommand, type TrainOptions } from './commands/train.command.js';
@@ -319,7 +319,10 @@ program
   .command('promote')
   .description("make a trained run its dataset's latest: what classify, serve and export use without @run (a serve following the dataset switches within its follow interval)")
   .argument('<dataset@run>', 'the run, named in full (see "transferline models")')
-  .action((spec: string) => withContext((ctx) => promoteCommand(ctx, spec)));
+  .action((spec: string) => {
+    parseRunSpec('promote', spec); // a bad one is bad usage, said before Redis is asked
+    return withContext((ctx) => promoteCommand(ctx, spec));
+  });
 
 program
   .command('console')
@@ -353,7 +356,10 @@ deleteOptions(
     .command('run')
     .description("a trained run: its model files and classify's record of what it labelled; if it was the latest, the newest run left that is not an unpromoted --no-promote run becomes the latest")
     .argument('<dataset@run>', 'the run, named in full (see "transferline models")'),
-).action((spec: string, o: DeleteOptions) => withContext((ctx) => deleteRunCommand(ctx, spec, o, terminalConfirm())));
+).action((spec: string, o: DeleteOptions) => {
+  parseRunSpec('delete run', spec); // a bad one is bad usage, said before Redis is asked
+  return withContext((ctx) => deleteRunCommand(ctx, spec, o, terminalConfirm()));
+});
 deleteOptions(
   del
     .command('dataset')

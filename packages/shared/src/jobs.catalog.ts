@@ -71,7 +71,8 @@ export type EmbedJob = z.infer<typeof EmbedJob>;
 /** Fit a classification head on a dataset's cached embeddings. */
 export const TrainJob = z.object({
   dataset: datasetName,
-  runId: z.string().regex(/^[A-Za-z0-9_.-]{1,80}$/),
+  // (a letter or digit first: never `.` or `..`, which would name another folder of the bucket)
+  runId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$/, 'letters, digits, _, . and - (at most 80), starting with a letter or digit'),
   embedderId: z.string().min(1),
   /** 0: softmax on the embeddings (logistic regression); > 0: one ReLU hidden layer of this size */
   hiddenUnits: z.number().int().min(0).max(8192).default(0),

@@ -187,7 +187,8 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
 /** `DATASET@RUN`, a run named in full (commands that change a run take no implicit "latest"). */
 export function parseRunSpec(command: string, spec: string): { dataset: string; runId: string } {
   const m = /^([^@]+)@(.+)$/.exec(spec);
-  if (!m || !DatasetName.safeParse(m[1]).success) {
+  // (a run id that would name another folder of the bucket is none: `.`, `..`, or one with a `/`)
+  if (!m || !DatasetName.safeParse(m[1]).success || /^\.{1,2}$/.test(m[2]!) || m[2]!.includes('/')) {
     throw new CliExit(EXIT.usage, `transferline: ${command} needs DATASET@RUN, the run named in full (see "transferline models"); got ${JSON.stringify(spec)}`);
   }
   return { dataset: m[1]!, runId: m[2]! };

@@ -69,6 +69,9 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   const space = await datasets.space(o.dataset);
   if (!space) throw new Error(`dataset ${o.dataset} has no embedding space recorded (ingested by an older version?): ingest it again`);
   const runId = o.runId ?? newRunId();
+  // before the id names anything in the bucket or the queue
+  const badId = TrainJob.shape.runId.safeParse(runId).error?.issues[0]?.message;
+  if (badId) throw new CliExit(EXIT.usage, `transferline: bad training settings: --run-id: ${badId} (got ${runId})`);
   const jobId = jobIds.train({ runId });
   // Run ids name train jobs across datasets (`train --follow RUN` takes the id alone).
   const taken = await ctx.queues.train.getJob(jobId);
