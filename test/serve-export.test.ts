@@ -249,6 +249,42 @@ describe('transferline serve', () => {
     }
   }, 240_000);
 
+  it('serve -m DATASET whose runs are deleted keeps serving the one it has, says so once, and a reload answers 404', async () => {
+    const { store, layout } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    // a dataset of one run: shapes@r1's files, under another name (and its records saying so)
+    for await (const o of store.listObjects(bucket, layout.run('shapes', 'r1'))) {
+      const to = o.key.replace(layout.run('shapes', 'r1'), layout.run('orphan', 'r1'));
+      if (o.key.endsWith('/report.json') || o.key.endsWith('/run.json')) await store.putJson(bucket, to, { ...(JSON.parse((await store.getObject(bucket, o.key)).toString()) as object), dataset: 'orphan' });
+      else await store.copyObject(bucket, o.key, to);
+    }
+    expect((await runCli(['promote', 'orphan@r1'], stack.env)).code).toBe(0);
+    let said = '';
+    const out = { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream;
+    const abort = new AbortController();
+    let url: string | undefined;
+    const serving = serveCommand({ ...ctx, out, signal: abort.signal }, { model: 'orphan', port: 0, threads: 1, followInterval: 1, onListening: (server) => (url = server.url) });
+    try {
+      await until('serve to load the run', () => said.includes('serving orphan@r1 ') && url !== undefined, 120);
+      expect((await runCli(['delete', 'run', 'orphan@r1', '--yes'], stack.env)).code).toBe(0);
+      await until('serve to say its runs are gone', () => said.includes('follow: orphan has no trained run'), 60);
+      expect(said).toContain('follow: orphan has no trained run in the bucket any more (deleted?): still serving orphan@r1 until a run of it is trained or promoted\n');
+      const reload = await fetch(`${url}/v1/models/reload`, { method: 'POST' });
+      expect(reload.status).toBe(404);
+      expect(((await reload.json()) as { error: { reason: string; message: string } }).error).toEqual({ reason: 'not-found', message: expect.stringMatching(/^no trained model for orphan.*; still serving orphan@r1$/) as unknown as string });
+      expect(said).toMatch(/^POST \/v1\/models\/reload: could not load the new model, still serving r1: no trained model for orphan/m);
+      // and it still answers with the model it has
+      const r = await fetch(`${url}/v1/classify`, { method: 'POST', body: await renderSample('circle', 7, 70), headers: { 'content-type': 'image/jpeg' } });
+      expect(r.status).toBe(200);
+      // said once, however many follow rounds pass
+      await new Promise((resolve) => setTimeout(resolve, 2_500));
+      expect(said.match(/has no trained run in the bucket any more/g)).toHaveLength(1);
+    } finally {
+      abort.abort();
+      await serving;
+    }
+  }, 240_000);
+
   it('transferline serve says each reload once, in its own words, whoever asked: no log line among them', async () => {
     // as a user runs it: its own process, stdout and stderr as a terminal would show them
     const child = spawn(process.execPath, [cliPath, 'serve', '-m', 'shapes', '--port', '0', '--threads', '1', '--follow-interval', '0'], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...stack.env }, stdio: ['ignore', 'pipe', 'pipe'] });

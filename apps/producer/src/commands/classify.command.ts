@@ -33,6 +33,11 @@ export interface ResolvedModel {
  * Resolves `dataset[@run]` to a run that exists in the bucket, and the embedding space its inputs
  * must come from (recorded with the run; the space must be known to the cluster).
  */
+/** A model named that the bucket has no run for: none trained, none the latest, or the run named gone. */
+export class ModelNotFoundError extends Error {
+  override readonly name = 'ModelNotFoundError';
+}
+
 export async function resolveModel(ctx: CliContext, spec: string): Promise<ResolvedModel> {
   const m = /^([^@]*)(?:@(.*))?$/.exec(spec)!;
   const dataset = m[1]!;
@@ -44,10 +49,10 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
   if (!runId) {
     // runs, but none the latest: all trained with --no-promote, or the latest deleted with no run to take its place
     const runs = (await listModelRuns(ctx, dataset)).filter((r) => r.dataset === dataset);
-    if (runs.length) throw new Error(`${dataset} has no latest run (its ${runs.length} run${runs.length === 1 ? ' was' : 's were'} trained with --no-promote, or the latest was deleted): name one, -m ${dataset}@${runs[0]!.runId}, or make one the latest: transferline promote ${dataset}@${runs[0]!.runId}`);
+    if (runs.length) throw new ModelNotFoundError(`${dataset} has no latest run (its ${runs.length} run${runs.length === 1 ? ' was' : 's were'} trained with --no-promote, or the latest was deleted): name one, -m ${dataset}@${runs[0]!.runId}, or make one the latest: transferline promote ${dataset}@${runs[0]!.runId}`);
     // (a shell looking in another bucket than the workers' is told that first: a run on its way
     // writes its model where this shell does not look)
-    throw new Error(
+    throw new ModelNotFoundError(
       await nothingHere(ctx, `no trained model for ${dataset}`, async () => {
         // its first run on its way: that is what to wait for, not a run to start
         const coming = await jobsInFlight<TrainJob>(ctx.queues.train, (j) => j.dataset === dataset && j.promote !== false).catch(() => []);
@@ -59,7 +64,7 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
   }
   if (latest?.insteadOf) ctx.out.write(`note: the latest run of ${dataset}, ${latest.insteadOf}, is no longer in the bucket: using its newest run left, ${runId}\n`);
   const run = await store.getDocument(RunDoc, bucket, layout.runFile(dataset, runId, 'run.json'));
-  if (!run) throw new Error(await nothingHere(ctx, `no run ${runId} of ${dataset} in s3://${bucket}/${layout.models()}`, ' (see "transferline models")'));
+  if (!run) throw new ModelNotFoundError(await nothingHere(ctx, `no run ${runId} of ${dataset} in s3://${bucket}/${layout.models()}`, ' (see "transferline models")'));
   const space = await spaces.get(run.embedderId);
   if (!space) throw new Error(`model ${dataset}@${runId} was trained in embedding space ${run.embedderId}, which no embed worker of this deployment has published: start one with those settings`);
   return { dataset, runId, space };

@@ -57,18 +57,19 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     const random = m.runId === was ? undefined : randomWeightsNote(m);
     if (random) w(`  ${random}`);
   };
+  const reloadFailed = (err: Error, cause: string) => w(`${cause}: could not load the new model, still serving ${server!.model().runId}: ${err.message}`);
   const swap = async (cause: string) => {
     try {
       await server!.reload(cause);
     } catch (err) {
-      w(`${cause}: could not load the new model, still serving ${server!.model().runId}: ${(err as Error).message}`);
+      reloadFailed(err as Error, cause);
     }
   };
   const onHup = () => void swap('SIGHUP');
   try {
     // said once the port is taken: a port in use is said before any loading
     const onListening = () => w(`loading ${o.model} (EfficientNet-B0 + head, one ONNX model)…`);
-    server = await startClassifierServer(long, { model: o.model, log, onSwap, onListening, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }), ...(o.streams !== undefined && { streams: o.streams }) });
+    server = await startClassifierServer(long, { model: o.model, log, onSwap, onReloadFailed: reloadFailed, onListening, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }), ...(o.streams !== undefined && { streams: o.streams }) });
     const m = server.model();
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${m.threshold.toFixed(3)}` : ''}) on ${server.url}`);
     const random = randomWeightsNote(m);
@@ -80,10 +81,15 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     process.on('SIGHUP', onHup);
     const follow = o.followInterval ?? 30;
     if (!o.model.includes('@') && follow > 0) {
+      let orphaned = false;
       timer = setInterval(() => {
         void (async () => {
-          const latest = await latestRun(long, m.dataset).catch(() => undefined);
+          const latest = await latestRun(long, m.dataset).catch(() => 'unread' as const);
+          if (latest === 'unread') return;
           const was = server!.model().runId;
+          // its runs deleted: said once, and served as it is until a run is trained or promoted
+          if (!latest && !orphaned) w(`follow: ${m.dataset} has no trained run in the bucket any more (deleted?): still serving ${m.dataset}@${was} until a run of it is trained or promoted`);
+          orphaned = !latest;
           if (latest && latest.runId !== was) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy !== undefined && Object.hasOwn(SET_BY, latest.setBy) ? (latest.setBy as keyof typeof SET_BY) : 'unknown']})`);
         })();
       }, follow * 1000);

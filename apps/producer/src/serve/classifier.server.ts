@@ -12,6 +12,7 @@ import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
 import { BucketNotFoundError, createServeMetrics, forwardParallelism, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
+import { ModelNotFoundError } from '../commands/classify.command.js';
 import { BudgetWaitError, ByteBudget, HeldBody, type ByteHold } from './byte-budget.js';
 
 /** What one image gets back. */
@@ -202,6 +203,8 @@ export async function startClassifierServer(
      * line of its own.
      */
     onSwap?: (next: ClassifierMetadata, was: string, cause: string) => void;
+    /** Told of a reload asked over HTTP that failed (the model loaded stays); without it, logged (warn). */
+    onReloadFailed?: (err: Error, cause: string) => void;
     /** Told once the port is bound, before the model loads. */
     onListening?: () => void;
   },
@@ -328,7 +331,12 @@ export async function startClassifierServer(
       const m = await reload('POST /v1/models/reload');
       res.json({ dataset: m.dataset, runId: m.runId });
     } catch (err) {
-      fail(res, 'internal', (err as Error).message);
+      // the model it names is gone (its runs deleted): the one loaded is kept, and said so
+      const gone = err instanceof ModelNotFoundError;
+      const message = `${(err as Error).message}; still serving ${current.meta.dataset}@${current.meta.runId}`;
+      if (o.onReloadFailed) o.onReloadFailed(err as Error, 'POST /v1/models/reload');
+      else o.log.warn({ err, cause: 'POST /v1/models/reload' }, `the model was not reloaded: ${message}`);
+      fail(res, gone ? 'not-found' : 'internal', message);
     }
   });
 
