@@ -200,6 +200,10 @@ describe('what a user sees when something is wrong', () => {
         // the workers' own settings: nothing of the kind
         const own = await runCli(['models'], stack.env);
         expect(own.stdout).toBe('no trained models yet: transferline train --dataset NAME\n');
+        // of a dataset that exists: its name in the command to run
+        await ctx.services.datasets.putItem('untrained', 's3://photos/untrained/cat/a.jpg', { label: 'cat', etag: 'e', space: stack.space.id, state: 'pending' });
+        expect((await runCli(['models', '-d', 'untrained'], stack.env)).stdout).toBe('no trained models yet for untrained: transferline train --dataset untrained\n');
+        await ctx.services.datasets.remove('untrained');
         expect((await runCli(['status'], stack.env)).stdout).not.toContain('this shell looks in');
       } finally {
         await beat.stop();

@@ -94,6 +94,8 @@ describe('prepareImage', () => {
     bomb.writeUInt32BE(30000, 16);
     bomb.writeUInt32BE(30000, 20);
     expect(await reasonOf(bomb)).toBe('too-many-pixels');
+    // said with its size and the setting to raise
+    await expect(prepareImage(bomb, OPTS)).rejects.toThrow(`the image is 30000×30000, 900,000,000 pixels, more than TL_MAX_INPUT_PIXELS (${OPTS.maxInputPixels.toLocaleString('en-US')}) allows`);
     // the same with a JPEG's frame header
     const jbomb = Buffer.from(jpeg);
     const sof = jbomb.indexOf(Buffer.from([0xff, 0xc0]));

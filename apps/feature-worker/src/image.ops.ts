@@ -111,7 +111,12 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
     out = await vipsErrors.run(decode, timedOut);
   } catch (err) {
     if (timedOut()) throw new PermanentError('decode-timeout', `decoding took longer than ${timeoutSeconds} s`);
-    throw classifyDecodeError(err as Error, sniffed.format, bytes);
+    const e = classifyDecodeError(err as Error, sniffed.format, bytes);
+    if (e.reason !== 'too-many-pixels') throw e;
+    // its size from the header alone (nothing decoded), and the setting that sets the limit
+    const meta = await sharp(bytes, { limitInputPixels: false }).metadata().catch(() => undefined);
+    const size = meta?.width && meta.height ? `${meta.width}×${meta.height}, ${(meta.width * meta.height).toLocaleString('en-US')} pixels, ` : '';
+    throw new PermanentError('too-many-pixels', `the image is ${size}more than TL_MAX_INPUT_PIXELS (${o.maxInputPixels.toLocaleString('en-US')}) allows`);
   }
   const { data, info } = out;
   if (info.channels !== 3 || info.width !== o.size || info.height !== o.size) {

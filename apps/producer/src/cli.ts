@@ -346,9 +346,9 @@ cache
   .action((o: { rows: number; embedder?: string; orphansOlderThan?: number }) => withContext((ctx) => compactCommand(ctx, o)));
 
 const del = program.command('delete').description('delete a trained run, or a dataset (with its runs if asked): prints what goes and what stays, and deletes with --yes');
-const deleteOptions = (c: Command) =>
+const deleteOptions = (c: Command, results: string) =>
   c
-    .option('--results', 'the classify results (and, for a dataset, the label reviews) written for it, too')
+    .option('--results', results)
     .option('--dry-run', 'print what would be deleted; delete nothing')
     .option('-y, --yes', 'delete without asking (required when not on a terminal)');
 deleteOptions(
@@ -356,6 +356,7 @@ deleteOptions(
     .command('run')
     .description("a trained run: its model files and classify's record of what it labelled; if it was the latest, the newest run left that is not an unpromoted --no-promote run becomes the latest")
     .argument('<dataset@run>', 'the run, named in full (see "transferline models")'),
+  'the classify results written with it, too',
 ).action((spec: string, o: DeleteOptions) => {
   parseRunSpec('delete run', spec); // a bad one is bad usage, said before Redis is asked
   return withContext((ctx) => deleteRunCommand(ctx, spec, o, terminalConfirm()));
@@ -366,6 +367,7 @@ deleteOptions(
     .description('a dataset: its records in Redis (the images and their cached embeddings stay); with --runs its trained runs too')
     .argument('<name>', 'the dataset (or _classify.<model>: classify then labels every image again)', anyDataset)
     .option('--runs', "its trained runs too, with classify's records of what they labelled and the images classify kept for them"),
+  'the classify results and label reviews written for it, too',
 ).action((name: string, o: DeleteOptions & { runs?: boolean }) => withContext((ctx) => deleteDatasetCommand(ctx, name, o, terminalConfirm())));
 
 // A command that finished has closed every client it opened, so the process ends by itself

@@ -24,6 +24,9 @@ describe('loadConfig', () => {
     const c = loadConfig({ REDIS_URL: 'redis://cache:6379/2', S3_ENDPOINT: 'http://minio:9000', S3_FORCE_PATH_STYLE: 'false' });
     expect(c.redis).toMatchObject({ url: 'redis://cache:6379/2', embedded: false });
     expect(c.s3).toMatchObject({ endpoint: 'http://minio:9000', embedded: false, forcePathStyle: false });
+    // as a shell or a .env file spells it
+    expect(loadConfig({ S3_FORCE_PATH_STYLE: 'False' }).s3.forcePathStyle).toBe(false);
+    expect(loadConfig({ S3_FORCE_PATH_STYLE: 'TRUE' }).s3.forcePathStyle).toBe(true);
   });
 
   it('coerces numbers and ignores unrelated and empty variables', () => {

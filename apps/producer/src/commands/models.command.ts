@@ -161,7 +161,7 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
   }
   if (runs.length === 0) {
     if (o.dataset && !(await ctx.services.datasets.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset} and no models for it`);
-    ctx.out.write(`${await nothingHere(ctx, `no trained models yet${o.dataset ? ` for ${o.dataset}` : ''}`, ': transferline train --dataset NAME')}\n`);
+    ctx.out.write(`${await nothingHere(ctx, `no trained models yet${o.dataset ? ` for ${o.dataset}` : ''}`, `: transferline train --dataset ${o.dataset ?? 'NAME'}`)}\n`);
     return runs;
   }
   const pct = (x?: number) => (x === undefined ? '   –  ' : `${(x * 100).toFixed(1).padStart(5)}%`);
