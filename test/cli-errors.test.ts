@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { createRedis, redisKeys, SpaceRegistry } from '../packages/shared/src/index.js';
+import { createRedis, DatasetRepository, redisKeys, SpaceRegistry } from '../packages/shared/src/index.js';
 import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
@@ -88,6 +88,17 @@ describe('what a user sees when something is wrong', () => {
       const status = await runCli(['status'], env, 60_000);
       expect({ timedOut: status.timedOut, code: status.code }).toEqual({ timedOut: false, code: 0 });
       expect(status.stdout).toContain(`warning: cannot read s3://transferline/, so whether Redis lost data is not checked: cannot reach S3 at ${endpoint}: it did not answer in time`);
+      // one that drops every connection is not called mute (the SDK names a reset a timeout too)
+      const rude = net.createServer((socket) => socket.destroy());
+      await new Promise<void>((resolve) => rude.listen(0, '127.0.0.1', resolve));
+      try {
+        const at = `http://127.0.0.1:${(rude.address() as net.AddressInfo).port}`;
+        const reset = await runCli(['models'], { ...env, S3_ENDPOINT: at }, 60_000);
+        expect(reset.code).toBe(1);
+        expect(reset.stderr).not.toContain('did not answer in time');
+      } finally {
+        await new Promise((resolve) => rude.close(resolve));
+      }
     } finally {
       for (const socket of held) socket.destroy();
       await new Promise((resolve) => mute.close(resolve));
@@ -172,6 +183,12 @@ describe('what a user sees when something is wrong', () => {
         const r = await runCli(args, elsewhere);
         expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 1, stderr: `transferline: ${words}\n` });
       }
+      // a prefix with datasets of its own (a deployment sharing this Redis): a name it lacks is just missing
+      const there = new DatasetRepository(ctx.services.redis, redisKeys('elsewhere'));
+      await there.putItem('theirs', 's3://photos/theirs/cat/a.jpg', { label: 'cat', etag: 'e', space: stack.space.id, state: 'pending' });
+      const own = await runCli(['failures', '-d', 'prefixed'], elsewhere);
+      expect({ code: own.code, stderr: own.stderr }).toEqual({ code: 1, stderr: 'transferline: no dataset named prefixed; known: theirs\n' });
+      await there.remove('theirs');
       await datasets.remove('prefixed');
       await store.deleteObject(bucket, layout.runFile('prefixed', 'r1', 'run.json'));
     });

@@ -253,11 +253,14 @@ describe('transferline serve', () => {
     const { store, layout } = ctx.services;
     const bucket = stack.config.s3.bucket;
     // a dataset of one run: shapes@r1's files, under another name (and its records saying so)
-    for await (const o of store.listObjects(bucket, layout.run('shapes', 'r1'))) {
-      const to = o.key.replace(layout.run('shapes', 'r1'), layout.run('orphan', 'r1'));
-      if (o.key.endsWith('/report.json') || o.key.endsWith('/run.json')) await store.putJson(bucket, to, { ...(JSON.parse((await store.getObject(bucket, o.key)).toString()) as object), dataset: 'orphan' });
-      else await store.copyObject(bucket, o.key, to);
-    }
+    const copyRun = async () => {
+      for await (const o of store.listObjects(bucket, layout.run('shapes', 'r1'))) {
+        const to = o.key.replace(layout.run('shapes', 'r1'), layout.run('orphan', 'r1'));
+        if (o.key.endsWith('/report.json') || o.key.endsWith('/run.json')) await store.putJson(bucket, to, { ...(JSON.parse((await store.getObject(bucket, o.key)).toString()) as object), dataset: 'orphan' });
+        else await store.copyObject(bucket, o.key, to);
+      }
+    };
+    await copyRun();
     expect((await runCli(['promote', 'orphan@r1'], stack.env)).code).toBe(0);
     let said = '';
     const out = { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream;
@@ -279,6 +282,10 @@ describe('transferline serve', () => {
       // said once, however many follow rounds pass
       await new Promise((resolve) => setTimeout(resolve, 2_500));
       expect(said.match(/has no trained run in the bucket any more/g)).toHaveLength(1);
+      // a run of it trained again under the same id (delete run freed it) is loaded
+      await copyRun();
+      expect((await runCli(['promote', 'orphan@r1'], stack.env)).code).toBe(0);
+      await until('serve to load the new orphan@r1', () => said.includes('the latest run of orphan is now r1 (promoted): reloaded orphan@r1'), 60);
     } finally {
       abort.abort();
       await serving;

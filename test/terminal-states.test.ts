@@ -32,8 +32,8 @@ beforeAll(async () => {
   faulty = await startFaultyS3();
   proxy = faulty.proxy;
   // retries 10× sooner than by default: what is tested is where they end, not how long they wait
-  // and a request S3 does not answer is given up after 3 s without a byte (30 by default)
-  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', S3_ENDPOINT: proxy.url, TL_RETRY_BACKOFF_SCALE: String(BACKOFF_SCALE), TL_S3_IDLE_TIMEOUT_MS: '3000' });
+  // and a request S3 does not answer is given up after 2 s without a byte (30 by default)
+  stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_EMBED_BATCH_SIZE: '4', S3_ENDPOINT: proxy.url, TL_RETRY_BACKOFF_SCALE: String(BACKOFF_SCALE), TL_S3_IDLE_TIMEOUT_MS: '2000' });
   ctx = await openCliContext(stack.config, sink);
   await ctx.services.store.ensureBucket(photos);
   for (const kind of KINDS) for (let i = 0; i < 6; i++) await ctx.services.store.putObject(photos, `train/${kind}/${i}.jpg`, await renderSample(kind, i, 17));

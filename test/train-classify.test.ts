@@ -958,7 +958,9 @@ describe('training runs and classification', () => {
     // stopped: its connection stays open, so it is still a connected train worker
     expect(stack.supervisor.signal('train', 1, 'SIGSTOP')).toBe(true);
     try {
-      const r = await runCli(['train', '--follow', runId, '--stall-timeout', '3'], stack.env, 90_000);
+      // (a shell with shorter train locks than the workers' 15 s waits out fewer intervals: the
+      // lapse itself comes within the workers' lock)
+      const r = await runCli(['train', '--follow', runId, '--stall-timeout', '3'], { ...stack.env, TL_TRAIN_JOB_LOCK_MS: '5000' }, 90_000);
       expect(r.timedOut).toBe(false);
       expect(r.code).toBe(4);
       expect(r.stderr).toContain(`run ${runId} has not moved for 3 s: its train worker (${holder}) stopped renewing its lock (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?), and no other train worker is connected to take it up: restart it`);

@@ -51,9 +51,13 @@ export function otherPrefixWords(ctx: CliContext, others: string[], what = 'the 
 /**
  * The other queue prefixes under which this Redis holds dataset `name`: a shell whose
  * TL_QUEUE_PREFIX is not the workers' finds none of their datasets. (A SCAN: run only for a
- * dataset not found.)
+ * dataset not found, under a prefix that holds no dataset.)
  */
 export async function datasetUnderOtherPrefixes(ctx: CliContext, name: string): Promise<string[]> {
+  // Only for a prefix without datasets: one with datasets of its own is a deployment (several
+  // may share a Redis), where a dataset not found is not there. (Not its published spaces: a
+  // worker once started with the wrong prefix leaves its space published there for good.)
+  if ((await ctx.services.datasets.list()).length) return [];
   const own = ctx.services.keys.datasetItems(name);
   const tail = own.slice(ctx.config.redis.prefix.length);
   const found = await redisKeysMatching(ctx, `*${globLiteral(tail)}`);

@@ -187,7 +187,7 @@ async function lockLost(ctx: CliContext, queue: Queue, job: Job, workers: Record
   // connection's own name.
   const paused = (await ctx.services.paused.list(queue.name)).map((p) => p.worker);
   const named = workers.some((w) => w.rawname);
-  const others = named ? workers.filter((w) => ![holder, ...paused].some((n) => n && w.rawname?.endsWith(`:w:${n}`))).length : workers.length - 1 - paused.length;
+  const others = named ? workers.filter((w) => ![holder, ...paused].some((n) => n && w.rawname?.endsWith(`:w:${n}`))).length : workers.length - 1 - new Set(paused.filter((p) => p !== holder)).size;
   if (others > 0) return undefined;
   return `its ${role} worker${holder ? ` (${holder})` : ''} stopped renewing its lock (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?), and no other ${role} worker ${paused.length ? 'that is not paused ' : ''}is connected to take it up: restart it, or start another (${RESTARTED_BY})`;
 }

@@ -68,11 +68,15 @@ export const EmbedJob = z.object({
 });
 export type EmbedJob = z.infer<typeof EmbedJob>;
 
+/** What a new run's id must be (train --run-id): a letter or digit first, then letters, digits, _, . and -. */
+export const NEW_RUN_ID = { pattern: /^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$/, rule: 'letters, digits, _, . and - (at most 80), starting with a letter or digit' } as const;
+
 /** Fit a classification head on a dataset's cached embeddings. */
 export const TrainJob = z.object({
   dataset: datasetName,
-  // (a letter or digit first: never `.` or `..`, which would name another folder of the bucket)
-  runId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$/, 'letters, digits, _, . and - (at most 80), starting with a letter or digit'),
+  // (never `.` or `..`, which would name another folder of the bucket; train gives new runs a
+  // letter or digit first, NEW_RUN_ID, while runs named before that stay readable)
+  runId: z.string().regex(/^(?!\.\.?$)[A-Za-z0-9_.-]{1,80}$/, 'letters, digits, _, . and - (at most 80), not . or ..'),
   embedderId: z.string().min(1),
   /** 0: softmax on the embeddings (logistic regression); > 0: one ReLU hidden layer of this size */
   hiddenUnits: z.number().int().min(0).max(8192).default(0),

@@ -29,19 +29,20 @@ export interface ResolvedModel {
   space: EmbeddingSpace;
 }
 
-/**
- * Resolves `dataset[@run]` to a run that exists in the bucket, and the embedding space its inputs
- * must come from (recorded with the run; the space must be known to the cluster).
- */
 /** A model named that the bucket has no run for: none trained, none the latest, or the run named gone. */
 export class ModelNotFoundError extends Error {
   override readonly name = 'ModelNotFoundError';
 }
 
+/**
+ * Resolves `dataset[@run]` to a run that exists in the bucket, and the embedding space its inputs
+ * must come from (recorded with the run; the space must be known to the cluster).
+ */
 export async function resolveModel(ctx: CliContext, spec: string): Promise<ResolvedModel> {
   const m = /^([^@]*)(?:@(.*))?$/.exec(spec)!;
   const dataset = m[1]!;
-  if (!DatasetName.safeParse(dataset).success) throw new Error(`--model needs a dataset name, optionally @run (got ${JSON.stringify(spec)})`);
+  // (a run that would name another folder of the bucket is none)
+  if (!DatasetName.safeParse(dataset).success || (m[2] !== undefined && (/^\.{0,2}$/.test(m[2]) || m[2].includes('/')))) throw new Error(`--model needs a dataset name, optionally @run (got ${JSON.stringify(spec)})`);
   const { bucket } = ctx.config.s3;
   const { store, layout, spaces } = ctx.services;
   const latest = m[2] === undefined ? await latestRun(ctx, dataset) : undefined;

@@ -224,7 +224,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   const exists = await datasets.exists(dataset);
   // A shell whose TL_QUEUE_PREFIX is not the workers' sees none of their datasets: what it would
   // delete (the runs of a dataset it takes for gone, with --runs) belongs to a live one.
-  const elsewhere = exists ? [] : await datasetUnderOtherPrefixes(ctx, dataset);
+  const elsewhere = exists ? [] : await datasetUnderOtherPrefixes(ctx, dataset).catch(() => []);
   if (elsewhere.length) throw new CliExit(EXIT.error, `transferline: no dataset named ${dataset} here: ${otherPrefixWords(ctx, elsewhere, 'it')}: nothing deleted`);
   const status = exists ? await ctx.services.inspector.status(dataset) : undefined;
   const runs = classifyData ? [] : (await listModelRuns(ctx, dataset)).filter((r) => r.dataset === dataset);

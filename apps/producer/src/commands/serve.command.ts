@@ -1,6 +1,6 @@
 import { createLogger, createServices } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
-import { latestRun } from './models.command.js';
+import { latestRun, listModelRuns } from './models.command.js';
 import { randomWeightsNote } from '../classifier-model.js';
 import type { ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
 import { startClassifierServer, type ClassifierServer } from '../serve/classifier.server.js';
@@ -87,10 +87,19 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
           const latest = await latestRun(long, m.dataset).catch(() => 'unread' as const);
           if (latest === 'unread') return;
           const was = server!.model().runId;
-          // its runs deleted: said once, and served as it is until a run is trained or promoted
-          if (!latest && !orphaned) w(`follow: ${m.dataset} has no trained run in the bucket any more (deleted?): still serving ${m.dataset}@${was} until a run of it is trained or promoted`);
+          // its runs deleted, or none left the latest: said once, and served as it is until a run
+          // is trained or promoted (then loaded, though it may carry the id of the one served)
+          if (!latest && !orphaned) {
+            const left = (await listModelRuns(long, m.dataset).catch(() => [])).filter((r) => r.dataset === m.dataset);
+            w(
+              left.length
+                ? `follow: ${m.dataset} has no latest run any more (make one the latest: transferline promote ${m.dataset}@${left[0]!.runId}): still serving ${m.dataset}@${was}`
+                : `follow: ${m.dataset} has no trained run in the bucket any more (deleted?): still serving ${m.dataset}@${was} until a run of it is trained or promoted`,
+            );
+          }
+          const wasOrphaned = orphaned;
           orphaned = !latest;
-          if (latest && latest.runId !== was) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy !== undefined && Object.hasOwn(SET_BY, latest.setBy) ? (latest.setBy as keyof typeof SET_BY) : 'unknown']})`);
+          if (latest && (latest.runId !== was || wasOrphaned)) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy !== undefined && Object.hasOwn(SET_BY, latest.setBy) ? (latest.setBy as keyof typeof SET_BY) : 'unknown']})`);
         })();
       }, follow * 1000);
     }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { enqueue, jobIds, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
+import { enqueue, jobIds, NEW_RUN_ID, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { followJob } from '../job-follow.js';
@@ -70,8 +70,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   if (!space) throw new Error(`dataset ${o.dataset} has no embedding space recorded (ingested by an older version?): ingest it again`);
   const runId = o.runId ?? newRunId();
   // before the id names anything in the bucket or the queue
-  const badId = TrainJob.shape.runId.safeParse(runId).error?.issues[0]?.message;
-  if (badId) throw new CliExit(EXIT.usage, `transferline: bad training settings: --run-id: ${badId} (got ${runId})`);
+  if (!NEW_RUN_ID.pattern.test(runId)) throw new CliExit(EXIT.usage, `transferline: bad training settings: --run-id: ${NEW_RUN_ID.rule} (got ${runId})`);
   const jobId = jobIds.train({ runId });
   // Run ids name train jobs across datasets (`train --follow RUN` takes the id alone).
   const taken = await ctx.queues.train.getJob(jobId);

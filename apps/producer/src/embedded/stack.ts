@@ -114,7 +114,8 @@ export async function startStack(
         },
         { ...EMBED_STREAMS_NAMED, of: 'each embed process has', ...(embedProcesses > 1 && initial.embed.threads === undefined && { orElse: 'or start fewer --embed-workers' }) },
       );
-      const over = initial.embed.backend !== 'tensorflow' && threadsOverCores(initial.embed.threads, cores, EMBED_THREADS_NAMED, embedProcesses);
+      // (ONNX Runtime's threads: wasm streams are single-threaded, libtensorflow has its own)
+      const over = (initial.embed.backend === 'onnx' || initial.embed.backend === 'auto') && threadsOverCores(initial.embed.threads, cores, EMBED_THREADS_NAMED, embedProcesses);
       if (over) onEvent(`warning: ${over}`);
       env.TL_EMBED_THREADS ??= String(threads);
     }
