@@ -955,6 +955,8 @@ describe('training runs and classification', () => {
       if (job?.processedBy && ((job.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 1) holder = job.processedBy;
       else await new Promise((r) => setTimeout(r, 50));
     }
+    // status names the run in training, and how far it has got
+    expect((await runCli(['status'], stack.env)).stdout).toMatch(new RegExp(`^ {2}train: run ${runId} of shapes is training, epoch \\d+ of at most 10000 \\(follow it: transferline train --follow ${runId}\\)$`, 'm'));
     // stopped: its connection stays open, so it is still a connected train worker
     expect(stack.supervisor.signal('train', 1, 'SIGSTOP')).toBe(true);
     try {

@@ -33,6 +33,8 @@ export interface StatusReport {
       failedRuns?: FailedRun[];
       /** train only: the failed runs not in failedRuns (of deleted datasets, or followed by a completed run) */
       failedRunsSettled?: number;
+      /** train only: the runs training now (the first ACTIVE_RUNS_SHOWN), with the epoch each has reached */
+      activeRuns?: { runId: string; dataset: string; epoch: number; epochs: number }[];
     }
   >;
   spaces: SpaceStatus[];
@@ -43,6 +45,8 @@ export interface StatusReport {
 
 /** How many of the train queue's failed jobs status reads to tell the cancelled ones from the rest. */
 const FAILED_SCAN = 1000;
+/** Runs in training that status names (the train queue's active count says how many in all). */
+const ACTIVE_RUNS_SHOWN = 5;
 /** Failed runs status names one by one; past that, how many more. */
 const FAILED_RUNS_SHOWN = 3;
 
@@ -144,6 +148,15 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     queues.train!.failedRuns = toAct;
     queues.train!.failedRunsSettled = settled;
   }
+  // the runs training now, and how far each has got (the console's run pages have the rest)
+  queues.train!.activeRuns = [];
+  if (queues.train!.active) {
+    for (const j of await ctx.queues.train.getActive(0, ACTIVE_RUNS_SHOWN - 1)) {
+      const data = j?.data as { runId?: string; dataset?: string; epochs?: number } | undefined;
+      if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset)) continue;
+      queues.train!.activeRuns.push({ runId: data.runId, dataset: String(data.dataset), epoch: (j!.progress as { epoch?: number } | undefined)?.epoch ?? 0, epochs: data.epochs ?? 0 });
+    }
+  }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers } of listed) {
     const c = queues[queueName('embed', space.id)]!;
@@ -176,6 +189,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const held = c.active ?? 0;
     if (c.workers === 0 && held > 0) w(`  ${name}: ${held} active job${held === 1 ? '' : 's'} and no worker connected: held by a worker that stopped; a worker of this queue takes ${held === 1 ? 'it' : 'them'} up again once it starts (a job stalled too often fails as stalled)`);
   }
+  for (const r of queues.train!.activeRuns ?? []) w(`  train: run ${r.runId} of ${r.dataset} is training, epoch ${r.epoch} of at most ${r.epochs} (follow it: transferline train --follow ${r.runId})`);
   const cancelled = queues.train!.cancelled;
   if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);
   const failedOnes = queues.train!.failedRuns ?? [];
