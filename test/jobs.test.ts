@@ -2,7 +2,7 @@ import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
-import { Queue, Worker } from 'bullmq';
+import { Queue, Worker, type WorkerOptions } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
@@ -46,10 +46,10 @@ function newQueue(): Queue {
   return q;
 }
 
-/** A worker of `queue` that takes jobs and never finishes them. */
-function hangingWorker(queue: Queue): Worker {
+/** A worker of `queue` that takes jobs and never finishes them (with `o`, BullMQ's options of its own). */
+function hangingWorker(queue: Queue, o: Partial<WorkerOptions> = {}): Worker {
   const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
-  const worker = new Worker(queue.name, () => new Promise<unknown>(() => {}), { connection, prefix: ctx.config.redis.prefix, lockDuration: 60_000 });
+  const worker = new Worker(queue.name, () => new Promise<unknown>(() => {}), { connection, prefix: ctx.config.redis.prefix, lockDuration: 60_000, ...o });
   worker.on('error', () => {});
   opened.push({ close: async () => (await worker.close(true), connection.disconnect()) });
   return worker;
@@ -186,11 +186,7 @@ describe('following a job', () => {
 
 /** A worker of `queue` that takes a job and then renews nothing, as a hung one: its lock (5 s) runs out, and it checks for stalled jobs only hourly. Named, as ours are (`processedBy`). */
 function lapsingWorker(queue: Queue): Worker {
-  const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
-  const worker = new Worker(queue.name, () => new Promise<unknown>(() => {}), { connection, prefix: ctx.config.redis.prefix, lockDuration: 5_000, skipLockRenewal: true, stalledInterval: 3_600_000, name: `lapsing-${randomBytes(3).toString('hex')}` });
-  worker.on('error', () => {});
-  opened.push({ close: async () => (await worker.close(true), connection.disconnect()) });
-  return worker;
+  return hangingWorker(queue, { lockDuration: 5_000, skipLockRenewal: true, stalledInterval: 3_600_000, name: `lapsing-${randomBytes(3).toString('hex')}` });
 }
 
 describe('a worker that holds a job and stops renewing its lock (hung)', () => {
@@ -237,10 +233,7 @@ describe('a worker that holds a job and stops renewing its lock (hung)', () => {
     lapsingWorker(queue);
     await until('the job is taken', async () => (await queue.getJobState(job.id!)) === 'active', 20);
     // another worker, of this process, paused as an S3 outage pauses one
-    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
-    const other = new Worker(queue.name, () => new Promise<unknown>(() => {}), { connection, prefix: ctx.config.redis.prefix, name: PROCESS_NAME });
-    other.on('error', () => {});
-    opened.push({ close: async () => (await other.close(true), connection.disconnect()) });
+    hangingWorker(queue, { name: PROCESS_NAME });
     await until('both are connected', async () => (await queue.getWorkersCount()) === 2, 20);
     const unmark = ctx.services.paused.mark(queue.name, { dependency: 's3', describe: () => ({ reason: 'S3 at x is unreachable', remedy: 'they resume by themselves' }) });
     try {

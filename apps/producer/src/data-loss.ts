@@ -37,7 +37,11 @@ export async function indexUnderOtherPrefixes(ctx: CliContext, space: string): P
   // Only while no worker has published the space under this prefix: one has, after a real loss
   // (within a heartbeat), whatever another deployment sharing this Redis holds.
   if ((await ctx.services.spaces.get(space)) !== undefined) return [];
-  const own = ctx.services.keys.embeddingIndex(space);
+  return prefixesHolding(ctx, ctx.services.keys.embeddingIndex(space));
+}
+
+/** The other queue prefixes under which this Redis holds the key `own` (one of this prefix's keys): a SCAN. */
+async function prefixesHolding(ctx: CliContext, own: string): Promise<string[]> {
   const tail = own.slice(ctx.config.redis.prefix.length);
   const found = await redisKeysMatching(ctx, `*${globLiteral(tail)}`);
   return [...new Set(found.filter((k) => k !== own && k.endsWith(tail)).map((k) => k.slice(0, -tail.length)))].sort();
@@ -58,10 +62,7 @@ export async function datasetUnderOtherPrefixes(ctx: CliContext, name: string): 
   // may share a Redis), where a dataset not found is not there. (Not its published spaces: a
   // worker once started with the wrong prefix leaves its space published there for good.)
   if ((await ctx.services.datasets.list()).length) return [];
-  const own = ctx.services.keys.datasetItems(name);
-  const tail = own.slice(ctx.config.redis.prefix.length);
-  const found = await redisKeysMatching(ctx, `*${globLiteral(tail)}`);
-  return [...new Set(found.filter((k) => k !== own && k.endsWith(tail)).map((k) => k.slice(0, -tail.length)))].sort();
+  return prefixesHolding(ctx, ctx.services.keys.datasetItems(name));
 }
 
 /**

@@ -92,8 +92,9 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
  * Rejects when nothing can move the job, or on Ctrl-C. Nothing can
  * move it when, for `stallSeconds`: no worker of its queue is connected (whether the job waits,
  * or is active in a worker that is gone: only a live worker moves a stalled job back), its
- * queue is paused, or it is active in a worker that hung (lockLost) with no other to take it up. A job that is gone from the queue (removed, or Redis lost it) ends the wait at
- * once. Redis going away is waited out, as the dataset wait does.
+ * queue is paused, or it is active in a worker that hung (lockLost) with no other to take it
+ * up. A job that is gone from the queue (removed, or Redis lost it) ends the wait at once.
+ * Redis going away is waited out, as the dataset wait does.
  */
 async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, queued: QueueWatch, stop: AbortSignal): Promise<R> {
   const outage = redisOutage(ctx, o.stallSeconds, `${o.what} goes on in the ${o.role} worker when it is back`);
