@@ -113,8 +113,9 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
     if (timedOut()) throw new PermanentError('decode-timeout', `decoding took longer than ${timeoutSeconds} s`);
     const e = classifyDecodeError(err as Error, sniffed.format, bytes);
     if (e.reason !== 'too-many-pixels') throw e;
-    // its size from the header alone (nothing decoded), and the setting that sets the limit
-    const meta = await sharp(bytes, { limitInputPixels: false }).metadata().catch(() => undefined);
+    // its size from the header alone (nothing decoded), and the setting that sets the limit; a
+    // read of libvips like any decode, so tracked as one: it clears the shared error buffer too
+    const meta = await vipsErrors.run(() => sharp(bytes, { limitInputPixels: false }).metadata()).catch(() => undefined);
     const size = meta?.width && meta.height ? `${meta.width}×${meta.height}, ${(meta.width * meta.height).toLocaleString('en-US')} pixels, ` : '';
     throw new PermanentError('too-many-pixels', `the image is ${size}more than TL_MAX_INPUT_PIXELS (${o.maxInputPixels.toLocaleString('en-US')}) allows`);
   }
