@@ -1,4 +1,11 @@
+import { createHash } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { loadTfRuntime } from '@transferline/shared/tf';
+import { buildEfficientNetB0 } from '../apps/feature-worker/src/model/efficientnet-b0.model.js';
+import { writeKerasH5Weights } from '../apps/feature-worker/src/model/keras-h5-weights.writer.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
 import { loadConfig, spaceFromConfig } from '../packages/shared/src/index.js';
@@ -43,4 +50,55 @@ describe('a dataset whose prefixes were ingested into two embedding spaces', () 
     expect(again.stdout).not.toContain('embedded in');
     expect((await ctx.services.inspector.status('combo')).elsewhere).toEqual([]);
   }, 240_000);
+});
+
+describe('an embed worker still loading its model', () => {
+  it('is waited for past the stall timeout, and said so, by ingest and status; the wait ends once it has embedded', async () => {
+    const { stack, ctx } = file;
+    // its ImageNet weights (a file in Keras's layout, of random values) come from a download held open
+    await loadTfRuntime('wasm');
+    const h5 = Buffer.from(await writeKerasH5Weights(buildEfficientNetB0({ seed: 5, inputSize: 224 })));
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const server = http.createServer((_req, res) => {
+      res.writeHead(200, { 'content-length': h5.length });
+      res.write(h5.subarray(0, 1000));
+      void released.then(() => res.end(h5.subarray(1000)));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const env = {
+        ...stack.env,
+        TL_MODEL_WEIGHTS: 'imagenet',
+        TL_MODEL_WEIGHTS_MD5: createHash('md5').update(h5).digest('hex'),
+        TL_MODEL_WEIGHTS_SOURCE: `http://127.0.0.1:${(server.address() as AddressInfo).port}/w.h5`,
+        TL_MODEL_CACHE_DIR: path.join(stack.dataDir, 'held-weights'),
+      };
+      const space = spaceFromConfig(loadConfig(env));
+      await stack.supervisor.start([{ role: 'embed', replica: 3, metricsPort: await freePort(), env }]);
+      await until('the worker to say it is loading its model', async () => (await ctx.services.spaces.startingWorkers(space.id)).length > 0, 60);
+      await ctx.services.store.ensureBucket(photos);
+      for (const kind of ['circle', 'square'] as const) await ctx.services.store.putObject(photos, `held/${kind}/0.jpg`, await renderSample(kind, 90, 62));
+      let out = '';
+      let ended = false;
+      const ingest = runCli(['ingest', `s3://${photos}/held/`, '-d', 'held', '--embedder', space.id, '--stall-timeout', '2'], stack.env, 120_000, { merged: true, onOutput: (c) => (out += c) });
+      void ingest.then(() => (ended = true));
+      // its space is published from the start, and the wait, past its stall timeout, says what it waits for
+      const waiting = /no progress for 2 s, but an embed worker of \S+ is on its way: its worker \S+ has been loading its model for \d+ s/;
+      await until('ingest to say it waits for the worker, or end', () => waiting.test(out) || ended, 60);
+      expect(out).toMatch(waiting);
+      expect(out).toContain(`embedding space ${space.id} (chosen with --embedder); no embed worker is live for it yet: 1 worker loading the model`);
+      const status = await runCli(['status'], stack.env);
+      expect(status.stdout).toContain(`  ${space.id}: 0 embed workers (1 more loading its model), backlog 2`);
+      release();
+      const r = await ingest;
+      expect(r.timedOut).toBe(false);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/dataset held: 2 images, 2 embedded/);
+    } finally {
+      release();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  }, 180_000);
 });

@@ -43,95 +43,106 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);
   const space = spaceFromConfig(config);
-  let weightsFile: WeightsFile | undefined;
-  if (space.weights === 'imagenet') {
-    let lastLog = 0;
-    weightsFile = await resolveWeights(config.embed, {
-      store: services.store,
-      onProgress: (received, total) => {
-        if (Date.now() - lastLog < 2_000) return;
-        lastLog = Date.now();
-        log.info({ received, total }, 'downloading EfficientNet-B0 weights');
+  // Beating as starting from now (the model may take minutes to load): a command waiting on this
+  // space sees a worker on its way, not that none is live. Live once the jobs can be taken.
+  const storage = { bucket: config.s3.bucket, prefix: config.s3.prefix };
+  const heartbeat = services.spaces.announceStarting(space, (err) => log.debug({ err }, 'heartbeat not written'), storage);
+  try {
+    let weightsFile: WeightsFile | undefined;
+    if (space.weights === 'imagenet') {
+      let lastLog = 0;
+      weightsFile = await resolveWeights(config.embed, {
+        store: services.store,
+        onProgress: (received, total) => {
+          if (Date.now() - lastLog < 2_000) return;
+          lastLog = Date.now();
+          log.info({ received, total }, 'downloading EfficientNet-B0 weights');
+        },
+      });
+      log.info({ path: weightsFile.path, md5: weightsFile.md5, downloaded: weightsFile.downloaded }, 'ImageNet weights verified');
+    }
+    const rt = await startEmbedRuntime(
+      {
+        preference: config.embed.backend,
+        ...(weightsFile && { weights: weightsFile.bytes }),
+        weightsKey: weightsFile ? weightsFile.md5 : `random-seed${config.embed.seed}`,
+        seed: config.embed.seed,
+        inputSize: space.inputSize,
+        threads,
+        streams,
+        cacheDir: config.embed.cacheDir,
+        warmupBatch: config.embed.batchSize,
+        // The embed thread reads the pixels itself: they never enter this isolate.
+        pixelSource: { redisUrl: config.redis.url, redisPrefix: config.redis.prefix },
+      },
+      log,
+    );
+    const embedder = rt.embedder;
+    // (ONNX Runtime's threads only: wasm streams are single-threaded, libtensorflow has its own)
+    const over = rt.backend === 'onnx' && threadsOverCores(config.embed.threads, os.availableParallelism(), EMBED_THREADS_NAMED);
+    if (over) log.warn(over);
+    // a wasm (or cpu) stream is single-threaded, whatever TL_EMBED_THREADS says
+    const used = rt.backend === 'onnx' ? threads : rt.streams.length;
+    log.info(
+      { backend: rt.backend, provider: rt.provider, ...(rt.backend !== 'tensorflow' && { threads: used, streams: rt.streams }), ...(rt.onnx && { onnx: rt.onnx }), ...(rt.skipped.length && { skipped: rt.skipped }) },
+      `embedding on ${rt.backend} (${rt.provider})${rt.backend === 'tensorflow' ? '' : `: ${rt.streams.length} forward pass${rt.streams.length > 1 ? 'es' : ''} at once on ${used} thread${used > 1 ? 's' : ''}`}`,
+    );
+    metrics.embedStreams.set({ threads: String(rt.backend === 'tensorflow' ? 0 : used) }, rt.streams.length);
+    metrics.modelInfo.set({ backend: rt.backend, weights: space.weights, embedder: space.id }, 1);
+    if (config.embed.streams !== undefined && rt.streams.length !== config.embed.streams) {
+      log.warn({ streams: config.embed.streams, backend: rt.backend }, `TL_EMBED_STREAMS is not used on the ${rt.backend} backend: it runs one forward pass at a time, on its own threads`);
+    }
+    if (space.weights === 'random') {
+      log.warn({ embedderId: space.id }, 'embedding with deterministic RANDOM weights (seeded), not ImageNet: features are only good for easy tasks');
+    }
+    const stage = new EmbedStage(
+      { services, embedder, embedderId: space.id, metrics, log },
+      { batchSize: config.embed.batchSize, batchWaitMs: config.embed.batchWaitMs, shardRows: config.embed.shardRows, shardMaxDelayMs: SHARD_MAX_DELAY_MS },
+    );
+    for (const outcome of EMBED_OUTCOMES) metrics.images.inc({ stage: 'embed', outcome }, 0);
+    const handler: Handler<'embed'> = (payload) => stage.embed(payload);
+    const queues = createQueues(services.redis, config);
+    const s3 = await startS3Guard(services.store, config.s3, log, metrics);
+    const worker = startWorker('embed', handler, {
+      connection: services.redis,
+      prefix: config.redis.prefix,
+      space: space.id,
+      log,
+      metrics,
+      concurrency: EmbedStage.concurrency(config.embed, rt.streams.length),
+      locks: config,
+      guards: [s3],
+      failureReasons: EMBED_FAILURE_REASONS,
+      onFinalFailure: async (payload, f) => {
+        if (!payload) return;
+        await services.datasets.recordEmbedFailure(payload.embedderId, payload.sha256, { reason: f.reason, detail: f.message, attempts: f.attempts });
+        // Its pixels serve no one now (not a job of another space that landed here: that space may still need them).
+        if (payload.embedderId === space.id) await services.tensors.deleteOfFailedJob(space.id, payload.sha256, queues.embed(space.id).toKey('failed'), jobIds.embed(payload));
       },
     });
-    log.info({ path: weightsFile.path, md5: weightsFile.md5, downloaded: weightsFile.downloaded }, 'ImageNet weights verified');
+    exportQueueDepths(metrics, async () => [queues.embed(space.id)]);
+    await heartbeat.ready(rt.backend);
+    log.info({ embedderId: space.id, backend: rt.backend, batchSize: config.embed.batchSize, workerId: heartbeat.workerId }, 'worker started');
+    let closing = false;
+    return {
+      metrics,
+      redis: services.redis,
+      healthy: () => !closing && workersAlive([worker], [s3]),
+      stop: async () => {
+        closing = true;
+        await heartbeat.stop().catch(() => {});
+        s3.close();
+        await worker.close();
+        await stage.drain();
+        await embedder.dispose();
+        await queues.close();
+        await services.close();
+      },
+    };
+  } catch (err) {
+    // not a worker on its way any more: said at once, not when its beat goes stale (a Redis
+    // that is down is not waited for: the beat then goes stale)
+    await Promise.race([heartbeat.stop().catch(() => {}), new Promise((r) => setTimeout(r, 2_000).unref())]);
+    throw err;
   }
-  const rt = await startEmbedRuntime(
-    {
-      preference: config.embed.backend,
-      ...(weightsFile && { weights: weightsFile.bytes }),
-      weightsKey: weightsFile ? weightsFile.md5 : `random-seed${config.embed.seed}`,
-      seed: config.embed.seed,
-      inputSize: space.inputSize,
-      threads,
-      streams,
-      cacheDir: config.embed.cacheDir,
-      warmupBatch: config.embed.batchSize,
-      // The embed thread reads the pixels itself: they never enter this isolate.
-      pixelSource: { redisUrl: config.redis.url, redisPrefix: config.redis.prefix },
-    },
-    log,
-  );
-  const embedder = rt.embedder;
-  // (ONNX Runtime's threads only: wasm streams are single-threaded, libtensorflow has its own)
-  const over = rt.backend === 'onnx' && threadsOverCores(config.embed.threads, os.availableParallelism(), EMBED_THREADS_NAMED);
-  if (over) log.warn(over);
-  // a wasm (or cpu) stream is single-threaded, whatever TL_EMBED_THREADS says
-  const used = rt.backend === 'onnx' ? threads : rt.streams.length;
-  log.info(
-    { backend: rt.backend, provider: rt.provider, ...(rt.backend !== 'tensorflow' && { threads: used, streams: rt.streams }), ...(rt.onnx && { onnx: rt.onnx }), ...(rt.skipped.length && { skipped: rt.skipped }) },
-    `embedding on ${rt.backend} (${rt.provider})${rt.backend === 'tensorflow' ? '' : `: ${rt.streams.length} forward pass${rt.streams.length > 1 ? 'es' : ''} at once on ${used} thread${used > 1 ? 's' : ''}`}`,
-  );
-  metrics.embedStreams.set({ threads: String(rt.backend === 'tensorflow' ? 0 : used) }, rt.streams.length);
-  metrics.modelInfo.set({ backend: rt.backend, weights: space.weights, embedder: space.id }, 1);
-  if (config.embed.streams !== undefined && rt.streams.length !== config.embed.streams) {
-    log.warn({ streams: config.embed.streams, backend: rt.backend }, `TL_EMBED_STREAMS is not used on the ${rt.backend} backend: it runs one forward pass at a time, on its own threads`);
-  }
-  if (space.weights === 'random') {
-    log.warn({ embedderId: space.id }, 'embedding with deterministic RANDOM weights (seeded), not ImageNet: features are only good for easy tasks');
-  }
-  const stage = new EmbedStage(
-    { services, embedder, embedderId: space.id, metrics, log },
-    { batchSize: config.embed.batchSize, batchWaitMs: config.embed.batchWaitMs, shardRows: config.embed.shardRows, shardMaxDelayMs: SHARD_MAX_DELAY_MS },
-  );
-  for (const outcome of EMBED_OUTCOMES) metrics.images.inc({ stage: 'embed', outcome }, 0);
-  const handler: Handler<'embed'> = (payload) => stage.embed(payload);
-  const queues = createQueues(services.redis, config);
-  const s3 = await startS3Guard(services.store, config.s3, log, metrics);
-  const worker = startWorker('embed', handler, {
-    connection: services.redis,
-    prefix: config.redis.prefix,
-    space: space.id,
-    log,
-    metrics,
-    concurrency: EmbedStage.concurrency(config.embed, rt.streams.length),
-    locks: config,
-    guards: [s3],
-    failureReasons: EMBED_FAILURE_REASONS,
-    onFinalFailure: async (payload, f) => {
-      if (!payload) return;
-      await services.datasets.recordEmbedFailure(payload.embedderId, payload.sha256, { reason: f.reason, detail: f.message, attempts: f.attempts });
-      // Its pixels serve no one now (not a job of another space that landed here: that space may still need them).
-      if (payload.embedderId === space.id) await services.tensors.deleteOfFailedJob(space.id, payload.sha256, queues.embed(space.id).toKey('failed'), jobIds.embed(payload));
-    },
-  });
-  exportQueueDepths(metrics, async () => [queues.embed(space.id)]);
-  const heartbeat = await services.spaces.startHeartbeat(space, rt.backend, (err) => log.debug({ err }, 'heartbeat not written'), { bucket: config.s3.bucket, prefix: config.s3.prefix });
-  log.info({ embedderId: space.id, backend: rt.backend, batchSize: config.embed.batchSize, workerId: heartbeat.workerId }, 'worker started');
-  let closing = false;
-  return {
-    metrics,
-    redis: services.redis,
-    healthy: () => !closing && workersAlive([worker], [s3]),
-    stop: async () => {
-      closing = true;
-      await heartbeat.stop().catch(() => {});
-      s3.close();
-      await worker.close();
-      await stage.drain();
-      await embedder.dispose();
-      await queues.close();
-      await services.close();
-    },
-  };
 }

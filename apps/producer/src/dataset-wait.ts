@@ -80,11 +80,11 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
       lastChange = Date.now();
       hungSince.clear();
     } else if (Date.now() - lastChange > o.stallSeconds * 1000) {
-      const why = await whyStalled(ctx, s, o.space, { since: hungSince, atLeastMs: o.stallSeconds * 1000 });
+      const { why, note } = await whyStalled(ctx, s, o.space, { since: hungSince, atLeastMs: o.stallSeconds * 1000 });
       if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
       if (!hinted) {
         hinted = true;
-        ctx.out.write(`\nno progress for ${o.stallSeconds} s, but workers are connected for every waiting stage (busy with other work?); still waiting\n`);
+        ctx.out.write(`\nno progress for ${o.stallSeconds} s, but ${note ?? 'workers are connected for every waiting stage (busy with other work?)'}; still waiting\n`);
       }
     }
     await sleep(pollDelayMs(s.total, took), ctx.signal);
@@ -120,16 +120,21 @@ export function pollDelayMs(total: number, tookMs: number): number {
   return Math.max(Math.min(10_000, 500 + total / 100), 3 * tookMs);
 }
 
-/** What keeps the remaining items from moving, if anything (undefined when workers are there to move them). */
-async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string, hung: HungWatch): Promise<string | undefined> {
-  const reasons = [
+/**
+ * What keeps the remaining items from moving, if anything (`why`; none when workers are there to
+ * move them), and what the wait is waiting for meanwhile, when it is not workers at work (`note`).
+ */
+async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string, hung: HungWatch): Promise<{ why?: string; note?: string }> {
+  const stages = [
     await stageBlocked(ctx, 'preprocess', s.pendingByStage.preprocess, ctx.queues.preprocess, () => ctx.queues.preprocess.getWorkersCount(), 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)', hung),
     await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), () => noEmbedWorker(ctx, space), hung),
-  ].filter((r): r is string => r !== undefined);
+  ];
+  const reasons = stages.filter((r): r is string => typeof r === 'string');
   if (s.orphaned > 0 && s.pending === 0) {
     reasons.push(`${s.orphaned} images have lost their jobs (Redis lost them, or they were removed): ${relistCommand(s.dataset)} to re-enqueue them`);
   }
-  return reasons.length ? reasons.join('; ') : undefined;
+  const notes = stages.flatMap((r) => (typeof r === 'object' ? [r.note] : []));
+  return { ...(reasons.length && { why: reasons.join('; ') }), ...(notes.length && { note: notes.join('; ') }) };
 }
 
 /**
@@ -144,9 +149,9 @@ async function stageBlocked(
   waiting: number,
   queue: Pick<Queue, 'name' | 'isPaused' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts'>,
   workers: () => Promise<number>,
-  none: string | (() => Promise<string>),
+  none: string | (() => Promise<string | { note: string }>),
   hung: HungWatch,
-): Promise<string | undefined> {
+): Promise<string | { note: string } | undefined> {
   if (waiting === 0) {
     hung.since.delete(stage);
     return undefined;
@@ -154,7 +159,10 @@ async function stageBlocked(
   const what = `${waiting} images wait for ${stage} and`;
   if (await queue.isPaused()) return `${what} the ${queue.name} queue is paused (resume it: the console's queue board)`;
   const live = await workers();
-  if (live === 0) return `${what} ${typeof none === 'string' ? none : await none()}`;
+  if (live === 0) {
+    const why = typeof none === 'string' ? none : await none();
+    return typeof why === 'string' ? `${what} ${why}` : why;
+  }
   const paused = await allPaused(ctx, queue.name, live);
   if (paused) return `${what} ${paused}`;
   const found = await movesNothing(ctx, queue);
@@ -207,12 +215,30 @@ async function movesNothing(ctx: CliContext, queue: Pick<Queue, 'name' | 'keys' 
   };
 }
 
-/** Why no embed worker of `space` is live, naming the one that beat last if it did so lately (the registry keeps a silent worker four TTLs). */
-async function noEmbedWorker(ctx: CliContext, space: string): Promise<string> {
+/**
+ * Longest an embed worker may be loading its model (a download of the weights, a first build)
+ * before a wait stops counting on it: loading for longer, it is stuck.
+ */
+export const EMBED_START_LIMIT_MS = 10 * 60_000;
+
+/**
+ * Why no embed worker of `space` is live, naming the one that beat last if it did so lately (the
+ * registry keeps a silent worker four TTLs); or, while one is loading its model, a note that the
+ * wait is for it (not a reason to give up, until it has loaded for EMBED_START_LIMIT_MS).
+ */
+async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | { note: string }> {
   const none = `no embed worker of ${space} is live`;
+  const [starting] = await ctx.services.spaces.startingWorkers(space).catch(() => []);
+  if (starting) {
+    const { worker, startingMs } = starting;
+    const it = `its worker ${worker.workerId} has been loading its model for ${Math.round(startingMs / 1000)} s`;
+    if (startingMs < EMBED_START_LIMIT_MS) return { note: `an embed worker of ${space} is on its way: ${it} (a download of the weights or a first build can take minutes)` };
+    return `${none}: ${it}, more than the ${EMBED_START_LIMIT_MS / 60_000} minutes a load takes (stuck? see its log); restart it, or start another`;
+  }
   const [last] = await ctx.services.spaces.silentWorkers(space).catch(() => []);
   if (!last) return `${none} (start one with that space's settings)`;
-  return `${none}: its worker ${last.worker.workerId} last beat ${Math.round(last.silentMs / 1000)} s ago (stopped, hung, or cut off from Redis?); restart it, or start one with that space's settings (${RESTARTED_BY})`;
+  const when = last.worker.starting ? ', while loading its model' : '';
+  return `${none}: its worker ${last.worker.workerId} last beat ${Math.round(last.silentMs / 1000)} s ago${when} (stopped, hung, or cut off from Redis?); restart it, or start one with that space's settings (${RESTARTED_BY})`;
 }
 
 /**

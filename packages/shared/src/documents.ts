@@ -51,6 +51,11 @@ export const EmbedWorkerInfo = z.object({
   startedAt: z.string(),
   /** where it keeps embeddings (and the train worker, which reads them, models): its TL_BUCKET and TL_PREFIX */
   storage: z.object({ bucket: z.string(), prefix: z.string() }).optional(),
+  /**
+   * true while it loads its model (a download, a first build: minutes, on a GPU too): there and
+   * beating, but not live and taking no job yet (workers from before it say nothing: live)
+   */
+  starting: z.boolean().optional(),
 });
 export type EmbedWorkerInfo = z.infer<typeof EmbedWorkerInfo>;
 

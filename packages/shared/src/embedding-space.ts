@@ -54,12 +54,22 @@ export function storageAdvice(own: Storage, workers: readonly EmbedWorkerInfo[])
 /** A space with the embed workers that run it now. */
 export interface SpaceWorkers {
   space: EmbeddingSpace;
+  /** live: they take its jobs */
   workers: EmbedWorkerInfo[];
+  /** beating, and still loading their model */
+  starting: EmbedWorkerInfo[];
 }
 
 /** No space could be chosen without the user's help; the message says which exist and what to do. */
 export class SpaceResolutionError extends Error {
   override readonly name = 'SpaceResolutionError';
+}
+
+/** One embed worker's heartbeat: `ready` once its model is loaded (it is live from then), `stop` when it stops. */
+export interface WorkerBeat {
+  workerId: string;
+  ready: (backend: string) => Promise<void>;
+  stop: () => Promise<void>;
 }
 
 /** The chosen space, how many workers run it now, and a line for the user. */
@@ -137,18 +147,37 @@ export class SpaceRegistry {
     return raw === null ? undefined : parseDocument(EmbeddingSpace, JSON.parse(raw), `space ${id}`);
   }
 
-  /** Every space ever published, with the workers alive in each now. */
+  /** Every space ever published, with the workers alive in each now, and those loading their model. */
   async list(): Promise<SpaceWorkers[]> {
-    const [all, workers] = await Promise.all([this.redis.hgetall(this.keys.spaces()), this.liveWorkers()]);
+    const [all, beating] = await Promise.all([this.redis.hgetall(this.keys.spaces()), this.beating()]);
     return Object.entries(all)
       .filter(([id]) => id !== SINCE_FIELD)
       .map(([, raw]) => parseDocument(EmbeddingSpace, JSON.parse(raw), 'a published space'))
-      .map((space) => ({ space, workers: workers.filter((w) => w.space === space.id) }))
+      .map((space) => {
+        const of = beating.filter((w) => w.space === space.id);
+        return { space, workers: of.filter((w) => !w.starting), starting: of.filter((w) => w.starting) };
+      })
       .sort((a, b) => b.workers.length - a.workers.length || a.space.id.localeCompare(b.space.id));
   }
 
-  /** Embed workers whose heartbeat is recent. */
+  /** Embed workers whose heartbeat is recent and that have loaded their model (they take jobs). */
   async liveWorkers(): Promise<EmbedWorkerInfo[]> {
+    return (await this.beating()).filter((w) => !w.starting);
+  }
+
+  /**
+   * Workers of one space that beat and are still loading their model, with how long they have
+   * been at it (by this machine's clock), the longest first.
+   */
+  async startingWorkers(spaceId: string): Promise<{ worker: EmbedWorkerInfo; startingMs: number }[]> {
+    return (await this.beating())
+      .filter((w) => w.starting && w.space === spaceId)
+      .map((worker) => ({ worker, startingMs: Math.max(0, Date.now() - Date.parse(worker.startedAt)) }))
+      .sort((a, b) => b.startingMs - a.startingMs);
+  }
+
+  /** Every embed worker whose heartbeat is recent, starting or live. */
+  private async beating(): Promise<EmbedWorkerInfo[]> {
     const ids = (await LIVE.run(this.redis, [this.keys.embedWorkers()], [this.ttlMs])) as string[];
     if (ids.length === 0) return [];
     const raw = await this.redis.hmget(this.keys.embedWorkerInfo(), ...ids);
@@ -183,23 +212,53 @@ export class SpaceRegistry {
    * Publishes `space` and beats for this worker every ttl/3 until `stop()`, which removes it at
    * once (a crashed worker drops out when its beat goes stale).
    */
-  async startHeartbeat(space: EmbeddingSpace, backend: string, onError: (err: Error) => void, storage?: Storage): Promise<{ workerId: string; stop: () => Promise<void> }> {
-    const info: EmbedWorkerInfo = {
+  async startHeartbeat(space: EmbeddingSpace, backend: string, onError: (err: Error) => void, storage?: Storage): Promise<WorkerBeat> {
+    const beat = this.beatFor(space, { backend, onError, storage });
+    await beat.ready(backend);
+    return beat;
+  }
+
+  /**
+   * Beats for this worker as starting, from before it loads its model: a command waiting on its
+   * space sees one is on its way (not that none is live), and its space is published. Its first
+   * beat is not waited for (the model loads meanwhile, Redis or not); `ready(backend)` makes it
+   * live.
+   */
+  announceStarting(space: EmbeddingSpace, onError: (err: Error) => void, storage?: Storage): WorkerBeat {
+    return this.beatFor(space, { starting: true, onError, storage });
+  }
+
+  private beatFor(space: EmbeddingSpace, o: { backend?: string; starting?: true; onError: (err: Error) => void; storage?: Storage | undefined }): WorkerBeat {
+    let info: EmbedWorkerInfo = {
       workerId: PROCESS_NAME,
       space: space.id,
-      backend,
+      backend: o.backend ?? 'loading',
       host: os.hostname(),
       pid: process.pid,
       startedAt: new Date().toISOString(),
-      ...(storage && { storage }),
+      ...(o.storage && { storage: o.storage }),
+      ...(o.starting && { starting: true }),
     };
     const beat = () =>
       BEAT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces()], [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space), SINCE_FIELD]);
-    await beat();
-    const timer = setInterval(() => void beat().catch(onError), this.beatMs);
-    timer.unref();
+    let timer: NodeJS.Timeout | undefined;
+    const every = () => {
+      clearInterval(timer);
+      timer = setInterval(() => void beat().catch(o.onError), this.beatMs);
+      timer.unref();
+    };
+    if (o.starting) {
+      void beat().catch(o.onError);
+      every();
+    }
     return {
       workerId: info.workerId,
+      ready: async (backend) => {
+        const { starting: _, ...live } = info;
+        info = { ...live, backend };
+        await beat();
+        every();
+      },
       stop: async () => {
         clearInterval(timer);
         await this.redis.multi().zrem(this.keys.embedWorkers(), info.workerId).hdel(this.keys.embedWorkerInfo(), info.workerId).exec();
@@ -236,7 +295,9 @@ export class SpaceRegistry {
       message:
         s.workers.length > 0
           ? `embedding space ${s.space.id} (${why}; ${plural(s.workers.length, 'embed worker')}: ${[...new Set(s.workers.map((w) => w.backend))].join(', ')})`
-          : `embedding space ${s.space.id} (${why}); no embed worker is live for it now: images wait in its queue until one starts`,
+          : s.starting.length > 0
+            ? `embedding space ${s.space.id} (${why}); no embed worker is live for it yet: ${plural(s.starting.length, 'worker')} loading the model, images wait in its queue until then`
+            : `embedding space ${s.space.id} (${why}); no embed worker is live for it now: images wait in its queue until one starts`,
     });
     if (requested !== undefined) {
       const s = spaces.find((x) => x.space.id === requested);

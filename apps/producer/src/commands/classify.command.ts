@@ -83,7 +83,9 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   const { bucket, prefix } = parseS3Url(url);
   const model = await resolveModel(ctx, o.model);
   const workers = await ctx.services.spaces.workersOf(model.space.id);
-  ctx.out.write(`model ${model.dataset}@${model.runId}, embedding space ${model.space.id} (${workers ? `${workers} embed worker${workers === 1 ? '' : 's'} live` : 'no embed worker live now: new images wait for one'})\n`);
+  const loading = workers ? 0 : (await ctx.services.spaces.startingWorkers(model.space.id)).length;
+  const none = loading ? `no embed worker live yet: ${loading === 1 ? 'one is' : `${loading} are`} loading the model` : 'no embed worker live now: new images wait for one';
+  ctx.out.write(`model ${model.dataset}@${model.runId}, embedding space ${model.space.id} (${workers ? `${workers} embed worker${workers === 1 ? '' : 's'} live` : none})\n`);
   const dataset = classifyDatasetName(model.dataset);
   const stallSeconds = o.stallSeconds ?? 30;
   const results: ClassifyResult[] = [];

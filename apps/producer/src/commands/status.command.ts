@@ -10,6 +10,8 @@ import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, noSuc
 export interface SpaceStatus {
   space: EmbeddingSpace;
   workers: EmbedWorkerInfo[];
+  /** its workers still loading their model (not taking jobs yet) */
+  starting: EmbedWorkerInfo[];
   /** embed jobs waiting, active or delayed in the space's queue */
   backlog: number;
   /** embeddings cached in the space */
@@ -158,9 +160,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     }
   }
   const spaces: SpaceStatus[] = [];
-  for (const { space, workers } of listed) {
+  for (const { space, workers, starting } of listed) {
     const c = queues[queueName('embed', space.id)]!;
-    spaces.push({ space, workers, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), cached: await cache.size(space.id) });
+    spaces.push({ space, workers, starting, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), cached: await cache.size(space.id) });
   }
   const names = o.dataset ? [o.dataset] : await repo.list();
   const datasets = await Promise.all(names.map((d) => inspector.status(d)));
@@ -177,7 +179,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   for (const s of spaces) {
     const backends = [...new Set(s.workers.map((x) => x.backend))].join(', ');
-    w(`  ${s.space.id}: ${s.workers.length} embed worker${s.workers.length === 1 ? '' : 's'}${backends ? ` (${backends})` : ''}, backlog ${s.backlog}, ${s.cached} images cached`);
+    const loading = s.starting.length ? ` (${s.starting.length} more loading ${s.starting.length === 1 ? 'its' : 'their'} model)` : '';
+    w(`  ${s.space.id}: ${s.workers.length} embed worker${s.workers.length === 1 ? '' : 's'}${backends ? ` (${backends})` : ''}${loading}, backlog ${s.backlog}, ${s.cached} images cached`);
   }
   w(`queue${' '.repeat(46)} workers  waiting  active  delayed  failed`);
   for (const [name, c] of Object.entries(queues)) {
