@@ -13,7 +13,7 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import { plainGetTarget, servePlainGet, SMALL_OBJECT_BYTES } from '../apps/producer/src/embedded/s3-plain-get.js';
 import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/s3.server.js';
 import { Sha256 } from '../packages/shared/src/s3.signing.js';
-import { BucketNotFoundError, ObjectChangedError, ObjectNotFoundError, ObjectStore, ObjectTooLargeError } from '../packages/shared/src/index.js';
+import { BucketNotFoundError, ObjectChangedError, ObjectNotFoundError, ObjectStore, ObjectTooLargeError, S3UnreachableError } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
 
 /**
@@ -825,4 +825,45 @@ describe('the embedded S3 server', () => {
     expect(s3.process.pid).not.toBe(pid);
     expect(existsSync(`/proc/${pid}`)).toBe(false);
   });
+});
+
+describe('a host that never completes a connection (black-holed, or its accept queue full)', () => {
+  it('gives a read up within the idle timeout of each attempt, where the direct path waited the system connect timeout (about 2 minutes)', async () => {
+    // a listening socket whose accept queue is full and which never accepts: the system drops
+    // further connection attempts, as a firewall that drops packets would (Node accepts at once,
+    // so Python holds the socket)
+    const hole = execFile('python3', ['-c', [
+      'import socket, sys, time',
+      's = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)',
+      'port = s.getsockname()[1]; fill = []',
+      'for i in range(3):',
+      '    c = socket.socket(); c.setblocking(False)',
+      '    try: c.connect(("127.0.0.1", port))',
+      '    except BlockingIOError: pass',
+      '    fill.append(c)',
+      'time.sleep(0.3); print(port, flush=True); sys.stdin.read()',
+    ].join('\n')]);
+    try {
+      const port = await new Promise<string>((resolve, reject) => {
+        hole.stdout!.once('data', (d: Buffer) => resolve(d.toString().trim()));
+        hole.once('exit', (code) => reject(new Error(`the python black hole exited (${code})`)));
+      });
+      const endpoint = `http://127.0.0.1:${port}`;
+      const store = new ObjectStore({ endpoint, region: 'us-east-1', ...creds, forcePathStyle: true, idleTimeoutMs: 500 });
+      try {
+        const started = Date.now();
+        const err = await Promise.race([
+          store.getObject(bucket, 'train/cat/1.jpg').then(() => new Error('read'), (e: Error) => e),
+          new Promise<Error>((r) => setTimeout(() => r(new Error('still waiting after 60 s')), 60_000).unref()),
+        ]);
+        // (the SDK's own error, after its attempts: what the workers and commands word as unreachable)
+        expect(S3UnreachableError.from(err, endpoint)?.problem, err.message).toBe('the connection was not established in time');
+        expect(Date.now() - started).toBeLessThan(60_000);
+      } finally {
+        store.close();
+      }
+    } finally {
+      hole.kill();
+    }
+  }, 90_000);
 });

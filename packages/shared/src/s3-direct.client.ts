@@ -136,6 +136,12 @@ export class DirectS3 {
       try {
         const req = this.request({ agent: this.agent, protocol: this.base.protocol, hostname: this.connectHost, port: this.base.port, method, path, headers });
         req.setTimeout(this.idleTimeoutMs, () => req.destroy(new Error('idle')));
+        // That timer runs once connected. Until then, this one: a host that drops the connection's
+        // first packets (black-holed, or its accept queue full) would hold the request for the
+        // system's connect timeout, about 2 minutes, before the SDK could try.
+        const connecting = setTimeout(() => req.destroy(new Error('not connected')), this.idleTimeoutMs);
+        req.once('socket', (socket) => (socket.connecting ? socket.once('connect', () => clearTimeout(connecting)) : clearTimeout(connecting)));
+        req.once('close', () => clearTimeout(connecting));
         req.on('error', () => settle(handOver));
         req.on('close', () => settle(handOver));
         req.on('response', (res) => {
