@@ -351,6 +351,12 @@ describe('training runs and classification', () => {
       code: 1,
       stderr: `transferline: no dataset named shapes, though it has trained runs, and the index of their space is elsewhere: this process's queue prefix is TL_QUEUE_PREFIX=not-the-workers, and this Redis holds the index under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`,
     });
+    // and classify names the setting, not a space no worker published
+    const classify = await runCli(['classify', `s3://${bucket}/nowhere/`, '-m', 'shapes'], { ...stack.env, TL_QUEUE_PREFIX: 'not-the-workers' });
+    expect({ code: classify.code, stderr: classify.stderr }).toEqual({
+      code: 1,
+      stderr: expect.stringMatching(new RegExp(`^transferline: model shapes@\\S+ was trained in embedding space ${stack.space.id.replace(/\./g, '\\.')}, not published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=not-the-workers, and this Redis holds its index under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n$`)),
+    });
     expect((await runCli(['delete', 'run', 'shapes@other-shell', '--yes'], stack.env)).code).toBe(0);
   });
 

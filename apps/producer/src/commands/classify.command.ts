@@ -4,7 +4,7 @@ import { watchRounds } from '../watch-loop.js';
 import { latestRun, listModelRuns } from './models.command.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
-import { restoreLostIndex } from '../data-loss.js';
+import { indexUnderOtherPrefixes, otherPrefixWords, restoreLostIndex } from '../data-loss.js';
 import { printFailures } from './ingest.command.js';
 import { followJob } from '../job-follow.js';
 import { printable } from '../terminal.js';
@@ -67,7 +67,12 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
   const run = await store.getDocument(RunDoc, bucket, layout.runFile(dataset, runId, 'run.json'));
   if (!run) throw new ModelNotFoundError(await nothingHere(ctx, `no run ${runId} of ${dataset} in s3://${bucket}/${layout.models()}`, ' (see "transferline models")'));
   const space = await spaces.get(run.embedderId);
-  if (!space) throw new Error(`model ${dataset}@${runId} was trained in embedding space ${run.embedderId}, which no embed worker of this deployment has published: start one with those settings`);
+  if (!space) {
+    // a shell whose TL_QUEUE_PREFIX is not the workers' sees none of their spaces: the setting to fix
+    const others = await indexUnderOtherPrefixes(ctx, run.embedderId).catch(() => []);
+    if (others.length) throw new Error(`model ${dataset}@${runId} was trained in embedding space ${run.embedderId}, not published under this prefix: ${otherPrefixWords(ctx, others, 'its index')}`);
+    throw new Error(`model ${dataset}@${runId} was trained in embedding space ${run.embedderId}, which no embed worker of this deployment has published: start one with those settings`);
+  }
   return { dataset, runId, space };
 }
 
