@@ -124,3 +124,47 @@ describe('SpaceRegistry.resolve', () => {
     store.close();
   });
 });
+
+describe('a worker loading its model', () => {
+  it('is there for the space and its waits, live only once ready, unseen by readers of the live set, and gone when it stops or goes silent', async () => {
+    const keys = redisKeys(`loading-${Date.now()}`);
+    const registry = new SpaceRegistry(redis, keys, TTL_MS);
+    const beat = registry.announceStarting(space, () => undefined);
+    stops.push(beat.stop);
+    await until('its first beats', async () => (await registry.startingWorkers(space.id)).length === 1, 5, 20);
+    expect(await registry.liveWorkers()).toEqual([]);
+    expect(await registry.workersOf(space.id)).toBe(0);
+    // the set that older readers count live workers from does not hold it; nor is the space published
+    expect(await redis.zrange(keys.embedWorkers(), 0, -1)).toEqual([]);
+    expect(await redis.hexists(keys.spaces(), space.id)).toBe(0);
+    // its space is known from it: chosen by id, listed with it loading
+    expect(await registry.get(space.id)).toEqual(space);
+    expect((await registry.resolve(space.id)).message).toBe(`embedding space ${space.id} (chosen with --embedder); no embed worker is live for it yet: 1 worker loading the model, images wait in its queue until then`);
+    const [listed] = await registry.list();
+    expect({ id: listed!.space.id, workers: listed!.workers.length, starting: listed!.starting.length }).toEqual({ id: space.id, workers: 0, starting: 1 });
+    // timed by Redis's clock from its first beat
+    const startingMs = (await registry.startingWorkers(space.id))[0]!.startingMs;
+    expect(startingMs).toBeGreaterThanOrEqual(0);
+    expect(startingMs).toBeLessThan(5_000);
+
+    await beat.ready('test');
+    expect(await registry.startingWorkers(space.id)).toEqual([]);
+    expect(await registry.workersOf(space.id)).toBe(1);
+    expect(await redis.hexists(keys.spaces(), space.id)).toBe(1);
+    await beat.stop();
+    expect(await registry.workersOf(space.id)).toBe(0);
+    expect(await registry.silentWorkers(space.id)).toEqual([]);
+
+    // one killed while loading: its entries stay, silent; it is named as loading, and its space was never published
+    const [seconds] = await redis.time();
+    const ghost = redisKeys(`ghost-${Date.now()}`);
+    const ghosts = new SpaceRegistry(redis, ghost, TTL_MS);
+    await redis.zadd(ghost.embedWorkersStarting(), Number(seconds) * 1000 - 2 * TTL_MS, 'gone-worker');
+    await redis.hset(ghost.embedWorkerInfo(), 'gone-worker', JSON.stringify({ workerId: 'gone-worker', space: space.id, backend: 'loading', host: 'h', pid: 1, startedAt: new Date().toISOString(), starting: space }));
+    expect(await ghosts.startingWorkers(space.id)).toEqual([]);
+    const [silent] = await ghosts.silentWorkers(space.id);
+    expect(silent?.worker.workerId).toBe('gone-worker');
+    expect(silent?.worker.starting).toEqual(space);
+    expect(await ghosts.list()).toEqual([]);
+  });
+});

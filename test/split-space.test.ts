@@ -81,24 +81,30 @@ describe('an embed worker still loading its model', () => {
       for (const kind of ['circle', 'square'] as const) await ctx.services.store.putObject(photos, `held/${kind}/0.jpg`, await renderSample(kind, 90, 62));
       let out = '';
       let ended = false;
-      const ingest = runCli(['ingest', `s3://${photos}/held/`, '-d', 'held', '--embedder', space.id, '--stall-timeout', '2'], stack.env, 120_000, { merged: true, onOutput: (c) => (out += c) });
+      const ingest = runCli(['ingest', `s3://${photos}/held/`, '-d', 'held', '--embedder', space.id, '--stall-timeout', '2'], stack.env, 170_000, { merged: true, onOutput: (c) => (out += c) });
       void ingest.then(() => (ended = true));
-      // its space is published from the start, and the wait, past its stall timeout, says what it waits for
+      // its space is chosen from the worker loading it, and the wait, past its stall timeout, says what it waits for
       const waiting = /no progress for 2 s, but an embed worker of \S+ is on its way: its worker \S+ has been loading its model for \d+ s/;
       await until('ingest to say it waits for the worker, or end', () => waiting.test(out) || ended, 60);
       expect(out).toMatch(waiting);
       expect(out).toContain(`embedding space ${space.id} (chosen with --embedder); no embed worker is live for it yet: 1 worker loading the model`);
-      const status = await runCli(['status'], stack.env);
-      expect(status.stdout).toContain(`  ${space.id}: 0 embed workers (1 more loading its model), backlog 2`);
+      // (both preprocessed by now, or soon)
+      await until('status to show the worker loading, and both images waiting for it', async () => {
+        const status = (await runCli(['status'], stack.env)).stdout;
+        return new RegExp(`  ${space.id.replace(/\./g, '\\.')}: 0 embed workers, 1 loading its model for \\d+ s, backlog 2,`).test(status);
+      }, 30, 500);
+      // a space no worker has published yet: one that never loads leaves none behind
+      expect(await ctx.services.redis.hexists(ctx.services.keys.spaces(), space.id)).toBe(0);
       release();
       const r = await ingest;
       expect(r.timedOut).toBe(false);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/dataset held: 2 images, 2 embedded/);
+      expect(await ctx.services.redis.hexists(ctx.services.keys.spaces(), space.id)).toBe(1);
     } finally {
       release();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
     }
-  }, 180_000);
+  }, 240_000);
 });

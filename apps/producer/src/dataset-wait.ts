@@ -57,7 +57,7 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
   const outage = redisOutage(ctx, o.stallSeconds, `the workers go on when it is back: see "transferline status -d ${dataset}"`);
   let lastDone = -1;
   let lastChange = Date.now();
-  let hinted = false;
+  let hinted = '';
   // since when each stage's connected workers have been seen moving nothing, in the same state (movesNothing)
   const hungSince: HungSince = new Map();
 
@@ -82,9 +82,12 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
     } else if (Date.now() - lastChange > o.stallSeconds * 1000) {
       const { why, note } = await whyStalled(ctx, s, o.space, { since: hungSince, atLeastMs: o.stallSeconds * 1000 });
       if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
-      if (!hinted) {
-        hinted = true;
-        ctx.out.write(`\nno progress for ${o.stallSeconds} s, but ${note ?? 'workers are connected for every waiting stage (busy with other work?)'}; still waiting\n`);
+      // said once, and again when it is something else (an embed worker loading, then busy); not
+      // for its figures alone
+      const hint = note ?? 'workers are connected for every waiting stage (busy with other work?)';
+      if (hint.replace(/\d+/g, '#') !== hinted) {
+        hinted = hint.replace(/\d+/g, '#');
+        ctx.out.write(`\nno progress for ${o.stallSeconds} s, but ${hint}; still waiting\n`);
       }
     }
     await sleep(pollDelayMs(s.total, took), ctx.signal);
@@ -228,9 +231,10 @@ export const EMBED_START_LIMIT_MS = 10 * 60_000;
  */
 async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | { note: string }> {
   const none = `no embed worker of ${space} is live`;
-  const [starting] = await ctx.services.spaces.startingWorkers(space).catch(() => []);
-  if (starting) {
-    const { worker, startingMs } = starting;
+  const starting = await ctx.services.spaces.startingWorkers(space).catch(() => []);
+  // (the latest to start first: one started since, by the advice below, is waited for)
+  if (starting.length) {
+    const { worker, startingMs } = starting[0]!;
     const it = `its worker ${worker.workerId} has been loading its model for ${Math.round(startingMs / 1000)} s`;
     if (startingMs < EMBED_START_LIMIT_MS) return { note: `an embed worker of ${space} is on its way: ${it} (a download of the weights or a first build can take minutes)` };
     return `${none}: ${it}, more than the ${EMBED_START_LIMIT_MS / 60_000} minutes a load takes (stuck? see its log); restart it, or start another`;

@@ -52,10 +52,10 @@ export const EmbedWorkerInfo = z.object({
   /** where it keeps embeddings (and the train worker, which reads them, models): its TL_BUCKET and TL_PREFIX */
   storage: z.object({ bucket: z.string(), prefix: z.string() }).optional(),
   /**
-   * true while it loads its model (a download, a first build: minutes, on a GPU too): there and
-   * beating, but not live and taking no job yet (workers from before it say nothing: live)
+   * While it loads its model (a download, a first build: minutes, on a GPU too), the space it
+   * will run: it beats in the starting set, takes no job, and publishes the space once live.
    */
-  starting: z.boolean().optional(),
+  starting: EmbeddingSpace.optional(),
 });
 export type EmbedWorkerInfo = z.infer<typeof EmbedWorkerInfo>;
 

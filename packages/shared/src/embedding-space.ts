@@ -56,8 +56,14 @@ export interface SpaceWorkers {
   space: EmbeddingSpace;
   /** live: they take its jobs */
   workers: EmbedWorkerInfo[];
-  /** beating, and still loading their model */
-  starting: EmbedWorkerInfo[];
+  /** beating, and still loading their model, the latest to start first */
+  starting: StartingWorker[];
+}
+
+/** A worker loading its model, and for how long it has been (Redis's clock). */
+export interface StartingWorker {
+  worker: EmbedWorkerInfo;
+  startingMs: number;
 }
 
 /** No space could be chosen without the user's help; the message says which exist and what to do. */
@@ -86,30 +92,41 @@ export interface ResolvedSpace {
 const SINCE_FIELD = '@since';
 
 // Heartbeats use Redis's clock, so machines whose clocks disagree still agree on who is alive.
-// Each beat publishes the space again, so the registry heals itself if Redis lost its data; the
-// first beat the spaces hash holds is remembered in it: one beat later, every live worker's space
-// is in it again.
+// Each beat of a live worker publishes the space again, so the registry heals itself if Redis
+// lost its data; the first beat the spaces hash holds is remembered in it: one beat later, every
+// live worker's space is in it again. A worker loading its model beats in the starting set, and
+// publishes nothing: one that never loads leaves no space behind.
 const BEAT = new RedisScript('tlEmbedWorkerBeat', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
-redis.call('HSETNX', KEYS[3], ARGV[6], now)
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]) * 4)
-for _, id in ipairs(stale) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
+if ARGV[7] == 'starting' then
+  redis.call('ZADD', KEYS[4], now, ARGV[1])
+else
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+  redis.call('HSETNX', KEYS[3], ARGV[6], now)
 end
-return now`, 3);
-const LIVE = new RedisScript('tlLiveEmbedWorkers', `
+for _, set in ipairs({ KEYS[1], KEYS[4] }) do
+  local stale = redis.call('ZRANGEBYSCORE', set, '-inf', now - tonumber(ARGV[3]) * 4)
+  for _, id in ipairs(stale) do
+    redis.call('ZREM', set, id)
+    if not redis.call('ZSCORE', KEYS[1], id) and not redis.call('ZSCORE', KEYS[4], id) then redis.call('HDEL', KEYS[2], id) end
+  end
+end
+return now`, 4);
+/** Redis's clock, and the workers that beat within a TTL: live ones, and those loading their model. */
+const BEATING = new RedisScript('tlBeatingEmbedWorkers', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')`, 1);
+local since = now - tonumber(ARGV[1])
+return { now, redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf'), redis.call('ZRANGEBYSCORE', KEYS[2], since, '+inf') }`, 2);
 const SILENT = new RedisScript('tlSilentEmbedWorkers', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return { now, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])), 'WITHSCORES') }`, 1);
+local before = '(' .. (now - tonumber(ARGV[1]))
+return { now, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', before, 'WITHSCORES'), redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', before, 'WITHSCORES') }`, 2);
 /** How long ago (ms, Redis clock) the first heartbeat the spaces hash holds was written; -1 when it holds none. */
 const REGISTRY_AGE = new RedisScript('tlSpacesAge', `
 local since = redis.call('HGET', KEYS[1], ARGV[1])
@@ -140,64 +157,72 @@ export class SpaceRegistry {
     await this.redis.hset(this.keys.spaces(), space.id, JSON.stringify(space));
   }
 
-  /** A space by id, if one was ever published. */
+  /** A space by id, if one was ever published, or a worker loading its model will publish it. */
   async get(id: string): Promise<EmbeddingSpace | undefined> {
     if (id === SINCE_FIELD) return undefined;
     const raw = await this.redis.hget(this.keys.spaces(), id);
-    return raw === null ? undefined : parseDocument(EmbeddingSpace, JSON.parse(raw), `space ${id}`);
+    if (raw !== null) return parseDocument(EmbeddingSpace, JSON.parse(raw), `space ${id}`);
+    // not yet published: the space of a worker loading its model
+    return (await this.startingWorkers(id))[0]?.worker.starting;
   }
 
-  /** Every space ever published, with the workers alive in each now, and those loading their model. */
+  /**
+   * Every space published, and those of workers loading their model, with the workers alive in
+   * each now and those loading.
+   */
   async list(): Promise<SpaceWorkers[]> {
     const [all, beating] = await Promise.all([this.redis.hgetall(this.keys.spaces()), this.beating()]);
-    return Object.entries(all)
-      .filter(([id]) => id !== SINCE_FIELD)
-      .map(([, raw]) => parseDocument(EmbeddingSpace, JSON.parse(raw), 'a published space'))
-      .map((space) => {
-        const of = beating.filter((w) => w.space === space.id);
-        return { space, workers: of.filter((w) => !w.starting), starting: of.filter((w) => w.starting) };
-      })
+    const spaces = new Map<string, EmbeddingSpace>();
+    for (const [id, raw] of Object.entries(all)) if (id !== SINCE_FIELD) spaces.set(id, parseDocument(EmbeddingSpace, JSON.parse(raw), 'a published space'));
+    for (const { worker } of beating.starting) if (!spaces.has(worker.space)) spaces.set(worker.space, worker.starting!);
+    return [...spaces.values()]
+      .map((space) => ({ space, workers: beating.live.filter((w) => w.space === space.id), starting: beating.starting.filter((w) => w.worker.space === space.id) }))
       .sort((a, b) => b.workers.length - a.workers.length || a.space.id.localeCompare(b.space.id));
   }
 
   /** Embed workers whose heartbeat is recent and that have loaded their model (they take jobs). */
   async liveWorkers(): Promise<EmbedWorkerInfo[]> {
-    return (await this.beating()).filter((w) => !w.starting);
+    return (await this.beating()).live;
   }
 
-  /**
-   * Workers of one space that beat and are still loading their model, with how long they have
-   * been at it (by this machine's clock), the longest first.
-   */
-  async startingWorkers(spaceId: string): Promise<{ worker: EmbedWorkerInfo; startingMs: number }[]> {
-    return (await this.beating())
-      .filter((w) => w.starting && w.space === spaceId)
-      .map((worker) => ({ worker, startingMs: Math.max(0, Date.now() - Date.parse(worker.startedAt)) }))
-      .sort((a, b) => b.startingMs - a.startingMs);
+  /** Workers of one space that beat and are still loading their model, the latest to start first. */
+  async startingWorkers(spaceId: string): Promise<StartingWorker[]> {
+    return (await this.beating()).starting.filter((w) => w.worker.space === spaceId);
   }
 
-  /** Every embed worker whose heartbeat is recent, starting or live. */
-  private async beating(): Promise<EmbedWorkerInfo[]> {
-    const ids = (await LIVE.run(this.redis, [this.keys.embedWorkers()], [this.ttlMs])) as string[];
+  /** Every embed worker whose heartbeat is recent: live, and loading (with how long, by Redis's clock). */
+  private async beating(): Promise<{ live: EmbedWorkerInfo[]; starting: StartingWorker[] }> {
+    const [now, live, starting] = (await BEATING.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkersStarting()], [this.ttlMs])) as [number, string[], string[]];
+    const infos = await this.infos([...live, ...starting]);
+    return {
+      live: infos.slice(0, live.length).filter((w): w is EmbedWorkerInfo => w !== undefined && !w.starting),
+      starting: infos
+        .slice(live.length)
+        .filter((w): w is EmbedWorkerInfo => w?.starting !== undefined)
+        .map((worker) => ({ worker, startingMs: Math.max(0, now - Date.parse(worker.startedAt)) }))
+        .sort((a, b) => a.startingMs - b.startingMs),
+    };
+  }
+
+  private async infos(ids: string[]): Promise<(EmbedWorkerInfo | undefined)[]> {
     if (ids.length === 0) return [];
     const raw = await this.redis.hmget(this.keys.embedWorkerInfo(), ...ids);
-    return raw.flatMap((r) => (r === null ? [] : [parseDocument(EmbedWorkerInfo, JSON.parse(r), 'an embed worker heartbeat')]));
+    return raw.map((r) => (r === null ? undefined : parseDocument(EmbedWorkerInfo, JSON.parse(r), 'an embed worker heartbeat')));
   }
 
   /**
    * Workers of one space that beat lately and have stopped (killed, SIGSTOPped, blocked, or cut
-   * off from Redis), with how long ago they last beat, the latest first: silent for less than four
-   * TTLs (a live worker's beat clears them then; with none beating they would stay for ever).
+   * off from Redis; loading their model, or live), with how long ago they last beat, the latest
+   * first: silent for less than four TTLs (a beat clears them then; with none beating they would
+   * stay for ever).
    */
   async silentWorkers(spaceId: string): Promise<{ worker: EmbedWorkerInfo; silentMs: number }[]> {
-    const [now, flat] = (await SILENT.run(this.redis, [this.keys.embedWorkers()], [this.ttlMs])) as [number, string[]];
+    const [now, ...sets] = (await SILENT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkersStarting()], [this.ttlMs])) as [number, string[], string[]];
     const beats = new Map<string, number>();
-    for (let i = 0; i + 1 < flat.length; i += 2) beats.set(flat[i]!, Number(flat[i + 1]));
-    if (beats.size === 0) return [];
-    const raw = await this.redis.hmget(this.keys.embedWorkerInfo(), ...beats.keys());
-    return raw
-      .flatMap((r) => (r === null ? [] : [parseDocument(EmbedWorkerInfo, JSON.parse(r), 'an embed worker heartbeat')]))
-      .filter((w) => w.space === spaceId)
+    for (const flat of sets) for (let i = 0; i + 1 < flat.length; i += 2) beats.set(flat[i]!, Number(flat[i + 1]));
+    const infos = await this.infos([...beats.keys()]);
+    return infos
+      .filter((w): w is EmbedWorkerInfo => w !== undefined && w.space === spaceId)
       .map((worker) => ({ worker, silentMs: now - beats.get(worker.workerId)! }))
       .filter((w) => w.silentMs < 4 * this.ttlMs)
       .sort((a, b) => a.silentMs - b.silentMs);
@@ -219,10 +244,10 @@ export class SpaceRegistry {
   }
 
   /**
-   * Beats for this worker as starting, from before it loads its model: a command waiting on its
-   * space sees one is on its way (not that none is live), and its space is published. Its first
+   * Beats for this worker as loading its model, from before it loads it: a command waiting on its
+   * space sees one is on its way (not that none is live), and can choose the space. Its first
    * beat is not waited for (the model loads meanwhile, Redis or not); `ready(backend)` makes it
-   * live.
+   * live and publishes the space.
    */
   announceStarting(space: EmbeddingSpace, onError: (err: Error) => void, storage?: Storage): WorkerBeat {
     return this.beatFor(space, { starting: true, onError, storage });
@@ -237,10 +262,14 @@ export class SpaceRegistry {
       pid: process.pid,
       startedAt: new Date().toISOString(),
       ...(o.storage && { storage: o.storage }),
-      ...(o.starting && { starting: true }),
+      ...(o.starting && { starting: space }),
     };
     const beat = () =>
-      BEAT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces()], [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space), SINCE_FIELD]);
+      BEAT.run(
+        this.redis,
+        [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces(), this.keys.embedWorkersStarting()],
+        [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space), SINCE_FIELD, info.starting ? 'starting' : 'live'],
+      );
     let timer: NodeJS.Timeout | undefined;
     const every = () => {
       clearInterval(timer);
@@ -248,7 +277,14 @@ export class SpaceRegistry {
       timer.unref();
     };
     if (o.starting) {
-      void beat().catch(o.onError);
+      // its start by Redis's clock, as readers time a load (this machine's may be off), written
+      // at once in a second beat
+      void beat()
+        .then((now) => {
+          info = { ...info, startedAt: new Date(Number(now)).toISOString() };
+          return beat();
+        })
+        .catch(o.onError);
       every();
     }
     return {
@@ -261,7 +297,7 @@ export class SpaceRegistry {
       },
       stop: async () => {
         clearInterval(timer);
-        await this.redis.multi().zrem(this.keys.embedWorkers(), info.workerId).hdel(this.keys.embedWorkerInfo(), info.workerId).exec();
+        await this.redis.multi().zrem(this.keys.embedWorkers(), info.workerId).zrem(this.keys.embedWorkersStarting(), info.workerId).hdel(this.keys.embedWorkerInfo(), info.workerId).exec();
       },
     };
   }
@@ -279,7 +315,8 @@ export class SpaceRegistry {
    */
   async resolve(requested?: string, reason = 'chosen with --embedder', current?: string): Promise<ResolvedSpace> {
     let waited = 0;
-    const published = async (id: string) => id !== SINCE_FIELD && (await this.redis.hexists(this.keys.spaces(), id)) === 1;
+    // (or the space of a worker loading its model: it publishes it once live)
+    const published = async (id: string) => id !== SINCE_FIELD && ((await this.redis.hexists(this.keys.spaces(), id)) === 1 || (await this.startingWorkers(id)).length > 0);
     if (requested !== undefined && !(await published(requested))) {
       const age = Number(await REGISTRY_AGE.run(this.redis, [this.keys.spaces()], [SINCE_FIELD]));
       const oneBeat = this.beatMs + 1_000;
@@ -288,7 +325,7 @@ export class SpaceRegistry {
       while (Date.now() < deadline && !(await published(requested))) await sleep(250);
     }
     const spaces = await this.list();
-    const describe = (list: SpaceWorkers[]) => list.map((s) => `${s.space.id} (${plural(s.workers.length, 'worker')})`).join(', ');
+    const describe = (list: SpaceWorkers[]) => list.map((s) => `${s.space.id} (${plural(s.workers.length, 'worker')}${s.starting.length ? `, ${s.starting.length} loading` : ''})`).join(', ');
     const chosen = (s: SpaceWorkers, why: string): ResolvedSpace => ({
       space: s.space,
       workers: s.workers.length,
@@ -316,7 +353,7 @@ export class SpaceRegistry {
     if (own && live.length === 0) return chosen(own, "the dataset's space");
     if (own) {
       throw new SpaceResolutionError(
-        `the dataset is in embedding space ${own.space.id}, and no embed worker of it is live now while those of ${describe(live)} are: start a worker of ${own.space.id} (or ingest with --embedder ${own.space.id}: the images wait in its queue), or move the dataset with --embedder ID (its images are embedded again there)`,
+        `the dataset is in embedding space ${own.space.id}, and no embed worker of it is live now${own.starting.length ? ` (${plural(own.starting.length, 'worker')} loading the model)` : ''} while those of ${describe(live)} are: ${own.starting.length ? 'wait for it' : `start a worker of ${own.space.id}`} (or ingest with --embedder ${own.space.id}: the images wait in its queue), or move the dataset with --embedder ID (its images are embedded again there)`,
       );
     }
     if (live.length === 1) return chosen(live[0]!, 'the one with live embed workers');

@@ -28,6 +28,11 @@ export function redisKeys(prefix: string) {
     spaces: () => `${prefix}:spaces`,
     /** sorted set: embed worker id → time of its last heartbeat (ms, Redis clock) */
     embedWorkers: () => `${prefix}:embed-workers`,
+    /**
+     * sorted set: embed worker id → time of its last heartbeat (ms, Redis clock) while it loads its
+     * model; it moves to embedWorkers once live (readers that know only that set never see it)
+     */
+    embedWorkersStarting: () => `${prefix}:embed-workers:starting`,
     /** hash: embed worker id → EmbedWorkerInfo JSON (its space, backend, host) */
     embedWorkerInfo: () => `${prefix}:embed-workers:info`,
     /** sorted set: backpressure reservations (id → expiry) for one space's embed backlog */

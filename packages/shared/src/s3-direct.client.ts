@@ -136,11 +136,16 @@ export class DirectS3 {
       try {
         const req = this.request({ agent: this.agent, protocol: this.base.protocol, hostname: this.connectHost, port: this.base.port, method, path, headers });
         req.setTimeout(this.idleTimeoutMs, () => req.destroy(new Error('idle')));
-        // That timer runs once connected. Until then, this one: a host that drops the connection's
-        // first packets (black-holed, or its accept queue full) would hold the request for the
-        // system's connect timeout, about 2 minutes, before the SDK could try.
-        const connecting = setTimeout(() => req.destroy(new Error('not connected')), this.idleTimeoutMs);
-        req.once('socket', (socket) => (socket.connecting ? socket.once('connect', () => clearTimeout(connecting)) : clearTimeout(connecting)));
+        // That timer runs once connected. While a new connection is made, this one: a host that
+        // drops its first packets (black-holed, or its accept queue full) would hold the request
+        // for the system's connect timeout, about 2 minutes, before the SDK could try. (Not while
+        // the request waits for one of the agent's sockets: a busy worker is no dead host.)
+        let connecting: NodeJS.Timeout | undefined;
+        req.once('socket', (socket) => {
+          if (!socket.connecting) return;
+          connecting = setTimeout(() => req.destroy(new Error('not connected')), this.idleTimeoutMs);
+          socket.once('connect', () => clearTimeout(connecting));
+        });
         req.once('close', () => clearTimeout(connecting));
         req.on('error', () => settle(handOver));
         req.on('close', () => settle(handOver));

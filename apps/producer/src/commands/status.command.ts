@@ -1,4 +1,4 @@
-import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers } from '@transferline/shared';
+import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
@@ -10,8 +10,8 @@ import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, noSuc
 export interface SpaceStatus {
   space: EmbeddingSpace;
   workers: EmbedWorkerInfo[];
-  /** its workers still loading their model (not taking jobs yet) */
-  starting: EmbedWorkerInfo[];
+  /** its workers still loading their model (not taking jobs yet), and for how long (ms) */
+  starting: StartingWorker[];
   /** embed jobs waiting, active or delayed in the space's queue */
   backlog: number;
   /** embeddings cached in the space */
@@ -179,7 +179,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   for (const s of spaces) {
     const backends = [...new Set(s.workers.map((x) => x.backend))].join(', ');
-    const loading = s.starting.length ? ` (${s.starting.length} more loading ${s.starting.length === 1 ? 'its' : 'their'} model)` : '';
+    const longest = Math.max(0, ...s.starting.map((x) => x.startingMs));
+    const loading = s.starting.length ? `, ${s.starting.length} loading ${s.starting.length === 1 ? 'its model for' : 'their model for up to'} ${Math.round(longest / 1000)} s` : '';
     w(`  ${s.space.id}: ${s.workers.length} embed worker${s.workers.length === 1 ? '' : 's'}${backends ? ` (${backends})` : ''}${loading}, backlog ${s.backlog}, ${s.cached} images cached`);
   }
   w(`queue${' '.repeat(46)} workers  waiting  active  delayed  failed`);
