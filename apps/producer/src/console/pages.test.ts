@@ -116,6 +116,15 @@ describe('the overview', () => {
     expect(readOnly).not.toContain('id="warnings"');
   });
 
+  it('counts the workers of a space loading the model beside the live ones', () => {
+    const worker = (id: string, backend: string) => ({ workerId: id, space: 'sp', backend, host: 'h', pid: 1, startedAt: '2026-01-01T00:00:00Z' });
+    const space = { id: 'sp', model: 'efficientnet-b0', weights: 'random', seed: 1, resize: 'squash', inputSize: 224, dim: 1280 };
+    const o = (starting: number) =>
+      ({ datasets: [], runs: [], queues: [], warnings: [], spaces: [{ space, workers: [worker('a', 'onnx')], starting: Array.from({ length: starting }, (_, i) => ({ worker: worker(`s${i}`, 'loading'), startingMs: 1_000 })) }] }) as unknown as Parameters<typeof overviewPage>[1];
+    expect(overviewPage(access, o(2))).toContain('<tr data-space="sp"><td><code>sp</code></td><td class="n">1 <span class="muted" data-loading="2">(2 loading the model)</span></td><td>onnx</td></tr>');
+    expect(overviewPage(access, o(0))).toContain('<tr data-space="sp"><td><code>sp</code></td><td class="n">1</td><td>onnx</td></tr>');
+  });
+
   it('shows a dataset still being counted by its number of images, and counts kept from an earlier read with their age', () => {
     const status = { dataset: 'kept', space: 's', total: 7, embedded: 7, cached: 0, failed: 0, pending: 0, pendingByStage: { preprocess: 0, embed: 0 }, orphaned: 0, elsewhere: [], failures: [], failuresByReason: [], labels: [] } satisfies DatasetStatus;
     const o = { datasets: [{ dataset: 'big', counting: 2_000_000 }, { dataset: 'kept', counted: { status, readAt: 0, tookMs: 1_500 } }], runs: [], queues: [], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1];
