@@ -56,4 +56,21 @@ describe('up watches its workers', () => {
     expect(stack.supervisor.pids()['preprocess#2']).toBe(before['preprocess#2']);
     expect(stack.events.filter((e) => e.includes('has not answered'))).toHaveLength(1);
   }, 150_000);
+
+  it('kills and starts again its S3 server when it stops answering, and the stack reads and writes again', async () => {
+    const { stack, ctx } = file;
+    const s3 = stack.servers.s3!;
+    const stopped = s3.pid!;
+    await ctx.services.store.ensureBucket('kept');
+    await ctx.services.store.putObject('kept', 'before.txt', 'written before the hang');
+    // answered a probe before it froze (a probe period is 2 s here)
+    await new Promise((r) => setTimeout(r, 2_500));
+    expect(s3.kill('SIGSTOP')).toBe(true);
+    await until('the stopped S3 server is killed', () => processState(stopped) === 'gone', 30);
+    expect(stack.events.join('\n')).toMatch(/s3 has not answered http:\/\/127\.0\.0\.1:\d+\/minio\/health\/live for \d+ s \(stopped, or its event loop is blocked\): killing it to start it again/);
+    await until('S3 serves again', async () => (await ctx.services.store.getObject('kept', 'before.txt')).toString() === 'written before the hang', 30, 250);
+    expect(s3.pid).not.toBe(stopped);
+    await ctx.services.store.putObject('kept', 'after.txt', 'written after');
+    expect((await ctx.services.store.getObject('kept', 'after.txt')).toString()).toBe('written after');
+  }, 90_000);
 });

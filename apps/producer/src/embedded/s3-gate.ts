@@ -16,6 +16,9 @@ import { Sha256 } from '@transferline/shared/s3-signing';
  * It reads the request line and headers; the body goes on to s3rver untouched, but for a
  * multi-object delete's (a small XML list of keys), which it reads and checks first.
  */
+/** Where the embedded server answers 200 to an anonymous GET while it serves (up's liveness probe; MinIO's path for it). */
+export const EMBEDDED_S3_HEALTH_PATH = '/minio/health/live';
+
 export interface GateCredentials {
   accessKeyId: string;
   secretAccessKey: string;

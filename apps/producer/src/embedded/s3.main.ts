@@ -18,7 +18,7 @@ import { stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 import { listTarget, serveList } from './s3-list.js';
 import { forgetStoredEtag, plainGetTarget, servePlainGet, storeEtagOfBytes, storedSize } from './s3-plain-get.js';
-import { absoluteRange, checkConditions, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, copySourceForS3rver, deleteBody, isDeleteQuery, isSuffixRange, objectOfPath, sendRefusal } from './s3-gate.js';
+import { absoluteRange, checkConditions, EMBEDDED_S3_HEALTH_PATH, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, copySourceForS3rver, deleteBody, isDeleteQuery, isSuffixRange, objectOfPath, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
 const directory = env.TL_S3_DIR;
@@ -81,6 +81,11 @@ const server = createServer((req, res) => {
   const [rawPath = '/', query = ''] = (req.url ?? '/').split(/\?(.*)/s);
   if (loopbackOnly && !hostHeaderIsLoopback(req.headers.host)) {
     return sendRefusal(res, { status: 400, code: 'InvalidRequest', message: 'This server answers requests to localhost or 127.0.0.1 only.' }, rawPath);
+  }
+  // up's liveness probe (the path MinIO answers it on): anonymous, so never a request for an object
+  if (req.method === 'GET' && rawPath === EMBEDDED_S3_HEALTH_PATH && !query && !req.headers.authorization) {
+    res.writeHead(200, { 'content-length': 0 }).end();
+    return;
   }
   const copySource = req.headers['x-amz-copy-source'];
   const badKey = checkKey(rawPath) ?? checkCopySource(Array.isArray(copySource) ? copySource[0] : copySource) ?? checkKeysElsewhere(req.method, rawPath, query);

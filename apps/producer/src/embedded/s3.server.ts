@@ -1,6 +1,8 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { reachableHost } from '../loopback-host.js';
+import { EMBEDDED_S3_HEALTH_PATH } from './s3-gate.js';
 import { ANOTHER_UP, SupervisedProcess } from './supervisor.js';
 
 export interface EmbeddedS3 {
@@ -35,6 +37,8 @@ export async function startEmbeddedS3(o: {
   credentials?: { accessKeyId: string; secretAccessKey: string };
   logFile?: string;
   onEvent?: (line: string) => void;
+  /** restarted when it has not answered its health URL for this long (stopped, wedged); 0: never */
+  hangMs?: number;
 }): Promise<EmbeddedS3> {
   await mkdir(o.directory, { recursive: true });
   const logFile = o.logFile ?? `${o.directory}.log`;
@@ -75,6 +79,7 @@ export async function startEmbeddedS3(o: {
             reject(new Error(msg.error === 'EADDRINUSE' ? `port ${port} for the embedded S3 server is in use, ${ANOTHER_UP}; else set TL_S3_PORT, or S3_ENDPOINT to use a running server` : `the embedded S3 server failed: ${msg.error}`));
           }
         },
+        ...(o.hangMs && { liveness: { url: () => `http://${reachableHost(host)}:${port}${EMBEDDED_S3_HEALTH_PATH}`, hangMs: o.hangMs } }),
         // Never came up: report it rather than retry for ever.
         onExit: (code, signal) => {
           if (up) return true;

@@ -134,6 +134,8 @@ export async function startStack(
         credentials: { accessKeyId: initial.s3.accessKeyId, secretAccessKey: initial.s3.secretAccessKey },
         logFile: path.join(logDir, 's3.log'),
         onEvent,
+        // as the workers are (TL_UP_HANG_SECONDS): a stopped or wedged S3 holds every worker up
+        hangMs: initial.upHangSeconds * 1000,
       });
       stops.push(s3.stop);
       servers.s3 = s3.process;

@@ -55,8 +55,11 @@ export interface ProcessSpec {
   onOutput?: (chunk: string) => void;
   /** called on every exit; return false to not restart (a process that never came up, say) */
   onExit?: (code: number | null, signal: NodeJS.Signals | null) => boolean | void;
-  /** killed and restarted when this URL, having answered 200 once, has not answered 200 for `hangMs` */
-  liveness?: { url: string; hangMs: number };
+  /**
+   * killed and restarted when this URL, having answered 200 once, has not answered 200 for
+   * `hangMs` (a function: read at each probe, for a port known once the process listens)
+   */
+  liveness?: { url: string | (() => string); hangMs: number };
 }
 
 /**
@@ -147,7 +150,8 @@ export class SupervisedProcess {
    * on the monotonic clock, and it takes two failed probes in a row, so neither a suspended
    * laptop nor one slow answer counts as a hang.
    */
-  private watchLiveness(child: ChildProcess, liveness: { url: string; hangMs: number }): () => void {
+  private watchLiveness(child: ChildProcess, liveness: { url: string | (() => string); hangMs: number }): () => void {
+    const url = () => (typeof liveness.url === 'string' ? liveness.url : liveness.url());
     const { periodMs, timeoutMs } = livenessProbeTiming(liveness.hangMs);
     let answeredAt: number | undefined;
     let failures = 0;
@@ -156,7 +160,7 @@ export class SupervisedProcess {
     const timer = setInterval(() => {
       if (probing || !running()) return;
       probing = true;
-      void fetch(liveness.url, { signal: AbortSignal.timeout(timeoutMs) })
+      void fetch(url(), { signal: AbortSignal.timeout(timeoutMs) })
         .then(
           (res) => (void res.body?.cancel(), res.status),
           () => undefined,
@@ -175,10 +179,10 @@ export class SupervisedProcess {
           const seconds = Math.floor(silentMs / 1000);
           clearInterval(timer);
           if (status === undefined) {
-            this.onEvent(`${this.spec.name} has not answered ${liveness.url} for ${seconds} s (stopped, or its event loop is blocked): killing it to start it again — see ${this.spec.logFile}`);
+            this.onEvent(`${this.spec.name} has not answered ${url()} for ${seconds} s (stopped, or its event loop is blocked): killing it to start it again — see ${this.spec.logFile}`);
             child.kill('SIGKILL');
           } else {
-            this.onEvent(`${this.spec.name} has answered ${liveness.url} with ${status} (unhealthy) for ${seconds} s: stopping it to start it again — see ${this.spec.logFile}`);
+            this.onEvent(`${this.spec.name} has answered ${url()} with ${status} (unhealthy) for ${seconds} s: stopping it to start it again — see ${this.spec.logFile}`);
             child.kill('SIGTERM');
             setTimeout(() => running() && child.kill('SIGKILL'), STOP_GRACE_MS).unref();
           }
