@@ -177,6 +177,9 @@ describe('what a user sees when something is wrong', () => {
       const words = `no dataset named prefixed here: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds it under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it`;
       const del = await runCli(['delete', 'dataset', 'prefixed', '--runs', '--yes'], elsewhere);
       expect({ code: del.code, stderr: del.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}: nothing deleted\n` });
+      // delete run too: its files would go, and its classify records under the workers' prefix stay
+      const run = await runCli(['delete', 'run', 'prefixed@r1', '--yes'], elsewhere);
+      expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}: nothing deleted\n` });
       expect(await store.headObject(bucket, layout.runFile('prefixed', 'r1', 'run.json'))).toBeDefined();
       expect(await datasets.exists('prefixed')).toBe(true);
       for (const args of [['failures', '-d', 'prefixed'], ['retry', '-d', 'prefixed'], ['status', '-d', 'prefixed'], ['train', '-d', 'prefixed', '--no-wait']]) {
@@ -211,6 +214,18 @@ describe('what a user sees when something is wrong', () => {
           expect(r.stderr).not.toMatch(/transferline train/);
         }
         expect((await runCli(['status'], shell)).stdout).toContain(`warning: ${hint}\n`);
+        // delete run finds only the run's classify records (Redis): they stay, as the run does
+        const classified = ctx.services.keys.classified('photos', 'r1');
+        await ctx.services.redis.hset(classified, 'a'.repeat(64), '{}');
+        try {
+          for (const args of [['delete', 'run', 'photos@r1', '--yes'], ['delete', 'run', 'photos@r1', '--dry-run']]) {
+            const r = await runCli(args, shell);
+            expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 1, stderr: `transferline: no run r1 of photos in s3://their-photos/${ctx.services.layout.models('photos')}: ${hint}: nothing deleted\n` });
+          }
+          expect(await ctx.services.redis.hlen(classified)).toBe(1);
+        } finally {
+          await ctx.services.redis.unlink(classified);
+        }
         // a prefix of its own too: both settings named
         const both = await runCli(['models'], { ...shell, TL_PREFIX: 'mine/' });
         expect(both.stdout).toContain(`but the live embed workers keep embeddings and models in s3://${bucket}/${prefix}: set TL_BUCKET=${bucket} and ${prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${prefix}`} as the workers have it\n`);

@@ -6,7 +6,7 @@ import { datasetUnderOtherPrefixes, forgetLost, otherPrefixWords } from '../data
 import type { CliContext } from '../cli-context.js';
 import { globLiteral, redisKeysMatching } from '../redis-scan.js';
 import { CliExit, EXIT } from '../exit-codes.js';
-import { nothingHere } from '../storage-hint.js';
+import { nothingHere, storageHint } from '../storage-hint.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
 import { listModelRuns, newestPromotable, parseRunSpec } from './models.command.js';
 
@@ -135,6 +135,12 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
     await refuseWhileClassifying(ctx, `with ${dataset}@${runId}`, (d) => d.model === dataset && d.runId === runId);
   };
   await refuse();
+  // A shell whose TL_QUEUE_PREFIX is not the workers' would delete the files and leave the
+  // records under theirs: the setting is named, nothing deleted.
+  if (!(await ctx.services.datasets.exists(dataset))) {
+    const others = await datasetUnderOtherPrefixes(ctx, dataset).catch(() => []);
+    if (others.length) throw new CliExit(EXIT.error, `transferline: no dataset named ${dataset} here: ${otherPrefixWords(ctx, others, 'it')}: nothing deleted`);
+  }
 
   const runFiles = await objectsUnder(ctx, layout.run(dataset, runId));
   const classified = keys.classified(dataset, runId);
@@ -146,6 +152,10 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
     const left = results.length ? `; its classify results are still in s3://${bucket}/${layout.results(dataset, runId)}: add --results to delete them` : '';
     throw new CliExit(EXIT.error, `transferline: ${await nothingHere(ctx, `no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)}${left}: nothing deleted`, ` (see "transferline models -d ${dataset}")`)}`);
   }
+  // No run here, only its classify records: from a shell whose TL_BUCKET or TL_PREFIX is not the
+  // live workers' (they would be deleted under a run that stays), not a deletion cut short.
+  const elsewhere = runFiles.length === 0 && !wasLatest ? await storageHint(ctx) : undefined;
+  if (elsewhere) throw new CliExit(EXIT.error, `transferline: no run ${runId} of ${dataset} in s3://${bucket}/${layout.models(dataset)}: ${elsewhere}: nothing deleted`);
   const newestLeft = newestPromotable(await listModelRuns(ctx, dataset), dataset, runId);
 
   const plan: Plan = { lines: [], kept: [], run: async () => {} };
