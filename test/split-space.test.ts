@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -8,6 +9,7 @@ import { buildEfficientNetB0 } from '../apps/feature-worker/src/model/efficientn
 import { writeKerasH5Weights } from '../apps/feature-worker/src/model/keras-h5-weights.writer.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
+import { ROLES } from '../apps/producer/src/embedded/supervisor.js';
 import { loadConfig, spaceFromConfig } from '../packages/shared/src/index.js';
 import { runCli, stackForFile, until } from './support/stack.js';
 
@@ -107,4 +109,32 @@ describe('an embed worker still loading its model', () => {
       await new Promise((r) => server.close(r));
     }
   }, 240_000);
+});
+
+describe('an embed worker that cannot load its model', () => {
+  it('is said with why by ingest --embedder and status, and a dataset of its space is not moved to another unasked', async () => {
+    const { stack, ctx } = file;
+    const env = { ...stack.env, TL_MODEL_WEIGHTS: 'imagenet', TL_MODEL_WEIGHTS_MD5: 'f'.repeat(32), TL_MODEL_WEIGHTS_SOURCE: '/nowhere/w.h5', TL_MODEL_CACHE_DIR: path.join(stack.dataDir, 'no-weights'), TL_METRICS_PORT: String(await freePort()) };
+    const space = spaceFromConfig(loadConfig(env));
+    // run once, as a user would by hand (a supervisor would start it again and again)
+    const { script, execArgv, args } = ROLES.embed;
+    const exited = await new Promise<number | null>((resolve) => execFile(process.execPath, [...execArgv, script, ...args], { env }, (err) => resolve(err ? (err as { code?: number }).code ?? null : 0)));
+    expect(exited).not.toBe(0);
+    const why = /its worker \S+ could not load its model: could not get the EfficientNet-B0 weights from \/nowhere\/w\.h5/;
+    const ingest = await runCli(['ingest', `s3://${photos}/held/`, '-d', 'stranded', '--embedder', space.id], stack.env, 60_000);
+    expect(ingest.code).toBe(1);
+    expect(ingest.stderr).toContain(`no embedding space ${space.id} is known here (`);
+    expect(ingest.stderr).toMatch(why);
+    // a dataset left in that space (its worker went away before it could load): status names the
+    // space, and ingest does not move the dataset to the space that is published
+    await ctx.services.datasets.setSpace('stranded', space.id);
+    await ctx.services.datasets.putItem('stranded', `${photos}/held/circle/0.jpg`, { label: 'circle', etag: 'e', space: space.id, state: 'pending' });
+    const status = await runCli(['status'], stack.env);
+    expect(status.stdout).toMatch(new RegExp(`\n  ${space.id.replace(/\./g, '\\.')}: not published \\(no embed worker of it has gone live; ${why.source}.*\\), backlog 0: start a worker of it, or move its datasets with ingest --embedder ID\n`));
+    const again = await runCli(['ingest', `s3://${photos}/held/`, '-d', 'stranded'], stack.env, 60_000);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain(`the dataset is in embedding space ${space.id}, which is not published here (`);
+    expect(await ctx.services.datasets.space('stranded')).toBe(space.id);
+    await ctx.services.datasets.remove('stranded');
+  }, 120_000);
 });

@@ -241,6 +241,7 @@ async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | {
   }
   const [last] = await ctx.services.spaces.silentWorkers(space).catch(() => []);
   if (!last) return `${none} (start one with that space's settings)`;
+  if (last.worker.failed) return `${none}: its worker ${last.worker.workerId} could not load its model (${Math.round(last.silentMs / 1000)} s ago): ${last.worker.failed}`;
   const when = last.worker.starting ? ', while loading its model' : '';
   return `${none}: its worker ${last.worker.workerId} last beat ${Math.round(last.silentMs / 1000)} s ago${when} (stopped, hung, or cut off from Redis?); restart it, or start one with that space's settings (${RESTARTED_BY})`;
 }

@@ -75,6 +75,8 @@ export class SpaceResolutionError extends Error {
 export interface WorkerBeat {
   workerId: string;
   ready: (backend: string) => Promise<void>;
+  /** it gave up loading its model: said, with why, to those waiting on its space, for four TTLs */
+  failed: (reason: string) => Promise<void>;
   stop: () => Promise<void>;
 }
 
@@ -116,6 +118,13 @@ for _, set in ipairs({ KEYS[1], KEYS[4] }) do
   end
 end
 return now`, 4);
+/** A worker that gave up loading its model: its record, silent at once (not loading any more), kept as silent ones are. */
+const FAILED = new RedisScript('tlEmbedWorkerFailed', `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[1], now - tonumber(ARGV[3]) - 1, ARGV[1])
+return now`, 2);
 /** Redis's clock, and the workers that beat within a TTL: live ones, and those loading their model. */
 const BEATING = new RedisScript('tlBeatingEmbedWorkers', `
 local t = redis.call('TIME')
@@ -271,18 +280,28 @@ export class SpaceRegistry {
         [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space), SINCE_FIELD, info.starting ? 'starting' : 'live'],
       );
     let timer: NodeJS.Timeout | undefined;
+    // nothing is written once it stops, and a beat on its way lands before the record goes
+    let stopped = false;
+    let inflight: Promise<unknown> = Promise.resolve();
+    const beatOnce = beat;
+    const guarded = () => {
+      if (stopped) return Promise.resolve(0);
+      const p = beatOnce();
+      inflight = p.catch(() => undefined);
+      return p;
+    };
     const every = () => {
       clearInterval(timer);
-      timer = setInterval(() => void beat().catch(o.onError), this.beatMs);
+      timer = setInterval(() => void guarded().catch(o.onError), this.beatMs);
       timer.unref();
     };
     if (o.starting) {
       // its start by Redis's clock, as readers time a load (this machine's may be off), written
       // at once in a second beat
-      void beat()
+      void guarded()
         .then((now) => {
           info = { ...info, startedAt: new Date(Number(now)).toISOString() };
-          return beat();
+          return guarded();
         })
         .catch(o.onError);
       every();
@@ -292,11 +311,19 @@ export class SpaceRegistry {
       ready: async (backend) => {
         const { starting: _, ...live } = info;
         info = { ...live, backend };
-        await beat();
+        await guarded();
         every();
       },
-      stop: async () => {
+      failed: async (reason) => {
+        stopped = true;
         clearInterval(timer);
+        await inflight;
+        await FAILED.run(this.redis, [this.keys.embedWorkersStarting(), this.keys.embedWorkerInfo()], [info.workerId, JSON.stringify({ ...info, failed: reason }), this.ttlMs]);
+      },
+      stop: async () => {
+        stopped = true;
+        clearInterval(timer);
+        await inflight;
         await this.redis.multi().zrem(this.keys.embedWorkers(), info.workerId).zrem(this.keys.embedWorkersStarting(), info.workerId).hdel(this.keys.embedWorkerInfo(), info.workerId).exec();
       },
     };
@@ -317,12 +344,13 @@ export class SpaceRegistry {
     let waited = 0;
     // (or the space of a worker loading its model: it publishes it once live)
     const published = async (id: string) => id !== SINCE_FIELD && ((await this.redis.hexists(this.keys.spaces(), id)) === 1 || (await this.startingWorkers(id)).length > 0);
-    if (requested !== undefined && !(await published(requested))) {
+    const sought = requested ?? current;
+    if (sought !== undefined && !(await published(sought))) {
       const age = Number(await REGISTRY_AGE.run(this.redis, [this.keys.spaces()], [SINCE_FIELD]));
       const oneBeat = this.beatMs + 1_000;
       waited = age < 0 ? oneBeat : Math.max(0, oneBeat - age);
       const deadline = Date.now() + waited;
-      while (Date.now() < deadline && !(await published(requested))) await sleep(250);
+      while (Date.now() < deadline && !(await published(sought))) await sleep(250);
     }
     const spaces = await this.list();
     const describe = (list: SpaceWorkers[]) => list.map((s) => `${s.space.id} (${plural(s.workers.length, 'worker')}${s.starting.length ? `, ${s.starting.length} loading` : ''})`).join(', ');
@@ -340,7 +368,12 @@ export class SpaceRegistry {
       const s = spaces.find((x) => x.space.id === requested);
       if (!s) {
         const known = spaces.length ? `known: ${describe(spaces)}` : 'no space is published in this Redis: start the stack (transferline up) or an embed worker of that space';
-        const why = waited > 0 ? `none was published within ${Math.max(1, Math.round(waited / 1000))} s` : 'no embed worker has published it';
+        const [failed] = (await this.silentWorkers(requested)).filter((w) => w.worker.failed);
+        const why = failed
+          ? `its worker ${failed.worker.workerId} could not load its model: ${failed.worker.failed}`
+          : waited > 0
+            ? `none was published within ${Math.max(1, Math.round(waited / 1000))} s`
+            : 'no embed worker has published it';
         throw new SpaceResolutionError(`no embedding space ${requested} is known here (${why}); ${known}`);
       }
       return chosen(s, reason);
@@ -349,6 +382,15 @@ export class SpaceRegistry {
     // A dataset stays in its space: whatever other spaces' workers are live, or none. It moves to
     // another only when asked (--embedder), as its images are embedded again there.
     const own = current === undefined ? undefined : spaces.find((s) => s.space.id === current);
+    if (current !== undefined && !own) {
+      // its worker never went live (it could not load its model, say): a dataset is not moved to
+      // whatever else is published without being asked
+      const [failed] = (await this.silentWorkers(current)).filter((w) => w.worker.failed);
+      const why = failed ? `its worker ${failed.worker.workerId} could not load its model: ${failed.worker.failed}` : 'no embed worker of it has gone live';
+      throw new SpaceResolutionError(
+        `the dataset is in embedding space ${current}, which is not published here (${why}): start a worker of it (the images in its queue wait for one), or move the dataset with --embedder ID (its images are embedded again there)${spaces.length ? `; known: ${describe(spaces)}` : ''}`,
+      );
+    }
     if (own && own.workers.length > 0) return chosen(own, live.length > 1 ? `the dataset's space; embed workers of ${live.length} spaces are live` : 'the one with live embed workers');
     if (own && live.length === 0) return chosen(own, "the dataset's space");
     if (own) {

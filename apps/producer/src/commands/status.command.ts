@@ -43,6 +43,8 @@ export interface StatusReport {
   datasets: DatasetStatus[];
   /** what puts the deployment's data at risk (a Redis that evicts keys) */
   warnings: string[];
+  /** spaces datasets are in that no embed worker has published (none went live), with their backlog */
+  unpublished: { id: string; backlog: number; failed?: string }[];
 }
 
 /** How many of the train queue's failed jobs status reads to tell the cancelled ones from the rest. */
@@ -133,9 +135,15 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const { datasets: repo, inspector, spaces: registry, cache } = ctx.services;
   if (o.dataset && !(await repo.exists(o.dataset))) throw await noSuchDataset(ctx, o.dataset);
   const listed = await registry.list();
+  const names = o.dataset ? [o.dataset] : await repo.list();
+  // the spaces datasets are in that no worker has published (its worker never went live): their
+  // queues hold the datasets' images all the same
+  const unknown = [...new Set((await Promise.all(names.map((d) => repo.space(d)))).filter((id): id is string => id !== undefined && !listed.some((s) => s.space.id === id)))].sort();
   const queues: StatusReport['queues'] = {};
   // in the pipeline's order, as the console lists them; an embed queue's workers are its space's live ones
-  for (const q of deploymentQueues(ctx.queues, listed)) {
+  const inOrder = deploymentQueues(ctx.queues, listed);
+  inOrder.splice(1 + listed.length, 0, ...unknown.map((id) => ctx.queues.embed(id)));
+  for (const q of inOrder) {
     const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
     const space = listed.find((s) => q.name === queueName('embed', s.space.id));
     queues[q.name] = { ...counts, workers: space ? space.workers.length : await q.getWorkersCount(), paused: await ctx.services.paused.list(q.name) };
@@ -164,12 +172,17 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const c = queues[queueName('embed', space.id)]!;
     spaces.push({ space, workers, starting, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), cached: await cache.size(space.id) });
   }
-  const names = o.dataset ? [o.dataset] : await repo.list();
+  const unpublished: StatusReport['unpublished'] = [];
+  for (const id of unknown) {
+    const c = queues[queueName('embed', id)]!;
+    const [failed] = (await registry.silentWorkers(id)).filter((w) => w.worker.failed);
+    unpublished.push({ id, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), ...(failed && { failed: `its worker ${failed.worker.workerId} could not load its model: ${failed.worker.failed}` }) });
+  }
   const datasets = await Promise.all(names.map((d) => inspector.status(d)));
   const { warnings, lossFound } = await deploymentWarnings(ctx, spaces.map((s) => s.space.id));
   if (o.json) {
-    ctx.out.write(`${JSON.stringify({ queues, spaces, datasets, warnings }, null, 2)}\n`);
-    return { queues, spaces, datasets, warnings };
+    ctx.out.write(`${JSON.stringify({ queues, spaces, unpublished, datasets, warnings }, null, 2)}\n`);
+    return { queues, spaces, unpublished, datasets, warnings };
   }
   const w = (s: string) => ctx.out.write(`${s}\n`);
   for (const warning of warnings) w(`warning: ${warning}`);
@@ -182,6 +195,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const longest = Math.max(0, ...s.starting.map((x) => x.startingMs));
     const loading = s.starting.length ? `, ${s.starting.length} loading ${s.starting.length === 1 ? 'its model for' : 'their model for up to'} ${Math.round(longest / 1000)} s` : '';
     w(`  ${s.space.id}: ${s.workers.length} embed worker${s.workers.length === 1 ? '' : 's'}${backends ? ` (${backends})` : ''}${loading}, backlog ${s.backlog}, ${s.cached} images cached`);
+  }
+  for (const u of unpublished) {
+    w(`  ${u.id}: not published (no embed worker of it has gone live${u.failed ? `; ${u.failed}` : ''}), backlog ${u.backlog}: start a worker of it, or move its datasets with ingest --embedder ID`);
   }
   w(`queue${' '.repeat(46)} workers  waiting  active  delayed  failed`);
   for (const [name, c] of Object.entries(queues)) {
@@ -209,7 +225,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   if (datasets.length === 0) w(lossFound ? 'no datasets in Redis: ingest again as the warnings above say' : 'no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
   for (const d of datasets) printDatasetSummary(ctx, d);
-  return { queues, spaces, datasets, warnings };
+  return { queues, spaces, unpublished, datasets, warnings };
 }
 
 /**
