@@ -253,7 +253,16 @@ export class ObjectStore {
       return true;
     } catch (err) {
       if (isNotFound(err) || isNoSuchBucket(err)) return false;
-      throw err;
+      // A refused HEAD has no body to say why ("UnknownError"): a listing of no keys is asked,
+      // whose refusal names it (credentials, a policy), said as any other refusal is.
+      if (!(err instanceof S3ServiceException) || err.$metadata.httpStatusCode !== 403) throw err;
+      try {
+        await this.client.send(new ListObjectsV2Command({ Bucket: bucket, MaxKeys: 0 }));
+        return true;
+      } catch (listErr) {
+        if (isNoSuchBucket(listErr)) return false;
+        throw listErr;
+      }
     }
   }
 
