@@ -330,6 +330,12 @@ describe('what a user sees when something is wrong', () => {
       const s3 = await runCli(['up', '--metrics-port', '0'], { ...env, TL_REDIS_PORT: '0', S3_ENDPOINT: 'http://127.0.0.1:1' }, 60_000);
       expect(s3.code).toBe(1);
       expect(s3.stderr).toMatch(/^transferline: S3_ENDPOINT is set \(http:\/\/127\.0\.0\.1:1\), so up uses that S3 server and starts none; it does not answer \(.*ECONNREFUSED.*\): unset REDIS_URL/m);
+      // with no embed worker here, the ImageNet weights are none of up's business (offline: it refused on them)
+      const { TL_MODEL_WEIGHTS: _, ...imagenet } = env;
+      const noEmbed = await runCli(['up', '--embed-workers', '0', '--metrics-port', '0'], { ...imagenet, TL_MODEL_WEIGHTS_SOURCE: path.join(dir, 'nowhere.h5'), REDIS_URL: 'redis://127.0.0.1:1', S3_ENDPOINT: 'http://127.0.0.1:1' }, 60_000);
+      expect(noEmbed.code).toBe(1);
+      expect(noEmbed.stderr).toMatch(/^transferline: REDIS_URL is set \(redis:\/\/127\.0\.0\.1:1\), so up uses that Redis/m);
+      expect(noEmbed.stderr).not.toMatch(/weights/i);
       expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
     } finally {
       await rm(dir, { recursive: true, force: true });

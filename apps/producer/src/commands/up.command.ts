@@ -94,9 +94,11 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     outGone = true;
     whenGone();
   });
-  env = await ensureWeights(env, o.demo, w);
+  const replicas = { ...DEFAULT_REPLICAS, ...o.replicas };
+  // (no embed worker here, --embed-workers 0: nothing to fetch weights for)
+  if (replicas.embed > 0) env = await ensureWeights(env, o.demo, w);
   const ports0 = { ...DEFAULT_PORTS, ...o.ports };
-  const children = childPorts(ports0, { ...DEFAULT_REPLICAS, ...o.replicas });
+  const children = childPorts(ports0, replicas);
   const stack = await startStack(env, ports0, (line) => w(`[up] ${line}`), children);
   const { config, ports } = stack;
   const log = createLogger('producer', config.logLevel);
