@@ -180,6 +180,12 @@ describe('what a user sees when something is wrong', () => {
       const words = `no dataset named prefixed here: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds it under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it`;
       const del = await runCli(['delete', 'dataset', 'prefixed', '--runs', '--yes'], elsewhere);
       expect({ code: del.code, stderr: del.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}: nothing deleted\n` });
+      // ingest chooses no space there: the setting is named, not a worker to start
+      const ingest = await runCli(['ingest', 's3://photos/prefixed/', '-d', 'another'], elsewhere);
+      expect({ code: ingest.code, stderr: ingest.stderr }).toEqual({
+        code: 1,
+        stderr: `transferline: no embedding space is published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds the embedding spaces under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`,
+      });
       // delete run too: its files would go, and its classify records under the workers' prefix stay
       const run = await runCli(['delete', 'run', 'prefixed@r1', '--yes'], elsewhere);
       expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}: nothing deleted\n` });

@@ -53,6 +53,16 @@ export function otherPrefixWords(ctx: CliContext, others: string[], what = 'the 
 }
 
 /**
+ * The other queue prefixes under which this Redis holds published embedding spaces, when this
+ * prefix holds none: a shell whose TL_QUEUE_PREFIX is not the workers' sees none of their spaces.
+ * (A SCAN: run only when no space could be chosen.)
+ */
+export async function spacesUnderOtherPrefixes(ctx: CliContext): Promise<string[]> {
+  if ((await ctx.services.spaces.list()).length) return [];
+  return prefixesHolding(ctx, ctx.services.keys.spaces());
+}
+
+/**
  * The other queue prefixes under which this Redis holds dataset `name`: a shell whose
  * TL_QUEUE_PREFIX is not the workers' finds none of their datasets. (A SCAN: run only for a
  * dataset not found, under a prefix that holds no dataset.)

@@ -1,6 +1,6 @@
 import { isClassifyDataset, parseS3Url, relistCommand, s3Refusal, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
-import { restoreLostIndex } from '../data-loss.js';
+import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
 import { watchRounds } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix, UNLABELLED, type IngestCounts } from '../ingest.service.js';
@@ -48,7 +48,11 @@ function changedAnything(c: IngestCounts): boolean {
 export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptions): Promise<IngestOutcome> {
   const { bucket, prefix } = parseS3Url(url);
   // which space, and why: said by the rounds that speak (a quiet --watch round says nothing)
-  const { space, message: spaceChoice } = await ctx.services.spaces.resolve(o.embedder, o.embedderReason, await ctx.services.datasets.space(o.dataset));
+  const { space, message: spaceChoice } = await ctx.services.spaces.resolve(o.embedder, o.embedderReason, await ctx.services.datasets.space(o.dataset)).catch(async (err: unknown) => {
+    // none found: under another TL_QUEUE_PREFIX, the setting is named rather than a worker to start
+    const others = await spacesUnderOtherPrefixes(ctx).catch(() => []);
+    throw others.length ? new Error(`no embedding space is published under this prefix: ${otherPrefixWords(ctx, others, 'the embedding spaces')}`) : err;
+  });
   if (!o.quietUnlessNew) ctx.out.write(`${spaceChoice}\n`);
   await restoreLostIndex(ctx, space.id);
   const listing = o.quietUnlessNew ? undefined : createProgress('listing');
