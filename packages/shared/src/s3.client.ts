@@ -34,6 +34,9 @@ export interface S3Settings {
   idleTimeoutMs?: number;
 }
 
+/** How long ObjectStore.probe waits for an answer, all attempts together. */
+const PROBE_TIMEOUT_MS = 5_000;
+
 /** S3Settings.idleTimeoutMs when it is not set. */
 const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
 
@@ -285,12 +288,15 @@ export class ObjectStore {
    * request denied by a policy, still means S3 is up. Refused credentials: S3CredentialsError.
    */
   async probe(bucket: string): Promise<void> {
+    const deadline = AbortSignal.timeout(PROBE_TIMEOUT_MS);
     try {
       // A GET (not a HEAD, whose refusals have no body): S3 names why it refuses. The key is
       // not expected to exist; any answer but a rejection of the credentials or a 5xx is "up".
-      const res = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: '.transferline-probe' }), { abortSignal: AbortSignal.timeout(5_000) });
+      const res = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: '.transferline-probe' }), { abortSignal: deadline });
       (res.Body as Readable | undefined)?.destroy();
     } catch (err) {
+      // (its own deadline, shorter than the SDK's attempts at a mute server: minutes)
+      if (deadline.aborted) throw new S3UnreachableError(this.endpoint, `it did not answer within ${PROBE_TIMEOUT_MS / 1000} s`);
       const refused = s3Refusal(err, { endpoint: this.endpoint, bucket });
       if (refused instanceof S3CredentialsError) throw refused;
       const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;

@@ -257,6 +257,8 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
   // Redis may have lost is found by reading the bucket.
   let inBucket: string[];
   try {
+    // asked first with a deadline of its own: a mute S3 would hold status for the SDK's attempts (minutes)
+    await store.probe(bucket);
     inBucket = await store.listFolders(bucket, layout.embeddingSpaces());
   } catch (err) {
     // (nor is a loss remembered or forgotten: nothing was seen)
