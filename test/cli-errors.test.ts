@@ -185,12 +185,18 @@ describe('what a user sees when something is wrong', () => {
       const words = `no dataset named prefixed here: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds it under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it`;
       const del = await runCli(['delete', 'dataset', 'prefixed', '--runs', '--yes'], elsewhere);
       expect({ code: del.code, stderr: del.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}: nothing deleted\n` });
-      // ingest chooses no space there: the setting is named, not a worker to start
-      const ingest = await runCli(['ingest', 's3://photos/prefixed/', '-d', 'another'], elsewhere);
-      expect({ code: ingest.code, stderr: ingest.stderr }).toEqual({
-        code: 1,
-        stderr: `transferline: no embedding space is published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds the embedding spaces under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`,
-      });
+      // ingest chooses no space there: the setting is named (a live worker's), not a worker to start
+      const beat = await ctx.services.spaces.startHeartbeat(stack.space, 'test', () => undefined);
+      try {
+        // (a prefix of its own: an earlier test left a space published under 'elsewhere')
+        const ingest = await runCli(['ingest', 's3://photos/prefixed/', '-d', 'another'], { ...stack.env, TL_QUEUE_PREFIX: 'unused' });
+        expect({ code: ingest.code, stderr: ingest.stderr }).toEqual({
+          code: 1,
+          stderr: `transferline: no embedding space is published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=unused, and this Redis holds the live embed workers under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`,
+        });
+      } finally {
+        await beat.stop();
+      }
       // delete run too: its files would go, and its classify records under the workers' prefix stay
       const run = await runCli(['delete', 'run', 'prefixed@r1', '--yes'], elsewhere);
       expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}: nothing deleted\n` });
@@ -343,7 +349,7 @@ describe('what a user sees when something is wrong', () => {
       expect(s3.stderr).toMatch(/^transferline: S3_ENDPOINT is set \(http:\/\/127\.0\.0\.1:1\), so up uses that S3 server and starts none; it does not answer \(.*ECONNREFUSED.*\): unset REDIS_URL/m);
       // with no embed worker here, the ImageNet weights are none of up's business (offline: it refused on them)
       const { TL_MODEL_WEIGHTS: _, ...imagenet } = env;
-      const noEmbed = await runCli(['up', '--embed-workers', '0', '--metrics-port', '0'], { ...imagenet, TL_MODEL_WEIGHTS_SOURCE: path.join(dir, 'nowhere.h5'), REDIS_URL: 'redis://127.0.0.1:1', S3_ENDPOINT: 'http://127.0.0.1:1' }, 60_000);
+      const noEmbed = await runCli(['up', '--embed-workers', '0', '--metrics-port', '0'], { ...imagenet, TL_MODEL_WEIGHTS_SOURCE: path.join(dir, 'nowhere.h5'), TL_MODEL_CACHE_DIR: path.join(dir, 'cache'), REDIS_URL: 'redis://127.0.0.1:1', S3_ENDPOINT: 'http://127.0.0.1:1' }, 60_000);
       expect(noEmbed.code).toBe(1);
       expect(noEmbed.stderr).toMatch(/^transferline: REDIS_URL is set \(redis:\/\/127\.0\.0\.1:1\), so up uses that Redis/m);
       expect(noEmbed.stderr).not.toMatch(/weights/i);

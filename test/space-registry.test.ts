@@ -99,7 +99,7 @@ describe('SpaceRegistry.resolve', () => {
     expect(chosen.message).toBe(`embedding space ${crop.id} (the dataset's space; embed workers of 2 spaces are live; 1 embed worker: test)`);
     // a space no worker has published (its worker never went live): not moved to another unasked
     await expect(registry.resolve(undefined, undefined, 'efficientnet-b0.gone.squash224')).rejects.toThrow(
-      /^the dataset is in embedding space efficientnet-b0\.gone\.squash224, which is not published here \(no embed worker of it has gone live\): start a worker of it \(the images in its queue wait for one\), or move the dataset with --embedder ID \(its images are embedded again there\); known: /,
+      /^the dataset is in embedding space efficientnet-b0\.gone\.squash224, which is not published here \(no embed worker of it is live or has published it here\): start a worker of it \(the images in its queue wait for one\), or move the dataset with --embedder ID \(its images are embedded again there\); known: /,
     );
     // what ingest says of a dataset in one of them, and of a new dataset
     const store = new ObjectStore(stack.config.s3);
@@ -179,7 +179,7 @@ describe('a worker loading its model', () => {
     const [silent] = await registry.silentWorkers(space.id);
     expect(silent?.worker.failed).toBe('could not get the EfficientNet-B0 weights from /nowhere/w.h5: ENOENT');
     expect(await registry.list()).toEqual([]);
-    const why = `its worker ${beat.workerId} could not load its model: could not get the EfficientNet-B0 weights from /nowhere/w.h5: ENOENT`;
+    const why = `its worker ${beat.workerId} could not start: could not get the EfficientNet-B0 weights from /nowhere/w.h5: ENOENT`;
     await expect(registry.resolve(space.id)).rejects.toThrow(`no embedding space ${space.id} is known here (${why})`);
     await expect(registry.resolve(undefined, undefined, space.id)).rejects.toThrow(`the dataset is in embedding space ${space.id}, which is not published here (${why})`);
   });

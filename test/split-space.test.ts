@@ -97,10 +97,20 @@ describe('an embed worker still loading its model', () => {
       }, 30, 500);
       // a space no worker has published yet: one that never loads leaves none behind
       expect(await ctx.services.redis.hexists(ctx.services.keys.spaces(), space.id)).toBe(0);
+      // its beat held past its TTL while it loads (a build holding its event loop on a busy
+      // machine; here SIGSTOP): still waited for
+      expect(stack.supervisor.signal('embed', 3, 'SIGSTOP')).toBe(true);
+      try {
+        await until('its beat to go silent', async () => (await ctx.services.spaces.startingWorkers(space.id)).length === 0, 30, 250);
+        await new Promise((r) => setTimeout(r, 2_500)); // a look of the wait, at least
+        expect(ended).toBe(false);
+      } finally {
+        stack.supervisor.signal('embed', 3, 'SIGCONT');
+      }
       release();
       const r = await ingest;
       expect(r.timedOut).toBe(false);
-      expect(r.code).toBe(0);
+      expect(r.code, r.stdout).toBe(0);
       expect(r.stdout).toMatch(/dataset held: 2 images, 2 embedded/);
       expect(await ctx.services.redis.hexists(ctx.services.keys.spaces(), space.id)).toBe(1);
     } finally {
@@ -120,7 +130,7 @@ describe('an embed worker that cannot load its model', () => {
     const { script, execArgv, args } = ROLES.embed;
     const exited = await new Promise<number | null>((resolve) => execFile(process.execPath, [...execArgv, script, ...args], { env }, (err) => resolve(err ? (err as { code?: number }).code ?? null : 0)));
     expect(exited).not.toBe(0);
-    const why = /its worker \S+ could not load its model: could not get the EfficientNet-B0 weights from \/nowhere\/w\.h5/;
+    const why = /its worker \S+ could not start: could not get the EfficientNet-B0 weights from \/nowhere\/w\.h5/;
     const ingest = await runCli(['ingest', `s3://${photos}/held/`, '-d', 'stranded', '--embedder', space.id], stack.env, 60_000);
     expect(ingest.code).toBe(1);
     expect(ingest.stderr).toContain(`no embedding space ${space.id} is known here (`);
@@ -130,7 +140,7 @@ describe('an embed worker that cannot load its model', () => {
     await ctx.services.datasets.setSpace('stranded', space.id);
     await ctx.services.datasets.putItem('stranded', `${photos}/held/circle/0.jpg`, { label: 'circle', etag: 'e', space: space.id, state: 'pending' });
     const status = await runCli(['status'], stack.env);
-    expect(status.stdout).toMatch(new RegExp(`\n  ${space.id.replace(/\./g, '\\.')}: not published \\(no embed worker of it has gone live; ${why.source}.*\\), backlog 0: start a worker of it, or move its datasets with ingest --embedder ID\n`));
+    expect(status.stdout).toMatch(new RegExp(`\n  ${space.id.replace(/\./g, '\\.')}: not published \\(no embed worker of it is live or has published it here; ${why.source}.*\\), backlog 0: start a worker of it, or move its datasets with ingest --embedder ID\n`));
     const again = await runCli(['ingest', `s3://${photos}/held/`, '-d', 'stranded'], stack.env, 60_000);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain(`the dataset is in embedding space ${space.id}, which is not published here (`);

@@ -142,7 +142,7 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   } catch (err) {
     // not a worker on its way any more: said at once, with why, to whoever waits on the space
     // (a Redis that is down is not waited for: the beat then goes stale)
-    const why = (err as Error).message.split('\n')[0]!.slice(0, 500);
+    const why = String((err as Error | undefined)?.message ?? err).split('\n')[0]!.slice(0, 500);
     await Promise.race([heartbeat.failed(why).catch(() => {}), new Promise((r) => setTimeout(r, 2_000).unref())]);
     throw err;
   }

@@ -1,4 +1,4 @@
-import { DatasetRepository, LostSources, parseDocument, RunDoc, type Redis, type RedisKeys } from '@transferline/shared';
+import { DatasetRepository, LostSources, parseDocument, redisKeys, RunDoc, SpaceRegistry, type Redis, type RedisKeys } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { globLiteral, redisKeysMatching } from './redis-scan.js';
 import { latestRun, listModelRuns } from './commands/models.command.js';
@@ -58,8 +58,16 @@ export function otherPrefixWords(ctx: CliContext, others: string[], what = 'the 
  * (A SCAN: run only when no space could be chosen.)
  */
 export async function spacesUnderOtherPrefixes(ctx: CliContext): Promise<string[]> {
-  if ((await ctx.services.spaces.list()).length) return [];
-  return prefixesHolding(ctx, ctx.services.keys.spaces());
+  // Only for a prefix with no spaces, no datasets, and no worker that failed to start: a
+  // deployment of its own, whose worker cannot start, is told why, not sent to another. And only
+  // prefixes whose workers are live now (a spaces hash outlives its deployment).
+  const { spaces, datasets, redis } = ctx.services;
+  if ((await spaces.list()).length || (await datasets.list()).length || (await spaces.recentFailures()).length) return [];
+  const live: string[] = [];
+  for (const prefix of await prefixesHolding(ctx, ctx.services.keys.embedWorkers())) {
+    if ((await new SpaceRegistry(redis, redisKeys(prefix)).liveWorkers()).length) live.push(prefix);
+  }
+  return live;
 }
 
 /**

@@ -241,9 +241,14 @@ async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | {
   }
   const [last] = await ctx.services.spaces.silentWorkers(space).catch(() => []);
   if (!last) return `${none} (start one with that space's settings)`;
-  if (last.worker.failed) return `${none}: its worker ${last.worker.workerId} could not load its model (${Math.round(last.silentMs / 1000)} s ago): ${last.worker.failed}`;
-  const when = last.worker.starting ? ', while loading its model' : '';
-  return `${none}: its worker ${last.worker.workerId} last beat ${Math.round(last.silentMs / 1000)} s ago${when} (stopped, hung, or cut off from Redis?); restart it, or start one with that space's settings (${RESTARTED_BY})`;
+  // silent while loading: a build of the model can hold its beat (a busy machine); waited for as
+  // long as the registry names a silent worker (four TTLs), then given up as gone
+  const ago = Math.round(last.silentMs / 1000);
+  if (last.worker.failed) return `${none}: its worker ${last.worker.workerId} could not start (${ago} s ago): ${last.worker.failed}`;
+  if (last.worker.starting) {
+    return { note: `an embed worker of ${space} is on its way: its worker ${last.worker.workerId} is loading its model, and last beat ${ago} s ago (a build can hold its beat on a busy machine)` };
+  }
+  return `${none}: its worker ${last.worker.workerId} last beat ${ago} s ago (stopped, hung, or cut off from Redis?); restart it, or start one with that space's settings (${RESTARTED_BY})`;
 }
 
 /**

@@ -56,7 +56,7 @@ export const EmbedWorkerInfo = z.object({
    * will run: it beats in the starting set, takes no job, and publishes the space once live.
    */
   starting: EmbeddingSpace.optional(),
-  /** why it could not load its model: a worker that gave up starting (its record is then silent) */
+  /** why it could not start (its model, its weights, S3): a worker that gave up (its record is then silent) */
   failed: z.string().optional(),
 });
 export type EmbedWorkerInfo = z.infer<typeof EmbedWorkerInfo>;

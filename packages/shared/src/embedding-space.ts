@@ -75,7 +75,7 @@ export class SpaceResolutionError extends Error {
 export interface WorkerBeat {
   workerId: string;
   ready: (backend: string) => Promise<void>;
-  /** it gave up loading its model: said, with why, to those waiting on its space, for four TTLs */
+  /** it gave up starting: said, with why, to those waiting on its space, for three TTLs */
   failed: (reason: string) => Promise<void>;
   stop: () => Promise<void>;
 }
@@ -118,7 +118,10 @@ for _, set in ipairs({ KEYS[1], KEYS[4] }) do
   end
 end
 return now`, 4);
-/** A worker that gave up loading its model: its record, silent at once (not loading any more), kept as silent ones are. */
+/**
+ * A worker that gave up starting: its record, silent at once (not loading any more), and named as
+ * silent ones are for three TTLs more (45 s by default; a supervisor's next failed start writes it again).
+ */
 const FAILED = new RedisScript('tlEmbedWorkerFailed', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -232,6 +235,18 @@ export class SpaceRegistry {
     const infos = await this.infos([...beats.keys()]);
     return infos
       .filter((w): w is EmbedWorkerInfo => w !== undefined && w.space === spaceId)
+      .map((worker) => ({ worker, silentMs: now - beats.get(worker.workerId)! }))
+      .filter((w) => w.silentMs < 4 * this.ttlMs)
+      .sort((a, b) => a.silentMs - b.silentMs);
+  }
+
+  /** Workers of any space that gave up starting lately (their records say why), the latest first. */
+  async recentFailures(): Promise<{ worker: EmbedWorkerInfo; silentMs: number }[]> {
+    const [now, ...sets] = (await SILENT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkersStarting()], [this.ttlMs])) as [number, string[], string[]];
+    const beats = new Map<string, number>();
+    for (const flat of sets) for (let i = 0; i + 1 < flat.length; i += 2) beats.set(flat[i]!, Number(flat[i + 1]));
+    return (await this.infos([...beats.keys()]))
+      .filter((w): w is EmbedWorkerInfo => w?.failed !== undefined)
       .map((worker) => ({ worker, silentMs: now - beats.get(worker.workerId)! }))
       .filter((w) => w.silentMs < 4 * this.ttlMs)
       .sort((a, b) => a.silentMs - b.silentMs);
@@ -370,7 +385,7 @@ export class SpaceRegistry {
         const known = spaces.length ? `known: ${describe(spaces)}` : 'no space is published in this Redis: start the stack (transferline up) or an embed worker of that space';
         const [failed] = (await this.silentWorkers(requested)).filter((w) => w.worker.failed);
         const why = failed
-          ? `its worker ${failed.worker.workerId} could not load its model: ${failed.worker.failed}`
+          ? `its worker ${failed.worker.workerId} could not start: ${failed.worker.failed}`
           : waited > 0
             ? `none was published within ${Math.max(1, Math.round(waited / 1000))} s`
             : 'no embed worker has published it';
@@ -386,7 +401,7 @@ export class SpaceRegistry {
       // its worker never went live (it could not load its model, say): a dataset is not moved to
       // whatever else is published without being asked
       const [failed] = (await this.silentWorkers(current)).filter((w) => w.worker.failed);
-      const why = failed ? `its worker ${failed.worker.workerId} could not load its model: ${failed.worker.failed}` : 'no embed worker of it has gone live';
+      const why = failed ? `its worker ${failed.worker.workerId} could not start: ${failed.worker.failed}` : 'no embed worker of it is live or has published it here';
       throw new SpaceResolutionError(
         `the dataset is in embedding space ${current}, which is not published here (${why}): start a worker of it (the images in its queue wait for one), or move the dataset with --embedder ID (its images are embedded again there)${spaces.length ? `; known: ${describe(spaces)}` : ''}`,
       );
@@ -402,8 +417,11 @@ export class SpaceRegistry {
     if (live.length > 1) throw new SpaceResolutionError(`embed workers of ${live.length} embedding spaces are live: ${describe(live)}; choose one with --embedder ID`);
     if (spaces.length === 1) return chosen(spaces[0]!, 'the only one published');
     if (spaces.length > 1) throw new SpaceResolutionError(`no embed worker is live, and ${spaces.length} embedding spaces are known: ${describe(spaces)}; choose one with --embedder ID`);
+    const [failed] = await this.recentFailures();
     throw new SpaceResolutionError(
-      'no embed worker has published its embedding space in this Redis: start the stack (transferline up) or an embed worker (feature-worker embed) with the same REDIS_URL and TL_QUEUE_PREFIX',
+      failed
+        ? `no embed worker has published its embedding space in this Redis: its worker ${failed.worker.workerId} (of ${failed.worker.space}) could not start: ${failed.worker.failed}`
+        : 'no embed worker has published its embedding space in this Redis: start the stack (transferline up) or an embed worker (feature-worker embed) with the same REDIS_URL and TL_QUEUE_PREFIX',
     );
   }
 }

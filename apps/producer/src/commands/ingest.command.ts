@@ -51,7 +51,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   const { space, message: spaceChoice } = await ctx.services.spaces.resolve(o.embedder, o.embedderReason, await ctx.services.datasets.space(o.dataset)).catch(async (err: unknown) => {
     // none found: under another TL_QUEUE_PREFIX, the setting is named rather than a worker to start
     const others = await spacesUnderOtherPrefixes(ctx).catch(() => []);
-    throw others.length ? new Error(`no embedding space is published under this prefix: ${otherPrefixWords(ctx, others, 'the embedding spaces')}`) : err;
+    throw others.length ? new Error(`no embedding space is published under this prefix: ${otherPrefixWords(ctx, others, 'the live embed workers')}`) : err;
   });
   if (!o.quietUnlessNew) ctx.out.write(`${spaceChoice}\n`);
   await restoreLostIndex(ctx, space.id);

@@ -12,6 +12,8 @@ export interface SpaceStatus {
   workers: EmbedWorkerInfo[];
   /** its workers still loading their model (not taking jobs yet), and for how long (ms) */
   starting: StartingWorker[];
+  /** none live nor loading: why the last worker that gave up starting could not */
+  failed?: string;
   /** embed jobs waiting, active or delayed in the space's queue */
   backlog: number;
   /** embeddings cached in the space */
@@ -170,13 +172,15 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const spaces: SpaceStatus[] = [];
   for (const { space, workers, starting } of listed) {
     const c = queues[queueName('embed', space.id)]!;
-    spaces.push({ space, workers, starting, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), cached: await cache.size(space.id) });
+    // none live nor loading: the last that could not start, and why
+    const [failed] = workers.length || starting.length ? [] : (await registry.silentWorkers(space.id)).filter((w) => w.worker.failed);
+    spaces.push({ space, workers, starting, ...(failed && { failed: `its worker ${failed.worker.workerId} could not start: ${failed.worker.failed}` }), backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), cached: await cache.size(space.id) });
   }
   const unpublished: StatusReport['unpublished'] = [];
   for (const id of unknown) {
     const c = queues[queueName('embed', id)]!;
     const [failed] = (await registry.silentWorkers(id)).filter((w) => w.worker.failed);
-    unpublished.push({ id, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), ...(failed && { failed: `its worker ${failed.worker.workerId} could not load its model: ${failed.worker.failed}` }) });
+    unpublished.push({ id, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), ...(failed && { failed: `its worker ${failed.worker.workerId} could not start: ${failed.worker.failed}` }) });
   }
   const datasets = await Promise.all(names.map((d) => inspector.status(d)));
   const { warnings, lossFound } = await deploymentWarnings(ctx, spaces.map((s) => s.space.id));
@@ -193,11 +197,11 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const s of spaces) {
     const backends = [...new Set(s.workers.map((x) => x.backend))].join(', ');
     const longest = Math.max(0, ...s.starting.map((x) => x.startingMs));
-    const loading = s.starting.length ? `, ${s.starting.length} loading ${s.starting.length === 1 ? 'its model for' : 'their model for up to'} ${Math.round(longest / 1000)} s` : '';
+    const loading = s.starting.length ? `, ${s.starting.length} loading ${s.starting.length === 1 ? 'its model for' : 'their model for up to'} ${Math.round(longest / 1000)} s` : s.failed ? ` (${s.failed})` : '';
     w(`  ${s.space.id}: ${s.workers.length} embed worker${s.workers.length === 1 ? '' : 's'}${backends ? ` (${backends})` : ''}${loading}, backlog ${s.backlog}, ${s.cached} images cached`);
   }
   for (const u of unpublished) {
-    w(`  ${u.id}: not published (no embed worker of it has gone live${u.failed ? `; ${u.failed}` : ''}), backlog ${u.backlog}: start a worker of it, or move its datasets with ingest --embedder ID`);
+    w(`  ${u.id}: not published (no embed worker of it is live or has published it here${u.failed ? `; ${u.failed}` : ''}), backlog ${u.backlog}: start a worker of it, or move its datasets with ingest --embedder ID`);
   }
   w(`queue${' '.repeat(46)} workers  waiting  active  delayed  failed`);
   for (const [name, c] of Object.entries(queues)) {
