@@ -60,6 +60,12 @@ export interface SpaceWorkers {
   starting: StartingWorker[];
 }
 
+/** A worker that has stopped beating, and for how long (Redis's clock). */
+export interface SilentWorker {
+  worker: EmbedWorkerInfo;
+  silentMs: number;
+}
+
 /** A worker loading its model, and for how long it has been (Redis's clock). */
 export interface StartingWorker {
   worker: EmbedWorkerInfo;
@@ -228,25 +234,22 @@ export class SpaceRegistry {
    * first: silent for less than four TTLs (a beat clears them then; with none beating they would
    * stay for ever).
    */
-  async silentWorkers(spaceId: string): Promise<{ worker: EmbedWorkerInfo; silentMs: number }[]> {
-    const [now, ...sets] = (await SILENT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkersStarting()], [this.ttlMs])) as [number, string[], string[]];
-    const beats = new Map<string, number>();
-    for (const flat of sets) for (let i = 0; i + 1 < flat.length; i += 2) beats.set(flat[i]!, Number(flat[i + 1]));
-    const infos = await this.infos([...beats.keys()]);
-    return infos
-      .filter((w): w is EmbedWorkerInfo => w !== undefined && w.space === spaceId)
-      .map((worker) => ({ worker, silentMs: now - beats.get(worker.workerId)! }))
-      .filter((w) => w.silentMs < 4 * this.ttlMs)
-      .sort((a, b) => a.silentMs - b.silentMs);
+  async silentWorkers(spaceId: string): Promise<SilentWorker[]> {
+    return (await this.silent()).filter((w) => w.worker.space === spaceId);
   }
 
   /** Workers of any space that gave up starting lately (their records say why), the latest first. */
-  async recentFailures(): Promise<{ worker: EmbedWorkerInfo; silentMs: number }[]> {
+  async recentFailures(): Promise<SilentWorker[]> {
+    return (await this.silent()).filter((w) => w.worker.failed !== undefined);
+  }
+
+  /** Every worker silent for less than four TTLs, live or loading before, the latest first. */
+  private async silent(): Promise<SilentWorker[]> {
     const [now, ...sets] = (await SILENT.run(this.redis, [this.keys.embedWorkers(), this.keys.embedWorkersStarting()], [this.ttlMs])) as [number, string[], string[]];
     const beats = new Map<string, number>();
     for (const flat of sets) for (let i = 0; i + 1 < flat.length; i += 2) beats.set(flat[i]!, Number(flat[i + 1]));
     return (await this.infos([...beats.keys()]))
-      .filter((w): w is EmbedWorkerInfo => w?.failed !== undefined)
+      .filter((w): w is EmbedWorkerInfo => w !== undefined)
       .map((worker) => ({ worker, silentMs: now - beats.get(worker.workerId)! }))
       .filter((w) => w.silentMs < 4 * this.ttlMs)
       .sort((a, b) => a.silentMs - b.silentMs);
