@@ -1,4 +1,4 @@
-import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
+import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
@@ -127,9 +127,21 @@ export async function cancelledRuns(queues: Pick<Queues, 'train'>): Promise<numb
   return (await failedRuns(queues)).cancelled;
 }
 
-/** Every queue of the deployment in the pipeline's order: preprocess, one embed queue per published space, train, classify. */
-export function deploymentQueues(queues: Queues, spaces: SpaceWorkers[]): Queue[] {
-  return [queues.preprocess, ...spaces.map((s) => queues.embed(s.space.id)), queues.train, queues.classify];
+/**
+ * Every queue of the deployment in the pipeline's order: preprocess, one embed queue per published
+ * space (then those of `unpublished` spaces), train, classify.
+ */
+export function deploymentQueues(queues: Queues, spaces: SpaceWorkers[], unpublished: string[] = []): Queue[] {
+  return [queues.preprocess, ...spaces.map((s) => queues.embed(s.space.id)), ...unpublished.map((id) => queues.embed(id)), queues.train, queues.classify];
+}
+
+/**
+ * The spaces some of `datasets` are in that no worker has published (theirs never went live: it
+ * could not start, say): their queues hold those datasets' images all the same.
+ */
+export async function unpublishedSpaces(repo: Pick<DatasetRepository, 'space'>, datasets: string[], listed: SpaceWorkers[]): Promise<string[]> {
+  const ids = await Promise.all(datasets.map((d) => repo.space(d)));
+  return [...new Set(ids.filter((id): id is string => id !== undefined && !listed.some((s) => s.space.id === id)))].sort();
 }
 
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
@@ -138,14 +150,10 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   if (o.dataset && !(await repo.exists(o.dataset))) throw await noSuchDataset(ctx, o.dataset);
   const listed = await registry.list();
   const names = o.dataset ? [o.dataset] : await repo.list();
-  // the spaces datasets are in that no worker has published (its worker never went live): their
-  // queues hold the datasets' images all the same
-  const unknown = [...new Set((await Promise.all(names.map((d) => repo.space(d)))).filter((id): id is string => id !== undefined && !listed.some((s) => s.space.id === id)))].sort();
+  const unknown = await unpublishedSpaces(repo, names, listed);
   const queues: StatusReport['queues'] = {};
   // in the pipeline's order, as the console lists them; an embed queue's workers are its space's live ones
-  const inOrder = deploymentQueues(ctx.queues, listed);
-  inOrder.splice(1 + listed.length, 0, ...unknown.map((id) => ctx.queues.embed(id)));
-  for (const q of inOrder) {
+  for (const q of deploymentQueues(ctx.queues, listed, unknown)) {
     const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
     const space = listed.find((s) => q.name === queueName('embed', s.space.id));
     queues[q.name] = { ...counts, workers: space ? space.workers.length : await q.getWorkersCount(), paused: await ctx.services.paused.list(q.name) };

@@ -4,7 +4,7 @@ import { DatasetRepository, ReportDoc, ReviewLine, parseJsonLines, type Config, 
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { listModelRuns, type ModelRun, type ReadReports } from '../commands/models.command.js';
-import { cancelledRuns, deploymentQueues, deploymentWarnings } from '../commands/status.command.js';
+import { cancelledRuns, deploymentQueues, deploymentWarnings, unpublishedSpaces } from '../commands/status.command.js';
 import type { ReviewView } from './review.page.js';
 import { StatusMemo, type Counted } from './status-memo.js';
 
@@ -82,8 +82,10 @@ export async function loadOverview(d: ConsoleDeps): Promise<Overview> {
   const spaces = await d.services.spaces.list();
   const names = await d.services.datasets.list();
   d.statuses.keepOnly(names);
+  // (and the queues of spaces datasets are in that no worker has published, as status lists them)
+  const unpublished = await unpublishedSpaces(d.services.datasets, names, spaces);
   const [queues, datasets, runs, { warnings }] = await Promise.all([
-    Promise.all(deploymentQueues(d.queues, spaces).map((q) => summarise(q, d))),
+    Promise.all(deploymentQueues(d.queues, spaces, unpublished).map((q) => summarise(q, d))),
     Promise.all(names.map((n) => countsOf(d, n))),
     listModelRuns(runsContext(d), undefined, d.reports),
     recentWarnings(
