@@ -1,4 +1,4 @@
-import { isRedisUnavailable, jobLock, relistCommand, redactUrl, sleep, unlockedActiveJobs, type DatasetStatus } from '@transferline/shared';
+import { couldNotStart, isRedisUnavailable, jobLock, relistCommand, redactUrl, sleep, unlockedActiveJobs, type DatasetStatus } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -244,7 +244,7 @@ async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | {
   // silent while loading: a build of the model can hold its beat (a busy machine); waited for as
   // long as the registry names a silent worker (four TTLs), then given up as gone
   const ago = Math.round(last.silentMs / 1000);
-  if (last.worker.failed) return `${none}: its worker ${last.worker.workerId} could not start (${ago} s ago): ${last.worker.failed}`;
+  if (last.worker.failed) return `${none}: ${couldNotStart(last.worker)} (${ago} s ago)`;
   if (last.worker.starting) {
     return { note: `an embed worker of ${space} is on its way: its worker ${last.worker.workerId} is loading its model, and last beat ${ago} s ago (a build can hold its beat on a busy machine)` };
   }

@@ -238,6 +238,12 @@ export class SpaceRegistry {
     return (await this.silent()).filter((w) => w.worker.space === spaceId);
   }
 
+  /** Why the latest worker of `spaceId` to give up starting could not, as said to users (lately: three TTLs). */
+  async failureOf(spaceId: string): Promise<string | undefined> {
+    const failed = (await this.silentWorkers(spaceId)).find((w) => w.worker.failed !== undefined);
+    return failed && couldNotStart(failed.worker);
+  }
+
   /** Workers of any space that gave up starting lately (their records say why), the latest first. */
   async recentFailures(): Promise<SilentWorker[]> {
     return (await this.silent()).filter((w) => w.worker.failed !== undefined);
@@ -386,12 +392,11 @@ export class SpaceRegistry {
       const s = spaces.find((x) => x.space.id === requested);
       if (!s) {
         const known = spaces.length ? `known: ${describe(spaces)}` : 'no space is published in this Redis: start the stack (transferline up) or an embed worker of that space';
-        const [failed] = (await this.silentWorkers(requested)).filter((w) => w.worker.failed);
-        const why = failed
-          ? `its worker ${failed.worker.workerId} could not start: ${failed.worker.failed}`
-          : waited > 0
+        const why =
+          (await this.failureOf(requested)) ??
+          (waited > 0
             ? `none was published within ${Math.max(1, Math.round(waited / 1000))} s`
-            : 'no embed worker has published it';
+            : 'no embed worker has published it');
         throw new SpaceResolutionError(`no embedding space ${requested} is known here (${why}); ${known}`);
       }
       return chosen(s, reason);
@@ -403,8 +408,7 @@ export class SpaceRegistry {
     if (current !== undefined && !own) {
       // its worker never went live (it could not load its model, say): a dataset is not moved to
       // whatever else is published without being asked
-      const [failed] = (await this.silentWorkers(current)).filter((w) => w.worker.failed);
-      const why = failed ? `its worker ${failed.worker.workerId} could not start: ${failed.worker.failed}` : 'no embed worker of it is live or has published it here';
+      const why = (await this.failureOf(current)) ?? 'no embed worker of it is live or has published it here';
       throw new SpaceResolutionError(
         `the dataset is in embedding space ${current}, which is not published here (${why}): start a worker of it (the images in its queue wait for one), or move the dataset with --embedder ID (its images are embedded again there)${spaces.length ? `; known: ${describe(spaces)}` : ''}`,
       );
@@ -423,10 +427,15 @@ export class SpaceRegistry {
     const [failed] = await this.recentFailures();
     throw new SpaceResolutionError(
       failed
-        ? `no embed worker has published its embedding space in this Redis: its worker ${failed.worker.workerId} (of ${failed.worker.space}) could not start: ${failed.worker.failed}`
+        ? `no embed worker has published its embedding space in this Redis: ${couldNotStart(failed.worker)} (a worker of ${failed.worker.space})`
         : 'no embed worker has published its embedding space in this Redis: start the stack (transferline up) or an embed worker (feature-worker embed) with the same REDIS_URL and TL_QUEUE_PREFIX',
     );
   }
+}
+
+/** A worker that gave up starting, as every command says it. */
+export function couldNotStart(worker: EmbedWorkerInfo): string {
+  return `its worker ${worker.workerId} could not start: ${worker.failed}`;
 }
 
 function plural(n: number, word: string): string {

@@ -127,6 +127,11 @@ export async function cancelledRuns(queues: Pick<Queues, 'train'>): Promise<numb
   return (await failedRuns(queues)).cancelled;
 }
 
+/** An embed queue's jobs not done with: waiting, active, delayed or prioritized. */
+function backlogOf(c: StatusReport['queues'][string]): number {
+  return (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0);
+}
+
 /**
  * Every queue of the deployment in the pipeline's order: preprocess, one embed queue per published
  * space (then those of `unpublished` spaces), train, classify.
@@ -181,14 +186,13 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const { space, workers, starting } of listed) {
     const c = queues[queueName('embed', space.id)]!;
     // none live nor loading: the last that could not start, and why
-    const [failed] = workers.length || starting.length ? [] : (await registry.silentWorkers(space.id)).filter((w) => w.worker.failed);
-    spaces.push({ space, workers, starting, ...(failed && { failed: `its worker ${failed.worker.workerId} could not start: ${failed.worker.failed}` }), backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), cached: await cache.size(space.id) });
+    const failed = workers.length || starting.length ? undefined : await registry.failureOf(space.id);
+    spaces.push({ space, workers, starting, ...(failed && { failed }), backlog: backlogOf(c), cached: await cache.size(space.id) });
   }
   const unpublished: StatusReport['unpublished'] = [];
   for (const id of unknown) {
-    const c = queues[queueName('embed', id)]!;
-    const [failed] = (await registry.silentWorkers(id)).filter((w) => w.worker.failed);
-    unpublished.push({ id, backlog: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), ...(failed && { failed: `its worker ${failed.worker.workerId} could not start: ${failed.worker.failed}` }) });
+    const failed = await registry.failureOf(id);
+    unpublished.push({ id, backlog: backlogOf(queues[queueName('embed', id)]!), ...(failed && { failed }) });
   }
   const datasets = await Promise.all(names.map((d) => inspector.status(d)));
   const { warnings, lossFound } = await deploymentWarnings(ctx, spaces.map((s) => s.space.id));
