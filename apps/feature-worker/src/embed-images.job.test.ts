@@ -249,6 +249,26 @@ describe('EmbedStage', () => {
     expect(f.deleted.sort()).toEqual(ns.map(sha));
   });
 
+  it('holds jobs enough that the forward pass fills the next shard while one is being written', async () => {
+    const ns = Array.from({ length: 30 }, (_, i) => i + 1);
+    const f = fakeDeps(Object.fromEntries(ns.map((n) => [sha(n), px(n)])));
+    let release!: () => void;
+    f.writes.gate = new Promise<void>((resolve) => (release = resolve));
+    const o = { batchSize: 1, shardRows: 6 };
+    const { stage } = stageOf(f.deps, o);
+    // a BullMQ worker: as many jobs at once as the stage asks for, the next taken as one completes
+    const queued = [...ns];
+    const slot = async () => {
+      for (let n = queued.shift(); n !== undefined; n = queued.shift()) await stage.embed(job(n));
+    };
+    const all = Promise.all(Array.from({ length: EmbedStage.concurrency(o) }, slot));
+    // the first shard's write is held: the forward pass goes on until the next shard is full
+    await expect.poll(() => f.forward.length, { timeout: 2_000 }).toBeGreaterThanOrEqual(2 * o.shardRows);
+    release();
+    await all;
+    expect(f.shards.flatMap((s) => s.hashes).sort()).toEqual(ns.map(sha).sort());
+  });
+
   it('writes a lone job as soon as nothing more is coming, not after the longest delay', async () => {
     const f = fakeDeps({ [sha(1)]: px(1) });
     // shardMaxDelayMs is a minute: only the idle forward stage can let this finish within the test's timeout

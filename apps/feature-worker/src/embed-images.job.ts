@@ -55,11 +55,12 @@ export class EmbedStage {
 
   /**
    * Jobs a worker should hold at once: a batch computing on each stream, the next one read, one
-   * collecting, and a shard's worth waiting to be written. Fewer would starve the forward pass
-   * while rows wait for their shard (it is then written early: smaller shards, never a stall).
+   * collecting, a shard being written and the next one filling. A job completes only once its
+   * shard is written, so with one shard's worth the forward pass ran out of jobs during each
+   * write (at batch 1, after the 3 rows left beside the 64 written) and waited for it.
    */
   static concurrency(o: Pick<EmbedStageOptions, 'batchSize' | 'shardRows'>, streams = 1): number {
-    return (streams + 2) * o.batchSize + EmbedStage.shardRows(o);
+    return (streams + 2) * o.batchSize + 2 * EmbedStage.shardRows(o);
   }
 
   /** Most rows per shard: never fewer than one forward batch, so a batch is never split. */
