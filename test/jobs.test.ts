@@ -7,8 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
 import { followJob } from '../apps/producer/src/job-follow.js';
-import { requeue, unlockedActiveJobs } from '../packages/shared/src/queues.js';
-import { createMetrics, DependencyGuard, ObjectStore, PROCESS_NAME, type ItemRecord } from '../packages/shared/src/index.js';
+import { DeferJob, enqueue, requeue, startWorker, unlockedActiveJobs } from '../packages/shared/src/queues.js';
+import { createMetrics, DependencyGuard, jobIds, ObjectStore, PROCESS_NAME, type ItemRecord } from '../packages/shared/src/index.js';
 import { pino } from 'pino';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
@@ -264,6 +264,49 @@ describe('a failed job run again (retry, a re-ingest, a hand-off)', () => {
     const again = (await queue.getJob(job.id!))!;
     expect(await again.getState()).toBe('waiting');
     expect({ attemptsMade: again.attemptsMade, stalledCounter: again.stalledCounter }).toEqual({ attemptsMade: 0, stalledCounter: 0 });
+  }, 60_000);
+});
+
+describe('a worker whose jobs went back to the queue while it held them (stopped, hung past their locks)', () => {
+  it('says so once, and then how many more, as warnings: not an error line per job and step', async () => {
+    const lines: { level: number; msg: string; jobs?: number }[] = [];
+    const log = pino({ level: 'debug' }, { write: (l: string) => void lines.push(JSON.parse(l) as (typeof lines)[number]) });
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const space = `lost-${randomBytes(3).toString('hex')}`;
+    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
+    let n = 0;
+    // half of them done, half put back for later (a full next stage): both are refused for a job not held
+    const worker = startWorker('embed', async () => {
+      await gate;
+      if (n++ % 2) throw new DeferJob(1_000, 'no room downstream');
+      return 'embedded';
+    }, {
+      connection,
+      prefix: ctx.config.redis.prefix,
+      space,
+      concurrency: 10,
+      log,
+      metrics: createMetrics('embed'),
+      locks: { jobLockMs: 60_000, trainJobLockMs: 60_000 },
+    });
+    opened.push({ close: async () => (await worker.close(true), connection.disconnect()) });
+    const queue = ctx.queues.embed(space);
+    const jobs = Array.from({ length: 10 }, () => ({ sha256: randomBytes(32).toString('hex'), embedderId: space })).map((payload) => ({ id: jobIds.embed(payload), payload }));
+    await enqueue(queue, 'embed', jobs);
+    await until('10 jobs held', async () => (await queue.getActiveCount()) === 10, 20);
+    // what another worker's stall check does to the jobs of one stopped past their locks
+    for (const j of jobs) await ctx.services.redis.del(queue.toKey(`${j.id}:lock`));
+    release();
+    // each job's completion (or putting it back) is refused, then its failure: two errors from BullMQ per job
+    await until('the first job said lost', () => lines.some((l) => /no longer holds job/.test(l.msg)), 20);
+    await new Promise((r) => setTimeout(r, 500));
+    await worker.close();
+    expect(lines.filter((l) => l.level >= 50).map((l) => l.msg)).toEqual([]);
+    const said = lines.filter((l) => /no longer holds job|went back to the queue/.test(l.msg));
+    expect(said).toHaveLength(2);
+    expect(said[0]!.msg).toMatch(/was stopped, hung or cut off from Redis for longer than the job's lock \(60 s\), so the job went back to its queue and runs again/);
+    expect(said[1]!.jobs).toBe(9);
   }, 60_000);
 });
 

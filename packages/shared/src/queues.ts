@@ -245,6 +245,69 @@ export interface WorkerSettings<N extends JobName> {
   failureReasons?: readonly string[];
 }
 
+/** BullMQ's words for a job this worker no longer holds (its lock ran out, or another worker's is there). */
+const LOST_JOB = /^(?:Missing lock for job (\S+)\.|Lock mismatch for job (\S+)\.|could not renew lock for job (\S+)$|Job (\S+) is not in the active state\.)/;
+
+/** The id of the job BullMQ says this worker no longer holds, if `err` says that. */
+export function lostJobOf(err: Error): string | undefined {
+  const m = LOST_JOB.exec(err.message);
+  return m ? (m[1] ?? m[2] ?? m[3] ?? m[4]) : undefined;
+}
+
+/**
+ * Jobs a worker lost while it held them: stopped (SIGSTOP, a VM paused), hung, or cut off from
+ * Redis past their lock, the stall check gave them back to the queue, and another worker (or this
+ * one) runs them again; what this worker then does with them is refused by BullMQ, one error per
+ * job and step. That is the at-least-once design working, not a fault of each job: said once as
+ * it starts, then as one line per `windowMs` with how many, where each was an error line (a
+ * resumed worker logged 210 of them).
+ */
+export class LostJobs {
+  /** the jobs said or counted in this burst (BullMQ refuses each one's completion, then its failure) */
+  private known = new Set<string>();
+  private uncounted: string[] = [];
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly log: Pick<Logger, 'warn'>,
+    private readonly lockMs: number,
+    private readonly windowMs = 10_000,
+  ) {}
+
+  note(jobId: string): void {
+    if (this.known.has(jobId)) return;
+    this.known.add(jobId);
+    if (this.timer) {
+      this.uncounted.push(jobId);
+      return;
+    }
+    this.log.warn(
+      { jobId, lockMs: this.lockMs },
+      `this worker no longer holds job ${jobId}: it was stopped, hung or cut off from Redis for longer than the job's lock (${this.lockMs / 1000} s), so the job went back to its queue and runs again; what this worker did with it is dropped`,
+    );
+    this.arm();
+  }
+
+  /** Says how many more were lost since the last line; a window without any ends the burst. */
+  flush(closing = false): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    const n = this.uncounted.length;
+    if (n === 0) {
+      this.known.clear();
+      return;
+    }
+    this.log.warn({ jobs: n, examples: this.uncounted.slice(0, 3) }, `${n} more job${n > 1 ? 's' : ''} this worker held went back to the queue (their locks ran out, as above) and run${n > 1 ? '' : 's'} again`);
+    this.uncounted = [];
+    if (!closing) this.arm();
+  }
+
+  private arm(): void {
+    this.timer = setTimeout(() => this.flush(), this.windowMs);
+    this.timer.unref();
+  }
+}
+
 /** Reasons any worker fails a job for good with, whatever its handler. */
 export const WORKER_FAILURE_REASONS = ['bad-payload', 'stalled', 'attempts-exhausted'] as const;
 const JOB_OUTCOMES = ['completed', 'retried', 'failed', 'deferred'] as const;
@@ -266,9 +329,18 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
   // (the dashboards, the alerts) miss that first failure or run.
   for (const outcome of JOB_OUTCOMES) s.metrics.jobs.inc({ ...label, outcome }, 0);
   for (const reason of [...WORKER_FAILURE_REASONS, ...(s.failureReasons ?? [])]) s.metrics.failures.inc({ stage: spec.queue, reason }, 0);
+  const lock = jobLock(name, s.locks);
+  const lost = new LostJobs(s.log, lock.lockMs);
   const defer = async (job: Job, token: string | undefined, delayMs: number) => {
     s.metrics.jobs.inc({ ...label, outcome: 'deferred' });
-    await job.moveToDelayed(Date.now() + delayMs, token);
+    try {
+      await job.moveToDelayed(Date.now() + delayMs, token);
+    } catch (err) {
+      // gone back to the queue already: nothing of this worker's to put back (BullMQ then takes the next)
+      const id = lostJobOf(err as Error);
+      if (id === undefined) throw err;
+      lost.note(id);
+    }
     return new DelayedError();
   };
   const processor = async (job: Job, token?: string) => {
@@ -300,7 +372,6 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
       end();
     }
   };
-  const lock = jobLock(name, s.locks);
   const worker = new Worker(queueName(name, s.space), processor, {
     connection: s.connection,
     prefix: s.prefix,
@@ -335,7 +406,9 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
     void s.onFinalFailure?.(parsed.success ? (parsed.data as JobPayload<N>) : undefined, failure).catch((e: unknown) => log.error({ err: e }, 'could not record the failure on the item'));
   });
   worker.on('error', (err) => {
-    if (!isConnectionError(err)) s.log.error({ err }, 'worker error');
+    const id = lostJobOf(err);
+    if (id !== undefined) lost.note(id);
+    else if (!isConnectionError(err)) s.log.error({ err }, 'worker error');
   });
   // Paused by an outage: said in Redis too, so that a CLI waiting on this queue does not take a
   // paused worker for one that will move its work (see PausedWorkers).
@@ -354,6 +427,7 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
     });
   }
   worker.on('closing', () => {
+    lost.flush(true);
     for (const stop of unmark.values()) void stop();
     unmark.clear();
   });
