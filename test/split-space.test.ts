@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -54,28 +54,44 @@ describe('a dataset whose prefixes were ingested into two embedding spaces', () 
   }, 240_000);
 });
 
+/**
+ * ImageNet weights (a file in Keras's layout, of random values) from a download held open until
+ * `release`: an embed worker given `env` loads its model until then.
+ */
+async function heldWeights(dataDir: string, folder: string) {
+  await loadTfRuntime('wasm');
+  const h5 = Buffer.from(await writeKerasH5Weights(buildEfficientNetB0({ seed: 5, inputSize: 224 })));
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const server = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-length': h5.length });
+    res.write(h5.subarray(0, 1000));
+    void released.then(() => res.end(h5.subarray(1000)));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    env: {
+      TL_MODEL_WEIGHTS: 'imagenet',
+      TL_MODEL_WEIGHTS_MD5: createHash('md5').update(h5).digest('hex'),
+      TL_MODEL_WEIGHTS_SOURCE: `http://127.0.0.1:${(server.address() as AddressInfo).port}/w.h5`,
+      TL_MODEL_CACHE_DIR: path.join(dataDir, folder),
+    },
+    release,
+    close: async () => {
+      release();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
 describe('an embed worker still loading its model', () => {
   it('is waited for past the stall timeout, and said so, by ingest and status; the wait ends once it has embedded', async () => {
     const { stack, ctx } = file;
-    // its ImageNet weights (a file in Keras's layout, of random values) come from a download held open
-    await loadTfRuntime('wasm');
-    const h5 = Buffer.from(await writeKerasH5Weights(buildEfficientNetB0({ seed: 5, inputSize: 224 })));
-    let release!: () => void;
-    const released = new Promise<void>((r) => (release = r));
-    const server = http.createServer((_req, res) => {
-      res.writeHead(200, { 'content-length': h5.length });
-      res.write(h5.subarray(0, 1000));
-      void released.then(() => res.end(h5.subarray(1000)));
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const held = await heldWeights(stack.dataDir, 'held-weights');
+    const release = held.release;
     try {
-      const env = {
-        ...stack.env,
-        TL_MODEL_WEIGHTS: 'imagenet',
-        TL_MODEL_WEIGHTS_MD5: createHash('md5').update(h5).digest('hex'),
-        TL_MODEL_WEIGHTS_SOURCE: `http://127.0.0.1:${(server.address() as AddressInfo).port}/w.h5`,
-        TL_MODEL_CACHE_DIR: path.join(stack.dataDir, 'held-weights'),
-      };
+      const env = { ...stack.env, ...held.env };
       const space = spaceFromConfig(loadConfig(env));
       await stack.supervisor.start([{ role: 'embed', replica: 3, metricsPort: await freePort(), env }]);
       await until('the worker to say it is loading its model', async () => (await ctx.services.spaces.startingWorkers(space.id)).length > 0, 60);
@@ -114,11 +130,31 @@ describe('an embed worker still loading its model', () => {
       expect(r.stdout).toMatch(/dataset held: 2 images, 2 embedded/);
       expect(await ctx.services.redis.hexists(ctx.services.keys.spaces(), space.id)).toBe(1);
     } finally {
-      release();
-      server.closeAllConnections();
-      await new Promise((r) => server.close(r));
+      await held.close();
     }
   }, 240_000);
+
+  it('stopped while it loads (Ctrl-C), is gone at once for whoever waits on its space, not loading until its beat goes silent', async () => {
+    const { stack, ctx } = file;
+    const held = await heldWeights(stack.dataDir, 'held-weights-stopped');
+    try {
+      const env = { ...stack.env, ...held.env, TL_METRICS_PORT: String(await freePort()) };
+      const space = spaceFromConfig(loadConfig(env));
+      // run by hand, as a user would (a supervisor would start it again)
+      const { script, execArgv, args } = ROLES.embed;
+      const child = spawn(process.execPath, [...execArgv, script, ...args], { env, stdio: 'ignore' });
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      await until('the worker to say it is loading its model', async () => (await ctx.services.spaces.startingWorkers(space.id)).length > 0, 60);
+      child.kill('SIGINT');
+      expect(await exited).toBe(0);
+      // what a dataset's wait reads: neither loading nor gone silent (its record was held for a
+      // TTL, 15 s, and then named silent, still waited for, for a minute)
+      expect(await ctx.services.spaces.startingWorkers(space.id)).toEqual([]);
+      expect(await ctx.services.spaces.silentWorkers(space.id)).toEqual([]);
+    } finally {
+      await held.close();
+    }
+  }, 120_000);
 });
 
 describe('an embed worker that cannot load its model', () => {

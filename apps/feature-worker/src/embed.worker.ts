@@ -18,6 +18,7 @@ import {
   type Handler,
   type Logger,
   type RunningRole,
+  type StartingRole,
   type WeightsFile,
 } from '@transferline/shared';
 import os from 'node:os';
@@ -32,7 +33,7 @@ const SHARD_MAX_DELAY_MS = 1_000;
  * one process that derives an embedding space from its own configuration: it runs that space,
  * publishes it in Redis with a heartbeat, and takes jobs from that space's queue only.
  */
-export async function startEmbedRole(config: Config, log: Logger): Promise<RunningRole> {
+export async function startEmbedRole(config: Config, log: Logger, starting?: StartingRole): Promise<RunningRole> {
   // One ONNX Runtime process per machine uses every core; `up` divides them among its replicas.
   const { threads, streams } = forwardParallelism(
     config.embed,
@@ -47,6 +48,8 @@ export async function startEmbedRole(config: Config, log: Logger): Promise<Runni
   // space sees a worker on its way, not that none is live. Live once the jobs can be taken.
   const storage = { bucket: config.s3.bucket, prefix: config.s3.prefix };
   const heartbeat = services.spaces.announceStarting(space, (err) => log.debug({ err }, 'heartbeat not written'), storage);
+  // stopped while it loads (Ctrl-C): gone at once for whoever waits on the space, not "loading" until its beat goes silent
+  starting?.onEarlyStop(() => heartbeat.stop());
   try {
     let weightsFile: WeightsFile | undefined;
     if (space.weights === 'imagenet') {

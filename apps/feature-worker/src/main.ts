@@ -7,7 +7,7 @@ import { runRole } from '@transferline/shared';
 // every full collection marks.
 const role = process.argv[2];
 if (role === 'preprocess') runRole('preprocess', async (config, log) => (await import('./preprocess.worker.js')).startPreprocessRole(config, log));
-else if (role === 'embed') runRole('embed', async (config, log) => (await import('./embed.worker.js')).startEmbedRole(config, log));
+else if (role === 'embed') runRole('embed', async (config, log, starting) => (await import('./embed.worker.js')).startEmbedRole(config, log, starting));
 else {
   process.stderr.write('usage: feature-worker <preprocess|embed>\n');
   process.exit(2);

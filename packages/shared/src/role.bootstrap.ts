@@ -18,18 +18,39 @@ export interface RunningRole {
   redis?: Pick<Redis, 'status'>;
 }
 
+/** What a role may ask of its process while it starts. */
+export interface StartingRole {
+  /**
+   * Something to undo if the process is stopped before the role has started (Ctrl-C while the
+   * model loads): the embed worker's "loading" heartbeat, which a waiting command would
+   * otherwise take for a worker on its way until it goes silent. Given at most 2 s in all.
+   */
+  onEarlyStop: (undo: () => Promise<unknown>) => void;
+}
+
+/** Longest the undo of a stop during start may take before the process exits anyway (a Redis that is down). */
+const EARLY_UNDO_MS = 2_000;
+
 /**
  * The life of a worker process, the same for every role: config parsed once → logger → the
  * role's deps and workers → /metrics and /healthz → on SIGINT/SIGTERM stop taking work, finish
  * or release what is in hand, exit 0. A failure to start prints one line and exits 1.
  */
-export function runRole(role: WorkerRole, start: (config: Config, log: Logger) => Promise<RunningRole>): void {
+export function runRole(role: WorkerRole, start: (config: Config, log: Logger, starting: StartingRole) => Promise<RunningRole>): void {
   // While the role starts (loading a model takes seconds) a signal, or the parent going away,
   // ends the process at once: nothing is in hand yet, and a missed 'disconnect' would leave an
-  // orphan that outlives `up`.
-  const early = () => process.exit(0);
+  // orphan that outlives `up`. What the role asked to undo is undone first (bounded); a second
+  // signal does not wait for it.
+  const undo: (() => Promise<unknown>)[] = [];
+  let leaving = false;
+  const early = () => {
+    if (leaving) process.exit(130);
+    leaving = true;
+    const bound = new Promise((r) => setTimeout(r, EARLY_UNDO_MS).unref());
+    void Promise.race([Promise.allSettled(undo.map((f) => f())), bound]).finally(() => process.exit(0));
+  };
   // (under up, the terminal's Ctrl-C is up's to handle: see stopSignals)
-  for (const signal of stopSignals()) process.once(signal, early);
+  for (const signal of stopSignals()) process.on(signal, early);
   if (process.send) {
     process.once('disconnect', early);
     // gone while this process loaded its modules: the event was emitted before anyone listened
@@ -45,7 +66,7 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger) =
     const server = await startMetricsServer(() => running?.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], () => running?.healthy() ?? false, startingMetrics(role));
     log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
     try {
-      running = await start(config, log);
+      running = await start(config, log, { onEarlyStop: (f) => void undo.push(f) });
     } catch (err) {
       await server.close();
       throw err;
