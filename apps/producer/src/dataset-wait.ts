@@ -1,6 +1,7 @@
 import { couldNotStart, isRedisUnavailable, jobLock, relistCommand, redactUrl, sleep, unlockedActiveJobs, type DatasetStatus } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from './cli-context.js';
+import { livenessProbeTiming } from './embedded/supervisor.js';
 import { CliExit, EXIT } from './exit-codes.js';
 import { createProgress } from './progress.js';
 
@@ -150,7 +151,7 @@ async function stageBlocked(
   ctx: CliContext,
   stage: 'preprocess' | 'embed',
   waiting: number,
-  queue: Pick<Queue, 'name' | 'isPaused' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts'>,
+  queue: Pick<Queue, 'name' | 'isPaused' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts' | 'getWorkers'>,
   workers: () => Promise<number>,
   none: string | (() => Promise<string | { note: string }>),
   hung: HungWatch,
@@ -163,6 +164,11 @@ async function stageBlocked(
   if (await queue.isPaused()) return `${what} the ${queue.name} queue is paused (resume it: the console's queue board)`;
   const live = await workers();
   if (live === 0) {
+    // the hung worker `up` was waited for is gone: killed, and about to start again
+    const restartUntil = hung.since.get(stage)?.restartUntil;
+    if (restartUntil !== undefined && Date.now() < restartUntil) {
+      return { note: `${what} their hung worker is being started again by up (none connected meanwhile): waiting for it (for ${Math.ceil((restartUntil - Date.now()) / 1000)} s more at most)` };
+    }
     const why = typeof none === 'string' ? none : await none();
     return typeof why === 'string' ? `${what} ${why}` : why;
   }
@@ -180,11 +186,27 @@ async function stageBlocked(
   // again, is a hang.
   const since = seen?.state === found.state ? seen.at : Date.now();
   hung.since.set(stage, { state: found.state, at: since });
-  return Date.now() - since >= Math.max(2 * jobLock(stage, ctx.config).stalledIntervalMs, hung.atLeastMs) ? `${what} ${found.message}` : undefined;
+  const hungMs = Date.now() - since;
+  if (hungMs < Math.max(2 * jobLock(stage, ctx.config).stalledIntervalMs, hung.atLeastMs)) return undefined;
+  // Workers `up` watches are restarted once their /healthz has gone unanswered for its hang time
+  // (asked every probe period), and the new one takes their jobs up: that is waited for, from
+  // when this wait saw them hang (they hung earlier), not told to the user to do.
+  const upHangMs = await ctx.services.supervised.hangMsOf(found.workers).catch(() => undefined);
+  if (upHangMs !== undefined) {
+    const limitMs = upHangMs + livenessProbeTiming(upHangMs).periodMs + UP_RESTART_GRACE_MS;
+    if (hungMs < limitMs) {
+      hung.since.set(stage, { state: found.state, at: since, restartUntil: since + limitMs });
+      return { note: `${what} ${found.symptom}; up, which watches ${found.workers.length === 1 ? 'it' : 'them'}, restarts a worker whose /healthz has gone unanswered for ${Math.round(upHangMs / 1000)} s: waiting for that (for ${Math.ceil((limitMs - hungMs) / 1000)} s more at most)` };
+    }
+  }
+  return `${what} ${found.message}`;
 }
 
+/** Time for a worker `up` restarted to start and take up the jobs its hung predecessor held. */
+const UP_RESTART_GRACE_MS = 60_000;
+
 /** Since when each stage's connected workers have been seen moving nothing, and in which state. */
-type HungSince = Map<string, { state: string; at: number }>;
+type HungSince = Map<string, { state: string; at: number; restartUntil?: number }>;
 /** What the dataset wait keeps for movesNothing: HungSince, and the least time a state must last. */
 interface HungWatch {
   since: HungSince;
@@ -203,19 +225,24 @@ export const RESTARTED_BY = 'under up, a worker that is stopped or blocked is re
  * Redis; its connection, still open, counts it as connected. Jobs held back by backpressure keep
  * their locks; delayed ones (backoff) do not wait. More active jobs than are looked at: not said.
  */
-async function movesNothing(ctx: CliContext, queue: Pick<Queue, 'name' | 'keys' | 'toKey' | 'getJob'>): Promise<{ state: string; message: string } | undefined> {
+async function movesNothing(
+  ctx: CliContext,
+  queue: Pick<Queue, 'name' | 'keys' | 'toKey' | 'getJob' | 'getWorkers'>,
+): Promise<{ state: string; symptom: string; message: string; workers: string[] } | undefined> {
   const hung = '(hung: SIGSTOPped, its event loop blocked, or cut off from Redis?)';
   const { active, unlocked, waiting } = await unlockedActiveJobs(ctx.services.redis, queue);
   if (active === 0) {
-    return waiting ? { state: 'take-none', message: `its connected workers take none of the ${waiting} jobs waiting in ${queue.name} ${hung}; restart them, or start another (${RESTARTED_BY})` } : undefined;
+    if (!waiting) return undefined;
+    const symptom = `its connected workers take none of the ${waiting} jobs waiting in ${queue.name} ${hung}`;
+    // (their connections' names end with the worker's PROCESS_NAME; one without a name is no one's to restart)
+    const workers = (await queue.getWorkers()).map((w) => /:w:(.+)$/.exec(w.rawname ?? '')?.[1] ?? '');
+    return { state: 'take-none', symptom, message: `${symptom}; restart them, or start another (${RESTARTED_BY})`, workers };
   }
   if (unlocked.length < active) return undefined;
   const holder = (await queue.getJob(unlocked[0]!))?.processedBy;
   const [them, it] = active === 1 ? ['the job', 'it'] : [`all ${active} jobs`, 'them'];
-  return {
-    state: `unlocked:${[...unlocked].sort().join(',')}`,
-    message: `${them} its workers hold lost ${active === 1 ? 'its lock' : 'their locks'}: ${holder ? `worker ${holder}` : 'their worker'} stopped renewing ${it} ${hung}, and no other worker took ${it} up; restart it, or start another (${RESTARTED_BY})`,
-  };
+  const symptom = `${them} its workers hold lost ${active === 1 ? 'its lock' : 'their locks'}: ${holder ? `worker ${holder}` : 'their worker'} stopped renewing ${it} ${hung}, and no other worker took ${it} up`;
+  return { state: `unlocked:${[...unlocked].sort().join(',')}`, symptom, message: `${symptom}; restart it, or start another (${RESTARTED_BY})`, workers: holder ? [holder] : [] };
 }
 
 /**

@@ -135,6 +135,7 @@ const EnvSchema = z.object({
       .int()
       .refine((v) => v === 0 || v >= 3, '0 (never) or at least 3')
       .default(60),
+    TL_SUPERVISOR_HANG_MS: z.coerce.number().int().min(0).default(0),
     TL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     TL_PREPROCESS_CONCURRENCY: z.coerce.number().int().min(1).max(256).default(defaultPreprocessConcurrency(os.availableParallelism())),
     TL_MAX_OBJECT_BYTES: z.coerce.number().int().min(1).default(64 * 1024 * 1024),
@@ -218,6 +219,12 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
      * blocked) is killed and started again, as the Kubernetes liveness probes do; 0 = never
      */
     upHangSeconds: env.TL_UP_HANG_SECONDS,
+    /**
+     * Set by `up` for the workers it starts (not by hand): the hang time after which it restarts
+     * one (0: none watches this process). Such a worker records it in Redis, so a command waiting
+     * on a hung worker gives `up` that time before it gives up.
+     */
+    supervisorHangMs: env.TL_SUPERVISOR_HANG_MS,
     /** how long a worker holds a job without renewing its lock before others treat it as crashed */
     jobLockMs: env.TL_JOB_LOCK_MS,
     /**
@@ -342,6 +349,7 @@ const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
   TL_TRAIN_JOB_LOCK_MS: 'stack',
   TL_RETRY_BACKOFF_SCALE: 'stack',
   TL_UP_HANG_SECONDS: 'process',
+  TL_SUPERVISOR_HANG_MS: 'process',
   TL_LOG_LEVEL: 'process',
   TL_PREPROCESS_CONCURRENCY: 'process',
   TL_MAX_OBJECT_BYTES: 'stack',

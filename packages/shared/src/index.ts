@@ -5,6 +5,7 @@ export * from './dataset-status.js';
 export * from './dataset.repository.js';
 export * from './dependency.guard.js';
 export * from './paused-workers.js';
+export * from './supervised-workers.js';
 export * from './documents.js';
 export * from './embedding-cache.js';
 export * from './embedding-space.js';

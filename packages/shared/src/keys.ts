@@ -37,6 +37,11 @@ export function redisKeys(prefix: string) {
     embedWorkerInfo: () => `${prefix}:embed-workers:info`,
     /** sorted set: backpressure reservations (id → expiry) for one space's embed backlog */
     backpressure: (embedderId: string) => `${prefix}:backpressure:${embedderId}`,
+    /**
+     * string, with a TTL: a worker process (PROCESS_NAME) that `up` watches and restarts when it
+     * hangs: SupervisedWorker JSON
+     */
+    supervisedWorker: (name: string) => `${prefix}:supervised:${name}`,
     /** sorted set: PausedWorker JSON → expiry (ms, Redis clock), the workers of one queue an outage pauses */
     pausedWorkers: (queue: string) => `${prefix}:paused:${queue}`,
     /**

@@ -1,8 +1,10 @@
 import type { Redis } from 'ioredis';
 import { loadConfig, type Config } from './config.js';
 import { runUntilSignal, stopSignals } from './lifecycle.js';
+import { redisKeys } from './keys.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, startingMetrics, type Metrics } from './metrics.js';
+import { SupervisedWorkers } from './supervised-workers.js';
 
 /** Every process role, and the metrics port each serves by default (one home for these numbers). */
 export const METRICS_PORTS = { producer: 9464, preprocess: 9465, embed: 9466, train: 9467 } as const;
@@ -15,7 +17,7 @@ export interface RunningRole {
   healthy: () => boolean;
   stop: () => Promise<void>;
   /** the role's Redis connection: a stop while it is down has nothing it can finish */
-  redis?: Pick<Redis, 'status'>;
+  redis?: Redis;
 }
 
 /** What a role may ask of its process while it starts. */
@@ -73,6 +75,9 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
     }
     process.off('SIGINT', early).off('SIGTERM', early).off('disconnect', early);
     const started = running;
+    // watched by `up`: said in Redis, so a command waiting on this worker while it hangs gives
+    // `up` the time to restart it
+    const unmark = config.supervisorHangMs > 0 && started.redis ? new SupervisedWorkers(started.redis, redisKeys(config.redis.prefix)).mark(config.supervisorHangMs, (err) => log.debug({ err }, 'supervision not recorded')) : undefined;
     runUntilSignal(log, async () => {
       // Without Redis no job in hand can be completed or put back: waiting out the stop
       // deadline would only delay the exit. Their locks expire and they run again elsewhere.
@@ -80,6 +85,7 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
         log.warn({ redis: started.redis.status }, 'Redis is unreachable: nothing in hand can finish, exiting now; jobs in hand run again elsewhere');
         return;
       }
+      await unmark?.();
       await started.stop();
       await server.close();
     });

@@ -7,6 +7,7 @@ import { EmbeddingCache } from './embedding-cache.js';
 import { SpaceRegistry } from './embedding-space.js';
 import { redisKeys, type RedisKeys } from './keys.js';
 import { PausedWorkers } from './paused-workers.js';
+import { SupervisedWorkers } from './supervised-workers.js';
 import { createRedis } from './redis.client.js';
 import { ObjectStore } from './s3.client.js';
 import { TensorStore } from './tensor.store.js';
@@ -25,6 +26,8 @@ export interface Services {
   tensors: TensorStore;
   /** the workers an outage pauses, per queue */
   paused: PausedWorkers;
+  /** worker processes `up` restarts when they hang */
+  supervised: SupervisedWorkers;
   close: () => Promise<void>;
 }
 
@@ -44,6 +47,7 @@ export function createServices(config: Config, mode: 'worker' | 'oneshot'): Serv
     cache: new EmbeddingCache(redis, keys, store, config.s3.bucket, config.s3.prefix),
     tensors: new TensorStore(redis, keys, config.preprocess.tensorTtlSeconds),
     paused: new PausedWorkers(redis, keys),
+    supervised: new SupervisedWorkers(redis, keys),
     close: async () => {
       store.close();
       await redis.quit().catch(() => redis.disconnect());

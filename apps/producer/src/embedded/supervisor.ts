@@ -232,6 +232,7 @@ export class Supervisor {
     for (const s of specs) {
       const { script, execArgv, args } = ROLES[s.role];
       const name = `${s.role}#${s.replica}`;
+      const watched = this.liveness.hangMs > 0 && s.metricsPort > 0;
       this.children.set(
         name,
         new SupervisedProcess(
@@ -241,8 +242,9 @@ export class Supervisor {
             node: { script, execArgv: [...execArgv] },
             args: [...args],
             // The SDK's notice that its 2027 releases need Node 22 would repeat in every worker log.
-            env: () => ({ AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...s.env, TL_METRICS_PORT: String(s.metricsPort) }),
-            liveness: this.liveness.hangMs > 0 && s.metricsPort > 0 ? { url: `http://${reachableHost(this.liveness.metricsHost)}:${s.metricsPort}/healthz`, hangMs: this.liveness.hangMs } : undefined,
+            // (the hang time it is watched with, which it records for commands waiting on it)
+            env: () => ({ AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...s.env, TL_METRICS_PORT: String(s.metricsPort), TL_SUPERVISOR_HANG_MS: String(watched ? this.liveness.hangMs : 0) }),
+            liveness: watched ? { url: `http://${reachableHost(this.liveness.metricsHost)}:${s.metricsPort}/healthz`, hangMs: this.liveness.hangMs } : undefined,
           },
           this.onEvent,
         ),
