@@ -2,34 +2,66 @@ import { describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { runCli, stackForFile, until } from './support/stack.js';
 
-// A stack as `up` runs it, watching its workers' /healthz (12 s here; 60 by default), with short
-// job locks so a waiting command finds a hang within seconds.
-const file = stackForFile({ TL_UP_HANG_SECONDS: '12', TL_JOB_LOCK_MS: '2000', TL_MODEL_WEIGHTS: 'random' }, { preprocess: 1, embed: 1, train: 0 });
+// A stack as `up` runs it, watching its workers' /healthz (20 s here, asked every 6.7 s; 60 by
+// default), with short job locks so a waiting command finds a hang within seconds. (20 s is past
+// an embed worker's heartbeat TTL, 15 s, as the default is: its beat goes silent before up acts.)
+const file = stackForFile({ TL_UP_HANG_SECONDS: '20', TL_JOB_LOCK_MS: '2000', TL_MODEL_WEIGHTS: 'random' }, { preprocess: 1, embed: 1, train: 0 });
+
+const healthz = (port: number) =>
+  fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) }).then(
+    (res) => res.ok,
+    () => false,
+  );
+
+/** Stops a worker of the stack (SIGSTOP: connected, answering nothing) once up's watch has seen it answer; its pid. */
+async function freeze(role: 'preprocess' | 'embed'): Promise<number> {
+  const { stack } = file;
+  await until(`the ${role} worker to answer /healthz`, () => healthz(stack.workerPorts[`${role}#1`]!), 120);
+  // up's watch starts once it has seen an answer (asked every 6.7 s here)
+  await new Promise((r) => setTimeout(r, 7_500));
+  const pid = stack.supervisor.pids()[`${role}#1`]!;
+  expect(stack.supervisor.signal(role, 1, 'SIGSTOP')).toBe(true);
+  return pid;
+}
+
+async function photosUnder(prefix: string, n: number): Promise<void> {
+  const { ctx } = file;
+  await ctx.services.store.ensureBucket(photos);
+  for (const kind of ['circle', 'square'] as const) {
+    for (let i = 0; i < n; i++) await ctx.services.store.putObject(photos, `${prefix}/${kind}/${i}.jpg`, await renderSample(kind, i, prefix.length * 7));
+  }
+}
 const photos = 'photos-hang';
 
 describe('a worker that hangs under up while ingest waits on it', () => {
   it('is waited for while up restarts it, and said so, where ingest gave up telling the user to restart it', async () => {
     const { stack, ctx } = file;
-    await ctx.services.store.ensureBucket(photos);
-    for (const kind of ['circle', 'square'] as const) {
-      for (let i = 0; i < 6; i++) await ctx.services.store.putObject(photos, `train/${kind}/${i}.jpg`, await renderSample(kind, i, 71));
-    }
+    await photosUnder('train', 6);
     await until('the preprocess worker to take jobs', async () => (await ctx.queues.preprocess.getWorkersCount()) === 1, 60);
     await until('an embed worker', async () => (await ctx.services.spaces.workersOf(stack.space.id)) === 1, 120);
-    const healthz = () => fetch(`http://127.0.0.1:${stack.workerPorts['preprocess#1']}/healthz`, { signal: AbortSignal.timeout(1_000) }).then((res) => res.ok, () => false);
-    await until('the preprocess worker to answer /healthz', healthz, 60);
-    // up's watch starts once it has seen an answer (asked every 4 s here)
-    await new Promise((r) => setTimeout(r, 5_000));
-    const stopped = stack.supervisor.pids()['preprocess#1'];
-    // connected, answering nothing: as SIGSTOP, or an event loop blocked, leaves it
-    expect(stack.supervisor.signal('preprocess', 1, 'SIGSTOP')).toBe(true);
+    const stopped = await freeze('preprocess');
     const r = await runCli(['ingest', `s3://${photos}/train/`, '-d', 'restarted', '--stall-timeout', '2'], stack.env, 150_000, { merged: true });
     expect(r.timedOut).toBe(false);
     expect(r.code, r.stdout).toBe(0);
-    expect(r.stdout).toMatch(/12 images wait for preprocess and its connected workers take none of the 12 jobs waiting in preprocess \(hung: [^)]*\); up, which watches it, restarts a worker whose \/healthz has gone unanswered for 12 s: waiting for that \(for \d+ s more at most\)/);
+    expect(r.stdout).toMatch(/12 images wait for preprocess and its connected workers take none of the 12 jobs waiting in preprocess \(hung: [^)]*\); up, which watches it, restarts a worker whose \/healthz has gone unanswered for 20 s: waiting for that \(for \d+ s more at most\)/);
     expect(r.stdout).toMatch(/dataset restarted: 12 images, 12 embedded/);
     // the worker that hung was replaced, not woken
     expect(stack.supervisor.pids()['preprocess#1']).not.toBe(stopped);
     expect(stack.events.join('\n')).toMatch(/preprocess#1 has not answered http:\/\/127\.0\.0\.1:\d+\/healthz for \d+ s/);
+  }, 180_000);
+
+  it('an embed worker whose heartbeat went silent is waited for while up restarts it, where ingest said to restart it', async () => {
+    const { stack } = file;
+    await photosUnder('more', 2);
+    const stopped = await freeze('embed');
+    // a stall timeout past the beat's TTL (15 s), as the default (30 s) is: the wait first looks
+    // when the worker is no longer live
+    const r = await runCli(['ingest', `s3://${photos}/more/`, '-d', 'restarted-embed', '--stall-timeout', '16'], stack.env, 150_000, { merged: true });
+    expect(r.timedOut).toBe(false);
+    expect(r.code, r.stdout).toBe(0);
+    // its beat silent past its TTL: no embed worker live, and the one that beat last is up's to restart
+    expect(r.stdout).toMatch(/no embed worker of \S+ is live: its worker \S+ last beat \d+ s ago \(stopped, hung, or cut off from Redis\?\); up, which watches it, restarts a worker whose \/healthz has gone unanswered for 20 s: waiting for that/);
+    expect(r.stdout).toMatch(/dataset restarted-embed: 4 images, 4 embedded/);
+    expect(stack.supervisor.pids()['embed#1']).not.toBe(stopped);
   }, 180_000);
 });

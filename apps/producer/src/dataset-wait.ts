@@ -153,7 +153,7 @@ async function stageBlocked(
   waiting: number,
   queue: Pick<Queue, 'name' | 'isPaused' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts' | 'getWorkers'>,
   workers: () => Promise<number>,
-  none: string | (() => Promise<string | { note: string }>),
+  none: string | (() => Promise<string | UpRestartNote>),
   hung: HungWatch,
 ): Promise<string | { note: string } | undefined> {
   if (waiting === 0) {
@@ -164,13 +164,17 @@ async function stageBlocked(
   if (await queue.isPaused()) return `${what} the ${queue.name} queue is paused (resume it: the console's queue board)`;
   const live = await workers();
   if (live === 0) {
+    const why = typeof none === 'string' ? none : await none();
+    if (typeof why === 'object') {
+      if (why.restartUntil !== undefined) hung.since.set(stage, { state: 'restarting', at: Date.now(), restartUntil: why.restartUntil });
+      return { note: why.note };
+    }
     // the hung worker `up` was waited for is gone: killed, and about to start again
     const restartUntil = hung.since.get(stage)?.restartUntil;
     if (restartUntil !== undefined && Date.now() < restartUntil) {
       return { note: `${what} their hung worker is being started again by up (none connected meanwhile): waiting for it (for ${Math.ceil((restartUntil - Date.now()) / 1000)} s more at most)` };
     }
-    const why = typeof none === 'string' ? none : await none();
-    return typeof why === 'string' ? `${what} ${why}` : why;
+    return `${what} ${why}`;
   }
   const paused = await allPaused(ctx, queue.name, live);
   if (paused) return `${what} ${paused}`;
@@ -191,19 +195,38 @@ async function stageBlocked(
   // Workers `up` watches are restarted once their /healthz has gone unanswered for its hang time
   // (asked every probe period), and the new one takes their jobs up: that is waited for, from
   // when this wait saw them hang (they hung earlier), not told to the user to do.
-  const upHangMs = await ctx.services.supervised.hangMsOf(found.workers).catch(() => undefined);
-  if (upHangMs !== undefined) {
-    const limitMs = upHangMs + livenessProbeTiming(upHangMs).periodMs + UP_RESTART_GRACE_MS;
-    if (hungMs < limitMs) {
-      hung.since.set(stage, { state: found.state, at: since, restartUntil: since + limitMs });
-      return { note: `${what} ${found.symptom}; up, which watches ${found.workers.length === 1 ? 'it' : 'them'}, restarts a worker whose /healthz has gone unanswered for ${Math.round(upHangMs / 1000)} s: waiting for that (for ${Math.ceil((limitMs - hungMs) / 1000)} s more at most)` };
-    }
+  const restart = await upRestart(ctx, found.workers, hungMs);
+  if (restart) {
+    hung.since.set(stage, { state: found.state, at: since, restartUntil: restart.until });
+    return { note: `${what} ${found.symptom}; ${restart.words}` };
   }
   return `${what} ${found.message}`;
 }
 
+/** A note of the wait, and until when (ms since the epoch) a worker `up` restarts is waited for. */
+interface UpRestartNote {
+  note: string;
+  restartUntil?: number;
+}
+
 /** Time for a worker `up` restarted to start and take up the jobs its hung predecessor held. */
 const UP_RESTART_GRACE_MS = 60_000;
+
+/**
+ * When every one of `workers` (hung for about `hungMs`) is watched by `up`: until when its
+ * restart is waited for (its hang time, a probe period and UP_RESTART_GRACE_MS from when it hung),
+ * and the words that say so; undefined when one is not watched, or the time is up.
+ */
+async function upRestart(ctx: CliContext, workers: string[], hungMs: number): Promise<{ until: number; words: string } | undefined> {
+  const upHangMs = await ctx.services.supervised.hangMsOf(workers).catch(() => undefined);
+  if (upHangMs === undefined) return undefined;
+  const limitMs = upHangMs + livenessProbeTiming(upHangMs).periodMs + UP_RESTART_GRACE_MS;
+  if (hungMs >= limitMs) return undefined;
+  return {
+    until: Date.now() + limitMs - hungMs,
+    words: `up, which watches ${workers.length === 1 ? 'it' : 'them'}, restarts a worker whose /healthz has gone unanswered for ${Math.round(upHangMs / 1000)} s: waiting for that (for ${Math.ceil((limitMs - hungMs) / 1000)} s more at most)`,
+  };
+}
 
 /** Since when each stage's connected workers have been seen moving nothing, and in which state. */
 type HungSince = Map<string, { state: string; at: number; restartUntil?: number }>;
@@ -256,7 +279,7 @@ export const EMBED_START_LIMIT_MS = 10 * 60_000;
  * registry keeps a silent worker four TTLs); or, while one is loading its model, a note that the
  * wait is for it (not a reason to give up, until it has loaded for EMBED_START_LIMIT_MS).
  */
-async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | { note: string }> {
+async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | UpRestartNote> {
   const none = `no embed worker of ${space} is live`;
   const starting = await ctx.services.spaces.startingWorkers(space).catch(() => []);
   // (the latest to start first: one started since, by the advice below, is waited for)
@@ -275,7 +298,11 @@ async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | {
   if (last.worker.starting) {
     return { note: `an embed worker of ${space} is on its way: its worker ${last.worker.workerId} is loading its model, and last beat ${ago} s ago (a build can hold its beat on a busy machine)` };
   }
-  return `${none}: its worker ${last.worker.workerId} last beat ${ago} s ago (stopped, hung, or cut off from Redis?); restart it, or start one with that space's settings (${RESTARTED_BY})`;
+  const silent = `its worker ${last.worker.workerId} last beat ${ago} s ago (stopped, hung, or cut off from Redis?)`;
+  // (it hung about when it last beat)
+  const restart = await upRestart(ctx, [last.worker.workerId], last.silentMs);
+  if (restart) return { note: `${none}: ${silent}; ${restart.words}`, restartUntil: restart.until };
+  return `${none}: ${silent}; restart it, or start one with that space's settings (${RESTARTED_BY})`;
 }
 
 /**
