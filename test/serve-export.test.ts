@@ -16,7 +16,7 @@ import { exportCommand } from '../apps/producer/src/commands/export.command.js';
 import { serveCommand } from '../apps/producer/src/commands/serve.command.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { startClassifierServer, type ClassifierServer } from '../apps/producer/src/serve/classifier.server.js';
-import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
+import { prepareImage, type ResizeKernel } from '../apps/feature-worker/src/image.ops.js';
 import { createLogger, ReportDoc } from '../packages/shared/src/index.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
 import { startFaultProxy } from './support/fault-proxy.js';
@@ -121,6 +121,12 @@ describe('transferline export --format onnx', () => {
       expect(session.outputNames).toEqual(['probabilities']);
       const opts = { size: 224, maxInputPixels: stack.config.preprocess.maxInputPixels, background: stack.config.preprocess.background, resize: 'squash' as const };
       const pixels = await Promise.all(photos.map((p) => prepareImage(p.bytes, opts)));
+      // what the README tells a Node user: sharp with the filter the file names gives these very pixels
+      for (const [i, p] of photos.entries()) {
+        const kernel = meta['transferline.resize_filter'] as ResizeKernel;
+        const theirs = await sharp(p.bytes).rotate().resize(224, 224, { fit: 'fill', kernel }).removeAlpha().raw().toBuffer();
+        expect(Buffer.compare(theirs, Buffer.from(pixels[i]!)), p.name).toBe(0);
+      }
       const batch = new Uint8Array(pixels.length * 224 * 224 * 3);
       pixels.forEach((p, i) => batch.set(p, i * p.length));
       const result = await session.run({ pixels: new ort.Tensor('uint8', batch, [pixels.length, 224, 224, 3]) });

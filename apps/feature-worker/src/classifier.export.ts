@@ -1,6 +1,7 @@
 import type * as tfTypes from '@tensorflow/tfjs';
 import type { EmbeddingSpace } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
+import { RESIZE_KERNEL } from './image.ops.js';
 import { buildEfficientNetB0 } from './model/efficientnet-b0.model.js';
 import { loadKerasH5Weights } from './model/keras-h5-weights.loader.js';
 import { exportEfficientNetB0ToOnnx, ONNX_PROBABILITIES_NAME, OnnxExportError, type DenseLayerWeights } from './model/onnx-export.js';
@@ -30,6 +31,8 @@ export function classifierMetadataProps(m: ClassifierMetadata): Record<string, s
     ...(m.threshold !== undefined && { 'transferline.threshold': String(m.threshold) }),
     'transferline.embedder': m.embedderId,
     'transferline.resize': m.resize,
+    // sharp's `kernel` option (libvips's reduction filter): PIL's BILINEAR is close to it, not bit-identical
+    'transferline.resize_filter': RESIZE_KERNEL,
     'transferline.input': `uint8 RGB [N, ${m.inputSize}, ${m.inputSize}, 3], channels last, 0-255`,
   };
 }

@@ -12,6 +12,12 @@ export type ResizePolicy = 'squash' | 'crop';
 /** libvips reduction kernels worth choosing between for a model input. */
 export type ResizeKernel = 'linear' | 'cubic' | 'mitchell' | 'lanczos3';
 
+/**
+ * The kernel every image is resized with (see PrepareOptions.kernel); an exported model names it,
+ * so code outside transferline can prepare its input the same way.
+ */
+export const RESIZE_KERNEL: ResizeKernel = 'linear';
+
 export interface PrepareOptions {
   /** Output side in pixels (the model's input size). */
   size: number;
@@ -77,7 +83,7 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
   if (!sniffed.supported) {
     throw new PermanentError('unsupported-format', `${sniffed.format} images are not supported: convert them to JPEG, PNG, WebP, AVIF, GIF or TIFF`);
   }
-  const kernel = o.kernel ?? 'linear';
+  const kernel = o.kernel ?? RESIZE_KERNEL;
   const timeoutSeconds = o.timeoutSeconds ?? 60;
   let started = 0;
   const decode = () => {
