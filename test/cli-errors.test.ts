@@ -160,6 +160,10 @@ describe('what a user sees when something is wrong', () => {
       expect({ code: other.code, stderr: other.stderr }).toEqual({ code: 0, stderr: '' });
       expect(other.stdout).toContain(`warning: the embedding index of ${stack.space.id} is empty, and nothing was lost: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds the index under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`);
       expect(other.stdout).not.toContain('Redis lost its data');
+      // nor that there is nothing yet, as if to start over
+      expect(other.stdout).toContain("  none published under this shell's TL_QUEUE_PREFIX (elsewhere): the workers' is another, as said above\n");
+      expect(other.stdout).toContain("no datasets under this shell's TL_QUEUE_PREFIX (elsewhere): the workers' is another, as said above\n");
+      expect(other.stdout).not.toMatch(/none published yet|no datasets yet/);
       // no loss recorded under the prefix it looked in
       const there = redisKeys('elsewhere');
       expect(await ctx.services.redis.exists(there.dataLossRecorded(), there.datasetsLost(), there.datasetsLostSources())).toBe(0);

@@ -195,7 +195,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     unpublished.push({ id, backlog: backlogOf(queues[queueName('embed', id)]!), ...(failed && { failed }) });
   }
   const datasets = await Promise.all(names.map((d) => inspector.status(d)));
-  const { warnings, lossFound } = await deploymentWarnings(ctx, spaces.map((s) => s.space.id));
+  const { warnings, lossFound, elsewhere } = await deploymentWarnings(ctx, spaces.map((s) => s.space.id));
+  // (what this shell's TL_QUEUE_PREFIX holds is not the workers': "yet" would send the user to start over)
+  const here = `under this shell's TL_QUEUE_PREFIX (${ctx.config.redis.prefix}): the workers' is another, as said above`;
   if (o.json) {
     ctx.out.write(`${JSON.stringify({ queues, spaces, unpublished, datasets, warnings }, null, 2)}\n`);
     return { queues, spaces, unpublished, datasets, warnings };
@@ -204,7 +206,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const warning of warnings) w(`warning: ${warning}`);
   w('embedding spaces:');
   if (spaces.length === 0) {
-    w(lossFound ? '  none published since Redis lost its data: a running embed worker publishes its space again within seconds' : '  none published yet: start the stack (transferline up) or an embed worker');
+    w(elsewhere ? `  none published ${here}` : lossFound ? '  none published since Redis lost its data: a running embed worker publishes its space again within seconds' : '  none published yet: start the stack (transferline up) or an embed worker');
   }
   for (const s of spaces) {
     const backends = [...new Set(s.workers.map((x) => x.backend))].join(', ');
@@ -239,7 +241,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
       w(`  ${name}: ${of.length} worker${of.length === 1 ? '' : 's'} paused: ${reason} (${of[0]!.remedy})`);
     }
   }
-  if (datasets.length === 0) w(lossFound ? 'no datasets in Redis: ingest again as the warnings above say' : 'no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
+  if (datasets.length === 0) w(elsewhere ? `no datasets ${here}` : lossFound ? 'no datasets in Redis: ingest again as the warnings above say' : 'no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
   for (const d of datasets) printDatasetSummary(ctx, d);
   return { queues, spaces, unpublished, datasets, warnings };
 }
@@ -247,15 +249,16 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
 /**
  * What status warns of, and the console's front page shows: a bucket or prefix that is not the
  * live workers', a Redis that may evict our keys, and what Redis losing its data left.
- * `lossFound`: a loss was found (not merely left unchecked). `spaces`: the published ones.
+ * `lossFound`: a loss was found (not merely left unchecked); `elsewhere`: the workers' data is
+ * under another TL_QUEUE_PREFIX than this shell's. `spaces`: the published ones.
  */
-export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Promise<{ warnings: string[]; lossFound: boolean }> {
+export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Promise<{ warnings: string[]; lossFound: boolean; elsewhere: boolean }> {
   // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
   const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
   const loss = await dataLossWarnings(ctx, spaces);
   // a shell whose TL_BUCKET/TL_PREFIX are not the workers': every model and cache read here looks elsewhere
   const storage = await storageHint(ctx);
-  return { warnings: [...(storage ? [storage] : []), ...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found };
+  return { warnings: [...(storage ? [storage] : []), ...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found, elsewhere: loss.elsewhere };
 }
 
 /**
@@ -265,7 +268,7 @@ export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Pro
  * trained runs that Redis no longer knew then, with the commands that bring both back. A dataset
  * deleted on purpose while its runs stay is not a loss: it is only named when a loss is found.
  */
-async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ lines: string[]; found: boolean }> {
+async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ lines: string[]; found: boolean; elsewhere: boolean }> {
   const { cache, layout, store } = ctx.services;
   const { bucket } = ctx.config.s3;
   const warnings: string[] = [];
@@ -279,7 +282,7 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
   } catch (err) {
     // (nor is a loss remembered or forgotten: nothing was seen)
     const why = (S3UnreachableError.from(err, ctx.config.s3.endpoint) ?? s3Refusal(err, ctx.config.s3) ?? (err as Error)).message;
-    return { lines: [`cannot read s3://${bucket}/, so whether Redis lost data is not checked: ${why}`], found: false };
+    return { lines: [`cannot read s3://${bucket}/, so whether Redis lost data is not checked: ${why}`], found: false, elsewhere: false };
   }
   const ids = new Set([...spaces, ...inBucket]);
   const elsewhere: string[] = [];
@@ -305,5 +308,5 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
     // the runs are read from the bucket: one that cannot be read now is not a reason to fail status
     warnings.push(`could not check which datasets Redis lost: ${(err as Error).message}`);
   }
-  return { lines: [...elsewhere, ...warnings], found };
+  return { lines: [...elsewhere, ...warnings], found, elsewhere: elsewhere.length > 0 };
 }
