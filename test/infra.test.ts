@@ -5,7 +5,8 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { ConfigSchema } from '../packages/shared/src/config.js';
-import { FEATURE_WORKER_NODE_FLAGS, livenessProbeTiming } from '../apps/producer/src/embedded/supervisor.js';
+import { FEATURE_WORKER_NODE_FLAGS } from '../apps/producer/src/embedded/supervisor.js';
+import { livenessProbeTiming } from '../packages/shared/src/supervised-workers.js';
 import { loadConfig } from '../packages/shared/src/config.js';
 import { repoRoot } from './support/stack.js';
 

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
 import { followJob } from '../apps/producer/src/job-follow.js';
-import { DeferJob, enqueue, requeue, startWorker, unlockedActiveJobs } from '../packages/shared/src/queues.js';
+import { DeferJob, enqueue, lostJobOf, requeue, startWorker, unlockedActiveJobs } from '../packages/shared/src/queues.js';
 import { createMetrics, DependencyGuard, jobIds, ObjectStore, PROCESS_NAME, type ItemRecord } from '../packages/shared/src/index.js';
 import { pino } from 'pino';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
@@ -275,37 +275,47 @@ describe('a worker whose jobs went back to the queue while it held them (stopped
     const gate = new Promise<void>((resolve) => (release = resolve));
     const space = `lost-${randomBytes(3).toString('hex')}`;
     const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
-    let n = 0;
+    const jobs = Array.from({ length: 10 }, () => ({ sha256: randomBytes(32).toString('hex'), embedderId: space })).map((payload) => ({ id: jobIds.embed(payload), payload }));
     // half of them done, half put back for later (a full next stage): both are refused for a job not held
-    const worker = startWorker('embed', async () => {
-      await gate;
-      if (n++ % 2) throw new DeferJob(1_000, 'no room downstream');
-      return 'embedded';
-    }, {
-      connection,
-      prefix: ctx.config.redis.prefix,
-      space,
-      concurrency: 10,
-      log,
-      metrics: createMetrics('embed'),
-      locks: { jobLockMs: 60_000, trainJobLockMs: 60_000 },
-    });
+    const deferred = new Set(jobs.slice(5).map((j) => j.payload.sha256));
+    const worker = startWorker(
+      'embed',
+      async (payload) => {
+        await gate;
+        if (deferred.has(payload.sha256)) throw new DeferJob(1_000, 'no room downstream');
+        return 'embedded';
+      },
+      {
+        connection,
+        prefix: ctx.config.redis.prefix,
+        space,
+        concurrency: 10,
+        log,
+        metrics: createMetrics('embed'),
+        locks: { jobLockMs: 60_000, trainJobLockMs: 60_000 },
+      },
+    );
     opened.push({ close: async () => (await worker.close(true), connection.disconnect()) });
     const queue = ctx.queues.embed(space);
-    const jobs = Array.from({ length: 10 }, () => ({ sha256: randomBytes(32).toString('hex'), embedderId: space })).map((payload) => ({ id: jobIds.embed(payload), payload }));
     await enqueue(queue, 'embed', jobs);
     await until('10 jobs held', async () => (await queue.getActiveCount()) === 10, 20);
-    // what another worker's stall check does to the jobs of one stopped past their locks
+    // what another worker's stall check does to the jobs of one stopped past their locks; and
+    // two of them have run elsewhere since, and were removed on completion
     for (const j of jobs) await ctx.services.redis.del(queue.toKey(`${j.id}:lock`));
+    for (const j of jobs.slice(0, 2)) await ctx.services.redis.del(queue.toKey(j.id));
+    const refused = new Set<string>();
+    worker.on('error', (err) => void (lostJobOf(err) !== undefined && refused.add(lostJobOf(err)!)));
     release();
-    // each job's completion (or putting it back) is refused, then its failure: two errors from BullMQ per job
-    await until('the first job said lost', () => lines.some((l) => /no longer holds job/.test(l.msg)), 20);
-    await new Promise((r) => setTimeout(r, 500));
+    // each completion is refused, then the failure BullMQ records instead ('Missing lock', or
+    // 'Missing key' for a job removed); putting one back is refused at once, and said the same way
+    await until('the completions refused', () => refused.size === 5, 20);
+    expect([...refused].sort()).toEqual(jobs.slice(0, 5).map((j) => j.id).sort());
+    await new Promise((r) => setTimeout(r, 1_000)); // (the put-backs: one round trip each, made with the completions)
     await worker.close();
     expect(lines.filter((l) => l.level >= 50).map((l) => l.msg)).toEqual([]);
     const said = lines.filter((l) => /no longer holds job|went back to the queue/.test(l.msg));
     expect(said).toHaveLength(2);
-    expect(said[0]!.msg).toMatch(/was stopped, hung or cut off from Redis for longer than the job's lock \(60 s\), so the job went back to its queue and runs again/);
+    expect(said[0]!.msg).toMatch(/was stopped, hung or cut off from Redis for longer than the job's lock \(60 s\), so the job went back to its queue to run again/);
     expect(said[1]!.jobs).toBe(9);
   }, 60_000);
 });

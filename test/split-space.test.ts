@@ -144,13 +144,18 @@ describe('an embed worker still loading its model', () => {
       const { script, execArgv, args } = ROLES.embed;
       const child = spawn(process.execPath, [...execArgv, script, ...args], { env, stdio: 'ignore' });
       const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-      await until('the worker to say it is loading its model', async () => (await ctx.services.spaces.startingWorkers(space.id)).length > 0, 60);
-      child.kill('SIGINT');
-      expect(await exited).toBe(0);
-      // what a dataset's wait reads: neither loading nor gone silent (its record was held for a
-      // TTL, 15 s, and then named silent, still waited for, for a minute)
-      expect(await ctx.services.spaces.startingWorkers(space.id)).toEqual([]);
-      expect(await ctx.services.spaces.silentWorkers(space.id)).toEqual([]);
+      try {
+        await until('the worker to say it is loading its model', async () => (await ctx.services.spaces.startingWorkers(space.id)).length > 0, 60);
+        child.kill('SIGINT');
+        expect(await exited).toBe(0);
+        // what a dataset's wait reads: neither loading nor gone silent (its record was held for a
+        // TTL, 15 s, and then named silent, still waited for, for a minute)
+        expect(await ctx.services.spaces.startingWorkers(space.id)).toEqual([]);
+        expect(await ctx.services.spaces.silentWorkers(space.id)).toEqual([]);
+      } finally {
+        // (a worker left behind by a failure would load the released weights and take jobs)
+        child.kill('SIGKILL');
+      }
     } finally {
       await held.close();
     }

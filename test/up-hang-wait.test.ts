@@ -2,10 +2,11 @@ import { describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { runCli, stackForFile, until } from './support/stack.js';
 
-// A stack as `up` runs it, watching its workers' /healthz (20 s here, asked every 6.7 s; 60 by
-// default), with short job locks so a waiting command finds a hang within seconds. (20 s is past
-// an embed worker's heartbeat TTL, 15 s, as the default is: its beat goes silent before up acts.)
-const file = stackForFile({ TL_UP_HANG_SECONDS: '20', TL_JOB_LOCK_MS: '2000', TL_MODEL_WEIGHTS: 'random' }, { preprocess: 1, embed: 1, train: 0 });
+// A stack as `up` runs it, watching its workers' /healthz (30 s here, asked every 10 s; 60 by
+// default), with short job locks so a waiting command finds a hang within seconds. (30 s is well
+// past an embed worker's heartbeat TTL, 15 s, as the default is: its beat goes silent, and a wait
+// looks, before up acts: at least 25 s after the freeze, two failed probes past 30 s without an answer.)
+const file = stackForFile({ TL_UP_HANG_SECONDS: '30', TL_JOB_LOCK_MS: '2000', TL_MODEL_WEIGHTS: 'random' }, { preprocess: 1, embed: 1, train: 0 });
 
 const healthz = (port: number) =>
   fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) }).then(
@@ -17,8 +18,8 @@ const healthz = (port: number) =>
 async function freeze(role: 'preprocess' | 'embed'): Promise<number> {
   const { stack } = file;
   await until(`the ${role} worker to answer /healthz`, () => healthz(stack.workerPorts[`${role}#1`]!), 120);
-  // up's watch starts once it has seen an answer (asked every 6.7 s here)
-  await new Promise((r) => setTimeout(r, 7_500));
+  // up's watch starts once it has seen an answer (asked every 10 s here)
+  await new Promise((r) => setTimeout(r, 10_500));
   const pid = stack.supervisor.pids()[`${role}#1`]!;
   expect(stack.supervisor.signal(role, 1, 'SIGSTOP')).toBe(true);
   return pid;
@@ -43,7 +44,7 @@ describe('a worker that hangs under up while ingest waits on it', () => {
     const r = await runCli(['ingest', `s3://${photos}/train/`, '-d', 'restarted', '--stall-timeout', '2'], stack.env, 150_000, { merged: true });
     expect(r.timedOut).toBe(false);
     expect(r.code, r.stdout).toBe(0);
-    expect(r.stdout).toMatch(/12 images wait for preprocess and its connected workers take none of the 12 jobs waiting in preprocess \(hung: [^)]*\); up, which watches it, restarts a worker whose \/healthz has gone unanswered for 20 s: waiting for that \(for \d+ s more at most\)/);
+    expect(r.stdout).toMatch(/12 images wait for preprocess and its connected workers take none of the 12 jobs waiting in preprocess \(hung: [^)]*\); up, which watches it, restarts a worker whose \/healthz has gone unanswered for 30 s: waiting for that \(for \d+ s more at most\)/);
     expect(r.stdout).toMatch(/dataset restarted: 12 images, 12 embedded/);
     // the worker that hung was replaced, not woken
     expect(stack.supervisor.pids()['preprocess#1']).not.toBe(stopped);
@@ -60,7 +61,7 @@ describe('a worker that hangs under up while ingest waits on it', () => {
     expect(r.timedOut).toBe(false);
     expect(r.code, r.stdout).toBe(0);
     // its beat silent past its TTL: no embed worker live, and the one that beat last is up's to restart
-    expect(r.stdout).toMatch(/no embed worker of \S+ is live: its worker \S+ last beat \d+ s ago \(stopped, hung, or cut off from Redis\?\); up, which watches it, restarts a worker whose \/healthz has gone unanswered for 20 s: waiting for that/);
+    expect(r.stdout).toMatch(/no embed worker of \S+ is live: its worker \S+ last beat \d+ s ago \(stopped, hung, or cut off from Redis\?\); up, which watches it, restarts a worker whose \/healthz has gone unanswered for 30 s: waiting for that/);
     expect(r.stdout).toMatch(/dataset restarted-embed: 4 images, 4 embedded/);
     expect(stack.supervisor.pids()['embed#1']).not.toBe(stopped);
   }, 180_000);

@@ -35,7 +35,8 @@ export function machine(): SuiteResult['machine'] {
 export function withRatios(rows: Row[]): Row[] {
   return rows.map((r) => {
     const ceiling = r.vs ? rows.find((c) => c.name === r.vs) : undefined;
-    return ceiling && ceiling.value > 0 ? { ...r, ratio: r.value / ceiling.value } : r;
+    // (a row may give its own ratio: the median of paired rounds, say, not the ratio of medians)
+    return ceiling && ceiling.value > 0 ? { ...r, ratio: r.ratio ?? r.value / ceiling.value } : r;
   });
 }
 

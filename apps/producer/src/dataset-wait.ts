@@ -1,7 +1,6 @@
-import { couldNotStart, isRedisUnavailable, jobLock, relistCommand, redactUrl, sleep, unlockedActiveJobs, type DatasetStatus } from '@transferline/shared';
+import { couldNotStart, isRedisUnavailable, jobLock, relistCommand, redactUrl, sleep, unlockedActiveJobs, upRestartWindowMs, type DatasetStatus } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from './cli-context.js';
-import { livenessProbeTiming } from './embedded/supervisor.js';
 import { CliExit, EXIT } from './exit-codes.js';
 import { createProgress } from './progress.js';
 
@@ -61,6 +60,7 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
   let hinted = '';
   // since when each stage's connected workers have been seen moving nothing, in the same state (movesNothing)
   const hungSince: HungSince = new Map();
+  const restarts: HungWatch['restarts'] = new Map();
 
   /** One look at the dataset: its status when the wait is over, undefined to go on waiting. */
   const look = async (): Promise<DatasetStatus | undefined> => {
@@ -80,8 +80,9 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
       lastDone = done;
       lastChange = Date.now();
       hungSince.clear();
+      restarts.clear();
     } else if (Date.now() - lastChange > o.stallSeconds * 1000) {
-      const { why, note } = await whyStalled(ctx, s, o.space, { since: hungSince, atLeastMs: o.stallSeconds * 1000 });
+      const { why, note } = await whyStalled(ctx, s, o.space, { since: hungSince, atLeastMs: o.stallSeconds * 1000, restarts });
       if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
       // said once, and again when it is something else (an embed worker loading, then busy); not
       // for its figures alone
@@ -131,7 +132,7 @@ export function pollDelayMs(total: number, tookMs: number): number {
 async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string, hung: HungWatch): Promise<{ why?: string; note?: string }> {
   const stages = [
     await stageBlocked(ctx, 'preprocess', s.pendingByStage.preprocess, ctx.queues.preprocess, () => ctx.queues.preprocess.getWorkersCount(), 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)', hung),
-    await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), () => noEmbedWorker(ctx, space), hung),
+    await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), () => noEmbedWorker(ctx, space, hung), hung),
   ];
   const reasons = stages.filter((r): r is string => typeof r === 'string');
   if (s.orphaned > 0 && s.pending === 0) {
@@ -153,7 +154,7 @@ async function stageBlocked(
   waiting: number,
   queue: Pick<Queue, 'name' | 'isPaused' | 'keys' | 'toKey' | 'getJob' | 'getJobCounts' | 'getWorkers'>,
   workers: () => Promise<number>,
-  none: string | (() => Promise<string | UpRestartNote>),
+  none: string | (() => Promise<NoWorker>),
   hung: HungWatch,
 ): Promise<string | { note: string } | undefined> {
   if (waiting === 0) {
@@ -164,17 +165,16 @@ async function stageBlocked(
   if (await queue.isPaused()) return `${what} the ${queue.name} queue is paused (resume it: the console's queue board)`;
   const live = await workers();
   if (live === 0) {
-    const why = typeof none === 'string' ? none : await none();
-    if (typeof why === 'object') {
-      if (why.restartUntil !== undefined) hung.since.set(stage, { state: 'restarting', at: Date.now(), restartUntil: why.restartUntil });
-      return { note: why.note };
+    const why = typeof none === 'string' ? { gone: none } : await none();
+    if (typeof why === 'string') return `${what} ${why}`;
+    if ('note' in why) return { note: why.note };
+    // none at all, after a hung worker `up` watches was waited for: killed, and starting again
+    // (while its record stays: one that stopped cleanly, `up` stopping, removed it)
+    const granted = hung.restarts.get(stage);
+    if (granted && Date.now() < granted.until && (await ctx.services.supervised.hangMsOf(granted.workers).catch(() => undefined)) !== undefined) {
+      return { note: `${what} their hung worker is being started again by up (none connected meanwhile): waiting for it (for ${Math.ceil((granted.until - Date.now()) / 1000)} s more at most)` };
     }
-    // the hung worker `up` was waited for is gone: killed, and about to start again
-    const restartUntil = hung.since.get(stage)?.restartUntil;
-    if (restartUntil !== undefined && Date.now() < restartUntil) {
-      return { note: `${what} their hung worker is being started again by up (none connected meanwhile): waiting for it (for ${Math.ceil((restartUntil - Date.now()) / 1000)} s more at most)` };
-    }
-    return `${what} ${why}`;
+    return `${what} ${why.gone}`;
   }
   const paused = await allPaused(ctx, queue.name, live);
   if (paused) return `${what} ${paused}`;
@@ -192,48 +192,46 @@ async function stageBlocked(
   hung.since.set(stage, { state: found.state, at: since });
   const hungMs = Date.now() - since;
   if (hungMs < Math.max(2 * jobLock(stage, ctx.config).stalledIntervalMs, hung.atLeastMs)) return undefined;
-  // Workers `up` watches are restarted once their /healthz has gone unanswered for its hang time
-  // (asked every probe period), and the new one takes their jobs up: that is waited for, from
-  // when this wait saw them hang (they hung earlier), not told to the user to do.
-  const restart = await upRestart(ctx, found.workers, hungMs);
-  if (restart) {
-    hung.since.set(stage, { state: found.state, at: since, restartUntil: restart.until });
-    return { note: `${what} ${found.symptom}; ${restart.words}` };
-  }
-  return `${what} ${found.message}`;
+  // Workers `up` watches are restarted once their /healthz has gone unanswered for its hang time,
+  // and the new one takes their jobs up: that is waited for, from when this wait saw them hang
+  // (they hung earlier), not told to the user to do.
+  const restart = await upRestart(ctx, stage, found.workers, hungMs, hung);
+  if (restart.words) return { note: `${what} ${found.symptom}; ${restart.words}` };
+  return `${what} ${found.message}${restart.expired ?? ''}`;
 }
-
-/** A note of the wait, and until when (ms since the epoch) a worker `up` restarts is waited for. */
-interface UpRestartNote {
-  note: string;
-  restartUntil?: number;
-}
-
-/** Time for a worker `up` restarted to start and take up the jobs its hung predecessor held. */
-const UP_RESTART_GRACE_MS = 60_000;
 
 /**
- * When every one of `workers` (hung for about `hungMs`) is watched by `up`: until when its
- * restart is waited for (its hang time, a probe period and UP_RESTART_GRACE_MS from when it hung),
- * and the words that say so; undefined when one is not watched, or the time is up.
+ * Why a stage has no worker, as `stageBlocked` is told: a reason to give up (a string), one that
+ * a restart by `up` waited for may cover (`gone`: none at all), or a note of what the wait waits for.
  */
-async function upRestart(ctx: CliContext, workers: string[], hungMs: number): Promise<{ until: number; words: string } | undefined> {
+type NoWorker = string | { gone: string } | { note: string };
+
+/**
+ * When every one of `workers` (hung for about `hungMs`) is watched by `up`: the words that say the
+ * wait waits for `up` to replace them, until upRestartWindowMs from when they hung. One window per
+ * stall of a stage (kept in `hung` until something moves): a replacement that hangs again is not
+ * given another. `expired`: what to add to the reason to give up once that window has passed.
+ */
+async function upRestart(ctx: CliContext, stage: string, workers: string[], hungMs: number, hung: HungWatch): Promise<{ words?: string; expired?: string }> {
+  const words = (w: { until: number; hangMs: number; workers: string[] }) =>
+    `up, which watches ${w.workers.length === 1 ? 'it' : 'them'}, restarts a worker whose /healthz has gone unanswered for ${Math.round(w.hangMs / 1000)} s: waiting for that (for ${Math.ceil((w.until - Date.now()) / 1000)} s more at most)`;
+  const granted = hung.restarts.get(stage);
+  if (granted) return Date.now() < granted.until ? { words: words(granted) } : { expired: ` (up, which watches ${granted.workers.length === 1 ? 'it' : 'them'}, has not replaced ${granted.workers.length === 1 ? 'it' : 'them'} in ${Math.round(upRestartWindowMs(granted.hangMs) / 1000)} s)` };
   const upHangMs = await ctx.services.supervised.hangMsOf(workers).catch(() => undefined);
-  if (upHangMs === undefined) return undefined;
-  const limitMs = upHangMs + livenessProbeTiming(upHangMs).periodMs + UP_RESTART_GRACE_MS;
-  if (hungMs >= limitMs) return undefined;
-  return {
-    until: Date.now() + limitMs - hungMs,
-    words: `up, which watches ${workers.length === 1 ? 'it' : 'them'}, restarts a worker whose /healthz has gone unanswered for ${Math.round(upHangMs / 1000)} s: waiting for that (for ${Math.ceil((limitMs - hungMs) / 1000)} s more at most)`,
-  };
+  if (upHangMs === undefined || hungMs >= upRestartWindowMs(upHangMs)) return {};
+  const w = { until: Date.now() + upRestartWindowMs(upHangMs) - hungMs, hangMs: upHangMs, workers };
+  hung.restarts.set(stage, w);
+  return { words: words(w) };
 }
 
 /** Since when each stage's connected workers have been seen moving nothing, and in which state. */
-type HungSince = Map<string, { state: string; at: number; restartUntil?: number }>;
+type HungSince = Map<string, { state: string; at: number }>;
 /** What the dataset wait keeps for movesNothing: HungSince, and the least time a state must last. */
 interface HungWatch {
   since: HungSince;
   atLeastMs: number;
+  /** the window given to `up` to replace a stage's hung workers, until something moves (upRestart) */
+  restarts: Map<string, { until: number; hangMs: number; workers: string[] }>;
 }
 
 /** What restarts a hung worker under `up`: said where one may be hung. */
@@ -279,7 +277,7 @@ export const EMBED_START_LIMIT_MS = 10 * 60_000;
  * registry keeps a silent worker four TTLs); or, while one is loading its model, a note that the
  * wait is for it (not a reason to give up, until it has loaded for EMBED_START_LIMIT_MS).
  */
-async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | UpRestartNote> {
+async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): Promise<NoWorker> {
   const none = `no embed worker of ${space} is live`;
   const starting = await ctx.services.spaces.startingWorkers(space).catch(() => []);
   // (the latest to start first: one started since, by the advice below, is waited for)
@@ -290,7 +288,7 @@ async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | U
     return `${none}: ${it}, more than the ${EMBED_START_LIMIT_MS / 60_000} minutes a load takes (stuck? see its log); restart it, or start another`;
   }
   const [last] = await ctx.services.spaces.silentWorkers(space).catch(() => []);
-  if (!last) return `${none} (start one with that space's settings)`;
+  if (!last) return { gone: `${none} (start one with that space's settings)` };
   // silent while loading: a build of the model can hold its beat (a busy machine); waited for as
   // long as the registry names a silent worker (four TTLs), then given up as gone
   const ago = Math.round(last.silentMs / 1000);
@@ -300,9 +298,9 @@ async function noEmbedWorker(ctx: CliContext, space: string): Promise<string | U
   }
   const silent = `its worker ${last.worker.workerId} last beat ${ago} s ago (stopped, hung, or cut off from Redis?)`;
   // (it hung about when it last beat)
-  const restart = await upRestart(ctx, [last.worker.workerId], last.silentMs);
-  if (restart) return { note: `${none}: ${silent}; ${restart.words}`, restartUntil: restart.until };
-  return `${none}: ${silent}; restart it, or start one with that space's settings (${RESTARTED_BY})`;
+  const restart = await upRestart(ctx, 'embed', [last.worker.workerId], last.silentMs, hung);
+  if (restart.words) return { note: `${none}: ${silent}; ${restart.words}` };
+  return `${none}: ${silent}; restart it, or start one with that space's settings (${RESTARTED_BY})${restart.expired ?? ''}`;
 }
 
 /**

@@ -245,13 +245,16 @@ export interface WorkerSettings<N extends JobName> {
   failureReasons?: readonly string[];
 }
 
-/** BullMQ's words for a job this worker no longer holds (its lock ran out, or another worker's is there). */
-const LOST_JOB = /^(?:Missing lock for job (\S+)\.|Lock mismatch for job (\S+)\.|could not renew lock for job (\S+)$|Job (\S+) is not in the active state\.)/;
+/**
+ * BullMQ's words for a job this worker no longer holds: its lock ran out, another worker's is
+ * there, or the job is gone (run again elsewhere and removed on completion).
+ */
+const LOST_JOB = /^(?:Missing lock for job (\S+)\.|Lock mismatch for job (\S+)\.|could not renew lock for job (\S+)$|Job (\S+) is not in the active state\.|Missing key for job (\S+)\.)/;
 
 /** The id of the job BullMQ says this worker no longer holds, if `err` says that. */
 export function lostJobOf(err: Error): string | undefined {
   const m = LOST_JOB.exec(err.message);
-  return m ? (m[1] ?? m[2] ?? m[3] ?? m[4]) : undefined;
+  return m ? m.slice(1).find((id) => id !== undefined) : undefined;
 }
 
 /**
@@ -283,7 +286,7 @@ export class LostJobs {
     }
     this.log.warn(
       { jobId, lockMs: this.lockMs },
-      `this worker no longer holds job ${jobId}: it was stopped, hung or cut off from Redis for longer than the job's lock (${this.lockMs / 1000} s), so the job went back to its queue and runs again; what this worker did with it is dropped`,
+      `this worker no longer holds job ${jobId}: it was stopped, hung or cut off from Redis for longer than the job's lock (${this.lockMs / 1000} s), so the job went back to its queue to run again (a job that stalls twice fails as stalled) or has run elsewhere already; its outcome here is not recorded (what it wrote is written again the same way: jobs may run twice)`,
     );
     this.arm();
   }
@@ -297,7 +300,7 @@ export class LostJobs {
       this.known.clear();
       return;
     }
-    this.log.warn({ jobs: n, examples: this.uncounted.slice(0, 3) }, `${n} more job${n > 1 ? 's' : ''} this worker held went back to the queue (their locks ran out, as above) and run${n > 1 ? '' : 's'} again`);
+    this.log.warn({ jobs: n, examples: this.uncounted.slice(0, 3) }, `${n} more job${n > 1 ? 's' : ''} this worker held went back to the queue (their locks ran out, as above)`);
     this.uncounted = [];
     if (!closing) this.arm();
   }

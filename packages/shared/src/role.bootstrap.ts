@@ -32,6 +32,8 @@ export interface StartingRole {
 
 /** Longest the undo of a stop during start may take before the process exits anyway (a Redis that is down). */
 const EARLY_UNDO_MS = 2_000;
+/** Longest the stop of a role that finished starting after a stop was asked may take. */
+const STOP_WHILE_STARTING_MS = 30_000;
 
 /**
  * The life of a worker process, the same for every role: config parsed once → logger → the
@@ -45,11 +47,13 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
   // signal does not wait for it.
   const undo: (() => Promise<unknown>)[] = [];
   let leaving = false;
+  let started = false;
   const early = () => {
     if (leaving) process.exit(130);
     leaving = true;
     const bound = new Promise((r) => setTimeout(r, EARLY_UNDO_MS).unref());
-    void Promise.race([Promise.allSettled(undo.map((f) => f())), bound]).finally(() => process.exit(0));
+    // (a role that finished starting meanwhile is stopped as a stop would, below)
+    void Promise.race([Promise.allSettled(undo.map((f) => f())), bound]).finally(() => started || process.exit(0));
   };
   // (under up, the terminal's Ctrl-C is up's to handle: see stopSignals)
   for (const signal of stopSignals()) process.on(signal, early);
@@ -73,20 +77,30 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
       await server.close();
       throw err;
     }
+    started = true;
+    if (leaving) {
+      // stopped while it started, and it finished starting before it could exit: its workers may
+      // hold jobs already, put back as any stop puts them back
+      log.info('stopped while starting: stopping');
+      setTimeout(() => process.exit(0), STOP_WHILE_STARTING_MS).unref();
+      await running.stop().catch((err: unknown) => log.warn({ err }, 'stop failed'));
+      await server.close();
+      process.exit(0);
+    }
     process.off('SIGINT', early).off('SIGTERM', early).off('disconnect', early);
-    const started = running;
+    const ready = running;
     // watched by `up`: said in Redis, so a command waiting on this worker while it hangs gives
     // `up` the time to restart it
-    const unmark = config.supervisorHangMs > 0 && started.redis ? new SupervisedWorkers(started.redis, redisKeys(config.redis.prefix)).mark(config.supervisorHangMs, (err) => log.debug({ err }, 'supervision not recorded')) : undefined;
+    const unmark = config.supervisorHangMs > 0 && ready.redis ? new SupervisedWorkers(ready.redis, redisKeys(config.redis.prefix)).mark(config.supervisorHangMs, (err) => log.debug({ err }, 'supervision not recorded')) : undefined;
     runUntilSignal(log, async () => {
       // Without Redis no job in hand can be completed or put back: waiting out the stop
       // deadline would only delay the exit. Their locks expire and they run again elsewhere.
-      if (started.redis && started.redis.status !== 'ready') {
-        log.warn({ redis: started.redis.status }, 'Redis is unreachable: nothing in hand can finish, exiting now; jobs in hand run again elsewhere');
+      if (ready.redis && ready.redis.status !== 'ready') {
+        log.warn({ redis: ready.redis.status }, 'Redis is unreachable: nothing in hand can finish, exiting now; jobs in hand run again elsewhere');
         return;
       }
       await unmark?.();
-      await started.stop();
+      await ready.stop();
       await server.close();
     });
   };

@@ -9,6 +9,29 @@ export interface SupervisedWorker {
   hangMs: number;
 }
 
+/**
+ * How often a liveness URL is asked, and how long an answer may take, for a process declared
+ * hung after `hangMs` without a 200: the Kubernetes manifests' livenessProbe (every 20 s, 5 s
+ * timeout, 3 failures) for the default 60 s, proportionally less for a shorter one.
+ */
+export function livenessProbeTiming(hangMs: number): { periodMs: number; timeoutMs: number } {
+  const periodMs = Math.min(20_000, Math.floor(hangMs / 3));
+  return { periodMs, timeoutMs: Math.min(5_000, periodMs) };
+}
+
+/** Time for a worker `up` restarted to start and take up the jobs its hung predecessor held. */
+const RESTART_GRACE_MS = 60_000;
+
+/**
+ * How long after a watched worker hung `up` has replaced it, at the latest: the hang time, a probe
+ * period and a probe's timeout (it is killed at the first failed probe past the hang time), and
+ * time for the new one to start and take the jobs up.
+ */
+export function upRestartWindowMs(hangMs: number): number {
+  const { periodMs, timeoutMs } = livenessProbeTiming(hangMs);
+  return hangMs + periodMs + timeoutMs + RESTART_GRACE_MS;
+}
+
 /** How often the record is written again; it lasts its hang time and this margin past the last write. */
 const REFRESH_MS = 30_000;
 const MARGIN_MS = 3 * 60_000;

@@ -3,6 +3,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { livenessProbeTiming } from '@transferline/shared';
 import { reachableHost } from '../loopback-host.js';
 
 const appsDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -60,16 +61,6 @@ export interface ProcessSpec {
    * `hangMs` (a function: read at each probe, for a port known once the process listens)
    */
   liveness?: { url: string | (() => string); hangMs: number };
-}
-
-/**
- * How often a liveness URL is asked, and how long an answer may take, for a process declared
- * hung after `hangMs` without a 200: the Kubernetes manifests' livenessProbe (every 20 s, 5 s
- * timeout, 3 failures) for the default 60 s, proportionally less for a shorter one.
- */
-export function livenessProbeTiming(hangMs: number): { periodMs: number; timeoutMs: number } {
-  const periodMs = Math.min(20_000, Math.floor(hangMs / 3));
-  return { periodMs, timeoutMs: Math.min(5_000, periodMs) };
 }
 
 /** How long a process told to stop (SIGTERM) has before it is killed. */

@@ -32,6 +32,9 @@ export async function startTempStack(extraEnv: NodeJS.ProcessEnv = {}, replicas:
     TL_QUEUE_PREFIX: `t${id}`,
     TL_BUCKET: `tl-${id}`,
     TL_LOG_LEVEL: 'info',
+    // Not watched for hangs unless asked (up-liveness, up-hang-wait): a test that stops a worker
+    // means it to stay stopped, and a wait would otherwise wait for the restart up makes.
+    TL_UP_HANG_SECONDS: '0',
     ...extraEnv,
   };
   const ports = { producer: await freePort(), preprocess: 0, embed: 0, train: 0 };
