@@ -1,18 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
-import { runCli, stackForFile, until } from './support/stack.js';
+import { healthz, runCli, stackForFile, until } from './support/stack.js';
 
 // A stack as `up` runs it, watching its workers' /healthz (30 s here, asked every 10 s; 60 by
 // default), with short job locks so a waiting command finds a hang within seconds. (30 s is well
 // past an embed worker's heartbeat TTL, 15 s, as the default is: its beat goes silent, and a wait
 // looks, before up acts: at least 25 s after the freeze, two failed probes past 30 s without an answer.)
 const file = stackForFile({ TL_UP_HANG_SECONDS: '30', TL_JOB_LOCK_MS: '2000', TL_MODEL_WEIGHTS: 'random' }, { preprocess: 1, embed: 1, train: 0 });
-
-const healthz = (port: number) =>
-  fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) }).then(
-    (res) => res.ok,
-    () => false,
-  );
 
 /** Stops a worker of the stack (SIGSTOP: connected, answering nothing) once up's watch has seen it answer; its pid. */
 async function freeze(role: 'preprocess' | 'embed'): Promise<number> {

@@ -1,15 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { NO_WORKERS, stackForFile, until } from './support/stack.js';
+import { healthz, NO_WORKERS, stackForFile, until } from './support/stack.js';
 
 // up's liveness watch, with a short hang time (the default is 60 s, as in the k8s manifests)
 const file = stackForFile({ TL_UP_HANG_SECONDS: '6' }, { ...NO_WORKERS, preprocess: 2 });
-
-const healthz = (port: number) =>
-  fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) }).then(
-    (res) => res.ok,
-    () => false,
-  );
 
 /** The state letter of /proc/PID/stat (R, S, T for stopped…), or `gone`. */
 function processState(pid: number): string {

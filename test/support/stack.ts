@@ -192,3 +192,10 @@ export async function freeRun(n: number): Promise<number> {
   }
   throw new Error(`no run of ${n} free ports between 20000 and 32000`);
 }
+
+/** Whether a worker's /healthz on `port` answers 200 within a second. */
+export const healthz = (port: number): Promise<boolean> =>
+  fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) }).then(
+    (res) => res.ok,
+    () => false,
+  );

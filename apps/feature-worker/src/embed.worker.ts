@@ -10,6 +10,7 @@ import {
   exportQueueDepths,
   jobIds,
   resolveWeights,
+  settledWithin,
   spaceFromConfig,
   startWorker,
   workersAlive,
@@ -126,13 +127,11 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
     exportQueueDepths(metrics, async () => [queues.embed(space.id)]);
     await heartbeat.ready(rt.backend);
     log.info({ embedderId: space.id, backend: rt.backend, batchSize: config.embed.batchSize, workerId: heartbeat.workerId }, 'worker started');
-    let closing = false;
     return {
       metrics,
       redis: services.redis,
-      healthy: () => !closing && workersAlive([worker], [s3]),
+      healthy: () => workersAlive([worker], [s3]),
       stop: async () => {
-        closing = true;
         await heartbeat.stop().catch(() => {});
         s3.close();
         await worker.close();
@@ -146,7 +145,7 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
     // not a worker on its way any more: said at once, with why, to whoever waits on the space
     // (a Redis that is down is not waited for: the beat then goes stale)
     const why = String((err as Error | undefined)?.message ?? err).split('\n')[0]!.slice(0, 500);
-    await Promise.race([heartbeat.failed(why).catch(() => {}), new Promise((r) => setTimeout(r, 2_000).unref())]);
+    await settledWithin(2_000, heartbeat.failed(why));
     throw err;
   }
 }

@@ -88,13 +88,11 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     },
     'worker started',
   );
-  let closing = false;
   return {
     metrics,
     redis: services.redis,
-    healthy: () => !closing && workersAlive([worker], [s3]),
+    healthy: () => workersAlive([worker], [s3]),
     stop: async () => {
-      closing = true;
       // Jobs held by backpressure are put back first (no attempt spent), so close() can finish.
       gate.close();
       s3.close();

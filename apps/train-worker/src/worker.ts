@@ -40,13 +40,11 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   });
   const classifyHandler: Handler<'classify'> = (payload, ctx) => classifyImages(payload, { tf: rt.tf, services, bucket: config.s3.bucket }, ctx);
   const classifier = startWorker('classify', classifyHandler, { ...settings, failureReasons: CLASSIFY_FAILURE_REASONS });
-  let closing = false;
   return {
     metrics,
     redis: services.redis,
-    healthy: () => !closing && workersAlive([worker, classifier], [s3]),
+    healthy: () => workersAlive([worker, classifier], [s3]),
     stop: async () => {
-      closing = true;
       s3.close();
       await Promise.all([worker.close(), classifier.close()]);
       await queues.close();

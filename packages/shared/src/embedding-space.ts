@@ -307,10 +307,9 @@ export class SpaceRegistry {
     // nothing is written once it stops, and a beat on its way lands before the record goes
     let stopped = false;
     let inflight: Promise<unknown> = Promise.resolve();
-    const beatOnce = beat;
     const guarded = () => {
       if (stopped) return Promise.resolve(0);
-      const p = beatOnce();
+      const p = beat();
       inflight = p.catch(() => undefined);
       return p;
     };

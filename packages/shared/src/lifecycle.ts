@@ -84,3 +84,15 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     signal?.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
   });
 }
+
+/**
+ * Waits for `work` to settle, but at most `ms` (its error, or its lateness, ignored): a write
+ * worth making on the way out that a Redis or S3 that is down must not hold up. The timer does
+ * not keep the process alive.
+ */
+export async function settledWithin(ms: number, work: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)).unref());
+  await Promise.race([work.then(() => undefined, () => undefined), late]);
+  clearTimeout(timer);
+}

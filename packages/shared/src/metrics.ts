@@ -2,6 +2,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Queue } from 'bullmq';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { settledWithin } from './lifecycle.js';
 
 /**
  * Every metric transferline exports, defined once. Labels are bounded sets only (queue, stage,
@@ -118,9 +119,7 @@ export function exportQueueDepths(
       o.also?.(),
     ]);
   };
-  metrics.setQueueDepthSource(() =>
-    Promise.race([collect().catch(() => undefined), new Promise<void>((r) => setTimeout(r, timeoutMs).unref())]),
-  );
+  metrics.setQueueDepthSource(() => settledWithin(timeoutMs, collect()));
 }
 /**
  * The metrics of `transferline serve`. `label` is a class of the served model (a bounded set:

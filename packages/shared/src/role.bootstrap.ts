@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { loadConfig, type Config } from './config.js';
-import { runUntilSignal, stopSignals } from './lifecycle.js';
+import { runUntilSignal, settledWithin, stopSignals } from './lifecycle.js';
 import { redisKeys } from './keys.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, startingMetrics, type Metrics } from './metrics.js';
@@ -51,9 +51,8 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
   const early = () => {
     if (leaving) process.exit(130);
     leaving = true;
-    const bound = new Promise((r) => setTimeout(r, EARLY_UNDO_MS).unref());
     // (a role that finished starting meanwhile is stopped as a stop would, below)
-    void Promise.race([Promise.allSettled(undo.map((f) => f())), bound]).finally(() => started || process.exit(0));
+    void settledWithin(EARLY_UNDO_MS, Promise.allSettled(undo.map((f) => f()))).then(() => started || process.exit(0));
   };
   // (under up, the terminal's Ctrl-C is up's to handle: see stopSignals)
   for (const signal of stopSignals()) process.on(signal, early);
@@ -69,7 +68,10 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
     // would leave them to be found stalled). /healthz says 503 until the role has started, and
     // /metrics `tl_role_ready 0`.
     let running: RunningRole | undefined;
-    const server = await startMetricsServer(() => running?.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], () => running?.healthy() ?? false, startingMetrics(role));
+    // (unhealthy from the moment it stops: a probe does not take a worker on its way out for one at work)
+    let stopping = false;
+    const healthy = () => !stopping && (running?.healthy() ?? false);
+    const server = await startMetricsServer(() => running?.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], healthy, startingMetrics(role));
     log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
     try {
       running = await start(config, log, { onEarlyStop: (f) => void undo.push(f) });
@@ -82,6 +84,7 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
       // stopped while it started, and it finished starting before it could exit: its workers may
       // hold jobs already, put back as any stop puts them back
       log.info('stopped while starting: stopping');
+      stopping = true;
       setTimeout(() => process.exit(0), STOP_WHILE_STARTING_MS).unref();
       await running.stop().catch((err: unknown) => log.warn({ err }, 'stop failed'));
       await server.close();
@@ -93,6 +96,7 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
     // `up` the time to restart it
     const unmark = config.supervisorHangMs > 0 && ready.redis ? new SupervisedWorkers(ready.redis, redisKeys(config.redis.prefix)).mark(config.supervisorHangMs, (err) => log.debug({ err }, 'supervision not recorded')) : undefined;
     runUntilSignal(log, async () => {
+      stopping = true;
       // Without Redis no job in hand can be completed or put back: waiting out the stop
       // deadline would only delay the exit. Their locks expire and they run again elsewhere.
       if (ready.redis && ready.redis.status !== 'ready') {

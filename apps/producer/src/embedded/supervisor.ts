@@ -58,9 +58,9 @@ export interface ProcessSpec {
   onExit?: (code: number | null, signal: NodeJS.Signals | null) => boolean | void;
   /**
    * killed and restarted when this URL, having answered 200 once, has not answered 200 for
-   * `hangMs` (a function: read at each probe, for a port known once the process listens)
+   * `hangMs` (read at each probe: a port may be known only once the process listens)
    */
-  liveness?: { url: string | (() => string); hangMs: number };
+  liveness?: { url: () => string; hangMs: number };
 }
 
 /** How long a process told to stop (SIGTERM) has before it is killed. */
@@ -141,8 +141,8 @@ export class SupervisedProcess {
    * on the monotonic clock, and it takes two failed probes in a row, so neither a suspended
    * laptop nor one slow answer counts as a hang.
    */
-  private watchLiveness(child: ChildProcess, liveness: { url: string | (() => string); hangMs: number }): () => void {
-    const url = () => (typeof liveness.url === 'string' ? liveness.url : liveness.url());
+  private watchLiveness(child: ChildProcess, liveness: { url: () => string; hangMs: number }): () => void {
+    const { url } = liveness;
     const { periodMs, timeoutMs } = livenessProbeTiming(liveness.hangMs);
     let answeredAt: number | undefined;
     let failures = 0;
@@ -235,7 +235,7 @@ export class Supervisor {
             // The SDK's notice that its 2027 releases need Node 22 would repeat in every worker log.
             // (the hang time it is watched with, which it records for commands waiting on it)
             env: () => ({ AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...s.env, TL_METRICS_PORT: String(s.metricsPort), TL_SUPERVISOR_HANG_MS: String(watched ? this.liveness.hangMs : 0) }),
-            liveness: watched ? { url: `http://${reachableHost(this.liveness.metricsHost)}:${s.metricsPort}/healthz`, hangMs: this.liveness.hangMs } : undefined,
+            liveness: watched ? { url: () => `http://${reachableHost(this.liveness.metricsHost)}:${s.metricsPort}/healthz`, hangMs: this.liveness.hangMs } : undefined,
           },
           this.onEvent,
         ),
