@@ -44,7 +44,7 @@ export function stopSignals(): NodeJS.Signals[] {
  * STOP_DEADLINE_MS (its jobs are found stalled and run again elsewhere). A process started with
  * an IPC channel (by `up`) does the same when its parent goes away, or is already gone.
  */
-export function runUntilSignal(log: Logger, stop: () => Promise<void>): void {
+export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhileStarting?: StopAsked): void {
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals, deadlineMs = STOP_DEADLINE_MS) => {
     if (stopping) {
@@ -70,11 +70,15 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>): void {
   };
   for (const signal of stopSignals()) process.on(signal, () => onSignal(signal));
   // Started by `up` with an IPC channel: when `up` is gone (even SIGKILLed), so are we.
-  if (process.send) {
-    process.on('disconnect', () => onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS));
-    if (!process.connected) onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS);
-  }
+  if (process.send) process.on('disconnect', () => onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS));
+  // a stop asked while the role started, which finished starting before it could exit: the same
+  // stop, with the same deadline (an orphan's is short: its Redis and S3 are going)
+  if (askedWhileStarting === 'orphaned' || (process.send && !process.connected)) onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS);
+  else if (askedWhileStarting) onSignal(askedWhileStarting);
 }
+
+/** What stopped a process before it was ready to stop as runUntilSignal does: a signal, or its parent (`up`) going away. */
+export type StopAsked = NodeJS.Signals | 'orphaned';
 
 /** Waits `ms`, or less if `signal` aborts first (watch loops that Ctrl-C must end promptly). */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { loadConfig, type Config } from './config.js';
-import { runUntilSignal, settledWithin, stopSignals } from './lifecycle.js';
+import { runUntilSignal, settledWithin, stopSignals, type StopAsked } from './lifecycle.js';
 import { redisKeys } from './keys.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, startingMetrics, type Metrics } from './metrics.js';
@@ -32,8 +32,6 @@ export interface StartingRole {
 
 /** Longest the undo of a stop during start may take before the process exits anyway (a Redis that is down). */
 const EARLY_UNDO_MS = 2_000;
-/** Longest the stop of a role that finished starting after a stop was asked may take. */
-const STOP_WHILE_STARTING_MS = 30_000;
 
 /**
  * The life of a worker process, the same for every role: config parsed once → logger → the
@@ -46,20 +44,22 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
   // orphan that outlives `up`. What the role asked to undo is undone first (bounded); a second
   // signal does not wait for it.
   const undo: (() => Promise<unknown>)[] = [];
-  let leaving = false;
+  let leaving: StopAsked | undefined;
   let started = false;
-  const early = () => {
+  const early = (why: StopAsked) => {
     if (leaving) process.exit(130);
-    leaving = true;
-    // (a role that finished starting meanwhile is stopped as a stop would, below)
+    leaving = why;
+    // (a role that finished starting meanwhile is stopped as any stop would, below)
     void settledWithin(EARLY_UNDO_MS, Promise.allSettled(undo.map((f) => f()))).then(() => started || process.exit(0));
   };
+  const onOrphaned = () => early('orphaned');
   // (under up, the terminal's Ctrl-C is up's to handle: see stopSignals)
-  for (const signal of stopSignals()) process.on(signal, early);
+  const signals = stopSignals();
+  for (const signal of signals) process.on(signal, early);
   if (process.send) {
-    process.once('disconnect', early);
+    process.once('disconnect', onOrphaned);
     // gone while this process loaded its modules: the event was emitted before anyone listened
-    if (!process.connected) early();
+    if (!process.connected) onOrphaned();
   }
   const main = async () => {
     const config = loadConfig(process.env);
@@ -80,21 +80,15 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
       throw err;
     }
     started = true;
-    if (leaving) {
-      // stopped while it started, and it finished starting before it could exit: its workers may
-      // hold jobs already, put back as any stop puts them back
-      log.info('stopped while starting: stopping');
-      stopping = true;
-      setTimeout(() => process.exit(0), STOP_WHILE_STARTING_MS).unref();
-      await running.stop().catch((err: unknown) => log.warn({ err }, 'stop failed'));
-      await server.close();
-      process.exit(0);
-    }
-    process.off('SIGINT', early).off('SIGTERM', early).off('disconnect', early);
+    for (const signal of signals) process.off(signal, early);
+    process.off('disconnect', onOrphaned);
     const ready = running;
     // watched by `up`: said in Redis, so a command waiting on this worker while it hangs gives
     // `up` the time to restart it
-    const unmark = config.supervisorHangMs > 0 && ready.redis ? new SupervisedWorkers(ready.redis, redisKeys(config.redis.prefix)).mark(config.supervisorHangMs, (err) => log.debug({ err }, 'supervision not recorded')) : undefined;
+    const unmark = config.supervisorHangMs > 0 && ready.redis && !leaving ? new SupervisedWorkers(ready.redis, redisKeys(config.redis.prefix)).mark(config.supervisorHangMs, (err) => log.debug({ err }, 'supervision not recorded')) : undefined;
+    // (`leaving`: stopped while it started, and it finished starting before it could exit; its
+    // workers may hold jobs already, put back as any stop puts them back, within the same deadline)
+    if (leaving) log.info('stopped while starting: stopping');
     runUntilSignal(log, async () => {
       stopping = true;
       // Without Redis no job in hand can be completed or put back: waiting out the stop
@@ -106,7 +100,7 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
       await unmark?.();
       await ready.stop();
       await server.close();
-    });
+    }, leaving);
   };
   main().catch((err: unknown) => {
     process.stderr.write(`${role} worker: ${(err as Error).message}\n`);

@@ -1,0 +1,85 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { repoRoot } from './support/stack.js';
+import { guardLeaks } from './support/leak-guard.js';
+
+guardLeaks();
+
+/**
+ * A worker process (runRole) whose role finishes starting just after it was told to stop, and
+ * whose stop can then never finish (up was SIGKILLed: its Redis is going). Seen in CI as an
+ * embed worker left running 30 s after `up` was killed while its workers started.
+ */
+const script = (shared: string) =>
+  [
+    `import { runRole } from ${JSON.stringify(shared)};`,
+    `const until = (f) => new Promise((resolve) => { const t = setInterval(() => f() && (clearInterval(t), resolve()), 20); });`,
+    `runRole('embed', async (config, log, starting) => {`,
+    // the undo of a stop during start takes its time (a Redis that is going), and the role
+    // finishes starting meanwhile
+    `  starting.onEarlyStop(() => new Promise((resolve) => setTimeout(resolve, 1_000)));`,
+    `  process.stdout.write('starting\\n');`,
+    `  await until(() => process.env.STOP_BY === 'signal' ? globalThis.stopAsked : !process.connected);`,
+    `  await new Promise((resolve) => setTimeout(resolve, 200));`,
+    `  process.stdout.write('started\\n');`,
+    // its stop never finishes when up is gone: the jobs in hand cannot be put back without Redis
+    `  const stop = process.env.STOP_BY === 'signal' ? () => new Promise((resolve) => setTimeout(resolve, 300)) : () => new Promise(() => {});`,
+    `  return { metrics: { registry: undefined }, healthy: () => true, stop };`,
+    `});`,
+    `process.on('SIGTERM', () => (globalThis.stopAsked = true));`,
+  ].join('\n');
+
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const c of children.splice(0)) c.kill('SIGKILL');
+});
+
+function startWorker(stopBy: 'parent' | 'signal'): { child: ChildProcess; output: () => string; exited: Promise<{ code: number | null; afterMs: number }> } {
+  const shared = path.join(repoRoot, 'packages', 'shared', 'dist', 'index.js');
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script(shared)], {
+    env: { ...process.env, STOP_BY: stopBy, TL_METRICS_PORT: '0', TL_METRICS_HOST: '127.0.0.1', TL_LOG_LEVEL: 'info', TL_SUPERVISOR_HANG_MS: '0' },
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+  });
+  children.push(child);
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  let stoppedAt = 0;
+  const exited = new Promise<{ code: number | null; afterMs: number }>((resolve) =>
+    child.once('exit', (code) => resolve({ code, afterMs: Date.now() - stoppedAt })),
+  );
+  return {
+    child,
+    output: () => out,
+    exited: (async () => {
+      await new Promise<void>((resolve) => {
+        const t = setInterval(() => out.includes('starting') && (clearInterval(t), resolve()), 20);
+      });
+      stoppedAt = Date.now();
+      if (stopBy === 'parent') child.disconnect();
+      else child.kill('SIGTERM');
+      return exited;
+    })(),
+  };
+}
+
+describe('a worker stopped while it starts, whose role finishes starting before it could exit', () => {
+  it('exits within the deadline of a worker whose up is gone, not 30 s later', async () => {
+    const w = startWorker('parent');
+    const { afterMs } = await w.exited;
+    expect(w.output()).toContain('started');
+    // up gone: 5 s for the stop, as for a worker that had started (was 30 s, past the test's wait)
+    expect(afterMs, w.output()).toBeLessThan(15_000);
+    expect(w.output()).toMatch(/stopping took too long/);
+  }, 60_000);
+
+  it('on a signal, stops as any stop does: the role is stopped, and the process exits 0', async () => {
+    const w = startWorker('signal');
+    const { code } = await w.exited;
+    expect(code, w.output()).toBe(0);
+    expect(w.output()).toContain('started');
+    expect(w.output()).toMatch(/"signal":"SIGTERM","msg":"stopping: finishing the jobs in hand"/);
+    expect(w.output()).toMatch(/"msg":"stopped"/);
+  }, 60_000);
+});
