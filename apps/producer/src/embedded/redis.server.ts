@@ -1,4 +1,6 @@
 import { spawnSync } from 'node:child_process';
+import { randomInt } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import net from 'node:net';
 import { Redis } from '@transferline/shared';
@@ -28,14 +30,43 @@ export function findRedisServer(): string | undefined {
   return r.status === 0 ? 'redis-server' : undefined;
 }
 
-/** A free TCP port on loopback (for tests and port 0 requests). */
+/**
+ * A free TCP port on loopback, for a server that listens on it a little later and again on the
+ * same port after a crash (tests, benchmarks, a port 0 request). Drawn below the kernel's
+ * ephemeral range where it can: a port of that range (what port 0 gives) may meanwhile become
+ * the local port of any outgoing connection, a worker's to Redis, and the server's listen then
+ * fails with EADDRINUSE (seen in CI: the producer's metrics port of a test stack, taken while its
+ * workers connected).
+ */
 export async function freePort(): Promise<number> {
+  const low = ephemeralPortsFrom();
+  for (let i = 0; low > FIXED_PORTS_FROM && i < 50; i++) {
+    const port = FIXED_PORTS_FROM + randomInt(low - FIXED_PORTS_FROM);
+    if (await listens(port)) return port;
+  }
+  return listens(0);
+}
+
+/** Where ports picked by freePort start: above the well-known and most registered services' ports. */
+const FIXED_PORTS_FROM = 10_000;
+
+/** The first port the kernel hands out for outgoing connections and port 0 (Linux; elsewhere IANA's 49152). */
+function ephemeralPortsFrom(): number {
+  try {
+    return Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || 49_152;
+  } catch {
+    return 49_152;
+  }
+}
+
+/** The port a listen on `port` of loopback got (0: any), released again; 0 when it is taken. */
+function listens(port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
+    srv.once('error', (err: NodeJS.ErrnoException) => (port !== 0 && (err.code === 'EADDRINUSE' || err.code === 'EACCES') ? resolve(0) : reject(err)));
+    srv.listen(port, '127.0.0.1', () => {
+      const got = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(got));
     });
   });
 }

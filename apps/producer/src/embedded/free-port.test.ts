@@ -1,0 +1,26 @@
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { freePort } from './redis.server.js';
+
+describe('freePort', () => {
+  it('gives ports outside the range the kernel hands to outgoing connections, free to listen on', async () => {
+    const range = (() => {
+      try {
+        return readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+      } catch {
+        return undefined;
+      }
+    })();
+    const ports = await Promise.all(Array.from({ length: 20 }, () => freePort()));
+    for (const port of ports) {
+      // a port of that range may become a worker's local port to Redis before the server listens
+      if (range) expect(port < range[0]! || port > range[1]!, `port ${port} in ${range.join('-')}`).toBe(true);
+      await new Promise<void>((resolve, reject) => {
+        const srv = net.createServer().once('error', reject);
+        srv.listen(port, '127.0.0.1', () => srv.close(() => resolve()));
+      });
+    }
+    expect(new Set(ports).size).toBeGreaterThan(15);
+  });
+});
