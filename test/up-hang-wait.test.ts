@@ -1,19 +1,24 @@
 import { describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
+import { jobIds } from '../packages/shared/src/index.js';
 import { healthz, runCli, stackForFile, until } from './support/stack.js';
 
 // A stack as `up` runs it, watching its workers' /healthz (30 s here, asked every 10 s; 60 by
 // default), with short job locks so a waiting command finds a hang within seconds. (30 s is well
 // past an embed worker's heartbeat TTL, 15 s, as the default is: its beat goes silent, and a wait
 // looks, before up acts: at least 25 s after the freeze, two failed probes past 30 s without an answer.)
-const file = stackForFile({ TL_UP_HANG_SECONDS: '30', TL_JOB_LOCK_MS: '2000', TL_MODEL_WEIGHTS: 'random' }, { preprocess: 1, embed: 1, train: 0 });
+const file = stackForFile({ TL_UP_HANG_SECONDS: '30', TL_JOB_LOCK_MS: '2000', TL_TRAIN_JOB_LOCK_MS: '8000', TL_MODEL_WEIGHTS: 'random' }, { preprocess: 1, embed: 1, train: 1 });
 
-/** Stops a worker of the stack (SIGSTOP: connected, answering nothing) once up's watch has seen it answer; its pid. */
-async function freeze(role: 'preprocess' | 'embed'): Promise<number> {
+/**
+ * Stops a worker of the stack (SIGSTOP: connected, answering nothing) once up's watch has seen it
+ * answer, and `busy` has given it work; its pid.
+ */
+async function freeze(role: 'preprocess' | 'embed' | 'train', busy?: () => Promise<void>): Promise<number> {
   const { stack } = file;
   await until(`the ${role} worker to answer /healthz`, () => healthz(stack.workerPorts[`${role}#1`]!), 120);
   // up's watch starts once it has seen an answer (asked every 10 s here)
   await new Promise((r) => setTimeout(r, 10_500));
+  await busy?.();
   const pid = stack.supervisor.pids()[`${role}#1`]!;
   expect(stack.supervisor.signal(role, 1, 'SIGSTOP')).toBe(true);
   return pid;
@@ -59,4 +64,25 @@ describe('a worker that hangs under up while ingest waits on it', () => {
     expect(r.stdout).toMatch(/dataset restarted-embed: 4 images, 4 embedded/);
     expect(stack.supervisor.pids()['embed#1']).not.toBe(stopped);
   }, 180_000);
+
+  it('a training run whose train worker hangs is followed while up restarts it, and ends with its report, where train said to restart it', async () => {
+    const { stack, ctx } = file;
+    const runId = 'hung-under-up';
+    let holder: string | undefined;
+    const stopped = await freeze('train', async () => {
+      // (the first test's dataset: 12 images embedded)
+      expect((await runCli(['train', '-d', 'restarted', '--epochs', '3000', '--patience', '0', '--run-id', runId, '--no-wait'], stack.env)).code).toBe(0);
+      await until('the run to train', async () => {
+        const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
+        if (job?.processedBy && ((job.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 1) holder = job.processedBy;
+        return holder !== undefined;
+      }, 60, 50);
+    });
+    const r = await runCli(['train', '--follow', runId, '--stall-timeout', '3'], stack.env, 170_000, { merged: true });
+    expect(r.timedOut).toBe(false);
+    expect(r.code, r.stdout).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`run ${runId}: its train worker \\(${holder}\\) stopped renewing its lock \\(hung: [^)]*\\), and no other train worker is connected to take it up; up, which watches it, restarts a worker whose /healthz has gone unanswered for 30 s: waiting for that \\(for \\d+ s more at most\\)`));
+    expect(r.stdout).toMatch(new RegExp(`^run ${runId}: validation accuracy`, 'm'));
+    expect(stack.supervisor.pids()['train#1']).not.toBe(stopped);
+  }, 240_000);
 });

@@ -170,10 +170,8 @@ async function stageBlocked(
     if ('note' in why) return { note: why.note };
     // none at all, after a hung worker `up` watches was waited for: killed, and starting again
     // (while its record stays: one that stopped cleanly, `up` stopping, removed it)
-    const granted = hung.restarts.get(stage);
-    if (granted && Date.now() < granted.until && (await ctx.services.supervised.hangMsOf(granted.workers).catch(() => undefined)) !== undefined) {
-      return { note: `${what} their hung worker is being started again by up (none connected meanwhile): waiting for it (for ${Math.ceil((granted.until - Date.now()) / 1000)} s more at most)` };
-    }
+    const left = await restartUnderWay(ctx, hung.restarts, stage);
+    if (left !== undefined) return { note: `${what} their hung worker is being started again by up (none connected meanwhile): waiting for it (for ${left} s more at most)` };
     return `${what} ${why.gone}`;
   }
   const paused = await allPaused(ctx, queue.name, live);
@@ -195,7 +193,7 @@ async function stageBlocked(
   // Workers `up` watches are restarted once their /healthz has gone unanswered for its hang time,
   // and the new one takes their jobs up: that is waited for, from when this wait saw them hang
   // (they hung earlier), not told to the user to do.
-  const restart = await upRestart(ctx, stage, found.workers, hungMs, hung);
+  const restart = await upRestart(ctx, stage, found.workers, hungMs, hung.restarts);
   if (restart.words) return { note: `${what} ${found.symptom}; ${restart.words}` };
   return `${what} ${found.message}${restart.expired ?? ''}`;
 }
@@ -209,19 +207,40 @@ type NoWorker = string | { gone: string } | { note: string };
 /**
  * When every one of `workers` (hung for about `hungMs`) is watched by `up`: the words that say the
  * wait waits for `up` to replace them, until upRestartWindowMs from when they hung. One window per
- * stall of a stage (kept in `hung` until something moves): a replacement that hangs again is not
- * given another. `expired`: what to add to the reason to give up once that window has passed.
+ * stall of what is waited on (`key`: a stage, a job), kept in `restarts` until something moves: a
+ * replacement that hangs again is not given another. `expired`: what to add to the reason to give
+ * up once that window has passed.
  */
-async function upRestart(ctx: CliContext, stage: string, workers: string[], hungMs: number, hung: HungWatch): Promise<{ words?: string; expired?: string }> {
-  const words = (w: { until: number; hangMs: number; workers: string[] }) =>
+export async function upRestart(ctx: CliContext, key: string, workers: string[], hungMs: number, restarts: UpRestarts): Promise<{ words?: string; expired?: string }> {
+  const words = (w: UpRestartWindow) =>
     `up, which watches ${w.workers.length === 1 ? 'it' : 'them'}, restarts a worker whose /healthz has gone unanswered for ${Math.round(w.hangMs / 1000)} s: waiting for that (for ${Math.ceil((w.until - Date.now()) / 1000)} s more at most)`;
-  const granted = hung.restarts.get(stage);
+  const granted = restarts.get(key);
   if (granted) return Date.now() < granted.until ? { words: words(granted) } : { expired: ` (up, which watches ${granted.workers.length === 1 ? 'it' : 'them'}, has not replaced ${granted.workers.length === 1 ? 'it' : 'them'} in ${Math.round(upRestartWindowMs(granted.hangMs) / 1000)} s)` };
   const upHangMs = await ctx.services.supervised.hangMsOf(workers).catch(() => undefined);
   if (upHangMs === undefined || hungMs >= upRestartWindowMs(upHangMs)) return {};
   const w = { until: Date.now() + upRestartWindowMs(upHangMs) - hungMs, hangMs: upHangMs, workers };
-  hung.restarts.set(stage, w);
+  restarts.set(key, w);
   return { words: words(w) };
+}
+
+/**
+ * Seconds left of the window `up` was given to replace the hung workers of `key`, while their
+ * record says `up` still watches them (one that stopped cleanly, `up` stopping, removed it): the
+ * moment between the kill and the new worker's connection, when none is connected.
+ */
+export async function restartUnderWay(ctx: CliContext, restarts: UpRestarts, key: string): Promise<number | undefined> {
+  const granted = restarts.get(key);
+  if (!granted || Date.now() >= granted.until) return undefined;
+  if ((await ctx.services.supervised.hangMsOf(granted.workers).catch(() => undefined)) === undefined) return undefined;
+  return Math.ceil((granted.until - Date.now()) / 1000);
+}
+
+/** The window given to `up` to replace hung workers, by what waits on them, until something moves (upRestart). */
+export type UpRestarts = Map<string, UpRestartWindow>;
+interface UpRestartWindow {
+  until: number;
+  hangMs: number;
+  workers: string[];
 }
 
 /** Since when each stage's connected workers have been seen moving nothing, and in which state. */
@@ -231,7 +250,7 @@ interface HungWatch {
   since: HungSince;
   atLeastMs: number;
   /** the window given to `up` to replace a stage's hung workers, until something moves (upRestart) */
-  restarts: Map<string, { until: number; hangMs: number; workers: string[] }>;
+  restarts: UpRestarts;
 }
 
 /** What restarts a hung worker under `up`: said where one may be hung. */
@@ -298,7 +317,7 @@ async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): P
   }
   const silent = `its worker ${last.worker.workerId} last beat ${ago} s ago (stopped, hung, or cut off from Redis?)`;
   // (it hung about when it last beat)
-  const restart = await upRestart(ctx, 'embed', [last.worker.workerId], last.silentMs, hung);
+  const restart = await upRestart(ctx, 'embed', [last.worker.workerId], last.silentMs, hung.restarts);
   if (restart.words) return { note: `${none}: ${silent}; ${restart.words}` };
   return `${none}: ${silent}; restart it, or start one with that space's settings (${RESTARTED_BY})${restart.expired ?? ''}`;
 }

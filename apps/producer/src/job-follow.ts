@@ -1,7 +1,7 @@
 import { Job, QueueEvents, type Queue } from 'bullmq';
 import { JOBS, execPipeline, jobLock, permanentFailureOf, sleep, unlockedActiveJobs, type JobName, type Redis } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
-import { allPaused, redisOutage, RESTARTED_BY } from './dataset-wait.js';
+import { allPaused, redisOutage, restartUnderWay, RESTARTED_BY, upRestart, type UpRestarts } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
 
 export interface FollowOptions {
@@ -101,8 +101,13 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
   let stuckSince: number | undefined;
   let goneOnce = false;
   const holder = holderWatch(ctx, job, o);
-  // since when the job's lock was first seen lost (lockLost)
-  const lapsed: { since?: number } = {};
+  // since when the job's lock was first seen lost, and the window `up` has to replace its hung worker (lockLost)
+  const lapsed: Lapsed = { restarts: new Map() };
+  let noted: string | undefined;
+  const note = (kind: string, line: string) => {
+    if (noted !== kind) say(ctx, `${o.what}: ${line}`);
+    noted = kind;
+  };
   // (the first look at once: the job may have ended already)
   for (let look = 0; ; look++) {
     if (look > 0) await sleep(1_000, AbortSignal.any([stop, ...(ctx.signal ? [ctx.signal] : [])]));
@@ -136,10 +141,16 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
         const connected = workers.length;
         if (state === 'active' && connected > 0) {
           await holder.check(queue, workers);
-          why = await lockLost(ctx, queue, job, workers, o.role, lapsed);
+          const lost = await lockLost(ctx, queue, job, workers, o.role, lapsed);
+          if (typeof lost === 'object') note('restart', lost.note);
+          else why = lost;
         }
         await queued.check(queue, state, connected);
-        if (connected === 0) {
+        const left = connected === 0 && state === 'active' ? await restartUnderWay(ctx, lapsed.restarts, job.id!) : undefined;
+        if (left !== undefined) {
+          // its hung worker killed by `up`, the new one not yet connected
+          note('restarting', `its hung ${o.role} worker is being started again by up (none connected meanwhile): waiting for it (for ${left} s more at most)`);
+        } else if (connected === 0) {
           why =
             state === 'active'
               ? `its ${o.role} worker is gone and no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker) and it takes the job up again`
@@ -165,16 +176,24 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
   }
 }
 
+/** Since when a followed job's lock has been seen lost, and the window given to `up` to replace its worker. */
+interface Lapsed {
+  since?: number;
+  restarts: UpRestarts;
+}
+
 /**
  * Why nothing will move an active job whose lock has run out while its worker's connection stays
  * open (hung: SIGSTOPped, its event loop blocked, cut off from Redis), when no other worker of the
- * queue is connected to take it up (one that is does, within its stalled-job interval).
+ * queue is connected to take it up (one that is does, within its stalled-job interval). A note
+ * instead while `up`, which watches that worker, has time left to replace it (upRestart).
  */
-async function lockLost(ctx: CliContext, queue: Queue, job: Job, workers: Record<string, string>[], role: string, lapsed: { since?: number }): Promise<string | undefined> {
+async function lockLost(ctx: CliContext, queue: Queue, job: Job, workers: Record<string, string>[], role: string, lapsed: Lapsed): Promise<string | { note: string } | undefined> {
   const jobId = job.id!;
   const { unlocked } = await unlockedActiveJobs(ctx.services.redis, queue);
   if (!unlocked.includes(jobId)) {
     delete lapsed.since;
+    lapsed.restarts.clear();
     return undefined;
   }
   // A worker alive but slow to renew (TF.js holding its event loop) loses the lock too; its own
@@ -190,7 +209,10 @@ async function lockLost(ctx: CliContext, queue: Queue, job: Job, workers: Record
   const named = workers.some((w) => w.rawname);
   const others = named ? workers.filter((w) => ![holder, ...paused].some((n) => n && w.rawname?.endsWith(`:w:${n}`))).length : workers.length - 1 - new Set(paused.filter((p) => p !== holder)).size;
   if (others > 0) return undefined;
-  return `its ${role} worker${holder ? ` (${holder})` : ''} stopped renewing its lock (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?), and no other ${role} worker ${paused.length ? 'that is not paused ' : ''}is connected to take it up: restart it, or start another (${RESTARTED_BY})`;
+  const hung = `its ${role} worker${holder ? ` (${holder})` : ''} stopped renewing its lock (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?), and no other ${role} worker ${paused.length ? 'that is not paused ' : ''}is connected to take it up`;
+  const restart = holder ? await upRestart(ctx, jobId, [holder], Date.now() - lapsed.since, lapsed.restarts) : {};
+  if (restart.words) return { note: `${hung}; ${restart.words}` };
+  return `${hung}: restart it, or start another (${RESTARTED_BY})${restart.expired ?? ''}`;
 }
 
 /** The followed job failed: its reason, thrown as the completion event's failure would be. */
