@@ -16,13 +16,14 @@ const script = (shared: string) =>
     `import { runRole } from ${JSON.stringify(shared)};`,
     `const until = (f) => new Promise((resolve) => { const t = setInterval(() => f() && (clearInterval(t), resolve()), 20); });`,
     `runRole('embed', async (config, log, starting) => {`,
-    // the undo of a stop during start takes its time (a Redis that is going), and the role
-    // finishes starting meanwhile
-    `  starting.onEarlyStop(() => new Promise((resolve) => setTimeout(resolve, 1_000)));`,
+    // the undo of a stop during start takes its time (a Redis that is going: at most 2 s), and
+    // the role finishes starting meanwhile
+    `  starting.onEarlyStop(() => until(() => globalThis.started));`,
     `  process.stdout.write('starting\\n');`,
     `  await until(() => process.env.STOP_BY === 'signal' ? globalThis.stopAsked : !process.connected);`,
     `  await new Promise((resolve) => setTimeout(resolve, 200));`,
     `  process.stdout.write('started\\n');`,
+    `  globalThis.started = true;`,
     // its stop never finishes when up is gone: the jobs in hand cannot be put back without Redis
     `  const stop = process.env.STOP_BY === 'signal' ? () => new Promise((resolve) => setTimeout(resolve, 300)) : () => new Promise(() => {});`,
     `  return { metrics: { registry: undefined }, healthy: () => true, stop };`,

@@ -66,18 +66,9 @@ describe('a worker that hangs under up while ingest waits on it', () => {
   }, 180_000);
 
   it('a training run whose train worker hangs is followed while up restarts it, and ends with its report, where train said to restart it', async () => {
-    const { stack, ctx } = file;
+    const { stack } = file;
     const runId = 'hung-under-up';
-    let holder: string | undefined;
-    const stopped = await freeze('train', async () => {
-      // (the first test's dataset: 12 images embedded)
-      expect((await runCli(['train', '-d', 'restarted', '--epochs', '3000', '--patience', '0', '--run-id', runId, '--no-wait'], stack.env)).code).toBe(0);
-      await until('the run to train', async () => {
-        const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
-        if (job?.processedBy && ((job.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 1) holder = job.processedBy;
-        return holder !== undefined;
-      }, 60, 50);
-    });
+    const { stopped, holder } = await freezeMidRun(runId);
     const r = await runCli(['train', '--follow', runId, '--stall-timeout', '3'], stack.env, 170_000, { merged: true });
     expect(r.timedOut).toBe(false);
     expect(r.code, r.stdout).toBe(0);
@@ -85,4 +76,38 @@ describe('a worker that hangs under up while ingest waits on it', () => {
     expect(r.stdout).toMatch(new RegExp(`^run ${runId}: validation accuracy`, 'm'));
     expect(stack.supervisor.pids()['train#1']).not.toBe(stopped);
   }, 240_000);
+
+  it('a followed run whose hung worker up kills before the follower saw it hang (locks longer than the hang time, as by default) is waited for until the new worker takes it', async () => {
+    const { stack } = file;
+    const runId = 'killed-under-up';
+    const { stopped, holder } = await freezeMidRun(runId);
+    // this shell's train lock (60 s, the default) is longer than up's hang time: the follower sees
+    // no hang before up kills the worker, and then none connected
+    const r = await runCli(['train', '--follow', runId, '--stall-timeout', '1'], { ...stack.env, TL_TRAIN_JOB_LOCK_MS: '60000' }, 170_000, { merged: true });
+    expect(r.timedOut).toBe(false);
+    expect(r.code, r.stdout).toBe(0);
+    expect(r.stdout).toContain(`run ${runId}: its train worker (${holder}), which up watches, is gone and none is connected: up starts it again; waiting for that`);
+    expect(r.stdout).toMatch(new RegExp(`^run ${runId}: validation accuracy`, 'm'));
+    expect(stack.supervisor.pids()['train#1']).not.toBe(stopped);
+  }, 240_000);
 });
+
+/** A training run (of the first test's dataset, 12 images) started, and its train worker stopped mid-run; the worker's pid and name. */
+async function freezeMidRun(runId: string): Promise<{ stopped: number; holder: string }> {
+  const { stack, ctx } = file;
+  let holder: string | undefined;
+  const stopped = await freeze('train', async () => {
+    expect((await runCli(['train', '-d', 'restarted', '--epochs', '3000', '--patience', '0', '--run-id', runId, '--no-wait'], stack.env)).code).toBe(0);
+    await until(
+      'the run to train',
+      async () => {
+        const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
+        if (job?.processedBy && ((job.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 1) holder = job.processedBy;
+        return holder !== undefined;
+      },
+      60,
+      50,
+    );
+  });
+  return { stopped, holder: holder! };
+}

@@ -103,10 +103,10 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
   const holder = holderWatch(ctx, job, o);
   // since when the job's lock was first seen lost, and the window `up` has to replace its hung worker (lockLost)
   const lapsed: Lapsed = { restarts: new Map() };
-  let noted: string | undefined;
+  // (each note once, until the job moves again)
   const note = (kind: string, line: string) => {
-    if (noted !== kind) say(ctx, `${o.what}: ${line}`);
-    noted = kind;
+    if (lapsed.noted !== kind) say(ctx, `${o.what}: ${line}`);
+    lapsed.noted = kind;
   };
   // (the first look at once: the job may have ended already)
   for (let look = 0; ; look++) {
@@ -146,14 +146,13 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
           else why = lost;
         }
         await queued.check(queue, state, connected);
-        const left = connected === 0 && state === 'active' ? await restartUnderWay(ctx, lapsed.restarts, job.id!) : undefined;
-        if (left !== undefined) {
-          // its hung worker killed by `up`, the new one not yet connected
-          note('restarting', `its hung ${o.role} worker is being started again by up (none connected meanwhile): waiting for it (for ${left} s more at most)`);
+        const restart = connected === 0 && state === 'active' ? await goneUnderUp(ctx, queue, job, lapsed) : {};
+        if (restart.left !== undefined) {
+          note('restarting', `its ${o.role} worker (${restart.holder}), which up watches, is gone and none is connected: up starts it again; waiting for that (for ${restart.left} s more at most)`);
         } else if (connected === 0) {
           why =
             state === 'active'
-              ? `its ${o.role} worker is gone and no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker) and it takes the job up again`
+              ? `its ${o.role} worker is gone and no ${o.role} worker is connected${restart.expired ?? ''}: start one (transferline up, or the ${o.role} worker) and it takes the job up again`
               : `no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker); the job stays queued until then`;
         } else if (waiting) {
           const paused = await allPaused(ctx, queue.name, connected);
@@ -176,10 +175,32 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
   }
 }
 
-/** Since when a followed job's lock has been seen lost, and the window given to `up` to replace its worker. */
+/** Since when a followed job's lock has been seen lost, the window given to `up` to replace its worker, and what was said of it. */
 interface Lapsed {
   since?: number;
   restarts: UpRestarts;
+  noted?: string;
+}
+
+/**
+ * For an active job whose worker is gone with none connected: whether that worker is one `up`
+ * watches (its record stays when it is killed or crashes; a clean stop removes it), so `up` is
+ * starting it again, and for how long that is waited for (its holder, seconds left); once that
+ * window has passed, the words that say so. At the default locks `up` kills a hung worker before
+ * the follower has seen its lock lapse for two stalled-job intervals: the window opens here then.
+ */
+async function goneUnderUp(ctx: CliContext, queue: Queue, job: Job, lapsed: Lapsed): Promise<{ left?: number; holder?: string; expired?: string }> {
+  const id = job.id!;
+  const granted = lapsed.restarts.get(id);
+  if (!granted) {
+    const holder = (await queue.getJob(id))?.processedBy;
+    if (holder) await upRestart(ctx, id, [holder], lapsed.since === undefined ? 0 : Date.now() - lapsed.since, lapsed.restarts);
+  }
+  const window = lapsed.restarts.get(id);
+  if (!window) return {};
+  const left = await restartUnderWay(ctx, lapsed.restarts, id);
+  if (left !== undefined) return { left, holder: window.workers.join(', ') };
+  return Date.now() >= window.until ? { expired: (await upRestart(ctx, id, window.workers, 0, lapsed.restarts)).expired } : {};
 }
 
 /**
@@ -192,7 +213,9 @@ async function lockLost(ctx: CliContext, queue: Queue, job: Job, workers: Record
   const jobId = job.id!;
   const { unlocked } = await unlockedActiveJobs(ctx.services.redis, queue);
   if (!unlocked.includes(jobId)) {
+    // it moved (a worker holds its lock): a hang from here on is another
     delete lapsed.since;
+    delete lapsed.noted;
     lapsed.restarts.clear();
     return undefined;
   }

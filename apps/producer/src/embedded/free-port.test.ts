@@ -15,7 +15,8 @@ describe('freePort', () => {
     const ports = await Promise.all(Array.from({ length: 20 }, () => freePort()));
     for (const port of ports) {
       // a port of that range may become a worker's local port to Redis before the server listens
-      if (range) expect(port < range[0]! || port > range[1]!, `port ${port} in ${range.join('-')}`).toBe(true);
+      // (unless the range leaves too few below it: port 0's, then)
+      if (range && range[0]! >= 11_000) expect(port < range[0]! || port > range[1]!, `port ${port} in ${range.join('-')}`).toBe(true);
       await new Promise<void>((resolve, reject) => {
         const srv = net.createServer().once('error', reject);
         srv.listen(port, '127.0.0.1', () => srv.close(() => resolve()));

@@ -40,7 +40,8 @@ export function findRedisServer(): string | undefined {
  */
 export async function freePort(): Promise<number> {
   const low = ephemeralPortsFrom();
-  for (let i = 0; low > FIXED_PORTS_FROM && i < 50; i++) {
+  // (a machine whose ephemeral range starts low leaves too few below it: port 0 then)
+  for (let i = 0; low - FIXED_PORTS_FROM >= 1_000 && i < 50; i++) {
     const port = FIXED_PORTS_FROM + randomInt(low - FIXED_PORTS_FROM);
     if (await listens(port)) return port;
   }
