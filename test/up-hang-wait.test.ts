@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { jobIds } from '../packages/shared/src/index.js';
-import { healthz, runCli, stackForFile, until } from './support/stack.js';
+import { healthz, runCli, stackForFile, until, type CliRun } from './support/stack.js';
 
 // A stack as `up` runs it, watching its workers' /healthz (30 s here, asked every 10 s; 60 by
 // default), with short job locks so a waiting command finds a hang within seconds. (30 s is well
@@ -80,20 +80,32 @@ describe('a worker that hangs under up while ingest waits on it', () => {
   it('a followed run whose hung worker up kills before the follower saw it hang (locks longer than the hang time, as by default) is waited for until the new worker takes it', async () => {
     const { stack } = file;
     const runId = 'killed-under-up';
-    const { stopped, holder } = await freezeMidRun(runId);
-    // this shell's train lock (60 s, the default) is longer than up's hang time: the follower sees
-    // no hang before up kills the worker, and then none connected
-    const r = await runCli(['train', '--follow', runId, '--stall-timeout', '1'], { ...stack.env, TL_TRAIN_JOB_LOCK_MS: '60000' }, 170_000, { merged: true });
+    // followed from before the hang, as a user follows a run; this shell's train lock (60 s, the
+    // default) is longer than up's hang time: the follower sees no lapse before up kills the
+    // worker, and then none connected
+    let follow: Promise<CliRun> | undefined;
+    const { stopped, holder } = await freezeMidRun(runId, async () => {
+      let out = '';
+      follow = runCli(['train', '--follow', runId, '--stall-timeout', '1'], { ...stack.env, TL_TRAIN_JOB_LOCK_MS: '60000' }, 170_000, { merged: true, onOutput: (c) => (out += c) });
+      await until('the follower to show epochs', () => /training restarted: \d+/.test(out), 30, 50);
+      await new Promise((r) => setTimeout(r, 1_000));
+    });
+    const r = await follow!;
     expect(r.timedOut).toBe(false);
     expect(r.code, r.stdout).toBe(0);
+    // silence, long past the pace of its epochs, is said before any lock runs out
+    expect(r.stdout).toMatch(new RegExp(`run ${runId}: no progress for \\d+ s, where it came every [\\d.]+ s: its train worker \\(${holder}\\) may be hung \\(SIGSTOPped, its event loop blocked, or cut off from Redis\\?\\); up, which watches it, restarts a worker whose /healthz has gone unanswered for 30 s; waiting`));
     expect(r.stdout).toContain(`run ${runId}: its train worker (${holder}), which up watches, is gone and none is connected: up starts it again; waiting for that`);
     expect(r.stdout).toMatch(new RegExp(`^run ${runId}: validation accuracy`, 'm'));
     expect(stack.supervisor.pids()['train#1']).not.toBe(stopped);
   }, 240_000);
 });
 
-/** A training run (of the first test's dataset, 12 images) started, and its train worker stopped mid-run; the worker's pid and name. */
-async function freezeMidRun(runId: string): Promise<{ stopped: number; holder: string }> {
+/**
+ * A training run (of the first test's dataset, 12 images) started, and its train worker stopped
+ * mid-run (after `beforeFreeze`); the worker's pid and name.
+ */
+async function freezeMidRun(runId: string, beforeFreeze?: () => Promise<void>): Promise<{ stopped: number; holder: string }> {
   const { stack, ctx } = file;
   let holder: string | undefined;
   const stopped = await freeze('train', async () => {
@@ -108,6 +120,7 @@ async function freezeMidRun(runId: string): Promise<{ stopped: number; holder: s
       60,
       50,
     );
+    await beforeFreeze?.();
   });
   return { stopped, holder: holder! };
 }

@@ -35,10 +35,12 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
   const events = new QueueEvents(queue.name, { connection, prefix: ctx.config.redis.prefix });
   events.on('error', () => {});
   const queued = queueWatch(ctx, job, o);
+  const pace = new ProgressPace();
   const onProgress = ({ jobId, data }: { jobId: string; data: unknown }) => {
     if (jobId !== job.id) return;
     // progress means a worker has it: "started" comes before its first line, not after the next poll
     queued.started();
+    pace.seen();
     o.onProgress?.(data);
   };
   // The job's end as its events say it, at once; the poll below finds it too, within a second,
@@ -62,7 +64,7 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
     events.on('completed', onEnd!.completed);
     events.on('failed', onEnd!.failed);
     const watchdog = new AbortController();
-    const polled = watch<R>(ctx, queue, job, o, queued, watchdog.signal);
+    const polled = watch<R>(ctx, queue, job, o, { queued, pace }, watchdog.signal);
     try {
       return await Promise.race([finished, polled]);
     } catch (err) {
@@ -96,17 +98,19 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
  * up. A job that is gone from the queue (removed, or Redis lost it) ends the wait at once.
  * Redis going away is waited out, as the dataset wait does.
  */
-async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, queued: QueueWatch, stop: AbortSignal): Promise<R> {
+async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOptions, { queued, pace }: { queued: QueueWatch; pace: ProgressPace }, stop: AbortSignal): Promise<R> {
   const outage = redisOutage(ctx, o.stallSeconds, `${o.what} goes on in the ${o.role} worker when it is back`);
   let stuckSince: number | undefined;
   let goneOnce = false;
-  const holder = holderWatch(ctx, job, o);
+  // (its words once `up` was said to restart the holder: the same story, not another)
+  const holder = holderWatch(ctx, job, o, (w) => lapsed.replacing?.includes(w) ?? false);
   // since when the job's lock was first seen lost, and the window `up` has to replace its hung worker (lockLost)
   const lapsed: Lapsed = { restarts: new Map() };
   // (each note once, until the job moves again)
   const note = (kind: string, line: string) => {
     if (lapsed.noted !== kind) say(ctx, `${o.what}: ${line}`);
     lapsed.noted = kind;
+    lapsed.replacing = lapsed.restarts.get(job.id!)?.workers;
   };
   // (the first look at once: the job may have ended already)
   for (let look = 0; ; look++) {
@@ -144,6 +148,8 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
           const lost = await lockLost(ctx, queue, job, workers, o.role, lapsed);
           if (typeof lost === 'object') note('restart', lost.note);
           else why = lost;
+          const quiet = why === undefined && lapsed.noted === undefined ? pace.quiet() : undefined;
+          if (quiet) say(ctx, `${o.what}: ${await quietWords(ctx, queue, job, o.role, quiet)}`);
         }
         await queued.check(queue, state, connected);
         const restart = connected === 0 && state === 'active' ? await goneUnderUp(ctx, queue, job, lapsed) : {};
@@ -175,11 +181,53 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
   }
 }
 
+/**
+ * How often a followed job reports progress, and whether it has been silent for much longer
+ * than that (once per silence). A hung worker keeps its job's lock until the lock runs out: a
+ * minute for a training run by default, then two stalled-job intervals before the follower may
+ * call it hung; silence tells the user sooner that something may be wrong (only a note).
+ */
+class ProgressPace {
+  private last?: number;
+  private gaps: number[] = [];
+  private said = false;
+
+  seen(): void {
+    const now = Date.now();
+    if (this.last !== undefined) this.gaps = [...this.gaps.slice(-19), now - this.last];
+    this.last = now;
+    this.said = false;
+  }
+
+  /** The silence and the usual gap, when the silence is past 20 s and 20 usual gaps (said once). */
+  quiet(): { silentMs: number; everyMs: number } | undefined {
+    if (this.said || this.last === undefined || this.gaps.length < 3) return undefined;
+    const everyMs = [...this.gaps].sort((a, b) => a - b)[this.gaps.length >> 1]!;
+    const silentMs = Date.now() - this.last;
+    if (silentMs < Math.max(QUIET_AFTER_MS, 20 * everyMs)) return undefined;
+    this.said = true;
+    return { silentMs, everyMs };
+  }
+}
+
+const QUIET_AFTER_MS = 20_000;
+
+/** The note on a job silent for long (ProgressPace): its worker may be hung, and what `up` does about it if it watches it. */
+async function quietWords(ctx: CliContext, queue: Queue, job: Job, role: string, q: { silentMs: number; everyMs: number }): Promise<string> {
+  const holder = (await queue.getJob(job.id!))?.processedBy;
+  const hangMs = holder ? await ctx.services.supervised.hangMsOf([holder]).catch(() => undefined) : undefined;
+  const every = q.everyMs < 1_000 ? `${(q.everyMs / 1000).toFixed(1)} s` : `${Math.round(q.everyMs / 1000)} s`;
+  const up = hangMs ? `; up, which watches it, restarts a worker whose /healthz has gone unanswered for ${Math.round(hangMs / 1000)} s` : '';
+  return `no progress for ${Math.round(q.silentMs / 1000)} s, where it came every ${every}: its ${role} worker${holder ? ` (${holder})` : ''} may be hung (SIGSTOPped, its event loop blocked, or cut off from Redis?)${up}; waiting`;
+}
+
 /** Since when a followed job's lock has been seen lost, the window given to `up` to replace its worker, and what was said of it. */
 interface Lapsed {
   since?: number;
   restarts: UpRestarts;
   noted?: string;
+  /** the workers `up` was last said to replace */
+  replacing?: string[];
 }
 
 /**
@@ -314,7 +362,7 @@ async function waitingAhead(redis: Redis, queue: Queue, id: string): Promise<num
  * then finishes its job, hence "stopping or gone"; a holder must be missing on two polls in a row
  * (a reconnect is not a death); a Redis that lists no client names (CLIENT refused) is not read.
  */
-function holderWatch(ctx: CliContext, job: Job, o: FollowOptions) {
+function holderWatch(ctx: CliContext, job: Job, o: FollowOptions, replacedByUp: (worker: string) => boolean) {
   const name = job.name in JOBS ? (job.name as JobName) : undefined;
   const lock = name && jobLock(name, ctx.config);
   let gone: string | undefined;
@@ -337,7 +385,8 @@ function holderWatch(ctx: CliContext, job: Job, o: FollowOptions) {
       if (missing.polls < 2 || gone === holder) return;
       gone = holder;
       const within = lock ? `, within about ${Math.ceil((lock.lockMs + lock.stalledIntervalMs) / 1000)} s` : '';
-      say(ctx, `${o.what}: its ${o.role} worker (${holder}) is stopping or gone; if it does not finish it, another ${o.role} worker takes it up again when its lock runs out${within}`);
+      if (replacedByUp(holder)) say(ctx, `${o.what}: its hung ${o.role} worker (${holder}) is gone, replaced by up; a ${o.role} worker takes it up again when its lock runs out${within}`);
+      else say(ctx, `${o.what}: its ${o.role} worker (${holder}) is stopping or gone; if it does not finish it, another ${o.role} worker takes it up again when its lock runs out${within}`);
     },
   };
 }

@@ -13,5 +13,5 @@ export type { Logger };
  * exits. Logs are a few lines per batch, not per image, so the syscalls cost nothing measurable.
  */
 export function createLogger(name: string, level: string): Logger {
-  return pino({ name, level, base: { role: name }, serializers: { err: pino.stdSerializers.err } }, pino.destination({ dest: 2, sync: true }));
+  return pino({ name, level, base: { role: name, pid: process.pid }, serializers: { err: pino.stdSerializers.err } }, pino.destination({ dest: 2, sync: true }));
 }
