@@ -33,6 +33,8 @@ export interface IngestCounts {
   unlabelled: number;
   /** already in the dataset with the same ETag, embedded, in flight, or failed on bad input */
   unchanged: number;
+  /** of those unchanged, how many are still on their way (queued by an earlier ingest, not yet embedded or failed) */
+  unchangedInFlight: number;
   /** hash known and embedding cached: added without any job */
   fromCache: number;
   /** new or changed objects: preprocess jobs enqueued */
@@ -68,7 +70,7 @@ export interface IngestDeps {
  */
 export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void): Promise<IngestCounts> {
   const { store, datasets } = deps.services;
-  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, fromCache: 0, enqueued: 0, alreadyQueued: 0, retried: 0, removed: 0, mergedLabels: [] };
+  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, unchangedInFlight: 0, fromCache: 0, enqueued: 0, alreadyQueued: 0, retried: 0, removed: 0, mergedLabels: [] };
   let page: ObjectInfo[] = [];
   // The prefix becomes a source of the dataset (relabel finds an item's label folder by it) only
   // once it gives the dataset an item: a prefix one level too deep, all of it unlabelled, must not
@@ -107,7 +109,10 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
       const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && (r.space ?? req.space.id) === req.space.id;
       if (!same) work.push({ o, retry: false });
       else if (needsRetry(v!)) work.push({ o, retry: true });
-      else counts.unchanged++;
+      else {
+        counts.unchanged++;
+        if (v!.phase === 'preprocess' || v!.phase === 'embed') counts.unchangedInFlight++;
+      }
     }
     const outcomes = await submit(req, deps, work.map((w) => ({ ...w.o, ...(w.retry && { previous: views.get(w.o.id) }) })));
     outcomes.forEach((outcome, i) => {

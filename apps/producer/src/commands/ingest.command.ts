@@ -74,6 +74,8 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   w(
     `ingest ${where} → dataset ${o.dataset}: ${counts.listed} objects listed, ${counts.enqueued} enqueued, ` +
       `${counts.fromCache} added from the embedding cache (no job), ${counts.unchanged} unchanged` +
+      // (an ingest of them running now, or one that went before and whose work goes on)
+      (counts.unchangedInFlight ? ` (${counts.unchangedInFlight} of them still on their way: queued before, not yet embedded)` : '') +
       (counts.alreadyQueued ? `, ${counts.alreadyQueued} already queued (by another ingest of them running now)` : '') +
       (counts.retried ? `, ${counts.retried} tried again (failed on a transient error, or their job was lost)` : '') +
       (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : '') +
