@@ -40,7 +40,7 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
     if (jobId !== job.id) return;
     // progress means a worker has it: "started" comes before its first line, not after the next poll
     queued.started();
-    pace.seen();
+    pace.seen((data as { phase?: string } | undefined)?.phase);
     o.onProgress?.(data);
   };
   // The job's end as its events say it, at once; the poll below finds it too, within a second,
@@ -111,6 +111,8 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
     if (lapsed.noted !== kind) say(ctx, `${o.what}: ${line}`);
     lapsed.noted = kind;
     lapsed.replacing = lapsed.restarts.get(job.id!)?.workers;
+    // what goes on was said: no "may be hung" on top of it until the run moves again
+    pace.hold();
   };
   // (the first look at once: the job may have ended already)
   for (let look = 0; ; look++) {
@@ -149,7 +151,10 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
           if (typeof lost === 'object') note('restart', lost.note);
           else why = lost;
           const quiet = why === undefined && lapsed.noted === undefined ? pace.quiet() : undefined;
-          if (quiet) say(ctx, `${o.what}: ${await quietWords(ctx, queue, job, o.role, quiet)}`);
+          if (quiet) {
+            say(ctx, `${o.what}: ${await quietWords(ctx, queue, job, o.role, quiet)}`);
+            pace.hold();
+          }
         }
         await queued.check(queue, state, connected);
         const restart = connected === 0 && state === 'active' ? await goneUnderUp(ctx, queue, job, lapsed) : {};
@@ -169,6 +174,8 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
     } catch (err) {
       if (err instanceof JobFailed) throw err;
       outage.down(err);
+      // (the worker's progress waits for Redis too: silence is counted from when it is back)
+      pace.restart();
       stuckSince = undefined; // an outage is not a stall of the workers
       continue;
     }
@@ -182,43 +189,53 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
 }
 
 /**
- * How often a followed job reports progress, and whether it has been silent for much longer
- * than that (once per silence). A hung worker keeps its job's lock until the lock runs out: a
- * minute for a training run by default, then two stalled-job intervals before the follower may
- * call it hung; silence tells the user sooner that something may be wrong (only a note).
+ * How often a followed job reports progress while it trains, and whether it has been silent for
+ * much longer than that. A hung worker keeps its job's lock until the lock runs out: a minute
+ * for a training run by default, then two stalled-job intervals before the follower may call it
+ * hung; silence tells the user sooner that something may be wrong (only a note). Armed by three
+ * training steps in a row: loading (a new holder's too) and saving have no pace to go by.
  */
-class ProgressPace {
+export class ProgressPace {
   private last?: number;
   private gaps: number[] = [];
-  private said = false;
+  private held = false;
 
-  seen(): void {
+  seen(phase?: string): void {
     const now = Date.now();
-    if (this.last !== undefined) this.gaps = [...this.gaps.slice(-19), now - this.last];
+    if (phase !== 'training') this.gaps = [];
+    else if (this.last !== undefined) this.gaps = [...this.gaps.slice(-19), now - this.last];
     this.last = now;
-    this.said = false;
+    this.held = false;
   }
 
-  /** The silence and the usual gap, when the silence is past 20 s and 20 usual gaps (said once). */
+  /** Silent for long: said once (or what goes on was said otherwise), until the next progress. */
+  hold(): void {
+    this.held = true;
+  }
+
+  /** Silence counted again from now (Redis was away: progress could not come). */
+  restart(): void {
+    if (this.last !== undefined) this.last = Date.now();
+  }
+
+  /** The silence and the usual gap, when the silence is past QUIET_AFTER_MS and 20 usual gaps. */
   quiet(): { silentMs: number; everyMs: number } | undefined {
-    if (this.said || this.last === undefined || this.gaps.length < 3) return undefined;
+    if (this.held || this.last === undefined || this.gaps.length < 3) return undefined;
     const everyMs = [...this.gaps].sort((a, b) => a - b)[this.gaps.length >> 1]!;
     const silentMs = Date.now() - this.last;
-    if (silentMs < Math.max(QUIET_AFTER_MS, 20 * everyMs)) return undefined;
-    this.said = true;
-    return { silentMs, everyMs };
+    return silentMs < Math.max(QUIET_AFTER_MS, 20 * everyMs) ? undefined : { silentMs, everyMs };
   }
 }
 
-const QUIET_AFTER_MS = 20_000;
+const QUIET_AFTER_MS = 15_000;
 
 /** The note on a job silent for long (ProgressPace): its worker may be hung, and what `up` does about it if it watches it. */
 async function quietWords(ctx: CliContext, queue: Queue, job: Job, role: string, q: { silentMs: number; everyMs: number }): Promise<string> {
   const holder = (await queue.getJob(job.id!))?.processedBy;
   const hangMs = holder ? await ctx.services.supervised.hangMsOf([holder]).catch(() => undefined) : undefined;
-  const every = q.everyMs < 1_000 ? `${(q.everyMs / 1000).toFixed(1)} s` : `${Math.round(q.everyMs / 1000)} s`;
+  const every = q.everyMs < 1_000 ? 'several times a second' : `every ${Math.round(q.everyMs / 1000)} s`;
   const up = hangMs ? `; up, which watches it, restarts a worker whose /healthz has gone unanswered for ${Math.round(hangMs / 1000)} s` : '';
-  return `no progress for ${Math.round(q.silentMs / 1000)} s, where it came every ${every}: its ${role} worker${holder ? ` (${holder})` : ''} may be hung (SIGSTOPped, its event loop blocked, or cut off from Redis?)${up}; waiting`;
+  return `no progress for ${Math.round(q.silentMs / 1000)} s, where it came ${every}: its ${role} worker${holder ? ` (${holder})` : ''} may be hung (SIGSTOPped, its event loop blocked, or cut off from Redis?)${up}; waiting`;
 }
 
 /** Since when a followed job's lock has been seen lost, the window given to `up` to replace its worker, and what was said of it. */
@@ -385,7 +402,8 @@ function holderWatch(ctx: CliContext, job: Job, o: FollowOptions, replacedByUp: 
       if (missing.polls < 2 || gone === holder) return;
       gone = holder;
       const within = lock ? `, within about ${Math.ceil((lock.lockMs + lock.stalledIntervalMs) / 1000)} s` : '';
-      if (replacedByUp(holder)) say(ctx, `${o.what}: its hung ${o.role} worker (${holder}) is gone, replaced by up; a ${o.role} worker takes it up again when its lock runs out${within}`);
+      // (up replaces it after its hang time, past most of the lock: no "within" to add)
+      if (replacedByUp(holder)) say(ctx, `${o.what}: its ${o.role} worker (${holder}) is gone, replaced by up; a ${o.role} worker takes it up again once its lock has run out`);
       else say(ctx, `${o.what}: its ${o.role} worker (${holder}) is stopping or gone; if it does not finish it, another ${o.role} worker takes it up again when its lock runs out${within}`);
     },
   };
