@@ -98,7 +98,10 @@ describe('bad input fails alone, with a reason', () => {
     expect(Object.fromEntries(status.failures.map((f) => [f.item, f.reason]))).toEqual(expected);
     expect(status.failures.find((f) => f.reason === 'too-large')?.detail).toMatch(/over the limit of 1000000/);
 
-    // what a user sees
+    // what a user sees: the label's count says how many of its images failed (train leaves them out)
+    expect(status.labels).toEqual([{ label: 'cats', count: bad.length + GOOD, failed: bad.length }]);
+    const text = await runCli(['status', '--dataset', 'bad'], stack.env);
+    expect(text.stdout).toContain(`  labels: cats (${bad.length + GOOD}, ${bad.length} failed)\n`);
     const cli = await runCli(['status', '--json', '--dataset', 'bad'], stack.env);
     expect(cli.code).toBe(0);
     const shown = JSON.parse(cli.stdout) as { datasets: { failures: { item: string; reason: string }[] }[] };

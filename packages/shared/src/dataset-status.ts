@@ -64,8 +64,8 @@ export interface DatasetStatus {
   /** the first failures (up to the limit asked for): the item id (`bucket/key`) and its object's `s3://` URL */
   failures: ({ item: string; object: string } & ItemFailureView)[];
   failuresByReason: { stage: Stage; reason: string; count: number }[];
-  /** images per label, sorted by label */
-  labels: { label: string; count: number }[];
+  /** images per label, sorted by label, and how many of them failed for good (when any): train leaves those out */
+  labels: { label: string; count: number; failed?: number }[];
   /**
    * Embedded images (counted in `embedded`) whose embedding is in another space than the
    * dataset's (a later ingest of some of its prefixes moved the dataset to another space): train
@@ -247,7 +247,7 @@ export class DatasetInspector {
       labels: [],
       elsewhere: [],
     };
-    const labels = new Map<string, number>();
+    const labels = new Map<string, { count: number; failed: number }>();
     const elsewhere = new Map<string, { count: number; sources: Set<string> }>();
     let sources: string[] | undefined; // read at the first such image
     const reasons = new Map<string, { stage: Stage; reason: string; count: number }>();
@@ -255,7 +255,10 @@ export class DatasetInspector {
       for (const v of page) {
         if (within !== undefined && !v.id.startsWith(within)) continue;
         s.total++;
-        labels.set(v.record.label, (labels.get(v.record.label) ?? 0) + 1);
+        const l = labels.get(v.record.label) ?? { count: 0, failed: 0 };
+        l.count++;
+        if (v.phase === 'failed') l.failed++;
+        labels.set(v.record.label, l);
         if (v.phase === 'embedded') {
           s.embedded++;
           if (v.record.state === 'cached') s.cached++;
@@ -282,7 +285,7 @@ export class DatasetInspector {
         }
       }
     }
-    s.labels = [...labels].map(([label, count]) => ({ label, count })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
+    s.labels = [...labels].map(([label, l]) => ({ label, count: l.count, ...(l.failed && { failed: l.failed }) })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
     s.failuresByReason = [...reasons.values()].sort((a, b) => b.count - a.count);
     s.elsewhere = [...elsewhere].map(([sp, e]) => ({ space: sp, count: e.count, sources: [...e.sources].sort() }));
     return s;

@@ -140,7 +140,8 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   );
   // images to classify carry no label (UNLABELLED in their records; a user's folder may be named so)
   const unlabelled = (label: string) => label === UNLABELLED && isClassifyDataset(s.dataset);
-  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${unlabelled(l.label) ? '(unlabelled)' : printable(l.label)} (${l.count})`).join(', ')}`);
+  // (failed images are the dataset's, but no training run's)
+  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${unlabelled(l.label) ? '(unlabelled)' : printable(l.label)} (${l.count}${l.failed ? `, ${l.failed} failed` : ''})`).join(', ')}`);
   if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
   for (const line of elsewhereLines(s)) w(`  ${line}`);
   printFailures(ctx, s);
