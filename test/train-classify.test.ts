@@ -506,9 +506,9 @@ describe('training runs and classification', () => {
     expect(failures.stderr).toBe('');
     expect(failures.code).toBe(0);
     expect(failures.stdout).toMatch(new RegExp(`s3://${photos}/broken/notes\\.jpg  preprocess not-an-image`));
-    // its images have no label: status says so, not "?"
+    // its images have no label: status says so, not "?" (and how many of them failed: notes.jpg at least)
     const status = await runCli(['status', '-d', classifyDatasetName('shapes')], stack.env);
-    expect(status.stdout).toMatch(/^ {2}labels: \(unlabelled\) \(\d+\)$/m);
+    expect(status.stdout).toMatch(/^ {2}labels: \(unlabelled\) \(\d+, [1-9]\d* failed\)$/m);
   });
 
   it("a latest run deleted from the bucket: models, classify and export use the newest run left, and say so", async () => {
