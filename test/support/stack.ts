@@ -1,11 +1,11 @@
 import { spawn } from 'node:child_process';
 import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll } from 'vitest';
 import { openCliContext, type CliContext } from '../../apps/producer/src/cli-context.js';
 import { startTempStack, type TempStack } from '../../apps/producer/src/embedded/temp-stack.js';
+import { isPortFree } from '../../apps/producer/src/embedded/redis.server.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const cliPath = path.join(repoRoot, 'apps', 'producer', 'dist', 'cli.js');
@@ -179,15 +179,10 @@ export async function until(what: string, cond: () => Promise<boolean> | boolean
  * other tests get their ports, so the run stays free until `up` binds it.
  */
 export async function freeRun(n: number): Promise<number> {
-  const isFree = (port: number) =>
-    new Promise<boolean>((resolve) => {
-      const s = net.createServer().once('error', () => resolve(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
-    });
   for (let attempt = 0; attempt < 50; attempt++) {
     const start = 20_000 + Math.floor(Math.random() * (32_000 - 20_000));
     let ok = true;
-    for (let i = 0; i < n && ok; i++) ok = await isFree(start + i);
+    for (let i = 0; i < n && ok; i++) ok = await isPortFree(start + i);
     if (ok) return start;
   }
   throw new Error(`no run of ${n} free ports between 20000 and 32000`);

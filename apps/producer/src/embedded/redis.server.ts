@@ -43,9 +43,23 @@ export async function freePort(): Promise<number> {
   // (a machine whose ephemeral range starts low leaves too few below it: port 0 then)
   for (let i = 0; low - FIXED_PORTS_FROM >= 1_000 && i < 50; i++) {
     const port = FIXED_PORTS_FROM + randomInt(low - FIXED_PORTS_FROM);
-    if (await listens(port)) return port;
+    if (await isPortFree(port)) return port;
   }
-  return listens(0);
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer().once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Whether a server could listen on `port` of `host` now (checked by listening, and closed again). */
+export function isPortFree(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.createServer().once('error', () => resolve(false));
+    probe.listen(port, host, () => probe.close(() => resolve(true)));
+  });
 }
 
 /** Where ports picked by freePort start: above the well-known and most registered services' ports. */
@@ -58,18 +72,6 @@ function ephemeralPortsFrom(): number {
   } catch {
     return 49_152;
   }
-}
-
-/** The port a listen on `port` of loopback got (0: any), released again; 0 when it is taken. */
-function listens(port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', (err: NodeJS.ErrnoException) => (port !== 0 && (err.code === 'EADDRINUSE' || err.code === 'EACCES') ? resolve(0) : reject(err)));
-    srv.listen(port, '127.0.0.1', () => {
-      const got = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(got));
-    });
-  });
 }
 
 /**

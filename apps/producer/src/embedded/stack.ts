@@ -1,5 +1,4 @@
 import { mkdir } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -23,7 +22,7 @@ import {
   type Config,
   type EmbeddingSpace,
 } from '@transferline/shared';
-import { startEmbeddedRedis } from './redis.server.js';
+import { isPortFree, startEmbeddedRedis } from './redis.server.js';
 import { startEmbeddedS3 } from './s3.server.js';
 import { ANOTHER_UP, Supervisor, type RoleName, type SupervisedProcess } from './supervisor.js';
 
@@ -57,12 +56,7 @@ export function childPorts(ports: StackPorts, replicas: Replicas): { role: RoleN
 async function checkMetricsPorts(host: string, wanted: { name: string; port: number }[]): Promise<void> {
   for (const { name, port } of wanted) {
     if (port === 0) continue;
-    const taken = await new Promise<boolean>((resolve) => {
-      const probe = net.createServer();
-      probe.once('error', () => resolve(true));
-      probe.listen(port, host, () => probe.close(() => resolve(false)));
-    });
-    if (taken) {
+    if (!(await isPortFree(port, host))) {
       throw new Error(`metrics port ${port} (${name}) on ${host} is in use, ${ANOTHER_UP}; else choose other ports with --metrics-port P (the stack uses P to P+3, and +10 for each further replica of a role)`);
     }
   }
