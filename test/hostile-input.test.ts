@@ -57,6 +57,16 @@ describe('labels named after Object.prototype', () => {
     expect(report.validation.confusionMatrix.flat().reduce((a, b) => a + b, 0)).toBe(report.split.validation);
     const status = await cli(['status', '-d', 'proto']);
     for (const label of labels) expect(status.stdout).toContain(`${label} (8)`);
+
+    // A dataset of those 24, then two new images from another prefix: the bar counts the two,
+    // not the dataset's 24 done before (24/26 at once read as this ingest's progress).
+    expect((await cli(['ingest', `s3://${photos}/proto/`, '-d', 'proto-more'])).code).toBe(0);
+    for (const n of [0, 1]) await ctx.services.store.putObject(photos, `more/square/${n}.jpg`, await renderSample('square', n, 77));
+    const more = await cli(['ingest', `s3://${photos}/more/`, '-d', 'proto-more']);
+    expect(more.code).toBe(0);
+    expect(more.stdout).toMatch(/2 enqueued/);
+    expect(more.stderr).toMatch(/embedding proto-more: 2\/2 of this ingest's images done \(the dataset: 26\/26 done, 26 embedded/);
+    expect(more.stderr).not.toMatch(/embedding proto-more: \d+\/26/);
   }, 240_000);
 });
 

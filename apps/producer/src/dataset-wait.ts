@@ -11,6 +11,26 @@ export interface WaitOptions {
   stallSeconds: number;
   /** only the items whose object lies under this `bucket/prefix` (classify: one prefix of a model's set) */
   within?: string;
+  /**
+   * The images this command put in motion (an ingest's new, changed and still-queued objects, a
+   * retry's failures), called as `what`: in a dataset that holds others, done before, the bar
+   * counts these, and the dataset's own counts follow it. A second ingest of 12 new images into
+   * a dataset of 1,000 showed 1000/1012 at once, which read as its own progress.
+   */
+  ours?: { count: number; what: string };
+}
+
+/**
+ * The bar's figures: the whole dataset's, or, when the command put only some of its images in
+ * motion, those: `ours` less what is still pending in the dataset (an image pending for another
+ * command, running at the same time, counts as one of ours not yet done: never below 0).
+ */
+export function progressOf(s: Pick<DatasetStatus, 'total' | 'embedded' | 'cached' | 'failed' | 'pending' | 'orphaned'>, ours?: WaitOptions['ours']): { value: number; total: number; detail: string } {
+  const done = s.embedded + s.failed;
+  const counts = `${s.embedded} embedded (${s.cached} found in the cache), ${s.failed} failed`;
+  if (!ours || ours.count <= 0 || ours.count >= s.total) return { value: done, total: s.total, detail: `done: ${counts}` };
+  const left = Math.min(ours.count, s.pending + s.orphaned);
+  return { value: ours.count - left, total: ours.count, detail: `of ${ours.what} done (the dataset: ${done}/${s.total} done, ${counts})` };
 }
 
 /** How long a wait (a dataset's, or a job's) rides out an unreachable Redis (at least; the stall timeout if longer). */
@@ -74,7 +94,8 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
     }
     const done = s.embedded + s.failed;
     // The count is of images done with: a failed one is done too, and said so.
-    bar.update(done, s.total, `done: ${s.embedded} embedded (${s.cached} found in the cache), ${s.failed} failed`);
+    const p = progressOf(s, o.ours);
+    bar.update(p.value, p.total, p.detail);
     if (s.pending + s.orphaned === 0) return s;
     if (done !== lastDone) {
       lastDone = done;

@@ -59,7 +59,7 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
   // nothing failed at all (a typo'd reason, or the wrong dataset): said, as `failures` does
   ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${reasons}: ${how} to retry those)\n` : retried ? '\n' : '; it has no failed images\n');
   if (!o.wait || retried === 0) return { retried };
-  const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30 });
+  const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30, ours: { count: retried, what: 'the images retried' } });
   printDatasetSummary(ctx, status);
   return { retried, status };
 }
