@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
+import { SIGINT_LEFT_TO_UP } from '../packages/shared/src/lifecycle.js';
 import { cliPath, freeRun, isRunning, processesWithEnv, processState, runCli, until } from './support/stack.js';
 import { guardLeaks } from './support/leak-guard.js';
 
@@ -225,6 +226,8 @@ describe('transferline up, as a process', () => {
       const lines = (await readFile(logOf(role))).subarray(logStart[role]!).toString('utf8');
       expect(lines, role).toMatch(/"signal":"SIGTERM","msg":"stopping: finishing the jobs in hand"/);
       expect(lines, role).not.toMatch(/"signal":"SIGINT"|second signal/);
+      // and said why it did nothing on SIGINT (a `kill -INT` of one worker did nothing, silently)
+      expect(lines, role).toContain(`"msg":"${SIGINT_LEFT_TO_UP}"`);
       expect(lines, role).toMatch(/"msg":"stopped"/);
     }
     // right after the banner, while its workers still start: none of them may be left behind

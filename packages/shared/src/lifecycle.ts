@@ -30,13 +30,18 @@ function supervisedByUp(): boolean {
 
 /**
  * The signals that stop this process: SIGTERM, and SIGINT unless `up` supervises it; under `up`,
- * SIGINT is then ignored (a listener keeps it from ending the process), from this first call on.
+ * SIGINT is then left to `up` (a listener keeps it from ending the process), from this first
+ * call on, and `onLeftToUp` is told each time: a SIGINT sent to this worker alone (`kill -INT`)
+ * did nothing, and said nothing.
  */
-export function stopSignals(): NodeJS.Signals[] {
+export function stopSignals(onLeftToUp?: () => void): NodeJS.Signals[] {
   if (!supervisedByUp()) return ['SIGINT', 'SIGTERM'];
-  if (process.listenerCount('SIGINT') === 0) process.on('SIGINT', () => {});
+  if (process.listenerCount('SIGINT') === 0) process.on('SIGINT', () => onLeftToUp?.());
   return ['SIGTERM'];
 }
+
+/** What a worker under `up` says of a SIGINT it leaves to `up`. */
+export const SIGINT_LEFT_TO_UP = "SIGINT left to up, which stops its workers in order on a terminal's Ctrl-C: to stop this worker alone, send it SIGTERM (up then starts it again)";
 
 /**
  * On SIGINT/SIGTERM (see stopSignals): stop taking work, finish or release what is in hand (`stop`), exit 0.

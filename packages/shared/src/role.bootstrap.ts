@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { loadConfig, type Config } from './config.js';
-import { runUntilSignal, settledWithin, stopSignals, type StopAsked } from './lifecycle.js';
+import { runUntilSignal, settledWithin, SIGINT_LEFT_TO_UP, stopSignals, type StopAsked } from './lifecycle.js';
 import { redisKeys } from './keys.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, startingMetrics, type Metrics } from './metrics.js';
@@ -53,8 +53,9 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
     void settledWithin(EARLY_UNDO_MS, Promise.allSettled(undo.map((f) => f()))).then(() => started || process.exit(0));
   };
   const onOrphaned = () => early('orphaned');
-  // (under up, the terminal's Ctrl-C is up's to handle: see stopSignals)
-  const signals = stopSignals();
+  // (under up, the terminal's Ctrl-C is up's to handle: see stopSignals; said in the log, once it is there)
+  let logger: Logger | undefined;
+  const signals = stopSignals(() => logger?.info(SIGINT_LEFT_TO_UP));
   for (const signal of signals) process.on(signal, early);
   if (process.send) {
     process.once('disconnect', onOrphaned);
@@ -64,6 +65,7 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
   const main = async () => {
     const config = loadConfig(process.env);
     const log = createLogger(role, config.logLevel);
+    logger = log;
     // The port first: a port in use ends the process before it has taken any job (after, it
     // would leave them to be found stalled). /healthz says 503 until the role has started, and
     // /metrics `tl_role_ready 0`.
