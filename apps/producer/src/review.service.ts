@@ -258,13 +258,17 @@ export async function relabelItems(
   dataset: string,
   moves: { itemId: string; label: string }[],
   onOutcome: (r: RelabelOutcome) => void = () => {},
-  o: { dryRun?: boolean } = {},
+  o: { dryRun?: boolean; onOtherHolders?: (holders: { dataset: string; images: number }[]) => void } = {},
 ): Promise<RelabelOutcome[]> {
   const { datasets } = ctx.services;
   if (!(await datasets.exists(dataset))) throw await noSuchDataset(ctx, dataset);
   const problems: string[] = [];
   const inspected = await inspectMoves(ctx, dataset, await planMoves(ctx, dataset, moves, problems), problems);
   if (problems.length) throw new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
+  // The objects move in the bucket, for every dataset ingested from them: said before they move.
+  const toMove = inspected.filter((m) => !outcomeOf(m)).map((m) => m.itemId);
+  const holders = await datasets.otherHolders(dataset, toMove);
+  if (holders.length) o.onOtherHolders?.(holders);
   const out: RelabelOutcome[] = [];
   for (const move of inspected) {
     const r = o.dryRun ? outcomeOf(move) ?? { from: move.itemId, to: move.newId, label: move.label, outcome: 'moved' } : await applyMove(ctx, dataset, move);
@@ -409,7 +413,6 @@ async function holdsImage(ctx: CliContext, p: PlannedMove, record: ItemRecord, s
   }
 }
 
-/** Makes one checked move: copy, record the new key, delete the old object, forget the old key. */
 /** The outcome of a move with nothing to do (its image not in the dataset, or under its label already); undefined when it moves. */
 function outcomeOf(m: InspectedMove): RelabelOutcome | undefined {
   const { itemId, newId, label, record, there } = m;
@@ -418,6 +421,7 @@ function outcomeOf(m: InspectedMove): RelabelOutcome | undefined {
   return undefined;
 }
 
+/** Makes one checked move: copy, record the new key, delete the old object, forget the old key. */
 async function applyMove(ctx: CliContext, dataset: string, m: InspectedMove): Promise<RelabelOutcome> {
   const { datasets, store } = ctx.services;
   const nothing = outcomeOf(m);

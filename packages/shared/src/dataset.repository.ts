@@ -1,7 +1,7 @@
 import type { ChainableCommander, Redis } from 'ioredis';
 import { EmbedFailure, ItemRecord, parseDocument } from './documents.js';
 import type { RedisKeys } from './keys.js';
-import { RedisScript } from './redis.client.js';
+import { execPipeline, RedisScript } from './redis.client.js';
 
 // Writes item records (ARGV[1] = 'worker' or 'ingest', then id, record pairs), keeping a `split`
 // the stored record has when the new one names none: the split is known at ingest, and later
@@ -114,6 +114,19 @@ export class DatasetRepository {
     if (found === undefined) return undefined;
     const slash = found.indexOf('/');
     return { bucket: found.slice(0, slash), prefix: found.slice(slash + 1) };
+  }
+
+  /**
+   * The other datasets that hold any of these objects (ingested from the same keys), and how
+   * many of them each holds: what a move of the objects changes besides `except`.
+   */
+  async otherHolders(except: string, itemIds: string[]): Promise<{ dataset: string; images: number }[]> {
+    const others = (await this.list()).filter((d) => d !== except);
+    if (others.length === 0 || itemIds.length === 0) return [];
+    const pipe = this.redis.pipeline();
+    for (const d of others) pipe.hmget(this.keys.datasetItems(d), ...itemIds);
+    const replies = await execPipeline(pipe);
+    return others.map((dataset, i) => ({ dataset, images: (replies[i] as (string | null)[]).filter((r) => r !== null).length })).filter((h) => h.images > 0);
   }
 
   async getItems(dataset: string, itemIds: string[]): Promise<(ItemRecord | undefined)[]> {

@@ -97,7 +97,18 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
         if (r.outcome === 'moved') w(`  ${moved} s3://${printable(r.from)} → s3://${printable(r.to!)}${r.note ? ` (${printable(r.note)})` : ''}`);
         else if (r.outcome === 'missing') w(`  not in ${o.dataset}: s3://${printable(r.from)}`);
       },
-      { dryRun: !!o.dryRun },
+      {
+        dryRun: !!o.dryRun,
+        // a move is the bucket's: every dataset ingested from those keys sees it, at its next ingest
+        onOtherHolders: (holders) => {
+          for (const h of holders) {
+            w(
+              `note: ${h.images} of the objects ${o.dryRun ? 'to move' : 'moved'} ${h.images === 1 ? 'is' : 'are'} also in dataset ${printable(h.dataset)} (ingested from the same keys): ` +
+                `it holds ${h.images === 1 ? 'it' : 'them'} under the old key${h.images === 1 ? '' : 's'} and label${h.images === 1 ? '' : 's'} until it is ingested again, which finds ${h.images === 1 ? 'it' : 'them'} moved (nothing is embedded again)`,
+            );
+          }
+        },
+      },
     );
   } catch (err) {
     // What moved before the failure stays moved (and is listed above). After S3 or Redis went away
