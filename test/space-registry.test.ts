@@ -182,5 +182,19 @@ describe('a worker loading its model', () => {
     const why = `its worker ${beat.workerId} could not start: could not get the EfficientNet-B0 weights from /nowhere/w.h5: ENOENT`;
     await expect(registry.resolve(space.id)).rejects.toThrow(`no embedding space ${space.id} is known here (${why})`);
     await expect(registry.resolve(undefined, undefined, space.id)).rejects.toThrow(`the dataset is in embedding space ${space.id}, which is not published here (${why})`);
+
+    // Long after the registry stopped naming the silent worker (four TTLs: a minute by default,
+    // where Kubernetes starts a crashing pod again up to 5 minutes later), why is still said,
+    // with when
+    await until('the silent worker to drop out', async () => (await registry.silentWorkers(space.id)).length === 0, 4 * TTL_MS / 1000 + 5, 250);
+    const later = await registry.failureOf(space.id);
+    expect(later).toMatch(new RegExp(`^its worker ${beat.workerId} could not start, \\d+ s ago: could not get the EfficientNet-B0 weights from /nowhere/w\\.h5: ENOENT$`));
+    await expect(registry.resolve(space.id)).rejects.toThrow(new RegExp(`^no embedding space ${space.id.replace(/\./g, '\\.')} is known here \\(its worker ${beat.workerId} could not start, \\d+ s ago: could not get`));
+    expect((await registry.recentFailures()).map((f) => f.worker.workerId)).toEqual([beat.workerId]);
+    // until a worker of the space goes live
+    const live = await registry.startHeartbeat(space, 'onnx', () => undefined);
+    stops.push(() => live.stop());
+    expect(await registry.failureOf(space.id)).toBeUndefined();
+    expect(await registry.recentFailures()).toEqual([]);
   });
 });

@@ -328,7 +328,12 @@ async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): P
     return `${none}: ${it}, more than the ${EMBED_START_LIMIT_MS / 60_000} minutes a load takes (stuck? see its log); restart it, or start another`;
   }
   const [last] = await ctx.services.spaces.silentWorkers(space).catch(() => []);
-  if (!last) return { gone: `${none} (start one with that space's settings)` };
+  if (!last) {
+    // a failed start further back than the registry names silent workers (starts minutes apart,
+    // as Kubernetes backs a crashing pod off): why, and how long ago
+    const failed = await ctx.services.spaces.failureOf(space).catch(() => undefined);
+    return failed ? `${none}: ${failed}` : { gone: `${none} (start one with that space's settings)` };
+  }
   // silent while loading: a build of the model can hold its beat (a busy machine); waited for as
   // long as the registry names a silent worker (four TTLs), then given up as gone
   const ago = Math.round(last.silentMs / 1000);

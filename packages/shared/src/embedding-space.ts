@@ -113,6 +113,7 @@ if ARGV[7] == 'starting' then
 else
   redis.call('ZREM', KEYS[4], ARGV[1])
   redis.call('ZADD', KEYS[1], now, ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[4])
   redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
   redis.call('HSETNX', KEYS[3], ARGV[6], now)
 end
@@ -123,17 +124,26 @@ for _, set in ipairs({ KEYS[1], KEYS[4] }) do
     if not redis.call('ZSCORE', KEYS[1], id) and not redis.call('ZSCORE', KEYS[4], id) then redis.call('HDEL', KEYS[2], id) end
   end
 end
-return now`, 4);
+return now`, 5);
 /**
  * A worker that gave up starting: its record, silent at once (not loading any more), and named as
- * silent ones are for three TTLs more (45 s by default; a supervisor's next failed start writes it again).
+ * silent ones are for three TTLs more (45 s by default); and its space's latest failed start,
+ * kept until a worker of the space goes live (or FAILED_START_KEPT_MS has passed), for starts
+ * further apart than that (Kubernetes backs a crashing pod off up to 5 minutes).
  */
 const FAILED = new RedisScript('tlEmbedWorkerFailed', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[1], now - tonumber(ARGV[3]) - 1, ARGV[1])
-return now`, 2);
+redis.call('HSET', KEYS[3], ARGV[4], '{"at":' .. now .. ',"worker":' .. ARGV[2] .. '}')
+return now`, 3);
+/** Each space's latest failed start, and Redis's clock. */
+const START_FAILURES = new RedisScript('tlEmbedStartFailures', `
+local t = redis.call('TIME')
+return { tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), redis.call('HGETALL', KEYS[1]) }`, 1);
+/** How long a space's latest failed start is named (unless a worker of the space goes live first). */
+export const FAILED_START_KEPT_MS = 15 * 60_000;
 /** Redis's clock, and the workers that beat within a TTL: live ones, and those loading their model. */
 const BEATING = new RedisScript('tlBeatingEmbedWorkers', `
 local t = redis.call('TIME')
@@ -238,15 +248,34 @@ export class SpaceRegistry {
     return (await this.silent()).filter((w) => w.worker.space === spaceId);
   }
 
-  /** Why the latest worker of `spaceId` to give up starting could not, as said to users (lately: three TTLs). */
+  /**
+   * Why the latest worker of `spaceId` to give up starting could not, as said to users: lately
+   * (three TTLs) as it is, and for FAILED_START_KEPT_MS with how long ago, unless a worker of
+   * the space has gone live since.
+   */
   async failureOf(spaceId: string): Promise<string | undefined> {
-    const failed = (await this.silentWorkers(spaceId)).find((w) => w.worker.failed !== undefined);
-    return failed && couldNotStart(failed.worker);
+    const recent = (await this.silentWorkers(spaceId)).find((w) => w.worker.failed !== undefined);
+    if (recent) return couldNotStart(recent.worker);
+    const kept = (await this.startFailures()).find((w) => w.worker.space === spaceId);
+    return kept && couldNotStart(kept.worker, kept.silentMs);
   }
 
-  /** Workers of any space that gave up starting lately (their records say why), the latest first. */
+  /** Workers of any space that gave up starting lately (their records say why), the latest first; then each space's kept failed start. */
   async recentFailures(): Promise<SilentWorker[]> {
-    return (await this.silent()).filter((w) => w.worker.failed !== undefined);
+    const recent = (await this.silent()).filter((w) => w.worker.failed !== undefined);
+    const kept = (await this.startFailures()).filter((k) => !recent.some((r) => r.worker.space === k.worker.space));
+    return [...recent, ...kept];
+  }
+
+  /** Each space's latest failed start within FAILED_START_KEPT_MS, with how long ago (`silentMs`), the latest first. */
+  private async startFailures(): Promise<SilentWorker[]> {
+    const [now, flat] = (await START_FAILURES.run(this.redis, [this.keys.embedStartFailures()], [])) as [number, string[]];
+    const out: SilentWorker[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      const { at, worker } = JSON.parse(flat[i + 1]!) as { at: number; worker: unknown };
+      if (now - at < FAILED_START_KEPT_MS) out.push({ worker: parseDocument(EmbedWorkerInfo, worker, 'a failed start'), silentMs: now - at });
+    }
+    return out.sort((a, b) => a.silentMs - b.silentMs);
   }
 
   /** Every worker silent for less than four TTLs, live or loading before, the latest first. */
@@ -300,7 +329,7 @@ export class SpaceRegistry {
     const beat = () =>
       BEAT.run(
         this.redis,
-        [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces(), this.keys.embedWorkersStarting()],
+        [this.keys.embedWorkers(), this.keys.embedWorkerInfo(), this.keys.spaces(), this.keys.embedWorkersStarting(), this.keys.embedStartFailures()],
         [info.workerId, JSON.stringify(info), this.ttlMs, space.id, JSON.stringify(space), SINCE_FIELD, info.starting ? 'starting' : 'live'],
       );
     let timer: NodeJS.Timeout | undefined;
@@ -341,7 +370,7 @@ export class SpaceRegistry {
         stopped = true;
         clearInterval(timer);
         await inflight;
-        await FAILED.run(this.redis, [this.keys.embedWorkersStarting(), this.keys.embedWorkerInfo()], [info.workerId, JSON.stringify({ ...info, failed: reason }), this.ttlMs]);
+        await FAILED.run(this.redis, [this.keys.embedWorkersStarting(), this.keys.embedWorkerInfo(), this.keys.embedStartFailures()], [info.workerId, JSON.stringify({ ...info, failed: reason }), this.ttlMs, space.id]);
       },
       stop: async () => {
         stopped = true;
@@ -432,9 +461,10 @@ export class SpaceRegistry {
   }
 }
 
-/** A worker that gave up starting, as every command says it. */
-export function couldNotStart(worker: EmbedWorkerInfo): string {
-  return `its worker ${worker.workerId} could not start: ${worker.failed}`;
+/** A worker that gave up starting, as every command says it; `agoMs`: when that was, said for one that is not recent. */
+export function couldNotStart(worker: EmbedWorkerInfo, agoMs?: number): string {
+  const ago = agoMs === undefined ? '' : `, ${agoMs < 120_000 ? `${Math.round(agoMs / 1000)} s` : `${Math.round(agoMs / 60_000)} min`} ago`;
+  return `its worker ${worker.workerId} could not start${ago}: ${worker.failed}`;
 }
 
 function plural(n: number, word: string): string {

@@ -35,6 +35,11 @@ export function redisKeys(prefix: string) {
     embedWorkersStarting: () => `${prefix}:embed-workers:starting`,
     /** hash: embed worker id → EmbedWorkerInfo JSON (its space, backend, host) */
     embedWorkerInfo: () => `${prefix}:embed-workers:info`,
+    /**
+     * hash: embedder id → the latest worker of that space to give up starting, `{"at": ms (Redis
+     * clock), "worker": EmbedWorkerInfo}`; removed when a worker of the space goes live
+     */
+    embedStartFailures: () => `${prefix}:embed-workers:failed`,
     /** sorted set: backpressure reservations (id → expiry) for one space's embed backlog */
     backpressure: (embedderId: string) => `${prefix}:backpressure:${embedderId}`,
     /**
