@@ -509,6 +509,9 @@ describe('training runs and classification', () => {
     // its images have no label: status says so, not "?" (and how many of them failed: notes.jpg at least)
     const status = await runCli(['status', '-d', classifyDatasetName('shapes')], stack.env);
     expect(status.stdout).toMatch(/^ {2}labels: \(unlabelled\) \(\d+, [1-9]\d* failed\)$/m);
+    // and so does its JSON, where "?" alone could be a folder named so
+    const json = JSON.parse((await runCli(['status', '-d', classifyDatasetName('shapes'), '--json'], stack.env)).stdout) as { datasets: { labels: { label: string; unlabelled?: boolean }[] }[] };
+    expect(json.datasets[0]!.labels).toEqual([expect.objectContaining({ unlabelled: true })]);
   });
 
   it("a latest run deleted from the bucket: models, classify and export use the newest run left, and say so", async () => {

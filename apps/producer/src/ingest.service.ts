@@ -1,6 +1,7 @@
 import {
   DatasetRepository,
   TRANSIENT_REASONS,
+  UNLABELLED,
   itemFromKey,
   splitOfPrefix,
   jobIds,
@@ -24,8 +25,7 @@ export interface IngestRequest {
   labels?: 'folders' | 'none';
 }
 
-/** The label an unlabelled image carries (images to classify). */
-export const UNLABELLED = '?';
+
 
 export interface IngestCounts {
   listed: number;

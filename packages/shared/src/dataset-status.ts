@@ -2,7 +2,7 @@ import { QueueKeys } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { DatasetRepository } from './dataset.repository.js';
 import { EmbedFailure, parseDocument, type ItemRecord, type Stage } from './documents.js';
-import { jobIds, queueName } from './jobs.catalog.js';
+import { isClassifyDataset, jobIds, queueName, UNLABELLED } from './jobs.catalog.js';
 import type { RedisKeys } from './keys.js';
 import { sleep } from './lifecycle.js';
 
@@ -65,7 +65,8 @@ export interface DatasetStatus {
   failures: ({ item: string; object: string } & ItemFailureView)[];
   failuresByReason: { stage: Stage; reason: string; count: number }[];
   /** images per label, sorted by label, and how many of them failed for good (when any): train leaves those out */
-  labels: { label: string; count: number; failed?: number }[];
+  /** `unlabelled`: the images of a classify dataset, which carry no label (`label` is then UNLABELLED) */
+  labels: { label: string; count: number; failed?: number; unlabelled?: true }[];
   /**
    * Embedded images (counted in `embedded`) whose embedding is in another space than the
    * dataset's (a later ingest of some of its prefixes moved the dataset to another space): train
@@ -285,7 +286,9 @@ export class DatasetInspector {
         }
       }
     }
-    s.labels = [...labels].map(([label, l]) => ({ label, count: l.count, ...(l.failed && { failed: l.failed }) })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
+    // (in a training dataset, a folder may be named `?`: a label like any other)
+    const unlabelled = isClassifyDataset(dataset);
+    s.labels = [...labels].map(([label, l]) => ({ label, count: l.count, ...(l.failed && { failed: l.failed }), ...(unlabelled && label === UNLABELLED && { unlabelled: true as const }) })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
     s.failuresByReason = [...reasons.values()].sort((a, b) => b.count - a.count);
     s.elsewhere = [...elsewhere].map(([sp, e]) => ({ space: sp, count: e.count, sources: [...e.sources].sort() }));
     return s;

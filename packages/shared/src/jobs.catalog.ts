@@ -26,6 +26,9 @@ export function classifyDatasetName(model: string): string {
   return `_classify.${model}`;
 }
 
+/** The label an image to classify carries in its record (classify's datasets: see isClassifyDataset). */
+export const UNLABELLED = '?';
+
 /** Whether a dataset is where classify keeps its images (see classifyDatasetName). */
 export function isClassifyDataset(dataset: string): boolean {
   return dataset.startsWith(classifyDatasetName(''));

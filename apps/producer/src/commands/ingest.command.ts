@@ -1,9 +1,9 @@
-import { isClassifyDataset, parseS3Url, relistCommand, s3Refusal, type DatasetStatus } from '@transferline/shared';
+import { parseS3Url, relistCommand, s3Refusal, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
 import { watchRounds } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
-import { ingestPrefix, UNLABELLED, type IngestCounts } from '../ingest.service.js';
+import { ingestPrefix, type IngestCounts } from '../ingest.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 
@@ -140,10 +140,8 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
       (s.orphaned ? `, ${s.orphaned} orphaned (their job was lost: ${relistCommand(s.dataset)})` : '') +
       (s.space ? ` — embedding space ${s.space}` : ''),
   );
-  // images to classify carry no label (UNLABELLED in their records; a user's folder may be named so)
-  const unlabelled = (label: string) => label === UNLABELLED && isClassifyDataset(s.dataset);
   // (failed images are the dataset's, but no training run's)
-  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${unlabelled(l.label) ? '(unlabelled)' : printable(l.label)} (${l.count}${l.failed ? `, ${l.failed} failed` : ''})`).join(', ')}`);
+  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${l.unlabelled ? '(unlabelled)' : printable(l.label)} (${l.count}${l.failed ? `, ${l.failed} failed` : ''})`).join(', ')}`);
   if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
   for (const line of elsewhereLines(s)) w(`  ${line}`);
   printFailures(ctx, s);

@@ -117,7 +117,7 @@ ${countCards(s)}${countedAge(d.counted, now) ? html`<p>${countedAge(d.counted, n
 ${failures}
 <h2>Images per label</h2>${
     s.labels.length
-      ? html`<table id="labels"><tr><th>label</th><th class="n">images</th></tr>${s.labels.map((l, i) => html`<tr data-label-index="${i}"><td class="label">${l.label}</td><td class="n">${l.count}</td></tr>`)}</table>`
+      ? html`<table id="labels"><tr><th>label</th><th class="n">images</th></tr>${s.labels.map((l, i) => html`<tr data-label-index="${i}"><td class="label">${l.unlabelled ? '(unlabelled)' : l.label}</td><td class="n">${l.count}</td></tr>`)}</table>`
       : html`<p class="muted">no images</p>`
   }
 <h2>Trained runs</h2>${runsTable(d.runs, false)}</section>`;
