@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Supervisor } from '../embedded/supervisor.js';
-import { embedBackendWhere } from './up.command.js';
+import { embedBackendWhere, foreignDemoFolders } from './up.command.js';
 
 describe("up's banner: where each embed worker names its backend", () => {
   const supervisor = new Supervisor(path.join('/data', 'logs'), () => undefined);
@@ -13,5 +13,16 @@ describe("up's banner: where each embed worker names its backend", () => {
   });
   it('none: says so', () => {
     expect(embedBackendWhere(supervisor, [{ role: 'preprocess', replica: 1 }])).toBe(' (no embed worker here: --embed-workers 0)');
+  });
+});
+
+describe("the demo's dataset", () => {
+  it("names the folders under the demo's prefix that the demo did not make (a user's own, which join its training)", () => {
+    expect(foreignDemoFolders(['circle', 'square', 'triangle'])).toBeUndefined();
+    expect(foreignDemoFolders(['blobs', 'circle', 'square', 'stripes', 'triangle'])).toBe(
+      "demo: s3://photos/train/ also holds folders the demo did not make (blobs, stripes): they are in the demo's dataset and its training; keep your own images under another prefix (s3://photos/mine/, say) and ingest them into a dataset of their own",
+    );
+    // a label that is a name of Object.prototype is no sample class
+    expect(foreignDemoFolders(['circle', 'constructor'])).toMatch(/\(constructor\)/);
   });
 });

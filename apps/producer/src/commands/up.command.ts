@@ -5,7 +5,7 @@ import { createLogger, createQueues, createServices, loadConfig, redactUrl, reso
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
 import { consoleBanner } from './console.command.js';
 import { openCliContext } from '../cli-context.js';
-import { writeSampleSet } from '../demo/sample-images.js';
+import { SAMPLE_CLASSES, writeSampleSet } from '../demo/sample-images.js';
 import { EMBEDDED_S3_DEV_CREDENTIALS } from '../embedded/s3.server.js';
 import { childPorts, DEFAULT_PORTS, DEFAULT_REPLICAS, startStack, type Replicas, type StackPorts } from '../embedded/stack.js';
 import { ingestCommand } from './ingest.command.js';
@@ -13,7 +13,7 @@ import { trainCommand } from './train.command.js';
 import { uploadCommand } from './upload.command.js';
 import { createProgress } from '../progress.js';
 import { EXIT, onBrokenPipe } from '../exit-codes.js';
-import { shellQuote } from '../terminal.js';
+import { printable, shellQuote } from '../terminal.js';
 
 export interface UpOptions {
   demo: boolean;
@@ -55,6 +55,20 @@ const DEMO_PREFIX = 'train/';
 const EMBED_LIVE_DEADLINE_MS = 180_000;
 
 /** Where the banner says each embed worker names its backend (its log: one per replica), or that none runs here. */
+/**
+ * A user's own images put under the demo's prefix (the README's example once did) join the demo's
+ * dataset and its training: said, with the folders the demo did not make.
+ */
+export function foreignDemoFolders(labels: string[]): string | undefined {
+  const foreign = labels.filter((l) => !Object.hasOwn(SAMPLE_CLASSES, l));
+  if (foreign.length === 0) return undefined;
+  const named = `${foreign.slice(0, 5).map(printable).join(', ')}${foreign.length > 5 ? ` and ${foreign.length - 5} more` : ''}`;
+  return (
+    `demo: s3://${DEMO_BUCKET}/${DEMO_PREFIX} also holds folders the demo did not make (${named}): they are in the demo's dataset and its training; ` +
+    `keep your own images under another prefix (s3://${DEMO_BUCKET}/mine/, say) and ingest them into a dataset of their own`
+  );
+}
+
 export function embedBackendWhere(supervisor: { logFile: (role: 'embed', replica?: number) => string }, children: { role: string; replica: number }[]): string {
   const logs = children.filter((c) => c.role === 'embed').map((c) => supervisor.logFile('embed', c.replica));
   if (logs.length === 0) return ' (no embed worker here: --embed-workers 0)';
@@ -177,7 +191,9 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
         }
         if (children.some((c) => c.role === 'embed')) await embedWorkerLive(() => ctx.services.spaces.workersOf(stack.space.id), w, () => stopping);
         // the stack's own space, whatever other spaces a shared Redis holds
-        await ingestCommand(ctx, `s3://${DEMO_BUCKET}/${DEMO_PREFIX}`, { dataset: 'demo', wait: true, embedder: stack.space.id, embedderReason: "this stack's" });
+        const demo = await ingestCommand(ctx, `s3://${DEMO_BUCKET}/${DEMO_PREFIX}`, { dataset: 'demo', wait: true, embedder: stack.space.id, embedderReason: "this stack's" });
+        const foreign = foreignDemoFolders(demo.status?.labels.map((l) => l.label) ?? []);
+        if (foreign) w(foreign);
         await trainCommand(ctx, { dataset: 'demo', wait: true, epochs: 40 });
       } finally {
         await ctx.close();
