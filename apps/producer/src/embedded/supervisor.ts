@@ -122,11 +122,15 @@ export class SupervisedProcess {
       const next = nextRestart(this.restarts, Date.now() - startedAt);
       this.restarts = next.restarts;
       const delay = next.delayMs;
-      this.onEvent(`${s.name} exited (${signal ?? code}); restarting in ${(delay / 1000).toFixed(1)} s — see ${s.logFile}`);
+      const exited = `${s.name} exited (${signal ?? code})`;
+      // A clean exit (0) is a stop asked by a signal of its own: when the whole process group was
+      // sent SIGTERM (systemd, docker, a closed tmux pane), `up` is stopping too, and a
+      // "restarting" said before it knew would be false. Said once it restarts, if it does.
+      if (code !== 0) this.onEvent(`${exited}; restarting in ${(delay / 1000).toFixed(1)} s — see ${s.logFile}`);
       setTimeout(() => {
         if (this.stopping) return;
         this.spawn();
-        this.onEvent(`${s.name} restarted`);
+        this.onEvent(code === 0 ? `${exited}, stopped by a signal of its own; restarted — see ${s.logFile}` : `${s.name} restarted`);
       }, delay).unref();
     });
   }
