@@ -126,6 +126,10 @@ describe("the README's two terminals", () => {
     const split = /run \S+: validation accuracy [\d.]+%, test accuracy [\d.]+% \((\d+) images: (\d+) train, (\d+) validation, (\d+) test; best epoch \d+\)/.exec(train.stdout);
     expect(split, train.stdout).not.toBeNull();
     expect(Number(split![2]) + Number(split![3]) + Number(split![4])).toBe(Number(split![1]));
+    // right under it: the random weights its figures come from, and how little a few validation images say
+    const under = train.stdout.slice(split!.index).split('\n');
+    expect(under[1]).toBe("  note: EfficientNet-B0 runs with SEEDED RANDOM weights (seed 42) in embedding space efficientnet-b0.random-seed42.squash224: these figures are fine for the demo's shapes, not for real photos");
+    expect(under[2]).toBe(`  note: validation holds ${split![3]} images: one image moves its accuracy by ${Math.round(100 / Number(split![3]))} points, so take it as rough (more images a class give steadier figures)`);
     // and models lines its figures up under their headings
     const listed = (await runCli(['models'], shell)).stdout.split('\n');
     const heading = listed[0]!;
@@ -136,6 +140,7 @@ describe("the README's two terminals", () => {
     }
     const classify = await runCli(['classify', 's3://photos/mine/circle/', '--model', 'mine'], shell);
     expect(classify.code).toBe(0);
+    expect(classify.stdout).toContain("\n  note: EfficientNet-B0 runs with SEEDED RANDOM weights (seed 42) in embedding space efficientnet-b0.random-seed42.squash224: its labels are fine for the demo's shapes, not for real photos\n");
     // a model of the random space says so where it leaves transferline
     const onnx = await runCli(['export', '-m', 'mine', '-o', path.join(dir, 'mine.onnx')], shell);
     expect(onnx.code).toBe(0);

@@ -3,6 +3,7 @@ import { LabelsDoc, ReportDoc, resolveWeights, type EmbeddingSpace } from '@tran
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { loadHead } from '@transferline/train-worker/head.store';
 import type { CliContext } from './cli-context.js';
+import { RANDOM_IS_FOR_SHAPES, randomWeights } from './report-words.js';
 import { resolveModel } from './commands/classify.command.js';
 
 /** A trained run as one image-in, probabilities-out ONNX model. */
@@ -40,5 +41,6 @@ export async function loadClassifierModel(ctx: CliContext, spec: string): Promis
 /** What serve and export say of a model whose EfficientNet-B0 has seeded random weights (none otherwise). */
 export function randomWeightsNote(meta: ClassifierMetadata): string | undefined {
   if (meta.randomSeed === undefined) return undefined;
-  return `note: EfficientNet-B0 runs with SEEDED RANDOM weights (seed ${meta.randomSeed}), as this run was trained (${meta.embedderId}): fine for the demo's shapes, not for real photos`;
+  return `note: ${randomWeights(meta.randomSeed)}, as this run was trained (${meta.embedderId}): ${RANDOM_IS_FOR_SHAPES}`;
 }
+

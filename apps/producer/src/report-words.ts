@@ -1,4 +1,4 @@
-import type { EvaluationReport, ReportDoc } from '@transferline/shared';
+import type { EmbeddingSpace, EvaluationReport, ReportDoc } from '@transferline/shared';
 
 /**
  * The end of a report's coverage line (the CLI's report, the console's run page) for the prefixes a
@@ -37,4 +37,29 @@ export function classFigures(ev: EvaluationReport, c: number): { precision?: num
   const x = ev.perClass[c]!;
   const predicted = ev.confusionMatrix.reduce((n, row) => n + (row[c] ?? 0), 0);
   return { ...(predicted > 0 && { precision: x.precision }), ...(x.support > 0 && { recall: x.recall, f1: x.f1 }) };
+}
+
+/**
+ * What train, review and classify say of work in an embedding space of seeded random weights
+ * (none otherwise): `what` names what it means for them ("its figures", say).
+ */
+export function randomSpaceNote(space: Pick<EmbeddingSpace, 'id' | 'weights' | 'seed'> | undefined, what: string): string | undefined {
+  if (space?.weights !== 'random') return undefined;
+  return `note: ${randomWeights(space.seed)} in embedding space ${space.id}: ${what} ${RANDOM_IS_FOR_SHAPES}`;
+}
+
+export const randomWeights = (seed: number | undefined) => `EfficientNet-B0 runs with SEEDED RANDOM weights${seed === undefined ? '' : ` (seed ${seed})`}`;
+export const RANDOM_IS_FOR_SHAPES = "fine for the demo's shapes, not for real photos";
+
+/** A split of fewer images than this moves its accuracy by more than 3 points an image: said beside the figures. */
+export const FEW_TO_MEASURE = 30;
+
+/** What the CLI says of a validation or test split too small for its accuracy to mean much (a tiny dataset's 100%). */
+export function fewToMeasure(split: { validation: number; test: number }): string[] {
+  return (['validation', 'test'] as const)
+    .filter((k) => split[k] > 0 && split[k] < FEW_TO_MEASURE)
+    .map((k) => {
+      const n = split[k];
+      return `${k} holds ${n} image${n === 1 ? '' : 's'}: one image moves its accuracy by ${Math.round(100 / n)} points, so take it as rough (more images a class give steadier figures)`;
+    });
 }

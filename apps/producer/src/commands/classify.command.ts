@@ -8,6 +8,7 @@ import { indexUnderOtherPrefixes, otherPrefixWords, restoreLostIndex } from '../
 import { printFailures } from './ingest.command.js';
 import { followJob } from '../job-follow.js';
 import { printable } from '../terminal.js';
+import { randomSpaceNote } from '../report-words.js';
 import { nothingHere } from '../storage-hint.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
 
@@ -91,6 +92,8 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   const loading = workers ? 0 : (await ctx.services.spaces.startingWorkers(model.space.id)).length;
   const none = loading ? `no embed worker live yet: ${loading === 1 ? 'one is' : `${loading} are`} loading the model` : 'no embed worker live now: new images wait for one';
   ctx.out.write(`model ${model.dataset}@${model.runId}, embedding space ${model.space.id} (${workers ? `${workers} embed worker${workers === 1 ? '' : 's'} live` : none})\n`);
+  const random = randomSpaceNote(model.space, 'its labels are');
+  if (random) ctx.out.write(`  ${random}\n`);
   const dataset = classifyDatasetName(model.dataset);
   const stallSeconds = o.stallSeconds ?? 30;
   const results: ClassifyResult[] = [];

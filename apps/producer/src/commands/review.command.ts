@@ -4,6 +4,7 @@ import { CliExit, EXIT } from '../exit-codes.js';
 import { likeliestOther, relabelItems, reviewDataset, reviewHighlights, type RelabelOutcome, type Review } from '../review.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
+import { randomSpaceNote } from '../report-words.js';
 
 /**
  * `transferline review -d NAME [--top N] [--folds K] [--json]`: ranks the images whose given label
@@ -38,6 +39,9 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   const distinct = copies ? `, ${review.distinct} distinct (copies of the same bytes count once and share a fold)` : '';
   const limited = review.foldsLimitedBy ? ` (not ${review.foldsLimitedBy.asked}: ${printable(review.foldsLimitedBy.label)} has ${review.foldsLimitedBy.images} images to fit on, and every fold needs one)` : '';
   w(`review of ${o.dataset}: ${review.lines.length} embedded images${distinct}, ${review.folds}-fold${limited} out-of-fold predictions in ${review.seconds.toFixed(1)} s`);
+  // (a relabel on its word would move well-labelled objects in the bucket)
+  const random = randomSpaceNote(await ctx.services.spaces.get(review.space).catch(() => undefined), 'its suggestions are');
+  if (random) w(`  ${random}`);
   if (review.underTwoLabels) w(`  ${review.underTwoLabels} of them ${review.underTwoLabels === 1 ? 'is' : 'are'} filed under more than one label: predicted, but fitted under none (move ${review.underTwoLabels === 1 ? 'it' : 'them'} with transferline relabel)`);
   if (review.failed) w(`  left out: ${review.failed} failed image${review.failed === 1 ? '' : 's'} (see transferline failures -d ${o.dataset})`);
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);

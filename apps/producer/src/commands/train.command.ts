@@ -6,7 +6,7 @@ import { followJob } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { classFigures, notIngestedAgain, thresholdCaution } from '../report-words.js';
+import { classFigures, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
 import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
@@ -175,7 +175,8 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
   // read where the worker wrote it (its bucket, its run folder under its TL_PREFIX), which a shell
   // with other settings would not find
   const report = await ctx.services.store.getDocument(ReportDoc, result.bucket ?? ctx.config.s3.bucket, `${result.modelPrefix}${'report.json' satisfies RunFile}`);
-  printReport(ctx, result, report, payload.promote);
+  const random = report && randomSpaceNote(await ctx.services.spaces.get(report.embedderId).catch(() => undefined), 'these figures are');
+  printReport(ctx, result, report, payload.promote, random);
   return { runId, result, ...(report && { report }) };
 }
 
@@ -261,10 +262,12 @@ function splitWords(split: ReportDoc['split']): string {
   return `${split.train} train, ${split.validation} validation${split.test > 0 ? `, ${split.test} test` : ''}`;
 }
 
-function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | undefined, promote: boolean): void {
+function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | undefined, promote: boolean, random?: string): void {
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images${report ? `: ${splitWords(report.split)}` : ''}; best epoch ${result.bestEpoch})`);
+  if (random) w(`  ${random}`);
+  if (report) for (const few of fewToMeasure(report.split)) w(`  note: ${few}`);
   if (report?.coverage.partial) w(`  partial: trained on ${report.coverage.embedded} of ${report.coverage.total} images (${report.coverage.pending} pending, ${report.coverage.failed} failed)${notIngestedAgain(report.coverage, printable)}`);
   const conflicts = report?.split.conflictsLeftOut ?? 0;
   // what the example count above leaves unsaid: identical bytes are one example
