@@ -178,6 +178,24 @@ describe('what a user sees when something is wrong', () => {
       expect(lost.stdout).not.toContain('TL_QUEUE_PREFIX as the workers have it');
     });
 
+    it("a shell whose REDIS_URL is not the workers' (an empty Redis): status says that may be why the index looks lost", async () => {
+      const { stack, ctx } = file;
+      await ctx.services.cache.writeShard(stack.space.id, ['b'.repeat(64)], new Float32Array(4), 4);
+      const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-otherredis-'));
+      const other = await startEmbeddedRedis({ directory: path.join(dir, 'redis'), port: 0, persist: false });
+      try {
+        const status = await runCli(['status'], { ...stack.env, REDIS_URL: other.url });
+        expect({ code: status.code, stderr: status.stderr }).toEqual({ code: 0, stderr: '' });
+        expect(status.stdout).toContain(`warning: the embedding index of ${stack.space.id} is empty while its shards are in s3://`);
+        expect(status.stdout).toContain(`warning: no embed worker has beaten in this Redis (${other.url}) since it began (a running one does within seconds): if the workers use another Redis, this is no loss; set REDIS_URL as they have it\n`);
+        // the workers' own Redis, where they beat: nothing of the kind
+        expect((await runCli(['status'], stack.env)).stdout).not.toContain('no embed worker has beaten');
+      } finally {
+        await other.stop();
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
+
     it("a shell whose TL_QUEUE_PREFIX is not the workers': delete dataset --runs deletes nothing of a live dataset, and the commands of a dataset name the setting", async () => {
       const { stack, ctx } = file;
       const { bucket } = stack.config.s3;

@@ -290,6 +290,11 @@ export class SpaceRegistry {
       .sort((a, b) => a.silentMs - b.silentMs);
   }
 
+  /** Whether any embed worker has beaten in this Redis since its registry began (since Redis lost its data, if it did). */
+  async everBeaten(): Promise<boolean> {
+    return Number(await REGISTRY_AGE.run(this.redis, [this.keys.spaces()], [SINCE_FIELD])) >= 0;
+  }
+
   /** Live workers of one space. */
   async workersOf(spaceId: string): Promise<number> {
     return (await this.liveWorkers()).filter((w) => w.space === spaceId).length;

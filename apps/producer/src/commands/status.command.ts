@@ -1,4 +1,4 @@
-import { permanentFailureOf, queueName, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
+import { permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
@@ -295,6 +295,11 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
       continue;
     }
     warnings.push(`the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}`);
+  }
+  // An empty Redis that no embed worker has ever beaten in looks the same as one that lost its
+  // data: a shell whose REDIS_URL is not the workers' (a user's trial). Said as well.
+  if (warnings.length && !(await ctx.services.spaces.everBeaten().catch(() => true))) {
+    warnings.push(`no embed worker has beaten in this Redis (${redactUrl(ctx.config.redis.url)}) since it began (a running one does within seconds): if the workers use another Redis, this is no loss; set REDIS_URL as they have it`);
   }
   let found = warnings.length > 0;
   try {
