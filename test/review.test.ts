@@ -194,6 +194,9 @@ describe('review and relabel', () => {
     const missing = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/circle/nope.jpg`, '--to', 'square'], stack.env);
     expect(missing.stdout).toMatch(/not in noisy: s3:\/\/review-photos\/train\/circle\/nope\.jpg/);
     expect(missing.code).toBe(1);
+    // nothing moved: no "train again"; and one image is one
+    expect(missing.stdout).toContain('relabel noisy: 0 moved, 0 already there, 1 not found\n');
+    expect(missing.stderr).toContain('1 of the images named is not in noisy');
     const unknown = await runCli(['relabel', '-d', 'nope', key, '--to', 'square'], stack.env);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/no dataset named nope/);

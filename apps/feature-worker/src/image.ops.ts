@@ -74,7 +74,7 @@ export const vipsErrors = new VipsErrorAttribution();
  * not an image we can read.
  */
 export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promise<Uint8Array> {
-  if (bytes.length === 0) throw new PermanentError('empty', 'the object is zero bytes');
+  if (bytes.length === 0) throw new PermanentError('empty', 'zero bytes (an empty object, or an empty upload)');
   const sniffed = sniffFormat(bytes);
   // Only the formats we mean to read reach a decoder: libvips would also try SVG (rendered with
   // whatever fonts this machine has, so two workers could turn the same bytes into different

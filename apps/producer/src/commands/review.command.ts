@@ -125,7 +125,7 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
     throw err;
   }
   if (o.dryRun) w(`relabel ${o.dataset}: ${summary()}; nothing moved (--dry-run): run it without --dry-run to move them`);
-  else w(`relabel ${o.dataset}: ${summary()}; nothing to embed again. Train again to use the new labels.`);
-  if (count('missing')) throw new CliExit(EXIT.error, `${count('missing')} of the images named are not in ${o.dataset}`);
+  else w(`relabel ${o.dataset}: ${summary()}${count('moved') ? '; nothing to embed again. Train again to use the new labels.' : ''}`);
+  if (count('missing')) throw new CliExit(EXIT.error, `${count('missing')} of the images named ${count('missing') === 1 ? 'is' : 'are'} not in ${o.dataset}`);
   return done;
 }
