@@ -1,5 +1,6 @@
 import { parseS3Url, relistCommand, s3Refusal, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { CliExit, EXIT } from '../exit-codes.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
 import { watchRounds } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
@@ -92,6 +93,18 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   }
   for (const label of counts.mergedLabels) {
     w(`note: label folder "${printable(label)}" comes in more than one Unicode spelling (NFC and NFD, as macOS writes them); they are one label`);
+  }
+  // Every object outside a label folder (a prefix one level too deep, a label's own folder) of a
+  // dataset that exists: nothing was added, and waiting would only print its old figures and
+  // failures as if they were this ingest's (and exit 3 on them). Said as for a new dataset, with
+  // where its label folders are.
+  if (counts.listed > 0 && counts.unlabelled === counts.listed && (await ctx.services.datasets.exists(o.dataset))) {
+    const sources = (await ctx.services.datasets.sources(o.dataset)).sort().map((p) => `s3://${printable(p)}`);
+    throw new CliExit(
+      EXIT.error,
+      `transferline: none of the ${counts.listed} objects is in a label folder under ${where}, so nothing was added to dataset ${o.dataset}` +
+        (sources.length ? ` (a prefix one level too deep? its label folders are under ${sources.join(', ')})` : ' (a prefix one level too deep?)'),
+    );
   }
   if (!o.wait) return { space: space.id, counts };
   // nothing listed and nothing from before: no dataset to wait for (waiting would call it vanished)
