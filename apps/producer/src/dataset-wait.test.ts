@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { pollDelayMs, progressOf } from './dataset-wait.js';
+import { connectedHint, pollDelayMs, progressOf, type UpRestarts } from './dataset-wait.js';
 
 describe("a dataset wait's looks", () => {
   it('come less often for a large dataset, and take Redis at most a quarter of the time', () => {
@@ -28,5 +28,14 @@ describe("a dataset wait's bar", () => {
 
   it('never goes below none done when images of another command are pending too', () => {
     expect(progressOf({ ...status, embedded: 990, pending: 20 }, ours)).toMatchObject({ value: 0, total: 12 });
+  });
+});
+
+describe('a stalled wait with workers connected', () => {
+  it("after up restarted a hung worker, says the new one is connected and the old one's jobs wait for their locks, not 'busy with other work?'", () => {
+    const restarts: UpRestarts = new Map();
+    expect(connectedHint(restarts)).toBe('workers are connected for every waiting stage (busy with other work?)');
+    restarts.set('embed', { until: Date.now() + 60_000, hangMs: 60_000, workers: ['host:1:abc'] });
+    expect(connectedHint(restarts)).toBe('the embed worker up started again is connected: the jobs the hung one held run again once their locks run out');
   });
 });

@@ -107,7 +107,7 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
       if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
       // said once, and again when it is something else (an embed worker loading, then busy); not
       // for its figures alone
-      const hint = note ?? 'workers are connected for every waiting stage (busy with other work?)';
+      const hint = note ?? connectedHint(restarts);
       if (hint.replace(/\d+/g, '#') !== hinted) {
         hinted = hint.replace(/\d+/g, '#');
         ctx.out.write(`\nno progress for ${o.stallSeconds} s, but ${hint}; still waiting\n`);
@@ -134,6 +134,17 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
   } finally {
     bar.stop();
   }
+}
+
+/**
+ * What a stalled wait says while workers are connected for every waiting stage and nothing tells
+ * why. After a restart by up was waited for, its new worker is what is connected: the hung one's
+ * jobs wait for their locks to run out (a user's trial read "busy with other work?" there).
+ */
+export function connectedHint(restarts: UpRestarts): string {
+  const restarted = [...restarts.keys()].filter((k) => k === 'preprocess' || k === 'embed');
+  if (restarted.length === 0) return 'workers are connected for every waiting stage (busy with other work?)';
+  return `the ${restarted.join(' and ')} worker up started again is connected: the jobs the hung one held run again once their locks run out`;
 }
 
 /**
