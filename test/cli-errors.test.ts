@@ -187,9 +187,9 @@ describe('what a user sees when something is wrong', () => {
         const status = await runCli(['status'], { ...stack.env, REDIS_URL: other.url });
         expect({ code: status.code, stderr: status.stderr }).toEqual({ code: 0, stderr: '' });
         expect(status.stdout).toContain(`warning: the embedding index of ${stack.space.id} is empty while its shards are in s3://`);
-        expect(status.stdout).toContain(`warning: no embed worker has beaten in this Redis (${other.url}) since it began (a running one does within seconds): if the workers use another Redis, this is no loss; set REDIS_URL as they have it\n`);
+        expect(status.stdout).toContain(`warning: no embed worker has sent a heartbeat to this Redis (${other.url}) since it began (a running one does within seconds): if the workers use another Redis, this is no loss; set REDIS_URL as they have it\n`);
         // the workers' own Redis, where they beat: nothing of the kind
-        expect((await runCli(['status'], stack.env)).stdout).not.toContain('no embed worker has beaten');
+        expect((await runCli(['status'], stack.env)).stdout).not.toContain('no embed worker has sent a heartbeat');
       } finally {
         await other.stop();
         await rm(dir, { recursive: true, force: true });

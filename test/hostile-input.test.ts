@@ -234,7 +234,7 @@ describe('small CLI holes', () => {
     expect(moved.stderr).toBe('');
     expect(moved.stdout).toMatch(/relabel proto: 1 moved/);
     // the object was in another dataset too (proto-more, from the first test): named, and true
-    expect(moved.stdout).toContain('note: 1 of the objects moved is also in dataset proto-more (ingested from the same keys): it holds it under the old key and label until it is ingested again, which finds it moved (nothing is embedded again)\n');
+    expect(moved.stdout).toContain('note: 1 of the objects to move is also in dataset proto-more (ingested from the same keys): it holds it under the old key and label until it is ingested again, which finds it moved (nothing is embedded again)\n');
     const other = await cli(['ingest', `s3://${photos}/proto/`, '-d', 'proto-more']);
     expect(other.stdout).toMatch(/0 enqueued, 1 added from the embedding cache \(no job\).*, 1 removed from the dataset/);
     const [gone, there] = await ctx.services.datasets.getItems('proto-more', [`${photos}/proto/toString/7.jpg`, `${photos}/proto/zebra/7.jpg`]);

@@ -43,4 +43,3 @@ export function randomWeightsNote(meta: ClassifierMetadata): string | undefined 
   if (meta.randomSeed === undefined) return undefined;
   return `note: ${randomWeights(meta.randomSeed)}, as this run was trained (${meta.embedderId}): ${RANDOM_IS_FOR_SHAPES}`;
 }
-

@@ -32,10 +32,12 @@ describe("a dataset wait's bar", () => {
 });
 
 describe('a stalled wait with workers connected', () => {
-  it("after up restarted a hung worker, says the new one is connected and the old one's jobs wait for their locks, not 'busy with other work?'", () => {
+  it("after a hang up was waited for, says a worker is connected again and the hung one's jobs wait for their locks, not 'busy with other work?'", () => {
     const restarts: UpRestarts = new Map();
     expect(connectedHint(restarts)).toBe('workers are connected for every waiting stage (busy with other work?)');
     restarts.set('embed', { until: Date.now() + 60_000, hangMs: 60_000, workers: ['host:1:abc'] });
-    expect(connectedHint(restarts)).toBe('the embed worker up started again is connected: the jobs the hung one held run again once their locks run out');
+    expect(connectedHint(restarts)).toBe('embed has a worker connected again after the hang: the jobs the hung one held run again once their locks run out');
+    restarts.set('preprocess', { until: Date.now() + 60_000, hangMs: 60_000, workers: ['host:2:def'] });
+    expect(connectedHint(restarts)).toBe('embed and preprocess have workers connected again after the hang: the jobs the hung ones held run again once their locks run out');
   });
 });

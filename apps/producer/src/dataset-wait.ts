@@ -138,13 +138,16 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
 
 /**
  * What a stalled wait says while workers are connected for every waiting stage and nothing tells
- * why. After a restart by up was waited for, its new worker is what is connected: the hung one's
- * jobs wait for their locks to run out (a user's trial read "busy with other work?" there).
+ * why. After a restart by up was waited for, a worker is connected again (the new one, or the hung
+ * one come back): the jobs the hung one held wait for their locks to run out (a user's trial read
+ * "busy with other work?" there).
  */
 export function connectedHint(restarts: UpRestarts): string {
   const restarted = [...restarts.keys()].filter((k) => k === 'preprocess' || k === 'embed');
   if (restarted.length === 0) return 'workers are connected for every waiting stage (busy with other work?)';
-  return `the ${restarted.join(' and ')} worker up started again is connected: the jobs the hung one held run again once their locks run out`;
+  // (up replaced the hung one, or it came back by itself: either way, its jobs wait for their locks)
+  const two = restarted.length > 1;
+  return `${restarted.join(' and ')} ${two ? 'have workers' : 'has a worker'} connected again after the hang: the jobs the hung ${two ? 'ones' : 'one'} held run again once their locks run out`;
 }
 
 /**

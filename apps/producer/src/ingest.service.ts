@@ -25,8 +25,6 @@ export interface IngestRequest {
   labels?: 'folders' | 'none';
 }
 
-
-
 export interface IngestCounts {
   listed: number;
   /** objects at the prefix root or folder markers: no label, not ingested */

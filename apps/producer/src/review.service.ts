@@ -7,6 +7,7 @@ import {
   ObjectTooLargeError,
   contentHash,
   groupCopies,
+  isClassifyDataset,
   relabelKey,
   type ItemRecord,
   type ObjectInfo,
@@ -222,6 +223,17 @@ export interface RelabelOutcome {
   note?: string;
 }
 
+/** Another dataset that holds objects a relabel moves. */
+export interface OtherHolder {
+  dataset: string;
+  /** how many of the objects it holds */
+  images: number;
+  /** where classify keeps the images it labelled (with a model of `dataset`'s runs) */
+  classify: boolean;
+  /** how many of their new keys lie outside its prefixes (its next ingest drops those) */
+  outside: number;
+}
+
 /** One move, planned: where the object is and where it goes. */
 interface PlannedMove {
   itemId: string;
@@ -258,7 +270,7 @@ export async function relabelItems(
   dataset: string,
   moves: { itemId: string; label: string }[],
   onOutcome: (r: RelabelOutcome) => void = () => {},
-  o: { dryRun?: boolean; onOtherHolders?: (holders: { dataset: string; images: number }[]) => void } = {},
+  o: { dryRun?: boolean; onOtherHolders?: (holders: OtherHolder[]) => void } = {},
 ): Promise<RelabelOutcome[]> {
   const { datasets } = ctx.services;
   if (!(await datasets.exists(dataset))) throw await noSuchDataset(ctx, dataset);
@@ -266,8 +278,13 @@ export async function relabelItems(
   const inspected = await inspectMoves(ctx, dataset, await planMoves(ctx, dataset, moves, problems), problems);
   if (problems.length) throw new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
   // The objects move in the bucket, for every dataset ingested from them: said before they move.
-  const toMove = inspected.filter((m) => !outcomeOf(m)).map((m) => m.itemId);
-  const holders = await datasets.otherHolders(dataset, toMove);
+  const toMove = new Map(inspected.filter((m) => !outcomeOf(m)).map((m) => [m.itemId, m.newId]));
+  const holders: OtherHolder[] = [];
+  for (const { dataset: other, held } of await datasets.otherHolders(dataset, [...toMove.keys()])) {
+    const sources = await datasets.sources(other);
+    const outside = held.filter((id) => !DatasetRepository.sourceAmong(sources, toMove.get(id)!)).length;
+    holders.push({ dataset: other, images: held.length, classify: isClassifyDataset(other), outside });
+  }
   if (holders.length) o.onOtherHolders?.(holders);
   const out: RelabelOutcome[] = [];
   for (const move of inspected) {

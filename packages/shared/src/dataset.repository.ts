@@ -117,16 +117,21 @@ export class DatasetRepository {
   }
 
   /**
-   * The other datasets that hold any of these objects (ingested from the same keys), and how
-   * many of them each holds: what a move of the objects changes besides `except`.
+   * The other datasets that hold any of these objects (ingested, or classified, from the same
+   * keys), and which each holds: what a move of the objects changes besides `except`.
    */
-  async otherHolders(except: string, itemIds: string[]): Promise<{ dataset: string; images: number }[]> {
+  async otherHolders(except: string, itemIds: string[]): Promise<{ dataset: string; held: string[] }[]> {
     const others = (await this.list()).filter((d) => d !== except);
-    if (others.length === 0 || itemIds.length === 0) return [];
-    const pipe = this.redis.pipeline();
-    for (const d of others) pipe.hmget(this.keys.datasetItems(d), ...itemIds);
-    const replies = await execPipeline(pipe);
-    return others.map((dataset, i) => ({ dataset, images: (replies[i] as (string | null)[]).filter((r) => r !== null).length })).filter((h) => h.images > 0);
+    const held = new Map<string, string[]>(others.map((d) => [d, []]));
+    // a thousand ids a round trip, whatever the move's size
+    for (let at = 0; at < itemIds.length && others.length; at += 1_000) {
+      const ids = itemIds.slice(at, at + 1_000);
+      const pipe = this.redis.pipeline();
+      for (const d of others) pipe.hmget(this.keys.datasetItems(d), ...ids);
+      const replies = await execPipeline(pipe);
+      others.forEach((d, i) => (replies[i] as (string | null)[]).forEach((r, k) => r !== null && held.get(d)!.push(ids[k]!)));
+    }
+    return [...held].filter(([, ids]) => ids.length > 0).map(([dataset, ids]) => ({ dataset, held: ids }));
   }
 
   async getItems(dataset: string, itemIds: string[]): Promise<(ItemRecord | undefined)[]> {

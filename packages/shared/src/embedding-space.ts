@@ -64,6 +64,8 @@ export interface SpaceWorkers {
 export interface SilentWorker {
   worker: EmbedWorkerInfo;
   silentMs: number;
+  /** a failed start kept past the registry's silent workers (FAILED_START_KEPT_MS): said with how long ago */
+  kept?: true;
 }
 
 /** A worker loading its model, and for how long it has been (Redis's clock). */
@@ -273,7 +275,7 @@ export class SpaceRegistry {
     const out: SilentWorker[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) {
       const { at, worker } = JSON.parse(flat[i + 1]!) as { at: number; worker: unknown };
-      if (now - at < FAILED_START_KEPT_MS) out.push({ worker: parseDocument(EmbedWorkerInfo, worker, 'a failed start'), silentMs: now - at });
+      if (now - at < FAILED_START_KEPT_MS) out.push({ worker: parseDocument(EmbedWorkerInfo, worker, 'a failed start'), silentMs: now - at, kept: true });
     }
     return out.sort((a, b) => a.silentMs - b.silentMs);
   }
@@ -460,7 +462,7 @@ export class SpaceRegistry {
     const [failed] = await this.recentFailures();
     throw new SpaceResolutionError(
       failed
-        ? `no embed worker has published its embedding space in this Redis: ${couldNotStart(failed.worker)} (a worker of ${failed.worker.space})`
+        ? `no embed worker has published its embedding space in this Redis: ${couldNotStart(failed.worker, failed.kept && failed.silentMs)} (a worker of ${failed.worker.space})`
         : 'no embed worker has published its embedding space in this Redis: start the stack (transferline up) or an embed worker (feature-worker embed) with the same REDIS_URL and TL_QUEUE_PREFIX',
     );
   }

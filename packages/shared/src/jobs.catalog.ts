@@ -28,6 +28,8 @@ export function classifyDatasetName(model: string): string {
 
 /** The label an image to classify carries in its record (classify's datasets: see isClassifyDataset). */
 export const UNLABELLED = '?';
+/** How the CLI and the console show the label of those images. */
+export const UNLABELLED_SHOWN = '(unlabelled)';
 
 /** Whether a dataset is where classify keeps its images (see classifyDatasetName). */
 export function isClassifyDataset(dataset: string): boolean {

@@ -1,4 +1,4 @@
-import { parseS3Url, relistCommand, s3Refusal, type DatasetStatus } from '@transferline/shared';
+import { parseS3Url, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
@@ -22,6 +22,8 @@ export interface IngestOptions {
    * (no object new, changed, gone or tried again) nothing is printed and nothing waited for.
    */
   quietUnlessNew?: boolean;
+  /** a round of --watch (the first included): a prefix with no label folder yet is watched, not refused */
+  watching?: boolean;
 }
 
 export interface IngestOutcome {
@@ -98,12 +100,14 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   // dataset that exists: nothing was added, and waiting would only print its old figures and
   // failures as if they were this ingest's (and exit 3 on them). Said as for a new dataset, with
   // where its label folders are.
-  if (counts.listed > 0 && counts.unlabelled === counts.listed && (await ctx.services.datasets.exists(o.dataset))) {
-    const sources = (await ctx.services.datasets.sources(o.dataset)).sort().map((p) => `s3://${printable(p)}`);
+  // (Not for a --watch, which may wait for label folders to come; nor for one of the dataset's own
+  // prefixes, or a listing that removed images: it changed the dataset.)
+  const sources = counts.listed > 0 && counts.unlabelled === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
+  if (sources.length && !sources.includes(`${bucket}/${prefix}`)) {
     throw new CliExit(
       EXIT.error,
-      `transferline: none of the ${counts.listed} objects is in a label folder under ${where}, so nothing was added to dataset ${o.dataset}` +
-        (sources.length ? ` (a prefix one level too deep? its label folders are under ${sources.join(', ')})` : ' (a prefix one level too deep?)'),
+      `transferline: none of the ${counts.listed} objects is in a label folder under ${where}, so nothing was added to dataset ${o.dataset} ` +
+        `(a prefix one level too deep? its label folders are under ${sources.sort().map((p) => `s3://${printable(p)}`).join(', ')})`,
     );
   }
   if (!o.wait) return { space: space.id, counts };
@@ -134,7 +138,7 @@ export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions)
   let failed = false;
   const { intervalSeconds, maxRounds, onRound, ...ingest } = o;
   await watchRounds(ctx, { intervalSeconds, maxRounds }, async (round) => {
-    const outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1 });
+    const outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1, watching: true });
     failed ||= (outcome.status?.failed ?? 0) > 0;
     onRound?.(outcome);
     if (round === 1) {
@@ -154,7 +158,7 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
       (s.space ? ` — embedding space ${s.space}` : ''),
   );
   // (failed images are the dataset's, but no training run's)
-  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${l.unlabelled ? '(unlabelled)' : printable(l.label)} (${l.count}${l.failed ? `, ${l.failed} failed` : ''})`).join(', ')}`);
+  if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${l.unlabelled ? UNLABELLED_SHOWN : printable(l.label)} (${l.count}${l.failed ? `, ${l.failed} failed` : ''})`).join(', ')}`);
   if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
   for (const line of elsewhereLines(s)) w(`  ${line}`);
   printFailures(ctx, s);

@@ -1,7 +1,7 @@
 import { ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
-import { likeliestOther, relabelItems, reviewDataset, reviewHighlights, type RelabelOutcome, type Review } from '../review.service.js';
+import { likeliestOther, relabelItems, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { randomSpaceNote } from '../report-words.js';
@@ -103,14 +103,9 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
       },
       {
         dryRun: !!o.dryRun,
-        // a move is the bucket's: every dataset ingested from those keys sees it, at its next ingest
+        // a move is the bucket's: every dataset ingested (or classified) from those keys sees it
         onOtherHolders: (holders) => {
-          for (const h of holders) {
-            w(
-              `note: ${h.images} of the objects ${o.dryRun ? 'to move' : 'moved'} ${h.images === 1 ? 'is' : 'are'} also in dataset ${printable(h.dataset)} (ingested from the same keys): ` +
-                `it holds ${h.images === 1 ? 'it' : 'them'} under the old key${h.images === 1 ? '' : 's'} and label${h.images === 1 ? '' : 's'} until it is ingested again, which finds ${h.images === 1 ? 'it' : 'them'} moved (nothing is embedded again)`,
-            );
-          }
+          for (const h of holders) w(`note: ${otherHolderWords(h)}`);
         },
       },
     );
@@ -128,4 +123,20 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
   else w(`relabel ${o.dataset}: ${summary()}${count('moved') ? '; nothing to embed again. Train again to use the new labels.' : ''}`);
   if (count('missing')) throw new CliExit(EXIT.error, `${count('missing')} of the images named ${count('missing') === 1 ? 'is' : 'are'} not in ${o.dataset}`);
   return done;
+}
+
+/** What relabel says, before it moves them, of objects another dataset holds too. */
+export function otherHolderWords(h: OtherHolder): string {
+  const one = h.images === 1;
+  const them = one ? 'it' : 'them';
+  const held = `${h.images} of the objects to move ${one ? 'is' : 'are'}`;
+  if (h.classify) return `${held} among the images classify labelled (${printable(h.dataset)}): the next classify of their prefix labels ${them} again under the new key${one ? '' : 's'} (nothing is embedded again)`;
+  const inside = h.images - h.outside;
+  const outsideWhy = `(${h.outside === 1 ? 'its new key lies' : 'their new keys lie'} outside its prefixes)`;
+  const next = !h.outside
+    ? `which finds ${them} moved (nothing is embedded again)`
+    : !inside
+      ? `which drops ${them} ${outsideWhy}`
+      : `which finds ${inside} of them moved (nothing is embedded again) and drops the other ${h.outside} ${outsideWhy}`;
+  return `${held} also in dataset ${printable(h.dataset)} (ingested from the same keys): it holds ${them} under the old key${one ? '' : 's'} and label${one ? '' : 's'} until it is ingested again, ${next}`;
 }

@@ -296,11 +296,13 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
     }
     warnings.push(`the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}`);
   }
-  // An empty Redis that no embed worker has ever beaten in looks the same as one that lost its
-  // data: a shell whose REDIS_URL is not the workers' (a user's trial). Said as well.
-  if (warnings.length && !(await ctx.services.spaces.everBeaten().catch(() => true))) {
-    warnings.push(`no embed worker has beaten in this Redis (${redactUrl(ctx.config.redis.url)}) since it began (a running one does within seconds): if the workers use another Redis, this is no loss; set REDIS_URL as they have it`);
-  }
+  // An empty Redis that no embed worker has ever sent a heartbeat to looks the same as one that
+  // lost its data: a shell whose REDIS_URL is not the workers' (a user's trial). Said after the
+  // loss's lines, unless a worker is loading its model here (its beats are this Redis's).
+  const foreign =
+    warnings.length > 0 &&
+    !(await ctx.services.spaces.everBeaten().catch(() => true)) &&
+    (await ctx.services.spaces.list().catch(() => [])).every((s) => s.starting.length === 0);
   let found = warnings.length > 0;
   try {
     if (warnings.length) await recordLostDatasets(ctx);
@@ -312,6 +314,9 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
   } catch (err) {
     // the runs are read from the bucket: one that cannot be read now is not a reason to fail status
     warnings.push(`could not check which datasets Redis lost: ${(err as Error).message}`);
+  }
+  if (foreign) {
+    warnings.push(`no embed worker has sent a heartbeat to this Redis (${redactUrl(ctx.config.redis.url)}) since it began (a running one does within seconds): if the workers use another Redis, this is no loss; set REDIS_URL as they have it`);
   }
   return { lines: [...elsewhere, ...warnings], found, elsewhere: elsewhere.length > 0 };
 }

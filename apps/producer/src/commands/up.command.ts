@@ -54,7 +54,6 @@ const DEMO_PREFIX = 'train/';
 /** Longest the demo waits for the stack's embed worker to load its model before it ingests anyway. */
 const EMBED_LIVE_DEADLINE_MS = 180_000;
 
-/** Where the banner says each embed worker names its backend (its log: one per replica), or that none runs here. */
 /**
  * A user's own images put under the demo's prefix (the README's example once did) join the demo's
  * dataset and its training: said, with the folders the demo did not make.
@@ -69,6 +68,7 @@ export function foreignDemoFolders(labels: string[]): string | undefined {
   );
 }
 
+/** Where the banner says each embed worker names its backend (its log: one per replica), or that none runs here. */
 export function embedBackendWhere(supervisor: { logFile: (role: 'embed', replica?: number) => string }, children: { role: string; replica: number }[]): string {
   const logs = children.filter((c) => c.role === 'embed').map((c) => supervisor.logFile('embed', c.replica));
   if (logs.length === 0) return ' (no embed worker here: --embed-workers 0)';

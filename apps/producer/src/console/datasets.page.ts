@@ -1,4 +1,4 @@
-import { queueName, relistCommand, type DatasetStatus } from '@transferline/shared';
+import { queueName, relistCommand, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { ModelRun } from '../commands/models.command.js';
 import type { DatasetCounts, DatasetPage, Overview, QueueSummary } from './console-data.js';
 import type { Counted } from './status-memo.js';
@@ -117,7 +117,7 @@ ${countCards(s)}${countedAge(d.counted, now) ? html`<p>${countedAge(d.counted, n
 ${failures}
 <h2>Images per label</h2>${
     s.labels.length
-      ? html`<table id="labels"><tr><th>label</th><th class="n">images</th></tr>${s.labels.map((l, i) => html`<tr data-label-index="${i}"><td class="label">${l.unlabelled ? '(unlabelled)' : l.label}</td><td class="n">${l.count}</td></tr>`)}</table>`
+      ? html`<table id="labels"><tr><th>label</th><th class="n">images</th></tr>${s.labels.map((l, i) => html`<tr data-label-index="${i}"><td class="label">${l.unlabelled ? UNLABELLED_SHOWN : l.label}</td><td class="n">${l.count}</td></tr>`)}</table>`
       : html`<p class="muted">no images</p>`
   }
 <h2>Trained runs</h2>${runsTable(d.runs, false)}</section>`;

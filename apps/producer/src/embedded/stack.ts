@@ -89,7 +89,11 @@ export async function startStack(
 ): Promise<Stack> {
   const initial = loadConfig(baseEnv);
   const stops: (() => Promise<void>)[] = [];
+  // every supervised process, told at once that none is restarted from now on (the servers stop
+  // last, after the workers: one that exits meanwhile, on a SIGTERM of its own, stays stopped)
+  const holds: (() => void)[] = [];
   const stopAll = async () => {
+    for (const hold of holds) hold();
     for (const s of stops.reverse()) await s().catch((err: unknown) => onEvent(`error while stopping: ${(err as Error).message}`));
   };
   const servers: Stack['servers'] = {};
@@ -118,6 +122,7 @@ export async function startStack(
     if (initial.redis.embedded) {
       const redis = await startEmbeddedRedis({ directory: path.join(initial.dataDir, 'redis'), port: initial.redis.embeddedPort, logFile: path.join(logDir, 'redis.log'), onEvent });
       stops.push(redis.stop);
+      holds.push(() => redis.process.holdRestarts());
       servers.redis = redis.process;
       env.REDIS_URL = redis.url;
     }
@@ -132,6 +137,7 @@ export async function startStack(
         hangMs: initial.upHangSeconds * 1000,
       });
       stops.push(s3.stop);
+      holds.push(() => s3.process.holdRestarts());
       servers.s3 = s3.process;
       env.S3_ENDPOINT = s3.endpoint;
       env.S3_ACCESS_KEY_ID = s3.accessKeyId;
@@ -174,6 +180,7 @@ export async function startStack(
 
     const supervisor = new Supervisor(logDir, onEvent, { metricsHost: config.metrics.host, hangMs: config.upHangSeconds * 1000 });
     stops.push(() => supervisor.stop());
+    holds.push(() => supervisor.holdRestarts());
     await supervisor.start(children.map((c) => ({ ...c, env })));
 
     // The producer's own metrics: every queue of the deployment, read from BullMQ on each scrape.

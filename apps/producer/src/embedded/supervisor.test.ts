@@ -21,28 +21,54 @@ describe('restarting a worker that exited', () => {
 });
 
 describe('what up says when a process it keeps exits', () => {
-  const run = async (exitCode: number, stopAfterMs: number) => {
+  /**
+   * A process that exits with `exitCode` at once (and at each restart); `then` runs after its
+   * first exit. The events said by then, and how many times it exited.
+   */
+  const run = async (exitCode: number, then: (p: SupervisedProcess, events: string[]) => Promise<void>) => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-supervised-'));
     const events: string[] = [];
-    const p = new SupervisedProcess({ name: 's3', logFile: path.join(dir, 's3.log'), program: 'sh', args: ['-c', `exit ${exitCode}`], env: () => ({ PATH: process.env.PATH }) }, (e) => events.push(e));
+    let exits = 0;
+    let exited!: () => void;
+    const first = new Promise<void>((r) => (exited = r));
+    const p = new SupervisedProcess(
+      { name: 's3', logFile: path.join(dir, 's3.log'), program: 'sh', args: ['-c', `exit ${exitCode}`], env: () => ({ PATH: process.env.PATH }), onExit: () => void (exits++, exited()) },
+      (e) => events.push(e),
+    );
     try {
-      await new Promise((r) => setTimeout(r, stopAfterMs));
-      await p.stop(5_000);
-      return events;
+      await first;
+      await then(p, events);
+      return { events, exits };
     } finally {
+      await p.stop(5_000);
       await rm(dir, { recursive: true, force: true });
+    }
+  };
+  const until = async (done: () => boolean) => {
+    for (const deadline = Date.now() + 10_000; !done(); ) {
+      if (Date.now() > deadline) throw new Error('not within 10 s');
+      await new Promise((r) => setTimeout(r, 20));
     }
   };
 
   it('a crash: at once, with the restart to come', async () => {
-    expect((await run(3, 200))[0]).toMatch(/^s3 exited \(3\); restarting in 0\.5 s — see /);
+    const { events } = await run(3, async (_, said) => until(() => said.length > 0));
+    expect(events[0]).toMatch(/^s3 exited \(3\); restarting in 0\.5 s — see /);
   });
 
-  it('a clean exit on a signal of its own, while up stops too (a process group sent SIGTERM): no restart said', async () => {
-    expect(await run(0, 200)).toEqual([]);
+  it('a clean exit on a signal of its own while up stops (a process group sent SIGTERM): no restart, and none said', async () => {
+    const { events, exits } = await run(0, async (p) => {
+      // what the stack does first when it stops, before it stops the workers and then the servers
+      p.holdRestarts();
+      // past the restart delay (0.5 s): it would have been started again, and exited again
+      await new Promise((r) => setTimeout(r, 1_500));
+    });
+    expect(events).toEqual([]);
+    expect(exits).toBe(1);
   });
 
   it('a clean exit that up outlives: said when it restarts', async () => {
-    expect((await run(0, 800))[0]).toMatch(/^s3 exited \(0\), stopped by a signal of its own; restarted — see /);
+    const { events } = await run(0, async (_, said) => until(() => said.length > 0));
+    expect(events[0]).toMatch(/^s3 exited \(0\); restarted 0\.5 s later — see /);
   });
 });

@@ -74,6 +74,8 @@ export class SupervisedProcess {
   private child: ChildProcess | undefined;
   private stopping = false;
   private restarts = 0;
+  /** this process's last exit was asked by `up` itself (an unhealthy or hung one), not by a signal of its own */
+  private killedByUp = false;
 
   constructor(
     readonly spec: ProcessSpec,
@@ -123,14 +125,17 @@ export class SupervisedProcess {
       this.restarts = next.restarts;
       const delay = next.delayMs;
       const exited = `${s.name} exited (${signal ?? code})`;
-      // A clean exit (0) is a stop asked by a signal of its own: when the whole process group was
-      // sent SIGTERM (systemd, docker, a closed tmux pane), `up` is stopping too, and a
-      // "restarting" said before it knew would be false. Said once it restarts, if it does.
-      if (code !== 0) this.onEvent(`${exited}; restarting in ${(delay / 1000).toFixed(1)} s — see ${s.logFile}`);
+      // A clean exit (0) that up did not ask for is a stop asked by a signal of its own: when the
+      // whole process group was sent SIGTERM (systemd, docker, a closed tmux pane), `up` is
+      // stopping too, and a "restarting" said before it knew would be false. Said once it
+      // restarts, if it does (with the delay it waited).
+      const quiet = code === 0 && !this.killedByUp;
+      this.killedByUp = false;
+      if (!quiet) this.onEvent(`${exited}; restarting in ${(delay / 1000).toFixed(1)} s — see ${s.logFile}`);
       setTimeout(() => {
         if (this.stopping) return;
         this.spawn();
-        this.onEvent(code === 0 ? `${exited}, stopped by a signal of its own; restarted — see ${s.logFile}` : `${s.name} restarted`);
+        this.onEvent(quiet ? `${exited}; restarted ${(delay / 1000).toFixed(1)} s later — see ${s.logFile}` : `${s.name} restarted`);
       }, delay).unref();
     });
   }
@@ -173,6 +178,7 @@ export class SupervisedProcess {
           if (silentMs < liveness.hangMs) return;
           const seconds = Math.floor(silentMs / 1000);
           clearInterval(timer);
+          this.killedByUp = true;
           if (status === undefined) {
             this.onEvent(`${this.spec.name} has not answered ${url()} for ${seconds} s (stopped, or its event loop is blocked): killing it to start it again — see ${this.spec.logFile}`);
             child.kill('SIGKILL');
@@ -185,6 +191,15 @@ export class SupervisedProcess {
     }, periodMs);
     timer.unref();
     return () => clearInterval(timer);
+  }
+
+  /**
+   * From now on an exit is not restarted (nor said to be): `up` is stopping. Called for every
+   * process before any is stopped, so one that exits early (the whole process group got SIGTERM)
+   * is not started again while the others stop first.
+   */
+  holdRestarts(): void {
+    this.stopping = true;
   }
 
   /** SIGTERM, then SIGKILL after `timeoutMs`; resolves when it has exited. */
@@ -264,6 +279,11 @@ export class Supervisor {
   /** Sends a signal to every worker process (a second SIGTERM: exit now). */
   signalAll(signal: NodeJS.Signals): void {
     for (const c of this.children.values()) c.kill(signal);
+  }
+
+  /** No worker is restarted from now on (see SupervisedProcess.holdRestarts). */
+  holdRestarts(): void {
+    for (const c of this.children.values()) c.holdRestarts();
   }
 
   async stop(timeoutMs = STOP_GRACE_MS): Promise<void> {
