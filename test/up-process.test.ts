@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
-import { SIGINT_LEFT_TO_UP } from '../packages/shared/src/lifecycle.js';
+import { leftToUp } from '../packages/shared/src/lifecycle.js';
 import { cliPath, freeRun, isRunning, processesWithEnv, processState, runCli, until } from './support/stack.js';
 import { guardLeaks } from './support/leak-guard.js';
 
@@ -227,7 +227,7 @@ describe('transferline up, as a process', () => {
       expect(lines, role).toMatch(/"signal":"SIGTERM","msg":"stopping: finishing the jobs in hand"/);
       expect(lines, role).not.toMatch(/"signal":"SIGINT"|second signal/);
       // and said why it did nothing on SIGINT (a `kill -INT` of one worker did nothing, silently)
-      expect(lines, role).toContain(`"msg":"${SIGINT_LEFT_TO_UP}"`);
+      expect(lines, role).toContain(`"msg":"${leftToUp('SIGINT')}"`);
       expect(lines, role).toMatch(/"msg":"stopped"/);
     }
     // right after the banner, while its workers still start: none of them may be left behind
@@ -236,12 +236,28 @@ describe('transferline up, as a process', () => {
     await until('no process of a stack killed while starting', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30).catch((err: Error) => {
       throw new Error(`${err.message}; still running: ${processesWithEnv('TL_DATA_DIR', dataDir).map((p) => `${p.pid} ${p.cmd}`).join('; ')}`);
     });
-    // the terminal closes (SIGHUP): up stops the stack as on Ctrl-C, and exits 0
-    const fourth = await startUp();
-    fourth.child.kill('SIGHUP');
-    await until('up to stop on SIGHUP', () => fourth.child.exitCode !== null || fourth.child.signalCode !== null, 60);
-    expect({ code: fourth.child.exitCode, signal: fourth.child.signalCode }).toEqual({ code: 0, signal: null });
-    await until('no process of the stack after SIGHUP', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30);
+    // The terminal closes (the shell sends SIGHUP to the whole job), and systemd stops a service
+    // (SIGTERM to every process of its cgroup): up stops the stack as on Ctrl-C and exits 0, and
+    // each worker stops cleanly once, where SIGHUP ended them at once, and up's own SIGTERM came as
+    // a second signal that ended them with their jobs in hand.
+    for (const signal of ['SIGHUP', 'SIGTERM'] as const) {
+      const from = Object.fromEntries(await Promise.all(['preprocess', 'embed', 'train'].map(async (r) => [r, (await readFile(logOf(r))).length] as const)));
+      const next = await startUp();
+      await until(`every worker of the up stopped by a group ${signal} to be healthy`, async () => {
+        const codes = await Promise.all([1, 2, 3].map((i) => fetch(`http://127.0.0.1:${base + i}/healthz`).then((r) => r.status, () => 0)));
+        return codes.every((c) => c === 200);
+      }, 120);
+      process.kill(-next.child.pid!, signal);
+      await until(`up to stop on a group ${signal}`, () => next.child.exitCode !== null || next.child.signalCode !== null, 60);
+      expect({ code: next.child.exitCode, signal: next.child.signalCode }, next.output()).toEqual({ code: 0, signal: null });
+      expect(next.output()).not.toMatch(/exited \(0\); restart/);
+      await until(`no process of the stack after a group ${signal}`, () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30);
+      for (const role of ['preprocess', 'embed', 'train']) {
+        const lines = (await readFile(logOf(role))).subarray(from[role]!).toString('utf8');
+        expect(lines, `${role} (${signal})`).toMatch(/"msg":"stopped"/);
+        expect(lines, `${role} (${signal})`).not.toMatch(/second signal/);
+      }
+    }
 
     // `up | head -3`: the reader goes away after the banner's first lines. At up's next line (a
     // worker that died, here) it stops the stack in order (workers, then Redis and S3) before it

@@ -29,19 +29,26 @@ function supervisedByUp(): boolean {
 }
 
 /**
- * The signals that stop this process: SIGTERM, and SIGINT unless `up` supervises it; under `up`,
- * SIGINT is then left to `up` (a listener keeps it from ending the process), from this first
- * call on, and `onLeftToUp` is told each time: a SIGINT sent to this worker alone (`kill -INT`)
- * did nothing, and said nothing.
+ * The signals that stop this process: SIGTERM, and SIGINT unless `up` supervises it. Under `up`,
+ * SIGINT and SIGHUP are left to `up` (listeners keep them from ending the process), from this
+ * first call on, and `onLeftToUp` is told each time: a terminal's Ctrl-C, and its closing (SIGHUP
+ * to the whole job), reach every process of `up`'s group, and `up` stops its workers in order on
+ * both; a SIGINT sent to this worker alone (`kill -INT`) did nothing, and said nothing.
  */
-export function stopSignals(onLeftToUp?: () => void): NodeJS.Signals[] {
+export function stopSignals(onLeftToUp?: (signal: 'SIGINT' | 'SIGHUP') => void): NodeJS.Signals[] {
   if (!supervisedByUp()) return ['SIGINT', 'SIGTERM'];
-  if (process.listenerCount('SIGINT') === 0) process.on('SIGINT', () => onLeftToUp?.());
+  for (const signal of ['SIGINT', 'SIGHUP'] as const) if (process.listenerCount(signal) === 0) process.on(signal, () => onLeftToUp?.(signal));
   return ['SIGTERM'];
 }
 
-/** What a worker under `up` says of a SIGINT it leaves to `up`. */
-export const SIGINT_LEFT_TO_UP = "SIGINT left to up, which stops its workers in order on a terminal's Ctrl-C: to stop this worker alone, send it SIGTERM (up then starts it again)";
+/** What a worker under `up` says of a SIGINT or SIGHUP it leaves to `up`. */
+export const leftToUp = (signal: 'SIGINT' | 'SIGHUP') =>
+  `${signal} left to up, which stops its workers in order on a terminal's Ctrl-C or its closing: to stop this worker alone, send it SIGTERM (up then starts it again)`;
+
+/** What a worker under `up` tells it over IPC once it has begun to stop on a signal of its own. */
+export interface StoppingMessage {
+  stopping: true;
+}
 
 /**
  * On SIGINT/SIGTERM (see stopSignals): stop taking work, finish or release what is in hand (`stop`), exit 0.
@@ -57,6 +64,10 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhil
       process.exit(130);
     }
     stopping = true;
+    // Under `up`: said to it, so its own stop does not send a SIGTERM that would be this one's
+    // second (the whole process group gets SIGTERM from systemd or a closed terminal, and `up`
+    // then stops its workers too), which would end it at once with its jobs in hand.
+    if (process.send && process.connected) process.send({ stopping: true } satisfies StoppingMessage, undefined, {}, () => undefined);
     setTimeout(() => {
       log.warn({ deadlineMs }, 'stopping took too long: exiting; jobs in hand run again elsewhere');
       process.exit(1);

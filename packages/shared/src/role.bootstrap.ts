@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { loadConfig, type Config } from './config.js';
-import { runUntilSignal, settledWithin, SIGINT_LEFT_TO_UP, stopSignals, type StopAsked } from './lifecycle.js';
+import { leftToUp, runUntilSignal, settledWithin, stopSignals, type StopAsked } from './lifecycle.js';
 import { redisKeys } from './keys.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, startingMetrics, type Metrics } from './metrics.js';
@@ -55,7 +55,7 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
   const onOrphaned = () => early('orphaned');
   // (under up, the terminal's Ctrl-C is up's to handle: see stopSignals; said in the log, once it is there)
   let logger: Logger | undefined;
-  const signals = stopSignals(() => logger?.info(SIGINT_LEFT_TO_UP));
+  const signals = stopSignals((signal) => logger?.info(leftToUp(signal)));
   for (const signal of signals) process.on(signal, early);
   if (process.send) {
     process.once('disconnect', onOrphaned);

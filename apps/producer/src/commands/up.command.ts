@@ -130,6 +130,8 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   const stop = async (code: number) => {
     if (stopping) return;
     stopping = true;
+    // first: a process that exits on a signal of its own meanwhile (the whole group got it) stays stopped
+    stack.holdRestarts();
     w('\nstopping the stack…');
     await web?.close();
     await consoleQueues.close();

@@ -73,6 +73,8 @@ export interface Stack {
   supervisor: Supervisor;
   /** the embedded servers' processes, where the stack runs them (tests kill them to play a crash) */
   servers: { redis?: SupervisedProcess; s3?: SupervisedProcess };
+  /** No process of the stack is restarted from now on: the first thing a stop does (`stop` does it too). */
+  holdRestarts: () => void;
   stop: () => Promise<void>;
 }
 
@@ -92,8 +94,11 @@ export async function startStack(
   // every supervised process, told at once that none is restarted from now on (the servers stop
   // last, after the workers: one that exits meanwhile, on a SIGTERM of its own, stays stopped)
   const holds: (() => void)[] = [];
-  const stopAll = async () => {
+  const holdRestarts = () => {
     for (const hold of holds) hold();
+  };
+  const stopAll = async () => {
+    holdRestarts();
     for (const s of stops.reverse()) await s().catch((err: unknown) => onEvent(`error while stopping: ${(err as Error).message}`));
   };
   const servers: Stack['servers'] = {};
@@ -193,7 +198,7 @@ export async function startStack(
       await queues.close();
       await redis.quit().catch(() => redis.disconnect());
     });
-    return { config, env, ports: { ...ports, producer: server.port }, space, supervisor, servers, stop: stopAll };
+    return { config, env, ports: { ...ports, producer: server.port }, space, supervisor, servers, holdRestarts, stop: stopAll };
   } catch (err) {
     await stopAll();
     throw err;

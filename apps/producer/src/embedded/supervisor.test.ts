@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -70,5 +70,45 @@ describe('what up says when a process it keeps exits', () => {
   it('a clean exit that up outlives: said when it restarts', async () => {
     const { events } = await run(0, async (_, said) => until(() => said.length > 0));
     expect(events[0]).toMatch(/^s3 exited \(0\); restarted 0\.5 s later — see /);
+  });
+});
+
+describe("up's stop of a worker that is stopping already", () => {
+  it('sends it no second SIGTERM (which ends a worker at once, its jobs in hand) when the whole process group got one', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-stopping-'));
+    // a worker as lifecycle.ts makes it: says it is stopping, takes a while to put its jobs back,
+    // and exits at once (130) on a second signal
+    const script = path.join(dir, 'worker.mjs');
+    await writeFile(
+      script,
+      `let signals = 0;
+process.on('SIGTERM', () => {
+  if (++signals > 1) process.exit(130);
+  process.send({ stopping: true });
+  setTimeout(() => process.exit(0), 600);
+});
+process.send({ ready: true });
+setInterval(() => {}, 1000);
+`,
+    );
+    let ready!: () => void;
+    const started = new Promise<void>((r) => (ready = r));
+    const exits: (number | null)[] = [];
+    const p = new SupervisedProcess(
+      { name: 'embed#1', logFile: path.join(dir, 'embed.log'), node: { script }, args: [], env: () => ({ PATH: process.env.PATH }), onMessage: (m) => (m as { ready?: boolean }).ready && ready(), onExit: (code) => void exits.push(code) },
+      () => undefined,
+    );
+    try {
+      await started;
+      // the group's SIGTERM reaches the worker, and up, which holds restarts and stops its workers
+      p.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 200));
+      p.holdRestarts();
+      await p.stop(5_000);
+      expect(exits).toEqual([0]);
+    } finally {
+      await p.stop(1_000);
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -3,7 +3,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { livenessProbeTiming } from '@transferline/shared';
+import { livenessProbeTiming, type StoppingMessage } from '@transferline/shared';
 import { reachableHost } from '../loopback-host.js';
 
 const appsDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -76,6 +76,8 @@ export class SupervisedProcess {
   private restarts = 0;
   /** this process's last exit was asked by `up` itself (an unhealthy or hung one), not by a signal of its own */
   private killedByUp = false;
+  /** the running child said it is stopping on a signal of its own (StoppingMessage): `stop()` sends it none */
+  private childStopping = false;
 
   constructor(
     readonly spec: ProcessSpec,
@@ -111,6 +113,10 @@ export class SupervisedProcess {
       if (s.onOutput) stream?.on('data', (d: Buffer) => s.onOutput!(d.toString()));
     }
     if (s.onMessage) child.on('message', s.onMessage);
+    this.childStopping = false;
+    child.on('message', (m: unknown) => {
+      if ((m as Partial<StoppingMessage> | null)?.stopping === true) this.childStopping = true;
+    });
     // A spawn that fails (no such program) is reported through 'error' and 'exit'.
     child.on('error', (err) => s.onOutput?.(`${err.message}\n`));
     this.child = child;
@@ -213,7 +219,9 @@ export class SupervisedProcess {
         clearTimeout(timer);
         resolve();
       });
-      child.kill('SIGTERM');
+      // one stopping already (a SIGTERM to the whole process group) is waited for: a second
+      // SIGTERM would make it exit at once, its jobs in hand
+      if (!this.childStopping) child.kill('SIGTERM');
     });
   }
 }
