@@ -85,6 +85,32 @@ function descendants(pid: number): { pid: number; cmd: string }[] {
 
 
 /** Starts `transferline up` and resolves once its banner is out. */
+/**
+ * `up` in a pseudo-terminal (python3's pty: a session of its own, with the terminal as its
+ * controlling one): prints BANNER once up has shown its banner, closes the terminal when a line
+ * comes on its stdin, and prints EXIT and up's exit status.
+ */
+const PTY_UP = `
+import json, os, pty, select, sys, time
+node, cli, base, env = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execve(node, [node, cli, 'up', '--metrics-port', base], env)
+seen = b''
+deadline = time.time() + 140
+while b'Ctrl-C stops everything' not in seen and time.time() < deadline:
+    if select.select([fd], [], [], 1)[0]:
+        try:
+            seen += os.read(fd, 65536)
+        except OSError:
+            break
+print('BANNER' if b'Ctrl-C stops everything' in seen else 'NO BANNER: ' + seen.decode('utf8', 'replace')[-2000:], flush=True)
+sys.stdin.readline()
+os.close(fd)
+_, status = os.waitpid(pid, 0)
+print('EXIT', os.waitstatus_to_exitcode(status), flush=True)
+`;
+
 async function startUp(): Promise<{ child: ChildProcess; output: () => string }> {
   // a process group of its own, as a shell runs a job: Ctrl-C in a terminal signals the whole group
   const child = spawn(process.execPath, [cliPath, 'up', '--metrics-port', String(base)], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
@@ -220,11 +246,11 @@ describe('transferline up, as a process', () => {
     });
     expect(second.child.exitCode).toBe(0);
     await until('its processes to end', () => secondChildren.every((c) => !isRunning(c.pid)), 10);
-    // each worker stopped cleanly, once, on up's SIGTERM: a SIGINT of its own first would have
-    // made up's SIGTERM a second signal (exit at once, jobs in hand), with Redis gone under it
+    // each worker stopped cleanly, once, when up asked: a SIGINT of its own first would have made
+    // up's stop a second one (exit at once, jobs in hand), with Redis gone under it
     for (const role of ['preprocess', 'embed', 'train']) {
       const lines = (await readFile(logOf(role))).subarray(logStart[role]!).toString('utf8');
-      expect(lines, role).toMatch(/"signal":"SIGTERM","msg":"stopping: finishing the jobs in hand"/);
+      expect(lines, role).toMatch(/"askedBy":"up","msg":"stopping: finishing the jobs in hand"/);
       expect(lines, role).not.toMatch(/"signal":"SIGINT"|second signal/);
       // and said why it did nothing on SIGINT (a `kill -INT` of one worker did nothing, silently)
       expect(lines, role).toContain(`"msg":"${leftToUp('SIGINT')}"`);
@@ -236,10 +262,38 @@ describe('transferline up, as a process', () => {
     await until('no process of a stack killed while starting', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30).catch((err: Error) => {
       throw new Error(`${err.message}; still running: ${processesWithEnv('TL_DATA_DIR', dataDir).map((p) => `${p.pid} ${p.cmd}`).join('; ')}`);
     });
-    // The terminal closes (the shell sends SIGHUP to the whole job), and systemd stops a service
-    // (SIGTERM to every process of its cgroup): up stops the stack as on Ctrl-C and exits 0, and
-    // each worker stops cleanly once, where SIGHUP ended them at once, and up's own SIGTERM came as
-    // a second signal that ended them with their jobs in hand.
+    // The terminal closes: `up` in a pseudo-terminal of its own (as in a terminal window), whose
+    // master is then closed; the kernel sends SIGHUP to its foreground group (up and its workers),
+    // and every later write to it fails with EIO. up stops the stack in order and exits 0, and
+    // each worker stops once, cleanly: before, SIGHUP ended the workers at once, and up's own
+    // "stopping the stack…" met EIO and ended up with exit 1 before it stopped anything.
+    {
+      const from = Object.fromEntries(await Promise.all(['preprocess', 'embed', 'train'].map(async (r) => [r, (await readFile(logOf(r))).length] as const)));
+      const pty = spawn('python3', ['-c', PTY_UP, process.execPath, cliPath, String(base), JSON.stringify(env)], { stdio: ['pipe', 'pipe', 'pipe'] });
+      running.push(pty);
+      let said = '';
+      pty.stdout!.on('data', (d: Buffer) => (said += d.toString()));
+      pty.stderr!.on('data', (d: Buffer) => (said += d.toString()));
+      await until('up in a terminal to show its banner', () => said.includes('BANNER') || pty.exitCode !== null, 150);
+      expect(said).toContain('BANNER');
+      await until('every worker of the up in a terminal to be healthy', async () => {
+        const codes = await Promise.all([1, 2, 3].map((i) => fetch(`http://127.0.0.1:${base + i}/healthz`).then((r) => r.status, () => 0)));
+        return codes.every((c) => c === 200);
+      }, 120);
+      pty.stdin!.end('hang up\n');
+      await until('up to stop when its terminal closes', () => /EXIT -?\d+/.test(said), 90);
+      expect(said).toMatch(/EXIT 0\b/);
+      await until('no process of the stack after its terminal closed', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30);
+      for (const role of ['preprocess', 'embed', 'train']) {
+        const lines = (await readFile(logOf(role))).subarray(from[role]!).toString('utf8');
+        expect(lines, `${role} (terminal closed)`).toMatch(/"msg":"stopped"/);
+        expect(lines, `${role} (terminal closed)`).not.toMatch(/second signal/);
+      }
+    }
+    // A signal to the whole job: the shell's SIGHUP when its terminal closes; SIGTERM from
+    // `timeout`, a kill of the group, or systemd (KillMode=mixed reaches up alone). Each worker
+    // stops once, cleanly: it leaves SIGHUP to up, and up asks it over IPC, not with a second
+    // SIGTERM (which ends a worker at once, its jobs in hand); nothing is restarted meanwhile.
     for (const signal of ['SIGHUP', 'SIGTERM'] as const) {
       const from = Object.fromEntries(await Promise.all(['preprocess', 'embed', 'train'].map(async (r) => [r, (await readFile(logOf(r))).length] as const)));
       const next = await startUp();
@@ -254,8 +308,10 @@ describe('transferline up, as a process', () => {
       await until(`no process of the stack after a group ${signal}`, () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30);
       for (const role of ['preprocess', 'embed', 'train']) {
         const lines = (await readFile(logOf(role))).subarray(from[role]!).toString('utf8');
-        expect(lines, `${role} (${signal})`).toMatch(/"msg":"stopped"/);
-        expect(lines, `${role} (${signal})`).not.toMatch(/second signal/);
+        if (signal === 'SIGHUP') expect(lines, `${role} (group SIGHUP)`).toContain(`"msg":"${leftToUp('SIGHUP')}"`);
+        else expect(lines, `${role} (group SIGTERM)`).toMatch(/"signal":"SIGTERM","msg":"stopping: finishing the jobs in hand"/);
+        expect(lines, `${role} (group ${signal})`).toMatch(/"msg":"stopped"/);
+        expect(lines, `${role} (group ${signal})`).not.toMatch(/second signal/);
       }
     }
 

@@ -23,7 +23,8 @@ for (const stream of [process.stdout, process.stderr]) {
   stream.on('error', (err: NodeJS.ErrnoException) => {
     // (a write racing the first EPIPE finds the stream destroyed: the same broken pipe)
     if (pipeBroken && err.code === 'ERR_STREAM_DESTROYED') return;
-    if (err.code !== 'EPIPE') throw err;
+    // (EIO: the terminal it wrote to was closed, as a closed pipe)
+    if (err.code !== 'EPIPE' && err.code !== 'EIO') throw err;
     if (pipeBroken) return;
     pipeBroken = true;
     brokenPipe();

@@ -45,9 +45,21 @@ export function stopSignals(onLeftToUp?: (signal: 'SIGINT' | 'SIGHUP') => void):
 export const leftToUp = (signal: 'SIGINT' | 'SIGHUP') =>
   `${signal} left to up, which stops its workers in order on a terminal's Ctrl-C or its closing: to stop this worker alone, send it SIGTERM (up then starts it again)`;
 
-/** What a worker under `up` tells it over IPC once it has begun to stop on a signal of its own. */
-export interface StoppingMessage {
-  stopping: true;
+/**
+ * How `up` stops a process it started with an IPC channel: a message, not a SIGTERM, so that one
+ * stopping already on a signal of its own (the whole process group got SIGTERM from systemd) is
+ * not sent a second signal, which ends it at once with its jobs in hand. A second Ctrl-C is still
+ * passed on as a SIGTERM: exit now.
+ */
+export interface StopMessage {
+  /** `now`: exit at once (a second Ctrl-C), as a second signal does */
+  stop: true | 'now';
+}
+
+/** Whether an IPC message from `up` asks this process to stop (see StopMessage). */
+export function isStopMessage(m: unknown): m is StopMessage {
+  const stop = typeof m === 'object' && m !== null ? (m as Partial<StopMessage>).stop : undefined;
+  return stop === true || stop === 'now';
 }
 
 /**
@@ -58,21 +70,23 @@ export interface StoppingMessage {
  */
 export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhileStarting?: StopAsked): void {
   let stopping = false;
-  const onSignal = (signal: NodeJS.Signals, deadlineMs = STOP_DEADLINE_MS) => {
+  // Signals are counted apart from `up`'s message: a SIGTERM to the whole process group that lands
+  // after `up`'s stop message is this process's first signal, not its second.
+  let signals = 0;
+  /** `signal`: what stopped it; 'up' for `up`'s StopMessage */
+  const onSignal = (signal: NodeJS.Signals | 'up', deadlineMs = STOP_DEADLINE_MS) => {
+    if (signal !== 'up') signals++;
     if (stopping) {
+      if (signal === 'up' || signals < 2) return;
       log.warn({ signal }, 'second signal: exiting now');
       process.exit(130);
     }
     stopping = true;
-    // Under `up`: said to it, so its own stop does not send a SIGTERM that would be this one's
-    // second (the whole process group gets SIGTERM from systemd or a closed terminal, and `up`
-    // then stops its workers too), which would end it at once with its jobs in hand.
-    if (process.send && process.connected) process.send({ stopping: true } satisfies StoppingMessage, undefined, {}, () => undefined);
     setTimeout(() => {
       log.warn({ deadlineMs }, 'stopping took too long: exiting; jobs in hand run again elsewhere');
       process.exit(1);
     }, deadlineMs).unref();
-    log.info({ signal }, 'stopping: finishing the jobs in hand');
+    log.info(signal === 'up' ? { askedBy: 'up' } : { signal }, 'stopping: finishing the jobs in hand');
     stop().then(
       () => {
         log.info('stopped');
@@ -85,6 +99,16 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhil
     );
   };
   for (const signal of stopSignals()) process.on(signal, () => onSignal(signal));
+  // `up`'s stop: the first stop, or nothing more for one stopping already (never a second signal);
+  // `now` (a second Ctrl-C) exits at once
+  if (process.send) {
+    process.on('message', (m: unknown) => {
+      if (!isStopMessage(m)) return;
+      if (m.stop !== 'now') return onSignal('up');
+      log.warn({ askedBy: 'up' }, 'asked to exit now (a second Ctrl-C): exiting; jobs in hand run again elsewhere');
+      process.exit(130);
+    });
+  }
   // Started by `up` with an IPC channel: when `up` is gone (even SIGKILLed), so are we.
   if (process.send) process.on('disconnect', () => onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS));
   // a stop asked while the role started, which finished starting before it could exit: the same
@@ -94,7 +118,7 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhil
 }
 
 /** What stopped a process before it was ready to stop as runUntilSignal does: a signal, or its parent (`up`) going away. */
-export type StopAsked = NodeJS.Signals | 'orphaned';
+export type StopAsked = NodeJS.Signals | 'up' | 'orphaned';
 
 /** Waits `ms`, or less if `signal` aborts first (watch loops that Ctrl-C must end promptly). */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { loadConfig, type Config } from './config.js';
-import { leftToUp, runUntilSignal, settledWithin, stopSignals, type StopAsked } from './lifecycle.js';
+import { isStopMessage, leftToUp, runUntilSignal, settledWithin, stopSignals, type StopAsked } from './lifecycle.js';
 import { redisKeys } from './keys.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, startingMetrics, type Metrics } from './metrics.js';
@@ -46,18 +46,29 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
   const undo: (() => Promise<unknown>)[] = [];
   let leaving: StopAsked | undefined;
   let started = false;
+  let signalsSeen = 0;
   const early = (why: StopAsked) => {
+    // (as runUntilSignal counts them: up's message is not a signal, and a signal after it is the first)
+    if (why !== 'up' && why !== 'orphaned') signalsSeen++;
+    if (leaving && (why === 'up' || (why !== 'orphaned' && signalsSeen < 2))) return;
     if (leaving) process.exit(130);
     leaving = why;
     // (a role that finished starting meanwhile is stopped as any stop would, below)
     void settledWithin(EARLY_UNDO_MS, Promise.allSettled(undo.map((f) => f()))).then(() => started || process.exit(0));
   };
   const onOrphaned = () => early('orphaned');
+  // `up`'s stop (a message, not a signal): one stopping already is not stopped twice
+  const onStopMessage = (m: unknown) => {
+    if (!isStopMessage(m)) return;
+    if (m.stop === 'now') process.exit(130);
+    early('up');
+  };
   // (under up, the terminal's Ctrl-C is up's to handle: see stopSignals; said in the log, once it is there)
   let logger: Logger | undefined;
   const signals = stopSignals((signal) => logger?.info(leftToUp(signal)));
   for (const signal of signals) process.on(signal, early);
   if (process.send) {
+    process.on('message', onStopMessage);
     process.once('disconnect', onOrphaned);
     // gone while this process loaded its modules: the event was emitted before anyone listened
     if (!process.connected) onOrphaned();
@@ -84,6 +95,7 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
     started = true;
     for (const signal of signals) process.off(signal, early);
     process.off('disconnect', onOrphaned);
+    process.off('message', onStopMessage);
     const ready = running;
     // watched by `up`: said in Redis, so a command waiting on this worker while it hangs gives
     // `up` the time to restart it

@@ -141,19 +141,23 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     process.exit(code);
   };
   // The children leave the terminal's Ctrl-C to this process (lifecycle.ts: stopSignals), so a
-  // second Ctrl-C is passed on as a second SIGTERM: the workers exit at once; then this process goes.
+  // second Ctrl-C is passed on (StopMessage `now`): the workers exit at once; then this process goes.
   process.on('SIGINT', () => {
     if (!stopping) return void stop(0);
     w('second Ctrl-C: exiting now; jobs in hand run again when the stack is next up');
-    stack.supervisor.signalAll('SIGTERM');
+    stack.supervisor.stopNow();
     for (const server of [stack.servers.redis, stack.servers.s3]) server?.kill('SIGTERM');
     process.exit(130);
   });
   process.on('SIGTERM', () => void stop(0));
   whenGone = () => void stop(EXIT.brokenPipe);
   if (outGone) whenGone();
-  // the terminal closed: the children no longer hear of it by themselves
-  process.on('SIGHUP', () => void stop(0));
+  // the terminal closed: nothing can be written to it any more (a write fails with EIO), and the
+  // workers leave its SIGHUP to this process, which stops them in order
+  process.on('SIGHUP', () => {
+    outGone = true;
+    void stop(0);
+  });
 
   // The embedded server's public dev pair is shown (the README documents it); a secret of the
   // user's own never reaches the terminal, nor a password inside the Redis URL.

@@ -14,7 +14,7 @@ import { createServer, IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir } from 'node:fs/promises';
 import S3rver from 's3rver';
-import { stopSignals } from '@transferline/shared/lifecycle';
+import { isStopMessage, stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 import { listTarget, serveList } from './s3-list.js';
 import { forgetStoredEtag, plainGetTarget, servePlainGet, storeEtagOfBytes, storedSize } from './s3-plain-get.js';
@@ -147,6 +147,7 @@ const stop = () => {
 };
 // Started by up: the terminal's Ctrl-C is up's, which stops this server last, with SIGTERM.
 for (const signal of stopSignals()) process.on(signal, stop);
+process.on('message', (m: unknown) => isStopMessage(m) && stop());
 process.on('disconnect', stop);
 // `up` may have gone while this process was starting: the 'disconnect' event is then long past.
 if (process.send && !process.connected) stop();

@@ -55,7 +55,9 @@ export async function startEmbeddedS3(o: {
       {
         name: 's3',
         logFile,
-        node: { script, execArgv: ['--openssl-legacy-provider'] },
+        // its own session, as Redis: a SIGTERM to up's whole process group (systemd, `timeout`)
+        // reaches the workers, which still need S3 to put their jobs back; up stops it last
+        node: { script, execArgv: ['--openssl-legacy-provider'], session: true },
         args: [],
         env: () => ({
           PATH: process.env.PATH,

@@ -1,5 +1,6 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { nextRestart, SupervisedProcess } from './supervisor.js';
@@ -74,19 +75,19 @@ describe('what up says when a process it keeps exits', () => {
 });
 
 describe("up's stop of a worker that is stopping already", () => {
-  it('sends it no second SIGTERM (which ends a worker at once, its jobs in hand) when the whole process group got one', async () => {
+  /**
+   * A worker as the real ones stop (lifecycle.ts runUntilSignal, built): putting its jobs back
+   * takes 600 ms; a second signal ends it at once (130). Its exit codes, after `act`.
+   */
+  const worker = async (act: (p: SupervisedProcess) => Promise<void>) => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-stopping-'));
-    // a worker as lifecycle.ts makes it: says it is stopping, takes a while to put its jobs back,
-    // and exits at once (130) on a second signal
+    const lifecycle = pathToFileURL(path.resolve(fileURLToPath(import.meta.url), '..', '..', '..', '..', '..', 'packages', 'shared', 'dist', 'lifecycle.js')).href;
     const script = path.join(dir, 'worker.mjs');
     await writeFile(
       script,
-      `let signals = 0;
-process.on('SIGTERM', () => {
-  if (++signals > 1) process.exit(130);
-  process.send({ stopping: true });
-  setTimeout(() => process.exit(0), 600);
-});
+      `import { runUntilSignal } from ${JSON.stringify(lifecycle)};
+const quiet = { info() {}, warn() {}, error() {}, debug() {} };
+runUntilSignal(quiet, () => new Promise((r) => setTimeout(r, 600)));
 process.send({ ready: true });
 setInterval(() => {}, 1000);
 `,
@@ -100,15 +101,38 @@ setInterval(() => {}, 1000);
     );
     try {
       await started;
-      // the group's SIGTERM reaches the worker, and up, which holds restarts and stops its workers
-      p.kill('SIGTERM');
-      await new Promise((r) => setTimeout(r, 200));
       p.holdRestarts();
-      await p.stop(5_000);
-      expect(exits).toEqual([0]);
+      await act(p);
+      return exits;
     } finally {
       await p.stop(1_000);
       await rm(dir, { recursive: true, force: true });
     }
+  };
+
+  it('a SIGTERM to the whole process group, then up stops it: one clean stop (a second SIGTERM ended it at once, 130)', async () => {
+    expect(await worker(async (p) => (p.kill('SIGTERM'), await p.stop(5_000)))).toEqual([0]);
+  });
+
+  it("up's stop first, then the group's SIGTERM: still one clean stop", async () => {
+    expect(
+      await worker(async (p) => {
+        const stopped = p.stop(5_000);
+        await new Promise((r) => setTimeout(r, 100));
+        p.kill('SIGTERM');
+        await stopped;
+      }),
+    ).toEqual([0]);
+  });
+
+  it('a second Ctrl-C (stopNow) ends a stopping worker at once', async () => {
+    expect(
+      await worker(async (p) => {
+        const stopped = p.stop(5_000);
+        await new Promise((r) => setTimeout(r, 100));
+        p.stopNow();
+        await stopped;
+      }),
+    ).toEqual([130]);
   });
 });

@@ -3,7 +3,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { livenessProbeTiming, type StoppingMessage } from '@transferline/shared';
+import { livenessProbeTiming, type StopMessage } from '@transferline/shared';
 import { reachableHost } from '../loopback-host.js';
 
 const appsDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -46,8 +46,12 @@ export interface ProcessSpec {
   /** `role#replica`, `s3`, `redis`: names it in events */
   name: string;
   logFile: string;
-  /** a Node script (run with this Node, with an IPC channel: it exits when we go away), or a program */
-  node?: { script: string; execArgv?: string[] };
+  /**
+   * a Node script (run with this Node, with an IPC channel: it exits when we go away), or a
+   * program; `session`: in a session of its own, out of reach of signals to `up`'s process group
+   * (a server that must stop after the workers, as Redis does)
+   */
+  node?: { script: string; execArgv?: string[]; session?: boolean };
   program?: string;
   args: string[];
   /** read at each (re)start, so a restart can reuse what the first start found (a port) */
@@ -76,8 +80,6 @@ export class SupervisedProcess {
   private restarts = 0;
   /** this process's last exit was asked by `up` itself (an unhealthy or hung one), not by a signal of its own */
   private killedByUp = false;
-  /** the running child said it is stopping on a signal of its own (StoppingMessage): `stop()` sends it none */
-  private childStopping = false;
 
   constructor(
     readonly spec: ProcessSpec,
@@ -99,12 +101,12 @@ export class SupervisedProcess {
     const log = createWriteStream(s.logFile, { flags: 'a' });
     const env = s.env();
     // Ctrl-C in a terminal signals the whole foreground group, which would stop Redis at once,
-    // under workers that still need it to finish or put back their jobs. Node children (workers,
-    // the S3 server) stay in this group but leave SIGINT to `up` (lifecycle.ts: stopSignals); a
-    // program (Redis) gets a session of its own. Every child still ends with `up`, however `up`
-    // ends: Node children when their IPC channel closes, Redis by pdeathsig.
+    // under workers that still need it to finish or put back their jobs. The workers stay in this
+    // group but leave SIGINT and SIGHUP to `up` (lifecycle.ts: stopSignals); the servers (Redis,
+    // a program; the S3 server, `session`) get a session of their own. Every child still ends with
+    // `up`, however `up` ends: Node children when their IPC channel closes, Redis by pdeathsig.
     const child = s.node
-      ? spawn(process.execPath, [...(s.node.execArgv ?? []), s.node.script, ...s.args], { env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
+      ? spawn(process.execPath, [...(s.node.execArgv ?? []), s.node.script, ...s.args], { env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'], detached: s.node.session === true })
       : setpriv
         ? spawn(setpriv, ['--pdeathsig', 'SIGTERM', '--', s.program!, ...s.args], { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
         : spawn(s.program!, s.args, { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -113,10 +115,7 @@ export class SupervisedProcess {
       if (s.onOutput) stream?.on('data', (d: Buffer) => s.onOutput!(d.toString()));
     }
     if (s.onMessage) child.on('message', s.onMessage);
-    this.childStopping = false;
-    child.on('message', (m: unknown) => {
-      if ((m as Partial<StoppingMessage> | null)?.stopping === true) this.childStopping = true;
-    });
+
     // A spawn that fails (no such program) is reported through 'error' and 'exit'.
     child.on('error', (err) => s.onOutput?.(`${err.message}\n`));
     this.child = child;
@@ -208,7 +207,15 @@ export class SupervisedProcess {
     this.stopping = true;
   }
 
-  /** SIGTERM, then SIGKILL after `timeoutMs`; resolves when it has exited. */
+  /** Asks a process that is stopping to exit at once (StopMessage `now`, or a SIGTERM: its second). */
+  stopNow(): void {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    if (child.connected) child.send({ stop: 'now' } satisfies StopMessage, (err) => err && child.kill('SIGTERM'));
+    else child.kill('SIGTERM');
+  }
+
+  /** Asks it to stop (StopMessage, or SIGTERM), then SIGKILL after `timeoutMs`; resolves when it has exited. */
   async stop(timeoutMs = STOP_GRACE_MS): Promise<void> {
     this.stopping = true;
     const child = this.child;
@@ -219,9 +226,11 @@ export class SupervisedProcess {
         clearTimeout(timer);
         resolve();
       });
-      // one stopping already (a SIGTERM to the whole process group) is waited for: a second
-      // SIGTERM would make it exit at once, its jobs in hand
-      if (!this.childStopping) child.kill('SIGTERM');
+      // A Node child is asked over IPC (StopMessage): one stopping already on a SIGTERM of its own
+      // (the whole process group got one) is not sent a second, which would end it at once with
+      // its jobs in hand. A program (Redis), or a channel gone, gets SIGTERM.
+      if (child.connected) child.send({ stop: true } satisfies StopMessage, (err) => err && child.kill('SIGTERM'));
+      else child.kill('SIGTERM');
     });
   }
 }
@@ -284,9 +293,9 @@ export class Supervisor {
     return this.children.get(`${role}#${replica}`)?.kill(signal) ?? false;
   }
 
-  /** Sends a signal to every worker process (a second SIGTERM: exit now). */
-  signalAll(signal: NodeJS.Signals): void {
-    for (const c of this.children.values()) c.kill(signal);
+  /** Every worker exits at once, its jobs in hand (a second Ctrl-C): see SupervisedProcess.stopNow. */
+  stopNow(): void {
+    for (const c of this.children.values()) c.stopNow();
   }
 
   /** No worker is restarted from now on (see SupervisedProcess.holdRestarts). */
