@@ -118,7 +118,7 @@ describe("the README's two terminals", () => {
     expect(ingest.timedOut).toBe(false);
     expect(ingest.code).toBe(0);
     expect(ingest.stdout).toMatch(/embedding space efficientnet-b0\.random-seed42\.squash224 \(the one with live embed workers; 1 embed worker: onnx\)/);
-    expect(ingest.stdout).toMatch(new RegExp(`dataset mine: ${n} images, ${n} embedded \\(0 found in the embedding cache\\), 0 failed, 0 pending`));
+    expect(ingest.stdout).toMatch(new RegExp(`dataset mine: ${n} images, ${n} embedded \\(0 of them already in the embedding cache: not computed again\\), 0 failed, 0 pending`));
 
     const train = await runCli(['train', '--dataset', 'mine', '--epochs', '20'], shell);
     expect(train.code).toBe(0);

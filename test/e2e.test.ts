@@ -61,7 +61,7 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     expect(r.counts).toMatchObject({ listed: distinct + 2, unlabelled: 1, enqueued: distinct + 1 });
     expect(r.status).toMatchObject({ total: distinct + 1, embedded: distinct + 1, failed: 0, pending: 0 });
     // the copy of circle 0 finds its twin's embedding cached if embed got to the twin first
-    expect(output).toMatch(new RegExp(`dataset e2e: ${distinct + 1} images, ${distinct + 1} embedded \\([01] found in the embedding cache\\), 0 failed`));
+    expect(output).toMatch(new RegExp(`dataset e2e: ${distinct + 1} images, ${distinct + 1} embedded \\([01] of them already in the embedding cache: not computed again\\), 0 failed`));
     expect(r.status!.labels).toEqual([
       { label: 'circle', count: PER_CLASS + 1 },
       { label: 'square', count: PER_CLASS },

@@ -78,7 +78,7 @@ describe('keys with control characters', () => {
     const ingest = await cli(['ingest', `s3://${photos}/esc/`, '-d', 'esc']);
     expect(ingest.code).toBe(3);
     // the progress counts the failed image as done, and says it failed
-    expect(ingest.stderr).toMatch(/embedding esc: 2\/2 done: 1 embedded \(0 found in the cache\), 1 failed/);
+    expect(ingest.stderr).toMatch(/embedding esc: 2\/2 done: 1 embedded \(0 of them already in the cache\), 1 failed/);
     const status = await cli(['status', '-d', 'esc']);
     const failures = await cli(['failures', '-d', 'esc']);
     for (const r of [ingest, status, failures]) {

@@ -805,7 +805,7 @@ describe('training runs and classification', () => {
     );
     // the listing cannot know the bytes (their hashes went with Redis), the jobs find them cached
     expect(again.stdout).toContain('66 enqueued, 0 added from the embedding cache (no job)');
-    expect(again.stdout).toContain('dataset shapes: 66 images, 66 embedded (66 found in the embedding cache), 0 failed, 0 pending');
+    expect(again.stdout).toContain('dataset shapes: 66 images, 66 embedded (66 of them already in the embedding cache: not computed again), 0 failed, 0 pending');
     expect(await cache.size(space)).toBe(indexed);
     expect(await ctx.services.inspector.status('shapes')).toMatchObject({ total: 66, embedded: 66, cached: 66, failed: 0 });
     expect(await embedded()).toBe(embeddedBefore);

@@ -16,12 +16,12 @@ describe("a dataset wait's bar", () => {
 
   it("counts a second ingest's own images, with the dataset's figures beside them", () => {
     // 1005 of 1012 done read as the new ingest's progress: 5 of its 12 are
-    expect(progressOf(status, ours)).toEqual({ value: 5, total: 12, detail: "of this ingest's images done (the dataset: 1005/1012 done, 1003 embedded (0 found in the cache), 2 failed)" });
+    expect(progressOf(status, ours)).toEqual({ value: 5, total: 12, detail: "of this ingest's images done (the dataset: 1005/1012 done, 1003 embedded (0 of them already in the cache), 2 failed)" });
     expect(progressOf({ ...status, embedded: 1_010, pending: 0 }, ours)).toMatchObject({ value: 12, total: 12 });
   });
 
   it("counts the whole dataset when the command's images are all of it, or none", () => {
-    expect(progressOf({ ...status, total: 12, embedded: 3, pending: 7 }, ours)).toEqual({ value: 5, total: 12, detail: 'done: 3 embedded (0 found in the cache), 2 failed' });
+    expect(progressOf({ ...status, total: 12, embedded: 3, pending: 7 }, ours)).toEqual({ value: 5, total: 12, detail: 'done: 3 embedded (0 of them already in the cache), 2 failed' });
     expect(progressOf(status, { ...ours, count: 0 })).toMatchObject({ value: 1_005, total: 1_012 });
     expect(progressOf(status)).toMatchObject({ value: 1_005, total: 1_012 });
   });

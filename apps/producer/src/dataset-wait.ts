@@ -27,7 +27,7 @@ export interface WaitOptions {
  */
 export function progressOf(s: Pick<DatasetStatus, 'total' | 'embedded' | 'cached' | 'failed' | 'pending' | 'orphaned'>, ours?: WaitOptions['ours']): { value: number; total: number; detail: string } {
   const done = s.embedded + s.failed;
-  const counts = `${s.embedded} embedded (${s.cached} found in the cache), ${s.failed} failed`;
+  const counts = `${s.embedded} embedded (${s.cached} of them already in the cache), ${s.failed} failed`;
   if (!ours || ours.count <= 0 || ours.count >= s.total) return { value: done, total: s.total, detail: `done: ${counts}` };
   const left = Math.min(ours.count, s.pending + s.orphaned);
   return { value: ours.count - left, total: ours.count, detail: `of ${ours.what} done (the dataset: ${done}/${s.total} done, ${counts})` };

@@ -153,7 +153,7 @@ export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions)
 export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   const w = (line: string) => ctx.out.write(`${line}\n`);
   w(
-    `dataset ${s.dataset}: ${s.total} images, ${s.embedded} embedded (${s.cached} found in the embedding cache), ${s.failed} failed, ${s.pending} pending` +
+    `dataset ${s.dataset}: ${s.total} images, ${s.embedded} embedded (${s.cached} of them already in the embedding cache: not computed again), ${s.failed} failed, ${s.pending} pending` +
       (s.orphaned ? `, ${s.orphaned} orphaned (their job was lost: ${relistCommand(s.dataset)})` : '') +
       (s.space ? ` — embedding space ${s.space}` : ''),
   );

@@ -10,7 +10,7 @@ const COUNTS = ['total', 'embedded', 'cached', 'pending', 'orphaned', 'failed'] 
 const COUNT_HELP: Record<(typeof COUNTS)[number], string> = {
   total: 'images in the dataset',
   embedded: 'embedding in the cache',
-  cached: 'of those, found in the cache (not computed again)',
+  cached: 'of those, already in the cache (not computed again)',
   pending: 'held by a live job',
   orphaned: 'job lost',
   failed: 'failed for good',
