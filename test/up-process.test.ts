@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
 import { leftToUp } from '../packages/shared/src/lifecycle.js';
-import { cliPath, freeRun, isRunning, processesWithEnv, processState, runCli, until } from './support/stack.js';
+import { cliPath, freeRun, healthz, isRunning, processesWithEnv, processState, runCli, until } from './support/stack.js';
 import { guardLeaks } from './support/leak-guard.js';
 
 guardLeaks();
@@ -226,17 +226,18 @@ describe('transferline up, as a process', () => {
 
     // and the next up starts on the same ports, with the same data
     const logOf = (role: string) => path.join(dataDir, 'logs', `${role}.log`);
-    const logStart = Object.fromEntries(await Promise.all(['preprocess', 'embed', 'train'].map(async (r) => [r, (await readFile(logOf(r))).length] as const)));
+    /** where each worker's log ends now: what a stop adds is read from there */
+    const logEnds = async () => Object.fromEntries(await Promise.all(['preprocess', 'embed', 'train'].map(async (r) => [r, (await readFile(logOf(r))).length] as const)));
+    /** the three workers of the up on `base` (metrics ports base+1..3) answer /healthz with 200 */
+    const everyWorkerHealthy = async () => (await Promise.all([1, 2, 3].map((i) => healthz(base + i)))).every(Boolean);
+    const logStart = await logEnds();
     const second = await startUp();
     expect(second.output()).toContain('transferline is up');
     const again = await runCli(['status', '-d', 'small'], cliEnv);
     expect(again.stdout).toMatch(/dataset small: 4 images, 4 embedded/);
     const secondChildren = descendants(second.child.pid!);
     // every worker started (its /healthz says so), so each has a stop to make
-    await until('every worker of the second up to be healthy', async () => {
-      const codes = await Promise.all([1, 2, 3].map((i) => fetch(`http://127.0.0.1:${base + i}/healthz`).then((r) => r.status, () => 0)));
-      return codes.every((c) => c === 200);
-    }, 120);
+    await until('every worker of the second up to be healthy', everyWorkerHealthy, 120);
     // Ctrl-C as a terminal sends it: to the foreground process group, not only to up
     process.kill(-second.child.pid!, 'SIGINT');
     await until('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30).catch((err: Error) => {
@@ -268,7 +269,7 @@ describe('transferline up, as a process', () => {
     // each worker stops once, cleanly: before, SIGHUP ended the workers at once, and up's own
     // "stopping the stack…" met EIO and ended up with exit 1 before it stopped anything.
     {
-      const from = Object.fromEntries(await Promise.all(['preprocess', 'embed', 'train'].map(async (r) => [r, (await readFile(logOf(r))).length] as const)));
+      const from = await logEnds();
       const pty = spawn('python3', ['-c', PTY_UP, process.execPath, cliPath, String(base), JSON.stringify(env)], { stdio: ['pipe', 'pipe', 'pipe'] });
       running.push(pty);
       let said = '';
@@ -276,10 +277,7 @@ describe('transferline up, as a process', () => {
       pty.stderr!.on('data', (d: Buffer) => (said += d.toString()));
       await until('up in a terminal to show its banner', () => said.includes('BANNER') || pty.exitCode !== null, 150);
       expect(said).toContain('BANNER');
-      await until('every worker of the up in a terminal to be healthy', async () => {
-        const codes = await Promise.all([1, 2, 3].map((i) => fetch(`http://127.0.0.1:${base + i}/healthz`).then((r) => r.status, () => 0)));
-        return codes.every((c) => c === 200);
-      }, 120);
+      await until('every worker of the up in a terminal to be healthy', everyWorkerHealthy, 120);
       pty.stdin!.end('hang up\n');
       await until('up to stop when its terminal closes', () => /EXIT -?\d+/.test(said), 90);
       expect(said).toMatch(/EXIT 0\b/);
@@ -295,12 +293,9 @@ describe('transferline up, as a process', () => {
     // stops once, cleanly: it leaves SIGHUP to up, and up asks it over IPC, not with a second
     // SIGTERM (which ends a worker at once, its jobs in hand); nothing is restarted meanwhile.
     for (const signal of ['SIGHUP', 'SIGTERM'] as const) {
-      const from = Object.fromEntries(await Promise.all(['preprocess', 'embed', 'train'].map(async (r) => [r, (await readFile(logOf(r))).length] as const)));
+      const from = await logEnds();
       const next = await startUp();
-      await until(`every worker of the up stopped by a group ${signal} to be healthy`, async () => {
-        const codes = await Promise.all([1, 2, 3].map((i) => fetch(`http://127.0.0.1:${base + i}/healthz`).then((r) => r.status, () => 0)));
-        return codes.every((c) => c === 200);
-      }, 120);
+      await until(`every worker of the up stopped by a group ${signal} to be healthy`, everyWorkerHealthy, 120);
       process.kill(-next.child.pid!, signal);
       await until(`up to stop on a group ${signal}`, () => next.child.exitCode !== null || next.child.signalCode !== null, 60);
       expect({ code: next.child.exitCode, signal: next.child.signalCode }, next.output()).toEqual({ code: 0, signal: null });

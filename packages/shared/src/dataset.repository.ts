@@ -83,9 +83,14 @@ export class DatasetRepository {
     await this.redis.hset(this.keys.datasetMeta(dataset), 'space', space);
   }
 
+  /** A prefix as the dataset records its sources, `bucket/prefix` (item ids under it start with it). */
+  static source(bucket: string, prefix: string): string {
+    return `${bucket}/${prefix}`;
+  }
+
   /** Records that `bucket/prefix` was ingested into the dataset. */
   async addSource(dataset: string, bucket: string, prefix: string): Promise<void> {
-    await this.redis.sadd(this.keys.datasetSources(dataset), `${bucket}/${prefix}`);
+    await this.redis.sadd(this.keys.datasetSources(dataset), DatasetRepository.source(bucket, prefix));
   }
 
   /** Every `bucket/prefix` ingested into the dataset. */
@@ -95,7 +100,7 @@ export class DatasetRepository {
 
   /** Records that an ingest of `bucket/prefix` into the dataset listed it to the end (every object seen). */
   async markListed(dataset: string, bucket: string, prefix: string): Promise<void> {
-    await this.redis.sadd(this.keys.datasetListed(dataset), `${bucket}/${prefix}`);
+    await this.redis.sadd(this.keys.datasetListed(dataset), DatasetRepository.source(bucket, prefix));
   }
 
   /** Of the dataset's sources, every `bucket/prefix` an ingest listed to the end. */

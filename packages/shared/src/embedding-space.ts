@@ -256,10 +256,8 @@ export class SpaceRegistry {
    * the space has gone live since.
    */
   async failureOf(spaceId: string): Promise<string | undefined> {
-    const recent = (await this.silentWorkers(spaceId)).find((w) => w.worker.failed !== undefined);
-    if (recent) return couldNotStart(recent.worker);
-    const kept = (await this.startFailures()).find((w) => w.worker.space === spaceId);
-    return kept && couldNotStart(kept.worker, kept.silentMs);
+    const failed = (await this.recentFailures()).find((w) => w.worker.space === spaceId);
+    return failed && failedStart(failed);
   }
 
   /** Workers of any space that gave up starting lately (their records say why), the latest first; then each space's kept failed start. */
@@ -462,7 +460,7 @@ export class SpaceRegistry {
     const [failed] = await this.recentFailures();
     throw new SpaceResolutionError(
       failed
-        ? `no embed worker has published its embedding space in this Redis: ${couldNotStart(failed.worker, failed.kept && failed.silentMs)} (a worker of ${failed.worker.space})`
+        ? `no embed worker has published its embedding space in this Redis: ${failedStart(failed)} (a worker of ${failed.worker.space})`
         : 'no embed worker has published its embedding space in this Redis: start the stack (transferline up) or an embed worker (feature-worker embed) with the same REDIS_URL and TL_QUEUE_PREFIX',
     );
   }
@@ -472,6 +470,11 @@ export class SpaceRegistry {
 export function couldNotStart(worker: EmbedWorkerInfo, agoMs?: number): string {
   const ago = agoMs === undefined ? '' : `, ${agoMs < 120_000 ? `${Math.round(agoMs / 1000)} s` : `${Math.round(agoMs / 60_000)} min`} ago`;
   return `its worker ${worker.workerId} could not start${ago}: ${worker.failed}`;
+}
+
+/** A failed start as the registry reports it: a kept one (not recent) with how long ago. */
+function failedStart(w: SilentWorker): string {
+  return couldNotStart(w.worker, w.kept && w.silentMs);
 }
 
 function plural(n: number, word: string): string {

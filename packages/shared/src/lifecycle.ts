@@ -18,9 +18,9 @@ const ORPHAN_STOP_DEADLINE_MS = 5_000;
 
 /**
  * Whether this process is supervised by `up` (started with an IPC channel). Such a process shares
- * `up`'s process group, so a terminal's Ctrl-C reaches it too; it leaves SIGINT to `up`, which
- * stops its children in order with SIGTERM (workers first, Redis and S3 last) and passes a
- * second Ctrl-C on as a second SIGTERM. (A group of its own would take a session of its own, and
+ * `up`'s process group, so a terminal's Ctrl-C reaches it too; it leaves SIGINT (and SIGHUP) to
+ * `up`, which stops its children in order (workers first, with a StopMessage; Redis and S3 last)
+ * and passes a second Ctrl-C on (StopMessage `now`). (A group of its own would take a session of its own, and
  * with the kernel's autogroup scheduling each session is weighed as one: the embed worker's
  * threads would then share one process's CPU weight against Redis's and the S3 server's.)
  */
@@ -48,8 +48,8 @@ export const leftToUp = (signal: 'SIGINT' | 'SIGHUP') =>
 /**
  * How `up` stops a process it started with an IPC channel: a message, not a SIGTERM, so that one
  * stopping already on a signal of its own (the whole process group got SIGTERM from systemd) is
- * not sent a second signal, which ends it at once with its jobs in hand. A second Ctrl-C is still
- * passed on as a SIGTERM: exit now.
+ * not sent a second signal, which ends it at once with its jobs in hand. A second Ctrl-C is passed
+ * on as `now`: exit at once, as a second signal does.
  */
 export interface StopMessage {
   /** `now`: exit at once (a second Ctrl-C), as a second signal does */
@@ -63,30 +63,52 @@ export function isStopMessage(m: unknown): m is StopMessage {
 }
 
 /**
- * On SIGINT/SIGTERM (see stopSignals): stop taking work, finish or release what is in hand (`stop`), exit 0.
- * A second signal exits at once, for the impatient, and so does a stop that outlasts
- * STOP_DEADLINE_MS (its jobs are found stalled and run again elsewhere). A process started with
- * an IPC channel (by `up`) does the same when its parent goes away, or is already gone.
+ * The one rule for a process asked to stop more than once, as `runUntilSignal` and a role that is
+ * still starting both apply it: the first ask stops it (`stop`); `up`'s message (StopMessage) and
+ * a signal are one stop, in either order (a SIGTERM to the whole process group, and `up`'s stop of
+ * its workers), so they are counted apart (`again`); a second signal, or `up` gone while it stops,
+ * ends it at once (`exit`).
+ */
+export function stopAsks(): (why: StopAsked) => 'stop' | 'again' | 'exit' {
+  let asked = false;
+  let signals = 0;
+  return (why) => {
+    if (why !== 'up' && why !== 'orphaned') signals++;
+    if (!asked) {
+      asked = true;
+      return 'stop';
+    }
+    if (why === 'orphaned') return 'exit';
+    return why === 'up' || signals < 2 ? 'again' : 'exit';
+  };
+}
+
+/** How a stop is logged: the signal, `up`'s message, or `up` gone. */
+const stopCause = (why: StopAsked) => (why === 'up' ? { askedBy: 'up' } : why === 'orphaned' ? { parent: 'gone' } : { signal: why });
+
+/**
+ * On SIGINT/SIGTERM (see stopSignals), or `up`'s StopMessage: stop taking work, finish or release
+ * what is in hand (`stop`), exit 0. A second signal exits at once, for the impatient (stopAsks),
+ * and so does a stop that outlasts STOP_DEADLINE_MS (its jobs are found stalled and run again
+ * elsewhere). A process started with an IPC channel (by `up`) does the same when its parent goes
+ * away, or is already gone, within ORPHAN_STOP_DEADLINE_MS.
  */
 export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhileStarting?: StopAsked): void {
-  let stopping = false;
-  // Signals are counted apart from `up`'s message: a SIGTERM to the whole process group that lands
-  // after `up`'s stop message is this process's first signal, not its second.
-  let signals = 0;
-  /** `signal`: what stopped it; 'up' for `up`'s StopMessage */
-  const onSignal = (signal: NodeJS.Signals | 'up', deadlineMs = STOP_DEADLINE_MS) => {
-    if (signal !== 'up') signals++;
-    if (stopping) {
-      if (signal === 'up' || signals < 2) return;
-      log.warn({ signal }, 'second signal: exiting now');
+  const ask = stopAsks();
+  const onStop = (why: StopAsked) => {
+    const verdict = ask(why);
+    if (verdict === 'again') return;
+    if (verdict === 'exit') {
+      log.warn(stopCause(why), why === 'orphaned' ? 'up went away while this process stopped: exiting now' : 'second signal: exiting now');
       process.exit(130);
     }
-    stopping = true;
+    // (an orphan's deadline is short: its Redis and S3 are going)
+    const deadlineMs = why === 'orphaned' ? ORPHAN_STOP_DEADLINE_MS : STOP_DEADLINE_MS;
     setTimeout(() => {
       log.warn({ deadlineMs }, 'stopping took too long: exiting; jobs in hand run again elsewhere');
       process.exit(1);
     }, deadlineMs).unref();
-    log.info(signal === 'up' ? { askedBy: 'up' } : { signal }, 'stopping: finishing the jobs in hand');
+    log.info(stopCause(why), 'stopping: finishing the jobs in hand');
     stop().then(
       () => {
         log.info('stopped');
@@ -98,23 +120,22 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhil
       },
     );
   };
-  for (const signal of stopSignals()) process.on(signal, () => onSignal(signal));
-  // `up`'s stop: the first stop, or nothing more for one stopping already (never a second signal);
-  // `now` (a second Ctrl-C) exits at once
+  for (const signal of stopSignals()) process.on(signal, () => onStop(signal));
   if (process.send) {
+    // `up`'s stop; `now` (a second Ctrl-C) exits at once
     process.on('message', (m: unknown) => {
       if (!isStopMessage(m)) return;
-      if (m.stop !== 'now') return onSignal('up');
+      if (m.stop !== 'now') return onStop('up');
       log.warn({ askedBy: 'up' }, 'asked to exit now (a second Ctrl-C): exiting; jobs in hand run again elsewhere');
       process.exit(130);
     });
+    // Started by `up` with an IPC channel: when `up` is gone (even SIGKILLed), so are we.
+    process.on('disconnect', () => onStop('orphaned'));
   }
-  // Started by `up` with an IPC channel: when `up` is gone (even SIGKILLed), so are we.
-  if (process.send) process.on('disconnect', () => onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS));
   // a stop asked while the role started, which finished starting before it could exit: the same
-  // stop, with the same deadline (an orphan's is short: its Redis and S3 are going)
-  if (askedWhileStarting === 'orphaned' || (process.send && !process.connected)) onSignal('SIGTERM', ORPHAN_STOP_DEADLINE_MS);
-  else if (askedWhileStarting) onSignal(askedWhileStarting);
+  // stop, with the same deadline
+  if (process.send && !process.connected) onStop('orphaned');
+  else if (askedWhileStarting) onStop(askedWhileStarting);
 }
 
 /** What stopped a process before it was ready to stop as runUntilSignal does: a signal, or its parent (`up`) going away. */

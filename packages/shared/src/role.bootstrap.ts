@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { loadConfig, type Config } from './config.js';
-import { isStopMessage, leftToUp, runUntilSignal, settledWithin, stopSignals, type StopAsked } from './lifecycle.js';
+import { isStopMessage, leftToUp, runUntilSignal, settledWithin, stopAsks, stopSignals, type StopAsked } from './lifecycle.js';
 import { redisKeys } from './keys.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, startingMetrics, type Metrics } from './metrics.js';
@@ -46,12 +46,11 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
   const undo: (() => Promise<unknown>)[] = [];
   let leaving: StopAsked | undefined;
   let started = false;
-  let signalsSeen = 0;
+  const ask = stopAsks();
   const early = (why: StopAsked) => {
-    // (as runUntilSignal counts them: up's message is not a signal, and a signal after it is the first)
-    if (why !== 'up' && why !== 'orphaned') signalsSeen++;
-    if (leaving && (why === 'up' || (why !== 'orphaned' && signalsSeen < 2))) return;
-    if (leaving) process.exit(130);
+    const verdict = ask(why);
+    if (verdict === 'again') return;
+    if (verdict === 'exit') process.exit(130);
     leaving = why;
     // (a role that finished starting meanwhile is stopped as any stop would, below)
     void settledWithin(EARLY_UNDO_MS, Promise.allSettled(undo.map((f) => f()))).then(() => started || process.exit(0));

@@ -1,4 +1,4 @@
-import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace, type TrainJob } from '@transferline/shared';
+import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetRepository, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace, type TrainJob } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { watchRounds } from '../watch-loop.js';
 import { latestRun, listModelRuns } from './models.command.js';
@@ -106,7 +106,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     // images an earlier round left pending (one cut short by Ctrl-C, another client's) would
     // otherwise be skipped by the classify job, which takes the embedded and the failed. Other
     // prefixes classified with the same model are not this command's to wait for.
-    const within = `${bucket}/${prefix}`;
+    const within = DatasetRepository.source(bucket, prefix);
     const before = await ctx.services.inspector.status(dataset, 0, within);
     if (before.pending + before.orphaned > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within });
     // A round of --watch that found nothing new writes no results file (every round's would list
@@ -158,6 +158,6 @@ async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: st
     ctx.out.write(`  the ${r.skipped} already done are labelled in${more}: ${earlier.map((k) => `s3://${results}/${k}`).join(', ')}\n`);
   }
   // which images failed, and why (the results file has them too)
-  if (r.failed) printFailures(ctx, await ctx.services.inspector.status(dataset, 20, `${bucket}/${prefix}`));
+  if (r.failed) printFailures(ctx, await ctx.services.inspector.status(dataset, 20, DatasetRepository.source(bucket, prefix)));
   return r;
 }

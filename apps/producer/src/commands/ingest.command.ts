@@ -1,4 +1,4 @@
-import { parseS3Url, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
+import { DatasetRepository, parseS3Url, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
@@ -103,7 +103,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   // (Not for a --watch, which may wait for label folders to come; nor for one of the dataset's own
   // prefixes, or a listing that removed images: it changed the dataset.)
   const sources = counts.listed > 0 && counts.unlabelled === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
-  if (sources.length && !sources.includes(`${bucket}/${prefix}`)) {
+  if (sources.length && !sources.includes(DatasetRepository.source(bucket, prefix))) {
     throw new CliExit(
       EXIT.error,
       `transferline: none of the ${counts.listed} objects is in a label folder under ${where}, so nothing was added to dataset ${o.dataset} ` +

@@ -115,7 +115,6 @@ export class SupervisedProcess {
       if (s.onOutput) stream?.on('data', (d: Buffer) => s.onOutput!(d.toString()));
     }
     if (s.onMessage) child.on('message', s.onMessage);
-
     // A spawn that fails (no such program) is reported through 'error' and 'exit'.
     child.on('error', (err) => s.onOutput?.(`${err.message}\n`));
     this.child = child;
@@ -210,9 +209,7 @@ export class SupervisedProcess {
   /** Asks a process that is stopping to exit at once (StopMessage `now`, or a SIGTERM: its second). */
   stopNow(): void {
     const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    if (child.connected) child.send({ stop: 'now' } satisfies StopMessage, (err) => err && child.kill('SIGTERM'));
-    else child.kill('SIGTERM');
+    if (child && child.exitCode === null && child.signalCode === null) askToStop(child, 'now');
   }
 
   /** Asks it to stop (StopMessage, or SIGTERM), then SIGKILL after `timeoutMs`; resolves when it has exited. */
@@ -226,13 +223,19 @@ export class SupervisedProcess {
         clearTimeout(timer);
         resolve();
       });
-      // A Node child is asked over IPC (StopMessage): one stopping already on a SIGTERM of its own
-      // (the whole process group got one) is not sent a second, which would end it at once with
-      // its jobs in hand. A program (Redis), or a channel gone, gets SIGTERM.
-      if (child.connected) child.send({ stop: true } satisfies StopMessage, (err) => err && child.kill('SIGTERM'));
-      else child.kill('SIGTERM');
+      askToStop(child, true);
     });
   }
+}
+
+/**
+ * A Node child is asked over IPC (StopMessage): one stopping already on a SIGTERM of its own (the
+ * whole process group got one) is not sent a second signal, which would end it at once with its
+ * jobs in hand. A program (Redis), or a child whose channel is gone, gets SIGTERM.
+ */
+function askToStop(child: ChildProcess, stop: StopMessage['stop']): void {
+  if (child.connected) child.send({ stop } satisfies StopMessage, (err) => err && child.kill('SIGTERM'));
+  else child.kill('SIGTERM');
 }
 
 /**
