@@ -424,6 +424,9 @@ describe('what a user sees when something is wrong', () => {
       [['export', '-m', 'x', '--format', 'tflite'], /argument 'tflite' is invalid\. Allowed choices are onnx/],
       [['ingest', 's3://photos/train/', '-d', 'x', '--watch', '--interval', '0'], /--interval must be a positive number/],
       [['retry', '-d', 'x', '--stage', 'train'], /--stage is preprocess or embed/],
+      // a reason code no image fails with (a typo) retries or lists nothing: said, not taken
+      [['retry', '-d', 'x', '--reason', 'bogus'], /argument 'bogus' is invalid\. Allowed choices are empty, not-an-image, .*attempts-exhausted/],
+      [['failures', '-d', 'x', '--reason', 'truncate'], /argument 'truncate' is invalid\. Allowed choices are .*truncated/],
       [['train', '--epochs', '3'], /train needs --dataset NAME/],
       [['train', '-d', 'x', '--class-weights', 'heavy'], /--class-weights is balanced or none/],
       [['review', '-d', 'x', '--folds', '1'], /--folds must be 2 or more/],

@@ -90,8 +90,6 @@ export class EmbedStage {
   }
 }
 
-/** Why embed fails an item for good (besides the reasons every worker has). */
-export const EMBED_FAILURE_REASONS = ['wrong-embedder', 'pixels-expired', 'bad-pixels'] as const;
 /** What `tl_images_total{stage="embed"}` counts. */
 export const EMBED_OUTCOMES = ['embedded', 'cached', 'failed'] as const;
 

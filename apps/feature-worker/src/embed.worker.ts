@@ -6,6 +6,7 @@ import {
   EMBED_THREADS_NAMED,
   forwardParallelism,
   threadsOverCores,
+  EMBED_FAILURE_REASONS,
   startS3Guard,
   exportQueueDepths,
   jobIds,
@@ -23,7 +24,7 @@ import {
   type WeightsFile,
 } from '@transferline/shared';
 import os from 'node:os';
-import { EMBED_FAILURE_REASONS, EMBED_OUTCOMES, EmbedStage } from './embed-images.job.js';
+import { EMBED_OUTCOMES, EmbedStage } from './embed-images.job.js';
 import { startEmbedRuntime } from './embed-runtime.js';
 
 /** Longest a computed embedding waits for its shard: under steady load shards fill much sooner. */

@@ -38,13 +38,6 @@ export interface PrepareOptions {
   timeoutSeconds?: number;
 }
 
-/**
- * Why an image could not be prepared: bounded codes, used as metric labels and shown by
- * `status`. (The job adds `too-large` and `not-found`, which are about the object, not its bytes.)
- */
-export const IMAGE_FAILURE_REASONS = ['empty', 'not-an-image', 'unsupported-format', 'truncated', 'too-many-pixels', 'undecodable', 'decode-timeout'] as const;
-export type ImageFailureReason = (typeof IMAGE_FAILURE_REASONS)[number];
-
 /** Formats this worker decodes (HEIC only where the sharp build has an HEVC decoder). */
 export type ImageFormat = 'jpeg' | 'png' | 'webp' | 'gif' | 'tiff' | 'avif' | 'heic' | 'heif';
 

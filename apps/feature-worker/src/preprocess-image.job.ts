@@ -5,6 +5,7 @@ import {
   ObjectNotFoundError,
   ObjectTooLargeError,
   PermanentError,
+  type OBJECT_FAILURE_REASONS,
   contentHash,
   type EmbedJob,
   type ItemRecord,
@@ -12,7 +13,7 @@ import {
   type ObjectStore,
   type PreprocessJob,
 } from '@transferline/shared';
-import { IMAGE_FAILURE_REASONS, prepareImage, type PrepareOptions } from './image.ops.js';
+import { prepareImage, type PrepareOptions } from './image.ops.js';
 
 /**
  * What preprocess needs of Redis and the queues, as three verbs, each a round trip or two
@@ -40,9 +41,7 @@ export interface PreprocessDeps {
 
 export type PreprocessOutcome = 'cached' | 'queued';
 
-/** Why preprocess fails an item for good: its bytes (IMAGE_FAILURE_REASONS), or its object. */
-export const PREPROCESS_FAILURE_REASONS = [...IMAGE_FAILURE_REASONS, 'not-found', 'too-large', 'changed'] as const;
-type ObjectFailureReason = Exclude<(typeof PREPROCESS_FAILURE_REASONS)[number], (typeof IMAGE_FAILURE_REASONS)[number]>;
+type ObjectFailureReason = (typeof OBJECT_FAILURE_REASONS)[number];
 const permanent = (reason: ObjectFailureReason, message: string) => new PermanentError(reason, message);
 
 /**

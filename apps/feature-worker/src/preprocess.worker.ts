@@ -2,6 +2,7 @@ import {
   DatasetRepository,
   startS3Guard,
   PermanentError,
+  PREPROCESS_FAILURE_REASONS,
   createMetrics,
   createQueues,
   createServices,
@@ -16,7 +17,7 @@ import {
 } from '@transferline/shared';
 import { EmbedBacklogGate } from './embed-backlog.gate.js';
 import { configureSharp, vipsErrors } from './image.ops.js';
-import { PREPROCESS_FAILURE_REASONS, preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
+import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
 import { createPreprocessStore } from './preprocess.store.js';
 
 /** config → deps → the preprocess worker (CPU: download, hash, decode, resize), serving every embedding space. */

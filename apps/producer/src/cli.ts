@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError, Option, type CommanderError } from 'commander';
-import { AnyDatasetName, ConfigError, DatasetName, loadConfig, ObjectStore, parseS3Url, s3Refusal, S3UnreachableError, TRANSIENT_REASONS } from '@transferline/shared';
+import { AnyDatasetName, ConfigError, DatasetName, loadConfig, ObjectStore, parseS3Url, s3Refusal, S3UnreachableError, ITEM_FAILURE_REASONS, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, type CliContext } from './cli-context.js';
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
@@ -169,7 +169,7 @@ program
   .command('retry')
   .description('run failed images of a dataset again and wait until they are embedded or fail again')
   .requiredOption('-d, --dataset <name>', 'dataset name', anyDataset)
-  .option('--reason <code>', `retry failures with this reason code (bad input included); default: the ones that are not the image's fault (${[...TRANSIENT_REASONS].join(', ')})`)
+  .addOption(new Option('--reason <code>', `retry failures with this reason code (bad input included); default: the ones that are not the image's fault (${[...TRANSIENT_REASONS].join(', ')})`).choices(ITEM_FAILURE_REASONS))
   .option('--stage <stage>', 'only failures of this stage: preprocess or embed')
   .option('--no-wait', 'enqueue and return without waiting')
   .option(...stallOption)
@@ -246,7 +246,7 @@ program
   .command('failures')
   .description('every image of a dataset that failed for good, with its reason code and message')
   .requiredOption('-d, --dataset <name>', 'dataset name', anyDataset)
-  .option('--reason <code>', 'only this reason (empty, not-an-image, unsupported-format, truncated, too-many-pixels, …)')
+  .addOption(new Option('--reason <code>', 'only failures with this reason code').choices(ITEM_FAILURE_REASONS))
   .option('--json', 'machine-readable output')
   .action((o: { dataset: string; reason?: string; json?: boolean }) => withContext((ctx) => failuresCommand(ctx, o)));
 

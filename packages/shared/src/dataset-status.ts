@@ -41,13 +41,6 @@ export interface ItemView {
   failure?: ItemFailureView;
 }
 
-/**
- * Failure reasons of the infrastructure or of a crash, not of the image: a re-ingest retries them
- * by itself. Bad input (empty, truncated, …) stays failed until the object changes or
- * `transferline retry --reason` names it.
- */
-export const TRANSIENT_REASONS: ReadonlySet<string> = new Set(['attempts-exhausted', 'stalled', 'pixels-expired', 'bad-pixels', 'wrong-embedder', 'changed']);
-
 export interface DatasetStatus {
   dataset: string;
   /** the embedding space the dataset was last ingested into */

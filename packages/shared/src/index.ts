@@ -10,6 +10,7 @@ export * from './documents.js';
 export * from './embedding-cache.js';
 export * from './embedding-space.js';
 export * from './errors.js';
+export * from './failure-reasons.js';
 export * from './jobs.catalog.js';
 export * from './keys.js';
 export * from './labels.js';

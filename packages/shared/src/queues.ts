@@ -2,6 +2,7 @@ import { DelayedError, Job, Queue, UnrecoverableError, Worker, createIORedisClie
 import type { ChainableCommander, Redis } from 'ioredis';
 import type { DependencyGuard } from './dependency.guard.js';
 import { CONNECTION_CODE_PATTERN, isConnectionCode, PermanentError } from './errors.js';
+import { WORKER_FAILURE_REASONS } from './failure-reasons.js';
 import { JOBS, jobLock, jobOptions, queueName, type JobLocks, type JobName, type JobPayload } from './jobs.catalog.js';
 import { PROCESS_NAME } from './lifecycle.js';
 import type { Logger } from './logger.js';
@@ -311,8 +312,6 @@ export class LostJobs {
   }
 }
 
-/** Reasons any worker fails a job for good with, whatever its handler. */
-export const WORKER_FAILURE_REASONS = ['bad-payload', 'stalled', 'attempts-exhausted'] as const;
 const JOB_OUTCOMES = ['completed', 'retried', 'failed', 'deferred'] as const;
 
 /**
