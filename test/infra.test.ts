@@ -5,7 +5,8 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { ConfigSchema } from '../packages/shared/src/config.js';
-import { FEATURE_WORKER_NODE_FLAGS } from '../apps/producer/src/embedded/supervisor.js';
+import { FEATURE_WORKER_NODE_FLAGS, STOP_GRACE_MS } from '../apps/producer/src/embedded/supervisor.js';
+import { STOP_DEADLINE_MS } from '../packages/shared/src/lifecycle.js';
 import { livenessProbeTiming } from '../packages/shared/src/supervised-workers.js';
 import { loadConfig } from '../packages/shared/src/config.js';
 import { repoRoot } from './support/stack.js';
@@ -51,6 +52,27 @@ describe('liveness', () => {
       expect(block, role).toMatch(/path: \/healthz/);
       expect({ role, period: field('periodSeconds'), timeout: field('timeoutSeconds'), hang: field('periodSeconds') * field('failureThreshold') }).toEqual({ role, period: periodMs / 1000, timeout: timeoutMs / 1000, hang: hangSeconds });
     }
+  });
+});
+
+describe('stopping a worker', () => {
+  it('up, the compose file and the Kubernetes manifests each give a worker longer than its own stop deadline', () => {
+    // a worker still putting back its jobs ends its stop itself, and logs why, before it is killed
+    const deadline = STOP_DEADLINE_MS / 1000;
+    const resolved = execFileSync('docker-compose', ['-f', 'docker-compose.yml', 'config'], { cwd: repoRoot, encoding: 'utf8', timeout: 60_000 });
+    const graces = Object.fromEntries(
+      ['preprocess', 'embed', 'train'].map((role) => {
+        const service = new RegExp(`^  ${role}:\n((?:    .*\n|\s*\n)+)`, 'm').exec(resolved)?.[1] ?? '';
+        const compose = Number(/^    stop_grace_period: (\d+)s$/m.exec(service)?.[1]);
+        const manifest = readFileSync(path.join(repoRoot, 'infra', 'k8s', 'base', `${role}.yaml`), 'utf8');
+        const k8s = Number(/^\s+terminationGracePeriodSeconds: (\d+)$/m.exec(manifest)?.[1]);
+        return [role, { compose: compose > deadline, k8s: k8s > deadline }];
+      }),
+    );
+    expect({ up: STOP_GRACE_MS > STOP_DEADLINE_MS, ...graces }).toEqual({
+      up: true,
+      ...Object.fromEntries(['preprocess', 'embed', 'train'].map((role) => [role, { compose: true, k8s: true }])),
+    });
   });
 });
 

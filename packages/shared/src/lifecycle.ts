@@ -11,8 +11,12 @@ import type { Logger } from './logger.js';
  */
 export const PROCESS_NAME = `${os.hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
-/** Longest a stop may take (jobs in hand, a Redis that is gone) before the process exits anyway. */
-const STOP_DEADLINE_MS = 45_000;
+/**
+ * Longest a stop may take (jobs in hand, a Redis that is gone) before the process exits anyway.
+ * Whatever stops a worker gives it longer than this (`up`, the compose file, the manifests), so
+ * the worker ends its own stop and says why.
+ */
+export const STOP_DEADLINE_MS = 45_000;
 /** The same when the parent (`up`) is gone: its Redis and S3 are going too, so a clean stop rarely can finish. */
 const ORPHAN_STOP_DEADLINE_MS = 5_000;
 

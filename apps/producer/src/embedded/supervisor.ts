@@ -3,7 +3,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { livenessProbeTiming, type StopMessage } from '@transferline/shared';
+import { livenessProbeTiming, STOP_DEADLINE_MS, type StopMessage } from '@transferline/shared';
 import { reachableHost } from '../loopback-host.js';
 
 const appsDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -67,8 +67,12 @@ export interface ProcessSpec {
   liveness?: { url: () => string; hangMs: number };
 }
 
-/** How long a process told to stop (SIGTERM) has before it is killed. */
-const STOP_GRACE_MS = 30_000;
+/**
+ * How long a process asked to stop has before it is killed: a worker's own deadline
+ * (STOP_DEADLINE_MS) and a few seconds more, so a worker still putting back its jobs ends its stop
+ * itself, and logs why, rather than being killed first.
+ */
+export const STOP_GRACE_MS = STOP_DEADLINE_MS + 5_000;
 
 /** Linux's `setpriv --pdeathsig`, when there: a program (redis-server) gets SIGTERM when we die, even by SIGKILL. */
 const setpriv = process.platform === 'linux' && spawnSync('setpriv', ['--help'], { encoding: 'utf8' }).stdout?.includes('--pdeathsig') ? 'setpriv' : undefined;
