@@ -236,8 +236,16 @@ describe('training runs and classification', () => {
     const train = await runCli(['train', '-d', 'duo', '--epochs', '3', '--run-id', 'conflict'], stack.env);
     expect(train.code).toBe(0);
     expect(train.stdout).toMatch(/left out: 1 image whose bytes are filed under more than one label/);
+    // named, each copy with the label it is filed under, so the user knows what to move
+    expect(train.stdout).toContain(`\n    s3://${photos}/duo/train/circle/0.jpg (circle), s3://${photos}/duo/train/square/copy-of-circle-0.jpg (square)\n`);
     const report = (await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'conflict', 'report.json')))!;
     expect(report.split.conflictsLeftOut).toBe(1);
+    expect(report.split.conflicting).toEqual([
+      [
+        { object: `s3://${photos}/duo/train/circle/0.jpg`, label: 'circle' },
+        { object: `s3://${photos}/duo/train/square/copy-of-circle-0.jpg`, label: 'square' },
+      ],
+    ]);
     // the images trained on, and why fewer than embedded: both copies of the conflicting bytes out, the duplicate once
     const distinct = report.split.train + report.split.validation + report.split.test;
     expect(report.coverage.embedded - distinct).toBe(3);

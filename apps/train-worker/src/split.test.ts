@@ -42,7 +42,7 @@ describe('splitExamples', () => {
     const all = [...s.train, ...s.validation, ...s.test].map((e) => e.sha256);
     expect(new Set(all).size).toBe(all.length);
     expect(all).not.toContain(ex[0]!.sha256);
-    expect(s.conflicts).toBe(1);
+    expect(s.conflicts).toEqual([[ex[0], dupes[0], conflict]]);
     expect(all.length).toBe(19);
   });
 

@@ -3,6 +3,8 @@ import { groupCopies, type Split } from '@transferline/shared';
 export interface Example {
   sha256: string;
   label: string;
+  /** the dataset's item id (`bucket/key`), to name the image */
+  id?: string;
   /** a split the bucket's layout gave the image (train/, val/, test/ folders) */
   split?: Split;
 }
@@ -13,8 +15,8 @@ export interface Splits {
   test: Example[];
   /** true when the bucket's own train/val/test folders decided the split */
   explicit: boolean;
-  /** contents found under two different labels: left out, since no label is right for them */
-  conflicts: number;
+  /** contents found under two different labels, each with every copy: left out, since no label is right for them */
+  conflicts: Example[][];
 }
 
 const RANK: Record<Split, number> = { test: 2, validation: 1, train: 0 };
@@ -29,11 +31,11 @@ const RANK: Record<Split, number> = { test: 2, validation: 1, train: 0 };
  * and adding images moves few of the others.
  */
 export function splitExamples(examples: Example[], fractions: { validation: number; test: number }): Splits {
-  let conflicts = 0;
+  const conflicts: Example[][] = [];
   const unique: Example[] = [];
   for (const g of groupCopies(examples)) {
     if (g.label === undefined) {
-      conflicts++;
+      conflicts.push(g.members.map((i) => examples[i]!));
       continue;
     }
     const first = examples[g.members[0]!]!;

@@ -1,5 +1,6 @@
 import type * as tfTypes from '@tensorflow/tfjs';
 import {
+  CONFLICTS_NAMED,
   DatasetRepository,
   PermanentError,
   type JobContext,
@@ -83,7 +84,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
       else if (v.phase !== 'embedded') coverage.pending++;
       else if (v.space === job.embedderId) {
         coverage.embedded++;
-        examples.push({ sha256: v.record.sha256!, label: v.record.label, ...(v.record.split && { split: v.record.split }) });
+        examples.push({ sha256: v.record.sha256!, label: v.record.label, id: v.id, ...(v.record.split && { split: v.record.split }) });
       } else {
         coverage.pending++; // embedded in another space: not usable here
         elsewhere++;
@@ -111,7 +112,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   if (splits.train.length === 0) throw new PermanentError('too-small', 'no image left to train on: every image is in the val/ or test/ folders');
   const untrained = labels.filter((l) => !splits.train.some((e) => e.label === l));
   if (untrained.length) ctx.log.warn({ labels: untrained }, 'labels with no training image (only in val/ or test/): the model cannot learn them');
-  if (splits.conflicts) ctx.log.warn({ conflicts: splits.conflicts }, 'images found under two labels were left out');
+  if (splits.conflicts.length) ctx.log.warn({ conflicts: splits.conflicts.length }, 'images found under two labels were left out');
   ctx.log.info({ train: splits.train.length, validation: splits.validation.length, test: splits.test.length, labels: labels.length, explicit: splits.explicit }, 'loading embeddings');
 
   const classIndex = new Map(labels.map((l, i) => [l, i]));
@@ -178,6 +179,18 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   // Last, so that whoever follows the pointer finds every file of the run.
   if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix, 'train'));
   return { ...resultOf(report, modelPrefix, deps.bucket), latest: promote };
+}
+
+/**
+ * The images filed under two labels that a report names: the first few, each with its first few
+ * copies, in the order of their objects (not Redis's, which changes from run to run).
+ */
+function namedConflicts(conflicts: Example[][]): NonNullable<ReportDoc['split']['conflicting']> {
+  const named = conflicts.map((copies) => copies.map((e) => ({ object: e.id ? DatasetRepository.objectUrl(e.id) : `sha256 ${e.sha256}`, label: e.label })).sort((a, b) => (a.object < b.object ? -1 : a.object > b.object ? 1 : 0)));
+  return named
+    .sort((a, b) => (a[0]!.object < b[0]!.object ? -1 : 1))
+    .slice(0, CONFLICTS_NAMED)
+    .map((copies) => copies.slice(0, CONFLICTS_NAMED));
 }
 
 /** What a train job returns for a run: read off its report (a run trained now, or found written). */
@@ -259,7 +272,7 @@ function buildReport(
     embedderId,
     createdAt: new Date().toISOString(),
     labels,
-    split: { train: splits.train.length, validation: splits.validation.length, test: splits.test.length, explicit: splits.explicit, conflictsLeftOut: splits.conflicts },
+    split: { train: splits.train.length, validation: splits.validation.length, test: splits.test.length, explicit: splits.explicit, conflictsLeftOut: splits.conflicts.length, ...(splits.conflicts.length && { conflicting: namedConflicts(splits.conflicts) }) },
     coverage,
     params,
     classWeights: fit.classWeights,

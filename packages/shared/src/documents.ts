@@ -214,6 +214,9 @@ export const EpochLog = z.object({
 });
 export type EpochLog = z.infer<typeof EpochLog>;
 
+/** How many images filed under two labels a run's report names, and how many copies of each. */
+export const CONFLICTS_NAMED = 10;
+
 /** `models/<dataset>/<run>/report.json`: how the run went and how good the model is. */
 export const ReportDoc = z.object({
   dataset: z.string(),
@@ -221,7 +224,16 @@ export const ReportDoc = z.object({
   embedderId: z.string(),
   createdAt: z.string(),
   labels: z.array(z.string()),
-  split: z.object({ train: z.number().int(), validation: z.number().int(), test: z.number().int(), explicit: z.boolean(), conflictsLeftOut: z.number().int() }),
+  split: z.object({
+    train: z.number().int(),
+    validation: z.number().int(),
+    test: z.number().int(),
+    explicit: z.boolean(),
+    /** distinct bytes filed under more than one label, left out (every copy) */
+    conflictsLeftOut: z.number().int(),
+    /** the first of those (CONFLICTS_NAMED), each with its copies (at most as many): the object and the label it is filed under */
+    conflicting: z.array(z.array(z.object({ object: z.string(), label: z.string() }))).optional(),
+  }),
   /** the dataset when training began: images used, and those left out (still pending, or failed) */
   coverage: z.object({
     total: z.number().int(),

@@ -277,6 +277,9 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
     w(`  ${embedded} embedded images, ${result.examples + conflicts} distinct (copies of the same bytes count once)${conflicts ? `, ${result.examples} used: bytes filed under two labels are left out (below)` : ''}`);
   }
   if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; move them to their label with \`transferline relabel\`, which \`transferline review\` also suggests when each label has two other images); copies under one label count once`);
+  const named = report?.split.conflicting ?? [];
+  for (const copies of named) w(`    ${copies.map((c) => `${printable(c.object)} (${printable(c.label)})`).join(', ')}`);
+  if (named.length && conflicts > named.length) w(`    and ${conflicts - named.length} more`);
   const bin = report?.validation.binary;
   if (bin) {
     // classify and serve decide with the threshold, not at p = 0.5 as the accuracies above and the matrix below

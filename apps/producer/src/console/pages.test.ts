@@ -86,6 +86,10 @@ describe('the run page', () => {
     const r = report(['a', 'b', 'c']);
     const copies = runPage(access, { ...r, coverage: { ...r.coverage, total: 33, embedded: 33 }, split: { ...r.split, conflictsLeftOut: 2 } });
     expect(copies).toContain('33 of 33 images embedded (0 pending, 0 failed); trained on 29 distinct images (copies of the same bytes count once; 2 left out: their bytes are filed under more than one label)');
+    // named where the report names them, as train prints them (escaped: keys are the user's)
+    const conflicting = [[{ object: 's3://p/a/x<1>.jpg', label: 'a' }, { object: 's3://p/b/x.jpg', label: 'b' }]];
+    const named = runPage(access, { ...r, coverage: { ...r.coverage, total: 33, embedded: 33 }, split: { ...r.split, conflictsLeftOut: 2, conflicting } });
+    expect(named).toMatch(/<ul id="conflicting"><li>s3:\/\/p\/a\/x&lt;1&gt;\.jpg \(a\), s3:\/\/p\/b\/x\.jpg \(b\)<\/li><li>and 1 more<\/li><\/ul>/);
   });
 
   it('shows n/a, not 0, where validation has nothing to measure: a label with no image there, or none predicted as it', () => {

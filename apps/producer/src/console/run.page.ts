@@ -82,6 +82,7 @@ export function runPage(access: Access, r: ReportDoc): string {
 <p id="coverage" class="${c.partial ? 'bad' : 'muted'}">${c.embedded} of ${c.total} images embedded (${c.pending} pending, ${c.failed} failed)${c.partial ? ' — a partial run (--partial)' : ''}${notIngestedAgain(c)}; trained on ${distinct} distinct images${
     c.embedded > distinct ? html` (copies of the same bytes count once${conflicts ? `; ${conflicts} left out: their bytes are filed under more than one label` : ''})` : ''
   }${r.split.explicit ? '; splits from the bucket layout' : ''}</p>
+${conflicting(r.split)}
 <h2>Validation (${v.examples} images)</h2>${binary(v.binary)}
 ${confusionTable('confusion', r.labels, v.confusionMatrix)}
 ${perClassTable('per-class', v)}
@@ -89,4 +90,13 @@ ${perClassTable('per-class', v)}
 ${test}
 <h2>Settings</h2><table id="params">${params.map(([k, val]) => html`<tr><th>${k}</th><td>${String(val)}</td></tr>`)}</table></section>`;
   return page({ ...access, title: `run ${r.runId}` }, body);
+}
+
+/** The images left out because their bytes are filed under two labels, each copy with its label (as train prints them). */
+function conflicting(split: ReportDoc['split']): SafeHtml | string {
+  const named = split.conflicting ?? [];
+  if (!named.length) return '';
+  const more = split.conflictsLeftOut - named.length;
+  return html`<p>Left out, their bytes filed under more than one label (move each to its label with <code>transferline relabel</code>):</p>
+<ul id="conflicting">${named.map((copies) => html`<li>${copies.map((c) => `${c.object} (${c.label})`).join(', ')}</li>`)}${more > 0 ? html`<li>and ${more} more</li>` : ''}</ul>`;
 }
