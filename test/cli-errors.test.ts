@@ -188,6 +188,14 @@ describe('what a user sees when something is wrong', () => {
         expect({ code: status.code, stderr: status.stderr }).toEqual({ code: 0, stderr: '' });
         expect(status.stdout).toContain(`warning: the embedding index of ${stack.space.id} is empty while its shards are in s3://`);
         expect(status.stdout).toContain(`warning: no embed worker has sent a heartbeat to this Redis (${other.url}) since it began (a running one does within seconds): if the workers use another Redis, this is no loss; set REDIS_URL as they have it\n`);
+        // nothing written into that Redis: it may be no deployment's, and had no loss
+        const keys = redisKeys(stack.config.redis.prefix);
+        const foreign = createRedis(other.url, 'oneshot');
+        try {
+          expect(await foreign.exists(keys.dataLossRecorded(), keys.datasetsLost(), keys.datasetsLostSources())).toBe(0);
+        } finally {
+          await foreign.quit().catch(() => undefined);
+        }
         // the workers' own Redis, where they beat: nothing of the kind
         expect((await runCli(['status'], stack.env)).stdout).not.toContain('no embed worker has sent a heartbeat');
       } finally {

@@ -305,8 +305,10 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
     (await ctx.services.spaces.list().catch(() => [])).every((s) => s.starting.length === 0);
   let found = warnings.length > 0;
   try {
-    if (warnings.length) await recordLostDatasets(ctx);
-    else await lossOver(ctx);
+    // Such a Redis is not told of a loss it may not have had: the next status after a worker's
+    // first heartbeat there records it (as does an ingest or classify that restores the index).
+    if (warnings.length && !foreign) await recordLostDatasets(ctx);
+    else if (!warnings.length) await lossOver(ctx);
     for (const lost of await lostDatasets(ctx)) {
       warnings.push(lostDatasetLine(lost));
       found = true;
