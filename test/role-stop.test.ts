@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { UP_CHILD_ENV } from '../packages/shared/src/lifecycle.js';
 import { repoRoot } from './support/stack.js';
 import { guardLeaks } from './support/leak-guard.js';
 
@@ -20,15 +21,15 @@ const script = (shared: string) =>
     // the role finishes starting meanwhile
     `  starting.onEarlyStop(() => until(() => globalThis.started));`,
     `  process.stdout.write('starting\\n');`,
-    `  await until(() => process.env.STOP_BY === 'signal' ? globalThis.stopAsked : !process.connected);`,
+    `  await until(() => process.env.STOP_BY === 'parent' ? !process.connected : globalThis.stopAsked);`,
     `  await new Promise((resolve) => setTimeout(resolve, 200));`,
     `  process.stdout.write('started\\n');`,
     `  globalThis.started = true;`,
     // its stop never finishes when up is gone: the jobs in hand cannot be put back without Redis
-    `  const stop = process.env.STOP_BY === 'signal' ? () => new Promise((resolve) => setTimeout(resolve, 300)) : () => new Promise(() => {});`,
+    `  const stop = process.env.STOP_BY === 'parent' ? () => new Promise(() => {}) : () => new Promise((resolve) => setTimeout(resolve, 300));`,
     `  return { metrics: { registry: undefined }, healthy: () => true, stop };`,
     `});`,
-    `process.on('SIGTERM', () => (globalThis.stopAsked = true));`,
+    `process.on(process.env.STOP_BY === 'pm2' ? 'SIGINT' : 'SIGTERM', () => (globalThis.stopAsked = true));`,
   ].join('\n');
 
 const children: ChildProcess[] = [];
@@ -36,10 +37,14 @@ afterEach(() => {
   for (const c of children.splice(0)) c.kill('SIGKILL');
 });
 
-function startWorker(stopBy: 'parent' | 'signal'): { child: ChildProcess; output: () => string; exited: Promise<{ code: number | null; afterMs: number }> } {
+/**
+ * `parent`: up goes away; `signal`: a SIGTERM of its own, under up; `pm2`: started with an IPC
+ * channel by another supervisor (pm2's fork mode), which stops it with SIGINT.
+ */
+function startWorker(stopBy: 'parent' | 'signal' | 'pm2'): { child: ChildProcess; output: () => string; exited: Promise<{ code: number | null; afterMs: number }> } {
   const shared = path.join(repoRoot, 'packages', 'shared', 'dist', 'index.js');
   const child = spawn(process.execPath, ['--input-type=module', '-e', script(shared)], {
-    env: { ...process.env, STOP_BY: stopBy, TL_METRICS_PORT: '0', TL_METRICS_HOST: '127.0.0.1', TL_LOG_LEVEL: 'info', TL_SUPERVISOR_HANG_MS: '0' },
+    env: { ...process.env, STOP_BY: stopBy, TL_METRICS_PORT: '0', TL_METRICS_HOST: '127.0.0.1', TL_LOG_LEVEL: 'info', TL_SUPERVISOR_HANG_MS: '0', ...(stopBy !== 'pm2' && { [UP_CHILD_ENV]: '1' }) },
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
   });
   children.push(child);
@@ -59,7 +64,7 @@ function startWorker(stopBy: 'parent' | 'signal'): { child: ChildProcess; output
       });
       stoppedAt = Date.now();
       if (stopBy === 'parent') child.disconnect();
-      else child.kill('SIGTERM');
+      else child.kill(stopBy === 'pm2' ? 'SIGINT' : 'SIGTERM');
       return exited;
     })(),
   };
@@ -82,5 +87,13 @@ describe('a worker stopped while it starts, whose role finishes starting before 
     expect(w.output()).toContain('started');
     expect(w.output()).toMatch(/"signal":"SIGTERM","msg":"stopping: finishing the jobs in hand"/);
     expect(w.output()).toMatch(/"msg":"stopped"/);
+  }, 60_000);
+
+  it("under another supervisor with an IPC channel (pm2's fork mode), SIGINT stops it: it is not left to up", async () => {
+    const w = startWorker('pm2');
+    const { code } = await w.exited;
+    expect(code, w.output()).toBe(0);
+    expect(w.output()).toMatch(/"signal":"SIGINT","msg":"stopping: finishing the jobs in hand"/);
+    expect(w.output()).not.toContain('left to up');
   }, 60_000);
 });

@@ -21,15 +21,21 @@ export const STOP_DEADLINE_MS = 45_000;
 const ORPHAN_STOP_DEADLINE_MS = 5_000;
 
 /**
- * Whether this process is supervised by `up` (started with an IPC channel). Such a process shares
+ * Set to `1` by `up` in the environment of each Node process it starts (with an IPC channel): a
+ * process under another IPC parent (pm2's fork mode, which stops it with SIGINT) is not `up`'s.
+ */
+export const UP_CHILD_ENV = 'TL_UP_CHILD';
+
+/**
+ * Whether this process is supervised by `up` (started with an IPC channel, and UP_CHILD_ENV). Such a process shares
  * `up`'s process group, so a terminal's Ctrl-C reaches it too; it leaves SIGINT (and SIGHUP) to
  * `up`, which stops its children in order (workers first, with a StopMessage; Redis and S3 last)
  * and passes a second Ctrl-C on (StopMessage `now`). (A group of its own would take a session of its own, and
  * with the kernel's autogroup scheduling each session is weighed as one: the embed worker's
  * threads would then share one process's CPU weight against Redis's and the S3 server's.)
  */
-function supervisedByUp(): boolean {
-  return typeof process.send === 'function';
+export function supervisedByUp(): boolean {
+  return typeof process.send === 'function' && process.env[UP_CHILD_ENV] === '1';
 }
 
 /**
@@ -125,7 +131,7 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhil
     );
   };
   for (const signal of stopSignals()) process.on(signal, () => onStop(signal));
-  if (process.send) {
+  if (supervisedByUp()) {
     // `up`'s stop; `now` (a second Ctrl-C) exits at once
     process.on('message', (m: unknown) => {
       if (!isStopMessage(m)) return;
@@ -138,7 +144,7 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhil
   }
   // a stop asked while the role started, which finished starting before it could exit: the same
   // stop, with the same deadline
-  if (process.send && !process.connected) onStop('orphaned');
+  if (supervisedByUp() && !process.connected) onStop('orphaned');
   else if (askedWhileStarting) onStop(askedWhileStarting);
 }
 

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { loadConfig, type Config } from './config.js';
-import { isStopMessage, leftToUp, runUntilSignal, settledWithin, stopAsks, stopSignals, type StopAsked } from './lifecycle.js';
+import { isStopMessage, leftToUp, runUntilSignal, settledWithin, stopAsks, stopSignals, supervisedByUp, type StopAsked } from './lifecycle.js';
 import { redisKeys } from './keys.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, startingMetrics, type Metrics } from './metrics.js';
@@ -66,7 +66,7 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
   let logger: Logger | undefined;
   const signals = stopSignals((signal) => logger?.info(leftToUp(signal)));
   for (const signal of signals) process.on(signal, early);
-  if (process.send) {
+  if (supervisedByUp()) {
     process.on('message', onStopMessage);
     process.once('disconnect', onOrphaned);
     // gone while this process loaded its modules: the event was emitted before anyone listened

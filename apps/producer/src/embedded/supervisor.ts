@@ -3,7 +3,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { livenessProbeTiming, STOP_DEADLINE_MS, type StopMessage } from '@transferline/shared';
+import { livenessProbeTiming, STOP_DEADLINE_MS, UP_CHILD_ENV, type StopMessage } from '@transferline/shared';
 import { reachableHost } from '../loopback-host.js';
 
 const appsDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -110,7 +110,7 @@ export class SupervisedProcess {
     // a program; the S3 server, `session`) get a session of their own. Every child still ends with
     // `up`, however `up` ends: Node children when their IPC channel closes, Redis by pdeathsig.
     const child = s.node
-      ? spawn(process.execPath, [...(s.node.execArgv ?? []), s.node.script, ...s.args], { env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'], detached: s.node.session === true })
+      ? spawn(process.execPath, [...(s.node.execArgv ?? []), s.node.script, ...s.args], { env: { ...env, [UP_CHILD_ENV]: '1' }, stdio: ['ignore', 'pipe', 'pipe', 'ipc'], detached: s.node.session === true })
       : setpriv
         ? spawn(setpriv, ['--pdeathsig', 'SIGTERM', '--', s.program!, ...s.args], { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
         : spawn(s.program!, s.args, { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
