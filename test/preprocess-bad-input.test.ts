@@ -59,6 +59,15 @@ async function badCorpus(): Promise<{ key: string; bytes: Buffer; reason: string
   // 9 megapixels of one colour: kilobytes that would decode to 27 MB
   const bombSolid = await sharp({ create: { width: 3000, height: 3000, channels: 3, background: '#336699' } }).png({ palette: true, compressionLevel: 9 }).toBuffer();
   const huge = await noise(700, 700).png({ compressionLevel: 0 }).toBuffer();
+  // a JPEG with 64 bytes gone wrong inside: libjpeg decodes it all the same, with a grey band
+  const halves = await sharp({ create: { width: 640, height: 480, channels: 3, background: '#336699' } })
+    .composite([{ input: { create: { width: 320, height: 480, channels: 3, background: '#cc8833' } }, left: 0, top: 0 }])
+    .jpeg()
+    .toBuffer();
+  const bitrot = Buffer.from(halves);
+  let seed = 7;
+  const from = Math.floor(halves.length * 0.4);
+  for (let i = from; i < from + 64; i++) bitrot[i] = (seed = (seed * 1103515245 + 12345) % 2 ** 31) % 255;
   expect(bombSolid.length).toBeLessThan(50_000);
   expect(huge.length).toBeGreaterThan(MAX_OBJECT_BYTES);
   return [
@@ -71,6 +80,7 @@ async function badCorpus(): Promise<{ key: string; bytes: Buffer; reason: string
     { key: '06-corrupt.png', bytes: corrupt, reason: 'undecodable' },
     { key: '07-huge.png', bytes: huge, reason: 'too-large' },
     { key: '08-deleted.jpg', bytes: jpeg, reason: 'not-found' },
+    { key: '09-bitrot.jpg', bytes: bitrot, reason: 'corrupt' },
   ];
 }
 

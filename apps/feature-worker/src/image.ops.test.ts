@@ -131,6 +131,26 @@ describe('prepareImage', () => {
     expect(looksTruncated('png', png.subarray(0, 33))).toBe(true);
   });
 
+  it("fails a JPEG damaged inside, which libjpeg decodes all the same with grey bands, and reads one with stray bytes before its end", async () => {
+    const jpeg = await bands(640, 480).jpeg({ quality: 90 }).toBuffer();
+    // 200 bytes gone wrong in the middle of the scan (no 0xff: no marker, so no decode error at all)
+    const rotted = Buffer.from(jpeg);
+    let seed = 7;
+    const from = Math.floor(jpeg.length * 0.4);
+    for (let i = from; i < from + 200; i++) rotted[i] = (seed = (seed * 1103515245 + 12345) % 2 ** 31) % 255;
+    // what a decode that fails on errors alone made of it: a picture, wrong below the damage
+    const { info } = await sharp(rotted, { failOn: 'error' }).raw().toBuffer({ resolveWithObject: true });
+    expect([info.width, info.height]).toEqual([640, 480]);
+    const err = await prepareImage(rotted, OPTS).then(() => undefined, (e: unknown) => e as PermanentError);
+    expect(err?.reason).toBe('corrupt');
+    expect(err?.message).toMatch(/^the JPEG's data is damaged inside \(a bit flip in storage, or a broken copy\?\): it would decode only in part, with grey or garbled bands; the decoder said: Corrupt JPEG data: /);
+    // a few stray bytes before the end marker lose no pixel: read, as the clean file is
+    const stray = Buffer.concat([jpeg.subarray(0, jpeg.length - 2), Buffer.from([1, 2, 3, 4]), jpeg.subarray(jpeg.length - 2)]);
+    expect(Buffer.from(await prepareImage(stray, OPTS)).equals(Buffer.from(await prepareImage(jpeg, OPTS)))).toBe(true);
+    // a file cut short is still told apart from one damaged inside
+    expect(await reasonOf(rotted.subarray(0, Math.floor(jpeg.length * 0.7)))).toBe('truncated');
+  });
+
   it('gives each image its own reason and message when many fail at once', async () => {
     // libvips's error buffer is shared by the decodes in flight: without attribution, about a
     // quarter of these came back with another image's message, some with its reason

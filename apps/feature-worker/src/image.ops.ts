@@ -79,12 +79,15 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
   const kernel = o.kernel ?? RESIZE_KERNEL;
   const timeoutSeconds = o.timeoutSeconds ?? 60;
   let started = 0;
-  const decode = () => {
+  // A JPEG whose data is damaged inside (a bit flip, a broken copy) decodes all the same, with
+  // grey or garbled bands where libjpeg lost its way, and says so only as a warning: JPEGs are
+  // read failing on warnings, and one whose warnings tell of no damage is read again without.
+  // (Other formats' warnings are mostly harmless: a PNG's "known incorrect sRGB profile".)
+  const decode = (failOn: 'warning' | 'error') => {
     started = performance.now();
     const image = sharp(bytes, {
       limitInputPixels: o.maxInputPixels,
-      // Damaged images that still decode partially (grey bands): a training set is better without them.
-      failOn: 'error',
+      failOn,
       autoOrient: true,
       // The first frame of an animation or the first page of a multi-page TIFF.
       animated: false,
@@ -107,7 +110,10 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
   const timedOut = () => performance.now() - started >= timeoutSeconds * 1000;
   let out: { data: Buffer; info: OutputInfo };
   try {
-    out = await vipsErrors.run(decode, timedOut);
+    out = await vipsErrors.run(() => decode(sniffed.format === 'jpeg' ? 'warning' : 'error'), timedOut).catch(async (err: unknown) => {
+      if (sniffed.format !== 'jpeg' || timedOut() || jpegDamage(err as Error) || looksTruncated('jpeg', bytes)) throw err;
+      return vipsErrors.run(() => decode('error'), timedOut);
+    });
   } catch (err) {
     if (timedOut()) throw new PermanentError('decode-timeout', `decoding took longer than ${timeoutSeconds} s`);
     const e = classifyDecodeError(err as Error, sniffed.format, bytes);
@@ -140,11 +146,26 @@ export function classifyDecodeError(err: Error, format: string, bytes: Uint8Arra
   if (/has not been built in|decoder plugin|unsupported codec/i.test(err.message)) {
     return new PermanentError('unsupported-format', `${format}: this build of sharp cannot decode it (${m})`);
   }
-  if (looksTruncated(format, bytes) || /premature end|truncated|unexpected end|not enough data/i.test(err.message)) {
+  // (libjpeg's "premature end of data segment" is damage inside a complete file, not its end)
+  if (looksTruncated(format, bytes) || /premature end(?! of data segment)|truncated|unexpected end|not enough data/i.test(err.message)) {
     // in our words first: the decoder's may speak of a corrupt header where the file is cut short
     return new PermanentError('truncated', `the ${format} file ends before its image does (cut short: an upload or copy that did not finish?)${m ? `; the decoder said: ${m}` : ''}`);
   }
+  const damage = format === 'jpeg' ? jpegDamage(err) : undefined;
+  if (damage) {
+    return new PermanentError('corrupt', `the JPEG's data is damaged inside (a bit flip in storage, or a broken copy?): it would decode only in part, with grey or garbled bands; the decoder said: ${damage}`);
+  }
   return new PermanentError('undecodable', m || `the ${format} decoder could not read it and gave no reason`);
+}
+
+/**
+ * libjpeg's warnings of damaged data ("Corrupt JPEG data: …": a bad Huffman code, a segment that
+ * ends early, a marker where data should be), but for a few stray bytes before the end marker,
+ * which lose no pixel (some cameras and editors write them). The first such line, or undefined.
+ */
+function jpegDamage(err: Error): string | undefined {
+  const lines = err.message.split('\n').map((l) => l.trim().replace(/^VipsJpeg: /, ''));
+  return lines.find((l) => /^Corrupt JPEG data: /.test(l) && !/extraneous bytes before marker 0xd9$/.test(l));
 }
 
 const ascii = (b: Uint8Array, start: number, length: number) => String.fromCharCode(...b.subarray(start, start + length));

@@ -5,7 +5,7 @@
  */
 
 /** Why an image's bytes could not be prepared by preprocess. */
-export const IMAGE_FAILURE_REASONS = ['empty', 'not-an-image', 'unsupported-format', 'truncated', 'too-many-pixels', 'undecodable', 'decode-timeout'] as const;
+export const IMAGE_FAILURE_REASONS = ['empty', 'not-an-image', 'unsupported-format', 'truncated', 'corrupt', 'too-many-pixels', 'undecodable', 'decode-timeout'] as const;
 export type ImageFailureReason = (typeof IMAGE_FAILURE_REASONS)[number];
 
 /** Why preprocess fails an item for good for its object, not its bytes. */
