@@ -1,11 +1,13 @@
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createRedis, DatasetRepository, redisKeys, SpaceRegistry } from '../packages/shared/src/index.js';
 import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
+import { lockDataDir } from '../apps/producer/src/embedded/data-dir.lock.js';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
 import { cliPath, NO_WORKERS, processesWithEnv, runCli, stackForFile } from './support/stack.js';
 import { guardLeaks } from './support/leak-guard.js';
@@ -384,6 +386,31 @@ describe('what a user sees when something is wrong', () => {
       expect(noEmbed.stderr).toMatch(/^transferline: REDIS_URL is set \(redis:\/\/127\.0\.0\.1:1\), so up uses that Redis/m);
       expect(noEmbed.stderr).not.toMatch(/weights/i);
       expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a second up on the data directory of one that runs refuses, naming it, and starts nothing', async () => {
+    // (a user's trial: a second up on other ports started on the first one's ./data, its Redis
+    // appending to the same file). The running up here: this test's own process, a Node process.
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-twoups-'));
+    try {
+      await writeFile(path.join(dir, 'up.pid'), `${JSON.stringify({ pid: process.pid, startedAt: '2026-12-03T01:00:00.000Z', ports: 'metrics port 9464, Redis port 6390, S3 port 9000' })}\n`);
+      const env = { ...baseEnv, TL_DATA_DIR: dir, TL_MODEL_WEIGHTS: 'random', TL_REDIS_PORT: '0', TL_S3_PORT: '0', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' };
+      const second = await runCli(['up', '--metrics-port', '0'], env, 60_000);
+      expect(second.code).toBe(1);
+      expect(second.stderr).toContain(`transferline: ${dir} is in use by another transferline up (pid ${process.pid}, started 2026-12-03T01:00:00.000Z, metrics port 9464, Redis port 6390, S3 port 9000): two would share one Redis file and one S3 directory. Stop that one (Ctrl-C in its terminal), or give this one a data directory of its own with TL_DATA_DIR`);
+      expect(existsSync(path.join(dir, 'redis'))).toBe(false);
+      expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
+      // one left by an up that is gone (SIGKILLed): taken over
+      const gone = spawn(process.execPath, ['-e', '']);
+      await new Promise((resolve) => gone.on('exit', resolve));
+      await writeFile(path.join(dir, 'up.pid'), `${JSON.stringify({ pid: gone.pid, startedAt: '2026-12-03T01:00:00.000Z', ports: 'metrics port 9464' })}\n`);
+      const lock = await lockDataDir(dir, 'metrics port 1');
+      expect(JSON.parse(await readFile(path.join(dir, 'up.pid'), 'utf8'))).toMatchObject({ pid: process.pid, ports: 'metrics port 1' });
+      await lock.release();
+      expect(existsSync(path.join(dir, 'up.pid'))).toBe(false);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -24,6 +24,7 @@ import {
 } from '@transferline/shared';
 import { isPortFree, startEmbeddedRedis } from './redis.server.js';
 import { startEmbeddedS3 } from './s3.server.js';
+import { lockDataDir } from './data-dir.lock.js';
 import { ANOTHER_UP, Supervisor, type RoleName, type SupervisedProcess } from './supervisor.js';
 
 export interface StackPorts {
@@ -122,6 +123,8 @@ export async function startStack(
       if (over) onEvent(`warning: ${over}`);
       env.TL_EMBED_THREADS ??= String(threads);
     }
+    const lock = await lockDataDir(initial.dataDir, `metrics port ${ports.producer}${initial.redis.embedded ? `, Redis port ${initial.redis.embeddedPort}` : ''}${initial.s3.embedded ? `, S3 port ${initial.s3.embeddedPort}` : ''}`);
+    stops.push(() => lock.release());
     const logDir = path.join(initial.dataDir, 'logs');
     await mkdir(logDir, { recursive: true });
     if (initial.redis.embedded) {
