@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { createRedis, DatasetRepository, redisKeys, SpaceRegistry } from '../packages/shared/src/index.js';
+import { createRedis, DatasetRepository, queueName, redisKeys, SpaceRegistry } from '../packages/shared/src/index.js';
 import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { lockDataDir } from '../apps/producer/src/embedded/data-dir.lock.js';
@@ -188,8 +188,11 @@ describe('what a user sees when something is wrong', () => {
       try {
         const status = await runCli(['status'], { ...stack.env, REDIS_URL: other.url });
         expect({ code: status.code, stderr: status.stderr }).toEqual({ code: 0, stderr: '' });
-        expect(status.stdout).toContain(`warning: the embedding index of ${stack.space.id} is empty while its shards are in s3://`);
-        expect(status.stdout).toContain(`warning: no embed worker has sent a heartbeat to this Redis (${other.url}) since it began (a running one does within seconds): if the workers use another Redis, this is no loss; set REDIS_URL as they have it\n`);
+        // the likelier cause first, then what looks lost
+        const hint = `warning: no embed worker has sent a heartbeat to this Redis (${other.url}) since it began (a running one does within seconds): if the workers use another Redis, or another database of it, what follows is no loss; set REDIS_URL as they have it\n`;
+        expect(status.stdout).toContain(hint);
+        const lost = status.stdout.indexOf(`warning: the embedding index of ${stack.space.id} is empty while its shards are in s3://`);
+        expect(lost).toBeGreaterThan(status.stdout.indexOf(hint));
         // nothing written into that Redis: it may be no deployment's, and had no loss
         const keys = redisKeys(stack.config.redis.prefix);
         const foreign = createRedis(other.url, 'oneshot');
@@ -197,6 +200,17 @@ describe('what a user sees when something is wrong', () => {
           expect(await foreign.exists(keys.dataLossRecorded(), keys.datasetsLost(), keys.datasetsLostSources())).toBe(0);
         } finally {
           await foreign.quit().catch(() => undefined);
+        }
+        // another database of the workers' own server: the same, and none of their workers is counted as its own
+        const connection = createRedis(stack.config.redis.url, 'worker');
+        const worker = new Worker(ctx.queues.preprocess.name, null, { connection, prefix: stack.config.redis.prefix, autorun: false });
+        try {
+          await worker.waitUntilReady();
+          const workers = async (url: string) => (JSON.parse((await runCli(['status', '--json'], { ...stack.env, REDIS_URL: url })).stdout) as { queues: Record<string, { workers: number }> }).queues[queueName('preprocess')]!.workers;
+          expect({ db0: await workers(stack.config.redis.url), db3: await workers(`${stack.config.redis.url}/3`) }).toEqual({ db0: 1, db3: 0 });
+        } finally {
+          await worker.close();
+          await connection.quit().catch(() => undefined);
         }
         // the workers' own Redis, where they beat: nothing of the kind
         expect((await runCli(['status'], stack.env)).stdout).not.toContain('no embed worker has sent a heartbeat');

@@ -1,4 +1,4 @@
-import { DelayedError, Job, Queue, UnrecoverableError, Worker, createIORedisClient } from 'bullmq';
+import { DelayedError, Job, Queue, UnrecoverableError, Worker, createIORedisClient, type QueueOptions } from 'bullmq';
 import type { ChainableCommander, Redis } from 'ioredis';
 import type { DependencyGuard } from './dependency.guard.js';
 import { CONNECTION_CODE_PATTERN, isConnectionCode, PermanentError } from './errors.js';
@@ -123,7 +123,7 @@ export class Queues {
   }
 
   private make(name: string): Queue {
-    const q = new Queue(name, { connection: this.connection, prefix: this.prefix });
+    const q = new DatabaseQueue(name, { connection: this.connection, prefix: this.prefix }, this.connection.options.db ?? 0);
     BACKOFF_SCALE.set(q, this.retryBackoffScale);
     // Connection errors are reported once by the connection's own listener (redis.client.ts).
     q.on('error', () => {});
@@ -132,6 +132,26 @@ export class Queues {
 
   async close(): Promise<void> {
     await Promise.all([this.preprocess, this.train, this.classify, ...this.embedQueues.values()].map((q) => q.close()));
+  }
+}
+
+/**
+ * A queue whose workers are those connected to its own Redis database. BullMQ finds a queue's
+ * workers by their connections' names in CLIENT LIST, which lists the whole server's: a shell
+ * pointed at database 3 (REDIS_URL …/3) counted the workers of database 0 as its own, and waited
+ * on them.
+ */
+class DatabaseQueue extends Queue {
+  constructor(
+    name: string,
+    opts: QueueOptions,
+    private readonly db: number,
+  ) {
+    super(name, opts);
+  }
+
+  override async getWorkers(): Promise<{ [index: string]: string }[]> {
+    return (await super.getWorkers()).filter((w) => w.db === undefined || Number(w.db) === this.db);
   }
 }
 

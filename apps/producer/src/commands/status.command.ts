@@ -297,8 +297,9 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
     warnings.push(`the embedding index of ${id} is empty while its shards are in s3://${bucket}/${layout.embeddings(id)} (Redis lost its data?): the next ingest or classify in it restores it, or now: transferline cache rebuild-index --embedder ${id}`);
   }
   // An empty Redis that no embed worker has ever sent a heartbeat to looks the same as one that
-  // lost its data: a shell whose REDIS_URL is not the workers' (a user's trial). Said after the
-  // loss's lines, unless a worker is loading its model here (its beats are this Redis's).
+  // lost its data: a shell whose REDIS_URL is not the workers' (a user's trial: another database
+  // of their server). Said first, as the likelier cause, unless a worker is loading its model
+  // here (its beats are this Redis's).
   const foreign =
     warnings.length > 0 &&
     !(await ctx.services.spaces.everBeaten().catch(() => true)) &&
@@ -318,7 +319,7 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
     warnings.push(`could not check which datasets Redis lost: ${(err as Error).message}`);
   }
   if (foreign) {
-    warnings.push(`no embed worker has sent a heartbeat to this Redis (${redactUrl(ctx.config.redis.url)}) since it began (a running one does within seconds): if the workers use another Redis, this is no loss; set REDIS_URL as they have it`);
+    warnings.unshift(`no embed worker has sent a heartbeat to this Redis (${redactUrl(ctx.config.redis.url)}) since it began (a running one does within seconds): if the workers use another Redis, or another database of it, what follows is no loss; set REDIS_URL as they have it`);
   }
   return { lines: [...elsewhere, ...warnings], found, elsewhere: elsewhere.length > 0 };
 }
