@@ -142,9 +142,13 @@ describe('a bucket that changes under the pipeline', () => {
     await ctx.services.store.deleteObject(photos, 'shrinking/square/5.jpg');
     const again = await cli(['ingest', `s3://${photos}/shrinking/`, '-d', 'shrinking']);
     expect(again.code).toBe(0);
-    // a reason asked of a dataset with no failures (a typo, or the wrong dataset): said
-    expect((await cli(['failures', '-d', 'shrinking', '--reason', 'truncate'])).stdout).toBe('dataset shrinking: 0 failed with truncate; it has no failed images\n');
-    expect((await cli(['retry', '-d', 'shrinking', '--reason', 'truncate'])).stdout).toBe('retrying 0 failed images of shrinking with reason truncate; it has no failed images\n');
+    // a reason asked of a dataset with no failures (the wrong dataset): said
+    expect((await cli(['failures', '-d', 'shrinking', '--reason', 'truncated'])).stdout).toBe('dataset shrinking: 0 failed with truncated; it has no failed images\n');
+    expect((await cli(['retry', '-d', 'shrinking', '--reason', 'truncated'])).stdout).toBe('retrying 0 failed images of shrinking with reason truncated; it has no failed images\n');
+    // a code no image fails with (a typo): bad usage, with the codes there are
+    const typo = await cli(['retry', '-d', 'shrinking', '--reason', 'truncate']);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toMatch(/argument 'truncate' is invalid\. Allowed choices are .*truncated/);
     expect(again.stdout).toMatch(/10 objects listed, .*2 removed from the dataset \(deleted from the bucket\)/);
     expect(again.stdout).toMatch(/dataset shrinking: 10 images, 10 embedded .*0 failed, 0 pending/);
     const train = await cli(['train', '-d', 'shrinking', '--epochs', '10', '--run-id', 'after-delete']);

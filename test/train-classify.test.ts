@@ -384,10 +384,11 @@ describe('training runs and classification', () => {
     expect(results[0]).toMatchObject({ classified: 0, failed: 0 });
     expect(results[0]!.earlierFiles!.length).toBeGreaterThan(0);
     expect(await listed()).toBe(before);
-    // a prefix with nothing under it (mistyped, say) is said so, not "nothing new"
+    // a prefix with nothing under it (mistyped, say) is said so, not "nothing new", and fails as
+    // ingest's does (a script's next step would read no results)
     const empty = await runCli(['classify', `s3://${photos}/no-such-prefix/`, '--model', 'shapes'], stack.env);
-    expect(empty.code).toBe(0);
-    expect(empty.stdout).toContain(`classify s3://${photos}/no-such-prefix/: no objects there (is the prefix right?)\n`);
+    expect({ code: empty.code, stderr: empty.stderr }).toEqual({ code: 1, stderr: `transferline: nothing to classify under s3://${photos}/no-such-prefix/: no objects there (is the prefix right?)\n` });
+    expect(empty.stdout).not.toMatch(/classified/);
   });
 
   it('ingest --watch speaks only for a round that found something new', async () => {

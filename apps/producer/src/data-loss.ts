@@ -101,18 +101,35 @@ export async function noSuchDataset(ctx: CliContext, name: string, none = '(none
  * lost any more (lossOver), or with the next flush.
  */
 export async function recordLostDatasets(ctx: CliContext): Promise<void> {
-  const { datasets, redis, keys } = ctx.services;
+  const { redis, keys } = ctx.services;
   if (await redis.exists(keys.dataLossRecorded())) return;
-  const known = new Set(await datasets.list());
-  const lost = [...new Set((await listModelRuns(ctx)).map((r) => r.dataset))].filter((d) => !known.has(d));
-  // what each came from, as its runs say now: a run trained later on the part ingested again
-  // (train --partial) records only that part, and must not make the rest forgotten
-  const recorded = await Promise.all(lost.map(async (d) => [d, await recordedSources(ctx, d)] as const));
+  const { lost, recorded } = await datasetsWithoutRecords(ctx);
   const tx = redis.multi();
   if (lost.length) tx.sadd(keys.datasetsLost(), ...lost);
   for (const [d, r] of recorded) if (r) tx.hset(keys.datasetsLostSources(), d, JSON.stringify(r satisfies LostSources));
   tx.set(keys.dataLossRecorded(), new Date().toISOString());
   await tx.exec();
+}
+
+/**
+ * The datasets with trained runs that Redis has no records of, each with what it came from, as
+ * its runs say now: a run trained later on the part ingested again (train --partial) records only
+ * that part, and must not make the rest forgotten. Reads only.
+ */
+async function datasetsWithoutRecords(ctx: CliContext): Promise<{ lost: string[]; recorded: (readonly [string, LostSources | undefined])[] }> {
+  const known = new Set(await ctx.services.datasets.list());
+  const lost = [...new Set((await listModelRuns(ctx)).map((r) => r.dataset))].filter((d) => !known.has(d)).sort();
+  const recorded = await Promise.all(lost.map(async (d) => [d, await recordedSources(ctx, d)] as const));
+  return { lost, recorded };
+}
+
+/**
+ * The datasets a loss would be recorded for, as `lostDatasets` names them, without recording it:
+ * for a Redis that may be no deployment's (a shell's REDIS_URL that is not the workers').
+ */
+export async function lossUnrecorded(ctx: CliContext): Promise<LostDataset[]> {
+  const { recorded } = await datasetsWithoutRecords(ctx);
+  return recorded.map(([dataset, r]) => ({ dataset, partly: false, ...(r && { missing: r.sources, commands: r.sources.map((src) => ingestCommand(dataset, src, r.embedderId)) }) }));
 }
 
 /** No space's index is lost any more: a later loss is a new one, to be recorded again. */

@@ -11,6 +11,7 @@ import { printable } from '../terminal.js';
 import { randomSpaceNote } from '../report-words.js';
 import { nothingHere } from '../storage-hint.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
+import { CliExit, EXIT } from '../exit-codes.js';
 
 export interface ClassifyOptions {
   /** `dataset` (its latest run) or `dataset@run` */
@@ -100,14 +101,18 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, async (round) => {
     await restoreLostIndex(ctx, model.space.id);
     const counts = await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
-    // a mistyped prefix must not read as "all done"
-    if (round === 1 && counts.listed === 0) ctx.out.write(`classify s3://${printable(bucket)}/${printable(prefix)}: no objects there${o.watch ? ' yet' : ''} (is the prefix right?)\n`);
+    const within = DatasetRepository.source(bucket, prefix);
+    const before = await ctx.services.inspector.status(dataset, 0, within);
+    // a mistyped prefix must not read as "all done", nor end as a success (as ingest's does not)
+    if (round === 1 && counts.listed === 0) {
+      const where = `s3://${printable(bucket)}/${printable(prefix)}`;
+      if (!o.watch && before.total === 0) throw new CliExit(EXIT.error, `transferline: nothing to classify under ${where}: no objects there (is the prefix right?)`);
+      ctx.out.write(`classify ${where}: no objects there${o.watch ? ' yet' : ''} (is the prefix right?)\n`);
+    }
     // Wait for whatever under this prefix is still on its way, not only what this round enqueued:
     // images an earlier round left pending (one cut short by Ctrl-C, another client's) would
     // otherwise be skipped by the classify job, which takes the embedded and the failed. Other
     // prefixes classified with the same model are not this command's to wait for.
-    const within = DatasetRepository.source(bucket, prefix);
-    const before = await ctx.services.inspector.status(dataset, 0, within);
     if (before.pending + before.orphaned > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within });
     // A round of --watch that found nothing new writes no results file (every round's would list
     // the same images, failures included, as "already done").

@@ -5,7 +5,7 @@ import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { storageHint } from '../storage-hint.js';
 import { runCompletedAfter } from './models.command.js';
-import { indexUnderOtherPrefixes, lossOver, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
+import { indexUnderOtherPrefixes, lossOver, lossUnrecorded, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -306,11 +306,12 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
     (await ctx.services.spaces.list().catch(() => [])).every((s) => s.starting.length === 0);
   let found = warnings.length > 0;
   try {
-    // Such a Redis is not told of a loss it may not have had: the next status after a worker's
-    // first heartbeat there records it (as does an ingest or classify that restores the index).
+    // Such a Redis is not told of a loss it may not have had: what it would record is said, and
+    // the next status after a worker's first heartbeat there records it (as does an ingest or
+    // classify that restores the index).
     if (warnings.length && !foreign) await recordLostDatasets(ctx);
     else if (!warnings.length) await lossOver(ctx);
-    for (const lost of await lostDatasets(ctx)) {
+    for (const lost of foreign ? await lossUnrecorded(ctx) : await lostDatasets(ctx)) {
       warnings.push(lostDatasetLine(lost));
       found = true;
     }
