@@ -253,6 +253,20 @@ describe('training runs and classification', () => {
     expect(train.stdout).toContain(`  ${report.coverage.embedded} embedded images, ${distinct + 1} distinct (copies of the same bytes count once), ${distinct} used: bytes filed under two labels are left out (below)\n`);
   });
 
+  it('says of a label that looks like another misspelt, at ingest and at train, and of a class too small to learn', async () => {
+    // (a user's trial: a folder "natrue" beside "nature" trained as a class of its own, unsaid)
+    for (const kind of ['circle', 'square'] as const) for (let i = 0; i < 8; i++) await ctx.services.store.putObject(photos, `typo/${kind}/${i}.jpg`, await renderSample(kind, 800 + i, 43));
+    await ctx.services.store.putObject(photos, 'typo/sqaure/0.jpg', await renderSample('square', 900, 43));
+    const note = '  note: labels sqaure (1 image) and square (8) differ by two letters swapped: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again\n';
+    const ingest = await runCli(['ingest', `s3://${photos}/typo/`, '-d', 'typo'], stack.env);
+    expect(ingest.code).toBe(0);
+    expect(ingest.stdout).toContain(note);
+    const train = await runCli(['train', '-d', 'typo', '--epochs', '3', '--run-id', 'typo'], stack.env);
+    expect(train.code).toBe(0);
+    expect(train.stdout).toContain(note);
+    expect(train.stdout).toMatch(/^ {2}note: sqaure has 1 training image, the other classes \d+ to \d+: too few to learn it, and --class-weights balanced makes it count \d+\.\d times as much as an image of a class of average size$/m);
+  });
+
   it('refuses bad training settings with exit 2 before it waits or enqueues anything', async () => {
     const r = await runCli(['train', '-d', 'shapes', '--validation-fraction', '0.6', '--run-id', 'never'], stack.env);
     expect(r.code).toBe(2);

@@ -1,6 +1,6 @@
 import type { ReportDoc } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
-import { fewToMeasure, randomSpaceNote, thresholdCaution } from './report-words.js';
+import { confusableLabelNotes, fewToLearn, fewToMeasure, randomSpaceNote, thresholdCaution } from './report-words.js';
 
 const validation = (matrix: number[][], binary = true): ReportDoc['validation'] =>
   ({
@@ -37,5 +37,34 @@ describe('randomSpaceNote', () => {
     );
     expect(randomSpaceNote({ id: 'efficientnet-b0.imagenet-0123.squash224', weights: 'imagenet' }, 'its labels are')).toBeUndefined();
     expect(randomSpaceNote(undefined, 'its labels are')).toBeUndefined();
+  });
+});
+
+describe('confusableLabelNotes', () => {
+  it('names each pair of labels that look like one folder name written two ways, with their images', () => {
+    expect(confusableLabelNotes(new Map([['nature', 23], ['natrue', 1], ['abstract', 34]]))).toEqual([
+      'labels natrue (1 image) and nature (23) differ by two letters swapped: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again',
+    ]);
+    expect(confusableLabelNotes(new Map([['circle', 30], ['square', 30]]))).toEqual([]);
+  });
+});
+
+describe('fewToLearn', () => {
+  const report = (support: number[], classWeights: 'balanced' | 'none') =>
+    ({
+      labels: support.map((_, i) => `l${i}`),
+      train: { perClass: support.map((n, i) => ({ label: `l${i}`, support: n })) },
+      // balanced: n / (k * n_i)
+      classWeights: support.map((n) => support.reduce((a, b) => a + b, 0) / (support.length * n)),
+      params: { classWeights },
+    }) as unknown as ReportDoc;
+  it('names a class with a handful of training images beside much larger ones, with the weight balanced gives them', () => {
+    expect(fewToLearn(report([17, 1, 20, 26], 'balanced'))).toEqual([
+      'l1 has 1 training image, the other classes 17 to 26: too few to learn it, and --class-weights balanced makes it count 16.0 times as much as an image of a class of average size',
+    ]);
+    expect(fewToLearn(report([17, 3, 20], 'none'))).toEqual(['l1 has 3 training images, the other classes 17 to 20: too few to learn it']);
+    // small, but no smaller than the rest; or a few fewer than the rest
+    expect(fewToLearn(report([3, 4, 3], 'balanced'))).toEqual([]);
+    expect(fewToLearn(report([4, 12, 14], 'balanced'))).toEqual([]);
   });
 });

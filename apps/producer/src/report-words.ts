@@ -1,4 +1,4 @@
-import type { EmbeddingSpace, EvaluationReport, ReportDoc } from '@transferline/shared';
+import { confusableLabels, type EmbeddingSpace, type EvaluationReport, type ReportDoc } from '@transferline/shared';
 
 /**
  * The end of a report's coverage line (the CLI's report, the console's run page) for the prefixes a
@@ -62,4 +62,34 @@ export function fewToMeasure(split: { validation: number; test: number }): strin
       const n = split[k];
       return `${k} holds ${n} image${n === 1 ? '' : 's'}: one image moves its accuracy by ${Math.round(100 / n)} points, so take it as rough (more images a class give steadier figures)`;
     });
+}
+
+/**
+ * Labels that look like one folder name written two ways (confusableLabels), each pair with its
+ * images: said by ingest's summary and by train, before a misspelt folder trains as a class.
+ */
+export function confusableLabelNotes(counts: ReadonlyMap<string, number>, show: (s: string) => string = (s) => s): string[] {
+  return confusableLabels([...counts.keys()]).map(
+    ({ a, b, how }) =>
+      `labels ${show(a)} (${counts.get(a)} image${counts.get(a) === 1 ? '' : 's'}) and ${show(b)} (${counts.get(b)}) differ ${how}: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again`,
+  );
+}
+
+/** Fewer training images than this in a class, while the others have four times as many, is said. */
+export const FEW_TO_LEARN = 5;
+
+/**
+ * Classes a run had too few training images of to learn, beside the others (a misspelt folder, a
+ * label just begun), with the weight `--class-weights balanced` gave each of their images.
+ */
+export function fewToLearn(r: Pick<ReportDoc, 'labels' | 'train' | 'classWeights' | 'params'>, show: (s: string) => string = (s) => s): string[] {
+  const counts = r.train.perClass.map((c) => c.support);
+  return r.labels.flatMap((label, i) => {
+    const n = counts[i]!;
+    const others = counts.filter((_, j) => j !== i).sort((a, b) => a - b);
+    const median = others[Math.floor(others.length / 2)] ?? 0;
+    if (n >= FEW_TO_LEARN || n * 4 > median) return [];
+    const weight = r.params.classWeights === 'balanced' && r.classWeights[i] !== undefined ? `, and --class-weights balanced makes ${n === 1 ? 'it' : 'each'} count ${r.classWeights[i]!.toFixed(1)} times as much as an image of a class of average size` : '';
+    return [`${show(label)} has ${n} training image${n === 1 ? '' : 's'}, the other classes ${others[0]} to ${others[others.length - 1]}: too few to learn it${weight}`];
+  });
 }

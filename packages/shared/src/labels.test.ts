@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { groupCopies, labelFromKey, relabelKey } from './labels.js';
+import { confusableLabels, groupCopies, labelFromKey, relabelKey } from './labels.js';
 
 describe('labelFromKey', () => {
   it('takes the first folder below the prefix', () => {
@@ -86,5 +86,21 @@ describe('groupCopies', () => {
       // filed under two labels: no label is right for them, whatever most copies say
       { members: [3, 4, 5], label: undefined },
     ]);
+  });
+});
+
+describe('confusableLabels', () => {
+  it('pairs labels that look like one folder name written two ways, and leaves distinct names alone', () => {
+    const pairs = confusableLabels(['nature', 'natrue', 'cat', 'cats', 'Dog', 'dog', 'car', 'red-panda', 'red_panda', 'apple', 'maple', 'flower', 'flowers', 'bird', 'bard']);
+    expect(pairs).toEqual([
+      { a: 'Dog', b: 'dog', how: 'only in case or separators' },
+      { a: 'bard', b: 'bird', how: 'by one letter' },
+      { a: 'cat', b: 'cats', how: 'by one letter' },
+      { a: 'flower', b: 'flowers', how: 'by one letter' },
+      { a: 'natrue', b: 'nature', how: 'by two letters swapped' },
+      { a: 'red-panda', b: 'red_panda', how: 'only in case or separators' },
+    ]);
+    // short names one letter apart are often two classes (cat, car); so are names two edits apart
+    expect(confusableLabels(['cat', 'car', 'cot', 'apple', 'maple', 'circle', 'square', 'triangle'])).toEqual([]);
   });
 });

@@ -1,3 +1,4 @@
+import levenshtein from 'damerau-levenshtein';
 import type { Split } from './documents.js';
 
 // A Map, not an object literal: folder names are user strings, and `constructor` or `__proto__`
@@ -108,4 +109,49 @@ export function groupCopies(items: readonly { sha256: string; label: string }[])
     }
   });
   return [...bySha.values()];
+}
+
+/** Two labels that look like one name written two ways, and how they differ. */
+export interface ConfusablePair {
+  a: string;
+  b: string;
+  /** as said after "they differ" */
+  how: 'only in case or separators' | 'by one letter' | 'by two letters swapped';
+}
+
+/** A label as a name is compared: lowercase, without spaces, hyphens, underscores or dots. */
+const bareName = (label: string) => label.toLowerCase().replace(/[\s_.-]+/g, '');
+
+/**
+ * Pairs of labels that look like one folder name written two ways (`nature`, `natrue`; `cat`,
+ * `cats`; `Dog`, `dog`): a misspelt folder makes a class of its own, with the images meant for
+ * the other. Names that differ in case or separators only, or by one letter added, removed, changed
+ * or two swapped (Damerau–Levenshtein distance 1) when both have 4 letters or more (short names
+ * such as `cat` and `car` are often two classes); an added letter at the end (a plural) at any length.
+ */
+export function confusableLabels(labels: readonly string[]): ConfusablePair[] {
+  const pairs: ConfusablePair[] = [];
+  const sorted = [...new Set(labels)].sort();
+  for (let i = 0; i < sorted.length; i++) {
+    for (let j = i + 1; j < sorted.length; j++) {
+      const [a, b] = [sorted[i]!, sorted[j]!];
+      const [x, y] = [bareName(a), bareName(b)];
+      if (x === y) {
+        pairs.push({ a, b, how: 'only in case or separators' });
+        continue;
+      }
+      if (Math.abs(x.length - y.length) > 1) continue;
+      const plural = (p: string, q: string) => q.length === p.length + 1 && q.startsWith(p) && p.length >= 2;
+      if (plural(x, y) || plural(y, x) || (Math.min(x.length, y.length) >= 4 && levenshtein(x, y).steps === 1)) {
+        pairs.push({ a, b, how: x.length === y.length && swappedOnce(x, y) ? 'by two letters swapped' : 'by one letter' });
+      }
+    }
+  }
+  return pairs;
+}
+
+/** Whether `y` is `x` with two neighbouring letters swapped. */
+function swappedOnce(x: string, y: string): boolean {
+  const at = [...x].findIndex((c, k) => c !== y[k]);
+  return at >= 0 && x[at] === y[at + 1] && x[at + 1] === y[at] && x.slice(at + 2) === y.slice(at + 2);
 }

@@ -7,6 +7,7 @@ import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix, type IngestCounts } from '../ingest.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
+import { confusableLabelNotes } from '../report-words.js';
 
 export interface IngestOptions {
   dataset: string;
@@ -159,6 +160,7 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   );
   // (failed images are the dataset's, but no training run's)
   if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${l.unlabelled ? UNLABELLED_SHOWN : printable(l.label)} (${l.count}${l.failed ? `, ${l.failed} failed` : ''})`).join(', ')}`);
+  for (const note of confusableLabelNotes(new Map(s.labels.filter((l) => !l.unlabelled).map((l) => [l.label, l.count])), printable)) w(`  note: ${note}`);
   if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
   for (const line of elsewhereLines(s)) w(`  ${line}`);
   printFailures(ctx, s);

@@ -6,7 +6,7 @@ import { followJob } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { classFigures, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution } from '../report-words.js';
+import { classFigures, confusableLabelNotes, fewToLearn, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
 import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
@@ -268,6 +268,10 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images${report ? `: ${splitWords(report.split)}` : ''}; best epoch ${result.bestEpoch})`);
   if (random) w(`  ${random}`);
   if (report) for (const few of fewToMeasure(report.split)) w(`  note: ${few}`);
+  if (report) {
+    const images = new Map(report.labels.map((l, i) => [l, [report.train, report.validation, report.test].reduce((n, s) => n + (s?.perClass[i]?.support ?? 0), 0)]));
+    for (const note of [...confusableLabelNotes(images, printable), ...fewToLearn(report, printable)]) w(`  note: ${note}`);
+  }
   if (report?.coverage.partial) w(`  partial: trained on ${report.coverage.embedded} of ${report.coverage.total} images (${report.coverage.pending} pending, ${report.coverage.failed} failed)${notIngestedAgain(report.coverage, printable)}`);
   const conflicts = report?.split.conflictsLeftOut ?? 0;
   // what the example count above leaves unsaid: identical bytes are one example
