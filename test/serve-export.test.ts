@@ -196,6 +196,30 @@ describe('transferline serve', () => {
     expect(byKey[2]!.error).toMatchObject({ reason: 'not-found', message: 'bucket no-such-bucket-here does not exist' });
   });
 
+  it('answers keys it cannot read because S3 does not answer with 503 and storage-unavailable, not 200 and internal', async () => {
+    // (a user's trial: serve outlived its stack, and said "internal" with the socket's error)
+    const proxy = await startFaultProxy(stack.config.s3.endpoint);
+    const viaProxy = await openCliContext({ ...stack.config, s3: { ...stack.config.s3, endpoint: proxy.url } }, sink);
+    let served: ClassifierServer | undefined;
+    try {
+      served = await startClassifierServer(viaProxy, { model: 'shapes', log, port: 0, threads: 1 });
+      const ask = () => fetch(`${served!.url}/v1/classify`, { method: 'POST', body: JSON.stringify({ keys: [`s3://${bucket}/incoming/${photos[3]!.name}`] }), headers: { 'content-type': 'application/json' } });
+      expect((await ask()).status).toBe(200);
+      await proxy.close(); // S3 gone: connections refused
+      const res = await ask();
+      expect(res.status).toBe(503);
+      expect(res.headers.get('retry-after')).toBe('5');
+      const { results } = (await res.json()) as { results: { key: string; error?: { reason: string; message: string } }[] };
+      expect(results[0]!.error?.reason).toBe('storage-unavailable');
+      expect(results[0]!.error?.message).toMatch(/^the image store does not answer \(.+\); retry shortly$/);
+      expect(results[0]!.error?.message).not.toContain(proxy.url);
+    } finally {
+      await served?.close();
+      await viaProxy.close();
+      await proxy.close().catch(() => undefined);
+    }
+  });
+
   it('refuses bad input with the preprocess stage\'s reason codes', async () => {
     const notImage = await post(Buffer.from('<html>hello</html>'), { 'content-type': 'application/octet-stream' });
     expect(notImage.status).toBe(422);

@@ -9,7 +9,7 @@ import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
 import { prepareImage, type ResizePolicy } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
-import { BucketNotFoundError, createServeMetrics, forwardParallelism, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, type Logger, type ServeMetrics } from '@transferline/shared';
+import { BucketNotFoundError, createServeMetrics, forwardParallelism, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, S3UnreachableError, type Logger, type ServeMetrics } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
 import { ModelNotFoundError } from '../commands/classify.command.js';
@@ -160,13 +160,19 @@ function statusOf(reason: string): number {
   if (reason === 'not-found') return 404;
   if (reason === 'method-not-allowed') return 405;
   if (reason === 'bad-request') return 400;
-  if (reason === 'overloaded') return 503;
+  if (reason === 'overloaded' || reason === STORAGE_UNAVAILABLE) return 503;
   if (reason === 'internal') return 500;
   return 422; // the preprocess stage's bad-input reasons: empty, not-an-image, truncated, …
 }
 
-function asError(err: unknown): { reason: string; message: string } {
+/** The reason of a key serve could not read because S3 does not answer: no fault of the image's, nor a bug. */
+const STORAGE_UNAVAILABLE = 'storage-unavailable';
+
+function asError(err: unknown, s3Endpoint?: string): { reason: string; message: string } {
   if (err instanceof PermanentError) return { reason: err.reason, message: err.message };
+  // (how, without the endpoint: serve's clients need not learn where its storage is)
+  const unreachable = s3Endpoint === undefined ? undefined : S3UnreachableError.from(err, s3Endpoint);
+  if (unreachable) return { reason: STORAGE_UNAVAILABLE, message: `the image store does not answer (${unreachable.problem}); retry shortly` };
   if (err instanceof ObjectNotFoundError) return { reason: 'not-found', message: err.message };
   // (without the S3 endpoint: serve's clients need not learn where its storage is)
   if (err instanceof BucketNotFoundError) return { reason: 'not-found', message: `bucket ${err.bucket} does not exist` };
@@ -553,7 +559,7 @@ export async function startClassifierServer(
                 hold.add(bytes.length - head.size);
                 return { key: url, ...(await classify(model, bytes)) };
               } catch (e) {
-                const error = e instanceof BudgetWaitError ? { reason: 'overloaded', message: `${url}: ${e.message} (TL_SERVE_MAX_BYTES=${cfg.maxBytes}); retry shortly` } : asError(e);
+                const error = e instanceof BudgetWaitError ? { reason: 'overloaded', message: `${url}: ${e.message} (TL_SERVE_MAX_BYTES=${cfg.maxBytes}); retry shortly` } : asError(e, ctx.config.s3.endpoint);
                 metrics.rejected.inc({ reason: error.reason });
                 return { key: url, error };
               } finally {
@@ -561,7 +567,10 @@ export async function startClassifierServer(
               }
             }),
           );
-          if (!res.destroyed) res.json({ results, model: modelRef });
+          if (res.destroyed) return;
+          // S3 out of reach for every key: the request's answer is 503, to retry, not 200
+          if (results.every((r) => 'error' in r && r.error.reason === STORAGE_UNAVAILABLE)) res.status(503).set('retry-after', '5');
+          res.json({ results, model: modelRef });
         } finally {
           release();
         }
