@@ -33,6 +33,22 @@ describe('what a user sees when something is wrong', () => {
     expect(Date.now() - started).toBeLessThan(15_000);
   });
 
+  it('a REDIS_URL whose port is another kind of server (the S3 port, say) is said so, not as a protocol error to report', async () => {
+    const http = await import('node:http');
+    const other = http.createServer((_req, res) => res.end('not redis'));
+    await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
+    try {
+      const url = `redis://127.0.0.1:${(other.address() as net.AddressInfo).port}`;
+      const r = await runCli(['status'], { ...baseEnv, REDIS_URL: url });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`cannot reach Redis at ${url}: something answers there, but not as Redis does (an HTTP server? check the port).`);
+      expect(r.stderr).not.toMatch(/Please report this/);
+    } finally {
+      other.closeAllConnections();
+      await new Promise((resolve) => other.close(resolve));
+    }
+  });
+
   it('a Redis that is there but refuses the password is not called unreachable', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-authredis-'));
     const server = await startEmbeddedRedis({ directory: path.join(dir, 'redis'), port: 0, persist: false });

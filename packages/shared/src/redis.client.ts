@@ -38,6 +38,9 @@ const lastConnectionError = new WeakMap<Redis, Error>();
 
 /** Why a connection failed, in words: the socket's error code where it has one. */
 function connectionProblem(err: Error): string {
+  // ioredis's words for a server that answers, but not in Redis's protocol ("Protocol error, got
+  // "H" as reply type byte. Please report this.")
+  if (/^Protocol error, got /.test(err.message)) return 'something answers there, but not as Redis does (an HTTP server? check the port)';
   return connectionFailure(err)?.problem ?? err.message;
 }
 
