@@ -8,7 +8,7 @@ import { openCliContext, type CliContext } from '../apps/producer/src/cli-contex
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
 import { followJob } from '../apps/producer/src/job-follow.js';
 import { DeferJob, enqueue, lostJobOf, requeue, startWorker, unlockedActiveJobs } from '../packages/shared/src/queues.js';
-import { createMetrics, DependencyGuard, jobIds, ObjectStore, PROCESS_NAME, type ItemRecord } from '../packages/shared/src/index.js';
+import { createMetrics, DependencyGuard, jobIds, ObjectStore, PROCESS_NAME, type ItemRecord, type PreprocessJob } from '../packages/shared/src/index.js';
 import { pino } from 'pino';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
@@ -264,6 +264,21 @@ describe('a failed job run again (retry, a re-ingest, a hand-off)', () => {
     const again = (await queue.getJob(job.id!))!;
     expect(await again.getState()).toBe('waiting');
     expect({ attemptsMade: again.attemptsMade, stalledCounter: again.stalledCounter }).toEqual({ attemptsMade: 0, stalledCounter: 0 });
+  }, 60_000);
+
+  it('runs with what is asked of it now: the same object under another label (an ingest of the parent prefix) is no longer run with its old one', async () => {
+    const queue = newQueue();
+    const asked: PreprocessJob = { dataset: 'd', bucket: 'b', key: 'photos/mine/nature/x.jpg', etag: '"e"', label: 'nature', embedderId: 'space-x', resize: 'squash' };
+    const job = await queue.add('preprocess', asked, { jobId: 'pp-1', attempts: 1 });
+    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
+    const worker = new Worker(queue.name, () => Promise.reject(new Error('boom')), { connection, prefix: ctx.config.redis.prefix });
+    worker.on('error', () => {});
+    opened.push({ close: async () => (await worker.close(), connection.disconnect()) });
+    await until('the job failed', async () => (await queue.getJobState(job.id!)) === 'failed', 20);
+    await worker.close();
+    const now = { ...asked, label: 'mine' };
+    expect(await requeue(ctx.services.redis, queue, 'preprocess', [{ id: job.id!, payload: now }])).toBe(1);
+    expect((await queue.getJob(job.id!))!.data).toEqual(now);
   }, 60_000);
 });
 
