@@ -248,16 +248,21 @@ describe('a worker that holds a job and stops renewing its lock (hung)', () => {
 });
 
 describe('a failed job run again (retry, a re-ingest, a hand-off)', () => {
-  it('starts afresh: attempts and the stall count reset, so one more worker death does not fail it as stalled', async () => {
-    const queue = newQueue();
-    const payload = { sha256: 'a'.repeat(64), embedderId: 'space-x' };
-    const job = await queue.add('embed', payload, { jobId: 'e-1', attempts: 1 });
+  /** A worker fails the job (its one attempt), and goes. */
+  async function failOnce(queue: Queue, id: string): Promise<void> {
     const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
     const worker = new Worker(queue.name, () => Promise.reject(new Error('boom')), { connection, prefix: ctx.config.redis.prefix });
     worker.on('error', () => {});
     opened.push({ close: async () => (await worker.close(), connection.disconnect()) });
-    await until('the job failed', async () => (await queue.getJobState(job.id!)) === 'failed', 20);
+    await until('the job failed', async () => (await queue.getJobState(id)) === 'failed', 20);
     await worker.close();
+  }
+
+  it('starts afresh: attempts and the stall count reset, so one more worker death does not fail it as stalled', async () => {
+    const queue = newQueue();
+    const payload = { sha256: 'a'.repeat(64), embedderId: 'space-x' };
+    const job = await queue.add('embed', payload, { jobId: 'e-1', attempts: 1 });
+    await failOnce(queue, job.id!);
     // it had stalled twice before (a worker died holding it): BullMQ counts that in the job's hash
     await ctx.services.redis.hset(queue.toKey(job.id!), 'stc', 2);
     expect(await requeue(ctx.services.redis, queue, 'embed', [{ id: job.id!, payload }])).toBe(1);
@@ -270,12 +275,7 @@ describe('a failed job run again (retry, a re-ingest, a hand-off)', () => {
     const queue = newQueue();
     const asked: PreprocessJob = { dataset: 'd', bucket: 'b', key: 'photos/mine/nature/x.jpg', etag: '"e"', label: 'nature', embedderId: 'space-x', resize: 'squash' };
     const job = await queue.add('preprocess', asked, { jobId: 'pp-1', attempts: 1 });
-    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
-    const worker = new Worker(queue.name, () => Promise.reject(new Error('boom')), { connection, prefix: ctx.config.redis.prefix });
-    worker.on('error', () => {});
-    opened.push({ close: async () => (await worker.close(), connection.disconnect()) });
-    await until('the job failed', async () => (await queue.getJobState(job.id!)) === 'failed', 20);
-    await worker.close();
+    await failOnce(queue, job.id!);
     const now = { ...asked, label: 'mine' };
     expect(await requeue(ctx.services.redis, queue, 'preprocess', [{ id: job.id!, payload: now }])).toBe(1);
     expect((await queue.getJob(job.id!))!.data).toEqual(now);
