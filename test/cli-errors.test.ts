@@ -157,11 +157,12 @@ describe('what a user sees when something is wrong', () => {
       const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-upload-'));
       try {
         await mkdir(path.join(dir, 'cat'));
-        await writeFile(path.join(dir, 'cat', 'a.jpg'), 'bytes of a cat');
+        // (a JPEG's first bytes: upload sends what ingest could read as an image)
+        await writeFile(path.join(dir, 'cat', 'a.jpg'), Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), Buffer.from('bytes of a cat')]));
         const upload = await runCli(['upload', dir, 's3://no-redis/train/'], { ...stack.env, REDIS_URL: 'redis://127.0.0.1:1' });
         expect(upload.code, upload.stderr).toBe(0);
         expect(upload.stderr).not.toMatch(/Redis/);
-        expect(upload.stdout).toContain('uploaded 1 files to s3://no-redis/train/\n');
+        expect(upload.stdout).toContain('uploaded 1 file to s3://no-redis/train/\n');
         // its first request is a HEAD of the bucket, whose refusal has no body: said as the others
         const refused = await runCli(['upload', dir, 's3://no-redis/train/'], { ...stack.env, REDIS_URL: 'redis://127.0.0.1:1', S3_SECRET_ACCESS_KEY: 'not-the-secret' });
         expect({ code: refused.code, stderr: refused.stderr }).toEqual({ code: 1, stderr: `transferline: S3 at ${at} rejects this process's credentials (SignatureDoesNotMatch): check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY\n` });

@@ -182,9 +182,23 @@ describe('small CLI holes', () => {
       await writeFile(path.join(dir, 'circle', '1.jpg'), await renderSample('circle', 1, 5, 64));
       const fresh = await cli(['upload', dir, 's3://photos-typo/x/']);
       expect(fresh.code).toBe(0);
-      expect(fresh.stdout).toBe('created bucket s3://photos-typo (it did not exist)\nuploaded 1 files to s3://photos-typo/x/\n');
+      expect(fresh.stdout).toBe('created bucket s3://photos-typo (it did not exist)\nuploaded 1 file to s3://photos-typo/x/\n');
+      // the same bytes again: not sent again (a user's trial: every file went again); a changed file is
       const again = await cli(['upload', dir, 's3://photos-typo/x/']);
-      expect(again.stdout).toBe('uploaded 1 files to s3://photos-typo/x/\n');
+      expect(again.stdout).toBe('uploaded 0 files to s3://photos-typo/x/ (1 more already there, the same bytes: not sent again)\n');
+      await writeFile(path.join(dir, 'circle', '1.jpg'), await renderSample('circle', 3, 5, 64));
+      expect((await cli(['upload', dir, 's3://photos-typo/x/'])).stdout).toBe('uploaded 1 file to s3://photos-typo/x/\n');
+      // files ingest could not read as images are not sent, and named (they would fail for good)
+      await writeFile(path.join(dir, 'circle', 'notes.txt'), 'my notes\n');
+      await writeFile(path.join(dir, 'circle', 'empty.jpg'), '');
+      const bad = await cli(['upload', dir, 's3://photos-typo/x/']);
+      expect(bad.stdout).toBe(
+        'skipped 2 files that ingest could not read as images ("circle/empty.jpg": zero bytes (an empty object, or an empty upload); "circle/notes.txt": not an image (starts with text))\n' +
+          'uploaded 0 files to s3://photos-typo/x/ (1 more already there, the same bytes: not sent again)\n',
+      );
+      expect(await ctx.services.store.headObject('photos-typo', 'x/circle/notes.txt')).toBeUndefined();
+      await rm(path.join(dir, 'circle', 'notes.txt'));
+      await rm(path.join(dir, 'circle', 'empty.jpg'));
       // a file beside the label folders has no label: said before it is uploaded
       await writeFile(path.join(dir, 'loose.jpg'), await renderSample('circle', 2, 5, 64));
       const loose = await cli(['upload', dir, 's3://photos-typo/y/']);

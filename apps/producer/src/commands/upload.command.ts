@@ -1,6 +1,8 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { createHash } from 'node:crypto';
 import pMap from 'p-map';
+import { readableFormat } from '@transferline/feature-worker/image-format';
 import { BUCKET_NAME_RULE, isBucketName, itemFromKey, parseS3Url } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
@@ -41,10 +43,23 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   if (loose.length) ctx.out.write(`note: ${loose.length} of the ${files.length} files are not in a label folder (${loose.slice(0, 3).map((f) => JSON.stringify(f)).join(', ')}${loose.length > 3 ? ', …' : ''}): ingest skips them; put them in a folder per label (${path.join(dir, 'LABEL', loose[0]!)})\n`);
   // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
+  // what is there already, by ETag (the MD5 of an object put whole): the same bytes are not sent again
+  const there = new Map<string, string>();
+  for await (const o of ctx.services.store.listObjects(bucket, prefix)) there.set(o.key, o.etag);
   const bar = createProgress('uploading');
   let done = 0;
+  let sent = 0;
+  /** files ingest could not read (empty, not an image, a format it does not decode): not sent */
+  const skipped: { rel: string; why: string }[] = [];
   const upload = async (rel: string) => {
-    await ctx.services.store.putObject(bucket, `${prefix}${rel}`, await readFile(path.join(dir, rel)), contentType(rel));
+    const bytes = await readFile(path.join(dir, rel));
+    const readable = readableFormat(bytes);
+    const key = `${prefix}${rel}`;
+    if ('reason' in readable) skipped.push({ rel, why: readable.message });
+    else if (there.get(key) !== createHash('md5').update(bytes).digest('hex')) {
+      await ctx.services.store.putObject(bucket, key, bytes, contentType(rel));
+      sent++;
+    }
     bar.update(++done, files.length, rel);
   };
   try {
@@ -52,8 +67,14 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   } finally {
     bar.stop();
   }
-  ctx.out.write(`uploaded ${files.length} files to s3://${bucket}/${prefix}\n`);
-  return files.length;
+  if (skipped.length) {
+    skipped.sort((a, b) => (a.rel < b.rel ? -1 : 1));
+    const named = skipped.slice(0, 5).map((s) => `${JSON.stringify(s.rel)}: ${s.why}`);
+    ctx.out.write(`skipped ${skipped.length} file${skipped.length === 1 ? '' : 's'} that ingest could not read as images (${named.join('; ')}${skipped.length > 5 ? `; and ${skipped.length - 5} more` : ''})\n`);
+  }
+  const same = files.length - skipped.length - sent;
+  ctx.out.write(`uploaded ${sent} file${sent === 1 ? '' : 's'} to s3://${bucket}/${prefix}${same ? ` (${same} more already there, the same bytes: not sent again)` : ''}\n`);
+  return sent;
 }
 
 function contentType(file: string): string {
