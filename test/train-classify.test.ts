@@ -8,6 +8,7 @@ import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
 import type { JobContext } from '../packages/shared/src/index.js';
 import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
+import { demoTrain } from '../apps/producer/src/commands/up.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { classifyDatasetName, jobIds, jobLock, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
@@ -265,6 +266,21 @@ describe('training runs and classification', () => {
     expect(train.code).toBe(0);
     expect(train.stdout).toContain(note);
     expect(train.stdout).toMatch(/^ {2}note: sqaure has 1 training image, the other classes \d+ to \d+: too few to learn it, and --class-weights balanced makes it count \d+\.\d times as much as an image of a class of average size$/m);
+
+    // up --demo's training, on these: nothing changed since the latest run, so not trained again
+    // (every npm start trained another identical demo run); a change, and it trains
+    const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
+    const said: string[] = [];
+    const url = `s3://${photos}/typo/`;
+    const same = await ingestCommand({ ...ctx, out: quiet }, url, { dataset: 'typo', wait: true });
+    await demoTrain({ ...ctx, out: quiet }, { dataset: 'typo', url, counts: same.counts }, (l) => said.push(l));
+    expect(said).toEqual([expect.stringMatching(new RegExp(`^\\ndemo: nothing changed in ${url} since run typo \\(validation accuracy \\d+\\.\\d%\\), the latest of typo: not trained again \\(another run: npx transferline train --dataset typo\\)$`))]);
+    expect((await latestRun(ctx, 'typo'))?.runId).toBe('typo');
+    await ctx.services.store.putObject(photos, 'typo/circle/8.jpg', await renderSample('circle', 808, 43));
+    const changed = await ingestCommand({ ...ctx, out: quiet }, url, { dataset: 'typo', wait: true });
+    await demoTrain({ ...ctx, out: quiet }, { dataset: 'typo', url, counts: changed.counts }, (l) => said.push(l));
+    expect(said).toHaveLength(1);
+    expect((await latestRun(ctx, 'typo'))?.runId).not.toBe('typo');
   });
 
   it('refuses bad training settings with exit 2 before it waits or enqueues anything', async () => {

@@ -40,7 +40,7 @@ export interface IngestOutcome {
  * Whether a listing changed the dataset (or asked anything of the workers). Labels spelled two
  * ways are found again by every listing: said by the rounds that speak, not a change.
  */
-function changedAnything(c: IngestCounts): boolean {
+export function changedAnything(c: IngestCounts): boolean {
   return c.enqueued + c.alreadyQueued + c.fromCache + c.retried + c.removed > 0;
 }
 

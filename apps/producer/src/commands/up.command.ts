@@ -1,14 +1,16 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createLogger, createQueues, createServices, loadConfig, redactUrl, resolveWeights, sleep, stackSettings, WeightsUnavailableError } from '@transferline/shared';
+import { createLogger, createQueues, createServices, loadConfig, redactUrl, ReportDoc, resolveWeights, sleep, stackSettings, WeightsUnavailableError } from '@transferline/shared';
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
 import { consoleBanner } from './console.command.js';
-import { openCliContext } from '../cli-context.js';
+import { openCliContext, type CliContext } from '../cli-context.js';
 import { SAMPLE_CLASSES, writeSampleSet } from '../demo/sample-images.js';
 import { EMBEDDED_S3_DEV_CREDENTIALS } from '../embedded/s3.server.js';
 import { childPorts, DEFAULT_PORTS, DEFAULT_REPLICAS, startStack, type Replicas, type StackPorts } from '../embedded/stack.js';
-import { ingestCommand } from './ingest.command.js';
+import { changedAnything, ingestCommand } from './ingest.command.js';
+import type { IngestCounts } from '../ingest.service.js';
+import { latestRun } from './models.command.js';
 import { trainCommand } from './train.command.js';
 import { uploadCommand } from './upload.command.js';
 import { createProgress } from '../progress.js';
@@ -97,6 +99,21 @@ async function embedWorkerLive(workers: () => Promise<number>, w: (s: string) =>
  * bucket, it makes a labelled sample set, drops it into s3://photos/train/, ingests, trains and
  * prints the report, so the first command shows the product working end to end.
  */
+/**
+ * The demo's training: a run, unless its images are those of the dataset's latest run (a second
+ * `npm start` changes nothing, and trained another identical run each time: a user's trial).
+ */
+export async function demoTrain(ctx: CliContext, demo: { dataset: string; url: string; counts: IngestCounts }, w: (line: string) => void): Promise<void> {
+  const latest = !changedAnything(demo.counts) && demo.counts.unchangedInFlight === 0 ? await latestRun(ctx, demo.dataset) : undefined;
+  if (!latest) {
+    await trainCommand(ctx, { dataset: demo.dataset, wait: true, epochs: 40 });
+    return;
+  }
+  const report = await ctx.services.store.getDocument(ReportDoc, ctx.config.s3.bucket, ctx.services.layout.runFile(demo.dataset, latest.runId, 'report.json'));
+  const accuracy = report ? ` (validation accuracy ${(report.validation.accuracy * 100).toFixed(1)}%)` : '';
+  w(`\ndemo: nothing changed in ${demo.url} since run ${latest.runId}${accuracy}, the latest of ${demo.dataset}: not trained again (another run: npx transferline train --dataset ${demo.dataset})`);
+}
+
 export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJS.WritableStream = process.stdout): Promise<void> {
   // Once the reader of the output is gone (`up | head`), the stack still stops in order, silently.
   let outGone = false;
@@ -200,7 +217,7 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
         const demo = await ingestCommand(ctx, `s3://${DEMO_BUCKET}/${DEMO_PREFIX}`, { dataset: 'demo', wait: true, embedder: stack.space.id, embedderReason: "this stack's" });
         const foreign = foreignDemoFolders(demo.status?.labels.map((l) => l.label) ?? []);
         if (foreign) w(foreign);
-        await trainCommand(ctx, { dataset: 'demo', wait: true, epochs: 40 });
+        await demoTrain(ctx, { dataset: 'demo', url: `s3://${DEMO_BUCKET}/${DEMO_PREFIX}`, counts: demo.counts }, w);
       } finally {
         await ctx.close();
       }
