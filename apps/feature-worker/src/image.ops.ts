@@ -102,12 +102,27 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
   // A decode that ran out its time failed on its own account, whatever the shared error buffer
   // says by then (another image's lines, or nothing); any other failure is checked (vips-errors.ts).
   const timedOut = () => performance.now() - started >= timeoutSeconds * 1000;
+  // (attributed: a failure beside other decodes is run again alone, so its message is its own)
+  const attempt = (failOn: 'warning' | 'error') => vipsErrors.run(() => decode(failOn), timedOut);
   let out: { data: Buffer; info: OutputInfo };
   try {
-    out = await vipsErrors.run(() => decode(sniffed.format === 'jpeg' ? 'warning' : 'error'), timedOut).catch(async (err: unknown) => {
-      if (sniffed.format !== 'jpeg' || timedOut() || jpegDamage(err as Error) || looksTruncated('jpeg', bytes)) throw err;
-      return vipsErrors.run(() => decode('error'), timedOut);
-    });
+    if (sniffed.format !== 'jpeg') out = await attempt('error');
+    else {
+      // The first pass stops at any warning, and is not run again alone (a warning that tells of
+      // no damage, which some cameras' files always give, would stall every other decode); what
+      // it says decides: warnings of no damage, read again without them; a damage line, or none at
+      // all (a neighbour's finish cleared the buffer), asked again with attribution, as it may be
+      // a neighbour's.
+      out = await vipsErrors.run(() => decode('warning'), () => true).catch(async (err: unknown) => {
+        if (timedOut()) throw err;
+        const said = jpegLines(err as Error);
+        if (said.length && !said.some(isJpegDamage)) return attempt('error');
+        return attempt('warning').catch((again: unknown) => {
+          if (timedOut() || jpegLines(again as Error).some(isJpegDamage)) throw again;
+          return attempt('error');
+        });
+      });
+    }
   } catch (err) {
     if (timedOut()) throw new PermanentError('decode-timeout', `decoding took longer than ${timeoutSeconds} s`);
     const e = classifyDecodeError(err as Error, sniffed.format, bytes);
@@ -152,12 +167,23 @@ export function classifyDecodeError(err: Error, format: string, bytes: Uint8Arra
   return new PermanentError('undecodable', m || `the ${format} decoder could not read it and gave no reason`);
 }
 
+/** libjpeg's lines in a decode's error, without libvips's prefix. */
+const jpegLines = (err: Error) =>
+  err.message
+    .split('\n')
+    .map((l) => l.trim().replace(/^VipsJpeg: /, ''))
+    .filter((l) => l && !/^unknown error$/i.test(l));
+
 /**
- * libjpeg's warnings of damaged data ("Corrupt JPEG data: …": a bad Huffman code, a segment that
- * ends early, a marker where data should be), but for a few stray bytes before the end marker,
- * which lose no pixel (some cameras and editors write them). The first such line, or undefined.
+ * Whether a libjpeg line tells of damaged data ("Corrupt JPEG data: …": a bad Huffman or
+ * arithmetic code, a segment that ends early, a marker where a restart marker should be). Stray
+ * bytes before a marker ("N extraneous bytes before marker 0x…") lose no pixel: webcams, scanners
+ * and IP cameras write them (padding before a frame header, between scans, before restart
+ * markers), and libjpeg skips them.
  */
+const isJpegDamage = (line: string) => /^Corrupt JPEG data: /.test(line) && !/extraneous bytes before marker/.test(line);
+
+/** The first line of damage in a JPEG decode's error, or undefined. */
 function jpegDamage(err: Error): string | undefined {
-  const lines = err.message.split('\n').map((l) => l.trim().replace(/^VipsJpeg: /, ''));
-  return lines.find((l) => /^Corrupt JPEG data: /.test(l) && !/extraneous bytes before marker 0xd9$/.test(l));
+  return jpegLines(err).find(isJpegDamage);
 }
