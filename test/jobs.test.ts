@@ -470,6 +470,10 @@ describe('the item record a stage job writes', () => {
     // a job for the current content still writes: its failure is recorded
     await d.putItem('records', id, { label: 'cat', etag: 'E2', space: 's1', state: 'failed', stage: 'preprocess', reason: 'truncated' }, 'worker');
     expect((await d.getItems('records', [id]))[0]).toMatchObject({ etag: 'E2', state: 'failed', reason: 'truncated' });
+    // the label is ingest's: one given since (an ingest of the parent prefix) stands against a job's
+    await d.putItem('records', id, { label: 'pets', etag: 'E2', space: 's1', state: 'pending' });
+    await d.putItem('records', id, { label: 'cat', etag: 'E2', space: 's1', state: 'failed', stage: 'preprocess', reason: 'truncated' }, 'worker');
+    expect((await d.getItems('records', [id]))[0]).toMatchObject({ label: 'pets', etag: 'E2', state: 'failed', reason: 'truncated' });
     // and ingest always writes
     await d.putItem('records', id, { label: 'cat', etag: 'E3', space: 's2', state: 'pending' });
     expect((await d.getItems('records', [id]))[0]).toMatchObject({ etag: 'E3', space: 's2', state: 'pending' });

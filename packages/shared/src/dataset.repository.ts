@@ -5,7 +5,9 @@ import { execPipeline, RedisScript } from './redis.client.js';
 
 // Writes item records (ARGV[1] = 'worker' or 'ingest', then id, record pairs), keeping a `split`
 // the stored record has when the new one names none: the split is known at ingest, and later
-// stages rewrite the record without knowing it. A worker's write is skipped when the stored
+// stages rewrite the record without knowing it. A worker's write keeps the stored label: the
+// label is ingest's to give (a job carries the one of the listing that enqueued it, and an ingest
+// of the parent prefix since gave the object another under the same job). A worker's write is skipped when the stored
 // record is about other content than its job was for (another ETag: the object was overwritten
 // and ingested again; another embedding space: ingested again into it), when there is no record
 // (the item was removed since, or its whole dataset deleted), and when it would turn an image its
@@ -28,9 +30,17 @@ for i = 2, #ARGV, 2 do
       skip = true
     elseif worker and rec.state == 'cached' and o.state == 'queued' and o.sha256 == rec.sha256 then
       skip = true
-    elseif rec.split == nil and o.split then
-      rec.split = o.split
-      ARGV[i + 1] = cjson.encode(rec)
+    else
+      local kept = false
+      if worker and o.label and rec.label ~= o.label then
+        rec.label = o.label
+        kept = true
+      end
+      if rec.split == nil and o.split then
+        rec.split = o.split
+        kept = true
+      end
+      if kept then ARGV[i + 1] = cjson.encode(rec) end
     end
   end
   if not skip then
