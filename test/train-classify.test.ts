@@ -916,6 +916,21 @@ describe('training runs and classification', () => {
     expect((await runCli(['status'], stack.env)).stdout).not.toContain('lost its records');
   }, 180_000);
 
+  it('cache rebuild-index of a lost index records the loss first, as ingest does: the datasets it took stay named', async () => {
+    // a loss nothing recorded (status does not, in a Redis no embed worker has sent a heartbeat
+    // to since: a FLUSHALL while the workers were stopped), then the index rebuilt by hand
+    const { redis, keys, datasets, cache } = ctx.services;
+    const space = stack.space.id;
+    await redis.del(keys.embeddingIndex(space), keys.dataLossRecorded(), keys.datasetsLost(), keys.datasetsLostSources());
+    await datasets.remove('typo');
+    expect(await cache.indexLost(space)).toBe(true);
+    expect((await runCli(['cache', 'rebuild-index', '--embedder', space], stack.env)).code).toBe(0);
+    expect(await cache.indexLost(space)).toBe(false);
+    const status = await runCli(['status'], stack.env);
+    expect(status.stdout).toContain(`warning: dataset typo has trained runs but lost its records with Redis's data; ingest it again (its images come from the cache once the index is back): transferline ingest s3://${photos}/typo/ -d typo --embedder ${space}\n`);
+    expect((await runCli(['delete', 'dataset', 'typo', '--yes'], stack.env)).code).toBe(0);
+  });
+
   it('train --no-promote leaves the latest run as it was; promote makes a run the latest, or rolls back to an older one', async () => {
     const latestOf = async () => (await latestRun(ctx, 'shapes'))?.runId;
     const before = await latestOf();

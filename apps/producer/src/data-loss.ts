@@ -19,12 +19,24 @@ import { printable, shellQuote } from './terminal.js';
  */
 export async function restoreLostIndex(ctx: CliContext, space: string): Promise<void> {
   const { cache } = ctx.services;
-  if (!(await cache.indexLost(space))) return;
-  await recordLostDatasets(ctx);
+  if (!(await recordLossBeforeRebuild(ctx, space))) return;
   // it reads every manifest of the space: a large cache takes a while
   ctx.out.write(`note: the embedding index of ${space} is empty while its shards are in s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(space)} (Redis lost its data?): restoring it from them…\n`);
   const { indexed } = await cache.rebuildIndex(space);
   ctx.out.write(`note: restored the embedding index of ${space}: ${indexed} images, which are not embedded again\n`);
+}
+
+/**
+ * Records a loss, when `space`'s index is lost, before anything rebuilds it: once rebuilt, the
+ * index no longer shows the loss, and the datasets it took would never be named (status does not
+ * record one in a Redis no embed worker has sent a heartbeat to). Every path that rebuilds an
+ * index calls it: ingest and classify (restoreLostIndex), and `cache rebuild-index`. Returns
+ * whether the index was lost.
+ */
+export async function recordLossBeforeRebuild(ctx: CliContext, space: string): Promise<boolean> {
+  if (!(await ctx.services.cache.indexLost(space))) return false;
+  await recordLostDatasets(ctx);
+  return true;
 }
 
 /**

@@ -1,11 +1,13 @@
 import { SpaceResolutionError } from '@transferline/shared';
 import { chooseSpace, type CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
+import { recordLossBeforeRebuild } from '../data-loss.js';
 
 /** `transferline cache rebuild-index`: restores the Redis index of the embedding cache from the shards in the bucket (after Redis lost it). */
 export async function rebuildIndexCommand(ctx: CliContext, o: { embedder?: string } = {}): Promise<{ indexed: number; dropped: number }> {
   const id = await spaceToRebuild(ctx, o.embedder);
   const before = await ctx.services.cache.size(id);
+  await recordLossBeforeRebuild(ctx, id);
   const r = await ctx.services.cache.rebuildIndex(id);
   ctx.out.write(`embedding index for ${id}: ${before} → ${r.indexed} images, from s3://${ctx.config.s3.bucket}/${ctx.services.layout.embeddings(id)}\n`);
   if (r.dropped) {
