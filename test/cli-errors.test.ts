@@ -431,14 +431,14 @@ describe('what a user sees when something is wrong', () => {
       const env = { ...baseEnv, TL_DATA_DIR: dir, TL_MODEL_WEIGHTS: 'random', TL_REDIS_PORT: '0', TL_S3_PORT: '0', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' };
       const second = await runCli(['up', '--metrics-port', '0'], env, 60_000);
       expect(second.code).toBe(1);
-      expect(second.stderr).toContain(`transferline: ${dir} is in use by another transferline up (pid ${process.pid}, started 2026-12-03T01:00:00.000Z, metrics port 9464, Redis port 6390, S3 port 9000): two would share one Redis file and one S3 directory. Stop that one (Ctrl-C in its terminal), or give this one a data directory of its own with TL_DATA_DIR`);
+      expect(second.stderr).toContain(`transferline: ${dir} is in use by another transferline up (pid ${process.pid}, started 2026-12-03T01:00:00.000Z, metrics port 9464, Redis port 6390, S3 port 9000): two would share one Redis's files, one S3 server's directory, the worker logs. Stop that one (Ctrl-C in its terminal), or give this one a data directory of its own with TL_DATA_DIR`);
       expect(existsSync(path.join(dir, 'redis'))).toBe(false);
       expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
       // one left by an up that is gone (SIGKILLed): taken over
       const gone = spawn(process.execPath, ['-e', '']);
       await new Promise((resolve) => gone.on('exit', resolve));
       await writeFile(path.join(dir, 'up.pid'), `${JSON.stringify({ pid: gone.pid, startedAt: '2026-12-03T01:00:00.000Z', ports: 'metrics port 9464' })}\n`);
-      const lock = await lockDataDir(dir, 'metrics port 1');
+      const lock = await lockDataDir(dir, { ports: 'metrics port 1', shares: 'the worker logs' });
       expect(JSON.parse(await readFile(path.join(dir, 'up.pid'), 'utf8'))).toMatchObject({ pid: process.pid, ports: 'metrics port 1' });
       await lock.release();
       expect(existsSync(path.join(dir, 'up.pid'))).toBe(false);

@@ -1,10 +1,15 @@
-import { readFileSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, unlinkSync } from 'node:fs';
+import { link, mkdir, readFile, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
-/** What `<data>/up.pid` says of the `up` that holds the directory. */
+/** Who holds `<data>/up.pid`: enough to tell a live `up` from one that is gone, and to name it. */
 interface Holder {
   pid: number;
+  /** the process's start, in clock ticks since boot (/proc/PID/stat), where /proc tells */
+  startTicks?: number;
+  /** this boot's id (/proc/sys/kernel/random/boot_id): start ticks of another boot say nothing */
+  bootId?: string;
   startedAt: string;
   /** the ports it runs its servers on, to name them */
   ports: string;
@@ -15,57 +20,119 @@ export interface DataDirLock {
   release(): Promise<void>;
 }
 
-/**
- * Whether `pid` is a live process that may be a `transferline up`: alive (signal 0), and, where
- * /proc tells, a Node process (a pid reused by something else since is not one).
- */
-function upAlive(pid: number): boolean {
+const readText = (file: string) => {
   try {
-    process.kill(pid, 0);
+    return readFileSync(file, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+};
+
+/** A process's start in clock ticks since boot (field 22 of /proc/PID/stat), or undefined without /proc. */
+function startTicks(pid: number | 'self'): number | undefined {
+  const text = readText(`/proc/${pid}/stat`);
+  // the command name (field 2) is in parentheses and may hold spaces: count after its end
+  const fields = text?.slice(text.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(fields?.[19]);
+  return Number.isFinite(ticks) ? ticks : undefined;
+}
+
+/**
+ * Whether the process that wrote `holder` still runs: its pid is alive and, where /proc tells, is
+ * the same process (the same start, in the same boot), not a later one given the same pid (a
+ * container restarted: pids start again from 1).
+ */
+function holderAlive(holder: Holder): boolean {
+  try {
+    process.kill(holder.pid, 0);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
-  try {
-    return /node/i.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
-  } catch {
-    return true; // no /proc (macOS): alive is all we know
-  }
+  if (holder.startTicks === undefined || holder.bootId === undefined) return holder.pid !== process.pid;
+  if (readText('/proc/sys/kernel/random/boot_id') !== holder.bootId) return false;
+  return startTicks(holder.pid) === holder.startTicks;
 }
+
+/** Longest a takeover may hold its mutex; one older was left by a process that died in it. */
+const TAKEOVER_STALE_MS = 10_000;
 
 /**
  * One `up` per data directory: two would run two Redis servers on one append-only file and two
  * S3 servers on one directory (a user's trial: a second `up` on other ports started on the first
- * one's `./data`). Taken with an exclusive create of `<data>/up.pid`; a file left by an `up` that
- * is gone (SIGKILLed) is taken over.
+ * one's `./data`). `<data>/up.pid` names the holder; it is created whole (written aside, then
+ * linked into place, which fails if it exists), and one left by an `up` that is gone (SIGKILLed)
+ * is taken over under a mutex (a directory: one of two racing takers wins, and the other then
+ * finds the winner alive). Released when `up` stops, and on any exit but SIGKILL.
  */
-export async function lockDataDir(dir: string, ports: string): Promise<DataDirLock> {
+export async function lockDataDir(dir: string, o: { ports: string; shares: string }): Promise<DataDirLock> {
   await mkdir(dir, { recursive: true });
   const file = path.join(dir, 'up.pid');
-  const mine: Holder = { pid: process.pid, startedAt: new Date().toISOString(), ports };
-  for (let attempt = 0; ; attempt++) {
-    try {
-      await writeFile(file, `${JSON.stringify(mine)}\n`, { flag: 'wx' });
-      break;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw err;
-    }
-    const holder = await readFile(file, 'utf8').then(
-      (text) => JSON.parse(text) as Holder,
-      () => undefined,
+  const bootId = readText('/proc/sys/kernel/random/boot_id');
+  const ticks = startTicks('self');
+  const mine: Holder = { pid: process.pid, ...(ticks !== undefined && bootId && { startTicks: ticks, bootId }), startedAt: new Date().toISOString(), ports: o.ports };
+  const text = `${JSON.stringify(mine)}\n`;
+  const aside = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(aside, text);
+  const refuse = (holder: Holder) =>
+    new Error(
+      `${dir} is in use by another transferline up (pid ${holder.pid}, started ${holder.startedAt}, ${holder.ports}): two would share ${o.shares}. ` +
+        'Stop that one (Ctrl-C in its terminal), or give this one a data directory of its own with TL_DATA_DIR',
     );
-    if (holder && typeof holder.pid === 'number' && (holder.pid === process.pid || upAlive(holder.pid))) {
-      throw new Error(
-        `${dir} is in use by another transferline up (pid ${holder.pid}, started ${holder.startedAt}, ${holder.ports}): two would share one Redis file and one S3 directory. ` +
-          'Stop that one (Ctrl-C in its terminal), or give this one a data directory of its own with TL_DATA_DIR',
-      );
+  const create = () =>
+    link(aside, file).then(
+      () => true,
+      (err: NodeJS.ErrnoException) => {
+        if (err.code === 'EEXIST') return false;
+        throw err;
+      },
+    );
+  try {
+    if (!(await create())) {
+      const mutex = `${file}.takeover`;
+      for (let waited = 0; ; waited += 100) {
+        try {
+          await mkdir(mutex);
+          break;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          const age = Date.now() - ((await stat(mutex).catch(() => undefined))?.mtimeMs ?? Date.now());
+          if (age > TAKEOVER_STALE_MS) await rmdir(mutex).catch(() => undefined);
+          else if (waited > TAKEOVER_STALE_MS) throw new Error(`${dir}: another up is taking over ${file} (${mutex} is there): try again in a few seconds`);
+          else await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      }
+      try {
+        const holder = await readFile(file, 'utf8').then(
+          (t) => JSON.parse(t) as Holder,
+          () => undefined,
+        );
+        if (holder && typeof holder.pid === 'number' && holderAlive(holder)) throw refuse(holder);
+        // left by an up that is gone (or unreadable): replaced, within the mutex
+        await rm(file, { force: true });
+        if (!(await create())) throw new Error(`${dir}: ${file} was made again while this up took it over: try again`);
+      } finally {
+        await rmdir(mutex).catch(() => undefined);
+      }
     }
-    // left by an up that is gone: taken over (one exclusive create again: of two racing, one wins)
-    await rm(file, { force: true });
+  } finally {
+    await rm(aside, { force: true });
   }
+  const ours = () => readText(file) === text.trim();
+  // any exit but SIGKILL (a second Ctrl-C exits at once) lets the next up in
+  const onExit = () => {
+    if (ours()) {
+      try {
+        unlinkSync(file);
+      } catch {
+        // gone already
+      }
+    }
+  };
+  process.on('exit', onExit);
   return {
     release: async () => {
-      const now = await readFile(file, 'utf8').catch(() => '');
-      if (now.includes(`"pid":${process.pid},`)) await rm(file, { force: true });
+      process.off('exit', onExit);
+      if (ours()) await rm(file, { force: true });
     },
   };
 }

@@ -123,7 +123,10 @@ export async function startStack(
       if (over) onEvent(`warning: ${over}`);
       env.TL_EMBED_THREADS ??= String(threads);
     }
-    const lock = await lockDataDir(initial.dataDir, `metrics port ${ports.producer}${initial.redis.embedded ? `, Redis port ${initial.redis.embeddedPort}` : ''}${initial.s3.embedded ? `, S3 port ${initial.s3.embeddedPort}` : ''}`);
+    const lock = await lockDataDir(initial.dataDir, {
+      ports: `metrics port ${ports.producer}${initial.redis.embedded ? `, Redis port ${initial.redis.embeddedPort}` : ''}${initial.s3.embedded ? `, S3 port ${initial.s3.embeddedPort}` : ''}`,
+      shares: [initial.redis.embedded && "one Redis's files", initial.s3.embedded && "one S3 server's directory", 'the worker logs'].filter(Boolean).join(', '),
+    });
     stops.push(() => lock.release());
     const logDir = path.join(initial.dataDir, 'logs');
     await mkdir(logDir, { recursive: true });

@@ -1,0 +1,51 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { lockDataDir } from './data-dir.lock.js';
+
+const settings = { ports: 'metrics port 1', shares: 'the worker logs' };
+/** The pid of a process that has ended. */
+const deadPid = () => spawnSync(process.execPath, ['-e', '']).pid!;
+
+describe("the data directory's lock (one up per directory)", () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'tl-lock-'));
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('of two ups taking over a file left by one that is gone, exactly one wins, every time', async () => {
+    const gone = deadPid();
+    for (let round = 0; round < 50; round++) {
+      await writeFile(path.join(dir, 'up.pid'), `${JSON.stringify({ pid: gone, startedAt: 'then', ports: 'p' })}\n`);
+      const both = await Promise.allSettled([lockDataDir(dir, settings), lockDataDir(dir, settings)]);
+      const won = both.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+      expect(won, `round ${round}`).toHaveLength(1);
+      expect((both.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason.message).toMatch(/is in use by another transferline up/);
+      await won[0]!.release();
+      expect(existsSync(path.join(dir, 'up.pid'))).toBe(false);
+    }
+  });
+
+  it("takes over a file whose pid is alive but another process's now (a container restarted: pids begin again)", async () => {
+    // this process's pid, with another start: the up that wrote it is gone
+    await writeFile(path.join(dir, 'up.pid'), `${JSON.stringify({ pid: process.pid, startTicks: 1, bootId: (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim(), startedAt: 'then', ports: 'p' })}\n`);
+    const lock = await lockDataDir(dir, settings);
+    expect(JSON.parse(await readFile(path.join(dir, 'up.pid'), 'utf8'))).toMatchObject({ pid: process.pid, ports: 'metrics port 1' });
+    await lock.release();
+  });
+
+  it('is let go on an exit that skips the stop (a second Ctrl-C exits at once)', async () => {
+    const lockModule = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'embedded', 'data-dir.lock.js');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', `const { lockDataDir } = await import(${JSON.stringify(lockModule)}); await lockDataDir(${JSON.stringify(dir)}, { ports: 'p', shares: 's' }); process.exit(130);`], { stdio: 'inherit' });
+    const code = await new Promise((resolve) => child.on('exit', resolve));
+    expect(code).toBe(130);
+    expect(existsSync(path.join(dir, 'up.pid'))).toBe(false);
+  });
+});
