@@ -46,6 +46,10 @@ describe('confusableLabelNotes', () => {
       'labels natrue (1 image) and nature (23) differ by two letters swapped: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again',
     ]);
     expect(confusableLabelNotes(new Map([['circle', 30], ['square', 30]]))).toEqual([]);
+    // many pairs: the first five, and how many more
+    const many = confusableLabelNotes(new Map(['ant', 'bee', 'cow', 'dog', 'eel', 'fox', 'gnu'].flatMap((n) => [[n, 9], [n.toUpperCase(), 9]] as [string, number][])));
+    expect(many).toHaveLength(6);
+    expect(many[5]).toBe('and 2 more pairs of labels that look alike');
   });
 });
 

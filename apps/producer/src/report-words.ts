@@ -69,11 +69,16 @@ export function fewToMeasure(split: { validation: number; test: number }): strin
  * images: said by ingest's summary and by train, before a misspelt folder trains as a class.
  */
 export function confusableLabelNotes(counts: ReadonlyMap<string, number>, show: (s: string) => string = (s) => s): string[] {
-  return confusableLabels([...counts.keys()]).map(
+  const pairs = confusableLabels(counts);
+  const notes = pairs.slice(0, CONFUSABLE_NAMED).map(
     ({ a, b, how }) =>
       `labels ${show(a)} (${counts.get(a)} image${counts.get(a) === 1 ? '' : 's'}) and ${show(b)} (${counts.get(b)}) differ ${how}: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again`,
   );
+  return pairs.length > CONFUSABLE_NAMED ? [...notes, `and ${pairs.length - CONFUSABLE_NAMED} more pairs of labels that look alike`] : notes;
 }
+
+/** How many pairs of look-alike labels are named, at most. */
+export const CONFUSABLE_NAMED = 5;
 
 /** Fewer training images than this in a class, while the others have four times as many, is said. */
 export const FEW_TO_LEARN = 5;

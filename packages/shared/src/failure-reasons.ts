@@ -20,12 +20,14 @@ export const EMBED_FAILURE_REASONS = ['wrong-embedder', 'pixels-expired', 'bad-p
 /** Reasons any worker fails a job for good with, whatever its handler. */
 export const WORKER_FAILURE_REASONS = ['bad-payload', 'stalled', 'attempts-exhausted'] as const;
 
+export type ItemFailureReason = (typeof PREPROCESS_FAILURE_REASONS)[number] | (typeof EMBED_FAILURE_REASONS)[number] | (typeof WORKER_FAILURE_REASONS)[number];
+
 /** Every code an image can fail with, in the order `--help` lists them. */
-export const ITEM_FAILURE_REASONS: readonly string[] = [...new Set<string>([...PREPROCESS_FAILURE_REASONS, ...EMBED_FAILURE_REASONS, ...WORKER_FAILURE_REASONS])];
+export const ITEM_FAILURE_REASONS: readonly ItemFailureReason[] = [...new Set<ItemFailureReason>([...PREPROCESS_FAILURE_REASONS, ...EMBED_FAILURE_REASONS, ...WORKER_FAILURE_REASONS])];
 
 /**
  * Failure reasons of the infrastructure or of a crash, not of the image: a re-ingest retries them
  * by itself. Bad input (empty, truncated, …) stays failed until the object changes or
  * `transferline retry --reason` names it.
  */
-export const TRANSIENT_REASONS: ReadonlySet<string> = new Set<(typeof ITEM_FAILURE_REASONS)[number]>(['attempts-exhausted', 'stalled', 'pixels-expired', 'bad-pixels', 'wrong-embedder', 'changed']);
+export const TRANSIENT_REASONS: ReadonlySet<string> = new Set<ItemFailureReason>(['attempts-exhausted', 'stalled', 'pixels-expired', 'bad-pixels', 'wrong-embedder', 'changed']);

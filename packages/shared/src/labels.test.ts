@@ -91,7 +91,8 @@ describe('groupCopies', () => {
 
 describe('confusableLabels', () => {
   it('pairs labels that look like one folder name written two ways, and leaves distinct names alone', () => {
-    const pairs = confusableLabels(['nature', 'natrue', 'cat', 'cats', 'Dog', 'dog', 'car', 'red-panda', 'red_panda', 'apple', 'maple', 'flower', 'flowers', 'bird', 'bard']);
+    const counts = (entries: Record<string, number>) => new Map(Object.entries(entries));
+    const pairs = confusableLabels(counts({ nature: 23, natrue: 3, cat: 30, cats: 28, Dog: 2, dog: 40, car: 20, cart: 20, 'red-panda': 9, red_panda: 12, apple: 30, maple: 30, flower: 40, flowers: 1, bird: 30, bard: 2 }));
     expect(pairs).toEqual([
       { a: 'Dog', b: 'dog', how: 'only in case or separators' },
       { a: 'bard', b: 'bird', how: 'by one letter' },
@@ -100,7 +101,10 @@ describe('confusableLabels', () => {
       { a: 'natrue', b: 'nature', how: 'by two letters swapped' },
       { a: 'red-panda', b: 'red_panda', how: 'only in case or separators' },
     ]);
-    // short names one letter apart are often two classes (cat, car); so are names two edits apart
-    expect(confusableLabels(['cat', 'car', 'cot', 'apple', 'maple', 'circle', 'square', 'triangle'])).toEqual([]);
+    // short names one letter apart are often two classes (cat, car), and so are names of like
+    // sizes one letter apart (bear, pear), names two edits apart, and names that differ in digits
+    expect(confusableLabels(counts({ cat: 9, car: 1, cot: 9, bear: 30, pear: 25, horse: 40, house: 38, circle: 9, square: 9, class_1: 9, class_2: 1, cam10: 9, cam9: 1 }))).toEqual([]);
+    // a label as large as the other, misspelt by a swap: still two classes to the rule (sizes alike)
+    expect(confusableLabels(counts({ natrue: 20, nature: 23 }))).toEqual([]);
   });
 });

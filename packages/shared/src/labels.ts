@@ -122,27 +122,35 @@ export interface ConfusablePair {
 /** A label as a name is compared: lowercase, without spaces, hyphens, underscores or dots. */
 const bareName = (label: string) => label.toLowerCase().replace(/[\s_.-]+/g, '');
 
+/** How many images the smaller of two labels one letter apart has at most, against the larger, to look misspelt. */
+export const MISSPELT_SHARE = 0.25;
+
 /**
  * Pairs of labels that look like one folder name written two ways (`nature`, `natrue`; `cat`,
  * `cats`; `Dog`, `dog`): a misspelt folder makes a class of its own, with the images meant for
- * the other. Names that differ in case or separators only, or by one letter added, removed, changed
- * or two swapped (Damerau–Levenshtein distance 1) when both have 4 letters or more (short names
- * such as `cat` and `car` are often two classes); an added letter at the end (a plural) at any length.
+ * the other. Given each label's images: names that differ in case or separators only, or by a
+ * plural `s`; and names one letter apart (added, removed, changed, or two swapped:
+ * Damerau–Levenshtein distance 1), both of 4 letters or more, when one has at most MISSPELT_SHARE
+ * of the other's images (a slip of the keyboard is a small folder beside a large one; `bear` and
+ * `pear` of like sizes are two classes). Names that differ in their digits alone (`class_1`,
+ * `class_2`) are never paired.
  */
-export function confusableLabels(labels: readonly string[]): ConfusablePair[] {
+export function confusableLabels(counts: ReadonlyMap<string, number>): ConfusablePair[] {
   const pairs: ConfusablePair[] = [];
-  const sorted = [...new Set(labels)].sort();
+  const sorted = [...counts.keys()].sort();
+  const uneven = (a: string, b: string) => Math.min(counts.get(a)!, counts.get(b)!) <= MISSPELT_SHARE * Math.max(counts.get(a)!, counts.get(b)!);
   for (let i = 0; i < sorted.length; i++) {
     for (let j = i + 1; j < sorted.length; j++) {
       const [a, b] = [sorted[i]!, sorted[j]!];
       const [x, y] = [bareName(a), bareName(b)];
+      if (x.replace(/\d+/g, '') === y.replace(/\d+/g, '') && x !== y) continue;
       if (x === y) {
         pairs.push({ a, b, how: 'only in case or separators' });
         continue;
       }
-      if (Math.abs(x.length - y.length) > 1) continue;
-      const plural = (p: string, q: string) => q.length === p.length + 1 && q.startsWith(p) && p.length >= 2;
-      if (plural(x, y) || plural(y, x) || (Math.min(x.length, y.length) >= 4 && levenshtein(x, y).steps === 1)) {
+      const plural = (p: string, q: string) => q === `${p}s` && p.length >= 2;
+      if (plural(x, y) || plural(y, x)) pairs.push({ a, b, how: 'by one letter' });
+      else if (Math.abs(x.length - y.length) <= 1 && Math.min(x.length, y.length) >= 4 && levenshtein(x, y).steps === 1 && uneven(a, b)) {
         pairs.push({ a, b, how: x.length === y.length && swappedOnce(x, y) ? 'by two letters swapped' : 'by one letter' });
       }
     }
