@@ -133,3 +133,39 @@ function describeStart(b: Uint8Array): string {
   if (printable) return 'starts with text';
   return `starts with bytes ${Buffer.from(head.subarray(0, 8)).toString('hex')}`;
 }
+
+/**
+ * A JPEG without stray bytes between the segments of its header (before its first scan): padding
+ * some webcams and IP cameras write, which libjpeg skips with a warning ("N extraneous bytes before
+ * marker 0x…"), and which would stop a decode that fails on warnings before it reached the image's
+ * data (where damage would be seen). The bytes themselves when there are none, or when the header
+ * cannot be walked (left to the decoder to say why).
+ */
+export function withoutHeaderPadding(b: Uint8Array): Uint8Array {
+  if (b[0] !== 0xff || b[1] !== 0xd8) return b;
+  const keep: Uint8Array[] = [b.subarray(0, 2)];
+  let at = 2;
+  let stray = 0;
+  for (;;) {
+    const from = at;
+    while (at < b.length && b[at] !== 0xff) at++;
+    stray += at - from;
+    // fill bytes (0xff runs) before a marker are allowed, and kept
+    let m = at + 1;
+    while (m < b.length && b[m] === 0xff) m++;
+    const marker = b[m];
+    if (marker === undefined) return b;
+    if (marker === 0xda) {
+      keep.push(b.subarray(at)); // the first scan: the rest as it is
+      break;
+    }
+    // not a segment with a length (the image's end, a restart, a byte-stuffed 0): no header to walk
+    if (marker === 0x00 || marker === 0x01 || marker === 0xd8 || marker === 0xd9 || (marker >= 0xd0 && marker <= 0xd7)) return b;
+    if (m + 2 >= b.length) return b;
+    const end = m + 1 + ((b[m + 1]! << 8) | b[m + 2]!);
+    if (end <= m + 2 || end > b.length) return b;
+    keep.push(b.subarray(at, end));
+    at = end;
+  }
+  return stray ? Buffer.concat(keep) : b;
+}

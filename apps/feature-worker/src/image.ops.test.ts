@@ -157,8 +157,13 @@ describe('prepareImage', () => {
       await expect(sharp(bytes, { failOn: 'warning' }).raw().toBuffer(), name).rejects.toThrow(/extraneous bytes before marker 0xc0|unknown JFIF revision/);
       expect(Buffer.from(await prepareImage(bytes, OPTS)).equals(clean), name).toBe(true);
     }
+    // such a camera's photo damaged inside: its padding's warning, the first libjpeg says, does
+    // not hide the damage; nor does a motion photo's trailer make the damage a file cut short
+    const paddedRot = Buffer.concat([rotted.subarray(0, sof), Buffer.from([0]), rotted.subarray(sof)]);
+    expect(await reasonOf(paddedRot)).toBe('corrupt');
+    expect(await reasonOf(Buffer.concat([rotted, Buffer.alloc(4096, 7)]))).toBe('corrupt');
     // a file cut short is still told apart from one damaged inside
-    expect(await reasonOf(rotted.subarray(0, Math.floor(jpeg.length * 0.7)))).toBe('truncated');
+    expect(await reasonOf(jpeg.subarray(0, Math.floor(jpeg.length * 0.7)))).toBe('truncated');
   });
 
   it('gives each image its own reason and message when many fail at once', async () => {

@@ -1,6 +1,6 @@
 import sharp, { type OutputInfo } from 'sharp';
 import { PermanentError } from '@transferline/shared';
-import { looksTruncated, readableFormat } from './image-format.js';
+import { looksTruncated, readableFormat, withoutHeaderPadding } from './image-format.js';
 import { VipsErrorAttribution } from './vips-errors.js';
 
 export { looksTruncated, sniffFormat, type ImageFormat, type Sniffed } from './image-format.js';
@@ -77,9 +77,10 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
   // grey or garbled bands where libjpeg lost its way, and says so only as a warning: JPEGs are
   // read failing on warnings, and one whose warnings tell of no damage is read again without.
   // (Other formats' warnings are mostly harmless: a PNG's "known incorrect sRGB profile".)
+  const input = sniffed.format === 'jpeg' ? withoutHeaderPadding(bytes) : bytes;
   const decode = (failOn: 'warning' | 'error') => {
     started = performance.now();
-    const image = sharp(bytes, {
+    const image = sharp(input, {
       limitInputPixels: o.maxInputPixels,
       failOn,
       autoOrient: true,
@@ -106,23 +107,15 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
   const attempt = (failOn: 'warning' | 'error') => vipsErrors.run(() => decode(failOn), timedOut);
   let out: { data: Buffer; info: OutputInfo };
   try {
-    if (sniffed.format !== 'jpeg') out = await attempt('error');
-    else {
-      // The first pass stops at any warning, and is not run again alone (a warning that tells of
-      // no damage, which some cameras' files always give, would stall every other decode); what
-      // it says decides: warnings of no damage, read again without them; a damage line, or none at
-      // all (a neighbour's finish cleared the buffer), asked again with attribution, as it may be
-      // a neighbour's.
-      out = await vipsErrors.run(() => decode('warning'), () => true).catch(async (err: unknown) => {
-        if (timedOut()) throw err;
-        const said = jpegLines(err as Error);
-        if (said.length && !said.some(isJpegDamage)) return attempt('error');
-        return attempt('warning').catch((again: unknown) => {
-          if (timedOut() || jpegLines(again as Error).some(isJpegDamage)) throw again;
-          return attempt('error');
-        });
-      });
-    }
+    // A JPEG's decode stops at its first warning (libjpeg says only the first), attributed as any
+    // failure is: a warning of damage fails the image; one of no damage (a JFIF revision libjpeg
+    // does not know, stray bytes between scans or before restart markers) is read again without
+    // stopping at warnings, so damage after it goes unseen. Padding in the header, the most
+    // common such warning (webcams, IP cameras), is taken out before the decode (input).
+    out = await attempt(sniffed.format === 'jpeg' ? 'warning' : 'error').catch(async (err: unknown) => {
+      if (sniffed.format !== 'jpeg' || timedOut() || jpegDamage(err as Error)) throw err;
+      return attempt('error');
+    });
   } catch (err) {
     if (timedOut()) throw new PermanentError('decode-timeout', `decoding took longer than ${timeoutSeconds} s`);
     const e = classifyDecodeError(err as Error, sniffed.format, bytes);
@@ -155,24 +148,20 @@ export function classifyDecodeError(err: Error, format: string, bytes: Uint8Arra
   if (/has not been built in|decoder plugin|unsupported codec/i.test(err.message)) {
     return new PermanentError('unsupported-format', `${format}: this build of sharp cannot decode it (${m})`);
   }
+  // damage said is damage, whatever the file's end looks like (a motion photo's video after the
+  // image hides its end marker from looksTruncated)
+  const damage = format === 'jpeg' ? jpegDamage(err) : undefined;
+  if (damage) {
+    return new PermanentError('corrupt', `the JPEG's data is damaged inside (a bit flip in storage, or a broken copy?): it would decode only in part, with grey or garbled bands; the decoder said: ${damage}`);
+  }
   // (libjpeg's "premature end of data segment" is damage inside a complete file, not its end)
   if (looksTruncated(format, bytes) || /premature end(?! of data segment)|truncated|unexpected end|not enough data/i.test(err.message)) {
     // in our words first: the decoder's may speak of a corrupt header where the file is cut short
     return new PermanentError('truncated', `the ${format} file ends before its image does (cut short: an upload or copy that did not finish?)${m ? `; the decoder said: ${m}` : ''}`);
   }
-  const damage = format === 'jpeg' ? jpegDamage(err) : undefined;
-  if (damage) {
-    return new PermanentError('corrupt', `the JPEG's data is damaged inside (a bit flip in storage, or a broken copy?): it would decode only in part, with grey or garbled bands; the decoder said: ${damage}`);
-  }
   return new PermanentError('undecodable', m || `the ${format} decoder could not read it and gave no reason`);
 }
 
-/** libjpeg's lines in a decode's error, without libvips's prefix. */
-const jpegLines = (err: Error) =>
-  err.message
-    .split('\n')
-    .map((l) => l.trim().replace(/^VipsJpeg: /, ''))
-    .filter((l) => l && !/^unknown error$/i.test(l));
 
 /**
  * Whether a libjpeg line tells of damaged data ("Corrupt JPEG data: …": a bad Huffman or
@@ -185,5 +174,8 @@ const isJpegDamage = (line: string) => /^Corrupt JPEG data: /.test(line) && !/ex
 
 /** The first line of damage in a JPEG decode's error, or undefined. */
 function jpegDamage(err: Error): string | undefined {
-  return jpegLines(err).find(isJpegDamage);
+  return err.message
+    .split('\n')
+    .map((l) => l.trim().replace(/^VipsJpeg: /, ''))
+    .find(isJpegDamage);
 }

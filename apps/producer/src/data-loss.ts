@@ -35,7 +35,8 @@ export async function restoreLostIndex(ctx: CliContext, space: string): Promise<
  */
 export async function recordLossBeforeRebuild(ctx: CliContext, space: string): Promise<boolean> {
   if (!(await ctx.services.cache.indexLost(space))) return false;
-  await recordLostDatasets(ctx);
+  // (under a TL_QUEUE_PREFIX that is not the workers', the index is theirs, and nothing was lost)
+  if ((await indexUnderOtherPrefixes(ctx, space).catch(() => [])).length === 0) await recordLostDatasets(ctx);
   return true;
 }
 

@@ -130,8 +130,8 @@ export const MISSPELT_SHARE = 0.25;
  * `cats`; `Dog`, `dog`): a misspelt folder makes a class of its own, with the images meant for
  * the other. Given each label's images: names that differ in case or separators only, or by a
  * plural `s`; and names one letter apart (added, removed, changed, or two swapped:
- * Damerau–Levenshtein distance 1), both of 4 letters or more, when one has at most MISSPELT_SHARE
- * of the other's images (a slip of the keyboard is a small folder beside a large one; `bear` and
+ * Damerau–Levenshtein distance 1), both of 4 letters or more, when two letters are swapped or one
+ * has at most MISSPELT_SHARE of the other's images (a slip of the keyboard is a small folder beside a large one; `bear` and
  * `pear` of like sizes are two classes). Names that differ in their digits alone (`class_1`,
  * `class_2`) are never paired.
  */
@@ -150,8 +150,10 @@ export function confusableLabels(counts: ReadonlyMap<string, number>): Confusabl
       }
       const plural = (p: string, q: string) => q === `${p}s` && p.length >= 2;
       if (plural(x, y) || plural(y, x)) pairs.push({ a, b, how: 'by one letter' });
-      else if (Math.abs(x.length - y.length) <= 1 && Math.min(x.length, y.length) >= 4 && levenshtein(x, y).steps === 1 && uneven(a, b)) {
-        pairs.push({ a, b, how: x.length === y.length && swappedOnce(x, y) ? 'by two letters swapped' : 'by one letter' });
+      else if (Math.abs(x.length - y.length) <= 1 && Math.min(x.length, y.length) >= 4 && levenshtein(x, y).steps === 1) {
+        // (two letters swapped are a slip whatever the sizes: two real classes are not named so)
+        const swapped = x.length === y.length && swappedOnce(x, y);
+        if (swapped || uneven(a, b)) pairs.push({ a, b, how: swapped ? 'by two letters swapped' : 'by one letter' });
       }
     }
   }

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, unlinkSync } from 'node:fs';
-import { link, mkdir, readFile, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { link, mkdir, readFile, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 /** Who holds `<data>/up.pid`: enough to tell a live `up` from one that is gone, and to name it. */
@@ -48,9 +48,13 @@ function holderAlive(holder: Holder): boolean {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
-  if (holder.startTicks === undefined || holder.bootId === undefined) return holder.pid !== process.pid;
-  if (readText('/proc/sys/kernel/random/boot_id') !== holder.bootId) return false;
-  return startTicks(holder.pid) === holder.startTicks;
+  if (holder.startTicks !== undefined && holder.bootId !== undefined) {
+    if (readText('/proc/sys/kernel/random/boot_id') !== holder.bootId) return false;
+    return startTicks(holder.pid) === holder.startTicks;
+  }
+  // no start recorded (no /proc where it was written): a Node process, where /proc tells
+  const cmdline = readText(`/proc/${holder.pid}/cmdline`);
+  return cmdline === undefined ? holder.pid !== process.pid : /node/i.test(cmdline);
 }
 
 /** Longest a takeover may hold its mutex; one older was left by a process that died in it. */
@@ -78,12 +82,21 @@ export async function lockDataDir(dir: string, o: { ports: string; shares: strin
       `${dir} is in use by another transferline up (pid ${holder.pid}, started ${holder.startedAt}, ${holder.ports}): two would share ${o.shares}. ` +
         'Stop that one (Ctrl-C in its terminal), or give this one a data directory of its own with TL_DATA_DIR',
     );
+  // Linked into place whole; where the file system has no hard links (exFAT, FAT, some network
+  // and FUSE mounts), created exclusively and then written (a reader may see it empty meanwhile)
   const create = () =>
     link(aside, file).then(
       () => true,
-      (err: NodeJS.ErrnoException) => {
+      async (err: NodeJS.ErrnoException) => {
         if (err.code === 'EEXIST') return false;
-        throw err;
+        if (err.code !== 'EPERM' && err.code !== 'ENOTSUP' && err.code !== 'EOPNOTSUPP' && err.code !== 'ENOSYS') throw err;
+        return writeFile(file, text, { flag: 'wx' }).then(
+          () => true,
+          (e: NodeJS.ErrnoException) => {
+            if (e.code === 'EEXIST') return false;
+            throw e;
+          },
+        );
       },
     );
   try {
@@ -96,7 +109,12 @@ export async function lockDataDir(dir: string, o: { ports: string; shares: strin
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
           const age = Date.now() - ((await stat(mutex).catch(() => undefined))?.mtimeMs ?? Date.now());
-          if (age > TAKEOVER_STALE_MS) await rmdir(mutex).catch(() => undefined);
+          if (age > TAKEOVER_STALE_MS) {
+            // left by a process that died taking over: moved aside first, which one caller alone
+            // can do (a removal could take the fresh mutex of one that cleared it just before)
+            const moved = `${mutex}.${process.pid}.${randomBytes(4).toString('hex')}`;
+            if (await rename(mutex, moved).then(() => true, () => false)) await rmdir(moved).catch(() => undefined);
+          }
           else if (waited > TAKEOVER_STALE_MS) throw new Error(`${dir}: another up is taking over ${file} (${mutex} is there): try again in a few seconds`);
           else await new Promise((resolve) => setTimeout(resolve, 100));
         }
@@ -107,6 +125,9 @@ export async function lockDataDir(dir: string, o: { ports: string; shares: strin
           () => undefined,
         );
         if (holder && typeof holder.pid === 'number' && holderAlive(holder)) throw refuse(holder);
+        // unreadable and new: being written by an up that could not link it whole
+        const age = Date.now() - ((await stat(file).catch(() => undefined))?.mtimeMs ?? 0);
+        if (!holder && age < 5_000) throw new Error(`${dir}: another up is taking ${file} now: try again in a few seconds`);
         // left by an up that is gone (or unreadable): replaced, within the mutex
         await rm(file, { force: true });
         if (!(await create())) throw new Error(`${dir}: ${file} was made again while this up took it over: try again`);
