@@ -154,10 +154,12 @@ describe('transferline up, as a process', () => {
     expect(banner).toContain('AWS_SECRET_ACCESS_KEY="$S3_SECRET_ACCESS_KEY"');
     expect(banner).not.toContain(secret);
 
-    // the same command again in another terminal: it says what holds the port, and leaves the first up
+    // the same command again in another terminal: it names the up that holds the data directory
+    // (and so its Redis's port), and leaves the first up
     const twice = await runCli(['up', '--metrics-port', String(await freeRun(4))], env, 60_000);
     expect(twice.code).toBe(1);
-    expect(twice.stderr).toMatch(new RegExp(`port ${env.TL_REDIS_PORT} for the embedded Redis is in use, by another "transferline up" perhaps`));
+    expect(twice.stderr).toContain(`is in use by another transferline up (pid ${first.child.pid}, started `);
+    expect(twice.stderr).toContain(`Redis port ${env.TL_REDIS_PORT}`);
     expect(first.child.exitCode).toBeNull();
     // and with its own Redis and S3 ports but the first one's metrics ports: named as up names them
     const sameMetrics = await runCli(['up', '--metrics-port', String(base)], { ...env, TL_REDIS_PORT: String(await freePort()), TL_S3_PORT: String(await freePort()), TL_CONSOLE_PORT: String(await freePort()) }, 60_000);

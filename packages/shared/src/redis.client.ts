@@ -28,7 +28,8 @@ export function createRedis(url: string, mode: 'worker' | 'oneshot', options: Re
   // each one as an "Unhandled error event". Commands still reject with their own errors, which
   // say only that the retries ran out: the last connection error is kept to say why.
   redis.on('error', (err: Error) => {
-    lastConnectionError.set(redis, err);
+    // (a server that answered in another protocol says the most: the reset that follows, less)
+    if (!PROTOCOL_ERROR.test(lastConnectionError.get(redis)?.message ?? '')) lastConnectionError.set(redis, err);
     onError?.(err);
   });
   return redis;
@@ -36,11 +37,14 @@ export function createRedis(url: string, mode: 'worker' | 'oneshot', options: Re
 
 const lastConnectionError = new WeakMap<Redis, Error>();
 
+/** ioredis's words for a reply that is not Redis's protocol. */
+const PROTOCOL_ERROR = /^Protocol error, got /;
+
 /** Why a connection failed, in words: the socket's error code where it has one. */
 function connectionProblem(err: Error): string {
   // ioredis's words for a server that answers, but not in Redis's protocol ("Protocol error, got
   // "H" as reply type byte. Please report this.")
-  if (/^Protocol error, got /.test(err.message)) return 'something answers there, but not as Redis does (an HTTP server? check the port)';
+  if (PROTOCOL_ERROR.test(err.message)) return 'something answers there, but not as Redis does (an HTTP server? check the port)';
   return connectionFailure(err)?.problem ?? err.message;
 }
 
