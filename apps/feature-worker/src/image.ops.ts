@@ -73,10 +73,7 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
   const kernel = o.kernel ?? RESIZE_KERNEL;
   const timeoutSeconds = o.timeoutSeconds ?? 60;
   let started = 0;
-  // A JPEG whose data is damaged inside (a bit flip, a broken copy) decodes all the same, with
-  // grey or garbled bands where libjpeg lost its way, and says so only as a warning: JPEGs are
-  // read failing on warnings, and one whose warnings tell of no damage is read again without.
-  // (Other formats' warnings are mostly harmless: a PNG's "known incorrect sRGB profile".)
+  // a JPEG without its header's padding (see the decode below)
   const input = sniffed.format === 'jpeg' ? withoutHeaderPadding(bytes) : bytes;
   const decode = (failOn: 'warning' | 'error') => {
     started = performance.now();
@@ -107,11 +104,14 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
   const attempt = (failOn: 'warning' | 'error') => vipsErrors.run(() => decode(failOn), timedOut);
   let out: { data: Buffer; info: OutputInfo };
   try {
-    // A JPEG's decode stops at its first warning (libjpeg says only the first), attributed as any
-    // failure is: a warning of damage fails the image; one of no damage (a JFIF revision libjpeg
-    // does not know, stray bytes between scans or before restart markers) is read again without
-    // stopping at warnings, so damage after it goes unseen. Padding in the header, the most
-    // common such warning (webcams, IP cameras), is taken out before the decode (input).
+    // A JPEG damaged inside (a bit flip, a broken copy) decodes all the same, with grey or garbled
+    // bands, and libjpeg says so only as a warning: a JPEG's decode stops at its first warning
+    // (libjpeg says only the first), attributed as any failure is. A warning of damage fails the
+    // image; one of no damage (a JFIF revision libjpeg does not know, stray bytes between scans or
+    // before restart markers) is read again without stopping at warnings, so damage after it goes
+    // unseen. Padding in the header, the most common such warning (webcams, IP cameras), is taken
+    // out before the decode (input). Other formats' warnings are mostly harmless (a PNG's "known
+    // incorrect sRGB profile"): they are decoded stopping at errors only.
     out = await attempt(sniffed.format === 'jpeg' ? 'warning' : 'error').catch(async (err: unknown) => {
       if (sniffed.format !== 'jpeg' || timedOut() || jpegDamage(err as Error)) throw err;
       return attempt('error');
@@ -161,7 +161,6 @@ export function classifyDecodeError(err: Error, format: string, bytes: Uint8Arra
   }
   return new PermanentError('undecodable', m || `the ${format} decoder could not read it and gave no reason`);
 }
-
 
 /**
  * Whether a libjpeg line tells of damaged data ("Corrupt JPEG data: …": a bad Huffman or

@@ -142,7 +142,12 @@ async function datasetsWithoutRecords(ctx: CliContext): Promise<{ lost: string[]
  */
 export async function lossUnrecorded(ctx: CliContext): Promise<LostDataset[]> {
   const { recorded } = await datasetsWithoutRecords(ctx);
-  return recorded.map(([dataset, r]) => ({ dataset, partly: false, ...(r && { missing: r.sources, commands: r.sources.map((src) => ingestCommand(dataset, src, r.embedderId)) }) }));
+  return recorded.map(([dataset, r]) => lostEntry(dataset, false, r, r?.sources));
+}
+
+/** A lost dataset as it is named: the prefixes still to ingest again, each with its command (when its runs recorded them). */
+function lostEntry(dataset: string, partly: boolean, recorded: LostSources | undefined, missing: string[] | undefined): LostDataset {
+  return { dataset, partly, ...(recorded && missing && { missing, commands: missing.map((src) => ingestCommand(dataset, src, recorded.embedderId)) }) };
 }
 
 /** No space's index is lost any more: a later loss is a new one, to be recorded again. */
@@ -174,7 +179,7 @@ export async function lostDatasets(ctx: CliContext): Promise<LostDataset[]> {
     const ingested = new Set(exists ? (await datasets.listedSources(dataset)).map((s) => DatasetRepository.objectUrl(s)) : []);
     const missing = recorded?.sources.filter((s) => !ingested.has(s));
     if (!trained.has(dataset) || (missing ? missing.length === 0 : ingested.size > 0)) settled.push(dataset);
-    else left.push({ dataset, partly: exists, ...(recorded && missing && { missing, commands: missing.map((src) => ingestCommand(dataset, src, recorded.embedderId)) }) });
+    else left.push(lostEntry(dataset, exists, recorded, missing));
   }
   if (settled.length) await forgetLost(redis, keys, settled);
   return left;

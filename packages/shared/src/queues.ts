@@ -225,9 +225,9 @@ export async function requeue<N extends JobName>(
       // as 'stalled' would fail again at the next worker death. No worker holds a failed job, so
       // the count is cleared before the job is moved back.
       await redis.hdel(queue.toKey(job.id!), 'stc');
-      // It runs with what is asked of it now: an ingest of the parent prefix gives the same object
-      // (the same job id) another label, and the job ran again with its old one, failing the
-      // image under a label the dataset no longer has.
+      // It runs with what is asked of it now (an ingest of the parent prefix gives the same object,
+      // the same job id, another label): what the job board shows is what runs. The item's label
+      // stands either way: a worker's write keeps the record's (PUT_ITEMS).
       if (JSON.stringify(job.data) !== JSON.stringify(jobs[i]!.payload)) await job.updateData(jobs[i]!.payload);
       await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
       retried++;
