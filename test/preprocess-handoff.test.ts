@@ -46,7 +46,7 @@ describe('preprocess hand-off of bytes another object embedded meanwhile', () =>
       // the second object (ingested: its record pending) hands its pixels off now
       const itemId = 'photos/train/cat/copy.jpg';
       await services.datasets.putItem('twins', itemId, { label: 'cat', etag: 'e2', space, state: 'pending' });
-      const ctxJob: JobContext = { log, progress: async () => {}, attempt: 1 };
+      const ctxJob: JobContext = { log, progress: async () => {}, attempt: 1, stopping: () => false };
       await store.handOff({ job, pixels, dataset: 'twins', itemId, record: { label: 'cat', etag: 'e2', sha256, space, state: 'queued' } }, ctxJob);
       finish();
       await until('the embed job to complete', async () => ['completed', 'unknown'].includes(await queues.embed(space).getJobState(id)), 30, 50);

@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { classifyCommand, resolveModel } from '../apps/producer/src/commands/classify.command.js';
@@ -10,7 +12,7 @@ import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { demoTrain } from '../apps/producer/src/commands/up.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { classifyDatasetName, jobIds, jobLock, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
+import { classifyDatasetName, jobIds, jobLock, STOP_DEADLINE_MS, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { restoreLostIndex } from '../apps/producer/src/data-loss.js';
 import { consoleDeps, loadOverview } from '../apps/producer/src/console/console-data.js';
@@ -177,7 +179,7 @@ describe('training runs and classification', () => {
     const rerun = await classifyImages(
       { dataset: classifyDatasetName('shapes'), model: 'shapes', runId, embedderId: stack.space.id, bucket: photos, prefix: 'incoming/', outputKey: results[0]!.outputKey },
       { tf, services: ctx.services, bucket: stack.config.s3.bucket },
-      { log, progress: async () => {}, attempt: 2 },
+      { log, progress: async () => {}, attempt: 2, stopping: () => false },
     );
     expect(rerun).toMatchObject({ classified: 3, skipped: 1 });
     expect(await file(results[0]!.outputKey)).toBe(firstFile);
@@ -1035,6 +1037,39 @@ describe('training runs and classification', () => {
     // woken, the run is stopped as any other, and the worker is free for the next
     expect((await runCli(['train', '--cancel', runId], stack.env, 150_000)).code).toBe(0);
   }, 240_000);
+
+  it('a train worker asked to stop (SIGTERM, a scale-down) puts its run back at once: another takes it up within seconds, not after the stop deadline and the lock', async () => {
+    const runId = 'stopped-mid-run';
+    await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 10_000, patience: 0, batchSize: 8, runId });
+    const id = jobIds.train({ runId });
+    const progressOf = async () => {
+      const job = await ctx.queues.train.getJob(id);
+      return { holder: job?.processedBy, state: await job?.getState(), epoch: (job?.progress as { epoch?: number } | undefined)?.epoch ?? 0 };
+    };
+    let holder: string | undefined;
+    await until('the run to train', async () => {
+      const p = await progressOf();
+      holder = p.epoch >= 1 ? p.holder : undefined;
+      return holder !== undefined;
+    }, 60);
+    const asked = Date.now();
+    expect(stack.supervisor.signal('train', 1, 'SIGTERM')).toBe(true);
+    // Before: the worker trained on until its stop deadline (45 s), exited, and the run waited
+    // for its lock to run out (15 s here, a minute by default) before it started again.
+    let again: { holder?: string; epoch: number } | undefined;
+    await until('another train worker to take the run up', async () => {
+      const p = await progressOf();
+      if (p.state === 'active' && p.holder !== holder && p.epoch >= 1) again = p;
+      return again !== undefined;
+    }, 40, 200);
+    expect((Date.now() - asked) / 1000).toBeLessThan(STOP_DEADLINE_MS / 1000);
+    // the stopped worker exited cleanly (0): it did not wait out its deadline (exit 1)
+    expect(stack.events.some((e) => /^train#1 exited \(0\); restarted/.test(e))).toBe(true);
+    expect(stack.events.some((e) => /train#1 exited \(1\)/.test(e))).toBe(false);
+    const log = readFileSync(path.join(stack.dataDir, 'logs', 'train.log'), 'utf8');
+    expect(log).toMatch(new RegExp(`stopping: run ${runId} goes back to the queue after epoch \\d+ of 10000, for another train worker to start again`));
+    expect((await runCli(['train', '--cancel', runId], stack.env, 150_000)).code).toBe(0);
+  }, 180_000);
 
   it('a run whose train worker is killed: train says the worker is gone, which worker takes it up again, and ends with the report', async () => {
     // Last in this file: the killed run's lock (TL_TRAIN_JOB_LOCK_MS) holds the train worker's slot until it runs out.

@@ -2,6 +2,7 @@ import type * as tfTypes from '@tensorflow/tfjs';
 import {
   CONFLICTS_NAMED,
   DatasetRepository,
+  DeferJob,
   PermanentError,
   type JobContext,
   type Metrics,
@@ -68,7 +69,16 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
     if (!(await services.redis.exists(services.keys.trainCancel(job.runId)))) return;
     throw new PermanentError('cancelled', `run ${job.runId} was cancelled (transferline train --cancel) ${when}`);
   };
+  // This worker is stopping (SIGTERM, a scale-down): the run goes back to the queue at once, for
+  // another train worker to start again from its first epoch, where it would hold its lock
+  // through the stop deadline and then for the lock's length (a minute or more of nothing).
+  const putBackIfStopping = (at: string) => {
+    if (!ctx.stopping()) return;
+    ctx.log.info({ dataset: job.dataset, runId: job.runId }, `stopping: run ${job.runId} goes back to the queue ${at}, for another train worker to start again`);
+    throw new DeferJob(0, `this train worker is stopping (${at})`);
+  };
   await cancelled('before it started');
+  putBackIfStopping('before it started');
   await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
 
   const examples: Example[] = [];
@@ -78,6 +88,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(left?.length && { notIngestedAgain: left }) };
   let elsewhere = 0;
   for await (const page of services.inspector.scan(job.dataset)) {
+    putBackIfStopping('while reading its dataset');
     for (const v of page) {
       coverage.total++;
       if (v.phase === 'failed') coverage.failed++;
@@ -118,6 +129,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   const classIndex = new Map(labels.map((l, i) => [l, i]));
   // One pass over the shards for all three splits: each shard is read once.
   const [trainX, valX, testX] = await services.cache.loadMany(job.embedderId, [splits.train, splits.validation, splits.test].map((l) => l.map((e) => e.sha256)));
+  putBackIfStopping('after loading its embeddings');
   const labelled = (list: Example[], m: { data: Float32Array; rows: number; dim: number }) => ({
     x: { data: m.data, rows: m.rows, dim: m.dim || 1280 } as Matrix,
     y: Int32Array.from(list, (e) => classIndex.get(e.label)!),
@@ -155,6 +167,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
       m.trainExamplesPerSecond.set(d, log.examplesPerSecond);
       await ctx.progress({ phase: 'training', epochs: job.epochs, ...log } satisfies EpochProgress);
       await cancelled(`after epoch ${log.epoch} of ${job.epochs}`);
+      putBackIfStopping(`after epoch ${log.epoch} of ${job.epochs}`);
     },
   });
 

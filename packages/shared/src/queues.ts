@@ -16,6 +16,12 @@ export interface JobContext {
   log: Logger;
   progress: (value: number | object) => Promise<void>;
   attempt: number;
+  /**
+   * Whether this worker has begun to stop: a long job (a training run) then puts itself back at
+   * its next safe point (throws DeferJob) for another worker to take up at once, where it would
+   * hold its lock through the stop deadline, and then for the lock's length once the worker exits.
+   */
+  stopping: () => boolean;
 }
 
 export type Handler<N extends JobName, R = unknown> = (payload: JobPayload<N>, ctx: JobContext) => Promise<R>;
@@ -369,6 +375,8 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
     }
     return new DelayedError();
   };
+  // set when the worker's close begins (a stop asked of the process): handlers read it as ctx.stopping
+  let closing = false;
   const processor = async (job: Job, token?: string) => {
     const log = s.log.child({ queue: spec.queue, jobId: job.id, attempt: job.attemptsMade + 1 });
     const parsed = spec.schema.safeParse(job.data as unknown);
@@ -381,6 +389,7 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
         log,
         progress: (v) => job.updateProgress(v),
         attempt: job.attemptsMade + 1,
+        stopping: () => closing,
       });
       s.metrics.jobs.inc({ ...label, outcome: 'completed' });
       return result;
@@ -453,6 +462,7 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
     });
   }
   worker.on('closing', () => {
+    closing = true;
     lost.flush(true);
     for (const stop of unmark.values()) void stop();
     unmark.clear();
