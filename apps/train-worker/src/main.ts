@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { runRole } from '@transferline/shared';
+import { checkWorkerArgs, runRole } from '@transferline/shared';
 import { startTrainer } from './worker.js';
 
+checkWorkerArgs(process.argv.slice(2));
 runRole('train', startTrainer);

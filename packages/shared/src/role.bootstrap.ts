@@ -30,6 +30,42 @@ export interface StartingRole {
   onEarlyStop: (undo: () => Promise<unknown>) => void;
 }
 
+/**
+ * What a worker's command line says to a user who asks (`--help`), since it takes no options: each
+ * setting comes from the environment, as `up`'s banner exports them.
+ */
+export function workerUsage(): string {
+  const port = (r: WorkerRole) => `${r} ${METRICS_PORTS[r]}`;
+  return [
+    'usage: node apps/feature-worker/dist/main.js <preprocess|embed>',
+    '       node apps/train-worker/dist/main.js',
+    '',
+    'One transferline worker of one role, in the foreground until SIGTERM or SIGINT, which it',
+    'answers by finishing or putting back the jobs in hand. `transferline up` starts one of each',
+    'for you; start more beside it to scale out. A worker takes no options: its settings come',
+    "from the environment, as up's banner exports them (REDIS_URL, TL_QUEUE_PREFIX, S3_ENDPOINT,",
+    `S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, TL_BUCKET), and TL_METRICS_PORT for its /metrics and`,
+    `/healthz (by default ${(['preprocess', 'embed', 'train'] as const).map(port).join(', ')}: one worker of each per machine).`,
+    'An embed worker needs the settings of its embedding space too (TL_MODEL_WEIGHTS, TL_RESIZE,',
+    'TL_MODEL_SEED) when they are not the defaults. README: "A worker more".',
+  ].join('\n');
+}
+
+/**
+ * The arguments after a worker's role: none, or `--help` (its usage, exit 0); anything else is
+ * bad usage (exit 2). Neither starts a worker: `main.js --help` used to, joining the queues of
+ * whatever stack ran on the default ports (a user's trial).
+ */
+export function checkWorkerArgs(args: string[], usageError?: string): void {
+  if (usageError === undefined && args.length === 0) return;
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(`${workerUsage()}\n`);
+    process.exit(0);
+  }
+  process.stderr.write(`${usageError ?? `unknown argument${args.length > 1 ? 's' : ''}: ${args.join(' ')}`}\n${workerUsage()}\n`);
+  process.exit(2);
+}
+
 /** Longest the undo of a stop during start may take before the process exits anyway (a Redis that is down). */
 const EARLY_UNDO_MS = 2_000;
 
