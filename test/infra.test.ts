@@ -97,7 +97,8 @@ describe('feature-worker command lines', () => {
         commands++;
         // JSON-array commands ("node", "--flag", "apps/…") and shell ones (node --flag apps/…)
         const words = line.replace(/[[\]",`|#]/g, ' ').trim().split(/\s+/);
-        const node = words.indexOf('node');
+        // (`node`, or a path to it: node_modules/.bin/node, the Node 22 that npm ci installs)
+        const node = words.findIndex((w) => w === 'node' || w.endsWith('/node'));
         const script = words.indexOf(SCRIPT);
         expect(node, `${file}: ${line.trim()}`).toBeGreaterThanOrEqual(0);
         expect(words.slice(node + 1, script), `${file}: ${line.trim()}`).toEqual([...FEATURE_WORKER_NODE_FLAGS]);
