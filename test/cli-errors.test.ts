@@ -493,6 +493,11 @@ describe('what a user sees when something is wrong', () => {
       [['export', '-m', 'x', '--format', 'tflite'], /argument 'tflite' is invalid\. Allowed choices are onnx/],
       [['ingest', 's3://photos/train/', '-d', 'x', '--watch', '--interval', '0'], /--interval must be a positive number/],
       [['retry', '-d', 'x', '--stage', 'train'], /--stage is preprocess or embed/],
+      // how often --watch looks, given without --watch, would be ignored
+      [['ingest', 's3://photos/train/', '-d', 'x', '--interval', '5'], /--interval goes with --watch/],
+      [['classify', 's3://photos/incoming/', '-m', 'x', '--interval', '5'], /--interval goes with --watch/],
+      [['serve', '-m', 'x', '--port', '99999'], /--port must be a port number, 0 to 65535/],
+      [['console', '--port', '70000'], /--port must be a port number, 0 to 65535/],
       // a reason code no image fails with (a typo) retries or lists nothing: said, not taken
       [['retry', '-d', 'x', '--reason', 'bogus'], /argument 'bogus' is invalid\. Allowed choices are empty, not-an-image, .*attempts-exhausted/],
       [['failures', '-d', 'x', '--reason', 'truncate'], /argument 'truncate' is invalid\. Allowed choices are .*truncated/],

@@ -14,6 +14,8 @@ import { openCliContext, type CliContext } from '../apps/producer/src/cli-contex
 import { classifyCommand } from '../apps/producer/src/commands/classify.command.js';
 import { exportCommand } from '../apps/producer/src/commands/export.command.js';
 import { serveCommand } from '../apps/producer/src/commands/serve.command.js';
+import { modelsCommand } from '../apps/producer/src/commands/models.command.js';
+import { EXIT } from '../apps/producer/src/exit-codes.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { startClassifierServer, type ClassifierServer } from '../apps/producer/src/serve/classifier.server.js';
 import { prepareImage, type ResizeKernel } from '../apps/feature-worker/src/image.ops.js';
@@ -147,7 +149,19 @@ describe('transferline export --format onnx', () => {
   it('says what is wrong with a model name or format', async () => {
     await expect(exportCommand(ctx, { model: 'nope', format: 'onnx' })).rejects.toThrow(/no trained model for nope/);
     await expect(exportCommand(ctx, { model: 'shapes', format: 'tflite' })).rejects.toThrow(/onnx is the one format/);
+    // a folder that is not there: said before the model loads, as bad usage (was ENOENT after it)
+    const nowhere = path.join(dir, 'no-such-folder', 'x.onnx');
+    await expect(exportCommand(ctx, { model: 'shapes@r1', format: 'onnx', output: nowhere })).rejects.toMatchObject({ code: EXIT.usage, message: `transferline: -o ${nowhere}: there is no folder ${path.dirname(nowhere)} to write it in (make it first, or give another -o)` });
+    // models of a dataset that does not exist: said, as status says it, in JSON too (was [] and exit 0)
+    await expect(modelsCommand(ctx, { dataset: 'nosuch', json: true })).rejects.toThrow(/^no dataset named nosuch; known: .*shapes/);
   });
+
+  it('-o FOLDER writes <dataset>-<run>.onnx in it (was EISDIR)', async () => {
+    const folder = await mkdtemp(path.join(dir, 'out-'));
+    const out = await exportCommand(ctx, { model: 'shapes@r1', format: 'onnx', output: folder });
+    expect(out.file).toBe(path.join(folder, 'shapes-r1.onnx'));
+    expect((await readFile(out.file)).length).toBe(out.bytes);
+  }, 180_000);
 });
 
 describe('transferline serve', () => {
@@ -534,7 +548,8 @@ describe('transferline serve, guarded', () => {
   it('refuses more forward passes at once than threads, before it takes a port or loads a model', async () => {
     const port = await freePort();
     const cli = await runCli(['serve', '-m', 'shapes', '--port', String(port), '--threads', '2', '--streams', '3'], stack.env);
-    expect(cli.code).toBe(1);
+    // the flags refused: bad usage
+    expect(cli.code).toBe(2);
     expect(cli.stderr).toContain('--streams 3 is more than the 2 threads serve has (--threads): each stream needs a thread of its own; set --streams 2 or fewer, or leave it unset');
     expect(cli.stdout).not.toMatch(/loading/);
     // set in its environment (a container's CPU limit is not seen as cores): named as such

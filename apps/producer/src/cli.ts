@@ -36,6 +36,18 @@ const int = (name: string) => (v: string) => {
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number, 0 or more`);
   return n;
 };
+/** A TCP port: 0 (any free one) to 65535. */
+const port = (name: string) => (v: string) => {
+  const n = int(name)(v);
+  if (n > 65_535) throw new InvalidArgumentError(`${name} must be a port number, 0 to 65535`);
+  return n;
+};
+/** --interval is how often --watch looks: given without --watch, it would be ignored. */
+const intervalOption = (what: string) => ['--interval <seconds>', `with --watch: how often it ${what} (default 10)`, positive('--interval')] as const;
+const watchInterval = (o: { watch?: boolean; interval?: number }): number => {
+  if (o.interval !== undefined && !o.watch) throw usage('--interval goes with --watch (how often it looks again)');
+  return o.interval ?? 10;
+};
 /** An s3://bucket/prefix argument, refused as bad usage when it is not one. */
 const s3url = (v: string) => {
   try {
@@ -141,13 +153,14 @@ program
   .option(...embedderOption)
   .option('--no-wait', 'enqueue and return without waiting for the embeddings')
   .option('--watch', 'keep picking up new and changed objects under the prefix until Ctrl-C')
-  .option('--interval <seconds>', 'how often --watch lists the prefix', positive('--interval'), 10)
+  .option(...intervalOption('lists the prefix'))
   .option(...stallOption)
-  .action((url: string, o: { dataset: string; embedder?: string; wait: boolean; watch?: boolean; interval: number; stallTimeout: number }) =>
-    withContext(async (ctx) => {
+  .action((url: string, o: { dataset: string; embedder?: string; wait: boolean; watch?: boolean; interval?: number; stallTimeout: number }) => {
+    const interval = watchInterval(o);
+    return withContext(async (ctx) => {
       const settings = { dataset: o.dataset, wait: o.wait, stallSeconds: o.stallTimeout, ...(o.embedder && { embedder: o.embedder }) };
       if (o.watch) {
-        const watched = await watchIngest(ctx, url, { ...settings, intervalSeconds: o.interval });
+        const watched = await watchIngest(ctx, url, { ...settings, intervalSeconds: interval });
         if (watched.failed) process.exitCode = EXIT.failedItems;
         // Ctrl-C between two rounds of --watch ends as Ctrl-C does everywhere else.
         if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the workers go on with ${o.dataset}`);
@@ -162,8 +175,8 @@ program
         const what = r.counts.listed === 0 ? 'nothing to ingest under' : `none of the ${r.counts.listed} objects is in a label folder under`;
         throw new CliExit(EXIT.error, `transferline: ${what} ${printableMessage(url)}, so dataset ${o.dataset} was not created`);
       }
-    }),
-  );
+    });
+  });
 
 program
   .command('retry')
@@ -256,22 +269,23 @@ program
   .argument('<s3url>', 'e.g. s3://photos/incoming/', s3url)
   .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to use, or dataset@run')
   .option('--watch', 'keep classifying new objects under the prefix')
-  .option('--interval <seconds>', 'how often --watch looks for new objects', positive('--interval'), 10)
+  .option(...intervalOption('looks for new objects'))
   .option(...stallOption)
-  .action((url: string, o: { model: string; watch?: boolean; interval: number; stallTimeout: number }) =>
-    withContext(async (ctx) => {
-      const rounds = await classifyCommand(ctx, url, { model: o.model, watch: !!o.watch, intervalSeconds: o.interval, stallSeconds: o.stallTimeout });
+  .action((url: string, o: { model: string; watch?: boolean; interval?: number; stallTimeout: number }) => {
+    const intervalSeconds = watchInterval(o);
+    return withContext(async (ctx) => {
+      const rounds = await classifyCommand(ctx, url, { model: o.model, watch: !!o.watch, intervalSeconds, stallSeconds: o.stallTimeout });
       if (rounds.some((r) => r.failed > 0)) process.exitCode = EXIT.failedItems;
       if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, '\ninterrupted');
-    }),
-  );
+    });
+  });
 
 program
   .command('export')
   .description('write a trained model as one ONNX file: uint8 RGB images in, class probabilities out (labels and threshold in its metadata)')
   .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to export, or dataset@run')
   .addOption(new Option('--format <format>', 'the file format').choices(['onnx']).default('onnx'))
-  .option('-o, --output <file>', 'where to write it (default <dataset>-<run>.onnx here)')
+  .option('-o, --output <file>', 'the file to write, or a folder to write <dataset>-<run>.onnx in (default: that file here)')
   .action((o: { model: string; format: string; output?: string }) => withContext(async (ctx) => (await exporting()).exportCommand(ctx, o)));
 
 program
@@ -279,7 +293,7 @@ program
   .description('an HTTP classifier: POST image bytes (or multipart files, or JSON s3:// keys) to /v1/classify, labels and probabilities back')
   .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to serve (followed as new runs land), or dataset@run')
   .option('--host <host>', 'interface to listen on (default TL_SERVE_HOST, 127.0.0.1)')
-  .option('--port <n>', 'port (default TL_SERVE_PORT, 9480; 0 = any free port)', int('--port'))
+  .option('--port <n>', 'port (default TL_SERVE_PORT, 9480; 0 = any free port)', port('--port'))
   .option('--threads <n>', 'ONNX Runtime threads (default: the cores)', int('--threads'))
   .option('--streams <n>', 'forward passes at once, sharing the threads (default: one per thread, at most 4)', int('--streams'))
   .option('--follow-interval <s>', 'with -m DATASET: how often to look for a newer latest run, in seconds (default 30; 0 = only on SIGHUP or POST /v1/models/reload)', int('--follow-interval'))
@@ -329,7 +343,7 @@ program
   .command('console')
   .description('web console: datasets, trained runs and every queue (bull-board); read-only unless TL_CONSOLE_PASSWORD is set and given')
   .option('--host <host>', 'interface to listen on (default TL_CONSOLE_HOST, 127.0.0.1)')
-  .option('--port <n>', 'port (default TL_CONSOLE_PORT, 9470; 0 = any free port)', int('--port'))
+  .option('--port <n>', 'port (default TL_CONSOLE_PORT, 9470; 0 = any free port)', port('--port'))
   .action((o: { host?: string; port?: number }) => withContext(async (ctx) => (await consoling()).consoleCommand(ctx, o)));
 
 const cache = program.command('cache').description('the embedding cache in the bucket');

@@ -1,29 +1,36 @@
-import { writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { classifierMetadataProps } from '@transferline/feature-worker/classifier.export';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, randomWeightsNote } from '../classifier-model.js';
 import { printable } from '../terminal.js';
+import { CliExit, EXIT } from '../exit-codes.js';
 
 export interface ExportOptions {
   /** `dataset` (its latest run) or `dataset@run` */
   model: string;
   format: string;
-  /** file to write (default `<dataset>-<run>.onnx` in the current folder) */
+  /** file to write, or a folder to write `<dataset>-<run>.onnx` in (default: that name in the current folder) */
   output?: string;
 }
 
 /**
- * `transferline export -m NAME[@run] --format onnx [-o FILE]`: the trained model as one ONNX file
+ * `transferline export -m NAME[@run] --format onnx [-o FILE|FOLDER]`: the trained model as one ONNX file
  * that takes uint8 RGB images [N, 224, 224, 3] and returns class probabilities [N, classes]:
  * EfficientNet-B0 with the weights of the model's embedding space, the head, softmax. Labels,
  * threshold and provenance are in its metadata.
  */
 export async function exportCommand(ctx: CliContext, o: ExportOptions): Promise<{ file: string; bytes: number }> {
   if (o.format !== 'onnx') throw new Error(`--format ${JSON.stringify(o.format)} is not supported: onnx is the one format`);
+  // where it goes is checked before the model loads (seconds): a folder takes the default name
+  const out = o.output === undefined ? undefined : path.resolve(o.output);
+  const isFolder = out !== undefined && (o.output!.endsWith('/') || (await stat(out).catch(() => undefined))?.isDirectory() === true);
+  const folder = out === undefined ? process.cwd() : isFolder ? out : path.dirname(out);
+  if (!(await stat(folder).catch(() => undefined))?.isDirectory()) throw new CliExit(EXIT.usage, `transferline: -o ${o.output}: there is no folder ${folder} to write it in (make it first, or give another -o)`);
   const model = await loadClassifierModel(ctx, o.model);
   const { meta } = model;
-  const file = path.resolve(o.output ?? `${meta.dataset}-${meta.runId}.onnx`.replace(/[^A-Za-z0-9._-]/g, '_'));
+  const name = `${meta.dataset}-${meta.runId}.onnx`.replace(/[^A-Za-z0-9._-]/g, '_');
+  const file = out === undefined || isFolder ? path.join(folder, name) : out;
   await writeFile(file, model.bytes);
   const w = (s: string) => ctx.out.write(`${s}\n`);
   w(`wrote ${file} (${(model.bytes.length / 1e6).toFixed(1)} MB): ${meta.dataset}@${meta.runId}, ${meta.labels.length} classes`);

@@ -4,6 +4,7 @@ import { jobsInFlight } from '../jobs-in-flight.js';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { nothingHere } from '../storage-hint.js';
+import { noSuchDataset } from '../data-loss.js';
 
 export interface ModelRun {
   dataset: string;
@@ -155,12 +156,13 @@ export async function latestRun(ctx: CliContext, dataset: string): Promise<{ run
 /** `transferline models [-d NAME] [--json]`: the runs with their validation and test accuracy. */
 export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<ModelRun[]> {
   const runs = await listModelRuns(ctx, o.dataset);
+  // (a dataset Redis no longer holds still lists its runs in the bucket)
+  if (runs.length === 0 && o.dataset && !(await ctx.services.datasets.exists(o.dataset))) throw await noSuchDataset(ctx, o.dataset);
   if (o.json) {
     ctx.out.write(`${JSON.stringify(runs, null, 2)}\n`);
     return runs;
   }
   if (runs.length === 0) {
-    if (o.dataset && !(await ctx.services.datasets.exists(o.dataset))) throw new Error(`no dataset named ${o.dataset} and no models for it`);
     ctx.out.write(`${await nothingHere(ctx, `no trained models yet${o.dataset ? ` for ${o.dataset}` : ''}`, `: transferline train --dataset ${o.dataset ?? 'NAME'}`)}\n`);
     return runs;
   }

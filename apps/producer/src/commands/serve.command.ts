@@ -1,4 +1,5 @@
-import { createLogger, createServices } from '@transferline/shared';
+import { ConfigError, createLogger, createServices } from '@transferline/shared';
+import { CliExit, EXIT } from '../exit-codes.js';
 import type { CliContext } from '../cli-context.js';
 import { latestRun, listModelRuns } from './models.command.js';
 import { randomWeightsNote } from '../classifier-model.js';
@@ -69,7 +70,11 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
   try {
     // said once the port is taken: a port in use is said before any loading
     const onListening = () => w(`loading ${o.model} (EfficientNet-B0 + head, one ONNX model)…`);
-    server = await startClassifierServer(long, { model: o.model, log, onSwap, onReloadFailed: reloadFailed, onListening, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }), ...(o.streams !== undefined && { streams: o.streams }) });
+    server = await startClassifierServer(long, { model: o.model, log, onSwap, onReloadFailed: reloadFailed, onListening, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }), ...(o.streams !== undefined && { streams: o.streams }) }).catch((err: unknown) => {
+      // the flags refused (more --streams than --threads): bad usage, as any flag out of range
+      if (err instanceof ConfigError && /^--(streams|threads) /.test(err.message)) throw new CliExit(EXIT.usage, `transferline: ${err.message}`);
+      throw err;
+    });
     const m = server.model();
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${m.threshold.toFixed(3)}` : ''}) on ${server.url}`);
     const random = randomWeightsNote(m);
