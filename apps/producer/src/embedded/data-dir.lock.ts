@@ -130,7 +130,15 @@ export async function lockDataDir(dir: string, o: { ports: string; shares: strin
         if (!holder && age < 5_000) throw new Error(`${dir}: another up is taking ${file} now: try again in a few seconds`);
         // left by an up that is gone (or unreadable): replaced, within the mutex
         await rm(file, { force: true });
-        if (!(await create())) throw new Error(`${dir}: ${file} was made again while this up took it over: try again`);
+        if (!(await create())) {
+          // another up made it between the removal and this create (it found no file, so it took
+          // no mutex): it holds the directory now, and is named as any holder is
+          const now = await readFile(file, 'utf8').then(
+            (t) => JSON.parse(t) as Holder,
+            () => undefined,
+          );
+          throw now && typeof now.pid === 'number' && holderAlive(now) ? refuse(now) : new Error(`${dir}: ${file} was made again while this up took it over: try again`);
+        }
       } finally {
         await rmdir(mutex).catch(() => undefined);
       }
