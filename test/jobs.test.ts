@@ -85,6 +85,40 @@ describe('following a job', () => {
     expect((end as CliExit).message).toMatch(/its train worker is gone and no train worker is connected/);
   }, 60_000);
 
+  it('says a worker that went is gone, and its silence after that is not then said "may be hung"', async () => {
+    const queue = newQueue();
+    const job = await queue.add('train', {});
+    // a worker that trains, reporting each step, and is killed; another is connected, idle (one job)
+    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
+    const training = new Worker(
+      queue.name,
+      async (j) => {
+        for (let epoch = 1; ; epoch++) {
+          await j.updateProgress({ phase: 'training', epoch });
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      },
+      { connection, prefix: ctx.config.redis.prefix, lockDuration: 60_000, name: 'training-worker' },
+    );
+    training.on('error', () => {});
+    opened.push({ close: async () => (await training.close(true), connection.disconnect()) });
+    hangingWorker(queue, { name: 'idle-worker' });
+    await until('the job is taken', async () => (await queue.getJob(job.id!))?.processedBy === 'training-worker', 20);
+    let said = '';
+    const interrupt = new AbortController();
+    const followed = followJob({ ...ctx, out: { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream, signal: interrupt.signal }, queue, job, { what: 'run r1', role: 'train', stallSeconds: 120 }).catch((err: unknown) => err);
+    await new Promise((r) => setTimeout(r, 1_500)); // the follower learns the pace
+    await training.close(true); // its process died: the job stays active until its lock (a minute) runs out
+    connection.disconnect();
+    await until('the follower to say the worker is gone', () => said.includes('is stopping or gone'), 20);
+    // past the silence after which a worker still connected would be said "may be hung" (15 s)
+    await new Promise((r) => setTimeout(r, 17_000));
+    interrupt.abort();
+    expect(await followed).toBeInstanceOf(CliExit);
+    expect(said).toMatch(/^run r1: its train worker \(training-worker\) is stopping or gone; /m);
+    expect(said).not.toMatch(/may be hung/);
+  }, 60_000);
+
   it('ends with exit 4 when the job is removed from its queue', async () => {
     const queue = newQueue();
     const job = await queue.add('train', {});

@@ -10,6 +10,7 @@ import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
 import type { JobContext } from '../packages/shared/src/index.js';
 import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
+import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { demoTrain } from '../apps/producer/src/commands/up.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { classifyDatasetName, jobIds, jobLock, STOP_DEADLINE_MS, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
@@ -1085,6 +1086,15 @@ describe('training runs and classification', () => {
       else await new Promise((r) => setTimeout(r, 50));
     }
     expect(stack.supervisor.signal('train', 1, 'SIGKILL')).toBe(true);
+    // status says the run's worker is gone while its lock holds it, where it said "is training"
+    let said = '';
+    const out = { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream;
+    await until("status to say the run's worker is gone", async () => {
+      said = '';
+      await statusCommand({ ...ctx, out }, { dataset: 'shapes' });
+      return !said.includes(`run ${runId} of shapes is training`);
+    }, 15, 250);
+    expect(said).toMatch(new RegExp(`^  train: run ${runId} of shapes reached epoch \\d+ of at most 150 on train worker ${holder.replace(/[.]/g, '\\.')}, which is gone; a train worker starts it again once its lock has run out \\(about 23 s after its worker went\\)`, 'm'));
     const lock = jobLock('train', stack.config);
     const within = Math.ceil((lock.lockMs + lock.stalledIntervalMs) / 1000);
     expect(within).toBe(23);
@@ -1097,6 +1107,8 @@ describe('training runs and classification', () => {
     expect(again![1]).not.toBe(holder);
     // said once each, the notice before the restart, and the report after both
     expect(r.stdout.match(/is stopping or gone; /g)).toHaveLength(1);
+    // its silence until then is the worker's going, said: not then a worker that "may be hung"
+    expect(r.stdout).not.toMatch(/may be hung/);
     expect(r.stdout.indexOf('stopping or gone')).toBeLessThan(r.stdout.indexOf('started again'));
     expect(r.stdout.indexOf('started again')).toBeLessThan(r.stdout.indexOf(`run ${runId}: validation accuracy`));
     expect(stack.events.some((e) => /train#1 exited \(SIGKILL\)/.test(e))).toBe(true);

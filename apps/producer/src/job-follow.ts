@@ -150,7 +150,8 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
           const lost = await lockLost(ctx, queue, job, workers, o.role, lapsed);
           if (typeof lost === 'object') note('restart', lost.note);
           else why = lost;
-          const quiet = why === undefined && lapsed.noted === undefined ? pace.quiet() : undefined;
+          // (a worker said gone is not then said "may be hung": its silence is that)
+          const quiet = why === undefined && lapsed.noted === undefined && !holder.saidGone() ? pace.quiet() : undefined;
           if (quiet) {
             say(ctx, `${o.what}: ${await quietWords(ctx, queue, job, o.role, quiet)}`);
             pace.hold();
@@ -370,6 +371,22 @@ async function waitingAhead(redis: Redis, queue: Queue, id: string): Promise<num
 }
 
 /**
+ * Whether the worker that holds a job (its `processedBy`) is connected, from the queue's workers
+ * (BullMQ lists every worker under the queue's name; `rawname` is its connection's own name).
+ * Undefined when Redis lists no client names (CLIENT refused): then nothing can be told.
+ */
+export function holderConnected(workers: Record<string, string>[], holder: string): boolean | undefined {
+  if (!workers.some((w) => w.rawname)) return undefined;
+  return workers.some((w) => w.rawname?.endsWith(`:w:${holder}`));
+}
+
+/** How long a job held by a worker that is gone waits before a connected worker takes it up again: its lock and one stalled-job check. */
+export function takenUpWithinSeconds(name: JobName, ctx: Pick<CliContext, 'config'>): number {
+  const lock = jobLock(name, ctx.config);
+  return Math.ceil((lock.lockMs + lock.stalledIntervalMs) / 1000);
+}
+
+/**
  * Says when the worker running the job is stopping or gone while others are connected (stopped,
  * crashed, or its connection lost): if it does not finish the job, nothing moves until its lock
  * runs out and a connected worker takes the job up again, which for a training run is a minute
@@ -381,17 +398,16 @@ async function waitingAhead(redis: Redis, queue: Queue, id: string): Promise<num
  */
 function holderWatch(ctx: CliContext, job: Job, o: FollowOptions, replacedByUp: (worker: string) => boolean) {
   const name = job.name in JOBS ? (job.name as JobName) : undefined;
-  const lock = name && jobLock(name, ctx.config);
   let gone: string | undefined;
   let missing: { holder: string; polls: number } | undefined;
   return {
+    /** whether the job's worker has been said gone (and not back since) */
+    saidGone: () => gone !== undefined,
     async check(queue: Queue, workers: Record<string, string>[]): Promise<void> {
-      // BullMQ lists every worker under the queue's name; `rawname` is its connection's own name
       if (!workers.some((w) => w.rawname)) return;
       const holder = (await queue.getJob(job.id!))?.processedBy;
       if (!holder) return;
-      const live = workers.some((w) => w.rawname?.endsWith(`:w:${holder}`));
-      if (live) {
+      if (holderConnected(workers, holder)) {
         missing = undefined;
         if (gone === holder) say(ctx, `${o.what}: its ${o.role} worker (${holder}) is connected again`);
         else if (gone !== undefined) say(ctx, `${o.what} started again on ${o.role} worker ${holder}`);
@@ -401,7 +417,7 @@ function holderWatch(ctx: CliContext, job: Job, o: FollowOptions, replacedByUp: 
       missing = missing?.holder === holder ? { holder, polls: missing.polls + 1 } : { holder, polls: 1 };
       if (missing.polls < 2 || gone === holder) return;
       gone = holder;
-      const within = lock ? `, within about ${Math.ceil((lock.lockMs + lock.stalledIntervalMs) / 1000)} s` : '';
+      const within = name ? `, within about ${takenUpWithinSeconds(name, ctx)} s` : '';
       // (up replaces it after its hang time, past most of the lock: no "within" to add)
       if (replacedByUp(holder)) say(ctx, `${o.what}: its ${o.role} worker (${holder}) is gone, replaced by up; a ${o.role} worker takes it up again once its lock has run out`);
       else say(ctx, `${o.what}: its ${o.role} worker (${holder}) is stopping or gone; if it does not finish it, another ${o.role} worker takes it up again when its lock runs out${within}`);

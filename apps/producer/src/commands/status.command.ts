@@ -5,6 +5,7 @@ import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { storageHint } from '../storage-hint.js';
 import { runCompletedAfter } from './models.command.js';
+import { holderConnected, takenUpWithinSeconds } from '../job-follow.js';
 import { indexUnderOtherPrefixes, lossOver, lossUnrecorded, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
 
 export interface SpaceStatus {
@@ -38,7 +39,7 @@ export interface StatusReport {
       /** train only: the failed runs not in failedRuns (of deleted datasets, or followed by a completed run) */
       failedRunsSettled?: number;
       /** train only: the runs training now (the first ACTIVE_RUNS_SHOWN), with the epoch each has reached */
-      activeRuns?: { runId: string; dataset: string; epoch: number; epochs: number }[];
+      activeRuns?: { runId: string; dataset: string; epoch: number; epochs: number; /** the train worker that held it, when it is no longer connected (killed): the run waits for its lock to run out */ workerGone?: string }[];
     }
   >;
   spaces: SpaceStatus[];
@@ -176,10 +177,13 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   // the runs training now, and how far each has got (the console's run pages have the rest)
   queues.train!.activeRuns = [];
   if (queues.train!.active) {
+    // a run whose worker was killed stays active until its lock runs out: not "training" meanwhile
+    const workers = await ctx.queues.train.getWorkers();
     for (const j of await ctx.queues.train.getActive(0, ACTIVE_RUNS_SHOWN - 1)) {
       const data = j?.data as { runId?: string; dataset?: string; epochs?: number } | undefined;
       if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset)) continue;
-      queues.train!.activeRuns.push({ runId: data.runId, dataset: String(data.dataset), epoch: (j!.progress as { epoch?: number } | undefined)?.epoch ?? 0, epochs: data.epochs ?? 0 });
+      const gone = j!.processedBy && holderConnected(workers, j!.processedBy) === false ? j!.processedBy : undefined;
+      queues.train!.activeRuns.push({ runId: data.runId, dataset: String(data.dataset), epoch: (j!.progress as { epoch?: number } | undefined)?.epoch ?? 0, epochs: data.epochs ?? 0, ...(gone && { workerGone: gone }) });
     }
   }
   const spaces: SpaceStatus[] = [];
@@ -227,7 +231,10 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const held = c.active ?? 0;
     if (c.workers === 0 && held > 0) w(`  ${name}: ${held} active job${held === 1 ? '' : 's'} and no worker connected: held by a worker that stopped; a worker of this queue takes ${held === 1 ? 'it' : 'them'} up again once it starts (a job stalled too often fails as stalled)`);
   }
-  for (const r of queues.train!.activeRuns ?? []) w(`  train: run ${r.runId} of ${r.dataset} is training, epoch ${r.epoch} of at most ${r.epochs} (follow it: transferline train --follow ${r.runId})`);
+  for (const r of queues.train!.activeRuns ?? []) {
+    if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is gone; a train worker starts it again once its lock has run out (about ${takenUpWithinSeconds('train', ctx)} s after its worker went) (follow it: transferline train --follow ${r.runId})`);
+    else w(`  train: run ${r.runId} of ${r.dataset} is training, epoch ${r.epoch} of at most ${r.epochs} (follow it: transferline train --follow ${r.runId})`);
+  }
   const cancelled = queues.train!.cancelled;
   if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);
   const failedOnes = queues.train!.failedRuns ?? [];
