@@ -30,8 +30,9 @@ const photos = 'photos-tc';
 const kinds = Object.keys(SAMPLE_CLASSES) as SampleClass[];
 
 beforeAll(async () => {
-  // a train lock of 15 s, not a minute: the killed run below is taken up again that much sooner
-  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '8', TL_MODEL_WEIGHTS: 'random', TL_TRAIN_JOB_LOCK_MS: '15000' });
+  // a train lock of 15 s, not a minute: the killed run below is taken up again that much sooner;
+  // a finished run's gauges linger 5 s, not a minute
+  stack = await startTestStack({ TL_EMBED_BATCH_SIZE: '8', TL_MODEL_WEIGHTS: 'random', TL_TRAIN_JOB_LOCK_MS: '15000', TL_TRAIN_GAUGES_LINGER_SECONDS: '5' });
   ctx = await openCliContext(stack.config, sink);
   await ctx.services.store.ensureBucket(photos);
   // the bucket's own split folders: train/ and val/ below the prefix
@@ -102,6 +103,12 @@ describe('training runs and classification', () => {
     const b = (await trainCommand(ctx, { dataset: 'shapes', wait: true, seed: 5, epochs: 40, batchSize: 8, patience: 0 })).report as Report;
     const strip = (r: Report) => ({ ...r, createdAt: '', runId: '', history: (r.history as { examplesPerSecond: number }[]).map(({ examplesPerSecond: _, ...h }) => h) });
     expect(strip(b)).toEqual(strip(first));
+    // the finished runs' gauges go once they have lingered (TL_TRAIN_GAUGES_LINGER_SECONDS): a
+    // dashboard shows no run in progress; the runs counted stay
+    await until('the per-run gauges of the finished runs to go', async () => (await scrape(stack.ports.train)).get('tl_train_epoch{dataset="shapes"}') === undefined, 30, 500);
+    const after = await scrape(stack.ports.train);
+    expect([...after.keys()].filter((k) => /^tl_train_(loss|accuracy|learning_rate|examples_per_second|best_validation_loss)\{dataset="shapes"/.test(k))).toEqual([]);
+    expect(after.get('tl_train_runs_total{dataset="shapes",outcome="completed"}')).toBe(2);
   });
 
   it('a finished run retried from the queue board returns it as it is, not trained again over it', async () => {

@@ -2,6 +2,7 @@ import { createMetrics, createQueues, createServices, exportQueueDepths, startS3
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { CLASSIFY_FAILURE_REASONS, classifyImages } from './classify-images.job.js';
 import { TRAIN_FAILURE_REASONS, trainHead } from './train-head.job.js';
+import { runGauges } from './run-gauges.js';
 
 /** config → deps → the train worker: training runs and classification, one job of each at a time per process. */
 
@@ -15,11 +16,18 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     throw b === 'tensorflow' ? new Error(`TL_BACKEND=tensorflow does not load: ${(err as Error).message}`) : err;
   });
   const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics };
+  const gauges = runGauges(metrics, config.trainGaugesLingerMs);
   const handler: Handler<'train'> = async (payload, ctx) => {
     // The dataset's series exist from its first run's start: one that appeared with its first
     // increment would be at 1 when first scraped, and increase() (alerts, dashboards) would miss it.
     for (const outcome of ['completed', 'failed', 'cancelled']) metrics.trainRuns.inc({ dataset: payload.dataset, outcome }, 0);
-    const result = await trainHead(payload, deps, ctx);
+    const ended = gauges.begin(payload.dataset);
+    let result;
+    try {
+      result = await trainHead(payload, deps, ctx);
+    } finally {
+      ended();
+    }
     metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'completed' });
     ctx.log.info({ dataset: payload.dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
     return result;

@@ -129,6 +129,7 @@ const EnvSchema = z.object({
     TL_SERVE_STREAMS: z.coerce.number().int().min(1).optional(),
     TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(8_000),
     TL_TRAIN_JOB_LOCK_MS: z.coerce.number().int().min(5_000).optional(),
+    TL_TRAIN_GAUGES_LINGER_SECONDS: z.coerce.number().min(0).default(60),
     TL_RETRY_BACKOFF_SCALE: z.coerce.number().min(0.01).max(100).default(1),
     TL_UP_HANG_SECONDS: z.coerce
       .number()
@@ -232,6 +233,12 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
      * a minute, or TL_JOB_LOCK_MS if that is raised above it, as before this setting)
      */
     trainJobLockMs: env.TL_TRAIN_JOB_LOCK_MS ?? Math.max(env.TL_JOB_LOCK_MS, 60_000),
+    /**
+     * how long a finished run's per-run gauges (tl_train_epoch, tl_train_loss…) keep its last
+     * values before their series go, so that a dashboard does not show a finished run as the one
+     * in progress; long enough for a scrape or two to see them
+     */
+    trainGaugesLingerMs: env.TL_TRAIN_GAUGES_LINGER_SECONDS * 1000,
     /** multiplies every job's retry delays (jobs.catalog.ts: JOBS' backoffMs), stored on each job as it is enqueued */
     retryBackoffScale: env.TL_RETRY_BACKOFF_SCALE,
     preprocess: {
@@ -347,6 +354,7 @@ const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
   TL_SERVE_STREAMS: 'process',
   TL_JOB_LOCK_MS: 'stack',
   TL_TRAIN_JOB_LOCK_MS: 'stack',
+  TL_TRAIN_GAUGES_LINGER_SECONDS: 'process',
   TL_RETRY_BACKOFF_SCALE: 'stack',
   TL_UP_HANG_SECONDS: 'process',
   TL_SUPERVISOR_HANG_MS: 'process',
