@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
 import { followJob } from '../apps/producer/src/job-follow.js';
+import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { DeferJob, enqueue, lostJobOf, requeue, startWorker, unlockedActiveJobs } from '../packages/shared/src/queues.js';
 import { createMetrics, DependencyGuard, jobIds, ObjectStore, PROCESS_NAME, type ItemRecord, type PreprocessJob } from '../packages/shared/src/index.js';
 import { pino } from 'pino';
@@ -117,6 +118,28 @@ describe('following a job', () => {
     expect(await followed).toBeInstanceOf(CliExit);
     expect(said).toMatch(/^run r1: its train worker \(training-worker\) is stopping or gone; /m);
     expect(said).not.toMatch(/may be hung/);
+  }, 60_000);
+
+  it('status says which active jobs are held by a worker that is gone while others are connected, where it counted them as running', async () => {
+    // a deployment of its own (another queue prefix): its preprocess queue is this test's alone
+    const own = await openCliContext({ ...stack.config, redis: { ...stack.config.redis, prefix: `held${randomBytes(3).toString('hex')}` } }, sink);
+    opened.push(own);
+    const queue = own.queues.preprocess;
+    for (let i = 0; i < 2; i++) await queue.add('preprocess', {});
+    const killed = hangingWorker(queue, { name: 'killed-worker', concurrency: 2, prefix: own.config.redis.prefix });
+    await until('both jobs taken', async () => (await queue.getJobCounts('active')).active === 2, 20);
+    hangingWorker(queue, { name: 'idle-worker', prefix: own.config.redis.prefix });
+    const statusSays = async () => {
+      let said = '';
+      await statusCommand({ ...own, out: { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream }, {});
+      return said;
+    };
+    expect(await statusSays()).not.toMatch(/held by a worker that is gone/);
+    await killed.close(true); // its process died: the jobs stay active, locked, until their locks (a minute) run out
+    await killed.disconnect();
+    let said = '';
+    await until('status to say the jobs are held by a worker that is gone', async () => (said = await statusSays()).includes('gone'), 20);
+    expect(said).toMatch(/^ {2}preprocess: 2 of its 2 active jobs are held by a worker that is gone \(killed, or cut off\); a connected worker takes them up again once their locks have run out, about \d+ s after their worker went$/m);
   }, 60_000);
 
   it('ends with exit 4 when the job is removed from its queue', async () => {

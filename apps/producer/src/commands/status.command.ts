@@ -1,4 +1,4 @@
-import { permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
+import { JOBS, permanentFailureOf, QUEUES, queueName, type JobName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
@@ -27,6 +27,11 @@ export interface StatusReport {
     string,
     Partial<Record<'waiting' | 'active' | 'delayed' | 'prioritized' | 'failed', number>> & {
       workers: number;
+      /**
+       * of its active jobs (the first HELD_READ), those held by a worker that is no longer
+       * connected while others are (killed): they wait for their locks to run out (train: said per run)
+       */
+      heldByGone?: number;
       paused: PausedWorkerNow[];
       /** train only: its failed jobs that are runs stopped with train --cancel */
       cancelled?: number;
@@ -150,6 +155,22 @@ export async function unpublishedSpaces(repo: Pick<DatasetRepository, 'space'>, 
   return [...new Set(ids.filter((id): id is string => id !== undefined && !listed.some((s) => s.space.id === id)))].sort();
 }
 
+/** Most active jobs of a queue whose holders status looks at. */
+const HELD_READ = 1_000;
+
+/** How many of a queue's active jobs (the first HELD_READ) are held by a worker that is not connected; 0 when that cannot be told (Redis names no clients). */
+async function heldByGone(q: Queue): Promise<number> {
+  const workers = await q.getWorkers();
+  if (workers.length === 0) return 0; // said otherwise: no worker connected at all
+  let n = 0;
+  for (const j of await q.getActive(0, HELD_READ - 1)) {
+    const connected = j?.processedBy ? holderConnected(workers, j.processedBy) : true;
+    if (connected === undefined) return 0;
+    if (!connected) n++;
+  }
+  return n;
+}
+
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
   const { datasets: repo, inspector, spaces: registry, cache } = ctx.services;
@@ -162,7 +183,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const q of deploymentQueues(ctx.queues, listed, unknown)) {
     const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
     const space = listed.find((s) => q.name === queueName('embed', s.space.id));
-    queues[q.name] = { ...counts, workers: space ? space.workers.length : await q.getWorkersCount(), paused: await ctx.services.paused.list(q.name) };
+    const gone = counts.active && q.name !== queueName('train') ? await heldByGone(q) : 0;
+    queues[q.name] = { ...counts, workers: space ? space.workers.length : await q.getWorkersCount(), ...(gone && { heldByGone: gone }), paused: await ctx.services.paused.list(q.name) };
   }
   // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no
   // failure; the others are named with their reason
@@ -230,6 +252,14 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const [name, c] of Object.entries(queues)) {
     const held = c.active ?? 0;
     if (c.workers === 0 && held > 0) w(`  ${name}: ${held} active job${held === 1 ? '' : 's'} and no worker connected: held by a worker that stopped; a worker of this queue takes ${held === 1 ? 'it' : 'them'} up again once it starts (a job stalled too often fails as stalled)`);
+  }
+  for (const [name, c] of Object.entries(queues)) {
+    const gone = c.heldByGone ?? 0;
+    if (c.workers > 0 && gone > 0) {
+      const job = name.startsWith(`${QUEUES.embed}.`) ? 'embed' : (name as JobName);
+      const within = job in JOBS ? `, about ${takenUpWithinSeconds(job, ctx)} s after their worker went` : '';
+      w(`  ${name}: ${gone} of its ${c.active ?? 0} active jobs ${gone === 1 ? 'is' : 'are'} held by a worker that is gone (killed, or cut off); a connected worker takes ${gone === 1 ? 'it' : 'them'} up again once ${gone === 1 ? 'its lock has' : 'their locks have'} run out${within}`);
+    }
   }
   for (const r of queues.train!.activeRuns ?? []) {
     if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is gone; a train worker starts it again once its lock has run out (about ${takenUpWithinSeconds('train', ctx)} s after its worker went) (follow it: transferline train --follow ${r.runId})`);
