@@ -208,6 +208,13 @@ describe('transferline serve', () => {
     expect(byKey[1]!.error?.message).not.toMatch(/bucket/);
     // a wrong bucket is named as such, not taken for a missing object
     expect(byKey[2]!.error).toMatchObject({ reason: 'not-found', message: 'bucket no-such-bucket-here does not exist' });
+    // a web address among the keys is named: serve fetches none (it said only the usage before)
+    const web = await post(JSON.stringify({ keys: ['https://example.com/cat.jpg'] }), { 'content-type': 'application/json' });
+    expect(web.status).toBe(400);
+    expect(((await web.json()) as { error: { reason: string; message: string } }).error).toEqual({
+      reason: 'bad-request',
+      message: `keys are objects of this deployment's S3 store, as s3://bucket/key; "https://example.com/cat.jpg" is not one (serve fetches no web address: send the image's bytes instead). send {"keys": ["s3://bucket/key", …]}, or the image bytes, or multipart/form-data`,
+    });
   });
 
   it('answers keys it cannot read because S3 does not answer with 503 and storage-unavailable, not 200 and internal', async () => {
