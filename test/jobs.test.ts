@@ -134,12 +134,12 @@ describe('following a job', () => {
       await statusCommand({ ...own, out: { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream }, {});
       return said;
     };
-    expect(await statusSays()).not.toMatch(/held by a worker that is gone/);
+    expect(await statusSays()).not.toMatch(/held by a worker that is stopping or gone/);
     await killed.close(true); // its process died: the jobs stay active, locked, until their locks (a minute) run out
     await killed.disconnect();
     let said = '';
-    await until('status to say the jobs are held by a worker that is gone', async () => (said = await statusSays()).includes('gone'), 20);
-    expect(said).toMatch(/^ {2}preprocess: 2 of its 2 active jobs are held by a worker that is gone \(killed, or cut off\); a connected worker takes them up again once their locks have run out, about \d+ s after their worker went$/m);
+    await until('status to say the jobs are held by a worker that is gone', async () => (said = await statusSays()).includes('stopping or gone'), 20);
+    expect(said).toMatch(/^ {2}preprocess: its 2 active jobs are held by a worker that is stopping or gone \(a worker that stops finishes or puts back its jobs; if it was killed, a connected worker takes them up again once their locks have run out, about \d+ s after their worker went\)$/m);
   }, 60_000);
 
   it('ends with exit 4 when the job is removed from its queue', async () => {

@@ -149,9 +149,9 @@ describe('transferline export --format onnx', () => {
   it('says what is wrong with a model name or format', async () => {
     await expect(exportCommand(ctx, { model: 'nope', format: 'onnx' })).rejects.toThrow(/no trained model for nope/);
     await expect(exportCommand(ctx, { model: 'shapes', format: 'tflite' })).rejects.toThrow(/onnx is the one format/);
-    // a folder that is not there: said before the model loads, as bad usage (was ENOENT after it)
+    // a folder that is not there: said before the model loads (was ENOENT after it)
     const nowhere = path.join(dir, 'no-such-folder', 'x.onnx');
-    await expect(exportCommand(ctx, { model: 'shapes@r1', format: 'onnx', output: nowhere })).rejects.toMatchObject({ code: EXIT.usage, message: `transferline: -o ${nowhere}: there is no folder ${path.dirname(nowhere)} to write it in (make it first, or give another -o)` });
+    await expect(exportCommand(ctx, { model: 'shapes@r1', format: 'onnx', output: nowhere })).rejects.toMatchObject({ code: EXIT.error, message: `transferline: -o ${nowhere}: there is no folder ${path.dirname(nowhere)} to write it in (make it first, or give another -o)` });
     // models of a dataset that does not exist: said, as status says it, in JSON too (was [] and exit 0)
     await expect(modelsCommand(ctx, { dataset: 'nosuch', json: true })).rejects.toThrow(/^no dataset named nosuch; known: .*shapes/);
   });

@@ -420,6 +420,8 @@ function holderWatch(ctx: CliContext, job: Job, o: FollowOptions, replacedByUp: 
       const within = name ? `, within about ${takenUpWithinSeconds(name, ctx)} s` : '';
       // (up replaces it after its hang time, past most of the lock: no "within" to add)
       if (replacedByUp(holder)) say(ctx, `${o.what}: its ${o.role} worker (${holder}) is gone, replaced by up; a ${o.role} worker takes it up again once its lock has run out`);
+      // (a train worker that stops puts its run back at the end of the epoch: see trainHead)
+      else if (name === 'train') say(ctx, `${o.what}: its ${o.role} worker (${holder}) is stopping or gone; one that stops puts the run back at the end of its epoch, or finishes it first if it can within its stop deadline; if it was killed, another ${o.role} worker takes it up again when its lock runs out${within}`);
       else say(ctx, `${o.what}: its ${o.role} worker (${holder}) is stopping or gone; if it does not finish it, another ${o.role} worker takes it up again when its lock runs out${within}`);
     },
   };

@@ -7,7 +7,7 @@ type TrainGauges = Pick<Metrics, 'trainEpoch' | 'trainLoss' | 'trainAccuracy' | 
  * progress: once the run ends (done, failed, cancelled, put back), its last values stay for
  * `lingerMs`, so that a scrape or two sees them, and then its series go, so that a dashboard does
  * not show a finished run as the one going on (a user's trial: "Epoch by dataset" showed 42 long
- * after the run). A run of the dataset that starts meanwhile keeps them.
+ * after the run). A run of the dataset that starts meanwhile clears them, and sets its own.
  */
 export function runGauges(m: TrainGauges, lingerMs: number): { begin(dataset: string): () => void } {
   const current = new Map<string, object>();
@@ -19,6 +19,8 @@ export function runGauges(m: TrainGauges, lingerMs: number): { begin(dataset: st
     begin(dataset) {
       const run = {};
       current.set(dataset, run);
+      // a new run shows nothing of the last one's until its own first values (loading may take minutes)
+      clear(dataset);
       return () => {
         const end = () => {
           if (current.get(dataset) !== run) return;

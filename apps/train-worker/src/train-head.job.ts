@@ -4,6 +4,7 @@ import {
   DatasetRepository,
   DeferJob,
   PermanentError,
+  STOP_DEADLINE_MS,
   type JobContext,
   type Metrics,
   LatestDoc,
@@ -45,6 +46,9 @@ export interface EpochProgress extends Partial<EpochLog> {
  * weights, preprocessing) and `report.json`; then points `models/<dataset>/latest.json` at it.
  */
 /** Why a training run fails for good (besides the reasons every worker has). */
+/** What a run's save (the head, its report, the latest pointer, to S3) is given when a stopping worker decides whether the run can end within its deadline. */
+const SAVE_ALLOWANCE_MS = 10_000;
+
 /** How often a training run asks whether it was cancelled (`train --cancel`), at most. */
 const CANCEL_CHECK_MS = 1_000;
 
@@ -72,8 +76,14 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   // This worker is stopping (SIGTERM, a scale-down): the run goes back to the queue at once, for
   // another train worker to start again from its first epoch, where it would hold its lock
   // through the stop deadline and then for the lock's length (a minute or more of nothing).
-  const putBackIfStopping = (at: string) => {
+  // A run whose epochs left (at the pace so far) and save fit in what is left of the stop
+  // deadline ends instead: one at epoch 98 of 100 is not thrown away to be trained again.
+  let stoppingSince: number | undefined;
+  const putBackIfStopping = (at: string, left?: { epochs: number; epochMs: number }) => {
     if (!ctx.stopping()) return;
+    stoppingSince ??= performance.now();
+    const deadlineLeft = STOP_DEADLINE_MS - (performance.now() - stoppingSince);
+    if (left && left.epochs * left.epochMs + SAVE_ALLOWANCE_MS < deadlineLeft) return;
     ctx.log.info({ dataset: job.dataset, runId: job.runId }, `stopping: run ${job.runId} goes back to the queue ${at}, for another train worker to start again`);
     throw new DeferJob(0, `this train worker is stopping (${at})`);
   };
@@ -142,6 +152,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   const d = { dataset: job.dataset };
   m.trainEpoch.set(d, 0);
   m.trainLearningRate.set(d, job.learningRate);
+  const fitStarted = performance.now();
   const fit = await fitHead(tf, {
     train,
     validation: val,
@@ -167,7 +178,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
       m.trainExamplesPerSecond.set(d, log.examplesPerSecond);
       await ctx.progress({ phase: 'training', epochs: job.epochs, ...log } satisfies EpochProgress);
       await cancelled(`after epoch ${log.epoch} of ${job.epochs}`);
-      putBackIfStopping(`after epoch ${log.epoch} of ${job.epochs}`);
+      putBackIfStopping(`after epoch ${log.epoch} of ${job.epochs}`, { epochs: job.epochs - log.epoch, epochMs: (performance.now() - fitStarted) / log.epoch });
     },
   });
 

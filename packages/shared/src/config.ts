@@ -129,7 +129,7 @@ const EnvSchema = z.object({
     TL_SERVE_STREAMS: z.coerce.number().int().min(1).optional(),
     TL_JOB_LOCK_MS: z.coerce.number().int().min(1_000).default(8_000),
     TL_TRAIN_JOB_LOCK_MS: z.coerce.number().int().min(5_000).optional(),
-    TL_TRAIN_GAUGES_LINGER_SECONDS: z.coerce.number().min(0).default(60),
+    TL_TRAIN_GAUGES_LINGER_SECONDS: z.coerce.number().min(0).max(86_400).default(60),
     TL_RETRY_BACKOFF_SCALE: z.coerce.number().min(0.01).max(100).default(1),
     TL_UP_HANG_SECONDS: z.coerce
       .number()

@@ -26,7 +26,8 @@ export async function exportCommand(ctx: CliContext, o: ExportOptions): Promise<
   const out = o.output === undefined ? undefined : path.resolve(o.output);
   const isFolder = out !== undefined && (o.output!.endsWith('/') || (await stat(out).catch(() => undefined))?.isDirectory() === true);
   const folder = out === undefined ? process.cwd() : isFolder ? out : path.dirname(out);
-  if (!(await stat(folder).catch(() => undefined))?.isDirectory()) throw new CliExit(EXIT.usage, `transferline: -o ${o.output}: there is no folder ${folder} to write it in (make it first, or give another -o)`);
+  const there = await stat(folder).catch(() => undefined);
+  if (!there?.isDirectory()) throw new CliExit(EXIT.error, `transferline: -o ${o.output}: ${there ? `${folder} is a file, not a folder` : `there is no folder ${folder}`} to write it in (make it first, or give another -o)`);
   const model = await loadClassifierModel(ctx, o.model);
   const { meta } = model;
   const name = `${meta.dataset}-${meta.runId}.onnx`.replace(/[^A-Za-z0-9._-]/g, '_');

@@ -44,7 +44,7 @@ export interface StatusReport {
       /** train only: the failed runs not in failedRuns (of deleted datasets, or followed by a completed run) */
       failedRunsSettled?: number;
       /** train only: the runs training now (the first ACTIVE_RUNS_SHOWN), with the epoch each has reached */
-      activeRuns?: { runId: string; dataset: string; epoch: number; epochs: number; /** the train worker that held it, when it is no longer connected (killed): the run waits for its lock to run out */ workerGone?: string }[];
+      activeRuns?: { runId: string; dataset: string; epoch: number; epochs: number; /** the train worker that held it, when it is no longer connected (stopping, or killed: then the run waits for its lock to run out) */ workerGone?: string }[];
     }
   >;
   spaces: SpaceStatus[];
@@ -160,10 +160,12 @@ const HELD_READ = 1_000;
 
 /** How many of a queue's active jobs (the first HELD_READ) are held by a worker that is not connected; 0 when that cannot be told (Redis names no clients). */
 async function heldByGone(q: Queue): Promise<number> {
+  // the jobs first: a worker that connects and takes one between the two reads is then listed
+  const active = await q.getActive(0, HELD_READ - 1);
   const workers = await q.getWorkers();
   if (workers.length === 0) return 0; // said otherwise: no worker connected at all
   let n = 0;
-  for (const j of await q.getActive(0, HELD_READ - 1)) {
+  for (const j of active) {
     const connected = j?.processedBy ? holderConnected(workers, j.processedBy) : true;
     if (connected === undefined) return 0;
     if (!connected) n++;
@@ -200,11 +202,14 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   queues.train!.activeRuns = [];
   if (queues.train!.active) {
     // a run whose worker was killed stays active until its lock runs out: not "training" meanwhile
+    // (the jobs read first: a worker that connects and takes one meanwhile is then listed)
+    const active = await ctx.queues.train.getActive(0, ACTIVE_RUNS_SHOWN - 1);
     const workers = await ctx.queues.train.getWorkers();
-    for (const j of await ctx.queues.train.getActive(0, ACTIVE_RUNS_SHOWN - 1)) {
+    for (const j of active) {
       const data = j?.data as { runId?: string; dataset?: string; epochs?: number } | undefined;
       if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset)) continue;
-      const gone = j!.processedBy && holderConnected(workers, j!.processedBy) === false ? j!.processedBy : undefined;
+      const holder = j!.processedBy;
+      const gone = holder && (workers.length === 0 || holderConnected(workers, holder) === false) ? holder : undefined;
       queues.train!.activeRuns.push({ runId: data.runId, dataset: String(data.dataset), epoch: (j!.progress as { epoch?: number } | undefined)?.epoch ?? 0, epochs: data.epochs ?? 0, ...(gone && { workerGone: gone }) });
     }
   }
@@ -258,11 +263,12 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     if (c.workers > 0 && gone > 0) {
       const job = name.startsWith(`${QUEUES.embed}.`) ? 'embed' : (name as JobName);
       const within = job in JOBS ? `, about ${takenUpWithinSeconds(job, ctx)} s after their worker went` : '';
-      w(`  ${name}: ${gone} of its ${c.active ?? 0} active jobs ${gone === 1 ? 'is' : 'are'} held by a worker that is gone (killed, or cut off); a connected worker takes ${gone === 1 ? 'it' : 'them'} up again once ${gone === 1 ? 'its lock has' : 'their locks have'} run out${within}`);
+      const which = gone === c.active ? (gone === 1 ? 'its active job is' : `its ${gone} active jobs are`) : `${gone} of its ${c.active ?? 0} active jobs ${gone === 1 ? 'is' : 'are'}`;
+      w(`  ${name}: ${which} held by a worker that is stopping or gone (a worker that stops finishes or puts back its jobs; if it was killed, a connected worker takes ${gone === 1 ? 'it' : 'them'} up again once ${gone === 1 ? 'its lock has' : 'their locks have'} run out${within})`);
     }
   }
   for (const r of queues.train!.activeRuns ?? []) {
-    if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is gone; a train worker starts it again once its lock has run out (about ${takenUpWithinSeconds('train', ctx)} s after its worker went) (follow it: transferline train --follow ${r.runId})`);
+    if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is stopping or gone (a train worker that stops puts the run back at the end of its epoch; if it was killed, a train worker starts the run again once its lock has run out, about ${takenUpWithinSeconds('train', ctx)} s after) (follow it: transferline train --follow ${r.runId})`);
     else w(`  train: run ${r.runId} of ${r.dataset} is training, epoch ${r.epoch} of at most ${r.epochs} (follow it: transferline train --follow ${r.runId})`);
   }
   const cancelled = queues.train!.cancelled;

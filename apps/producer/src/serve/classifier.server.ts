@@ -535,7 +535,7 @@ export async function startClassifierServer(
         const keys = (req.body as { keys?: unknown })?.keys;
         if (!Array.isArray(keys) || keys.length === 0 || !keys.every((k) => typeof k === 'string' && k.startsWith('s3://'))) {
           // a URL of another kind is named: serve reads objects of its S3 store, it fetches no web address
-          const other = Array.isArray(keys) ? keys.find((k): k is string => typeof k === 'string' && /^[a-z][a-z0-9+.-]*:\/\//i.test(k) && !k.startsWith('s3://')) : undefined;
+          const other = Array.isArray(keys) ? keys.find((k): k is string => typeof k === 'string' && /^[a-z][a-z0-9+.-]*:\/\//i.test(k) && !/^s3:\/\//i.test(k)) : undefined;
           const why = other ? `keys are objects of this deployment's S3 store, as s3://bucket/key; ${JSON.stringify(other.slice(0, 200))} is not one (serve fetches no web address: send the image's bytes instead). ` : '';
           return fail(res, 'bad-request', `${why}send {"keys": ["s3://bucket/key", …]}, or the image bytes, or multipart/form-data`);
         }
