@@ -1079,6 +1079,26 @@ describe('training runs and classification', () => {
     expect((await runCli(['train', '--cancel', runId], stack.env, 150_000)).code).toBe(0);
   }, 180_000);
 
+  it('a train worker asked to stop finishes a run whose epochs left fit its stop deadline, instead of putting it back to start again', async () => {
+    const runId = 'nearly-done';
+    await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 200, patience: 0, batchSize: 8, runId });
+    const id = jobIds.train({ runId });
+    let holder: string | undefined;
+    await until('the run to train a few epochs', async () => {
+      const job = await ctx.queues.train.getJob(id);
+      holder = ((job?.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 5 ? job?.processedBy : undefined;
+      return holder !== undefined;
+    }, 60, 20);
+    expect(stack.supervisor.signal('train', 1, 'SIGTERM')).toBe(true);
+    await until('the run to complete', async () => (await ctx.queues.train.getJobState(id)) === 'completed', 60);
+    // finished by the worker that was stopping, not put back for another to start again
+    expect((await ctx.queues.train.getJob(id))?.processedBy).toBe(holder);
+    const log = readFileSync(path.join(stack.dataDir, 'logs', 'train.log'), 'utf8');
+    expect(log).not.toContain(`run ${runId} goes back to the queue`);
+    expect(await ctx.services.store.headObject(stack.config.s3.bucket, ctx.services.layout.runFile('shapes', runId, 'report.json'))).toBeDefined();
+    await until('the train worker to be back', async () => (await ctx.queues.train.getWorkersCount()) >= 1, 60);
+  }, 180_000);
+
   it('a run whose train worker is killed: train says the worker is gone, which worker takes it up again, and ends with the report', async () => {
     // Last in this file: the killed run's lock (TL_TRAIN_JOB_LOCK_MS) holds the train worker's slot until it runs out.
     const runId = 'killed-mid-run';
