@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { UP_CHILD_ENV } from '../packages/shared/src/lifecycle.js';
@@ -99,32 +99,43 @@ describe('a worker stopped while it starts, whose role finishes starting before 
 });
 
 describe("a worker's command line", () => {
-  const run = (main: string, args: string[]) => {
+  const run = async (main: string, args: readonly string[]) => {
     // a Redis that does not answer: a worker that started would wait for it, not exit
-    const r = spawnSync(process.execPath, [path.join(repoRoot, 'apps', main, 'dist', 'main.js'), ...args], {
+    const child = spawn(process.execPath, [path.join(repoRoot, 'apps', main, 'dist', 'main.js'), ...args], {
       env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:1', TL_METRICS_PORT: '0', TL_METRICS_HOST: '127.0.0.1' },
-      encoding: 'utf8',
-      timeout: 20_000,
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
-    return { code: r.status, killed: r.signal, stdout: r.stdout, stderr: r.stderr };
+    children.push(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    const [code, killed] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.once('close', (c, sig) => resolve([c, sig])));
+    clearTimeout(timer);
+    return { code, killed, stdout, stderr };
   };
 
-  it('--help prints the usage and exits 0 without starting a worker; anything else is bad usage (exit 2)', () => {
-    for (const [main, args] of [['train-worker', ['--help']], ['feature-worker', ['--help']], ['feature-worker', ['embed', '-h']], ['feature-worker', ['preprocess', '--help']]] as const) {
-      const r = run(main, [...args]);
-      expect({ main, args, code: r.code, killed: r.killed, stderr: r.stderr }).toEqual({ main, args, code: 0, killed: null, stderr: '' });
-      expect(r.stdout).toMatch(/^usage: node apps\/feature-worker\/dist\/main\.js <preprocess\|embed>\n {7}node apps\/train-worker\/dist\/main\.js\n/);
-      expect(r.stdout).toContain('TL_METRICS_PORT');
-    }
-    for (const [main, args, said] of [
+  it('--help prints the usage and exits 0 without starting a worker; anything else is bad usage (exit 2)', async () => {
+    const helps = [['train-worker', ['--help']], ['feature-worker', ['--help']], ['feature-worker', ['embed', '-h']], ['feature-worker', ['preprocess', '--help']]] as const;
+    const bad = [
       ['train-worker', ['--port', '3'], 'unknown arguments: --port 3'],
       ['feature-worker', [], 'feature-worker needs a role: preprocess or embed'],
       ['feature-worker', ['bogus'], 'feature-worker has no role bogus: preprocess or embed'],
       ['feature-worker', ['embed', 'extra'], 'unknown argument: extra'],
-    ] as const) {
-      const r = run(main, [...args]);
+    ] as const;
+    // all at once: each is a Node start (about a second on two cores)
+    const [helped, refused] = await Promise.all([Promise.all(helps.map(([main, args]) => run(main, args))), Promise.all(bad.map(([main, args]) => run(main, args)))]);
+    helps.forEach(([main, args], i) => {
+      const r = helped[i]!;
+      expect({ main, args, code: r.code, killed: r.killed, stderr: r.stderr }).toEqual({ main, args, code: 0, killed: null, stderr: '' });
+      expect(r.stdout).toMatch(/^usage: node apps\/feature-worker\/dist\/main\.js <preprocess\|embed>\n {7}node apps\/train-worker\/dist\/main\.js\n/);
+      expect(r.stdout).toContain('TL_METRICS_PORT');
+    });
+    bad.forEach(([main, args, said], i) => {
+      const r = refused[i]!;
       expect({ main, args, code: r.code, killed: r.killed, stdout: r.stdout }).toEqual({ main, args, code: 2, killed: null, stdout: '' });
       expect(r.stderr.split('\n')[0]).toBe(said);
-    }
-  }, 120_000);
+    });
+  }, 60_000);
 });
