@@ -39,21 +39,20 @@ export interface EpochProgress extends Partial<EpochLog> {
   planned?: number;
 }
 
-
-/**
- * Fits a head on a dataset's cached embeddings and writes `models/<dataset>/<run>/`: the head
- * (TF.js), `labels.json`, `run.json` (the configuration, including the embedder id: model,
- * weights, preprocessing) and `report.json`; then points `models/<dataset>/latest.json` at it.
- */
-/** Why a training run fails for good (besides the reasons every worker has). */
 /** What a run's save (the head, its report, the latest pointer, to S3) is given when a stopping worker decides whether the run can end within its deadline. */
 const SAVE_ALLOWANCE_MS = 10_000;
 
 /** How often a training run asks whether it was cancelled (`train --cancel`), at most. */
 const CANCEL_CHECK_MS = 1_000;
 
+/** Why a training run fails for good (besides the reasons every worker has). */
 export const TRAIN_FAILURE_REASONS = ['images-pending', 'no-data', 'one-class', 'too-small', 'cancelled'] as const;
 
+/**
+ * Fits a head on a dataset's cached embeddings and writes `models/<dataset>/<run>/`: the head
+ * (TF.js), `labels.json`, `run.json` (the configuration, including the embedder id: model,
+ * weights, preprocessing) and `report.json`; then points `models/<dataset>/latest.json` at it.
+ */
 export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext): Promise<TrainResult> {
   const { tf, services } = deps;
   // A run is written once. The same job run again (its completion lost to a crash, or retried
