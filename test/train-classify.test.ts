@@ -72,6 +72,23 @@ function answerOnTerminal(args: string[], prompt: string, answer: string): Promi
   });
 }
 
+/** A run's job as a follower sees it: the worker holding it, its state, the epoch it reached. */
+async function runProgress(runId: string): Promise<{ holder?: string; state?: string; epoch: number }> {
+  const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
+  return { holder: job?.processedBy, state: await job?.getState(), epoch: (job?.progress as { epoch?: number } | undefined)?.epoch ?? 0 };
+}
+
+/** The worker holding a run once it has trained `epochs` epochs (within a minute). */
+async function holderAtEpoch(runId: string, epochs: number): Promise<string> {
+  let holder: string | undefined;
+  await until(`run ${runId} to train ${epochs} epochs`, async () => {
+    const p = await runProgress(runId);
+    holder = p.epoch >= epochs ? p.holder : undefined;
+    return holder !== undefined;
+  }, 60, 20);
+  return holder!;
+}
+
 type Report = { split: { train: number; validation: number; test: number; explicit: boolean }; history: unknown[]; validation: { accuracy: number; confusionMatrix: number[][] }; createdAt: string; runId: string };
 
 describe('training runs and classification', () => {
@@ -1020,14 +1037,7 @@ describe('training runs and classification', () => {
   it('a run whose only train worker hangs: train --follow says its lock ran out and gives up, where it waited for ever', async () => {
     const runId = 'hung-mid-run';
     expect((await runCli(['train', '-d', 'shapes', '--epochs', '10000', '--patience', '0', '--run-id', runId, '--no-wait'], stack.env)).code).toBe(0);
-    let holder: string | undefined;
-    const deadline = Date.now() + 60_000;
-    while (!holder) {
-      if (Date.now() > deadline) throw new Error('the run never started');
-      const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
-      if (job?.processedBy && ((job.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 1) holder = job.processedBy;
-      else await new Promise((r) => setTimeout(r, 50));
-    }
+    const holder = await holderAtEpoch(runId, 1);
     // status names the run in training, and how far it has got
     expect((await runCli(['status'], stack.env)).stdout).toMatch(new RegExp(`^ {2}train: run ${runId} of shapes is training, epoch \\d+ of at most 10000 \\(follow it: transferline train --follow ${runId}\\)$`, 'm'));
     // stopped: its connection stays open, so it is still a connected train worker
@@ -1049,24 +1059,14 @@ describe('training runs and classification', () => {
   it('a train worker asked to stop (SIGTERM, a scale-down) puts its run back at once: another takes it up within seconds, not after the stop deadline and the lock', async () => {
     const runId = 'stopped-mid-run';
     await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 10_000, patience: 0, batchSize: 8, runId });
-    const id = jobIds.train({ runId });
-    const progressOf = async () => {
-      const job = await ctx.queues.train.getJob(id);
-      return { holder: job?.processedBy, state: await job?.getState(), epoch: (job?.progress as { epoch?: number } | undefined)?.epoch ?? 0 };
-    };
-    let holder: string | undefined;
-    await until('the run to train', async () => {
-      const p = await progressOf();
-      holder = p.epoch >= 1 ? p.holder : undefined;
-      return holder !== undefined;
-    }, 60);
+    const holder = await holderAtEpoch(runId, 1);
     const asked = Date.now();
     expect(stack.supervisor.signal('train', 1, 'SIGTERM')).toBe(true);
     // Before: the worker trained on until its stop deadline (45 s), exited, and the run waited
     // for its lock to run out (15 s here, a minute by default) before it started again.
     let again: { holder?: string; epoch: number } | undefined;
     await until('another train worker to take the run up', async () => {
-      const p = await progressOf();
+      const p = await runProgress(runId);
       if (p.state === 'active' && p.holder !== holder && p.epoch >= 1) again = p;
       return again !== undefined;
     }, 40, 200);
@@ -1083,12 +1083,7 @@ describe('training runs and classification', () => {
     const runId = 'nearly-done';
     await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 200, patience: 0, batchSize: 8, runId });
     const id = jobIds.train({ runId });
-    let holder: string | undefined;
-    await until('the run to train a few epochs', async () => {
-      const job = await ctx.queues.train.getJob(id);
-      holder = ((job?.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 5 ? job?.processedBy : undefined;
-      return holder !== undefined;
-    }, 60, 20);
+    const holder = await holderAtEpoch(runId, 5);
     expect(stack.supervisor.signal('train', 1, 'SIGTERM')).toBe(true);
     await until('the run to complete', async () => (await ctx.queues.train.getJobState(id)) === 'completed', 60);
     // finished by the worker that was stopping, not put back for another to start again
@@ -1103,15 +1098,7 @@ describe('training runs and classification', () => {
     // Last in this file: the killed run's lock (TL_TRAIN_JOB_LOCK_MS) holds the train worker's slot until it runs out.
     const runId = 'killed-mid-run';
     const train = runCli(['train', '-d', 'shapes', '--epochs', '150', '--patience', '0', '--batch-size', '8', '--seed', '3', '--run-id', runId], stack.env, 300_000);
-    let holder: string | undefined;
-    const deadline = Date.now() + 60_000;
-    while (!holder) {
-      if (Date.now() > deadline) throw new Error('the run never started');
-      const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
-      const epoch = (job?.progress as { epoch?: number } | undefined)?.epoch ?? 0;
-      if (job?.processedBy && epoch >= 1) holder = job.processedBy;
-      else await new Promise((r) => setTimeout(r, 50));
-    }
+    const holder = await holderAtEpoch(runId, 1);
     expect(stack.supervisor.signal('train', 1, 'SIGKILL')).toBe(true);
     // status says the run's worker is gone while its lock holds it, where it said "is training"
     let said = '';

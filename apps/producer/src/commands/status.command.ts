@@ -1,5 +1,5 @@
 import { JOBS, permanentFailureOf, QUEUES, queueName, type JobName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
-import type { Queue } from 'bullmq';
+import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
@@ -158,20 +158,11 @@ export async function unpublishedSpaces(repo: Pick<DatasetRepository, 'space'>, 
 /** Most active jobs of a queue whose holders status looks at. */
 const HELD_READ = 1_000;
 
-/** How many of a queue's active jobs (the first HELD_READ) are held by a worker that is not connected; 0 when that cannot be told (Redis names no clients). */
-async function heldByGone(q: Queue): Promise<number> {
-  // the jobs first: a worker that connects and takes one between the two reads is then listed
-  const active = await q.getActive(0, HELD_READ - 1);
-  const workers = await q.getWorkers();
-  if (workers.length === 0) return 0; // said otherwise: no worker connected at all
-  let n = 0;
-  for (const j of active) {
-    const connected = j?.processedBy ? holderConnected(workers, j.processedBy) : true;
-    if (connected === undefined) return 0;
-    if (!connected) n++;
-  }
-  return n;
-}
+/**
+ * Whether the worker holding a job is gone: none of the queue's workers is connected, or Redis
+ * names them and the holder is not among them (a Redis that names no clients tells nothing).
+ */
+const holderGone = (workers: Record<string, string>[], holder: string | undefined): boolean => holder !== undefined && (workers.length === 0 || holderConnected(workers, holder) === false);
 
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
@@ -181,12 +172,20 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const names = o.dataset ? [o.dataset] : await repo.list();
   const unknown = await unpublishedSpaces(repo, names, listed);
   const queues: StatusReport['queues'] = {};
+  let trainActive: { active: Job[]; goneIds: Set<string | undefined> } = { active: [], goneIds: new Set() };
   // in the pipeline's order, as the console lists them; an embed queue's workers are its space's live ones
   for (const q of deploymentQueues(ctx.queues, listed, unknown)) {
     const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
     const space = listed.find((s) => q.name === queueName('embed', s.space.id));
-    const gone = counts.active && q.name !== queueName('train') ? await heldByGone(q) : 0;
-    queues[q.name] = { ...counts, workers: space ? space.workers.length : await q.getWorkersCount(), ...(gone && { heldByGone: gone }), paused: await ctx.services.paused.list(q.name) };
+    // the active jobs before the workers: one that connects and takes a job between the two reads
+    // is then listed (an embed queue's workers are counted from its space, unless jobs are active)
+    const active = counts.active ? await q.getActive(0, HELD_READ - 1) : [];
+    const connected = space && active.length === 0 ? [] : await q.getWorkers();
+    const goneIds = new Set(active.filter((j) => holderGone(connected, j?.processedBy)).map((j) => j.id));
+    if (q.name === queueName('train')) trainActive = { active, goneIds };
+    // (with none connected all are held by a worker that stopped, said as such; a run, as a run)
+    const held = connected.length > 0 && q.name !== queueName('train') ? goneIds.size : 0;
+    queues[q.name] = { ...counts, workers: space ? space.workers.length : connected.length, ...(held && { heldByGone: held }), paused: await ctx.services.paused.list(q.name) };
   }
   // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no
   // failure; the others are named with their reason
@@ -199,19 +198,13 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     queues.train!.failedRunsSettled = settled;
   }
   // the runs training now, and how far each has got (the console's run pages have the rest)
+  // (a run whose worker was killed stays active until its lock runs out: not "training" meanwhile)
   queues.train!.activeRuns = [];
-  if (queues.train!.active) {
-    // a run whose worker was killed stays active until its lock runs out: not "training" meanwhile
-    // (the jobs read first: a worker that connects and takes one meanwhile is then listed)
-    const active = await ctx.queues.train.getActive(0, ACTIVE_RUNS_SHOWN - 1);
-    const workers = await ctx.queues.train.getWorkers();
-    for (const j of active) {
-      const data = j?.data as { runId?: string; dataset?: string; epochs?: number } | undefined;
-      if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset)) continue;
-      const holder = j!.processedBy;
-      const gone = holder && (workers.length === 0 || holderConnected(workers, holder) === false) ? holder : undefined;
-      queues.train!.activeRuns.push({ runId: data.runId, dataset: String(data.dataset), epoch: (j!.progress as { epoch?: number } | undefined)?.epoch ?? 0, epochs: data.epochs ?? 0, ...(gone && { workerGone: gone }) });
-    }
+  for (const j of trainActive.active.slice(0, ACTIVE_RUNS_SHOWN)) {
+    const data = j?.data as { runId?: string; dataset?: string; epochs?: number } | undefined;
+    if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset)) continue;
+    const gone = trainActive.goneIds.has(j.id) ? j.processedBy : undefined;
+    queues.train!.activeRuns.push({ runId: data.runId, dataset: String(data.dataset), epoch: (j.progress as { epoch?: number } | undefined)?.epoch ?? 0, epochs: data.epochs ?? 0, ...(gone && { workerGone: gone }) });
   }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers, starting } of listed) {
