@@ -197,6 +197,10 @@ describe('small CLI holes', () => {
           'uploaded 0 files to s3://photos-typo/x/ (1 more already there, the same bytes: not sent again)\n',
       );
       expect(await ctx.services.store.headObject('photos-typo', 'x/circle/notes.txt')).toBeUndefined();
+      // the progress names no skipped or unchanged file as if it were sent (a user's trial)
+      const progress = bad.stderr.split('\n').filter((l) => l.startsWith('uploading: '));
+      expect(progress.length).toBeGreaterThan(0);
+      for (const line of progress) expect(line).toMatch(/^uploading: \d\/3 circle\/(?:(?:empty\.jpg|notes\.txt) \(skipped: not readable as an image\)|1\.jpg \(already there\))$/);
       await rm(path.join(dir, 'circle', 'notes.txt'));
       await rm(path.join(dir, 'circle', 'empty.jpg'));
       // a file beside the label folders has no label: said before it is uploaded

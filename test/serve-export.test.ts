@@ -410,7 +410,8 @@ describe('transferline serve, guarded', () => {
     expect(ok.status).toBe(200);
     const big = await fetch(url, { method: 'POST', body: Buffer.alloc(300_000, 1), headers: auth });
     expect(big.status).toBe(413);
-    expect(((await big.json()) as { error: { reason: string } }).error.reason).toBe('too-large');
+    // an image's verdict, as a 422 is: with the model that gave it (a user's trial: it had none)
+    expect(await big.json()).toMatchObject({ error: { reason: 'too-large' }, model: { dataset: expect.any(String), runId: expect.any(String) } });
     // /healthz and /metrics need no key (Prometheus scrapes them)
     expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
 

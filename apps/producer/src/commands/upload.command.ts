@@ -55,12 +55,16 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
     const bytes = await readFile(path.join(dir, rel));
     const readable = readableFormat(bytes);
     const key = `${prefix}${rel}`;
-    if ('reason' in readable) skipped.push({ rel, why: readable.message });
-    else if (there.get(key) !== createHash('md5').update(bytes).digest('hex')) {
+    // the progress line names the file last done, and what became of it: not only the files sent
+    let fate = '';
+    if ('reason' in readable) {
+      skipped.push({ rel, why: readable.message });
+      fate = ' (skipped: not readable as an image)';
+    } else if (there.get(key) !== createHash('md5').update(bytes).digest('hex')) {
       await ctx.services.store.putObject(bucket, key, bytes, contentType(rel));
       sent++;
-    }
-    bar.update(++done, files.length, rel);
+    } else fate = ' (already there)';
+    bar.update(++done, files.length, `${rel}${fate}`);
   };
   try {
     await pMap(files, upload, { concurrency: parallel });

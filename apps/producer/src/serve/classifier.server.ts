@@ -301,12 +301,13 @@ export async function startClassifierServer(
     fail(res, 'overloaded', `${Math.round(budget.bytes / 2 ** 20)} MiB of images in progress (TL_SERVE_MAX_BYTES=${cfg.maxBytes}); retry shortly`);
   };
 
-  const fail = (res: Response, reason: string, message: string) => {
+  /** Answers the request with an error; `model` when it is an image's verdict (as with a 422), not the request's. */
+  const fail = (res: Response, reason: string, message: string, model?: object) => {
     // one answer per request: a late error (a body cut off after a 408, a parser failing after a
     // refusal) has no one to tell
     if (res.headersSent || res.destroyed) return;
     metrics.rejected.inc({ reason });
-    res.status(statusOf(reason)).json({ error: { reason, message } });
+    res.status(statusOf(reason)).json({ error: { reason, message }, ...(model && { model }) });
   };
 
   const app = express();
@@ -358,7 +359,7 @@ export async function startClassifierServer(
     if (type.startsWith('application/json')) return void classifyKeys(req, res, model, modelRef);
     // raw image bytes: the size is checked as they arrive, so an oversized body is not held
     const declared = Number(req.get('content-length') ?? NaN);
-    if (declared > maxBytes) return void fail(res, 'too-large', tooLarge('the image', declared));
+    if (declared > maxBytes) return void fail(res, 'too-large', tooLarge('the image', declared), modelRef);
     const slot = admit(res, 1);
     if (!slot) return void req.resume();
     const body = new HeldBody(budget);
@@ -392,7 +393,7 @@ export async function startClassifierServer(
         try {
           // too large whatever the room: a body of no declared length refused for room as it came
           // in, then passing the limit, is told so, not to retry
-          if (refused === 'too-large' || size > maxBytes) return fail(res, 'too-large', tooLarge('the image', size));
+          if (refused === 'too-large' || size > maxBytes) return fail(res, 'too-large', tooLarge('the image', size), modelRef);
           if (refused === 'overloaded') return overBudget(res);
           const r = await classify(model, body.take());
           if ('error' in r) res.status(statusOf(r.error.reason)).json({ ...r, model: modelRef });
