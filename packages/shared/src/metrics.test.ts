@@ -1,5 +1,8 @@
+import { readFile, readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { createMetrics, startMetricsServer, startingMetrics } from './metrics.js';
+import { createMetrics, createServeMetrics, startMetricsServer, startingMetrics } from './metrics.js';
 
 describe("a worker's /metrics while its role starts", () => {
   it('answers with tl_role_ready 0 and the process start time (so Prometheus keeps up=1), /healthz 503, then the role', async () => {
@@ -36,5 +39,39 @@ describe('the metrics of each role', () => {
     embed.embedBatch.observe(8);
     expect(await embed.registry.metrics()).toMatch(/^tl_embed_batch_size_count\{role="embed"\} 1$/m);
     expect(await embed.registry.metrics()).toMatch(/^# TYPE tl_embed_forward_seconds histogram$/m);
+  });
+});
+
+describe('the metric names the deployment files and the README use', () => {
+  /** Every series name a transferline process exports: each role's, serve's, a starting worker's. */
+  const exported = async (): Promise<Set<string>> => {
+    const registries = [...['producer', 'preprocess', 'embed', 'train'].map((role) => createMetrics(role).registry), createServeMetrics().registry, startingMetrics('embed')];
+    const names = new Set<string>();
+    for (const registry of registries) {
+      for (const m of await registry.getMetricsAsJSON()) {
+        names.add(m.name);
+        if (String(m.type) === 'histogram') for (const s of ['_bucket', '_sum', '_count']) names.add(`${m.name}${s}`);
+        if (String(m.type) === 'summary') for (const s of ['_sum', '_count']) names.add(`${m.name}${s}`);
+      }
+    }
+    return names;
+  };
+
+  it('are all exported: the dashboard, the alerts and recording rules, compose, the k8s manifests and the README name no metric that is not', async () => {
+    const root = path.resolve(fileURLToPath(import.meta.url), '../../../..');
+    const infra = (await readdir(path.join(root, 'infra'), { recursive: true })).filter((f) => /\.(ya?ml|json)$/.test(f)).map((f) => path.join('infra', f));
+    const files = ['README.md', 'docker-compose.yml', ...infra];
+    expect(files).toContain(path.join('infra', 'grafana', 'dashboards', 'transferline.json'));
+    const names = await exported();
+    const unknown: string[] = [];
+    for (const file of files) {
+      const text = await readFile(path.join(root, file), 'utf8');
+      for (const [name] of text.matchAll(/\btl_[a-z0-9_]+/g)) {
+        // `tl_train_*`: a family, named by its prefix
+        const known = name.endsWith('_') ? [...names].some((n) => n.startsWith(name)) : names.has(name);
+        if (!known) unknown.push(`${file}: ${name}`);
+      }
+    }
+    expect(unknown).toEqual([]);
   });
 });
