@@ -123,8 +123,12 @@ async function startUp(): Promise<{ child: ChildProcess; output: () => string }>
   return { child, output: () => out };
 }
 
+/** processes a failed run may leave that afterAll cannot find otherwise */
+const stray: number[] = [];
+
 afterAll(async () => {
   for (const c of running) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const pid of stray) if (isRunning(pid)) process.kill(pid, 'SIGKILL');
   // whatever a failed run left behind must not outlive the test
   if (dataDir) for (const p of processesWithEnv('TL_DATA_DIR', dataDir)) process.kill(p.pid, 'SIGKILL');
   if (dataDir) await rm(dataDir, { recursive: true, force: true });
@@ -310,6 +314,35 @@ describe('transferline up, as a process', () => {
         expect(lines, `${role} (group ${signal})`).toMatch(/"msg":"stopped"/);
         expect(lines, `${role} (group ${signal})`).not.toMatch(/second signal/);
       }
+    }
+
+    // Ctrl-C twice: the second exits at once (130), the jobs in hand left to run again, but not
+    // before Redis and the S3 server have ended: the data directory's lock must not go while one
+    // of them still writes there (a next up would start its own Redis on the same files). A Redis
+    // that cannot close its files (stopped here, with SIGSTOP) is killed after a few seconds.
+    {
+      const next = await startUp();
+      const servers = descendants(next.child.pid!).filter((p) => p.cmd.startsWith('redis-server') || p.cmd.includes('s3.main.js'));
+      expect(servers.map((p) => p.cmd.split(' ')[0])).toHaveLength(2);
+      let leftAtExit: { pid: number; cmd: string }[] | undefined;
+      const exited = new Promise<number | null>((resolve) =>
+        next.child.once('exit', (code) => {
+          leftAtExit = servers.filter((p) => isRunning(p.pid)); // the moment up is gone
+          resolve(code);
+        }),
+      );
+      // (stopped first: the first Ctrl-C's stop then waits on it, as on workers finishing their jobs)
+      const redis = servers.find((p) => p.cmd.startsWith('redis-server'))!;
+      // (Redis writes its title over its environment: afterAll could not find it by TL_DATA_DIR)
+      stray.push(redis.pid);
+      process.kill(redis.pid, 'SIGSTOP');
+      process.kill(-next.child.pid!, 'SIGINT');
+      await until('up to begin its stop', () => next.output().includes('stopping the stack'), 10);
+      process.kill(-next.child.pid!, 'SIGINT');
+      expect(await exited, next.output()).toBe(130);
+      expect(next.output()).toMatch(/second Ctrl-C: exiting now; jobs in hand run again when the stack is next up/);
+      expect(leftAtExit!.map((p) => `${p.pid} ${processState(p.pid)} ${p.cmd}`)).toEqual([]);
+      await until('no process of the stack after a second Ctrl-C', () => processesWithEnv('TL_DATA_DIR', dataDir).length === 0, 30);
     }
 
     // `up | head -3`: the reader goes away after the banner's first lines. At up's next line (a

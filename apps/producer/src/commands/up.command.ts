@@ -7,7 +7,7 @@ import { consoleBanner } from './console.command.js';
 import { openCliContext, type CliContext } from '../cli-context.js';
 import { SAMPLE_CLASSES, writeSampleSet } from '../demo/sample-images.js';
 import { EMBEDDED_S3_DEV_CREDENTIALS } from '../embedded/s3.server.js';
-import { childPorts, DEFAULT_PORTS, DEFAULT_REPLICAS, startStack, type Replicas, type StackPorts } from '../embedded/stack.js';
+import { childPorts, DEFAULT_PORTS, DEFAULT_REPLICAS, SERVERS_NOW_MS, startStack, type Replicas, type StackPorts } from '../embedded/stack.js';
 import { changedAnything, ingestCommand } from './ingest.command.js';
 import type { IngestCounts } from '../ingest.service.js';
 import { latestRun } from './models.command.js';
@@ -144,6 +144,8 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     webError = (err as Error).message; // e.g. its port in use: the stack still runs
   }
   let stopping = false;
+  /** a second Ctrl-C came: the stop under way (which may finish first) exits 130 too */
+  let exitingNow = false;
   const stop = async (code: number) => {
     if (stopping) return;
     stopping = true;
@@ -155,16 +157,23 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     await consoleServices.close();
     await stack.stop();
     w('stopped.');
-    process.exit(code);
+    process.exit(exitingNow ? 130 : code);
   };
   // The children leave the terminal's Ctrl-C to this process (lifecycle.ts: stopSignals), so a
-  // second Ctrl-C is passed on (StopMessage `now`): the workers exit at once; then this process goes.
+  // second Ctrl-C is passed on (StopMessage `now`): the workers exit at once; Redis and the S3
+  // server are waited for (a few seconds at most), so the data directory's lock goes with the
+  // last process that writes to it, not before (a next `up` would start its own Redis on files
+  // the old one still writes). A third does not wait for them.
   process.on('SIGINT', () => {
     if (!stopping) return void stop(0);
-    w('second Ctrl-C: exiting now; jobs in hand run again when the stack is next up');
-    stack.supervisor.stopNow();
-    for (const server of [stack.servers.redis, stack.servers.s3]) server?.kill('SIGTERM');
-    process.exit(130);
+    if (exitingNow) {
+      w('third Ctrl-C: Redis and the S3 server killed');
+      for (const server of [stack.servers.redis, stack.servers.s3]) server?.kill('SIGKILL');
+      process.exit(130);
+    }
+    exitingNow = true;
+    w(`second Ctrl-C: exiting now; jobs in hand run again when the stack is next up (Redis and the S3 server get up to ${SERVERS_NOW_MS / 1000} s to close their files; Ctrl-C again not to wait)`);
+    void stack.stopNow().finally(() => process.exit(130));
   });
   process.on('SIGTERM', () => void stop(0));
   whenGone = () => void stop(EXIT.brokenPipe);

@@ -77,7 +77,16 @@ export interface Stack {
   /** No process of the stack is restarted from now on: the first thing a stop does (`stop` does it too). */
   holdRestarts: () => void;
   stop: () => Promise<void>;
+  /**
+   * A stop that cannot wait for the jobs in hand (a second Ctrl-C): the workers exit at once, and
+   * the embedded servers are told to stop and waited for (killed after SERVERS_NOW_MS), so that
+   * the data directory is let go only once no Redis or S3 server of this stack still writes to it.
+   */
+  stopNow: () => Promise<void>;
 }
+
+/** How long a stop that cannot wait gives Redis and the S3 server to close their files before they are killed. */
+export const SERVERS_NOW_MS = 5_000;
 
 /**
  * The embedded stack on one machine: an S3-compatible server on `<data>/s3` (unless S3_ENDPOINT
@@ -204,7 +213,12 @@ export async function startStack(
       await queues.close();
       await redis.quit().catch(() => redis.disconnect());
     });
-    return { config, env, ports: { ...ports, producer: server.port }, space, supervisor, servers, holdRestarts, stop: stopAll };
+    const stopNow = async () => {
+      holdRestarts();
+      supervisor.stopNow();
+      await Promise.all([servers.redis, servers.s3].map((s) => s?.stop(SERVERS_NOW_MS)));
+    };
+    return { config, env, ports: { ...ports, producer: server.port }, space, supervisor, servers, holdRestarts, stop: stopAll, stopNow };
   } catch (err) {
     await stopAll();
     throw err;
