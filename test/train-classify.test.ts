@@ -612,6 +612,18 @@ describe('training runs and classification', () => {
     await until('the long run to train', async () => (((await ctx.queues.train.getJob(job.id!))?.progress as { epoch?: number } | undefined)?.epoch ?? 0) >= 1, 60);
     await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 5, runId: 'queued-behind' });
     expect(await (await ctx.queues.train.getJob(jobIds.train({ runId: 'queued-behind' })))!.getState()).toBe('waiting');
+    // the same command again while that run waits: it joins it, not a copy queued behind it; other
+    // settings are another run (a user's trial: two identical train commands both ran)
+    const waitingRuns = async () => (await ctx.queues.train.getJobs(['waiting'])).map((j) => (j.data as { runId: string }).runId).sort();
+    const same = await runCli(['train', '-d', 'shapes', '--epochs', '5', '--no-wait'], stack.env);
+    expect({ code: same.code, stderr: same.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(same.stdout).toBe('run queued-behind of shapes, with these same settings, is queued and has not started: it trains on what the dataset holds when it starts, so this joins it rather than queue a copy (--run-id ID queues another)\n');
+    expect(await waitingRuns()).toEqual(['queued-behind']);
+    const other = await runCli(['train', '-d', 'shapes', '--epochs', '6', '--no-wait'], stack.env);
+    const otherRun = /^run (\S+) queued for dataset shapes/m.exec(other.stdout)?.[1];
+    expect(otherRun, other.stdout).toBeDefined();
+    await ctx.queues.train.remove(jobIds.train({ runId: otherRun! }));
+    expect(await waitingRuns()).toEqual(['queued-behind']);
     // a job added after it by a client whose clock is an hour behind waits behind it all the same
     await ctx.queues.train.add('train', { runId: 'skewed-clock' }, { jobId: 'skewed-clock', timestamp: Date.now() - 3_600_000 });
 

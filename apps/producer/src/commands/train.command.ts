@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
 import { enqueue, jobIds, NEW_RUN_ID, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
@@ -127,12 +128,33 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     const why = permanentFailureOf(replaces.failedReason)!;
     ctx.out.write(`run ${runId} ended without a model (${why.reason === 'cancelled' ? 'cancelled' : `${why.reason}: ${why.detail}`}): this run takes its id\n`);
   }
+  // The same command again (twice in a row, or from two shells) while its run has not started:
+  // that run reads the dataset when it starts, so a second would train on the same images with
+  // the same settings and seed, a copy. This one joins it; a run id given asks for a run of its own.
+  const twin = o.runId === undefined ? await queuedTwin(ctx, payload) : undefined;
+  if (twin) {
+    ctx.out.write(`run ${twin} of ${payload.dataset}, with these same settings, is queued and has not started: it trains on what the dataset holds when it starts, so this joins it rather than queue a copy (--run-id ID queues another)\n`);
+    if (!wait) return { runId: twin };
+    return followRun(ctx, twin, stallSeconds);
+  }
   // a run id used before by a run cancelled while queued: the new run is not that one
   await ctx.services.redis.del(ctx.services.keys.trainCancel(runId));
   await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
   ctx.out.write(`run ${payload.runId} queued for dataset ${payload.dataset} (up to ${payload.epochs} epochs, ${payload.hiddenUnits ? `hidden layer of ${payload.hiddenUnits}` : 'softmax head'})\n`);
   if (!wait) return { runId };
   return followRun(ctx, runId, stallSeconds);
+}
+
+/** A run of the same dataset and settings (its id aside) that no worker has started yet (the first 1,000 looked at). */
+async function queuedTwin(ctx: CliContext, payload: TrainJob): Promise<string | undefined> {
+  const { runId: _, ...settings } = payload;
+  for (const job of await ctx.queues.train.getJobs(['waiting', 'prioritized', 'delayed'], 0, 999)) {
+    const other = TrainJob.safeParse(job?.data);
+    if (!other.success || other.data.dataset !== payload.dataset) continue;
+    const { runId, ...its } = other.data;
+    if (isDeepStrictEqual(its, settings)) return runId;
+  }
+  return undefined;
 }
 
 /**
