@@ -9,7 +9,7 @@ import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { lockDataDir } from '../apps/producer/src/embedded/data-dir.lock.js';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
-import { cliPath, NO_WORKERS, processesWithEnv, runCli, stackForFile } from './support/stack.js';
+import { cliPath, NO_WORKERS, processesWithEnv, repoRoot, runCli, stackForFile, until } from './support/stack.js';
 import { guardLeaks } from './support/leak-guard.js';
 
 guardLeaks();
@@ -141,7 +141,7 @@ describe('what a user sees when something is wrong', () => {
       const at = stack.config.s3.endpoint;
       // a shell whose TL_BUCKET is not the workers'
       const models = await runCli(['models'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
-      expect({ code: models.code, stderr: models.stderr }).toEqual({ code: 1, stderr: `transferline: bucket not-the-workers does not exist at ${at}: it is this process's TL_BUCKET, where the workers keep embeddings and models; set TL_BUCKET as the workers have it\n` });
+      expect({ code: models.code, stderr: models.stderr }).toEqual({ code: 1, stderr: `transferline: bucket not-the-workers does not exist at ${at}: it is this process's TL_BUCKET, where the workers keep embeddings and models; set TL_BUCKET as the workers have it, or, if they have this one, create it (aws s3 mb s3://not-the-workers)\n` });
       // status goes on without the bucket, and says which setting it could not read
       const status = await runCli(['status'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
       expect(status.stdout).toContain(`warning: cannot read s3://not-the-workers/, so whether Redis lost data is not checked: ${models.stderr.replace(/^transferline: /, '')}`);
@@ -325,6 +325,60 @@ describe('what a user sees when something is wrong', () => {
         expect((await runCli(['status'], stack.env)).stdout).not.toContain('this shell looks in');
       } finally {
         await beat.stop();
+      }
+    });
+
+    it("a worker whose TL_BUCKET or TL_PREFIX is not the deployment's refuses to start, naming the settings (it would file embeddings where no other process looks)", async () => {
+      const { stack, ctx } = file;
+      const { bucket, prefix } = stack.config.s3;
+      const worker = (role: 'embed' | 'train', env: NodeJS.ProcessEnv) => {
+        const script = role === 'embed' ? ['apps/feature-worker/dist/main.js', 'embed'] : ['apps/train-worker/dist/main.js'];
+        const child = spawn(process.execPath, script, { cwd: repoRoot, env: { ...stack.env, TL_METRICS_HOST: '127.0.0.1', TL_METRICS_PORT: '0', TL_SUPERVISOR_HANG_MS: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+        let stderr = '';
+        child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+        const exited = new Promise<{ code: number | null; stderr: string }>((resolve) => child.once('exit', (code) => resolve({ code, stderr })));
+        // (a worker that started after all is stopped by the deadline, and the test fails on its exit)
+        const deadline = setTimeout(() => child.kill('SIGKILL'), 60_000);
+        return { child, exited: exited.finally(() => clearTimeout(deadline)) };
+      };
+      // the deployment recorded where it keeps embeddings and models when it started (up does; so does
+      // the first embed or train worker of a deployment started by hand)
+      expect(JSON.parse((await ctx.services.redis.get(ctx.services.keys.storage()))!)).toMatchObject({ bucket, prefix });
+      try {
+        // one started with another TL_PREFIX (a user's trial: its embeddings were indexed where no one
+        // looked, and every run failed after), or another TL_BUCKET, even with no other worker live
+        const elsewhere = await worker('embed', { TL_PREFIX: 'tl2/' }).exited;
+        expect(elsewhere.code).toBe(1);
+        expect(elsewhere.stderr).toContain(`embed worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}, as recorded by its first process (`);
+        expect(elsewhere.stderr).toContain(`this worker has s3://${bucket}/tl2/, where no other process would look: set ${prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${prefix}`} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own.`);
+        // it never said it was starting: no command waits on it
+        expect(await ctx.services.spaces.startingWorkers(stack.space.id)).toEqual([]);
+        const train = await worker('train', { TL_BUCKET: 'their-photos' }).exited;
+        expect(train.code).toBe(1);
+        expect(train.stderr).toContain(`train worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}`);
+        expect(train.stderr).toContain(`: set TL_BUCKET=${bucket} as the others have it`);
+        // an up on the deployment's Redis with another TL_PREFIX: refused before it starts a worker
+        // (each would be refused in turn, and restarted for ever)
+        const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-upstorage-'));
+        try {
+          const up = await runCli(['up', '--metrics-port', '0'], { ...stack.env, TL_DATA_DIR: dir, TL_PREFIX: 'tl2/', TL_MODEL_WEIGHTS: 'random' }, 60_000);
+          expect(up.code).toBe(1);
+          expect(up.stderr).toContain(`this up has s3://${bucket}/tl2/, where no other process would look`);
+          expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+        // nothing changed it
+        expect(JSON.parse((await ctx.services.redis.get(ctx.services.keys.storage()))!)).toMatchObject({ bucket, prefix });
+        // a deployment started by hand, with no up: its first worker records it
+        await ctx.services.redis.del(ctx.services.keys.storage());
+        const first = worker('train', {});
+        await until('the first worker to record the storage', async () => (await ctx.services.redis.get(ctx.services.keys.storage())) !== null, 60);
+        first.child.kill('SIGKILL');
+        await first.exited;
+        expect(JSON.parse((await ctx.services.redis.get(ctx.services.keys.storage()))!)).toMatchObject({ bucket, prefix, by: expect.stringContaining(`:${first.child.pid}:`) });
+      } finally {
+        await ctx.services.redis.set(ctx.services.keys.storage(), JSON.stringify({ bucket, prefix, by: 'test', at: new Date().toISOString() }));
       }
     });
 

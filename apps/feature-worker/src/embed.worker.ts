@@ -1,4 +1,5 @@
 import {
+  claimStorage,
   createMetrics,
   createServices,
   createQueues,
@@ -49,6 +50,11 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
   // Beating as starting from now (the model may take minutes to load): a command waiting on this
   // space sees a worker on its way, not that none is live. Live once the jobs can be taken.
   const storage = { bucket: config.s3.bucket, prefix: config.s3.prefix };
+  // before it says it is starting: a worker that would file embeddings where no one looks never joins
+  await claimStorage(services.redis, services.keys, storage, config.redis.prefix).catch(async (err: unknown) => {
+    await services.close();
+    throw err;
+  });
   const heartbeat = services.spaces.announceStarting(space, (err) => log.debug({ err }, 'heartbeat not written'), storage);
   // stopped while it loads (Ctrl-C): gone at once for whoever waits on the space, not "loading" until its beat goes silent
   starting?.onEarlyStop(() => heartbeat.stop());

@@ -1,4 +1,4 @@
-import { createMetrics, createQueues, createServices, exportQueueDepths, startS3Guard, startWorker, watchRedis, workersAlive, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
+import { claimStorage, createMetrics, createQueues, createServices, exportQueueDepths, startS3Guard, startWorker, watchRedis, workersAlive, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { CLASSIFY_FAILURE_REASONS, classifyImages } from './classify-images.job.js';
 import { TRAIN_FAILURE_REASONS, trainHead } from './train-head.job.js';
@@ -10,6 +10,11 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const metrics = createMetrics('train');
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);
+  // it reads embeddings and writes runs under TL_BUCKET/TL_PREFIX: the deployment's, or none
+  await claimStorage(services.redis, services.keys, { bucket: config.s3.bucket, prefix: config.s3.prefix }, config.redis.prefix).catch(async (err: unknown) => {
+    await services.close();
+    throw err;
+  });
   // The head is small: TF.js on the native backend when one loads, else wasm (ONNX is for the embedder only).
   const b = config.embed.backend;
   const rt = await loadTfRuntime(b === 'onnx' ? 'auto' : b, log).catch((err: unknown) => {

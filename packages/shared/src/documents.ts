@@ -42,6 +42,17 @@ export const EmbeddingSpace = z.object({
 export type EmbeddingSpace = z.infer<typeof EmbeddingSpace>;
 
 /** What an embed worker says of itself in its heartbeat. */
+/** Where a deployment keeps embeddings and models: its TL_BUCKET and TL_PREFIX. */
+export const StorageLocation = z.object({ bucket: z.string(), prefix: z.string() });
+
+/** The deployment's storage as its first embed or train worker recorded it (keys.storage). */
+export const StorageRecord = StorageLocation.extend({
+  /** the worker that recorded it (PROCESS_NAME), and when */
+  by: z.string(),
+  at: z.string(),
+});
+export type StorageRecord = z.infer<typeof StorageRecord>;
+
 export const EmbedWorkerInfo = z.object({
   workerId: z.string(),
   space: z.string(),
@@ -50,7 +61,7 @@ export const EmbedWorkerInfo = z.object({
   pid: z.number().int(),
   startedAt: z.string(),
   /** where it keeps embeddings (and the train worker, which reads them, models): its TL_BUCKET and TL_PREFIX */
-  storage: z.object({ bucket: z.string(), prefix: z.string() }).optional(),
+  storage: StorageLocation.optional(),
   /**
    * While it loads its model (a download, a first build: minutes, on a GPU too), the space it
    * will run: it beats in the starting set, takes no job, and publishes the space once live.

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import type { Redis } from 'ioredis';
-import type { Config } from './config.js';
-import { EmbeddingSpace, EmbedWorkerInfo, parseDocument } from './documents.js';
+import { ConfigError, type Config } from './config.js';
+import { EmbeddingSpace, EmbedWorkerInfo, parseDocument, StorageRecord } from './documents.js';
 import type { RedisKeys } from './keys.js';
 import { PROCESS_NAME, sleep } from './lifecycle.js';
 import { RedisScript } from './redis.client.js';
@@ -30,9 +30,29 @@ export function spaceFromConfig(config: Pick<Config, 'embed' | 'preprocess'>): E
 }
 
 /** Where a deployment keeps embeddings and models: its TL_BUCKET and TL_PREFIX. */
-export interface Storage {
-  bucket: string;
-  prefix: string;
+export type Storage = Pick<StorageRecord, 'bucket' | 'prefix'>;
+
+/**
+ * Records this worker's storage as the deployment's if none is recorded yet, else checks that it
+ * is the one recorded: an embed worker with another TL_PREFIX would file embeddings in the cache
+ * index that every other process looks for elsewhere (and a train worker would read and write
+ * runs where no one else looks). Refused with a ConfigError naming the settings to set, and how
+ * to record another storage when the deployment really moved.
+ */
+export async function claimStorage(redis: Redis, keys: RedisKeys, own: Storage, queuePrefix: string, who = 'this worker'): Promise<void> {
+  const record: StorageRecord = { bucket: own.bucket, prefix: own.prefix, by: PROCESS_NAME, at: new Date().toISOString() };
+  if ((await redis.set(keys.storage(), JSON.stringify(record), 'NX')) === 'OK') return;
+  const raw = await redis.get(keys.storage());
+  // (removed between the two: this worker's storage is recorded on its next start)
+  if (raw === null) return;
+  const theirs = parseDocument(StorageRecord, JSON.parse(raw), 'the recorded storage');
+  if (theirs.bucket === own.bucket && theirs.prefix === own.prefix) return;
+  const settings = [...(theirs.bucket !== own.bucket ? [`TL_BUCKET=${theirs.bucket}`] : []), ...(theirs.prefix !== own.prefix ? [theirs.prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${theirs.prefix}`] : [])];
+  throw new ConfigError(
+    `this deployment (TL_QUEUE_PREFIX=${queuePrefix} on its Redis) keeps its embeddings and models in s3://${theirs.bucket}/${theirs.prefix}, as recorded by its first process (${theirs.by}, ${theirs.at}); ` +
+      `${who} has s3://${own.bucket}/${own.prefix}, where no other process would look: set ${settings.join(' and ')} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own. ` +
+      `(If the deployment has moved, its files with it, stop every worker and delete the record: redis-cli DEL ${keys.storage()})`,
+  );
 }
 
 /**

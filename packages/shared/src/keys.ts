@@ -13,6 +13,12 @@ export function redisKeys(prefix: string) {
     datasetSources: (dataset: string) => `${prefix}:ds:${dataset}:sources`,
     /** set: the `sources` some ingest listed to the end since the dataset's records began (one cut short may have left objects out) */
     datasetListed: (dataset: string) => `${prefix}:ds:${dataset}:listed`,
+    /**
+     * string: StorageRecord JSON, the bucket and prefix (TL_BUCKET, TL_PREFIX) this deployment
+     * keeps its embeddings and models in, recorded by its first embed or train worker: a later one
+     * with others would write where the rest never read (claimStorage)
+     */
+    storage: () => `${prefix}:storage`,
     /** set of dataset names */
     datasets: () => `${prefix}:datasets`,
     /** hash: `bucket/key` → `etag sha256`, so a known object is not downloaded again to learn its hash */

@@ -44,8 +44,10 @@ export function workerUsage(): string {
     'answers by finishing or putting back the jobs in hand. `transferline up` starts one of each',
     'for you; start more beside it to scale out. A worker takes no options: its settings come',
     "from the environment, as up's banner exports them (REDIS_URL, TL_QUEUE_PREFIX, S3_ENDPOINT,",
-    `S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, TL_BUCKET), and TL_METRICS_PORT for its /metrics and`,
-    `/healthz (by default ${(['preprocess', 'embed', 'train'] as const).map(port).join(', ')}: one worker of each per machine).`,
+    `S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, TL_BUCKET, TL_PREFIX: embed and train workers refuse to`,
+    `start with a TL_BUCKET or TL_PREFIX other than the one their deployment recorded), and`,
+    `TL_METRICS_PORT for its /metrics and /healthz (by default`,
+    `${(['preprocess', 'embed', 'train'] as const).map(port).join(', ')}: one worker of each per machine).`,
     'An embed worker needs the settings of its embedding space too (TL_MODEL_WEIGHTS, TL_RESIZE,',
     'TL_MODEL_SEED) when they are not the defaults. README: "A worker more".',
   ].join('\n');

@@ -164,7 +164,8 @@ export function s3Refusal(err: unknown, s3: { endpoint: string; bucket: string }
   const at = redactUrl(s3.endpoint);
   if (bucket === undefined) return new Error(`a bucket this command reads does not exist at ${at} (S3 did not say which; this process's TL_BUCKET is ${s3.bucket})`);
   if (bucket !== s3.bucket) return new Error(`bucket ${bucket} does not exist at ${at}`);
-  return new Error(`bucket ${bucket} does not exist at ${at}: it is this process's TL_BUCKET, where the workers keep embeddings and models; set TL_BUCKET as the workers have it`);
+  // (only `up` and `upload` make a bucket: a deployment started by hand has its user make TL_BUCKET)
+  return new Error(`bucket ${bucket} does not exist at ${at}: it is this process's TL_BUCKET, where the workers keep embeddings and models; set TL_BUCKET as the workers have it, or, if they have this one, create it (aws s3 mb s3://${bucket})`);
 }
 
 /** S3 refused a request made with `If-Match` (412): the object holds other content than that ETag. */

@@ -5,6 +5,7 @@ import {
   METRICS_PORTS,
   ObjectStore,
   SpaceRegistry,
+  claimStorage,
   createMetrics,
   createQueues,
   createRedis,
@@ -195,7 +196,14 @@ export async function startStack(
     // The stack's embedding space is cluster state from the start: a CLI can resolve it before
     // the embed workers have loaded their model (they publish it too, with their heartbeats).
     const space = spaceFromConfig(config);
-    const spaces = new SpaceRegistry(redis, redisKeys(config.redis.prefix));
+    const keys = redisKeys(config.redis.prefix);
+    // A data directory's Redis keeps the storage its deployment recorded: an up with another
+    // TL_BUCKET/TL_PREFIX is refused here, not by each of its workers in turn, restarted for ever.
+    await claimStorage(redis, keys, { bucket: config.s3.bucket, prefix: config.s3.prefix }, config.redis.prefix, 'this up').catch(async (err: unknown) => {
+      redis.disconnect();
+      throw err;
+    });
+    const spaces = new SpaceRegistry(redis, keys);
     await spaces.publish(space);
 
     const supervisor = new Supervisor(logDir, onEvent, { metricsHost: config.metrics.host, hangMs: config.upHangSeconds * 1000 });
