@@ -156,5 +156,15 @@ describe('bad input fails alone, with a reason', () => {
       expect(all.length, role).toBeGreaterThan(1);
       for (const l of all) expect(JSON.stringify(JSON.parse(l)), role).toBe(l);
     }
+
+    // The deleted object is put back (or was there all along, on the S3 the workers read, while the
+    // shell listed another: a user's trial): a re-ingest that lists it runs it again, where it
+    // stayed failed as "unchanged". Bad input stays failed.
+    await store.putObject(bucket, 'train/cats/08-deleted.jpg', bad.find((b) => b.key === '08-deleted.jpg')!.bytes, 'image/jpeg');
+    const again = await ingestCommand(ctx, `s3://${bucket}/train/`, { dataset: 'bad', wait: false });
+    expect(again.counts).toMatchObject({ retried: 1 });
+    const after = await waitForDataset(ctx, 'bad', { space: stack.space.id, stallSeconds: 30 });
+    expect(after).toMatchObject({ total: bad.length + GOOD, embedded: GOOD + 1, failed: bad.length - 1, pending: 0 });
+    expect(after.failures.map((f) => f.reason)).not.toContain('not-found');
   });
 });
