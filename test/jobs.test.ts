@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
 import { followJob } from '../apps/producer/src/job-follow.js';
+import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { DeferJob, enqueue, lostJobOf, requeue, startWorker, unlockedActiveJobs } from '../packages/shared/src/queues.js';
 import { createMetrics, DependencyGuard, jobIds, ObjectStore, PROCESS_NAME, type ItemRecord, type PreprocessJob } from '../packages/shared/src/index.js';
@@ -103,8 +104,9 @@ describe('following a job', () => {
     );
     training.on('error', () => {});
     opened.push({ close: async () => (await training.close(true), connection.disconnect()) });
-    hangingWorker(queue, { name: 'idle-worker' });
     await until('the job is taken', async () => (await queue.getJob(job.id!))?.processedBy === 'training-worker', 20);
+    // (connected once the job is taken: connected before, it took the job itself in one CI run)
+    hangingWorker(queue, { name: 'idle-worker' });
     let said = '';
     const interrupt = new AbortController();
     const followed = followJob({ ...ctx, out: { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream, signal: interrupt.signal }, queue, job, { what: 'run r1', role: 'train', stallSeconds: 120 }).catch((err: unknown) => err);
@@ -414,6 +416,30 @@ describe('a worker that cannot serve its metrics', () => {
       await new Promise((r) => taken.close(r));
     }
   }, 90_000);
+});
+
+describe('a wait for a stage with no worker of its deployment', () => {
+  it("names the queue prefix a preprocess worker connected to this Redis has, when it is not the deployment's", async () => {
+    const bucket = 'jobs-prefix';
+    await ctx.services.store.ensureBucket(bucket);
+    await ctx.services.store.putObject(bucket, 'train/circle/0.jpg', await renderSample('circle', 0, 2));
+    const { space } = await ctx.services.spaces.resolve();
+    expect((await ingestPrefix({ bucket, prefix: 'train/', dataset: 'prefixes', space }, { services: ctx.services, queues: ctx.queues })).enqueued).toBe(1);
+    const waited = () => waitForDataset(ctx, 'prefixes', { space: space.id, stallSeconds: 1 }).then(() => 'done', (err: unknown) => (err as Error).message);
+    // one started with a typo in its TL_QUEUE_PREFIX (a user's trial: "no preprocess worker is connected", no more)
+    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
+    const stray = new Worker(ctx.queues.preprocess.name, async () => undefined, { connection, prefix: `${ctx.config.redis.prefix}-typo`, name: 'stray' });
+    stray.on('error', () => {});
+    opened.push({ close: async () => (await stray.close(true), connection.disconnect()) });
+    await stray.waitUntilReady();
+    const strayQueue = new Queue(ctx.queues.preprocess.name, { connection: ctx.services.redis, prefix: `${ctx.config.redis.prefix}-typo` });
+    opened.push(strayQueue);
+    await until('the stray worker to be connected', async () => (await strayQueue.getWorkersCount()) === 1, 20);
+    // (other tests of this file leave workers of their own prefixes connected: they are named too)
+    const said = await waited();
+    expect(said).toContain(`1 images wait for preprocess and no preprocess worker is connected under this deployment's TL_QUEUE_PREFIX=${ctx.config.redis.prefix}, though this Redis has preprocess workers under `);
+    expect(said).toMatch(new RegExp(`under (TL_QUEUE_PREFIX=\\S+, )*TL_QUEUE_PREFIX=${ctx.config.redis.prefix}-typo(, TL_QUEUE_PREFIX=\\S+)*: start them with this deployment's`));
+  }, 60_000);
 });
 
 describe('a worker stopped while Redis is unreachable', () => {

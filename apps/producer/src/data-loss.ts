@@ -84,6 +84,27 @@ export async function spacesUnderOtherPrefixes(ctx: CliContext): Promise<string[
 }
 
 /**
+ * The other queue prefixes under which a worker of queue `name` is connected to this Redis (BullMQ
+ * names a worker's connection `<prefix>:<base64 of the queue's name>`, then `:w:<worker>` when it
+ * has a name): a worker started with another TL_QUEUE_PREFIX than its deployment's serves a queue
+ * no one fills. (CLIENT LIST: run only when a stage has no worker.)
+ */
+export async function workersUnderOtherPrefixes(ctx: CliContext, name: string): Promise<string[]> {
+  const tail = `:${Buffer.from(name).toString('base64')}`;
+  const prefixes = new Set<string>();
+  for (const line of String(await ctx.services.redis.client('LIST')).split('\n')) {
+    const client = / name=(\S+)/.exec(line)?.[1];
+    const at = client?.indexOf(tail) ?? -1;
+    if (at <= 0) continue;
+    const rest = client!.slice(at + tail.length);
+    if (rest !== '' && !rest.startsWith(':w:')) continue; // (`:qe`: a QueueEvents, not a worker)
+    const prefix = client!.slice(0, at);
+    if (prefix !== ctx.config.redis.prefix) prefixes.add(prefix);
+  }
+  return [...prefixes].sort();
+}
+
+/**
  * The other queue prefixes under which this Redis holds dataset `name`: a shell whose
  * TL_QUEUE_PREFIX is not the workers' finds none of their datasets. (A SCAN: run only for a
  * dataset not found, under a prefix that holds no dataset.)

@@ -3,6 +3,8 @@ import type { Queue } from 'bullmq';
 import type { CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
 import { createProgress } from './progress.js';
+import { workersUnderOtherPrefixes } from './data-loss.js';
+import { printable } from './terminal.js';
 
 export interface WaitOptions {
   /** the embedding space whose workers embed the dataset */
@@ -166,7 +168,7 @@ export function pollDelayMs(total: number, tookMs: number): number {
  */
 async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string, hung: HungWatch): Promise<{ why?: string; note?: string }> {
   const stages = [
-    await stageBlocked(ctx, 'preprocess', s.pendingByStage.preprocess, ctx.queues.preprocess, () => ctx.queues.preprocess.getWorkersCount(), 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)', hung),
+    await stageBlocked(ctx, 'preprocess', s.pendingByStage.preprocess, ctx.queues.preprocess, () => ctx.queues.preprocess.getWorkersCount(), () => noPreprocessWorker(ctx), hung),
     await stageBlocked(ctx, 'embed', s.pendingByStage.embed, ctx.queues.embed(space), () => ctx.services.spaces.workersOf(space), () => noEmbedWorker(ctx, space, hung), hung),
   ];
   const reasons = stages.filter((r): r is string => typeof r === 'string');
@@ -175,6 +177,16 @@ async function whyStalled(ctx: CliContext, s: DatasetStatus, space: string, hung
   }
   const notes = stages.flatMap((r) => (typeof r === 'object' ? [r.note] : []));
   return { ...(reasons.length && { why: reasons.join('; ') }), ...(notes.length && { note: notes.join('; ') }) };
+}
+
+/** Why no preprocess worker takes the stage's jobs: none started, or (a user's trial) started with another TL_QUEUE_PREFIX. */
+async function noPreprocessWorker(ctx: CliContext): Promise<NoWorker> {
+  const others = await workersUnderOtherPrefixes(ctx, ctx.queues.preprocess.name).catch(() => []);
+  if (others.length) {
+    const theirs = others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ');
+    return { gone: `no preprocess worker is connected under this deployment's TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}, though this Redis has preprocess workers under ${theirs}: start them with this deployment's` };
+  }
+  return { gone: 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)' };
 }
 
 /**
