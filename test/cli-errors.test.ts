@@ -105,7 +105,11 @@ describe('what a user sees when something is wrong', () => {
       const models = await runCli(['models'], env, 60_000);
       expect(models.timedOut).toBe(false);
       expect(models.code).toBe(1);
-      expect(models.stderr).toBe(`transferline: cannot reach S3 at ${endpoint}: it did not answer in time (a server that accepts connections but never answers is stopped or wedged). Is it running? (set S3_ENDPOINT or TL_S3_PORT, or run "transferline up")\n`);
+      // said while it waits (a user's trial: minutes with nothing on screen, at the default timeout), then why it gave up
+      expect(models.stderr).toBe(
+        `waiting for S3 at ${endpoint}: no answer yet (a request is tried 5 times, each given 1 s without a byte: TL_S3_IDLE_TIMEOUT_MS; Ctrl-C stops)\n` +
+          `transferline: cannot reach S3 at ${endpoint}: it did not answer in time (a server that accepts connections but never answers is stopped or wedged). Is it running? (set S3_ENDPOINT or TL_S3_PORT, or run "transferline up")\n`,
+      );
       const status = await runCli(['status'], env, 60_000);
       expect({ timedOut: status.timedOut, code: status.code }).toEqual({ timedOut: false, code: 0 });
       expect(status.stdout).toContain(`warning: cannot read s3://transferline/, so whether Redis lost data is not checked: cannot reach S3 at ${endpoint}: it did not answer`);

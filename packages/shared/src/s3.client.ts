@@ -37,8 +37,10 @@ export interface S3Settings {
 /** How long ObjectStore.probe waits for an answer, all attempts together. */
 const PROBE_TIMEOUT_MS = 5_000;
 
-/** S3Settings.idleTimeoutMs when it is not set. */
-const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
+/** How long a request to S3 may go without a byte before it is tried again (S3Settings.idleTimeoutMs, TL_S3_IDLE_TIMEOUT_MS, unset). */
+export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
+/** Attempts of one request to S3 (the SDK's retries). */
+export const S3_ATTEMPTS = 5;
 
 /** One listed object. `etag` is the server's ETag without quotes. */
 export interface ObjectInfo {
@@ -231,7 +233,7 @@ export class ObjectStore {
       // not understand the streaming trailer checksums newer SDKs send by default.
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
-      maxAttempts: 5,
+      maxAttempts: S3_ATTEMPTS,
       // A request waiting for one of the agent's sockets counts towards connectionTimeout: room
       // for every job a worker may hold (TL_PREPROCESS_CONCURRENCY is at most 256).
       requestHandler: {
@@ -248,6 +250,32 @@ export class ObjectStore {
     // Signed at the SDK's clock: it corrects its offset when a server says the clock is skewed.
     const client = this.client;
     this.direct = DirectS3.supports(settings) ? new DirectS3({ ...settings, idleTimeoutMs: settings.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS }, () => client.config.systemClockOffset ?? 0) : undefined;
+  }
+
+  /**
+   * Calls `notify` once, the first time a request (its retries included) has gone `afterMs`
+   * without an answer: a command waiting on a wedged S3 says so, where it sat silent for minutes.
+   * Requests of the SDK only (not the direct GETs); add before the first request.
+   */
+  onSlowRequest(afterMs: number, notify: () => void): void {
+    let told = false;
+    this.client.middlewareStack.add(
+      (next) => async (args) => {
+        if (told) return next(args);
+        const timer = setTimeout(() => {
+          if (told) return;
+          told = true;
+          notify();
+        }, afterMs);
+        timer.unref();
+        try {
+          return await next(args);
+        } finally {
+          clearTimeout(timer);
+        }
+      },
+      { step: 'initialize', name: 'transferlineSlowRequest' },
+    );
   }
 
   /** Whether the bucket exists (a HEAD of it answered, rather than a 404). */
