@@ -275,6 +275,13 @@ describe('small CLI holes', () => {
     // a bucket's own splits alone, or label folders alone, are the layouts the README describes: no note
     const splits = await cli(['ingest', `s3://${photos}/layout/train/`, '-d', 'layout-train', '--no-wait']);
     expect(splits.stdout).not.toMatch(/^note:/m);
+    // folder markers (an S3 console's "create folder"): not "skipped", and an empty label folder is named (a user's trial)
+    for (const key of ['markers/cat/', 'markers/dog/', 'markers/empty/']) await ctx.services.store.putObject(photos, key, Buffer.alloc(0));
+    for (const key of ['markers/cat/1.jpg', 'markers/dog/2.jpg']) await ctx.services.store.putObject(photos, key, img);
+    const marked = await cli(['ingest', `s3://${photos}/markers/`, '-d', 'markers', '--no-wait']);
+    expect(marked.code).toBe(0);
+    expect(marked.stdout).not.toContain('skipped');
+    expect(marked.stdout).toContain(`note: under s3://${photos}/markers/, empty/ is an empty folder (a folder marker, no image in it): no label of it is in the dataset\n`);
   });
 });
 

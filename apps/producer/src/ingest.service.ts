@@ -26,9 +26,15 @@ export interface IngestRequest {
 }
 
 export interface IngestCounts {
+  /** objects listed under the prefix, folder markers (keys ending in `/`) aside */
   listed: number;
-  /** objects at the prefix root or folder markers: no label, not ingested */
+  /** objects at the prefix root: no label, not ingested */
   unlabelled: number;
+  /**
+   * Folders (relative to the prefix) that a folder marker (a key ending in `/`, as consoles make)
+   * says are there, with no image under them: an empty label folder. Absent when none.
+   */
+  emptyFolders?: string[];
   /** already in the dataset with the same ETag, embedded, in flight, or failed on bad input */
   unchanged: number;
   /** of those unchanged, how many are still on their way (queued by an earlier ingest, not yet embedded or failed) */
@@ -81,11 +87,19 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   // the folders directly under the prefix, by how they were read (a split, or a label)
   const layout = { splitFolders: new Set<string>(), labelFolders: new Set<string>() };
   const readsSplits = req.labels !== 'none' && !splitOfPrefix(req.prefix);
+  // folder markers (an S3 console's "create folder"), and the folders images were found in (the
+  // first two levels: a label, or a split and its label)
+  const markers = new Set<string>();
+  const filled = new Set<string>();
   const flush = async () => {
     const labelled = page.flatMap((o) => {
-      const item = req.labels === 'none' ? (o.key.endsWith('/') ? undefined : { label: UNLABELLED }) : itemFromKey(req.prefix, o.key);
+      const item = req.labels === 'none' ? { label: UNLABELLED } : itemFromKey(req.prefix, o.key);
       if (item === undefined) counts.unlabelled++;
-      else noteSpelling(spellings, item.label, o.key, req.prefix);
+      else {
+        noteSpelling(spellings, item.label, o.key, req.prefix);
+        const parts = o.key.slice(req.prefix.length).split('/');
+        filled.add(parts[0]!).add(parts.slice(0, 2).join('/'));
+      }
       if (item && readsSplits) (item.split ? layout.splitFolders : layout.labelFolders).add(o.key.slice(req.prefix.length).split('/')[0]!);
       return item === undefined ? [] : [{ ...o, ...item, id: DatasetRepository.itemId(req.bucket, o.key) }];
     });
@@ -122,6 +136,11 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     onPage?.({ ...counts });
   };
   for await (const o of store.listObjects(req.bucket, req.prefix)) {
+    // a folder marker is no image, nor an object without a label: neither listed nor skipped
+    if (o.key.endsWith('/')) {
+      if (o.key.length > req.prefix.length) markers.add(o.key.slice(req.prefix.length, -1));
+      continue;
+    }
     counts.listed++;
     page.push(o);
     if (page.length >= 1000) await flush();
@@ -132,6 +151,9 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   if (recorded) await datasets.markListed(req.dataset, req.bucket, req.prefix);
   counts.mergedLabels = [...spellings].filter(([, forms]) => forms.size > 1).map(([label]) => label).sort();
   if (layout.splitFolders.size && layout.labelFolders.size) counts.mixedLayout = { splitFolders: [...layout.splitFolders].sort(), labelFolders: [...layout.labelFolders].sort() };
+  // (a marker of a folder deeper than a label, or of one that holds images, says nothing)
+  const empty = [...markers].filter((m) => m.split('/').length <= 2 && !filled.has(m) && ![...markers].some((other) => other.startsWith(`${m}/`))).sort();
+  if (empty.length && req.labels !== 'none') counts.emptyFolders = empty;
   onPage?.({ ...counts });
   return counts;
 }

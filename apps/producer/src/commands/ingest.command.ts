@@ -1,4 +1,4 @@
-import { DatasetRepository, parseS3Url, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
+import { DatasetRepository, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
@@ -85,6 +85,11 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
       (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : '') +
       (counts.removed ? `, ${counts.removed} removed from the dataset (deleted from the bucket)` : ''),
   );
+  if (counts.emptyFolders) {
+    const names = counts.emptyFolders;
+    const list = `${names.slice(0, 5).map((n) => `${printable(n)}/`).join(', ')}${names.length > 5 ? ` and ${names.length - 5} more` : ''}`;
+    w(`note: under ${where}, ${list} ${names.length === 1 ? 'is an empty folder' : 'are empty folders'} (a folder marker, no image in ${names.length === 1 ? 'it' : 'them'}): no label of ${names.length === 1 ? 'it' : 'them'} is in the dataset`);
+  }
   if (counts.mixedLayout) {
     const { splitFolders, labelFolders } = counts.mixedLayout;
     const list = (names: string[]) => `${names.slice(0, 5).map((n) => `${printable(n)}/`).join(', ')}${names.length > 5 ? ` and ${names.length - 5} more` : ''}`;
@@ -162,6 +167,10 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   if (s.labels.length) w(`  labels: ${s.labels.map((l) => `${l.unlabelled ? UNLABELLED_SHOWN : printable(l.label)} (${l.count}${l.failed ? `, ${l.failed} failed` : ''})`).join(', ')}`);
   for (const note of confusableLabelNotes(new Map(s.labels.filter((l) => !l.unlabelled).map((l) => [l.label, l.count])), printable)) w(`  note: ${note}`);
   if (s.failuresByReason.length) w(`  failures: ${s.failuresByReason.map((f) => `${f.reason} ${f.count} (${f.stage})`).join(', ')}`);
+  // listed, then not found: deleted since, or (every image of an ingest, in a user's trial) the
+  // workers read another S3 than the one this shell listed
+  const notFound = s.failuresByReason.filter((f) => f.reason === 'not-found').reduce((n, f) => n + f.count, 0);
+  if (notFound) w(`  note: ${notFound} listed but not found by the workers: deleted since, or the workers read another S3 than this shell's S3_ENDPOINT (${redactUrl(ctx.config.s3.endpoint)}): set it as theirs. A re-ingest runs again each one it lists`);
   for (const line of elsewhereLines(s)) w(`  ${line}`);
   printFailures(ctx, s);
 }
