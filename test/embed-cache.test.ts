@@ -101,6 +101,10 @@ describe('the embedding cache', () => {
     for (const ext of ['json', 'npy'] as const) await store.deleteObject(bucket, layout.shard(space, deleted.shardId, ext));
     await store.deleteObject(bucket, layout.shard(space, dataless.shardId, 'npy'));
     expect(await cache.size(space)).toBe(9);
+    // what a training run that needs them fails with: the file, and what to do
+    await expect(cache.load(space, hashes.slice(3, 6))).rejects.toThrow(
+      `the embedding index of ${space} names shard ${deleted.shardId}, whose data s3://${bucket}/${layout.shard(space, deleted.shardId, 'npy')} is not in the bucket (deleted, or written under another TL_BUCKET/TL_PREFIX): transferline cache rebuild-index --embedder ${space} drops its entries; an ingest of their images then embeds them again`,
+    );
 
     const r = await runCli(['cache', 'rebuild-index', '--embedder', space], stack.env);
     expect(r.stderr).toBe('');

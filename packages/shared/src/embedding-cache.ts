@@ -5,7 +5,7 @@ import { bucketLayout, type BucketLayout } from './bucket-layout.js';
 import { parseDocument, ShardManifest } from './documents.js';
 import { decodeNpyFloat32, encodeNpyFloat32 } from './npy.format.js';
 import type { RedisKeys } from './keys.js';
-import type { ObjectStore } from './s3.client.js';
+import { ObjectNotFoundError, type ObjectStore } from './s3.client.js';
 import { execPipeline, RedisScript } from './redis.client.js';
 
 /** Where the embeddings of one dataset live, for a loader that reads each shard once. */
@@ -121,7 +121,18 @@ export class EmbeddingCache {
     let dim = 0;
     let outputs: Float32Array[] = [];
     const read = async (shardId: string) => {
-      const npy = decodeNpyFloat32(await this.store.getObject(this.bucket, this.shardKey(embedderId, shardId, 'npy')));
+      const key = this.shardKey(embedderId, shardId, 'npy');
+      const bytes = await this.store.getObject(this.bucket, key).catch((err: unknown) => {
+        // (a user's trial: "….npy does not exist", after an embed worker with another TL_PREFIX indexed its rows)
+        if (err instanceof ObjectNotFoundError) {
+          throw new Error(
+            `the embedding index of ${embedderId} names shard ${shardId}, whose data s3://${this.bucket}/${key} is not in the bucket (deleted, or written under another TL_BUCKET/TL_PREFIX): ` +
+              `transferline cache rebuild-index --embedder ${embedderId} drops its entries; an ingest of their images then embeds them again`,
+          );
+        }
+        throw err;
+      });
+      const npy = decodeNpyFloat32(bytes);
       if (dim === 0) {
         dim = npy.cols;
         outputs = lists.map((l) => new Float32Array(l.length * dim));
