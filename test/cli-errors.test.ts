@@ -264,6 +264,9 @@ describe('what a user sees when something is wrong', () => {
           code: 1,
           stderr: `transferline: no embedding space is published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=unused, and this Redis holds the live embed workers under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`,
         });
+        // and the mistaken prefix is left as it was: no key under it (BullMQ's queue meta included)
+        expect((await runCli(['status'], { ...stack.env, TL_QUEUE_PREFIX: 'unused' })).code).toBe(0);
+        expect(await ctx.services.redis.keys('unused:*')).toEqual([]);
       } finally {
         await beat.stop();
       }

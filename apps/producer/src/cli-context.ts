@@ -25,7 +25,8 @@ export async function openCliContext(config: Config, out: NodeJS.WritableStream 
     await services.close();
     throw err;
   }
-  const queues = createQueues(services.redis, config);
+  // (read-mostly: a command with a mistaken TL_QUEUE_PREFIX must not leave BullMQ's meta keys under it)
+  const queues = createQueues(services.redis, config, { writesMeta: false });
   return {
     config,
     services,

@@ -97,6 +97,12 @@ export class Queues {
     readonly prefix: string,
     /** TL_RETRY_BACKOFF_SCALE: the jobs added to these queues carry their retry delays times this */
     private readonly retryBackoffScale = 1,
+    /**
+     * BullMQ writes each queue's `meta` hash (its version, the events' length) when it opens one:
+     * workers do. A command does not, so one run with a TL_QUEUE_PREFIX no deployment has leaves no
+     * keys under it (BullMQ's scripts take the defaults when the hash is not there).
+     */
+    private readonly writesMeta = true,
   ) {
     this.preprocess = this.make(queueName('preprocess'));
     this.train = this.make(queueName('train'));
@@ -129,7 +135,7 @@ export class Queues {
   }
 
   private make(name: string): Queue {
-    const q = new DatabaseQueue(name, { connection: this.connection, prefix: this.prefix }, this.connection.options.db ?? 0);
+    const q = new DatabaseQueue(name, { connection: this.connection, prefix: this.prefix, skipMetasUpdate: !this.writesMeta }, this.connection.options.db ?? 0);
     BACKOFF_SCALE.set(q, this.retryBackoffScale);
     // Connection errors are reported once by the connection's own listener (redis.client.ts).
     q.on('error', () => {});
@@ -168,8 +174,8 @@ export interface QueueSettings {
 }
 
 /** The deployment's queues, as the configuration (TL_QUEUE_PREFIX, TL_RETRY_BACKOFF_SCALE) has them. */
-export function createQueues(connection: Redis, config: QueueSettings): Queues {
-  return new Queues(connection, config.redis.prefix, config.retryBackoffScale);
+export function createQueues(connection: Redis, config: QueueSettings, o: { writesMeta?: boolean } = {}): Queues {
+  return new Queues(connection, config.redis.prefix, config.retryBackoffScale, o.writesMeta ?? true);
 }
 
 /** Each queue's retry-delay scale, set by the Queues that made it (one read by both kinds of add). */
