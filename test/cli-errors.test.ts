@@ -371,14 +371,32 @@ describe('what a user sees when something is wrong', () => {
           const up = await runCli(['up', '--metrics-port', '0'], { ...stack.env, TL_DATA_DIR: dir, TL_PREFIX: 'tl2/', TL_MODEL_WEIGHTS: 'random' }, 60_000);
           expect(up.code).toBe(1);
           expect(up.stderr).toContain(`this up has s3://${bucket}/tl2/, where no other process would look`);
+          // how to record another, on the Redis it uses
+          expect(up.stderr).toContain(`delete the record, redis-cli -u ${stack.config.redis.url} DEL ${ctx.services.keys.storage()}`);
           expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
+          // a mistyped TL_BUCKET: refused before it makes that bucket
+          const typo = await runCli(['up', '--metrics-port', '0'], { ...stack.env, TL_DATA_DIR: dir, TL_BUCKET: 'tl-typo-bucket', TL_MODEL_WEIGHTS: 'random' }, 60_000);
+          expect(typo.code).toBe(1);
+          expect(typo.stderr).toContain(`set TL_BUCKET=${bucket} as the others have it`);
+          expect(await ctx.services.store.bucketExists('tl-typo-bucket')).toBe(false);
         } finally {
           await rm(dir, { recursive: true, force: true });
         }
         // nothing changed it
         expect(JSON.parse((await ctx.services.redis.get(ctx.services.keys.storage()))!)).toMatchObject({ bucket, prefix });
-        // a deployment started by hand, with no up: its first worker records it
+        // no record (a deployment of an older version, a Redis that lost its data): the live embed
+        // workers' storage stands for it, and the first worker to start does not win against them
         await ctx.services.redis.del(ctx.services.keys.storage());
+        const beat = await ctx.services.spaces.startHeartbeat(stack.space, 'test', () => undefined, { bucket, prefix });
+        try {
+          const late = await worker('train', { TL_PREFIX: 'tl2/' }).exited;
+          expect(late.code).toBe(1);
+          expect(late.stderr).toContain(`keeps its embeddings and models in s3://${bucket}/${prefix}, as its live embed workers say (no record yet); this worker has s3://${bucket}/tl2/`);
+          expect(await ctx.services.redis.get(ctx.services.keys.storage())).toBeNull();
+        } finally {
+          await beat.stop();
+        }
+        // a deployment started by hand, with no up: its first worker records it
         const first = worker('train', {});
         await until('the first worker to record the storage', async () => (await ctx.services.redis.get(ctx.services.keys.storage())) !== null, 60);
         first.child.kill('SIGKILL');

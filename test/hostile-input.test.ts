@@ -276,7 +276,8 @@ describe('small CLI holes', () => {
     const splits = await cli(['ingest', `s3://${photos}/layout/train/`, '-d', 'layout-train', '--no-wait']);
     expect(splits.stdout).not.toMatch(/^note:/m);
     // folder markers (an S3 console's "create folder"): not "skipped", and an empty label folder is named (a user's trial)
-    for (const key of ['markers/cat/', 'markers/dog/', 'markers/empty/']) await ctx.services.store.putObject(photos, key, Buffer.alloc(0));
+    // (cat/raw/: a label's own sub-folder, empty: no label of its own, nothing to say)
+    for (const key of ['markers/cat/', 'markers/cat/raw/', 'markers/dog/', 'markers/empty/']) await ctx.services.store.putObject(photos, key, Buffer.alloc(0));
     for (const key of ['markers/cat/1.jpg', 'markers/dog/2.jpg']) await ctx.services.store.putObject(photos, key, img);
     const marked = await cli(['ingest', `s3://${photos}/markers/`, '-d', 'markers', '--no-wait']);
     expect(marked.code).toBe(0);

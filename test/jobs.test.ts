@@ -438,7 +438,7 @@ describe('a wait for a stage with no worker of its deployment', () => {
     // (other tests of this file leave workers of their own prefixes connected: they are named too)
     const said = await waited();
     expect(said).toContain(`1 images wait for preprocess and no preprocess worker is connected under this deployment's TL_QUEUE_PREFIX=${ctx.config.redis.prefix}, though this Redis has preprocess workers under `);
-    expect(said).toMatch(new RegExp(`under (TL_QUEUE_PREFIX=\\S+, )*TL_QUEUE_PREFIX=${ctx.config.redis.prefix}-typo(, TL_QUEUE_PREFIX=\\S+)*: start them with this deployment's`));
+    expect(said).toMatch(new RegExp(`under (TL_QUEUE_PREFIX=\\S+, )*TL_QUEUE_PREFIX=${ctx.config.redis.prefix}-typo(, TL_QUEUE_PREFIX=\\S+)*: one meant for this deployment needs its TL_QUEUE_PREFIX`));
   }, 60_000);
 });
 

@@ -113,7 +113,7 @@ describe('bad input fails alone, with a reason', () => {
     const text = await runCli(['status', '--dataset', 'bad'], stack.env);
     expect(text.stdout).toContain(`  labels: cats (${bad.length + GOOD}, ${bad.length} failed)\n`);
     // an object listed and then not found: what may have happened, and what brings it back
-    expect(text.stdout).toContain(`  note: 1 listed but not found by the workers: deleted since, or the workers read another S3 than this shell's S3_ENDPOINT (${stack.config.s3.endpoint}): set it as theirs. A re-ingest runs again each one it lists\n`);
+    expect(text.stdout).toContain(`  note: 1 listed but not found by the workers: deleted since, or listed from another S3 than the workers read (this shell's S3_ENDPOINT is ${stack.config.s3.endpoint}). A re-ingest runs again each one put back since it failed\n`);
     const cli = await runCli(['status', '--json', '--dataset', 'bad'], stack.env);
     expect(cli.code).toBe(0);
     const shown = JSON.parse(cli.stdout) as { datasets: { failures: { item: string; reason: string }[] }[] };

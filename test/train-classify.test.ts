@@ -617,7 +617,7 @@ describe('training runs and classification', () => {
     const waitingRuns = async () => (await ctx.queues.train.getJobs(['waiting'])).map((j) => (j.data as { runId: string }).runId).sort();
     const same = await runCli(['train', '-d', 'shapes', '--epochs', '5', '--no-wait'], stack.env);
     expect({ code: same.code, stderr: same.stderr }).toEqual({ code: 0, stderr: '' });
-    expect(same.stdout).toBe('run queued-behind of shapes, with these same settings, is queued and has not started: it trains on what the dataset holds when it starts, so this joins it rather than queue a copy (--run-id ID queues another)\n');
+    expect(same.stdout).toBe('run queued-behind of shapes, with these same settings, is queued, not running now: it trains on what the dataset holds when it starts, so this joins it rather than queue a copy (--run-id ID queues another)\n');
     expect(await waitingRuns()).toEqual(['queued-behind']);
     const other = await runCli(['train', '-d', 'shapes', '--epochs', '6', '--no-wait'], stack.env);
     const otherRun = /^run (\S+) queued for dataset shapes/m.exec(other.stdout)?.[1];

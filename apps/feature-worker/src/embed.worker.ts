@@ -51,7 +51,7 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
   // space sees a worker on its way, not that none is live. Live once the jobs can be taken.
   const storage = { bucket: config.s3.bucket, prefix: config.s3.prefix };
   // before it says it is starting: a worker that would file embeddings where no one looks never joins
-  await claimStorage(services.redis, services.keys, storage, config.redis.prefix).catch(async (err: unknown) => {
+  await claimStorage(services.redis, services.keys, storage, config.redis).catch(async (err: unknown) => {
     await services.close();
     throw err;
   });

@@ -78,6 +78,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
         reason: f.reason,
         detail: f.message,
         attempts: f.attempts,
+        failedAt: new Date().toISOString(),
       }, 'worker');
     },
   });

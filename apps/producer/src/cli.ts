@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError, Option, type CommanderError } from 'commander';
 import { AnyDatasetName, ConfigError, DatasetName, loadConfig, ObjectStore, parseS3Url, s3Refusal, S3UnreachableError, ITEM_FAILURE_REASONS, TRANSIENT_REASONS } from '@transferline/shared';
-import { openCliContext, type CliContext } from './cli-context.js';
+import { openCliContext, sayWhenS3IsSlow, type CliContext } from './cli-context.js';
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
@@ -137,7 +137,9 @@ program
   .argument('<s3url>', 'destination, e.g. s3://photos/train/', s3url)
   .action(async (dir: string, url: string) => {
     // S3 alone: an upload asks nothing of Redis, which need not be running
-    const store = new ObjectStore(loadConfig(process.env).s3);
+    const s3 = loadConfig(process.env).s3;
+    const store = new ObjectStore(s3);
+    sayWhenS3IsSlow(store, s3);
     try {
       await uploadCommand({ services: { store }, out: process.stdout }, dir, url);
     } finally {

@@ -91,8 +91,11 @@ export async function spacesUnderOtherPrefixes(ctx: CliContext): Promise<string[
  */
 export async function workersUnderOtherPrefixes(ctx: CliContext, name: string): Promise<string[]> {
   const tail = `:${Buffer.from(name).toString('base64')}`;
+  const db = String(ctx.services.redis.options.db ?? 0);
   const prefixes = new Set<string>();
   for (const line of String(await ctx.services.redis.client('LIST')).split('\n')) {
+    // (a worker of another database of this server serves other queues)
+    if (/ db=(\d+)/.exec(line)?.[1] !== db) continue;
     const client = / name=(\S+)/.exec(line)?.[1];
     const at = client?.indexOf(tail) ?? -1;
     if (at <= 0) continue;

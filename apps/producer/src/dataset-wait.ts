@@ -184,7 +184,8 @@ async function noPreprocessWorker(ctx: CliContext): Promise<NoWorker> {
   const others = await workersUnderOtherPrefixes(ctx, ctx.queues.preprocess.name).catch(() => []);
   if (others.length) {
     const theirs = others.map((p) => `TL_QUEUE_PREFIX=${printable(p)}`).join(', ');
-    return { gone: `no preprocess worker is connected under this deployment's TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}, though this Redis has preprocess workers under ${theirs}: start them with this deployment's` };
+    // (several deployments may share a Redis: which of them is this one's, if any, is not ours to say)
+    return { gone: `no preprocess worker is connected under this deployment's TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)}, though this Redis has preprocess workers under ${theirs}: one meant for this deployment needs its TL_QUEUE_PREFIX` };
   }
   return { gone: 'no preprocess worker is connected (start one: transferline up, or feature-worker preprocess)' };
 }

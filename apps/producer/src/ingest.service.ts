@@ -3,6 +3,7 @@ import {
   TRANSIENT_REASONS,
   UNLABELLED,
   itemFromKey,
+  splitOfFolder,
   splitOfPrefix,
   jobIds,
   requeue,
@@ -120,7 +121,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
       const r = v?.record;
       const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && (r.space ?? req.space.id) === req.space.id;
       if (!same) work.push({ o, retry: false });
-      else if (needsRetry(v!)) work.push({ o, retry: true });
+      else if (needsRetry(v!, o.lastModified)) work.push({ o, retry: true });
       else {
         counts.unchanged++;
         if (v!.phase === 'preprocess' || v!.phase === 'embed') counts.unchangedInFlight++;
@@ -151,8 +152,13 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   if (recorded) await datasets.markListed(req.dataset, req.bucket, req.prefix);
   counts.mergedLabels = [...spellings].filter(([, forms]) => forms.size > 1).map(([label]) => label).sort();
   if (layout.splitFolders.size && layout.labelFolders.size) counts.mixedLayout = { splitFolders: [...layout.splitFolders].sort(), labelFolders: [...layout.labelFolders].sort() };
-  // (a marker of a folder deeper than a label, or of one that holds images, says nothing)
-  const empty = [...markers].filter((m) => m.split('/').length <= 2 && !filled.has(m) && ![...markers].some((other) => other.startsWith(`${m}/`))).sort();
+  // A label folder (or a split's) is directly under the prefix, or in a split folder under it; a
+  // marker of a folder deeper (a label's own sub-folder), or of one that holds images, says nothing.
+  const labelLevel = (m: string) => {
+    const parts = m.split('/');
+    return parts.length === 1 || (parts.length === 2 && readsSplits && splitOfFolder(parts[0]!) !== undefined);
+  };
+  const empty = [...markers].filter((m) => labelLevel(m) && !filled.has(m) && ![...markers].some((other) => other.startsWith(`${m}/`))).sort();
   if (empty.length && req.labels !== 'none') counts.emptyFolders = empty;
   onPage?.({ ...counts });
   return counts;
@@ -191,10 +197,19 @@ async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services'
   return gone.length;
 }
 
-/** Whether re-ingesting an unchanged object should run it again. */
-function needsRetry(v: ItemView): boolean {
+/**
+ * Whether re-ingesting an unchanged object should run it again: its job was lost, it failed for a
+ * reason that is not the image's, or it failed `not-found` and is listed as put there since (put
+ * back, or copied to the S3 the workers read: a user's trial). One still listed from an S3 the
+ * workers do not read is not run again on every round of a watch.
+ */
+function needsRetry(v: ItemView, lastModified: Date | undefined): boolean {
   if (v.phase === 'orphaned') return true;
-  return v.phase === 'failed' && TRANSIENT_REASONS.has(v.failure!.reason);
+  if (v.phase !== 'failed') return false;
+  if (TRANSIENT_REASONS.has(v.failure!.reason)) return true;
+  const failedAt = v.record.failedAt === undefined ? NaN : Date.parse(v.record.failedAt);
+  // (S3 gives LastModified in whole seconds: one put back within the second of the failure counts)
+  return v.failure!.reason === 'not-found' && lastModified !== undefined && lastModified.getTime() + 1000 > failedAt;
 }
 
 export interface Submission {

@@ -11,7 +11,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const services = createServices(config, 'worker');
   watchRedis(services.redis, config.redis.url, log, metrics);
   // it reads embeddings and writes runs under TL_BUCKET/TL_PREFIX: the deployment's, or none
-  await claimStorage(services.redis, services.keys, { bucket: config.s3.bucket, prefix: config.s3.prefix }, config.redis.prefix).catch(async (err: unknown) => {
+  await claimStorage(services.redis, services.keys, { bucket: config.s3.bucket, prefix: config.s3.prefix }, config.redis).catch(async (err: unknown) => {
     await services.close();
     throw err;
   });

@@ -41,18 +41,18 @@ export const EmbeddingSpace = z.object({
 });
 export type EmbeddingSpace = z.infer<typeof EmbeddingSpace>;
 
-/** What an embed worker says of itself in its heartbeat. */
 /** Where a deployment keeps embeddings and models: its TL_BUCKET and TL_PREFIX. */
 export const StorageLocation = z.object({ bucket: z.string(), prefix: z.string() });
 
-/** The deployment's storage as its first embed or train worker recorded it (keys.storage). */
+/** The deployment's storage as its first process (up, or an embed or train worker) recorded it (keys.storage). */
 export const StorageRecord = StorageLocation.extend({
-  /** the worker that recorded it (PROCESS_NAME), and when */
+  /** the process that recorded it (PROCESS_NAME), and when */
   by: z.string(),
   at: z.string(),
 });
 export type StorageRecord = z.infer<typeof StorageRecord>;
 
+/** What an embed worker says of itself in its heartbeat. */
 export const EmbedWorkerInfo = z.object({
   workerId: z.string(),
   space: z.string(),
@@ -91,6 +91,8 @@ export const ItemRecord = z.object({
   reason: z.string().optional(),
   detail: z.string().optional(),
   attempts: z.number().int().optional(),
+  /** when it failed for good (ISO, the worker's clock): a `not-found` object put back since is run again by a re-ingest */
+  failedAt: z.string().optional(),
   /** the split the bucket's layout gave it (train/, val/, test/ folders), kept across updates */
   split: Split.optional(),
 });

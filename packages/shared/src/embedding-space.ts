@@ -5,6 +5,7 @@ import { EmbeddingSpace, EmbedWorkerInfo, parseDocument, StorageRecord } from '.
 import type { RedisKeys } from './keys.js';
 import { PROCESS_NAME, sleep } from './lifecycle.js';
 import { RedisScript } from './redis.client.js';
+import { redactUrl } from './redact.js';
 
 /** EfficientNet-B0's input side and embedding length. */
 export const EFFICIENTNET_B0 = { inputSize: 224, dim: 1280 } as const;
@@ -33,25 +34,37 @@ export function spaceFromConfig(config: Pick<Config, 'embed' | 'preprocess'>): E
 export type Storage = Pick<StorageRecord, 'bucket' | 'prefix'>;
 
 /**
- * Records this worker's storage as the deployment's if none is recorded yet, else checks that it
+ * Records this process's storage as the deployment's if none is recorded yet, else checks that it
  * is the one recorded: an embed worker with another TL_PREFIX would file embeddings in the cache
  * index that every other process looks for elsewhere (and a train worker would read and write
- * runs where no one else looks). Refused with a ConfigError naming the settings to set, and how
+ * runs where no one else looks). With no record (a deployment of an older version, or a Redis that
+ * lost its data), the live embed workers' storage, which they publish, stands for it: the first to
+ * start does not win against them. Refused with a ConfigError naming the settings to set, and how
  * to record another storage when the deployment really moved.
  */
-export async function claimStorage(redis: Redis, keys: RedisKeys, own: Storage, queuePrefix: string, who = 'this worker'): Promise<void> {
+export async function claimStorage(redis: Redis, keys: RedisKeys, own: Storage, settings: { prefix: string; url: string }, who = 'this worker'): Promise<void> {
   const record: StorageRecord = { bucket: own.bucket, prefix: own.prefix, by: PROCESS_NAME, at: new Date().toISOString() };
-  if ((await redis.set(keys.storage(), JSON.stringify(record), 'NX')) === 'OK') return;
-  const raw = await redis.get(keys.storage());
-  // (removed between the two: this worker's storage is recorded on its next start)
-  if (raw === null) return;
+  const same = (s: Storage) => s.bucket === own.bucket && s.prefix === own.prefix;
+  let raw = await redis.get(keys.storage());
+  if (raw === null) {
+    const live = (await new SpaceRegistry(redis, keys).liveWorkers()).flatMap((w) => (w.storage ? [w.storage] : []));
+    const other = live.find((s) => !same(s));
+    if (other && !live.some(same)) throw refusedStorage(other, 'as its live embed workers say (no record yet)', own, keys, settings, who);
+    if ((await redis.set(keys.storage(), JSON.stringify(record), 'NX')) === 'OK') return;
+    raw = await redis.get(keys.storage());
+    // (removed between the two: this process's storage is recorded on its next start)
+    if (raw === null) return;
+  }
   const theirs = parseDocument(StorageRecord, JSON.parse(raw), 'the recorded storage');
-  if (theirs.bucket === own.bucket && theirs.prefix === own.prefix) return;
+  if (!same(theirs)) throw refusedStorage(theirs, `as recorded by its first process (${theirs.by}, ${theirs.at})`, own, keys, settings, who);
+}
+
+function refusedStorage(theirs: Storage, source: string, own: Storage, keys: RedisKeys, redis: { prefix: string; url: string }, who: string): ConfigError {
   const settings = [...(theirs.bucket !== own.bucket ? [`TL_BUCKET=${theirs.bucket}`] : []), ...(theirs.prefix !== own.prefix ? [theirs.prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${theirs.prefix}`] : [])];
-  throw new ConfigError(
-    `this deployment (TL_QUEUE_PREFIX=${queuePrefix} on its Redis) keeps its embeddings and models in s3://${theirs.bucket}/${theirs.prefix}, as recorded by its first process (${theirs.by}, ${theirs.at}); ` +
+  return new ConfigError(
+    `this deployment (TL_QUEUE_PREFIX=${redis.prefix} on its Redis) keeps its embeddings and models in s3://${theirs.bucket}/${theirs.prefix}, ${source}; ` +
       `${who} has s3://${own.bucket}/${own.prefix}, where no other process would look: set ${settings.join(' and ')} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own. ` +
-      `(If the deployment has moved, its files with it, stop every worker and delete the record: redis-cli DEL ${keys.storage()})`,
+      `(If the deployment has moved, its files with it: with its workers stopped, delete the record, redis-cli -u ${redactUrl(redis.url)} DEL ${keys.storage()}; for up's own Redis, while an up with the recorded settings runs)`,
   );
 }
 

@@ -28,8 +28,7 @@ export const ITEM_FAILURE_REASONS: readonly ItemFailureReason[] = [...new Set<It
 /**
  * Failure reasons of the infrastructure or of a crash, not of the image: a re-ingest retries them
  * by itself. Bad input (empty, truncated, …) stays failed until the object changes or
- * `transferline retry --reason` names it. `not-found` is among them: a re-ingest that lists the
- * object has found it there again (deleted and put back, or a shell that listed another S3 than
- * the workers read); one that is still missing is not listed, and leaves the dataset.
+ * `transferline retry --reason` names it. (`not-found` is run again by a re-ingest that lists its
+ * object as put there after it failed: see the ingest's needsRetry.)
  */
-export const TRANSIENT_REASONS: ReadonlySet<string> = new Set<ItemFailureReason>(['attempts-exhausted', 'stalled', 'pixels-expired', 'bad-pixels', 'wrong-embedder', 'changed', 'not-found']);
+export const TRANSIENT_REASONS: ReadonlySet<string> = new Set<ItemFailureReason>(['attempts-exhausted', 'stalled', 'pixels-expired', 'bad-pixels', 'wrong-embedder', 'changed']);

@@ -15,7 +15,7 @@ export function redisKeys(prefix: string) {
     datasetListed: (dataset: string) => `${prefix}:ds:${dataset}:listed`,
     /**
      * string: StorageRecord JSON, the bucket and prefix (TL_BUCKET, TL_PREFIX) this deployment
-     * keeps its embeddings and models in, recorded by its first embed or train worker: a later one
+     * keeps its embeddings and models in, recorded by its first process (up, or an embed or train worker): a later one
      * with others would write where the rest never read (claimStorage)
      */
     storage: () => `${prefix}:storage`,

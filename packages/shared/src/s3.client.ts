@@ -253,15 +253,15 @@ export class ObjectStore {
   }
 
   /**
-   * Calls `notify` once, the first time a request (its retries included) has gone `afterMs`
-   * without an answer: a command waiting on a wedged S3 says so, where it sat silent for minutes.
-   * Requests of the SDK only (not the direct GETs); add before the first request.
+   * Calls `notify` when a request (its retries included) has gone `afterMs` without an answer:
+   * a command waiting on a wedged S3 says so, where it sat silent for minutes. Once until a request
+   * is answered again. Requests of the SDK (listings, HEADs, copies; a direct GET or PUT that goes
+   * unanswered is handed to it after the idle timeout); add before the first request.
    */
   onSlowRequest(afterMs: number, notify: () => void): void {
     let told = false;
     this.client.middlewareStack.add(
       (next) => async (args) => {
-        if (told) return next(args);
         const timer = setTimeout(() => {
           if (told) return;
           told = true;
@@ -269,7 +269,9 @@ export class ObjectStore {
         }, afterMs);
         timer.unref();
         try {
-          return await next(args);
+          const answer = await next(args);
+          told = false;
+          return answer;
         } finally {
           clearTimeout(timer);
         }

@@ -87,15 +87,13 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   );
   if (counts.emptyFolders) {
     const names = counts.emptyFolders;
-    const list = `${names.slice(0, 5).map((n) => `${printable(n)}/`).join(', ')}${names.length > 5 ? ` and ${names.length - 5} more` : ''}`;
-    w(`note: under ${where}, ${list} ${names.length === 1 ? 'is an empty folder' : 'are empty folders'} (a folder marker, no image in ${names.length === 1 ? 'it' : 'them'}): no label of ${names.length === 1 ? 'it' : 'them'} is in the dataset`);
+    w(`note: under ${where}, ${folderList(names)} ${names.length === 1 ? 'is an empty folder' : 'are empty folders'} (a folder marker, no image in ${names.length === 1 ? 'it' : 'them'}): no label of ${names.length === 1 ? 'it' : 'them'} is in the dataset`);
   }
   if (counts.mixedLayout) {
     const { splitFolders, labelFolders } = counts.mixedLayout;
-    const list = (names: string[]) => `${names.slice(0, 5).map((n) => `${printable(n)}/`).join(', ')}${names.length > 5 ? ` and ${names.length - 5} more` : ''}`;
     w(
-      `note: under ${where}, ${list(splitFolders)} hold${splitFolders.length === 1 ? 's' : ''} splits (the folders in ${splitFolders.length === 1 ? 'it' : 'them'} are labels), ` +
-        `but ${list(labelFolders)} ${labelFolders.length === 1 ? 'is' : 'are'} taken as label${labelFolders.length === 1 ? '' : 's'} themselves: ` +
+      `note: under ${where}, ${folderList(splitFolders)} hold${splitFolders.length === 1 ? 's' : ''} splits (the folders in ${splitFolders.length === 1 ? 'it' : 'them'} are labels), ` +
+        `but ${folderList(labelFolders)} ${labelFolders.length === 1 ? 'is' : 'are'} taken as label${labelFolders.length === 1 ? '' : 's'} themselves: ` +
         `if ${labelFolders.length === 1 ? 'it is' : 'they are'} not labels, ingest the right prefixes one by one into a new dataset (this one has those labels now)`,
     );
   }
@@ -156,6 +154,11 @@ export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions)
   return { failed };
 }
 
+/** Folder names as a note lists them: the first five, and how many more. */
+function folderList(names: string[]): string {
+  return `${names.slice(0, 5).map((n) => `${printable(n)}/`).join(', ')}${names.length > 5 ? ` and ${names.length - 5} more` : ''}`;
+}
+
 export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   const w = (line: string) => ctx.out.write(`${line}\n`);
   w(
@@ -170,7 +173,7 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   // listed, then not found: deleted since, or (every image of an ingest, in a user's trial) the
   // workers read another S3 than the one this shell listed
   const notFound = s.failuresByReason.filter((f) => f.reason === 'not-found').reduce((n, f) => n + f.count, 0);
-  if (notFound) w(`  note: ${notFound} listed but not found by the workers: deleted since, or the workers read another S3 than this shell's S3_ENDPOINT (${redactUrl(ctx.config.s3.endpoint)}): set it as theirs. A re-ingest runs again each one it lists`);
+  if (notFound) w(`  note: ${notFound} listed but not found by the workers: deleted since, or listed from another S3 than the workers read (this shell's S3_ENDPOINT is ${redactUrl(ctx.config.s3.endpoint)}). A re-ingest runs again each one put back since it failed`);
   for (const line of elsewhereLines(s)) w(`  ${line}`);
   printFailures(ctx, s);
 }

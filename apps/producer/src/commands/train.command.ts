@@ -128,12 +128,14 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     const why = permanentFailureOf(replaces.failedReason)!;
     ctx.out.write(`run ${runId} ended without a model (${why.reason === 'cancelled' ? 'cancelled' : `${why.reason}: ${why.detail}`}): this run takes its id\n`);
   }
-  // The same command again (twice in a row, or from two shells) while its run has not started:
-  // that run reads the dataset when it starts, so a second would train on the same images with
-  // the same settings and seed, a copy. This one joins it; a run id given asks for a run of its own.
+  // The same command again (twice in a row, or from another shell) while its run is queued, not
+  // running (waiting, or put back by a stopping worker, or waiting to retry): that run reads the
+  // dataset when it starts, so a second would train on the same images with the same settings and
+  // seed, a copy. This one joins it; a run id given asks for a run of its own. (Two commands in the
+  // same instant may both queue: the look and the add are not one step.)
   const twin = o.runId === undefined ? await queuedTwin(ctx, payload) : undefined;
   if (twin) {
-    ctx.out.write(`run ${twin} of ${payload.dataset}, with these same settings, is queued and has not started: it trains on what the dataset holds when it starts, so this joins it rather than queue a copy (--run-id ID queues another)\n`);
+    ctx.out.write(`run ${twin} of ${payload.dataset}, with these same settings, is queued, not running now: it trains on what the dataset holds when it starts, so this joins it rather than queue a copy (--run-id ID queues another)\n`);
     if (!wait) return { runId: twin };
     return followRun(ctx, twin, stallSeconds);
   }
@@ -145,7 +147,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   return followRun(ctx, runId, stallSeconds);
 }
 
-/** A run of the same dataset and settings (its id aside) that no worker has started yet (the first 1,000 looked at). */
+/** A run of the same dataset and settings (its id aside) that no worker runs now: waiting, or delayed (the first 1,000 looked at). */
 async function queuedTwin(ctx: CliContext, payload: TrainJob): Promise<string | undefined> {
   const { runId: _, ...settings } = payload;
   for (const job of await ctx.queues.train.getJobs(['waiting', 'prioritized', 'delayed'], 0, 999)) {

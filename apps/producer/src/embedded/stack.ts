@@ -180,18 +180,6 @@ export async function startStack(
         probe.disconnect();
       }
     }
-    const store = new ObjectStore(config.s3);
-    try {
-      await store.ensureBucket(config.s3.bucket);
-    } catch (err) {
-      if (config.s3.embedded) throw err;
-      // an HTTP answer (403: other credentials, say) is not silence
-      const answered = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode !== undefined;
-      throw external('S3_ENDPOINT', 'S3 server', config.s3.endpoint, `${answered ? 'it answers with an error' : 'it does not answer'} (${(err as Error).message})`);
-    } finally {
-      store.close();
-    }
-
     const redis = createRedis(config.redis.url, 'worker');
     // The stack's embedding space is cluster state from the start: a CLI can resolve it before
     // the embed workers have loaded their model (they publish it too, with their heartbeats).
@@ -199,10 +187,23 @@ export async function startStack(
     const keys = redisKeys(config.redis.prefix);
     // A data directory's Redis keeps the storage its deployment recorded: an up with another
     // TL_BUCKET/TL_PREFIX is refused here, not by each of its workers in turn, restarted for ever.
-    await claimStorage(redis, keys, { bucket: config.s3.bucket, prefix: config.s3.prefix }, config.redis.prefix, 'this up').catch(async (err: unknown) => {
+    // (before the bucket is made: a mistyped TL_BUCKET refused here leaves no bucket behind)
+    await claimStorage(redis, keys, { bucket: config.s3.bucket, prefix: config.s3.prefix }, config.redis, 'this up').catch(async (err: unknown) => {
       redis.disconnect();
       throw err;
     });
+    const store = new ObjectStore(config.s3);
+    try {
+      await store.ensureBucket(config.s3.bucket);
+    } catch (err) {
+      redis.disconnect();
+      if (config.s3.embedded) throw err;
+      // an HTTP answer (403: other credentials, say) is not silence
+      const answered = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode !== undefined;
+      throw external('S3_ENDPOINT', 'S3 server', config.s3.endpoint, `${answered ? 'it answers with an error' : 'it does not answer'} (${(err as Error).message})`);
+    } finally {
+      store.close();
+    }
     const spaces = new SpaceRegistry(redis, keys);
     await spaces.publish(space);
 
