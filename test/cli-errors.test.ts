@@ -333,6 +333,9 @@ describe('what a user sees when something is wrong', () => {
       } finally {
         await beat.stop();
       }
+      // no embed worker live: the storage the deployment recorded says the same
+      const alone = await runCli(['models'], { ...stack.env, TL_BUCKET: 'their-photos' });
+      expect(alone.stdout).toBe(`no trained models yet: this shell looks in s3://their-photos/${prefix}, but this deployment keeps embeddings and models in s3://${bucket}/${prefix}: set TL_BUCKET=${bucket} as its first process recorded it\n`);
     });
 
     it("a worker whose TL_BUCKET or TL_PREFIX is not the deployment's refuses to start, naming the settings (it would file embeddings where no other process looks)", async () => {

@@ -1,4 +1,4 @@
-import { storageAdvice } from '@transferline/shared';
+import { parseDocument, storageAdvice, StorageRecord } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 
 /**
@@ -12,10 +12,20 @@ export async function nothingHere(ctx: CliContext, base: string, advice: string 
   return `${base}${typeof advice === 'string' ? advice : await advice()}`;
 }
 
-/** The storage advice for this shell, from the live workers; undefined when there is none to give. */
+/**
+ * The storage advice for this shell, from the live workers, or with none live from the storage the
+ * deployment recorded (claimStorage); undefined when there is none to give.
+ */
 export async function storageHint(ctx: CliContext): Promise<string | undefined> {
-  return ctx.services.spaces.liveWorkers().then(
-    (workers) => storageAdvice(ctx.config.s3, workers),
-    () => undefined, // (a Redis that does not answer: the usual advice, and the command goes on to say so)
-  );
+  const { spaces, redis, keys } = ctx.services;
+  const hint = async () => {
+    const workers = await spaces.liveWorkers();
+    if (workers.some((w) => w.storage)) return storageAdvice(ctx.config.s3, workers);
+    const raw = await redis.get(keys.storage());
+    if (raw === null) return undefined;
+    const recorded = parseDocument(StorageRecord, JSON.parse(raw), 'the recorded storage');
+    return storageAdvice(ctx.config.s3, [{ storage: recorded }], { keep: 'this deployment keeps', have: 'as its first process recorded it' });
+  };
+  // (a Redis that does not answer: the usual advice, and the command goes on to say so)
+  return hint().catch(() => undefined);
 }

@@ -73,15 +73,19 @@ function refusedStorage(theirs: Storage, source: string, own: Storage, keys: Red
  * from them), the line that says so and which settings to set; undefined when one matches, or
  * when no live worker says (none live, or a version before workers said where).
  */
-export function storageAdvice(own: Storage, workers: readonly EmbedWorkerInfo[]): string | undefined {
+export function storageAdvice(
+  own: Storage,
+  workers: readonly { storage?: Storage }[],
+  whose: { keep: string; have: string } = { keep: 'the live embed workers keep', have: 'as the workers have it' },
+): string | undefined {
   const theirs = [...new Map(workers.flatMap((w) => (w.storage ? [[`s3://${w.storage.bucket}/${w.storage.prefix}`, w.storage] as const] : []))).entries()].sort(([a], [b]) => a.localeCompare(b));
   if (theirs.length === 0 || theirs.some(([, s]) => s.bucket === own.bucket && s.prefix === own.prefix)) return undefined;
-  const looks = `this shell looks in s3://${own.bucket}/${own.prefix}, but the live embed workers keep embeddings and models in`;
+  const looks = `this shell looks in s3://${own.bucket}/${own.prefix}, but ${whose.keep} embeddings and models in`;
   // workers that disagree among themselves: which of them is right is not this line's to say
   if (theirs.length > 1) return `${looks} ${theirs.map(([url]) => url).join(' and ')} (they disagree: set TL_BUCKET and TL_PREFIX as the workers whose models you want have them)`;
   const [[url, s]] = theirs as [[string, Storage]];
   const settings = [...(s.bucket !== own.bucket ? [`TL_BUCKET=${s.bucket}`] : []), ...(s.prefix !== own.prefix ? [s.prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${s.prefix}`] : [])];
-  return `${looks} ${url}: set ${settings.join(' and ')} as the workers have it`;
+  return `${looks} ${url}: set ${settings.join(' and ')} ${whose.have}`;
 }
 
 /** A space with the embed workers that run it now. */
