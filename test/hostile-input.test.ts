@@ -252,7 +252,8 @@ describe('small CLI holes', () => {
     expect(deep.stderr).toContain(`\ntransferline: none of the 8 objects is in a label folder under s3://${photos}/proto/toString/, so nothing was added to dataset proto (a prefix one level too deep? its label folders are under s3://${photos}/proto/)\n`);
     expect(deep.stdout).not.toMatch(/^dataset proto:/m);
     expect((await ctx.services.inspector.status('proto')).total).toBe(24);
-    const moved = await cli(['relabel', '-d', 'proto', `s3://${photos}/proto/toString/7.jpg`, '--to', 'zebra']);
+    // (zebra: a label proto does not have yet)
+    const moved = await cli(['relabel', '-d', 'proto', `s3://${photos}/proto/toString/7.jpg`, '--to', 'zebra', '--new-label']);
     expect(moved.stderr).toBe('');
     expect(moved.stdout).toMatch(/relabel proto: 1 moved/);
     // the object was in another dataset too (proto-more, from the first test): named, and true

@@ -111,6 +111,10 @@ describe('review and relabel', () => {
     // progress, fold by fold (a plain line per update off a terminal)
     expect(text.stderr).toMatch(/^review of noisy: folds: 5\/5 fitted$/m);
     expect(text.stdout).toMatch(/look mislabelled/);
+    // how far to trust it: the share of labels its out-of-fold predictions agree with (a user's trial relabelled on its word)
+    const agree = r.lines.filter((l) => l.suggested === l.given).length / r.lines.length;
+    expect(text.stdout).toMatch(/^ {2}the model behind these suggestions agrees with the given label on [\d.]+% of them \(out of fold\)/m);
+    expect(text.stdout.includes('look at each before moving it')).toBe(agree < 0.9);
     expect(text.stdout).toMatch(/most uncertain/);
     // each uncertain image with the label it is confused with, never its own label twice
     const [head, rest] = text.stdout.split('the 6 most uncertain of the others (lowest top probability first):\n');
@@ -188,6 +192,10 @@ describe('review and relabel', () => {
 
   it('moves named images with --to, and says what it cannot find', async () => {
     const key = `s3://${bucket}/train/circle/circle-0.jpg`;
+    // a label the dataset lacks: a typo more often than a new class (a user's trial made a class of one image)
+    const typo = await runCli(['relabel', '-d', 'noisy', key, '--to', 'squares'], stack.env);
+    expect({ code: typo.code, stderr: typo.stderr }).toEqual({ code: 2, stderr: 'transferline: squares is not a label of noisy (circle, square, triangle); did you mean square?: add --new-label to make it one\n' });
+    expect(await ctx.services.store.headObject(bucket, 'train/circle/circle-0.jpg')).toBeDefined();
     const moved = await runCli(['relabel', '-d', 'noisy', key, '--to', 'square'], stack.env);
     expect(moved.code).toBe(0);
     expect(moved.stdout).toMatch(/moved s3:\/\/review-photos\/train\/circle\/circle-0\.jpg → s3:\/\/review-photos\/train\/square\/circle-0\.jpg/);

@@ -305,7 +305,7 @@ program
   .command('review')
   .description("rank the images whose given label the model finds least likely (out-of-fold, confident learning), and the most uncertain")
   .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
-  .option('--top <n>', 'how many to print of each list (default 20)', int('--top'))
+  .option('--top <n>', 'how many to print of each list: the label issues, the most uncertain of the others (default 20)', int('--top'))
   .option('--folds <k>', 'folds of the out-of-fold predictions (default 5, at least 2)', (v: string) => {
     const k = int('--folds')(v);
     if (k < 2) throw new InvalidArgumentError('--folds must be 2 or more (each image is predicted by a model that did not see it)');
@@ -319,11 +319,12 @@ program
   .description('move images to another label folder and update the dataset (nothing is embedded again)')
   .argument('[keys...]', 's3://bucket/key of each image to move')
   .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
-  .option('--to <label>', 'the new label')
+  .option('--to <label>', 'the new label: one the dataset has, unless --new-label')
+  .option('--new-label', 'with --to: the label is a new one (else a label the dataset lacks is refused as a likely typo)')
   .option('--from-review <s3url>', 'move the label issues of a review file to their suggested labels')
   .option('--top <n>', 'with --from-review: only the first n issues', int('--top'))
   .option('--dry-run', 'check every move and print what would move, moving nothing')
-  .action((keys: string[], o: { dataset: string; to?: string; fromReview?: string; top?: number; dryRun?: boolean }) => withContext(async (ctx) => (await reviewing()).relabelCommand(ctx, { ...o, keys })));
+  .action((keys: string[], o: { dataset: string; to?: string; newLabel?: boolean; fromReview?: string; top?: number; dryRun?: boolean }) => withContext(async (ctx) => (await reviewing()).relabelCommand(ctx, { ...o, keys })));
 
 program
   .command('models')

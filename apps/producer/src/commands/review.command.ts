@@ -6,6 +6,9 @@ import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { randomSpaceNote } from '../report-words.js';
 
+/** Below this share of out-of-fold predictions that agree with the labels, review says its suggestions need a look each. */
+const TRUSTED_AGREEMENT = 0.9;
+
 /**
  * `transferline review -d NAME [--top N] [--folds K] [--json]`: ranks the images whose given label
  * the model finds least likely (out-of-fold, confident learning) and the most uncertain ones,
@@ -45,9 +48,14 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   if (review.underTwoLabels) w(`  ${review.underTwoLabels} of them ${review.underTwoLabels === 1 ? 'is' : 'are'} filed under more than one label: predicted, but fitted under none (move ${review.underTwoLabels === 1 ? 'it' : 'them'} with transferline relabel)`);
   if (review.failed) w(`  left out: ${review.failed} failed image${review.failed === 1 ? '' : 's'} (see transferline failures -d ${o.dataset})`);
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
+  // How far its suggestions can be trusted: a model wrong about many images itself flags good
+  // labels too (a user's trial moved two well-labelled images on its word).
+  const agree = review.lines.length ? review.lines.filter((l) => l.suggested === l.given).length / review.lines.length : 1;
+  const weak = agree < TRUSTED_AGREEMENT;
+  w(`  the model behind these suggestions agrees with the given label on ${(agree * 100).toFixed(1)}% of them (out of fold)${weak ? ': it is wrong about many images itself, so many it flags are labelled well: look at each before moving it' : ''}`);
   w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
   w('  p(given)  given → suggested  key');
-  const { issues, uncertain } = reviewHighlights(review.lines, { issues: top, uncertain: Math.min(top, 10) });
+  const { issues, uncertain } = reviewHighlights(review.lines, { issues: top, uncertain: top });
   for (const l of issues) w(row(l));
   w(`the ${uncertain.length} most uncertain${issues.length ? ' of the others' : ''} (lowest top probability first):`);
   // here the suggested label is often the given one: the label it is confused with says more
@@ -58,8 +66,9 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   }
   w(`full list (JSON Lines): s3://${bucket}/${outputKey}`);
   if (review.issues) {
-    w(`move them to the suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
-    w('  (add --dry-run to see each move first, and move nothing)');
+    // (the first N of the file: those listed above, least likely first)
+    w(`look at them; to move those listed to their suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
+    w(`  (add --dry-run to see each move first, and move nothing; a wrong one moved is moved back with relabel KEY --to LABEL)`);
   }
   return { ...review, outputKey };
 }
@@ -68,7 +77,7 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
  * `transferline relabel -d NAME KEY… --to LABEL`, or `--from-review s3://…jsonl [--top N]`: moves
  * the objects to another label folder and updates the dataset, without embedding anything again.
  */
-export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys: string[]; to?: string; fromReview?: string; top?: number; dryRun?: boolean }): Promise<RelabelOutcome[]> {
+export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys: string[]; to?: string; newLabel?: boolean; fromReview?: string; top?: number; dryRun?: boolean }): Promise<RelabelOutcome[]> {
   const asItemId = (k: string) => k.replace(/^s3:\/\//, '');
   let moves: { itemId: string; label: string }[];
   if (o.fromReview) {
@@ -84,6 +93,15 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
     moves = lines.filter((l) => l.issue).slice(0, o.top ?? Number.POSITIVE_INFINITY).map((l) => ({ itemId: asItemId(l.key), label: l.suggested }));
   } else {
     if (!o.to || o.keys.length === 0) throw new CliExit(EXIT.usage, 'transferline: name the images and the new label: transferline relabel -d NAME s3://bucket/key … --to LABEL (or --from-review)');
+    // A label the dataset does not have is a typo more often than a new class (a user's trial:
+    // --to plum beside plums made a class of one image): said before anything moves.
+    if (!o.newLabel) {
+      const known = (await ctx.services.inspector.status(o.dataset, 0)).labels.filter((l) => !l.unlabelled).map((l) => l.label);
+      if (known.length && !known.includes(o.to)) {
+        const close = known.filter((l) => l.toLowerCase().startsWith(o.to!.toLowerCase()) || o.to!.toLowerCase().startsWith(l.toLowerCase()));
+        throw new CliExit(EXIT.usage, `transferline: ${printable(o.to)} is not a label of ${o.dataset} (${known.map(printable).join(', ')})${close.length ? `; did you mean ${close.map(printable).join(' or ')}?` : ''}: add --new-label to make it one`);
+      }
+    }
     moves = o.keys.map((k) => ({ itemId: asItemId(k), label: o.to! }));
   }
   const w = (s: string) => ctx.out.write(`${s}\n`);
