@@ -1,4 +1,4 @@
-import { DatasetRepository, LostSources, parseDocument, redisKeys, RunDoc, SpaceRegistry, type Redis, type RedisKeys } from '@transferline/shared';
+import { DatasetRepository, isClassifyDataset, LostSources, parseDocument, redisKeys, RunDoc, SpaceRegistry, type Redis, type RedisKeys } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { globLiteral, redisKeysMatching } from './redis-scan.js';
 import { latestRun, listModelRuns } from './commands/models.command.js';
@@ -127,7 +127,9 @@ export async function datasetUnderOtherPrefixes(ctx: CliContext, name: string): 
 export async function noSuchDataset(ctx: CliContext, name: string, none = '(none)'): Promise<Error> {
   const others = await datasetUnderOtherPrefixes(ctx, name).catch(() => []);
   if (others.length) return new Error(`no dataset named ${name} here: ${otherPrefixWords(ctx, others, 'it')}`);
-  return new Error(`no dataset named ${name}; known: ${(await ctx.services.datasets.list()).join(', ') || none}`);
+  // (the sets classify keeps of a model's images are named only to one who asks for such a set)
+  const known = (await ctx.services.datasets.list()).filter((d) => isClassifyDataset(name) || !isClassifyDataset(d));
+  return new Error(`no dataset named ${name}; known: ${known.join(', ') || none}`);
 }
 
 /**

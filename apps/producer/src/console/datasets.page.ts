@@ -1,4 +1,4 @@
-import { queueName, relistCommand, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
+import { isClassifyDataset, queueName, relistCommand, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { ModelRun } from '../commands/models.command.js';
 import type { DatasetCounts, DatasetPage, Overview, QueueSummary } from './console-data.js';
 import type { Counted } from './status-memo.js';
@@ -111,7 +111,10 @@ export function datasetPage(access: Access, d: DatasetPage, now = Date.now()): s
       )}</table>${s.failed > s.failures.length ? html`<p class="muted">first ${s.failures.length} of ${s.failed}: <code>transferline failures -d ${s.dataset}</code> lists all</p>` : ''}`
     : '';
   const body = html`<section data-dataset="${s.dataset}"><h1>Dataset <span class="label">${s.dataset}</span></h1>
-<p>embedding space <code id="space">${s.space ?? '(none recorded)'}</code> · <a href="/datasets/${seg(s.dataset)}/review" id="review-link">labels worth a second look</a> (from <code>transferline review -d ${s.dataset}</code>)</p>
+<p>embedding space <code id="space">${s.space ?? '(none recorded)'}</code>${
+    // (a classify set has no labels to review: review refuses its name)
+    isClassifyDataset(s.dataset) ? '' : html` · <a href="/datasets/${seg(s.dataset)}/review" id="review-link">labels worth a second look</a> (from <code>transferline review -d ${s.dataset}</code>)`
+  }</p>
 ${countCards(s)}${countedAge(d.counted, now) ? html`<p>${countedAge(d.counted, now)}</p>` : ''}
 <h2>Failures by reason</h2>${failuresByReason(s)}${barChart('failures-chart', 'failures by reason', s.failuresByReason.map((f) => ({ name: `${f.stage} ${f.reason}`, value: f.count })), '#c0504d')}
 ${failures}
