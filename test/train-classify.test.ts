@@ -578,6 +578,12 @@ describe('training runs and classification', () => {
     // and so does its JSON, where "?" alone could be a folder named so
     const json = JSON.parse((await runCli(['status', '-d', classifyDatasetName('shapes'), '--json'], stack.env)).stdout) as { datasets: { labels: { label: string; unlabelled?: boolean }[] }[] };
     expect(json.datasets[0]!.labels).toEqual([expect.objectContaining({ unlabelled: true })]);
+    // a name not found lists the datasets a user names, not the sets classify keeps (a user's trial:
+    // "known: _classify.fruit, …", a name review then refused); asked for one, those are listed
+    const missing = await runCli(['status', '-d', 'nosuch'], stack.env);
+    expect(missing.stderr).toMatch(/^transferline: no dataset named nosuch; known: .*\bshapes\b/);
+    expect(missing.stderr).not.toContain(classifyDatasetName('shapes'));
+    expect((await runCli(['status', '-d', classifyDatasetName('nosuch')], stack.env)).stderr).toContain(classifyDatasetName('shapes'));
   });
 
   it("a latest run deleted from the bucket: models, classify and export use the newest run left, and say so", async () => {
@@ -986,6 +992,16 @@ describe('training runs and classification', () => {
     // rolled back
     expect((await runCli(['promote', `shapes@${before}`], stack.env)).code).toBe(0);
     expect(await latestOf()).toBe(before);
+    // a run made the latest that does worse than the one it replaced (a user's trial: serve followed
+    // an experiment of lower accuracy, unsaid): train says so, and how to go back, which works
+    const poor = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--patience', '0', '--learning-rate', '0.000001', '--run-id', 'shapes-poor'], stack.env);
+    expect(poor.code).toBe(0);
+    const accuracyOf = async (run: string) => (await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('shapes', run, 'report.json')))!.validation.accuracy;
+    expect(await accuracyOf('shapes-poor')).toBeLessThan(await accuracyOf(before!));
+    expect(poor.stdout).toMatch(new RegExp(`^ {2}note: it replaced run ${before} \\(validation accuracy [\\d.]+%, against [\\d.]+%\\) as the latest of shapes, which classify, serve and export use; to go back: transferline promote shapes@${before} \\(train with --no-promote to try settings without this\\)$`, 'm'));
+    expect((await runCli(['promote', `shapes@${before}`], stack.env)).code).toBe(0);
+    expect(await latestOf()).toBe(before);
+    expect((await runCli(['delete', 'run', 'shapes@shapes-poor', '--yes'], stack.env)).code).toBe(0);
     // promoted once, a --no-promote run is a run like the others: no mark, not a candidate
     const listed = await runCli(['models', '-d', 'shapes'], stack.env);
     expect(listed.stdout).toMatch(/^shapes\s+shapes-candidate\s/m);

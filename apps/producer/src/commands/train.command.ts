@@ -9,6 +9,7 @@ import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { classFigures, confusableLabelNotes, fewToLearn, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
+import { latestRun } from './models.command.js';
 import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
 import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
 
@@ -170,6 +171,8 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
   if (dataset !== undefined && payload.dataset !== dataset) {
     throw new CliExit(EXIT.usage, `transferline: run ${runId} trains dataset ${payload.dataset}, not ${dataset} (--follow takes the run id alone)`);
   }
+  // the latest run before this one ends: what it replaces, if it becomes the latest (serve follows it)
+  const before = payload.promote ? await latestRun(ctx, payload.dataset).catch(() => undefined) : undefined;
   const bar = createProgress(`training ${payload.dataset}`);
   let result: TrainResult;
   try {
@@ -201,6 +204,7 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
   const report = await ctx.services.store.getDocument(ReportDoc, result.bucket ?? ctx.config.s3.bucket, `${result.modelPrefix}${'report.json' satisfies RunFile}`);
   const random = report && randomSpaceNote(await ctx.services.spaces.get(report.embedderId).catch(() => undefined), 'these figures are');
   printReport(ctx, result, report, payload.promote, random);
+  if (result.latest && before && before.runId !== runId) await sayIfWorse(ctx, result, before.runId);
   return { runId, result, ...(report && { report }) };
 }
 
@@ -284,6 +288,22 @@ export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_
 /** "10 train, 4 validation, 2 test": how the run's images were split, so that no figure reads as all of them. */
 function splitWords(split: ReportDoc['split']): string {
   return `${split.train} train, ${split.validation} validation${split.test > 0 ? `, ${split.test} test` : ''}`;
+}
+
+/**
+ * A run made the latest whose validation accuracy is below the one it replaced: classify, serve
+ * (which follows the latest) and export now use the worse one. Said, with the way back (a user's
+ * trial: an experiment silently replaced what serve answered with).
+ */
+async function sayIfWorse(ctx: CliContext, result: TrainResult, previous: string): Promise<void> {
+  const { store, layout } = ctx.services;
+  const old = await store.getDocument(ReportDoc, result.bucket ?? ctx.config.s3.bucket, layout.runFile(result.dataset, previous, 'report.json')).catch(() => undefined);
+  if (!old || old.validation.accuracy <= result.validationAccuracy) return;
+  const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+  ctx.out.write(
+    `  note: it replaced run ${previous} (validation accuracy ${pct(old.validation.accuracy)}, against ${pct(result.validationAccuracy)}) as the latest of ${result.dataset}, which classify, serve and export use; ` +
+      `to go back: transferline promote ${result.dataset}@${previous} (train with --no-promote to try settings without this)\n`,
+  );
 }
 
 function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | undefined, promote: boolean, random?: string): void {
