@@ -89,7 +89,7 @@ async function holderAtEpoch(runId: string, epochs: number): Promise<string> {
   return holder!;
 }
 
-type Report = { split: { train: number; validation: number; test: number; explicit: boolean }; history: unknown[]; validation: { accuracy: number; confusionMatrix: number[][] }; createdAt: string; runId: string };
+type Report = { split: { train: number; validation: number; test: number; explicit: boolean }; history: unknown[]; validation: { accuracy: number; confusionMatrix: number[][] }; createdAt: string; runId: string; params: { epochs: number; hiddenUnits: number }; bestEpoch: number };
 
 describe('training runs and classification', () => {
   let first: Report;
@@ -162,10 +162,16 @@ describe('training runs and classification', () => {
   it('lists the runs with their accuracy', async () => {
     const r = await runCli(['models', '--json'], stack.env);
     expect(r.code).toBe(0);
-    const runs = JSON.parse(r.stdout) as { dataset: string; runId: string; validationAccuracy: number; latest: boolean }[];
+    const runs = JSON.parse(r.stdout) as { dataset: string; runId: string; validationAccuracy: number; latest: boolean; params: { epochs: number; hiddenUnits: number }; bestEpoch: number }[];
     expect(runs.filter((x) => x.dataset === 'shapes')).toHaveLength(2);
     expect(runs.filter((x) => x.latest)).toHaveLength(1);
     expect(runs[0]!.validationAccuracy).toBeCloseTo(first.validation.accuracy, 6);
+    // each with how it was made, to compare runs by (a user's trial could tell runs apart only by their time)
+    expect(runs[0]!.params).toMatchObject({ epochs: first.params.epochs, hiddenUnits: first.params.hiddenUnits });
+    expect(runs[0]!.bestEpoch).toBe(first.bestEpoch);
+    const table = await runCli(['models'], stack.env);
+    expect(table.stdout).toMatch(/^dataset +run +val acc +test acc +classes +head +epochs +embeddings$/m);
+    expect(table.stdout).toMatch(new RegExp(`^${runs[0]!.dataset}\\s+${runs[0]!.runId}.*\\s${first.params.hiddenUnits > 0 ? `hidden ${first.params.hiddenUnits}` : 'softmax'}\\s+${first.bestEpoch}/${first.params.epochs}\\s`, 'm'));
   });
 
   it('classifies new images into JSON Lines in the bucket, keeps them out of the training set, and watches for more', async () => {

@@ -1,5 +1,5 @@
 import pMap from 'p-map';
-import { DatasetName, LatestDoc, latestPointer, PromotedDoc, ReportDoc, type TrainJob } from '@transferline/shared';
+import { DatasetName, LatestDoc, latestPointer, PromotedDoc, ReportDoc, type HeadParams, type TrainJob } from '@transferline/shared';
 import { jobsInFlight } from '../jobs-in-flight.js';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
@@ -18,6 +18,9 @@ export interface ModelRun {
   /** two classes: the threshold classify, serve and export decide at, and the accuracies there */
   atThreshold?: { threshold: number; validation: number; test?: number };
   partial: boolean;
+  /** the settings it was trained with (hidden units, dropout, epochs, learning rate, …) and its best epoch: runs compared by how they were made */
+  params: HeadParams;
+  bestEpoch: number;
   /** trained with --no-promote and never promoted: never taken as latest unless promoted */
   candidate: boolean;
   latest: boolean;
@@ -62,6 +65,8 @@ export async function listModelRuns(ctx: CliContext, dataset?: string, reports?:
           },
         }),
         partial: r.coverage.partial,
+        params: r.params,
+        bestEpoch: r.bestEpoch,
         candidate: r.params.promote === false,
         latest: false,
       }
@@ -167,10 +172,10 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
     return runs;
   }
   const pct = (x?: number) => (x === undefined ? '   –  ' : `${(x * 100).toFixed(1).padStart(5)}%`);
-  ctx.out.write('dataset          run                          val acc  test acc  classes  embeddings\n');
+  ctx.out.write('dataset          run                          val acc  test acc  classes  head        epochs  embeddings\n');
   for (const r of runs) {
     ctx.out.write(
-      `${r.dataset.padEnd(16)} ${(r.runId + (r.latest ? ' *' : '')).padEnd(28)} ${pct(r.validationAccuracy).padStart('val acc'.length)}  ${pct(r.testAccuracy).padStart('test acc'.length)}  ${String(r.labels.length).padStart('classes'.length)}  ${r.embedderId}${r.partial ? ' (partial)' : ''}${r.candidate && !r.latest ? ' (--no-promote)' : ''}\n`,
+      `${r.dataset.padEnd(16)} ${(r.runId + (r.latest ? ' *' : '')).padEnd(28)} ${pct(r.validationAccuracy).padStart('val acc'.length)}  ${pct(r.testAccuracy).padStart('test acc'.length)}  ${String(r.labels.length).padStart('classes'.length)}  ${headWords(r.params).padEnd('head      '.length)}  ${`${r.bestEpoch}/${r.params.epochs}`.padStart('epochs'.length)}  ${r.embedderId}${r.partial ? ' (partial)' : ''}${r.candidate && !r.latest ? ' (--no-promote)' : ''}\n`,
     );
     // the accuracies above are at 0.5; a two-class model decides at its threshold
     const t = r.atThreshold;
@@ -184,6 +189,11 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
     ctx.out.write(`note: the latest run of ${r.dataset}, ${r.latestInsteadOf}, is no longer in the bucket: its newest run left, ${r.runId}, is used instead\n`);
   }
   return runs;
+}
+
+/** A run's head in a table cell: a softmax on the embeddings, or its hidden layer (the rest of its settings: --json). */
+function headWords(p: HeadParams): string {
+  return p.hiddenUnits > 0 ? `hidden ${p.hiddenUnits}` : 'softmax';
 }
 
 /** `DATASET@RUN`, a run named in full (commands that change a run take no implicit "latest"). */
