@@ -357,33 +357,37 @@ describe('what a user sees when something is wrong', () => {
       try {
         // one started with another TL_PREFIX (a user's trial: its embeddings were indexed where no one
         // looked, and every run failed after), or another TL_BUCKET, even with no other worker live
-        const elsewhere = await worker('embed', { TL_PREFIX: 'tl2/' }).exited;
-        expect(elsewhere.code).toBe(1);
-        expect(elsewhere.stderr).toContain(`embed worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}, as recorded by its first process (`);
-        expect(elsewhere.stderr).toContain(`this worker has s3://${bucket}/tl2/, where no other process would look: set ${prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${prefix}`} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own.`);
-        // it never said it was starting: no command waits on it
-        expect(await ctx.services.spaces.startingWorkers(stack.space.id)).toEqual([]);
-        const train = await worker('train', { TL_BUCKET: 'their-photos' }).exited;
-        expect(train.code).toBe(1);
-        expect(train.stderr).toContain(`train worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}`);
-        expect(train.stderr).toContain(`: set TL_BUCKET=${bucket} as the others have it`);
-        // an up on the deployment's Redis with another TL_PREFIX: refused before it starts a worker
-        // (each would be refused in turn, and restarted for ever)
-        const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-upstorage-'));
+        // (the four refusals at once: each is a process start)
+        const dirs = await Promise.all([0, 1].map(() => mkdtemp(path.join(os.tmpdir(), 'tl-upstorage-'))));
+        const upWith = (dir: string, env: NodeJS.ProcessEnv) => runCli(['up', '--metrics-port', '0'], { ...stack.env, TL_DATA_DIR: dir, TL_MODEL_WEIGHTS: 'random', ...env }, 60_000);
         try {
-          const up = await runCli(['up', '--metrics-port', '0'], { ...stack.env, TL_DATA_DIR: dir, TL_PREFIX: 'tl2/', TL_MODEL_WEIGHTS: 'random' }, 60_000);
+          const [elsewhere, train, up, typo] = await Promise.all([
+            worker('embed', { TL_PREFIX: 'tl2/' }).exited,
+            worker('train', { TL_BUCKET: 'their-photos' }).exited,
+            // an up on the deployment's Redis with another TL_PREFIX: refused before it starts a worker
+            // (each would be refused in turn, and restarted for ever)
+            upWith(dirs[0]!, { TL_PREFIX: 'tl2/' }),
+            // a mistyped TL_BUCKET: refused before it makes that bucket
+            upWith(dirs[1]!, { TL_BUCKET: 'tl-typo-bucket' }),
+          ]);
+          expect(elsewhere.code).toBe(1);
+          expect(elsewhere.stderr).toContain(`embed worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}, as recorded by its first process (`);
+          expect(elsewhere.stderr).toContain(`this worker has s3://${bucket}/tl2/, where no other process would look: set ${prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${prefix}`} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own.`);
+          // it never said it was starting: no command waits on it
+          expect(await ctx.services.spaces.startingWorkers(stack.space.id)).toEqual([]);
+          expect(train.code).toBe(1);
+          expect(train.stderr).toContain(`train worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}`);
+          expect(train.stderr).toContain(`: set TL_BUCKET=${bucket} as the others have it`);
           expect(up.code).toBe(1);
           expect(up.stderr).toContain(`this up has s3://${bucket}/tl2/, where no other process would look`);
           // how to record another, on the Redis it uses
           expect(up.stderr).toContain(`delete the record, redis-cli -u ${stack.config.redis.url} DEL ${ctx.services.keys.storage()}`);
-          expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
-          // a mistyped TL_BUCKET: refused before it makes that bucket
-          const typo = await runCli(['up', '--metrics-port', '0'], { ...stack.env, TL_DATA_DIR: dir, TL_BUCKET: 'tl-typo-bucket', TL_MODEL_WEIGHTS: 'random' }, 60_000);
           expect(typo.code).toBe(1);
           expect(typo.stderr).toContain(`set TL_BUCKET=${bucket} as the others have it`);
           expect(await ctx.services.store.bucketExists('tl-typo-bucket')).toBe(false);
+          for (const dir of dirs) expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
         } finally {
-          await rm(dir, { recursive: true, force: true });
+          for (const dir of dirs) await rm(dir, { recursive: true, force: true });
         }
         // nothing changed it
         expect(JSON.parse((await ctx.services.redis.get(ctx.services.keys.storage()))!)).toMatchObject({ bucket, prefix });
@@ -568,6 +572,8 @@ describe('what a user sees when something is wrong', () => {
       [['ingest', 's3://photos/train/', '-d', 'x', '--bogus'], /unknown option '--bogus'/],
       [['no-such-command'], /unknown command 'no-such-command'/],
       [['train', '-d', 'x', '--epochs', 'abc'], /--epochs must be a whole number/],
+      // the least it takes, said as the range it is (a user's trial: "0 or more" for -1, then "at least 1" for 0)
+      [['train', '-d', 'x', '--epochs', '0'], /--epochs must be a whole number, 1 or more/],
       [['ingest', 's3://photos/', '-d', 'x', '--stall-timeout', '-5'], /--stall-timeout must be a whole number, 0 or more/],
       [['ingest', 'photos/train', '-d', 'x'], /not an s3:\/\/ URL: "photos\/train" \(expected s3:\/\/bucket\/prefix\)/],
       [['classify', 'photos/incoming', '-m', 'x'], /not an s3:\/\/ URL/],

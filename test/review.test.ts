@@ -199,6 +199,16 @@ describe('review and relabel', () => {
     const moved = await runCli(['relabel', '-d', 'noisy', key, '--to', 'square'], stack.env);
     expect(moved.code).toBe(0);
     expect(moved.stdout).toMatch(/moved s3:\/\/review-photos\/train\/circle\/circle-0\.jpg → s3:\/\/review-photos\/train\/square\/circle-0\.jpg/);
+    // the console's review (older than the move) says so, and shows no broken thumbnail for it (a user's trial)
+    const web = await startConsole({ services: ctx.services, queues: ctx.queues, config: { ...stack.config, console: { ...stack.config.console, port: 0 } }, log: createLogger('console', 'warn') });
+    try {
+      const pageHtml = await (await fetch(`${web.url}datasets/noisy/review`)).text();
+      expect(pageHtml).toMatch(/<p class="bad" id="moved">\d+ images? of this review (is|are) no longer in noisy under the label it gave/);
+      const row = new RegExp(`<tr data-key="${key}"><td>(.*?)</td>`).exec(pageHtml);
+      if (row) expect(row[1]).toBe('<span class="muted">moved or gone since</span>');
+    } finally {
+      await web.close();
+    }
     const missing = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/circle/nope.jpg`, '--to', 'square'], stack.env);
     expect(missing.stdout).toMatch(/not in noisy: s3:\/\/review-photos\/train\/circle\/nope\.jpg/);
     expect(missing.code).toBe(1);

@@ -323,6 +323,9 @@ describe('training runs and classification', () => {
     expect(r.stderr).toBe('transferline: bad training settings: --validation-fraction: at most 0.5 (got 0.6)\n');
     const several = await runCli(['train', '-d', 'shapes', '--epochs', '100000', '--learning-rate', '20', '--run-id', 'never'], stack.env);
     expect({ code: several.code, stderr: several.stderr }).toEqual({ code: 2, stderr: 'transferline: bad training settings: --epochs: at most 10000 (got 100000); --learning-rate: at most 10 (got 20)\n' });
+    // dropout with no hidden layer to apply it to
+    const dropout = await runCli(['train', '-d', 'shapes', '--dropout', '0.5', '--run-id', 'never'], stack.env);
+    expect({ code: dropout.code, stderr: dropout.stderr }).toEqual({ code: 2, stderr: 'transferline: bad training settings: --dropout: the softmax head has no hidden layer to drop units of (add --hidden-units N, or leave --dropout out)\n' });
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'never' }))).toBeUndefined();
     // a run id that would name another folder of the bucket (`..`), or none, is refused before anything is asked of S3
     for (const id of ['..', '.', '../x', 'x/y']) {

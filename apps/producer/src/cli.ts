@@ -31,11 +31,14 @@ for (const stream of [process.stdout, process.stderr]) {
   });
 }
 
-const int = (name: string) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number, 0 or more`);
-  return n;
-};
+/** A whole number of at least `min` (0 unless said: an option whose 0 would be refused later says so here). */
+const int =
+  (name: string, min = 0) =>
+  (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be a whole number, ${min} or more`);
+    return n;
+  };
 /** A TCP port: 0 (any free one) to 65535. */
 const port = (name: string) => (v: string) => {
   const n = int(name)(v);
@@ -214,9 +217,9 @@ program
   .option('-d, --dataset <name>', 'dataset name', dataset)
   .option('--hidden-units <n>', 'add one ReLU hidden layer of n units (default 0: a softmax head, i.e. logistic regression)', int('--hidden-units'))
   .option('--dropout <rate>', 'dropout after the hidden layer (default 0.2)', fraction('--dropout'))
-  .option('--epochs <n>', 'most epochs (default 100; early stopping usually ends sooner)', int('--epochs'))
+  .option('--epochs <n>', 'most epochs (default 100; early stopping usually ends sooner)', int('--epochs', 1))
   .option('--learning-rate <lr>', 'Adam learning rate (default 0.001)', positive('--learning-rate'))
-  .option('--batch-size <n>', 'mini-batch size (default 64)', int('--batch-size'))
+  .option('--batch-size <n>', 'mini-batch size (default 64)', int('--batch-size', 1))
   .option('--l2 <x>', 'L2 penalty on the weights (default 0.0001)', (v: string) => Number(v))
   .option('--patience <n>', 'stop after n epochs without a better validation loss (default 10; 0 = off); either way the best epoch is kept', int('--patience'))
   .option('--class-weights <mode>', 'balanced (default: weight rare classes up) or none')

@@ -99,6 +99,10 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   const parsed = TrainJob.safeParse(input);
   if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${flagOf(i.path)}: ${rangeWords(i) ?? i.message}${i.path.length ? ` (got ${String((input as Record<string, unknown>)[String(i.path[0])])})` : ''}`).join('; ')}`);
   const payload = parsed.data;
+  // (a user's trial: --dropout 0.5 on a softmax head was taken, and its run page listed it as if it applied)
+  if (o.dropout !== undefined && payload.hiddenUnits === 0) {
+    throw new CliExit(EXIT.usage, `transferline: bad training settings: --dropout: the softmax head has no hidden layer to drop units of (add --hidden-units N, or leave --dropout out)`);
+  }
   if (lost) {
     const latest = payload.promote ? '; the run becomes the latest (--no-promote keeps the one there)' : '';
     const recorded = lost.missing?.length ? ', and the report records what it left out' : '';

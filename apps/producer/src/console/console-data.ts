@@ -139,7 +139,10 @@ export async function loadReview(deps: ConsoleDeps, dataset: string): Promise<Re
   const text = (await store.getObject(bucket, newest)).toString();
   // A line that is not a review line (edited by hand, cut short) is named on the page; the rest still shows.
   const { values: lines, bad } = parseJsonLines(ReviewLine, text);
-  return { dataset, source: `s3://${bucket}/${newest}`, lines, unreadable: bad };
+  // images moved (relabel) or deleted since the review: said on the page, not shown with a broken thumbnail
+  const items = await deps.services.datasets.getItems(dataset, lines.map((l) => l.key.replace(/^s3:\/\//, '')));
+  const moved = new Set(lines.flatMap((l, i) => (items[i]?.label === l.given ? [] : [l.key])));
+  return { dataset, source: `s3://${bucket}/${newest}`, lines, unreadable: bad, moved };
 }
 
 /** A 96-pixel JPEG of an image of the dataset (`s3://bucket/key`), or undefined when it is not one of its items. */

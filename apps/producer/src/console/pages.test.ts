@@ -160,4 +160,11 @@ describe('the review page', () => {
     const none = reviewPage(access, { dataset: 'pets', source, lines: [line(0, false)], unreadable: [] });
     expect(none).not.toContain('transferline relabel');
   });
+
+  it('says which of its images were relabelled or deleted since, with no thumbnail that would not load', () => {
+    const page = reviewPage(access, { dataset: 'pets', source, lines: [line(0, true), line(1, true)], unreadable: [], moved: new Set([line(0, true).key]) });
+    expect(page).toContain('<p class="bad" id="moved">1 image of this review is no longer in pets under the label it gave (relabelled or deleted since): <code>transferline review -d pets</code> again for a current list</p>');
+    expect(page).toContain(`<tr data-key="${line(0, true).key}"><td><span class="muted">moved or gone since</span></td>`);
+    expect(page).toContain(`<tr data-key="${line(1, true).key}"><td><img src=`);
+  });
 });

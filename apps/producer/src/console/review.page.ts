@@ -10,6 +10,8 @@ export interface ReviewView {
   lines: ReviewLine[];
   /** lines of the file that are not review lines: their number (from 1) and what is wrong */
   unreadable: { line: number; reason: string }[];
+  /** keys of the review no longer in the dataset under the label it gave them (relabelled or deleted since) */
+  moved?: ReadonlySet<string>;
 }
 
 const MAX_ROWS = 100;
@@ -18,7 +20,9 @@ const MAX_ROWS = 100;
 export function reviewPage(access: Access, v: ReviewView): string {
   const { issues: shown, uncertain } = reviewHighlights(v.lines, { issues: MAX_ROWS, uncertain: 20 });
   const issues = v.lines.filter((l) => l.issue).length;
-  const thumb = (l: ReviewLine) => html`<img src="/datasets/${seg(v.dataset)}/thumbnail?key=${encodeURIComponent(l.key)}" width="96" height="96" alt="" loading="lazy">`;
+  const gone = (l: ReviewLine) => v.moved?.has(l.key) ?? false;
+  const thumb = (l: ReviewLine) =>
+    gone(l) ? html`<span class="muted">moved or gone since</span>` : html`<img src="/datasets/${seg(v.dataset)}/thumbnail?key=${encodeURIComponent(l.key)}" width="96" height="96" alt="" loading="lazy">`;
   // a label issue with the label suggested; an uncertain image with the label it is confused with (its suggested one is often its own)
   const row = (l: ReviewLine, other: { label: string; p: number } | undefined) =>
     html`<tr data-key="${l.key}"><td>${thumb(l)}</td><td class="label">${l.given}</td><td class="label">${other?.label ?? '–'}</td><td class="n" data-value="${l.pGiven}">${pct(l.pGiven)}</td><td class="n">${pct(other?.p)}</td><td><code>${l.key}</code></td></tr>`;
@@ -32,6 +36,7 @@ export function reviewPage(access: Access, v: ReviewView): string {
     shown.length ? html`; once you have looked at them, move the ${shown.length === 1 ? 'image' : `${shown.length} images`} below to their suggested labels with
 <code>transferline relabel -d ${v.dataset} --from-review ${v.source} --top ${shown.length}</code> (add <code>--dry-run</code> to see each move first)` : ''
   }</p>
+${v.moved?.size ? html`<p class="bad" id="moved">${v.moved.size} image${v.moved.size === 1 ? '' : 's'} of this review ${v.moved.size === 1 ? 'is' : 'are'} no longer in ${v.dataset} under the label it gave (relabelled or deleted since): <code>transferline review -d ${v.dataset}</code> again for a current list</p>` : ''}
 ${v.unreadable.length ? html`<p class="bad" id="unreadable">${v.unreadable.length} line${v.unreadable.length === 1 ? '' : 's'} of this file ${v.unreadable.length === 1 ? 'is' : 'are'} not review lines and ${v.unreadable.length === 1 ? 'is' : 'are'} left out (line ${v.unreadable[0]!.line}: ${v.unreadable[0]!.reason}); <code>relabel --from-review</code> refuses the file until ${v.unreadable.length === 1 ? 'it is' : 'they are'} mended, or run <code>transferline review -d ${v.dataset}</code> again</p>` : ''}
 <h2>${issues} image${issues === 1 ? '' : 's'} whose label looks wrong${issues > MAX_ROWS ? ` (first ${MAX_ROWS})` : ''}</h2>
 ${issues ? table('issues', shown, true) : html`<p class="muted" id="no-issues">none: every label agrees with the model</p>`}
