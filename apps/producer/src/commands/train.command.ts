@@ -144,12 +144,15 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     if (!wait) return { runId: twin };
     return followRun(ctx, twin, stallSeconds);
   }
+  // the latest run before this one is queued: what it replaces, if it becomes the latest (looked up
+  // now: a look once it is queued would hold up following a run that ends in a second)
+  const replacing = payload.promote && wait ? await latestRun(ctx, payload.dataset).catch(() => undefined) : undefined;
   // a run id used before by a run cancelled while queued: the new run is not that one
   await ctx.services.redis.del(ctx.services.keys.trainCancel(runId));
   await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
   ctx.out.write(`run ${payload.runId} queued for dataset ${payload.dataset} (up to ${payload.epochs} epochs, ${payload.hiddenUnits ? `hidden layer of ${payload.hiddenUnits}` : 'softmax head'})\n`);
   if (!wait) return { runId };
-  return followRun(ctx, runId, stallSeconds);
+  return followRun(ctx, runId, stallSeconds, undefined, replacing ?? null);
 }
 
 /** A run of the same dataset and settings (its id aside) that no worker runs now: waiting, or delayed (the first 1,000 looked at). */
@@ -168,15 +171,23 @@ async function queuedTwin(ctx: CliContext, payload: TrainJob): Promise<string | 
  * Follows a run epoch by epoch (also one started elsewhere: `transferline train --follow RUN`)
  * and prints its report when it lands in the bucket.
  */
-export async function followRun(ctx: CliContext, runId: string, stallSeconds = 30, dataset?: string): Promise<TrainOutcome> {
+export async function followRun(
+  ctx: CliContext,
+  runId: string,
+  stallSeconds = 30,
+  dataset?: string,
+  /** the latest run when it was queued (null: none); unknown for a run followed later, then looked up alongside */
+  replacing?: { runId: string } | null,
+): Promise<TrainOutcome> {
   const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
   if (!job) throw new Error(`no run ${runId} in the train queue (finished runs are listed by "transferline models")`);
   const payload = TrainJob.parse(job.data);
   if (dataset !== undefined && payload.dataset !== dataset) {
     throw new CliExit(EXIT.usage, `transferline: run ${runId} trains dataset ${payload.dataset}, not ${dataset} (--follow takes the run id alone)`);
   }
-  // the latest run before this one ends: what it replaces, if it becomes the latest (serve follows it)
-  const before = payload.promote ? await latestRun(ctx, payload.dataset).catch(() => undefined) : undefined;
+  // the latest run before this one ends: what it replaces, if it becomes the latest (serve follows
+  // it); looked up beside the follow, not before it (a look read after the run ended names the run itself)
+  const before = replacing !== undefined ? Promise.resolve(replacing ?? undefined) : payload.promote ? latestRun(ctx, payload.dataset).catch(() => undefined) : Promise.resolve(undefined);
   const bar = createProgress(`training ${payload.dataset}`);
   let result: TrainResult;
   try {
@@ -208,7 +219,8 @@ export async function followRun(ctx: CliContext, runId: string, stallSeconds = 3
   const report = await ctx.services.store.getDocument(ReportDoc, result.bucket ?? ctx.config.s3.bucket, `${result.modelPrefix}${'report.json' satisfies RunFile}`);
   const random = report && randomSpaceNote(await ctx.services.spaces.get(report.embedderId).catch(() => undefined), 'these figures are');
   printReport(ctx, result, report, payload.promote, random);
-  if (result.latest && before && before.runId !== runId) await sayIfWorse(ctx, result, before.runId);
+  const replaced = await before;
+  if (result.latest && replaced && replaced.runId !== runId) await sayIfWorse(ctx, result, replaced.runId);
   return { runId, result, ...(report && { report }) };
 }
 
