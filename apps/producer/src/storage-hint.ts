@@ -1,4 +1,4 @@
-import { parseDocument, storageAdvice, StorageRecord } from '@transferline/shared';
+import { recordedStorage, storageAdvice } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 
 /**
@@ -21,9 +21,8 @@ export async function storageHint(ctx: CliContext): Promise<string | undefined> 
   const hint = async () => {
     const workers = await spaces.liveWorkers();
     if (workers.some((w) => w.storage)) return storageAdvice(ctx.config.s3, workers);
-    const raw = await redis.get(keys.storage());
-    if (raw === null) return undefined;
-    const recorded = parseDocument(StorageRecord, JSON.parse(raw), 'the recorded storage');
+    const recorded = await recordedStorage(redis, keys);
+    if (recorded === undefined) return undefined;
     return storageAdvice(ctx.config.s3, [{ storage: recorded }], { keep: 'this deployment keeps', have: 'as its first process recorded it' });
   };
   // (a Redis that does not answer: the usual advice, and the command goes on to say so)

@@ -45,18 +45,23 @@ export type Storage = Pick<StorageRecord, 'bucket' | 'prefix'>;
 export async function claimStorage(redis: Redis, keys: RedisKeys, own: Storage, settings: { prefix: string; url: string }, who = 'this worker'): Promise<void> {
   const record: StorageRecord = { bucket: own.bucket, prefix: own.prefix, by: PROCESS_NAME, at: new Date().toISOString() };
   const same = (s: Storage) => s.bucket === own.bucket && s.prefix === own.prefix;
-  let raw = await redis.get(keys.storage());
-  if (raw === null) {
+  let theirs = await recordedStorage(redis, keys);
+  if (theirs === undefined) {
     const live = (await new SpaceRegistry(redis, keys).liveWorkers()).flatMap((w) => (w.storage ? [w.storage] : []));
     const other = live.find((s) => !same(s));
     if (other && !live.some(same)) throw refusedStorage(other, 'as its live embed workers say (no record yet)', own, keys, settings, who);
     if ((await redis.set(keys.storage(), JSON.stringify(record), 'NX')) === 'OK') return;
-    raw = await redis.get(keys.storage());
+    theirs = await recordedStorage(redis, keys);
     // (removed between the two: this process's storage is recorded on its next start)
-    if (raw === null) return;
+    if (theirs === undefined) return;
   }
-  const theirs = parseDocument(StorageRecord, JSON.parse(raw), 'the recorded storage');
   if (!same(theirs)) throw refusedStorage(theirs, `as recorded by its first process (${theirs.by}, ${theirs.at})`, own, keys, settings, who);
+}
+
+/** The deployment's storage as recorded (keys.storage), if it is. */
+export async function recordedStorage(redis: Redis, keys: RedisKeys): Promise<StorageRecord | undefined> {
+  const raw = await redis.get(keys.storage());
+  return raw === null ? undefined : parseDocument(StorageRecord, JSON.parse(raw), 'the recorded storage');
 }
 
 function refusedStorage(theirs: Storage, source: string, own: Storage, keys: RedisKeys, redis: { prefix: string; url: string }, who: string): ConfigError {
