@@ -577,6 +577,10 @@ describe('training runs and classification', () => {
     const { bucket: at, key } = parseS3ObjectUrl(/(s3:\/\/\S+\.jsonl)/.exec(r.stdout)![1]!);
     const lines = (await ctx.services.store.getObject(at, key)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; error?: string; detail?: string });
     expect(lines.find((l) => l.key === `s3://${photos}/broken/notes.jpg`)).toMatchObject({ error: 'not-an-image', detail: expect.stringMatching(/^not an image \(starts with text/) });
+    // classified again (a watch's next round): the failure is not written again into a new file
+    const again = await runCli(['classify', `s3://${photos}/broken/`, '--model', 'shapes'], stack.env);
+    expect(again.stdout).toMatch(/2 already done: nothing new to write/);
+    expect(again.stdout).not.toMatch(/failed/);
     const failures = await runCli(['failures', '-d', classifyDatasetName('shapes')], stack.env);
     expect(failures.stderr).toBe('');
     expect(failures.code).toBe(0);
@@ -638,6 +642,11 @@ describe('training runs and classification', () => {
     const otherRun = /^run (\S+) queued for dataset shapes/m.exec(other.stdout)?.[1];
     expect(otherRun, other.stdout).toBeDefined();
     await ctx.queues.train.remove(jobIds.train({ runId: otherRun! }));
+    expect(await waitingRuns()).toEqual(['queued-behind']);
+    // the same command twice at once (a script's parallel steps): one run queued, the other joins it
+    const [first, second] = await Promise.all([1, 2].map(() => trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 7 })));
+    expect(second!.runId).toBe(first!.runId);
+    await ctx.queues.train.remove(jobIds.train({ runId: first!.runId }));
     expect(await waitingRuns()).toEqual(['queued-behind']);
     // a job added after it by a client whose clock is an hour behind waits behind it all the same
     await ctx.queues.train.add('train', { runId: 'skewed-clock' }, { jobId: 'skewed-clock', timestamp: Date.now() - 3_600_000 });
@@ -749,7 +758,7 @@ describe('training runs and classification', () => {
     // not on a terminal and without --yes: the plan, exit 2, nothing deleted; --dry-run: the plan, exit 0
     const plan = [
       `  run doomed@doomed-new: ${runFiles.length} files in s3://${bucket}/${runFolder}`,
-      `  classify's record of the 3 images it labelled (Redis)`,
+      `  classify's record of the 3 images it classified (Redis)`,
       `  it is the latest run of doomed: doomed-old, the newest run left (not counting --no-promote runs never promoted), becomes the latest`,
       `kept:`,
       `  its classify results: 1 file in s3://${bucket}/${resultsFolder} (add --results to delete them too)`,

@@ -24,8 +24,8 @@ export interface ClassifiedLine {
 /**
  * Labels the embedded images under a prefix with a trained head and writes one JSON line per
  * image to `outputKey`. Two-class models decide with the threshold chosen on validation. Images
- * already classified by this run with unchanged bytes are skipped, so a watch loop only writes
- * what is new; running the same job twice writes the same file.
+ * already classified by this run with unchanged bytes are skipped (and so are failed ones, until
+ * they are embedded), so a watch loop only writes what is new; running the same job twice writes the same file.
  */
 /** Why a classify job fails for good (besides the reasons every worker has). */
 export const CLASSIFY_FAILURE_REASONS = ['no-model', 'embedder-mismatch'] as const;
@@ -64,8 +64,10 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
       // Done by an earlier job (another output file) with the same bytes: skipped, if that file
       // is still there. Done by this very job (a retry after it had finished) counts as not done,
       // so its file is rewritten whole.
+      // A failed image is done too (its line says why), unless it has been embedded since.
       const prior = done[i]?.split(' ');
-      const priorFile = r.sha256 && prior && prior[0] === r.etag && prior[1] === r.sha256 && prior[2] !== job.outputKey ? prior[2] : undefined;
+      const same = prior && prior[0] === r.etag && prior[1] === doneBytes(r) && (prior[3] === FAILED) === (r.state === 'failed');
+      const priorFile = same && prior[2] !== job.outputKey ? prior[2] : undefined;
       pending.push({ id, r, cached: cached[i]!, priorFile });
     });
   }
@@ -74,6 +76,7 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
   const gone = await missingFiles(services.store, deps.bucket, new Set(pending.flatMap((p) => (p.priorFile ? [p.priorFile] : []))));
   let skipped = 0;
   let again = 0;
+  const failedNow: { id: string; r: ItemRecord }[] = [];
   const earlier = new Set<string>();
   for (const { id, r, cached, priorFile } of pending) {
     if (priorFile && !gone.has(priorFile)) {
@@ -82,7 +85,10 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
       continue;
     }
     let labelled = true;
-    if (r.state === 'failed') lines.push({ key: `s3://${id}`, error: r.reason ?? 'failed', ...(r.detail && { detail: r.detail }), model: modelRef });
+    if (r.state === 'failed') {
+      lines.push({ key: `s3://${id}`, error: r.reason ?? 'failed', ...(r.detail && { detail: r.detail }), model: modelRef });
+      failedNow.push({ id, r });
+    }
     else if (r.sha256 && cached) todo.push({ id, sha256: r.sha256, etag: r.etag });
     else labelled = false;
     if (priorFile && labelled) again++;
@@ -109,12 +115,22 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
   // Nothing new (every image done by an earlier job of this run): no empty file; the result names
   // the files that hold those labels instead. Results files are named by time: newest first.
   if (lines.length) await services.store.putObject(deps.bucket, job.outputKey, lines.map((l) => JSON.stringify(l)).join('\n') + '\n', 'application/x-ndjson');
-  if (todo.length) await services.redis.hset(doneKey, ...todo.flatMap((t) => [t.id, `${t.etag} ${t.sha256} ${job.outputKey}`]));
+  // Each image's entry: its bytes (ETag, SHA-256) and the file that holds its line; a failed one's
+  // ends in FAILED, so a watch's next round does not write its line again (until it is embedded).
+  const entries = [
+    ...todo.flatMap((t) => [t.id, `${t.etag} ${t.sha256} ${job.outputKey}`]),
+    ...failedNow.flatMap(({ id, r }) => [id, `${r.etag} ${doneBytes(r)} ${job.outputKey} ${FAILED}`]),
+  ];
+  if (entries.length) await services.redis.hset(doneKey, ...entries);
   ctx.log.info({ classified: todo.length, failed, skipped, again, filesGone: gone.size }, 'classified');
   const byLabel = labels.map((label, c) => ({ label, count: counts[c]! })).filter((l) => l.count > 0);
   const earlierFiles = [...earlier].sort().reverse().slice(0, CLASSIFY_EARLIER_FILES);
   return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel, earlierFiles, ...(again ? { again, filesGone: [...gone].sort() } : {}) };
 }
+
+const FAILED = 'failed';
+/** The SHA-256 an image's entry records (one that failed before it was read has none). */
+const doneBytes = (r: ItemRecord): string => r.sha256 ?? '-';
 
 /** Which of these results files are no longer in the bucket (a HEAD each, a few at a time). */
 async function missingFiles(store: ClassifyDeps['services']['store'], bucket: string, keys: Set<string>): Promise<Set<string>> {

@@ -70,7 +70,15 @@ export function redisKeys(prefix: string) {
     dataLossRecorded: () => `${prefix}:data-loss-recorded`,
     /** string, with a TTL: a train run asked to stop (`train --cancel`); its worker checks it at start and after each epoch */
     trainCancel: (runId: string) => `${prefix}:cancel:${runId}`,
-    /** hash: `bucket/key` → `etag sha256 outputKey` of the images already classified with one model run */
+    /**
+     * string, with a TTL: held by a `train` command from its look for a queued run with the same
+     * settings to the queueing of its own, so that two at once do not both queue one
+     */
+    trainQueueing: (dataset: string) => `${prefix}:train-queueing:${dataset}`,
+    /**
+     * hash: `bucket/key` → `etag sha256 outputKey` of the images already classified with one model
+     * run; `etag - outputKey failed` (or with its sha256) for one whose line says it failed
+     */
     classified: (model: string, runId: string) => `${prefix}:classified:${model}:${runId}`,
     /**
      * string: pixels waiting for one embedding space's embed stage (its input size and resize

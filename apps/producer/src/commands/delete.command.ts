@@ -160,7 +160,7 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
 
   const plan: Plan = { lines: [], kept: [], run: async () => {} };
   if (runFiles.length) plan.lines.push(`run ${dataset}@${runId}: ${files(runFiles.length)} in s3://${bucket}/${layout.run(dataset, runId)}`);
-  if (labelled) plan.lines.push(`classify's record of the ${images(labelled)} it labelled (Redis)`);
+  if (labelled) plan.lines.push(`classify's record of the ${images(labelled)} it classified (Redis)`);
   if (o.results && results.length) plan.lines.push(`its classify results: ${files(results.length)} in s3://${bucket}/${layout.results(dataset, runId)}`);
   if (!o.results && results.length) plan.kept.push(`its classify results: ${files(results.length)} in s3://${bucket}/${layout.results(dataset, runId)} (add --results to delete them too)`);
   if (wasLatest) {

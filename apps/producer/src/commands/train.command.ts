@@ -136,23 +136,53 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   // The same command again (twice in a row, or from another shell) while its run is queued, not
   // running (waiting, or put back by a stopping worker, or waiting to retry): that run reads the
   // dataset when it starts, so a second would train on the same images with the same settings and
-  // seed, a copy. This one joins it; a run id given asks for a run of its own. (Two commands in the
-  // same instant may both queue: the look and the add are not one step.)
-  const twin = o.runId === undefined ? await queuedTwin(ctx, payload) : undefined;
-  if (twin) {
-    ctx.out.write(`run ${twin} of ${payload.dataset}, with these same settings, is queued, not running now: it trains on what the dataset holds when it starts, so this joins it rather than queue a copy (--run-id ID queues another)\n`);
-    if (!wait) return { runId: twin };
-    return followRun(ctx, twin, stallSeconds);
+  // seed, a copy. This one joins it; a run id given asks for a run of its own. Two commands at
+  // once take turns from the look to the add (queueingTurn), so that both do not queue.
+  const release = o.runId === undefined ? await queueingTurn(ctx, payload.dataset) : async () => {};
+  let replacing: { runId: string } | undefined;
+  try {
+    const twin = o.runId === undefined ? await queuedTwin(ctx, payload) : undefined;
+    if (twin) {
+      await release();
+      ctx.out.write(`run ${twin} of ${payload.dataset}, with these same settings, is queued, not running now: it trains on what the dataset holds when it starts, so this joins it rather than queue a copy (--run-id ID queues another)\n`);
+      if (!wait) return { runId: twin };
+      return followRun(ctx, twin, stallSeconds);
+    }
+    // the latest run before this one is queued: what it replaces, if it becomes the latest (looked up
+    // now: a look once it is queued would hold up following a run that ends in a second)
+    replacing = payload.promote && wait ? await latestRun(ctx, payload.dataset).catch(() => undefined) : undefined;
+    // a run id used before by a run cancelled while queued: the new run is not that one
+    await ctx.services.redis.del(ctx.services.keys.trainCancel(runId));
+    await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
+  } finally {
+    await release();
   }
-  // the latest run before this one is queued: what it replaces, if it becomes the latest (looked up
-  // now: a look once it is queued would hold up following a run that ends in a second)
-  const replacing = payload.promote && wait ? await latestRun(ctx, payload.dataset).catch(() => undefined) : undefined;
-  // a run id used before by a run cancelled while queued: the new run is not that one
-  await ctx.services.redis.del(ctx.services.keys.trainCancel(runId));
-  await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
   ctx.out.write(`run ${payload.runId} queued for dataset ${payload.dataset} (up to ${payload.epochs} epochs, ${payload.hiddenUnits ? `hidden layer of ${payload.hiddenUnits}` : 'softmax head'})\n`);
   if (!wait) return { runId };
   return followRun(ctx, runId, stallSeconds, undefined, replacing ?? null);
+}
+
+/** How long a train command may hold a dataset's queueing turn: its look and its add take a few round trips. */
+const QUEUEING_HOLD_MS = 10_000;
+
+/**
+ * Waits for the dataset's queueing turn (keys.trainQueueing) and takes it; resolves to its release.
+ * A holder that died frees it after QUEUEING_HOLD_MS (the key's TTL); past twice that, this goes on
+ * without it rather than wait longer.
+ */
+async function queueingTurn(ctx: CliContext, dataset: string): Promise<() => Promise<void>> {
+  const { redis, keys } = ctx.services;
+  const key = keys.trainQueueing(dataset);
+  const token = randomBytes(8).toString('hex');
+  const deadline = Date.now() + 2 * QUEUEING_HOLD_MS;
+  while ((await redis.set(key, token, 'PX', QUEUEING_HOLD_MS, 'NX')) !== 'OK' && Date.now() < deadline) await sleep(50);
+  let released = false;
+  return async () => {
+    if (released) return;
+    released = true;
+    // (only its own: one held past its TTL may be another command's by now)
+    if ((await redis.get(key)) === token) await redis.del(key);
+  };
 }
 
 /** A run of the same dataset and settings (its id aside) that no worker runs now: waiting, or delayed (the first 1,000 looked at). */
