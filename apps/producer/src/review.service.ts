@@ -33,6 +33,21 @@ export function reviewHighlights(lines: readonly ReviewLine[], n: { issues: numb
   return { issues, uncertain };
 }
 
+/** Below this share of out-of-fold predictions that agree with the labels, a review's suggestions need a look each. */
+export const TRUSTED_AGREEMENT = 0.9;
+/** What the CLI and the console say of a review below TRUSTED_AGREEMENT. */
+export const UNTRUSTED = 'it is wrong about many images itself, so many it flags are labelled well: look at each before moving it';
+
+/**
+ * How far a review's suggestions can be trusted: the share of its images whose out-of-fold
+ * prediction is their given label. A model wrong about many images itself flags good labels too
+ * (a user's trial moved two well-labelled images on its word).
+ */
+export function reviewAgreement(lines: readonly ReviewLine[]): { share: number; trusted: boolean } {
+  const share = lines.length ? lines.filter((l) => l.suggested === l.given).length / lines.length : 1;
+  return { share, trusted: share >= TRUSTED_AGREEMENT };
+}
+
 /**
  * The label an image is likeliest to be besides its given one, and its probability: what an
  * uncertain image is confused with (its suggested label is often its given one).

@@ -1,13 +1,10 @@
 import { ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
-import { likeliestOther, relabelItems, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
+import { UNTRUSTED, likeliestOther, relabelItems, reviewAgreement, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { randomSpaceNote } from '../report-words.js';
-
-/** Below this share of out-of-fold predictions that agree with the labels, review says its suggestions need a look each. */
-const TRUSTED_AGREEMENT = 0.9;
 
 /**
  * `transferline review -d NAME [--top N] [--folds K] [--json]`: ranks the images whose given label
@@ -48,11 +45,8 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   if (review.underTwoLabels) w(`  ${review.underTwoLabels} of them ${review.underTwoLabels === 1 ? 'is' : 'are'} filed under more than one label: predicted, but fitted under none (move ${review.underTwoLabels === 1 ? 'it' : 'them'} with transferline relabel)`);
   if (review.failed) w(`  left out: ${review.failed} failed image${review.failed === 1 ? '' : 's'} (see transferline failures -d ${o.dataset})`);
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
-  // How far its suggestions can be trusted: a model wrong about many images itself flags good
-  // labels too (a user's trial moved two well-labelled images on its word).
-  const agree = review.lines.length ? review.lines.filter((l) => l.suggested === l.given).length / review.lines.length : 1;
-  const weak = agree < TRUSTED_AGREEMENT;
-  w(`  the model behind these suggestions agrees with the given label on ${(agree * 100).toFixed(1)}% of them (out of fold)${weak ? ': it is wrong about many images itself, so many it flags are labelled well: look at each before moving it' : ''}`);
+  const agree = reviewAgreement(review.lines);
+  w(`  the model behind these suggestions agrees with the given label on ${(agree.share * 100).toFixed(1)}% of them (out of fold)${agree.trusted ? '' : `: ${UNTRUSTED}`}`);
   w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
   w('  p(given)  given → suggested  key');
   const { issues, uncertain } = reviewHighlights(review.lines, { issues: top, uncertain: top });

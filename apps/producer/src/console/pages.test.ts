@@ -161,6 +161,15 @@ describe('the review page', () => {
     expect(none).not.toContain('transferline relabel');
   });
 
+  it("says how often the model agrees with the given labels, and below 90% to look at each image before moving it, as review's CLI does", () => {
+    // line(i, true) disagrees (suggests dog for a cat); line(i, false) is taken to agree here
+    const agreeing = (i: number) => ({ ...line(i, false), suggested: 'cat', pGiven: 0.9, pSuggested: 0.9 });
+    const good = reviewPage(access, { dataset: 'pets', source, lines: [line(0, true), ...Array.from({ length: 9 }, (_, i) => agreeing(i + 1))], unreadable: [] });
+    expect(good).toContain('<p class="muted" id="agreement">the model behind these suggestions agrees with the given label on 90.0% of the 10 images (out of fold)</p>');
+    const poor = reviewPage(access, { dataset: 'pets', source, lines: [line(0, true), line(1, true), ...Array.from({ length: 8 }, (_, i) => agreeing(i + 2))], unreadable: [] });
+    expect(poor).toContain('<p class="bad" id="agreement">the model behind these suggestions agrees with the given label on 80.0% of the 10 images (out of fold): it is wrong about many images itself, so many it flags are labelled well: look at each before moving it</p>');
+  });
+
   it('says which of its images were relabelled or deleted since, with no thumbnail that would not load', () => {
     const page = reviewPage(access, { dataset: 'pets', source, lines: [line(0, true), line(1, true)], unreadable: [], moved: new Set([line(0, true).key]) });
     expect(page).toContain('<p class="bad" id="moved">1 image of this review is no longer in pets under the label it gave (relabelled or deleted since): <code>transferline review -d pets</code> again for a current list</p>');
