@@ -98,6 +98,8 @@ describe("the README's two terminals", () => {
     const exported = /^ {2}(export .+)$/m.exec(hints)?.[1];
     expect(exported, seen.text).toBeDefined();
     expect(seen.text).not.toMatch(/^ {2}# and /m); // no secret of its own to set
+    // a worker started by hand needs the random weights the CLI reads from Redis: said, not exported
+    expect(hints).toContain('\n  # an embed worker started by hand for this stack also needs TL_MODEL_WEIGHTS=random\n');
     // as a shell reads the line
     const shellEnv = (await execFileAsync('sh', ['-c', `${exported}\nenv`], { env: { PATH: process.env.PATH } })).stdout;
     const settings = Object.fromEntries(

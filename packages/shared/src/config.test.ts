@@ -1,7 +1,8 @@
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, defaultPreprocessConcurrency, loadConfig, stackSettings, threadsOverCores } from './config.js';
+import { ConfigError, defaultPreprocessConcurrency, loadConfig, spaceSettings, stackSettings, threadsOverCores } from './config.js';
+import { spaceFromConfig } from './embedding-space.js';
 
 describe('loadConfig', () => {
   it('has defaults that work on one machine', () => {
@@ -104,6 +105,24 @@ describe('stackSettings: what up tells another shell to export', () => {
       { name: 'TL_ALPHA_BACKGROUND', value: '#000000' },
       { name: 'TL_MODEL_WEIGHTS_SOURCE' },
       { name: 'XDG_CACHE_HOME', value: path.resolve('xdg') },
+    ]);
+  });
+});
+
+describe("spaceSettings: what a worker started by hand needs to serve up's embedding space", () => {
+  it('is empty for the default space, and a worker given the settings computes the same space as the stack', () => {
+    expect(spaceSettings(spaceFromConfig(loadConfig({})))).toEqual([]);
+    for (const stackEnv of [{ TL_MODEL_WEIGHTS: 'random' }, { TL_MODEL_WEIGHTS: 'random', TL_MODEL_SEED: '7', TL_RESIZE: 'crop' }, { TL_RESIZE: 'crop', TL_MODEL_SEED: '7' }]) {
+      const space = spaceFromConfig(loadConfig(stackEnv));
+      const settings = spaceSettings(space);
+      expect(settings.length).toBeGreaterThan(0);
+      // a hand-started worker's environment: only those settings
+      const worker = spaceFromConfig(loadConfig(Object.fromEntries(settings.map((s) => [s.name, s.value]))));
+      expect(worker.id).toBe(space.id);
+    }
+    expect(spaceSettings(spaceFromConfig(loadConfig({ TL_MODEL_WEIGHTS: 'random', TL_MODEL_SEED: '7' })))).toEqual([
+      { name: 'TL_MODEL_WEIGHTS', value: 'random' },
+      { name: 'TL_MODEL_SEED', value: '7' },
     ]);
   });
 });

@@ -382,6 +382,20 @@ const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
   TL_MODEL_SEED: 'process',
 };
 
+/**
+ * The settings an embed worker must be given to serve this embedding space, of those that are not
+ * their defaults (TL_MODEL_WEIGHTS, TL_RESIZE, TL_MODEL_SEED): what a worker started by hand for a
+ * stack needs besides stackSettings (the CLI reads the space from Redis and needs none of them).
+ */
+export function spaceSettings(space: { weights: 'imagenet' | 'random'; seed?: number; resize: 'squash' | 'crop' }): { name: string; value: string }[] {
+  const d = EnvSchema.parse({});
+  return [
+    space.weights !== d.TL_MODEL_WEIGHTS && { name: 'TL_MODEL_WEIGHTS', value: space.weights },
+    space.resize !== d.TL_RESIZE && { name: 'TL_RESIZE', value: space.resize },
+    space.weights === 'random' && space.seed !== undefined && space.seed !== d.TL_MODEL_SEED && { name: 'TL_MODEL_SEED', value: String(space.seed) },
+  ].filter((s): s is { name: string; value: string } => Boolean(s));
+}
+
 /** Variables whose value is a file path: made absolute, since the other shell may be elsewhere. */
 const PATHS = new Set(['TL_MODEL_CACHE_DIR', 'XDG_CACHE_HOME']);
 

@@ -1,7 +1,7 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createLogger, createQueues, createServices, loadConfig, redactUrl, ReportDoc, resolveWeights, sleep, stackSettings, WeightsUnavailableError } from '@transferline/shared';
+import { createLogger, createQueues, createServices, loadConfig, redactUrl, ReportDoc, resolveWeights, sleep, spaceSettings, stackSettings, WeightsUnavailableError } from '@transferline/shared';
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
 import { consoleBanner } from './console.command.js';
 import { openCliContext, type CliContext } from '../cli-context.js';
@@ -263,6 +263,9 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   const hidden = settings.filter((s) => s.value === undefined).map((s) => s.name);
   if (shown.length) w(`  export ${shown.join(' ')}`);
   if (hidden.length) w(`  # and ${hidden.join(', ')} as set here (not shown)`);
+  // (the CLI reads the embedding space from Redis; a worker started by hand computes its own)
+  const forWorkers = spaceSettings(stack.space).map((s) => `${s.name}=${shellQuote(s.value)}`);
+  if (forWorkers.length) w(`  # an embed worker started by hand for this stack also needs ${forWorkers.join(' ')}`);
   w('  npx transferline status');
   w(`  npx transferline upload ./photos s3://${DEMO_BUCKET}/mine/   # a folder per label; or with any S3 client:`);
   w(`  AWS_ACCESS_KEY_ID=${shellQuote(config.s3.accessKeyId)} AWS_SECRET_ACCESS_KEY=${secretEnv} aws --endpoint-url ${config.s3.endpoint} s3 cp --recursive ./photos s3://${DEMO_BUCKET}/mine/`);
