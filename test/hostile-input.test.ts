@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -203,6 +203,17 @@ describe('small CLI holes', () => {
       for (const line of progress) expect(line).toMatch(/^uploading: \d\/3 circle\/(?:(?:empty\.jpg|notes\.txt) \(skipped: not readable as an image\)|1\.jpg \(already there\))$/);
       await rm(path.join(dir, 'circle', 'notes.txt'));
       await rm(path.join(dir, 'circle', 'empty.jpg'));
+      // the image moved to another label folder in the bucket since, as relabel does: the folder
+      // uploaded again does not bring it back under its old label (a user's trial); --copies does
+      await ctx.services.store.putObject('photos-typo', 'x/square/1.jpg', await readFile(path.join(dir, 'circle', '1.jpg')));
+      await ctx.services.store.deleteObject('photos-typo', 'x/circle/1.jpg');
+      const moved = await cli(['upload', dir, 's3://photos-typo/x/']);
+      expect(moved.stdout).toBe(
+        'skipped 1 file whose bytes are in the bucket under another name ("circle/1.jpg" is s3://photos-typo/x/square/1.jpg): moved there by relabel since, most likely, and sent again it would come back under the old label; add --copies to send it all the same\n' +
+          'uploaded 0 files to s3://photos-typo/x/\n',
+      );
+      expect(await ctx.services.store.headObject('photos-typo', 'x/circle/1.jpg')).toBeUndefined();
+      expect((await cli(['upload', dir, 's3://photos-typo/x/', '--copies'])).stdout).toBe('uploaded 1 file to s3://photos-typo/x/\n');
       // a file beside the label folders has no label: said before it is uploaded
       await writeFile(path.join(dir, 'loose.jpg'), await renderSample('circle', 2, 5, 64));
       const loose = await cli(['upload', dir, 's3://photos-typo/y/']);

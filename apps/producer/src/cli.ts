@@ -138,13 +138,14 @@ program
   .description('copy a local folder (one sub-folder per label) into the bucket')
   .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg')
   .argument('<s3url>', 'destination, e.g. s3://photos/train/', s3url)
-  .action(async (dir: string, url: string) => {
+  .option('--copies', 'also send files whose bytes are already under another key of the prefix (by default skipped: relabel moved them there)')
+  .action(async (dir: string, url: string, o: { copies?: boolean }) => {
     // S3 alone: an upload asks nothing of Redis, which need not be running
     const s3 = loadConfig(process.env).s3;
     const store = new ObjectStore(s3);
     sayWhenS3IsSlow(store, s3);
     try {
-      await uploadCommand({ services: { store }, out: process.stdout }, dir, url);
+      await uploadCommand({ services: { store }, out: process.stdout }, dir, url, { copies: !!o.copies });
     } finally {
       store.close();
     }

@@ -28,7 +28,8 @@ export interface UploadContext {
 }
 
 /** `transferline upload ./photos s3://bucket/train/`: copies a local folder (one sub-folder per label) into the bucket. */
-export async function uploadCommand(ctx: UploadContext, dir: string, url: string, parallel = 8): Promise<number> {
+export async function uploadCommand(ctx: UploadContext, dir: string, url: string, o: { copies?: boolean; parallel?: number } = {}): Promise<number> {
+  const parallel = o.parallel ?? 8;
   const { bucket, prefix } = parseS3Url(url);
   // before the folder is read: a name S3 would refuse is said first, whatever the folder holds
   if (!isBucketName(bucket)) throw new Error(`${JSON.stringify(bucket)} cannot be a bucket's name: ${BUCKET_NAME_RULE}`);
@@ -45,12 +46,19 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
   // what is there already, by ETag (the MD5 of an object put whole): the same bytes are not sent again
   const there = new Map<string, string>();
-  for await (const o of ctx.services.store.listObjects(bucket, prefix)) there.set(o.key, o.etag);
+  for await (const obj of ctx.services.store.listObjects(bucket, prefix)) there.set(obj.key, obj.etag);
+  // and where each content is: a file whose bytes are under another key of the prefix was most
+  // likely moved there by relabel since the last upload (sent again, it would come back under its
+  // old label); a copy the user means is sent with --copies
+  const keyOf = new Map<string, string>();
+  for (const [key, etag] of there) if (!keyOf.has(etag)) keyOf.set(etag, key);
   const bar = createProgress('uploading');
   let done = 0;
   let sent = 0;
   /** files ingest could not read (empty, not an image, a format it does not decode): not sent */
   const skipped: { rel: string; why: string }[] = [];
+  /** files whose bytes are in the bucket under another key of the prefix: not sent without --copies */
+  const elsewhere: { rel: string; key: string }[] = [];
   const upload = async (rel: string) => {
     const bytes = await readFile(path.join(dir, rel));
     const readable = readableFormat(bytes);
@@ -60,10 +68,18 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
     if ('reason' in readable) {
       skipped.push({ rel, why: readable.message });
       fate = ' (skipped: not readable as an image)';
-    } else if (there.get(key) !== createHash('md5').update(bytes).digest('hex')) {
-      await ctx.services.store.putObject(bucket, key, bytes, contentType(rel));
-      sent++;
-    } else fate = ' (already there)';
+    } else {
+      const md5 = createHash('md5').update(bytes).digest('hex');
+      const other = keyOf.get(md5);
+      if (there.get(key) === md5) fate = ' (already there)';
+      else if (!there.has(key) && other !== undefined && !o.copies) {
+        elsewhere.push({ rel, key: other });
+        fate = ` (skipped: its bytes are at s3://${bucket}/${other})`;
+      } else {
+        await ctx.services.store.putObject(bucket, key, bytes, contentType(rel));
+        sent++;
+      }
+    }
     bar.update(++done, files.length, `${rel}${fate}`);
   };
   try {
@@ -76,7 +92,15 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
     const named = skipped.slice(0, 5).map((s) => `${JSON.stringify(s.rel)}: ${s.why}`);
     ctx.out.write(`skipped ${skipped.length} file${skipped.length === 1 ? '' : 's'} that ingest could not read as images (${named.join('; ')}${skipped.length > 5 ? `; and ${skipped.length - 5} more` : ''})\n`);
   }
-  const same = files.length - skipped.length - sent;
+  if (elsewhere.length) {
+    elsewhere.sort((a, b) => (a.rel < b.rel ? -1 : 1));
+    const named = elsewhere.slice(0, 5).map((e) => `${JSON.stringify(e.rel)} is s3://${bucket}/${e.key}`);
+    ctx.out.write(
+      `skipped ${elsewhere.length} file${elsewhere.length === 1 ? '' : 's'} whose bytes are in the bucket under another name (${named.join('; ')}${elsewhere.length > 5 ? `; and ${elsewhere.length - 5} more` : ''}): ` +
+        `moved there by relabel since, most likely, and sent again ${elsewhere.length === 1 ? 'it' : 'they'} would come back under the old label; add --copies to send ${elsewhere.length === 1 ? 'it' : 'them'} all the same\n`,
+    );
+  }
+  const same = files.length - skipped.length - elsewhere.length - sent;
   ctx.out.write(`uploaded ${sent} file${sent === 1 ? '' : 's'} to s3://${bucket}/${prefix}${same ? ` (${same} more already there, the same bytes: not sent again)` : ''}\n`);
   return sent;
 }
