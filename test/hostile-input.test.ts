@@ -209,11 +209,13 @@ describe('small CLI holes', () => {
       await ctx.services.store.deleteObject('photos-typo', 'x/circle/1.jpg');
       const moved = await cli(['upload', dir, 's3://photos-typo/x/']);
       expect(moved.stdout).toBe(
-        'skipped 1 file whose bytes are in the bucket under another name ("circle/1.jpg" is s3://photos-typo/x/square/1.jpg): moved there by relabel since, most likely, and sent again it would come back under the old label; add --copies to send it all the same\n' +
+        'skipped 1 file whose image is in the bucket under another label ("circle/1.jpg" is s3://photos-typo/x/square/1.jpg): moved there by relabel since, and sent again it would come back under the old label as a copy; add --copies to send it all the same\n' +
           'uploaded 0 files to s3://photos-typo/x/\n',
       );
       expect(await ctx.services.store.headObject('photos-typo', 'x/circle/1.jpg')).toBeUndefined();
       expect((await cli(['upload', dir, 's3://photos-typo/x/', '--copies'])).stdout).toBe('uploaded 1 file to s3://photos-typo/x/\n');
+      // the same folder to the bucket's root, above x/ (its keys are others, not moved ones): sent
+      expect((await cli(['upload', dir, 's3://photos-typo/'])).stdout).toBe('uploaded 1 file to s3://photos-typo/\n');
       // a file beside the label folders has no label: said before it is uploaded
       await writeFile(path.join(dir, 'loose.jpg'), await renderSample('circle', 2, 5, 64));
       const loose = await cli(['upload', dir, 's3://photos-typo/y/']);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { confusableLabels, groupCopies, labelFromKey, relabelKey } from './labels.js';
+import { confusableLabels, groupCopies, keyBesideLabel, labelFromKey, relabelKey } from './labels.js';
 
 describe('labelFromKey', () => {
   it('takes the first folder below the prefix', () => {
@@ -59,6 +59,13 @@ describe('relabelKey', () => {
     expect(relabelKey('', 'cat/1.jpg', '__proto__')).toBe('__proto__/1.jpg');
     expect(() => relabelKey('photos/', 'photos/1.jpg', 'dog')).toThrow(/not in a label folder/);
     expect(() => relabelKey('photos/', 'photos/cat/1.jpg', 'a/b')).toThrow(/cannot be empty or contain/);
+  });
+  it('moves a key to one with the same place beside its label (keyBesideLabel), and to no other', () => {
+    const cases: [string, string][] = [['photos/', 'photos/cat/sub/1.jpg'], ['photos/', 'photos/val/cat/1.jpg'], ['photos/val/', 'photos/val/cat/1.jpg'], ['', 'cat/1.jpg']];
+    for (const [prefix, key] of cases) expect(keyBesideLabel(prefix, relabelKey(prefix, key, 'dog'))).toBe(keyBesideLabel(prefix, key));
+    expect(keyBesideLabel('photos/', 'photos/cat/2.jpg')).not.toBe(keyBesideLabel('photos/', 'photos/dog/1.jpg'));
+    expect(keyBesideLabel('photos/', 'photos/val/cat/1.jpg')).not.toBe(keyBesideLabel('photos/', 'photos/train/cat/1.jpg'));
+    expect(keyBesideLabel('photos/', 'photos/1.jpg')).toBeUndefined();
   });
   it('refuses a label that would make the key longer than S3 allows (1,024 bytes of UTF-8)', () => {
     const key = `photos/cat/${'x'.repeat(1000)}.jpg`;

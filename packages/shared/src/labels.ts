@@ -63,15 +63,31 @@ export const S3_MAX_KEY_BYTES = 1024;
  */
 export function relabelKey(prefix: string, key: string, label: string): string {
   if (label === '' || label.includes('/')) throw new Error(`a label folder cannot be empty or contain "/" (got ${JSON.stringify(label)})`);
-  const item = itemFromKey(prefix, key);
-  if (item === undefined) throw new Error(`${key} is not in a label folder under ${prefix || 'the bucket root'}`);
-  const parts = key.slice(prefix.length).split('/');
-  const at = !splitOfPrefix(prefix) && item.split ? 1 : 0;
-  parts[at] = label;
-  const moved = `${prefix}${parts.join('/')}`;
+  const slot = labelSlot(prefix, key);
+  if (slot === undefined) throw new Error(`${key} is not in a label folder under ${prefix || 'the bucket root'}`);
+  slot.parts[slot.at] = label;
+  const moved = `${prefix}${slot.parts.join('/')}`;
   const bytes = Buffer.byteLength(moved);
   if (bytes > S3_MAX_KEY_BYTES) throw new Error(`the new key would be ${bytes} bytes long, and S3 keys are at most ${S3_MAX_KEY_BYTES}: choose a shorter label`);
   return moved;
+}
+
+/** The folders and file name of a key below `prefix`, and which of them is its label folder (itemFromKey's). */
+function labelSlot(prefix: string, key: string): { parts: string[]; at: number } | undefined {
+  const item = itemFromKey(prefix, key);
+  if (item === undefined) return undefined;
+  return { parts: key.slice(prefix.length).split('/'), at: !splitOfPrefix(prefix) && item.split ? 1 : 0 };
+}
+
+/**
+ * A key below `prefix` with its label folder left out: the keys relabelKey moves an object
+ * between have the same one. Undefined for a key in no label folder.
+ */
+export function keyBesideLabel(prefix: string, key: string): string | undefined {
+  const slot = labelSlot(prefix, key);
+  if (slot === undefined) return undefined;
+  slot.parts[slot.at] = '';
+  return slot.parts.join('/');
 }
 
 /**

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import pMap from 'p-map';
 import { readableFormat } from '@transferline/feature-worker/image-format';
-import { BUCKET_NAME_RULE, isBucketName, itemFromKey, parseS3Url } from '@transferline/shared';
+import { BUCKET_NAME_RULE, isBucketName, itemFromKey, keyBesideLabel, parseS3Url } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
 
@@ -46,18 +46,25 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
   // what is there already, by ETag (the MD5 of an object put whole): the same bytes are not sent again
   const there = new Map<string, string>();
-  for await (const obj of ctx.services.store.listObjects(bucket, prefix)) there.set(obj.key, obj.etag);
-  // and where each content is: a file whose bytes are under another key of the prefix was most
-  // likely moved there by relabel since the last upload (sent again, it would come back under its
-  // old label); a copy the user means is sent with --copies
-  const keyOf = new Map<string, string>();
-  for (const [key, etag] of there) if (!keyOf.has(etag)) keyOf.set(etag, key);
+  // and each object by its key with the label folder left out: a file not there, whose image is
+  // under another label folder at the same place, was moved by relabel since the last upload (sent
+  // again, it would come back under its old label); --copies sends it all the same
+  const beside = new Map<string, { key: string; etag: string; size: number }[]>();
+  for await (const obj of ctx.services.store.listObjects(bucket, prefix)) {
+    there.set(obj.key, obj.etag);
+    const at = keyBesideLabel(prefix, obj.key);
+    if (at !== undefined) beside.set(at, [...(beside.get(at) ?? []), obj]);
+  }
+  // The same bytes: its ETag is their MD5 when it was put whole; a multipart upload's, or a copy
+  // of one, is not an MD5 (and relabel's copy of it another one): the same size then.
+  const movedFrom = (key: string, bytes: Buffer, md5: string) =>
+    beside.get(keyBesideLabel(prefix, key) ?? '')?.find((o) => o.etag === md5 || (!/^[0-9a-f]{32}$/.test(o.etag) && o.size === bytes.length));
   const bar = createProgress('uploading');
   let done = 0;
   let sent = 0;
   /** files ingest could not read (empty, not an image, a format it does not decode): not sent */
   const skipped: { rel: string; why: string }[] = [];
-  /** files whose bytes are in the bucket under another key of the prefix: not sent without --copies */
+  /** files whose image is in the bucket under another label folder (relabel moved it): not sent without --copies */
   const elsewhere: { rel: string; key: string }[] = [];
   const upload = async (rel: string) => {
     const bytes = await readFile(path.join(dir, rel));
@@ -70,11 +77,11 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
       fate = ' (skipped: not readable as an image)';
     } else {
       const md5 = createHash('md5').update(bytes).digest('hex');
-      const other = keyOf.get(md5);
+      const other = there.has(key) || o.copies ? undefined : movedFrom(key, bytes, md5);
       if (there.get(key) === md5) fate = ' (already there)';
-      else if (!there.has(key) && other !== undefined && !o.copies) {
-        elsewhere.push({ rel, key: other });
-        fate = ` (skipped: its bytes are at s3://${bucket}/${other})`;
+      else if (other) {
+        elsewhere.push({ rel, key: other.key });
+        fate = ` (skipped: under another label as s3://${bucket}/${other.key})`;
       } else {
         await ctx.services.store.putObject(bucket, key, bytes, contentType(rel));
         sent++;
@@ -96,8 +103,8 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
     elsewhere.sort((a, b) => (a.rel < b.rel ? -1 : 1));
     const named = elsewhere.slice(0, 5).map((e) => `${JSON.stringify(e.rel)} is s3://${bucket}/${e.key}`);
     ctx.out.write(
-      `skipped ${elsewhere.length} file${elsewhere.length === 1 ? '' : 's'} whose bytes are in the bucket under another name (${named.join('; ')}${elsewhere.length > 5 ? `; and ${elsewhere.length - 5} more` : ''}): ` +
-        `moved there by relabel since, most likely, and sent again ${elsewhere.length === 1 ? 'it' : 'they'} would come back under the old label; add --copies to send ${elsewhere.length === 1 ? 'it' : 'them'} all the same\n`,
+      `skipped ${elsewhere.length} file${elsewhere.length === 1 ? '' : 's'} whose image is in the bucket under another label (${named.join('; ')}${elsewhere.length > 5 ? `; and ${elsewhere.length - 5} more` : ''}): ` +
+        `moved there by relabel since, and sent again ${elsewhere.length === 1 ? 'it' : 'they'} would come back under the old label as a copy; add --copies to send ${elsewhere.length === 1 ? 'it' : 'them'} all the same\n`,
     );
   }
   const same = files.length - skipped.length - elsewhere.length - sent;
