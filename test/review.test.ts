@@ -113,7 +113,7 @@ describe('review and relabel', () => {
     expect(text.stdout).toMatch(/look mislabelled/);
     // how far to trust it: the share of labels its out-of-fold predictions agree with (a user's trial relabelled on its word)
     const agree = r.lines.filter((l) => l.suggested === l.given).length / r.lines.length;
-    expect(text.stdout).toMatch(/^ {2}the model behind these suggestions agrees with the given label on [\d.]+% of them \(out of fold\)/m);
+    expect(text.stdout).toMatch(/^ {2}the model behind these suggestions agrees with the given label on [\d.]+% of the \d+ images \(out of fold\)/m);
     expect(text.stdout.includes('look at each before moving it')).toBe(agree < 0.9);
     expect(text.stdout).toMatch(/most uncertain/);
     // each uncertain image with the label it is confused with, never its own label twice

@@ -376,7 +376,7 @@ const deleteOptions = (c: Command, results: string) =>
 deleteOptions(
   del
     .command('run')
-    .description("a trained run: its model files and classify's record of what it labelled; if it was the latest, the newest run left that is not an unpromoted --no-promote run becomes the latest")
+    .description("a trained run: its model files and classify's record of what it classified; if it was the latest, the newest run left that is not an unpromoted --no-promote run becomes the latest")
     .argument('<dataset@run>', 'the run, named in full (see "transferline models")'),
   'the classify results written with it, too',
 ).action((spec: string, o: DeleteOptions) => {

@@ -35,17 +35,19 @@ export function reviewHighlights(lines: readonly ReviewLine[], n: { issues: numb
 
 /** Below this share of out-of-fold predictions that agree with the labels, a review's suggestions need a look each. */
 export const TRUSTED_AGREEMENT = 0.9;
-/** What the CLI and the console say of a review below TRUSTED_AGREEMENT. */
-export const UNTRUSTED = 'it is wrong about many images itself, so many it flags are labelled well: look at each before moving it';
 
 /**
  * How far a review's suggestions can be trusted: the share of its images whose out-of-fold
  * prediction is their given label. A model wrong about many images itself flags good labels too
  * (a user's trial moved two well-labelled images on its word).
  */
-export function reviewAgreement(lines: readonly ReviewLine[]): { share: number; trusted: boolean } {
+export function reviewAgreement(lines: readonly ReviewLine[]): { share: number; trusted: boolean; words: string } {
   const share = lines.length ? lines.filter((l) => l.suggested === l.given).length / lines.length : 1;
-  return { share, trusted: share >= TRUSTED_AGREEMENT };
+  const trusted = share >= TRUSTED_AGREEMENT;
+  const words =
+    `the model behind these suggestions agrees with the given label on ${(share * 100).toFixed(1)}% of the ${lines.length} images (out of fold)` +
+    (trusted ? '' : ': it is wrong about many images itself, so many it flags are labelled well: look at each before moving it');
+  return { share, trusted, words };
 }
 
 /**

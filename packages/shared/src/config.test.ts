@@ -112,14 +112,16 @@ describe('stackSettings: what up tells another shell to export', () => {
 describe("spaceSettings: what a worker started by hand needs to serve up's embedding space", () => {
   it('is empty for the default space, and a worker given the settings computes the same space as the stack', () => {
     expect(spaceSettings(spaceFromConfig(loadConfig({})))).toEqual([]);
-    for (const stackEnv of [{ TL_MODEL_WEIGHTS: 'random' }, { TL_MODEL_WEIGHTS: 'random', TL_MODEL_SEED: '7', TL_RESIZE: 'crop' }, { TL_RESIZE: 'crop', TL_MODEL_SEED: '7' }]) {
-      const space = spaceFromConfig(loadConfig(stackEnv));
-      const settings = spaceSettings(space);
-      expect(settings.length).toBeGreaterThan(0);
-      // a hand-started worker's environment: only those settings
-      const worker = spaceFromConfig(loadConfig(Object.fromEntries(settings.map((s) => [s.name, s.value]))));
-      expect(worker.id).toBe(space.id);
-    }
+    // every combination of the settings that make a space (the weights file's own settings are the stack's, exported)
+    for (const weights of [undefined, 'imagenet', 'random'])
+      for (const resize of [undefined, 'squash', 'crop'])
+        for (const seed of [undefined, '42', '7']) {
+          const stackEnv = { ...(weights && { TL_MODEL_WEIGHTS: weights }), ...(resize && { TL_RESIZE: resize }), ...(seed && { TL_MODEL_SEED: seed }) };
+          const space = spaceFromConfig(loadConfig(stackEnv));
+          // a hand-started worker's environment: only those settings
+          const worker = spaceFromConfig(loadConfig(Object.fromEntries(spaceSettings(space).map((s) => [s.name, s.value]))));
+          expect(worker, JSON.stringify(stackEnv)).toEqual(space);
+        }
     expect(spaceSettings(spaceFromConfig(loadConfig({ TL_MODEL_WEIGHTS: 'random', TL_MODEL_SEED: '7' })))).toEqual([
       { name: 'TL_MODEL_WEIGHTS', value: 'random' },
       { name: 'TL_MODEL_SEED', value: '7' },

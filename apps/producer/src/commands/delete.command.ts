@@ -121,7 +121,7 @@ async function carryOut(ctx: CliContext, plan: Plan, o: DeleteOptions, confirm: 
 
 /**
  * `transferline delete run DATASET@RUN`: a trained run's files (model, weights, labels, report),
- * classify's record of the images it labelled, its finished train job, and with --results the
+ * classify's record of the images it classified, its finished train job, and with --results the
  * results files it wrote. If it was the dataset's latest run, the newest run left that was not
  * trained with --no-promote becomes the latest (with none, the dataset is left with no latest
  * run). Refused while the run, or a classify round with it, is queued or running.

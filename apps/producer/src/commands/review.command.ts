@@ -1,7 +1,7 @@
 import { ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
-import { UNTRUSTED, likeliestOther, relabelItems, reviewAgreement, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
+import { likeliestOther, relabelItems, reviewAgreement, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { randomSpaceNote } from '../report-words.js';
@@ -46,7 +46,7 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   if (review.failed) w(`  left out: ${review.failed} failed image${review.failed === 1 ? '' : 's'} (see transferline failures -d ${o.dataset})`);
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
   const agree = reviewAgreement(review.lines);
-  w(`  the model behind these suggestions agrees with the given label on ${(agree.share * 100).toFixed(1)}% of them (out of fold)${agree.trusted ? '' : `: ${UNTRUSTED}`}`);
+  w(`  ${agree.words}`);
   w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
   w('  p(given)  given → suggested  key');
   const { issues, uncertain } = reviewHighlights(review.lines, { issues: top, uncertain: top });

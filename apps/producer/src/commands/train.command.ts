@@ -133,24 +133,25 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     const why = permanentFailureOf(replaces.failedReason)!;
     ctx.out.write(`run ${runId} ended without a model (${why.reason === 'cancelled' ? 'cancelled' : `${why.reason}: ${why.detail}`}): this run takes its id\n`);
   }
+  // the latest run before this one is queued: what it replaces, if it becomes the latest (looked up
+  // now: a look once it is queued would hold up following a run that ends in a second; and before
+  // the turn, which an S3 slow to answer would otherwise outlast)
+  const replacing = payload.promote && wait ? await latestRun(ctx, payload.dataset).catch(() => undefined) : undefined;
   // The same command again (twice in a row, or from another shell) while its run is queued, not
   // running (waiting, or put back by a stopping worker, or waiting to retry): that run reads the
   // dataset when it starts, so a second would train on the same images with the same settings and
   // seed, a copy. This one joins it; a run id given asks for a run of its own. Two commands at
   // once take turns from the look to the add (queueingTurn), so that both do not queue.
   const release = o.runId === undefined ? await queueingTurn(ctx, payload.dataset) : async () => {};
-  let replacing: { runId: string } | undefined;
   try {
     const twin = o.runId === undefined ? await queuedTwin(ctx, payload) : undefined;
     if (twin) {
       await release();
       ctx.out.write(`run ${twin} of ${payload.dataset}, with these same settings, is queued, not running now: it trains on what the dataset holds when it starts, so this joins it rather than queue a copy (--run-id ID queues another)\n`);
       if (!wait) return { runId: twin };
-      return followRun(ctx, twin, stallSeconds);
+      // (the latest run now is the one the queued run will replace: it has not run)
+      return followRun(ctx, twin, stallSeconds, undefined, replacing ?? null);
     }
-    // the latest run before this one is queued: what it replaces, if it becomes the latest (looked up
-    // now: a look once it is queued would hold up following a run that ends in a second)
-    replacing = payload.promote && wait ? await latestRun(ctx, payload.dataset).catch(() => undefined) : undefined;
     // a run id used before by a run cancelled while queued: the new run is not that one
     await ctx.services.redis.del(ctx.services.keys.trainCancel(runId));
     await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
@@ -175,7 +176,10 @@ async function queueingTurn(ctx: CliContext, dataset: string): Promise<() => Pro
   const key = keys.trainQueueing(dataset);
   const token = randomBytes(8).toString('hex');
   const deadline = Date.now() + 2 * QUEUEING_HOLD_MS;
-  while ((await redis.set(key, token, 'PX', QUEUEING_HOLD_MS, 'NX')) !== 'OK' && Date.now() < deadline) await sleep(50);
+  while ((await redis.set(key, token, 'PX', QUEUEING_HOLD_MS, 'NX')) !== 'OK' && Date.now() < deadline) {
+    await sleep(50, ctx.signal);
+    if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted: no run of ${dataset} queued`);
+  }
   let released = false;
   return async () => {
     if (released) return;

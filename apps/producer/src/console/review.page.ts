@@ -1,5 +1,5 @@
 import type { ReviewLine } from '@transferline/shared';
-import { UNTRUSTED, likeliestOther, reviewAgreement, reviewHighlights } from '../review.service.js';
+import { likeliestOther, reviewAgreement, reviewHighlights } from '../review.service.js';
 import { html, page, pct, seg, type Access } from './html.js';
 
 /** What the review page shows: the newest review of a dataset from the bucket. */
@@ -37,7 +37,7 @@ export function reviewPage(access: Access, v: ReviewView): string {
     shown.length ? html`; once you have looked at them, move the ${shown.length === 1 ? 'image' : `${shown.length} images`} below to their suggested labels with
 <code>transferline relabel -d ${v.dataset} --from-review ${v.source} --top ${shown.length}</code> (add <code>--dry-run</code> to see each move first)` : ''
   }</p>
-<p class="${agree.trusted ? 'muted' : 'bad'}" id="agreement">the model behind these suggestions agrees with the given label on ${(agree.share * 100).toFixed(1)}% of the ${v.lines.length} images (out of fold)${agree.trusted ? '' : `: ${UNTRUSTED}`}</p>
+<p class="${agree.trusted ? 'muted' : 'bad'}" id="agreement">${agree.words}</p>
 ${v.moved?.size ? html`<p class="bad" id="moved">${v.moved.size} image${v.moved.size === 1 ? '' : 's'} of this review ${v.moved.size === 1 ? 'is' : 'are'} no longer in ${v.dataset} under the label it gave (relabelled or deleted since): <code>transferline review -d ${v.dataset}</code> again for a current list</p>` : ''}
 ${v.unreadable.length ? html`<p class="bad" id="unreadable">${v.unreadable.length} line${v.unreadable.length === 1 ? '' : 's'} of this file ${v.unreadable.length === 1 ? 'is' : 'are'} not review lines and ${v.unreadable.length === 1 ? 'is' : 'are'} left out (line ${v.unreadable[0]!.line}: ${v.unreadable[0]!.reason}); <code>relabel --from-review</code> refuses the file until ${v.unreadable.length === 1 ? 'it is' : 'they are'} mended, or run <code>transferline review -d ${v.dataset}</code> again</p>` : ''}
 <h2>${issues} image${issues === 1 ? '' : 's'} whose label looks wrong${issues > MAX_ROWS ? ` (first ${MAX_ROWS})` : ''}</h2>
