@@ -327,6 +327,14 @@ describe('training runs and classification', () => {
     const dropout = await runCli(['train', '-d', 'shapes', '--dropout', '0.5', '--run-id', 'never'], stack.env);
     expect({ code: dropout.code, stderr: dropout.stderr }).toEqual({ code: 2, stderr: 'transferline: bad training settings: --dropout: the softmax head has no hidden layer to drop units of (add --hidden-units N, or leave --dropout out)\n' });
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'never' }))).toBeUndefined();
+    // --partial with nothing embedded yet: said, rather than a run queued to fail (no-data) and counted as a failed run
+    await ctx.services.datasets.putItem('nothing-yet', `${photos}/nothing-yet/a/1.jpg`, { label: 'a', etag: 'e', space: stack.space.id, state: 'pending' });
+    await ctx.services.redis.hset(ctx.services.keys.datasetMeta('nothing-yet'), 'space', stack.space.id);
+    const empty = await runCli(['train', '-d', 'nothing-yet', '--partial', '--run-id', 'never'], stack.env);
+    expect({ code: empty.code, stderr: empty.stderr }).toEqual({ code: 1, stderr: 'transferline: --partial trains on the embedded images of nothing-yet, and none of its 1 is embedded yet (1 on their way, 0 failed): wait for them (transferline status -d nothing-yet), or train without --partial to wait here\n' });
+    expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'never' }))).toBeUndefined();
+    await ctx.services.redis.del(ctx.services.keys.datasetItems('nothing-yet'), ctx.services.keys.datasetMeta('nothing-yet'));
+    await ctx.services.redis.srem(ctx.services.keys.datasets(), 'nothing-yet');
     // a run id that would name another folder of the bucket (`..`), or none, is refused before anything is asked of S3
     for (const id of ['..', '.', '../x', 'x/y']) {
       const bad = await runCli(['train', '-d', 'shapes', '--run-id', id], stack.env);
@@ -1106,6 +1114,10 @@ describe('training runs and classification', () => {
     const runId = 'stopped-mid-run';
     await trainCommand(ctx, { dataset: 'shapes', wait: false, epochs: 10_000, patience: 0, batchSize: 8, runId });
     const holder = await holderAtEpoch(runId, 1);
+    // someone follows it: told why its bar starts again from 0 (a user's trial saw 18/400, then 0/400, unexplained)
+    let followed = '';
+    const follower = runCli(['train', '--follow', runId], stack.env, 120_000, { onOutput: (c) => (followed += c) });
+    await until('the follower to show the run training', () => /training shapes: \d+\/10000 loss/.test(followed), 30);
     const asked = Date.now();
     expect(stack.supervisor.signal('train', 1, 'SIGTERM')).toBe(true);
     // Before: the worker trained on until its stop deadline (45 s), exited, and the run waited
@@ -1123,6 +1135,8 @@ describe('training runs and classification', () => {
     const log = readFileSync(path.join(stack.dataDir, 'logs', 'train.log'), 'utf8');
     expect(log).toMatch(new RegExp(`stopping: run ${runId} goes back to the queue after epoch \\d+ of 10000, for another train worker to start again`));
     expect((await runCli(['train', '--cancel', runId], stack.env, 150_000)).code).toBe(0);
+    const said = await follower;
+    expect(said.stdout).toMatch(new RegExp(`^run ${runId} goes back to the queue after epoch \\d+ of 10000: its train worker is stopping \\(after epoch \\d+ of 10000\\); a train worker starts it again from its first epoch$`, 'm'));
   }, 180_000);
 
   it('a train worker asked to stop finishes a run whose epochs left fit its stop deadline, instead of putting it back to start again', async () => {

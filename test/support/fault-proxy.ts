@@ -19,7 +19,12 @@ export interface FaultProxy {
   inject: (match: string, fault: Fault) => void;
   /** no fault for `match` any more */
   remove: (match: string) => void;
-  /** no faults any more */
+  /**
+   * An outage that begins with the first request whose path contains `match` (a run's save, say):
+   * from it on every request is dropped until heal(); resolves when it began
+   */
+  trip: (match: string) => Promise<void>;
+  /** no faults (and no outage) any more */
   heal: () => void;
   /** requests that got a fault, by match */
   hits: Map<string, number>;
@@ -30,8 +35,19 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
   const to = new URL(target);
   const faults = new Map<string, Fault>();
   const hits = new Map<string, number>();
+  let tripwire: { match: string; tripped: () => void } | undefined;
+  let down = false;
   const server = http.createServer((req, res) => {
     const path = decodeURIComponent(req.url ?? '');
+    if (tripwire && path.includes(tripwire.match)) {
+      tripwire.tripped();
+      tripwire = undefined;
+      down = true;
+    }
+    if (down) {
+      req.socket.destroy();
+      return;
+    }
     const hit = [...faults].find(([m]) => path.includes(m));
     const pass = () => {
       const up = http.request({ host: to.hostname, port: to.port, method: req.method, path: req.url, headers: req.headers }, (r) => {
@@ -68,7 +84,12 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     inject: (match, fault) => void faults.set(match, fault),
     remove: (match) => void faults.delete(match),
-    heal: () => faults.clear(),
+    trip: (match) => new Promise<void>((tripped) => (tripwire = { match, tripped })),
+    heal: () => {
+      faults.clear();
+      tripwire = undefined;
+      down = false;
+    },
     hits,
     close: () =>
       new Promise<void>((resolve) => {

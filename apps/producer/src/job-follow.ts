@@ -354,7 +354,7 @@ function queueWatch(ctx: CliContext, job: Job, o: FollowOptions): QueueWatch {
  * this line on the same screen), after a line break that ends the bar's line; in a log, as a line
  * of its own (no blank line before it).
  */
-function say(ctx: CliContext, line: string): void {
+export function say(ctx: CliContext, line: string): void {
   const sameScreen = process.stderr.isTTY && (ctx.out as Partial<NodeJS.WriteStream>).isTTY === true;
   ctx.out.write(`${sameScreen ? '\n' : ''}${line}\n`);
 }
@@ -400,6 +400,8 @@ function holderWatch(ctx: CliContext, job: Job, o: FollowOptions, replacedByUp: 
   const name = job.name in JOBS ? (job.name as JobName) : undefined;
   let gone: string | undefined;
   let missing: { holder: string; polls: number } | undefined;
+  // the holder last seen: another one since, with none said gone, is a job put back and taken up at once
+  let last: string | undefined;
   return {
     /** whether the job's worker has been said gone (and not back since) */
     saidGone: () => gone !== undefined,
@@ -407,10 +409,12 @@ function holderWatch(ctx: CliContext, job: Job, o: FollowOptions, replacedByUp: 
       if (!workers.some((w) => w.rawname)) return;
       const holder = (await queue.getJob(job.id!))?.processedBy;
       if (!holder) return;
+      const before = last;
+      last = holder;
       if (holderConnected(workers, holder)) {
         missing = undefined;
         if (gone === holder) say(ctx, `${o.what}: its ${o.role} worker (${holder}) is connected again`);
-        else if (gone !== undefined) say(ctx, `${o.what} started again on ${o.role} worker ${holder}`);
+        else if (gone !== undefined || (before !== undefined && before !== holder)) say(ctx, `${o.what} started again on ${o.role} worker ${holder}`);
         gone = undefined;
         return;
       }

@@ -3,7 +3,9 @@ import {
   CONFLICTS_NAMED,
   DatasetRepository,
   DeferJob,
+  type DependencyGuard,
   PermanentError,
+  sleep,
   STOP_DEADLINE_MS,
   type JobContext,
   type Metrics,
@@ -27,17 +29,25 @@ export interface TrainDeps {
   services: Pick<Services, 'inspector' | 'datasets' | 'cache' | 'store' | 'layout' | 'redis' | 'keys'>;
   bucket: string;
   metrics: Metrics;
+  /** the worker's S3 guard: a run trained waits out an outage of S3 to be saved, rather than be trained again */
+  s3?: Pick<DependencyGuard, 'up' | 'reason' | 'isOutage'>;
 }
 
 /** Progress reported after each epoch (the CLI draws its bar from it). */
 export interface EpochProgress extends Partial<EpochLog> {
-  phase: 'loading' | 'training' | 'saving';
+  /** put-back: the run goes back to the queue, to start again from its first epoch (`why`) */
+  phase: 'loading' | 'training' | 'saving' | 'put-back';
   epoch: number;
   /** the epochs asked for; once saving, the epochs run (fewer when stopped early) */
   epochs: number;
   /** saving after stopping early: the epochs that were asked for */
   planned?: number;
+  /** saving: what the save waits for (S3 unreachable); put-back: why the run goes back to the queue */
+  why?: string;
 }
+
+/** How long a trained run waits for S3 to come back to be saved, before it goes back to the queue (to be trained again). */
+export const SAVE_OUTAGE_WAIT_MS = 30 * 60_000;
 
 /** What a run's save (the head, its report, the latest pointer, to S3) is given when a stopping worker decides whether the run can end within its deadline. */
 const SAVE_ALLOWANCE_MS = 10_000;
@@ -78,16 +88,22 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   // A run whose epochs left (at the pace so far) and save fit in what is left of the stop
   // deadline ends instead: one at epoch 98 of 100 is not thrown away to be trained again.
   let stoppingSince: number | undefined;
-  const putBackIfStopping = (at: string, left?: { epochs: number; epochMs: number }) => {
+  let trained = 0;
+  // (said to whoever follows the run, too: its bar would otherwise go back to 0 unexplained)
+  const putBack = async (why: string): Promise<never> => {
+    await ctx.progress({ phase: 'put-back', epoch: trained, epochs: job.epochs, why } satisfies EpochProgress).catch(() => {});
+    throw new DeferJob(0, why);
+  };
+  const putBackIfStopping = async (at: string, left?: { epochs: number; epochMs: number }) => {
     if (!ctx.stopping()) return;
     stoppingSince ??= performance.now();
     const deadlineLeft = STOP_DEADLINE_MS - (performance.now() - stoppingSince);
     if (left && left.epochs * left.epochMs + SAVE_ALLOWANCE_MS < deadlineLeft) return;
     ctx.log.info({ dataset: job.dataset, runId: job.runId }, `stopping: run ${job.runId} goes back to the queue ${at}, for another train worker to start again`);
-    throw new DeferJob(0, `this train worker is stopping (${at})`);
+    await putBack(`its train worker is stopping (${at})`);
   };
   await cancelled('before it started');
-  putBackIfStopping('before it started');
+  await putBackIfStopping('before it started');
   await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
 
   const examples: Example[] = [];
@@ -97,7 +113,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(left?.length && { notIngestedAgain: left }) };
   let elsewhere = 0;
   for await (const page of services.inspector.scan(job.dataset)) {
-    putBackIfStopping('while reading its dataset');
+    await putBackIfStopping('while reading its dataset');
     for (const v of page) {
       coverage.total++;
       if (v.phase === 'failed') coverage.failed++;
@@ -138,7 +154,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   const classIndex = new Map(labels.map((l, i) => [l, i]));
   // One pass over the shards for all three splits: each shard is read once.
   const [trainX, valX, testX] = await services.cache.loadMany(job.embedderId, [splits.train, splits.validation, splits.test].map((l) => l.map((e) => e.sha256)));
-  putBackIfStopping('after loading its embeddings');
+  await putBackIfStopping('after loading its embeddings');
   const labelled = (list: Example[], m: { data: Float32Array; rows: number; dim: number }) => ({
     x: { data: m.data, rows: m.rows, dim: m.dim || 1280 } as Matrix,
     y: Int32Array.from(list, (e) => classIndex.get(e.label)!),
@@ -175,33 +191,71 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
       m.trainAccuracy.set({ ...d, split: 'validation' }, log.valAccuracy);
       m.trainBestValidationLoss.set(d, log.bestValLoss);
       m.trainExamplesPerSecond.set(d, log.examplesPerSecond);
+      trained = log.epoch;
       await ctx.progress({ phase: 'training', epochs: job.epochs, ...log } satisfies EpochProgress);
       await cancelled(`after epoch ${log.epoch} of ${job.epochs}`);
-      putBackIfStopping(`after epoch ${log.epoch} of ${job.epochs}`, { epochs: job.epochs - log.epoch, epochMs: (performance.now() - fitStarted) / log.epoch });
+      await putBackIfStopping(`after epoch ${log.epoch} of ${job.epochs}`, { epochs: job.epochs - log.epoch, epochMs: (performance.now() - fitStarted) / log.epoch });
     },
   });
 
   const report = buildReport(tf, job, labels, fit, splits, coverage, { train, val, test });
   const ran = fit.history.length;
-  await ctx.progress({ phase: 'saving', epoch: ran, epochs: ran, ...(fit.stoppedEarly && { planned: job.epochs }) } satisfies EpochProgress);
+  const saving = { phase: 'saving', epoch: ran, epochs: ran, ...(fit.stoppedEarly && { planned: job.epochs }) } satisfies EpochProgress;
+  await ctx.progress(saving);
   const { layout } = services;
   const modelPrefix = layout.run(job.dataset, job.runId);
-  try {
-    await saveHead(tf, fit.model, services.store, deps.bucket, modelPrefix);
-  } finally {
-    fit.model.dispose();
-  }
   // (what the run left out is in its report's coverage, not among its settings)
   const { dataset, runId, embedderId, notIngestedAgain: _left, ...params } = job;
   const { promote } = job;
   const sources = (await services.datasets.sources(dataset)).sort().map((s) => DatasetRepository.objectUrl(s));
   const run: RunDoc = { dataset, runId, embedderId, params, backend: deps.backend, createdAt: report.createdAt, sources };
-  await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'labels.json'), labels);
-  await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'run.json'), run);
-  await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'report.json'), report);
-  // Last, so that whoever follows the pointer finds every file of the run.
-  if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix, 'train'));
+  const save = async () => {
+    await saveHead(tf, fit.model, services.store, deps.bucket, modelPrefix);
+    await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'labels.json'), labels);
+    await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'run.json'), run);
+    await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'report.json'), report);
+    // Last, so that whoever follows the pointer finds every file of the run.
+    if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix, 'train'));
+  };
+  try {
+    await saveOnceS3Answers(save, deps.s3, ctx, { runId, saving, putBack });
+  } finally {
+    fit.model.dispose();
+  }
   return { ...resultOf(report, modelPrefix, deps.bucket), latest: promote };
+}
+
+/**
+ * Writes a trained run (every write of it idempotent: the same files again), waiting out an outage
+ * of S3 with the run in memory: the worker pauses its other work meanwhile, and put back, the run
+ * would be trained again from its first epoch (a user's trial lost 400 epochs to 2 minutes of S3).
+ * It goes back to the queue only once the outage has lasted SAVE_OUTAGE_WAIT_MS, or the worker is
+ * asked to stop; an error that is not an outage is thrown as ever.
+ */
+async function saveOnceS3Answers(
+  save: () => Promise<void>,
+  s3: TrainDeps['s3'],
+  ctx: JobContext,
+  o: { runId: string; saving: EpochProgress; putBack: (why: string) => Promise<never> },
+): Promise<void> {
+  const since = performance.now();
+  for (;;) {
+    try {
+      return await save();
+    } catch (err) {
+      if (!s3 || !(await s3.isOutage(err))) throw err;
+      const waited = performance.now() - since;
+      if (ctx.stopping() || waited >= SAVE_OUTAGE_WAIT_MS) {
+        const why = ctx.stopping() ? 'its train worker is stopping' : `it waited ${Math.round(waited / 60_000)} min`;
+        await o.putBack(`${s3.reason} while the trained run was being saved, and ${why}`);
+      }
+      const why = `${s3.reason}: the trained run waits in memory to be saved (up to ${SAVE_OUTAGE_WAIT_MS / 60_000} min), not trained again`;
+      ctx.log.warn({ runId: o.runId, err: (err as Error).message }, why);
+      await ctx.progress({ ...o.saving, why } satisfies EpochProgress).catch(() => {});
+      while (!s3.up && !ctx.stopping() && performance.now() - since < SAVE_OUTAGE_WAIT_MS) await sleep(500);
+      if (s3.up) ctx.log.info({ runId: o.runId }, 'S3 is back: saving the trained run');
+    }
+  }
 }
 
 /**

@@ -20,7 +20,8 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const rt = await loadTfRuntime(b === 'onnx' ? 'auto' : b, log).catch((err: unknown) => {
     throw b === 'tensorflow' ? new Error(`TL_BACKEND=tensorflow does not load: ${(err as Error).message}`) : err;
   });
-  const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics };
+  const s3 = await startS3Guard(services.store, config.s3, log, metrics);
+  const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics, s3 };
   const gauges = runGauges(metrics, config.trainGaugesLingerMs);
   const handler: Handler<'train'> = async (payload, ctx) => {
     // The dataset's series exist from its first run's start: one that appeared with its first
@@ -39,7 +40,6 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   };
   const queues = createQueues(services.redis, config);
   exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
-  const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
   // Their locks last at least a minute (the catalog's floor: long synchronous TF.js stretches).
   const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, locks: config, guards: [s3] };

@@ -3,7 +3,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { enqueue, jobIds, NEW_RUN_ID, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
-import { followJob } from '../job-follow.js';
+import { followJob, say } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
@@ -117,6 +117,10 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   }
   if (elsewhere > 0) ctx.out.write(`--partial: ${elsewhereLines(status).join('; ')}\n`);
   const waiting = status.pending + status.orphaned;
+  // nothing to train on: the run would be queued only to fail (no-data), and count as a failed run
+  if (o.partial && status.embedded - elsewhere === 0) {
+    throw new CliExit(EXIT.error, `transferline: --partial trains on the embedded images of ${o.dataset}, and none of its ${status.total} is embedded yet (${waiting} on their way, ${status.failed} failed${elsewhere ? `, ${elsewhere} in another space` : ''}): wait for them (transferline status -d ${o.dataset}), or train without --partial to wait here`);
+  }
   if (waiting > 0 && !o.partial) {
     ctx.out.write(`${waiting} of ${status.total} images of ${o.dataset} are not embedded yet; waiting for them (or train now on the ${status.embedded} embedded with --partial)\n`);
     await waitForDataset(ctx, o.dataset, { space, stallSeconds });
@@ -235,12 +239,19 @@ export async function followRun(
       onProgress: (data) => {
         if (typeof data !== 'object' || data === null) return;
         const p = data as EpochProgress;
+        // (a line of its own: the bar then starts again from 0)
+        if (p.phase === 'put-back') {
+          say(ctx, `run ${runId} goes back to the queue after epoch ${p.epoch} of ${p.epochs}: ${p.why ?? 'its train worker put it back'}; a train worker starts it again from its first epoch`);
+          return;
+        }
         const detail =
           p.phase === 'training'
             ? `loss ${p.loss?.toFixed(4)} val_loss ${p.valLoss?.toFixed(4)} val_acc ${p.valAccuracy?.toFixed(3)}`
-            : p.phase === 'saving' && p.planned
-              ? `saving (stopped early: ${p.epochs} of ${p.planned} epochs, validation loss no longer improving)`
-              : p.phase;
+            : p.phase === 'saving' && p.why
+              ? `saving: ${p.why}`
+              : p.phase === 'saving' && p.planned
+                ? `saving (stopped early: ${p.epochs} of ${p.planned} epochs, validation loss no longer improving)`
+                : p.phase;
         // a run stopped early keeps the total it was shown with: 20/300, "stopped early: 20 of 300"
         bar.update(p.epoch, p.planned ?? p.epochs, detail, p.phase !== 'training');
       },
