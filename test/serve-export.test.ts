@@ -577,9 +577,12 @@ describe('transferline serve, guarded', () => {
       proxy.inject('', { kind: 'slow', ms: 1_000 });
       const port = await freePort();
       let clientClosed = false;
+      let health: Promise<{ status: number; body: unknown }> | undefined;
       // a client in the middle of sending its headers while it loads: no request yet for the 503,
       // and not idle, so closing the server alone would wait for it until Node's header timeout
       const onListening = () => {
+        // a probe while it loads: 503, said as loading, not as overloaded (a user's trial)
+        health = fetch(`http://${stack.config.serve.host}:${port}/healthz`).then(async (r) => ({ status: r.status, body: await r.json() }));
         const client = net.connect(port, stack.config.serve.host, () => client.write('POST /v1/classify HTTP/1.1\r\nHost: x\r\n'));
         client.on('close', () => (clientClosed = true));
         client.on('error', () => undefined);
@@ -590,6 +593,7 @@ describe('transferline serve, guarded', () => {
       const outcome = await Promise.race([start.then(() => 'loaded', (err: Error) => err.message), new Promise((r) => (timer = setTimeout(r, 15_000, 'still closing after 15 s')))]);
       clearTimeout(timer);
       expect(outcome).toMatch(/no-such-dataset/);
+      expect(await health).toEqual({ status: 503, body: { error: { reason: 'loading', message: 'loading the model; retry shortly' } } });
       // the server closed it (not the client, which never ends it)
       await until('the server to close the connection made while it loaded', () => clientClosed, 10);
     } finally {

@@ -228,7 +228,7 @@ export async function startClassifierServer(
   // The port first: one in use is said at once, not after the model has loaded. Until it has,
   // every request (/healthz too: not ready yet) is answered 503.
   let handle: http.RequestListener = (_req, res) => {
-    res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' }).end(JSON.stringify({ error: { reason: 'overloaded', message: 'loading the model; retry shortly' } }));
+    res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' }).end(JSON.stringify({ error: { reason: 'loading', message: 'loading the model; retry shortly' } }));
   };
   const server = http.createServer((req, res) => handle(req, res));
   await new Promise<void>((resolve, reject) => {
