@@ -33,6 +33,21 @@ describe('what a user sees when something is wrong', () => {
     expect(Date.now() - started).toBeLessThan(15_000);
   });
 
+  it('a Redis that takes the connection and answers nothing (SIGSTOPped, wedged) is said so within seconds, not waited on for ever', async () => {
+    const held: net.Socket[] = [];
+    const mute = net.createServer((socket) => void held.push(socket.on('error', () => undefined)));
+    await new Promise<void>((resolve) => mute.listen(0, '127.0.0.1', resolve));
+    try {
+      const url = `redis://127.0.0.1:${(mute.address() as net.AddressInfo).port}`;
+      const r = await runCli(['status'], { ...baseEnv, REDIS_URL: url }, 60_000);
+      expect({ code: r.code, timedOut: r.timedOut }).toEqual({ code: 1, timedOut: false });
+      expect(r.stderr).toContain(`cannot reach Redis at ${url}: it took the connection but did not answer within 10 s (stopped, wedged, or busy with a long command?)`);
+    } finally {
+      for (const socket of held) socket.destroy();
+      await new Promise((resolve) => mute.close(resolve));
+    }
+  });
+
   it('a REDIS_URL whose port is another kind of server (the S3 port, say) is said so, not as a protocol error to report', async () => {
     // (an HTTP server's answer to bytes it cannot parse, the connection kept open: whether a real
     // one closes it before or after the client reads the answer is a race)
@@ -113,10 +128,26 @@ describe('what a user sees when something is wrong', () => {
       const status = await runCli(['status'], env, 60_000);
       expect({ timedOut: status.timedOut, code: status.code }).toEqual({ timedOut: false, code: 0 });
       expect(status.stdout).toContain(`warning: cannot read s3://transferline/, so whether Redis lost data is not checked: cannot reach S3 at ${endpoint}: it did not answer`);
-      // at the default idle timeout (30 s, tried 5 times): status does not wait minutes to say so
+      // at the default idle timeout (30 s, tried 5 times): status does not wait minutes to say so,
+      // nor for the bucket's word on a dataset's failed run (a user's trial: 190 s)
+      const redis = createRedis(server.url, 'oneshot');
+      const trainQueue = queueName('train');
+      try {
+        await new DatasetRepository(redis, redisKeys('tl')).putItem('broken', 'photos/x/a/1.jpg', { label: 'a', etag: 'e', state: 'pending' });
+        const { Queue } = await import('bullmq');
+        const q = new Queue(trainQueue, { connection: redis, prefix: 'tl' });
+        await q.add('train', { dataset: 'broken', runId: 'r1' }, { jobId: 'r1', attempts: 1 });
+        await q.close();
+        const w = new Worker(trainQueue, () => Promise.reject(new Error('no-data: nothing to train on')), { connection: redis.duplicate({ maxRetriesPerRequest: null }), prefix: 'tl' });
+        await until('the run to fail', async () => (await redis.zcard(`tl:${trainQueue}:failed`)) === 1, 20);
+        await w.close();
+      } finally {
+        redis.disconnect();
+      }
       const { TL_S3_IDLE_TIMEOUT_MS: _, ...patient } = env;
       const quick = await runCli(['status'], patient, 30_000);
       expect({ timedOut: quick.timedOut, code: quick.code }).toEqual({ timedOut: false, code: 0 });
+      expect(quick.stdout).toMatch(/run r1 of broken failed/);
       expect(quick.stdout).toContain(`warning: cannot read s3://transferline/, so whether Redis lost data is not checked: cannot reach S3 at ${endpoint}: it did not answer within 5 s`);
       // one that drops every connection is not called mute (the SDK names a reset a timeout too)
       const rude = net.createServer((socket) => socket.destroy());

@@ -121,17 +121,37 @@ export class RedisUnreachableError extends Error {
 }
 
 /** Waits for a connection or throws a clear error (for one-shot commands). */
-export async function pingRedis(redis: Redis, url: string): Promise<void> {
+export async function pingRedis(redis: Redis, url: string, deadlineMs = PING_DEADLINE_MS): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  // A server that took the connection and answers nothing (SIGSTOPped, wedged) would hold the
+  // command for ever, silent: a user's trial waited out its own 90 s timeout on status.
+  const mute = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const where = redactUrl(url);
+      const cause = lastConnectionError.get(redis);
+      const how =
+        redis.status === 'ready' || redis.status === 'connect'
+          ? `it took the connection but did not answer within ${deadlineMs / 1000} s (stopped, wedged, or busy with a long command?)`
+          : `no connection within ${deadlineMs / 1000} s${cause ? ` (${connectionProblem(cause)})` : ''}`;
+      reject(new RedisUnreachableError(where, how));
+    }, deadlineMs);
+  });
   try {
-    await redis.ping();
+    await Promise.race([redis.ping(), mute]);
   } catch (err) {
+    if (err instanceof RedisUnreachableError) throw err;
     const where = redactUrl(url);
     // Reached, and refused: a password, a TLS setting, a server still loading its data.
     if (!isRedisUnavailable(err)) throw new Error(`Redis at ${where} refused the connection: ${(err as Error).message} (check REDIS_URL)`);
     const cause = lastConnectionError.get(redis);
     throw new RedisUnreachableError(where, cause ? connectionProblem(cause) : (err as Error).message);
+  } finally {
+    clearTimeout(timer);
   }
 }
+
+/** How long a command waits for Redis to answer its first PING (pingRedis). */
+export const PING_DEADLINE_MS = 10_000;
 
 /** Runs a pipeline and throws the first command error (ioredis reports them per command). */
 export async function execPipeline(pipe: ReturnType<Redis['pipeline']>): Promise<unknown[]> {

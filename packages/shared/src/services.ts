@@ -50,7 +50,15 @@ export function createServices(config: Config, mode: 'worker' | 'oneshot'): Serv
     supervised: new SupervisedWorkers(redis, keys),
     close: async () => {
       store.close();
-      await redis.quit().catch(() => redis.disconnect());
+      // QUIT waits for the server's answer: one that takes connections and answers nothing
+      // (stopped, wedged) would hold the close, and the process, for ever
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([redis.quit().catch(() => undefined), new Promise((resolve) => (timer = setTimeout(resolve, QUIT_DEADLINE_MS)))]);
+      clearTimeout(timer);
+      redis.disconnect();
     },
   };
 }
+
+/** How long closing waits for Redis to answer QUIT before it drops the connection. */
+const QUIT_DEADLINE_MS = 2_000;

@@ -95,7 +95,7 @@ export async function failedRuns(queues: Pick<Queues, 'train'>): Promise<{ cance
  * newer (however many runs the train queue has kept since), or one of the train queue's newest
  * 1,000 completed jobs (a train worker that writes to another bucket than this shell reads).
  */
-async function failedRunsToAct(ctx: CliContext, failed: FailedRun[], only?: string): Promise<{ toAct: FailedRun[]; settled: number }> {
+async function failedRunsToAct(ctx: CliContext, failed: FailedRun[], only: string | undefined, s3: S3Look): Promise<{ toAct: FailedRun[]; settled: number }> {
   const of = failed.filter((f) => only === undefined || f.dataset === only);
   if (of.length === 0) return { toAct: [], settled: 0 };
   const completed = new Map<string, number>();
@@ -108,7 +108,8 @@ async function failedRunsToAct(ctx: CliContext, failed: FailedRun[], only?: stri
   // bucket that cannot be read now leaves its failures named: status says elsewhere that it cannot)
   const completedAt = async (d: string) => {
     const earliest = Math.min(...of.filter((f) => f.dataset === d).map((f) => f.failedAt));
-    const inBucket = await runCompletedAfter(ctx, d, earliest).catch(() => undefined);
+    // (not asked of an S3 that did not answer the probe: its attempts would hold status for minutes)
+    const inBucket = (await s3) === undefined ? await runCompletedAfter(ctx, d, earliest).catch(() => undefined) : undefined;
     return Math.max(inBucket ?? 0, completed.get(d) ?? 0);
   };
   const known = new Map(await pMap(datasets, async (d) => [d, (await ctx.services.datasets.exists(d)) ? { completedAt: await completedAt(d) } : undefined] as const, { concurrency: 8 }));
@@ -168,6 +169,9 @@ const holderGone = (workers: Record<string, string>[], holder: string | undefine
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
   const { datasets: repo, inspector, spaces: registry, cache } = ctx.services;
   if (o.dataset && !(await repo.exists(o.dataset))) throw await noSuchDataset(ctx, o.dataset);
+  // S3 asked once, with a deadline of its own, beside the reads of Redis: what status reads of the
+  // bucket is read only if it answers (a mute S3 held status for minutes, a user's trial found)
+  const s3 = lookAtS3(ctx);
   const listed = await registry.list();
   const names = o.dataset ? [o.dataset] : await repo.list();
   const unknown = await unpublishedSpaces(repo, names, listed);
@@ -192,7 +196,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   queues.train!.failedRuns = [];
   if (queues.train!.failed) {
     const { cancelled, failed } = await failedRuns(ctx.queues);
-    const { toAct, settled } = await failedRunsToAct(ctx, failed, o.dataset);
+    const { toAct, settled } = await failedRunsToAct(ctx, failed, o.dataset, s3);
     queues.train!.cancelled = cancelled;
     queues.train!.failedRuns = toAct;
     queues.train!.failedRunsSettled = settled;
@@ -219,7 +223,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     unpublished.push({ id, backlog: backlogOf(queues[queueName('embed', id)]!), ...(failed && { failed }) });
   }
   const datasets = await Promise.all(names.map((d) => inspector.status(d)));
-  const { warnings, lossFound, elsewhere } = await deploymentWarnings(ctx, spaces.map((s) => s.space.id));
+  const { warnings, lossFound, elsewhere } = await deploymentWarnings(ctx, spaces.map((sp) => sp.space.id), s3);
   // (what this shell's TL_QUEUE_PREFIX holds is not the workers': "yet" would send the user to start over)
   const here = `under this shell's TL_QUEUE_PREFIX (${ctx.config.redis.prefix}): the workers' is another, as said above`;
   if (o.json) {
@@ -288,10 +292,21 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
  * `lossFound`: a loss was found (not merely left unchecked); `elsewhere`: the workers' data is
  * under another TL_QUEUE_PREFIX than this shell's. `spaces`: the published ones.
  */
-export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Promise<{ warnings: string[]; lossFound: boolean; elsewhere: boolean }> {
+/** Whether S3 answers: undefined if it does, else why not (its probe's error). */
+type S3Look = Promise<unknown>;
+
+/** Asks S3 once (its probe: a deadline of its own, shorter than the SDK's attempts at a mute server). */
+function lookAtS3(ctx: CliContext): S3Look {
+  return ctx.services.store.probe(ctx.config.s3.bucket).then(
+    () => undefined,
+    (err: unknown) => err ?? new Error('no answer'),
+  );
+}
+
+export async function deploymentWarnings(ctx: CliContext, spaces: string[], s3: S3Look = lookAtS3(ctx)): Promise<{ warnings: string[]; lossFound: boolean; elsewhere: boolean }> {
   // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
   const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
-  const loss = await dataLossWarnings(ctx, spaces);
+  const loss = await dataLossWarnings(ctx, spaces, s3);
   // a shell whose TL_BUCKET/TL_PREFIX are not the workers': every model and cache read here looks elsewhere
   const storage = await storageHint(ctx);
   return { warnings: [...(storage ? [storage] : []), ...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found, elsewhere: loss.elsewhere };
@@ -304,7 +319,7 @@ export async function deploymentWarnings(ctx: CliContext, spaces: string[]): Pro
  * trained runs that Redis no longer knew then, with the commands that bring both back. A dataset
  * deleted on purpose while its runs stay is not a loss: it is only named when a loss is found.
  */
-async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ lines: string[]; found: boolean; elsewhere: boolean }> {
+async function dataLossWarnings(ctx: CliContext, spaces: string[], s3: S3Look): Promise<{ lines: string[]; found: boolean; elsewhere: boolean }> {
   const { cache, layout, store } = ctx.services;
   const { bucket } = ctx.config.s3;
   const warnings: string[] = [];
@@ -313,7 +328,8 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[]): Promise<{ li
   let inBucket: string[];
   try {
     // asked first with a deadline of its own: a mute S3 would hold status for the SDK's attempts (minutes)
-    await store.probe(bucket);
+    const down = await s3;
+    if (down !== undefined) throw down;
     inBucket = await store.listFolders(bucket, layout.embeddingSpaces());
   } catch (err) {
     // (nor is a loss remembered or forgotten: nothing was seen)
