@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
+import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { randomBytes } from 'node:crypto';
@@ -46,7 +47,14 @@ describe('the embedding cache', () => {
       if (Date.now() > deadline) throw new Error('embed never became active');
       await new Promise((r) => setTimeout(r, 20));
     }
+    const killed = stack.supervisor.pids()['embed#1'];
     expect(stack.supervisor.signal('embed', 1, 'SIGKILL')).toBe(true);
+    // status leaves it out at once, not for its heartbeat's 15 s (a user's trial: "2 embed workers" for 16 s after a kill)
+    const workersInStatus = async () => {
+      const json = await statusCommand({ ...ctx, out: { write: () => true } as unknown as NodeJS.WritableStream }, { json: true });
+      return json.spaces.find((sp) => sp.space.id === stack.space.id)?.workers.map((w) => w.pid) ?? [];
+    };
+    await until('status to leave the killed embed worker out', async () => !(await workersInStatus()).includes(killed!), 5, 200);
     // the supervisor restarts it; the new process finds the dead one's jobs stalled and runs them again
     const s = await waitForDataset(ctx, 'crash', { space: stack.space.id, stallSeconds: 60 });
     expect(s).toMatchObject({ total, embedded: total, failed: 0, pending: 0 });

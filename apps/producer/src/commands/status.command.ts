@@ -165,6 +165,16 @@ const HELD_READ = 1_000;
  */
 const holderGone = (workers: Record<string, string>[], holder: string | undefined): boolean => holder !== undefined && (workers.length === 0 || holderConnected(workers, holder) === false);
 
+/**
+ * The embed workers whose heartbeat is recent that are still connected to Redis: one SIGKILLed
+ * beats no more but counts until its heartbeat's TTL has run out (a user's trial: 2 workers for
+ * 16 s after one was killed), while its connection is gone at once. (A worker publishes itself
+ * live once its queue's worker has started: one that has just done so may not be connected yet.)
+ */
+function stillConnected<W extends { workerId: string }>(beating: W[], connected: Record<string, string>[]): W[] {
+  return beating.filter((w) => !holderGone(connected, w.workerId));
+}
+
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
   const { datasets: repo, inspector, spaces: registry, cache } = ctx.services;
@@ -177,6 +187,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const unknown = await unpublishedSpaces(repo, names, listed);
   const queues: StatusReport['queues'] = {};
   let trainActive: { active: Job[]; goneIds: Set<string | undefined> } = { active: [], goneIds: new Set() };
+  /** the workers connected to each space's embed queue (CLIENT LIST), by space */
+  const embedConnected = new Map<string, Record<string, string>[]>();
   // in the pipeline's order, as the console lists them; an embed queue's workers are its space's live ones
   for (const q of deploymentQueues(ctx.queues, listed, unknown)) {
     const counts = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
@@ -184,12 +196,13 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     // the active jobs before the workers: one that connects and takes a job between the two reads
     // is then listed (an embed queue's workers are counted from its space, unless jobs are active)
     const active = counts.active ? await q.getActive(0, HELD_READ - 1) : [];
-    const connected = space && active.length === 0 ? [] : await q.getWorkers();
+    const connected = await q.getWorkers();
+    if (space) embedConnected.set(space.space.id, connected);
     const goneIds = new Set(active.filter((j) => holderGone(connected, j?.processedBy)).map((j) => j.id));
     if (q.name === queueName('train')) trainActive = { active, goneIds };
     // (with none connected all are held by a worker that stopped, said as such; a run, as a run)
     const held = connected.length > 0 && q.name !== queueName('train') ? goneIds.size : 0;
-    queues[q.name] = { ...counts, workers: space ? space.workers.length : connected.length, ...(held && { heldByGone: held }), paused: await ctx.services.paused.list(q.name) };
+    queues[q.name] = { ...counts, workers: space ? stillConnected(space.workers, connected).length : connected.length, ...(held && { heldByGone: held }), paused: await ctx.services.paused.list(q.name) };
   }
   // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no
   // failure; the others are named with their reason
@@ -211,8 +224,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     queues.train!.activeRuns.push({ runId: data.runId, dataset: String(data.dataset), epoch: (j.progress as { epoch?: number } | undefined)?.epoch ?? 0, epochs: data.epochs ?? 0, ...(gone && { workerGone: gone }) });
   }
   const spaces: SpaceStatus[] = [];
-  for (const { space, workers, starting } of listed) {
+  for (const { space, workers: beating, starting } of listed) {
     const c = queues[queueName('embed', space.id)]!;
+    const workers = stillConnected(beating, embedConnected.get(space.id) ?? []);
     // none live nor loading: the last that could not start, and why
     const failed = workers.length || starting.length ? undefined : await registry.failureOf(space.id);
     spaces.push({ space, workers, starting, ...(failed && { failed }), backlog: backlogOf(c), cached: await cache.size(space.id) });
