@@ -17,6 +17,8 @@ export async function openCliContext(config: Config, out: NodeJS.WritableStream 
   try {
     await pingRedis(services.redis, config.redis.url);
   } catch (err) {
+    // (dropped, not closed: QUIT would wait on a Redis that does not answer)
+    services.redis.disconnect();
     await services.close();
     throw err;
   }

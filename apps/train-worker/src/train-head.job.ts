@@ -198,31 +198,32 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
     },
   });
 
-  const report = buildReport(tf, job, labels, fit, splits, coverage, { train, val, test });
-  const ran = fit.history.length;
-  const saving = { phase: 'saving', epoch: ran, epochs: ran, ...(fit.stoppedEarly && { planned: job.epochs }) } satisfies EpochProgress;
-  await ctx.progress(saving);
-  const { layout } = services;
-  const modelPrefix = layout.run(job.dataset, job.runId);
-  // (what the run left out is in its report's coverage, not among its settings)
-  const { dataset, runId, embedderId, notIngestedAgain: _left, ...params } = job;
-  const { promote } = job;
-  const sources = (await services.datasets.sources(dataset)).sort().map((s) => DatasetRepository.objectUrl(s));
-  const run: RunDoc = { dataset, runId, embedderId, params, backend: deps.backend, createdAt: report.createdAt, sources };
-  const save = async () => {
-    await saveHead(tf, fit.model, services.store, deps.bucket, modelPrefix);
-    await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'labels.json'), labels);
-    await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'run.json'), run);
-    await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'report.json'), report);
-    // Last, so that whoever follows the pointer finds every file of the run.
-    if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix, 'train'));
-  };
+  // (the model is disposed however the run ends from here)
   try {
-    await saveOnceS3Answers(save, deps.s3, ctx, { runId, saving, putBack });
+    const report = buildReport(tf, job, labels, fit, splits, coverage, { train, val, test });
+    const ran = fit.history.length;
+    const saving = { phase: 'saving', epoch: ran, epochs: ran, ...(fit.stoppedEarly && { planned: job.epochs }) } satisfies EpochProgress;
+    await ctx.progress(saving);
+    const { layout } = services;
+    const modelPrefix = layout.run(job.dataset, job.runId);
+    // (what the run left out is in its report's coverage, not among its settings)
+    const { dataset, runId, embedderId, notIngestedAgain: _left, ...params } = job;
+    const { promote } = job;
+    const sources = (await services.datasets.sources(dataset)).sort().map((s) => DatasetRepository.objectUrl(s));
+    const run: RunDoc = { dataset, runId, embedderId, params, backend: deps.backend, createdAt: report.createdAt, sources };
+    const save = async () => {
+      await saveHead(tf, fit.model, services.store, deps.bucket, modelPrefix);
+      await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'labels.json'), labels);
+      await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'run.json'), run);
+      await services.store.putJson(deps.bucket, layout.runFile(dataset, runId, 'report.json'), report);
+      // Last, so that whoever follows the pointer finds every file of the run.
+      if (promote) await services.store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix, 'train'));
+    };
+    await saveOnceS3Answers(save, deps.s3, ctx, { runId, saving, putBack, cancelled });
+    return { ...resultOf(report, modelPrefix, deps.bucket), latest: promote };
   } finally {
     fit.model.dispose();
   }
-  return { ...resultOf(report, modelPrefix, deps.bucket), latest: promote };
 }
 
 /**
@@ -232,28 +233,37 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
  * It goes back to the queue only once the outage has lasted SAVE_OUTAGE_WAIT_MS, or the worker is
  * asked to stop; an error that is not an outage is thrown as ever.
  */
-async function saveOnceS3Answers(
+export async function saveOnceS3Answers(
   save: () => Promise<void>,
   s3: TrainDeps['s3'],
   ctx: JobContext,
-  o: { runId: string; saving: EpochProgress; putBack: (why: string) => Promise<never> },
+  o: { runId: string; saving: EpochProgress; putBack: (why: string) => Promise<never>; cancelled: (when: string) => Promise<void> },
 ): Promise<void> {
   const since = performance.now();
+  // the worker asked to stop, or the wait over, while S3 is still down: put back at once (another
+  // save first would take the SDK's attempts at a mute S3, minutes past the stop deadline)
+  const giveUpIfDue = async () => {
+    const waited = performance.now() - since;
+    if (!ctx.stopping() && waited < SAVE_OUTAGE_WAIT_MS) return;
+    const why = ctx.stopping() ? 'its train worker is stopping' : `it waited ${Math.round(waited / 60_000)} min`;
+    await o.putBack(`${s3!.reason} while the trained run was being saved, and ${why}`);
+  };
   for (;;) {
     try {
       return await save();
     } catch (err) {
       if (!s3 || !(await s3.isOutage(err))) throw err;
-      const waited = performance.now() - since;
-      if (ctx.stopping() || waited >= SAVE_OUTAGE_WAIT_MS) {
-        const why = ctx.stopping() ? 'its train worker is stopping' : `it waited ${Math.round(waited / 60_000)} min`;
-        await o.putBack(`${s3.reason} while the trained run was being saved, and ${why}`);
-      }
+      await giveUpIfDue();
       const why = `${s3.reason}: the trained run waits in memory to be saved (up to ${SAVE_OUTAGE_WAIT_MS / 60_000} min), not trained again`;
       ctx.log.warn({ runId: o.runId, err: (err as Error).message }, why);
       await ctx.progress({ ...o.saving, why } satisfies EpochProgress).catch(() => {});
-      while (!s3.up && !ctx.stopping() && performance.now() - since < SAVE_OUTAGE_WAIT_MS) await sleep(500);
-      if (s3.up) ctx.log.info({ runId: o.runId }, 'S3 is back: saving the trained run');
+      while (!s3.up) {
+        // (train --cancel meanwhile: the run ends writing nothing, as it promises)
+        await o.cancelled('while its save waited for S3');
+        await giveUpIfDue();
+        await sleep(500);
+      }
+      ctx.log.info({ runId: o.runId }, 'S3 is back: saving the trained run');
     }
   }
 }

@@ -119,7 +119,9 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   const waiting = status.pending + status.orphaned;
   // nothing to train on: the run would be queued only to fail (no-data), and count as a failed run
   if (o.partial && status.embedded - elsewhere === 0) {
-    throw new CliExit(EXIT.error, `transferline: --partial trains on the embedded images of ${o.dataset}, and none of its ${status.total} is embedded yet (${waiting} on their way, ${status.failed} failed${elsewhere ? `, ${elsewhere} in another space` : ''}): wait for them (transferline status -d ${o.dataset}), or train without --partial to wait here`);
+    const counts = `${waiting} on their way, ${status.failed} failed${elsewhere ? `, ${elsewhere} in another space` : ''}`;
+    const next = waiting > 0 ? `wait for them (transferline status -d ${o.dataset}), or train without --partial to wait here` : `nothing will be (see transferline failures -d ${o.dataset})`;
+    throw new CliExit(EXIT.error, `transferline: --partial trains on the embedded images of ${o.dataset}, and none of its ${status.total} is embedded yet (${counts}): ${next}`);
   }
   if (waiting > 0 && !o.partial) {
     ctx.out.write(`${waiting} of ${status.total} images of ${o.dataset} are not embedded yet; waiting for them (or train now on the ${status.embedded} embedded with --partial)\n`);
@@ -241,7 +243,8 @@ export async function followRun(
         const p = data as EpochProgress;
         // (a line of its own: the bar then starts again from 0)
         if (p.phase === 'put-back') {
-          say(ctx, `run ${runId} goes back to the queue after epoch ${p.epoch} of ${p.epochs}: ${p.why ?? 'its train worker put it back'}; a train worker starts it again from its first epoch`);
+          const after = p.epoch > 0 ? ` after epoch ${p.epoch} of ${p.epochs}` : '';
+          say(ctx, `run ${runId} goes back to the queue${after}: ${p.why ?? 'its train worker put it back'}; a train worker starts it again from its first epoch`);
           return;
         }
         const detail =

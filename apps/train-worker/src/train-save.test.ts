@@ -1,0 +1,50 @@
+import { describe, expect, it } from 'vitest';
+import { createLogger, DeferJob, PermanentError, type JobContext } from '@transferline/shared';
+import { saveOnceS3Answers, type EpochProgress } from './train-head.job.js';
+
+/**
+ * The save of a trained run across an S3 outage, with a stand-in for the worker's S3 guard (its
+ * probing of a real S3 is the fault suite's: test/faults.test.ts). What is checked here is what
+ * the wait does when something else happens meanwhile.
+ */
+describe("a trained run's save while S3 is down", () => {
+  const log = createLogger('train', 'silent');
+  const down = { up: false, reason: 'S3 at http://s3:9000 is unreachable', isOutage: async () => true };
+  const saving: EpochProgress = { phase: 'saving', epoch: 5, epochs: 5 };
+  const setup = (o: { stopping?: () => boolean; cancelAfter?: number } = {}) => {
+    const said: EpochProgress[] = [];
+    let saves = 0;
+    let checks = 0;
+    const ctx: JobContext = { log, attempt: 1, stopping: o.stopping ?? (() => false), progress: async (p) => void said.push(p as EpochProgress) };
+    const save = async () => {
+      saves++;
+      throw new Error('socket hang up');
+    };
+    const cancelled = async (when: string) => {
+      if (o.cancelAfter !== undefined && ++checks > o.cancelAfter) throw new PermanentError('cancelled', `run r was cancelled (transferline train --cancel) ${when}`);
+    };
+    const putBack = async (why: string): Promise<never> => {
+      said.push({ phase: 'put-back', epoch: 5, epochs: 5, why });
+      throw new DeferJob(0, why);
+    };
+    return { said, saves: () => saves, run: () => saveOnceS3Answers(save, down, ctx, { runId: 'r', saving, putBack, cancelled }) };
+  };
+
+  it('ends the run as cancelled, writing nothing more, when train --cancel comes meanwhile', async () => {
+    const t = setup({ cancelAfter: 1 });
+    await expect(t.run()).rejects.toThrow(/was cancelled \(transferline train --cancel\) while its save waited for S3/);
+    expect(t.saves()).toBe(1);
+    expect(t.said[0]).toMatchObject({ phase: 'saving', why: expect.stringMatching(/^S3 at http:\/\/s3:9000 is unreachable: the trained run waits in memory/) });
+  });
+
+  it('puts the run back at once, without another save, when its worker is asked to stop meanwhile', async () => {
+    let stop = false;
+    const t = setup({ stopping: () => stop });
+    const ran = t.run();
+    await new Promise((r) => setTimeout(r, 700));
+    stop = true;
+    await expect(ran).rejects.toBeInstanceOf(DeferJob);
+    expect(t.saves()).toBe(1);
+    expect(t.said.at(-1)).toMatchObject({ phase: 'put-back', why: 'S3 at http://s3:9000 is unreachable while the trained run was being saved, and its train worker is stopping' });
+  });
+});
