@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { retryCommand } from '../apps/producer/src/commands/retry.command.js';
+import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
@@ -322,6 +323,10 @@ describe('a command never waits for ever', () => {
       expect(r.timedOut).toBe(false);
       expect(r.code).toBe(4);
       expect(r.stderr).toMatch(/no progress for 3 s: 1 images wait for preprocess and its connected workers take none of the 1 jobs waiting in \S+ \(hung: SIGSTOPped, its event loop blocked, or cut off from Redis\?\); restart them/);
+      // and status says so too, where it showed a worker and a waiting job as if all were well (a user's trial)
+      let said = '';
+      await statusCommand({ ...ctx, out: { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream }, {});
+      expect(said).toMatch(/^ {2}preprocess: 1 job waits, the oldest for \d+ s, and its connected workers take none \(hung: SIGSTOPped, its event loop blocked, or cut off from Redis\?\); restart them$/m);
     } finally {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
     }

@@ -1,4 +1,4 @@
-import { JOBS, permanentFailureOf, QUEUES, queueName, type JobName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
+import { JOBS, jobLock, permanentFailureOf, QUEUES, queueName, type JobName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
 import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
@@ -32,6 +32,12 @@ export interface StatusReport {
        * connected while others are (killed): they wait for their locks to run out (train: said per run)
        */
       heldByGone?: number;
+      /**
+       * jobs wait, none is active, and its connected workers (none paused by an outage) have taken
+       * none for longer than two stalled-job checks: how long the oldest has waited (s). Hung
+       * workers (SIGSTOPped, a blocked event loop, cut off from Redis) look connected.
+       */
+      untakenSeconds?: number;
       paused: PausedWorkerNow[];
       /** train only: its failed jobs that are runs stopped with train --cancel */
       cancelled?: number;
@@ -163,6 +169,21 @@ const HELD_READ = 1_000;
  * Whether the worker holding a job is gone: none of the queue's workers is connected, or Redis
  * names them and the holder is not among them (a Redis that names no clients tells nothing).
  */
+/**
+ * How long (s) the oldest waiting job of a queue has waited, by Redis's clock, if longer than two
+ * of its stalled-job checks: a free worker takes a waiting job at once, so connected workers that
+ * leave it that long take none. Undefined otherwise, or when the queue itself is paused.
+ */
+async function untakenFor(ctx: CliContext, q: Queue): Promise<number | undefined> {
+  const name = q.name.startsWith(`${QUEUES.embed}.`) ? 'embed' : (q.name as JobName);
+  if (!(name in JOBS) || (await q.isPaused())) return undefined;
+  const [oldest] = await q.getJobs(['waiting'], 0, 0, true);
+  if (!oldest) return undefined;
+  const [seconds] = await ctx.services.redis.time();
+  const waitedMs = Number(seconds) * 1000 - oldest.timestamp;
+  return waitedMs > 2 * jobLock(name, ctx.config).stalledIntervalMs ? Math.round(waitedMs / 1000) : undefined;
+}
+
 const holderGone = (workers: Record<string, string>[], holder: string | undefined): boolean => holder !== undefined && (workers.length === 0 || holderConnected(workers, holder) === false);
 
 /**
@@ -202,7 +223,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     if (q.name === queueName('train')) trainActive = { active, goneIds };
     // (with none connected all are held by a worker that stopped, said as such; a run, as a run)
     const held = connected.length > 0 && q.name !== queueName('train') ? goneIds.size : 0;
-    queues[q.name] = { ...counts, workers: space ? stillConnected(space.workers, connected).length : connected.length, ...(held && { heldByGone: held }), paused: await ctx.services.paused.list(q.name) };
+    const paused = await ctx.services.paused.list(q.name);
+    const untaken = counts.waiting && !counts.active && connected.length > 0 && paused.length === 0 ? await untakenFor(ctx, q) : undefined;
+    queues[q.name] = { ...counts, workers: space ? stillConnected(space.workers, connected).length : connected.length, ...(held && { heldByGone: held }), ...(untaken && { untakenSeconds: untaken }), paused };
   }
   // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no
   // failure; the others are named with their reason
@@ -277,6 +300,11 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
       const which = gone === c.active ? (gone === 1 ? 'its active job is' : `its ${gone} active jobs are`) : `${gone} of its ${c.active ?? 0} active jobs ${gone === 1 ? 'is' : 'are'}`;
       w(`  ${name}: ${which} held by a worker that is stopping or gone (a worker that stops finishes or puts back its jobs; if it was killed, a connected worker takes ${gone === 1 ? 'it' : 'them'} up again once ${gone === 1 ? 'its lock has' : 'their locks have'} run out${within})`);
     }
+  }
+  for (const [name, c] of Object.entries(queues)) {
+    if (c.untakenSeconds === undefined) continue;
+    const n = c.waiting ?? 0;
+    w(`  ${name}: ${n} job${n === 1 ? ' waits' : 's wait'}, the oldest for ${c.untakenSeconds} s, and its connected workers take none (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart them`);
   }
   for (const r of queues.train!.activeRuns ?? []) {
     if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is stopping or gone (a train worker that stops puts the run back at the end of its epoch; if it was killed, a train worker starts the run again once its lock has run out, about ${takenUpWithinSeconds('train', ctx)} s after) (follow it: transferline train --follow ${r.runId})`);
