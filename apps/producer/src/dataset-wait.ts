@@ -1,4 +1,4 @@
-import { couldNotStart, isRedisUnavailable, jobLock, relistCommand, redactUrl, sleep, unlockedActiveJobs, upRestartWindowMs, type DatasetStatus } from '@transferline/shared';
+import { couldNotStart, hungAfterMs, isRedisUnavailable, relistCommand, redactUrl, sleep, unlockedActiveJobs, upRestartWindowMs, type DatasetStatus } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -237,7 +237,7 @@ async function stageBlocked(
   const since = seen?.state === found.state ? seen.at : Date.now();
   hung.since.set(stage, { state: found.state, at: since });
   const hungMs = Date.now() - since;
-  if (hungMs < Math.max(2 * jobLock(stage, ctx.config).stalledIntervalMs, hung.atLeastMs)) return undefined;
+  if (hungMs < Math.max(hungAfterMs(stage, ctx.config), hung.atLeastMs)) return undefined;
   // Workers `up` watches are restarted once their /healthz has gone unanswered for its hang time,
   // and the new one takes their jobs up: that is waited for, from when this wait saw them hang
   // (they hung earlier), not told to the user to do.

@@ -1,5 +1,5 @@
 import { Job, QueueEvents, type Queue } from 'bullmq';
-import { JOBS, execPipeline, jobLock, permanentFailureOf, sleep, unlockedActiveJobs, type JobName, type Redis } from '@transferline/shared';
+import { JOBS, execPipeline, hungAfterMs, jobLock, permanentFailureOf, sleep, unlockedActiveJobs, type JobName, type Redis } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { allPaused, redisOutage, restartUnderWay, RESTARTED_BY, upRestart, type UpRestarts } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -288,8 +288,7 @@ async function lockLost(ctx: CliContext, queue: Queue, job: Job, workers: Record
   // A worker alive but slow to renew (TF.js holding its event loop) loses the lock too; its own
   // stalled-job check then moves the job back within two intervals: only a loss that outlasts them is a hang.
   lapsed.since ??= Date.now();
-  const lock = job.name in JOBS ? jobLock(job.name as JobName, ctx.config) : undefined;
-  if (lock && Date.now() - lapsed.since < 2 * lock.stalledIntervalMs) return undefined;
+  if (job.name in JOBS && Date.now() - lapsed.since < hungAfterMs(job.name as JobName, ctx.config)) return undefined;
   const holder = (await queue.getJob(jobId))?.processedBy;
   // Another worker takes it up, unless it is paused by an outage (a paused worker runs no
   // stalled-job check). BullMQ lists every worker under the queue's name; `rawname` is its

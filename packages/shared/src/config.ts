@@ -392,7 +392,8 @@ export function spaceSettings(space: { weights: 'imagenet' | 'random'; seed?: nu
   return [
     space.weights !== d.TL_MODEL_WEIGHTS && { name: 'TL_MODEL_WEIGHTS', value: space.weights },
     space.resize !== d.TL_RESIZE && { name: 'TL_RESIZE', value: space.resize },
-    space.weights === 'random' && space.seed !== undefined && space.seed !== d.TL_MODEL_SEED && { name: 'TL_MODEL_SEED', value: String(space.seed) },
+    // (a space has a seed only when its weights are random: spaceFromConfig)
+    space.seed !== undefined && space.seed !== d.TL_MODEL_SEED && { name: 'TL_MODEL_SEED', value: String(space.seed) },
   ].filter((s): s is { name: string; value: string } => Boolean(s));
 }
 

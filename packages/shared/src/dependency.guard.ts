@@ -1,3 +1,4 @@
+import { withDeadline } from './lifecycle.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 import { S3CredentialsError, type ObjectStore } from './s3.client.js';
@@ -77,7 +78,7 @@ export class DependencyGuard {
   }
 
   private check(): Promise<boolean> {
-    this.probing ??= withTimeout(this.probe(), this.o.probeTimeoutMs ?? 5_000)
+    this.probing ??= withDeadline(this.probe(), this.o.probeTimeoutMs ?? 5_000)
       .then(
         () => true,
         (err: unknown) => ((this.probeError = err), false),
@@ -127,14 +128,4 @@ export async function startS3Guard(store: Pick<ObjectStore, 'probe'>, s3: { buck
   const guard = new DependencyGuard('s3', () => store.probe(s3.bucket), log, metrics, { what: `S3 at ${s3.endpoint}` });
   await guard.checkAtStart();
   return guard;
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-    p.then(
-      (v) => (clearTimeout(t), resolve(v)),
-      (e: unknown) => (clearTimeout(t), reject(e as Error)),
-    );
-  });
 }

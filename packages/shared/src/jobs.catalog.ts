@@ -17,6 +17,12 @@ export function queueName(name: JobName, space?: string): string {
   return `${QUEUES.embed}.${space}`;
 }
 
+/** The job name of a BullMQ queue (queueName's inverse: every `embed.<space>` is embed's), or undefined for none of ours. */
+export function jobOfQueue(queue: string): JobName | undefined {
+  if (queue.startsWith(`${QUEUES.embed}.`)) return 'embed';
+  return (Object.keys(JOBS) as JobName[]).find((n) => n !== 'embed' && JOBS[n].queue === queue);
+}
+
 const DATASET_NAME_RULE = 'dataset names are 1-64 letters, digits, _ . - and start with a letter or digit';
 const datasetName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, DATASET_NAME_RULE);
 export const DatasetName = datasetName;
@@ -209,6 +215,15 @@ export function jobLock(name: JobName, locks: JobLocks): { lockMs: number; stall
   const spec: JobSpec<z.ZodType> = JOBS[name];
   const lockMs = spec.longLock ? locks.trainJobLockMs : locks.jobLockMs;
   return { lockMs, stalledIntervalMs: Math.min(30_000, Math.max(1_000, Math.round(lockMs / 2))) };
+}
+
+/**
+ * How long a job may go untaken, or its lock lapsed, before the workers that hold or leave it are
+ * taken for hung: two stalled-job checks (a live worker slow to renew, or between two fetches,
+ * has its own check move the job on within them).
+ */
+export function hungAfterMs(name: JobName, locks: JobLocks): number {
+  return 2 * jobLock(name, locks).stalledIntervalMs;
 }
 
 /**

@@ -161,6 +161,21 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /**
+ * `work`'s outcome, or after `ms` without one, `late()`'s error (by default "no answer within ms"):
+ * a request to a server that may take the connection and answer nothing. The timer is cleared
+ * when `work` settles first.
+ */
+export function withDeadline<T>(work: Promise<T>, ms: number, late: () => Error = () => new Error(`no answer within ${ms} ms`)): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(late()), ms);
+    work.then(
+      (v) => (clearTimeout(t), resolve(v)),
+      (e: unknown) => (clearTimeout(t), reject(e as Error)),
+    );
+  });
+}
+
+/**
  * Waits for `work` to settle, but at most `ms` (its error, or its lateness, ignored): a write
  * worth making on the way out that a Redis or S3 that is down must not hold up. The timer does
  * not keep the process alive.

@@ -2,6 +2,7 @@ import { Redis, type ChainableCommander, type RedisOptions } from 'ioredis';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 import { connectionFailure, isConnectionCode } from './errors.js';
+import { withDeadline } from './lifecycle.js';
 import { redactUrl } from './redact.js';
 
 export { Redis };
@@ -122,22 +123,18 @@ export class RedisUnreachableError extends Error {
 
 /** Waits for a connection or throws a clear error (for one-shot commands). */
 export async function pingRedis(redis: Redis, url: string, deadlineMs = PING_DEADLINE_MS): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
   // A server that took the connection and answers nothing (SIGSTOPped, wedged) would hold the
   // command for ever, silent: a user's trial waited out its own 90 s timeout on status.
-  const mute = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      const where = redactUrl(url);
-      const cause = lastConnectionError.get(redis);
-      const how =
-        redis.status === 'ready' || redis.status === 'connect'
-          ? `it took the connection but did not answer within ${deadlineMs / 1000} s (stopped, wedged, or busy with a long command?)`
-          : `no connection within ${deadlineMs / 1000} s${cause ? ` (${connectionProblem(cause)})` : ''}`;
-      reject(new RedisUnreachableError(where, how));
-    }, deadlineMs);
-  });
+  const mute = () => {
+    const cause = lastConnectionError.get(redis);
+    const how =
+      redis.status === 'ready' || redis.status === 'connect'
+        ? `it took the connection but did not answer within ${deadlineMs / 1000} s (stopped, wedged, or busy with a long command?)`
+        : `no connection within ${deadlineMs / 1000} s${cause ? ` (${connectionProblem(cause)})` : ''}`;
+    return new RedisUnreachableError(redactUrl(url), how);
+  };
   try {
-    await Promise.race([redis.ping(), mute]);
+    await withDeadline(redis.ping(), deadlineMs, mute);
   } catch (err) {
     if (err instanceof RedisUnreachableError) throw err;
     const where = redactUrl(url);
@@ -145,8 +142,6 @@ export async function pingRedis(redis: Redis, url: string, deadlineMs = PING_DEA
     if (!isRedisUnavailable(err)) throw new Error(`Redis at ${where} refused the connection: ${(err as Error).message} (check REDIS_URL)`);
     const cause = lastConnectionError.get(redis);
     throw new RedisUnreachableError(where, cause ? connectionProblem(cause) : (err as Error).message);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

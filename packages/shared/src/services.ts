@@ -6,6 +6,7 @@ import { DatasetRepository } from './dataset.repository.js';
 import { EmbeddingCache } from './embedding-cache.js';
 import { SpaceRegistry } from './embedding-space.js';
 import { redisKeys, type RedisKeys } from './keys.js';
+import { settledWithin } from './lifecycle.js';
 import { PausedWorkers } from './paused-workers.js';
 import { SupervisedWorkers } from './supervised-workers.js';
 import { createRedis } from './redis.client.js';
@@ -52,9 +53,7 @@ export function createServices(config: Config, mode: 'worker' | 'oneshot'): Serv
       store.close();
       // QUIT waits for the server's answer: one that takes connections and answers nothing
       // (stopped, wedged) would hold the close, and the process, for ever
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([redis.quit().catch(() => undefined), new Promise((resolve) => (timer = setTimeout(resolve, QUIT_DEADLINE_MS)))]);
-      clearTimeout(timer);
+      await settledWithin(QUIT_DEADLINE_MS, redis.quit());
       redis.disconnect();
     },
   };

@@ -1,4 +1,4 @@
-import { JOBS, jobLock, permanentFailureOf, QUEUES, queueName, type JobName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
+import { hungAfterMs, jobOfQueue, permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
 import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
@@ -175,13 +175,13 @@ const HELD_READ = 1_000;
  * leave it that long take none. Undefined otherwise, or when the queue itself is paused.
  */
 async function untakenFor(ctx: CliContext, q: Queue): Promise<number | undefined> {
-  const name = q.name.startsWith(`${QUEUES.embed}.`) ? 'embed' : (q.name as JobName);
-  if (!(name in JOBS) || (await q.isPaused())) return undefined;
+  const name = jobOfQueue(q.name);
+  if (!name || (await q.isPaused())) return undefined;
   const [oldest] = await q.getJobs(['waiting'], 0, 0, true);
   if (!oldest) return undefined;
   const [seconds] = await ctx.services.redis.time();
   const waitedMs = Number(seconds) * 1000 - oldest.timestamp;
-  return waitedMs > 2 * jobLock(name, ctx.config).stalledIntervalMs ? Math.round(waitedMs / 1000) : undefined;
+  return waitedMs > hungAfterMs(name, ctx.config) ? Math.round(waitedMs / 1000) : undefined;
 }
 
 const holderGone = (workers: Record<string, string>[], holder: string | undefined): boolean => holder !== undefined && (workers.length === 0 || holderConnected(workers, holder) === false);
@@ -295,8 +295,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const [name, c] of Object.entries(queues)) {
     const gone = c.heldByGone ?? 0;
     if (c.workers > 0 && gone > 0) {
-      const job = name.startsWith(`${QUEUES.embed}.`) ? 'embed' : (name as JobName);
-      const within = job in JOBS ? `, about ${takenUpWithinSeconds(job, ctx)} s after their worker went` : '';
+      const job = jobOfQueue(name);
+      const within = job ? `, about ${takenUpWithinSeconds(job, ctx)} s after their worker went` : '';
       const which = gone === c.active ? (gone === 1 ? 'its active job is' : `its ${gone} active jobs are`) : `${gone} of its ${c.active ?? 0} active jobs ${gone === 1 ? 'is' : 'are'}`;
       w(`  ${name}: ${which} held by a worker that is stopping or gone (a worker that stops finishes or puts back its jobs; if it was killed, a connected worker takes ${gone === 1 ? 'it' : 'them'} up again once ${gone === 1 ? 'its lock has' : 'their locks have'} run out${within})`);
     }
