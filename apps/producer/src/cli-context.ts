@@ -1,4 +1,4 @@
-import { closeQueues, createQueues, createServices, DEFAULT_IDLE_TIMEOUT_MS, pingRedis, redactUrl, S3_ATTEMPTS, type Config, type EmbeddingSpace, type ObjectStore, type Queues, type Services } from '@transferline/shared';
+import { closeQueues, createQueues, createServices, DEFAULT_IDLE_TIMEOUT_MS, pingRedis, redactUrl, S3_ATTEMPTS, slowRequestAfterMs, type Config, type EmbeddingSpace, type ObjectStore, type Queues, type Services } from '@transferline/shared';
 
 /** What every one-shot command uses: clients built once from config, closed once. */
 export interface CliContext {
@@ -39,12 +39,12 @@ export async function openCliContext(config: Config, out: NodeJS.WritableStream 
 
 /**
  * A wedged S3 (it takes connections, answers nothing) holds a request for its attempts, each
- * given the idle timeout: said on stderr after two of those or 10 s, whichever is first (again
+ * given the idle timeout: said on stderr once the request is slow (slowRequestAfterMs; again
  * after an answer, for a command that runs on: --watch).
  */
 export function sayWhenS3IsSlow(store: ObjectStore, s3: Config['s3']): void {
   const idleMs = s3.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
-  store.onSlowRequest(Math.min(10_000, 2 * idleMs), () =>
+  store.onSlowRequest(slowRequestAfterMs(idleMs), () =>
     process.stderr.write(`waiting for S3 at ${redactUrl(s3.endpoint)}: no answer yet (a request is tried ${S3_ATTEMPTS} times, each given ${idleMs / 1000} s without a byte: TL_S3_IDLE_TIMEOUT_MS; Ctrl-C stops)\n`),
   );
 }

@@ -1,7 +1,7 @@
 import { withDeadline } from './lifecycle.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
-import { S3CredentialsError, type ObjectStore } from './s3.client.js';
+import { S3CredentialsError, slowRequestAfterMs, type ObjectStore } from './s3.client.js';
 
 /**
  * Tells an outage of a dependency (S3 down, unreachable, answering 5xx to everything, refusing
@@ -122,10 +122,20 @@ export class DependencyGuard {
 
 /**
  * The S3 guard every worker role runs: an S3 outage pauses its work, and credentials S3 refuses
- * keep it from starting (checkAtStart).
+ * keep it from starting (checkAtStart). A request that goes unanswered (slowRequestAfterMs) asks
+ * the probe at once: a wedged S3, which takes connections and answers nothing, holds each request
+ * for all its attempts (minutes at the default idle timeout) before it fails, and only then would
+ * the outage be seen (tl_dependency_up, the pause) otherwise.
  */
-export async function startS3Guard(store: Pick<ObjectStore, 'probe'>, s3: { bucket: string; endpoint: string }, log: Logger, metrics: Pick<Metrics, 'dependencyUp'>): Promise<DependencyGuard> {
+export async function startS3Guard(
+  store: Pick<ObjectStore, 'probe' | 'onSlowRequest'>,
+  s3: { bucket: string; endpoint: string; idleTimeoutMs?: number },
+  log: Logger,
+  metrics: Pick<Metrics, 'dependencyUp'>,
+): Promise<DependencyGuard> {
   const guard = new DependencyGuard('s3', () => store.probe(s3.bucket), log, metrics, { what: `S3 at ${s3.endpoint}` });
+  const afterMs = slowRequestAfterMs(s3.idleTimeoutMs);
+  store.onSlowRequest(afterMs, () => void guard.isOutage(new Error(`a request had no answer for ${afterMs / 1000} s`)));
   await guard.checkAtStart();
   return guard;
 }

@@ -42,6 +42,15 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
 /** Attempts of one request to S3 (the SDK's retries). */
 export const S3_ATTEMPTS = 5;
 
+/**
+ * When a request without an answer is called slow (ObjectStore.onSlowRequest): after two idle
+ * timeouts, or 10 s, whichever is first. A wedged S3 holds a request for all its attempts
+ * (minutes at the default idle timeout); this is when the CLI says so and a worker asks its probe.
+ */
+export function slowRequestAfterMs(idleTimeoutMs: number | undefined): number {
+  return Math.min(10_000, 2 * (idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS));
+}
+
 /** One listed object. `etag` is the server's ETag without quotes. */
 export interface ObjectInfo {
   key: string;
@@ -221,6 +230,8 @@ export class ObjectStore {
   private readonly client: S3Client;
   private readonly direct: DirectS3 | undefined;
   private readonly endpoint: string;
+  /** Who is told of a request that goes unanswered (onSlowRequest). */
+  private readonly slowWatchers: { afterMs: number; notify: () => void; told: boolean }[] = [];
 
   constructor(settings: S3Settings) {
     this.endpoint = settings.endpoint;
@@ -247,6 +258,8 @@ export class ObjectStore {
       // GETs and PUTs mostly go direct; listing, HEAD, copy, delete and the hand-overs do not.
       cacheMiddleware: true,
     });
+    // Every request of the SDK's goes by the slow-request watchers (none until onSlowRequest).
+    this.client.middlewareStack.add((next) => (args) => this.watched(() => next(args)), { step: 'initialize', name: 'transferlineSlowRequest' });
     // Signed at the SDK's clock: it corrects its offset when a server says the clock is skewed.
     const client = this.client;
     this.direct = DirectS3.supports(settings) ? new DirectS3({ ...settings, idleTimeoutMs: settings.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS }, () => client.config.systemClockOffset ?? 0) : undefined;
@@ -254,30 +267,40 @@ export class ObjectStore {
 
   /**
    * Calls `notify` when a request (its retries included) has gone `afterMs` without an answer:
-   * a command waiting on a wedged S3 says so, where it sat silent for minutes. Once until a request
-   * is answered again. Requests of the SDK (listings, HEADs, copies; a direct GET or PUT that goes
-   * unanswered is handed to it after the idle timeout); add before the first request.
+   * a command waiting on a wedged S3 says so, where it sat silent for minutes, and a worker asks
+   * its outage probe. Once until a request is answered again. Every request counts: the SDK's
+   * (listings, HEADs, copies) and the direct GETs and PUTs.
    */
   onSlowRequest(afterMs: number, notify: () => void): void {
-    let told = false;
-    this.client.middlewareStack.add(
-      (next) => async (args) => {
-        const timer = setTimeout(() => {
-          if (told) return;
-          told = true;
-          notify();
-        }, afterMs);
-        timer.unref();
-        try {
-          const answer = await next(args);
-          told = false;
-          return answer;
-        } finally {
-          clearTimeout(timer);
-        }
-      },
-      { step: 'initialize', name: 'transferlineSlowRequest' },
-    );
+    this.slowWatchers.push({ afterMs, notify, told: false });
+  }
+
+  /** Runs one request under the slow-request watchers; `answered` says whether its result was S3's answer. */
+  private async watched<T>(request: () => Promise<T>, answered: (r: T) => boolean = () => true): Promise<T> {
+    if (this.slowWatchers.length === 0) return request();
+    const timers = this.slowWatchers.map((w) => {
+      const timer = setTimeout(() => {
+        if (w.told) return;
+        w.told = true;
+        w.notify();
+      }, w.afterMs);
+      timer.unref();
+      return timer;
+    });
+    const heard = () => {
+      for (const w of this.slowWatchers) w.told = false;
+    };
+    try {
+      const r = await request();
+      if (answered(r)) heard();
+      return r;
+    } catch (err) {
+      // a refusal or a 404 is S3's answer too (a probe's is one)
+      if (err instanceof S3ServiceException) heard();
+      throw err;
+    } finally {
+      for (const t of timers) clearTimeout(t);
+    }
   }
 
   /** Whether the bucket exists (a HEAD of it answered, rather than a 404). */
@@ -338,7 +361,8 @@ export class ObjectStore {
 
   /** Stores an object; path-style endpoints directly, as getObject reads them, else through the SDK. */
   async putObject(bucket: string, key: string, body: Uint8Array | string, contentType = 'application/octet-stream'): Promise<void> {
-    if (this.direct?.usable && (await this.direct.put(bucket, key, typeof body === 'string' ? Buffer.from(body, 'utf8') : body, contentType))) return;
+    const direct = this.direct;
+    if (direct?.usable && (await this.watched(() => direct.put(bucket, key, typeof body === 'string' ? Buffer.from(body, 'utf8') : body, contentType), (ok) => ok))) return;
     await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
   }
 
@@ -350,8 +374,9 @@ export class ObjectStore {
    * request); what that path cannot settle is asked again through the SDK.
    */
   async getObject(bucket: string, key: string, maxBytes = Number.POSITIVE_INFINITY, o: { ifMatch?: string } = {}): Promise<Buffer> {
-    if (this.direct?.usable) {
-      const r = await this.direct.get(bucket, key, maxBytes, o.ifMatch);
+    const direct = this.direct;
+    if (direct?.usable) {
+      const r = await this.watched(() => direct.get(bucket, key, maxBytes, o.ifMatch), (a) => a.kind !== 'other');
       if (r.kind === 'body') return r.body;
       if (r.kind === 'not-found') throw new ObjectNotFoundError(bucket, key);
       if (r.kind === 'no-bucket') throw new BucketNotFoundError(bucket, this.endpoint);
