@@ -203,6 +203,21 @@ describe('small CLI holes', () => {
       for (const line of progress) expect(line).toMatch(/^uploading: \d\/3 circle\/(?:(?:empty\.jpg|notes\.txt) \(skipped: not readable as an image\)|1\.jpg \(already there\))$/);
       await rm(path.join(dir, 'circle', 'notes.txt'));
       await rm(path.join(dir, 'circle', 'empty.jpg'));
+      // a JPEG cut short (a copy that did not finish) is not sent either, with the reason ingest
+      // would fail it with (a user's trial: it was sent, and failed at ingest); one with data after
+      // its end marker (a motion photo's video) decodes whole, and is sent
+      const whole = await renderSample('circle', 4, 5, 64);
+      await writeFile(path.join(dir, 'circle', 'cut.jpg'), whole.subarray(0, Math.floor(whole.length * 0.6)));
+      await writeFile(path.join(dir, 'circle', 'motion.jpg'), Buffer.concat([whole, Buffer.alloc(4096, 0x42)]));
+      const cut = await cli(['upload', dir, 's3://photos-typo/x/']);
+      expect(cut.stdout).toMatch(
+        /^skipped 1 file that ingest could not read as images \("circle\/cut\.jpg": the jpeg file ends before its image does \(cut short: an upload or copy that did not finish\?\)[^\n]*\)\nuploaded 1 file to s3:\/\/photos-typo\/x\/ \(1 more already there, the same bytes: not sent again\)\n$/,
+      );
+      expect(await ctx.services.store.headObject('photos-typo', 'x/circle/cut.jpg')).toBeUndefined();
+      expect(await ctx.services.store.headObject('photos-typo', 'x/circle/motion.jpg')).toBeDefined();
+      await rm(path.join(dir, 'circle', 'cut.jpg'));
+      await rm(path.join(dir, 'circle', 'motion.jpg'));
+      await ctx.services.store.deleteObject('photos-typo', 'x/circle/motion.jpg');
       // the image moved to another label folder in the bucket since, as relabel does: the folder
       // uploaded again does not bring it back under its old label (a user's trial); --copies does
       await ctx.services.store.putObject('photos-typo', 'x/square/1.jpg', await readFile(path.join(dir, 'circle', '1.jpg')));

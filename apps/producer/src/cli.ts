@@ -141,11 +141,11 @@ program
   .option('--copies', 'also send files whose bytes are already under another key of the prefix (by default skipped: relabel moved them there)')
   .action(async (dir: string, url: string, o: { copies?: boolean }) => {
     // S3 alone: an upload asks nothing of Redis, which need not be running
-    const s3 = loadConfig(process.env).s3;
-    const store = new ObjectStore(s3);
-    sayWhenS3IsSlow(store, s3);
+    const config = loadConfig(process.env);
+    const store = new ObjectStore(config.s3);
+    sayWhenS3IsSlow(store, config.s3);
     try {
-      await uploadCommand({ services: { store }, out: process.stdout }, dir, url, { copies: !!o.copies });
+      await uploadCommand({ services: { store }, out: process.stdout, config }, dir, url, { copies: !!o.copies });
     } finally {
       store.close();
     }

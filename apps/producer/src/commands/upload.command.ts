@@ -2,8 +2,9 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import pMap from 'p-map';
-import { readableFormat } from '@transferline/feature-worker/image-format';
-import { BUCKET_NAME_RULE, isBucketName, itemFromKey, keyBesideLabel, parseS3Url } from '@transferline/shared';
+import { looksTruncated, readableFormat } from '@transferline/feature-worker/image-format';
+import { prepareImage } from '@transferline/feature-worker/image.ops';
+import { BUCKET_NAME_RULE, EFFICIENTNET_B0, isBucketName, itemFromKey, keyBesideLabel, parseS3Url, PermanentError, type Config } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
 
@@ -25,6 +26,24 @@ export async function listFiles(dir: string): Promise<string[]> {
 export interface UploadContext {
   services: Pick<CliContext['services'], 'store'>;
   out: NodeJS.WritableStream;
+  /** the decode settings preprocess applies (a file cut short is decoded as it would be) */
+  config: { preprocess: Pick<Config['preprocess'], 'maxInputPixels' | 'background'> };
+}
+
+/**
+ * Why preprocess would fail a file whose own structure says bytes are missing at its end (a JPEG
+ * without its end marker, PNG chunks that run past the file: a copy that did not finish), or
+ * undefined. Such a file is decoded as preprocess decodes it: one that decodes is sent (a motion
+ * photo's video after the image hides its end marker). A complete file is not decoded.
+ */
+async function cutShort(bytes: Buffer, format: string, preprocess: UploadContext['config']['preprocess']): Promise<string | undefined> {
+  if (!looksTruncated(format, bytes)) return undefined;
+  try {
+    await prepareImage(bytes, { size: EFFICIENTNET_B0.inputSize, maxInputPixels: preprocess.maxInputPixels, background: preprocess.background });
+    return undefined;
+  } catch (err) {
+    return err instanceof PermanentError && err.reason === 'truncated' ? err.message : undefined;
+  }
 }
 
 /** `transferline upload ./photos s3://bucket/train/`: copies a local folder (one sub-folder per label) into the bucket. */
@@ -69,11 +88,12 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   const upload = async (rel: string) => {
     const bytes = await readFile(path.join(dir, rel));
     const readable = readableFormat(bytes);
+    const short = 'reason' in readable ? undefined : await cutShort(bytes, readable.format, ctx.config.preprocess);
     const key = `${prefix}${rel}`;
     // the progress line names the file last done, and what became of it: not only the files sent
     let fate = '';
-    if ('reason' in readable) {
-      skipped.push({ rel, why: readable.message });
+    if ('reason' in readable || short !== undefined) {
+      skipped.push({ rel, why: 'reason' in readable ? readable.message : short! });
       fate = ' (skipped: not readable as an image)';
     } else {
       const md5 = createHash('md5').update(bytes).digest('hex');
