@@ -67,4 +67,24 @@ describe('up watches its workers', () => {
     await ctx.services.store.putObject('kept', 'after.txt', 'written after');
     expect((await ctx.services.store.getObject('kept', 'after.txt')).toString()).toBe('written after');
   }, 90_000);
+
+  it('kills and starts again its Redis when it stops answering PING, with its data, and the workers go on', async () => {
+    const { stack, ctx } = file;
+    const redis = stack.servers.redis!;
+    const stopped = redis.pid!;
+    await ctx.services.redis.set('tl-test:kept', 'written before the hang');
+    // in the AOF (fsynced every second), and answered a probe before it froze (a period is 2 s here)
+    await new Promise((r) => setTimeout(r, 2_500));
+    expect(redis.kill('SIGSTOP')).toBe(true);
+    // (left stopped, it would hold the file's teardown too)
+    await until('the stopped Redis is killed', () => processState(stopped) === 'gone', 30).catch((err: unknown) => {
+      if (processState(stopped) === 'T') process.kill(stopped, 'SIGCONT');
+      throw err;
+    });
+    expect(stack.events.join('\n')).toMatch(/redis has not answered redis:\/\/127\.0\.0\.1:\d+ for \d+ s \(stopped, or its event loop is blocked\): killing it to start it again/);
+    await until('Redis answers again, with its data', async () => (await ctx.services.redis.get('tl-test:kept')) === 'written before the hang', 30, 250);
+    expect(redis.pid).not.toBe(stopped);
+    // the workers reconnect by themselves: each answers /healthz again
+    await until('both preprocess workers answer /healthz again', async () => (await healthz(stack.workerPorts['preprocess#1']!)) && (await healthz(stack.workerPorts['preprocess#2']!)), 60);
+  }, 90_000);
 });

@@ -3,7 +3,7 @@ import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import net from 'node:net';
-import { Redis } from '@transferline/shared';
+import { Redis, withDeadline } from '@transferline/shared';
 import { ANOTHER_UP, SupervisedProcess } from './supervisor.js';
 
 export interface EmbeddedRedis {
@@ -75,13 +75,36 @@ function ephemeralPortsFrom(): number {
 }
 
 /**
+ * A PING of the Redis at `url`, for up's liveness watch: 200 for any reply (PONG, or an error such
+ * as LOADING: it answers), undefined for none within the time (stopped, wedged: the kernel still
+ * takes its connections).
+ */
+async function askPing(url: string, timeoutMs: number): Promise<number | undefined> {
+  const probe = new Redis(url, { lazyConnect: true, enableReadyCheck: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  probe.on('error', () => {});
+  try {
+    await withDeadline(
+      probe.connect().then(() => probe.ping()),
+      timeoutMs,
+    );
+    return 200;
+  } catch (err) {
+    return (err as Error).name === 'ReplyError' ? 200 : undefined;
+  } finally {
+    probe.disconnect();
+  }
+}
+
+/**
  * Runs the `redis-server` on the PATH, on loopback, with its data (AOF, so queues survive a
  * restart) under `directory`, as a supervised child: restarted on the same port if it dies
  * (`onEvent` says so, in one line), and sent SIGTERM when this process dies, however it died
  * (Linux: `setpriv --pdeathsig`). Resolves once it answers PING. Stopped with SIGTERM, so it
- * flushes to disk.
+ * flushes to disk. With `hangMs`, one that stops answering PING for that long (SIGSTOPped,
+ * wedged) is killed and started again, as up's workers and S3 server are: every worker and
+ * command would otherwise wait on it, silently.
  */
-export async function startEmbeddedRedis(o: { directory: string; port: number; persist?: boolean; logFile?: string; onEvent?: (line: string) => void }): Promise<EmbeddedRedis> {
+export async function startEmbeddedRedis(o: { directory: string; port: number; persist?: boolean; logFile?: string; onEvent?: (line: string) => void; hangMs?: number }): Promise<EmbeddedRedis> {
   if (!findRedisServer()) throw new RedisNotFoundError();
   await mkdir(o.directory, { recursive: true });
   const port = o.port === 0 ? await freePort() : o.port;
@@ -104,6 +127,7 @@ export async function startEmbeddedRedis(o: { directory: string; port: number; p
         early?.(String(signal ?? code));
         return false;
       },
+      ...(o.hangMs && { liveness: { url: () => `redis://127.0.0.1:${port}`, hangMs: o.hangMs, ask: askPing } }),
     },
     o.onEvent ?? (() => {}),
   );

@@ -141,7 +141,14 @@ export async function startStack(
     const logDir = path.join(initial.dataDir, 'logs');
     await mkdir(logDir, { recursive: true });
     if (initial.redis.embedded) {
-      const redis = await startEmbeddedRedis({ directory: path.join(initial.dataDir, 'redis'), port: initial.redis.embeddedPort, logFile: path.join(logDir, 'redis.log'), onEvent });
+      const redis = await startEmbeddedRedis({
+        directory: path.join(initial.dataDir, 'redis'),
+        port: initial.redis.embeddedPort,
+        logFile: path.join(logDir, 'redis.log'),
+        onEvent,
+        // as the workers are (TL_UP_HANG_SECONDS): a stopped or wedged Redis holds every worker and command
+        hangMs: initial.upHangSeconds * 1000,
+      });
       stops.push(redis.stop);
       holds.push(() => redis.process.holdRestarts());
       servers.redis = redis.process;

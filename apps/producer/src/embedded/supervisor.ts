@@ -64,7 +64,25 @@ export interface ProcessSpec {
    * killed and restarted when this URL, having answered 200 once, has not answered 200 for
    * `hangMs` (read at each probe: a port may be known only once the process listens)
    */
-  liveness?: { url: () => string; hangMs: number };
+  liveness?: Liveness;
+}
+
+/**
+ * How a supervised process is asked whether it is alive: its `url`, asked with an HTTP GET unless
+ * `ask` asks it otherwise (a Redis's PING); an answer is a status (200: alive), none is undefined.
+ */
+export interface Liveness {
+  url: () => string;
+  hangMs: number;
+  ask?: (url: string, timeoutMs: number) => Promise<number | undefined>;
+}
+
+/** An HTTP GET of the URL: its status, or undefined without an answer within the time. */
+function askHttp(url: string, timeoutMs: number): Promise<number | undefined> {
+  return fetch(url, { signal: AbortSignal.timeout(timeoutMs) }).then(
+    (res) => (void res.body?.cancel(), res.status),
+    () => undefined,
+  );
 }
 
 /**
@@ -158,8 +176,8 @@ export class SupervisedProcess {
    * on the monotonic clock, and it takes two failed probes in a row, so neither a suspended
    * laptop nor one slow answer counts as a hang.
    */
-  private watchLiveness(child: ChildProcess, liveness: { url: () => string; hangMs: number }): () => void {
-    const { url } = liveness;
+  private watchLiveness(child: ChildProcess, liveness: Liveness): () => void {
+    const { url, ask = askHttp } = liveness;
     const { periodMs, timeoutMs } = livenessProbeTiming(liveness.hangMs);
     let answeredAt: number | undefined;
     let failures = 0;
@@ -168,12 +186,7 @@ export class SupervisedProcess {
     const timer = setInterval(() => {
       if (probing || !running()) return;
       probing = true;
-      void fetch(url(), { signal: AbortSignal.timeout(timeoutMs) })
-        .then(
-          (res) => (void res.body?.cancel(), res.status),
-          () => undefined,
-        )
-        .then((status) => {
+      void ask(url(), timeoutMs).then((status) => {
           probing = false;
           if (status === 200) {
             answeredAt = performance.now();
