@@ -45,13 +45,14 @@ afterAll(async () => {
 });
 
 describe('a worker’s S3 guard, at the default idle timeout', () => {
-  it('calls a wedged S3 down within seconds of a request that gets no answer, for direct reads and the SDK’s requests alike, and up again when it answers', async () => {
+  it('calls a wedged S3 down within seconds of a request that gets no answer, for direct reads and writes and the SDK’s requests alike, and up again when it answers', async () => {
     expect(DEFAULT_IDLE_TIMEOUT_MS).toBe(30_000);
     for (const [what, request] of [
       ['a GET of an image', () => store.getObject(BUCKET, 'photos/a.jpg')],
       ['a listing', async () => {
         for await (const o of store.listObjects(BUCKET, 'photos/')) void o;
       }],
+      ['a PUT of an image', () => store.putObject(BUCKET, 'photos/new.jpg', Buffer.alloc(2048, 3))],
     ] as const) {
       expect(guard.up, what).toBe(true);
       const mark = lines.length;
@@ -74,8 +75,9 @@ describe('a worker’s S3 guard, at the default idle timeout', () => {
     }
   }, 120_000);
 
-  it('leaves an S3 that answers slowly up: a slow download is no outage', async () => {
+  it('leaves an S3 that answers slowly up: its probe answers, and a slow answer is no outage', async () => {
     faulty.proxy.inject('big.bin', { kind: 'slow', ms: 13_000 });
+    faulty.proxy.inject('.transferline-probe', { kind: 'slow', ms: 0 }); // (passed on at once: counted)
     const mark = lines.length;
     try {
       const body = await store.getObject(BUCKET, 'photos/big.bin');
@@ -83,6 +85,8 @@ describe('a worker’s S3 guard, at the default idle timeout', () => {
     } finally {
       faulty.proxy.heal();
     }
+    // the request went 10 s without an answer, so S3 was asked, and answered
+    expect(faulty.proxy.hits.get('.transferline-probe')).toBeGreaterThanOrEqual(1);
     expect(guard.up).toBe(true);
     expect(await s3Up()).toBe(1);
     expect(lines.slice(mark).join('')).not.toMatch(/unreachable/);

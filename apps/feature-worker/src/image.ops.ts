@@ -1,5 +1,5 @@
 import sharp, { type OutputInfo } from 'sharp';
-import { PermanentError } from '@transferline/shared';
+import { EFFICIENTNET_B0, PermanentError, type Config } from '@transferline/shared';
 import { looksTruncated, readableFormat, withoutHeaderPadding } from './image-format.js';
 import { VipsErrorAttribution } from './vips-errors.js';
 
@@ -55,6 +55,11 @@ export function configureSharp(o: { concurrency: number }): { concurrency: numbe
 
 /** This process's decodes, for telling apart the failures of images that fail at once. */
 export const vipsErrors = new VipsErrorAttribution();
+
+/** What preprocess decodes each image with: the model's input size, and the deployment's pixel limit and background. */
+export function preprocessImageOptions(preprocess: Pick<Config['preprocess'], 'maxInputPixels' | 'background'>): PrepareOptions {
+  return { size: EFFICIENTNET_B0.inputSize, maxInputPixels: preprocess.maxInputPixels, background: preprocess.background };
+}
 
 /**
  * Decode → EXIF orientation → sRGB (embedded ICC profiles, CMYK, 16-bit and grey all end as

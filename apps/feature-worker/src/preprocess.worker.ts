@@ -16,7 +16,7 @@ import {
   type RunningRole,
 } from '@transferline/shared';
 import { EmbedBacklogGate } from './embed-backlog.gate.js';
-import { configureSharp, vipsErrors } from './image.ops.js';
+import { configureSharp, preprocessImageOptions, vipsErrors } from './image.ops.js';
 import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
 import { createPreprocessStore } from './preprocess.store.js';
 
@@ -43,7 +43,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   const deps: PreprocessDeps = {
     objects: services.store,
     store: createPreprocessStore(services, queues, gate),
-    image: { size: 224, maxInputPixels: config.preprocess.maxInputPixels, background: config.preprocess.background },
+    image: preprocessImageOptions(config.preprocess),
     maxObjectBytes: config.preprocess.maxObjectBytes,
   };
   for (const outcome of ['cached', 'queued', 'failed', 'retried']) metrics.images.inc({ stage: 'preprocess', outcome }, 0);

@@ -16,6 +16,8 @@ export class DependencyGuard {
   private down = false;
   private downSince = 0;
   private probing: Promise<boolean> | undefined;
+  /** when a probe last succeeded (performance.now()) */
+  private answeredAt = Number.NEGATIVE_INFINITY;
   /** why the last probe failed */
   private probeError: unknown;
   private timer: NodeJS.Timeout | undefined;
@@ -69,6 +71,18 @@ export class DependencyGuard {
   }
 
   /**
+   * A hint that it may be down (a request to it has gone unanswered): probes, unless it is known
+   * down, this guard is closed, or a probe was answered within `freshMs` (a busy, slow S3 is not
+   * probed after each slow request). False when it did not probe for that last reason.
+   */
+  suspect(why: unknown, freshMs: number): boolean {
+    if (this.closed || this.down) return true;
+    if (performance.now() - this.answeredAt < freshMs) return false;
+    void this.isOutage(why);
+    return true;
+  }
+
+  /**
    * At a worker's start: a dependency that refuses this process's credentials will refuse every
    * request until the settings are changed, so the worker does not start (the error says which
    * settings). Any other failure of the probe is left to the outage handling.
@@ -80,7 +94,7 @@ export class DependencyGuard {
   private check(): Promise<boolean> {
     this.probing ??= withDeadline(this.probe(), this.o.probeTimeoutMs ?? 5_000)
       .then(
-        () => true,
+        () => ((this.answeredAt = performance.now()), true),
         (err: unknown) => ((this.probeError = err), false),
       )
       .finally(() => (this.probing = undefined));
@@ -123,7 +137,7 @@ export class DependencyGuard {
 /**
  * The S3 guard every worker role runs: an S3 outage pauses its work, and credentials S3 refuses
  * keep it from starting (checkAtStart). A request that goes unanswered (slowRequestAfterMs) asks
- * the probe at once: a wedged S3, which takes connections and answers nothing, holds each request
+ * the probe at once (unless one was answered as recently): a wedged S3, which takes connections and answers nothing, holds each request
  * for all its attempts (minutes at the default idle timeout) before it fails, and only then would
  * the outage be seen (tl_dependency_up, the pause) otherwise.
  */
@@ -135,7 +149,7 @@ export async function startS3Guard(
 ): Promise<DependencyGuard> {
   const guard = new DependencyGuard('s3', () => store.probe(s3.bucket), log, metrics, { what: `S3 at ${s3.endpoint}` });
   const afterMs = slowRequestAfterMs(s3.idleTimeoutMs);
-  store.onSlowRequest(afterMs, () => void guard.isOutage(new Error(`a request had no answer for ${afterMs / 1000} s`)));
+  store.onSlowRequest(afterMs, () => guard.suspect(new Error(`a request had no answer for ${afterMs / 1000} s`), afterMs));
   await guard.checkAtStart();
   return guard;
 }

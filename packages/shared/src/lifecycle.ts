@@ -160,6 +160,23 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** How late a deadline's timer may fire before it waits a turn of the event loop (deadlineTimer). */
+const LATE_TIMER_MS = 1_000;
+
+/**
+ * setTimeout for a deadline on an answer: a timer that fires more than a second late (the event
+ * loop was blocked: a long synchronous stretch) calls `fn` only after one more turn of the loop
+ * (setImmediate), so that an answer that came meanwhile, waiting in its socket, is read first and
+ * not called missing. A caller that clears the timer must still ignore a late `fn`.
+ */
+export function deadlineTimer(ms: number, fn: () => void): NodeJS.Timeout {
+  const due = performance.now() + ms;
+  return setTimeout(() => {
+    if (performance.now() - due > LATE_TIMER_MS) setImmediate(fn);
+    else fn();
+  }, ms);
+}
+
 /**
  * `work`'s outcome, or after `ms` without one, `late()`'s error (by default "no answer within ms"):
  * a request to a server that may take the connection and answer nothing. The timer is cleared
@@ -167,7 +184,7 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
  */
 export function withDeadline<T>(work: Promise<T>, ms: number, late: () => Error = () => new Error(`no answer within ${ms} ms`)): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(late()), ms);
+    const t = deadlineTimer(ms, () => reject(late()));
     work.then(
       (v) => (clearTimeout(t), resolve(v)),
       (e: unknown) => (clearTimeout(t), reject(e as Error)),

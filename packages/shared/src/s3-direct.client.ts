@@ -14,6 +14,12 @@ export type DirectGetResult =
   | { kind: 'too-large'; size: number }
   | { kind: 'other' };
 
+/** Told when a request is all sent (its body too) and when its answer begins (its status line). */
+export interface RequestWatch {
+  sent: () => void;
+  answered: () => void;
+}
+
 /**
  * The ETag a server sent (quotes off) when it names other content than If-Match asked for;
  * undefined when it is that content or nothing was asked. Servers that ignore If-Match (s3rver,
@@ -125,7 +131,15 @@ export class DirectS3 {
    * happens, an error, a timeout, the connection closing before an answer, it settles as
    * handed over: no outcome is left waiting.
    */
-  private exchange<T>(method: 'GET' | 'PUT', path: string, headers: Record<string, string>, body: Uint8Array | undefined, handOver: T, onResponse: (res: http.IncomingMessage, settle: (r: T) => void) => void): Promise<T> {
+  private exchange<T>(
+    method: 'GET' | 'PUT',
+    path: string,
+    headers: Record<string, string>,
+    body: Uint8Array | undefined,
+    watch: RequestWatch | undefined,
+    handOver: T,
+    onResponse: (res: http.IncomingMessage, settle: (r: T) => void) => void,
+  ): Promise<T> {
     return new Promise<T>((resolve) => {
       let settled = false;
       const settle = (r: T) => {
@@ -149,7 +163,9 @@ export class DirectS3 {
         req.once('close', () => clearTimeout(connecting));
         req.on('error', () => settle(handOver));
         req.on('close', () => settle(handOver));
+        if (watch) req.once('finish', watch.sent);
         req.on('response', (res) => {
+          watch?.answered();
           res.on('error', () => settle(handOver));
           res.on('close', () => settle(handOver));
           try {
@@ -166,13 +182,13 @@ export class DirectS3 {
     });
   }
 
-  async get(bucket: string, key: string, maxBytes: number, ifMatch?: string): Promise<DirectGetResult> {
+  async get(bucket: string, key: string, maxBytes: number, ifMatch?: string, watch?: RequestWatch): Promise<DirectGetResult> {
     const { path, headers } = await this.signed('GET', bucket, key, {
       'x-amz-content-sha256': EMPTY_SHA256,
       ...(ifMatch !== undefined && { 'if-match': `"${ifMatch}"` }),
     });
     const other: DirectGetResult = { kind: 'other' };
-    const r = await this.exchange<DirectGetResult>('GET', path, headers, undefined, other, (res, settle) => {
+    const r = await this.exchange<DirectGetResult>('GET', path, headers, undefined, watch, other, (res, settle) => {
       const status = res.statusCode ?? 0;
       if (status === 404) {
         // S3 says in the body whether the key or the whole bucket is missing: a wrong bucket
@@ -237,13 +253,13 @@ export class DirectS3 {
   }
 
   /** Stores `body` under `key`: true when the server said 200, false when the SDK should try. */
-  async put(bucket: string, key: string, body: Uint8Array, contentType: string): Promise<boolean> {
+  async put(bucket: string, key: string, body: Uint8Array, contentType: string, watch?: RequestWatch): Promise<boolean> {
     const { path, headers } = await this.signed('PUT', bucket, key, {
       'content-length': String(body.byteLength),
       'content-type': contentType,
       'x-amz-content-sha256': createHash('sha256').update(body).digest('hex'),
     });
-    const ok = await this.exchange<boolean>('PUT', path, headers, body, false, (res, settle) => {
+    const ok = await this.exchange<boolean>('PUT', path, headers, body, watch, false, (res, settle) => {
       res.resume();
       res.on('end', () => settle(res.statusCode === 200));
     });

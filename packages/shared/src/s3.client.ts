@@ -16,8 +16,9 @@ import type { Readable } from 'node:stream';
 import type { z } from 'zod';
 import { parseDocument } from './documents.js';
 import { connectionFailure } from './errors.js';
+import { deadlineTimer } from './lifecycle.js';
 import { redactUrl } from './redact.js';
-import { DirectS3, otherContent } from './s3-direct.client.js';
+import { DirectS3, otherContent, type RequestWatch } from './s3-direct.client.js';
 
 /** Where and how to reach an S3-compatible server. */
 export interface S3Settings {
@@ -231,7 +232,7 @@ export class ObjectStore {
   private readonly direct: DirectS3 | undefined;
   private readonly endpoint: string;
   /** Who is told of a request that goes unanswered (onSlowRequest). */
-  private readonly slowWatchers: { afterMs: number; notify: () => void; told: boolean }[] = [];
+  private readonly slowWatchers: { afterMs: number; notify: () => boolean | void; told: boolean }[] = [];
 
   constructor(settings: S3Settings) {
     this.endpoint = settings.endpoint;
@@ -259,47 +260,70 @@ export class ObjectStore {
       cacheMiddleware: true,
     });
     // Every request of the SDK's goes by the slow-request watchers (none until onSlowRequest).
-    this.client.middlewareStack.add((next) => (args) => this.watched(() => next(args)), { step: 'initialize', name: 'transferlineSlowRequest' });
+    this.client.middlewareStack.add((next) => (args) => this.watchedBySdk(() => next(args)), { step: 'initialize', name: 'transferlineSlowRequest' });
     // Signed at the SDK's clock: it corrects its offset when a server says the clock is skewed.
     const client = this.client;
     this.direct = DirectS3.supports(settings) ? new DirectS3({ ...settings, idleTimeoutMs: settings.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS }, () => client.config.systemClockOffset ?? 0) : undefined;
   }
 
   /**
-   * Calls `notify` when a request (its retries included) has gone `afterMs` without an answer:
-   * a command waiting on a wedged S3 says so, where it sat silent for minutes, and a worker asks
-   * its outage probe. Once until a request is answered again. Every request counts: the SDK's
-   * (listings, HEADs, copies) and the direct GETs and PUTs.
+   * Calls `notify` when a request has gone `afterMs` without an answer since it was sent: a
+   * command waiting on a wedged S3 says so, where it sat silent for minutes, and a worker asks its
+   * outage probe. Once until a request is answered again. Every request counts: the SDK's
+   * (listings, HEADs, copies; its retries included) and the direct GETs and PUTs (from when the
+   * body is sent to the status line). A `notify` that returns false did nothing with it: the
+   * next slow request tells it again.
    */
-  onSlowRequest(afterMs: number, notify: () => void): void {
+  onSlowRequest(afterMs: number, notify: () => boolean | void): void {
     this.slowWatchers.push({ afterMs, notify, told: false });
   }
 
-  /** Runs one request under the slow-request watchers; `answered` says whether its result was S3's answer. */
-  private async watched<T>(request: () => Promise<T>, answered: (r: T) => boolean = () => true): Promise<T> {
-    if (this.slowWatchers.length === 0) return request();
-    const timers = this.slowWatchers.map((w) => {
-      const timer = setTimeout(() => {
-        if (w.told) return;
-        w.told = true;
-        w.notify();
-      }, w.afterMs);
-      timer.unref();
-      return timer;
-    });
-    const heard = () => {
-      for (const w of this.slowWatchers) w.told = false;
+  /**
+   * The slow-request watch of one request: its timers run from `sent` until `answered` (which
+   * also re-arms every watcher) or `done`. Deadline timers: a late one (the event loop was
+   * blocked) lets an answer that came meanwhile be read first.
+   */
+  private watchRequest(): RequestWatch & { done: () => void } {
+    let timers: NodeJS.Timeout[] | undefined;
+    let over = false;
+    const stop = () => {
+      over = true;
+      for (const t of timers ?? []) clearTimeout(t);
     };
+    return {
+      sent: () => {
+        if (over || timers) return;
+        timers = this.slowWatchers.map((w) => {
+          const timer = deadlineTimer(w.afterMs, () => {
+            if (over || w.told) return;
+            w.told = w.notify() !== false;
+          });
+          timer.unref();
+          return timer;
+        });
+      },
+      answered: () => {
+        stop();
+        for (const w of this.slowWatchers) w.told = false;
+      },
+      done: stop,
+    };
+  }
+
+  /** An SDK request under the slow-request watch; a refusal or a 404 is S3's answer too (a probe's is one). */
+  private async watchedBySdk<T>(request: () => Promise<T>): Promise<T> {
+    if (this.slowWatchers.length === 0) return request();
+    const watch = this.watchRequest();
+    watch.sent();
     try {
       const r = await request();
-      if (answered(r)) heard();
+      watch.answered();
       return r;
     } catch (err) {
-      // a refusal or a 404 is S3's answer too (a probe's is one)
-      if (err instanceof S3ServiceException) heard();
+      if (err instanceof S3ServiceException) watch.answered();
       throw err;
     } finally {
-      for (const t of timers) clearTimeout(t);
+      watch.done();
     }
   }
 
@@ -342,7 +366,10 @@ export class ObjectStore {
    * request denied by a policy, still means S3 is up. Refused credentials: S3CredentialsError.
    */
   async probe(bucket: string): Promise<void> {
-    const deadline = AbortSignal.timeout(PROBE_TIMEOUT_MS);
+    // (a deadline timer: a blocked event loop does not make a prompt answer late)
+    const aborter = new AbortController();
+    const deadline = aborter.signal;
+    const timer = deadlineTimer(PROBE_TIMEOUT_MS, () => aborter.abort());
     try {
       // A GET (not a HEAD, whose refusals have no body): S3 names why it refuses. The key is
       // not expected to exist; any answer but a rejection of the credentials or a 5xx is "up".
@@ -356,13 +383,18 @@ export class ObjectStore {
       const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
       if (status !== undefined && status < 500) return;
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
   /** Stores an object; path-style endpoints directly, as getObject reads them, else through the SDK. */
   async putObject(bucket: string, key: string, body: Uint8Array | string, contentType = 'application/octet-stream'): Promise<void> {
-    const direct = this.direct;
-    if (direct?.usable && (await this.watched(() => direct.put(bucket, key, typeof body === 'string' ? Buffer.from(body, 'utf8') : body, contentType), (ok) => ok))) return;
+    if (this.direct?.usable) {
+      const watch = this.watchRequest();
+      const ok = await this.direct.put(bucket, key, typeof body === 'string' ? Buffer.from(body, 'utf8') : body, contentType, watch).finally(watch.done);
+      if (ok) return;
+    }
     await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
   }
 
@@ -374,9 +406,9 @@ export class ObjectStore {
    * request); what that path cannot settle is asked again through the SDK.
    */
   async getObject(bucket: string, key: string, maxBytes = Number.POSITIVE_INFINITY, o: { ifMatch?: string } = {}): Promise<Buffer> {
-    const direct = this.direct;
-    if (direct?.usable) {
-      const r = await this.watched(() => direct.get(bucket, key, maxBytes, o.ifMatch), (a) => a.kind !== 'other');
+    if (this.direct?.usable) {
+      const watch = this.watchRequest();
+      const r = await this.direct.get(bucket, key, maxBytes, o.ifMatch, watch).finally(watch.done);
       if (r.kind === 'body') return r.body;
       if (r.kind === 'not-found') throw new ObjectNotFoundError(bucket, key);
       if (r.kind === 'no-bucket') throw new BucketNotFoundError(bucket, this.endpoint);
