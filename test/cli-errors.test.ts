@@ -7,6 +7,7 @@ import path from 'node:path';
 import { createRedis, DatasetRepository, queueName, redisKeys, SpaceRegistry } from '../packages/shared/src/index.js';
 import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
+import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { lockDataDir } from '../apps/producer/src/embedded/data-dir.lock.js';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
 import { cliPath, NO_WORKERS, processesWithEnv, repoRoot, runCli, stackForFile, until } from './support/stack.js';
@@ -195,8 +196,8 @@ describe('what a user sees when something is wrong', () => {
       const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-upload-'));
       try {
         await mkdir(path.join(dir, 'cat'));
-        // (a JPEG's first bytes: upload sends what ingest could read as an image)
-        await writeFile(path.join(dir, 'cat', 'a.jpg'), Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), Buffer.from('bytes of a cat')]));
+        // (an image: upload sends only what ingest could read as one)
+        await writeFile(path.join(dir, 'cat', 'a.jpg'), await renderSample('circle', 1, 1, 32));
         const upload = await runCli(['upload', dir, 's3://no-redis/train/'], { ...stack.env, REDIS_URL: 'redis://127.0.0.1:1' });
         expect(upload.code, upload.stderr).toBe(0);
         expect(upload.stderr).not.toMatch(/Redis/);
@@ -460,11 +461,18 @@ describe('what a user sees when something is wrong', () => {
         } finally {
           await beat.stop();
         }
-        // a run that will not be the latest (--no-promote) is no such promise
+        // a run that will not be the latest (--no-promote) is no such promise; and with no dataset
+        // of that name, "train it first" would be no help: a typo, most likely (a user's trial)
         await job.updateData({ dataset: 'coming', runId: 'r-coming', promote: false });
+        expect((await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], file.stack.env)).stderr).toMatch(
+          /^transferline: no trained model for coming, and no dataset is named so(?: \(models: [^)]+\)|: ingest one, then train it)\n$/,
+        );
+        // a dataset that exists, with no model yet: train it
+        await ctx.services.datasets.putItem('coming', 'their-photos/incoming/a.jpg', { etag: 'e', label: 'a', state: 'pending' });
         expect((await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], file.stack.env)).stderr).toBe('transferline: no trained model for coming: run "transferline train --dataset coming" first\n');
       } finally {
         await job.remove();
+        await ctx.services.datasets.remove('coming');
       }
     });
 
@@ -637,5 +645,8 @@ describe('what a user sees when something is wrong', () => {
     const help = await runCli(['ingest', '--help'], baseEnv);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/--stall-timeout/);
+    // the version a user reports a bug against (a user's trial: "unknown option '--version'")
+    const version = await runCli(['--version'], baseEnv);
+    expect({ code: version.code, stdout: version.stdout }).toEqual({ code: 0, stdout: `${(JSON.parse(await readFile(path.join(repoRoot, 'apps/producer/package.json'), 'utf8')) as { version: string }).version}\n` });
   });
 });

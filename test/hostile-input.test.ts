@@ -234,7 +234,12 @@ describe('small CLI holes', () => {
       // a file beside the label folders has no label: said before it is uploaded
       await writeFile(path.join(dir, 'loose.jpg'), await renderSample('circle', 2, 5, 64));
       const loose = await cli(['upload', dir, 's3://photos-typo/y/']);
-      expect(loose.stdout).toContain(`note: 1 of the 2 files are not in a label folder ("loose.jpg"): ingest skips them; put them in a folder per label (${path.join(dir, 'LABEL', 'loose.jpg')})\n`);
+      expect(loose.stdout).toContain(`note: 1 of the 2 files is not in a label folder ("loose.jpg"): ingest skips them; put them in a folder per label (${path.join(dir, 'LABEL', 'loose.jpg')})\n`);
+      // a folder with no label folder at all: nothing is sent (a user's trial: every file went, exit 0)
+      const flat = await cli(['upload', path.join(dir, 'circle'), 's3://photos-typo/flat/']);
+      expect(flat.code).toBe(1);
+      expect(flat.stderr).toBe(`transferline: none of the 1 files under ${path.join(dir, 'circle')} is in a label folder ("1.jpg"): ingest could use none of them; put them in a folder per label (${path.join(dir, 'circle', 'LABEL', '1.jpg')})\n`);
+      expect(await ctx.services.store.headObject('photos-typo', 'flat/1.jpg')).toBeUndefined();
       await rm(path.join(dir, 'loose.jpg'));
       const missing = await cli(['upload', path.join(dir, 'nope'), 's3://photos-typo/x/']);
       expect(missing.code).toBe(1);
@@ -280,6 +285,13 @@ describe('small CLI holes', () => {
     expect(deep.stderr).toContain(`\ntransferline: none of the 8 objects is in a label folder under s3://${photos}/proto/toString/, so nothing was added to dataset proto (a prefix one level too deep? its label folders are under s3://${photos}/proto/)\n`);
     expect(deep.stdout).not.toMatch(/^dataset proto:/m);
     expect((await ctx.services.inspector.status('proto')).total).toBe(24);
+    // and a typo in the prefix of a dataset that exists (nothing there): the same, not its old
+    // figures and failures with exit 3 as if this ingest had found them (a user's trial)
+    const typo = await cli(['ingest', `s3://${photos}/prot/`, '-d', 'proto']);
+    expect(typo.stdout).toMatch(/no objects there \(is the prefix right\?/);
+    expect(typo.code).toBe(1);
+    expect(typo.stderr).toContain(`\ntransferline: nothing to ingest under s3://${photos}/prot/, so nothing was added to dataset proto (a typo in the prefix? its label folders are under s3://${photos}/proto/)\n`);
+    expect(typo.stdout).not.toMatch(/^dataset proto:/m);
     // (zebra: a label proto does not have yet)
     const moved = await cli(['relabel', '-d', 'proto', `s3://${photos}/proto/toString/7.jpg`, '--to', 'zebra', '--new-label']);
     expect(moved.stderr).toBe('');

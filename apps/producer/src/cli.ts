@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option, type CommanderError } from 'commander';
 import { AnyDatasetName, ConfigError, DatasetName, loadConfig, ObjectStore, parseS3Url, s3Refusal, S3UnreachableError, ITEM_FAILURE_REASONS, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, sayWhenS3IsSlow, type CliContext } from './cli-context.js';
@@ -110,6 +111,7 @@ const consoling = () => import('./commands/console.command.js');
 
 const program = new Command('transferline')
   .description('A bucket of labelled images in, a trained image classifier out (EfficientNet-B0 embeddings + a trained head).')
+  .version((JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version, '-V, --version', 'print the version')
   .showHelpAfterError()
   // Commander's own errors (unknown command or option, missing argument, a value its parser
   // refuses) exit 2, as the README says; --help and --version exit 0. Subcommands inherit this.

@@ -61,6 +61,11 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
         const coming = await jobsInFlight<TrainJob>(ctx.queues.train, (j) => j.dataset === dataset && j.promote !== false).catch(() => []);
         const run = coming[0];
         if (run) return ` yet: run ${run.data.runId} is ${run.state === 'active' ? 'training' : 'queued'} (follow it: transferline train --follow ${run.data.runId}), and ${dataset} has its model once it ends`;
+        // no dataset of that name either: a typo, most likely; the models there are named
+        if (!(await ctx.services.datasets.exists(dataset))) {
+          const models = (await store.listFolders(bucket, layout.models()).catch(() => [])).sort();
+          return `, and no dataset is named so${models.length ? ` (models: ${models.join(', ')})` : ': ingest one, then train it'}`;
+        }
         return `: run "transferline train --dataset ${dataset}" first`;
       }),
     );

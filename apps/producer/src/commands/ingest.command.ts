@@ -100,18 +100,19 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   for (const label of counts.mergedLabels) {
     w(`note: label folder "${printable(label)}" comes in more than one Unicode spelling (NFC and NFD, as macOS writes them); they are one label`);
   }
-  // Every object outside a label folder (a prefix one level too deep, a label's own folder) of a
-  // dataset that exists: nothing was added, and waiting would only print its old figures and
-  // failures as if they were this ingest's (and exit 3 on them). Said as for a new dataset, with
-  // where its label folders are.
-  // (Not for a --watch, which may wait for label folders to come; nor for one of the dataset's own
-  // prefixes, or a listing that removed images: it changed the dataset.)
-  const sources = counts.listed > 0 && counts.unlabelled === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
+  // Nothing under the prefix (a typo in it), or every object outside a label folder (a prefix one
+  // level too deep, a label's own folder), for a dataset that exists: nothing was added, and
+  // waiting would only print its old figures and failures as if they were this ingest's (and exit
+  // 3 on them). Said as for a new dataset, with where its label folders are.
+  // (Not for a --watch, which may wait for objects or label folders to come; nor for one of the
+  // dataset's own prefixes, or a listing that removed images: it changed the dataset.)
+  const sources = counts.unlabelled === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
   if (sources.length && !sources.includes(DatasetRepository.source(bucket, prefix))) {
+    const what = counts.listed === 0 ? `nothing to ingest under ${where}` : `none of the ${counts.listed} objects is in a label folder under ${where}`;
     throw new CliExit(
       EXIT.error,
-      `transferline: none of the ${counts.listed} objects is in a label folder under ${where}, so nothing was added to dataset ${o.dataset} ` +
-        `(a prefix one level too deep? its label folders are under ${sources.sort().map((p) => `s3://${printable(p)}`).join(', ')})`,
+      `transferline: ${what}, so nothing was added to dataset ${o.dataset} ` +
+        `(${counts.listed === 0 ? 'a typo in the prefix?' : 'a prefix one level too deep?'} its label folders are under ${sources.sort().map((p) => `s3://${printable(p)}`).join(', ')})`,
     );
   }
   if (!o.wait) return { space: space.id, counts };

@@ -3,8 +3,8 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import pMap from 'p-map';
 import { looksTruncated, readableFormat } from '@transferline/feature-worker/image-format';
-import { prepareImage } from '@transferline/feature-worker/image.ops';
-import { BUCKET_NAME_RULE, EFFICIENTNET_B0, isBucketName, itemFromKey, keyBesideLabel, parseS3Url, PermanentError, type Config } from '@transferline/shared';
+import { prepareImage, preprocessImageOptions } from '@transferline/feature-worker/image.ops';
+import { BUCKET_NAME_RULE, isBucketName, itemFromKey, keyBesideLabel, parseS3Url, PermanentError, type Config } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
 
@@ -39,10 +39,11 @@ export interface UploadContext {
 async function cutShort(bytes: Buffer, format: string, preprocess: UploadContext['config']['preprocess']): Promise<string | undefined> {
   if (!looksTruncated(format, bytes)) return undefined;
   try {
-    await prepareImage(bytes, { size: EFFICIENTNET_B0.inputSize, maxInputPixels: preprocess.maxInputPixels, background: preprocess.background });
+    await prepareImage(bytes, preprocessImageOptions(preprocess));
     return undefined;
   } catch (err) {
-    return err instanceof PermanentError && err.reason === 'truncated' ? err.message : undefined;
+    // (damage said first: a cut-short JPEG's first warning can be of its data, not its end)
+    return err instanceof PermanentError && (err.reason === 'truncated' || err.reason === 'corrupt') ? err.message : undefined;
   }
 }
 
@@ -60,7 +61,11 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   if (files.length === 0) throw new Error(`no files under ${dir}`);
   // files that ingest would find no label for (not in a label folder), by ingest's own rule
   const loose = files.filter((f) => itemFromKey(prefix, `${prefix}${f}`) === undefined);
-  if (loose.length) ctx.out.write(`note: ${loose.length} of the ${files.length} files are not in a label folder (${loose.slice(0, 3).map((f) => JSON.stringify(f)).join(', ')}${loose.length > 3 ? ', …' : ''}): ingest skips them; put them in a folder per label (${path.join(dir, 'LABEL', loose[0]!)})\n`);
+  const named = `${loose.slice(0, 3).map((f) => JSON.stringify(f)).join(', ')}${loose.length > 3 ? ', …' : ''}`;
+  const foldered = `put them in a folder per label (${path.join(dir, 'LABEL', loose[0] ?? '')})`;
+  // none in a label folder: nothing ingest could use, so nothing is sent (ingest would refuse it)
+  if (loose.length === files.length) throw new Error(`none of the ${files.length} files under ${dir} is in a label folder (${named}): ingest could use none of them; ${foldered}`);
+  if (loose.length) ctx.out.write(`note: ${loose.length} of the ${files.length} files ${loose.length === 1 ? 'is' : 'are'} not in a label folder (${named}): ingest skips them; ${foldered}\n`);
   // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
   // what is there already, by ETag (the MD5 of an object put whole): the same bytes are not sent again

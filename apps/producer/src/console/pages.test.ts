@@ -92,6 +92,12 @@ describe('the run page', () => {
     expect(named).toMatch(/<ul id="conflicting"><li>s3:\/\/p\/a\/x&lt;1&gt;\.jpg \(a\), s3:\/\/p\/b\/x\.jpg \(b\)<\/li><li>and 1 more<\/li><\/ul>/);
   });
 
+  it("shows the dropout a head with a hidden layer was trained with, and none for a softmax head (a user's trial: 0.2 for every run)", () => {
+    const r = report(['a', 'b']);
+    expect(runPage(access, r)).toContain('<tr><th>hidden units</th><td>0</td></tr><tr><th>dropout</th><td>none (no hidden layer)</td></tr>');
+    expect(runPage(access, { ...r, params: { ...r.params, hiddenUnits: 64, dropout: 0.3 } })).toContain('<tr><th>hidden units</th><td>64</td></tr><tr><th>dropout</th><td>0.3</td></tr>');
+  });
+
   it('shows n/a, not 0, where validation has nothing to measure: a label with no image there, or none predicted as it', () => {
     const r = report(['a', 'b', 'c']);
     // c has no validation image and is never predicted; b is there but never predicted

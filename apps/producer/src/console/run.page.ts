@@ -57,7 +57,8 @@ export function runPage(access: Access, r: ReportDoc): string {
   const p = r.params;
   const params: [string, string | number | boolean][] = [
     ['hidden units', p.hiddenUnits],
-    ['dropout', p.dropout],
+    // (a softmax head has no hidden layer to drop units of: train refuses --dropout for it)
+    ['dropout', p.hiddenUnits > 0 ? p.dropout : 'none (no hidden layer)'],
     ['epochs (most)', p.epochs],
     ['learning rate', p.learningRate],
     ['batch size', p.batchSize],
