@@ -137,9 +137,9 @@ export class DependencyGuard {
 /**
  * The S3 guard every worker role runs: an S3 outage pauses its work, and credentials S3 refuses
  * keep it from starting (checkAtStart). A request that goes unanswered (slowRequestAfterMs) asks
- * the probe at once (unless one was answered as recently): a wedged S3, which takes connections and answers nothing, holds each request
- * for all its attempts (minutes at the default idle timeout) before it fails, and only then would
- * the outage be seen (tl_dependency_up, the pause) otherwise.
+ * the probe at once, unless one was answered as recently: a wedged S3, which takes connections
+ * and answers nothing, holds each request for all its attempts (minutes at the default idle
+ * timeout) before it fails, and only then would the outage be seen (tl_dependency_up, the pause).
  */
 export async function startS3Guard(
   store: Pick<ObjectStore, 'probe' | 'onSlowRequest'>,

@@ -279,11 +279,13 @@ export class ObjectStore {
   }
 
   /**
-   * The slow-request watch of one request: its timers run from `sent` until `answered` (which
-   * also re-arms every watcher) or `done`. Deadline timers: a late one (the event loop was
-   * blocked) lets an answer that came meanwhile be read first.
+   * The slow-request watch of one request, or none while no one watches (the per-request hot
+   * path pays nothing then): its timers run from `sent` until `answered` (which also re-arms every
+   * watcher) or `done`. Deadline timers: a late one (the event loop was blocked) lets an answer
+   * that came meanwhile be read first.
    */
-  private watchRequest(): RequestWatch & { done: () => void } {
+  private watchRequest(): (RequestWatch & { done: () => void }) | undefined {
+    if (this.slowWatchers.length === 0) return undefined;
     let timers: NodeJS.Timeout[] | undefined;
     let over = false;
     const stop = () => {
@@ -312,8 +314,8 @@ export class ObjectStore {
 
   /** An SDK request under the slow-request watch; a refusal or a 404 is S3's answer too (a probe's is one). */
   private async watchedBySdk<T>(request: () => Promise<T>): Promise<T> {
-    if (this.slowWatchers.length === 0) return request();
     const watch = this.watchRequest();
+    if (!watch) return request();
     watch.sent();
     try {
       const r = await request();
@@ -392,7 +394,7 @@ export class ObjectStore {
   async putObject(bucket: string, key: string, body: Uint8Array | string, contentType = 'application/octet-stream'): Promise<void> {
     if (this.direct?.usable) {
       const watch = this.watchRequest();
-      const ok = await this.direct.put(bucket, key, typeof body === 'string' ? Buffer.from(body, 'utf8') : body, contentType, watch).finally(watch.done);
+      const ok = await this.direct.put(bucket, key, typeof body === 'string' ? Buffer.from(body, 'utf8') : body, contentType, watch).finally(() => watch?.done());
       if (ok) return;
     }
     await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
@@ -408,7 +410,7 @@ export class ObjectStore {
   async getObject(bucket: string, key: string, maxBytes = Number.POSITIVE_INFINITY, o: { ifMatch?: string } = {}): Promise<Buffer> {
     if (this.direct?.usable) {
       const watch = this.watchRequest();
-      const r = await this.direct.get(bucket, key, maxBytes, o.ifMatch, watch).finally(watch.done);
+      const r = await this.direct.get(bucket, key, maxBytes, o.ifMatch, watch).finally(() => watch?.done());
       if (r.kind === 'body') return r.body;
       if (r.kind === 'not-found') throw new ObjectNotFoundError(bucket, key);
       if (r.kind === 'no-bucket') throw new BucketNotFoundError(bucket, this.endpoint);

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import pMap from 'p-map';
 import { looksTruncated, readableFormat } from '@transferline/feature-worker/image-format';
 import { prepareImage, preprocessImageOptions } from '@transferline/feature-worker/image.ops';
-import { BUCKET_NAME_RULE, isBucketName, itemFromKey, keyBesideLabel, parseS3Url, PermanentError, type Config } from '@transferline/shared';
+import { BUCKET_NAME_RULE, isBucketName, itemFromKey, keyBesideLabel, parseS3Url, PermanentError } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
 
@@ -27,7 +27,7 @@ export interface UploadContext {
   services: Pick<CliContext['services'], 'store'>;
   out: NodeJS.WritableStream;
   /** the decode settings preprocess applies (a file cut short is decoded as it would be) */
-  config: { preprocess: Pick<Config['preprocess'], 'maxInputPixels' | 'background'> };
+  config: { preprocess: Parameters<typeof preprocessImageOptions>[0] };
 }
 
 /**

@@ -187,28 +187,28 @@ export class SupervisedProcess {
       if (probing || !running()) return;
       probing = true;
       void ask(url(), timeoutMs).then((status) => {
-          probing = false;
-          if (status === 200) {
-            answeredAt = performance.now();
-            failures = 0;
-            return;
-          }
-          failures++;
-          if (answeredAt === undefined || failures < 2 || !running()) return;
-          const silentMs = performance.now() - answeredAt;
-          if (silentMs < liveness.hangMs) return;
-          const seconds = Math.floor(silentMs / 1000);
-          clearInterval(timer);
-          this.killedByUp = true;
-          if (status === undefined) {
-            this.onEvent(`${this.spec.name} has not answered ${url()} for ${seconds} s (stopped, or its event loop is blocked): killing it to start it again — see ${this.spec.logFile}`);
-            child.kill('SIGKILL');
-          } else {
-            this.onEvent(`${this.spec.name} has answered ${url()} with ${status} (unhealthy) for ${seconds} s: stopping it to start it again — see ${this.spec.logFile}`);
-            child.kill('SIGTERM');
-            setTimeout(() => running() && child.kill('SIGKILL'), STOP_GRACE_MS).unref();
-          }
-        });
+        probing = false;
+        if (status === 200) {
+          answeredAt = performance.now();
+          failures = 0;
+          return;
+        }
+        failures++;
+        if (answeredAt === undefined || failures < 2 || !running()) return;
+        const silentMs = performance.now() - answeredAt;
+        if (silentMs < liveness.hangMs) return;
+        const seconds = Math.floor(silentMs / 1000);
+        clearInterval(timer);
+        this.killedByUp = true;
+        if (status === undefined) {
+          this.onEvent(`${this.spec.name} has not answered ${url()} for ${seconds} s (stopped, or its event loop is blocked): killing it to start it again — see ${this.spec.logFile}`);
+          child.kill('SIGKILL');
+        } else {
+          this.onEvent(`${this.spec.name} has answered ${url()} with ${status} (unhealthy) for ${seconds} s: stopping it to start it again — see ${this.spec.logFile}`);
+          child.kill('SIGTERM');
+          setTimeout(() => running() && child.kill('SIGKILL'), STOP_GRACE_MS).unref();
+        }
+      });
     }, periodMs);
     timer.unref();
     return () => clearInterval(timer);
