@@ -9,7 +9,7 @@ import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample
 import { JOBS, jobIds, ReportDoc } from '../packages/shared/src/index.js';
 import { startFaultyS3, type FaultProxy, type FaultyS3 } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
+import { runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
 
 /**
  * Every item reaches an end (embedded, or failed with a reason), and no command waits for ever:
@@ -448,8 +448,11 @@ describe('train on a dataset with images still pending', () => {
       expect(same.code).toBe(2);
       expect(same.stderr).toMatch(/run grow-partial exists already/);
 
-      waiting = cli(['train', '-d', 'grow', '--epochs', '5', '--run-id', 'grow-full']);
-      await new Promise((r) => setTimeout(r, 3_000));
+      // held until it has said it waits (a fixed pause let a slow start, three test files at a
+      // time, look only once preprocess was let go: nothing left to wait for)
+      let said = '';
+      waiting = runCli(['train', '-d', 'grow', '--epochs', '5', '--run-id', 'grow-full'], stack.env, 120_000, { onOutput: (c) => (said += c) });
+      await until('train to say it waits for the pending images', () => said.includes('not embedded yet; waiting for them'), 60);
     } finally {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
     }
