@@ -29,6 +29,7 @@ export default defineConfig({
     // Tests run the TypeScript sources; the worker processes they spawn run the built dist/.
     alias: [
       { find: /^@transferline\/shared\/tf$/, replacement: `${shared}tf-runtime.ts` },
+      { find: /^@transferline\/shared\/service-runtime$/, replacement: `${shared}service-runtime.ts` },
       { find: /^@transferline\/shared$/, replacement: `${shared}index.ts` },
     ],
   },

@@ -5,7 +5,7 @@ import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { startEmbedRole } from '../apps/feature-worker/src/embed.worker.js';
 import type { RunningRole } from '../packages/shared/src/index.js';
-import { createLogger } from '../packages/shared/src/index.js';
+import { createLogger } from '../packages/shared/src/service-runtime.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { startTestStack, type TestStack } from './support/stack.js';
 

@@ -6,7 +6,8 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { startEmbedRole } from '../apps/feature-worker/src/embed.worker.js';
-import { createLogger, enqueue, jobIds, type Config, type EmbedJob } from '../packages/shared/src/index.js';
+import { enqueue, jobIds, type Config, type EmbedJob } from '../packages/shared/src/index.js';
+import { createLogger } from '../packages/shared/src/service-runtime.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { freeRun, runCli, startTestStack, type TestStack } from './support/stack.js';
 

@@ -5,7 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEmbedRuntime, type EmbedRuntime } from '../apps/feature-worker/src/embed-runtime.js';
-import { createLogger, createRedis, redisKeys, TensorStore, type Redis } from '../packages/shared/src/index.js';
+import { createRedis, redisKeys, TensorStore, type Redis } from '../packages/shared/src/index.js';
+import { createLogger } from '../packages/shared/src/service-runtime.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { startTestStack, type TestStack } from './support/stack.js';
 

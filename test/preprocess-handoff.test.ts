@@ -2,7 +2,8 @@ import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { EmbedBacklogGate } from '../apps/feature-worker/src/embed-backlog.gate.js';
 import { createPreprocessStore } from '../apps/feature-worker/src/preprocess.store.js';
-import { contentHash, createLogger, createMetrics, enqueue, jobIds, queueName, type JobContext } from '../packages/shared/src/index.js';
+import { contentHash, enqueue, jobIds, queueName, type JobContext } from '../packages/shared/src/index.js';
+import { createLogger, createMetrics } from '../packages/shared/src/service-runtime.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { NO_WORKERS, stackForFile, until } from './support/stack.js';
 

@@ -7,7 +7,8 @@ import { openCliContext, type CliContext } from '../apps/producer/src/cli-contex
 import { relabelCommand } from '../apps/producer/src/commands/review.command.js';
 import { startConsole } from '../apps/producer/src/console/console.server.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { ReportDoc, createLogger, parseS3ObjectUrl } from '../packages/shared/src/index.js';
+import { ReportDoc, parseS3ObjectUrl } from '../packages/shared/src/index.js';
+import { createLogger } from '../packages/shared/src/service-runtime.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { runCli, scrape, startTestStack, type TestStack } from './support/stack.js';
 

@@ -42,7 +42,7 @@ afterEach(() => {
  * channel by another supervisor (pm2's fork mode), which stops it with SIGINT.
  */
 function startWorker(stopBy: 'parent' | 'signal' | 'pm2'): { child: ChildProcess; output: () => string; exited: Promise<{ code: number | null; afterMs: number }> } {
-  const shared = path.join(repoRoot, 'packages', 'shared', 'dist', 'index.js');
+  const shared = path.join(repoRoot, 'packages', 'shared', 'dist', 'service-runtime.js');
   const child = spawn(process.execPath, ['--input-type=module', '-e', script(shared)], {
     env: { ...process.env, STOP_BY: stopBy, TL_METRICS_PORT: '0', TL_METRICS_HOST: '127.0.0.1', TL_LOG_LEVEL: 'info', TL_SUPERVISOR_HANG_MS: '0', ...(stopBy !== 'pm2' && { [UP_CHILD_ENV]: '1' }) },
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],

@@ -1,6 +1,7 @@
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createMetrics, DEFAULT_IDLE_TIMEOUT_MS, ObjectStore, startS3Guard, type DependencyGuard } from '../packages/shared/src/index.js';
+import { DEFAULT_IDLE_TIMEOUT_MS, ObjectStore, startS3Guard, type DependencyGuard } from '../packages/shared/src/index.js';
+import { createMetrics } from '../packages/shared/src/service-runtime.js';
 import { startFaultyS3, type FaultyS3 } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { until } from './support/stack.js';

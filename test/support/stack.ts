@@ -8,7 +8,8 @@ import { startTempStack, type TempStack } from '../../apps/producer/src/embedded
 import { isPortFree } from '../../apps/producer/src/embedded/redis.server.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const cliPath = path.join(repoRoot, 'apps', 'producer', 'dist', 'cli.js');
+/** The installed `transferline` command (it runs the built dist/cli.js), as a user runs it. */
+export const cliPath = path.join(repoRoot, 'apps', 'producer', 'bin', 'transferline.js');
 
 export type TestStack = TempStack;
 /** The real embedded stack for one test file: see startTempStack. */

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { createMetrics, PermanentError, redisKeys } from '@transferline/shared';
+import { PermanentError, redisKeys } from '@transferline/shared';
+import { createMetrics } from '@transferline/shared/service-runtime';
 import { TensorStore } from '@transferline/shared/tensors';
 import { EmbedStage, type EmbedDeps, type EmbedStageOptions } from './embed-images.job.js';
 import { ShardWriter } from './shard-writer.js';

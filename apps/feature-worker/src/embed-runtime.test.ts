@@ -1,4 +1,4 @@
-import { createLogger } from '@transferline/shared';
+import { createLogger } from '@transferline/shared/service-runtime';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { mkdtemp, rm } from 'node:fs/promises';

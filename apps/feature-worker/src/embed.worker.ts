@@ -1,6 +1,5 @@
 import {
   claimStorage,
-  createMetrics,
   createServices,
   createQueues,
   EMBED_STREAMS_NAMED,
@@ -9,7 +8,6 @@ import {
   threadsOverCores,
   EMBED_FAILURE_REASONS,
   startS3Guard,
-  exportQueueDepths,
   jobIds,
   resolveWeights,
   settledWithin,
@@ -24,6 +22,7 @@ import {
   type StartingRole,
   type WeightsFile,
 } from '@transferline/shared';
+import { createMetrics, exportQueueDepths } from '@transferline/shared/service-runtime';
 import os from 'node:os';
 import { EMBED_OUTCOMES, EmbedStage } from './embed-images.job.js';
 import { startEmbedRuntime } from './embed-runtime.js';

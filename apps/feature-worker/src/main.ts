@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { checkWorkerArgs, runRole } from '@transferline/shared';
+import { checkWorkerArgs, runRole } from '@transferline/shared/service-runtime';
 
 // Two roles from one package, each its own process: `feature-worker preprocess` (CPU, sharp)
 // and `feature-worker embed` (the model). Each loads only its own code: the embed role's

@@ -3,10 +3,8 @@ import {
   startS3Guard,
   PermanentError,
   PREPROCESS_FAILURE_REASONS,
-  createMetrics,
   createQueues,
   createServices,
-  exportQueueDepths,
   startWorker,
   workersAlive,
   watchRedis,
@@ -15,6 +13,7 @@ import {
   type Logger,
   type RunningRole,
 } from '@transferline/shared';
+import { createMetrics, exportQueueDepths } from '@transferline/shared/service-runtime';
 import { EmbedBacklogGate } from './embed-backlog.gate.js';
 import { configureSharp, preprocessImageOptions, vipsErrors } from './image.ops.js';
 import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';

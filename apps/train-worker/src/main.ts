@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { checkWorkerArgs, runRole } from '@transferline/shared';
+import { checkWorkerArgs, runRole } from '@transferline/shared/service-runtime';
 import { startTrainer } from './worker.js';
 
 checkWorkerArgs(process.argv.slice(2));

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { createMetrics } from '@transferline/shared';
+import { createMetrics } from '@transferline/shared/service-runtime';
 import { runGauges } from './run-gauges.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

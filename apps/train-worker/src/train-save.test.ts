@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { createLogger, DeferJob, PermanentError, type JobContext } from '@transferline/shared';
+import { DeferJob, PermanentError, type JobContext } from '@transferline/shared';
+import { createLogger } from '@transferline/shared/service-runtime';
 import { saveOnceS3Answers, type EpochProgress } from './train-head.job.js';
 
 /**

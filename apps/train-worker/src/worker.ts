@@ -1,4 +1,5 @@
-import { claimStorage, createMetrics, createQueues, createServices, exportQueueDepths, startS3Guard, startWorker, watchRedis, workersAlive, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
+import { claimStorage, createQueues, createServices, startS3Guard, startWorker, watchRedis, workersAlive, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
+import { createMetrics, exportQueueDepths } from '@transferline/shared/service-runtime';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { CLASSIFY_FAILURE_REASONS, classifyImages } from './classify-images.job.js';
 import { TRAIN_FAILURE_REASONS, trainHead } from './train-head.job.js';

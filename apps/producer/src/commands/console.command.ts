@@ -1,4 +1,5 @@
-import { closeQueues, createLogger, createQueues, createServices, type Config } from '@transferline/shared';
+import { closeQueues, createQueues, createServices, type Config } from '@transferline/shared';
+import { createLogger } from '@transferline/shared/service-runtime';
 import type { CliContext } from '../cli-context.js';
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
 import { BOARD_PATHS } from '../console/queue-boards.js';

@@ -1,4 +1,5 @@
-import { ConfigError, createLogger, createServices } from '@transferline/shared';
+import { ConfigError, createServices } from '@transferline/shared';
+import { createLogger } from '@transferline/shared/service-runtime';
 import { CliExit, EXIT } from '../exit-codes.js';
 import type { CliContext } from '../cli-context.js';
 import { latestRun, listModelRuns } from './models.command.js';

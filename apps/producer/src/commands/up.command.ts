@@ -1,7 +1,8 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createLogger, createQueues, createServices, loadConfig, redactUrl, ReportDoc, resolveWeights, sleep, spaceSettings, stackSettings, WeightsUnavailableError } from '@transferline/shared';
+import { createQueues, createServices, loadConfig, redactUrl, ReportDoc, resolveWeights, sleep, spaceSettings, stackSettings, WeightsUnavailableError } from '@transferline/shared';
+import { createLogger } from '@transferline/shared/service-runtime';
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
 import { consoleBanner } from './console.command.js';
 import { openCliContext, type CliContext } from '../cli-context.js';

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import pMap from 'p-map';
 import { looksTruncated, readableFormat } from '@transferline/feature-worker/image-format';
-import { prepareImage, preprocessImageOptions } from '@transferline/feature-worker/image.ops';
+import type { preprocessImageOptions } from '@transferline/feature-worker/image.ops';
 import { BUCKET_NAME_RULE, isBucketName, itemFromKey, keyBesideLabel, parseS3Url, PermanentError } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
@@ -38,6 +38,8 @@ export interface UploadContext {
  */
 async function cutShort(bytes: Buffer, format: string, preprocess: UploadContext['config']['preprocess']): Promise<string | undefined> {
   if (!looksTruncated(format, bytes)) return undefined;
+  // (sharp is loaded for such a file only: every other command, and most uploads, start without it)
+  const { prepareImage, preprocessImageOptions } = await import('@transferline/feature-worker/image.ops');
   try {
     await prepareImage(bytes, preprocessImageOptions(preprocess));
     return undefined;

@@ -2,27 +2,29 @@ import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  METRICS_PORTS,
   ObjectStore,
   SpaceRegistry,
   claimStorage,
-  createMetrics,
   createQueues,
   createRedis,
   EMBED_STREAMS_NAMED,
   forwardParallelism,
   threadsOverCores,
   EMBED_THREADS_NAMED,
-  exportQueueDepths,
   loadConfig,
   pingRedis,
   RedisUnreachableError,
   redisKeys,
   spaceFromConfig,
-  startMetricsServer,
   type Config,
   type EmbeddingSpace,
 } from '@transferline/shared';
+import {
+  METRICS_PORTS,
+  createMetrics,
+  exportQueueDepths,
+  startMetricsServer,
+} from '@transferline/shared/service-runtime';
 import { isPortFree, startEmbeddedRedis } from './redis.server.js';
 import { startEmbeddedS3 } from './s3.server.js';
 import { lockDataDir } from './data-dir.lock.js';
