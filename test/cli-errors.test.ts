@@ -625,6 +625,8 @@ describe('what a user sees when something is wrong', () => {
       [['classify', 's3://photos/incoming/', '-m', 'x', '--interval', '5'], /--interval goes with --watch/],
       [['serve', '-m', 'x', '--port', '99999'], /--port must be a port number, 0 to 65535/],
       [['console', '--port', '70000'], /--port must be a port number, 0 to 65535/],
+      // up's processes take P to P+3
+      [['up', '--metrics-port', '65534'], /--metrics-port must be 65532 or less: the stack uses P to P\+3/],
       // a reason code no image fails with (a typo) retries or lists nothing: said, not taken
       [['retry', '-d', 'x', '--reason', 'bogus'], /argument 'bogus' is invalid\. Allowed choices are empty, not-an-image, .*attempts-exhausted/],
       [['failures', '-d', 'x', '--reason', 'truncate'], /argument 'truncate' is invalid\. Allowed choices are .*truncated/],

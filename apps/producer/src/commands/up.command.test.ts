@@ -1,7 +1,16 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Supervisor } from '../embedded/supervisor.js';
-import { embedBackendWhere, foreignDemoFolders } from './up.command.js';
+import { embedBackendWhere, foreignDemoFolders, portsFrom } from './up.command.js';
+
+describe('--metrics-port P', () => {
+  it("is up's own port, and P+1 to P+3 the workers'", () => {
+    expect(portsFrom(19464)).toEqual({ producer: 19464, preprocess: 19465, embed: 19466, train: 19467 });
+  });
+  it('0 is any free port for every process, not ports 1 to 3 (a second up on them raced the first)', () => {
+    expect(portsFrom(0)).toEqual({ producer: 0, preprocess: 0, embed: 0, train: 0 });
+  });
+});
 
 describe("up's banner: where each embed worker names its backend", () => {
   const supervisor = new Supervisor(path.join('/data', 'logs'), () => undefined);

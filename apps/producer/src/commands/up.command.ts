@@ -18,6 +18,8 @@ import { createProgress } from '../progress.js';
 import { EXIT, onBrokenPipe } from '../exit-codes.js';
 import { printable, shellQuote } from '../terminal.js';
 
+export { portsFrom } from '../embedded/stack.js';
+
 export interface UpOptions {
   demo: boolean;
   ports?: Partial<StackPorts>;

@@ -38,6 +38,12 @@ export interface StackPorts {
 }
 export const DEFAULT_PORTS: StackPorts = { ...METRICS_PORTS };
 
+/** up's --metrics-port P: P for up's own metrics, P+1 to P+3 for the workers; 0 is any free port for each. */
+export function portsFrom(base: number): StackPorts {
+  const at = (offset: number) => (base === 0 ? 0 : base + offset);
+  return { producer: at(0), preprocess: at(1), embed: at(2), train: at(3) };
+}
+
 /** How many processes of each worker role to run. */
 export type Replicas = Record<RoleName, number>;
 export const DEFAULT_REPLICAS: Replicas = { preprocess: 1, embed: 1, train: 1 };
