@@ -3,7 +3,7 @@ import { Worker } from 'node:worker_threads';
 import type { Logger } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import type { ThreadReply, ThreadRequest, ThreadSpec } from './embed.thread.js';
-import { createEfficientNetEmbedder, type Embedder, type StoredEmbeddings } from './embedder.js';
+import type { Embedder, StoredEmbeddings } from './embedder.js';
 
 /** Where the model runs: `tensorflow` (tfjs-node[-gpu], libtensorflow), `onnx` (ONNX Runtime, CPU), `wasm` or `cpu` (TF.js). */
 export type EmbedBackend = 'tensorflow' | 'onnx' | 'wasm' | 'cpu';
@@ -60,6 +60,8 @@ export async function startEmbedRuntime(spec: EmbedRuntimeSpec, log: Logger): Pr
       if (backend === 'tensorflow') {
         // On auto only the GPU package: on a CPU, ONNX Runtime is the faster native path.
         const rt = await loadTfRuntime('tensorflow', undefined, spec.preference === 'auto' ? { packages: ['@tensorflow/tfjs-node-gpu'] } : {});
+        // (the TF.js model and the HDF5 reader: loaded only on this path, as in the embed thread)
+        const { createEfficientNetEmbedder } = await import('./embedder.js');
         const embedder = await createEfficientNetEmbedder(rt, { seed: spec.seed, inputSize: spec.inputSize, ...(spec.weights && { weights: spec.weights }) });
         return { embedder, backend, provider: rt.provider, skipped, streams: [spec.threads] };
       }

@@ -1,17 +1,22 @@
-import * as tf from '@tensorflow/tfjs';
-import '@tensorflow/tfjs-backend-wasm';
+import type * as Tf from '@tensorflow/tfjs';
 import type { Logger } from './logger.js';
 
 /** Which TensorFlow.js backend to load (`auto`: native if a package loads, else wasm). */
 export type BackendPreference = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
 
 export interface TfRuntime {
-  tf: typeof tf;
+  tf: typeof Tf;
   /** The backend in use: `tensorflow` (libtensorflow via tfjs-node[-gpu]), `wasm` or `cpu`. */
   backend: string;
   /** Which package provided it, for the log line and the metric label. */
   provider: string;
 }
+
+/**
+ * TF.js itself, loaded when a backend is chosen (over a second of CPU: an embed worker that ends
+ * on ONNX Runtime, having found no GPU package, never loads it).
+ */
+const loadTf = (): Promise<typeof Tf> => import('@tensorflow/tfjs');
 
 /**
  * Picks the fastest TensorFlow.js backend that loads: tfjs-node-gpu (CUDA), then tfjs-node
@@ -24,7 +29,9 @@ export async function loadTfRuntime(preference: BackendPreference, log?: Logger,
   if (preference === 'auto' || preference === 'tensorflow') {
     for (const pkg of o.packages ?? ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
       try {
+        // (a package that is not installed fails here, before TF.js itself is loaded)
         await import(pkg);
+        const tf = await loadTf();
         if (await tf.setBackend('tensorflow')) {
           await tf.ready();
           log?.info({ backend: 'tensorflow', provider: pkg }, 'TensorFlow.js backend selected');
@@ -38,10 +45,12 @@ export async function loadTfRuntime(preference: BackendPreference, log?: Logger,
       throw new Error(`no native TensorFlow.js package loads (${tried.join('; ')})`);
     }
   }
+  const tf = await loadTf();
   const backend = preference === 'cpu' ? 'cpu' : 'wasm';
+  if (backend === 'wasm') await import('@tensorflow/tfjs-backend-wasm');
   if (!(await tf.setBackend(backend))) throw new Error(`TensorFlow.js backend ${backend} failed to initialise`);
   await tf.ready();
-  if (backend === 'cpu') quietFirstTensor();
+  if (backend === 'cpu') quietFirstTensor(tf);
   log?.info({ backend, provider: `@tensorflow/tfjs-backend-${backend}`, skipped: tried.length ? tried : undefined }, 'TensorFlow.js backend selected');
   return { tf, backend, provider: `@tensorflow/tfjs-backend-${backend}` };
 }
@@ -51,7 +60,7 @@ export async function loadTfRuntime(preference: BackendPreference, log?: Logger,
  * package this project does not use (ONNX Runtime is its native path; the CPU backend only
  * builds graphs and fits small heads). That first tensor is made with TF.js's warnings off.
  */
-function quietFirstTensor(): void {
+function quietFirstTensor(tf: typeof Tf): void {
   const prod = tf.env().getBool('PROD');
   tf.env().set('PROD', true);
   try {
