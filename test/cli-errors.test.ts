@@ -625,8 +625,9 @@ describe('what a user sees when something is wrong', () => {
       [['classify', 's3://photos/incoming/', '-m', 'x', '--interval', '5'], /--interval goes with --watch/],
       [['serve', '-m', 'x', '--port', '99999'], /--port must be a port number, 0 to 65535/],
       [['console', '--port', '70000'], /--port must be a port number, 0 to 65535/],
-      // up's processes take P to P+3
-      [['up', '--metrics-port', '65534'], /--metrics-port must be 65532 or less: the stack uses P to P\+3/],
+      // up's processes take P to P+3, and +10 for each further replica
+      [['up', '--metrics-port', '65534'], /--metrics-port 65534 leaves no room: the stack uses P to P\+3, and \+10 for each further replica of a role \(up to 65537 here, past 65535\)/],
+      [['up', '--metrics-port', '65530', '--preprocess-workers', '2'], /--metrics-port 65530 leaves no room: .*\(up to 65541 here/],
       // a reason code no image fails with (a typo) retries or lists nothing: said, not taken
       [['retry', '-d', 'x', '--reason', 'bogus'], /argument 'bogus' is invalid\. Allowed choices are empty, not-an-image, .*attempts-exhausted/],
       [['failures', '-d', 'x', '--reason', 'truncate'], /argument 'truncate' is invalid\. Allowed choices are .*truncated/],

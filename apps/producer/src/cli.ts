@@ -122,20 +122,19 @@ program
   .description('start the embedded stack on this machine: S3-compatible server, Redis, every worker, metrics')
   .option('--demo', 'make a labelled sample set, ingest it, train a classifier and print the report')
   .option('--exit-after-demo', 'stop the stack when the demo is done')
-  .option('--metrics-port <n>', 'first metrics port: producer n, preprocess n+1, embed n+2, train n+3 (+10 per extra replica; default 9464; 0: any free ports)', (v: string) => {
-    const n = port('--metrics-port')(v);
-    if (n > 65_532) throw new InvalidArgumentError('--metrics-port must be 65532 or less: the stack uses P to P+3');
-    return n;
-  })
+  .option('--metrics-port <n>', 'first metrics port: producer n, preprocess n+1, embed n+2, train n+3 (+10 per extra replica; default 9464; 0: any free ports)', port('--metrics-port'))
   .option('--preprocess-workers <n>', 'preprocess processes (default 1)', int('--preprocess-workers'))
   .option('--embed-workers <n>', 'embed processes (default 1); they share the cores, each running one forward pass per thread at once (TL_EMBED_STREAMS)', int('--embed-workers'))
   .action(async (o: { demo?: boolean; exitAfterDemo?: boolean; preprocessWorkers?: number; embedWorkers?: number; metricsPort?: number }) => {
     const commands = await up();
+    const replicas = { ...(o.preprocessWorkers !== undefined && { preprocess: o.preprocessWorkers }), ...(o.embedWorkers !== undefined && { embed: o.embedWorkers }) };
+    const overflow = o.metricsPort === undefined ? undefined : commands.metricsPortsOverflow(o.metricsPort, replicas);
+    if (overflow) throw usage(overflow);
     await commands.upCommand(process.env, {
       demo: !!o.demo,
       ...(o.metricsPort !== undefined && { ports: commands.portsFrom(o.metricsPort) }),
       exitAfterDemo: !!o.exitAfterDemo,
-      replicas: { ...(o.preprocessWorkers !== undefined && { preprocess: o.preprocessWorkers }), ...(o.embedWorkers !== undefined && { embed: o.embedWorkers }) },
+      replicas,
     });
   });
 

@@ -17,7 +17,7 @@ import { machine, timeAtLeast, until, withRatios, type Row, type SuiteResult } f
 
 const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
 const PHOTOS = '/usr/share/backgrounds/mate/nature';
-const cliPath = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', '..', 'apps', 'producer', 'dist', 'cli.js');
+const cliPath = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', '..', 'apps', 'producer', 'bin', 'transferline.js');
 
 function rssMb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));

@@ -25,7 +25,7 @@ export * from './services.js';
 export * from './tensor.store.js';
 export * from './weights.source.js';
 // What only a long-running process needs (its logger, metrics and their server, the worker
-// bootstrap: pino and prom-client, about 200 modules) is in ./service-runtime, so that a CLI
+// bootstrap: pino and prom-client, some 120 modules) is in ./service-runtime, so that a CLI
 // command starts without loading it; their types are here, as they cost nothing at run time.
 export type { Logger } from './logger.js';
 export type { Metrics, ServeMetrics } from './metrics.js';

@@ -18,7 +18,7 @@ import { createProgress } from '../progress.js';
 import { EXIT, onBrokenPipe } from '../exit-codes.js';
 import { printable, shellQuote } from '../terminal.js';
 
-export { portsFrom } from '../embedded/stack.js';
+export { metricsPortsOverflow, portsFrom } from '../embedded/stack.js';
 
 export interface UpOptions {
   demo: boolean;
@@ -132,9 +132,8 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   // (no embed worker here, --embed-workers 0: nothing to fetch weights for)
   if (replicas.embed > 0) env = await ensureWeights(env, o.demo, w);
   const ports0 = { ...DEFAULT_PORTS, ...o.ports };
-  const children = childPorts(ports0, replicas);
-  const stack = await startStack(env, ports0, (line) => w(`[up] ${line}`), children);
-  const { config, ports } = stack;
+  const stack = await startStack(env, ports0, (line) => w(`[up] ${line}`), childPorts(ports0, replicas));
+  const { config, ports, children } = stack;
   const log = createLogger('producer', config.logLevel);
   // The console's own clients, in worker mode: they wait out a Redis restart.
   const consoleServices = createServices(config, 'worker');

@@ -25,7 +25,7 @@ import {
   exportQueueDepths,
   startMetricsServer,
 } from '@transferline/shared/service-runtime';
-import { isPortFree, startEmbeddedRedis } from './redis.server.js';
+import { freePort, isPortFree, startEmbeddedRedis } from './redis.server.js';
 import { startEmbeddedS3 } from './s3.server.js';
 import { lockDataDir } from './data-dir.lock.js';
 import { ANOTHER_UP, Supervisor, type RoleName, type SupervisedProcess } from './supervisor.js';
@@ -42,6 +42,12 @@ export const DEFAULT_PORTS: StackPorts = { ...METRICS_PORTS };
 export function portsFrom(base: number): StackPorts {
   const at = (offset: number) => (base === 0 ? 0 : base + offset);
   return { producer: at(0), preprocess: at(1), embed: at(2), train: at(3) };
+}
+
+/** Why --metrics-port P does not fit with these replicas (a port past 65535), or undefined. */
+export function metricsPortsOverflow(base: number, replicas: Partial<Replicas>): string | undefined {
+  const last = Math.max(base, ...childPorts(portsFrom(base), { ...DEFAULT_REPLICAS, ...replicas }).map((c) => c.metricsPort));
+  return last > 65_535 ? `--metrics-port ${base} leaves no room: the stack uses P to P+3, and +10 for each further replica of a role (up to ${last} here, past 65535)` : undefined;
 }
 
 /** How many processes of each worker role to run. */
@@ -78,6 +84,8 @@ export interface Stack {
   /** Environment for clients of this stack (the CLI, tests, awscli). */
   env: NodeJS.ProcessEnv;
   ports: StackPorts;
+  /** the worker processes, each with the metrics port it serves on (a free one where 0 was asked) */
+  children: { role: RoleName; replica: number; metricsPort: number }[];
   /** the embedding space the stack's embed workers run (published in Redis at start) */
   space: EmbeddingSpace;
   supervisor: Supervisor;
@@ -106,9 +114,12 @@ export async function startStack(
   baseEnv: NodeJS.ProcessEnv,
   ports: StackPorts,
   onEvent: (line: string) => void,
-  children: { role: RoleName; replica: number; metricsPort: number }[] = childPorts(ports, DEFAULT_REPLICAS),
+  wanted: { role: RoleName; replica: number; metricsPort: number }[] = childPorts(ports, DEFAULT_REPLICAS),
 ): Promise<Stack> {
   const initial = loadConfig(baseEnv);
+  // A worker asked for on port 0 (--metrics-port 0) is given a free port now, rather than binding
+  // any port itself: so that its port is known, listed in the banner, and its /healthz watched.
+  const children = await Promise.all(wanted.map(async (c) => (c.metricsPort === 0 ? { ...c, metricsPort: await freePort() } : c)));
   const stops: (() => Promise<void>)[] = [];
   // every supervised process, told at once that none is restarted from now on (the servers stop
   // last, after the workers: one that exits meanwhile, on a SIGTERM of its own, stays stopped)
@@ -242,7 +253,7 @@ export async function startStack(
       supervisor.stopNow();
       await Promise.all([servers.redis, servers.s3].map((s) => s?.stop(SERVERS_NOW_MS)));
     };
-    return { config, env, ports: { ...ports, producer: server.port }, space, supervisor, servers, holdRestarts, stop: stopAll, stopNow };
+    return { config, env, ports: { ...ports, producer: server.port }, children, space, supervisor, servers, holdRestarts, stop: stopAll, stopNow };
   } catch (err) {
     await stopAll();
     throw err;

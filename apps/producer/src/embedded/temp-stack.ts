@@ -3,8 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort } from './redis.server.js';
-import { DEFAULT_REPLICAS, startStack, type Replicas, type Stack } from './stack.js';
-import type { RoleName } from './supervisor.js';
+import { childPorts, DEFAULT_REPLICAS, startStack, type Replicas, type Stack } from './stack.js';
 
 export interface TempStack extends Stack {
   dataDir: string;
@@ -39,12 +38,10 @@ export async function startTempStack(extraEnv: NodeJS.ProcessEnv = {}, replicas:
   };
   const ports = { producer: await freePort(), preprocess: 0, embed: 0, train: 0 };
   const r = { ...DEFAULT_REPLICAS, ...replicas };
-  const children: { role: RoleName; replica: number; metricsPort: number }[] = [];
-  for (const role of ['preprocess', 'embed', 'train'] as const) {
-    for (let replica = 1; replica <= r[role]; replica++) children.push({ role, replica, metricsPort: await freePort() });
-  }
+  // every worker on port 0: the stack gives each a free port, as it does for up --metrics-port 0
   const events: string[] = [];
-  const stack = await startStack(env, ports, (line) => events.push(line), children);
+  const stack = await startStack(env, ports, (line) => events.push(line), childPorts(ports, r));
+  const { children } = stack;
   const first = (role: string) => children.find((c) => c.role === role)?.metricsPort ?? 0;
   return {
     ...stack,
