@@ -425,6 +425,9 @@ describe('training runs and classification', () => {
     expect({ code: r.code, stderr: r.stderr.replace(/^training shapes.*\n/gm, '') }).toEqual({ code: 0, stderr: '' });
     expect(r.stdout).toContain(`\nmodel: s3://${bucket}/${ctx.services.layout.run('shapes', 'other-shell')} (model.json, weights.bin, labels.json, report.json)\n`);
     expect(r.stdout).toContain(`  warning: the train worker wrote it to bucket ${bucket}, and this shell's bucket is not-the-workers: models, classify, export and serve from here look for it there; set TL_BUCKET=${bucket} as the workers have it\n`);
+    // said before it trains too, not only once the run is the latest (a user's trial)
+    const before = `warning: this shell looks in s3://not-the-workers/not/theirs/, but the live embed workers keep embeddings and models in s3://${bucket}/${stack.config.s3.prefix}: set TL_BUCKET=${bucket} and `;
+    expect(r.stdout.startsWith(before)).toBe(true);
     // the report, read where the worker wrote it (its bucket, its TL_PREFIX)
     expect(r.stdout).toContain('validation confusion matrix');
     // a shell with another TL_QUEUE_PREFIX sees none of the workers' datasets: told so, not "Redis lost its data"

@@ -12,6 +12,7 @@ import { elsewhereLines } from './ingest.command.js';
 import { latestRun } from './models.command.js';
 import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
 import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
+import { storageHint } from '../storage-hint.js';
 
 /** The option a TrainJob field comes from: `validationFraction` → `--validation-fraction`. */
 function flagOf(path: PropertyKey[]): string {
@@ -103,6 +104,11 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   if (o.dropout !== undefined && payload.hiddenUnits === 0) {
     throw new CliExit(EXIT.usage, `transferline: bad training settings: --dropout: the softmax head has no hidden layer to drop units of (add --hidden-units N, or leave --dropout out)`);
   }
+  // A shell whose TL_BUCKET/TL_PREFIX are not the workers' (a user's trial: said only once the
+  // run was trained and made the latest): the run goes where the workers write, and is found
+  // from here only with their settings.
+  const storage = await storageHint(ctx);
+  if (storage) ctx.out.write(`warning: ${storage}; the run is written there, and models, classify, export and serve from this shell look in the shell's\n`);
   if (lost) {
     const latest = payload.promote ? '; the run becomes the latest (--no-promote keeps the one there)' : '';
     const recorded = lost.missing?.length ? ', and the report records what it left out' : '';
