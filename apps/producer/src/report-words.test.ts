@@ -1,6 +1,6 @@
 import type { ReportDoc } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
-import { confusableLabelNotes, fewToLearn, fewToMeasure, randomSpaceNote, thresholdCaution } from './report-words.js';
+import { confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, randomSpaceNote, thresholdCaution } from './report-words.js';
 
 const validation = (matrix: number[][], binary = true): ReportDoc['validation'] =>
   ({
@@ -70,5 +70,16 @@ describe('fewToLearn', () => {
     // small, but no smaller than the rest; or a few fewer than the rest
     expect(fewToLearn(report([3, 4, 3], 'balanced'))).toEqual([]);
     expect(fewToLearn(report([4, 12, 14], 'balanced'))).toEqual([]);
+  });
+});
+
+describe('fewInAll', () => {
+  const report = (support: number[]) => ({ train: { perClass: support.map((n, i) => ({ label: `l${i}`, support: n })) } }) as unknown as ReportDoc;
+  it('says so when every class has a handful of training images (a first try on 3 photos trained without a word)', () => {
+    expect(fewInAll(report([2, 1]))).toBe('every class has fewer than 5 training images (1 to 2): too few to learn from, and the figures above say little about new images; add images to each label folder and ingest again');
+    expect(fewInAll(report([3, 3, 3]))).toMatch(/^every class has fewer than 5 training images \(3\): /);
+    // one class large enough: fewToLearn's to name the others, beside it
+    expect(fewInAll(report([4, 5]))).toBeUndefined();
+    expect(fewInAll(report([]))).toBeUndefined();
   });
 });

@@ -84,6 +84,18 @@ export const CONFUSABLE_NAMED = 5;
 export const FEW_TO_LEARN = 5;
 
 /**
+ * A run whose every class had fewer than FEW_TO_LEARN training images (a first try on a handful
+ * of photos: fewToLearn names a class only beside larger ones), or undefined.
+ */
+export function fewInAll(r: Pick<ReportDoc, 'train'>): string | undefined {
+  const counts = r.train.perClass.map((c) => c.support);
+  if (counts.length === 0 || Math.max(...counts) >= FEW_TO_LEARN) return undefined;
+  const least = Math.min(...counts);
+  const most = Math.max(...counts);
+  return `every class has fewer than ${FEW_TO_LEARN} training images (${least === most ? most : `${least} to ${most}`}): too few to learn from, and the figures above say little about new images; add images to each label folder and ingest again`;
+}
+
+/**
  * Classes a run had too few training images of to learn, beside the others (a misspelt folder, a
  * label just begun), with the weight `--class-weights balanced` gave each of their images.
  */

@@ -7,7 +7,7 @@ import { followJob, say } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { classFigures, confusableLabelNotes, fewToLearn, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution } from '../report-words.js';
+import { classFigures, confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { latestRun } from './models.command.js';
 import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
@@ -384,7 +384,8 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   if (report) for (const few of fewToMeasure(report.split)) w(`  note: ${few}`);
   if (report) {
     const images = new Map(report.labels.map((l, i) => [l, [report.train, report.validation, report.test].reduce((n, s) => n + (s?.perClass[i]?.support ?? 0), 0)]));
-    for (const note of [...confusableLabelNotes(images, printable), ...fewToLearn(report, printable)]) w(`  note: ${note}`);
+    const tooFew = fewInAll(report);
+    for (const note of [...confusableLabelNotes(images, printable), ...fewToLearn(report, printable), ...(tooFew ? [tooFew] : [])]) w(`  note: ${note}`);
   }
   if (report?.coverage.partial) w(`  partial: trained on ${report.coverage.embedded} of ${report.coverage.total} images (${report.coverage.pending} pending, ${report.coverage.failed} failed)${notIngestedAgain(report.coverage, printable)}`);
   const conflicts = report?.split.conflictsLeftOut ?? 0;
