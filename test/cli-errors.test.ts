@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { createRedis, DatasetRepository, queueName, redisKeys, SpaceRegistry } from '../packages/shared/src/index.js';
+import { createRedis, DatasetRepository, loadConfig, queueName, redisKeys, SpaceRegistry, spaceFromConfig } from '../packages/shared/src/index.js';
 import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
@@ -443,6 +443,34 @@ describe('what a user sees when something is wrong', () => {
         expect(JSON.parse((await ctx.services.redis.get(ctx.services.keys.storage()))!)).toMatchObject({ bucket, prefix, by: expect.stringContaining(`:${first.child.pid}:`) });
       } finally {
         await ctx.services.redis.set(ctx.services.keys.storage(), JSON.stringify({ bucket, prefix, by: 'test', at: new Date().toISOString() }));
+      }
+    });
+
+    it("an embed worker started without the deployment's settings says how to join its live workers before how to get the ImageNet weights", async () => {
+      // (a user's trial: a worker started by hand without the banner's TL_MODEL_WEIGHTS=random led with the download)
+      const { stack, ctx } = file;
+      const { bucket, prefix } = stack.config.s3;
+      const theirs = spaceFromConfig(loadConfig({ ...stack.env, TL_MODEL_WEIGHTS: 'random' }));
+      expect(theirs.id).not.toBe(stack.space.id);
+      const beat = await ctx.services.spaces.startHeartbeat(theirs, 'test', () => undefined, { bucket, prefix });
+      const cache = await mkdtemp(path.join(os.tmpdir(), 'tl-noweights-'));
+      try {
+        const child = spawn(process.execPath, ['apps/feature-worker/dist/main.js', 'embed'], {
+          cwd: repoRoot,
+          env: { ...stack.env, TL_METRICS_HOST: '127.0.0.1', TL_METRICS_PORT: '0', TL_SUPERVISOR_HANG_MS: '0', TL_MODEL_CACHE_DIR: cache, TL_MODEL_WEIGHTS_SOURCE: path.join(cache, 'nowhere.h5') },
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        const deadline = setTimeout(() => child.kill('SIGKILL'), 60_000);
+        const code = await new Promise<number | null>((resolve) => child.once('exit', resolve)).finally(() => clearTimeout(deadline));
+        expect(code).toBe(1);
+        expect(stderr).toContain(
+          `this deployment's live embed workers run ${theirs.id} (TL_MODEL_WEIGHTS=random), and this one was started for ${stack.space.id}: start it with their settings to join them (up's banner prints them). To run ${stack.space.id} beside them: could not get the EfficientNet-B0 weights from ${path.join(cache, 'nowhere.h5')}`,
+        );
+      } finally {
+        await beat.stop();
+        await rm(cache, { recursive: true, force: true });
       }
     });
 

@@ -14,12 +14,16 @@ import {
   spaceFromConfig,
   startWorker,
   workersAlive,
+  spaceSettings,
+  WeightsUnavailableError,
   watchRedis,
   type Config,
   type Handler,
   type Logger,
   type RunningRole,
   type StartingRole,
+  type EmbeddingSpace,
+  type Services,
   type WeightsFile,
 } from '@transferline/shared';
 import { createMetrics, exportQueueDepths } from '@transferline/shared/service-runtime';
@@ -35,6 +39,19 @@ const SHARD_MAX_DELAY_MS = 1_000;
  * one process that derives an embedding space from its own configuration: it runs that space,
  * publishes it in Redis with a heartbeat, and takes jobs from that space's queue only.
  */
+/**
+ * A worker that cannot get the ImageNet weights while the deployment's live embed workers run
+ * another space (a user's trial: one started by hand without the banner's TL_MODEL_WEIGHTS=random
+ * led with the download): the settings that would join them, said first.
+ */
+async function joinInstead(services: Services, space: EmbeddingSpace): Promise<string | undefined> {
+  const live = (await services.spaces.list().catch(() => [])).filter((s) => s.space.id !== space.id && s.workers.length > 0);
+  if (live.length === 0) return undefined;
+  const settings = (s: EmbeddingSpace) => spaceSettings(s).map((v) => `${v.name}=${v.value}`).join(' ') || 'the default settings';
+  const theirs = live.map((s) => `${s.space.id} (${settings(s.space)})`).join(', and ');
+  return `this deployment's live embed workers run ${theirs}, and this one was started for ${space.id}: start it with their settings to join them (up's banner prints them)`;
+}
+
 export async function startEmbedRole(config: Config, log: Logger, starting?: StartingRole): Promise<RunningRole> {
   // One ONNX Runtime process per machine uses every core; `up` divides them among its replicas.
   const { threads, streams } = forwardParallelism(
@@ -68,6 +85,9 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
           lastLog = Date.now();
           log.info({ received, total }, 'downloading EfficientNet-B0 weights');
         },
+      }).catch(async (err: unknown) => {
+        const join = err instanceof WeightsUnavailableError ? await joinInstead(services, space) : undefined;
+        throw join ? new WeightsUnavailableError(`${join}. To run ${space.id} beside them: ${(err as Error).message}`) : err;
       });
       log.info({ path: weightsFile.path, md5: weightsFile.md5, downloaded: weightsFile.downloaded }, 'ImageNet weights verified');
     }
