@@ -39,7 +39,8 @@ export default defineConfig({
     // Three files at a time, each in its own process, which runs its files in turn. A file spends
     // much of its time waiting on its stack's processes (workers, redis-server, S3: hang times,
     // restarts, lock expiries): two files at a time kept a 2-core machine 72 % busy (about 15
-    // minutes), three 82-87 % (about 14, and now CPU-bound: a fourth would add nothing). Every
+    // minutes), three 82-87 % (about 14, and now CPU-bound: a fourth would add nothing; the CLI
+    // commands the tests run were a third of that CPU, and start lighter since: about 12.5). Every
     // file starts its own stack on ports of its own, so two never share a server.
     fileParallelism: true,
     maxWorkers: 3,
