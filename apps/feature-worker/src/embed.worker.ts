@@ -15,6 +15,7 @@ import {
   startWorker,
   workersAlive,
   spaceSettings,
+  OFFICIAL_WEIGHTS,
   WeightsUnavailableError,
   watchRedis,
   type Config,
@@ -40,9 +41,9 @@ const SHARD_MAX_DELAY_MS = 1_000;
  * publishes it in Redis with a heartbeat, and takes jobs from that space's queue only.
  */
 /**
- * A worker that cannot get the ImageNet weights while the deployment's live embed workers run
- * another space (a user's trial: one started by hand without the banner's TL_MODEL_WEIGHTS=random
- * led with the download): the settings that would join them, said first.
+ * A worker on the default weights that cannot get them while the deployment's live embed workers
+ * run another space (a user's trial: one started by hand without the banner's
+ * TL_MODEL_WEIGHTS=random led with the download): the settings that would join them, said first.
  */
 async function joinInstead(services: Services, space: EmbeddingSpace): Promise<string | undefined> {
   const live = (await services.spaces.list().catch(() => [])).filter((s) => s.space.id !== space.id && s.workers.length > 0);
@@ -86,7 +87,8 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
           log.info({ received, total }, 'downloading EfficientNet-B0 weights');
         },
       }).catch(async (err: unknown) => {
-        const join = err instanceof WeightsUnavailableError ? await joinInstead(services, space) : undefined;
+        // (only for the default weights: a worker given weights of its own means its own space)
+        const join = err instanceof WeightsUnavailableError && config.embed.weightsMd5 === OFFICIAL_WEIGHTS.md5 ? await joinInstead(services, space) : undefined;
         throw join ? new WeightsUnavailableError(`${join}. To run ${space.id} beside them: ${(err as Error).message}`) : err;
       });
       log.info({ path: weightsFile.path, md5: weightsFile.md5, downloaded: weightsFile.downloaded }, 'ImageNet weights verified');
