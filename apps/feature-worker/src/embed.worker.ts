@@ -11,6 +11,7 @@ import {
   jobIds,
   resolveWeights,
   settledWithin,
+  withDeadline,
   spaceFromConfig,
   startWorker,
   workersAlive,
@@ -46,7 +47,8 @@ const SHARD_MAX_DELAY_MS = 1_000;
  * TL_MODEL_WEIGHTS=random led with the download): the settings that would join them, said first.
  */
 async function joinInstead(services: Services, space: EmbeddingSpace): Promise<string | undefined> {
-  const live = (await services.spaces.list().catch(() => [])).filter((s) => s.space.id !== space.id && s.workers.length > 0);
+  // (a Redis that does not answer within 2 s: the weights' own reason alone, not a wait)
+  const live = (await withDeadline(services.spaces.list(), 2_000).catch(() => [])).filter((s) => s.space.id !== space.id && s.workers.length > 0);
   if (live.length === 0) return undefined;
   const settings = (s: EmbeddingSpace) => spaceSettings(s).map((v) => `${v.name}=${v.value}`).join(' ') || 'the default settings';
   const theirs = live.map((s) => `${s.space.id} (${settings(s.space)})`).join(', and ');

@@ -108,7 +108,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   // run was trained and made the latest): the run goes where the workers write, and is found
   // from here only with their settings.
   const storage = await storageHint(ctx);
-  if (storage) ctx.out.write(`warning: ${storage}; the run is written there, and models, classify, export and serve from this shell look in the shell's\n`);
+  if (storage) ctx.out.write(`warning: ${storage} (the run is written there)\n`);
   if (lost) {
     const latest = payload.promote ? '; the run becomes the latest (--no-promote keeps the one there)' : '';
     const recorded = lost.missing?.length ? ', and the report records what it left out' : '';
