@@ -13,6 +13,7 @@ import { NO_WORKERS, stackForFile, until } from './support/stack.js';
  * its pixels. The second job's add is a no-op (same id), so nothing would ever free the second
  * copy of the pixels: 150 KB left in Redis for the pixels' TTL (days), per duplicate (the scale
  * trial found 11 such keys). Real Redis and BullMQ; a bare BullMQ worker holds the embed job.
+ * And the first look at an image, which asks for room in the embed backlog in the same script.
  */
 
 guardLeaks();
@@ -48,7 +49,8 @@ describe('preprocess hand-off of bytes another object embedded meanwhile', () =>
       const itemId = 'photos/train/cat/copy.jpg';
       await services.datasets.putItem('twins', itemId, { label: 'cat', etag: 'e2', space, state: 'pending' });
       const ctxJob: JobContext = { log, progress: async () => {}, attempt: 1, stopping: () => false };
-      await store.handOff({ job, pixels, dataset: 'twins', itemId, record: { label: 'cat', etag: 'e2', sha256, space, state: 'queued' } }, ctxJob);
+      const room = await gate.admit(space, ctxJob);
+      await store.handOff({ job, pixels, dataset: 'twins', itemId, record: { label: 'cat', etag: 'e2', sha256, space, state: 'queued' }, room });
       finish();
       await until('the embed job to complete', async () => ['completed', 'unknown'].includes(await queues.embed(space).getJobState(id)), 30, 50);
     } finally {
@@ -58,5 +60,40 @@ describe('preprocess hand-off of bytes another object embedded meanwhile', () =>
     expect(await services.redis.exists(services.keys.tensor(space, sha256))).toBe(0);
     // the image counts as embedded for the second object's dataset
     expect(await services.inspector.status('twins')).toMatchObject({ total: 1, embedded: 1, orphaned: 0 });
+  });
+
+  it('takes room in the backlog at the first look only for bytes the space has not embedded, and remembers the object either way', async () => {
+    const { ctx } = file;
+    const { services, queues } = ctx;
+    const log = createLogger('test', 'warn');
+    const other = `${space}.look`;
+    const gate = new EmbedBacklogGate(services.redis, queues, services.keys, 1, async () => [other], createMetrics('preprocess'), log);
+    const store = createPreprocessStore(services, queues, gate);
+    const ctxJob: JobContext = { log, progress: async () => {}, attempt: 1, stopping: () => false };
+    const [a, b, c] = ['a', 'b', 'c'].map((x) => contentHash(Buffer.from(`bytes ${x}`)));
+    await services.redis.hset(services.keys.embeddingIndex(other), b!, 'shard-0:0');
+    const reservations = () => services.redis.zcard(services.keys.backpressure(other));
+
+    const roomA = await store.lookup({ itemId: 'photos/a.jpg', etag: 'ea', sha256: a!, space: other }, ctxJob);
+    expect(roomA).not.toBe('embedded');
+    expect(await reservations()).toBe(1);
+    // embedded already: no room taken, though the backlog is at its bound of 1
+    expect(await store.lookup({ itemId: 'photos/b.jpg', etag: 'eb', sha256: b!, space: other }, ctxJob)).toBe('embedded');
+    expect(await reservations()).toBe(1);
+    expect(await services.datasets.knownHashes(['photos/a.jpg', 'photos/b.jpg'])).toEqual([
+      { etag: 'ea', sha256: a },
+      { etag: 'eb', sha256: b },
+    ]);
+
+    // new bytes at the bound wait for room, and get it once the first room is given back
+    let roomC: unknown;
+    const waiting = store.lookup({ itemId: 'photos/c.jpg', etag: 'ec', sha256: c!, space: other }, ctxJob).then((r) => (roomC = r));
+    await new Promise((r) => setTimeout(r, 500));
+    expect(roomC).toBeUndefined();
+    await (roomA as Exclude<typeof roomA, 'embedded'>).release();
+    await waiting;
+    expect(roomC).toHaveProperty('release');
+    expect(await reservations()).toBe(1);
+    gate.close();
   });
 });

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { DeferJob, RedisScript, type ChainableCommander, type JobContext, type Logger, type Metrics, type Queues, type Redis, type RedisKeys } from '@transferline/shared';
+import { DatasetRepository, DeferJob, RedisScript, type ChainableCommander, type JobContext, type Logger, type Metrics, type Queues, type Redis, type RedisKeys } from '@transferline/shared';
 
 /** Room for one tensor, held until released (with `pipe`, the release is queued there). */
 export interface Room {
@@ -11,19 +11,29 @@ export interface Room {
  * preprocess process. A tensor is counted by its embed job (waiting, active, delayed or
  * prioritized) or, between storing the pixels and adding that job, by a reservation in a sorted
  * set; one Lua script checks the count and reserves atomically, so the bound holds exactly,
- * however many processes and jobs in hand. A job that finds no room keeps its pixels in memory
- * and polls (typically while embed catches up, or while the embed workers are still loading
- * their model). It is put back for later, without spending an attempt, when its space has no
- * live embed worker and another space has some (a space nobody serves cannot hold the preprocess
- * slots that the others need), and when its process stops. Reservations expire (a process that
- * dies while holding one frees it within RESERVATION_MS).
+ * however many processes and jobs in hand. Preprocess asks before it decodes, in the same round
+ * trip as its first look at the image (`look`: its object's content remembered, and no room
+ * needed when the space has its embedding already), so a reservation covers the decode too, and
+ * a job that finds no room polls without pixels in memory (typically while embed catches up, or
+ * while the embed workers are still loading their model). It is put back for later, without
+ * spending an attempt, when its space has no live embed worker and another space has some (a
+ * space nobody serves cannot hold the preprocess slots that the others need), and when its
+ * process stops. Reservations expire (a process that dies while holding one frees it within
+ * RESERVATION_MS, longer than any decode).
  */
-export class EmbedBacklogGate {
-  private static readonly RESERVATION_MS = 60_000;
-  private static readonly POLL_MS = 200;
-  /** how often a held job checks that some embed worker of its space is still live */
-  private static readonly LIVENESS_MS = 5_000;
-  private static readonly SCRIPT = new RedisScript('tlAdmitToEmbedBacklog', `
+/** An image preprocess has downloaded, as the admission's first look sees it. */
+export interface FirstLook {
+  itemId: string;
+  etag: string;
+  sha256: string;
+}
+
+/**
+ * The admission, over KEYS[1] (the space's reservations) and KEYS[2..6] (its embed queue's
+ * waiting, paused, active, delayed and prioritized jobs), ARGV[1..3] (the bound, a reservation id,
+ * its lifetime in ms): {1, n} reserved, n counting it; {0, n} no room.
+ */
+const ADMIT_LUA = `
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -33,7 +43,26 @@ export class EmbedBacklogGate {
       redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
       return {1, n + 1}
     end
-    return {0, n}`, 6);
+    return {0, n}`;
+
+export class EmbedBacklogGate {
+  private static readonly RESERVATION_MS = 60_000;
+  private static readonly POLL_MS = 200;
+  /** how often a held job checks that some embed worker of its space is still live */
+  private static readonly LIVENESS_MS = 5_000;
+  private static readonly SCRIPT = new RedisScript('tlAdmitToEmbedBacklog', ADMIT_LUA, 6);
+  /**
+   * Preprocess's first look at an image, then the admission: remembers the object's content
+   * (KEYS[7] field ARGV[4] = ARGV[5]) and answers {2, 0}, reserving nothing, when the space's
+   * embedding index (KEYS[8]) has its hash (ARGV[6]).
+   */
+  private static readonly LOOK_THEN_ADMIT = new RedisScript(
+    'tlLookThenAdmitToEmbedBacklog',
+    `
+    redis.call('HSET', KEYS[7], ARGV[4], ARGV[5])
+    if redis.call('HEXISTS', KEYS[8], ARGV[6]) == 1 then return {2, 0} end${ADMIT_LUA}`,
+    8,
+  );
 
   private held = 0;
   private closed = false;
@@ -57,17 +86,32 @@ export class EmbedBacklogGate {
     return [this.keys.backpressure(space), ...['wait', 'paused', 'active', 'delayed', 'prioritized'].map((t) => q.toKey(t))];
   }
 
-  async admit(space: string, ctx: JobContext): Promise<Room> {
+  /**
+   * Room for one tensor of the space, waiting for it. With `look`, the first ask is the first look
+   * at the image too, and answers 'embedded' (no room taken) when the space has its embedding.
+   */
+  async admit(space: string, ctx: JobContext): Promise<Room>;
+  async admit(space: string, ctx: JobContext, look: FirstLook): Promise<Room | 'embedded'>;
+  async admit(space: string, ctx: JobContext, look?: FirstLook): Promise<Room | 'embedded'> {
     const id = randomBytes(8).toString('hex');
     const keys = this.keysOf(space);
+    const args = [this.bound, id, EmbedBacklogGate.RESERVATION_MS];
     let waitingSince = 0;
     let checked = 0;
     try {
       for (;;) {
         // Put back without spending an attempt: a stop (Ctrl-C, a restart, a scale-down) is no fault of the job.
         if (this.closed) throw new DeferJob(1_000, 'worker stopping while waiting for room in the embed backlog; the job is put back');
-        const [ok, n] = (await EmbedBacklogGate.SCRIPT.run(this.redis, keys, [this.bound, id, EmbedBacklogGate.RESERVATION_MS])) as [number, number];
+        const [ok, n] = (await (look
+          ? EmbedBacklogGate.LOOK_THEN_ADMIT.run(
+              this.redis,
+              [...keys, this.keys.objectHashes(), this.keys.embeddingIndex(space)],
+              [...args, look.itemId, DatasetRepository.hashEntry(look.etag, look.sha256), look.sha256],
+            )
+          : EmbedBacklogGate.SCRIPT.run(this.redis, keys, args))) as [number, number];
+        if (ok === 2) return 'embedded';
         if (ok === 1) break;
+        look = undefined; // looked: the polls that follow only ask for room
         const now = Date.now();
         if (!waitingSince) {
           waitingSince = now;

@@ -14,7 +14,10 @@ function fakes(o: { object?: () => Promise<Buffer>; cached?: boolean; handOff?: 
   const deps: PreprocessDeps = {
     objects: { getObject: async () => (o.object ? o.object() : sharp({ create: { width: 64, height: 48, channels: 3, background: '#884422' } }).jpeg().toBuffer()) },
     store: {
-      lookup: async () => (calls.push('lookup'), o.cached ?? false),
+      lookup: async () => {
+        calls.push('lookup');
+        return o.cached ? 'embedded' : { release: async () => void calls.push('release') };
+      },
       record: async (_d, id, r) => void (calls.push('record'), items.set(id, r)),
       handOff: async ({ job, pixels, itemId, record }) => {
         calls.push('handOff');
@@ -53,20 +56,21 @@ describe('preprocessImage', () => {
     expect(f.items.size).toBe(0);
   });
 
-  it('fails for good with a reason code on bad input, before asking for room (the worker records it on the item)', async () => {
-    const cases: [() => Promise<Buffer>, string][] = [
-      [async () => Promise.reject(new ObjectNotFoundError('photos', JOB.key)), 'not-found'],
+  it('fails for good with a reason code on bad input, any room it took given back (the worker records it on the item)', async () => {
+    // room in the embed backlog is taken before the decode: a decode that fails gives it back
+    const cases: [() => Promise<Buffer>, string, string[]][] = [
+      [async () => Promise.reject(new ObjectNotFoundError('photos', JOB.key)), 'not-found', []],
       // the whole source bucket deleted since the listing: retrying will not bring it back
-      [async () => Promise.reject(new BucketNotFoundError('photos', 'http://127.0.0.1:9000')), 'not-found'],
-      [async () => Promise.reject(new ObjectTooLargeError('photos', JOB.key, 2e6, 1e6)), 'too-large'],
-      [async () => Buffer.from('plain text'), 'not-an-image'],
+      [async () => Promise.reject(new BucketNotFoundError('photos', 'http://127.0.0.1:9000')), 'not-found', []],
+      [async () => Promise.reject(new ObjectTooLargeError('photos', JOB.key, 2e6, 1e6)), 'too-large', []],
+      [async () => Buffer.from('plain text'), 'not-an-image', ['lookup', 'release']],
     ];
-    for (const [object, reason] of cases) {
+    for (const [object, reason, calls] of cases) {
       const f = fakes({ object });
       const err = await preprocessImage(JOB, f.deps, ctx).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(PermanentError);
       expect((err as PermanentError).reason).toBe(reason);
-      expect(f.calls).not.toContain('handOff');
+      expect(f.calls).toEqual(calls);
       expect(f.tensors.size).toBe(0);
     }
   });

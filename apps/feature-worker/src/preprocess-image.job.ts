@@ -13,22 +13,27 @@ import {
   type ObjectStore,
   type PreprocessJob,
 } from '@transferline/shared';
+import type { FirstLook, Room } from './embed-backlog.gate.js';
 import { prepareImage, type PrepareOptions } from './image.ops.js';
 
 /**
- * What preprocess needs of Redis and the queues, as three verbs, each a round trip or two
- * (per-image round trips are most of the cost on small images).
+ * What preprocess needs of Redis and the queues, as three verbs, one round trip each (per-image
+ * round trips are most of the cost on small images).
  */
 export interface PreprocessStore {
-  /** Remembers which bytes the object has at this ETag, and says whether the space has their embedding already. */
-  lookup: (itemId: string, etag: string, sha256: string, space: string) => Promise<boolean>;
+  /**
+   * Remembers which bytes the object has at this ETag; then 'embedded' when the space has their
+   * embedding already, else room in the space's embed backlog, reserved (waiting for it:
+   * backpressure), held until `handOff` or its release.
+   */
+  lookup: (look: FirstLook & { space: string }, ctx: JobContext) => Promise<'embedded' | Room>;
   record: (dataset: string, itemId: string, record: ItemRecord) => Promise<void>;
   /**
-   * Under room in the space's embed backlog (waiting for it: backpressure): stores the pixels,
-   * enqueues the embed job (one that failed for good runs again), then releases the room and
-   * records the item as queued.
+   * Stores the pixels, enqueues the embed job (one that failed for good runs again), gives the
+   * room back (now that the job counts in the backlog instead), and records the item as queued;
+   * on a failure, gives the room back all the same.
    */
-  handOff: (o: { job: EmbedJob; pixels: Uint8Array; dataset: string; itemId: string; record: ItemRecord }, ctx: JobContext) => Promise<void>;
+  handOff: (o: { job: EmbedJob; pixels: Uint8Array; dataset: string; itemId: string; record: ItemRecord; room: Room }) => Promise<void>;
 }
 
 export interface PreprocessDeps {
@@ -45,8 +50,8 @@ type ObjectFailureReason = (typeof OBJECT_FAILURE_REASONS)[number];
 const permanent = (reason: ObjectFailureReason, message: string) => new PermanentError(reason, message);
 
 /**
- * One object: download, hash, and either note that its embedding is cached already or hand
- * its pixels to embed. Running it twice leaves the same state: the item record is overwritten
+ * One object: download, hash, and either note that its embedding is cached already or (with
+ * room in the embed backlog) decode it and hand its pixels to embed. Running it twice leaves the same state: the item record is overwritten
  * with the same values, the tensor is stored under the content hash and the embed job id
  * derives from the content. A failure that retrying cannot fix (not found, too large, not an
  * image we can read) is thrown as PermanentError; the worker records it on the item.
@@ -58,12 +63,20 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
     // Only the content that was listed: bytes of a newer version would be recorded under the old ETag.
     const bytes = await deps.objects.getObject(job.bucket, job.key, deps.maxObjectBytes, { ifMatch: job.etag });
     const sha256 = contentHash(bytes);
-    if (await deps.store.lookup(itemId, job.etag, sha256, job.embedderId)) {
+    const room = await deps.store.lookup({ itemId, etag: job.etag, sha256, space: job.embedderId }, ctx);
+    if (room === 'embedded') {
       await deps.store.record(job.dataset, itemId, { ...base, sha256, state: 'cached' });
       return 'cached';
     }
-    const pixels = await prepareImage(bytes, { ...deps.image, resize: job.resize });
-    await deps.store.handOff({ job: { sha256, embedderId: job.embedderId }, pixels, dataset: job.dataset, itemId, record: { ...base, sha256, state: 'queued' } }, ctx);
+    let pixels: Uint8Array;
+    try {
+      pixels = await prepareImage(bytes, { ...deps.image, resize: job.resize });
+    } catch (err) {
+      // (a release Redis refuses now ends with the reservation's expiry: the decode's error is the news)
+      await room.release().catch(() => {});
+      throw err;
+    }
+    await deps.store.handOff({ job: { sha256, embedderId: job.embedderId }, pixels, dataset: job.dataset, itemId, record: { ...base, sha256, state: 'queued' }, room });
     return 'queued';
   } catch (err) {
     throw asPermanent(err) ?? err;

@@ -222,8 +222,13 @@ export class DatasetRepository {
   }
 
   async rememberHash(itemId: string, etag: string, sha256: string, pipe?: ChainableCommander): Promise<void> {
-    if (pipe) pipe.hset(this.keys.objectHashes(), itemId, `${etag} ${sha256}`);
-    else await this.redis.hset(this.keys.objectHashes(), itemId, `${etag} ${sha256}`);
+    if (pipe) pipe.hset(this.keys.objectHashes(), itemId, DatasetRepository.hashEntry(etag, sha256));
+    else await this.redis.hset(this.keys.objectHashes(), itemId, DatasetRepository.hashEntry(etag, sha256));
+  }
+
+  /** An object's entry in `keys.objectHashes()` (field: its item id), as `knownHashes` reads it. */
+  static hashEntry(etag: string, sha256: string): string {
+    return `${etag} ${sha256}`;
   }
 
   /** For each content hash, its embedding failure in this space, if it failed for good. */
