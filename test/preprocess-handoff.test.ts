@@ -1,5 +1,5 @@
 import { Worker } from 'bullmq';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { EmbedBacklogGate } from '../apps/feature-worker/src/embed-backlog.gate.js';
 import { createPreprocessStore } from '../apps/feature-worker/src/preprocess.store.js';
 import { contentHash, enqueue, jobIds, queueName, type JobContext } from '../packages/shared/src/index.js';
@@ -87,13 +87,58 @@ describe('preprocess hand-off of bytes another object embedded meanwhile', () =>
 
     // new bytes at the bound wait for room, and get it once the first room is given back
     let roomC: unknown;
-    const waiting = store.lookup({ itemId: 'photos/c.jpg', etag: 'ec', sha256: c!, space: other }, ctxJob).then((r) => (roomC = r));
-    await new Promise((r) => setTimeout(r, 500));
-    expect(roomC).toBeUndefined();
-    await (roomA as Exclude<typeof roomA, 'embedded'>).release();
-    await waiting;
-    expect(roomC).toHaveProperty('release');
-    expect(await reservations()).toBe(1);
-    gate.close();
+    try {
+      const waiting = store.lookup({ itemId: 'photos/c.jpg', etag: 'ec', sha256: c!, space: other }, ctxJob).then((r) => (roomC = r));
+      await new Promise((r) => setTimeout(r, 500));
+      expect(roomC).toBeUndefined();
+      await (roomA as Exclude<typeof roomA, 'embedded'>).release();
+      await waiting;
+      expect(roomC).toHaveProperty('release');
+      expect(await reservations()).toBe(1);
+    } finally {
+      gate.close();
+      await (roomC as { release?: () => Promise<void> } | undefined)?.release?.();
+    }
+  });
+
+  it('keeps the room of a slow decode: renewed while it lasts, asked for again once it lapsed', async () => {
+    const { ctx } = file;
+    const { services, queues } = ctx;
+    const log = createLogger('test', 'warn');
+    const slow = `${space}.slow`;
+    const gate = new EmbedBacklogGate(services.redis, queues, services.keys, 1, async () => [slow], createMetrics('preprocess'), log);
+    const ctxJob: JobContext = { log, progress: async () => {}, attempt: 1, stopping: () => false };
+    const key = services.keys.backpressure(slow);
+    const rooms: { release: () => Promise<void> }[] = [];
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const room = await gate.admit(slow, ctxJob);
+      rooms.push(room);
+      const [member, expiry] = await services.redis.zrange(key, 0, -1, 'WITHSCORES');
+      // a decode of 20 s: the same room, its expiry moved on
+      vi.setSystemTime(Date.now() + 20_000);
+      expect(await room.keep(ctxJob)).toBe(room);
+      const [sameMember, later] = await services.redis.zrange(key, 0, -1, 'WITHSCORES');
+      expect(sameMember).toBe(member);
+      expect(Number(later)).toBeGreaterThan(Number(expiry));
+
+      // lapsed (as an expiry drops it), and the slot taken by another job meanwhile
+      await services.redis.zrem(key, member!);
+      const other = await gate.admit(slow, ctxJob);
+      rooms.push(other);
+      vi.setSystemTime(Date.now() + 20_000);
+      let kept: { release: () => Promise<void> } | undefined;
+      const keeping = room.keep(ctxJob).then((r) => (kept = r));
+      await new Promise((r) => setTimeout(r, 500));
+      expect(kept).toBeUndefined(); // the bound of 1 holds: it waits
+      await other.release();
+      await keeping;
+      rooms.push(kept!);
+      expect(await services.redis.zcard(key)).toBe(1);
+    } finally {
+      vi.useRealTimers();
+      gate.close();
+      for (const r of rooms) await r.release();
+    }
   });
 });

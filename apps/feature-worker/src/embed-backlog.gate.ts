@@ -4,23 +4,13 @@ import { DatasetRepository, DeferJob, RedisScript, type ChainableCommander, type
 /** Room for one tensor, held until released (with `pipe`, the release is queued there). */
 export interface Room {
   release: (pipe?: ChainableCommander) => Promise<void>;
+  /**
+   * The room, still held: renewed when it was taken long ago (a slow decode), or asked for again,
+   * waiting as admission does, when it lapsed meanwhile (else the bound would not hold).
+   */
+  keep: (ctx: JobContext) => Promise<Room>;
 }
 
-/**
- * Backpressure: at most `bound` tensors wait for each embedding space's embed stage, across every
- * preprocess process. A tensor is counted by its embed job (waiting, active, delayed or
- * prioritized) or, between storing the pixels and adding that job, by a reservation in a sorted
- * set; one Lua script checks the count and reserves atomically, so the bound holds exactly,
- * however many processes and jobs in hand. Preprocess asks before it decodes, in the same round
- * trip as its first look at the image (`look`: its object's content remembered, and no room
- * needed when the space has its embedding already), so a reservation covers the decode too, and
- * a job that finds no room polls without pixels in memory (typically while embed catches up, or
- * while the embed workers are still loading their model). It is put back for later, without
- * spending an attempt, when its space has no live embed worker and another space has some (a
- * space nobody serves cannot hold the preprocess slots that the others need), and when its
- * process stops. Reservations expire (a process that dies while holding one frees it within
- * RESERVATION_MS, longer than any decode).
- */
 /** An image preprocess has downloaded, as the admission's first look sees it. */
 export interface FirstLook {
   itemId: string;
@@ -45,6 +35,23 @@ const ADMIT_LUA = `
     end
     return {0, n}`;
 
+/**
+ * Backpressure: at most `bound` tensors wait for each embedding space's embed stage, across every
+ * preprocess process. A tensor is counted by its embed job (waiting, active, delayed or
+ * prioritized) or, between storing the pixels and adding that job, by a reservation in a sorted
+ * set; one Lua script checks the count and reserves atomically, so the bound holds exactly,
+ * however many processes and jobs in hand. Preprocess asks before it decodes, in the same round
+ * trip as its first look at the image (`look`: its object's content remembered, and no room
+ * needed when the space has its embedding already), so a reservation covers the decode too (the
+ * bound counts images being decoded), and a job that finds no room polls with its downloaded
+ * bytes but no pixels in memory (typically while embed catches up, or while the embed workers
+ * are still loading their model); each poll looks again, so a twin's embedding ends the wait. It is put back for later, without
+ * spending an attempt, when its space has no live embed worker and another space has some (a
+ * space nobody serves cannot hold the preprocess slots that the others need), and when its
+ * process stops. Reservations expire (a process that dies while holding one frees it within
+ * RESERVATION_MS); a decode that outlasts a good part of that renews its room (`keep`), or asks
+ * again if it lapsed.
+ */
 export class EmbedBacklogGate {
   private static readonly RESERVATION_MS = 60_000;
   private static readonly POLL_MS = 200;
@@ -56,6 +63,17 @@ export class EmbedBacklogGate {
    * (KEYS[7] field ARGV[4] = ARGV[5]) and answers {2, 0}, reserving nothing, when the space's
    * embedding index (KEYS[8]) has its hash (ARGV[6]).
    */
+  /** A reservation (ARGV[1]) given another ARGV[2] ms from now, if it is still there: 1, else 0. */
+  private static readonly RENEW = new RedisScript(
+    'tlRenewEmbedBacklogRoom',
+    `
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+    return 1`,
+    1,
+  );
   private static readonly LOOK_THEN_ADMIT = new RedisScript(
     'tlLookThenAdmitToEmbedBacklog',
     `
@@ -111,7 +129,6 @@ export class EmbedBacklogGate {
           : EmbedBacklogGate.SCRIPT.run(this.redis, keys, args))) as [number, number];
         if (ok === 2) return 'embedded';
         if (ok === 1) break;
-        look = undefined; // looked: the polls that follow only ask for room
         const now = Date.now();
         if (!waitingSince) {
           waitingSince = now;
@@ -132,12 +149,20 @@ export class EmbedBacklogGate {
         this.metrics.queueJobs.set({ queue: 'preprocess', state: 'held' }, this.held);
       }
     }
-    return {
+    const taken = Date.now();
+    const room: Room = {
       release: async (pipe) => {
         if (pipe) pipe.zrem(keys[0]!, id);
         else await this.redis.zrem(keys[0]!, id);
       },
+      keep: async (keepCtx) => {
+        if (Date.now() - taken < EmbedBacklogGate.RESERVATION_MS / 4) return room;
+        if ((await EmbedBacklogGate.RENEW.run(this.redis, [keys[0]!], [id, EmbedBacklogGate.RESERVATION_MS])) === 1) return room;
+        keepCtx.log.debug({ space }, 'room in the embed backlog lapsed during the decode: asking again');
+        return this.admit(space, keepCtx);
+      },
     };
+    return room;
   }
 
   /**

@@ -1,6 +1,7 @@
 import sharp from 'sharp';
 import { BucketNotFoundError, ObjectNotFoundError, ObjectTooLargeError, PermanentError, contentHash, type ItemRecord, type JobContext, type PreprocessJob } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
+import type { Room } from './embed-backlog.gate.js';
 import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
 
 const JOB: PreprocessJob = { dataset: 'pets', bucket: 'photos', key: 'train/cats/1.jpg', etag: 'e1', label: 'cats', embedderId: 'emb', resize: 'squash' };
@@ -16,7 +17,9 @@ function fakes(o: { object?: () => Promise<Buffer>; cached?: boolean; handOff?: 
     store: {
       lookup: async () => {
         calls.push('lookup');
-        return o.cached ? 'embedded' : { release: async () => void calls.push('release') };
+        if (o.cached) return 'embedded';
+        const room: Room = { release: async () => void calls.push('release'), keep: async () => (calls.push('keep'), room) };
+        return room;
       },
       record: async (_d, id, r) => void (calls.push('record'), items.set(id, r)),
       handOff: async ({ job, pixels, itemId, record }) => {
@@ -36,14 +39,15 @@ describe('preprocessImage', () => {
   it('hands new pixels to embed and records the item queued', async () => {
     const f = fakes({});
     expect(await preprocessImage(JOB, f.deps, ctx)).toBe('queued');
-    expect(f.calls).toEqual(['lookup', 'handOff']);
+    expect(f.calls).toEqual(['lookup', 'keep', 'handOff']);
     const [sha] = [...f.tensors.keys()];
     expect(f.tensors.get(sha!)!.length).toBe(224 * 224 * 3);
     expect(f.items.get('photos/train/cats/1.jpg')).toEqual({ label: 'cats', etag: 'e1', space: 'emb', sha256: sha, state: 'queued' });
   });
 
   it('decodes nothing and hands nothing over when the embedding is cached', async () => {
-    const bytes = Buffer.from('cached bytes: never decoded');
+    // a JPEG's signature, then bytes no decoder could read: the sniff passes, a decode would fail
+    const bytes = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), Buffer.from('cached bytes: never decoded')]);
     const f = fakes({ cached: true, object: async () => bytes });
     expect(await preprocessImage(JOB, f.deps, ctx)).toBe('cached');
     expect(f.calls).toEqual(['lookup', 'record']);
@@ -57,13 +61,16 @@ describe('preprocessImage', () => {
   });
 
   it('fails for good with a reason code on bad input, any room it took given back (the worker records it on the item)', async () => {
-    // room in the embed backlog is taken before the decode: a decode that fails gives it back
+    // Room in the embed backlog is taken before the decode: a decode that fails gives it back;
+    // bytes that are no image at all fail before they ask for room.
+    const jpeg = await sharp({ create: { width: 64, height: 48, channels: 3, background: '#884422' } }).jpeg().toBuffer();
     const cases: [() => Promise<Buffer>, string, string[]][] = [
       [async () => Promise.reject(new ObjectNotFoundError('photos', JOB.key)), 'not-found', []],
       // the whole source bucket deleted since the listing: retrying will not bring it back
       [async () => Promise.reject(new BucketNotFoundError('photos', 'http://127.0.0.1:9000')), 'not-found', []],
       [async () => Promise.reject(new ObjectTooLargeError('photos', JOB.key, 2e6, 1e6)), 'too-large', []],
-      [async () => Buffer.from('plain text'), 'not-an-image', ['lookup', 'release']],
+      [async () => Buffer.from('plain text'), 'not-an-image', []],
+      [async () => jpeg.subarray(0, jpeg.length / 2), 'truncated', ['lookup', 'release']],
     ];
     for (const [object, reason, calls] of cases) {
       const f = fakes({ object });

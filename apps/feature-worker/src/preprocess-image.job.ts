@@ -14,11 +14,12 @@ import {
   type PreprocessJob,
 } from '@transferline/shared';
 import type { FirstLook, Room } from './embed-backlog.gate.js';
+import { readableFormat } from './image-format.js';
 import { prepareImage, type PrepareOptions } from './image.ops.js';
 
 /**
- * What preprocess needs of Redis and the queues, as three verbs, one round trip each (per-image
- * round trips are most of the cost on small images).
+ * What preprocess needs of Redis and the queues, as three verbs, each one round trip as a rule
+ * (per-image round trips are most of the cost on small images).
  */
 export interface PreprocessStore {
   /**
@@ -63,6 +64,9 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
     // Only the content that was listed: bytes of a newer version would be recorded under the old ETag.
     const bytes = await deps.objects.getObject(job.bucket, job.key, deps.maxObjectBytes, { ifMatch: job.etag });
     const sha256 = contentHash(bytes);
+    // Bytes that are no image we read fail now, not after a wait for room in the embed backlog.
+    const readable = readableFormat(bytes);
+    if ('reason' in readable) throw new PermanentError(readable.reason, readable.message);
     const room = await deps.store.lookup({ itemId, etag: job.etag, sha256, space: job.embedderId }, ctx);
     if (room === 'embedded') {
       await deps.store.record(job.dataset, itemId, { ...base, sha256, state: 'cached' });
@@ -76,7 +80,8 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
       await room.release().catch(() => {});
       throw err;
     }
-    await deps.store.handOff({ job: { sha256, embedderId: job.embedderId }, pixels, dataset: job.dataset, itemId, record: { ...base, sha256, state: 'queued' }, room });
+    const held = await room.keep(ctx);
+    await deps.store.handOff({ job: { sha256, embedderId: job.embedderId }, pixels, dataset: job.dataset, itemId, record: { ...base, sha256, state: 'queued' }, room: held });
     return 'queued';
   } catch (err) {
     throw asPermanent(err) ?? err;
