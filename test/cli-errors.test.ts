@@ -603,6 +603,26 @@ describe('what a user sees when something is wrong', () => {
     }
   });
 
+  it('an up refused for a Redis port in use leaves no empty folder behind, and keeps the log that says why', async () => {
+    // (a user's trial: a refused up left empty logs/ and redis/ folders in a fresh data directory)
+    const dir = path.join(await mkdtemp(path.join(os.tmpdir(), 'tl-refused-')), 'data');
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (taken.address() as net.AddressInfo).port;
+      const env = { ...baseEnv, TL_DATA_DIR: dir, TL_MODEL_WEIGHTS: 'random', TL_REDIS_PORT: String(port), TL_S3_PORT: '0', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' };
+      const r = await runCli(['up', '--metrics-port', '0'], env, 60_000);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`port ${port} for the embedded Redis is in use`);
+      expect(existsSync(path.join(dir, 'redis'))).toBe(false);
+      expect(existsSync(path.join(dir, 's3'))).toBe(false);
+      expect(await readFile(path.join(dir, 'logs', 'redis.log'), 'utf8')).toMatch(/Redis/);
+    } finally {
+      await new Promise((resolve) => taken.close(resolve));
+      await rm(path.dirname(dir), { recursive: true, force: true });
+    }
+  });
+
   it("up's Redis does not take another redis-server's answer on its port for its own", async () => {
     // Another `up` starting at the same moment takes the port first: ours fails to bind (here: a
     // redis-server that never binds, so the failure cannot win the race) while the other answers.

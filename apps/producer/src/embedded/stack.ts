@@ -1,4 +1,5 @@
-import { mkdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, rmdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -132,6 +133,8 @@ export async function startStack(
     for (const s of stops.reverse()) await s().catch((err: unknown) => onEvent(`error while stopping: ${(err as Error).message}`));
   };
   const servers: Stack['servers'] = {};
+  // the folders this start makes in the data directory: a refused start takes back those left empty
+  const made: string[] = [];
   try {
     await checkMetricsPorts(initial.metrics.host, [{ name: 'producer', port: ports.producer }, ...children.map((c) => ({ name: `${c.role}${c.replica > 1 ? ` #${c.replica}` : ''}`, port: c.metricsPort }))]);
     const env: NodeJS.ProcessEnv = { ...baseEnv };
@@ -158,7 +161,11 @@ export async function startStack(
     });
     stops.push(() => lock.release());
     const logDir = path.join(initial.dataDir, 'logs');
-    await mkdir(logDir, { recursive: true });
+    if (await mkdir(logDir, { recursive: true })) made.push(logDir);
+    for (const server of ['redis', 's3'] as const) {
+      const dir = path.join(initial.dataDir, server);
+      if ((server === 'redis' ? initial.redis.embedded : initial.s3.embedded) && !existsSync(dir)) made.push(dir);
+    }
     if (initial.redis.embedded) {
       const redis = await startEmbeddedRedis({
         directory: path.join(initial.dataDir, 'redis'),
@@ -256,6 +263,8 @@ export async function startStack(
     return { config, env, ports: { ...ports, producer: server.port }, children, space, supervisor, servers, holdRestarts, stop: stopAll, stopNow };
   } catch (err) {
     await stopAll();
+    // (rmdir takes only an empty folder: a log that says why, or a server's files, stay)
+    for (const dir of made.reverse()) await rmdir(dir).catch(() => {});
     throw err;
   }
 }
