@@ -45,8 +45,8 @@ const ADMIT_LUA = `
  * needed when the space has its embedding already), so a reservation covers the decode too (the
  * bound counts images being decoded), and a job that finds no room polls with its downloaded
  * bytes but no pixels in memory (typically while embed catches up, or while the embed workers
- * are still loading their model); each poll looks again, so a twin's embedding ends the wait. It is put back for later, without
- * spending an attempt, when its space has no live embed worker and another space has some (a
+ * are still loading their model); each poll looks again, so a twin's embedding ends the wait.
+ * It is put back for later, without spending an attempt, when its space has no live embed worker and another space has some (a
  * space nobody serves cannot hold the preprocess slots that the others need), and when its
  * process stops. Reservations expire (a process that dies while holding one frees it within
  * RESERVATION_MS); a decode that outlasts a good part of that renews its room (`keep`), or asks
@@ -58,11 +58,6 @@ export class EmbedBacklogGate {
   /** how often a held job checks that some embed worker of its space is still live */
   private static readonly LIVENESS_MS = 5_000;
   private static readonly SCRIPT = new RedisScript('tlAdmitToEmbedBacklog', ADMIT_LUA, 6);
-  /**
-   * Preprocess's first look at an image, then the admission: remembers the object's content
-   * (KEYS[7] field ARGV[4] = ARGV[5]) and answers {2, 0}, reserving nothing, when the space's
-   * embedding index (KEYS[8]) has its hash (ARGV[6]).
-   */
   /** A reservation (ARGV[1]) given another ARGV[2] ms from now, if it is still there: 1, else 0. */
   private static readonly RENEW = new RedisScript(
     'tlRenewEmbedBacklogRoom',
@@ -74,6 +69,11 @@ export class EmbedBacklogGate {
     return 1`,
     1,
   );
+  /**
+   * Preprocess's first look at an image, then the admission: remembers the object's content
+   * (KEYS[7] field ARGV[4] = ARGV[5]) and answers {2, 0}, reserving nothing, when the space's
+   * embedding index (KEYS[8]) has its hash (ARGV[6]).
+   */
   private static readonly LOOK_THEN_ADMIT = new RedisScript(
     'tlLookThenAdmitToEmbedBacklog',
     `

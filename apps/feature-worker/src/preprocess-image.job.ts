@@ -52,8 +52,8 @@ const permanent = (reason: ObjectFailureReason, message: string) => new Permanen
 
 /**
  * One object: download, hash, and either note that its embedding is cached already or (with
- * room in the embed backlog) decode it and hand its pixels to embed. Running it twice leaves the same state: the item record is overwritten
- * with the same values, the tensor is stored under the content hash and the embed job id
+ * room in the embed backlog) decode it and hand its pixels to embed. Running it twice leaves the
+ * same state: the item record is overwritten with the same values, the tensor is stored under the content hash and the embed job id
  * derives from the content. A failure that retrying cannot fix (not found, too large, not an
  * image we can read) is thrown as PermanentError; the worker records it on the item.
  */

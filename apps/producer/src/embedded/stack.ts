@@ -162,13 +162,13 @@ export async function startStack(
     stops.push(() => lock.release());
     const logDir = path.join(initial.dataDir, 'logs');
     if (await mkdir(logDir, { recursive: true })) made.push(logDir);
-    for (const server of ['redis', 's3'] as const) {
-      const dir = path.join(initial.dataDir, server);
-      if ((server === 'redis' ? initial.redis.embedded : initial.s3.embedded) && !existsSync(dir)) made.push(dir);
-    }
+    const redisDir = path.join(initial.dataDir, 'redis');
+    const s3Dir = path.join(initial.dataDir, 's3');
+    if (initial.redis.embedded && !existsSync(redisDir)) made.push(redisDir);
+    if (initial.s3.embedded && !existsSync(s3Dir)) made.push(s3Dir);
     if (initial.redis.embedded) {
       const redis = await startEmbeddedRedis({
-        directory: path.join(initial.dataDir, 'redis'),
+        directory: redisDir,
         port: initial.redis.embeddedPort,
         logFile: path.join(logDir, 'redis.log'),
         onEvent,
@@ -182,7 +182,7 @@ export async function startStack(
     }
     if (initial.s3.embedded) {
       const s3 = await startEmbeddedS3({
-        directory: path.join(initial.dataDir, 's3'),
+        directory: s3Dir,
         port: initial.s3.embeddedPort,
         credentials: { accessKeyId: initial.s3.accessKeyId, secretAccessKey: initial.s3.secretAccessKey },
         logFile: path.join(logDir, 's3.log'),
