@@ -1,9 +1,16 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { healthz, NO_WORKERS, stackForFile, until } from './support/stack.js';
+import { healthz, healthzSays, NO_WORKERS, stackForFile, stackReport, until } from './support/stack.js';
 
 // up's liveness watch, with a short hang time (the default is 60 s, as in the k8s manifests)
 const file = stackForFile({ TL_UP_HANG_SECONDS: '6' }, { ...NO_WORKERS, preprocess: 2 });
+
+/** Each preprocess worker's /healthz and log, for a wait on them that failed. */
+const workersSay = async () => {
+  const { stack } = file;
+  const ports = [stack.workerPorts['preprocess#1']!, stack.workerPorts['preprocess#2']!];
+  return `/healthz: ${(await Promise.all(ports.map(healthzSays))).join(', ')}\n${stackReport(stack, /^preprocess/)}`;
+};
 
 /** The state letter of /proc/PID/stat (R, S, T for stopped…), or `gone`. */
 function processState(pid: number): string {
@@ -19,7 +26,7 @@ describe('up watches its workers', () => {
   it('kills and starts again a worker that stopped answering /healthz, and leaves the others alone', async () => {
     const { stack } = file;
     const [one, two] = [stack.workerPorts['preprocess#1']!, stack.workerPorts['preprocess#2']!];
-    await until('both preprocess workers answer /healthz', async () => (await healthz(one)) && (await healthz(two)), 60);
+    await until('both preprocess workers answer /healthz', async () => (await healthz(one)) && (await healthz(two)), 60, 100, workersSay);
     const before = stack.supervisor.pids();
     const stopped = before['preprocess#1']!;
     // give the watch time to see both healthy, then freeze one (as SIGSTOP, or a blocked event loop, would)
@@ -43,7 +50,7 @@ describe('up watches its workers', () => {
       const pid = stack.supervisor.pids()['preprocess#1'];
       return pid !== undefined && pid !== stopped;
     }, 20);
-    await until('the new preprocess#1 answers /healthz', () => healthz(one), 60);
+    await until('the new preprocess#1 answers /healthz', () => healthz(one), 60, 100, workersSay);
     // BullMQ lists a worker once its connection has named itself, which may come just after /healthz
     await until('both preprocess workers take jobs', async () => (await file.ctx.queues.preprocess.getWorkersCount()) === 2, 20);
     // the worker that kept answering was never touched
@@ -85,6 +92,6 @@ describe('up watches its workers', () => {
     await until('Redis answers again, with its data', async () => (await ctx.services.redis.get('tl-test:kept')) === 'written before the hang', 30, 250);
     expect(redis.pid).not.toBe(stopped);
     // the workers reconnect by themselves: each answers /healthz again
-    await until('both preprocess workers answer /healthz again', async () => (await healthz(stack.workerPorts['preprocess#1']!)) && (await healthz(stack.workerPorts['preprocess#2']!)), 60);
+    await until('both preprocess workers answer /healthz again', async () => (await healthz(stack.workerPorts['preprocess#1']!)) && (await healthz(stack.workerPorts['preprocess#2']!)), 60, 100, workersSay);
   }, 90_000);
 });

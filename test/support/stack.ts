@@ -166,10 +166,13 @@ export function isRunning(pid: number): boolean {
  * Polls until `cond` holds, or throws after `seconds` naming `what`. A condition that cannot be
  * read (Redis restarting, a server still starting) counts as not met yet.
  */
-export async function until(what: string, cond: () => Promise<boolean> | boolean, seconds: number, everyMs = 100): Promise<void> {
+export async function until(what: string, cond: () => Promise<boolean> | boolean, seconds: number, everyMs = 100, explain?: () => Promise<string> | string): Promise<void> {
   const deadline = Date.now() + seconds * 1000;
   while (!(await Promise.resolve().then(cond).catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`gave up after ${seconds} s waiting for ${what}`);
+    if (Date.now() > deadline) {
+      const why = explain ? await Promise.resolve().then(explain).catch((err: unknown) => `(no account: ${(err as Error).message})`) : '';
+      throw new Error(`gave up after ${seconds} s waiting for ${what}${why ? `\n${why}` : ''}`);
+    }
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
@@ -188,6 +191,27 @@ export async function freeRun(n: number): Promise<number> {
   }
   throw new Error(`no run of ${n} free ports between 20000 and 32000`);
 }
+
+/**
+ * What a stack's processes said, for the message of a wait that failed: `up`'s events and the
+ * last `lines` lines of each log in its data directory whose name matches `only`.
+ */
+export function stackReport(stack: TestStack, only = /./, lines = 25): string {
+  const logs = path.join(stack.dataDir, 'logs');
+  const out = [`up's events:`, ...stack.events.map((e) => `  ${e}`)];
+  for (const name of readdirSync(logs).filter((n) => only.test(n)).sort()) {
+    const text = readFileSync(path.join(logs, name), 'utf8').trimEnd().split('\n');
+    out.push(`${name} (last ${Math.min(lines, text.length)} of ${text.length} lines):`, ...text.slice(-lines).map((l) => `  ${l}`));
+  }
+  return out.join('\n');
+}
+
+/** A worker's /healthz on `port` in words: its status and body, or why there was none. */
+export const healthzSays = (port: number): Promise<string> =>
+  fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) }).then(
+    async (res) => `:${port} ${res.status} ${(await res.text()).trim()}`,
+    (err: unknown) => `:${port} no answer (${(err as Error).message})`,
+  );
 
 /** Whether a worker's /healthz on `port` answers 200 within a second. */
 export const healthz = (port: number): Promise<boolean> =>
