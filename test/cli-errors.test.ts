@@ -139,9 +139,16 @@ describe('what a user sees when something is wrong', () => {
         const q = new Queue(trainQueue, { connection: redis, prefix: 'tl' });
         await q.add('train', { dataset: 'broken', runId: 'r1' }, { jobId: 'r1', attempts: 1 });
         await q.close();
-        const w = new Worker(trainQueue, () => Promise.reject(new Error('no-data: nothing to train on')), { connection: redis.duplicate({ maxRetriesPerRequest: null }), prefix: 'tl' });
-        await until('the run to fail', async () => (await redis.zcard(`tl:${trainQueue}:failed`)) === 1, 20);
-        await w.close();
+        // (a connection given to BullMQ is not closed by it: closed here, or it would try this
+        // Redis again for ever once it stops, in whatever test this process runs next)
+        const connection = redis.duplicate({ maxRetriesPerRequest: null });
+        try {
+          const w = new Worker(trainQueue, () => Promise.reject(new Error('no-data: nothing to train on')), { connection, prefix: 'tl' });
+          await until('the run to fail', async () => (await redis.zcard(`tl:${trainQueue}:failed`)) === 1, 20);
+          await w.close();
+        } finally {
+          connection.disconnect();
+        }
       } finally {
         redis.disconnect();
       }
