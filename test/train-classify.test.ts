@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { classifyCommand, resolveModel } from '../apps/producer/src/commands/classify.command.js';
 import { latestRun } from '../apps/producer/src/commands/models.command.js';
@@ -186,8 +186,18 @@ describe('training runs and classification', () => {
     })();
     let said = '';
     const sinkWithCount = { write: (s: string) => ((said += s), s.startsWith('classified') && rounds++, true) } as unknown as NodeJS.WritableStream;
-    const results = await classifyCommand({ ...ctx, out: sinkWithCount }, `s3://${photos}/incoming/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 2 });
+    // (its progress goes to stderr, as a user's terminal shows it)
+    const stderr = vi.spyOn(process.stderr, 'write');
+    let written = '';
+    const results = await classifyCommand({ ...ctx, out: sinkWithCount }, `s3://${photos}/incoming/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 2 }).finally(() => {
+      written = stderr.mock.calls.map((c) => String(c[0])).join('');
+      stderr.mockRestore();
+    });
     await dropLater;
+    // the second round's progress counts its one new image, not the prefix's four
+    const progress = written.split('\n').filter((l) => l.startsWith(`embedding ${classifyDatasetName('shapes')}: `));
+    expect(progress.join('\n')).toMatch(/: 1\/1 of this round's images done \(the prefix: 4\/4 done, 4 embedded /);
+    expect(progress.filter((l) => /^[^:]+: \d+\/4 /.test(l))).toEqual([]);
     // after its first round it says it goes on watching
     expect(said).toContain(`watching s3://${photos}/incoming/: listing it every 1 s for new images to classify (Ctrl-C to stop)\n`);
 

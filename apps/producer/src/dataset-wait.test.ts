@@ -18,6 +18,8 @@ describe("a dataset wait's bar", () => {
     // 1005 of 1012 done read as the new ingest's progress: 5 of its 12 are
     expect(progressOf(status, ours)).toEqual({ value: 5, total: 12, detail: "of this ingest's images done (the dataset: 1005/1012 done, 1003 embedded (0 of them already in the cache), 2 failed)" });
     expect(progressOf({ ...status, embedded: 1_010, pending: 0 }, ours)).toMatchObject({ value: 12, total: 12 });
+    // a narrowed wait (classify's prefix) names what the figures beside them are of
+    expect(progressOf(status, { ...ours, whole: 'the prefix' }).detail).toMatch(/^of this ingest's images done \(the prefix: 1005\/1012 done, /);
   });
 
   it("counts the whole dataset when the command's images are all of it, or none", () => {

@@ -17,9 +17,10 @@ export interface WaitOptions {
    * The images this command put in motion (an ingest's new, changed and still-queued objects, a
    * retry's failures), called as `what`: in a dataset that holds others, done before, the bar
    * counts these, and the dataset's own counts follow it. A second ingest of 12 new images into
-   * a dataset of 1,000 showed 1000/1012 at once, which read as its own progress.
+   * a dataset of 1,000 showed 1000/1012 at once, which read as its own progress. `whole` names
+   * what the counts that follow are of (the dataset, unless `within` narrows them).
    */
-  ours?: { count: number; what: string };
+  ours?: { count: number; what: string; whole?: string };
 }
 
 /**
@@ -32,7 +33,7 @@ export function progressOf(s: Pick<DatasetStatus, 'total' | 'embedded' | 'cached
   const counts = `${s.embedded} embedded (${s.cached} of them already in the cache), ${s.failed} failed`;
   if (!ours || ours.count <= 0 || ours.count >= s.total) return { value: done, total: s.total, detail: `done: ${counts}` };
   const left = Math.min(ours.count, s.pending + s.orphaned);
-  return { value: ours.count - left, total: ours.count, detail: `of ${ours.what} done (the dataset: ${done}/${s.total} done, ${counts})` };
+  return { value: ours.count - left, total: ours.count, detail: `of ${ours.what} done (${ours.whole ?? 'the dataset'}: ${done}/${s.total} done, ${counts})` };
 }
 
 /** How long a wait (a dataset's, or a job's) rides out an unreachable Redis (at least; the stall timeout if longer). */
