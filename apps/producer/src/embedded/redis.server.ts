@@ -37,22 +37,40 @@ export function findRedisServer(): string | undefined {
  * the local port of any outgoing connection, a worker's to Redis, and the server's listen then
  * fails with EADDRINUSE (seen in CI: the producer's metrics port of a test stack, taken while its
  * workers connected).
+ *
+ * A port is handed out once per process: a stack draws its ports (Redis's, each worker's
+ * metrics port) before any of its servers listens, so a port drawn twice was free both times,
+ * and the second server found the first on it (seen in CI: a worker whose metrics port was its
+ * stack's Redis port restarted for ever, and its /healthz was Redis's).
  */
 export async function freePort(): Promise<number> {
   const low = ephemeralPortsFrom();
   // (a machine whose ephemeral range starts low leaves too few below it: port 0 then)
   for (let i = 0; low - FIXED_PORTS_FROM >= 1_000 && i < 50; i++) {
     const port = FIXED_PORTS_FROM + randomInt(low - FIXED_PORTS_FROM);
+    if (handedOut.has(port)) continue;
+    // (taken before the check: a call drawing the same port meanwhile draws again)
+    handedOut.add(port);
     if (await isPortFree(port)) return port;
+    handedOut.delete(port);
   }
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer().once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const srv = net.createServer().once('error', reject);
+      srv.listen(0, '127.0.0.1', () => {
+        const { port } = srv.address() as net.AddressInfo;
+        srv.close(() => resolve(port));
+      });
     });
-  });
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
 }
+
+/** The ports freePort has handed out in this process (a few per stack: never many). */
+const handedOut = new Set<number>();
 
 /** Whether a server could listen on `port` of `host` now (checked by listening, and closed again). */
 export function isPortFree(port: number, host = '127.0.0.1'): Promise<boolean> {
