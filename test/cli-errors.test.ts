@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { lockDataDir } from '../apps/producer/src/embedded/data-dir.lock.js';
 import { RedisNotFoundError, startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
-import { cliPath, NO_WORKERS, processesWithEnv, repoRoot, runCli, stackForFile, until } from './support/stack.js';
+import { cliPath, freeRun, NO_WORKERS, processesWithEnv, repoRoot, runCli, stackForFile, until } from './support/stack.js';
 import { guardLeaks } from './support/leak-guard.js';
 
 guardLeaks();
@@ -626,6 +626,24 @@ describe('what a user sees when something is wrong', () => {
       expect(await readFile(path.join(dir, 'logs', 'redis.log'), 'utf8')).toMatch(/Redis/);
     } finally {
       await new Promise((resolve) => taken.close(resolve));
+      await rm(path.dirname(dir), { recursive: true, force: true });
+    }
+  });
+
+  it('an up whose metrics port is also its Redis port refuses before it starts anything', async () => {
+    // (else the worker on it failed at each restart for ever, its /healthz answered by Redis)
+    const dir = path.join(await mkdtemp(path.join(os.tmpdir(), 'tl-sameport-')), 'data');
+    try {
+      const p = await freeRun(4);
+      const env = { ...baseEnv, TL_DATA_DIR: dir, TL_MODEL_WEIGHTS: 'random', TL_REDIS_PORT: String(p + 1), TL_S3_PORT: '0', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' };
+      const r = await runCli(['up', '--metrics-port', String(p)], env, 60_000);
+      expect({ code: r.code, stderr: r.stderr }).toEqual({
+        code: 1,
+        stderr: `transferline: metrics port ${p + 1} (preprocess) is also the port of the embedded Redis (TL_REDIS_PORT): choose other ports with --metrics-port P (the stack uses P to P+3, and +10 for each further replica of a role), or set TL_REDIS_PORT to another\n`,
+      });
+      expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
+      expect(existsSync(path.join(dir, 'redis'))).toBe(false);
+    } finally {
       await rm(path.dirname(dir), { recursive: true, force: true });
     }
   });

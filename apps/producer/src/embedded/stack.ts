@@ -68,11 +68,15 @@ export function childPorts(ports: StackPorts, replicas: Replicas): { role: RoleN
 /**
  * Refuses, before anything starts, a metrics port that something holds: under `up` the ports
  * come from --metrics-port (the workers' own TL_METRICS_PORT is set from it), and a worker
- * whose port is taken would fail at each restart.
+ * whose port is taken would fail at each restart. So is one that is also the port of another
+ * process of the stack (`servers`: the embedded Redis's or S3 server's, not listening yet): the
+ * one that starts later would fail at each restart too.
  */
-async function checkMetricsPorts(host: string, wanted: { name: string; port: number }[]): Promise<void> {
+async function checkMetricsPorts(host: string, wanted: { name: string; port: number }[], servers: { name: string; port: number; setting: string }[]): Promise<void> {
   for (const { name, port } of wanted) {
     if (port === 0) continue;
+    const server = servers.find((sv) => sv.port === port);
+    if (server) throw new Error(`metrics port ${port} (${name}) is also the port of the embedded ${server.name} (${server.setting}): choose other ports with --metrics-port P (the stack uses P to P+3, and +10 for each further replica of a role), or set ${server.setting} to another`);
     if (!(await isPortFree(port, host))) {
       throw new Error(`metrics port ${port} (${name}) on ${host} is in use, ${ANOTHER_UP}; else choose other ports with --metrics-port P (the stack uses P to P+3, and +10 for each further replica of a role)`);
     }
@@ -136,7 +140,11 @@ export async function startStack(
   // the folders this start makes in the data directory: a refused start takes back those left empty
   const made: string[] = [];
   try {
-    await checkMetricsPorts(initial.metrics.host, [{ name: 'producer', port: ports.producer }, ...children.map((c) => ({ name: `${c.role}${c.replica > 1 ? ` #${c.replica}` : ''}`, port: c.metricsPort }))]);
+    const serverPorts = [
+      ...(initial.redis.embedded ? [{ name: 'Redis', port: initial.redis.embeddedPort, setting: 'TL_REDIS_PORT' }] : []),
+      ...(initial.s3.embedded ? [{ name: 'S3 server', port: initial.s3.embeddedPort, setting: 'TL_S3_PORT' }] : []),
+    ].filter((sv) => sv.port !== 0);
+    await checkMetricsPorts(initial.metrics.host, [{ name: 'producer', port: ports.producer }, ...children.map((c) => ({ name: `${c.role}${c.replica > 1 ? ` #${c.replica}` : ''}`, port: c.metricsPort }))], serverPorts);
     const env: NodeJS.ProcessEnv = { ...baseEnv };
     // ONNX Runtime threads: the machine's cores shared among the embed processes started here.
     const embedProcesses = children.filter((c) => c.role === 'embed').length;
