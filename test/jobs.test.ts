@@ -58,12 +58,17 @@ function hangingWorker(queue: Queue, o: Partial<WorkerOptions> = {}): Worker {
   return worker;
 }
 
-/** How following `jobId` ended: its CliExit, within `seconds` (or 'still waiting'). */
+/**
+ * How following `jobId` ended: its CliExit, within `seconds` (or 'still waiting'). A follow still
+ * waiting is ended as Ctrl-C ends it, and waited for: left running, its connection would try
+ * this file's Redis for ever once the stack stops, in whatever file this process runs next.
+ */
 async function followEnds(queue: Queue, jobId: string, seconds: number): Promise<CliExit | string> {
   const job = (await queue.getJob(jobId))!;
+  const ctrlC = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('still waiting'), seconds * 1000)));
-  const followed = followJob(ctx, queue, job, { what: 'run r1', role: 'train', stallSeconds: 2 }).then(
+  const followed = followJob({ ...ctx, signal: ctrlC.signal }, queue, job, { what: 'run r1', role: 'train', stallSeconds: 2 }).then(
     () => 'finished',
     (err: unknown) => (err instanceof CliExit ? err : String(err)),
   );
@@ -71,6 +76,8 @@ async function followEnds(queue: Queue, jobId: string, seconds: number): Promise
     return await Promise.race([followed, deadline]);
   } finally {
     clearTimeout(timer);
+    ctrlC.abort();
+    await followed;
   }
 }
 
