@@ -3,7 +3,7 @@ import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import net from 'node:net';
-import { Redis, withDeadline } from '@transferline/shared';
+import { Redis } from '@transferline/shared';
 import { ANOTHER_UP, SupervisedProcess } from './supervisor.js';
 
 export interface EmbeddedRedis {
@@ -94,23 +94,26 @@ function ephemeralPortsFrom(): number {
 
 /**
  * A PING of the Redis at `url`, for up's liveness watch: 200 for any reply (PONG, or an error such
- * as LOADING: it answers), undefined for none within the time (stopped, wedged: the kernel still
- * takes its connections).
+ * as LOADING or NOAUTH: it answers), undefined for none within the time (stopped, wedged: the
+ * kernel still takes its connections). Said on a socket of its own, destroyed however the probe
+ * ends: a client library's connection, closed while a stopped Redis had not answered it, could
+ * outlive the probe (one per missed probe, seen in tests).
  */
-async function askPing(url: string, timeoutMs: number): Promise<number | undefined> {
-  const probe = new Redis(url, { lazyConnect: true, enableReadyCheck: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  probe.on('error', () => {});
-  try {
-    await withDeadline(
-      probe.connect().then(() => probe.ping()),
-      timeoutMs,
-    );
-    return 200;
-  } catch (err) {
-    return (err as Error).name === 'ReplyError' ? 200 : undefined;
-  } finally {
-    probe.disconnect();
-  }
+function askPing(url: string, timeoutMs: number): Promise<number | undefined> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: hostname, port: Number(port) || 6379 });
+    const end = (status: number | undefined) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(status);
+    };
+    const timer = setTimeout(() => end(undefined), timeoutMs);
+    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.once('data', () => end(200));
+    socket.once('error', () => end(undefined));
+    socket.once('close', () => end(undefined));
+  });
 }
 
 /**
