@@ -1,5 +1,9 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll } from 'vitest';
+import type { Redis as SharedRedis } from '../../packages/shared/src/redis.client.js';
 
 const WATCHED = ['TCPSocketWrap', 'TCPServerWrap', 'ProcessWrap', 'PipeWrap'];
 
@@ -25,16 +29,44 @@ export function childProcesses(): string[] {
 }
 
 /**
- * Fails the file if it leaves a process, a socket, a server or a pipe behind: everything a test
- * starts (workers, redis-server, S3 server, clients) must be stopped by its own cleanup.
+ * Every Redis client the code under test connects (ioredis as packages/shared loads it), with
+ * where it was made. A client left trying a Redis that has stopped holds no socket between its
+ * tries, so the handle counts miss it; it goes on trying in the files its process runs next.
+ */
+const redisClients: { client: WeakRef<{ status: string; options: { port?: number } }>; madeAt: string }[] = (() => {
+  const g = globalThis as { tlRedisClients?: typeof redisClients };
+  if (g.tlRedisClients) return g.tlRedisClients;
+  const list: typeof redisClients = [];
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+  const { Redis } = createRequire(path.join(root, 'packages', 'shared', 'package.json'))('ioredis') as { Redis: typeof SharedRedis };
+  const connect = Redis.prototype.connect;
+  const noted = new WeakSet<object>();
+  Redis.prototype.connect = function (this: SharedRedis, ...args: Parameters<typeof connect>) {
+    if (!noted.has(this)) {
+      noted.add(this);
+      const madeAt = (new Error().stack ?? '').split('\n').find((l) => l.includes(root) && !l.includes('node_modules') && !l.includes('leak-guard')) ?? '(unknown)';
+      list.push({ client: new WeakRef(this), madeAt: madeAt.trim() });
+    }
+    return connect.apply(this, args);
+  };
+  g.tlRedisClients = list;
+  return list;
+})();
+
+/**
+ * Fails the file if it leaves a process, a socket, a server, a pipe, or a Redis client still
+ * trying to connect behind: everything a test starts (workers, redis-server, S3 server, clients)
+ * must be stopped by its own cleanup.
  */
 export function guardLeaks(): void {
   // (against what was there before the file: a process runs its files one after another)
   let before: Record<string, number> = {};
   let kidsBefore = new Set<string>();
+  let clientsBefore = 0;
   beforeAll(() => {
     before = handles();
     kidsBefore = new Set(childProcesses());
+    clientsBefore = redisClients.length;
   });
   afterAll(async () => {
     const deadline = Date.now() + 5_000;
@@ -42,8 +74,12 @@ export function guardLeaks(): void {
       const now = handles();
       const leaked = WATCHED.filter((k) => (now[k] ?? 0) > (before[k] ?? 0)).map((k) => `${k} ×${(now[k] ?? 0) - (before[k] ?? 0)}`);
       const kids = childProcesses().filter((k) => !kidsBefore.has(k));
-      if (leaked.length === 0 && kids.length === 0) return;
-      if (Date.now() > deadline) throw new Error(`test leaked: ${[...leaked, ...kids.map((k) => `process ${k}`)].join(', ')}`);
+      const trying = redisClients.slice(clientsBefore).flatMap(({ client, madeAt }) => {
+        const c = client.deref();
+        return c && (c.status === 'reconnecting' || c.status === 'connecting') ? [`a Redis client still trying port ${c.options.port} (made ${madeAt})`] : [];
+      });
+      if (leaked.length === 0 && kids.length === 0 && trying.length === 0) return;
+      if (Date.now() > deadline) throw new Error(`test leaked: ${[...leaked, ...kids.map((k) => `process ${k}`), ...trying].join(', ')}`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }, 10_000);
