@@ -142,11 +142,11 @@ describe('what a user sees when something is wrong', () => {
         // (a connection given to BullMQ is not closed by it: closed here, or it would try this
         // Redis again for ever once it stops, in whatever test this process runs next)
         const connection = redis.duplicate({ maxRetriesPerRequest: null });
+        const w = new Worker(trainQueue, () => Promise.reject(new Error('no-data: nothing to train on')), { connection, prefix: 'tl' });
         try {
-          const w = new Worker(trainQueue, () => Promise.reject(new Error('no-data: nothing to train on')), { connection, prefix: 'tl' });
           await until('the run to fail', async () => (await redis.zcard(`tl:${trainQueue}:failed`)) === 1, 20);
-          await w.close();
         } finally {
+          await w.close();
           connection.disconnect();
         }
       } finally {

@@ -77,7 +77,9 @@ async function followEnds(queue: Queue, jobId: string, seconds: number): Promise
   } finally {
     clearTimeout(timer);
     ctrlC.abort();
-    await followed;
+    // (a follow that did not end at Ctrl-C is a bug to see, not a wait)
+    const ended = await Promise.race([followed.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 5_000))]);
+    if (!ended) throw new Error('the follow did not end within 5 s of Ctrl-C');
   }
 }
 

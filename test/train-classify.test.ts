@@ -196,7 +196,7 @@ describe('training runs and classification', () => {
     await dropLater;
     // the second round's progress counts its one new image, not the prefix's four
     const progress = written.split('\n').filter((l) => l.startsWith(`embedding ${classifyDatasetName('shapes')}: `));
-    expect(progress.join('\n')).toMatch(/: 1\/1 of this round's images done \(the prefix: 4\/4 done, 4 embedded /);
+    expect(progress.join('\n')).toMatch(/: 1\/1 of the images on their way done \(the prefix: 4\/4 done, 4 embedded /);
     expect(progress.filter((l) => /^[^:]+: \d+\/4 /.test(l))).toEqual([]);
     // after its first round it says it goes on watching
     expect(said).toContain(`watching s3://${photos}/incoming/: listing it every 1 s for new images to classify (Ctrl-C to stop)\n`);

@@ -44,8 +44,9 @@ const redisClients: { client: WeakRef<{ status: string; options: { port?: number
   Redis.prototype.connect = function (this: SharedRedis, ...args: Parameters<typeof connect>) {
     if (!noted.has(this)) {
       noted.add(this);
-      const madeAt = (new Error().stack ?? '').split('\n').find((l) => l.includes(root) && !l.includes('node_modules') && !l.includes('leak-guard')) ?? '(unknown)';
-      list.push({ client: new WeakRef(this), madeAt: madeAt.trim() });
+      // (the first two frames of ours: a client made by createRedis is named by its caller too)
+      const ours = (new Error().stack ?? '').split('\n').filter((l) => l.includes(root) && !l.includes('node_modules') && !l.includes('leak-guard'));
+      list.push({ client: new WeakRef(this), madeAt: ours.slice(0, 2).map((l) => l.trim()).join(' ← ') || '(unknown)' });
     }
     return connect.apply(this, args);
   };

@@ -118,10 +118,10 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     // images an earlier round left pending (one cut short by Ctrl-C, another client's) would
     // otherwise be skipped by the classify job, which takes the embedded and the failed. Other
     // prefixes classified with the same model are not this command's to wait for.
-    // (its progress counts this round's images: a later round's few new ones are not shown
+    // (its progress counts the images on their way: a later round's few new ones are not shown
     // against all the prefix has had classified)
     const onTheirWay = before.pending + before.orphaned;
-    if (onTheirWay > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within, ours: { count: onTheirWay, what: round === 1 ? 'the images on their way' : "this round's images", whole: 'the prefix' } });
+    if (onTheirWay > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within, ours: { count: onTheirWay, what: 'the images on their way', whole: 'the prefix' } });
     // A round of --watch that found nothing new writes no results file (every round's would list
     // the same images, failures included, as "already done").
     const fresh = counts.enqueued + counts.fromCache + counts.retried + onTheirWay;

@@ -69,7 +69,7 @@ export async function freePort(): Promise<number> {
   }
 }
 
-/** The ports freePort has handed out in this process (a few per stack: never many). */
+/** The ports freePort has handed out in this process (a few per stack). */
 const handedOut = new Set<number>();
 
 /** Whether a server could listen on `port` of `host` now (checked by listening, and closed again). */
@@ -93,16 +93,16 @@ function ephemeralPortsFrom(): number {
 }
 
 /**
- * A PING of the Redis at `url`, for up's liveness watch: 200 for any reply (PONG, or an error such
- * as LOADING or NOAUTH: it answers), undefined for none within the time (stopped, wedged: the
- * kernel still takes its connections). Said on a socket of its own, destroyed however the probe
- * ends: a client library's connection, closed while a stopped Redis had not answered it, could
- * outlive the probe (one per missed probe, seen in tests).
+ * A PING of the embedded Redis at `url` (plain `redis://`, as up starts it on loopback), for up's
+ * liveness watch: 200 for any reply (PONG, or an error such as LOADING or NOAUTH: it answers),
+ * undefined for none within the time (stopped, wedged: the kernel still takes its connections).
+ * One socket per probe, destroyed however the probe ends.
  */
 function askPing(url: string, timeoutMs: number): Promise<number | undefined> {
   const { hostname, port } = new URL(url);
   return new Promise((resolve) => {
-    const socket = net.connect({ host: hostname, port: Number(port) || 6379 });
+    // (an IPv6 host comes bracketed from URL)
+    const socket = net.connect({ host: hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(port) || 6379 });
     const end = (status: number | undefined) => {
       clearTimeout(timer);
       socket.destroy();
