@@ -30,6 +30,9 @@ export function findRedisServer(): string | undefined {
   return r.status === 0 ? 'redis-server' : undefined;
 }
 
+/** The ports freePort has handed out in this process (a few per stack). */
+const handedOut = new Set<number>();
+
 /**
  * A free TCP port on loopback, for a server that listens on it a little later and again on the
  * same port after a crash (tests, benchmarks, a port 0 request). Drawn below the kernel's
@@ -68,9 +71,6 @@ export async function freePort(): Promise<number> {
     }
   }
 }
-
-/** The ports freePort has handed out in this process (a few per stack). */
-const handedOut = new Set<number>();
 
 /** Whether a server could listen on `port` of `host` now (checked by listening, and closed again). */
 export function isPortFree(port: number, host = '127.0.0.1'): Promise<boolean> {
