@@ -4,6 +4,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
+import { consoleDeps, loadOverview } from '../apps/producer/src/console/console-data.js';
 import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { tinyBmp } from './support/images.js';
 import { guardLeaks } from './support/leak-guard.js';
@@ -168,5 +169,23 @@ describe('bad input fails alone, with a reason', () => {
     const after = await waitForDataset(ctx, 'bad', { space: stack.space.id, stallSeconds: 30 });
     expect(after).toMatchObject({ total: bad.length + GOOD, embedded: GOOD + 1, failed: bad.length - 1, pending: 0 });
     expect(after.failures.map((f) => f.reason)).not.toContain('not-found');
+
+    // A bad object replaced by a good one runs under its new etag; the old failed job stays in
+    // BullMQ's failed set (the queue's failed count: status's table and the console say so), and
+    // status says it needs nothing more, where before it read as a failure no dataset listed.
+    const fixed = await noise(320, 240).jpeg().toBuffer();
+    await store.putObject(bucket, 'train/cats/02-text.jpg', fixed, 'image/jpeg');
+    await ingestCommand(ctx, `s3://${bucket}/train/`, { dataset: 'bad', wait: false });
+    const mended = await waitForDataset(ctx, 'bad', { space: stack.space.id, stallSeconds: 30 });
+    expect(mended).toMatchObject({ total: bad.length + GOOD, embedded: GOOD + 2, failed: bad.length - 2, pending: 0 });
+    expect(await ctx.queues.preprocess.getFailedCount()).toBe(bad.length - 1);
+    const table = await runCli(['status'], stack.env);
+    expect(table.stdout).toMatch(new RegExp(`^preprocess +\\d+ +0 +0 +0 +${bad.length - 1}$`, 'm'));
+    expect(table.stdout).toContain(`  preprocess: 1 of its ${bad.length - 1} failed jobs needs nothing more: its object was replaced or left its dataset since (the datasets below list the failures left to act on)\n`);
+    const json = JSON.parse((await runCli(['status', '--json'], stack.env)).stdout) as { queues: Record<string, { failedSettled?: unknown }> };
+    expect(json.queues.preprocess!.failedSettled).toEqual({ settled: 1, of: bad.length - 1 });
+    // and the console's front page
+    const overview = await loadOverview(consoleDeps({ services: ctx.services, queues: ctx.queues, config: stack.config }, 5_000));
+    expect(overview.queues.find((q) => q.name === 'preprocess')).toMatchObject({ counts: { failed: bad.length - 1 }, settled: 1 });
   });
 });

@@ -1,4 +1,4 @@
-import { hungAfterMs, jobOfQueue, permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetRepository, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
+import { DatasetRepository, hungAfterMs, jobOfQueue, PreprocessJob, permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
 import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
@@ -49,6 +49,12 @@ export interface StatusReport {
       failedRuns?: FailedRun[];
       /** train only: the failed runs not in failedRuns (of deleted datasets, or followed by a completed run) */
       failedRunsSettled?: number;
+      /**
+       * preprocess only: of its failed jobs (the newest FAILED_SCAN), those no dataset's item
+       * stands on any more (the object replaced, or gone from its dataset, since): BullMQ keeps
+       * them among the queue's failures, and they need nothing more
+       */
+      failedSettled?: { settled: number; of: number };
       /** train only: the runs training now (the first ACTIVE_RUNS_SHOWN), with the epoch each has reached */
       activeRuns?: { runId: string; dataset: string; epoch: number; epochs: number; /** the train worker that held it, when it is no longer connected (stopping, or killed: then the run waits for its lock to run out) */ workerGone?: string }[];
     }
@@ -133,6 +139,32 @@ function ago(at: number, now = Date.now()): string {
   if (s < 90 * 60) return `${Math.round(s / 60)} min ago`;
   if (s < 36 * 3600) return `${Math.round(s / 3600)} h ago`;
   return `${Math.round(s / 86_400)} days ago`;
+}
+
+/**
+ * Of the preprocess queue's failed jobs (its newest FAILED_SCAN), how many no dataset's item
+ * stands on any more: its dataset's record of the object has another etag (the object was
+ * replaced, and the new one ran), another embedding space, is no longer failed, or is gone (the
+ * object left the dataset). BullMQ keeps such jobs (up to 10,000) and counts them among the
+ * queue's failures; the datasets list the failures left to act on. A job whose payload is not
+ * one this version reads is not counted as settled.
+ */
+export async function settledPreprocessFailures(ctx: Pick<CliContext, 'queues'> & { services: { datasets: Pick<DatasetRepository, 'getItems'> } }): Promise<{ settled: number; of: number }> {
+  const jobs = (await ctx.queues.preprocess.getFailed(0, FAILED_SCAN - 1)).filter((j) => j !== undefined);
+  const byDataset = new Map<string, PreprocessJob[]>();
+  for (const j of jobs) {
+    const p = PreprocessJob.safeParse(j.data);
+    if (p.success) byDataset.set(p.data.dataset, [...(byDataset.get(p.data.dataset) ?? []), p.data]);
+  }
+  let settled = 0;
+  for (const [dataset, of] of byDataset) {
+    const records = await ctx.services.datasets.getItems(dataset, of.map((j) => DatasetRepository.itemId(j.bucket, j.key)));
+    records.forEach((r, i) => {
+      const job = of[i]!;
+      if (!r || r.etag !== job.etag || r.state !== 'failed' || (r.space !== undefined && r.space !== job.embedderId)) settled++;
+    });
+  }
+  return { settled, of: jobs.length };
 }
 
 /** How many of the train queue's failed jobs (its newest FAILED_SCAN) are runs stopped with train --cancel: no failures. */
@@ -237,6 +269,11 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     queues.train!.failedRuns = toAct;
     queues.train!.failedRunsSettled = settled;
   }
+  const preprocess = queues[queueName('preprocess')]!;
+  if (preprocess.failed) {
+    const settled = await settledPreprocessFailures(ctx);
+    if (settled.settled) preprocess.failedSettled = settled;
+  }
   // the runs training now, and how far each has got (the console's run pages have the rest)
   // (a run whose worker was killed stays active until its lock runs out: not "training" meanwhile)
   queues.train!.activeRuns = [];
@@ -309,6 +346,12 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const r of queues.train!.activeRuns ?? []) {
     if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is stopping or gone (a train worker that stops puts the run back at the end of its epoch; if it was killed, a train worker starts the run again once its lock has run out, about ${takenUpWithinSeconds('train', ctx)} s after) (follow it: transferline train --follow ${r.runId})`);
     else w(`  train: run ${r.runId} of ${r.dataset} is training, epoch ${r.epoch} of at most ${r.epochs} (follow it: transferline train --follow ${r.runId})`);
+  }
+  const ppSettled = queues[queueName('preprocess')]!.failedSettled;
+  if (ppSettled) {
+    const { settled, of } = ppSettled;
+    const whole = of === queues[queueName('preprocess')]!.failed ? `its ${of}` : `its newest ${of}`;
+    w(`  ${queueName('preprocess')}: ${settled} of ${whole} failed jobs ${settled === 1 ? 'needs' : 'need'} nothing more: ${settled === 1 ? 'its object was' : 'their objects were'} replaced or left ${settled === 1 ? 'its dataset' : 'their datasets'} since (the datasets below list the failures left to act on)`);
   }
   const cancelled = queues.train!.cancelled;
   if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);

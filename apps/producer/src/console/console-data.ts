@@ -4,7 +4,7 @@ import { DatasetRepository, ReportDoc, ReviewLine, parseJsonLines, type Config, 
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { listModelRuns, type ModelRun, type ReadReports } from '../commands/models.command.js';
-import { cancelledRuns, deploymentQueues, deploymentWarnings, unpublishedSpaces } from '../commands/status.command.js';
+import { cancelledRuns, deploymentQueues, deploymentWarnings, settledPreprocessFailures, unpublishedSpaces } from '../commands/status.command.js';
 import type { ReviewView } from './review.page.js';
 import { StatusMemo, type Counted } from './status-memo.js';
 
@@ -21,24 +21,39 @@ export interface ConsoleDeps {
   reports: ReadReports;
   /** how many of the train queue's `failed` failed jobs are cancelled runs (read again when that number changes, or after a while) */
   cancelledRuns: (failed: number) => Promise<number>;
+  /** how many of the preprocess queue's `failed` failed jobs need nothing more (settledPreprocessFailures; read as cancelledRuns is) */
+  settledFailures: (failed: number) => Promise<number>;
 }
 
-/** How long the count of cancelled runs among the train queue's failed jobs is reused while their number stays. */
-const CANCELLED_TTL_MS = 30_000;
+/** How long a count read from a queue's failed jobs is reused while their number stays. */
+const FAILED_NOTE_TTL_MS = 30_000;
+
+/**
+ * A count read from up to a thousand of a queue's failed jobs, read again only when the queue's
+ * failed count changes or after FAILED_NOTE_TTL_MS: not again for every page while nothing failed since.
+ */
+function whileFailedStays(read: () => Promise<number>): (failed: number) => Promise<number> {
+  let last: { failed: number; at: number; count: Promise<number> } | undefined;
+  return (failed) => {
+    if (!last || last.failed !== failed || Date.now() - last.at > FAILED_NOTE_TTL_MS) {
+      const count = read();
+      last = { failed, at: Date.now(), count };
+      count.catch(() => (last = undefined));
+    }
+    return last.count;
+  };
+}
 
 /** The console's reads of a deployment, its pages waiting up to `countWaitMs` for a dataset's count. */
 export function consoleDeps(d: Pick<ConsoleDeps, 'services' | 'queues' | 'config'>, countWaitMs: number): ConsoleDeps {
-  let cancelled: { failed: number; at: number; count: Promise<number> } | undefined;
-  const cancelledOf = (failed: number) => {
-    // reads up to a thousand failed jobs: not again for every page while nothing failed since
-    if (!cancelled || cancelled.failed !== failed || Date.now() - cancelled.at > CANCELLED_TTL_MS) {
-      const count = cancelledRuns(d.queues);
-      cancelled = { failed, at: Date.now(), count };
-      count.catch(() => (cancelled = undefined));
-    }
-    return cancelled.count;
+  return {
+    ...d,
+    statuses: new StatusMemo((dataset) => d.services.inspector.status(dataset, 100)),
+    countWaitMs,
+    reports: new Map(),
+    cancelledRuns: whileFailedStays(() => cancelledRuns(d.queues)),
+    settledFailures: whileFailedStays(async () => (await settledPreprocessFailures(d)).settled),
   };
-  return { ...d, statuses: new StatusMemo((dataset) => d.services.inspector.status(dataset, 100)), countWaitMs, reports: new Map(), cancelledRuns: cancelledOf };
 }
 
 /** A dataset's counts, or, while its first read goes on past the page's wait, how many images it holds. */
@@ -51,6 +66,8 @@ export interface QueueSummary {
   paused: boolean;
   /** the train queue: how many of its failed jobs are runs stopped with train --cancel (no failures) */
   cancelled?: number;
+  /** the preprocess queue: how many of its failed jobs need nothing more (their object replaced, or gone from its dataset, since) */
+  settled?: number;
 }
 
 export interface Overview {
@@ -68,7 +85,9 @@ async function summarise(q: Queue, d: ConsoleDeps): Promise<QueueSummary> {
   const [counts, paused] = await Promise.all([q.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'failed', 'completed'), q.isPaused()]);
   // as status says: runs stopped with train --cancel end as failed jobs, and are no failure
   const cancelled = q === d.queues.train && counts.failed ? await d.cancelledRuns(counts.failed) : 0;
-  return { name: q.name, counts, paused, ...(cancelled && { cancelled }) };
+  // and a preprocess job whose object was replaced since keeps its failure in BullMQ, needing nothing
+  const settled = q === d.queues.preprocess && counts.failed ? await d.settledFailures(counts.failed) : 0;
+  return { name: q.name, counts, paused, ...(cancelled && { cancelled }), ...(settled && { settled }) };
 }
 
 // listModelRuns and deploymentWarnings are written for the CLI; they read config and services (and

@@ -151,6 +151,13 @@ describe('the overview', () => {
     expect(out).toContain('<a class="bad" href="/queues/queue/classify?status=failed">2</a></td>');
   });
 
+  it("says which of the preprocess queue's failed jobs need nothing more, as status does, and marks only the others as failures", () => {
+    const q = (failed: number, settled: number) => ({ name: 'preprocess', counts: { failed }, paused: false, settled });
+    const page = (queue: ReturnType<typeof q>) => overviewPage(access, { datasets: [], runs: [], queues: [queue], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1]);
+    expect(page(q(1, 1))).toContain('<a class="" href="/queues/queue/preprocess?status=failed">1</a> <span class="muted" data-settled="1">(1 needs nothing more: its object was replaced or left its dataset since)</span>');
+    expect(page(q(3, 2))).toContain('<a class="bad" href="/queues/queue/preprocess?status=failed">3</a> <span class="muted" data-settled="2">(2 need nothing more: their objects were replaced or left their datasets since)</span>');
+  });
+
   it("shows status's warnings first, escaped", () => {
     const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: ['dataset <b>x</b> lost its records: transferline ingest s3://p/x/ -d x'] } as unknown as Parameters<typeof overviewPage>[1];
     expect(overviewPage({ actionsConfigured: false }, o)).toContain('<h1>Datasets and models</h1><ul id="warnings" class="bad"><li>dataset &lt;b&gt;x&lt;/b&gt; lost its records: transferline ingest s3://p/x/ -d x</li></ul>');
