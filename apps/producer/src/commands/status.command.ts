@@ -144,8 +144,8 @@ function ago(at: number, now = Date.now()): string {
 /**
  * Of the preprocess queue's failed jobs (its newest FAILED_SCAN), how many no dataset's item
  * stands on any more: its dataset's record of the object has another etag (the object was
- * replaced, and the new one ran), another embedding space, is no longer failed, or is gone (the
- * object left the dataset). BullMQ keeps such jobs (up to 10,000) and counts them among the
+ * replaced, and the new one ran), another embedding space, is no longer failed at preprocess, or
+ * is gone (the object left the dataset). BullMQ keeps such jobs (up to 10,000) and counts them among the
  * queue's failures; the datasets list the failures left to act on. A job whose payload is not
  * one this version reads is not counted as settled.
  */
@@ -154,14 +154,17 @@ export async function settledPreprocessFailures(ctx: Pick<CliContext, 'queues'> 
   const byDataset = new Map<string, PreprocessJob[]>();
   for (const j of jobs) {
     const p = PreprocessJob.safeParse(j.data);
-    if (p.success) byDataset.set(p.data.dataset, [...(byDataset.get(p.data.dataset) ?? []), p.data]);
+    if (!p.success) continue;
+    const of = byDataset.get(p.data.dataset) ?? [];
+    of.push(p.data);
+    byDataset.set(p.data.dataset, of);
   }
   let settled = 0;
   for (const [dataset, of] of byDataset) {
     const records = await ctx.services.datasets.getItems(dataset, of.map((j) => DatasetRepository.itemId(j.bucket, j.key)));
     records.forEach((r, i) => {
       const job = of[i]!;
-      if (!r || r.etag !== job.etag || r.state !== 'failed' || (r.space !== undefined && r.space !== job.embedderId)) settled++;
+      if (!r || r.etag !== job.etag || r.state !== 'failed' || r.stage !== 'preprocess' || (r.space !== undefined && r.space !== job.embedderId)) settled++;
     });
   }
   return { settled, of: jobs.length };
