@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Queues, SpaceWorkers } from '@transferline/shared';
-import { deploymentQueues, unpublishedSpaces } from './status.command.js';
+import { deploymentQueues, settledWords, unpublishedSpaces } from './status.command.js';
 
 describe('the queues status and the console list', () => {
   it("include the embed queues of spaces datasets are in that no worker has published, after the published ones, once each", async () => {
@@ -11,5 +11,17 @@ describe('the queues status and the console list', () => {
     const queue = (name: string) => ({ name }) as never;
     const queues = { preprocess: queue('preprocess'), embed: (id: string) => queue(`embed.${id}`), train: queue('train'), classify: queue('classify') } as unknown as Queues;
     expect(deploymentQueues(queues, listed, unpublished).map((q) => q.name)).toEqual(['preprocess', 'embed.live', 'embed.another', 'embed.stranded', 'train', 'classify']);
+  });
+});
+
+describe("status's line on the preprocess queue's failed jobs that need nothing more", () => {
+  it('says all, some, or some of the newest it read, in the right number', () => {
+    const tail = 'replaced or left';
+    expect(settledWords({ settled: 1, of: 1 }, 1)).toBe(`its failed job needs nothing more: its object was ${tail} its dataset since (the datasets below list the failures left to act on)`);
+    expect(settledWords({ settled: 3, of: 3 }, 3)).toMatch(/^its 3 failed jobs need nothing more: their objects were replaced or left their datasets since/);
+    expect(settledWords({ settled: 1, of: 9 }, 9)).toMatch(/^1 of its 9 failed jobs needs nothing more: its object was/);
+    expect(settledWords({ settled: 2, of: 9 }, 9)).toMatch(/^2 of its 9 failed jobs need nothing more: their objects were/);
+    // more failed jobs than status reads: of the newest it read, even when all of those are settled
+    expect(settledWords({ settled: 1000, of: 1000 }, 4000)).toMatch(/^1000 of its newest 1000 failed jobs need nothing more/);
   });
 });

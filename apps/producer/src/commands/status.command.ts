@@ -170,6 +170,13 @@ export async function settledPreprocessFailures(ctx: Pick<CliContext, 'queues'> 
   return { settled, of: jobs.length };
 }
 
+/** What status says of the preprocess queue's failed jobs that need nothing more (`failed`: the queue's whole count). */
+export function settledWords({ settled, of }: { settled: number; of: number }, failed: number): string {
+  const which = settled === of && of === failed ? (of === 1 ? 'its failed job' : `its ${of} failed jobs`) : `${settled} of its ${of === failed ? '' : 'newest '}${of} failed jobs`;
+  const one = settled === 1;
+  return `${which} ${one ? 'needs' : 'need'} nothing more: ${one ? 'its object was' : 'their objects were'} replaced or left ${one ? 'its dataset' : 'their datasets'} since (the datasets below list the failures left to act on)`;
+}
+
 /** How many of the train queue's failed jobs (its newest FAILED_SCAN) are runs stopped with train --cancel: no failures. */
 export async function cancelledRuns(queues: Pick<Queues, 'train'>): Promise<number> {
   return (await failedRuns(queues)).cancelled;
@@ -351,11 +358,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     else w(`  train: run ${r.runId} of ${r.dataset} is training, epoch ${r.epoch} of at most ${r.epochs} (follow it: transferline train --follow ${r.runId})`);
   }
   const ppSettled = queues[queueName('preprocess')]!.failedSettled;
-  if (ppSettled) {
-    const { settled, of } = ppSettled;
-    const whole = of === queues[queueName('preprocess')]!.failed ? `its ${of}` : `its newest ${of}`;
-    w(`  ${queueName('preprocess')}: ${settled} of ${whole} failed jobs ${settled === 1 ? 'needs' : 'need'} nothing more: ${settled === 1 ? 'its object was' : 'their objects were'} replaced or left ${settled === 1 ? 'its dataset' : 'their datasets'} since (the datasets below list the failures left to act on)`);
-  }
+  if (ppSettled) w(`  ${queueName('preprocess')}: ${settledWords(ppSettled, queues[queueName('preprocess')]!.failed ?? 0)}`);
   const cancelled = queues.train!.cancelled;
   if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);
   const failedOnes = queues.train!.failedRuns ?? [];
