@@ -2,8 +2,10 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DatasetRepository } from '@transferline/shared';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { ingestCommand } from '../apps/producer/src/commands/ingest.command.js';
+import { settledPreprocessFailures } from '../apps/producer/src/commands/status.command.js';
 import { consoleDeps, loadOverview } from '../apps/producer/src/console/console-data.js';
 import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
 import { tinyBmp } from './support/images.js';
@@ -181,9 +183,16 @@ describe('bad input fails alone, with a reason', () => {
     expect(await ctx.queues.preprocess.getFailedCount()).toBe(bad.length - 1);
     const table = await runCli(['status'], stack.env);
     expect(table.stdout).toMatch(new RegExp(`^preprocess +\\d+ +0 +0 +0 +${bad.length - 1}$`, 'm'));
-    expect(table.stdout).toContain(`  preprocess: 1 of its ${bad.length - 1} failed jobs needs nothing more: its object was replaced or left its dataset since (the datasets below list the failures left to act on)\n`);
+    expect(table.stdout).toContain(`  preprocess: 1 of its ${bad.length - 1} failed jobs needs nothing more: its object was replaced, embedded or moved to another embedding space since, or left its dataset (a dataset's failures left to act on are listed with it)\n`);
     const json = JSON.parse((await runCli(['status', '--json'], stack.env)).stdout) as { queues: Record<string, { failedSettled?: unknown }> };
     expect(json.queues.preprocess!.failedSettled).toEqual({ settled: 1, of: bad.length - 1 });
+    // A failure whose record was never written (the worker's write lost: the item stays pending,
+    // orphaned, and a re-ingest runs that very job) still stands on its job: not settled.
+    const orphan = DatasetRepository.itemId(bucket, 'train/cats/00-empty.jpg');
+    const [record] = await ctx.services.datasets.getItems('bad', [orphan]);
+    await ctx.services.datasets.putItem('bad', orphan, { label: record!.label, etag: record!.etag, space: record!.space!, state: 'pending' });
+    expect((await settledPreprocessFailures(ctx)).settled).toBe(1);
+    await ctx.services.datasets.putItem('bad', orphan, record!);
     // and the console's front page
     const overview = await loadOverview(consoleDeps({ services: ctx.services, queues: ctx.queues, config: stack.config }, 5_000));
     expect(overview.queues.find((q) => q.name === 'preprocess')).toMatchObject({ counts: { failed: bad.length - 1 }, settled: 1 });

@@ -16,12 +16,14 @@ describe('the queues status and the console list', () => {
 
 describe("status's line on the preprocess queue's failed jobs that need nothing more", () => {
   it('says all, some, or some of the newest it read, in the right number', () => {
-    const tail = 'replaced or left';
-    expect(settledWords({ settled: 1, of: 1 }, 1)).toBe(`its failed job needs nothing more: its object was ${tail} its dataset since (the datasets below list the failures left to act on)`);
-    expect(settledWords({ settled: 3, of: 3 }, 3)).toMatch(/^its 3 failed jobs need nothing more: their objects were replaced or left their datasets since/);
-    expect(settledWords({ settled: 1, of: 9 }, 9)).toMatch(/^1 of its 9 failed jobs needs nothing more: its object was/);
-    expect(settledWords({ settled: 2, of: 9 }, 9)).toMatch(/^2 of its 9 failed jobs need nothing more: their objects were/);
-    // more failed jobs than status reads: of the newest it read, even when all of those are settled
-    expect(settledWords({ settled: 1000, of: 1000 }, 4000)).toMatch(/^1000 of its newest 1000 failed jobs need nothing more/);
+    expect(settledWords({ settled: 1, of: 1 })).toBe(
+      "its failed job needs nothing more: its object was replaced, embedded or moved to another embedding space since, or left its dataset (a dataset's failures left to act on are listed with it)",
+    );
+    expect(settledWords({ settled: 3, of: 3 })).toMatch(/^its 3 failed jobs need nothing more: their objects were replaced, embedded or moved to another embedding space since, or left their datasets/);
+    expect(settledWords({ settled: 1, of: 9 })).toMatch(/^1 of its 9 failed jobs needs nothing more: its object was/);
+    expect(settledWords({ settled: 2, of: 9 })).toMatch(/^2 of its 9 failed jobs need nothing more: their objects were/);
+    // as many failed jobs as status reads (there may be more): of the newest it read, even when all of those are settled
+    expect(settledWords({ settled: 1000, of: 1000 })).toMatch(/^1000 of its newest 1000 failed jobs need nothing more/);
+    expect(settledWords({ settled: 3, of: 1000 })).toMatch(/^3 of its newest 1000 failed jobs need nothing more/);
   });
 });

@@ -143,13 +143,16 @@ function ago(at: number, now = Date.now()): string {
 
 /**
  * Of the preprocess queue's failed jobs (its newest FAILED_SCAN), how many no dataset's item
- * stands on any more: its dataset's record of the object has another etag (the object was
- * replaced, and the new one ran), another embedding space, is no longer failed at preprocess, or
- * is gone (the object left the dataset). BullMQ keeps such jobs (up to 10,000) and counts them among the
- * queue's failures; the datasets list the failures left to act on. A job whose payload is not
- * one this version reads is not counted as settled.
+ * stands on any more. A job stands on its item while the item's record has the job's etag and
+ * embedding space and is failed, or still pending (its failure was never written: the dataset
+ * calls it orphaned, and a re-ingest runs this very job again). It needs nothing more when the
+ * record has another etag (the object was replaced, and the new one ran), another space (moved
+ * there by ingest --embedder or retry), is queued or cached (embedded since, from the cache), or
+ * is gone from a dataset that exists (the object left it). BullMQ keeps such jobs (up to 10,000)
+ * and counts them among the queue's failures. Not counted: a job whose payload is not one this
+ * version reads, and one of a dataset that is not there (Redis lost it: a re-ingest runs it again).
  */
-export async function settledPreprocessFailures(ctx: Pick<CliContext, 'queues'> & { services: { datasets: Pick<DatasetRepository, 'getItems'> } }): Promise<{ settled: number; of: number }> {
+export async function settledPreprocessFailures(ctx: Pick<CliContext, 'queues'> & { services: { datasets: Pick<DatasetRepository, 'getItems' | 'exists'> } }): Promise<{ settled: number; of: number }> {
   const jobs = (await ctx.queues.preprocess.getFailed(0, FAILED_SCAN - 1)).filter((j) => j !== undefined);
   const byDataset = new Map<string, PreprocessJob[]>();
   for (const j of jobs) {
@@ -161,20 +164,31 @@ export async function settledPreprocessFailures(ctx: Pick<CliContext, 'queues'> 
   }
   let settled = 0;
   for (const [dataset, of] of byDataset) {
+    if (!(await ctx.services.datasets.exists(dataset))) continue;
     const records = await ctx.services.datasets.getItems(dataset, of.map((j) => DatasetRepository.itemId(j.bucket, j.key)));
     records.forEach((r, i) => {
       const job = of[i]!;
-      if (!r || r.etag !== job.etag || r.state !== 'failed' || r.stage !== 'preprocess' || (r.space !== undefined && r.space !== job.embedderId)) settled++;
+      const stands = r !== undefined && r.etag === job.etag && (r.space ?? job.embedderId) === job.embedderId && (r.state === 'failed' || r.state === 'pending');
+      if (!stands) settled++;
     });
   }
   return { settled, of: jobs.length };
 }
 
-/** What status says of the preprocess queue's failed jobs that need nothing more (`failed`: the queue's whole count). */
-export function settledWords({ settled, of }: { settled: number; of: number }, failed: number): string {
-  const which = settled === of && of === failed ? (of === 1 ? 'its failed job' : `its ${of} failed jobs`) : `${settled} of its ${of === failed ? '' : 'newest '}${of} failed jobs`;
+/** What status says of the preprocess queue's failed jobs that need nothing more. */
+export function settledWords({ settled, of }: { settled: number; of: number }): string {
+  // (more failed jobs than status reads: of the newest it read)
+  const newest = of >= FAILED_SCAN;
+  const which = settled === of && !newest ? (of === 1 ? 'its failed job' : `its ${of} failed jobs`) : `${settled} of its ${newest ? 'newest ' : ''}${of} failed jobs`;
   const one = settled === 1;
-  return `${which} ${one ? 'needs' : 'need'} nothing more: ${one ? 'its object was' : 'their objects were'} replaced or left ${one ? 'its dataset' : 'their datasets'} since (the datasets below list the failures left to act on)`;
+  return `${which} ${one ? 'needs' : 'need'} nothing more: ${settledWhy(settled)} (a dataset's failures left to act on are listed with it)`;
+}
+
+/** Why failed preprocess jobs need nothing more (status and the console say it alike). */
+export function settledWhy(n: number): string {
+  return n === 1
+    ? 'its object was replaced, embedded or moved to another embedding space since, or left its dataset'
+    : 'their objects were replaced, embedded or moved to another embedding space since, or left their datasets';
 }
 
 /** How many of the train queue's failed jobs (its newest FAILED_SCAN) are runs stopped with train --cancel: no failures. */
@@ -281,8 +295,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   const preprocess = queues[queueName('preprocess')]!;
   if (preprocess.failed) {
-    const settled = await settledPreprocessFailures(ctx);
-    if (settled.settled) preprocess.failedSettled = settled;
+    // (a note: a read that fails, a record this version cannot parse say, leaves it out)
+    const settled = await settledPreprocessFailures(ctx).catch(() => undefined);
+    if (settled?.settled) preprocess.failedSettled = settled;
   }
   // the runs training now, and how far each has got (the console's run pages have the rest)
   // (a run whose worker was killed stays active until its lock runs out: not "training" meanwhile)
@@ -358,7 +373,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     else w(`  train: run ${r.runId} of ${r.dataset} is training, epoch ${r.epoch} of at most ${r.epochs} (follow it: transferline train --follow ${r.runId})`);
   }
   const ppSettled = queues[queueName('preprocess')]!.failedSettled;
-  if (ppSettled) w(`  ${queueName('preprocess')}: ${settledWords(ppSettled, queues[queueName('preprocess')]!.failed ?? 0)}`);
+  if (ppSettled) w(`  ${queueName('preprocess')}: ${settledWords(ppSettled)}`);
   const cancelled = queues.train!.cancelled;
   if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);
   const failedOnes = queues.train!.failedRuns ?? [];

@@ -52,7 +52,8 @@ export function consoleDeps(d: Pick<ConsoleDeps, 'services' | 'queues' | 'config
     countWaitMs,
     reports: new Map(),
     cancelledRuns: whileFailedStays(() => cancelledRuns(d.queues)),
-    settledFailures: whileFailedStays(async () => (await settledPreprocessFailures(d)).settled),
+    // (a note: a read that fails leaves it out, not the page)
+    settledFailures: whileFailedStays(async () => (await settledPreprocessFailures(d).catch(() => undefined))?.settled ?? 0),
   };
 }
 

@@ -1,5 +1,6 @@
 import { isClassifyDataset, queueName, relistCommand, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { ModelRun } from '../commands/models.command.js';
+import { settledWhy } from '../commands/status.command.js';
 import type { DatasetCounts, DatasetPage, Overview, QueueSummary } from './console-data.js';
 import type { Counted } from './status-memo.js';
 import { BOARD_PATHS, html, page, pct, seconds, seg, type Access, type SafeHtml } from './html.js';
@@ -47,7 +48,7 @@ function queuesTable(queues: QueueSummary[]): SafeHtml {
   const c = (q: QueueSummary, k: string) => q.counts[k] ?? 0;
   return html`<table id="queues"><tr><th>queue</th><th class="n">waiting</th><th class="n">active</th><th class="n">delayed</th><th class="n">failed</th><th></th></tr>${queues.map(
     (q) =>
-      html`<tr data-queue="${q.name}"><td><a href="${boardLink(q.name)}">${q.name}</a></td><td class="n">${c(q, 'waiting') + c(q, 'prioritized')}</td><td class="n">${c(q, 'active')}</td><td class="n">${c(q, 'delayed')}</td><td class="n">${c(q, 'failed') > 0 ? html`<a class="${c(q, 'failed') > (q.cancelled ?? 0) + (q.settled ?? 0) ? 'bad' : ''}" href="${boardLink(q.name, 'failed')}">${c(q, 'failed')}</a>` : '0'}${q.cancelled ? html` <span class="muted" data-cancelled="${q.cancelled}">(${q.cancelled} ${q.cancelled === 1 ? 'is a run' : 'are runs'} stopped with train --cancel)</span>` : ''}${q.settled ? html` <span class="muted" data-settled="${q.settled}">(${q.settled} ${q.settled === 1 ? 'needs' : 'need'} nothing more: ${q.settled === 1 ? 'its object was' : 'their objects were'} replaced or left ${q.settled === 1 ? 'its dataset' : 'their datasets'} since)</span>` : ''}</td><td>${q.paused ? html`<b class="bad">paused</b>` : ''}</td></tr>`,
+      html`<tr data-queue="${q.name}"><td><a href="${boardLink(q.name)}">${q.name}</a></td><td class="n">${c(q, 'waiting') + c(q, 'prioritized')}</td><td class="n">${c(q, 'active')}</td><td class="n">${c(q, 'delayed')}</td><td class="n">${c(q, 'failed') > 0 ? html`<a class="${c(q, 'failed') > (q.cancelled ?? 0) + (q.settled ?? 0) ? 'bad' : ''}" href="${boardLink(q.name, 'failed')}">${c(q, 'failed')}</a>` : '0'}${q.cancelled ? html` <span class="muted" data-cancelled="${q.cancelled}">(${q.cancelled} ${q.cancelled === 1 ? 'is a run' : 'are runs'} stopped with train --cancel)</span>` : ''}${q.settled ? html` <span class="muted" data-settled="${q.settled}">(${q.settled} ${q.settled === 1 ? 'needs' : 'need'} nothing more: ${settledWhy(q.settled)})</span>` : ''}</td><td>${q.paused ? html`<b class="bad">paused</b>` : ''}</td></tr>`,
   )}</table>`;
 }
 

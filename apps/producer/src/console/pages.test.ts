@@ -154,8 +154,8 @@ describe('the overview', () => {
   it("says which of the preprocess queue's failed jobs need nothing more, as status does, and marks only the others as failures", () => {
     const q = (failed: number, settled: number) => ({ name: 'preprocess', counts: { failed }, paused: false, settled });
     const page = (queue: ReturnType<typeof q>) => overviewPage(access, { datasets: [], runs: [], queues: [queue], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1]);
-    expect(page(q(1, 1))).toContain('<a class="" href="/queues/queue/preprocess?status=failed">1</a> <span class="muted" data-settled="1">(1 needs nothing more: its object was replaced or left its dataset since)</span>');
-    expect(page(q(3, 2))).toContain('<a class="bad" href="/queues/queue/preprocess?status=failed">3</a> <span class="muted" data-settled="2">(2 need nothing more: their objects were replaced or left their datasets since)</span>');
+    expect(page(q(1, 1))).toContain('<a class="" href="/queues/queue/preprocess?status=failed">1</a> <span class="muted" data-settled="1">(1 needs nothing more: its object was replaced, embedded or moved to another embedding space since, or left its dataset)</span>');
+    expect(page(q(3, 2))).toContain('<a class="bad" href="/queues/queue/preprocess?status=failed">3</a> <span class="muted" data-settled="2">(2 need nothing more: their objects were replaced, embedded or moved to another embedding space since, or left their datasets)</span>');
   });
 
   it("shows status's warnings first, escaped", () => {
