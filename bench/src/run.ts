@@ -30,9 +30,17 @@ if (unknown.length) {
   process.stderr.write(`unknown suite(s): ${unknown.join(', ')}; available: ${Object.keys(SUITES).join(', ')}\n`);
   process.exit(2);
 }
+// A suite that cannot run (a missing photo package, say) is named with why, and the others run.
+const failed: string[] = [];
 for (const name of wanted.length ? wanted : Object.keys(SUITES)) {
-  const result = await SUITES[name]!();
-  const file = await save(result);
-  process.stdout.write(`${table(result)}\n(${file})\n\n`);
+  try {
+    const result = await SUITES[name]!();
+    const file = await save(result);
+    process.stdout.write(`${table(result)}\n(${file})\n\n`);
+  } catch (err) {
+    failed.push(name);
+    process.stderr.write(`bench: suite ${name} failed: ${(err as Error).message}\n`);
+  }
 }
-process.exit(0);
+if (failed.length) process.stderr.write(`bench: ${failed.length} suite(s) failed: ${failed.join(', ')}\n`);
+process.exit(failed.length ? 1 : 0);
