@@ -50,9 +50,9 @@ export interface StatusReport {
       /** train only: the failed runs not in failedRuns (of deleted datasets, or followed by a completed run) */
       failedRunsSettled?: number;
       /**
-       * preprocess only: of its failed jobs (the newest FAILED_SCAN), those no dataset's item
-       * stands on any more (the object replaced, or gone from its dataset, since): BullMQ keeps
-       * them among the queue's failures, and they need nothing more
+       * preprocess only, when any: of its failed jobs (`of`, the newest FAILED_SCAN), those no
+       * dataset's item stands on any more (see settledPreprocessFailures): BullMQ keeps them
+       * among the queue's failures, and they need nothing more
        */
       failedSettled?: { settled: number; of: number };
       /** train only: the runs training now (the first ACTIVE_RUNS_SHOWN), with the epoch each has reached */
@@ -372,8 +372,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is stopping or gone (a train worker that stops puts the run back at the end of its epoch; if it was killed, a train worker starts the run again once its lock has run out, about ${takenUpWithinSeconds('train', ctx)} s after) (follow it: transferline train --follow ${r.runId})`);
     else w(`  train: run ${r.runId} of ${r.dataset} is training, epoch ${r.epoch} of at most ${r.epochs} (follow it: transferline train --follow ${r.runId})`);
   }
-  const ppSettled = queues[queueName('preprocess')]!.failedSettled;
-  if (ppSettled) w(`  ${queueName('preprocess')}: ${settledWords(ppSettled)}`);
+  if (preprocess.failedSettled) w(`  ${queueName('preprocess')}: ${settledWords(preprocess.failedSettled)}`);
   const cancelled = queues.train!.cancelled;
   if (cancelled) w(`  train: ${cancelled === 1 ? '1 of its failed jobs is a run' : `${cancelled} of its failed jobs are runs`} stopped with train --cancel, not ${cancelled === 1 ? 'a failure' : 'failures'}`);
   const failedOnes = queues.train!.failedRuns ?? [];

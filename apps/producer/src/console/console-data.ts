@@ -52,8 +52,7 @@ export function consoleDeps(d: Pick<ConsoleDeps, 'services' | 'queues' | 'config
     countWaitMs,
     reports: new Map(),
     cancelledRuns: whileFailedStays(() => cancelledRuns(d.queues)),
-    // (a note: a read that fails leaves it out, not the page)
-    settledFailures: whileFailedStays(async () => (await settledPreprocessFailures(d).catch(() => undefined))?.settled ?? 0),
+    settledFailures: whileFailedStays(async () => (await settledPreprocessFailures(d)).settled),
   };
 }
 
@@ -67,7 +66,7 @@ export interface QueueSummary {
   paused: boolean;
   /** the train queue: how many of its failed jobs are runs stopped with train --cancel (no failures) */
   cancelled?: number;
-  /** the preprocess queue: how many of its failed jobs need nothing more (their object replaced, or gone from its dataset, since) */
+  /** the preprocess queue: how many of its failed jobs need nothing more (settledPreprocessFailures) */
   settled?: number;
 }
 
@@ -87,7 +86,8 @@ async function summarise(q: Queue, d: ConsoleDeps): Promise<QueueSummary> {
   // as status says: runs stopped with train --cancel end as failed jobs, and are no failure
   const cancelled = q === d.queues.train && counts.failed ? await d.cancelledRuns(counts.failed) : 0;
   // and a preprocess job whose object was replaced since keeps its failure in BullMQ, needing nothing
-  const settled = q === d.queues.preprocess && counts.failed ? await d.settledFailures(counts.failed) : 0;
+  // (a note: a read that fails leaves it out of this page, not the page, and is read again for the next)
+  const settled = q === d.queues.preprocess && counts.failed ? await d.settledFailures(counts.failed).catch(() => 0) : 0;
   return { name: q.name, counts, paused, ...(cancelled && { cancelled }), ...(settled && { settled }) };
 }
 
