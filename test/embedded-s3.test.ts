@@ -412,11 +412,16 @@ describe('the embedded S3 server', () => {
       await writeFile(object, 'half of a new upl');
       const slow = await get('/photos/direct/small.txt');
       expect([slow.status, await slow.text()]).toEqual([503, expect.stringMatching(/<Code>SlowDown<\/Code>/)]);
+      // old bytes under an MD5 file written just now: a PUT whose bytes have not landed yet (s3rver
+      // may write its MD5 file first), 503; once both are still, s3rver's
       await utimes(object, longAgo, longAgo);
+      await utimes(`${object}.md5`, new Date(), new Date());
+      expect((await get('/photos/direct/small.txt')).status).toBe(503);
+      await utimes(`${object}.md5`, longAgo, longAgo);
       expect((await get('/photos/direct/small.txt')).status).toBe(599);
       await store.putObject(bucket, 'direct/small.txt', small, 'text/plain');
-      // s3rver may answer the PUT before it has written the object's MD5 file: until then the
-      // direct path says 503 (ask again), as a client would; then it serves the object itself
+      // s3rver may answer the PUT before it has written the object's bytes or MD5 file: until then
+      // the direct path says 503 (ask again), as a client would; then it serves the object itself
       let status = 503;
       for (let tries = 0; status === 503 && tries < 40; tries++) {
         if (tries) await new Promise((r) => setTimeout(r, 50));

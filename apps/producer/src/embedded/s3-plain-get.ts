@@ -167,10 +167,11 @@ function md5Hex(body: Uint8Array): string {
  * s3rver overwrites an object's files in place (the object, then its MD5 file, then its metadata),
  * so a read can meet a PUT halfway: new bytes under the old ETag, or an MD5 file cut short. A
  * small object's bytes are checked against its ETag before they are sent: a body that is not the
- * content its ETag names is never sent. When they differ and the object was written just now,
- * the answer is 503 SlowDown (a PUT is in progress: every S3 client asks again); when it has
- * been still for SETTLED_MS, its MD5 file is what is stale (s3rver's copy with new metadata over
- * an existing key keeps the old one), and s3rver answers as it always has. A larger object is
+ * content its ETag names is never sent. When they differ and the object or its MD5 file was
+ * written just now, the answer is 503 SlowDown (a PUT is in progress: every S3 client asks
+ * again; s3rver may write a PUT's MD5 file before the bytes, and answer the PUT before either);
+ * when both have been still for SETTLED_MS, the MD5 file is what is stale (s3rver's copy with new
+ * metadata over an existing key keeps the old one), and s3rver answers as it always has. A larger object is
  * streamed only when its MD5 file was written after it (or it has been still for SETTLED_MS),
  * and a response whose file changed while it was sent is cut off before its last bytes.
  */
@@ -196,7 +197,8 @@ export function servePlainGet(root: string, target: { bucket: string; key: strin
       return false;
     }
     const md5 = tag.text;
-    const settled = Date.now() - st.mtimeMs > SETTLED_MS;
+    // no write of the object in progress: its bytes and its ETag both still for a while
+    const settled = Date.now() - Math.max(st.mtimeMs, tag.mtimeMs) > SETTLED_MS;
     const slowDown = () => {
       sendRefusal(res, { status: 503, code: 'SlowDown', message: 'The object is being written; please ask again.' }, rawPath);
       return true;
