@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { freePort } from './redis.server.js';
+import { freePort, reservePorts } from './redis.server.js';
 
 describe('freePort', () => {
   it('gives ports outside the range the kernel hands to outgoing connections, free to listen on', async () => {
@@ -31,5 +31,17 @@ describe('freePort', () => {
     const ports: number[] = [];
     for (let turn = 0; turn < 20; turn++) ports.push(...(await Promise.all(Array.from({ length: 50 }, () => freePort()))));
     expect(ports.length - new Set(ports).size).toBe(0);
+  });
+
+  it('never gives a port reserved for a server that was given it (up --metrics-port P) and listens later', async () => {
+    // every other port of the range freePort draws from, reserved: without the reservation about
+    // half of 400 draws would land on one
+    const reserved = new Set<number>();
+    for (let port = 10_000; port < 65_536; port += 2) reserved.add(port);
+    reservePorts(reserved);
+    reservePorts([0]); // none given: nothing reserved, no error
+    const ports: number[] = [];
+    for (let turn = 0; turn < 20; turn++) ports.push(...(await Promise.all(Array.from({ length: 20 }, () => freePort()))));
+    expect(ports.filter((p) => reserved.has(p))).toEqual([]);
   });
 });

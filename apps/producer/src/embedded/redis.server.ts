@@ -72,6 +72,16 @@ export async function freePort(): Promise<number> {
   }
 }
 
+/**
+ * Ports a server of this process will listen on that were given, not drawn (`up --metrics-port
+ * P`, `TL_REDIS_PORT`): never handed out by freePort from now on. They are not listening yet when
+ * the stack draws its other ports (Redis's on `TL_REDIS_PORT=0`, say), so a draw would find them
+ * free. Port 0 (none given) is skipped.
+ */
+export function reservePorts(ports: Iterable<number>): void {
+  for (const port of ports) if (port > 0) handedOut.add(port);
+}
+
 /** Whether a server could listen on `port` of `host` now (checked by listening, and closed again). */
 export function isPortFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   return new Promise((resolve) => {

@@ -26,7 +26,7 @@ import {
   exportQueueDepths,
   startMetricsServer,
 } from '@transferline/shared/service-runtime';
-import { freePort, isPortFree, startEmbeddedRedis } from './redis.server.js';
+import { freePort, isPortFree, reservePorts, startEmbeddedRedis } from './redis.server.js';
 import { startEmbeddedS3 } from './s3.server.js';
 import { lockDataDir } from './data-dir.lock.js';
 import { ANOTHER_UP, Supervisor, type RoleName, type SupervisedProcess } from './supervisor.js';
@@ -122,6 +122,8 @@ export async function startStack(
   wanted: { role: RoleName; replica: number; metricsPort: number }[] = childPorts(ports, DEFAULT_REPLICAS),
 ): Promise<Stack> {
   const initial = loadConfig(baseEnv);
+  // the ports given, kept from the draws below (and Redis's on TL_REDIS_PORT=0)
+  reservePorts([ports.producer, ...wanted.map((c) => c.metricsPort), ...(initial.redis.embedded ? [initial.redis.embeddedPort] : []), ...(initial.s3.embedded ? [initial.s3.embeddedPort] : [])]);
   // A worker asked for on port 0 (--metrics-port 0) is given a free port now, rather than binding
   // any port itself: so that its port is known, listed in the banner, and its /healthz watched.
   const children = await Promise.all(wanted.map(async (c) => (c.metricsPort === 0 ? { ...c, metricsPort: await freePort() } : c)));
