@@ -62,6 +62,20 @@ async function signed(method: string, pathname: string, headers: Record<string, 
   return fetch(`${s3.endpoint}${pathname}`, { method, headers: await signedHeaders(method, pathname, headers), redirect: 'manual', ...(body !== undefined && { body }) });
 }
 
+/**
+ * Waits (5 s at most) until `key`'s bytes on the server's disk are `body`: s3rver answers a PUT
+ * before its bytes have landed, and a raw GET meanwhile is answered 503 (ask again), which the
+ * SDK retries and a raw request here does not.
+ */
+async function landed(key: string, body: Uint8Array): Promise<void> {
+  const file = path.join(dir, 's3', 'data', bucket, `${key}._S3rver_object`);
+  const deadline = Date.now() + 5_000;
+  while (!(await readFile(file).catch(() => Buffer.alloc(0))).equals(body)) {
+    if (Date.now() > deadline) throw new Error(`${key}: its bytes did not land within 5 s of its PUT`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** Every file under the test's folder outside the server's data folder, but for its log. */
 async function strayFiles(): Promise<string[]> {
   const all = await readdir(dir, { recursive: true });
@@ -299,6 +313,7 @@ describe('the embedded S3 server', () => {
       const via6 = new ObjectStore({ endpoint: `http://[::1]:${(proxy6.address() as AddressInfo).port}`, region: 'us-east-1', ...creds, forcePathStyle: true });
       try {
         await via6.putObject(bucket, 'train/odd/v6.txt', 'over IPv6');
+        await landed('train/odd/v6.txt', Buffer.from('over IPv6')); // (else its GET may go direct, 503, then the SDK)
         expect((await via6.getObject(bucket, 'train/odd/v6.txt')).toString()).toBe('over IPv6');
         expect(calls()).toEqual([['PUT', 'direct', 200], ['GET', 'direct', 200]]);
       } finally {
@@ -320,6 +335,7 @@ describe('the embedded S3 server', () => {
     for (const [key, body] of Object.entries(bodies)) {
       const put = await signed('PUT', `/${bucket}/${key}`, { 'content-type': 'text/x-test', 'cache-control': 'max-age=60', 'content-disposition': 'attachment', 'x-amz-meta-origin': 'the test' }, body);
       expect(put.status).toBe(200);
+      await landed(key, body);
       for (const query of ['', '?x-id=GetObject']) {
         const get = await signed('GET', `/${bucket}/${key}${query}`);
         expect(get.status).toBe(200);
