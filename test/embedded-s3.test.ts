@@ -564,6 +564,26 @@ describe('the embedded S3 server', () => {
     expect((await store.getObject(bucket, 'cond/d.txt')).toString()).toBe('replaced');
   });
 
+  it('copies no source a PUT is still writing (s3rver would copy bytes its ETag does not name)', async () => {
+    await store.putObject(bucket, 'landing/src.txt', 'old bytes');
+    await landed('landing/src.txt', Buffer.from('old bytes'));
+    const file = path.join(dir, 's3', 'data', bucket, 'landing', 'src.txt._S3rver_object');
+    const longAgo = new Date(Date.now() - 60_000);
+    await utimes(file, longAgo, longAgo);
+    // a PUT of new bytes has written its MD5 file, and not yet its bytes (s3rver may, answered or not)
+    const newMd5 = createHash('md5').update('new bytes').digest('hex');
+    await writeFile(`${file}.md5`, newMd5);
+    const copy = () => signed('PUT', `/${bucket}/landing/dst.txt`, { 'x-amz-copy-source': `/${bucket}/landing/src.txt` });
+    const asked = await copy();
+    expect([asked.status, await asked.text()]).toEqual([503, expect.stringMatching(/<Code>SlowDown<\/Code>/)]);
+    expect(await store.headObject(bucket, 'landing/dst.txt')).toBeUndefined();
+    // landed: the copy goes through, with the bytes its ETag names
+    await writeFile(file, 'new bytes');
+    expect((await copy()).status).toBe(200);
+    expect((await store.getObject(bucket, 'landing/dst.txt')).toString()).toBe('new bytes');
+    expect((await store.headObject(bucket, 'landing/dst.txt'))?.etag).toBe(newMd5);
+  });
+
   it('deletes only the content a delete asks for (if-match), as S3 does', async () => {
     await store.putObject(bucket, 'cond/del.txt', 'first');
     const { etag } = (await store.headObject(bucket, 'cond/del.txt'))!;

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, fstatSync, openSync, readSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
+import { closeSync, createReadStream, fstatSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { ifMatchHolds, objectOfPath, sendRefusal } from './s3-gate.js';
@@ -150,6 +150,8 @@ function readAll(fd: number, size: number): Buffer {
   return n === size ? body : body.subarray(0, n);
 }
 
+/** The ETag of an object PUT whole: the MD5 of its bytes, in hex (one uploaded in parts has `-<parts>` after it). */
+const PLAIN_MD5 = /^[0-9a-f]{32}$/;
 /** An ETag as s3rver stores it: an MD5 in hex, or an upload in parts' (`<md5>-<parts>`). */
 export const STORED_ETAG = /^[0-9a-f]{32}(-\d+)?$/;
 /** An object last written longer ago than this is taken to be still (no write of it in progress). */
@@ -157,6 +159,27 @@ const SETTLED_MS = 2_000;
 
 function md5Hex(body: Uint8Array): string {
   return createHash('md5').update(body).digest('hex');
+}
+
+/**
+ * Whether a PUT may still be writing `bucket/key` in `root`, judged as servePlainGet judges it: a
+ * small object's bytes are not what its MD5 file names, or a large object's MD5 file is not newer
+ * than its bytes, and one of the two files was written within SETTLED_MS. s3rver copies an
+ * object's bytes and its MD5 file as they are: a copy from such a source would keep bytes its
+ * ETag does not name (asked again, 503, it copies what landed). False when it cannot tell (no
+ * such files, a small object's ETag of an upload in parts): s3rver's as before.
+ */
+export function beingWritten(root: string, target: { bucket: string; key: string }): boolean {
+  const objectFile = filePath(root, target.bucket, target.key, 'object');
+  try {
+    const st = statSync(objectFile);
+    const tag = smallFile(`${objectFile}.md5`);
+    if (!st.isFile() || tag === undefined || Date.now() - Math.max(st.mtimeMs, tag.mtimeMs) > SETTLED_MS) return false;
+    if (st.size > SMALL_OBJECT_BYTES) return tag.mtimeMs <= st.mtimeMs;
+    return PLAIN_MD5.test(tag.text) && md5Hex(readFileSync(objectFile)) !== tag.text;
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -216,7 +239,7 @@ export function servePlainGet(root: string, target: { bucket: string; key: strin
       } catch {
         return false;
       }
-      if (!/^[0-9a-f]{32}$/.test(md5) || md5Hex(body) !== md5) return settled ? false : slowDown();
+      if (!PLAIN_MD5.test(md5) || md5Hex(body) !== md5) return settled ? false : slowDown();
     } else if (!STORED_ETAG.test(md5) || (tag.mtimeMs <= st.mtimeMs && !settled)) {
       return false; // a PUT may be writing it: s3rver's
     }

@@ -17,7 +17,7 @@ import S3rver from 's3rver';
 import { isStopMessage, stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 import { listTarget, serveList } from './s3-list.js';
-import { forgetStoredEtag, plainGetTarget, servePlainGet, storeEtagOfBytes, storedSize } from './s3-plain-get.js';
+import { beingWritten, forgetStoredEtag, plainGetTarget, servePlainGet, storeEtagOfBytes, storedSize } from './s3-plain-get.js';
 import { absoluteRange, checkConditions, EMBEDDED_S3_HEALTH_PATH, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, copySourceForS3rver, deleteBody, isDeleteQuery, isSuffixRange, objectOfPath, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
@@ -106,10 +106,15 @@ const server = createServer((req, res) => {
       if (list) return serveList(directory, list, res);
       const plain = plainGetTarget(req, rawPath, query);
       if (plain && servePlainGet(directory, plain, req, res, rawPath)) return;
+      const source = req.headers['x-amz-copy-source'];
+      // (checkCopySource let it through: it decodes)
+      const from = typeof source === 'string' ? objectOfPath(`/${source.split('?')[0]!.replace(/^\//, '')}`) : undefined;
+      if (from && beingWritten(directory, from)) {
+        return sendRefusal(res, { status: 503, code: 'SlowDown', message: 'The copy source is being written; please ask again.' }, rawPath);
+      }
       const condition = await checkConditions(req, rawPath, etagOf);
       if (condition) return sendRefusal(res, condition, rawPath);
       const object = objectOfPath(rawPath);
-      const source = req.headers['x-amz-copy-source'];
       if (typeof source === 'string') {
         req.headers['x-amz-copy-source'] = copySourceForS3rver(source);
         // s3rver keeps the old MD5 file of a key copied over with new metadata: forgotten before
