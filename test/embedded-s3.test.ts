@@ -15,6 +15,7 @@ import { startEmbeddedS3, type EmbeddedS3 } from '../apps/producer/src/embedded/
 import { Sha256 } from '../packages/shared/src/s3.signing.js';
 import { BucketNotFoundError, ObjectChangedError, ObjectNotFoundError, ObjectStore, ObjectTooLargeError, S3UnreachableError } from '../packages/shared/src/index.js';
 import { guardLeaks } from './support/leak-guard.js';
+import { until } from './support/stack.js';
 
 /**
  * The embedded S3 server as a hostile user on the same machine would try it: anonymous and
@@ -67,13 +68,9 @@ async function signed(method: string, pathname: string, headers: Record<string, 
  * before its bytes have landed, and a raw GET meanwhile is answered 503 (ask again), which the
  * SDK retries and a raw request here does not.
  */
-async function landed(key: string, body: Uint8Array): Promise<void> {
+function landed(key: string, body: Uint8Array): Promise<void> {
   const file = path.join(dir, 's3', 'data', bucket, `${key}._S3rver_object`);
-  const deadline = Date.now() + 5_000;
-  while (!(await readFile(file).catch(() => Buffer.alloc(0))).equals(body)) {
-    if (Date.now() > deadline) throw new Error(`${key}: its bytes did not land within 5 s of its PUT`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  return until(`${key}'s bytes to land after its PUT`, async () => (await readFile(file)).equals(body), 5, 20);
 }
 
 /** Every file under the test's folder outside the server's data folder, but for its log. */

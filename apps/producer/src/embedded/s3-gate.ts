@@ -87,6 +87,11 @@ export function copySourceForS3rver(source: string): string {
   return encodeURI(decodeURIComponent(source));
 }
 
+/** The object a copy source names (`/bucket/key` or `bucket/key`, percent-encoded, `?versionId=…` left out). */
+export function copySourceObject(source: string): { bucket: string; key: string } | undefined {
+  return objectOfPath(source.split('?')[0]!);
+}
+
 /** `bytes=-N`: the last N bytes of an object. */
 const SUFFIX_RANGE = /^bytes=-(\d+)$/;
 
@@ -123,9 +128,9 @@ export async function checkConditions(req: IncomingMessage, rawPath: string, eta
   const one = (h: string | string[] | undefined) => (Array.isArray(h) ? h[0] : h);
   const source = one(req.headers['x-amz-copy-source']);
   const onPath = req.method === 'DELETE' || req.method === 'GET' || req.method === 'HEAD';
-  const [target, wanted] = source !== undefined ? [source.split('?')[0]!, one(req.headers['x-amz-copy-source-if-match'])] : onPath ? [rawPath, one(req.headers['if-match'])] : [undefined, undefined];
-  if (target === undefined || wanted === undefined) return null;
-  const object = objectOfPath(target);
+  const wanted = source !== undefined ? one(req.headers['x-amz-copy-source-if-match']) : onPath ? one(req.headers['if-match']) : undefined;
+  if (wanted === undefined) return null;
+  const object = source !== undefined ? copySourceObject(source) : objectOfPath(rawPath);
   if (!object) return null; // a bucket's request: not an object's condition
   const etag = await etagOf(object.bucket, object.key);
   if (etag === undefined) return req.method === 'DELETE' && source === undefined ? refuse(404, 'NoSuchKey', 'The specified key does not exist.') : null;

@@ -24,7 +24,8 @@ import { ifMatchHolds, objectOfPath, sendRefusal } from './s3-gate.js';
  * The small files (the ETag, the metadata, and objects up to SMALL_OBJECT_BYTES) are read
  * synchronously: from the page cache that takes microseconds, less than a hop to libuv's thread
  * pool and back for each (a cold read of one blocks the server for as long; the bound keeps that
- * short). Larger objects are streamed.
+ * short). Larger objects are streamed. A copy's source is judged by the same rule (beingWritten)
+ * before s3rver copies it.
  *
  * s3rver's file layout (its FilesystemStore, 3.x, on POSIX): `<dir>/<bucket>/<key>._S3rver_object`,
  * beside it `…object.md5` (the ETag) and `…_S3rver_metadata.json` (Content-Type, Cache-Control,
@@ -161,6 +162,11 @@ function md5Hex(body: Uint8Array): string {
   return createHash('md5').update(body).digest('hex');
 }
 
+/** No PUT of an object in progress: its bytes and its MD5 file both last written more than SETTLED_MS ago. */
+function still(bytes: { mtimeMs: number }, tag: { mtimeMs: number }): boolean {
+  return Date.now() - Math.max(bytes.mtimeMs, tag.mtimeMs) > SETTLED_MS;
+}
+
 /**
  * Whether a PUT may still be writing `bucket/key` in `root`, judged as servePlainGet judges it: a
  * small object's bytes are not what its MD5 file names, or a large object's MD5 file is not newer
@@ -174,7 +180,7 @@ export function beingWritten(root: string, target: { bucket: string; key: string
   try {
     const st = statSync(objectFile);
     const tag = smallFile(`${objectFile}.md5`);
-    if (!st.isFile() || tag === undefined || Date.now() - Math.max(st.mtimeMs, tag.mtimeMs) > SETTLED_MS) return false;
+    if (!st.isFile() || tag === undefined || still(st, tag)) return false;
     if (st.size > SMALL_OBJECT_BYTES) return tag.mtimeMs <= st.mtimeMs;
     return PLAIN_MD5.test(tag.text) && md5Hex(readFileSync(objectFile)) !== tag.text;
   } catch {
@@ -220,8 +226,7 @@ export function servePlainGet(root: string, target: { bucket: string; key: strin
       return false;
     }
     const md5 = tag.text;
-    // no write of the object in progress: its bytes and its ETag both still for a while
-    const settled = Date.now() - Math.max(st.mtimeMs, tag.mtimeMs) > SETTLED_MS;
+    const settled = still(st, tag);
     const slowDown = () => {
       sendRefusal(res, { status: 503, code: 'SlowDown', message: 'The object is being written; please ask again.' }, rawPath);
       return true;

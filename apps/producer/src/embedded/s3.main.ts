@@ -18,7 +18,7 @@ import { isStopMessage, stopSignals } from '@transferline/shared/lifecycle';
 import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 import { listTarget, serveList } from './s3-list.js';
 import { beingWritten, forgetStoredEtag, plainGetTarget, servePlainGet, storeEtagOfBytes, storedSize } from './s3-plain-get.js';
-import { absoluteRange, checkConditions, EMBEDDED_S3_HEALTH_PATH, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, copySourceForS3rver, deleteBody, isDeleteQuery, isSuffixRange, objectOfPath, sendRefusal } from './s3-gate.js';
+import { absoluteRange, checkConditions, EMBEDDED_S3_HEALTH_PATH, checkCopySource, checkKey, checkKeysElsewhere, checkSignature, copySourceForS3rver, copySourceObject, deleteBody, isDeleteQuery, isSuffixRange, objectOfPath, sendRefusal } from './s3-gate.js';
 
 const env = process.env;
 const directory = env.TL_S3_DIR;
@@ -108,7 +108,7 @@ const server = createServer((req, res) => {
       if (plain && servePlainGet(directory, plain, req, res, rawPath)) return;
       const source = req.headers['x-amz-copy-source'];
       // (checkCopySource let it through: it decodes)
-      const from = typeof source === 'string' ? objectOfPath(`/${source.split('?')[0]!.replace(/^\//, '')}`) : undefined;
+      const from = typeof source === 'string' ? copySourceObject(source) : undefined;
       if (from && beingWritten(directory, from)) {
         return sendRefusal(res, { status: 503, code: 'SlowDown', message: 'The copy source is being written; please ask again.' }, rawPath);
       }
