@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { connectedHint, pollDelayMs, progressOf, type UpRestarts } from './dataset-wait.js';
+import { barCounter, connectedHint, pollDelayMs, type UpRestarts } from './dataset-wait.js';
 
 describe("a dataset wait's looks", () => {
   it('come less often for a large dataset, and take Redis at most a quarter of the time', () => {
@@ -13,23 +13,49 @@ describe("a dataset wait's looks", () => {
 describe("a dataset wait's bar", () => {
   const status = { total: 1_012, embedded: 1_003, cached: 0, failed: 2, pending: 7, orphaned: 0 };
   const ours = { count: 12, what: "this ingest's images" };
+  /** the bar's figures at each of these looks of one wait */
+  const looks = (o: Parameters<typeof barCounter>[0], ...statuses: (typeof status)[]) => {
+    const count = barCounter(o);
+    return statuses.map((s) => count(s));
+  };
 
   it("counts a second ingest's own images, with the dataset's figures beside them", () => {
     // 1005 of 1012 done read as the new ingest's progress: 5 of its 12 are
-    expect(progressOf(status, ours)).toEqual({ value: 5, total: 12, detail: "of this ingest's images done (the dataset: 1005/1012 done, 1003 embedded (0 of them already in the cache), 2 failed)" });
-    expect(progressOf({ ...status, embedded: 1_010, pending: 0 }, ours)).toMatchObject({ value: 12, total: 12 });
+    expect(looks(ours, status, { ...status, embedded: 1_010, pending: 0 })).toEqual([
+      { value: 5, total: 12, detail: "of this ingest's images done (the dataset: 1005/1012 done, 1003 embedded (0 of them already in the cache), 2 failed)" },
+      { value: 12, total: 12, detail: "of this ingest's images done (the dataset: 1012/1012 done, 1010 embedded (0 of them already in the cache), 2 failed)" },
+    ]);
     // a narrowed wait (classify's prefix) names what the figures beside them are of
-    expect(progressOf(status, { ...ours, whole: 'the prefix' }).detail).toMatch(/^of this ingest's images done \(the prefix: 1005\/1012 done, /);
+    expect(looks({ ...ours, whole: 'the prefix' }, status)[0]!.detail).toMatch(/^of this ingest's images done \(the prefix: 1005\/1012 done, /);
   });
 
-  it("counts the whole dataset when the command's images are all of it, or none", () => {
-    expect(progressOf({ ...status, total: 12, embedded: 3, pending: 7 }, ours)).toEqual({ value: 5, total: 12, detail: 'done: 3 embedded (0 of them already in the cache), 2 failed' });
-    expect(progressOf(status, { ...ours, count: 0 })).toMatchObject({ value: 1_005, total: 1_012 });
-    expect(progressOf(status)).toMatchObject({ value: 1_005, total: 1_012 });
+  it("counts the whole dataset when the command's images are all of it, or none, and goes on so when images are added", () => {
+    expect(looks(ours, { ...status, total: 12, embedded: 3, pending: 7 }, { ...status, total: 112, embedded: 3, pending: 107 })).toEqual([
+      { value: 5, total: 12, detail: 'done: 3 embedded (0 of them already in the cache), 2 failed' },
+      { value: 5, total: 112, detail: 'done: 3 embedded (0 of them already in the cache), 2 failed' },
+    ]);
+    expect(looks({ ...ours, count: 0 }, status)[0]).toMatchObject({ value: 1_005, total: 1_012 });
+    expect(looks(undefined, status)[0]).toMatchObject({ value: 1_005, total: 1_012 });
   });
 
-  it('never goes below none done when images of another command are pending too', () => {
-    expect(progressOf({ ...status, embedded: 990, pending: 20 }, ours)).toMatchObject({ value: 0, total: 12 });
+  it("counts another command's images on their way too, since the wait waits for them: never below none done", () => {
+    // 20 pending at the first look, 12 of them ours: the other 8 are done first, then ours
+    const other = { ...status, embedded: 990, pending: 20 };
+    expect(looks(ours, other, { ...other, embedded: 998, pending: 12 }, { ...other, embedded: 1_010, pending: 0 })).toEqual([
+      { value: 0, total: 20, detail: expect.stringMatching(/^of this ingest's images and 8 others done \(the dataset: 992\/1012 done, /) },
+      { value: 8, total: 20, detail: expect.stringMatching(/^of this ingest's images and 8 others done \(the dataset: 1000\/1012 done, /) },
+      { value: 20, total: 20, detail: expect.stringMatching(/^of this ingest's images and 8 others done \(the dataset: 1012\/1012 done, /) },
+    ]);
+  });
+
+  it('counts images added while it waits (another client classifying the same prefix), where it stood at none done of its own', () => {
+    const classify = { count: 12, what: 'the images on their way', whole: 'the prefix' };
+    const added = { ...status, total: 1_112, pending: 107 };
+    const figures = looks(classify, status, added, { ...added, embedded: 1_053, pending: 57 }, { ...added, embedded: 1_103, failed: 9, pending: 0 });
+    expect(figures.map((f) => `${f.value}/${f.total}`)).toEqual(['5/12', '5/112', '55/112', '112/112']);
+    expect(figures[1]!.detail).toMatch(/^of the images on their way and 100 others done \(the prefix: 1005\/1112 done, /);
+    // one that another replaced meanwhile is on its way again: one fewer done, of as many
+    expect(looks(ours, status, { ...status, embedded: 1_002, pending: 8 }).map((f) => `${f.value}/${f.total}`)).toEqual(['5/12', '4/12']);
   });
 });
 

@@ -23,17 +23,43 @@ export interface WaitOptions {
   ours?: { count: number; what: string; whole?: string };
 }
 
+/** The bar's figures at one look: how many done, of how many, and what they are. */
+export interface BarFigures {
+  value: number;
+  total: number;
+  detail: string;
+}
+
 /**
- * The bar's figures: the whole dataset's, or, when the command put only some of its images in
- * motion, those: `ours` less what is still pending in the dataset (an image pending for another
- * command, running at the same time, counts as one of ours not yet done: never below 0).
+ * The bar's figures over one wait, look by look: the whole dataset's, or, when the command put
+ * only some of its images in motion (`ours`), those, with the dataset's beside them. The wait
+ * goes on until nothing in the dataset is on its way, so images that another command has on
+ * their way too (pending already at the first look, or added since: another client's classify
+ * of the same prefix, an ingest into the same dataset) are counted as well once they show: the
+ * total grows to what the wait has seen done plus what is on its way still. Counted as ours
+ * only, the bar stood at 0/12 until the others were all but done.
  */
-export function progressOf(s: Pick<DatasetStatus, 'total' | 'embedded' | 'cached' | 'failed' | 'pending' | 'orphaned'>, ours?: WaitOptions['ours']): { value: number; total: number; detail: string } {
-  const done = s.embedded + s.failed;
-  const counts = `${s.embedded} embedded (${s.cached} of them already in the cache), ${s.failed} failed`;
-  if (!ours || ours.count <= 0 || ours.count >= s.total) return { value: done, total: s.total, detail: `done: ${counts}` };
-  const left = Math.min(ours.count, s.pending + s.orphaned);
-  return { value: ours.count - left, total: ours.count, detail: `of ${ours.what} done (${ours.whole ?? 'the dataset'}: ${done}/${s.total} done, ${counts})` };
+export function barCounter(ours?: WaitOptions['ours']): (s: Pick<DatasetStatus, 'total' | 'embedded' | 'cached' | 'failed' | 'pending' | 'orphaned'>) => BarFigures {
+  /**
+   * The dataset's done before the wait (less those of ours done before the first look), taken at
+   * the first look; undefined when the bar counts the whole dataset (the command's images are all
+   * of it, or none): so it stays, when images are added to the dataset meanwhile.
+   */
+  let doneBefore: number | undefined;
+  let first = true;
+  let total = ours?.count ?? 0;
+  return (s) => {
+    const done = s.embedded + s.failed;
+    const left = s.pending + s.orphaned;
+    const counts = `${s.embedded} embedded (${s.cached} of them already in the cache), ${s.failed} failed`;
+    if (first && ours && ours.count > 0 && ours.count < s.total) doneBefore = done - Math.max(0, ours.count - left);
+    first = false;
+    if (!ours || doneBefore === undefined) return { value: done, total: s.total, detail: `done: ${counts}` };
+    total = Math.max(total, Math.max(0, done - doneBefore) + left);
+    const others = total - ours.count;
+    const what = others > 0 ? `${ours.what} and ${others} other${others === 1 ? '' : 's'}` : ours.what;
+    return { value: total - left, total, detail: `of ${what} done (${ours.whole ?? 'the dataset'}: ${done}/${s.total} done, ${counts})` };
+  };
 }
 
 /** How long a wait (a dataset's, or a job's) rides out an unreachable Redis (at least; the stall timeout if longer). */
@@ -77,6 +103,7 @@ export function redisOutage(ctx: CliContext, stallSeconds: number, then: string)
  */
 export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOptions): Promise<DatasetStatus> {
   const bar = createProgress(`embedding ${dataset}`);
+  const figures = barCounter(o.ours);
   const outage = redisOutage(ctx, o.stallSeconds, `the workers go on when it is back: see "transferline status -d ${dataset}"`);
   let lastDone = -1;
   let lastChange = Date.now();
@@ -97,7 +124,7 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
     }
     const done = s.embedded + s.failed;
     // The count is of images done with: a failed one is done too, and said so.
-    const p = progressOf(s, o.ours);
+    const p = figures(s);
     bar.update(p.value, p.total, p.detail);
     if (s.pending + s.orphaned === 0) return s;
     if (done !== lastDone) {
