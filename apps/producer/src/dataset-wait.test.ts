@@ -42,10 +42,18 @@ describe("a dataset wait's bar", () => {
     // 20 pending at the first look, 12 of them ours: the other 8 are done first, then ours
     const other = { ...status, embedded: 990, pending: 20 };
     expect(looks(ours, other, { ...other, embedded: 998, pending: 12 }, { ...other, embedded: 1_010, pending: 0 })).toEqual([
-      { value: 0, total: 20, detail: expect.stringMatching(/^of this ingest's images and 8 others done \(the dataset: 992\/1012 done, /) },
-      { value: 8, total: 20, detail: expect.stringMatching(/^of this ingest's images and 8 others done \(the dataset: 1000\/1012 done, /) },
-      { value: 20, total: 20, detail: expect.stringMatching(/^of this ingest's images and 8 others done \(the dataset: 1012\/1012 done, /) },
+      { value: 0, total: 20, detail: expect.stringMatching(/^of this ingest's images and 8 more done \(the dataset: 992\/1012 done, /) },
+      { value: 8, total: 20, detail: expect.stringMatching(/^of this ingest's images and 8 more done \(the dataset: 1000\/1012 done, /) },
+      { value: 20, total: 20, detail: expect.stringMatching(/^of this ingest's images and 8 more done \(the dataset: 1012\/1012 done, /) },
     ]);
+  });
+
+  it('takes the images it added from the cache for done from the start, whoever else has images on their way', () => {
+    // 1000 embedded before; this ingest: 90 from the cache, 10 new; another client's 95 on their way
+    const both = { total: 1_195, embedded: 1_090, cached: 90, failed: 0, pending: 105, orphaned: 0 };
+    const figures = looks({ ...ours, count: 100, done: 90 }, both, { ...both, embedded: 1_195, pending: 0 });
+    expect(figures.map((f) => `${f.value}/${f.total}`)).toEqual(['90/195', '195/195']);
+    expect(figures[0]!.detail).toMatch(/^of this ingest's images and 95 more done /);
   });
 
   it('counts images added while it waits (another client classifying the same prefix), where it stood at none done of its own', () => {
@@ -53,7 +61,7 @@ describe("a dataset wait's bar", () => {
     const added = { ...status, total: 1_112, pending: 107 };
     const figures = looks(classify, status, added, { ...added, embedded: 1_053, pending: 57 }, { ...added, embedded: 1_103, failed: 9, pending: 0 });
     expect(figures.map((f) => `${f.value}/${f.total}`)).toEqual(['5/12', '5/112', '55/112', '112/112']);
-    expect(figures[1]!.detail).toMatch(/^of the images on their way and 100 others done \(the prefix: 1005\/1112 done, /);
+    expect(figures[1]!.detail).toMatch(/^of the images on their way and 100 more done \(the prefix: 1005\/1112 done, /);
     // one that another replaced meanwhile is on its way again: one fewer done, of as many
     expect(looks(ours, status, { ...status, embedded: 1_002, pending: 8 }).map((f) => `${f.value}/${f.total}`)).toEqual(['5/12', '4/12']);
   });

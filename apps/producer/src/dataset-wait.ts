@@ -14,13 +14,15 @@ export interface WaitOptions {
   /** only the items whose object lies under this `bucket/prefix` (classify: one prefix of a model's set) */
   within?: string;
   /**
-   * The images this command put in motion (an ingest's new, changed and still-queued objects, a
-   * retry's failures), called as `what`: in a dataset that holds others, done before, the bar
-   * counts these, and the dataset's own counts follow it. A second ingest of 12 new images into
+   * The images this command put in motion (an ingest's new, changed and still-queued objects and
+   * those it added from the cache, a retry's failures), called as `what`; `done` of them were
+   * done before the wait began (added from the cache). In a dataset that holds others, done
+   * before, the bar counts these (and any other command's that the wait waits for too: see
+   * barCounter), and the dataset's own counts follow it. A second ingest of 12 new images into
    * a dataset of 1,000 showed 1000/1012 at once, which read as its own progress. `whole` names
    * what the counts that follow are of (the dataset, unless `within` narrows them).
    */
-  ours?: { count: number; what: string; whole?: string };
+  ours?: { count: number; done?: number; what: string; whole?: string };
 }
 
 /** The bar's figures at one look: how many done, of how many, and what they are. */
@@ -36,8 +38,9 @@ export interface BarFigures {
  * goes on until nothing in the dataset is on its way, so images that another command has on
  * their way too (pending already at the first look, or added since: another client's classify
  * of the same prefix, an ingest into the same dataset) are counted as well once they show: the
- * total grows to what the wait has seen done plus what is on its way still. Counted as ours
- * only, the bar stood at 0/12 until the others were all but done.
+ * total grows to what the wait has seen done plus what is on its way still ("of this ingest's
+ * images and 100 more done"). Counted as ours only, the bar stood at 0/12 until the others were
+ * all but done.
  */
 export function barCounter(ours?: WaitOptions['ours']): (s: Pick<DatasetStatus, 'total' | 'embedded' | 'cached' | 'failed' | 'pending' | 'orphaned'>) => BarFigures {
   /**
@@ -52,12 +55,19 @@ export function barCounter(ours?: WaitOptions['ours']): (s: Pick<DatasetStatus, 
     const done = s.embedded + s.failed;
     const left = s.pending + s.orphaned;
     const counts = `${s.embedded} embedded (${s.cached} of them already in the cache), ${s.failed} failed`;
-    if (first && ours && ours.count > 0 && ours.count < s.total) doneBefore = done - Math.max(0, ours.count - left);
+    // Those of ours on their way at the start and not pending now are taken for done: when others
+    // are pending too, the first look cannot tell whose are, and takes none of ours for done.
+    if (first && ours && ours.count > 0 && ours.count < s.total) {
+      const doneAlready = Math.min(ours.done ?? 0, ours.count);
+      doneBefore = done - doneAlready - Math.max(0, ours.count - doneAlready - left);
+    }
     first = false;
     if (!ours || doneBefore === undefined) return { value: done, total: s.total, detail: `done: ${counts}` };
     total = Math.max(total, Math.max(0, done - doneBefore) + left);
     const others = total - ours.count;
-    const what = others > 0 ? `${ours.what} and ${others} other${others === 1 ? '' : 's'}` : ours.what;
+    // (an image done before the wait that is replaced meanwhile is on its way again: one fewer
+    // done, of as many; the bar still ends full)
+    const what = others > 0 ? `${ours.what} and ${others} more` : ours.what;
     return { value: total - left, total, detail: `of ${what} done (${ours.whole ?? 'the dataset'}: ${done}/${s.total} done, ${counts})` };
   };
 }

@@ -120,7 +120,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   if (!(await ctx.services.datasets.exists(o.dataset))) return { space: space.id, counts };
   // what this ingest waits for: its new and changed objects, and those still on their way from before
   const ours = counts.enqueued + counts.alreadyQueued + counts.retried + counts.unchangedInFlight + counts.fromCache;
-  const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30, ours: { count: ours, what: "this ingest's images" } });
+  const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30, ours: { count: ours, done: counts.fromCache, what: "this ingest's images" } });
   printDatasetSummary(ctx, status);
   return { space: space.id, counts, status };
 }
