@@ -53,7 +53,7 @@ export interface ImageSet {
 }
 
 export interface PreprocessBenchOptions {
-  /** seconds of measurement per figure, summed over rounds */
+  /** seconds of measurement per figure, summed over rounds of about PASS_SECONDS each */
   seconds?: number;
   /** 640×480 JPEGs in the small set */
   smallImages?: number;
@@ -62,7 +62,7 @@ export interface PreprocessBenchOptions {
 }
 
 export async function preprocessBench(o: PreprocessBenchOptions = {}): Promise<SuiteResult> {
-  const seconds = o.seconds ?? 10;
+  const seconds = o.seconds ?? 15;
   const startedAt = new Date().toISOString();
   const notes: string[] = [];
   const large = await largePhotos(notes);
@@ -83,16 +83,16 @@ export async function preprocessBench(o: PreprocessBenchOptions = {}): Promise<S
       await writeFiles(dir, set.images);
       const stages = [await startStage(set, 1, ONE_CORE, pin), await startStage(set, 2, ONE_CORE, pin), await startStage(set, 1, {}, false)];
       try {
+        // Each figure next to the one it is compared with, turn by turn in rounds (see roundRobin).
         const variants: Record<string, Measurer> = {
           raw: rawMeasurer(set.images, PREP, 1),
-          before: rawMeasurer(set.images, BEFORE, 1),
-          raw2: rawMeasurer(set.images, PREP, 2),
           stage1: stages[0]!.measure,
           stage2: stages[1]!.measure,
+          raw2: rawMeasurer(set.images, PREP, 2),
           stageDefault: stages[2]!.measure,
+          before: rawMeasurer(set.images, BEFORE, 1),
           ...Object.fromEntries(python.map((p) => [p, pythonMeasurer(p, dir)])),
         };
-        // Round robin, so that the noise of a shared machine hits every variant alike.
         const m = await roundRobin(variants, seconds);
         const L = (s: string) => `${set.id}: ${s}`;
         const RAW = L('raw prepareImage, 1 at a time (1 core)');
@@ -103,8 +103,8 @@ export async function preprocessBench(o: PreprocessBenchOptions = {}): Promise<S
           { name: RAW, value: m.raw!.rate, unit: 'images/s' },
           { name: L('raw, as before (lanczos3, libvips cache on)'), value: m.before!.rate, unit: 'images/s', vs: RAW },
           { name: L('raw prepareImage, 2 at a time (2 cores)'), value: m.raw2!.rate, unit: 'images/s', vs: RAW },
-          { name: STAGE1, value: stage1.rate, unit: 'images/s', vs: RAW, target: set.id === 'large' ? '≥ 0.85×' : '≥ 0.8×', note: `${cpuNote(stage1)}; ${roundRatios(stage1, m.raw!)}` },
-          { name: L('stage, 2 processes'), value: stage2.rate, unit: 'images/s', vs: STAGE1, target: '≥ 1.7×', note: `${cpuNote(stage2)}; ${roundRatios(stage2, stage1)}` },
+          { name: STAGE1, value: stage1.rate, unit: 'images/s', vs: RAW, target: set.id === 'large' ? '≥ 0.85×' : '≥ 0.8×', note: joinNotes(cpuNote(stage1), roundRatios(stage1, m.raw!)) },
+          { name: L('stage, 2 processes'), value: stage2.rate, unit: 'images/s', vs: STAGE1, target: '≥ 1.7×', note: joinNotes(cpuNote(stage2), roundRatios(stage2, stage1)) },
         );
         if (stage1.cpuMs && stage2.cpuMs) {
           // Every process of the stage shares this machine's cores: two workers at one worker's
@@ -122,7 +122,7 @@ export async function preprocessBench(o: PreprocessBenchOptions = {}): Promise<S
             note: `the lower of: ${cores} cores, 1000 ms of CPU per s each, ÷ (1 process's worker CPU per image + the S3 server's, Redis's and this process's with 2: ${perImage.toFixed(2)} ms per image) = ${allCores.toFixed(0)}; the 2 workers' own cores ÷ ${stage1.cpuMs.workers.toFixed(2)} ms = ${ownCores.toFixed(0)}`,
           });
         }
-        rows.push({ name: L('stage, 1 process, defaults (both cores)'), value: m.stageDefault!.rate, unit: 'images/s', vs: L('raw prepareImage, 2 at a time (2 cores)'), note: cpuNote(m.stageDefault!) });
+        rows.push({ name: L('stage, 1 process, defaults (both cores)'), value: m.stageDefault!.rate, unit: 'images/s', vs: L('raw prepareImage, 2 at a time (2 cores)'), note: joinNotes(cpuNote(m.stageDefault!), roundRatios(m.stageDefault!, m.raw2!)) });
         if (m.pil) rows.push({ name: L('PIL draft() + bilinear (1 process)'), value: m.pil.rate, unit: 'images/s', vs: RAW });
         if (m.opencv) rows.push({ name: L('OpenCV IMREAD_REDUCED + INTER_AREA (1 process)'), value: m.opencv.rate, unit: 'images/s', vs: RAW });
       } finally {
@@ -176,13 +176,16 @@ async function roundRobin(variants: Record<string, Measurer>, seconds: number): 
   // Measured on 640×480: a fresh stage worker's rate rose from about 175 to 205-235 img/s over
   // its first 1,600 images.
   for (let i = 0; i < 2; i++) for (const m of Object.values(variants)) await m(1);
-  // Whole rounds, every variant in each, each for about PASS_SECONDS: a slow spell of a shared
-  // machine (seen here: the raw loop at 145 images/s in one round, 255 in the next) then falls on
-  // every variant alike. Variants run for different lengths, or one left running alone after the
-  // others had their seconds, it fell on one only: the stage's ratio to raw swung from 0.65 to 1.02.
-  while (Object.values(total).some((t) => t.seconds < seconds)) {
+  // Whole rounds, every variant about PASS_SECONDS in each, one after another, in the order
+  // given and then back (so a drift of the machine's speed over a round's minute weighs on the
+  // first and the last alike). Variants run for different lengths, or one left running alone
+  // after the others had their seconds, a slow spell of a shared machine (seen here: the raw
+  // loop at 145 images/s in one round, 255 in the next) fell on one only: the stage's ratio to
+  // raw swung from 0.65 to 1.02.
+  const order = Object.entries(variants);
+  for (let round = 0; round < Math.max(1, Math.ceil(seconds / PASS_SECONDS)); round++) {
     const line: string[] = [];
-    for (const [k, m] of Object.entries(variants)) {
+    for (const [k, m] of round % 2 ? [...order].reverse() : order) {
       const t = total[k]!;
       const r = await m(PASS_SECONDS);
       t.images += r.images;
@@ -191,7 +194,7 @@ async function roundRobin(variants: Record<string, Measurer>, seconds: number): 
       if (r.cpu) t.cpu = perPart((p) => (t.cpu?.[p] ?? 0) + r.cpu![p]);
       line.push(`${k} ${(r.images / r.seconds).toFixed(1)}`);
     }
-    process.stderr.write(`preprocess: round: ${line.join(', ')} images/s\n`);
+    process.stderr.write(`preprocess: round ${round + 1}: ${line.join(', ')} images/s\n`);
   }
   const cores = os.availableParallelism();
   return Object.fromEntries(
@@ -206,10 +209,13 @@ async function roundRobin(variants: Record<string, Measurer>, seconds: number): 
   );
 }
 
-/** "rounds: 0.91, 0.84, 0.88×": a variant's rate over another's in each round (the same spell of the machine). */
+/** "rounds: 0.91, 0.84, 0.88×": a variant's rate over another's, run next to it, in each round. */
 function roundRatios(m: Measured, of: Measured): string {
   return `rounds: ${m.rounds.map((r, i) => (r / of.rounds[i]!).toFixed(2)).join(', ')}×`;
 }
+
+/** A row's notes, those there are, in one. */
+const joinNotes = (...parts: (string | undefined)[]): string => parts.filter(Boolean).join('; ');
 
 /** "CPU per image: workers 3.29, S3 server 1.16, Redis 0.47, this process (ingest, polling) 0.21 ms; cores busy 71%" */
 function cpuNote(m: Measured): string | undefined {
@@ -247,7 +253,7 @@ async function smallJpegs(photos: Image[], n: number): Promise<ImageSet> {
   return { id: 'small', label: `${n} 640×480 JPEGs (q85, made from the photos)`, images };
 }
 
-/** `prepareImage` in this process over the whole set (≥ `seconds`), `lanes` images at a time. */
+/** `prepareImage` in this process over the set, round and round, for `seconds`, `lanes` images at a time. */
 function rawMeasurer(images: Image[], o: PrepareOptions, lanes: number): Measurer {
   return async (seconds) => {
     // the tuned settings are what the worker applies at start; "before" had libvips's cache on
@@ -255,14 +261,11 @@ function rawMeasurer(images: Image[], o: PrepareOptions, lanes: number): Measure
     if (o.kernel === 'lanczos3') sharp.cache(true);
     let done = 0;
     const t0 = performance.now();
-    while (performance.now() - t0 < seconds * 1000) {
-      let next = 0;
-      const lane = async () => {
-        while (next < images.length) await prepareImage(images[next++]!.bytes, o);
-      };
-      await Promise.all(Array.from({ length: lanes }, lane));
-      done += images.length;
-    }
+    const end = t0 + seconds * 1000;
+    const lane = async () => {
+      while (performance.now() < end) await prepareImage(images[done++ % images.length]!.bytes, o);
+    };
+    await Promise.all(Array.from({ length: lanes }, lane));
     sharp.cache(false);
     return { images: done, seconds: (performance.now() - t0) / 1000 };
   };
@@ -412,9 +415,8 @@ fn = pil if sys.argv[1] == 'pil' else opencv
 for b in blobs: fn(b)
 n, t0 = 0, time.perf_counter()
 while time.perf_counter() - t0 < float(sys.argv[3]):
-    for b in blobs:
-        fn(b)
-        n += 1
+    fn(blobs[n % len(blobs)])
+    n += 1
 print(n, time.perf_counter() - t0)
 `;
 
