@@ -1,5 +1,6 @@
+import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
-import { stopAsks, type StopAsked } from './lifecycle.js';
+import { sleep, stopAsks, type StopAsked } from './lifecycle.js';
 
 /** The verdicts of one process asked to stop by each of `asks`, in order. */
 const verdicts = (...asks: StopAsked[]) => {
@@ -23,5 +24,33 @@ describe('a process asked to stop more than once', () => {
     expect(verdicts('up', 'orphaned')).toEqual(['stop', 'exit']);
     expect(verdicts('SIGTERM', 'orphaned')).toEqual(['stop', 'exit']);
     expect(verdicts('orphaned')).toEqual(['stop']);
+  });
+});
+
+describe('sleep with a signal', () => {
+  it('leaves no listener on the signal once the time is up: a wait polls with one signal', async () => {
+    const stop = new AbortController();
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      for (let i = 0; i < 20; i++) await sleep(1, stop.signal);
+      expect(getEventListeners(stop.signal, 'abort')).toHaveLength(0);
+      // the warning an ingest's wait printed after 11 looks (emitted on the next tick)
+      await new Promise((r) => setImmediate(r));
+      expect(warnings.map((w) => w.name)).not.toContain('MaxListenersExceededWarning');
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
+  it('ends at once when the signal aborts, and at once when it has aborted already', async () => {
+    const stop = new AbortController();
+    const started = performance.now();
+    const waiting = sleep(60_000, stop.signal);
+    stop.abort();
+    await waiting;
+    await sleep(60_000, stop.signal);
+    expect(performance.now() - started).toBeLessThan(5_000);
   });
 });

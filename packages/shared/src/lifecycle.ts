@@ -151,12 +151,24 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhil
 /** What stopped a process before it was ready to stop as runUntilSignal does: a signal, or its parent (`up`) going away. */
 export type StopAsked = NodeJS.Signals | 'up' | 'orphaned';
 
-/** Waits `ms`, or less if `signal` aborts first (watch loops that Ctrl-C must end promptly). */
+/**
+ * Waits `ms`, or less if `signal` aborts first (watch loops that Ctrl-C must end promptly). Its
+ * listener leaves the signal when the time is up: a wait polls with the command's one signal,
+ * and listeners left on it piled up one a look (Node's MaxListenersExceededWarning on stderr
+ * after 11 looks of an ingest's wait; a `--watch` left running for days kept them all).
+ */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal?.aborted) return resolve();
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
+    const onAbort = () => {
+      clearTimeout(t);
+      resolve();
+    };
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
