@@ -238,8 +238,25 @@ describe('small CLI holes', () => {
       // a folder with no label folder at all: nothing is sent (a user's trial: every file went, exit 0)
       const flat = await cli(['upload', path.join(dir, 'circle'), 's3://photos-typo/flat/']);
       expect(flat.code).toBe(1);
-      expect(flat.stderr).toBe(`transferline: none of the 1 files under ${path.join(dir, 'circle')} is in a label folder ("1.jpg"): ingest could use none of them; put them in a folder per label (${path.join(dir, 'circle', 'LABEL', '1.jpg')})\n`);
+      expect(flat.stderr).toBe(`transferline: none of the 1 files under ${path.join(dir, 'circle')} is in a label folder ("1.jpg"): ingest could use none of them; put them in a folder per label (${path.join(dir, 'circle', 'LABEL', '1.jpg')}), or add --unlabelled for images to classify\n`);
       expect(await ctx.services.store.headObject('photos-typo', 'flat/1.jpg')).toBeUndefined();
+      // images to classify have no label: --unlabelled sends them, each at its path under the
+      // folder (a user's trial: classify's images had to go up with another S3 client), with the
+      // same checks (not an image: not sent; the same bytes: not sent again)
+      await mkdir(path.join(dir, 'circle', 'more'));
+      await writeFile(path.join(dir, 'circle', 'more', '2.jpg'), await renderSample('circle', 6, 5, 64));
+      await writeFile(path.join(dir, 'circle', 'notes.txt'), 'my notes\n');
+      const toClassify = ['upload', path.join(dir, 'circle'), 's3://photos-typo/flat/', '--unlabelled'];
+      const unlabelled = await cli(toClassify);
+      expect(unlabelled.code).toBe(0);
+      const notRead = 'skipped 1 file that classify could not read as images ("notes.txt": not an image (starts with text))\n';
+      expect(unlabelled.stdout).toBe(`${notRead}uploaded 2 files to s3://photos-typo/flat/\n`);
+      expect(await ctx.services.store.headObject('photos-typo', 'flat/1.jpg')).toBeDefined();
+      expect(await ctx.services.store.headObject('photos-typo', 'flat/more/2.jpg')).toBeDefined();
+      expect(await ctx.services.store.headObject('photos-typo', 'flat/notes.txt')).toBeUndefined();
+      expect((await cli(toClassify)).stdout).toBe(`${notRead}uploaded 0 files to s3://photos-typo/flat/ (2 more already there, the same bytes: not sent again)\n`);
+      await rm(path.join(dir, 'circle', 'more'), { recursive: true });
+      await rm(path.join(dir, 'circle', 'notes.txt'));
       await rm(path.join(dir, 'loose.jpg'));
       const missing = await cli(['upload', path.join(dir, 'nope'), 's3://photos-typo/x/']);
       expect(missing.code).toBe(1);

@@ -144,13 +144,14 @@ program
   .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg')
   .argument('<s3url>', 'destination, e.g. s3://photos/train/', s3url)
   .option('--copies', 'also send files whose bytes are already under another key of the prefix (by default skipped: relabel moved them there)')
-  .action(async (dir: string, url: string, o: { copies?: boolean }) => {
+  .option('--unlabelled', 'images to classify: no label folders needed, every file keeps its path under <dir>')
+  .action(async (dir: string, url: string, o: { copies?: boolean; unlabelled?: boolean }) => {
     // S3 alone: an upload asks nothing of Redis, which need not be running
     const config = loadConfig(process.env);
     const store = new ObjectStore(config.s3);
     sayWhenS3IsSlow(store, config.s3);
     try {
-      await uploadCommand({ services: { store }, out: process.stdout, config }, dir, url, { copies: !!o.copies });
+      await uploadCommand({ services: { store }, out: process.stdout, config }, dir, url, { copies: !!o.copies, unlabelled: !!o.unlabelled });
     } finally {
       store.close();
     }

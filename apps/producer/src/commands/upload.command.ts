@@ -49,24 +49,31 @@ async function cutShort(bytes: Buffer, format: string, preprocess: UploadContext
   }
 }
 
-/** `transferline upload ./photos s3://bucket/train/`: copies a local folder (one sub-folder per label) into the bucket. */
-export async function uploadCommand(ctx: UploadContext, dir: string, url: string, o: { copies?: boolean; parallel?: number } = {}): Promise<number> {
+/**
+ * `transferline upload ./photos s3://bucket/train/`: copies a local folder (one sub-folder per
+ * label) into the bucket. With `unlabelled`, images to classify: every file keeps its path under
+ * the folder, and no label folder is asked for (nor looked for under others: relabel's moves
+ * concern labelled images).
+ */
+export async function uploadCommand(ctx: UploadContext, dir: string, url: string, o: { copies?: boolean; unlabelled?: boolean; parallel?: number } = {}): Promise<number> {
   const parallel = o.parallel ?? 8;
+  /** the command that reads what is uploaded */
+  const reader = o.unlabelled ? 'classify' : 'ingest';
   const { bucket, prefix } = parseS3Url(url);
   // before the folder is read: a name S3 would refuse is said first, whatever the folder holds
   if (!isBucketName(bucket)) throw new Error(`${JSON.stringify(bucket)} cannot be a bucket's name: ${BUCKET_NAME_RULE}`);
   const files = await listFiles(dir).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT') throw new Error(`no folder ${dir}${path.isAbsolute(dir) ? '' : ` here (${path.resolve(dir)})`}`);
-    if (err.code === 'ENOTDIR') throw new Error(`${dir} is a file: upload takes a folder with one sub-folder per label`);
+    if (err.code === 'ENOTDIR') throw new Error(`${dir} is a file: upload takes a folder${o.unlabelled ? '' : ' with one sub-folder per label'}`);
     throw err;
   });
   if (files.length === 0) throw new Error(`no files under ${dir}`);
   // files that ingest would find no label for (not in a label folder), by ingest's own rule
-  const loose = files.filter((f) => itemFromKey(prefix, `${prefix}${f}`) === undefined);
+  const loose = o.unlabelled ? [] : files.filter((f) => itemFromKey(prefix, `${prefix}${f}`) === undefined);
   const named = `${loose.slice(0, 3).map((f) => JSON.stringify(f)).join(', ')}${loose.length > 3 ? ', …' : ''}`;
   const foldered = `put them in a folder per label (${path.join(dir, 'LABEL', loose[0] ?? '')})`;
   // none in a label folder: nothing ingest could use, so nothing is sent (ingest would refuse it)
-  if (loose.length === files.length) throw new Error(`none of the ${files.length} files under ${dir} is in a label folder (${named}): ingest could use none of them; ${foldered}`);
+  if (loose.length === files.length) throw new Error(`none of the ${files.length} files under ${dir} is in a label folder (${named}): ingest could use none of them; ${foldered}, or add --unlabelled for images to classify`);
   if (loose.length) ctx.out.write(`note: ${loose.length} of the ${files.length} files ${loose.length === 1 ? 'is' : 'are'} not in a label folder (${named}): ingest skips them; ${foldered}\n`);
   // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
@@ -79,7 +86,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   for await (const obj of ctx.services.store.listObjects(bucket, prefix)) {
     there.set(obj.key, obj.etag);
     const at = keyBesideLabel(prefix, obj.key);
-    if (at !== undefined) beside.set(at, [...(beside.get(at) ?? []), obj]);
+    if (at !== undefined && !o.unlabelled) beside.set(at, [...(beside.get(at) ?? []), obj]);
   }
   // The same bytes: its ETag is their MD5 when it was put whole; a multipart upload's, or a copy
   // of one, is not an MD5 (and relabel's copy of it another one): the same size then.
@@ -124,7 +131,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   if (skipped.length) {
     skipped.sort((a, b) => (a.rel < b.rel ? -1 : 1));
     const named = skipped.slice(0, 5).map((s) => `${JSON.stringify(s.rel)}: ${s.why}`);
-    ctx.out.write(`skipped ${skipped.length} file${skipped.length === 1 ? '' : 's'} that ingest could not read as images (${named.join('; ')}${skipped.length > 5 ? `; and ${skipped.length - 5} more` : ''})\n`);
+    ctx.out.write(`skipped ${skipped.length} file${skipped.length === 1 ? '' : 's'} that ${reader} could not read as images (${named.join('; ')}${skipped.length > 5 ? `; and ${skipped.length - 5} more` : ''})\n`);
   }
   if (elsewhere.length) {
     elsewhere.sort((a, b) => (a.rel < b.rel ? -1 : 1));
