@@ -140,7 +140,7 @@ program
 
 program
   .command('upload')
-  .description('copy a local folder (one sub-folder per label) into the bucket')
+  .description('copy a local folder (one sub-folder per label; or, with --unlabelled, images to classify) into the bucket')
   .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg')
   .argument('<s3url>', 'destination, e.g. s3://photos/train/', s3url)
   .option('--copies', 'also send files whose bytes are already under another key of the prefix (by default skipped: relabel moved them there)')
