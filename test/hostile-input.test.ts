@@ -255,6 +255,14 @@ describe('small CLI holes', () => {
       expect(await ctx.services.store.headObject('photos-typo', 'flat/more/2.jpg')).toBeDefined();
       expect(await ctx.services.store.headObject('photos-typo', 'flat/notes.txt')).toBeUndefined();
       expect((await cli(toClassify)).stdout).toBe(`${notRead}uploaded 0 files to s3://photos-typo/flat/ (2 more already there, the same bytes: not sent again)\n`);
+      // into a prefix that holds a training set (x/: circle/, square/), said before they go
+      const intoTraining = await cli(['upload', path.join(dir, 'circle'), 's3://photos-typo/x/', '--unlabelled']);
+      expect(intoTraining.stdout).toMatch(/^note: s3:\/\/photos-typo\/x\/ holds 2 images in label folders already \(a training set\?\): these files go beside them; an ingest of the prefix would take their sub-folders for labels, and a classify of it would label those images too\n/);
+      for (const key of ['x/1.jpg', 'x/more/2.jpg']) await ctx.services.store.deleteObject('photos-typo', key);
+      // --copies is about label folders: refused beside --unlabelled, before anything is sent
+      const copies = await cli([...toClassify, '--copies']);
+      expect(copies.code).not.toBe(0);
+      expect(copies.stderr).toMatch(/--copies.*cannot be used with.*--unlabelled/);
       await rm(path.join(dir, 'circle', 'more'), { recursive: true });
       await rm(path.join(dir, 'circle', 'notes.txt'));
       await rm(path.join(dir, 'loose.jpg'));

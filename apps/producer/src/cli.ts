@@ -141,9 +141,9 @@ program
 program
   .command('upload')
   .description('copy a local folder (one sub-folder per label; or, with --unlabelled, images to classify) into the bucket')
-  .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg')
+  .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg (with --unlabelled: any layout)')
   .argument('<s3url>', 'destination, e.g. s3://photos/train/', s3url)
-  .option('--copies', 'also send files whose bytes are already under another key of the prefix (by default skipped: relabel moved them there)')
+  .addOption(new Option('--copies', 'also send files whose bytes are already under another key of the prefix (by default skipped: relabel moved them there)').conflicts('unlabelled'))
   .option('--unlabelled', 'images to classify: no label folders needed, every file keeps its path under <dir>')
   .action(async (dir: string, url: string, o: { copies?: boolean; unlabelled?: boolean }) => {
     // S3 alone: an upload asks nothing of Redis, which need not be running

@@ -83,10 +83,21 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   // under another label folder at the same place, was moved by relabel since the last upload (sent
   // again, it would come back under its old label); --copies sends it all the same
   const beside = new Map<string, { key: string; etag: string; size: number }[]>();
+  /** (--unlabelled) images already in label folders under the prefix, not sent from this folder */
+  let labelled = 0;
+  const ours = new Set(files.map((f) => `${prefix}${f}`));
   for await (const obj of ctx.services.store.listObjects(bucket, prefix)) {
     there.set(obj.key, obj.etag);
     const at = keyBesideLabel(prefix, obj.key);
     if (at !== undefined && !o.unlabelled) beside.set(at, [...(beside.get(at) ?? []), obj]);
+    if (o.unlabelled && !ours.has(obj.key) && itemFromKey(prefix, obj.key) !== undefined) labelled++;
+  }
+  // images to classify sent into a training prefix (by mistake, most likely): said before they go
+  if (labelled) {
+    ctx.out.write(
+      `note: s3://${bucket}/${prefix} holds ${labelled} image${labelled === 1 ? '' : 's'} in label folders already (a training set?): ` +
+        'these files go beside them; an ingest of the prefix would take their sub-folders for labels, and a classify of it would label those images too\n',
+    );
   }
   // The same bytes: its ETag is their MD5 when it was put whole; a multipart upload's, or a copy
   // of one, is not an MD5 (and relabel's copy of it another one): the same size then.
