@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from './logger.js';
 
 /**
@@ -152,24 +153,14 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhil
 export type StopAsked = NodeJS.Signals | 'up' | 'orphaned';
 
 /**
- * Waits `ms`, or less if `signal` aborts first (watch loops that Ctrl-C must end promptly). Its
- * listener leaves the signal when the time is up: a wait polls with the command's one signal,
- * and listeners left on it piled up one a look (Node's MaxListenersExceededWarning on stderr
- * after 11 looks of an ingest's wait; a `--watch` left running for days kept them all).
+ * Waits `ms`, or less if `signal` aborts first (watch loops that Ctrl-C must end promptly). Node's
+ * promise timer takes its listener off the signal when the time is up: a wait polls with the
+ * command's one signal, and listeners left on it piled up one a look (Node's
+ * MaxListenersExceededWarning on stderr after 11 looks of an ingest's wait; a `--watch` left
+ * running for days kept them all). An abort ends it as the time would (its AbortError is no news).
  */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const onAbort = () => {
-      clearTimeout(t);
-      resolve();
-    };
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
+  return delay(ms, undefined, { signal }).catch(() => undefined);
 }
 
 /** How late a deadline's timer may fire before it waits a turn of the event loop (deadlineTimer). */

@@ -83,14 +83,18 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   // under another label folder at the same place, was moved by relabel since the last upload (sent
   // again, it would come back under its old label); --copies sends it all the same
   const beside = new Map<string, { key: string; etag: string; size: number }[]>();
-  /** (--unlabelled) images already in label folders under the prefix, not sent from this folder */
+  // (--unlabelled: no label folders, so none beside; counted instead, the images in label
+  // folders under the prefix that are not this folder's files)
+  const fromHere = o.unlabelled ? new Set(files.map((f) => `${prefix}${f}`)) : undefined;
   let labelled = 0;
-  const ours = new Set(files.map((f) => `${prefix}${f}`));
   for await (const obj of ctx.services.store.listObjects(bucket, prefix)) {
     there.set(obj.key, obj.etag);
+    if (fromHere) {
+      if (!fromHere.has(obj.key) && itemFromKey(prefix, obj.key) !== undefined) labelled++;
+      continue;
+    }
     const at = keyBesideLabel(prefix, obj.key);
-    if (at !== undefined && !o.unlabelled) beside.set(at, [...(beside.get(at) ?? []), obj]);
-    if (o.unlabelled && !ours.has(obj.key) && itemFromKey(prefix, obj.key) !== undefined) labelled++;
+    if (at !== undefined) beside.set(at, [...(beside.get(at) ?? []), obj]);
   }
   // images to classify sent into a training prefix (by mistake, most likely): said before they go
   if (labelled) {
