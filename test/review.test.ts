@@ -578,3 +578,52 @@ describe('review of a dataset with copies of the same bytes', () => {
     for (const p of scores(four.lines)) for (const [label, v] of Object.entries(scores(once.lines)[0]!)) expect(p[label], label).toBeCloseTo(v, 6);
   }, 300_000);
 });
+
+describe('a label manifest instead of label folders', () => {
+  it('labels images from a CSV, follows its edits without embedding again, and refuses a bad one whole', async () => {
+    const put = (key: string, text: string) => ctx.services.store.putObject(bucket, key, Buffer.from(text));
+    // 4 images a class in one flat folder; the manifest beside it, with a header of its own
+    // names, a split column, and a row whose image is not there
+    const rows: string[] = [];
+    for (const kind of KINDS) {
+      for (let i = 0; i < 4; i++) {
+        await ctx.services.store.putObject(bucket, `flat/img/${kind}-${i}.jpg`, await renderSample(kind, i, 91, 128));
+        rows.push(`${i === 0 ? 'test' : ''},img/${kind}-${i}.jpg,${kind}`);
+      }
+    }
+    await put('flat/labels.csv', ['split,filename,class', ...rows, ',img/gone.jpg,circle'].join('\n'));
+    const status = async () => (await runCli(['status', '-d', 'listed'], stack.env)).stdout;
+    const first = await runCli(['ingest', `s3://${bucket}/flat/labels.csv`, '-d', 'listed'], stack.env, 240_000);
+    expect(first.stderr).not.toMatch(/transferline:/);
+    expect(first.stdout).toMatch(/dataset listed: 12 images named by the manifest, 12 enqueued/);
+    expect(first.stdout).toContain(`note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://${bucket}/flat/img/gone.jpg`);
+    expect(first.code).toBe(3); // an image it names is missing: a script's next step should know
+    expect(await status()).toMatch(/dataset listed: 12 images, 12 embedded.*\n {2}labels: circle \(4\), square \(4\), triangle \(4\)/);
+    const [record] = await ctx.services.datasets.getItems('listed', [`${bucket}/flat/img/circle-0.jpg`]);
+    expect(record).toMatchObject({ label: 'circle', split: 'test', manifest: `${bucket}/flat/labels.csv` });
+
+    // its labels are the manifest's: relabel, which moves images between label folders, says so
+    const relabel = await runCli(['relabel', '-d', 'listed', `s3://${bucket}/flat/img/circle-1.jpg`, '--to', 'square'], stack.env);
+    expect(relabel.code).toBe(1);
+    expect(relabel.stderr).toContain(`s3://${bucket}/flat/img/circle-1.jpg takes its label from the manifest s3://${bucket}/flat/labels.csv: change its row there`);
+
+    // edited: two rows gone (and the missing image), one label changed: nothing is embedded again,
+    // the rest are unchanged (the workers' writes kept where their labels came from)
+    const forwardPasses = async () => (await scrape(stack.ports.embed)).get('tl_embed_batch_size_count') ?? 0;
+    const passes = await forwardPasses();
+    const edited = rows.filter((r) => !/(square|triangle)-3\.jpg/.test(r)).map((r) => r.replace('img/circle-1.jpg,circle', 'img/circle-1.jpg,square'));
+    await put('flat/labels.csv', ['split,filename,class', ...edited].join('\n'));
+    const second = await runCli(['ingest', `s3://${bucket}/flat/labels.csv`, '-d', 'listed'], stack.env, 240_000);
+    expect(second.code).toBe(0);
+    expect(second.stdout).toMatch(/10 images named by the manifest, 0 enqueued, 1 added from the embedding cache \(no job\), 9 unchanged, 2 removed from the dataset/);
+    expect(await status()).toMatch(/dataset listed: 10 images, 10 embedded.*\n {2}labels: circle \(3\), square \(4\), triangle \(3\)/);
+    expect(await forwardPasses()).toBe(passes);
+
+    // a manifest with a bad row changes nothing, and says which line
+    await put('flat/labels.csv', ['split,filename,class', ...edited.slice(0, 5), ',img/circle-2.jpg,square', ...edited.slice(5)].join('\n'));
+    const bad = await runCli(['ingest', `s3://${bucket}/flat/labels.csv`, '-d', 'listed'], stack.env, 60_000);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain(`transferline: the manifest s3://${bucket}/flat/labels.csv: a row cannot be read, so nothing of it was ingested\n  line 7: s3://${bucket}/flat/img/circle-2.jpg is listed again with label "square" (line 4: label "circle"): an image has one label`);
+    expect(await status()).toMatch(/dataset listed: 10 images, 10 embedded.*\n {2}labels: circle \(3\), square \(4\), triangle \(3\)/);
+  }, 300_000);
+});

@@ -159,8 +159,8 @@ program
 
 program
   .command('ingest')
-  .description('add every image under an s3:// prefix to a dataset (label = first folder below the prefix) and wait until embedded')
-  .argument('<s3url>', 'e.g. s3://photos/train/', s3url)
+  .description('add every image under an s3:// prefix to a dataset (label = first folder below the prefix), or every image a label manifest names (…/labels.csv or .jsonl: key,label rows), and wait until embedded')
+  .argument('<s3url>', 'e.g. s3://photos/train/, or s3://photos/labels.csv', s3url)
   .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
   .option(...embedderOption)
   .option('--no-wait', 'enqueue and return without waiting for the embeddings')
@@ -179,7 +179,7 @@ program
         return;
       }
       const r = await ingestCommand(ctx, url, settings);
-      if (r.status && r.status.failed > 0) process.exitCode = EXIT.failedItems;
+      if ((r.status && r.status.failed > 0) || r.counts.missing) process.exitCode = EXIT.failedItems;
       // Nothing under the prefix, or nothing in a label folder (a prefix one level too deep), for
       // a dataset that does not exist: a typo, most likely; a script's next step (train) would
       // fail on it. Watching a prefix that is empty for now is fine.

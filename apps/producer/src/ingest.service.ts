@@ -1,3 +1,6 @@
+import path from 'node:path';
+import pMap from 'p-map';
+import { ManifestError, readManifest, type ManifestRow } from './manifest.js';
 import {
   DatasetRepository,
   TRANSIENT_REASONS,
@@ -14,6 +17,7 @@ import {
   type PreprocessJob,
   type Queues,
   type Services,
+  type Split,
 } from '@transferline/shared';
 
 export interface IngestRequest {
@@ -57,6 +61,14 @@ export interface IngestCounts {
    * labels, directly under the prefix: likely a prefix one level too high. Absent otherwise.
    */
   mixedLayout?: { splitFolders: string[]; labelFolders: string[] };
+  /** a manifest's images that are not in the bucket: how many, and the first few (`s3://…`) */
+  missing?: { count: number; first: string[] };
+}
+
+export interface ManifestRequest extends Omit<IngestRequest, 'prefix' | 'labels'> {
+  /** the manifest's key in `bucket` */
+  key: string;
+  format: 'csv' | 'jsonl';
 }
 
 export interface IngestDeps {
@@ -112,28 +124,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
       await datasets.addSource(req.dataset, req.bucket, req.prefix);
       recorded = true;
     }
-    const existing = await datasets.getItems(req.dataset, labelled.map((o) => o.id));
-    const known = existing.flatMap((r, i) => (r ? [[labelled[i]!.id, r] as [string, ItemRecord]] : []));
-    const views = new Map((await deps.services.inspector.classify(req.dataset, known, req.space.id)).map((v) => [v.id, v]));
-    const work: { o: (typeof labelled)[number]; retry: boolean }[] = [];
-    for (const o of labelled) {
-      const v = views.get(o.id);
-      const r = v?.record;
-      const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && (r.space ?? req.space.id) === req.space.id;
-      if (!same) work.push({ o, retry: false });
-      else if (needsRetry(v!, o.lastModified)) work.push({ o, retry: true });
-      else {
-        counts.unchanged++;
-        if (v!.phase === 'preprocess' || v!.phase === 'embed') counts.unchangedInFlight++;
-      }
-    }
-    const outcomes = await submit(req, deps, work.map((w) => ({ ...w.o, ...(w.retry && { previous: views.get(w.o.id) }) })));
-    outcomes.forEach((outcome, i) => {
-      if (outcome === 'cached') counts.fromCache++;
-      else if (work[i]!.retry) counts.retried++;
-      else if (outcome === 'queued') counts.alreadyQueued++;
-      else counts.enqueued++;
-    });
+    await applyPage(req, deps, labelled, counts);
     onPage?.({ ...counts });
   };
   for await (const o of store.listObjects(req.bucket, req.prefix)) {
@@ -162,6 +153,130 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   if (empty.length && req.labels !== 'none') counts.emptyFolders = empty;
   onPage?.({ ...counts });
   return counts;
+}
+
+/** An object to be in the dataset with this label (from its folder, or from a manifest). */
+type Labelled = ObjectInfo & { id: string; label: string; split?: Split; manifest?: string };
+
+/**
+ * Makes the dataset's records of these objects match them: unchanged ones (same ETag, label,
+ * split, source and space) cost nothing, unless they are to be run again; the others are submitted.
+ * Adds what became of each to `counts`.
+ */
+async function applyPage(req: IngestRequest, deps: IngestDeps, labelled: Labelled[], counts: IngestCounts): Promise<void> {
+  const existing = await deps.services.datasets.getItems(req.dataset, labelled.map((o) => o.id));
+  const known = existing.flatMap((r, i) => (r ? [[labelled[i]!.id, r] as [string, ItemRecord]] : []));
+  const views = new Map((await deps.services.inspector.classify(req.dataset, known, req.space.id)).map((v) => [v.id, v]));
+  const work: { o: (typeof labelled)[number]; retry: boolean }[] = [];
+  for (const o of labelled) {
+    const v = views.get(o.id);
+    const r = v?.record;
+    const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && r.manifest === o.manifest && (r.space ?? req.space.id) === req.space.id;
+    if (!same) work.push({ o, retry: false });
+    else if (needsRetry(v!, o.lastModified)) work.push({ o, retry: true });
+    else {
+      counts.unchanged++;
+      if (v!.phase === 'preprocess' || v!.phase === 'embed') counts.unchangedInFlight++;
+    }
+  }
+  const outcomes = await submit(req, deps, work.map((w) => ({ ...w.o, ...(w.retry && { previous: views.get(w.o.id) }) })));
+  outcomes.forEach((outcome, i) => {
+    if (outcome === 'cached') counts.fromCache++;
+    else if (work[i]!.retry) counts.retried++;
+    else if (outcome === 'queued') counts.alreadyQueued++;
+    else counts.enqueued++;
+  });
+}
+
+/** The largest manifest ingest reads (about ten million rows). */
+const MAX_MANIFEST_BYTES = 1 << 30;
+
+/**
+ * Makes the dataset match a label manifest (see manifest.ts): each image it names is ingested
+ * with the manifest's label and split, as a listed object of a label folder would be; images
+ * the manifest gave the dataset before and names no more (or that are gone from the bucket)
+ * leave it. The images' ETags come from a listing of the folder they share, or, for a manifest
+ * that names a few images of a large folder, one HEAD each. Nothing changes when the manifest
+ * cannot be read (ManifestError) or names no image that is in the bucket.
+ */
+export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void): Promise<IngestCounts> {
+  const { store, datasets } = deps.services;
+  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, unchangedInFlight: 0, fromCache: 0, enqueued: 0, alreadyQueued: 0, retried: 0, removed: 0, mergedLabels: [] };
+  const source = DatasetRepository.source(req.bucket, req.key);
+  const rows = await readManifest(await store.getObject(req.bucket, req.key, MAX_MANIFEST_BYTES), req.format, { bucket: req.bucket, key: req.key });
+  const found = await findObjects(store, rows);
+  const missing = rows.filter((r) => !found.has(DatasetRepository.itemId(r.bucket, r.key)));
+  if (missing.length) counts.missing = { count: missing.length, first: missing.slice(0, 5).map((r) => `s3://${r.bucket}/${r.key}`) };
+  if (missing.length === rows.length) {
+    const folder = path.posix.dirname(req.key) === '.' ? '' : `${path.posix.dirname(req.key)}/`;
+    throw new ManifestError(
+      `${rows.length === 1 ? 'the one image' : `none of the ${rows.length} images`} s3://${source} names ${rows.length === 1 ? 'is not' : 'is'} in the bucket (the first: ${counts.missing!.first.join(', ')}), so nothing was ingested: ` +
+        `a key relative to the manifest's folder is read from s3://${req.bucket}/${folder}`,
+    );
+  }
+  await datasets.setSpace(req.dataset, req.space.id);
+  await datasets.addSource(req.dataset, req.bucket, req.key);
+  const labelled: Labelled[] = rows.flatMap((r) => {
+    const id = DatasetRepository.itemId(r.bucket, r.key);
+    const o = found.get(id);
+    return o ? [{ ...o, id, label: r.label, ...(r.split && { split: r.split }), manifest: source }] : [];
+  });
+  for (let i = 0; i < labelled.length; i += 1000) {
+    const page = labelled.slice(i, i + 1000);
+    counts.listed += page.length;
+    await applyPage({ ...req, prefix: '' }, deps, page, counts);
+    onPage?.({ ...counts });
+  }
+  // what the manifest gave the dataset before and gives no more (or whose object is gone)
+  const kept = new Set(labelled.map((o) => o.id));
+  const gone: string[] = [];
+  if ((await datasets.size(req.dataset)) > kept.size) {
+    for await (const page of datasets.scan(req.dataset)) {
+      for (const [id, r] of page) if (r.manifest === source && !kept.has(id)) gone.push(id);
+    }
+  }
+  for (let i = 0; i < gone.length; i += 1000) await datasets.removeItems(req.dataset, gone.slice(i, i + 1000));
+  counts.removed = gone.length;
+  await datasets.markListed(req.dataset, req.bucket, req.key);
+  onPage?.({ ...counts });
+  return counts;
+}
+
+/**
+ * Size, ETag and date of each image the rows name that is in the bucket. Per bucket, the folder
+ * the keys share is listed (a thousand keys a request), until the listing has gone on far longer
+ * than the rows are many: the keys not seen by then are asked for one by one (HEAD).
+ */
+async function findObjects(store: IngestDeps['services']['store'], rows: ManifestRow[]): Promise<Map<string, ObjectInfo>> {
+  const found = new Map<string, ObjectInfo>();
+  const byBucket = new Map<string, string[]>();
+  for (const r of rows) {
+    const keys = byBucket.get(r.bucket);
+    if (keys) keys.push(r.key);
+    else byBucket.set(r.bucket, [r.key]);
+  }
+  for (const [bucket, keys] of byBucket) {
+    const wanted = new Set(keys);
+    const shared = keys.reduce((a, b) => {
+      let n = 0;
+      while (n < a.length && n < b.length && a[n] === b[n]) n++;
+      return a.slice(0, n);
+    });
+    const folder = shared.slice(0, shared.lastIndexOf('/') + 1);
+    let seen = 0;
+    const enough = 2 * wanted.size + 1000;
+    for await (const o of store.listObjects(bucket, folder)) {
+      if (wanted.has(o.key)) found.set(DatasetRepository.itemId(bucket, o.key), o);
+      if (++seen >= enough) break;
+    }
+    if (seen < enough) continue; // listed to the end: what it did not list is not there
+    const rest = [...wanted].filter((key) => !found.has(DatasetRepository.itemId(bucket, key)));
+    await pMap(rest, async (key) => {
+      const o = await store.headObject(bucket, key);
+      if (o) found.set(DatasetRepository.itemId(bucket, key), o);
+    }, { concurrency: 16 });
+  }
+  return found;
 }
 
 /** Records the raw folder spelling behind a (NFC-normalised) label. */
@@ -218,6 +333,8 @@ export interface Submission {
   etag: string;
   label: string;
   split?: ItemRecord['split'];
+  /** the label manifest that gave its label (`bucket/key`), if one did */
+  manifest?: string;
   /** the item's classified state, when it is being run again */
   previous?: ItemView;
 }
@@ -244,7 +361,7 @@ export async function submit(
   const records: [string, ItemRecord][] = [];
   const jobs: { id: string; payload: PreprocessJob }[] = [];
   const outcomes = items.map((o, i): 'cached' | 'enqueued' => {
-    const base = { label: o.label, etag: o.etag, space: req.space.id, ...(o.split && { split: o.split }) };
+    const base = { label: o.label, etag: o.etag, space: req.space.id, ...(o.split && { split: o.split }), ...(o.manifest && { manifest: o.manifest }) };
     const sha256 = knownSha[i];
     if (sha256 && cached[i]) {
       records.push([o.id, { ...base, sha256, state: 'cached' }]);

@@ -326,6 +326,12 @@ async function planMoves(ctx: CliContext, dataset: string, moves: { itemId: stri
       continue;
     }
     named.set(move.itemId, label);
+    // (its label is a row of a manifest, not a folder: the row is what to change)
+    const [record] = await ctx.services.datasets.getItems(dataset, [move.itemId]);
+    if (record?.manifest) {
+      problems.push(`s3://${move.itemId} takes its label from the manifest s3://${record.manifest}: change its row there and ingest the manifest again (nothing is embedded again)`);
+      continue;
+    }
     const source = await ctx.services.datasets.sourceOf(dataset, move.itemId);
     if (!source) {
       problems.push(`s3://${move.itemId} is not under a prefix ingested into ${dataset}`);

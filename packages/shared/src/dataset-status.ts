@@ -259,8 +259,8 @@ export class DatasetInspector {
           if (space && v.space && v.space !== space) {
             const e = elsewhere.get(v.space) ?? { count: 0, sources: new Set<string>() };
             e.count++;
-            sources ??= await this.datasets.sources(dataset);
-            const source = DatasetRepository.sourceAmong(sources, v.id);
+            // (a manifest's image: the manifest is what to ingest again)
+            const source = v.record.manifest ?? DatasetRepository.sourceAmong((sources ??= await this.datasets.sources(dataset)), v.id);
             if (source) e.sources.add(source);
             elsewhere.set(v.space, e);
           }

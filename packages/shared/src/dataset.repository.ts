@@ -5,7 +5,8 @@ import { execPipeline, RedisScript } from './redis.client.js';
 
 // Writes item records (ARGV[1] = 'worker' or 'ingest', then id, record pairs), keeping a `split`
 // the stored record has when the new one names none: the split is known at ingest, and later
-// stages rewrite the record without knowing it. A worker's write keeps the stored label: the
+// stages rewrite the record without knowing it. A worker's write keeps the stored label (and the
+// label manifest that gave it, which no job carries): the
 // label is ingest's to give (a job carries the one of the listing that enqueued it, and an ingest
 // of the parent prefix since gave the object another under the same job). A worker's write is skipped when the stored
 // record is about other content than its job was for (another ETag: the object was overwritten
@@ -38,6 +39,10 @@ for i = 2, #ARGV, 2 do
       end
       if rec.split == nil and o.split then
         rec.split = o.split
+        kept = true
+      end
+      if worker and rec.manifest == nil and o.manifest then
+        rec.manifest = o.manifest
         kept = true
       end
       if kept then ARGV[i + 1] = cjson.encode(rec) end
@@ -93,7 +98,10 @@ export class DatasetRepository {
     await this.redis.hset(this.keys.datasetMeta(dataset), 'space', space);
   }
 
-  /** A prefix as the dataset records its sources, `bucket/prefix` (item ids under it start with it). */
+  /**
+   * A prefix as the dataset records its sources, `bucket/prefix` (item ids under it start with it;
+   * a prefix ends in `/`, or is empty); a label manifest is recorded as `bucket/key` of its object.
+   */
   static source(bucket: string, prefix: string): string {
     return `${bucket}/${prefix}`;
   }
@@ -118,9 +126,12 @@ export class DatasetRepository {
     return this.redis.smembers(this.keys.datasetListed(dataset));
   }
 
-  /** Of a dataset's `sources`, the one an item lies under (the longest, when they nest). */
+  /**
+   * Of a dataset's `sources`, the prefix an item lies under (the longest, when they nest). A
+   * label manifest (a source that names an object, not a prefix ending in `/`) is no folder.
+   */
   static sourceAmong(sources: string[], itemId: string): string | undefined {
-    return sources.filter((s) => itemId.startsWith(s)).sort((a, b) => b.length - a.length)[0];
+    return sources.filter((s) => s.endsWith('/') && itemId.startsWith(s)).sort((a, b) => b.length - a.length)[0];
   }
 
   /** The ingested prefix an item's key lies under (the longest, when they nest), or undefined. */

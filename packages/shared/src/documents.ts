@@ -95,6 +95,11 @@ export const ItemRecord = z.object({
   failedAt: z.string().optional(),
   /** the split the bucket's layout gave it (train/, val/, test/ folders), kept across updates */
   split: Split.optional(),
+  /**
+   * The label manifest (`bucket/key` of its CSV or JSON Lines object) that gave the item its label
+   * and split; absent for an item labelled by its folder.
+   */
+  manifest: z.string().optional(),
 });
 export type ItemRecord = z.infer<typeof ItemRecord>;
 

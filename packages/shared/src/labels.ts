@@ -181,3 +181,13 @@ function swappedOnce(x: string, y: string): boolean {
   const at = [...x].findIndex((c, k) => c !== y[k]);
   return at >= 0 && x[at] === y[at + 1] && x[at + 1] === y[at] && x.slice(at + 2) === y.slice(at + 2);
 }
+
+/**
+ * The format of a label manifest an `s3://` URL names (`…/labels.csv`, `…/labels.jsonl`): rows
+ * of an image's key and its label, instead of label folders. Undefined for a prefix.
+ */
+export function manifestFormat(key: string): 'csv' | 'jsonl' | undefined {
+  if (/\.csv$/i.test(key)) return 'csv';
+  if (/\.(jsonl|ndjson)$/i.test(key)) return 'jsonl';
+  return undefined;
+}

@@ -1,10 +1,11 @@
-import { DatasetRepository, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
+import { DatasetRepository, manifestFormat, ObjectNotFoundError, parseS3ObjectUrl, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
 import { watchRounds } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
-import { ingestPrefix, type IngestCounts } from '../ingest.service.js';
+import { ingestManifest, ingestPrefix, type IngestCounts } from '../ingest.service.js';
+import { ManifestError } from '../manifest.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { confusableLabelNotes } from '../report-words.js';
@@ -51,6 +52,9 @@ export function changedAnything(c: IngestCounts): boolean {
  */
 export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptions): Promise<IngestOutcome> {
   const { bucket, prefix } = parseS3Url(url);
+  // an object named …\.csv or …\.jsonl: a label manifest, not a prefix
+  const format = url.endsWith('/') ? undefined : manifestFormat(url);
+  const manifest = format && { ...parseS3ObjectUrl(url), format };
   // which space, and why: said by the rounds that speak (a quiet --watch round says nothing)
   const { space, message: spaceChoice } = await ctx.services.spaces.resolve(o.embedder, o.embedderReason, await ctx.services.datasets.space(o.dataset)).catch(async (err: unknown) => {
     // none found: under another TL_QUEUE_PREFIX, the setting is named rather than a worker to start
@@ -62,10 +66,15 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   const listing = o.quietUnlessNew ? undefined : createProgress('listing');
   let counts: IngestCounts;
   try {
-    counts = await ingestPrefix({ bucket, prefix, dataset: o.dataset, space }, { services: ctx.services, queues: ctx.queues }, (c) =>
-      listing?.update(c.listed, c.listed, `listed, ${c.enqueued} enqueued`),
-    );
+    const deps = { services: ctx.services, queues: ctx.queues };
+    counts = manifest
+      ? await ingestManifest({ ...manifest, dataset: o.dataset, space }, deps, (c) => listing?.update(c.listed, c.listed, `found, ${c.enqueued} enqueued`))
+      : await ingestPrefix({ bucket, prefix, dataset: o.dataset, space }, deps, (c) => listing?.update(c.listed, c.listed, `listed, ${c.enqueued} enqueued`));
   } catch (err) {
+    if (err instanceof ManifestError) throw new CliExit(EXIT.error, `transferline: ${err.message.split('\n').map(printable).join('\n')}`);
+    if (manifest && err instanceof ObjectNotFoundError && err.key === manifest.key) {
+      throw new CliExit(EXIT.error, `transferline: the manifest ${printable(url)} does not exist (a prefix ends in "/": s3://${printable(bucket)}/${printable(manifest.key)}/)`);
+    }
     throw s3Refusal(err, ctx.config.s3) ?? err;
   } finally {
     listing?.stop();
@@ -73,18 +82,22 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   if (o.quietUnlessNew && !changedAnything(counts)) return { space: space.id, counts, quiet: true };
   if (o.quietUnlessNew) ctx.out.write(`${spaceChoice}\n`);
   const w = (s: string) => ctx.out.write(`${s}\n`);
-  const where = `s3://${printable(bucket)}/${printable(prefix)}`;
-  if (counts.listed === 0) w(`ingest ${where}: no objects there (is the prefix right? keys look like ${where}<label>/<file>)`);
+  const where = manifest ? printable(url) : `s3://${printable(bucket)}/${printable(prefix)}`;
+  if (counts.listed === 0 && !manifest) w(`ingest ${where}: no objects there (is the prefix right? keys look like ${where}<label>/<file>)`);
   w(
-    `ingest ${where} → dataset ${o.dataset}: ${counts.listed} objects listed, ${counts.enqueued} enqueued, ` +
+    `ingest ${where} → dataset ${o.dataset}: ${counts.listed} ${manifest ? 'images named by the manifest' : 'objects listed'}, ${counts.enqueued} enqueued, ` +
       `${counts.fromCache} added from the embedding cache (no job), ${counts.unchanged} unchanged` +
       // (an ingest of them running now, or one that went before and whose work goes on)
       (counts.unchangedInFlight ? ` (${counts.unchangedInFlight} of them still on their way: queued before, not yet embedded)` : '') +
       (counts.alreadyQueued ? `, ${counts.alreadyQueued} already queued (by another ingest of them running now)` : '') +
       (counts.retried ? `, ${counts.retried} tried again (failed on a transient error, or their job was lost)` : '') +
       (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : '') +
-      (counts.removed ? `, ${counts.removed} removed from the dataset (deleted from the bucket)` : ''),
+      (counts.removed ? `, ${counts.removed} removed from the dataset (${manifest ? 'no longer named by the manifest, or deleted from the bucket' : 'deleted from the bucket'})` : ''),
   );
+  if (counts.missing) {
+    const { count, first } = counts.missing;
+    w(`note: ${count} of the images the manifest names ${count === 1 ? 'is' : 'are'} not in the bucket, so not ingested: ${first.map(printable).join(', ')}${count > first.length ? ` and ${count - first.length} more` : ''}`);
+  }
   if (counts.emptyFolders) {
     const names = counts.emptyFolders;
     w(`note: under ${where}, ${folderList(names)} ${names.length === 1 ? 'is an empty folder' : 'are empty folders'} (a folder marker, no image in ${names.length === 1 ? 'it' : 'them'}): no label of ${names.length === 1 ? 'it' : 'them'} is in the dataset`);

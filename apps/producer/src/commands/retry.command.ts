@@ -48,7 +48,7 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
   const retried = [...byBucket.values()].reduce((a, l) => a + l.length, 0);
   for (const [bucket, views] of byBucket) {
     for (let i = 0; i < views.length; i += 1000) {
-      const part = views.slice(i, i + 1000).map((v) => ({ id: v.id, key: DatasetRepository.parseItemId(v.id).key, etag: v.record.etag, label: v.record.label, ...(v.record.split && { split: v.record.split }), previous: v }));
+      const part = views.slice(i, i + 1000).map((v) => ({ id: v.id, key: DatasetRepository.parseItemId(v.id).key, etag: v.record.etag, label: v.record.label, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest && { manifest: v.record.manifest }), previous: v }));
       await submit({ bucket, dataset: o.dataset, space }, { services: ctx.services, queues: ctx.queues }, part);
     }
   }

@@ -1,0 +1,71 @@
+import { describe, expect, it } from 'vitest';
+import { ManifestError, readManifest } from './manifest.js';
+
+const at = { bucket: 'photos', key: 'sets/pets/labels.csv' };
+const csv = (text: string) => readManifest(Buffer.from(text), 'csv', at);
+const jsonl = (text: string) => readManifest(Buffer.from(text), 'jsonl', { ...at, key: 'sets/pets/labels.jsonl' });
+/** The refusal's lines, or a failure when the manifest was taken. */
+async function refusal(p: Promise<unknown>): Promise<string[]> {
+  const err = await p.then(
+    () => expect.fail('the manifest was taken'),
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ManifestError);
+  return (err as Error).message.split('\n');
+}
+
+describe('label manifests', () => {
+  it('reads key,label rows without a header, keys relative to the manifest, from the bucket root, or s3:// URLs', async () => {
+    const rows = await csv('cat-1.jpg,cat\nimg/dog 1.jpg, dog \n../other/cat-2.jpg,cat\n/root.jpg,dog,val\ns3://elsewhere/x/y.png,cat,test\n\n');
+    expect(rows.map(({ bucket, key, label, split }) => ({ bucket, key, label, split }))).toEqual([
+      { bucket: 'photos', key: 'sets/pets/cat-1.jpg', label: 'cat', split: undefined },
+      { bucket: 'photos', key: 'sets/pets/img/dog 1.jpg', label: 'dog', split: undefined },
+      { bucket: 'photos', key: 'sets/other/cat-2.jpg', label: 'cat', split: undefined },
+      { bucket: 'photos', key: 'root.jpg', label: 'dog', split: 'validation' },
+      { bucket: 'elsewhere', key: 'x/y.png', label: 'cat', split: 'test' },
+    ]);
+    expect(rows.map((r) => r.line)).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  it('takes a header that names its columns, in any order, others beside them; quoted values with commas; a BOM', async () => {
+    const rows = await csv('\uFEFFsplit,Class,notes,filename\ntrain,cat,"a note, with a comma",a.jpg\n,dog,,"b, c.jpg"\n');
+    expect(rows.map(({ key, label, split }) => ({ key, label, split }))).toEqual([
+      { key: 'sets/pets/a.jpg', label: 'cat', split: 'train' },
+      { key: 'sets/pets/b, c.jpg', label: 'dog', split: undefined },
+    ]);
+  });
+
+  it('reads JSON Lines, and an image listed twice with the same label once', async () => {
+    const rows = await jsonl('{"path": "a.jpg", "label": "cat"}\n\n{"key": "s3://photos/b.jpg", "label": "Hündin", "split": "valid"}\n{"key": "a.jpg", "label": "cat"}\n');
+    expect(rows.map(({ key, label, split }) => ({ key, label, split }))).toEqual([
+      { key: 'sets/pets/a.jpg', label: 'cat', split: undefined },
+      { key: 'b.jpg', label: 'Hündin'.normalize('NFC'), split: 'validation' },
+    ]);
+  });
+
+  it('refuses the whole manifest over any bad row, naming each line', async () => {
+    const lines = await refusal(csv('key,label,split\na.jpg,cat\na.jpg,dog\n,cat\nb.jpg,\nc.jpg,cat,holdout\n../../../x.jpg,cat\nd/,cat\ne.jpg,?\n"f.jpg,cat\n'));
+    expect(lines[0]).toBe('the manifest s3://photos/sets/pets/labels.csv: 8 rows cannot be read, so nothing of it was ingested');
+    expect(lines.slice(1)).toEqual([
+      '  line 3: s3://photos/sets/pets/a.jpg is listed again with label "dog" (line 2: label "cat"): an image has one label',
+      "  line 4: no key (the image: s3://bucket/key, or a path from the manifest's folder)",
+      '  line 5: no label for b.jpg',
+      '  line 6: split "holdout" is none of train, val (valid, validation), test',
+      "  line 7: ../../../x.jpg goes above the bucket's root",
+      '  line 8: d/ names a folder, not an image',
+      '  line 9: "?" is no label (it stands for an image without one)',
+      expect.stringMatching(/^ {2}line 10: not CSV \(Quote Not Closed/),
+    ]);
+    const json = await refusal(jsonl('{"key": "a.jpg", "label": "cat"}\nnot json\n["a.jpg", "cat"]\n{"file": "b.jpg", "label": 3}\n'));
+    expect(json.slice(1)).toEqual([expect.stringMatching(/^ {2}line 2: not JSON/), '  line 3: not a JSON object (expected {"key": …, "label": …})', '  line 4: no label for b.jpg']);
+  });
+
+  it('shows the first ten problems and counts the rest; an empty manifest is refused', async () => {
+    const many = Array.from({ length: 25 }, (_, i) => `img-${i}.jpg,`).join('\n');
+    const lines = await refusal(csv(many));
+    expect(lines[0]).toMatch(/25 rows cannot be read/);
+    expect(lines).toHaveLength(1 + 10 + 1);
+    expect(lines.at(-1)).toBe('  … and 15 more');
+    expect((await refusal(csv('key,label\n\n')))[0]).toMatch(/^the manifest s3:\/\/photos\/sets\/pets\/labels\.csv has no rows/);
+  });
+});

@@ -1,0 +1,165 @@
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { parse } from 'csv-parse';
+import { UNLABELLED, splitOfFolder, type Split } from '@transferline/shared';
+
+/**
+ * A label manifest: a CSV or JSON Lines object in the bucket that gives each image its label
+ * (and, if it likes, its split), for images that are not sorted into label folders.
+ *
+ * - CSV: `key,label[,split]` per row. A first row that names its columns (the key's: `key`,
+ *   `path`, `file`, `filename`, `filepath`, `image`, `image_path`, `url`, `uri`; the label's:
+ *   `label`, `class`; `split`) is a header, and the columns may then come in any order, with
+ *   others beside them (ignored).
+ * - JSON Lines: one object per line, `{"key": …, "label": …, "split": …}` (the same names).
+ *
+ * A key is `s3://bucket/key`, `/key` from the bucket's root, or a path relative to the folder the
+ * manifest is in (`images/cat-1.jpg`, `../photos/cat-1.jpg`). A split is `train`, `val`
+ * (`valid`, `validation`) or `test`, as split folders are named; empty for none.
+ */
+export interface ManifestRow {
+  /** the row's line in the file (1-based; a CSV value over several lines: its first) */
+  line: number;
+  bucket: string;
+  key: string;
+  label: string;
+  split?: Split;
+}
+
+/** A manifest that cannot be read as one, or names no image there is: nothing of it was ingested. */
+export class ManifestError extends Error {
+  override readonly name = 'ManifestError';
+  constructor(
+    /** what is wrong, in one line */
+    readonly headline: string,
+    /** the first problems, each with its line */
+    readonly problems: string[] = [],
+    /** how many rows have a problem */
+    readonly total = problems.length,
+  ) {
+    super([headline, ...problems.map((p) => `  ${p}`), ...(total > problems.length ? [`  … and ${total - problems.length} more`] : [])].join('\n'));
+  }
+}
+
+/** Column names a header may give the image's key. */
+const KEY_NAMES = new Set(['key', 'path', 'file', 'filename', 'file_name', 'filepath', 'file_path', 'image', 'image_path', 'url', 'uri']);
+/** Column names a header may give the label. */
+const LABEL_NAMES = new Set(['label', 'class']);
+/** The problems a refusal shows. */
+const SHOWN = 10;
+
+/**
+ * Reads a manifest's rows, each image once, every key resolved against the manifest's own
+ * place (`bucket`, `manifestKey`). Throws ManifestError, naming lines, when any row lacks a key
+ * or a label, names a folder, an unknown split, or an image a second time with another label.
+ */
+export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: { bucket: string; key: string }): Promise<ManifestRow[]> {
+  const where = `the manifest s3://${at.bucket}/${at.key}`;
+  const problems: { line: number; what: string }[] = [];
+  const problem = (line: number, what: string) => problems.push({ line, what });
+  const rows = new Map<string, ManifestRow>();
+  const add = (line: number, fields: { key?: unknown; label?: unknown; split?: unknown }) => {
+    const row = rowOf(line, fields, at);
+    if (typeof row === 'string') return problem(line, row);
+    const id = `${row.bucket}/${row.key}`;
+    const before = rows.get(id);
+    if (before === undefined) rows.set(id, row);
+    else if (before.label !== row.label || before.split !== row.split) {
+      problem(line, `s3://${id} is listed again with ${describe(row)} (line ${before.line}: ${describe(before)}): an image has one label`);
+    }
+  };
+  if (format === 'jsonl') {
+    bytes
+      .toString('utf8')
+      .replace(/^\uFEFF/, '')
+      .split(/\r?\n/)
+      .forEach((text, i) => {
+        if (text.trim() === '') return;
+        let value: unknown;
+        try {
+          value = JSON.parse(text);
+        } catch (err) {
+          return problem(i + 1, `not JSON (${(err as Error).message})`);
+        }
+        if (typeof value !== 'object' || value === null || Array.isArray(value)) return problem(i + 1, 'not a JSON object (expected {"key": …, "label": …})');
+        const o = value as Record<string, unknown>;
+        const named = (names: Set<string>) => Object.keys(o).find((k) => names.has(k.toLowerCase()));
+        const keyName = named(KEY_NAMES);
+        const labelName = named(LABEL_NAMES);
+        add(i + 1, { key: keyName === undefined ? undefined : o[keyName], label: labelName === undefined ? undefined : o[labelName], split: o.split });
+      });
+  } else {
+    // (a record that is no CSV, an unclosed quote, is said and skipped: the others are still read
+    // for what else is wrong; a quote inside an unquoted value is taken as it is)
+    const parser = Readable.from([bytes]).pipe(
+      parse({ bom: true, trim: true, skip_empty_lines: true, relax_column_count: true, relax_quotes: true, skip_records_with_error: true, info: true }),
+    );
+    parser.on('skip', (err: Error & { lines?: number }) => problem(err.lines ?? 0, `not CSV (${err.message})`));
+    let columns: { key: number; label: number; split?: number } | undefined;
+    try {
+      for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
+        const line = info.lines;
+        if (columns === undefined) {
+          const names = record.map((f) => f.toLowerCase());
+          const key = names.findIndex((n) => KEY_NAMES.has(n));
+          const label = names.findIndex((n) => LABEL_NAMES.has(n));
+          if (key >= 0 && label >= 0) {
+            columns = { key, label, ...(names.includes('split') && { split: names.indexOf('split') }) };
+            continue;
+          }
+          columns = { key: 0, label: 1, split: 2 };
+        }
+        add(line, { key: record[columns.key], label: record[columns.label], split: columns.split === undefined ? undefined : record[columns.split] });
+      }
+    } catch (err) {
+      // (csv-parse names the line: an unclosed quote, a quote inside an unquoted value)
+      problem(Number((err as { lines?: number }).lines ?? 0), `not CSV (${(err as Error).message})`);
+    }
+  }
+  if (problems.length) {
+    const shown = problems.sort((a, b) => a.line - b.line).slice(0, SHOWN).map((p) => `line ${p.line}: ${p.what}`);
+    throw new ManifestError(`${where}: ${problems.length === 1 ? 'a row' : `${problems.length} rows`} cannot be read, so nothing of it was ingested`, shown, problems.length);
+  }
+  if (rows.size === 0) throw new ManifestError(`${where} has no rows: expected key,label in each (README: "A label manifest")`);
+  return [...rows.values()];
+}
+
+/** One row's image, or what is wrong with it. */
+function rowOf(line: number, f: { key?: unknown; label?: unknown; split?: unknown }, at: { bucket: string; key: string }): ManifestRow | string {
+  if (typeof f.key !== 'string' || f.key.trim() === '') return 'no key (the image: s3://bucket/key, or a path from the manifest\'s folder)';
+  if (typeof f.label !== 'string' || f.label.trim() === '') return `no label for ${f.key}`;
+  const label = f.label.trim().normalize('NFC');
+  if (label === UNLABELLED) return `"${UNLABELLED}" is no label (it stands for an image without one)`;
+  let split: Split | undefined;
+  if (f.split !== undefined && f.split !== null && f.split !== '') {
+    split = typeof f.split === 'string' ? splitOfFolder(f.split.trim()) : undefined;
+    if (split === undefined) return `split ${JSON.stringify(f.split)} is none of train, val (valid, validation), test`;
+  }
+  const resolved = resolveKey(f.key.trim(), at);
+  if (typeof resolved === 'string') return resolved;
+  return { line, ...resolved, label, ...(split && { split }) };
+}
+
+/** A key as a manifest writes it, as a bucket and key (or what is wrong with it). */
+function resolveKey(value: string, at: { bucket: string; key: string }): { bucket: string; key: string } | string {
+  let bucket = at.bucket;
+  let key: string;
+  if (value.startsWith('s3://')) {
+    const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(value);
+    if (!m) return `${value} names no object (expected s3://bucket/key)`;
+    [, bucket, key] = m as unknown as [string, string, string];
+  } else if (value.startsWith('/')) {
+    key = value.slice(1);
+  } else {
+    // relative to the manifest's folder, `..` included, never above the bucket's root
+    const joined = path.posix.join(path.posix.dirname(at.key), value);
+    if (joined === '..' || joined.startsWith('../')) return `${value} goes above the bucket's root`;
+    key = joined === '.' ? '' : joined;
+  }
+  if (key === '' || key.endsWith('/')) return `${value} names a folder, not an image`;
+  return { bucket, key };
+}
+
+function describe(r: Pick<ManifestRow, 'label' | 'split'>): string {
+  return `label ${JSON.stringify(r.label)}${r.split ? `, split ${r.split}` : ''}`;
+}
