@@ -45,6 +45,12 @@ export function changedAnything(c: IngestCounts): boolean {
   return c.enqueued + c.alreadyQueued + c.fromCache + c.retried + c.removed > 0;
 }
 
+/** The label manifest an ingest's URL names (an object ending in .csv, .jsonl or .ndjson), or undefined for a prefix. */
+function manifestOf(url: string): { bucket: string; key: string; format: 'csv' | 'jsonl' } | undefined {
+  const format = url.endsWith('/') ? undefined : manifestFormat(url);
+  return format && { ...parseS3ObjectUrl(url), format };
+}
+
 /**
  * `transferline ingest s3://bucket/prefix --dataset NAME`: list, enqueue, then follow the dataset
  * until every item is embedded or failed. The embedding space comes from the cluster (the embed
@@ -52,9 +58,7 @@ export function changedAnything(c: IngestCounts): boolean {
  */
 export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptions): Promise<IngestOutcome> {
   const { bucket, prefix } = parseS3Url(url);
-  // an object named …\.csv or …\.jsonl: a label manifest, not a prefix
-  const format = url.endsWith('/') ? undefined : manifestFormat(url);
-  const manifest = format && { ...parseS3ObjectUrl(url), format };
+  const manifest = manifestOf(url);
   // which space, and why: said by the rounds that speak (a quiet --watch round says nothing)
   const { space, message: spaceChoice } = await ctx.services.spaces.resolve(o.embedder, o.embedderReason, await ctx.services.datasets.space(o.dataset)).catch(async (err: unknown) => {
     // none found: under another TL_QUEUE_PREFIX, the setting is named rather than a worker to start
@@ -160,7 +164,8 @@ export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions)
     failed ||= (outcome.status?.failed ?? 0) > 0;
     onRound?.(outcome);
     if (round === 1) {
-      ctx.out.write(`watching ${printable(url)}: listing it every ${intervalSeconds} s for new and changed images (Ctrl-C to stop)\n`);
+      const what = manifestOf(url) ? 'reading the manifest' : 'listing it';
+      ctx.out.write(`watching ${printable(url)}: ${what} every ${intervalSeconds} s for new and changed images (Ctrl-C to stop)\n`);
       // the space the first round chose stays the watch's, whatever other spaces' workers come and go
       if (!ingest.embedder) Object.assign(ingest, { embedder: outcome.space, embedderReason: 'the one this watch started with' });
     }
