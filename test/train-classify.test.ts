@@ -476,6 +476,13 @@ describe('training runs and classification', () => {
     const empty = await runCli(['classify', `s3://${photos}/no-such-prefix/`, '--model', 'shapes'], stack.env);
     expect({ code: empty.code, stderr: empty.stderr }).toEqual({ code: 1, stderr: `transferline: nothing to classify under s3://${photos}/no-such-prefix/: no objects there (is the prefix right?)\n` });
     expect(empty.stdout).not.toMatch(/classified/);
+    // one object named (a label manifest, meant for ingest): said so
+    await ctx.services.store.putObject(photos, 'lists/new.csv', Buffer.from('a.jpg,circle\n'));
+    const object = await runCli(['classify', `s3://${photos}/lists/new.csv`, '--model', 'shapes'], stack.env);
+    expect({ code: object.code, stderr: object.stderr }).toEqual({
+      code: 1,
+      stderr: `transferline: nothing to classify under s3://${photos}/lists/new.csv/: no objects there; s3://${photos}/lists/new.csv is an object: classify takes a prefix (a label manifest is for ingest)\n`,
+    });
   });
 
   it('ingest --watch speaks only for a round that found something new', async () => {

@@ -111,7 +111,10 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     // a mistyped prefix must not read as "all done", nor end as a success (as ingest's does not)
     if (round === 1 && counts.listed === 0) {
       const where = `s3://${printable(bucket)}/${printable(prefix)}`;
-      if (!o.watch && before.total === 0) throw new CliExit(EXIT.error, `transferline: nothing to classify under ${where}: no objects there (is the prefix right?)`);
+      // (the URL names one object, a label manifest most likely: classify takes a folder)
+      const object = !url.endsWith('/') && (await ctx.services.store.headObject(bucket, prefix.slice(0, -1)).catch(() => undefined));
+      const hint = object ? `; ${printable(url)} is an object: classify takes a prefix (a label manifest is for ingest)` : ' (is the prefix right?)';
+      if (!o.watch && before.total === 0) throw new CliExit(EXIT.error, `transferline: nothing to classify under ${where}: no objects there${hint}`);
       ctx.out.write(`classify ${where}: no objects there${o.watch ? ' yet' : ''} (is the prefix right?)\n`);
     }
     // Wait for whatever under this prefix is still on its way, not only what this round enqueued:
