@@ -582,8 +582,11 @@ describe('review of a dataset with copies of the same bytes', () => {
 describe('a label manifest instead of label folders', () => {
   it('labels images from a CSV, follows its edits without embedding again, and refuses a bad one whole', async () => {
     const put = (key: string, text: string) => ctx.services.store.putObject(bucket, key, Buffer.from(text));
-    // 4 images a class in one flat folder; the manifest beside it, with a header of its own
-    // names, a split column, and a row whose image is not there
+    const status = async (dataset = 'listed') => (await runCli(['status', '-d', dataset], stack.env)).stdout;
+    const record = async (key: string) => (await ctx.services.datasets.getItems('listed', [`${bucket}/${key}`]))[0];
+    const forwardPasses = async () => (await scrape(stack.ports.embed)).get('tl_embed_batch_size_count') ?? 0;
+    // 4 images a class in one flat folder, one more in another bucket; the manifest beside the
+    // folder, with a header of its own names, a split column, and a row whose image is not there
     const rows: string[] = [];
     for (const kind of KINDS) {
       for (let i = 0; i < 4; i++) {
@@ -591,39 +594,66 @@ describe('a label manifest instead of label folders', () => {
         rows.push(`${i === 0 ? 'test' : ''},img/${kind}-${i}.jpg,${kind}`);
       }
     }
+    await ctx.services.store.ensureBucket('review-archive');
+    await ctx.services.store.putObject('review-archive', 'old/circle-9.jpg', await renderSample('circle', 9, 91, 128));
+    rows.push(',s3://review-archive/old/circle-9.jpg,circle');
     await put('flat/labels.csv', ['split,filename,class', ...rows, ',img/gone.jpg,circle'].join('\n'));
-    const status = async () => (await runCli(['status', '-d', 'listed'], stack.env)).stdout;
     const first = await runCli(['ingest', `s3://${bucket}/flat/labels.csv`, '-d', 'listed'], stack.env, 240_000);
     expect(first.stderr).not.toMatch(/transferline:/);
-    expect(first.stdout).toMatch(/dataset listed: 12 images named by the manifest, 12 enqueued/);
+    expect(first.stdout).toMatch(/dataset listed: 13 images named by the manifest, 13 enqueued/);
     expect(first.stdout).toContain(`note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://${bucket}/flat/img/gone.jpg`);
     expect(first.code).toBe(3); // an image it names is missing: a script's next step should know
-    expect(await status()).toMatch(/dataset listed: 12 images, 12 embedded.*\n {2}labels: circle \(4\), square \(4\), triangle \(4\)/);
-    const [record] = await ctx.services.datasets.getItems('listed', [`${bucket}/flat/img/circle-0.jpg`]);
-    expect(record).toMatchObject({ label: 'circle', split: 'test', manifest: `${bucket}/flat/labels.csv` });
+    // every one embedded, the one in the other bucket too (its job reads its own bucket)
+    expect(await status()).toMatch(/dataset listed: 13 images, 13 embedded \(.*\), 0 failed, 0 pending.*\n {2}labels: circle \(5\), square \(4\), triangle \(4\)/);
+    expect(await record('flat/img/circle-0.jpg')).toMatchObject({ label: 'circle', split: 'test', manifest: `${bucket}/flat/labels.csv` });
 
     // its labels are the manifest's: relabel, which moves images between label folders, says so
     const relabel = await runCli(['relabel', '-d', 'listed', `s3://${bucket}/flat/img/circle-1.jpg`, '--to', 'square'], stack.env);
     expect(relabel.code).toBe(1);
     expect(relabel.stderr).toContain(`s3://${bucket}/flat/img/circle-1.jpg takes its label from the manifest s3://${bucket}/flat/labels.csv: change its row there`);
 
-    // edited: two rows gone (and the missing image), one label changed: nothing is embedded again,
-    // the rest are unchanged (the workers' writes kept where their labels came from)
-    const forwardPasses = async () => (await scrape(stack.ports.embed)).get('tl_embed_batch_size_count') ?? 0;
+    // edited: two rows gone (and the missing image), a label changed, a split taken away: nothing
+    // is embedded again, the rest are unchanged (the workers' writes kept where their labels came from)
     const passes = await forwardPasses();
-    const edited = rows.filter((r) => !/(square|triangle)-3\.jpg/.test(r)).map((r) => r.replace('img/circle-1.jpg,circle', 'img/circle-1.jpg,square'));
+    const edited = rows
+      .filter((r) => !/(square|triangle)-3\.jpg/.test(r))
+      .map((r) => r.replace('img/circle-1.jpg,circle', 'img/circle-1.jpg,square').replace('test,img/circle-0.jpg', ',img/circle-0.jpg'));
     await put('flat/labels.csv', ['split,filename,class', ...edited].join('\n'));
     const second = await runCli(['ingest', `s3://${bucket}/flat/labels.csv`, '-d', 'listed'], stack.env, 240_000);
     expect(second.code).toBe(0);
-    expect(second.stdout).toMatch(/10 images named by the manifest, 0 enqueued, 1 added from the embedding cache \(no job\), 9 unchanged, 2 removed from the dataset/);
-    expect(await status()).toMatch(/dataset listed: 10 images, 10 embedded.*\n {2}labels: circle \(3\), square \(4\), triangle \(3\)/);
-    expect(await forwardPasses()).toBe(passes);
+    expect(second.stdout).toMatch(/11 images named by the manifest, 0 enqueued, 2 added from the embedding cache \(no job\), 9 unchanged, 2 removed from the dataset/);
+    expect(await status()).toMatch(/dataset listed: 11 images, 11 embedded.*\n {2}labels: circle \(4\), square \(4\), triangle \(3\)/);
+    expect((await record('flat/img/circle-0.jpg'))?.split).toBeUndefined();
+    // and once more: all as it was (a row's split, or its absence, is not taken for a change)
+    expect((await runCli(['ingest', `s3://${bucket}/flat/labels.csv`, '-d', 'listed'], stack.env, 240_000)).stdout).toMatch(/11 images named by the manifest, 0 enqueued, 0 added from the embedding cache \(no job\), 11 unchanged/);
 
     // a manifest with a bad row changes nothing, and says which line
     await put('flat/labels.csv', ['split,filename,class', ...edited.slice(0, 5), ',img/circle-2.jpg,square', ...edited.slice(5)].join('\n'));
     const bad = await runCli(['ingest', `s3://${bucket}/flat/labels.csv`, '-d', 'listed'], stack.env, 60_000);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain(`transferline: the manifest s3://${bucket}/flat/labels.csv: a row cannot be read, so nothing of it was ingested\n  line 7: s3://${bucket}/flat/img/circle-2.jpg is listed again with label "square" (line 4: label "circle"): an image has one label`);
-    expect(await status()).toMatch(/dataset listed: 10 images, 10 embedded.*\n {2}labels: circle \(3\), square \(4\), triangle \(3\)/);
+    expect(await status()).toMatch(/dataset listed: 11 images, 11 embedded.*\n {2}labels: circle \(4\), square \(4\), triangle \(3\)/);
+    await put('flat/labels.csv', ['split,filename,class', ...edited].join('\n'));
+
+    // a listing of the folder (its images are in img/, a "label" folder) leaves the manifest's
+    // images as it labels them; the two it no longer names are the listing's
+    const prefix = await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'listed'], stack.env, 240_000);
+    expect(prefix.code).toBe(0);
+    expect(prefix.stdout).toMatch(/13 objects listed, 2 enqueued, 0 added from the embedding cache \(no job\), 0 unchanged, 1 skipped \(not in a label folder.*\), 10 left as a label manifest labels them$/m);
+    expect(prefix.stdout).toContain(`note: 10 of the images under s3://${bucket}/flat/ take their labels in dataset listed from the manifest s3://${bucket}/flat/labels.csv, not from their folders`);
+    expect(await status()).toMatch(/dataset listed: 13 images, 13 embedded.*\n {2}labels: circle \(4\), img \(2\), square \(4\), triangle \(3\)/);
+    expect(await forwardPasses()).toBe(passes);
+
+    // review's advice to relabel says what relabel leaves
+    const review = await runCli(['review', '-d', 'listed'], stack.env, 240_000);
+    expect(review.code).toBe(0);
+    expect(review.stdout).toContain(`  (images that the label manifest s3://${bucket}/flat/labels.csv labels are not moved by relabel: change their rows there and ingest it again)`);
+
+    // another dataset, labelled by folders, may not move an image this manifest names
+    expect((await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'folders'], stack.env, 240_000)).code).toBe(0);
+    const elsewhere = await runCli(['relabel', '-d', 'folders', `s3://${bucket}/flat/img/circle-2.jpg`, '--to', 'circle', '--new-label'], stack.env);
+    expect(elsewhere.code).toBe(1);
+    expect(elsewhere.stderr).toContain(`s3://${bucket}/flat/img/circle-2.jpg is labelled in dataset listed by the manifest s3://${bucket}/flat/labels.csv, whose row would name a key that is gone`);
+    expect(await ctx.services.store.headObject(bucket, 'flat/img/circle-2.jpg')).toBeDefined();
   }, 300_000);
 });

@@ -3,6 +3,7 @@ import pMap from 'p-map';
 import { ManifestError, readManifest, type ManifestRow } from './manifest.js';
 import {
   DatasetRepository,
+  ObjectTooLargeError,
   TRANSIENT_REASONS,
   UNLABELLED,
   itemFromKey,
@@ -63,6 +64,8 @@ export interface IngestCounts {
   mixedLayout?: { splitFolders: string[]; labelFolders: string[] };
   /** a manifest's images that are not in the bucket: how many, and the first few (`s3://…`) */
   missing?: { count: number; first: string[] };
+  /** listed objects a label manifest labels in the dataset: left as it labels them; the manifests (`bucket/key`) */
+  manifestLabelled?: { count: number; manifests: string[] };
 }
 
 export interface ManifestRequest extends Omit<IngestRequest, 'prefix' | 'labels'> {
@@ -163,7 +166,7 @@ type Labelled = ObjectInfo & { id: string; label: string; split?: Split; manifes
  * split, source and space) cost nothing, unless they are to be run again; the others are submitted.
  * Adds what became of each to `counts`.
  */
-async function applyPage(req: IngestRequest, deps: IngestDeps, labelled: Labelled[], counts: IngestCounts): Promise<void> {
+async function applyPage(req: Pick<IngestRequest, 'dataset' | 'space'>, deps: IngestDeps, labelled: Labelled[], counts: IngestCounts): Promise<void> {
   const existing = await deps.services.datasets.getItems(req.dataset, labelled.map((o) => o.id));
   const known = existing.flatMap((r, i) => (r ? [[labelled[i]!.id, r] as [string, ItemRecord]] : []));
   const views = new Map((await deps.services.inspector.classify(req.dataset, known, req.space.id)).map((v) => [v.id, v]));
@@ -171,6 +174,13 @@ async function applyPage(req: IngestRequest, deps: IngestDeps, labelled: Labelle
   for (const o of labelled) {
     const v = views.get(o.id);
     const r = v?.record;
+    // a listing does not take an image from the manifest that labels it (its row says more than its folder)
+    if (r?.manifest !== undefined && o.manifest === undefined) {
+      counts.manifestLabelled ??= { count: 0, manifests: [] };
+      counts.manifestLabelled.count++;
+      if (!counts.manifestLabelled.manifests.includes(r.manifest)) counts.manifestLabelled.manifests.push(r.manifest);
+      continue;
+    }
     const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && r.manifest === o.manifest && (r.space ?? req.space.id) === req.space.id;
     if (!same) work.push({ o, retry: false });
     else if (needsRetry(v!, o.lastModified)) work.push({ o, retry: true });
@@ -188,8 +198,8 @@ async function applyPage(req: IngestRequest, deps: IngestDeps, labelled: Labelle
   });
 }
 
-/** The largest manifest ingest reads (about ten million rows). */
-const MAX_MANIFEST_BYTES = 1 << 30;
+/** The largest manifest ingest reads (some five million rows; a JSON Lines file is read as one string). */
+const MAX_MANIFEST_BYTES = 500 * 2 ** 20;
 
 /**
  * Makes the dataset match a label manifest (see manifest.ts): each image it names is ingested
@@ -203,7 +213,11 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
   const { store, datasets } = deps.services;
   const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, unchangedInFlight: 0, fromCache: 0, enqueued: 0, alreadyQueued: 0, retried: 0, removed: 0, mergedLabels: [] };
   const source = DatasetRepository.source(req.bucket, req.key);
-  const rows = await readManifest(await store.getObject(req.bucket, req.key, MAX_MANIFEST_BYTES), req.format, { bucket: req.bucket, key: req.key });
+  const bytes = await store.getObject(req.bucket, req.key, MAX_MANIFEST_BYTES).catch((err: unknown) => {
+    if (!(err instanceof ObjectTooLargeError)) throw err;
+    throw new ManifestError(`the manifest s3://${source} is ${err.size.toLocaleString('en-US')} bytes, more than the ${MAX_MANIFEST_BYTES / 2 ** 20} MiB a manifest may be: split it in several, each ingested into the dataset`);
+  });
+  const rows = await readManifest(bytes, req.format, { bucket: req.bucket, key: req.key });
   const found = await findObjects(store, rows);
   const missing = rows.filter((r) => !found.has(DatasetRepository.itemId(r.bucket, r.key)));
   if (missing.length) counts.missing = { count: missing.length, first: missing.slice(0, 5).map((r) => `s3://${r.bucket}/${r.key}`) };
@@ -224,7 +238,7 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
   for (let i = 0; i < labelled.length; i += 1000) {
     const page = labelled.slice(i, i + 1000);
     counts.listed += page.length;
-    await applyPage({ ...req, prefix: '' }, deps, page, counts);
+    await applyPage(req, deps, page, counts);
     onPage?.({ ...counts });
   }
   // what the manifest gave the dataset before and gives no more (or whose object is gone)
@@ -328,8 +342,8 @@ function needsRetry(v: ItemView, lastModified: Date | undefined): boolean {
 }
 
 export interface Submission {
+  /** the item: `bucket/key` of its object */
   id: string;
-  key: string;
   etag: string;
   label: string;
   split?: ItemRecord['split'];
@@ -346,7 +360,7 @@ export interface Submission {
  * jobs, so a fast worker always finds its item. Returns what became of each item.
  */
 export async function submit(
-  req: Pick<IngestRequest, 'bucket' | 'dataset' | 'space'>,
+  req: Pick<IngestRequest, 'dataset' | 'space'>,
   deps: IngestDeps,
   items: Submission[],
 ): Promise<('cached' | 'enqueued' | 'queued')[]> {
@@ -368,7 +382,9 @@ export async function submit(
       return 'cached';
     }
     records.push([o.id, { ...base, state: 'pending' }]);
-    const payload: PreprocessJob = { dataset: req.dataset, bucket: req.bucket, key: o.key, etag: o.etag, label: o.label, embedderId: req.space.id, resize: req.space.resize };
+    // (the object's own bucket: a manifest may name images in several)
+    const { bucket, key } = DatasetRepository.parseItemId(o.id);
+    const payload: PreprocessJob = { dataset: req.dataset, bucket, key, etag: o.etag, label: o.label, embedderId: req.space.id, resize: req.space.resize };
     jobs.push({ id: jobIds.preprocess(payload), payload });
     return 'enqueued';
   });

@@ -60,6 +60,16 @@ describe('label manifests', () => {
     expect(json.slice(1)).toEqual([expect.stringMatching(/^ {2}line 2: not JSON/), '  line 3: not a JSON object (expected {"key": …, "label": …})', '  line 4: no label for b.jpg']);
   });
 
+  it('a header must name a key and a label column; a key keeps its own // (an S3 key may hold one)', async () => {
+    expect((await refusal(csv('image_id,label\n0001,cat\n'))).slice(1)).toEqual(['  line 1: the header names no key column (one of key, path, file, filename, file_name, filepath, file_path, image, image_path, url, uri)']);
+    expect((await refusal(csv('key,category\na.jpg,cat\n'))).slice(1)).toEqual(['  line 1: the header names no label column (label or class)']);
+    const rows = await jsonl('{"Key": "raw//a.jpg", "Class": "cat", "Split": "TEST"}\n{"key": "./b.jpg", "label": "dog"}\n');
+    expect(rows.map(({ key, label, split }) => ({ key, label, split }))).toEqual([
+      { key: 'sets/pets/raw//a.jpg', label: 'cat', split: 'test' },
+      { key: 'sets/pets/b.jpg', label: 'dog', split: undefined },
+    ]);
+  });
+
   it('shows the first ten problems and counts the rest; an empty manifest is refused', async () => {
     const many = Array.from({ length: 25 }, (_, i) => `img-${i}.jpg,`).join('\n');
     const lines = await refusal(csv(many));

@@ -1,4 +1,3 @@
-import path from 'node:path';
 import { Readable } from 'node:stream';
 import { parse } from 'csv-parse';
 import { UNLABELLED, splitOfFolder, type Split } from '@transferline/shared';
@@ -45,6 +44,7 @@ export class ManifestError extends Error {
 const KEY_NAMES = new Set(['key', 'path', 'file', 'filename', 'file_name', 'filepath', 'file_path', 'image', 'image_path', 'url', 'uri']);
 /** Column names a header may give the label. */
 const LABEL_NAMES = new Set(['label', 'class']);
+const SPLIT_NAMES = new Set(['split']);
 /** The problems a refusal shows. */
 const SHOWN = 10;
 
@@ -86,7 +86,8 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
         const named = (names: Set<string>) => Object.keys(o).find((k) => names.has(k.toLowerCase()));
         const keyName = named(KEY_NAMES);
         const labelName = named(LABEL_NAMES);
-        add(i + 1, { key: keyName === undefined ? undefined : o[keyName], label: labelName === undefined ? undefined : o[labelName], split: o.split });
+        const splitName = named(SPLIT_NAMES);
+        add(i + 1, { key: keyName === undefined ? undefined : o[keyName], label: labelName === undefined ? undefined : o[labelName], split: splitName === undefined ? undefined : o[splitName] });
       });
   } else {
     // (a record that is no CSV, an unclosed quote, is said and skipped: the others are still read
@@ -100,11 +101,14 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
       for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
         const line = info.lines;
         if (columns === undefined) {
+          // a first row that names any column is a header, and must name the two it needs
           const names = record.map((f) => f.toLowerCase());
-          const key = names.findIndex((n) => KEY_NAMES.has(n));
-          const label = names.findIndex((n) => LABEL_NAMES.has(n));
-          if (key >= 0 && label >= 0) {
-            columns = { key, label, ...(names.includes('split') && { split: names.indexOf('split') }) };
+          const [key, label, split] = [KEY_NAMES, LABEL_NAMES, SPLIT_NAMES].map((set) => names.findIndex((n) => set.has(n))) as [number, number, number];
+          if (key >= 0 || label >= 0 || split >= 0) {
+            columns = { key, label, ...(split >= 0 && { split }) };
+            if (key < 0) problem(line, `the header names no key column (one of ${[...KEY_NAMES].join(', ')})`);
+            if (label < 0) problem(line, `the header names no label column (${[...LABEL_NAMES].join(' or ')})`);
+            if (key < 0 || label < 0) break;
             continue;
           }
           columns = { key: 0, label: 1, split: 2 };
@@ -151,10 +155,15 @@ function resolveKey(value: string, at: { bucket: string; key: string }): { bucke
   } else if (value.startsWith('/')) {
     key = value.slice(1);
   } else {
-    // relative to the manifest's folder, `..` included, never above the bucket's root
-    const joined = path.posix.join(path.posix.dirname(at.key), value);
-    if (joined === '..' || joined.startsWith('../')) return `${value} goes above the bucket's root`;
-    key = joined === '.' ? '' : joined;
+    // relative to the manifest's folder: `..` and `.` steps taken, the rest of the key as it is
+    // (S3 keys may hold `//`)
+    const parts = at.key.split('/').slice(0, -1);
+    for (const step of value.split('/')) {
+      if (step === '..') {
+        if (parts.pop() === undefined) return `${value} goes above the bucket's root`;
+      } else if (step !== '.') parts.push(step);
+    }
+    key = parts.join('/');
   }
   if (key === '' || key.endsWith('/')) return `${value} names a folder, not an image`;
   return { bucket, key };

@@ -292,16 +292,20 @@ export async function relabelItems(
   const { datasets } = ctx.services;
   if (!(await datasets.exists(dataset))) throw await noSuchDataset(ctx, dataset);
   const problems: string[] = [];
+  const refuse = () => new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
   const inspected = await inspectMoves(ctx, dataset, await planMoves(ctx, dataset, moves, problems), problems);
-  if (problems.length) throw new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
+  if (problems.length) throw refuse();
   // The objects move in the bucket, for every dataset ingested from them: said before they move.
   const toMove = new Map(inspected.filter((m) => !outcomeOf(m)).map((m) => [m.itemId, m.newId]));
   const holders: OtherHolder[] = [];
-  for (const { dataset: other, held } of await datasets.otherHolders(dataset, [...toMove.keys()])) {
+  for (const { dataset: other, held, manifests } of await datasets.otherHolders(dataset, [...toMove.keys()])) {
+    // another dataset's manifest naming the old key would name an object that is gone
+    for (const [id, manifest] of manifests) problems.push(`s3://${id} is labelled in dataset ${other} by the manifest s3://${manifest}, whose row would name a key that is gone: change that row with the move, or leave it`);
     const sources = await datasets.sources(other);
     const outside = held.filter((id) => !DatasetRepository.sourceAmong(sources, toMove.get(id)!)).length;
     holders.push({ dataset: other, images: held.length, classify: isClassifyDataset(other), outside });
   }
+  if (problems.length) throw refuse();
   if (holders.length) o.onOtherHolders?.(holders);
   const out: RelabelOutcome[] = [];
   for (const move of inspected) {
@@ -317,6 +321,12 @@ async function planMoves(ctx: CliContext, dataset: string, moves: { itemId: stri
   const planned: PlannedMove[] = [];
   const targets = new Map<string, string>();
   const named = new Map<string, string>();
+  // the moves' images that a label manifest labels here (a thousand records a read)
+  const manifests = new Map<string, string>();
+  for (let at = 0; at < moves.length; at += 1000) {
+    const ids = moves.slice(at, at + 1000).map((m) => m.itemId);
+    (await ctx.services.datasets.getItems(dataset, ids)).forEach((r, i) => r?.manifest !== undefined && manifests.set(ids[i]!, r.manifest));
+  }
   for (const move of moves) {
     const label = move.label.normalize('NFC');
     // the same image named twice: once is enough, two labels is a contradiction
@@ -327,9 +337,9 @@ async function planMoves(ctx: CliContext, dataset: string, moves: { itemId: stri
     }
     named.set(move.itemId, label);
     // (its label is a row of a manifest, not a folder: the row is what to change)
-    const [record] = await ctx.services.datasets.getItems(dataset, [move.itemId]);
-    if (record?.manifest) {
-      problems.push(`s3://${move.itemId} takes its label from the manifest s3://${record.manifest}: change its row there and ingest the manifest again (nothing is embedded again)`);
+    const manifest = manifests.get(move.itemId);
+    if (manifest !== undefined) {
+      problems.push(`s3://${move.itemId} takes its label from the manifest s3://${manifest}: change its row there and ingest the manifest again (nothing is embedded again)`);
       continue;
     }
     const source = await ctx.services.datasets.sourceOf(dataset, move.itemId);

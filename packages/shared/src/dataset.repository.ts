@@ -5,7 +5,8 @@ import { execPipeline, RedisScript } from './redis.client.js';
 
 // Writes item records (ARGV[1] = 'worker' or 'ingest', then id, record pairs), keeping a `split`
 // the stored record has when the new one names none: the split is known at ingest, and later
-// stages rewrite the record without knowing it. A worker's write keeps the stored label (and the
+// stages rewrite the record without knowing it (a label manifest's row, or an ingest that takes
+// an image from a manifest to folders, says the split itself: a row without one has none). A worker's write keeps the stored label (and the
 // label manifest that gave it, which no job carries): the
 // label is ingest's to give (a job carries the one of the listing that enqueued it, and an ingest
 // of the parent prefix since gave the object another under the same job). A worker's write is skipped when the stored
@@ -37,7 +38,7 @@ for i = 2, #ARGV, 2 do
         rec.label = o.label
         kept = true
       end
-      if rec.split == nil and o.split then
+      if rec.split == nil and o.split and (worker or (rec.manifest == nil and o.manifest == nil)) then
         rec.split = o.split
         kept = true
       end
@@ -146,18 +147,27 @@ export class DatasetRepository {
    * The other datasets that hold any of these objects (ingested, or classified, from the same
    * keys), and which each holds: what a move of the objects changes besides `except`.
    */
-  async otherHolders(except: string, itemIds: string[]): Promise<{ dataset: string; held: string[] }[]> {
+  async otherHolders(except: string, itemIds: string[]): Promise<{ dataset: string; held: string[]; manifests: Map<string, string> }[]> {
     const others = (await this.list()).filter((d) => d !== except);
     const held = new Map<string, string[]>(others.map((d) => [d, []]));
+    // of those, the ones a label manifest labels there: id → the manifest
+    const manifests = new Map<string, Map<string, string>>(others.map((d) => [d, new Map()]));
     // a thousand ids a round trip, whatever the move's size
     for (let at = 0; at < itemIds.length && others.length; at += 1_000) {
       const ids = itemIds.slice(at, at + 1_000);
       const pipe = this.redis.pipeline();
       for (const d of others) pipe.hmget(this.keys.datasetItems(d), ...ids);
       const replies = await execPipeline(pipe);
-      others.forEach((d, i) => (replies[i] as (string | null)[]).forEach((r, k) => r !== null && held.get(d)!.push(ids[k]!)));
+      others.forEach((d, i) =>
+        (replies[i] as (string | null)[]).forEach((r, k) => {
+          if (r === null) return;
+          held.get(d)!.push(ids[k]!);
+          const manifest = parseItem(r, d, ids[k]!).manifest;
+          if (manifest !== undefined) manifests.get(d)!.set(ids[k]!, manifest);
+        }),
+      );
     }
-    return [...held].filter(([, ids]) => ids.length > 0).map(([dataset, ids]) => ({ dataset, held: ids }));
+    return [...held].filter(([, ids]) => ids.length > 0).map(([dataset, ids]) => ({ dataset, held: ids, manifests: manifests.get(dataset)! }));
   }
 
   async getItems(dataset: string, itemIds: string[]): Promise<(ItemRecord | undefined)[]> {

@@ -96,8 +96,16 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
       (counts.alreadyQueued ? `, ${counts.alreadyQueued} already queued (by another ingest of them running now)` : '') +
       (counts.retried ? `, ${counts.retried} tried again (failed on a transient error, or their job was lost)` : '') +
       (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : '') +
+      (counts.manifestLabelled ? `, ${counts.manifestLabelled.count} left as a label manifest labels them` : '') +
       (counts.removed ? `, ${counts.removed} removed from the dataset (${manifest ? 'no longer named by the manifest, or deleted from the bucket' : 'deleted from the bucket'})` : ''),
   );
+  if (counts.manifestLabelled) {
+    const { count, manifests } = counts.manifestLabelled;
+    w(
+      `note: ${count} of the images under ${where} ${count === 1 ? 'takes its label' : 'take their labels'} in dataset ${o.dataset} from ${manifests.length === 1 ? 'the manifest' : 'the manifests'} ` +
+        `${manifests.map((m) => `s3://${printable(m)}`).join(', ')}, not from ${count === 1 ? 'its folder' : 'their folders'}: change ${count === 1 ? 'its row' : 'their rows'} there and ingest it again`,
+    );
+  }
   if (counts.missing) {
     const { count, first } = counts.missing;
     w(`note: ${count} of the images the manifest names ${count === 1 ? 'is' : 'are'} not in the bucket, so not ingested: ${first.map(printable).join(', ')}${count > first.length ? ` and ${count - first.length} more` : ''}`);
@@ -124,12 +132,15 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   // (Not for a --watch, which may wait for objects or label folders to come; nor for one of the
   // dataset's own prefixes, or a listing that removed images: it changed the dataset.)
   const sources = counts.unlabelled === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
-  if (sources.length && !sources.includes(DatasetRepository.source(bucket, prefix))) {
+  if (!manifest && sources.length && !sources.includes(DatasetRepository.source(bucket, prefix))) {
     const what = counts.listed === 0 ? `nothing to ingest under ${where}` : `none of the ${counts.listed} objects is in a label folder under ${where}`;
+    const folders = sources.filter((src) => src.endsWith('/')).sort();
+    const manifests = sources.filter((src) => !src.endsWith('/')).sort();
+    const named = (list: string[]) => list.map((p) => `s3://${printable(p)}`).join(', ');
+    const sourceWords = [...(folders.length ? [`its label folders are under ${named(folders)}`] : []), ...(manifests.length ? [`its label ${manifests.length === 1 ? 'manifest is' : 'manifests are'} ${named(manifests)}`] : [])].join('; ');
     throw new CliExit(
       EXIT.error,
-      `transferline: ${what}, so nothing was added to dataset ${o.dataset} ` +
-        `(${counts.listed === 0 ? 'a typo in the prefix?' : 'a prefix one level too deep?'} its label folders are under ${sources.sort().map((p) => `s3://${printable(p)}`).join(', ')})`,
+      `transferline: ${what}, so nothing was added to dataset ${o.dataset} ` + `(${counts.listed === 0 ? 'a typo in the prefix?' : 'a prefix one level too deep?'} ${sourceWords})`,
     );
   }
   if (!o.wait) return { space: space.id, counts };
@@ -154,14 +165,15 @@ export interface WatchOptions extends Omit<IngestOptions, 'quietUnlessNew'> {
  * `ingest --watch`: lists the prefix every `intervalSeconds` until Ctrl-C. The first round is a
  * whole ingest; after it, a round speaks only when the listing changed something (new, changed
  * or deleted objects, images tried again), and then waits for what it enqueued as ingest does.
- * Says whether any round ended with failed images (a watch runs for days: no round is kept).
+ * Says whether any round ended with failed images, or a manifest's images missing (a watch runs
+ * for days: no round is kept).
  */
 export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions): Promise<{ failed: boolean }> {
   let failed = false;
   const { intervalSeconds, maxRounds, onRound, ...ingest } = o;
   await watchRounds(ctx, { intervalSeconds, maxRounds }, async (round) => {
     const outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1, watching: true });
-    failed ||= (outcome.status?.failed ?? 0) > 0;
+    failed ||= (outcome.status?.failed ?? 0) > 0 || outcome.counts.missing !== undefined;
     onRound?.(outcome);
     if (round === 1) {
       const what = manifestOf(url) ? 'reading the manifest' : 'listing it';

@@ -1,4 +1,4 @@
-import { DatasetRepository, TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
+import { TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { noSuchDataset } from '../data-loss.js';
 import { waitForDataset } from '../dataset-wait.js';
@@ -29,28 +29,24 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
   if (!space) throw new Error(`dataset ${o.dataset} has no known embedding space: ingest it again`);
   const chosen = (v: ItemView) =>
     v.phase === 'failed' && (o.reason ? v.failure!.reason === o.reason : TRANSIENT_REASONS.has(v.failure!.reason)) && (!o.stage || v.failure!.stage === o.stage);
-  const byBucket = new Map<string, ItemView[]>();
+  const chosenViews: ItemView[] = [];
   let skipped = 0;
   /** the reasons of the failures left alone */
   const left: string[] = [];
   for await (const page of inspector.scan(o.dataset)) {
     for (const v of page) {
-      if (chosen(v)) {
-        const { bucket } = DatasetRepository.parseItemId(v.id);
-        byBucket.set(bucket, [...(byBucket.get(bucket) ?? []), v]);
-      } else if (v.phase === 'failed') {
+      if (chosen(v)) chosenViews.push(v);
+      else if (v.phase === 'failed') {
         skipped++;
         // with --stage, a failure may be left alone for its stage alone: say which
         left.push(o.stage ? `${v.failure!.stage} ${v.failure!.reason}` : v.failure!.reason);
       }
     }
   }
-  const retried = [...byBucket.values()].reduce((a, l) => a + l.length, 0);
-  for (const [bucket, views] of byBucket) {
-    for (let i = 0; i < views.length; i += 1000) {
-      const part = views.slice(i, i + 1000).map((v) => ({ id: v.id, key: DatasetRepository.parseItemId(v.id).key, etag: v.record.etag, label: v.record.label, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest && { manifest: v.record.manifest }), previous: v }));
-      await submit({ bucket, dataset: o.dataset, space }, { services: ctx.services, queues: ctx.queues }, part);
-    }
+  const retried = chosenViews.length;
+  for (let i = 0; i < chosenViews.length; i += 1000) {
+    const part = chosenViews.slice(i, i + 1000).map((v) => ({ id: v.id, etag: v.record.etag, label: v.record.label, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest && { manifest: v.record.manifest }), previous: v }));
+    await submit({ dataset: o.dataset, space }, { services: ctx.services, queues: ctx.queues }, part);
   }
   const what = o.reason ? `with reason ${o.reason}` : `that failed on an error that is not the image's (${[...TRANSIENT_REASONS].join(', ')})`;
   ctx.out.write(`retrying ${retried} failed image${retried === 1 ? '' : 's'} of ${o.dataset} ${what}${o.stage ? ` in ${o.stage}` : ''}`);

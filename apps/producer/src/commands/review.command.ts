@@ -4,7 +4,7 @@ import { CliExit, EXIT } from '../exit-codes.js';
 import { likeliestOther, relabelItems, reviewAgreement, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { randomSpaceNote } from '../report-words.js';
+import { manifestRelabelNote, randomSpaceNote } from '../report-words.js';
 
 /**
  * `transferline review -d NAME [--top N] [--folds K] [--json]`: ranks the images whose given label
@@ -63,6 +63,9 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
     // (the first N of the file: those listed above, least likely first)
     w(`look at them; to move those listed to their suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
     w(`  (add --dry-run to see each move first, and move nothing; a wrong one moved is moved back with relabel KEY --to LABEL)`);
+    const manifests = (await ctx.services.datasets.sources(o.dataset)).filter((src) => !src.endsWith('/')).sort();
+    const note = manifestRelabelNote(manifests, printable);
+    if (note) w(`  (${note})`);
   }
   return { ...review, outputKey };
 }

@@ -162,7 +162,8 @@ export async function loadReview(deps: ConsoleDeps, dataset: string): Promise<Re
   // images moved (relabel) or deleted since the review: said on the page, not shown with a broken thumbnail
   const items = await deps.services.datasets.getItems(dataset, lines.map((l) => l.key.replace(/^s3:\/\//, '')));
   const moved = new Set(lines.flatMap((l, i) => (items[i]?.label === l.given ? [] : [l.key])));
-  return { dataset, source: `s3://${bucket}/${newest}`, lines, unreadable: bad, moved };
+  const manifests = [...new Set(items.flatMap((r) => (r?.manifest === undefined ? [] : [r.manifest])))].sort();
+  return { dataset, source: `s3://${bucket}/${newest}`, lines, unreadable: bad, moved, manifests };
 }
 
 /** A 96-pixel JPEG of an image of the dataset (`s3://bucket/key`), or undefined when it is not one of its items. */

@@ -172,6 +172,10 @@ describe('the review page', () => {
     expect(page).toContain(`move the 100 images below to their suggested labels with\n<code>transferline relabel -d pets --from-review ${source} --top 100</code>`);
     const none = reviewPage(access, { dataset: 'pets', source, lines: [line(0, false)], unreadable: [] });
     expect(none).not.toContain('transferline relabel');
+    // images a label manifest labels: relabel leaves them, and the page says where to change them
+    expect(reviewPage(access, { dataset: 'pets', source, lines: [line(0, true)], unreadable: [] })).not.toContain('manifest');
+    const listed = reviewPage(access, { dataset: 'pets', source, lines: [line(0, true)], unreadable: [], manifests: ['photos/labels.csv'] });
+    expect(listed).toContain('(add <code>--dry-run</code> to see each move first); images that the label manifest s3://photos/labels.csv labels are not moved by relabel: change their rows there and ingest it again</p>');
   });
 
   it("says how often the model agrees with the given labels, and below 90% to look at each image before moving it, as review's CLI does", () => {

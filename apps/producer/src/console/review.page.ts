@@ -1,4 +1,5 @@
 import type { ReviewLine } from '@transferline/shared';
+import { manifestRelabelNote } from '../report-words.js';
 import { likeliestOther, reviewAgreement, reviewHighlights } from '../review.service.js';
 import { html, page, pct, seg, type Access } from './html.js';
 
@@ -12,6 +13,8 @@ export interface ReviewView {
   unreadable: { line: number; reason: string }[];
   /** keys of the review no longer in the dataset under the label it gave them (relabelled or deleted since) */
   moved?: ReadonlySet<string>;
+  /** the label manifests (`bucket/key`) that label images of the review: relabel does not move those */
+  manifests?: readonly string[];
 }
 
 const MAX_ROWS = 100;
@@ -22,6 +25,7 @@ export function reviewPage(access: Access, v: ReviewView): string {
   const issues = v.lines.filter((l) => l.issue).length;
   const agree = reviewAgreement(v.lines);
   const gone = (l: ReviewLine) => v.moved?.has(l.key) ?? false;
+  const manifestNote = manifestRelabelNote(v.manifests ?? []);
   const thumb = (l: ReviewLine) =>
     gone(l) ? html`<span class="muted">moved or gone since</span>` : html`<img src="/datasets/${seg(v.dataset)}/thumbnail?key=${encodeURIComponent(l.key)}" width="96" height="96" alt="" loading="lazy">`;
   // a label issue with the label suggested; an uncertain image with the label it is confused with (its suggested one is often its own)
@@ -35,7 +39,7 @@ export function reviewPage(access: Access, v: ReviewView): string {
 <p class="muted" id="source">out-of-fold predictions on the cached embeddings, from <code>${v.source}</code>${
     // the images shown below, as review's own hint names those it printed: not every issue of a long list unseen
     shown.length ? html`; once you have looked at them, move the ${shown.length === 1 ? 'image' : `${shown.length} images`} below to their suggested labels with
-<code>transferline relabel -d ${v.dataset} --from-review ${v.source} --top ${shown.length}</code> (add <code>--dry-run</code> to see each move first)` : ''
+<code>transferline relabel -d ${v.dataset} --from-review ${v.source} --top ${shown.length}</code> (add <code>--dry-run</code> to see each move first)${manifestNote ? `; ${manifestNote}` : ''}` : ''
   }</p>
 <p class="${agree.trusted ? 'muted' : 'bad'}" id="agreement">${agree.words}</p>
 ${v.moved?.size ? html`<p class="bad" id="moved">${v.moved.size} image${v.moved.size === 1 ? '' : 's'} of this review ${v.moved.size === 1 ? 'is' : 'are'} no longer in ${v.dataset} under the label it gave (relabelled or deleted since): <code>transferline review -d ${v.dataset}</code> again for a current list</p>` : ''}
