@@ -639,15 +639,27 @@ describe('a label manifest instead of label folders', () => {
     // images as it labels them; the two it no longer names are the listing's
     const prefix = await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'listed'], stack.env, 240_000);
     expect(prefix.code).toBe(0);
-    expect(prefix.stdout).toMatch(/13 objects listed, 2 enqueued, 0 added from the embedding cache \(no job\), 0 unchanged, 1 skipped \(not in a label folder.*\), 10 left as a label manifest labels them$/m);
+    expect(prefix.stdout).toMatch(/13 objects listed, 2 enqueued, 0 added from the embedding cache \(no job\), 10 unchanged, 1 skipped \(not in a label folder.*\)$/m);
     expect(prefix.stdout).toContain(`note: 10 of the images under s3://${bucket}/flat/ take their labels in dataset listed from the manifest s3://${bucket}/flat/labels.csv, not from their folders`);
     expect(await status()).toMatch(/dataset listed: 13 images, 13 embedded.*\n {2}labels: circle \(4\), img \(2\), square \(4\), triangle \(3\)/);
     expect(await forwardPasses()).toBe(passes);
 
-    // review's advice to relabel says what relabel leaves
+    // review's advice to relabel says what relabel leaves; relabel --from-review moves the
+    // others (circle-1, a circle the manifest calls a square, is among the images to move)
     const review = await runCli(['review', '-d', 'listed'], stack.env, 240_000);
     expect(review.code).toBe(0);
     expect(review.stdout).toContain(`  (images that the label manifest s3://${bucket}/flat/labels.csv labels are not moved by relabel: change their rows there and ingest it again)`);
+    const reviewFile = /^full list \(JSON Lines\): (\S+)$/m.exec(review.stdout)![1]!;
+    const fromReview = await runCli(['relabel', '-d', 'listed', '--from-review', reviewFile, '--dry-run'], stack.env);
+    expect(fromReview.stderr).toBe('');
+    expect(fromReview.stdout).toMatch(new RegExp(`^note: \\d+ of the images to move takes? (its|their) labels? from the label manifest s3://${bucket}/flat/labels\\.csv: left as it labels them`, 'm'));
+    expect(fromReview.stdout).not.toContain('flat/img/circle-1.jpg →');
+
+    // a manifest's image overwritten: a listing embeds its new bytes, under the manifest's label
+    await ctx.services.store.putObject(bucket, 'flat/img/circle-2.jpg', await renderSample('circle', 2, 92, 128));
+    const overwritten = await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'listed'], stack.env, 240_000);
+    expect(overwritten.stdout).toMatch(/13 objects listed, 1 enqueued, 0 added from the embedding cache \(no job\), 11 unchanged/);
+    expect(await record('flat/img/circle-2.jpg')).toMatchObject({ label: 'circle', manifest: `${bucket}/flat/labels.csv` });
 
     // another dataset, labelled by folders, may not move an image this manifest names
     expect((await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'folders'], stack.env, 240_000)).code).toBe(0);
@@ -655,5 +667,11 @@ describe('a label manifest instead of label folders', () => {
     expect(elsewhere.code).toBe(1);
     expect(elsewhere.stderr).toContain(`s3://${bucket}/flat/img/circle-2.jpg is labelled in dataset listed by the manifest s3://${bucket}/flat/labels.csv, whose row would name a key that is gone`);
     expect(await ctx.services.store.headObject(bucket, 'flat/img/circle-2.jpg')).toBeDefined();
+
+    // the manifest deleted: a listing labels its images by their folders again
+    await ctx.services.store.deleteObject(bucket, 'flat/labels.csv');
+    const released = await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'listed'], stack.env, 240_000);
+    expect(released.stdout).not.toContain('note: ');
+    expect(await status()).toMatch(/\n {2}labels: circle \(1\), img \(12\)\n/);
   }, 300_000);
 });

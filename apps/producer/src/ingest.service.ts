@@ -64,7 +64,7 @@ export interface IngestCounts {
   mixedLayout?: { splitFolders: string[]; labelFolders: string[] };
   /** a manifest's images that are not in the bucket: how many, and the first few (`s3://…`) */
   missing?: { count: number; first: string[] };
-  /** listed objects a label manifest labels in the dataset: left as it labels them; the manifests (`bucket/key`) */
+  /** listed objects a label manifest (still in the bucket) labels in the dataset, kept as it labels them; the manifests (`bucket/key`) */
   manifestLabelled?: { count: number; manifests: string[] };
 }
 
@@ -107,6 +107,15 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   // first two levels: a label, or a split and its label)
   const markers = new Set<string>();
   const filled = new Set<string>();
+  // each manifest that labels listed images, looked up once (a HEAD)
+  const manifests = new Map<string, Promise<boolean>>();
+  const manifestStands = (m: string) => {
+    if (!manifests.has(m)) {
+      const { bucket, key } = DatasetRepository.parseItemId(m);
+      manifests.set(m, store.headObject(bucket, key).then((o) => o !== undefined));
+    }
+    return manifests.get(m)!;
+  };
   const flush = async () => {
     const labelled = page.flatMap((o) => {
       const item = req.labels === 'none' ? { label: UNLABELLED } : itemFromKey(req.prefix, o.key);
@@ -127,7 +136,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
       await datasets.addSource(req.dataset, req.bucket, req.prefix);
       recorded = true;
     }
-    await applyPage(req, deps, labelled, counts);
+    await applyPage(req, deps, labelled, counts, manifestStands);
     onPage?.({ ...counts });
   };
   for await (const o of store.listObjects(req.bucket, req.prefix)) {
@@ -164,22 +173,34 @@ type Labelled = ObjectInfo & { id: string; label: string; split?: Split; manifes
 /**
  * Makes the dataset's records of these objects match them: unchanged ones (same ETag, label,
  * split, source and space) cost nothing, unless they are to be run again; the others are submitted.
- * Adds what became of each to `counts`.
+ * Adds what became of each to `counts`. A listed image that a manifest in the bucket labels keeps
+ * the manifest's label (a manifest deleted lets its images go to their folders).
  */
-async function applyPage(req: Pick<IngestRequest, 'dataset' | 'space'>, deps: IngestDeps, labelled: Labelled[], counts: IngestCounts): Promise<void> {
+async function applyPage(
+  req: Pick<IngestRequest, 'dataset' | 'space'>,
+  deps: IngestDeps,
+  labelled: Labelled[],
+  counts: IngestCounts,
+  /** for a listing: whether a manifest (`bucket/key`) that labels some of its images is still in the bucket */
+  manifestStands?: (manifest: string) => Promise<boolean>,
+): Promise<void> {
   const existing = await deps.services.datasets.getItems(req.dataset, labelled.map((o) => o.id));
   const known = existing.flatMap((r, i) => (r ? [[labelled[i]!.id, r] as [string, ItemRecord]] : []));
   const views = new Map((await deps.services.inspector.classify(req.dataset, known, req.space.id)).map((v) => [v.id, v]));
   const work: { o: (typeof labelled)[number]; retry: boolean }[] = [];
-  for (const o of labelled) {
-    const v = views.get(o.id);
+  for (const listed of labelled) {
+    const v = views.get(listed.id);
     const r = v?.record;
-    // a listing does not take an image from the manifest that labels it (its row says more than its folder)
-    if (r?.manifest !== undefined && o.manifest === undefined) {
+    let o = listed;
+    // A listing does not take an image from the manifest that labels it (its row says more than
+    // its folder) while the manifest is there: the image keeps the manifest's label and split,
+    // and is otherwise a listed object like any (its new bytes enqueued, its failure retried).
+    if (r?.manifest !== undefined && o.manifest === undefined && (await manifestStands?.(r.manifest))) {
+      const { split: _folders, ...rest } = o;
+      o = { ...rest, label: r.label, manifest: r.manifest, ...(r.split && { split: r.split }) };
       counts.manifestLabelled ??= { count: 0, manifests: [] };
       counts.manifestLabelled.count++;
       if (!counts.manifestLabelled.manifests.includes(r.manifest)) counts.manifestLabelled.manifests.push(r.manifest);
-      continue;
     }
     const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && r.manifest === o.manifest && (r.space ?? req.space.id) === req.space.id;
     if (!same) work.push({ o, retry: false });

@@ -56,8 +56,15 @@ describe('label manifests', () => {
       '  line 9: "?" is no label (it stands for an image without one)',
       expect.stringMatching(/^ {2}line 10: not CSV \(Quote Not Closed/),
     ]);
-    const json = await refusal(jsonl('{"key": "a.jpg", "label": "cat"}\nnot json\n["a.jpg", "cat"]\n{"file": "b.jpg", "label": 3}\n'));
-    expect(json.slice(1)).toEqual([expect.stringMatching(/^ {2}line 2: not JSON/), '  line 3: not a JSON object (expected {"key": …, "label": …})', '  line 4: no label for b.jpg']);
+    const json = await refusal(jsonl('{"key": "a.jpg", "label": "cat"}\nnot json\n["a.jpg", "cat"]\n{"file": "b.jpg", "label": true}\n{"file": "c.jpg"}\n'));
+    expect(json.slice(1)).toEqual([
+      expect.stringMatching(/^ {2}line 2: not JSON/),
+      '  line 3: not a JSON object (expected {"key": …, "label": …})',
+      '  line 4: the label of b.jpg is true, not text or a number',
+      '  line 5: no label for c.jpg',
+    ]);
+    // a number is a label as its digits
+    expect((await jsonl('{"key": "a.jpg", "label": 1}\n')).map((r) => r.label)).toEqual(['1']);
   });
 
   it('a header must name a key and a label column; a key keeps its own // (an S3 key may hold one)', async () => {

@@ -17,7 +17,7 @@ import { UNLABELLED, splitOfFolder, type Split } from '@transferline/shared';
  * (`valid`, `validation`) or `test`, as split folders are named; empty for none.
  */
 export interface ManifestRow {
-  /** the row's line in the file (1-based; a CSV value over several lines: its first) */
+  /** the row's line in the file (1-based; a CSV row whose quoted value spans lines: its last) */
   line: number;
   bucket: string;
   key: string;
@@ -131,8 +131,11 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
 /** One row's image, or what is wrong with it. */
 function rowOf(line: number, f: { key?: unknown; label?: unknown; split?: unknown }, at: { bucket: string; key: string }): ManifestRow | string {
   if (typeof f.key !== 'string' || f.key.trim() === '') return 'no key (the image: s3://bucket/key, or a path from the manifest\'s folder)';
-  if (typeof f.label !== 'string' || f.label.trim() === '') return `no label for ${f.key}`;
-  const label = f.label.trim().normalize('NFC');
+  // (a JSON number is a label as its digits: {"label": 1})
+  const given = typeof f.label === 'number' && Number.isFinite(f.label) ? String(f.label) : f.label;
+  if (given === undefined || given === null || (typeof given === 'string' && given.trim() === '')) return `no label for ${f.key}`;
+  if (typeof given !== 'string') return `the label of ${f.key} is ${JSON.stringify(given)}, not text or a number`;
+  const label = given.trim().normalize('NFC');
   if (label === UNLABELLED) return `"${UNLABELLED}" is no label (it stands for an image without one)`;
   let split: Split | undefined;
   if (f.split !== undefined && f.split !== null && f.split !== '') {

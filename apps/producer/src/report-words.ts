@@ -111,12 +111,16 @@ export function fewToLearn(r: Pick<ReportDoc, 'labels' | 'train' | 'classWeights
   });
 }
 
+/** Label manifests (`bucket/key`) as a sentence names them: "the label manifest s3://…", or "… manifests …, …". */
+export function manifestsNamed(manifests: readonly string[], show: (s: string) => string = (s) => s): string {
+  return `the label manifest${manifests.length === 1 ? '' : 's'} ${manifests.map((m) => `s3://${show(m)}`).join(', ')}`;
+}
+
 /**
  * What to say beside relabel's advice (review's hint, the console's review page) when label
  * manifests (`bucket/key`) label images of the dataset: relabel moves folders, not their rows.
  */
 export function manifestRelabelNote(manifests: readonly string[], show: (s: string) => string = (s) => s): string | undefined {
   if (manifests.length === 0) return undefined;
-  const named = manifests.map((m) => `s3://${show(m)}`).join(', ');
-  return `images that ${manifests.length === 1 ? 'the label manifest' : 'the label manifests'} ${named} ${manifests.length === 1 ? 'labels' : 'label'} are not moved by relabel: change their rows there and ingest ${manifests.length === 1 ? 'it' : 'them'} again`;
+  return `images that ${manifestsNamed(manifests, show)} ${manifests.length === 1 ? 'labels' : 'label'} are not moved by relabel: change their rows there and ingest ${manifests.length === 1 ? 'it' : 'them'} again`;
 }

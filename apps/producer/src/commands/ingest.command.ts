@@ -96,14 +96,14 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
       (counts.alreadyQueued ? `, ${counts.alreadyQueued} already queued (by another ingest of them running now)` : '') +
       (counts.retried ? `, ${counts.retried} tried again (failed on a transient error, or their job was lost)` : '') +
       (counts.unlabelled ? `, ${counts.unlabelled} skipped (not in a label folder: use <prefix>/<label>/<file>)` : '') +
-      (counts.manifestLabelled ? `, ${counts.manifestLabelled.count} left as a label manifest labels them` : '') +
       (counts.removed ? `, ${counts.removed} removed from the dataset (${manifest ? 'no longer named by the manifest, or deleted from the bucket' : 'deleted from the bucket'})` : ''),
   );
   if (counts.manifestLabelled) {
     const { count, manifests } = counts.manifestLabelled;
     w(
       `note: ${count} of the images under ${where} ${count === 1 ? 'takes its label' : 'take their labels'} in dataset ${o.dataset} from ${manifests.length === 1 ? 'the manifest' : 'the manifests'} ` +
-        `${manifests.map((m) => `s3://${printable(m)}`).join(', ')}, not from ${count === 1 ? 'its folder' : 'their folders'}: change ${count === 1 ? 'its row' : 'their rows'} there and ingest it again`,
+        `${manifests.map((m) => `s3://${printable(m)}`).join(', ')}, not from ${count === 1 ? 'its folder' : 'their folders'}: change ${count === 1 ? 'its row' : 'their rows'} there and ingest it again ` +
+        `(with the manifest deleted, a listing labels ${count === 1 ? 'it' : 'them'} by ${count === 1 ? 'its folder' : 'their folders'})`,
     );
   }
   if (counts.missing) {

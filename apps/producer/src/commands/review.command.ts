@@ -4,7 +4,7 @@ import { CliExit, EXIT } from '../exit-codes.js';
 import { likeliestOther, relabelItems, reviewAgreement, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { manifestRelabelNote, randomSpaceNote } from '../report-words.js';
+import { manifestRelabelNote, manifestsNamed, randomSpaceNote } from '../report-words.js';
 
 /**
  * `transferline review -d NAME [--top N] [--folds K] [--json]`: ranks the images whose given label
@@ -88,6 +88,14 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
       throw new CliExit(EXIT.error, `transferline: ${o.fromReview} is not a review file (${bad.length} line${bad.length === 1 ? '' : 's'} of ${bad.length + lines.length} unreadable); nothing was moved:\n  ${shown}`);
     }
     moves = lines.filter((l) => l.issue).slice(0, o.top ?? Number.POSITIVE_INFINITY).map((l) => ({ itemId: asItemId(l.key), label: l.suggested }));
+    // images a label manifest labels are its rows' to change: left, and said, the others moved
+    const records = await ctx.services.datasets.getItems(o.dataset, moves.map((m) => m.itemId));
+    const manifests = [...new Set(records.flatMap((r) => (r?.manifest === undefined ? [] : [r.manifest])))].sort();
+    if (manifests.length) {
+      const left = records.filter((r) => r?.manifest !== undefined).length;
+      ctx.out.write(`note: ${left} of the images to move ${left === 1 ? 'takes its label' : 'take their labels'} from ${manifestsNamed(manifests, printable)}: left as ${manifests.length === 1 ? 'it labels' : 'they label'} them; change their rows there and ingest again\n`);
+      moves = moves.filter((_, i) => records[i]?.manifest === undefined);
+    }
   } else {
     if (!o.to || o.keys.length === 0) throw new CliExit(EXIT.usage, 'transferline: name the images and the new label: transferline relabel -d NAME s3://bucket/key … --to LABEL (or --from-review)');
     // A label the dataset does not have is a typo more often than a new class (a user's trial:
