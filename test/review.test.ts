@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import pMap from 'p-map';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { relabelCommand } from '../apps/producer/src/commands/review.command.js';
@@ -673,5 +674,20 @@ describe('a label manifest instead of label folders', () => {
     const released = await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'listed'], stack.env, 240_000);
     expect(released.stdout).not.toContain('note: ');
     expect(await status()).toMatch(/\n {2}labels: circle \(1\), img \(12\)\n/);
+  }, 300_000);
+
+  it('finds a few images of a large folder one by one once the listing has gone on far longer than the rows', async () => {
+    // 1,100 other objects listed before the two the manifest names (keys sort after them): the
+    // listing stops at 1,004 (2 × rows + 1,000) and the two are asked for by HEAD
+    const filler = Array.from({ length: 1100 }, (_, i) => `big/a-${String(i).padStart(4, '0')}.txt`);
+    await pMap(filler, (key) => ctx.services.store.putObject(bucket, key, Buffer.from('not an image')), { concurrency: 16 });
+    await ctx.services.store.putObject(bucket, 'big/z-circle.jpg', await renderSample('circle', 5, 93, 128));
+    await ctx.services.store.putObject(bucket, 'big/z-square.jpg', await renderSample('square', 5, 93, 128));
+    await ctx.services.store.putObject(bucket, 'big/two.csv', Buffer.from('z-circle.jpg,circle\nz-square.jpg,square\nz-gone.jpg,square\n'));
+    const r = await runCli(['ingest', `s3://${bucket}/big/two.csv`, '-d', 'two'], stack.env, 240_000);
+    expect(r.stdout).toMatch(/dataset two: 2 images named by the manifest, 2 enqueued/);
+    expect(r.stdout).toContain(`note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://${bucket}/big/z-gone.jpg`);
+    expect(r.code).toBe(3);
+    expect((await runCli(['status', '-d', 'two'], stack.env)).stdout).toMatch(/dataset two: 2 images, 2 embedded.*\n {2}labels: circle \(1\), square \(1\)/);
   }, 300_000);
 });
