@@ -71,6 +71,8 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   let counts: IngestCounts;
   try {
     const deps = { services: ctx.services, queues: ctx.queues };
+    // (a manifest of millions of rows is read and checked whole before anything is found)
+    if (manifest) listing?.update(0, 0, 'reading the manifest and finding its images', true);
     counts = manifest
       ? await ingestManifest({ ...manifest, dataset: o.dataset, space }, deps, (c) => listing?.update(c.listed, c.listed, `found, ${c.enqueued} enqueued`))
       : await ingestPrefix({ bucket, prefix, dataset: o.dataset, space }, deps, (c) => listing?.update(c.listed, c.listed, `listed, ${c.enqueued} enqueued`));
