@@ -689,5 +689,11 @@ describe('a label manifest instead of label folders', () => {
     expect(r.stdout).toContain(`note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://${bucket}/big/z-gone.jpg`);
     expect(r.code).toBe(3);
     expect((await runCli(['status', '-d', 'two'], stack.env)).stdout).toMatch(/dataset two: 2 images, 2 embedded.*\n {2}labels: circle \(1\), square \(1\)/);
+    // a second manifest naming one of them: the one ingested last labels it, and says whose it was
+    await ctx.services.store.putObject(bucket, 'big/one.jsonl', Buffer.from('{"key": "z-circle.jpg", "label": "square"}\n'));
+    const other = await runCli(['ingest', `s3://${bucket}/big/one.jsonl`, '-d', 'two'], stack.env, 240_000);
+    expect(other.code).toBe(0);
+    expect(other.stdout).toContain(`note: 1 of the images this manifest names was labelled in dataset two by the label manifest s3://${bucket}/big/two.csv; this one labels it now`);
+    expect((await runCli(['status', '-d', 'two'], stack.env)).stdout).toMatch(/\n {2}labels: square \(2\)\n/);
   }, 300_000);
 });

@@ -66,6 +66,8 @@ export interface IngestCounts {
   missing?: { count: number; first: string[] };
   /** listed objects a label manifest (still in the bucket) labels in the dataset, kept as it labels them; the manifests (`bucket/key`) */
   manifestLabelled?: { count: number; manifests: string[] };
+  /** a manifest's images that another manifest labelled in the dataset until now; those manifests (`bucket/key`) */
+  fromOtherManifests?: { count: number; manifests: string[] };
 }
 
 export interface ManifestRequest extends Omit<IngestRequest, 'prefix' | 'labels'> {
@@ -198,10 +200,10 @@ async function applyPage(
     if (r?.manifest !== undefined && o.manifest === undefined && (await manifestStands?.(r.manifest))) {
       const { split: _folders, ...rest } = o;
       o = { ...rest, label: r.label, manifest: r.manifest, ...(r.split && { split: r.split }) };
-      counts.manifestLabelled ??= { count: 0, manifests: [] };
-      counts.manifestLabelled.count++;
-      if (!counts.manifestLabelled.manifests.includes(r.manifest)) counts.manifestLabelled.manifests.push(r.manifest);
+      tally((counts.manifestLabelled ??= { count: 0, manifests: [] }), r.manifest);
     }
+    // (two manifests naming one image: the one ingested last labels it, and says whose it was)
+    if (r?.manifest !== undefined && o.manifest !== undefined && r.manifest !== o.manifest) tally((counts.fromOtherManifests ??= { count: 0, manifests: [] }), r.manifest);
     const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && r.manifest === o.manifest && (r.space ?? req.space.id) === req.space.id;
     if (!same) work.push({ o, retry: false });
     else if (needsRetry(v!, o.lastModified)) work.push({ o, retry: true });
@@ -217,6 +219,12 @@ async function applyPage(
     else if (outcome === 'queued') counts.alreadyQueued++;
     else counts.enqueued++;
   });
+}
+
+/** One more image in a count by manifest. */
+function tally(c: { count: number; manifests: string[] }, manifest: string): void {
+  c.count++;
+  if (!c.manifests.includes(manifest)) c.manifests.push(manifest);
 }
 
 /** The largest manifest ingest reads (some five million rows; a JSON Lines file is read as one string). */

@@ -8,7 +8,7 @@ import { ingestManifest, ingestPrefix, type IngestCounts } from '../ingest.servi
 import { ManifestError } from '../manifest.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { confusableLabelNotes } from '../report-words.js';
+import { confusableLabelNotes, manifestsNamed } from '../report-words.js';
 
 export interface IngestOptions {
   dataset: string;
@@ -106,6 +106,13 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
       `note: ${count} of the images under ${where} ${count === 1 ? 'takes its label' : 'take their labels'} in dataset ${o.dataset} from ${manifests.length === 1 ? 'the manifest' : 'the manifests'} ` +
         `${manifests.map((m) => `s3://${printable(m)}`).join(', ')}, not from ${count === 1 ? 'its folder' : 'their folders'}: change ${count === 1 ? 'its row' : 'their rows'} there and ingest it again ` +
         `(with the manifest deleted, a listing labels ${count === 1 ? 'it' : 'them'} by ${count === 1 ? 'its folder' : 'their folders'})`,
+    );
+  }
+  if (counts.fromOtherManifests) {
+    const { count, manifests } = counts.fromOtherManifests;
+    w(
+      `note: ${count} of the images this manifest names ${count === 1 ? 'was' : 'were'} labelled in dataset ${o.dataset} by ${manifestsNamed(manifests, printable)}; ` +
+        `this one labels ${count === 1 ? 'it' : 'them'} now (an image takes its label from the manifest ingested last)`,
     );
   }
   if (counts.missing) {
