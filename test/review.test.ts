@@ -641,7 +641,7 @@ describe('a label manifest instead of label folders', () => {
     const prefix = await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'listed'], stack.env, 240_000);
     expect(prefix.code).toBe(0);
     expect(prefix.stdout).toMatch(/13 objects listed, 2 enqueued, 0 added from the embedding cache \(no job\), 10 unchanged, 1 skipped \(not in a label folder.*\)$/m);
-    expect(prefix.stdout).toContain(`note: 10 of the images under s3://${bucket}/flat/ take their labels in dataset listed from the manifest s3://${bucket}/flat/labels.csv, not from their folders`);
+    expect(prefix.stdout).toContain(`note: 10 of the images under s3://${bucket}/flat/ take their labels in dataset listed from the label manifest s3://${bucket}/flat/labels.csv, not from their folders`);
     expect(await status()).toMatch(/dataset listed: 13 images, 13 embedded.*\n {2}labels: circle \(4\), img \(2\), square \(4\), triangle \(3\)/);
     expect(await forwardPasses()).toBe(passes);
 
@@ -695,5 +695,10 @@ describe('a label manifest instead of label folders', () => {
     expect(other.code).toBe(0);
     expect(other.stdout).toContain(`note: 1 of the images this manifest names was labelled in dataset two by the label manifest s3://${bucket}/big/two.csv; this one labels it now`);
     expect((await runCli(['status', '-d', 'two'], stack.env)).stdout).toMatch(/\n {2}labels: square \(2\)\n/);
+    // the manifests' folder ingested as a prefix (every object at its root: no label folder)
+    // into their dataset: refused, naming the manifests that label it
+    const flat = await runCli(['ingest', `s3://${bucket}/big/`, '-d', 'two'], stack.env, 60_000);
+    expect(flat.code).toBe(1);
+    expect(flat.stderr).toContain(`so nothing was added to dataset two (a prefix one level too deep? it is labelled by the label manifests s3://${bucket}/big/one.jsonl, s3://${bucket}/big/two.csv)`);
   }, 300_000);
 });

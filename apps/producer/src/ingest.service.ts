@@ -90,9 +90,12 @@ export interface IngestDeps {
  * running ingest twice enqueues nothing new. Items that failed for a transient reason, and items
  * whose job vanished, are enqueued again (a failed job is retried, not deduplicated away).
  */
+/** Counts of an ingest before its first page. */
+const noCounts = (): IngestCounts => ({ listed: 0, unlabelled: 0, unchanged: 0, unchangedInFlight: 0, fromCache: 0, enqueued: 0, alreadyQueued: 0, retried: 0, removed: 0, mergedLabels: [] });
+
 export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void): Promise<IngestCounts> {
   const { store, datasets } = deps.services;
-  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, unchangedInFlight: 0, fromCache: 0, enqueued: 0, alreadyQueued: 0, retried: 0, removed: 0, mergedLabels: [] };
+  const counts = noCounts();
   let page: ObjectInfo[] = [];
   // The prefix becomes a source of the dataset (relabel finds an item's label folder by it) only
   // once it gives the dataset an item: a prefix one level too deep, all of it unlabelled, must not
@@ -240,7 +243,7 @@ const MAX_MANIFEST_BYTES = 500 * 2 ** 20;
  */
 export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void): Promise<IngestCounts> {
   const { store, datasets } = deps.services;
-  const counts: IngestCounts = { listed: 0, unlabelled: 0, unchanged: 0, unchangedInFlight: 0, fromCache: 0, enqueued: 0, alreadyQueued: 0, retried: 0, removed: 0, mergedLabels: [] };
+  const counts = noCounts();
   const source = DatasetRepository.source(req.bucket, req.key);
   const bytes = await store.getObject(req.bucket, req.key, MAX_MANIFEST_BYTES).catch((err: unknown) => {
     if (!(err instanceof ObjectTooLargeError)) throw err;

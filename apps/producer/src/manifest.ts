@@ -6,10 +6,9 @@ import { UNLABELLED, splitOfFolder, type Split } from '@transferline/shared';
  * A label manifest: a CSV or JSON Lines object in the bucket that gives each image its label
  * (and, if it likes, its split), for images that are not sorted into label folders.
  *
- * - CSV: `key,label[,split]` per row. A first row that names its columns (the key's: `key`,
- *   `path`, `file`, `filename`, `filepath`, `image`, `image_path`, `url`, `uri`; the label's:
- *   `label`, `class`; `split`) is a header, and the columns may then come in any order, with
- *   others beside them (ignored).
+ * - CSV: `key,label[,split]` per row. A first row that names a column (KEY_NAMES, LABEL_NAMES,
+ *   SPLIT_NAMES below) is a header, must name a key and a label column, and the columns may then
+ *   come in any order, with others beside them (ignored).
  * - JSON Lines: one object per line, `{"key": …, "label": …, "split": …}` (the same names).
  *
  * A key is `s3://bucket/key`, `/key` from the bucket's root, or a path relative to the folder the

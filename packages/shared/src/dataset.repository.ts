@@ -127,12 +127,14 @@ export class DatasetRepository {
     return this.redis.smembers(this.keys.datasetListed(dataset));
   }
 
-  /**
-   * Of a dataset's `sources`, the prefix an item lies under (the longest, when they nest). A
-   * label manifest (a source that names an object, not a prefix ending in `/`) is no folder.
-   */
+  /** Whether one of a dataset's sources is a label manifest (`bucket/key` of an object), not a prefix (which ends in `/`). */
+  static isManifestSource(source: string): boolean {
+    return !source.endsWith('/');
+  }
+
+  /** Of a dataset's `sources`, the prefix an item lies under (the longest, when they nest); a label manifest is no folder. */
   static sourceAmong(sources: string[], itemId: string): string | undefined {
-    return sources.filter((s) => s.endsWith('/') && itemId.startsWith(s)).sort((a, b) => b.length - a.length)[0];
+    return sources.filter((s) => !DatasetRepository.isManifestSource(s) && itemId.startsWith(s)).sort((a, b) => b.length - a.length)[0];
   }
 
   /** The ingested prefix an item's key lies under (the longest, when they nest), or undefined. */

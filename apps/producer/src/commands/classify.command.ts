@@ -115,7 +115,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
       const object = !url.endsWith('/') && (await ctx.services.store.headObject(bucket, prefix.slice(0, -1)).catch(() => undefined));
       const hint = object ? `; ${printable(url)} is an object: classify takes a prefix (a label manifest is for ingest)` : ' (is the prefix right?)';
       if (!o.watch && before.total === 0) throw new CliExit(EXIT.error, `transferline: nothing to classify under ${where}: no objects there${hint}`);
-      ctx.out.write(`classify ${where}: no objects there${o.watch ? ' yet' : ''} (is the prefix right?)\n`);
+      ctx.out.write(`classify ${where}: no objects there${o.watch ? ' yet' : ''}${hint}\n`);
     }
     // Wait for whatever under this prefix is still on its way, not only what this round enqueued:
     // images an earlier round left pending (one cut short by Ctrl-C, another client's) would

@@ -103,8 +103,8 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   if (counts.manifestLabelled) {
     const { count, manifests } = counts.manifestLabelled;
     w(
-      `note: ${count} of the images under ${where} ${count === 1 ? 'takes its label' : 'take their labels'} in dataset ${o.dataset} from ${manifests.length === 1 ? 'the manifest' : 'the manifests'} ` +
-        `${manifests.map((m) => `s3://${printable(m)}`).join(', ')}, not from ${count === 1 ? 'its folder' : 'their folders'}: change ${count === 1 ? 'its row' : 'their rows'} there and ingest it again ` +
+      `note: ${count} of the images under ${where} ${count === 1 ? 'takes its label' : 'take their labels'} in dataset ${o.dataset} from ${manifestsNamed(manifests, printable)}, ` +
+        `not from ${count === 1 ? 'its folder' : 'their folders'}: change ${count === 1 ? 'its row' : 'their rows'} there and ingest it again ` +
         `(with the manifest deleted, a listing labels ${count === 1 ? 'it' : 'them'} by ${count === 1 ? 'its folder' : 'their folders'})`,
     );
   }
@@ -143,10 +143,12 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   const sources = counts.unlabelled === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
   if (!manifest && sources.length && !sources.includes(DatasetRepository.source(bucket, prefix))) {
     const what = counts.listed === 0 ? `nothing to ingest under ${where}` : `none of the ${counts.listed} objects is in a label folder under ${where}`;
-    const folders = sources.filter((src) => src.endsWith('/')).sort();
-    const manifests = sources.filter((src) => !src.endsWith('/')).sort();
-    const named = (list: string[]) => list.map((p) => `s3://${printable(p)}`).join(', ');
-    const sourceWords = [...(folders.length ? [`its label folders are under ${named(folders)}`] : []), ...(manifests.length ? [`its label ${manifests.length === 1 ? 'manifest is' : 'manifests are'} ${named(manifests)}`] : [])].join('; ');
+    const folders = sources.filter((src) => !DatasetRepository.isManifestSource(src)).sort();
+    const manifests = sources.filter(DatasetRepository.isManifestSource).sort();
+    const sourceWords = [
+      ...(folders.length ? [`its label folders are under ${folders.map((p) => `s3://${printable(p)}`).join(', ')}`] : []),
+      ...(manifests.length ? [`it is labelled by ${manifestsNamed(manifests, printable)}`] : []),
+    ].join('; ');
     throw new CliExit(
       EXIT.error,
       `transferline: ${what}, so nothing was added to dataset ${o.dataset} ` + `(${counts.listed === 0 ? 'a typo in the prefix?' : 'a prefix one level too deep?'} ${sourceWords})`,

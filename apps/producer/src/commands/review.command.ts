@@ -1,4 +1,4 @@
-import { ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
+import { DatasetRepository, ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { likeliestOther, relabelItems, reviewAgreement, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
@@ -63,7 +63,7 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
     // (the first N of the file: those listed above, least likely first)
     w(`look at them; to move those listed to their suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
     w(`  (add --dry-run to see each move first, and move nothing; a wrong one moved is moved back with relabel KEY --to LABEL)`);
-    const manifests = (await ctx.services.datasets.sources(o.dataset)).filter((src) => !src.endsWith('/')).sort();
+    const manifests = (await ctx.services.datasets.sources(o.dataset)).filter(DatasetRepository.isManifestSource).sort();
     const note = manifestRelabelNote(manifests, printable);
     if (note) w(`  (${note})`);
   }
