@@ -112,7 +112,7 @@ describe('review and relabel', () => {
     const text = await runCli(['review', '-d', 'noisy', '--top', '6'], stack.env, 240_000);
     await ctx.services.datasets.removeItems('noisy', [pendingId, failedId, tornId]);
     expect(text.stdout).toMatch(/^review of noisy: 61 embedded images, 60 distinct \(copies of the same bytes count once and share a fold\), 5-fold/m);
-    expect(text.stdout).toMatch(/^ {2}1 of them is filed under more than one label: predicted, but fitted under none \(move it with transferline relabel\)$/m);
+    expect(text.stdout).toMatch(/^ {2}1 of them is filed under more than one label: predicted, but fitted under none \(move the copies to their label with transferline relabel\)$/m);
     expect(text.stdout).toMatch(/^ {2}left out: 1 failed image \(see transferline failures -d noisy\)$/m);
     expect(text.stdout).toMatch(/^ {2}left out: 1 images not embedded yet \(on their way, or orphaned: see transferline status\)/m);
     // progress, fold by fold (a plain line per update off a terminal)
@@ -674,6 +674,28 @@ describe('a label manifest instead of label folders', () => {
     const released = await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'listed'], stack.env, 240_000);
     expect(released.stdout).not.toContain('note: ');
     expect(await status()).toMatch(/\n {2}labels: circle \(1\), img \(12\)\n/);
+  }, 300_000);
+
+  it('names the rows to change for bytes it files under two labels, where train and review said relabel, which refuses them', async () => {
+    // 3 images a class, and a copy of a circle's bytes that the manifest calls a square
+    const rows = ['image,label'];
+    for (const kind of ['circle', 'square'] as const) {
+      for (let i = 0; i < 3; i++) {
+        await ctx.services.store.putObject(bucket, `dup/img/${kind}-${i}.jpg`, await renderSample(kind, i, 93, 128));
+        rows.push(`img/${kind}-${i}.jpg,${kind}`);
+      }
+    }
+    await ctx.services.store.putObject(bucket, 'dup/img/copy.jpg', await ctx.services.store.getObject(bucket, 'dup/img/circle-0.jpg'));
+    await ctx.services.store.putObject(bucket, 'dup/labels.csv', Buffer.from([...rows, 'img/copy.jpg,square'].join('\n')));
+    expect((await runCli(['ingest', `s3://${bucket}/dup/labels.csv`, '-d', 'dups'], stack.env, 240_000)).code).toBe(0);
+    const manifest = `s3://${bucket}/dup/labels.csv`;
+    const train = await runCli(['train', '-d', 'dups', '--epochs', '3'], stack.env, 240_000);
+    expect(train.code).toBe(0);
+    expect(train.stdout).toContain(`left out: 1 image whose bytes are filed under more than one label (every copy; change the copies' rows in the label manifest ${manifest} and ingest it again)`);
+    expect(train.stdout).toContain(`\n    s3://${bucket}/dup/img/circle-0.jpg (circle, labelled by ${manifest}), s3://${bucket}/dup/img/copy.jpg (square, labelled by ${manifest})\n`);
+    const review = await runCli(['review', '-d', 'dups'], stack.env, 240_000);
+    expect(review.code).toBe(0);
+    expect(review.stdout).toContain(`  1 of them is filed under more than one label: predicted, but fitted under none (change the copies' rows in the label manifest ${manifest} and ingest it again)\n`);
   }, 300_000);
 
   it('finds a few images of a large folder one by one once the listing has gone on far longer than the rows', async () => {

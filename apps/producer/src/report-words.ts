@@ -117,6 +117,26 @@ export function manifestsNamed(manifests: readonly string[], show: (s: string) =
 }
 
 /**
+ * How to mend images whose bytes are filed under two labels (train's report, the console's run
+ * page, review), from their copies: relabel moves those in label folders; a label manifest's
+ * (`manifest`: `bucket/key`) are mended in its rows, as relabel refuses them.
+ */
+export function underTwoLabelsFix(copies: readonly { manifest?: string | undefined }[], show: (s: string) => string = (s) => s): string {
+  const relabel = 'move the copies to their label with transferline relabel';
+  const manifests = [...new Set(copies.flatMap((c) => (c.manifest === undefined ? [] : [c.manifest])))].sort();
+  if (manifests.length === 0) return relabel;
+  const named = manifestsNamed(manifests, show);
+  const it = manifests.length === 1 ? 'it' : 'them';
+  if (copies.every((c) => c.manifest !== undefined)) return `change the copies' rows in ${named} and ingest ${it} again`;
+  return `${relabel}; for those that ${named} ${manifests.length === 1 ? 'labels' : 'label'}, change their rows there and ingest ${it} again`;
+}
+
+/** A copy of bytes filed under two labels, as train and the console's run page name it: its object, its label, and the manifest that gives it. */
+export function conflictCopy(c: { object: string; label: string; manifest?: string | undefined }, show: (s: string) => string = (s) => s): string {
+  return `${show(c.object)} (${show(c.label)}${c.manifest === undefined ? '' : `, labelled by s3://${show(c.manifest)}`})`;
+}
+
+/**
  * What to say beside relabel's advice (review's hint, the console's review page) when label
  * manifests (`bucket/key`) label images of the dataset: relabel moves folders, not their rows.
  */

@@ -17,6 +17,7 @@ import { loadTfRuntime } from '@transferline/shared/tf';
 import { fitHead, predictProba, type Matrix } from '@transferline/train-worker/head.trainer';
 import type { CliContext } from './cli-context.js';
 import { noSuchDataset } from './data-loss.js';
+import { underTwoLabelsFix } from './report-words.js';
 
 /**
  * What a review shows first (the CLI and the console alike): the first `issues` images whose label
@@ -105,6 +106,8 @@ export interface Review {
   failed: number;
   /** distinct images filed under more than one label: predicted, fitted under none */
   underTwoLabels: number;
+  /** how to mend those: relabel their copies, or change their rows in the label manifests that give them */
+  underTwoLabelsFix?: string;
   seconds: number;
 }
 
@@ -122,12 +125,12 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   if (!(await datasets.exists(o.dataset))) throw await noSuchDataset(ctx, o.dataset);
   const space = await datasets.space(o.dataset);
   if (!space) throw new Error(`dataset ${o.dataset} has not been ingested into an embedding space yet`);
-  const items: { id: string; sha256: string; label: string }[] = [];
+  const items: { id: string; sha256: string; label: string; manifest?: string | undefined }[] = [];
   let notYetEmbedded = 0;
   let failed = 0;
   for await (const page of inspector.scan(o.dataset)) {
     for (const v of page) {
-      if (v.phase === 'embedded' && v.space === space && v.record.sha256) items.push({ id: v.id, sha256: v.record.sha256, label: v.record.label });
+      if (v.phase === 'embedded' && v.space === space && v.record.sha256) items.push({ id: v.id, sha256: v.record.sha256, label: v.record.label, manifest: v.record.manifest });
       else if (v.phase === 'failed') failed++;
       else notYetEmbedded++;
     }
@@ -146,8 +149,8 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   if (folds < 2) {
     const few = labels.filter((_, c) => perClass[c]! < 2).map((l) => {
       const c = classOf.get(l)!;
-      const torn = groups.filter((g) => g.label === undefined && g.members.some((i) => y[i] === c)).length;
-      return `${l}: ${perClass[c]}${torn ? ` (and ${torn} filed under another label too, which are fitted under neither: move them with transferline relabel)` : ''}`;
+      const torn = groups.filter((g) => g.label === undefined && g.members.some((i) => y[i] === c));
+      return `${l}: ${perClass[c]}${torn.length ? ` (and ${torn.length} filed under another label too, which are fitted under neither: ${underTwoLabelsFix(torn.flatMap((g) => g.members.map((i) => items[i]!)))})` : ''}`;
     });
     throw new Error(`a review fits a head per fold, and needs at least 2 distinct embedded images per label (copies of the same bytes count once); ${o.dataset} has fewer: ${few.join('; ')}${onTheirWay}`);
   }
@@ -226,8 +229,9 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   });
   lines.sort((a, b) => Number(b.issue) - Number(a.issue) || a.pGiven - b.pGiven);
   // fewer folds than asked: each fold needs an image of every label
+  const torn = groups.filter((g) => g.label === undefined);
   const fewest = labels[perClass.indexOf(smallest)]!;
-  return { dataset: o.dataset, space, labels, folds, ...(folds < asked && { foldsLimitedBy: { asked, label: fewest, images: smallest } }), lines, distinct: groups.length, underTwoLabels: groups.filter((g) => g.label === undefined).length, issues: lines.filter((l) => l.issue).length, notYetEmbedded, failed, seconds: (performance.now() - started) / 1000 };
+  return { dataset: o.dataset, space, labels, folds, ...(folds < asked && { foldsLimitedBy: { asked, label: fewest, images: smallest } }), lines, distinct: groups.length, underTwoLabels: torn.length, ...(torn.length && { underTwoLabelsFix: underTwoLabelsFix(torn.flatMap((g) => g.members.map((i) => items[i]!))) }), issues: lines.filter((l) => l.issue).length, notYetEmbedded, failed, seconds: (performance.now() - started) / 1000 };
 }
 
 /** Where an object moves and what happened. */

@@ -7,6 +7,8 @@ export interface Example {
   id?: string;
   /** a split the bucket's layout gave the image (train/, val/, test/ folders) */
   split?: Split;
+  /** the label manifest (`bucket/key`) that labels the image, if one does (not its folder) */
+  manifest?: string;
 }
 
 export interface Splits {

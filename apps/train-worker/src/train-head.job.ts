@@ -120,7 +120,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
       else if (v.phase !== 'embedded') coverage.pending++;
       else if (v.space === job.embedderId) {
         coverage.embedded++;
-        examples.push({ sha256: v.record.sha256!, label: v.record.label, id: v.id, ...(v.record.split && { split: v.record.split }) });
+        examples.push({ sha256: v.record.sha256!, label: v.record.label, id: v.id, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest !== undefined && { manifest: v.record.manifest }) });
       } else {
         coverage.pending++; // embedded in another space: not usable here
         elsewhere++;
@@ -273,7 +273,7 @@ export async function saveOnceS3Answers(
  * copies, in the order of their objects (not Redis's, which changes from run to run).
  */
 function namedConflicts(conflicts: Example[][]): NonNullable<ReportDoc['split']['conflicting']> {
-  const named = conflicts.map((copies) => copies.map((e) => ({ object: e.id ? DatasetRepository.objectUrl(e.id) : `sha256 ${e.sha256}`, label: e.label })).sort((a, b) => (a.object < b.object ? -1 : a.object > b.object ? 1 : 0)));
+  const named = conflicts.map((copies) => copies.map((e) => ({ object: e.id ? DatasetRepository.objectUrl(e.id) : `sha256 ${e.sha256}`, label: e.label, ...(e.manifest !== undefined && { manifest: e.manifest }) })).sort((a, b) => (a.object < b.object ? -1 : a.object > b.object ? 1 : 0)));
   return named
     .sort((a, b) => (a[0]!.object < b[0]!.object ? -1 : 1))
     .slice(0, CONFLICTS_NAMED)

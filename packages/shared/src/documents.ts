@@ -249,8 +249,11 @@ export const ReportDoc = z.object({
     explicit: z.boolean(),
     /** distinct bytes filed under more than one label, left out (every copy) */
     conflictsLeftOut: z.number().int(),
-    /** the first of those (CONFLICTS_NAMED), each with its copies (at most as many): the object and the label it is filed under */
-    conflicting: z.array(z.array(z.object({ object: z.string(), label: z.string() }))).optional(),
+    /**
+     * the first of those (CONFLICTS_NAMED), each with its copies (at most as many): the object,
+     * the label it is filed under, and the label manifest (`bucket/key`) that gives it, if one does
+     */
+    conflicting: z.array(z.array(z.object({ object: z.string(), label: z.string(), manifest: z.string().optional() }))).optional(),
   }),
   /** the dataset when training began: images used, and those left out (still pending, or failed) */
   coverage: z.object({

@@ -42,7 +42,7 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   // (a relabel on its word would move well-labelled objects in the bucket)
   const random = randomSpaceNote(await ctx.services.spaces.get(review.space).catch(() => undefined), 'its suggestions are');
   if (random) w(`  ${random}`);
-  if (review.underTwoLabels) w(`  ${review.underTwoLabels} of them ${review.underTwoLabels === 1 ? 'is' : 'are'} filed under more than one label: predicted, but fitted under none (move ${review.underTwoLabels === 1 ? 'it' : 'them'} with transferline relabel)`);
+  if (review.underTwoLabels) w(`  ${review.underTwoLabels} of them ${review.underTwoLabels === 1 ? 'is' : 'are'} filed under more than one label: predicted, but fitted under none (${printable(review.underTwoLabelsFix ?? '')})`);
   if (review.failed) w(`  left out: ${review.failed} failed image${review.failed === 1 ? '' : 's'} (see transferline failures -d ${o.dataset})`);
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
   const agree = reviewAgreement(review.lines);

@@ -7,7 +7,7 @@ import { followJob, say } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { classFigures, confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution } from '../report-words.js';
+import { classFigures, conflictCopy, confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution, underTwoLabelsFix } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { latestRun } from './models.command.js';
 import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
@@ -395,9 +395,9 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
     // distinct bytes = those used + those filed under two labels (left out)
     w(`  ${embedded} embedded images, ${result.examples + conflicts} distinct (copies of the same bytes count once)${conflicts ? `, ${result.examples} used: bytes filed under two labels are left out (below)` : ''}`);
   }
-  if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; move them to their label with \`transferline relabel\`, which \`transferline review\` also suggests when each label has two other images); copies under one label count once`);
   const named = report?.split.conflicting ?? [];
-  for (const copies of named) w(`    ${copies.map((c) => `${printable(c.object)} (${printable(c.label)})`).join(', ')}`);
+  if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; ${underTwoLabelsFix(named.flat(), printable)}); copies under one label count once`);
+  for (const copies of named) w(`    ${copies.map((c) => conflictCopy(c, printable)).join(', ')}`);
   if (named.length && conflicts > named.length) w(`    and ${conflicts - named.length} more`);
   const bin = report?.validation.binary;
   if (bin) {

@@ -90,6 +90,12 @@ describe('the run page', () => {
     const conflicting = [[{ object: 's3://p/a/x<1>.jpg', label: 'a' }, { object: 's3://p/b/x.jpg', label: 'b' }]];
     const named = runPage(access, { ...r, coverage: { ...r.coverage, total: 33, embedded: 33 }, split: { ...r.split, conflictsLeftOut: 2, conflicting } });
     expect(named).toMatch(/<ul id="conflicting"><li>s3:\/\/p\/a\/x&lt;1&gt;\.jpg \(a\), s3:\/\/p\/b\/x\.jpg \(b\)<\/li><li>and 1 more<\/li><\/ul>/);
+    expect(named).toContain('Left out, their bytes filed under more than one label (move the copies to their label with transferline relabel):');
+    // a copy that a label manifest labels is mended in its row (relabel refuses it), and named with it
+    const listed = [[{ object: 's3://p/a/x.jpg', label: 'a', manifest: 'p/labels.csv' }, { object: 's3://p/b/x.jpg', label: 'b' }]];
+    const mixed = runPage(access, { ...r, split: { ...r.split, conflictsLeftOut: 1, conflicting: listed } });
+    expect(mixed).toContain('(move the copies to their label with transferline relabel; for those that the label manifest s3://p/labels.csv labels, change their rows there and ingest it again):');
+    expect(mixed).toContain('<li>s3://p/a/x.jpg (a, labelled by s3://p/labels.csv), s3://p/b/x.jpg (b)</li>');
   });
 
   it("shows the dropout a head with a hidden layer was trained with, and none for a softmax head (a user's trial: 0.2 for every run)", () => {

@@ -1,7 +1,7 @@
 import type { EvaluationReport, ReportDoc } from '@transferline/shared';
 import { fixed3, html, page, pct, seg, type Access, type SafeHtml } from './html.js';
 import { lineChart } from './svg-chart.js';
-import { classFigures, notIngestedAgain } from '../report-words.js';
+import { classFigures, conflictCopy, notIngestedAgain, underTwoLabelsFix } from '../report-words.js';
 
 /**
  * confusion[true][predicted] as a table with the labels on both sides; each cell carries
@@ -98,6 +98,6 @@ function conflicting(split: ReportDoc['split']): SafeHtml | string {
   const named = split.conflicting ?? [];
   if (!named.length) return '';
   const more = split.conflictsLeftOut - named.length;
-  return html`<p>Left out, their bytes filed under more than one label (move each to its label with <code>transferline relabel</code>):</p>
-<ul id="conflicting">${named.map((copies) => html`<li>${copies.map((c) => `${c.object} (${c.label})`).join(', ')}</li>`)}${more > 0 ? html`<li>and ${more} more</li>` : ''}</ul>`;
+  return html`<p>Left out, their bytes filed under more than one label (${underTwoLabelsFix(named.flat())}):</p>
+<ul id="conflicting">${named.map((copies) => html`<li>${copies.map((c) => conflictCopy(c)).join(', ')}</li>`)}${more > 0 ? html`<li>and ${more} more</li>` : ''}</ul>`;
 }
