@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import { utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import pMap from 'p-map';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -696,6 +697,54 @@ describe('a label manifest instead of label folders', () => {
     const review = await runCli(['review', '-d', 'dups'], stack.env, 240_000);
     expect(review.code).toBe(0);
     expect(review.stdout).toContain(`  1 of them is filed under more than one label: predicted, but fitted under none (change the copies' rows in the label manifest ${manifest} and ingest it again)\n`);
+  }, 300_000);
+
+  it('is sent by upload --manifest after its images, checked first and against the folder, where the README needed awscli', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-upload-manifest-'));
+    try {
+      const local = path.join(dir, 'shop');
+      await mkdir(path.join(local, 'img'), { recursive: true });
+      const rows = ['file,label'];
+      for (const kind of ['circle', 'square'] as const) {
+        for (let i = 0; i < 2; i++) {
+          await writeFile(path.join(local, 'img', `${kind}-${i}.jpg`), await renderSample(kind, i, 94, 128));
+          rows.push(`img/${kind}-${i}.jpg,${kind}`);
+        }
+      }
+      await writeFile(path.join(local, 'img', 'extra.jpg'), await renderSample('triangle', 0, 94, 128));
+      await writeFile(path.join(local, 'notes.txt'), 'not an image');
+      await writeFile(path.join(local, 'labels.csv'), [...rows, 'img/gone.jpg,circle', 'notes.txt,square'].join('\n'));
+      // a manifest with a bad row (kept outside the folder: it would go beside it) sends nothing
+      await writeFile(path.join(dir, 'bad.csv'), 'file,label\nimg/circle-0.jpg,\n');
+      const bad = await runCli(['upload', local, `s3://${bucket}/up/`, '--manifest', path.join(dir, 'bad.csv')], stack.env);
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toContain(`transferline: the manifest ${path.join(dir, 'bad.csv')} (for s3://${bucket}/up/bad.csv): a row cannot be read, so nothing was uploaded\n  line 2: no label for img/circle-0.jpg`);
+      const listed = async () => {
+        const keys: string[] = [];
+        for await (const o of ctx.services.store.listObjects(bucket, 'up/')) keys.push(o.key);
+        return keys;
+      };
+      expect(await listed()).toEqual([]);
+
+      const up = await runCli(['upload', local, `s3://${bucket}/up/`, '--manifest', path.join(local, 'labels.csv')], stack.env);
+      expect(up.stderr).not.toMatch(/transferline:/);
+      expect(up.code).toBe(0);
+      expect(up.stdout).toContain(`uploaded 5 files to s3://${bucket}/up/\n`);
+      expect(up.stdout).toContain(`note: 2 of the manifest's rows name images that ingest will not find, and leave out (line 6: img/gone.jpg is neither in ${local} nor in the bucket; line 7: notes.txt was not sent (`);
+      expect(up.stdout).toContain('note: 1 of the files sent is named by no row of the manifest, so an ingest of it leaves it out ("img/extra.jpg")\n');
+      expect(up.stdout).toContain(`uploaded the label manifest s3://${bucket}/up/labels.csv (6 rows); next: transferline ingest s3://${bucket}/up/labels.csv --dataset NAME\n`);
+      // at its path under the folder, the images beside it as they are laid out, the text file not sent
+      expect((await listed()).sort()).toEqual(['up/img/circle-0.jpg', 'up/img/circle-1.jpg', 'up/img/extra.jpg', 'up/img/square-0.jpg', 'up/img/square-1.jpg', 'up/labels.csv']);
+      const ingest = await runCli(['ingest', `s3://${bucket}/up/labels.csv`, '-d', 'uploaded'], stack.env, 240_000);
+      expect(ingest.stdout).toMatch(/dataset uploaded: 4 images named by the manifest, 4 enqueued/);
+      expect(ingest.code).toBe(3); // the two rows upload named
+      // again: nothing sent twice
+      const again = await runCli(['upload', local, `s3://${bucket}/up/`, '--manifest', path.join(local, 'labels.csv')], stack.env);
+      expect(again.stdout).toContain(`uploaded 0 files to s3://${bucket}/up/ (5 more already there, the same bytes: not sent again)\n`);
+      expect(again.stdout).toContain(`already there, the same bytes: the label manifest s3://${bucket}/up/labels.csv (6 rows)`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   }, 300_000);
 
   it('finds a few images of a large folder one by one once the listing has gone on far longer than the rows', async () => {

@@ -140,18 +140,21 @@ program
 
 program
   .command('upload')
-  .description('copy a local folder (one sub-folder per label; or, with --unlabelled, images to classify) into the bucket')
+  .description('copy a local folder (one sub-folder per label; with --manifest, images a label manifest labels; with --unlabelled, images to classify) into the bucket')
   .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg (with --unlabelled: any layout)')
   .argument('<s3url>', 'destination, e.g. s3://photos/train/', s3url)
-  .addOption(new Option('--copies', 'also send files whose bytes are already under another key of the prefix (by default skipped: relabel moved them there)').conflicts('unlabelled'))
+  .addOption(new Option('--copies', 'also send files whose bytes are already under another key of the prefix (by default skipped: relabel moved them there)').conflicts(['unlabelled', 'manifest']))
   .option('--unlabelled', 'images to classify: no label folders needed, every file keeps its path under <dir>')
-  .action(async (dir: string, url: string, o: { copies?: boolean; unlabelled?: boolean }) => {
+  .addOption(
+    new Option('--manifest <file>', 'a label manifest (.csv, .jsonl) that labels the images: checked first, sent after them (at its path under <dir>, or beside them), for ingest to read; no label folders needed').conflicts('unlabelled'),
+  )
+  .action(async (dir: string, url: string, o: { copies?: boolean; unlabelled?: boolean; manifest?: string }) => {
     // S3 alone: an upload asks nothing of Redis, which need not be running
     const config = loadConfig(process.env);
     const store = new ObjectStore(config.s3);
     sayWhenS3IsSlow(store, config.s3);
     try {
-      await uploadCommand({ services: { store }, out: process.stdout, config }, dir, url, { copies: !!o.copies, unlabelled: !!o.unlabelled });
+      await uploadCommand({ services: { store }, out: process.stdout, config }, dir, url, { copies: !!o.copies, unlabelled: !!o.unlabelled, ...(o.manifest !== undefined && { manifest: o.manifest }) });
     } finally {
       store.close();
     }

@@ -50,10 +50,12 @@ const SHOWN = 10;
 /**
  * Reads a manifest's rows, each image once, every key resolved against the manifest's own
  * place (`bucket`, `manifestKey`). Throws ManifestError, naming lines, when any row lacks a key
- * or a label, names a folder, an unknown split, or an image a second time with another label.
+ * or a label, names a folder, an unknown split, or an image a second time with another label;
+ * its headline names the manifest `shownAs` (its s3:// URL by default) and says what was not done
+ * (`refused`: "nothing of it was ingested" by default).
  */
-export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: { bucket: string; key: string }): Promise<ManifestRow[]> {
-  const where = `the manifest s3://${at.bucket}/${at.key}`;
+export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: { bucket: string; key: string }, o: { shownAs?: string; refused?: string } = {}): Promise<ManifestRow[]> {
+  const where = `the manifest ${o.shownAs ?? `s3://${at.bucket}/${at.key}`}`;
   const problems: { line: number; what: string }[] = [];
   const problem = (line: number, what: string) => problems.push({ line, what });
   const rows = new Map<string, ManifestRow>();
@@ -121,7 +123,7 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
   }
   if (problems.length) {
     const shown = problems.sort((a, b) => a.line - b.line).slice(0, SHOWN).map((p) => `line ${p.line}: ${p.what}`);
-    throw new ManifestError(`${where}: ${problems.length === 1 ? 'a row' : `${problems.length} rows`} cannot be read, so nothing of it was ingested`, shown, problems.length);
+    throw new ManifestError(`${where}: ${problems.length === 1 ? 'a row' : `${problems.length} rows`} cannot be read, so ${o.refused ?? 'nothing of it was ingested'}`, shown, problems.length);
   }
   if (rows.size === 0) throw new ManifestError(`${where} has no rows: expected key,label in each (README: "A label manifest")`);
   return [...rows.values()];

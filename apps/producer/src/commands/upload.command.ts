@@ -4,8 +4,9 @@ import { createHash } from 'node:crypto';
 import pMap from 'p-map';
 import { looksTruncated, readableFormat } from '@transferline/feature-worker/image-format';
 import type { preprocessImageOptions } from '@transferline/feature-worker/image.ops';
-import { BUCKET_NAME_RULE, isBucketName, itemFromKey, keyBesideLabel, parseS3Url, PermanentError } from '@transferline/shared';
+import { BUCKET_NAME_RULE, isBucketName, itemFromKey, keyBesideLabel, manifestFormat, parseS3Url, PermanentError } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
+import { readManifest, type ManifestRow } from '../manifest.js';
 import { createProgress } from '../progress.js';
 
 /** Every file below `dir`, as paths relative to it with `/` separators (hidden files and folders skipped). */
@@ -49,27 +50,60 @@ async function cutShort(bytes: Buffer, format: string, preprocess: UploadContext
   }
 }
 
+/** A local label manifest, read and checked before anything is sent: where it goes, its bytes, its rows. */
+interface LocalManifest {
+  file: string;
+  key: string;
+  bytes: Buffer;
+  format: 'csv' | 'jsonl';
+  rows: ManifestRow[];
+  /** its path under the folder, when it is in it (not sent as an image) */
+  rel?: string;
+}
+
+/**
+ * The label manifest `file` as an upload sends it: beside the images, at its path under `dir`
+ * (or at the prefix's top when it is elsewhere), read as ingest will read it there. A manifest
+ * that cannot be read is refused before anything is sent.
+ */
+async function localManifest(file: string, dir: string, bucket: string, prefix: string): Promise<LocalManifest> {
+  const format = manifestFormat(file);
+  if (format === undefined) throw new Error(`--manifest ${file}: a label manifest is a .csv, .jsonl or .ndjson file (README: "A label manifest")`);
+  const bytes = await readFile(file).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') throw new Error(`--manifest: no file ${file}${path.isAbsolute(file) ? '' : ` here (${path.resolve(file)})`}`);
+    throw err;
+  });
+  const under = path.relative(dir, file);
+  const rel = under !== '' && !under.startsWith('..') && !path.isAbsolute(under) ? under.split(path.sep).join('/') : undefined;
+  const key = `${prefix}${rel ?? path.basename(file)}`;
+  const rows = await readManifest(bytes, format, { bucket, key }, { shownAs: `${file} (for s3://${bucket}/${key})`, refused: 'nothing was uploaded' });
+  return { file, key, bytes, format, rows, ...(rel !== undefined && { rel }) };
+}
+
 /**
  * `transferline upload ./photos s3://bucket/train/`: copies a local folder (one sub-folder per
  * label) into the bucket. With `unlabelled`, images to classify: every file keeps its path under
  * the folder, and no label folder is asked for (nor looked for under others: relabel's moves
- * concern labelled images).
+ * concern labelled images). With `manifest`, images that a label manifest labels: sent as they
+ * are laid out, then the manifest (checked first, and against the files), for ingest to read.
  */
-export async function uploadCommand(ctx: UploadContext, dir: string, url: string, o: { copies?: boolean; unlabelled?: boolean; parallel?: number } = {}): Promise<number> {
+export async function uploadCommand(ctx: UploadContext, dir: string, url: string, o: { copies?: boolean; unlabelled?: boolean; manifest?: string; parallel?: number } = {}): Promise<number> {
   const parallel = o.parallel ?? 8;
   /** the command that reads what is uploaded */
   const reader = o.unlabelled ? 'classify' : 'ingest';
   const { bucket, prefix } = parseS3Url(url);
   // before the folder is read: a name S3 would refuse is said first, whatever the folder holds
   if (!isBucketName(bucket)) throw new Error(`${JSON.stringify(bucket)} cannot be a bucket's name: ${BUCKET_NAME_RULE}`);
-  const files = await listFiles(dir).catch((err: NodeJS.ErrnoException) => {
+  const listed = await listFiles(dir).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT') throw new Error(`no folder ${dir}${path.isAbsolute(dir) ? '' : ` here (${path.resolve(dir)})`}`);
-    if (err.code === 'ENOTDIR') throw new Error(`${dir} is a file: upload takes a folder${o.unlabelled ? '' : ' with one sub-folder per label'}`);
+    if (err.code === 'ENOTDIR') throw new Error(`${dir} is a file: upload takes a folder${o.unlabelled || o.manifest ? '' : ' with one sub-folder per label'}`);
     throw err;
   });
-  if (files.length === 0) throw new Error(`no files under ${dir}`);
+  const manifest = o.manifest === undefined ? undefined : await localManifest(o.manifest, dir, bucket, prefix);
+  const files = listed.filter((f) => f !== manifest?.rel);
+  if (files.length === 0) throw new Error(`no files under ${dir}${manifest?.rel ? ' but the manifest' : ''}`);
   // files that ingest would find no label for (not in a label folder), by ingest's own rule
-  const loose = o.unlabelled ? [] : files.filter((f) => itemFromKey(prefix, `${prefix}${f}`) === undefined);
+  const loose = o.unlabelled || manifest ? [] : files.filter((f) => itemFromKey(prefix, `${prefix}${f}`) === undefined);
   const named = `${loose.slice(0, 3).map((f) => JSON.stringify(f)).join(', ')}${loose.length > 3 ? ', …' : ''}`;
   const foldered = `put them in a folder per label (${path.join(dir, 'LABEL', loose[0] ?? '')})`;
   // none in a label folder: nothing ingest could use, so nothing is sent (ingest would refuse it)
@@ -85,7 +119,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   const beside = new Map<string, { key: string; etag: string; size: number }[]>();
   // (--unlabelled: no label folders, so none beside; counted instead, the images in label
   // folders under the prefix that are not this folder's files)
-  const fromHere = o.unlabelled ? new Set(files.map((f) => `${prefix}${f}`)) : undefined;
+  const fromHere = o.unlabelled || manifest ? new Set(files.map((f) => `${prefix}${f}`)) : undefined;
   let labelled = 0;
   for await (const obj of ctx.services.store.listObjects(bucket, prefix)) {
     there.set(obj.key, obj.etag);
@@ -97,7 +131,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
     if (at !== undefined) beside.set(at, [...(beside.get(at) ?? []), obj]);
   }
   // images to classify sent into a training prefix (by mistake, most likely): said before they go
-  if (labelled) {
+  if (labelled && o.unlabelled) {
     ctx.out.write(
       `note: s3://${bucket}/${prefix} holds ${labelled} image${labelled === 1 ? '' : 's'} in label folders already (a training set?): ` +
         'these files go beside them; an ingest of the prefix would take their sub-folders for labels, and a classify of it would label those images too\n',
@@ -158,7 +192,39 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   }
   const same = files.length - skipped.length - elsewhere.length - sent;
   ctx.out.write(`uploaded ${sent} file${sent === 1 ? '' : 's'} to s3://${bucket}/${prefix}${same ? ` (${same} more already there, the same bytes: not sent again)` : ''}\n`);
+  if (manifest) await sendManifest(ctx, manifest, { dir, bucket, prefix, files, skipped, there });
   return sent;
+}
+
+/**
+ * The manifest, sent after the images it names (an ingest that reads it then finds them all),
+ * with what it and the folder disagree on: rows naming images neither sent nor in the bucket
+ * (ingest leaves them out), and files that no row names (sent, but no ingest of it takes them).
+ */
+async function sendManifest(ctx: UploadContext, m: LocalManifest, up: { dir: string; bucket: string; prefix: string; files: string[]; skipped: { rel: string; why: string }[]; there: Map<string, string> }): Promise<void> {
+  const { bucket, prefix } = up;
+  const notSent = new Map(up.skipped.map((s) => [s.rel, s.why]));
+  const sent = new Set(up.files.filter((f) => !notSent.has(f)));
+  const named = new Set<string>();
+  const missing: string[] = [];
+  for (const row of m.rows) {
+    // rows in another bucket or outside the prefix are for ingest to find: not checked here
+    if (row.bucket !== bucket || !row.key.startsWith(prefix)) continue;
+    const rel = row.key.slice(prefix.length);
+    named.add(rel);
+    if (sent.has(rel) || up.there.has(row.key)) continue;
+    const why = notSent.get(rel);
+    missing.push(`line ${row.line}: ${rel} ${why === undefined ? `is neither in ${up.dir} nor in the bucket` : `was not sent (${why})`}`);
+  }
+  const unnamed = up.files.filter((f) => !named.has(f) && !notSent.has(f));
+  const show = (list: string[]) => `${list.slice(0, 5).join('; ')}${list.length > 5 ? `; and ${list.length - 5} more` : ''}`;
+  if (missing.length) ctx.out.write(`note: ${missing.length} of the manifest's rows name${missing.length === 1 ? 's an image' : ' images'} that ingest will not find, and leave${missing.length === 1 ? 's' : ''} out (${show(missing)})\n`);
+  if (unnamed.length) ctx.out.write(`note: ${unnamed.length} of the files sent ${unnamed.length === 1 ? 'is' : 'are'} named by no row of the manifest, so an ingest of it leaves ${unnamed.length === 1 ? 'it' : 'them'} out (${show(unnamed.map((f) => JSON.stringify(f)))})\n`);
+  const url = `s3://${bucket}/${m.key}`;
+  const md5 = createHash('md5').update(m.bytes).digest('hex');
+  const fresh = up.there.get(m.key) !== md5;
+  if (fresh) await ctx.services.store.putObject(bucket, m.key, m.bytes, m.format === 'csv' ? 'text/csv' : 'application/x-ndjson');
+  ctx.out.write(`${fresh ? 'uploaded' : 'already there, the same bytes:'} the label manifest ${url} (${m.rows.length} row${m.rows.length === 1 ? '' : 's'}); next: transferline ingest ${url} --dataset NAME\n`);
 }
 
 function contentType(file: string): string {
