@@ -713,7 +713,9 @@ describe('a label manifest instead of label folders', () => {
       }
       await writeFile(path.join(local, 'img', 'extra.jpg'), await renderSample('triangle', 0, 94, 128));
       await writeFile(path.join(local, 'notes.txt'), 'not an image');
-      await writeFile(path.join(local, 'labels.csv'), [...rows, 'img/gone.jpg,circle', 'notes.txt,square'].join('\n'));
+      await mkdir(path.join(local, '.thumbs'));
+      await writeFile(path.join(local, '.thumbs', 'circle-0.jpg'), await renderSample('circle', 0, 94, 64));
+      await writeFile(path.join(local, 'labels.csv'), [...rows, 'img/gone.jpg,circle', 'notes.txt,square', '.thumbs/circle-0.jpg,circle'].join('\n'));
       // a manifest with a bad row (kept outside the folder: it would go beside it) sends nothing
       await writeFile(path.join(dir, 'bad.csv'), 'file,label\nimg/circle-0.jpg,\n');
       const bad = await runCli(['upload', local, `s3://${bucket}/up/`, '--manifest', path.join(dir, 'bad.csv')], stack.env);
@@ -725,23 +727,30 @@ describe('a label manifest instead of label folders', () => {
         return keys;
       };
       expect(await listed()).toEqual([]);
+      // sent from the folder its keys do not start from: refused, with where they would point
+      const misplaced = await runCli(['upload', path.join(local, 'img'), `s3://${bucket}/up/img/`, '--manifest', path.join(local, 'labels.csv')], stack.env);
+      expect(misplaced.code).toBe(1);
+      expect(misplaced.stderr).toContain(`transferline: none of the manifest's 7 rows under s3://${bucket}/up/img/ names a file under ${path.join(local, 'img')} or an object in the bucket (line 2: s3://${bucket}/up/img/img/circle-0.jpg), so nothing was uploaded: its keys are paths from the manifest's own folder, which would be s3://${bucket}/up/img/;`);
+      expect(await listed()).toEqual([]);
 
       const up = await runCli(['upload', local, `s3://${bucket}/up/`, '--manifest', path.join(local, 'labels.csv')], stack.env);
       expect(up.stderr).not.toMatch(/transferline:/);
       expect(up.code).toBe(0);
       expect(up.stdout).toContain(`uploaded 5 files to s3://${bucket}/up/\n`);
-      expect(up.stdout).toContain(`note: 2 of the manifest's rows name images that ingest will not find, and leave out (line 6: img/gone.jpg is neither in ${local} nor in the bucket; line 7: notes.txt was not sent (`);
-      expect(up.stdout).toContain('note: 1 of the files sent is named by no row of the manifest, so an ingest of it leaves it out ("img/extra.jpg")\n');
-      expect(up.stdout).toContain(`uploaded the label manifest s3://${bucket}/up/labels.csv (6 rows); next: transferline ingest s3://${bucket}/up/labels.csv --dataset NAME\n`);
+      expect(up.stdout).toContain(`note: 3 of the manifest's rows name images that ingest will not find (it leaves them out): line 6: "img/gone.jpg" is neither in ${local} nor in the bucket; line 7: "notes.txt" was not sent (`);
+      expect(up.stdout).toContain('; line 8: ".thumbs/circle-0.jpg" was not sent (upload leaves out files and folders whose names start with a dot)\n');
+      expect(up.stdout).toContain('note: 1 of the folder\'s images is named by no row of the manifest (an ingest of it leaves it out): "img/extra.jpg"\n');
+      expect(up.stdout).toContain(`uploaded the label manifest s3://${bucket}/up/labels.csv (7 images); next: transferline ingest s3://${bucket}/up/labels.csv --dataset NAME\n`);
       // at its path under the folder, the images beside it as they are laid out, the text file not sent
       expect((await listed()).sort()).toEqual(['up/img/circle-0.jpg', 'up/img/circle-1.jpg', 'up/img/extra.jpg', 'up/img/square-0.jpg', 'up/img/square-1.jpg', 'up/labels.csv']);
       const ingest = await runCli(['ingest', `s3://${bucket}/up/labels.csv`, '-d', 'uploaded'], stack.env, 240_000);
       expect(ingest.stdout).toMatch(/dataset uploaded: 4 images named by the manifest, 4 enqueued/);
-      expect(ingest.code).toBe(3); // the two rows upload named
+      expect(ingest.code).toBe(3); // the rows upload named
       // again: nothing sent twice
       const again = await runCli(['upload', local, `s3://${bucket}/up/`, '--manifest', path.join(local, 'labels.csv')], stack.env);
       expect(again.stdout).toContain(`uploaded 0 files to s3://${bucket}/up/ (5 more already there, the same bytes: not sent again)\n`);
-      expect(again.stdout).toContain(`already there, the same bytes: the label manifest s3://${bucket}/up/labels.csv (6 rows)`);
+      expect(again.stdout).toContain(`already there, the same bytes: the label manifest s3://${bucket}/up/labels.csv (7 images)`);
+      expect(again.stdout).toContain('note: 1 of the folder\'s images is named by no row');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

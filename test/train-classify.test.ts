@@ -290,6 +290,7 @@ describe('training runs and classification', () => {
         { object: `s3://${photos}/duo/train/square/copy-of-circle-0.jpg`, label: 'square' },
       ],
     ]);
+    expect(report.split.conflictsLabelledBy).toEqual({ manifests: [], folders: true });
     // the images trained on, and why fewer than embedded: both copies of the conflicting bytes out, the duplicate once
     const distinct = report.split.train + report.split.validation + report.split.test;
     expect(report.coverage.embedded - distinct).toBe(3);

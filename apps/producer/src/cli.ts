@@ -141,7 +141,7 @@ program
 program
   .command('upload')
   .description('copy a local folder (one sub-folder per label; with --manifest, images a label manifest labels; with --unlabelled, images to classify) into the bucket')
-  .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg (with --unlabelled: any layout)')
+  .argument('<dir>', 'local folder, e.g. ./photos with photos/cats/*.jpg, photos/dogs/*.jpg (with --unlabelled or --manifest: any layout)')
   .argument('<s3url>', 'destination, e.g. s3://photos/train/', s3url)
   .addOption(new Option('--copies', 'also send files whose bytes are already under another key of the prefix (by default skipped: relabel moved them there)').conflicts(['unlabelled', 'manifest']))
   .option('--unlabelled', 'images to classify: no label folders needed, every file keeps its path under <dir>')

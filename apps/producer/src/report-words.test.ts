@@ -1,4 +1,4 @@
-import type { ReportDoc } from '@transferline/shared';
+import { conflictsLabelledBy, type ReportDoc } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
 import { confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, randomSpaceNote, thresholdCaution, underTwoLabelsFix } from './report-words.js';
 
@@ -86,9 +86,9 @@ describe('fewInAll', () => {
 
 describe('underTwoLabelsFix', () => {
   it('sends copies in label folders to relabel, and those a label manifest labels to its rows (relabel refuses them)', () => {
-    expect(underTwoLabelsFix([{}, {}])).toBe('move the copies to their label with transferline relabel');
-    expect(underTwoLabelsFix([{ manifest: 'b/l.csv' }, { manifest: 'b/l.csv' }])).toBe("change the copies' rows in the label manifest s3://b/l.csv and ingest it again");
-    expect(underTwoLabelsFix([{ manifest: 'b/z.csv' }, { manifest: 'b/a.jsonl' }])).toBe("change the copies' rows in the label manifests s3://b/a.jsonl, s3://b/z.csv and ingest them again");
-    expect(underTwoLabelsFix([{ manifest: 'b/l.csv' }, {}])).toBe('move the copies to their label with transferline relabel; for those that the label manifest s3://b/l.csv labels, change their rows there and ingest it again');
+    expect(underTwoLabelsFix({ manifests: [], folders: true })).toBe('move the copies to their label with transferline relabel');
+    expect(underTwoLabelsFix(conflictsLabelledBy([{ manifest: 'b/l.csv' }, { manifest: 'b/l.csv' }]))).toBe("change the copies' rows in the label manifest s3://b/l.csv and ingest it again");
+    expect(underTwoLabelsFix(conflictsLabelledBy([{ manifest: 'b/z.csv' }, { manifest: 'b/a.jsonl' }]))).toBe("change the copies' rows in the label manifests s3://b/a.jsonl, s3://b/z.csv and ingest them again");
+    expect(underTwoLabelsFix(conflictsLabelledBy([{ manifest: 'b/l.csv' }, {}]))).toBe('move the copies to their label with transferline relabel; for those that the label manifest s3://b/l.csv labels, change their rows there and ingest it again');
   });
 });

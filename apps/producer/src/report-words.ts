@@ -1,4 +1,4 @@
-import { confusableLabels, type EmbeddingSpace, type EvaluationReport, type ReportDoc } from '@transferline/shared';
+import { confusableLabels, type ConflictsLabelledBy, type EmbeddingSpace, type EvaluationReport, type ReportDoc } from '@transferline/shared';
 
 /**
  * The end of a report's coverage line (the CLI's report, the console's run page) for the prefixes a
@@ -118,17 +118,16 @@ export function manifestsNamed(manifests: readonly string[], show: (s: string) =
 
 /**
  * How to mend images whose bytes are filed under two labels (train's report, the console's run
- * page, review), from their copies: relabel moves those in label folders; a label manifest's
- * (`manifest`: `bucket/key`) are mended in its rows, as relabel refuses them.
+ * page, review), from what labels their copies: relabel moves those in label folders (`folders`);
+ * a label manifest's (`bucket/key`) are mended in its rows, as relabel refuses them.
  */
-export function underTwoLabelsFix(copies: readonly { manifest?: string | undefined }[], show: (s: string) => string = (s) => s): string {
+export function underTwoLabelsFix(by: ConflictsLabelledBy, show: (s: string) => string = (s) => s): string {
   const relabel = 'move the copies to their label with transferline relabel';
-  const manifests = [...new Set(copies.flatMap((c) => (c.manifest === undefined ? [] : [c.manifest])))].sort();
-  if (manifests.length === 0) return relabel;
-  const named = manifestsNamed(manifests, show);
-  const it = manifests.length === 1 ? 'it' : 'them';
-  if (copies.every((c) => c.manifest !== undefined)) return `change the copies' rows in ${named} and ingest ${it} again`;
-  return `${relabel}; for those that ${named} ${manifests.length === 1 ? 'labels' : 'label'}, change their rows there and ingest ${it} again`;
+  if (by.manifests.length === 0) return relabel;
+  const named = manifestsNamed(by.manifests, show);
+  const it = by.manifests.length === 1 ? 'it' : 'them';
+  if (!by.folders) return `change the copies' rows in ${named} and ingest ${it} again`;
+  return `${relabel}; for those that ${named} ${by.manifests.length === 1 ? 'labels' : 'label'}, change their rows there and ingest ${it} again`;
 }
 
 /** A copy of bytes filed under two labels, as train and the console's run page name it: its object, its label, and the manifest that gives it. */

@@ -5,6 +5,7 @@ import {
   ObjectNotFoundError,
   ObjectRefusedError,
   ObjectTooLargeError,
+  conflictsLabelledBy,
   contentHash,
   groupCopies,
   isClassifyDataset,
@@ -142,6 +143,8 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   const classOf = new Map(labels.map((l, i) => [l, i]));
   const y = Int32Array.from(items, (i) => classOf.get(i.label)!);
   const groups = foldGroups(items, classOf);
+  /** how to mend groups whose copies are filed under two labels: by what labels every copy */
+  const mendTorn = (torn: typeof groups) => underTwoLabelsFix(conflictsLabelledBy(torn.flatMap((g) => g.members.map((i) => items[i]!))));
   const perClass = labels.map((_, c) => groups.filter((g) => g.label === c).length);
   const smallest = Math.min(...perClass);
   const asked = o.folds ?? 5;
@@ -150,7 +153,7 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
     const few = labels.filter((_, c) => perClass[c]! < 2).map((l) => {
       const c = classOf.get(l)!;
       const torn = groups.filter((g) => g.label === undefined && g.members.some((i) => y[i] === c));
-      return `${l}: ${perClass[c]}${torn.length ? ` (and ${torn.length} filed under another label too, which are fitted under neither: ${underTwoLabelsFix(torn.flatMap((g) => g.members.map((i) => items[i]!)))})` : ''}`;
+      return `${l}: ${perClass[c]}${torn.length ? ` (and ${torn.length} filed under another label too, which are fitted under neither: ${mendTorn(torn)})` : ''}`;
     });
     throw new Error(`a review fits a head per fold, and needs at least 2 distinct embedded images per label (copies of the same bytes count once); ${o.dataset} has fewer: ${few.join('; ')}${onTheirWay}`);
   }
@@ -231,7 +234,7 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
   // fewer folds than asked: each fold needs an image of every label
   const torn = groups.filter((g) => g.label === undefined);
   const fewest = labels[perClass.indexOf(smallest)]!;
-  return { dataset: o.dataset, space, labels, folds, ...(folds < asked && { foldsLimitedBy: { asked, label: fewest, images: smallest } }), lines, distinct: groups.length, underTwoLabels: torn.length, ...(torn.length && { underTwoLabelsFix: underTwoLabelsFix(torn.flatMap((g) => g.members.map((i) => items[i]!))) }), issues: lines.filter((l) => l.issue).length, notYetEmbedded, failed, seconds: (performance.now() - started) / 1000 };
+  return { dataset: o.dataset, space, labels, folds, ...(folds < asked && { foldsLimitedBy: { asked, label: fewest, images: smallest } }), lines, distinct: groups.length, underTwoLabels: torn.length, ...(torn.length && { underTwoLabelsFix: mendTorn(torn) }), issues: lines.filter((l) => l.issue).length, notYetEmbedded, failed, seconds: (performance.now() - started) / 1000 };
 }
 
 /** Where an object moves and what happened. */

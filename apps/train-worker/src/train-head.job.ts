@@ -1,6 +1,7 @@
 import type * as tfTypes from '@tensorflow/tfjs';
 import {
   CONFLICTS_NAMED,
+  conflictsLabelledBy,
   DatasetRepository,
   DeferJob,
   type DependencyGuard,
@@ -359,7 +360,7 @@ function buildReport(
     embedderId,
     createdAt: new Date().toISOString(),
     labels,
-    split: { train: splits.train.length, validation: splits.validation.length, test: splits.test.length, explicit: splits.explicit, conflictsLeftOut: splits.conflicts.length, ...(splits.conflicts.length && { conflicting: namedConflicts(splits.conflicts) }) },
+    split: { train: splits.train.length, validation: splits.validation.length, test: splits.test.length, explicit: splits.explicit, conflictsLeftOut: splits.conflicts.length, ...(splits.conflicts.length && { conflicting: namedConflicts(splits.conflicts), conflictsLabelledBy: conflictsLabelledBy(splits.conflicts.flat()) }) },
     coverage,
     params,
     classWeights: fit.classWeights,

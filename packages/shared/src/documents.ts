@@ -235,6 +235,21 @@ export type EpochLog = z.infer<typeof EpochLog>;
 /** How many images filed under two labels a run's report names, and how many copies of each. */
 export const CONFLICTS_NAMED = 10;
 
+/** What labels the copies of bytes filed under two labels: label manifests (`bucket/key`), and whether label folders do too. */
+export const ConflictsLabelledBy = z.object({ manifests: z.array(z.string()), folders: z.boolean() });
+export type ConflictsLabelledBy = z.infer<typeof ConflictsLabelledBy>;
+
+/** What labels these copies (each with the label manifest that labels it, if one does). */
+export function conflictsLabelledBy(copies: Iterable<{ manifest?: string | undefined }>): ConflictsLabelledBy {
+  const manifests = new Set<string>();
+  let folders = false;
+  for (const c of copies) {
+    if (c.manifest === undefined) folders = true;
+    else manifests.add(c.manifest);
+  }
+  return { manifests: [...manifests].sort(), folders };
+}
+
 /** `models/<dataset>/<run>/report.json`: how the run went and how good the model is. */
 export const ReportDoc = z.object({
   dataset: z.string(),
@@ -254,6 +269,8 @@ export const ReportDoc = z.object({
      * the label it is filed under, and the label manifest (`bucket/key`) that gives it, if one does
      */
     conflicting: z.array(z.array(z.object({ object: z.string(), label: z.string(), manifest: z.string().optional() }))).optional(),
+    /** what labels every copy of those (not only the copies named): how to mend them */
+    conflictsLabelledBy: ConflictsLabelledBy.optional(),
   }),
   /** the dataset when training began: images used, and those left out (still pending, or failed) */
   coverage: z.object({

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
-import { enqueue, jobIds, NEW_RUN_ID, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
+import { conflictsLabelledBy, enqueue, jobIds, NEW_RUN_ID, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { followJob, say } from '../job-follow.js';
@@ -396,7 +396,7 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
     w(`  ${embedded} embedded images, ${result.examples + conflicts} distinct (copies of the same bytes count once)${conflicts ? `, ${result.examples} used: bytes filed under two labels are left out (below)` : ''}`);
   }
   const named = report?.split.conflicting ?? [];
-  if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; ${underTwoLabelsFix(named.flat(), printable)}); copies under one label count once`);
+  if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; ${underTwoLabelsFix(report!.split.conflictsLabelledBy ?? conflictsLabelledBy(named.flat()), printable)}); copies under one label count once`);
   for (const copies of named) w(`    ${copies.map((c) => conflictCopy(c, printable)).join(', ')}`);
   if (named.length && conflicts > named.length) w(`    and ${conflicts - named.length} more`);
   const bin = report?.validation.binary;

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
@@ -8,6 +9,7 @@ import { BUCKET_NAME_RULE, isBucketName, itemFromKey, keyBesideLabel, manifestFo
 import type { CliContext } from '../cli-context.js';
 import { readManifest, type ManifestRow } from '../manifest.js';
 import { createProgress } from '../progress.js';
+import { printable, shellQuote } from '../terminal.js';
 
 /** Every file below `dir`, as paths relative to it with `/` separators (hidden files and folders skipped). */
 export async function listFiles(dir: string): Promise<string[]> {
@@ -101,7 +103,8 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   });
   const manifest = o.manifest === undefined ? undefined : await localManifest(o.manifest, dir, bucket, prefix);
   const files = listed.filter((f) => f !== manifest?.rel);
-  if (files.length === 0) throw new Error(`no files under ${dir}${manifest?.rel ? ' but the manifest' : ''}`);
+  // (a manifest alone is sent: its rows may name images in the bucket already, or in others)
+  if (files.length === 0 && !manifest) throw new Error(`no files under ${dir}`);
   // files that ingest would find no label for (not in a label folder), by ingest's own rule
   const loose = o.unlabelled || manifest ? [] : files.filter((f) => itemFromKey(prefix, `${prefix}${f}`) === undefined);
   const named = `${loose.slice(0, 3).map((f) => JSON.stringify(f)).join(', ')}${loose.length > 3 ? ', …' : ''}`;
@@ -130,6 +133,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
     const at = keyBesideLabel(prefix, obj.key);
     if (at !== undefined) beside.set(at, [...(beside.get(at) ?? []), obj]);
   }
+  if (manifest) refuseMisplaced(manifest, { dir, bucket, prefix, files, there });
   // images to classify sent into a training prefix (by mistake, most likely): said before they go
   if (labelled && o.unlabelled) {
     ctx.out.write(
@@ -196,35 +200,56 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   return sent;
 }
 
+/** The manifest's rows under the prefix, each with its path under it. */
+function rowsUnder(m: LocalManifest, bucket: string, prefix: string): { row: ManifestRow; rel: string }[] {
+  // rows in another bucket or outside the prefix are for ingest to find: not checked here
+  return m.rows.filter((row) => row.bucket === bucket && row.key.startsWith(prefix)).map((row) => ({ row, rel: row.key.slice(prefix.length) }));
+}
+
+/**
+ * A manifest none of whose rows under the prefix names a file of the folder or an object there
+ * is in the wrong place (its keys are paths from its own folder): refused before anything is sent.
+ */
+function refuseMisplaced(m: LocalManifest, up: { dir: string; bucket: string; prefix: string; files: string[]; there: Map<string, string> }): void {
+  const under = rowsUnder(m, up.bucket, up.prefix);
+  const files = new Set(up.files);
+  if (under.length === 0 || under.some(({ row, rel }) => files.has(rel) || up.there.has(row.key))) return;
+  const first = under[0]!;
+  const folder = `s3://${up.bucket}/${m.key.slice(0, m.key.lastIndexOf('/') + 1)}`;
+  throw new Error(
+    `none of the manifest's ${under.length} row${under.length === 1 ? '' : 's'} under s3://${up.bucket}/${up.prefix} names a file under ${up.dir} or an object in the bucket ` +
+      `(line ${first.row.line}: s3://${up.bucket}/${first.row.key}), so nothing was uploaded: its keys are paths from the manifest's own folder, which would be ${folder}; ` +
+      'put the manifest in the folder the keys start from (upload sends it to its path under the folder), or upload that folder',
+  );
+}
+
 /**
  * The manifest, sent after the images it names (an ingest that reads it then finds them all),
- * with what it and the folder disagree on: rows naming images neither sent nor in the bucket
- * (ingest leaves them out), and files that no row names (sent, but no ingest of it takes them).
+ * with what it and the folder disagree on: rows under the prefix naming images neither sent nor
+ * in the bucket (ingest leaves them out), and the folder's files that no row names.
  */
 async function sendManifest(ctx: UploadContext, m: LocalManifest, up: { dir: string; bucket: string; prefix: string; files: string[]; skipped: { rel: string; why: string }[]; there: Map<string, string> }): Promise<void> {
-  const { bucket, prefix } = up;
+  const { bucket } = up;
   const notSent = new Map(up.skipped.map((s) => [s.rel, s.why]));
   const sent = new Set(up.files.filter((f) => !notSent.has(f)));
   const named = new Set<string>();
   const missing: string[] = [];
-  for (const row of m.rows) {
-    // rows in another bucket or outside the prefix are for ingest to find: not checked here
-    if (row.bucket !== bucket || !row.key.startsWith(prefix)) continue;
-    const rel = row.key.slice(prefix.length);
+  for (const { row, rel } of rowsUnder(m, bucket, up.prefix)) {
     named.add(rel);
     if (sent.has(rel) || up.there.has(row.key)) continue;
-    const why = notSent.get(rel);
-    missing.push(`line ${row.line}: ${rel} ${why === undefined ? `is neither in ${up.dir} nor in the bucket` : `was not sent (${why})`}`);
+    const why = notSent.get(rel) ?? (existsSync(path.join(up.dir, rel)) ? 'upload leaves out files and folders whose names start with a dot' : undefined);
+    missing.push(`line ${row.line}: ${JSON.stringify(rel)} ${why === undefined ? `is neither in ${up.dir} nor in the bucket` : `was not sent (${why})`}`);
   }
   const unnamed = up.files.filter((f) => !named.has(f) && !notSent.has(f));
   const show = (list: string[]) => `${list.slice(0, 5).join('; ')}${list.length > 5 ? `; and ${list.length - 5} more` : ''}`;
-  if (missing.length) ctx.out.write(`note: ${missing.length} of the manifest's rows name${missing.length === 1 ? 's an image' : ' images'} that ingest will not find, and leave${missing.length === 1 ? 's' : ''} out (${show(missing)})\n`);
-  if (unnamed.length) ctx.out.write(`note: ${unnamed.length} of the files sent ${unnamed.length === 1 ? 'is' : 'are'} named by no row of the manifest, so an ingest of it leaves ${unnamed.length === 1 ? 'it' : 'them'} out (${show(unnamed.map((f) => JSON.stringify(f)))})\n`);
+  if (missing.length) ctx.out.write(`note: ${missing.length} of the manifest's rows name${missing.length === 1 ? 's an image' : ' images'} that ingest will not find (it leaves them out): ${show(missing)}\n`);
+  if (unnamed.length) ctx.out.write(`note: ${unnamed.length} of the folder's images ${unnamed.length === 1 ? 'is' : 'are'} named by no row of the manifest (an ingest of it leaves ${unnamed.length === 1 ? 'it' : 'them'} out): ${show(unnamed.map((f) => JSON.stringify(f)))}\n`);
   const url = `s3://${bucket}/${m.key}`;
   const md5 = createHash('md5').update(m.bytes).digest('hex');
   const fresh = up.there.get(m.key) !== md5;
   if (fresh) await ctx.services.store.putObject(bucket, m.key, m.bytes, m.format === 'csv' ? 'text/csv' : 'application/x-ndjson');
-  ctx.out.write(`${fresh ? 'uploaded' : 'already there, the same bytes:'} the label manifest ${url} (${m.rows.length} row${m.rows.length === 1 ? '' : 's'}); next: transferline ingest ${url} --dataset NAME\n`);
+  const images = `${m.rows.length} image${m.rows.length === 1 ? '' : 's'}`;
+  ctx.out.write(`${fresh ? 'uploaded' : 'already there, the same bytes:'} the label manifest ${printable(url)} (${images}); next: transferline ingest ${shellQuote(printable(url))} --dataset NAME\n`);
 }
 
 function contentType(file: string): string {

@@ -96,6 +96,9 @@ describe('the run page', () => {
     const mixed = runPage(access, { ...r, split: { ...r.split, conflictsLeftOut: 1, conflicting: listed } });
     expect(mixed).toContain('(move the copies to their label with transferline relabel; for those that the label manifest s3://p/labels.csv labels, change their rows there and ingest it again):');
     expect(mixed).toContain('<li>s3://p/a/x.jpg (a, labelled by s3://p/labels.csv), s3://p/b/x.jpg (b)</li>');
+    // the advice is the report's, from every copy of every conflict, not only from those it names
+    const beyond = runPage(access, { ...r, split: { ...r.split, conflictsLeftOut: 11, conflicting: [[{ object: 's3://p/a/y.jpg', label: 'a' }, { object: 's3://p/b/y.jpg', label: 'b' }]], conflictsLabelledBy: { manifests: ['p/labels.csv'], folders: true } } });
+    expect(beyond).toContain('(move the copies to their label with transferline relabel; for those that the label manifest s3://p/labels.csv labels, change their rows there and ingest it again):');
   });
 
   it("shows the dropout a head with a hidden layer was trained with, and none for a softmax head (a user's trial: 0.2 for every run)", () => {

@@ -1,4 +1,4 @@
-import type { EvaluationReport, ReportDoc } from '@transferline/shared';
+import { conflictsLabelledBy, type EvaluationReport, type ReportDoc } from '@transferline/shared';
 import { fixed3, html, page, pct, seg, type Access, type SafeHtml } from './html.js';
 import { lineChart } from './svg-chart.js';
 import { classFigures, conflictCopy, notIngestedAgain, underTwoLabelsFix } from '../report-words.js';
@@ -98,6 +98,6 @@ function conflicting(split: ReportDoc['split']): SafeHtml | string {
   const named = split.conflicting ?? [];
   if (!named.length) return '';
   const more = split.conflictsLeftOut - named.length;
-  return html`<p>Left out, their bytes filed under more than one label (${underTwoLabelsFix(named.flat())}):</p>
+  return html`<p>Left out, their bytes filed under more than one label (${underTwoLabelsFix(split.conflictsLabelledBy ?? conflictsLabelledBy(named.flat()))}):</p>
 <ul id="conflicting">${named.map((copies) => html`<li>${copies.map((c) => conflictCopy(c)).join(', ')}</li>`)}${more > 0 ? html`<li>and ${more} more</li>` : ''}</ul>`;
 }
