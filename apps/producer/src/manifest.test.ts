@@ -35,6 +35,18 @@ describe('label manifests', () => {
     ]);
   });
 
+  it('reads fields separated by semicolons (a spreadsheet in many locales) or tabs, as its first line shows', async () => {
+    const pick = (rows: Awaited<ReturnType<typeof csv>>) => rows.map(({ key, label, split }) => ({ key, label, split }));
+    // Excel's CSV where the decimal mark is a comma: ; between fields, CRLF, a BOM; commas inside keys
+    expect(pick(await csv('\uFEFFfilename;label;split\r\na,1.jpg;cat;val\r\n"b;2.jpg";dog;\r\n'))).toEqual([
+      { key: 'sets/pets/a,1.jpg', label: 'cat', split: 'validation' },
+      { key: 'sets/pets/b;2.jpg', label: 'dog', split: undefined },
+    ]);
+    expect(pick(await csv('\nkey\tlabel\nx y.jpg\tcat\n'))).toEqual([{ key: 'sets/pets/x y.jpg', label: 'cat', split: undefined }]);
+    // commas win where the first line has as many (a ; inside a key stays in it)
+    expect(pick(await csv('a;b.jpg,cat\n'))).toEqual([{ key: 'sets/pets/a;b.jpg', label: 'cat', split: undefined }]);
+  });
+
   it('reads JSON Lines, and an image listed twice with the same label once', async () => {
     const rows = await jsonl('{"path": "a.jpg", "label": "cat"}\n\n{"key": "s3://photos/b.jpg", "label": "Hündin", "split": "valid"}\n{"key": "a.jpg", "label": "cat"}\n');
     expect(rows.map(({ key, label, split }) => ({ key, label, split }))).toEqual([

@@ -6,9 +6,10 @@ import { UNLABELLED, splitOfFolder, type Split } from '@transferline/shared';
  * A label manifest: a CSV or JSON Lines object in the bucket that gives each image its label
  * (and, if it likes, its split), for images that are not sorted into label folders.
  *
- * - CSV: `key,label[,split]` per row. A first row that names a column (KEY_NAMES, LABEL_NAMES,
- *   SPLIT_NAMES below) is a header, must name a key and a label column, and the columns may then
- *   come in any order, with others beside them (ignored).
+ * - CSV: `key,label[,split]` per row (or `;`- or tab-separated: see delimiterOf). A first row
+ *   that names a column (KEY_NAMES, LABEL_NAMES, SPLIT_NAMES below) is a header, must name a key
+ *   and a label column, and the columns may then come in any order, with others beside them
+ *   (ignored).
  * - JSON Lines: one object per line, `{"key": …, "label": …, "split": …}` (the same names).
  *
  * A key is `s3://bucket/key`, `/key` from the bucket's root, or a path relative to the folder the
@@ -94,7 +95,7 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
     // (a record that is no CSV, an unclosed quote, is said and skipped: the others are still read
     // for what else is wrong; a quote inside an unquoted value is taken as it is)
     const parser = Readable.from([bytes]).pipe(
-      parse({ bom: true, trim: true, skip_empty_lines: true, relax_column_count: true, relax_quotes: true, skip_records_with_error: true, info: true }),
+      parse({ bom: true, delimiter: delimiterOf(bytes), trim: true, skip_empty_lines: true, relax_column_count: true, relax_quotes: true, skip_records_with_error: true, info: true }),
     );
     parser.on('skip', (err: Error & { lines?: number }) => problem(err.lines ?? 0, `not CSV (${err.message})`));
     let columns: { key: number; label: number; split?: number } | undefined;
@@ -127,6 +128,25 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
   }
   if (rows.size === 0) throw new ManifestError(`${where} has no rows: expected key,label in each (README: "A label manifest")`);
   return [...rows.values()];
+}
+
+/** The field delimiters a CSV manifest may use: spreadsheets in many locales write `;`, and some export tabs. */
+const DELIMITERS = [',', ';', '\t'] as const;
+
+/**
+ * A CSV's field delimiter, as its first line shows: the one of DELIMITERS found there most often
+ * outside quotes (a comma when none is, or on a tie).
+ */
+export function delimiterOf(bytes: Buffer): (typeof DELIMITERS)[number] {
+  const text = bytes.subarray(0, 64 * 1024).toString('utf8');
+  const counts = new Map<string, number>();
+  let quoted = false;
+  for (const c of text) {
+    if (c === '"') quoted = !quoted;
+    else if (!quoted && (c === '\n' || c === '\r') && [...counts.values()].some((n) => n > 0)) break;
+    else if (!quoted && (DELIMITERS as readonly string[]).includes(c)) counts.set(c, (counts.get(c) ?? 0) + 1);
+  }
+  return DELIMITERS.reduce((best, d) => ((counts.get(d) ?? 0) > (counts.get(best) ?? 0) ? d : best), DELIMITERS[0]);
 }
 
 /** One row's image, or what is wrong with it. */
