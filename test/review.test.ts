@@ -602,7 +602,7 @@ describe('a label manifest instead of label folders', () => {
     await put('flat/labels.csv', ['split,filename,class', ...rows, ',img/gone.jpg,circle'].join('\n'));
     const first = await runCli(['ingest', `s3://${bucket}/flat/labels.csv`, '-d', 'listed'], stack.env, 240_000);
     expect(first.stderr).not.toMatch(/transferline:/);
-    expect(first.stdout).toMatch(/dataset listed: 13 images named by the manifest, 13 enqueued/);
+    expect(first.stdout).toMatch(/dataset listed: 13 of the 14 images named by the manifest found, 13 enqueued/);
     expect(first.stdout).toContain(`note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://${bucket}/flat/img/gone.jpg`);
     expect(first.code).toBe(3); // an image it names is missing: a script's next step should know
     // every one embedded, the one in the other bucket too (its job reads its own bucket)
@@ -623,7 +623,7 @@ describe('a label manifest instead of label folders', () => {
     await put('flat/labels.csv', ['split,filename,class', ...edited].join('\n'));
     const second = await runCli(['ingest', `s3://${bucket}/flat/labels.csv`, '-d', 'listed'], stack.env, 240_000);
     expect(second.code).toBe(0);
-    expect(second.stdout).toMatch(/11 images named by the manifest, 0 enqueued, 2 added from the embedding cache \(no job\), 9 unchanged, 2 removed from the dataset/);
+    expect(second.stdout).toMatch(/11 images named by the manifest, 0 enqueued, 0 added from the embedding cache \(no job\), 2 given a new label, split or manifest \(no job\), 9 unchanged, 2 removed from the dataset/);
     expect(await status()).toMatch(/dataset listed: 11 images, 11 embedded.*\n {2}labels: circle \(4\), square \(4\), triangle \(3\)/);
     expect((await record('flat/img/circle-0.jpg'))?.split).toBeUndefined();
     // and once more: all as it was (a row's split, or its absence, is not taken for a change)
@@ -641,7 +641,10 @@ describe('a label manifest instead of label folders', () => {
     // images as it labels them; the two it no longer names are the listing's
     const prefix = await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'listed'], stack.env, 240_000);
     expect(prefix.code).toBe(0);
-    expect(prefix.stdout).toMatch(/13 objects listed, 2 enqueued, 0 added from the embedding cache \(no job\), 10 unchanged, 1 skipped \(not in a label folder.*\)$/m);
+    // (the two rows dropped left their objects, whose bytes are known: no job, not read again)
+    expect(prefix.stdout).toMatch(/13 objects listed, 0 enqueued, 2 added from the embedding cache \(no job\), 10 unchanged$/m);
+    // the manifest beside them is none of the images (it was counted as an image outside a label folder)
+    expect(prefix.stdout).toContain(`note: s3://${bucket}/flat/labels.csv is a label manifest, not an image: left out of the listing (a manifest labels the dataset when ingested by its URL)`);
     expect(prefix.stdout).toContain(`note: 10 of the images under s3://${bucket}/flat/ take their labels in dataset listed from the label manifest s3://${bucket}/flat/labels.csv, not from their folders`);
     expect(await status()).toMatch(/dataset listed: 13 images, 13 embedded.*\n {2}labels: circle \(4\), img \(2\), square \(4\), triangle \(3\)/);
     expect(await forwardPasses()).toBe(passes);
@@ -697,6 +700,10 @@ describe('a label manifest instead of label folders', () => {
     const review = await runCli(['review', '-d', 'dups'], stack.env, 240_000);
     expect(review.code).toBe(0);
     expect(review.stdout).toContain(`  1 of them is filed under more than one label: predicted, but fitted under none (change the copies' rows in the label manifest ${manifest} and ingest it again)\n`);
+    // the images it flags are all the manifest's: its rows to change, not a relabel command that moves none of them
+    expect(review.stdout).toMatch(/^[1-9]\d* images? looks? mislabelled/m);
+    expect(review.stdout).toContain(`look at them; they take their labels from the label manifest ${manifest}: change the rows of those that are wrong there, and ingest it again (relabel moves label folders)\n`);
+    expect(review.stdout).not.toContain('--from-review');
   }, 300_000);
 
   it('is sent by upload --manifest after its images, checked first and against the folder, where the README needed awscli', async () => {
@@ -740,20 +747,46 @@ describe('a label manifest instead of label folders', () => {
       expect(up.stdout).toContain(`note: 3 of the manifest's rows name images that ingest will not find (it leaves them out): line 6: "img/gone.jpg" is neither in ${local} nor in the bucket; line 7: "notes.txt" was not sent (`);
       expect(up.stdout).toContain('; line 8: ".thumbs/circle-0.jpg" was not sent (upload leaves out files and folders whose names start with a dot)\n');
       expect(up.stdout).toContain('note: 1 of the folder\'s images is named by no row of the manifest (an ingest of it leaves it out): "img/extra.jpg"\n');
-      expect(up.stdout).toContain(`uploaded the label manifest s3://${bucket}/up/labels.csv (7 images); next: transferline ingest s3://${bucket}/up/labels.csv --dataset NAME\n`);
+      expect(up.stdout).toContain(`uploaded the label manifest s3://${bucket}/up/labels.csv (it names 7 images); next: transferline ingest s3://${bucket}/up/labels.csv --dataset NAME\n`);
       // at its path under the folder, the images beside it as they are laid out, the text file not sent
       expect((await listed()).sort()).toEqual(['up/img/circle-0.jpg', 'up/img/circle-1.jpg', 'up/img/extra.jpg', 'up/img/square-0.jpg', 'up/img/square-1.jpg', 'up/labels.csv']);
       const ingest = await runCli(['ingest', `s3://${bucket}/up/labels.csv`, '-d', 'uploaded'], stack.env, 240_000);
-      expect(ingest.stdout).toMatch(/dataset uploaded: 4 images named by the manifest, 4 enqueued/);
+      expect(ingest.stdout).toMatch(/dataset uploaded: 4 of the 7 images named by the manifest found, 4 enqueued/);
       expect(ingest.code).toBe(3); // the rows upload named
       // again: nothing sent twice
       const again = await runCli(['upload', local, `s3://${bucket}/up/`, '--manifest', path.join(local, 'labels.csv')], stack.env);
       expect(again.stdout).toContain(`uploaded 0 files to s3://${bucket}/up/ (5 more already there, the same bytes: not sent again)\n`);
-      expect(again.stdout).toContain(`already there, the same bytes: the label manifest s3://${bucket}/up/labels.csv (7 images)`);
+      expect(again.stdout).toContain(`already there, the same bytes: the label manifest s3://${bucket}/up/labels.csv (it names 7 images)`);
       expect(again.stdout).toContain('note: 1 of the folder\'s images is named by no row');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  }, 300_000);
+
+  it('reads a .tsv, names a first line it took for a row and a bucket that is not there, and says what a URL naming an image is', async () => {
+    const rows: string[] = [];
+    for (const kind of ['circle', 'square'] as const) {
+      for (let i = 0; i < 2; i++) {
+        await ctx.services.store.putObject(bucket, `tsv/img/${kind}-${i}.jpg`, await renderSample(kind, i, 95, 128));
+        rows.push(`img/${kind}-${i}.jpg\t${kind}`);
+      }
+    }
+    // a row in a bucket that does not exist is an image not there, not the end of the ingest
+    await ctx.services.store.putObject(bucket, 'tsv/labels.tsv', Buffer.from(['file\tlabel', ...rows, 's3://no-such-bucket-tl/a.jpg\tcircle'].join('\n')));
+    const tsv = await runCli(['ingest', `s3://${bucket}/tsv/labels.tsv`, '-d', 'tabbed'], stack.env, 240_000);
+    expect(tsv.stderr).not.toMatch(/transferline:/);
+    expect(tsv.code).toBe(3);
+    expect(tsv.stdout).toContain('dataset tabbed: 4 of the 5 images named by the manifest found, 4 enqueued');
+    expect(tsv.stdout).toContain('note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://no-such-bucket-tl/a.jpg (there is no bucket no-such-bucket-tl)');
+    // a header of names it does not know is read as a row, whose "image" is not there: said so
+    await ctx.services.store.putObject(bucket, 'tsv/names.csv', Buffer.from(['name,category', ...rows.map((r) => r.replace('\t', ','))].join('\n')));
+    const names = await runCli(['ingest', `s3://${bucket}/tsv/names.csv`, '-d', 'named'], stack.env, 240_000);
+    expect(names.code).toBe(3);
+    expect(names.stdout).toContain(`note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://${bucket}/tsv/name\n`);
+    expect(names.stdout).toContain('note: its first line, "name,category", was read as a row: a header names the key\'s column (key, filename, image, path, …) and the label\'s (label or class)');
+    // a URL naming one image: ingest takes a prefix or a manifest (it said "is the prefix right?")
+    const image = await runCli(['ingest', `s3://${bucket}/tsv/img/circle-0.jpg`, '-d', 'one'], stack.env, 60_000);
+    expect(image.stdout).toContain(`ingest s3://${bucket}/tsv/img/circle-0.jpg/: no objects there; s3://${bucket}/tsv/img/circle-0.jpg is an object: ingest takes a prefix, or a label manifest ending in .csv, .tsv, .jsonl or .ndjson`);
   }, 300_000);
 
   it('finds a few images of a large folder one by one once the listing has gone on far longer than the rows', async () => {
@@ -765,7 +798,7 @@ describe('a label manifest instead of label folders', () => {
     await ctx.services.store.putObject(bucket, 'big/z-square.jpg', await renderSample('square', 5, 93, 128));
     await ctx.services.store.putObject(bucket, 'big/two.csv', Buffer.from('z-circle.jpg,circle\nz-square.jpg,square\nz-gone.jpg,square\n'));
     const r = await runCli(['ingest', `s3://${bucket}/big/two.csv`, '-d', 'two'], stack.env, 240_000);
-    expect(r.stdout).toMatch(/dataset two: 2 images named by the manifest, 2 enqueued/);
+    expect(r.stdout).toMatch(/dataset two: 2 of the 3 images named by the manifest found, 2 enqueued/);
     expect(r.stdout).toContain(`note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://${bucket}/big/z-gone.jpg`);
     expect(r.code).toBe(3);
     expect((await runCli(['status', '-d', 'two'], stack.env)).stdout).toMatch(/dataset two: 2 images, 2 embedded.*\n {2}labels: circle \(1\), square \(1\)/);

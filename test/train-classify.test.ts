@@ -176,6 +176,8 @@ describe('training runs and classification', () => {
 
   it('classifies new images into JSON Lines in the bucket, keeps them out of the training set, and watches for more', async () => {
     for (const [i, kind] of kinds.entries()) await ctx.services.store.putObject(photos, `incoming/${kind}-new.jpg`, await renderSample(kind, 100 + i, 99));
+    // a label manifest beside them is no image to classify (it was one more, failed as not an image)
+    await ctx.services.store.putObject(photos, 'incoming/labels.csv', Buffer.from('circle-new.jpg,circle\n'));
     const before = await ctx.services.inspector.status('shapes');
 
     let rounds = 0;
@@ -203,6 +205,7 @@ describe('training runs and classification', () => {
 
     expect(results[0]).toMatchObject({ classified: 3, failed: 0 });
     expect(results[1]).toMatchObject({ classified: 1, skipped: 3 });
+    await ctx.services.store.deleteObject(photos, 'incoming/labels.csv');
     const lines = (await ctx.services.store.getObject(stack.config.s3.bucket, results[0]!.outputKey)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; label: string; probabilities: Record<string, number>; model: { dataset: string } });
     expect(lines).toHaveLength(3);
     const right = lines.filter((l) => l.key.endsWith(`/${l.label}-new.jpg`)).length;
@@ -248,7 +251,7 @@ describe('training runs and classification', () => {
     expect(train.stdout).toContain('  no threshold: validation held only "circle", so classify and serve take the most probable label');
     // square has no validation image: nothing measures its recall there (n/a, not 0.000)
     expect(train.stdout).toMatch(/^ {2}square +(n\/a|\d\.\d{3}) {2} {2}n\/a {2} {2}n\/a {2}0$/m);
-    expect(train.stdout).toContain('  n/a: "square" has no image in validation, so its recall and F1 are not measured (a label of very few images, or a val/ folder without it)\n');
+    expect(train.stdout).toContain('  n/a: "square" has no image in validation, so its recall and F1 are not measured (a label of very few images, or a val/ folder or split column without it)\n');
     const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'one-class-val', 'report.json'));
     expect(report?.validation.binary).toBeUndefined();
     const models = await runCli(['models', '--json'], stack.env);

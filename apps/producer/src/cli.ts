@@ -146,7 +146,7 @@ program
   .addOption(new Option('--copies', 'also send files whose bytes are already under another key of the prefix (by default skipped: relabel moved them there)').conflicts(['unlabelled', 'manifest']))
   .option('--unlabelled', 'images to classify: no label folders needed, every file keeps its path under <dir>')
   .addOption(
-    new Option('--manifest <file>', 'a label manifest (.csv, .jsonl) that labels the images: checked first, sent after them (at its path under <dir>, or beside them), for ingest to read; no label folders needed').conflicts('unlabelled'),
+    new Option('--manifest <file>', 'a label manifest (.csv, .tsv, .jsonl, .ndjson) that labels the images: checked first, sent after them (at its path under <dir>, or beside them), for ingest to read; no label folders needed').conflicts('unlabelled'),
   )
   .action(async (dir: string, url: string, o: { copies?: boolean; unlabelled?: boolean; manifest?: string }) => {
     // S3 alone: an upload asks nothing of Redis, which need not be running

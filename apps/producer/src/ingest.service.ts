@@ -6,7 +6,9 @@ import {
   ObjectTooLargeError,
   TRANSIENT_REASONS,
   UNLABELLED,
+  isMissingBucket,
   itemFromKey,
+  manifestFormat,
   splitOfFolder,
   splitOfPrefix,
   jobIds,
@@ -47,6 +49,8 @@ export interface IngestCounts {
   unchangedInFlight: number;
   /** hash known and embedding cached: added without any job */
   fromCache: number;
+  /** of those, items of the dataset whose bytes did not change but whose label, split or manifest did (a manifest's edit) */
+  relabelled?: number;
   /** new or changed objects: preprocess jobs enqueued */
   enqueued: number;
   /** new or changed objects whose job another ingest had just enqueued (running at the same time) */
@@ -62,8 +66,14 @@ export interface IngestCounts {
    * labels, directly under the prefix: likely a prefix one level too high. Absent otherwise.
    */
   mixedLayout?: { splitFolders: string[]; labelFolders: string[] };
-  /** a manifest's images that are not in the bucket: how many, and the first few (`s3://…`) */
-  missing?: { count: number; first: string[] };
+  /**
+   * a manifest's images that are not in the bucket: how many, the first few (`s3://…`), the
+   * buckets named that do not exist, and whether the first line is among them (a header of
+   * names the reader does not know, read as a row)
+   */
+  missing?: { count: number; first: string[]; noBuckets?: string[]; firstLine?: string };
+  /** label manifests (.csv, .jsonl, …) a listing found where an image would be: left out, not skipped as images (`s3://…`) */
+  manifestFiles?: string[];
   /** listed objects a label manifest (still in the bucket) labels in the dataset, kept as it labels them; the manifests (`bucket/key`) */
   manifestLabelled?: { count: number; manifests: string[] };
   /** a manifest's images that another manifest labelled in the dataset until now; those manifests (`bucket/key`) */
@@ -124,6 +134,11 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   const flush = async () => {
     const labelled = page.flatMap((o) => {
       const item = req.labels === 'none' ? { label: UNLABELLED } : itemFromKey(req.prefix, o.key);
+      // a label manifest beside the images (as upload --manifest puts it) is none of them
+      if ((item === undefined || req.labels === 'none') && manifestFormat(o.key)) {
+        (counts.manifestFiles ??= []).push(`s3://${req.bucket}/${o.key}`);
+        return [];
+      }
       if (item === undefined) counts.unlabelled++;
       else {
         noteSpelling(spellings, item.label, o.key, req.prefix);
@@ -192,7 +207,7 @@ async function applyPage(
   const existing = await deps.services.datasets.getItems(req.dataset, labelled.map((o) => o.id));
   const known = existing.flatMap((r, i) => (r ? [[labelled[i]!.id, r] as [string, ItemRecord]] : []));
   const views = new Map((await deps.services.inspector.classify(req.dataset, known, req.space.id)).map((v) => [v.id, v]));
-  const work: { o: (typeof labelled)[number]; retry: boolean }[] = [];
+  const work: { o: (typeof labelled)[number]; retry: boolean; relabel?: boolean }[] = [];
   for (const listed of labelled) {
     const v = views.get(listed.id);
     const r = v?.record;
@@ -207,8 +222,9 @@ async function applyPage(
     }
     // (two manifests naming one image: the one ingested last labels it, and says whose it was)
     if (r?.manifest !== undefined && o.manifest !== undefined && r.manifest !== o.manifest) tally((counts.fromOtherManifests ??= { count: 0, manifests: [] }), r.manifest);
-    const same = r !== undefined && r.etag === o.etag && r.label === o.label && r.split === o.split && r.manifest === o.manifest && (r.space ?? req.space.id) === req.space.id;
-    if (!same) work.push({ o, retry: false });
+    const sameBytes = r !== undefined && r.etag === o.etag && (r.space ?? req.space.id) === req.space.id;
+    const same = sameBytes && r.label === o.label && r.split === o.split && r.manifest === o.manifest;
+    if (!same) work.push({ o, retry: false, relabel: sameBytes });
     else if (needsRetry(v!, o.lastModified)) work.push({ o, retry: true });
     else {
       counts.unchanged++;
@@ -217,8 +233,10 @@ async function applyPage(
   }
   const outcomes = await submit(req, deps, work.map((w) => ({ ...w.o, ...(w.retry && { previous: views.get(w.o.id) }) })));
   outcomes.forEach((outcome, i) => {
-    if (outcome === 'cached') counts.fromCache++;
-    else if (work[i]!.retry) counts.retried++;
+    if (outcome === 'cached') {
+      counts.fromCache++;
+      if (work[i]!.relabel) counts.relabelled = (counts.relabelled ?? 0) + 1;
+    } else if (work[i]!.retry) counts.retried++;
     else if (outcome === 'queued') counts.alreadyQueued++;
     else counts.enqueued++;
   });
@@ -250,9 +268,13 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
     throw new ManifestError(`the manifest s3://${source} is ${err.size.toLocaleString('en-US')} bytes, more than the ${MAX_MANIFEST_BYTES / 2 ** 20} MiB a manifest may be: split it in several, each ingested into the dataset`);
   });
   const rows = await readManifest(bytes, req.format, { bucket: req.bucket, key: req.key });
-  const found = await findObjects(store, rows);
+  const { found, noBuckets } = await findObjects(store, rows, req.bucket);
   const missing = rows.filter((r) => !found.has(DatasetRepository.itemId(r.bucket, r.key)));
-  if (missing.length) counts.missing = { count: missing.length, first: missing.slice(0, 5).map((r) => `s3://${r.bucket}/${r.key}`) };
+  if (missing.length) {
+    // a first line of names the reader does not know is read as a row, and names no image
+    const firstLine = req.format === 'csv' && missing[0]!.line === 1 ? bytes.subarray(0, 200).toString('utf8').replace(/^\uFEFF/, '').split(/\r?\n/)[0] : undefined;
+    counts.missing = { count: missing.length, first: missing.slice(0, 5).map((r) => `s3://${r.bucket}/${r.key}`), ...(noBuckets.length && { noBuckets }), ...(firstLine !== undefined && { firstLine }) };
+  }
   if (missing.length === rows.length) {
     const folder = path.posix.dirname(req.key) === '.' ? '' : `${path.posix.dirname(req.key)}/`;
     throw new ManifestError(
@@ -281,7 +303,12 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
       for (const [id, r] of page) if (r.manifest === source && !kept.has(id)) gone.push(id);
     }
   }
-  for (let i = 0; i < gone.length; i += 1000) await datasets.removeItems(req.dataset, gone.slice(i, i + 1000));
+  // (a row dropped leaves its object in the bucket, and its known bytes: one named but gone does not)
+  const named = new Set(rows.map((r) => DatasetRepository.itemId(r.bucket, r.key)));
+  const dropped = gone.filter((id) => !named.has(id));
+  const deleted = gone.filter((id) => named.has(id));
+  for (let i = 0; i < dropped.length; i += 1000) await datasets.removeItems(req.dataset, dropped.slice(i, i + 1000), { objectsStay: true });
+  for (let i = 0; i < deleted.length; i += 1000) await datasets.removeItems(req.dataset, deleted.slice(i, i + 1000));
   counts.removed = gone.length;
   await datasets.markListed(req.dataset, req.bucket, req.key);
   onPage?.({ ...counts });
@@ -293,8 +320,10 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
  * the keys share is listed (a thousand keys a request), until the listing has gone on far longer
  * than the rows are many: the keys not seen by then are asked for one by one (HEAD).
  */
-async function findObjects(store: IngestDeps['services']['store'], rows: ManifestRow[]): Promise<Map<string, ObjectInfo>> {
+async function findObjects(store: IngestDeps['services']['store'], rows: ManifestRow[], home: string): Promise<{ found: Map<string, ObjectInfo>; noBuckets: string[] }> {
   const found = new Map<string, ObjectInfo>();
+  /** other buckets the rows name that do not exist: their images are missing, as any not there */
+  const noBuckets: string[] = [];
   const byBucket = new Map<string, string[]>();
   for (const r of rows) {
     const keys = byBucket.get(r.bucket);
@@ -311,9 +340,15 @@ async function findObjects(store: IngestDeps['services']['store'], rows: Manifes
     const folder = shared.slice(0, shared.lastIndexOf('/') + 1);
     let seen = 0;
     const enough = 2 * wanted.size + 1000;
-    for await (const o of store.listObjects(bucket, folder)) {
-      if (wanted.has(o.key)) found.set(DatasetRepository.itemId(bucket, o.key), o);
-      if (++seen >= enough) break;
+    try {
+      for await (const o of store.listObjects(bucket, folder)) {
+        if (wanted.has(o.key)) found.set(DatasetRepository.itemId(bucket, o.key), o);
+        if (++seen >= enough) break;
+      }
+    } catch (err) {
+      if (!isMissingBucket(err) || bucket === home) throw err;
+      noBuckets.push(bucket);
+      continue;
     }
     if (seen < enough) continue; // listed to the end: what it did not list is not there
     const rest = [...wanted].filter((key) => !found.has(DatasetRepository.itemId(bucket, key)));
@@ -322,7 +357,7 @@ async function findObjects(store: IngestDeps['services']['store'], rows: Manifes
       if (o) found.set(DatasetRepository.itemId(bucket, key), o);
     }, { concurrency: 16 });
   }
-  return found;
+  return { found, noBuckets: noBuckets.sort() };
 }
 
 /** Records the raw folder spelling behind a (NFC-normalised) label. */

@@ -68,6 +68,8 @@ describe('label manifests', () => {
       '  line 9: "?" is no label (it stands for an image without one)',
       expect.stringMatching(/^ {2}line 10: not CSV \(Quote Not Closed/),
     ]);
+    // listed again with its label and another split: the split is what disagrees
+    expect((await refusal(csv('a.jpg,cat,val\n./a.jpg,cat,test\n')))[1]).toBe('  line 2: s3://photos/sets/pets/a.jpg is listed again with label "cat", split test (line 1: label "cat", split validation): an image has one split');
     const json = await refusal(jsonl('{"key": "a.jpg", "label": "cat"}\nnot json\n["a.jpg", "cat"]\n{"file": "b.jpg", "label": true}\n{"file": "c.jpg"}\n'));
     expect(json.slice(1)).toEqual([
       expect.stringMatching(/^ {2}line 2: not JSON/),

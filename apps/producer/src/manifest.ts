@@ -67,7 +67,7 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
     const before = rows.get(id);
     if (before === undefined) rows.set(id, row);
     else if (before.label !== row.label || before.split !== row.split) {
-      problem(line, `s3://${id} is listed again with ${describe(row)} (line ${before.line}: ${describe(before)}): an image has one label`);
+      problem(line, `s3://${id} is listed again with ${describe(row)} (line ${before.line}: ${describe(before)}): an image has one ${before.label === row.label ? 'split' : 'label'}`);
     }
   };
   if (format === 'jsonl') {

@@ -1,6 +1,6 @@
 import { conflictsLabelledBy, type ReportDoc } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
-import { confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, randomSpaceNote, thresholdCaution, underTwoLabelsFix } from './report-words.js';
+import { confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, randomSpaceNote, thresholdCaution, thresholdText, underTwoLabelsFix } from './report-words.js';
 
 const validation = (matrix: number[][], binary = true): ReportDoc['validation'] =>
   ({
@@ -76,7 +76,7 @@ describe('fewToLearn', () => {
 describe('fewInAll', () => {
   const report = (support: number[]) => ({ train: { perClass: support.map((n, i) => ({ label: `l${i}`, support: n })) } }) as unknown as ReportDoc;
   it('says so when every class has a handful of training images (a first try on 3 photos trained without a word)', () => {
-    expect(fewInAll(report([2, 1]))).toBe('every class has fewer than 5 training images (1 to 2): too few to learn from, and the figures above say little about new images; add images to each label folder and ingest again');
+    expect(fewInAll(report([2, 1]))).toBe('every class has fewer than 5 training images (1 to 2): too few to learn from, and the figures above say little about new images; add images to each label (its folder, or rows of its manifest) and ingest again');
     expect(fewInAll(report([3, 3, 3]))).toMatch(/^every class has fewer than 5 training images \(3\): /);
     // one class large enough: fewToLearn's to name the others, beside it
     expect(fewInAll(report([4, 5]))).toBeUndefined();
@@ -90,5 +90,15 @@ describe('underTwoLabelsFix', () => {
     expect(underTwoLabelsFix(conflictsLabelledBy([{ manifest: 'b/l.csv' }, { manifest: 'b/l.csv' }]))).toBe("change the copies' rows in the label manifest s3://b/l.csv and ingest it again");
     expect(underTwoLabelsFix(conflictsLabelledBy([{ manifest: 'b/z.csv' }, { manifest: 'b/a.jsonl' }]))).toBe("change the copies' rows in the label manifests s3://b/a.jsonl, s3://b/z.csv and ingest them again");
     expect(underTwoLabelsFix(conflictsLabelledBy([{ manifest: 'b/l.csv' }, {}]))).toBe('move the copies to their label with transferline relabel; for those that the label manifest s3://b/l.csv labels, change their rows there and ingest it again');
+  });
+});
+
+describe('thresholdText', () => {
+  it('prints three decimals, or as many as keep a threshold near 0 or 1 from reading as 0 or 1 (a trial read "at least 0.000")', () => {
+    expect(thresholdText(0.4213)).toBe('0.421');
+    expect(thresholdText(0.00004)).toBe('0.00004');
+    expect(thresholdText(0.99962)).toBe('0.9996');
+    expect(thresholdText(0)).toBe('0.000');
+    expect(thresholdText(1)).toBe('1.000');
   });
 });

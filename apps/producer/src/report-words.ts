@@ -92,7 +92,7 @@ export function fewInAll(r: Pick<ReportDoc, 'train'>): string | undefined {
   if (counts.length === 0 || Math.max(...counts) >= FEW_TO_LEARN) return undefined;
   const least = Math.min(...counts);
   const most = Math.max(...counts);
-  return `every class has fewer than ${FEW_TO_LEARN} training images (${least === most ? most : `${least} to ${most}`}): too few to learn from, and the figures above say little about new images; add images to each label folder and ingest again`;
+  return `every class has fewer than ${FEW_TO_LEARN} training images (${least === most ? most : `${least} to ${most}`}): too few to learn from, and the figures above say little about new images; add images to each label (its folder, or rows of its manifest) and ingest again`;
 }
 
 /**
@@ -109,6 +109,18 @@ export function fewToLearn(r: Pick<ReportDoc, 'labels' | 'train' | 'classWeights
     const weight = r.params.classWeights === 'balanced' && r.classWeights[i] !== undefined ? `, and --class-weights balanced makes ${n === 1 ? 'it' : 'each'} count ${r.classWeights[i]!.toFixed(1)} times as much as an image of a class of average size` : '';
     return [`${show(label)} has ${n} training image${n === 1 ? '' : 's'}, the other classes ${others[0]} to ${others[others.length - 1]}: too few to learn it${weight}`];
   });
+}
+
+/**
+ * A decision threshold as printed: three decimals, or as many as it takes not to read as 0 or 1
+ * (seeded random weights can put it at 0.00004, which "0.000" would call "always").
+ */
+export function thresholdText(t: number): string {
+  for (let digits = 3; digits < 10; digits++) {
+    const s = t.toFixed(digits);
+    if (!((t > 0 && Number(s) === 0) || (t < 1 && Number(s) === 1))) return s;
+  }
+  return t.toPrecision(3);
 }
 
 /** Label manifests (`bucket/key`) as a sentence names them: "the label manifest s3://…", or "… manifests …, …". */

@@ -228,6 +228,7 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
       issue,
       uncertainty: 1 - p[best]!,
       probabilities: Object.fromEntries(labels.map((l, c) => [l, p[c]!])),
+      ...(item.manifest !== undefined && { manifest: item.manifest }),
     };
   });
   lines.sort((a, b) => Number(b.issue) - Number(a.issue) || a.pGiven - b.pGiven);

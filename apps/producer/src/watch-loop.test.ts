@@ -35,6 +35,21 @@ describe('watchRounds', () => {
     expect(printed[1]).toBe('watch: round 3 failed: the listing failed; trying again every 0.001 s (Ctrl-C to stop)\n');
   });
 
+  it("names a refused manifest's rows, as ingest does, and says them again when other rows are wrong (it said the first line only)", async () => {
+    const { ctx, printed } = context();
+    const refusal = (line: number) => new Error(`transferline: the manifest s3://p/l.csv: a row cannot be read, so nothing of it was ingested\n  line ${line}: no label for a.jpg`);
+    const failures = [undefined, refusal(7), refusal(7), refusal(9), undefined];
+    await watchRounds(ctx, { intervalSeconds: 0.001, maxRounds: failures.length }, async (n) => {
+      const failure = failures[n - 1];
+      if (failure) throw failure;
+    });
+    expect(printed).toEqual([
+      'watch: round 2 failed: the manifest s3://p/l.csv: a row cannot be read, so nothing of it was ingested; trying again every 0.001 s (Ctrl-C to stop)\n  line 7: no label for a.jpg\n',
+      'watch: round 4 failed: the manifest s3://p/l.csv: a row cannot be read, so nothing of it was ingested; trying again every 0.001 s (Ctrl-C to stop)\n  line 9: no label for a.jpg\n',
+      'watch: round 5 went through; 3 rounds since round 2 had failed\n',
+    ]);
+  });
+
   it("ends on the first round's failure", async () => {
     const { ctx } = context();
     await expect(watchRounds(ctx, { intervalSeconds: 0.001, maxRounds: 3 }, async () => Promise.reject(new Error('no such model')))).rejects.toThrow('no such model');

@@ -28,10 +28,11 @@ export async function watchRounds(ctx: CliContext, o: WatchLoopOptions, round: (
         }
       } catch (err) {
         if (ctx.signal?.aborted) break;
-        const message = roundFailure(ctx, err);
-        // one kind of failure whatever its figures ("12 images have not moved", then 11): said once
-        const kind = message.replace(/\d+(\.\d+)?/g, '#');
-        if (failing?.kind !== kind) ctx.out.write(`watch: round ${n} failed: ${message}; trying again every ${o.intervalSeconds} s (Ctrl-C to stop)\n`);
+        const { headline, detail } = roundFailure(ctx, err);
+        // one kind of failure whatever its figures ("12 images have not moved", then 11): said
+        // once; the lines it names (a manifest's bad rows) as they are, so other rows are said again
+        const kind = [headline.replace(/\d+(\.\d+)?/g, '#'), ...detail].join('\n');
+        if (failing?.kind !== kind) ctx.out.write(`watch: round ${n} failed: ${headline}; trying again every ${o.intervalSeconds} s (Ctrl-C to stop)\n${detail.map((l) => `${l}\n`).join('')}`);
         failing = { since: failing?.since ?? n, rounds: (failing?.rounds ?? 0) + 1, kind };
       }
     }
@@ -41,9 +42,12 @@ export async function watchRounds(ctx: CliContext, o: WatchLoopOptions, round: (
   }
 }
 
-function roundFailure(ctx: CliContext, err: unknown): string {
+/** A failed round's error in a line, and the indented lines under it that name what is wrong (a refused manifest's rows). */
+function roundFailure(ctx: CliContext, err: unknown): { headline: string; detail: string[] } {
   const s3 = S3UnreachableError.from(err, ctx.config.s3.endpoint);
-  if (s3) return s3.message;
-  if (isRedisUnavailable(err)) return `cannot reach Redis at ${redactUrl(ctx.config.redis.url)}`;
-  return (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+  if (s3) return { headline: s3.message, detail: [] };
+  if (isRedisUnavailable(err)) return { headline: `cannot reach Redis at ${redactUrl(ctx.config.redis.url)}`, detail: [] };
+  // (a command's refusal, worded for the end of a command, starts with its name)
+  const [headline, ...rest] = (err instanceof Error ? err.message : String(err)).replace(/^transferline: /, '').split('\n');
+  return { headline: headline!, detail: rest.filter((l) => l.startsWith('  ')) };
 }

@@ -201,10 +201,16 @@ export class DatasetRepository {
     return this.redis.hlen(this.keys.datasetItems(dataset));
   }
 
-  /** Takes items out of a dataset (their objects were deleted), and forgets the objects' content hashes. */
-  async removeItems(dataset: string, itemIds: string[]): Promise<void> {
+  /**
+   * Takes items out of a dataset. Their objects were deleted: the objects' content hashes are
+   * forgotten too; unless `objectsStay` (a manifest no longer names them, and they are still in
+   * the bucket): an ingest that brings them back then knows their bytes without reading them.
+   */
+  async removeItems(dataset: string, itemIds: string[], o: { objectsStay?: boolean } = {}): Promise<void> {
     if (itemIds.length === 0) return;
-    await this.redis.multi().hdel(this.keys.datasetItems(dataset), ...itemIds).hdel(this.keys.objectHashes(), ...itemIds).exec();
+    const tx = this.redis.multi().hdel(this.keys.datasetItems(dataset), ...itemIds);
+    if (!o.objectsStay) tx.hdel(this.keys.objectHashes(), ...itemIds);
+    await tx.exec();
   }
 
   /**

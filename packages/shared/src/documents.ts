@@ -322,6 +322,8 @@ export const ReviewLine = z.object({
   /** 1 − the highest probability: high means the model cannot tell */
   uncertainty: probability,
   probabilities: LabelProbabilities,
+  /** the label manifest (`bucket/key`) that gives the label, if one does: its row is changed, not the folder (relabel refuses) */
+  manifest: z.string().optional(),
 });
 export type ReviewLine = z.infer<typeof ReviewLine>;
 

@@ -184,10 +184,11 @@ function swappedOnce(x: string, y: string): boolean {
 
 /**
  * The format of a label manifest an `s3://` URL names (`…/labels.csv`, `…/labels.jsonl`): rows
- * of an image's key and its label, instead of label folders. Undefined for a prefix.
+ * of an image's key and its label, instead of label folders. Undefined for a prefix. A `.tsv` is
+ * a CSV whose fields are separated by tabs (the reader finds its delimiter).
  */
 export function manifestFormat(key: string): 'csv' | 'jsonl' | undefined {
-  if (/\.csv$/i.test(key)) return 'csv';
+  if (/\.[ct]sv$/i.test(key)) return 'csv';
   if (/\.(jsonl|ndjson)$/i.test(key)) return 'jsonl';
   return undefined;
 }

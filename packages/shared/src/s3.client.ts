@@ -212,6 +212,11 @@ function isNoSuchBucket(err: unknown): boolean {
   return err instanceof S3ServiceException && err.name === 'NoSuchBucket';
 }
 
+/** An error that says a bucket does not exist, whichever path (the SDK's or the direct one) met it. */
+export function isMissingBucket(err: unknown): boolean {
+  return err instanceof BucketNotFoundError || isNoSuchBucket(err);
+}
+
 /** S3's answer that the key is missing, in a bucket that exists (as far as the answer says). */
 function isNotFound(err: unknown): boolean {
   if (isNoSuchBucket(err)) return false;

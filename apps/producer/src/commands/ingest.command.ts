@@ -89,10 +89,21 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   if (o.quietUnlessNew) ctx.out.write(`${spaceChoice}\n`);
   const w = (s: string) => ctx.out.write(`${s}\n`);
   const where = manifest ? printable(url) : `s3://${printable(bucket)}/${printable(prefix)}`;
-  if (counts.listed === 0 && !manifest) w(`ingest ${where}: no objects there (is the prefix right? keys look like ${where}<label>/<file>)`);
+  if (counts.listed === 0 && !manifest) {
+    // (the URL names one object: a manifest of a name ingest does not read, most likely)
+    const object = !url.endsWith('/') && (await ctx.services.store.headObject(bucket, prefix.slice(0, -1)).catch(() => undefined));
+    const hint = object ? `; ${printable(url)} is an object: ingest takes a prefix, or a label manifest ending in .csv, .tsv, .jsonl or .ndjson` : ` (is the prefix right? keys look like ${where}<label>/<file>)`;
+    w(`ingest ${where}: no objects there${hint}`);
+  }
+  const found = manifest
+    ? `${counts.listed} ${counts.missing ? `of the ${counts.listed + counts.missing.count} ` : ''}image${counts.listed + (counts.missing?.count ?? 0) === 1 ? '' : 's'} named by the manifest${counts.missing ? ' found' : ''}`
+    : `${counts.listed} object${counts.listed === 1 ? '' : 's'} listed`;
   w(
-    `ingest ${where} → dataset ${o.dataset}: ${counts.listed} ${manifest ? 'images named by the manifest' : 'objects listed'}, ${counts.enqueued} enqueued, ` +
-      `${counts.fromCache} added from the embedding cache (no job), ${counts.unchanged} unchanged` +
+    `ingest ${where} → dataset ${o.dataset}: ${found}, ${counts.enqueued} enqueued, ` +
+      `${counts.fromCache - (counts.relabelled ?? 0)} added from the embedding cache (no job), ` +
+      // (a manifest's edit: the same bytes under a new label or split, nothing to embed)
+      (counts.relabelled ? `${counts.relabelled} given a new label, split or manifest (no job), ` : '') +
+      `${counts.unchanged} unchanged` +
       // (an ingest of them running now, or one that went before and whose work goes on)
       (counts.unchangedInFlight ? ` (${counts.unchangedInFlight} of them still on their way: queued before, not yet embedded)` : '') +
       (counts.alreadyQueued ? `, ${counts.alreadyQueued} already queued (by another ingest of them running now)` : '') +
@@ -116,8 +127,14 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
     );
   }
   if (counts.missing) {
-    const { count, first } = counts.missing;
-    w(`note: ${count} of the images the manifest names ${count === 1 ? 'is' : 'are'} not in the bucket, so not ingested: ${first.map(printable).join(', ')}${count > first.length ? ` and ${count - first.length} more` : ''}`);
+    const { count, first, noBuckets, firstLine } = counts.missing;
+    const buckets = noBuckets ? ` (there is no bucket ${noBuckets.map(printable).join(', no bucket ')})` : '';
+    w(`note: ${count} of the images the manifest names ${count === 1 ? 'is' : 'are'} not in the bucket, so not ingested: ${first.map(printable).join(', ')}${count > first.length ? ` and ${count - first.length} more` : ''}${buckets}`);
+    if (firstLine !== undefined) w(`note: its first line, ${JSON.stringify(printable(firstLine))}, was read as a row: a header names the key's column (key, filename, image, path, …) and the label's (label or class)`);
+  }
+  if (counts.manifestFiles) {
+    const files = counts.manifestFiles;
+    w(`note: ${files.slice(0, 3).map(printable).join(', ')}${files.length > 3 ? ` and ${files.length - 3} more` : ''} ${files.length === 1 ? 'is a label manifest, not an image' : 'are label manifests, not images'}: left out of the listing (a manifest labels the dataset when ingested by its URL)`);
   }
   if (counts.emptyFolders) {
     const names = counts.emptyFolders;
@@ -140,7 +157,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   // 3 on them). Said as for a new dataset, with where its label folders are.
   // (Not for a --watch, which may wait for objects or label folders to come; nor for one of the
   // dataset's own prefixes, or a listing that removed images: it changed the dataset.)
-  const sources = counts.unlabelled === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
+  const sources = counts.unlabelled + (counts.manifestFiles?.length ?? 0) === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
   if (!manifest && sources.length && !sources.includes(DatasetRepository.source(bucket, prefix))) {
     const what = counts.listed === 0 ? `nothing to ingest under ${where}` : `none of the ${counts.listed} objects is in a label folder under ${where}`;
     const folders = sources.filter((src) => !DatasetRepository.isManifestSource(src)).sort();
@@ -204,7 +221,7 @@ function folderList(names: string[]): string {
 export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   const w = (line: string) => ctx.out.write(`${line}\n`);
   w(
-    `dataset ${s.dataset}: ${s.total} images, ${s.embedded} embedded (${s.cached} of them already in the embedding cache: not computed again), ${s.failed} failed, ${s.pending} pending` +
+    `dataset ${s.dataset}: ${s.total} image${s.total === 1 ? '' : 's'}, ${s.embedded} embedded (${s.cached} of them already in the embedding cache: not computed again), ${s.failed} failed, ${s.pending} pending` +
       (s.orphaned ? `, ${s.orphaned} orphaned (their job was lost: ${relistCommand(s.dataset)})` : '') +
       (s.space ? ` — embedding space ${s.space}` : ''),
   );

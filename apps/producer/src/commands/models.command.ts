@@ -5,6 +5,7 @@ import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { nothingHere } from '../storage-hint.js';
 import { noSuchDataset } from '../data-loss.js';
+import { thresholdText } from '../report-words.js';
 
 export interface ModelRun {
   dataset: string;
@@ -179,7 +180,7 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
     );
     // the accuracies above are at 0.5; a two-class model decides at its threshold
     const t = r.atThreshold;
-    if (t) ctx.out.write(`${' '.repeat(17)}  classify and serve decide at ${t.threshold.toFixed(3)}: val ${pct(t.validation).trim()}${t.test !== undefined ? `, test ${pct(t.test).trim()}` : ''}\n`);
+    if (t) ctx.out.write(`${' '.repeat(17)}  classify and serve decide at ${thresholdText(t.threshold)}: val ${pct(t.validation).trim()}${t.test !== undefined ? `, test ${pct(t.test).trim()}` : ''}\n`);
   }
   ctx.out.write('* latest run of its dataset (what classify, serve and export use without @run)\n');
   for (const d of new Set(runs.map((r) => r.dataset))) {

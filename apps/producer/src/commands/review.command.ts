@@ -48,8 +48,8 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   const agree = reviewAgreement(review.lines);
   w(`  ${agree.words}`);
   w(`${review.issues} image${review.issues === 1 ? '' : 's'} look${review.issues === 1 ? 's' : ''} mislabelled (another label is confidently more likely)${review.issues ? `; the ${Math.min(top, review.issues)} least likely:` : ''}`);
-  w('  p(given)  given → suggested  key');
   const { issues, uncertain } = reviewHighlights(review.lines, { issues: top, uncertain: top });
+  if (issues.length) w('  p(given)  given → suggested  key');
   for (const l of issues) w(row(l));
   w(`the ${uncertain.length} most uncertain${issues.length ? ' of the others' : ''} (lowest top probability first):`);
   // here the suggested label is often the given one: the label it is confused with says more
@@ -60,12 +60,18 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   }
   w(`full list (JSON Lines): s3://${bucket}/${outputKey}`);
   if (review.issues) {
-    // (the first N of the file: those listed above, least likely first)
-    w(`look at them; to move those listed to their suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
-    w(`  (add --dry-run to see each move first, and move nothing; a wrong one moved is moved back with relabel KEY --to LABEL)`);
-    const manifests = (await ctx.services.datasets.sources(o.dataset)).filter(DatasetRepository.isManifestSource).sort();
-    const note = manifestRelabelNote(manifests, printable);
-    if (note) w(`  (${note})`);
+    // (the first N of the file: those listed above, least likely first); relabel moves folders,
+    // so those a label manifest labels are mended in its rows
+    const byManifest = [...new Set(issues.flatMap((l) => (l.manifest === undefined ? [] : [l.manifest])))].sort();
+    if (issues.every((l) => l.manifest !== undefined)) {
+      w(`look at them; they take their labels from ${manifestsNamed(byManifest, printable)}: change the rows of those that are wrong there, and ingest ${byManifest.length === 1 ? 'it' : 'them'} again (relabel moves label folders)`);
+    } else {
+      w(`look at them; to move those listed to their suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
+      w(`  (add --dry-run to see each move first, and move nothing; a wrong one moved is moved back with relabel KEY --to LABEL)`);
+      const manifests = (await ctx.services.datasets.sources(o.dataset)).filter(DatasetRepository.isManifestSource).sort();
+      const note = manifestRelabelNote(manifests, printable);
+      if (note) w(`  (${note})`);
+    }
   }
   return { ...review, outputKey };
 }
@@ -142,7 +148,7 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
     if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${new Set(moves.map((m) => m.itemId)).size}: ${summary()}; ${next}`);
     throw err;
   }
-  if (o.dryRun) w(`relabel ${o.dataset}: ${summary()}; nothing moved (--dry-run): run it without --dry-run to move them`);
+  if (o.dryRun) w(`relabel ${o.dataset}: ${summary()}; nothing moved (--dry-run)${count('moved') ? ': run it without --dry-run to move them' : ''}`);
   else w(`relabel ${o.dataset}: ${summary()}${count('moved') ? '; nothing to embed again. Train again to use the new labels.' : ''}`);
   if (count('missing')) throw new CliExit(EXIT.error, `${count('missing')} of the images named ${count('missing') === 1 ? 'is' : 'are'} not in ${o.dataset}`);
   return done;

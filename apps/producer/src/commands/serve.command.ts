@@ -7,6 +7,7 @@ import { randomWeightsNote } from '../classifier-model.js';
 import type { ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
 import { startClassifierServer, type ClassifierServer } from '../serve/classifier.server.js';
 import { printable } from '../terminal.js';
+import { thresholdText } from '../report-words.js';
 
 export interface ServeOptions {
   /** `dataset` (its latest run, followed as new runs land) or `dataset@run` (that run only) */
@@ -77,7 +78,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
       throw err;
     });
     const m = server.model();
-    w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${m.threshold.toFixed(3)}` : ''}) on ${server.url}`);
+    w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${thresholdText(m.threshold)}` : ''}) on ${server.url}`);
     const random = randomWeightsNote(m);
     if (random) w(`  ${random}`);
     w(`  curl --data-binary @photo.jpg ${server.url}/v1/classify${ctx.config.serve.apiKey ? ' -H "Authorization: Bearer $TL_SERVE_API_KEY"' : ''}`);

@@ -7,7 +7,7 @@ import { followJob, say } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { classFigures, conflictCopy, confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution, underTwoLabelsFix } from '../report-words.js';
+import { classFigures, conflictCopy, confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution, thresholdText, underTwoLabelsFix } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { latestRun } from './models.command.js';
 import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
@@ -404,8 +404,8 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
     // classify and serve decide with the threshold, not at p = 0.5 as the accuracies above and the matrix below
     const testAt = report?.test?.binary?.accuracyAtThreshold;
     const positive = printable(bin.positiveLabel);
-    w(`  ROC AUC (validation, positive "${positive}") ${bin.rocAuc === null ? 'n/a (validation holds one class only)' : bin.rocAuc.toFixed(3)}; threshold chosen on validation ${bin.threshold.toFixed(3)}`);
-    w(`  classify and serve call an image "${positive}" when its probability is at least ${bin.threshold.toFixed(3)}: accuracy ${pct(bin.accuracyAtThreshold)} on validation${testAt !== undefined ? `, ${pct(testAt)} on test` : ''} (the figures above and the matrix below are at 0.5)`);
+    w(`  ROC AUC (validation, positive "${positive}") ${bin.rocAuc === null ? 'n/a (validation holds one class only)' : bin.rocAuc.toFixed(3)}; threshold chosen on validation ${thresholdText(bin.threshold)}`);
+    w(`  classify and serve call an image "${positive}" when its probability is at least ${thresholdText(bin.threshold)}: accuracy ${pct(bin.accuracyAtThreshold)} on validation${testAt !== undefined ? `, ${pct(testAt)} on test` : ''} (the figures above and the matrix below are at 0.5)`);
     const caution = report && thresholdCaution(report.validation, report.labels, printable);
     if (caution) w(`  note: ${caution}`);
   } else if (report?.labels.length === 2) {
@@ -433,5 +433,5 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   const figures = report.validation.perClass.map((_, i) => classFigures(report.validation, i));
   report.validation.perClass.forEach((c, i) => w(`  ${labels[i]!.padEnd(width)} ${shown(figures[i]!.precision)}  ${shown(figures[i]!.recall)}  ${shown(figures[i]!.f1)}  ${c.support}`));
   const unseen = labels.filter((_, i) => figures[i]!.recall === undefined);
-  if (unseen.length) w(`  n/a: ${unseen.map((l) => `"${l}"`).join(', ')} ${unseen.length === 1 ? 'has' : 'have'} no image in validation, so ${unseen.length === 1 ? 'its' : 'their'} recall and F1 are not measured (a label of very few images, or a val/ folder without it)`);
+  if (unseen.length) w(`  n/a: ${unseen.map((l) => `"${l}"`).join(', ')} ${unseen.length === 1 ? 'has' : 'have'} no image in validation, so ${unseen.length === 1 ? 'its' : 'their'} recall and F1 are not measured (a label of very few images, or a val/ folder or split column without it)`);
 }

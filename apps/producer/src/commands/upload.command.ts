@@ -70,7 +70,7 @@ interface LocalManifest {
  */
 async function localManifest(file: string, dir: string, bucket: string, prefix: string): Promise<LocalManifest> {
   const format = manifestFormat(file);
-  if (format === undefined) throw new Error(`--manifest ${file}: a label manifest is a .csv, .jsonl or .ndjson file (README: "A label manifest")`);
+  if (format === undefined) throw new Error(`--manifest ${file}: a label manifest is a .csv, .tsv, .jsonl or .ndjson file (README: "A label manifest")`);
   const bytes = await readFile(file).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT') throw new Error(`--manifest: no file ${file}${path.isAbsolute(file) ? '' : ` here (${path.resolve(file)})`}`);
     throw err;
@@ -248,7 +248,7 @@ async function sendManifest(ctx: UploadContext, m: LocalManifest, up: { dir: str
   const md5 = createHash('md5').update(m.bytes).digest('hex');
   const fresh = up.there.get(m.key) !== md5;
   if (fresh) await ctx.services.store.putObject(bucket, m.key, m.bytes, m.format === 'csv' ? 'text/csv' : 'application/x-ndjson');
-  const images = `${m.rows.length} image${m.rows.length === 1 ? '' : 's'}`;
+  const images = `it names ${m.rows.length} image${m.rows.length === 1 ? '' : 's'}`;
   ctx.out.write(`${fresh ? 'uploaded' : 'already there, the same bytes:'} the label manifest ${printable(url)} (${images}); next: transferline ingest ${shellQuote(printable(url))} --dataset NAME\n`);
 }
 

@@ -1,7 +1,7 @@
 import { conflictsLabelledBy, type EvaluationReport, type ReportDoc } from '@transferline/shared';
 import { fixed3, html, page, pct, seg, type Access, type SafeHtml } from './html.js';
 import { lineChart } from './svg-chart.js';
-import { classFigures, conflictCopy, notIngestedAgain, underTwoLabelsFix } from '../report-words.js';
+import { classFigures, conflictCopy, notIngestedAgain, thresholdText, underTwoLabelsFix } from '../report-words.js';
 
 /**
  * confusion[true][predicted] as a table with the labels on both sides; each cell carries
@@ -50,7 +50,7 @@ export function runPage(access: Access, r: ReportDoc): string {
       })}</div><p class="muted">${epochs.length} epochs; the dotted line marks the best epoch (${r.bestEpoch})${r.stoppedEarly ? ', where early stopping restored the weights' : ''}</p>`
     : html`<p class="muted" id="no-history">no training history in the report</p>`;
   const binary = (b: ReportDoc['validation']['binary']) =>
-    b ? html`<p id="binary">two classes: ROC AUC <b data-value="${b.rocAuc ?? ''}">${b.rocAuc === null ? 'n/a' : fixed3(b.rocAuc)}</b> for <span class="label">${b.positiveLabel}</span>; threshold chosen on validation ${fixed3(b.threshold)} (accuracy there ${pct(b.accuracyAtThreshold)})</p>` : '';
+    b ? html`<p id="binary">two classes: ROC AUC <b data-value="${b.rocAuc ?? ''}">${b.rocAuc === null ? 'n/a' : fixed3(b.rocAuc)}</b> for <span class="label">${b.positiveLabel}</span>; threshold chosen on validation ${thresholdText(b.threshold)} (accuracy there ${pct(b.accuracyAtThreshold)})</p>` : '';
   const test = r.test
     ? html`<h2>Test split (${r.test.examples} images)</h2>${confusionTable('confusion-test', r.labels, r.test.confusionMatrix)}${perClassTable('per-class-test', r.test)}`
     : html`<p class="muted">no test split in this run</p>`;
