@@ -691,13 +691,13 @@ describe('a label manifest instead of label folders', () => {
     }
     await ctx.services.store.putObject(bucket, 'dup/img/copy.jpg', await ctx.services.store.getObject(bucket, 'dup/img/circle-0.jpg'));
     await ctx.services.store.putObject(bucket, 'dup/labels.csv', Buffer.from([...rows, 'img/copy.jpg,square'].join('\n')));
-    expect((await runCli(['ingest', `s3://${bucket}/dup/labels.csv`, '-d', 'dups'], stack.env, 240_000)).code).toBe(0);
+    expect((await runCli(['ingest', `s3://${bucket}/dup/labels.csv`, '-d', 'listed-dups'], stack.env, 240_000)).code).toBe(0);
     const manifest = `s3://${bucket}/dup/labels.csv`;
-    const train = await runCli(['train', '-d', 'dups', '--epochs', '3'], stack.env, 240_000);
+    const train = await runCli(['train', '-d', 'listed-dups', '--epochs', '3'], stack.env, 240_000);
     expect(train.code).toBe(0);
     expect(train.stdout).toContain(`left out: 1 image whose bytes are filed under more than one label (every copy; change the copies' rows in the label manifest ${manifest} and ingest it again)`);
     expect(train.stdout).toContain(`\n    s3://${bucket}/dup/img/circle-0.jpg (circle, labelled by ${manifest}), s3://${bucket}/dup/img/copy.jpg (square, labelled by ${manifest})\n`);
-    const review = await runCli(['review', '-d', 'dups'], stack.env, 240_000);
+    const review = await runCli(['review', '-d', 'listed-dups'], stack.env, 240_000);
     expect(review.code).toBe(0);
     expect(review.stdout).toContain(`  1 of them is filed under more than one label: predicted, but fitted under none (change the copies' rows in the label manifest ${manifest} and ingest it again)\n`);
     // the images it flags are all the manifest's: its rows to change, not a relabel command that moves none of them
@@ -777,7 +777,7 @@ describe('a label manifest instead of label folders', () => {
     expect(tsv.stderr).not.toMatch(/transferline:/);
     expect(tsv.code).toBe(3);
     expect(tsv.stdout).toContain('dataset tabbed: 4 of the 5 images named by the manifest found, 4 enqueued');
-    expect(tsv.stdout).toContain('note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://no-such-bucket-tl/a.jpg (there is no bucket no-such-bucket-tl)');
+    expect(tsv.stdout).toContain('note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://no-such-bucket-tl/a.jpg (bucket no-such-bucket-tl does not exist)');
     // a header of names it does not know is read as a row, whose "image" is not there: said so
     await ctx.services.store.putObject(bucket, 'tsv/names.csv', Buffer.from(['name,category', ...rows.map((r) => r.replace('\t', ','))].join('\n')));
     const names = await runCli(['ingest', `s3://${bucket}/tsv/names.csv`, '-d', 'named'], stack.env, 240_000);

@@ -330,7 +330,7 @@ describe('a command never waits for ever', () => {
     } finally {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
     }
-    expect((await cli(['ingest', `s3://${photos}/hung/`, '-d', 'hung'])).stdout).toMatch(/dataset hung: 1 images, 1 embedded/);
+    expect((await cli(['ingest', `s3://${photos}/hung/`, '-d', 'hung'])).stdout).toMatch(/dataset hung: 1 image, 1 embedded/);
 
     // hung while it holds a job: the job's lock runs out, and nothing takes it up
     await ctx.services.store.putObject(photos, 'hung/square/b.jpg', await renderSample('square', 86, 3));

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { barCounter, connectedHint, pollDelayMs, type UpRestarts } from './dataset-wait.js';
+import type { CliContext } from './cli-context.js';
+import { barCounter, connectedHint, noEmbedWorker, pollDelayMs, type UpRestarts } from './dataset-wait.js';
 
 describe("a dataset wait's looks", () => {
   it('come less often for a large dataset, and take Redis at most a quarter of the time', () => {
@@ -75,5 +76,15 @@ describe('a stalled wait with workers connected', () => {
     expect(connectedHint(restarts)).toBe('embed has a worker connected again after the hang: the jobs the hung one held run again once their locks run out');
     restarts.set('preprocess', { until: Date.now() + 60_000, hangMs: 60_000, workers: ['host:2:def'] });
     expect(connectedHint(restarts)).toBe('embed and preprocess have workers connected again after the hang: the jobs the hung ones held run again once their locks run out');
+  });
+});
+
+describe('a wait that finds no live embed worker', () => {
+  const ctx = (live: number) =>
+    ({ services: { spaces: { startingWorkers: async () => [], silentWorkers: async () => [], failureOf: async () => undefined, workersOf: async () => live } } }) as unknown as CliContext;
+  const hung = { since: new Map(), atLeastMs: 0, restarts: new Map() };
+  it('goes on waiting for one that went live between its looks (done loading after the count of live workers, before the look at loading ones)', async () => {
+    expect(await noEmbedWorker(ctx(1), 's', hung)).toEqual({ note: 'an embed worker of s has just finished loading its model' });
+    expect(await noEmbedWorker(ctx(0), 's', hung)).toEqual({ gone: "no embed worker of s is live (start one with that space's settings)" });
   });
 });

@@ -332,7 +332,7 @@ interface UpRestartWindow {
 /** Since when each stage's connected workers have been seen moving nothing, and in which state. */
 type HungSince = Map<string, { state: string; at: number }>;
 /** What the dataset wait keeps for movesNothing: HungSince, and the least time a state must last. */
-interface HungWatch {
+export interface HungWatch {
   since: HungSince;
   atLeastMs: number;
   /** the window given to `up` to replace a stage's hung workers, until something moves (upRestart) */
@@ -382,7 +382,7 @@ export const EMBED_START_LIMIT_MS = 10 * 60_000;
  * registry keeps a silent worker four TTLs); or, while one is loading its model, a note that the
  * wait is for it (not a reason to give up, until it has loaded for EMBED_START_LIMIT_MS).
  */
-async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): Promise<NoWorker> {
+export async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): Promise<NoWorker> {
   const none = `no embed worker of ${space} is live`;
   const starting = await ctx.services.spaces.startingWorkers(space).catch(() => []);
   // (the latest to start first: one started since, by the advice below, is waited for)
@@ -394,6 +394,9 @@ async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): P
   }
   const [last] = await ctx.services.spaces.silentWorkers(space).catch(() => []);
   if (!last) {
+    // neither loading nor silent: gone live since the wait counted none (a worker that finished
+    // loading between the two looks: a CI run gave up on it), or gone
+    if ((await ctx.services.spaces.workersOf(space).catch(() => 0)) > 0) return { note: `an embed worker of ${space} has just finished loading its model` };
     // a failed start further back than the registry names silent workers (starts minutes apart,
     // as Kubernetes backs a crashing pod off): why, and how long ago
     const failed = await ctx.services.spaces.failureOf(space).catch(() => undefined);

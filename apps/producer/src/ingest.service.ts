@@ -1,12 +1,12 @@
 import path from 'node:path';
 import pMap from 'p-map';
-import { ManifestError, readManifest, type ManifestRow } from './manifest.js';
+import { headerHint, ManifestError, readManifest, type ManifestRow } from './manifest.js';
 import {
   DatasetRepository,
   ObjectTooLargeError,
   TRANSIENT_REASONS,
   UNLABELLED,
-  isMissingBucket,
+  bucketUnreadable,
   itemFromKey,
   manifestFormat,
   splitOfFolder,
@@ -68,10 +68,10 @@ export interface IngestCounts {
   mixedLayout?: { splitFolders: string[]; labelFolders: string[] };
   /**
    * a manifest's images that are not in the bucket: how many, the first few (`s3://…`), the
-   * buckets named that do not exist, and whether the first line is among them (a header of
-   * names the reader does not know, read as a row)
+   * buckets named that cannot be read (and why), and the first line when it is among them and
+   * looks like names (a header of names the reader does not know, read as a row)
    */
-  missing?: { count: number; first: string[]; noBuckets?: string[]; firstLine?: string };
+  missing?: { count: number; first: string[]; unreadable?: string[]; firstLine?: string };
   /** label manifests (.csv, .jsonl, …) a listing found where an image would be: left out, not skipped as images (`s3://…`) */
   manifestFiles?: string[];
   /** listed objects a label manifest (still in the bucket) labels in the dataset, kept as it labels them; the manifests (`bucket/key`) */
@@ -148,7 +148,9 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
       if (item && readsSplits) (item.split ? layout.splitFolders : layout.labelFolders).add(o.key.slice(req.prefix.length).split('/')[0]!);
       return item === undefined ? [] : [{ ...o, ...item, id: DatasetRepository.itemId(req.bucket, o.key) }];
     });
-    for (const o of page) listedIds.add(DatasetRepository.itemId(req.bucket, o.key));
+    // (a manifest left out is not one of the dataset's objects: an item it was, classified as an image, leaves)
+    const left = new Set(counts.manifestFiles);
+    for (const o of page) if (!left.has(`s3://${req.bucket}/${o.key}`)) listedIds.add(DatasetRepository.itemId(req.bucket, o.key));
     labelledCount += labelled.length;
     page = [];
     if (labelled.length && !recorded) {
@@ -268,18 +270,21 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
     throw new ManifestError(`the manifest s3://${source} is ${err.size.toLocaleString('en-US')} bytes, more than the ${MAX_MANIFEST_BYTES / 2 ** 20} MiB a manifest may be: split it in several, each ingested into the dataset`);
   });
   const rows = await readManifest(bytes, req.format, { bucket: req.bucket, key: req.key });
-  const { found, noBuckets } = await findObjects(store, rows, req.bucket);
+  const { found, unreadable } = await findObjects(store, rows, req.bucket);
   const missing = rows.filter((r) => !found.has(DatasetRepository.itemId(r.bucket, r.key)));
   if (missing.length) {
-    // a first line of names the reader does not know is read as a row, and names no image
-    const firstLine = req.format === 'csv' && missing[0]!.line === 1 ? bytes.subarray(0, 200).toString('utf8').replace(/^\uFEFF/, '').split(/\r?\n/)[0] : undefined;
-    counts.missing = { count: missing.length, first: missing.slice(0, 5).map((r) => `s3://${r.bucket}/${r.key}`), ...(noBuckets.length && { noBuckets }), ...(firstLine !== undefined && { firstLine }) };
+    // a first line of names the reader does not know is read as a row, and names no image (a
+    // key without a file's extension: `name`, not a first image deleted since)
+    const first = missing[0]!;
+    const firstLine = req.format === 'csv' && first.line === 1 && !/\.[A-Za-z0-9]{2,5}$/.test(first.key) ? bytes.subarray(0, 200).toString('utf8').replace(/^\uFEFF/, '').split(/\r?\n/)[0] : undefined;
+    counts.missing = { count: missing.length, first: missing.slice(0, 5).map((r) => `s3://${r.bucket}/${r.key}`), ...(unreadable.length && { unreadable }), ...(firstLine !== undefined && { firstLine }) };
   }
   if (missing.length === rows.length) {
     const folder = path.posix.dirname(req.key) === '.' ? '' : `${path.posix.dirname(req.key)}/`;
+    const { unreadable: buckets, firstLine } = counts.missing!;
     throw new ManifestError(
-      `${rows.length === 1 ? 'the one image' : `none of the ${rows.length} images`} s3://${source} names ${rows.length === 1 ? 'is not' : 'is'} in the bucket (the first: ${counts.missing!.first.join(', ')}), so nothing was ingested: ` +
-        `a key relative to the manifest's folder is read from s3://${req.bucket}/${folder}`,
+      `${rows.length === 1 ? 'the one image' : `none of the ${rows.length} images`} s3://${source} names ${rows.length === 1 ? 'is not' : 'is'} in the bucket (the first: ${counts.missing!.first.join(', ')}${buckets ? `; ${buckets.join(', ')}` : ''}), so nothing was ingested: ` +
+        `a key relative to the manifest's folder is read from s3://${req.bucket}/${folder}${firstLine === undefined ? '' : `; ${headerHint(firstLine)}`}`,
     );
   }
   await datasets.setSpace(req.dataset, req.space.id);
@@ -320,10 +325,10 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
  * the keys share is listed (a thousand keys a request), until the listing has gone on far longer
  * than the rows are many: the keys not seen by then are asked for one by one (HEAD).
  */
-async function findObjects(store: IngestDeps['services']['store'], rows: ManifestRow[], home: string): Promise<{ found: Map<string, ObjectInfo>; noBuckets: string[] }> {
+async function findObjects(store: IngestDeps['services']['store'], rows: ManifestRow[], home: string): Promise<{ found: Map<string, ObjectInfo>; unreadable: string[] }> {
   const found = new Map<string, ObjectInfo>();
-  /** other buckets the rows name that do not exist: their images are missing, as any not there */
-  const noBuckets: string[] = [];
+  /** other buckets the rows name that cannot be read (not there, or refused), and why: their images are missing, as any not there */
+  const unreadable: string[] = [];
   const byBucket = new Map<string, string[]>();
   for (const r of rows) {
     const keys = byBucket.get(r.bucket);
@@ -346,8 +351,9 @@ async function findObjects(store: IngestDeps['services']['store'], rows: Manifes
         if (++seen >= enough) break;
       }
     } catch (err) {
-      if (!isMissingBucket(err) || bucket === home) throw err;
-      noBuckets.push(bucket);
+      const why = bucketUnreadable(err);
+      if (why === undefined || bucket === home) throw err;
+      unreadable.push(`bucket ${bucket} ${why}`);
       continue;
     }
     if (seen < enough) continue; // listed to the end: what it did not list is not there
@@ -357,7 +363,7 @@ async function findObjects(store: IngestDeps['services']['store'], rows: Manifes
       if (o) found.set(DatasetRepository.itemId(bucket, key), o);
     }, { concurrency: 16 });
   }
-  return { found, noBuckets: noBuckets.sort() };
+  return { found, unreadable: unreadable.sort() };
 }
 
 /** Records the raw folder spelling behind a (NFC-normalised) label. */

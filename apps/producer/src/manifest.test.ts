@@ -43,6 +43,11 @@ describe('label manifests', () => {
       { key: 'sets/pets/b;2.jpg', label: 'dog', split: undefined },
     ]);
     expect(pick(await csv('\nkey\tlabel\nx y.jpg\tcat\n'))).toEqual([{ key: 'sets/pets/x y.jpg', label: 'cat', split: undefined }]);
+    // a quote inside a value opens nothing (12" vinyl), as the reader takes it
+    expect(pick(await csv('12" vinyl.jpg;cat\nb.jpg;dog\n'))).toEqual([
+      { key: 'sets/pets/12" vinyl.jpg', label: 'cat', split: undefined },
+      { key: 'sets/pets/b.jpg', label: 'dog', split: undefined },
+    ]);
     // commas win where the first line has as many (a ; inside a key stays in it)
     expect(pick(await csv('a;b.jpg,cat\n'))).toEqual([{ key: 'sets/pets/a;b.jpg', label: 'cat', split: undefined }]);
   });
@@ -68,6 +73,12 @@ describe('label manifests', () => {
       '  line 9: "?" is no label (it stands for an image without one)',
       expect.stringMatching(/^ {2}line 10: not CSV \(Quote Not Closed/),
     ]);
+    // a first row of column names the reader does not know, refused as a row: said it may be a header
+    expect((await refusal(csv('name,category,subset\na.jpg,cat,train\n')))[1]).toBe(
+      '  line 1: split "subset" is none of train, val (valid, validation), test (its first line, "name,category,subset", was read as a row: a header names the key\'s column (key, filename, image, path, …) and the label\'s (label or class))',
+    );
+    // a first row that is an image is not called a header
+    expect((await refusal(csv('a.jpg,\nb.jpg,cat\n')))[1]).toBe('  line 1: no label for a.jpg');
     // listed again with its label and another split: the split is what disagrees
     expect((await refusal(csv('a.jpg,cat,val\n./a.jpg,cat,test\n')))[1]).toBe('  line 2: s3://photos/sets/pets/a.jpg is listed again with label "cat", split test (line 1: label "cat", split validation): an image has one split');
     const json = await refusal(jsonl('{"key": "a.jpg", "label": "cat"}\nnot json\n["a.jpg", "cat"]\n{"file": "b.jpg", "label": true}\n{"file": "c.jpg"}\n'));

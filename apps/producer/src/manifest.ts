@@ -45,6 +45,11 @@ const KEY_NAMES = new Set(['key', 'path', 'file', 'filename', 'file_name', 'file
 /** Column names a header may give the label. */
 const LABEL_NAMES = new Set(['label', 'class']);
 const SPLIT_NAMES = new Set(['split']);
+/** What to say of a manifest's first line read as a row, when it may be a header of names the reader does not know. */
+export function headerHint(firstLine: string): string {
+  return `its first line, ${JSON.stringify(firstLine)}, was read as a row: a header names the key's column (key, filename, image, path, …) and the label's (label or class)`;
+}
+
 /** The problems a refusal shows. */
 const SHOWN = 10;
 
@@ -60,6 +65,8 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
   const problems: { line: number; what: string }[] = [];
   const problem = (line: number, what: string) => problems.push({ line, what });
   const rows = new Map<string, ManifestRow>();
+  /** a CSV's first row, when it named no column the reader knows (a header of other names, perhaps) */
+  let firstRow: string | undefined;
   const add = (line: number, fields: { key?: unknown; label?: unknown; split?: unknown }) => {
     const row = rowOf(line, fields, at);
     if (typeof row === 'string') return problem(line, row);
@@ -94,8 +101,9 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
   } else {
     // (a record that is no CSV, an unclosed quote, is said and skipped: the others are still read
     // for what else is wrong; a quote inside an unquoted value is taken as it is)
+    const delimiter = delimiterOf(bytes);
     const parser = Readable.from([bytes]).pipe(
-      parse({ bom: true, delimiter: delimiterOf(bytes), trim: true, skip_empty_lines: true, relax_column_count: true, relax_quotes: true, skip_records_with_error: true, info: true }),
+      parse({ bom: true, delimiter, trim: true, skip_empty_lines: true, relax_column_count: true, relax_quotes: true, skip_records_with_error: true, info: true }),
     );
     parser.on('skip', (err: Error & { lines?: number }) => problem(err.lines ?? 0, `not CSV (${err.message})`));
     let columns: { key: number; label: number; split?: number } | undefined;
@@ -114,6 +122,8 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
             continue;
           }
           columns = { key: 0, label: 1, split: 2 };
+          // (a key with a file's extension is an image: only names look like a header)
+          if (!/\.[A-Za-z0-9]{2,5}$/.test(record[0]?.trim() ?? '')) firstRow = record.join(delimiter);
         }
         add(line, { key: record[columns.key], label: record[columns.label], split: columns.split === undefined ? undefined : record[columns.split] });
       }
@@ -123,7 +133,7 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
     }
   }
   if (problems.length) {
-    const shown = problems.sort((a, b) => a.line - b.line).slice(0, SHOWN).map((p) => `line ${p.line}: ${p.what}`);
+    const shown = problems.sort((a, b) => a.line - b.line).slice(0, SHOWN).map((p) => `line ${p.line}: ${p.what}${p.line === 1 && firstRow !== undefined ? ` (${headerHint(firstRow)})` : ''}`);
     throw new ManifestError(`${where}: ${problems.length === 1 ? 'a row' : `${problems.length} rows`} cannot be read, so ${o.refused ?? 'nothing of it was ingested'}`, shown, problems.length);
   }
   if (rows.size === 0) throw new ManifestError(`${where} has no rows: expected key,label in each (README: "A label manifest")`);
@@ -140,11 +150,19 @@ const DELIMITERS = [',', ';', '\t'] as const;
 export function delimiterOf(bytes: Buffer): (typeof DELIMITERS)[number] {
   const text = bytes.subarray(0, 64 * 1024).toString('utf8');
   const counts = new Map<string, number>();
+  // a quote opens a quoted value only at a field's start (elsewhere it is a character, as the
+  // reader takes it: 12" vinyl.jpg); any field start counts, whatever the delimiter turns out to be
   let quoted = false;
+  let fieldStart = true;
   for (const c of text) {
-    if (c === '"') quoted = !quoted;
-    else if (!quoted && (c === '\n' || c === '\r') && [...counts.values()].some((n) => n > 0)) break;
-    else if (!quoted && (DELIMITERS as readonly string[]).includes(c)) counts.set(c, (counts.get(c) ?? 0) + 1);
+    if (quoted) {
+      if (c === '"') quoted = false;
+      continue;
+    }
+    if (c === '"' && fieldStart) quoted = true;
+    else if ((c === '\n' || c === '\r') && [...counts.values()].some((n) => n > 0)) break;
+    else if ((DELIMITERS as readonly string[]).includes(c)) counts.set(c, (counts.get(c) ?? 0) + 1);
+    fieldStart = c === '\n' || c === '\r' || (DELIMITERS as readonly string[]).includes(c);
   }
   return DELIMITERS.reduce((best, d) => ((counts.get(d) ?? 0) > (counts.get(best) ?? 0) ? d : best), DELIMITERS[0]);
 }

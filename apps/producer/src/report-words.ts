@@ -148,6 +148,22 @@ export function conflictCopy(c: { object: string; label: string; manifest?: stri
 }
 
 /**
+ * Review's advice when every image it flags takes its label from label manifests (`bucket/key`):
+ * their rows to change, as relabel (which moves label folders) would move none of them.
+ */
+export function manifestRowsAdvice(manifests: readonly string[], images: number, show: (s: string) => string = (s) => s): string {
+  const whose = images === 1 ? 'it takes its label' : 'they take their labels';
+  const change = images === 1 ? 'change its row there if it is wrong' : 'change the rows of those that are wrong there';
+  return `${whose} from ${manifestsNamed(manifests, show)}: ${change}, and ingest ${manifests.length === 1 ? 'it' : 'them'} again (relabel moves label folders)`;
+}
+
+/** The label manifests the lines' images take their labels from, when every one of them does (none when a line has none). */
+export function manifestsOfAll(lines: readonly { manifest?: string | undefined }[]): string[] | undefined {
+  if (lines.length === 0 || lines.some((l) => l.manifest === undefined)) return undefined;
+  return [...new Set(lines.map((l) => l.manifest!))].sort();
+}
+
+/**
  * What to say beside relabel's advice (review's hint, the console's review page) when label
  * manifests (`bucket/key`) label images of the dataset: relabel moves folders, not their rows.
  */

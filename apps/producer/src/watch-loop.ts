@@ -48,6 +48,7 @@ function roundFailure(ctx: CliContext, err: unknown): { headline: string; detail
   if (s3) return { headline: s3.message, detail: [] };
   if (isRedisUnavailable(err)) return { headline: `cannot reach Redis at ${redactUrl(ctx.config.redis.url)}`, detail: [] };
   // (a command's refusal, worded for the end of a command, starts with its name)
-  const [headline, ...rest] = (err instanceof Error ? err.message : String(err)).replace(/^transferline: /, '').split('\n');
-  return { headline: headline!, detail: rest.filter((l) => l.startsWith('  ')) };
+  // (a stall's message starts on a line of its own)
+  const [headline, ...rest] = (err instanceof Error ? err.message : String(err)).trimStart().replace(/^transferline: /, '').split('\n');
+  return { headline: headline!, detail: rest.filter((l) => /^ {2}(line \d+:|… and \d+ more)/.test(l)) };
 }

@@ -212,9 +212,18 @@ function isNoSuchBucket(err: unknown): boolean {
   return err instanceof S3ServiceException && err.name === 'NoSuchBucket';
 }
 
-/** An error that says a bucket does not exist, whichever path (the SDK's or the direct one) met it. */
-export function isMissingBucket(err: unknown): boolean {
-  return err instanceof BucketNotFoundError || isNoSuchBucket(err);
+/** S3's answers that a bucket as a whole cannot be read by these credentials: another owner's, another region's, a name it refuses. */
+const BUCKET_REFUSALS = new Set(['AccessDenied', 'AllAccessDisabled', 'PermanentRedirect', 'InvalidBucketName']);
+
+/**
+ * Why a bucket cannot be read at all, from the error a listing of it met ("does not exist", or
+ * S3's code for a refusal), whichever path (the SDK's or the direct one) met it; undefined for any
+ * other error (an outage, a server error: not the bucket's fault).
+ */
+export function bucketUnreadable(err: unknown): string | undefined {
+  if (err instanceof BucketNotFoundError || isNoSuchBucket(err)) return 'does not exist';
+  if (err instanceof S3ServiceException && BUCKET_REFUSALS.has(err.name)) return `S3 refuses it: ${err.name}`;
+  return undefined;
 }
 
 /** S3's answer that the key is missing, in a bucket that exists (as far as the answer says). */

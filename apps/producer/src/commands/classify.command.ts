@@ -109,7 +109,8 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     const within = DatasetRepository.source(bucket, prefix);
     const before = await ctx.services.inspector.status(dataset, 0, within);
     // a mistyped prefix must not read as "all done", nor end as a success (as ingest's does not)
-    if (round === 1 && counts.listed === 0) {
+    // (label manifests beside the images are none: a prefix of only those has nothing to classify)
+    if (round === 1 && counts.listed - (counts.manifestFiles?.length ?? 0) === 0) {
       const where = `s3://${printable(bucket)}/${printable(prefix)}`;
       // (the URL names one object, a label manifest most likely: classify takes a folder)
       const object = !url.endsWith('/') && (await ctx.services.store.headObject(bucket, prefix.slice(0, -1)).catch(() => undefined));

@@ -4,6 +4,7 @@ import { classifierMetadataProps } from '@transferline/feature-worker/classifier
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, randomWeightsNote } from '../classifier-model.js';
 import { printable } from '../terminal.js';
+import { thresholdText } from '../report-words.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 
 export interface ExportOptions {
@@ -37,7 +38,7 @@ export async function exportCommand(ctx: CliContext, o: ExportOptions): Promise<
   w(`wrote ${file} (${(model.bytes.length / 1e6).toFixed(1)} MB): ${meta.dataset}@${meta.runId}, ${meta.labels.length} classes`);
   w(`  input   pixels         uint8 [N, ${meta.inputSize}, ${meta.inputSize}, 3]  RGB, channels last; resize each image to ${meta.inputSize}×${meta.inputSize} first (${meta.resize === 'squash' ? 'stretch the whole image' : 'centre crop'}, as transferline does, with libvips's ${classifierMetadataProps(meta)['transferline.resize_filter']} filter: sharp's kernel of that name gives the same pixels, PIL's BILINEAR nearly)`);
   w(`  output  probabilities  float32 [N, ${meta.labels.length}]  in label order: ${meta.labels.map(printable).join(', ')}`);
-  if (meta.threshold !== undefined) w(`  two classes: predict "${printable(meta.labels[1]!)}" when its probability ≥ ${meta.threshold.toFixed(4)} (chosen on validation; in the metadata as transferline.threshold)`);
+  if (meta.threshold !== undefined) w(`  two classes: predict "${printable(meta.labels[1]!)}" when its probability ≥ ${thresholdText(meta.threshold)} (chosen on validation; in the metadata as transferline.threshold)`);
   // the keys the file holds (no threshold when validation held one class, or for more than two)
   w(`  metadata: ${Object.keys(classifierMetadataProps(meta)).join(', ')}`);
   if (meta.threshold === undefined && meta.labels.length === 2) w('  no threshold: validation held one class only, so the most probable label wins');

@@ -5,7 +5,7 @@ import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '..
 import { watchRounds } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestManifest, ingestPrefix, type IngestCounts } from '../ingest.service.js';
-import { ManifestError } from '../manifest.js';
+import { headerHint, ManifestError } from '../manifest.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
 import { confusableLabelNotes, manifestsNamed } from '../report-words.js';
@@ -127,10 +127,10 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
     );
   }
   if (counts.missing) {
-    const { count, first, noBuckets, firstLine } = counts.missing;
-    const buckets = noBuckets ? ` (there is no bucket ${noBuckets.map(printable).join(', no bucket ')})` : '';
+    const { count, first, unreadable, firstLine } = counts.missing;
+    const buckets = unreadable ? ` (${unreadable.map(printable).join('; ')})` : '';
     w(`note: ${count} of the images the manifest names ${count === 1 ? 'is' : 'are'} not in the bucket, so not ingested: ${first.map(printable).join(', ')}${count > first.length ? ` and ${count - first.length} more` : ''}${buckets}`);
-    if (firstLine !== undefined) w(`note: its first line, ${JSON.stringify(printable(firstLine))}, was read as a row: a header names the key's column (key, filename, image, path, …) and the label's (label or class)`);
+    if (firstLine !== undefined) w(`note: ${headerHint(printable(firstLine))}`);
   }
   if (counts.manifestFiles) {
     const files = counts.manifestFiles;

@@ -4,7 +4,7 @@ import { CliExit, EXIT } from '../exit-codes.js';
 import { likeliestOther, relabelItems, reviewAgreement, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { manifestRelabelNote, manifestsNamed, randomSpaceNote } from '../report-words.js';
+import { manifestRelabelNote, manifestRowsAdvice, manifestsNamed, manifestsOfAll, randomSpaceNote } from '../report-words.js';
 
 /**
  * `transferline review -d NAME [--top N] [--folds K] [--json]`: ranks the images whose given label
@@ -62,10 +62,9 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   if (review.issues) {
     // (the first N of the file: those listed above, least likely first); relabel moves folders,
     // so those a label manifest labels are mended in its rows
-    const byManifest = [...new Set(issues.flatMap((l) => (l.manifest === undefined ? [] : [l.manifest])))].sort();
-    if (issues.every((l) => l.manifest !== undefined)) {
-      w(`look at them; they take their labels from ${manifestsNamed(byManifest, printable)}: change the rows of those that are wrong there, and ingest ${byManifest.length === 1 ? 'it' : 'them'} again (relabel moves label folders)`);
-    } else {
+    const byManifest = manifestsOfAll(issues);
+    if (byManifest) w(`look at ${issues.length === 1 ? 'it' : 'them'}; ${manifestRowsAdvice(byManifest, issues.length, printable)}`);
+    else if (issues.length) {
       w(`look at them; to move those listed to their suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
       w(`  (add --dry-run to see each move first, and move nothing; a wrong one moved is moved back with relabel KEY --to LABEL)`);
       const manifests = (await ctx.services.datasets.sources(o.dataset)).filter(DatasetRepository.isManifestSource).sort();

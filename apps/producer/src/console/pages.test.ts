@@ -185,6 +185,10 @@ describe('the review page', () => {
     expect(reviewPage(access, { dataset: 'pets', source, lines: [line(0, true)], unreadable: [] })).not.toContain('manifest');
     const listed = reviewPage(access, { dataset: 'pets', source, lines: [line(0, true)], unreadable: [], manifests: ['photos/labels.csv'] });
     expect(listed).toContain('(add <code>--dry-run</code> to see each move first); images that the label manifest s3://photos/labels.csv labels are not moved by relabel: change their rows there and ingest it again</p>');
+    // every image it shows is a manifest's: no relabel command that would move none of them
+    const rows = reviewPage(access, { dataset: 'pets', source, lines: [{ ...line(0, true), manifest: 'photos/labels.csv' }], unreadable: [], manifests: ['photos/labels.csv'] });
+    expect(rows).not.toContain('transferline relabel');
+    expect(rows).toContain('; the image below: it takes its label from the label manifest s3://photos/labels.csv: change its row there if it is wrong, and ingest it again (relabel moves label folders)</p>');
   });
 
   it("says how often the model agrees with the given labels, and below 90% to look at each image before moving it, as review's CLI does", () => {

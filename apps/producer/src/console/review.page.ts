@@ -1,5 +1,5 @@
 import type { ReviewLine } from '@transferline/shared';
-import { manifestRelabelNote } from '../report-words.js';
+import { manifestRelabelNote, manifestRowsAdvice, manifestsOfAll } from '../report-words.js';
 import { likeliestOther, reviewAgreement, reviewHighlights } from '../review.service.js';
 import { html, page, pct, seg, type Access } from './html.js';
 
@@ -38,8 +38,12 @@ export function reviewPage(access: Access, v: ReviewView): string {
   const body = html`<h1>Review of <a href="/datasets/${seg(v.dataset)}">${v.dataset}</a></h1>
 <p class="muted" id="source">out-of-fold predictions on the cached embeddings, from <code>${v.source}</code>${
     // the images shown below, as review's own hint names those it printed: not every issue of a long list unseen
-    shown.length ? html`; once you have looked at them, move the ${shown.length === 1 ? 'image' : `${shown.length} images`} below to their suggested labels with
-<code>transferline relabel -d ${v.dataset} --from-review ${v.source} --top ${shown.length}</code> (add <code>--dry-run</code> to see each move first)${manifestNote ? `; ${manifestNote}` : ''}` : ''
+    manifestsOfAll(shown)
+      ? html`; the ${shown.length === 1 ? 'image' : `${shown.length} images`} below: ${manifestRowsAdvice(manifestsOfAll(shown)!, shown.length)}`
+      : shown.length
+        ? html`; once you have looked at them, move the ${shown.length === 1 ? 'image' : `${shown.length} images`} below to their suggested labels with
+<code>transferline relabel -d ${v.dataset} --from-review ${v.source} --top ${shown.length}</code> (add <code>--dry-run</code> to see each move first)${manifestNote ? `; ${manifestNote}` : ''}`
+        : ''
   }</p>
 <p class="${agree.trusted ? 'muted' : 'bad'}" id="agreement">${agree.words}</p>
 ${v.moved?.size ? html`<p class="bad" id="moved">${v.moved.size} image${v.moved.size === 1 ? '' : 's'} of this review ${v.moved.size === 1 ? 'is' : 'are'} no longer in ${v.dataset} under the label it gave (relabelled or deleted since): <code>transferline review -d ${v.dataset}</code> again for a current list</p>` : ''}
