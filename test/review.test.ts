@@ -784,6 +784,10 @@ describe('a label manifest instead of label folders', () => {
     expect(names.code).toBe(3);
     expect(names.stdout).toContain(`note: 1 of the images the manifest names is not in the bucket, so not ingested: s3://${bucket}/tsv/name\n`);
     expect(names.stdout).toContain('note: its first line, "name,category", was read as a row: a header names the key\'s column (key, filename, image, path, …) and the label\'s (label or class)');
+    // a manifest's name mistyped: the manifests beside it are named (it said a prefix ends in "/")
+    const typo = await runCli(['ingest', `s3://${bucket}/tsv/label.tsv`, '-d', 'typo'], stack.env, 60_000);
+    expect(typo.code).toBe(1);
+    expect(typo.stderr).toContain(`transferline: the manifest s3://${bucket}/tsv/label.tsv does not exist; the label manifests in its folder: s3://${bucket}/tsv/labels.tsv, s3://${bucket}/tsv/names.csv\n`);
     // a URL naming one image: ingest takes a prefix or a manifest (it said "is the prefix right?")
     const image = await runCli(['ingest', `s3://${bucket}/tsv/img/circle-0.jpg`, '-d', 'one'], stack.env, 60_000);
     expect(image.stdout).toContain(`ingest s3://${bucket}/tsv/img/circle-0.jpg/: no objects there; s3://${bucket}/tsv/img/circle-0.jpg is an object: ingest takes a prefix, or a label manifest ending in .csv, .tsv, .jsonl or .ndjson`);

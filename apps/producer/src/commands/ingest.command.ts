@@ -45,7 +45,18 @@ export function changedAnything(c: IngestCounts): boolean {
   return c.enqueued + c.alreadyQueued + c.fromCache + c.retried + c.removed > 0;
 }
 
-/** The label manifest an ingest's URL names (an object ending in .csv, .jsonl or .ndjson), or undefined for a prefix. */
+/** The label manifests (`s3://…`) right in `folder`, the first few among its first few thousand objects. */
+async function manifestsIn(ctx: CliContext, bucket: string, folder: string): Promise<string[]> {
+  const found: string[] = [];
+  let seen = 0;
+  for await (const o of ctx.services.store.listObjects(bucket, folder)) {
+    if (!o.key.slice(folder.length).includes('/') && manifestFormat(o.key)) found.push(`s3://${bucket}/${o.key}`);
+    if (found.length >= 5 || ++seen >= 5000) break;
+  }
+  return found;
+}
+
+/** The label manifest an ingest's URL names (an object ending in .csv, .tsv, .jsonl or .ndjson), or undefined for a prefix. */
 function manifestOf(url: string): { bucket: string; key: string; format: 'csv' | 'jsonl' } | undefined {
   const format = url.endsWith('/') ? undefined : manifestFormat(url);
   return format && { ...parseS3ObjectUrl(url), format };
@@ -79,7 +90,10 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   } catch (err) {
     if (err instanceof ManifestError) throw new CliExit(EXIT.error, `transferline: ${err.message.split('\n').map(printable).join('\n')}`);
     if (manifest && err instanceof ObjectNotFoundError && err.key === manifest.key) {
-      throw new CliExit(EXIT.error, `transferline: the manifest ${printable(url)} does not exist (a prefix ends in "/": s3://${printable(bucket)}/${printable(manifest.key)}/)`);
+      // a typo in its name, most likely: the manifests beside it are named
+      const beside = await manifestsIn(ctx, bucket, manifest.key.slice(0, manifest.key.lastIndexOf('/') + 1)).catch(() => []);
+      const hint = beside.length ? `; the label manifests in its folder: ${beside.map(printable).join(', ')}` : ` (a prefix ends in "/": s3://${printable(bucket)}/${printable(manifest.key)}/)`;
+      throw new CliExit(EXIT.error, `transferline: the manifest ${printable(url)} does not exist${hint}`);
     }
     throw s3Refusal(err, ctx.config.s3) ?? err;
   } finally {
