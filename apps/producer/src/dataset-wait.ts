@@ -234,7 +234,7 @@ async function noPreprocessWorker(ctx: CliContext): Promise<NoWorker> {
  * (`workers` counts them), every one of them is paused by an outage, or those connected move
  * nothing (movesNothing: hung).
  */
-async function stageBlocked(
+export async function stageBlocked(
   ctx: CliContext,
   stage: 'preprocess' | 'embed',
   waiting: number,
@@ -254,6 +254,9 @@ async function stageBlocked(
     const why = typeof none === 'string' ? { gone: none } : await none();
     if (typeof why === 'string') return `${what} ${why}`;
     if ('note' in why) return { note: why.note };
+    // none, by looks taken one after the other: a worker that went live between the count and
+    // the look for loading ones is in neither (an embed worker done loading: a CI run gave up)
+    if ((await workers()) > 0) return undefined;
     // none at all, after a hung worker `up` watches was waited for: killed, and starting again
     // (while its record stays: one that stopped cleanly, `up` stopping, removed it)
     const left = await restartUnderWay(ctx, hung.restarts, stage);
@@ -382,7 +385,7 @@ export const EMBED_START_LIMIT_MS = 10 * 60_000;
  * registry keeps a silent worker four TTLs); or, while one is loading its model, a note that the
  * wait is for it (not a reason to give up, until it has loaded for EMBED_START_LIMIT_MS).
  */
-export async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): Promise<NoWorker> {
+async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): Promise<NoWorker> {
   const none = `no embed worker of ${space} is live`;
   const starting = await ctx.services.spaces.startingWorkers(space).catch(() => []);
   // (the latest to start first: one started since, by the advice below, is waited for)
@@ -394,9 +397,6 @@ export async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWa
   }
   const [last] = await ctx.services.spaces.silentWorkers(space).catch(() => []);
   if (!last) {
-    // neither loading nor silent: gone live since the wait counted none (a worker that finished
-    // loading between the two looks: a CI run gave up on it), or gone
-    if ((await ctx.services.spaces.workersOf(space).catch(() => 0)) > 0) return { note: `an embed worker of ${space} has just finished loading its model` };
     // a failed start further back than the registry names silent workers (starts minutes apart,
     // as Kubernetes backs a crashing pod off): why, and how long ago
     const failed = await ctx.services.spaces.failureOf(space).catch(() => undefined);

@@ -72,7 +72,7 @@ export interface IngestCounts {
    * looks like names (a header of names the reader does not know, read as a row)
    */
   missing?: { count: number; first: string[]; unreadable?: string[]; firstLine?: string };
-  /** label manifests (.csv, .jsonl, …) a listing found where an image would be: left out, not skipped as images (`s3://…`) */
+  /** label manifests (.csv, .jsonl, …) a listing found where an image would be: left out, not counted as listed (`s3://…`) */
   manifestFiles?: string[];
   /** listed objects a label manifest (still in the bucket) labels in the dataset, kept as it labels them; the manifests (`bucket/key`) */
   manifestLabelled?: { count: number; manifests: string[] };
@@ -91,6 +91,9 @@ export interface IngestDeps {
   queues: Pick<Queues, 'preprocess'>;
 }
 
+/** Counts of an ingest before its first page. */
+const noCounts = (): IngestCounts => ({ listed: 0, unlabelled: 0, unchanged: 0, unchangedInFlight: 0, fromCache: 0, enqueued: 0, alreadyQueued: 0, retried: 0, removed: 0, mergedLabels: [] });
+
 /**
  * Lists `s3://bucket/prefix` page by page and makes the dataset match it. Per page of up to 1,000
  * keys: the dataset's records and their state (one classification of a few pipelined round
@@ -100,9 +103,6 @@ export interface IngestDeps {
  * running ingest twice enqueues nothing new. Items that failed for a transient reason, and items
  * whose job vanished, are enqueued again (a failed job is retried, not deduplicated away).
  */
-/** Counts of an ingest before its first page. */
-const noCounts = (): IngestCounts => ({ listed: 0, unlabelled: 0, unchanged: 0, unchangedInFlight: 0, fromCache: 0, enqueued: 0, alreadyQueued: 0, retried: 0, removed: 0, mergedLabels: [] });
-
 export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void): Promise<IngestCounts> {
   const { store, datasets } = deps.services;
   const counts = noCounts();
@@ -134,11 +134,6 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   const flush = async () => {
     const labelled = page.flatMap((o) => {
       const item = req.labels === 'none' ? { label: UNLABELLED } : itemFromKey(req.prefix, o.key);
-      // a label manifest beside the images (as upload --manifest puts it) is none of them
-      if ((item === undefined || req.labels === 'none') && manifestFormat(o.key)) {
-        (counts.manifestFiles ??= []).push(`s3://${req.bucket}/${o.key}`);
-        return [];
-      }
       if (item === undefined) counts.unlabelled++;
       else {
         noteSpelling(spellings, item.label, o.key, req.prefix);
@@ -148,9 +143,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
       if (item && readsSplits) (item.split ? layout.splitFolders : layout.labelFolders).add(o.key.slice(req.prefix.length).split('/')[0]!);
       return item === undefined ? [] : [{ ...o, ...item, id: DatasetRepository.itemId(req.bucket, o.key) }];
     });
-    // (a manifest left out is not one of the dataset's objects: an item it was, classified as an image, leaves)
-    const left = new Set(counts.manifestFiles);
-    for (const o of page) if (!left.has(`s3://${req.bucket}/${o.key}`)) listedIds.add(DatasetRepository.itemId(req.bucket, o.key));
+    for (const o of page) listedIds.add(DatasetRepository.itemId(req.bucket, o.key));
     labelledCount += labelled.length;
     page = [];
     if (labelled.length && !recorded) {
@@ -165,6 +158,12 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     // a folder marker is no image, nor an object without a label: neither listed nor skipped
     if (o.key.endsWith('/')) {
       if (o.key.length > req.prefix.length) markers.add(o.key.slice(req.prefix.length, -1));
+      continue;
+    }
+    // nor a label manifest beside the images (as upload --manifest puts it): left out, and named
+    // (an item it was before, classified as an image, leaves the dataset as unlisted)
+    if (manifestFormat(o.key) && (req.labels === 'none' || itemFromKey(req.prefix, o.key) === undefined)) {
+      (counts.manifestFiles ??= []).push(`s3://${req.bucket}/${o.key}`);
       continue;
     }
     counts.listed++;
@@ -273,10 +272,8 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
   const { found, unreadable } = await findObjects(store, rows, req.bucket);
   const missing = rows.filter((r) => !found.has(DatasetRepository.itemId(r.bucket, r.key)));
   if (missing.length) {
-    // a first line of names the reader does not know is read as a row, and names no image (a
-    // key without a file's extension: `name`, not a first image deleted since)
-    const first = missing[0]!;
-    const firstLine = req.format === 'csv' && first.line === 1 && !/\.[A-Za-z0-9]{2,5}$/.test(first.key) ? bytes.subarray(0, 200).toString('utf8').replace(/^\uFEFF/, '').split(/\r?\n/)[0] : undefined;
+    // a first line of names the reader does not know is read as a row, and names no image
+    const firstLine = missing[0]!.headerLike;
     counts.missing = { count: missing.length, first: missing.slice(0, 5).map((r) => `s3://${r.bucket}/${r.key}`), ...(unreadable.length && { unreadable }), ...(firstLine !== undefined && { firstLine }) };
   }
   if (missing.length === rows.length) {

@@ -23,6 +23,8 @@ export interface ManifestRow {
   key: string;
   label: string;
   split?: Split;
+  /** a CSV's first row, as its line reads, when it named no column the reader knows and no file: a header of other names, perhaps */
+  headerLike?: string;
 }
 
 /** A manifest that cannot be read as one, or names no image there is: nothing of it was ingested. */
@@ -65,7 +67,7 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
   const problems: { line: number; what: string }[] = [];
   const problem = (line: number, what: string) => problems.push({ line, what });
   const rows = new Map<string, ManifestRow>();
-  /** a CSV's first row, when it named no column the reader knows (a header of other names, perhaps) */
+  /** a CSV's first row when it may be a header of names the reader does not know (see ManifestRow.headerLike) */
   let firstRow: string | undefined;
   const add = (line: number, fields: { key?: unknown; label?: unknown; split?: unknown }) => {
     const row = rowOf(line, fields, at);
@@ -137,7 +139,9 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
     throw new ManifestError(`${where}: ${problems.length === 1 ? 'a row' : `${problems.length} rows`} cannot be read, so ${o.refused ?? 'nothing of it was ingested'}`, shown, problems.length);
   }
   if (rows.size === 0) throw new ManifestError(`${where} has no rows: expected key,label in each (README: "A label manifest")`);
-  return [...rows.values()];
+  const out = [...rows.values()];
+  if (firstRow !== undefined && out[0]?.line === 1) out[0] = { ...out[0], headerLike: firstRow };
+  return out;
 }
 
 /** The field delimiters a CSV manifest may use: spreadsheets in many locales write `;`, and some export tabs. */
@@ -152,6 +156,7 @@ export function delimiterOf(bytes: Buffer): (typeof DELIMITERS)[number] {
   const counts = new Map<string, number>();
   // a quote opens a quoted value only at a field's start (elsewhere it is a character, as the
   // reader takes it: 12" vinyl.jpg); any field start counts, whatever the delimiter turns out to be
+  const delimiter = (c: string) => (DELIMITERS as readonly string[]).includes(c);
   let quoted = false;
   let fieldStart = true;
   for (const c of text) {
@@ -159,10 +164,11 @@ export function delimiterOf(bytes: Buffer): (typeof DELIMITERS)[number] {
       if (c === '"') quoted = false;
       continue;
     }
+    const newline = c === '\n' || c === '\r';
     if (c === '"' && fieldStart) quoted = true;
-    else if ((c === '\n' || c === '\r') && [...counts.values()].some((n) => n > 0)) break;
-    else if ((DELIMITERS as readonly string[]).includes(c)) counts.set(c, (counts.get(c) ?? 0) + 1);
-    fieldStart = c === '\n' || c === '\r' || (DELIMITERS as readonly string[]).includes(c);
+    else if (newline && counts.size > 0) break;
+    else if (delimiter(c)) counts.set(c, (counts.get(c) ?? 0) + 1);
+    fieldStart = newline || delimiter(c);
   }
   return DELIMITERS.reduce((best, d) => ((counts.get(d) ?? 0) > (counts.get(best) ?? 0) ? d : best), DELIMITERS[0]);
 }

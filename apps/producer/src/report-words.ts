@@ -157,12 +157,6 @@ export function manifestRowsAdvice(manifests: readonly string[], images: number,
   return `${whose} from ${manifestsNamed(manifests, show)}: ${change}, and ingest ${manifests.length === 1 ? 'it' : 'them'} again (relabel moves label folders)`;
 }
 
-/** The label manifests the lines' images take their labels from, when every one of them does (none when a line has none). */
-export function manifestsOfAll(lines: readonly { manifest?: string | undefined }[]): string[] | undefined {
-  if (lines.length === 0 || lines.some((l) => l.manifest === undefined)) return undefined;
-  return [...new Set(lines.map((l) => l.manifest!))].sort();
-}
-
 /**
  * What to say beside relabel's advice (review's hint, the console's review page) when label
  * manifests (`bucket/key`) label images of the dataset: relabel moves folders, not their rows.

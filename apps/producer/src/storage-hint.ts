@@ -28,3 +28,12 @@ export async function storageHint(ctx: CliContext): Promise<string | undefined> 
   // (a Redis that does not answer: the usual advice, and the command goes on to say so)
   return hint().catch(() => undefined);
 }
+
+/**
+ * For a command given a prefix with nothing under it: whether its URL, without the "/" the
+ * prefix was given, names one object (a file, or a manifest, given where a folder is asked for).
+ */
+export async function namesOneObject(ctx: Pick<CliContext, 'services'>, url: string, bucket: string, prefix: string): Promise<boolean> {
+  if (url.endsWith('/')) return false;
+  return (await ctx.services.store.headObject(bucket, prefix.slice(0, -1)).catch(() => undefined)) !== undefined;
+}

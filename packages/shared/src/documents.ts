@@ -239,7 +239,7 @@ export const CONFLICTS_NAMED = 10;
 export const ConflictsLabelledBy = z.object({ manifests: z.array(z.string()), folders: z.boolean() });
 export type ConflictsLabelledBy = z.infer<typeof ConflictsLabelledBy>;
 
-/** What labels these copies (each with the label manifest that labels it, if one does). */
+/** What labels these copies, or any images (each with the label manifest that labels it, if one does). */
 export function conflictsLabelledBy(copies: Iterable<{ manifest?: string | undefined }>): ConflictsLabelledBy {
   const manifests = new Set<string>();
   let folders = false;

@@ -9,7 +9,7 @@ import { printFailures } from './ingest.command.js';
 import { followJob } from '../job-follow.js';
 import { printable } from '../terminal.js';
 import { randomSpaceNote } from '../report-words.js';
-import { nothingHere } from '../storage-hint.js';
+import { namesOneObject, nothingHere } from '../storage-hint.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 
@@ -109,12 +109,10 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     const within = DatasetRepository.source(bucket, prefix);
     const before = await ctx.services.inspector.status(dataset, 0, within);
     // a mistyped prefix must not read as "all done", nor end as a success (as ingest's does not)
-    // (label manifests beside the images are none: a prefix of only those has nothing to classify)
-    if (round === 1 && counts.listed - (counts.manifestFiles?.length ?? 0) === 0) {
+    if (round === 1 && counts.listed === 0) {
       const where = `s3://${printable(bucket)}/${printable(prefix)}`;
       // (the URL names one object, a label manifest most likely: classify takes a folder)
-      const object = !url.endsWith('/') && (await ctx.services.store.headObject(bucket, prefix.slice(0, -1)).catch(() => undefined));
-      const hint = object ? `; ${printable(url)} is an object: classify takes a prefix (a label manifest is for ingest)` : ' (is the prefix right?)';
+      const hint = (await namesOneObject(ctx, url, bucket, prefix)) ? `; ${printable(url)} is an object: classify takes a prefix (a label manifest is for ingest)` : ' (is the prefix right?)';
       if (!o.watch && before.total === 0) throw new CliExit(EXIT.error, `transferline: nothing to classify under ${where}: no objects there${hint}`);
       ctx.out.write(`classify ${where}: no objects there${o.watch ? ' yet' : ''}${hint}\n`);
     }

@@ -7,6 +7,7 @@ import { waitForDataset } from '../dataset-wait.js';
 import { ingestManifest, ingestPrefix, type IngestCounts } from '../ingest.service.js';
 import { headerHint, ManifestError } from '../manifest.js';
 import { createProgress } from '../progress.js';
+import { namesOneObject } from '../storage-hint.js';
 import { printable } from '../terminal.js';
 import { confusableLabelNotes, manifestsNamed } from '../report-words.js';
 
@@ -105,8 +106,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   const where = manifest ? printable(url) : `s3://${printable(bucket)}/${printable(prefix)}`;
   if (counts.listed === 0 && !manifest) {
     // (the URL names one object: a manifest of a name ingest does not read, most likely)
-    const object = !url.endsWith('/') && (await ctx.services.store.headObject(bucket, prefix.slice(0, -1)).catch(() => undefined));
-    const hint = object ? `; ${printable(url)} is an object: ingest takes a prefix, or a label manifest ending in .csv, .tsv, .jsonl or .ndjson` : ` (is the prefix right? keys look like ${where}<label>/<file>)`;
+    const hint = (await namesOneObject(ctx, url, bucket, prefix)) ? `; ${printable(url)} is an object: ingest takes a prefix, or a label manifest ending in .csv, .tsv, .jsonl or .ndjson` : ` (is the prefix right? keys look like ${where}<label>/<file>)`;
     w(`ingest ${where}: no objects there${hint}`);
   }
   const found = manifest
@@ -171,7 +171,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   // 3 on them). Said as for a new dataset, with where its label folders are.
   // (Not for a --watch, which may wait for objects or label folders to come; nor for one of the
   // dataset's own prefixes, or a listing that removed images: it changed the dataset.)
-  const sources = counts.unlabelled + (counts.manifestFiles?.length ?? 0) === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
+  const sources = counts.unlabelled === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
   if (!manifest && sources.length && !sources.includes(DatasetRepository.source(bucket, prefix))) {
     const what = counts.listed === 0 ? `nothing to ingest under ${where}` : `none of the ${counts.listed} objects is in a label folder under ${where}`;
     const folders = sources.filter((src) => !DatasetRepository.isManifestSource(src)).sort();

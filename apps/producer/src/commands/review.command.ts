@@ -1,10 +1,10 @@
-import { DatasetRepository, ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
+import { conflictsLabelledBy, DatasetRepository, ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { likeliestOther, relabelItems, reviewAgreement, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { manifestRelabelNote, manifestRowsAdvice, manifestsNamed, manifestsOfAll, randomSpaceNote } from '../report-words.js';
+import { manifestRelabelNote, manifestRowsAdvice, manifestsNamed, randomSpaceNote } from '../report-words.js';
 
 /**
  * `transferline review -d NAME [--top N] [--folds K] [--json]`: ranks the images whose given label
@@ -62,8 +62,8 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   if (review.issues) {
     // (the first N of the file: those listed above, least likely first); relabel moves folders,
     // so those a label manifest labels are mended in its rows
-    const byManifest = manifestsOfAll(issues);
-    if (byManifest) w(`look at ${issues.length === 1 ? 'it' : 'them'}; ${manifestRowsAdvice(byManifest, issues.length, printable)}`);
+    const by = conflictsLabelledBy(issues);
+    if (issues.length && !by.folders) w(`look at ${issues.length === 1 ? 'it' : 'them'}; ${manifestRowsAdvice(by.manifests, issues.length, printable)}`);
     else if (issues.length) {
       w(`look at them; to move those listed to their suggested labels: transferline relabel -d ${o.dataset} --from-review s3://${bucket}/${outputKey} --top ${Math.min(top, review.issues)}`);
       w(`  (add --dry-run to see each move first, and move nothing; a wrong one moved is moved back with relabel KEY --to LABEL)`);

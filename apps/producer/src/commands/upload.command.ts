@@ -120,12 +120,13 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   // under another label folder at the same place, was moved by relabel since the last upload (sent
   // again, it would come back under its old label); --copies sends it all the same
   const beside = new Map<string, { key: string; etag: string; size: number }[]>();
-  // (--unlabelled: no label folders, so none beside; counted instead, the images in label
-  // folders under the prefix that are not this folder's files)
-  const fromHere = o.unlabelled || manifest ? new Set(files.map((f) => `${prefix}${f}`)) : undefined;
+  // (--unlabelled, --manifest: no label folders, so none beside; for --unlabelled, counted
+  // instead, the images in label folders under the prefix that are not this folder's files)
+  const fromHere = o.unlabelled ? new Set(files.map((f) => `${prefix}${f}`)) : undefined;
   let labelled = 0;
   for await (const obj of ctx.services.store.listObjects(bucket, prefix)) {
     there.set(obj.key, obj.etag);
+    if (manifest) continue;
     if (fromHere) {
       if (!fromHere.has(obj.key) && itemFromKey(prefix, obj.key) !== undefined) labelled++;
       continue;
@@ -135,7 +136,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   }
   if (manifest) refuseMisplaced(manifest, { dir, bucket, prefix, files, there });
   // images to classify sent into a training prefix (by mistake, most likely): said before they go
-  if (labelled && o.unlabelled) {
+  if (labelled) {
     ctx.out.write(
       `note: s3://${bucket}/${prefix} holds ${labelled} image${labelled === 1 ? '' : 's'} in label folders already (a training set?): ` +
         'these files go beside them; an ingest of the prefix would take their sub-folders for labels, and a classify of it would label those images too\n',

@@ -1,5 +1,5 @@
-import type { ReviewLine } from '@transferline/shared';
-import { manifestRelabelNote, manifestRowsAdvice, manifestsOfAll } from '../report-words.js';
+import { conflictsLabelledBy, type ReviewLine } from '@transferline/shared';
+import { manifestRelabelNote, manifestRowsAdvice } from '../report-words.js';
 import { likeliestOther, reviewAgreement, reviewHighlights } from '../review.service.js';
 import { html, page, pct, seg, type Access } from './html.js';
 
@@ -22,6 +22,8 @@ const MAX_ROWS = 100;
 /** `/datasets/:dataset/review`: the images whose label looks wrong, then the most uncertain, with thumbnails. */
 export function reviewPage(access: Access, v: ReviewView): string {
   const { issues: shown, uncertain } = reviewHighlights(v.lines, { issues: MAX_ROWS, uncertain: 20 });
+  // (relabel moves label folders: images that manifests label all, their rows are what to change)
+  const shownBy = conflictsLabelledBy(shown);
   const issues = v.lines.filter((l) => l.issue).length;
   const agree = reviewAgreement(v.lines);
   const gone = (l: ReviewLine) => v.moved?.has(l.key) ?? false;
@@ -38,8 +40,8 @@ export function reviewPage(access: Access, v: ReviewView): string {
   const body = html`<h1>Review of <a href="/datasets/${seg(v.dataset)}">${v.dataset}</a></h1>
 <p class="muted" id="source">out-of-fold predictions on the cached embeddings, from <code>${v.source}</code>${
     // the images shown below, as review's own hint names those it printed: not every issue of a long list unseen
-    manifestsOfAll(shown)
-      ? html`; the ${shown.length === 1 ? 'image' : `${shown.length} images`} below: ${manifestRowsAdvice(manifestsOfAll(shown)!, shown.length)}`
+    shown.length && !shownBy.folders
+      ? html`; the ${shown.length === 1 ? 'image' : `${shown.length} images`} below: ${manifestRowsAdvice(shownBy.manifests, shown.length)}`
       : shown.length
         ? html`; once you have looked at them, move the ${shown.length === 1 ? 'image' : `${shown.length} images`} below to their suggested labels with
 <code>transferline relabel -d ${v.dataset} --from-review ${v.source} --top ${shown.length}</code> (add <code>--dry-run</code> to see each move first)${manifestNote ? `; ${manifestNote}` : ''}`
