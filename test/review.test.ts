@@ -639,12 +639,14 @@ describe('a label manifest instead of label folders', () => {
 
     // a listing of the folder (its images are in img/, a "label" folder) leaves the manifest's
     // images as it labels them; the two it no longer names are the listing's
+    await put('flat/img/sources.tsv', 'img/circle-0.jpg\tdrawn\n');
     const prefix = await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'listed'], stack.env, 240_000);
     expect(prefix.code).toBe(0);
     // (the two rows dropped left their objects, whose bytes are known: no job, not read again)
     expect(prefix.stdout).toMatch(/12 objects listed, 0 enqueued, 2 added from the embedding cache \(no job\), 10 unchanged$/m);
-    // the manifest beside them is none of the images (it was counted as an image outside a label folder)
-    expect(prefix.stdout).toContain(`note: s3://${bucket}/flat/labels.csv is a label manifest, not an image: left out of the listing (a manifest labels the dataset when ingested by its URL)`);
+    // the manifest beside them is none of the images (it was counted as an image outside a label
+    // folder), nor is a table in a label folder (it was listed as an image of that label, and failed)
+    expect(prefix.stdout).toContain(`note: s3://${bucket}/flat/img/sources.tsv, s3://${bucket}/flat/labels.csv are in a label manifest's format (.csv, .tsv, .jsonl, .ndjson), not images: left out of the listing (a manifest labels the dataset when ingested by its URL)`);
     expect(prefix.stdout).toContain(`note: 10 of the images under s3://${bucket}/flat/ take their labels in dataset listed from the label manifest s3://${bucket}/flat/labels.csv, not from their folders`);
     expect(await status()).toMatch(/dataset listed: 13 images, 13 embedded.*\n {2}labels: circle \(4\), img \(2\), square \(4\), triangle \(3\)/);
     expect(await forwardPasses()).toBe(passes);
@@ -675,6 +677,7 @@ describe('a label manifest instead of label folders', () => {
 
     // the manifest deleted: a listing labels its images by their folders again
     await ctx.services.store.deleteObject(bucket, 'flat/labels.csv');
+    await ctx.services.store.deleteObject(bucket, 'flat/img/sources.tsv');
     const released = await runCli(['ingest', `s3://${bucket}/flat/`, '-d', 'listed'], stack.env, 240_000);
     expect(released.stdout).not.toContain('note: ');
     expect(await status()).toMatch(/\n {2}labels: circle \(1\), img \(12\)\n/);

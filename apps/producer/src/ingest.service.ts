@@ -160,9 +160,10 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
       if (o.key.length > req.prefix.length) markers.add(o.key.slice(req.prefix.length, -1));
       continue;
     }
-    // nor a label manifest beside the images (as upload --manifest puts it): left out, and named
-    // (an item it was before, classified as an image, leaves the dataset as unlisted)
-    if (manifestFormat(o.key) && (req.labels === 'none' || itemFromKey(req.prefix, o.key) === undefined)) {
+    // nor a label manifest beside the images (as upload --manifest puts it), nor any file of a
+    // manifest's format, in a label folder too (a table is never an image): left out, and named
+    // (an item it was before, failed as no image, leaves the dataset as unlisted)
+    if (manifestFormat(o.key)) {
       (counts.manifestFiles ??= []).push(`s3://${req.bucket}/${o.key}`);
       continue;
     }
