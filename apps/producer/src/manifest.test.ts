@@ -73,6 +73,17 @@ describe('label manifests', () => {
       '  line 9: "?" is no label (it stands for an image without one)',
       expect.stringMatching(/^ {2}line 10: not CSV \(Quote Not Closed/),
     ]);
+    // a quoted value over two lines, in a file of CRLFs and blank lines: each row named by its
+    // line as an editor counts them (the quoted one by its last)
+    const crlf = ['key,label', '"a', 'b.jpg",cat', '', 'c.jpg,', '"d.jpg","x', 'y"', '  ', 'e.jpg,', '\t', ''].join('\r\n');
+    expect((await refusal(csv(crlf))).slice(1)).toEqual(['  line 5: no label for c.jpg', '  line 9: no label for e.jpg']);
+    expect((await csv(crlf.replace(/,(\r|$)/g, ',cat$1'))).map((r) => [r.key, r.line])).toEqual([
+      ['sets/pets/a\r\nb.jpg', 3],
+      ['sets/pets/c.jpg', 5],
+      ['sets/pets/d.jpg', 7],
+      ['sets/pets/e.jpg', 9],
+    ]);
+    expect((await refusal(csv(['a,cat', '"b', 'c.jpg",cat', '', '"d"e.jpg,cat'].join('\r\n')))).slice(1)).toEqual([expect.stringMatching(/^ {2}line 5: not CSV \(Invalid Closing Quote/)]);
     // a first row of column names the reader does not know, refused as a row: said it may be a header
     expect((await refusal(csv('name,category,subset\na.jpg,cat,train\n')))[1]).toBe(
       '  line 1: split "subset" is none of train, val (valid, validation), test (its first line, "name,category,subset", was read as a row: a header names the key\'s column (key, filename, image, path, …) and the label\'s (label or class))',

@@ -17,7 +17,7 @@ import { UNLABELLED, splitOfFolder, type Split } from '@transferline/shared';
  * (`valid`, `validation`) or `test`, as split folders are named; empty for none.
  */
 export interface ManifestRow {
-  /** the row's line in the file (1-based; a CSV row whose quoted value spans lines: its last) */
+  /** the row's line in the file, as an editor counts them (1-based; a CSV row whose quoted value spans lines: its last) */
   line: number;
   bucket: string;
   key: string;
@@ -107,11 +107,14 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
     const parser = Readable.from([bytes]).pipe(
       parse({ bom: true, delimiter, trim: true, skip_empty_lines: true, relax_column_count: true, relax_quotes: true, skip_records_with_error: true, info: true }),
     );
-    parser.on('skip', (err: Error & { lines?: number }) => problem(err.lines ?? 0, `not CSV (${err.message})`));
+    // (csv-parse's own line count takes a CRLF inside a quoted value for two lines)
+    const lineAt = lineCounter(bytes);
+    // (a record skipped as no CSV is named by its first line: csv-parse's offset is where it begins)
+    parser.on('skip', (err: Error & { bytes?: number; lines?: number }) => problem(err.bytes === undefined ? (err.lines ?? 0) : lineAt.startingAt(err.bytes), `not CSV (${err.message})`));
     let columns: { key: number; label: number; split?: number } | undefined;
     try {
-      for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
-        const line = info.lines;
+      for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { bytes: number } }>) {
+        const line = lineAt.endingAt(info.bytes);
         if (columns === undefined) {
           // a first row that names any column is a header, and must name the two it needs
           const names = record.map((f) => f.toLowerCase());
@@ -142,6 +145,46 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
   const out = [...rows.values()];
   if (firstRow !== undefined && out[0]?.line === 1) out[0] = { ...out[0], headerLike: firstRow };
   return out;
+}
+
+/**
+ * Lines (1-based) of a file, as an editor counts them (a CRLF is one break, as are a lone LF and
+ * a lone CR), by byte offset: `endingAt(end)`, the line of the last character before `end`, line
+ * breaks and blanks left out (where a CSV record read up to `end`, its delimiter included, ends);
+ * `startingAt(start)`, the line of the first character from `start` on that is neither (where a
+ * record that begins there, after blank lines, begins).
+ */
+export function lineCounter(bytes: Buffer): { endingAt: (end: number) => number; startingAt: (start: number) => number } {
+  const breaks: number[] = [];
+  for (let i = 0; i < bytes.length; i++) {
+    const c = bytes[i];
+    if (c === 0x0a || c === 0x0d) breaks.push(i);
+    if (c === 0x0d && bytes[i + 1] === 0x0a) i++;
+  }
+  const blank = (c: number | undefined) => c === 0x0a || c === 0x0d || c === 0x20 || c === 0x09;
+  // the breaks before `at`: the first index whose break is at or after it
+  const lineOf = (at: number) => {
+    let lo = 0;
+    let hi = breaks.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (breaks[mid]! < at) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo + 1;
+  };
+  return {
+    endingAt: (end) => {
+      let at = Math.min(end, bytes.length);
+      while (at > 0 && blank(bytes[at - 1])) at--;
+      return lineOf(at);
+    },
+    startingAt: (start) => {
+      let at = Math.max(start, 0);
+      while (at < bytes.length && blank(bytes[at])) at++;
+      return lineOf(at);
+    },
+  };
 }
 
 /** The field delimiters a CSV manifest may use: spreadsheets in many locales write `;`, and some export tabs. */
