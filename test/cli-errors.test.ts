@@ -687,6 +687,8 @@ describe('what a user sees when something is wrong', () => {
       // the least it takes, said as the range it is (a user's trial: "0 or more" for -1, then "at least 1" for 0)
       [['train', '-d', 'x', '--epochs', '0'], /--epochs must be a whole number, 1 or more/],
       [['ingest', 's3://photos/', '-d', 'x', '--stall-timeout', '-5'], /--stall-timeout must be a whole number, 0 or more/],
+      // (0 threads was taken, then dropped for the default)
+      [['serve', '-m', 'x', '--threads', '0'], /--threads must be a whole number, 1 or more/],
       [['ingest', 'photos/train', '-d', 'x'], /not an s3:\/\/ URL: "photos\/train" \(expected s3:\/\/bucket\/prefix\)/],
       [['classify', 'photos/incoming', '-m', 'x'], /not an s3:\/\/ URL/],
       [['upload', '.', 'photos'], /not an s3:\/\/ URL/],

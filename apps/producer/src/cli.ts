@@ -124,7 +124,7 @@ program
   .option('--exit-after-demo', 'stop the stack when the demo is done')
   .option('--metrics-port <n>', 'first metrics port: producer n, preprocess n+1, embed n+2, train n+3 (+10 per extra replica; default 9464; 0: any free ports)', port('--metrics-port'))
   .option('--preprocess-workers <n>', 'preprocess processes (default 1)', int('--preprocess-workers'))
-  .option('--embed-workers <n>', 'embed processes (default 1); they share the cores, each running one forward pass per thread at once (TL_EMBED_STREAMS)', int('--embed-workers'))
+  .option('--embed-workers <n>', 'embed processes (default 1); they share the cores, each running one forward pass per thread at once, at most 4 (TL_EMBED_STREAMS)', int('--embed-workers'))
   .action(async (o: { demo?: boolean; exitAfterDemo?: boolean; preprocessWorkers?: number; embedWorkers?: number; metricsPort?: number }) => {
     const commands = await up();
     const replicas = { ...(o.preprocessWorkers !== undefined && { preprocess: o.preprocessWorkers }), ...(o.embedWorkers !== undefined && { embed: o.embedWorkers }) };
@@ -309,8 +309,8 @@ program
   .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to serve (followed as new runs land), or dataset@run')
   .option('--host <host>', 'interface to listen on (default TL_SERVE_HOST, 127.0.0.1)')
   .option('--port <n>', 'port (default TL_SERVE_PORT, 9480; 0 = any free port)', port('--port'))
-  .option('--threads <n>', 'ONNX Runtime threads (default: the cores)', int('--threads'))
-  .option('--streams <n>', 'forward passes at once, sharing the threads (default: one per thread, at most 4)', int('--streams'))
+  .option('--threads <n>', 'ONNX Runtime threads (default TL_SERVE_THREADS, else the cores)', int('--threads', 1))
+  .option('--streams <n>', 'forward passes at once, sharing the threads (default TL_SERVE_STREAMS, else one per thread, at most 4)', int('--streams'))
   .option('--follow-interval <s>', 'with -m DATASET: how often to look for a newer latest run, in seconds (default 30; 0 = only on SIGHUP or POST /v1/models/reload)', int('--follow-interval'))
   .action((o: { model: string; host?: string; port?: number; threads?: number; streams?: number; followInterval?: number }) => withContext(async (ctx) => (await serving()).serveCommand(ctx, o)));
 

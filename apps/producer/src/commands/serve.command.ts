@@ -72,7 +72,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
   try {
     // said once the port is taken: a port in use is said before any loading
     const onListening = () => w(`loading ${o.model} (EfficientNet-B0 + head, one ONNX model)…`);
-    server = await startClassifierServer(long, { model: o.model, log, onSwap, onReloadFailed: reloadFailed, onListening, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads && { threads: o.threads }), ...(o.streams !== undefined && { streams: o.streams }) }).catch((err: unknown) => {
+    server = await startClassifierServer(long, { model: o.model, log, onSwap, onReloadFailed: reloadFailed, onListening, ...(o.host && { host: o.host }), ...(o.port !== undefined && { port: o.port }), ...(o.threads !== undefined && { threads: o.threads }), ...(o.streams !== undefined && { streams: o.streams }) }).catch((err: unknown) => {
       // the flags refused (more --streams than --threads): bad usage, as any flag out of range
       if (err instanceof ConfigError && /^--(streams|threads) /.test(err.message)) throw new CliExit(EXIT.usage, `transferline: ${err.message}`);
       throw err;
