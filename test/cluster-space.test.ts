@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFile } from 'node:child_process';
 import { realpathSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -9,6 +9,7 @@ import sharp from 'sharp';
 import { afterAll, describe, expect, it } from 'vitest';
 import { writeSampleSet } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
+import { shellQuote } from '../apps/producer/src/terminal.js';
 import { createEfficientNetEmbedder } from '../apps/feature-worker/src/embedder.js';
 import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
 import { createServices, loadConfig, RunDoc } from '../packages/shared/src/index.js';
@@ -160,10 +161,19 @@ describe("the README's two terminals", () => {
     serve.stdout!.on('data', (d: Buffer) => (served.text += d.toString()));
     await waitForOutput(serve, /Ctrl-C stops it/, 60_000, served);
     expect(served.text).toMatch(/^serving mine@\S+ \(circle, square, triangle\) on http:\/\/127\.0\.0\.1:\d+\n {2}note: EfficientNet-B0 runs with SEEDED RANDOM weights \(seed 42\)/m);
-    // and again for the run it swaps to
-    const second = await runCli(['train', '--dataset', 'mine', '--epochs', '5'], shell);
-    expect(second.code).toBe(0);
-    const run2 = /run (\S+): validation accuracy/.exec(second.stdout)![1]!;
+    // and again for the run it swaps to: the banner's ingest and train lines as they paste, with
+    // an image that fails among the new ones (ingest exits 3 then: the train must still run)
+    await writeFile(path.join(photos, 'circle', 'notes.jpg'), 'not an image\n');
+    await execFileAsync('sh', ['-c', awsLine], { cwd: dir, env: { PATH: process.env.PATH, HOME: dir } });
+    const ingestThenTrain = hints
+      .split('\n')
+      .filter((l) => /^ {2}(cd|export|npx transferline (ingest|train)) /.test(l))
+      .map((l) => l.replace('npx transferline', `${shellQuote(process.execPath)} ${shellQuote(cliPath)}`))
+      .join('\n');
+    const second = await execFileAsync('sh', ['-c', ingestThenTrain], { env: shell, timeout: 240_000 });
+    expect(second.stdout).toMatch(new RegExp(`dataset mine: ${n + 1} images, ${n} embedded .*, 1 failed, 0 pending`));
+    const run2 = /run (\S+): validation accuracy/.exec(second.stdout)?.[1];
+    expect(run2, second.stdout + second.stderr).toBeDefined();
     await waitForOutput(serve, new RegExp(`now serving mine@${run2} \\(was \\S+\\)\\n {2}note: EfficientNet-B0 runs with SEEDED RANDOM weights`), 30_000, served);
     serve.kill('SIGINT');
     await new Promise((r) => serve.once('exit', r));
@@ -172,6 +182,8 @@ describe("the README's two terminals", () => {
     // names the space, waits for the live worker to publish it again rather than failing
     const services = createServices(loadConfig(shell), 'oneshot');
     try {
+      // (the image that failed gone: the commands below end as on a clean dataset)
+      await services.store.deleteObject('photos', 'mine/circle/notes.jpg');
       await services.redis.del(services.keys.spaces());
     } finally {
       await services.close();
