@@ -290,7 +290,7 @@ program
     const intervalSeconds = watchInterval(o);
     return withContext(async (ctx) => {
       const rounds = await classifyCommand(ctx, url, { model: o.model, watch: !!o.watch, intervalSeconds, stallSeconds: o.stallTimeout });
-      if (rounds.some((r) => r.failed > 0)) process.exitCode = EXIT.failedItems;
+      if (rounds.some((r) => r.failed > 0 || (r.skippedFailed ?? 0) > 0)) process.exitCode = EXIT.failedItems;
       if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, '\ninterrupted');
     });
   });

@@ -75,12 +75,14 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
   // classified again, into this job's file.
   const gone = await missingFiles(services.store, deps.bucket, new Set(pending.flatMap((p) => (p.priorFile ? [p.priorFile] : []))));
   let skipped = 0;
+  let skippedFailed = 0;
   let again = 0;
   const failedNow: { id: string; r: ItemRecord }[] = [];
   const earlier = new Set<string>();
   for (const { id, r, cached, priorFile } of pending) {
     if (priorFile && !gone.has(priorFile)) {
       skipped++;
+      if (r.state === 'failed') skippedFailed++;
       earlier.add(priorFile);
       continue;
     }
@@ -122,10 +124,10 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
     ...failedNow.flatMap(({ id, r }) => [id, `${r.etag} ${doneBytes(r)} ${job.outputKey} ${FAILED}`]),
   ];
   if (entries.length) await services.redis.hset(doneKey, ...entries);
-  ctx.log.info({ classified: todo.length, failed, skipped, again, filesGone: gone.size }, 'classified');
+  ctx.log.info({ classified: todo.length, failed, skipped, skippedFailed, again, filesGone: gone.size }, 'classified');
   const byLabel = labels.map((label, c) => ({ label, count: counts[c]! })).filter((l) => l.count > 0);
   const earlierFiles = [...earlier].sort().reverse().slice(0, CLASSIFY_EARLIER_FILES);
-  return { outputKey: job.outputKey, classified: todo.length, failed, skipped, byLabel, earlierFiles, ...(again ? { again, filesGone: [...gone].sort() } : {}) };
+  return { outputKey: job.outputKey, classified: todo.length, failed, skipped, skippedFailed, byLabel, earlierFiles, ...(again ? { again, filesGone: [...gone].sort() } : {}) };
 }
 
 const FAILED = 'failed';

@@ -141,6 +141,11 @@ export interface ClassifyResult {
   /** items classified earlier with the same run and unchanged since (not written again) */
   skipped: number;
   /**
+   * Of `skipped`, those that failed (their line in the earlier file is an error): still failed
+   * images under the prefix. Absent in results of jobs that ran before it existed.
+   */
+  skippedFailed?: number;
+  /**
    * The results files that hold the skipped items' labels (the newest first, at most
    * CLASSIFY_EARLIER_FILES). Absent in results of jobs that ran before it existed.
    */

@@ -155,9 +155,10 @@ async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: st
   const r = await followJob<ClassifyResult>(ctx, ctx.queues.classify, job, { what: `classifying s3://${bucket}/${prefix}`, role: 'train', stallSeconds });
   const labels = r.byLabel.map((l) => `${printable(l.label)} ${l.count}`).join(', ');
   const { bucket: results } = ctx.config.s3;
+  const skippedFailed = r.skippedFailed ?? 0;
   ctx.out.write(
     `classified ${r.classified} image(s) under s3://${printable(bucket)}/${printable(prefix)} with ${model.dataset}@${model.runId}` +
-      `${labels ? ` (${labels})` : ''}${r.failed ? `, ${r.failed} failed` : ''}${r.skipped ? `, ${r.skipped} already done` : ''}` +
+      `${labels ? ` (${labels})` : ''}${r.failed ? `, ${r.failed} failed` : ''}${r.skipped ? `, ${r.skipped} already done${skippedFailed ? ` (${skippedFailed} of them failed)` : ''}` : ''}` +
       (r.classified + r.failed === 0 ? ': nothing new to write\n' : ` → s3://${results}/${r.outputKey}\n`),
   );
   // images whose earlier results file was deleted (old results pruned): labelled again, here
@@ -170,9 +171,12 @@ async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: st
   const earlier = r.earlierFiles ?? [];
   if (pointBack && earlier.length) {
     const more = earlier.length === CLASSIFY_EARLIER_FILES ? ' (the newest; older files in the same folder)' : '';
-    ctx.out.write(`  the ${r.skipped} already done are labelled in${more}: ${earlier.map((k) => `s3://${results}/${k}`).join(', ')}\n`);
+    // (a failed image's line there says why it has no label)
+    const which = skippedFailed ? ` (${r.skipped - skippedFailed} labelled, ${skippedFailed} failed)` : '';
+    ctx.out.write(`  the ${r.skipped} already done${which} are ${skippedFailed ? 'in' : 'labelled in'}${more}: ${earlier.map((k) => `s3://${results}/${k}`).join(', ')}\n`);
   }
-  // which images failed, and why (the results file has them too)
-  if (r.failed) printFailures(ctx, await ctx.services.inspector.status(dataset, 20, DatasetRepository.source(bucket, prefix)));
+  // which images failed, and why (the results file has them too), those done before included:
+  // they are still failed images under the prefix
+  if (r.failed || skippedFailed) printFailures(ctx, await ctx.services.inspector.status(dataset, 20, DatasetRepository.source(bucket, prefix)));
   return r;
 }
