@@ -268,7 +268,7 @@ describe('review and relabel', () => {
     expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/train/circle/square-4.jpg`]))[0]).toMatchObject({ label: 'circle' });
   }, 120_000);
 
-  it('a key S3 will not take for one move: nothing is moved', async () => {
+  it("a key S3 will not take for one move of a review's: that one is left and said, the other made", async () => {
     // this server keeps no key segment over 200 bytes (S3 itself takes 1,024 bytes in all)
     const line = (name: string, suggested: string) => ({ key: `s3://${bucket}/train/triangle/${name}`, given: 'triangle', suggested, pGiven: 0.1, pSuggested: 0.8, issue: true, uncertainty: 0.2, probabilities: { circle: 0.8, square: 0.1, triangle: 0.1 } });
     const file = 'tests/refused.jsonl';
@@ -276,12 +276,17 @@ describe('review and relabel', () => {
     await ctx.services.store.putObject(stack.config.s3.bucket, file, text, 'application/x-ndjson');
     try {
       const r = await runCli(['relabel', '-d', 'noisy', '--from-review', `s3://${stack.config.s3.bucket}/${file}`], stack.env);
-      expect(r.code).toBe(1);
-      expect(r.stderr).toMatch(/nothing was moved: s3:\/\/review-photos\/train\/triangle\/triangle-4\.jpg cannot be moved to s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: S3 refused s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: HTTP 400$/m);
-      expect(await ctx.services.store.headObject(bucket, 'train/triangle/triangle-3.jpg')).toBeDefined();
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^note: 1 of the images to move is left as it is \(the others are moved\):\n {2}s3:\/\/review-photos\/train\/triangle\/triangle-4\.jpg cannot be moved to s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: S3 refused s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: HTTP 400$/m);
+      expect(r.stdout).toMatch(/^relabel noisy: 1 moved, 0 already there, 0 not found, 1 left \(see above\)/m);
+      expect(await ctx.services.store.headObject(bucket, 'train/triangle/triangle-4.jpg')).toBeDefined();
+      expect(await ctx.services.store.headObject(bucket, 'train/circle/triangle-3.jpg')).toBeDefined();
     } finally {
       await ctx.services.store.deleteObject(stack.config.s3.bucket, file);
     }
+    // (moved back, as the tests below have it)
+    expect((await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/circle/triangle-3.jpg`, '--to', 'triangle'], stack.env)).code).toBe(0);
   }, 120_000);
 
   it('checks the objects before the first move: one gone from the bucket, or changed since it was ingested, moves nothing', async () => {
@@ -476,7 +481,25 @@ describe('review and relabel', () => {
     expect((await runCli(['ingest', `s3://${bucket}/train/`, '-d', 'noisy'], stack.env, 120_000)).code).toBe(0);
     const dataset = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/square/square-6.jpg`, '--to', 'triangle'], stack.env);
     expect(dataset.code).toBe(1);
-    expect(dataset.stderr).toMatch(/would overwrite s3:\/\/review-photos\/train\/triangle\/square-6\.jpg, another image of noisy/);
+    expect(dataset.stderr).toMatch(/would overwrite s3:\/\/review-photos\/train\/triangle\/square-6\.jpg, another image of noisy \(the same name in both folders: rename one, ingest again, then move it\)/);
+    // a review's suggestions (file names repeat across folders): the move that would overwrite is
+    // left and said, the other made; relabel of named keys above moved none
+    const suggestion = (file: string) => ({ key: `s3://${bucket}/train/square/${file}`, given: 'square', suggested: 'triangle', pGiven: 0.1, pSuggested: 0.9, issue: true, uncertainty: 0.1, probabilities: { circle: 0, square: 0.1, triangle: 0.9 } });
+    const reviewKey = ctx.services.layout.review('noisy', '9999-12-31T00-00-00-001Z');
+    await ctx.services.store.putObject(stack.config.s3.bucket, reviewKey, [suggestion('square-6.jpg'), suggestion('square-7.jpg')].map((l) => JSON.stringify(l)).join('\n') + '\n', 'application/x-ndjson');
+    try {
+      const fromReview = await runCli(['relabel', '-d', 'noisy', '--from-review', `s3://${stack.config.s3.bucket}/${reviewKey}`], stack.env);
+      expect(fromReview.stderr).toBe('');
+      expect(fromReview.code).toBe(0);
+      expect(fromReview.stdout).toContain(`note: 1 of the images to move is left as it is (the others are moved):\n  s3://${bucket}/train/square/square-6.jpg would overwrite s3://${bucket}/train/triangle/square-6.jpg, another image of noisy`);
+      expect(fromReview.stdout).toMatch(/^relabel noisy: 1 moved, 0 already there, 0 not found, 1 left \(see above\)/m);
+      expect(await ctx.services.store.headObject(bucket, 'train/triangle/square-7.jpg')).toBeDefined();
+      expect(await ctx.services.store.headObject(bucket, 'train/square/square-6.jpg')).toBeDefined();
+    } finally {
+      await ctx.services.store.deleteObject(stack.config.s3.bucket, reviewKey);
+    }
+    // (moved back, as the tests below have it)
+    expect((await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/triangle/square-7.jpg`, '--to', 'square'], stack.env)).code).toBe(0);
     // two images with one file name, bound for one folder
     await ctx.services.store.putObject(bucket, 'train/circle/twin.jpg', await renderSample('circle', 98, 21, 128));
     await ctx.services.store.putObject(bucket, 'train/square/twin.jpg', await renderSample('square', 98, 21, 128));

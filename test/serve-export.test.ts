@@ -216,6 +216,22 @@ describe('transferline serve', () => {
       reason: 'bad-request',
       message: `keys are objects of this deployment's S3 store, as s3://bucket/key; "https://example.com/cat.jpg" is not one (serve fetches no web address: send the image's bytes instead). send {"keys": ["s3://bucket/key", …]}, or the image bytes, or multipart/form-data`,
     });
+    // so is a path (a user's trial: only the usage came back)
+    const pathKey = await post(JSON.stringify({ keys: [`s3://${bucket}/incoming/${photos[3]!.name}`, '/etc/passwd'] }), { 'content-type': 'application/json' });
+    expect(((await pathKey.json()) as { error: { message: string } }).error.message).toMatch(/^keys are objects of this deployment's S3 store, as s3:\/\/bucket\/key; "\/etc\/passwd" is not one\. send/);
+    // an image's bytes sent as JSON: said as such, not as the parser's complaint about its bytes
+    const asJson = await post(photos[0]!.bytes, { 'content-type': 'application/json' });
+    expect(asJson.status).toBe(400);
+    expect(((await asJson.json()) as { error: { message: string } }).error.message).toBe(
+      'not JSON: the body is not text (an image\'s bytes, sent as application/json?): send an image with Content-Type image/jpeg (or any image/*, or application/octet-stream); JSON is for {"keys": ["s3://bucket/key", …]}',
+    );
+    // curl -d @photo.jpg: a form with the file's line breaks taken out, said so
+    const mangled = Buffer.from(photos[0]!.bytes.filter((b) => b !== 0x0a && b !== 0x0d));
+    const asForm = await post(mangled, { 'content-type': 'application/x-www-form-urlencoded' });
+    expect(asForm.status).toBe(422);
+    expect(((await asForm.json()) as { error: { message: string } }).error.message).toMatch(/\(it came as a form, application\/x-www-form-urlencoded: curl -d @FILE drops the line breaks of a file; send it with --data-binary @FILE and -H "Content-Type: image\/jpeg"\)$/);
+    // the same bytes whole, as curl --data-binary sends them (a form by type): classified
+    expect((await post(photos[0]!.bytes, { 'content-type': 'application/x-www-form-urlencoded' })).status).toBe(200);
   });
 
   it('answers keys it cannot read because S3 does not answer with 503 and storage-unavailable, not 200 and internal', async () => {

@@ -16,7 +16,7 @@ import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer
 import { classifyDatasetName, jobIds, jobLock, STOP_DEADLINE_MS, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { restoreLostIndex } from '../apps/producer/src/data-loss.js';
-import { consoleDeps, loadOverview } from '../apps/producer/src/console/console-data.js';
+import { consoleDeps, loadDataset, loadOverview } from '../apps/producer/src/console/console-data.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { cliPath, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
@@ -402,7 +402,7 @@ describe('training runs and classification', () => {
     const out = { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream;
     const [again] = await classifyCommand({ ...ctx, out }, `s3://${photos}/later/`, { model: 'shapes', watch: false, intervalSeconds: 1, stallSeconds: 2 });
     // done by the round above: no empty file, and it says where their labels are
-    expect(again).toMatchObject({ classified: 0, skipped: kinds.length, failed: 0, earlierFiles: [round!.outputKey] });
+    expect(again).toMatchObject({ classified: 0, skipped: kinds.length, failed: 0, skippedFailed: 0, earlierFiles: [round!.outputKey] });
     expect(said).toMatch(new RegExp(`, ${kinds.length} already done: nothing new to write$`, 'm'));
     expect(said).toContain(`  the ${kinds.length} already done are labelled in: s3://${stack.config.s3.bucket}/${round!.outputKey}\n`);
     await expect(ctx.services.store.getObject(stack.config.s3.bucket, again!.outputKey)).rejects.toThrow();
@@ -609,10 +609,14 @@ describe('training runs and classification', () => {
     const { bucket: at, key } = parseS3ObjectUrl(/(s3:\/\/\S+\.jsonl)/.exec(r.stdout)![1]!);
     const lines = (await ctx.services.store.getObject(at, key)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; error?: string; detail?: string });
     expect(lines.find((l) => l.key === `s3://${photos}/broken/notes.jpg`)).toMatchObject({ error: 'not-an-image', detail: expect.stringMatching(/^not an image \(starts with text/) });
-    // classified again (a watch's next round): the failure is not written again into a new file
+    expect(r.code).toBe(3);
+    // classified again: the failure is not written again into a new file, but it is still a
+    // failed image under the prefix: said apart from the labelled one, listed, and exit 3 again
     const again = await runCli(['classify', `s3://${photos}/broken/`, '--model', 'shapes'], stack.env);
-    expect(again.stdout).toMatch(/2 already done: nothing new to write/);
-    expect(again.stdout).not.toMatch(/failed/);
+    expect(again.stdout).toMatch(/2 already done \(1 of them failed\): nothing new to write/);
+    expect(again.stdout).toContain(`  the 2 already done (1 labelled, 1 failed) are in: s3://${at}/${key}\n`);
+    expect(again.stdout).toMatch(new RegExp(`failed s3://${photos}/broken/notes\\.jpg: preprocess not-an-image`));
+    expect(again.code).toBe(3);
     const failures = await runCli(['failures', '-d', classifyDatasetName('shapes')], stack.env);
     expect(failures.stderr).toBe('');
     expect(failures.code).toBe(0);
@@ -850,6 +854,9 @@ describe('training runs and classification', () => {
     expect(await redis.exists(keys.datasetItems('doomed'), keys.datasetMeta('doomed'), keys.datasetSources('doomed'), keys.datasetListed('doomed'))).toBe(0);
     expect(await datasets.knownHashes([item])).toEqual([undefined]);
     expect((await runCli(['status'], stack.env)).stdout).not.toMatch(/^dataset doomed:/m);
+    // the console's page of it says where its runs are, not only that it is gone
+    expect(await loadDataset(consoleDeps(ctx, 60_000), 'doomed')).toEqual({ deletedWithRuns: 2 });
+    expect(await loadDataset(consoleDeps(ctx, 60_000), 'never-was')).toBeUndefined();
     const after = await runCli(['classify', `s3://${photos}/doomed-in/`, '--model', 'doomed'], stack.env);
     expect(after.code).toBe(0);
     expect(after.stdout).toMatch(/^model doomed@doomed-old,/m);

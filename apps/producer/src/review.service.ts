@@ -288,32 +288,47 @@ interface InspectedMove extends PlannedMove {
  * not take, an object gone or changed since it was ingested. `onOutcome` hears of each move as
  * it is done, so a failure part way (S3 or Redis lost, an object replaced meanwhile) still
  * leaves the caller knowing what moved. With `dryRun`, every check is made and each move's
- * outcome told as it would be, and nothing is moved.
+ * outcome told as it would be, and nothing is moved. With `onLeft`, a move that cannot be made
+ * is left instead (nothing of it changes), and said there, and the others are made.
  */
 export async function relabelItems(
   ctx: CliContext,
   dataset: string,
   moves: { itemId: string; label: string }[],
   onOutcome: (r: RelabelOutcome) => void = () => {},
-  o: { dryRun?: boolean; onOtherHolders?: (holders: OtherHolder[]) => void } = {},
+  o: { dryRun?: boolean; onOtherHolders?: (holders: OtherHolder[]) => void; onLeft?: (left: { images: number; why: string[] }) => void } = {},
 ): Promise<RelabelOutcome[]> {
   const { datasets } = ctx.services;
   if (!(await datasets.exists(dataset))) throw await noSuchDataset(ctx, dataset);
-  const problems: string[] = [];
-  const refuse = () => new Error(`nothing was moved: ${problems.length === 1 ? problems[0] : `${problems.length} of the moves cannot be made:\n  ${problems.slice(0, 10).join('\n  ')}`}`);
-  const inspected = await inspectMoves(ctx, dataset, await planMoves(ctx, dataset, moves, problems), problems);
-  if (problems.length) throw refuse();
+  const problems: MoveProblem[] = [];
+  // every move checked: refused whole, or (onLeft) those that cannot be made left out, and said
+  const settle = <M extends { itemId: string }>(planned: M[]): M[] => {
+    if (problems.length === 0) return planned;
+    const said = problems.map((p) => p.what);
+    if (!o.onLeft) throw new Error(`nothing was moved: ${said.length === 1 ? said[0] : `${said.length} of the moves cannot be made:\n  ${said.slice(0, 10).join('\n  ')}`}`);
+    const left = new Set(problems.flatMap((p) => p.ids));
+    o.onLeft({ images: left.size, why: said });
+    problems.length = 0;
+    return planned.filter((m) => !left.has(m.itemId));
+  };
+  let inspected = settle(await inspectMoves(ctx, dataset, await planMoves(ctx, dataset, moves, problems), problems));
   // The objects move in the bucket, for every dataset ingested from them: said before they move.
-  const toMove = new Map(inspected.filter((m) => !outcomeOf(m)).map((m) => [m.itemId, m.newId]));
+  const movesOf = (all: InspectedMove[]) => new Map(all.filter((m) => !outcomeOf(m)).map((m) => [m.itemId, m.newId]));
+  let toMove = movesOf(inspected);
+  let others = await datasets.otherHolders(dataset, [...toMove.keys()]);
+  // another dataset's manifest naming the old key would name an object that is gone
+  for (const { dataset: other, manifests } of others) for (const [id, manifest] of manifests) problems.push({ ids: [id], what: `s3://${id} is labelled in dataset ${other} by the manifest s3://${manifest}, whose row would name a key that is gone: change that row with the move, or leave it` });
+  if (problems.length) {
+    inspected = settle(inspected);
+    toMove = movesOf(inspected);
+    others = await datasets.otherHolders(dataset, [...toMove.keys()]);
+  }
   const holders: OtherHolder[] = [];
-  for (const { dataset: other, held, manifests } of await datasets.otherHolders(dataset, [...toMove.keys()])) {
-    // another dataset's manifest naming the old key would name an object that is gone
-    for (const [id, manifest] of manifests) problems.push(`s3://${id} is labelled in dataset ${other} by the manifest s3://${manifest}, whose row would name a key that is gone: change that row with the move, or leave it`);
+  for (const { dataset: other, held } of others) {
     const sources = await datasets.sources(other);
     const outside = held.filter((id) => !DatasetRepository.sourceAmong(sources, toMove.get(id)!)).length;
     holders.push({ dataset: other, images: held.length, classify: isClassifyDataset(other), outside });
   }
-  if (problems.length) throw refuse();
   if (holders.length) o.onOtherHolders?.(holders);
   const out: RelabelOutcome[] = [];
   for (const move of inspected) {
@@ -324,8 +339,14 @@ export async function relabelItems(
   return out;
 }
 
+/** Why moves cannot be made: the images (item ids) they would move. */
+interface MoveProblem {
+  ids: string[];
+  what: string;
+}
+
 /** Each image once, with its new key; what cannot be a move goes to `problems`. */
-async function planMoves(ctx: CliContext, dataset: string, moves: { itemId: string; label: string }[], problems: string[]): Promise<PlannedMove[]> {
+async function planMoves(ctx: CliContext, dataset: string, moves: { itemId: string; label: string }[], problems: MoveProblem[]): Promise<PlannedMove[]> {
   const planned: PlannedMove[] = [];
   const targets = new Map<string, string>();
   const named = new Map<string, string>();
@@ -340,19 +361,19 @@ async function planMoves(ctx: CliContext, dataset: string, moves: { itemId: stri
     // the same image named twice: once is enough, two labels is a contradiction
     const before = named.get(move.itemId);
     if (before !== undefined) {
-      if (before !== label) problems.push(`s3://${move.itemId} is named twice, for ${before} and for ${label}`);
+      if (before !== label) problems.push({ ids: [move.itemId], what: `s3://${move.itemId} is named twice, for ${before} and for ${label}` });
       continue;
     }
     named.set(move.itemId, label);
     // (its label is a row of a manifest, not a folder: the row is what to change)
     const manifest = manifests.get(move.itemId);
     if (manifest !== undefined) {
-      problems.push(`s3://${move.itemId} takes its label from the manifest s3://${manifest}: change its row there and ingest the manifest again (nothing is embedded again)`);
+      problems.push({ ids: [move.itemId], what: `s3://${move.itemId} takes its label from the manifest s3://${manifest}: change its row there and ingest the manifest again (nothing is embedded again)` });
       continue;
     }
     const source = await ctx.services.datasets.sourceOf(dataset, move.itemId);
     if (!source) {
-      problems.push(`s3://${move.itemId} is not under a prefix ingested into ${dataset}`);
+      problems.push({ ids: [move.itemId], what: `s3://${move.itemId} is not under a prefix ingested into ${dataset}` });
       continue;
     }
     const { bucket, key } = DatasetRepository.parseItemId(move.itemId);
@@ -360,12 +381,12 @@ async function planMoves(ctx: CliContext, dataset: string, moves: { itemId: stri
     try {
       newKey = relabelKey(source.prefix, key, label);
     } catch (err) {
-      problems.push(`s3://${move.itemId}: ${(err as Error).message}`);
+      problems.push({ ids: [move.itemId], what: `s3://${move.itemId}: ${(err as Error).message}` });
       continue;
     }
     const newId = DatasetRepository.itemId(bucket, newKey);
     const other = targets.get(newId);
-    if (other !== undefined) problems.push(`s3://${move.itemId} and s3://${other} would both move to s3://${newId}`);
+    if (other !== undefined) problems.push({ ids: [move.itemId, other], what: `s3://${move.itemId} and s3://${other} would both move to s3://${newId}` });
     targets.set(newId, move.itemId);
     planned.push({ itemId: move.itemId, newId, label, bucket, key, newKey });
   }
@@ -379,7 +400,7 @@ const INSPECTIONS_AT_ONCE = 16;
  * What each move finds (its record, what is at its destination); a move that would overwrite
  * another image, lose one, or copy bytes other than the ingested ones goes to `problems`.
  */
-async function inspectMoves(ctx: CliContext, dataset: string, planned: PlannedMove[], problems: string[]): Promise<InspectedMove[]> {
+async function inspectMoves(ctx: CliContext, dataset: string, planned: PlannedMove[], problems: MoveProblem[]): Promise<InspectedMove[]> {
   const { datasets } = ctx.services;
   const records = planned.length ? await datasets.getItems(dataset, planned.flatMap((p) => [p.itemId, p.newId])) : [];
   return pMap(
@@ -390,7 +411,7 @@ async function inspectMoves(ctx: CliContext, dataset: string, planned: PlannedMo
       // nothing to copy: not in the dataset, or under this label already
       if (!record || record.label === p.label) return { ...p, record, there, finish: false };
       const found = await checkMove(ctx, dataset, p, record, there);
-      if (found !== 'copy' && found !== 'finish') problems.push(found);
+      if (found !== 'copy' && found !== 'finish') problems.push({ ids: [p.itemId], what: found });
       return { ...p, record, there, finish: found === 'finish' };
     },
     { concurrency: INSPECTIONS_AT_ONCE },
@@ -414,7 +435,7 @@ async function checkMove(ctx: CliContext, dataset: string, p: PlannedMove, recor
   }
   // The copy must carry the bytes that were ingested: their content hash goes with them.
   const changed = `s3://${p.itemId} changed since it was ingested: ingest the prefix again first`;
-  const overwrites = `s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset}`;
+  const overwrites = `s3://${p.itemId} would overwrite s3://${p.newId}, another image of ${dataset} (the same name in both folders: rename one, ingest again, then move it)`;
   const unknown = `cannot tell whether s3://${p.newId} holds the image of s3://${p.itemId} (S3 gave it another ETag, and there is no content hash or old object to compare it with, or it is over TL_MAX_OBJECT_BYTES): ingest the prefix again`;
   if (there) {
     // Recorded there: an earlier run of this move, cut short after recording the new key, when
@@ -436,7 +457,7 @@ async function checkMove(ctx: CliContext, dataset: string, p: PlannedMove, recor
   // An object not in the dataset: ours only if it is this image's copy, left by a run cut short after copying.
   const ours = await holdsImage(ctx, p, record, source, target);
   if (ours === 'unknown') return unknown;
-  return ours ? 'copy' : `s3://${p.itemId} would overwrite s3://${p.newId}, an object in the bucket that is not this image`;
+  return ours ? 'copy' : `s3://${p.itemId} would overwrite s3://${p.newId}, an object in the bucket that is not this image (rename one of the two, then move it)`;
 }
 
 /**

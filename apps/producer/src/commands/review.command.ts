@@ -118,7 +118,8 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
   const done: RelabelOutcome[] = [];
   const count = (x: RelabelOutcome['outcome']) => done.filter((r) => r.outcome === x).length;
   const moved = o.dryRun ? 'would move' : 'moved';
-  const summary = () => `${count('moved')} ${o.dryRun ? 'to move' : 'moved'}, ${count('unchanged')} already there, ${count('missing')} not found`;
+  let left = 0;
+  const summary = () => `${count('moved')} ${o.dryRun ? 'to move' : 'moved'}, ${count('unchanged')} already there, ${count('missing')} not found${left ? `, ${left} left (see above)` : ''}`;
   try {
     await relabelItems(
       ctx,
@@ -135,6 +136,16 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
         onOtherHolders: (holders) => {
           for (const h of holders) w(`note: ${otherHolderWords(h)}`);
         },
+        // a review's suggestions are moved as far as they can be: one that cannot be (a name its
+        // new folder has already, say) is left and said, where naming keys moves all or none
+        ...(o.fromReview && {
+          onLeft: ({ images, why }: { images: number; why: string[] }) => {
+            left += images;
+            w(`note: ${images} of the images to move ${images === 1 ? 'is' : 'are'} left as ${images === 1 ? 'it is' : 'they are'} (the others are ${o.dryRun ? 'to be ' : ''}moved):`);
+            for (const line of why.slice(0, 10)) w(`  ${printable(line)}`);
+            if (why.length > 10) w(`  … and ${why.length - 10} more`);
+          },
+        }),
       },
     );
   } catch (err) {

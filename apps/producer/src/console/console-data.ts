@@ -131,8 +131,12 @@ function recentWarnings(d: ConsoleDeps, spaces: string[]): ReturnType<typeof dep
 }
 
 /** One dataset with its first failures, or undefined when there is no such dataset. */
-export async function loadDataset(d: ConsoleDeps, dataset: string): Promise<DatasetPage | undefined> {
-  if (!(await d.services.datasets.exists(dataset))) return undefined;
+export async function loadDataset(d: ConsoleDeps, dataset: string): Promise<DatasetPage | { deletedWithRuns: number } | undefined> {
+  if (!(await d.services.datasets.exists(dataset))) {
+    // deleted (or lost with Redis's data) while its runs stay in the bucket: said, not "no such dataset"
+    const runs = (await listModelRuns(runsContext(d), dataset, d.reports)).filter((r) => r.dataset === dataset).length;
+    return runs ? { deletedWithRuns: runs } : undefined;
+  }
   const [counts, runs] = await Promise.all([countsOf(d, dataset), listModelRuns(runsContext(d), dataset, d.reports)]);
   return { ...counts, runs: runs.filter((r) => r.dataset === dataset) };
 }

@@ -154,6 +154,7 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
     servePage(async (req) => {
       const name = param(req, 'dataset');
       const d = name.length <= 200 ? await loadDataset(deps, name) : undefined;
+      if (d && 'deletedWithRuns' in d) return { missing: `no dataset named ${name} now (deleted, or lost with Redis's data); its ${d.deletedWithRuns === 1 ? 'trained run stays' : `${d.deletedWithRuns} trained runs stay`} in the bucket, listed on the first page, and classify, serve and export still use ${d.deletedWithRuns === 1 ? 'it' : 'them'}` };
       return d ? { html: datasetPage(access, d) } : { missing: `no dataset named ${name}` };
     }),
   );

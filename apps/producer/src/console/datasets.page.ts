@@ -36,11 +36,14 @@ function failuresByReason(s: DatasetStatus): SafeHtml {
   )}</table>`;
 }
 
-function runsTable(runs: ModelRun[], withDataset: boolean): SafeHtml {
+/** The runs, with their datasets when `datasets` (those in Redis: a run of a deleted one is not linked to its page, which is gone) is given. */
+function runsTable(runs: ModelRun[], datasets?: Set<string>): SafeHtml {
+  const withDataset = datasets !== undefined;
+  const datasetCell = (d: string) => (datasets?.has(d) ? html`<a href="${datasetLink(d)}">${d}</a>` : html`${d} <span class="muted" data-deleted="${d}" title="its runs stay in the bucket">(dataset deleted)</span>`);
   if (runs.length === 0) return html`<p class="muted" id="no-runs">no trained runs yet: <code>transferline train --dataset NAME</code></p>`;
   return html`<table id="runs"><tr>${withDataset ? html`<th>dataset</th>` : ''}<th>run</th><th>created</th><th class="n">validation accuracy</th><th class="n">test accuracy</th><th class="n">classes</th><th>embedding space</th></tr>${runs.map(
     (r) =>
-      html`<tr data-run="${r.runId}" data-run-dataset="${r.dataset}">${withDataset ? html`<td><a href="${datasetLink(r.dataset)}">${r.dataset}</a></td>` : ''}<td><a href="${runLink(r.dataset, r.runId)}">${r.runId}</a>${r.latest ? html` <span class="muted" title="what classify --model uses">(latest)</span>` : ''}${r.partial ? html` <span class="bad">(partial)</span>` : ''}</td><td>${r.createdAt}</td><td class="n" data-metric="validation-accuracy" data-value="${r.validationAccuracy}">${pct(r.validationAccuracy)}</td><td class="n" data-metric="test-accuracy" data-value="${r.testAccuracy ?? ''}">${pct(r.testAccuracy)}</td><td class="n">${r.labels.length}</td><td><code>${r.embedderId}</code></td></tr>`,
+      html`<tr data-run="${r.runId}" data-run-dataset="${r.dataset}">${withDataset ? html`<td>${datasetCell(r.dataset)}</td>` : ''}<td><a href="${runLink(r.dataset, r.runId)}">${r.runId}</a>${r.latest ? html` <span class="muted" title="what classify --model uses">(latest)</span>` : ''}${r.partial ? html` <span class="bad">(partial)</span>` : ''}</td><td>${r.createdAt}</td><td class="n" data-metric="validation-accuracy" data-value="${r.validationAccuracy}">${pct(r.validationAccuracy)}</td><td class="n" data-metric="test-accuracy" data-value="${r.testAccuracy ?? ''}">${pct(r.testAccuracy)}</td><td class="n">${r.labels.length}</td><td><code>${r.embedderId}</code></td></tr>`,
   )}</table>`;
 }
 
@@ -89,7 +92,7 @@ export function overviewPage(access: Access, o: Overview, now = Date.now()): str
   const warnings = o.warnings.length ? html`<ul id="warnings" class="bad">${o.warnings.map((w) => html`<li>${w}</li>`)}</ul>` : '';
   const body = html`<h1>Datasets and models</h1>${warnings}
 <h2>Datasets</h2>${datasets}
-<h2>Trained runs</h2>${runsTable(o.runs, true)}
+<h2>Trained runs</h2>${runsTable(o.runs, new Set(o.datasets.map((d) => d.dataset)))}
 <h2>Queues</h2><p class="muted" id="queue-actions">jobs per queue, and each job on the <a href="${BOARD_PATHS.readOnly}/">queue board</a>${
     access.actionsConfigured ? html`; pause, resume, retry and clean on the <a href="${BOARD_PATHS.admin}/">admin board</a> (sign in)` : html` (read-only)`
   }</p>${queuesTable(o.queues)}
@@ -102,7 +105,7 @@ export function datasetPage(access: Access, d: DatasetPage, now = Date.now()): s
   if ('counting' in d) {
     const body = html`<section data-dataset="${d.dataset}"><h1>Dataset <span class="label">${d.dataset}</span></h1>
 <p>${counting(d.counting)}</p>
-<h2>Trained runs</h2>${runsTable(d.runs, false)}</section>`;
+<h2>Trained runs</h2>${runsTable(d.runs)}</section>`;
     return page({ ...access, title: `dataset ${d.dataset}` }, body);
   }
   const s = d.counted.status;
@@ -124,7 +127,7 @@ ${failures}
       ? html`<table id="labels"><tr><th>label</th><th class="n">images</th></tr>${s.labels.map((l, i) => html`<tr data-label-index="${i}"><td class="label">${l.unlabelled ? UNLABELLED_SHOWN : l.label}</td><td class="n">${l.count}</td></tr>`)}</table>`
       : html`<p class="muted">no images</p>`
   }
-<h2>Trained runs</h2>${runsTable(d.runs, false)}</section>`;
+<h2>Trained runs</h2>${runsTable(d.runs)}</section>`;
   return page({ ...access, title: `dataset ${s.dataset}` }, body);
 }
 

@@ -171,6 +171,15 @@ describe('the overview', () => {
     const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: ['dataset <b>x</b> lost its records: transferline ingest s3://p/x/ -d x'] } as unknown as Parameters<typeof overviewPage>[1];
     expect(overviewPage({ actionsConfigured: false }, o)).toContain('<h1>Datasets and models</h1><ul id="warnings" class="bad"><li>dataset &lt;b&gt;x&lt;/b&gt; lost its records: transferline ingest s3://p/x/ -d x</li></ul>');
   });
+
+  it("links a run to its dataset's page only while the dataset is there (a user's trial: a deleted one's link went to a 404)", () => {
+    const run = (dataset: string) => ({ dataset, runId: `${dataset}-1`, createdAt: '2026-01-01T00:00:00Z', embedderId: 'sp', labels: ['a', 'b'], validationAccuracy: 0.5, partial: false, params: {}, bestEpoch: 1, candidate: false, latest: true });
+    const o = { datasets: [{ dataset: 'kept', counting: 3 }], runs: [run('kept'), run('gone')], queues: [], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1];
+    const out = overviewPage({ actionsConfigured: false }, o);
+    expect(out).toContain('<tr data-run="kept-1" data-run-dataset="kept"><td><a href="/datasets/kept">kept</a></td><td><a href="/datasets/kept/runs/kept-1">kept-1</a>');
+    expect(out).toContain('<tr data-run="gone-1" data-run-dataset="gone"><td>gone <span class="muted" data-deleted="gone" title="its runs stay in the bucket">(dataset deleted)</span></td><td><a href="/datasets/gone/runs/gone-1">gone-1</a>');
+    expect(out).not.toContain('href="/datasets/gone"');
+  });
 });
 
 describe('the review page', () => {

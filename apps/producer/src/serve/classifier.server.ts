@@ -397,6 +397,11 @@ export async function startClassifierServer(
           if (refused === 'too-large' || size > maxBytes) return fail(res, 'too-large', tooLarge('the image', size), modelRef);
           if (refused === 'overloaded') return overBudget(res);
           const r = await classify(model, body.take());
+          // curl -d @file sends a form (as --data-binary does, unless told a type), and takes the
+          // file's line breaks out of it: what a mangled image looks like, said
+          if ('error' in r && type.startsWith('application/x-www-form-urlencoded') && statusOf(r.error.reason) === 422) {
+            r.error.message += ' (it came as a form, application/x-www-form-urlencoded: curl -d @FILE drops the line breaks of a file; send it with --data-binary @FILE and -H "Content-Type: image/jpeg")';
+          }
           if ('error' in r) res.status(statusOf(r.error.reason)).json({ ...r, model: modelRef });
           else res.json({ ...r, model: modelRef });
         } finally {
@@ -533,12 +538,20 @@ export async function startClassifierServer(
   function classifyKeys(req: Request, res: Response, model: ServedModel, modelRef: object): void {
     express.json({ limit: '1mb' })(req, res, (err?: unknown) => {
       void (async () => {
-        if (err) return fail(res, 'bad-request', `not JSON: ${(err as Error).message}`);
+        if (err) {
+          // an image's bytes sent as JSON read as a parser's complaint about the bytes: said as what they are
+          const message = (err as Error).message;
+          const binary = /[\uFFFD\u0000-\u0008\u000E-\u001F]/.test(message);
+          return fail(res, 'bad-request', binary ? 'not JSON: the body is not text (an image\'s bytes, sent as application/json?): send an image with Content-Type image/jpeg (or any image/*, or application/octet-stream); JSON is for {"keys": ["s3://bucket/key", …]}' : `not JSON: ${message.slice(0, 300)}`);
+        }
         const keys = (req.body as { keys?: unknown })?.keys;
         if (!Array.isArray(keys) || keys.length === 0 || !keys.every((k) => typeof k === 'string' && k.startsWith('s3://'))) {
-          // a URL of another kind is named: serve reads objects of its S3 store, it fetches no web address
-          const other = Array.isArray(keys) ? keys.find((k): k is string => typeof k === 'string' && /^[a-z][a-z0-9+.-]*:\/\//i.test(k) && !/^s3:\/\//i.test(k)) : undefined;
-          const why = other ? `keys are objects of this deployment's S3 store, as s3://bucket/key; ${JSON.stringify(other.slice(0, 200))} is not one (serve fetches no web address: send the image's bytes instead). ` : '';
+          // the first key that is none is named (a URL of another kind: serve reads objects of its
+          // S3 store, it fetches no web address)
+          const other = Array.isArray(keys) ? keys.find((k) => typeof k !== 'string' || !k.startsWith('s3://')) : undefined;
+          const web = typeof other === 'string' && /^[a-z][a-z0-9+.-]*:\/\//i.test(other);
+          const shown = other === undefined ? '' : typeof other === 'string' ? JSON.stringify(other.slice(0, 200)) : `${JSON.stringify(other)?.slice(0, 200) ?? String(other)} (not text)`;
+          const why = other !== undefined ? `keys are objects of this deployment's S3 store, as s3://bucket/key; ${shown} is not one${web ? ' (serve fetches no web address: send the image\'s bytes instead)' : ''}. ` : '';
           return fail(res, 'bad-request', `${why}send {"keys": ["s3://bucket/key", …]}, or the image bytes, or multipart/form-data`);
         }
         if (keys.length > cfg.maxQueue) return fail(res, 'bad-request', `at most ${cfg.maxQueue} keys per request (TL_SERVE_MAX_QUEUE); this one has ${keys.length}`);
