@@ -43,7 +43,7 @@ describe('randomSpaceNote', () => {
 describe('confusableLabelNotes', () => {
   it('names each pair of labels that look like one folder name written two ways, with their images', () => {
     expect(confusableLabelNotes(new Map([['nature', 23], ['natrue', 1], ['abstract', 34]]))).toEqual([
-      'labels natrue (1 image) and nature (23) differ by two letters swapped: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again',
+      'labels natrue (1 image) and nature (23) differ by two letters swapped: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again (nothing is embedded again), or move them with transferline relabel',
     ]);
     expect(confusableLabelNotes(new Map([['circle', 30], ['square', 30]]))).toEqual([]);
     // many pairs: the first five, and how many more
@@ -67,6 +67,9 @@ describe('fewToLearn', () => {
       'l1 has 1 training image, the other classes 17 to 26: too few to learn it, and --class-weights balanced makes it count 16.0 times as much as an image of a class of average size',
     ]);
     expect(fewToLearn(report([17, 3, 20], 'none'))).toEqual(['l1 has 3 training images, the other classes 17 to 20: too few to learn it']);
+    // others all of one size: one figure, not "14 to 14" (a user's trial)
+    expect(fewToLearn(report([14, 2, 14], 'none'))).toEqual(['l1 has 2 training images, the other classes 14: too few to learn it']);
+    expect(fewToLearn(report([2, 14], 'none'))).toEqual(['l0 has 2 training images, the other class 14: too few to learn it']);
     // small, but no smaller than the rest; or a few fewer than the rest
     expect(fewToLearn(report([3, 4, 3], 'balanced'))).toEqual([]);
     expect(fewToLearn(report([4, 12, 14], 'balanced'))).toEqual([]);

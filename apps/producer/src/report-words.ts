@@ -72,7 +72,7 @@ export function confusableLabelNotes(counts: ReadonlyMap<string, number>, show: 
   const pairs = confusableLabels(counts);
   const notes = pairs.slice(0, CONFUSABLE_NAMED).map(
     ({ a, b, how }) =>
-      `labels ${show(a)} (${counts.get(a)} image${counts.get(a) === 1 ? '' : 's'}) and ${show(b)} (${counts.get(b)}) differ ${how}: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again`,
+      `labels ${show(a)} (${counts.get(a)} image${counts.get(a) === 1 ? '' : 's'}) and ${show(b)} (${counts.get(b)}) differ ${how}: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again (nothing is embedded again), or move them with transferline relabel`,
   );
   return pairs.length > CONFUSABLE_NAMED ? [...notes, `and ${pairs.length - CONFUSABLE_NAMED} more pairs of labels that look alike`] : notes;
 }
@@ -107,7 +107,8 @@ export function fewToLearn(r: Pick<ReportDoc, 'labels' | 'train' | 'classWeights
     const median = others[Math.floor(others.length / 2)] ?? 0;
     if (n >= FEW_TO_LEARN || n * 4 > median) return [];
     const weight = r.params.classWeights === 'balanced' && r.classWeights[i] !== undefined ? `, and --class-weights balanced makes ${n === 1 ? 'it' : 'each'} count ${r.classWeights[i]!.toFixed(1)} times as much as an image of a class of average size` : '';
-    return [`${show(label)} has ${n} training image${n === 1 ? '' : 's'}, the other classes ${others[0]} to ${others[others.length - 1]}: too few to learn it${weight}`];
+    const range = others[0] === others[others.length - 1] ? `${others[0]}` : `${others[0]} to ${others[others.length - 1]}`;
+    return [`${show(label)} has ${n} training image${n === 1 ? '' : 's'}, the other ${others.length === 1 ? 'class' : 'classes'} ${range}: too few to learn it${weight}`];
   });
 }
 

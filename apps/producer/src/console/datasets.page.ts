@@ -1,6 +1,7 @@
 import { isClassifyDataset, queueName, relistCommand, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { ModelRun } from '../commands/models.command.js';
 import { settledWhy } from '../commands/status.command.js';
+import { confusableLabelNotes } from '../report-words.js';
 import type { DatasetCounts, DatasetPage, Overview, QueueSummary } from './console-data.js';
 import type { Counted } from './status-memo.js';
 import { BOARD_PATHS, html, page, pct, seconds, seg, type Access, type SafeHtml } from './html.js';
@@ -124,11 +125,17 @@ ${countCards(s)}${countedAge(d.counted, now) ? html`<p>${countedAge(d.counted, n
 ${failures}
 <h2>Images per label</h2>${
     s.labels.length
-      ? html`<table id="labels"><tr><th>label</th><th class="n">images</th></tr>${s.labels.map((l, i) => html`<tr data-label-index="${i}"><td class="label">${l.unlabelled ? UNLABELLED_SHOWN : l.label}</td><td class="n">${l.count}</td></tr>`)}</table>`
+      ? html`<table id="labels"><tr><th>label</th><th class="n">images</th></tr>${s.labels.map((l, i) => html`<tr data-label-index="${i}"><td class="label">${l.unlabelled ? UNLABELLED_SHOWN : l.label}</td><td class="n">${l.count}</td></tr>`)}</table>${labelNotes(s)}`
       : html`<p class="muted">no images</p>`
   }
 <h2>Trained runs</h2>${runsTable(d.runs)}</section>`;
   return page({ ...access, title: `dataset ${s.dataset}` }, body);
+}
+
+/** Labels that look like one folder name written two ways, as status says them. */
+function labelNotes(s: DatasetStatus): SafeHtml | '' {
+  const notes = confusableLabelNotes(new Map(s.labels.filter((l) => !l.unlabelled).map((l) => [l.label, l.count])));
+  return notes.length ? html`<ul id="label-notes" class="bad">${notes.map((n) => html`<li>${n}</li>`)}</ul>` : '';
 }
 
 /** A page for a missing dataset or run (404). */

@@ -76,6 +76,11 @@ describe('pages', () => {
     const counting = datasetPage(access, { dataset: 'pets', counting: 1_000_000, runs: [] });
     expect(counting).toContain('data-counting="1000000">counting its 1000000 images… (reload in a few seconds)');
     expect(counting).not.toContain('data-count=');
+    // labels that look like one folder written two ways: said under the labels, as status says it
+    // (a user's trial: the console had no word of it); none without such a pair
+    const typo = datasetPage(access, { dataset: 'pets', counted: { status: { ...status, labels: [{ label: 'cat', count: 2 }, { label: 'cats', count: 20 }] }, readAt: 1_000, tookMs: 5 }, runs: [] }, 1_010);
+    expect(typo).toMatch(/<ul id="label-notes" class="bad"><li>labels cat \(2 images\) and cats \(20\) differ [^<]*: a misspelt folder\?[^<]*<\/li><\/ul>/);
+    expect(out).not.toContain('id="label-notes"');
   });
 });
 
