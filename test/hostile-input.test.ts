@@ -1,3 +1,4 @@
+import sharp from 'sharp';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -216,6 +217,16 @@ describe('small CLI holes', () => {
       expect(await ctx.services.store.headObject('photos-typo', 'x/circle/cut.jpg')).toBeUndefined();
       expect(await ctx.services.store.headObject('photos-typo', 'x/circle/motion.jpg')).toBeDefined();
       await rm(path.join(dir, 'circle', 'cut.jpg'));
+      // over the workers' limits, as this shell's settings say them: not sent either (a user's
+      // trial: a 75 MB and a 16000×16000 PNG went, and failed at ingest)
+      await writeFile(path.join(dir, 'circle', 'big.jpg'), await renderSample('circle', 7, 5, 900));
+      await writeFile(path.join(dir, 'circle', 'wide.png'), await sharp({ create: { width: 300, height: 200, channels: 3, background: '#808080' } }).png().toBuffer());
+      const limits = await runCli(['upload', dir, 's3://photos-typo/x/'], { ...stack.env, TL_MAX_OBJECT_BYTES: '12000', TL_MAX_INPUT_PIXELS: '50000' });
+      expect(limits.stdout).toMatch(/^skipped 2 files that ingest could not read as images \("circle\/big\.jpg": [\d,]+ bytes, over the limit of 12,000 \(TL_MAX_OBJECT_BYTES\); "circle\/wide\.png": the image is 300×200, 60,000 pixels, more than TL_MAX_INPUT_PIXELS \(50,000\) allows\)\n/);
+      expect(await ctx.services.store.headObject('photos-typo', 'x/circle/big.jpg')).toBeUndefined();
+      expect(await ctx.services.store.headObject('photos-typo', 'x/circle/wide.png')).toBeUndefined();
+      await rm(path.join(dir, 'circle', 'big.jpg'));
+      await rm(path.join(dir, 'circle', 'wide.png'));
       await rm(path.join(dir, 'circle', 'motion.jpg'));
       await ctx.services.store.deleteObject('photos-typo', 'x/circle/motion.jpg');
       // the image moved to another label folder in the bucket since, as relabel does: the folder

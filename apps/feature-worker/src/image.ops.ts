@@ -69,6 +69,33 @@ export function preprocessImageOptions(preprocess: Pick<Config['preprocess'], 'm
  * the JPEG is decoded whole); animations give their first frame. Throws PermanentError with a reason from IMAGE_FAILURE_REASONS when the bytes are
  * not an image we can read.
  */
+/**
+ * An image's width and height from its header alone (nothing decoded); undefined when the header
+ * does not say. A read of libvips like any decode, so tracked as one: it clears the shared error
+ * buffer too.
+ */
+async function headerSize(bytes: Buffer | Uint8Array): Promise<{ width: number; height: number } | undefined> {
+  const meta = await vipsErrors.run(() => sharp(bytes, { limitInputPixels: false }).metadata()).catch(() => undefined);
+  return meta?.width && meta.height ? { width: meta.width, height: meta.height } : undefined;
+}
+
+/** What a decode refused for its pixel count says: the image's size, and the setting that sets the limit. */
+function tooManyPixels(size: { width: number; height: number } | undefined, max: number): string {
+  const shown = size ? `${size.width}×${size.height}, ${(size.width * size.height).toLocaleString('en-US')} pixels, ` : '';
+  return `the image is ${shown}more than TL_MAX_INPUT_PIXELS (${max.toLocaleString('en-US')}) allows`;
+}
+
+/**
+ * Why preprocess would refuse these bytes before decoding them: over `maxObjectBytes`, or more
+ * pixels than `maxInputPixels` by the header; undefined when neither. For upload, which sends
+ * no file the workers would refuse.
+ */
+export async function refusedBeforeDecode(bytes: Buffer, o: { maxObjectBytes: number; maxInputPixels: number }): Promise<string | undefined> {
+  if (bytes.length > o.maxObjectBytes) return `${bytes.length.toLocaleString('en-US')} bytes, over the limit of ${o.maxObjectBytes.toLocaleString('en-US')} (TL_MAX_OBJECT_BYTES)`;
+  const size = await headerSize(bytes);
+  return size && size.width * size.height > o.maxInputPixels ? tooManyPixels(size, o.maxInputPixels) : undefined;
+}
+
 export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promise<Uint8Array> {
   // Only the formats we mean to read reach a decoder: libvips would also try SVG (rendered with
   // whatever fonts this machine has, so two workers could turn the same bytes into different
@@ -125,11 +152,7 @@ export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promis
     if (timedOut()) throw new PermanentError('decode-timeout', `decoding took longer than ${timeoutSeconds} s`);
     const e = classifyDecodeError(err as Error, sniffed.format, bytes);
     if (e.reason !== 'too-many-pixels') throw e;
-    // its size from the header alone (nothing decoded), and the setting that sets the limit; a
-    // read of libvips like any decode, so tracked as one: it clears the shared error buffer too
-    const meta = await vipsErrors.run(() => sharp(bytes, { limitInputPixels: false }).metadata()).catch(() => undefined);
-    const size = meta?.width && meta.height ? `${meta.width}×${meta.height}, ${(meta.width * meta.height).toLocaleString('en-US')} pixels, ` : '';
-    throw new PermanentError('too-many-pixels', `the image is ${size}more than TL_MAX_INPUT_PIXELS (${o.maxInputPixels.toLocaleString('en-US')}) allows`);
+    throw new PermanentError('too-many-pixels', tooManyPixels(await headerSize(bytes), o.maxInputPixels));
   }
   const { data, info } = out;
   if (info.channels !== 3 || info.width !== o.size || info.height !== o.size) {

@@ -29,20 +29,23 @@ export async function listFiles(dir: string): Promise<string[]> {
 export interface UploadContext {
   services: Pick<CliContext['services'], 'store'>;
   out: NodeJS.WritableStream;
-  /** the decode settings preprocess applies (a file cut short is decoded as it would be) */
-  config: { preprocess: Parameters<typeof preprocessImageOptions>[0] };
+  /** the decode settings and limits preprocess applies (a file cut short is decoded as it would be; one over a limit is not sent) */
+  config: { preprocess: Parameters<typeof preprocessImageOptions>[0] & { maxObjectBytes: number } };
 }
 
 /**
- * Why preprocess would fail a file whose own structure says bytes are missing at its end (a JPEG
- * without its end marker, PNG chunks that run past the file: a copy that did not finish), or
- * undefined. Such a file is decoded as preprocess decodes it: one that decodes is sent (a motion
- * photo's video after the image hides its end marker). A complete file is not decoded.
+ * Why preprocess would fail a file it can read the format of, or undefined: over
+ * TL_MAX_OBJECT_BYTES, more pixels than TL_MAX_INPUT_PIXELS by its header, or bytes missing at
+ * its end by its own structure (a JPEG without its end marker, PNG chunks that run past the file:
+ * a copy that did not finish). A file cut short is decoded as preprocess decodes it: one that
+ * decodes is sent (a motion photo's video after the image hides its end marker). A complete
+ * file is not decoded.
  */
-async function cutShort(bytes: Buffer, format: string, preprocess: UploadContext['config']['preprocess']): Promise<string | undefined> {
-  if (!looksTruncated(format, bytes)) return undefined;
-  // (sharp is loaded for such a file only: every other command, and most uploads, start without it)
-  const { prepareImage, preprocessImageOptions } = await import('@transferline/feature-worker/image.ops');
+async function refusedByPreprocess(bytes: Buffer, format: string, preprocess: UploadContext['config']['preprocess']): Promise<string | undefined> {
+  // too large, or too many pixels by its header: refused by preprocess before any decode
+  const { prepareImage, preprocessImageOptions, refusedBeforeDecode } = await import('@transferline/feature-worker/image.ops');
+  const refused = await refusedBeforeDecode(bytes, preprocess);
+  if (refused !== undefined || !looksTruncated(format, bytes)) return refused;
   try {
     await prepareImage(bytes, preprocessImageOptions(preprocess));
     return undefined;
@@ -156,7 +159,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   const upload = async (rel: string) => {
     const bytes = await readFile(path.join(dir, rel));
     const readable = readableFormat(bytes);
-    const short = 'reason' in readable ? undefined : await cutShort(bytes, readable.format, ctx.config.preprocess);
+    const short = 'reason' in readable ? undefined : await refusedByPreprocess(bytes, readable.format, ctx.config.preprocess);
     const key = `${prefix}${rel}`;
     // the progress line names the file last done, and what became of it: not only the files sent
     let fate = '';
