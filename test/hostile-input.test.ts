@@ -58,6 +58,9 @@ describe('labels named after Object.prototype', () => {
     expect(report.validation.confusionMatrix.flat().reduce((a, b) => a + b, 0)).toBe(report.split.validation);
     const status = await cli(['status', '-d', 'proto']);
     for (const label of labels) expect(status.stdout).toContain(`${label} (8)`);
+    // its queue counts are every dataset's, and said so (a user's trial took them for the dataset's)
+    expect(status.stdout).toMatch(/^queue \(of every dataset\) +workers {2}waiting/m);
+    expect((await cli(['status'])).stdout).toMatch(/^queue +workers {2}waiting/m);
 
     // A dataset of those 24, then two new images from another prefix: the bar counts the two,
     // not the dataset's 24 done before (24/26 at once read as this ingest's progress).

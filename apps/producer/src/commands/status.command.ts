@@ -344,7 +344,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const u of unpublished) {
     w(`  ${u.id}: not published (no embed worker of it is live or has published it here${u.failed ? `; ${u.failed}` : ''}), backlog ${u.backlog}: start a worker of it, or move its datasets with ingest --embedder ID`);
   }
-  w(`queue${' '.repeat(46)} workers  waiting  active  delayed  failed`);
+  // (a queue holds the jobs of every dataset: with -d, its counts are not the dataset's, which follow below)
+  const heading = o.dataset ? 'queue (of every dataset)' : 'queue';
+  w(`${heading.padEnd(51)} workers  waiting  active  delayed  failed`);
   for (const [name, c] of Object.entries(queues)) {
     w(`${name.padEnd(51)} ${String(c.workers).padStart(7)}  ${String((c.waiting ?? 0) + (c.prioritized ?? 0)).padStart(7)}  ${String(c.active ?? 0).padStart(6)}  ${String(c.delayed ?? 0).padStart(7)}  ${String(c.failed ?? 0).padStart(6)}`);
   }
