@@ -62,14 +62,6 @@ export function preprocessImageOptions(preprocess: Pick<Config['preprocess'], 'm
 }
 
 /**
- * Decode → EXIF orientation → sRGB (embedded ICC profiles, CMYK, 16-bit and grey all end as
- * 8-bit sRGB) → alpha flattened onto the background → size×size by the resize policy, as raw
- * RGB uint8 (HWC, what the model's input layer takes). Large JPEGs are decoded at 1/2, 1/4 or
- * 1/8 scale (sharp's shrink-on-load, which keeps a margin: below a ~3× reduction, e.g. 640×480,
- * the JPEG is decoded whole); animations give their first frame. Throws PermanentError with a reason from IMAGE_FAILURE_REASONS when the bytes are
- * not an image we can read.
- */
-/**
  * An image's width and height from its header alone (nothing decoded); undefined when the header
  * does not say. A read of libvips like any decode, so tracked as one: it clears the shared error
  * buffer too.
@@ -96,6 +88,14 @@ export async function refusedBeforeDecode(bytes: Buffer, o: { maxObjectBytes: nu
   return size && size.width * size.height > o.maxInputPixels ? tooManyPixels(size, o.maxInputPixels) : undefined;
 }
 
+/**
+ * Decode → EXIF orientation → sRGB (embedded ICC profiles, CMYK, 16-bit and grey all end as
+ * 8-bit sRGB) → alpha flattened onto the background → size×size by the resize policy, as raw
+ * RGB uint8 (HWC, what the model's input layer takes). Large JPEGs are decoded at 1/2, 1/4 or
+ * 1/8 scale (sharp's shrink-on-load, which keeps a margin: below a ~3× reduction, e.g. 640×480,
+ * the JPEG is decoded whole); animations give their first frame. Throws PermanentError with a reason from IMAGE_FAILURE_REASONS when the bytes are
+ * not an image we can read.
+ */
 export async function prepareImage(bytes: Uint8Array, o: PrepareOptions): Promise<Uint8Array> {
   // Only the formats we mean to read reach a decoder: libvips would also try SVG (rendered with
   // whatever fonts this machine has, so two workers could turn the same bytes into different

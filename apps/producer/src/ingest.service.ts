@@ -74,6 +74,11 @@ export interface IngestCounts {
   missing?: { count: number; first: string[]; unreadable?: string[]; firstLine?: string };
   /** label manifests (.csv, .jsonl, …) a listing found where an image would be: left out, not counted as listed (`s3://…`) */
   manifestFiles?: string[];
+  /**
+   * of manifestFiles, those the dataset held as images (listed so before such files were left
+   * out: failed, as no image): taken out of it, and not counted in `removed` (they are in the bucket)
+   */
+  manifestFilesRemoved?: number;
   /** listed objects a label manifest (still in the bucket) labels in the dataset, kept as it labels them; the manifests (`bucket/key`) */
   manifestLabelled?: { count: number; manifests: string[] };
   /** a manifest's images that another manifest labelled in the dataset until now; those manifests (`bucket/key`) */
@@ -113,6 +118,8 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   let recorded = false;
   /** every object listed, labelled or not: an item is gone only when its key is not among them */
   const listedIds = new Set<string>();
+  /** the objects left out as label manifests (an item one was before leaves the dataset, though it is there) */
+  const tables = new Set<string>();
   let labelledCount = 0;
   const spellings = new Map<string, Set<string>>();
   // the folders directly under the prefix, by how they were read (a split, or a label)
@@ -165,6 +172,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     // (an item it was before, failed as no image, leaves the dataset as unlisted)
     if (manifestFormat(o.key)) {
       (counts.manifestFiles ??= []).push(`s3://${req.bucket}/${o.key}`);
+      tables.add(DatasetRepository.itemId(req.bucket, o.key));
       continue;
     }
     counts.listed++;
@@ -172,7 +180,10 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     if (page.length >= 1000) await flush();
   }
   if (page.length) await flush();
-  counts.removed = await removeDeleted(req, datasets, listedIds, labelledCount);
+  const gone = await removeDeleted(req, datasets, listedIds, labelledCount);
+  const tablesGone = gone.filter((id) => tables.has(id)).length;
+  counts.removed = gone.length - tablesGone;
+  if (tablesGone) counts.manifestFilesRemoved = tablesGone;
   // Listed to the end: the dataset has every object of the prefix now (what a Redis loss asks for).
   if (recorded) await datasets.markListed(req.dataset, req.bucket, req.prefix);
   counts.mergedLabels = [...spellings].filter(([, forms]) => forms.size > 1).map(([label]) => label).sort();
@@ -378,12 +389,13 @@ function noteSpelling(spellings: Map<string, Set<string>>, label: string, key: s
 
 /**
  * Items of the dataset under the listed prefix whose objects were not listed: deleted from the
- * bucket. They leave the dataset (and training), so a dataset matches its bucket after an ingest.
+ * bucket (or left out of the listing). They leave the dataset (and training), so a dataset
+ * matches its bucket after an ingest. Returns their ids.
  */
-async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services']['datasets'], listed: Set<string>, labelled: number): Promise<number> {
+async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services']['datasets'], listed: Set<string>, labelled: number): Promise<string[]> {
   // Every labelled object listed is in the dataset by now: when that is all it holds, nothing was
   // deleted, and the scan (the whole dataset, on every round of --watch) is not needed.
-  if ((await datasets.size(req.dataset)) <= labelled) return 0;
+  if ((await datasets.size(req.dataset)) <= labelled) return [];
   // An item whose key was listed stays, labelled under this prefix or not: ingesting a prefix one
   // level too deep (nothing in a label folder under it) must not take the dataset's images out.
   const gone: string[] = [];
@@ -394,7 +406,7 @@ async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services'
     }
   }
   for (let i = 0; i < gone.length; i += 1000) await datasets.removeItems(req.dataset, gone.slice(i, i + 1000));
-  return gone.length;
+  return gone;
 }
 
 /**

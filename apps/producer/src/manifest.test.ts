@@ -84,6 +84,8 @@ describe('label manifests', () => {
       ['sets/pets/e.jpg', 9],
     ]);
     expect((await refusal(csv(['a,cat', '"b', 'c.jpg",cat', '', '"d"e.jpg,cat'].join('\r\n')))).slice(1)).toEqual([expect.stringMatching(/^ {2}line 5: not CSV \(Invalid Closing Quote/)]);
+    // a TSV's empty row (tabs alone, as a spreadsheet saves it) is named by its own line
+    expect((await refusal(csv(['key\tlabel', 'a.jpg\tcat', '\t', 'b.jpg\tdog', ''].join('\r\n')))).slice(1)).toEqual(["  line 3: no key (the image: s3://bucket/key, or a path from the manifest's folder)"]);
     // a first row of column names the reader does not know, refused as a row: said it may be a header
     expect((await refusal(csv('name,category,subset\na.jpg,cat,train\n')))[1]).toBe(
       '  line 1: split "subset" is none of train, val (valid, validation), test (its first line, "name,category,subset", was read as a row: a header names the key\'s column (key, filename, image, path, …) and the label\'s (label or class))',

@@ -109,7 +109,8 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
     );
     // (csv-parse's own line count takes a CRLF inside a quoted value for two lines)
     const lineAt = lineCounter(bytes);
-    // (a record skipped as no CSV is named by its first line: csv-parse's offset is where it begins)
+    // (a record skipped as no CSV is named by the line csv-parse had read it to: from the end of
+    // the record before, or its own last delimiter, to the first character after)
     parser.on('skip', (err: Error & { bytes?: number; lines?: number }) => problem(err.bytes === undefined ? (err.lines ?? 0) : lineAt.startingAt(err.bytes), `not CSV (${err.message})`));
     let columns: { key: number; label: number; split?: number } | undefined;
     try {
@@ -149,10 +150,11 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
 
 /**
  * Lines (1-based) of a file, as an editor counts them (a CRLF is one break, as are a lone LF and
- * a lone CR), by byte offset: `endingAt(end)`, the line of the last character before `end`, line
- * breaks and blanks left out (where a CSV record read up to `end`, its delimiter included, ends);
- * `startingAt(start)`, the line of the first character from `start` on that is neither (where a
- * record that begins there, after blank lines, begins).
+ * a lone CR), by byte offset: `endingAt(end)`, the line of the last character before `end`, one
+ * line break there left out (where a CSV record read up to `end`, its delimiter included, ends:
+ * a record of tabs alone, a TSV's empty row, is on its own line); `startingAt(start)`, the line
+ * of the first character from `start` on that is no blank or line break (where a record that
+ * begins there, after blank lines, begins).
  */
 export function lineCounter(bytes: Buffer): { endingAt: (end: number) => number; startingAt: (start: number) => number } {
   const breaks: number[] = [];
@@ -176,7 +178,8 @@ export function lineCounter(bytes: Buffer): { endingAt: (end: number) => number;
   return {
     endingAt: (end) => {
       let at = Math.min(end, bytes.length);
-      while (at > 0 && blank(bytes[at - 1])) at--;
+      if (bytes[at - 1] === 0x0a) at--;
+      if (bytes[at - 1] === 0x0d) at--;
       return lineOf(at);
     },
     startingAt: (start) => {

@@ -175,8 +175,9 @@ async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: st
     const which = skippedFailed ? ` (${r.skipped - skippedFailed} labelled, ${skippedFailed} failed)` : '';
     ctx.out.write(`  the ${r.skipped} already done${which} are ${skippedFailed ? 'in' : 'labelled in'}${more}: ${earlier.map((k) => `s3://${results}/${k}`).join(', ')}\n`);
   }
-  // which images failed, and why (the results file has them too), those done before included:
-  // they are still failed images under the prefix
-  if (r.failed || skippedFailed) printFailures(ctx, await ctx.services.inspector.status(dataset, 20, DatasetRepository.source(bucket, prefix)));
+  // which images failed, and why (the results file has them too), those done before included in
+  // a command's first round (they are still failed images under the prefix; a later round of
+  // --watch said them already)
+  if (r.failed || (pointBack && skippedFailed)) printFailures(ctx, await ctx.services.inspector.status(dataset, 20, DatasetRepository.source(bucket, prefix)));
   return r;
 }

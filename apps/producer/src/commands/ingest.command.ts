@@ -148,7 +148,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   }
   if (counts.manifestFiles) {
     const files = counts.manifestFiles;
-    w(`note: ${files.slice(0, 3).map(printable).join(', ')}${files.length > 3 ? ` and ${files.length - 3} more` : ''} ${files.length === 1 ? 'is' : 'are'} in a label manifest's format (.csv, .tsv, .jsonl, .ndjson), not ${files.length === 1 ? 'an image' : 'images'}: left out of the listing (a manifest labels the dataset when ingested by its URL)`);
+    w(`note: ${files.slice(0, 3).map(printable).join(', ')}${files.length > 3 ? ` and ${files.length - 3} more` : ''} ${files.length === 1 ? 'is' : 'are'} in a label manifest's format (.csv, .tsv, .jsonl, .ndjson), not ${files.length === 1 ? 'an image' : 'images'}: left out of the listing (a manifest labels the dataset when ingested by its URL)${counts.manifestFilesRemoved ? `; ${counts.manifestFilesRemoved} of them ${counts.manifestFilesRemoved === 1 ? 'was' : 'were'} in the dataset as ${counts.manifestFilesRemoved === 1 ? 'an image that failed, and is' : 'images that failed, and are'} taken out of it` : ''}`);
   }
   if (counts.emptyFolders) {
     const names = counts.emptyFolders;

@@ -141,7 +141,7 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
         ...(o.fromReview && {
           onLeft: ({ images, why }: { images: number; why: string[] }) => {
             left += images;
-            w(`note: ${images} of the images to move ${images === 1 ? 'is' : 'are'} left as ${images === 1 ? 'it is' : 'they are'} (the others are ${o.dryRun ? 'to be ' : ''}moved):`);
+            w(`note: ${images} of the images to move ${images === 1 ? 'is' : 'are'} left as ${images === 1 ? 'it is' : 'they are'}:`);
             for (const line of why.slice(0, 10)) w(`  ${printable(line)}`);
             if (why.length > 10) w(`  … and ${why.length - 10} more`);
           },
@@ -155,12 +155,14 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
       err instanceof ObjectChangedError
         ? `s3://${printable(err.bucket)}/${printable(err.key)} was replaced while relabel ran: ingest its prefix again, then the same command moves the rest`
         : 'the same command again finishes the rest (moving twice is moving once)';
-    if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${new Set(moves.map((m) => m.itemId)).size}: ${summary()}; ${next}`);
+    if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${new Set(moves.map((m) => m.itemId)).size - left}: ${summary()}; ${next}`);
     throw err;
   }
   if (o.dryRun) w(`relabel ${o.dataset}: ${summary()}; nothing moved (--dry-run)${count('moved') ? ': run it without --dry-run to move them' : ''}`);
   else w(`relabel ${o.dataset}: ${summary()}${count('moved') ? '; nothing to embed again. Train again to use the new labels.' : ''}`);
   if (count('missing')) throw new CliExit(EXIT.error, `${count('missing')} of the images named ${count('missing') === 1 ? 'is' : 'are'} not in ${o.dataset}`);
+  // (finished, but not all of it: as ingest ends when some images failed)
+  if (left) throw new CliExit(EXIT.failedItems, `transferline: ${left} of the suggested moves ${left === 1 ? 'was' : 'were'} left (said above, with why)`);
   return done;
 }
 

@@ -165,7 +165,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
     let fate = '';
     if ('reason' in readable || short !== undefined) {
       skipped.push({ rel, why: 'reason' in readable ? readable.message : short! });
-      fate = ' (skipped: not readable as an image)';
+      fate = 'reason' in readable ? ' (skipped: not readable as an image)' : ' (skipped: ingest would fail it)';
     } else {
       const md5 = createHash('md5').update(bytes).digest('hex');
       const other = there.has(key) || o.copies ? undefined : movedFrom(key, bytes, md5);

@@ -40,7 +40,7 @@ function failuresByReason(s: DatasetStatus): SafeHtml {
 /** The runs, with their datasets when `datasets` (those in Redis: a run of a deleted one is not linked to its page, which is gone) is given. */
 function runsTable(runs: ModelRun[], datasets?: Set<string>): SafeHtml {
   const withDataset = datasets !== undefined;
-  const datasetCell = (d: string) => (datasets?.has(d) ? html`<a href="${datasetLink(d)}">${d}</a>` : html`${d} <span class="muted" data-deleted="${d}" title="its runs stay in the bucket">(dataset deleted)</span>`);
+  const datasetCell = (d: string) => (datasets?.has(d) ? html`<a href="${datasetLink(d)}">${d}</a>` : html`${d} <span class="muted" data-deleted="${d}" title="deleted, or lost with Redis's data: its runs stay in the bucket">(dataset gone)</span>`);
   if (runs.length === 0) return html`<p class="muted" id="no-runs">no trained runs yet: <code>transferline train --dataset NAME</code></p>`;
   return html`<table id="runs"><tr>${withDataset ? html`<th>dataset</th>` : ''}<th>run</th><th>created</th><th class="n">validation accuracy</th><th class="n">test accuracy</th><th class="n">classes</th><th>embedding space</th></tr>${runs.map(
     (r) =>

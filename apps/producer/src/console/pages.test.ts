@@ -182,7 +182,7 @@ describe('the overview', () => {
     const o = { datasets: [{ dataset: 'kept', counting: 3 }], runs: [run('kept'), run('gone')], queues: [], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1];
     const out = overviewPage({ actionsConfigured: false }, o);
     expect(out).toContain('<tr data-run="kept-1" data-run-dataset="kept"><td><a href="/datasets/kept">kept</a></td><td><a href="/datasets/kept/runs/kept-1">kept-1</a>');
-    expect(out).toContain('<tr data-run="gone-1" data-run-dataset="gone"><td>gone <span class="muted" data-deleted="gone" title="its runs stay in the bucket">(dataset deleted)</span></td><td><a href="/datasets/gone/runs/gone-1">gone-1</a>');
+    expect(out).toContain('<tr data-run="gone-1" data-run-dataset="gone"><td>gone <span class="muted" data-deleted="gone" title="deleted, or lost with Redis\'s data: its runs stay in the bucket">(dataset gone)</span></td><td><a href="/datasets/gone/runs/gone-1">gone-1</a>');
     expect(out).not.toContain('href="/datasets/gone"');
   });
 });

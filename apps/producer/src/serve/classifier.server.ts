@@ -400,7 +400,7 @@ export async function startClassifierServer(
           // curl -d @file sends a form (as --data-binary does, unless told a type), and takes the
           // file's line breaks out of it: what a mangled image looks like, said
           if ('error' in r && type.startsWith('application/x-www-form-urlencoded') && statusOf(r.error.reason) === 422) {
-            r.error.message += ' (it came as a form, application/x-www-form-urlencoded: curl -d @FILE drops the line breaks of a file; send it with --data-binary @FILE and -H "Content-Type: image/jpeg")';
+            r.error.message += ' (it came as a form, application/x-www-form-urlencoded: curl -d @FILE drops the line breaks of a file; send it with --data-binary @FILE and its type, -H "Content-Type: image/jpeg" say)';
           }
           if ('error' in r) res.status(statusOf(r.error.reason)).json({ ...r, model: modelRef });
           else res.json({ ...r, model: modelRef });
@@ -549,7 +549,7 @@ export async function startClassifierServer(
           // the first key that is none is named (a URL of another kind: serve reads objects of its
           // S3 store, it fetches no web address)
           const other = Array.isArray(keys) ? keys.find((k) => typeof k !== 'string' || !k.startsWith('s3://')) : undefined;
-          const web = typeof other === 'string' && /^[a-z][a-z0-9+.-]*:\/\//i.test(other);
+          const web = typeof other === 'string' && /^[a-z][a-z0-9+.-]*:\/\//i.test(other) && !/^s3:\/\//i.test(other);
           const shown = other === undefined ? '' : typeof other === 'string' ? JSON.stringify(other.slice(0, 200)) : `${JSON.stringify(other)?.slice(0, 200) ?? String(other)} (not text)`;
           const why = other !== undefined ? `keys are objects of this deployment's S3 store, as s3://bucket/key; ${shown} is not one${web ? ' (serve fetches no web address: send the image\'s bytes instead)' : ''}. ` : '';
           return fail(res, 'bad-request', `${why}send {"keys": ["s3://bucket/key", …]}, or the image bytes, or multipart/form-data`);
