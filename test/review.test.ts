@@ -41,6 +41,18 @@ async function expectMoved(from: string, to: string, label: string, bytes: Buffe
   expect(await ctx.services.store.headObject(bucket, from)).toBeUndefined();
   expect((await readSettled(to)).equals(bytes)).toBe(true);
 }
+/** A review's line suggesting `suggested` for the image at `key` (in `bucket`), labelled `given`, as review writes one. */
+const suggestion = (key: string, given: string, suggested: string) => ({ key: `s3://${bucket}/${key}`, given, suggested, pGiven: 0.1, pSuggested: 0.8, issue: true, uncertainty: 0.2, probabilities: { [given]: 0.1, [suggested]: 0.8 } });
+/** relabel -d noisy --from-review of a review file of these lines, written for the command and deleted after it. */
+async function relabelFromReview(lines: ReturnType<typeof suggestion>[]): Promise<Awaited<ReturnType<typeof runCli>>> {
+  const key = ctx.services.layout.review('noisy', '9999-12-31T00-00-00-001Z');
+  await ctx.services.store.putObject(stack.config.s3.bucket, key, lines.map((l) => JSON.stringify(l)).join('\n') + '\n', 'application/x-ndjson');
+  try {
+    return await runCli(['relabel', '-d', 'noisy', '--from-review', `s3://${stack.config.s3.bucket}/${key}`], stack.env);
+  } finally {
+    await ctx.services.store.deleteObject(stack.config.s3.bucket, key);
+  }
+}
 /**
  * An object's bytes, asked again while the server says it is being written: a copy of an object
  * whose ETag is not its bytes' MD5 (uploadedInParts) is answered 503 SlowDown for 2 s after it is
@@ -286,21 +298,13 @@ describe('review and relabel', () => {
 
   it("a key S3 will not take for one move of a review's: that one is left and said, the other made", async () => {
     // this server keeps no key segment over 200 bytes (S3 itself takes 1,024 bytes in all)
-    const line = (name: string, suggested: string) => ({ key: `s3://${bucket}/train/triangle/${name}`, given: 'triangle', suggested, pGiven: 0.1, pSuggested: 0.8, issue: true, uncertainty: 0.2, probabilities: { circle: 0.8, square: 0.1, triangle: 0.1 } });
-    const file = 'tests/refused.jsonl';
-    const text = [line('triangle-3.jpg', 'circle'), line('triangle-4.jpg', 'c'.repeat(201))].map((l) => JSON.stringify(l)).join('\n') + '\n';
-    await ctx.services.store.putObject(stack.config.s3.bucket, file, text, 'application/x-ndjson');
-    try {
-      const r = await runCli(['relabel', '-d', 'noisy', '--from-review', `s3://${stack.config.s3.bucket}/${file}`], stack.env);
-      expect(r.stderr).toBe('transferline: 1 of the suggested moves was left (said above, with why)\n');
-      expect(r.code).toBe(3);
-      expect(r.stdout).toMatch(/^note: 1 of the images to move is left as it is:\n {2}s3:\/\/review-photos\/train\/triangle\/triangle-4\.jpg cannot be moved to s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: S3 refused s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: HTTP 400$/m);
-      expect(r.stdout).toMatch(/^relabel noisy: 1 moved, 0 already there, 0 not found, 1 left \(see above\)/m);
-      expect(await ctx.services.store.headObject(bucket, 'train/triangle/triangle-4.jpg')).toBeDefined();
-      expect(await ctx.services.store.headObject(bucket, 'train/circle/triangle-3.jpg')).toBeDefined();
-    } finally {
-      await ctx.services.store.deleteObject(stack.config.s3.bucket, file);
-    }
+    const r = await relabelFromReview([suggestion('train/triangle/triangle-3.jpg', 'triangle', 'circle'), suggestion('train/triangle/triangle-4.jpg', 'triangle', 'c'.repeat(201))]);
+    expect(r.stderr).toBe('transferline: 1 of the suggested moves was left (said above, with why)\n');
+    expect(r.code).toBe(3);
+    expect(r.stdout).toMatch(/^note: 1 of the images to move is left as it is:\n {2}s3:\/\/review-photos\/train\/triangle\/triangle-4\.jpg cannot be moved to s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: S3 refused s3:\/\/review-photos\/train\/c{201}\/triangle-4\.jpg: HTTP 400$/m);
+    expect(r.stdout).toMatch(/^relabel noisy: 1 moved, 0 already there, 0 not found, 1 left \(see above\)/m);
+    expect(await ctx.services.store.headObject(bucket, 'train/triangle/triangle-4.jpg')).toBeDefined();
+    expect(await ctx.services.store.headObject(bucket, 'train/circle/triangle-3.jpg')).toBeDefined();
     // (moved back, as the tests below have it)
     expect((await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/circle/triangle-3.jpg`, '--to', 'triangle'], stack.env)).code).toBe(0);
   }, 120_000);
@@ -456,7 +460,7 @@ describe('review and relabel', () => {
   });
 
   it('a review file with a line that is not a review line: relabel refuses it, the console shows the rest and names the line', async () => {
-    const good = { key: `s3://${bucket}/train/triangle/triangle-5.jpg`, given: 'triangle', suggested: 'circle', pGiven: 0.1, pSuggested: 0.8, issue: true, uncertainty: 0.2, probabilities: { circle: 0.8, square: 0.1, triangle: 0.1 } };
+    const good = suggestion('train/triangle/triangle-5.jpg', 'triangle', 'circle');
     // newer than any review written so far: the console shows the newest
     const key = ctx.services.layout.review('noisy', '9999-12-31T00-00-00-000Z');
     // the broken line carries a terminal escape (set the window title): printed, it must not act
@@ -500,20 +504,13 @@ describe('review and relabel', () => {
     expect(dataset.stderr).toMatch(/would overwrite s3:\/\/review-photos\/train\/triangle\/square-6\.jpg, another image of noisy \(the same name in both folders: rename one, ingest again, then move it\)/);
     // a review's suggestions (file names repeat across folders): the move that would overwrite is
     // left and said, the other made; relabel of named keys above moved none
-    const suggestion = (file: string) => ({ key: `s3://${bucket}/train/square/${file}`, given: 'square', suggested: 'triangle', pGiven: 0.1, pSuggested: 0.9, issue: true, uncertainty: 0.1, probabilities: { circle: 0, square: 0.1, triangle: 0.9 } });
-    const reviewKey = ctx.services.layout.review('noisy', '9999-12-31T00-00-00-001Z');
-    await ctx.services.store.putObject(stack.config.s3.bucket, reviewKey, [suggestion('square-6.jpg'), suggestion('square-7.jpg')].map((l) => JSON.stringify(l)).join('\n') + '\n', 'application/x-ndjson');
-    try {
-      const fromReview = await runCli(['relabel', '-d', 'noisy', '--from-review', `s3://${stack.config.s3.bucket}/${reviewKey}`], stack.env);
-      expect(fromReview.stderr).toBe('transferline: 1 of the suggested moves was left (said above, with why)\n');
-      expect(fromReview.code).toBe(3);
-      expect(fromReview.stdout).toContain(`note: 1 of the images to move is left as it is:\n  s3://${bucket}/train/square/square-6.jpg would overwrite s3://${bucket}/train/triangle/square-6.jpg, another image of noisy`);
-      expect(fromReview.stdout).toMatch(/^relabel noisy: 1 moved, 0 already there, 0 not found, 1 left \(see above\)/m);
-      expect(await ctx.services.store.headObject(bucket, 'train/triangle/square-7.jpg')).toBeDefined();
-      expect(await ctx.services.store.headObject(bucket, 'train/square/square-6.jpg')).toBeDefined();
-    } finally {
-      await ctx.services.store.deleteObject(stack.config.s3.bucket, reviewKey);
-    }
+    const fromReview = await relabelFromReview(['square-6.jpg', 'square-7.jpg'].map((f) => suggestion(`train/square/${f}`, 'square', 'triangle')));
+    expect(fromReview.stderr).toBe('transferline: 1 of the suggested moves was left (said above, with why)\n');
+    expect(fromReview.code).toBe(3);
+    expect(fromReview.stdout).toContain(`note: 1 of the images to move is left as it is:\n  s3://${bucket}/train/square/square-6.jpg would overwrite s3://${bucket}/train/triangle/square-6.jpg, another image of noisy`);
+    expect(fromReview.stdout).toMatch(/^relabel noisy: 1 moved, 0 already there, 0 not found, 1 left \(see above\)/m);
+    expect(await ctx.services.store.headObject(bucket, 'train/triangle/square-7.jpg')).toBeDefined();
+    expect(await ctx.services.store.headObject(bucket, 'train/square/square-6.jpg')).toBeDefined();
     // (moved back, as the tests below have it)
     expect((await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/triangle/square-7.jpg`, '--to', 'square'], stack.env)).code).toBe(0);
     // two images with one file name, bound for one folder
