@@ -39,7 +39,7 @@ async function expectMoved(from: string, to: string, label: string, bytes: Buffe
   expect(r.code).toBe(0);
   expect(r.stdout).toMatch(/relabel noisy: 1 moved/);
   expect(await ctx.services.store.headObject(bucket, from)).toBeUndefined();
-  expect((await readSettled(to)).equals(bytes)).toBe(true);
+  expect((await ctx.services.store.getObject(bucket, to)).equals(bytes)).toBe(true);
 }
 /** A review's line suggesting `suggested` for the image at `key` (in `bucket`), labelled `given`, as review writes one. */
 const suggestion = (key: string, given: string, suggested: string) => ({ key: `s3://${bucket}/${key}`, given, suggested, pGiven: 0.1, pSuggested: 0.8, issue: true, uncertainty: 0.2, probabilities: { [given]: 0.1, [suggested]: 0.8 } });
@@ -54,27 +54,9 @@ async function relabelFromReview(lines: ReturnType<typeof suggestion>[]): Promis
   }
 }
 /**
- * An object's bytes, asked again while the server says it is being written: a copy of an object
- * whose ETag is not its bytes' MD5 (uploadedInParts) is answered 503 SlowDown for 2 s after it is
- * made, which the SDK's retries do not always outlast (CI, session 57).
- */
-async function readSettled(key: string): Promise<Buffer> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      return await ctx.services.store.getObject(bucket, key);
-    } catch (err) {
-      if (!/SlowDown|being written/.test(String((err as Error).name) + (err as Error).message) || Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
-}
-/**
  * Gives an object the ETag S3 gives one uploaded in parts ("<MD5 of the parts' MD5s>-<parts>"):
  * this server stores every object under the plain MD5 of its bytes, and a copy gets the plain MD5.
- * Its files are dated a minute back, as an upload finished a while ago: an ETag file written just
- * now beside bytes it does not name is a PUT in progress to the server's direct GET, answered
- * 503 (ask again) for 2 s, which the SDK's retries may not outlast.
+ * Its files are dated a minute back, as an upload finished a while ago.
  */
 async function uploadedInParts(key: string): Promise<string> {
   const etag = `${createHash('md5').update(key).digest('hex')}-2`;

@@ -195,7 +195,8 @@ export function beingWritten(root: string, target: { bucket: string; key: string
  *
  * s3rver overwrites an object's files in place (the object, then its MD5 file, then its metadata),
  * so a read can meet a PUT halfway: new bytes under the old ETag, or an MD5 file cut short. A
- * small object's bytes are checked against its ETag before they are sent: a body that is not the
+ * small object's bytes are checked against its ETag before they are sent (one whose ETag is an
+ * upload in parts' is s3rver's: that names no bytes to check): a body that is not the
  * content its ETag names is never sent. When they differ and the object or its MD5 file was
  * written just now, the answer is 503 SlowDown (a PUT is in progress: every S3 client asks
  * again; s3rver may write a PUT's MD5 file before the bytes, and answer the PUT before either);
@@ -244,6 +245,10 @@ export function servePlainGet(root: string, target: { bucket: string; key: strin
       } catch {
         return false;
       }
+      // A whole ETag of an upload in parts names no bytes to check, and s3rver never writes one (it
+      // stores such an upload under its bytes' MD5): no PUT of its is in progress, s3rver answers.
+      // (An MD5 file cut short by a PUT writing it is no such ETag: it has no '-'.)
+      if (!PLAIN_MD5.test(md5) && STORED_ETAG.test(md5)) return false;
       if (!PLAIN_MD5.test(md5) || md5Hex(body) !== md5) return settled ? false : slowDown();
     } else if (!STORED_ETAG.test(md5) || (tag.mtimeMs <= st.mtimeMs && !settled)) {
       return false; // a PUT may be writing it: s3rver's
