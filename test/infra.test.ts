@@ -1,5 +1,6 @@
-import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -18,6 +19,52 @@ describe('deployment files', () => {
     // promtool is installed by .ci/run: the Prometheus rules must have been checked, not skipped
     expect(stdout).toMatch(/^ok\s+promtool check rules/m);
   }, 150_000);
+
+  it("the dashboard's count of training runs counts a run shorter than one scrape, a worker's restart and a quiet dataset rightly (promtool)", async () => {
+    const dashboard = JSON.parse(readFileSync(path.join(repoRoot, 'infra', 'grafana', 'dashboards', 'transferline.json'), 'utf8')) as { panels: { title?: string; targets?: { expr: string }[] }[] };
+    const panel = dashboard.panels.find((p) => p.title === 'Training runs in the time range');
+    // as Grafana runs it, over the last hour and every dataset
+    const expr = panel!.targets![0]!.expr.replaceAll('$__range', '1h').replaceAll('$dataset', '.*');
+    const series = (dataset: string, outcome: string, values: string) => ({ series: `tl_train_runs_total{role="train",job="train",instance="t1",dataset="${dataset}",outcome="${outcome}"}`, values });
+    const test = {
+      evaluation_interval: '1m',
+      tests: [
+        {
+          interval: '1m',
+          input_series: [
+            // its first scrape already at 1: a worker started within the hour whose run ended before it was scraped
+            series('short', 'failed', '_x30 1x30'),
+            series('seen', 'completed', '0x30 1x30'),
+            // 3 runs before the hour; the worker restarted within it, then one more run
+            series('restarted', 'completed', '3x20 0x20 1x20'),
+            series('quiet', 'completed', '2x60'),
+          ],
+          promql_expr_test: [
+            {
+              expr,
+              eval_time: '60m',
+              exp_samples: [
+                { labels: '{dataset="short",outcome="failed"}', value: 1 },
+                { labels: '{dataset="seen",outcome="completed"}', value: 1 },
+                { labels: '{dataset="restarted",outcome="completed"}', value: 1 },
+                { labels: '{dataset="quiet",outcome="completed"}', value: 0 },
+              ],
+            },
+          ],
+        },
+      ],
+    };
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'tl-dashboard-'));
+    try {
+      // JSON is YAML
+      writeFileSync(path.join(dir, 'runs.test.yml'), JSON.stringify(test));
+      const r = spawnSync('promtool', ['test', 'rules', path.join(dir, 'runs.test.yml')], { encoding: 'utf8' });
+      expect(r.stdout + r.stderr).toMatch(/SUCCESS/);
+      expect(r.status).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('the compose file', () => {

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
@@ -8,7 +8,7 @@ import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { startTestStack, type TestStack } from './support/stack.js';
+import { repoRoot, startTestStack, type TestStack } from './support/stack.js';
 
 guardLeaks();
 
@@ -121,5 +121,31 @@ describe('Prometheus watching a training run', () => {
     expect(Number(increase[0]?.values.at(-1)?.[1])).toBeGreaterThan(0);
     const failed = await query('increase(tl_images_total{stage="preprocess",outcome="failed"}[1h])', end - 1, end);
     expect(Number(failed[0]?.values.at(-1)?.[1])).toBeGreaterThan(0);
+  });
+
+  it("counts a run that ends before it is scraped: a dataset's run counters are there at 0 before its first run, and the dashboard's panel counts it", async () => {
+    for (let i = 0; i < 3; i++) await ctx.services.store.putObject('photos-prom', `lonely/circle/${i}.jpg`, await renderSample('circle', i, 47));
+    await ingestCommand(ctx, 's3://photos-prom/lonely/', { dataset: 'lonely', wait: true });
+    // scraped at 0 before any run (a one-label run fails at once, often between two scrapes)
+    const deadline = Date.now() + 10_000;
+    let before: { values: [number, string][] }[] = [];
+    while (Date.now() < deadline) {
+      const now = Date.now() / 1000;
+      before = await query('tl_train_runs_total{dataset="lonely",outcome="failed"}', now - 0.5, now);
+      if (before.length) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(before.map((s) => s.values.at(-1)![1])).toEqual(['0']);
+    await expect(trainCommand(ctx, { dataset: 'lonely', wait: true, epochs: 5 })).rejects.toThrow(/only one label/);
+    await new Promise((r) => setTimeout(r, 600)); // a few more scrapes
+    const end = Date.now() / 1000;
+    const dashboard = JSON.parse(await readFile(path.join(repoRoot, 'infra', 'grafana', 'dashboards', 'transferline.json'), 'utf8')) as { panels: { title?: string; targets?: { expr: string }[] }[] };
+    const expr = dashboard.panels.find((p) => p.title === 'Training runs in the time range')!.targets![0]!.expr.replaceAll('$__range', '1h').replaceAll('$dataset', 'lonely');
+    const runs = await query(expr, end - 0.5, end);
+    expect(runs.map((s) => [s.metric.outcome, Math.round(Number(s.values.at(-1)![1]))]).sort()).toEqual([
+      ['cancelled', 0],
+      ['completed', 0],
+      ['failed', 1],
+    ]);
   });
 });

@@ -1,4 +1,4 @@
-import { claimStorage, createQueues, createServices, startS3Guard, startWorker, watchRedis, workersAlive, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
+import { claimStorage, createQueues, isClassifyDataset, createServices, startS3Guard, startWorker, watchRedis, workersAlive, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
 import { createMetrics, exportQueueDepths } from '@transferline/shared/service-runtime';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { CLASSIFY_FAILURE_REASONS, classifyImages } from './classify-images.job.js';
@@ -24,10 +24,15 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics, s3 };
   const gauges = runGauges(metrics, config.trainGaugesLingerMs);
+  // A dataset's run counters exist at 0 before its first run ends: a series that appeared with its
+  // first increment would be at 1 when first scraped, and increase() (alerts, dashboards) would miss
+  // it. So every dataset is given them at each scrape (a run shorter than the scrape interval, one
+  // refused at once say, is then counted), and at its run's start (a dataset made since the last).
+  const runCounters = (dataset: string) => {
+    for (const outcome of ['completed', 'failed', 'cancelled']) metrics.trainRuns.inc({ dataset, outcome }, 0);
+  };
   const handler: Handler<'train'> = async (payload, ctx) => {
-    // The dataset's series exist from its first run's start: one that appeared with its first
-    // increment would be at 1 when first scraped, and increase() (alerts, dashboards) would miss it.
-    for (const outcome of ['completed', 'failed', 'cancelled']) metrics.trainRuns.inc({ dataset: payload.dataset, outcome }, 0);
+    runCounters(payload.dataset);
     const ended = gauges.begin(payload.dataset);
     let result;
     try {
@@ -40,7 +45,11 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     return result;
   };
   const queues = createQueues(services.redis, config);
-  exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
+  exportQueueDepths(metrics, async () => [queues.train, queues.classify], {
+    also: async () => {
+      for (const dataset of await services.datasets.list()) if (!isClassifyDataset(dataset)) runCounters(dataset);
+    },
+  });
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
   // Their locks last at least a minute (the catalog's floor: long synchronous TF.js stretches).
   const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, locks: config, guards: [s3] };
