@@ -313,6 +313,39 @@ describe('a command never waits for ever', () => {
     expect(done.stdout).toMatch(/dataset stall: 2 images, 2 embedded/);
   }, 120_000);
 
+  it('ingest and status name an embed worker hung for longer than its registry names silent ones: it is still connected', async () => {
+    const live = Date.now() + 60_000;
+    while ((await ctx.services.spaces.workersOf(stack.space.id)) === 0) {
+      if (Date.now() > live) throw new Error('the embed worker never beat');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    stack.supervisor.signal('embed', 1, 'SIGSTOP');
+    try {
+      await ctx.services.store.putObject(photos, 'stall-long/circle/x.jpg', await renderSample('circle', 87, 3));
+      await ctx.services.store.putObject(photos, 'stall-long/square/y.jpg', await renderSample('square', 88, 3));
+      await new Promise((r) => setTimeout(r, 300)); // a beat already on its way lands first
+      // its last beat 10 minutes ago, as if SIGSTOPped then: past the four TTLs the registry names a silent worker for
+      const { redis, keys, spaces } = ctx.services;
+      const [seconds] = await redis.time();
+      for (const id of await redis.zrange(keys.embedWorkers(), 0, -1)) await redis.zadd(keys.embedWorkers(), Number(seconds) * 1000 - 600_000, id);
+      expect(await spaces.silentWorkers(stack.space.id)).toEqual([]);
+      const r = await cli(['ingest', `s3://${photos}/stall-long/`, '-d', 'stall-long', '--stall-timeout', '3'], 90_000);
+      expect(r.code).toBe(4);
+      expect(r.stderr).toMatch(/no embed worker of \S+ is live: its worker \S+ is connected to its queue but beats no more \(hung: SIGSTOPped, its event loop blocked\?\); restart it/);
+      // its jobs waiting for 10 minutes too, past the two stalled-job checks status waits before it calls the workers hung
+      const queue = ctx.queues.embed(stack.space.id);
+      for (const job of await queue.getJobs(['waiting'])) await redis.hset(queue.toKey(job.id!), 'timestamp', String(Number(seconds) * 1000 - 600_000));
+      const status = await cli(['status']);
+      expect(status.stdout).toMatch(/^embed\.\S+ +0 +2 /m);
+      expect(status.stdout).toMatch(/^ {2}embed\.\S+: 2 jobs wait, the oldest for \d+ s, and the workers connected to it beat no more \(counted 0 above\) and take none \(hung/m);
+    } finally {
+      stack.supervisor.signal('embed', 1, 'SIGCONT');
+    }
+    const done = await cli(['ingest', `s3://${photos}/stall-long/`, '-d', 'stall-long']);
+    expect(done.code).toBe(0);
+    expect(done.stdout).toMatch(/dataset stall-long: 2 images, 2 embedded/);
+  }, 120_000);
+
   it('ingest whose only preprocess worker hangs says it moves nothing and exits 4, though it is connected', async () => {
     // hung before it took any of them: connected (its connection stays open), taking none
     await ctx.services.store.putObject(photos, 'hung/circle/a.jpg', await renderSample('circle', 85, 3));

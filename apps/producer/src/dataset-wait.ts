@@ -400,7 +400,15 @@ async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): P
     // a failed start further back than the registry names silent workers (starts minutes apart,
     // as Kubernetes backs a crashing pod off): why, and how long ago
     const failed = await ctx.services.spaces.failureOf(space).catch(() => undefined);
-    return failed ? `${none}: ${failed}` : { gone: `${none} (start one with that space's settings)` };
+    if (failed) return `${none}: ${failed}`;
+    // silent for longer than the registry names it, yet still connected to the queue: hung (a
+    // user's trial: a worker SIGSTOPped minutes before was not named)
+    const hungIds = (await ctx.queues.embed(space).getWorkers().catch(() => [])).map((w) => w.rawname?.split(':w:')[1]).filter((id): id is string => !!id);
+    if (hungIds.length) {
+      const them = hungIds.length === 1 ? `its worker ${hungIds[0]} is` : `its workers ${hungIds.join(', ')} are`;
+      return { gone: `${none}: ${them} connected to its queue but ${hungIds.length === 1 ? 'beats' : 'beat'} no more (hung: SIGSTOPped, its event loop blocked?); restart ${hungIds.length === 1 ? 'it' : 'them'}, or start one with that space's settings` };
+    }
+    return { gone: `${none} (start one with that space's settings)` };
   }
   // silent while loading: a build of the model can hold its beat (a busy machine); waited for as
   // long as the registry names a silent worker (four TTLs), then given up as gone

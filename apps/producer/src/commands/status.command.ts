@@ -222,10 +222,6 @@ export async function unpublishedSpaces(repo: Pick<DatasetRepository, 'space'>, 
 const HELD_READ = 1_000;
 
 /**
- * Whether the worker holding a job is gone: none of the queue's workers is connected, or Redis
- * names them and the holder is not among them (a Redis that names no clients tells nothing).
- */
-/**
  * How long (s) the oldest waiting job of a queue has waited, by Redis's clock, if longer than two
  * of its stalled-job checks: a free worker takes a waiting job at once, so connected workers that
  * leave it that long take none. Undefined otherwise, or when the queue itself is paused.
@@ -240,6 +236,10 @@ async function untakenFor(ctx: CliContext, q: Queue): Promise<number | undefined
   return waitedMs > hungAfterMs(name, ctx.config) ? Math.round(waitedMs / 1000) : undefined;
 }
 
+/**
+ * Whether the worker holding a job is gone: none of the queue's workers is connected, or Redis
+ * names them and the holder is not among them (a Redis that names no clients tells nothing).
+ */
 const holderGone = (workers: Record<string, string>[], holder: string | undefined): boolean => holder !== undefined && (workers.length === 0 || holderConnected(workers, holder) === false);
 
 /**
@@ -368,7 +368,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   for (const [name, c] of Object.entries(queues)) {
     if (c.untakenSeconds === undefined) continue;
     const n = c.waiting ?? 0;
-    w(`  ${name}: ${n} job${n === 1 ? ' waits' : 's wait'}, the oldest for ${c.untakenSeconds} s, and its connected workers take none (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart them`);
+    // (an embed queue counts the workers of its space that beat: connected ones that beat no more count 0)
+    const who = c.workers === 0 ? 'the workers connected to it beat no more (counted 0 above) and take none' : 'its connected workers take none';
+    w(`  ${name}: ${n} job${n === 1 ? ' waits' : 's wait'}, the oldest for ${c.untakenSeconds} s, and ${who} (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart them`);
   }
   for (const r of queues.train!.activeRuns ?? []) {
     if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is stopping or gone (a train worker that stops puts the run back at the end of its epoch; if it was killed, a train worker starts the run again once its lock has run out, about ${takenUpWithinSeconds('train', ctx)} s after) (follow it: transferline train --follow ${r.runId})`);
