@@ -51,10 +51,14 @@ function connectionProblem(err: Error): string {
 
 /**
  * Reports a worker's Redis outage in one line when it starts and one when it ends (and as
- * `tl_dependency_up{dependency="redis"}`), instead of a stack trace per reconnect attempt.
- * Work that needs Redis simply waits meanwhile: commands queue until the connection is back.
+ * `tl_dependency_up{dependency="redis"}`), instead of a stack trace per reconnect attempt, and
+ * again every `repeatMs` while it lasts: a worker whose REDIS_URL is wrong otherwise said so once,
+ * then "worker started", and waited in silence (a user's trial). One that has not reached Redis
+ * since it started says to check the setting. Work that needs Redis simply waits meanwhile:
+ * commands queue until the connection is back. Returns what stops the reminders.
  */
-export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pick<Metrics, 'dependencyUp'>): void {
+export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pick<Metrics, 'dependencyUp'>, o: { repeatMs?: number } = {}): () => void {
+  const repeatMs = o.repeatMs ?? 60_000;
   // Asked once, when the connection first answers (commands wait for it).
   redisEvictionRisk(redis, url).then(
     (risk) => risk && log.warn({ dependency: 'redis' }, risk),
@@ -62,6 +66,15 @@ export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pic
   );
   let down = false;
   let since = 0;
+  let reached = redis.status === 'ready';
+  const startedAt = Date.now();
+  let reminder: NodeJS.Timeout | undefined;
+  const remind = () => {
+    if (redis.status === 'end') return clearInterval(reminder); // closed for good
+    const downSeconds = Math.round((Date.now() - since) / 1000);
+    if (reached) log.warn({ dependency: 'redis', downSeconds }, `Redis at ${redactUrl(url)} is still unreachable, for ${downSeconds} s: waiting for it`);
+    else log.warn({ dependency: 'redis', downSeconds }, `Redis at ${redactUrl(url)} not reached since this process started, ${Math.round((Date.now() - startedAt) / 1000)} s ago: is REDIS_URL (or TL_REDIS_PORT) the deployment's? Waiting for it`);
+  };
   metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
   redis.on('error', (err: Error) => {
     if (down) return;
@@ -69,13 +82,20 @@ export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pic
     since = Date.now();
     metrics?.dependencyUp.set({ dependency: 'redis' }, 0);
     log.warn({ dependency: 'redis', err: err.message }, `Redis at ${redactUrl(url)} is unreachable: waiting for it (work resumes when it is back)`);
+    reminder = setInterval(remind, repeatMs);
+    reminder.unref();
   });
   redis.on('ready', () => {
+    reached = true;
     if (!down) return;
     down = false;
+    clearInterval(reminder);
     metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
     log.info({ dependency: 'redis', downSeconds: Math.round((Date.now() - since) / 1000) }, 'Redis is back');
   });
+  // (the reminder does not hold the process open; a client closed while it reconnects stays
+  // 'reconnecting' in ioredis, so whoever closes one early stops the reminders with this)
+  return () => clearInterval(reminder);
 }
 
 /**
