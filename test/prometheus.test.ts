@@ -66,6 +66,12 @@ afterAll(async () => {
   await stack?.destroy();
 });
 
+/** The queries of the dashboard's panel of that title, as Grafana sends them (its variables still in). */
+async function panelQueries(title: string): Promise<string[]> {
+  const dashboard = JSON.parse(await readFile(path.join(repoRoot, 'infra', 'grafana', 'dashboards', 'transferline.json'), 'utf8')) as { panels: { title?: string; targets?: { expr: string }[] }[] };
+  return dashboard.panels.find((p) => p.title === title)!.targets!.map((t) => t.expr);
+}
+
 // about 7 s of training on a 2-core machine (about 9 ms an epoch), some 70 scrapes at 100 ms;
 // ten times faster, still some 7
 const EPOCHS = 800;
@@ -123,6 +129,30 @@ describe('Prometheus watching a training run', () => {
     expect(Number(failed[0]?.values.at(-1)?.[1])).toBeGreaterThan(0);
   });
 
+  it("the dashboard shows each process's images per second, and that each reaches Redis and S3 and is ready (what a user who scales out looks for)", async () => {
+    // every worker's counters scraped (at 0 or more) before the images go through
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const now = Date.now() / 1000;
+      const roles = new Set((await query('tl_images_total{stage=~"preprocess|embed"}', now - 0.5, now)).map((s) => s.metric.role));
+      if (roles.size === 2) break;
+      if (Date.now() > deadline) throw new Error(`only ${[...roles].join(', ') || 'none'} scraped`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    for (let i = 0; i < 4; i++) await ctx.services.store.putObject('photos-prom', `busy/${i % 2 ? 'circle' : 'square'}/${i}.jpg`, await renderSample(i % 2 ? 'circle' : 'square', 90 + i, 31));
+    await ingestCommand(ctx, 's3://photos-prom/busy/', { dataset: 'busy', wait: true });
+    await new Promise((r) => setTimeout(r, 600)); // a few more scrapes
+    const end = Date.now() / 1000;
+    const [perProcess] = await panelQueries('Images per second by process');
+    const rates = await query(perProcess!.replaceAll('$__rate_interval', '1m'), end - 0.5, end);
+    expect(rates.filter((s) => Number(s.values.at(-1)![1]) > 0).map((s) => s.metric.role).sort()).toEqual(['embed', 'preprocess']);
+    const [reachable, ready] = await panelQueries('Dependencies reachable, and ready, by process');
+    const up = await query(reachable!, end - 0.5, end);
+    expect(up.map((s) => `${s.metric.role} ${s.metric.dependency} ${s.values.at(-1)![1]}`).sort()).toEqual(['embed redis 1', 'embed s3 1', 'preprocess redis 1', 'preprocess s3 1', 'train redis 1', 'train s3 1']);
+    const readyNow = await query(ready!, end - 0.5, end);
+    expect(readyNow.map((s) => `${s.metric.role} ${s.values.at(-1)![1]}`).sort()).toEqual(['embed 1', 'preprocess 1', 'producer 1', 'train 1']);
+  });
+
   it("counts a run that ends before it is scraped: a dataset's run counters are there at 0 before its first run, and the dashboard's panel counts it", async () => {
     for (let i = 0; i < 3; i++) await ctx.services.store.putObject('photos-prom', `lonely/circle/${i}.jpg`, await renderSample('circle', i, 47));
     await ingestCommand(ctx, 's3://photos-prom/lonely/', { dataset: 'lonely', wait: true });
@@ -139,8 +169,7 @@ describe('Prometheus watching a training run', () => {
     await expect(trainCommand(ctx, { dataset: 'lonely', wait: true, epochs: 5 })).rejects.toThrow(/only one label/);
     await new Promise((r) => setTimeout(r, 600)); // a few more scrapes
     const end = Date.now() / 1000;
-    const dashboard = JSON.parse(await readFile(path.join(repoRoot, 'infra', 'grafana', 'dashboards', 'transferline.json'), 'utf8')) as { panels: { title?: string; targets?: { expr: string }[] }[] };
-    const expr = dashboard.panels.find((p) => p.title === 'Training runs in the time range')!.targets![0]!.expr.replaceAll('$__range', '1h').replaceAll('$dataset', 'lonely');
+    const expr = (await panelQueries('Training runs in the time range'))[0]!.replaceAll('$__range', '1h').replaceAll('$dataset', 'lonely');
     const runs = await query(expr, end - 0.5, end);
     expect(runs.map((s) => [s.metric.outcome, Math.round(Number(s.values.at(-1)![1]))]).sort()).toEqual([
       ['cancelled', 0],
