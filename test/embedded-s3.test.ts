@@ -437,6 +437,10 @@ describe('the embedded S3 server', () => {
       // in parts under its bytes' MD5), so no PUT of s3rver's is in progress: s3rver's at once, no 503
       await writeFile(`${object}.md5`, `${createHash('md5').update('parts').digest('hex')}-2`);
       expect((await get('/photos/direct/small.txt')).status).toBe(599);
+      // bytes written after such an ETag: a PUT rewriting the object (its MD5 file comes last), 503
+      await utimes(`${object}.md5`, longAgo, longAgo);
+      await writeFile(object, 'half of a new upl');
+      expect((await get('/photos/direct/small.txt')).status).toBe(503);
       await store.putObject(bucket, 'direct/small.txt', small, 'text/plain');
       // s3rver may answer the PUT before it has written the object's bytes or MD5 file: until then
       // the direct path says 503 (ask again), as a client would; then it serves the object itself

@@ -246,9 +246,11 @@ export function servePlainGet(root: string, target: { bucket: string; key: strin
         return false;
       }
       // A whole ETag of an upload in parts names no bytes to check, and s3rver never writes one (it
-      // stores such an upload under its bytes' MD5): no PUT of its is in progress, s3rver answers.
-      // (An MD5 file cut short by a PUT writing it is no such ETag: it has no '-'.)
-      if (!PLAIN_MD5.test(md5) && STORED_ETAG.test(md5)) return false;
+      // stores such an upload under its bytes' MD5): written as it is beside bytes no newer (a copy
+      // writes the bytes, then the ETag), no PUT of s3rver's is in progress, and s3rver answers.
+      // Bytes newer than it are a PUT rewriting the object, whose new MD5 file comes last: 503
+      // below, as for any other. (An MD5 file cut short by a PUT has no '-': no such ETag.)
+      if (!PLAIN_MD5.test(md5) && STORED_ETAG.test(md5) && (settled || tag.mtimeMs >= st.mtimeMs)) return false;
       if (!PLAIN_MD5.test(md5) || md5Hex(body) !== md5) return settled ? false : slowDown();
     } else if (!STORED_ETAG.test(md5) || (tag.mtimeMs <= st.mtimeMs && !settled)) {
       return false; // a PUT may be writing it: s3rver's
