@@ -115,6 +115,8 @@ describe('backpressure', () => {
       const after = await scrape(stack.workerPorts['preprocess#1']!);
       expect(after.get(`tl_queue_jobs{queue="embed",space="${stack.space.id}",state="backlog"}`)).toBe(0);
       expect(after.get('tl_queue_jobs{queue="preprocess",state="held"}')).toBe(0);
+      // jobs put back to wait for room are no failed attempts
+      expect(after.get('tl_images_total{stage="preprocess",outcome="retried"}')).toBe(0);
     } finally {
       sampling = false;
       await sampler;

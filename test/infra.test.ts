@@ -20,11 +20,12 @@ describe('deployment files', () => {
     expect(stdout).toMatch(/^ok\s+promtool check rules/m);
   }, 150_000);
 
-  it("the dashboard's count of training runs counts a run shorter than one scrape, a worker's restart and a quiet dataset rightly (promtool)", async () => {
+  it("the dashboard's count of training runs counts a run shorter than one scrape, a worker's restart, and leaves out a quiet dataset (promtool)", async () => {
     const dashboard = JSON.parse(readFileSync(path.join(repoRoot, 'infra', 'grafana', 'dashboards', 'transferline.json'), 'utf8')) as { panels: { title?: string; targets?: { expr: string }[] }[] };
     const panel = dashboard.panels.find((p) => p.title === 'Training runs in the time range');
     // as Grafana runs it, over the last hour and every dataset
-    const expr = panel!.targets![0]!.expr.replaceAll('$__range', '1h').replaceAll('$dataset', '.*');
+    // (rounded: where a sample sits on the range's edge, Prometheus versions extrapolate apart)
+    const expr = `round(${panel!.targets![0]!.expr.replaceAll('$__range', '1h').replaceAll('$dataset', '.*')})`;
     const series = (dataset: string, outcome: string, values: string) => ({ series: `tl_train_runs_total{role="train",job="train",instance="t1",dataset="${dataset}",outcome="${outcome}"}`, values });
     const test = {
       evaluation_interval: '1m',
@@ -38,6 +39,8 @@ describe('deployment files', () => {
             // 3 runs before the hour; the worker restarted within it, then one more run
             series('restarted', 'completed', '3x20 0x20 1x20'),
             series('quiet', 'completed', '2x60'),
+            // born within the hour, 2 runs, restarted (same instance), 1 more: 3
+            series('twice', 'completed', '_x10 0x10 2x10 _x2 0x5 1x20'),
           ],
           promql_expr_test: [
             {
@@ -47,7 +50,7 @@ describe('deployment files', () => {
                 { labels: '{dataset="short",outcome="failed"}', value: 1 },
                 { labels: '{dataset="seen",outcome="completed"}', value: 1 },
                 { labels: '{dataset="restarted",outcome="completed"}', value: 1 },
-                { labels: '{dataset="quiet",outcome="completed"}', value: 0 },
+                { labels: '{dataset="twice",outcome="completed"}', value: 3 },
               ],
             },
           ],

@@ -74,6 +74,9 @@ describe('transient faults that outlast the attempts', () => {
     expect(m.get('tl_failures_total{stage="preprocess",reason="attempts-exhausted"}')).toBe(2);
     expect(m.get('tl_jobs_total{queue="preprocess",outcome="failed"}')).toBe(2);
     expect(m.get('tl_jobs_total{queue="preprocess",outcome="retried"}')).toBe(8);
+    // and so do its images: the last attempt's error is a failure, not one more retry
+    expect(m.get('tl_images_total{stage="preprocess",outcome="failed"}')).toBe(2);
+    expect(m.get('tl_images_total{stage="preprocess",outcome="retried"}')).toBe(8);
     // the bucket itself answered all along: nothing was taken for an outage
     expect(m.get('tl_dependency_up{dependency="s3"}')).toBe(1);
 
@@ -282,65 +285,61 @@ describe('two retries at once', () => {
   }, 120_000);
 });
 
+/**
+ * The embed worker hung (SIGSTOPped once it beats) with two new images under `prefix` for it,
+ * and its last beat set `silentMs` back (told to Redis rather than waited out); SIGCONT after `body`.
+ */
+async function withEmbedHung(prefix: string, seeds: [number, number], silentMs: number, body: (redisSeconds: number) => Promise<void>): Promise<void> {
+  const live = Date.now() + 60_000;
+  while ((await ctx.services.spaces.workersOf(stack.space.id)) === 0) {
+    if (Date.now() > live) throw new Error('the embed worker never beat');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  stack.supervisor.signal('embed', 1, 'SIGSTOP'); // hung: its heartbeat stops, so it is not live
+  try {
+    await ctx.services.store.putObject(photos, `${prefix}/circle/x.jpg`, await renderSample('circle', seeds[0], 3));
+    await ctx.services.store.putObject(photos, `${prefix}/square/y.jpg`, await renderSample('square', seeds[1], 3));
+    await new Promise((r) => setTimeout(r, 300)); // a beat already on its way lands first
+    const { redis, keys, spaces } = ctx.services;
+    const [seconds] = await redis.time();
+    for (const id of await redis.zrange(keys.embedWorkers(), 0, -1)) await redis.zadd(keys.embedWorkers(), Number(seconds) * 1000 - silentMs, id);
+    expect(await spaces.workersOf(stack.space.id)).toBe(0);
+    await body(Number(seconds));
+  } finally {
+    stack.supervisor.signal('embed', 1, 'SIGCONT');
+  }
+}
+
 describe('a command never waits for ever', () => {
   it('ingest with no embed worker says which stage is missing and exits 4', async () => {
-    const live = Date.now() + 60_000;
-    while ((await ctx.services.spaces.workersOf(stack.space.id)) === 0) {
-      if (Date.now() > live) throw new Error('the embed worker never beat');
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    stack.supervisor.signal('embed', 1, 'SIGSTOP'); // hung: its heartbeat stops, so it is not live
-    try {
-      await ctx.services.store.putObject(photos, 'stall/circle/x.jpg', await renderSample('circle', 77, 3));
-      await ctx.services.store.putObject(photos, 'stall/square/y.jpg', await renderSample('square', 78, 3));
-      // its heartbeat goes stale: 15 s without a beat, told to Redis rather than waited out
-      await new Promise((r) => setTimeout(r, 300)); // a beat already on its way lands first
-      const { redis, keys, spaces } = ctx.services;
-      const [seconds] = await redis.time();
-      for (const id of await redis.zrange(keys.embedWorkers(), 0, -1)) await redis.zadd(keys.embedWorkers(), Number(seconds) * 1000 - 20_000, id);
-      expect(await spaces.workersOf(stack.space.id)).toBe(0);
+    // its heartbeat stale: 20 s without a beat
+    await withEmbedHung('stall', [77, 78], 20_000, async () => {
       const r = await cli(['ingest', `s3://${photos}/stall/`, '-d', 'stall', '--stall-timeout', '3'], 90_000);
       expect(r.timedOut).toBe(false);
       expect(r.code).toBe(4);
       expect(r.stdout).toMatch(/no embed worker is live for it now/);
       // naming the worker that went silent, and that up restarts a hung one
       expect(r.stderr).toMatch(/no progress for 3 s: 2 images wait for embed and no embed worker of \S+ is live: its worker \S+ last beat \d+ s ago \(stopped, hung, or cut off from Redis\?\); restart it, or start one with that space's settings \(under up, a worker that is stopped or blocked is restarted once its \/healthz has gone unanswered for TL_UP_HANG_SECONDS\)/);
-    } finally {
-      stack.supervisor.signal('embed', 1, 'SIGCONT');
-    }
+    });
     const done = await cli(['ingest', `s3://${photos}/stall/`, '-d', 'stall']);
     expect(done.code).toBe(0);
     expect(done.stdout).toMatch(/dataset stall: 2 images, 2 embedded/);
   }, 120_000);
 
   it('ingest and status name an embed worker hung for longer than its registry names silent ones: it is still connected', async () => {
-    const live = Date.now() + 60_000;
-    while ((await ctx.services.spaces.workersOf(stack.space.id)) === 0) {
-      if (Date.now() > live) throw new Error('the embed worker never beat');
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    stack.supervisor.signal('embed', 1, 'SIGSTOP');
-    try {
-      await ctx.services.store.putObject(photos, 'stall-long/circle/x.jpg', await renderSample('circle', 87, 3));
-      await ctx.services.store.putObject(photos, 'stall-long/square/y.jpg', await renderSample('square', 88, 3));
-      await new Promise((r) => setTimeout(r, 300)); // a beat already on its way lands first
-      // its last beat 10 minutes ago, as if SIGSTOPped then: past the four TTLs the registry names a silent worker for
-      const { redis, keys, spaces } = ctx.services;
-      const [seconds] = await redis.time();
-      for (const id of await redis.zrange(keys.embedWorkers(), 0, -1)) await redis.zadd(keys.embedWorkers(), Number(seconds) * 1000 - 600_000, id);
-      expect(await spaces.silentWorkers(stack.space.id)).toEqual([]);
+    // its last beat 10 minutes ago, as if SIGSTOPped then: past the four TTLs the registry names a silent worker for
+    await withEmbedHung('stall-long', [87, 88], 600_000, async (seconds) => {
+      expect(await ctx.services.spaces.silentWorkers(stack.space.id)).toEqual([]);
       const r = await cli(['ingest', `s3://${photos}/stall-long/`, '-d', 'stall-long', '--stall-timeout', '3'], 90_000);
       expect(r.code).toBe(4);
-      expect(r.stderr).toMatch(/no embed worker of \S+ is live: its worker \S+ is connected to its queue but beats no more \(hung: SIGSTOPped, its event loop blocked\?\); restart it/);
+      expect(r.stderr).toMatch(/no embed worker of \S+ is live: its worker \S+ is connected to its queue but beats no more \(hung: SIGSTOPped, its event loop blocked, or cut off from Redis\?\); restart it/);
       // its jobs waiting for 10 minutes too, past the two stalled-job checks status waits before it calls the workers hung
       const queue = ctx.queues.embed(stack.space.id);
-      for (const job of await queue.getJobs(['waiting'])) await redis.hset(queue.toKey(job.id!), 'timestamp', String(Number(seconds) * 1000 - 600_000));
+      for (const job of await queue.getJobs(['waiting'])) await ctx.services.redis.hset(queue.toKey(job.id!), 'timestamp', String(seconds * 1000 - 600_000));
       const status = await cli(['status']);
       expect(status.stdout).toMatch(/^embed\.\S+ +0 +2 /m);
-      expect(status.stdout).toMatch(/^ {2}embed\.\S+: 2 jobs wait, the oldest for \d+ s, and the workers connected to it beat no more \(counted 0 above\) and take none \(hung/m);
-    } finally {
-      stack.supervisor.signal('embed', 1, 'SIGCONT');
-    }
+      expect(status.stdout).toMatch(/^ {2}embed\.\S+: 2 jobs wait, the oldest for \d+ s, and the worker connected to it beats no more \(counted 0 above\) and takes none \(hung: SIGSTOPped, its event loop blocked, or cut off from Redis\?\); restart it$/m);
+    });
     const done = await cli(['ingest', `s3://${photos}/stall-long/`, '-d', 'stall-long']);
     expect(done.code).toBe(0);
     expect(done.stdout).toMatch(/dataset stall-long: 2 images, 2 embedded/);

@@ -64,7 +64,7 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
   );
   const metrics = createMetrics('embed');
   const services = createServices(config, 'worker');
-  watchRedis(services.redis, config.redis.url, log, metrics);
+  const unwatchRedis = watchRedis(services.redis, config.redis.url, log, metrics);
   const space = spaceFromConfig(config);
   // Beating as starting from now (the model may take minutes to load): a command waiting on this
   // space sees a worker on its way, not that none is live. Live once the jobs can be taken.
@@ -162,6 +162,7 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
       redis: services.redis,
       healthy: () => workersAlive([worker], [s3]),
       stop: async () => {
+        unwatchRedis();
         await heartbeat.stop().catch(() => {});
         s3.close();
         await worker.close();

@@ -1,7 +1,6 @@
 import {
   DatasetRepository,
   startS3Guard,
-  PermanentError,
   PREPROCESS_FAILURE_REASONS,
   createQueues,
   createServices,
@@ -23,7 +22,7 @@ import { createPreprocessStore } from './preprocess.store.js';
 export async function startPreprocessRole(config: Config, log: Logger): Promise<RunningRole> {
   const metrics = createMetrics('preprocess');
   const services = createServices(config, 'worker');
-  watchRedis(services.redis, config.redis.url, log, metrics);
+  const unwatchRedis = watchRedis(services.redis, config.redis.url, log, metrics);
   const queues = createQueues(services.redis, config);
   const sharpSettings = configureSharp({ concurrency: config.preprocess.sharpConcurrency });
   const gate = new EmbedBacklogGate(services.redis, queues, services.keys, config.preprocess.maxPendingTensors, async () => (await services.spaces.liveWorkers()).map((w) => w.space), metrics, log);
@@ -48,11 +47,10 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   for (const outcome of ['cached', 'queued', 'failed', 'retried']) metrics.images.inc({ stage: 'preprocess', outcome }, 0);
   for (const outcome of ['rerun-alone', 'kept-first-error'] as const) metrics.decodeReruns.inc({ outcome }, 0);
   vipsErrors.onOutcome = (outcome) => metrics.decodeReruns.inc({ outcome });
+  // failed and retried as the worker decides them: an attempt put back (backpressure, an outage)
+  // is neither, and a last attempt's error is a failure
   const handler: Handler<'preprocess'> = async (payload, ctx) => {
-    const outcome = await preprocessImage(payload, deps, ctx).catch((err: unknown) => {
-      metrics.images.inc({ stage: 'preprocess', outcome: err instanceof PermanentError ? 'failed' : 'retried' });
-      throw err;
-    });
+    const outcome = await preprocessImage(payload, deps, ctx);
     metrics.images.inc({ stage: 'preprocess', outcome });
     return outcome;
   };
@@ -65,8 +63,10 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     locks: config,
     guards: [s3],
     failureReasons: PREPROCESS_FAILURE_REASONS,
+    onRetry: () => metrics.images.inc({ stage: 'preprocess', outcome: 'retried' }),
     // Whatever ended the job (bad input, attempts spent, a crash too many), the item says so.
     onFinalFailure: async (payload, f) => {
+      metrics.images.inc({ stage: 'preprocess', outcome: 'failed' });
       if (!payload) return;
       await services.datasets.putItem(payload.dataset, DatasetRepository.itemId(payload.bucket, payload.key), {
         label: payload.label,
@@ -94,6 +94,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     redis: services.redis,
     healthy: () => workersAlive([worker], [s3]),
     stop: async () => {
+      unwatchRedis();
       // Jobs held by backpressure are put back first (no attempt spent), so close() can finish.
       gate.close();
       s3.close();

@@ -346,6 +346,16 @@ export interface HungWatch {
 export const RESTARTED_BY = 'under up, a worker that is stopped or blocked is restarted once its /healthz has gone unanswered for TL_UP_HANG_SECONDS';
 
 /**
+ * The worker (its PROCESS_NAME) a BullMQ connection belongs to: BullMQ names a worker's
+ * `<prefix>:<base64 of the queue's name>:w:<worker>`; undefined for one that is no worker's.
+ */
+export function workerIdOf(client: Record<string, string>): string | undefined {
+  const name = client.rawname ?? '';
+  const at = name.lastIndexOf(':w:');
+  return at < 0 || at + 3 === name.length ? undefined : name.slice(at + 3);
+}
+
+/**
  * When a queue's connected workers move nothing (and nothing moved for the stall timeout), the
  * state they are in (the same state, seen again, is the same hang) and what to tell the user:
  * every job they hold has lost its lock (the worker holding them stopped renewing it, and no
@@ -364,7 +374,7 @@ async function movesNothing(
     if (!waiting) return undefined;
     const symptom = `its connected workers take none of the ${waiting} jobs waiting in ${queue.name} ${hung}`;
     // (their connections' names end with the worker's PROCESS_NAME; one without a name is no one's to restart)
-    const workers = (await queue.getWorkers()).map((w) => /:w:(.+)$/.exec(w.rawname ?? '')?.[1] ?? '');
+    const workers = (await queue.getWorkers()).map((w) => workerIdOf(w) ?? '');
     return { state: 'take-none', symptom, message: `${symptom}; restart them, or start another (${RESTARTED_BY})`, workers };
   }
   if (unlocked.length < active) return undefined;
@@ -403,10 +413,10 @@ async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): P
     if (failed) return `${none}: ${failed}`;
     // silent for longer than the registry names it, yet still connected to the queue: hung (a
     // user's trial: a worker SIGSTOPped minutes before was not named)
-    const hungIds = (await ctx.queues.embed(space).getWorkers().catch(() => [])).map((w) => w.rawname?.split(':w:')[1]).filter((id): id is string => !!id);
+    const hungIds = (await ctx.queues.embed(space).getWorkers().catch(() => [])).map(workerIdOf).filter((id): id is string => !!id);
     if (hungIds.length) {
       const them = hungIds.length === 1 ? `its worker ${hungIds[0]} is` : `its workers ${hungIds.join(', ')} are`;
-      return { gone: `${none}: ${them} connected to its queue but ${hungIds.length === 1 ? 'beats' : 'beat'} no more (hung: SIGSTOPped, its event loop blocked?); restart ${hungIds.length === 1 ? 'it' : 'them'}, or start one with that space's settings` };
+      return { gone: `${none}: ${them} connected to its queue but ${hungIds.length === 1 ? 'beats' : 'beat'} no more (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart ${hungIds.length === 1 ? 'it' : 'them'}, or start one with that space's settings` };
     }
     return { gone: `${none} (start one with that space's settings)` };
   }

@@ -1,7 +1,7 @@
 import { Job, QueueEvents, type Queue } from 'bullmq';
 import { JOBS, execPipeline, hungAfterMs, jobLock, permanentFailureOf, sleep, unlockedActiveJobs, type JobName, type Redis } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
-import { allPaused, redisOutage, restartUnderWay, RESTARTED_BY, upRestart, type UpRestarts } from './dataset-wait.js';
+import { allPaused, redisOutage, restartUnderWay, RESTARTED_BY, upRestart, workerIdOf, type UpRestarts } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
 
 export interface FollowOptions {
@@ -295,7 +295,7 @@ async function lockLost(ctx: CliContext, queue: Queue, job: Job, workers: Record
   // connection's own name.
   const paused = (await ctx.services.paused.list(queue.name)).map((p) => p.worker);
   const named = workers.some((w) => w.rawname);
-  const others = named ? workers.filter((w) => ![holder, ...paused].some((n) => n && w.rawname?.endsWith(`:w:${n}`))).length : workers.length - 1 - new Set(paused.filter((p) => p !== holder)).size;
+  const others = named ? workers.filter((w) => ![holder, ...paused].some((n) => n && workerIdOf(w) === n)).length : workers.length - 1 - new Set(paused.filter((p) => p !== holder)).size;
   if (others > 0) return undefined;
   const hung = `its ${role} worker${holder ? ` (${holder})` : ''} stopped renewing its lock (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?), and no other ${role} worker ${paused.length ? 'that is not paused ' : ''}is connected to take it up`;
   const restart = holder ? await upRestart(ctx, jobId, [holder], Date.now() - lapsed.since, lapsed.restarts) : {};
@@ -376,7 +376,7 @@ async function waitingAhead(redis: Redis, queue: Queue, id: string): Promise<num
  */
 export function holderConnected(workers: Record<string, string>[], holder: string): boolean | undefined {
   if (!workers.some((w) => w.rawname)) return undefined;
-  return workers.some((w) => w.rawname?.endsWith(`:w:${holder}`));
+  return workers.some((w) => workerIdOf(w) === holder);
 }
 
 /** How long a job held by a worker that is gone waits before a connected worker takes it up again: its lock and one stalled-job check. */

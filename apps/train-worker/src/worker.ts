@@ -1,4 +1,4 @@
-import { claimStorage, createQueues, isClassifyDataset, createServices, startS3Guard, startWorker, watchRedis, workersAlive, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
+import { claimStorage, createQueues, isClassifyDataset, createServices, settledWithin, startS3Guard, startWorker, watchRedis, workersAlive, type Config, type Handler, type Logger, type RunningRole } from '@transferline/shared';
 import { createMetrics, exportQueueDepths } from '@transferline/shared/service-runtime';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { CLASSIFY_FAILURE_REASONS, classifyImages } from './classify-images.job.js';
@@ -10,7 +10,7 @@ import { runGauges } from './run-gauges.js';
 export async function startTrainer(config: Config, log: Logger): Promise<RunningRole> {
   const metrics = createMetrics('train');
   const services = createServices(config, 'worker');
-  watchRedis(services.redis, config.redis.url, log, metrics);
+  const unwatchRedis = watchRedis(services.redis, config.redis.url, log, metrics);
   // it reads embeddings and writes runs under TL_BUCKET/TL_PREFIX: the deployment's, or none
   await claimStorage(services.redis, services.keys, { bucket: config.s3.bucket, prefix: config.s3.prefix }, config.redis).catch(async (err: unknown) => {
     await services.close();
@@ -26,30 +26,51 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const gauges = runGauges(metrics, config.trainGaugesLingerMs);
   // A dataset's run counters exist at 0 before its first run ends: a series that appeared with its
   // first increment would be at 1 when first scraped, and increase() (alerts, dashboards) would miss
-  // it. So every dataset is given them at each scrape (a run shorter than the scrape interval, one
-  // refused at once say, is then counted), and at its run's start (a dataset made since the last).
+  // it. So every dataset is given them as each scrape reads them (a run shorter than the scrape
+  // interval, one refused at once say, is then counted), and at its run's start (a dataset made
+  // since the last scrape); a dataset deleted since loses them (labels stay a bounded set).
+  const OUTCOMES = ['completed', 'failed', 'cancelled'] as const;
+  const counted = new Set<string>();
+  /** datasets with a run in hand here, by runs: their series stay even if the dataset goes meanwhile */
+  const inRun = new Map<string, number>();
   const runCounters = (dataset: string) => {
-    for (const outcome of ['completed', 'failed', 'cancelled']) metrics.trainRuns.inc({ dataset, outcome }, 0);
+    counted.add(dataset);
+    for (const outcome of OUTCOMES) metrics.trainRuns.inc({ dataset, outcome }, 0);
   };
+  metrics.setTrainRunsSource(() =>
+    settledWithin(
+      2_000,
+      (async () => {
+        const now = new Set((await services.datasets.list()).filter((d) => !isClassifyDataset(d)));
+        for (const dataset of now) runCounters(dataset);
+        for (const dataset of counted) {
+          if (now.has(dataset) || inRun.has(dataset)) continue;
+          for (const outcome of OUTCOMES) metrics.trainRuns.remove({ dataset, outcome });
+          counted.delete(dataset);
+        }
+      })(),
+    ),
+  );
   const handler: Handler<'train'> = async (payload, ctx) => {
-    runCounters(payload.dataset);
-    const ended = gauges.begin(payload.dataset);
+    const { dataset } = payload;
+    runCounters(dataset);
+    inRun.set(dataset, (inRun.get(dataset) ?? 0) + 1);
+    const ended = gauges.begin(dataset);
     let result;
     try {
       result = await trainHead(payload, deps, ctx);
     } finally {
       ended();
+      const left = inRun.get(dataset)! - 1;
+      if (left) inRun.set(dataset, left);
+      else inRun.delete(dataset);
     }
-    metrics.trainRuns.inc({ dataset: payload.dataset, outcome: 'completed' });
-    ctx.log.info({ dataset: payload.dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
+    metrics.trainRuns.inc({ dataset, outcome: 'completed' });
+    ctx.log.info({ dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
     return result;
   };
   const queues = createQueues(services.redis, config);
-  exportQueueDepths(metrics, async () => [queues.train, queues.classify], {
-    also: async () => {
-      for (const dataset of await services.datasets.list()) if (!isClassifyDataset(dataset)) runCounters(dataset);
-    },
-  });
+  exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
   // Their locks last at least a minute (the catalog's floor: long synchronous TF.js stretches).
   const settings = { connection: services.redis, prefix: config.redis.prefix, concurrency: 1, log, metrics, locks: config, guards: [s3] };
@@ -68,6 +89,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     redis: services.redis,
     healthy: () => workersAlive([worker, classifier], [s3]),
     stop: async () => {
+      unwatchRedis();
       s3.close();
       await Promise.all([worker.close(), classifier.close()]);
       await queues.close();

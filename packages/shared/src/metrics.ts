@@ -15,10 +15,13 @@ export function createMetrics(role: string) {
   const r = [registry];
   // Queue depths are read from BullMQ when Prometheus scrapes (see exportQueueDepths).
   let queueDepthSource: (() => Promise<void>) | undefined;
+  // The train worker's run counters of every dataset, brought up to date as Prometheus scrapes.
+  let trainRunsSource: (() => Promise<void>) | undefined;
   // This registry is served once the role has started (see startingMetrics for before).
   new Gauge({ name: READY, help: READY_HELP, registers: r }).set(1);
   return {
     setQueueDepthSource: (source: () => Promise<void>) => void (queueDepthSource = source),
+    setTrainRunsSource: (source: () => Promise<void>) => void (trainRunsSource = source),
     registry,
     jobs: new Counter({
       name: 'tl_jobs_total',
@@ -62,7 +65,15 @@ export function createMetrics(role: string) {
     trainLearningRate: new Gauge({ name: 'tl_train_learning_rate', help: 'Learning rate of the run in progress', labelNames: ['dataset'] as const, registers: r }),
     trainExamplesPerSecond: new Gauge({ name: 'tl_train_examples_per_second', help: 'Training examples per second in the last epoch', labelNames: ['dataset'] as const, registers: r }),
     trainBestValidationLoss: new Gauge({ name: 'tl_train_best_validation_loss', help: 'Lowest validation loss so far in the run in progress', labelNames: ['dataset'] as const, registers: r }),
-    trainRuns: new Counter({ name: 'tl_train_runs_total', help: 'Training runs by outcome', labelNames: ['dataset', 'outcome'] as const, registers: r }),
+    trainRuns: new Counter({
+      name: 'tl_train_runs_total',
+      help: 'Training runs by outcome',
+      labelNames: ['dataset', 'outcome'] as const,
+      registers: r,
+      async collect() {
+        await trainRunsSource?.();
+      },
+    }),
   };
 }
 export type Metrics = ReturnType<typeof createMetrics>;

@@ -273,6 +273,8 @@ export interface WorkerSettings<N extends JobName> {
    * its last attempt, or a worker that died holding it too often): the item records it.
    */
   onFinalFailure?: (payload: JobPayload<N> | undefined, failure: FinalFailure) => Promise<void>;
+  /** Called when an attempt failed and another will be made (not for one put back: deferred). */
+  onRetry?: () => void;
   /** dependencies whose outage pauses this worker instead of spending attempts */
   guards?: DependencyGuard[];
   /**
@@ -433,6 +435,7 @@ export function startWorker<N extends JobName>(name: N, handler: Handler<N>, s: 
     const log = s.log.child({ queue: spec.queue, jobId: job.id, attempt: job.attemptsMade });
     if (!final) {
       log.warn({ err }, 'job failed; will retry');
+      s.onRetry?.();
       return;
     }
     const failure: FinalFailure =

@@ -67,13 +67,12 @@ export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pic
   let down = false;
   let since = 0;
   let reached = redis.status === 'ready';
-  const startedAt = Date.now();
   let reminder: NodeJS.Timeout | undefined;
   const remind = () => {
     if (redis.status === 'end') return clearInterval(reminder); // closed for good
     const downSeconds = Math.round((Date.now() - since) / 1000);
     if (reached) log.warn({ dependency: 'redis', downSeconds }, `Redis at ${redactUrl(url)} is still unreachable, for ${downSeconds} s: waiting for it`);
-    else log.warn({ dependency: 'redis', downSeconds }, `Redis at ${redactUrl(url)} not reached since this process started, ${Math.round((Date.now() - startedAt) / 1000)} s ago: is REDIS_URL (or TL_REDIS_PORT) the deployment's? Waiting for it`);
+    else log.warn({ dependency: 'redis', downSeconds }, `Redis at ${redactUrl(url)} not reached since this process started, ${Math.round(process.uptime())} s ago: is REDIS_URL (or TL_REDIS_PORT) the deployment's? Waiting for it`);
   };
   metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
   redis.on('error', (err: Error) => {

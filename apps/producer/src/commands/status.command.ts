@@ -38,6 +38,8 @@ export interface StatusReport {
        * workers (SIGSTOPped, a blocked event loop, cut off from Redis) look connected.
        */
       untakenSeconds?: number;
+      /** with untakenSeconds: how many workers are connected to it (an embed queue's `workers` counts only those that beat) */
+      connected?: number;
       paused: PausedWorkerNow[];
       /** train only: its failed jobs that are runs stopped with train --cancel */
       cancelled?: number;
@@ -281,7 +283,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const held = connected.length > 0 && q.name !== queueName('train') ? goneIds.size : 0;
     const paused = await ctx.services.paused.list(q.name);
     const untaken = counts.waiting && !counts.active && connected.length > 0 && paused.length === 0 ? await untakenFor(ctx, q) : undefined;
-    queues[q.name] = { ...counts, workers: space ? stillConnected(space.workers, connected).length : connected.length, ...(held && { heldByGone: held }), ...(untaken && { untakenSeconds: untaken }), paused };
+    queues[q.name] = { ...counts, workers: space ? stillConnected(space.workers, connected).length : connected.length, ...(held && { heldByGone: held }), ...(untaken && { untakenSeconds: untaken, connected: connected.length }), paused };
   }
   // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no
   // failure; the others are named with their reason
@@ -369,8 +371,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     if (c.untakenSeconds === undefined) continue;
     const n = c.waiting ?? 0;
     // (an embed queue counts the workers of its space that beat: connected ones that beat no more count 0)
-    const who = c.workers === 0 ? 'the workers connected to it beat no more (counted 0 above) and take none' : 'its connected workers take none';
-    w(`  ${name}: ${n} job${n === 1 ? ' waits' : 's wait'}, the oldest for ${c.untakenSeconds} s, and ${who} (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart them`);
+    const one = c.connected === 1;
+    const who = c.workers > 0 ? 'its connected workers take none' : one ? 'the worker connected to it beats no more (counted 0 above) and takes none' : 'the workers connected to it beat no more (counted 0 above) and take none';
+    w(`  ${name}: ${n} job${n === 1 ? ' waits' : 's wait'}, the oldest for ${c.untakenSeconds} s, and ${who} (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart ${c.workers === 0 && one ? 'it' : 'them'}`);
   }
   for (const r of queues.train!.activeRuns ?? []) {
     if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is stopping or gone (a train worker that stops puts the run back at the end of its epoch; if it was killed, a train worker starts the run again once its lock has run out, about ${takenUpWithinSeconds('train', ctx)} s after) (follow it: transferline train --follow ${r.runId})`);
