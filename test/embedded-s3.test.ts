@@ -588,6 +588,16 @@ describe('the embedded S3 server', () => {
     expect((await copy()).status).toBe(200);
     expect((await store.getObject(bucket, 'landing/dst.txt')).toString()).toBe('new bytes');
     expect((await store.headObject(bucket, 'landing/dst.txt'))?.etag).toBe(newMd5);
+    // a source whose ETag is an upload in parts': copied at once when the ETag is no older than
+    // the bytes (a copy of such an object), not while newer bytes are being written under it
+    const partsTag = `${createHash('md5').update('parts').digest('hex')}-2`;
+    await writeFile(file, 'old bytes');
+    await writeFile(`${file}.md5`, partsTag);
+    await utimes(file, longAgo, longAgo);
+    expect((await copy()).status).toBe(200);
+    await utimes(`${file}.md5`, longAgo, longAgo);
+    await writeFile(file, 'new by');
+    expect((await copy()).status).toBe(503);
   });
 
   it('deletes only the content a delete asks for (if-match), as S3 does', async () => {

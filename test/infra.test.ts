@@ -25,7 +25,8 @@ describe('deployment files', () => {
     const panel = dashboard.panels.find((p) => p.title === 'Training runs in the time range');
     // as Grafana runs it, over the last hour and every dataset
     // (rounded: where a sample sits on the range's edge, Prometheus versions extrapolate apart)
-    const expr = `round(${panel!.targets![0]!.expr.replaceAll('$__range', '1h').replaceAll('$dataset', '.*')})`;
+    const rawExpr = panel!.targets![0]!.expr.replaceAll('$__range', '1h').replaceAll('$dataset', '.*');
+    const expr = `round(${rawExpr})`;
     const series = (dataset: string, outcome: string, values: string) => ({ series: `tl_train_runs_total{role="train",job="train",instance="t1",dataset="${dataset}",outcome="${outcome}"}`, values });
     const test = {
       evaluation_interval: '1m',
@@ -54,6 +55,13 @@ describe('deployment files', () => {
               ],
             },
           ],
+        },
+        {
+          // a worker started a minute ago, one run since, asked between two scrapes: exactly 1
+          // (increase() alone would extrapolate a series this young to about 1.5)
+          interval: '1m',
+          input_series: [series('young', 'completed', '_x58 0 1')],
+          promql_expr_test: [{ expr: rawExpr, eval_time: '59m30s', exp_samples: [{ labels: '{dataset="young",outcome="completed"}', value: 1 }] }],
         },
       ],
     };

@@ -358,7 +358,7 @@ describe('a command never waits for ever', () => {
       // and status says so too, where it showed a worker and a waiting job as if all were well (a user's trial)
       let said = '';
       await statusCommand({ ...ctx, out: { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream }, {});
-      expect(said).toMatch(/^ {2}preprocess: 1 job waits, the oldest for \d+ s, and its connected workers take none \(hung: SIGSTOPped, its event loop blocked, or cut off from Redis\?\); restart them$/m);
+      expect(said).toMatch(/^ {2}preprocess: 1 job waits, the oldest for \d+ s, and its connected worker takes none \(hung: SIGSTOPped, its event loop blocked, or cut off from Redis\?\); restart it$/m);
     } finally {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
     }

@@ -3,6 +3,7 @@ import { createMetrics, exportQueueDepths } from '@transferline/shared/service-r
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { CLASSIFY_FAILURE_REASONS, classifyImages } from './classify-images.job.js';
 import { TRAIN_FAILURE_REASONS, trainHead } from './train-head.job.js';
+import { runCounters } from './run-counters.js';
 import { runGauges } from './run-gauges.js';
 
 /** config → deps → the train worker: training runs and classification, one job of each at a time per process. */
@@ -24,48 +25,20 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics, s3 };
   const gauges = runGauges(metrics, config.trainGaugesLingerMs);
-  // A dataset's run counters exist at 0 before its first run ends: a series that appeared with its
-  // first increment would be at 1 when first scraped, and increase() (alerts, dashboards) would miss
-  // it. So every dataset is given them as each scrape reads them (a run shorter than the scrape
-  // interval, one refused at once say, is then counted), and at its run's start (a dataset made
-  // since the last scrape); a dataset deleted since loses them (labels stay a bounded set).
-  const OUTCOMES = ['completed', 'failed', 'cancelled'] as const;
-  const counted = new Set<string>();
-  /** datasets with a run in hand here, by runs: their series stay even if the dataset goes meanwhile */
-  const inRun = new Map<string, number>();
-  const runCounters = (dataset: string) => {
-    counted.add(dataset);
-    for (const outcome of OUTCOMES) metrics.trainRuns.inc({ dataset, outcome }, 0);
-  };
-  metrics.setTrainRunsSource(() =>
-    settledWithin(
-      2_000,
-      (async () => {
-        const now = new Set((await services.datasets.list()).filter((d) => !isClassifyDataset(d)));
-        for (const dataset of now) runCounters(dataset);
-        for (const dataset of counted) {
-          if (now.has(dataset) || inRun.has(dataset)) continue;
-          for (const outcome of OUTCOMES) metrics.trainRuns.remove({ dataset, outcome });
-          counted.delete(dataset);
-        }
-      })(),
-    ),
-  );
+  const runs = runCounters(metrics, async () => (await services.datasets.list()).filter((d) => !isClassifyDataset(d)));
+  metrics.setTrainRunsSource(() => settledWithin(2_000, runs.refresh()));
   const handler: Handler<'train'> = async (payload, ctx) => {
     const { dataset } = payload;
-    runCounters(dataset);
-    inRun.set(dataset, (inRun.get(dataset) ?? 0) + 1);
-    const ended = gauges.begin(dataset);
+    const runEnded = runs.begin(dataset);
+    const gaugesEnded = gauges.begin(dataset);
     let result;
     try {
       result = await trainHead(payload, deps, ctx);
     } finally {
-      ended();
-      const left = inRun.get(dataset)! - 1;
-      if (left) inRun.set(dataset, left);
-      else inRun.delete(dataset);
+      gaugesEnded();
+      runEnded();
     }
-    metrics.trainRuns.inc({ dataset, outcome: 'completed' });
+    runs.count(dataset, 'completed');
     ctx.log.info({ dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
     return result;
   };
@@ -80,7 +53,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     // A run counts as failed once it has failed for good: not an attempt retried, nor one put back
     // during an outage; one stopped with train --cancel counts as cancelled (an alert on failed
     // runs must not fire for it).
-    onFinalFailure: async (payload, f) => void (payload && metrics.trainRuns.inc({ dataset: payload.dataset, outcome: f.reason === 'cancelled' ? 'cancelled' : 'failed' })),
+    onFinalFailure: async (payload, f) => void (payload && runs.count(payload.dataset, f.reason === 'cancelled' ? 'cancelled' : 'failed')),
   });
   const classifyHandler: Handler<'classify'> = (payload, ctx) => classifyImages(payload, { tf: rt.tf, services, bucket: config.s3.bucket }, ctx);
   const classifier = startWorker('classify', classifyHandler, { ...settings, failureReasons: CLASSIFY_FAILURE_REASONS });

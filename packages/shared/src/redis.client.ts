@@ -75,8 +75,9 @@ export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pic
     else log.warn({ dependency: 'redis', downSeconds }, `Redis at ${redactUrl(url)} not reached since this process started, ${Math.round(process.uptime())} s ago: is REDIS_URL (or TL_REDIS_PORT) the deployment's? Waiting for it`);
   };
   metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
+  let stopped = false;
   redis.on('error', (err: Error) => {
-    if (down) return;
+    if (down || stopped) return;
     down = true;
     since = Date.now();
     metrics?.dependencyUp.set({ dependency: 'redis' }, 0);
@@ -94,7 +95,10 @@ export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pic
   });
   // (the reminder does not hold the process open; a client closed while it reconnects stays
   // 'reconnecting' in ioredis, so whoever closes one early stops the reminders with this)
-  return () => clearInterval(reminder);
+  return () => {
+    stopped = true;
+    clearInterval(reminder);
+  };
 }
 
 /**

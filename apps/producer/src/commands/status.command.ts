@@ -372,8 +372,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const n = c.waiting ?? 0;
     // (an embed queue counts the workers of its space that beat: connected ones that beat no more count 0)
     const one = c.connected === 1;
-    const who = c.workers > 0 ? 'its connected workers take none' : one ? 'the worker connected to it beats no more (counted 0 above) and takes none' : 'the workers connected to it beat no more (counted 0 above) and take none';
-    w(`  ${name}: ${n} job${n === 1 ? ' waits' : 's wait'}, the oldest for ${c.untakenSeconds} s, and ${who} (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart ${c.workers === 0 && one ? 'it' : 'them'}`);
+    const who = c.workers > 0 ? (one ? 'its connected worker takes none' : 'its connected workers take none') : one ? 'the worker connected to it beats no more (counted 0 above) and takes none' : 'the workers connected to it beat no more (counted 0 above) and take none';
+    w(`  ${name}: ${n} job${n === 1 ? ' waits' : 's wait'}, the oldest for ${c.untakenSeconds} s, and ${who} (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart ${one ? 'it' : 'them'}`);
   }
   for (const r of queues.train!.activeRuns ?? []) {
     if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is stopping or gone (a train worker that stops puts the run back at the end of its epoch; if it was killed, a train worker starts the run again once its lock has run out, about ${takenUpWithinSeconds('train', ctx)} s after) (follow it: transferline train --follow ${r.runId})`);

@@ -172,8 +172,9 @@ function still(bytes: { mtimeMs: number }, tag: { mtimeMs: number }): boolean {
  * small object's bytes are not what its MD5 file names, or a large object's MD5 file is not newer
  * than its bytes, and one of the two files was written within SETTLED_MS. s3rver copies an
  * object's bytes and its MD5 file as they are: a copy from such a source would keep bytes its
- * ETag does not name (asked again, 503, it copies what landed). False when it cannot tell (no
- * such files, a small object's ETag of an upload in parts): s3rver's as before.
+ * ETag does not name (asked again, 503, it copies what landed). A small object's ETag of an
+ * upload in parts names no bytes to check: it is still when its file is no older than the bytes.
+ * False when it cannot tell (no such files): s3rver's as before.
  */
 export function beingWritten(root: string, target: { bucket: string; key: string }): boolean {
   const objectFile = filePath(root, target.bucket, target.key, 'object');
@@ -182,7 +183,10 @@ export function beingWritten(root: string, target: { bucket: string; key: string
     const tag = smallFile(`${objectFile}.md5`);
     if (!st.isFile() || tag === undefined || still(st, tag)) return false;
     if (st.size > SMALL_OBJECT_BYTES) return tag.mtimeMs <= st.mtimeMs;
-    return PLAIN_MD5.test(tag.text) && md5Hex(readFileSync(objectFile)) !== tag.text;
+    if (PLAIN_MD5.test(tag.text)) return md5Hex(readFileSync(objectFile)) !== tag.text;
+    // an upload in parts' ETag no older than the bytes (a copy of such an object): still; newer
+    // bytes, or an MD5 file cut short, are a PUT writing it
+    return !(STORED_ETAG.test(tag.text) && tag.mtimeMs >= st.mtimeMs);
   } catch {
     return false;
   }
