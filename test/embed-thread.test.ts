@@ -57,7 +57,13 @@ describe('a long forward pass', () => {
       expect(res.status).toBe(200);
       await new Promise((r) => setTimeout(r, 100));
     }
-    const m = await scrape(stack.ports.embed);
+    // the index is written before the pixels are freed and the jobs complete: counted a moment later
+    let m = await scrape(stack.ports.embed);
+    const counted = Date.now() + 10_000;
+    while (m.get(`tl_jobs_total{queue="embed",space="${stack.space.id}",outcome="completed"}`) !== jobs.length && Date.now() < counted) {
+      await new Promise((r) => setTimeout(r, 100));
+      m = await scrape(stack.ports.embed);
+    }
     const forwardSeconds = m.get('tl_embed_forward_seconds_sum')! / m.get('tl_embed_forward_seconds_count')!;
     expect(forwardSeconds).toBeGreaterThan(1.5); // the batches really were long
     expect(probes).toBeGreaterThan(10);
