@@ -162,6 +162,17 @@ function md5Hex(body: Uint8Array): string {
   return createHash('md5').update(body).digest('hex');
 }
 
+/**
+ * A small object's MD5 file holding a whole ETag of an upload in parts, no older than its bytes:
+ * s3rver never writes one (it stores such an upload under its bytes' MD5), so it was put there as
+ * it is, by a copy (the bytes, then the ETag), and names the bytes beside it, though none can be
+ * checked against it. Bytes newer than it are a PUT rewriting the object, whose new MD5 file comes
+ * last; an MD5 file cut short by a PUT has no '-'.
+ */
+function copiedPartsEtag(tag: { text: string; mtimeMs: number }, bytes: { mtimeMs: number }): boolean {
+  return !PLAIN_MD5.test(tag.text) && STORED_ETAG.test(tag.text) && tag.mtimeMs >= bytes.mtimeMs;
+}
+
 /** No PUT of an object in progress: its bytes and its MD5 file both last written more than SETTLED_MS ago. */
 function still(bytes: { mtimeMs: number }, tag: { mtimeMs: number }): boolean {
   return Date.now() - Math.max(bytes.mtimeMs, tag.mtimeMs) > SETTLED_MS;
@@ -184,9 +195,7 @@ export function beingWritten(root: string, target: { bucket: string; key: string
     if (!st.isFile() || tag === undefined || still(st, tag)) return false;
     if (st.size > SMALL_OBJECT_BYTES) return tag.mtimeMs <= st.mtimeMs;
     if (PLAIN_MD5.test(tag.text)) return md5Hex(readFileSync(objectFile)) !== tag.text;
-    // an upload in parts' ETag no older than the bytes (a copy of such an object): still; newer
-    // bytes, or an MD5 file cut short, are a PUT writing it
-    return !(STORED_ETAG.test(tag.text) && tag.mtimeMs >= st.mtimeMs);
+    return !copiedPartsEtag(tag, st);
   } catch {
     return false;
   }
@@ -249,12 +258,8 @@ export function servePlainGet(root: string, target: { bucket: string; key: strin
       } catch {
         return false;
       }
-      // A whole ETag of an upload in parts names no bytes to check, and s3rver never writes one (it
-      // stores such an upload under its bytes' MD5): written as it is beside bytes no newer (a copy
-      // writes the bytes, then the ETag), no PUT of s3rver's is in progress, and s3rver answers.
-      // Bytes newer than it are a PUT rewriting the object, whose new MD5 file comes last: 503
-      // below, as for any other. (An MD5 file cut short by a PUT has no '-': no such ETag.)
-      if (!PLAIN_MD5.test(md5) && STORED_ETAG.test(md5) && (settled || tag.mtimeMs >= st.mtimeMs)) return false;
+      // (no PUT of s3rver's in progress, nothing to check: s3rver answers, as once both are still)
+      if (copiedPartsEtag(tag, st)) return false;
       if (!PLAIN_MD5.test(md5) || md5Hex(body) !== md5) return settled ? false : slowDown();
     } else if (!STORED_ETAG.test(md5) || (tag.mtimeMs <= st.mtimeMs && !settled)) {
       return false; // a PUT may be writing it: s3rver's
