@@ -197,4 +197,42 @@ describe('bad input fails alone, with a reason', () => {
     const overview = await loadOverview(consoleDeps({ services: ctx.services, queues: ctx.queues, config: stack.config }, 5_000));
     expect(overview.queues.find((q) => q.name === 'preprocess')).toMatchObject({ counts: { failed: bad.length - 1 }, settled: 1 });
   });
+
+  it("hidden files and folders that aws s3 sync copies (.DS_Store, a Finder's ._ files, .thumbnails/) are left out of a listing, and said so", async () => {
+    const store = ctx.services.store;
+    const good = async (i: number) => noise(64 + i, 64).jpeg().toBuffer();
+    await store.putObject(bucket, 'hidden/dogs/a.jpg', await good(0), 'image/jpeg');
+    await store.putObject(bucket, 'hidden/dogs/b.jpg', await good(1), 'image/jpeg');
+    // (what a user's trial synced from a Mac: the Finder's files, and a thumbnail folder that became a label)
+    await store.putObject(bucket, 'hidden/dogs/.DS_Store', Buffer.from('0000000142756431000010000000080000001000', 'hex'));
+    await store.putObject(bucket, 'hidden/dogs/._a.jpg', Buffer.from('00051607000200004d6163204f532058', 'hex'));
+    await store.putObject(bucket, 'hidden/.thumbnails/', Buffer.alloc(0));
+    await store.putObject(bucket, 'hidden/.thumbnails/t.jpg', await good(2), 'image/jpeg');
+    // a dataset ingested before such files were left out holds one, failed as no image
+    const ds = DatasetRepository.itemId(bucket, 'hidden/dogs/.DS_Store');
+    const head = await store.headObject(bucket, 'hidden/dogs/.DS_Store');
+    await ctx.services.datasets.putItem('hidden', ds, { label: 'dogs', etag: head!.etag, state: 'failed', stage: 'preprocess', reason: 'not-an-image', detail: 'not an image', attempts: 1, failedAt: new Date().toISOString() });
+
+    const r = await runCli(['ingest', `s3://${bucket}/hidden/`, '-d', 'hidden'], stack.env, 120_000);
+    expect(r.stderr).not.toMatch(/transferline:/);
+    // nothing failed: exit 0 (each hidden file failed as no image, exit 3, and .thumbnails was a label)
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/dataset hidden: 2 objects listed, 2 enqueued, 0 added from the embedding cache \(no job\), 0 unchanged$/m);
+    expect(r.stdout).toContain(
+      `note: 3 hidden files left out (a name that starts with a dot, or a folder's: .DS_Store, a Finder's ._ files, .thumbnails/; aws s3 sync copies them, upload does not): ` +
+        `s3://${bucket}/hidden/.thumbnails/t.jpg, s3://${bucket}/hidden/dogs/.DS_Store, s3://${bucket}/hidden/dogs/._a.jpg; 1 of them was in the dataset, and is taken out of it\n`,
+    );
+    // (not as deleted from the bucket: it is there; nor is the hidden folder an empty one)
+    expect(r.stdout).not.toContain('removed from the dataset');
+    expect(r.stdout).not.toContain('empty folder');
+    const status = await waitForDataset(ctx, 'hidden', { space: stack.space.id, stallSeconds: 30 });
+    expect(status).toMatchObject({ total: 2, embedded: 2, failed: 0, pending: 0 });
+    expect(status.labels).toEqual([{ label: 'dogs', count: 2 }]);
+    // and again: nothing changed, nothing said as taken out
+    const again = await runCli(['ingest', `s3://${bucket}/hidden/`, '-d', 'hidden'], stack.env, 120_000);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/2 objects listed, 0 enqueued, 0 added from the embedding cache \(no job\), 2 unchanged$/m);
+    expect(again.stdout).toContain(`note: 3 hidden files left out (`);
+    expect(again.stdout).not.toContain('taken out of it');
+  });
 });

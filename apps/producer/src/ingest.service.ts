@@ -7,6 +7,7 @@ import {
   TRANSIENT_REASONS,
   UNLABELLED,
   bucketUnreadable,
+  isHiddenPath,
   itemFromKey,
   manifestFormat,
   splitOfFolder,
@@ -79,6 +80,12 @@ export interface IngestCounts {
    * out: failed, as no image): taken out of it, and not counted in `removed` (they are in the bucket)
    */
   manifestFilesRemoved?: number;
+  /**
+   * hidden files and files in hidden folders (names that start with a dot: isHiddenPath) a listing
+   * found: left out, not counted as listed; the first few (`s3://…`); and how many of them the
+   * dataset held (listed before they were left out): taken out of it, not counted in `removed`
+   */
+  hidden?: { count: number; first: string[]; removed?: number };
   /** listed objects a label manifest (still in the bucket) labels in the dataset, kept as it labels them; the manifests (`bucket/key`) */
   manifestLabelled?: { count: number; manifests: string[] };
   /** a manifest's images that another manifest labelled in the dataset until now; those manifests (`bucket/key`) */
@@ -120,6 +127,8 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   const listedIds = new Set<string>();
   /** the objects left out as label manifests (an item one was before leaves the dataset, though it is there) */
   const tables = new Set<string>();
+  /** the objects left out as hidden, as tables are */
+  const hiddenIds = new Set<string>();
   let labelledCount = 0;
   const spellings = new Map<string, Set<string>>();
   // the folders directly under the prefix, by how they were read (a split, or a label)
@@ -163,8 +172,18 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   };
   for await (const o of store.listObjects(req.bucket, req.prefix)) {
     // a folder marker is no image, nor an object without a label: neither listed nor skipped
+    // (nor, when hidden, a folder to call empty)
     if (o.key.endsWith('/')) {
-      if (o.key.length > req.prefix.length) markers.add(o.key.slice(req.prefix.length, -1));
+      if (o.key.length > req.prefix.length && !isHiddenPath(o.key.slice(req.prefix.length, -1))) markers.add(o.key.slice(req.prefix.length, -1));
+      continue;
+    }
+    // nor a hidden file, or one in a hidden folder (.DS_Store, a Finder's ._ files, .thumbnails/):
+    // left out and counted, as tables are below
+    if (isHiddenPath(o.key.slice(req.prefix.length))) {
+      const hidden = (counts.hidden ??= { count: 0, first: [] });
+      if (hidden.first.length < 3) hidden.first.push(`s3://${req.bucket}/${o.key}`);
+      hidden.count++;
+      hiddenIds.add(DatasetRepository.itemId(req.bucket, o.key));
       continue;
     }
     // nor a label manifest beside the images (as upload --manifest puts it), nor any file of a
@@ -182,8 +201,10 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   if (page.length) await flush();
   const gone = await removeDeleted(req, datasets, listedIds, labelledCount);
   const tablesGone = gone.filter((id) => tables.has(id)).length;
-  counts.removed = gone.length - tablesGone;
+  const hiddenGone = gone.filter((id) => hiddenIds.has(id)).length;
+  counts.removed = gone.length - tablesGone - hiddenGone;
   if (tablesGone) counts.manifestFilesRemoved = tablesGone;
+  if (hiddenGone) counts.hidden!.removed = hiddenGone;
   // Listed to the end: the dataset has every object of the prefix now (what a Redis loss asks for).
   if (recorded) await datasets.markListed(req.dataset, req.bucket, req.prefix);
   counts.mergedLabels = [...spellings].filter(([, forms]) => forms.size > 1).map(([label]) => label).sort();

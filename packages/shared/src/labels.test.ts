@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { confusableLabels, groupCopies, keyBesideLabel, labelFromKey, relabelKey } from './labels.js';
+import { confusableLabels, groupCopies, isHiddenPath, keyBesideLabel, labelFromKey, relabelKey } from './labels.js';
+
+describe('isHiddenPath', () => {
+  it('a file or any folder below the prefix whose name starts with a dot; dots elsewhere are names like any', () => {
+    for (const p of ['cats/.DS_Store', 'cats/._a.jpg', '.thumbnails/a.jpg', 'cats/.git/config', 'train/.cache/cats/a.jpg']) expect(isHiddenPath(p), p).toBe(true);
+    for (const p of ['cats/a.jpg', 'cats/a.b.jpg', 'dr.who/a.jpg', 'cats/a.', 'cats/a..jpg']) expect(isHiddenPath(p), p).toBe(false);
+  });
+});
 
 describe('labelFromKey', () => {
   it('takes the first folder below the prefix', () => {

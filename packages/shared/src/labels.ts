@@ -31,6 +31,17 @@ export function labelFromKey(prefix: string, key: string): string | undefined {
   return label.trim() === '' ? undefined : label;
 }
 
+/**
+ * Whether a path below a prefix (`cats/.DS_Store`, `cats/._a.jpg`, `.thumbnails/a.jpg`) is in a
+ * hidden file or folder: one whose name starts with a dot. Such files (a Finder's .DS_Store and
+ * ._ files, thumbnail caches, a .git folder) are not the dataset's images, and a hidden folder is
+ * no label: `upload` sends none of them and a listing leaves them out, where `aws s3 sync` copies
+ * them like any file.
+ */
+export function isHiddenPath(relative: string): boolean {
+  return relative.split('/').some((part) => part.startsWith('.'));
+}
+
 /** The split a prefix itself names (`s3://photos/val/`), if its last folder is a split folder. */
 export function splitOfPrefix(prefix: string): Split | undefined {
   return splitOfFolder(prefix.replace(/\/$/, '').split('/').pop() ?? '');

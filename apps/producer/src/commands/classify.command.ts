@@ -5,7 +5,7 @@ import { latestRun, listModelRuns } from './models.command.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
 import { indexUnderOtherPrefixes, otherPrefixWords, restoreLostIndex } from '../data-loss.js';
-import { printFailures } from './ingest.command.js';
+import { hiddenNote, printFailures } from './ingest.command.js';
 import { followJob } from '../job-follow.js';
 import { printable } from '../terminal.js';
 import { randomSpaceNote } from '../report-words.js';
@@ -113,9 +113,12 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
       const where = `s3://${printable(bucket)}/${printable(prefix)}`;
       // (the URL names one object, a label manifest most likely: classify takes a folder)
       const hint = (await namesOneObject(ctx, url, bucket, prefix)) ? `; ${printable(url)} is an object: classify takes a prefix (a label manifest is for ingest)` : ' (is the prefix right?)';
-      if (!o.watch && before.total === 0) throw new CliExit(EXIT.error, `transferline: nothing to classify under ${where}: no objects there${hint}`);
-      ctx.out.write(`classify ${where}: no objects there${o.watch ? ' yet' : ''}${hint}\n`);
+      const none = `no objects there${counts.hidden ? ' but hidden files' : ''}`;
+      if (!o.watch && before.total === 0) throw new CliExit(EXIT.error, `transferline: nothing to classify under ${where}: ${none}${hint}`);
+      ctx.out.write(`classify ${where}: ${none}${o.watch ? ' yet' : ''}${hint}\n`);
     }
+    // (in the first round: a --watch would say it again every round)
+    if (counts.hidden && round === 1) ctx.out.write(`note: ${hiddenNote(counts.hidden)}\n`);
     // Wait for whatever under this prefix is still on its way, not only what this round enqueued:
     // images an earlier round left pending (one cut short by Ctrl-C, another client's) would
     // otherwise be skipped by the classify job, which takes the embedded and the failed. Other

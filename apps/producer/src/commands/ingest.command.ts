@@ -43,7 +43,15 @@ export interface IngestOutcome {
  * ways are found again by every listing: said by the rounds that speak, not a change.
  */
 export function changedAnything(c: IngestCounts): boolean {
-  return c.enqueued + c.alreadyQueued + c.fromCache + c.retried + c.removed > 0;
+  return c.enqueued + c.alreadyQueued + c.fromCache + c.retried + c.removed + (c.hidden?.removed ?? 0) > 0;
+}
+
+/** The hidden files a listing left out (see isHiddenPath), for ingest's and classify's notes. */
+export function hiddenNote(h: NonNullable<IngestCounts['hidden']>): string {
+  const n = h.count;
+  const named = `${h.first.map(printable).join(', ')}${n > h.first.length ? ` and ${n - h.first.length} more` : ''}`;
+  const taken = h.removed ? `; ${h.removed} of them ${h.removed === 1 ? 'was' : 'were'} in the dataset, and ${h.removed === 1 ? 'is' : 'are'} taken out of it` : '';
+  return `${n} hidden file${n === 1 ? '' : 's'} left out (a name that starts with a dot, or a folder's: .DS_Store, a Finder's ._ files, .thumbnails/; aws s3 sync copies them, upload does not): ${named}${taken}`;
 }
 
 /** The label manifests (`s3://…`) right in `folder`, the first few among its first few thousand objects. */
@@ -107,7 +115,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   if (counts.listed === 0 && !manifest) {
     // (the URL names one object: a manifest of a name ingest does not read, most likely)
     const hint = (await namesOneObject(ctx, url, bucket, prefix)) ? `; ${printable(url)} is an object: ingest takes a prefix, or a label manifest ending in .csv, .tsv, .jsonl or .ndjson` : ` (is the prefix right? keys look like ${where}<label>/<file>)`;
-    w(`ingest ${where}: no objects there${hint}`);
+    w(`ingest ${where}: no objects there${counts.hidden ? ' but hidden files' : ''}${hint}`);
   }
   const found = manifest
     ? `${counts.listed} ${counts.missing ? `of the ${counts.listed + counts.missing.count} ` : ''}image${counts.listed + (counts.missing?.count ?? 0) === 1 ? '' : 's'} named by the manifest${counts.missing ? ' found' : ''}`
@@ -150,6 +158,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
     const files = counts.manifestFiles;
     w(`note: ${files.slice(0, 3).map(printable).join(', ')}${files.length > 3 ? ` and ${files.length - 3} more` : ''} ${files.length === 1 ? 'is' : 'are'} in a label manifest's format (.csv, .tsv, .jsonl, .ndjson), not ${files.length === 1 ? 'an image' : 'images'}: left out of the listing (a manifest labels the dataset when ingested by its URL)${counts.manifestFilesRemoved ? `; ${counts.manifestFilesRemoved} of them ${counts.manifestFilesRemoved === 1 ? 'was' : 'were'} in the dataset as ${counts.manifestFilesRemoved === 1 ? 'an image that failed, and is' : 'images that failed, and are'} taken out of it` : ''}`);
   }
+  if (counts.hidden) w(`note: ${hiddenNote(counts.hidden)}`);
   if (counts.emptyFolders) {
     const names = counts.emptyFolders;
     w(`note: under ${where}, ${folderList(names)} ${names.length === 1 ? 'is an empty folder' : 'are empty folders'} (a folder marker, no image in ${names.length === 1 ? 'it' : 'them'}): no label of ${names.length === 1 ? 'it' : 'them'} is in the dataset`);

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import pMap from 'p-map';
 import { looksTruncated, readableFormat } from '@transferline/feature-worker/image-format';
 import type { preprocessImageOptions } from '@transferline/feature-worker/image.ops';
-import { BUCKET_NAME_RULE, isBucketName, itemFromKey, keyBesideLabel, manifestFormat, parseS3Url, PermanentError } from '@transferline/shared';
+import { BUCKET_NAME_RULE, isBucketName, isHiddenPath, itemFromKey, keyBesideLabel, manifestFormat, parseS3Url, PermanentError } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { readManifest, type ManifestRow } from '../manifest.js';
 import { createProgress } from '../progress.js';
@@ -20,7 +20,7 @@ export async function listFiles(dir: string): Promise<string[]> {
       // Dirent.parentPath is Node 20.12+; 20.9-20.11 (which package.json allows) call it path.
       .map((e) => path.relative(dir, path.join(e.parentPath ?? (e as unknown as { path: string }).path, e.name)).split(path.sep).join('/'))
       // .DS_Store, and folders such as .thumbnails/ that would otherwise become a label
-      .filter((rel) => !rel.split('/').some((part) => part.startsWith('.')))
+      .filter((rel) => !isHiddenPath(rel))
       .sort()
   );
 }
@@ -131,7 +131,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
     there.set(obj.key, obj.etag);
     if (manifest) continue;
     if (fromHere) {
-      if (!fromHere.has(obj.key) && itemFromKey(prefix, obj.key) !== undefined) labelled++;
+      if (!fromHere.has(obj.key) && itemFromKey(prefix, obj.key) !== undefined && !isHiddenPath(obj.key.slice(prefix.length))) labelled++;
       continue;
     }
     const at = keyBesideLabel(prefix, obj.key);
