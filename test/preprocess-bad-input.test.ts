@@ -115,6 +115,8 @@ describe('bad input fails alone, with a reason', () => {
     expect(status.labels).toEqual([{ label: 'cats', count: bad.length + GOOD, failed: bad.length }]);
     const text = await runCli(['status', '--dataset', 'bad'], stack.env);
     expect(text.stdout).toContain(`  labels: cats (${bad.length + GOOD}, ${bad.length} failed)\n`);
+    // what to do of those that failed for their bytes (not of the one too large, nor the one not found)
+    expect(text.stdout).toMatch(/^ {2}note: 8 failed for their own bytes \((?:[a-z-]+, ){6}[a-z-]+\), which fail again however often they run: replace each with an image that reads, or delete it, and ingest again \(a replaced or deleted file's failure goes\)$/m);
     // an object listed and then not found: what may have happened, and what brings it back
     expect(text.stdout).toContain(`  note: 1 listed but not found by the workers: deleted since, or listed from another S3 than the workers read (this shell's S3_ENDPOINT is ${stack.config.s3.endpoint}). A re-ingest runs again each one put back since it failed\n`);
     const cli = await runCli(['status', '--json', '--dataset', 'bad'], stack.env);
@@ -234,5 +236,15 @@ describe('bad input fails alone, with a reason', () => {
     expect(again.stdout).toMatch(/2 objects listed, 0 enqueued, 0 added from the embedding cache \(no job\), 2 unchanged$/m);
     expect(again.stdout).toContain(`note: 3 hidden files left out (`);
     expect(again.stdout).not.toContain('taken out of it');
+
+    // a file that is no image: what to do of it is said, and retry does not send the user to run the same bytes again
+    await store.putObject(bucket, 'hidden/dogs/c.jpg', Buffer.from('not a photo\n'));
+    const bad = await runCli(['ingest', `s3://${bucket}/hidden/`, '-d', 'hidden'], stack.env, 120_000);
+    expect(bad.code).toBe(3);
+    expect(bad.stdout).toContain(
+      "  note: 1 failed for its own bytes (not-an-image), which fail again however often they run: replace each with an image that reads, or delete it, and ingest again (a replaced or deleted file's failure goes)\n",
+    );
+    const retry = await runCli(['retry', '-d', 'hidden'], stack.env, 60_000);
+    expect(retry.stdout).toContain("; 1 other failure left alone (not-an-image: the files' own bytes, which fail again: replace or delete it and ingest again)\n");
   });
 });

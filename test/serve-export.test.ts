@@ -229,7 +229,13 @@ describe('transferline serve', () => {
     const mangled = Buffer.from(photos[0]!.bytes.filter((b) => b !== 0x0a && b !== 0x0d));
     const asForm = await post(mangled, { 'content-type': 'application/x-www-form-urlencoded' });
     expect(asForm.status).toBe(422);
-    expect(((await asForm.json()) as { error: { message: string } }).error.message).toMatch(/\(it came as a form, application\/x-www-form-urlencoded: curl -d @FILE drops the line breaks of a file; send it with --data-binary @FILE and its type, -H "Content-Type: image\/jpeg" say\)$/);
+    expect(((await asForm.json()) as { error: { message: string } }).error.message).toMatch(/\(it came as a form, application\/x-www-form-urlencoded, as curl sends a body not given its type; curl -d @FILE also drops the line breaks of a file: send an image with --data-binary @FILE -H "Content-Type: image\/jpeg"\)$/);
+    // an empty body, sent as a form: nothing mangled, nothing said of curl
+    const emptyForm = await post(Buffer.alloc(0), { 'content-type': 'application/x-www-form-urlencoded' });
+    expect(emptyForm.status).toBe(422);
+    const emptyError = ((await emptyForm.json()) as { error: { reason: string; message: string } }).error;
+    expect(emptyError.reason).toBe('empty');
+    expect(emptyError.message).not.toContain('curl');
     // the same bytes whole, as curl --data-binary sends them (a form by type): classified
     expect((await post(photos[0]!.bytes, { 'content-type': 'application/x-www-form-urlencoded' })).status).toBe(200);
   });

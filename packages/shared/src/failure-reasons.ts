@@ -32,3 +32,10 @@ export const ITEM_FAILURE_REASONS: readonly ItemFailureReason[] = [...new Set<It
  * object as put there after it failed: see the ingest's needsRetry.)
  */
 export const TRANSIENT_REASONS: ReadonlySet<string> = new Set<ItemFailureReason>(['attempts-exhausted', 'stalled', 'pixels-expired', 'bad-pixels', 'wrong-embedder', 'changed']);
+
+/**
+ * Reasons of an image's own bytes, which the same bytes fail with again however often they run:
+ * mended by replacing the file (or deleting it), not by a retry. (decode-timeout is not one: a
+ * decode too slow on a busy machine may pass on a quiet one.)
+ */
+export const BYTES_FAILURE_REASONS: ReadonlySet<string> = new Set<ItemFailureReason>(IMAGE_FAILURE_REASONS.filter((r) => r !== 'decode-timeout'));

@@ -1,4 +1,4 @@
-import { DatasetRepository, manifestFormat, ObjectNotFoundError, parseS3ObjectUrl, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
+import { BYTES_FAILURE_REASONS, DatasetRepository, manifestFormat, ObjectNotFoundError, parseS3ObjectUrl, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
@@ -256,6 +256,13 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   // workers read another S3 than the one this shell listed
   const notFound = s.failuresByReason.filter((f) => f.reason === 'not-found').reduce((n, f) => n + f.count, 0);
   if (notFound) w(`  note: ${notFound} listed but not found by the workers: deleted since, or listed from another S3 than the workers read (this shell's S3_ENDPOINT is ${redactUrl(ctx.config.s3.endpoint)}). A re-ingest runs again each one put back since it failed`);
+  // what to do of files that failed for their bytes (a user's trial was told only what was wrong)
+  const ofBytes = s.failuresByReason.filter((f) => BYTES_FAILURE_REASONS.has(f.reason));
+  const nBytes = ofBytes.reduce((n, f) => n + f.count, 0);
+  if (nBytes) {
+    const reasons = [...new Set(ofBytes.map((f) => f.reason))].join(', ');
+    w(`  note: ${nBytes} failed for ${nBytes === 1 ? 'its' : 'their'} own bytes (${reasons}), which fail again however often they run: replace each with an image that reads, or delete it, and ingest again (a replaced or deleted file's failure goes)`);
+  }
   for (const line of elsewhereLines(s)) w(`  ${line}`);
   printFailures(ctx, s);
 }

@@ -1,4 +1,4 @@
-import { TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
+import { BYTES_FAILURE_REASONS, TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { noSuchDataset } from '../data-loss.js';
 import { waitForDataset } from '../dataset-wait.js';
@@ -52,8 +52,12 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
   ctx.out.write(`retrying ${retried} failed image${retried === 1 ? '' : 's'} of ${o.dataset} ${what}${o.stage ? ` in ${o.stage}` : ''}`);
   const reasons = [...new Set(left)].sort().join(', ');
   const how = o.stage ? 'name one with --reason and its stage with --stage' : 'name one with --reason';
+  // failures of the files' own bytes only: a retry would run the same bytes to the same failure (a
+  // user's trial took the hint and did)
+  const ofBytes = left.every((r) => BYTES_FAILURE_REASONS.has(r.split(' ').pop()!));
+  const why = ofBytes ? `the files' own bytes, which fail again: replace or delete ${skipped === 1 ? 'it' : 'them'} and ingest again` : `${how} to retry those`;
   // nothing failed at all (a typo'd reason, or the wrong dataset): said, as `failures` does
-  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${reasons}: ${how} to retry those)\n` : retried ? '\n' : '; it has no failed images\n');
+  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${reasons}: ${why})\n` : retried ? '\n' : '; it has no failed images\n');
   if (!o.wait || retried === 0) return { retried };
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30, ours: { count: retried, what: 'the images retried' } });
   printDatasetSummary(ctx, status);

@@ -81,7 +81,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${thresholdText(m.threshold)}` : ''}) on ${server.url}`);
     const random = randomWeightsNote(m);
     if (random) w(`  ${random}`);
-    w(`  curl --data-binary @photo.jpg ${server.url}/v1/classify${ctx.config.serve.apiKey ? ' -H "Authorization: Bearer $TL_SERVE_API_KEY"' : ''}`);
+    w(`  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' ${server.url}/v1/classify${ctx.config.serve.apiKey ? ' -H "Authorization: Bearer $TL_SERVE_API_KEY"' : ''}`);
     w(`  ${server.url}/v1/models   ${server.url}/metrics   ${server.url}/healthz`);
     // the pid: through `npx`, a signal sent to the job's pid reaches npm, not this process
     w(`Ctrl-C stops it; kill -HUP ${process.pid} reloads the model.`);

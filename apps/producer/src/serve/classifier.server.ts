@@ -398,9 +398,10 @@ export async function startClassifierServer(
           if (refused === 'overloaded') return overBudget(res);
           const r = await classify(model, body.take());
           // curl -d @file sends a form (as --data-binary does, unless told a type), and takes the
-          // file's line breaks out of it: what a mangled image looks like, said
-          if ('error' in r && type.startsWith('application/x-www-form-urlencoded') && statusOf(r.error.reason) === 422) {
-            r.error.message += ' (it came as a form, application/x-www-form-urlencoded: curl -d @FILE drops the line breaks of a file; send it with --data-binary @FILE and its type, -H "Content-Type: image/jpeg" say)';
+          // file's line breaks out of it: what a mangled image looks like, said (not for an empty
+          // body: nothing was mangled; a user's trial read it as advice to use what it used)
+          if ('error' in r && type.startsWith('application/x-www-form-urlencoded') && statusOf(r.error.reason) === 422 && r.error.reason !== 'empty') {
+            r.error.message += ' (it came as a form, application/x-www-form-urlencoded, as curl sends a body not given its type; curl -d @FILE also drops the line breaks of a file: send an image with --data-binary @FILE -H "Content-Type: image/jpeg")';
           }
           if ('error' in r) res.status(statusOf(r.error.reason)).json({ ...r, model: modelRef });
           else res.json({ ...r, model: modelRef });
