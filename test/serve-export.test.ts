@@ -89,8 +89,13 @@ beforeAll(async () => {
   const listed = (JSON.parse((await runCli(['models', '-d', 'shapes', '--json'], stack.env)).stdout) as { atThreshold?: object }[])[0];
   expect(listed?.atThreshold).toEqual({ threshold: bin.threshold, validation: bin.accuracyAtThreshold, test: report!.test!.binary!.accuracyAtThreshold });
   const [result] = await classifyCommand(ctx, `s3://${bucket}/incoming/`, { model: 'shapes@r1', watch: false, intervalSeconds: 1 });
-  const lines = (await ctx.services.store.getObject(stack.config.s3.bucket, result!.outputKey)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; probabilities: Record<string, number> });
+  const lines = (await ctx.services.store.getObject(stack.config.s3.bucket, result!.outputKey)).toString().trim().split('\n').map((l) => JSON.parse(l) as { key: string; label: string; probabilities: Record<string, number>; threshold?: unknown });
   for (const l of lines) classified.set(path.basename(l.key), l.probabilities);
+  // each line says the threshold its label came by (a user's trial read "square" beside a lower probability as a contradiction)
+  for (const l of lines) {
+    expect(l.threshold).toEqual({ label: 'square', at: bin.threshold });
+    expect(l.label).toBe(l.probabilities.square! >= bin.threshold ? 'square' : 'circle');
+  }
   expect(classified.size).toBe(photos.length);
 }, 600_000);
 
@@ -185,8 +190,9 @@ describe('transferline serve', () => {
     expect(['circle', 'square']).toContain(body.label);
     const models = (await (await fetch(`${server.url}/v1/models`)).json()) as { labels: string[]; runId: string; threshold: number };
     expect(models).toMatchObject({ labels: ['circle', 'square'], runId: 'r1' });
-    // two classes: the label follows the threshold chosen on validation
+    // two classes: the label follows the threshold chosen on validation, said with it
     expect(body.label).toBe(body.probabilities.square! >= models.threshold ? 'square' : 'circle');
+    expect((body as { threshold?: unknown }).threshold).toEqual({ label: 'square', at: models.threshold });
   });
 
   it('takes several files as multipart, and s3:// keys as JSON, each with its own answer', async () => {

@@ -1,5 +1,5 @@
 import type * as tfTypes from '@tensorflow/tfjs';
-import { BucketNotFoundError, CLASSIFY_EARLIER_FILES, LabelsDoc, PermanentError, ReportDoc, RunDoc, type ClassifyJob, type ClassifyResult, type ItemRecord, type JobContext, type Services } from '@transferline/shared';
+import { BucketNotFoundError, CLASSIFY_EARLIER_FILES, decideLabel, LabelsDoc, PermanentError, ReportDoc, RunDoc, type ClassifyJob, type ClassifyResult, type ItemRecord, type JobContext, type Services } from '@transferline/shared';
 import { loadHead } from './head.store.js';
 import { predictProba } from './head.trainer.js';
 
@@ -15,6 +15,8 @@ export interface ClassifiedLine {
   sha256?: string;
   label?: string;
   probabilities?: Record<string, number>;
+  /** a two-class model's threshold: `label` is given from probability `at` on (so a line's label may have the lower probability) */
+  threshold?: { label: string; at: number };
   /** why the image has no label: a reason code (as in `status` and `failures`), and its message */
   error?: string;
   detail?: string;
@@ -104,10 +106,9 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
       const k = labels.length;
       todo.forEach((t, i) => {
         const row = Array.from(p.subarray(i * k, (i + 1) * k));
-        const best = threshold !== undefined ? (row[1]! >= threshold ? 1 : 0) : row.indexOf(Math.max(...row));
-        const label = labels[best]!;
-        counts[best]!++;
-        lines.push({ key: `s3://${t.id}`, sha256: t.sha256, label, probabilities: Object.fromEntries(labels.map((l, c) => [l, row[c]!])), model: modelRef });
+        const d = decideLabel(labels, row, threshold);
+        counts[d.index]!++;
+        lines.push({ key: `s3://${t.id}`, sha256: t.sha256, label: d.label, probabilities: Object.fromEntries(labels.map((l, c) => [l, row[c]!])), ...(d.threshold && { threshold: d.threshold }), model: modelRef });
       });
     } finally {
       head.dispose();

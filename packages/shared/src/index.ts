@@ -14,6 +14,7 @@ export * from './failure-reasons.js';
 export * from './jobs.catalog.js';
 export * from './keys.js';
 export * from './labels.js';
+export * from './decision.js';
 export * from './lifecycle.js';
 export * from './npy.format.js';
 export * from './queues.js';

@@ -9,7 +9,7 @@ import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
 import { prepareImage, type ResizePolicy } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
-import { BucketNotFoundError, forwardParallelism, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, S3UnreachableError, type Logger, type ServeMetrics } from '@transferline/shared';
+import { BucketNotFoundError, decideLabel, forwardParallelism, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, S3UnreachableError, type Logger, type ServeMetrics } from '@transferline/shared';
 import { createServeMetrics } from '@transferline/shared/service-runtime';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
@@ -17,7 +17,7 @@ import { ModelNotFoundError } from '../commands/classify.command.js';
 import { BudgetWaitError, ByteBudget, HeldBody, type ByteHold } from './byte-budget.js';
 
 /** What one image gets back. */
-export type Classification = { label: string; probabilities: Record<string, number> } | { error: { reason: string; message: string } };
+export type Classification = { label: string; probabilities: Record<string, number>; threshold?: { label: string; at: number } } | { error: { reason: string; message: string } };
 
 /** The routes with a label of their own on the request-duration metric; everything else is `other`. */
 /** The routes served, with the methods each answers (HEAD with GET). */
@@ -130,13 +130,11 @@ class ServedModel {
     await this.runtime.dispose();
   }
 
-  /** The label the model gives: the validation threshold for two classes, else the most probable. */
+  /** The label the model gives: the validation threshold for two classes (said with it), else the most probable. */
   decide(p: Float32Array): Classification {
     const { labels, threshold } = this.meta;
-    let best = 0;
-    if (threshold !== undefined && labels.length === 2) best = p[1]! >= threshold ? 1 : 0;
-    else for (let c = 1; c < p.length; c++) if (p[c]! > p[best]!) best = c;
-    return { label: labels[best]!, probabilities: Object.fromEntries(labels.map((l, c) => [l, p[c]!])) };
+    const d = decideLabel(labels, p, threshold);
+    return { label: d.label, probabilities: Object.fromEntries(labels.map((l, c) => [l, p[c]!])), ...(d.threshold && { threshold: d.threshold }) };
   }
 }
 
