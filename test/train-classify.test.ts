@@ -170,7 +170,8 @@ describe('training runs and classification', () => {
     expect(runs[0]!.params).toMatchObject({ epochs: first.params.epochs, hiddenUnits: first.params.hiddenUnits });
     expect(runs[0]!.bestEpoch).toBe(first.bestEpoch);
     const table = await runCli(['models'], stack.env);
-    expect(table.stdout).toMatch(/^dataset +run +val acc +test acc +classes +head +epochs +embeddings$/m);
+    // (the best epoch of the most allowed: a user's trial read "epochs 13/100" as epochs run)
+    expect(table.stdout).toMatch(/^dataset +run +val acc +test acc +classes +head +best\/max +embeddings$/m);
     expect(table.stdout).toMatch(new RegExp(`^${runs[0]!.dataset}\\s+${runs[0]!.runId}.*\\s${first.params.hiddenUnits > 0 ? `hidden ${first.params.hiddenUnits}` : 'softmax'}\\s+${first.bestEpoch}/${first.params.epochs}\\s`, 'm'));
   });
 

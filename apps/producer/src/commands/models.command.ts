@@ -173,10 +173,10 @@ export async function modelsCommand(ctx: CliContext, o: { dataset?: string; json
     return runs;
   }
   const pct = (x?: number) => (x === undefined ? '   –  ' : `${(x * 100).toFixed(1).padStart(5)}%`);
-  ctx.out.write('dataset          run                          val acc  test acc  classes  head        epochs  embeddings\n');
+  ctx.out.write('dataset          run                          val acc  test acc  classes  head        best/max  embeddings\n');
   for (const r of runs) {
     ctx.out.write(
-      `${r.dataset.padEnd(16)} ${(r.runId + (r.latest ? ' *' : '')).padEnd(28)} ${pct(r.validationAccuracy).padStart('val acc'.length)}  ${pct(r.testAccuracy).padStart('test acc'.length)}  ${String(r.labels.length).padStart('classes'.length)}  ${headWords(r.params).padEnd('head      '.length)}  ${`${r.bestEpoch}/${r.params.epochs}`.padStart('epochs'.length)}  ${r.embedderId}${r.partial ? ' (partial)' : ''}${r.candidate && !r.latest ? ' (--no-promote)' : ''}\n`,
+      `${r.dataset.padEnd(16)} ${(r.runId + (r.latest ? ' *' : '')).padEnd(28)} ${pct(r.validationAccuracy).padStart('val acc'.length)}  ${pct(r.testAccuracy).padStart('test acc'.length)}  ${String(r.labels.length).padStart('classes'.length)}  ${headWords(r.params).padEnd('head      '.length)}  ${`${r.bestEpoch}/${r.params.epochs}`.padStart('best/max'.length)}  ${r.embedderId}${r.partial ? ' (partial)' : ''}${r.candidate && !r.latest ? ' (--no-promote)' : ''}\n`,
     );
     // the accuracies above are at 0.5; a two-class model decides at its threshold
     const t = r.atThreshold;
