@@ -840,6 +840,129 @@ describe('transferline serve, bounded by bytes', () => {
   });
 });
 
+describe('transferline serve, stopping, swapping and whom it answers (a review)', () => {
+  /** One request on `agent`, its status (or -1 when the connection failed). */
+  const ask = (port: number, o: { path?: string; host?: string; agent?: http.Agent; image?: Buffer } = {}) =>
+    new Promise<number>((resolve) => {
+      const headers = { ...(o.host && { host: o.host }), ...(o.image && { 'content-type': 'image/jpeg' }) };
+      const req = http.request({ port, path: o.path ?? '/healthz', method: o.image ? 'POST' : 'GET', ...(o.agent && { agent: o.agent }), headers }, (res) => (res.resume(), res.on('end', () => resolve(res.statusCode!))));
+      req.on('error', () => resolve(-1));
+      req.end(o.image);
+    });
+  const within = <T>(ms: number, p: Promise<T>) => Promise.race([p, new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), ms).unref())]);
+
+  it('answers only requests that name loopback when bound to it (a site re-pointed at 127.0.0.1 gets 421)', async () => {
+    const server = await startClassifierServer(ctx, { model: 'shapes@r1', log, port: 0, threads: 1 });
+    try {
+      expect(await ask(server.port, { host: 'evil.example' })).toBe(421);
+      expect(await ask(server.port, { path: '/v1/models', host: `evil.example:${server.port}` })).toBe(421);
+      expect(await ask(server.port, { path: '/v1/models', host: `localhost:${server.port}` })).toBe(200);
+      expect(await ask(server.port, { path: '/v1/models' })).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('stops while a client keeps its connection busy with request after request', async () => {
+    const server = await startClassifierServer(ctx, { model: 'shapes@r1', log, port: 0, threads: 1 });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    let answered = 0;
+    let going = true;
+    const client = (async () => {
+      // (images to classify, one after another, as the review's client sent them)
+      while (going) if ((await ask(server.port, { agent, path: '/v1/classify', image: photos[answered % photos.length]!.bytes })) === 200) answered++;
+    })();
+    try {
+      await until('the client to be answered', async () => answered > 5, 30, 20);
+      // (before: every answer kept the connection alive, and serve stopped only when the client did)
+      expect(await within(10_000, server.close())).not.toBe('late');
+    } finally {
+      going = false;
+      await client;
+      agent.destroy();
+    }
+  });
+
+  it('a reload under way when it stops: the model it loads is stopped too, not swapped in after the stop', async () => {
+    const swaps: string[] = [];
+    const server = await startClassifierServer(ctx, { model: 'shapes@r1', log, port: 0, threads: 1, onSwap: (m, _was, cause) => swaps.push(`${m.runId} ${cause}`) });
+    let reloaded = false;
+    const reload = server.reload('SIGHUP').then(() => (reloaded = true));
+    await server.close();
+    // closed only once the reload had ended, and nothing swapped in (before: it swapped after the stop, its threads left running)
+    expect(reloaded).toBe(true);
+    await reload;
+    expect(swaps).toEqual([]);
+  });
+
+  it('a body slower than the pace that ends it within the request timeout is ended at its first window behind (408)', async () => {
+    const config = { ...stack.config, serve: { ...stack.config.serve, maxBytes: 20_000_000 }, preprocess: { ...stack.config.preprocess, maxObjectBytes: 20_000_000 } };
+    const server = await startClassifierServer({ ...ctx, config }, { model: 'shapes@r1', log, port: 0, threads: 1, bodyIdleMs: 2_000, requestTimeoutMs: 60_000 });
+    const req = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-length': '10000000' } });
+    const answer = new Promise<{ status: number; body: string }>((resolve) => {
+      req.on('response', (res) => {
+        let body = '';
+        res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on('error', () => resolve({ status: -1, body: '' }));
+    });
+    // 40 kB a second: more than the 16 KiB a window any body must send, far under 10 MB in 60 s
+    const drip = setInterval(() => req.write(Buffer.alloc(20_000, 7)), 500);
+    try {
+      const r = await within(10_000, answer);
+      expect(r).not.toBe('late');
+      const { status, body } = r as { status: number; body: string };
+      expect(status).toBe(408);
+      expect(JSON.parse(body)).toMatchObject({ error: { reason: 'timeout', message: expect.stringMatching(/under the 333334 a body of 10000000 bytes must send in that time/) } });
+    } finally {
+      clearInterval(drip);
+      req.destroy();
+      await server.close();
+    }
+  });
+
+  it('an upload that outlasts its model after a swap is classified on the model served now, not answered 500', async () => {
+    const server = await startClassifierServer(ctx, { model: 'shapes@r1', log, port: 0, threads: 1, retireDeadlineMs: 500 });
+    try {
+      const bytes = photos[0]!.bytes;
+      const req = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'image/jpeg', 'content-length': String(bytes.length) } });
+      const answer = new Promise<{ status: number; body: string }>((resolve) => {
+        req.on('response', (res) => {
+          let body = '';
+          res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode!, body }));
+        });
+        req.on('error', () => resolve({ status: -1, body: '' }));
+      });
+      await new Promise<void>((resolve) => req.write(bytes.subarray(0, 1000), () => resolve()));
+      await server.reload('test');
+      // the model the upload holds is stopped 0.5 s after the swap; the rest of its body comes later
+      await new Promise((r) => setTimeout(r, 1_500));
+      req.end(bytes.subarray(1000));
+      const { status, body } = await answer;
+      expect(status, body).toBe(200);
+      expect(JSON.parse(body)).toMatchObject({ label: expect.any(String), model: { dataset: 'shapes', runId: 'r1' } });
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('answers a JSON body of too many keys 413, naming the limit, not "not JSON"; and multipart file names in UTF-8', async () => {
+    const server = await startClassifierServer(ctx, { model: 'shapes@r1', log, port: 0, threads: 1 });
+    try {
+      const keys = Array.from({ length: 40_000 }, (_, i) => `s3://${bucket}/incoming/${i}.jpg`);
+      const big = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: JSON.stringify({ keys }), headers: { 'content-type': 'application/json' } });
+      expect(big.status).toBe(413);
+      expect(((await big.json()) as { error: { message: string } }).error.message).toMatch(/^a JSON body is at most 1 MB: send at most \d+ keys per request \(TL_SERVE_MAX_QUEUE\)$/);
+      const form = new FormData();
+      form.append('a', new Blob([photos[1]!.bytes]), 'chat-été.jpg');
+      const named = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: form });
+      expect(((await named.json()) as { results: { name: string }[] }).results.map((r) => r.name)).toEqual(['chat-été.jpg']);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 async function scrapeUrl(url: string): Promise<Map<string, number>> {
   const port = Number(new URL(url).port);
   return scrape(port);

@@ -7,17 +7,24 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { ONNX_PROBABILITIES_NAME, type ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
 import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
-import { prepareImage, type ResizePolicy } from '@transferline/feature-worker/image.ops';
+import { configureSharp, prepareImage, type ResizePolicy } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
 import { BucketNotFoundError, decideLabel, forwardParallelism, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, S3UnreachableError, type Logger, type ServeMetrics } from '@transferline/shared';
 import { createServeMetrics } from '@transferline/shared/service-runtime';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
 import { ModelNotFoundError } from '../commands/classify.command.js';
+import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
 import { BudgetWaitError, ByteBudget, HeldBody, type ByteHold } from './byte-budget.js';
 
-/** What one image gets back. */
-export type Classification = { label: string; probabilities: Record<string, number>; threshold?: { label: string; at: number } } | { error: { reason: string; message: string } };
+/** The run a model serves, as answers name it. */
+type ModelRef = { dataset: string; runId: string };
+
+/**
+ * What one image gets back; `model` when another model than the request's classified it (the
+ * request's was stopped while the request lasted: RETIRE_DEADLINE_MS after a swap).
+ */
+export type Classification = ({ label: string; probabilities: Record<string, number>; threshold?: { label: string; at: number } } | { error: { reason: string; message: string } }) & { model?: ModelRef };
 
 /** The routes with a label of their own on the request-duration metric; everything else is `other`. */
 /** The routes served, with the methods each answers (HEAD with GET). */
@@ -53,18 +60,24 @@ const BODY_MIN_BYTES_PER_WINDOW = 16 * 1024;
 
 /**
  * Ends `req` when its body sends less than BODY_MIN_BYTES_PER_WINDOW (or nothing) in a window of
- * `ms` (the room it holds is given back as for any client that leaves), answered by `answer`
- * first when nothing has been yet. Read from the socket's byte count: a 'data' listener here would
+ * `ms`, or, with a declared length, less than the pace that would end it within `timeoutMs` (the
+ * room it holds is given back as for any client that leaves), answered by `answer` first when
+ * nothing has been yet. Read from the socket's byte count: a 'data' listener here would
  * change how the body flows, and the socket's own timeout is Node's keep-alive timer too.
  */
-function endStalledBody(req: Request, res: Response, ms: number, answer: (message: string) => void): void {
+function endStalledBody(req: Request, res: Response, ms: number, timeoutMs: number, answer: (message: string) => void): void {
   const socket = req.socket;
   let read = socket.bytesRead;
+  // A body of declared length must keep the pace that ends it within the server's request
+  // timeout (Node cuts it there anyway): a client trickling 17 KB a window held the room of a
+  // declared 64 MiB for minutes (a review), where it is now ended at its first window behind.
+  const declared = Number(req.get('content-length') ?? NaN);
+  const least = Number.isFinite(declared) ? Math.max(BODY_MIN_BYTES_PER_WINDOW, Math.ceil((declared * ms) / timeoutMs)) : BODY_MIN_BYTES_PER_WINDOW;
   const window = setInterval(() => {
     const sent = socket.bytesRead - read;
     read = socket.bytesRead;
-    if (sent >= BODY_MIN_BYTES_PER_WINDOW) return;
-    const err = new Error(`the client sent ${sent ? `${sent} bytes in ${ms / 1000} s, under the ${BODY_MIN_BYTES_PER_WINDOW} a body must send in that time` : `nothing for ${ms / 1000} s`}`);
+    if (sent >= least) return;
+    const err = new Error(`the client sent ${sent ? `${sent} bytes in ${ms / 1000} s, under the ${least} a body ${least > BODY_MIN_BYTES_PER_WINDOW ? `of ${declared} bytes ` : ''}must send in that time` : `nothing for ${ms / 1000} s`}`);
     if (res.headersSent) return void req.destroy(err);
     // told why (408), then the connection ended: what the body held is given back as for a client gone
     res.once('finish', () => req.destroy(err));
@@ -116,16 +129,20 @@ class ServedModel {
     });
   }
 
+  /** Whether its thread is stopped (or stopping): a request that still holds it is classified on the model served now. */
+  gone = false;
+
   /**
    * Waits for the requests that hold this model (at most RETIRE_DEADLINE_MS: a client that never
    * finishes its upload must not keep an old model in memory for ever), then stops its thread.
    */
-  async retire(): Promise<void> {
+  async retire(deadlineMs = RETIRE_DEADLINE_MS): Promise<void> {
     if (this.holders > 0) {
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([new Promise<void>((resolve) => (this.released = resolve)), new Promise<void>((resolve) => (timer = setTimeout(resolve, RETIRE_DEADLINE_MS)))]);
+      await Promise.race([new Promise<void>((resolve) => (this.released = resolve)), new Promise<void>((resolve) => (timer = setTimeout(resolve, deadlineMs)))]);
       clearTimeout(timer);
     }
+    this.gone = true;
     await this.batcher.drain();
     await this.runtime.dispose();
   }
@@ -202,6 +219,10 @@ export async function startClassifierServer(
     streams?: number;
     /** tests: a shorter stall limit for bodies */
     bodyIdleMs?: number;
+    /** tests: a shorter wait for the requests holding a model swapped out (RETIRE_DEADLINE_MS) */
+    retireDeadlineMs?: number;
+    /** tests: a shorter request timeout than Node's 5 minutes (a body's least pace follows it) */
+    requestTimeoutMs?: number;
     /**
      * Told of every load, with the run served before and what asked for it (the cause given to
      * `reload()`, or POST /v1/models/reload); without it, each is logged (info). `serve` prints a
@@ -216,6 +237,8 @@ export async function startClassifierServer(
 ): Promise<ClassifierServer> {
   const cfg = ctx.config.serve;
   const metrics = createServeMetrics();
+  // as preprocess decodes (every upload is new bytes: libvips's cache would only hold memory)
+  configureSharp({ concurrency: ctx.config.preprocess.sharpConcurrency });
   // the flags, else TL_SERVE_THREADS and TL_SERVE_STREAMS; a refusal or a warning names the one given
   const set = { threads: o.threads ?? cfg.threads, streams: o.streams ?? cfg.streams };
   const threadsNamed = o.threads === undefined && cfg.threads !== undefined ? 'TL_SERVE_THREADS' : '--threads';
@@ -230,6 +253,8 @@ export async function startClassifierServer(
     res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' }).end(JSON.stringify({ error: { reason: 'loading', message: 'loading the model; retry shortly' } }));
   };
   const server = http.createServer((req, res) => handle(req, res));
+  if (o.requestTimeoutMs !== undefined) server.requestTimeout = o.requestTimeoutMs;
+  const retireMs = o.retireDeadlineMs ?? RETIRE_DEADLINE_MS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'EADDRINUSE' ? new Error(`port ${o.port ?? cfg.port} on ${o.host ?? cfg.host} is in use: set TL_SERVE_PORT or --port`) : err));
     server.listen(o.port ?? cfg.port, o.host ?? cfg.host, () => resolve());
@@ -259,13 +284,21 @@ export async function startClassifierServer(
   /** What an image over the limit is told: its size when known. */
   const tooLarge = (what: string, size?: number) => `${what} is ${size === undefined ? 'over' : `${size} bytes, over`} the limit of ${maxBytes} bytes (${limitName})`;
 
-  /** Classifies one image on the model the request holds; bad input is that image's answer, not an exception. */
-  const classify = async (model: ServedModel, bytes: Uint8Array): Promise<Classification> => {
+  /**
+   * Classifies one image on the model the request holds, or on the one served now when that was
+   * stopped meanwhile (a slow upload past RETIRE_DEADLINE_MS after a swap: a review saw it
+   * answered 500), saying so; bad input is that image's answer, not an exception.
+   */
+  const classify = async (held: ServedModel, bytes: Uint8Array): Promise<Classification> => {
     try {
-      const pixels = await prepareImage(bytes, { ...image, resize: model.meta.resize as ResizePolicy });
+      const prepare = (m: ServedModel) => prepareImage(bytes, { ...image, resize: m.meta.resize as ResizePolicy });
+      let model = held.gone ? current : held;
+      let pixels = await prepare(model);
+      if (model.gone) pixels = await prepare((model = current));
+      // (nothing awaited between this look and the submit: a model seen serving takes it)
       const result = model.decide(await model.batcher.submit(pixels));
       if ('label' in result) metrics.results.inc({ label: result.label });
-      return result;
+      return model === held ? result : { ...result, model: { dataset: model.meta.dataset, runId: model.meta.runId } };
     } catch (err) {
       const e = asError(err);
       metrics.rejected.inc({ reason: e.reason });
@@ -309,9 +342,21 @@ export async function startClassifierServer(
     res.status(statusOf(reason)).json({ error: { reason, message }, ...(model && { model }) });
   };
 
+  /** Set by close: every answer closes its connection, so none is kept open by a busy client. */
+  let closing = false;
   const app = express();
   app.disable('x-powered-by');
+  // Bound to loopback: only requests that name it, as the console (a site whose name is re-pointed
+  // at 127.0.0.1 could otherwise make a browser on this machine classify, or probe for, the
+  // deployment's s3:// objects, and reload the model: a review).
+  if (isLoopbackHost(o.host ?? cfg.host)) {
+    app.use((req: Request, res: Response, next: NextFunction) => {
+      if (hostHeaderIsLoopback(req.headers.host)) return next();
+      res.status(421).json({ error: { reason: 'misdirected', message: 'this server answers at localhost or 127.0.0.1 only (it is bound to loopback)' } });
+    });
+  }
   app.use((req: Request, res: Response, next: NextFunction) => {
+    if (closing) res.set('Connection', 'close');
     // Known routes only: a label per path asked for would let any client add series without end.
     const end = metrics.requestDuration.startTimer({ route: ROUTES.has(req.path) ? req.path : 'other' });
     res.on('finish', () => end({ status: String(res.statusCode) }));
@@ -352,8 +397,8 @@ export async function startClassifierServer(
     // The model stays loaded until this request's answer is sent or its client has gone, even
     // when a newer run is swapped in while its body is still arriving.
     res.on('close', model.hold());
-    const modelRef = { dataset: model.meta.dataset, runId: model.meta.runId };
-    endStalledBody(req, res, o.bodyIdleMs ?? BODY_IDLE_MS, (message) => fail(res, 'timeout', message));
+    const modelRef: ModelRef = { dataset: model.meta.dataset, runId: model.meta.runId };
+    endStalledBody(req, res, o.bodyIdleMs ?? BODY_IDLE_MS, server.requestTimeout > 0 ? server.requestTimeout : 300_000, (message) => fail(res, 'timeout', message));
     if (type.startsWith('multipart/form-data')) return void classifyMultipart(req, res, model, modelRef);
     if (type.startsWith('application/json')) return void classifyKeys(req, res, model, modelRef);
     // raw image bytes: the size is checked as they arrive, so an oversized body is not held
@@ -401,8 +446,9 @@ export async function startClassifierServer(
           if ('error' in r && type.startsWith('application/x-www-form-urlencoded') && statusOf(r.error.reason) === 422 && r.error.reason !== 'empty') {
             r.error.message += ' (it came as a form, application/x-www-form-urlencoded, as curl sends a body not given its type; curl -d @FILE also drops the line breaks of a file: send an image with --data-binary @FILE -H "Content-Type: image/jpeg")';
           }
-          if ('error' in r) res.status(statusOf(r.error.reason)).json({ ...r, model: modelRef });
-          else res.json({ ...r, model: modelRef });
+          // (the model that classified it, when not the request's)
+          if ('error' in r) res.status(statusOf(r.error.reason)).json({ model: modelRef, ...r });
+          else res.json({ model: modelRef, ...r });
         } finally {
           release();
         }
@@ -414,7 +460,8 @@ export async function startClassifierServer(
   function classifyMultipart(req: Request, res: Response, model: ServedModel, modelRef: object): void {
     let bb: busboy.Busboy;
     try {
-      bb = busboy({ headers: req.headers, limits: { fileSize: maxBytes, files: cfg.maxQueue } });
+      // (file names as UTF-8, as browsers and curl send them: busboy's default reads them as latin1)
+      bb = busboy({ headers: req.headers, defParamCharset: 'utf8', limits: { fileSize: maxBytes, files: cfg.maxQueue } });
     } catch (err) {
       return fail(res, 'bad-request', (err as Error).message);
     }
@@ -538,6 +585,8 @@ export async function startClassifierServer(
     express.json({ limit: '1mb' })(req, res, (err?: unknown) => {
       void (async () => {
         if (err) {
+          // (valid JSON, too long: a request of too many keys, said as such, not as "not JSON")
+          if ((err as { type?: string }).type === 'entity.too.large') return fail(res, 'too-large', `a JSON body is at most 1 MB: send at most ${cfg.maxQueue} keys per request (TL_SERVE_MAX_QUEUE)`);
           // an image's bytes sent as JSON read as a parser's complaint about the bytes: said as what they are
           const message = (err as Error).message;
           const binary = /[\uFFFD\u0000-\u0008\u000E-\u001F]/.test(message);
@@ -606,15 +655,24 @@ export async function startClassifierServer(
 
   // One load at a time: a SIGHUP, a new run landing and POST /v1/models/reload may coincide.
   let reloading: Promise<ClassifierMetadata> | undefined;
+  /** the models swapped out and still stopping (close waits for them) */
+  const retiring = new Set<Promise<void>>();
   const reload = (cause = 'reload'): Promise<ClassifierMetadata> => (reloading ??= swapModel(cause).finally(() => (reloading = undefined)));
   const swapModel = async (cause: string): Promise<ClassifierMetadata> => {
     const next = await load();
+    // Stopping meanwhile (a SIGTERM while a SIGHUP's reload loaded): the new model is stopped
+    // too, where it was put in place, its threads left running, and serve never exited (a review).
+    if (closing) {
+      await next.retire(retireMs);
+      return current.meta;
+    }
     const old = current;
     current = next;
     showModel(next.meta);
     if (o.onSwap) o.onSwap(next.meta, old.meta.runId, cause);
     else o.log.info({ dataset: next.meta.dataset, runId: next.meta.runId, was: old.meta.runId, cause }, next.meta.runId === old.meta.runId ? 'model reloaded (the same run)' : 'model swapped');
-    void old.retire();
+    const retired = old.retire(retireMs).finally(() => retiring.delete(retired));
+    retiring.add(retired);
     return next.meta;
   };
 
@@ -627,10 +685,17 @@ export async function startClassifierServer(
     model: () => current.meta,
     reload,
     close: async () => {
+      closing = true;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
+      // Answers from now on close their connection (see the first middleware): a client that kept
+      // one busy with request after request kept serve up after SIGTERM (a review). One that
+      // holds its request open still (an upload in progress) is cut off after the deadline.
+      const cutOff = setTimeout(() => server.closeAllConnections(), retireMs);
       await closed;
-      await current.retire();
+      clearTimeout(cutOff);
+      await reloading?.catch(() => {});
+      await Promise.all([current.retire(retireMs), ...retiring]);
     },
   };
 }
