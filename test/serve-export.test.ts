@@ -120,8 +120,10 @@ describe('transferline export --format onnx', () => {
     expect(Number(meta['transferline.threshold'])).toBeGreaterThan(0);
     expect(meta['transferline.model']).toBe('shapes@r1');
     expect(meta['transferline.embedder']).toBe(stack.space.id);
+    expect(meta['transferline.alpha_background']).toBe('#ffffff');
     // what it says the file holds is what the file holds
     expect(said).toContain(`  metadata: ${Object.keys(meta).join(', ')}\n`);
+    expect(said).toContain('turn each image upright by its EXIF orientation, transparency flattened onto #ffffff (transferline.alpha_background), and resize it to 224×224');
 
     const session = await ort.InferenceSession.create(bytes);
     try {
@@ -135,6 +137,15 @@ describe('transferline export --format onnx', () => {
         const theirs = await sharp(p.bytes).rotate().resize(224, 224, { fit: 'fill', kernel }).removeAlpha().raw().toBuffer();
         expect(Buffer.compare(theirs, Buffer.from(pixels[i]!)), p.name).toBe(0);
       }
+      // and for an image with transparency, flattened onto the background the file names (a
+      // review: its alpha dropped instead, a transparent PNG's pixels, and label, were others)
+      const cutout = await sharp(photos[0]!.bytes).resize(300, 200).ensureAlpha().composite([{ input: Buffer.from('<svg width="300" height="200"><rect width="150" height="200" fill="#000"/></svg>'), blend: 'dest-out' }]).png().toBuffer();
+      const kernel = meta['transferline.resize_filter'] as ResizeKernel;
+      const flattened = await sharp(cutout).rotate().flatten({ background: meta['transferline.alpha_background']! }).resize(224, 224, { fit: 'fill', kernel }).raw().toBuffer();
+      const ours = await prepareImage(cutout, opts);
+      expect(Buffer.compare(flattened, Buffer.from(ours))).toBe(0);
+      const dropped = await sharp(cutout).removeAlpha().resize(224, 224, { fit: 'fill', kernel }).raw().toBuffer();
+      expect(Buffer.compare(dropped, Buffer.from(ours))).not.toBe(0); // the comparison can fail
       const batch = new Uint8Array(pixels.length * 224 * 224 * 3);
       pixels.forEach((p, i) => batch.set(p, i * p.length));
       const result = await session.run({ pixels: new ort.Tensor('uint8', batch, [pixels.length, 224, 224, 3]) });

@@ -21,6 +21,8 @@ export interface ClassifierMetadata {
   inputSize: number;
   /** the seed of EfficientNet-B0's weights when the space has seeded random ones, not ImageNet's */
   randomSeed?: number;
+  /** the colour transparent pixels are flattened onto before the resize (`#rrggbb`: TL_ALPHA_BACKGROUND where it was built) */
+  alphaBackground?: string;
 }
 
 /** Metadata keys, as Python's `onnxruntime` shows them in `get_modelmeta().custom_metadata_map`. */
@@ -34,6 +36,8 @@ export function classifierMetadataProps(m: ClassifierMetadata): Record<string, s
     // sharp's `kernel` option (libvips's reduction filter): PIL's BILINEAR is close to it, not bit-identical
     'transferline.resize_filter': RESIZE_KERNEL,
     'transferline.input': `uint8 RGB [N, ${m.inputSize}, ${m.inputSize}, 3], channels last, 0-255`,
+    // (an image with transparency is flattened onto it first: dropping the alpha channel instead gives other pixels)
+    ...(m.alphaBackground !== undefined && { 'transferline.alpha_background': m.alphaBackground }),
   };
 }
 

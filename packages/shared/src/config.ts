@@ -24,6 +24,11 @@ function hexColour(hex: string): { r: number; g: number; b: number } {
   return { r: (n >> 16) & 255, g: (n >> 8) & 255, b: n & 255 };
 }
 
+/** A colour as TL_ALPHA_BACKGROUND writes it (`#rrggbb`). */
+export function colourHex(c: { r: number; g: number; b: number }): string {
+  return `#${[c.r, c.g, c.b].map((v) => v.toString(16).padStart(2, '0')).join('')}`;
+}
+
 /**
  * Images a preprocess process works on at once, by default: each waits on S3 and Redis as well as
  * decoding, and enough in flight keep the decoding core busy through those waits. 8 per core, at
