@@ -123,7 +123,7 @@ describe('transferline export --format onnx', () => {
     expect(meta['transferline.alpha_background']).toBe('#ffffff');
     // what it says the file holds is what the file holds
     expect(said).toContain(`  metadata: ${Object.keys(meta).join(', ')}\n`);
-    expect(said).toContain('turn each image upright by its EXIF orientation, transparency flattened onto #ffffff (transferline.alpha_background), and resize it to 224×224');
+    expect(said).toContain("turn each image upright by its EXIF orientation, transparency flattened onto #ffffff (transferline.alpha_background: this shell's TL_ALPHA_BACKGROUND, which must be the workers'), and resize it to 224×224");
 
     const session = await ort.InferenceSession.create(bytes);
     try {
@@ -865,12 +865,31 @@ describe('transferline serve, stopping, swapping and whom it answers (a review)'
   it('answers only requests that name loopback when bound to it (a site re-pointed at 127.0.0.1 gets 421)', async () => {
     const server = await startClassifierServer(ctx, { model: 'shapes@r1', log, port: 0, threads: 1 });
     try {
-      expect(await ask(server.port, { host: 'evil.example' })).toBe(421);
+      expect(await ask(server.port, { path: '/v1/models', host: 'evil.example' })).toBe(421);
       expect(await ask(server.port, { path: '/v1/models', host: `evil.example:${server.port}` })).toBe(421);
       expect(await ask(server.port, { path: '/v1/models', host: `localhost:${server.port}` })).toBe(200);
       expect(await ask(server.port, { path: '/v1/models' })).toBe(200);
+      // not the probes' and Prometheus's routes, nor a request with no Host (HTTP/1.0 health checks: a browser always sends one)
+      expect(await ask(server.port, { path: '/healthz', host: 'evil.example' })).toBe(200);
+      expect(await ask(server.port, { path: '/metrics', host: 'evil.example' })).toBe(200);
+      const raw = await new Promise<string>((resolve) => {
+        const socket = net.connect(server.port, '127.0.0.1', () => socket.end('GET /v1/models HTTP/1.0\r\n\r\n'));
+        let got = '';
+        socket.on('data', (d: Buffer) => (got += d.toString()));
+        socket.on('close', () => resolve(got));
+      });
+      expect(raw).toMatch(/^HTTP\/1\.[01] 200 /);
     } finally {
       await server.close();
+    }
+    // behind a proxy that passes its own Host: named in TL_SERVE_ALLOWED_HOSTS
+    const config = { ...stack.config, serve: { ...stack.config.serve, allowedHosts: ['classify.example.org'] } };
+    const proxied = await startClassifierServer({ ...ctx, config }, { model: 'shapes@r1', log, port: 0, threads: 1 });
+    try {
+      expect(await ask(proxied.port, { path: '/v1/models', host: 'Classify.Example.org:443' })).toBe(200);
+      expect(await ask(proxied.port, { path: '/v1/models', host: 'evil.example' })).toBe(421);
+    } finally {
+      await proxied.close();
     }
   });
 
@@ -906,7 +925,7 @@ describe('transferline serve, stopping, swapping and whom it answers (a review)'
     expect(swaps).toEqual([]);
   });
 
-  it('a body slower than the pace that ends it within the request timeout is ended at its first window behind (408)', async () => {
+  it('a body slower than half the pace that ends it within the request timeout is ended (408)', async () => {
     const config = { ...stack.config, serve: { ...stack.config.serve, maxBytes: 20_000_000 }, preprocess: { ...stack.config.preprocess, maxObjectBytes: 20_000_000 } };
     const server = await startClassifierServer({ ...ctx, config }, { model: 'shapes@r1', log, port: 0, threads: 1, bodyIdleMs: 2_000, requestTimeoutMs: 60_000 });
     const req = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-length': '10000000' } });
@@ -917,6 +936,20 @@ describe('transferline serve, stopping, swapping and whom it answers (a review)'
       });
       req.on('error', () => resolve({ status: -1, body: '' }));
     });
+    // a body whose first window is slow and which then comes fast is no trickle: not ended
+    // (1 MB within 60 s: 20 kB in the first 2 s is under the pace, over half of it)
+    const catching = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-length': '1000000' } });
+    const caught = new Promise<string>((resolve) => {
+      catching.on('response', (res) => {
+        let b = '';
+        res.setEncoding('utf8').on('data', (c: string) => (b += c)).on('end', () => resolve(`${res.statusCode} ${b}`));
+      });
+      catching.on('error', () => resolve('-1'));
+    });
+    catching.write(Buffer.alloc(20_000, 7));
+    await new Promise((r) => setTimeout(r, 2_500));
+    catching.end(Buffer.alloc(980_000, 7));
+    expect(await caught).toMatch(/^422 /); // (its bytes are no image: judged, not ended)
     // 40 kB a second: more than the 16 KiB a window any body must send, far under 10 MB in 60 s
     const drip = setInterval(() => req.write(Buffer.alloc(20_000, 7)), 500);
     try {
@@ -924,7 +957,7 @@ describe('transferline serve, stopping, swapping and whom it answers (a review)'
       expect(r).not.toBe('late');
       const { status, body } = r as { status: number; body: string };
       expect(status).toBe(408);
-      expect(JSON.parse(body)).toMatchObject({ error: { reason: 'timeout', message: expect.stringMatching(/under the 333334 a body of 10000000 bytes must send in that time/) } });
+      expect(JSON.parse(body)).toMatchObject({ error: { reason: 'timeout', message: expect.stringMatching(/^the request's body stalled: the client sent \d+ of its 10000000 bytes in 2 s, under half the pace that sends them within 60 s \(the request timeout\), so the request was ended$/) } });
     } finally {
       clearInterval(drip);
       req.destroy();

@@ -199,7 +199,9 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     if (page.length >= 1000) await flush();
   }
   if (page.length) await flush();
-  const gone = await removeDeleted(req, datasets, listedIds, labelledCount);
+  // (a hidden object a label manifest still standing labels is the manifest's: a listing does not
+  // take it out, or each listing and manifest ingest would take it from the other)
+  const gone = await removeDeleted(req, datasets, listedIds, labelledCount, async (id, r) => hiddenIds.has(id) && r.manifest !== undefined && (await manifestStands(r.manifest)));
   const tablesGone = gone.filter((id) => tables.has(id)).length;
   const hiddenGone = gone.filter((id) => hiddenIds.has(id)).length;
   counts.removed = gone.length - tablesGone - hiddenGone;
@@ -413,7 +415,14 @@ function noteSpelling(spellings: Map<string, Set<string>>, label: string, key: s
  * bucket (or left out of the listing). They leave the dataset (and training), so a dataset
  * matches its bucket after an ingest. Returns their ids.
  */
-async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services']['datasets'], listed: Set<string>, labelled: number): Promise<string[]> {
+async function removeDeleted(
+  req: IngestRequest,
+  datasets: IngestDeps['services']['datasets'],
+  listed: Set<string>,
+  labelled: number,
+  /** an item not listed that stays all the same */
+  keep: (id: string, record: ItemRecord) => Promise<boolean> = async () => false,
+): Promise<string[]> {
   // Every labelled object listed is in the dataset by now: when that is all it holds, nothing was
   // deleted, and the scan (the whole dataset, on every round of --watch) is not needed.
   if ((await datasets.size(req.dataset)) <= labelled) return [];
@@ -421,9 +430,9 @@ async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services'
   // level too deep (nothing in a label folder under it) must not take the dataset's images out.
   const gone: string[] = [];
   for await (const page of datasets.scan(req.dataset)) {
-    for (const [id] of page) {
+    for (const [id, record] of page) {
       const { bucket, key } = DatasetRepository.parseItemId(id);
-      if (bucket === req.bucket && key.startsWith(req.prefix) && !listed.has(id)) gone.push(id);
+      if (bucket === req.bucket && key.startsWith(req.prefix) && !listed.has(id) && !(await keep(id, record))) gone.push(id);
     }
   }
   for (let i = 0; i < gone.length; i += 1000) await datasets.removeItems(req.dataset, gone.slice(i, i + 1000));

@@ -10,8 +10,12 @@ export function isLoopbackHost(host: string): boolean {
  */
 export function hostHeaderIsLoopback(hostHeader: string | undefined): boolean {
   if (!hostHeader) return false;
-  const name = hostHeader.startsWith('[') ? hostHeader.slice(1, hostHeader.indexOf(']')) : hostHeader.replace(/:\d+$/, '');
-  return isLoopbackHost(name.toLowerCase());
+  return isLoopbackHost(hostHeaderName(hostHeader));
+}
+
+/** The host name of a Host header, without its port or an IPv6 address's brackets, in lower case. */
+export function hostHeaderName(hostHeader: string): string {
+  return (hostHeader.startsWith('[') ? hostHeader.slice(1, hostHeader.indexOf(']')) : hostHeader.replace(/:\d+$/, '')).toLowerCase();
 }
 
 /** The host to reach a server bound to `host` from this machine: a wildcard address through loopback, IPv6 in brackets. */

@@ -126,6 +126,7 @@ const EnvSchema = z.object({
     TL_SERVE_HOST: z.string().min(1).default('127.0.0.1'),
     TL_SERVE_PORT: port.default(9480),
     TL_SERVE_API_KEY: z.string().min(16, 'at least 16 characters').optional(),
+    TL_SERVE_ALLOWED_HOSTS: z.string().default(''),
     TL_SERVE_MAX_QUEUE: z.coerce.number().int().min(1).default(256),
     TL_SERVE_MAX_BYTES: z.coerce.number().int().min(1).default(256 * 1024 * 1024),
     TL_SERVE_BATCH_SIZE: z.coerce.number().int().min(1).max(256).default(32),
@@ -209,6 +210,8 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
       host: env.TL_SERVE_HOST,
       port: env.TL_SERVE_PORT,
       apiKey: env.TL_SERVE_API_KEY,
+      /** host names besides loopback's that a serve bound to loopback answers (a proxy in front that passes its own Host) */
+      allowedHosts: env.TL_SERVE_ALLOWED_HOSTS.split(',').map((h) => h.trim().toLowerCase()).filter(Boolean),
       /** requests admitted at once (queued or in a batch); past it, 503 with Retry-After */
       maxQueue: env.TL_SERVE_MAX_QUEUE,
       /** image bytes held at once (bodies arriving, images waiting for a forward pass); past it, 503 with Retry-After */
@@ -351,6 +354,7 @@ const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
   TL_SERVE_HOST: 'process',
   TL_SERVE_PORT: 'process',
   TL_SERVE_API_KEY: 'process',
+  TL_SERVE_ALLOWED_HOSTS: 'process',
   TL_SERVE_MAX_QUEUE: 'process',
   TL_SERVE_MAX_BYTES: 'process',
   TL_SERVE_BATCH_SIZE: 'process',

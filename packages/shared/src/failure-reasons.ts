@@ -35,7 +35,8 @@ export const TRANSIENT_REASONS: ReadonlySet<string> = new Set<ItemFailureReason>
 
 /**
  * Reasons of an image's own bytes, which the same bytes fail with again however often they run:
- * mended by replacing the file (or deleting it), not by a retry. (decode-timeout is not one: a
- * decode too slow on a busy machine may pass on a quiet one.)
+ * mended by replacing the file (or deleting it), not by a retry. (Not decode-timeout: a decode
+ * too slow on a busy machine may pass on a quiet one; nor too-many-pixels: a higher
+ * TL_MAX_INPUT_PIXELS and `retry --reason` mend it too.)
  */
-export const BYTES_FAILURE_REASONS: ReadonlySet<string> = new Set<ItemFailureReason>(IMAGE_FAILURE_REASONS.filter((r) => r !== 'decode-timeout'));
+export const BYTES_FAILURE_REASONS: ReadonlySet<string> = new Set<ItemFailureReason>(IMAGE_FAILURE_REASONS.filter((r) => r !== 'decode-timeout' && r !== 'too-many-pixels'));

@@ -66,6 +66,8 @@ describe('relabelKey', () => {
     expect(relabelKey('', 'cat/1.jpg', '__proto__')).toBe('__proto__/1.jpg');
     expect(() => relabelKey('photos/', 'photos/1.jpg', 'dog')).toThrow(/not in a label folder/);
     expect(() => relabelKey('photos/', 'photos/cat/1.jpg', 'a/b')).toThrow(/cannot be empty or contain/);
+    // (a listing leaves hidden folders out: the image would leave the dataset at the next ingest)
+    expect(() => relabelKey('photos/', 'photos/cat/1.jpg', '.net')).toThrow(/cannot start with a dot \(got "\.net"\): listings leave hidden folders out/);
   });
   it('moves a key to one with the same place beside its label (keyBesideLabel), and to no other', () => {
     const cases: [string, string][] = [['photos/', 'photos/cat/sub/1.jpg'], ['photos/', 'photos/val/cat/1.jpg'], ['photos/val/', 'photos/val/cat/1.jpg'], ['', 'cat/1.jpg']];

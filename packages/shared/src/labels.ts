@@ -74,6 +74,8 @@ export const S3_MAX_KEY_BYTES = 1024;
  */
 export function relabelKey(prefix: string, key: string, label: string): string {
   if (label === '' || label.includes('/')) throw new Error(`a label folder cannot be empty or contain "/" (got ${JSON.stringify(label)})`);
+  // (a listing leaves hidden folders out: the image would leave the dataset at the next ingest)
+  if (isHiddenPath(label)) throw new Error(`a label folder cannot start with a dot (got ${JSON.stringify(label)}): listings leave hidden folders out`);
   const slot = labelSlot(prefix, key);
   if (slot === undefined) throw new Error(`${key} is not in a label folder under ${prefix || 'the bucket root'}`);
   slot.parts[slot.at] = label;

@@ -1,4 +1,4 @@
-import { BYTES_FAILURE_REASONS, DatasetRepository, manifestFormat, ObjectNotFoundError, parseS3ObjectUrl, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
+import { BYTES_FAILURE_REASONS, DatasetRepository, isClassifyDataset, manifestFormat, ObjectNotFoundError, parseS3ObjectUrl, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
@@ -180,7 +180,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   // 3 on them). Said as for a new dataset, with where its label folders are.
   // (Not for a --watch, which may wait for objects or label folders to come; nor for one of the
   // dataset's own prefixes, or a listing that removed images: it changed the dataset.)
-  const sources = counts.unlabelled === counts.listed && counts.removed === 0 && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
+  const sources = counts.unlabelled === counts.listed && counts.removed === 0 && !counts.hidden?.removed && !o.watching ? await ctx.services.datasets.sources(o.dataset) : [];
   if (!manifest && sources.length && !sources.includes(DatasetRepository.source(bucket, prefix))) {
     const what = counts.listed === 0 ? `nothing to ingest under ${where}` : `none of the ${counts.listed} objects is in a label folder under ${where}`;
     const folders = sources.filter((src) => !DatasetRepository.isManifestSource(src)).sort();
@@ -261,7 +261,8 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   const nBytes = ofBytes.reduce((n, f) => n + f.count, 0);
   if (nBytes) {
     const reasons = [...new Set(ofBytes.map((f) => f.reason))].join(', ');
-    w(`  note: ${nBytes} failed for ${nBytes === 1 ? 'its' : 'their'} own bytes (${reasons}), which fail again however often they run: replace each with an image that reads, or delete it, and ingest again (a replaced or deleted file's failure goes)`);
+    const again = isClassifyDataset(s.dataset) ? 'classify the prefix again' : 'ingest again';
+    w(`  note: ${nBytes} failed for ${nBytes === 1 ? 'its' : 'their'} own bytes (${reasons}), which fail again however often they run: replace each with an image that reads, or delete it, and ${again} (a replaced or deleted file's failure goes)`);
   }
   for (const line of elsewhereLines(s)) w(`  ${line}`);
   printFailures(ctx, s);

@@ -1,4 +1,4 @@
-import { BYTES_FAILURE_REASONS, TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
+import { BYTES_FAILURE_REASONS, isClassifyDataset, TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { noSuchDataset } from '../data-loss.js';
 import { waitForDataset } from '../dataset-wait.js';
@@ -54,8 +54,9 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
   const how = o.stage ? 'name one with --reason and its stage with --stage' : 'name one with --reason';
   // failures of the files' own bytes only: a retry would run the same bytes to the same failure (a
   // user's trial took the hint and did)
-  const ofBytes = left.every((r) => BYTES_FAILURE_REASONS.has(r.split(' ').pop()!));
-  const why = ofBytes ? `the files' own bytes, which fail again: replace or delete ${skipped === 1 ? 'it' : 'them'} and ingest again` : `${how} to retry those`;
+  // (not when --reason was given: those left alone are another reason's, or another stage's)
+  const ofBytes = !o.reason && left.every((r) => BYTES_FAILURE_REASONS.has(r.split(' ').pop()!));
+  const why = ofBytes ? `the files' own bytes, which fail again: replace or delete ${skipped === 1 ? 'it' : 'them'} and ${isClassifyDataset(o.dataset) ? 'classify the prefix again' : 'ingest again'}` : `${how} to retry those`;
   // nothing failed at all (a typo'd reason, or the wrong dataset): said, as `failures` does
   ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${reasons}: ${why})\n` : retried ? '\n' : '; it has no failed images\n');
   if (!o.wait || retried === 0) return { retried };

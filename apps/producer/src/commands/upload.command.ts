@@ -134,6 +134,8 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
       if (!fromHere.has(obj.key) && itemFromKey(prefix, obj.key) !== undefined && !isHiddenPath(obj.key.slice(prefix.length))) labelled++;
       continue;
     }
+    // (not a hidden one: a listing leaves it out, so it is no image of another label)
+    if (isHiddenPath(obj.key.slice(prefix.length))) continue;
     const at = keyBesideLabel(prefix, obj.key);
     if (at !== undefined) beside.set(at, [...(beside.get(at) ?? []), obj]);
   }

@@ -14,7 +14,7 @@ import { createServeMetrics } from '@transferline/shared/service-runtime';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
 import { ModelNotFoundError } from '../commands/classify.command.js';
-import { hostHeaderIsLoopback, isLoopbackHost } from '../loopback-host.js';
+import { hostHeaderIsLoopback, hostHeaderName, isLoopbackHost } from '../loopback-host.js';
 import { BudgetWaitError, ByteBudget, HeldBody, type ByteHold } from './byte-budget.js';
 
 /** The run a model serves, as answers name it. */
@@ -60,24 +60,35 @@ const BODY_MIN_BYTES_PER_WINDOW = 16 * 1024;
 
 /**
  * Ends `req` when its body sends less than BODY_MIN_BYTES_PER_WINDOW (or nothing) in a window of
- * `ms`, or, with a declared length, less than the pace that would end it within `timeoutMs` (the
- * room it holds is given back as for any client that leaves), answered by `answer` first when
- * nothing has been yet. Read from the socket's byte count: a 'data' listener here would
- * change how the body flows, and the socket's own timeout is Node's keep-alive timer too.
+ * `ms`, or, with a declared length, less than half the pace that would end it within `timeoutMs`
+ * (the room it holds is given back as for any client that leaves), answered by `answer` first
+ * when nothing has been yet. Counts the body's chunks as they are read: to be called once the
+ * body's reader is attached (a 'data' listener before it would set the body flowing, and lose it
+ * the chunks that came first).
  */
 function endStalledBody(req: Request, res: Response, ms: number, timeoutMs: number, answer: (message: string) => void): void {
-  const socket = req.socket;
-  let read = socket.bytesRead;
-  // A body of declared length must keep the pace that ends it within the server's request
-  // timeout (Node cuts it there anyway): a client trickling 17 KB a window held the room of a
-  // declared 64 MiB for minutes (a review), where it is now ended at its first window behind.
+  const at = Date.now();
+  let total = 0;
+  let read = 0;
+  req.on('data', (c: Buffer) => (total += c.length));
+  // A body of declared length must keep, over its whole upload so far, half the pace that ends it
+  // within the server's request timeout (Node cuts it there anyway): a client trickling 17 KB a
+  // window held the room of a declared 64 MiB for minutes (a review). Over the whole upload, not
+  // each window: a slow first window (TCP's slow start) is made up later.
   const declared = Number(req.get('content-length') ?? NaN);
-  const least = Number.isFinite(declared) ? Math.max(BODY_MIN_BYTES_PER_WINDOW, Math.ceil((declared * ms) / timeoutMs)) : BODY_MIN_BYTES_PER_WINDOW;
   const window = setInterval(() => {
-    const sent = socket.bytesRead - read;
-    read = socket.bytesRead;
-    if (sent >= least) return;
-    const err = new Error(`the client sent ${sent ? `${sent} bytes in ${ms / 1000} s, under the ${least} a body ${least > BODY_MIN_BYTES_PER_WINDOW ? `of ${declared} bytes ` : ''}must send in that time` : `nothing for ${ms / 1000} s`}`);
+    const sent = total - read;
+    read = total;
+    const elapsed = Date.now() - at;
+    const slow = Number.isFinite(declared) && total < (declared * elapsed) / timeoutMs / 2;
+    if (sent >= BODY_MIN_BYTES_PER_WINDOW && !slow) return;
+    const why =
+      sent >= BODY_MIN_BYTES_PER_WINDOW
+        ? `${total} of its ${declared} bytes in ${Math.round(elapsed / 1000)} s, under half the pace that sends them within ${timeoutMs / 1000} s (the request timeout)`
+        : sent
+          ? `${sent} bytes in ${ms / 1000} s, under the ${BODY_MIN_BYTES_PER_WINDOW} a body must send in that time`
+          : `nothing for ${ms / 1000} s`;
+    const err = new Error(`the client sent ${why}`);
     if (res.headersSent) return void req.destroy(err);
     // told why (408), then the connection ended: what the body held is given back as for a client gone
     res.once('finish', () => req.destroy(err));
@@ -290,11 +301,20 @@ export async function startClassifierServer(
    * answered 500), saying so; bad input is that image's answer, not an exception.
    */
   const classify = async (held: ServedModel, bytes: Uint8Array): Promise<Classification> => {
+    // the models taken instead, held until the answer (another swap must not stop one under it)
+    const taken: (() => void)[] = [];
     try {
       const prepare = (m: ServedModel) => prepareImage(bytes, { ...image, resize: m.meta.resize as ResizePolicy });
-      let model = held.gone ? current : held;
+      const serving = (m: ServedModel) => {
+        // (the one served now is stopped only by close, which waits for its holders first)
+        if (!m.gone || m === current) return m;
+        taken.push(current.hold());
+        return current;
+      };
+      let model = serving(held);
       let pixels = await prepare(model);
-      if (model.gone) pixels = await prepare((model = current));
+      // stopped while this image decoded: again, on the one served now
+      while (model.gone && model !== current) pixels = await prepare((model = serving(model)));
       // (nothing awaited between this look and the submit: a model seen serving takes it)
       const result = model.decide(await model.batcher.submit(pixels));
       if ('label' in result) metrics.results.inc({ label: result.label });
@@ -304,6 +324,8 @@ export async function startClassifierServer(
       metrics.rejected.inc({ reason: e.reason });
       if (e.reason === 'internal') o.log.error({ err }, 'classification failed');
       return { error: e };
+    } finally {
+      taken.forEach((release) => release());
     }
   };
 
@@ -349,10 +371,15 @@ export async function startClassifierServer(
   // Bound to loopback: only requests that name it, as the console (a site whose name is re-pointed
   // at 127.0.0.1 could otherwise make a browser on this machine classify, or probe for, the
   // deployment's s3:// objects, and reload the model: a review).
+  // Let through: a request with no Host (an HTTP/1.0 health check: a browser always sends one),
+  // the probes' and Prometheus's routes, and the names of TL_SERVE_ALLOWED_HOSTS (a proxy in
+  // front that passes its own Host).
   if (isLoopbackHost(o.host ?? cfg.host)) {
+    const allowed = new Set(cfg.allowedHosts);
     app.use((req: Request, res: Response, next: NextFunction) => {
-      if (hostHeaderIsLoopback(req.headers.host)) return next();
-      res.status(421).json({ error: { reason: 'misdirected', message: 'this server answers at localhost or 127.0.0.1 only (it is bound to loopback)' } });
+      const host = req.headers.host;
+      if (host === undefined || req.path === '/healthz' || req.path === '/metrics' || hostHeaderIsLoopback(host) || allowed.has(hostHeaderName(host))) return next();
+      res.status(421).json({ error: { reason: 'misdirected', message: 'this server is bound to loopback and answers requests for localhost or 127.0.0.1 only; behind a proxy that passes its own Host, name that host in TL_SERVE_ALLOWED_HOSTS' } });
     });
   }
   app.use((req: Request, res: Response, next: NextFunction) => {
@@ -398,14 +425,15 @@ export async function startClassifierServer(
     // when a newer run is swapped in while its body is still arriving.
     res.on('close', model.hold());
     const modelRef: ModelRef = { dataset: model.meta.dataset, runId: model.meta.runId };
-    endStalledBody(req, res, o.bodyIdleMs ?? BODY_IDLE_MS, server.requestTimeout > 0 ? server.requestTimeout : 300_000, (message) => fail(res, 'timeout', message));
-    if (type.startsWith('multipart/form-data')) return void classifyMultipart(req, res, model, modelRef);
-    if (type.startsWith('application/json')) return void classifyKeys(req, res, model, modelRef);
+    // (each path below calls it once the body's reader is attached)
+    const watchBody = () => endStalledBody(req, res, o.bodyIdleMs ?? BODY_IDLE_MS, server.requestTimeout > 0 ? server.requestTimeout : 300_000, (message) => fail(res, 'timeout', message));
+    if (type.startsWith('multipart/form-data')) return void (classifyMultipart(req, res, model, modelRef), watchBody());
+    if (type.startsWith('application/json')) return void (classifyKeys(req, res, model, modelRef), watchBody());
     // raw image bytes: the size is checked as they arrive, so an oversized body is not held
     const declared = Number(req.get('content-length') ?? NaN);
-    if (declared > maxBytes) return void fail(res, 'too-large', tooLarge('the image', declared), modelRef);
+    if (declared > maxBytes) return void (fail(res, 'too-large', tooLarge('the image', declared), modelRef), watchBody());
     const slot = admit(res, 1);
-    if (!slot) return void req.resume();
+    if (!slot) return void (req.resume(), watchBody());
     const body = new HeldBody(budget);
     // With a declared length its room is taken at once, so a refusal comes before the upload, not after it.
     if (Number.isFinite(declared) && !body.reserve(declared)) {
@@ -413,7 +441,7 @@ export async function startClassifierServer(
       // answered now; the rest of the body is read and dropped (closing instead would reset the
       // connection under a client still sending, which then sees no 503 at all)
       overBudget(res);
-      return void req.resume();
+      return void (req.resume(), watchBody());
     }
     const release = () => (slot(), body.drop());
     let size = 0;
@@ -427,6 +455,7 @@ export async function startClassifierServer(
       }
       if (!body.push(c)) refused = 'overloaded';
     });
+    watchBody();
     // A client that goes away mid-body: no 'end' comes.
     req.on('error', release);
     req.on('close', () => {
