@@ -340,6 +340,10 @@ describe('small CLI holes', () => {
     expect(typo.code).toBe(1);
     expect(typo.stderr).toContain(`\ntransferline: nothing to ingest under s3://${photos}/prot/, so nothing was added to dataset proto (a typo in the prefix? its label folders are under s3://${photos}/proto/)\n`);
     expect(typo.stdout).not.toMatch(/^dataset proto:/m);
+    // a label that starts with a dot: refused once, as usage (a listing leaves hidden folders out: a review)
+    const hidden = await cli(['relabel', '-d', 'proto', `s3://${photos}/proto/toString/7.jpg`, '--to', '.net']);
+    expect(hidden.code).toBe(2);
+    expect(hidden.stderr).toBe('transferline: a label cannot start with a dot (.net): a listing leaves hidden folders out, so the images would leave the dataset at its next ingest\n');
     // (zebra: a label proto does not have yet)
     const moved = await cli(['relabel', '-d', 'proto', `s3://${photos}/proto/toString/7.jpg`, '--to', 'zebra', '--new-label']);
     expect(moved.stderr).toBe('');

@@ -82,8 +82,9 @@ describe('the compose file', () => {
   it('passes every setting the application reads, but those that make no sense in containers', () => {
     // the embedded servers of `up`; the in-container ports compose publishes; the XDG fallback;
     // up's own liveness watch, and what up tells its workers of it (in containers, the
-    // orchestrator's probes)
-    const notApplicable = ['TL_REDIS_PORT', 'TL_S3_PORT', 'TL_CONSOLE_PORT', 'TL_SERVE_PORT', 'XDG_CACHE_HOME', 'TL_UP_HANG_SECONDS', 'TL_SUPERVISOR_HANG_MS'];
+    // orchestrator's probes); the host names a serve bound to loopback answers (compose's binds
+    // every address)
+    const notApplicable = ['TL_REDIS_PORT', 'TL_S3_PORT', 'TL_CONSOLE_PORT', 'TL_SERVE_PORT', 'XDG_CACHE_HOME', 'TL_UP_HANG_SECONDS', 'TL_SUPERVISOR_HANG_MS', 'TL_SERVE_ALLOWED_HOSTS'];
     let schema: z.ZodType = ConfigSchema;
     // the schema's object, under its refinements and transforms
     for (let i = 0; i < 5 && !(schema instanceof z.ZodObject); i++) {

@@ -199,6 +199,12 @@ describe('bad input fails alone, with a reason', () => {
     // and the console's front page
     const overview = await loadOverview(consoleDeps({ services: ctx.services, queues: ctx.queues, config: stack.config }, 5_000));
     expect(overview.queues.find((q) => q.name === 'preprocess')).toMatchObject({ counts: { failed: bad.length - 1 }, settled: 1 });
+    // retry says what mends each failure it leaves alone (a review: bytes and pixels were sent to --reason, which fails them again)
+    const retry = await runCli(['retry', '-d', 'bad'], stack.env, 60_000);
+    expect(retry.stdout).toContain(
+      "; 8 other failures left alone (corrupt, empty, truncated, undecodable, unsupported-format: the files' own bytes, which fail again: replace or delete them and ingest again; " +
+        "too-many-pixels: raise the workers' TL_MAX_INPUT_PIXELS (start up again with it) and retry with --reason too-many-pixels, or replace them; too-large: name one with --reason to retry those)\n",
+    );
   });
 
   it("hidden files and folders that aws s3 sync copies (.DS_Store, a Finder's ._ files, .thumbnails/) are left out of a listing, and said so", async () => {
@@ -256,6 +262,7 @@ describe('bad input fails alone, with a reason', () => {
     expect((await ctx.services.datasets.getItems('hidden', [thumb]))[0]).toMatchObject({ label: 'dogs', manifest: `${bucket}/hidden/labels.csv` });
     const listing = await runCli(['ingest', `s3://${bucket}/hidden/`, '-d', 'hidden'], stack.env, 120_000);
     expect(listing.stdout).not.toContain('taken out of it');
+    expect(listing.stdout).toContain('; 1 of them stays in the dataset: the label manifest that names it labels it\n');
     expect((await ctx.services.datasets.getItems('hidden', [thumb]))[0]).toMatchObject({ label: 'dogs', manifest: `${bucket}/hidden/labels.csv` });
   });
 });

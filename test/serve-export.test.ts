@@ -324,62 +324,102 @@ describe('transferline serve', () => {
     expect(after.model.runId).toBe('r2');
   }, 300_000);
 
-  it('serve -m DATASET follows its latest run: a promote swaps it, and it says why, once', async () => {
+  /** shapes@r1's files as run `runId` of `dataset`, its records saying so */
+  const copyRunAs = async (dataset: string, runId: string) => {
+    const { store, layout } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    for await (const o of store.listObjects(bucket, layout.run('shapes', 'r1'))) {
+      const to = o.key.replace(layout.run('shapes', 'r1'), layout.run(dataset, runId));
+      if (o.key.endsWith('/report.json') || o.key.endsWith('/run.json')) await store.putJson(bucket, to, { ...(JSON.parse((await store.getObject(bucket, o.key)).toString()) as object), dataset, runId });
+      else await store.copyObject(bucket, o.key, to);
+    }
+  };
+  /** `serve -m MODEL` following its dataset each second: what it has said so far, and its stop */
+  const followingServe = (model: string, extra: { onListening?: (server: ClassifierServer) => void } = {}) => {
     let said = '';
     const out = { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream;
     const abort = new AbortController();
-    const serving = serveCommand({ ...ctx, out, signal: abort.signal }, { model: 'shapes', port: 0, threads: 1, followInterval: 1 });
+    const serving = serveCommand({ ...ctx, out, signal: abort.signal }, { model, port: 0, threads: 1, followInterval: 1, ...extra });
+    return {
+      said: () => said,
+      stop: async () => {
+        abort.abort();
+        await serving;
+      },
+    };
+  };
+
+  it('serve -m DATASET follows its latest run: a promote swaps it, and it says why, once', async () => {
+    const serve = followingServe('shapes');
+    const said = serve.said;
     try {
-      await until('serve to load the latest run', () => said.includes('serving shapes@r2 '), 120);
+      await until('serve to load the latest run', () => said().includes('serving shapes@r2 '), 120);
       expect((await runCli(['promote', 'shapes@r1'], stack.env)).code).toBe(0);
-      await until('serve to swap to the promoted run', () => said.includes('now serving shapes@r1'), 60);
-      expect(said).toContain('the latest run of shapes is now r1 (promoted): now serving shapes@r1 (was r2)\n');
+      await until('serve to swap to the promoted run', () => said().includes('now serving shapes@r1'), 60);
+      expect(said()).toContain('the latest run of shapes is now r1 (promoted): now serving shapes@r1 (was r2)\n');
     } finally {
-      abort.abort();
-      await serving;
+      await serve.stop();
     }
   }, 240_000);
 
   it('serve -m DATASET whose runs are deleted keeps serving the one it has, says so once, and a reload answers 404', async () => {
-    const { store, layout } = ctx.services;
-    const bucket = stack.config.s3.bucket;
-    // a dataset of one run: shapes@r1's files, under another name (and its records saying so)
-    const copyRun = async () => {
-      for await (const o of store.listObjects(bucket, layout.run('shapes', 'r1'))) {
-        const to = o.key.replace(layout.run('shapes', 'r1'), layout.run('orphan', 'r1'));
-        if (o.key.endsWith('/report.json') || o.key.endsWith('/run.json')) await store.putJson(bucket, to, { ...(JSON.parse((await store.getObject(bucket, o.key)).toString()) as object), dataset: 'orphan' });
-        else await store.copyObject(bucket, o.key, to);
-      }
-    };
-    await copyRun();
+    // a dataset of one run: shapes@r1's files, under another name
+    await copyRunAs('orphan', 'r1');
     expect((await runCli(['promote', 'orphan@r1'], stack.env)).code).toBe(0);
-    let said = '';
-    const out = { write: (s: string) => ((said += s), true) } as unknown as NodeJS.WritableStream;
-    const abort = new AbortController();
     let url: string | undefined;
-    const serving = serveCommand({ ...ctx, out, signal: abort.signal }, { model: 'orphan', port: 0, threads: 1, followInterval: 1, onListening: (server) => (url = server.url) });
+    const serve = followingServe('orphan', { onListening: (server) => (url = server.url) });
+    const said = serve.said;
     try {
-      await until('serve to load the run', () => said.includes('serving orphan@r1 ') && url !== undefined, 120);
+      await until('serve to load the run', () => said().includes('serving orphan@r1 ') && url !== undefined, 120);
       expect((await runCli(['delete', 'run', 'orphan@r1', '--yes'], stack.env)).code).toBe(0);
-      await until('serve to say its runs are gone', () => said.includes('follow: orphan has no trained run'), 60);
-      expect(said).toContain('follow: orphan has no trained run in the bucket any more (deleted?): still serving orphan@r1 until a run of it is trained or promoted\n');
+      await until('serve to say its runs are gone', () => said().includes('follow: orphan has no trained run'), 60);
+      expect(said()).toContain('follow: orphan has no trained run in the bucket any more (deleted?): still serving orphan@r1 until a run of it is trained or promoted\n');
       const reload = await fetch(`${url}/v1/models/reload`, { method: 'POST' });
       expect(reload.status).toBe(404);
       expect(((await reload.json()) as { error: { reason: string; message: string } }).error).toEqual({ reason: 'not-found', message: expect.stringMatching(/^no trained model for orphan.*; still serving orphan@r1$/) as unknown as string });
-      expect(said).toMatch(/^POST \/v1\/models\/reload: could not load the new model, still serving r1: no trained model for orphan/m);
+      expect(said()).toMatch(/^POST \/v1\/models\/reload: could not load the new model, still serving r1: no trained model for orphan/m);
       // and it still answers with the model it has
       const r = await fetch(`${url}/v1/classify`, { method: 'POST', body: await renderSample('circle', 7, 70), headers: { 'content-type': 'image/jpeg' } });
       expect(r.status).toBe(200);
       // said once, however many follow rounds pass
       await new Promise((resolve) => setTimeout(resolve, 2_500));
-      expect(said.match(/has no trained run in the bucket any more/g)).toHaveLength(1);
+      expect(said().match(/has no trained run in the bucket any more/g)).toHaveLength(1);
       // a run of it trained again under the same id (delete run freed it) is loaded
-      await copyRun();
+      await copyRunAs('orphan', 'r1');
       expect((await runCli(['promote', 'orphan@r1'], stack.env)).code).toBe(0);
-      await until('serve to load the new orphan@r1', () => said.includes('the latest run of orphan is now r1 (promoted): reloaded orphan@r1'), 60);
+      await until('serve to load the new orphan@r1', () => said().includes('the latest run of orphan is now r1 (promoted): reloaded orphan@r1'), 60);
     } finally {
-      abort.abort();
-      await serving;
+      await serve.stop();
+    }
+  }, 240_000);
+
+  it('serve -m DATASET whose latest run fails to load says so once, not at every follow round, and tries it when it is the latest again', async () => {
+    const { store, layout } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    for (const run of ['r1', 'r2']) await copyRunAs('flaky', run);
+    // r2 cannot be loaded: its labels are gone
+    const labels = layout.runFile('flaky', 'r2', 'labels.json');
+    const saved = await store.getObject(bucket, labels);
+    await store.deleteObject(bucket, labels);
+    expect((await runCli(['promote', 'flaky@r1'], stack.env)).code).toBe(0);
+    const serve = followingServe('flaky');
+    const said = serve.said;
+    try {
+      await until('serve to load flaky@r1', () => said().includes('serving flaky@r1 '), 120);
+      expect((await runCli(['promote', 'flaky@r2'], stack.env)).code).toBe(0);
+      await until('serve to say r2 could not be loaded', () => said().includes('could not load the new model'), 60);
+      await new Promise((resolve) => setTimeout(resolve, 3_500));
+      // (before: once a second, for as long as r2 stayed the latest)
+      expect(said().match(/could not load the new model/g)).toHaveLength(1);
+      expect(said()).toMatch(/^follow: flaky@r2 is not tried again until another run is the latest \(kill -HUP \d+ tries it now\)$/m);
+      // mended, and the latest again after another: loaded
+      await store.putObject(bucket, labels, saved);
+      expect((await runCli(['promote', 'flaky@r1'], stack.env)).code).toBe(0);
+      await new Promise((resolve) => setTimeout(resolve, 2_500));
+      expect((await runCli(['promote', 'flaky@r2'], stack.env)).code).toBe(0);
+      await until('serve to load the mended r2', () => said().includes('now serving flaky@r2 (was r1)'), 60);
+    } finally {
+      await serve.stop();
     }
   }, 240_000);
 
@@ -869,9 +909,11 @@ describe('transferline serve, stopping, swapping and whom it answers (a review)'
       expect(await ask(server.port, { path: '/v1/models', host: `evil.example:${server.port}` })).toBe(421);
       expect(await ask(server.port, { path: '/v1/models', host: `localhost:${server.port}` })).toBe(200);
       expect(await ask(server.port, { path: '/v1/models' })).toBe(200);
-      // not the probes' and Prometheus's routes, nor a request with no Host (HTTP/1.0 health checks: a browser always sends one)
+      // but /healthz, and a request with no Host (HTTP/1.0 health checks: a browser always sends
+      // one); not /metrics, which names the datasets, runs and labels
       expect(await ask(server.port, { path: '/healthz', host: 'evil.example' })).toBe(200);
-      expect(await ask(server.port, { path: '/metrics', host: 'evil.example' })).toBe(200);
+      expect(await ask(server.port, { path: '/metrics', host: 'evil.example' })).toBe(421);
+      expect(await ask(server.port, { path: '/metrics' })).toBe(200);
       const raw = await new Promise<string>((resolve) => {
         const socket = net.connect(server.port, '127.0.0.1', () => socket.end('GET /v1/models HTTP/1.0\r\n\r\n'));
         let got = '';
@@ -883,7 +925,8 @@ describe('transferline serve, stopping, swapping and whom it answers (a review)'
       await server.close();
     }
     // behind a proxy that passes its own Host: named in TL_SERVE_ALLOWED_HOSTS
-    const config = { ...stack.config, serve: { ...stack.config.serve, allowedHosts: ['classify.example.org'] } };
+    // (written as a Host header is, its port ignored)
+    const config = { ...stack.config, serve: { ...stack.config.serve, allowedHosts: ['classify.example.org:8443'] } };
     const proxied = await startClassifierServer({ ...ctx, config }, { model: 'shapes@r1', log, port: 0, threads: 1 });
     try {
       expect(await ask(proxied.port, { path: '/v1/models', host: 'Classify.Example.org:443' })).toBe(200);
@@ -936,20 +979,6 @@ describe('transferline serve, stopping, swapping and whom it answers (a review)'
       });
       req.on('error', () => resolve({ status: -1, body: '' }));
     });
-    // a body whose first window is slow and which then comes fast is no trickle: not ended
-    // (1 MB within 60 s: 20 kB in the first 2 s is under the pace, over half of it)
-    const catching = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-length': '1000000' } });
-    const caught = new Promise<string>((resolve) => {
-      catching.on('response', (res) => {
-        let b = '';
-        res.setEncoding('utf8').on('data', (c: string) => (b += c)).on('end', () => resolve(`${res.statusCode} ${b}`));
-      });
-      catching.on('error', () => resolve('-1'));
-    });
-    catching.write(Buffer.alloc(20_000, 7));
-    await new Promise((r) => setTimeout(r, 2_500));
-    catching.end(Buffer.alloc(980_000, 7));
-    expect(await caught).toMatch(/^422 /); // (its bytes are no image: judged, not ended)
     // 40 kB a second: more than the 16 KiB a window any body must send, far under 10 MB in 60 s
     const drip = setInterval(() => req.write(Buffer.alloc(20_000, 7)), 500);
     try {
@@ -957,10 +986,32 @@ describe('transferline serve, stopping, swapping and whom it answers (a review)'
       expect(r).not.toBe('late');
       const { status, body } = r as { status: number; body: string };
       expect(status).toBe(408);
-      expect(JSON.parse(body)).toMatchObject({ error: { reason: 'timeout', message: expect.stringMatching(/^the request's body stalled: the client sent \d+ of its 10000000 bytes in 2 s, under half the pace that sends them within 60 s \(the request timeout\), so the request was ended$/) } });
+      expect(JSON.parse(body)).toMatchObject({ error: { reason: 'timeout', message: expect.stringMatching(/^the request's body stalled: the client sent \d+ of its 10000000 bytes in \d+ s, under half the pace that sends them within 60 s \(the request timeout\), so the request was ended$/) } });
     } finally {
       clearInterval(drip);
       req.destroy();
+      await server.close();
+    }
+  });
+
+  it('a body whose first window is slow and which then comes fast is no trickle: judged, not ended', async () => {
+    const server = await startClassifierServer(ctx, { model: 'shapes@r1', log, port: 0, threads: 1, bodyIdleMs: 2_000, requestTimeoutMs: 60_000 });
+    try {
+      // a body whose first window is slow and which then comes fast is no trickle: not ended
+      // (1 MB within 60 s: 30 kB in the first 2 s is under the pace, over half of it until 3.6 s)
+      const catching = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-length': '1000000' } });
+      const caught = new Promise<string>((resolve) => {
+        catching.on('response', (res) => {
+          let b = '';
+          res.setEncoding('utf8').on('data', (c: string) => (b += c)).on('end', () => resolve(`${res.statusCode} ${b}`));
+        });
+        catching.on('error', () => resolve('-1'));
+      });
+      catching.write(Buffer.alloc(30_000, 7));
+      await new Promise((r) => setTimeout(r, 2_500));
+      catching.end(Buffer.alloc(970_000, 7));
+      expect(await caught).toMatch(/^422 /); // (its bytes are no image: judged, not ended)
+    } finally {
       await server.close();
     }
   });

@@ -83,9 +83,10 @@ export interface IngestCounts {
   /**
    * hidden files and files in hidden folders (names that start with a dot: isHiddenPath) a listing
    * found: left out, not counted as listed; the first few (`s3://…`); and how many of them the
-   * dataset held (listed before they were left out): taken out of it, not counted in `removed`
+   * dataset held (listed before they were left out): taken out of it, not counted in `removed`;
+   * and how many stay in it, labelled by a label manifest still in the bucket
    */
-  hidden?: { count: number; first: string[]; removed?: number };
+  hidden?: { count: number; first: string[]; removed?: number; kept?: number };
   /** listed objects a label manifest (still in the bucket) labels in the dataset, kept as it labels them; the manifests (`bucket/key`) */
   manifestLabelled?: { count: number; manifests: string[] };
   /** a manifest's images that another manifest labelled in the dataset until now; those manifests (`bucket/key`) */
@@ -199,9 +200,13 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     if (page.length >= 1000) await flush();
   }
   if (page.length) await flush();
-  // (a hidden object a label manifest still standing labels is the manifest's: a listing does not
-  // take it out, or each listing and manifest ingest would take it from the other)
-  const gone = await removeDeleted(req, datasets, listedIds, labelledCount, async (id, r) => hiddenIds.has(id) && r.manifest !== undefined && (await manifestStands(r.manifest)));
+  // A hidden object that a label manifest still standing labels is the manifest's: a listing does
+  // not take it out (each listing and manifest ingest took it from the other: a review), and it
+  // counts as one of the dataset's images listed (else every round of --watch scanned the dataset).
+  const kept = await keptByManifests(req, datasets, [...hiddenIds], manifestStands);
+  for (const id of kept) listedIds.add(id);
+  if (kept.length) counts.hidden!.kept = kept.length;
+  const gone = await removeDeleted(req, datasets, listedIds, labelledCount + kept.length);
   const tablesGone = gone.filter((id) => tables.has(id)).length;
   const hiddenGone = gone.filter((id) => hiddenIds.has(id)).length;
   counts.removed = gone.length - tablesGone - hiddenGone;
@@ -410,19 +415,23 @@ function noteSpelling(spellings: Map<string, Set<string>>, label: string, key: s
   spellings.set(label, forms);
 }
 
+/** Of the dataset's items among `ids`, those a label manifest still in the bucket labels. */
+async function keptByManifests(req: IngestRequest, datasets: IngestDeps['services']['datasets'], ids: string[], manifestStands: (manifest: string) => Promise<boolean>): Promise<string[]> {
+  const kept: string[] = [];
+  for (let i = 0; i < ids.length; i += 1000) {
+    const part = ids.slice(i, i + 1000);
+    const records = await datasets.getItems(req.dataset, part);
+    for (const [j, r] of records.entries()) if (r?.manifest !== undefined && (await manifestStands(r.manifest))) kept.push(part[j]!);
+  }
+  return kept;
+}
+
 /**
  * Items of the dataset under the listed prefix whose objects were not listed: deleted from the
  * bucket (or left out of the listing). They leave the dataset (and training), so a dataset
  * matches its bucket after an ingest. Returns their ids.
  */
-async function removeDeleted(
-  req: IngestRequest,
-  datasets: IngestDeps['services']['datasets'],
-  listed: Set<string>,
-  labelled: number,
-  /** an item not listed that stays all the same */
-  keep: (id: string, record: ItemRecord) => Promise<boolean> = async () => false,
-): Promise<string[]> {
+async function removeDeleted(req: IngestRequest, datasets: IngestDeps['services']['datasets'], listed: Set<string>, labelled: number): Promise<string[]> {
   // Every labelled object listed is in the dataset by now: when that is all it holds, nothing was
   // deleted, and the scan (the whole dataset, on every round of --watch) is not needed.
   if ((await datasets.size(req.dataset)) <= labelled) return [];
@@ -430,9 +439,9 @@ async function removeDeleted(
   // level too deep (nothing in a label folder under it) must not take the dataset's images out.
   const gone: string[] = [];
   for await (const page of datasets.scan(req.dataset)) {
-    for (const [id, record] of page) {
+    for (const [id] of page) {
       const { bucket, key } = DatasetRepository.parseItemId(id);
-      if (bucket === req.bucket && key.startsWith(req.prefix) && !listed.has(id) && !(await keep(id, record))) gone.push(id);
+      if (bucket === req.bucket && key.startsWith(req.prefix) && !listed.has(id)) gone.push(id);
     }
   }
   for (let i = 0; i < gone.length; i += 1000) await datasets.removeItems(req.dataset, gone.slice(i, i + 1000));

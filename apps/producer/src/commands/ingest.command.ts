@@ -51,7 +51,8 @@ export function hiddenNote(h: NonNullable<IngestCounts['hidden']>): string {
   const n = h.count;
   const named = `${h.first.map(printable).join(', ')}${n > h.first.length ? ` and ${n - h.first.length} more` : ''}`;
   const taken = h.removed ? `; ${h.removed} of them ${h.removed === 1 ? 'was' : 'were'} in the dataset, and ${h.removed === 1 ? 'is' : 'are'} taken out of it` : '';
-  return `${n} hidden file${n === 1 ? '' : 's'} left out (a name that starts with a dot, or a folder's: .DS_Store, a Finder's ._ files, .thumbnails/; aws s3 sync copies them, upload does not): ${named}${taken}`;
+  const kept = h.kept ? `; ${h.kept} of them ${h.kept === 1 ? 'stays' : 'stay'} in the dataset: the label manifest that names ${h.kept === 1 ? 'it labels it' : 'them labels them'}` : '';
+  return `${n} hidden file${n === 1 ? '' : 's'} left out (a name that starts with a dot, or a folder's: .DS_Store, a Finder's ._ files, .thumbnails/; aws s3 sync copies them, upload does not): ${named}${taken}${kept}`;
 }
 
 /** The label manifests (`s3://…`) right in `folder`, the first few among its first few thousand objects. */

@@ -50,15 +50,24 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
   }
   const what = o.reason ? `with reason ${o.reason}` : `that failed on an error that is not the image's (${[...TRANSIENT_REASONS].join(', ')})`;
   ctx.out.write(`retrying ${retried} failed image${retried === 1 ? '' : 's'} of ${o.dataset} ${what}${o.stage ? ` in ${o.stage}` : ''}`);
-  const reasons = [...new Set(left)].sort().join(', ');
   const how = o.stage ? 'name one with --reason and its stage with --stage' : 'name one with --reason';
-  // failures of the files' own bytes only: a retry would run the same bytes to the same failure (a
-  // user's trial took the hint and did)
-  // (not when --reason was given: those left alone are another reason's, or another stage's)
-  const ofBytes = !o.reason && left.every((r) => BYTES_FAILURE_REASONS.has(r.split(' ').pop()!));
-  const why = ofBytes ? `the files' own bytes, which fail again: replace or delete ${skipped === 1 ? 'it' : 'them'} and ${isClassifyDataset(o.dataset) ? 'classify the prefix again' : 'ingest again'}` : `${how} to retry those`;
+  // What mends those left alone, by reason (not the one --reason names: left for their stage):
+  // a file's own bytes fail again on any retry (a user's trial took the hint and did), so it is
+  // replaced or deleted; too many pixels, the workers' limit or the file; the rest, a retry.
+  const reasonOf = (r: string) => r.split(' ').pop()!;
+  const group = (r: string) => (reasonOf(r) === o.reason ? 'retry' : BYTES_FAILURE_REASONS.has(reasonOf(r)) ? 'bytes' : reasonOf(r) === 'too-many-pixels' ? 'pixels' : 'retry');
+  const again = isClassifyDataset(o.dataset) ? 'classify the prefix again' : 'ingest again';
+  const parts = (['bytes', 'pixels', 'retry'] as const).flatMap((g) => {
+    const of = left.filter((r) => group(r) === g);
+    if (of.length === 0) return [];
+    const reasons = [...new Set(of)].sort().join(', ');
+    const them = of.length === 1 ? 'it' : 'them';
+    if (g === 'bytes') return [`${reasons}: the files' own bytes, which fail again: replace or delete ${them} and ${again}`];
+    if (g === 'pixels') return [`${reasons}: raise the workers' TL_MAX_INPUT_PIXELS (start up again with it) and retry with --reason too-many-pixels, or replace ${them}`];
+    return [`${reasons}: ${how} to retry those`];
+  });
   // nothing failed at all (a typo'd reason, or the wrong dataset): said, as `failures` does
-  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${reasons}: ${why})\n` : retried ? '\n' : '; it has no failed images\n');
+  ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${parts.join('; ')})\n` : retried ? '\n' : '; it has no failed images\n');
   if (!o.wait || retried === 0) return { retried };
   const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30, ours: { count: retried, what: 'the images retried' } });
   printDatasetSummary(ctx, status);

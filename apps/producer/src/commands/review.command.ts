@@ -1,4 +1,4 @@
-import { conflictsLabelledBy, DatasetRepository, ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
+import { conflictsLabelledBy, DatasetRepository, isHiddenPath, ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { likeliestOther, relabelItems, reviewAgreement, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
@@ -103,6 +103,8 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
     }
   } else {
     if (!o.to || o.keys.length === 0) throw new CliExit(EXIT.usage, 'transferline: name the images and the new label: transferline relabel -d NAME s3://bucket/key … --to LABEL (or --from-review)');
+    // said once, before the label check (a review: "add --new-label", then a refusal per image)
+    if (isHiddenPath(o.to)) throw new CliExit(EXIT.usage, `transferline: a label cannot start with a dot (${printable(o.to)}): a listing leaves hidden folders out, so the images would leave the dataset at its next ingest`);
     // A label the dataset does not have is a typo more often than a new class (a user's trial:
     // --to plum beside plums made a class of one image): said before anything moves.
     if (!o.newLabel) {

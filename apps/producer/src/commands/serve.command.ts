@@ -61,11 +61,14 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     if (random) w(`  ${random}`);
   };
   const reloadFailed = (err: Error, cause: string) => w(`${cause}: could not load the new model, still serving ${server!.model().runId}: ${err.message}`);
-  const swap = async (cause: string) => {
+  /** Loads the model again; false when it could not (said). */
+  const swap = async (cause: string): Promise<boolean> => {
     try {
       await server!.reload(cause);
+      return true;
     } catch (err) {
       reloadFailed(err as Error, cause);
+      return false;
     }
   };
   const onHup = () => void swap('SIGHUP');
@@ -89,8 +92,13 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     const follow = o.followInterval ?? 30;
     if (!o.model.includes('@') && follow > 0) {
       let orphaned = false;
+      /** the latest run, when it failed to load */
+      let failedRun: string | undefined;
+      /** a round under way: the next waits for it (a load longer than the interval) */
+      let round: Promise<void> | undefined;
       timer = setInterval(() => {
-        void (async () => {
+        if (round) return;
+        round = (async () => {
           const latest = await latestRun(long, m.dataset).catch(() => 'unread' as const);
           if (latest === 'unread') return;
           const was = server!.model().runId;
@@ -106,8 +114,15 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
           }
           const wasOrphaned = orphaned;
           orphaned = !latest;
-          if (latest && (latest.runId !== was || wasOrphaned)) await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy !== undefined && Object.hasOwn(SET_BY, latest.setBy) ? (latest.setBy as keyof typeof SET_BY) : 'unknown']})`);
-        })();
+          // (a run that failed to load is not tried again each round, nor said again: a review)
+          if (latest && (latest.runId !== was || wasOrphaned) && latest.runId !== failedRun) {
+            const loaded = await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy !== undefined && Object.hasOwn(SET_BY, latest.setBy) ? (latest.setBy as keyof typeof SET_BY) : 'unknown']})`);
+            failedRun = loaded ? undefined : latest.runId;
+            if (!loaded) w(`follow: ${m.dataset}@${latest.runId} is not tried again until another run is the latest (kill -HUP ${process.pid} tries it now)`);
+          }
+          // (another run the latest since, the one served say: the failed one is tried when it is the latest again)
+          if (latest && latest.runId !== failedRun) failedRun = undefined;
+        })().finally(() => (round = undefined));
       }, follow * 1000);
     }
     o.onListening?.(server);

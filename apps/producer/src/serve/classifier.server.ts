@@ -372,13 +372,14 @@ export async function startClassifierServer(
   // at 127.0.0.1 could otherwise make a browser on this machine classify, or probe for, the
   // deployment's s3:// objects, and reload the model: a review).
   // Let through: a request with no Host (an HTTP/1.0 health check: a browser always sends one),
-  // the probes' and Prometheus's routes, and the names of TL_SERVE_ALLOWED_HOSTS (a proxy in
-  // front that passes its own Host).
+  // /healthz (it says only "ok"), and the names of TL_SERVE_ALLOWED_HOSTS (a proxy in front that
+  // passes its own Host; written as a Host header is, a port or brackets ignored). Not /metrics:
+  // it names the datasets, runs and labels (a review); a Prometheus here scrapes 127.0.0.1.
   if (isLoopbackHost(o.host ?? cfg.host)) {
-    const allowed = new Set(cfg.allowedHosts);
+    const allowed = new Set(cfg.allowedHosts.map(hostHeaderName));
     app.use((req: Request, res: Response, next: NextFunction) => {
       const host = req.headers.host;
-      if (host === undefined || req.path === '/healthz' || req.path === '/metrics' || hostHeaderIsLoopback(host) || allowed.has(hostHeaderName(host))) return next();
+      if (host === undefined || req.path === '/healthz' || hostHeaderIsLoopback(host) || allowed.has(hostHeaderName(host))) return next();
       res.status(421).json({ error: { reason: 'misdirected', message: 'this server is bound to loopback and answers requests for localhost or 127.0.0.1 only; behind a proxy that passes its own Host, name that host in TL_SERVE_ALLOWED_HOSTS' } });
     });
   }
