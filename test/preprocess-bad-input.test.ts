@@ -117,7 +117,7 @@ describe('bad input fails alone, with a reason', () => {
     expect(text.stdout).toContain(`  labels: cats (${bad.length + GOOD}, ${bad.length} failed)\n`);
     // what to do of those that failed for their bytes (not of the one too large, nor the one not found)
     // (not the two too-many-pixels either: a higher TL_MAX_INPUT_PIXELS and retry --reason mend those)
-    expect(text.stdout).toMatch(/^ {2}note: 6 failed for their own bytes \((?:[a-z-]+, ){5}[a-z-]+\), which fail again however often they run: replace each with an image that reads, or delete it, and ingest again \(a replaced or deleted file's failure goes\)$/m);
+    expect(text.stdout).toMatch(/^ {2}note: 6 failed for their own bytes \((?:[a-z-]+, ){5}[a-z-]+\), which fail again however often they run: replace each with an image that reads, or delete it, and run the same ingest again \(a replaced or deleted file's failure goes\)$/m);
     // an object listed and then not found: what may have happened, and what brings it back
     expect(text.stdout).toContain(`  note: 1 listed but not found by the workers: deleted since, or listed from another S3 than the workers read (this shell's S3_ENDPOINT is ${stack.config.s3.endpoint}). A re-ingest runs again each one put back since it failed\n`);
     const cli = await runCli(['status', '--json', '--dataset', 'bad'], stack.env);
@@ -202,7 +202,7 @@ describe('bad input fails alone, with a reason', () => {
     // retry says what mends each failure it leaves alone (a review: bytes and pixels were sent to --reason, which fails them again)
     const retry = await runCli(['retry', '-d', 'bad'], stack.env, 60_000);
     expect(retry.stdout).toContain(
-      "; 8 other failures left alone (corrupt, empty, truncated, undecodable, unsupported-format: the files' own bytes, which fail again: replace or delete them and ingest again; " +
+      "; 8 other failures left alone (corrupt, empty, truncated, undecodable, unsupported-format: the files' own bytes, which fail again: replace or delete them and run the same ingest again; " +
         "too-many-pixels: raise the workers' TL_MAX_INPUT_PIXELS (start up again with it) and retry with --reason too-many-pixels, or replace them; too-large: name one with --reason to retry those)\n",
     );
   });
@@ -249,10 +249,10 @@ describe('bad input fails alone, with a reason', () => {
     const bad = await runCli(['ingest', `s3://${bucket}/hidden/`, '-d', 'hidden'], stack.env, 120_000);
     expect(bad.code).toBe(3);
     expect(bad.stdout).toContain(
-      "  note: 1 failed for its own bytes (not-an-image), which fail again however often they run: replace each with an image that reads, or delete it, and ingest again (a replaced or deleted file's failure goes)\n",
+      "  note: 1 failed for its own bytes (not-an-image), which fail again however often they run: replace each with an image that reads, or delete it, and run the same ingest again (a replaced or deleted file's failure goes)\n",
     );
     const retry = await runCli(['retry', '-d', 'hidden'], stack.env, 60_000);
-    expect(retry.stdout).toContain("; 1 other failure left alone (not-an-image: the files' own bytes, which fail again: replace or delete it and ingest again)\n");
+    expect(retry.stdout).toContain("; 1 other failure left alone (not-an-image: the files' own bytes, which fail again: replace or delete it and run the same ingest again)\n");
 
     // a hidden image that a label manifest names is the manifest's: a listing leaves it be (a
     // review: each listing took it out, and each ingest of the manifest put it back)

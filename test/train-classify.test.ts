@@ -626,7 +626,7 @@ describe('training runs and classification', () => {
     const status = await runCli(['status', '-d', classifyDatasetName('shapes')], stack.env);
     expect(status.stdout).toMatch(/^ {2}labels: \(unlabelled\) \(\d+, [1-9]\d* failed\)$/m);
     // what to do of a file that is no image: classify again (an ingest would not reach these images: a review)
-    expect(status.stdout).toMatch(/^ {2}note: \d+ failed for (its|their) own bytes \([a-z, -]+\), which fail again however often they run: replace each with an image that reads, or delete it, and classify the prefix again \(/m);
+    expect(status.stdout).toMatch(/^ {2}note: \d+ failed for (its|their) own bytes \([a-z, -]+\), which fail again however often they run: replace each with an image that reads, or delete it, and run the same classify again \(/m);
     // and so does its JSON, where "?" alone could be a folder named so
     const json = JSON.parse((await runCli(['status', '-d', classifyDatasetName('shapes'), '--json'], stack.env)).stdout) as { datasets: { labels: { label: string; unlabelled?: boolean }[] }[] };
     expect(json.datasets[0]!.labels).toEqual([expect.objectContaining({ unlabelled: true })]);

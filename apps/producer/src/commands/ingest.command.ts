@@ -1,4 +1,4 @@
-import { BYTES_FAILURE_REASONS, DatasetRepository, isClassifyDataset, manifestFormat, ObjectNotFoundError, parseS3ObjectUrl, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
+import { BYTES_FAILURE_REASONS, DatasetRepository, manifestFormat, ObjectNotFoundError, parseS3ObjectUrl, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
@@ -262,8 +262,7 @@ export function printDatasetSummary(ctx: CliContext, s: DatasetStatus): void {
   const nBytes = ofBytes.reduce((n, f) => n + f.count, 0);
   if (nBytes) {
     const reasons = [...new Set(ofBytes.map((f) => f.reason))].join(', ');
-    const again = isClassifyDataset(s.dataset) ? 'classify the prefix again' : 'ingest again';
-    w(`  note: ${nBytes} failed for ${nBytes === 1 ? 'its' : 'their'} own bytes (${reasons}), which fail again however often they run: replace each with an image that reads, or delete it, and ${again} (a replaced or deleted file's failure goes)`);
+    w(`  note: ${nBytes} failed for ${nBytes === 1 ? 'its' : 'their'} own bytes (${reasons}), which fail again however often they run: replace each with an image that reads, or delete it, and ${relistCommand(s.dataset)} (a replaced or deleted file's failure goes)`);
   }
   for (const line of elsewhereLines(s)) w(`  ${line}`);
   printFailures(ctx, s);

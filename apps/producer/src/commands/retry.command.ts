@@ -1,4 +1,4 @@
-import { BYTES_FAILURE_REASONS, isClassifyDataset, TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
+import { BYTES_FAILURE_REASONS, relistCommand, TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { noSuchDataset } from '../data-loss.js';
 import { waitForDataset } from '../dataset-wait.js';
@@ -56,13 +56,12 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
   // replaced or deleted; too many pixels, the workers' limit or the file; the rest, a retry.
   const reasonOf = (r: string) => r.split(' ').pop()!;
   const group = (r: string) => (reasonOf(r) === o.reason ? 'retry' : BYTES_FAILURE_REASONS.has(reasonOf(r)) ? 'bytes' : reasonOf(r) === 'too-many-pixels' ? 'pixels' : 'retry');
-  const again = isClassifyDataset(o.dataset) ? 'classify the prefix again' : 'ingest again';
   const parts = (['bytes', 'pixels', 'retry'] as const).flatMap((g) => {
     const of = left.filter((r) => group(r) === g);
     if (of.length === 0) return [];
     const reasons = [...new Set(of)].sort().join(', ');
     const them = of.length === 1 ? 'it' : 'them';
-    if (g === 'bytes') return [`${reasons}: the files' own bytes, which fail again: replace or delete ${them} and ${again}`];
+    if (g === 'bytes') return [`${reasons}: the files' own bytes, which fail again: replace or delete ${them} and ${relistCommand(o.dataset)}`];
     if (g === 'pixels') return [`${reasons}: raise the workers' TL_MAX_INPUT_PIXELS (start up again with it) and retry with --reason too-many-pixels, or replace ${them}`];
     return [`${reasons}: ${how} to retry those`];
   });

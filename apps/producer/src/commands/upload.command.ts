@@ -129,13 +129,12 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   let labelled = 0;
   for await (const obj of ctx.services.store.listObjects(bucket, prefix)) {
     there.set(obj.key, obj.etag);
-    if (manifest) continue;
+    // (nor, below, a hidden one: a listing leaves it out, so it is no image of a label)
+    if (manifest || isHiddenPath(obj.key.slice(prefix.length))) continue;
     if (fromHere) {
-      if (!fromHere.has(obj.key) && itemFromKey(prefix, obj.key) !== undefined && !isHiddenPath(obj.key.slice(prefix.length))) labelled++;
+      if (!fromHere.has(obj.key) && itemFromKey(prefix, obj.key) !== undefined) labelled++;
       continue;
     }
-    // (not a hidden one: a listing leaves it out, so it is no image of another label)
-    if (isHiddenPath(obj.key.slice(prefix.length))) continue;
     const at = keyBesideLabel(prefix, obj.key);
     if (at !== undefined) beside.set(at, [...(beside.get(at) ?? []), obj]);
   }
