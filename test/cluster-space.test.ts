@@ -1,10 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFile } from 'node:child_process';
 import { realpathSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import * as ort from 'onnxruntime-node';
+import onnxProto from 'onnx-proto';
 import sharp from 'sharp';
 import { afterAll, describe, expect, it } from 'vitest';
 import { writeSampleSet } from '../apps/producer/src/demo/sample-images.js';
@@ -13,6 +15,9 @@ import { shellQuote } from '../apps/producer/src/terminal.js';
 import { createEfficientNetEmbedder } from '../apps/feature-worker/src/embedder.js';
 import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
 import { createServices, loadConfig, RunDoc } from '../packages/shared/src/index.js';
+import { createLogger } from '../packages/shared/src/service-runtime.js';
+import { openCliContext } from '../apps/producer/src/cli-context.js';
+import { startClassifierServer } from '../apps/producer/src/serve/classifier.server.js';
 import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
 import { childProcesses, guardLeaks } from './support/leak-guard.js';
 import { cliPath, freeRun, repoRoot, runCli, startTestStack, type TestStack } from './support/stack.js';
@@ -206,14 +211,26 @@ describe("the README's two terminals", () => {
   }, 400_000);
 });
 
-describe('workers with TL_RESIZE=crop, a CLI without it', () => {
+describe('embed workers with TL_RESIZE=crop and TL_ALPHA_BACKGROUND, a preprocess worker and a CLI without them', () => {
   let stack: TestStack;
-  afterAll(async () => stack?.destroy());
+  let preprocess: ChildProcess | undefined;
+  afterAll(async () => {
+    if (preprocess && preprocess.exitCode === null) {
+      preprocess.kill('SIGTERM');
+      await new Promise((r) => preprocess!.once('exit', r));
+    }
+    await stack?.destroy();
+  });
 
-  it('embed in the crop space: the trained model records crop, and the pixels were cropped', async () => {
-    stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_RESIZE: 'crop' });
-    const { TL_RESIZE: _, ...cliEnv } = stack.env;
-    const services = createServices(loadConfig(cliEnv), 'oneshot');
+  it("embed in their space: the model records crop and the background, the pixels were cropped and flattened onto it, and serve and export prepare images as the space did", async () => {
+    // the embed workers' space; the preprocess worker, started by hand, and the CLI have neither setting
+    stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_RESIZE: 'crop', TL_ALPHA_BACKGROUND: '#000000' }, { preprocess: 0 });
+    const { TL_RESIZE: _r, TL_ALPHA_BACKGROUND: _b, ...cliEnv } = stack.env;
+    const worker = spawn(process.execPath, [path.join(repoRoot, 'apps', 'feature-worker', 'dist', 'main.js'), 'preprocess'], { env: { ...cliEnv, TL_METRICS_PORT: '0' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    preprocess = worker;
+    const space = 'efficientnet-b0.random-seed42.crop224.bg000000';
+    const config = loadConfig(cliEnv);
+    const services = createServices(config, 'oneshot');
     try {
       await services.store.ensureBucket('wide');
       // wide images whose left and right thirds differ: crop and squash give different pixels
@@ -228,29 +245,71 @@ describe('workers with TL_RESIZE=crop, a CLI without it', () => {
           .toBuffer();
       const objects: [string, Buffer][] = [];
       for (let i = 0; i < 6; i++) objects.push([`train/red/${i}.jpg`, await wide(i, '#ff0000', '#ff8800')], [`train/blue/${i}.jpg`, await wide(i, '#0000ff', '#0088ff')]);
-      for (const [k, b] of objects) await services.store.putObject('wide', k, b, 'image/jpeg');
+      // a red cut-out on transparency, whose pixels are those of the background where it is clear
+      const cutout = await sharp(await wide(6, '#ff0000', '#ff8800'))
+        .ensureAlpha()
+        .composite([{ input: Buffer.from('<svg width="600" height="200"><rect x="200" width="200" height="100"/></svg>'), blend: 'dest-out' }])
+        .png()
+        .toBuffer();
+      objects.push(['train/red/cutout.png', cutout]);
+      for (const [k, b] of objects) await services.store.putObject('wide', k, b, k.endsWith('.png') ? 'image/png' : 'image/jpeg');
 
       const ingest = await runCli(['ingest', 's3://wide/train/', '-d', 'wide'], cliEnv);
-      expect(ingest.code).toBe(0);
-      expect(ingest.stdout).toMatch(/embedding space efficientnet-b0\.random-seed42\.crop224/);
+      expect(ingest.code, ingest.stdout + ingest.stderr).toBe(0);
+      expect(ingest.stdout).toContain(`embedding space ${space}`);
       const train = await runCli(['train', '-d', 'wide', '--epochs', '5', '--run-id', 'wide-1'], cliEnv);
       expect(train.code).toBe(0);
       const run = await services.store.getDocument(RunDoc, stack.config.s3.bucket, services.layout.runFile('wide', 'wide-1', 'run.json'));
-      expect(run!.embedderId).toBe('efficientnet-b0.random-seed42.crop224');
+      expect(run!.embedderId).toBe(space);
 
-      // The cached embedding is that of the centre crop, not of the squashed image.
-      const [item] = await services.datasets.getItems('wide', ['wide/train/red/0.jpg']);
-      const cached = await services.cache.load(run!.embedderId, [item!.sha256!]);
+      // The cached embeddings are those of the centre crop, not of the squashed image, and the
+      // cut-out's of it flattened onto the space's black, not onto this worker's default white.
+      const items = await services.datasets.getItems('wide', ['wide/train/red/0.jpg', 'wide/train/red/cutout.png']);
+      const cached = await services.cache.load(space, items.map((item) => item!.sha256!));
       const rt = await loadTfRuntime('wasm');
       const embedder = await createEfficientNetEmbedder(rt, { seed: 42 });
-      const opts = { size: 224, maxInputPixels: 1e8, background: { r: 255, g: 255, b: 255 } };
-      const [cropped, squashed] = await Promise.all((['crop', 'squash'] as const).map(async (resize) => embedder.embedBatch([await prepareImage(objects[0]![1], { ...opts, resize })])));
-      const diff = (a: Float32Array, b: Float32Array) => Math.max(...Array.from(a, (v, i) => Math.abs(v - b[i]!)));
-      expect(diff(cached.data, cropped!)).toBeLessThan(1e-4);
-      expect(diff(cached.data, squashed!)).toBeGreaterThan(1e-2);
+      const embed = async (bytes: Buffer, o: { resize: 'crop' | 'squash'; background: string }) => (await embedder.embedBatch([await prepareImage(bytes, { size: 224, maxInputPixels: 1e8, ...o })]));
+      // (relative to the embedding's largest value: random weights make values in the hundreds)
+      const diff = (a: Float32Array, b: Float32Array) => Math.max(...Array.from(a, (v, i) => Math.abs(v - b[i]!))) / Math.max(...Array.from(b, Math.abs));
+      const row = (i: number) => cached.data.subarray(i * 1280, (i + 1) * 1280);
+      expect(diff(row(0), await embed(objects[0]![1], { resize: 'crop', background: '#000000' }))).toBeLessThan(1e-5);
+      expect(diff(row(0), await embed(objects[0]![1], { resize: 'squash', background: '#000000' }))).toBeGreaterThan(1e-2);
+      expect(diff(row(1), await embed(cutout, { resize: 'crop', background: '#000000' }))).toBeLessThan(1e-5);
+      expect(diff(row(1), await embed(cutout, { resize: 'crop', background: '#ffffff' }))).toBeGreaterThan(1e-2);
       embedder.dispose();
+
+      // export, from the shell without the settings, names the space's background and policy
+      const exported = await runCli(['export', '-m', 'wide@wide-1', '-o', stack.dataDir], cliEnv);
+      expect(exported.code, exported.stderr).toBe(0);
+      expect(exported.stdout).toContain('transparency flattened onto #000000 (transferline.alpha_background, as the run\'s embedding space does)');
+      const bytes = await readFile(path.join(stack.dataDir, 'wide-wide-1.onnx'));
+      const meta = Object.fromEntries(onnxProto.onnx.ModelProto.decode(bytes).metadataProps.map((p) => [p.key, p.value]));
+      expect([meta['transferline.alpha_background'], meta['transferline.resize']]).toEqual(['#000000', 'crop']);
+
+      // serve, from that shell too, prepares the cut-out as the space did: its answer is the
+      // exported model's on the pixels flattened onto black, not onto white
+      const ctx = await openCliContext(config, { write: () => true } as unknown as NodeJS.WritableStream);
+      const server = await startClassifierServer(ctx, { model: 'wide@wide-1', log: createLogger('serve-test', 'warn'), port: 0, threads: 1 });
+      const session = await ort.InferenceSession.create(bytes);
+      try {
+        const r = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: cutout, headers: { 'content-type': 'image/png' } });
+        expect(r.status).toBe(200);
+        const served = ((await r.json()) as { probabilities: Record<string, number> }).probabilities;
+        const onnx = async (background: string) => {
+          const px = await prepareImage(cutout, { size: 224, maxInputPixels: 1e8, resize: 'crop', background });
+          const out = await session.run({ pixels: new ort.Tensor('uint8', px, [1, 224, 224, 3]) });
+          const p = out.probabilities!.data as Float32Array;
+          return Math.abs(p[0]! - served[JSON.parse(meta['transferline.labels']!)[0] as string]!);
+        };
+        expect(await onnx('#000000')).toBeLessThan(1e-4);
+        expect(await onnx('#ffffff')).toBeGreaterThan(1e-3);
+      } finally {
+        await session.release();
+        await server.close();
+        await ctx.close();
+      }
     } finally {
       await services.close();
     }
-  }, 180_000);
+  }, 240_000);
 });

@@ -13,7 +13,7 @@ import { tinyBmp } from './support/images.js';
 const W = 320;
 const H = 240;
 const SIZE = 224;
-const BACKGROUND = { r: 0, g: 0, b: 255 };
+const BACKGROUND = '#0000ff';
 const OPTS: PrepareOptions = { size: SIZE, maxInputPixels: 100_000_000, background: BACKGROUND };
 
 type RGB = [number, number, number];
@@ -208,7 +208,7 @@ describe('transparency is flattened onto the configured background', () => {
       for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) px.set(x < W / 2 ? [200, 255] : [50, 0], (y * W + x) * 2);
       const bytes = await sharp(px, { raw: { width: W, height: H, channels: 2 } }).toColourspace('b-w').toFormat(format).toBuffer();
       expect((await sharp(bytes).metadata()).channels).toBe(2);
-      const out = await prepareImage(bytes, { ...OPTS, background: { r: 10, g: 120, b: 30 } });
+      const out = await prepareImage(bytes, { ...OPTS, background: '#0a781e' });
       expect(at(out, 56, 112)).toEqual([200, 200, 200]);
       expect(at(out, 168, 112)).toEqual([10, 120, 30]);
     });

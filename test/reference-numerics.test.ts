@@ -50,7 +50,7 @@ beforeAll(async () => {
   py([REF, 'photos', '--out', path.join(dir, 'calib.npy'), ...photos.slice(0, 8)]);
   py([REF, 'make-weights', '--calib', path.join(dir, 'calib.npy'), '--seed', '7', '--out', path.join(dir, 'w.h5')]);
   weights = new Uint8Array(await readFile(path.join(dir, 'w.h5')));
-  const opts = { size: SIZE, maxInputPixels: 1e8, background: { r: 255, g: 255, b: 255 }, resize: 'squash' as const };
+  const opts = { size: SIZE, maxInputPixels: 1e8, background: '#ffffff', resize: 'squash' as const };
   pixels = await Promise.all(photos.slice(8, 12).map(async (p) => prepareImage(await readFile(p), opts)));
   const raw = new Uint8Array(pixels.length * PER);
   pixels.forEach((p, i) => raw.set(p, i * PER));

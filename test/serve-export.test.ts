@@ -123,7 +123,7 @@ describe('transferline export --format onnx', () => {
     expect(meta['transferline.alpha_background']).toBe('#ffffff');
     // what it says the file holds is what the file holds
     expect(said).toContain(`  metadata: ${Object.keys(meta).join(', ')}\n`);
-    expect(said).toContain("turn each image upright by its EXIF orientation, transparency flattened onto #ffffff (transferline.alpha_background: this shell's TL_ALPHA_BACKGROUND, which must be the workers'), and resize it to 224×224");
+    expect(said).toContain("turn each image upright by its EXIF orientation, transparency flattened onto #ffffff (transferline.alpha_background, as the run's embedding space does), and resize it to 224×224");
 
     const session = await ort.InferenceSession.create(bytes);
     try {

@@ -21,7 +21,7 @@ export interface ClassifierMetadata {
   inputSize: number;
   /** the seed of EfficientNet-B0's weights when the space has seeded random ones, not ImageNet's */
   randomSeed?: number;
-  /** the colour transparent pixels are flattened onto before the resize (`#rrggbb`: TL_ALPHA_BACKGROUND where it was built) */
+  /** the colour transparent pixels are flattened onto before the resize (`#rrggbb`: the embedding space's; none in files exported before it was written) */
   alphaBackground?: string;
 }
 

@@ -3,7 +3,7 @@ import { PermanentError } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
 import { classifyDecodeError, configureSharp, looksTruncated, prepareImage, sniffFormat, vipsErrors, type PrepareOptions } from './image.ops.js';
 
-const OPTS: PrepareOptions = { size: 224, maxInputPixels: 10_000_000, background: { r: 255, g: 255, b: 255 } };
+const OPTS: PrepareOptions = { size: 224, maxInputPixels: 10_000_000, background: '#ffffff' };
 
 const noise = (width: number, height: number) => sharp({ create: { width, height, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 128, sigma: 40 } } });
 

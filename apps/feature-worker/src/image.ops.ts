@@ -1,5 +1,5 @@
 import sharp, { type OutputInfo } from 'sharp';
-import { EFFICIENTNET_B0, PermanentError, type Config } from '@transferline/shared';
+import { EFFICIENTNET_B0, PermanentError, spaceBackground, type Config, type EmbeddingSpace } from '@transferline/shared';
 import { looksTruncated, readableFormat, withoutHeaderPadding } from './image-format.js';
 import { VipsErrorAttribution } from './vips-errors.js';
 
@@ -26,8 +26,8 @@ export interface PrepareOptions {
   size: number;
   /** Decompression-bomb guard: images with more pixels are refused before decoding. */
   maxInputPixels: number;
-  /** Colour that transparent pixels are flattened onto. */
-  background: { r: number; g: number; b: number };
+  /** Colour that transparent pixels are flattened onto (`#rrggbb`: the embedding space's, spaceImageOptions). */
+  background: string;
   /** Default `squash`. Part of the embedder id, so embeddings of two policies never mix. */
   resize?: ResizePolicy;
   /**
@@ -56,9 +56,18 @@ export function configureSharp(o: { concurrency: number }): { concurrency: numbe
 /** This process's decodes, for telling apart the failures of images that fail at once. */
 export const vipsErrors = new VipsErrorAttribution();
 
-/** What preprocess decodes each image with: the model's input size, and the deployment's pixel limit and background. */
-export function preprocessImageOptions(preprocess: Pick<Config['preprocess'], 'maxInputPixels' | 'background'>): PrepareOptions {
-  return { size: EFFICIENTNET_B0.inputSize, maxInputPixels: preprocess.maxInputPixels, background: preprocess.background };
+/** What preprocess decodes each image with, whatever the space: the model's input size, and the deployment's pixel limit. */
+export function preprocessImageOptions(preprocess: Pick<Config['preprocess'], 'maxInputPixels'>): Omit<PrepareOptions, 'resize' | 'background'> {
+  return { size: EFFICIENTNET_B0.inputSize, maxInputPixels: preprocess.maxInputPixels };
+}
+
+/**
+ * How an embedding space prepares its images (its resize policy and background), from the space's
+ * record or from a preprocess job of it, which names them: never from this process's environment,
+ * so every process prepares a space's images alike, and serve as the model's space did.
+ */
+export function spaceImageOptions(space: Pick<EmbeddingSpace, 'resize' | 'background'>): Pick<PrepareOptions, 'resize' | 'background'> {
+  return { resize: space.resize, background: spaceBackground(space) };
 }
 
 /**

@@ -29,7 +29,7 @@ function fakes(o: { object?: () => Promise<Buffer>; cached?: boolean; handOff?: 
         items.set(itemId, record);
       },
     },
-    image: { size: 224, maxInputPixels: 1e7, background: { r: 255, g: 255, b: 255 } },
+    image: { size: 224, maxInputPixels: 1e7 },
     maxObjectBytes: 1e6,
   };
   return { deps, calls, items, tensors };
@@ -43,6 +43,18 @@ describe('preprocessImage', () => {
     const [sha] = [...f.tensors.keys()];
     expect(f.tensors.get(sha!)!.length).toBe(224 * 224 * 3);
     expect(f.items.get('photos/train/cats/1.jpg')).toEqual({ label: 'cats', etag: 'e1', space: 'emb', sha256: sha, state: 'queued' });
+  });
+
+  it("flattens transparency onto the background the job's space names (white for a job from before jobs named it)", async () => {
+    // a fully transparent PNG: its pixels are the background alone
+    const clear = await sharp({ create: { width: 32, height: 32, channels: 4, background: { r: 0, g: 0, b: 0, alpha: 0 } } }).png().toBuffer();
+    const pixelOf = async (job: PreprocessJob) => {
+      const f = fakes({ object: async () => clear });
+      await preprocessImage(job, f.deps, ctx);
+      return [...[...f.tensors.values()][0]!.subarray(0, 3)];
+    };
+    expect(await pixelOf({ ...JOB, background: '#0a781e' })).toEqual([10, 120, 30]);
+    expect(await pixelOf(JOB)).toEqual([255, 255, 255]);
   });
 
   it('decodes nothing and hands nothing over when the embedding is cached', async () => {

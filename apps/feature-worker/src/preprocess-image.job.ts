@@ -15,7 +15,7 @@ import {
 } from '@transferline/shared';
 import type { FirstLook, Room } from './embed-backlog.gate.js';
 import { readableFormat } from './image-format.js';
-import { prepareImage, type PrepareOptions } from './image.ops.js';
+import { prepareImage, spaceImageOptions, type PrepareOptions } from './image.ops.js';
 
 /**
  * What preprocess needs of Redis and the queues, as three verbs, each one round trip as a rule
@@ -40,8 +40,8 @@ export interface PreprocessStore {
 export interface PreprocessDeps {
   objects: Pick<ObjectStore, 'getObject'>;
   store: PreprocessStore;
-  /** decoding settings of this worker; the resize policy comes from each job's embedding space */
-  image: Omit<PrepareOptions, 'resize'>;
+  /** decoding settings of this worker; the resize policy and background come from each job's embedding space */
+  image: Omit<PrepareOptions, 'resize' | 'background'>;
   maxObjectBytes: number;
 }
 
@@ -74,7 +74,7 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
     }
     let pixels: Uint8Array;
     try {
-      pixels = await prepareImage(bytes, { ...deps.image, resize: job.resize });
+      pixels = await prepareImage(bytes, { ...deps.image, ...spaceImageOptions(job) });
     } catch (err) {
       // (a release Redis refuses now ends with the reservation's expiry: the decode's error is the news)
       await room.release().catch(() => {});

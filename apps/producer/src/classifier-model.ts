@@ -1,5 +1,5 @@
 import { buildClassifierOnnx, type ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
-import { colourHex, LabelsDoc, ReportDoc, resolveWeights, type EmbeddingSpace } from '@transferline/shared';
+import { LabelsDoc, ReportDoc, resolveWeights, spaceBackground, type EmbeddingSpace } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { loadHead } from '@transferline/train-worker/head.store';
 import type { CliContext } from './cli-context.js';
@@ -30,7 +30,7 @@ export async function loadClassifierModel(ctx: CliContext, spec: string): Promis
   const head = await loadHead(tf, store, bucket, layout.run(dataset, runId));
   try {
     const weights = space.weights === 'imagenet' ? (await resolveWeights({ ...ctx.config.embed, weightsMd5: space.weightsMd5! }, { store })).bytes : undefined;
-    const meta = { dataset, runId, labels, ...(threshold !== undefined && { threshold }), alphaBackground: colourHex(ctx.config.preprocess.background) };
+    const meta = { dataset, runId, labels, ...(threshold !== undefined && { threshold }), alphaBackground: spaceBackground(space) };
     const bytes = await buildClassifierOnnx({ space, ...(weights && { weights }), head, meta });
     return { bytes, meta: { ...meta, embedderId: space.id, resize: space.resize, inputSize: space.inputSize, ...(space.weights === 'random' && space.seed !== undefined && { randomSeed: space.seed }) }, space };
   } finally {

@@ -12,6 +12,7 @@ import {
   manifestFormat,
   splitOfFolder,
   splitOfPrefix,
+  spaceBackground,
   jobIds,
   requeue,
   type EmbeddingSpace,
@@ -506,7 +507,7 @@ export async function submit(
     records.push([o.id, { ...base, state: 'pending' }]);
     // (the object's own bucket: a manifest may name images in several)
     const { bucket, key } = DatasetRepository.parseItemId(o.id);
-    const payload: PreprocessJob = { dataset: req.dataset, bucket, key, etag: o.etag, label: o.label, embedderId: req.space.id, resize: req.space.resize };
+    const payload: PreprocessJob = { dataset: req.dataset, bucket, key, etag: o.etag, label: o.label, embedderId: req.space.id, resize: req.space.resize, background: spaceBackground(req.space) };
     jobs.push({ id: jobIds.preprocess(payload), payload });
     return 'enqueued';
   });

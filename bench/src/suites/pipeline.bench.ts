@@ -11,7 +11,7 @@ import { RawStreams } from '../ort-streams.js';
 import { machine, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
 import { largePhotos } from './preprocess.bench.js';
 
-const PREP = { size: 224, maxInputPixels: 100_000_000, background: { r: 255, g: 255, b: 255 } };
+const PREP = { size: 224, maxInputPixels: 100_000_000, background: '#ffffff' };
 const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
 const THREADS = 2;
 /** the embed worker's streams on THREADS threads by default (TL_EMBED_STREAMS): one per thread */

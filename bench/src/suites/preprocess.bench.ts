@@ -30,7 +30,7 @@ import { canPin, cpuSeconds, machine, pinProcess, until, withRatios, type Row, t
 
 /** A worker process as if on a machine of one core: the images in flight that such a machine gets by default, one decode thread. */
 const ONE_CORE = { TL_PREPROCESS_CONCURRENCY: String(defaultPreprocessConcurrency(1)), TL_SHARP_CONCURRENCY: '1', UV_THREADPOOL_SIZE: '1' };
-const PREP: PrepareOptions = { size: 224, maxInputPixels: 100_000_000, background: { r: 255, g: 255, b: 255 } };
+const PREP: PrepareOptions = { size: 224, maxInputPixels: 100_000_000, background: '#ffffff' };
 const BEFORE: PrepareOptions = { ...PREP, kernel: 'lanczos3' };
 const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
 const PHOTO_PACKAGES = ['mate-backgrounds', 'lomiri-wallpapers-16.04'];

@@ -100,11 +100,25 @@ describe('stackSettings: what up tells another shell to export', () => {
     expect(settings).toEqual([{ name: 'REDIS_URL' }, { name: 'TL_REDIS_PORT', value: '6401' }, { name: 'S3_SECRET_ACCESS_KEY' }, { name: 'TL_PREFIX', value: 'team/' }, { name: 'TL_MODEL_CACHE_DIR', value: path.resolve('cache') }]);
     expect(JSON.stringify(settings)).not.toMatch(/hunter22|pw@/);
     expect(stackSettings({ REDIS_URL: 'redis://redis.example:6379' })).toEqual([{ name: 'REDIS_URL', value: 'redis://redis.example:6379' }]);
-    // a token inside a URL is a secret too; the cache under XDG_CACHE_HOME and serve's image settings reach the stack
+    // a token inside a URL is a secret too; the cache under XDG_CACHE_HOME reaches the stack; the
+    // background is the embedding space's, which the CLI reads from Redis (spaceSettings)
     expect(stackSettings({ TL_MODEL_WEIGHTS_SOURCE: 'https://tok3n@weights.example/b0.h5', XDG_CACHE_HOME: 'xdg', TL_ALPHA_BACKGROUND: '#000000', TL_LOG_LEVEL: 'debug' })).toEqual([
-      { name: 'TL_ALPHA_BACKGROUND', value: '#000000' },
       { name: 'TL_MODEL_WEIGHTS_SOURCE' },
       { name: 'XDG_CACHE_HOME', value: path.resolve('xdg') },
+    ]);
+  });
+});
+
+describe('spaceFromConfig: the background names the space', () => {
+  it('leaves the id of a space on the default background as it was, and names any other colour in it, whatever its case', () => {
+    const id = (env: Record<string, string>) => spaceFromConfig(loadConfig({ TL_MODEL_WEIGHTS: 'random', ...env })).id;
+    expect(id({})).toBe('efficientnet-b0.random-seed42.squash224');
+    expect(id({ TL_ALPHA_BACKGROUND: '#FFFFFF' })).toBe('efficientnet-b0.random-seed42.squash224');
+    expect(id({ TL_ALPHA_BACKGROUND: '#Ff8800', TL_RESIZE: 'crop' })).toBe('efficientnet-b0.random-seed42.crop224.bgff8800');
+    expect(spaceFromConfig(loadConfig({ TL_MODEL_WEIGHTS: 'random', TL_ALPHA_BACKGROUND: '#Ff8800' })).background).toBe('#ff8800');
+    expect(spaceSettings(spaceFromConfig(loadConfig({ TL_MODEL_WEIGHTS: 'random', TL_ALPHA_BACKGROUND: '#000000' })))).toEqual([
+      { name: 'TL_MODEL_WEIGHTS', value: 'random' },
+      { name: 'TL_ALPHA_BACKGROUND', value: '#000000' },
     ]);
   });
 });
@@ -115,13 +129,14 @@ describe("spaceSettings: what a worker started by hand needs to serve up's embed
     // every combination of the settings that make a space (the weights file's own settings are the stack's, exported)
     for (const weights of [undefined, 'imagenet', 'random'])
       for (const resize of [undefined, 'squash', 'crop'])
-        for (const seed of [undefined, '42', '7']) {
-          const stackEnv = { ...(weights && { TL_MODEL_WEIGHTS: weights }), ...(resize && { TL_RESIZE: resize }), ...(seed && { TL_MODEL_SEED: seed }) };
-          const space = spaceFromConfig(loadConfig(stackEnv));
-          // a hand-started worker's environment: only those settings
-          const worker = spaceFromConfig(loadConfig(Object.fromEntries(spaceSettings(space).map((s) => [s.name, s.value]))));
-          expect(worker, JSON.stringify(stackEnv)).toEqual(space);
-        }
+        for (const seed of [undefined, '42', '7'])
+          for (const background of [undefined, '#FFFFFF', '#000000', '#Ff8800']) {
+            const stackEnv = { ...(weights && { TL_MODEL_WEIGHTS: weights }), ...(resize && { TL_RESIZE: resize }), ...(seed && { TL_MODEL_SEED: seed }), ...(background && { TL_ALPHA_BACKGROUND: background }) };
+            const space = spaceFromConfig(loadConfig(stackEnv));
+            // a hand-started worker's environment: only those settings
+            const worker = spaceFromConfig(loadConfig(Object.fromEntries(spaceSettings(space).map((s) => [s.name, s.value]))));
+            expect(worker, JSON.stringify(stackEnv)).toEqual(space);
+          }
     expect(spaceSettings(spaceFromConfig(loadConfig({ TL_MODEL_WEIGHTS: 'random', TL_MODEL_SEED: '7' })))).toEqual([
       { name: 'TL_MODEL_WEIGHTS', value: 'random' },
       { name: 'TL_MODEL_SEED', value: '7' },

@@ -19,15 +19,8 @@ export const OFFICIAL_WEIGHTS = {
   fileName: 'efficientnetb0_notop.h5',
 } as const;
 
-function hexColour(hex: string): { r: number; g: number; b: number } {
-  const n = Number.parseInt(hex.slice(1), 16);
-  return { r: (n >> 16) & 255, g: (n >> 8) & 255, b: n & 255 };
-}
-
-/** A colour as TL_ALPHA_BACKGROUND writes it (`#rrggbb`). */
-export function colourHex(c: { r: number; g: number; b: number }): string {
-  return `#${[c.r, c.g, c.b].map((v) => v.toString(16).padStart(2, '0')).join('')}`;
-}
+/** What transparent pixels are flattened onto unless TL_ALPHA_BACKGROUND says otherwise (and in a space recorded before spaces named theirs). */
+export const DEFAULT_ALPHA_BACKGROUND = '#ffffff';
 
 /**
  * Images a preprocess process works on at once, by default: each waits on S3 and Redis as well as
@@ -157,7 +150,7 @@ const EnvSchema = z.object({
     TL_ALPHA_BACKGROUND: z
       .string()
       .regex(/^#[0-9a-fA-F]{6}$/, 'a colour as #rrggbb')
-      .default('#ffffff'),
+      .default(DEFAULT_ALPHA_BACKGROUND),
     TL_MAX_PENDING_TENSORS: z.coerce.number().int().min(1).default(2048),
     TL_SHARP_CONCURRENCY: z.coerce.number().int().min(0).max(256).default(0),
     TL_BACKEND: z.enum(['auto', 'tensorflow', 'onnx', 'wasm', 'cpu']).optional(),
@@ -252,7 +245,8 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
     preprocess: {
       concurrency: env.TL_PREPROCESS_CONCURRENCY,
       resize: env.TL_RESIZE,
-      background: hexColour(env.TL_ALPHA_BACKGROUND),
+      /** `#rrggbb`, lowercase: the embed worker's is its embedding space's (spaceFromConfig), which every process reads from there */
+      background: env.TL_ALPHA_BACKGROUND.toLowerCase(),
       maxPendingTensors: env.TL_MAX_PENDING_TENSORS,
       /** libvips threads per sharp call; 0 = sharp's default */
       sharpConcurrency: env.TL_SHARP_CONCURRENCY,
@@ -327,7 +321,7 @@ function relevantEnv(env: NodeJS.ProcessEnv): Record<string, string> {
 /**
  * For each variable: whether a command run in another shell needs it to work with the same stack
  * (`stack`: its Redis and queue prefix, S3 server, bucket and prefix, lock timings, the image
- * limits and background serve applies, the model weights serve and export read), or it belongs to
+ * limits serve applies, the model weights serve and export read), or it belongs to
  * the process it is given to (`process`: its own ports, logs, the workers' tuning, what the space
  * published in Redis already says). Every variable is one or the other: a new one must be placed.
  */
@@ -376,7 +370,7 @@ const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
   TL_EMBED_BATCH_WAIT_MS: 'process',
   TL_EMBED_SHARD_ROWS: 'process',
   TL_RESIZE: 'process',
-  TL_ALPHA_BACKGROUND: 'stack',
+  TL_ALPHA_BACKGROUND: 'process',
   TL_MAX_PENDING_TENSORS: 'process',
   TL_SHARP_CONCURRENCY: 'process',
   TL_BACKEND: 'process',
@@ -393,14 +387,16 @@ const REACH: Record<keyof z.input<typeof EnvSchema>, 'stack' | 'process'> = {
 
 /**
  * The settings an embed worker must be given to serve this embedding space, of those that are not
- * their defaults (TL_MODEL_WEIGHTS, TL_RESIZE, TL_MODEL_SEED): what a worker started by hand for a
+ * their defaults (TL_MODEL_WEIGHTS, TL_RESIZE, TL_ALPHA_BACKGROUND, TL_MODEL_SEED): what a worker started by hand for a
  * stack needs besides stackSettings (the CLI reads the space from Redis and needs none of them).
  */
-export function spaceSettings(space: { weights: 'imagenet' | 'random'; seed?: number; resize: 'squash' | 'crop' }): { name: string; value: string }[] {
+export function spaceSettings(space: { weights: 'imagenet' | 'random'; seed?: number; resize: 'squash' | 'crop'; background?: string }): { name: string; value: string }[] {
   const d = EnvSchema.parse({});
   return [
     space.weights !== d.TL_MODEL_WEIGHTS && { name: 'TL_MODEL_WEIGHTS', value: space.weights },
     space.resize !== d.TL_RESIZE && { name: 'TL_RESIZE', value: space.resize },
+    // (a space without one flattens onto the default: spaceBackground)
+    space.background !== undefined && space.background !== d.TL_ALPHA_BACKGROUND && { name: 'TL_ALPHA_BACKGROUND', value: space.background },
     // (a space has a seed only when its weights are random: spaceFromConfig)
     space.seed !== undefined && space.seed !== d.TL_MODEL_SEED && { name: 'TL_MODEL_SEED', value: String(space.seed) },
   ].filter((s): s is { name: string; value: string } => Boolean(s));

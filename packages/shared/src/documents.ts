@@ -36,6 +36,14 @@ export const EmbeddingSpace = z.object({
   /** seed of the random weights (random) */
   seed: z.number().int().optional(),
   resize: ResizePolicy,
+  /**
+   * the colour transparent pixels are flattened onto before the resize (`#rrggbb`, lowercase); a
+   * space recorded before spaces named it has none, and flattened onto the default (spaceBackground)
+   */
+  background: z
+    .string()
+    .regex(/^#[0-9a-f]{6}$/)
+    .optional(),
   inputSize: z.number().int().positive(),
   dim: z.number().int().positive(),
 });

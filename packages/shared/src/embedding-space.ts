@@ -1,6 +1,6 @@
 import os from 'node:os';
 import type { Redis } from 'ioredis';
-import { ConfigError, type Config } from './config.js';
+import { ConfigError, DEFAULT_ALPHA_BACKGROUND, type Config } from './config.js';
 import { EmbeddingSpace, EmbedWorkerInfo, parseDocument, StorageRecord } from './documents.js';
 import type { RedisKeys } from './keys.js';
 import { PROCESS_NAME, sleep } from './lifecycle.js';
@@ -18,16 +18,29 @@ export const EFFICIENTNET_B0 = { inputSize: 224, dim: 1280 } as const;
  */
 export function spaceFromConfig(config: Pick<Config, 'embed' | 'preprocess'>): EmbeddingSpace {
   const { weights, weightsMd5, seed } = config.embed;
+  const { resize, background } = config.preprocess;
   const w = weights === 'random' ? `random-seed${seed}` : `imagenet-${weightsMd5.slice(0, 8)}`;
+  // The background changes the pixels of every image with transparency, so it names the space;
+  // the default names none, so the spaces of deployments from before it keep their ids.
+  const bg = background === DEFAULT_ALPHA_BACKGROUND ? '' : `.bg${background.slice(1)}`;
   return {
-    id: `efficientnet-b0.${w}.${config.preprocess.resize}${EFFICIENTNET_B0.inputSize}`,
+    id: `efficientnet-b0.${w}.${resize}${EFFICIENTNET_B0.inputSize}${bg}`,
     model: 'efficientnet-b0',
     weights,
     ...(weights === 'random' ? { seed } : { weightsMd5 }),
-    resize: config.preprocess.resize,
+    resize,
+    background,
     inputSize: EFFICIENTNET_B0.inputSize,
     dim: EFFICIENTNET_B0.dim,
   };
+}
+
+/**
+ * The colour an embedding space flattens transparent pixels onto (`#rrggbb`), as its record says,
+ * or as a preprocess job of it says: the default for those from before spaces named it.
+ */
+export function spaceBackground(space: Pick<EmbeddingSpace, 'background'>): string {
+  return space.background ?? DEFAULT_ALPHA_BACKGROUND;
 }
 
 /** Where a deployment keeps embeddings and models: its TL_BUCKET and TL_PREFIX. */

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { ResizePolicy } from './documents.js';
+import { EmbeddingSpace, ResizePolicy } from './documents.js';
 
 /**
  * Queue names. Every stage is a BullMQ queue; every role is a separate, horizontally scalable
@@ -59,7 +59,8 @@ const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 in lowercase hex
 
 /**
  * Decode, orient, colour-convert and resize one object; hand the pixels to embed. The job names
- * its embedding space and that space's resize policy, so any preprocess worker serves any space.
+ * its embedding space and how that space prepares images (its resize policy and background), so
+ * any preprocess worker serves any space, whatever its own environment says.
  */
 export const PreprocessJob = z.object({
   dataset: anyDatasetName,
@@ -69,6 +70,8 @@ export const PreprocessJob = z.object({
   label: z.string().min(1),
   embedderId: z.string().min(1),
   resize: ResizePolicy,
+  /** `#rrggbb` (EmbeddingSpace.background); none in a job enqueued before jobs named it (spaceBackground) */
+  background: EmbeddingSpace.shape.background,
 });
 export type PreprocessJob = z.infer<typeof PreprocessJob>;
 

@@ -49,7 +49,7 @@ export function workerUsage(): string {
     `the one their deployment recorded), and TL_METRICS_PORT for its /metrics and /healthz (by`,
     `default ${(['preprocess', 'embed', 'train'] as const).map(port).join(', ')}: one worker of each per machine).`,
     'An embed worker needs the settings of its embedding space too (TL_MODEL_WEIGHTS, TL_RESIZE,',
-    'TL_MODEL_SEED) when they are not the defaults. README: "A worker more".',
+    'TL_ALPHA_BACKGROUND, TL_MODEL_SEED) when they are not the defaults. README: "A worker more".',
   ].join('\n');
 }
 

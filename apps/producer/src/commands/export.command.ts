@@ -37,7 +37,7 @@ export async function exportCommand(ctx: CliContext, o: ExportOptions): Promise<
   const w = (s: string) => ctx.out.write(`${s}\n`);
   w(`wrote ${file} (${(model.bytes.length / 1e6).toFixed(1)} MB): ${meta.dataset}@${meta.runId}, ${meta.labels.length} classes`);
   // (upright and flattened as preprocess has them: a review fed a transparent PNG with its alpha dropped, and got another label)
-  const flatten = meta.alphaBackground ? `, transparency flattened onto ${meta.alphaBackground} (transferline.alpha_background: this shell's TL_ALPHA_BACKGROUND, which must be the workers')` : '';
+  const flatten = meta.alphaBackground ? `, transparency flattened onto ${meta.alphaBackground} (transferline.alpha_background, as the run's embedding space does)` : '';
   w(`  input   pixels         uint8 [N, ${meta.inputSize}, ${meta.inputSize}, 3]  RGB, channels last; turn each image upright by its EXIF orientation${flatten}, and resize it to ${meta.inputSize}×${meta.inputSize} (${meta.resize === 'squash' ? 'stretch the whole image' : 'centre crop'}, as transferline does, with libvips's ${classifierMetadataProps(meta)['transferline.resize_filter']} filter: sharp's kernel of that name gives the same pixels, PIL's BILINEAR nearly)`);
   w(`  output  probabilities  float32 [N, ${meta.labels.length}]  in label order: ${meta.labels.map(printable).join(', ')}`);
   if (meta.threshold !== undefined) w(`  two classes: predict "${printable(meta.labels[1]!)}" when its probability ≥ ${thresholdText(meta.threshold)} (chosen on validation; in the metadata as transferline.threshold)`);

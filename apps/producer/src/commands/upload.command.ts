@@ -43,11 +43,12 @@ export interface UploadContext {
  */
 async function refusedByPreprocess(bytes: Buffer, format: string, preprocess: UploadContext['config']['preprocess']): Promise<string | undefined> {
   // too large, or too many pixels by its header: refused by preprocess before any decode
-  const { prepareImage, preprocessImageOptions, refusedBeforeDecode } = await import('@transferline/feature-worker/image.ops');
+  const { prepareImage, preprocessImageOptions, spaceImageOptions, refusedBeforeDecode } = await import('@transferline/feature-worker/image.ops');
   const refused = await refusedBeforeDecode(bytes, preprocess);
   if (refused !== undefined || !looksTruncated(format, bytes)) return refused;
   try {
-    await prepareImage(bytes, preprocessImageOptions(preprocess));
+    // (as any space prepares it: whether it decodes does not depend on the space)
+    await prepareImage(bytes, { ...preprocessImageOptions(preprocess), ...spaceImageOptions({ resize: 'squash' }) });
     return undefined;
   } catch (err) {
     // (damage said first: a cut-short JPEG's first warning can be of its data, not its end)

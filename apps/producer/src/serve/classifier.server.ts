@@ -7,7 +7,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { ONNX_PROBABILITIES_NAME, type ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
 import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
-import { configureSharp, prepareImage, type ResizePolicy } from '@transferline/feature-worker/image.ops';
+import { configureSharp, prepareImage, spaceImageOptions, type PrepareOptions } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
 import { BucketNotFoundError, decideLabel, forwardParallelism, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, S3UnreachableError, type Logger, type ServeMetrics } from '@transferline/shared';
 import { createServeMetrics } from '@transferline/shared/service-runtime';
@@ -110,6 +110,8 @@ class ServedModel {
 
   private constructor(
     readonly meta: ClassifierMetadata,
+    /** how its images are prepared: as its embedding space's were (not as this shell's environment says) */
+    readonly image: Pick<PrepareOptions, 'size' | 'resize' | 'background'>,
     private readonly runtime: Embedder,
     readonly batcher: MicroBatcher<Uint8Array, Float32Array>,
   ) {}
@@ -128,7 +130,7 @@ class ServedModel {
       // a batch running on each stream, and one more formed and handed over meanwhile
       o.streams + 1,
     );
-    return new ServedModel(model.meta, runtime, batcher);
+    return new ServedModel(model.meta, { ...spaceImageOptions(model.space), size: model.space.inputSize }, runtime, batcher);
   }
 
   /** Keeps this model loaded until the returned function is called (once; later calls do nothing). */
@@ -287,7 +289,7 @@ export async function startClassifierServer(
   };
   showModel(current.meta);
   let admitted = 0;
-  const image = { size: current.meta.inputSize, maxInputPixels: ctx.config.preprocess.maxInputPixels, background: ctx.config.preprocess.background };
+  const limits = { maxInputPixels: ctx.config.preprocess.maxInputPixels };
   // One image may be as large as TL_MAX_OBJECT_BYTES, and no larger than all it could ever be given.
   const maxBytes = Math.min(ctx.config.preprocess.maxObjectBytes, cfg.maxBytes);
   const limitName = maxBytes < ctx.config.preprocess.maxObjectBytes ? 'TL_SERVE_MAX_BYTES' : 'TL_MAX_OBJECT_BYTES';
@@ -304,7 +306,7 @@ export async function startClassifierServer(
     // the models taken instead, held until the answer (another swap must not stop one under it)
     const taken: (() => void)[] = [];
     try {
-      const prepare = (m: ServedModel) => prepareImage(bytes, { ...image, resize: m.meta.resize as ResizePolicy });
+      const prepare = (m: ServedModel) => prepareImage(bytes, { ...limits, ...m.image });
       const serving = (m: ServedModel) => {
         // (the one served now is stopped only by close, which waits for its holders first)
         if (!m.gone || m === current) return m;
