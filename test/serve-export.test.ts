@@ -956,6 +956,33 @@ describe('transferline serve, stopping, swapping and whom it answers (a review)'
     }
   });
 
+  it('an upload under way when it stops gets its answer with Connection: close, and the stop does not wait for the cut-off', async () => {
+    // (the cut-off far off: a stop that waited for it would be late)
+    const server = await startClassifierServer(ctx, { model: 'shapes@r1', log, port: 0, threads: 1, retireDeadlineMs: 60_000 });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const image = photos[0]!.bytes;
+    const req = http.request({ port: server.port, path: '/v1/classify', method: 'POST', agent, headers: { 'content-type': 'image/jpeg', 'content-length': String(image.length) } });
+    const answer = new Promise<{ status: number; connection?: string }>((resolve) => {
+      req.on('response', (res) => (res.resume(), res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection }))));
+      req.on('error', () => resolve({ status: -1 }));
+    });
+    try {
+      // half the image sent, then the stop, then the rest
+      req.write(image.subarray(0, image.length >> 1));
+      await new Promise((r) => setTimeout(r, 300));
+      const stopped = server.close();
+      await new Promise((r) => setTimeout(r, 300));
+      req.end(image.subarray(image.length >> 1));
+      expect(await within(20_000, answer)).toEqual({ status: 200, connection: 'close' });
+      // (before: the answer kept the connection alive, and the stop waited for the cut-off)
+      expect(await within(10_000, stopped)).not.toBe('late');
+    } finally {
+      req.destroy();
+      agent.destroy();
+      await server.close();
+    }
+  });
+
   it('a reload under way when it stops: the model it loads is stopped too, not swapped in after the stop', async () => {
     const swaps: string[] = [];
     const server = await startClassifierServer(ctx, { model: 'shapes@r1', log, port: 0, threads: 1, onSwap: (m, _was, cause) => swaps.push(`${m.runId} ${cause}`) });

@@ -385,8 +385,15 @@ export async function startClassifierServer(
       res.status(421).json({ error: { reason: 'misdirected', message: 'this server is bound to loopback and answers requests for localhost or 127.0.0.1 only; behind a proxy that passes its own Host, name that host in TL_SERVE_ALLOWED_HOSTS' } });
     });
   }
+  /** answers not yet begun: a stop marks them to close their connection too */
+  const unanswered = new Set<Response>();
   app.use((req: Request, res: Response, next: NextFunction) => {
     if (closing) res.set('Connection', 'close');
+    else {
+      unanswered.add(res);
+      const answered = () => unanswered.delete(res);
+      res.once('finish', answered).once('close', answered);
+    }
     // Known routes only: a label per path asked for would let any client add series without end.
     const end = metrics.requestDuration.startTimer({ route: ROUTES.has(req.path) ? req.path : 'other' });
     res.on('finish', () => end({ status: String(res.statusCode) }));
@@ -709,6 +716,7 @@ export async function startClassifierServer(
   };
 
   handle = app;
+  let stopping: Promise<void> | undefined;
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
@@ -716,18 +724,24 @@ export async function startClassifierServer(
     port: addr.port,
     model: () => current.meta,
     reload,
-    close: async () => {
-      closing = true;
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
-      // Answers from now on close their connection (see the first middleware): a client that kept
-      // one busy with request after request kept serve up after SIGTERM (a review). One that
-      // holds its request open still (an upload in progress) is cut off after the deadline.
-      const cutOff = setTimeout(() => server.closeAllConnections(), retireMs);
-      await closed;
-      clearTimeout(cutOff);
-      await reloading?.catch(() => {});
-      await Promise.all([current.retire(retireMs), ...retiring]);
-    },
+    // (once: a second call, a SIGINT after the SIGTERM, say, waits for the same stop; a second
+    // server.close() would wait for ever for a 'close' event already emitted)
+    close: () => (stopping ??= stop()),
   };
+  async function stop(): Promise<void> {
+    closing = true;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeIdleConnections();
+    // Answers from now on close their connection (see the first middleware): a client that kept
+    // one busy with request after request kept serve up after SIGTERM (a review). So do those
+    // of requests already under way (an upload): their connections would otherwise stay open,
+    // idle, until the cut-off. One that holds its request open still is cut off after the deadline.
+    for (const res of unanswered) if (!res.headersSent) res.set('Connection', 'close');
+    unanswered.clear();
+    const cutOff = setTimeout(() => server.closeAllConnections(), retireMs);
+    await closed;
+    clearTimeout(cutOff);
+    await reloading?.catch(() => {});
+    await Promise.all([current.retire(retireMs), ...retiring]);
+  }
 }
