@@ -223,11 +223,14 @@ describe('embed workers with TL_RESIZE=crop and TL_ALPHA_BACKGROUND, a preproces
   });
 
   it("embed in their space: the model records crop and the background, the pixels were cropped and flattened onto it, and serve and export prepare images as the space did", async () => {
-    // the embed workers' space; the preprocess worker, started by hand, and the CLI have neither setting
+    // the embed workers' space; the CLI has neither setting, and the preprocess worker, started by
+    // hand, another background (which was its to apply before spaces named it)
     stack = await startTestStack({ TL_MODEL_WEIGHTS: 'random', TL_RESIZE: 'crop', TL_ALPHA_BACKGROUND: '#000000' }, { preprocess: 0 });
     const { TL_RESIZE: _r, TL_ALPHA_BACKGROUND: _b, ...cliEnv } = stack.env;
-    const worker = spawn(process.execPath, [path.join(repoRoot, 'apps', 'feature-worker', 'dist', 'main.js'), 'preprocess'], { env: { ...cliEnv, TL_METRICS_PORT: '0' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const worker = spawn(process.execPath, [path.join(repoRoot, 'apps', 'feature-worker', 'dist', 'main.js'), 'preprocess'], { env: { ...cliEnv, TL_METRICS_PORT: '0', TL_ALPHA_BACKGROUND: '#ff0000' }, stdio: ['ignore', 'pipe', 'pipe'] });
     preprocess = worker;
+    let workerSaid = '';
+    for (const s of [worker.stdout, worker.stderr]) s.on('data', (d: Buffer) => (workerSaid += d.toString()));
     const space = 'efficientnet-b0.random-seed42.crop224.bg000000';
     const config = loadConfig(cliEnv);
     const services = createServices(config, 'oneshot');
@@ -257,6 +260,7 @@ describe('embed workers with TL_RESIZE=crop and TL_ALPHA_BACKGROUND, a preproces
       const ingest = await runCli(['ingest', 's3://wide/train/', '-d', 'wide'], cliEnv);
       expect(ingest.code, ingest.stdout + ingest.stderr).toBe(0);
       expect(ingest.stdout).toContain(`embedding space ${space}`);
+      expect(workerSaid).toContain("TL_ALPHA_BACKGROUND is not this worker's: each job's embedding space names the background");
       const train = await runCli(['train', '-d', 'wide', '--epochs', '5', '--run-id', 'wide-1'], cliEnv);
       expect(train.code).toBe(0);
       const run = await services.store.getDocument(RunDoc, stack.config.s3.bucket, services.layout.runFile('wide', 'wide-1', 'run.json'));
@@ -276,6 +280,7 @@ describe('embed workers with TL_RESIZE=crop and TL_ALPHA_BACKGROUND, a preproces
       expect(diff(row(0), await embed(objects[0]![1], { resize: 'squash', background: '#000000' }))).toBeGreaterThan(1e-2);
       expect(diff(row(1), await embed(cutout, { resize: 'crop', background: '#000000' }))).toBeLessThan(1e-5);
       expect(diff(row(1), await embed(cutout, { resize: 'crop', background: '#ffffff' }))).toBeGreaterThan(1e-2);
+      expect(diff(row(1), await embed(cutout, { resize: 'crop', background: '#ff0000' }))).toBeGreaterThan(1e-2);
       embedder.dispose();
 
       // export, from the shell without the settings, names the space's background and policy
@@ -285,6 +290,10 @@ describe('embed workers with TL_RESIZE=crop and TL_ALPHA_BACKGROUND, a preproces
       const bytes = await readFile(path.join(stack.dataDir, 'wide-wide-1.onnx'));
       const meta = Object.fromEntries(onnxProto.onnx.ModelProto.decode(bytes).metadataProps.map((p) => [p.key, p.value]));
       expect([meta['transferline.alpha_background'], meta['transferline.resize']]).toEqual(['#000000', 'crop']);
+      // and from a shell that sets another, says that one is not used
+      const another = await runCli(['export', '-m', 'wide@wide-1', '-o', path.join(stack.dataDir, 'red.onnx')], { ...cliEnv, TL_ALPHA_BACKGROUND: '#ff0000' });
+      expect(another.stdout).toContain("note: this shell's TL_ALPHA_BACKGROUND (#ff0000) is not used: wide@wide-1's embedding space flattens transparent pixels onto #000000, as its embed workers did\n");
+      expect(Object.fromEntries(onnxProto.onnx.ModelProto.decode(await readFile(path.join(stack.dataDir, 'red.onnx'))).metadataProps.map((p) => [p.key, p.value]))['transferline.alpha_background']).toBe('#000000');
 
       // serve, from that shell too, prepares the cut-out as the space did: its answer is the
       // exported model's on the pixels flattened onto black, not onto white
@@ -292,6 +301,7 @@ describe('embed workers with TL_RESIZE=crop and TL_ALPHA_BACKGROUND, a preproces
       const server = await startClassifierServer(ctx, { model: 'wide@wide-1', log: createLogger('serve-test', 'warn'), port: 0, threads: 1 });
       const session = await ort.InferenceSession.create(bytes);
       try {
+        expect(await (await fetch(`${server.url}/v1/models`)).json()).toMatchObject({ embedderId: space, resize: 'crop', alphaBackground: '#000000' });
         const r = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: cutout, headers: { 'content-type': 'image/png' } });
         expect(r.status).toBe(200);
         const served = ((await r.json()) as { probabilities: Record<string, number> }).probabilities;

@@ -18,7 +18,7 @@ import { modelsCommand } from '../apps/producer/src/commands/models.command.js';
 import { EXIT } from '../apps/producer/src/exit-codes.js';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { startClassifierServer, type ClassifierServer } from '../apps/producer/src/serve/classifier.server.js';
-import { prepareImage, type ResizeKernel } from '../apps/feature-worker/src/image.ops.js';
+import { prepareImage, spaceImageOptions, type ResizeKernel } from '../apps/feature-worker/src/image.ops.js';
 import { ReportDoc } from '../packages/shared/src/index.js';
 import { createLogger } from '../packages/shared/src/service-runtime.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
@@ -129,7 +129,7 @@ describe('transferline export --format onnx', () => {
     try {
       expect(session.inputNames).toEqual(['pixels']);
       expect(session.outputNames).toEqual(['probabilities']);
-      const opts = { size: 224, maxInputPixels: stack.config.preprocess.maxInputPixels, background: stack.config.preprocess.background, resize: 'squash' as const };
+      const opts = { size: 224, maxInputPixels: stack.config.preprocess.maxInputPixels, ...spaceImageOptions(stack.space) };
       const pixels = await Promise.all(photos.map((p) => prepareImage(p.bytes, opts)));
       // what the README tells a Node user: sharp with the filter the file names gives these very pixels
       for (const [i, p] of photos.entries()) {

@@ -66,7 +66,7 @@ export function preprocessImageOptions(preprocess: Pick<Config['preprocess'], 'm
  * record or from a preprocess job of it, which names them: never from this process's environment,
  * so every process prepares a space's images alike, and serve as the model's space did.
  */
-export function spaceImageOptions(space: Pick<EmbeddingSpace, 'resize' | 'background'>): Pick<PrepareOptions, 'resize' | 'background'> {
+export function spaceImageOptions(space: Pick<EmbeddingSpace, 'id' | 'resize' | 'background'>): Pick<PrepareOptions, 'resize' | 'background'> {
   return { resize: space.resize, background: spaceBackground(space) };
 }
 

@@ -45,7 +45,7 @@ describe('preprocessImage', () => {
     expect(f.items.get('photos/train/cats/1.jpg')).toEqual({ label: 'cats', etag: 'e1', space: 'emb', sha256: sha, state: 'queued' });
   });
 
-  it("flattens transparency onto the background the job's space names (white for a job from before jobs named it)", async () => {
+  it("flattens transparency onto the background the job's space names, whatever the worker's own setting", async () => {
     // a fully transparent PNG: its pixels are the background alone
     const clear = await sharp({ create: { width: 32, height: 32, channels: 4, background: { r: 0, g: 0, b: 0, alpha: 0 } } }).png().toBuffer();
     const pixelOf = async (job: PreprocessJob) => {
@@ -54,6 +54,9 @@ describe('preprocessImage', () => {
       return [...[...f.tensors.values()][0]!.subarray(0, 3)];
     };
     expect(await pixelOf({ ...JOB, background: '#0a781e' })).toEqual([10, 120, 30]);
+    // a job of a CLI from before jobs named it: the space's id names it (a review: white, in a black space's cache)
+    expect(await pixelOf({ ...JOB, embedderId: 'efficientnet-b0.random-seed42.squash224.bg0a781e' })).toEqual([10, 120, 30]);
+    // and a space on the default names none
     expect(await pixelOf(JOB)).toEqual([255, 255, 255]);
   });
 

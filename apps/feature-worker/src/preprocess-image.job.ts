@@ -74,7 +74,7 @@ export async function preprocessImage(job: PreprocessJob, deps: PreprocessDeps, 
     }
     let pixels: Uint8Array;
     try {
-      pixels = await prepareImage(bytes, { ...deps.image, ...spaceImageOptions(job) });
+      pixels = await prepareImage(bytes, { ...deps.image, ...spaceImageOptions({ id: job.embedderId, resize: job.resize, background: job.background }) });
     } catch (err) {
       // (a release Redis refuses now ends with the reservation's expiry: the decode's error is the news)
       await room.release().catch(() => {});

@@ -1,5 +1,6 @@
 import {
   DatasetRepository,
+  DEFAULT_ALPHA_BACKGROUND,
   startS3Guard,
   PREPROCESS_FAILURE_REASONS,
   createQueues,
@@ -38,6 +39,8 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     { also: async () => void (await Promise.all(spaces.map((space) => gate.exportBacklog(space)))) },
   );
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
+  // (it was each preprocess worker's until spaces named it: one set here alone now changes nothing)
+  if (config.preprocess.background !== DEFAULT_ALPHA_BACKGROUND) log.warn({ TL_ALPHA_BACKGROUND: config.preprocess.background }, "TL_ALPHA_BACKGROUND is not this worker's: each job's embedding space names the background its images are flattened onto (the TL_ALPHA_BACKGROUND of the space's embed workers)");
   const deps: PreprocessDeps = {
     objects: services.store,
     store: createPreprocessStore(services, queues, gate),

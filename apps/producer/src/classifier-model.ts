@@ -1,5 +1,5 @@
 import { buildClassifierOnnx, type ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
-import { LabelsDoc, ReportDoc, resolveWeights, spaceBackground, type EmbeddingSpace } from '@transferline/shared';
+import { DEFAULT_ALPHA_BACKGROUND, LabelsDoc, ReportDoc, resolveWeights, spaceBackground, type Config, type EmbeddingSpace } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { loadHead } from '@transferline/train-worker/head.store';
 import type { CliContext } from './cli-context.js';
@@ -36,6 +36,18 @@ export async function loadClassifierModel(ctx: CliContext, spec: string): Promis
   } finally {
     head.dispose();
   }
+}
+
+/**
+ * What serve and export say when this shell sets a TL_ALPHA_BACKGROUND other than the model's
+ * space's (none otherwise): the space's is the one used, as it was the workers' (until spaces named
+ * it, this shell's was, which is what a user who set it may expect).
+ */
+export function backgroundNote(config: Pick<Config, 'preprocess'>, meta: ClassifierMetadata): string | undefined {
+  const own = config.preprocess.background;
+  if (own === DEFAULT_ALPHA_BACKGROUND || meta.alphaBackground === undefined || own === meta.alphaBackground) return undefined;
+  const legacy = meta.alphaBackground === DEFAULT_ALPHA_BACKGROUND ? ' (a space recorded before spaces named their background is taken as white: README, "Embedding spaces")' : '';
+  return `note: this shell's TL_ALPHA_BACKGROUND (${own}) is not used: ${meta.dataset}@${meta.runId}'s embedding space flattens transparent pixels onto ${meta.alphaBackground}, as its embed workers did${legacy}`;
 }
 
 /** What serve and export say of a model whose EfficientNet-B0 has seeded random weights (none otherwise). */

@@ -22,7 +22,7 @@ export function spaceFromConfig(config: Pick<Config, 'embed' | 'preprocess'>): E
   const w = weights === 'random' ? `random-seed${seed}` : `imagenet-${weightsMd5.slice(0, 8)}`;
   // The background changes the pixels of every image with transparency, so it names the space;
   // the default names none, so the spaces of deployments from before it keep their ids.
-  const bg = background === DEFAULT_ALPHA_BACKGROUND ? '' : `.bg${background.slice(1)}`;
+  const bg = background === DEFAULT_ALPHA_BACKGROUND ? '' : `.bg${background.slice(1)}`; // (read back by spaceBackground)
   return {
     id: `efficientnet-b0.${w}.${resize}${EFFICIENTNET_B0.inputSize}${bg}`,
     model: 'efficientnet-b0',
@@ -37,10 +37,14 @@ export function spaceFromConfig(config: Pick<Config, 'embed' | 'preprocess'>): E
 
 /**
  * The colour an embedding space flattens transparent pixels onto (`#rrggbb`), as its record says,
- * or as a preprocess job of it says: the default for those from before spaces named it.
+ * or a preprocess job of it. A job without it (from a CLI of a version before jobs named it) has
+ * its space's id, which names any colour but the default; a space recorded before spaces named it
+ * is taken as the default (README: "Upgrading").
  */
-export function spaceBackground(space: Pick<EmbeddingSpace, 'background'>): string {
-  return space.background ?? DEFAULT_ALPHA_BACKGROUND;
+export function spaceBackground(space: Pick<EmbeddingSpace, 'id' | 'background'>): string {
+  if (space.background !== undefined) return space.background;
+  const named = /\.bg([0-9a-f]{6})$/.exec(space.id);
+  return named ? `#${named[1]}` : DEFAULT_ALPHA_BACKGROUND;
 }
 
 /** Where a deployment keeps embeddings and models: its TL_BUCKET and TL_PREFIX. */

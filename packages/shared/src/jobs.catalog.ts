@@ -70,7 +70,7 @@ export const PreprocessJob = z.object({
   label: z.string().min(1),
   embedderId: z.string().min(1),
   resize: ResizePolicy,
-  /** `#rrggbb` (EmbeddingSpace.background); none in a job enqueued before jobs named it (spaceBackground) */
+  /** `#rrggbb` (EmbeddingSpace.background); none in a job of a CLI from before jobs named it (spaceBackground) */
   background: EmbeddingSpace.shape.background,
 });
 export type PreprocessJob = z.infer<typeof PreprocessJob>;

@@ -2,7 +2,7 @@ import { stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { classifierMetadataProps } from '@transferline/feature-worker/classifier.export';
 import type { CliContext } from '../cli-context.js';
-import { loadClassifierModel, randomWeightsNote } from '../classifier-model.js';
+import { backgroundNote, loadClassifierModel, randomWeightsNote } from '../classifier-model.js';
 import { printable } from '../terminal.js';
 import { thresholdText } from '../report-words.js';
 import { CliExit, EXIT } from '../exit-codes.js';
@@ -44,7 +44,6 @@ export async function exportCommand(ctx: CliContext, o: ExportOptions): Promise<
   // the keys the file holds (no threshold when validation held one class, or for more than two)
   w(`  metadata: ${Object.keys(classifierMetadataProps(meta)).join(', ')}`);
   if (meta.threshold === undefined && meta.labels.length === 2) w('  no threshold (validation held one class only, or the run has no report.json): the most probable label wins');
-  const random = randomWeightsNote(meta);
-  if (random) w(`  ${random}`);
+  for (const note of [randomWeightsNote(meta), backgroundNote(ctx.config, meta)]) if (note) w(`  ${note}`);
   return { file, bytes: model.bytes.length };
 }

@@ -3,7 +3,7 @@ import { createLogger } from '@transferline/shared/service-runtime';
 import { CliExit, EXIT } from '../exit-codes.js';
 import type { CliContext } from '../cli-context.js';
 import { latestRun, listModelRuns } from './models.command.js';
-import { randomWeightsNote } from '../classifier-model.js';
+import { backgroundNote, randomWeightsNote } from '../classifier-model.js';
 import type { ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
 import { startClassifierServer, type ClassifierServer } from '../serve/classifier.server.js';
 import { printable } from '../terminal.js';
@@ -57,8 +57,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
   const onSwap = (m: ClassifierMetadata, was: string, cause: string) => {
     w(`${cause}: ${m.runId === was ? `reloaded ${m.dataset}@${m.runId} (the same run)` : `now serving ${m.dataset}@${m.runId} (was ${was})`}`);
     // said of each run it now serves, as at start: the new run may be of another embedding space
-    const random = m.runId === was ? undefined : randomWeightsNote(m);
-    if (random) w(`  ${random}`);
+    if (m.runId !== was) for (const note of [randomWeightsNote(m), backgroundNote(ctx.config, m)]) if (note) w(`  ${note}`);
   };
   const reloadFailed = (err: Error, cause: string) => w(`${cause}: could not load the new model, still serving ${server!.model().runId}: ${err.message}`);
   /** Loads the model again; false when it could not (said). */
@@ -82,8 +81,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     });
     const m = server.model();
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${thresholdText(m.threshold)}` : ''}) on ${server.url}`);
-    const random = randomWeightsNote(m);
-    if (random) w(`  ${random}`);
+    for (const note of [randomWeightsNote(m), backgroundNote(ctx.config, m)]) if (note) w(`  ${note}`);
     w(`  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' ${server.url}/v1/classify${ctx.config.serve.apiKey ? ' -H "Authorization: Bearer $TL_SERVE_API_KEY"' : ''}`);
     w(`  ${server.url}/v1/models   ${server.url}/metrics   ${server.url}/healthz`);
     // the pid: through `npx`, a signal sent to the job's pid reaches npm, not this process

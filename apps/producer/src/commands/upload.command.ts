@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import pMap from 'p-map';
 import { looksTruncated, readableFormat } from '@transferline/feature-worker/image-format';
 import type { preprocessImageOptions } from '@transferline/feature-worker/image.ops';
-import { BUCKET_NAME_RULE, isBucketName, isHiddenPath, itemFromKey, keyBesideLabel, manifestFormat, parseS3Url, PermanentError } from '@transferline/shared';
+import { BUCKET_NAME_RULE, DEFAULT_ALPHA_BACKGROUND, isBucketName, isHiddenPath, itemFromKey, keyBesideLabel, manifestFormat, parseS3Url, PermanentError } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { readManifest, type ManifestRow } from '../manifest.js';
 import { createProgress } from '../progress.js';
@@ -43,12 +43,12 @@ export interface UploadContext {
  */
 async function refusedByPreprocess(bytes: Buffer, format: string, preprocess: UploadContext['config']['preprocess']): Promise<string | undefined> {
   // too large, or too many pixels by its header: refused by preprocess before any decode
-  const { prepareImage, preprocessImageOptions, spaceImageOptions, refusedBeforeDecode } = await import('@transferline/feature-worker/image.ops');
+  const { prepareImage, preprocessImageOptions, refusedBeforeDecode } = await import('@transferline/feature-worker/image.ops');
   const refused = await refusedBeforeDecode(bytes, preprocess);
   if (refused !== undefined || !looksTruncated(format, bytes)) return refused;
   try {
-    // (as any space prepares it: whether it decodes does not depend on the space)
-    await prepareImage(bytes, { ...preprocessImageOptions(preprocess), ...spaceImageOptions({ resize: 'squash' }) });
+    // (whether it decodes does not depend on the space that will prepare it)
+    await prepareImage(bytes, { ...preprocessImageOptions(preprocess), resize: 'squash', background: DEFAULT_ALPHA_BACKGROUND });
     return undefined;
   } catch (err) {
     // (damage said first: a cut-short JPEG's first warning can be of its data, not its end)

@@ -412,7 +412,7 @@ export async function startClassifierServer(
   }
   app.get('/v1/models', (_req, res) => {
     const m = current.meta;
-    res.json({ dataset: m.dataset, runId: m.runId, labels: m.labels, threshold: m.threshold ?? null, embedderId: m.embedderId, resize: m.resize, inputSize: m.inputSize });
+    res.json({ dataset: m.dataset, runId: m.runId, labels: m.labels, threshold: m.threshold ?? null, embedderId: m.embedderId, resize: m.resize, inputSize: m.inputSize, alphaBackground: m.alphaBackground ?? null });
   });
   app.post('/v1/models/reload', async (_req, res) => {
     try {
