@@ -203,7 +203,7 @@ describe('bad input fails alone, with a reason', () => {
     const retry = await runCli(['retry', '-d', 'bad'], stack.env, 60_000);
     expect(retry.stdout).toContain(
       "; 8 other failures left alone (corrupt, empty, truncated, undecodable, unsupported-format: the files' own bytes, which fail again: replace or delete them and run the same ingest again; " +
-        "too-many-pixels: raise the workers' TL_MAX_INPUT_PIXELS (start up again with it) and retry with --reason too-many-pixels, or replace them; too-large: name one with --reason to retry those)\n",
+        "too-many-pixels: raise the preprocess workers' TL_MAX_INPUT_PIXELS (each failure names the limit of the worker that read it: start up again with it, and any worker started by hand) and retry with --reason too-many-pixels, or replace them; too-large: name one with --reason to retry those)\n",
     );
   });
 

@@ -62,7 +62,7 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
     const reasons = [...new Set(of)].sort().join(', ');
     const them = of.length === 1 ? 'it' : 'them';
     if (g === 'bytes') return [`${reasons}: the files' own bytes, which fail again: replace or delete ${them} and ${relistCommand(o.dataset)}`];
-    if (g === 'pixels') return [`${reasons}: raise the workers' TL_MAX_INPUT_PIXELS (start up again with it) and retry with --reason too-many-pixels, or replace ${them}`];
+    if (g === 'pixels') return [`${reasons}: raise the preprocess workers' TL_MAX_INPUT_PIXELS (each failure names the limit of the worker that read it: start up again with it, and any worker started by hand) and retry with --reason too-many-pixels, or replace ${them}`];
     return [`${reasons}: ${how} to retry those`];
   });
   // nothing failed at all (a typo'd reason, or the wrong dataset): said, as `failures` does
