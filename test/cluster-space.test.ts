@@ -14,7 +14,7 @@ import { freePort } from '../apps/producer/src/embedded/redis.server.js';
 import { shellQuote } from '../apps/producer/src/terminal.js';
 import { createEfficientNetEmbedder } from '../apps/feature-worker/src/embedder.js';
 import { prepareImage } from '../apps/feature-worker/src/image.ops.js';
-import { createServices, loadConfig, RunDoc } from '../packages/shared/src/index.js';
+import { createServices, loadConfig, RunDoc, spaceFromConfig } from '../packages/shared/src/index.js';
 import { createLogger } from '../packages/shared/src/service-runtime.js';
 import { openCliContext } from '../apps/producer/src/cli-context.js';
 import { startClassifierServer } from '../apps/producer/src/serve/classifier.server.js';
@@ -318,6 +318,35 @@ describe('embed workers with TL_RESIZE=crop and TL_ALPHA_BACKGROUND, a preproces
         await server.close();
         await ctx.close();
       }
+
+      // A worker started once with other settings published its space, and stopped: status lists
+      // it for ever (a user's trial), until `delete space` takes it; the space in use is refused.
+      const stray = spaceFromConfig(loadConfig({ TL_MODEL_WEIGHTS: 'random', TL_MODEL_SEED: '7' }));
+      await services.spaces.publish(stray);
+      // (it embedded two images meanwhile)
+      await services.cache.writeShard(stray.id, ['a'.repeat(64), 'b'.repeat(64)], new Float32Array(2 * 1280), 1280);
+      expect((await runCli(['status'], cliEnv)).stdout).toContain(stray.id);
+      const dry = await runCli(['delete', 'space', stray.id, '--dry-run'], cliEnv);
+      expect(dry.code).toBe(0);
+      expect(dry.stdout).toContain(
+        `would delete:\n  embedding space ${stray.id}: its record (Redis), and its embed queue\n  its cached embeddings: 2 indexed (Redis), 2 files in s3://${stack.config.s3.bucket}/${services.layout.embeddings(stray.id)}\n`,
+      );
+      const inUse = await runCli(['delete', 'space', space, '--yes'], cliEnv);
+      expect(inUse.code).toBe(1);
+      expect(inUse.stderr).toContain(`transferline: nothing deleted: embedding space ${space} is in use:\n`);
+      expect(inUse.stderr).toMatch(/ 1 embed worker of it is live /);
+      expect(inUse.stderr).toContain('datasets use it: wide (13 images, its space)');
+      expect(inUse.stderr).toContain('1 trained run was trained in it, which classify, serve and export need it for: wide@wide-1');
+      const deleted = await runCli(['delete', 'space', stray.id, '--yes'], cliEnv);
+      expect(deleted.code, deleted.stderr).toBe(0);
+      expect(deleted.stdout).toContain(`deleted embedding space ${stray.id}\n`);
+      // (its shards went too: status would otherwise take its index for one Redis lost)
+      const after = await runCli(['status'], cliEnv);
+      expect(after.stdout + after.stderr).not.toContain(stray.id);
+      expect(after.stdout).toContain(space);
+      expect(await services.cache.listShards(stray.id)).toEqual([]);
+      const again = await runCli(['delete', 'space', stray.id, '--yes'], cliEnv);
+      expect([again.code, again.stderr]).toEqual([1, `transferline: no embedding space ${stray.id} here (known: ${space}): nothing deleted\n`]);
     } finally {
       await services.close();
     }

@@ -6,7 +6,7 @@ import { openCliContext, sayWhenS3IsSlow, type CliContext } from './cli-context.
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
-import { deleteDatasetCommand, deleteRunCommand, terminalConfirm, type DeleteOptions } from './commands/delete.command.js';
+import { deleteDatasetCommand, deleteRunCommand, deleteSpaceCommand, terminalConfirm, type DeleteOptions } from './commands/delete.command.js';
 import { failuresCommand } from './commands/failures.command.js';
 import { ingestCommand, watchIngest } from './commands/ingest.command.js';
 import { modelsCommand, parseRunSpec, promoteCommand } from './commands/models.command.js';
@@ -376,7 +376,7 @@ cache
   .option(...embedderOption)
   .action((o: { rows: number; embedder?: string; orphansOlderThan?: number }) => withContext((ctx) => compactCommand(ctx, o)));
 
-const del = program.command('delete').description('delete a trained run, or a dataset (with its runs if asked): prints what goes and what stays, and deletes with --yes');
+const del = program.command('delete').description('delete a trained run, a dataset (with its runs if asked), or an unused embedding space: prints what goes and what stays, and deletes with --yes');
 const deleteOptions = (c: Command, results: string) =>
   c
     .option('--results', results)
@@ -400,6 +400,13 @@ deleteOptions(
     .option('--runs', "its trained runs too, with classify's records of what they labelled and the images classify kept for them"),
   'the classify results and label reviews written for it, too',
 ).action((name: string, o: DeleteOptions & { runs?: boolean }) => withContext((ctx) => deleteDatasetCommand(ctx, name, o, terminalConfirm())));
+del
+  .command('space')
+  .description("an embedding space nothing uses (a worker started once with other settings published it): its cached embeddings, queue and records; refused while a worker of it is live, a dataset or trained run uses it, or jobs wait for it")
+  .argument('<id>', 'the embedder id, as status lists it')
+  .option('--dry-run', 'print what would be deleted; delete nothing')
+  .option('-y, --yes', 'delete without asking (required when not on a terminal)')
+  .action((id: string, o: DeleteOptions) => withContext((ctx) => deleteSpaceCommand(ctx, id, o, terminalConfirm())));
 
 // A command that finished has closed every client it opened, so the process ends by itself
 // (the test suite runs each command as a child process and requires that it exits).

@@ -303,3 +303,72 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   };
   return carryOut(ctx, plan, o, confirm, `deleted ${[exists && `dataset ${dataset}`, o.runs && runs.length && `its ${runs.length} run${runs.length === 1 ? '' : 's'}`].filter(Boolean).join(' and ') || `what was left of ${dataset}`}`);
 }
+
+/**
+ * `transferline delete space ID`: an embedding space nothing uses (one a worker started once with
+ * a wrong TL_RESIZE or seed published: a user's trial saw `status` and the console list such
+ * spaces for ever, and a new dataset's space is ambiguous while no embed worker is live): its
+ * cached embeddings (shards in the bucket, their index in Redis), its embed queue, the pixels
+ * waiting for it and its failure records, then its record. Refused while a worker of it is live
+ * or loading, a dataset is in it or holds images embedded in it, a trained run was trained in it,
+ * or its queue holds jobs.
+ */
+export async function deleteSpaceCommand(ctx: CliContext, id: string, o: DeleteOptions, confirm?: Confirm): Promise<boolean> {
+  const { bucket } = ctx.config.s3;
+  const { redis, keys, layout, spaces, datasets, inspector } = ctx.services;
+  const queue = ctx.queues.embed(id);
+  const refuse = async () => {
+    const s = (await spaces.list()).find((x) => x.space.id === id);
+    const busy = [
+      s?.workers.length && `${s.workers.length} embed worker${s.workers.length === 1 ? ' of it is' : 's of it are'} live (stop ${s.workers.length === 1 ? 'it' : 'them'} first: status lists them)`,
+      s?.starting.length && `${s.starting.length} embed worker${s.starting.length === 1 ? ' of it is' : 's of it are'} loading the model`,
+    ];
+    const holders: string[] = [];
+    for (const dataset of (await datasets.list()).sort()) {
+      const st = await inspector.status(dataset);
+      const held = st.space === id ? st.total : (st.elsewhere.find((e) => e.space === id)?.count ?? 0);
+      if (st.space === id || held > 0) holders.push(`${dataset} (${images(held)}${st.space === id ? ', its space' : ' embedded in it'})`);
+    }
+    const runs = (await listModelRuns(ctx)).filter((r) => r.embedderId === id).map((r) => `${r.dataset}@${r.runId}`);
+    const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
+    const queued = Object.values(counts).reduce((a, b) => a + b, 0);
+    const reasons = [
+      ...busy,
+      holders.length && `datasets use it: ${holders.slice(0, 5).join(', ')}${holders.length > 5 ? `, and ${holders.length - 5} more` : ''} (delete them, or ingest them into another space with --embedder)`,
+      runs.length && `${runs.length} trained run${runs.length === 1 ? ' was' : 's were'} trained in it, which classify, serve and export need it for: ${runs.slice(0, 5).join(', ')}${runs.length > 5 ? ', …' : ''} (delete run)`,
+      queued && `${queued} job${queued === 1 ? '' : 's'} wait in its queue`,
+    ].filter((r): r is string => Boolean(r));
+    if (reasons.length) throw new CliExit(EXIT.error, `transferline: nothing deleted: embedding space ${id} is in use:\n${reasons.map((r) => `  ${r}`).join('\n')}`);
+    return s;
+  };
+  const s = await refuse();
+  const shards = await objectsUnder(ctx, layout.embeddings(id));
+  const indexed = await redis.hlen(keys.embeddingIndex(id));
+  const failures = await redis.hlen(keys.embeddingFailures(id));
+  const tensors = await redisKeysMatching(ctx, `${globLiteral(keys.tensor(id, ''))}*`);
+  const ended = Object.values(await queue.getJobCounts('completed', 'failed')).reduce((a, b) => a + b, 0);
+  if (!s && shards.length === 0 && indexed === 0 && failures === 0 && tensors.length === 0 && ended === 0) {
+    const known = (await spaces.list()).map((x) => x.space.id);
+    throw new CliExit(EXIT.error, `transferline: no embedding space ${id} here${known.length ? ` (known: ${known.join(', ')})` : ''}: nothing deleted`);
+  }
+
+  const plan: Plan = { lines: [], kept: [], run: async () => {} };
+  if (s) plan.lines.push(`embedding space ${id}: its record (Redis), and its embed queue`);
+  if (shards.length || indexed) plan.lines.push(`its cached embeddings: ${indexed} indexed (Redis), ${files(shards.length)} in s3://${bucket}/${layout.embeddings(id)}`);
+  if (tensors.length) plan.lines.push(`the pixels of ${images(tensors.length)} waiting for it (Redis)`);
+  if (failures) plan.lines.push(`its record of ${images(failures)} whose embedding failed (Redis)`);
+  if (ended) plan.lines.push(`${ended} finished job${ended === 1 ? '' : 's'} of its queue (Redis)`);
+  plan.kept.push('the images themselves, and every other space');
+  plan.run = async () => {
+    await refuse(); // again: a worker may have started, or a dataset been ingested into it, while the user read the plan
+    // The shards first, the record last: a deletion cut short leaves the space listed, and the
+    // next `delete space` finishes it (an index gone with its shards kept would read as lost data).
+    await deleteObjects(ctx, shards);
+    await queue.obliterate({ force: true });
+    if (tensors.length) await redis.unlink(...tensors);
+    await redis.unlink(keys.embeddingIndex(id), keys.embeddingFailures(id), keys.backpressure(id), keys.pausedWorkers(queue.name));
+    await redis.hdel(keys.embedStartFailures(), id);
+    await redis.hdel(keys.spaces(), id);
+  };
+  return carryOut(ctx, plan, o, confirm, `deleted embedding space ${id}`);
+}
