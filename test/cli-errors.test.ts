@@ -360,7 +360,7 @@ describe('what a user sees when something is wrong', () => {
         }
         // a prefix of its own too: both settings named
         const both = await runCli(['models'], { ...shell, TL_PREFIX: 'mine/' });
-        expect(both.stdout).toContain(`but the live embed workers keep embeddings and models in s3://${bucket}/${prefix}: set TL_BUCKET=${bucket} and ${prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${prefix}`} as the workers have it\n`);
+        expect(both.stdout).toContain(`but the live embed workers keep embeddings and models in s3://${bucket}/${prefix}: ${prefix === '' ? `set TL_BUCKET=${bucket} and unset TL_PREFIX` : `set TL_BUCKET=${bucket} and TL_PREFIX=${prefix}`} as the workers have it\n`);
         // the workers' own settings: nothing of the kind
         const own = await runCli(['models'], stack.env);
         expect(own.stdout).toBe('no trained models yet: transferline train --dataset NAME\n');
@@ -411,7 +411,7 @@ describe('what a user sees when something is wrong', () => {
           ]);
           expect(elsewhere.code).toBe(1);
           expect(elsewhere.stderr).toContain(`embed worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}, as recorded by its first process (`);
-          expect(elsewhere.stderr).toContain(`this worker has s3://${bucket}/tl2/, where no other process would look: set ${prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${prefix}`} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own.`);
+          expect(elsewhere.stderr).toContain(`this worker has s3://${bucket}/tl2/, where no other process would look: ${prefix === '' ? 'unset TL_PREFIX' : `set TL_PREFIX=${prefix}`} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own.`);
           // it never said it was starting: no command waits on it
           expect(await ctx.services.spaces.startingWorkers(stack.space.id)).toEqual([]);
           expect(train.code).toBe(1);

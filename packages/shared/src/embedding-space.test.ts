@@ -17,7 +17,7 @@ describe('storageAdvice', () => {
       'this shell looks in s3://photos/tl/, but the live embed workers keep embeddings and models in s3://tl/tl/: set TL_BUCKET=tl as the workers have it',
     );
     expect(storageAdvice({ bucket: 'tl', prefix: 'mine/' }, [worker({ bucket: 'tl', prefix: '' }), worker({ bucket: 'tl', prefix: '' })])).toBe(
-      'this shell looks in s3://tl/mine/, but the live embed workers keep embeddings and models in s3://tl/: set TL_PREFIX unset as the workers have it',
+      'this shell looks in s3://tl/mine/, but the live embed workers keep embeddings and models in s3://tl/: unset TL_PREFIX as the workers have it',
     );
     // workers that disagree: both places named, no one setting claimed right
     expect(storageAdvice({ bucket: 'tl', prefix: 'mine/' }, [worker({ bucket: 'tl', prefix: '' }), worker({ bucket: 'b', prefix: 'x/' })])).toBe(

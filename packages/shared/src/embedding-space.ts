@@ -81,11 +81,17 @@ export async function recordedStorage(redis: Redis, keys: RedisKeys): Promise<St
   return raw === null ? undefined : parseDocument(StorageRecord, JSON.parse(raw), 'the recorded storage');
 }
 
+/** What to change for `own` to be `theirs`: `set TL_BUCKET=… and TL_PREFIX=…`, or `… and unset TL_PREFIX` for theirs empty. */
+function storageFix(theirs: Storage, own: Storage): string {
+  const set = [theirs.bucket !== own.bucket && `TL_BUCKET=${theirs.bucket}`, theirs.prefix !== own.prefix && theirs.prefix !== '' && `TL_PREFIX=${theirs.prefix}`].filter(Boolean);
+  const unset = theirs.prefix !== own.prefix && theirs.prefix === '';
+  return [set.length > 0 && `set ${set.join(' and ')}`, unset && 'unset TL_PREFIX'].filter(Boolean).join(' and ');
+}
+
 function refusedStorage(theirs: Storage, source: string, own: Storage, keys: RedisKeys, redis: { prefix: string; url: string }, who: string): ConfigError {
-  const settings = [...(theirs.bucket !== own.bucket ? [`TL_BUCKET=${theirs.bucket}`] : []), ...(theirs.prefix !== own.prefix ? [theirs.prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${theirs.prefix}`] : [])];
   return new ConfigError(
     `this deployment (TL_QUEUE_PREFIX=${redis.prefix} on its Redis) keeps its embeddings and models in s3://${theirs.bucket}/${theirs.prefix}, ${source}; ` +
-      `${who} has s3://${own.bucket}/${own.prefix}, where no other process would look: set ${settings.join(' and ')} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own. ` +
+      `${who} has s3://${own.bucket}/${own.prefix}, where no other process would look: ${storageFix(theirs, own)} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own. ` +
       `(If the deployment has moved, its files with it: with its workers stopped, delete the record, redis-cli -u ${redactUrl(redis.url)} DEL ${keys.storage()}; for up's own Redis, while an up with the recorded settings runs)`,
   );
 }
@@ -106,8 +112,7 @@ export function storageAdvice(
   // workers that disagree among themselves: which of them is right is not this line's to say
   if (theirs.length > 1) return `${looks} ${theirs.map(([url]) => url).join(' and ')} (they disagree: set TL_BUCKET and TL_PREFIX as the workers whose models you want have them)`;
   const [[url, s]] = theirs as [[string, Storage]];
-  const settings = [...(s.bucket !== own.bucket ? [`TL_BUCKET=${s.bucket}`] : []), ...(s.prefix !== own.prefix ? [s.prefix === '' ? 'TL_PREFIX unset' : `TL_PREFIX=${s.prefix}`] : [])];
-  return `${looks} ${url}: set ${settings.join(' and ')} ${whose.have}`;
+  return `${looks} ${url}: ${storageFix(s, own)} ${whose.have}`;
 }
 
 /** A space with the embed workers that run it now. */
