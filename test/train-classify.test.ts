@@ -109,7 +109,7 @@ describe('training runs and classification', () => {
     scraping = false;
     await scraper;
     first = a.report as Report;
-    expect(first.split).toEqual({ train: 48, validation: 18, test: 0, explicit: true, conflictsLeftOut: 0 });
+    expect(first.split).toEqual({ train: 48, validation: 18, test: 0, explicit: true, heldOut: { validation: { folders: kinds, fraction: [] }, test: { folders: [], fraction: [] } }, conflictsLeftOut: 0 });
     expect(first.validation.accuracy).toBeGreaterThan(0.8);
     // the gauges moved epoch by epoch while it ran
     expect(seen.filter((e) => e > 0 && e < 40).length).toBeGreaterThanOrEqual(2);
@@ -234,14 +234,13 @@ describe('training runs and classification', () => {
     expect((await ctx.services.inspector.status(classifyDatasetName('shapes'))).total).toBe(4);
   });
 
-  it('trains two classes whose val/ folder holds one of them: no threshold from it, and the run stays readable', async () => {
+  it('trains two classes whose validation holds one of them (the val/ folder is of one, the other has one image to hold out): no threshold from it, and the run stays readable', async () => {
     // A one-class validation set has no ROC curve (NaN, which JSON wrote as null and the schema
     // refused) and no threshold worth the name (any cutoff "separates" one class): the run decides
     // by the most probable label.
-    for (let i = 0; i < 6; i++) {
-      await ctx.services.store.putObject(photos, `duo/train/circle/${i}.jpg`, await renderSample('circle', 300 + i, 5));
-      await ctx.services.store.putObject(photos, `duo/train/square/${i}.jpg`, await renderSample('square', 300 + i, 5));
-    }
+    // (a class with more images outside the val/ folder has its validation cut from them)
+    for (let i = 0; i < 6; i++) await ctx.services.store.putObject(photos, `duo/train/circle/${i}.jpg`, await renderSample('circle', 300 + i, 5));
+    await ctx.services.store.putObject(photos, 'duo/train/square/0.jpg', await renderSample('square', 300, 5));
     for (let i = 6; i < 9; i++) await ctx.services.store.putObject(photos, `duo/val/circle/${i}.jpg`, await renderSample('circle', 300 + i, 5));
     const ingest = await runCli(['ingest', `s3://${photos}/duo/`, '-d', 'duo'], stack.env);
     expect(ingest.code).toBe(0);
@@ -252,12 +251,27 @@ describe('training runs and classification', () => {
     expect(train.stdout).toContain('  no threshold: validation held only "circle", so classify and serve take the most probable label');
     // square has no validation image: nothing measures its recall there (n/a, not 0.000)
     expect(train.stdout).toMatch(/^ {2}square +(n\/a|\d\.\d{3}) {2} {2}n\/a {2} {2}n\/a {2}0$/m);
-    expect(train.stdout).toContain('  n/a: "square" has no image in validation, so its recall and F1 are not measured (a label of very few images, or a val/ folder or split column without it)\n');
+    expect(train.stdout).toContain('  n/a: "square" has no image in validation, so its recall and F1 are not measured (a label of one image outside the held-out folders: none could be held out)\n');
+    expect(train.stdout).toContain('  split: validation from the split folders; no test split (the split folders have no test/)\n');
     const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'one-class-val', 'report.json'));
     expect(report?.validation.binary).toBeUndefined();
     const models = await runCli(['models', '--json'], stack.env);
     expect(models.code).toBe(0);
     expect((JSON.parse(models.stdout) as { dataset: string; runId: string }[]).some((m) => m.dataset === 'duo' && m.runId === 'one-class-val')).toBe(true);
+  });
+
+  it('trains a bucket that ships train/ and test/ folders only: validation is cut from train/, and train says so (a review: it failed, too-small)', async () => {
+    for (const kind of ['circle', 'square'] as const) {
+      for (let i = 0; i < 8; i++) await ctx.services.store.putObject(photos, `tt/train/${kind}/${i}.jpg`, await renderSample(kind, 400 + i, 5));
+      for (let i = 8; i < 10; i++) await ctx.services.store.putObject(photos, `tt/test/${kind}/${i}.jpg`, await renderSample(kind, 400 + i, 5));
+    }
+    expect((await runCli(['ingest', `s3://${photos}/tt/`, '-d', 'tt'], stack.env)).code).toBe(0);
+    const train = await runCli(['train', '-d', 'tt', '--epochs', '5', '--run-id', 'tt-1'], stack.env);
+    expect(train.code, train.stdout + train.stderr).toBe(0);
+    expect(train.stdout).toContain('(20 images: 12 train, 4 validation, 4 test; ');
+    expect(train.stdout).toContain('  split: validation cut by --validation-fraction; test from the split folders\n');
+    const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('tt', 'tt-1', 'report.json'));
+    expect(report?.split.heldOut).toEqual({ validation: { folders: [], fraction: ['circle', 'square'] }, test: { folders: ['circle', 'square'], fraction: [] } });
   });
 
   it('a run stopped early shows the epochs it ran, against the total it was shown with', async () => {

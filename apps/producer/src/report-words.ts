@@ -51,6 +51,24 @@ export function randomSpaceNote(space: Pick<EmbeddingSpace, 'id' | 'weights' | '
 export const randomWeights = (seed: number | undefined) => `EfficientNet-B0 runs with SEEDED RANDOM weights${seed === undefined ? '' : ` (seed ${seed})`}`;
 export const RANDOM_IS_FOR_SHAPES = "fine for the demo's shapes, not for real photos";
 
+/**
+ * How a run's held-out splits were made, when the bucket's split folders (or a manifest's split
+ * column) gave any of them: "validation from the split folders for a, cut by --validation-fraction
+ * for b; test cut by --test-fraction"; undefined when the fractions alone made them.
+ */
+export function heldOutWords(split: ReportDoc['split'], show: (s: string) => string = (s) => s): string | undefined {
+  if (!split.explicit || !split.heldOut) return undefined;
+  const list = (labels: string[]) => labels.map(show).join(', ');
+  const one = (name: 'validation' | 'test', flag: string) => {
+    const { folders, fraction } = split.heldOut![name];
+    if (folders.length === 0 && fraction.length === 0) return name === 'test' ? 'no test split (the split folders have no test/)' : undefined;
+    if (fraction.length === 0) return `${name} from the split folders`;
+    if (folders.length === 0) return `${name} cut by ${flag}`;
+    return `${name} from the split folders for ${list(folders)}, cut by ${flag} for ${list(fraction)}`;
+  };
+  return [one('validation', '--validation-fraction'), one('test', '--test-fraction')].filter(Boolean).join('; ');
+}
+
 /** A split of fewer images than this moves its accuracy by more than 3 points an image: said beside the figures. */
 export const FEW_TO_MEASURE = 30;
 

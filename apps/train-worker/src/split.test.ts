@@ -62,6 +62,33 @@ describe('splitExamples', () => {
     expect(ids(s2.train)).not.toContain(dup.sha256);
   });
 
+  it('cuts validation from train/ by the fraction for a bucket that ships train/ and test/ folders only (a review: it could not be trained)', () => {
+    const ex: Example[] = [...make({ a: 10, b: 10 }).map((e) => ({ ...e, split: 'train' as const })), ...make({ a: 3, b: 3 }, 100).map((e) => ({ ...e, split: 'test' as const }))];
+    const s = splitExamples(ex, { validation: 0.2, test: 0.1 });
+    expect([s.train.length, s.validation.length, s.test.length]).toEqual([16, 4, 6]);
+    expect(s.validation.every((e) => e.split === 'train')).toBe(true);
+    expect(s.heldOut).toEqual({ validation: { folders: [], fraction: ['a', 'b'] }, test: { folders: ['a', 'b'], fraction: [] } });
+    expect(s.explicit).toBe(true);
+  });
+
+  it("lets a stray val/ image decide its own class's validation only, and says so (a review: it made the whole split)", () => {
+    const ex: Example[] = [...make({ a: 30, b: 30 }), { ...make({ a: 1 }, 500)[0]!, split: 'validation' as const }];
+    const s = splitExamples(ex, { validation: 0.2, test: 0.1 });
+    const count = (xs: Example[], l: string) => xs.filter((x) => x.label === l).length;
+    expect([count(s.validation, 'a'), count(s.validation, 'b')]).toEqual([1, 6]);
+    // (split folders give the test split: none here, as for a train/ + val/ layout)
+    expect(s.test).toEqual([]);
+    expect(s.heldOut).toEqual({ validation: { folders: ['a'], fraction: ['b'] }, test: { folders: [], fraction: [] } });
+  });
+
+  it('keeps the test images where they are when the validation fraction changes (runs compared by test accuracy saw other images)', () => {
+    const ex = make({ a: 30, b: 30 });
+    const a = splitExamples(ex, { validation: 0.2, test: 0.1 });
+    const b = splitExamples(ex, { validation: 0.3, test: 0.1 });
+    expect(ids(b.test)).toEqual(ids(a.test));
+    expect(ids(b.validation).filter((id) => ids(a.test).includes(id))).toEqual([]);
+  });
+
   it('gives its splits in the same order whatever order the records were listed in (the seeded shuffle depends on it)', () => {
     const foldered = make({ a: 12, b: 9 }).map((e, i) => ({ ...e, split: i % 4 === 0 ? ('validation' as const) : i % 5 === 0 ? ('test' as const) : ('train' as const) }));
     const auto = make({ a: 12, b: 9 });

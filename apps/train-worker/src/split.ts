@@ -15,22 +15,35 @@ export interface Splits {
   train: Example[];
   validation: Example[];
   test: Example[];
-  /** true when the bucket's own train/val/test folders decided the split */
+  /** true when the bucket's own split folders (or a manifest's split column) gave some class its validation or test images */
   explicit: boolean;
+  /** for each held-out split, the classes whose images in it came from the bucket's split folders, and those cut by the fraction */
+  heldOut: { validation: HeldOutFrom; test: HeldOutFrom };
   /** contents found under two different labels, each with every copy: left out, since no label is right for them */
   conflicts: Example[][];
+}
+
+/** Classes (labels, sorted) whose images in one held-out split came from the split folders, and those cut by the run's fraction. */
+export interface HeldOutFrom {
+  folders: string[];
+  fraction: string[];
 }
 
 const RANK: Record<Split, number> = { test: 2, validation: 1, train: 0 };
 
 /**
  * Train/validation/test splits by content hash. Duplicated bytes are one example, so a
- * duplicate can never sit on both sides; bytes under two labels are left out. When the bucket
- * has validation or test folders, those decide (a duplicate goes to the most held-out split).
- * Otherwise each class is ordered by content hash and cut by the fractions (at least one
- * validation example per class of 2+, one test example per class of 3+ when a test fraction is
- * asked for): the same images always land in the same split, run after run, whatever the seed,
- * and adding images moves few of the others.
+ * duplicate can never sit on both sides; bytes under two labels are left out (a duplicate in a
+ * held-out folder holds the image out). Without split folders (val/, test/, or a manifest's split
+ * column), each class is ordered by content hash and cut by the fractions: validation from the
+ * low end, test from the high end, so that one fraction never moves the other's images (at least
+ * one validation image for a class of 2+, one test image for a class of 3+ when a test fraction
+ * is asked for). With them, the test split is the one they give, and each class's validation is
+ * its val/ images, or, for a class without any, cut from its other images by the fraction: a
+ * bucket that ships train/ and test/ folders gets its validation from train/ (a review: it could
+ * not be trained), and one stray image in a val/ folder decides only its own class's validation
+ * (it made the whole split). The same images always land in the same split, run after run,
+ * whatever the seed, and adding images moves few of the others.
  */
 export function splitExamples(examples: Example[], fractions: { validation: number; test: number }): Splits {
   const conflicts: Example[][] = [];
@@ -41,7 +54,6 @@ export function splitExamples(examples: Example[], fractions: { validation: numb
       continue;
     }
     const first = examples[g.members[0]!]!;
-    // a copy in a held-out folder holds the image out
     let split: Split | undefined;
     for (const i of g.members) {
       const s = examples[i]!.split;
@@ -49,30 +61,30 @@ export function splitExamples(examples: Example[], fractions: { validation: numb
     }
     unique.push(split ? { sha256: first.sha256, label: g.label, split } : { sha256: first.sha256, label: g.label });
   }
-  const explicit = unique.some((e) => e.split === 'validation' || e.split === 'test');
-  const out: Splits = { train: [], validation: [], test: [], explicit, conflicts };
-  if (explicit) {
-    // In a fixed order (label, then content hash), not the order Redis listed the records in:
-    // that changes when Redis restarts, and the seeded shuffle would then train differently.
-    for (const e of unique.sort(byLabelThenHash)) out[e.split ?? 'train'].push(e);
-    return out;
-  }
+  const out: Splits = { train: [], validation: [], test: [], explicit: false, heldOut: { validation: { folders: [], fraction: [] }, test: { folders: [], fraction: [] } }, conflicts };
+  // a bucket with split folders has the test split it gives (none without test/ folders: a
+  // train/ + val/ layout trains on all of train/); the validation split, which early stopping and
+  // the threshold need, is cut for each class that has none there
+  out.explicit = unique.some((e) => e.split === 'validation' || e.split === 'test');
   const byLabel = new Map<string, Example[]>();
   for (const e of unique) byLabel.set(e.label, [...(byLabel.get(e.label) ?? []), e]);
+  // In a fixed order (label, then content hash), not the order Redis listed the records in: that
+  // changes when Redis restarts, and the seeded shuffle would then train differently.
   for (const label of [...byLabel.keys()].sort()) {
     const list = byLabel.get(label)!.sort((a, b) => (a.sha256 < b.sha256 ? -1 : 1));
-    const n = list.length;
-    const nVal = n < 2 ? 0 : Math.max(1, Math.round(n * fractions.validation));
+    const given = { validation: list.filter((e) => e.split === 'validation'), test: list.filter((e) => e.split === 'test') };
+    const rest = list.filter((e) => e.split !== 'validation' && e.split !== 'test');
+    const n = rest.length;
+    const nVal = given.validation.length > 0 || n < 2 ? 0 : Math.max(1, Math.round(n * fractions.validation));
     // Training keeps at least one image of every label, whatever the fractions ask.
-    const nTest = fractions.test <= 0 || n < 3 ? 0 : Math.min(n - nVal - 1, Math.max(1, Math.round(n * fractions.test)));
-    out.validation.push(...list.slice(0, nVal));
-    out.test.push(...list.slice(nVal, nVal + nTest));
-    out.train.push(...list.slice(nVal + nTest));
+    const nTest = out.explicit || fractions.test <= 0 || n < 3 ? 0 : Math.min(n - nVal - 1, Math.max(1, Math.round(n * fractions.test)));
+    out.validation.push(...given.validation, ...rest.slice(0, nVal));
+    out.train.push(...rest.slice(nVal, n - nTest));
+    out.test.push(...given.test, ...rest.slice(n - nTest));
+    for (const which of ['validation', 'test'] as const) {
+      if (given[which].length > 0) out.heldOut[which].folders.push(label);
+      else if (which === 'validation' ? nVal > 0 : nTest > 0) out.heldOut[which].fraction.push(label);
+    }
   }
   return out;
-}
-
-function byLabelThenHash(a: Example, b: Example): number {
-  if (a.label !== b.label) return a.label < b.label ? -1 : 1;
-  return a.sha256 < b.sha256 ? -1 : a.sha256 > b.sha256 ? 1 : 0;
 }

@@ -360,7 +360,7 @@ function buildReport(
     embedderId,
     createdAt: new Date().toISOString(),
     labels,
-    split: { train: splits.train.length, validation: splits.validation.length, test: splits.test.length, explicit: splits.explicit, conflictsLeftOut: splits.conflicts.length, ...(splits.conflicts.length && { conflicting: namedConflicts(splits.conflicts), conflictsLabelledBy: conflictsLabelledBy(splits.conflicts.flat()) }) },
+    split: { train: splits.train.length, validation: splits.validation.length, test: splits.test.length, explicit: splits.explicit, heldOut: splits.heldOut, conflictsLeftOut: splits.conflicts.length, ...(splits.conflicts.length && { conflicting: namedConflicts(splits.conflicts), conflictsLabelledBy: conflictsLabelledBy(splits.conflicts.flat()) }) },
     coverage,
     params,
     classWeights: fit.classWeights,

@@ -270,6 +270,16 @@ export const ReportDoc = z.object({
     validation: z.number().int(),
     test: z.number().int(),
     explicit: z.boolean(),
+    /**
+     * for each held-out split, the classes whose images in it came from the bucket's split folders
+     * (or a manifest's split column), and those cut by the run's fraction (runs from before it: none)
+     */
+    heldOut: z
+      .object({
+        validation: z.object({ folders: z.array(z.string()), fraction: z.array(z.string()) }),
+        test: z.object({ folders: z.array(z.string()), fraction: z.array(z.string()) }),
+      })
+      .optional(),
     /** distinct bytes filed under more than one label, left out (every copy) */
     conflictsLeftOut: z.number().int(),
     /**

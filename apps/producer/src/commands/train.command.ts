@@ -7,7 +7,7 @@ import { followJob, say } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { classFigures, conflictCopy, confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, notIngestedAgain, randomSpaceNote, thresholdCaution, thresholdText, underTwoLabelsFix } from '../report-words.js';
+import { classFigures, conflictCopy, confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, heldOutWords, notIngestedAgain, randomSpaceNote, thresholdCaution, thresholdText, underTwoLabelsFix } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { latestRun } from './models.command.js';
 import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
@@ -381,6 +381,8 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images${report ? `: ${splitWords(report.split)}` : ''}; best epoch ${result.bestEpoch})`);
   if (random) w(`  ${random}`);
+  const heldOut = report && heldOutWords(report.split, printable);
+  if (heldOut) w(`  split: ${heldOut}`);
   if (report) for (const few of fewToMeasure(report.split)) w(`  note: ${few}`);
   if (report) {
     const images = new Map(report.labels.map((l, i) => [l, [report.train, report.validation, report.test].reduce((n, s) => n + (s?.perClass[i]?.support ?? 0), 0)]));
@@ -433,5 +435,5 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   const figures = report.validation.perClass.map((_, i) => classFigures(report.validation, i));
   report.validation.perClass.forEach((c, i) => w(`  ${labels[i]!.padEnd(width)} ${shown(figures[i]!.precision)}  ${shown(figures[i]!.recall)}  ${shown(figures[i]!.f1)}  ${c.support}`));
   const unseen = labels.filter((_, i) => figures[i]!.recall === undefined);
-  if (unseen.length) w(`  n/a: ${unseen.map((l) => `"${l}"`).join(', ')} ${unseen.length === 1 ? 'has' : 'have'} no image in validation, so ${unseen.length === 1 ? 'its' : 'their'} recall and F1 are not measured (a label of very few images, or a val/ folder or split column without it)`);
+  if (unseen.length) w(`  n/a: ${unseen.map((l) => `"${l}"`).join(', ')} ${unseen.length === 1 ? 'has' : 'have'} no image in validation, so ${unseen.length === 1 ? 'its' : 'their'} recall and F1 are not measured (a label of one image outside the held-out folders: none could be held out)`);
 }

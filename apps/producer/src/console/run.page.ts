@@ -1,7 +1,7 @@
 import { conflictsLabelledBy, type EvaluationReport, type ReportDoc } from '@transferline/shared';
 import { fixed3, html, page, pct, seg, type Access, type SafeHtml } from './html.js';
 import { lineChart } from './svg-chart.js';
-import { classFigures, conflictCopy, notIngestedAgain, thresholdText, underTwoLabelsFix } from '../report-words.js';
+import { classFigures, conflictCopy, heldOutWords, notIngestedAgain, thresholdText, underTwoLabelsFix } from '../report-words.js';
 
 /**
  * confusion[true][predicted] as a table with the labels on both sides; each cell carries
@@ -82,7 +82,7 @@ export function runPage(access: Access, r: ReportDoc): string {
   )}${card('best-epoch', `best epoch${r.stoppedEarly ? ' (stopped early)' : ''}`, String(r.bestEpoch), r.bestEpoch)}</div>
 <p id="coverage" class="${c.partial ? 'bad' : 'muted'}">${c.embedded} of ${c.total} images embedded (${c.pending} pending, ${c.failed} failed)${c.partial ? ' — a partial run (--partial)' : ''}${notIngestedAgain(c)}; trained on ${distinct} distinct images${
     c.embedded > distinct ? html` (copies of the same bytes count once${conflicts ? `; ${conflicts} left out: their bytes are filed under more than one label` : ''})` : ''
-  }${r.split.explicit ? '; splits as ingested (split folders, or a label manifest\'s split column)' : ''}</p>
+  }${r.split.explicit ? `; splits as ingested (split folders, or a label manifest's split column)${heldOutWords(r.split) ? `: ${heldOutWords(r.split)}` : ''}` : ''}</p>
 ${conflicting(r.split)}
 <h2>Validation (${v.examples} images)</h2>${binary(v.binary)}
 ${confusionTable('confusion', r.labels, v.confusionMatrix)}
