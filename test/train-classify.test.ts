@@ -274,6 +274,29 @@ describe('training runs and classification', () => {
     expect(report?.split.heldOut).toEqual({ validation: { folders: [], fraction: ['circle', 'square'] }, test: { folders: ['circle', 'square'], fraction: [] } });
   });
 
+  it('two train commands given the same --run-id at once: one run, and the other says the id was taken, not the run of another dataset (a review)', async () => {
+    for (const kind of ['circle', 'square'] as const) for (let i = 0; i < 3; i++) await ctx.services.store.putObject(photos, `race/train/${kind}/${i}.jpg`, await renderSample(kind, 500 + i, 5));
+    // the first command looks at the id, then waits for its images (held back), while the second queues the same id
+    const preprocess = ctx.queues.preprocess;
+    await preprocess.pause();
+    try {
+      expect((await runCli(['ingest', `s3://${photos}/race/`, '-d', 'race', '--no-wait'], stack.env)).code).toBe(0);
+      let said = '';
+      const first = runCli(['train', '-d', 'race', '--run-id', 'race-1', '--epochs', '2'], stack.env, 120_000, { onOutput: (c) => (said += c) });
+      await until('the first command to wait for its images', () => said.includes('are not embedded yet; waiting'), 60);
+      const second = await runCli(['train', '-d', 'tt', '--run-id', 'race-1', '--epochs', '2'], stack.env);
+      expect(second.code, second.stderr).toBe(0);
+      await preprocess.resume();
+      const r = await first;
+      // (before: exit 0, following and reporting tt's run as its own)
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/\ntransferline: run id race-1 was taken meanwhile by another train command \(of dataset tt\): nothing queued; choose another --run-id, or leave it out for a new one\n$/);
+      expect(r.stdout).not.toContain('model: s3://');
+    } finally {
+      await preprocess.resume();
+    }
+  });
+
   it('a run stopped early shows the epochs it ran, against the total it was shown with', async () => {
     const train = await runCli(['train', '-d', 'duo', '--epochs', '300', '--patience', '1', '--run-id', 'early'], stack.env);
     expect(train.code).toBe(0);

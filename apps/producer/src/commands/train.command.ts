@@ -167,12 +167,20 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     // a run id used before by a run cancelled while queued: the new run is not that one
     await ctx.services.redis.del(ctx.services.keys.trainCancel(runId));
     await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
+    // BullMQ adds nothing for an id queued already: another command given the same --run-id
+    // between the look above and this add (a review: this one then followed and reported the
+    // other's run of another dataset, and exited 0). The same run asked for twice is one run.
+    const queued = await ctx.queues.train.getJob(jobId);
+    if (queued && !isDeepStrictEqual(queued.data, JSON.parse(JSON.stringify(payload)))) {
+      const theirs = (queued.data as { dataset?: string }).dataset;
+      throw new CliExit(EXIT.usage, `transferline: run id ${runId} was taken meanwhile by another train command (${theirs === payload.dataset ? `of ${theirs}, with other settings` : `of dataset ${theirs}`}): nothing queued; choose another --run-id, or leave it out for a new one`);
+    }
   } finally {
     await release();
   }
   ctx.out.write(`run ${payload.runId} queued for dataset ${payload.dataset} (up to ${payload.epochs} epochs, ${payload.hiddenUnits ? `hidden layer of ${payload.hiddenUnits}` : 'softmax head'})\n`);
   if (!wait) return { runId };
-  return followRun(ctx, runId, stallSeconds, undefined, replacing ?? null);
+  return followRun(ctx, runId, stallSeconds, payload.dataset, replacing ?? null);
 }
 
 /** How long a train command may hold a dataset's queueing turn: its look and its add take a few round trips. */
