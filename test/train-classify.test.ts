@@ -272,6 +272,12 @@ describe('training runs and classification', () => {
     expect(train.stdout).toContain('  split: validation cut by --validation-fraction; test from the split folders\n');
     const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('tt', 'tt-1', 'report.json'));
     expect(report?.split.heldOut).toEqual({ validation: { folders: [], fraction: ['circle', 'square'] }, test: { folders: ['circle', 'square'], fraction: [] } });
+    // a run whose save was cut short before its report: its id is named as taken, with what to do, not "see models" (which lists none of it)
+    await ctx.services.store.deleteObject(stack.config.s3.bucket, ctx.services.layout.runFile('tt', 'tt-1', 'report.json'));
+    const again = await runCli(['train', '-d', 'tt', '--run-id', 'tt-1'], stack.env);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain(`transferline: run tt-1 exists already: its files are in s3://${stack.config.s3.bucket}/${ctx.services.layout.run('tt', 'tt-1')} without a report.json (a save cut short), which "transferline models" does not list; transferline delete run tt@tt-1 deletes them: choose another --run-id`);
+    expect((await runCli(['delete', 'run', 'tt@tt-1', '--yes'], stack.env)).code).toBe(0);
   });
 
   it('two train commands given the same --run-id at once: one run, and the other says the id was taken, not the run of another dataset (a review)', async () => {

@@ -49,6 +49,8 @@ export interface EpochProgress extends Partial<EpochLog> {
 
 /** How long a trained run waits for S3 to come back to be saved, before it goes back to the queue (to be trained again). */
 export const SAVE_OUTAGE_WAIT_MS = 30 * 60_000;
+/** A save that failed on an S3 that answers is tried again after these waits (a 500 rarely lasts): then thrown. */
+export const SAVE_ERROR_RETRY_DELAYS_MS = [2_000, 8_000, 30_000] as const;
 
 /** What a run's save (the head, its report, the latest pointer, to S3) is given when a stopping worker decides whether the run can end within its deadline. */
 const SAVE_ALLOWANCE_MS = 10_000;
@@ -232,15 +234,18 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
  * of S3 with the run in memory: the worker pauses its other work meanwhile, and put back, the run
  * would be trained again from its first epoch (a user's trial lost 400 epochs to 2 minutes of S3).
  * It goes back to the queue only once the outage has lasted SAVE_OUTAGE_WAIT_MS, or the worker is
- * asked to stop; an error that is not an outage is thrown as ever.
+ * asked to stop. An error from an S3 that answers (a 500 past the SDK's own attempts) is tried
+ * again SAVE_ERROR_RETRIES times, `retryDelaysMs` apart, before it is thrown: thrown, it trains
+ * the run again from its first epoch (a review).
  */
 export async function saveOnceS3Answers(
   save: () => Promise<void>,
   s3: TrainDeps['s3'],
   ctx: JobContext,
-  o: { runId: string; saving: EpochProgress; putBack: (why: string) => Promise<never>; cancelled: (when: string) => Promise<void> },
+  o: { runId: string; saving: EpochProgress; putBack: (why: string) => Promise<never>; cancelled: (when: string) => Promise<void>; retryDelaysMs?: readonly number[] },
 ): Promise<void> {
   const since = performance.now();
+  const delays = [...(o.retryDelaysMs ?? SAVE_ERROR_RETRY_DELAYS_MS)];
   // the worker asked to stop, or the wait over, while S3 is still down: put back at once (another
   // save first would take the SDK's attempts at a mute S3, minutes past the stop deadline)
   const giveUpIfDue = async () => {
@@ -253,7 +258,15 @@ export async function saveOnceS3Answers(
     try {
       return await save();
     } catch (err) {
-      if (!s3 || !(await s3.isOutage(err))) throw err;
+      if (!s3 || !(await s3.isOutage(err))) {
+        const delay = delays.shift();
+        // (a worker asked to stop does not hold its stop for them: the run goes to another)
+        if (delay === undefined || ctx.stopping()) throw err;
+        ctx.log.warn({ runId: o.runId, err: (err as Error).message }, `the trained run's save failed: trying again in ${delay / 1000} s (${delays.length} more tries after that)`);
+        await o.cancelled('while its save was tried again');
+        await sleep(delay);
+        continue;
+      }
       await giveUpIfDue();
       const why = `${s3.reason}: the trained run waits in memory to be saved (up to ${SAVE_OUTAGE_WAIT_MS / 60_000} min), not trained again`;
       ctx.log.warn({ runId: o.runId, err: (err as Error).message }, why);

@@ -48,4 +48,27 @@ describe("a trained run's save while S3 is down", () => {
     expect(t.saves()).toBe(1);
     expect(t.said.at(-1)).toMatchObject({ phase: 'put-back', why: 'S3 at http://s3:9000 is unreachable while the trained run was being saved, and its train worker is stopping' });
   });
+
+  it('tries a save that failed on an S3 that answers (a 500) again before it fails the run, which would train it again from its first epoch (a review)', async () => {
+    const ctx: JobContext = { log, attempt: 1, stopping: () => false, progress: async () => {} };
+    const answers = { up: true, reason: '', isOutage: async () => false };
+    const putBack = async (why: string): Promise<never> => {
+      throw new DeferJob(0, why);
+    };
+    const failing = (times: number) => {
+      let saves = 0;
+      return {
+        saves: () => saves,
+        save: async () => {
+          if (++saves <= times) throw new Error('We encountered an internal error. Please try again.');
+        },
+      };
+    };
+    const twice = failing(2);
+    await saveOnceS3Answers(twice.save, answers, ctx, { runId: 'r', saving, putBack, cancelled: async () => {}, retryDelaysMs: [1, 1, 1] });
+    expect(twice.saves()).toBe(3);
+    const always = failing(Infinity);
+    await expect(saveOnceS3Answers(always.save, answers, ctx, { runId: 'r', saving, putBack, cancelled: async () => {}, retryDelaysMs: [1, 1, 1] })).rejects.toThrow('internal error');
+    expect(always.saves()).toBe(4);
+  });
 });

@@ -91,7 +91,10 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     throw new CliExit(EXIT.usage, `transferline: run id ${runId} is taken by a run of dataset ${takenByOther} (run ids are unique across datasets): choose another --run-id, or leave it out for a new one`);
   }
   if ((taken && !replaces) || written) {
-    throw new CliExit(EXIT.usage, `transferline: run ${runId} exists already (see "transferline models"): choose another --run-id, or leave it out for a new one`);
+    // files of a run whose save was cut short (no report.json): models lists none of it (a review)
+    const report = written && (await store.headObject(ctx.config.s3.bucket, layout.runFile(o.dataset, runId, 'report.json')));
+    const listed = !written || report ? ' (see "transferline models")' : `: its files are in s3://${ctx.config.s3.bucket}/${layout.run(o.dataset, runId)} without a report.json (a save cut short), which "transferline models" does not list; transferline delete run ${o.dataset}@${runId} deletes them`;
+    throw new CliExit(EXIT.usage, `transferline: run ${runId} exists already${listed}: choose another --run-id, or leave it out for a new one`);
   }
   // The settings are checked before any wait: a bad value must not wait for every embedding first.
   const { dataset, wait, partial, runId: _r, stallSeconds: _s, ...settings } = o;
