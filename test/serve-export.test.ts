@@ -193,6 +193,9 @@ describe('transferline serve', () => {
   const post = (body: NonNullable<Parameters<typeof fetch>[1]>['body'], headers: Record<string, string> = {}) => fetch(`${server.url}/v1/classify`, { method: 'POST', body, headers });
 
   it('answers one image with classify\'s label and probabilities, and says which model', async () => {
+    // before any image: each label's and each refusal's series at 0, so rate() sees the first (a review)
+    const fresh = await scrapeUrl(`${server.url}/metrics`);
+    for (const series of ['tl_serve_results_total{label="circle"}', 'tl_serve_results_total{label="square"}', 'tl_serve_rejected_total{reason="not-an-image"}', 'tl_serve_rejected_total{reason="overloaded"}']) expect(fresh.get(series), series).toBe(0);
     const res = await post(photos[0]!.bytes, { 'content-type': 'image/jpeg' });
     expect(res.status).toBe(200);
     const body = (await res.json()) as { label: string; probabilities: Record<string, number>; model: { dataset: string; runId: string } };

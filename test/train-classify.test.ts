@@ -115,6 +115,8 @@ describe('training runs and classification', () => {
     expect(seen.filter((e) => e > 0 && e < 40).length).toBeGreaterThanOrEqual(2);
     const m = await scrape(stack.ports.train);
     for (const g of ['tl_train_learning_rate', 'tl_train_examples_per_second', 'tl_train_best_validation_loss']) expect(m.get(`${g}{dataset="shapes"}`)).toBeGreaterThan(0);
+    // the saved model's validation accuracy (its best epoch's), not the last epoch's
+    expect(m.get('tl_train_best_validation_accuracy{dataset="shapes"}')).toBeCloseTo(first.validation.accuracy, 6);
     expect(m.get('tl_train_runs_total{dataset="shapes",outcome="completed"}')).toBe(1);
 
     const b = (await trainCommand(ctx, { dataset: 'shapes', wait: true, seed: 5, epochs: 40, batchSize: 8, patience: 0 })).report as Report;
@@ -147,7 +149,11 @@ describe('training runs and classification', () => {
       }
       return (await ctx.queues.train.getJob(job.id!))!.returnvalue as unknown;
     };
-    expect(await retried()).toMatchObject({ runId: first.runId, validationAccuracy: first.validation.accuracy });
+    const completed = async () => (await scrape(stack.ports.train)).get('tl_train_runs_total{dataset="shapes",outcome="completed"}');
+    const counted = await completed();
+    expect(await retried()).toMatchObject({ runId: first.runId, validationAccuracy: first.validation.accuracy, replayed: true });
+    // not counted again as a completed run (a review: the dashboard's runs panel overcounted)
+    expect(await completed()).toBe(counted);
     // the same report, to the millisecond of its making (training again would stamp a new one)
     expect((await ctx.services.store.getDocument(ReportDoc, bucket, reportKey))?.createdAt).toBe(before?.createdAt);
     // and the newer run stays the latest

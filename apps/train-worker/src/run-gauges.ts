@@ -1,6 +1,6 @@
 import type { Metrics } from '@transferline/shared';
 
-type TrainGauges = Pick<Metrics, 'trainEpoch' | 'trainLoss' | 'trainAccuracy' | 'trainLearningRate' | 'trainExamplesPerSecond' | 'trainBestValidationLoss'>;
+type TrainGauges = Pick<Metrics, 'trainEpoch' | 'trainLoss' | 'trainAccuracy' | 'trainLearningRate' | 'trainExamplesPerSecond' | 'trainBestValidationLoss' | 'trainBestValidationAccuracy'>;
 
 /**
  * The per-run gauges of a dataset (`tl_train_epoch`, `tl_train_loss`…) describe its run in
@@ -12,7 +12,7 @@ type TrainGauges = Pick<Metrics, 'trainEpoch' | 'trainLoss' | 'trainAccuracy' | 
 export function runGauges(m: TrainGauges, lingerMs: number): { begin(dataset: string): () => void } {
   const current = new Map<string, object>();
   const clear = (dataset: string) => {
-    for (const g of [m.trainEpoch, m.trainLearningRate, m.trainExamplesPerSecond, m.trainBestValidationLoss]) g.remove({ dataset });
+    for (const g of [m.trainEpoch, m.trainLearningRate, m.trainExamplesPerSecond, m.trainBestValidationLoss, m.trainBestValidationAccuracy]) g.remove({ dataset });
     for (const g of [m.trainLoss, m.trainAccuracy]) for (const split of ['train', 'validation']) g.remove({ dataset, split });
   };
   return {

@@ -38,7 +38,8 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
       gaugesEnded();
       runEnded();
     }
-    runs.count(dataset, 'completed');
+    // (a run written already, returned again, was counted when it ran: a review saw one run counted twice)
+    if (!result.replayed) runs.count(dataset, 'completed');
     ctx.log.info({ dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
     return result;
   };

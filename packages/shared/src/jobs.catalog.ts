@@ -181,6 +181,8 @@ export interface TrainResult {
   bestEpoch: number;
   /** whether the run is its dataset's latest (false for a run trained with --no-promote; absent from runs of older workers) */
   latest?: boolean;
+  /** the job ran again after its run was written (its completion lost, or retried from the queue board): the run as it was, not trained again */
+  replayed?: true;
 }
 
 interface JobSpec<S extends z.ZodType> {

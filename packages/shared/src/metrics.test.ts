@@ -2,7 +2,7 @@ import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { createMetrics, createServeMetrics, startMetricsServer, startingMetrics } from './metrics.js';
+import { createMetrics, createServeMetrics, exportQueueDepths, startMetricsServer, startingMetrics } from './metrics.js';
 
 describe("a worker's /metrics while its role starts", () => {
   it('answers with tl_role_ready 0 and the process start time (so Prometheus keeps up=1), /healthz 503, then the role', async () => {
@@ -25,6 +25,30 @@ describe("a worker's /metrics while its role starts", () => {
     } finally {
       await server.close();
     }
+  });
+});
+
+describe('tl_queue_jobs of a process that cannot read Redis', () => {
+  it('exports no counts rather than its last ones, which would win the deployment-wide max (a review: a false QueueStalled)', async () => {
+    const metrics = createMetrics('preprocess');
+    let answer: 'counts' | 'error' | 'never' = 'counts';
+    const queue = {
+      name: 'preprocess',
+      getJobCounts: async () => {
+        if (answer === 'error') throw new Error('Connection is closed.');
+        if (answer === 'never') return new Promise<Record<string, number>>(() => {});
+        return { waiting: 243, active: 16 };
+      },
+    };
+    exportQueueDepths(metrics, async () => [queue], { timeoutMs: 50 });
+    const waiting = async () => /^tl_queue_jobs\{queue="preprocess",state="waiting",role="preprocess"\} (\d+)$/m.exec(await metrics.registry.metrics())?.[1];
+    expect(await waiting()).toBe('243');
+    answer = 'never';
+    expect(await waiting()).toBeUndefined();
+    answer = 'counts';
+    expect(await waiting()).toBe('243');
+    answer = 'error';
+    expect(await waiting()).toBeUndefined();
   });
 });
 

@@ -34,7 +34,8 @@ export function createMetrics(role: string) {
       name: 'tl_job_duration_seconds',
       help: 'Time to process one job (space: the embedding space of an embed queue)',
       labelNames: ['queue', 'space'] as const,
-      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120],
+      // (to an hour: a training run is one job, and a p95 read off a top bucket of 120 s said 120 for 10-minute runs)
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, 300, 900, 3600],
       registers: r,
     }),
     failures: new Counter({ name: 'tl_failures_total', help: 'Permanent item failures, by stage and reason code', labelNames: ['stage', 'reason'] as const, registers: r }),
@@ -65,6 +66,12 @@ export function createMetrics(role: string) {
     trainLearningRate: new Gauge({ name: 'tl_train_learning_rate', help: 'Learning rate of the run in progress', labelNames: ['dataset'] as const, registers: r }),
     trainExamplesPerSecond: new Gauge({ name: 'tl_train_examples_per_second', help: 'Training examples per second in the last epoch', labelNames: ['dataset'] as const, registers: r }),
     trainBestValidationLoss: new Gauge({ name: 'tl_train_best_validation_loss', help: 'Lowest validation loss so far in the run in progress', labelNames: ['dataset'] as const, registers: r }),
+    trainBestValidationAccuracy: new Gauge({
+      name: 'tl_train_best_validation_accuracy',
+      help: "Validation accuracy at the epoch of the lowest validation loss so far in the run in progress: the model the run saves (early stopping restores it), where tl_train_accuracy is the last epoch's",
+      labelNames: ['dataset'] as const,
+      registers: r,
+    }),
     trainRuns: new Counter({
       name: 'tl_train_runs_total',
       help: 'Training runs by outcome',
@@ -111,7 +118,10 @@ const COUNTED_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'failed',
  * Exports `tl_queue_jobs{queue,space,state}` from BullMQ's own counts (getJobCounts) for the
  * queues this process serves, read when Prometheus scrapes, so queue depth needs no exporter
  * that knows BullMQ's key names. Each replica exports the same counts: aggregate with `max`.
- * A Redis that does not answer within `timeoutMs` leaves the last values (the scrape still answers).
+ * A Redis that does not answer within `timeoutMs` (or an error) leaves this process exporting no
+ * counts (the scrape still answers): its last ones, stale, would win the deployment's `max` over
+ * the replicas that can read them (a review: a cut-off replica's 243 waiting jobs fired
+ * TransferlineQueueStalled on an empty queue, and held KEDA's scale up).
  */
 export function exportQueueDepths(
   metrics: Pick<Metrics, 'queueJobs' | 'setQueueDepthSource'>,
@@ -130,7 +140,11 @@ export function exportQueueDepths(
       o.also?.(),
     ]);
   };
-  metrics.setQueueDepthSource(() => settledWithin(timeoutMs, collect()));
+  metrics.setQueueDepthSource(async () => {
+    let read = false;
+    await settledWithin(timeoutMs, collect().then(() => (read = true)));
+    if (!read) metrics.queueJobs.reset();
+  });
 }
 /**
  * The metrics of `transferline serve`. `label` is a class of the served model (a bounded set:

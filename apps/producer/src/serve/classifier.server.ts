@@ -9,7 +9,7 @@ import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
 import { configureSharp, prepareImage, spaceImageOptions, type PrepareOptions } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
-import { BucketNotFoundError, decideLabel, forwardParallelism, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, S3UnreachableError, type Logger, type ServeMetrics } from '@transferline/shared';
+import { BucketNotFoundError, decideLabel, forwardParallelism, IMAGE_FAILURE_REASONS, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, S3UnreachableError, type Logger, type ServeMetrics } from '@transferline/shared';
 import { createServeMetrics } from '@transferline/shared/service-runtime';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
@@ -197,6 +197,21 @@ function statusOf(reason: string): number {
 /** The reason of a key serve could not read because S3 does not answer: no fault of the image's, nor a bug. */
 const STORAGE_UNAVAILABLE = 'storage-unavailable';
 
+/** Every reason serve refuses an image or a request for, whose tl_serve_rejected_total series start at 0. */
+const SERVE_REJECT_REASONS = [
+  'overloaded',
+  'too-large',
+  'timeout',
+  'unauthorized',
+  'misdirected',
+  'not-found',
+  'method-not-allowed',
+  'bad-request',
+  STORAGE_UNAVAILABLE,
+  'internal',
+  ...IMAGE_FAILURE_REASONS,
+] as const;
+
 function asError(err: unknown, s3Endpoint?: string): { reason: string; message: string } {
   if (err instanceof PermanentError) return { reason: err.reason, message: err.message };
   // (how, without the endpoint: serve's clients need not learn where its storage is)
@@ -286,7 +301,11 @@ export async function startClassifierServer(
   const showModel = (m: ClassifierMetadata) => {
     metrics.modelInfo.reset();
     metrics.modelInfo.set({ dataset: m.dataset, run: m.runId }, 1);
+    // each label's series from 0, so rate() and increase() see its first image (a review: a
+    // series that began at 1 showed nothing)
+    for (const label of m.labels) metrics.results.inc({ label }, 0);
   };
+  for (const reason of SERVE_REJECT_REASONS) metrics.rejected.inc({ reason }, 0);
   showModel(current.meta);
   let admitted = 0;
   const limits = { maxInputPixels: ctx.config.preprocess.maxInputPixels };
