@@ -305,14 +305,18 @@ describe('embed workers with TL_RESIZE=crop and TL_ALPHA_BACKGROUND, a preproces
         const r = await fetch(`${server.url}/v1/classify`, { method: 'POST', body: cutout, headers: { 'content-type': 'image/png' } });
         expect(r.status).toBe(200);
         const served = ((await r.json()) as { probabilities: Record<string, number> }).probabilities;
+        // (compared in log space: a head on random weights can be sure of its label to 1e-5, where
+        // the two backgrounds' probabilities part in the fifth decimal only)
+        const labels = JSON.parse(meta['transferline.labels']!) as string[];
+        const log = (p: number) => Math.log(Math.max(p, 1e-30));
         const onnx = async (background: string) => {
           const px = await prepareImage(cutout, { size: 224, maxInputPixels: 1e8, resize: 'crop', background });
           const out = await session.run({ pixels: new ort.Tensor('uint8', px, [1, 224, 224, 3]) });
           const p = out.probabilities!.data as Float32Array;
-          return Math.abs(p[0]! - served[JSON.parse(meta['transferline.labels']!)[0] as string]!);
+          return Math.max(...labels.map((l, i) => Math.abs(log(p[i]!) - log(served[l]!))));
         };
-        expect(await onnx('#000000')).toBeLessThan(1e-4);
-        expect(await onnx('#ffffff')).toBeGreaterThan(1e-3);
+        expect(await onnx('#000000')).toBeLessThan(1e-3);
+        expect(await onnx('#ffffff')).toBeGreaterThan(1e-2);
       } finally {
         await session.release();
         await server.close();
@@ -337,6 +341,12 @@ describe('embed workers with TL_RESIZE=crop and TL_ALPHA_BACKGROUND, a preproces
       expect(inUse.stderr).toMatch(/ 1 embed worker of it is live /);
       expect(inUse.stderr).toContain('datasets use it: wide (13 images, its space)');
       expect(inUse.stderr).toContain('1 trained run was trained in it, which classify, serve and export need it for: wide@wide-1');
+      // pixels a preprocess job handed over for it (the job of a dataset deleted meanwhile, say): refused until they are gone
+      const pixels = services.keys.tensor(stray.id, 'c'.repeat(64));
+      await services.redis.set(pixels, 'x');
+      const coming = await runCli(['delete', 'space', stray.id, '--yes'], cliEnv);
+      expect([coming.code, coming.stderr]).toEqual([1, `transferline: nothing deleted: embedding space ${stray.id} is in use:\n  preprocess jobs for it are on their way (the pixels of 1 image wait for it): wait for them to end (transferline status)\n`]);
+      await services.redis.del(pixels);
       const deleted = await runCli(['delete', 'space', stray.id, '--yes'], cliEnv);
       expect(deleted.code, deleted.stderr).toBe(0);
       expect(deleted.stdout).toContain(`deleted embedding space ${stray.id}\n`);

@@ -257,8 +257,8 @@ describe('training runs and classification', () => {
     expect(train.stdout).toContain('  no threshold: validation held only "circle", so classify and serve take the most probable label');
     // square has no validation image: nothing measures its recall there (n/a, not 0.000)
     expect(train.stdout).toMatch(/^ {2}square +(n\/a|\d\.\d{3}) {2} {2}n\/a {2} {2}n\/a {2}0$/m);
-    expect(train.stdout).toContain('  n/a: "square" has no image in validation, so its recall and F1 are not measured (a label of one image outside the held-out folders: none could be held out)\n');
-    expect(train.stdout).toContain('  split: validation from the split folders; no test split (the split folders have no test/)\n');
+    expect(train.stdout).toContain('  n/a: "square" has no image in validation, so its recall and F1 are not measured (a label with fewer than 2 images outside the val/ and test/ folders: none could be held out for validation)\n');
+    expect(train.stdout).toContain('  split: validation from the split folders for circle, none for square; no test split (the split folders have no test/)\n');
     const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'one-class-val', 'report.json'));
     expect(report?.validation.binary).toBeUndefined();
     const models = await runCli(['models', '--json'], stack.env);

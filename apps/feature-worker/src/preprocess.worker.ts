@@ -1,6 +1,8 @@
 import {
   DatasetRepository,
   DEFAULT_ALPHA_BACKGROUND,
+  spaceBackground,
+  withDeadline,
   startS3Guard,
   PREPROCESS_FAILURE_REASONS,
   createQueues,
@@ -39,8 +41,16 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
     { also: async () => void (await Promise.all(spaces.map((space) => gate.exportBacklog(space)))) },
   );
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
-  // (it was each preprocess worker's until spaces named it: one set here alone now changes nothing)
-  if (config.preprocess.background !== DEFAULT_ALPHA_BACKGROUND) log.warn({ TL_ALPHA_BACKGROUND: config.preprocess.background }, "TL_ALPHA_BACKGROUND is not this worker's: each job's embedding space names the background its images are flattened onto (the TL_ALPHA_BACKGROUND of the space's embed workers)");
+  // (it was each preprocess worker's until spaces named it: one set here alone now changes
+  // nothing. Said when the spaces published run none of it: the compose file gives every role
+  // the same environment, embed workers included, and a review heard it said on every start.)
+  const own = config.preprocess.background;
+  if (own !== DEFAULT_ALPHA_BACKGROUND) {
+    const published = await withDeadline(services.spaces.list(), 2_000).catch(() => []);
+    if (published.length > 0 && !published.some((s) => spaceBackground(s.space) === own)) {
+      log.warn({ TL_ALPHA_BACKGROUND: own }, "TL_ALPHA_BACKGROUND is not this worker's: each job's embedding space names the background its images are flattened onto (the TL_ALPHA_BACKGROUND of the space's embed workers)");
+    }
+  }
   const deps: PreprocessDeps = {
     objects: services.store,
     store: createPreprocessStore(services, queues, gate),

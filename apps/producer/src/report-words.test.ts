@@ -1,6 +1,6 @@
 import { conflictsLabelledBy, type ReportDoc } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
-import { confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, randomSpaceNote, thresholdCaution, thresholdText, underTwoLabelsFix } from './report-words.js';
+import { confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, heldOutWords, randomSpaceNote, thresholdCaution, thresholdText, underTwoLabelsFix } from './report-words.js';
 
 const validation = (matrix: number[][], binary = true): ReportDoc['validation'] =>
   ({
@@ -103,5 +103,20 @@ describe('thresholdText', () => {
     expect(thresholdText(0.99962)).toBe('0.9996');
     expect(thresholdText(0)).toBe('0.000');
     expect(thresholdText(1)).toBe('1.000');
+  });
+});
+
+describe('heldOutWords: how train says a run was split', () => {
+  const split = (heldOut: { validation: { folders: string[]; fraction: string[] }; test: { folders: string[]; fraction: string[] } }, explicit = true) => ({ train: 10, validation: 2, test: 1, explicit, conflictsLeftOut: 0, heldOut });
+  it('says nothing when the fractions alone made the splits', () => {
+    expect(heldOutWords(split({ validation: { folders: [], fraction: ['a', 'b'] }, test: { folders: [], fraction: ['a', 'b'] } }, false), ['a', 'b'])).toBeUndefined();
+  });
+  it('names the classes of each part when the parts are not of them all', () => {
+    expect(heldOutWords(split({ validation: { folders: ['a', 'b'], fraction: [] }, test: { folders: [], fraction: [] } }), ['a', 'b'])).toBe('validation from the split folders; no test split (the split folders have no test/)');
+    expect(heldOutWords(split({ validation: { folders: [], fraction: ['a', 'b'] }, test: { folders: ['a', 'b'], fraction: [] } }), ['a', 'b'])).toBe('validation cut by --validation-fraction; test from the split folders');
+    // a stray val/ image in a: its class follows the folders (no test image), b is cut by the fractions
+    expect(heldOutWords(split({ validation: { folders: ['a'], fraction: ['b'] }, test: { folders: [], fraction: ['b'] } }), ['a', 'b'])).toBe(
+      'validation from the split folders for a, cut by --validation-fraction for b; test cut by --test-fraction for b, none for a',
+    );
   });
 });

@@ -56,15 +56,17 @@ export const RANDOM_IS_FOR_SHAPES = "fine for the demo's shapes, not for real ph
  * column) gave any of them: "validation from the split folders for a, cut by --validation-fraction
  * for b; test cut by --test-fraction"; undefined when the fractions alone made them.
  */
-export function heldOutWords(split: ReportDoc['split'], show: (s: string) => string = (s) => s): string | undefined {
+export function heldOutWords(split: ReportDoc['split'], labels: readonly string[], show: (s: string) => string = (s) => s): string | undefined {
   if (!split.explicit || !split.heldOut) return undefined;
-  const list = (labels: string[]) => labels.map(show).join(', ');
+  const list = (l: string[]) => l.map(show).join(', ');
   const one = (name: 'validation' | 'test', flag: string) => {
     const { folders, fraction } = split.heldOut![name];
-    if (folders.length === 0 && fraction.length === 0) return name === 'test' ? 'no test split (the split folders have no test/)' : undefined;
-    if (fraction.length === 0) return `${name} from the split folders`;
-    if (folders.length === 0) return `${name} cut by ${flag}`;
-    return `${name} from the split folders for ${list(folders)}, cut by ${flag} for ${list(fraction)}`;
+    const none = labels.filter((l) => !folders.includes(l) && !fraction.includes(l));
+    if (none.length === labels.length) return name === 'test' ? 'no test split (the split folders have no test/)' : undefined;
+    // each part names its classes unless it is of them all
+    const of = (l: string[]) => (l.length === labels.length ? '' : ` for ${list(l)}`);
+    const parts = [folders.length > 0 && `from the split folders${of(folders)}`, fraction.length > 0 && `cut by ${flag}${of(fraction)}`, none.length > 0 && `none for ${list(none)}`].filter(Boolean);
+    return `${name} ${parts.join(', ')}`;
   };
   return [one('validation', '--validation-fraction'), one('test', '--test-fraction')].filter(Boolean).join('; ');
 }

@@ -76,9 +76,13 @@ describe('splitExamples', () => {
     const s = splitExamples(ex, { validation: 0.2, test: 0.1 });
     const count = (xs: Example[], l: string) => xs.filter((x) => x.label === l).length;
     expect([count(s.validation, 'a'), count(s.validation, 'b')]).toEqual([1, 6]);
-    // (split folders give the test split: none here, as for a train/ + val/ layout)
-    expect(s.test).toEqual([]);
-    expect(s.heldOut).toEqual({ validation: { folders: ['a'], fraction: ['b'] }, test: { folders: [], fraction: [] } });
+    // (a class in split folders has the test split they give: none for a, as for a train/ + val/ layout; b's is cut)
+    expect([count(s.test, 'a'), count(s.test, 'b')]).toEqual([0, 3]);
+    expect(s.heldOut).toEqual({ validation: { folders: ['a'], fraction: ['b'] }, test: { folders: [], fraction: ['b'] } });
+    // and a stray test/ image: its class's test split, the others' cut
+    const t = splitExamples([...make({ a: 30, b: 30 }), { ...make({ a: 1 }, 500)[0]!, split: 'test' as const }], { validation: 0.2, test: 0.1 });
+    expect([count(t.test, 'a'), count(t.test, 'b'), count(t.validation, 'a'), count(t.validation, 'b')]).toEqual([1, 3, 6, 6]);
+    expect(t.heldOut).toEqual({ validation: { folders: [], fraction: ['a', 'b'] }, test: { folders: ['a'], fraction: ['b'] } });
   });
 
   it('keeps the test images where they are when the validation fraction changes (runs compared by test accuracy saw other images)', () => {

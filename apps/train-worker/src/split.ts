@@ -15,7 +15,7 @@ export interface Splits {
   train: Example[];
   validation: Example[];
   test: Example[];
-  /** true when the bucket's own split folders (or a manifest's split column) gave some class its validation or test images */
+  /** true when the bucket's own split folders (or a manifest's split column) gave some class its held-out images */
   explicit: boolean;
   /** for each held-out split, the classes whose images in it came from the bucket's split folders, and those cut by the fraction */
   heldOut: { validation: HeldOutFrom; test: HeldOutFrom };
@@ -36,14 +36,15 @@ const RANK: Record<Split, number> = { test: 2, validation: 1, train: 0 };
  * duplicate can never sit on both sides; bytes under two labels are left out (a duplicate in a
  * held-out folder holds the image out). Without split folders (val/, test/, or a manifest's split
  * column), each class is ordered by content hash and cut by the fractions: validation from the
- * low end, test from the high end, so that one fraction never moves the other's images (at least
+ * low end, test from the high end, so that one fraction does not move the other's images (at least
  * one validation image for a class of 2+, one test image for a class of 3+ when a test fraction
- * is asked for). With them, the test split is the one they give, and each class's validation is
- * its val/ images, or, for a class without any, cut from its other images by the fraction: a
- * bucket that ships train/ and test/ folders gets its validation from train/ (a review: it could
- * not be trained), and one stray image in a val/ folder decides only its own class's validation
- * (it made the whole split). The same images always land in the same split, run after run,
- * whatever the seed, and adding images moves few of the others.
+ * is asked for, and one training image always). Each class decides for itself: one with images
+ * in val/ or test/ folders has the test split they give, and its val/ images, or, without any,
+ * a validation cut from its other images by the fraction; one without is cut by the fractions.
+ * So a bucket that ships train/ and test/ folders gets its validation from train/ (a review: it
+ * could not be trained), and one stray image in a val/ or test/ folder decides its own class's
+ * splits alone (it made the whole dataset's). The same images always land in the same split,
+ * run after run, whatever the seed, and adding images moves few of the others.
  */
 export function splitExamples(examples: Example[], fractions: { validation: number; test: number }): Splits {
   const conflicts: Example[][] = [];
@@ -62,10 +63,6 @@ export function splitExamples(examples: Example[], fractions: { validation: numb
     unique.push(split ? { sha256: first.sha256, label: g.label, split } : { sha256: first.sha256, label: g.label });
   }
   const out: Splits = { train: [], validation: [], test: [], explicit: false, heldOut: { validation: { folders: [], fraction: [] }, test: { folders: [], fraction: [] } }, conflicts };
-  // a bucket with split folders has the test split it gives (none without test/ folders: a
-  // train/ + val/ layout trains on all of train/); the validation split, which early stopping and
-  // the threshold need, is cut for each class that has none there
-  out.explicit = unique.some((e) => e.split === 'validation' || e.split === 'test');
   const byLabel = new Map<string, Example[]>();
   for (const e of unique) byLabel.set(e.label, [...(byLabel.get(e.label) ?? []), e]);
   // In a fixed order (label, then content hash), not the order Redis listed the records in: that
@@ -74,10 +71,15 @@ export function splitExamples(examples: Example[], fractions: { validation: numb
     const list = byLabel.get(label)!.sort((a, b) => (a.sha256 < b.sha256 ? -1 : 1));
     const given = { validation: list.filter((e) => e.split === 'validation'), test: list.filter((e) => e.split === 'test') };
     const rest = list.filter((e) => e.split !== 'validation' && e.split !== 'test');
+    // a class whose images come in held-out folders has the test split they give (none without a
+    // test/ folder: a train/ + val/ layout trains on all of train/), and its validation cut from
+    // its other images when it has no val/ folder (early stopping and the threshold need one)
+    const foldered = given.validation.length > 0 || given.test.length > 0;
+    out.explicit ||= foldered;
     const n = rest.length;
     const nVal = given.validation.length > 0 || n < 2 ? 0 : Math.max(1, Math.round(n * fractions.validation));
     // Training keeps at least one image of every label, whatever the fractions ask.
-    const nTest = out.explicit || fractions.test <= 0 || n < 3 ? 0 : Math.min(n - nVal - 1, Math.max(1, Math.round(n * fractions.test)));
+    const nTest = foldered || fractions.test <= 0 || n < 3 ? 0 : Math.min(n - nVal - 1, Math.max(1, Math.round(n * fractions.test)));
     out.validation.push(...given.validation, ...rest.slice(0, nVal));
     out.train.push(...rest.slice(nVal, n - nTest));
     out.test.push(...given.test, ...rest.slice(n - nTest));

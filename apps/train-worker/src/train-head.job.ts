@@ -49,8 +49,15 @@ export interface EpochProgress extends Partial<EpochLog> {
 
 /** How long a trained run waits for S3 to come back to be saved, before it goes back to the queue (to be trained again). */
 export const SAVE_OUTAGE_WAIT_MS = 30 * 60_000;
-/** A save that failed on an S3 that answers is tried again after these waits (a 500 rarely lasts): then thrown. */
+/** A save that failed on an S3 that answers (5xx, throttled) is tried again after these waits (a 500 rarely lasts): then thrown. */
 export const SAVE_ERROR_RETRY_DELAYS_MS = [2_000, 8_000, 30_000] as const;
+
+/** An S3 error that may pass if asked again: a 5xx or a throttling answer (not a refusal, a missing bucket, or our own error). */
+function passing(err: unknown): boolean {
+  const e = err as { $metadata?: { httpStatusCode?: number }; name?: string; $retryable?: unknown };
+  const status = e.$metadata?.httpStatusCode;
+  return (status !== undefined && (status >= 500 || status === 429)) || e.$retryable !== undefined || ['SlowDown', 'InternalError', 'ServiceUnavailable', 'RequestTimeout', 'ThrottlingException'].includes(e.name ?? '');
+}
 
 /** What a run's save (the head, its report, the latest pointer, to S3) is given when a stopping worker decides whether the run can end within its deadline. */
 const SAVE_ALLOWANCE_MS = 10_000;
@@ -261,12 +268,17 @@ export async function saveOnceS3Answers(
       return await save();
     } catch (err) {
       if (!s3 || !(await s3.isOutage(err))) {
-        const delay = delays.shift();
-        // (a worker asked to stop does not hold its stop for them: the run goes to another)
-        if (delay === undefined || ctx.stopping()) throw err;
+        const delay = passing(err) ? delays.shift() : undefined;
+        if (delay === undefined) throw err;
         ctx.log.warn({ runId: o.runId, err: (err as Error).message }, `the trained run's save failed: trying again in ${delay / 1000} s (${delays.length} more tries after that)`);
-        await o.cancelled('while its save was tried again');
-        await sleep(delay);
+        // in steps: train --cancel meanwhile ends the run writing nothing, and a worker asked to
+        // stop puts the run back rather than hold its stop (a review: both waited the delay out)
+        for (const until = performance.now() + delay; performance.now() < until; ) {
+          await o.cancelled('while its save waited to be tried again');
+          if (ctx.stopping()) await o.putBack(`the trained run's save failed (${(err as Error).message}), and its train worker is stopping`);
+          await sleep(Math.min(250, Math.max(0, until - performance.now())));
+        }
+        await o.cancelled('while its save waited to be tried again');
         continue;
       }
       await giveUpIfDue();
@@ -327,7 +339,8 @@ async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext, 
   const setSince = latest?.setAt !== undefined && latest.setAt > report.createdAt;
   if (promote && (!latest || (latest.runId !== runId && !setSince && !(current && current.createdAt > report.createdAt)))) {
     await store.putJson(deps.bucket, layout.latest(dataset), latestPointer(runId, modelPrefix, 'train'));
-    return { ...resultOf(report, modelPrefix, deps.bucket), latest: true, replayed: true };
+    // (its last write made now: an attempt that wrote the rest and then failed counted no run)
+    return { ...resultOf(report, modelPrefix, deps.bucket), latest: true };
   }
   return { ...resultOf(report, modelPrefix, deps.bucket), latest: latest?.runId === runId, replayed: true };
 }

@@ -55,12 +55,13 @@ describe("a trained run's save while S3 is down", () => {
     const putBack = async (why: string): Promise<never> => {
       throw new DeferJob(0, why);
     };
-    const failing = (times: number) => {
+    const s3Error = (status: number, message: string) => Object.assign(new Error(message), { $metadata: { httpStatusCode: status } });
+    const failing = (times: number, status = 500) => {
       let saves = 0;
       return {
         saves: () => saves,
         save: async () => {
-          if (++saves <= times) throw new Error('We encountered an internal error. Please try again.');
+          if (++saves <= times) throw s3Error(status, status === 500 ? 'We encountered an internal error. Please try again.' : 'Access Denied');
         },
       };
     };
@@ -70,5 +71,41 @@ describe("a trained run's save while S3 is down", () => {
     const always = failing(Infinity);
     await expect(saveOnceS3Answers(always.save, answers, ctx, { runId: 'r', saving, putBack, cancelled: async () => {}, retryDelaysMs: [1, 1, 1] })).rejects.toThrow('internal error');
     expect(always.saves()).toBe(4);
+    // a refusal does not pass by asking again: thrown at once
+    const refused = failing(Infinity, 403);
+    await expect(saveOnceS3Answers(refused.save, answers, ctx, { runId: 'r', saving, putBack, cancelled: async () => {}, retryDelaysMs: [1, 1, 1] })).rejects.toThrow('Access Denied');
+    expect(refused.saves()).toBe(1);
+  });
+
+  it('ends a run cancelled while its failed save waits to be tried again, and puts back one whose worker is asked to stop then (a review: both waited the delay out, and the cancelled run was saved)', async () => {
+    const answers = { up: true, reason: '', isOutage: async () => false };
+    const once = () => {
+      let saves = 0;
+      const save = async () => {
+        if (++saves === 1) throw Object.assign(new Error('internal'), { $metadata: { httpStatusCode: 500 } });
+      };
+      return { saves: () => saves, save };
+    };
+    let cancel = false;
+    const cancelled = async (when: string) => {
+      if (cancel) throw new PermanentError('cancelled', `run r was cancelled ${when}`);
+    };
+    const putBack = async (why: string): Promise<never> => {
+      throw new DeferJob(0, why);
+    };
+    const quiet: JobContext = { log, attempt: 1, stopping: () => false, progress: async () => {} };
+    const a = once();
+    setTimeout(() => (cancel = true), 50);
+    await expect(saveOnceS3Answers(a.save, answers, quiet, { runId: 'r', saving, putBack, cancelled, retryDelaysMs: [2_000] })).rejects.toThrow(/was cancelled while its save waited to be tried again/);
+    expect(a.saves()).toBe(1);
+    cancel = false;
+    let stop = false;
+    const stopping: JobContext = { ...quiet, stopping: () => stop };
+    const b = once();
+    setTimeout(() => (stop = true), 50);
+    const started = performance.now();
+    await expect(saveOnceS3Answers(b.save, answers, stopping, { runId: 'r', saving, putBack, cancelled, retryDelaysMs: [2_000] })).rejects.toBeInstanceOf(DeferJob);
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(b.saves()).toBe(1);
   });
 });

@@ -41,10 +41,14 @@ describe('tl_queue_jobs of a process that cannot read Redis', () => {
       },
     };
     exportQueueDepths(metrics, async () => [queue], { timeoutMs: 50 });
+    // the gate's own count of the jobs this process holds, which it keeps itself, stays
+    metrics.queueJobs.set({ queue: 'preprocess', state: 'held' }, 3);
+    const held = async () => /^tl_queue_jobs\{queue="preprocess",state="held",role="preprocess"\} (\d+)$/m.exec(await metrics.registry.metrics())?.[1];
     const waiting = async () => /^tl_queue_jobs\{queue="preprocess",state="waiting",role="preprocess"\} (\d+)$/m.exec(await metrics.registry.metrics())?.[1];
     expect(await waiting()).toBe('243');
     answer = 'never';
     expect(await waiting()).toBeUndefined();
+    expect(await held()).toBe('3');
     answer = 'counts';
     expect(await waiting()).toBe('243');
     answer = 'error';

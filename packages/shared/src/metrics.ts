@@ -129,13 +129,18 @@ export function exportQueueDepths(
   o: { timeoutMs?: number; /** more of tl_queue_jobs, read on the same scrape once `queues` has answered */ also?: () => Promise<void> } = {},
 ): void {
   const timeoutMs = o.timeoutMs ?? 2_000;
+  /** the series set from BullMQ's counts (not the gate's own `held`, which this process counts itself) */
+  const set = new Map<string, { queue: string; space?: string; state: string }>();
   const collect = async () => {
     const list = await queues();
     await Promise.all([
       ...list.map(async (q) => {
         const counts = await q.getJobCounts(...COUNTED_STATES);
         const labels = queueLabels(q.name);
-        for (const state of COUNTED_STATES) metrics.queueJobs.set({ ...labels, state }, counts[state] ?? 0);
+        for (const state of COUNTED_STATES) {
+          metrics.queueJobs.set({ ...labels, state }, counts[state] ?? 0);
+          set.set(`${q.name} ${state}`, { ...labels, state });
+        }
       }),
       o.also?.(),
     ]);
@@ -143,7 +148,9 @@ export function exportQueueDepths(
   metrics.setQueueDepthSource(async () => {
     let read = false;
     await settledWithin(timeoutMs, collect().then(() => (read = true)));
-    if (!read) metrics.queueJobs.reset();
+    if (read) return;
+    for (const labels of set.values()) metrics.queueJobs.remove(labels);
+    set.clear();
   });
 }
 /**

@@ -332,11 +332,17 @@ export async function deleteSpaceCommand(ctx: CliContext, id: string, o: DeleteO
     const runs = (await listModelRuns(ctx)).filter((r) => r.embedderId === id).map((r) => `${r.dataset}@${r.runId}`);
     const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
     const queued = Object.values(counts).reduce((a, b) => a + b, 0);
+    // work on its way to it: preprocess jobs for it (a dataset deleted while its images were on
+    // their way goes on: a review), the pixels they handed over, the room they hold in its backlog
+    const coming = (await jobsInFlight<{ embedderId?: string }>(ctx.queues.preprocess, (d) => d.embedderId === id, 1)).length > 0;
+    const waitingPixels = (await redisKeysMatching(ctx, `${globLiteral(keys.tensor(id, ''))}*`)).length;
+    const reserved = await redis.zcard(keys.backpressure(id));
     const reasons = [
       ...busy,
       holders.length && `datasets use it: ${holders.slice(0, 5).join(', ')}${holders.length > 5 ? `, and ${holders.length - 5} more` : ''} (delete them, or ingest them into another space with --embedder)`,
       runs.length && `${runs.length} trained run${runs.length === 1 ? ' was' : 's were'} trained in it, which classify, serve and export need it for: ${runs.slice(0, 5).join(', ')}${runs.length > 5 ? ', …' : ''} (delete run)`,
       queued && `${queued} job${queued === 1 ? '' : 's'} wait in its queue`,
+      (coming || waitingPixels > 0 || reserved > 0) && `preprocess jobs for it are on their way${waitingPixels ? ` (the pixels of ${images(waitingPixels)} wait for it)` : ''}: wait for them to end (transferline status)`,
     ].filter((r): r is string => Boolean(r));
     if (reasons.length) throw new CliExit(EXIT.error, `transferline: nothing deleted: embedding space ${id} is in use:\n${reasons.map((r) => `  ${r}`).join('\n')}`);
     return s;
@@ -345,9 +351,8 @@ export async function deleteSpaceCommand(ctx: CliContext, id: string, o: DeleteO
   const shards = await objectsUnder(ctx, layout.embeddings(id));
   const indexed = await redis.hlen(keys.embeddingIndex(id));
   const failures = await redis.hlen(keys.embeddingFailures(id));
-  const tensors = await redisKeysMatching(ctx, `${globLiteral(keys.tensor(id, ''))}*`);
   const ended = Object.values(await queue.getJobCounts('completed', 'failed')).reduce((a, b) => a + b, 0);
-  if (!s && shards.length === 0 && indexed === 0 && failures === 0 && tensors.length === 0 && ended === 0) {
+  if (!s && shards.length === 0 && indexed === 0 && failures === 0 && ended === 0) {
     const known = (await spaces.list()).map((x) => x.space.id);
     throw new CliExit(EXIT.error, `transferline: no embedding space ${id} here${known.length ? ` (known: ${known.join(', ')})` : ''}: nothing deleted`);
   }
@@ -355,17 +360,16 @@ export async function deleteSpaceCommand(ctx: CliContext, id: string, o: DeleteO
   const plan: Plan = { lines: [], kept: [], run: async () => {} };
   if (s) plan.lines.push(`embedding space ${id}: its record (Redis), and its embed queue`);
   if (shards.length || indexed) plan.lines.push(`its cached embeddings: ${indexed} indexed (Redis), ${files(shards.length)} in s3://${bucket}/${layout.embeddings(id)}`);
-  if (tensors.length) plan.lines.push(`the pixels of ${images(tensors.length)} waiting for it (Redis)`);
   if (failures) plan.lines.push(`its record of ${images(failures)} whose embedding failed (Redis)`);
   if (ended) plan.lines.push(`${ended} finished job${ended === 1 ? '' : 's'} of its queue (Redis)`);
   plan.kept.push('the images themselves, and every other space');
   plan.run = async () => {
     await refuse(); // again: a worker may have started, or a dataset been ingested into it, while the user read the plan
-    // The shards first, the record last: a deletion cut short leaves the space listed, and the
-    // next `delete space` finishes it (an index gone with its shards kept would read as lost data).
-    await deleteObjects(ctx, shards);
+    // The shards first (listed again: the plan's list may be old), the record last: a deletion
+    // cut short leaves the space listed, and the next `delete space` finishes it (an index gone
+    // with its shards kept would read as lost data).
+    await deleteObjects(ctx, await objectsUnder(ctx, layout.embeddings(id)));
     await queue.obliterate({ force: true });
-    if (tensors.length) await redis.unlink(...tensors);
     await redis.unlink(keys.embeddingIndex(id), keys.embeddingFailures(id), keys.backpressure(id), keys.pausedWorkers(queue.name));
     await redis.hdel(keys.embedStartFailures(), id);
     await redis.hdel(keys.spaces(), id);

@@ -392,7 +392,7 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   w(`run ${result.runId}: validation accuracy ${pct(result.validationAccuracy)}${result.testAccuracy !== undefined ? `, test accuracy ${pct(result.testAccuracy)}` : ''} (${result.examples} images${report ? `: ${splitWords(report.split)}` : ''}; best epoch ${result.bestEpoch})`);
   if (random) w(`  ${random}`);
-  const heldOut = report && heldOutWords(report.split, printable);
+  const heldOut = report && heldOutWords(report.split, report.labels, printable);
   if (heldOut) w(`  split: ${heldOut}`);
   if (report) for (const few of fewToMeasure(report.split)) w(`  note: ${few}`);
   if (report) {
@@ -446,5 +446,5 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   const figures = report.validation.perClass.map((_, i) => classFigures(report.validation, i));
   report.validation.perClass.forEach((c, i) => w(`  ${labels[i]!.padEnd(width)} ${shown(figures[i]!.precision)}  ${shown(figures[i]!.recall)}  ${shown(figures[i]!.f1)}  ${c.support}`));
   const unseen = labels.filter((_, i) => figures[i]!.recall === undefined);
-  if (unseen.length) w(`  n/a: ${unseen.map((l) => `"${l}"`).join(', ')} ${unseen.length === 1 ? 'has' : 'have'} no image in validation, so ${unseen.length === 1 ? 'its' : 'their'} recall and F1 are not measured (a label of one image outside the held-out folders: none could be held out)`);
+  if (unseen.length) w(`  n/a: ${unseen.map((l) => `"${l}"`).join(', ')} ${unseen.length === 1 ? 'has' : 'have'} no image in validation, so ${unseen.length === 1 ? 'its' : 'their'} recall and F1 are not measured (a label with fewer than 2 images outside the val/ and test/ folders: none could be held out for validation)`);
 }

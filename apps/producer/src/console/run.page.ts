@@ -82,7 +82,7 @@ export function runPage(access: Access, r: ReportDoc): string {
   )}${card('best-epoch', `best epoch${r.stoppedEarly ? ' (stopped early)' : ''}`, String(r.bestEpoch), r.bestEpoch)}</div>
 <p id="coverage" class="${c.partial ? 'bad' : 'muted'}">${c.embedded} of ${c.total} images embedded (${c.pending} pending, ${c.failed} failed)${c.partial ? ' — a partial run (--partial)' : ''}${notIngestedAgain(c)}; trained on ${distinct} distinct images${
     c.embedded > distinct ? html` (copies of the same bytes count once${conflicts ? `; ${conflicts} left out: their bytes are filed under more than one label` : ''})` : ''
-  }${r.split.explicit ? `; splits as ingested (split folders, or a label manifest's split column)${heldOutWords(r.split) ? `: ${heldOutWords(r.split)}` : ''}` : ''}</p>
+  }${r.split.explicit ? `; splits as ingested (split folders, or a label manifest's split column)${heldOutWords(r.split, r.labels) ? `: ${heldOutWords(r.split, r.labels)}` : ''}` : ''}</p>
 ${conflicting(r.split)}
 <h2>Validation (${v.examples} images)</h2>${binary(v.binary)}
 ${confusionTable('confusion', r.labels, v.confusionMatrix)}
