@@ -329,7 +329,10 @@ describe('embed workers with TL_RESIZE=crop and TL_ALPHA_BACKGROUND, a preproces
       await services.spaces.publish(stray);
       // (it embedded two images meanwhile)
       await services.cache.writeShard(stray.id, ['a'.repeat(64), 'b'.repeat(64)], new Float32Array(2 * 1280), 1280);
-      expect((await runCli(['status'], cliEnv)).stdout).toContain(stray.id);
+      // status names the command that deletes it, and says nothing of the kind of the space in use
+      const listed = (await runCli(['status'], cliEnv)).stdout;
+      expect(listed).toContain(`  ${stray.id}: 0 embed workers, backlog 0, 2 images cached; no dataset is in it: transferline delete space ${stray.id} deletes it if nothing else uses it\n`);
+      expect(listed).not.toContain(`transferline delete space ${space}`);
       const dry = await runCli(['delete', 'space', stray.id, '--dry-run'], cliEnv);
       expect(dry.code).toBe(0);
       expect(dry.stdout).toContain(

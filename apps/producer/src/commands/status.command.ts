@@ -341,7 +341,11 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const backends = [...new Set(s.workers.map((x) => x.backend))].join(', ');
     const longest = Math.max(0, ...s.starting.map((x) => x.startingMs));
     const loading = s.starting.length ? `, ${s.starting.length} loading ${s.starting.length === 1 ? 'its model for' : 'their model for up to'} ${Math.round(longest / 1000)} s` : s.failed ? ` (${s.failed})` : '';
-    w(`  ${s.space.id}: ${s.workers.length} embed worker${s.workers.length === 1 ? '' : 's'}${backends ? ` (${backends})` : ''}${loading}, backlog ${s.backlog}, ${s.cached} images cached`);
+    // a space no worker runs and no dataset is in (one a mistaken worker published, say: listed
+    // for ever otherwise, a user's trial): the command that deletes it, which checks the rest
+    const unused = s.workers.length === 0 && s.starting.length === 0 && s.backlog === 0 && !datasets.some((d) => d.space === s.space.id || d.elsewhere.some((e) => e.space === s.space.id));
+    const hint = unused ? `; no dataset is in it: transferline delete space ${s.space.id} deletes it if nothing else uses it` : '';
+    w(`  ${s.space.id}: ${s.workers.length} embed worker${s.workers.length === 1 ? '' : 's'}${backends ? ` (${backends})` : ''}${loading}, backlog ${s.backlog}, ${s.cached} images cached${hint}`);
   }
   for (const u of unpublished) {
     w(`  ${u.id}: not published (no embed worker of it is live or has published it here${u.failed ? `; ${u.failed}` : ''}), backlog ${u.backlog}: start a worker of it, or move its datasets with ingest --embedder ID`);
