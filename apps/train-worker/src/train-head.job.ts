@@ -243,9 +243,10 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
  * of S3 with the run in memory: the worker pauses its other work meanwhile, and put back, the run
  * would be trained again from its first epoch (a user's trial lost 400 epochs to 2 minutes of S3).
  * It goes back to the queue only once the outage has lasted SAVE_OUTAGE_WAIT_MS, or the worker is
- * asked to stop. An error from an S3 that answers (a 500 past the SDK's own attempts) is tried
- * again SAVE_ERROR_RETRIES times, `retryDelaysMs` apart, before it is thrown: thrown, it trains
- * the run again from its first epoch (a review).
+ * asked to stop. An error from an S3 that answers that may pass (a 5xx past the SDK's own
+ * attempts, throttling) is tried again after each of SAVE_ERROR_RETRY_DELAYS_MS (`retryDelaysMs`)
+ * before it is thrown: thrown, it trains the run again from its first epoch (a review). During
+ * those waits, train --cancel ends the run and a stop puts it back.
  */
 export async function saveOnceS3Answers(
   save: () => Promise<void>,

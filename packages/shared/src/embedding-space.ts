@@ -39,7 +39,7 @@ export function spaceFromConfig(config: Pick<Config, 'embed' | 'preprocess'>): E
  * The colour an embedding space flattens transparent pixels onto (`#rrggbb`), as its record says,
  * or a preprocess job of it. A job without it (from a CLI of a version before jobs named it) has
  * its space's id, which names any colour but the default; a space recorded before spaces named it
- * is taken as the default (README: "Upgrading").
+ * is taken as the default (README: "Embedding spaces").
  */
 export function spaceBackground(space: Pick<EmbeddingSpace, 'id' | 'background'>): string {
   if (space.background !== undefined) return space.background;

@@ -308,10 +308,10 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
  * `transferline delete space ID`: an embedding space nothing uses (one a worker started once with
  * a wrong TL_RESIZE or seed published: a user's trial saw `status` and the console list such
  * spaces for ever, and a new dataset's space is ambiguous while no embed worker is live): its
- * cached embeddings (shards in the bucket, their index in Redis), its embed queue, the pixels
- * waiting for it and its failure records, then its record. Refused while a worker of it is live
- * or loading, a dataset is in it or holds images embedded in it, a trained run was trained in it,
- * or its queue holds jobs.
+ * cached embeddings (shards in the bucket, their index in Redis), its embed queue and its failure
+ * records, then its record. Refused while a worker of it is live or loading, a dataset is in it or
+ * holds images embedded in it, a trained run was trained in it, its queue holds jobs, or
+ * preprocess jobs for it are on their way (their pixels wait for it, or room is held for them).
  */
 export async function deleteSpaceCommand(ctx: CliContext, id: string, o: DeleteOptions, confirm?: Confirm): Promise<boolean> {
   const { bucket } = ctx.config.s3;

@@ -174,6 +174,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     // between the look above and this add (a review: this one then followed and reported the
     // other's run of another dataset, and exited 0). The same run asked for twice is one run.
     const queued = await ctx.queues.train.getJob(jobId);
+    // (compared as BullMQ stores it, as JSON: a field left undefined is not there)
     if (queued && !isDeepStrictEqual(queued.data, JSON.parse(JSON.stringify(payload)))) {
       const theirs = (queued.data as { dataset?: string }).dataset;
       throw new CliExit(EXIT.usage, `transferline: run id ${runId} was taken meanwhile by another train command (${theirs === payload.dataset ? `of ${theirs}, with other settings` : `of dataset ${theirs}`}): nothing queued; choose another --run-id, or leave it out for a new one`);
