@@ -123,6 +123,10 @@ describe('embed failing for good', () => {
       const items = await ctx.services.datasets.getItems('nowrite', keys.map((k) => `${photos}/${k}`));
       // the failure is recorded before the pixels go: by now both are done
       for (const item of items) expect(await ctx.services.redis.exists(ctx.services.keys.tensor(stack.space.id, item!.sha256!))).toBe(0);
+      // the embed worker counts them as failed images, as preprocess counts its own
+      const m = await scrape(stack.ports.embed);
+      expect(m.get('tl_failures_total{stage="embed",reason="attempts-exhausted"}')).toBe(2);
+      expect(m.get('tl_images_total{stage="embed",outcome="failed"}')).toBe(2);
     } finally {
       proxy.remove(shards);
     }

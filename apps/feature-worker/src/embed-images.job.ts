@@ -137,10 +137,9 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
     ok.forEach((t, row) => (results[t.i] = data.subarray(row * dim, (row + 1) * dim)));
     for (const [twin, first] of twins) results[twin] = results[first]!;
   }
-  for (const r of results) {
-    if (r instanceof Error) deps.metrics.images.inc({ stage: 'embed', outcome: 'failed' });
-    else if (r === 'cached') deps.metrics.images.inc({ stage: 'embed', outcome: 'cached' });
-  }
+  // (a failure is counted where every job's final failure goes, the worker's onFinalFailure:
+  // attempts spent and stalls too, and once per job, not per attempt)
+  for (const r of results) if (r === 'cached') deps.metrics.images.inc({ stage: 'embed', outcome: 'cached' });
   return results;
 }
 

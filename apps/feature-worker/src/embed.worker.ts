@@ -147,7 +147,9 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
       locks: config,
       guards: [s3],
       failureReasons: EMBED_FAILURE_REASONS,
+      // Whatever ended the job (bad pixels, attempts spent, a crash too many), it is a failed image.
       onFinalFailure: async (payload, f) => {
+        metrics.images.inc({ stage: 'embed', outcome: 'failed' });
         if (!payload) return;
         await services.datasets.recordEmbedFailure(payload.embedderId, payload.sha256, { reason: f.reason, detail: f.message, attempts: f.attempts });
         // Its pixels serve no one now (not a job of another space that landed here: that space may still need them).
