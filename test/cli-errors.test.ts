@@ -694,6 +694,9 @@ describe('what a user sees when something is wrong', () => {
       [['upload', '.', 'photos'], /not an s3:\/\/ URL/],
       [['export', '-m', 'x', '--format', 'tflite'], /argument 'tflite' is invalid\. Allowed choices are onnx/],
       [['ingest', 's3://photos/train/', '-d', 'x', '--watch', '--interval', '0'], /--interval must be a positive number/],
+      // (was zod's words on the run's settings, after Redis was asked)
+      [['train', '-d', 'x', '--l2', 'abc'], /--l2 must be a number, 0 or more/],
+      [['train', '-d', 'x', '--l2', '-0.1'], /--l2 must be a number, 0 or more/],
       [['retry', '-d', 'x', '--stage', 'train'], /--stage is preprocess or embed/],
       // how often --watch looks, given without --watch, would be ignored
       [['ingest', 's3://photos/train/', '-d', 'x', '--interval', '5'], /--interval goes with --watch/],

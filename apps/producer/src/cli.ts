@@ -66,6 +66,11 @@ const positive = (name: string) => (v: string) => {
   if (!(n > 0)) throw new InvalidArgumentError(`${name} must be a positive number`);
   return n;
 };
+const nonNegative = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (v.trim() === '' || !(n >= 0) || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number, 0 or more`);
+  return n;
+};
 /** An option's value checked against a name schema: commander shows the schema's message. */
 const named = (schema: typeof DatasetName | typeof AnyDatasetName) => (v: string) => {
   const r = schema.safeParse(v);
@@ -230,7 +235,7 @@ program
   .option('--epochs <n>', 'most epochs (default 100; early stopping usually ends sooner)', int('--epochs', 1))
   .option('--learning-rate <lr>', 'Adam learning rate (default 0.001)', positive('--learning-rate'))
   .option('--batch-size <n>', 'mini-batch size (default 64)', int('--batch-size', 1))
-  .option('--l2 <x>', 'L2 penalty on the weights (default 0.0001)', (v: string) => Number(v))
+  .option('--l2 <x>', 'L2 penalty on the weights (default 0.0001)', nonNegative('--l2'))
   .option('--patience <n>', 'stop after n epochs without a better validation loss (default 10; 0 = off); either way the best epoch is kept', int('--patience'))
   .option('--class-weights <mode>', 'balanced (default: weight rare classes up) or none')
   .option('--validation-fraction <x>', 'share of each class held out for validation (default 0.2)', fraction('--validation-fraction'))
