@@ -175,6 +175,10 @@ describe('training runs and classification', () => {
     // each with how it was made, to compare runs by (a user's trial could tell runs apart only by their time)
     expect(runs[0]!.params).toMatchObject({ epochs: first.params.epochs, hiddenUnits: first.params.hiddenUnits });
     expect(runs[0]!.bestEpoch).toBe(first.bestEpoch);
+    // a softmax head drops nothing, and its settings say so (they said 0.2, the hidden layer's default)
+    const softmax = (runs as { params: { hiddenUnits: number; dropout?: number } }[]).filter((x) => x.params.hiddenUnits === 0);
+    expect(softmax.length).toBeGreaterThan(0);
+    for (const x of softmax) expect(x.params.dropout).toBe(0);
     const table = await runCli(['models'], stack.env);
     // (the best epoch of the most allowed: a user's trial read "epochs 13/100" as epochs run)
     expect(table.stdout).toMatch(/^dataset +run +val acc +test acc +classes +head +best\/max +embeddings$/m);

@@ -107,6 +107,8 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   if (o.dropout !== undefined && payload.hiddenUnits === 0) {
     throw new CliExit(EXIT.usage, `transferline: bad training settings: --dropout: the softmax head has no hidden layer to drop units of (add --hidden-units N, or leave --dropout out)`);
   }
+  // and its settings say it drops nothing (they recorded the default 0.2, which applied to nothing)
+  if (payload.hiddenUnits === 0) payload.dropout = 0;
   // A shell whose TL_BUCKET/TL_PREFIX are not the workers' (a user's trial: said only once the
   // run was trained and made the latest): the run goes where the workers write, and is found
   // from here only with their settings.
