@@ -10,6 +10,8 @@ import { loadTfRuntime } from '../packages/shared/src/tf-runtime.js';
 import type { JobContext } from '../packages/shared/src/index.js';
 import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer/src/commands/ingest.command.js';
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
+import { deleteDatasetCommand, deleteRunCommand } from '../apps/producer/src/commands/delete.command.js';
+import { EXIT } from '../apps/producer/src/exit-codes.js';
 import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { demoTrain } from '../apps/producer/src/commands/up.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
@@ -568,6 +570,39 @@ describe('training runs and classification', () => {
     expect(text.match(/^watching /gm)).toHaveLength(1);
     // which embedding space, said by those two rounds only
     expect(text.match(/^embedding space /gm)).toHaveLength(2);
+  });
+
+  it('ingest --watch stops, exit 5, when its dataset is deleted, rather than ingest it all again (a review: the next round made it anew)', async () => {
+    for (const kind of kinds) await ctx.services.store.putObject(photos, `gonewatch/${kind}/0.jpg`, await renderSample(kind, 650, 43));
+    const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
+    let deleted: Promise<boolean> | undefined;
+    const out = {
+      write: (chunk: string) => {
+        if (!deleted && /^watching /m.test(chunk)) deleted = deleteDatasetCommand({ ...ctx, out: quiet }, 'gonewatch', { yes: true });
+        return true;
+      },
+    } as unknown as NodeJS.WritableStream;
+    const rounds: IngestOutcome[] = [];
+    const watch = watchIngest({ ...ctx, out }, `s3://${photos}/gonewatch/`, { dataset: 'gonewatch', wait: true, intervalSeconds: 1, maxRounds: 5, onRound: (r) => rounds.push(r) });
+    await expect(watch).rejects.toMatchObject({ code: EXIT.vanished, message: expect.stringContaining('dataset gonewatch is gone from Redis since this watch\'s last round') });
+    expect(await deleted).toBe(true);
+    expect(rounds).toHaveLength(1);
+    expect(await ctx.services.datasets.exists('gonewatch')).toBe(false);
+  });
+
+  it('classify --watch stops, exit 1, when its run is deleted, rather than leave new images unlabelled (a review)', async () => {
+    const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
+    await trainCommand({ ...ctx, out: quiet }, { dataset: 'shapes', runId: 'watch-gone', epochs: 2, promote: false, wait: true });
+    let deleted: Promise<boolean> | undefined;
+    const out = {
+      write: (chunk: string) => {
+        if (!deleted && /^watching /m.test(chunk)) deleted = deleteRunCommand({ ...ctx, out: quiet }, 'shapes@watch-gone', { yes: true });
+        return true;
+      },
+    } as unknown as NodeJS.WritableStream;
+    const watch = classifyCommand({ ...ctx, out }, `s3://${photos}/incoming/`, { model: 'shapes@watch-gone', watch: true, intervalSeconds: 1, maxRounds: 5 });
+    await expect(watch).rejects.toMatchObject({ code: EXIT.error, message: expect.stringContaining('model shapes@watch-gone is gone from the bucket since this watch began') });
+    expect(await deleted).toBe(true);
   });
 
   it('ingest --watch goes on through an S3 outage, and keeps its space when workers of another start', async () => {

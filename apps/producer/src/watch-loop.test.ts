@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { CliContext } from './cli-context.js';
-import { watchRounds } from './watch-loop.js';
+import { watchRounds, WatchEnded } from './watch-loop.js';
 
 function context(): { ctx: CliContext; printed: string[] } {
   const printed: string[] = [];
@@ -48,6 +48,21 @@ describe('watchRounds', () => {
       'watch: round 4 failed: the manifest s3://p/l.csv: a row cannot be read, so nothing of it was ingested; trying again every 0.001 s (Ctrl-C to stop)\n  line 9: no label for a.jpg\n',
       'watch: round 5 went through; 3 rounds since round 2 had failed\n',
     ]);
+  });
+
+  it('ends on a later round that finds what it watches gone (WatchEnded), where other failures are tried again', async () => {
+    const { ctx, printed } = context();
+    let rounds = 0;
+    const gone = new WatchEnded(5, 'transferline: dataset d is gone');
+    await expect(
+      watchRounds(ctx, { intervalSeconds: 0.001, maxRounds: 6 }, async (n) => {
+        rounds = n;
+        if (n === 2) throw new Error('cannot list');
+        if (n === 3) throw gone;
+      }),
+    ).rejects.toBe(gone);
+    expect(rounds).toBe(3);
+    expect(printed).toEqual(['watch: round 2 failed: cannot list; trying again every 0.001 s (Ctrl-C to stop)\n']);
   });
 
   it("ends on the first round's failure", async () => {

@@ -1,5 +1,13 @@
 import { isRedisUnavailable, redactUrl, S3UnreachableError, sleep } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
+import { CliExit } from './exit-codes.js';
+
+/**
+ * A later round's finding that ends the watch rather than be tried again at the next interval:
+ * what it watches for is gone (its dataset deleted, its model deleted), and going on would do
+ * harm (ingest it all again as a new dataset) or nothing (classify with no model) unseen.
+ */
+export class WatchEnded extends CliExit {}
 
 export interface WatchLoopOptions {
   intervalSeconds: number;
@@ -13,7 +21,8 @@ export interface WatchLoopOptions {
  * prefix, no such model: the user is there to read it). A later round that fails (Redis or S3
  * restarting, the stack stopped overnight, no worker connected for a while) is said, once per
  * kind of failure, and tried again at the next interval; the round that goes through again says
- * so. A watch is left to run unattended: an outage must not end it.
+ * so. A watch is left to run unattended: an outage must not end it. A round that finds what it
+ * watches for gone ends it (WatchEnded).
  */
 export async function watchRounds(ctx: CliContext, o: WatchLoopOptions, round: (n: number) => Promise<void>): Promise<void> {
   let failing: { since: number; kind: string; rounds: number } | undefined;
@@ -27,6 +36,7 @@ export async function watchRounds(ctx: CliContext, o: WatchLoopOptions, round: (
           failing = undefined;
         }
       } catch (err) {
+        if (err instanceof WatchEnded) throw err;
         if (ctx.signal?.aborted) break;
         const { headline, detail } = roundFailure(ctx, err);
         // one kind of failure whatever its figures ("12 images have not moved", then 11): said

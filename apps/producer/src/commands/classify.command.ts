@@ -1,6 +1,6 @@
 import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetRepository, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace, type TrainJob } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
-import { watchRounds } from '../watch-loop.js';
+import { watchRounds, WatchEnded } from '../watch-loop.js';
 import { latestRun, listModelRuns } from './models.command.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
@@ -103,7 +103,15 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   const dataset = classifyDatasetName(model.dataset);
   const stallSeconds = o.stallSeconds ?? 30;
   const results: ClassifyResult[] = [];
+  // a round whose classify job did not go through: the next one classifies, new images or none
+  // (its images, embedded by then, are no longer new to the listing)
+  let owed = false;
   await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, async (round) => {
+    // The run deleted since the watch began (a review: every later round failed on no-model, said
+    // once, and the images that came meanwhile were never labelled): said, and the watch ends.
+    if (round > 1 && !(await ctx.services.store.headObject(ctx.config.s3.bucket, ctx.services.layout.runFile(model.dataset, model.runId, 'run.json')))) {
+      throw new WatchEnded(EXIT.error, `transferline: model ${model.dataset}@${model.runId} is gone from the bucket since this watch began (deleted?): stopping, as nothing more can be classified with it; new images under ${printable(url)} are not labelled. Watch with another run (see transferline models -d ${model.dataset})`);
+    }
     await restoreLostIndex(ctx, model.space.id);
     const counts = await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
     const within = DatasetRepository.source(bucket, prefix);
@@ -130,7 +138,11 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     // A round of --watch that found nothing new writes no results file (every round's would list
     // the same images, failures included, as "already done").
     const fresh = counts.enqueued + counts.fromCache + counts.retried + onTheirWay;
-    if (round === 1 || fresh > 0) results.push(await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1));
+    if (round === 1 || fresh > 0 || owed) {
+      owed = true;
+      results.push(await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1));
+      owed = false;
+    }
     if (round === 1 && o.watch) ctx.out.write(`watching s3://${printable(bucket)}/${printable(prefix)}: listing it every ${o.intervalSeconds} s for new images to classify (Ctrl-C to stop)\n`);
   });
   return results;

@@ -2,7 +2,7 @@ import { BYTES_FAILURE_REASONS, DatasetRepository, manifestFormat, ObjectNotFoun
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
-import { watchRounds } from '../watch-loop.js';
+import { watchRounds, WatchEnded } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestManifest, ingestPrefix, type IngestCounts } from '../ingest.service.js';
 import { headerHint, ManifestError } from '../manifest.js';
@@ -223,8 +223,19 @@ export interface WatchOptions extends Omit<IngestOptions, 'quietUnlessNew'> {
 export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions): Promise<{ failed: boolean }> {
   let failed = false;
   const { intervalSeconds, maxRounds, onRound, ...ingest } = o;
+  // whether the dataset was there after the last round (a first round of an empty prefix makes none)
+  let existed = false;
   await watchRounds(ctx, { intervalSeconds, maxRounds }, async (round) => {
+    // Deleted meanwhile (a review: the next round made it again, every object downloaded and
+    // decoded again, and said nothing), or Redis lost its data: not this watch's to bring back.
+    if (existed && !(await ctx.services.datasets.exists(ingest.dataset))) {
+      throw new WatchEnded(
+        EXIT.vanished,
+        `transferline: dataset ${ingest.dataset} is gone from Redis since this watch's last round (deleted with transferline delete dataset, or Redis lost its data): stopping, rather than ingest all of ${printable(url)} again as a new dataset; the same command again does that`,
+      );
+    }
     const outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1, watching: true });
+    existed = await ctx.services.datasets.exists(ingest.dataset);
     failed ||= (outcome.status?.failed ?? 0) > 0 || outcome.counts.missing !== undefined;
     onRound?.(outcome);
     if (round === 1) {
