@@ -550,6 +550,21 @@ describe('review and relabel', () => {
     await ctx.services.store.putObject(bucket, from, bytes);
   }, 120_000);
 
+  it('refuses to move an image still on its way (listed by an ingest, its preprocess job not run yet): the job records the old key (a review: orphaned)', async () => {
+    const from = 'train/square/onway.jpg';
+    await ctx.services.store.putObject(bucket, from, await renderSample('square', 97, 21, 128));
+    const { etag } = (await ctx.services.store.headObject(bucket, from))!;
+    await ctx.services.datasets.putItems('noisy', [[`${bucket}/${from}`, { label: 'square', etag, space: stack.space.id, state: 'pending' }]]);
+    const r = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'circle'], stack.env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/nothing was moved: s3:\/\/review-photos\/train\/square\/onway\.jpg is still on its way \(its ingest listed it; no preprocess worker has read it yet\): wait for it \(transferline status -d noisy\), then relabel it/);
+    expect(await ctx.services.store.headObject(bucket, from)).toBeDefined();
+    expect(await ctx.services.store.headObject(bucket, 'train/circle/onway.jpg')).toBeUndefined();
+    expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/${from}`]))[0]).toMatchObject({ label: 'square', state: 'pending' });
+    await ctx.services.datasets.removeItems('noisy', [`${bucket}/${from}`]);
+    await ctx.services.store.deleteObject(bucket, from);
+  }, 120_000);
+
   it('finishes a move cut short of an image not preprocessed yet (no content hash: known by its ETag)', async () => {
     const from = 'train/square/pending.jpg';
     const to = 'train/triangle/pending.jpg';

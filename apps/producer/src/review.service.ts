@@ -410,6 +410,13 @@ async function inspectMoves(ctx: CliContext, dataset: string, planned: PlannedMo
       const there = records[2 * i + 1];
       // nothing to copy: not in the dataset, or under this label already
       if (!record || record.label === p.label) return { ...p, record, there, finish: false };
+      // Listed by an ingest, its preprocess job on its way: that job records the old key, which
+      // the move forgets, so the new key's record would wait for ever (a review: orphaned, and
+      // train stalled on it).
+      if (record.state === 'pending') {
+        problems.push({ ids: [p.itemId], what: `s3://${p.itemId} is still on its way (its ingest listed it; no preprocess worker has read it yet): wait for it (transferline status -d ${dataset}), then relabel it` });
+        return { ...p, record, there, finish: false };
+      }
       const found = await checkMove(ctx, dataset, p, record, there);
       if (found !== 'copy' && found !== 'finish') problems.push({ ids: [p.itemId], what: found });
       return { ...p, record, there, finish: found === 'finish' };
