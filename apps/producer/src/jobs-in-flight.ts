@@ -1,7 +1,13 @@
 import type { Queue } from 'bullmq';
 
-/** The states of a job that has not ended: one of these may still write what it was given to write. */
-const IN_FLIGHT = ['active', 'waiting', 'delayed', 'prioritized', 'waiting-children'] as const;
+/**
+ * The states of a job that has not ended: one of these may still write what it was given to write.
+ * Read in the order a job goes through them (a review: read active first, a job that became active
+ * after that read and before the read of waiting was in neither), so a job that moves on while
+ * they are read is met again in the next state read. (One put back, active to delayed for a retry
+ * or to waiting when stalled, can still be missed: a caller that must not miss one looks again.)
+ */
+const IN_FLIGHT = ['waiting-children', 'delayed', 'prioritized', 'waiting', 'active'] as const;
 
 /** Jobs read from Redis at a time: a queue of a million preprocess jobs is not held in memory at once. */
 const PAGE = 1_000;
