@@ -590,6 +590,22 @@ describe('training runs and classification', () => {
     expect(await ctx.services.datasets.exists('gonewatch')).toBe(false);
   });
 
+  it('an ingest whose dataset is deleted while it lists stops at its next page, rather than make a dataset of the rest alone (a review)', async () => {
+    for (const kind of kinds) for (let i = 0; i < 2; i++) await ctx.services.store.putObject(photos, `paged/${kind}/${i}.jpg`, await renderSample(kind, 660 + i, 44));
+    const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
+    const { space } = await ctx.services.spaces.resolve();
+    let pages = 0;
+    let deleted: boolean | undefined;
+    const ingest = ingestPrefix({ bucket: photos, prefix: 'paged/', dataset: 'paged', space }, { services: ctx.services, queues: ctx.queues, pageSize: 2 }, async () => {
+      // the first page written: the dataset is deleted meanwhile
+      if (++pages === 1) deleted = await deleteDatasetCommand({ ...ctx, out: quiet }, 'paged', { yes: true });
+    });
+    await expect(ingest).rejects.toMatchObject({ code: EXIT.vanished, message: expect.stringContaining('dataset paged was deleted while this ingest listed') });
+    expect(deleted).toBe(true);
+    expect(pages).toBe(1);
+    expect(await ctx.services.datasets.exists('paged')).toBe(false);
+  });
+
   it('classify --watch stops, exit 1, when its run is deleted, rather than leave new images unlabelled (a review)', async () => {
     const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
     await trainCommand({ ...ctx, out: quiet }, { dataset: 'shapes', runId: 'watch-gone', epochs: 2, promote: false, wait: true });

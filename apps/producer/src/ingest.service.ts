@@ -1,6 +1,7 @@
 import path from 'node:path';
 import pMap from 'p-map';
 import { headerHint, ManifestError, readManifest, type ManifestRow } from './manifest.js';
+import { CliExit, EXIT } from './exit-codes.js';
 import {
   DatasetRepository,
   ObjectTooLargeError,
@@ -103,6 +104,8 @@ export interface ManifestRequest extends Omit<IngestRequest, 'prefix' | 'labels'
 export interface IngestDeps {
   services: Pick<Services, 'store' | 'datasets' | 'cache' | 'inspector' | 'redis'>;
   queues: Pick<Queues, 'preprocess'>;
+  /** objects listed per page written (1,000; tests use fewer) */
+  pageSize?: number;
 }
 
 /** Counts of an ingest before its first page. */
@@ -117,7 +120,7 @@ const noCounts = (): IngestCounts => ({ listed: 0, unlabelled: 0, unchanged: 0, 
  * running ingest twice enqueues nothing new. Items that failed for a transient reason, and items
  * whose job vanished, are enqueued again (a failed job is retried, not deduplicated away).
  */
-export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void): Promise<IngestCounts> {
+export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?: (c: IngestCounts) => void | Promise<void>): Promise<IngestCounts> {
   const { store, datasets } = deps.services;
   const counts = noCounts();
   let page: ObjectInfo[] = [];
@@ -149,7 +152,14 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     }
     return manifests.get(m)!;
   };
+  /** a page of items written: the dataset is there from then on, unless deleted meanwhile */
+  let wrote = false;
   const flush = async () => {
+    // Deleted while it was listed (delete dataset): the pages still to come would make a dataset
+    // of the rest alone, without its space or prefixes (a review).
+    if (wrote && !(await datasets.exists(req.dataset))) {
+      throw new CliExit(EXIT.vanished, `transferline: dataset ${req.dataset} was deleted while this ingest listed s3://${req.bucket}/${req.prefix} (stopped after ${counts.listed - page.length} objects, rather than make a dataset of the rest alone): ingest again to make it anew`);
+    }
     const labelled = page.flatMap((o) => {
       const item = req.labels === 'none' ? { label: UNLABELLED } : itemFromKey(req.prefix, o.key);
       if (item === undefined) counts.unlabelled++;
@@ -170,7 +180,8 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
       recorded = true;
     }
     await applyPage(req, deps, labelled, counts, manifestStands);
-    onPage?.({ ...counts });
+    wrote ||= labelled.length > 0;
+    await onPage?.({ ...counts });
   };
   for await (const o of store.listObjects(req.bucket, req.prefix)) {
     // a folder marker is no image, nor an object without a label: neither listed nor skipped
@@ -198,7 +209,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     }
     counts.listed++;
     page.push(o);
-    if (page.length >= 1000) await flush();
+    if (page.length >= (deps.pageSize ?? 1_000)) await flush();
   }
   if (page.length) await flush();
   // A hidden object that a label manifest still standing labels is the manifest's: a listing does
