@@ -976,9 +976,18 @@ describe('training runs and classification', () => {
     expect(none.stderr).toContain('doomed has no latest run (its 1 run was trained with --no-promote, or the latest was deleted): name one, -m doomed@doomed-candidate, or make one the latest: transferline promote doomed@doomed-candidate\n');
     expect((await runCli(['models', '-d', 'doomed'], stack.env)).stdout).toContain('note: doomed has no latest run: make one the latest with transferline promote doomed@RUN\n');
 
-    // then everything of it: runs, what classify kept and recorded for them, results
+    // with its records gone, what is left of it in the bucket is named with the option that deletes it (a review: results went unnamed)
+    const leftOnly = await runCli(['delete', 'dataset', 'doomed', '--yes'], stack.env);
+    expect(leftOnly.code).toBe(1);
+    expect(leftOnly.stderr).toBe('transferline: no dataset named doomed; its 1 trained run is still in the bucket: add --runs to delete it; 2 files of its classify results are still in the bucket: add --results to delete them: nothing deleted (see "transferline status")\n');
+
+    // then everything of it: runs, what classify kept and recorded for them, results; the plan
+    // names the latest pointer that goes with its run (a review: it went unsaid)
+    expect((await runCli(['promote', 'doomed@doomed-candidate'], stack.env)).code).toBe(0);
     const all = await runCli(['delete', 'dataset', 'doomed', '--runs', '--results', '--yes'], stack.env);
     expect({ code: all.code, stderr: all.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(all.stdout).toContain(`  the pointer to its latest run, s3://${bucket}/${layout.latest('doomed')}, if it names one of those\n`);
+    expect(await ctx.services.store.headObject(bucket, layout.latest('doomed'))).toBeUndefined();
     expect(all.stdout).toContain(`  dataset ${classifyDatasetName('doomed')}: the 3 images classify kept for its runs\n`);
     expect(all.stdout).toContain(`  2 files of classify results in s3://${bucket}/${layout.results('doomed')}\n`);
     expect(await listed(layout.models('doomed'))).toEqual([]);

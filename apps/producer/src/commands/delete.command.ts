@@ -254,7 +254,12 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   // the jobs of its runs that failed or were cancelled: status counts them among the train queue's failures
   const failedRuns = classifyData ? [] : await failedJobsOf(ctx.queues.train, [dataset]);
   if (!exists && !lost && failedJobs.length === 0 && failedRuns.length === 0 && runFiles.length === 0 && records.length === 0 && classifiedImages === 0 && (!o.results || outputs.length === 0)) {
-    const hint = runs.length && !o.runs ? `; its ${runs.length} trained run${runs.length === 1 ? ' is' : 's are'} still in the bucket: add --runs to delete ${runs.length === 1 ? 'it' : 'them'}` : '';
+    const leftInBucket = [
+      runs.length && !o.runs && `its ${runs.length} trained run${runs.length === 1 ? ' is' : 's are'} still in the bucket: add --runs to delete ${runs.length === 1 ? 'it' : 'them'}`,
+      // (a review: with only its classify results or label reviews left, "no dataset" named nothing to delete them with)
+      !o.results && outputs.length && `${files(outputs.length)} of its ${[results.length && 'classify results', reviews.length && 'label reviews'].filter(Boolean).join(' and ')} ${outputs.length === 1 ? 'is' : 'are'} still in the bucket: add --results to delete them`,
+    ].filter(Boolean);
+    const hint = leftInBucket.length ? `; ${leftInBucket.join('; ')}` : '';
     throw new CliExit(EXIT.error, `transferline: no dataset named ${dataset}${hint}: nothing deleted (see "transferline status")`);
   }
 
@@ -267,6 +272,8 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   if (failedRuns.length) plan.lines.push(`the jobs of ${failedRuns.length} failed or cancelled train run${failedRuns.length === 1 ? '' : 's'} of ${dataset} (in Redis; status and the console count them among the train queue's failures)`);
   if (lost) plan.lines.push(`dataset ${dataset}: its records were lost with Redis's data; status stops naming it as one to ingest again`);
   if (runFiles.length) plan.lines.push(`${runs.length} trained run${runs.length === 1 ? '' : 's'} (${files(runFiles.length)}) in s3://${bucket}/${layout.models(dataset)}`);
+  // (a review: the plan did not say the pointer goes too)
+  if (runFiles.length && (await store.headObject(bucket, layout.latest(dataset)))) plan.lines.push(`the pointer to its latest run, s3://${bucket}/${layout.latest(dataset)}, if it names one of those`);
   if (classifiedImages) plan.lines.push(`dataset ${classifyDataset}: the ${images(classifiedImages)} classify kept for its runs`);
   if (records.length) plan.lines.push(`classify's record of the images ${model} labelled (${records.length} run${records.length === 1 ? '' : 's'}; Redis): the next classify labels them all again`);
   const outputsWhere = [results.length && `s3://${bucket}/${layout.results(resultsOf)}`, reviews.length && `s3://${bucket}/${layout.reviews(dataset)}`].filter(Boolean).join(' and ');
