@@ -235,7 +235,8 @@ export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions)
       );
     }
     const outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1, watching: true });
-    existed = await ctx.services.datasets.exists(ingest.dataset);
+    // (a Redis that does not answer now fails the next round's look instead, as an outage)
+    existed = await ctx.services.datasets.exists(ingest.dataset).catch(() => existed);
     failed ||= (outcome.status?.failed ?? 0) > 0 || outcome.counts.missing !== undefined;
     onRound?.(outcome);
     if (round === 1) {
