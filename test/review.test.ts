@@ -557,7 +557,7 @@ describe('review and relabel', () => {
     await ctx.services.datasets.putItems('noisy', [[`${bucket}/${from}`, { label: 'square', etag, space: stack.space.id, state: 'pending' }]]);
     const r = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/${from}`, '--to', 'circle'], stack.env);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/nothing was moved: s3:\/\/review-photos\/train\/square\/onway\.jpg is still on its way \(its ingest listed it; no preprocess worker has read it yet\): wait for it \(transferline status -d noisy\), then relabel it/);
+    expect(r.stderr).toMatch(/nothing was moved: s3:\/\/review-photos\/train\/square\/onway\.jpg is still on its way \(its ingest listed it; no preprocess worker has read it yet\): wait for it \(transferline status -d noisy; one it calls orphaned, its job lost, needs its prefix ingested again\), then relabel it/);
     expect(await ctx.services.store.headObject(bucket, from)).toBeDefined();
     expect(await ctx.services.store.headObject(bucket, 'train/circle/onway.jpg')).toBeUndefined();
     expect((await ctx.services.datasets.getItems('noisy', [`${bucket}/${from}`]))[0]).toMatchObject({ label: 'square', state: 'pending' });

@@ -597,8 +597,12 @@ describe('training runs and classification', () => {
     let pages = 0;
     let deleted: boolean | undefined;
     const ingest = ingestPrefix({ bucket: photos, prefix: 'paged/', dataset: 'paged', space }, { services: ctx.services, queues: ctx.queues, pageSize: 2 }, async () => {
-      // the first page written: the dataset is deleted meanwhile
-      if (++pages === 1) deleted = await deleteDatasetCommand({ ...ctx, out: quiet }, 'paged', { yes: true });
+      // the first page written: the dataset is deleted meanwhile, and a page's write lands after
+      // the deletion (it puts the dataset back in the list of datasets, without its space)
+      if (++pages > 1) return;
+      deleted = await deleteDatasetCommand({ ...ctx, out: quiet }, 'paged', { yes: true });
+      await ctx.services.datasets.putItems('paged', [[`${photos}/paged/late.jpg`, { label: 'circle', etag: 'e', space: space.id, state: 'pending' }]]);
+      expect(await ctx.services.datasets.exists('paged')).toBe(true);
     });
     await expect(ingest).rejects.toMatchObject({ code: EXIT.vanished, message: expect.stringContaining('dataset paged was deleted while this ingest listed') });
     expect(deleted).toBe(true);
@@ -619,6 +623,32 @@ describe('training runs and classification', () => {
     const watch = classifyCommand({ ...ctx, out }, `s3://${photos}/incoming/`, { model: 'shapes@watch-gone', watch: true, intervalSeconds: 1, maxRounds: 5 });
     await expect(watch).rejects.toMatchObject({ code: EXIT.error, message: expect.stringContaining('model shapes@watch-gone is gone from the bucket since this watch began') });
     expect(await deleted).toBe(true);
+  });
+
+  it('classify --watch: a round whose classify job did not go through is made good by the next, with the job it queued (a review)', async () => {
+    const ofPrefix = async () => (await ctx.queues.classify.getJobs(['completed', 'waiting', 'active', 'failed'], 0, 999)).filter((j) => (j?.data as { prefix?: string } | undefined)?.prefix === 'owed/');
+    expect(await ofPrefix()).toHaveLength(0);
+    await ctx.services.store.putObject(photos, 'owed/a.jpg', await renderSample('circle', 710, 45));
+    let text = '';
+    let paused: Promise<unknown> | undefined;
+    let resumed: Promise<unknown> | undefined;
+    const out = {
+      write: (chunk: string) => {
+        text += chunk;
+        // after the first round, the classify queue is paused (its job waits; the round gives up) and an image comes
+        if (!paused && /^watching /m.test(text)) paused = ctx.queues.classify.pause().then(async () => ctx.services.store.putObject(photos, 'owed/b.jpg', await renderSample('square', 711, 45)));
+        if (!resumed && /^watch: round \d+ failed: /m.test(text)) resumed = ctx.queues.classify.resume();
+        return true;
+      },
+    } as unknown as NodeJS.WritableStream;
+    const results = await classifyCommand({ ...ctx, out }, `s3://${photos}/owed/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 4, stallSeconds: 3 }).finally(async () => {
+      await Promise.all([paused, resumed]);
+      await ctx.queues.classify.resume();
+    });
+    expect(text).toMatch(/^watch: round 2 failed: .*the classify queue is paused/m);
+    // the image of the round that gave up is classified by the next, by the job that round queued: no second job
+    expect(results.map((r) => r.classified)).toEqual([1, 1]);
+    expect(await ofPrefix()).toHaveLength(2);
   });
 
   it('ingest --watch goes on through an S3 outage, and keeps its space when workers of another start', async () => {
@@ -986,7 +1016,7 @@ describe('training runs and classification', () => {
     expect((await runCli(['promote', 'doomed@doomed-candidate'], stack.env)).code).toBe(0);
     const all = await runCli(['delete', 'dataset', 'doomed', '--runs', '--results', '--yes'], stack.env);
     expect({ code: all.code, stderr: all.stderr }).toEqual({ code: 0, stderr: '' });
-    expect(all.stdout).toContain(`  the pointer to its latest run, s3://${bucket}/${layout.latest('doomed')}, if it names one of those\n`);
+    expect(all.stdout).toContain(`  the pointer to its latest run (doomed-candidate), s3://${bucket}/${layout.latest('doomed')}\n`);
     expect(await ctx.services.store.headObject(bucket, layout.latest('doomed'))).toBeUndefined();
     expect(all.stdout).toContain(`  dataset ${classifyDatasetName('doomed')}: the 3 images classify kept for its runs\n`);
     expect(all.stdout).toContain(`  2 files of classify results in s3://${bucket}/${layout.results('doomed')}\n`);

@@ -152,14 +152,22 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     }
     return manifests.get(m)!;
   };
-  /** a page of items written: the dataset is there from then on, unless deleted meanwhile */
+  /** a page of items written: the dataset is there from then on, its space recorded, unless deleted meanwhile */
   let wrote = false;
+  /**
+   * Deleted while it was listed (delete dataset): the pages still to come would make a dataset of
+   * the rest alone, without its space or prefixes (a review). Asked before each page after the
+   * first and after the last: a page's write puts the dataset back in the list of datasets, but
+   * not its space, which only an ingest's first page records. What pages written since the
+   * deletion made, items of no space that nothing can use, goes.
+   */
+  const stillThere = async () => {
+    if (!wrote || (await datasets.space(req.dataset)) !== undefined) return;
+    await datasets.remove(req.dataset);
+    throw new CliExit(EXIT.vanished, `transferline: dataset ${req.dataset} was deleted while this ingest listed s3://${req.bucket}/${req.prefix} (stopped after ${counts.listed - page.length} objects, rather than make a dataset of the rest alone): ingest again to make it anew`);
+  };
   const flush = async () => {
-    // Deleted while it was listed (delete dataset): the pages still to come would make a dataset
-    // of the rest alone, without its space or prefixes (a review).
-    if (wrote && !(await datasets.exists(req.dataset))) {
-      throw new CliExit(EXIT.vanished, `transferline: dataset ${req.dataset} was deleted while this ingest listed s3://${req.bucket}/${req.prefix} (stopped after ${counts.listed - page.length} objects, rather than make a dataset of the rest alone): ingest again to make it anew`);
-    }
+    await stillThere();
     const labelled = page.flatMap((o) => {
       const item = req.labels === 'none' ? { label: UNLABELLED } : itemFromKey(req.prefix, o.key);
       if (item === undefined) counts.unlabelled++;
@@ -212,6 +220,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     if (page.length >= (deps.pageSize ?? 1_000)) await flush();
   }
   if (page.length) await flush();
+  await stillThere();
   // A hidden object that a label manifest still standing labels is the manifest's: a listing does
   // not take it out (each listing and manifest ingest took it from the other: a review), and it
   // counts as one of the dataset's images listed (else every round of --watch scanned the dataset).
@@ -236,7 +245,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   };
   const empty = [...markers].filter((m) => labelLevel(m) && !filled.has(m) && ![...markers].some((other) => other.startsWith(`${m}/`))).sort();
   if (empty.length && req.labels !== 'none') counts.emptyFolders = empty;
-  onPage?.({ ...counts });
+  await onPage?.({ ...counts });
   return counts;
 }
 

@@ -20,4 +20,11 @@ describe('jobsInFlight', () => {
     const found = await jobsInFlight<{ dataset: string }>(movingQueue(), (d) => d.dataset === 'd');
     expect(found.map((f) => f.id)).toContain('j1');
   });
+
+  it('lists a job read in two states (waiting, then active) once, in the state read last (a review: refusals named one run twice)', async () => {
+    const queue = {
+      getJobs: async (asked: string[]) => (asked.includes('waiting') || asked.includes('active') ? [{ id: 'j1', data: { dataset: 'd' } }] : []),
+    } as unknown as Queue;
+    expect(await jobsInFlight<{ dataset: string }>(queue, (d) => d.dataset === 'd')).toEqual([{ id: 'j1', data: { dataset: 'd' }, state: 'active' }]);
+  });
 });

@@ -14,13 +14,14 @@ const PAGE = 1_000;
 
 /** The jobs of a queue that have not ended and whose data matches, with their state (the first `limit` found). */
 export async function jobsInFlight<D>(queue: Queue, match: (data: D) => boolean, limit = Number.POSITIVE_INFINITY): Promise<{ id: string; data: D; state: string }[]> {
-  const found: { id: string; data: D; state: string }[] = [];
+  // by id: a job read in one state and again in the next it moved to is one job, in its last state
+  const found = new Map<string, { id: string; data: D; state: string }>();
   for (const state of IN_FLIGHT) {
-    for (let start = 0; found.length < limit; start += PAGE) {
+    for (let start = 0; found.size < limit; start += PAGE) {
       const page = await queue.getJobs([state], start, start + PAGE - 1);
-      for (const job of page) if (job?.id && match(job.data as D) && found.length < limit) found.push({ id: job.id, data: job.data as D, state });
+      for (const job of page) if (job?.id && match(job.data as D) && (found.size < limit || found.has(job.id))) found.set(job.id, { id: job.id, data: job.data as D, state });
       if (page.length < PAGE) break;
     }
   }
-  return found;
+  return [...found.values()];
 }

@@ -414,7 +414,7 @@ async function inspectMoves(ctx: CliContext, dataset: string, planned: PlannedMo
       // the move forgets, so the new key's record would wait for ever (a review: orphaned, and
       // train stalled on it).
       if (record.state === 'pending') {
-        problems.push({ ids: [p.itemId], what: `s3://${p.itemId} is still on its way (its ingest listed it; no preprocess worker has read it yet): wait for it (transferline status -d ${dataset}), then relabel it` });
+        problems.push({ ids: [p.itemId], what: `s3://${p.itemId} is still on its way (its ingest listed it; no preprocess worker has read it yet): wait for it (transferline status -d ${dataset}; one it calls orphaned, its job lost, needs its prefix ingested again), then relabel it` });
         return { ...p, record, there, finish: false };
       }
       const found = await checkMove(ctx, dataset, p, record, there);

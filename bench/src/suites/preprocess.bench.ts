@@ -28,10 +28,11 @@ import { canPin, cpuSeconds, machine, pinProcess, until, withRatios, type Row, t
  * runs in rounds, round robin, so a shared machine's noise hits them alike.
  */
 
-/** A worker process as if on a machine of one core: the images in flight that such a machine gets by default, one decode thread. */
 /** The CPU the 1-process stage's worker is pinned to (worker i on CPU i). */
 const STAGE_CORE = '0';
-const ALL_CPUS = `0-${os.availableParallelism() - 1}`;
+/** The CPUs this process may run on as it was started, given back after a raw loop pinned to STAGE_CORE. */
+const OWN_CPUS = canPin ? execFileSync('taskset', ['-c', '-p', String(process.pid)], { encoding: 'utf8' }).split(':').pop()!.trim() : '';
+/** A worker process as if on a machine of one core: the images in flight that such a machine gets by default, one decode thread. */
 const ONE_CORE = { TL_PREPROCESS_CONCURRENCY: String(defaultPreprocessConcurrency(1)), TL_SHARP_CONCURRENCY: '1', UV_THREADPOOL_SIZE: '1' };
 const PREP: PrepareOptions = { size: 224, maxInputPixels: 100_000_000, background: '#ffffff' };
 const BEFORE: PrepareOptions = { ...PREP, kernel: 'lanczos3' };
@@ -284,7 +285,7 @@ function rawMeasurer(images: Image[], o: PrepareOptions, lanes: number, cpus?: s
       return { images: done, seconds: (performance.now() - t0) / 1000 };
     } finally {
       sharp.cache(false);
-      if (cpus) pinProcess(process.pid, ALL_CPUS);
+      if (cpus) pinProcess(process.pid, OWN_CPUS);
     }
   };
 }

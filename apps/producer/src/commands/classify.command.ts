@@ -103,13 +103,27 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   const dataset = classifyDatasetName(model.dataset);
   const stallSeconds = o.stallSeconds ?? 30;
   const results: ClassifyResult[] = [];
-  // a round whose classify job did not go through: the next one classifies, new images or none
-  // (its images, embedded by then, are no longer new to the listing)
+  // A round that found images to classify and did not see them classified (its wait or its
+  // classify job gave up): the next round classifies, new images or none (they are embedded by
+  // then, no longer new to the listing); with the job it queued, while that one still waits or runs.
   let owed = false;
-  await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, async (round) => {
+  const carry: { jobId?: string } = {};
+  await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, (round) =>
+    classifyRound(round).catch((err: unknown) => {
+      // the images classify keeps for the model deleted meanwhile (delete dataset _classify.…), or Redis's data lost
+      if (err instanceof CliExit && err.code === EXIT.vanished) {
+        throw new WatchEnded(EXIT.vanished, `transferline: ${dataset}, where classify keeps the images it labels with ${model.dataset}, was deleted while this command ran (delete dataset, or Redis lost its data): stopping; the same classify command again labels the images anew`);
+      }
+      throw err;
+    }),
+  );
+  return results;
+
+  async function classifyRound(round: number): Promise<void> {
     // The run deleted since the watch began (a review: every later round failed on no-model, said
     // once, and the images that came meanwhile were never labelled): said, and the watch ends.
-    if (round > 1 && !(await ctx.services.store.headObject(ctx.config.s3.bucket, ctx.services.layout.runFile(model.dataset, model.runId, 'run.json')))) {
+    // (a bucket that is not there, an S3 restarted empty, is an outage's error, not a deleted run)
+    if (round > 1 && !(await ctx.services.store.headObject(ctx.config.s3.bucket, ctx.services.layout.runFile(model.dataset, model.runId, 'run.json'), { bucketToo: true }))) {
       throw new WatchEnded(EXIT.error, `transferline: model ${model.dataset}@${model.runId} is gone from the bucket since this watch began (deleted?): stopping, as nothing more can be classified with it; new images under ${printable(url)} are not labelled. Watch with another run (see transferline models -d ${model.dataset})`);
     }
     await restoreLostIndex(ctx, model.space.id);
@@ -134,18 +148,16 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     // (its progress counts the images on their way: a later round's few new ones are not shown
     // against all the prefix has had classified)
     const onTheirWay = before.pending + before.orphaned;
-    if (onTheirWay > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within, ours: { count: onTheirWay, what: 'the images on their way', whole: 'the prefix' } });
     // A round of --watch that found nothing new writes no results file (every round's would list
     // the same images, failures included, as "already done").
-    const fresh = counts.enqueued + counts.fromCache + counts.retried + onTheirWay;
-    if (round === 1 || fresh > 0 || owed) {
-      owed = true;
-      results.push(await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1));
+    if (counts.enqueued + counts.fromCache + counts.retried + onTheirWay > 0) owed = true;
+    if (onTheirWay > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within, ours: { count: onTheirWay, what: 'the images on their way', whole: 'the prefix' } });
+    if (round === 1 || owed) {
+      results.push(await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1, carry));
       owed = false;
     }
     if (round === 1 && o.watch) ctx.out.write(`watching s3://${printable(bucket)}/${printable(prefix)}: listing it every ${o.intervalSeconds} s for new images to classify (Ctrl-C to stop)\n`);
-  });
-  return results;
+  }
 }
 
 /**
@@ -153,21 +165,39 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
  * what it says; with `pointBack` (a command's first round), also where the labels of the images
  * classified before are (a later round of --watch knows: its earlier rounds printed them).
  */
-async function classifyPrefix(ctx: CliContext, model: ResolvedModel, dataset: string, bucket: string, prefix: string, stallSeconds: number, pointBack: boolean): Promise<ClassifyResult> {
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  const payload: ClassifyJob = {
-    dataset,
-    model: model.dataset,
-    runId: model.runId,
-    embedderId: model.space.id,
-    bucket,
-    prefix,
-    outputKey: ctx.services.layout.classifyResults(model.dataset, model.runId, stamp),
-  };
-  const id = jobIds.classify(payload);
-  await enqueue(ctx.queues.classify, 'classify', [{ id, payload }]);
-  const job = (await ctx.queues.classify.getJob(id))!;
+async function classifyPrefix(
+  ctx: CliContext,
+  model: ResolvedModel,
+  dataset: string,
+  bucket: string,
+  prefix: string,
+  stallSeconds: number,
+  pointBack: boolean,
+  /** the job of an earlier round not followed to its end (a watch's): followed again, or its result taken, unless it failed */
+  carry: { jobId?: string } = {},
+): Promise<ClassifyResult> {
+  // (two at once, taken by two train workers, would label the same images into two files)
+  const queuedBefore = carry.jobId ? await ctx.queues.classify.getJob(carry.jobId) : undefined;
+  const state = queuedBefore && (await queuedBefore.getState());
+  let job = state && state !== 'failed' && state !== 'unknown' ? queuedBefore : undefined;
+  if (!job) {
+    const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+    const payload: ClassifyJob = {
+      dataset,
+      model: model.dataset,
+      runId: model.runId,
+      embedderId: model.space.id,
+      bucket,
+      prefix,
+      outputKey: ctx.services.layout.classifyResults(model.dataset, model.runId, stamp),
+    };
+    const id = jobIds.classify(payload);
+    await enqueue(ctx.queues.classify, 'classify', [{ id, payload }]);
+    job = (await ctx.queues.classify.getJob(id))!;
+  }
+  carry.jobId = job.id;
   const r = await followJob<ClassifyResult>(ctx, ctx.queues.classify, job, { what: `classifying s3://${bucket}/${prefix}`, role: 'train', stallSeconds });
+  carry.jobId = undefined;
   const labels = r.byLabel.map((l) => `${printable(l.label)} ${l.count}`).join(', ');
   const { bucket: results } = ctx.config.s3;
   const skippedFailed = r.skippedFailed ?? 0;

@@ -273,7 +273,8 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   if (lost) plan.lines.push(`dataset ${dataset}: its records were lost with Redis's data; status stops naming it as one to ingest again`);
   if (runFiles.length) plan.lines.push(`${runs.length} trained run${runs.length === 1 ? '' : 's'} (${files(runFiles.length)}) in s3://${bucket}/${layout.models(dataset)}`);
   // (a review: the plan did not say the pointer goes too)
-  if (runFiles.length && (await store.headObject(bucket, layout.latest(dataset)))) plan.lines.push(`the pointer to its latest run, s3://${bucket}/${layout.latest(dataset)}, if it names one of those`);
+  const latestNow = runFiles.length ? await store.getDocument(LatestDoc, bucket, layout.latest(dataset)) : undefined;
+  if (latestNow && runFiles.some((k) => layout.parseModelKey(k)?.runId === latestNow.runId)) plan.lines.push(`the pointer to its latest run (${latestNow.runId}), s3://${bucket}/${layout.latest(dataset)}`);
   if (classifiedImages) plan.lines.push(`dataset ${classifyDataset}: the ${images(classifiedImages)} classify kept for its runs`);
   if (records.length) plan.lines.push(`classify's record of the images ${model} labelled (${records.length} run${records.length === 1 ? '' : 's'}; Redis): the next classify labels them all again`);
   const outputsWhere = [results.length && `s3://${bucket}/${layout.results(resultsOf)}`, reviews.length && `s3://${bucket}/${layout.reviews(dataset)}`].filter(Boolean).join(' and ');

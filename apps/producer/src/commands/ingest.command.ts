@@ -234,9 +234,18 @@ export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions)
         `transferline: dataset ${ingest.dataset} is gone from Redis since this watch's last round (deleted with transferline delete dataset, or Redis lost its data): stopping, rather than ingest all of ${printable(url)} again as a new dataset; the same command again does that`,
       );
     }
-    const outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1, watching: true });
-    // (a Redis that does not answer now fails the next round's look instead, as an outage)
-    existed = await ctx.services.datasets.exists(ingest.dataset).catch(() => existed);
+    let outcome: IngestOutcome;
+    try {
+      outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1, watching: true });
+    } catch (err) {
+      // deleted while the round listed or waited: the watch ends there, as at the next round's look
+      if (err instanceof CliExit && err.code === EXIT.vanished) throw new WatchEnded(EXIT.vanished, `${err.message}; this watch stops`);
+      throw err;
+    } finally {
+      // (once there, the dataset stays the watch's, a round that failed after writing it too; a
+      // Redis that does not answer now fails the next round's look instead, as an outage)
+      existed ||= await ctx.services.datasets.exists(ingest.dataset).catch(() => false);
+    }
     failed ||= (outcome.status?.failed ?? 0) > 0 || outcome.counts.missing !== undefined;
     onRound?.(outcome);
     if (round === 1) {
