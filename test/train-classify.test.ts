@@ -1265,6 +1265,27 @@ describe('training runs and classification', () => {
     expect(again.stdout).toMatch(new RegExp(`^run ${runId}: validation accuracy`, 'm'));
   });
 
+  it('Ctrl-C while train waits for its images: exit 130, and it says no run was queued (a user\'s trial read the workers going on as the run)', async () => {
+    // an image listed and not yet read (its job on its way): train waits for it
+    await ctx.services.datasets.setSpace('waitint', stack.space.id);
+    await ctx.services.datasets.putItems('waitint', [[`${photos}/waitint/circle/0.jpg`, { label: 'circle', etag: 'e', space: stack.space.id, state: 'pending' }]]);
+    const child = spawn(process.execPath, [cliPath, 'train', '-d', 'waitint'], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...stack.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let said = '';
+    child.stdout.on('data', (d: Buffer) => (said += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (said += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+    const deadline = Date.now() + 60_000;
+    while (!/not embedded yet; waiting for them/.test(said)) {
+      if (Date.now() > deadline) throw new Error(`train never said it waits: ${said}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(said).toContain('interrupted while waiting for its images: no run was queued. The workers go on embedding them (see "transferline status -d waitint"); train again once they are in');
+    expect((await ctx.queues.train.getJobs(['waiting', 'active', 'delayed', 'prioritized'])).filter((j) => (j?.data as { dataset?: string }).dataset === 'waitint')).toEqual([]);
+    await ctx.services.datasets.remove('waitint');
+  });
+
   it('a run whose only train worker hangs: train --follow says its lock ran out and gives up, where it waited for ever', async () => {
     const runId = 'hung-mid-run';
     expect((await runCli(['train', '-d', 'shapes', '--epochs', '10000', '--patience', '0', '--run-id', runId, '--no-wait'], stack.env)).code).toBe(0);

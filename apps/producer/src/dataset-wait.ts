@@ -114,7 +114,8 @@ export function redisOutage(ctx: CliContext, stallSeconds: number, then: string)
 export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOptions): Promise<DatasetStatus> {
   const bar = createProgress(`embedding ${dataset}`);
   const figures = barCounter(o.ours);
-  const outage = redisOutage(ctx, o.stallSeconds, `the workers go on when it is back: see "transferline status -d ${dataset}"`);
+  // (a user's trial: after stopping up on purpose, "when it is back" did not say who brings it back)
+  const outage = redisOutage(ctx, o.stallSeconds, `the workers go on when it is back (a stack stopped: transferline up starts it again): see "transferline status -d ${dataset}"`);
   let lastDone = -1;
   let lastChange = Date.now();
   let hinted = '';

@@ -136,7 +136,13 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   }
   if (waiting > 0 && !o.partial) {
     ctx.out.write(`${waiting} of ${status.total} images of ${o.dataset} are not embedded yet; waiting for them (or train now on the ${status.embedded} embedded with --partial)\n`);
-    await waitForDataset(ctx, o.dataset, { space, stallSeconds });
+    await waitForDataset(ctx, o.dataset, { space, stallSeconds }).catch((err: unknown) => {
+      // (a user's trial: "the workers go on with it" read as if the run would)
+      if (err instanceof CliExit && err.code === EXIT.interrupted) {
+        throw new CliExit(EXIT.interrupted, `\ninterrupted while waiting for its images: no run was queued. The workers go on embedding them (see "transferline status -d ${o.dataset}"); train again once they are in`);
+      }
+      throw err;
+    });
   } else if (waiting > 0) {
     ctx.out.write(`training on the ${status.embedded} embedded images of ${status.total} (--partial): ${waiting} still pending are left out, and the report says so\n`);
   }
