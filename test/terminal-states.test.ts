@@ -166,6 +166,8 @@ describe('an S3 outage longer than the retries would last', () => {
     expect(waiting.timedOut).toBe(false);
     expect(waiting.code).toBe(4);
     expect(waiting.stderr).toMatch(/no progress for 3 s: 6 images wait for preprocess and its worker is paused: S3 at \S+ is unreachable \(for \d+ s\); they resume by themselves/);
+    // a train that gave up its wait says that it queued no run (a user's trial read the workers going on as the run)
+    expect(waiting.stderr).toMatch(/\nno run was queued: train again once the images are in \(or now, on those embedded, with --partial\)\n$/);
     const status = await runCli(['status', '-d', 'outage'], direct);
     expect(status.stdout).toMatch(/^ {2}preprocess: 1 worker paused: S3 at \S+ is unreachable/m);
     // alive for a liveness probe: restarting it would not bring S3 back

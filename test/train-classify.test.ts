@@ -590,24 +590,28 @@ describe('training runs and classification', () => {
     expect(await ctx.services.datasets.exists('gonewatch')).toBe(false);
   });
 
-  it('an ingest whose dataset is deleted while it lists stops at its next page, rather than make a dataset of the rest alone (a review)', async () => {
-    for (const kind of kinds) for (let i = 0; i < 2; i++) await ctx.services.store.putObject(photos, `paged/${kind}/${i}.jpg`, await renderSample(kind, 660 + i, 44));
+  it.each([1, 3])('an ingest whose dataset is deleted while it lists (after page %i of 3) stops, rather than make a dataset of the rest alone (a review)', async (at) => {
+    const name = `paged${at}`;
+    for (const kind of kinds) for (let i = 0; i < 2; i++) await ctx.services.store.putObject(photos, `${name}/${kind}/${i}.jpg`, await renderSample(kind, 660 + i, 44));
     const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
     const { space } = await ctx.services.spaces.resolve();
     let pages = 0;
     let deleted: boolean | undefined;
-    const ingest = ingestPrefix({ bucket: photos, prefix: 'paged/', dataset: 'paged', space }, { services: ctx.services, queues: ctx.queues, pageSize: 2 }, async () => {
-      // the first page written: the dataset is deleted meanwhile, and a page's write lands after
-      // the deletion (it puts the dataset back in the list of datasets, without its space)
-      if (++pages > 1) return;
-      deleted = await deleteDatasetCommand({ ...ctx, out: quiet }, 'paged', { yes: true });
-      await ctx.services.datasets.putItems('paged', [[`${photos}/paged/late.jpg`, { label: 'circle', etag: 'e', space: space.id, state: 'pending' }]]);
-      expect(await ctx.services.datasets.exists('paged')).toBe(true);
+    const ingest = ingestPrefix({ bucket: photos, prefix: `${name}/`, dataset: name, space }, { services: ctx.services, queues: ctx.queues, pageSize: 2 }, async () => {
+      // the dataset is deleted meanwhile, and a page's write lands after the deletion (it lists
+      // the dataset again, without its space or sources)
+      if (++pages !== at) return;
+      deleted = await deleteDatasetCommand({ ...ctx, out: quiet }, name, { yes: true });
+      await ctx.services.datasets.putItems(name, [[`${photos}/${name}/late.jpg`, { label: 'circle', etag: 'e', space: space.id, state: 'pending' }]]);
+      expect(await ctx.services.datasets.exists(name)).toBe(true);
     });
-    await expect(ingest).rejects.toMatchObject({ code: EXIT.vanished, message: expect.stringContaining('dataset paged was deleted while this ingest listed') });
+    await expect(ingest).rejects.toMatchObject({ code: EXIT.vanished, message: expect.stringContaining(`dataset ${name} was deleted (or Redis lost its data) while this ingest wrote it`) });
     expect(deleted).toBe(true);
-    expect(pages).toBe(1);
-    expect(await ctx.services.datasets.exists('paged')).toBe(false);
+    // (after the last page: the end of the listing, which would mark the prefix listed to the end)
+    expect(pages).toBe(at);
+    expect(await ctx.services.datasets.listedSources(name)).toEqual([]);
+    expect(await ctx.services.datasets.space(name)).toBeUndefined();
+    await ctx.services.datasets.remove(name);
   });
 
   it('classify --watch stops, exit 1, when its run is deleted, rather than leave new images unlabelled (a review)', async () => {
@@ -637,18 +641,21 @@ describe('training runs and classification', () => {
         text += chunk;
         // after the first round, the classify queue is paused (its job waits; the round gives up) and an image comes
         if (!paused && /^watching /m.test(text)) paused = ctx.queues.classify.pause().then(async () => ctx.services.store.putObject(photos, 'owed/b.jpg', await renderSample('square', 711, 45)));
-        if (!resumed && /^watch: round \d+ failed: /m.test(text)) resumed = ctx.queues.classify.resume();
+        // the queue resumed, and another image comes: the next round finds it beside the job left queued
+        if (!resumed && /^watch: round \d+ failed: /m.test(text)) resumed = ctx.queues.classify.resume().then(async () => ctx.services.store.putObject(photos, 'owed/c.jpg', await renderSample('triangle', 712, 45)));
         return true;
       },
     } as unknown as NodeJS.WritableStream;
-    const results = await classifyCommand({ ...ctx, out }, `s3://${photos}/owed/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 4, stallSeconds: 3 }).finally(async () => {
+    const results = await classifyCommand({ ...ctx, out }, `s3://${photos}/owed/`, { model: 'shapes', watch: true, intervalSeconds: 1, maxRounds: 5, stallSeconds: 3 }).finally(async () => {
       await Promise.all([paused, resumed]);
       await ctx.queues.classify.resume();
     });
-    expect(text).toMatch(/^watch: round 2 failed: .*the classify queue is paused/m);
-    // the image of the round that gave up is classified by the next, by the job that round queued: no second job
-    expect(results.map((r) => r.classified)).toEqual([1, 1]);
-    expect(await ofPrefix()).toHaveLength(2);
+    expect(text).toMatch(/^watch: round \d failed: .*the classify queue is paused/m);
+    // the image of the round that gave up is classified by the job that round queued (followed to
+    // its end, not queued again: two at once would label it twice), and the next image by a job of
+    // its own (that job ran before it was embedded: a review)
+    expect(results.map((r) => r.classified)).toEqual([1, 1, 1]);
+    expect(await ofPrefix()).toHaveLength(3);
   });
 
   it('ingest --watch goes on through an S3 outage, and keeps its space when workers of another start', async () => {
@@ -1281,7 +1288,7 @@ describe('training runs and classification', () => {
     }
     child.kill('SIGINT');
     expect(await exited).toBe(130);
-    expect(said).toContain('interrupted while waiting for its images: no run was queued. The workers go on embedding them (see "transferline status -d waitint"); train again once they are in');
+    expect(said).toContain('interrupted while waiting for its images: no run was queued. The images on their way go on (see "transferline status -d waitint"); train again once they are in');
     expect((await ctx.queues.train.getJobs(['waiting', 'active', 'delayed', 'prioritized'])).filter((j) => (j?.data as { dataset?: string }).dataset === 'waitint')).toEqual([]);
     await ctx.services.datasets.remove('waitint');
   });

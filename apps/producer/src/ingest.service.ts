@@ -152,22 +152,10 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     }
     return manifests.get(m)!;
   };
-  /** a page of items written: the dataset is there from then on, its space recorded, unless deleted meanwhile */
+  /** a page of items written: the dataset is there from then on, its space and this prefix recorded, unless deleted meanwhile */
   let wrote = false;
-  /**
-   * Deleted while it was listed (delete dataset): the pages still to come would make a dataset of
-   * the rest alone, without its space or prefixes (a review). Asked before each page after the
-   * first and after the last: a page's write puts the dataset back in the list of datasets, but
-   * not its space, which only an ingest's first page records. What pages written since the
-   * deletion made, items of no space that nothing can use, goes.
-   */
-  const stillThere = async () => {
-    if (!wrote || (await datasets.space(req.dataset)) !== undefined) return;
-    await datasets.remove(req.dataset);
-    throw new CliExit(EXIT.vanished, `transferline: dataset ${req.dataset} was deleted while this ingest listed s3://${req.bucket}/${req.prefix} (stopped after ${counts.listed - page.length} objects, rather than make a dataset of the rest alone): ingest again to make it anew`);
-  };
   const flush = async () => {
-    await stillThere();
+    if (wrote) await stillThere(req, datasets, req.prefix, counts.listed - page.length);
     const labelled = page.flatMap((o) => {
       const item = req.labels === 'none' ? { label: UNLABELLED } : itemFromKey(req.prefix, o.key);
       if (item === undefined) counts.unlabelled++;
@@ -220,7 +208,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     if (page.length >= (deps.pageSize ?? 1_000)) await flush();
   }
   if (page.length) await flush();
-  await stillThere();
+  if (wrote) await stillThere(req, datasets, req.prefix, counts.listed);
   // A hidden object that a label manifest still standing labels is the manifest's: a listing does
   // not take it out (each listing and manifest ingest took it from the other: a review), and it
   // counts as one of the dataset's images listed (else every round of --watch scanned the dataset).
@@ -247,6 +235,19 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
   if (empty.length && req.labels !== 'none') counts.emptyFolders = empty;
   await onPage?.({ ...counts });
   return counts;
+}
+
+/**
+ * Deleted while an ingest wrote it (delete dataset, or Redis's data lost): the pages still to come
+ * would make a dataset of the rest alone, without its space or sources (a review). Asked between
+ * pages and after the last: a page's write lists the dataset again, but records neither its space
+ * nor its sources, which only an ingest's first page records (another ingest that made the dataset
+ * anew from other prefixes does not record this one). Pages written after the deletion are left
+ * as they are: ingested again, the dataset gets its space and sources back.
+ */
+async function stillThere(req: { dataset: string; bucket: string }, datasets: IngestDeps['services']['datasets'], prefix: string, done: number): Promise<void> {
+  if (await datasets.holdsSource(req.dataset, req.bucket, prefix)) return;
+  throw new CliExit(EXIT.vanished, `transferline: dataset ${req.dataset} was deleted (or Redis lost its data) while this ingest wrote it, after ${done} objects of s3://${req.bucket}/${prefix}: stopped, rather than make a dataset of what it had not written yet; ingest again to make it anew`);
 }
 
 /** An object to be in the dataset with this label (from its folder, or from a manifest). */
@@ -353,11 +354,13 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
     return o ? [{ ...o, id, label: r.label, ...(r.split && { split: r.split }), manifest: source }] : [];
   });
   for (let i = 0; i < labelled.length; i += 1000) {
+    if (i > 0) await stillThere(req, datasets, req.key, counts.listed);
     const page = labelled.slice(i, i + 1000);
     counts.listed += page.length;
     await applyPage(req, deps, page, counts);
-    onPage?.({ ...counts });
+    await onPage?.({ ...counts });
   }
+  await stillThere(req, datasets, req.key, counts.listed);
   // what the manifest gave the dataset before and gives no more (or whose object is gone)
   const kept = new Set(labelled.map((o) => o.id));
   const gone: string[] = [];

@@ -266,7 +266,7 @@ async function smallJpegs(photos: Image[], n: number): Promise<ImageSet> {
 /**
  * `prepareImage` in this process over the set, round and round, for `seconds`, `lanes` images at
  * a time; on the CPUs `cpus` names when given (this process is pinned there while it runs, and
- * back to every CPU after).
+ * given back the CPUs it had after).
  */
 function rawMeasurer(images: Image[], o: PrepareOptions, lanes: number, cpus?: string): Measurer {
   return async (seconds) => {

@@ -112,6 +112,12 @@ export class DatasetRepository {
     await this.redis.sadd(this.keys.datasetSources(dataset), DatasetRepository.source(bucket, prefix));
   }
 
+  /** Whether the dataset records `bucket/prefix` (or a manifest's `bucket/key`) as a source, and a space: what an ingest's first page records, and a deletion removes. */
+  async holdsSource(dataset: string, bucket: string, prefix: string): Promise<boolean> {
+    const [space, source] = await Promise.all([this.space(dataset), this.redis.sismember(this.keys.datasetSources(dataset), DatasetRepository.source(bucket, prefix))]);
+    return space !== undefined && source === 1;
+  }
+
   /** Every `bucket/prefix` ingested into the dataset. */
   async sources(dataset: string): Promise<string[]> {
     return this.redis.smembers(this.keys.datasetSources(dataset));

@@ -1,4 +1,5 @@
 import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetRepository, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace, type TrainJob } from '@transferline/shared';
+import type { Job } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { watchRounds, WatchEnded } from '../watch-loop.js';
 import { latestRun, listModelRuns } from './models.command.js';
@@ -103,16 +104,18 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   const dataset = classifyDatasetName(model.dataset);
   const stallSeconds = o.stallSeconds ?? 30;
   const results: ClassifyResult[] = [];
-  // A round that found images to classify and did not see them classified (its wait or its
-  // classify job gave up): the next round classifies, new images or none (they are embedded by
-  // then, no longer new to the listing); with the job it queued, while that one still waits or runs.
+  // A round that found images to classify and did not see them classified (its listing, its wait
+  // or its classify job gave up): the next round classifies, new images or none (they are embedded
+  // by then, no longer new to the listing), after the job it queued, if it did, has ended.
   let owed = false;
   const carry: { jobId?: string } = {};
   await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, (round) =>
     classifyRound(round).catch((err: unknown) => {
-      // the images classify keeps for the model deleted meanwhile (delete dataset _classify.…), or Redis's data lost
+      // the images classify keeps for the model deleted meanwhile (delete dataset _classify.…), or
+      // Redis's data lost: as between two rounds, the next round takes them in again (and labels
+      // them all again, as the next classify does after such a deletion)
       if (err instanceof CliExit && err.code === EXIT.vanished) {
-        throw new WatchEnded(EXIT.vanished, `transferline: ${dataset}, where classify keeps the images it labels with ${model.dataset}, was deleted while this command ran (delete dataset, or Redis lost its data): stopping; the same classify command again labels the images anew`);
+        throw new CliExit(EXIT.vanished, `transferline: ${dataset}, where classify keeps the images it labels with ${model.dataset}, was deleted while this round ran (delete dataset, or Redis lost its data)${o.watch ? ': the next round takes them in again' : ': the same command again labels them anew'}`);
       }
       throw err;
     }),
@@ -127,7 +130,10 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
       throw new WatchEnded(EXIT.error, `transferline: model ${model.dataset}@${model.runId} is gone from the bucket since this watch began (deleted?): stopping, as nothing more can be classified with it; new images under ${printable(url)} are not labelled. Watch with another run (see transferline models -d ${model.dataset})`);
     }
     await restoreLostIndex(ctx, model.space.id);
-    const counts = await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues });
+    // (owed from the first page that takes images in: a listing that fails on a later page has enqueued them all the same)
+    const counts = await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues }, (c) => {
+      if (c.enqueued + c.fromCache + c.retried > 0) owed = true;
+    });
     const within = DatasetRepository.source(bucket, prefix);
     const before = await ctx.services.inspector.status(dataset, 0, within);
     // a mistyped prefix must not read as "all done", nor end as a success (as ingest's does not)
@@ -150,10 +156,16 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     const onTheirWay = before.pending + before.orphaned;
     // A round of --watch that found nothing new writes no results file (every round's would list
     // the same images, failures included, as "already done").
-    if (counts.enqueued + counts.fromCache + counts.retried + onTheirWay > 0) owed = true;
+    const foundNew = counts.enqueued + counts.fromCache + counts.retried + onTheirWay > 0;
+    if (foundNew) owed = true;
     if (onTheirWay > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within, ours: { count: onTheirWay, what: 'the images on their way', whole: 'the prefix' } });
     if (round === 1 || owed) {
-      results.push(await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1, carry));
+      // The job an earlier round queued and did not see to its end, to its end first (two at once
+      // would label the same images into two files). It labels what was embedded when it ran:
+      // what that round found; this round's images, if it found any, get a job of their own.
+      const earlier = carry.jobId ? await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1, carry, 'carried') : undefined;
+      if (earlier) results.push(earlier);
+      if (!earlier || foundNew) results.push((await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1, carry, 'new'))!);
       owed = false;
     }
     if (round === 1 && o.watch) ctx.out.write(`watching s3://${printable(bucket)}/${printable(prefix)}: listing it every ${o.intervalSeconds} s for new images to classify (Ctrl-C to stop)\n`);
@@ -173,14 +185,19 @@ async function classifyPrefix(
   prefix: string,
   stallSeconds: number,
   pointBack: boolean,
-  /** the job of an earlier round not followed to its end (a watch's): followed again, or its result taken, unless it failed */
-  carry: { jobId?: string } = {},
-): Promise<ClassifyResult> {
-  // (two at once, taken by two train workers, would label the same images into two files)
-  const queuedBefore = carry.jobId ? await ctx.queues.classify.getJob(carry.jobId) : undefined;
-  const state = queuedBefore && (await queuedBefore.getState());
-  let job = state && state !== 'failed' && state !== 'unknown' ? queuedBefore : undefined;
-  if (!job) {
+  /** the job of a round not followed to its end (a watch's), set while one is followed */
+  carry: { jobId?: string },
+  /** 'carried': follow carry's job again, or take its result (undefined when it failed or is gone); 'new': queue one */
+  which: 'carried' | 'new',
+): Promise<ClassifyResult | undefined> {
+  let job: Job | undefined;
+  if (which === 'carried') {
+    const queuedBefore = carry.jobId ? await ctx.queues.classify.getJob(carry.jobId) : undefined;
+    const state = queuedBefore && (await queuedBefore.getState());
+    carry.jobId = undefined;
+    if (!queuedBefore || state === 'failed' || state === 'unknown') return undefined;
+    job = queuedBefore;
+  } else {
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
     const payload: ClassifyJob = {
       dataset,

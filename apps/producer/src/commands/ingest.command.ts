@@ -239,7 +239,7 @@ export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions)
       outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1, watching: true });
     } catch (err) {
       // deleted while the round listed or waited: the watch ends there, as at the next round's look
-      if (err instanceof CliExit && err.code === EXIT.vanished) throw new WatchEnded(EXIT.vanished, `${err.message}; this watch stops`);
+      if (err instanceof CliExit && err.code === EXIT.vanished) throw new WatchEnded(EXIT.vanished, `${err.message.replace(/[.\s]+$/, '')}; this watch stops`);
       throw err;
     } finally {
       // (once there, the dataset stays the watch's, a round that failed after writing it too; a
