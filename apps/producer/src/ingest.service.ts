@@ -242,11 +242,13 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
  * would make a dataset of the rest alone, without its space or sources (a review). Asked between
  * pages and after the last: a page's write lists the dataset again, but records neither its space
  * nor its sources, which only an ingest's first page records (another ingest that made the dataset
- * anew from other prefixes does not record this one). Pages written after the deletion are left
- * as they are: ingested again, the dataset gets its space and sources back.
+ * anew from other prefixes does not record this one).
  */
 async function stillThere(req: { dataset: string; bucket: string }, datasets: IngestDeps['services']['datasets'], prefix: string, done: number): Promise<void> {
   if (await datasets.holdsSource(req.dataset, req.bucket, prefix)) return;
+  // What pages written after the deletion made, when no other ingest has made the dataset anew (no
+  // space, no source): a dataset of nothing usable, whose name would keep another watch of it going.
+  if ((await datasets.space(req.dataset)) === undefined && (await datasets.sources(req.dataset)).length === 0) await datasets.remove(req.dataset);
   throw new CliExit(EXIT.vanished, `transferline: dataset ${req.dataset} was deleted (or Redis lost its data) while this ingest wrote it, after ${done} objects of s3://${req.bucket}/${prefix}: stopped, rather than make a dataset of what it had not written yet; ingest again to make it anew`);
 }
 

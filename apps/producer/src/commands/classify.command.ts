@@ -108,6 +108,8 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   // or its classify job gave up): the next round classifies, new images or none (they are embedded
   // by then, no longer new to the listing), after the job it queued, if it did, has ended.
   let owed = false;
+  // images found since the last classify job was queued: a job queued before them (carry's) does not cover them
+  let unqueued = false;
   const carry: { jobId?: string } = {};
   await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, (round) =>
     classifyRound(round).catch((err: unknown) => {
@@ -115,7 +117,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
       // Redis's data lost: as between two rounds, the next round takes them in again (and labels
       // them all again, as the next classify does after such a deletion)
       if (err instanceof CliExit && err.code === EXIT.vanished) {
-        throw new CliExit(EXIT.vanished, `transferline: ${dataset}, where classify keeps the images it labels with ${model.dataset}, was deleted while this round ran (delete dataset, or Redis lost its data)${o.watch ? ': the next round takes them in again' : ': the same command again labels them anew'}`);
+        throw new CliExit(EXIT.vanished, `transferline: ${dataset}, where classify keeps the images it labels with ${model.dataset}, was deleted while this round ran (delete dataset, or Redis lost its data)${o.watch && round > 1 ? ': the next round takes them in again' : ': the same command again labels them anew'}`);
       }
       throw err;
     }),
@@ -132,7 +134,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     await restoreLostIndex(ctx, model.space.id);
     // (owed from the first page that takes images in: a listing that fails on a later page has enqueued them all the same)
     const counts = await ingestPrefix({ bucket, prefix, dataset, space: model.space, labels: 'none' }, { services: ctx.services, queues: ctx.queues }, (c) => {
-      if (c.enqueued + c.fromCache + c.retried > 0) owed = true;
+      if (c.enqueued + c.fromCache + c.retried > 0) owed = unqueued = true;
     });
     const within = DatasetRepository.source(bucket, prefix);
     const before = await ctx.services.inspector.status(dataset, 0, within);
@@ -156,16 +158,20 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
     const onTheirWay = before.pending + before.orphaned;
     // A round of --watch that found nothing new writes no results file (every round's would list
     // the same images, failures included, as "already done").
-    const foundNew = counts.enqueued + counts.fromCache + counts.retried + onTheirWay > 0;
-    if (foundNew) owed = true;
+    if (counts.enqueued + counts.fromCache + counts.retried + onTheirWay > 0) owed = unqueued = true;
     if (onTheirWay > 0) await waitForDataset(ctx, dataset, { space: model.space.id, stallSeconds, within, ours: { count: onTheirWay, what: 'the images on their way', whole: 'the prefix' } });
     if (round === 1 || owed) {
       // The job an earlier round queued and did not see to its end, to its end first (two at once
       // would label the same images into two files). It labels what was embedded when it ran:
-      // what that round found; this round's images, if it found any, get a job of their own.
+      // images found since it was queued get a job of their own (one that finds them labelled
+      // by it after all says nothing).
       const earlier = carry.jobId ? await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1, carry, 'carried') : undefined;
       if (earlier) results.push(earlier);
-      if (!earlier || foundNew) results.push((await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1, carry, 'new'))!);
+      if (!earlier || unqueued) {
+        unqueued = false;
+        const r = await classifyPrefix(ctx, model, dataset, bucket, prefix, stallSeconds, round === 1, carry, 'new', { quietIfNothing: earlier !== undefined });
+        if (r) results.push(r);
+      }
       owed = false;
     }
     if (round === 1 && o.watch) ctx.out.write(`watching s3://${printable(bucket)}/${printable(prefix)}: listing it every ${o.intervalSeconds} s for new images to classify (Ctrl-C to stop)\n`);
@@ -189,6 +195,8 @@ async function classifyPrefix(
   carry: { jobId?: string },
   /** 'carried': follow carry's job again, or take its result (undefined when it failed or is gone); 'new': queue one */
   which: 'carried' | 'new',
+  /** a result that classified nothing is neither printed nor returned */
+  o: { quietIfNothing?: boolean } = {},
 ): Promise<ClassifyResult | undefined> {
   let job: Job | undefined;
   if (which === 'carried') {
@@ -215,6 +223,7 @@ async function classifyPrefix(
   carry.jobId = job.id;
   const r = await followJob<ClassifyResult>(ctx, ctx.queues.classify, job, { what: `classifying s3://${bucket}/${prefix}`, role: 'train', stallSeconds });
   carry.jobId = undefined;
+  if (o.quietIfNothing && r.classified + r.failed === 0) return undefined;
   const labels = r.byLabel.map((l) => `${printable(l.label)} ${l.count}`).join(', ');
   const { bucket: results } = ctx.config.s3;
   const skippedFailed = r.skippedFailed ?? 0;

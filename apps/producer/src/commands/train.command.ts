@@ -142,7 +142,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
         throw new CliExit(EXIT.interrupted, `\ninterrupted while waiting for its images: no run was queued. The images on their way go on (see "transferline status -d ${o.dataset}"); train again once they are in`);
       }
       // (a wait that gave up: the same, whatever it says of the workers)
-      if (err instanceof CliExit) throw new CliExit(err.code, `${err.message.replace(/\s+$/, '')}\nno run was queued: train again once the images are in (or now, on those embedded, with --partial)`);
+      if (err instanceof CliExit) throw new CliExit(err.code, `${err.message.replace(/\s+$/, '')}\nno run was queued${err.code === EXIT.stalled ? ': train again once the images are in (or now, on those embedded, with --partial)' : ''}`);
       throw err;
     });
   } else if (waiting > 0) {
