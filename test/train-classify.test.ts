@@ -16,7 +16,7 @@ import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { demoTrain } from '../apps/producer/src/commands/up.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { classifyDatasetName, jobIds, jobLock, STOP_DEADLINE_MS, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
-import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
+import { ingestManifest, ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { restoreLostIndex } from '../apps/producer/src/data-loss.js';
 import { consoleDeps, loadDataset, loadOverview } from '../apps/producer/src/console/console-data.js';
 import { startFaultProxy } from './support/fault-proxy.js';
@@ -611,6 +611,18 @@ describe('training runs and classification', () => {
     expect(pages).toBe(at);
     // what the page written after the deletion made is gone with it (its name would keep another watch going)
     expect(await ctx.services.datasets.exists(name)).toBe(false);
+  });
+
+  it('a later round of a watch whose dataset was deleted before its first page stops before writing, rather than make it anew (a review)', async () => {
+    for (const kind of kinds) await ctx.services.store.putObject(photos, `gap/${kind}/0.jpg`, await renderSample(kind, 690, 44));
+    const { space } = await ctx.services.spaces.resolve();
+    for (const manifest of [false, true]) {
+      const ingest = manifest
+        ? (await ctx.services.store.putObject(photos, 'gap/labels.csv', Buffer.from(kinds.map((k) => `${k}/0.jpg,${k}\n`).join(''))), ingestManifest({ bucket: photos, key: 'gap/labels.csv', format: 'csv', dataset: 'gap', space, existing: true }, { services: ctx.services, queues: ctx.queues }))
+        : ingestPrefix({ bucket: photos, prefix: 'gap/', dataset: 'gap', space, existing: true }, { services: ctx.services, queues: ctx.queues });
+      await expect(ingest).rejects.toMatchObject({ code: EXIT.vanished, message: expect.stringContaining('dataset gap was deleted (or Redis lost its data) since it was last ingested by this command') });
+      expect(await ctx.services.datasets.exists('gap')).toBe(false);
+    }
   });
 
   it('an ingest whose dataset is deleted and made anew by another ingest of other images stops all the same, and leaves that one be', async () => {

@@ -34,6 +34,12 @@ export interface IngestRequest {
   space: EmbeddingSpace;
   /** 'folders' (default): label = first folder below the prefix; 'none': every object, unlabelled (classify) */
   labels?: 'folders' | 'none';
+  /**
+   * The dataset was there before this ingest (a later round of --watch): gone (no space recorded)
+   * when the first page is about to record it again, it was deleted meanwhile, and this ingest
+   * stops instead of making it anew.
+   */
+  existing?: boolean;
 }
 
 export interface IngestCounts {
@@ -171,6 +177,7 @@ export async function ingestPrefix(req: IngestRequest, deps: IngestDeps, onPage?
     labelledCount += labelled.length;
     page = [];
     if (labelled.length && !recorded) {
+      await notDeletedMeanwhile(req, datasets);
       await datasets.setSpace(req.dataset, req.space.id);
       await datasets.addSource(req.dataset, req.bucket, req.prefix);
       recorded = true;
@@ -250,6 +257,12 @@ async function stillThere(req: { dataset: string; bucket: string }, datasets: In
   // space, no source): a dataset of nothing usable, whose name would keep another watch of it going.
   if ((await datasets.space(req.dataset)) === undefined && (await datasets.sources(req.dataset)).length === 0) await datasets.remove(req.dataset);
   throw new CliExit(EXIT.vanished, `transferline: dataset ${req.dataset} was deleted (or Redis lost its data) while this ingest wrote it, after ${done} objects of s3://${req.bucket}/${prefix}: stopped, rather than make a dataset of what it had not written yet; ingest again to make it anew`);
+}
+
+/** A dataset that was there before this ingest (`existing`) and has no space now was deleted meanwhile: not made anew. */
+async function notDeletedMeanwhile(req: { dataset: string; existing?: boolean }, datasets: IngestDeps['services']['datasets']): Promise<void> {
+  if (!req.existing || (await datasets.space(req.dataset)) !== undefined) return;
+  throw new CliExit(EXIT.vanished, `transferline: dataset ${req.dataset} was deleted (or Redis lost its data) since it was last ingested by this command: stopped before writing to it`);
 }
 
 /** An object to be in the dataset with this label (from its folder, or from a manifest). */
@@ -348,6 +361,7 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
         `a key relative to the manifest's folder is read from s3://${req.bucket}/${folder}${firstLine === undefined ? '' : `; ${headerHint(firstLine)}`}`,
     );
   }
+  await notDeletedMeanwhile(req, datasets);
   await datasets.setSpace(req.dataset, req.space.id);
   await datasets.addSource(req.dataset, req.bucket, req.key);
   const labelled: Labelled[] = rows.flatMap((r) => {

@@ -27,6 +27,8 @@ export interface IngestOptions {
   quietUnlessNew?: boolean;
   /** a round of --watch (the first included): a prefix with no label folder yet is watched, not refused */
   watching?: boolean;
+  /** the dataset was there after an earlier round of this watch: deleted since, it is not made anew (IngestRequest.existing) */
+  existing?: boolean;
 }
 
 export interface IngestOutcome {
@@ -95,8 +97,8 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
     // (a manifest of millions of rows is read and checked whole before anything is found)
     if (manifest) listing?.update(0, 0, 'reading the manifest and finding its images', true);
     counts = manifest
-      ? await ingestManifest({ ...manifest, dataset: o.dataset, space }, deps, (c) => listing?.update(c.listed, c.listed, `found, ${c.enqueued} enqueued`))
-      : await ingestPrefix({ bucket, prefix, dataset: o.dataset, space }, deps, (c) => listing?.update(c.listed, c.listed, `listed, ${c.enqueued} enqueued`));
+      ? await ingestManifest({ ...manifest, dataset: o.dataset, space, existing: o.existing }, deps, (c) => listing?.update(c.listed, c.listed, `found, ${c.enqueued} enqueued`))
+      : await ingestPrefix({ bucket, prefix, dataset: o.dataset, space, existing: o.existing }, deps, (c) => listing?.update(c.listed, c.listed, `listed, ${c.enqueued} enqueued`));
   } catch (err) {
     if (err instanceof ManifestError) throw new CliExit(EXIT.error, `transferline: ${err.message.split('\n').map(printable).join('\n')}`);
     if (manifest && err instanceof ObjectNotFoundError && err.key === manifest.key) {
@@ -228,7 +230,8 @@ export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions)
   await watchRounds(ctx, { intervalSeconds, maxRounds }, async (round) => {
     // Deleted meanwhile (a review: the next round made it again, every object downloaded and
     // decoded again, and said nothing), or Redis lost its data: not this watch's to bring back.
-    if (existed && !(await ctx.services.datasets.exists(ingest.dataset))) {
+    // (its space, not its name: a page another ingest wrote after the deletion lists the name again)
+    if (existed && (await ctx.services.datasets.space(ingest.dataset)) === undefined) {
       throw new WatchEnded(
         EXIT.vanished,
         `transferline: dataset ${ingest.dataset} is gone from Redis since this watch's last round (deleted with transferline delete dataset, or Redis lost its data): stopping, rather than ingest all of ${printable(url)} again as a new dataset; the same command again does that`,
@@ -236,7 +239,7 @@ export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions)
     }
     let outcome: IngestOutcome;
     try {
-      outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1, watching: true });
+      outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1, watching: true, existing: existed });
     } catch (err) {
       // deleted while the round listed or waited: the watch ends there, as at the next round's look
       if (err instanceof CliExit && err.code === EXIT.vanished) throw new WatchEnded(EXIT.vanished, `${err.message.replace(/[.\s]+$/, '')}; this watch stops`);
