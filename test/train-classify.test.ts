@@ -584,7 +584,7 @@ describe('training runs and classification', () => {
     } as unknown as NodeJS.WritableStream;
     const rounds: IngestOutcome[] = [];
     const watch = watchIngest({ ...ctx, out }, `s3://${photos}/gonewatch/`, { dataset: 'gonewatch', wait: true, intervalSeconds: 1, maxRounds: 5, onRound: (r) => rounds.push(r) });
-    await expect(watch).rejects.toMatchObject({ code: EXIT.vanished, message: expect.stringContaining('dataset gonewatch is gone from Redis since this watch\'s last round') });
+    await expect(watch).rejects.toMatchObject({ code: EXIT.vanished, message: expect.stringContaining('dataset gonewatch was deleted (or Redis lost its data) since it was last ingested by this command: stopped before writing to it; this watch stops') });
     expect(await deleted).toBe(true);
     expect(rounds).toHaveLength(1);
     expect(await ctx.services.datasets.exists('gonewatch')).toBe(false);

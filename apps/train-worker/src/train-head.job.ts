@@ -1,5 +1,6 @@
 import type * as tfTypes from '@tensorflow/tfjs';
 import {
+  mayPassIfAskedAgain,
   CONFLICTS_NAMED,
   conflictsLabelledBy,
   DatasetRepository,
@@ -51,13 +52,6 @@ export interface EpochProgress extends Partial<EpochLog> {
 export const SAVE_OUTAGE_WAIT_MS = 30 * 60_000;
 /** A save that failed on an S3 that answers (5xx, throttled) is tried again after these waits (a 500 rarely lasts): then thrown. */
 export const SAVE_ERROR_RETRY_DELAYS_MS = [2_000, 8_000, 30_000] as const;
-
-/** An S3 error that may pass if asked again: a 5xx or a throttling answer (not a refusal, a missing bucket, or our own error). */
-function passing(err: unknown): boolean {
-  const e = err as { $metadata?: { httpStatusCode?: number }; name?: string; $retryable?: unknown };
-  const status = e.$metadata?.httpStatusCode;
-  return (status !== undefined && (status >= 500 || status === 429)) || e.$retryable !== undefined || ['SlowDown', 'InternalError', 'ServiceUnavailable', 'RequestTimeout', 'ThrottlingException'].includes(e.name ?? '');
-}
 
 /** What a run's save (the head, its report, the latest pointer, to S3) is given when a stopping worker decides whether the run can end within its deadline. */
 const SAVE_ALLOWANCE_MS = 10_000;
@@ -269,7 +263,7 @@ export async function saveOnceS3Answers(
       return await save();
     } catch (err) {
       if (!s3 || !(await s3.isOutage(err))) {
-        const delay = passing(err) ? delays.shift() : undefined;
+        const delay = mayPassIfAskedAgain(err) ? delays.shift() : undefined;
         if (delay === undefined) throw err;
         ctx.log.warn({ runId: o.runId, err: (err as Error).message }, `the trained run's save failed: trying again in ${delay / 1000} s (${delays.length} more tries after that)`);
         // in steps: train --cancel meanwhile ends the run writing nothing, and a worker asked to

@@ -191,6 +191,16 @@ function refusedStatus(err: unknown): number | undefined {
   return status !== undefined && status >= 400 && status < 500 && ![404, 408, 429].includes(status) ? status : undefined;
 }
 
+/**
+ * An S3 error that may pass if asked again, past the SDK's own attempts: a 5xx or a throttling
+ * answer; not a refusal (refusedStatus), a missing key or bucket, or an error of our own.
+ */
+export function mayPassIfAskedAgain(err: unknown): boolean {
+  const e = err as { $metadata?: { httpStatusCode?: number }; name?: string; $retryable?: unknown };
+  const status = e.$metadata?.httpStatusCode;
+  return (status !== undefined && (status >= 500 || status === 429)) || e.$retryable !== undefined || ['SlowDown', 'InternalError', 'ServiceUnavailable', 'RequestTimeout', 'ThrottlingException'].includes(e.name ?? '');
+}
+
 /** `s3://bucket/some/prefix/` → `{ bucket, prefix }` (prefix normalised to end with `/` or be empty). */
 export function parseS3Url(url: string): { bucket: string; prefix: string } {
   const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(url);

@@ -225,18 +225,12 @@ export interface WatchOptions extends Omit<IngestOptions, 'quietUnlessNew'> {
 export async function watchIngest(ctx: CliContext, url: string, o: WatchOptions): Promise<{ failed: boolean }> {
   let failed = false;
   const { intervalSeconds, maxRounds, onRound, ...ingest } = o;
-  // whether the dataset was there after the last round (a first round of an empty prefix makes none)
+  // Whether the dataset was there after an earlier round (a first round of an empty prefix makes
+  // none): deleted since (a review: the next round made it again, every object downloaded and
+  // decoded again, and said nothing), or Redis's data lost, the round's ingest stops before its
+  // first write (`existing`), and the watch with it: not this watch's to bring back.
   let existed = false;
   await watchRounds(ctx, { intervalSeconds, maxRounds }, async (round) => {
-    // Deleted meanwhile (a review: the next round made it again, every object downloaded and
-    // decoded again, and said nothing), or Redis lost its data: not this watch's to bring back.
-    // (its space, not its name: a page another ingest wrote after the deletion lists the name again)
-    if (existed && (await ctx.services.datasets.space(ingest.dataset)) === undefined) {
-      throw new WatchEnded(
-        EXIT.vanished,
-        `transferline: dataset ${ingest.dataset} is gone from Redis since this watch's last round (deleted with transferline delete dataset, or Redis lost its data): stopping, rather than ingest all of ${printable(url)} again as a new dataset; the same command again does that`,
-      );
-    }
     let outcome: IngestOutcome;
     try {
       outcome = await ingestCommand(ctx, url, { ...ingest, quietUnlessNew: round > 1, watching: true, existing: existed });
