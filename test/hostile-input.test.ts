@@ -306,7 +306,7 @@ describe('small CLI holes', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
-  });
+  }, 180_000); // about 20 CLI commands, each one's start about 0.7 s of CPU: 16 s alone, more beside other work
 
   it('an empty prefix says so, and nonsense sizes are refused', async () => {
     const none = await cli(['ingest', `s3://${photos}/no-such-prefix/`, '-d', 'none']);
