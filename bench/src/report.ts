@@ -89,6 +89,9 @@ const CLOCK_TICKS = 100; // USER_HZ: 100 on every Linux architecture Node runs o
 /** Whether processes can be pinned to cores here (Linux with util-linux's taskset). */
 export const canPin = process.platform === 'linux' && spawnSync('taskset', ['-V'], { stdio: 'ignore' }).status === 0;
 
+/** The CPUs this process may run on as it was started (taskset's list syntax), to give back after pinning it; '' without taskset. */
+export const OWN_CPUS = canPin ? execFileSync('taskset', ['-c', '-p', String(process.pid)], { encoding: 'utf8' }).split(':').pop()!.trim() : '';
+
 /**
  * Pins every thread a process has to `cpus` (taskset's list syntax: "0", "1", "0-1"); threads
  * it starts later inherit the setting from the thread that starts them.

@@ -18,10 +18,9 @@ import { enqueue, jobIds, type EmbedJob } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { RawStreams } from '../ort-streams.js';
 import { ensurePythonPeers, PYTHON } from '../python-peers.js';
-import { canPin, cpuSeconds, machine, peakRssMb, pinProcess, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
+import { canPin, cpuSeconds, OWN_CPUS, machine, peakRssMb, pinProcess, timeAtLeast, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 const SIZE = 224 * 224 * 3;
-const ALL_CPUS = `0-${os.availableParallelism() - 1}`;
 const BATCHES = [1, 8, 32] as const;
 const quiet = { write: () => true } as unknown as NodeJS.WritableStream;
 const baseEnv = { TL_MODEL_WEIGHTS: 'random', TL_LOG_LEVEL: 'warn' };
@@ -222,7 +221,7 @@ async function stageRate(o: {
       await ctx.close();
     }
   } finally {
-    if (o.ownCore) pinProcess(process.pid, ALL_CPUS);
+    if (o.ownCore) pinProcess(process.pid, OWN_CPUS);
     await stack.destroy();
   }
 }
@@ -298,7 +297,7 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
       for (const b of BATCHES) rows.push({ name: name.ownCore(b), value: r[b]!, unit: 'images/s' });
       log(`ORT ours 1 thread on CPU 0: ${JSON.stringify(r)}`);
     } finally {
-      pinProcess(process.pid, ALL_CPUS);
+      pinProcess(process.pid, OWN_CPUS);
       await e.dispose();
     }
   } else {
@@ -397,7 +396,7 @@ export async function embedBench(o: { images: number; seconds?: number }): Promi
       await warmUp(forward, heldPool, b);
       return (await rateOf(forward, heldPool, b, seconds / 2)).rate;
     } finally {
-      if (pinned) pinProcess(process.pid, ALL_CPUS);
+      if (pinned) pinProcess(process.pid, OWN_CPUS);
     }
   };
   const ROUNDS = 3;

@@ -11,7 +11,7 @@ import { startTempStack } from '@transferline/producer/embedded/temp-stack';
 import { configureSharp, prepareImage, type PrepareOptions } from '@transferline/feature-worker/image.ops';
 import { contentHash, defaultPreprocessConcurrency } from '@transferline/shared';
 import { ensurePythonPeers, PYTHON } from '../python-peers.js';
-import { canPin, cpuSeconds, machine, pinProcess, until, withRatios, type Row, type SuiteResult } from '../report.js';
+import { canPin, cpuSeconds, machine, OWN_CPUS, pinProcess, until, withRatios, type Row, type SuiteResult } from '../report.js';
 
 /**
  * Issue 3's benchmark: decode + resize to 224×224 on the same images held in memory, in one run:
@@ -30,8 +30,6 @@ import { canPin, cpuSeconds, machine, pinProcess, until, withRatios, type Row, t
 
 /** The CPU the 1-process stage's worker is pinned to (worker i on CPU i). */
 const STAGE_CORE = '0';
-/** The CPUs this process may run on as it was started, given back after a raw loop pinned to STAGE_CORE. */
-const OWN_CPUS = canPin ? execFileSync('taskset', ['-c', '-p', String(process.pid)], { encoding: 'utf8' }).split(':').pop()!.trim() : '';
 /** A worker process as if on a machine of one core: the images in flight that such a machine gets by default, one decode thread. */
 const ONE_CORE = { TL_PREPROCESS_CONCURRENCY: String(defaultPreprocessConcurrency(1)), TL_SHARP_CONCURRENCY: '1', UV_THREADPOOL_SIZE: '1' };
 const PREP: PrepareOptions = { size: 224, maxInputPixels: 100_000_000, background: '#ffffff' };
