@@ -505,4 +505,57 @@ describe('train on a dataset with images still pending', () => {
     expect(follow.code).toBe(0);
     expect(follow.stdout).toMatch(/run grow-full: validation accuracy/);
   }, 180_000);
+
+  it('a run queued before new images came waits for them when it starts, and gives up naming what holds them when they stop moving', async () => {
+    for (const kind of KINDS) for (let i = 0; i < 3; i++) await ctx.services.store.putObject(photos, `later/${kind}/${i}.jpg`, await renderSample(kind, 120 + i, 17));
+    expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later'])).code).toBe(0);
+    const report = (runId: string) => ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('later', runId, 'report.json'));
+    // A run queued while the dataset is whole, started (the train worker busy before: its queue
+    // paused here) once an ingest has put new images on their way: it waits for them, saying so,
+    // and trains on them too, where it failed at once (images-pending).
+    await ctx.queues.train.pause();
+    let resumed = false;
+    stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
+    let following: ReturnType<typeof cli> | undefined;
+    try {
+      expect((await cli(['train', '-d', 'later', '--epochs', '5', '--run-id', 'later-1', '--no-wait'])).code).toBe(0);
+      for (let i = 0; i < 2; i++) await ctx.services.store.putObject(photos, `later/square/new-${i}.jpg`, await renderSample('square', 130 + i, 17));
+      expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later', '--no-wait'])).code).toBe(0);
+      await ctx.queues.train.resume();
+      resumed = true;
+      let said = '';
+      following = runCli(['train', '--follow', 'later-1'], stack.env, 120_000, { onOutput: (c) => (said += c) });
+      await until('the run to say it waits for the new images', () => said.includes('waiting for 2 images of later on their way (ingested since the run was queued)'), 60);
+      // (and it keeps waiting while they cannot move: no stall timeout ends it while preprocess is connected)
+      expect(await (await ctx.queues.train.getJob('train-later-1'))!.getState()).toBe('active');
+    } finally {
+      stack.supervisor.signal('preprocess', 1, 'SIGCONT');
+      if (!resumed) await ctx.queues.train.resume();
+    }
+    const r1 = await following!;
+    expect(r1.code).toBe(0);
+    expect(r1.stdout).toMatch(/run later-1: validation accuracy/);
+    expect((await report('later-1'))!.coverage).toEqual({ total: 8, embedded: 8, pending: 0, failed: 0, partial: false });
+
+    // Images that stop moving (the preprocess queue paused) end the wait after the run's stall
+    // timeout (the command's --stall-timeout), naming what holds them: nothing waits for ever.
+    await ctx.queues.train.pause();
+    resumed = false;
+    try {
+      expect((await cli(['train', '-d', 'later', '--epochs', '5', '--run-id', 'later-2', '--no-wait', '--stall-timeout', '3'])).code).toBe(0);
+      await ctx.queues.preprocess.pause();
+      await ctx.services.store.putObject(photos, 'later/circle/new-0.jpg', await renderSample('circle', 140, 17));
+      expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later', '--no-wait'])).code).toBe(0);
+      await ctx.queues.train.resume();
+      resumed = true;
+      const r2 = await cli(['train', '--follow', 'later-2'], 90_000);
+      expect(r2.timedOut).toBe(false);
+      expect(r2.code).not.toBe(0);
+      expect(r2.stderr).toMatch(/1 of 9 images of later are not embedded in \S+ yet: none done for \d+ s, and the preprocess queue is paused \(resume it: the console's queue board\); wait for them, or train with --partial\n$/);
+      expect(await report('later-2')).toBeUndefined();
+    } finally {
+      await ctx.queues.preprocess.resume();
+      if (!resumed) await ctx.queues.train.resume();
+    }
+  }, 240_000);
 });

@@ -33,18 +33,20 @@ export interface TrainDeps {
   metrics: Metrics;
   /** the worker's S3 guard: a run trained waits out an outage of S3 to be saved, rather than be trained again */
   s3?: Pick<DependencyGuard, 'up' | 'reason' | 'isOutage'>;
+  /** why a stage cannot move the images a run waits for (its queue paused, no worker of it connected), if it cannot now */
+  stageBlocked?: (stage: 'preprocess' | 'embed', space: string) => Promise<string | undefined>;
 }
 
 /** Progress reported after each epoch (the CLI draws its bar from it). */
 export interface EpochProgress extends Partial<EpochLog> {
-  /** put-back: the run goes back to the queue, to start again from its first epoch (`why`) */
-  phase: 'loading' | 'training' | 'saving' | 'put-back';
+  /** put-back: the run goes back to the queue, to start again from its first epoch (`why`); waiting: for images on their way when it started (`why`) */
+  phase: 'loading' | 'waiting' | 'training' | 'saving' | 'put-back';
   epoch: number;
   /** the epochs asked for; once saving, the epochs run (fewer when stopped early) */
   epochs: number;
   /** saving after stopping early: the epochs that were asked for */
   planned?: number;
-  /** saving: what the save waits for (S3 unreachable); put-back: why the run goes back to the queue */
+  /** saving: what the save waits for (S3 unreachable); put-back: why the run goes back to the queue; waiting: what for */
   why?: string;
 }
 
@@ -58,6 +60,11 @@ const SAVE_ALLOWANCE_MS = 10_000;
 
 /** How often a training run asks whether it was cancelled (`train --cancel`), at most. */
 const CANCEL_CHECK_MS = 1_000;
+
+/** How often a run waiting for images on their way looks at its dataset again (at least: four times a scan's length for a large one). */
+const IMAGES_LOOK_MS = 2_000;
+/** How long a run waits at most for images on their way when it starts, however they move. */
+export const IMAGES_WAIT_MAX_MS = 30 * 60_000;
 
 /** Why a training run fails for good (besides the reasons every worker has). */
 export const TRAIN_FAILURE_REASONS = ['images-pending', 'no-data', 'one-class', 'too-small', 'cancelled'] as const;
@@ -110,30 +117,41 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   await putBackIfStopping('before it started');
   await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
 
-  const examples: Example[] = [];
   // the prefixes the CLI found not ingested again, less those an ingest listed to the end since
   const listed = job.notIngestedAgain?.length ? new Set((await services.datasets.listedSources(job.dataset)).map((s) => DatasetRepository.objectUrl(s))) : undefined;
   const left = job.notIngestedAgain?.filter((s) => !listed?.has(s));
-  const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(left?.length && { notIngestedAgain: left }) };
-  let elsewhere = 0;
-  for await (const page of services.inspector.scan(job.dataset)) {
-    await putBackIfStopping('while reading its dataset');
-    for (const v of page) {
-      coverage.total++;
-      if (v.phase === 'failed') coverage.failed++;
-      else if (v.phase !== 'embedded') coverage.pending++;
-      else if (v.space === job.embedderId) {
-        coverage.embedded++;
-        examples.push({ sha256: v.record.sha256!, label: v.record.label, id: v.id, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest !== undefined && { manifest: v.record.manifest }) });
-      } else {
-        coverage.pending++; // embedded in another space: not usable here
-        elsewhere++;
+  const read = async (): Promise<DatasetRead> => {
+    const seen = { examples: [] as Example[], elsewhere: 0, byStage: { preprocess: 0, embed: 0 } };
+    const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(left?.length && { notIngestedAgain: left }) };
+    for await (const page of services.inspector.scan(job.dataset)) {
+      await putBackIfStopping('while reading its dataset');
+      for (const v of page) {
+        coverage.total++;
+        if (v.phase === 'failed') coverage.failed++;
+        else if (v.phase !== 'embedded') {
+          coverage.pending++;
+          if (v.phase !== 'orphaned') seen.byStage[v.phase]++;
+        } else if (v.space === job.embedderId) {
+          coverage.embedded++;
+          seen.examples.push({ sha256: v.record.sha256!, label: v.record.label, id: v.id, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest !== undefined && { manifest: v.record.manifest }) });
+        } else {
+          coverage.pending++; // embedded in another space: not usable here
+          seen.elsewhere++;
+        }
       }
     }
-  }
+    return { ...seen, coverage };
+  };
+  let seen = await read();
+  // Images on their way as the run starts (ingested since the train command waited for the
+  // dataset and queued the run): the run waits for them as the command did, not fail at once
+  // (a user's `ingest --watch` beside a queued run failed it).
+  let stuck: string | undefined;
+  if (seen.coverage.pending > 0 && !job.partial && seen.elsewhere === 0) ({ seen, stuck } = await waitForImages(seen, read, { job, deps, ctx, checks: async (when) => (await cancelled(when), await putBackIfStopping(when)) }));
+  const { coverage, examples, elsewhere } = seen;
   if (coverage.pending > 0 && !job.partial) {
     const why = elsewhere ? ` (${elsewhere} of them are embedded in another space: ingest their prefixes again with --embedder ${job.embedderId})` : '';
-    throw new PermanentError('images-pending', `${coverage.pending} of ${coverage.total} images of ${job.dataset} are not embedded in ${job.embedderId} yet${why}: wait for them, or train with --partial`);
+    throw new PermanentError('images-pending', `${coverage.pending} of ${coverage.total} images of ${job.dataset} are not embedded in ${job.embedderId} yet${why}${stuck ? `: ${stuck};` : ':'} wait for them, or train with --partial`);
   }
   if (examples.length === 0) {
     // ingested, and every image failed: "ingest it first" would send the user round again
@@ -213,7 +231,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
     const { layout } = services;
     const modelPrefix = layout.run(job.dataset, job.runId);
     // (what the run left out is in its report's coverage, not among its settings)
-    const { dataset, runId, embedderId, notIngestedAgain: _left, ...params } = job;
+    const { dataset, runId, embedderId, notIngestedAgain: _left, stallSeconds: _stall, ...params } = job;
     const { promote } = job;
     const sources = (await services.datasets.sources(dataset)).sort().map((s) => DatasetRepository.objectUrl(s));
     const run: RunDoc = { dataset, runId, embedderId, params, backend: deps.backend, createdAt: report.createdAt, sources };
@@ -324,6 +342,62 @@ function resultOf(report: ReportDoc, modelPrefix: string, bucket: string): Train
  * reports' createdAt): a run retried long after is not made latest again, and a rollback by
  * `promote` stands; nor is a run trained with --no-promote.
  */
+/** A dataset as a run reads it: what it can train on, and what it cannot yet. */
+interface DatasetRead {
+  examples: Example[];
+  coverage: ReportDoc['coverage'];
+  /** embedded in another space than the run's: no wait brings them into it */
+  elsewhere: number;
+  /** on their way, by the stage whose job holds them (the orphaned aside: no job moves them) */
+  byStage: { preprocess: number; embed: number };
+}
+
+/**
+ * Waits for the images on their way in a dataset as a run starts, while they are getting done:
+ * until none is on its way, or none has been done for the run's stall timeout while a stage that
+ * holds some cannot move them (its queue paused, or no worker of it connected; a busy one goes
+ * on), or for IMAGES_WAIT_MAX_MS in all. Returns the dataset as last read and, when images are
+ * still on their way or have lost their jobs, why the wait ended.
+ */
+async function waitForImages(
+  first: DatasetRead,
+  read: () => Promise<DatasetRead>,
+  o: { job: TrainJob; deps: TrainDeps; ctx: JobContext; checks: (when: string) => Promise<void> },
+): Promise<{ seen: DatasetRead; stuck?: string }> {
+  const { job } = o;
+  const stallMs = (job.stallSeconds ?? 30) * 1000;
+  const started = performance.now();
+  let seen = first;
+  let done = seen.coverage.embedded + seen.coverage.failed;
+  let movedAt = started;
+  let scanMs = 0;
+  let said = false;
+  for (;;) {
+    const onTheirWay = seen.byStage.preprocess + seen.byStage.embed;
+    const jobless = seen.coverage.pending - seen.elsewhere - onTheirWay;
+    if (onTheirWay === 0) return { seen, ...(jobless > 0 && { stuck: `${jobless} of them have no job to move them on (transferline status -d ${job.dataset} says more)` }) };
+    const now = performance.now();
+    if (now - started > IMAGES_WAIT_MAX_MS) return { seen, stuck: `${onTheirWay} still on their way after the run waited ${Math.round(IMAGES_WAIT_MAX_MS / 60_000)} minutes for them` };
+    if (now - movedAt > stallMs) {
+      const stages = (['preprocess', 'embed'] as const).filter((st) => seen.byStage[st] > 0);
+      const blocked = (await Promise.all(stages.map((st) => o.deps.stageBlocked?.(st, job.embedderId)))).filter((w): w is string => !!w);
+      if (blocked.length) return { seen, stuck: `none done for ${Math.round((now - movedAt) / 1000)} s, and ${blocked.join(', and ')}` };
+    }
+    const why = `${onTheirWay} image${onTheirWay === 1 ? '' : 's'} of ${job.dataset} on ${onTheirWay === 1 ? 'its' : 'their'} way (ingested since the run was queued)`;
+    if (!said) o.ctx.log.info({ dataset: job.dataset, runId: job.runId, onTheirWay }, `run ${job.runId} waits for ${why}`);
+    said = true;
+    await o.ctx.progress({ phase: 'waiting', epoch: 0, epochs: job.epochs, why } satisfies EpochProgress);
+    await sleep(Math.max(IMAGES_LOOK_MS, 4 * scanMs));
+    await o.checks('while it waited for its images');
+    const scanStarted = performance.now();
+    seen = await read();
+    scanMs = performance.now() - scanStarted;
+    const d = seen.coverage.embedded + seen.coverage.failed;
+    if (d > done) movedAt = performance.now();
+    done = d;
+  }
+}
+
 async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext, promote: boolean): Promise<TrainResult> {
   const { dataset, runId } = report;
   const { layout, store } = deps.services;
@@ -376,7 +450,7 @@ function buildReport(
   };
   const validation = splitReport(valP, data.val);
   // (what the run left out is in its report's coverage, not among its settings)
-  const { dataset, runId, embedderId, notIngestedAgain: _left, ...params } = job;
+  const { dataset, runId, embedderId, notIngestedAgain: _left, stallSeconds: _stall, ...params } = job;
   return {
     dataset,
     runId,

@@ -23,7 +23,16 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     throw b === 'tensorflow' ? new Error(`TL_BACKEND=tensorflow does not load: ${(err as Error).message}`) : err;
   });
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
-  const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics, s3 };
+  const queues = createQueues(services.redis, config);
+  // what keeps the images a starting run waits for from moving on, as the train command's wait says it
+  const stageBlocked = async (stage: 'preprocess' | 'embed', space: string): Promise<string | undefined> => {
+    const queue = stage === 'preprocess' ? queues.preprocess : queues.embed(space);
+    const of = stage === 'embed' ? ` of embedding space ${space}` : '';
+    if (await queue.isPaused()) return `the ${stage} queue${of} is paused (resume it: the console's queue board)`;
+    const workers = stage === 'preprocess' ? await queue.getWorkersCount() : await services.spaces.workersOf(space);
+    return workers > 0 ? undefined : `no ${stage} worker${of} connected`;
+  };
+  const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics, s3, stageBlocked };
   const gauges = runGauges(metrics, config.trainGaugesLingerMs);
   const runs = runCounters(metrics, async () => (await services.datasets.list()).filter((d) => !isClassifyDataset(d)));
   metrics.setTrainRunsSource(() => settledWithin(2_000, runs.refresh()));
@@ -43,7 +52,6 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     ctx.log.info({ dataset, runId: payload.runId, validationAccuracy: result.validationAccuracy }, 'run finished');
     return result;
   };
-  const queues = createQueues(services.redis, config);
   exportQueueDepths(metrics, async () => [queues.train, queues.classify]);
   // One job of each kind at a time per process: both hold a model and large arrays in memory.
   // Their locks last at least a minute (the catalog's floor: long synchronous TF.js stretches).

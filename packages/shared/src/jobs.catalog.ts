@@ -114,6 +114,12 @@ export const TrainJob = z.object({
   notIngestedAgain: z.array(z.string()).optional(),
   /** make the run its dataset's latest when it is written (what classify, serve and export use by default) */
   promote: z.boolean().default(true),
+  /**
+   * The train command's --stall-timeout: how long a run that finds images on their way when it
+   * starts waits for them without one done, once a stage that holds some cannot move them
+   * (absent in runs queued by older commands: 30)
+   */
+  stallSeconds: z.number().int().min(0).optional(),
 });
 export type TrainJob = z.infer<typeof TrainJob>;
 export type TrainJobInput = z.input<typeof TrainJob>;

@@ -99,7 +99,9 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   // The settings are checked before any wait: a bad value must not wait for every embedding first.
   const { dataset, wait, partial, runId: _r, stallSeconds: _s, ...settings } = o;
   const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
-  const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined, ...(lost?.missing?.length && { notIngestedAgain: lost.missing }) };
+  const stallSeconds = o.stallSeconds ?? 30;
+  // (stallSeconds: the run's patience too, with images ingested after it was queued that stop moving)
+  const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined, stallSeconds, ...(lost?.missing?.length && { notIngestedAgain: lost.missing }) };
   const parsed = TrainJob.safeParse(input);
   if (!parsed.success) throw new CliExit(EXIT.usage, `transferline: bad training settings: ${parsed.error.issues.map((i) => `${flagOf(i.path)}: ${rangeWords(i) ?? i.message}${i.path.length ? ` (got ${String((input as Record<string, unknown>)[String(i.path[0])])})` : ''}`).join('; ')}`);
   const payload = parsed.data;
@@ -119,7 +121,6 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     const recorded = lost.missing?.length ? ', and the report records what it left out' : '';
     ctx.out.write(`--partial: ${lostDatasetLine(lost)}. Training on what it has${recorded}${latest}.\n`);
   }
-  const stallSeconds = o.stallSeconds ?? 30;
   const status = await inspector.status(o.dataset);
   // embedded in another space: no wait brings them into this one
   const elsewhere = status.elsewhere.reduce((n, e) => n + e.count, 0);
@@ -223,13 +224,13 @@ async function queueingTurn(ctx: CliContext, dataset: string): Promise<() => Pro
   };
 }
 
-/** A run of the same dataset and settings (its id aside) that no worker runs now: waiting, or delayed (the first 1,000 looked at). */
+/** A run of the same dataset and settings (its id and the command's patience aside) that no worker runs now: waiting, or delayed (the first 1,000 looked at). */
 async function queuedTwin(ctx: CliContext, payload: TrainJob): Promise<string | undefined> {
-  const { runId: _, ...settings } = payload;
+  const { runId: _, stallSeconds: _s, ...settings } = payload;
   for (const job of await ctx.queues.train.getJobs(['waiting', 'prioritized', 'delayed'], 0, 999)) {
     const other = TrainJob.safeParse(job?.data);
     if (!other.success || other.data.dataset !== payload.dataset) continue;
-    const { runId, ...its } = other.data;
+    const { runId, stallSeconds: _t, ...its } = other.data;
     if (isDeepStrictEqual(its, settings)) return runId;
   }
   return undefined;
@@ -278,11 +279,13 @@ export async function followRun(
         const detail =
           p.phase === 'training'
             ? `loss ${p.loss?.toFixed(4)} val_loss ${p.valLoss?.toFixed(4)} val_acc ${p.valAccuracy?.toFixed(3)}`
-            : p.phase === 'saving' && p.why
-              ? `saving: ${p.why}`
-              : p.phase === 'saving' && p.planned
-                ? `saving (stopped early: ${p.epochs} of ${p.planned} epochs, validation loss no longer improving)`
-                : p.phase;
+            : p.phase === 'waiting' && p.why
+              ? `waiting for ${p.why}`
+              : p.phase === 'saving' && p.why
+                ? `saving: ${p.why}`
+                : p.phase === 'saving' && p.planned
+                  ? `saving (stopped early: ${p.epochs} of ${p.planned} epochs, validation loss no longer improving)`
+                  : p.phase;
         // a run stopped early keeps the total it was shown with: 20/300, "stopped early: 20 of 300"
         bar.update(p.epoch, p.planned ?? p.epochs, detail, p.phase !== 'training');
       },
