@@ -528,6 +528,8 @@ describe('train on a dataset with images still pending', () => {
       await until('the run to say it waits for the new images', () => said.includes('waiting for 2 images of later on their way (ingested since the run was queued)'), 60);
       // (and it keeps waiting while they cannot move: no stall timeout ends it while preprocess is connected)
       expect(await (await ctx.queues.train.getJob('train-later-1'))!.getState()).toBe('active');
+      // status says what the run does, and which worker holds it
+      expect((await cli(['status'])).stdout).toMatch(/^ {2}train: run later-1 of later waits on train worker [^ ]+:\d+:[0-9a-f]+ for 2 images of later on their way \(ingested since the run was queued\) before it trains \(follow it: transferline train --follow later-1\)$/m);
     } finally {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
       if (!resumed) await ctx.queues.train.resume();

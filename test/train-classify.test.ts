@@ -1329,7 +1329,7 @@ describe('training runs and classification', () => {
     expect((await runCli(['train', '-d', 'shapes', '--epochs', '10000', '--patience', '0', '--run-id', runId, '--no-wait'], stack.env)).code).toBe(0);
     const holder = await holderAtEpoch(runId, 1);
     // status names the run in training, and how far it has got
-    expect((await runCli(['status'], stack.env)).stdout).toMatch(new RegExp(`^ {2}train: run ${runId} of shapes is training, epoch \\d+ of at most 10000 \\(follow it: transferline train --follow ${runId}\\)$`, 'm'));
+    expect((await runCli(['status'], stack.env)).stdout).toMatch(new RegExp(`^ {2}train: run ${runId} of shapes is training on train worker [^ ,]+:\\d+:[0-9a-f]+, epoch \\d+ of at most 10000 \\(follow it: transferline train --follow ${runId}\\)$`, 'm'));
     // stopped: its connection stays open, so it is still a connected train worker
     expect(stack.supervisor.signal('train', 1, 'SIGSTOP')).toBe(true);
     try {

@@ -7,6 +7,7 @@ import { storageHint } from '../storage-hint.js';
 import { runCompletedAfter } from './models.command.js';
 import { holderConnected, takenUpWithinSeconds } from '../job-follow.js';
 import { indexUnderOtherPrefixes, lossOver, lossUnrecorded, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
+import type { EpochProgress } from '@transferline/train-worker/train-head.job';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -58,7 +59,18 @@ export interface StatusReport {
        */
       failedSettled?: { settled: number; of: number };
       /** train only: the runs training now (the first ACTIVE_RUNS_SHOWN), with the epoch each has reached */
-      activeRuns?: { runId: string; dataset: string; epoch: number; epochs: number; /** the train worker that held it, when it is no longer connected (stopping, or killed: then the run waits for its lock to run out) */ workerGone?: string }[];
+      activeRuns?: {
+        runId: string;
+        dataset: string;
+        epoch: number;
+        epochs: number;
+        /** the train worker that holds it (host:pid:…) */
+        worker?: string;
+        /** what it waits for before it trains (images on their way when it started), if it waits */
+        waitingFor?: string;
+        /** the train worker that held it, when it is no longer connected (stopping, or killed: then the run waits for its lock to run out) */
+        workerGone?: string;
+      }[];
     }
   >;
   spaces: SpaceStatus[];
@@ -308,7 +320,17 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const data = j?.data as { runId?: string; dataset?: string; epochs?: number } | undefined;
     if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset)) continue;
     const gone = trainActive.goneIds.has(j.id) ? j.processedBy : undefined;
-    queues.train!.activeRuns.push({ runId: data.runId, dataset: String(data.dataset), epoch: (j.progress as { epoch?: number } | undefined)?.epoch ?? 0, epochs: data.epochs ?? 0, ...(gone && { workerGone: gone }) });
+    const p = j.progress as Partial<Pick<EpochProgress, 'epoch' | 'phase' | 'why'>> | undefined;
+    const waitingFor = p?.phase === 'waiting' && typeof p.why === 'string' ? p.why : undefined;
+    queues.train!.activeRuns.push({
+      runId: data.runId,
+      dataset: String(data.dataset),
+      epoch: p?.epoch ?? 0,
+      epochs: data.epochs ?? 0,
+      ...(j.processedBy && !gone && { worker: j.processedBy }),
+      ...(waitingFor && !gone && { waitingFor }),
+      ...(gone && { workerGone: gone }),
+    });
   }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers: beating, starting } of listed) {
@@ -381,7 +403,11 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   for (const r of queues.train!.activeRuns ?? []) {
     if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is stopping or gone (a train worker that stops puts the run back at the end of its epoch; if it was killed, a train worker starts the run again once its lock has run out, about ${takenUpWithinSeconds('train', ctx)} s after) (follow it: transferline train --follow ${r.runId})`);
-    else w(`  train: run ${r.runId} of ${r.dataset} is training, epoch ${r.epoch} of at most ${r.epochs} (follow it: transferline train --follow ${r.runId})`);
+    else {
+      const on = r.worker ? ` on train worker ${r.worker}` : '';
+      const doing = r.waitingFor ? `waits${on} for ${r.waitingFor} before it trains` : `is training${on}, epoch ${r.epoch} of at most ${r.epochs}`;
+      w(`  train: run ${r.runId} of ${r.dataset} ${doing} (follow it: transferline train --follow ${r.runId})`);
+    }
   }
   if (preprocess.failedSettled) w(`  ${queueName('preprocess')}: ${settledWords(preprocess.failedSettled)}`);
   const cancelled = queues.train!.cancelled;
