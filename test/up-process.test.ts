@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
 import { leftToUp } from '../packages/shared/src/lifecycle.js';
-import { cliPath, freeRun, healthz, isRunning, processesWithEnv, processState, runCli, until } from './support/stack.js';
+import { cliPath, freeRun, healthz, isRunning, processesWithEnv, processState, repoRoot, runCli, until } from './support/stack.js';
 import { guardLeaks } from './support/leak-guard.js';
 
 guardLeaks();
@@ -244,6 +244,15 @@ describe('transferline up, as a process', () => {
     const secondChildren = descendants(second.child.pid!);
     // every worker started (its /healthz says so), so each has a stop to make
     await until('every worker of the second up to be healthy', everyWorkerHealthy, 120);
+    // a worker started by hand against up's Redis (scaling out, as the README shows): up names it
+    // as it stops, since it takes its Redis away from it
+    const hand = spawn(process.execPath, [path.join(repoRoot, 'apps', 'feature-worker', 'dist', 'main.js'), 'preprocess'], { env: { ...env, TL_METRICS_HOST: '127.0.0.1', TL_METRICS_PORT: '0' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    stray.push(hand.pid!);
+    let handSaid = '';
+    hand.stdout!.on('data', (d: Buffer) => (handSaid += d.toString()));
+    hand.stderr!.on('data', (d: Buffer) => (handSaid += d.toString()));
+    await until('the worker started by hand to start', () => handSaid.includes('worker started') || hand.exitCode !== null, 60);
+    expect(hand.exitCode, handSaid).toBeNull();
     // Ctrl-C as a terminal sends it: to the foreground process group, not only to up
     process.kill(-second.child.pid!, 'SIGINT');
     await until('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30).catch((err: Error) => {
@@ -253,6 +262,8 @@ describe('transferline up, as a process', () => {
     });
     expect(second.child.exitCode).toBe(0);
     await until('its processes to end', () => secondChildren.every((c) => !isRunning(c.pid)), 10);
+    expect(second.output()).toContain(`note: 1 worker up did not start is connected to its Redis (preprocess worker ${os.hostname()}:${hand.pid}): it loses it now, and waits for the next up (stop it if the stack is not coming back)\n`);
+    hand.kill('SIGKILL');
     // each worker stopped cleanly, once, when up asked: a SIGINT of its own first would have made
     // up's stop a second one (exit at once, jobs in hand), with Redis gone under it
     for (const role of ['preprocess', 'embed', 'train']) {

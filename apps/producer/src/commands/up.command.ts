@@ -1,7 +1,9 @@
 import { readdir } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createQueues, createServices, loadConfig, redactUrl, ReportDoc, resolveWeights, sleep, spaceSettings, stackSettings, WeightsUnavailableError } from '@transferline/shared';
+import { createQueues, createServices, loadConfig, redactUrl, ReportDoc, resolveWeights, sleep, spaceSettings, stackSettings, WeightsUnavailableError, withDeadline, type Queues, type Services } from '@transferline/shared';
+import type { Queue } from 'bullmq';
 import { createLogger } from '@transferline/shared/service-runtime';
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
 import { consoleBanner } from './console.command.js';
@@ -15,6 +17,7 @@ import { latestRun } from './models.command.js';
 import { trainCommand } from './train.command.js';
 import { uploadCommand } from './upload.command.js';
 import { createProgress } from '../progress.js';
+import { workerIdOf } from '../dataset-wait.js';
 import { EXIT, onBrokenPipe } from '../exit-codes.js';
 import { printable, shellQuote } from '../terminal.js';
 
@@ -30,6 +33,27 @@ export interface UpOptions {
 }
 
 const DEMO_BUCKET = 'photos';
+
+/**
+ * The workers connected to the deployment's queues that are not up's own children (started by
+ * hand, on this machine or another): "role worker host:pid", one each.
+ */
+async function workersNotStarted(queues: Queues, services: Pick<Services, 'spaces'>, childPids: number[]): Promise<string[]> {
+  const spaces = (await services.spaces.list()).map((s) => s.space.id);
+  const roles = new Map<string, Set<string>>();
+  const byRole: [string, Queue][] = [['preprocess', queues.preprocess], ...spaces.map((id): [string, Queue] => ['embed', queues.embed(id)]), ['train', queues.train], ['train', queues.classify]];
+  for (const [role, queue] of byRole) {
+    for (const client of await queue.getWorkers()) {
+      const id = workerIdOf(client);
+      if (!id) continue;
+      const [host, pid] = id.split(':');
+      if (host === os.hostname() && childPids.includes(Number(pid))) continue;
+      const key = `${host}:${pid}`;
+      roles.set(key, (roles.get(key) ?? new Set()).add(role));
+    }
+  }
+  return [...roles].map(([where, r]) => `${[...r].join(' and ')} worker ${where}`);
+}
 
 /**
  * Fetches the ImageNet weights into the cache once, with a progress bar, before any worker
@@ -154,6 +178,15 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     // first: a process that exits on a signal of its own meanwhile (the whole group got it) stays stopped
     stack.holdRestarts();
     w('\nstopping the stack…');
+    // Workers started by hand against the stack's own Redis lose it as it stops (a user's trial:
+    // up said nothing of them, and they went on logging their lost connection).
+    if (stack.servers.redis) {
+      const others = await withDeadline(workersNotStarted(consoleQueues, consoleServices, Object.values(stack.supervisor.pids())), 3_000).catch(() => []);
+      if (others.length) {
+        const one = others.length === 1;
+        w(`note: ${others.length} worker${one ? '' : 's'} up did not start ${one ? 'is' : 'are'} connected to its Redis (${others.join(', ')}): ${one ? 'it loses' : 'they lose'} it now, and ${one ? 'waits' : 'wait'} for the next up (stop ${one ? 'it' : 'them'} if the stack is not coming back)`);
+      }
+    }
     await web?.close();
     await consoleQueues.close();
     await consoleServices.close();
