@@ -509,30 +509,42 @@ describe('train on a dataset with images still pending', () => {
   it('a run queued before new images came waits for them when it starts, and gives up naming what holds them when they stop moving', async () => {
     for (const kind of KINDS) for (let i = 0; i < 3; i++) await ctx.services.store.putObject(photos, `later/${kind}/${i}.jpg`, await renderSample(kind, 120 + i, 17));
     expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later'])).code).toBe(0);
+    // (another dataset of the same images, whose run goes first while one of later waits)
+    expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'beside'])).code).toBe(0);
     const report = (runId: string) => ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('later', runId, 'report.json'));
-    // A run queued while the dataset is whole, started (the train worker busy before: its queue
-    // paused here) once an ingest has put new images on their way: it waits for them, saying so,
-    // and trains on them too, where it failed at once (images-pending).
-    await ctx.queues.train.pause();
-    let resumed = false;
+    const runState = async (runId: string) => (await ctx.queues.train.getJob(`train-${runId}`))?.getState();
+    /** queues a run while the dataset is whole (the train queue paused: the train worker busy before), runs `meanwhile`, then lets the run start */
+    const queuedBefore = async (runId: string, stall: string, meanwhile: () => Promise<void>) => {
+      await ctx.queues.train.pause();
+      try {
+        expect((await cli(['train', '-d', 'later', '--epochs', '5', '--run-id', runId, '--no-wait', '--stall-timeout', stall])).code).toBe(0);
+        await meanwhile();
+      } finally {
+        await ctx.queues.train.resume();
+      }
+    };
+    // An ingest puts new images on their way before the run starts: it waits for them, saying so,
+    // and trains on them too, where it failed at once (images-pending). Its preprocess worker is
+    // stopped (connected, moving nothing) past the run's stall timeout: a busy stage is waited for.
     stack.supervisor.signal('preprocess', 1, 'SIGSTOP');
     let following: ReturnType<typeof cli> | undefined;
     try {
-      expect((await cli(['train', '-d', 'later', '--epochs', '5', '--run-id', 'later-1', '--no-wait'])).code).toBe(0);
-      for (let i = 0; i < 2; i++) await ctx.services.store.putObject(photos, `later/square/new-${i}.jpg`, await renderSample('square', 130 + i, 17));
-      expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later', '--no-wait'])).code).toBe(0);
-      await ctx.queues.train.resume();
-      resumed = true;
+      await queuedBefore('later-1', '2', async () => {
+        for (let i = 0; i < 2; i++) await ctx.services.store.putObject(photos, `later/square/new-${i}.jpg`, await renderSample('square', 130 + i, 17));
+        expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later', '--no-wait'])).code).toBe(0);
+      });
       let said = '';
       following = runCli(['train', '--follow', 'later-1'], stack.env, 120_000, { onOutput: (c) => (said += c) });
-      await until('the run to say it waits for the new images', () => said.includes('waiting for 2 images of later on their way (ingested since the run was queued)'), 60);
-      // (and it keeps waiting while they cannot move: no stall timeout ends it while preprocess is connected)
-      expect(await (await ctx.queues.train.getJob('train-later-1'))!.getState()).toBe('active');
-      // status says what the run does, and which worker holds it
-      expect((await cli(['status'])).stdout).toMatch(/^ {2}train: run later-1 of later waits on train worker [^ ]+:\d+:[0-9a-f]+ for 2 images of later on their way \(ingested since the run was queued\) before it trains \(follow it: transferline train --follow later-1\)$/m);
+      await until('the run to say it waits for the new images', () => said.includes('waiting for 2 images of later on their way (put on their way since the run was queued)'), 60);
+      // status says what the run does
+      expect((await cli(['status'])).stdout).toMatch(/^ {2}train: run later-1 of later waits (on train worker \S+ )?for 2 images of later on their way \(put on their way since the run was queued\) before it trains \(follow it: transferline train --follow later-1\)$/m);
+      // the run waits in the queue, not on the train worker: a run of another dataset goes first
+      const other = await cli(['train', '-d', 'beside', '--epochs', '3', '--run-id', 'beside-1']);
+      expect(other.code).toBe(0);
+      await new Promise((r) => setTimeout(r, 3_000)); // past its stall timeout of 2 s
+      expect(await runState('later-1')).not.toBe('failed');
     } finally {
       stack.supervisor.signal('preprocess', 1, 'SIGCONT');
-      if (!resumed) await ctx.queues.train.resume();
     }
     const r1 = await following!;
     expect(r1.code).toBe(0);
@@ -541,23 +553,35 @@ describe('train on a dataset with images still pending', () => {
 
     // Images that stop moving (the preprocess queue paused) end the wait after the run's stall
     // timeout (the command's --stall-timeout), naming what holds them: nothing waits for ever.
-    await ctx.queues.train.pause();
-    resumed = false;
     try {
-      expect((await cli(['train', '-d', 'later', '--epochs', '5', '--run-id', 'later-2', '--no-wait', '--stall-timeout', '3'])).code).toBe(0);
-      await ctx.queues.preprocess.pause();
-      await ctx.services.store.putObject(photos, 'later/circle/new-0.jpg', await renderSample('circle', 140, 17));
-      expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later', '--no-wait'])).code).toBe(0);
-      await ctx.queues.train.resume();
-      resumed = true;
+      await queuedBefore('later-2', '3', async () => {
+        await ctx.queues.preprocess.pause();
+        await ctx.services.store.putObject(photos, 'later/circle/new-0.jpg', await renderSample('circle', 140, 17));
+        expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later', '--no-wait'])).code).toBe(0);
+      });
       const r2 = await cli(['train', '--follow', 'later-2'], 90_000);
       expect(r2.timedOut).toBe(false);
       expect(r2.code).not.toBe(0);
-      expect(r2.stderr).toMatch(/1 of 9 images of later are not embedded in \S+ yet: none done for \d+ s, and the preprocess queue is paused \(resume it: the console's queue board\); wait for them, or train with --partial\n$/);
+      expect(r2.stderr).toMatch(/1 of 9 images of later are not embedded in \S+ yet: none done for \d+ s, and the preprocess queue is paused \(resume it: the console's queue board\); train again once they are in \(or now, on the embedded ones, with --partial\)\n$/);
       expect(await report('later-2')).toBeUndefined();
+
+      // An image whose job is lost (removed from Redis) is not waited for: the run says at once
+      // what puts it on its way again.
+      await ctx.queues.preprocess.resume();
+      expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later'])).stdout).toMatch(/dataset later: 9 images, 9 embedded/);
+      await queuedBefore('later-3', '600', async () => {
+        await ctx.queues.preprocess.pause();
+        await ctx.services.store.putObject(photos, 'later/circle/new-1.jpg', await renderSample('circle', 141, 17));
+        expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later', '--no-wait'])).code).toBe(0);
+        const [rec] = await ctx.services.datasets.getItems('later', [`${photos}/later/circle/new-1.jpg`]);
+        expect(await ctx.queues.preprocess.remove(jobIds.preprocess({ dataset: 'later', bucket: photos, key: 'later/circle/new-1.jpg', etag: rec!.etag, embedderId: stack.space.id }))).toBe(1);
+      });
+      const r3 = await cli(['train', '--follow', 'later-3'], 90_000);
+      // (at once: not after its stall timeout of 600 s)
+      expect(r3.timedOut).toBe(false);
+      expect(r3.stderr).toMatch(/1 of 10 images of later are not embedded in \S+ yet: 1 of them has no job to move it on \(run the same ingest again to put it on its way again\); train again once they are in/);
     } finally {
       await ctx.queues.preprocess.resume();
-      if (!resumed) await ctx.queues.train.resume();
     }
   }, 240_000);
 });

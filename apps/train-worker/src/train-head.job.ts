@@ -7,6 +7,7 @@ import {
   DeferJob,
   type DependencyGuard,
   PermanentError,
+  relistCommand,
   sleep,
   STOP_DEADLINE_MS,
   type JobContext,
@@ -14,6 +15,7 @@ import {
   LatestDoc,
   latestPointer,
   ReportDoc,
+  TrainWait,
   type RunDoc,
   type Services,
   type SplitReport,
@@ -61,8 +63,8 @@ const SAVE_ALLOWANCE_MS = 10_000;
 /** How often a training run asks whether it was cancelled (`train --cancel`), at most. */
 const CANCEL_CHECK_MS = 1_000;
 
-/** How often a run waiting for images on their way looks at its dataset again (at least: four times a scan's length for a large one). */
-const IMAGES_LOOK_MS = 2_000;
+/** How long a run waiting for images on their way goes back to the queue before it looks again (at least: four times a scan's length for a large dataset). */
+const IMAGES_LOOK_MS = 3_000;
 /** How long a run waits at most for images on their way when it starts, however they move. */
 export const IMAGES_WAIT_MAX_MS = 30 * 60_000;
 
@@ -115,7 +117,8 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   };
   await cancelled('before it started');
   await putBackIfStopping('before it started');
-  await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
+  // (not while it comes back to look for images it waits for: the follower's line keeps saying what it waits for)
+  if (!(await services.redis.exists(services.keys.trainWaiting(job.runId)))) await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
 
   // the prefixes the CLI found not ingested again, less those an ingest listed to the end since
   const listed = job.notIngestedAgain?.length ? new Set((await services.datasets.listedSources(job.dataset)).map((s) => DatasetRepository.objectUrl(s))) : undefined;
@@ -130,7 +133,9 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
         if (v.phase === 'failed') coverage.failed++;
         else if (v.phase !== 'embedded') {
           coverage.pending++;
-          if (v.phase !== 'orphaned') seen.byStage[v.phase]++;
+          // on its way in another space (ingested with another --embedder): it will not be in this one
+          if (v.record.space !== undefined && v.record.space !== job.embedderId) seen.elsewhere++;
+          else if (v.phase !== 'orphaned') seen.byStage[v.phase]++;
         } else if (v.space === job.embedderId) {
           coverage.embedded++;
           seen.examples.push({ sha256: v.record.sha256!, label: v.record.label, id: v.id, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest !== undefined && { manifest: v.record.manifest }) });
@@ -142,16 +147,20 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
     }
     return { ...seen, coverage };
   };
-  let seen = await read();
-  // Images on their way as the run starts (ingested since the train command waited for the
-  // dataset and queued the run): the run waits for them as the command did, not fail at once
-  // (a user's `ingest --watch` beside a queued run failed it).
-  let stuck: string | undefined;
-  if (seen.coverage.pending > 0 && !job.partial && seen.elsewhere === 0) ({ seen, stuck } = await waitForImages(seen, read, { job, deps, ctx, checks: async (when) => (await cancelled(when), await putBackIfStopping(when)) }));
+  const scanStarted = performance.now();
+  const seen = await read();
+  // (a dataset deleted, or Redis's data lost, while it was read looks like one with nothing on its way)
+  if (!(await services.datasets.exists(job.dataset))) throw new PermanentError('no-data', `dataset ${job.dataset} is not in Redis (deleted since the run was queued, or Redis lost its data): ingest it again, then train`);
   const { coverage, examples, elsewhere } = seen;
+  // Images on their way as the run starts, put on their way after the train command waited for
+  // the dataset and queued the run: the run waits for them as the command did, where it failed
+  // at once (a user's `ingest --watch` beside a queued run failed it).
+  const stuck = coverage.pending > 0 && !job.partial && elsewhere === 0 ? await waitOrGiveUp(seen, { job, deps, ctx, scanMs: performance.now() - scanStarted }) : undefined;
+  await services.redis.del(services.keys.trainWaiting(job.runId));
   if (coverage.pending > 0 && !job.partial) {
-    const why = elsewhere ? ` (${elsewhere} of them are embedded in another space: ingest their prefixes again with --embedder ${job.embedderId})` : '';
-    throw new PermanentError('images-pending', `${coverage.pending} of ${coverage.total} images of ${job.dataset} are not embedded in ${job.embedderId} yet${why}${stuck ? `: ${stuck};` : ':'} wait for them, or train with --partial`);
+    const elsewhereWords = elsewhere ? ` (${elsewhere} of them are in another embedding space: ingest their prefixes again with --embedder ${job.embedderId})` : '';
+    const next = stuck ? `: ${stuck}; train again once they are in (or now, on the embedded ones, with --partial)` : ': wait for them, or train with --partial';
+    throw new PermanentError('images-pending', `${coverage.pending} of ${coverage.total} images of ${job.dataset} are not embedded in ${job.embedderId} yet${elsewhereWords}${next}`);
   }
   if (examples.length === 0) {
     // ingested, and every image failed: "ingest it first" would send the user round again
@@ -335,6 +344,53 @@ function resultOf(report: ReportDoc, modelPrefix: string, bucket: string): Train
   };
 }
 
+/** A dataset as a run reads it: what it can train on, and what it cannot yet. */
+interface DatasetRead {
+  examples: Example[];
+  coverage: ReportDoc['coverage'];
+  /** embedded, or on their way, in another space than the run's: no wait brings them into it */
+  elsewhere: number;
+  /** on their way in the run's space, by the stage whose job holds them (the orphaned aside: no job moves them) */
+  byStage: { preprocess: number; embed: number };
+}
+
+/**
+ * Images of the dataset on their way as a run starts (put on their way after it was queued: an
+ * `ingest --watch` beside it, say). The run goes back to the queue for a few seconds (the train
+ * worker takes other runs meanwhile) and looks again when it comes back, until none is on its
+ * way (DeferJob, thrown). Returns instead why it gives up: images with no job to move them (at
+ * once); none done for the run's stall timeout while a stage that holds some cannot move them (its
+ * queue paused, or no worker of it connected: a busy one goes on); IMAGES_WAIT_MAX_MS since the
+ * wait began (kept in Redis across the put-backs, keys.trainWaiting).
+ */
+async function waitOrGiveUp(seen: DatasetRead, o: { job: TrainJob; deps: TrainDeps; ctx: JobContext; scanMs: number }): Promise<string> {
+  const { job, deps } = o;
+  const { redis, keys } = deps.services;
+  const onTheirWay = seen.byStage.preprocess + seen.byStage.embed;
+  const jobless = seen.coverage.pending - seen.elsewhere - onTheirWay;
+  if (jobless > 0) {
+    const [it, its] = jobless === 1 ? ['it', 'its'] : ['them', 'their'];
+    return `${jobless} of them ${jobless === 1 ? 'has' : 'have'} no job to move ${it} on (${relistCommand(job.dataset)} to put ${it} on ${its} way again)`;
+  }
+  const key = keys.trainWaiting(job.runId);
+  const now = Date.now();
+  const done = seen.coverage.embedded + seen.coverage.failed;
+  const before = TrainWait.safeParse(JSON.parse((await redis.get(key)) ?? 'null'));
+  const wait: TrainWait = before.success ? { ...before.data, done, movedAt: done > before.data.done ? now : before.data.movedAt } : { since: now, movedAt: now, done };
+  if (now - wait.since > IMAGES_WAIT_MAX_MS) return `${onTheirWay} still on their way after the run waited ${Math.round(IMAGES_WAIT_MAX_MS / 60_000)} minutes for them`;
+  if (now - wait.movedAt > (job.stallSeconds ?? 30) * 1000) {
+    const stages = (['preprocess', 'embed'] as const).filter((st) => seen.byStage[st] > 0);
+    const blocked = (await Promise.all(stages.map((st) => deps.stageBlocked?.(st, job.embedderId)))).filter((w): w is string => !!w);
+    if (blocked.length) return `none done for ${Math.round((now - wait.movedAt) / 1000)} s, and ${blocked.join(', and ')}`;
+  }
+  await redis.set(key, JSON.stringify(wait), 'PX', IMAGES_WAIT_MAX_MS + 10 * 60_000);
+  const [n, its] = onTheirWay === 1 ? ['image', 'its'] : ['images', 'their'];
+  const why = `${onTheirWay} ${n} of ${job.dataset} on ${its} way (put on ${its} way since the run was queued)`;
+  if (!before.success) o.ctx.log.info({ dataset: job.dataset, runId: job.runId, onTheirWay }, `run ${job.runId} waits for ${why}: back to the queue until they are in`);
+  await o.ctx.progress({ phase: 'waiting', epoch: 0, epochs: job.epochs, why } satisfies EpochProgress);
+  throw new DeferJob(Math.max(IMAGES_LOOK_MS, 4 * o.scanMs), `run ${job.runId} waits for ${why}`);
+}
+
 /**
  * The result of a run whose report is in the bucket already. Its latest.json pointer (the last
  * write of a run: a crash may have come before it) is set to this run unless it was written
@@ -342,62 +398,6 @@ function resultOf(report: ReportDoc, modelPrefix: string, bucket: string): Train
  * reports' createdAt): a run retried long after is not made latest again, and a rollback by
  * `promote` stands; nor is a run trained with --no-promote.
  */
-/** A dataset as a run reads it: what it can train on, and what it cannot yet. */
-interface DatasetRead {
-  examples: Example[];
-  coverage: ReportDoc['coverage'];
-  /** embedded in another space than the run's: no wait brings them into it */
-  elsewhere: number;
-  /** on their way, by the stage whose job holds them (the orphaned aside: no job moves them) */
-  byStage: { preprocess: number; embed: number };
-}
-
-/**
- * Waits for the images on their way in a dataset as a run starts, while they are getting done:
- * until none is on its way, or none has been done for the run's stall timeout while a stage that
- * holds some cannot move them (its queue paused, or no worker of it connected; a busy one goes
- * on), or for IMAGES_WAIT_MAX_MS in all. Returns the dataset as last read and, when images are
- * still on their way or have lost their jobs, why the wait ended.
- */
-async function waitForImages(
-  first: DatasetRead,
-  read: () => Promise<DatasetRead>,
-  o: { job: TrainJob; deps: TrainDeps; ctx: JobContext; checks: (when: string) => Promise<void> },
-): Promise<{ seen: DatasetRead; stuck?: string }> {
-  const { job } = o;
-  const stallMs = (job.stallSeconds ?? 30) * 1000;
-  const started = performance.now();
-  let seen = first;
-  let done = seen.coverage.embedded + seen.coverage.failed;
-  let movedAt = started;
-  let scanMs = 0;
-  let said = false;
-  for (;;) {
-    const onTheirWay = seen.byStage.preprocess + seen.byStage.embed;
-    const jobless = seen.coverage.pending - seen.elsewhere - onTheirWay;
-    if (onTheirWay === 0) return { seen, ...(jobless > 0 && { stuck: `${jobless} of them have no job to move them on (transferline status -d ${job.dataset} says more)` }) };
-    const now = performance.now();
-    if (now - started > IMAGES_WAIT_MAX_MS) return { seen, stuck: `${onTheirWay} still on their way after the run waited ${Math.round(IMAGES_WAIT_MAX_MS / 60_000)} minutes for them` };
-    if (now - movedAt > stallMs) {
-      const stages = (['preprocess', 'embed'] as const).filter((st) => seen.byStage[st] > 0);
-      const blocked = (await Promise.all(stages.map((st) => o.deps.stageBlocked?.(st, job.embedderId)))).filter((w): w is string => !!w);
-      if (blocked.length) return { seen, stuck: `none done for ${Math.round((now - movedAt) / 1000)} s, and ${blocked.join(', and ')}` };
-    }
-    const why = `${onTheirWay} image${onTheirWay === 1 ? '' : 's'} of ${job.dataset} on ${onTheirWay === 1 ? 'its' : 'their'} way (ingested since the run was queued)`;
-    if (!said) o.ctx.log.info({ dataset: job.dataset, runId: job.runId, onTheirWay }, `run ${job.runId} waits for ${why}`);
-    said = true;
-    await o.ctx.progress({ phase: 'waiting', epoch: 0, epochs: job.epochs, why } satisfies EpochProgress);
-    await sleep(Math.max(IMAGES_LOOK_MS, 4 * scanMs));
-    await o.checks('while it waited for its images');
-    const scanStarted = performance.now();
-    seen = await read();
-    scanMs = performance.now() - scanStarted;
-    const d = seen.coverage.embedded + seen.coverage.failed;
-    if (d > done) movedAt = performance.now();
-    done = d;
-  }
-}
-
 async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext, promote: boolean): Promise<TrainResult> {
   const { dataset, runId } = report;
   const { layout, store } = deps.services;

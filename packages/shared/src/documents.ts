@@ -196,6 +196,17 @@ export const RunDoc = z.object({
 });
 export type RunDoc = z.infer<typeof RunDoc>;
 
+/** Redis `trainWaiting`: a run's wait for the images on their way when it started, kept across the run's put-backs. */
+export const TrainWait = z.object({
+  /** when the wait began (ms since the epoch) */
+  since: z.number(),
+  /** when an image of the dataset was last seen done */
+  movedAt: z.number(),
+  /** the dataset's images done (embedded or failed) at the last look */
+  done: z.number(),
+});
+export type TrainWait = z.infer<typeof TrainWait>;
+
 /** Redis `datasetsLostSources`: what a dataset Redis lost came from, as its runs recorded it at the loss. */
 export const LostSources = z.object({
   /** `s3://bucket/prefix`, as RunDoc.sources */

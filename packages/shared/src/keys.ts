@@ -70,6 +70,8 @@ export function redisKeys(prefix: string) {
     dataLossRecorded: () => `${prefix}:data-loss-recorded`,
     /** string, with a TTL: a train run asked to stop (`train --cancel`); its worker checks it at start and after each epoch */
     trainCancel: (runId: string) => `${prefix}:cancel:${runId}`,
+    /** string (TrainWait JSON), with a TTL: a run's wait for the images on their way when it started, across its put-backs */
+    trainWaiting: (runId: string) => `${prefix}:train-waiting:${runId}`,
     /**
      * string, with a TTL: held by a `train` command from its look for a queued run with the same
      * settings to the queueing of its own, so that two at once do not both queue one

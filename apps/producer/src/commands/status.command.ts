@@ -58,7 +58,7 @@ export interface StatusReport {
        * among the queue's failures, and they need nothing more
        */
       failedSettled?: { settled: number; of: number };
-      /** train only: the runs training now (the first ACTIVE_RUNS_SHOWN), with the epoch each has reached */
+      /** train only: the runs training now (the first ACTIVE_RUNS_SHOWN), with the epoch each has reached, and those waiting for images on their way */
       activeRuns?: {
         runId: string;
         dataset: string;
@@ -331,6 +331,15 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
       ...(waitingFor && !gone && { waitingFor }),
       ...(gone && { workerGone: gone }),
     });
+  }
+  // and the runs gone back to the queue to wait for images on their way (each looks again every few seconds)
+  if (queues.train!.delayed) {
+    for (const j of await ctx.queues.train.getDelayed(0, ACTIVE_RUNS_SHOWN - 1)) {
+      const data = j?.data as { runId?: string; dataset?: string; epochs?: number } | undefined;
+      const p = j?.progress as Partial<Pick<EpochProgress, 'phase' | 'why'>> | undefined;
+      if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset) || p?.phase !== 'waiting' || typeof p.why !== 'string') continue;
+      queues.train!.activeRuns.push({ runId: data.runId, dataset: String(data.dataset), epoch: 0, epochs: data.epochs ?? 0, waitingFor: p.why });
+    }
   }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers: beating, starting } of listed) {

@@ -178,8 +178,8 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
       // (the latest run now is the one the queued run will replace: it has not run)
       return followRun(ctx, twin, stallSeconds, undefined, replacing ?? null);
     }
-    // a run id used before by a run cancelled while queued: the new run is not that one
-    await ctx.services.redis.del(ctx.services.keys.trainCancel(runId));
+    // a run id used before by a run cancelled while queued (or while it waited for images): the new run is not that one
+    await ctx.services.redis.del(ctx.services.keys.trainCancel(runId), ctx.services.keys.trainWaiting(runId));
     await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
     // BullMQ adds nothing for an id queued already: another command given the same --run-id
     // between the look above and this add (a review: this one then followed and reported the
