@@ -537,7 +537,10 @@ describe('train on a dataset with images still pending', () => {
       following = runCli(['train', '--follow', 'later-1'], stack.env, 120_000, { onOutput: (c) => (said += c) });
       await until('the run to say it waits for the new images', () => said.includes('waiting for 2 images of later on their way (put on their way since the run was queued)'), 60);
       // status says what the run does
-      expect((await cli(['status'])).stdout).toMatch(/^ {2}train: run later-1 of later waits (on train worker \S+ )?for 2 images of later on their way \(put on their way since the run was queued\) before it trains \(follow it: transferline train --follow later-1\)$/m);
+      // (in the queue between its looks, or on a train worker while it looks)
+      expect((await cli(['status'])).stdout).toMatch(
+        /^ {2}train: run later-1 of later waits (in the queue for the images on its way before it trains \(at its last look, 2 images of later on their way \(put on their way since the run was queued\)\); it looks again when a train worker is free|on train worker \S+ for 2 images of later on their way \(put on their way since the run was queued\) before it trains) \(follow it: transferline train --follow later-1\)$/m,
+      );
       // the run waits in the queue, not on the train worker: a run of another dataset goes first
       const other = await cli(['train', '-d', 'beside', '--epochs', '3', '--run-id', 'beside-1']);
       expect(other.code).toBe(0);
@@ -551,13 +554,17 @@ describe('train on a dataset with images still pending', () => {
     expect(r1.stdout).toMatch(/run later-1: validation accuracy/);
     expect((await report('later-1'))!.coverage).toEqual({ total: 8, embedded: 8, pending: 0, failed: 0, partial: false });
 
+    /** a new image ingested with the preprocess queue paused: on its way, and held there */
+    const heldOnItsWay = async (key: string, seed: number) => {
+      await ctx.queues.preprocess.pause();
+      await ctx.services.store.putObject(photos, key, await renderSample('circle', seed, 17));
+      expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later', '--no-wait'])).code).toBe(0);
+    };
     // Images that stop moving (the preprocess queue paused) end the wait after the run's stall
     // timeout (the command's --stall-timeout), naming what holds them: nothing waits for ever.
     try {
       await queuedBefore('later-2', '3', async () => {
-        await ctx.queues.preprocess.pause();
-        await ctx.services.store.putObject(photos, 'later/circle/new-0.jpg', await renderSample('circle', 140, 17));
-        expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later', '--no-wait'])).code).toBe(0);
+        await heldOnItsWay('later/circle/new-0.jpg', 140);
       });
       const r2 = await cli(['train', '--follow', 'later-2'], 90_000);
       expect(r2.timedOut).toBe(false);
@@ -570,9 +577,7 @@ describe('train on a dataset with images still pending', () => {
       await ctx.queues.preprocess.resume();
       expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later'])).stdout).toMatch(/dataset later: 9 images, 9 embedded/);
       await queuedBefore('later-3', '600', async () => {
-        await ctx.queues.preprocess.pause();
-        await ctx.services.store.putObject(photos, 'later/circle/new-1.jpg', await renderSample('circle', 141, 17));
-        expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later', '--no-wait'])).code).toBe(0);
+        await heldOnItsWay('later/circle/new-1.jpg', 141);
         const [rec] = await ctx.services.datasets.getItems('later', [`${photos}/later/circle/new-1.jpg`]);
         expect(await ctx.queues.preprocess.remove(jobIds.preprocess({ dataset: 'later', bucket: photos, key: 'later/circle/new-1.jpg', etag: rec!.etag, embedderId: stack.space.id }))).toBe(1);
       });
@@ -580,6 +585,24 @@ describe('train on a dataset with images still pending', () => {
       // (at once: not after its stall timeout of 600 s)
       expect(r3.timedOut).toBe(false);
       expect(r3.stderr).toMatch(/1 of 10 images of later are not embedded in \S+ yet: 1 of them has no job to move it on \(run the same ingest again to put it on its way again\); train again once they are in/);
+
+      // train --cancel stops a run while it waits, and its wait is forgotten
+      await ctx.queues.preprocess.resume();
+      expect((await cli(['ingest', `s3://${photos}/later/`, '-d', 'later'])).stdout).toMatch(/dataset later: 10 images, 10 embedded/);
+      await queuedBefore('later-4', '600', async () => {
+        await heldOnItsWay('later/circle/new-2.jpg', 142);
+      });
+      let said4 = '';
+      const following4 = runCli(['train', '--follow', 'later-4'], stack.env, 90_000, { onOutput: (c) => (said4 += c) });
+      await until('the run to say it waits', () => said4.includes('waiting for 1 image of later on its way'), 60);
+      const cancel = await cli(['train', '--cancel', 'later-4'], 90_000);
+      expect(cancel.code).toBe(0);
+      // (removed from the queue between two looks, or stopped by its worker during one)
+      expect(cancel.stdout).toMatch(/run later-4 cancelled: removed from the queue where it waited for images on their way|run later-4 was cancelled \(transferline train --cancel\) while it waited for its images/);
+      const r4 = await following4;
+      expect(r4.timedOut).toBe(false);
+      expect(r4.stderr).toMatch(/run later-4 was cancelled \(transferline train --cancel( later-4)?\) while it waited for (images on their way|its images)/);
+      expect(await ctx.services.redis.exists(ctx.services.keys.trainWaiting('later-4'))).toBe(0);
     } finally {
       await ctx.queues.preprocess.resume();
     }

@@ -440,10 +440,5 @@ async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): P
  * user (the workers resume by themselves; a wait that took them for busy would never end).
  */
 export async function allPaused(ctx: CliContext, queue: string, connected: number): Promise<string | undefined> {
-  const paused = await ctx.services.paused.list(queue);
-  if (connected === 0 || paused.length < connected) return undefined;
-  const reasons = [...new Set(paused.map((p) => p.reason))].join('; ');
-  const remedies = [...new Set(paused.map((p) => p.remedy))].join('; ');
-  const longest = Math.max(...paused.map((p) => p.pausedSeconds));
-  return `${connected === 1 ? 'its worker is' : `all ${connected} of its workers are`} paused: ${reasons} (for ${longest} s); ${remedies}`;
+  return ctx.services.paused.allPaused(queue, connected);
 }

@@ -124,7 +124,7 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
       const state = await queue.getJobState(job.id!);
       if (state === 'unknown') {
         // A job removed when it completed may be seen gone just before its completion event lands: look twice.
-        if (goneOnce && (await o.wasCancelled?.())) throw new CliExit(EXIT.error, `${o.what} was cancelled (${o.cancel ?? 'cancelled'}) before it started`);
+        if (goneOnce && (await o.wasCancelled?.())) throw new CliExit(EXIT.error, `${o.what} was cancelled (${o.cancel ?? 'cancelled'}) ${pace.phase === 'waiting' ? 'while it waited for images on their way' : 'before it started'}`);
         if (goneOnce) throw new CliExit(EXIT.stalled, `${o.what} is gone from the ${queue.name} queue (removed, or Redis lost it): nothing will run it; start it again`);
         goneOnce = true;
         continue;
@@ -201,7 +201,11 @@ export class ProgressPace {
   private gaps: number[] = [];
   private held = false;
 
+  /** the phase of the last progress (a run waiting for images goes back to the queue between its looks) */
+  phase?: string;
+
   seen(phase?: string): void {
+    this.phase = phase;
     const now = Date.now();
     if (phase !== 'training') this.gaps = [];
     else if (this.last !== undefined) this.gaps = [...this.gaps.slice(-19), now - this.last];
@@ -406,14 +410,17 @@ function holderWatch(ctx: CliContext, job: Job, o: FollowOptions, replacedByUp: 
     saidGone: () => gone !== undefined,
     async check(queue: Queue, workers: Record<string, string>[]): Promise<void> {
       if (!workers.some((w) => w.rawname)) return;
-      const holder = (await queue.getJob(job.id!))?.processedBy;
+      const now = await queue.getJob(job.id!);
+      const holder = now?.processedBy;
       if (!holder) return;
+      // (a run waiting for images goes back to the queue between its looks: any train worker may take the next)
+      const looking = (now.progress as { phase?: string } | undefined)?.phase === 'waiting';
       const before = last;
       last = holder;
       if (holderConnected(workers, holder)) {
         missing = undefined;
         if (gone === holder) say(ctx, `${o.what}: its ${o.role} worker (${holder}) is connected again`);
-        else if (gone !== undefined || (before !== undefined && before !== holder)) say(ctx, `${o.what} started again on ${o.role} worker ${holder}`);
+        else if (gone !== undefined || (before !== undefined && before !== holder && !looking)) say(ctx, `${o.what} started again on ${o.role} worker ${holder}`);
         gone = undefined;
         return;
       }

@@ -86,9 +86,9 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   // `train --cancel RUN`: asked before it started (or before this worker took it up again), or
   // while it trains, checked after each epoch; the run ends for good, writing nothing
   let checkedAt = 0;
-  const cancelled = async (when: string) => {
+  const cancelled = async (when: string, now = false) => {
     // at most once a second: epochs of a small dataset take a millisecond, and this is a round trip
-    if (performance.now() - checkedAt < CANCEL_CHECK_MS) return;
+    if (!now && performance.now() - checkedAt < CANCEL_CHECK_MS) return;
     checkedAt = performance.now();
     // (the flag stays until the CLI sees the run failed, or its TTL: a worker dying right after
     // this check leaves it for the one that takes the run up again)
@@ -115,53 +115,68 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
     ctx.log.info({ dataset: job.dataset, runId: job.runId }, `stopping: run ${job.runId} goes back to the queue ${at}, for another train worker to start again`);
     await putBack(`its train worker is stopping (${at})`);
   };
-  await cancelled('before it started');
-  await putBackIfStopping('before it started');
-  // (not while it comes back to look for images it waits for: the follower's line keeps saying what it waits for)
-  if (!(await services.redis.exists(services.keys.trainWaiting(job.runId)))) await ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
-
-  // the prefixes the CLI found not ingested again, less those an ingest listed to the end since
-  const listed = job.notIngestedAgain?.length ? new Set((await services.datasets.listedSources(job.dataset)).map((s) => DatasetRepository.objectUrl(s))) : undefined;
-  const left = job.notIngestedAgain?.filter((s) => !listed?.has(s));
-  const read = async (): Promise<DatasetRead> => {
-    const seen = { examples: [] as Example[], elsewhere: 0, byStage: { preprocess: 0, embed: 0 } };
-    const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(left?.length && { notIngestedAgain: left }) };
-    for await (const page of services.inspector.scan(job.dataset)) {
-      await putBackIfStopping('while reading its dataset');
-      for (const v of page) {
-        coverage.total++;
-        if (v.phase === 'failed') coverage.failed++;
-        else if (v.phase !== 'embedded') {
-          coverage.pending++;
-          // on its way in another space (ingested with another --embedder): it will not be in this one
-          if (v.record.space !== undefined && v.record.space !== job.embedderId) seen.elsewhere++;
-          else if (v.phase !== 'orphaned') seen.byStage[v.phase]++;
-        } else if (v.space === job.embedderId) {
-          coverage.embedded++;
-          seen.examples.push({ sha256: v.record.sha256!, label: v.record.label, id: v.id, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest !== undefined && { manifest: v.record.manifest }) });
-        } else {
-          coverage.pending++; // embedded in another space: not usable here
-          seen.elsewhere++;
+  // the run's wait for images on their way, when it comes back to look again (waitOrGiveUp)
+  const waitKey = services.keys.trainWaiting(job.runId);
+  const comingBack = (await services.redis.exists(waitKey)) > 0;
+  const loading = () => ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
+  /** The dataset as the run trains on it, once the images on their way when it started are in (or it gives up on them). */
+  async function readDataset(): Promise<DatasetRead> {
+    await cancelled('before it started');
+    await putBackIfStopping('before it started');
+    // (not while it comes back to look again: the follower's line keeps saying what it waits for)
+    if (!comingBack) await loading();
+    // the prefixes the CLI found not ingested again, less those an ingest listed to the end since
+    const listed = job.notIngestedAgain?.length ? new Set((await services.datasets.listedSources(job.dataset)).map((s) => DatasetRepository.objectUrl(s))) : undefined;
+    const left = job.notIngestedAgain?.filter((s) => !listed?.has(s));
+    const read = async (): Promise<DatasetRead> => {
+      const seen = { examples: [] as Example[], elsewhere: 0, byStage: { preprocess: 0, embed: 0 } };
+      const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(left?.length && { notIngestedAgain: left }) };
+      for await (const page of services.inspector.scan(job.dataset)) {
+        await putBackIfStopping('while reading its dataset');
+        for (const v of page) {
+          coverage.total++;
+          if (v.phase === 'failed') coverage.failed++;
+          else if (v.phase !== 'embedded') {
+            coverage.pending++;
+            // on its way in another space (ingested with another --embedder): it will not be in this one
+            if (v.record.space !== undefined && v.record.space !== job.embedderId) seen.elsewhere++;
+            else if (v.phase !== 'orphaned') seen.byStage[v.phase]++;
+          } else if (v.space === job.embedderId) {
+            coverage.embedded++;
+            seen.examples.push({ sha256: v.record.sha256!, label: v.record.label, id: v.id, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest !== undefined && { manifest: v.record.manifest }) });
+          } else {
+            coverage.pending++; // embedded in another space: not usable here
+            seen.elsewhere++;
+          }
         }
       }
+      return { ...seen, coverage };
+    };
+    const scanStarted = performance.now();
+    const seen = await read();
+    // (a dataset deleted, or Redis's data lost, while it was read looks like one with nothing on its way)
+    if (!(await services.datasets.exists(job.dataset))) throw new PermanentError('no-data', `dataset ${job.dataset} is not in Redis (deleted since the run was queued, or Redis lost its data): ingest it again, then train`);
+    const { coverage, elsewhere } = seen;
+    // Images on their way as the run starts, put on their way after the train command waited for
+    // the dataset and queued the run: the run waits for them as the command did, where it failed
+    // at once (a user's `ingest --watch` beside a queued run failed it).
+    const stuck = coverage.pending > 0 && !job.partial && elsewhere === 0 ? await waitOrGiveUp(seen, { job, deps, ctx, scanMs: performance.now() - scanStarted, cancelled: () => cancelled('while it waited for its images', true) }) : undefined;
+    if (comingBack) await services.redis.del(waitKey);
+    if (coverage.pending > 0 && !job.partial) {
+      const elsewhereWords = elsewhere ? ` (${elsewhere} of them are in another embedding space: ingest their prefixes again with --embedder ${job.embedderId})` : '';
+      const next = stuck ? `: ${stuck}; train again once they are in (or now, on the embedded ones, with --partial)` : ': wait for them, or train with --partial';
+      throw new PermanentError('images-pending', `${coverage.pending} of ${coverage.total} images of ${job.dataset} are not embedded in ${job.embedderId} yet${elsewhereWords}${next}`);
     }
-    return { ...seen, coverage };
-  };
-  const scanStarted = performance.now();
-  const seen = await read();
-  // (a dataset deleted, or Redis's data lost, while it was read looks like one with nothing on its way)
-  if (!(await services.datasets.exists(job.dataset))) throw new PermanentError('no-data', `dataset ${job.dataset} is not in Redis (deleted since the run was queued, or Redis lost its data): ingest it again, then train`);
-  const { coverage, examples, elsewhere } = seen;
-  // Images on their way as the run starts, put on their way after the train command waited for
-  // the dataset and queued the run: the run waits for them as the command did, where it failed
-  // at once (a user's `ingest --watch` beside a queued run failed it).
-  const stuck = coverage.pending > 0 && !job.partial && elsewhere === 0 ? await waitOrGiveUp(seen, { job, deps, ctx, scanMs: performance.now() - scanStarted }) : undefined;
-  await services.redis.del(services.keys.trainWaiting(job.runId));
-  if (coverage.pending > 0 && !job.partial) {
-    const elsewhereWords = elsewhere ? ` (${elsewhere} of them are in another embedding space: ingest their prefixes again with --embedder ${job.embedderId})` : '';
-    const next = stuck ? `: ${stuck}; train again once they are in (or now, on the embedded ones, with --partial)` : ': wait for them, or train with --partial';
-    throw new PermanentError('images-pending', `${coverage.pending} of ${coverage.total} images of ${job.dataset} are not embedded in ${job.embedderId} yet${elsewhereWords}${next}`);
+    // the wait over: what the follower sees next is the run loading its embeddings
+    if (comingBack) await loading();
+    return seen;
   }
+  // A run that ends for good while it waits forgets its wait (a run given its id again, or retried
+  // from the queue board, starts one of its own).
+  const { coverage, examples, elsewhere } = await readDataset().catch(async (err: unknown) => {
+    if (err instanceof PermanentError) await services.redis.del(waitKey).catch(() => {});
+    throw err;
+  });
   if (examples.length === 0) {
     // ingested, and every image failed: "ingest it first" would send the user round again
     const why =
@@ -363,7 +378,7 @@ interface DatasetRead {
  * queue paused, or no worker of it connected: a busy one goes on); IMAGES_WAIT_MAX_MS since the
  * wait began (kept in Redis across the put-backs, keys.trainWaiting).
  */
-async function waitOrGiveUp(seen: DatasetRead, o: { job: TrainJob; deps: TrainDeps; ctx: JobContext; scanMs: number }): Promise<string> {
+async function waitOrGiveUp(seen: DatasetRead, o: { job: TrainJob; deps: TrainDeps; ctx: JobContext; scanMs: number; cancelled: () => Promise<void> }): Promise<string> {
   const { job, deps } = o;
   const { redis, keys } = deps.services;
   const onTheirWay = seen.byStage.preprocess + seen.byStage.embed;
@@ -388,6 +403,8 @@ async function waitOrGiveUp(seen: DatasetRead, o: { job: TrainJob; deps: TrainDe
   const why = `${onTheirWay} ${n} of ${job.dataset} on ${its} way (put on ${its} way since the run was queued)`;
   if (!before.success) o.ctx.log.info({ dataset: job.dataset, runId: job.runId, onTheirWay }, `run ${job.runId} waits for ${why}: back to the queue until they are in`);
   await o.ctx.progress({ phase: 'waiting', epoch: 0, epochs: job.epochs, why } satisfies EpochProgress);
+  // (a cancel that came while it looked found it active, and waits for it to stop: it stops now)
+  await o.cancelled();
   throw new DeferJob(Math.max(IMAGES_LOOK_MS, 4 * o.scanMs), `run ${job.runId} waits for ${why}`);
 }
 

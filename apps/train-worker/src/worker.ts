@@ -30,7 +30,13 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
     const of = stage === 'embed' ? ` of embedding space ${space}` : '';
     if (await queue.isPaused()) return `the ${stage} queue${of} is paused (resume it: the console's queue board)`;
     const workers = stage === 'preprocess' ? await queue.getWorkersCount() : await services.spaces.workersOf(space);
-    return workers > 0 ? undefined : `no ${stage} worker${of} connected`;
+    if (workers > 0) {
+      const paused = await services.paused.allPaused(queue.name, workers);
+      return paused && `the ${stage} stage${of}: ${paused}`;
+    }
+    // (one loading its model, restarted or come up with the jobs queued, will move them)
+    if (stage === 'embed' && (await services.spaces.startingWorkers(space)).length > 0) return undefined;
+    return `no ${stage} worker${of} connected`;
   };
   const deps = { tf: rt.tf, backend: rt.backend, services, bucket: config.s3.bucket, metrics, s3, stageBlocked };
   const gauges = runGauges(metrics, config.trainGaugesLingerMs);

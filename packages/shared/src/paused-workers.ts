@@ -85,6 +85,20 @@ export class PausedWorkers {
     };
   }
 
+  /**
+   * When every one of the `connected` workers of `queue` is paused, why, how long, and what ends
+   * it ("all 2 of its workers are paused: S3 at … is unreachable (for 40 s); they resume by
+   * themselves when that is mended"); undefined when one is not (or none is connected).
+   */
+  async allPaused(queue: string, connected: number): Promise<string | undefined> {
+    const paused = await this.list(queue);
+    if (connected === 0 || paused.length < connected) return undefined;
+    const reasons = [...new Set(paused.map((p) => p.reason))].join('; ');
+    const remedies = [...new Set(paused.map((p) => p.remedy))].join('; ');
+    const longest = Math.max(...paused.map((p) => p.pausedSeconds));
+    return `${connected === 1 ? 'its worker is' : `all ${connected} of its workers are`} paused: ${reasons} (for ${longest} s); ${remedies}`;
+  }
+
   /** The workers of `queue` paused now. */
   async list(queue: string): Promise<PausedWorkerNow[]> {
     const [now, ...entries] = (await LIVE.run(this.redis, [this.keys.pausedWorkers(queue)], [])) as string[];

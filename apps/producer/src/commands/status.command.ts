@@ -66,8 +66,10 @@ export interface StatusReport {
         epochs: number;
         /** the train worker that holds it (host:pid:…) */
         worker?: string;
-        /** what it waits for before it trains (images on their way when it started), if it waits */
+        /** what it waits for before it trains (images on their way when it started, as its last look saw them), if it waits */
         waitingFor?: string;
+        /** back in the queue between two looks for those images (delayed), not held by a worker */
+        inQueue?: true;
         /** the train worker that held it, when it is no longer connected (stopping, or killed: then the run waits for its lock to run out) */
         workerGone?: string;
       }[];
@@ -84,6 +86,8 @@ export interface StatusReport {
 /** How many of the train queue's failed jobs status reads to tell the cancelled ones from the rest. */
 const FAILED_SCAN = 1000;
 /** Runs in training that status names (the train queue's active count says how many in all). */
+/** How many of the train queue's delayed jobs status reads for the runs waiting there for images on their way (others wait to retry). */
+const DELAYED_READ = 100;
 const ACTIVE_RUNS_SHOWN = 5;
 /** Failed runs status names one by one; past that, how many more. */
 const FAILED_RUNS_SHOWN = 3;
@@ -334,12 +338,13 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   // and the runs gone back to the queue to wait for images on their way (each looks again every few seconds)
   if (queues.train!.delayed) {
-    for (const j of await ctx.queues.train.getDelayed(0, ACTIVE_RUNS_SHOWN - 1)) {
+    const waiting = (await ctx.queues.train.getDelayed(0, DELAYED_READ - 1)).flatMap((j) => {
       const data = j?.data as { runId?: string; dataset?: string; epochs?: number } | undefined;
       const p = j?.progress as Partial<Pick<EpochProgress, 'phase' | 'why'>> | undefined;
-      if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset) || p?.phase !== 'waiting' || typeof p.why !== 'string') continue;
-      queues.train!.activeRuns.push({ runId: data.runId, dataset: String(data.dataset), epoch: 0, epochs: data.epochs ?? 0, waitingFor: p.why });
-    }
+      if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset) || p?.phase !== 'waiting' || typeof p.why !== 'string') return [];
+      return [{ runId: data.runId, dataset: String(data.dataset), epoch: 0, epochs: data.epochs ?? 0, waitingFor: p.why, inQueue: true as const }];
+    });
+    queues.train!.activeRuns.push(...waiting.slice(0, ACTIVE_RUNS_SHOWN));
   }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers: beating, starting } of listed) {
@@ -414,7 +419,11 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     if (r.workerGone) w(`  train: run ${r.runId} of ${r.dataset} reached epoch ${r.epoch} of at most ${r.epochs} on train worker ${r.workerGone}, which is stopping or gone (a train worker that stops puts the run back at the end of its epoch; if it was killed, a train worker starts the run again once its lock has run out, about ${takenUpWithinSeconds('train', ctx)} s after) (follow it: transferline train --follow ${r.runId})`);
     else {
       const on = r.worker ? ` on train worker ${r.worker}` : '';
-      const doing = r.waitingFor ? `waits${on} for ${r.waitingFor} before it trains` : `is training${on}, epoch ${r.epoch} of at most ${r.epochs}`;
+      const doing = r.inQueue
+        ? `waits in the queue for the images on its way before it trains (at its last look, ${r.waitingFor}); it looks again when a train worker is free`
+        : r.waitingFor
+          ? `waits${on} for ${r.waitingFor} before it trains`
+          : `is training${on}, epoch ${r.epoch} of at most ${r.epochs}`;
       w(`  train: run ${r.runId} of ${r.dataset} ${doing} (follow it: transferline train --follow ${r.runId})`);
     }
   }

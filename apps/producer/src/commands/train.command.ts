@@ -348,9 +348,12 @@ export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_
   }
   if (before === 'finished') throw await finished();
   await redis.set(flag, new Date().toISOString(), 'EX', CANCEL_TTL_SECONDS);
-  if ((await job.getState()) !== 'active') {
-    const ranBefore = job.attemptsMade > 0 || job.processedOn !== undefined;
-    const removed = await job.remove().then(
+  /** a run not held by a worker now, removed from the queue: said, or false when a worker took it meanwhile */
+  const removeQueued = async (): Promise<boolean> => {
+    const now = await ctx.queues.train.getJob(job.id!);
+    if (!now || !['waiting', 'delayed', 'prioritized'].includes(await now.getState())) return false;
+    const ranBefore = now.attemptsMade > 0 || now.processedOn !== undefined;
+    const removed = await now.remove().then(
       () => true,
       (err: Error) => {
         // taken by a worker meanwhile (BullMQ refuses to remove a locked job): it finds the flag at its first check
@@ -358,14 +361,19 @@ export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_
         throw err;
       },
     );
-    if (removed) {
-      w(`run ${runId} cancelled: removed from the queue ${ranBefore ? 'where it waited to run again (a worker had started it before)' : 'before any worker started it'}`);
-      return 'removed';
-    }
-  }
+    if (!removed) return false;
+    // (and its wait for images, if it waited: a run given the id again starts its own)
+    await redis.del(keys.trainWaiting(runId));
+    const waited = (now.progress as { phase?: string } | undefined)?.phase === 'waiting';
+    w(`run ${runId} cancelled: removed from the queue ${waited ? 'where it waited for images on their way' : ranBefore ? 'where it waited to run again (a worker had started it before)' : 'before any worker started it'}`);
+    return true;
+  };
+  if (await removeQueued()) return 'removed';
   w(`run ${runId} is training: it stops at the end of an epoch, within about a second…`);
   const deadline = Date.now() + waitMs;
   while (Date.now() < deadline) {
+    // (a run that was looking for the images it waits for goes back to the queue: removed there)
+    if (await removeQueued()) return 'removed';
     if (ctx.signal?.aborted) throw new CliExit(EXIT.interrupted, `\ninterrupted; the request stands: run ${runId} stops at its worker's next check (within ${CANCEL_TTL_SECONDS / 3600} h)`);
     const now = await ended();
     if (now === 'cancelled') {
