@@ -539,7 +539,7 @@ describe('train on a dataset with images still pending', () => {
       // status says what the run does
       // (in the queue between its looks, or on a train worker while it looks)
       expect((await cli(['status'])).stdout).toMatch(
-        /^ {2}train: run later-1 of later waits (in the queue for the images on its way before it trains \(at its last look, 2 images of later on their way \(put on their way since the run was queued\)\); it looks again when a train worker is free|on train worker \S+ for 2 images of later on their way \(put on their way since the run was queued\) before it trains) \(follow it: transferline train --follow later-1\)$/m,
+        /^ {2}train: run later-1 of later waits (in the queue for its images on their way before it trains \(at its last look, 2 images of later on their way \(put on their way since the run was queued\)\); it looks again when a train worker is free|on train worker \S+ for 2 images of later on their way \(put on their way since the run was queued\) before it trains) \(follow it: transferline train --follow later-1\)$/m,
       );
       // the run waits in the queue, not on the train worker: a run of another dataset goes first
       const other = await cli(['train', '-d', 'beside', '--epochs', '3', '--run-id', 'beside-1']);

@@ -36,6 +36,8 @@ export async function followJob<R>(ctx: CliContext, queue: Queue, job: Job, o: F
   events.on('error', () => {});
   const queued = queueWatch(ctx, job, o);
   const pace = new ProgressPace();
+  // (a run followed while it waits in the queue for its images says so before its next progress)
+  pace.phase = (job.progress as { phase?: string } | undefined)?.phase;
   const onProgress = ({ jobId, data }: { jobId: string; data: unknown }) => {
     if (jobId !== job.id) return;
     // progress means a worker has it: "started" comes before its first line, not after the next poll

@@ -36,7 +36,7 @@ export interface TrainDeps {
   /** the worker's S3 guard: a run trained waits out an outage of S3 to be saved, rather than be trained again */
   s3?: Pick<DependencyGuard, 'up' | 'reason' | 'isOutage'>;
   /** why a stage cannot move the images a run waits for (its queue paused, no worker of it connected), if it cannot now */
-  stageBlocked?: (stage: 'preprocess' | 'embed', space: string) => Promise<string | undefined>;
+  stageBlocked?: (stage: 'preprocess' | 'embed', space: string, o: { /** an outage's pause counts once it has lasted this long */ pausedForSeconds: number }) => Promise<string | undefined>;
 }
 
 /** Progress reported after each epoch (the CLI draws its bar from it). */
@@ -121,7 +121,7 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
   const loading = () => ctx.progress({ phase: 'loading', epoch: 0, epochs: job.epochs } satisfies EpochProgress);
   /** The dataset as the run trains on it, once the images on their way when it started are in (or it gives up on them). */
   async function readDataset(): Promise<DatasetRead> {
-    await cancelled('before it started');
+    await cancelled(comingBack ? 'while it waited for its images' : 'before it started');
     await putBackIfStopping('before it started');
     // (not while it comes back to look again: the follower's line keeps saying what it waits for)
     if (!comingBack) await loading();
@@ -393,9 +393,10 @@ async function waitOrGiveUp(seen: DatasetRead, o: { job: TrainJob; deps: TrainDe
   const before = TrainWait.safeParse(JSON.parse((await redis.get(key)) ?? 'null'));
   const wait: TrainWait = before.success ? { ...before.data, done, movedAt: done > before.data.done ? now : before.data.movedAt } : { since: now, movedAt: now, done };
   if (now - wait.since > IMAGES_WAIT_MAX_MS) return `${onTheirWay} still on their way after the run waited ${Math.round(IMAGES_WAIT_MAX_MS / 60_000)} minutes for them`;
-  if (now - wait.movedAt > (job.stallSeconds ?? 30) * 1000) {
+  const stallSeconds = job.stallSeconds ?? 30;
+  if (now - wait.movedAt > stallSeconds * 1000) {
     const stages = (['preprocess', 'embed'] as const).filter((st) => seen.byStage[st] > 0);
-    const blocked = (await Promise.all(stages.map((st) => deps.stageBlocked?.(st, job.embedderId)))).filter((w): w is string => !!w);
+    const blocked = (await Promise.all(stages.map((st) => deps.stageBlocked?.(st, job.embedderId, { pausedForSeconds: stallSeconds })))).filter((w): w is string => !!w);
     if (blocked.length) return `none done for ${Math.round((now - wait.movedAt) / 1000)} s, and ${blocked.join(', and ')}`;
   }
   await redis.set(key, JSON.stringify(wait), 'PX', IMAGES_WAIT_MAX_MS + 10 * 60_000);

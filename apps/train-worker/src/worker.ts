@@ -25,13 +25,14 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   const queues = createQueues(services.redis, config);
   // what keeps the images a starting run waits for from moving on, as the train command's wait says it
-  const stageBlocked = async (stage: 'preprocess' | 'embed', space: string): Promise<string | undefined> => {
+  const stageBlocked = async (stage: 'preprocess' | 'embed', space: string, o: { pausedForSeconds: number }): Promise<string | undefined> => {
     const queue = stage === 'preprocess' ? queues.preprocess : queues.embed(space);
     const of = stage === 'embed' ? ` of embedding space ${space}` : '';
     if (await queue.isPaused()) return `the ${stage} queue${of} is paused (resume it: the console's queue board)`;
     const workers = stage === 'preprocess' ? await queue.getWorkersCount() : await services.spaces.workersOf(space);
     if (workers > 0) {
-      const paused = await services.paused.allPaused(queue.name, workers);
+      // (a pause of a few seconds, an outage just ending, is not a stage that cannot move them)
+      const paused = await services.paused.allPaused(queue.name, workers, o.pausedForSeconds);
       return paused && `the ${stage} stage${of}: ${paused}`;
     }
     // (one loading its model, restarted or come up with the jobs queued, will move them)

@@ -88,11 +88,13 @@ export class PausedWorkers {
   /**
    * When every one of the `connected` workers of `queue` is paused, why, how long, and what ends
    * it ("all 2 of its workers are paused: S3 at … is unreachable (for 40 s); they resume by
-   * themselves when that is mended"); undefined when one is not (or none is connected).
+   * themselves when that is mended"); undefined when one is not (or none is connected), or, with
+   * `forAtLeastSeconds`, when one has been paused for less than that.
    */
-  async allPaused(queue: string, connected: number): Promise<string | undefined> {
+  async allPaused(queue: string, connected: number, forAtLeastSeconds = 0): Promise<string | undefined> {
     const paused = await this.list(queue);
     if (connected === 0 || paused.length < connected) return undefined;
+    if (Math.min(...paused.map((p) => p.pausedSeconds)) < forAtLeastSeconds) return undefined;
     const reasons = [...new Set(paused.map((p) => p.reason))].join('; ');
     const remedies = [...new Set(paused.map((p) => p.remedy))].join('; ');
     const longest = Math.max(...paused.map((p) => p.pausedSeconds));

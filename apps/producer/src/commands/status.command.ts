@@ -86,9 +86,9 @@ export interface StatusReport {
 /** How many of the train queue's failed jobs status reads to tell the cancelled ones from the rest. */
 const FAILED_SCAN = 1000;
 /** Runs in training that status names (the train queue's active count says how many in all). */
+const ACTIVE_RUNS_SHOWN = 5;
 /** How many of the train queue's delayed jobs status reads for the runs waiting there for images on their way (others wait to retry). */
 const DELAYED_READ = 100;
-const ACTIVE_RUNS_SHOWN = 5;
 /** Failed runs status names one by one; past that, how many more. */
 const FAILED_RUNS_SHOWN = 3;
 
@@ -344,7 +344,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
       if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset) || p?.phase !== 'waiting' || typeof p.why !== 'string') return [];
       return [{ runId: data.runId, dataset: String(data.dataset), epoch: 0, epochs: data.epochs ?? 0, waitingFor: p.why, inQueue: true as const }];
     });
-    queues.train!.activeRuns.push(...waiting.slice(0, ACTIVE_RUNS_SHOWN));
+    // (a run that went back to the queue between the two reads is named once)
+    const named = new Set(queues.train!.activeRuns.map((r) => r.runId));
+    queues.train!.activeRuns.push(...waiting.filter((r) => !named.has(r.runId)).slice(0, ACTIVE_RUNS_SHOWN));
   }
   const spaces: SpaceStatus[] = [];
   for (const { space, workers: beating, starting } of listed) {
@@ -420,7 +422,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     else {
       const on = r.worker ? ` on train worker ${r.worker}` : '';
       const doing = r.inQueue
-        ? `waits in the queue for the images on its way before it trains (at its last look, ${r.waitingFor}); it looks again when a train worker is free`
+        ? `waits in the queue for its images on their way before it trains (at its last look, ${r.waitingFor}); it looks again when a train worker is free`
         : r.waitingFor
           ? `waits${on} for ${r.waitingFor} before it trains`
           : `is training${on}, epoch ${r.epoch} of at most ${r.epochs}`;

@@ -369,7 +369,8 @@ export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_
     return true;
   };
   if (await removeQueued()) return 'removed';
-  w(`run ${runId} is training: it stops at the end of an epoch, within about a second…`);
+  const looking = ((await ctx.queues.train.getJob(job.id!))?.progress as { phase?: string } | undefined)?.phase === 'waiting';
+  w(looking ? `run ${runId} is looking for the images it waits for: it stops at the end of this look…` : `run ${runId} is training: it stops at the end of an epoch, within about a second…`);
   const deadline = Date.now() + waitMs;
   while (Date.now() < deadline) {
     // (a run that was looking for the images it waits for goes back to the queue: removed there)
