@@ -253,6 +253,9 @@ describe('transferline up, as a process', () => {
     hand.stderr!.on('data', (d: Buffer) => (handSaid += d.toString()));
     await until('the worker started by hand to start', () => handSaid.includes('worker started') || hand.exitCode !== null, 60);
     expect(hand.exitCode, handSaid).toBeNull();
+    // its queue connection named as BullMQ names a worker's (after "worker started", a moment later)
+    const clientList = async () => (await promisify(execFile)('redis-cli', ['-p', env.TL_REDIS_PORT!, 'CLIENT', 'LIST'])).stdout;
+    await until("the worker started by hand to be among the preprocess queue's workers", async () => new RegExp(`name=\\S*:w:${os.hostname()}:${hand.pid}:`).test(await clientList()), 30);
     // Ctrl-C as a terminal sends it: to the foreground process group, not only to up
     process.kill(-second.child.pid!, 'SIGINT');
     await until('up to stop on Ctrl-C', () => second.child.exitCode !== null, 30).catch((err: Error) => {
