@@ -1,6 +1,5 @@
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { createRedis, PausedWorkers, PROCESS_NAME, redisKeys, type Redis } from '../packages/shared/src/index.js';
-import { allPaused } from '../apps/producer/src/dataset-wait.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { NO_WORKERS, stackForFile } from './support/stack.js';
 
@@ -45,7 +44,7 @@ describe('paused workers', () => {
     expect(entry!.worker).toBe(PROCESS_NAME);
     expect(entry!.pausedSeconds).toBeLessThan(10);
     // what a waiting CLI prints when this is the stage's only worker
-    expect(await allPaused(ctx, queue, 1)).toMatch(/^its worker is paused: S3 at http:\/\/s3\.example:9000 is unreachable \(for \d s\); they resume/);
+    expect(await ctx.services.paused.allPaused(queue, 1)).toMatch(/^its worker is paused: S3 at http:\/\/s3\.example:9000 is unreachable \(for \d s\); they resume/);
     // a waiting run counts the stage blocked only once the pause has lasted its stall timeout:
     // one of a few seconds (an outage just ending) is not (a review)
     expect(await ctx.services.paused.allPaused(queue, 1, 600)).toBeUndefined();

@@ -264,7 +264,7 @@ export async function stageBlocked(
     if (left !== undefined) return { note: `${what} their hung worker is being started again by up (none connected meanwhile): waiting for it (for ${left} s more at most)` };
     return `${what} ${why.gone}`;
   }
-  const paused = await allPaused(ctx, queue.name, live);
+  const paused = await ctx.services.paused.allPaused(queue.name, live);
   if (paused) return `${what} ${paused}`;
   const found = await movesNothing(ctx, queue);
   const seen = hung.since.get(stage);
@@ -433,12 +433,4 @@ async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): P
   const restart = await upRestart(ctx, 'embed', [last.worker.workerId], last.silentMs, hung.restarts);
   if (restart.words) return { note: `${none}: ${silent}; ${restart.words}` };
   return `${none}: ${silent}; restart it, or start one with that space's settings (${RESTARTED_BY})${restart.expired ?? ''}`;
-}
-
-/**
- * When every worker of `queue` (`connected` of them) is paused by an outage, what to tell the
- * user (the workers resume by themselves; a wait that took them for busy would never end).
- */
-export async function allPaused(ctx: CliContext, queue: string, connected: number): Promise<string | undefined> {
-  return ctx.services.paused.allPaused(queue, connected);
 }

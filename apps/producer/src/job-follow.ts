@@ -1,8 +1,9 @@
 import { Job, QueueEvents, type Queue } from 'bullmq';
 import { JOBS, execPipeline, hungAfterMs, jobLock, permanentFailureOf, sleep, unlockedActiveJobs, type JobName, type Redis } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
-import { allPaused, redisOutage, restartUnderWay, RESTARTED_BY, upRestart, workerIdOf, type UpRestarts } from './dataset-wait.js';
+import { redisOutage, restartUnderWay, RESTARTED_BY, upRestart, workerIdOf, type UpRestarts } from './dataset-wait.js';
 import { CliExit, EXIT } from './exit-codes.js';
+import { waitingFor } from '@transferline/train-worker/train-head.job';
 
 export interface FollowOptions {
   /** what the job is, for messages ("run 2026…", "classify round") */
@@ -169,7 +170,7 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
               ? `its ${o.role} worker is gone and no ${o.role} worker is connected${restart.expired ?? ''}: start one (transferline up, or the ${o.role} worker) and it takes the job up again`
               : `no ${o.role} worker is connected: start one (transferline up, or the ${o.role} worker); the job stays queued until then`;
         } else if (waiting) {
-          const paused = await allPaused(ctx, queue.name, connected);
+          const paused = await ctx.services.paused.allPaused(queue.name, connected);
           if (paused) why = `it waits for the ${queue.name} queue, and ${paused}`;
         }
       }
@@ -416,7 +417,7 @@ function holderWatch(ctx: CliContext, job: Job, o: FollowOptions, replacedByUp: 
       const holder = now?.processedBy;
       if (!holder) return;
       // (a run waiting for images goes back to the queue between its looks: any train worker may take the next)
-      const looking = (now.progress as { phase?: string } | undefined)?.phase === 'waiting';
+      const looking = waitingFor(now.progress) !== undefined;
       const before = last;
       last = holder;
       if (holderConnected(workers, holder)) {

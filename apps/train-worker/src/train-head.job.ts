@@ -63,6 +63,12 @@ const SAVE_ALLOWANCE_MS = 10_000;
 /** How often a training run asks whether it was cancelled (`train --cancel`), at most. */
 const CANCEL_CHECK_MS = 1_000;
 
+/** What a run's last progress (a train job's, as BullMQ stores it) says it waits for, when it waits for images on their way; else undefined. */
+export function waitingFor(progress: unknown): string | undefined {
+  const p = progress as Partial<EpochProgress> | undefined;
+  return p?.phase === 'waiting' && typeof p.why === 'string' ? p.why : undefined;
+}
+
 /** How long a run waiting for images on their way goes back to the queue before it looks again (at least: four times a scan's length for a large dataset). */
 const IMAGES_LOOK_MS = 3_000;
 /** How long a run waits at most for images on their way when it starts, however they move. */
@@ -128,35 +134,31 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext)
     // the prefixes the CLI found not ingested again, less those an ingest listed to the end since
     const listed = job.notIngestedAgain?.length ? new Set((await services.datasets.listedSources(job.dataset)).map((s) => DatasetRepository.objectUrl(s))) : undefined;
     const left = job.notIngestedAgain?.filter((s) => !listed?.has(s));
-    const read = async (): Promise<DatasetRead> => {
-      const seen = { examples: [] as Example[], elsewhere: 0, byStage: { preprocess: 0, embed: 0 } };
-      const coverage: ReportDoc['coverage'] = { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(left?.length && { notIngestedAgain: left }) };
-      for await (const page of services.inspector.scan(job.dataset)) {
-        await putBackIfStopping('while reading its dataset');
-        for (const v of page) {
-          coverage.total++;
-          if (v.phase === 'failed') coverage.failed++;
-          else if (v.phase !== 'embedded') {
-            coverage.pending++;
-            // on its way in another space (ingested with another --embedder): it will not be in this one
-            if (v.record.space !== undefined && v.record.space !== job.embedderId) seen.elsewhere++;
-            else if (v.phase !== 'orphaned') seen.byStage[v.phase]++;
-          } else if (v.space === job.embedderId) {
-            coverage.embedded++;
-            seen.examples.push({ sha256: v.record.sha256!, label: v.record.label, id: v.id, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest !== undefined && { manifest: v.record.manifest }) });
-          } else {
-            coverage.pending++; // embedded in another space: not usable here
-            seen.elsewhere++;
-          }
+    const scanStarted = performance.now();
+    const seen: DatasetRead = { examples: [], elsewhere: 0, byStage: { preprocess: 0, embed: 0 }, coverage: { total: 0, embedded: 0, pending: 0, failed: 0, partial: job.partial, ...(left?.length && { notIngestedAgain: left }) } };
+    const { coverage } = seen;
+    for await (const page of services.inspector.scan(job.dataset)) {
+      await putBackIfStopping('while reading its dataset');
+      for (const v of page) {
+        coverage.total++;
+        if (v.phase === 'failed') coverage.failed++;
+        else if (v.phase !== 'embedded') {
+          coverage.pending++;
+          // on its way in another space (ingested with another --embedder): it will not be in this one
+          if (v.record.space !== undefined && v.record.space !== job.embedderId) seen.elsewhere++;
+          else if (v.phase !== 'orphaned') seen.byStage[v.phase]++;
+        } else if (v.space === job.embedderId) {
+          coverage.embedded++;
+          seen.examples.push({ sha256: v.record.sha256!, label: v.record.label, id: v.id, ...(v.record.split && { split: v.record.split }), ...(v.record.manifest !== undefined && { manifest: v.record.manifest }) });
+        } else {
+          coverage.pending++; // embedded in another space: not usable here
+          seen.elsewhere++;
         }
       }
-      return { ...seen, coverage };
-    };
-    const scanStarted = performance.now();
-    const seen = await read();
+    }
     // (a dataset deleted, or Redis's data lost, while it was read looks like one with nothing on its way)
     if (!(await services.datasets.exists(job.dataset))) throw new PermanentError('no-data', `dataset ${job.dataset} is not in Redis (deleted since the run was queued, or Redis lost its data): ingest it again, then train`);
-    const { coverage, elsewhere } = seen;
+    const { elsewhere } = seen;
     // Images on their way as the run starts, put on their way after the train command waited for
     // the dataset and queued the run: the run waits for them as the command did, where it failed
     // at once (a user's `ingest --watch` beside a queued run failed it).

@@ -12,6 +12,12 @@ import type { Logger } from './logger.js';
  */
 export const PROCESS_NAME = `${os.hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
+/** The host and pid a PROCESS_NAME (a job's holder, a worker connection's name) was made from. */
+export function processOfName(name: string): { host: string; pid: number } {
+  const [host = '', pid = ''] = name.split(':');
+  return { host, pid: Number(pid) };
+}
+
 /**
  * Longest a stop may take (jobs in hand, a Redis that is gone) before the process exits anyway.
  * Whatever stops a worker gives it longer than this (`up`, the compose file, the manifests), so

@@ -7,7 +7,7 @@ import { storageHint } from '../storage-hint.js';
 import { runCompletedAfter } from './models.command.js';
 import { holderConnected, takenUpWithinSeconds } from '../job-follow.js';
 import { indexUnderOtherPrefixes, lossOver, lossUnrecorded, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
-import type { EpochProgress } from '@transferline/train-worker/train-head.job';
+import { waitingFor, type EpochProgress } from '@transferline/train-worker/train-head.job';
 
 export interface SpaceStatus {
   space: EmbeddingSpace;
@@ -324,15 +324,14 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const data = j?.data as { runId?: string; dataset?: string; epochs?: number } | undefined;
     if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset)) continue;
     const gone = trainActive.goneIds.has(j.id) ? j.processedBy : undefined;
-    const p = j.progress as Partial<Pick<EpochProgress, 'epoch' | 'phase' | 'why'>> | undefined;
-    const waitingFor = p?.phase === 'waiting' && typeof p.why === 'string' ? p.why : undefined;
+    const waits = waitingFor(j.progress);
     queues.train!.activeRuns.push({
       runId: data.runId,
       dataset: String(data.dataset),
-      epoch: p?.epoch ?? 0,
+      epoch: (j.progress as Partial<EpochProgress> | undefined)?.epoch ?? 0,
       epochs: data.epochs ?? 0,
       ...(j.processedBy && !gone && { worker: j.processedBy }),
-      ...(waitingFor && !gone && { waitingFor }),
+      ...(waits && !gone && { waitingFor: waits }),
       ...(gone && { workerGone: gone }),
     });
   }
@@ -340,9 +339,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   if (queues.train!.delayed) {
     const waiting = (await ctx.queues.train.getDelayed(0, DELAYED_READ - 1)).flatMap((j) => {
       const data = j?.data as { runId?: string; dataset?: string; epochs?: number } | undefined;
-      const p = j?.progress as Partial<Pick<EpochProgress, 'phase' | 'why'>> | undefined;
-      if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset) || p?.phase !== 'waiting' || typeof p.why !== 'string') return [];
-      return [{ runId: data.runId, dataset: String(data.dataset), epoch: 0, epochs: data.epochs ?? 0, waitingFor: p.why, inQueue: true as const }];
+      const waits = waitingFor(j?.progress);
+      if (!data?.runId || (o.dataset !== undefined && data.dataset !== o.dataset) || !waits) return [];
+      return [{ runId: data.runId, dataset: String(data.dataset), epoch: 0, epochs: data.epochs ?? 0, waitingFor: waits, inQueue: true as const }];
     });
     // (a run that went back to the queue between the two reads is named once)
     const named = new Set(queues.train!.activeRuns.map((r) => r.runId));

@@ -11,7 +11,7 @@ import { classFigures, conflictCopy, confusableLabelNotes, fewInAll, fewToLearn,
 import { elsewhereLines } from './ingest.command.js';
 import { latestRun } from './models.command.js';
 import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
-import { TRAIN_FAILURE_REASONS, type EpochProgress } from '@transferline/train-worker/train-head.job';
+import { TRAIN_FAILURE_REASONS, waitingFor, type EpochProgress } from '@transferline/train-worker/train-head.job';
 import { storageHint } from '../storage-hint.js';
 
 /** The option a TrainJob field comes from: `validationFraction` → `--validation-fraction`. */
@@ -364,12 +364,11 @@ export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_
     if (!removed) return false;
     // (and its wait for images, if it waited: a run given the id again starts its own)
     await redis.del(keys.trainWaiting(runId));
-    const waited = (now.progress as { phase?: string } | undefined)?.phase === 'waiting';
-    w(`run ${runId} cancelled: removed from the queue ${waited ? 'where it waited for images on their way' : ranBefore ? 'where it waited to run again (a worker had started it before)' : 'before any worker started it'}`);
+    w(`run ${runId} cancelled: removed from the queue ${waitingFor(now.progress) ? 'where it waited for images on their way' : ranBefore ? 'where it waited to run again (a worker had started it before)' : 'before any worker started it'}`);
     return true;
   };
   if (await removeQueued()) return 'removed';
-  const looking = ((await ctx.queues.train.getJob(job.id!))?.progress as { phase?: string } | undefined)?.phase === 'waiting';
+  const looking = waitingFor((await ctx.queues.train.getJob(job.id!))?.progress) !== undefined;
   w(looking ? `run ${runId} is looking for the images it waits for: it stops at the end of this look…` : `run ${runId} is training: it stops at the end of an epoch, within about a second…`);
   const deadline = Date.now() + waitMs;
   while (Date.now() < deadline) {

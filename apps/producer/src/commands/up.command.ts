@@ -2,7 +2,7 @@ import { readdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createQueues, createServices, loadConfig, redactUrl, ReportDoc, resolveWeights, sleep, spaceSettings, stackSettings, WeightsUnavailableError, withDeadline, type Queues, type Services } from '@transferline/shared';
+import { createQueues, createServices, loadConfig, redactUrl, ReportDoc, resolveWeights, sleep, spaceSettings, stackSettings, WeightsUnavailableError, processOfName, withDeadline, type Queues, type Services } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import { createLogger } from '@transferline/shared/service-runtime';
 import { startConsole, type ConsoleHandle } from '../console/console.server.js';
@@ -46,8 +46,8 @@ async function workersNotStarted(queues: Queues, services: Pick<Services, 'space
     for (const client of await queue.getWorkers()) {
       const id = workerIdOf(client);
       if (!id) continue;
-      const [host, pid] = id.split(':');
-      if (host === os.hostname() && childPids.includes(Number(pid))) continue;
+      const { host, pid } = processOfName(id);
+      if (host === os.hostname() && childPids.includes(pid)) continue;
       const key = `${host}:${pid}`;
       roles.set(key, (roles.get(key) ?? new Set()).add(role));
     }
