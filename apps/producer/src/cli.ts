@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option, type CommanderError } from 'commander';
-import { AnyDatasetName, ConfigError, DatasetName, loadConfig, ObjectStore, parseS3Url, s3Refusal, S3UnreachableError, ITEM_FAILURE_REASONS, TRANSIENT_REASONS } from '@transferline/shared';
+import { AnyDatasetName, ConfigError, DatasetName, DEFAULT_STALL_SECONDS, loadConfig, ObjectStore, parseS3Url, s3Refusal, S3UnreachableError, ITEM_FAILURE_REASONS, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, sayWhenS3IsSlow, type CliContext } from './cli-context.js';
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
@@ -82,7 +82,7 @@ const dataset = named(DatasetName);
 const anyDataset = named(AnyDatasetName);
 
 const embedderOption = ['--embedder <id>', 'the embedding space to use, when the deployment runs several (see "transferline status")'] as const;
-const stallOption = ['--stall-timeout <seconds>', 'give up waiting (exit code 4) after this long without progress when no worker can move the rest', int('--stall-timeout'), 30] as const;
+const stallOption = ['--stall-timeout <seconds>', 'give up waiting (exit code 4) after this long without progress when no worker can move the rest', int('--stall-timeout'), DEFAULT_STALL_SECONDS] as const;
 
 /**
  * Runs a one-shot command with clients built from the environment, closed afterwards. Ctrl-C

@@ -4,6 +4,7 @@ import {
   CONFLICTS_NAMED,
   conflictsLabelledBy,
   DatasetRepository,
+  DEFAULT_STALL_SECONDS,
   DeferJob,
   type DependencyGuard,
   PermanentError,
@@ -395,7 +396,7 @@ async function waitOrGiveUp(seen: DatasetRead, o: { job: TrainJob; deps: TrainDe
   const before = TrainWait.safeParse(JSON.parse((await redis.get(key)) ?? 'null'));
   const wait: TrainWait = before.success ? { ...before.data, done, movedAt: done > before.data.done ? now : before.data.movedAt } : { since: now, movedAt: now, done };
   if (now - wait.since > IMAGES_WAIT_MAX_MS) return `${onTheirWay} still on their way after the run waited ${Math.round(IMAGES_WAIT_MAX_MS / 60_000)} minutes for them`;
-  const stallSeconds = job.stallSeconds ?? 30;
+  const stallSeconds = job.stallSeconds ?? DEFAULT_STALL_SECONDS;
   if (now - wait.movedAt > stallSeconds * 1000) {
     const stages = (['preprocess', 'embed'] as const).filter((st) => seen.byStage[st] > 0);
     const blocked = (await Promise.all(stages.map((st) => deps.stageBlocked?.(st, job.embedderId, { pausedForSeconds: stallSeconds })))).filter((w): w is string => !!w);

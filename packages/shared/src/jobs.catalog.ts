@@ -42,6 +42,9 @@ export function isClassifyDataset(dataset: string): boolean {
   return dataset.startsWith(classifyDatasetName(''));
 }
 
+/** How long a wait goes on with nothing moving and no worker that could move it (--stall-timeout), unless told: the CLI's waits and a run's wait for its images. */
+export const DEFAULT_STALL_SECONDS = 30;
+
 /**
  * What brings back a dataset's images whose job was lost: the command that lists their prefix
  * again (classify's datasets cannot be ingested into).
@@ -117,7 +120,7 @@ export const TrainJob = z.object({
   /**
    * The train command's --stall-timeout: how long a run that finds images on their way when it
    * starts waits for them without one done, once a stage that holds some cannot move them
-   * (absent in runs queued by older commands: 30)
+   * (absent in runs queued by older commands: DEFAULT_STALL_SECONDS)
    */
   stallSeconds: z.number().int().min(0).optional(),
 });

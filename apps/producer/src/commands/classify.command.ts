@@ -1,4 +1,4 @@
-import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetRepository, DatasetName, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace, type TrainJob } from '@transferline/shared';
+import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetRepository, DatasetName, DEFAULT_STALL_SECONDS, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace, type TrainJob } from '@transferline/shared';
 import type { Job } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { watchRounds, WatchEnded } from '../watch-loop.js';
@@ -102,7 +102,7 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   const random = randomSpaceNote(model.space, 'its labels are');
   if (random) ctx.out.write(`  ${random}\n`);
   const dataset = classifyDatasetName(model.dataset);
-  const stallSeconds = o.stallSeconds ?? 30;
+  const stallSeconds = o.stallSeconds ?? DEFAULT_STALL_SECONDS;
   const results: ClassifyResult[] = [];
   // A round that found images to classify and did not see them classified (its listing, its wait
   // or its classify job gave up): the next round classifies, new images or none (they are embedded

@@ -1,4 +1,4 @@
-import { BYTES_FAILURE_REASONS, DatasetRepository, manifestFormat, ObjectNotFoundError, parseS3ObjectUrl, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
+import { BYTES_FAILURE_REASONS, DatasetRepository, DEFAULT_STALL_SECONDS, manifestFormat, ObjectNotFoundError, parseS3ObjectUrl, parseS3Url, redactUrl, relistCommand, s3Refusal, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '../data-loss.js';
@@ -202,7 +202,7 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
   if (!(await ctx.services.datasets.exists(o.dataset))) return { space: space.id, counts };
   // what this ingest waits for: its new and changed objects, and those still on their way from before
   const ours = counts.enqueued + counts.alreadyQueued + counts.retried + counts.unchangedInFlight + counts.fromCache;
-  const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30, ours: { count: ours, done: counts.fromCache, what: "this ingest's images" } });
+  const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? DEFAULT_STALL_SECONDS, ours: { count: ours, done: counts.fromCache, what: "this ingest's images" } });
   printDatasetSummary(ctx, status);
   return { space: space.id, counts, status };
 }

@@ -1,4 +1,4 @@
-import { BYTES_FAILURE_REASONS, relistCommand, TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
+import { BYTES_FAILURE_REASONS, DEFAULT_STALL_SECONDS, relistCommand, TRANSIENT_REASONS, type DatasetStatus, type ItemView, type Stage } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { noSuchDataset } from '../data-loss.js';
 import { waitForDataset } from '../dataset-wait.js';
@@ -68,7 +68,7 @@ export async function retryCommand(ctx: CliContext, o: RetryOptions): Promise<{ 
   // nothing failed at all (a typo'd reason, or the wrong dataset): said, as `failures` does
   ctx.out.write(skipped ? `; ${skipped} other failure${skipped === 1 ? '' : 's'} left alone (${parts.join('; ')})\n` : retried ? '\n' : '; it has no failed images\n');
   if (!o.wait || retried === 0) return { retried };
-  const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? 30, ours: { count: retried, what: 'the images retried' } });
+  const status = await waitForDataset(ctx, o.dataset, { space: space.id, stallSeconds: o.stallSeconds ?? DEFAULT_STALL_SECONDS, ours: { count: retried, what: 'the images retried' } });
   printDatasetSummary(ctx, status);
   return { retried, status };
 }

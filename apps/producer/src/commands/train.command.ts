@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
-import { conflictsLabelledBy, enqueue, jobIds, NEW_RUN_ID, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
+import { conflictsLabelledBy, DEFAULT_STALL_SECONDS, enqueue, jobIds, NEW_RUN_ID, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { followJob, say } from '../job-follow.js';
@@ -99,7 +99,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
   // The settings are checked before any wait: a bad value must not wait for every embedding first.
   const { dataset, wait, partial, runId: _r, stallSeconds: _s, ...settings } = o;
   const defined = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
-  const stallSeconds = o.stallSeconds ?? 30;
+  const stallSeconds = o.stallSeconds ?? DEFAULT_STALL_SECONDS;
   // (stallSeconds: the run's patience too, with images ingested after it was queued that stop moving)
   const input: TrainJobInput = { dataset, runId, embedderId: space, partial: !!partial, ...defined, stallSeconds, ...(lost?.missing?.length && { notIngestedAgain: lost.missing }) };
   const parsed = TrainJob.safeParse(input);
