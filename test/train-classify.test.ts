@@ -21,7 +21,7 @@ import { restoreLostIndex } from '../apps/producer/src/data-loss.js';
 import { consoleDeps, loadDataset, loadOverview } from '../apps/producer/src/console/console-data.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { cliPath, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
+import { cliPath, runCli, scrape, startTestStack, until, type CliRun, type TestStack } from './support/stack.js';
 
 guardLeaks();
 
@@ -310,6 +310,33 @@ describe('training runs and classification', () => {
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(/\ntransferline: run id race-1 was taken meanwhile by another train command \(of dataset tt\): nothing queued; choose another --run-id, or leave it out for a new one\n$/);
       expect(r.stdout).not.toContain('model: s3://');
+    } finally {
+      await preprocess.resume();
+    }
+  });
+
+  it('two train commands asking for the same run (--run-id, dataset, settings) with another --stall-timeout each: one run, both follow it', async () => {
+    for (const kind of ['circle', 'square'] as const) for (let i = 0; i < 3; i++) await ctx.services.store.putObject(photos, `stalls/train/${kind}/${i}.jpg`, await renderSample(kind, 600 + i, 5));
+    const preprocess = ctx.queues.preprocess;
+    await preprocess.pause();
+    try {
+      expect((await runCli(['ingest', `s3://${photos}/stalls/`, '-d', 'stalls', '--no-wait'], stack.env)).code).toBe(0);
+      const said = ['', ''];
+      const commands = [120, 90].map((stall, i) =>
+        runCli(['train', '-d', 'stalls', '--run-id', 'stalls-1', '--epochs', '2', '--stall-timeout', String(stall)], stack.env, 120_000, { onOutput: (c) => (said[i] += c) }),
+      );
+      await until('both commands to wait for the images', () => said.every((s) => s.includes('are not embedded yet; waiting')), 60);
+      await preprocess.resume();
+      const [a, b] = (await Promise.all(commands)) as [CliRun, CliRun];
+      // (before: the one that queued second exited 2, "run id stalls-1 was taken meanwhile by another train command (of stalls, with other settings)")
+      for (const r of [a, b]) {
+        expect(r.code, r.stderr).toBe(0);
+        expect(r.stdout).toContain('model: s3://');
+      }
+      // the one run: both name its model
+      const model = (out: string) => out.match(/model: (s3:\/\/\S+)/)?.[1];
+      expect(model(a.stdout)).toContain('/stalls-1/');
+      expect(model(b.stdout)).toBe(model(a.stdout));
     } finally {
       await preprocess.resume();
     }

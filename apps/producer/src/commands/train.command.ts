@@ -183,10 +183,10 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     await enqueue(ctx.queues.train, 'train', [{ id: jobId, payload }]);
     // BullMQ adds nothing for an id queued already: another command given the same --run-id
     // between the look above and this add (a review: this one then followed and reported the
-    // other's run of another dataset, and exited 0). The same run asked for twice is one run.
+    // other's run of another dataset, and exited 0). The same run asked for twice is one run,
+    // whatever each command's patience (--stall-timeout: the run keeps the first one's).
     const queued = await ctx.queues.train.getJob(jobId);
-    // (compared as BullMQ stores it, as JSON: a field left undefined is not there)
-    if (queued && !isDeepStrictEqual(queued.data, JSON.parse(JSON.stringify(payload)))) {
+    if (queued && !sameRun(queued.data, payload)) {
       const theirs = (queued.data as { dataset?: string }).dataset;
       throw new CliExit(EXIT.usage, `transferline: run id ${runId} was taken meanwhile by another train command (${theirs === payload.dataset ? `of ${theirs}, with other settings` : `of dataset ${theirs}`}): nothing queued; choose another --run-id, or leave it out for a new one`);
     }
@@ -222,6 +222,14 @@ async function queueingTurn(ctx: CliContext, dataset: string): Promise<() => Pro
     // (only its own: one held past its TTL may be another command's by now)
     if ((await redis.get(key)) === token) await redis.del(key);
   };
+}
+
+/** Whether a queued job's data asks for the run `payload` asks for: the same id, dataset and settings, the command's patience aside. */
+function sameRun(data: unknown, payload: TrainJob): boolean {
+  // (compared as BullMQ stores it, as JSON: a field left undefined is not there)
+  const { stallSeconds: _s, ...ours } = JSON.parse(JSON.stringify(payload)) as TrainJob;
+  const { stallSeconds: _t, ...theirs } = (data ?? {}) as Partial<TrainJob>;
+  return isDeepStrictEqual(theirs, ours);
 }
 
 /** A run of the same dataset and settings (its id and the command's patience aside) that no worker runs now: waiting, or delayed (the first 1,000 looked at). */
