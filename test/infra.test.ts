@@ -1,4 +1,4 @@
-import { execFile, execFileSync, spawnSync } from 'node:child_process';
+import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,6 +10,7 @@ import { FEATURE_WORKER_NODE_FLAGS, STOP_GRACE_MS } from '../apps/producer/src/e
 import { STOP_DEADLINE_MS } from '../packages/shared/src/lifecycle.js';
 import { livenessProbeTiming } from '../packages/shared/src/supervised-workers.js';
 import { loadConfig } from '../packages/shared/src/config.js';
+import { freePort } from '../apps/producer/src/embedded/redis.server.js';
 import { repoRoot } from './support/stack.js';
 
 describe('deployment files', () => {
@@ -165,5 +166,39 @@ describe('feature-worker command lines', () => {
     }
     // compose (2), k8s (2), the CPU image's comment (2), the GPU image (comment + CMD), the infra README (2)
     expect(commands).toBeGreaterThanOrEqual(10);
+  });
+});
+
+describe("the README's Prometheus config for up", () => {
+  it('scrapes and evaluates every 15 s, as the compose one does, and loads the rules (a trial: at the default 1 m a run left one point)', async () => {
+    const readme = readFileSync(path.join(repoRoot, 'README.md'), 'utf8');
+    const block = readme.split('**Scraping `up` with your own Prometheus.**')[1]?.match(/```yaml\n([\s\S]*?)```/)?.[1];
+    expect(block).toBeDefined();
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'tl-readme-prom-'));
+    const port = await freePort();
+    writeFileSync(path.join(dir, 'prometheus.yml'), block!.replace('/path/to/transferline', repoRoot));
+    const prometheus = spawn('prometheus', [`--config.file=${path.join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${path.join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: 'ignore' });
+    const exited = new Promise((r) => prometheus.once('exit', r));
+    try {
+      const api = async <T>(p: string): Promise<T | undefined> => fetch(`http://127.0.0.1:${port}${p}`).then(async (r) => (r.ok ? ((await r.json()) as { data: T }).data : undefined), () => undefined);
+      let rules: { groups: unknown[] } | undefined;
+      for (let i = 0; i < 100 && !rules; i++) {
+        rules = await api<{ groups: unknown[] }>('/api/v1/rules');
+        if (!rules) await new Promise((r) => setTimeout(r, 100));
+      }
+      // the rule files the compose Prometheus loads, all of them
+      expect(rules?.groups.length).toBeGreaterThan(0);
+      const compose = readFileSync(path.join(repoRoot, 'infra/prometheus/prometheus.yml'), 'utf8');
+      const loaded = (await api<{ yaml: string }>('/api/v1/status/config'))!.yaml;
+      for (const setting of ['scrape_interval', 'evaluation_interval']) {
+        const want = compose.match(new RegExp(`^  ${setting}: (\\S+)$`, 'm'))?.[1];
+        expect(want).toBe('15s');
+        expect(loaded, setting).toMatch(new RegExp(`^  ${setting}: ${want}$`, 'm'));
+      }
+    } finally {
+      prometheus.kill('SIGTERM');
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
