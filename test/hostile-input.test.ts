@@ -257,6 +257,13 @@ describe('small CLI holes', () => {
       await writeFile(path.join(dir, 'loose.jpg'), await renderSample('circle', 2, 5, 64));
       const loose = await cli(['upload', dir, 's3://photos-typo/y/']);
       expect(loose.stdout).toContain(`note: 1 of the 2 files is not in a label folder ("loose.jpg"): ingest skips them; put them in a folder per label (${path.join(dir, 'LABEL', 'loose.jpg')})\n`);
+      // a file beside them that is no image either is named once, in that note (a user's trial: it was also counted among those ingest could not read)
+      await writeFile(path.join(dir, 'README.txt'), 'my photos\n');
+      const readme = await cli(['upload', dir, 's3://photos-typo/y/']);
+      expect(readme.stdout).toMatch(/^note: 2 of the 3 files are not in a label folder \([^)]*"README.txt"/m);
+      expect(readme.stdout).not.toContain('could not read as images');
+      expect(await ctx.services.store.headObject('photos-typo', 'y/README.txt')).toBeUndefined();
+      await rm(path.join(dir, 'README.txt'));
       // a folder with no label folder at all: nothing is sent (a user's trial: every file went, exit 0)
       const flat = await cli(['upload', path.join(dir, 'circle'), 's3://photos-typo/flat/']);
       expect(flat.code).toBe(1);

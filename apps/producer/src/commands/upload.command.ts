@@ -115,6 +115,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   const foldered = `put them in a folder per label (${path.join(dir, 'LABEL', loose[0] ?? '')})`;
   // none in a label folder: nothing ingest could use, so nothing is sent (ingest would refuse it)
   if (loose.length === files.length) throw new Error(`none of the ${files.length} files under ${dir} is in a label folder (${named}): ingest could use none of them; ${foldered}, or add --unlabelled for images to classify`);
+  const looseSet = new Set(loose);
   if (loose.length) ctx.out.write(`note: ${loose.length} of the ${files.length} files ${loose.length === 1 ? 'is' : 'are'} not in a label folder (${named}): ingest skips them; ${foldered}\n`);
   // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
@@ -165,7 +166,10 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
     const key = `${prefix}${rel}`;
     // the progress line names the file last done, and what became of it: not only the files sent
     let fate = '';
-    if ('reason' in readable || short !== undefined) {
+    if (looseSet.has(rel) && ('reason' in readable || short !== undefined)) {
+      // named once, in the note above: no label, and no image either (a README beside the folders)
+      fate = ' (skipped: not in a label folder)';
+    } else if ('reason' in readable || short !== undefined) {
       skipped.push({ rel, why: 'reason' in readable ? readable.message : short! });
       fate = 'reason' in readable ? ' (skipped: not readable as an image)' : ' (skipped: ingest would fail it)';
     } else {
