@@ -305,7 +305,7 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   w(`  npx transferline upload ./photos s3://${DEMO_BUCKET}/mine/   # a folder per label; or with any S3 client:`);
   w(`  AWS_ACCESS_KEY_ID=${shellQuote(config.s3.accessKeyId)} AWS_SECRET_ACCESS_KEY=${secretEnv} aws --endpoint-url ${config.s3.endpoint} s3 cp --recursive ./photos s3://${DEMO_BUCKET}/mine/`);
   // (two lines, not `&&`: ingest exits 3 when some images failed, and train takes the others)
-  w(`  npx transferline ingest s3://${DEMO_BUCKET}/mine/ --dataset mine   # exit 3: some images failed (it lists them); train takes the rest`);
+  w(`  npx transferline ingest s3://${DEMO_BUCKET}/mine/ --dataset mine   # exits 3 if some images failed (it lists them); train takes the rest`);
   w('  npx transferline train --dataset mine');
   w(`  npx transferline upload ./new s3://${DEMO_BUCKET}/incoming/ --unlabelled && npx transferline classify s3://${DEMO_BUCKET}/incoming/ --model mine   # images to classify`);
   w('Ctrl-C stops everything.');
