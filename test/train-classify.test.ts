@@ -764,6 +764,22 @@ describe('training runs and classification', () => {
     expect(await ctx.services.inspector.status('outage')).toMatchObject({ total: kinds.length + 1, embedded: kinds.length + 1 });
   });
 
+  it('a dataset of one label (the others all failed, or none): train refuses before it queues a run, which would only fail and count as a failed run (a trial)', async () => {
+    for (let i = 0; i < 3; i++) await ctx.services.store.putObject(photos, `solo/cat/${i}.jpg`, await renderSample('circle', 950 + i, 5));
+    await ctx.services.store.putObject(photos, 'solo/dog/notes.jpg', 'not an image at all');
+    expect((await runCli(['ingest', `s3://${photos}/solo/`, '-d', 'solo'], stack.env)).code).toBe(3);
+    const r = await runCli(['train', '-d', 'solo', '--epochs', '1'], stack.env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(
+      'transferline: dataset solo has images of one label only (cat, 3 images; dog: all 1 failed): a classifier needs two or more: ' +
+        'add the images of another label (a folder per label under the prefix, or rows of a label manifest) and ingest again. No run was queued\n',
+    );
+    expect(r.stdout).not.toMatch(/queued for dataset solo/);
+    const status = JSON.parse((await runCli(['status', '--json'], stack.env)).stdout) as { queues: Record<string, { failedRuns?: { dataset: string }[] }> };
+    expect((status.queues.train!.failedRuns ?? []).filter((f) => f.dataset === 'solo')).toEqual([]);
+    expect((await runCli(['delete', 'dataset', 'solo', '--yes'], stack.env)).code).toBe(0);
+  });
+
   it('a dataset whose every image failed: train says so, not to ingest it first', async () => {
     for (const kind of ['a', 'b']) await ctx.services.store.putObject(photos, `allbad/${kind}/notes.jpg`, 'not an image at all');
     expect((await runCli(['ingest', `s3://${photos}/allbad/`, '-d', 'allbad'], stack.env)).stdout).toContain('2 failed');
@@ -1331,9 +1347,9 @@ describe('training runs and classification', () => {
   });
 
   it('Ctrl-C while train waits for its images: exit 130, and it says no run was queued (a user\'s trial read the workers going on as the run)', async () => {
-    // an image listed and not yet read (its job on its way): train waits for it
+    // images listed and not yet read (their jobs on their way): train waits for them
     await ctx.services.datasets.setSpace('waitint', stack.space.id);
-    await ctx.services.datasets.putItems('waitint', [[`${photos}/waitint/circle/0.jpg`, { label: 'circle', etag: 'e', space: stack.space.id, state: 'pending' }]]);
+    await ctx.services.datasets.putItems('waitint', (['circle', 'square'] as const).map((label) => [`${photos}/waitint/${label}/0.jpg`, { label, etag: 'e', space: stack.space.id, state: 'pending' }]));
     const child = spawn(process.execPath, [cliPath, 'train', '-d', 'waitint'], { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...stack.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let said = '';
     child.stdout.on('data', (d: Buffer) => (said += d.toString()));

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
-import { conflictsLabelledBy, DEFAULT_STALL_SECONDS, enqueue, jobIds, NEW_RUN_ID, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
+import { conflictsLabelledBy, DEFAULT_STALL_SECONDS, enqueue, type DatasetStatus, jobIds, NEW_RUN_ID, permanentFailureOf, rangeWords, ReportDoc, sleep, TrainJob, type RunFile, type TrainJobInput, type TrainResult } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { followJob, say } from '../job-follow.js';
@@ -135,9 +135,24 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     const next = waiting > 0 ? `wait for them (transferline status -d ${o.dataset}), or train without --partial to wait here` : `nothing will be (see transferline failures -d ${o.dataset})`;
     throw new CliExit(EXIT.error, `transferline: --partial trains on the embedded images of ${o.dataset}, and none of its ${status.total} is embedded yet (${counts}): ${next}`);
   }
+  // one label among the images it could learn from: the run would be queued only to fail
+  // (one-class), and count as a failed run (a user's trial: the failed-run alert for a mistake)
+  const oneLabel = (s: DatasetStatus) => {
+    const learnable = s.labels.filter((l) => l.count > (l.failed ?? 0));
+    if (learnable.length !== 1) return undefined;
+    const [only] = learnable as [DatasetStatus['labels'][number]];
+    const failedOthers = s.labels.filter((l) => l !== only).map((l) => `${l.label}: all ${l.count} failed`);
+    return new CliExit(
+      EXIT.error,
+      `transferline: dataset ${o.dataset} has images of one label only (${only.label}, ${only.count - (only.failed ?? 0)} images${failedOthers.length ? `; ${failedOthers.join(', ')}` : ''}): a classifier needs two or more: ` +
+        `add the images of another label (a folder per label under the prefix, or rows of a label manifest) and ingest again. No run was queued`,
+    );
+  };
+  const before = oneLabel(status);
+  if (before) throw before;
   if (waiting > 0 && !o.partial) {
     ctx.out.write(`${waiting} of ${status.total} images of ${o.dataset} are not embedded yet; waiting for them (or train now on the ${status.embedded} embedded with --partial)\n`);
-    await waitForDataset(ctx, o.dataset, { space, stallSeconds }).catch((err: unknown) => {
+    const waited = await waitForDataset(ctx, o.dataset, { space, stallSeconds }).catch((err: unknown) => {
       // (a user's trial: "the workers go on with it" read as if the run would)
       if (err instanceof CliExit && err.code === EXIT.interrupted) {
         throw new CliExit(EXIT.interrupted, `\ninterrupted while waiting for its images: no run was queued. The images on their way go on (see "transferline status -d ${o.dataset}"); train again once they are in`);
@@ -146,6 +161,9 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
       if (err instanceof CliExit) throw new CliExit(err.code, `${err.message.replace(/\s+$/, '')}\nno run was queued${err.code === EXIT.stalled ? ': train again once the images are in (or now, on those embedded, with --partial)' : ''}`);
       throw err;
     });
+    // (the images of all but one label may have failed meanwhile)
+    const after = oneLabel(waited);
+    if (after) throw after;
   } else if (waiting > 0) {
     ctx.out.write(`training on the ${status.embedded} embedded images of ${status.total} (--partial): ${waiting} still pending are left out, and the report says so\n`);
   }
