@@ -726,6 +726,11 @@ describe('what a user sees when something is wrong', () => {
     const help = await runCli(['ingest', '--help'], baseEnv);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/--stall-timeout/);
+    // where up puts the stack, as this shell sets it (a user's trial: with port 9000 taken, --help named no setting that moves it)
+    const upHelp = await runCli(['up', '--help'], { ...baseEnv, TL_S3_PORT: '41000', TL_DATA_DIR: '/tmp/tl-elsewhere' });
+    expect(upHelp.code).toBe(0);
+    for (const line of [/^ {2}TL_DATA_DIR .*\(\/tmp\/tl-elsewhere\)$/m, /^ {2}TL_S3_PORT .*\(41000\)$/m, /^ {2}TL_REDIS_PORT .*\(6390\)$/m, /^ {2}TL_CONSOLE_PORT .*\(9470\)$/m]) expect(upHelp.stdout).toMatch(line);
+    expect((await runCli(['--help'], baseEnv)).stdout).toContain('(TL_DATA_DIR, TL_S3_PORT, TL_REDIS_PORT, TL_CONSOLE_PORT): transferline up --help');
     // the version a user reports a bug against (a user's trial: "unknown option '--version'")
     const version = await runCli(['--version'], baseEnv);
     expect({ code: version.code, stdout: version.stdout }).toEqual({ code: 0, stdout: `${(JSON.parse(await readFile(path.join(repoRoot, 'apps/producer/package.json'), 'utf8')) as { version: string }).version}\n` });

@@ -114,10 +114,34 @@ const serving = () => import('./commands/serve.command.js');
 const reviewing = () => import('./commands/review.command.js');
 const consoling = () => import('./commands/console.command.js');
 
+/**
+ * Where `up` puts the stack (a user's trial: with port 9000 taken, --help named none of these),
+ * as this shell's environment sets them now; the README's "Configuration" has every setting.
+ */
+function stackEnvironmentHelp(): string {
+  let now: ReturnType<typeof loadConfig>;
+  let whose = 'the values as this shell has them';
+  try {
+    now = loadConfig(process.env);
+  } catch (err) {
+    now = loadConfig({});
+    whose = `the defaults: this shell's settings are refused (${err instanceof Error ? err.message : String(err)})`;
+  }
+  return [
+    '',
+    `Environment (README "Configuration" lists every setting; ${whose}):`,
+    `  TL_DATA_DIR      where up keeps the buckets, Redis's data and logs; one up at a time per directory (${now.dataDir})`,
+    `  TL_S3_PORT       the S3-compatible server's port, 0: any free port (${now.s3.embeddedPort})`,
+    `  TL_REDIS_PORT    Redis's port (${now.redis.embeddedPort})`,
+    `  TL_CONSOLE_PORT  the web console's port, 0: any free port (${now.console.port})`,
+  ].join('\n');
+}
+
 const program = new Command('transferline')
   .description('A bucket of labelled images in, a trained image classifier out (EfficientNet-B0 embeddings + a trained head).')
   .version((JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version, '-V, --version', 'print the version')
   .showHelpAfterError()
+  .addHelpText('after', "\nThe stack's data directory and ports (TL_DATA_DIR, TL_S3_PORT, TL_REDIS_PORT, TL_CONSOLE_PORT): transferline up --help")
   // Commander's own errors (unknown command or option, missing argument, a value its parser
   // refuses) exit 2, as the README says; --help and --version exit 0. Subcommands inherit this.
   .exitOverride((err: CommanderError) => process.exit(err.exitCode === 0 ? 0 : EXIT.usage));
@@ -130,6 +154,7 @@ program
   .option('--metrics-port <n>', 'first metrics port: producer n, preprocess n+1, embed n+2, train n+3 (+10 per extra replica; default 9464; 0: any free ports)', port('--metrics-port'))
   .option('--preprocess-workers <n>', 'preprocess processes (default 1)', int('--preprocess-workers'))
   .option('--embed-workers <n>', 'embed processes (default 1); they share the cores, each running one forward pass per thread at once, at most 4 (TL_EMBED_STREAMS)', int('--embed-workers'))
+  .addHelpText('after', () => stackEnvironmentHelp())
   .action(async (o: { demo?: boolean; exitAfterDemo?: boolean; preprocessWorkers?: number; embedWorkers?: number; metricsPort?: number }) => {
     const commands = await up();
     const replicas = { ...(o.preprocessWorkers !== undefined && { preprocess: o.preprocessWorkers }), ...(o.embedWorkers !== undefined && { embed: o.embedWorkers }) };
