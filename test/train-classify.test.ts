@@ -1,5 +1,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
@@ -244,6 +246,52 @@ describe('training runs and classification', () => {
     // classified images are in their own set, never in the training dataset
     expect(await ctx.services.inspector.status('shapes')).toEqual(before);
     expect((await ctx.services.inspector.status(classifyDatasetName('shapes'))).total).toBe(4);
+  });
+
+  it("download brings classify's results to this machine: a file, stdout, or every file of a prefix, each once (a user's trial: no command read them)", async () => {
+    for (const kind of ['circle', 'square'] as const) await ctx.services.store.putObject(photos, `fetched/${kind}-1.jpg`, await renderSample(kind, 970, 5));
+    const classify = await runCli(['classify', `s3://${photos}/fetched/`, '-m', 'shapes'], stack.env);
+    expect(classify.code, classify.stderr).toBe(0);
+    // classify says how to read them, and that command does
+    const { runId } = await resolveModel(ctx, 'shapes');
+    const runResults = ctx.services.layout.results('shapes', runId);
+    expect(classify.stdout).toContain(`  to read them here: transferline download s3://${stack.config.s3.bucket}/${runResults} ./results\n`);
+    const resultsUrl = `s3://${stack.config.s3.bucket}/${ctx.services.layout.results('shapes')}`;
+    const keys: string[] = [];
+    for await (const o of ctx.services.store.listObjects(stack.config.s3.bucket, ctx.services.layout.results('shapes'))) keys.push(o.key);
+    expect(keys.length).toBeGreaterThan(0);
+    const inBucket = async (key: string) => (await ctx.services.store.getObject(stack.config.s3.bucket, key)).toString();
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-download-'));
+    try {
+      const said = await runCli(['download', `s3://${stack.config.s3.bucket}/${runResults}`, path.join(dir, 'results')], stack.env);
+      expect(said.code, said.stderr).toBe(0);
+      const files = await readdir(path.join(dir, 'results'));
+      const text = (await Promise.all(files.map((f) => readFile(path.join(dir, 'results', f), 'utf8')))).join('');
+      for (const kind of ['circle', 'square']) expect(text).toContain(`fetched/${kind}-1.jpg`);
+      // one file: to stdout (nothing else there), and into a folder
+      const one = `s3://${stack.config.s3.bucket}/${keys[0]}`;
+      const toStdout = await runCli(['download', one, '-'], stack.env);
+      expect(toStdout.code, toStdout.stderr).toBe(0);
+      expect(toStdout.stdout).toBe(await inBucket(keys[0]!));
+      const toFolder = await runCli(['download', one, `${dir}/`], stack.env);
+      expect(toFolder.stdout).toMatch(/^downloaded s3:\/\/\S+ to \S+ \(\d+ (bytes|KB)\)\n$/);
+      expect(await readFile(path.join(dir, path.basename(keys[0]!)), 'utf8')).toBe(await inBucket(keys[0]!));
+      // the whole prefix, at each file's path under it; again: nothing written twice
+      const all = await runCli(['download', resultsUrl, path.join(dir, 'all')], stack.env);
+      expect(all.code, all.stderr).toBe(0);
+      expect(all.stdout).toContain(`downloaded ${keys.length} file${keys.length === 1 ? '' : 's'} (`);
+      for (const key of keys) expect(await readFile(path.join(dir, 'all', key.slice(ctx.services.layout.results('shapes').length)), 'utf8')).toBe(await inBucket(key));
+      const again = await runCli(['download', resultsUrl.replace(/\/$/, ''), path.join(dir, 'all')], stack.env);
+      expect(again.stdout).toContain(`downloaded 0 files (0 bytes) from ${resultsUrl} to ${path.join(dir, 'all')}/; ${keys.length} there already with the same bytes, left as they are\n`);
+      // what it cannot do: exit 1, saying why
+      const none = await runCli(['download', `s3://${stack.config.s3.bucket}/results/nothing-here/`, dir], stack.env);
+      expect({ code: none.code, stderr: none.stderr }).toEqual({ code: 1, stderr: `transferline: no objects under s3://${stack.config.s3.bucket}/results/nothing-here/\n` });
+      const many = await runCli(['download', resultsUrl, '-'], stack.env);
+      expect(many.code).toBe(1);
+      expect(many.stderr).toContain(`- writes one object to stdout, and ${resultsUrl} holds ${keys.length}`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('trains two classes whose validation holds one of them (the val/ folder is of one, the other has one image to hold out): no threshold from it, and the run stays readable', async () => {

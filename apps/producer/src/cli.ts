@@ -6,6 +6,7 @@ import { openCliContext, sayWhenS3IsSlow, type CliContext } from './cli-context.
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
 import { classifyCommand } from './commands/classify.command.js';
+import { downloadCommand } from './commands/download.command.js';
 import { deleteDatasetCommand, deleteRunCommand, deleteSpaceCommand, terminalConfirm, type DeleteOptions } from './commands/delete.command.js';
 import { failuresCommand } from './commands/failures.command.js';
 import { ingestCommand, watchIngest } from './commands/ingest.command.js';
@@ -185,6 +186,23 @@ program
     sayWhenS3IsSlow(store, config.s3);
     try {
       await uploadCommand({ services: { store }, out: process.stdout, config }, dir, url, { copies: !!o.copies, unlabelled: !!o.unlabelled, ...(o.manifest !== undefined && { manifest: o.manifest }) });
+    } finally {
+      store.close();
+    }
+  });
+
+program
+  .command('download')
+  .description("copy from the bucket to this machine: one object to a file (- for stdout), or every object under a prefix into a folder (classify's results, say)")
+  .argument('<s3url>', 'an object (s3://photos/results/pets/RUN/TIME.jsonl), or a prefix ending in / (s3://photos/results/pets/)')
+  .argument('[dest]', 'a file or folder (default: its name, here); - writes the one object to stdout')
+  .action(async (url: string, dest: string | undefined) => {
+    // S3 alone, as upload
+    const config = loadConfig(process.env);
+    const store = new ObjectStore(config.s3);
+    sayWhenS3IsSlow(store, config.s3);
+    try {
+      await downloadCommand({ services: { store }, out: dest === '-' ? process.stderr : process.stdout, stdout: process.stdout }, url, dest);
     } finally {
       store.close();
     }

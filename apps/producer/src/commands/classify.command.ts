@@ -232,6 +232,8 @@ async function classifyPrefix(
       `${labels ? ` (${labels})` : ''}${r.failed ? `, ${r.failed} failed` : ''}${r.skipped ? `, ${r.skipped} already done${skippedFailed ? ` (${skippedFailed} of them failed)` : ''}` : ''}` +
       (r.classified + r.failed === 0 ? ': nothing new to write\n' : ` → s3://${results}/${r.outputKey}\n`),
   );
+  // (a user's trial: nothing said how to read them without another S3 client)
+  if (pointBack && r.classified + r.failed > 0) ctx.out.write(`  to read them here: transferline download s3://${results}/${ctx.services.layout.results(model.dataset, model.runId)} ./results\n`);
   // images whose earlier results file was deleted (old results pruned): labelled again, here
   if (r.again) {
     const files = r.filesGone ?? [];
