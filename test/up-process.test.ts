@@ -165,8 +165,13 @@ describe('transferline up, as a process', () => {
     expect(twice.stderr).toContain(`is in use by another transferline up (pid ${first.child.pid}, started `);
     expect(twice.stderr).toContain(`Redis port ${env.TL_REDIS_PORT}`);
     expect(first.child.exitCode).toBeNull();
-    // and with its own Redis and S3 ports but the first one's metrics ports: named as up names them
-    const sameMetrics = await runCli(['up', '--metrics-port', String(base)], { ...env, TL_REDIS_PORT: String(await freePort()), TL_S3_PORT: String(await freePort()), TL_CONSOLE_PORT: String(await freePort()) }, 60_000);
+    // and the very same command (its ports too): the up that holds the data directory is named, not a port it holds (a user's trial)
+    const same = await runCli(['up', '--metrics-port', String(base)], env, 60_000);
+    expect(same.code).toBe(1);
+    expect(same.stderr).toContain(`is in use by another transferline up (pid ${first.child.pid}, started `);
+    expect(same.stderr).not.toMatch(/metrics port \d+ \(producer\) on/);
+    // and with a data directory, Redis and S3 ports of its own but the first one's metrics ports: named as up names them
+    const sameMetrics = await runCli(['up', '--metrics-port', String(base)], { ...env, TL_DATA_DIR: path.join(env.TL_DATA_DIR!, 'other'), TL_REDIS_PORT: String(await freePort()), TL_S3_PORT: String(await freePort()), TL_CONSOLE_PORT: String(await freePort()) }, 60_000);
     expect(sameMetrics.code).toBe(1);
     expect(sameMetrics.stderr).toMatch(new RegExp(`metrics port ${base} \\(producer\\) on 127\\.0\\.0\\.1 is in use, by another "transferline up" perhaps.*choose other ports with --metrics-port P`));
     expect(sameMetrics.stderr).not.toMatch(/TL_METRICS_PORT/);

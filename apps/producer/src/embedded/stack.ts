@@ -142,6 +142,12 @@ export async function startStack(
   // the folders this start makes in the data directory: a refused start takes back those left empty
   const made: string[] = [];
   try {
+    // First: the same up again (same data directory, same ports) is named as such, not by a port it holds (a user's trial)
+    const lock = await lockDataDir(initial.dataDir, {
+      ports: `metrics port ${ports.producer}${initial.redis.embedded ? `, Redis port ${initial.redis.embeddedPort}` : ''}${initial.s3.embedded ? `, S3 port ${initial.s3.embeddedPort}` : ''}`,
+      shares: [initial.redis.embedded && "one Redis's files", initial.s3.embedded && "one S3 server's directory", 'the worker logs'].filter(Boolean).join(', '),
+    });
+    stops.push(() => lock.release());
     const serverPorts = [
       ...(initial.redis.embedded ? [{ name: 'Redis', port: initial.redis.embeddedPort, setting: 'TL_REDIS_PORT' }] : []),
       ...(initial.s3.embedded ? [{ name: 'S3 server', port: initial.s3.embeddedPort, setting: 'TL_S3_PORT' }] : []),
@@ -165,11 +171,6 @@ export async function startStack(
       if (over) onEvent(`warning: ${over}`);
       env.TL_EMBED_THREADS ??= String(threads);
     }
-    const lock = await lockDataDir(initial.dataDir, {
-      ports: `metrics port ${ports.producer}${initial.redis.embedded ? `, Redis port ${initial.redis.embeddedPort}` : ''}${initial.s3.embedded ? `, S3 port ${initial.s3.embeddedPort}` : ''}`,
-      shares: [initial.redis.embedded && "one Redis's files", initial.s3.embedded && "one S3 server's directory", 'the worker logs'].filter(Boolean).join(', '),
-    });
-    stops.push(() => lock.release());
     const logDir = path.join(initial.dataDir, 'logs');
     if (await mkdir(logDir, { recursive: true })) made.push(logDir);
     const redisDir = path.join(initial.dataDir, 'redis');
