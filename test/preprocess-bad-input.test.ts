@@ -80,7 +80,8 @@ async function badCorpus(): Promise<{ key: string; bytes: Buffer; reason: string
     { key: '03-bitmap.bmp', bytes: bmp, reason: 'unsupported-format' },
     { key: '04-bomb-header.png', bytes: bombHeader, reason: 'too-many-pixels' },
     { key: '05-bomb-solid.png', bytes: bombSolid, reason: 'too-many-pixels' },
-    { key: '06-corrupt.png', bytes: corrupt, reason: 'undecodable' },
+    // (its IDAT chunk fails its checksum: damage, named so)
+    { key: '06-corrupt.png', bytes: corrupt, reason: 'corrupt' },
     { key: '07-huge.png', bytes: huge, reason: 'too-large' },
     { key: '08-deleted.jpg', bytes: jpeg, reason: 'not-found' },
     { key: '09-bitrot.jpg', bytes: bitrot, reason: 'corrupt' },
@@ -117,7 +118,7 @@ describe('bad input fails alone, with a reason', () => {
     expect(text.stdout).toContain(`  labels: cats (${bad.length + GOOD}, ${bad.length} failed)\n`);
     // what to do of those that failed for their bytes (not of the one too large, nor the one not found)
     // (not the two too-many-pixels either: a higher TL_MAX_INPUT_PIXELS and retry --reason mend those)
-    expect(text.stdout).toMatch(/^ {2}note: 6 failed for their own bytes \((?:[a-z-]+, ){5}[a-z-]+\), which fail again however often they run: replace each with an image that reads, or delete it, and run the same ingest again \(a replaced or deleted file's failure goes\)$/m);
+    expect(text.stdout).toMatch(/^ {2}note: 6 failed for their own bytes \((?:[a-z-]+, ){4}[a-z-]+\), which fail again however often they run: replace each with an image that reads, or delete it, and run the same ingest again \(a replaced or deleted file's failure goes\)$/m);
     // an object listed and then not found: what may have happened, and what brings it back
     expect(text.stdout).toContain(`  note: 1 listed but not found by the workers: deleted since, or listed from another S3 than the workers read (this shell's S3_ENDPOINT is ${stack.config.s3.endpoint}). A re-ingest runs again each one put back since it failed\n`);
     const cli = await runCli(['status', '--json', '--dataset', 'bad'], stack.env);
@@ -202,7 +203,7 @@ describe('bad input fails alone, with a reason', () => {
     // retry says what mends each failure it leaves alone (a review: bytes and pixels were sent to --reason, which fails them again)
     const retry = await runCli(['retry', '-d', 'bad'], stack.env, 60_000);
     expect(retry.stdout).toContain(
-      "; 8 other failures left alone (corrupt, empty, truncated, undecodable, unsupported-format: the files' own bytes, which fail again: replace or delete them and run the same ingest again; " +
+      "; 8 other failures left alone (corrupt, empty, truncated, unsupported-format: the files' own bytes, which fail again: replace or delete them and run the same ingest again; " +
         "too-many-pixels: raise the preprocess workers' TL_MAX_INPUT_PIXELS (each failure names the limit of the worker that read it: start up again with it, and any worker started by hand) and retry with --reason too-many-pixels, or replace them; too-large: name one with --reason to retry those)\n",
     );
   });

@@ -2,6 +2,7 @@
  * What an image's bytes are, read from the bytes alone (no decoder: the CLI's upload asks it too,
  * without loading sharp): the format, whether we decode it, and whether the file is cut short.
  */
+import { crc32 } from 'node:zlib';
 import type { ImageFailureReason } from '@transferline/shared';
 
 /** Formats this worker decodes (HEIC only where the sharp build has an HEVC decoder). */
@@ -124,6 +125,25 @@ export function looksTruncated(format: string, b: Uint8Array): boolean {
     default:
       return false;
   }
+}
+
+/**
+ * The type of a PNG's first chunk whose CRC does not match its type and data (damage inside a
+ * file: a bit flip in storage, a broken copy), or undefined when every chunk that lies whole in the
+ * file up to IEND matches. libpng stops at such a chunk saying only "libpng read error".
+ */
+export function pngChunkFailingCrc(b: Uint8Array): string | undefined {
+  let at = 8;
+  while (at + 12 <= b.length && isChunkType(b, at + 4)) {
+    const length = u32be(b, at);
+    const end = at + 12 + length;
+    if (end > b.length) return undefined;
+    const type = Buffer.from(b.subarray(at + 4, at + 8)).toString('latin1');
+    if ((crc32(b.subarray(at + 4, at + 8 + length)) >>> 0) !== u32be(b, at + 8 + length)) return type;
+    if (type === 'IEND') return undefined;
+    at = end;
+  }
+  return undefined;
 }
 
 /** A short, safe description of what the bytes start with, for the failure detail. */

@@ -2,6 +2,7 @@ import sharp, { type Sharp } from 'sharp';
 import { PermanentError } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
 import { classifyDecodeError, configureSharp, looksTruncated, prepareImage, sniffFormat, vipsErrors, type PrepareOptions } from './image.ops.js';
+import { pngChunkFailingCrc } from './image-format.js';
 
 const OPTS: PrepareOptions = { size: 224, maxInputPixels: 10_000_000, background: '#ffffff' };
 
@@ -102,10 +103,13 @@ describe('prepareImage', () => {
     jbomb.writeUInt16BE(30000, sof + 5);
     jbomb.writeUInt16BE(30000, sof + 7);
     expect(await reasonOf(jbomb)).toBe('too-many-pixels');
-    // complete, but damaged inside
+    // complete, but damaged inside: the chunk that fails its checksum is named (libpng said only
+    // "libpng read error", reason undecodable: a user's trial found the JPEG's words more helpful)
     const corrupt = Buffer.from(png);
     for (let i = 200; i < 260; i++) corrupt[i]! ^= 0x55;
-    expect(await reasonOf(corrupt)).toBe('undecodable');
+    expect(pngChunkFailingCrc(png)).toBeUndefined();
+    expect(pngChunkFailingCrc(corrupt)).toBe('IDAT');
+    await expect(prepareImage(corrupt, OPTS)).rejects.toMatchObject({ reason: 'corrupt', message: expect.stringMatching(/^the PNG's data is damaged inside \(a bit flip in storage, or a broken copy\?\): its IDAT chunk does not match its checksum; the decoder said: .*libpng/) });
     // a corrupt header is not a short file: garbage after the signature, a first chunk that is
     // not IHDR, a chunk type that is not four letters (sharp says "corrupt header:" and no more)
     const junk = Buffer.concat([png.subarray(0, 8), Buffer.alloc(200, 0x41)]);
@@ -116,7 +120,8 @@ describe('prepareImage', () => {
     for (const [name, bytes] of Object.entries({ junk, notIhdr, badType })) {
       expect(looksTruncated('png', bytes), name).toBe(false);
       const err = await prepareImage(bytes, OPTS).then(() => undefined, (e: unknown) => e as PermanentError);
-      expect(err?.reason, name).toBe('undecodable');
+      // (a first chunk renamed fails its checksum: damage, said so)
+      expect(err?.reason, name).toBe(name === 'notIhdr' ? 'corrupt' : 'undecodable');
       expect(err?.message, name).not.toMatch(/:$/);
     }
     // a complete file with one length gone wrong (its chunks now run past the end): complete all
@@ -181,7 +186,7 @@ describe('prepareImage', () => {
     const outcome = async (bytes: Uint8Array) => prepareImage(bytes, OPTS).then(() => 'decoded', (err: PermanentError) => `${err.reason}: ${err.message}`);
     const alone: Record<string, string> = {};
     for (const [name, bytes] of Object.entries(cases)) alone[name] = await outcome(bytes);
-    expect(alone.corrupt).toMatch(/^undecodable: .*png/i);
+    expect(alone.corrupt).toMatch(/^corrupt: the PNG's data is damaged inside/);
     expect(alone.jpegCut).toMatch(/^truncated: .*jpeg/i);
     const names = Object.keys(cases) as (keyof typeof cases)[];
     const { rerunAlone: reruns, keptFirstError: kept } = vipsErrors.counts;

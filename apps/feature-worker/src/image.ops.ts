@@ -1,6 +1,6 @@
 import sharp, { type OutputInfo } from 'sharp';
 import { EFFICIENTNET_B0, PermanentError, spaceBackground, type Config, type EmbeddingSpace } from '@transferline/shared';
-import { looksTruncated, readableFormat, withoutHeaderPadding } from './image-format.js';
+import { looksTruncated, pngChunkFailingCrc, readableFormat, withoutHeaderPadding } from './image-format.js';
 import { VipsErrorAttribution } from './vips-errors.js';
 
 export { looksTruncated, sniffFormat, type ImageFormat, type Sniffed } from './image-format.js';
@@ -190,6 +190,11 @@ export function classifyDecodeError(err: Error, format: string, bytes: Uint8Arra
   const damage = format === 'jpeg' ? jpegDamage(err) : undefined;
   if (damage) {
     return new PermanentError('corrupt', `the JPEG's data is damaged inside (a bit flip in storage, or a broken copy?): it would decode only in part, with grey or garbled bands; the decoder said: ${damage}`);
+  }
+  // a PNG chunk that fails its checksum: damage, said with the chunk (libpng says "read error")
+  const chunk = format === 'png' ? pngChunkFailingCrc(bytes) : undefined;
+  if (chunk) {
+    return new PermanentError('corrupt', `the PNG's data is damaged inside (a bit flip in storage, or a broken copy?): its ${chunk} chunk does not match its checksum${m ? `; the decoder said: ${m}` : ''}`);
   }
   // (libjpeg's "premature end of data segment" is damage inside a complete file, not its end)
   if (looksTruncated(format, bytes) || /premature end(?! of data segment)|truncated|unexpected end|not enough data/i.test(err.message)) {
