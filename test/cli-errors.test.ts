@@ -597,6 +597,13 @@ describe('what a user sees when something is wrong', () => {
       expect(second.stderr).toContain(`transferline: ${dir} is in use by another transferline up (pid ${process.pid}, started 2026-12-03T01:00:00.000Z, metrics port 9464, Redis port 6390, S3 port 9000): two would share one Redis's files, one S3 server's directory, the worker logs. Stop that one (Ctrl-C in its terminal), or give this one a data directory of its own with TL_DATA_DIR`);
       expect(existsSync(path.join(dir, 'redis'))).toBe(false);
       expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
+      // with the ImageNet weights asked for (the default) and none here: refused the same, before
+      // any download (a user's trial: offline, the download's failure was said first)
+      const { TL_MODEL_WEIGHTS: _random, ...imagenet } = env;
+      const again = await runCli(['up', '--metrics-port', '0'], imagenet, 60_000);
+      expect(again.code).toBe(1);
+      expect(again.stderr).toContain(`transferline: ${dir} is in use by another transferline up (pid ${process.pid}, `);
+      expect(again.stdout + again.stderr).not.toMatch(/weights/i);
       // one left by an up that is gone (SIGKILLed): taken over
       const gone = spawn(process.execPath, ['-e', '']);
       await new Promise((resolve) => gone.on('exit', resolve));
@@ -643,6 +650,8 @@ describe('what a user sees when something is wrong', () => {
       });
       expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
       expect(existsSync(path.join(dir, 'redis'))).toBe(false);
+      // nor the data directory it would have made (its lock is taken first: a review)
+      expect(existsSync(dir)).toBe(false);
     } finally {
       await rm(path.dirname(dir), { recursive: true, force: true });
     }

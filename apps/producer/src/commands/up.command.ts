@@ -10,6 +10,7 @@ import { consoleBanner } from './console.command.js';
 import { openCliContext, type CliContext } from '../cli-context.js';
 import { SAMPLE_CLASSES, writeSampleSet } from '../demo/sample-images.js';
 import { EMBEDDED_S3_DEV_CREDENTIALS } from '../embedded/s3.server.js';
+import { dataDirHeld } from '../embedded/data-dir.lock.js';
 import { childPorts, DEFAULT_PORTS, DEFAULT_REPLICAS, SERVERS_NOW_MS, startStack, type Replicas, type StackPorts } from '../embedded/stack.js';
 import { changedAnything, ingestCommand } from './ingest.command.js';
 import type { IngestCounts } from '../ingest.service.js';
@@ -153,8 +154,10 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
     whenGone();
   });
   const replicas = { ...DEFAULT_REPLICAS, ...o.replicas };
-  // (no embed worker here, --embed-workers 0: nothing to fetch weights for)
-  if (replicas.embed > 0) env = await ensureWeights(env, o.demo, w);
+  // (no embed worker here, --embed-workers 0: nothing to fetch weights for; nor when another up
+  // holds the data directory: the start below refuses, naming it, and a download first only
+  // delayed that, or said it failed offline: a user's trial)
+  if (replicas.embed > 0 && !dataDirHeld(loadConfig(env).dataDir)) env = await ensureWeights(env, o.demo, w);
   const ports0 = { ...DEFAULT_PORTS, ...o.ports };
   const stack = await startStack(env, ports0, (line) => w(`[up] ${line}`), childPorts(ports0, replicas));
   const { config, ports, children } = stack;

@@ -57,6 +57,21 @@ function holderAlive(holder: Holder): boolean {
   return cmdline === undefined ? holder.pid !== process.pid : /node/i.test(cmdline);
 }
 
+/**
+ * Whether a running `up` holds the directory now (a look, not a lock: `lockDataDir` decides). For
+ * what `up` would do before it locks, at no use when the directory is taken (the weights' download).
+ */
+export function dataDirHeld(dir: string): boolean {
+  const text = readText(path.join(dir, 'up.pid'));
+  if (!text) return false;
+  try {
+    const holder = JSON.parse(text) as Holder;
+    return typeof holder.pid === 'number' && holder.pid !== process.pid && holderAlive(holder);
+  } catch {
+    return false;
+  }
+}
+
 /** Longest a takeover may hold its mutex; one older was left by a process that died in it. */
 const TAKEOVER_STALE_MS = 10_000;
 

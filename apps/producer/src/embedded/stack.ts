@@ -142,6 +142,11 @@ export async function startStack(
   // the folders this start makes in the data directory: a refused start takes back those left empty
   const made: string[] = [];
   try {
+    // the data directory and the parents the lock makes for it, outermost first: a start refused
+    // for its ports leaves none of them behind (a review)
+    const missing: string[] = [];
+    for (let dir = initial.dataDir; !existsSync(dir) && path.dirname(dir) !== dir; dir = path.dirname(dir)) missing.unshift(dir);
+    made.push(...missing);
     // First: the same up again (same data directory, same ports) is named as such, not by a port it holds (a user's trial)
     const lock = await lockDataDir(initial.dataDir, {
       ports: `metrics port ${ports.producer}${initial.redis.embedded ? `, Redis port ${initial.redis.embeddedPort}` : ''}${initial.s3.embedded ? `, S3 port ${initial.s3.embeddedPort}` : ''}`,
