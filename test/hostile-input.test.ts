@@ -262,6 +262,8 @@ describe('small CLI holes', () => {
       const readme = await cli(['upload', dir, 's3://photos-typo/y/']);
       expect(readme.stdout).toMatch(/^note: 2 of the 3 files are not in a label folder \([^)]*"README.txt"/m);
       expect(readme.stdout).not.toContain('could not read as images');
+      // nor counted among those there already (a review: "1 more already there, the same bytes")
+      expect(readme.stdout).toMatch(/^uploaded 0 files to s3:\/\/photos-typo\/y\/ \(2 more already there, the same bytes: not sent again\)$/m);
       expect(await ctx.services.store.headObject('photos-typo', 'y/README.txt')).toBeUndefined();
       await rm(path.join(dir, 'README.txt'));
       // a folder with no label folder at all: nothing is sent (a user's trial: every file went, exit 0)

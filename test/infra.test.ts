@@ -1,5 +1,5 @@
 import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -178,7 +178,11 @@ describe("the README's Prometheus config for up", () => {
     const port = await freePort();
     writeFileSync(path.join(dir, 'prometheus.yml'), block!.replace('/path/to/transferline', repoRoot));
     const prometheus = spawn('prometheus', [`--config.file=${path.join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${path.join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: 'ignore' });
-    const exited = new Promise((r) => prometheus.once('exit', r));
+    // (a Prometheus that is not there ends the wait for it as its exit would)
+    const exited = new Promise((r) => {
+      prometheus.once('exit', r);
+      prometheus.once('error', r);
+    });
     try {
       const api = async <T>(p: string): Promise<T | undefined> => fetch(`http://127.0.0.1:${port}${p}`).then(async (r) => (r.ok ? ((await r.json()) as { data: T }).data : undefined), () => undefined);
       let rules: { groups: unknown[] } | undefined;
@@ -186,8 +190,10 @@ describe("the README's Prometheus config for up", () => {
         rules = await api<{ groups: unknown[] }>('/api/v1/rules');
         if (!rules) await new Promise((r) => setTimeout(r, 100));
       }
-      // the rule files the compose Prometheus loads, all of them
-      expect(rules?.groups.length).toBeGreaterThan(0);
+      // the rule groups the compose Prometheus loads, all of them
+      const groups = readdirSync(path.join(repoRoot, 'infra/prometheus/rules')).reduce((n, f) => n + (readFileSync(path.join(repoRoot, 'infra/prometheus/rules', f), 'utf8').match(/^ {2}- name: /gm)?.length ?? 0), 0);
+      expect(groups).toBeGreaterThan(0);
+      expect(rules?.groups.length).toBe(groups);
       const compose = readFileSync(path.join(repoRoot, 'infra/prometheus/prometheus.yml'), 'utf8');
       const loaded = (await api<{ yaml: string }>('/api/v1/status/config'))!.yaml;
       for (const setting of ['scrape_interval', 'evaluation_interval']) {

@@ -289,6 +289,17 @@ describe('training runs and classification', () => {
       const many = await runCli(['download', resultsUrl, '-'], stack.env);
       expect(many.code).toBe(1);
       expect(many.stderr).toContain(`- writes one object to stdout, and ${resultsUrl} holds ${keys.length}`);
+      // a key that is also the folder of others is skipped and named, and a file where the folder
+      // would go is refused: said, where both ended in a raw ENOTDIR or EISDIR part-way (a review)
+      for (const [key, body] of [['dlx/a', 'a'], ['dlx/a/b', 'b'], ['dlx/c', 'c']] as const) await ctx.services.store.putObject(photos, key, body);
+      const mixed = await runCli(['download', `s3://${photos}/dlx/`, path.join(dir, 'mixed')], stack.env);
+      expect(mixed.code, mixed.stderr).toBe(0);
+      expect(mixed.stdout).toContain(`downloaded 2 files (2 bytes) from s3://${photos}/dlx/ to ${path.join(dir, 'mixed')}/\n`);
+      expect(mixed.stdout).toContain('skipped 1 object whose key can be no file under the folder: a .. or empty part, or the folder of other keys too ("dlx/a")\n');
+      expect(await readFile(path.join(dir, 'mixed', 'a', 'b'), 'utf8')).toBe('b');
+      const onFile = await runCli(['download', `s3://${photos}/dlx/`, path.join(dir, 'mixed', 'c')], stack.env);
+      expect(onFile.code).toBe(1);
+      expect(onFile.stderr).toBe(`transferline: ${path.join(dir, 'mixed', 'c')} is a file: name a folder to write the 3 objects under s3://${photos}/dlx/ in\n`);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -132,8 +132,8 @@ function stackEnvironmentHelp(): string {
     '',
     `Environment (README "Configuration" lists every setting; ${whose}):`,
     `  TL_DATA_DIR      where up keeps the buckets, Redis's data and logs; one up at a time per directory (${now.dataDir})`,
-    `  TL_S3_PORT       the S3-compatible server's port, 0: any free port (${now.s3.embeddedPort})`,
-    `  TL_REDIS_PORT    Redis's port (${now.redis.embeddedPort})`,
+    `  TL_S3_PORT       the S3-compatible server's port, 0: any free port (${now.s3.embedded ? now.s3.embeddedPort : 'not used: S3_ENDPOINT is set, and up uses that server'})`,
+    `  TL_REDIS_PORT    Redis's port (${now.redis.embedded ? now.redis.embeddedPort : 'not used: REDIS_URL is set, and up uses that Redis'})`,
     `  TL_CONSOLE_PORT  the web console's port, 0: any free port (${now.console.port})`,
   ].join('\n');
 }

@@ -5,6 +5,7 @@ import pMap from 'p-map';
 import { parseS3Url, type ObjectInfo } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { createProgress } from '../progress.js';
+import { printable } from '../terminal.js';
 
 /** What a download uses: the bucket alone (no Redis), and where to speak (stderr when the object itself goes to stdout). */
 export interface DownloadContext {
@@ -38,20 +39,29 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
     }
     const base = path.posix.basename(named);
     const file = dest === undefined ? base : dest.endsWith('/') || dest.endsWith(path.sep) || (await isFolder(dest)) ? path.join(dest, base) : dest;
+    const url = `s3://${printable(bucket)}/${printable(named)}`;
+    if (await isFolder(file)) throw new Error(`${printable(file)} is a folder: name the file to write ${url} to`);
     const kept = await writeUnlessSame(file, bytes);
-    ctx.out.write(kept ? `${file} is s3://${bucket}/${named} already (the same bytes): left as it is\n` : `downloaded s3://${bucket}/${named} to ${file} (${size(bytes.length)})\n`);
+    ctx.out.write(kept ? `${printable(file)} is ${url} already (the same bytes): left as it is\n` : `downloaded ${url} to ${printable(file)} (${size(bytes.length)})\n`);
     return;
   }
   const objects: ObjectInfo[] = [];
   for await (const o of store.listObjects(bucket, prefix)) if (!o.key.endsWith('/')) objects.push(o);
   if (objects.length === 0) {
-    throw new Error(named === undefined ? `no objects under s3://${bucket}/${prefix}` : `no object s3://${bucket}/${named}, nor any under s3://${bucket}/${prefix}`);
+    throw new Error(named === undefined ? `no objects under s3://${printable(bucket)}/${printable(prefix)}` : `no object s3://${printable(bucket)}/${printable(named)}, nor any under s3://${printable(bucket)}/${printable(prefix)}`);
   }
-  if (dest === '-') throw new Error(`- writes one object to stdout, and s3://${bucket}/${prefix} holds ${objects.length}: name one of them, or a folder to write them in`);
+  if (dest === '-') throw new Error(`- writes one object to stdout, and s3://${printable(bucket)}/${printable(prefix)} holds ${objects.length}: name one of them, or a folder to write them in`);
   // (named after the prefix's last part, as a folder dragged from a file browser would be)
   const root = dest ?? (path.posix.basename(prefix.slice(0, -1)) || bucket);
-  const unsafe = objects.filter((o) => !isPathUnder(o.key.slice(prefix.length)));
+  if ((await stat(root).catch(() => undefined))?.isDirectory() === false) {
+    throw new Error(`${printable(root)} is a file: name a folder to write the ${objects.length} object${objects.length === 1 ? '' : 's'} under s3://${printable(bucket)}/${printable(prefix)} in`);
+  }
+  const rels = objects.map((o) => o.key.slice(prefix.length));
+  // a key that is also the folder of others (p/a beside p/a/b) cannot be both here
+  const folders = new Set(rels.flatMap((rel) => rel.split('/').slice(0, -1).map((_, i, parts) => parts.slice(0, i + 1).join('/'))));
+  const unsafe = objects.filter((_, i) => !isPathUnder(rels[i]!) || folders.has(rels[i]!));
   const safe = objects.filter((o) => !unsafe.includes(o));
+  if (safe.length === 0) throw new Error(`none of the ${objects.length} object${objects.length === 1 ? '' : 's'} under s3://${printable(bucket)}/${printable(prefix)} has a key that can be a file under a folder (${unsafeNames(unsafe)})`);
   const bar = createProgress('downloading');
   let done = 0;
   let kept = 0;
@@ -64,7 +74,7 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
         const body = await store.getObject(bucket, o.key);
         if (await writeUnlessSame(path.join(root, ...rel.split('/')), body)) kept++;
         else bytes += body.length;
-        bar.update(++done, safe.length, rel);
+        bar.update(++done, safe.length, printable(rel));
       },
       { concurrency: PARALLEL },
     );
@@ -72,19 +82,23 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
     bar.stop();
   }
   const written = safe.length - kept;
+  const into = root.endsWith('/') || root.endsWith(path.sep) ? root : `${root}${path.sep}`;
   ctx.out.write(
-    `downloaded ${written} file${written === 1 ? '' : 's'} (${size(bytes)}) from s3://${bucket}/${prefix} to ${root}${path.sep}` +
+    `downloaded ${written} file${written === 1 ? '' : 's'} (${size(bytes)}) from s3://${printable(bucket)}/${printable(prefix)} to ${printable(into)}` +
       `${kept ? `; ${kept} there already with the same bytes, left as they are` : ''}\n`,
   );
   if (unsafe.length) {
-    const shown = unsafe.slice(0, 3).map((o) => JSON.stringify(o.key)).join(', ');
-    ctx.out.write(`skipped ${unsafe.length} object${unsafe.length === 1 ? '' : 's'} whose key is no path under the folder (${shown}${unsafe.length > 3 ? ', …' : ''})\n`);
+    ctx.out.write(`skipped ${unsafe.length} object${unsafe.length === 1 ? '' : 's'} whose key can be no file under the folder: a .. or empty part, or the folder of other keys too (${unsafeNames(unsafe)})\n`);
   }
 }
 
-/** A key's part under the prefix is a path inside the folder: no `.`, `..` or empty parts. */
+function unsafeNames(objects: ObjectInfo[]): string {
+  return `${objects.slice(0, 3).map((o) => JSON.stringify(printable(o.key))).join(', ')}${objects.length > 3 ? ', …' : ''}`;
+}
+
+/** A key's part under the prefix is a path inside the folder: no `.`, `..` or empty parts, no backslash (a separator on Windows). */
 export function isPathUnder(rel: string): boolean {
-  return rel.split('/').every((part) => part !== '' && part !== '.' && part !== '..');
+  return !rel.includes('\\') && rel.split('/').every((part) => part !== '' && part !== '.' && part !== '..');
 }
 
 async function isFolder(p: string): Promise<boolean> {
@@ -93,7 +107,8 @@ async function isFolder(p: string): Promise<boolean> {
 
 /** Writes `bytes` to `file` unless it holds them already: true when it was left as it was. */
 async function writeUnlessSame(file: string, bytes: Buffer): Promise<boolean> {
-  const there = await readFile(file).catch(() => undefined);
+  // (read only when the sizes agree)
+  const there = (await stat(file).catch(() => undefined))?.size === bytes.length ? await readFile(file).catch(() => undefined) : undefined;
   if (there?.equals(bytes)) return true;
   await mkdir(path.dirname(file), { recursive: true });
   const part = `${file}.${randomBytes(4).toString('hex')}.part`;

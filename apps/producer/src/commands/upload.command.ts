@@ -157,6 +157,8 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   let sent = 0;
   /** files ingest could not read (empty, not an image, a format it does not decode): not sent */
   const skipped: { rel: string; why: string }[] = [];
+  /** files beside the label folders that are no image either: named in the note above alone, not sent */
+  let looseNotSent = 0;
   /** files whose image is in the bucket under another label folder (relabel moved it): not sent without --copies */
   const elsewhere: { rel: string; key: string }[] = [];
   const upload = async (rel: string) => {
@@ -168,6 +170,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
     let fate = '';
     if (looseSet.has(rel) && ('reason' in readable || short !== undefined)) {
       // named once, in the note above: no label, and no image either (a README beside the folders)
+      looseNotSent++;
       fate = ' (skipped: not in a label folder)';
     } else if ('reason' in readable || short !== undefined) {
       skipped.push({ rel, why: 'reason' in readable ? readable.message : short! });
@@ -204,7 +207,7 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
         `moved there by relabel since, and sent again ${elsewhere.length === 1 ? 'it' : 'they'} would come back under the old label as a copy; add --copies to send ${elsewhere.length === 1 ? 'it' : 'them'} all the same\n`,
     );
   }
-  const same = files.length - skipped.length - elsewhere.length - sent;
+  const same = files.length - skipped.length - elsewhere.length - looseNotSent - sent;
   ctx.out.write(`uploaded ${sent} file${sent === 1 ? '' : 's'} to s3://${bucket}/${prefix}${same ? ` (${same} more already there, the same bytes: not sent again)` : ''}\n`);
   if (manifest) await sendManifest(ctx, manifest, { dir, bucket, prefix, files, skipped, there });
   return sent;
