@@ -22,8 +22,10 @@ const PARALLEL = 8;
  * The other way from upload: one object to a file (or to stdout with `-`), or every object under a
  * prefix (a URL ending in `/`, or one that names no object but has some under it) into a folder,
  * each at its path under the prefix. Classify's results, a review's list, a run's files. A file
- * there already with the same bytes is left as it is; another is replaced, written beside it first and renamed, so that a download cut short leaves
- * no half file. Keys that are no path under the folder (`..`, empty parts) are skipped, and named.
+ * there already with the same bytes is left as it is; another is replaced, written beside it first
+ * and renamed, so that a download cut short leaves no half file. Keys that can be no file under the
+ * folder (`..` or empty parts, or the folder of other keys too) are skipped, and named. Each object
+ * is held in memory whole (results and run files are megabytes).
  */
 export async function downloadCommand(ctx: DownloadContext, url: string, dest?: string): Promise<void> {
   const { store } = ctx.services;
@@ -39,10 +41,10 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
     }
     const base = path.posix.basename(named);
     const file = dest === undefined ? base : dest.endsWith('/') || dest.endsWith(path.sep) || (await isFolder(dest)) ? path.join(dest, base) : dest;
-    const url = `s3://${printable(bucket)}/${printable(named)}`;
-    if (await isFolder(file)) throw new Error(`${printable(file)} is a folder: name the file to write ${url} to`);
+    const source = `s3://${printable(bucket)}/${printable(named)}`;
+    if (await isFolder(file)) throw new Error(`${printable(file)} is a folder: name the file to write ${source} to`);
     const kept = await writeUnlessSame(file, bytes);
-    ctx.out.write(kept ? `${printable(file)} is ${url} already (the same bytes): left as it is\n` : `downloaded ${url} to ${printable(file)} (${size(bytes.length)})\n`);
+    ctx.out.write(kept ? `${printable(file)} is ${source} already (the same bytes): left as it is\n` : `downloaded ${source} to ${printable(file)} (${size(bytes.length)})\n`);
     return;
   }
   const objects: ObjectInfo[] = [];
