@@ -41,6 +41,11 @@ describe("the data directory's lock (one up per directory)", () => {
     await lock.release();
   });
 
+  it('says a file made a moment ago and not written yet is being taken (where no hard links are: made empty, then written), not a JSON error', async () => {
+    await writeFile(path.join(dir, 'up.pid'), '');
+    await expect(lockDataDir(dir, settings)).rejects.toThrow(`${dir}: another up is taking ${path.join(dir, 'up.pid')} now: try again in a few seconds`);
+  });
+
   it('is let go on an exit that skips the stop (a second Ctrl-C exits at once)', async () => {
     const lockModule = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'embedded', 'data-dir.lock.js');
     const child = spawn(process.execPath, ['--input-type=module', '-e', `const { lockDataDir } = await import(${JSON.stringify(lockModule)}); await lockDataDir(${JSON.stringify(dir)}, { ports: 'p', shares: 's' }); process.exit(130);`], { stdio: 'inherit' });

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, unlinkSync } from 'node:fs';
-import { link, mkdir, readFile, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { link, mkdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 /** Who holds `<data>/up.pid`: enough to tell a live `up` from one that is gone, and to name it. */
@@ -62,13 +62,18 @@ function holderAlive(holder: Holder): boolean {
  * what `up` would do before it locks, at no use when the directory is taken (the weights' download).
  */
 export function dataDirHeld(dir: string): boolean {
-  const text = readText(path.join(dir, 'up.pid'));
-  if (!text) return false;
+  const holder = readHolder(path.join(dir, 'up.pid'));
+  return holder !== undefined && holderAlive(holder);
+}
+
+/** The holder `up.pid` names, or undefined when there is no such file or it names none (empty, being written, not JSON). */
+function readHolder(file: string): Holder | undefined {
+  const text = readText(file);
   try {
-    const holder = JSON.parse(text) as Holder;
-    return typeof holder.pid === 'number' && holder.pid !== process.pid && holderAlive(holder);
+    const holder = text ? (JSON.parse(text) as Partial<Holder>) : undefined;
+    return typeof holder?.pid === 'number' ? (holder as Holder) : undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }
 
@@ -135,11 +140,8 @@ export async function lockDataDir(dir: string, o: { ports: string; shares: strin
         }
       }
       try {
-        const holder = await readFile(file, 'utf8').then(
-          (t) => JSON.parse(t) as Holder,
-          () => undefined,
-        );
-        if (holder && typeof holder.pid === 'number' && holderAlive(holder)) throw refuse(holder);
+        const holder = readHolder(file);
+        if (holder && holderAlive(holder)) throw refuse(holder);
         // unreadable and new: being written by an up that could not link it whole
         const age = Date.now() - ((await stat(file).catch(() => undefined))?.mtimeMs ?? 0);
         if (!holder && age < 5_000) throw new Error(`${dir}: another up is taking ${file} now: try again in a few seconds`);
@@ -148,11 +150,8 @@ export async function lockDataDir(dir: string, o: { ports: string; shares: strin
         if (!(await create())) {
           // another up made it between the removal and this create (it found no file, so it took
           // no mutex): it holds the directory now, and is named as any holder is
-          const now = await readFile(file, 'utf8').then(
-            (t) => JSON.parse(t) as Holder,
-            () => undefined,
-          );
-          throw now && typeof now.pid === 'number' && holderAlive(now) ? refuse(now) : new Error(`${dir}: ${file} was made again while this up took it over: try again`);
+          const now = readHolder(file);
+          throw now && holderAlive(now) ? refuse(now) : new Error(`${dir}: ${file} was made again while this up took it over: try again`);
         }
       } finally {
         await rmdir(mutex).catch(() => undefined);
