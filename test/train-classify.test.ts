@@ -351,41 +351,47 @@ describe('training runs and classification', () => {
     expect((await runCli(['delete', 'run', 'tt@tt-1', '--yes'], stack.env)).code).toBe(0);
   });
 
-  it('two train commands given the same --run-id at once: one run, and the other says the id was taken, not the run of another dataset (a review)', async () => {
-    for (const kind of ['circle', 'square'] as const) for (let i = 0; i < 3; i++) await ctx.services.store.putObject(photos, `race/train/${kind}/${i}.jpg`, await renderSample(kind, 500 + i, 5));
-    // the first command looks at the id, then waits for its images (held back), while the second queues the same id
+  /**
+   * A dataset of 3 new circles and 3 new squares ingested with the preprocess queue paused, so that
+   * a train command of it waits for its images while `run` goes on; resumed after, whatever `run` did.
+   */
+  async function heldBack(dataset: string, seed: number, run: (resume: () => Promise<void>) => Promise<void>): Promise<void> {
+    for (const kind of ['circle', 'square'] as const) for (let i = 0; i < 3; i++) await ctx.services.store.putObject(photos, `${dataset}/train/${kind}/${i}.jpg`, await renderSample(kind, seed + i, 5));
     const preprocess = ctx.queues.preprocess;
     await preprocess.pause();
     try {
-      expect((await runCli(['ingest', `s3://${photos}/race/`, '-d', 'race', '--no-wait'], stack.env)).code).toBe(0);
+      expect((await runCli(['ingest', `s3://${photos}/${dataset}/`, '-d', dataset, '--no-wait'], stack.env)).code).toBe(0);
+      await run(() => preprocess.resume());
+    } finally {
+      await preprocess.resume();
+    }
+  }
+
+  it('two train commands given the same --run-id at once: one run, and the other says the id was taken, not the run of another dataset (a review)', async () => {
+    // the first command looks at the id, then waits for its images (held back), while the second queues the same id
+    await heldBack('race', 500, async (resume) => {
       let said = '';
       const first = runCli(['train', '-d', 'race', '--run-id', 'race-1', '--epochs', '2'], stack.env, 120_000, { onOutput: (c) => (said += c) });
       await until('the first command to wait for its images', () => said.includes('are not embedded yet; waiting'), 60);
       const second = await runCli(['train', '-d', 'tt', '--run-id', 'race-1', '--epochs', '2'], stack.env);
       expect(second.code, second.stderr).toBe(0);
-      await preprocess.resume();
+      await resume();
       const r = await first;
       // (before: exit 0, following and reporting tt's run as its own)
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(/\ntransferline: run id race-1 was taken meanwhile by another train command \(of dataset tt\): nothing queued; choose another --run-id, or leave it out for a new one\n$/);
       expect(r.stdout).not.toContain('model: s3://');
-    } finally {
-      await preprocess.resume();
-    }
+    });
   });
 
   it('two train commands asking for the same run (--run-id, dataset, settings) with another --stall-timeout each: one run, both follow it', async () => {
-    for (const kind of ['circle', 'square'] as const) for (let i = 0; i < 3; i++) await ctx.services.store.putObject(photos, `stalls/train/${kind}/${i}.jpg`, await renderSample(kind, 600 + i, 5));
-    const preprocess = ctx.queues.preprocess;
-    await preprocess.pause();
-    try {
-      expect((await runCli(['ingest', `s3://${photos}/stalls/`, '-d', 'stalls', '--no-wait'], stack.env)).code).toBe(0);
+    await heldBack('stalls', 600, async (resume) => {
       const said = ['', ''];
       const commands = [120, 90].map((stall, i) =>
         runCli(['train', '-d', 'stalls', '--run-id', 'stalls-1', '--epochs', '2', '--stall-timeout', String(stall)], stack.env, 120_000, { onOutput: (c) => (said[i] += c) }),
       );
       await until('both commands to wait for the images', () => said.every((s) => s.includes('are not embedded yet; waiting')), 60);
-      await preprocess.resume();
+      await resume();
       const [a, b] = (await Promise.all(commands)) as [CliRun, CliRun];
       // (before: the one that queued second exited 2, "run id stalls-1 was taken meanwhile by another train command (of stalls, with other settings)")
       for (const r of [a, b]) {
@@ -396,9 +402,7 @@ describe('training runs and classification', () => {
       const model = (out: string) => out.match(/model: (s3:\/\/\S+)/)?.[1];
       expect(model(a.stdout)).toContain('/stalls-1/');
       expect(model(b.stdout)).toBe(model(a.stdout));
-    } finally {
-      await preprocess.resume();
-    }
+    });
   });
 
   it('a run stopped early shows the epochs it ran, against the total it was shown with', async () => {

@@ -103,6 +103,21 @@ async function withContext(fn: (ctx: CliContext) => Promise<unknown>): Promise<v
   }
 }
 
+/**
+ * Runs a command that needs S3 alone (upload, download: they ask nothing of Redis, which need not
+ * be running), with a store built from the environment and closed afterwards.
+ */
+async function withStoreAlone(run: (store: ObjectStore, config: ReturnType<typeof loadConfig>) => Promise<unknown>): Promise<void> {
+  const config = loadConfig(process.env);
+  const store = new ObjectStore(config.s3);
+  sayWhenS3IsSlow(store, config.s3);
+  try {
+    await run(store, config);
+  } finally {
+    store.close();
+  }
+}
+
 /** Bad usage as the CLI itself finds it (a value out of range, options that do not go together): exit 2. */
 const usage = (message: string) => new CliExit(EXIT.usage, `transferline: ${message}`);
 
@@ -179,34 +194,18 @@ program
   .addOption(
     new Option('--manifest <file>', 'a label manifest (.csv, .tsv, .jsonl, .ndjson) that labels the images: checked first, sent after them (at its path under <dir>, or beside them), for ingest to read; no label folders needed').conflicts('unlabelled'),
   )
-  .action(async (dir: string, url: string, o: { copies?: boolean; unlabelled?: boolean; manifest?: string }) => {
-    // S3 alone: an upload asks nothing of Redis, which need not be running
-    const config = loadConfig(process.env);
-    const store = new ObjectStore(config.s3);
-    sayWhenS3IsSlow(store, config.s3);
-    try {
-      await uploadCommand({ services: { store }, out: process.stdout, config }, dir, url, { copies: !!o.copies, unlabelled: !!o.unlabelled, ...(o.manifest !== undefined && { manifest: o.manifest }) });
-    } finally {
-      store.close();
-    }
-  });
+  .action((dir: string, url: string, o: { copies?: boolean; unlabelled?: boolean; manifest?: string }) =>
+    withStoreAlone((store, config) => uploadCommand({ services: { store }, out: process.stdout, config }, dir, url, { copies: !!o.copies, unlabelled: !!o.unlabelled, ...(o.manifest !== undefined && { manifest: o.manifest }) })),
+  );
 
 program
   .command('download')
   .description("copy from the bucket to this machine: one object to a file (- for stdout), or every object under a prefix into a folder (classify's results, say)")
   .argument('<s3url>', 'an object (s3://photos/results/pets/RUN/TIME.jsonl), or a prefix ending in / (s3://photos/results/pets/)')
   .argument('[dest]', 'a file or folder (default: its name, here); - writes the one object to stdout')
-  .action(async (url: string, dest: string | undefined) => {
-    // S3 alone, as upload
-    const config = loadConfig(process.env);
-    const store = new ObjectStore(config.s3);
-    sayWhenS3IsSlow(store, config.s3);
-    try {
-      await downloadCommand({ services: { store }, out: dest === '-' ? process.stderr : process.stdout, stdout: process.stdout }, url, dest);
-    } finally {
-      store.close();
-    }
-  });
+  .action((url: string, dest: string | undefined) =>
+    withStoreAlone((store) => downloadCommand({ services: { store }, out: dest === '-' ? process.stderr : process.stdout, stdout: process.stdout }, url, dest)),
+  );
 
 program
   .command('ingest')

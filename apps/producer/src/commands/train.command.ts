@@ -242,21 +242,27 @@ async function queueingTurn(ctx: CliContext, dataset: string): Promise<() => Pro
   };
 }
 
-/** Whether a queued job's data asks for the run `payload` asks for: the same id, dataset and settings, the command's patience aside. */
+/**
+ * The run a train job asks for, as BullMQ stores it (JSON: a field left undefined is not there),
+ * without the command's patience (`stallSeconds`): two commands that differ only in it ask for one run.
+ */
+function runAskedFor(job: Partial<TrainJob>): Partial<TrainJob> {
+  const { stallSeconds: _, ...run } = JSON.parse(JSON.stringify(job)) as Partial<TrainJob>;
+  return run;
+}
+
+/** Whether a queued job's data asks for the run `payload` asks for: the same id, dataset and settings. */
 function sameRun(data: unknown, payload: TrainJob): boolean {
-  // (compared as BullMQ stores it, as JSON: a field left undefined is not there)
-  const { stallSeconds: _s, ...ours } = JSON.parse(JSON.stringify(payload)) as TrainJob;
-  const { stallSeconds: _t, ...theirs } = (data ?? {}) as Partial<TrainJob>;
-  return isDeepStrictEqual(theirs, ours);
+  return isDeepStrictEqual(runAskedFor((data ?? {}) as Partial<TrainJob>), runAskedFor(payload));
 }
 
 /** A run of the same dataset and settings (its id and the command's patience aside) that no worker runs now: waiting, or delayed (the first 1,000 looked at). */
 async function queuedTwin(ctx: CliContext, payload: TrainJob): Promise<string | undefined> {
-  const { runId: _, stallSeconds: _s, ...settings } = payload;
+  const { runId: _, ...settings } = runAskedFor(payload);
   for (const job of await ctx.queues.train.getJobs(['waiting', 'prioritized', 'delayed'], 0, 999)) {
     const other = TrainJob.safeParse(job?.data);
     if (!other.success || other.data.dataset !== payload.dataset) continue;
-    const { runId, stallSeconds: _t, ...its } = other.data;
+    const { runId, ...its } = runAskedFor(other.data);
     if (isDeepStrictEqual(its, settings)) return runId;
   }
   return undefined;
