@@ -63,10 +63,10 @@ describe('a bucket of labelled images in, a trained classifier out', () => {
     // the copy of circle 0 finds its twin's embedding cached if embed got to the twin first
     expect(output).toMatch(new RegExp(`dataset e2e: ${distinct + 1} images, ${distinct + 1} embedded \\([01] of them already in the embedding cache: not computed again\\), 0 failed`));
     expect(r.status!.labels).toEqual([
-      { label: 'circle', count: PER_CLASS + 1 },
-      { label: 'square', count: PER_CLASS },
-      { label: 'triangle', count: PER_CLASS },
-      { label: 'ünïcode label', count: 1 },
+      { label: 'circle', count: PER_CLASS + 1, ready: PER_CLASS + 1 },
+      { label: 'square', count: PER_CLASS, ready: PER_CLASS },
+      { label: 'triangle', count: PER_CLASS, ready: PER_CLASS },
+      { label: 'ünïcode label', count: 1, ready: 1 },
     ]);
 
     // one cache entry per distinct content: the copies share their original's entry

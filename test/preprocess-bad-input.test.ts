@@ -113,7 +113,7 @@ describe('bad input fails alone, with a reason', () => {
     expect(status.failures.find((f) => f.reason === 'too-large')?.detail).toMatch(/over the limit of 1000000/);
 
     // what a user sees: the label's count says how many of its images failed (train leaves them out)
-    expect(status.labels).toEqual([{ label: 'cats', count: bad.length + GOOD, failed: bad.length }]);
+    expect(status.labels).toEqual([{ label: 'cats', count: bad.length + GOOD, failed: bad.length, ready: GOOD }]);
     const text = await runCli(['status', '--dataset', 'bad'], stack.env);
     expect(text.stdout).toContain(`  labels: cats (${bad.length + GOOD}, ${bad.length} failed)\n`);
     // what to do of those that failed for their bytes (not of the one too large, nor the one not found)
@@ -237,7 +237,7 @@ describe('bad input fails alone, with a reason', () => {
     expect(r.stdout).not.toContain('empty folder');
     const status = await waitForDataset(ctx, 'hidden', { space: stack.space.id, stallSeconds: 30 });
     expect(status).toMatchObject({ total: 2, embedded: 2, failed: 0, pending: 0 });
-    expect(status.labels).toEqual([{ label: 'dogs', count: 2 }]);
+    expect(status.labels).toEqual([{ label: 'dogs', count: 2, ready: 2 }]);
     // and again: nothing changed, nothing said as taken out
     const again = await runCli(['ingest', `s3://${bucket}/hidden/`, '-d', 'hidden'], stack.env, 120_000);
     expect(again.code).toBe(0);

@@ -838,6 +838,17 @@ describe('training runs and classification', () => {
         'add the images of another label (a folder per label under the prefix, or rows of a label manifest) and ingest again. No run was queued\n',
     );
     expect(r.stdout).not.toMatch(/queued for dataset solo/);
+    // --partial learns from what is embedded now: another label's image still on its way is not there yet
+    await ctx.services.datasets.putItem('solo', `${photos}/solo/dog/later.jpg`, { label: 'dog', etag: 'e', space: stack.space.id, state: 'pending' });
+    const partial = await runCli(['train', '-d', 'solo', '--partial', '--epochs', '1'], stack.env);
+    expect({ code: partial.code, stderr: partial.stderr }).toEqual({
+      code: 1,
+      stderr:
+        'transferline: --partial trains on the embedded images of solo, and they are images of one label only (cat, 3 images; dog: none embedded (1 failed, 1 not embedded yet, or in another space)): a classifier needs two or more: ' +
+        'wait for the images of the other labels (transferline status -d solo), or train without --partial to wait here. No run was queued\n',
+    });
+    const labels = JSON.parse((await runCli(['status', '-d', 'solo', '--json'], stack.env)).stdout) as { datasets: { labels: unknown[] }[] };
+    expect(labels.datasets[0]!.labels).toEqual([{ label: 'cat', count: 3, ready: 3 }, { label: 'dog', count: 2, failed: 1, ready: 0 }]);
     const status = JSON.parse((await runCli(['status', '--json'], stack.env)).stdout) as { queues: Record<string, { failedRuns?: { dataset: string }[] }> };
     expect((status.queues.train!.failedRuns ?? []).filter((f) => f.dataset === 'solo')).toEqual([]);
     expect((await runCli(['delete', 'dataset', 'solo', '--yes'], stack.env)).code).toBe(0);

@@ -57,9 +57,13 @@ export interface DatasetStatus {
   /** the first failures (up to the limit asked for): the item id (`bucket/key`) and its object's `s3://` URL */
   failures: ({ item: string; object: string } & ItemFailureView)[];
   failuresByReason: { stage: Stage; reason: string; count: number }[];
-  /** images per label, sorted by label, and how many of them failed for good (when any): train leaves those out */
-  /** `unlabelled`: the images of a classify dataset, which carry no label (`label` is then UNLABELLED) */
-  labels: { label: string; count: number; failed?: number; unlabelled?: true }[];
+  /**
+   * Images per label, sorted by label; how many of them failed for good (when any: train leaves
+   * those out), and `ready`: how many are embedded in the dataset's space (what a run started now
+   * learns from; `elsewhere` counts those in another). `unlabelled`: the images of a classify
+   * dataset, which carry no label (`label` is then UNLABELLED).
+   */
+  labels: { label: string; count: number; failed?: number; ready: number; unlabelled?: true }[];
   /**
    * Embedded images (counted in `embedded`) whose embedding is in another space than the
    * dataset's (a later ingest of some of its prefixes moved the dataset to another space): train
@@ -241,7 +245,7 @@ export class DatasetInspector {
       labels: [],
       elsewhere: [],
     };
-    const labels = new Map<string, { count: number; failed: number }>();
+    const labels = new Map<string, { count: number; failed: number; ready: number }>();
     const elsewhere = new Map<string, { count: number; sources: Set<string> }>();
     let sources: string[] | undefined; // read at the first such image
     const reasons = new Map<string, { stage: Stage; reason: string; count: number }>();
@@ -249,14 +253,15 @@ export class DatasetInspector {
       for (const v of page) {
         if (within !== undefined && !v.id.startsWith(within)) continue;
         s.total++;
-        const l = labels.get(v.record.label) ?? { count: 0, failed: 0 };
+        const l = labels.get(v.record.label) ?? { count: 0, failed: 0, ready: 0 };
         l.count++;
         if (v.phase === 'failed') l.failed++;
         labels.set(v.record.label, l);
         if (v.phase === 'embedded') {
           s.embedded++;
           if (v.record.state === 'cached') s.cached++;
-          if (space && v.space && v.space !== space) {
+          if (!(space && v.space && v.space !== space)) l.ready++;
+          else {
             const e = elsewhere.get(v.space) ?? { count: 0, sources: new Set<string>() };
             e.count++;
             // (a manifest's image: the manifest is what to ingest again)
@@ -281,7 +286,7 @@ export class DatasetInspector {
     }
     // (in a training dataset, a folder may be named `?`: a label like any other)
     const unlabelled = isClassifyDataset(dataset);
-    s.labels = [...labels].map(([label, l]) => ({ label, count: l.count, ...(l.failed && { failed: l.failed }), ...(unlabelled && label === UNLABELLED && { unlabelled: true as const }) })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
+    s.labels = [...labels].map(([label, l]) => ({ label, count: l.count, ...(l.failed && { failed: l.failed }), ready: l.ready, ...(unlabelled && label === UNLABELLED && { unlabelled: true as const }) })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
     s.failuresByReason = [...reasons.values()].sort((a, b) => b.count - a.count);
     s.elsewhere = [...elsewhere].map(([sp, e]) => ({ space: sp, count: e.count, sources: [...e.sources].sort() }));
     return s;

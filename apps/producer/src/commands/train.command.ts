@@ -136,16 +136,28 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     throw new CliExit(EXIT.error, `transferline: --partial trains on the embedded images of ${o.dataset}, and none of its ${status.total} is embedded yet (${counts}): ${next}`);
   }
   // one label among the images it could learn from: the run would be queued only to fail
-  // (one-class), and count as a failed run (a user's trial: the failed-run alert for a mistake)
+  // (one-class), and count as a failed run (a user's trial: the failed-run alert for a mistake).
+  // It learns from the images embedded in the dataset's space by the time it starts: with
+  // --partial those embedded now, else (it waits for them) those that do not fail.
   const oneLabel = (s: DatasetStatus) => {
-    const learnable = s.labels.filter((l) => l.count > (l.failed ?? 0));
-    if (learnable.length !== 1) return undefined;
-    const [only] = learnable as [DatasetStatus['labels'][number]];
-    const failedOthers = s.labels.filter((l) => l !== only).map((l) => `${l.label}: all ${l.count} failed`);
+    const learnable = (l: DatasetStatus['labels'][number]) => (o.partial ? l.ready : l.count - (l.failed ?? 0));
+    const labels = s.labels.filter((l) => learnable(l) > 0);
+    if (labels.length !== 1) return undefined;
+    const [only] = labels as [DatasetStatus['labels'][number]];
+    const others = s.labels.filter((l) => l !== only);
+    const otherWords = others.map((l) => {
+      if (!o.partial) return `${l.label}: all ${l.count} failed`;
+      const parts = [l.failed && `${l.failed} failed`, l.count - l.ready - (l.failed ?? 0) > 0 && `${l.count - l.ready - (l.failed ?? 0)} not embedded yet, or in another space`].filter(Boolean);
+      return `${l.label}: none embedded (${parts.join(', ')})`;
+    });
+    // (--partial: another label's images on their way make a run that waits for them possible)
+    const coming = o.partial && others.some((l) => l.count - l.ready - (l.failed ?? 0) > 0);
+    const next = coming
+      ? `wait for the images of the other labels (transferline status -d ${o.dataset}), or train without --partial to wait here`
+      : 'add the images of another label (a folder per label under the prefix, or rows of a label manifest) and ingest again';
     return new CliExit(
       EXIT.error,
-      `transferline: dataset ${o.dataset} has images of one label only (${only.label}, ${only.count - (only.failed ?? 0)} images${failedOthers.length ? `; ${failedOthers.join(', ')}` : ''}): a classifier needs two or more: ` +
-        `add the images of another label (a folder per label under the prefix, or rows of a label manifest) and ingest again. No run was queued`,
+      `transferline: ${o.partial ? `--partial trains on the embedded images of ${o.dataset}, and they are` : `dataset ${o.dataset} has`} images of one label only (${only.label}, ${learnable(only)} images${otherWords.length ? `; ${otherWords.join(', ')}` : ''}): a classifier needs two or more: ${next}. No run was queued`,
     );
   };
   const before = oneLabel(status);

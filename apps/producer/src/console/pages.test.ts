@@ -63,7 +63,7 @@ describe('pages', () => {
       elsewhere: [],
       failures: [{ item: `photos/${EVIL[0]}/x.jpg`, object: `s3://photos/${EVIL[0]}/x.jpg`, stage: 'preprocess', reason: 'not-an-image', detail: EVIL[2], attempts: 1 }],
       failuresByReason: [{ stage: 'preprocess', reason: 'not-an-image', count: 1 }],
-      labels: EVIL.map((label) => ({ label, count: 1 })),
+      labels: EVIL.map((label) => ({ label, count: 1, ready: 0 })),
     };
     const out = datasetPage(access, { dataset: 'pets', counted: { status, readAt: 1_000, tookMs: 5 }, runs: [] }, 1_010);
     expect(out).not.toMatch(/<script>|<img /);
@@ -78,7 +78,7 @@ describe('pages', () => {
     expect(counting).not.toContain('data-count=');
     // labels that look like one folder written two ways: said under the labels, as status says it
     // (a user's trial: the console had no word of it); none without such a pair
-    const typo = datasetPage(access, { dataset: 'pets', counted: { status: { ...status, labels: [{ label: 'cat', count: 2 }, { label: 'cats', count: 20 }] }, readAt: 1_000, tookMs: 5 }, runs: [] }, 1_010);
+    const typo = datasetPage(access, { dataset: 'pets', counted: { status: { ...status, labels: [{ label: 'cat', count: 2, ready: 2 }, { label: 'cats', count: 20, ready: 20 }] }, readAt: 1_000, tookMs: 5 }, runs: [] }, 1_010);
     expect(typo).toMatch(/<ul id="label-notes" class="bad"><li>labels cat \(2 images\) and cats \(20\) differ [^<]*: a misspelt folder\?[^<]*<\/li><\/ul>/);
     expect(out).not.toContain('id="label-notes"');
   });
