@@ -125,6 +125,11 @@ describe('the web console', () => {
       for (const k of ['total', 'embedded', 'cached', 'pending', 'orphaned', 'failed'] as const) expect(Number(await row.locator(`[data-count="${k}"]`).innerText()), k).toBe(status[k]);
       await expect.poll(() => page.locator(`#runs tr[data-run="${runId}"]`).count()).toBe(1);
       await expect.poll(() => page.locator(`#queues tr[data-queue="embed.${stack.space.id}"]`).count()).toBe(1);
+      // each queue's workers, as status counts them (a user scaling workers watches them come)
+      const statusJson = JSON.parse((await runCli(['status', '--json'], stack.env)).stdout) as { queues: Record<string, { workers: number }> };
+      const shown = Object.fromEntries(await Promise.all(Object.keys(statusJson.queues).map(async (q) => [q, Number(await page.locator(`#queues tr[data-queue="${q}"] [data-count="workers"]`).innerText())])));
+      expect(shown).toEqual(Object.fromEntries(Object.entries(statusJson.queues).map(([q, r]) => [q, r.workers])));
+      expect(shown[`embed.${stack.space.id}`]).toBe(1);
 
       await page.locator(`#datasets a[href="/datasets/${dataset}"]`).click();
       await page.waitForURL(`**/datasets/${dataset}`);

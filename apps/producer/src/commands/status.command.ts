@@ -270,6 +270,15 @@ function stillConnected<W extends { workerId: string }>(beating: W[], connected:
   return beating.filter((w) => !holderGone(connected, w.workerId));
 }
 
+/**
+ * How many workers serve a queue, as status and the console count them: for an embed queue, its
+ * space's live workers still connected; for another, those Redis names as connected to it.
+ */
+export function servingWorkers(q: Queue, connected: Record<string, string>[], spaces: SpaceWorkers[]): number {
+  const space = spaces.find((s) => q.name === queueName('embed', s.space.id));
+  return space ? stillConnected(space.workers, connected).length : connected.length;
+}
+
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
   const { datasets: repo, inspector, spaces: registry, cache } = ctx.services;
@@ -299,7 +308,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const held = connected.length > 0 && q.name !== queueName('train') ? goneIds.size : 0;
     const paused = await ctx.services.paused.list(q.name);
     const untaken = counts.waiting && !counts.active && connected.length > 0 && paused.length === 0 ? await untakenFor(ctx, q) : undefined;
-    queues[q.name] = { ...counts, workers: space ? stillConnected(space.workers, connected).length : connected.length, ...(held && { heldByGone: held }), ...(untaken && { untakenSeconds: untaken, connected: connected.length }), paused };
+    queues[q.name] = { ...counts, workers: servingWorkers(q, connected, listed), ...(held && { heldByGone: held }), ...(untaken && { untakenSeconds: untaken, connected: connected.length }), paused };
   }
   // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no
   // failure; the others are named with their reason

@@ -4,7 +4,7 @@ import { DatasetRepository, ReportDoc, ReviewLine, parseJsonLines, type Config, 
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { listModelRuns, type ModelRun, type ReadReports } from '../commands/models.command.js';
-import { cancelledRuns, deploymentQueues, deploymentWarnings, settledPreprocessFailures, unpublishedSpaces } from '../commands/status.command.js';
+import { cancelledRuns, deploymentQueues, deploymentWarnings, servingWorkers, settledPreprocessFailures, unpublishedSpaces } from '../commands/status.command.js';
 import type { ReviewView } from './review.page.js';
 import { StatusMemo, type Counted } from './status-memo.js';
 
@@ -64,6 +64,8 @@ export interface QueueSummary {
   name: string;
   counts: Record<string, number>;
   paused: boolean;
+  /** how many workers serve it (as status counts them) */
+  workers: number;
   /** the train queue: how many of its failed jobs are runs stopped with train --cancel (no failures) */
   cancelled?: number;
   /** the preprocess queue: how many of its failed jobs need nothing more (settledPreprocessFailures) */
@@ -81,14 +83,14 @@ export interface Overview {
 
 export type DatasetPage = DatasetCounts & { runs: ModelRun[] };
 
-async function summarise(q: Queue, d: ConsoleDeps): Promise<QueueSummary> {
-  const [counts, paused] = await Promise.all([q.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'failed', 'completed'), q.isPaused()]);
+async function summarise(q: Queue, d: ConsoleDeps, spaces: SpaceWorkers[]): Promise<QueueSummary> {
+  const [counts, paused, connected] = await Promise.all([q.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'failed', 'completed'), q.isPaused(), q.getWorkers()]);
   // as status says: runs stopped with train --cancel end as failed jobs, and are no failure
   const cancelled = q === d.queues.train && counts.failed ? await d.cancelledRuns(counts.failed) : 0;
   // and a preprocess job whose object was replaced since keeps its failure in BullMQ, needing nothing
   // (a note: a read that fails leaves it out of this page, not the page, and is read again for the next)
   const settled = q === d.queues.preprocess && counts.failed ? await d.settledFailures(counts.failed).catch(() => 0) : 0;
-  return { name: q.name, counts, paused, ...(cancelled && { cancelled }), ...(settled && { settled }) };
+  return { name: q.name, counts, paused, workers: servingWorkers(q, connected, spaces), ...(cancelled && { cancelled }), ...(settled && { settled }) };
 }
 
 // listModelRuns and deploymentWarnings are written for the CLI; they read config and services (and
@@ -105,7 +107,7 @@ export async function loadOverview(d: ConsoleDeps): Promise<Overview> {
   // (and the queues of spaces datasets are in that no worker has published, as status lists them)
   const unpublished = await unpublishedSpaces(d.services.datasets, names, spaces);
   const [queues, datasets, runs, { warnings }] = await Promise.all([
-    Promise.all(deploymentQueues(d.queues, spaces, unpublished).map((q) => summarise(q, d))),
+    Promise.all(deploymentQueues(d.queues, spaces, unpublished).map((q) => summarise(q, d, spaces))),
     Promise.all(names.map((n) => countsOf(d, n))),
     listModelRuns(runsContext(d), undefined, d.reports),
     recentWarnings(

@@ -172,6 +172,14 @@ describe('the overview', () => {
     expect(page(q(3, 2))).toContain('<a class="bad" href="/queues/queue/preprocess?status=failed">3</a> <span class="muted" data-settled="2">(2 need nothing more: their objects were replaced, embedded or moved to another embedding space since, or left their datasets)</span>');
   });
 
+  it('shows how many workers serve each queue, and marks none where jobs wait', () => {
+    const q = (name: string, workers: number, waiting: number) => ({ name, counts: { waiting }, paused: false, workers });
+    const out = overviewPage(access, { datasets: [], runs: [], queues: [q('preprocess', 2, 5), q('train', 0, 1), q('classify', 0, 0)], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1]);
+    expect(out).toMatch(/<tr data-queue="preprocess">.*<td class="n" data-count="workers">2<\/td>/);
+    expect(out).toMatch(/<tr data-queue="train">.*<td class="n" data-count="workers"><span class="bad">0<\/span><\/td>/);
+    expect(out).toMatch(/<tr data-queue="classify">.*<td class="n" data-count="workers"><span class="muted">0<\/span><\/td>/);
+  });
+
   it("shows status's warnings first, escaped", () => {
     const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: ['dataset <b>x</b> lost its records: transferline ingest s3://p/x/ -d x'] } as unknown as Parameters<typeof overviewPage>[1];
     expect(overviewPage({ actionsConfigured: false }, o)).toContain('<h1>Datasets and models</h1><ul id="warnings" class="bad"><li>dataset &lt;b&gt;x&lt;/b&gt; lost its records: transferline ingest s3://p/x/ -d x</li></ul>');
