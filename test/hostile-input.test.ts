@@ -256,7 +256,7 @@ describe('small CLI holes', () => {
       // a file beside the label folders has no label: said before it is uploaded
       await writeFile(path.join(dir, 'loose.jpg'), await renderSample('circle', 2, 5, 64));
       const loose = await cli(['upload', dir, 's3://photos-typo/y/']);
-      expect(loose.stdout).toContain(`note: 1 of the 2 files is not in a label folder ("loose.jpg"): ingest skips them; put them in a folder per label (${path.join(dir, 'LABEL', 'loose.jpg')})\n`);
+      expect(loose.stdout).toContain(`note: 1 of the 2 files is not in a label folder ("loose.jpg"): ingest skips them; for an image among them, put it in a folder per label (${path.join(dir, 'LABEL', 'loose.jpg')})\n`);
       // a file beside them that is no image either is named once, in that note (a user's trial: it was also counted among those ingest could not read)
       await writeFile(path.join(dir, 'README.txt'), 'my photos\n');
       const readme = await cli(['upload', dir, 's3://photos-typo/y/']);

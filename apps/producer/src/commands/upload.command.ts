@@ -112,11 +112,12 @@ export async function uploadCommand(ctx: UploadContext, dir: string, url: string
   // files that ingest would find no label for (not in a label folder), by ingest's own rule
   const loose = o.unlabelled || manifest ? [] : files.filter((f) => itemFromKey(prefix, `${prefix}${f}`) === undefined);
   const named = `${loose.slice(0, 3).map((f) => JSON.stringify(f)).join(', ')}${loose.length > 3 ? ', …' : ''}`;
-  const foldered = `put them in a folder per label (${path.join(dir, 'LABEL', loose[0] ?? '')})`;
+  const example = path.join(dir, 'LABEL', loose[0] ?? '');
   // none in a label folder: nothing ingest could use, so nothing is sent (ingest would refuse it)
-  if (loose.length === files.length) throw new Error(`none of the ${files.length} files under ${dir} is in a label folder (${named}): ingest could use none of them; ${foldered}, or add --unlabelled for images to classify`);
+  if (loose.length === files.length) throw new Error(`none of the ${files.length} files under ${dir} is in a label folder (${named}): ingest could use none of them; put them in a folder per label (${example}), or add --unlabelled for images to classify`);
   const looseSet = new Set(loose);
-  if (loose.length) ctx.out.write(`note: ${loose.length} of the ${files.length} files ${loose.length === 1 ? 'is' : 'are'} not in a label folder (${named}): ingest skips them; ${foldered}\n`);
+  // (a README beside the label folders is among them: the advice is for the images)
+  if (loose.length) ctx.out.write(`note: ${loose.length} of the ${files.length} files ${loose.length === 1 ? 'is' : 'are'} not in a label folder (${named}): ingest skips them; for an image among them, put it in a folder per label (${example})\n`);
   // A bucket that is not there is made (a new deployment's first upload), and said: a typo in its name should not pass unseen.
   if (await ctx.services.store.ensureBucket(bucket)) ctx.out.write(`created bucket s3://${bucket} (it did not exist)\n`);
   // what is there already, by ETag (the MD5 of an object put whole): the same bytes are not sent again
