@@ -17,7 +17,7 @@ import { EXIT } from '../apps/producer/src/exit-codes.js';
 import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { demoTrain } from '../apps/producer/src/commands/up.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { classifyDatasetName, jobIds, jobLock, STOP_DEADLINE_MS, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig } from '../packages/shared/src/index.js';
+import { classifyDatasetName, enqueue, jobIds, jobLock, STOP_DEADLINE_MS, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig, TrainJob } from '../packages/shared/src/index.js';
 import { ingestManifest, ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { restoreLostIndex } from '../apps/producer/src/data-loss.js';
 import { consoleDeps, loadDataset, loadOverview } from '../apps/producer/src/console/console-data.js';
@@ -854,12 +854,21 @@ describe('training runs and classification', () => {
     expect((await runCli(['delete', 'dataset', 'solo', '--yes'], stack.env)).code).toBe(0);
   });
 
-  it('a dataset whose every image failed: train says so, not to ingest it first', async () => {
+  it('a dataset whose every image failed: train refuses it, not to ingest it first; a run of it queued all the same fails, and status names it', async () => {
     for (const kind of ['a', 'b']) await ctx.services.store.putObject(photos, `allbad/${kind}/notes.jpg`, 'not an image at all');
     expect((await runCli(['ingest', `s3://${photos}/allbad/`, '-d', 'allbad'], stack.env)).stdout).toContain('2 failed');
     const r = await runCli(['train', '-d', 'allbad', '--epochs', '1'], stack.env);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toContain(`dataset allbad has no embedded images in ${stack.space.id}: all 2 of its images failed (see "transferline failures -d allbad")`);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({
+      code: 1,
+      stderr: 'transferline: dataset allbad has nothing to learn from: all 2 of its images failed (see "transferline failures -d allbad"): mend or replace them and ingest again. No run was queued\n',
+    });
+    expect(r.stdout).not.toMatch(/queued for dataset allbad/);
+    // a run queued all the same (by another client, or before its images failed) fails, saying why
+    const payload = TrainJob.parse({ dataset: 'allbad', runId: 'allbad-anyway', embedderId: stack.space.id, partial: false, epochs: 1, stallSeconds: 60 });
+    await enqueue(ctx.queues.train, 'train', [{ id: jobIds.train({ runId: payload.runId }), payload }]);
+    const queued = async () => (await ctx.queues.train.getJob(jobIds.train({ runId: payload.runId })))!;
+    await until('the run of allbad to fail', async () => (await (await queued()).getState()) === 'failed', 60);
+    expect((await queued()).failedReason).toContain(`dataset allbad has no embedded images in ${stack.space.id}: all 2 of its images failed (see "transferline failures -d allbad")`);
     // status names the failed run and why, where it counted a failed train job and said nothing more
     const named = new RegExp(`^ {2}train: run \\S+ of allbad failed \\d+ s ago \\(no-data\\): dataset allbad has no embedded images in ${stack.space.id.replace(/\./g, '\\.')}: all 2 of its images failed`, 'm');
     expect((await runCli(['status'], stack.env)).stdout).toMatch(named);

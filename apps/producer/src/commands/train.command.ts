@@ -135,13 +135,17 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     const next = waiting > 0 ? `wait for them (transferline status -d ${o.dataset}), or train without --partial to wait here` : `nothing will be (see transferline failures -d ${o.dataset})`;
     throw new CliExit(EXIT.error, `transferline: --partial trains on the embedded images of ${o.dataset}, and none of its ${status.total} is embedded yet (${counts}): ${next}`);
   }
-  // one label among the images it could learn from: the run would be queued only to fail
-  // (one-class), and count as a failed run (a user's trial: the failed-run alert for a mistake).
+  // one label among the images it could learn from, or none: the run would be queued only to fail
+  // (one-class, no-data), and count as a failed run (a user's trial: the failed-run alert for a mistake).
   // It learns from the images embedded in the dataset's space by the time it starts: with
   // --partial those embedded now, else (it waits for them) those that do not fail.
-  const oneLabel = (s: DatasetStatus) => {
+  const unlearnable = (s: DatasetStatus) => {
     const learnable = (l: DatasetStatus['labels'][number]) => (o.partial ? l.ready : l.count - (l.failed ?? 0));
     const labels = s.labels.filter((l) => learnable(l) > 0);
+    // (--partial with nothing embedded is refused above, with what is on its way)
+    if (labels.length === 0 && !o.partial && s.total > 0) {
+      return new CliExit(EXIT.error, `transferline: dataset ${o.dataset} has nothing to learn from: all ${s.failed} of its images failed (see "transferline failures -d ${o.dataset}"): mend or replace them and ingest again. No run was queued`);
+    }
     if (labels.length !== 1) return undefined;
     const [only] = labels as [DatasetStatus['labels'][number]];
     const others = s.labels.filter((l) => l !== only);
@@ -160,7 +164,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
       `transferline: ${o.partial ? `--partial trains on the embedded images of ${o.dataset}, and they are` : `dataset ${o.dataset} has`} images of one label only (${only.label}, ${learnable(only)} images${otherWords.length ? `; ${otherWords.join(', ')}` : ''}): a classifier needs two or more: ${next}. No run was queued`,
     );
   };
-  const before = oneLabel(status);
+  const before = unlearnable(status);
   if (before) throw before;
   if (waiting > 0 && !o.partial) {
     ctx.out.write(`${waiting} of ${status.total} images of ${o.dataset} are not embedded yet; waiting for them (or train now on the ${status.embedded} embedded with --partial)\n`);
@@ -174,7 +178,7 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
       throw err;
     });
     // (the images of all but one label may have failed meanwhile)
-    const after = oneLabel(waited);
+    const after = unlearnable(waited);
     if (after) throw after;
   } else if (waiting > 0) {
     ctx.out.write(`training on the ${status.embedded} embedded images of ${status.total} (--partial): ${waiting} still pending are left out, and the report says so\n`);
