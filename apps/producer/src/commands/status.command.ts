@@ -6,7 +6,7 @@ import { printDatasetSummary } from './ingest.command.js';
 import { storageHint } from '../storage-hint.js';
 import { runCompletedAfter } from './models.command.js';
 import { holderConnected, takenUpWithinSeconds } from '../job-follow.js';
-import { indexUnderOtherPrefixes, lossOver, lossUnrecorded, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, recordLostDatasets } from '../data-loss.js';
+import { indexUnderOtherPrefixes, lossOver, lossUnrecorded, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, recordLostDatasets, spacesUnderOtherPrefixes } from '../data-loss.js';
 import { waitingFor, type EpochProgress } from '@transferline/train-worker/train-head.job';
 
 export interface SpaceStatus {
@@ -479,7 +479,11 @@ export async function deploymentWarnings(ctx: CliContext, spaces: string[], s3: 
   const loss = await dataLossWarnings(ctx, spaces, s3);
   // a shell whose TL_BUCKET/TL_PREFIX are not the workers': every model and cache read here looks elsewhere
   const storage = await storageHint(ctx);
-  return { warnings: [...(storage ? [storage] : []), ...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found, elsewhere: loss.elsewhere };
+  // a fresh deployment (nothing in the bucket yet) seen from a shell whose TL_QUEUE_PREFIX is not
+  // the workers': their live embed workers are there under theirs (a trial: "start the stack")
+  const others = spaces.length === 0 && !loss.elsewhere ? await spacesUnderOtherPrefixes(ctx).catch(() => []) : [];
+  const prefix = others.length ? [`no embedding space is published under this prefix: ${otherPrefixWords(ctx, others, 'the live embed workers')}`] : [];
+  return { warnings: [...prefix, ...(storage ? [storage] : []), ...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found, elsewhere: loss.elsewhere || others.length > 0 };
 }
 
 /**
