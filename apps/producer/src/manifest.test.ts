@@ -35,6 +35,21 @@ describe('label manifests', () => {
     ]);
   });
 
+  it("refuses a manifest that is not UTF-8 (a spreadsheet's Windows-1252), naming its first such line as it was meant; reads UTF-16 with its BOM", async () => {
+    const cp1252 = Buffer.concat([Buffer.from('key;label\r\nn1.jpg;'), Buffer.from([0x4b, 0xfc, 0x73, 0x74, 0x65]), Buffer.from('\r\na1.jpg;abstract\r\n')]);
+    expect(await refusal(readManifest(cp1252, 'csv', at))).toEqual([
+      'the manifest s3://photos/sets/pets/labels.csv is not UTF-8 text, so nothing of it was ingested: its labels would be read garbled. Saved in another encoding (Windows-1252 or Latin-1, as Excel\'s "CSV (Comma delimited)" does)? Save it as UTF-8 (Excel: "CSV UTF-8") and use it again',
+      '  line 2, as Windows-1252 would read it: "n1.jpg;Küste"',
+    ]);
+    // the same in JSON Lines, on its third line
+    const lines = Buffer.concat([Buffer.from('{"key":"a.jpg","label":"x"}\n{"key":"b.jpg","label":"y"}\n{"key":"c.jpg","label":"'), Buffer.from([0xe9]), Buffer.from('"}\n')]);
+    expect((await refusal(readManifest(lines, 'jsonl', at)))[1]).toBe('  line 3, as Windows-1252 would read it: "{\\"key\\":\\"c.jpg\\",\\"label\\":\\"é\\"}"');
+    // UTF-8 as it should be, and UTF-16 with its BOM, are read
+    expect((await csv('key,label\nn1.jpg,Küste\n')).map((r) => r.label)).toEqual(['Küste']);
+    const utf16 = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('key,label\nn1.jpg,Küste\n', 'utf16le')]);
+    expect((await readManifest(utf16, 'csv', at)).map((r) => r.label)).toEqual(['Küste']);
+  });
+
   it('reads fields separated by semicolons (a spreadsheet in many locales) or tabs, as its first line shows', async () => {
     const pick = (rows: Awaited<ReturnType<typeof csv>>) => rows.map(({ key, label, split }) => ({ key, label, split }));
     // Excel's CSV where the decimal mark is a comma: ; between fields, CRLF, a BOM; commas inside keys

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { Readable } from 'node:stream';
 import { parse } from 'csv-parse';
 import { UNLABELLED, splitOfFolder, type Split } from '@transferline/shared';
@@ -64,6 +65,13 @@ const SHOWN = 10;
  */
 export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: { bucket: string; key: string }, o: { shownAs?: string; refused?: string } = {}): Promise<ManifestRow[]> {
   const where = `the manifest ${o.shownAs ?? `s3://${at.bucket}/${at.key}`}`;
+  const encoding = otherEncoding(bytes);
+  if (encoding) {
+    throw new ManifestError(
+      `${where} is not UTF-8 text, so ${o.refused ?? 'nothing of it was ingested'}: its labels would be read garbled. Saved in another encoding (Windows-1252 or Latin-1, as Excel's "CSV (Comma delimited)" does)? Save it as UTF-8 (Excel: "CSV UTF-8") and use it again`,
+      [`line ${encoding.line}, as Windows-1252 would read it: ${JSON.stringify(encoding.text)}`],
+    );
+  }
   const problems: { line: number; what: string }[] = [];
   const problem = (line: number, what: string) => problems.push({ line, what });
   const rows = new Map<string, ManifestRow>();
@@ -146,6 +154,32 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
   const out = [...rows.values()];
   if (firstRow !== undefined && out[0]?.line === 1) out[0] = { ...out[0], headerLike: firstRow };
   return out;
+}
+
+/**
+ * A manifest in another encoding than UTF-8 (a UTF-16 one with its BOM is read as such): the first
+ * line that is not UTF-8, and its text as Windows-1252 reads it (what a spreadsheet saved, most
+ * likely); undefined for UTF-8.
+ */
+function otherEncoding(bytes: Buffer): { line: number; text: string } | undefined {
+  if (isUtf8(bytes) || (bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff)) return undefined;
+  const at = firstNonUtf8(bytes);
+  const start = Math.max(bytes.lastIndexOf(0x0a, at), bytes.lastIndexOf(0x0d, at)) + 1;
+  const ends = [bytes.indexOf(0x0a, at), bytes.indexOf(0x0d, at)].filter((i) => i >= 0);
+  const end = ends.length ? Math.min(...ends) : bytes.length;
+  return { line: lineCounter(bytes).endingAt(at + 1), text: new TextDecoder('windows-1252').decode(bytes.subarray(start, Math.min(end, start + 200))) };
+}
+
+/** The offset of the first byte that starts no well-formed UTF-8 sequence (the file's end when every lead byte is followed as it asks). */
+function firstNonUtf8(b: Buffer): number {
+  for (let i = 0; i < b.length; ) {
+    const c = b[i]!;
+    const follow = c < 0x80 ? 0 : c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
+    if (follow < 0) return i;
+    for (let k = 1; k <= follow; k++) if (((b[i + k] ?? 0) & 0xc0) !== 0x80) return i;
+    i += follow + 1;
+  }
+  return b.length - 1;
 }
 
 /**
