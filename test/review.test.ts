@@ -213,6 +213,11 @@ describe('review and relabel', () => {
     // a label the dataset lacks: a typo more often than a new class (a user's trial made a class of one image)
     const typo = await runCli(['relabel', '-d', 'noisy', key, '--to', 'squares'], stack.env);
     expect({ code: typo.code, stderr: typo.stderr }).toEqual({ code: 2, stderr: 'transferline: squares is not a label of noisy (circle, square, triangle); did you mean square?: add --new-label to make it one\n' });
+    // a letter left out, or two swapped, inside the name: the same (a trial: only prefixes were caught)
+    for (const slip of ['trangle', 'cirlce']) {
+      const r = await runCli(['relabel', '-d', 'noisy', key, '--to', slip], stack.env);
+      expect(r.stderr).toBe(`transferline: ${slip} is not a label of noisy (circle, square, triangle); did you mean ${slip === 'trangle' ? 'triangle' : 'circle'}?: add --new-label to make it one\n`);
+    }
     expect(await ctx.services.store.headObject(bucket, 'train/circle/circle-0.jpg')).toBeDefined();
     const moved = await runCli(['relabel', '-d', 'noisy', key, '--to', 'square'], stack.env);
     expect(moved.code).toBe(0);
@@ -697,8 +702,13 @@ describe('a label manifest instead of label folders', () => {
     expect(review.stdout).toContain(`  (images that the label manifest s3://${bucket}/flat/labels.csv labels are not moved by relabel: change their rows there and ingest it again)`);
     const reviewFile = /^full list \(JSON Lines\): (\S+)$/m.exec(review.stdout)![1]!;
     const fromReview = await runCli(['relabel', '-d', 'listed', '--from-review', reviewFile, '--dry-run'], stack.env);
-    expect(fromReview.stderr).toBe('');
+    // each named, and counted as left: exit 3, as for any suggestion left (a trial: exit 0, none named)
+    expect(fromReview.code).toBe(3);
+    expect(fromReview.stderr).toMatch(/^transferline: \d+ of the suggested moves (was|were) left \(said above, with why\)\n$/);
     expect(fromReview.stdout).toMatch(new RegExp(`^note: \\d+ of the images to move takes? (its|their) labels? from the label manifest s3://${bucket}/flat/labels\\.csv: left as it labels them`, 'm'));
+    const leftHere = Number(/^note: (\d+) of the images to move take/m.exec(fromReview.stdout)![1]);
+    expect(fromReview.stdout.match(/^ {2}s3:\/\/\S+: suggested \S+$/gm)).toHaveLength(Math.min(leftHere, 10));
+    expect(fromReview.stderr).toContain(`transferline: ${leftHere} of the suggested moves`);
     expect(fromReview.stdout).not.toContain('flat/img/circle-1.jpg →');
 
     // a manifest's image overwritten: a listing embeds its new bytes, under the manifest's label

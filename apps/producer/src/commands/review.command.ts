@@ -1,4 +1,4 @@
-import { conflictsLabelledBy, DatasetRepository, isHiddenPath, ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
+import { confusableLabels, conflictsLabelledBy, DatasetRepository, isHiddenPath, ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { likeliestOther, relabelItems, reviewAgreement, reviewDataset, reviewHighlights, type OtherHolder, type RelabelOutcome, type Review } from '../review.service.js';
@@ -82,6 +82,8 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
 export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys: string[]; to?: string; newLabel?: boolean; fromReview?: string; top?: number; dryRun?: boolean }): Promise<RelabelOutcome[]> {
   const asItemId = (k: string) => k.replace(/^s3:\/\//, '');
   let moves: { itemId: string; label: string }[];
+  /** a review's suggestions left because a label manifest labels their images (said, and counted as left) */
+  let leftByManifest = 0;
   if (o.fromReview) {
     if (o.keys.length || o.to) throw new CliExit(EXIT.usage, 'transferline: give either KEY… --to LABEL, or --from-review, not both');
     const { bucket, key } = parseS3ObjectUrl(o.fromReview);
@@ -97,8 +99,11 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
     const records = await ctx.services.datasets.getItems(o.dataset, moves.map((m) => m.itemId));
     const manifests = [...new Set(records.flatMap((r) => (r?.manifest === undefined ? [] : [r.manifest])))].sort();
     if (manifests.length) {
-      const left = records.filter((r) => r?.manifest !== undefined).length;
-      ctx.out.write(`note: ${left} of the images to move ${left === 1 ? 'takes its label' : 'take their labels'} from ${manifestsNamed(manifests, printable)}: left as ${manifests.length === 1 ? 'it labels' : 'they label'} them; change their rows there and ingest again\n`);
+      const byManifest = moves.filter((_, i) => records[i]?.manifest !== undefined);
+      leftByManifest = byManifest.length;
+      ctx.out.write(`note: ${leftByManifest} of the images to move ${leftByManifest === 1 ? 'takes its label' : 'take their labels'} from ${manifestsNamed(manifests, printable)}: left as ${manifests.length === 1 ? 'it labels' : 'they label'} them; change their rows there and ingest again:\n`);
+      for (const m of byManifest.slice(0, 10)) ctx.out.write(`  s3://${printable(m.itemId)}: suggested ${printable(m.label)}\n`);
+      if (byManifest.length > 10) ctx.out.write(`  … and ${byManifest.length - 10} more\n`);
       moves = moves.filter((_, i) => records[i]?.manifest === undefined);
     }
   } else {
@@ -108,9 +113,16 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
     // A label the dataset does not have is a typo more often than a new class (a user's trial:
     // --to plum beside plums made a class of one image): said before anything moves.
     if (!o.newLabel) {
-      const known = (await ctx.services.inspector.status(o.dataset, 0)).labels.filter((l) => !l.unlabelled).map((l) => l.label);
+      const labels = (await ctx.services.inspector.status(o.dataset, 0)).labels.filter((l) => !l.unlabelled);
+      const known = labels.map((l) => l.label);
       if (known.length && !known.includes(o.to)) {
-        const close = known.filter((l) => l.toLowerCase().startsWith(o.to!.toLowerCase()) || o.to!.toLowerCase().startsWith(l.toLowerCase()));
+        // a label it begins or ends, or one that ingest and status would call a misspelling of it
+        // (as a class of the one image: a letter left out, added, changed or swapped)
+        const to = o.to;
+        const misspelt = confusableLabels(new Map([...labels.map((l): [string, number] => [l.label, l.count]), [to, 1]]))
+          .filter((p) => p.a === to || p.b === to)
+          .map((p) => (p.a === to ? p.b : p.a));
+        const close = known.filter((l) => l.toLowerCase().startsWith(to.toLowerCase()) || to.toLowerCase().startsWith(l.toLowerCase()) || misspelt.includes(l));
         throw new CliExit(EXIT.usage, `transferline: ${printable(o.to)} is not a label of ${o.dataset} (${known.map(printable).join(', ')})${close.length ? `; did you mean ${close.map(printable).join(' or ')}?` : ''}: add --new-label to make it one`);
       }
     }
@@ -120,7 +132,7 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
   const done: RelabelOutcome[] = [];
   const count = (x: RelabelOutcome['outcome']) => done.filter((r) => r.outcome === x).length;
   const moved = o.dryRun ? 'would move' : 'moved';
-  let left = 0;
+  let left = leftByManifest;
   const summary = () => `${count('moved')} ${o.dryRun ? 'to move' : 'moved'}, ${count('unchanged')} already there, ${count('missing')} not found${left ? `, ${left} left (see above)` : ''}`;
   try {
     await relabelItems(
