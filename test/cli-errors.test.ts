@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { createRedis, DatasetRepository, loadConfig, queueName, redisKeys, SpaceRegistry, spaceFromConfig } from '../packages/shared/src/index.js';
+import { createRedis, DatasetRepository, loadConfig, queueName, redactUrl, redisKeys, SpaceRegistry, spaceFromConfig } from '../packages/shared/src/index.js';
 import { Worker } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
@@ -479,6 +479,12 @@ describe('what a user sees when something is wrong', () => {
         const deadline = setTimeout(() => child.kill('SIGKILL'), 60_000);
         const code = await new Promise<number | null>((resolve) => child.once('exit', resolve)).finally(() => clearTimeout(deadline));
         expect(code).toBe(1);
+        // what it is connected to, said first (an operator's trial: nothing said it; a password in the URL would be redacted)
+        const said = stderr.split('\n').flatMap((l) => (l.startsWith('{') ? [JSON.parse(l) as { msg: string; queuePrefix?: string }] : []));
+        expect(said.find((l) => l.msg.startsWith('deployment: '))).toMatchObject({
+          msg: `deployment: Redis ${redactUrl(stack.config.redis.url)} (TL_QUEUE_PREFIX=${stack.config.redis.prefix}), S3 ${stack.config.s3.endpoint}, embeddings and models in s3://${bucket}/${prefix}`,
+          queuePrefix: stack.config.redis.prefix,
+        });
         expect(stderr).toContain(
           `this deployment's live embed workers run ${theirs.id} (TL_MODEL_WEIGHTS=random), and this one was started for ${stack.space.id}: start it with their settings to join them (up's banner prints them). To run ${stack.space.id} beside them: could not get the EfficientNet-B0 weights from ${path.join(cache, 'nowhere.h5')}`,
         );

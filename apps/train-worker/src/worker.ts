@@ -73,6 +73,8 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   });
   const classifyHandler: Handler<'classify'> = (payload, ctx) => classifyImages(payload, { tf: rt.tf, services, bucket: config.s3.bucket }, ctx);
   const classifier = startWorker('classify', classifyHandler, { ...settings, failureReasons: CLASSIFY_FAILURE_REASONS });
+  // (as the other roles say it: an operator's trial found no such line for this one)
+  log.info({ queues: ['train', 'classify'], concurrency: settings.concurrency }, 'worker started');
   return {
     metrics,
     redis: services.redis,
