@@ -465,6 +465,9 @@ describe('a worker stopped while Redis is unreachable', () => {
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     try {
       await until('the worker started', async () => (await fetch(`http://127.0.0.1:${metricsPort}/healthz`).then((r) => r.status, () => 0)) === 200, 60);
+      // healthy (an outage must not restart it), but not ready: a wrong REDIS_URL looked like any worker (an operator's trial)
+      const ready = await fetch(`http://127.0.0.1:${metricsPort}/readyz`);
+      expect({ status: ready.status, body: await ready.text() }).toEqual({ status: 503, body: 'not ready: redis unreachable (tl_dependency_up 0; the log says which address)\n' });
       const stopAsked = Date.now();
       child.kill('SIGTERM');
       const code = await Promise.race([exited, new Promise<'late'>((r) => setTimeout(() => r('late'), 20_000))]);

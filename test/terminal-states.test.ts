@@ -172,9 +172,13 @@ describe('an S3 outage longer than the retries would last', () => {
     expect(status.stdout).toMatch(/^ {2}preprocess: 1 worker paused: S3 at \S+ is unreachable/m);
     // alive for a liveness probe: restarting it would not bring S3 back
     expect((await fetch(`http://127.0.0.1:${stack.ports.preprocess}/healthz`)).status).toBe(200);
+    // but not ready, saying why (a readiness probe, `kubectl get pods`), and ready again once S3 is back
+    const readyz = async () => { const r = await fetch(`http://127.0.0.1:${stack.ports.preprocess}/readyz`); return `${r.status} ${await r.text()}`; };
+    expect(await readyz()).toBe('503 not ready: s3 unreachable (tl_dependency_up 0; the log says which address)\n');
     proxy.heal();
     const done = await cli(['ingest', `s3://${photos}/outage/`, '-d', 'outage']);
     expect(done.code).toBe(0);
+    expect(await readyz()).toBe('200 ready\n');
     expect(done.stdout).toMatch(/dataset outage: 6 images, 6 embedded .*, 0 failed, 0 pending/);
     const after = await scrape(stack.ports.preprocess);
     const delta = (k: string) => (after.get(k) ?? 0) - (before.get(k) ?? 0);

@@ -194,6 +194,8 @@ export async function startMetricsServer(
   port: number,
   healthy: () => boolean | Promise<boolean> = () => true,
   starting?: Registry,
+  /** `/readyz`: what keeps the process from working now (a dependency unreachable, say), or undefined when nothing does; without it, as `/healthz` */
+  notReady?: () => Promise<string | undefined>,
 ): Promise<{ port: number; close: () => Promise<void> }> {
   const server = http.createServer((req, res) => {
     void (async () => {
@@ -210,9 +212,13 @@ export async function startMetricsServer(
           const ok = await healthy();
           res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' });
           res.end(ok ? 'ok\n' : 'unhealthy\n');
+        } else if (req.url === '/readyz') {
+          const why = (await healthy()) ? await notReady?.() : 'starting, stopping or unhealthy';
+          res.writeHead(why === undefined ? 200 : 503, { 'content-type': 'text/plain' });
+          res.end(why === undefined ? 'ready\n' : `not ready: ${why}\n`);
         } else {
           res.writeHead(404, { 'content-type': 'text/plain' });
-          res.end('not found: try /metrics or /healthz\n');
+          res.end('not found: try /metrics, /healthz or /readyz\n');
         }
       } catch (err) {
         res.writeHead(500, { 'content-type': 'text/plain' });

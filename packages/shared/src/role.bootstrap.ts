@@ -122,7 +122,13 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
     // (unhealthy from the moment it stops: a probe does not take a worker on its way out for one at work)
     let stopping = false;
     const healthy = () => !stopping && (running?.healthy() ?? false);
-    const server = await startMetricsServer(() => running?.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], healthy, startingMetrics(role));
+    // Ready once started and while every dependency answers: a worker whose REDIS_URL is wrong
+    // stays healthy (an outage must not restart every worker) but never ready (an operator's trial)
+    const notReady = async () => {
+      const down = (await running?.metrics.dependencyUp.get())?.values.filter((v) => v.value !== 1).map((v) => String(v.labels.dependency)) ?? [];
+      return down.length ? `${down.sort().join(' and ')} unreachable (tl_dependency_up 0; the log says which address)` : undefined;
+    };
+    const server = await startMetricsServer(() => running?.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], healthy, startingMetrics(role), notReady);
     log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
     // what it is connected to, said first (an operator's trial: a worker of another deployment's
     // settings looked like any other in its log)
