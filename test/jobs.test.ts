@@ -2,6 +2,7 @@ import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { Queue, Worker, type WorkerOptions } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
@@ -449,6 +450,25 @@ describe('a wait for a stage with no worker of its deployment', () => {
     const said = await waited();
     expect(said).toContain(`1 images wait for preprocess and no preprocess worker is connected under this deployment's TL_QUEUE_PREFIX=${ctx.config.redis.prefix}, though this Redis has preprocess workers under `);
     expect(said).toMatch(new RegExp(`under (TL_QUEUE_PREFIX=\\S+, )*TL_QUEUE_PREFIX=${ctx.config.redis.prefix}-typo(, TL_QUEUE_PREFIX=\\S+)*: one meant for this deployment needs its TL_QUEUE_PREFIX`));
+  }, 60_000);
+
+  it('says what holds the images a third of the way to giving up, once, and how long it waits (a trial: the bar stood still for the whole timeout)', async () => {
+    const bucket = 'jobs-early';
+    await ctx.services.store.ensureBucket(bucket);
+    await ctx.services.store.putObject(bucket, 'train/circle/0.jpg', await renderSample('circle', 1, 2));
+    const { space } = await ctx.services.spaces.resolve();
+    expect((await ingestPrefix({ bucket, prefix: 'train/', dataset: 'early', space }, { services: ctx.services, queues: ctx.queues })).enqueued).toBe(1);
+    let out = '';
+    const stop = new AbortController();
+    const watching = { ...ctx, out: new Writable({ write: (chunk: Buffer, _e, cb) => void ((out += chunk.toString()), cb()) }), signal: stop.signal };
+    const started = Date.now();
+    const waited = waitForDataset(watching, 'early', { space: space.id, stallSeconds: 18 }).then(() => 'done', (err: unknown) => err);
+    await until('the wait to say what holds the image', () => out.includes('no progress for'), 30);
+    stop.abort();
+    expect(await waited).toBeInstanceOf(CliExit);
+    expect(Date.now() - started).toBeLessThan(15_000); // at 6 s (a third of 18), not at the end
+    expect(out).toMatch(/\nno progress for [67] s: 1 images wait for preprocess and no preprocess worker is connected under this deployment's TL_QUEUE_PREFIX=\S+[^\n]*\. Waiting up to 18 s without progress \(--stall-timeout\), then giving up\n/);
+    expect(out.match(/no progress for/g)).toHaveLength(1);
   }, 60_000);
 });
 

@@ -119,6 +119,11 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
   let lastDone = -1;
   let lastChange = Date.now();
   let hinted = '';
+  // A third of the way to giving up (at least 5 s), what stops the rest is said once, with how
+  // long the wait goes on: an operator's trial saw the bar stand still for the whole 30 s and
+  // learnt why only from the exit. (Not for short timeouts: they give up first.)
+  const earlyMs = Math.max(5_000, (o.stallSeconds * 1000) / 3);
+  let toldEarly = false;
   // since when each stage's connected workers have been seen moving nothing, in the same state (movesNothing)
   const hungSince: HungSince = new Map();
   const restarts: HungWatch['restarts'] = new Map();
@@ -143,6 +148,12 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
       lastChange = Date.now();
       hungSince.clear();
       restarts.clear();
+      toldEarly = false;
+    } else if (!toldEarly && earlyMs < o.stallSeconds * 1000 && Date.now() - lastChange > earlyMs && Date.now() - lastChange <= o.stallSeconds * 1000) {
+      toldEarly = true;
+      // (with watches of its own: a worker seen moving nothing is timed from the stall's look, as before)
+      const { why } = await whyStalled(ctx, s, o.space, { since: new Map(), atLeastMs: o.stallSeconds * 1000, restarts: new Map() });
+      if (why) ctx.out.write(`\nno progress for ${Math.round((Date.now() - lastChange) / 1000)} s: ${why}. Waiting up to ${o.stallSeconds} s without progress (--stall-timeout), then giving up\n`);
     } else if (Date.now() - lastChange > o.stallSeconds * 1000) {
       const { why, note } = await whyStalled(ctx, s, o.space, { since: hungSince, atLeastMs: o.stallSeconds * 1000, restarts });
       if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
