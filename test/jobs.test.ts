@@ -430,12 +430,17 @@ describe('a worker that cannot serve its metrics', () => {
 });
 
 describe('a wait for a stage with no worker of its deployment', () => {
-  it("names the queue prefix a preprocess worker connected to this Redis has, when it is not the deployment's", async () => {
-    const bucket = 'jobs-prefix';
+  /** A dataset of one image in a bucket of its own, enqueued (no preprocess worker runs here): its space. */
+  const oneImageDataset = async (bucket: string, dataset: string, seed: number) => {
     await ctx.services.store.ensureBucket(bucket);
-    await ctx.services.store.putObject(bucket, 'train/circle/0.jpg', await renderSample('circle', 0, 2));
+    await ctx.services.store.putObject(bucket, 'train/circle/0.jpg', await renderSample('circle', seed, 2));
     const { space } = await ctx.services.spaces.resolve();
-    expect((await ingestPrefix({ bucket, prefix: 'train/', dataset: 'prefixes', space }, { services: ctx.services, queues: ctx.queues })).enqueued).toBe(1);
+    expect((await ingestPrefix({ bucket, prefix: 'train/', dataset, space }, { services: ctx.services, queues: ctx.queues })).enqueued).toBe(1);
+    return space;
+  };
+
+  it("names the queue prefix a preprocess worker connected to this Redis has, when it is not the deployment's", async () => {
+    const space = await oneImageDataset('jobs-prefix', 'prefixes', 0);
     const waited = () => waitForDataset(ctx, 'prefixes', { space: space.id, stallSeconds: 1 }).then(() => 'done', (err: unknown) => (err as Error).message);
     // one started with a typo in its TL_QUEUE_PREFIX (a user's trial: "no preprocess worker is connected", no more)
     const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
@@ -453,11 +458,7 @@ describe('a wait for a stage with no worker of its deployment', () => {
   }, 60_000);
 
   it('says what holds the images a third of the way to giving up, once, and how long it waits (a trial: the bar stood still for the whole timeout)', async () => {
-    const bucket = 'jobs-early';
-    await ctx.services.store.ensureBucket(bucket);
-    await ctx.services.store.putObject(bucket, 'train/circle/0.jpg', await renderSample('circle', 1, 2));
-    const { space } = await ctx.services.spaces.resolve();
-    expect((await ingestPrefix({ bucket, prefix: 'train/', dataset: 'early', space }, { services: ctx.services, queues: ctx.queues })).enqueued).toBe(1);
+    const space = await oneImageDataset('jobs-early', 'early', 1);
     let out = '';
     const stop = new AbortController();
     const watching = { ...ctx, out: new Writable({ write: (chunk: Buffer, _e, cb) => void ((out += chunk.toString()), cb()) }), signal: stop.signal };
