@@ -451,7 +451,7 @@ describe('training runs and classification', () => {
     // (a user's trial: a folder "natrue" beside "nature" trained as a class of its own, unsaid)
     for (const kind of ['circle', 'square'] as const) for (let i = 0; i < 8; i++) await ctx.services.store.putObject(photos, `typo/${kind}/${i}.jpg`, await renderSample(kind, 800 + i, 43));
     await ctx.services.store.putObject(photos, 'typo/sqaure/0.jpg', await renderSample('square', 900, 43));
-    const note = '  note: labels sqaure (1 image) and square (8) differ by two letters swapped: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again (nothing is embedded again), or move them with transferline relabel\n';
+    const note = '  note: labels sqaure (1 image) and square (8) differ by two letters swapped: a misspelt label? Its images make a class of their own; move them into the right folder and ingest again (nothing is embedded again), or move them with transferline relabel; for images a label manifest labels, mend their rows there and ingest it again\n';
     const ingest = await runCli(['ingest', `s3://${photos}/typo/`, '-d', 'typo'], stack.env);
     expect(ingest.code).toBe(0);
     expect(ingest.stdout).toContain(note);

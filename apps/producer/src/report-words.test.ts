@@ -43,7 +43,7 @@ describe('randomSpaceNote', () => {
 describe('confusableLabelNotes', () => {
   it('names each pair of labels that look like one folder name written two ways, with their images', () => {
     expect(confusableLabelNotes(new Map([['nature', 23], ['natrue', 1], ['abstract', 34]]))).toEqual([
-      'labels natrue (1 image) and nature (23) differ by two letters swapped: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again (nothing is embedded again), or move them with transferline relabel',
+      'labels natrue (1 image) and nature (23) differ by two letters swapped: a misspelt label? Its images make a class of their own; move them into the right folder and ingest again (nothing is embedded again), or move them with transferline relabel; for images a label manifest labels, mend their rows there and ingest it again',
     ]);
     expect(confusableLabelNotes(new Map([['circle', 30], ['square', 30]]))).toEqual([]);
     // many pairs: the first five, and how many more

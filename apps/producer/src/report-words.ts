@@ -86,13 +86,13 @@ export function fewToMeasure(split: { validation: number; test: number }): strin
 
 /**
  * Labels that look like one folder name written two ways (confusableLabels), each pair with its
- * images: said by ingest's summary and by train, before a misspelt folder trains as a class.
+ * images: said by ingest's summary and by train, before a misspelt label (a folder, a manifest's rows) trains as a class.
  */
 export function confusableLabelNotes(counts: ReadonlyMap<string, number>, show: (s: string) => string = (s) => s): string[] {
   const pairs = confusableLabels(counts);
   const notes = pairs.slice(0, CONFUSABLE_NAMED).map(
     ({ a, b, how }) =>
-      `labels ${show(a)} (${counts.get(a)} image${counts.get(a) === 1 ? '' : 's'}) and ${show(b)} (${counts.get(b)}) differ ${how}: a misspelt folder? Its images make a class of their own; move them into the right folder and ingest again (nothing is embedded again), or move them with transferline relabel`,
+      `labels ${show(a)} (${counts.get(a)} image${counts.get(a) === 1 ? '' : 's'}) and ${show(b)} (${counts.get(b)}) differ ${how}: a misspelt label? Its images make a class of their own; move them into the right folder and ingest again (nothing is embedded again), or move them with transferline relabel; for images a label manifest labels, mend their rows there and ingest it again`,
   );
   return pairs.length > CONFUSABLE_NAMED ? [...notes, `and ${pairs.length - CONFUSABLE_NAMED} more pairs of labels that look alike`] : notes;
 }

@@ -79,7 +79,7 @@ describe('pages', () => {
     // labels that look like one folder written two ways: said under the labels, as status says it
     // (a user's trial: the console had no word of it); none without such a pair
     const typo = datasetPage(access, { dataset: 'pets', counted: { status: { ...status, labels: [{ label: 'cat', count: 2, ready: 2 }, { label: 'cats', count: 20, ready: 20 }] }, readAt: 1_000, tookMs: 5 }, runs: [] }, 1_010);
-    expect(typo).toMatch(/<ul id="label-notes" class="bad"><li>labels cat \(2 images\) and cats \(20\) differ [^<]*: a misspelt folder\?[^<]*<\/li><\/ul>/);
+    expect(typo).toMatch(/<ul id="label-notes" class="bad"><li>labels cat \(2 images\) and cats \(20\) differ [^<]*: a misspelt label\?[^<]*<\/li><\/ul>/);
     expect(out).not.toContain('id="label-notes"');
   });
 });
