@@ -810,6 +810,11 @@ describe('a label manifest instead of label folders', () => {
       expect(again.stdout).toContain(`uploaded 0 files to s3://${bucket}/up/ (5 more already there, the same bytes: not sent again)\n`);
       expect(again.stdout).toContain(`already there, the same bytes: the label manifest s3://${bucket}/up/labels.csv (it names 7 images)`);
       expect(again.stdout).toContain('note: 1 of the folder\'s images is named by no row');
+      // a row written with a Windows path: said what to write instead (a trial: the key shown doubled, no hint)
+      await writeFile(path.join(local, 'windows.csv'), 'img\\circle-0.jpg,circle\nimg/square-0.jpg,square\n');
+      const windows = await runCli(['upload', local, `s3://${bucket}/up/`, '--manifest', path.join(local, 'windows.csv')], stack.env);
+      expect(windows.stdout).toContain(`line 1: "img\\circle-0.jpg" is neither in ${local} nor in the bucket`);
+      expect(windows.stdout).toContain('note: a key with a backslash (img\\circle-0.jpg) is a path written on Windows? S3 keys separate folders with /: write it img/circle-0.jpg in the manifest\n');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

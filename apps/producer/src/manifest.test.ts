@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ManifestError, readManifest } from './manifest.js';
+import { backslashHint, ManifestError, readManifest } from './manifest.js';
 
 const at = { bucket: 'photos', key: 'sets/pets/labels.csv' };
 const csv = (text: string) => readManifest(Buffer.from(text), 'csv', at);
@@ -48,6 +48,11 @@ describe('label manifests', () => {
     expect((await csv('key,label\nn1.jpg,Küste\n')).map((r) => r.label)).toEqual(['Küste']);
     const utf16 = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('key,label\nn1.jpg,Küste\n', 'utf16le')]);
     expect((await readManifest(utf16, 'csv', at)).map((r) => r.label)).toEqual(['Küste']);
+  });
+
+  it('names a key written as a Windows path among those not found, and how to write it', () => {
+    expect(backslashHint(['s3://photos/a.jpg', 's3://photos/img\\Foto 1.jpg'])).toBe('a key with a backslash (s3://photos/img\\Foto 1.jpg) is a path written on Windows? S3 keys separate folders with /: write it s3://photos/img/Foto 1.jpg in the manifest');
+    expect(backslashHint(['s3://photos/a.jpg'])).toBeUndefined();
   });
 
   it('reads fields separated by semicolons (a spreadsheet in many locales) or tabs, as its first line shows', async () => {

@@ -53,6 +53,15 @@ export function headerHint(firstLine: string): string {
   return `its first line, ${JSON.stringify(firstLine)}, was read as a row: a header names the key's column (key, filename, image, path, …) and the label's (label or class)`;
 }
 
+/**
+ * What to say of rows naming images not found when some of their keys hold a backslash: a path
+ * written on Windows (S3 keys separate folders with `/`, and a backslash is part of a name).
+ */
+export function backslashHint(keys: readonly string[]): string | undefined {
+  const first = keys.find((k) => k.includes('\\'));
+  return first === undefined ? undefined : `a key with a backslash (${first}) is a path written on Windows? S3 keys separate folders with /: write it ${first.replaceAll('\\', '/')} in the manifest`;
+}
+
 /** The problems a refusal shows. */
 const SHOWN = 10;
 

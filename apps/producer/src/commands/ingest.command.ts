@@ -5,7 +5,7 @@ import { otherPrefixWords, restoreLostIndex, spacesUnderOtherPrefixes } from '..
 import { watchRounds, WatchEnded } from '../watch-loop.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestManifest, ingestPrefix, type IngestCounts } from '../ingest.service.js';
-import { headerHint, ManifestError } from '../manifest.js';
+import { backslashHint, headerHint, ManifestError } from '../manifest.js';
 import { createProgress } from '../progress.js';
 import { namesOneObject } from '../storage-hint.js';
 import { printable } from '../terminal.js';
@@ -156,6 +156,8 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
     const buckets = unreadable ? ` (${unreadable.map(printable).join('; ')})` : '';
     w(`note: ${count} of the images the manifest names ${count === 1 ? 'is' : 'are'} not in the bucket, so not ingested: ${first.map(printable).join(', ')}${count > first.length ? ` and ${count - first.length} more` : ''}${buckets}`);
     if (firstLine !== undefined) w(`note: ${headerHint(printable(firstLine))}`);
+    const windows = backslashHint(first.map(printable));
+    if (windows) w(`note: ${windows}`);
   }
   if (counts.manifestFiles) {
     const files = counts.manifestFiles;

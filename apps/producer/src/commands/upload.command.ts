@@ -7,7 +7,7 @@ import { looksTruncated, readableFormat } from '@transferline/feature-worker/ima
 import type { preprocessImageOptions } from '@transferline/feature-worker/image.ops';
 import { BUCKET_NAME_RULE, DEFAULT_ALPHA_BACKGROUND, isBucketName, isHiddenPath, itemFromKey, keyBesideLabel, manifestFormat, parseS3Url, PermanentError } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
-import { readManifest, type ManifestRow } from '../manifest.js';
+import { backslashHint, readManifest, type ManifestRow } from '../manifest.js';
 import { createProgress } from '../progress.js';
 import { printable, shellQuote } from '../terminal.js';
 
@@ -248,15 +248,19 @@ async function sendManifest(ctx: UploadContext, m: LocalManifest, up: { dir: str
   const sent = new Set(up.files.filter((f) => !notSent.has(f)));
   const named = new Set<string>();
   const missing: string[] = [];
+  const missingKeys: string[] = [];
   for (const { row, rel } of rowsUnder(m, bucket, up.prefix)) {
     named.add(rel);
     if (sent.has(rel) || up.there.has(row.key)) continue;
     const why = notSent.get(rel) ?? (existsSync(path.join(up.dir, rel)) ? 'upload leaves out files and folders whose names start with a dot' : undefined);
-    missing.push(`line ${row.line}: ${JSON.stringify(rel)} ${why === undefined ? `is neither in ${up.dir} nor in the bucket` : `was not sent (${why})`}`);
+    missing.push(`line ${row.line}: "${printable(rel)}" ${why === undefined ? `is neither in ${up.dir} nor in the bucket` : `was not sent (${why})`}`);
+    if (why === undefined) missingKeys.push(rel);
   }
   const unnamed = up.files.filter((f) => !named.has(f) && !notSent.has(f));
   const show = (list: string[]) => `${list.slice(0, 5).join('; ')}${list.length > 5 ? `; and ${list.length - 5} more` : ''}`;
   if (missing.length) ctx.out.write(`note: ${missing.length} of the manifest's rows name${missing.length === 1 ? 's an image' : ' images'} that ingest will not find (it leaves them out): ${show(missing)}\n`);
+  const windows = backslashHint(missingKeys.map(printable));
+  if (windows) ctx.out.write(`note: ${windows}\n`);
   if (unnamed.length) ctx.out.write(`note: ${unnamed.length} of the folder's images ${unnamed.length === 1 ? 'is' : 'are'} named by no row of the manifest (an ingest of it leaves ${unnamed.length === 1 ? 'it' : 'them'} out): ${show(unnamed.map((f) => JSON.stringify(f)))}\n`);
   const url = `s3://${bucket}/${m.key}`;
   const md5 = createHash('md5').update(m.bytes).digest('hex');
