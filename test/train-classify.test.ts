@@ -313,6 +313,8 @@ describe('training runs and classification', () => {
     for (let i = 0; i < 6; i++) await ctx.services.store.putObject(photos, `duo/train/circle/${i}.jpg`, await renderSample('circle', 300 + i, 5));
     await ctx.services.store.putObject(photos, 'duo/train/square/0.jpg', await renderSample('square', 300, 5));
     for (let i = 6; i < 9; i++) await ctx.services.store.putObject(photos, `duo/val/circle/${i}.jpg`, await renderSample('circle', 300 + i, 5));
+    // and a copy of a val/ image in train/: held out, and said (a trial: training lost it without a word)
+    await ctx.services.store.putObject(photos, 'duo/train/circle/copy-of-6.jpg', await renderSample('circle', 306, 5));
     const ingest = await runCli(['ingest', `s3://${photos}/duo/`, '-d', 'duo'], stack.env);
     expect(ingest.code).toBe(0);
     const train = await runCli(['train', '-d', 'duo', '--epochs', '5', '--run-id', 'one-class-val'], stack.env);
@@ -324,7 +326,9 @@ describe('training runs and classification', () => {
     expect(train.stdout).toMatch(/^ {2}square +(n\/a|\d\.\d{3}) {2} {2}n\/a {2} {2}n\/a {2}0$/m);
     expect(train.stdout).toContain('  n/a: "square" has no image in validation, so its recall and F1 are not measured (a label with fewer than 2 images outside the val/ and test/ folders: none could be held out for validation)\n');
     expect(train.stdout).toContain('  split: validation from the split folders for circle, none for square; no test split (the split folders have no test/)\n');
+    expect(train.stdout).toContain(`  note: 1 image held out in val/ or test/ (or by a manifest's split) also has a copy (the same bytes) where it would be trained on (train/, or no split): every copy is held out, so it is not trained on; delete the copy you did not mean\n    s3://${photos}/duo/val/circle/6.jpg = s3://${photos}/duo/train/circle/copy-of-6.jpg\n`);
     const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'one-class-val', 'report.json'));
+    expect(report?.split).toMatchObject({ copiesHeldOut: 1, heldOutCopies: [[`s3://${photos}/duo/val/circle/6.jpg`, `s3://${photos}/duo/train/circle/copy-of-6.jpg`]] });
     expect(report?.validation.binary).toBeUndefined();
     const models = await runCli(['models', '--json'], stack.env);
     expect(models.code).toBe(0);
@@ -440,9 +444,10 @@ describe('training runs and classification', () => {
       ],
     ]);
     expect(report.split.conflictsLabelledBy).toEqual({ manifests: [], folders: true });
-    // the images trained on, and why fewer than embedded: both copies of the conflicting bytes out, the duplicate once
+    // the images trained on, and why fewer than embedded: both copies of the conflicting bytes out,
+    // the duplicate once, and the copy of a val/ image in train/ (the one-class-val test's) once
     const distinct = report.split.train + report.split.validation + report.split.test;
-    expect(report.coverage.embedded - distinct).toBe(3);
+    expect(report.coverage.embedded - distinct).toBe(4);
     // the distinct bytes are those used and the conflicting ones (one distinct image, left out)
     expect(train.stdout).toContain(`  ${report.coverage.embedded} embedded images, ${distinct + 1} distinct (copies of the same bytes count once), ${distinct} used: bytes filed under two labels are left out (below)\n`);
   });

@@ -1,6 +1,6 @@
 import { conflictsLabelledBy, type ReportDoc } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
-import { confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, heldOutWords, randomSpaceNote, thresholdCaution, thresholdText, underTwoLabelsFix } from './report-words.js';
+import { confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, heldOutCopiesWords, heldOutWords, randomSpaceNote, thresholdCaution, thresholdText, underTwoLabelsFix } from './report-words.js';
 
 const validation = (matrix: number[][], binary = true): ReportDoc['validation'] =>
   ({
@@ -37,6 +37,17 @@ describe('randomSpaceNote', () => {
     );
     expect(randomSpaceNote({ id: 'efficientnet-b0.imagenet-0123.squash224', weights: 'imagenet' }, 'its labels are')).toBeUndefined();
     expect(randomSpaceNote(undefined, 'its labels are')).toBeUndefined();
+  });
+});
+
+describe('heldOutCopiesWords', () => {
+  it('says which held-out images training lost to a copy of theirs, the first few with their copies, and nothing when none', () => {
+    expect(heldOutCopiesWords({})).toEqual([]);
+    expect(heldOutCopiesWords({ copiesHeldOut: 2, heldOutCopies: [['s3://p/test/a/x.jpg', 's3://p/train/a/x.jpg']] })).toEqual([
+      "note: 2 images held out in val/ or test/ (or by a manifest's split) also have copies (the same bytes) where they would be trained on (train/, or no split): every copy is held out, so they are not trained on; delete the copy you did not mean",
+      '  s3://p/test/a/x.jpg = s3://p/train/a/x.jpg',
+      '  and 1 more',
+    ]);
   });
 });
 

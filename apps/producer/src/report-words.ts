@@ -97,6 +97,22 @@ export function confusableLabelNotes(counts: ReadonlyMap<string, number>, show: 
   return pairs.length > CONFUSABLE_NAMED ? [...notes, `and ${pairs.length - CONFUSABLE_NAMED} more pairs of labels that look alike`] : notes;
 }
 
+/**
+ * Images in a held-out split whose bytes are also where they would be trained on (a train/ folder,
+ * or no split): said, with the first few, since training loses them (and nothing is tested on what
+ * it learnt); no lines when there are none.
+ */
+export function heldOutCopiesWords(split: Pick<ReportDoc['split'], 'copiesHeldOut' | 'heldOutCopies'>, show: (s: string) => string = (s) => s): string[] {
+  const n = split.copiesHeldOut ?? 0;
+  if (n === 0) return [];
+  const named = split.heldOutCopies ?? [];
+  return [
+    `note: ${n} image${n === 1 ? '' : 's'} held out in val/ or test/ (or by a manifest's split) also ${n === 1 ? 'has a copy' : 'have copies'} (the same bytes) where ${n === 1 ? 'it' : 'they'} would be trained on (train/, or no split): every copy is held out, so ${n === 1 ? 'it is' : 'they are'} not trained on; delete the copy you did not mean`,
+    ...named.map((copies) => `  ${copies.map(show).join(' = ')}`),
+    ...(named.length && n > named.length ? [`  and ${n - named.length} more`] : []),
+  ];
+}
+
 /** How many pairs of look-alike labels are named, at most. */
 export const CONFUSABLE_NAMED = 5;
 

@@ -60,6 +60,13 @@ describe('splitExamples', () => {
     const s2 = splitExamples([...ex, dup], F);
     expect(ids(s2.test)).toContain(dup.sha256);
     expect(ids(s2.train)).not.toContain(dup.sha256);
+    // and said (a trial: training lost the image without a word), the held-out copy first
+    expect(s2.heldOutCopies).toEqual([[s.test[0], dup]]);
+    expect(s.heldOutCopies).toEqual([]);
+    // copies held out twice (in test/ and val/, say: test wins), or trained on twice, are no such case
+    const twice = splitExamples([...ex, { ...s.test[0]!, split: 'validation' as const }, { ...s.train[0]! }], F);
+    expect(twice.heldOutCopies).toEqual([]);
+    expect(ids(twice.test)).toContain(s.test[0]!.sha256);
   });
 
   it('cuts validation from train/ by the fraction for a bucket that ships train/ and test/ folders only (a review: it could not be trained)', () => {

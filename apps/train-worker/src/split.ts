@@ -21,6 +21,12 @@ export interface Splits {
   heldOut: { validation: HeldOutFrom; test: HeldOutFrom };
   /** contents found under two different labels, each with every copy: left out, since no label is right for them */
   conflicts: Example[][];
+  /**
+   * contents with a copy held out in val/ or test/ and another where it would be trained on (a
+   * train/ folder, or no split): held out, every copy, so that nothing is tested on what it
+   * learnt; each with its copies, the held-out one first
+   */
+  heldOutCopies: Example[][];
 }
 
 /** Classes (labels, sorted) whose images in one held-out split came from the split folders, and those cut by the run's fraction. */
@@ -48,6 +54,7 @@ const RANK: Record<Split, number> = { test: 2, validation: 1, train: 0 };
  */
 export function splitExamples(examples: Example[], fractions: { validation: number; test: number }): Splits {
   const conflicts: Example[][] = [];
+  const heldOutCopies: Example[][] = [];
   const unique: Example[] = [];
   for (const g of groupCopies(examples)) {
     if (g.label === undefined) {
@@ -61,8 +68,12 @@ export function splitExamples(examples: Example[], fractions: { validation: numb
       if (s && (!split || RANK[s] > RANK[split])) split = s;
     }
     unique.push(split ? { sha256: first.sha256, label: g.label, split } : { sha256: first.sha256, label: g.label });
+    const copies = g.members.map((i) => examples[i]!);
+    if ((split === 'validation' || split === 'test') && copies.some((e) => e.split === undefined || e.split === 'train')) {
+      heldOutCopies.push([...copies.filter((e) => e.split === split), ...copies.filter((e) => e.split !== split)]);
+    }
   }
-  const out: Splits = { train: [], validation: [], test: [], explicit: false, heldOut: { validation: { folders: [], fraction: [] }, test: { folders: [], fraction: [] } }, conflicts };
+  const out: Splits = { train: [], validation: [], test: [], explicit: false, heldOut: { validation: { folders: [], fraction: [] }, test: { folders: [], fraction: [] } }, conflicts, heldOutCopies };
   const byLabel = new Map<string, Example[]>();
   for (const e of unique) byLabel.set(e.label, [...(byLabel.get(e.label) ?? []), e]);
   // In a fixed order (label, then content hash), not the order Redis listed the records in: that

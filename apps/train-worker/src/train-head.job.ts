@@ -336,6 +336,18 @@ export async function saveOnceS3Answers(
   }
 }
 
+/** The images held out with a copy where they would be trained on that a report names: the first few, in their objects' order, the held-out copy first. */
+function namedHeldOutCopies(groups: Example[][]): string[][] {
+  const object = (e: Example) => (e.id ? DatasetRepository.objectUrl(e.id) : `sha256 ${e.sha256}`);
+  const held = (e: Example) => e.split === 'validation' || e.split === 'test';
+  // (in their objects' order, held-out copies first: not Redis's, which changes from run to run)
+  const byObject = (a: Example, b: Example) => Number(held(b)) - Number(held(a)) || (object(a) < object(b) ? -1 : object(a) > object(b) ? 1 : 0);
+  return groups
+    .map((copies) => [...copies].sort(byObject).map(object).slice(0, CONFLICTS_NAMED))
+    .sort((a, b) => (a[0]! < b[0]! ? -1 : 1))
+    .slice(0, CONFLICTS_NAMED);
+}
+
 /**
  * The images filed under two labels that a report names: the first few, each with its first few
  * copies, in the order of their objects (not Redis's, which changes from run to run).
@@ -478,7 +490,7 @@ function buildReport(
     embedderId,
     createdAt: new Date().toISOString(),
     labels,
-    split: { train: splits.train.length, validation: splits.validation.length, test: splits.test.length, explicit: splits.explicit, heldOut: splits.heldOut, conflictsLeftOut: splits.conflicts.length, ...(splits.conflicts.length && { conflicting: namedConflicts(splits.conflicts), conflictsLabelledBy: conflictsLabelledBy(splits.conflicts.flat()) }) },
+    split: { train: splits.train.length, validation: splits.validation.length, test: splits.test.length, explicit: splits.explicit, heldOut: splits.heldOut, conflictsLeftOut: splits.conflicts.length, ...(splits.conflicts.length && { conflicting: namedConflicts(splits.conflicts), conflictsLabelledBy: conflictsLabelledBy(splits.conflicts.flat()) }), ...(splits.heldOutCopies.length && { copiesHeldOut: splits.heldOutCopies.length, heldOutCopies: namedHeldOutCopies(splits.heldOutCopies) }) },
     coverage,
     params,
     classWeights: fit.classWeights,

@@ -300,6 +300,13 @@ export const ReportDoc = z.object({
     conflicting: z.array(z.array(z.object({ object: z.string(), label: z.string(), manifest: z.string().optional() }))).optional(),
     /** what labels every copy of those (not only the copies named): how to mend them */
     conflictsLabelledBy: ConflictsLabelledBy.optional(),
+    /**
+     * distinct bytes with a copy in val/ or test/ (or a manifest's split) and another where they
+     * would be trained on: held out, every copy (runs from before it: not counted)
+     */
+    copiesHeldOut: z.number().int().optional(),
+    /** the first of those (CONFLICTS_NAMED), each with its copies' objects, the held-out copy first */
+    heldOutCopies: z.array(z.array(z.string())).optional(),
   }),
   /** the dataset when training began: images used, and those left out (still pending, or failed) */
   coverage: z.object({

@@ -7,7 +7,7 @@ import { followJob, say } from '../job-follow.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { createProgress } from '../progress.js';
 import { printable } from '../terminal.js';
-import { classFigures, conflictCopy, confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, heldOutWords, notIngestedAgain, randomSpaceNote, thresholdCaution, thresholdText, underTwoLabelsFix } from '../report-words.js';
+import { classFigures, conflictCopy, confusableLabelNotes, fewInAll, fewToLearn, fewToMeasure, heldOutCopiesWords, heldOutWords, notIngestedAgain, randomSpaceNote, thresholdCaution, thresholdText, underTwoLabelsFix } from '../report-words.js';
 import { elsewhereLines } from './ingest.command.js';
 import { latestRun } from './models.command.js';
 import { indexUnderOtherPrefixes, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, reingestCommands } from '../data-loss.js';
@@ -482,6 +482,8 @@ function printReport(ctx: CliContext, result: TrainResult, report: ReportDoc | u
   if (conflicts) w(`  left out: ${conflicts} image${conflicts === 1 ? '' : 's'} whose bytes are filed under more than one label (every copy; ${underTwoLabelsFix(report!.split.conflictsLabelledBy ?? conflictsLabelledBy(named.flat()), printable)}); copies under one label count once`);
   for (const copies of named) w(`    ${copies.map((c) => conflictCopy(c, printable)).join(', ')}`);
   if (named.length && conflicts > named.length) w(`    and ${conflicts - named.length} more`);
+  const heldOutCopies = report && heldOutCopiesWords(report.split, printable);
+  if (heldOutCopies) for (const line of heldOutCopies) w(`  ${line}`);
   const bin = report?.validation.binary;
   if (bin) {
     // classify and serve decide with the threshold, not at p = 0.5 as the accuracies above and the matrix below
