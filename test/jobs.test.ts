@@ -501,6 +501,30 @@ describe('a worker stopped while Redis is unreachable', () => {
   }, 90_000);
 });
 
+describe('a worker whose S3 does not answer when it starts', () => {
+  it('starts, healthy, but not ready, saying so; its log names S3 without the credentials in the URL', async () => {
+    const metricsPort = await freePort();
+    const s3Port = await freePort(); // nothing listens there
+    const child = spawn(process.execPath, [path.join(repoRoot, 'apps', 'feature-worker', 'dist', 'main.js'), 'preprocess'], {
+      env: { ...stack.env, S3_ENDPOINT: `http://someone:hunter2@127.0.0.1:${s3Port}`, TL_METRICS_PORT: String(metricsPort) },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    try {
+      await until('the worker started', async () => (await fetch(`http://127.0.0.1:${metricsPort}/healthz`).then((r) => r.status, () => 0)) === 200, 60);
+      // (a review: the probe at start failed, and it read as up until a job met the outage)
+      const ready = await fetch(`http://127.0.0.1:${metricsPort}/readyz`);
+      expect({ status: ready.status, body: await ready.text() }).toEqual({ status: 503, body: 'not ready: s3 unreachable (tl_dependency_up 0; the log says which address)\n' });
+      expect(stderr).toContain(`S3 ${`http://someone:***@127.0.0.1:${s3Port}`}, embeddings and models in`);
+      expect(stderr).toContain(`S3 at http://someone:***@127.0.0.1:${s3Port} is unreachable: pausing work that needs it`);
+      expect(stderr).not.toContain('hunter2');
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }, 90_000);
+});
+
 describe('a worker whose S3 credentials are wrong', () => {
   it('does not start, and says which settings', async () => {
     const run = await new Promise<{ code: number | null; stderr: string }>((resolve) => {

@@ -2,6 +2,7 @@ import { withDeadline } from './lifecycle.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 import { S3CredentialsError, slowRequestAfterMs, type ObjectStore } from './s3.client.js';
+import { redactUrl } from './redact.js';
 
 /**
  * Tells an outage of a dependency (S3 down, unreachable, answering 5xx to everything, refusing
@@ -85,10 +86,13 @@ export class DependencyGuard {
   /**
    * At a worker's start: a dependency that refuses this process's credentials will refuse every
    * request until the settings are changed, so the worker does not start (the error says which
-   * settings). Any other failure of the probe is left to the outage handling.
+   * settings). Any other failure of the probe is an outage from the start: said, and probed until
+   * it ends (a review: it stayed "up", so `/readyz` said ready, until a job met it).
    */
   async checkAtStart(): Promise<void> {
-    if (!(await this.check()) && this.probeError instanceof S3CredentialsError) throw this.probeError;
+    if (await this.check()) return;
+    if (this.probeError instanceof S3CredentialsError) throw this.probeError;
+    if (!this.down && !this.closed) this.goDown(this.probeError);
   }
 
   private check(): Promise<boolean> {
@@ -147,7 +151,7 @@ export async function startS3Guard(
   log: Logger,
   metrics: Pick<Metrics, 'dependencyUp'>,
 ): Promise<DependencyGuard> {
-  const guard = new DependencyGuard('s3', () => store.probe(s3.bucket), log, metrics, { what: `S3 at ${s3.endpoint}` });
+  const guard = new DependencyGuard('s3', () => store.probe(s3.bucket), log, metrics, { what: `S3 at ${redactUrl(s3.endpoint)}` });
   const afterMs = slowRequestAfterMs(s3.idleTimeoutMs);
   store.onSlowRequest(afterMs, () => guard.suspect(new Error(`a request had no answer for ${afterMs / 1000} s`), afterMs));
   await guard.checkAtStart();

@@ -74,7 +74,8 @@ export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pic
     if (reached) log.warn({ dependency: 'redis', downSeconds }, `Redis at ${redactUrl(url)} is still unreachable, for ${downSeconds} s: waiting for it`);
     else log.warn({ dependency: 'redis', downSeconds }, `Redis at ${redactUrl(url)} not reached since this process started, ${Math.round(process.uptime())} s ago: is REDIS_URL (or TL_REDIS_PORT) the deployment's? Waiting for it`);
   };
-  metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
+  // (not reached yet: not up, until it is; a review: a black-holed host read as up for its connect timeout)
+  metrics?.dependencyUp.set({ dependency: 'redis' }, reached ? 1 : 0);
   let stopped = false;
   redis.on('error', (err: Error) => {
     if (down || stopped) return;
@@ -87,6 +88,7 @@ export function watchRedis(redis: Redis, url: string, log: Logger, metrics?: Pic
   });
   redis.on('ready', () => {
     reached = true;
+    metrics?.dependencyUp.set({ dependency: 'redis' }, 1);
     if (!down) return;
     down = false;
     clearInterval(reminder);

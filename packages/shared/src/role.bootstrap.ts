@@ -129,13 +129,13 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
       return down.length ? `${down.sort().join(' and ')} unreachable (tl_dependency_up 0; the log says which address)` : undefined;
     };
     const server = await startMetricsServer(() => running?.metrics.registry, config.metrics.host, config.metrics.port ?? METRICS_PORTS[role], healthy, startingMetrics(role), notReady);
-    log.info({ metricsPort: server.port }, `serving /metrics and /healthz on ${config.metrics.host}:${server.port}`);
+    log.info({ metricsPort: server.port }, `serving /metrics, /healthz and /readyz on ${config.metrics.host}:${server.port}`);
     // what it is connected to, said first (an operator's trial: a worker of another deployment's
     // settings looked like any other in its log)
     const storage = `s3://${config.s3.bucket}/${config.s3.prefix}`;
     log.info(
-      { redis: redactUrl(config.redis.url), queuePrefix: config.redis.prefix, s3: config.s3.endpoint, storage },
-      `deployment: Redis ${redactUrl(config.redis.url)} (TL_QUEUE_PREFIX=${config.redis.prefix}), S3 ${config.s3.endpoint}, embeddings and models in ${storage}`,
+      { redis: redactUrl(config.redis.url), queuePrefix: config.redis.prefix, s3: redactUrl(config.s3.endpoint), storage },
+      `deployment: Redis ${redactUrl(config.redis.url)} (TL_QUEUE_PREFIX=${config.redis.prefix}), S3 ${redactUrl(config.s3.endpoint)}, embeddings and models in ${storage}`,
     );
     try {
       running = await start(config, log, { onEarlyStop: (f) => void undo.push(f) });
