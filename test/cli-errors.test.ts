@@ -307,7 +307,7 @@ describe('what a user sees when something is wrong', () => {
         await ctx.services.store.ensureBucket('fresh-deployment');
         const status = await runCli(['status'], { ...stack.env, TL_QUEUE_PREFIX: 'unused', TL_BUCKET: 'fresh-deployment' });
         expect(status.code).toBe(0);
-        expect(status.stdout).toContain(`warning: no embedding space is published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=unused, and this Redis holds the live embed workers under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`);
+        expect(status.stdout).toContain(`warning: no embedding space is published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=unused, and this Redis holds the live embed workers under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it (or, for a deployment of its own beside them, start its workers)\n`);
         expect(status.stdout).toContain("  none published under this shell's TL_QUEUE_PREFIX (unused): the workers' is another, as said above\n");
         expect(status.stdout).not.toMatch(/none published yet/);
         // and the mistaken prefix is left as it was: no key under it (BullMQ's queue meta included)

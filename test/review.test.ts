@@ -214,6 +214,7 @@ describe('review and relabel', () => {
     const typo = await runCli(['relabel', '-d', 'noisy', key, '--to', 'squares'], stack.env);
     expect({ code: typo.code, stderr: typo.stderr }).toEqual({ code: 2, stderr: 'transferline: squares is not a label of noisy (circle, square, triangle); did you mean square?: add --new-label to make it one\n' });
     // a letter left out, or two swapped, inside the name: the same (a trial: only prefixes were caught)
+    // (whatever the sizes: a new label holds no image yet)
     for (const slip of ['trangle', 'cirlce']) {
       const r = await runCli(['relabel', '-d', 'noisy', key, '--to', slip], stack.env);
       expect(r.stderr).toBe(`transferline: ${slip} is not a label of noisy (circle, square, triangle); did you mean ${slip === 'trangle' ? 'triangle' : 'circle'}?: add --new-label to make it one\n`);
@@ -814,7 +815,12 @@ describe('a label manifest instead of label folders', () => {
       await writeFile(path.join(local, 'windows.csv'), 'img\\circle-0.jpg,circle\nimg/square-0.jpg,square\n');
       const windows = await runCli(['upload', local, `s3://${bucket}/up/`, '--manifest', path.join(local, 'windows.csv')], stack.env);
       expect(windows.stdout).toContain(`line 1: "img\\circle-0.jpg" is neither in ${local} nor in the bucket`);
-      expect(windows.stdout).toContain('note: a key with a backslash (img\\circle-0.jpg) is a path written on Windows? S3 keys separate folders with /: write it img/circle-0.jpg in the manifest\n');
+      expect(windows.stdout).toContain("note: a key with a backslash (img\\circle-0.jpg) is a path written on Windows? S3 keys separate folders with / and take a backslash as part of a name: write the rows' paths with / (img/photo.jpg, not img\\photo.jpg)\n");
+      // and when no row is found: the refusal says it too (a review: only the partly-found case did)
+      await writeFile(path.join(local, 'all-windows.csv'), 'img\\circle-0.jpg,circle\nimg\\square-0.jpg,square\n');
+      const none = await runCli(['upload', local, `s3://${bucket}/up2/`, '--manifest', path.join(local, 'all-windows.csv')], stack.env);
+      expect(none.code).toBe(1);
+      expect(none.stderr).toContain("; or: a key with a backslash (img\\circle-0.jpg) is a path written on Windows?");
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -843,17 +843,25 @@ describe('training runs and classification', () => {
         'add the images of another label (a folder per label under the prefix, or rows of a label manifest) and ingest again. No run was queued\n',
     );
     expect(r.stdout).not.toMatch(/queued for dataset solo/);
-    // --partial learns from what is embedded now: another label's image still on its way is not there yet
+    // --partial learns from what is embedded now: another label's image that is not is not there
+    // (here one whose job is lost: an ingest brings it back; one on its way would be waited for)
     await ctx.services.datasets.putItem('solo', `${photos}/solo/dog/later.jpg`, { label: 'dog', etag: 'e', space: stack.space.id, state: 'pending' });
-    const partial = await runCli(['train', '-d', 'solo', '--partial', '--epochs', '1'], stack.env);
-    expect({ code: partial.code, stderr: partial.stderr }).toEqual({
-      code: 1,
-      stderr:
-        'transferline: --partial trains on the embedded images of solo, and they are images of one label only (cat, 3 images; dog: none embedded (1 failed, 1 not embedded yet, or in another space)): a classifier needs two or more: ' +
-        'wait for the images of the other labels (transferline status -d solo), or train without --partial to wait here. No run was queued\n',
-    });
+    /** train --partial's refusal of solo, as it names dog's images and what to do */
+    const partialRefusal = async (dog: string, next: string) => {
+      const r = await runCli(['train', '-d', 'solo', '--partial', '--epochs', '1'], stack.env);
+      expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: `transferline: --partial trains on the embedded images of solo, and they are images of one label only (cat, 3 images; dog: none embedded (${dog})): a classifier needs two or more: ${next}. No run was queued\n` });
+    };
+    await partialRefusal('1 failed, 1 with no job, or in another space', 'add the images of another label (a folder per label under the prefix, or rows of a label manifest) and ingest again');
     const labels = JSON.parse((await runCli(['status', '-d', 'solo', '--json'], stack.env)).stdout) as { datasets: { labels: unknown[] }[] };
     expect(labels.datasets[0]!.labels).toEqual([{ label: 'cat', count: 3, ready: 3 }, { label: 'dog', count: 2, failed: 1, ready: 0 }]);
+    // and one on its way (its job held back for an hour): waited for, if asked
+    const later = jobIds.preprocess({ dataset: 'solo', bucket: photos, key: 'solo/dog/later.jpg', etag: 'e', embedderId: stack.space.id });
+    const held = await ctx.queues.preprocess.add('preprocess', { dataset: 'solo', bucket: photos, key: 'solo/dog/later.jpg', etag: 'e', label: 'dog', embedderId: stack.space.id }, { jobId: later, delay: 3_600_000 });
+    try {
+      await partialRefusal('1 on their way, 1 failed', 'wait for the images of the other labels (transferline status -d solo), or train without --partial to wait here');
+    } finally {
+      await held.remove();
+    }
     const status = JSON.parse((await runCli(['status', '--json'], stack.env)).stdout) as { queues: Record<string, { failedRuns?: { dataset: string }[] }> };
     expect((status.queues.train!.failedRuns ?? []).filter((f) => f.dataset === 'solo')).toEqual([]);
     expect((await runCli(['delete', 'dataset', 'solo', '--yes'], stack.env)).code).toBe(0);

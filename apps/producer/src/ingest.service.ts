@@ -1,6 +1,6 @@
 import path from 'node:path';
 import pMap from 'p-map';
-import { headerHint, ManifestError, readManifest, type ManifestRow } from './manifest.js';
+import { backslashHint, headerHint, ManifestError, readManifest, type ManifestRow } from './manifest.js';
 import { CliExit, EXIT } from './exit-codes.js';
 import {
   DatasetRepository,
@@ -356,9 +356,10 @@ export async function ingestManifest(req: ManifestRequest, deps: IngestDeps, onP
   if (missing.length === rows.length) {
     const folder = path.posix.dirname(req.key) === '.' ? '' : `${path.posix.dirname(req.key)}/`;
     const { unreadable: buckets, firstLine } = counts.missing!;
+    const windows = backslashHint(rows.map((r) => r.key));
     throw new ManifestError(
       `${rows.length === 1 ? 'the one image' : `none of the ${rows.length} images`} s3://${source} names ${rows.length === 1 ? 'is not' : 'is'} in the bucket (the first: ${counts.missing!.first.join(', ')}${buckets ? `; ${buckets.join(', ')}` : ''}), so nothing was ingested: ` +
-        `a key relative to the manifest's folder is read from s3://${req.bucket}/${folder}${firstLine === undefined ? '' : `; ${headerHint(firstLine)}`}`,
+        `a key relative to the manifest's folder is read from s3://${req.bucket}/${folder}${firstLine === undefined ? '' : `; ${headerHint(firstLine)}`}${windows ? `; ${windows}` : ''}`,
     );
   }
   await notDeletedMeanwhile(req, datasets);

@@ -48,10 +48,19 @@ describe('label manifests', () => {
     expect((await csv('key,label\nn1.jpg,Küste\n')).map((r) => r.label)).toEqual(['Küste']);
     const utf16 = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('key,label\nn1.jpg,Küste\n', 'utf16le')]);
     expect((await readManifest(utf16, 'csv', at)).map((r) => r.label)).toEqual(['Küste']);
+    // but not UTF-16 big-endian, nor JSON Lines in UTF-16 (neither is decoded as such: a review)
+    const be = Buffer.from(utf16.subarray(2)).swap16();
+    expect((await refusal(readManifest(Buffer.concat([Buffer.from([0xfe, 0xff]), be]), 'csv', at)))[0]).toMatch(/is not UTF-8 text/);
+    expect((await refusal(readManifest(Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('{"key":"a.jpg","label":"x"}\n', 'utf16le')]), 'jsonl', at)))[0]).toMatch(/is not UTF-8 text/);
+    // an overlong form (C0 AF, E0 80 AF) or a surrogate (ED A0 80) is named on its own line
+    for (const bad of [[0xe0, 0x80, 0xaf], [0xed, 0xa0, 0x80]]) {
+      const bytes = Buffer.concat([Buffer.from('key,label\na.jpg,x\nb.jpg,'), Buffer.from(bad), Buffer.from('\nc.jpg,y\n')]);
+      expect((await refusal(readManifest(bytes, 'csv', at)))[1]).toMatch(/^ {2}line 3, as Windows-1252 would read it: "b\.jpg,/);
+    }
   });
 
   it('names a key written as a Windows path among those not found, and how to write it', () => {
-    expect(backslashHint(['s3://photos/a.jpg', 's3://photos/img\\Foto 1.jpg'])).toBe('a key with a backslash (s3://photos/img\\Foto 1.jpg) is a path written on Windows? S3 keys separate folders with /: write it s3://photos/img/Foto 1.jpg in the manifest');
+    expect(backslashHint(['s3://photos/a.jpg', 's3://photos/img\\Foto 1.jpg'])).toBe('a key with a backslash (s3://photos/img\\Foto 1.jpg) is a path written on Windows? S3 keys separate folders with / and take a backslash as part of a name: write the rows\' paths with / (img/photo.jpg, not img\\photo.jpg)');
     expect(backslashHint(['s3://photos/a.jpg'])).toBeUndefined();
   });
 

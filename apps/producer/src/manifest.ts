@@ -56,10 +56,11 @@ export function headerHint(firstLine: string): string {
 /**
  * What to say of rows naming images not found when some of their keys hold a backslash: a path
  * written on Windows (S3 keys separate folders with `/`, and a backslash is part of a name).
+ * `keys` as the rows give them; the hint is shown as it is (put it through `printable`).
  */
 export function backslashHint(keys: readonly string[]): string | undefined {
   const first = keys.find((k) => k.includes('\\'));
-  return first === undefined ? undefined : `a key with a backslash (${first}) is a path written on Windows? S3 keys separate folders with /: write it ${first.replaceAll('\\', '/')} in the manifest`;
+  return first === undefined ? undefined : `a key with a backslash (${first}) is a path written on Windows? S3 keys separate folders with / and take a backslash as part of a name: write the rows' paths with / (img/photo.jpg, not img\\photo.jpg)`;
 }
 
 /** The problems a refusal shows. */
@@ -74,7 +75,7 @@ const SHOWN = 10;
  */
 export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: { bucket: string; key: string }, o: { shownAs?: string; refused?: string } = {}): Promise<ManifestRow[]> {
   const where = `the manifest ${o.shownAs ?? `s3://${at.bucket}/${at.key}`}`;
-  const encoding = otherEncoding(bytes);
+  const encoding = otherEncoding(bytes, format);
   if (encoding) {
     throw new ManifestError(
       `${where} is not UTF-8 text, so ${o.refused ?? 'nothing of it was ingested'}: its labels would be read garbled. Saved in another encoding (Windows-1252 or Latin-1, as Excel's "CSV (Comma delimited)" does)? Save it as UTF-8 (Excel: "CSV UTF-8") and use it again`,
@@ -166,29 +167,38 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
 }
 
 /**
- * A manifest in another encoding than UTF-8 (a UTF-16 one with its BOM is read as such): the first
- * line that is not UTF-8, and its text as Windows-1252 reads it (what a spreadsheet saved, most
- * likely); undefined for UTF-8.
+ * A manifest in another encoding than UTF-8 (a CSV in UTF-16 little-endian with its BOM, as
+ * spreadsheets save "Unicode text", is read as such): the first line that is not UTF-8, and its
+ * text as Windows-1252 reads it (what a spreadsheet saved, most likely); undefined for UTF-8.
  */
-function otherEncoding(bytes: Buffer): { line: number; text: string } | undefined {
-  if (isUtf8(bytes) || (bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff)) return undefined;
-  const at = firstNonUtf8(bytes);
+function otherEncoding(bytes: Buffer, format: 'csv' | 'jsonl'): { line: number; text: string } | undefined {
+  if (isUtf8(bytes) || (format === 'csv' && bytes[0] === 0xff && bytes[1] === 0xfe)) return undefined;
+  const found = firstNonUtf8(bytes);
+  // (none found, where isUtf8 found one: the last byte, as an incomplete sequence at the end)
+  const at = found === -1 ? Math.max(0, bytes.length - 1) : found;
   const start = Math.max(bytes.lastIndexOf(0x0a, at), bytes.lastIndexOf(0x0d, at)) + 1;
   const ends = [bytes.indexOf(0x0a, at), bytes.indexOf(0x0d, at)].filter((i) => i >= 0);
   const end = ends.length ? Math.min(...ends) : bytes.length;
   return { line: lineCounter(bytes).endingAt(at + 1), text: new TextDecoder('windows-1252').decode(bytes.subarray(start, Math.min(end, start + 200))) };
 }
 
-/** The offset of the first byte that starts no well-formed UTF-8 sequence (the file's end when every lead byte is followed as it asks). */
+/**
+ * The offset of the first byte that starts no well-formed UTF-8 sequence (RFC 3629: no overlong
+ * forms, no surrogates, nothing past U+10FFFF), or -1 when there is none.
+ */
 function firstNonUtf8(b: Buffer): number {
   for (let i = 0; i < b.length; ) {
     const c = b[i]!;
     const follow = c < 0x80 ? 0 : c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
     if (follow < 0) return i;
-    for (let k = 1; k <= follow; k++) if (((b[i + k] ?? 0) & 0xc0) !== 0x80) return i;
+    // the second byte's range after E0, ED, F0 and F4; 80-BF otherwise
+    const second = b[i + 1] ?? 0;
+    const [lo, hi] = c === 0xe0 ? [0xa0, 0xbf] : c === 0xed ? [0x80, 0x9f] : c === 0xf0 ? [0x90, 0xbf] : c === 0xf4 ? [0x80, 0x8f] : [0x80, 0xbf];
+    if (follow > 0 && (second < lo || second > hi)) return i;
+    for (let k = 2; k <= follow; k++) if (((b[i + k] ?? 0) & 0xc0) !== 0x80) return i;
     i += follow + 1;
   }
-  return b.length - 1;
+  return -1;
 }
 
 /**

@@ -59,11 +59,12 @@ export interface DatasetStatus {
   failuresByReason: { stage: Stage; reason: string; count: number }[];
   /**
    * Images per label, sorted by label; how many of them failed for good (when any: train leaves
-   * those out), and `ready`: how many are embedded in the dataset's space (what a run started now
-   * learns from; `elsewhere` counts those in another). `unlabelled`: the images of a classify
-   * dataset, which carry no label (`label` is then UNLABELLED).
+   * those out), are on their way (`pending`, when any: held by a live job), and `ready`: how many
+   * are embedded in the dataset's space (what a run started now learns from; `elsewhere` counts
+   * those in another). `unlabelled`: the images of a classify dataset, which carry no label
+   * (`label` is then UNLABELLED).
    */
-  labels: { label: string; count: number; failed?: number; ready: number; unlabelled?: true }[];
+  labels: { label: string; count: number; failed?: number; pending?: number; ready: number; unlabelled?: true }[];
   /**
    * Embedded images (counted in `embedded`) whose embedding is in another space than the
    * dataset's (a later ingest of some of its prefixes moved the dataset to another space): train
@@ -245,7 +246,7 @@ export class DatasetInspector {
       labels: [],
       elsewhere: [],
     };
-    const labels = new Map<string, { count: number; failed: number; ready: number }>();
+    const labels = new Map<string, { count: number; failed: number; pending: number; ready: number }>();
     const elsewhere = new Map<string, { count: number; sources: Set<string> }>();
     let sources: string[] | undefined; // read at the first such image
     const reasons = new Map<string, { stage: Stage; reason: string; count: number }>();
@@ -253,7 +254,7 @@ export class DatasetInspector {
       for (const v of page) {
         if (within !== undefined && !v.id.startsWith(within)) continue;
         s.total++;
-        const l = labels.get(v.record.label) ?? { count: 0, failed: 0, ready: 0 };
+        const l = labels.get(v.record.label) ?? { count: 0, failed: 0, pending: 0, ready: 0 };
         l.count++;
         if (v.phase === 'failed') l.failed++;
         labels.set(v.record.label, l);
@@ -279,6 +280,7 @@ export class DatasetInspector {
           reasons.set(k, r);
         } else if (v.phase === 'orphaned') s.orphaned++;
         else {
+          l.pending++;
           s.pending++;
           s.pendingByStage[v.phase]++;
         }
@@ -286,7 +288,7 @@ export class DatasetInspector {
     }
     // (in a training dataset, a folder may be named `?`: a label like any other)
     const unlabelled = isClassifyDataset(dataset);
-    s.labels = [...labels].map(([label, l]) => ({ label, count: l.count, ...(l.failed && { failed: l.failed }), ready: l.ready, ...(unlabelled && label === UNLABELLED && { unlabelled: true as const }) })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
+    s.labels = [...labels].map(([label, l]) => ({ label, count: l.count, ...(l.failed && { failed: l.failed }), ...(l.pending && { pending: l.pending }), ready: l.ready, ...(unlabelled && label === UNLABELLED && { unlabelled: true as const }) })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
     s.failuresByReason = [...reasons.values()].sort((a, b) => b.count - a.count);
     s.elsewhere = [...elsewhere].map(([sp, e]) => ({ space: sp, count: e.count, sources: [...e.sources].sort() }));
     return s;

@@ -156,8 +156,8 @@ export async function ingestCommand(ctx: CliContext, url: string, o: IngestOptio
     const buckets = unreadable ? ` (${unreadable.map(printable).join('; ')})` : '';
     w(`note: ${count} of the images the manifest names ${count === 1 ? 'is' : 'are'} not in the bucket, so not ingested: ${first.map(printable).join(', ')}${count > first.length ? ` and ${count - first.length} more` : ''}${buckets}`);
     if (firstLine !== undefined) w(`note: ${headerHint(printable(firstLine))}`);
-    const windows = backslashHint(first.map(printable));
-    if (windows) w(`note: ${windows}`);
+    const windows = backslashHint(first);
+    if (windows) w(`note: ${printable(windows)}`);
   }
   if (counts.manifestFiles) {
     const files = counts.manifestFiles;

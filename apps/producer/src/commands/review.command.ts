@@ -119,7 +119,8 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
         // a label it begins or ends, or one that ingest and status would call a misspelling of it
         // (as a class of the one image: a letter left out, added, changed or swapped)
         const to = o.to;
-        const misspelt = confusableLabels(new Map([...labels.map((l): [string, number] => [l.label, l.count]), [to, 1]]))
+        // (counted as none: a new label holds no image yet, whatever the sizes)
+        const misspelt = confusableLabels(new Map([...labels.map((l): [string, number] => [l.label, l.count]), [to, 0]]))
           .filter((p) => p.a === to || p.b === to)
           .map((p) => (p.a === to ? p.b : p.a));
         const close = known.filter((l) => l.toLowerCase().startsWith(to.toLowerCase()) || to.toLowerCase().startsWith(l.toLowerCase()) || misspelt.includes(l));
@@ -169,7 +170,8 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
       err instanceof ObjectChangedError
         ? `s3://${printable(err.bucket)}/${printable(err.key)} was replaced while relabel ran: ingest its prefix again, then the same command moves the rest`
         : 'the same command again finishes the rest (moving twice is moving once)';
-    if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${new Set(moves.map((m) => m.itemId)).size - left}: ${summary()}; ${next}`);
+    // (the moves left by a manifest are out of `moves` already; those left by the move itself are in it)
+    if (done.length) w(`relabel ${o.dataset} stopped after ${done.length} of ${new Set(moves.map((m) => m.itemId)).size - (left - leftByManifest)}: ${summary()}; ${next}`);
     throw err;
   }
   if (o.dryRun) w(`relabel ${o.dataset}: ${summary()}; nothing moved (--dry-run)${count('moved') ? ': run it without --dry-run to move them' : ''}`);

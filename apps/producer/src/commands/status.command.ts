@@ -482,7 +482,7 @@ export async function deploymentWarnings(ctx: CliContext, spaces: string[], s3: 
   // a fresh deployment (nothing in the bucket yet) seen from a shell whose TL_QUEUE_PREFIX is not
   // the workers': their live embed workers are there under theirs (a trial: "start the stack")
   const others = spaces.length === 0 && !loss.elsewhere ? await spacesUnderOtherPrefixes(ctx).catch(() => []) : [];
-  const prefix = others.length ? [`no embedding space is published under this prefix: ${otherPrefixWords(ctx, others, 'the live embed workers')}`] : [];
+  const prefix = others.length ? [`no embedding space is published under this prefix: ${otherPrefixWords(ctx, others, 'the live embed workers')} (or, for a deployment of its own beside them, start its workers)`] : [];
   return { warnings: [...prefix, ...(storage ? [storage] : []), ...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found, elsewhere: loss.elsewhere || others.length > 0 };
 }
 

@@ -151,11 +151,13 @@ export async function trainCommand(ctx: CliContext, o: TrainOptions): Promise<Tr
     const others = s.labels.filter((l) => l !== only);
     const otherWords = others.map((l) => {
       if (!o.partial) return `${l.label}: all ${l.count} failed`;
-      const parts = [l.failed && `${l.failed} failed`, l.count - l.ready - (l.failed ?? 0) > 0 && `${l.count - l.ready - (l.failed ?? 0)} not embedded yet, or in another space`].filter(Boolean);
+      // (neither on their way nor failed: their jobs lost, or embedded in another space; an ingest mends both)
+      const rest = l.count - l.ready - (l.failed ?? 0) - (l.pending ?? 0);
+      const parts = [l.pending && `${l.pending} on their way`, l.failed && `${l.failed} failed`, rest > 0 && `${rest} with no job, or in another space`].filter(Boolean);
       return `${l.label}: none embedded (${parts.join(', ')})`;
     });
     // (--partial: another label's images on their way make a run that waits for them possible)
-    const coming = o.partial && others.some((l) => l.count - l.ready - (l.failed ?? 0) > 0);
+    const coming = o.partial && others.some((l) => (l.pending ?? 0) > 0);
     const next = coming
       ? `wait for the images of the other labels (transferline status -d ${o.dataset}), or train without --partial to wait here`
       : 'add the images of another label (a folder per label under the prefix, or rows of a label manifest) and ingest again';

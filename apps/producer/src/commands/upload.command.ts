@@ -220,6 +220,12 @@ function rowsUnder(m: LocalManifest, bucket: string, prefix: string): { row: Man
   return m.rows.filter((row) => row.bucket === bucket && row.key.startsWith(prefix)).map((row) => ({ row, rel: row.key.slice(prefix.length) }));
 }
 
+/** "; or: <the backslash hint>" when some of `keys` hold one (they may be why none is found), else "". */
+const windowsNote = (keys: string[]) => {
+  const hint = backslashHint(keys);
+  return hint ? `; or: ${printable(hint)}` : '';
+};
+
 /**
  * A manifest none of whose rows under the prefix names a file of the folder or an object there
  * is in the wrong place (its keys are paths from its own folder): refused before anything is sent.
@@ -233,7 +239,7 @@ function refuseMisplaced(m: LocalManifest, up: { dir: string; bucket: string; pr
   throw new Error(
     `none of the manifest's ${under.length} row${under.length === 1 ? '' : 's'} under s3://${up.bucket}/${up.prefix} names a file under ${up.dir} or an object in the bucket ` +
       `(line ${first.row.line}: s3://${up.bucket}/${first.row.key}), so nothing was uploaded: its keys are paths from the manifest's own folder, which would be ${folder}; ` +
-      'put the manifest in the folder the keys start from (upload sends it to its path under the folder), or upload that folder',
+      `put the manifest in the folder the keys start from (upload sends it to its path under the folder), or upload that folder${windowsNote(under.map(({ rel }) => rel))}`,
   );
 }
 
@@ -259,8 +265,8 @@ async function sendManifest(ctx: UploadContext, m: LocalManifest, up: { dir: str
   const unnamed = up.files.filter((f) => !named.has(f) && !notSent.has(f));
   const show = (list: string[]) => `${list.slice(0, 5).join('; ')}${list.length > 5 ? `; and ${list.length - 5} more` : ''}`;
   if (missing.length) ctx.out.write(`note: ${missing.length} of the manifest's rows name${missing.length === 1 ? 's an image' : ' images'} that ingest will not find (it leaves them out): ${show(missing)}\n`);
-  const windows = backslashHint(missingKeys.map(printable));
-  if (windows) ctx.out.write(`note: ${windows}\n`);
+  const windows = backslashHint(missingKeys);
+  if (windows) ctx.out.write(`note: ${printable(windows)}\n`);
   if (unnamed.length) ctx.out.write(`note: ${unnamed.length} of the folder's images ${unnamed.length === 1 ? 'is' : 'are'} named by no row of the manifest (an ingest of it leaves ${unnamed.length === 1 ? 'it' : 'them'} out): ${show(unnamed.map((f) => JSON.stringify(f)))}\n`);
   const url = `s3://${bucket}/${m.key}`;
   const md5 = createHash('md5').update(m.bytes).digest('hex');
