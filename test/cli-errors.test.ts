@@ -307,6 +307,11 @@ describe('what a user sees when something is wrong', () => {
         await ctx.services.store.ensureBucket('fresh-deployment');
         const status = await runCli(['status'], { ...stack.env, TL_QUEUE_PREFIX: 'unused', TL_BUCKET: 'fresh-deployment' });
         expect(status.code).toBe(0);
+        // what it looked at, first (an operator's trial: nothing said it), as the workers log it
+        const shell = loadConfig({ ...stack.env, TL_QUEUE_PREFIX: 'unused', TL_BUCKET: 'fresh-deployment' });
+        expect(status.stdout.split('\n')[0]).toBe(`deployment: Redis ${redactUrl(shell.redis.url)} (TL_QUEUE_PREFIX=unused), S3 ${shell.s3.endpoint}, embeddings and models in s3://fresh-deployment/${shell.s3.prefix}`);
+        const json = JSON.parse((await runCli(['status', '--json'], { ...stack.env, TL_QUEUE_PREFIX: 'unused', TL_BUCKET: 'fresh-deployment' })).stdout) as { deployment: unknown };
+        expect(json.deployment).toEqual({ redis: redactUrl(shell.redis.url), queuePrefix: 'unused', s3: shell.s3.endpoint, storage: `s3://fresh-deployment/${shell.s3.prefix}` });
         expect(status.stdout).toContain(`warning: no embedding space is published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=unused, and this Redis holds the live embed workers under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it (or, for a deployment of its own beside them, start its workers)\n`);
         expect(status.stdout).toContain("  none published under this shell's TL_QUEUE_PREFIX (unused): the workers' is another, as said above\n");
         expect(status.stdout).not.toMatch(/none published yet/);

@@ -2,7 +2,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { isBucketName } from './labels.js';
-import { redactIfSecret } from './redact.js';
+import { redactIfSecret, redactUrl } from './redact.js';
 
 const bool = z
   .string()
@@ -420,4 +420,14 @@ export function stackSettings(env: NodeJS.ProcessEnv = process.env): { name: str
     const local = PATHS.has(name) || (name === 'TL_MODEL_WEIGHTS_SOURCE' && !/^[a-z0-9]+:/.test(value));
     return [{ name, value: local ? path.resolve(value) : value }];
   });
+}
+
+/**
+ * The deployment a process is connected to, as it says it (the workers' first log line, `status`'s
+ * first line): Redis and its queue prefix, S3, and where the embeddings and models go; passwords
+ * in the URLs hidden.
+ */
+export function deploymentOf(config: Pick<Config, 'redis' | 's3'>): { redis: string; queuePrefix: string; s3: string; storage: string; words: string } {
+  const d = { redis: redactUrl(config.redis.url), queuePrefix: config.redis.prefix, s3: redactUrl(config.s3.endpoint), storage: `s3://${config.s3.bucket}/${config.s3.prefix}` };
+  return { ...d, words: `Redis ${d.redis} (TL_QUEUE_PREFIX=${d.queuePrefix}), S3 ${d.s3}, embeddings and models in ${d.storage}` };
 }

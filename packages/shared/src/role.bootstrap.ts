@@ -1,8 +1,7 @@
 import type { Redis } from 'ioredis';
-import { loadConfig, type Config } from './config.js';
+import { deploymentOf, loadConfig, type Config } from './config.js';
 import { isStopMessage, leftToUp, runUntilSignal, settledWithin, stopAsks, stopSignals, supervisedByUp, type StopAsked } from './lifecycle.js';
 import { redisKeys } from './keys.js';
-import { redactUrl } from './redact.js';
 import { createLogger, type Logger } from './logger.js';
 import { startMetricsServer, startingMetrics, type Metrics } from './metrics.js';
 import { SupervisedWorkers } from './supervised-workers.js';
@@ -132,11 +131,8 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
     log.info({ metricsPort: server.port }, `serving /metrics, /healthz and /readyz on ${config.metrics.host}:${server.port}`);
     // what it is connected to, said first (an operator's trial: a worker of another deployment's
     // settings looked like any other in its log)
-    const storage = `s3://${config.s3.bucket}/${config.s3.prefix}`;
-    log.info(
-      { redis: redactUrl(config.redis.url), queuePrefix: config.redis.prefix, s3: redactUrl(config.s3.endpoint), storage },
-      `deployment: Redis ${redactUrl(config.redis.url)} (TL_QUEUE_PREFIX=${config.redis.prefix}), S3 ${redactUrl(config.s3.endpoint)}, embeddings and models in ${storage}`,
-    );
+    const { words, ...deployment } = deploymentOf(config);
+    log.info(deployment, `deployment: ${words}`);
     try {
       running = await start(config, log, { onEarlyStop: (f) => void undo.push(f) });
     } catch (err) {

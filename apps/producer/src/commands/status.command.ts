@@ -1,4 +1,4 @@
-import { DatasetRepository, hungAfterMs, jobOfQueue, PreprocessJob, permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
+import { DatasetRepository, deploymentOf, hungAfterMs, jobOfQueue, PreprocessJob, permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
 import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
@@ -23,6 +23,8 @@ export interface SpaceStatus {
 }
 
 export interface StatusReport {
+  /** what this process looked at: Redis (password hidden) and its queue prefix, S3, where the embeddings and models go */
+  deployment: Omit<ReturnType<typeof deploymentOf>, 'words'>;
   /** per queue: job counts, connected workers, and the workers an outage pauses (with why) */
   queues: Record<
     string,
@@ -373,11 +375,14 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const { warnings, lossFound, elsewhere } = await deploymentWarnings(ctx, spaces.map((sp) => sp.space.id), s3);
   // (what this shell's TL_QUEUE_PREFIX holds is not the workers': "yet" would send the user to start over)
   const here = `under this shell's TL_QUEUE_PREFIX (${ctx.config.redis.prefix}): the workers' is another, as said above`;
+  // what this shell looked at, first (an operator's trial: nothing said which deployment it was)
+  const { words, ...deployment } = deploymentOf(ctx.config);
   if (o.json) {
-    ctx.out.write(`${JSON.stringify({ queues, spaces, unpublished, datasets, warnings }, null, 2)}\n`);
-    return { queues, spaces, unpublished, datasets, warnings };
+    ctx.out.write(`${JSON.stringify({ deployment, queues, spaces, unpublished, datasets, warnings }, null, 2)}\n`);
+    return { deployment, queues, spaces, unpublished, datasets, warnings };
   }
   const w = (s: string) => ctx.out.write(`${s}\n`);
+  w(`deployment: ${words}`);
   for (const warning of warnings) w(`warning: ${warning}`);
   w('embedding spaces:');
   if (spaces.length === 0) {
@@ -453,7 +458,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   }
   if (datasets.length === 0) w(elsewhere ? `no datasets ${here}` : lossFound ? 'no datasets in Redis: ingest again as the warnings above say' : 'no datasets yet: transferline ingest s3://bucket/prefix --dataset NAME');
   for (const d of datasets) printDatasetSummary(ctx, d);
-  return { queues, spaces, unpublished, datasets, warnings };
+  return { deployment, queues, spaces, unpublished, datasets, warnings };
 }
 
 /**
