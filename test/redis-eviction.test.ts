@@ -37,7 +37,9 @@ describe('a Redis that evicts keys', () => {
     await redis.config('SET', 'maxmemory', String(512 * 2 ** 20));
     const warned = await runCli(['status'], stack.env);
     expect(warned.code).toBe(0);
-    expect(warned.stdout.split('\n')[0]).toMatch(/^warning: Redis at redis:\/\/\S+ deletes keys to make room once it holds 512\.00M \(maxmemory-policy allkeys-lru\): queued jobs, .*Set maxmemory-policy noeviction/);
+    // the first warning, right after the line naming the deployment
+    expect(warned.stdout.split('\n')[0]).toMatch(/^deployment: Redis /);
+    expect(warned.stdout.split('\n')[1]).toMatch(/^warning: Redis at redis:\/\/\S+ deletes keys to make room once it holds 512\.00M \(maxmemory-policy allkeys-lru\): queued jobs, .*Set maxmemory-policy noeviction/);
     expect(await warnings()).toEqual([expect.stringMatching(/maxmemory-policy allkeys-lru/)]);
     // a policy that evicts only keys with a TTL says which ones those are
     await redis.config('SET', 'maxmemory-policy', 'volatile-lru');
