@@ -149,11 +149,6 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
       hungSince.clear();
       restarts.clear();
       toldEarly = false;
-    } else if (!toldEarly && earlyMs < o.stallSeconds * 1000 && Date.now() - lastChange > earlyMs && Date.now() - lastChange <= o.stallSeconds * 1000) {
-      toldEarly = true;
-      // (with watches of its own: a worker seen moving nothing is timed from the stall's look, as before)
-      const { why } = await whyStalled(ctx, s, o.space, { since: new Map(), atLeastMs: o.stallSeconds * 1000, restarts: new Map() });
-      if (why) ctx.out.write(`\nno progress for ${Math.round((Date.now() - lastChange) / 1000)} s: ${why}. Waiting up to ${o.stallSeconds} s without progress (--stall-timeout), then giving up\n`);
     } else if (Date.now() - lastChange > o.stallSeconds * 1000) {
       const { why, note } = await whyStalled(ctx, s, o.space, { since: hungSince, atLeastMs: o.stallSeconds * 1000, restarts });
       if (why) throw new CliExit(EXIT.stalled, `\nno progress for ${o.stallSeconds} s: ${why}`);
@@ -164,6 +159,11 @@ export async function waitForDataset(ctx: CliContext, dataset: string, o: WaitOp
         hinted = hint.replace(/\d+/g, '#');
         ctx.out.write(`\nno progress for ${o.stallSeconds} s, but ${hint}; still waiting\n`);
       }
+    } else if (!toldEarly && earlyMs < o.stallSeconds * 1000 && Date.now() - lastChange > earlyMs) {
+      toldEarly = true;
+      // (with watches of its own: a worker seen moving nothing is timed from the stall's look, as before)
+      const { why } = await whyStalled(ctx, s, o.space, { since: new Map(), atLeastMs: o.stallSeconds * 1000, restarts: new Map() });
+      if (why) ctx.out.write(`\nno progress for ${Math.round((Date.now() - lastChange) / 1000)} s: ${why}. Waiting up to ${o.stallSeconds} s without progress (--stall-timeout), then giving up\n`);
     }
     await sleep(pollDelayMs(s.total, took), ctx.signal);
     return undefined;

@@ -168,37 +168,23 @@ export async function readManifest(bytes: Buffer, format: 'csv' | 'jsonl', at: {
 
 /**
  * A manifest in another encoding than UTF-8 (a CSV in UTF-16 little-endian with its BOM, as
- * spreadsheets save "Unicode text", is read as such): the first line that is not UTF-8, and its
- * text as Windows-1252 reads it (what a spreadsheet saved, most likely); undefined for UTF-8.
+ * spreadsheets save "Unicode text", is read as such): its first line that is not UTF-8 (Node's
+ * `isUtf8`, line by line: CR and LF bytes are never inside a UTF-8 sequence), as an editor counts
+ * lines, and its text as Windows-1252 reads it (what a spreadsheet saved, most likely); undefined
+ * for UTF-8.
  */
 function otherEncoding(bytes: Buffer, format: 'csv' | 'jsonl'): { line: number; text: string } | undefined {
   if (isUtf8(bytes) || (format === 'csv' && bytes[0] === 0xff && bytes[1] === 0xfe)) return undefined;
-  const found = firstNonUtf8(bytes);
-  // (none found, where isUtf8 found one: the last byte, as an incomplete sequence at the end)
-  const at = found === -1 ? Math.max(0, bytes.length - 1) : found;
-  const start = Math.max(bytes.lastIndexOf(0x0a, at), bytes.lastIndexOf(0x0d, at)) + 1;
-  const ends = [bytes.indexOf(0x0a, at), bytes.indexOf(0x0d, at)].filter((i) => i >= 0);
-  const end = ends.length ? Math.min(...ends) : bytes.length;
-  return { line: lineCounter(bytes).endingAt(at + 1), text: new TextDecoder('windows-1252').decode(bytes.subarray(start, Math.min(end, start + 200))) };
-}
-
-/**
- * The offset of the first byte that starts no well-formed UTF-8 sequence (RFC 3629: no overlong
- * forms, no surrogates, nothing past U+10FFFF), or -1 when there is none.
- */
-function firstNonUtf8(b: Buffer): number {
-  for (let i = 0; i < b.length; ) {
-    const c = b[i]!;
-    const follow = c < 0x80 ? 0 : c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
-    if (follow < 0) return i;
-    // the second byte's range after E0, ED, F0 and F4; 80-BF otherwise
-    const second = b[i + 1] ?? 0;
-    const [lo, hi] = c === 0xe0 ? [0xa0, 0xbf] : c === 0xed ? [0x80, 0x9f] : c === 0xf0 ? [0x90, 0xbf] : c === 0xf4 ? [0x80, 0x8f] : [0x80, 0xbf];
-    if (follow > 0 && (second < lo || second > hi)) return i;
-    for (let k = 2; k <= follow; k++) if (((b[i + k] ?? 0) & 0xc0) !== 0x80) return i;
-    i += follow + 1;
+  let line = 1;
+  for (let start = 0; start < bytes.length; line++) {
+    let end = start;
+    while (end < bytes.length && bytes[end] !== 0x0a && bytes[end] !== 0x0d) end++;
+    const text = bytes.subarray(start, end);
+    if (!isUtf8(text)) return { line, text: new TextDecoder('windows-1252').decode(text.subarray(0, 200)) };
+    start = end + (bytes[end] === 0x0d && bytes[end + 1] === 0x0a ? 2 : 1);
   }
-  return -1;
+  // (not reached: a file that is not UTF-8 has a line that is not)
+  return { line: line - 1, text: '' };
 }
 
 /**

@@ -336,28 +336,32 @@ export async function saveOnceS3Answers(
   }
 }
 
-/** The images held out with a copy where they would be trained on that a report names: the first few, in their objects' order, the held-out copy first. */
-function namedHeldOutCopies(groups: Example[][]): string[][] {
-  const object = (e: Example) => (e.id ? DatasetRepository.objectUrl(e.id) : `sha256 ${e.sha256}`);
-  const held = (e: Example) => e.split === 'validation' || e.split === 'test';
-  // (in their objects' order, held-out copies first: not Redis's, which changes from run to run)
-  const byObject = (a: Example, b: Example) => Number(held(b)) - Number(held(a)) || (object(a) < object(b) ? -1 : object(a) > object(b) ? 1 : 0);
-  return groups
-    .map((copies) => [...copies].sort(byObject).map(object).slice(0, CONFLICTS_NAMED))
-    .sort((a, b) => (a[0]! < b[0]! ? -1 : 1))
-    .slice(0, CONFLICTS_NAMED);
-}
+/** The object a report names an example by: its `s3://` URL, or its hash when it has no item id. */
+const objectOf = (e: Example) => (e.id ? DatasetRepository.objectUrl(e.id) : `sha256 ${e.sha256}`);
+const byObject = (a: Example, b: Example) => (objectOf(a) < objectOf(b) ? -1 : objectOf(a) > objectOf(b) ? 1 : 0);
 
 /**
- * The images filed under two labels that a report names: the first few, each with its first few
- * copies, in the order of their objects (not Redis's, which changes from run to run).
+ * The groups of copies a report names: the first CONFLICTS_NAMED, each with its first as many
+ * copies, the copies in `order` and the groups by their first copy's object (not Redis's order,
+ * which changes from run to run).
  */
-function namedConflicts(conflicts: Example[][]): NonNullable<ReportDoc['split']['conflicting']> {
-  const named = conflicts.map((copies) => copies.map((e) => ({ object: e.id ? DatasetRepository.objectUrl(e.id) : `sha256 ${e.sha256}`, label: e.label, ...(e.manifest !== undefined && { manifest: e.manifest }) })).sort((a, b) => (a.object < b.object ? -1 : a.object > b.object ? 1 : 0)));
-  return named
-    .sort((a, b) => (a[0]!.object < b[0]!.object ? -1 : 1))
+function firstGroups(groups: Example[][], order: (a: Example, b: Example) => number): Example[][] {
+  return groups
+    .map((copies) => [...copies].sort(order))
+    .sort((a, b) => byObject(a[0]!, b[0]!))
     .slice(0, CONFLICTS_NAMED)
     .map((copies) => copies.slice(0, CONFLICTS_NAMED));
+}
+
+/** The images held out with a copy where they would be trained on that a report names: held-out copies first. */
+function namedHeldOutCopies(groups: Example[][]): string[][] {
+  const held = (e: Example) => Number(e.split === 'validation' || e.split === 'test');
+  return firstGroups(groups, (a, b) => held(b) - held(a) || byObject(a, b)).map((copies) => copies.map(objectOf));
+}
+
+/** The images filed under two labels that a report names, each copy with its label and the manifest that labels it. */
+function namedConflicts(conflicts: Example[][]): NonNullable<ReportDoc['split']['conflicting']> {
+  return firstGroups(conflicts, byObject).map((copies) => copies.map((e) => ({ object: objectOf(e), label: e.label, ...(e.manifest !== undefined && { manifest: e.manifest }) })));
 }
 
 /** What a train job returns for a run: read off its report (a run trained now, or found written). */
