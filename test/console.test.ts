@@ -126,7 +126,12 @@ describe('the web console', () => {
       await expect.poll(() => page.locator(`#runs tr[data-run="${runId}"]`).count()).toBe(1);
       await expect.poll(() => page.locator(`#queues tr[data-queue="embed.${stack.space.id}"]`).count()).toBe(1);
       // each queue's workers, as status counts them (a user scaling workers watches them come)
-      const statusJson = JSON.parse((await runCli(['status', '--json'], stack.env)).stdout) as { queues: Record<string, { workers: number }> };
+      const statusJson = JSON.parse((await runCli(['status', '--json'], stack.env)).stdout) as { queues: Record<string, { workers: number }>; deployment: Record<'redis' | 'queuePrefix' | 's3' | 'storage', string> };
+      // which Redis, queue prefix, S3 and storage it reads, as status says them first
+      const deployment = await page.locator('#deployment').innerText();
+      for (const v of Object.values(statusJson.deployment)) expect(deployment).toContain(v);
+      expect(deployment).toContain(`TL_QUEUE_PREFIX=${stack.config.redis.prefix}`);
+      expect(deployment).toContain(proxy.url.replace(/\/$/, ''));
       const shown = Object.fromEntries(await Promise.all(Object.keys(statusJson.queues).map(async (q) => [q, Number(await page.locator(`#queues tr[data-queue="${q}"] [data-count="workers"]`).innerText())])));
       expect(shown).toEqual(Object.fromEntries(Object.entries(statusJson.queues).map(([q, r]) => [q, r.workers])));
       expect(shown[`embed.${stack.space.id}`]).toBe(1);

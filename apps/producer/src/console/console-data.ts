@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import sharp from 'sharp';
-import { DatasetRepository, ReportDoc, ReviewLine, parseJsonLines, type Config, type Queues, type Services, type SpaceWorkers } from '@transferline/shared';
+import { DatasetRepository, deploymentOf, ReportDoc, ReviewLine, parseJsonLines, type Config, type Queues, type Services, type SpaceWorkers } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { listModelRuns, type ModelRun, type ReadReports } from '../commands/models.command.js';
@@ -79,6 +79,8 @@ export interface Overview {
   runs: ModelRun[];
   /** what `status` warns of (Redis may evict keys; what Redis losing its data left, and what brings it back) */
   warnings: string[];
+  /** the deployment this console reads, as `status` says it first (passwords hidden) */
+  deployment: string;
 }
 
 export type DatasetPage = DatasetCounts & { runs: ModelRun[] };
@@ -115,7 +117,7 @@ export async function loadOverview(d: ConsoleDeps): Promise<Overview> {
       spaces.map((s) => s.space.id),
     ),
   ]);
-  return { spaces, queues, datasets, runs, warnings };
+  return { spaces, queues, datasets, runs, warnings, deployment: deploymentOf(d.config).words };
 }
 
 /** How long the front page reuses the warnings it found: they read the bucket, and pages reload. */

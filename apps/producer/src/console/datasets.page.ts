@@ -91,7 +91,7 @@ export function overviewPage(access: Access, o: Overview, now = Date.now()): str
     ? html`<table id="datasets"><tr><th>dataset</th>${COUNTS.map((k) => html`<th class="n">${k}</th>`)}<th>failures by reason</th><th>embedding space</th></tr>${o.datasets.map((d) => datasetRow(d, now))}</table>`
     : html`<p class="muted">no datasets yet: <code>transferline ingest s3://bucket/prefix --dataset NAME</code></p>`;
   const warnings = o.warnings.length ? html`<ul id="warnings" class="bad">${o.warnings.map((w) => html`<li>${w}</li>`)}</ul>` : '';
-  const body = html`<h1>Datasets and models</h1>${warnings}
+  const body = html`<h1>Datasets and models</h1><p class="muted" id="deployment">deployment: ${o.deployment}</p>${warnings}
 <h2>Datasets</h2>${datasets}
 <h2>Trained runs</h2>${runsTable(o.runs, new Set(o.datasets.map((d) => d.dataset)))}
 <h2>Queues</h2><p class="muted" id="queue-actions">jobs per queue, and each job on the <a href="${BOARD_PATHS.readOnly}/">queue board</a>${

@@ -130,7 +130,7 @@ describe('the run page', () => {
 
 describe('the overview', () => {
   it('offers queue actions only where there are some: the admin board with a password, else none', () => {
-    const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: [] } as unknown as Parameters<typeof overviewPage>[1];
+    const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: [], deployment: 'd' } as unknown as Parameters<typeof overviewPage>[1];
     const readOnly = overviewPage({ actionsConfigured: false }, o);
     expect(readOnly).toMatch(/id="queue-actions">jobs per queue, and each job on the <a href="\/queues\/">queue board<\/a> \(read-only\)</);
     // the header says how to enable them
@@ -144,7 +144,7 @@ describe('the overview', () => {
     const worker = (id: string, backend: string) => ({ workerId: id, space: 'sp', backend, host: 'h', pid: 1, startedAt: '2026-01-01T00:00:00Z' });
     const space = { id: 'sp', model: 'efficientnet-b0', weights: 'random', seed: 1, resize: 'squash', inputSize: 224, dim: 1280 };
     const o = (starting: number) =>
-      ({ datasets: [], runs: [], queues: [], warnings: [], spaces: [{ space, workers: [worker('a', 'onnx')], starting: Array.from({ length: starting }, (_, i) => ({ worker: worker(`s${i}`, 'loading'), startingMs: 1_000 })) }] }) as unknown as Parameters<typeof overviewPage>[1];
+      ({ datasets: [], runs: [], queues: [], warnings: [], deployment: 'd', spaces: [{ space, workers: [worker('a', 'onnx')], starting: Array.from({ length: starting }, (_, i) => ({ worker: worker(`s${i}`, 'loading'), startingMs: 1_000 })) }] }) as unknown as Parameters<typeof overviewPage>[1];
     expect(overviewPage(access, o(2))).toContain('<tr data-space="sp"><td><code>sp</code></td><td class="n">1 <span class="muted" data-loading="2">(2 loading the model)</span></td><td>onnx</td></tr>');
     expect(overviewPage(access, o(0))).toContain('<tr data-space="sp"><td><code>sp</code></td><td class="n">1</td><td>onnx</td></tr>');
   });
@@ -180,9 +180,11 @@ describe('the overview', () => {
     expect(out).toMatch(/<tr data-queue="classify">.*<td class="n" data-count="workers"><span class="muted">0<\/span><\/td>/);
   });
 
-  it("shows status's warnings first, escaped", () => {
-    const o = { datasets: [], runs: [], queues: [], spaces: [], warnings: ['dataset <b>x</b> lost its records: transferline ingest s3://p/x/ -d x'] } as unknown as Parameters<typeof overviewPage>[1];
-    expect(overviewPage({ actionsConfigured: false }, o)).toContain('<h1>Datasets and models</h1><ul id="warnings" class="bad"><li>dataset &lt;b&gt;x&lt;/b&gt; lost its records: transferline ingest s3://p/x/ -d x</li></ul>');
+  it("says first which deployment it reads, as status does, then status's warnings, escaped", () => {
+    const o = { datasets: [], runs: [], queues: [], spaces: [], deployment: 'Redis redis://h:6379 (TL_QUEUE_PREFIX=<tl>)', warnings: ['dataset <b>x</b> lost its records: transferline ingest s3://p/x/ -d x'] } as unknown as Parameters<typeof overviewPage>[1];
+    expect(overviewPage({ actionsConfigured: false }, o)).toContain(
+      '<h1>Datasets and models</h1><p class="muted" id="deployment">deployment: Redis redis://h:6379 (TL_QUEUE_PREFIX=&lt;tl&gt;)</p><ul id="warnings" class="bad"><li>dataset &lt;b&gt;x&lt;/b&gt; lost its records: transferline ingest s3://p/x/ -d x</li></ul>',
+    );
   });
 
   it("links a run to its dataset's page only while the dataset is there (a user's trial: a deleted one's link went to a 404)", () => {
