@@ -305,13 +305,24 @@ describe('what a user sees when something is wrong', () => {
         });
         // and status says so too, on a fresh deployment (nothing in its bucket yet, so no index looks lost): a trial was told to start the stack
         await ctx.services.store.ensureBucket('fresh-deployment');
-        const status = await runCli(['status'], { ...stack.env, TL_QUEUE_PREFIX: 'unused', TL_BUCKET: 'fresh-deployment' });
+        // (with a password in its Redis URL: Redis's default user, with none set, takes any)
+        const unusedEnv = { ...stack.env, TL_QUEUE_PREFIX: 'unused', TL_BUCKET: 'fresh-deployment', REDIS_URL: stack.env.REDIS_URL!.replace('redis://', 'redis://default:s3cr3t@') };
+        const status = await runCli(['status'], unusedEnv);
         expect(status.code).toBe(0);
-        // what it looked at, first (an operator's trial: nothing said it), as the workers log it
-        const shell = loadConfig({ ...stack.env, TL_QUEUE_PREFIX: 'unused', TL_BUCKET: 'fresh-deployment' });
-        expect(status.stdout.split('\n')[0]).toBe(`deployment: Redis ${redactUrl(shell.redis.url)} (TL_QUEUE_PREFIX=unused), S3 ${shell.s3.endpoint}, embeddings and models in s3://fresh-deployment/${shell.s3.prefix}`);
-        const json = JSON.parse((await runCli(['status', '--json'], { ...stack.env, TL_QUEUE_PREFIX: 'unused', TL_BUCKET: 'fresh-deployment' })).stdout) as { deployment: unknown };
-        expect(json.deployment).toEqual({ redis: redactUrl(shell.redis.url), queuePrefix: 'unused', s3: shell.s3.endpoint, storage: `s3://fresh-deployment/${shell.s3.prefix}` });
+        // what it looked at, first (an operator's trial: nothing said it), as the workers log it, the password hidden
+        const shell = loadConfig(unusedEnv);
+        const redisShown = stack.env.REDIS_URL!.replace('redis://', 'redis://default:***@');
+        expect(status.stdout.split('\n')[0]).toBe(`deployment: Redis ${redisShown} (TL_QUEUE_PREFIX=unused), S3 ${shell.s3.endpoint}, embeddings and models in s3://fresh-deployment/${shell.s3.prefix}`);
+        const json = JSON.parse((await runCli(['status', '--json'], unusedEnv)).stdout) as { deployment: unknown };
+        expect(json.deployment).toEqual({ redis: redisShown, queuePrefix: 'unused', s3: shell.s3.endpoint, storage: `s3://fresh-deployment/${shell.s3.prefix}` });
+        // and said before anything that can fail: a dataset this deployment lacks, where it looked named too (a review)
+        const missing = await runCli(['status', '-d', 'nosuch'], unusedEnv);
+        expect({ code: missing.code, first: missing.stdout.split('\n')[0], stderr: missing.stderr }).toEqual({
+          code: 1,
+          first: status.stdout.split('\n')[0],
+          stderr: `transferline: no dataset named nosuch in Redis ${redisShown} under TL_QUEUE_PREFIX=unused; known: (none)\n`,
+        });
+        expect(status.stdout + missing.stdout + missing.stderr).not.toContain('s3cr3t');
         expect(status.stdout).toContain(`warning: no embedding space is published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=unused, and this Redis holds the live embed workers under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it (or, for a deployment of its own beside them, start its workers)\n`);
         expect(status.stdout).toContain("  none published under this shell's TL_QUEUE_PREFIX (unused): the workers' is another, as said above\n");
         expect(status.stdout).not.toMatch(/none published yet/);

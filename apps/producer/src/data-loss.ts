@@ -1,4 +1,4 @@
-import { DatasetRepository, isClassifyDataset, LostSources, parseDocument, redisKeys, RunDoc, SpaceRegistry, type Redis, type RedisKeys } from '@transferline/shared';
+import { DatasetRepository, isClassifyDataset, LostSources, parseDocument, redactUrl, redisKeys, RunDoc, SpaceRegistry, type Redis, type RedisKeys } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
 import { globLiteral, redisKeysMatching } from './redis-scan.js';
 import { latestRun, listModelRuns } from './commands/models.command.js';
@@ -129,7 +129,9 @@ export async function noSuchDataset(ctx: CliContext, name: string, none = '(none
   if (others.length) return new Error(`no dataset named ${name} here: ${otherPrefixWords(ctx, others, 'it')}`);
   // (the sets classify keeps of a model's images are named only to one who asks for such a set)
   const known = (await ctx.services.datasets.list()).filter((d) => isClassifyDataset(name) || !isClassifyDataset(d));
-  return new Error(`no dataset named ${name}; known: ${known.join(', ') || none}`);
+  // none at all: the shell may look at another deployment than meant (a REDIS_URL or TL_QUEUE_PREFIX of another), so it says which
+  const where = known.length ? '' : ` in Redis ${redactUrl(ctx.config.redis.url)} under TL_QUEUE_PREFIX=${ctx.config.redis.prefix}`;
+  return new Error(`no dataset named ${name}${where}; known: ${known.join(', ') || none}`);
 }
 
 /**

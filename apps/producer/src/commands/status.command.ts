@@ -3,6 +3,7 @@ import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
+import { printable } from '../terminal.js';
 import { storageHint } from '../storage-hint.js';
 import { runCompletedAfter } from './models.command.js';
 import { holderConnected, takenUpWithinSeconds } from '../job-follow.js';
@@ -284,6 +285,11 @@ export function servingWorkers(q: Queue, connected: Record<string, string>[], sp
 /** `transferline status`: jobs per queue and state, each embedding space with its workers and backlog, each dataset's progress. */
 export async function statusCommand(ctx: CliContext, o: { dataset?: string; json?: boolean }): Promise<StatusReport> {
   const { datasets: repo, inspector, spaces: registry, cache } = ctx.services;
+  // what this shell looks at, first, before anything that can fail (an operator's trial: nothing
+  // said which deployment it was; a review: a dataset not found, a wrong Redis, said it nowhere)
+  const { words, ...deployment } = deploymentOf(ctx.config);
+  const w = (s: string) => ctx.out.write(`${s}\n`);
+  if (!o.json) w(`deployment: ${printable(words)}`);
   if (o.dataset && !(await repo.exists(o.dataset))) throw await noSuchDataset(ctx, o.dataset);
   // S3 asked once, with a deadline of its own, beside the reads of Redis: what status reads of the
   // bucket is read only if it answers (a mute S3 held status for minutes, a user's trial found)
@@ -375,14 +381,10 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
   const { warnings, lossFound, elsewhere } = await deploymentWarnings(ctx, spaces.map((sp) => sp.space.id), s3);
   // (what this shell's TL_QUEUE_PREFIX holds is not the workers': "yet" would send the user to start over)
   const here = `under this shell's TL_QUEUE_PREFIX (${ctx.config.redis.prefix}): the workers' is another, as said above`;
-  // what this shell looked at, first (an operator's trial: nothing said which deployment it was)
-  const { words, ...deployment } = deploymentOf(ctx.config);
   if (o.json) {
     ctx.out.write(`${JSON.stringify({ deployment, queues, spaces, unpublished, datasets, warnings }, null, 2)}\n`);
     return { deployment, queues, spaces, unpublished, datasets, warnings };
   }
-  const w = (s: string) => ctx.out.write(`${s}\n`);
-  w(`deployment: ${words}`);
   for (const warning of warnings) w(`warning: ${warning}`);
   w('embedding spaces:');
   if (spaces.length === 0) {

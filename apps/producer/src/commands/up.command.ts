@@ -229,8 +229,8 @@ export async function upCommand(env: NodeJS.ProcessEnv, o: UpOptions, out: NodeJ
   const secretShown = devPair ? config.s3.secretAccessKey : '*** (S3_SECRET_ACCESS_KEY)';
   const secretEnv = devPair ? config.s3.secretAccessKey : '"$S3_SECRET_ACCESS_KEY"';
   w('transferline is up');
-  w(`  S3 (path-style)  ${config.s3.endpoint}   access key ${config.s3.accessKeyId} / secret ${secretShown}${devPair && config.s3.embedded ? ' (public dev pair)' : ''}${config.s3.embedded ? `   data: ${path.join(config.dataDir, 's3')}` : ''}`);
-  w(`  Redis            ${redactUrl(config.redis.url)}${config.redis.embedded ? `   data: ${path.join(config.dataDir, 'redis')}` : ''}`);
+  w(`  S3 (path-style)  ${redactUrl(config.s3.endpoint)}   access key ${config.s3.accessKeyId} / secret ${secretShown}${devPair && config.s3.embedded ? ' (public dev pair)' : ''}${config.s3.embedded ? `   data: ${path.join(config.dataDir, 's3')}` : ''}`);
+  w(`  Redis            ${redactUrl(config.redis.url)} (TL_QUEUE_PREFIX=${config.redis.prefix})${config.redis.embedded ? `   data: ${path.join(config.dataDir, 'redis')}` : ''}`);
   w(`  metrics/health   producer :${ports.producer}  ${children.map((c) => `${c.role}${c.replica > 1 ? `#${c.replica}` : ''} :${c.metricsPort}`).join('  ')}   (/metrics, /healthz)`);
   if (web) for (const line of consoleBanner(web, config.console.user)) w(`  ${line}`);
   else w(`  console          not started: ${webError}`);
