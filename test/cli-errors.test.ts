@@ -182,15 +182,18 @@ describe('what a user sees when something is wrong', () => {
     it('S3 that refuses: a bucket that is not there, or credentials it rejects, is said with the setting to look at; upload needs S3 alone', async () => {
       const { stack } = file;
       const at = stack.config.s3.endpoint;
-      // a shell whose TL_BUCKET is not the workers'
-      const models = await runCli(['models'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
+      // a deployment of its own (a queue prefix of its own) whose TL_BUCKET is not there: not created yet, or mistyped
+      const missingBucket = { ...stack.env, TL_BUCKET: 'not-the-workers', TL_QUEUE_PREFIX: 'new-deployment' };
+      const models = await runCli(['models'], missingBucket);
       expect({ code: models.code, stderr: models.stderr }).toEqual({ code: 1, stderr: `transferline: bucket not-the-workers does not exist at ${at}: it is this process's TL_BUCKET, where the workers keep embeddings and models; set TL_BUCKET as the workers have it, or, if they have this one, create it (aws s3 mb s3://not-the-workers)\n` });
+      // (the same TL_BUCKET beside this deployment's TL_QUEUE_PREFIX is not its storage: refused as such, below)
+      expect((await runCli(['models'], { ...stack.env, TL_BUCKET: 'not-the-workers' })).stderr).toContain("this shell has s3://not-the-workers/");
       // status goes on without the bucket, and says which setting it could not read
       const status = await runCli(['status'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
       expect(status.stdout).toContain(`warning: cannot read s3://not-the-workers/, so whether Redis lost data is not checked: ${models.stderr.replace(/^transferline: /, '')}`);
       // commands that read one run's files, where a missing file means "no such run", say the same
       for (const args of [['promote', 'photos@r1'], ['classify', 's3://photos/incoming/', '-m', 'photos@r1']]) {
-        const r = await runCli(args, { ...stack.env, TL_BUCKET: 'not-the-workers' });
+        const r = await runCli(args, missingBucket);
         expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 1, stderr: models.stderr });
       }
       // a bucket of the user's, named in the command
@@ -291,15 +294,26 @@ describe('what a user sees when something is wrong', () => {
       await datasets.putItem('prefixed', 's3://photos/prefixed/cat/a.jpg', { label: 'cat', etag: 'e', space: stack.space.id, state: 'pending' });
       await store.putJson(bucket, layout.runFile('prefixed', 'r1', 'run.json'), { dataset: 'prefixed' });
       const elsewhere = { ...stack.env, TL_QUEUE_PREFIX: 'elsewhere' };
-      const words = `no dataset named prefixed here: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds it under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it`;
+      // the shell's storage is the deployment's under another prefix, and its own prefix holds none: every command but status is refused, naming the setting
+      const refused = (shellPrefix: string) => ({
+        code: 1,
+        stderr: expect.stringMatching(
+          new RegExp(
+            `^transferline: s3://${bucket}/${stack.config.s3.prefix} is where the deployment under TL_QUEUE_PREFIX=${stack.config.redis.prefix} on this Redis keeps its embeddings and models \\(recorded by its first process, [^)]+\\), and this shell's TL_QUEUE_PREFIX=${shellPrefix} holds no deployment: set TL_QUEUE_PREFIX=${stack.config.redis.prefix} as its workers have it, or another TL_BUCKET or TL_PREFIX for a deployment of its own\\. Nothing was done\\.\n$`,
+          ),
+        ),
+      });
       const del = await runCli(['delete', 'dataset', 'prefixed', '--runs', '--yes'], elsewhere);
-      expect({ code: del.code, stderr: del.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}: nothing deleted\n` });
+      expect({ code: del.code, stderr: del.stderr }).toEqual(refused('elsewhere'));
       // ingest chooses no space there: the setting is named (a live worker's), not a worker to start
       const beat = await ctx.services.spaces.startHeartbeat(stack.space, 'test', () => undefined);
       try {
         // (a prefix of its own: an earlier test left a space published under 'elsewhere')
         const ingest = await runCli(['ingest', 's3://photos/prefixed/', '-d', 'another'], { ...stack.env, TL_QUEUE_PREFIX: 'unused' });
-        expect({ code: ingest.code, stderr: ingest.stderr }).toEqual({
+        expect({ code: ingest.code, stderr: ingest.stderr }).toEqual(refused('unused'));
+        // and with a storage of its own (a deployment beside this one, before its workers start): the live workers' prefix named
+        const own = await runCli(['ingest', 's3://photos/prefixed/', '-d', 'another'], { ...stack.env, TL_QUEUE_PREFIX: 'unused', TL_PREFIX: 'unused/' });
+        expect({ code: own.code, stderr: own.stderr }).toEqual({
           code: 1,
           stderr: `transferline: no embedding space is published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=unused, and this Redis holds the live embed workers under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`,
         });
@@ -334,13 +348,17 @@ describe('what a user sees when something is wrong', () => {
       }
       // delete run too: its files would go, and its classify records under the workers' prefix stay
       const run = await runCli(['delete', 'run', 'prefixed@r1', '--yes'], elsewhere);
-      expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}: nothing deleted\n` });
+      expect({ code: run.code, stderr: run.stderr }).toEqual(refused('elsewhere'));
       expect(await store.headObject(bucket, layout.runFile('prefixed', 'r1', 'run.json'))).toBeDefined();
       expect(await datasets.exists('prefixed')).toBe(true);
-      for (const args of [['failures', '-d', 'prefixed'], ['retry', '-d', 'prefixed'], ['status', '-d', 'prefixed'], ['train', '-d', 'prefixed', '--no-wait']]) {
+      for (const args of [['failures', '-d', 'prefixed'], ['retry', '-d', 'prefixed'], ['train', '-d', 'prefixed', '--no-wait'], ['delete', 'space', stack.space.id, '--yes'], ['cache', 'compact'], ['cache', 'rebuild-index']]) {
         const r = await runCli(args, elsewhere);
-        expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 1, stderr: `transferline: ${words}\n` });
+        expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, ...refused('elsewhere') });
       }
+      // status says it, and goes on (what a user asks to find out why)
+      const words = `no dataset named prefixed here: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds it under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it`;
+      const status = await runCli(['status', '-d', 'prefixed'], elsewhere);
+      expect({ code: status.code, stderr: status.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}\n` });
       // a prefix with datasets of its own (a deployment sharing this Redis): a name it lacks is just missing
       const there = new DatasetRepository(ctx.services.redis, redisKeys('elsewhere'));
       await there.putItem('theirs', 's3://photos/theirs/cat/a.jpg', { label: 'cat', etag: 'e', space: stack.space.id, state: 'pending' });
@@ -354,6 +372,7 @@ describe('what a user sees when something is wrong', () => {
     it("a shell whose TL_BUCKET or TL_PREFIX is not the live workers': models, promote, classify and status say which settings to set, not to train first", async () => {
       const { stack, ctx } = file;
       const { bucket, prefix } = stack.config.s3;
+      const refusal = `this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}, as recorded by its first process (`;
       // the live embed worker of this deployment, saying where it keeps embeddings and models
       const beat = await ctx.services.spaces.startHeartbeat(stack.space, 'test', () => undefined, { bucket, prefix });
       try {
@@ -361,29 +380,28 @@ describe('what a user sees when something is wrong', () => {
         await ctx.services.store.ensureBucket('their-photos');
         const shell = { ...stack.env, TL_BUCKET: 'their-photos' };
         const hint = `this shell looks in s3://their-photos/${prefix}, but the live embed workers keep embeddings and models in s3://${bucket}/${prefix}: set TL_BUCKET=${bucket} as the workers have it`;
-        const models = await runCli(['models'], shell);
-        expect({ code: models.code, stdout: models.stdout }).toEqual({ code: 0, stdout: `no trained models yet: ${hint}\n` });
-        for (const args of [['promote', 'photos@r1'], ['classify', 's3://their-photos/incoming/', '-m', 'photos@r1'], ['classify', 's3://their-photos/incoming/', '-m', 'photos']]) {
-          const r = await runCli(args, shell);
-          expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 1, stderr: expect.stringContaining(`: ${hint}\n`) });
-          expect(r.stderr).not.toMatch(/transferline train/);
-        }
-        expect((await runCli(['status'], shell)).stdout).toContain(`warning: ${hint}\n`);
-        // delete run finds only the run's classify records (Redis): they stay, as the run does
+        // every command but status is refused before it reads or changes anything (a trial of two teams on one Redis and bucket: a shell with
+        // one's queue prefix and the other's storage deleted, compacted and promoted the other's), naming the setting from the deployment's record
+        const fix = `this shell has s3://their-photos/${prefix}, which is not this deployment's: set TL_BUCKET=${bucket} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own.`;
         const classified = ctx.services.keys.classified('photos', 'r1');
         await ctx.services.redis.hset(classified, 'a'.repeat(64), '{}');
         try {
-          for (const args of [['delete', 'run', 'photos@r1', '--yes'], ['delete', 'run', 'photos@r1', '--dry-run']]) {
+          for (const args of [['models'], ['promote', 'photos@r1'], ['classify', 's3://their-photos/incoming/', '-m', 'photos@r1'], ['classify', 's3://their-photos/incoming/', '-m', 'photos'], ['delete', 'run', 'photos@r1', '--yes'], ['delete', 'run', 'photos@r1', '--dry-run']]) {
             const r = await runCli(args, shell);
-            expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 1, stderr: `transferline: no run r1 of photos in s3://their-photos/${ctx.services.layout.models('photos')}: ${hint}: nothing deleted\n` });
+            expect({ args, code: r.code, stdout: r.stdout }).toEqual({ args, code: 1, stdout: '' });
+            expect(r.stderr.startsWith(`transferline: ${refusal}`), r.stderr).toBe(true);
+            expect(r.stderr).toContain(fix);
+            expect(r.stderr.endsWith(' Nothing was done.\n'), r.stderr).toBe(true);
           }
+          // (delete run found only the run's classify records, in Redis: they stay)
           expect(await ctx.services.redis.hlen(classified)).toBe(1);
         } finally {
           await ctx.services.redis.unlink(classified);
         }
+        expect((await runCli(['status'], shell)).stdout).toContain(`warning: ${hint}\n`);
         // a prefix of its own too: both settings named
         const both = await runCli(['models'], { ...shell, TL_PREFIX: 'mine/' });
-        expect(both.stdout).toContain(`but the live embed workers keep embeddings and models in s3://${bucket}/${prefix}: ${prefix === '' ? `set TL_BUCKET=${bucket} and unset TL_PREFIX` : `set TL_BUCKET=${bucket} and TL_PREFIX=${prefix}`} as the workers have it\n`);
+        expect(both.stderr).toContain(`this shell has s3://their-photos/mine/, which is not this deployment's: ${prefix === '' ? `set TL_BUCKET=${bucket} and unset TL_PREFIX` : `set TL_BUCKET=${bucket} and TL_PREFIX=${prefix}`} as the others have it`);
         // the workers' own settings: nothing of the kind
         const own = await runCli(['models'], stack.env);
         expect(own.stdout).toBe('no trained models yet: transferline train --dataset NAME\n');
@@ -395,9 +413,12 @@ describe('what a user sees when something is wrong', () => {
       } finally {
         await beat.stop();
       }
-      // no embed worker live: the storage the deployment recorded says the same
+      // no embed worker live: the storage the deployment recorded says the same, and status warns of it
       const alone = await runCli(['models'], { ...stack.env, TL_BUCKET: 'their-photos' });
-      expect(alone.stdout).toBe(`no trained models yet: this shell looks in s3://their-photos/${prefix}, but this deployment keeps embeddings and models in s3://${bucket}/${prefix}: set TL_BUCKET=${bucket} as its first process recorded it\n`);
+      expect({ code: alone.code, refused: alone.stderr.startsWith(`transferline: ${refusal}`) }).toEqual({ code: 1, refused: true });
+      expect((await runCli(['status'], { ...stack.env, TL_BUCKET: 'their-photos' })).stdout).toContain(
+        `warning: this shell looks in s3://their-photos/${prefix}, but this deployment keeps embeddings and models in s3://${bucket}/${prefix}: set TL_BUCKET=${bucket} as its first process recorded it\n`,
+      );
     });
 
     it("a worker whose TL_BUCKET or TL_PREFIX is not the deployment's refuses to start, naming the settings (it would file embeddings where no other process looks)", async () => {
@@ -434,14 +455,14 @@ describe('what a user sees when something is wrong', () => {
           ]);
           expect(elsewhere.code).toBe(1);
           expect(elsewhere.stderr).toContain(`embed worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}, as recorded by its first process (`);
-          expect(elsewhere.stderr).toContain(`this worker has s3://${bucket}/tl2/, where no other process would look: ${prefix === '' ? 'unset TL_PREFIX' : `set TL_PREFIX=${prefix}`} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own.`);
+          expect(elsewhere.stderr).toContain(`this worker has s3://${bucket}/tl2/, which is not this deployment's: ${prefix === '' ? 'unset TL_PREFIX' : `set TL_PREFIX=${prefix}`} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own.`);
           // it never said it was starting: no command waits on it
           expect(await ctx.services.spaces.startingWorkers(stack.space.id)).toEqual([]);
           expect(train.code).toBe(1);
           expect(train.stderr).toContain(`train worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}`);
           expect(train.stderr).toContain(`: set TL_BUCKET=${bucket} as the others have it`);
           expect(up.code).toBe(1);
-          expect(up.stderr).toContain(`this up has s3://${bucket}/tl2/, where no other process would look`);
+          expect(up.stderr).toContain(`this up has s3://${bucket}/tl2/, which is not this deployment's`);
           // how to record another, on the Redis it uses
           expect(up.stderr).toContain(`delete the record, redis-cli -u ${stack.config.redis.url} DEL ${ctx.services.keys.storage()}`);
           expect(typo.code).toBe(1);
@@ -516,15 +537,10 @@ describe('what a user sees when something is wrong', () => {
       try {
         const r = await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], file.stack.env);
         expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: 'transferline: no trained model for coming yet: run r-coming is queued (follow it: transferline train --follow r-coming), and coming has its model once it ends\n' });
-        // a shell looking in another bucket than the workers' is told that first: the run's model
+        // a shell looking in another bucket than the deployment's is told that first: the run's model
         // will be where it does not look
-        const beat = await ctx.services.spaces.startHeartbeat(file.stack.space, 'test', () => undefined, { bucket: file.stack.config.s3.bucket, prefix: file.stack.config.s3.prefix });
-        try {
-          const elsewhere = await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], { ...file.stack.env, TL_BUCKET: 'their-photos' });
-          expect(elsewhere.stderr).toMatch(/^transferline: no trained model for coming: this shell looks in s3:\/\/their-photos\/.*set TL_BUCKET=.* as the workers have it\n$/);
-        } finally {
-          await beat.stop();
-        }
+        const elsewhere = await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], { ...file.stack.env, TL_BUCKET: 'their-photos' });
+        expect(elsewhere.stderr).toMatch(/^transferline: this deployment .* this shell has s3:\/\/their-photos\/.*, which is not this deployment's: set TL_BUCKET=.* as the others have it.* Nothing was done\.\n$/);
         // a run that will not be the latest (--no-promote) is no such promise; and with no dataset
         // of that name, "train it first" would be no help: a typo, most likely (a user's trial)
         await job.updateData({ dataset: 'coming', runId: 'r-coming', promote: false });

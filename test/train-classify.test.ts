@@ -584,30 +584,24 @@ describe('training runs and classification', () => {
     expect(r.stdout).toMatch(/classified \d+ image\(s\)/);
   });
 
-  it('a run asked for from a shell with another TL_BUCKET: train says where the worker wrote it, and that the shell looks elsewhere; another TL_QUEUE_PREFIX is named as such', async () => {
+  it("a run asked for from a shell with another TL_BUCKET, or another TL_QUEUE_PREFIX, is refused before anything is queued, naming the setting (two teams on one Redis and bucket: such a shell used the other's data)", async () => {
     const bucket = stack.config.s3.bucket;
+    const jobsBefore = await ctx.queues.train.getJobCountByTypes('waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized');
     const r = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'other-shell', '--no-promote'], { ...stack.env, TL_BUCKET: 'not-the-workers', TL_PREFIX: 'not/theirs/' });
-    expect({ code: r.code, stderr: r.stderr.replace(/^training shapes.*\n/gm, '') }).toEqual({ code: 0, stderr: '' });
-    expect(r.stdout).toContain(`\nmodel: s3://${bucket}/${ctx.services.layout.run('shapes', 'other-shell')} (model.json, weights.bin, labels.json, report.json)\n`);
-    expect(r.stdout).toContain(`  warning: the train worker wrote it to bucket ${bucket}, and this shell's bucket is not-the-workers: models, classify, export and serve from here look for it there; set TL_BUCKET=${bucket} as the workers have it\n`);
-    // said before it trains too, not only once the run is the latest (a user's trial)
-    const before = `warning: this shell looks in s3://not-the-workers/not/theirs/, but the live embed workers keep embeddings and models in s3://${bucket}/${stack.config.s3.prefix}: set TL_BUCKET=${bucket} and `;
-    expect(r.stdout.startsWith(before)).toBe(true);
-    // the report, read where the worker wrote it (its bucket, its TL_PREFIX)
-    expect(r.stdout).toContain('validation confusion matrix');
-    // a shell with another TL_QUEUE_PREFIX sees none of the workers' datasets: told so, not "Redis lost its data"
-    const prefix = await runCli(['train', '-d', 'shapes', '--epochs', '1'], { ...stack.env, TL_QUEUE_PREFIX: 'not-the-workers' });
-    expect({ code: prefix.code, stderr: prefix.stderr }).toEqual({
-      code: 1,
-      stderr: `transferline: no dataset named shapes, though it has trained runs, and the index of their space is elsewhere: this process's queue prefix is TL_QUEUE_PREFIX=not-the-workers, and this Redis holds the index under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n`,
-    });
-    // and classify names the setting, not a space no worker published
-    const classify = await runCli(['classify', `s3://${bucket}/nowhere/`, '-m', 'shapes'], { ...stack.env, TL_QUEUE_PREFIX: 'not-the-workers' });
-    expect({ code: classify.code, stderr: classify.stderr }).toEqual({
-      code: 1,
-      stderr: expect.stringMatching(new RegExp(`^transferline: model shapes@\\S+ was trained in embedding space ${stack.space.id.replace(/\./g, '\\.')}, not published under this prefix: this process's queue prefix is TL_QUEUE_PREFIX=not-the-workers, and this Redis holds its index under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it\n$`)),
-    });
-    expect((await runCli(['delete', 'run', 'shapes@other-shell', '--yes'], stack.env)).code).toBe(0);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 1, stdout: '' });
+    expect(r.stderr).toMatch(new RegExp(`^transferline: this deployment \\(TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis\\) keeps its embeddings and models in s3://${bucket}/${stack.config.s3.prefix}, as recorded by its first process \\(`));
+    expect(r.stderr).toContain(`; this shell has s3://not-the-workers/not/theirs/, which is not this deployment's: set TL_BUCKET=${bucket} and `);
+    expect(r.stderr.endsWith(' Nothing was done.\n')).toBe(true);
+    expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'other-shell' }))).toBeUndefined();
+    expect(await ctx.queues.train.getJobCountByTypes('waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized')).toBe(jobsBefore);
+    // a shell with another TL_QUEUE_PREFIX sees none of the workers' datasets: told the setting, not "Redis lost its data"
+    const wrongPrefix = new RegExp(
+      `^transferline: s3://${bucket}/${stack.config.s3.prefix} is where the deployment under TL_QUEUE_PREFIX=${stack.config.redis.prefix} on this Redis keeps its embeddings and models \\(recorded by its first process, [^)]+\\), and this shell's TL_QUEUE_PREFIX=not-the-workers holds no deployment: set TL_QUEUE_PREFIX=${stack.config.redis.prefix} as its workers have it, or another TL_BUCKET or TL_PREFIX for a deployment of its own\\. Nothing was done\\.\n$`,
+    );
+    for (const args of [['train', '-d', 'shapes', '--epochs', '1'], ['classify', `s3://${bucket}/nowhere/`, '-m', 'shapes']]) {
+      const other = await runCli(args, { ...stack.env, TL_QUEUE_PREFIX: 'not-the-workers' });
+      expect({ args, code: other.code, stderr: other.stderr }).toEqual({ args, code: 1, stderr: expect.stringMatching(wrongPrefix) });
+    }
   });
 
   it('a round of --watch that finds nothing new writes no results file', async () => {

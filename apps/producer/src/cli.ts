@@ -15,6 +15,7 @@ import { retryCommand } from './commands/retry.command.js';
 import { statusCommand } from './commands/status.command.js';
 import { cancelRun, followRun, trainCommand, type TrainOptions } from './commands/train.command.js';
 import { uploadCommand } from './commands/upload.command.js';
+import { refuseOtherStorage } from './storage-hint.js';
 import { printableMessage } from './terminal.js';
 
 // A reader that goes away (`transferline status | head -3`) ends the command as it ends any Unix
@@ -89,7 +90,7 @@ const stallOption = ['--stall-timeout <seconds>', 'give up waiting (exit code 4)
  * Runs a one-shot command with clients built from the environment, closed afterwards. Ctrl-C
  * aborts its waits at once (the work goes on in the workers); a second Ctrl-C exits at once.
  */
-async function withContext(fn: (ctx: CliContext) => Promise<unknown>): Promise<void> {
+async function withContext(fn: (ctx: CliContext) => Promise<unknown>, o: { otherStorage?: 'refuse' | 'warn' } = {}): Promise<void> {
   const interrupt = new AbortController();
   process.once('SIGINT', () => {
     interrupt.abort();
@@ -97,6 +98,8 @@ async function withContext(fn: (ctx: CliContext) => Promise<unknown>): Promise<v
   });
   const ctx = await openCliContext(loadConfig(process.env), process.stdout, interrupt.signal);
   try {
+    // (status and the console say which deployment they read and warn of a storage not its own)
+    if (o.otherStorage !== 'warn') await refuseOtherStorage(ctx);
     await fn(ctx);
   } finally {
     await ctx.close();
@@ -315,7 +318,7 @@ program
   .description('jobs per queue, workers connected, and each dataset\'s progress and failures')
   .option('-d, --dataset <name>', 'only this dataset', anyDataset)
   .option('--json', 'machine-readable output')
-  .action((o: { dataset?: string; json?: boolean }) => withContext((ctx) => statusCommand(ctx, o)));
+  .action((o: { dataset?: string; json?: boolean }) => withContext((ctx) => statusCommand(ctx, o), { otherStorage: 'warn' }));
 
 program
   .command('failures')
@@ -407,7 +410,7 @@ program
   .description('web console: datasets, trained runs and every queue (bull-board); read-only unless TL_CONSOLE_PASSWORD is set and given')
   .option('--host <host>', 'interface to listen on (default TL_CONSOLE_HOST, 127.0.0.1)')
   .option('--port <n>', 'port (default TL_CONSOLE_PORT, 9470; 0 = any free port)', port('--port'))
-  .action((o: { host?: string; port?: number }) => withContext(async (ctx) => (await consoling()).consoleCommand(ctx, o)));
+  .action((o: { host?: string; port?: number }) => withContext(async (ctx) => (await consoling()).consoleCommand(ctx, o), { otherStorage: 'warn' }));
 
 const cache = program.command('cache').description('the embedding cache in the bucket');
 cache

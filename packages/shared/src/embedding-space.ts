@@ -61,7 +61,7 @@ export type Storage = Pick<StorageRecord, 'bucket' | 'prefix'>;
  */
 export async function claimStorage(redis: Redis, keys: RedisKeys, own: Storage, settings: { prefix: string; url: string }, who = 'this worker'): Promise<void> {
   const record: StorageRecord = { bucket: own.bucket, prefix: own.prefix, by: PROCESS_NAME, at: new Date().toISOString() };
-  const same = (s: Storage) => s.bucket === own.bucket && s.prefix === own.prefix;
+  const same = (s: Storage) => sameStorage(s, own);
   let theirs = await recordedStorage(redis, keys);
   if (theirs === undefined) {
     const live = (await new SpaceRegistry(redis, keys).liveWorkers()).flatMap((w) => (w.storage ? [w.storage] : []));
@@ -89,11 +89,25 @@ function storageFix(theirs: Storage, own: Storage): string {
 }
 
 function refusedStorage(theirs: Storage, source: string, own: Storage, keys: RedisKeys, redis: { prefix: string; url: string }, who: string): ConfigError {
-  return new ConfigError(
+  return new ConfigError(otherStorageWords(theirs, source, own, keys, redis, who));
+}
+
+/**
+ * Why a process whose TL_BUCKET/TL_PREFIX (`own`) are not its deployment's (`theirs`) may not work
+ * on it, and which settings to set: the workers' refusal to start, and the CLI's (checkStorage).
+ */
+export function otherStorageWords(theirs: Storage, source: string, own: Storage, keys: RedisKeys, redis: { prefix: string; url: string }, who: string): string {
+  return (
     `this deployment (TL_QUEUE_PREFIX=${redis.prefix} on its Redis) keeps its embeddings and models in s3://${theirs.bucket}/${theirs.prefix}, ${source}; ` +
-      `${who} has s3://${own.bucket}/${own.prefix}, where no other process would look: ${storageFix(theirs, own)} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own. ` +
-      `(If the deployment has moved, its files with it: with its workers stopped, delete the record, redis-cli -u ${redactUrl(redis.url)} DEL ${keys.storage()}; for up's own Redis, while an up with the recorded settings runs)`,
+    // (not "where no one looks": it may be another deployment's, sharing this Redis and bucket)
+    `${who} has s3://${own.bucket}/${own.prefix}, which is not this deployment's: ${storageFix(theirs, own)} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own. ` +
+    `(If the deployment has moved, its files with it: with its workers stopped, delete the record, redis-cli -u ${redactUrl(redis.url)} DEL ${keys.storage()}; for up's own Redis, while an up with the recorded settings runs)`
   );
+}
+
+/** Whether two storages are one: the same bucket and prefix. */
+export function sameStorage(a: Storage, b: Storage): boolean {
+  return a.bucket === b.bucket && a.prefix === b.prefix;
 }
 
 /**
