@@ -26,7 +26,7 @@ describe('deployment files', () => {
     const panel = dashboard.panels.find((p) => p.title === 'Training runs in the time range');
     // as Grafana runs it, over the last hour and every dataset
     // (rounded: where a sample sits on the range's edge, Prometheus versions extrapolate apart)
-    const rawExpr = panel!.targets![0]!.expr.replaceAll('$__range', '1h').replaceAll('$dataset', '.*');
+    const rawExpr = panel!.targets![0]!.expr.replaceAll('$__range', '1h').replaceAll('$dataset', '.*').replaceAll('$deployment', '.*');
     const expr = `round(${rawExpr})`;
     const series = (dataset: string, outcome: string, values: string) => ({ series: `tl_train_runs_total{role="train",job="train",instance="t1",dataset="${dataset}",outcome="${outcome}"}`, values });
     const test = {

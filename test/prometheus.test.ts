@@ -77,10 +77,10 @@ async function eventually<T>(read: () => Promise<T>, done: (value: T) => boolean
   }
 }
 
-/** The queries of the dashboard's panel of that title, as Grafana sends them (its variables still in). */
+/** The queries of the dashboard's panel of that title, as Grafana sends them (its variables still in, but the deployment: All, as with one deployment). */
 async function panelQueries(title: string): Promise<string[]> {
   const dashboard = JSON.parse(await readFile(path.join(repoRoot, 'infra', 'grafana', 'dashboards', 'transferline.json'), 'utf8')) as { panels: { title?: string; targets?: { expr: string }[] }[] };
-  return dashboard.panels.find((p) => p.title === title)!.targets!.map((t) => t.expr);
+  return dashboard.panels.find((p) => p.title === title)!.targets!.map((t) => t.expr.replaceAll('$deployment', '.*'));
 }
 
 // about 7 s of training on a 2-core machine (about 9 ms an epoch), some 70 scrapes at 100 ms;
