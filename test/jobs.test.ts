@@ -98,6 +98,39 @@ describe('following a job', () => {
     expect((end as CliExit).message).toMatch(/its train worker is gone and no train worker is connected/);
   }, 60_000);
 
+  it('says nothing of Redis when its last look fails because the command, done, closed its connection (a trial: "Redis is unreachable" after a classify that ended well)', async () => {
+    const queue = newQueue();
+    const job = await queue.add('train', {});
+    // a worker that finishes the job when the test says
+    let finish!: () => void;
+    const finishing = new Promise<void>((r) => (finish = r));
+    const connection = ctx.services.redis.duplicate({ maxRetriesPerRequest: null });
+    const worker = new Worker(queue.name, async () => (await finishing, 'done'), { connection, prefix: ctx.config.redis.prefix, lockDuration: 60_000 });
+    worker.on('error', () => {});
+    opened.push({ close: async () => (await worker.close(true), connection.disconnect()) });
+    await until('the job is taken', async () => (await queue.getJobState(job.id!)) === 'active', 20);
+    // the follower's poll held in flight across the end: it fails as a closed connection fails, after the end
+    let holdPoll: ((err: Error) => void) | undefined;
+    const real = queue.getJobState.bind(queue);
+    let looks = 0;
+    const watched = Object.create(queue, {
+      getJobState: {
+        value: async (id: string) => {
+          if (++looks < 2) return real(id);
+          const fail = new Promise<never>((_resolve, reject) => (holdPoll = (err) => reject(err)));
+          finish();
+          return fail;
+        },
+      },
+    }) as Queue;
+    let said = '';
+    const out = { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream;
+    expect(await followJob({ ...ctx, out }, watched, job, { what: 'run r1', role: 'train', stallSeconds: 30 })).toBe('done');
+    holdPoll!(new Error('Connection is closed.'));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(said).not.toMatch(/unreachable/);
+  }, 60_000);
+
   it('says a worker that went is gone, and its silence after that is not then said "may be hung"', async () => {
     const queue = newQueue();
     const job = await queue.add('train', {});

@@ -177,6 +177,9 @@ async function watch<R>(ctx: CliContext, queue: Queue, job: Job, o: FollowOption
       outage.up();
     } catch (err) {
       if (err instanceof JobFailed) throw err;
+      // the job's end came by its event while this look was in flight: the command has closed its
+      // connections since, and this look's failure is that, not an outage (a trial saw it said)
+      if (stop.aborted) return new Promise<never>(() => {});
       outage.down(err);
       // (the worker's progress waits for Redis too: silence is counted from when it is back)
       pace.restart();
