@@ -277,6 +277,13 @@ describe('transferline serve', () => {
       expect(results[0]!.error?.reason).toBe('storage-unavailable');
       expect(results[0]!.error?.message).toMatch(/^the image store does not answer \(.+\); retry shortly$/);
       expect(results[0]!.error?.message).not.toContain(proxy.url);
+      // a reload asked meanwhile: the model store does not answer, said as such (503, retry), not as serve's own failure (a trial: 500 internal)
+      const reload = await fetch(`${served.url}/v1/models/reload`, { method: 'POST' });
+      expect({ status: reload.status, retryAfter: reload.headers.get('retry-after') }).toEqual({ status: 503, retryAfter: '5' });
+      const { error } = (await reload.json()) as { error: { reason: string; message: string } };
+      expect(error.reason).toBe('storage-unavailable');
+      expect(error.message).toMatch(/^the model store does not answer \(.+\); still serving shapes@\S+; retry shortly$/);
+      expect(error.message).not.toContain(proxy.url);
     } finally {
       await served?.close();
       await viaProxy.close();

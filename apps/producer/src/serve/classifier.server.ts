@@ -440,10 +440,15 @@ export async function startClassifierServer(
     } catch (err) {
       // the model it names is gone (its runs deleted): the one loaded is kept, and said so
       const gone = err instanceof ModelNotFoundError;
-      const message = `${(err as Error).message}; still serving ${current.meta.dataset}@${current.meta.runId}`;
+      const serving = `still serving ${current.meta.dataset}@${current.meta.runId}`;
+      const message = `${(err as Error).message}; ${serving}`;
       if (o.onReloadFailed) o.onReloadFailed(err as Error, 'POST /v1/models/reload');
       else o.log.warn({ err, cause: 'POST /v1/models/reload' }, `the model was not reloaded: ${message}`);
-      fail(res, gone ? 'not-found' : 'internal', message);
+      // S3 not answering: no fault of serve's (a trial saw 500 and "internal"), to retry, as for keys (without the endpoint)
+      const unreachable = S3UnreachableError.from(err, ctx.config.s3.endpoint);
+      if (unreachable) res.set('retry-after', '5');
+      if (unreachable) fail(res, STORAGE_UNAVAILABLE, `the model store does not answer (${unreachable.problem}); ${serving}; retry shortly`);
+      else fail(res, gone ? 'not-found' : 'internal', message);
     }
   });
 
