@@ -189,7 +189,7 @@ describe('what a user sees when something is wrong', () => {
       // (the same TL_BUCKET beside this deployment's TL_QUEUE_PREFIX is not its storage: refused as such, below)
       expect((await runCli(['models'], { ...stack.env, TL_BUCKET: 'not-the-workers' })).stderr).toContain("this shell has s3://not-the-workers/");
       // status goes on without the bucket, and says which setting it could not read
-      const status = await runCli(['status'], { ...stack.env, TL_BUCKET: 'not-the-workers' });
+      const status = await runCli(['status'], missingBucket);
       expect(status.stdout).toContain(`warning: cannot read s3://not-the-workers/, so whether Redis lost data is not checked: ${models.stderr.replace(/^transferline: /, '')}`);
       // commands that read one run's files, where a missing file means "no such run", say the same
       for (const args of [['promote', 'photos@r1'], ['classify', 's3://photos/incoming/', '-m', 'photos@r1']]) {
@@ -299,7 +299,7 @@ describe('what a user sees when something is wrong', () => {
         code: 1,
         stderr: expect.stringMatching(
           new RegExp(
-            `^transferline: s3://${bucket}/${stack.config.s3.prefix} is where the deployment under TL_QUEUE_PREFIX=${stack.config.redis.prefix} on this Redis keeps its embeddings and models \\(recorded by its first process, [^)]+\\), and this shell's TL_QUEUE_PREFIX=${shellPrefix} holds no deployment: set TL_QUEUE_PREFIX=${stack.config.redis.prefix} as its workers have it, or another TL_BUCKET or TL_PREFIX for a deployment of its own\\. Nothing was done\\.\n$`,
+            `^transferline: s3://${bucket}/${stack.config.s3.prefix} is where the deployment under TL_QUEUE_PREFIX=${stack.config.redis.prefix} on this Redis keeps its embeddings and models \\(recorded by its first process, [^)]+\\), and this shell's TL_QUEUE_PREFIX=${shellPrefix} has no deployment recorded: set TL_QUEUE_PREFIX=${stack.config.redis.prefix} as its workers have it, or another TL_BUCKET or TL_PREFIX for a deployment of its own\\. Nothing was done\\.\n$`,
           ),
         ),
       });
@@ -359,17 +359,19 @@ describe('what a user sees when something is wrong', () => {
       const words = `no dataset named prefixed here: this process's queue prefix is TL_QUEUE_PREFIX=elsewhere, and this Redis holds it under TL_QUEUE_PREFIX=${stack.config.redis.prefix}: set TL_QUEUE_PREFIX as the workers have it`;
       const status = await runCli(['status', '-d', 'prefixed'], elsewhere);
       expect({ code: status.code, stderr: status.stderr }).toEqual({ code: 1, stderr: `transferline: ${words}\n` });
-      // a prefix with datasets of its own (a deployment sharing this Redis): a name it lacks is just missing
+      // a prefix with datasets of its own (a deployment sharing this Redis, with a storage of its own): a name it lacks is just missing
       const there = new DatasetRepository(ctx.services.redis, redisKeys('elsewhere'));
       await there.putItem('theirs', 's3://photos/theirs/cat/a.jpg', { label: 'cat', etag: 'e', space: stack.space.id, state: 'pending' });
-      const own = await runCli(['failures', '-d', 'prefixed'], elsewhere);
+      const own = await runCli(['failures', '-d', 'prefixed'], { ...elsewhere, TL_PREFIX: 'elsewhere/' });
       expect({ code: own.code, stderr: own.stderr }).toEqual({ code: 1, stderr: 'transferline: no dataset named prefixed; known: theirs\n' });
+      // and with this deployment's storage, even with datasets of its own: two deployments in one storage would share a cache with one index each
+      expect(await runCli(['failures', '-d', 'prefixed'], elsewhere)).toMatchObject(refused('elsewhere'));
       await there.remove('theirs');
       await datasets.remove('prefixed');
       await store.deleteObject(bucket, layout.runFile('prefixed', 'r1', 'run.json'));
     });
 
-    it("a shell whose TL_BUCKET or TL_PREFIX is not the live workers': models, promote, classify and status say which settings to set, not to train first", async () => {
+    it("a shell whose TL_BUCKET or TL_PREFIX is not the deployment's: every command is refused, naming the settings; status warns, and records or forgets nothing of a loss from it", async () => {
       const { stack, ctx } = file;
       const { bucket, prefix } = stack.config.s3;
       const refusal = `this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}, as recorded by its first process (`;
@@ -382,7 +384,7 @@ describe('what a user sees when something is wrong', () => {
         const hint = `this shell looks in s3://their-photos/${prefix}, but the live embed workers keep embeddings and models in s3://${bucket}/${prefix}: set TL_BUCKET=${bucket} as the workers have it`;
         // every command but status is refused before it reads or changes anything (a trial of two teams on one Redis and bucket: a shell with
         // one's queue prefix and the other's storage deleted, compacted and promoted the other's), naming the setting from the deployment's record
-        const fix = `this shell has s3://their-photos/${prefix}, which is not this deployment's: set TL_BUCKET=${bucket} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own.`;
+        const fix = `this shell has s3://their-photos/${prefix}, which is not this deployment's: set TL_BUCKET=${bucket} as the deployment's workers have it, or another TL_QUEUE_PREFIX for a deployment of its own.`;
         const classified = ctx.services.keys.classified('photos', 'r1');
         await ctx.services.redis.hset(classified, 'a'.repeat(64), '{}');
         try {
@@ -398,10 +400,19 @@ describe('what a user sees when something is wrong', () => {
         } finally {
           await ctx.services.redis.unlink(classified);
         }
-        expect((await runCli(['status'], shell)).stdout).toContain(`warning: ${hint}\n`);
+        // status warns, and from such a shell records or forgets nothing of a loss (a review: it forgot the deployment's lost datasets, read against the other storage)
+        const { keys, redis } = ctx.services;
+        await redis.sadd(keys.datasetsLost(), 'ghost');
+        await redis.set(keys.dataLossRecorded(), '1');
+        try {
+          expect((await runCli(['status'], shell)).stdout).toContain(`warning: ${hint}\n`);
+          expect({ lost: await redis.smembers(keys.datasetsLost()), recorded: await redis.get(keys.dataLossRecorded()) }).toEqual({ lost: ['ghost'], recorded: '1' });
+        } finally {
+          await redis.del(keys.datasetsLost(), keys.dataLossRecorded());
+        }
         // a prefix of its own too: both settings named
         const both = await runCli(['models'], { ...shell, TL_PREFIX: 'mine/' });
-        expect(both.stderr).toContain(`this shell has s3://their-photos/mine/, which is not this deployment's: ${prefix === '' ? `set TL_BUCKET=${bucket} and unset TL_PREFIX` : `set TL_BUCKET=${bucket} and TL_PREFIX=${prefix}`} as the others have it`);
+        expect(both.stderr).toContain(`this shell has s3://their-photos/mine/, which is not this deployment's: ${prefix === '' ? `set TL_BUCKET=${bucket} and unset TL_PREFIX` : `set TL_BUCKET=${bucket} and TL_PREFIX=${prefix}`} as the deployment's workers have it`);
         // the workers' own settings: nothing of the kind
         const own = await runCli(['models'], stack.env);
         expect(own.stdout).toBe('no trained models yet: transferline train --dataset NAME\n');
@@ -419,6 +430,30 @@ describe('what a user sees when something is wrong', () => {
       expect((await runCli(['status'], { ...stack.env, TL_BUCKET: 'their-photos' })).stdout).toContain(
         `warning: this shell looks in s3://their-photos/${prefix}, but this deployment keeps embeddings and models in s3://${bucket}/${prefix}: set TL_BUCKET=${bucket} as its first process recorded it\n`,
       );
+    });
+
+    it("a deployment's storage record that cannot be read is named with its key; a Redis that refuses SCAN does not stop the commands", async () => {
+      const { stack, ctx } = file;
+      const { redis } = ctx.services;
+      await redis.set('damaged:storage', 'not json');
+      try {
+        const r = await runCli(['models'], { ...stack.env, TL_QUEUE_PREFIX: 'damaged' });
+        expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: expect.stringContaining("the deployment's recorded storage (Redis key damaged:storage) is not a valid document") });
+        expect(r.stderr).toContain('delete it (redis-cli DEL damaged:storage) and the next embed or train worker, or up, records it again');
+        // another prefix's, read while looking for the owners of a storage: left out, not a failure
+        expect((await runCli(['models'], { ...stack.env, TL_QUEUE_PREFIX: 'fresh-deployment', TL_PREFIX: 'fresh/' })).code).toBe(0);
+      } finally {
+        await redis.del('damaged:storage');
+      }
+      // a user whose ACL refuses SCAN (a review: every command of a fresh deployment failed with NOPERM)
+      await redis.call('ACL', 'SETUSER', 'tl-noscan', 'on', '>noscan-pw', '~*', '&*', '+@all', '-scan');
+      try {
+        const url = stack.env.REDIS_URL!.replace('redis://', 'redis://tl-noscan:noscan-pw@');
+        const r = await runCli(['models'], { ...stack.env, REDIS_URL: url, TL_QUEUE_PREFIX: 'noscan', TL_PREFIX: 'noscan/' });
+        expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+      } finally {
+        await redis.call('ACL', 'DELUSER', 'tl-noscan');
+      }
     });
 
     it("a worker whose TL_BUCKET or TL_PREFIX is not the deployment's refuses to start, naming the settings (it would file embeddings where no other process looks)", async () => {
@@ -444,7 +479,7 @@ describe('what a user sees when something is wrong', () => {
         const dirs = await Promise.all([0, 1].map(() => mkdtemp(path.join(os.tmpdir(), 'tl-upstorage-'))));
         const upWith = (dir: string, env: NodeJS.ProcessEnv) => runCli(['up', '--metrics-port', '0'], { ...stack.env, TL_DATA_DIR: dir, TL_MODEL_WEIGHTS: 'random', ...env }, 60_000);
         try {
-          const [elsewhere, train, up, typo] = await Promise.all([
+          const [elsewhere, train, up, typo, prefixTypo] = await Promise.all([
             worker('embed', { TL_PREFIX: 'tl2/' }).exited,
             worker('train', { TL_BUCKET: 'their-photos' }).exited,
             // an up on the deployment's Redis with another TL_PREFIX: refused before it starts a worker
@@ -452,6 +487,9 @@ describe('what a user sees when something is wrong', () => {
             upWith(dirs[0]!, { TL_PREFIX: 'tl2/' }),
             // a mistyped TL_BUCKET: refused before it makes that bucket
             upWith(dirs[1]!, { TL_BUCKET: 'tl-typo-bucket' }),
+            // a mistyped TL_QUEUE_PREFIX beside the deployment's storage: not a deployment of its own there (a review: its
+            // record, once made, let every command of that prefix work on the other's storage)
+            worker('embed', { TL_QUEUE_PREFIX: 'tl-typo' }).exited,
           ]);
           expect(elsewhere.code).toBe(1);
           expect(elsewhere.stderr).toContain(`embed worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}, as recorded by its first process (`);
@@ -468,6 +506,12 @@ describe('what a user sees when something is wrong', () => {
           expect(typo.code).toBe(1);
           expect(typo.stderr).toContain(`set TL_BUCKET=${bucket} as the others have it`);
           expect(await ctx.services.store.bucketExists('tl-typo-bucket')).toBe(false);
+          expect(prefixTypo.code).toBe(1);
+          expect(prefixTypo.stderr).toContain(
+            `embed worker: s3://${bucket}/${prefix} is where the deployment under TL_QUEUE_PREFIX=${stack.config.redis.prefix} on this Redis keeps its embeddings and models (recorded by its first process, `,
+          );
+          expect(prefixTypo.stderr).toContain(`and this worker's TL_QUEUE_PREFIX=tl-typo has no deployment recorded: set TL_QUEUE_PREFIX=${stack.config.redis.prefix} as its workers have it, or another TL_BUCKET or TL_PREFIX for a deployment of its own.`);
+          expect(await ctx.services.redis.get('tl-typo:storage')).toBeNull();
           for (const dir of dirs) expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
         } finally {
           for (const dir of dirs) await rm(dir, { recursive: true, force: true });
@@ -540,7 +584,7 @@ describe('what a user sees when something is wrong', () => {
         // a shell looking in another bucket than the deployment's is told that first: the run's model
         // will be where it does not look
         const elsewhere = await runCli(['classify', 's3://their-photos/incoming/', '-m', 'coming'], { ...file.stack.env, TL_BUCKET: 'their-photos' });
-        expect(elsewhere.stderr).toMatch(/^transferline: this deployment .* this shell has s3:\/\/their-photos\/.*, which is not this deployment's: set TL_BUCKET=.* as the others have it.* Nothing was done\.\n$/);
+        expect(elsewhere.stderr).toMatch(/^transferline: this deployment .* this shell has s3:\/\/their-photos\/.*, which is not this deployment's: set TL_BUCKET=.* as the deployment's workers have it.* Nothing was done\.\n$/);
         // a run that will not be the latest (--no-promote) is no such promise; and with no dataset
         // of that name, "train it first" would be no help: a typo, most likely (a user's trial)
         await job.updateData({ dataset: 'coming', runId: 'r-coming', promote: false });

@@ -586,17 +586,15 @@ describe('training runs and classification', () => {
 
   it("a run asked for from a shell with another TL_BUCKET, or another TL_QUEUE_PREFIX, is refused before anything is queued, naming the setting (two teams on one Redis and bucket: such a shell used the other's data)", async () => {
     const bucket = stack.config.s3.bucket;
-    const jobsBefore = await ctx.queues.train.getJobCountByTypes('waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized');
     const r = await runCli(['train', '-d', 'shapes', '--epochs', '1', '--run-id', 'other-shell', '--no-promote'], { ...stack.env, TL_BUCKET: 'not-the-workers', TL_PREFIX: 'not/theirs/' });
     expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 1, stdout: '' });
     expect(r.stderr).toMatch(new RegExp(`^transferline: this deployment \\(TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis\\) keeps its embeddings and models in s3://${bucket}/${stack.config.s3.prefix}, as recorded by its first process \\(`));
     expect(r.stderr).toContain(`; this shell has s3://not-the-workers/not/theirs/, which is not this deployment's: set TL_BUCKET=${bucket} and `);
     expect(r.stderr.endsWith(' Nothing was done.\n')).toBe(true);
     expect(await ctx.queues.train.getJob(jobIds.train({ runId: 'other-shell' }))).toBeUndefined();
-    expect(await ctx.queues.train.getJobCountByTypes('waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized')).toBe(jobsBefore);
     // a shell with another TL_QUEUE_PREFIX sees none of the workers' datasets: told the setting, not "Redis lost its data"
     const wrongPrefix = new RegExp(
-      `^transferline: s3://${bucket}/${stack.config.s3.prefix} is where the deployment under TL_QUEUE_PREFIX=${stack.config.redis.prefix} on this Redis keeps its embeddings and models \\(recorded by its first process, [^)]+\\), and this shell's TL_QUEUE_PREFIX=not-the-workers holds no deployment: set TL_QUEUE_PREFIX=${stack.config.redis.prefix} as its workers have it, or another TL_BUCKET or TL_PREFIX for a deployment of its own\\. Nothing was done\\.\n$`,
+      `^transferline: s3://${bucket}/${stack.config.s3.prefix} is where the deployment under TL_QUEUE_PREFIX=${stack.config.redis.prefix} on this Redis keeps its embeddings and models \\(recorded by its first process, [^)]+\\), and this shell's TL_QUEUE_PREFIX=not-the-workers has no deployment recorded: set TL_QUEUE_PREFIX=${stack.config.redis.prefix} as its workers have it, or another TL_BUCKET or TL_PREFIX for a deployment of its own\\. Nothing was done\\.\n$`,
     );
     for (const args of [['train', '-d', 'shapes', '--epochs', '1'], ['classify', `s3://${bucket}/nowhere/`, '-m', 'shapes']]) {
       const other = await runCli(args, { ...stack.env, TL_QUEUE_PREFIX: 'not-the-workers' });

@@ -297,7 +297,8 @@ program
     if (o.cancel) {
       const given = cmd.options.filter((opt) => opt.attributeName() !== 'cancel' && cmd.getOptionValueSource(opt.attributeName()) === 'cli');
       if (given.length) throw usage(`--cancel takes the run id alone: ${given.map((opt) => opt.long).join(', ')} cannot go with it`);
-      return withContext((ctx) => cancelRun(ctx, o.cancel!));
+      // (a run of this queue prefix's, whatever this shell's storage: a runaway run is stopped, not refused)
+      return withContext((ctx) => cancelRun(ctx, o.cancel!), { otherStorage: 'warn' });
     }
     if (!o.follow && !o.dataset) throw usage('train needs --dataset NAME (or --follow RUN, or --cancel RUN)');
     if (o.classWeights !== undefined && o.classWeights !== 'balanced' && o.classWeights !== 'none') throw usage('--class-weights is balanced or none');

@@ -1,6 +1,5 @@
-import { otherStorageWords, recordedStorage, redisKeys, sameStorage, storageAdvice, type Storage, type StorageRecord } from '@transferline/shared';
+import { otherStorageWords, ownedElsewhereWords, recordedStorage, sameStorage, storageAdvice, storageOwners, type Storage } from '@transferline/shared';
 import type { CliContext } from './cli-context.js';
-import { globLiteral, redisKeysMatching } from './redis-scan.js';
 import { printable } from './terminal.js';
 
 /**
@@ -8,49 +7,47 @@ import { printable } from './terminal.js';
  * changes anything: a trial of two teams on one Redis and one bucket found `delete dataset`,
  * `cache compact` and `rebuild-index`, `promote`, `delete run`, `ingest` and `retry`, in a shell
  * with one team's TL_QUEUE_PREFIX and the other's TL_PREFIX (or one of them left out), reading,
- * changing and deleting the other team's data, where only an empty answer had been checked. The
- * deployment's storage is the one it recorded (claimStorage), else the one its live embed workers
- * all say (a deployment of a version before the record). A queue prefix that holds no deployment
- * (nothing recorded, no dataset, no worker) whose storage is another prefix's recorded one is
- * refused too: a mistyped TL_QUEUE_PREFIX would see none of that deployment's records, and
- * `delete space` found its cache unused. `status` and `console` warn instead (storageHint).
+ * changing and deleting the other team's data, where only an empty answer had been checked.
+ * `status` and the console warn instead (storageMismatch).
  */
 export async function refuseOtherStorage(ctx: CliContext): Promise<void> {
-  const { redis, keys, spaces, datasets } = ctx.services;
+  const mismatch = await storageMismatch(ctx);
+  if (mismatch) throw new Error(`${mismatch.words} Nothing was done.`);
+}
+
+/**
+ * Why this shell's TL_BUCKET/TL_PREFIX are not its deployment's, with the settings to set; undefined
+ * when they are (or nothing says otherwise). The deployment's storage is the one it recorded
+ * (claimStorage), else the one its live embed workers all say (a deployment of a version before
+ * the record). A queue prefix with neither, whose storage another prefix's deployment recorded, is
+ * a mistyped TL_QUEUE_PREFIX: its commands would see none of that deployment's records (`delete
+ * space` found its cache unused). Live workers that disagree among themselves are `status`'s to
+ * name; which is right is not this check's to say.
+ */
+export async function storageMismatch(ctx: CliContext): Promise<StorageMismatch | undefined> {
+  const { redis, keys, spaces } = ctx.services;
   const own: Storage = { bucket: ctx.config.s3.bucket, prefix: ctx.config.s3.prefix };
-  /** the other queue prefixes whose deployments recorded this shell's storage as theirs (a SCAN: only on the way to a refusal) */
-  const recordedElsewhere = async () => {
-    const tail = keys.storage().slice(ctx.config.redis.prefix.length);
-    const found: { prefix: string; record: StorageRecord }[] = [];
-    for (const key of await redisKeysMatching(ctx, `*${globLiteral(tail)}`)) {
-      if (key === keys.storage() || !key.endsWith(tail)) continue;
-      const prefix = key.slice(0, -tail.length);
-      const record = await recordedStorage(redis, redisKeys(prefix)).catch(() => undefined);
-      if (record && sameStorage(record, own)) found.push({ prefix, record });
-    }
-    return found;
-  };
-  const refuse = async (theirs: Storage, source: string) => {
-    const others = await recordedElsewhere();
-    const other = others.length ? ` (s3://${own.bucket}/${own.prefix} is the deployment's under ${others.map((o) => `TL_QUEUE_PREFIX=${printable(o.prefix)}`).join(', ')}: set that TL_QUEUE_PREFIX for it.)` : '';
-    return new Error(`${otherStorageWords(theirs, source, own, keys, ctx.config.redis, 'this shell')}${other} Nothing was done.`);
+  const settings = { prefix: printable(ctx.config.redis.prefix) };
+  /** another prefix's deployment keeps this shell's storage: named, as the likelier mistake */
+  const owners = async () => (await storageOwners(redis, ctx.config.redis.prefix, own)).map((o) => ({ ...o, prefix: printable(o.prefix) }));
+  const other = async (theirs: Storage, source: string) => {
+    const elsewhere = await owners();
+    const also = elsewhere.length ? ` (s3://${own.bucket}/${own.prefix} is the deployment's under ${elsewhere.map((o) => `TL_QUEUE_PREFIX=${o.prefix}`).join(', ')}: set that TL_QUEUE_PREFIX to work on it.)` : '';
+    return { kind: 'storage' as const, words: `${otherStorageWords(theirs, source, own, settings, 'this shell', "as the deployment's workers have it")}${also}` };
   };
   const recorded = await recordedStorage(redis, keys);
-  if (recorded) {
-    if (!sameStorage(recorded, own)) throw await refuse(recorded, `as recorded by its first process (${recorded.by}, ${recorded.at})`);
-    return;
-  }
+  if (recorded) return sameStorage(recorded, own) ? undefined : other(recorded, `as recorded by its first process (${recorded.by}, ${recorded.at})`);
   const live = [...new Map((await spaces.liveWorkers()).flatMap((w) => (w.storage ? [[`${w.storage.bucket}/${w.storage.prefix}`, w.storage] as const] : []))).values()];
-  // (live workers that disagree among themselves: status names each; which is right is not for this check to say)
-  if (live.length === 1 && !sameStorage(live[0]!, own)) throw await refuse(live[0]!, 'as its live embed workers say (no record yet)');
-  if (live.length > 0 || (await datasets.list()).length > 0) return;
-  const [theirs] = await recordedElsewhere();
-  if (theirs) {
-    throw new Error(
-      `s3://${own.bucket}/${own.prefix} is where the deployment under TL_QUEUE_PREFIX=${printable(theirs.prefix)} on this Redis keeps its embeddings and models (recorded by its first process, ${theirs.record.by}, ${theirs.record.at}), and this shell's TL_QUEUE_PREFIX=${printable(ctx.config.redis.prefix)} holds no deployment: ` +
-        `set TL_QUEUE_PREFIX=${printable(theirs.prefix)} as its workers have it, or another TL_BUCKET or TL_PREFIX for a deployment of its own. Nothing was done.`,
-    );
-  }
+  if (live.length === 1 && !sameStorage(live[0]!, own)) return other(live[0]!, 'as its live embed workers say (no record yet)');
+  if (live.length > 0) return undefined;
+  const elsewhere = await owners();
+  return elsewhere.length ? { kind: 'queue-prefix', words: ownedElsewhereWords(elsewhere, own, settings, 'this shell') } : undefined;
+}
+
+/** A shell that is not on one deployment: its storage is not its queue prefix's deployment's, or its queue prefix holds none and its storage is another's. */
+export interface StorageMismatch {
+  kind: 'storage' | 'queue-prefix';
+  words: string;
 }
 
 /**

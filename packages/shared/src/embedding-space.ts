@@ -1,8 +1,8 @@
 import os from 'node:os';
 import type { Redis } from 'ioredis';
 import { ConfigError, DEFAULT_ALPHA_BACKGROUND, type Config } from './config.js';
-import { EmbeddingSpace, EmbedWorkerInfo, parseDocument, StorageRecord } from './documents.js';
-import type { RedisKeys } from './keys.js';
+import { DocumentError, EmbeddingSpace, EmbedWorkerInfo, parseDocument, StorageRecord } from './documents.js';
+import { redisKeys, type RedisKeys } from './keys.js';
 import { PROCESS_NAME, sleep } from './lifecycle.js';
 import { RedisScript } from './redis.client.js';
 import { redactUrl } from './redact.js';
@@ -56,8 +56,10 @@ export type Storage = Pick<StorageRecord, 'bucket' | 'prefix'>;
  * index that every other process looks for elsewhere (and a train worker would read and write
  * runs where no one else looks). With no record (a deployment of an older version, or a Redis that
  * lost its data), the live embed workers' storage, which they publish, stands for it: the first to
- * start does not win against them. Refused with a ConfigError naming the settings to set, and how
- * to record another storage when the deployment really moved.
+ * start does not win against them. Nor is a storage another queue prefix's deployment recorded
+ * taken for this one (a mistyped TL_QUEUE_PREFIX: its commands would see none of that
+ * deployment's records, and delete what they think unused). Refused with a ConfigError naming the
+ * settings to set, and how to record another storage when the deployment really moved.
  */
 export async function claimStorage(redis: Redis, keys: RedisKeys, own: Storage, settings: { prefix: string; url: string }, who = 'this worker'): Promise<void> {
   const record: StorageRecord = { bucket: own.bucket, prefix: own.prefix, by: PROCESS_NAME, at: new Date().toISOString() };
@@ -67,6 +69,8 @@ export async function claimStorage(redis: Redis, keys: RedisKeys, own: Storage, 
     const live = (await new SpaceRegistry(redis, keys).liveWorkers()).flatMap((w) => (w.storage ? [w.storage] : []));
     const other = live.find((s) => !same(s));
     if (other && !live.some(same)) throw refusedStorage(other, 'as its live embed workers say (no record yet)', own, keys, settings, who);
+    const owners = live.length ? [] : await storageOwners(redis, settings.prefix, own);
+    if (owners.length) throw new ConfigError(`${ownedElsewhereWords(owners, own, settings, who)} (If that deployment has moved to this prefix: with its workers stopped, delete its record, redis-cli -u ${redactUrl(settings.url)} DEL ${owners[0]!.key})`);
     if ((await redis.set(keys.storage(), JSON.stringify(record), 'NX')) === 'OK') return;
     theirs = await recordedStorage(redis, keys);
     // (removed between the two: this process's storage is recorded on its next start)
@@ -75,10 +79,68 @@ export async function claimStorage(redis: Redis, keys: RedisKeys, own: Storage, 
   if (!same(theirs)) throw refusedStorage(theirs, `as recorded by its first process (${theirs.by}, ${theirs.at})`, own, keys, settings, who);
 }
 
-/** The deployment's storage as recorded (keys.storage), if it is. */
+/** The deployment's storage as recorded (keys.storage), if it is; a record that cannot be read is said with its key and how to mend it. */
 export async function recordedStorage(redis: Redis, keys: RedisKeys): Promise<StorageRecord | undefined> {
   const raw = await redis.get(keys.storage());
-  return raw === null ? undefined : parseDocument(StorageRecord, JSON.parse(raw), 'the recorded storage');
+  if (raw === null) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch {
+    value = undefined;
+  }
+  try {
+    return parseDocument(StorageRecord, value, `the deployment's recorded storage (Redis key ${keys.storage()})`);
+  } catch (err) {
+    throw new DocumentError(`${(err as Error).message.replace(/; was it written by another version\?$/, '')}: damaged, or not written by transferline; delete it (redis-cli DEL ${keys.storage()}) and the next embed or train worker, or up, records it again`);
+  }
+}
+
+/** A storage another queue prefix's deployment recorded as its own. */
+export interface StorageOwner {
+  /** that deployment's TL_QUEUE_PREFIX */
+  prefix: string;
+  /** its record's Redis key */
+  key: string;
+  record: StorageRecord;
+}
+
+/**
+ * The other queue prefixes on this Redis whose deployments recorded `own` as their storage (a
+ * SCAN of the records' keys: asked only where this prefix has none). A Redis that refuses SCAN,
+ * or a key this client may not read (ACLs by prefix), or a record that cannot be read, leaves
+ * that one out: nothing is known of it.
+ */
+export async function storageOwners(redis: Redis, queuePrefix: string, own: Storage): Promise<StorageOwner[]> {
+  const ownKey = redisKeys(queuePrefix).storage();
+  const tail = ownKey.slice(queuePrefix.length);
+  const found: StorageOwner[] = [];
+  try {
+    let cursor = '0';
+    do {
+      const [next, batch] = await redis.scan(cursor, 'MATCH', `*${tail.replace(/[*?[\]\\]/g, '\\$&')}`, 'COUNT', 1000);
+      cursor = next;
+      for (const key of batch) {
+        if (key === ownKey || !key.endsWith(tail)) continue;
+        const prefix = key.slice(0, -tail.length);
+        const record = await recordedStorage(redis, redisKeys(prefix)).catch(() => undefined);
+        if (record && sameStorage(record, own)) found.push({ prefix, key, record });
+      }
+    } while (cursor !== '0');
+  } catch {
+    return found;
+  }
+  return found.sort((a, b) => a.prefix.localeCompare(b.prefix));
+}
+
+/** Why a process whose queue prefix holds no deployment may not take `own`, which `owners` recorded: the setting to set. */
+export function ownedElsewhereWords(owners: StorageOwner[], own: Storage, settings: { prefix: string }, who: string): string {
+  const named = owners.map((o) => `TL_QUEUE_PREFIX=${o.prefix}`).join(', ');
+  const first = owners[0]!;
+  return (
+    `s3://${own.bucket}/${own.prefix} is where the deployment under ${named} on this Redis keeps its embeddings and models (recorded by its first process, ${first.record.by}, ${first.record.at}), and ${who}'s TL_QUEUE_PREFIX=${settings.prefix} has no deployment recorded: ` +
+    `set TL_QUEUE_PREFIX=${first.prefix} as its workers have it, or another TL_BUCKET or TL_PREFIX for a deployment of its own.`
+  );
 }
 
 /** What to change for `own` to be `theirs`: `set TL_BUCKET=… and TL_PREFIX=…`, or `… and unset TL_PREFIX` for theirs empty. */
@@ -89,19 +151,22 @@ function storageFix(theirs: Storage, own: Storage): string {
 }
 
 function refusedStorage(theirs: Storage, source: string, own: Storage, keys: RedisKeys, redis: { prefix: string; url: string }, who: string): ConfigError {
-  return new ConfigError(otherStorageWords(theirs, source, own, keys, redis, who));
+  // (the deployment's record names it: how to record another, when the deployment really moved)
+  const moved = source.startsWith('as recorded')
+    ? ` (If the deployment has moved, its files with it: with its workers stopped, delete the record, redis-cli -u ${redactUrl(redis.url)} DEL ${keys.storage()}, and start them with the new settings)`
+    : '';
+  return new ConfigError(`${otherStorageWords(theirs, source, own, redis, who, 'as the others have it')}${moved}`);
 }
 
 /**
  * Why a process whose TL_BUCKET/TL_PREFIX (`own`) are not its deployment's (`theirs`) may not work
- * on it, and which settings to set: the workers' refusal to start, and the CLI's (checkStorage).
+ * on it, and which settings to set: the workers' refusal to start, and the CLI's.
  */
-export function otherStorageWords(theirs: Storage, source: string, own: Storage, keys: RedisKeys, redis: { prefix: string; url: string }, who: string): string {
+export function otherStorageWords(theirs: Storage, source: string, own: Storage, redis: { prefix: string }, who: string, have: string): string {
   return (
     `this deployment (TL_QUEUE_PREFIX=${redis.prefix} on its Redis) keeps its embeddings and models in s3://${theirs.bucket}/${theirs.prefix}, ${source}; ` +
     // (not "where no one looks": it may be another deployment's, sharing this Redis and bucket)
-    `${who} has s3://${own.bucket}/${own.prefix}, which is not this deployment's: ${storageFix(theirs, own)} as the others have it, or another TL_QUEUE_PREFIX for a deployment of its own. ` +
-    `(If the deployment has moved, its files with it: with its workers stopped, delete the record, redis-cli -u ${redactUrl(redis.url)} DEL ${keys.storage()}; for up's own Redis, while an up with the recorded settings runs)`
+    `${who} has s3://${own.bucket}/${own.prefix}, which is not this deployment's: ${storageFix(theirs, own)} ${have}, or another TL_QUEUE_PREFIX for a deployment of its own.`
   );
 }
 

@@ -4,7 +4,7 @@ import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { printable } from '../terminal.js';
-import { storageHint } from '../storage-hint.js';
+import { storageHint, storageMismatch } from '../storage-hint.js';
 import { runCompletedAfter } from './models.command.js';
 import { holderConnected, takenUpWithinSeconds } from '../job-follow.js';
 import { indexUnderOtherPrefixes, lossOver, lossUnrecorded, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, recordLostDatasets, spacesUnderOtherPrefixes } from '../data-loss.js';
@@ -483,9 +483,13 @@ function lookAtS3(ctx: CliContext): S3Look {
 export async function deploymentWarnings(ctx: CliContext, spaces: string[], s3: S3Look = lookAtS3(ctx)): Promise<{ warnings: string[]; lossFound: boolean; elsewhere: boolean }> {
   // a Redis that refuses INFO (renamed on some managed services) is not a reason to fail status
   const eviction = await redisEvictionRisk(ctx.services.redis, ctx.config.redis.url).catch(() => undefined);
-  const loss = await dataLossWarnings(ctx, spaces, s3);
+  // A shell not on one deployment (the other commands refuse it): what Redis lost is not read from
+  // a storage that is not the deployment's (its spaces would look lost), and nothing of a loss is
+  // recorded or forgotten from it (a review: such a status forgot a deployment's lost datasets).
+  const mismatch = await storageMismatch(ctx).catch(() => undefined);
+  const loss = mismatch?.kind === 'storage' ? { lines: [], found: false, elsewhere: false } : await dataLossWarnings(ctx, spaces, s3, { remember: mismatch === undefined });
   // a shell whose TL_BUCKET/TL_PREFIX are not the workers': every model and cache read here looks elsewhere
-  const storage = await storageHint(ctx);
+  const storage = (await storageHint(ctx)) ?? mismatch?.words;
   // a fresh deployment (nothing in the bucket yet) seen from a shell whose TL_QUEUE_PREFIX is not
   // the workers': their live embed workers are there under theirs (a trial: "start the stack")
   const others = spaces.length === 0 && !loss.elsewhere ? await spacesUnderOtherPrefixes(ctx).catch(() => []) : [];
@@ -500,7 +504,7 @@ export async function deploymentWarnings(ctx: CliContext, spaces: string[], s3: 
  * trained runs that Redis no longer knew then, with the commands that bring both back. A dataset
  * deleted on purpose while its runs stay is not a loss: it is only named when a loss is found.
  */
-async function dataLossWarnings(ctx: CliContext, spaces: string[], s3: S3Look): Promise<{ lines: string[]; found: boolean; elsewhere: boolean }> {
+async function dataLossWarnings(ctx: CliContext, spaces: string[], s3: S3Look, o: { remember: boolean }): Promise<{ lines: string[]; found: boolean; elsewhere: boolean }> {
   const { cache, layout, store } = ctx.services;
   const { bucket } = ctx.config.s3;
   const warnings: string[] = [];
@@ -542,9 +546,12 @@ async function dataLossWarnings(ctx: CliContext, spaces: string[], s3: S3Look): 
     // Such a Redis is not told of a loss it may not have had: what it would record is said, and
     // the next status after a worker's first heartbeat there records it (as does an ingest or
     // classify that restores the index).
-    if (warnings.length && !foreign) await recordLostDatasets(ctx);
+    if (!o.remember) {
+      // (said as a shell on this deployment would record it; nothing recorded nor forgotten)
+    } else if (warnings.length && !foreign) await recordLostDatasets(ctx);
     else if (!warnings.length) await lossOver(ctx);
-    for (const lost of foreign ? await lossUnrecorded(ctx) : await lostDatasets(ctx)) {
+    const named = !o.remember ? (warnings.length ? await lossUnrecorded(ctx) : []) : foreign ? await lossUnrecorded(ctx) : await lostDatasets(ctx);
+    for (const lost of named) {
       warnings.push(lostDatasetLine(lost));
       found = true;
     }
