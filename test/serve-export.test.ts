@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { readdirSync } from 'node:fs';
@@ -358,6 +358,23 @@ describe('transferline serve', () => {
       },
     };
   };
+
+  it("a run whose model files were changed since it saved them is refused naming its files and what is wrong, not TF.js's words (a trial overwrote weights.bin)", async () => {
+    const { store, layout } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    await copyRunAs('damaged', 'd1');
+    try {
+      await store.putObject(bucket, layout.runFile('damaged', 'd1', 'weights.bin'), randomBytes(1_000));
+      const where = `s3://${bucket}/${layout.run('damaged', 'd1')}`;
+      const damaged = new RegExp(`^the model files in ${where.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} are damaged: its weights hold 1,000 bytes where model\\.json's \\d+ weights take [\\d,]+ bytes \\(changed or cut short since the run saved them\\): train again, or delete the run$`);
+      await expect(exportCommand(ctx, { model: 'damaged@d1', format: 'onnx', output: path.join(os.tmpdir(), `tl-damaged-${process.pid}.onnx`) })).rejects.toThrow(damaged);
+      // model.json that is not JSON
+      await store.putObject(bucket, layout.runFile('damaged', 'd1', 'model.json'), Buffer.from('{"modelTopology": '));
+      await expect(exportCommand(ctx, { model: 'damaged@d1', format: 'onnx' })).rejects.toThrow(/^the model files in \S+ are damaged: model\.json is not JSON \(/);
+    } finally {
+      for await (const o of store.listObjects(bucket, layout.run('damaged', 'd1'))) await store.deleteObject(bucket, o.key);
+    }
+  });
 
   it('serve -m DATASET follows its latest run: a promote swaps it, and it says why, once', async () => {
     const serve = followingServe('shapes');
