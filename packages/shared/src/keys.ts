@@ -68,6 +68,8 @@ export function redisKeys(prefix: string) {
     datasetsLostSources: () => `${prefix}:datasets-lost-sources`,
     /** string: when the datasets a loss left without records were remembered (once per loss: status removes it once no index is lost) */
     dataLossRecorded: () => `${prefix}:data-loss-recorded`,
+    /** sorted set: ModelUser JSON (a command using a run of the dataset: classify) → its lease's end (ms, Redis clock); delete run refuses while one holds its run */
+    modelUsers: (dataset: string) => `${prefix}:model-users:${dataset}`,
     /** string, with a TTL: a train run asked to stop (`train --cancel`); its worker checks it at start and after each epoch */
     trainCancel: (runId: string) => `${prefix}:cancel:${runId}`,
     /** string (TrainWait JSON), with a TTL: a run's wait for the images on their way when it started, across its put-backs */

@@ -12,6 +12,7 @@ import { printable } from '../terminal.js';
 import { randomSpaceNote } from '../report-words.js';
 import { namesOneObject, nothingHere } from '../storage-hint.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
+import { holdModel } from '../model-lease.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 
 export interface ClassifyOptions {
@@ -111,17 +112,23 @@ export async function classifyCommand(ctx: CliContext, url: string, o: ClassifyO
   // images found since the last classify job was queued: a job queued before them (carry's) does not cover them
   let unqueued = false;
   const carry: { jobId?: string } = {};
-  await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, (round) =>
-    classifyRound(round).catch((err: unknown) => {
-      // the images classify keeps for the model deleted meanwhile (delete dataset _classify.…), or
-      // Redis's data lost: as between two rounds, the next round takes them in again (and labels
-      // them all again, as the next classify does after such a deletion)
-      if (err instanceof CliExit && err.code === EXIT.vanished) {
-        throw new CliExit(EXIT.vanished, `transferline: ${dataset}, where classify keeps the images it labels with ${model.dataset}, was deleted while this round ran (delete dataset, or Redis lost its data)${o.watch && round > 1 ? ': the next round takes them in again' : ': the same command again labels them anew'}`);
-      }
-      throw err;
-    }),
-  );
+  // the run held while this command uses it: delete run waits for it (its images are embedded before any classify job is queued)
+  const lease = await holdModel(ctx, model.dataset, model.runId, `classify ${printable(url)}${o.watch ? ' --watch' : ''}`);
+  try {
+    await watchRounds(ctx, { intervalSeconds: o.intervalSeconds, maxRounds: o.watch ? o.maxRounds : 1 }, (round) =>
+      classifyRound(round).catch((err: unknown) => {
+        // the images classify keeps for the model deleted meanwhile (delete dataset _classify.…), or
+        // Redis's data lost: as between two rounds, the next round takes them in again (and labels
+        // them all again, as the next classify does after such a deletion)
+        if (err instanceof CliExit && err.code === EXIT.vanished) {
+          throw new CliExit(EXIT.vanished, `transferline: ${dataset}, where classify keeps the images it labels with ${model.dataset}, was deleted while this round ran (delete dataset, or Redis lost its data)${o.watch && round > 1 ? ': the next round takes them in again' : ': the same command again labels them anew'}`);
+        }
+        throw err;
+      }),
+    );
+  } finally {
+    await lease.release();
+  }
   return results;
 
   async function classifyRound(round: number): Promise<void> {

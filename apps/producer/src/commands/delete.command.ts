@@ -8,6 +8,7 @@ import { globLiteral, redisKeysMatching } from '../redis-scan.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { nothingHere, storageHint } from '../storage-hint.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
+import { modelUsers } from '../model-lease.js';
 import { listModelRuns, newestPromotable, parseRunSpec } from './models.command.js';
 
 /**
@@ -72,6 +73,18 @@ async function refuseWhileClassifying(ctx: CliContext, what: string, match: (d: 
   throw new CliExit(EXIT.error, `transferline: nothing deleted: ${jobs.length} classify round${jobs.length === 1 ? '' : 's'} ${what} ${jobs.length === 1 ? 'is' : 'are'} still queued or running; wait for ${jobs.length === 1 ? 'it' : 'them'} to end (transferline status) and delete again`);
 }
 
+/**
+ * Refuses while a command uses a run of `dataset` (`runId`'s alone when given): a classify embeds
+ * its images before its classify job is queued (a trial deleted the run meanwhile, and the
+ * classify failed at its end, `no-model`).
+ */
+async function refuseWhileUsed(ctx: CliContext, dataset: string, runId?: string): Promise<void> {
+  const users = await modelUsers(ctx, dataset, runId);
+  if (users.length === 0) return;
+  const lines = users.map((u) => `  ${u.what} with ${dataset}@${u.runId} (${u.holder}, since ${u.since})`);
+  throw new CliExit(EXIT.error, `transferline: nothing deleted: ${users.length === 1 ? 'a command uses' : `${users.length} commands use`} ${runId === undefined ? `runs of ${dataset}` : `${dataset}@${runId}`}; let ${users.length === 1 ? 'it' : 'them'} end (or stop ${users.length === 1 ? 'it' : 'them'}: Ctrl-C) and delete again:\n${lines.join('\n')}`);
+}
+
 /** Every object under a folder of the bucket. */
 async function objectsUnder(ctx: CliContext, folder: string): Promise<string[]> {
   const keys: string[] = [];
@@ -133,6 +146,7 @@ export async function deleteRunCommand(ctx: CliContext, spec: string, o: DeleteO
   const refuse = async () => {
     await refuseWhileTraining(ctx, dataset, runId);
     await refuseWhileClassifying(ctx, `with ${dataset}@${runId}`, (d) => d.model === dataset && d.runId === runId);
+    await refuseWhileUsed(ctx, dataset, runId);
   };
   await refuse();
   // A shell whose TL_QUEUE_PREFIX is not the workers' would delete the files and leave the
@@ -228,6 +242,7 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   const refuse = async () => {
     if (!classifyData) await refuseWhileTraining(ctx, dataset);
     if (model !== undefined) await refuseWhileClassifying(ctx, `with ${model}`, (d) => d.model === model);
+    if (model !== undefined) await refuseWhileUsed(ctx, model);
   };
   await refuse();
 
