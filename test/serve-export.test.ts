@@ -384,8 +384,27 @@ describe('transferline serve', () => {
       expect((await runCli(['promote', 'shapes@r1'], stack.env)).code).toBe(0);
       await until('serve to swap to the promoted run', () => said().includes('now serving shapes@r1'), 60);
       expect(said()).toContain('the latest run of shapes is now r1 (promoted): now serving shapes@r1 (was r2)\n');
+      expect(said()).not.toContain('warning: bound to'); // (loopback)
     } finally {
       await serve.stop();
+    }
+  }, 240_000);
+
+  it('serve bound beyond loopback with no API key says what that opens (a trial: nothing said so)', async () => {
+    const warning = "  warning: bound to 0.0.0.0 with no TL_SERVE_API_KEY: whoever reaches this port can classify images, and have any object this process's S3 credentials can read classified by its s3:// key";
+    for (const apiKey of [undefined, 'a-key-of-sixteen-chars-or-more']) {
+      let said = '';
+      const abort = new AbortController();
+      const config = { ...ctx.config, serve: { ...ctx.config.serve, ...(apiKey ? { apiKey } : { apiKey: undefined }) } };
+      const serving = serveCommand({ ...ctx, config, out: { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream, signal: abort.signal }, { model: 'shapes@r1', host: '0.0.0.0', port: 0, threads: 1 });
+      try {
+        await until('serve to load', () => said.includes('serving shapes@r1 ') && said.includes('Ctrl-C stops it'), 120);
+        if (apiKey) expect(said).not.toContain('warning: bound to');
+        else expect(said).toContain(warning);
+      } finally {
+        abort.abort();
+        await serving;
+      }
     }
   }, 240_000);
 

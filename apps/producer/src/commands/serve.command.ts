@@ -7,6 +7,7 @@ import { backgroundNote, randomWeightsNote } from '../classifier-model.js';
 import type { ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
 import { startClassifierServer, type ClassifierServer } from '../serve/classifier.server.js';
 import { printable } from '../terminal.js';
+import { isLoopbackHost } from '../loopback-host.js';
 import { thresholdText } from '../report-words.js';
 
 export interface ServeOptions {
@@ -82,6 +83,11 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     const m = server.model();
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${thresholdText(m.threshold)}` : ''}) on ${server.url}`);
     for (const note of [randomWeightsNote(m), backgroundNote(ctx.config, m)]) if (note) w(`  ${note}`);
+    // open to others with no key: whoever reaches the port has any object its S3 credentials reach classified (a trial: nothing said so)
+    const host = o.host ?? ctx.config.serve.host;
+    if (!isLoopbackHost(host) && !ctx.config.serve.apiKey) {
+      w(`  warning: bound to ${host} with no TL_SERVE_API_KEY: whoever reaches this port can classify images, and have any object this process's S3 credentials can read classified by its s3:// key (set TL_SERVE_API_KEY, and give serve credentials that read only the image buckets and the models)`);
+    }
     w(`  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' ${server.url}/v1/classify${ctx.config.serve.apiKey ? ' -H "Authorization: Bearer $TL_SERVE_API_KEY"' : ''}`);
     w(`  ${server.url}/v1/models   ${server.url}/metrics   ${server.url}/healthz`);
     // the pid: through `npx`, a signal sent to the job's pid reaches npm, not this process
