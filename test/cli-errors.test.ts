@@ -440,6 +440,9 @@ describe('what a user sees when something is wrong', () => {
         const r = await runCli(['models'], { ...stack.env, TL_QUEUE_PREFIX: 'damaged' });
         expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: expect.stringContaining("the deployment's recorded storage (Redis key damaged:storage) is not a valid document") });
         expect(r.stderr).toContain('delete it (redis-cli DEL damaged:storage) and the next embed or train worker, or up, records it again');
+        // status says it too, and goes on (a review: it took the record for a match)
+        const status = await runCli(['status'], { ...stack.env, TL_QUEUE_PREFIX: 'damaged' });
+        expect({ code: status.code, said: status.stdout.includes("warning: the deployment's recorded storage (Redis key damaged:storage) is not a valid document") }).toEqual({ code: 0, said: true });
         // another prefix's, read while looking for the owners of a storage: left out, not a failure
         expect((await runCli(['models'], { ...stack.env, TL_QUEUE_PREFIX: 'fresh-deployment', TL_PREFIX: 'fresh/' })).code).toBe(0);
       } finally {

@@ -21,6 +21,33 @@ describe('deployment files', () => {
     expect(stdout).toMatch(/^ok\s+promtool check rules/m);
   }, 150_000);
 
+  it("the dashboard's queue panels show each deployment's queue once, from the recording rules or without them (promtool; a review: the fallback added a second series)", () => {
+    const dashboard = JSON.parse(readFileSync(path.join(repoRoot, 'infra', 'grafana', 'dashboards', 'transferline.json'), 'utf8')) as { panels: { title?: string; targets?: { expr: string }[] }[] };
+    const exprOf = (title: string) => dashboard.panels.find((p) => p.title === title)!.targets![0]!.expr.replaceAll('$deployment', '.*');
+    const input_series = [
+      { series: 'tl_queue_jobs{deployment="a",role="preprocess",instance="a1",queue="preprocess",state="waiting"}', values: '5x10' },
+      { series: 'tl_queue_jobs{deployment="a",role="preprocess",instance="a2",queue="preprocess",state="waiting"}', values: '5x10' },
+      { series: 'tl_queue_jobs{deployment="b",role="preprocess",instance="b1",queue="preprocess",state="waiting"}', values: '7x10' },
+    ];
+    const cases = (name: (metric: string) => string) => [
+      { expr: exprOf('Backlog by queue'), eval_time: '5m', exp_samples: [{ labels: `${name('tl:queue_backlog')}{deployment="a",queue="preprocess"}`, value: 5 }, { labels: `${name('tl:queue_backlog')}{deployment="b",queue="preprocess"}`, value: 7 }] },
+      { expr: exprOf('Queue depth by queue and state'), eval_time: '5m', exp_samples: [{ labels: `${name('tl:queue_jobs')}{deployment="a",queue="preprocess",state="waiting"}`, value: 5 }, { labels: `${name('tl:queue_jobs')}{deployment="b",queue="preprocess",state="waiting"}`, value: 7 }] },
+    ];
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'tl-dashboard-'));
+    try {
+      // with the rules loaded (their series, named), and without (the panels' own aggregation, unnamed)
+      const withRules = { rule_files: [path.join(repoRoot, 'infra', 'prometheus', 'rules', 'transferline.yml')], evaluation_interval: '1m', tests: [{ interval: '1m', input_series, promql_expr_test: cases((n) => n) }] };
+      const without = { evaluation_interval: '1m', tests: [{ interval: '1m', input_series, promql_expr_test: cases(() => '') }] };
+      for (const [name, test] of [['with', withRules], ['without', without]] as const) {
+        writeFileSync(path.join(dir, `${name}.test.yml`), JSON.stringify(test));
+        const r = spawnSync('promtool', ['test', 'rules', path.join(dir, `${name}.test.yml`)], { encoding: 'utf8' });
+        expect(r.stdout + r.stderr, name).toMatch(/SUCCESS/);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("the dashboard's count of training runs counts a run shorter than one scrape, a worker's restart, and leaves out a quiet dataset (promtool)", async () => {
     const dashboard = JSON.parse(readFileSync(path.join(repoRoot, 'infra', 'grafana', 'dashboards', 'transferline.json'), 'utf8')) as { panels: { title?: string; targets?: { expr: string }[] }[] };
     const panel = dashboard.panels.find((p) => p.title === 'Training runs in the time range');

@@ -368,6 +368,9 @@ describe('transferline serve', () => {
       const where = `s3://${bucket}/${layout.run('damaged', 'd1')}`;
       const damaged = new RegExp(`^the model files in ${where.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} are damaged: its weights hold 1,000 bytes where model\\.json's \\d+ weights take [\\d,]+ bytes \\(changed or cut short since the run saved them\\): train again, or delete the run$`);
       await expect(exportCommand(ctx, { model: 'damaged@d1', format: 'onnx', output: path.join(os.tmpdir(), `tl-damaged-${process.pid}.onnx`) })).rejects.toThrow(damaged);
+      // a manifest whose weight has no shape
+      await store.putJson(bucket, layout.runFile('damaged', 'd1', 'model.json'), { modelTopology: {}, weightsManifest: [{ paths: ['./weights.bin'], weights: [{ name: 'dense/kernel', dtype: 'float32' }] }] });
+      await expect(exportCommand(ctx, { model: 'damaged@d1', format: 'onnx' })).rejects.toThrow(/^the model files in \S+ are damaged: model\.json's weightsManifest is not TF\.js's /);
       // model.json that is not JSON
       await store.putObject(bucket, layout.runFile('damaged', 'd1', 'model.json'), Buffer.from('{"modelTopology": '));
       await expect(exportCommand(ctx, { model: 'damaged@d1', format: 'onnx' })).rejects.toThrow(/^the model files in \S+ are damaged: model\.json is not JSON \(/);

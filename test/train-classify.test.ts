@@ -14,7 +14,7 @@ import { ingestCommand, watchIngest, type IngestOutcome } from '../apps/producer
 import { trainCommand } from '../apps/producer/src/commands/train.command.js';
 import { deleteDatasetCommand, deleteRunCommand } from '../apps/producer/src/commands/delete.command.js';
 import { CliExit, EXIT } from '../apps/producer/src/exit-codes.js';
-import { modelUsers } from '../apps/producer/src/model-lease.js';
+import { holdModel, modelUsers } from '../apps/producer/src/model-lease.js';
 import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { demoTrain } from '../apps/producer/src/commands/up.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
@@ -759,9 +759,18 @@ describe('training runs and classification', () => {
     await expect(watch).rejects.toMatchObject({ code: EXIT.error, message: expect.stringContaining('model shapes@watch-gone is gone from the bucket since this watch began') });
     const err = (await refused) as CliExit;
     expect(err).toBeInstanceOf(CliExit);
-    expect(err.message).toMatch(new RegExp(`^transferline: nothing deleted: a command uses shapes@watch-gone; let it end \\(or stop it: Ctrl-C\\) and delete again:\n  classify ${url.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} --watch with shapes@watch-gone \\(\\S+, since \\S+\\)$`));
+    expect(err.message).toMatch(new RegExp(`^transferline: nothing deleted: a command uses shapes@watch-gone; let it end \\(or stop it: Ctrl-C\\) and delete again \\(a command killed without its end lets go within 90 s\\):\n  classify ${url.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} --watch with shapes@watch-gone \\(\\S+, since \\S+\\)$`));
     // ended: it lets go of the run, and the run's records go with delete run
     expect(await modelUsers(ctx, 'shapes')).toEqual([]);
+    // while a classify holds a run: delete dataset --runs is refused too, and the images classify keeps (_classify.shapes) are not held (a review)
+    const held = await holdModel(ctx, 'shapes', 'r1', 'classify s3://somewhere/');
+    try {
+      await expect(deleteDatasetCommand({ ...ctx, out: quiet }, 'shapes', { runs: true, dryRun: true })).rejects.toThrow(/^transferline: nothing deleted: a command uses runs of shapes; /);
+      // (its plan printed, nothing deleted: --dry-run)
+      expect(await deleteDatasetCommand({ ...ctx, out: quiet }, classifyDatasetName('shapes'), { dryRun: true })).toBe(false);
+    } finally {
+      await held.release();
+    }
     expect(await deleteRunCommand({ ...ctx, out: quiet }, 'shapes@watch-gone', { yes: true })).toBe(true);
   });
 

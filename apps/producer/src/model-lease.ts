@@ -3,6 +3,8 @@ import type { CliContext } from './cli-context.js';
 
 /** How long a command's hold on a run lasts without being renewed (a command killed with -9 lets go by then). */
 const LEASE_MS = 90_000;
+/** The same, as the refusals say it. */
+export const LEASE_SECONDS = LEASE_MS / 1000;
 /** How often a command renews its hold. */
 const RENEW_MS = 30_000;
 

@@ -8,7 +8,7 @@ import { globLiteral, redisKeysMatching } from '../redis-scan.js';
 import { CliExit, EXIT } from '../exit-codes.js';
 import { nothingHere, storageHint } from '../storage-hint.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
-import { modelUsers } from '../model-lease.js';
+import { LEASE_SECONDS, modelUsers } from '../model-lease.js';
 import { listModelRuns, newestPromotable, parseRunSpec } from './models.command.js';
 
 /**
@@ -82,7 +82,10 @@ async function refuseWhileUsed(ctx: CliContext, dataset: string, runId?: string)
   const users = await modelUsers(ctx, dataset, runId);
   if (users.length === 0) return;
   const lines = users.map((u) => `  ${u.what} with ${dataset}@${u.runId} (${u.holder}, since ${u.since})`);
-  throw new CliExit(EXIT.error, `transferline: nothing deleted: ${users.length === 1 ? 'a command uses' : `${users.length} commands use`} ${runId === undefined ? `runs of ${dataset}` : `${dataset}@${runId}`}; let ${users.length === 1 ? 'it' : 'them'} end (or stop ${users.length === 1 ? 'it' : 'them'}: Ctrl-C) and delete again:\n${lines.join('\n')}`);
+  throw new CliExit(
+    EXIT.error,
+    `transferline: nothing deleted: ${users.length === 1 ? 'a command uses' : `${users.length} commands use`} ${runId === undefined ? `runs of ${dataset}` : `${dataset}@${runId}`}; let ${users.length === 1 ? 'it' : 'them'} end (or stop ${users.length === 1 ? 'it' : 'them'}: Ctrl-C) and delete again (a command killed without its end lets go within ${LEASE_SECONDS} s):\n${lines.join('\n')}`,
+  );
 }
 
 /** Every object under a folder of the bucket. */
@@ -242,7 +245,8 @@ export async function deleteDatasetCommand(ctx: CliContext, dataset: string, o: 
   const refuse = async () => {
     if (!classifyData) await refuseWhileTraining(ctx, dataset);
     if (model !== undefined) await refuseWhileClassifying(ctx, `with ${model}`, (d) => d.model === model);
-    if (model !== undefined) await refuseWhileUsed(ctx, model);
+    // (only with its runs: the images classify keeps, _classify.X, are taken in again by a running classify's next round)
+    if (o.runs && !classifyData) await refuseWhileUsed(ctx, dataset);
   };
   await refuse();
 

@@ -1,4 +1,4 @@
-import { DatasetRepository, deploymentOf, hungAfterMs, jobOfQueue, PreprocessJob, permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
+import { DatasetRepository, DocumentError, deploymentOf, hungAfterMs, jobOfQueue, PreprocessJob, permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
 import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
@@ -486,15 +486,17 @@ export async function deploymentWarnings(ctx: CliContext, spaces: string[], s3: 
   // A shell not on one deployment (the other commands refuse it): what Redis lost is not read from
   // a storage that is not the deployment's (its spaces would look lost), and nothing of a loss is
   // recorded or forgotten from it (a review: such a status forgot a deployment's lost datasets).
-  const mismatch = await storageMismatch(ctx).catch(() => undefined);
-  const loss = mismatch?.kind === 'storage' ? { lines: [], found: false, elsewhere: false } : await dataLossWarnings(ctx, spaces, s3, { remember: mismatch === undefined });
+  // (a record that cannot be read is said, as the other commands refuse with it; a loss is then neither recorded nor forgotten either)
+  let unreadable: string | undefined;
+  const mismatch = await storageMismatch(ctx).catch((err: unknown) => void (err instanceof DocumentError && (unreadable = err.message)));
+  const loss = mismatch?.kind === 'storage' ? { lines: [], found: false, elsewhere: false } : await dataLossWarnings(ctx, spaces, s3, { remember: !mismatch && unreadable === undefined });
   // a shell whose TL_BUCKET/TL_PREFIX are not the workers': every model and cache read here looks elsewhere
   const storage = (await storageHint(ctx)) ?? mismatch?.words;
   // a fresh deployment (nothing in the bucket yet) seen from a shell whose TL_QUEUE_PREFIX is not
   // the workers': their live embed workers are there under theirs (a trial: "start the stack")
   const others = spaces.length === 0 && !loss.elsewhere ? await spacesUnderOtherPrefixes(ctx).catch(() => []) : [];
   const prefix = others.length ? [`no embedding space is published under this prefix: ${otherPrefixWords(ctx, others, 'the live embed workers')} (or, for a deployment of its own beside them, start its workers)`] : [];
-  return { warnings: [...prefix, ...(storage ? [storage] : []), ...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found, elsewhere: loss.elsewhere || others.length > 0 };
+  return { warnings: [...(unreadable ? [unreadable] : []), ...prefix, ...(storage ? [storage] : []), ...(eviction ? [eviction] : []), ...loss.lines], lossFound: loss.found, elsewhere: loss.elsewhere || others.length > 0 };
 }
 
 /**
