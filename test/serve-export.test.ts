@@ -411,6 +411,22 @@ describe('transferline serve', () => {
     }
   }, 240_000);
 
+  it('serve -m DATASET@RUN whose run is deleted says so once and keeps serving it (a trial: nothing said until a reload failed)', async () => {
+    const { store, layout } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    await copyRunAs('pinned', 'r1');
+    const serve = followingServe('pinned@r1');
+    try {
+      await until('serve to load the run', () => serve.said().includes('serving pinned@r1 '), 120);
+      for await (const o of store.listObjects(bucket, layout.run('pinned', 'r1'))) await store.deleteObject(bucket, o.key);
+      await until('serve to say the run is gone', () => serve.said().includes('pinned@r1 is no longer in the bucket (deleted?): still serving it as loaded'), 30);
+      await new Promise((r) => setTimeout(r, 2_500)); // (two more looks: said once)
+      expect(serve.said().match(/is no longer in the bucket/g)).toHaveLength(1);
+    } finally {
+      await serve.stop();
+    }
+  }, 240_000);
+
   it('serve -m DATASET whose runs are deleted keeps serving the one it has, says so once, and a reload answers 404', async () => {
     // a dataset of one run: shapes@r1's files, under another name
     await copyRunAs('orphan', 'r1');

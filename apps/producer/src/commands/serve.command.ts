@@ -128,6 +128,21 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
           if (latest && latest.runId !== failedRun) failedRun = undefined;
         })().finally(() => (round = undefined));
       }, follow * 1000);
+    } else if (follow > 0) {
+      // pinned to a run: its files deleted from the bucket are said once (a trial: nothing said,
+      // /v1/models as before, until a reload failed); served as loaded meanwhile
+      let gone = false;
+      const runJson = long.services.layout.runFile(m.dataset, m.runId, 'run.json');
+      timer = setInterval(() => {
+        void long.services.store.headObject(long.config.s3.bucket, runJson, { bucketToo: true }).then(
+          (head) => {
+            if (!head && !gone) w(`${m.dataset}@${m.runId} is no longer in the bucket (deleted?): still serving it as loaded; a reload or restart cannot load it again (serve another run: -m ${m.dataset}, or -m ${m.dataset}@RUN)`);
+            if (head && gone) w(`${m.dataset}@${m.runId} is in the bucket again`);
+            gone = !head;
+          },
+          () => undefined,
+        );
+      }, follow * 1000);
     }
     o.onListening?.(server);
     await new Promise<void>((resolve) => {
