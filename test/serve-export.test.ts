@@ -229,6 +229,12 @@ describe('transferline serve', () => {
     expect(byKey[1]!.error?.message).not.toMatch(/bucket/);
     // a wrong bucket is named as such, not taken for a missing object
     expect(byKey[2]!.error).toMatchObject({ reason: 'not-found', message: 'bucket no-such-bucket-here does not exist' });
+    // a folder is named as one, slash and all (a trial: "s3://…/incoming does not exist")
+    const folder = await post(JSON.stringify({ keys: [`s3://${bucket}/incoming/`] }), { 'content-type': 'application/json' });
+    expect(((await folder.json()) as { results: { error?: { reason: string; message: string } }[] }).results[0]!.error).toEqual({
+      reason: 'bad-request',
+      message: `s3://${bucket}/incoming/ names a folder, not an object: a key is one image (to label every image under a prefix: transferline classify s3://${bucket}/incoming/ -m MODEL)`,
+    });
     // a web address among the keys is named: serve fetches none (it said only the usage before)
     const web = await post(JSON.stringify({ keys: ['https://example.com/cat.jpg'] }), { 'content-type': 'application/json' });
     expect(web.status).toBe(400);

@@ -212,8 +212,16 @@ const SERVE_REJECT_REASONS = [
   ...IMAGE_FAILURE_REASONS,
 ] as const;
 
+/** A key that names a folder (it ends with "/"): serve classifies one object per key. */
+class FolderKeyError extends Error {
+  constructor(url: string) {
+    super(`${url} names a folder, not an object: a key is one image (to label every image under a prefix: transferline classify ${url} -m MODEL)`);
+  }
+}
+
 function asError(err: unknown, s3Endpoint?: string): { reason: string; message: string } {
   if (err instanceof PermanentError) return { reason: err.reason, message: err.message };
+  if (err instanceof FolderKeyError) return { reason: 'bad-request', message: err.message };
   // (how, without the endpoint: serve's clients need not learn where its storage is)
   const unreachable = s3Endpoint === undefined ? undefined : S3UnreachableError.from(err, s3Endpoint);
   if (unreachable) return { reason: STORAGE_UNAVAILABLE, message: `the image store does not answer (${unreachable.problem}); retry shortly` };
@@ -676,6 +684,8 @@ export async function startClassifierServer(
             (keys as string[]).map(async (url) => {
               let hold: ByteHold | undefined;
               try {
+                // a folder, not an object (a trial: told "s3://…/pets does not exist", its slash dropped)
+                if (url.endsWith('/')) throw new FolderKeyError(url);
                 const { bucket, key } = parseS3ObjectUrl(url);
                 // Room for what the object is (its size from a HEAD), then the object.
                 const head = await ctx.services.store.headObject(bucket, key, { bucketToo: true });
