@@ -58,20 +58,26 @@ export async function loadHead(tf: Tf, store: ObjectStore, bucket: string, prefi
   }
   if (!json) throw new Error(`no model at ${where}model.json`);
   if (!Array.isArray(json.weightsManifest) || typeof json.modelTopology !== 'object' || json.modelTopology === null) throw damaged('model.json is not a TF.js layers model (no modelTopology or weightsManifest)');
-  const specs = json.weightsManifest.flatMap((g) => (Array.isArray(g?.weights) ? g.weights : [undefined]));
-  if (specs.some((w) => typeof w?.dtype !== 'string' || !Array.isArray(w.shape) || !w.shape.every((d) => Number.isInteger(d))) || !json.weightsManifest.every((g) => Array.isArray(g.paths))) {
+  // (as written to the bucket, any of it may be missing: checked before it is read as TF.js's)
+  const entries: unknown[] = json.weightsManifest.flatMap((g) => (Array.isArray(g?.weights) ? g.weights : [undefined]));
+  const isEntry = (w: unknown): w is tfTypes.io.WeightsManifestEntry => {
+    const e = w as Partial<tfTypes.io.WeightsManifestEntry> | undefined;
+    return typeof e?.dtype === 'string' && Array.isArray(e.shape) && e.shape.every((d) => Number.isInteger(d));
+  };
+  if (!entries.every(isEntry) || !json.weightsManifest.every((g) => Array.isArray(g.paths))) {
     throw damaged("model.json's weightsManifest is not TF.js's (a weight without its dtype or shape, or a group without its paths)");
   }
+  const specs = entries;
   const parts = await Promise.all(
     json.weightsManifest.flatMap((g) => g.paths).map((p) => store.getObject(bucket, `${prefix}${p.replace(/^\.\//, '')}`)),
   );
   const weightData = tf.io.concatenateArrayBuffers(parts.map((b) => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer));
-  const expected = manifestBytes(specs as tfTypes.io.WeightsManifestEntry[]);
+  const expected = manifestBytes(specs);
   if (expected !== undefined && weightData.byteLength !== expected) {
     throw damaged(`its weights hold ${weightData.byteLength.toLocaleString('en-US')} bytes where model.json's ${specs.length} weights take ${expected.toLocaleString('en-US')} bytes`);
   }
   try {
-    return await tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: specs as tfTypes.io.WeightsManifestEntry[], weightData }));
+    return await tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: specs, weightData }));
   } catch (err) {
     // (its files are whole by their sizes: not called damaged, which would send a user to delete a good run)
     throw new Error(`TF.js could not load the model in ${where}: ${(err as Error).message}`);

@@ -4,7 +4,7 @@ import { ConfigError, DEFAULT_ALPHA_BACKGROUND, type Config } from './config.js'
 import { DocumentError, EmbeddingSpace, EmbedWorkerInfo, parseDocument, StorageRecord } from './documents.js';
 import { redisKeys, type RedisKeys } from './keys.js';
 import { PROCESS_NAME, sleep } from './lifecycle.js';
-import { RedisScript } from './redis.client.js';
+import { globLiteral, RedisScript, scanKeys } from './redis.client.js';
 import { redactUrl } from './redact.js';
 
 /** EfficientNet-B0's input side and embedding length. */
@@ -68,7 +68,7 @@ export async function claimStorage(redis: Redis, keys: RedisKeys, own: Storage, 
   if (theirs === undefined) {
     const live = (await new SpaceRegistry(redis, keys).liveWorkers()).flatMap((w) => (w.storage ? [w.storage] : []));
     const other = live.find((s) => !same(s));
-    if (other && !live.some(same)) throw refusedStorage(other, 'as its live embed workers say (no record yet)', own, keys, settings, who);
+    if (other && !live.some(same)) throw refusedStorage(other, 'as its live embed workers say (no record yet)', own, keys, settings, who, false);
     const owners = live.length ? [] : await storageOwners(redis, settings.prefix, own);
     if (owners.length) throw new ConfigError(`${ownedElsewhereWords(owners, own, settings, who)} (If that deployment has moved to this prefix: with its workers stopped, delete its record, redis-cli -u ${redactUrl(settings.url)} DEL ${owners[0]!.key})`);
     if ((await redis.set(keys.storage(), JSON.stringify(record), 'NX')) === 'OK') return;
@@ -76,7 +76,7 @@ export async function claimStorage(redis: Redis, keys: RedisKeys, own: Storage, 
     // (removed between the two: this process's storage is recorded on its next start)
     if (theirs === undefined) return;
   }
-  if (!same(theirs)) throw refusedStorage(theirs, `as recorded by its first process (${theirs.by}, ${theirs.at})`, own, keys, settings, who);
+  if (!same(theirs)) throw refusedStorage(theirs, `as recorded by its first process (${theirs.by}, ${theirs.at})`, own, keys, settings, who, true);
 }
 
 /** The deployment's storage as recorded (keys.storage), if it is; a record that cannot be read is said with its key and how to mend it. */
@@ -114,21 +114,18 @@ export interface StorageOwner {
 export async function storageOwners(redis: Redis, queuePrefix: string, own: Storage): Promise<StorageOwner[]> {
   const ownKey = redisKeys(queuePrefix).storage();
   const tail = ownKey.slice(queuePrefix.length);
-  const found: StorageOwner[] = [];
+  let keys: string[];
   try {
-    let cursor = '0';
-    do {
-      const [next, batch] = await redis.scan(cursor, 'MATCH', `*${tail.replace(/[*?[\]\\]/g, '\\$&')}`, 'COUNT', 1000);
-      cursor = next;
-      for (const key of batch) {
-        if (key === ownKey || !key.endsWith(tail)) continue;
-        const prefix = key.slice(0, -tail.length);
-        const record = await recordedStorage(redis, redisKeys(prefix)).catch(() => undefined);
-        if (record && sameStorage(record, own)) found.push({ prefix, key, record });
-      }
-    } while (cursor !== '0');
+    keys = await scanKeys(redis, `*${globLiteral(tail)}`);
   } catch {
-    return found;
+    return [];
+  }
+  const found: StorageOwner[] = [];
+  for (const key of keys) {
+    if (key === ownKey || !key.endsWith(tail)) continue;
+    const prefix = key.slice(0, -tail.length);
+    const record = await recordedStorage(redis, redisKeys(prefix)).catch(() => undefined);
+    if (record && sameStorage(record, own)) found.push({ prefix, key, record });
   }
   return found.sort((a, b) => a.prefix.localeCompare(b.prefix));
 }
@@ -150,9 +147,9 @@ function storageFix(theirs: Storage, own: Storage): string {
   return [set.length > 0 && `set ${set.join(' and ')}`, unset && 'unset TL_PREFIX'].filter(Boolean).join(' and ');
 }
 
-function refusedStorage(theirs: Storage, source: string, own: Storage, keys: RedisKeys, redis: { prefix: string; url: string }, who: string): ConfigError {
+function refusedStorage(theirs: Storage, source: string, own: Storage, keys: RedisKeys, redis: { prefix: string; url: string }, who: string, recorded: boolean): ConfigError {
   // (the deployment's record names it: how to record another, when the deployment really moved)
-  const moved = source.startsWith('as recorded')
+  const moved = recorded
     ? ` (If the deployment has moved, its files with it: with its workers stopped, delete the record, redis-cli -u ${redactUrl(redis.url)} DEL ${keys.storage()}, and start them with the new settings)`
     : '';
   return new ConfigError(`${otherStorageWords(theirs, source, own, redis, who, 'as the others have it')}${moved}`);

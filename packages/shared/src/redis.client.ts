@@ -240,3 +240,18 @@ export class RedisScript {
     if (keys.length !== this.numberOfKeys) throw new Error(`Redis script ${this.name} takes ${this.numberOfKeys} keys, was given ${keys.length}`);
   }
 }
+
+/** A string matched literally in a SCAN pattern. */
+export const globLiteral = (s: string): string => s.replace(/[*?[\]\\]/g, '\\$&');
+
+/** The Redis keys matching `pattern` (SCAN, never KEYS: a large Redis is not blocked). */
+export async function scanKeys(redis: Redis, pattern: string): Promise<string[]> {
+  const found: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    cursor = next;
+    found.push(...keys);
+  } while (cursor !== '0');
+  return found;
+}

@@ -1,6 +1,6 @@
 import type { ChainableCommander, Redis } from 'ioredis';
 import type { RedisKeys } from './keys.js';
-import { RedisScript, execPipeline } from './redis.client.js';
+import { RedisScript, execPipeline, scanKeys } from './redis.client.js';
 
 /** KEYS: the queue's failed set, the pixels; ARGV: the job id. */
 const DELETE_IF_FAILED = new RedisScript('tlDeleteTensorIfFailed', `if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return redis.call('DEL', KEYS[2]) end
@@ -68,13 +68,6 @@ export class TensorStore {
 
   /** How many tensors are waiting, in every space (for tests and benchmarks); SCAN-based, so O(keys). */
   async count(): Promise<number> {
-    let n = 0;
-    let cursor = '0';
-    do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', this.keys.tensor('*', '*'), 'COUNT', 1000);
-      cursor = next;
-      n += keys.length;
-    } while (cursor !== '0');
-    return n;
+    return (await scanKeys(this.redis, this.keys.tensor('*', '*'))).length;
   }
 }

@@ -4,7 +4,7 @@ import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
 import { printDatasetSummary } from './ingest.command.js';
 import { printable } from '../terminal.js';
-import { storageHint, storageMismatch } from '../storage-hint.js';
+import { storageHint, storageMismatch, type StorageMismatch } from '../storage-hint.js';
 import { runCompletedAfter } from './models.command.js';
 import { holderConnected, takenUpWithinSeconds } from '../job-follow.js';
 import { indexUnderOtherPrefixes, lossOver, lossUnrecorded, lostDatasetLine, lostDatasets, noSuchDataset, otherPrefixWords, recordLostDatasets, spacesUnderOtherPrefixes } from '../data-loss.js';
@@ -488,7 +488,12 @@ export async function deploymentWarnings(ctx: CliContext, spaces: string[], s3: 
   // recorded or forgotten from it (a review: such a status forgot a deployment's lost datasets).
   // (a record that cannot be read is said, as the other commands refuse with it; a loss is then neither recorded nor forgotten either)
   let unreadable: string | undefined;
-  const mismatch = await storageMismatch(ctx).catch((err: unknown) => void (err instanceof DocumentError && (unreadable = err.message)));
+  let mismatch: StorageMismatch | undefined;
+  try {
+    mismatch = await storageMismatch(ctx);
+  } catch (err) {
+    if (err instanceof DocumentError) unreadable = err.message;
+  }
   const loss = mismatch?.kind === 'storage' ? { lines: [], found: false, elsewhere: false } : await dataLossWarnings(ctx, spaces, s3, { remember: !mismatch && unreadable === undefined });
   // a shell whose TL_BUCKET/TL_PREFIX are not the workers': every model and cache read here looks elsewhere
   const storage = (await storageHint(ctx)) ?? mismatch?.words;
