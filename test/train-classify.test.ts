@@ -18,7 +18,7 @@ import { holdModel, modelUsers } from '../apps/producer/src/model-lease.js';
 import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { demoTrain } from '../apps/producer/src/commands/up.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { classifyDatasetName, enqueue, jobIds, jobLock, STOP_DEADLINE_MS, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig, TrainJob } from '../packages/shared/src/index.js';
+import { classifyDatasetName, enqueue, jobIds, jobLock, STOP_DEADLINE_MS, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig, TrainJob, deploymentOf } from '../packages/shared/src/index.js';
 import { ingestManifest, ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { restoreLostIndex } from '../apps/producer/src/data-loss.js';
 import { consoleDeps, loadDataset, loadOverview } from '../apps/producer/src/console/console-data.js';
@@ -1135,22 +1135,25 @@ describe('training runs and classification', () => {
       `kept:`,
       `  its classify results: 1 file in s3://${bucket}/${resultsFolder} (add --results to delete them too)`,
     ].join('\n');
+    // the plan says first which deployment it is of, as status does
+    const deployment = `deployment: ${deploymentOf(loadConfig(stack.env)).words}\n`;
+    expect(deployment).toContain(`(TL_QUEUE_PREFIX=${stack.config.redis.prefix})`);
     const asked = await runCli(['delete', 'run', 'doomed@doomed-new'], stack.env);
     expect(asked.code).toBe(2);
-    expect(asked.stdout).toBe(`would delete:\n${plan}\n`);
+    expect(asked.stdout).toBe(`${deployment}would delete:\n${plan}\n`);
     expect(asked.stderr).toBe('transferline: nothing deleted: add --yes to delete (on a terminal it asks instead)\n');
     const dry = await runCli(['delete', 'run', 'doomed@doomed-new', '--dry-run'], stack.env);
-    expect({ code: dry.code, stdout: dry.stdout }).toEqual({ code: 0, stdout: `would delete:\n${plan}\nnothing deleted (--dry-run)\n` });
+    expect({ code: dry.code, stdout: dry.stdout }).toEqual({ code: 0, stdout: `${deployment}would delete:\n${plan}\nnothing deleted (--dry-run)\n` });
     expect(await listed(runFolder)).toEqual(runFiles);
     // on a terminal it asks; anything but y keeps the run
     const onTerminal = await answerOnTerminal(['delete', 'run', 'doomed@doomed-new'], 'delete? [y/N] ', 'n');
     expect(onTerminal.code).toBe(0);
-    expect(onTerminal.output).toBe(`would delete:\n${plan}\ndelete? [y/N] n\nnothing deleted\n`);
+    expect(onTerminal.output).toBe(`${deployment}would delete:\n${plan}\ndelete? [y/N] n\nnothing deleted\n`);
     expect(await listed(runFolder)).toEqual(runFiles);
 
     const gone = await runCli(['delete', 'run', 'doomed@doomed-new', '--yes'], stack.env);
     expect({ code: gone.code, stderr: gone.stderr }).toEqual({ code: 0, stderr: '' });
-    expect(gone.stdout).toBe(`deleting:\n${plan}\ndeleted run doomed@doomed-new\n`);
+    expect(gone.stdout).toBe(`${deployment}deleting:\n${plan}\ndeleted run doomed@doomed-new\n`);
     expect(await listed(runFolder)).toEqual([]);
     expect(await redis.exists(keys.classified('doomed', 'doomed-new'))).toBe(0);
     expect(await listed(resultsFolder)).toHaveLength(1);

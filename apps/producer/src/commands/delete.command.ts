@@ -1,7 +1,7 @@
 import { createInterface } from 'node:readline/promises';
 import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
-import { classifyDatasetName, isClassifyDataset, jobIds, LatestDoc, latestPointer } from '@transferline/shared';
+import { classifyDatasetName, deploymentOf, isClassifyDataset, jobIds, LatestDoc, latestPointer } from '@transferline/shared';
 import { datasetUnderOtherPrefixes, forgetLost, otherPrefixWords } from '../data-loss.js';
 import type { CliContext } from '../cli-context.js';
 import { globLiteral, redisKeysMatching } from '../redis-scan.js';
@@ -10,6 +10,7 @@ import { nothingHere, storageHint } from '../storage-hint.js';
 import { jobsInFlight } from '../jobs-in-flight.js';
 import { LEASE_SECONDS, modelUsers } from '../model-lease.js';
 import { listModelRuns, newestPromotable, parseRunSpec } from './models.command.js';
+import { printable } from '../terminal.js';
 
 /**
  * `transferline delete run|dataset`: what a deployment that trains for months needs to give back
@@ -108,6 +109,9 @@ const images = (n: number) => `${n} image${n === 1 ? '' : 's'}`;
 /** Prints the plan, asks (or requires --yes), then carries it out. */
 async function carryOut(ctx: CliContext, plan: Plan, o: DeleteOptions, confirm: Confirm | undefined, done: string): Promise<boolean> {
   const w = (line: string) => ctx.out.write(`${line}\n`);
+  // which deployment the plan is of, as status says it first: a shell that is not on one is
+  // refused before this, but a user deleting should see where, before saying yes
+  w(`deployment: ${printable(deploymentOf(ctx.config).words)}`);
   w(o.dryRun || !o.yes ? 'would delete:' : 'deleting:');
   for (const l of plan.lines) w(`  ${l}`);
   if (plan.kept.length) {
