@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createRedis, DatasetRepository, loadConfig, queueName, redactUrl, redisKeys, SpaceRegistry, spaceFromConfig } from '../packages/shared/src/index.js';
 import { Worker } from 'bullmq';
+import pMap from 'p-map';
 import { describe, expect, it } from 'vitest';
 import { renderSample } from '../apps/producer/src/demo/sample-images.js';
 import { lockDataDir } from '../apps/producer/src/embedded/data-dir.lock.js';
@@ -786,7 +787,13 @@ describe('what a user sees when something is wrong', () => {
       [['no-such-command'], /unknown command 'no-such-command'/],
       [['train', '-d', 'x', '--epochs', 'abc'], /--epochs must be a whole number/],
       // the least it takes, said as the range it is (a user's trial: "0 or more" for -1, then "at least 1" for 0)
-      [['train', '-d', 'x', '--epochs', '0'], /--epochs must be a whole number, 1 or more/],
+      [['train', '-d', 'x', '--epochs', '0'], /--epochs must be a whole number, at least 1$/m],
+      // every setting of a run is checked against the run's own schema as it is parsed, before Redis is asked
+      [['train', '-d', 'x', '--epochs', '2.5'], /--epochs must be a whole number$/m],
+      [['train', '-d', 'x', '--validation-fraction', '0.01'], /--validation-fraction must be a number, at least 0\.05$/m],
+      [['train', '-d', 'x', '--test-fraction', '0.7'], /--test-fraction must be a number, at most 0\.5$/m],
+      [['train', '-d', 'x', '--learning-rate', '0'], /--learning-rate must be a number, above 0$/m],
+      [['train', '-d', 'x', '--hidden-units', '9000'], /--hidden-units must be a whole number, at most 8192$/m],
       [['ingest', 's3://photos/', '-d', 'x', '--stall-timeout', '-5'], /--stall-timeout must be a whole number, 0 or more/],
       // (0 threads was taken, then dropped for the default)
       [['serve', '-m', 'x', '--threads', '0'], /--threads must be a whole number, 1 or more/],
@@ -796,8 +803,8 @@ describe('what a user sees when something is wrong', () => {
       [['export', '-m', 'x', '--format', 'tflite'], /argument 'tflite' is invalid\. Allowed choices are onnx/],
       [['ingest', 's3://photos/train/', '-d', 'x', '--watch', '--interval', '0'], /--interval must be a positive number/],
       // (was zod's words on the run's settings, after Redis was asked)
-      [['train', '-d', 'x', '--l2', 'abc'], /--l2 must be a number, 0 or more/],
-      [['train', '-d', 'x', '--l2', '-0.1'], /--l2 must be a number, 0 or more/],
+      [['train', '-d', 'x', '--l2', 'abc'], /--l2 must be a number$/m],
+      [['train', '-d', 'x', '--l2', '-0.1'], /--l2 must be a number, at least 0$/m],
       [['retry', '-d', 'x', '--stage', 'train'], /--stage is preprocess or embed/],
       // how often --watch looks, given without --watch, would be ignored
       [['ingest', 's3://photos/train/', '-d', 'x', '--interval', '5'], /--interval goes with --watch/],
@@ -819,11 +826,12 @@ describe('what a user sees when something is wrong', () => {
       // a followed run keeps the settings it started with
       [['train', '--follow', 'r1', '--epochs', '5', '--no-wait'], /--follow follows a run as it was started: --epochs, --no-wait cannot change it/],
     ];
-    for (const [args, message] of cases) {
+    // (two at a time: each is a process of its own, about 0.7 s of CPU)
+    await pMap(cases, async ([args, message]) => {
       const r = await runCli(args, { ...baseEnv, REDIS_URL: 'redis://127.0.0.1:1' });
       expect({ args, code: r.code }).toEqual({ args, code: 2 });
       expect(r.stderr).toMatch(message);
-    }
+    }, { concurrency: 2 });
     const help = await runCli(['ingest', '--help'], baseEnv);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/--stall-timeout/);
@@ -835,5 +843,5 @@ describe('what a user sees when something is wrong', () => {
     // the version a user reports a bug against (a user's trial: "unknown option '--version'")
     const version = await runCli(['--version'], baseEnv);
     expect({ code: version.code, stdout: version.stdout }).toEqual({ code: 0, stdout: `${(JSON.parse(await readFile(path.join(repoRoot, 'apps/producer/package.json'), 'utf8')) as { version: string }).version}\n` });
-  });
+  }, 180_000);
 });

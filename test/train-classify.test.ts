@@ -485,10 +485,14 @@ describe('training runs and classification', () => {
   it('refuses bad training settings with exit 2 before it waits or enqueues anything', async () => {
     const r = await runCli(['train', '-d', 'shapes', '--validation-fraction', '0.6', '--run-id', 'never'], stack.env);
     expect(r.code).toBe(2);
-    // named as the user gave it: the option, not the field of the job
-    expect(r.stderr).toBe('transferline: bad training settings: --validation-fraction: at most 0.5 (got 0.6)\n');
+    // named as the user gave it: the option, not the field of the job; as it is parsed, by the job's own bounds
+    expect(r.stderr.split('\n')[0]).toBe("error: option '--validation-fraction <x>' argument '0.6' is invalid. --validation-fraction must be a number, at most 0.5");
     const several = await runCli(['train', '-d', 'shapes', '--epochs', '100000', '--learning-rate', '20', '--run-id', 'never'], stack.env);
-    expect({ code: several.code, stderr: several.stderr }).toEqual({ code: 2, stderr: 'transferline: bad training settings: --epochs: at most 10000 (got 100000); --learning-rate: at most 10 (got 20)\n' });
+    expect({ code: several.code, stderr: several.stderr.split('\n')[0] }).toEqual({ code: 2, stderr: "error: option '--epochs <n>' argument '100000' is invalid. --epochs must be a whole number, at most 10000" });
+    // the command's own check, for a caller that is not the CLI's parser (up's demo): every bad setting named, with what was given
+    const direct = await trainCommand({ ...ctx, out: { write: () => true } as unknown as NodeJS.WritableStream }, { dataset: 'shapes', runId: 'never', epochs: 100000, learningRate: 20, wait: false }).catch((err: unknown) => err);
+    expect(direct).toBeInstanceOf(CliExit);
+    expect({ code: (direct as CliExit).code, message: (direct as CliExit).message }).toEqual({ code: EXIT.usage, message: 'transferline: bad training settings: --epochs: at most 10000 (got 100000); --learning-rate: at most 10 (got 20)' });
     // dropout with no hidden layer to apply it to
     const dropout = await runCli(['train', '-d', 'shapes', '--dropout', '0.5', '--run-id', 'never'], stack.env);
     expect({ code: dropout.code, stderr: dropout.stderr }).toEqual({ code: 2, stderr: 'transferline: bad training settings: --dropout: the softmax head has no hidden layer to drop units of (add --hidden-units N, or leave --dropout out)\n' });

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option, type CommanderError } from 'commander';
-import { AnyDatasetName, ConfigError, DatasetName, DEFAULT_STALL_SECONDS, loadConfig, ObjectStore, parseS3Url, s3Refusal, S3UnreachableError, ITEM_FAILURE_REASONS, TRANSIENT_REASONS } from '@transferline/shared';
+import { AnyDatasetName, ConfigError, DatasetName, DEFAULT_STALL_SECONDS, loadConfig, ObjectStore, parseS3Url, rangeWords, s3Refusal, S3UnreachableError, ITEM_FAILURE_REASONS, TrainJob, TRANSIENT_REASONS } from '@transferline/shared';
 import { openCliContext, sayWhenS3IsSlow, type CliContext } from './cli-context.js';
 import { brokenPipe, CliExit, EXIT } from './exit-codes.js';
 import { DEFAULT_ORPHAN_MINUTES, compactCommand, rebuildIndexCommand } from './commands/cache.command.js';
@@ -66,11 +66,6 @@ const s3url = (v: string) => {
 const positive = (name: string) => (v: string) => {
   const n = Number(v);
   if (!(n > 0)) throw new InvalidArgumentError(`${name} must be a positive number`);
-  return n;
-};
-const nonNegative = (name: string) => (v: string) => {
-  const n = Number(v);
-  if (v.trim() === '' || !(n >= 0) || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number, 0 or more`);
   return n;
 };
 /** An option's value checked against a name schema: commander shows the schema's message. */
@@ -265,27 +260,37 @@ program
     });
   });
 
-const fraction = (name: string) => (v: string) => {
-  const n = Number(v);
-  if (!(n >= 0 && n < 1)) throw new InvalidArgumentError(`${name} must be a fraction in [0, 1)`);
-  return n;
+/**
+ * A training setting checked, as it is parsed, against the train job's own schema (the one home
+ * of its bounds): a bad value is refused before Redis is asked anything, in the words of the
+ * check the run would fail.
+ */
+type NumericSetting = 'hiddenUnits' | 'dropout' | 'epochs' | 'learningRate' | 'batchSize' | 'l2' | 'patience' | 'validationFraction' | 'testFraction' | 'seed';
+const setting = (name: string, field: NumericSetting) => (v: string) => {
+  const n = v.trim() === '' ? NaN : Number(v);
+  const checked = TrainJob.shape[field].safeParse(n);
+  if (checked.success) return n;
+  const issue = checked.error.issues[0]!;
+  const kind = TrainJob.shape[field].unwrap().isInt ? 'a whole number' : 'a number';
+  const range = Number.isNaN(n) ? undefined : rangeWords(issue);
+  throw new InvalidArgumentError(`${name} must be ${kind}${range ? `, ${range}` : ''}`);
 };
 
 program
   .command('train')
   .description("fit a classification head on a dataset's cached embeddings; the model and report land in the bucket")
   .option('-d, --dataset <name>', 'dataset name', dataset)
-  .option('--hidden-units <n>', 'add one ReLU hidden layer of n units (default 0: a softmax head, i.e. logistic regression)', int('--hidden-units'))
-  .option('--dropout <rate>', 'dropout after the hidden layer (default 0.2)', fraction('--dropout'))
-  .option('--epochs <n>', 'most epochs (default 100; early stopping usually ends sooner)', int('--epochs', 1))
-  .option('--learning-rate <lr>', 'Adam learning rate (default 0.001)', positive('--learning-rate'))
-  .option('--batch-size <n>', 'mini-batch size (default 64)', int('--batch-size', 1))
-  .option('--l2 <x>', 'L2 penalty on the weights (default 0.0001)', nonNegative('--l2'))
-  .option('--patience <n>', 'stop after n epochs without a better validation loss (default 10; 0 = off); either way the best epoch is kept', int('--patience'))
+  .option('--hidden-units <n>', 'add one ReLU hidden layer of n units (default 0: a softmax head, i.e. logistic regression)', setting('--hidden-units', 'hiddenUnits'))
+  .option('--dropout <rate>', 'dropout after the hidden layer (default 0.2)', setting('--dropout', 'dropout'))
+  .option('--epochs <n>', 'most epochs (default 100; early stopping usually ends sooner)', setting('--epochs', 'epochs'))
+  .option('--learning-rate <lr>', 'Adam learning rate (default 0.001)', setting('--learning-rate', 'learningRate'))
+  .option('--batch-size <n>', 'mini-batch size (default 64)', setting('--batch-size', 'batchSize'))
+  .option('--l2 <x>', 'L2 penalty on the weights (default 0.0001)', setting('--l2', 'l2'))
+  .option('--patience <n>', 'stop after n epochs without a better validation loss (default 10; 0 = off); either way the best epoch is kept', setting('--patience', 'patience'))
   .option('--class-weights <mode>', 'balanced (default: weight rare classes up) or none')
-  .option('--validation-fraction <x>', 'share of each class held out for validation (default 0.2)', fraction('--validation-fraction'))
-  .option('--test-fraction <x>', 'share of each class held out for the test report (default 0.1)', fraction('--test-fraction'))
-  .option('--seed <n>', 'seed of initial weights, shuffles and dropout (default 1): same data + same seed = same figures', int('--seed'))
+  .option('--validation-fraction <x>', 'share of each class held out for validation, 0.05 to 0.5 (default 0.2)', setting('--validation-fraction', 'validationFraction'))
+  .option('--test-fraction <x>', 'share of each class held out for the test report, 0 to 0.5 (default 0.1)', setting('--test-fraction', 'testFraction'))
+  .option('--seed <n>', 'seed of initial weights, shuffles and dropout (default 1): same data + same seed = same figures', setting('--seed', 'seed'))
   .option('--run-id <id>', 'name of the run (default: a timestamp); refused if it exists')
   .option('--partial', 'train now on the images embedded so far, although some are still pending (the report records it)')
   .option('--no-promote', "do not make the run the dataset's latest (what classify, serve and export use without @run); transferline promote does it later")
