@@ -41,6 +41,8 @@ describe('an image whose embedding failed for good', () => {
     const first = await waitForDataset(ctx, 'rec', { space: stack.space.id, stallSeconds: 60 });
     expect(first).toMatchObject({ total: 4, embedded: 2, failed: 2, pending: 0 });
     expect(first.failures.map((f) => f.reason)).toEqual(['pixels-expired', 'pixels-expired']);
+    // with when each failed (listings put the newest first), and its label
+    for (const f of first.failures) expect({ label: f.label, recent: Date.now() - Date.parse(f.failedAt ?? '') < 120_000 }).toEqual({ label: 'circle', recent: true });
     // the reason is recorded before the job itself is moved to failed: give BullMQ a moment
     for (let i = 0; i < 50 && ((await ctx.queues.embed(stack.space.id).getJobCounts('failed')).failed ?? 0) < 2; i++) await new Promise((r) => setTimeout(r, 100));
     expect((await ctx.queues.embed(stack.space.id).getJobCounts('failed')).failed).toBe(2);

@@ -206,6 +206,26 @@ describe('bad input fails alone, with a reason', () => {
       "; 8 other failures left alone (corrupt, empty, truncated, unsupported-format: the files' own bytes, which fail again: replace or delete them and run the same ingest again; " +
         "too-many-pixels: raise the preprocess workers' TL_MAX_INPUT_PIXELS (each failure names the limit of the worker that read it: start up again with it, and any worker started by hand) and retry with --reason too-many-pixels, or replace them; too-large: name one with --reason to retry those)\n",
     );
+
+    // A new bad file among old failures: the ingest lists the newest failures first (a trial's
+    // ingest listed 20 old ones and not the one it had just met); so does `failures`, with each
+    // one's label and time, and filtered by label.
+    await store.putObject(bucket, 'train/cats/10-late.jpg', Buffer.from('a late text file\n'));
+    const late = await runCli(['ingest', `s3://${bucket}/train/`, '-d', 'bad'], stack.env, 120_000);
+    expect(late.code).toBe(3);
+    const failedLines = late.stdout.split('\n').filter((l) => l.startsWith('  failed '));
+    expect(failedLines).toHaveLength(bad.length - 1);
+    expect(failedLines[0]).toMatch(new RegExp(`^  failed s3://${bucket}/train/cats/10-late\\.jpg: preprocess not-an-image`));
+    const all = JSON.parse((await runCli(['failures', '-d', 'bad', '--json'], stack.env)).stdout) as { object: string; label: string; failedAt?: string }[];
+    expect(all).toHaveLength(bad.length - 1);
+    expect(all[0]!.object).toBe(`s3://${bucket}/train/cats/10-late.jpg`);
+    expect(all.every((f) => f.label === 'cats' && typeof f.failedAt === 'string')).toBe(true);
+    const times = all.map((f) => Date.parse(f.failedAt!));
+    expect(times).toEqual([...times].sort((a, b) => b - a));
+    const ofCats = await runCli(['failures', '-d', 'bad', '--label', 'cats', '--reason', 'not-an-image'], stack.env);
+    expect(ofCats.stdout.split('\n')[0]).toBe('dataset bad: 1 failed with not-an-image of label cats (not-an-image 1)');
+    const ofDogs = await runCli(['failures', '-d', 'bad', '--label', 'dogs'], stack.env);
+    expect(ofDogs.stdout).toBe('dataset bad: 0 failed of label dogs; it has no label dogs (its labels: cats)\n');
   });
 
   it("hidden files and folders that aws s3 sync copies (.DS_Store, a Finder's ._ files, .thumbnails/) are left out of a listing, and said so", async () => {

@@ -151,7 +151,7 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
       onFinalFailure: async (payload, f) => {
         metrics.images.inc({ stage: 'embed', outcome: 'failed' });
         if (!payload) return;
-        await services.datasets.recordEmbedFailure(payload.embedderId, payload.sha256, { reason: f.reason, detail: f.message, attempts: f.attempts });
+        await services.datasets.recordEmbedFailure(payload.embedderId, payload.sha256, { reason: f.reason, detail: f.message, attempts: f.attempts, failedAt: new Date().toISOString() });
         // Its pixels serve no one now (not a job of another space that landed here: that space may still need them).
         if (payload.embedderId === space.id) await services.tensors.deleteOfFailedJob(space.id, payload.sha256, queues.embed(space.id).toKey('failed'), jobIds.embed(payload));
       },

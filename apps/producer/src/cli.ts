@@ -328,11 +328,12 @@ program
 
 program
   .command('failures')
-  .description('every image of a dataset that failed for good, with its reason code and message')
+  .description('every image of a dataset that failed for good, newest first, with its reason code and message')
   .requiredOption('-d, --dataset <name>', 'dataset name', anyDataset)
   .addOption(new Option('--reason <code>', 'only failures with this reason code').choices(ITEM_FAILURE_REASONS))
+  .option('--label <label>', 'only the failed images of this label')
   .option('--json', 'machine-readable output')
-  .action((o: { dataset: string; reason?: string; json?: boolean }) => withContext((ctx) => failuresCommand(ctx, o)));
+  .action((o: { dataset: string; reason?: string; label?: string; json?: boolean }) => withContext((ctx) => failuresCommand(ctx, o)));
 
 program
   .command('classify')

@@ -30,6 +30,28 @@ export interface ItemFailureView {
   reason: string;
   detail?: string;
   attempts?: number;
+  /** when it failed for good (ISO, the worker's clock); absent from failures recorded before it was */
+  failedAt?: string;
+}
+
+type ListedFailure = { item: string; object: string; label: string } & ItemFailureView;
+
+/** Where `f` goes in `sorted` (newest first), after those equal to it. */
+function sortedIndex(sorted: ListedFailure[], f: ListedFailure): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (newestFailureFirst(sorted[mid]!, f) <= 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** Newest failure first (those of unknown time last), then by object: what an ingest just met is listed first. */
+export function newestFailureFirst(a: ListedFailure, b: ListedFailure): number {
+  const at = (f: ListedFailure) => (f.failedAt === undefined ? -Infinity : Date.parse(f.failedAt) || -Infinity);
+  return at(b) - at(a) || (a.object < b.object ? -1 : a.object > b.object ? 1 : 0);
 }
 
 export interface ItemView {
@@ -54,8 +76,8 @@ export interface DatasetStatus {
   pending: number;
   pendingByStage: { preprocess: number; embed: number };
   orphaned: number;
-  /** the first failures (up to the limit asked for): the item id (`bucket/key`) and its object's `s3://` URL */
-  failures: ({ item: string; object: string } & ItemFailureView)[];
+  /** the newest failures, newest first (up to the limit asked for): the item id (`bucket/key`), its object's `s3://` URL and its label */
+  failures: ListedFailure[];
   failuresByReason: { stage: Stage; reason: string; count: number }[];
   /**
    * Images per label, sorted by label; how many of them failed for good (when any: train leaves
@@ -195,7 +217,7 @@ export class DatasetInspector {
       const space = spaceOf(record);
       const base = { id, record, ...(space && { space }) };
       if (record.state === 'failed') {
-        return { ...base, phase: 'failed', failure: { stage: record.stage ?? 'preprocess', reason: record.reason ?? 'unknown', ...(record.detail && { detail: record.detail }), ...(record.attempts && { attempts: record.attempts }) } };
+        return { ...base, phase: 'failed', failure: { stage: record.stage ?? 'preprocess', reason: record.reason ?? 'unknown', ...(record.detail && { detail: record.detail }), ...(record.attempts && { attempts: record.attempts }), ...(record.failedAt && { failedAt: record.failedAt }) } };
       }
       const { index, fail } = result[i]!;
       if (index !== null) return { ...base, phase: 'embedded' };
@@ -273,7 +295,14 @@ export class DatasetInspector {
         } else if (v.phase === 'failed') {
           s.failed++;
           const f = v.failure!;
-          if (s.failures.length < maxFailuresListed) s.failures.push({ item: v.id, object: DatasetRepository.objectUrl(v.id), ...f });
+          // the newest `maxFailuresListed` (a trial: an ingest listed 20 old failures, and not the one it had just met)
+          const listed = { item: v.id, object: DatasetRepository.objectUrl(v.id), label: v.record.label, ...f };
+          const last = s.failures[s.failures.length - 1];
+          if (maxFailuresListed === Number.POSITIVE_INFINITY) s.failures.push(listed); // (every one: sorted once, below)
+          else if (s.failures.length < maxFailuresListed || (last && newestFailureFirst(listed, last) < 0)) {
+            if (s.failures.length >= maxFailuresListed) s.failures.pop();
+            s.failures.splice(sortedIndex(s.failures, listed), 0, listed);
+          }
           const k = `${f.stage} ${f.reason}`;
           const r = reasons.get(k) ?? { stage: f.stage, reason: f.reason, count: 0 };
           r.count++;
@@ -289,6 +318,7 @@ export class DatasetInspector {
     // (in a training dataset, a folder may be named `?`: a label like any other)
     const unlabelled = isClassifyDataset(dataset);
     s.labels = [...labels].map(([label, l]) => ({ label, count: l.count, ...(l.failed && { failed: l.failed }), ...(l.pending && { pending: l.pending }), ready: l.ready, ...(unlabelled && label === UNLABELLED && { unlabelled: true as const }) })).sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
+    if (maxFailuresListed === Number.POSITIVE_INFINITY) s.failures.sort(newestFailureFirst);
     s.failuresByReason = [...reasons.values()].sort((a, b) => b.count - a.count);
     s.elsewhere = [...elsewhere].map(([sp, e]) => ({ space: sp, count: e.count, sources: [...e.sources].sort() }));
     return s;

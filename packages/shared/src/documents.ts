@@ -116,6 +116,8 @@ export const EmbedFailure = z.object({
   reason: z.string(),
   detail: z.string().optional(),
   attempts: z.number().int().optional(),
+  /** when it failed for good (ISO, the worker's clock; absent from failures recorded before it was) */
+  failedAt: z.string().optional(),
 });
 export type EmbedFailure = z.infer<typeof EmbedFailure>;
 

@@ -307,5 +307,5 @@ export function elsewhereLines(s: Pick<DatasetStatus, 'space' | 'elsewhere'>): s
 export function printFailures(ctx: CliContext, s: Pick<DatasetStatus, 'dataset' | 'failed' | 'failures'>): void {
   const w = (line: string) => ctx.out.write(`${line}\n`);
   for (const f of s.failures) w(`  failed ${printable(f.object)}: ${f.stage} ${f.reason}${f.detail ? ` — ${printable(f.detail)}` : ''}`);
-  if (s.failed > s.failures.length) w(`  … and ${s.failed - s.failures.length} more failures: transferline failures -d ${s.dataset}`);
+  if (s.failed > s.failures.length) w(`  … and ${s.failed - s.failures.length} more failure${s.failed - s.failures.length === 1 ? '' : 's'}, older (those above are the newest): transferline failures -d ${s.dataset}`);
 }

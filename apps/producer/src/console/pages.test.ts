@@ -61,7 +61,7 @@ describe('pages', () => {
       pendingByStage: { preprocess: 1, embed: 0 },
       orphaned: 0,
       elsewhere: [],
-      failures: [{ item: `photos/${EVIL[0]}/x.jpg`, object: `s3://photos/${EVIL[0]}/x.jpg`, stage: 'preprocess', reason: 'not-an-image', detail: EVIL[2], attempts: 1 }],
+      failures: [{ item: `photos/${EVIL[0]}/x.jpg`, object: `s3://photos/${EVIL[0]}/x.jpg`, label: EVIL[0]!, stage: 'preprocess', reason: 'not-an-image', detail: EVIL[2], attempts: 1 }],
       failuresByReason: [{ stage: 'preprocess', reason: 'not-an-image', count: 1 }],
       labels: EVIL.map((label) => ({ label, count: 1, ready: 0 })),
     };
