@@ -120,8 +120,16 @@ describe('review and relabel', () => {
     const circle = (await ctx.services.datasets.getItems('noisy', [r.lines.find((l) => l.given === 'circle')!.key.replace('s3://', '')]))[0]!;
     const tornId = `${bucket}/train/square/also-a-circle.jpg`;
     await ctx.services.datasets.putItem('noisy', tornId, { ...circle, label: 'square' });
+    // and a label of one image (a trial: it refused the whole review): left out of it, and said so
+    const yetiSha = 'f'.repeat(64);
+    await ctx.services.cache.writeShard(stack.space.id, [yetiSha], Float32Array.from({ length: 1280 }, (_, i) => Math.sin(i)), 1280);
+    const yetiId = `${bucket}/train/yeti/only.jpg`;
+    await ctx.services.datasets.putItem('noisy', yetiId, { label: 'yeti', etag: 'e-yeti', space: stack.space.id, state: 'cached', sha256: yetiSha });
     const text = await runCli(['review', '-d', 'noisy', '--top', '6'], stack.env, 240_000);
-    await ctx.services.datasets.removeItems('noisy', [pendingId, failedId, tornId]);
+    await ctx.services.datasets.removeItems('noisy', [pendingId, failedId, tornId, yetiId]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(/^ {2}left out: label yeti \(1 image\): a review needs 2 distinct images of a label, one fitted on while the other is held out; add another to review it$/m);
+    expect(text.stdout).not.toContain('only.jpg');
     expect(text.stdout).toMatch(/^review of noisy: 61 embedded images, 60 distinct \(copies of the same bytes count once and share a fold\), 5-fold/m);
     expect(text.stdout).toMatch(/^ {2}1 of them is filed under more than one label: predicted, but fitted under none \(move the copies to their label with transferline relabel\)$/m);
     expect(text.stdout).toMatch(/^ {2}left out: 1 failed image \(see transferline failures -d noisy\)$/m);

@@ -43,6 +43,7 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
   const random = randomSpaceNote(await ctx.services.spaces.get(review.space).catch(() => undefined), 'its suggestions are');
   if (random) w(`  ${random}`);
   if (review.underTwoLabels) w(`  ${review.underTwoLabels} of them ${review.underTwoLabels === 1 ? 'is' : 'are'} filed under more than one label: predicted, but fitted under none (${printable(review.underTwoLabelsFix ?? '')})`);
+  for (const l of review.leftOutLabels ?? []) w(`  left out: label ${printable(l.label)} (${l.images} image${l.images === 1 ? '' : 's'}): a review needs 2 distinct images of a label, one fitted on while the other is held out; add another to review it`);
   if (review.failed) w(`  left out: ${review.failed} failed image${review.failed === 1 ? '' : 's'} (see transferline failures -d ${o.dataset})`);
   if (review.notYetEmbedded) w(`  left out: ${review.notYetEmbedded} images not embedded yet (on their way, or orphaned: see transferline status): review again once they are`);
   const agree = reviewAgreement(review.lines);
