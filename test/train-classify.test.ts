@@ -326,7 +326,7 @@ describe('training runs and classification', () => {
     // square has no validation image: nothing measures its recall there (n/a, not 0.000)
     expect(train.stdout).toMatch(/^ {2}square +(n\/a|\d\.\d{3}) {2} {2}n\/a {2} {2}n\/a {2}0$/m);
     expect(train.stdout).toContain('  n/a: "square" has no image in validation, so its recall and F1 are not measured (a label with fewer than 2 images outside the val/ and test/ folders: none could be held out for validation)\n');
-    expect(train.stdout).toContain('  split: validation from the split folders for circle, none for square; no test split (the split folders have no test/)\n');
+    expect(train.stdout).toContain('  split: validation from the given split for circle, none for square; no test split (none given: no test/ folder, nor test rows in a label manifest)\n');
     expect(train.stdout).toContain(`  note: 1 image held out in val/ or test/ (or by a manifest's split) also has a copy (the same bytes) where it would be trained on (train/, or no split): every copy is held out, so it is not trained on; delete the copy you did not mean\n    s3://${photos}/duo/val/circle/6.jpg = s3://${photos}/duo/train/circle/copy-of-6.jpg\n`);
     const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('duo', 'one-class-val', 'report.json'));
     expect(report?.split).toMatchObject({ copiesHeldOut: 1, heldOutCopies: [[`s3://${photos}/duo/val/circle/6.jpg`, `s3://${photos}/duo/train/circle/copy-of-6.jpg`]] });
@@ -345,7 +345,7 @@ describe('training runs and classification', () => {
     const train = await runCli(['train', '-d', 'tt', '--epochs', '5', '--run-id', 'tt-1'], stack.env);
     expect(train.code, train.stdout + train.stderr).toBe(0);
     expect(train.stdout).toContain('(20 images: 12 train, 4 validation, 4 test; ');
-    expect(train.stdout).toContain('  split: validation cut by --validation-fraction; test from the split folders\n');
+    expect(train.stdout).toContain('  split: validation cut by --validation-fraction; test from the given split\n');
     const report = await ctx.services.store.getDocument(ReportDoc, stack.config.s3.bucket, ctx.services.layout.runFile('tt', 'tt-1', 'report.json'));
     expect(report?.split.heldOut).toEqual({ validation: { folders: [], fraction: ['circle', 'square'] }, test: { folders: ['circle', 'square'], fraction: [] } });
     // a run whose save was cut short before its report: its id is named as taken, with what to do, not "see models" (which lists none of it)

@@ -302,7 +302,8 @@ async function applyPage(
     if (r?.manifest !== undefined && o.manifest !== undefined && r.manifest !== o.manifest) tally((counts.fromOtherManifests ??= { count: 0, manifests: [] }), r.manifest);
     const sameBytes = r !== undefined && r.etag === o.etag && (r.space ?? req.space.id) === req.space.id;
     const same = sameBytes && r.label === o.label && r.split === o.split && r.manifest === o.manifest;
-    if (!same) work.push({ o, retry: false, relabel: sameBytes });
+    // (a new label is no new embedding: one its own job computed is not counted as found in the cache from now on, a trial's "200 of them already in the embedding cache")
+    if (!same) work.push({ o: { ...o, ...(sameBytes && r.state === 'queued' && v!.phase === 'embedded' && { embeddedByItsJob: true }) }, retry: false, relabel: sameBytes });
     else if (needsRetry(v!, o.lastModified)) work.push({ o, retry: true });
     else {
       counts.unchanged++;
@@ -514,6 +515,8 @@ export interface Submission {
   manifest?: string;
   /** the item's classified state, when it is being run again */
   previous?: ItemView;
+  /** given a new label (or split, or manifest) only, its embedding computed by its own job before: recorded so still, not as found in the cache */
+  embeddedByItsJob?: boolean;
 }
 
 /**
@@ -541,7 +544,7 @@ export async function submit(
     const base = { label: o.label, etag: o.etag, space: req.space.id, ...(o.split && { split: o.split }), ...(o.manifest && { manifest: o.manifest }) };
     const sha256 = knownSha[i];
     if (sha256 && cached[i]) {
-      records.push([o.id, { ...base, sha256, state: 'cached' }]);
+      records.push([o.id, { ...base, sha256, state: o.embeddedByItsJob ? 'queued' : 'cached' }]);
       return 'cached';
     }
     records.push([o.id, { ...base, state: 'pending' }]);

@@ -123,11 +123,11 @@ describe('heldOutWords: how train says a run was split', () => {
     expect(heldOutWords(split({ validation: { folders: [], fraction: ['a', 'b'] }, test: { folders: [], fraction: ['a', 'b'] } }, false), ['a', 'b'])).toBeUndefined();
   });
   it('names the classes of each part when the parts are not of them all', () => {
-    expect(heldOutWords(split({ validation: { folders: ['a', 'b'], fraction: [] }, test: { folders: [], fraction: [] } }), ['a', 'b'])).toBe('validation from the split folders; no test split (the split folders have no test/)');
-    expect(heldOutWords(split({ validation: { folders: [], fraction: ['a', 'b'] }, test: { folders: ['a', 'b'], fraction: [] } }), ['a', 'b'])).toBe('validation cut by --validation-fraction; test from the split folders');
+    expect(heldOutWords(split({ validation: { folders: ['a', 'b'], fraction: [] }, test: { folders: [], fraction: [] } }), ['a', 'b'])).toBe('validation from the given split; no test split (none given: no test/ folder, nor test rows in a label manifest)');
+    expect(heldOutWords(split({ validation: { folders: [], fraction: ['a', 'b'] }, test: { folders: ['a', 'b'], fraction: [] } }), ['a', 'b'])).toBe('validation cut by --validation-fraction; test from the given split');
     // a stray val/ image in a: its class follows the folders (no test image), b is cut by the fractions
     expect(heldOutWords(split({ validation: { folders: ['a'], fraction: ['b'] }, test: { folders: [], fraction: ['b'] } }), ['a', 'b'])).toBe(
-      'validation from the split folders for a, cut by --validation-fraction for b; test cut by --test-fraction for b, none for a',
+      'validation from the given split for a, cut by --validation-fraction for b; test cut by --test-fraction for b, none for a',
     );
   });
 });

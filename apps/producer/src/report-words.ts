@@ -53,7 +53,7 @@ export const RANDOM_IS_FOR_SHAPES = "fine for the demo's shapes, not for real ph
 
 /**
  * How a run's held-out splits were made, when the bucket's split folders (or a manifest's split
- * column) gave any of them: "validation from the split folders for a, cut by --validation-fraction
+ * column) gave any of them: "validation from the given split for a, cut by --validation-fraction
  * for b; test cut by --test-fraction"; undefined when the fractions alone made them.
  */
 export function heldOutWords(split: ReportDoc['split'], labels: readonly string[], show: (s: string) => string = (s) => s): string | undefined {
@@ -62,10 +62,10 @@ export function heldOutWords(split: ReportDoc['split'], labels: readonly string[
   const one = (name: 'validation' | 'test', flag: string) => {
     const { folders, fraction } = split.heldOut![name];
     const none = labels.filter((l) => !folders.includes(l) && !fraction.includes(l));
-    if (none.length === labels.length) return name === 'test' ? 'no test split (the split folders have no test/)' : undefined;
+    if (none.length === labels.length) return name === 'test' ? 'no test split (none given: no test/ folder, nor test rows in a label manifest)' : undefined;
     // each part names its classes unless it is of them all
     const of = (l: string[]) => (l.length === labels.length ? '' : ` for ${list(l)}`);
-    const parts = [folders.length > 0 && `from the split folders${of(folders)}`, fraction.length > 0 && `cut by ${flag}${of(fraction)}`, none.length > 0 && `none for ${list(none)}`].filter(Boolean);
+    const parts = [folders.length > 0 && `from the given split${of(folders)}`, fraction.length > 0 && `cut by ${flag}${of(fraction)}`, none.length > 0 && `none for ${list(none)}`].filter(Boolean);
     return `${name} ${parts.join(', ')}`;
   };
   return [one('validation', '--validation-fraction'), one('test', '--test-fraction')].filter(Boolean).join('; ');
