@@ -8,6 +8,7 @@ import { openCliContext, type CliContext } from '../apps/producer/src/cli-contex
 import { consoleCommand } from '../apps/producer/src/commands/console.command.js';
 import { startConsole, type ConsoleHandle } from '../apps/producer/src/console/console.server.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
+import { startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
 import { jobIds, ReportDoc, type DatasetStatus } from '../packages/shared/src/index.js';
 import { startFaultyS3, type FaultProxy, type FaultyS3 } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
@@ -430,6 +431,33 @@ describe('the web console', () => {
       proxy.heal();
       await slow.close();
       await ctx.services.datasets.remove(big);
+    }
+  }, 120_000);
+
+  it('the queue boards say Redis does not answer, at once, while it is down (a trial: their page and polls spun for ever)', async () => {
+    const dir = path.join(stack.dataDir, 'console-redis-down');
+    let redis = await startEmbeddedRedis({ directory: dir, port: 0, persist: false });
+    const config = { ...stack.config, redis: { ...stack.config.redis, url: redis.url }, console: { host: '127.0.0.1', port: 0, user: USER, password: undefined } };
+    const own = await openCliContext(config, sink);
+    const board = await startConsole({ services: own.services, queues: own.queues, config });
+    try {
+      expect((await fetch(new URL('/queues/', board.url))).status).toBe(200);
+      await redis.stop();
+      for (const at of ['/queues/', '/queues/api/queues?activeQueue=preprocess&page=1&jobsPerPage=10']) {
+        // (before, no answer came at all: the abort fails the test)
+        const r = await fetch(new URL(at, board.url), { signal: AbortSignal.timeout(30_000) });
+        expect({ at, status: r.status }).toEqual({ at, status: 503 });
+        expect(await r.text()).toContain(`Redis at ${redis.url} does not answer (stopped, unreachable, or refusing connections): the queues cannot be read now`);
+      }
+    } finally {
+      // (Redis back on its port, so that every client closes as it would)
+      redis = await startEmbeddedRedis({ directory: dir, port: Number(new URL(redis.url).port), persist: false });
+      // (and the boards back with it: every client reconnected)
+      const back = Date.now() + 30_000;
+      while ((await fetch(new URL('/queues/api/queues?activeQueue=preprocess&page=1&jobsPerPage=10', board.url)).then((r) => r.status, () => 0)) !== 200 && Date.now() < back) await new Promise((r) => setTimeout(r, 200));
+      await board.close();
+      await own.close();
+      await redis.stop();
     }
   }, 120_000);
 

@@ -1,7 +1,7 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
-import { s3Refusal, TrainJob, type Config, type Logger, type Queues, type Services } from '@transferline/shared';
+import { redactUrl, s3Refusal, TrainJob, type Config, type Logger, type Queues, type Services } from '@transferline/shared';
 import { requireAdmin } from './console-auth.js';
 import { deploymentQueues } from '../commands/status.command.js';
 import { consoleDeps, loadDataset, loadOverview, loadReport, loadReview, thumbnail } from './console-data.js';
@@ -49,6 +49,9 @@ const PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' 
 const BOARD_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
 
 class DeadlineError extends Error {}
+
+/** How long a queue board's page or poll waits for Redis to answer a PING before it says Redis does not answer. */
+const BOARD_PING_MS = 3_000;
 
 
 function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -191,10 +194,26 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
     );
   });
 
+  // bull-board reads Redis for each page and poll with no deadline of its own, and the client
+  // waits for Redis to come back: with Redis down, its pages and polls spun for ever (a trial).
+  // Each is answered 503 at once, as the other pages are, while Redis does not answer a PING.
+  const boardNeedsRedis: RequestHandler = (req, res, next) => {
+    if (req.path.startsWith('/static/')) return next();
+    withDeadline(services.redis.ping(), BOARD_PING_MS, 'Redis').then(
+      () => next(),
+      () => {
+        const why = `Redis at ${redactUrl(config.redis.url)} does not answer (stopped, unreachable, or refusing connections): the queues cannot be read now; this page works again once it does`;
+        log?.warn({ path: req.path }, `console: ${why}`);
+        res.set('Cache-Control', 'no-store');
+        if (req.path.startsWith('/api/')) res.status(503).json({ error: why });
+        else res.status(503).type('html').send(errorPage(access, why));
+      },
+    );
+  };
   // bull-board's own page loads (not its API polls or static files) also pick up new spaces
   const refreshOnBoardPage: RequestHandler = (req, _res, next) => {
     if (req.method !== 'GET' || req.path.startsWith('/api/') || req.path.startsWith('/static/')) return next();
-    refresh().then(
+    withDeadline(refresh(), pageDeadline, 'Redis').then(
       () => next(),
       () => next(),
     );
@@ -203,12 +222,12 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
     res.set('Content-Security-Policy', BOARD_CSP);
     next();
   };
-  app.use(BOARD_PATHS.readOnly, boardCsp, refreshOnBoardPage, boards.readOnly.router);
+  app.use(BOARD_PATHS.readOnly, boardCsp, boardNeedsRedis, refreshOnBoardPage, boards.readOnly.router);
   const noStore: RequestHandler = (_req, res, next) => {
     res.set('Cache-Control', 'no-store');
     next();
   };
-  if (boards.admin) app.use(BOARD_PATHS.admin, requireAdmin(creds, log), noStore, boardCsp, refreshOnBoardPage, boards.admin.router);
+  if (boards.admin) app.use(BOARD_PATHS.admin, requireAdmin(creds, log), noStore, boardCsp, boardNeedsRedis, refreshOnBoardPage, boards.admin.router);
   else app.use(BOARD_PATHS.admin, requireAdmin(creds, log));
 
   app.use((_req, res) => void res.status(404).type('html').send(notFoundPage(access, 'no such page')));
