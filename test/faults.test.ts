@@ -199,8 +199,11 @@ describe('the fault suite', () => {
     await saveOutage;
     const progressOf = async () => (await c.queues.train.getJob(jobIds.train({ runId: 'after-faults' })))?.progress as { phase?: string; why?: string } | undefined;
     await until('the trained run to wait for S3', async () => (await progressOf())?.why !== undefined, 90);
-    expect(await progressOf()).toMatchObject({ phase: 'saving', why: expect.stringMatching(/^S3 at \S+ is unreachable: the trained run waits in memory to be saved/) });
+    expect(await progressOf()).toMatchObject({ phase: 'saving', why: expect.stringMatching(/^S3 at \S+ is unreachable: the trained run waits in memory to be saved/), by: expect.any(String), at: expect.any(Number) });
     expect(await c.queues.train.getJobState(jobIds.train({ runId: 'after-faults' }))).toBe('active');
+    // status says it is trained and waits to be saved (a trial: "is training, epoch 15 of at most 15")
+    const waiting = await runCli(['status'], st.env, 60_000);
+    expect(waiting.stdout).toMatch(/^ {2}train: run after-faults of faults is trained \(\d+ epochs\) on train worker \S+, and being saved: S3 at \S+ is unreachable: the trained run waits in memory to be saved/m);
     proxy.heal();
     const train = await training;
     expect(train.code).toBe(0);

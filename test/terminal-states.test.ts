@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
 import { retryCommand } from '../apps/producer/src/commands/retry.command.js';
 import { statusCommand } from '../apps/producer/src/commands/status.command.js';
-import { waitForDataset } from '../apps/producer/src/dataset-wait.js';
+import { waitForDataset, workerIdOf } from '../apps/producer/src/dataset-wait.js';
 import { ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { JOBS, jobIds, ReportDoc } from '../packages/shared/src/index.js';
@@ -354,6 +354,35 @@ describe('a command never waits for ever', () => {
     expect(done.code).toBe(0);
     expect(done.stdout).toMatch(/dataset stall-long: 2 images, 2 embedded/);
   }, 120_000);
+
+  it("status tells a run whose job went back to the queue while its worker trains on from a hung worker (a trial: it said to restart the worker, which would throw the run's epochs away)", async () => {
+    await until('the train worker to connect', async () => (await ctx.queues.train.getWorkers()).length === 1, 60);
+    const workers = await ctx.queues.train.getWorkers();
+    const worker = workerIdOf(workers[0]!) ?? '';
+    expect(worker).not.toBe('');
+    // connected and taking no job, as a worker busy with the run whose lock it lost is
+    expect(stack.supervisor.signal('train', 1, 'SIGSTOP')).toBe(true);
+    const job = await ctx.queues.train.add('train', { runId: 'lost-lock', dataset: 'shapes', epochs: 80 }, { jobId: jobIds.train({ runId: 'lost-lock' }), timestamp: Date.now() - 10 * 60_000 });
+    const said = async () => {
+      let out = '';
+      await statusCommand({ ...ctx, out: { write: (t: string) => ((out += t), true) } as unknown as NodeJS.WritableStream }, {});
+      return out;
+    };
+    try {
+      // its worker's progress, reported just now: trained on, not hung
+      await job.updateProgress({ phase: 'training', epoch: 7, epochs: 80, by: worker, at: Date.now() });
+      const trained = await said();
+      const line = new RegExp(`^ {2}train: run lost-lock of shapes waits in the queue \\(for \\d+ s\\) while train worker ${worker.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}, which lost its lock on it \\(cut off from Redis for longer than the lock\\), still trains it and is at epoch 7 of at most 80: nothing to do\\. It saves the run, then takes the job again and finds the run written \\(restarting the worker would throw its epochs away\\)$`, 'm');
+      expect(trained).toMatch(line);
+      expect(trained).not.toMatch(/^ {2}train: .*restart it$/m);
+      // its progress as old as a hung worker's: restart it, as before
+      await job.updateProgress({ phase: 'training', epoch: 7, epochs: 80, by: worker, at: Date.now() - 10 * 60_000 });
+      expect(await said()).toMatch(/^ {2}train: 1 job waits, the oldest for \d+ s, and its connected worker takes none \(hung: SIGSTOPped, its event loop blocked, or cut off from Redis\?\); restart it$/m);
+    } finally {
+      await job.remove();
+      stack.supervisor.signal('train', 1, 'SIGCONT');
+    }
+  });
 
   it('ingest whose only preprocess worker hangs says it moves nothing and exits 4, though it is connected', async () => {
     // hung before it took any of them: connected (its connection stays open), taking none

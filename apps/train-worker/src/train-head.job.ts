@@ -1,6 +1,7 @@
 import type * as tfTypes from '@tensorflow/tfjs';
 import {
   mayPassIfAskedAgain,
+  PROCESS_NAME,
   CONFLICTS_NAMED,
   conflictsLabelledBy,
   DatasetRepository,
@@ -51,6 +52,9 @@ export interface EpochProgress extends Partial<EpochLog> {
   planned?: number;
   /** saving: what the save waits for (S3 unreachable); put-back: why the run goes back to the queue; waiting: what for */
   why?: string;
+  /** the train worker that reported it (host:pid:…), and when (ms, its clock): added as it is reported */
+  by?: string;
+  at?: number;
 }
 
 /** How long a trained run waits for S3 to come back to be saved, before it goes back to the queue (to be trained again). */
@@ -83,8 +87,11 @@ export const TRAIN_FAILURE_REASONS = ['images-pending', 'no-data', 'one-class', 
  * (TF.js), `labels.json`, `run.json` (the configuration, including the embedder id: model,
  * weights, preprocessing) and `report.json`; then points `models/<dataset>/latest.json` at it.
  */
-export async function trainHead(job: TrainJob, deps: TrainDeps, ctx: JobContext): Promise<TrainResult> {
+export async function trainHead(job: TrainJob, deps: TrainDeps, jobCtx: JobContext): Promise<TrainResult> {
   const { tf, services } = deps;
+  // Each progress says who reports it, and when: a run whose job went back to the queue while its
+  // worker trains on (its lock lost in a Redis outage) is seen to be still trained, not hung.
+  const ctx: JobContext = { ...jobCtx, progress: (p) => jobCtx.progress(typeof p === 'object' ? { ...p, by: PROCESS_NAME, at: Date.now() } : p) };
   // A run is written once. The same job run again (its completion lost to a crash, or retried
   // from the queue board) finds its report and returns that run: training again would write
   // other figures over it, from the dataset as it is now.

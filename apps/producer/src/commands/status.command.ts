@@ -42,6 +42,8 @@ export interface StatusReport {
        * workers (SIGSTOPped, a blocked event loop, cut off from Redis) look connected.
        */
       untakenSeconds?: number;
+      /** train, with untakenSeconds: the run whose job waits while the worker that lost its lock still trains it (so no worker is hung) */
+      stillTrained?: StillTrained;
       /** with untakenSeconds: how many workers are connected to it (an embed queue's `workers` counts only those that beat) */
       connected?: number;
       paused: PausedWorkerNow[];
@@ -75,6 +77,8 @@ export interface StatusReport {
         inQueue?: true;
         /** the train worker that held it, when it is no longer connected (stopping, or killed: then the run waits for its lock to run out) */
         workerGone?: string;
+        /** trained, and being saved: true, or what the save waits for (S3 unreachable) */
+        saving?: string | true;
       }[];
     }
   >;
@@ -247,14 +251,36 @@ const HELD_READ = 1_000;
  * of its stalled-job checks: a free worker takes a waiting job at once, so connected workers that
  * leave it that long take none. Undefined otherwise, or when the queue itself is paused.
  */
-async function untakenFor(ctx: CliContext, q: Queue): Promise<number | undefined> {
+async function untakenFor(ctx: CliContext, q: Queue, connected: Record<string, string>[]): Promise<{ seconds: number; stillTrained?: StillTrained } | undefined> {
   const name = jobOfQueue(q.name);
   if (!name || (await q.isPaused())) return undefined;
   const [oldest] = await q.getJobs(['waiting'], 0, 0, true);
   if (!oldest) return undefined;
   const [seconds] = await ctx.services.redis.time();
-  const waitedMs = Number(seconds) * 1000 - oldest.timestamp;
-  return waitedMs > hungAfterMs(name, ctx.config) ? Math.round(waitedMs / 1000) : undefined;
+  const nowMs = Number(seconds) * 1000;
+  const waitedMs = nowMs - oldest.timestamp;
+  const hungMs = hungAfterMs(name, ctx.config);
+  if (waitedMs <= hungMs) return undefined;
+  // A run whose job went back to the queue (its lock lost: Redis away longer than it) while its
+  // worker trains on: the worker takes no job meanwhile, and is no hung one to restart (a trial:
+  // restarting it would throw the run's epochs away). Its progress says who, and when.
+  const p = (name === 'train' ? oldest.progress : undefined) as Partial<EpochProgress> | undefined;
+  const data = oldest.data as { runId?: string; dataset?: string } | undefined;
+  const stillTrained =
+    p && typeof p.by === 'string' && typeof p.at === 'number' && nowMs - p.at < hungMs && holderConnected(connected, p.by) !== false
+      ? { runId: String(data?.runId ?? oldest.id), dataset: String(data?.dataset ?? '?'), worker: p.by, phase: p.phase ?? 'training', epoch: p.epoch ?? 0, epochs: p.epochs ?? 0 }
+      : undefined;
+  return { seconds: Math.round(waitedMs / 1000), ...(stillTrained && { stillTrained }) };
+}
+
+/** A run whose job waits in the queue while the worker that lost it still trains it. */
+interface StillTrained {
+  runId: string;
+  dataset: string;
+  worker: string;
+  phase: string;
+  epoch: number;
+  epochs: number;
 }
 
 /**
@@ -315,8 +341,15 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     // (with none connected all are held by a worker that stopped, said as such; a run, as a run)
     const held = connected.length > 0 && q.name !== queueName('train') ? goneIds.size : 0;
     const paused = await ctx.services.paused.list(q.name);
-    const untaken = counts.waiting && !counts.active && connected.length > 0 && paused.length === 0 ? await untakenFor(ctx, q) : undefined;
-    queues[q.name] = { ...counts, workers: servingWorkers(q, connected, listed), ...(held && { heldByGone: held }), ...(untaken && { untakenSeconds: untaken, connected: connected.length }), paused };
+    const untaken = counts.waiting && !counts.active && connected.length > 0 && paused.length === 0 ? await untakenFor(ctx, q, connected) : undefined;
+    queues[q.name] = {
+      ...counts,
+      workers: servingWorkers(q, connected, listed),
+      ...(held && { heldByGone: held }),
+      ...(untaken && { untakenSeconds: untaken.seconds, connected: connected.length }),
+      ...(untaken?.stillTrained && { stillTrained: untaken.stillTrained }),
+      paused,
+    };
   }
   // runs stopped with train --cancel end in BullMQ's failed state: counted apart, as they are no
   // failure; the others are named with their reason
@@ -347,6 +380,8 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
       dataset: String(data.dataset),
       epoch: (j.progress as Partial<EpochProgress> | undefined)?.epoch ?? 0,
       epochs: data.epochs ?? 0,
+      // (trained, and waiting for its save: an S3 outage holds it; a trial read "is training, epoch 15 of at most 15")
+      ...((j.progress as Partial<EpochProgress> | undefined)?.phase === 'saving' && !gone && { saving: (j.progress as Partial<EpochProgress>).why ?? true }),
       ...(j.processedBy && !gone && { worker: j.processedBy }),
       ...(waits && !gone && { waitingFor: waits }),
       ...(gone && { workerGone: gone }),
@@ -429,6 +464,12 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const n = c.waiting ?? 0;
     // (an embed queue counts the workers of its space that beat: connected ones that beat no more count 0)
     const one = c.connected === 1;
+    const still = c.stillTrained;
+    if (still) {
+      const where = still.phase === 'saving' ? 'is saving it' : `is at epoch ${still.epoch} of at most ${still.epochs}`;
+      w(`  ${name}: run ${still.runId} of ${still.dataset} waits in the queue (for ${c.untakenSeconds} s) while train worker ${still.worker}, which lost its lock on it (cut off from Redis for longer than the lock), still trains it and ${where}: nothing to do. It saves the run, then takes the job again and finds the run written (restarting the worker would throw its epochs away)`);
+      continue;
+    }
     const who = c.workers > 0 ? (one ? 'its connected worker takes none' : 'its connected workers take none') : one ? 'the worker connected to it beats no more (counted 0 above) and takes none' : 'the workers connected to it beat no more (counted 0 above) and take none';
     w(`  ${name}: ${n} job${n === 1 ? ' waits' : 's wait'}, the oldest for ${c.untakenSeconds} s, and ${who} (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart ${one ? 'it' : 'them'}`);
   }
@@ -440,7 +481,9 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
         ? `waits in the queue for its images on their way before it trains (at its last look, ${r.waitingFor}); it looks again when a train worker is free`
         : r.waitingFor
           ? `waits${on} for ${r.waitingFor} before it trains`
-          : `is training${on}, epoch ${r.epoch} of at most ${r.epochs}`;
+          : r.saving
+            ? `is trained (${r.epoch} epochs)${on}, and being saved${r.saving === true ? '' : `: ${r.saving}`}`
+            : `is training${on}, epoch ${r.epoch} of at most ${r.epochs}`;
       w(`  train: run ${r.runId} of ${r.dataset} ${doing} (follow it: transferline train --follow ${r.runId})`);
     }
   }
