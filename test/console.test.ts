@@ -10,6 +10,7 @@ import { startConsole, type ConsoleHandle } from '../apps/producer/src/console/c
 import { renderSample, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
 import { startEmbeddedRedis } from '../apps/producer/src/embedded/redis.server.js';
 import { jobIds, ReportDoc, type DatasetStatus } from '../packages/shared/src/index.js';
+import { closeQueues, createQueues, createServices } from '@transferline/shared';
 import { startFaultyS3, type FaultProxy, type FaultyS3 } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
 import { repoRoot, runCli, startTestStack, type TestStack } from './support/stack.js';
@@ -438,8 +439,10 @@ describe('the web console', () => {
     const dir = path.join(stack.dataDir, 'console-redis-down');
     let redis = await startEmbeddedRedis({ directory: dir, port: 0, persist: false });
     const config = { ...stack.config, redis: { ...stack.config.redis, url: redis.url }, console: { host: '127.0.0.1', port: 0, user: USER, password: undefined } };
-    const own = await openCliContext(config, sink);
-    const board = await startConsole({ services: own.services, queues: own.queues, config });
+    // (connected as the console command connects: its Redis commands wait for Redis to come back)
+    const services = createServices(config, 'worker');
+    const queues = createQueues(services.redis, config);
+    const board = await startConsole({ services, queues, config });
     try {
       expect((await fetch(new URL('/queues/', board.url))).status).toBe(200);
       await redis.stop();
@@ -456,7 +459,8 @@ describe('the web console', () => {
       const back = Date.now() + 30_000;
       while ((await fetch(new URL('/queues/api/queues?activeQueue=preprocess&page=1&jobsPerPage=10', board.url)).then((r) => r.status, () => 0)) !== 200 && Date.now() < back) await new Promise((r) => setTimeout(r, 200));
       await board.close();
-      await own.close();
+      await closeQueues(queues);
+      await services.close();
       await redis.stop();
     }
   }, 120_000);

@@ -142,6 +142,16 @@ describe('review and relabel', () => {
     expect(text.stdout).toMatch(/^ {2}the model behind these suggestions agrees with the given label on [\d.]+% of the \d+ images \(out of fold\)/m);
     expect(text.stdout.includes('look at each before moving it')).toBe(agree < 0.9);
     expect(text.stdout).toMatch(/most uncertain/);
+    // a label of 2 images that are both copies of another label's is not left out as too small
+    // (adding images would not mend it): refused as before, naming the copies and their mend (a review)
+    const circles = r.lines.filter((l) => l.given === 'circle').slice(0, 2).map((l) => l.key.replace('s3://', ''));
+    const kittens = (await ctx.services.datasets.getItems('noisy', circles)).map((rec, i) => [`${bucket}/train/kitten/copy-${i}.jpg`, { ...rec!, label: 'kitten' }] as const);
+    for (const [id, rec] of kittens) await ctx.services.datasets.putItem('noisy', id, rec);
+    const copies = await runCli(['review', '-d', 'noisy'], stack.env, 240_000);
+    await ctx.services.datasets.removeItems('noisy', kittens.map(([id]) => id));
+    expect(copies.code).toBe(1);
+    expect(copies.stderr).toMatch(/needs at least 2 distinct embedded images per label .*kitten: 0 \(and 2 filed under another label too, which are fitted under neither: /);
+    expect(copies.stdout).not.toContain('left out: label kitten');
     // each uncertain image with the label it is confused with, never its own label twice
     const [head, rest] = text.stdout.split('the 6 most uncertain of the others (lowest top probability first):\n');
     const uncertainRows = rest!.split('\nfull list')[0]!.split('\n').slice(1);

@@ -165,7 +165,7 @@ describe('an S3 outage longer than the retries would last', () => {
     const waiting = await runCli(['train', '-d', 'outage', '--stall-timeout', '3'], direct, 90_000);
     expect(waiting.timedOut).toBe(false);
     expect(waiting.code).toBe(4);
-    expect(waiting.stderr).toMatch(/no progress for 3 s: 6 images wait for preprocess and its worker is paused: S3 at \S+ is unreachable \(for \d+ s\); they resume by themselves/);
+    expect(waiting.stderr).toMatch(/no progress for 3 s: 6 images wait for preprocess and its worker is paused: S3 at \S+ is unreachable \(for \d+ s\); they resume by themselves when that is mended\. Nothing is lost meanwhile: the images stay queued, and the same command run again waits for them where they are\n/);
     // a train that gave up its wait says that it queued no run (a user's trial read the workers going on as the run)
     expect(waiting.stderr).toMatch(/\nno run was queued: train again once the images are in \(or now, on those embedded, with --partial\)\n$/);
     const status = await runCli(['status', '-d', 'outage'], direct);

@@ -63,8 +63,8 @@ export async function createEfficientNetEmbedder(rt: TfRuntime, options: Embedde
         const flat = new Int32Array(images.length * pixelsPerImage);
         images.forEach((img, i) => flat.set(img, i * pixelsPerImage));
         const x = tf.tensor4d(flat, [images.length, size, size, 3], 'int32').toFloat();
-        // (one pass: predict's default batches of 32 would split a larger batch and concatenate it again)
-        const y = model.predict(x, { batchSize: images.length }) as tfTypes.Tensor;
+        // (predict's own passes of 32 at most: a batch of hundreds in one pass would hold gigabytes of activations)
+        const y = model.predict(x) as tfTypes.Tensor;
         return y.dataSync() as Float32Array;
       });
     },

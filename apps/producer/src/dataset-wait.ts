@@ -276,7 +276,8 @@ export async function stageBlocked(
     return `${what} ${why.gone}`;
   }
   const paused = await ctx.services.paused.allPaused(queue.name, live);
-  if (paused) return `${what} ${paused}`;
+  // (an operator's trial read the exit as a failure of the ingest, and did not know a re-run picks it up)
+  if (paused) return `${what} ${paused}. Nothing is lost meanwhile: the images stay queued, and the same command run again waits for them where they are`;
   const found = await movesNothing(ctx, queue);
   const seen = hung.since.get(stage);
   if (!found) {

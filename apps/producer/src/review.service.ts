@@ -91,22 +91,31 @@ export function dealFolds(groups: readonly FoldGroup[], classes: number, folds: 
 
 /**
  * Takes out of `items` and `labels` the labels with fewer than 2 distinct images (copies of the
- * same bytes are one; those also filed under another label count for neither), which no fold can
- * hold out while another fits on them, so long as two labels are left to review; returns them with
- * their images. (A trial: one label of one image refused the review of 19,000.)
+ * same bytes are one), which no fold can hold out while another fits on them, so long as two
+ * labels are left to review; returns them with their images. (A trial: one label of one image
+ * refused the review of 19,000.) A label whose images are also filed under another label is not
+ * left out: the refusal below names those copies and how to mend them, which adding images would not.
  */
 function leaveOutSingletons(items: { label: string; sha256: string }[], labels: string[]): { label: string; images: number }[] {
-  const classOf = new Map(labels.map((l, i) => [l, i]));
-  const distinct = new Array<number>(labels.length).fill(0);
-  for (const g of foldGroups(items, classOf)) if (g.label !== undefined) distinct[g.label]!++;
-  const few = new Set(labels.filter((_, c) => distinct[c]! < 2));
+  const images = new Map<string, number>();
+  const distinct = new Map<string, Set<string>>();
+  for (const i of items) {
+    images.set(i.label, (images.get(i.label) ?? 0) + 1);
+    let bytes = distinct.get(i.label);
+    if (!bytes) distinct.set(i.label, (bytes = new Set()));
+    bytes.add(i.sha256);
+  }
+  const few = new Set(labels.filter((l) => (distinct.get(l)?.size ?? 0) < 2));
   // (with fewer than two left, the review is refused below, naming them)
   if (few.size === 0 || labels.length - few.size < 2) return [];
-  const leftOut = [...few].map((label) => ({ label, images: items.filter((i) => i.label === label).length }));
   const kept = items.filter((i) => !few.has(i.label));
-  items.splice(0, items.length, ...kept);
-  labels.splice(0, labels.length, ...labels.filter((l) => !few.has(l)));
-  return leftOut;
+  // (in place, one at a time: a spread of millions of items overflows the stack)
+  items.length = 0;
+  for (const i of kept) items.push(i);
+  const left = labels.filter((l) => !few.has(l));
+  labels.length = 0;
+  for (const l of left) labels.push(l);
+  return [...few].map((label) => ({ label, images: images.get(label) ?? 0 }));
 }
 
 export interface Review {

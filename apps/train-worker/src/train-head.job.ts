@@ -88,10 +88,32 @@ export const TRAIN_FAILURE_REASONS = ['images-pending', 'no-data', 'one-class', 
  * weights, preprocessing) and `report.json`; then points `models/<dataset>/latest.json` at it.
  */
 export async function trainHead(job: TrainJob, deps: TrainDeps, jobCtx: JobContext): Promise<TrainResult> {
+  // Each progress says who reports it, and when, and is said again while nothing newer comes (a
+  // long epoch, a save waiting for S3): a run whose job went back to the queue while its worker
+  // trains on (its lock lost in a Redis outage) is seen to be still trained, not hung; a hung
+  // worker says nothing more.
+  let last: { value: object; sentAt: number } | undefined;
+  const send = (value: object) => {
+    last = { value, sentAt: Date.now() };
+    return jobCtx.progress({ ...value, by: PROCESS_NAME, at: last.sentAt });
+  };
+  const ctx: JobContext = { ...jobCtx, progress: (p) => (typeof p === 'object' ? send(p) : jobCtx.progress(p)) };
+  const beat = setInterval(() => {
+    if (last && Date.now() - last.sentAt >= PROGRESS_BEAT_MS) void send(last.value).catch(() => undefined);
+  }, PROGRESS_BEAT_MS / 4);
+  beat.unref();
+  try {
+    return await trainRun(job, deps, ctx);
+  } finally {
+    clearInterval(beat);
+  }
+}
+
+/** How long a run's progress goes without being said again (status takes a run not heard of for twice its train lock's stall interval for hung). */
+export const PROGRESS_BEAT_MS = 15_000;
+
+async function trainRun(job: TrainJob, deps: TrainDeps, ctx: JobContext): Promise<TrainResult> {
   const { tf, services } = deps;
-  // Each progress says who reports it, and when: a run whose job went back to the queue while its
-  // worker trains on (its lock lost in a Redis outage) is seen to be still trained, not hung.
-  const ctx: JobContext = { ...jobCtx, progress: (p) => jobCtx.progress(typeof p === 'object' ? { ...p, by: PROCESS_NAME, at: Date.now() } : p) };
   // A run is written once. The same job run again (its completion lost to a crash, or retried
   // from the queue board) finds its report and returns that run: training again would write
   // other figures over it, from the dataset as it is now.

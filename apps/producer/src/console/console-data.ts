@@ -134,7 +134,7 @@ function recentWarnings(d: ConsoleDeps, spaces: string[]): ReturnType<typeof dep
   return found;
 }
 
-/** One dataset with its first failures, or undefined when there is no such dataset. */
+/** One dataset with its newest failures, or undefined when there is no such dataset. */
 export async function loadDataset(d: ConsoleDeps, dataset: string): Promise<DatasetPage | { deletedWithRuns: number } | undefined> {
   if (!(await d.services.datasets.exists(dataset))) {
     // deleted (or lost with Redis's data) while its runs stay in the bucket: said, not "no such dataset"
@@ -145,7 +145,7 @@ export async function loadDataset(d: ConsoleDeps, dataset: string): Promise<Data
   return { ...counts, runs: runs.filter((r) => r.dataset === dataset) };
 }
 
-/** A dataset's counts (its first failures too) within the page's wait, else how many images it holds. */
+/** A dataset's counts (its newest failures too) within the page's wait, else how many images it holds. */
 async function countsOf(d: ConsoleDeps, dataset: string): Promise<DatasetCounts> {
   const counted = await d.statuses.get(dataset, d.countWaitMs);
   return counted ? { dataset, counted } : { dataset, counting: await d.services.datasets.size(dataset) };

@@ -197,9 +197,15 @@ export async function startConsole(o: ConsoleOptions): Promise<ConsoleHandle> {
   // bull-board reads Redis for each page and poll with no deadline of its own, and the client
   // waits for Redis to come back: with Redis down, its pages and polls spun for ever (a trial).
   // Each is answered 503 at once, as the other pages are, while Redis does not answer a PING.
+  // (not connected: said at once; else one PING at a time, shared by the requests that come meanwhile)
+  let pinging: Promise<unknown> | undefined;
+  const redisAnswers = (): Promise<unknown> => {
+    if (services.redis.status !== 'ready') return Promise.reject(new Error(`Redis connection ${services.redis.status}`));
+    return (pinging ??= withDeadline(services.redis.ping(), BOARD_PING_MS, 'Redis').finally(() => (pinging = undefined)));
+  };
   const boardNeedsRedis: RequestHandler = (req, res, next) => {
     if (req.path.startsWith('/static/')) return next();
-    withDeadline(services.redis.ping(), BOARD_PING_MS, 'Redis').then(
+    redisAnswers().then(
       () => next(),
       () => {
         const why = `Redis at ${redactUrl(config.redis.url)} does not answer (stopped, unreachable, or refusing connections): the queues cannot be read now; this page works again once it does`;

@@ -101,7 +101,7 @@ export function overviewPage(access: Access, o: Overview, now = Date.now()): str
   return page({ ...access, title: 'datasets and models' }, body);
 }
 
-/** `/datasets/:name`: one dataset's counts, failures by reason (with the first failures), labels and runs. */
+/** `/datasets/:name`: one dataset's counts, failures by reason (with the newest failures), labels and runs. */
 export function datasetPage(access: Access, d: DatasetPage, now = Date.now()): string {
   if ('counting' in d) {
     const body = html`<section data-dataset="${d.dataset}"><h1>Dataset <span class="label">${d.dataset}</span></h1>
@@ -113,7 +113,7 @@ export function datasetPage(access: Access, d: DatasetPage, now = Date.now()): s
   const failures = s.failures.length
     ? html`<table id="failures"><tr><th>image</th><th>stage</th><th>reason</th><th class="n">attempts</th><th>message</th></tr>${s.failures.map(
         (f) => html`<tr data-item="${f.item}"><td class="label">${f.item}</td><td>${f.stage}</td><td><code>${f.reason}</code></td><td class="n">${f.attempts ?? ''}</td><td class="label">${f.detail ?? ''}</td></tr>`,
-      )}</table>${s.failed > s.failures.length ? html`<p class="muted">first ${s.failures.length} of ${s.failed}: <code>transferline failures -d ${s.dataset}</code> lists all</p>` : ''}`
+      )}</table>${s.failed > s.failures.length ? html`<p class="muted">the newest ${s.failures.length} of ${s.failed}: <code>transferline failures -d ${s.dataset}</code> lists all</p>` : ''}`
     : '';
   const body = html`<section data-dataset="${s.dataset}"><h1>Dataset <span class="label">${s.dataset}</span></h1>
 <p>embedding space <code id="space">${s.space ?? '(none recorded)'}</code>${
