@@ -174,7 +174,8 @@ export function predictProba(tf: Tf, model: tfTypes.LayersModel, x: Matrix): Flo
   const out = new Float32Array(x.rows * classes);
   for (let start = 0; start < x.rows; start += CHUNK) {
     const n = Math.min(CHUNK, x.rows - start);
-    const p = tf.tidy(() => (model.predict(tf.tensor2d(x.data.subarray(start * x.dim, (start + n) * x.dim), [n, x.dim]), { batchSize: n }) as tfTypes.Tensor).dataSync());
+    // (apply, not predict: the same layers on the chunk, without predict's own batching and checks, about 4 times as fast here)
+    const p = tf.tidy(() => (model.apply(tf.tensor2d(x.data.subarray(start * x.dim, (start + n) * x.dim), [n, x.dim])) as tfTypes.Tensor).dataSync());
     out.set(p, start * classes);
   }
   return out;
