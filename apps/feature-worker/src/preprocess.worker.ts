@@ -1,9 +1,4 @@
 import {
-  ConfigError,
-  ownedElsewhereWords,
-  recordedStorage,
-  storageOwners,
-  type Services,
   DatasetRepository,
   DEFAULT_ALPHA_BACKGROUND,
   spaceBackground,
@@ -27,25 +22,9 @@ import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js'
 import { createPreprocessStore } from './preprocess.store.js';
 
 /** config → deps → the preprocess worker (CPU: download, hash, decode, resize), serving every embedding space. */
-async function refuseMistypedPrefix(services: Services, config: Config): Promise<void> {
-  if ((await recordedStorage(services.redis, services.keys).catch(() => null)) !== undefined) return;
-  if ((await services.spaces.liveWorkers()).length > 0) return;
-  const own = { bucket: config.s3.bucket, prefix: config.s3.prefix };
-  const owners = await storageOwners(services.redis, config.redis.prefix, own);
-  if (owners.length) throw new ConfigError(ownedElsewhereWords(owners, own, config.redis, 'this worker'));
-}
-
 export async function startPreprocessRole(config: Config, log: Logger): Promise<RunningRole> {
   const metrics = createMetrics('preprocess');
   const services = createServices(config, 'worker');
-  // A mistyped TL_QUEUE_PREFIX (an operator's trial: the worker started, and sat idle, taking
-  // another prefix's jobs that never come): refused as an embed or train worker is, where this
-  // prefix has no deployment (no record, no live embed worker) and another prefix's deployment
-  // recorded this worker's storage. (It writes no record: the deployment's embed or train worker does.)
-  await refuseMistypedPrefix(services, config).catch(async (err: unknown) => {
-    await services.close();
-    throw err;
-  });
   const unwatchRedis = watchRedis(services.redis, config.redis.url, log, metrics);
   const queues = createQueues(services.redis, config);
   const sharpSettings = configureSharp({ concurrency: config.preprocess.sharpConcurrency });
