@@ -463,8 +463,8 @@ describe('what a user sees when something is wrong', () => {
     it("a worker whose TL_BUCKET or TL_PREFIX is not the deployment's refuses to start, naming the settings (it would file embeddings where no other process looks)", async () => {
       const { stack, ctx } = file;
       const { bucket, prefix } = stack.config.s3;
-      const worker = (role: 'embed' | 'train', env: NodeJS.ProcessEnv) => {
-        const script = role === 'embed' ? ['apps/feature-worker/dist/main.js', 'embed'] : ['apps/train-worker/dist/main.js'];
+      const worker = (role: 'embed' | 'train' | 'preprocess', env: NodeJS.ProcessEnv) => {
+        const script = role === 'train' ? ['apps/train-worker/dist/main.js'] : ['apps/feature-worker/dist/main.js', role];
         const child = spawn(process.execPath, script, { cwd: repoRoot, env: { ...stack.env, TL_METRICS_HOST: '127.0.0.1', TL_METRICS_PORT: '0', TL_SUPERVISOR_HANG_MS: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
         let stderr = '';
         child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -483,7 +483,7 @@ describe('what a user sees when something is wrong', () => {
         const dirs = await Promise.all([0, 1].map(() => mkdtemp(path.join(os.tmpdir(), 'tl-upstorage-'))));
         const upWith = (dir: string, env: NodeJS.ProcessEnv) => runCli(['up', '--metrics-port', '0'], { ...stack.env, TL_DATA_DIR: dir, TL_MODEL_WEIGHTS: 'random', ...env }, 60_000);
         try {
-          const [elsewhere, train, up, typo, prefixTypo] = await Promise.all([
+          const [elsewhere, train, up, typo, prefixTypo, preprocessTypo] = await Promise.all([
             worker('embed', { TL_PREFIX: 'tl2/' }).exited,
             worker('train', { TL_BUCKET: 'their-photos' }).exited,
             // an up on the deployment's Redis with another TL_PREFIX: refused before it starts a worker
@@ -494,6 +494,8 @@ describe('what a user sees when something is wrong', () => {
             // a mistyped TL_QUEUE_PREFIX beside the deployment's storage: not a deployment of its own there (a review: its
             // record, once made, let every command of that prefix work on the other's storage)
             worker('embed', { TL_QUEUE_PREFIX: 'tl-typo' }).exited,
+            // and a preprocess worker so (an operator's trial: it started, and sat idle)
+            worker('preprocess', { TL_QUEUE_PREFIX: 'tl-typo' }).exited,
           ]);
           expect(elsewhere.code).toBe(1);
           expect(elsewhere.stderr).toContain(`embed worker: this deployment (TL_QUEUE_PREFIX=${stack.config.redis.prefix} on its Redis) keeps its embeddings and models in s3://${bucket}/${prefix}, as recorded by its first process (`);
@@ -516,6 +518,9 @@ describe('what a user sees when something is wrong', () => {
           );
           expect(prefixTypo.stderr).toContain(`and this worker's TL_QUEUE_PREFIX=tl-typo has no deployment recorded: set TL_QUEUE_PREFIX=${stack.config.redis.prefix} as its workers have it, or another TL_BUCKET or TL_PREFIX for a deployment of its own.`);
           expect(await ctx.services.redis.get('tl-typo:storage')).toBeNull();
+          expect(preprocessTypo.code).toBe(1);
+          expect(preprocessTypo.stderr).toContain(`preprocess worker: s3://${bucket}/${prefix} is where the deployment under TL_QUEUE_PREFIX=${stack.config.redis.prefix} on this Redis keeps its embeddings and models (recorded by its first process, `);
+          expect(preprocessTypo.stderr).toContain(`and this worker's TL_QUEUE_PREFIX=tl-typo has no deployment recorded: set TL_QUEUE_PREFIX=${stack.config.redis.prefix} as its workers have it`);
           for (const dir of dirs) expect(processesWithEnv('TL_DATA_DIR', dir)).toEqual([]);
         } finally {
           for (const dir of dirs) await rm(dir, { recursive: true, force: true });

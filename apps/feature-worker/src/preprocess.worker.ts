@@ -1,4 +1,9 @@
 import {
+  ConfigError,
+  ownedElsewhereWords,
+  recordedStorage,
+  storageOwners,
+  type Services,
   DatasetRepository,
   DEFAULT_ALPHA_BACKGROUND,
   spaceBackground,
@@ -20,6 +25,27 @@ import { EmbedBacklogGate } from './embed-backlog.gate.js';
 import { configureSharp, preprocessImageOptions, vipsErrors } from './image.ops.js';
 import { preprocessImage, type PreprocessDeps } from './preprocess-image.job.js';
 import { createPreprocessStore } from './preprocess.store.js';
+
+/**
+ * Why this worker must not work here, if it must not: its TL_QUEUE_PREFIX has no deployment (no
+ * record, no live embed worker) while another prefix's deployment recorded its TL_BUCKET and
+ * TL_PREFIX (a mistyped TL_QUEUE_PREFIX: an operator's trial saw the worker start and sit idle on
+ * a prefix no one queues to; an embed or train worker so set is refused at its start). Asked once
+ * the worker has started, as soon as Redis answers: asked before, a worker started while Redis was
+ * down waited there instead of starting and waiting out the outage. Undefined when it may work, or
+ * when Redis went before it could tell (the worker stops meanwhile).
+ */
+async function mistypedPrefix(services: Services, config: Config): Promise<Error | undefined> {
+  try {
+    if ((await recordedStorage(services.redis, services.keys).catch(() => null)) !== undefined) return undefined;
+    if ((await services.spaces.liveWorkers()).length > 0) return undefined;
+    const own = { bucket: config.s3.bucket, prefix: config.s3.prefix };
+    const owners = await storageOwners(services.redis, config.redis.prefix, own);
+    return owners.length ? new ConfigError(ownedElsewhereWords(owners, own, config.redis, 'this worker')) : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** config → deps → the preprocess worker (CPU: download, hash, decode, resize), serving every embedding space. */
 export async function startPreprocessRole(config: Config, log: Logger): Promise<RunningRole> {
@@ -105,6 +131,7 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   return {
     metrics,
     redis: services.redis,
+    refused: mistypedPrefix(services, config),
     healthy: () => workersAlive([worker], [s3]),
     stop: async () => {
       unwatchRedis();

@@ -108,14 +108,17 @@ const stopCause = (why: StopAsked) => (why === 'up' ? { askedBy: 'up' } : why ==
  * what is in hand (`stop`), exit 0. A second signal exits at once, for the impatient (stopAsks),
  * and so does a stop that outlasts STOP_DEADLINE_MS (its jobs are found stalled and run again
  * elsewhere). A process started with an IPC channel (by `up`) does the same when its parent goes
- * away, or is already gone, within ORPHAN_STOP_DEADLINE_MS.
+ * away, or is already gone, within ORPHAN_STOP_DEADLINE_MS. Returns the same stop, ending in exit
+ * 1, for a process that finds once started that it must not work here (RunningRole.refused).
  */
-export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhileStarting?: StopAsked): void {
+export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhileStarting?: StopAsked): (refusal: Error) => void {
   const ask = stopAsks();
-  const onStop = (why: StopAsked) => {
-    const verdict = ask(why);
+  // (a refusal found once started: the same stop, ending in exit 1)
+  let exitCode = 0;
+  const onStop = (why: StopAsked | 'refused') => {
+    const verdict = ask(why === 'refused' ? 'up' : why);
     if (verdict === 'again') return;
-    if (verdict === 'exit') {
+    if (verdict === 'exit' && why !== 'refused') {
       log.warn(stopCause(why), why === 'orphaned' ? 'up went away while this process stopped: exiting now' : 'second signal: exiting now');
       process.exit(130);
     }
@@ -125,11 +128,11 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhil
       log.warn({ deadlineMs }, 'stopping took too long: exiting; jobs in hand run again elsewhere');
       process.exit(1);
     }, deadlineMs).unref();
-    log.info(stopCause(why), 'stopping: finishing the jobs in hand');
+    if (why !== 'refused') log.info(stopCause(why), 'stopping: finishing the jobs in hand');
     stop().then(
       () => {
         log.info('stopped');
-        process.exit(0);
+        process.exit(exitCode);
       },
       (err: unknown) => {
         log.error({ err }, 'error while stopping');
@@ -153,6 +156,11 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>, askedWhil
   // stop, with the same deadline
   if (supervisedByUp() && !process.connected) onStop('orphaned');
   else if (askedWhileStarting) onStop(askedWhileStarting);
+  return (refusal) => {
+    exitCode = 1;
+    log.error({ err: refusal.message }, 'refused: stopping');
+    onStop('refused');
+  };
 }
 
 /** What stopped a process before it was ready to stop as runUntilSignal does: a signal, or its parent (`up`) going away. */

@@ -18,6 +18,12 @@ export interface RunningRole {
   stop: () => Promise<void>;
   /** the role's Redis connection: a stop while it is down has nothing it can finish */
   redis?: Redis;
+  /**
+   * A check made once the role has started (one that reads Redis cannot hold the start: a worker
+   * started while Redis is down starts, and waits out the outage): an Error settles it when the
+   * worker must not work here, and the process stops as on SIGTERM, saying why, and exits 1.
+   */
+  refused?: Promise<Error | undefined>;
 }
 
 /** What a role may ask of its process while it starts. */
@@ -150,7 +156,7 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
     // (`leaving`: stopped while it started, and it finished starting before it could exit; its
     // workers may hold jobs already, put back as any stop puts them back, within the same deadline)
     if (leaving) log.info('stopped while starting: stopping');
-    runUntilSignal(log, async () => {
+    const refuse = runUntilSignal(log, async () => {
       stopping = true;
       // Without Redis no job in hand can be completed or put back: waiting out the stop
       // deadline would only delay the exit. Their locks expire and they run again elsewhere.
@@ -162,6 +168,11 @@ export function runRole(role: WorkerRole, start: (config: Config, log: Logger, s
       await ready.stop();
       await server.close();
     }, leaving);
+    void ready.refused?.then((err) => {
+      if (!err) return;
+      process.stderr.write(`${role} worker: ${err.message}\n`);
+      refuse(err);
+    });
   };
   main().catch((err: unknown) => {
     process.stderr.write(`${role} worker: ${(err as Error).message}\n`);
