@@ -627,6 +627,23 @@ describe('what a user sees when something is wrong', () => {
         connection.disconnect();
       }
     });
+
+    it('status names the runs and jobs that wait while no worker of their queue is connected (they stay queued until one is)', async () => {
+      const { stack, ctx } = file;
+      // (a stack of Redis and S3 alone: no worker of any role)
+      const run = await ctx.queues.train.add('train', { dataset: 'unworked', runId: 'r-unworked', promote: true }, { jobId: 'train-r-unworked' });
+      const jobs = await Promise.all(['a', 'b'].map((k) => ctx.queues.preprocess.add('preprocess', { any: 'payload' }, { jobId: `unworked-${k}` })));
+      try {
+        const status = await runCli(['status'], stack.env);
+        expect(status.code).toBe(0);
+        expect(status.stdout).toContain('\n  train: 1 run waits and no train worker is connected: start one (transferline up, or a train worker: README, "A worker more"); it stays queued until then\n');
+        expect(status.stdout).toContain('\n  preprocess: 2 jobs wait and no preprocess worker is connected: start one (transferline up, or a preprocess worker: README, "A worker more"); they stay queued until then\n');
+        expect(status.stdout).not.toMatch(/^ {2}classify: .* no train worker is connected/m);
+      } finally {
+        await run.remove();
+        for (const job of jobs) await job.remove();
+      }
+    });
   });
 
   it('output piped into a reader that stops early (| head) ends quietly, with the status of a SIGPIPE (141)', async () => {

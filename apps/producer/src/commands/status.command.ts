@@ -450,6 +450,17 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     const held = c.active ?? 0;
     if (c.workers === 0 && held > 0) w(`  ${name}: ${held} active job${held === 1 ? '' : 's'} and no worker connected: held by a worker that stopped; a worker of this queue takes ${held === 1 ? 'it' : 'them'} up again once it starts (a job stalled too often fails as stalled)`);
   }
+  // jobs that wait with no worker to take them (an embed queue's are said with its space above):
+  // they stay queued until one connects (an operator's trial: a run queued while no train worker
+  // ran, which train said and status did not)
+  for (const [job, role, things] of [['preprocess', 'preprocess', 'jobs'], ['train', 'train', 'runs'], ['classify', 'train', 'jobs']] as const) {
+    const name = queueName(job);
+    const c = queues[name];
+    const n = (c?.waiting ?? 0) + (c?.prioritized ?? 0) + (c?.delayed ?? 0);
+    if (!c || c.workers > 0 || n === 0) continue;
+    const what = n === 1 ? `1 ${things.slice(0, -1)} waits` : `${n} ${things} wait`;
+    w(`  ${name}: ${what} and no ${role} worker is connected: start one (transferline up, or a ${role} worker: README, "A worker more"); ${n === 1 ? 'it stays' : 'they stay'} queued until then`);
+  }
   for (const [name, c] of Object.entries(queues)) {
     const gone = c.heldByGone ?? 0;
     if (c.workers > 0 && gone > 0) {
