@@ -220,7 +220,7 @@ export async function reviewDataset(ctx: CliContext, o: { dataset: string; folds
       options: { hiddenUnits: 0, dropout: 0, learningRate: 0.001, batchSize: 64, epochs: Math.min(200, Math.max(30, Math.ceil(300 / steps))), l2: 1e-4, patience: 0, classWeights: 'balanced', seed: (o.seed ?? 1) + f },
     });
     try {
-      const p = predictProba(tf, fit.model, held.m);
+      const p = await predictProba(tf, fit.model, held.m);
       held.index.forEach((n, j) => {
         for (const i of groups[n]!.members) oof.set(p.subarray(j * k, (j + 1) * k), i * k);
       });

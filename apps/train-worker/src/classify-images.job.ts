@@ -102,7 +102,7 @@ export async function classifyImages(job: ClassifyJob, deps: ClassifyDeps, ctx: 
     const head = await loadHead(tf, services.store, deps.bucket, modelPrefix);
     try {
       const x = await services.cache.load(job.embedderId, todo.map((t) => t.sha256));
-      const p = predictProba(tf, head, { data: x.data, rows: x.rows, dim: x.dim });
+      const p = await predictProba(tf, head, { data: x.data, rows: x.rows, dim: x.dim });
       const k = labels.length;
       todo.forEach((t, i) => {
         const row = Array.from(p.subarray(i * k, (i + 1) * k));

@@ -27,8 +27,8 @@ function blobs(perClass: number[], dim: number, spread: number, seed: number): {
   return { x: { data, rows, dim }, y };
 }
 
-const accuracy = (model: tf.LayersModel, s: { x: Matrix; y: Int32Array }, k: number) => {
-  const pred = argmaxRows(predictProba(tf, model, s.x), k);
+const accuracy = async (model: tf.LayersModel, s: { x: Matrix; y: Int32Array }, k: number) => {
+  const pred = argmaxRows(await predictProba(tf, model, s.x), k);
   return pred.reduce((a, p, i) => a + (p === s.y[i] ? 1 : 0), 0) / s.y.length;
 };
 
@@ -38,7 +38,7 @@ describe('fitHead', () => {
     const val = blobs([20, 20, 20], 16, 0.2, 2);
     const fit = await fitHead(tf, { train, validation: val, numClasses: 3, options: base });
     expect(fit.history.at(-1)!.valAccuracy).toBeGreaterThan(0.95);
-    expect(accuracy(fit.model, val, 3)).toBeCloseTo(fit.history[fit.bestEpoch - 1]!.valAccuracy, 5);
+    expect(await accuracy(fit.model, val, 3)).toBeCloseTo(fit.history[fit.bestEpoch - 1]!.valAccuracy, 5);
     fit.model.dispose();
   });
 
@@ -83,7 +83,7 @@ describe('fitHead', () => {
     expect(Math.min(...fit.history.map((h) => h.valLoss))).toBe(best.valLoss);
     expect(fit.history.at(-1)!.valLoss).toBeGreaterThan(best.valLoss);
     // the model it returns is the best epoch's, not the last one's
-    expect(accuracy(fit.model, val, 2)).toBeCloseTo(best.valAccuracy, 5);
+    expect(await accuracy(fit.model, val, 2)).toBeCloseTo(best.valAccuracy, 5);
     fit.model.dispose();
   });
 
@@ -92,7 +92,7 @@ describe('fitHead', () => {
     const val = blobs([190, 10], 4, 0.9, 12);
     const recallOfRare = async (classWeights: 'none' | 'balanced') => {
       const fit = await fitHead(tf, { train, validation: val, numClasses: 2, options: { ...base, epochs: 40, classWeights } });
-      const pred = argmaxRows(predictProba(tf, fit.model, val.x), 2);
+      const pred = argmaxRows(await predictProba(tf, fit.model, val.x), 2);
       fit.model.dispose();
       let hit = 0;
       val.y.forEach((c, i) => c === 1 && pred[i] === 1 && hit++);
@@ -122,9 +122,33 @@ describe('fitHead', () => {
     const val = make(200, 2);
     const linear = await fitHead(tf, { train, validation: val, numClasses: 2, options: { ...base, epochs: 60 } });
     const hidden = await fitHead(tf, { train, validation: val, numClasses: 2, options: { ...base, epochs: 60, hiddenUnits: 16 } });
-    expect(accuracy(linear.model, val, 2)).toBeLessThan(0.7);
-    expect(accuracy(hidden.model, val, 2)).toBeGreaterThan(0.9);
+    expect(await accuracy(linear.model, val, 2)).toBeLessThan(0.7);
+    expect(await accuracy(hidden.model, val, 2)).toBeGreaterThan(0.9);
     linear.model.dispose();
     hidden.model.dispose();
+  });
+
+  it('predictProba gives the event loop its turns over many rows (a worker renews its locks and answers /healthz meanwhile), with the same figures as one pass', async () => {
+    const train = blobs([40, 40], 8, 0.2, 5);
+    const fit = await fitHead(tf, { train, validation: train, numClasses: 2, options: { ...base, epochs: 3 } });
+    const many = blobs([6000, 6000], 8, 0.2, 6); // three chunks
+    const said: string[] = [];
+    const timer = setInterval(() => said.push('tick'), 0);
+    let p: Float32Array;
+    try {
+      const pending = predictProba(tf, fit.model, many.x).then((r) => (said.push('done'), r));
+      setImmediate(() => said.push('immediate'));
+      p = await pending;
+    } finally {
+      clearInterval(timer);
+    }
+    expect(said.indexOf('immediate')).toBeGreaterThanOrEqual(0);
+    expect(said.indexOf('immediate')).toBeLessThan(said.indexOf('done'));
+    const whole = tf.tidy(() => (fit.model.predict(tf.tensor2d(many.x.data, [many.x.rows, many.x.dim])) as tf.Tensor).dataSync());
+    expect(p.length).toBe(whole.length);
+    let worst = 0;
+    for (let i = 0; i < p.length; i++) worst = Math.max(worst, Math.abs(p[i]! - whole[i]!));
+    expect(worst).toBeLessThan(1e-5);
+    fit.model.dispose();
   });
 });

@@ -167,12 +167,15 @@ export async function fitHead(tf: Tf, input: FitInput): Promise<FitResult> {
  * Class probabilities of every row, computed in chunks: [rows, classes] row-major. Each chunk is
  * one pass: `predict`'s own batches of 32, concatenated again, took 30 times as long (a trial: the
  * report of a run of 19,000 images held its train worker 11 s after its last epoch, with no
- * progress said and its job lock not renewed).
+ * progress said and its job lock not renewed). The event loop is given its turn between chunks
+ * (about 30 ms each here): a million rows no longer hold the worker's locks, `/healthz` and
+ * progress for seconds on end.
  */
-export function predictProba(tf: Tf, model: tfTypes.LayersModel, x: Matrix): Float32Array {
+export async function predictProba(tf: Tf, model: tfTypes.LayersModel, x: Matrix): Promise<Float32Array> {
   const classes = (model.outputs[0]!.shape[1] as number) ?? 0;
   const out = new Float32Array(x.rows * classes);
   for (let start = 0; start < x.rows; start += CHUNK) {
+    if (start > 0) await yieldToEventLoop();
     const n = Math.min(CHUNK, x.rows - start);
     // (apply, not predict: the same layers on the chunk, without predict's own batching and checks, about 4 times as fast here)
     const p = tf.tidy(() => (model.apply(tf.tensor2d(x.data.subarray(start * x.dim, (start + n) * x.dim), [n, x.dim])) as tfTypes.Tensor).dataSync());

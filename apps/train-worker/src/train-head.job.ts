@@ -280,7 +280,7 @@ async function trainRun(job: TrainJob, deps: TrainDeps, ctx: JobContext): Promis
 
   // (the model is disposed however the run ends from here)
   try {
-    const report = buildReport(tf, job, labels, fit, splits, coverage, { train, val, test });
+    const report = await buildReport(tf, job, labels, fit, splits, coverage, { train, val, test });
     const ran = fit.history.length;
     const saving = { phase: 'saving', epoch: ran, epochs: ran, ...(fit.stoppedEarly && { planned: job.epochs }) } satisfies EpochProgress;
     await ctx.progress(saving);
@@ -482,7 +482,7 @@ async function finishedRun(report: ReportDoc, deps: TrainDeps, ctx: JobContext, 
 
 type Labelled = { x: Matrix; y: Int32Array };
 
-function buildReport(
+async function buildReport(
   tf: typeof tfTypes,
   job: TrainJob,
   labels: string[],
@@ -490,10 +490,10 @@ function buildReport(
   splits: ReturnType<typeof splitExamples>,
   coverage: ReportDoc['coverage'],
   data: { train: Labelled; val: Labelled; test?: Labelled },
-): ReportDoc {
+): Promise<ReportDoc> {
   const k = labels.length;
   const probs = (s: Labelled) => predictProba(tf, fit.model, s.x);
-  const valP = probs(data.val);
+  const valP = await probs(data.val);
   let threshold: number | undefined;
   // A threshold is chosen only on a validation split that holds both classes: on one class
   // alone any cutoff "separates" it, and serving would call most images that class's opposite.
@@ -515,6 +515,8 @@ function buildReport(
     return b ? { ...r, binary: b } : r;
   };
   const validation = splitReport(valP, data.val);
+  const testP = data.test && (await probs(data.test));
+  const trainP = await probs(data.train);
   // (what the run left out is in its report's coverage, not among its settings)
   const { dataset, runId, embedderId, notIngestedAgain: _left, stallSeconds: _stall, ...params } = job;
   return {
@@ -531,7 +533,7 @@ function buildReport(
     stoppedEarly: fit.stoppedEarly,
     history: fit.history,
     validation,
-    ...(data.test && { test: splitReport(probs(data.test), data.test) }),
-    train: evaluate(labels, data.train.y, argmaxRows(probs(data.train), k)),
+    ...(data.test && testP && { test: splitReport(testP, data.test) }),
+    train: evaluate(labels, data.train.y, argmaxRows(trainP, k)),
   };
 }

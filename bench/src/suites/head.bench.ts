@@ -44,7 +44,7 @@ async function ours(train: Labelled, test: Labelled, o: Partial<HeadOptions>) {
   clearInterval(sampler);
   // predicting (what a run's report, classify and review do) against its ceiling: one matMul and softmax of the same weights over every row
   let t = performance.now();
-  const pred = argmaxRows(predictProba(tf, fit.model, test.x), 10);
+  const pred = argmaxRows(await predictProba(tf, fit.model, test.x), 10);
   const predictSeconds = (performance.now() - t) / 1000;
   const [w, b] = fit.model.getWeights() as [tf.Tensor2D, tf.Tensor1D];
   t = performance.now();
