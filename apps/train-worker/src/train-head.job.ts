@@ -2,6 +2,7 @@ import type * as tfTypes from '@tensorflow/tfjs';
 import {
   mayPassIfAskedAgain,
   PROCESS_NAME,
+  redisClockOffset,
   CONFLICTS_NAMED,
   conflictsLabelledBy,
   DatasetRepository,
@@ -91,11 +92,14 @@ export async function trainHead(job: TrainJob, deps: TrainDeps, jobCtx: JobConte
   // Each progress says who reports it, and when, and is said again while nothing newer comes (a
   // long epoch, a save waiting for S3): a run whose job went back to the queue while its worker
   // trains on (its lock lost in a Redis outage) is seen to be still trained, not hung; a hung
-  // worker says nothing more.
+  // worker says nothing more. The time is Redis's, as status reads it (a machine whose clock is a
+  // minute off read a live run as hung, or an old progress as recent): its offset from this
+  // machine's, read at the run's start, holds through the outage this is for.
+  const offsetMs = await redisClockOffset(deps.services.redis);
   let last: { value: object; sentAt: number } | undefined;
   const send = (value: object) => {
     last = { value, sentAt: Date.now() };
-    return jobCtx.progress({ ...value, by: PROCESS_NAME, at: last.sentAt });
+    return jobCtx.progress({ ...value, by: PROCESS_NAME, at: last.sentAt + offsetMs });
   };
   const ctx: JobContext = { ...jobCtx, progress: (p) => (typeof p === 'object' ? send(p) : jobCtx.progress(p)) };
   const beat = setInterval(() => {

@@ -2,7 +2,7 @@ import net from 'node:net';
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import type { Logger } from './logger.js';
-import { watchRedis } from './redis.client.js';
+import { redisClockOffset, watchRedis } from './redis.client.js';
 
 /** A loopback port nothing listens on (taken, then given back). */
 async function closedPort(): Promise<number> {
@@ -35,3 +35,27 @@ describe('watchRedis', () => {
     expect(lines.slice(said)).toEqual([]);
   });
 });
+
+describe('redisClockOffset', () => {
+  it("is how far Redis's clock is from this machine's (a worker's progress is stamped on it, as status reads it)", async () => {
+    // (a Redis on a machine whose clock is 10 minutes ahead: the time its TIME command answers)
+    const ahead = { time: async () => { const ms = Date.now() + 600_000; return [Math.floor(ms / 1000), (ms % 1000) * 1000] as [number, number]; } };
+    expect(Math.abs((await redisClockOffset(ahead)) - 600_000)).toBeLessThan(50);
+    const behind = { time: async () => { const ms = Date.now() - 90_000; return [Math.floor(ms / 1000), (ms % 1000) * 1000] as [number, number]; } };
+    expect(Math.abs((await redisClockOffset(behind)) + 90_000)).toBeLessThan(50);
+  });
+
+  it('is 0 (this machine\'s clock) when Redis does not answer within its deadline', async () => {
+    const port = await closedPort();
+    const redis = new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: null, retryStrategy: () => 50, lazyConnect: false });
+    redis.on('error', () => {});
+    try {
+      const started = Date.now();
+      expect(await redisClockOffset(redis, 300)).toBe(0);
+      expect(Date.now() - started).toBeLessThan(2_000);
+    } finally {
+      redis.disconnect();
+    }
+  });
+});
+

@@ -255,3 +255,21 @@ export async function scanKeys(redis: Redis, pattern: string): Promise<string[]>
   } while (cursor !== '0');
   return found;
 }
+
+/**
+ * How far Redis's clock is ahead of this machine's (ms; negative behind), read once: for times a
+ * process stamps that another reads on Redis's clock (`redis.time()`), as status reads a run's
+ * progress. 0 when Redis does not answer within `deadlineMs` (this machine's clock, as before).
+ */
+export async function redisClockOffset(redis: { time(): Promise<(number | string)[]> }, deadlineMs = 2_000): Promise<number> {
+  const asked = Date.now();
+  try {
+    const [s = NaN, us = 0] = await withDeadline(redis.time(), deadlineMs);
+    const answered = Date.now();
+    // (Redis read it about halfway through the round trip)
+    const offset = Number(s) * 1000 + Math.floor(Number(us) / 1000) - Math.round((asked + answered) / 2);
+    return Number.isFinite(offset) ? offset : 0;
+  } catch {
+    return 0;
+  }
+}
