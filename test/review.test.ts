@@ -262,6 +262,35 @@ describe('review and relabel', () => {
     expect(unknown.stderr).toMatch(/no dataset named nope/);
   }, 120_000);
 
+  it('moves the images a list file names (--keys-from FILE, or - for standard input), and refuses a list with a line that is not a key', async () => {
+    const keys = ['circle-11.jpg', 'circle-12.jpg'].map((f) => `s3://${bucket}/train/circle/${f}`);
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tl-keys-'));
+    try {
+      const list = path.join(dir, 'moves.txt');
+      await writeFile(list, `# to look at again\n${keys[0]}\n\n${keys[1]}\r\n`);
+      const moved = await runCli(['relabel', '-d', 'noisy', '--keys-from', list, '--to', 'square'], stack.env);
+      expect(moved.code).toBe(0);
+      expect(moved.stdout).toContain('relabel noisy: 2 moved, 0 already there, 0 not found; nothing to embed again. Train again to use the new labels.\n');
+      expect(await ctx.services.store.headObject(bucket, 'train/square/circle-11.jpg')).toBeDefined();
+      expect(await ctx.services.store.headObject(bucket, 'train/circle/circle-12.jpg')).toBeUndefined();
+      // back again, the keys read from standard input, one of them given as an argument too
+      const back = await runCli(['relabel', '-d', 'noisy', `s3://${bucket}/train/square/circle-11.jpg`, '--keys-from', '-', '--to', 'circle'], stack.env, 120_000, { input: ['circle-11.jpg', 'circle-12.jpg'].map((f) => `s3://${bucket}/train/square/${f}`).join('\n') });
+      expect(back.code).toBe(0);
+      expect(back.stdout).toContain('relabel noisy: 2 moved, ');
+      expect(await ctx.services.store.headObject(bucket, 'train/circle/circle-12.jpg')).toBeDefined();
+      // a line that is not a key: nothing moved, the line named
+      await writeFile(list, `${keys[0]}\ntrain/circle/circle-12.jpg\n`);
+      const bad = await runCli(['relabel', '-d', 'noisy', '--keys-from', list, '--to', 'square'], stack.env);
+      expect({ code: bad.code, stderr: bad.stderr }).toEqual({ code: 2, stderr: `transferline: --keys-from ${list} has 1 line that is not s3://bucket/key; nothing was moved:\n  line 2: train/circle/circle-12.jpg\n` });
+      const none = await runCli(['relabel', '-d', 'noisy', '--keys-from', path.join(dir, 'absent.txt'), '--to', 'square'], stack.env);
+      expect(none.code).toBe(1);
+      expect(none.stderr).toMatch(/^transferline: cannot read --keys-from \S+absent\.txt: ENOENT/);
+      expect(await ctx.services.store.headObject(bucket, 'train/circle/circle-11.jpg')).toBeDefined();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
   it('checks every move before making one: a key outside the dataset moves nothing', async () => {
     const inside = `s3://${bucket}/train/square/square-1.jpg`;
     const outside = `s3://${bucket}/elsewhere/square/x.jpg`;

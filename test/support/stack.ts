@@ -62,11 +62,12 @@ export interface CliRun {
  * `merged`: stderr goes into stdout's pipe, as on a terminal, so the order of lines across the
  * two is kept (stderr is then empty). `onOutput` hears each chunk of either as it comes.
  */
-export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_000, o: { merged?: boolean; onOutput?: (chunk: string) => void } = {}): Promise<CliRun> {
+export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_000, o: { merged?: boolean; onOutput?: (chunk: string) => void; /** its standard input (else none) */ input?: string } = {}): Promise<CliRun> {
   const started = Date.now();
   return new Promise((resolve) => {
     const [cmd, argv] = o.merged ? ['sh', ['-c', 'exec "$0" "$@" 2>&1', process.execPath, cliPath, ...args]] : [process.execPath, [cliPath, ...args]];
-    const child = spawn(cmd, argv, { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd, argv, { env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...env }, stdio: [o.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    if (o.input !== undefined) child.stdin!.end(o.input);
     let stdout = '';
     let stderr = '';
     let timedOut = false;
@@ -74,11 +75,11 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv, deadlineMs = 120_
       timedOut = true;
       child.kill('SIGKILL');
     }, deadlineMs);
-    child.stdout.on('data', (d: Buffer) => {
+    child.stdout!.on('data', (d: Buffer) => {
       stdout += d.toString();
       o.onOutput?.(d.toString());
     });
-    child.stderr.on('data', (d: Buffer) => {
+    child.stderr!.on('data', (d: Buffer) => {
       stderr += d.toString();
       o.onOutput?.(d.toString());
     });

@@ -391,10 +391,18 @@ program
   .requiredOption('-d, --dataset <name>', 'dataset name', dataset)
   .option('--to <label>', 'the new label: one the dataset has, unless --new-label')
   .option('--new-label', 'with --to: the label is a new one (else a label the dataset lacks is refused as a likely typo)')
+  .option('--keys-from <file>', 'with --to: the images to move, one s3://bucket/key per line, from a local file (- for standard input; blank lines and # comments skipped), with or instead of the keys given')
   .option('--from-review <s3url>', 'move the label issues of a review file to their suggested labels')
   .option('--top <n>', 'with --from-review: only the first n issues', int('--top'))
   .option('--dry-run', 'check every move and print what would move, moving nothing')
-  .action((keys: string[], o: { dataset: string; to?: string; newLabel?: boolean; fromReview?: string; top?: number; dryRun?: boolean }) => withContext(async (ctx) => (await reviewing()).relabelCommand(ctx, { ...o, keys })));
+  .action((keys: string[], o: { dataset: string; to?: string; newLabel?: boolean; keysFrom?: string; fromReview?: string; top?: number; dryRun?: boolean }) =>
+    // (a list file that cannot be read, or is not one, is said before Redis is asked anything)
+    (async () => {
+      const { keysFromFile, relabelCommand } = await reviewing();
+      const listed = o.keysFrom === undefined ? [] : await keysFromFile(o.keysFrom);
+      return withContext((ctx) => relabelCommand(ctx, { ...o, keys: [...new Set([...keys, ...listed])] }));
+    })(),
+  );
 
 program
   .command('models')

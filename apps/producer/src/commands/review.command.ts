@@ -1,3 +1,5 @@
+import { readFile } from 'node:fs/promises';
+import { text as streamText } from 'node:stream/consumers';
 import { confusableLabels, conflictsLabelledBy, DatasetRepository, isHiddenPath, ObjectChangedError, ReviewLine, describeIssues, parseJsonLines, parseS3ObjectUrl } from '@transferline/shared';
 import type { CliContext } from '../cli-context.js';
 import { CliExit, EXIT } from '../exit-codes.js';
@@ -80,6 +82,32 @@ export async function reviewCommand(ctx: CliContext, o: { dataset: string; top?:
  * `transferline relabel -d NAME KEY… --to LABEL`, or `--from-review s3://…jsonl [--top N]`: moves
  * the objects to another label folder and updates the dataset, without embedding anything again.
  */
+/**
+ * The keys of `relabel --keys-from FILE` (`-`: standard input): one s3://bucket/key per line,
+ * blank lines and `#` comments skipped (a scale trial: 300 keys given as arguments worked, a list
+ * of thousands does not fit a command line). A line that is not an s3:// URL is bad usage, named
+ * with its number: moving what it happens to say is worse than moving nothing.
+ */
+export async function keysFromFile(file: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = file === '-' ? await streamText(process.stdin) : await readFile(file, 'utf8');
+  } catch (err) {
+    throw new CliExit(EXIT.error, `transferline: cannot read --keys-from ${file}: ${(err as Error).message}`);
+  }
+  const keys: string[] = [];
+  const bad: string[] = [];
+  text.split(/\r?\n/).forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    if (/^s3:\/\/[^/]+\/./.test(line)) keys.push(line);
+    else bad.push(`line ${i + 1}: ${printable(line.slice(0, 120))}`);
+  });
+  if (bad.length) throw new CliExit(EXIT.usage, `transferline: --keys-from ${file} has ${bad.length} line${bad.length === 1 ? '' : 's'} that ${bad.length === 1 ? 'is' : 'are'} not s3://bucket/key; nothing was moved:\n  ${bad.slice(0, 5).join('\n  ')}${bad.length > 5 ? `\n  … and ${bad.length - 5} more` : ''}`);
+  if (keys.length === 0) throw new CliExit(EXIT.usage, `transferline: --keys-from ${file} names no image (one s3://bucket/key per line)`);
+  return keys;
+}
+
 export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys: string[]; to?: string; newLabel?: boolean; fromReview?: string; top?: number; dryRun?: boolean }): Promise<RelabelOutcome[]> {
   const asItemId = (k: string) => k.replace(/^s3:\/\//, '');
   let moves: { itemId: string; label: string }[];
