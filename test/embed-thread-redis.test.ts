@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,6 +7,7 @@ import { startEmbedRuntime, type EmbedRuntime } from '../apps/feature-worker/src
 import { createRedis, redisKeys, TensorStore, type Redis } from '../packages/shared/src/index.js';
 import { createLogger } from '../packages/shared/src/service-runtime.js';
 import { guardLeaks } from './support/leak-guard.js';
+import { startSilentProxy, type SilentProxy } from './support/silent-proxy.js';
 import { startTestStack, type TestStack } from './support/stack.js';
 
 /**
@@ -25,81 +25,6 @@ let redis: Redis;
 let dir: string;
 let proxy: SilentProxy;
 let runtime: EmbedRuntime | undefined;
-
-interface SilentProxy {
-  url: string;
-  /** the connections made so far stop passing anything, without closing */
-  silence: () => void;
-  /** answers on the connections made so far arrive slowly: 2 kB every 100 ms (each mode takes the connections made so far; later ones pass) */
-  trickle: () => void;
-  /** on the connections made so far, the next `n` bytes of answer pass, then nothing */
-  cutAfter: (n: number) => void;
-  connections: () => number;
-  close: () => Promise<void>;
-}
-
-async function startSilentProxy(target: URL): Promise<SilentProxy> {
-  const pairs: [net.Socket, net.Socket][] = [];
-  const all: net.Socket[] = [];
-  let made = 0;
-  const server = net.createServer((client) => {
-    made++;
-    const upstream = net.connect(Number(target.port), target.hostname);
-    client.on('error', () => {});
-    upstream.on('error', () => {});
-    client.pipe(upstream).pipe(client);
-    pairs.push([client, upstream]);
-    all.push(client, upstream);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  /** The connections made so far hand their answers to `relay(client)` instead of straight back (later ones pass). */
-  const relayAnswers = (relay: (client: net.Socket) => (chunk: Buffer) => void) => {
-    for (const [client, upstream] of pairs.splice(0)) {
-      upstream.unpipe(client);
-      // unpipe paused it: a 'data' listener alone would not start it again
-      upstream.on('data', relay(client)).resume();
-    }
-  };
-  return {
-    url: `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
-    silence: () => {
-      for (const [client, upstream] of pairs.splice(0)) {
-        client.unpipe(upstream);
-        upstream.unpipe(client);
-        client.pause();
-        upstream.pause();
-      }
-    },
-    trickle: () =>
-      relayAnswers((client) => {
-        const pending: Buffer[] = [];
-        const timer = setInterval(() => {
-          let room = 2048;
-          while (room > 0 && pending.length) {
-            const c = pending.shift()!;
-            if (c.length > room) pending.unshift(c.subarray(room));
-            client.write(c.subarray(0, room));
-            room -= Math.min(room, c.length);
-          }
-        }, 100);
-        client.on('close', () => clearInterval(timer));
-        return (c) => void pending.push(c);
-      }),
-    cutAfter: (n) =>
-      relayAnswers((client) => {
-        let left = n;
-        return (c) => {
-          if (left > 0) client.write(c.subarray(0, left));
-          left -= Math.min(left, c.length);
-        };
-      }),
-    connections: () => made,
-    close: async () => {
-      for (const socket of all) socket.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
 
 /** What `p` gave within `ms`, or 'hung'. */
 async function within<T>(p: Promise<T>, ms: number): Promise<T | 'hung'> {

@@ -24,6 +24,7 @@ import { createLogger } from '../packages/shared/src/service-runtime.js';
 import { freePort } from '../apps/producer/src/embedded/redis.server.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { guardLeaks } from './support/leak-guard.js';
+import { startSilentProxy } from './support/silent-proxy.js';
 import { cliPath, repoRoot, runCli, scrape, startTestStack, until, type TestStack } from './support/stack.js';
 
 /**
@@ -417,6 +418,32 @@ describe('transferline serve', () => {
     }
   }, 240_000);
 
+  it("a reload while the deployment's Redis does not answer fails within seconds, 503 to retry, and the model loaded is kept (a trial: it waited with no deadline, saying nothing)", async () => {
+    const proxy = await startSilentProxy(new URL(stack.config.redis.url));
+    let said = '';
+    let served: ClassifierServer | undefined;
+    const abort = new AbortController();
+    const config = { ...ctx.config, redis: { ...ctx.config.redis, url: proxy.url } };
+    const serving = serveCommand({ ...ctx, config, out: { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream, signal: abort.signal }, { model: 'shapes', port: 0, threads: 1, followInterval: 0, onListening: (s) => (served = s) });
+    try {
+      await until('serve to load', () => served !== undefined, 120);
+      proxy.silence(); // its connection up, and nothing answered on it
+      const reload = await fetch(`${served!.url}/v1/models/reload`, { method: 'POST', signal: AbortSignal.timeout(60_000) });
+      expect({ status: reload.status, retryAfter: reload.headers.get('retry-after') }).toEqual({ status: 503, retryAfter: '5' });
+      const { error } = (await reload.json()) as { error: { reason: string; message: string } };
+      expect(error.reason).toBe('storage-unavailable');
+      expect(error.message).toMatch(/^the deployment's Redis, which names the model's embedding space, does not answer \(it took the connection but did not answer within 3 s .*\); still serving shapes@\S+; retry shortly$/);
+      expect(said).toMatch(/\nPOST \/v1\/models\/reload: the model was not loaded, still serving shapes@\S+: Redis at \S+, which names the model's embedding space, does not answer \(/);
+      // and images are classified meanwhile, by the model loaded
+      const image = await fetch(`${served!.url}/v1/classify`, { method: 'POST', body: photos[0]!.bytes, headers: { 'content-type': 'image/jpeg' } });
+      expect(image.status).toBe(200);
+    } finally {
+      abort.abort();
+      await serving;
+      await proxy.close();
+    }
+  }, 180_000);
+
   it('serve -m DATASET@RUN whose run is deleted says so once and keeps serving it (a trial: nothing said until a reload failed)', async () => {
     const { store, layout } = ctx.services;
     const bucket = stack.config.s3.bucket;
@@ -448,7 +475,7 @@ describe('transferline serve', () => {
       const reload = await fetch(`${url}/v1/models/reload`, { method: 'POST' });
       expect(reload.status).toBe(404);
       expect(((await reload.json()) as { error: { reason: string; message: string } }).error).toEqual({ reason: 'not-found', message: expect.stringMatching(/^no trained model for orphan.*; still serving orphan@r1$/) as unknown as string });
-      expect(said()).toMatch(/^POST \/v1\/models\/reload: could not load the new model, still serving r1: no trained model for orphan/m);
+      expect(said()).toMatch(/^POST \/v1\/models\/reload: the model was not loaded, still serving orphan@r1: no trained model for orphan/m);
       // and it still answers with the model it has
       const r = await fetch(`${url}/v1/classify`, { method: 'POST', body: await renderSample('circle', 7, 70), headers: { 'content-type': 'image/jpeg' } });
       expect(r.status).toBe(200);
@@ -478,10 +505,10 @@ describe('transferline serve', () => {
     try {
       await until('serve to load flaky@r1', () => said().includes('serving flaky@r1 '), 120);
       expect((await runCli(['promote', 'flaky@r2'], stack.env)).code).toBe(0);
-      await until('serve to say r2 could not be loaded', () => said().includes('could not load the new model'), 60);
+      await until('serve to say r2 could not be loaded', () => said().includes('the model was not loaded'), 60);
       await new Promise((resolve) => setTimeout(resolve, 3_500));
       // (before: once a second, for as long as r2 stayed the latest)
-      expect(said().match(/could not load the new model/g)).toHaveLength(1);
+      expect(said().match(/the model was not loaded/g)).toHaveLength(1);
       expect(said()).toMatch(/^follow: flaky@r2 is not tried again until another run is the latest \(kill -HUP \d+ tries it now\)$/m);
       // mended, and the latest again after another: loaded
       await store.putObject(bucket, labels, saved);
@@ -493,6 +520,47 @@ describe('transferline serve', () => {
       await serve.stop();
     }
   }, 240_000);
+
+  it("serve -m DATASET whose new latest run could not be loaded for an outage (Redis not answering) tries it again each round, and loads it once Redis answers (a trial: one hiccup pinned the old run)", async () => {
+    for (const run of ['r1', 'r2']) await copyRunAs('passing', run);
+    expect((await runCli(['promote', 'passing@r1'], stack.env)).code).toBe(0);
+    const proxy = await startSilentProxy(new URL(stack.config.redis.url));
+    let said = '';
+    const abort = new AbortController();
+    const config = { ...ctx.config, redis: { ...ctx.config.redis, url: proxy.url } };
+    const serving = serveCommand({ ...ctx, config, out: { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream, signal: abort.signal }, { model: 'passing', port: 0, threads: 1, followInterval: 1 });
+    try {
+      await until('serve to load passing@r1', () => said.includes('serving passing@r1 '), 120);
+      proxy.silence(); // serve's Redis answers nothing; the bucket (where the latest run is read) does
+      expect((await runCli(['promote', 'passing@r2'], stack.env)).code).toBe(0);
+      await until('serve to say r2 is tried again', () => said.includes('follow: passing@r2 is tried again every 1 s until it loads'), 120);
+      expect(said).toMatch(/: the model was not loaded, still serving passing@r1: Redis at \S+, which names the model's embedding space, does not answer \(/);
+      expect(said).not.toContain('is not tried again');
+      await new Promise((resolve) => setTimeout(resolve, 8_000)); // (two rounds at least, each waiting 3 s for Redis)
+      expect(said.match(/is tried again every/g)).toHaveLength(1); // said once, however many rounds
+      expect(said.match(/the model was not loaded/g)).toHaveLength(1);
+      proxy.unsilence();
+      await until('serve to load r2 once Redis answers', () => said.includes('now serving passing@r2 (was r1)'), 120);
+    } finally {
+      abort.abort();
+      await serving;
+      await proxy.close();
+    }
+  }, 300_000);
+
+  it('serve says it waits for an S3 that takes connections and answers nothing while it loads the model (a trial: "loading …" alone for 3 minutes)', async () => {
+    const proxy = await startFaultProxy(stack.config.s3.endpoint);
+    proxy.inject('', { kind: 'mute' });
+    let said = '';
+    const config = { ...ctx.config, s3: { ...ctx.config.s3, endpoint: proxy.url, idleTimeoutMs: 1_000 } };
+    try {
+      const serving = serveCommand({ ...ctx, config, out: { write: (t: string) => ((said += t), true) } as unknown as NodeJS.WritableStream }, { model: 'shapes', port: 0, threads: 1, followInterval: 0 });
+      await expect(serving).rejects.toThrow(/timed out|did not answer/);
+      expect(said).toMatch(new RegExp(`\\nwaiting for S3 at ${proxy.url.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} while loading the model: no answer yet \\(a request is tried 5 times, each given 1 s without a byte: TL_S3_IDLE_TIMEOUT_MS\\)\\n`));
+    } finally {
+      await proxy.close();
+    }
+  }, 180_000);
 
   it('transferline serve says each reload once, in its own words, whoever asked: no log line among them', async () => {
     // as a user runs it: its own process, stdout and stderr as a terminal would show them

@@ -1,4 +1,4 @@
-import { ConfigError, createServices } from '@transferline/shared';
+import { ConfigError, createServices, redactUrl, RedisUnreachableError, S3UnreachableError, slowRequestAfterMs, DEFAULT_IDLE_TIMEOUT_MS, S3_ATTEMPTS } from '@transferline/shared';
 import { createLogger } from '@transferline/shared/service-runtime';
 import { CliExit, EXIT } from '../exit-codes.js';
 import type { CliContext } from '../cli-context.js';
@@ -60,18 +60,47 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
     // said of each run it now serves, as at start: the new run may be of another embedding space
     if (m.runId !== was) for (const note of [randomWeightsNote(m), backgroundNote(ctx.config, m)]) if (note) w(`  ${note}`);
   };
-  const reloadFailed = (err: Error, cause: string) => w(`${cause}: could not load the new model, still serving ${server!.model().runId}: ${err.message}`);
-  /** Loads the model again; false when it could not (said). */
-  const swap = async (cause: string): Promise<boolean> => {
+  // (a trial: "could not load the new model" for a reload of the same run, with the raw error
+  // where the HTTP client was told in words)
+  const reloadFailed = (err: Error, cause: string) => {
+    const m = server!.model();
+    w(`${cause}: the model was not loaded, still serving ${m.dataset}@${m.runId}: ${outageWords(err) ?? err.message}`);
+  };
+  /** Loads the model again; true when it did, else why not (said, unless `quietly` says it was said already). */
+  const swap = async (cause: string, quietly?: (err: Error) => boolean): Promise<true | Error> => {
     try {
       await server!.reload(cause);
       return true;
     } catch (err) {
-      reloadFailed(err as Error, cause);
-      return false;
+      if (!quietly?.(err as Error)) reloadFailed(err as Error, cause);
+      return err as Error;
     }
   };
-  const onHup = () => void swap('SIGHUP');
+  /** Why a load failed when it is an outage of S3 or Redis (passing: tried again), else undefined. */
+  const outageWords = (err: Error): string | undefined => {
+    const s3 = S3UnreachableError.from(err, ctx.config.s3.endpoint);
+    if (s3) return `S3 at ${redactUrl(ctx.config.s3.endpoint)} does not answer (${s3.problem})`;
+    if (err instanceof RedisUnreachableError) return `Redis at ${err.where}, which names the model's embedding space, does not answer (${err.problem})`;
+    return undefined;
+  };
+  // A load waiting on an S3 that takes connections and answers nothing is said within seconds
+  // (a trial: "loading …" alone for 3 minutes, where the other commands say so); not the requests
+  // of the images served, which answer for themselves.
+  let loading = true;
+  const idleMs = ctx.config.s3.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  services.store.onSlowRequest(slowRequestAfterMs(idleMs), () => {
+    if (!loading) return false;
+    w(`waiting for S3 at ${redactUrl(ctx.config.s3.endpoint)} while loading the model: no answer yet (a request is tried ${S3_ATTEMPTS} times, each given ${idleMs / 1000} s without a byte: TL_S3_IDLE_TIMEOUT_MS)`);
+  });
+  const loadingFor = async (work: () => Promise<true | Error>) => {
+    loading = true;
+    try {
+      return await work();
+    } finally {
+      loading = false;
+    }
+  };
+  const onHup = () => void loadingFor(() => swap('SIGHUP'));
   try {
     // said once the port is taken: a port in use is said before any loading
     const onListening = () => w(`loading ${o.model} (EfficientNet-B0 + head, one ONNX model)…`);
@@ -80,6 +109,7 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
       if (err instanceof ConfigError && /^--(streams|threads) /.test(err.message)) throw new CliExit(EXIT.usage, `transferline: ${err.message}`);
       throw err;
     });
+    loading = false;
     const m = server.model();
     w(`serving ${m.dataset}@${m.runId} (${m.labels.map(printable).join(', ')}${m.threshold !== undefined ? `; threshold ${thresholdText(m.threshold)}` : ''}) on ${server.url}`);
     for (const note of [randomWeightsNote(m), backgroundNote(ctx.config, m)]) if (note) w(`  ${note}`);
@@ -98,13 +128,24 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
       let orphaned = false;
       /** the latest run, when it failed to load */
       let failedRun: string | undefined;
+      /** the latest run could not be read (S3 or Redis out of reach): said once until it can */
+      let unread = false;
+      /** the run whose load an outage cut short, and how: said once, tried each round */
+      let passing: string | undefined;
       /** a round under way: the next waits for it (a load longer than the interval) */
       let round: Promise<void> | undefined;
       timer = setInterval(() => {
         if (round) return;
         round = (async () => {
-          const latest = await latestRun(long, m.dataset).catch(() => 'unread' as const);
-          if (latest === 'unread') return;
+          const latest = await latestRun(long, m.dataset).catch((err: unknown) => err as Error);
+          if (latest instanceof Error) {
+            // (a trial: nothing said while S3 was out of reach)
+            if (!unread) w(`follow: cannot read the latest run of ${m.dataset} (${outageWords(latest) ?? latest.message}): still serving ${m.dataset}@${server!.model().runId}; looking again every ${follow} s`);
+            unread = true;
+            return;
+          }
+          if (unread) w(`follow: the latest run of ${m.dataset} can be read again`);
+          unread = false;
           const was = server!.model().runId;
           // its runs deleted, or none left the latest: said once, and served as it is until a run
           // is trained or promoted (then loaded, though it may carry the id of the one served)
@@ -120,9 +161,17 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
           orphaned = !latest;
           // (a run that failed to load is not tried again each round, nor said again: a review)
           if (latest && (latest.runId !== was || wasOrphaned) && latest.runId !== failedRun) {
-            const loaded = await swap(latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy !== undefined && Object.hasOwn(SET_BY, latest.setBy) ? (latest.setBy as keyof typeof SET_BY) : 'unknown']})`);
-            failedRun = loaded ? undefined : latest.runId;
-            if (!loaded) w(`follow: ${m.dataset}@${latest.runId} is not tried again until another run is the latest (kill -HUP ${process.pid} tries it now)`);
+            const cause = latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy !== undefined && Object.hasOwn(SET_BY, latest.setBy) ? (latest.setBy as keyof typeof SET_BY) : 'unknown']})`;
+            const outage = (err: Error) => outageWords(err) !== undefined;
+            const loaded = await loadingFor(() => swap(cause, (err) => outage(err) && passing === `${latest.runId} ${outageWords(err)}`));
+            // a load cut short by an outage is tried again each round, said once (a trial read the
+            // code: one S3 hiccup pinned the old run until a restart); one that failed on the run
+            // itself is not tried again
+            const cut = loaded !== true && outage(loaded);
+            if (cut && passing !== `${latest.runId} ${outageWords(loaded)}`) w(`follow: ${m.dataset}@${latest.runId} is tried again every ${follow} s until it loads`);
+            passing = cut ? `${latest.runId} ${outageWords(loaded)}` : undefined;
+            failedRun = loaded === true || cut ? undefined : latest.runId;
+            if (loaded !== true && !cut) w(`follow: ${m.dataset}@${latest.runId} is not tried again until another run is the latest (kill -HUP ${process.pid} tries it now)`);
           }
           // (another run the latest since, the one served say: the failed one is tried when it is the latest again)
           if (latest && latest.runId !== failedRun) failedRun = undefined;

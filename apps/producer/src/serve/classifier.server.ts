@@ -9,7 +9,7 @@ import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
 import { configureSharp, prepareImage, spaceImageOptions, type PrepareOptions } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
-import { BucketNotFoundError, decideLabel, forwardParallelism, IMAGE_FAILURE_REASONS, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, S3UnreachableError, type Logger, type ServeMetrics } from '@transferline/shared';
+import { BucketNotFoundError, decideLabel, forwardParallelism, IMAGE_FAILURE_REASONS, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, pingRedis, RedisUnreachableError, S3UnreachableError, type Logger, type ServeMetrics } from '@transferline/shared';
 import { createServeMetrics } from '@transferline/shared/service-runtime';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
@@ -102,6 +102,9 @@ function endStalledBody(req: Request, res: Response, ms: number, timeoutMs: numb
 
 /** Longest a retired model waits for the requests that still hold it. */
 const RETIRE_DEADLINE_MS = 30_000;
+
+/** How long a reload waits for Redis to answer before it fails (the model loaded is kept). */
+const RELOAD_REDIS_DEADLINE_MS = 3_000;
 
 /** A model being served: its ONNX Runtime thread and batcher, and the requests that hold it. */
 class ServedModel {
@@ -454,8 +457,10 @@ export async function startClassifierServer(
       else o.log.warn({ err, cause: 'POST /v1/models/reload' }, `the model was not reloaded: ${message}`);
       // S3 not answering: no fault of serve's (a trial saw 500 and "internal"), to retry, as for keys (without the endpoint)
       const unreachable = S3UnreachableError.from(err, ctx.config.s3.endpoint);
-      if (unreachable) res.set('retry-after', '5');
+      const redisDown = err instanceof RedisUnreachableError ? err : undefined;
+      if (unreachable || redisDown) res.set('retry-after', '5');
       if (unreachable) fail(res, STORAGE_UNAVAILABLE, `the model store does not answer (${unreachable.problem}); ${serving}; retry shortly`);
+      else if (redisDown) fail(res, STORAGE_UNAVAILABLE, `the deployment's Redis, which names the model's embedding space, does not answer (${redisDown.problem}); ${serving}; retry shortly`);
       else fail(res, gone ? 'not-found' : 'internal', message);
     }
   });
@@ -738,6 +743,10 @@ export async function startClassifierServer(
   const retiring = new Set<Promise<void>>();
   const reload = (cause = 'reload'): Promise<ClassifierMetadata> => (reloading ??= swapModel(cause).finally(() => (reloading = undefined)));
   const swapModel = async (cause: string): Promise<ClassifierMetadata> => {
+    // The run's embedding space is read from Redis, whose client waits for it to come back: with
+    // Redis down a reload waited with no deadline, and said nothing (a trial). Asked first, with a
+    // deadline: the reload fails (503 to retry, over HTTP), the model loaded is kept.
+    await pingRedis(ctx.services.redis, ctx.config.redis.url, RELOAD_REDIS_DEADLINE_MS);
     const next = await load();
     // Stopping meanwhile (a SIGTERM while a SIGHUP's reload loaded): the new model is stopped
     // too, where it was put in place, its threads left running, and serve never exited (a review).
