@@ -48,6 +48,34 @@ describe('deployment files', () => {
     }
   });
 
+  it("KEDA's preprocess query asks for replicas by the backlog, and for none while the replicas hold jobs for the embed backlog (promtool; a trial: 787 waiting asked for 8 replicas, all held)", () => {
+    const keda = readFileSync(path.join(repoRoot, 'infra', 'k8s', 'base', 'keda-scaledobjects.yaml'), 'utf8');
+    const expr = /^\s+query: (.*tl_queue_jobs\{queue="preprocess".*)$/m.exec(keda)![1]!;
+    const series = (instance: string, state: string, values: string) => ({ series: `tl_queue_jobs{role="preprocess",instance="${instance}",queue="preprocess",state="${state}"}`, values });
+    const test = {
+      evaluation_interval: '1m',
+      tests: [
+        {
+          interval: '1m',
+          // two replicas export the same counts; from minute 5, one holds 16 jobs for the embed backlog
+          input_series: [series('p1', 'waiting', '787x10'), series('p2', 'waiting', '787x10'), series('p1', 'delayed', '13x10'), series('p1', 'held', '0 0 0 0 0 16x5'), series('p2', 'held', '0x10')],
+          promql_expr_test: [
+            { expr, eval_time: '2m', exp_samples: [{ labels: '{}', value: 800 }] },
+            { expr, eval_time: '7m', exp_samples: [] },
+          ],
+        },
+      ],
+    };
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'tl-keda-'));
+    try {
+      writeFileSync(path.join(dir, 'keda.test.yml'), JSON.stringify(test));
+      const r = spawnSync('promtool', ['test', 'rules', path.join(dir, 'keda.test.yml')], { encoding: 'utf8' });
+      expect(r.stdout + r.stderr).toMatch(/SUCCESS/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("the dashboard's count of training runs counts a run shorter than one scrape, a worker's restart, and leaves out a quiet dataset (promtool)", async () => {
     const dashboard = JSON.parse(readFileSync(path.join(repoRoot, 'infra', 'grafana', 'dashboards', 'transferline.json'), 'utf8')) as { panels: { title?: string; targets?: { expr: string }[] }[] };
     const panel = dashboard.panels.find((p) => p.title === 'Training runs in the time range');
