@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCliContext, type CliContext } from '../apps/producer/src/cli-context.js';
@@ -98,6 +99,10 @@ describe('backpressure', () => {
         await sleep(200);
       }
       for (const j of held4) expect(await ctx.queues.preprocess.getJob(j.id!)).toMatchObject({ attemptsMade: 0, stalledCounter: 0 });
+      // and its log says it stopped, not that preprocess resumed (an operator's trial read that between "stopping" and "stopped")
+      const said = (await readFile(stack.supervisor.logFile('preprocess', 1), 'utf8')).split('\n').filter((l) => l.includes(`"pid":${stopped}`));
+      expect(said.some((l) => l.includes('"msg":"stopped"'))).toBe(true);
+      expect(said.filter((l) => l.includes('preprocess resumed'))).toEqual([]);
 
       // Now embed starts, in its own process, and drains the backlog; preprocess resumes.
       await stack.supervisor.start([{ role: 'embed', replica: 1, metricsPort: 0, env: stack.env }]);

@@ -369,6 +369,9 @@ describe('a command never waits for ever', () => {
       return out;
     };
     try {
+      // the preprocess worker exports the train queue's depth too: seen while the train worker
+      // answers no scrape (an operator's trial: no series of it then, so no alert could see it)
+      expect((await scrape(stack.ports.preprocess)).get('tl_queue_jobs{queue="train",state="waiting"}')).toBe(1);
       // its worker's progress, reported just now: trained on, not hung
       await job.updateProgress({ phase: 'training', epoch: 7, epochs: 80, by: worker, at: Date.now() });
       const trained = await said();

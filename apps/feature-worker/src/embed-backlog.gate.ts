@@ -145,7 +145,9 @@ export class EmbedBacklogGate {
       }
     } finally {
       if (waitingSince) {
-        if (--this.held === 0) this.log.info('embed backlog below the bound again: preprocess resumed');
+        // (not when the worker stops with jobs held: they are put back, nothing resumes, and an
+        // operator's trial read "resumed" between "stopping" and "stopped")
+        if (--this.held === 0 && !this.closed) this.log.info('embed backlog below the bound again: preprocess resumed');
         this.metrics.queueJobs.set({ queue: 'preprocess', state: 'held' }, this.held);
       }
     }

@@ -55,14 +55,16 @@ export async function startPreprocessRole(config: Config, log: Logger): Promise<
   const queues = createQueues(services.redis, config);
   const sharpSettings = configureSharp({ concurrency: config.preprocess.sharpConcurrency });
   const gate = new EmbedBacklogGate(services.redis, queues, services.keys, config.preprocess.maxPendingTensors, async () => (await services.spaces.liveWorkers()).map((w) => w.space), metrics, log);
-  // Its own queue, and the embed queues it feeds (so embed can be scaled on them even at zero).
+  // Its own queue, and the embed queues it feeds (so embed can be scaled on them even at zero),
+  // and the train and classify queues (so their backlog is seen while no train worker runs: an
+  // operator's trial found no series of it then, and no alert could see runs waiting).
   // The spaces listed once per scrape: their queues' counts, and each one's backlog as the gate counts it.
   let spaces: string[] = [];
   exportQueueDepths(
     metrics,
     async () => {
       spaces = (await services.spaces.list()).map((s) => s.space.id);
-      return [queues.preprocess, ...spaces.map((space) => queues.embed(space))];
+      return [queues.preprocess, ...spaces.map((space) => queues.embed(space)), queues.train, queues.classify];
     },
     { also: async () => void (await Promise.all(spaces.map((space) => gate.exportBacklog(space)))) },
   );
