@@ -32,7 +32,7 @@ export function createMetrics(role: string) {
     dependencyUp: new Gauge({ name: 'tl_dependency_up', help: 'Whether a dependency (s3, redis) answers; 0 while this process waits out its outage', labelNames: ['dependency'] as const, registers: r }),
     jobDuration: new Histogram({
       name: 'tl_job_duration_seconds',
-      help: 'Time from a worker taking a job to its end, waits in the worker included (an embed batch filling, backpressure, an outage; space: the embedding space of an embed queue); tl_embed_forward_seconds is the forward pass alone',
+      help: 'Time from a worker taking a job to its end, waits in the worker included (an embed batch filling, backpressure, an outage), not the forward pass alone (space: the embedding space of an embed queue)',
       labelNames: ['queue', 'space'] as const,
       // (to an hour: a training run is one job, and a p95 read off a top bucket of 120 s said 120 for 10-minute runs)
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, 300, 900, 3600],
