@@ -823,6 +823,10 @@ describe('what a user sees when something is wrong', () => {
       [['classify', 'photos/incoming', '-m', 'x'], /not an s3:\/\/ URL/],
       [['upload', '.', 'photos'], /not an s3:\/\/ URL/],
       [['export', '-m', 'x', '--format', 'tflite'], /argument 'tflite' is invalid\. Allowed choices are onnx/],
+      // (a trial: these exited 1, after Redis was asked)
+      [['export', '-m', '@r1'], /argument '@r1' is invalid\. --model needs a dataset name, optionally @run \(got "@r1"\)/],
+      [['serve', '-m', 'pets@'], /--model needs a dataset name, optionally @run \(got "pets@"\)/],
+      [['classify', 's3://photos/incoming/', '-m', 'a/b@r1'], /--model needs a dataset name, optionally @run/],
       [['ingest', 's3://photos/train/', '-d', 'x', '--watch', '--interval', '0'], /--interval must be a positive number/],
       // (was zod's words on the run's settings, after Redis was asked)
       [['train', '-d', 'x', '--l2', 'abc'], /--l2 must be a number$/m],

@@ -174,7 +174,7 @@ describe('small CLI holes', () => {
       expect(r.stderr).toMatch(/no dataset named nope/);
     }
     const empty = await cli(['classify', `s3://${photos}/proto/`, '-m', '']);
-    expect(empty.code).not.toBe(0);
+    expect(empty.code).toBe(2);
     expect(empty.stderr).toMatch(/--model needs a dataset name/);
     expect(empty.stderr).not.toMatch(/XML|parse/i);
   });

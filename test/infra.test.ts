@@ -48,9 +48,12 @@ describe('deployment files', () => {
     }
   });
 
-  it("KEDA's preprocess query asks for replicas by the backlog, and for none while the replicas hold jobs for the embed backlog (promtool; a trial: 787 waiting asked for 8 replicas, all held)", () => {
+  it("KEDA's preprocess query asks for replicas by the backlog, and for as many as run while they hold jobs for the embed backlog (promtool; a trial: 787 waiting asked for 8 replicas, all held)", () => {
     const keda = readFileSync(path.join(repoRoot, 'infra', 'k8s', 'base', 'keda-scaledobjects.yaml'), 'utf8');
     const expr = /^\s+query: (.*tl_queue_jobs\{queue="preprocess".*)$/m.exec(keda)![1]!;
+    // (the replicas held steady: their count times the target per replica, the trigger's threshold)
+    const threshold = /query: .*tl_queue_jobs\{queue="preprocess"[\s\S]*?threshold: "(\d+)"/.exec(keda)![1]!;
+    expect(expr).toContain(`* ${threshold})`);
     const series = (instance: string, state: string, values: string) => ({ series: `tl_queue_jobs{role="preprocess",instance="${instance}",queue="preprocess",state="${state}"}`, values });
     const test = {
       evaluation_interval: '1m',
@@ -58,10 +61,18 @@ describe('deployment files', () => {
         {
           interval: '1m',
           // two replicas export the same counts; from minute 5, one holds 16 jobs for the embed backlog
-          input_series: [series('p1', 'waiting', '787x10'), series('p2', 'waiting', '787x10'), series('p1', 'delayed', '13x10'), series('p1', 'held', '0 0 0 0 0 16x5'), series('p2', 'held', '0x10')],
+          input_series: [
+            series('p1', 'waiting', '787x10'),
+            series('p2', 'waiting', '787x10'),
+            series('p1', 'delayed', '13x10'),
+            series('p1', 'held', '0 0 0 0 0 16x5'),
+            series('p2', 'held', '0x10'),
+            ...['p1', 'p2'].map((instance) => ({ series: `tl_process_start_time_seconds{role="preprocess",instance="${instance}"}`, values: '1x10' })),
+          ],
           promql_expr_test: [
             { expr, eval_time: '2m', exp_samples: [{ labels: '{}', value: 800 }] },
-            { expr, eval_time: '7m', exp_samples: [] },
+            // the replicas running (2) × the threshold (100): neither more nor fewer
+            { expr, eval_time: '7m', exp_samples: [{ labels: '{}', value: 200 }] },
           ],
         },
       ],

@@ -166,6 +166,9 @@ describe('transferline export --format onnx', () => {
 
   it('says what is wrong with a model name or format', async () => {
     await expect(exportCommand(ctx, { model: 'nope', format: 'onnx' })).rejects.toThrow(/no trained model for nope/);
+    // a run id alone, or a run named with another dataset: the dataset it is a run of (a trial)
+    await expect(exportCommand(ctx, { model: 'r1', format: 'onnx' })).rejects.toThrow(/^no trained model for r1, and no dataset is named so: r1 is a run of shapes: -m shapes@r1$/);
+    await expect(exportCommand(ctx, { model: 'circles@r1', format: 'onnx' })).rejects.toThrow(/^no run r1 of circles in s3:\/\/\S+: r1 is a run of shapes: -m shapes@r1$/);
     await expect(exportCommand(ctx, { model: 'shapes', format: 'tflite' })).rejects.toThrow(/onnx is the one format/);
     // a folder that is not there: said before the model loads (was ENOENT after it)
     const nowhere = path.join(dir, 'no-such-folder', 'x.onnx');
@@ -437,6 +440,13 @@ describe('transferline serve', () => {
       // and images are classified meanwhile, by the model loaded
       const image = await fetch(`${served!.url}/v1/classify`, { method: 'POST', body: photos[0]!.bytes, headers: { 'content-type': 'image/jpeg' } });
       expect(image.status).toBe(200);
+      // Redis answering the reload's PING (and the one left from before), then nothing: the read of
+      // the run's embedding space has its deadline too (a review: it hung, and every later reload with it)
+      proxy.unsilence();
+      proxy.cutAfter('+PONG\r\n'.length * 2);
+      const later = await fetch(`${served!.url}/v1/models/reload`, { method: 'POST', signal: AbortSignal.timeout(60_000) });
+      expect(later.status).toBe(503);
+      expect(((await later.json()) as { error: { message: string } }).error.message).toMatch(/^the deployment's Redis, which names the model's embedding space, does not answer \(it did not answer within 10 s\); still serving shapes@\S+; retry shortly$/);
     } finally {
       abort.abort();
       await serving;
@@ -743,6 +753,8 @@ describe('transferline serve, guarded', () => {
     expect(((await files.json()) as { error: { message: string } }).error.message).toMatch(/at most 2 files/);
     // answered as the file past the limit begins, not once the whole body has come (a trial: 300
     // files answered after 4.6 s, the first 256 classified for nothing): a body still arriving
+    const classified = async () => [...(await (await fetch(`${server.url}/metrics`)).text()).matchAll(/^tl_serve_results_total\{[^}]*\} (\d+)$/gm)].reduce((n, m) => n + Number(m[1]), 0);
+    const before = await classified();
     const boundary = 'tl-boundary-7';
     const part = (n: string) => Buffer.concat([Buffer.from(`--${boundary}\r\ncontent-disposition: form-data; name="${n}"; filename="${n}.png"\r\ncontent-type: image/png\r\n\r\n`), small, Buffer.from('\r\n')]);
     const early = await new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -762,6 +774,9 @@ describe('transferline serve, guarded', () => {
     });
     expect(early.status).toBe(400);
     expect(JSON.parse(early.body).error.message).toBe('at most 2 files per request (TL_SERVE_MAX_QUEUE)');
+    // and the files before the one too many get no forward pass (a review: classified for nothing)
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    expect(await classified()).toBe(before);
   });
 
   it('labels request timings by known route only, so unknown paths add no series', async () => {

@@ -329,7 +329,7 @@ describe('a command never waits for ever', () => {
       expect(r.code).toBe(4);
       expect(r.stdout).toMatch(/no embed worker is live for it now/);
       // naming the worker that went silent, and that up restarts a hung one
-      expect(r.stderr).toMatch(/no progress for 3 s: 2 images wait for embed and no embed worker of \S+ is live: its worker \S+ last beat \d+ s ago \(stopped, hung, or cut off from Redis\?\); restart it, or start one with that space's settings \(under up, a worker that is stopped or blocked is restarted once its \/healthz has gone unanswered for TL_UP_HANG_SECONDS\)/);
+      expect(r.stderr).toMatch(/no progress for 3 s: 2 images wait for embed and no embed worker of \S+ is live: its worker \S+ last beat \d+ s ago \(stopped, hung, or cut off from Redis\?\); restart it, or start one with that space's settings: TL_MODEL_WEIGHTS=random \(under up, a worker that is stopped or blocked is restarted once its \/healthz has gone unanswered for TL_UP_HANG_SECONDS\)/);
     });
     const done = await cli(['ingest', `s3://${photos}/stall/`, '-d', 'stall']);
     expect(done.code).toBe(0);

@@ -116,6 +116,7 @@ export class EmbedBacklogGate {
     const args = [this.bound, id, EmbedBacklogGate.RESERVATION_MS];
     let waitingSince = 0;
     let checked = 0;
+    let admitted = false;
     try {
       for (;;) {
         // Put back without spending an attempt: a stop (Ctrl-C, a restart, a scale-down) is no fault of the job.
@@ -128,7 +129,10 @@ export class EmbedBacklogGate {
             )
           : EmbedBacklogGate.SCRIPT.run(this.redis, keys, args))) as [number, number];
         if (ok === 2) return 'embedded';
-        if (ok === 1) break;
+        if (ok === 1) {
+          admitted = true;
+          break;
+        }
         const now = Date.now();
         if (!waitingSince) {
           waitingSince = now;
@@ -145,9 +149,10 @@ export class EmbedBacklogGate {
       }
     } finally {
       if (waitingSince) {
-        // (not when the worker stops with jobs held: they are put back, nothing resumes, and an
-        // operator's trial read "resumed" between "stopping" and "stopped")
-        if (--this.held === 0 && !this.closed) this.log.info('embed backlog below the bound again: preprocess resumed');
+        // (only when a held job was let through: not when the worker stops with jobs held, nor
+        // when they are put back for a missing worker or an outage: an operator's trial read
+        // "resumed" between "stopping" and "stopped")
+        if (--this.held === 0 && admitted) this.log.info('embed backlog below the bound again: preprocess resumed');
         this.metrics.queueJobs.set({ queue: 'preprocess', state: 'held' }, this.held);
       }
     }

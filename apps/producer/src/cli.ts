@@ -10,7 +10,7 @@ import { downloadCommand } from './commands/download.command.js';
 import { deleteDatasetCommand, deleteRunCommand, deleteSpaceCommand, terminalConfirm, type DeleteOptions } from './commands/delete.command.js';
 import { failuresCommand } from './commands/failures.command.js';
 import { ingestCommand, watchIngest } from './commands/ingest.command.js';
-import { modelsCommand, parseRunSpec, promoteCommand } from './commands/models.command.js';
+import { modelsCommand, parseModelSpec, parseRunSpec, promoteCommand } from './commands/models.command.js';
 import { retryCommand } from './commands/retry.command.js';
 import { statusCommand } from './commands/status.command.js';
 import { cancelRun, followRun, trainCommand, type TrainOptions } from './commands/train.command.js';
@@ -75,6 +75,15 @@ const named = (schema: typeof DatasetName | typeof AnyDatasetName) => (v: string
   return v;
 };
 const dataset = named(DatasetName);
+/** `-m DATASET[@RUN]` (parseModelSpec): bad usage, said before Redis is asked. */
+const modelSpec = (v: string): string => {
+  try {
+    parseModelSpec(v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message.replace(/^transferline: /, ''));
+  }
+  return v;
+};
 /** A dataset to look at or retry: a user's, or `_classify.<model>` (where classify keeps its images). */
 const anyDataset = named(AnyDatasetName);
 
@@ -339,7 +348,7 @@ program
   .command('classify')
   .description('label the images under an s3:// prefix with a trained model; results as JSON Lines in the bucket')
   .argument('<s3url>', 'e.g. s3://photos/incoming/', s3url)
-  .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to use, or dataset@run')
+  .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to use, or dataset@run', modelSpec)
   .option('--watch', 'keep classifying new objects under the prefix')
   .option(...intervalOption('looks for new objects'))
   .option(...stallOption)
@@ -355,7 +364,7 @@ program
 program
   .command('export')
   .description('write a trained model as one ONNX file: uint8 RGB images in, class probabilities out (labels and threshold in its metadata)')
-  .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to export, or dataset@run')
+  .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to export, or dataset@run', modelSpec)
   .addOption(new Option('--format <format>', 'the file format').choices(['onnx']).default('onnx'))
   .option('-o, --output <file>', 'the file to write, or a folder to write <dataset>-<run>.onnx in (default: that file here)')
   .action((o: { model: string; format: string; output?: string }) => withContext(async (ctx) => (await exporting()).exportCommand(ctx, o)));
@@ -363,7 +372,7 @@ program
 program
   .command('serve')
   .description('an HTTP classifier: POST image bytes (or multipart files, or JSON s3:// keys) to /v1/classify, labels and probabilities back')
-  .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to serve (followed as new runs land), or dataset@run')
+  .requiredOption('-m, --model <name[@run]>', 'the dataset whose latest run to serve (followed as new runs land), or dataset@run', modelSpec)
   .option('--host <host>', 'interface to listen on (default TL_SERVE_HOST, 127.0.0.1)')
   .option('--port <n>', 'port (default TL_SERVE_PORT, 9480; 0 = any free port)', port('--port'))
   .option('--threads <n>', 'ONNX Runtime threads (default TL_SERVE_THREADS, else the cores)', int('--threads', 1))

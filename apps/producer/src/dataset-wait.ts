@@ -1,4 +1,4 @@
-import { couldNotStart, hungAfterMs, isRedisUnavailable, relistCommand, redactUrl, sleep, unlockedActiveJobs, upRestartWindowMs, type DatasetStatus } from '@transferline/shared';
+import { couldNotStart, hungAfterMs, isRedisUnavailable, relistCommand, redactUrl, sleep, spaceSettings, unlockedActiveJobs, upRestartWindowMs, type DatasetStatus } from '@transferline/shared';
 import type { Queue } from 'bullmq';
 import type { CliContext } from './cli-context.js';
 import { CliExit, EXIT } from './exit-codes.js';
@@ -410,6 +410,8 @@ export const EMBED_START_LIMIT_MS = 10 * 60_000;
  */
 async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): Promise<NoWorker> {
   const none = `no embed worker of ${space} is live`;
+  // (a trial: "that space's settings" left the user to work them out from its id)
+  const settings = await spaceSettingsWords(ctx, space);
   const starting = await ctx.services.spaces.startingWorkers(space).catch(() => []);
   // (the latest to start first: one started since, by the advice below, is waited for)
   if (starting.length) {
@@ -429,9 +431,9 @@ async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): P
     const hungIds = (await ctx.queues.embed(space).getWorkers().catch(() => [])).map(workerIdOf).filter((id): id is string => !!id);
     if (hungIds.length) {
       const them = hungIds.length === 1 ? `its worker ${hungIds[0]} is` : `its workers ${hungIds.join(', ')} are`;
-      return { gone: `${none}: ${them} connected to its queue but ${hungIds.length === 1 ? 'beats' : 'beat'} no more (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart ${hungIds.length === 1 ? 'it' : 'them'}, or start one with that space's settings` };
+      return { gone: `${none}: ${them} connected to its queue but ${hungIds.length === 1 ? 'beats' : 'beat'} no more (hung: SIGSTOPped, its event loop blocked, or cut off from Redis?); restart ${hungIds.length === 1 ? 'it' : 'them'}, or start one with that space's settings${settings}` };
     }
-    return { gone: `${none} (start one with that space's settings)` };
+    return { gone: `${none} (start one with that space's settings${settings})` };
   }
   // silent while loading: a build of the model can hold its beat (a busy machine); waited for as
   // long as the registry names a silent worker (four TTLs), then given up as gone
@@ -444,5 +446,13 @@ async function noEmbedWorker(ctx: CliContext, space: string, hung: HungWatch): P
   // (it hung about when it last beat)
   const restart = await upRestart(ctx, 'embed', [last.worker.workerId], last.silentMs, hung.restarts);
   if (restart.words) return { note: `${none}: ${silent}; ${restart.words}` };
-  return `${none}: ${silent}; restart it, or start one with that space's settings (${RESTARTED_BY})${restart.expired ?? ''}`;
+  return `${none}: ${silent}; restart it, or start one with that space's settings${settings} (${RESTARTED_BY})${restart.expired ?? ''}`;
+}
+
+/** `: TL_RESIZE=crop TL_MODEL_WEIGHTS=random …`, the settings an embed worker of `space` needs that are not the defaults (none: the defaults); empty when the space is not published. */
+async function spaceSettingsWords(ctx: CliContext, space: string): Promise<string> {
+  const published = await ctx.services.spaces.get(space).catch(() => undefined);
+  if (!published) return '';
+  const set = spaceSettings(published);
+  return set.length ? `: ${set.map((v) => `${v.name}=${v.value}`).join(' ')}` : ': the defaults';
 }

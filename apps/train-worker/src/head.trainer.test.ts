@@ -131,19 +131,24 @@ describe('fitHead', () => {
   it('predictProba gives the event loop its turns over many rows (a worker renews its locks and answers /healthz meanwhile), with the same figures as one pass', async () => {
     const train = blobs([40, 40], 8, 0.2, 5);
     const fit = await fitHead(tf, { train, validation: train, numClasses: 2, options: { ...base, epochs: 3 } });
-    const many = blobs([6000, 6000], 8, 0.2, 6); // three chunks
+    const many = blobs([9000, 9000], 8, 0.2, 6); // five chunks of 4,096 rows
     const said: string[] = [];
-    const timer = setInterval(() => said.push('tick'), 0);
-    let p: Float32Array;
-    try {
-      const pending = predictProba(tf, fit.model, many.x).then((r) => (said.push('done'), r));
-      setImmediate(() => said.push('immediate'));
-      p = await pending;
-    } finally {
-      clearInterval(timer);
-    }
-    expect(said.indexOf('immediate')).toBeGreaterThanOrEqual(0);
-    expect(said.indexOf('immediate')).toBeLessThan(said.indexOf('done'));
+    // a turn of the event loop, counted each time it comes, until the rows are done
+    let counting = true;
+    const turn = () => {
+      if (!counting) return;
+      said.push('turn');
+      setImmediate(turn);
+    };
+    const pending = predictProba(tf, fit.model, many.x).then((r) => (said.push('done'), r));
+    setImmediate(turn);
+    const p = await pending;
+    counting = false;
+    // between each two chunks of its five (a review: one turn anywhere passed before). The
+    // counter's first turn comes after predictProba's first, its last after the rows are done:
+    // four turns of predictProba's are three of the counter's before 'done'; one turn, none.
+    expect(said.indexOf('done')).toBeGreaterThanOrEqual(3);
+    expect(said.slice(0, said.indexOf('done'))).toEqual(Array(said.indexOf('done')).fill('turn'));
     const whole = tf.tidy(() => (fit.model.predict(tf.tensor2d(many.x.data, [many.x.rows, many.x.dim])) as tf.Tensor).dataSync());
     expect(p.length).toBe(whole.length);
     let worst = 0;

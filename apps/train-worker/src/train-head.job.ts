@@ -53,7 +53,7 @@ export interface EpochProgress extends Partial<EpochLog> {
   planned?: number;
   /** saving: what the save waits for (S3 unreachable); put-back: why the run goes back to the queue; waiting: what for */
   why?: string;
-  /** the train worker that reported it (host:pid:…), and when (ms, its clock): added as it is reported */
+  /** the train worker that reported it (host:pid:…), and when (ms, on Redis's clock: redisClockOffset): added as it is reported */
   by?: string;
   at?: number;
 }

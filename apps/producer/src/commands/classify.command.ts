@@ -1,8 +1,8 @@
-import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetRepository, DatasetName, DEFAULT_STALL_SECONDS, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace, type TrainJob } from '@transferline/shared';
+import { CLASSIFY_EARLIER_FILES, classifyDatasetName, DatasetRepository, DEFAULT_STALL_SECONDS, redactUrl, RedisUnreachableError, withDeadline, enqueue, jobIds, parseS3Url, RunDoc, type ClassifyJob, type ClassifyResult, type EmbeddingSpace, type TrainJob } from '@transferline/shared';
 import type { Job } from 'bullmq';
 import type { CliContext } from '../cli-context.js';
 import { watchRounds, WatchEnded } from '../watch-loop.js';
-import { latestRun, listModelRuns } from './models.command.js';
+import { latestRun, listModelRuns, parseModelSpec } from './models.command.js';
 import { waitForDataset } from '../dataset-wait.js';
 import { ingestPrefix } from '../ingest.service.js';
 import { indexUnderOtherPrefixes, otherPrefixWords, restoreLostIndex } from '../data-loss.js';
@@ -43,14 +43,12 @@ export class ModelNotFoundError extends Error {
  * must come from (recorded with the run; the space must be known to the cluster).
  */
 export async function resolveModel(ctx: CliContext, spec: string): Promise<ResolvedModel> {
-  const m = /^([^@]*)(?:@(.*))?$/.exec(spec)!;
-  const dataset = m[1]!;
-  // (a run that would name another folder of the bucket is none)
-  if (!DatasetName.safeParse(dataset).success || (m[2] !== undefined && (/^\.{0,2}$/.test(m[2]) || m[2].includes('/')))) throw new Error(`--model needs a dataset name, optionally @run (got ${JSON.stringify(spec)})`);
+  const named = parseModelSpec(spec);
+  const { dataset } = named;
   const { bucket } = ctx.config.s3;
   const { store, layout, spaces } = ctx.services;
-  const latest = m[2] === undefined ? await latestRun(ctx, dataset) : undefined;
-  const runId = m[2] ?? latest?.runId;
+  const latest = named.runId === undefined ? await latestRun(ctx, dataset) : undefined;
+  const runId = named.runId ?? latest?.runId;
   if (!runId) {
     // runs, but none the latest: all trained with --no-promote, or the latest deleted with no run to take its place
     const runs = (await listModelRuns(ctx, dataset)).filter((r) => r.dataset === dataset);
@@ -66,6 +64,9 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
         // no dataset of that name either: a typo, most likely; the models there are named
         if (!(await ctx.services.datasets.exists(dataset))) {
           const models = (await store.listFolders(bucket, layout.models()).catch(() => [])).sort();
+          // a run id given alone (a trial: -m 20261206-050211-f90c): the dataset it is a run of
+          const owner = await datasetOfRun(ctx, models, dataset);
+          if (owner) return `, and no dataset is named so: ${dataset} is a run of ${owner}: -m ${owner}@${dataset}`;
           return `, and no dataset is named so${models.length ? ` (models: ${models.join(', ')})` : ': ingest one, then train it'}`;
         }
         return `: run "transferline train --dataset ${dataset}" first`;
@@ -74,8 +75,14 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
   }
   if (latest?.insteadOf) ctx.out.write(`note: the latest run of ${dataset}, ${latest.insteadOf}, is no longer in the bucket: using its newest run left, ${runId}\n`);
   const run = await store.getDocument(RunDoc, bucket, layout.runFile(dataset, runId, 'run.json'));
-  if (!run) throw new ModelNotFoundError(await nothingHere(ctx, `no run ${runId} of ${dataset} in s3://${bucket}/${layout.models()}`, ' (see "transferline models")'));
-  const space = await spaces.get(run.embedderId);
+  if (!run) {
+    // a run of another dataset named with this one (a trial: -m scenes@RUN of two): that one named
+    const owner = named.runId === undefined ? undefined : await datasetOfRun(ctx, (await store.listFolders(bucket, layout.models()).catch(() => [])).filter((d) => d !== dataset), runId);
+    throw new ModelNotFoundError(await nothingHere(ctx, `no run ${runId} of ${dataset} in s3://${bucket}/${layout.models()}`, owner ? `: ${runId} is a run of ${owner}: -m ${owner}@${runId}` : ' (see "transferline models")'));
+  }
+  // (with a deadline: serve's client waits for Redis to come back, and a reload hung on it with
+  // every later one joined to it: a review)
+  const space = await withDeadline(spaces.get(run.embedderId), SPACE_READ_DEADLINE_MS, () => new RedisUnreachableError(redactUrl(ctx.config.redis.url), `it did not answer within ${SPACE_READ_DEADLINE_MS / 1000} s`));
   if (!space) {
     // a shell whose TL_QUEUE_PREFIX is not the workers' sees none of their spaces: the setting to fix
     const others = await indexUnderOtherPrefixes(ctx, run.embedderId).catch(() => []);
@@ -84,6 +91,22 @@ export async function resolveModel(ctx: CliContext, spec: string): Promise<Resol
   }
   return { dataset, runId, space };
 }
+
+/** Of the model folders `datasets` (the first MODEL_FOLDERS_LOOKED_AT), the one holding a run `runId`, if any: run ids are unique across datasets. */
+async function datasetOfRun(ctx: CliContext, datasets: string[], runId: string): Promise<string | undefined> {
+  const { store, layout } = ctx.services;
+  if (runId.includes('/') || /^\.{0,2}$/.test(runId)) return undefined;
+  for (const d of datasets.slice(0, MODEL_FOLDERS_LOOKED_AT)) {
+    if (await store.headObject(ctx.config.s3.bucket, layout.runFile(d, runId, 'run.json')).catch(() => undefined)) return d;
+  }
+  return undefined;
+}
+
+/** How long reading a model's embedding space from Redis may take before it is given up. */
+const SPACE_READ_DEADLINE_MS = 10_000;
+
+/** How many datasets' model folders a mistaken model name is looked up in (one HEAD each). */
+const MODEL_FOLDERS_LOOKED_AT = 200;
 
 /**
  * `transferline classify s3://bucket/prefix --model NAME[@run] [--watch]`: the images go through

@@ -197,6 +197,20 @@ function headWords(p: HeadParams): string {
   return p.hiddenUnits > 0 ? `hidden ${p.hiddenUnits}` : 'softmax';
 }
 
+/**
+ * `-m DATASET[@RUN]` of classify, export and serve: the dataset, and the run when named. A spec
+ * that is neither is bad usage (exit 2), said before Redis is asked (a trial: `-m @RUN` and
+ * `-m pets@` exited 1).
+ */
+export function parseModelSpec(spec: string): { dataset: string; runId?: string } {
+  const m = /^([^@]*)(?:@(.*))?$/.exec(spec)!;
+  // (a run that would name another folder of the bucket is none)
+  if (!DatasetName.safeParse(m[1]).success || (m[2] !== undefined && (/^\.{0,2}$/.test(m[2]) || m[2].includes('/')))) {
+    throw new CliExit(EXIT.usage, `transferline: --model needs a dataset name, optionally @run (got ${JSON.stringify(spec)})`);
+  }
+  return { dataset: m[1]!, ...(m[2] !== undefined && { runId: m[2] }) };
+}
+
 /** `DATASET@RUN`, a run named in full (commands that change a run take no implicit "latest"). */
 export function parseRunSpec(command: string, spec: string): { dataset: string; runId: string } {
   const m = /^([^@]+)@(.+)$/.exec(spec);

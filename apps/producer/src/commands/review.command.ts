@@ -136,7 +136,7 @@ export async function relabelCommand(ctx: CliContext, o: { dataset: string; keys
       moves = moves.filter((_, i) => records[i]?.manifest === undefined);
     }
   } else {
-    if (!o.to || o.keys.length === 0) throw new CliExit(EXIT.usage, 'transferline: name the images and the new label: transferline relabel -d NAME s3://bucket/key … --to LABEL (or --from-review)');
+    if (!o.to || o.keys.length === 0) throw new CliExit(EXIT.usage, 'transferline: name the images and the new label: transferline relabel -d NAME s3://bucket/key … --to LABEL (or --keys-from FILE --to LABEL, or --from-review)');
     // said once, before the label check (a review: "add --new-label", then a refusal per image)
     if (isHiddenPath(o.to)) throw new CliExit(EXIT.usage, `transferline: a label cannot start with a dot (${printable(o.to)}): a listing leaves hidden folders out, so the images would leave the dataset at its next ingest`);
     // A label the dataset does not have is a typo more often than a new class (a user's trial:

@@ -332,7 +332,12 @@ export async function startClassifierServer(
    * stopped meanwhile (a slow upload past RETIRE_DEADLINE_MS after a swap: a review saw it
    * answered 500), saying so; bad input is that image's answer, not an exception.
    */
-  const classify = async (held: ServedModel, bytes: Uint8Array): Promise<Classification> => {
+  /**
+   * One image's classification. `dropped`: its request was refused meanwhile (a multipart request
+   * of one file too many): no forward pass is spent on it once it has decoded (a review: each
+   * file before the one too many was classified for nothing, holding the server's slots).
+   */
+  const classify = async (held: ServedModel, bytes: Uint8Array, dropped?: () => boolean): Promise<Classification> => {
     // the models taken instead, held until the answer (another swap must not stop one under it)
     const taken: (() => void)[] = [];
     try {
@@ -347,6 +352,7 @@ export async function startClassifierServer(
       let pixels = await prepare(model);
       // stopped while this image decoded: again, on the one served now
       while (model.gone && model !== current) pixels = await prepare((model = serving(model)));
+      if (dropped?.()) return { error: { reason: 'overloaded', message: 'not classified, the request was refused' } };
       // (nothing awaited between this look and the submit: a model seen serving takes it)
       const result = model.decide(await model.batcher.submit(pixels));
       if ('label' in result) metrics.results.inc({ label: result.label });
@@ -620,7 +626,7 @@ export async function startClassifierServer(
             } else {
               // in the batcher now: its bytes stay held until it is answered, whatever a later part does
               drops.delete(drop);
-              resolve(classify(model, body.take()).finally(drop));
+              resolve(classify(model, body.take(), () => refused).finally(drop));
             }
           }),
         ),
