@@ -816,9 +816,9 @@ describe('what a user sees when something is wrong', () => {
       [['train', '-d', 'x', '--test-fraction', '0.7'], /--test-fraction must be a number, at most 0\.5$/m],
       [['train', '-d', 'x', '--learning-rate', '0'], /--learning-rate must be a number, above 0$/m],
       [['train', '-d', 'x', '--hidden-units', '9000'], /--hidden-units must be a whole number, at most 8192$/m],
-      [['ingest', 's3://photos/', '-d', 'x', '--stall-timeout', '-5'], /--stall-timeout must be a whole number, 0 or more/],
+      [['ingest', 's3://photos/', '-d', 'x', '--stall-timeout', '-5'], /--stall-timeout must be a whole number, at least 0$/m],
       // (0 threads was taken, then dropped for the default)
-      [['serve', '-m', 'x', '--threads', '0'], /--threads must be a whole number, 1 or more/],
+      [['serve', '-m', 'x', '--threads', '0'], /--threads must be a whole number, at least 1$/m],
       [['ingest', 'photos/train', '-d', 'x'], /not an s3:\/\/ URL: "photos\/train" \(expected s3:\/\/bucket\/prefix\)/],
       [['classify', 'photos/incoming', '-m', 'x'], /not an s3:\/\/ URL/],
       [['upload', '.', 'photos'], /not an s3:\/\/ URL/],

@@ -1075,7 +1075,11 @@ describe('training runs and classification', () => {
     // asked again: it says so, and changes nothing
     const again = await runCli(['train', '--cancel', 'endless'], stack.env);
     expect(again.stdout).toBe('run endless had been cancelled already: nothing to cancel\n');
-    expect((await runCli(['train', '--cancel', 'endless', '-d', 'shapes'], stack.env)).code).toBe(2);
+    // with its dataset, as --follow takes it (an operator's trial was refused): a check, and another dataset is bad usage
+    expect((await runCli(['train', '--cancel', 'endless', '-d', 'shapes'], stack.env)).stdout).toBe('run endless had been cancelled already: nothing to cancel\n');
+    const cancelOther = await runCli(['train', '--cancel', 'endless', '-d', 'circles'], stack.env);
+    expect({ code: cancelOther.code, stderr: cancelOther.stderr }).toEqual({ code: 2, stderr: 'transferline: run endless trains dataset shapes, not circles: nothing was cancelled\n' });
+    expect((await runCli(['train', '--cancel', 'endless', '--epochs', '3'], stack.env)).stderr).toMatch(/--cancel takes the run id alone \(and --dataset, to check it is that dataset's\): --epochs cannot go with it/);
     // a finished run cannot be cancelled: exit 1, saying it has a model
     const done = await runCli(['train', '--cancel', 'shapes-after-prune'], stack.env);
     expect(done.code).toBe(1);

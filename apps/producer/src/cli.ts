@@ -39,7 +39,7 @@ const int =
   (name: string, min = 0) =>
   (v: string) => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be a whole number, ${min} or more`);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be a whole number, at least ${min}`);
     return n;
   };
 /** A TCP port: 0 (any free one) to 65535. */
@@ -309,10 +309,10 @@ program
   .option(...stallOption)
   .action((o: TrainOptions & { dataset?: string; follow?: string; cancel?: string; classWeights?: string; stallTimeout: number }, cmd: Command) => {
     if (o.cancel) {
-      const given = cmd.options.filter((opt) => opt.attributeName() !== 'cancel' && cmd.getOptionValueSource(opt.attributeName()) === 'cli');
-      if (given.length) throw usage(`--cancel takes the run id alone: ${given.map((opt) => opt.long).join(', ')} cannot go with it`);
+      const given = cmd.options.filter((opt) => !['cancel', 'dataset'].includes(opt.attributeName()) && cmd.getOptionValueSource(opt.attributeName()) === 'cli');
+      if (given.length) throw usage(`--cancel takes the run id alone (and --dataset, to check it is that dataset's): ${given.map((opt) => opt.long).join(', ')} cannot go with it`);
       // (a run of this queue prefix's, whatever this shell's storage: a runaway run is stopped, not refused)
-      return withContext((ctx) => cancelRun(ctx, o.cancel!), { otherStorage: 'warn' });
+      return withContext((ctx) => cancelRun(ctx, o.cancel!, undefined, o.dataset), { otherStorage: 'warn' });
     }
     if (!o.follow && !o.dataset) throw usage('train needs --dataset NAME (or --follow RUN, or --cancel RUN)');
     if (o.classWeights !== undefined && o.classWeights !== 'balanced' && o.classWeights !== 'none') throw usage('--class-weights is balanced or none');

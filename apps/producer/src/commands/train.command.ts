@@ -368,11 +368,15 @@ export type CancelOutcome = 'removed' | 'cancelled' | 'already-cancelled';
  * run that it was cancelled, not lost. Exit 0 once cancelled; 1 if the run ended otherwise (a
  * model was written); 4 if it has not stopped within the wait; 130 on Ctrl-C.
  */
-export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_WAIT_MS): Promise<CancelOutcome> {
+export async function cancelRun(ctx: CliContext, runId: string, waitMs = CANCEL_WAIT_MS, dataset?: string): Promise<CancelOutcome> {
   const w = (line: string) => ctx.out.write(`${line}\n`);
   const { redis, keys } = ctx.services;
   const flag = keys.trainCancel(runId);
   const job = await ctx.queues.train.getJob(jobIds.train({ runId }));
+  // -d as a check, as --follow takes it (an operator's trial: refused with it before): a run of
+  // another dataset is not cancelled
+  const of = (job?.data as { dataset?: unknown } | undefined)?.dataset;
+  if (job && dataset !== undefined && of !== dataset) throw new CliExit(EXIT.usage, `transferline: run ${runId} trains dataset ${String(of)}, not ${dataset}: nothing was cancelled`);
   if (!job) {
     if (await redis.exists(flag)) {
       w(`run ${runId} had been cancelled already: nothing to cancel`);
