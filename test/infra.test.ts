@@ -33,19 +33,10 @@ describe('deployment files', () => {
       { expr: exprOf('Backlog by queue'), eval_time: '5m', exp_samples: [{ labels: `${name('tl:queue_backlog')}{deployment="a",queue="preprocess"}`, value: 5 }, { labels: `${name('tl:queue_backlog')}{deployment="b",queue="preprocess"}`, value: 7 }] },
       { expr: exprOf('Queue depth by queue and state'), eval_time: '5m', exp_samples: [{ labels: `${name('tl:queue_jobs')}{deployment="a",queue="preprocess",state="waiting"}`, value: 5 }, { labels: `${name('tl:queue_jobs')}{deployment="b",queue="preprocess",state="waiting"}`, value: 7 }] },
     ];
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'tl-dashboard-'));
-    try {
-      // with the rules loaded (their series, named), and without (the panels' own aggregation, unnamed)
-      const withRules = { rule_files: [path.join(repoRoot, 'infra', 'prometheus', 'rules', 'transferline.yml')], evaluation_interval: '1m', tests: [{ interval: '1m', input_series, promql_expr_test: cases((n) => n) }] };
-      const without = { evaluation_interval: '1m', tests: [{ interval: '1m', input_series, promql_expr_test: cases(() => '') }] };
-      for (const [name, test] of [['with', withRules], ['without', without]] as const) {
-        writeFileSync(path.join(dir, `${name}.test.yml`), JSON.stringify(test));
-        const r = spawnSync('promtool', ['test', 'rules', path.join(dir, `${name}.test.yml`)], { encoding: 'utf8' });
-        expect(r.stdout + r.stderr, name).toMatch(/SUCCESS/);
-      }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    // with the rules loaded (their series, named), and without (the panels' own aggregation, unnamed)
+    const withRules = { rule_files: [path.join(repoRoot, 'infra', 'prometheus', 'rules', 'transferline.yml')], evaluation_interval: '1m', tests: [{ interval: '1m', input_series, promql_expr_test: cases((n) => n) }] };
+    const without = { evaluation_interval: '1m', tests: [{ interval: '1m', input_series, promql_expr_test: cases(() => '') }] };
+    for (const [name, test] of [["with", withRules], ["without", without]] as const) expect(promtoolTest(test), name).toMatch(/SUCCESS\s*$/);
   });
 
   it("KEDA's preprocess query asks for replicas by the backlog, and for as many as run while they hold jobs for the embed backlog (promtool; a trial: 787 waiting asked for 8 replicas, all held)", () => {
@@ -77,14 +68,7 @@ describe('deployment files', () => {
         },
       ],
     };
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'tl-keda-'));
-    try {
-      writeFileSync(path.join(dir, 'keda.test.yml'), JSON.stringify(test));
-      const r = spawnSync('promtool', ['test', 'rules', path.join(dir, 'keda.test.yml')], { encoding: 'utf8' });
-      expect(r.stdout + r.stderr).toMatch(/SUCCESS/);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    expect(promtoolTest(test)).toMatch(/SUCCESS\s*$/);
   });
 
   it("the dashboard's count of training runs counts a run shorter than one scrape, a worker's restart, and leaves out a quiet dataset (promtool)", async () => {
@@ -132,18 +116,22 @@ describe('deployment files', () => {
         },
       ],
     };
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'tl-dashboard-'));
-    try {
-      // JSON is YAML
-      writeFileSync(path.join(dir, 'runs.test.yml'), JSON.stringify(test));
-      const r = spawnSync('promtool', ['test', 'rules', path.join(dir, 'runs.test.yml')], { encoding: 'utf8' });
-      expect(r.stdout + r.stderr).toMatch(/SUCCESS/);
-      expect(r.status).toBe(0);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    expect(promtoolTest(test)).toMatch(/SUCCESS\s*$/);
   });
 });
+
+/** `promtool test rules` of `test` (a rule-test file's content): what it printed, with the exit status when it is not 0 (a FAILED test, or a file it refused). */
+function promtoolTest(test: object): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'tl-promtool-'));
+  try {
+    // (JSON is YAML)
+    writeFileSync(path.join(dir, 'rules.test.yml'), JSON.stringify(test));
+    const r = spawnSync('promtool', ['test', 'rules', path.join(dir, 'rules.test.yml')], { encoding: 'utf8' });
+    return `${r.stdout}${r.stderr}${r.status === 0 ? '' : `\n(exit ${r.status})`}`;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 describe('the compose file', () => {
   it('passes every setting the application reads, but those that make no sense in containers', () => {

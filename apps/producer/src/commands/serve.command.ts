@@ -162,16 +162,19 @@ export async function serveCommand(ctx: CliContext, o: ServeOptions): Promise<vo
           // (a run that failed to load is not tried again each round, nor said again: a review)
           if (latest && (latest.runId !== was || wasOrphaned) && latest.runId !== failedRun) {
             const cause = latest.insteadOf ? `the latest run of ${m.dataset}, ${latest.insteadOf}, is no longer in the bucket` : `the latest run of ${m.dataset} is now ${latest.runId} (${SET_BY[latest.setBy !== undefined && Object.hasOwn(SET_BY, latest.setBy) ? (latest.setBy as keyof typeof SET_BY) : 'unknown']})`;
-            const outage = (err: Error) => outageWords(err) !== undefined;
-            const loaded = await loadingFor(() => swap(cause, (err) => outage(err) && passing === `${latest.runId} ${outageWords(err)}`));
             // a load cut short by an outage is tried again each round, said once (a trial read the
             // code: one S3 hiccup pinned the old run until a restart); one that failed on the run
             // itself is not tried again
-            const cut = loaded !== true && outage(loaded);
-            if (cut && passing !== `${latest.runId} ${outageWords(loaded)}`) w(`follow: ${m.dataset}@${latest.runId} is tried again every ${follow} s until it loads`);
-            passing = cut ? `${latest.runId} ${outageWords(loaded)}` : undefined;
-            failedRun = loaded === true || cut ? undefined : latest.runId;
-            if (loaded !== true && !cut) w(`follow: ${m.dataset}@${latest.runId} is not tried again until another run is the latest (kill -HUP ${process.pid} tries it now)`);
+            const outageOf = (err: Error) => {
+              const why = outageWords(err);
+              return why === undefined ? undefined : `${latest.runId} ${why}`;
+            };
+            const loaded = await loadingFor(() => swap(cause, (err) => passing !== undefined && outageOf(err) === passing));
+            const cut = loaded === true ? undefined : outageOf(loaded);
+            if (cut !== undefined && cut !== passing) w(`follow: ${m.dataset}@${latest.runId} is tried again every ${follow} s until it loads`);
+            passing = cut;
+            failedRun = loaded === true || cut !== undefined ? undefined : latest.runId;
+            if (loaded !== true && cut === undefined) w(`follow: ${m.dataset}@${latest.runId} is not tried again until another run is the latest (kill -HUP ${process.pid} tries it now)`);
           }
           // (another run the latest since, the one served say: the failed one is tried when it is the latest again)
           if (latest && latest.runId !== failedRun) failedRun = undefined;
