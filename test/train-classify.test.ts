@@ -18,7 +18,7 @@ import { holdModel, modelUsers } from '../apps/producer/src/model-lease.js';
 import { statusCommand } from '../apps/producer/src/commands/status.command.js';
 import { demoTrain } from '../apps/producer/src/commands/up.command.js';
 import { renderSample, SAMPLE_CLASSES, type SampleClass } from '../apps/producer/src/demo/sample-images.js';
-import { classifyDatasetName, enqueue, jobIds, jobLock, STOP_DEADLINE_MS, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig, TrainJob, deploymentOf } from '../packages/shared/src/index.js';
+import { contentHash, decodeNpyFloat32, encodeNpyFloat32, classifyDatasetName, enqueue, jobIds, jobLock, STOP_DEADLINE_MS, LatestDoc, parseS3ObjectUrl, PromotedDoc, ReportDoc, RunDoc, spaceFromConfig, loadConfig, TrainJob, deploymentOf } from '../packages/shared/src/index.js';
 import { ingestManifest, ingestPrefix } from '../apps/producer/src/ingest.service.js';
 import { restoreLostIndex } from '../apps/producer/src/data-loss.js';
 import { consoleDeps, loadDataset, loadOverview } from '../apps/producer/src/console/console-data.js';
@@ -935,6 +935,41 @@ describe('training runs and classification', () => {
     expect(completed).toHaveLength(1);
     for (const j of completed) await j!.remove();
     expect((await runCli(['status', '-d', 'allbad'], stack.env)).stdout).not.toMatch(/of allbad failed/);
+  });
+
+  it('a dataset whose cached embeddings are NaN (made by a damaged model, before embed workers refused one) fails its run saying so, where the run hung its worker for ever', async () => {
+    const hashes: string[] = [];
+    for (const [i, kind] of (['circle', 'square'] as const).entries()) {
+      for (let j = 0; j < 3; j++) {
+        const bytes = await renderSample(kind, 1700 + 10 * i + j, 61);
+        hashes.push(contentHash(bytes));
+        await ctx.services.store.putObject(photos, `spoilt/${kind}/${j}.jpg`, bytes);
+      }
+    }
+    expect((await runCli(['ingest', `s3://${photos}/spoilt/`, '-d', 'spoilt'], stack.env)).stdout).toContain('6 embedded');
+    // their rows in the cache made NaN, as the damaged graph of a trial made them
+    const { store, layout, redis, keys } = ctx.services;
+    const bucket = stack.config.s3.bucket;
+    const located = await redis.hmget(keys.embeddingIndex(stack.space.id), ...hashes);
+    const rowsOf = new Map<string, number[]>();
+    for (const at of located) {
+      const [shard, row] = at!.split(' ');
+      rowsOf.set(shard!, [...(rowsOf.get(shard!) ?? []), Number(row)]);
+    }
+    for (const [shard, rows] of rowsOf) {
+      const key = layout.shard(stack.space.id, shard, 'npy');
+      const npy = decodeNpyFloat32(new Uint8Array(await store.getObject(bucket, key)));
+      for (const row of rows) npy.data.fill(Number.NaN, row * npy.cols, (row + 1) * npy.cols);
+      await store.putObject(bucket, key, encodeNpyFloat32(npy.data, npy.rows, npy.cols));
+    }
+    const r = await runCli(['train', '-d', 'spoilt', '--epochs', '2', '--run-id', 'spoilt-1'], stack.env, 90_000);
+    expect(r.timedOut).toBe(false);
+    expect(r.code).not.toBe(0);
+    expect(r.stdout + r.stderr).toContain(`6 of the cached embeddings this run would train on (space ${stack.space.id}) are not finite numbers (NaN or Infinity): an embed worker whose model was damaged made them`);
+    const job = (await ctx.queues.train.getJob(jobIds.train({ runId: 'spoilt-1' })))!;
+    expect(await job.getState()).toBe('failed');
+    expect(job.failedReason).toContain('not finite numbers');
+    expect(await store.headObject(bucket, layout.runFile('spoilt', 'spoilt-1', 'run.json'))).toBeUndefined();
   });
 
   it('says which images it could not classify and why, and failures lists them for its dataset', async () => {

@@ -110,6 +110,22 @@ describe('EmbedStage', () => {
     expect(f.shards.map((s) => s.hashes)).toEqual([[sha(1), sha(3)]]);
   });
 
+  it('caches no embedding that is not finite numbers: that image fails (to be tried again), saying why, and the rest are embedded', async () => {
+    const f = fakeDeps({ [sha(1)]: px(1), [sha(2)]: px(2), [sha(3)]: px(3) });
+    const embed = f.deps.embedder.embedBatch;
+    // a damaged model: NaN for one image, Infinity for another
+    f.deps.embedder.embedBatch = async (images) => (await embed(images)).map((v) => (v === 2 ? Number.NaN : v === 3 ? Number.POSITIVE_INFINITY : v));
+    const r = await stageOf(f.deps, { batchSize: 3 }).run([1, 2, 3]);
+    expect(r[0]).toBe('embedded');
+    for (const e of [r[1], r[2]]) {
+      expect(e).toBeInstanceOf(Error);
+      expect(e).not.toBeInstanceOf(PermanentError);
+      expect((e as Error).message).toBe("the model gave this image an embedding that is not finite numbers (NaN or Infinity): this embed worker's model (its weights or ONNX graph) is damaged; not cached");
+    }
+    expect(f.shards.map((s) => s.hashes)).toEqual([[sha(1)]]);
+    expect(f.deleted).toEqual([sha(1)]); // the pixels of the others kept for their next try
+  });
+
   it('running the same jobs twice embeds once (the second run finds them cached)', async () => {
     const f = fakeDeps({ [sha(1)]: px(1) });
     let lookups = 0;

@@ -134,7 +134,12 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
     const stale = todo.filter((_, k) => indexed[k] && sizes[k]! >= 0).map((t) => t.sha256);
     if (stale.length) await deps.services.tensors.delete(deps.embedderId, stale).catch((err: unknown) => deps.log?.warn({ err, images: stale.length }, 'their embeddings are indexed, but their pixels were not deleted from Redis (they expire with their TTL)'));
     if (data.length !== ok.length * dim) throw new Error(`the forward pass returned ${data.length} values for ${ok.length} images of ${dim}`);
-    ok.forEach((t, row) => (results[t.i] = data.subarray(row * dim, (row + 1) * dim)));
+    ok.forEach((t, row) => {
+      const embedding = data.subarray(row * dim, (row + 1) * dim);
+      // Never cached: every run of its dataset would train on it (a NaN row made one hang). Tried
+      // again (maybe on a sound worker) while it has tries left; its reason stays when they are spent.
+      results[t.i] = embedding.every(Number.isFinite) ? embedding : new Error(`the model gave this image an embedding that is not finite numbers (NaN or Infinity): this embed worker's model (its weights or ONNX graph) is damaged; not cached`);
+    });
     for (const [twin, first] of twins) results[twin] = results[first]!;
   }
   // (a failure is counted where every job's final failure goes, the worker's onFinalFailure:

@@ -1,12 +1,15 @@
 import { createLogger } from '@transferline/shared/service-runtime';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { shareThreads, startEmbedRuntime, startOnnxThread } from './embed-runtime.js';
 import { buildEfficientNetB0, EFFICIENTNET_B0_EMBEDDING_DIM } from './model/efficientnet-b0.model.js';
-import { exportEfficientNetB0ToOnnx, ONNX_OUTPUT_NAME } from './model/onnx-export.js';
+import { exportEfficientNetB0ToOnnx, ONNX_BUILDER_VERSION, ONNX_OUTPUT_NAME } from './model/onnx-export.js';
+import { checksumPath } from './model/onnx-model.cache.js';
+import * as tf from '@tensorflow/tfjs';
 
 const SIZE = 64;
 const log = createLogger('embed-runtime-test', 'fatal');
@@ -65,6 +68,68 @@ describe('auto', () => {
     } finally {
       await rm(cacheDir, { recursive: true, force: true });
     }
+  }, 120_000);
+});
+
+describe('the cached ONNX graph', () => {
+  const spec = (cacheDir: string) => ({ preference: 'onnx' as const, weightsKey: 'random-seed4', seed: 4, inputSize: SIZE, threads: 1, streams: 1, cacheDir, warmupBatch: 1 });
+  const graphPath = (cacheDir: string) => path.join(cacheDir, `efficientnet-b0-random-seed4-${SIZE}-${ONNX_BUILDER_VERSION}.onnx`);
+  /** writes `bytes` as the cached graph, with a checksum that matches them */
+  const cacheAsWhole = async (cacheDir: string, bytes: Uint8Array) => {
+    await writeFile(graphPath(cacheDir), bytes);
+    await writeFile(checksumPath(graphPath(cacheDir)), `${createHash('sha256').update(bytes).digest('hex')}  x.onnx\n`);
+  };
+  const image = new Uint8Array(SIZE * SIZE * 3).map((_, i) => (i * 7) % 251);
+  let cacheDir: string;
+  let reference: Float32Array;
+  beforeAll(async () => {
+    cacheDir = await mkdtemp(path.join(os.tmpdir(), 'tl-rt-cache-'));
+    const rt = await startEmbedRuntime(spec(cacheDir), log);
+    expect(rt.onnx).toMatchObject({ path: graphPath(cacheDir), built: true });
+    reference = Float32Array.from(await rt.embedder.embedBatch([image]));
+    await rt.embedder.dispose();
+    return () => rm(cacheDir, { recursive: true, force: true });
+  }, 120_000);
+
+  it('damaged on disk (an operator\'s trial: 2,000 bytes changed still parsed, and gave NaN embeddings): built again, said, and the embeddings are as before', async () => {
+    const whole = await readFile(graphPath(cacheDir));
+    const damaged = Uint8Array.from(whole);
+    for (let i = 0; i < 2000; i++) damaged[(i * 7919) % damaged.length]! ^= 0x55;
+    await writeFile(graphPath(cacheDir), damaged);
+    const rt = await startEmbedRuntime(spec(cacheDir), log);
+    try {
+      expect(rt.onnx).toMatchObject({ built: true, warning: expect.stringMatching(/does not match its checksum .*: damaged, so built again from the weights$/) });
+      expect([...(await rt.embedder.embedBatch([image]))]).toEqual([...reference]);
+      expect((await readFile(graphPath(cacheDir))).equals(whole)).toBe(true);
+    } finally {
+      await rt.embedder.dispose();
+    }
+  }, 120_000);
+
+  it('whole by its checksum but refused by ONNX Runtime (truncated before it was summed): built again once, and said, not a fall back to wasm at every start', async () => {
+    const whole = await readFile(graphPath(cacheDir));
+    await cacheAsWhole(cacheDir, whole.subarray(0, 8_000));
+    const rt = await startEmbedRuntime({ ...spec(cacheDir), preference: 'auto' }, log);
+    try {
+      expect(rt.backend).toBe('onnx');
+      expect(rt.onnx).toMatchObject({ built: true, warning: expect.stringMatching(/^the cached ONNX graph \S+ was refused \(.+\): built again from the weights$/) });
+      expect([...(await rt.embedder.embedBatch([image]))]).toEqual([...reference]);
+    } finally {
+      await rt.embedder.dispose();
+    }
+  }, 120_000);
+
+  it('a model that gives a blank image NaN does not start (every embedding it made would be NaN, and cached)', async () => {
+    await loadTfRuntime('cpu');
+    const net = buildEfficientNetB0({ seed: 4, inputSize: SIZE });
+    const top = net.getLayer('top_conv');
+    top.setWeights(top.getWeights().map((w) => tf.fill(w.shape, Number.NaN)));
+    await cacheAsWhole(cacheDir, exportEfficientNetB0ToOnnx(net, { inputSize: SIZE }));
+    net.dispose();
+    await expect(startEmbedRuntime(spec(cacheDir), log)).rejects.toThrow(
+      `TL_BACKEND=onnx does not load: the model gives a blank image an embedding that is not finite numbers (NaN or Infinity): its weights or its graph (its ONNX graph: ${graphPath(cacheDir)}) are damaged, and every embedding it made would be too`,
+    );
+    await expect(startEmbedRuntime({ ...spec(cacheDir), preferenceVariable: 'TL_TF_BACKEND' }, log)).rejects.toThrow(/^TL_TF_BACKEND=onnx does not load: /);
   }, 120_000);
 });
 

@@ -11,6 +11,8 @@ export type BackendPreference = 'auto' | EmbedBackend;
 
 export interface EmbedRuntimeSpec extends Omit<ThreadSpec, 'backend' | 'threads'> {
   preference: BackendPreference;
+  /** the variable that named it, as its error says it (TL_BACKEND, or its old name TL_TF_BACKEND) */
+  preferenceVariable?: string;
   /** the forward pass's threads in all (ONNX Runtime intra-op threads), shared among the streams */
   threads: number;
   /**
@@ -26,7 +28,7 @@ export interface EmbedRuntime {
   /** the package that provided it, for the log line */
   provider: string;
   /** ONNX Runtime only: the model file and whether it was built now */
-  onnx?: { path: string; built: boolean };
+  onnx?: { path: string; built: boolean; warning?: string };
   /** why earlier backends were skipped (auto) */
   skipped: string[];
   /** the intra-op threads of each stream (forward passes run at once); one entry on tensorflow */
@@ -70,7 +72,7 @@ export async function startEmbedRuntime(spec: EmbedRuntimeSpec, log: Logger): Pr
       const started = await startStreams({ ...threadSpec, backend }, shares, log);
       return { embedder: started.embedder, backend, provider: started.ready.provider, ...(started.ready.onnx && { onnx: started.ready.onnx }), skipped, streams: shares };
     } catch (err) {
-      if (spec.preference !== 'auto') throw new Error(`TL_BACKEND=${backend} does not load: ${(err as Error).message}`);
+      if (spec.preference !== 'auto') throw new Error(`${spec.preferenceVariable ?? 'TL_BACKEND'}=${backend} does not load: ${(err as Error).message}`);
       skipped.push(`${backend}: ${(err as Error).message.replace(/\s*\n\s*/g, '; ')}`);
     }
   }

@@ -46,7 +46,7 @@ export interface ThreadSpec {
 
 /** Messages from the thread. */
 export type ThreadReply =
-  | { type: 'ready'; provider: string; onnx?: { path: string; built: boolean } }
+  | { type: 'ready'; provider: string; onnx?: { path: string; built: boolean; warning?: string } }
   | { type: 'failed'; message: string }
   | { type: 'result'; id: number; data: Float32Array; sizes?: number[]; cached?: boolean[]; seconds: number }
   | { type: 'error'; id: number; message: string }
@@ -72,25 +72,40 @@ async function start(spec: ThreadSpec): Promise<{ embedder: Embedder; reply: Thr
   }
   if (spec.backend === 'onnx') {
     const key = `${spec.weightsKey}-${spec.inputSize}-${ONNX_BUILDER_VERSION}`;
-    const model = await loadOrBuildOnnx({
-      cacheDir: spec.cacheDir,
-      key,
-      // Built from the same Keras weights the TF.js model loads: the TF.js model (on the plain
-      // cpu backend, which only holds the weights here) is the one definition of the network.
-      build: async () => {
-        const { loadTfRuntime, buildEfficientNetB0, loadKerasH5Weights, exportEfficientNetB0ToOnnx } = await modelBuilder();
-        await loadTfRuntime('cpu');
-        const net = buildEfficientNetB0({ seed: spec.seed, inputSize: spec.inputSize });
-        try {
-          if (spec.weights) await loadKerasH5Weights(net, spec.weights);
-          return exportEfficientNetB0ToOnnx(net, { inputSize: spec.inputSize });
-        } finally {
-          net.dispose();
-        }
-      },
-    });
-    const embedder = await createOnnxEmbedder(model.bytes, { intraOpThreads: spec.threads, inputSize: spec.inputSize });
-    return { embedder, reply: { type: 'ready', provider: 'onnxruntime-node', onnx: { path: model.path, built: model.built } } };
+    const load = (rebuild?: string) =>
+      loadOrBuildOnnx({
+        cacheDir: spec.cacheDir,
+        key,
+        // Built from the same Keras weights the TF.js model loads: the TF.js model (on the plain
+        // cpu backend, which only holds the weights here) is the one definition of the network.
+        build: async () => {
+          const { loadTfRuntime, buildEfficientNetB0, loadKerasH5Weights, exportEfficientNetB0ToOnnx } = await modelBuilder();
+          await loadTfRuntime('cpu');
+          const net = buildEfficientNetB0({ seed: spec.seed, inputSize: spec.inputSize });
+          try {
+            if (spec.weights) await loadKerasH5Weights(net, spec.weights);
+            return exportEfficientNetB0ToOnnx(net, { inputSize: spec.inputSize });
+          } finally {
+            net.dispose();
+          }
+        },
+        ...(rebuild !== undefined && { rebuild }),
+      });
+    let model = await load();
+    const open = (m: typeof model) => createOnnxEmbedder(m.bytes, { intraOpThreads: spec.threads, inputSize: spec.inputSize });
+    let embedder: Embedder;
+    try {
+      embedder = await open(model);
+    } catch (err) {
+      // A cached graph ONNX Runtime refuses (its checksum whole: written so by a faulty build) is
+      // built again once; a graph built now that it refuses is an error, naming the file.
+      if (model.built) throw new Error(`the ONNX graph built from the weights (${model.path}) does not load: ${(err as Error).message}`);
+      model = await load((err as Error).message);
+      embedder = await open(model).catch((again: unknown) => {
+        throw new Error(`the ONNX graph built from the weights (${model.path}) does not load: ${(again as Error).message}`);
+      });
+    }
+    return { embedder, reply: { type: 'ready', provider: 'onnxruntime-node', onnx: { path: model.path, built: model.built, ...(model.warning && { warning: model.warning }) } } };
   }
   const [{ loadTfRuntime }, { createEfficientNetEmbedder }] = await Promise.all([import('@transferline/shared/tf'), import('./embedder.js')]);
   const rt = await loadTfRuntime(spec.backend);
@@ -118,7 +133,16 @@ const spec = workerData as ThreadSpec;
 start(spec).then(
   async ({ embedder, reply }) => {
     const zeros = Array.from({ length: spec.warmupBatch }, () => new Uint8Array(spec.inputSize * spec.inputSize * 3));
-    for (let i = 0; i < 2 && zeros.length; i++) await embedder.embedBatch(zeros);
+    let sample: Float32Array | undefined;
+    for (let i = 0; i < 2 && zeros.length; i++) sample = await embedder.embedBatch(zeros);
+    // A model that gives NaN for a blank image (a damaged graph or weights: an operator's trial
+    // saw NaN rows cached, and a run trained on them hang) would spoil every embedding it makes.
+    if (sample?.some((v) => !Number.isFinite(v))) {
+      await embedder.dispose();
+      const graph = reply.type === 'ready' && reply.onnx ? ` (its ONNX graph: ${reply.onnx.path})` : '';
+      port.postMessage({ type: 'failed', message: `the model gives a blank image an embedding that is not finite numbers (NaN or Infinity): its weights or its graph${graph} are damaged, and every embedding it made would be too` } satisfies ThreadReply);
+      return;
+    }
     port.postMessage(reply);
     const per = spec.inputSize * spec.inputSize * 3;
     const redis = spec.pixelSource && createRedis(spec.pixelSource.redisUrl, 'worker');

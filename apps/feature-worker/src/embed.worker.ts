@@ -93,11 +93,12 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
         const join = err instanceof WeightsUnavailableError && config.embed.weightsMd5 === OFFICIAL_WEIGHTS.md5 ? await joinInstead(services, space) : undefined;
         throw join ? new WeightsUnavailableError(`${join}. To run ${space.id} beside them: ${(err as Error).message}`) : err;
       });
-      log.info({ path: weightsFile.path, md5: weightsFile.md5, downloaded: weightsFile.downloaded }, 'ImageNet weights verified');
+      log.info({ path: weightsFile.path, md5: weightsFile.md5, downloaded: weightsFile.downloaded }, config.embed.weightsMd5 === OFFICIAL_WEIGHTS.md5 ? 'ImageNet weights verified' : 'weights verified (their MD5 is TL_MODEL_WEIGHTS_MD5)');
     }
     const rt = await startEmbedRuntime(
       {
         preference: config.embed.backend,
+        preferenceVariable: config.embed.backendVariable,
         ...(weightsFile && { weights: weightsFile.bytes }),
         weightsKey: weightsFile ? weightsFile.md5 : `random-seed${config.embed.seed}`,
         seed: config.embed.seed,
@@ -121,6 +122,10 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
       { backend: rt.backend, provider: rt.provider, ...(rt.backend !== 'tensorflow' && { threads: used, streams: rt.streams }), ...(rt.onnx && { onnx: rt.onnx }), ...(rt.skipped.length && { skipped: rt.skipped }) },
       `embedding on ${rt.backend} (${rt.provider})${rt.backend === 'tensorflow' ? '' : `: ${rt.streams.length} forward pass${rt.streams.length > 1 ? 'es' : ''} at once on ${used} thread${used > 1 ? 's' : ''}`}`,
     );
+    if (rt.onnx?.warning) log.warn({ path: rt.onnx.path }, rt.onnx.warning);
+    // (auto landing on wasm with ONNX Runtime refused: about 10× slower, and fixable)
+    const onnxSkipped = rt.backend === 'wasm' && rt.skipped.find((s) => s.startsWith('onnx:'));
+    if (onnxSkipped) log.warn({ skipped: rt.skipped }, `ONNX Runtime did not load, so this worker embeds on TF.js wasm, about 10× slower: ${onnxSkipped.slice('onnx: '.length)}`);
     metrics.embedStreams.set({ threads: String(rt.backend === 'tensorflow' ? 0 : used) }, rt.streams.length);
     metrics.modelInfo.set({ backend: rt.backend, weights: space.weights, embedder: space.id }, 1);
     if (config.embed.streams !== undefined && rt.streams.length !== config.embed.streams) {

@@ -46,4 +46,10 @@ describe('rocAuc and bestThreshold', () => {
     // the best is to call everything positive: below the lowest score
     expect(bestThreshold([0.2, 0.3, 0.35], [true, true, false]).threshold).toBeLessThanOrEqual(0.2);
   });
+
+  it('bestThreshold refuses a score that is not a number, where it swept for ever (NaN equals no score: a trial hung a train worker)', async () => {
+    const { bestThreshold } = await import('./report.js');
+    expect(() => bestThreshold([Number.NaN, 0.2], [true, false])).toThrow('score 0 of 2 is NaN, not a probability');
+    expect(() => bestThreshold([0.3, Number.POSITIVE_INFINITY], [true, false])).toThrow('score 1 of 2 is Infinity, not a probability');
+  });
 });

@@ -59,6 +59,8 @@ export function rocAuc(scores: ArrayLike<number>, positive: ArrayLike<boolean>):
  * negative by a threshold sitting on that score.
  */
 export function bestThreshold(scores: ArrayLike<number>, positive: ArrayLike<boolean>): { threshold: number; tpr: number; fpr: number } {
+  // (NaN equals no score, itself included: the sweep below would never pass one)
+  for (let i = 0; i < scores.length; i++) if (!Number.isFinite(scores[i])) throw new RangeError(`score ${i} of ${scores.length} is ${scores[i]}, not a probability`);
   // Sweep the scores from high to low: predicting positive for score >= t admits one group of ties at a time.
   const idx = Array.from({ length: scores.length }, (_, i) => i).sort((a, b) => scores[b]! - scores[a]!);
   let nPos = 0;

@@ -81,7 +81,7 @@ const IMAGES_LOOK_MS = 3_000;
 export const IMAGES_WAIT_MAX_MS = 30 * 60_000;
 
 /** Why a training run fails for good (besides the reasons every worker has). */
-export const TRAIN_FAILURE_REASONS = ['images-pending', 'no-data', 'one-class', 'too-small', 'cancelled'] as const;
+export const TRAIN_FAILURE_REASONS = ['images-pending', 'no-data', 'one-class', 'too-small', 'bad-embeddings', 'cancelled'] as const;
 
 /**
  * Fits a head on a dataset's cached embeddings and writes `models/<dataset>/<run>/`: the head
@@ -237,6 +237,13 @@ async function trainRun(job: TrainJob, deps: TrainDeps, ctx: JobContext): Promis
   // One pass over the shards for all three splits: each shard is read once.
   const [trainX, valX, testX] = await services.cache.loadMany(job.embedderId, [splits.train, splits.validation, splits.test].map((l) => l.map((e) => e.sha256)));
   await putBackIfStopping('after loading its embeddings');
+  const spoilt = [trainX!, valX!, testX!].reduce((n, m) => n + nonFiniteRows(m), 0);
+  if (spoilt) {
+    throw new PermanentError(
+      'bad-embeddings',
+      `${spoilt} of the cached embeddings this run would train on (space ${job.embedderId}) are not finite numbers (NaN or Infinity): an embed worker whose model was damaged made them (embed workers refuse such a model since), and a head cannot learn from them`,
+    );
+  }
   const labelled = (list: Example[], m: { data: Float32Array; rows: number; dim: number }) => ({
     x: { data: m.data, rows: m.rows, dim: m.dim || 1280 } as Matrix,
     y: Int32Array.from(list, (e) => classIndex.get(e.label)!),
@@ -540,4 +547,11 @@ async function buildReport(
     ...(data.test && testP && { test: splitReport(testP, data.test) }),
     train: evaluate(labels, data.train.y, argmaxRows(trainP, k)),
   };
+}
+
+/** Rows of `m` holding a value that is not a finite number. */
+function nonFiniteRows(m: { data: Float32Array; rows: number; dim: number }): number {
+  let n = 0;
+  for (let r = 0; r < m.rows; r++) if (!m.data.subarray(r * m.dim, (r + 1) * m.dim).every(Number.isFinite)) n++;
+  return n;
 }

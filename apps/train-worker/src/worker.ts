@@ -20,7 +20,7 @@ export async function startTrainer(config: Config, log: Logger): Promise<Running
   // The head is small: TF.js on the native backend when one loads, else wasm (ONNX is for the embedder only).
   const b = config.embed.backend;
   const rt = await loadTfRuntime(b === 'onnx' ? 'auto' : b, log).catch((err: unknown) => {
-    throw b === 'tensorflow' ? new Error(`TL_BACKEND=tensorflow does not load: ${(err as Error).message}`) : err;
+    throw b === 'tensorflow' ? new Error(`${config.embed.backendVariable}=tensorflow does not load: ${(err as Error).message}`) : err;
   });
   const s3 = await startS3Guard(services.store, config.s3, log, metrics);
   const queues = createQueues(services.redis, config);

@@ -53,6 +53,15 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ [name]: value })).toThrow(new RegExp(`^invalid configuration:\\n  ${name}: `));
   });
 
+  it('reads TL_TF_BACKEND, TL_BACKEND\'s old name, and names it in errors; the two set apart are refused', () => {
+    expect(loadConfig({ TL_TF_BACKEND: 'wasm' }).embed).toMatchObject({ backend: 'wasm', backendVariable: 'TL_TF_BACKEND' });
+    expect(loadConfig({ TL_BACKEND: 'onnx', TL_TF_BACKEND: 'onnx' }).embed).toMatchObject({ backend: 'onnx', backendVariable: 'TL_BACKEND' });
+    expect(loadConfig({}).embed).toMatchObject({ backend: 'auto', backendVariable: 'TL_BACKEND' });
+    expect(() => loadConfig({ TL_BACKEND: 'onnx', TL_TF_BACKEND: 'tensorflow' })).toThrow(
+      new ConfigError("invalid configuration:\n  TL_BACKEND=onnx and TL_TF_BACKEND=tensorflow disagree: TL_TF_BACKEND is TL_BACKEND's old name; unset it"),
+    );
+  });
+
   it('lists every bad variable at once and never echoes a secret', () => {
     let message = '';
     try {

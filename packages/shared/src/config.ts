@@ -261,6 +261,8 @@ export const ConfigSchema = EnvSchema.transform((env) => ({
       shardRows: env.TL_EMBED_SHARD_ROWS,
       /** auto: tfjs-node-gpu (CUDA) → ONNX Runtime (CPU) → TF.js wasm */
       backend: env.TL_BACKEND ?? env.TL_TF_BACKEND ?? 'auto',
+      /** the variable that set `backend`, as errors name it: TL_BACKEND, or TL_TF_BACKEND, its old name */
+      backendVariable: env.TL_BACKEND === undefined && env.TL_TF_BACKEND !== undefined ? ('TL_TF_BACKEND' as const) : ('TL_BACKEND' as const),
       /** ONNX Runtime intra-op threads per embed process; default cores ÷ embed processes on this machine */
       threads: env.TL_EMBED_THREADS,
       /**
@@ -307,6 +309,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       return `  ${name}: ${rangeWords(i) ?? i.message}${shown}`;
     });
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  const { TL_BACKEND: backend, TL_TF_BACKEND: old } = relevant;
+  if (backend !== undefined && old !== undefined && backend !== old) {
+    throw new ConfigError(`invalid configuration:\n  TL_BACKEND=${backend} and TL_TF_BACKEND=${old} disagree: TL_TF_BACKEND is TL_BACKEND's old name; unset it`);
   }
   return parsed.data;
 }
