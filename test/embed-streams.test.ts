@@ -104,6 +104,28 @@ describe('an embed worker with two streams on two threads', () => {
     expect(warned).toContain(`TL_EMBED_THREADS=${cores + 1} is more than the ${cores} core${cores > 1 ? 's' : ''} of this machine: the threads take turns on them, and each forward pass runs slower than on ${cores}; set TL_EMBED_THREADS=${cores} or fewer, or leave it unset`);
   }, 120_000);
 
+  it('started by hand beside another on this machine, with TL_EMBED_THREADS unset, takes its share of the cores, not every one (a trial: 4 threads on 2 cores)', async () => {
+    const said: string[] = [];
+    const capture = pino({ level: 'info' }, { write: (line: string) => void said.push((JSON.parse(line) as { msg: string }).msg) });
+    const cores = os.availableParallelism();
+    const unset = withEmbed({ threads: undefined, streams: undefined });
+    const first = await startEmbedRole(unset, capture);
+    try {
+      expect(await first.metrics.registry.metrics()).toMatch(new RegExp(`^tl_embed_streams\\{threads="${cores}",role="embed"\\} ${Math.min(cores, 4)}$`, 'm'));
+      expect(said.filter((m) => /other embed worker/.test(m))).toEqual([]);
+      const second = await startEmbedRole(unset, capture);
+      try {
+        const share = Math.max(1, Math.floor(cores / 2));
+        expect(await second.metrics.registry.metrics()).toMatch(new RegExp(`^tl_embed_streams\\{threads="${share}",role="embed"\\} ${Math.min(share, 4)}$`, 'm'));
+        expect(said).toContain(`1 other embed worker beats from this machine (${os.hostname()}): this one takes ${share} of its ${cores} cores (TL_EMBED_THREADS sets it; those started before keep theirs)`);
+      } finally {
+        await second.stop();
+      }
+    } finally {
+      await first.stop();
+    }
+  }, 180_000);
+
   it('up refuses more streams than the threads it gives each embed process, before it starts anything', async () => {
     const dataDir = await mkdtemp(path.join(os.tmpdir(), 'tl-streams-up-'));
     try {

@@ -56,14 +56,25 @@ async function joinInstead(services: Services, space: EmbeddingSpace): Promise<s
 }
 
 export async function startEmbedRole(config: Config, log: Logger, starting?: StartingRole): Promise<RunningRole> {
-  // One ONNX Runtime process per machine uses every core; `up` divides them among its replicas.
-  const { threads, streams } = forwardParallelism(
-    config.embed,
-    { threads: Math.max(1, os.availableParallelism()), from: 'TL_EMBED_THREADS, by default the cores' },
-    { ...EMBED_STREAMS_NAMED, of: 'this embed process has' },
-  );
+  // One ONNX Runtime process per machine uses every core; `up` divides them among its replicas,
+  // and a worker started by hand beside others divides them by the embed workers beating from
+  // this machine, itself included (those started before keep theirs). Checked with every core
+  // first: a setting that cannot work is said before Redis is asked.
+  const cores = Math.max(1, os.availableParallelism());
+  const named = { ...EMBED_STREAMS_NAMED, of: 'this embed process has' };
+  forwardParallelism(config.embed, { threads: cores, from: 'TL_EMBED_THREADS, by default the cores' }, named);
   const metrics = createMetrics('embed');
   const services = createServices(config, 'worker');
+  // (a Redis that does not answer within 2 s: none known, every core)
+  const others = config.embed.threads === undefined ? await withDeadline(services.spaces.workersOn(os.hostname()), 2_000).catch(() => 0) : 0;
+  const { threads, streams } = forwardParallelism(
+    config.embed,
+    { threads: Math.max(config.embed.streams ?? 1, Math.floor(cores / (others + 1))), from: `TL_EMBED_THREADS, by default the cores${others ? ' ÷ the embed processes on this machine' : ''}` },
+    named,
+  );
+  if (others) {
+    log.info({ others, threads, cores, host: os.hostname() }, `${others} other embed worker${others > 1 ? 's' : ''} beat${others > 1 ? '' : 's'} from this machine (${os.hostname()}): this one takes ${threads} of its ${cores} cores (TL_EMBED_THREADS sets it; those started before keep theirs)`);
+  }
   const unwatchRedis = watchRedis(services.redis, config.redis.url, log, metrics);
   const space = spaceFromConfig(config);
   // Beating as starting from now (the model may take minutes to load): a command waiting on this

@@ -355,6 +355,12 @@ export class SpaceRegistry {
     return (await this.beating()).live;
   }
 
+  /** Embed workers of any space beating from `host` (live, or loading their model): the processes sharing its cores. */
+  async workersOn(host: string): Promise<number> {
+    const { live, starting } = await this.beating();
+    return [...live, ...starting.map((s) => s.worker)].filter((w) => w.host === host).length;
+  }
+
   /** Workers of one space that beat and are still loading their model, the latest to start first. */
   async startingWorkers(spaceId: string): Promise<StartingWorker[]> {
     return (await this.beating()).starting.filter((w) => w.worker.space === spaceId);
