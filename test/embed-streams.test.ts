@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -9,7 +10,7 @@ import { startEmbedRole } from '../apps/feature-worker/src/embed.worker.js';
 import { enqueue, jobIds, type Config, type EmbedJob } from '../packages/shared/src/index.js';
 import { createLogger } from '../packages/shared/src/service-runtime.js';
 import { guardLeaks } from './support/leak-guard.js';
-import { freeRun, runCli, startTestStack, type TestStack } from './support/stack.js';
+import { freeRun, repoRoot, runCli, startTestStack, until, type TestStack } from './support/stack.js';
 
 /**
  * An embed process runs several forward passes at once (TL_EMBED_STREAMS), each on its own
@@ -104,24 +105,35 @@ describe('an embed worker with two streams on two threads', () => {
     expect(warned).toContain(`TL_EMBED_THREADS=${cores + 1} is more than the ${cores} core${cores > 1 ? 's' : ''} of this machine: the threads take turns on them, and each forward pass runs slower than on ${cores}; set TL_EMBED_THREADS=${cores} or fewer, or leave it unset`);
   }, 120_000);
 
-  it('started by hand beside another on this machine, with TL_EMBED_THREADS unset, takes its share of the cores, not every one (a trial: 4 threads on 2 cores)', async () => {
+  it('started by hand beside another on this machine, with TL_EMBED_THREADS unset, takes its share of the cores, not every one (a trial: 4 threads on 2 cores), and status says each one\'s threads', async () => {
     const said: string[] = [];
     const capture = pino({ level: 'info' }, { write: (line: string) => void said.push((JSON.parse(line) as { msg: string }).msg) });
     const cores = os.availableParallelism();
-    const unset = withEmbed({ threads: undefined, streams: undefined });
-    const first = await startEmbedRole(unset, capture);
+    const share = Math.max(1, Math.floor(cores / 2));
+    const first = await startEmbedRole(withEmbed({ threads: undefined, streams: undefined }), capture);
+    const env: NodeJS.ProcessEnv = { ...stack.env, TL_METRICS_HOST: '127.0.0.1', TL_METRICS_PORT: '0', TL_SUPERVISOR_HANG_MS: '0' };
+    delete env.TL_EMBED_THREADS;
+    const second = spawn(process.execPath, ['apps/feature-worker/dist/main.js', 'embed'], { cwd: repoRoot, env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    second.stderr.on('data', (d: Buffer) => (log += d.toString()));
+    const exited = new Promise((resolve) => second.once('exit', resolve));
     try {
       expect(await first.metrics.registry.metrics()).toMatch(new RegExp(`^tl_embed_streams\\{threads="${cores}",role="embed"\\} ${Math.min(cores, 4)}$`, 'm'));
       expect(said.filter((m) => /other embed worker/.test(m))).toEqual([]);
-      const second = await startEmbedRole(unset, capture);
-      try {
-        const share = Math.max(1, Math.floor(cores / 2));
-        expect(await second.metrics.registry.metrics()).toMatch(new RegExp(`^tl_embed_streams\\{threads="${share}",role="embed"\\} ${Math.min(share, 4)}$`, 'm'));
-        expect(said).toContain(`1 other embed worker beats from this machine (${os.hostname()}): this one takes ${share} of its ${cores} cores (TL_EMBED_THREADS sets it; those started before keep theirs)`);
-      } finally {
-        await second.stop();
-      }
+      await until('the second embed worker to be live', async () => log.includes('"msg":"embedding on onnx'), 90);
+      expect(log).toContain(`"msg":"1 other embed worker beats from this machine (${os.hostname()}): this one takes ${share} of its ${cores} cores (TL_EMBED_THREADS sets it; those started before keep theirs)"`);
+      expect(log).toContain(`at once on ${share} thread${share > 1 ? 's' : ''}"`);
+      // status names each worker's backend with its threads
+      const on = (n: number) => `onnx on ${n} thread${n > 1 ? 's' : ''}`;
+      let line: string | undefined;
+      await until('status to list both workers', async () => {
+        line = (await runCli(['status'], stack.env)).stdout.split('\n').find((l) => l.startsWith(`  ${stack.space.id}: 2 embed workers (`));
+        return line !== undefined;
+      }, 30);
+      expect(line?.match(/\((.*)\)/)?.[1]?.split(', ').sort()).toEqual([...new Set([on(cores), on(share)])].sort());
     } finally {
+      second.kill('SIGTERM');
+      await exited;
       await first.stop();
     }
   }, 180_000);

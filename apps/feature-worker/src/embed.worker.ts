@@ -173,7 +173,7 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
       },
     });
     exportQueueDepths(metrics, async () => [queues.embed(space.id)]);
-    await heartbeat.ready(rt.backend);
+    await heartbeat.ready(rt.backend, rt.backend === 'tensorflow' ? undefined : used);
     log.info({ embedderId: space.id, backend: rt.backend, batchSize: config.embed.batchSize, workerId: heartbeat.workerId }, 'worker started');
     return {
       metrics,

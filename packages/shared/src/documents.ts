@@ -75,6 +75,8 @@ export const EmbedWorkerInfo = z.object({
    * will run: it beats in the starting set, takes no job, and publishes the space once live.
    */
   starting: EmbeddingSpace.optional(),
+  /** the threads its forward passes run on (ONNX Runtime's intra-op threads, or its wasm streams), once live */
+  threads: z.number().int().positive().optional(),
   /** why it could not start (its model, its weights, S3): a worker that gave up (its record is then silent) */
   failed: z.string().optional(),
 });

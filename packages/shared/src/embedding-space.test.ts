@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { storageAdvice } from './embedding-space.js';
+import { storageAdvice, workerBackends } from './embedding-space.js';
 import type { EmbedWorkerInfo } from './documents.js';
 
 const worker = (storage?: { bucket: string; prefix: string }): EmbedWorkerInfo => ({ workerId: 'w', space: 's', backend: 'onnx', host: 'h', pid: 1, startedAt: '', ...(storage && { storage }) });
@@ -23,5 +23,13 @@ describe('storageAdvice', () => {
     expect(storageAdvice({ bucket: 'tl', prefix: 'mine/' }, [worker({ bucket: 'tl', prefix: '' }), worker({ bucket: 'b', prefix: 'x/' })])).toBe(
       'this shell looks in s3://tl/mine/, but the live embed workers keep embeddings and models in s3://b/x/ and s3://tl/ (they disagree: set TL_BUCKET and TL_PREFIX as the workers whose models you want have them)',
     );
+  });
+});
+
+describe('workerBackends', () => {
+  it('names each backend with its threads, once each, and a worker of an earlier version (no threads) by its backend', () => {
+    const w = (backend: string, threads?: number): EmbedWorkerInfo => ({ ...worker(), backend, ...(threads && { threads }) });
+    expect(workerBackends([w('onnx', 2), w('onnx', 1), w('onnx', 2), w('wasm', 1), w('tensorflow')])).toBe('onnx on 2 threads, onnx on 1 thread, wasm on 1 thread, tensorflow');
+    expect(workerBackends([])).toBe('');
   });
 });

@@ -96,6 +96,15 @@ export async function recordedStorage(redis: Redis, keys: RedisKeys): Promise<St
   }
 }
 
+/**
+ * The backends a space's live workers run, each with its threads, as `status` and the console
+ * say them (`onnx on 2 threads, wasm on 1 thread`): an operator sees a worker that took every core
+ * beside another, or one that fell back to wasm.
+ */
+export function workerBackends(workers: readonly EmbedWorkerInfo[]): string {
+  return [...new Set(workers.map((w) => (w.threads ? `${w.backend} on ${w.threads} thread${w.threads > 1 ? 's' : ''}` : w.backend)))].join(', ');
+}
+
 /** A storage another queue prefix's deployment recorded as its own. */
 export interface StorageOwner {
   /** that deployment's TL_QUEUE_PREFIX */
@@ -222,7 +231,7 @@ export class SpaceResolutionError extends Error {
 /** One embed worker's heartbeat: `ready` once its model is loaded (it is live from then), `stop` when it stops. */
 export interface WorkerBeat {
   workerId: string;
-  ready: (backend: string) => Promise<void>;
+  ready: (backend: string, threads?: number) => Promise<void>;
   /** it gave up starting: said, with why, to those waiting on its space, for three TTLs */
   failed: (reason: string) => Promise<void>;
   stop: () => Promise<void>;
@@ -511,9 +520,9 @@ export class SpaceRegistry {
     }
     return {
       workerId: info.workerId,
-      ready: async (backend) => {
+      ready: async (backend, threads) => {
         const { starting: _, ...live } = info;
-        info = { ...live, backend };
+        info = { ...live, backend, ...(threads !== undefined && { threads }) };
         await guarded();
         every();
       },

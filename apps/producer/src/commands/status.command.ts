@@ -1,4 +1,4 @@
-import { DatasetRepository, DocumentError, deploymentOf, hungAfterMs, jobOfQueue, PreprocessJob, permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker } from '@transferline/shared';
+import { DatasetRepository, DocumentError, deploymentOf, hungAfterMs, jobOfQueue, PreprocessJob, permanentFailureOf, queueName, redactUrl, redisEvictionRisk, S3UnreachableError, s3Refusal, type DatasetStatus, type EmbedWorkerInfo, type EmbeddingSpace, type PausedWorkerNow, type Queues, type SpaceWorkers, type StartingWorker, workerBackends } from '@transferline/shared';
 import type { Job, Queue } from 'bullmq';
 import pMap from 'p-map';
 import type { CliContext } from '../cli-context.js';
@@ -426,7 +426,7 @@ export async function statusCommand(ctx: CliContext, o: { dataset?: string; json
     w(elsewhere ? `  none published ${here}` : lossFound ? '  none published since Redis lost its data: a running embed worker publishes its space again within seconds' : '  none published yet: start the stack (transferline up) or an embed worker');
   }
   for (const s of spaces) {
-    const backends = [...new Set(s.workers.map((x) => x.backend))].join(', ');
+    const backends = workerBackends(s.workers);
     const longest = Math.max(0, ...s.starting.map((x) => x.startingMs));
     const loading = s.starting.length ? `, ${s.starting.length} loading ${s.starting.length === 1 ? 'its model for' : 'their model for up to'} ${Math.round(longest / 1000)} s` : s.failed ? ` (${s.failed})` : '';
     // a space no worker runs and no dataset is in (one a mistaken worker published, say: listed

@@ -1,4 +1,4 @@
-import { isClassifyDataset, queueName, relistCommand, UNLABELLED_SHOWN, type DatasetStatus } from '@transferline/shared';
+import { isClassifyDataset, queueName, relistCommand, UNLABELLED_SHOWN, type DatasetStatus, workerBackends } from '@transferline/shared';
 import type { ModelRun } from '../commands/models.command.js';
 import { settledWhy } from '../commands/status.command.js';
 import { confusableLabelNotes } from '../report-words.js';
@@ -84,7 +84,7 @@ function datasetRow(d: DatasetCounts, now: number): SafeHtml {
 export function overviewPage(access: Access, o: Overview, now = Date.now()): string {
   const spaces = o.spaces.length
     ? html`<table id="spaces"><tr><th>embedding space</th><th class="n">live embed workers</th><th>backends</th></tr>${o.spaces.map(
-        (s) => html`<tr data-space="${s.space.id}"><td><code>${s.space.id}</code></td><td class="n">${s.workers.length}${s.starting.length ? html` <span class="muted" data-loading="${s.starting.length}">(${s.starting.length} loading the model)</span>` : ''}</td><td>${[...new Set(s.workers.map((w) => w.backend))].join(', ')}</td></tr>`,
+        (s) => html`<tr data-space="${s.space.id}"><td><code>${s.space.id}</code></td><td class="n">${s.workers.length}${s.starting.length ? html` <span class="muted" data-loading="${s.starting.length}">(${s.starting.length} loading the model)</span>` : ''}</td><td>${workerBackends(s.workers)}</td></tr>`,
       )}</table>`
     : html`<p class="muted">no embedding space published yet: start the stack (<code>transferline up</code>) or an embed worker</p>`;
   const datasets = o.datasets.length
