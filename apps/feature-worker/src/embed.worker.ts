@@ -136,6 +136,7 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
     if (rt.onnx?.warning) log.warn({ path: rt.onnx.path }, rt.onnx.warning);
     // (auto landing on wasm with ONNX Runtime refused: about 10× slower, and fixable)
     const onnxSkipped = rt.backend === 'wasm' && rt.skipped.find((s) => s.startsWith('onnx:'));
+    if (rt.backend === 'cpu') log.warn({ backend: 'cpu' }, "embedding on TF.js's plain JavaScript backend (TL_BACKEND=cpu), which is for tests: many times slower than onnx or wasm, with the same embeddings; leave TL_BACKEND unset for the fastest that loads");
     if (onnxSkipped) log.warn({ skipped: rt.skipped }, `ONNX Runtime did not load, so this worker embeds on TF.js wasm, about 10× slower: ${onnxSkipped.slice('onnx: '.length)}`);
     metrics.embedStreams.set({ threads: String(rt.backend === 'tensorflow' ? 0 : used) }, rt.streams.length);
     metrics.modelInfo.set({ backend: rt.backend, weights: space.weights, embedder: space.id }, 1);
