@@ -110,6 +110,14 @@ describe('an embed worker with two streams on two threads', () => {
     const capture = pino({ level: 'info' }, { write: (line: string) => void said.push((JSON.parse(line) as { msg: string }).msg) });
     const cores = os.availableParallelism();
     const share = Math.max(1, Math.floor(cores / 2));
+    // a worker of this machine killed a moment ago (its beat not lapsed yet): no longer one that shares the cores (a review)
+    const { redis, keys } = ctx.services;
+    let ghostPid = 4_000_000;
+    while ((() => { try { process.kill(ghostPid, 0); return true; } catch { return false; } })()) ghostPid++;
+    const [secs] = await redis.time();
+    const ghost = { workerId: 'ghost-of-a-killed-worker', space: stack.space.id, backend: 'onnx', host: os.hostname(), pid: ghostPid, startedAt: new Date().toISOString(), threads: cores };
+    await redis.multi().hset(keys.embedWorkerInfo(), ghost.workerId, JSON.stringify(ghost)).zadd(keys.embedWorkers(), Number(secs) * 1000, ghost.workerId).exec();
+    expect((await ctx.services.spaces.workersOn(os.hostname())).map((w) => w.workerId)).toContain(ghost.workerId);
     const first = await startEmbedRole(withEmbed({ threads: undefined, streams: undefined }), capture);
     const env: NodeJS.ProcessEnv = { ...stack.env, TL_METRICS_HOST: '127.0.0.1', TL_METRICS_PORT: '0', TL_SUPERVISOR_HANG_MS: '0' };
     delete env.TL_EMBED_THREADS;
@@ -135,6 +143,7 @@ describe('an embed worker with two streams on two threads', () => {
       second.kill('SIGTERM');
       await exited;
       await first.stop();
+      await redis.multi().hdel(keys.embedWorkerInfo(), 'ghost-of-a-killed-worker').zrem(keys.embedWorkers(), 'ghost-of-a-killed-worker').exec();
     }
   }, 180_000);
 

@@ -970,6 +970,13 @@ describe('training runs and classification', () => {
     expect(await job.getState()).toBe('failed');
     expect(job.failedReason).toContain('not finite numbers');
     expect(await store.headObject(bucket, layout.runFile('spoilt', 'spoilt-1', 'run.json'))).toBeUndefined();
+    // the way out it names: their entries are gone from the index, an ingest embeds them anew, and a run trains
+    expect(job.failedReason).toContain(`They are dropped from the cache's index: ingest the dataset again (transferline ingest s3://${photos}/spoilt/ -d spoilt) to embed those images anew, then train`);
+    expect(await redis.hmget(keys.embeddingIndex(stack.space.id), ...hashes)).toEqual(hashes.map(() => null));
+    expect((await runCli(['ingest', `s3://${photos}/spoilt/`, '-d', 'spoilt'], stack.env)).stdout).toContain('6 embedded');
+    const again = await runCli(['train', '-d', 'spoilt', '--epochs', '2', '--run-id', 'spoilt-2'], stack.env, 90_000);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/trained spoilt|spoilt-2/);
   });
 
   it('says which images it could not classify and why, and failures lists them for its dataset', async () => {

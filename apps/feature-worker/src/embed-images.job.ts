@@ -1,4 +1,5 @@
 import { PermanentError, type EmbedJob, type Logger, type Metrics, type Services } from '@transferline/shared';
+import { allFinite } from './model/finite-output.js';
 import type { Embedder, StoredEmbeddings } from './embedder.js';
 import { MicroBatcher } from './micro-batcher.js';
 import { ShardWriter } from './shard-writer.js';
@@ -138,7 +139,7 @@ export async function forwardBatch(jobs: EmbedJob[], deps: EmbedDeps): Promise<(
       const embedding = data.subarray(row * dim, (row + 1) * dim);
       // Never cached: every run of its dataset would train on it (a NaN row made one hang). Tried
       // again (maybe on a sound worker) while it has tries left; its reason stays when they are spent.
-      results[t.i] = embedding.every(Number.isFinite) ? embedding : new Error(`the model gave this image an embedding that is not finite numbers (NaN or Infinity): this embed worker's model (its weights or ONNX graph) is damaged; not cached`);
+      results[t.i] = allFinite(embedding) ? embedding : new Error(`the model gave this image an embedding that is not finite numbers (NaN or Infinity): this embed worker's model (its weights or ONNX graph) is damaged; not cached`);
     });
     for (const [twin, first] of twins) results[twin] = results[first]!;
   }

@@ -119,17 +119,48 @@ describe('the cached ONNX graph', () => {
     }
   }, 120_000);
 
-  it('a model that gives a blank image NaN does not start (every embedding it made would be NaN, and cached)', async () => {
+  it('a cached graph that gives a blank image NaN, though whole by its checksum (a faulty build summed it), is built again once, and said, where every start went to wasm (a review)', async () => {
     await loadTfRuntime('cpu');
     const net = buildEfficientNetB0({ seed: 4, inputSize: SIZE });
     const top = net.getLayer('top_conv');
     top.setWeights(top.getWeights().map((w) => tf.fill(w.shape, Number.NaN)));
-    await cacheAsWhole(cacheDir, exportEfficientNetB0ToOnnx(net, { inputSize: SIZE }));
+    const nanGraph = exportEfficientNetB0ToOnnx(net, { inputSize: SIZE });
     net.dispose();
-    await expect(startEmbedRuntime(spec(cacheDir), log)).rejects.toThrow(
-      `TL_BACKEND=onnx does not load: the model gives a blank image an embedding that is not finite numbers (NaN or Infinity): its weights or its graph (its ONNX graph: ${graphPath(cacheDir)}) are damaged, and every embedding it made would be too`,
+    await cacheAsWhole(cacheDir, nanGraph);
+    const rt = await startEmbedRuntime({ ...spec(cacheDir), preference: 'auto' }, log);
+    try {
+      expect(rt.backend).toBe('onnx');
+      expect(rt.onnx).toMatchObject({ built: true, warning: `the cached ONNX graph ${graphPath(cacheDir)} was refused (it gives a blank image NaN or Infinity): built again from the weights` });
+      expect([...(await rt.embedder.embedBatch([image]))]).toEqual([...reference]);
+    } finally {
+      await rt.embedder.dispose();
+    }
+    // a model that gives NaN whatever is done (its weights): it does not start, saying why
+    await expect(startOnnxThread({ bytes: nanGraph, output: { name: ONNX_OUTPUT_NAME, dim: EFFICIENTNET_B0_EMBEDDING_DIM }, inputSize: SIZE, threads: 1, warmupBatch: 1 }, log)).rejects.toThrow(
+      'the model gives a blank image an embedding that is not finite numbers (NaN or Infinity): its weights or its graph are damaged, and every embedding it made would be too',
     );
-    await expect(startEmbedRuntime({ ...spec(cacheDir), preferenceVariable: 'TL_TF_BACKEND' }, log)).rejects.toThrow(/^TL_TF_BACKEND=onnx does not load: /);
+  }, 120_000);
+
+  it('names TL_TF_BACKEND in its error when that set the backend', async () => {
+    // (a model that cannot be built: an input below EfficientNet's least)
+    await expect(startEmbedRuntime({ ...spec(cacheDir), inputSize: 16, preferenceVariable: 'TL_TF_BACKEND' }, log)).rejects.toThrow(/^TL_TF_BACKEND=onnx does not load: /);
+  }, 60_000);
+
+  it('a folder it cannot write: the graph built is used, with a warning, and handed to the other streams', async () => {
+    const file = path.join(cacheDir, 'a-file');
+    await writeFile(file, 'x');
+    const rt = await startEmbedRuntime({ ...spec(file), streams: 2, threads: 2 }, log);
+    try {
+      expect(rt.onnx).toMatchObject({ built: true, warning: expect.stringMatching(/could not be cached in .*a-file/) });
+      expect(rt.onnx).not.toHaveProperty('bytes');
+      const two = await rt.embedder.embedBatch([image, image]);
+      expect([...two.subarray(0, EFFICIENTNET_B0_EMBEDDING_DIM)]).toEqual([...reference]);
+      // each stream answers alike (the second opened the graph the first built)
+      const [a, b] = await Promise.all([rt.embedder.embedBatch([image]), rt.embedder.embedBatch([image])]);
+      expect([...a!]).toEqual([...b!]);
+    } finally {
+      await rt.embedder.dispose();
+    }
   }, 120_000);
 });
 

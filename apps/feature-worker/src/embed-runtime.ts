@@ -4,6 +4,7 @@ import type { Logger } from '@transferline/shared';
 import { loadTfRuntime } from '@transferline/shared/tf';
 import type { ThreadReply, ThreadRequest, ThreadSpec } from './embed.thread.js';
 import type { Embedder, StoredEmbeddings } from './embedder.js';
+import { allFinite, nonFiniteModelWords } from './model/finite-output.js';
 
 /** Where the model runs: `tensorflow` (tfjs-node[-gpu], libtensorflow), `onnx` (ONNX Runtime, CPU), `wasm` or `cpu` (TF.js). */
 export type EmbedBackend = 'tensorflow' | 'onnx' | 'wasm' | 'cpu';
@@ -65,12 +66,19 @@ export async function startEmbedRuntime(spec: EmbedRuntimeSpec, log: Logger): Pr
         // (the TF.js model and the HDF5 reader: loaded only on this path, as in the embed thread)
         const { createEfficientNetEmbedder } = await import('./embedder.js');
         const embedder = await createEfficientNetEmbedder(rt, { seed: spec.seed, inputSize: spec.inputSize, ...(spec.weights && { weights: spec.weights }) });
+        // (as the embed thread checks ONNX Runtime's and wasm's)
+        if (!allFinite(await embedder.embedBatch([new Uint8Array(spec.inputSize * spec.inputSize * 3)]))) {
+          await embedder.dispose();
+          throw new Error(nonFiniteModelWords());
+        }
         return { embedder, backend, provider: rt.provider, skipped, streams: [spec.threads] };
       }
       const shares = shareThreads(spec.threads, spec.streams);
       const { streams: _, ...threadSpec } = spec;
       const started = await startStreams({ ...threadSpec, backend }, shares, log);
-      return { embedder: started.embedder, backend, provider: started.ready.provider, ...(started.ready.onnx && { onnx: started.ready.onnx }), skipped, streams: shares };
+      // (the graph's bytes, handed to the other streams where the cache could not keep it, go no further: not logged, not held)
+      const { bytes: _bytes, ...onnx } = started.ready.onnx ?? {};
+      return { embedder: started.embedder, backend, provider: started.ready.provider, ...(started.ready.onnx && { onnx: onnx as NonNullable<EmbedRuntime['onnx']> }), skipped, streams: shares };
     } catch (err) {
       if (spec.preference !== 'auto') throw new Error(`${spec.preferenceVariable ?? 'TL_BACKEND'}=${backend} does not load: ${(err as Error).message}`);
       skipped.push(`${backend}: ${(err as Error).message.replace(/\s*\n\s*/g, '; ')}`);
@@ -97,7 +105,10 @@ async function startStreams(spec: ThreadSpec, shares: number[], log: Logger): Pr
   const [first, ...rest] = shares;
   const head = await ThreadedEmbedder.start({ ...spec, threads: first! }, log);
   if (rest.length === 0) return head;
-  const others = await Promise.allSettled(rest.map((threads) => ThreadedEmbedder.start({ ...spec, threads }, log)));
+  // a graph the cache could not keep (a read-only folder) is handed to the others, not built by each
+  const built = head.ready.onnx?.bytes;
+  const theirs: ThreadSpec = built ? { ...spec, prebuilt: { bytes: built } } : spec;
+  const others = await Promise.allSettled(rest.map((threads) => ThreadedEmbedder.start({ ...theirs, threads }, log)));
   const members = [head.embedder, ...others.flatMap((o) => (o.status === 'fulfilled' ? [o.value.embedder] : []))];
   const failed = others.find((o) => o.status === 'rejected');
   if (failed) {
@@ -223,7 +234,7 @@ class ThreadedEmbedder implements Embedder {
         log.fatal({ err }, 'the embed thread died; exiting so the process is restarted');
         process.exit(1);
       },
-      spec.prebuilt?.output.dim,
+      spec.prebuilt?.output?.dim,
       spec.pixelSource !== undefined,
     );
     return { embedder, ready };

@@ -4,6 +4,7 @@ import { createRedis } from '@transferline/shared/redis';
 import { TensorStore } from '@transferline/shared/tensors';
 import type { Embedder } from './embedder.js';
 import { ONNX_BUILDER_VERSION } from './model/onnx-export.js';
+import { allFinite, nonFiniteModelWords } from './model/finite-output.js';
 import { loadOrBuildOnnx } from './model/onnx-model.cache.js';
 import { createOnnxEmbedder } from './model/onnx.embedder.js';
 
@@ -26,7 +27,7 @@ export interface ThreadSpec {
    * A ready ONNX model to run instead of building the embedding graph (onnx backend only): an
    * exported image classifier, say, whose `output` is returned.
    */
-  prebuilt?: { bytes: Uint8Array; output: { name: string; dim: number } };
+  prebuilt?: { bytes: Uint8Array; /** a head's output (serve), else the embedding */ output?: { name: string; dim: number } };
   /**
    * Where preprocess stores pixels: the thread reads them itself for `embed-stored` requests, so
    * the 147 KB per image never enter the worker's main isolate (whose large heap each GC marks).
@@ -46,7 +47,7 @@ export interface ThreadSpec {
 
 /** Messages from the thread. */
 export type ThreadReply =
-  | { type: 'ready'; provider: string; onnx?: { path: string; built: boolean; warning?: string } }
+  | { type: 'ready'; provider: string; onnx?: { path: string; built: boolean; warning?: string; /** the graph, where the cache could not keep it */ bytes?: Uint8Array } }
   | { type: 'failed'; message: string }
   | { type: 'result'; id: number; data: Float32Array; sizes?: number[]; cached?: boolean[]; seconds: number }
   | { type: 'error'; id: number; message: string }
@@ -65,9 +66,20 @@ export type ThreadRequest =
  * seconds would hold up lock renewals (BullMQ would think the jobs stalled), heartbeats and
  * /healthz. Requests are served one at a time, in order.
  */
-async function start(spec: ThreadSpec): Promise<{ embedder: Embedder; reply: ThreadReply }> {
+/**
+ * Two forward passes of blank images (the first allocates, the second settles): whether the
+ * second gave finite numbers only.
+ */
+async function warm(embedder: Embedder): Promise<boolean> {
+  const zeros = Array.from({ length: spec.warmupBatch }, () => new Uint8Array(spec.inputSize * spec.inputSize * 3));
+  let sample: Float32Array | undefined;
+  for (let i = 0; i < 2 && zeros.length; i++) sample = await embedder.embedBatch(zeros);
+  return sample === undefined || allFinite(sample);
+}
+
+async function start(spec: ThreadSpec): Promise<{ embedder: Embedder; reply: ThreadReply; finite?: boolean }> {
   if (spec.backend === 'onnx' && spec.prebuilt) {
-    const embedder = await createOnnxEmbedder(spec.prebuilt.bytes, { intraOpThreads: spec.threads, inputSize: spec.inputSize, output: spec.prebuilt.output });
+    const embedder = await createOnnxEmbedder(spec.prebuilt.bytes, { intraOpThreads: spec.threads, inputSize: spec.inputSize, ...(spec.prebuilt.output && { output: spec.prebuilt.output }) });
     return { embedder, reply: { type: 'ready', provider: 'onnxruntime-node' } };
   }
   if (spec.backend === 'onnx') {
@@ -91,21 +103,33 @@ async function start(spec: ThreadSpec): Promise<{ embedder: Embedder; reply: Thr
         },
         ...(rebuild !== undefined && { rebuild }),
       });
+    const open = async (m: Awaited<ReturnType<typeof load>>) => {
+      const embedder = await createOnnxEmbedder(m.bytes, { intraOpThreads: spec.threads, inputSize: spec.inputSize });
+      return { embedder, finite: await warm(embedder) };
+    };
     let model = await load();
-    const open = (m: typeof model) => createOnnxEmbedder(m.bytes, { intraOpThreads: spec.threads, inputSize: spec.inputSize });
-    let embedder: Embedder;
+    let opened: Awaited<ReturnType<typeof open>> | undefined;
+    let refused: string | undefined;
     try {
-      embedder = await open(model);
+      opened = await open(model);
+      if (!opened.finite && !model.built) refused = 'it gives a blank image NaN or Infinity';
     } catch (err) {
-      // A cached graph ONNX Runtime refuses (its checksum whole: written so by a faulty build) is
-      // built again once; a graph built now that it refuses is an error, naming the file.
+      // a graph built now that ONNX Runtime refuses is an error, naming the file
       if (model.built) throw new Error(`the ONNX graph built from the weights (${model.path}) does not load: ${(err as Error).message}`);
-      model = await load((err as Error).message);
-      embedder = await open(model).catch((again: unknown) => {
+      refused = (err as Error).message;
+    }
+    // A cached graph ONNX Runtime refuses, or that gives NaN, though its checksum is whole (a faulty
+    // build summed it) is built again once, where every start would go to wasm or fail.
+    if (refused !== undefined) {
+      await opened?.embedder.dispose();
+      model = await load(refused);
+      opened = await open(model).catch((again: unknown) => {
         throw new Error(`the ONNX graph built from the weights (${model.path}) does not load: ${(again as Error).message}`);
       });
     }
-    return { embedder, reply: { type: 'ready', provider: 'onnxruntime-node', onnx: { path: model.path, built: model.built, ...(model.warning && { warning: model.warning }) } } };
+    // (the graph, for the other streams to open, where the cache could not keep it)
+    const onnx = { path: model.path, built: model.built, ...(model.warning && { warning: model.warning }), ...(model.uncached && { bytes: model.bytes }) };
+    return { embedder: opened!.embedder, finite: opened!.finite, reply: { type: 'ready', provider: 'onnxruntime-node', onnx } };
   }
   const [{ loadTfRuntime }, { createEfficientNetEmbedder }] = await Promise.all([import('@transferline/shared/tf'), import('./embedder.js')]);
   const rt = await loadTfRuntime(spec.backend);
@@ -131,16 +155,10 @@ async function modelBuilder() {
 const port = parentPort!;
 const spec = workerData as ThreadSpec;
 start(spec).then(
-  async ({ embedder, reply }) => {
-    const zeros = Array.from({ length: spec.warmupBatch }, () => new Uint8Array(spec.inputSize * spec.inputSize * 3));
-    let sample: Float32Array | undefined;
-    for (let i = 0; i < 2 && zeros.length; i++) sample = await embedder.embedBatch(zeros);
-    // A model that gives NaN for a blank image (a damaged graph or weights: an operator's trial
-    // saw NaN rows cached, and a run trained on them hang) would spoil every embedding it makes.
-    if (sample?.some((v) => !Number.isFinite(v))) {
+  async ({ embedder, reply, finite }) => {
+    if (!(finite ?? (await warm(embedder)))) {
       await embedder.dispose();
-      const graph = reply.type === 'ready' && reply.onnx ? ` (its ONNX graph: ${reply.onnx.path})` : '';
-      port.postMessage({ type: 'failed', message: `the model gives a blank image an embedding that is not finite numbers (NaN or Infinity): its weights or its graph${graph} are damaged, and every embedding it made would be too` } satisfies ThreadReply);
+      port.postMessage({ type: 'failed', message: nonFiniteModelWords(reply.type === 'ready' ? reply.onnx?.path : undefined) } satisfies ThreadReply);
       return;
     }
     port.postMessage(reply);

@@ -65,8 +65,9 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
   forwardParallelism(config.embed, { threads: cores, from: 'TL_EMBED_THREADS, by default the cores' }, named);
   const metrics = createMetrics('embed');
   const services = createServices(config, 'worker');
-  // (a Redis that does not answer within 2 s: none known, every core)
-  const others = config.embed.threads === undefined ? await withDeadline(services.spaces.workersOn(os.hostname()), 2_000).catch(() => 0) : 0;
+  // (a Redis that does not answer within 2 s: none known, every core; a process of this machine
+  // that is gone, whose beat has not yet lapsed, as a crashed worker's restarted at once: not one)
+  const others = config.embed.threads === undefined ? (await withDeadline(services.spaces.workersOn(os.hostname()), 2_000).catch(() => [])).filter((w) => w.pid !== process.pid && processAlive(w.pid)).length : 0;
   const { threads, streams } = forwardParallelism(
     config.embed,
     { threads: Math.max(config.embed.streams ?? 1, Math.floor(cores / (others + 1))), from: `TL_EMBED_THREADS, by default the cores${others ? ' ÷ the embed processes on this machine' : ''}` },
@@ -136,7 +137,7 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
     if (rt.onnx?.warning) log.warn({ path: rt.onnx.path }, rt.onnx.warning);
     // (auto landing on wasm with ONNX Runtime refused: about 10× slower, and fixable)
     const onnxSkipped = rt.backend === 'wasm' && rt.skipped.find((s) => s.startsWith('onnx:'));
-    if (rt.backend === 'cpu') log.warn({ backend: 'cpu' }, "embedding on TF.js's plain JavaScript backend (TL_BACKEND=cpu), which is for tests: many times slower than onnx or wasm, with the same embeddings; leave TL_BACKEND unset for the fastest that loads");
+    if (rt.backend === 'cpu') log.warn({ backend: 'cpu' }, `embedding on TF.js's plain JavaScript backend (${config.embed.backendVariable}=cpu), which is for tests: many times slower than onnx or wasm, with the same embeddings; leave ${config.embed.backendVariable} unset for the fastest that loads`);
     if (onnxSkipped) log.warn({ skipped: rt.skipped }, `ONNX Runtime did not load, so this worker embeds on TF.js wasm, about 10× slower: ${onnxSkipped.slice('onnx: '.length)}`);
     metrics.embedStreams.set({ threads: String(rt.backend === 'tensorflow' ? 0 : used) }, rt.streams.length);
     metrics.modelInfo.set({ backend: rt.backend, weights: space.weights, embedder: space.id }, 1);
@@ -197,5 +198,15 @@ export async function startEmbedRole(config: Config, log: Logger, starting?: Sta
     const why = String((err as Error | undefined)?.message ?? err).split('\n')[0]!.slice(0, 500);
     await settledWithin(2_000, heartbeat.failed(why));
     throw err;
+  }
+}
+
+/** Whether a process of this machine runs under `pid` (one of another user's counts). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

@@ -64,6 +64,22 @@ export class EmbeddingCache {
     return out;
   }
 
+  /**
+   * Drops the index entries of `hashes` (their rows stay in the shards): an ingest of their images
+   * embeds them again. For rows that must not be trained on (not finite numbers, made by a damaged
+   * model); an entry that has moved to another shard or row since `expected` was read is kept.
+   */
+  async forget(embedderId: string, entries: { hash: string; expected: string }[]): Promise<number> {
+    let dropped = 0;
+    for (const e of entries) dropped += Number(await REPLACE_IF_UNCHANGED.run(this.redis, [this.keys.embeddingIndex(embedderId)], [e.hash, e.expected]));
+    return dropped;
+  }
+
+  /** Each hash's index entry (`shardId row`), or null. */
+  async entries(embedderId: string, hashes: string[]): Promise<(string | null)[]> {
+    return this.locate(embedderId, hashes);
+  }
+
   /** Number of cached embeddings in this embedding space. */
   async size(embedderId: string): Promise<number> {
     return this.redis.hlen(this.keys.embeddingIndex(embedderId));

@@ -364,10 +364,10 @@ export class SpaceRegistry {
     return (await this.beating()).live;
   }
 
-  /** Embed workers of any space beating from `host` (live, or loading their model): the processes sharing its cores. */
-  async workersOn(host: string): Promise<number> {
+  /** Embed workers of any space beating from `host` (live, or loading their model): the processes that may share its cores. */
+  async workersOn(host: string): Promise<EmbedWorkerInfo[]> {
     const { live, starting } = await this.beating();
-    return [...live, ...starting.map((s) => s.worker)].filter((w) => w.host === host).length;
+    return [...live, ...starting.map((s) => s.worker)].filter((w) => w.host === host);
   }
 
   /** Workers of one space that beat and are still loading their model, the latest to start first. */

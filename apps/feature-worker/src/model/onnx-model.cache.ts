@@ -32,13 +32,13 @@ export interface LoadedOnnxModel {
    * a built graph that could not be cached (a read-only folder: built again at every start).
    */
   warning?: string;
+  /** True when the graph built could not be written to the cache (the warning says why). */
+  uncached?: boolean;
 }
 
 const KEY_PATTERN = /^[A-Za-z0-9._-]+$/;
 /** A temp file older than this was left by a writer that died (a write takes about a second). */
 const STALE_TEMP_MS = 10 * 60_000;
-/** Errors of a folder this process may not write in (read-only, not its own, a file in the way), or that is full: the graph is used uncached. */
-const CANNOT_WRITE = new Set(['EROFS', 'EACCES', 'EPERM', 'ENOSPC', 'EDQUOT', 'ENOTDIR']);
 
 /** The checksum file beside a cached graph: `sha256sum -c` checks it. */
 export function checksumPath(path: string): string {
@@ -62,6 +62,7 @@ export async function loadOrBuildOnnx(o: LoadOrBuildOnnxOptions): Promise<Loaded
     throw new Error(`ONNX cache key ${JSON.stringify(o.key)} must match ${String(KEY_PATTERN)}`);
   }
   const path = join(o.cacheDir, `efficientnet-b0-${o.key}.onnx`);
+  await sweepStaleTemps(path);
   const cached = await readIfPresent(path);
   let why: string | undefined;
   if (cached !== null) {
@@ -80,12 +81,11 @@ export async function loadOrBuildOnnx(o: LoadOrBuildOnnxOptions): Promise<Loaded
     await writeWhole(path, bytes);
     await writeWhole(checksumPath(path), Buffer.from(`${sha256(bytes)}  ${basename(path)}\n`));
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (!code || !CANNOT_WRITE.has(code)) throw error;
-    const unwritable = `the ONNX graph could not be cached in ${o.cacheDir} (${code}: ${(error as Error).message}): it is built again at every start; set TL_MODEL_CACHE_DIR to a folder this process can write`;
-    return { bytes, path, built: true, warning: why ? `${why}; ${unwritable}` : unwritable };
+    // The cache only saves a build: the graph built is used all the same (a read-only volume, a
+    // file where the folder should be, a full disk).
+    const unwritable = `the ONNX graph could not be cached in ${o.cacheDir} (${(error as Error).message}): it is built again at every start; set TL_MODEL_CACHE_DIR to a folder this process can write`;
+    return { bytes, path, built: true, uncached: true, warning: why ? `${why}; ${unwritable}` : unwritable };
   }
-  await sweepStaleTemps(path);
   return { bytes, path, built: true, ...(why && { warning: why }) };
 }
 
