@@ -3,7 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { readdirSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { lstat, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -183,6 +183,18 @@ describe('transferline export --format onnx', () => {
     expect(out.file).toBe(path.join(folder, 'shapes-r1.onnx'));
     expect((await readFile(out.file)).length).toBe(out.bytes);
   }, 180_000);
+
+  it('replaces a link planted where the file goes, instead of writing the model through it into the file it names (a security trial)', async () => {
+    const folder = await mkdtemp(path.join(dir, 'out-'));
+    const precious = path.join(dir, `precious-${process.pid}`);
+    await writeFile(precious, 'keep me');
+    await symlink(precious, path.join(folder, 'shapes-r1.onnx'));
+    const out = await exportCommand(ctx, { model: 'shapes@r1', format: 'onnx', output: `${folder}/` });
+    expect(await readFile(precious, 'utf8')).toBe('keep me');
+    expect((await lstat(out.file)).isSymbolicLink()).toBe(false);
+    expect((await readFile(out.file)).length).toBe(out.bytes);
+    expect(await readdir(folder)).toEqual(['shapes-r1.onnx']);
+  }, 180_000);
 });
 
 describe('transferline serve', () => {
@@ -199,7 +211,7 @@ describe('transferline serve', () => {
   it('answers one image with classify\'s label and probabilities, and says which model', async () => {
     // before any image: each label's and each refusal's series at 0, so rate() sees the first (a review)
     const fresh = await scrapeUrl(`${server.url}/metrics`);
-    for (const series of ['tl_serve_results_total{label="circle"}', 'tl_serve_results_total{label="square"}', 'tl_serve_rejected_total{reason="not-an-image"}', 'tl_serve_rejected_total{reason="overloaded"}']) expect(fresh.get(series), series).toBe(0);
+    for (const series of ['tl_serve_results_total{label="circle"}', 'tl_serve_results_total{label="square"}', 'tl_serve_rejected_total{reason="not-an-image"}', 'tl_serve_rejected_total{reason="overloaded"}', 'tl_serve_rejected_total{reason="cross-site"}']) expect(fresh.get(series), series).toBe(0);
     const res = await post(photos[0]!.bytes, { 'content-type': 'image/jpeg' });
     expect(res.status).toBe(200);
     const body = (await res.json()) as { label: string; probabilities: Record<string, number>; model: { dataset: string; runId: string } };
@@ -314,6 +326,29 @@ describe('transferline serve', () => {
     expect(((await truncated.json()) as { error: { reason: string } }).error.reason).toBe('truncated');
     const json = await post('{"keys": "nope"}', { 'content-type': 'application/json' });
     expect(json.status).toBe(400);
+    // an object that is no image: said so, without its first bytes (a security trial read 8 bytes of a weights.bin)
+    await ctx.services.store.putObject(stack.config.s3.bucket, 'secret/notes.bin', Buffer.from([0x4d, 0x66, 0x0f, 0x3b, 0x61, 0x34, 0x22, 0xbc, 0, 1, 2, 3]));
+    const keyed = await post(JSON.stringify({ keys: [`s3://${stack.config.s3.bucket}/secret/notes.bin`] }), { 'content-type': 'application/json' });
+    const [result] = ((await keyed.json()) as { results: { error: { reason: string; message: string } }[] }).results;
+    expect(result!.error).toEqual({ reason: 'not-an-image', message: 'not an image' });
+    // an upload's own bytes may be said back to whoever sent them
+    const sent = await post(Buffer.from([0x4d, 0x66, 0x0f, 0x3b, 0x61, 0x34, 0x22, 0xbc, 0, 1, 2, 3]), { 'content-type': 'application/octet-stream' });
+    expect(((await sent.json()) as { error: { message: string } }).error.message).toBe('not an image (starts with bytes 4d660f3b613422bc)');
+  });
+
+  it("refuses a POST from another site's page (a security trial: any page a browser shows reloaded the model, 2.6 s of CPU each), and lets programs through", async () => {
+    const reload = (headers: Record<string, string>) => fetch(`${server.url}/v1/models/reload`, { method: 'POST', headers });
+    for (const headers of [{ origin: 'http://evil.example' }, { 'sec-fetch-site': 'cross-site' }, { origin: 'null' }] as Record<string, string>[]) {
+      const r = await reload(headers);
+      expect(r.status, JSON.stringify(headers)).toBe(403);
+      expect(((await r.json()) as { error: { reason: string; message: string } }).error).toMatchObject({ reason: 'cross-site', message: expect.stringMatching(/^a request from a page of another site \(Origin .*\) is refused: serve answers programs, not other sites' pages$/) });
+    }
+    const image = await post(await renderSample('circle', 5, 1), { 'content-type': 'image/png', origin: 'http://evil.example' });
+    expect(image.status).toBe(403);
+    expect((await scrapeUrl(`${server.url}/metrics`)).get('tl_serve_rejected_total{reason="cross-site"}')).toBeGreaterThanOrEqual(4);
+    // a program (no Origin), and a page of serve's own origin, are answered
+    expect((await post(await renderSample('circle', 5, 1), { 'content-type': 'image/png' })).status).toBe(200);
+    expect((await post(await renderSample('circle', 5, 1), { 'content-type': 'image/png', origin: server.url })).status).toBe(200);
   });
 
   it('micro-batches concurrent requests into shared forward passes, and says so on /metrics', async () => {
@@ -997,6 +1032,25 @@ describe('transferline serve, bounded by bytes', () => {
     expect(r.status).toBe(413);
     expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(/^the image is 200000 bytes, over the limit of 150000 bytes/);
     held.req.destroy();
+    expect(await heldBecomes(0)).toBe(0);
+  });
+
+  it('answers a body of no declared length 413 as it passes the limit, while the client still sends (a security trial: 3 GB were read before the answer)', async () => {
+    const req = http.request({ port: server.port, path: '/v1/classify', method: 'POST', headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } });
+    const answer = new Promise<{ status: number; body: string }>((resolve) => {
+      req.on('response', (res) => {
+        let body = '';
+        res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on('error', () => undefined);
+    });
+    // past the limit, and the body goes on: the answer comes before it ends
+    await new Promise<void>((resolve) => req.write(Buffer.alloc(MAX_BYTES + 10_000, 1), () => resolve()));
+    const got = await Promise.race([answer, new Promise<'none'>((resolve) => setTimeout(() => resolve('none'), 3_000))]);
+    expect(got).not.toBe('none');
+    expect((got as { status: number }).status).toBe(413);
+    expect(JSON.parse((got as { body: string }).body).error.message).toMatch(/^the image is \d+ bytes, over the limit of 150000 bytes/);
+    req.destroy();
     expect(await heldBecomes(0)).toBe(0);
   });
 

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -301,6 +301,17 @@ describe('training runs and classification', () => {
       const onFile = await runCli(['download', `s3://${photos}/dlx/`, path.join(dir, 'mixed', 'c')], stack.env);
       expect(onFile.code).toBe(1);
       expect(onFile.stderr).toBe(`transferline: ${path.join(dir, 'mixed', 'c')} is a file: name a folder to write the 3 objects under s3://${photos}/dlx/ in\n`);
+      // a folder in the way that is a link out of the folder: nothing is written through it (a security trial wrote outside)
+      const outside = path.join(dir, 'outside');
+      await mkdir(outside);
+      await mkdir(path.join(dir, 'linked'));
+      await symlink(outside, path.join(dir, 'linked', 'a'));
+      const linked = await runCli(['download', `s3://${photos}/dlx/`, path.join(dir, 'linked')], stack.env);
+      expect(linked.code, linked.stderr).toBe(0);
+      expect(linked.stdout).toContain(`downloaded 1 file (1 bytes) from s3://${photos}/dlx/ to ${path.join(dir, 'linked')}/\n`);
+      expect(linked.stdout).toContain(`skipped 1 object whose folder in ${path.join(dir, 'linked')} is a link that leads out of it ("dlx/a/b"): nothing is written through it\n`);
+      expect(await readdir(outside)).toEqual([]);
+      expect(await readFile(path.join(dir, 'linked', 'c'), 'utf8')).toBe('c');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -225,7 +225,12 @@ async function trainRun(job: TrainJob, deps: TrainDeps, ctx: JobContext): Promis
   }
   const splits = splitExamples(examples, { validation: job.validationFraction, test: job.testFraction });
   const labels = [...new Set([...splits.train, ...splits.validation, ...splits.test].map((e) => e.label))].sort();
-  if (labels.length < 2) throw new PermanentError('one-class', `dataset ${job.dataset} has only one label (${labels[0] ?? 'none'}); a classifier needs two or more`);
+  if (labels.length < 2) {
+    // (none left: every image was left out, as its bytes are filed under two labels, say)
+    const dropped = splits.conflicts.flat().length;
+    const left = dropped ? ` (${dropped} images were left out: the same bytes under two labels)` : '';
+    throw new PermanentError('one-class', `${labels.length ? `dataset ${job.dataset} has only one label (${labels[0]})` : `dataset ${job.dataset} has no label left to learn`}${left}; a classifier needs two or more`);
+  }
   if (splits.validation.length === 0) throw new PermanentError('too-small', 'too few images for a validation split (need 2+ per class, or a val/ folder)');
   if (splits.train.length === 0) throw new PermanentError('too-small', 'no image left to train on: every image is in the val/ or test/ folders');
   const untrained = labels.filter((l) => !splits.train.some((e) => e.label === l));

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import pMap from 'p-map';
 import { parseS3Url, type ObjectInfo } from '@transferline/shared';
@@ -68,14 +68,22 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
   let done = 0;
   let kept = 0;
   let bytes = 0;
+  const linkedOut: ObjectInfo[] = [];
   try {
     await pMap(
       safe,
       async (o) => {
         const rel = o.key.slice(prefix.length);
-        const body = await store.getObject(bucket, o.key);
-        if (await writeUnlessSame(path.join(root, ...rel.split('/')), body)) kept++;
-        else bytes += body.length;
+        const file = path.join(root, ...rel.split('/'));
+        await mkdir(path.dirname(file), { recursive: true });
+        // a folder on its way that is a link out of the folder (a security trial: written through it)
+        if (!(await staysUnder(root, file))) {
+          linkedOut.push(o);
+        } else {
+          const body = await store.getObject(bucket, o.key);
+          if (await writeUnlessSame(file, body)) kept++;
+          else bytes += body.length;
+        }
         bar.update(++done, safe.length, printable(rel));
       },
       { concurrency: PARALLEL },
@@ -83,7 +91,7 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
   } finally {
     bar.stop();
   }
-  const written = safe.length - kept;
+  const written = safe.length - kept - linkedOut.length;
   const into = root.endsWith('/') || root.endsWith(path.sep) ? root : `${root}${path.sep}`;
   ctx.out.write(
     `downloaded ${written} file${written === 1 ? '' : 's'} (${size(bytes)}) from s3://${printable(bucket)}/${printable(prefix)} to ${printable(into)}` +
@@ -91,6 +99,9 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
   );
   if (unsafe.length) {
     ctx.out.write(`skipped ${unsafe.length} object${unsafe.length === 1 ? '' : 's'} whose key can be no file under the folder: a .. or empty part, or the folder of other keys too (${unsafeNames(unsafe)})\n`);
+  }
+  if (linkedOut.length) {
+    ctx.out.write(`skipped ${linkedOut.length} object${linkedOut.length === 1 ? '' : 's'} whose folder in ${printable(root)} is a link that leads out of it (${unsafeNames(linkedOut)}): nothing is written through it\n`);
   }
 }
 
@@ -113,15 +124,30 @@ async function writeUnlessSame(file: string, bytes: Buffer): Promise<boolean> {
   const there = (await stat(file).catch(() => undefined))?.size === bytes.length ? await readFile(file).catch(() => undefined) : undefined;
   if (there?.equals(bytes)) return true;
   await mkdir(path.dirname(file), { recursive: true });
+  await replaceFile(file, bytes);
+  return false;
+}
+
+/**
+ * Writes `bytes` as `file`: beside it first, then renamed over it, so that a write cut short leaves
+ * no half file, and a link standing in the file's place is replaced, not written through (a
+ * security trial: export -o wrote the model into the file a planted link named).
+ */
+export async function replaceFile(file: string, bytes: Uint8Array): Promise<void> {
   const part = `${file}.${randomBytes(4).toString('hex')}.part`;
   try {
-    await writeFile(part, bytes);
+    await writeFile(part, bytes, { flag: 'wx' });
     await rename(part, file);
   } catch (err) {
     await rm(part, { force: true });
     throw err;
   }
-  return false;
+}
+
+/** Whether the folder `file` goes in is under `root` once links are followed (a link among the folders may lead anywhere). */
+async function staysUnder(root: string, file: string): Promise<boolean> {
+  const [top, dir] = await Promise.all([realpath(root), realpath(path.dirname(file))]);
+  return dir === top || dir.startsWith(top.endsWith(path.sep) ? top : `${top}${path.sep}`);
 }
 
 function size(n: number): string {

@@ -1,7 +1,8 @@
-import { stat, writeFile } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { classifierMetadataProps } from '@transferline/feature-worker/classifier.export';
 import type { CliContext } from '../cli-context.js';
+import { replaceFile } from './download.command.js';
 import { backgroundNote, loadClassifierModel, randomWeightsNote } from '../classifier-model.js';
 import { printable } from '../terminal.js';
 import { thresholdText } from '../report-words.js';
@@ -33,7 +34,7 @@ export async function exportCommand(ctx: CliContext, o: ExportOptions): Promise<
   const { meta } = model;
   const name = `${meta.dataset}-${meta.runId}.onnx`.replace(/[^A-Za-z0-9._-]/g, '_');
   const file = out === undefined || isFolder ? path.join(folder, name) : out;
-  await writeFile(file, model.bytes);
+  await replaceFile(file, model.bytes);
   const w = (s: string) => ctx.out.write(`${s}\n`);
   w(`wrote ${file} (${(model.bytes.length / 1e6).toFixed(1)} MB): ${meta.dataset}@${meta.runId}, ${meta.labels.length} classes`);
   // (upright and flattened as preprocess has them: a review fed a transparent PNG with its alpha dropped, and got another label)

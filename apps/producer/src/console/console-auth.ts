@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { Request, RequestHandler } from 'express';
+import type { RequestHandler } from 'express';
 import type { Logger } from '@transferline/shared';
+import { sameOriginWrite } from '../loopback-host.js';
 
 /** The console's credentials (TL_CONSOLE_USER / TL_CONSOLE_PASSWORD); no password = no actions for anyone. */
 export interface ConsoleCredentials {
@@ -31,26 +32,6 @@ export function checkBasicAuth(header: string | undefined, creds: ConsoleCredent
   const userOk = sameSecret(decoded.slice(0, colon), creds.user);
   const passwordOk = sameSecret(decoded.slice(colon + 1), creds.password);
   return userOk && passwordOk ? 'valid' : 'invalid';
-}
-
-const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
-
-/**
- * A browser sends cached basic-auth credentials with any request to this origin, even one a
- * foreign page makes: a change must come from our own pages (same Origin host, or a
- * Sec-Fetch-Site of same-origin); requests without those headers (curl, scripts) pass.
- */
-export function sameOriginWrite(req: Request): boolean {
-  if (SAFE_METHODS.has(req.method)) return true;
-  const site = req.get('sec-fetch-site');
-  if (site !== undefined && site !== 'same-origin' && site !== 'none') return false;
-  const origin = req.get('origin');
-  if (origin === undefined) return true;
-  try {
-    return new URL(origin).host === req.get('host');
-  } catch {
-    return false;
-  }
 }
 
 /**

@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,6 +18,17 @@ describe("the data directory's lock (one up per directory)", () => {
   });
   afterEach(async () => {
     await rm(dir, { recursive: true, force: true });
+  });
+
+  it('makes a data directory its user alone can read (a security trial read the objects and models from disk), and leaves the mode of one that is there', async () => {
+    const made = path.join(dir, 'new', 'data');
+    const lock = await lockDataDir(made, settings);
+    expect((await stat(made)).mode & 0o777).toBe(0o700);
+    await lock.release();
+    await chmod(made, 0o750);
+    const again = await lockDataDir(made, settings);
+    expect((await stat(made)).mode & 0o777).toBe(0o750);
+    await again.release();
   });
 
   it('of two ups taking over a file left by one that is gone, exactly one wins, every time', async () => {

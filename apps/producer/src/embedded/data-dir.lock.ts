@@ -89,7 +89,10 @@ const TAKEOVER_STALE_MS = 10_000;
  * finds the winner alive). Released when `up` stops, and on any exit but SIGKILL.
  */
 export async function lockDataDir(dir: string, o: { ports: string; shares: string }): Promise<DataDirLock> {
-  await mkdir(dir, { recursive: true });
+  // Its user's alone: Redis's files, the S3 server's objects and the logs are not for the other
+  // users of the machine (a security trial read the images and models from disk, past the S3
+  // server's signature check). A folder that is there already keeps its mode.
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   const file = path.join(dir, 'up.pid');
   const bootId = readText('/proc/sys/kernel/random/boot_id');
   const ticks = startTicks('self');

@@ -14,7 +14,7 @@ import { createServeMetrics } from '@transferline/shared/service-runtime';
 import type { CliContext } from '../cli-context.js';
 import { loadClassifierModel, type ClassifierModel } from '../classifier-model.js';
 import { ModelNotFoundError } from '../commands/classify.command.js';
-import { hostHeaderIsLoopback, hostHeaderName, isLoopbackHost } from '../loopback-host.js';
+import { hostHeaderIsLoopback, hostHeaderName, isLoopbackHost, sameOriginWrite } from '../loopback-host.js';
 import { BudgetWaitError, ByteBudget, HeldBody, type ByteHold } from './byte-budget.js';
 
 /** The run a model serves, as answers name it. */
@@ -189,6 +189,7 @@ function statusOf(reason: string): number {
   if (reason === 'too-large') return 413;
   if (reason === 'timeout') return 408;
   if (reason === 'unauthorized') return 401;
+  if (reason === 'cross-site') return 403;
   if (reason === 'not-found') return 404;
   if (reason === 'method-not-allowed') return 405;
   if (reason === 'bad-request') return 400;
@@ -206,6 +207,7 @@ const SERVE_REJECT_REASONS = [
   'too-large',
   'timeout',
   'unauthorized',
+  'cross-site',
   'misdirected',
   'not-found',
   'method-not-allowed',
@@ -435,6 +437,14 @@ export async function startClassifierServer(
     res.on('finish', () => end({ status: String(res.statusCode) }));
     next();
   });
+  // A page of another site that the user's browser shows can POST here (no API key on loopback,
+  // or a browser that has one cached): a reload costs a model load (a security trial: 10 in a
+  // row took 26 s, and 200 MB more), an image a forward pass. Serve answers programs; it sends no
+  // CORS headers, so no page of another site could read its answers anyway.
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    if (sameOriginWrite(req)) return next();
+    fail(res, 'cross-site', `a request from a page of another site (Origin ${req.get('origin') ?? 'unsent'}, Sec-Fetch-Site ${req.get('sec-fetch-site') ?? 'unsent'}) is refused: serve answers programs, not other sites' pages`);
+  });
   app.get('/healthz', (_req, res) => void res.type('text/plain').send('ok\n'));
   app.get('/metrics', async (_req, res) => void res.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
   if (cfg.apiKey) {
@@ -504,7 +514,14 @@ export async function startClassifierServer(
       if (refused) return;
       if (size > maxBytes) {
         refused = 'too-large';
-        return void body.drop();
+        body.drop();
+        // Answered as it passes the limit, not once the body ends (a security trial: a body of no
+        // declared length was read to its end, 3 GB, before its 413); the rest is read and dropped
+        // for 5 s more, so a client still sending sees the answer, then the connection is ended.
+        res.set('Connection', 'close');
+        fail(res, 'too-large', tooLarge('the image', size), modelRef);
+        setTimeout(() => req.destroy(), 5_000).unref();
+        return;
       }
       if (!body.push(c)) refused = 'overloaded';
     });
@@ -517,9 +534,11 @@ export async function startClassifierServer(
     req.on('end', () => {
       void (async () => {
         try {
+          // (answered as it passed the limit)
+          if (refused === 'too-large') return;
           // too large whatever the room: a body of no declared length refused for room as it came
           // in, then passing the limit, is told so, not to retry
-          if (refused === 'too-large' || size > maxBytes) return fail(res, 'too-large', tooLarge('the image', size), modelRef);
+          if (size > maxBytes) return fail(res, 'too-large', tooLarge('the image', size), modelRef);
           if (refused === 'overloaded') return overBudget(res);
           const r = await classify(model, body.take());
           // curl -d @file sends a form (as --data-binary does, unless told a type), and takes the
@@ -713,7 +732,11 @@ export async function startClassifierServer(
                 const bytes = await ctx.services.store.getObject(bucket, key, maxBytes);
                 // replaced by a larger object since the HEAD: held all the same (it is in memory)
                 hold.add(bytes.length - head.size);
-                return { key: url, ...(await classify(model, bytes)) };
+                const r = await classify(model, bytes);
+                // An object's first bytes are its contents, which the caller may not be allowed to
+                // read (a security trial read 8 bytes of a model's weights.bin): not said.
+                if ('error' in r) r.error.message = r.error.message.replace(/ \(starts with bytes [0-9a-f]+\)/, '');
+                return { key: url, ...r };
               } catch (e) {
                 const error = e instanceof BudgetWaitError ? { reason: 'overloaded', message: `${url}: ${e.message} (TL_SERVE_MAX_BYTES=${cfg.maxBytes}); retry shortly` } : asError(e, ctx.config.s3.endpoint);
                 metrics.rejected.inc({ reason: error.reason });
