@@ -306,10 +306,12 @@ describe('training runs and classification', () => {
       await mkdir(outside);
       await mkdir(path.join(dir, 'linked'));
       await symlink(outside, path.join(dir, 'linked', 'a'));
-      const linked = await runCli(['download', `s3://${photos}/dlx/`, path.join(dir, 'linked')], stack.env);
+      // (and a key two folders under the link: none of them is made outside either, a review)
+      for (const [key, body] of [['dlx2/a/b', 'b'], ['dlx2/a/x/y', 'y'], ['dlx2/c', 'c']] as const) await ctx.services.store.putObject(photos, key, body);
+      const linked = await runCli(['download', `s3://${photos}/dlx2/`, path.join(dir, 'linked')], stack.env);
       expect(linked.code, linked.stderr).toBe(0);
-      expect(linked.stdout).toContain(`downloaded 1 file (1 bytes) from s3://${photos}/dlx/ to ${path.join(dir, 'linked')}/\n`);
-      expect(linked.stdout).toContain(`skipped 1 object whose folder in ${path.join(dir, 'linked')} is a link that leads out of it ("dlx/a/b"): nothing is written through it\n`);
+      expect(linked.stdout).toContain(`downloaded 1 file (1 bytes) from s3://${photos}/dlx2/ to ${path.join(dir, 'linked')}/\n`);
+      expect(linked.stdout).toContain(`skipped 2 objects whose folder in ${path.join(dir, 'linked')} is a link that leads out of it ("dlx2/a/b", "dlx2/a/x/y"): nothing is written through it\n`);
       expect(await readdir(outside)).toEqual([]);
       expect(await readFile(path.join(dir, 'linked', 'c'), 'utf8')).toBe('c');
     } finally {

@@ -75,9 +75,9 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
       async (o) => {
         const rel = o.key.slice(prefix.length);
         const file = path.join(root, ...rel.split('/'));
-        await mkdir(path.dirname(file), { recursive: true });
-        // a folder on its way that is a link out of the folder (a security trial: written through it)
-        if (!(await staysUnder(root, file))) {
+        // a folder on its way that is a link out of the folder (a security trial: written through
+        // it): looked at before any folder is made under it (a review: made outside first), and after
+        if (!(await staysUnder(root, file)) || !(await mkdir(path.dirname(file), { recursive: true }).then(() => staysUnder(root, file)))) {
           linkedOut.push(o);
         } else {
           const body = await store.getObject(bucket, o.key);
@@ -101,6 +101,7 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
     ctx.out.write(`skipped ${unsafe.length} object${unsafe.length === 1 ? '' : 's'} whose key can be no file under the folder: a .. or empty part, or the folder of other keys too (${unsafeNames(unsafe)})\n`);
   }
   if (linkedOut.length) {
+    linkedOut.sort((a, b) => (a.key < b.key ? -1 : 1));
     ctx.out.write(`skipped ${linkedOut.length} object${linkedOut.length === 1 ? '' : 's'} whose folder in ${printable(root)} is a link that leads out of it (${unsafeNames(linkedOut)}): nothing is written through it\n`);
   }
 }
@@ -134,6 +135,11 @@ async function writeUnlessSame(file: string, bytes: Buffer): Promise<boolean> {
  * security trial: export -o wrote the model into the file a planted link named).
  */
 export async function replaceFile(file: string, bytes: Uint8Array): Promise<void> {
+  // What is no file is written to as it is (a -o /dev/stdout, a pipe: its link is not replaced);
+  // a disk is not written at all.
+  const there = await stat(file).catch(() => undefined);
+  if (there?.isBlockDevice()) throw new Error(`${file} is a disk (a block device): name a file to write`);
+  if (there && !there.isFile() && !there.isDirectory()) return writeFile(file, bytes);
   const part = `${file}.${randomBytes(4).toString('hex')}.part`;
   try {
     await writeFile(part, bytes, { flag: 'wx' });
@@ -144,10 +150,24 @@ export async function replaceFile(file: string, bytes: Uint8Array): Promise<void
   }
 }
 
-/** Whether the folder `file` goes in is under `root` once links are followed (a link among the folders may lead anywhere). */
+/**
+ * Whether the folder `file` goes in is under `root` once links are followed (a link among the
+ * folders may lead anywhere): the deepest of its folders that is there, when not all are yet.
+ */
 async function staysUnder(root: string, file: string): Promise<boolean> {
-  const [top, dir] = await Promise.all([realpath(root), realpath(path.dirname(file))]);
-  return dir === top || dir.startsWith(top.endsWith(path.sep) ? top : `${top}${path.sep}`);
+  await mkdir(root, { recursive: true });
+  const top = await realpath(root);
+  let dir = path.dirname(file);
+  for (;;) {
+    const real = await realpath(dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+      return undefined;
+    });
+    if (real !== undefined) return real === top || real.startsWith(top.endsWith(path.sep) ? top : `${top}${path.sep}`);
+    const up = path.dirname(dir);
+    if (up === dir) return false;
+    dir = up;
+  }
 }
 
 function size(n: number): string {

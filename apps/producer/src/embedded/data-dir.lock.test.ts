@@ -24,6 +24,8 @@ describe("the data directory's lock (one up per directory)", () => {
     const made = path.join(dir, 'new', 'data');
     const lock = await lockDataDir(made, settings);
     expect((await stat(made)).mode & 0o777).toBe(0o700);
+    // the parents made for it are left to the umask (a review: /srv/tl made 0700 with /srv/tl/data)
+    expect((await stat(path.dirname(made))).mode & 0o777).toBe(0o777 & ~process.umask());
     await lock.release();
     await chmod(made, 0o750);
     const again = await lockDataDir(made, settings);

@@ -91,8 +91,12 @@ const TAKEOVER_STALE_MS = 10_000;
 export async function lockDataDir(dir: string, o: { ports: string; shares: string }): Promise<DataDirLock> {
   // Its user's alone: Redis's files, the S3 server's objects and the logs are not for the other
   // users of the machine (a security trial read the images and models from disk, past the S3
-  // server's signature check). A folder that is there already keeps its mode.
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  // server's signature check). A folder that is there already keeps its mode, and so do the
+  // parents made for it (a review: /srv/tl made 0700 with /srv/tl/data).
+  await mkdir(path.dirname(dir), { recursive: true });
+  await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EEXIST') throw err;
+  });
   const file = path.join(dir, 'up.pid');
   const bootId = readText('/proc/sys/kernel/random/boot_id');
   const ticks = startTicks('self');

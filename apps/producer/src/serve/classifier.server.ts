@@ -511,18 +511,21 @@ export async function startClassifierServer(
     let refused: 'too-large' | 'overloaded' | undefined;
     req.on('data', (c: Buffer) => {
       size += c.length;
-      if (refused) return;
+      if (refused === 'too-large') return;
       if (size > maxBytes) {
         refused = 'too-large';
         body.drop();
         // Answered as it passes the limit, not once the body ends (a security trial: a body of no
-        // declared length was read to its end, 3 GB, before its 413); the rest is read and dropped
-        // for 5 s more, so a client still sending sees the answer, then the connection is ended.
-        res.set('Connection', 'close');
-        fail(res, 'too-large', tooLarge('the image', size), modelRef);
-        setTimeout(() => req.destroy(), 5_000).unref();
+        // declared length was read to its end, 3 GB, before its 413; refused for room first, too):
+        // the rest is read and dropped for 5 s more, so a client still sending sees the answer,
+        // then a connection whose body has not ended is cut (one that ended goes on as any).
+        fail(res, 'too-large', `${tooLarge('the image')}: ${size} bytes had come when it passed it`, modelRef);
+        setTimeout(() => {
+          if (!req.complete) req.destroy();
+        }, 5_000).unref();
         return;
       }
+      if (refused) return;
       if (!body.push(c)) refused = 'overloaded';
     });
     watchBody();
@@ -536,9 +539,6 @@ export async function startClassifierServer(
         try {
           // (answered as it passed the limit)
           if (refused === 'too-large') return;
-          // too large whatever the room: a body of no declared length refused for room as it came
-          // in, then passing the limit, is told so, not to retry
-          if (size > maxBytes) return fail(res, 'too-large', tooLarge('the image', size), modelRef);
           if (refused === 'overloaded') return overBudget(res);
           const r = await classify(model, body.take());
           // curl -d @file sends a form (as --data-binary does, unless told a type), and takes the
