@@ -146,6 +146,14 @@ export function pngChunkFailingCrc(b: Uint8Array): string | undefined {
   return undefined;
 }
 
+/**
+ * `message` without what describeStart said of the bytes' first values: for whoever may not read
+ * the object (serve's callers naming s3:// keys: a security trial read 8 bytes of a weights.bin).
+ */
+export function withoutLeadingBytes(message: string): string {
+  return message.replace(/ \(starts with bytes [0-9a-f]+\)/, '');
+}
+
 /** A short, safe description of what the bytes start with, for the failure detail. */
 function describeStart(b: Uint8Array): string {
   const head = b.subarray(0, 16);

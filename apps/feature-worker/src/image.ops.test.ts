@@ -2,7 +2,7 @@ import sharp, { type Sharp } from 'sharp';
 import { PermanentError } from '@transferline/shared';
 import { describe, expect, it } from 'vitest';
 import { classifyDecodeError, configureSharp, looksTruncated, prepareImage, sniffFormat, vipsErrors, type PrepareOptions } from './image.ops.js';
-import { pngChunkFailingCrc } from './image-format.js';
+import { pngChunkFailingCrc, readableFormat, withoutLeadingBytes } from './image-format.js';
 
 const OPTS: PrepareOptions = { size: 224, maxInputPixels: 10_000_000, background: '#ffffff' };
 
@@ -54,6 +54,16 @@ describe('sniffFormat', () => {
     mp4.writeUInt32BE(24, 0);
     mp4.write('ftypisom\0\0\0\0isommp41', 4, 'latin1');
     expect(sniffFormat(mp4)).toBeUndefined();
+  });
+});
+
+describe('withoutLeadingBytes', () => {
+  it('takes out what the failure said of the first bytes, and nothing else', () => {
+    const said = readableFormat(Uint8Array.of(0x4d, 0x66, 0x0f, 0x3b, 0x61, 0x34, 0x22, 0xbc, 0, 1));
+    expect(said).toEqual({ reason: 'not-an-image', message: 'not an image (starts with bytes 4d660f3b613422bc)' });
+    expect(withoutLeadingBytes((said as { message: string }).message)).toBe('not an image');
+    const text = readableFormat(Buffer.from('hello, world'));
+    expect(withoutLeadingBytes((text as { message: string }).message)).toBe('not an image (starts with text)');
   });
 });
 

@@ -3,7 +3,7 @@ import { EFFICIENTNET_B0, PermanentError, spaceBackground, type Config, type Emb
 import { looksTruncated, pngChunkFailingCrc, readableFormat, withoutHeaderPadding } from './image-format.js';
 import { VipsErrorAttribution } from './vips-errors.js';
 
-export { looksTruncated, sniffFormat, type ImageFormat, type Sniffed } from './image-format.js';
+export { looksTruncated, sniffFormat, withoutLeadingBytes, type ImageFormat, type Sniffed } from './image-format.js';
 
 /**
  * How a non-square image becomes size×size. `squash` scales each axis on its own (the whole

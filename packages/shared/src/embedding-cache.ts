@@ -52,11 +52,11 @@ export class EmbeddingCache {
 
   /** For each hash, whether its embedding is cached. */
   async has(embedderId: string, hashes: string[]): Promise<boolean[]> {
-    return (await this.locate(embedderId, hashes)).map((v) => v !== null);
+    return (await this.entries(embedderId, hashes)).map((v) => v !== null);
   }
 
-  /** Index entries (`shardId row`) of many hashes, in chunks so one reply never gets huge. */
-  private async locate(embedderId: string, hashes: string[]): Promise<(string | null)[]> {
+  /** Each hash's index entry (`shardId row`), or null: in chunks, so one reply never gets huge. */
+  async entries(embedderId: string, hashes: string[]): Promise<(string | null)[]> {
     const out: (string | null)[] = [];
     for (let i = 0; i < hashes.length; i += 10_000) {
       out.push(...(await this.redis.hmget(this.keys.embeddingIndex(embedderId), ...hashes.slice(i, i + 10_000))));
@@ -73,11 +73,6 @@ export class EmbeddingCache {
     let dropped = 0;
     for (const e of entries) dropped += Number(await REPLACE_IF_UNCHANGED.run(this.redis, [this.keys.embeddingIndex(embedderId)], [e.hash, e.expected]));
     return dropped;
-  }
-
-  /** Each hash's index entry (`shardId row`), or null. */
-  async entries(embedderId: string, hashes: string[]): Promise<(string | null)[]> {
-    return this.locate(embedderId, hashes);
   }
 
   /** Number of cached embeddings in this embedding space. */
@@ -125,7 +120,7 @@ export class EmbeddingCache {
   async loadMany(embedderId: string, lists: string[][], parallel = 4): Promise<EmbeddingMatrix[]> {
     const byShard = new Map<string, { list: number; row: number; out: number }[]>();
     for (const [list, hashes] of lists.entries()) {
-      const locations = await this.locate(embedderId, hashes);
+      const locations = await this.entries(embedderId, hashes);
       locations.forEach((loc, out) => {
         if (loc === null) throw new Error(`embedding for ${hashes[out]} is not cached in ${embedderId}`);
         const [shardId, row] = loc.split(' ');

@@ -69,6 +69,8 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
   let kept = 0;
   let bytes = 0;
   const linkedOut: ObjectInfo[] = [];
+  await mkdir(root, { recursive: true });
+  const top = await realpath(root);
   try {
     await pMap(
       safe,
@@ -77,7 +79,7 @@ export async function downloadCommand(ctx: DownloadContext, url: string, dest?: 
         const file = path.join(root, ...rel.split('/'));
         // a folder on its way that is a link out of the folder (a security trial: written through
         // it): looked at before any folder is made under it (a review: made outside first), and after
-        if (!(await staysUnder(root, file)) || !(await mkdir(path.dirname(file), { recursive: true }).then(() => staysUnder(root, file)))) {
+        if (!(await staysUnder(top, file)) || !(await mkdir(path.dirname(file), { recursive: true }).then(() => staysUnder(top, file)))) {
           linkedOut.push(o);
         } else {
           const body = await store.getObject(bucket, o.key);
@@ -151,12 +153,11 @@ export async function replaceFile(file: string, bytes: Uint8Array): Promise<void
 }
 
 /**
- * Whether the folder `file` goes in is under `root` once links are followed (a link among the
- * folders may lead anywhere): the deepest of its folders that is there, when not all are yet.
+ * Whether the folder `file` goes in is under `top` (the target folder, its links followed) once
+ * links are followed (a link among the folders may lead anywhere): the deepest of its folders
+ * that is there, when not all are yet.
  */
-async function staysUnder(root: string, file: string): Promise<boolean> {
-  await mkdir(root, { recursive: true });
-  const top = await realpath(root);
+async function staysUnder(top: string, file: string): Promise<boolean> {
   let dir = path.dirname(file);
   for (;;) {
     const real = await realpath(dir).catch((err: NodeJS.ErrnoException) => {

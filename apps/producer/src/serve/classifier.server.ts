@@ -7,7 +7,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { ONNX_PROBABILITIES_NAME, type ClassifierMetadata } from '@transferline/feature-worker/classifier.export';
 import { startOnnxThread } from '@transferline/feature-worker/embed-runtime';
 import type { Embedder } from '@transferline/feature-worker/embedder';
-import { configureSharp, prepareImage, spaceImageOptions, type PrepareOptions } from '@transferline/feature-worker/image.ops';
+import { configureSharp, prepareImage, spaceImageOptions, withoutLeadingBytes, type PrepareOptions } from '@transferline/feature-worker/image.ops';
 import { MicroBatcher } from '@transferline/feature-worker/micro-batcher';
 import { BucketNotFoundError, decideLabel, forwardParallelism, IMAGE_FAILURE_REASONS, threadsOverCores, ObjectNotFoundError, ObjectRefusedError, ObjectTooLargeError, parseS3ObjectUrl, PermanentError, pingRedis, RedisUnreachableError, S3UnreachableError, type Logger, type ServeMetrics } from '@transferline/shared';
 import { createServeMetrics } from '@transferline/shared/service-runtime';
@@ -733,9 +733,8 @@ export async function startClassifierServer(
                 // replaced by a larger object since the HEAD: held all the same (it is in memory)
                 hold.add(bytes.length - head.size);
                 const r = await classify(model, bytes);
-                // An object's first bytes are its contents, which the caller may not be allowed to
-                // read (a security trial read 8 bytes of a model's weights.bin): not said.
-                if ('error' in r) r.error.message = r.error.message.replace(/ \(starts with bytes [0-9a-f]+\)/, '');
+                // (an object's first bytes are its contents, which the caller may not be allowed to read)
+                if ('error' in r) r.error.message = withoutLeadingBytes(r.error.message);
                 return { key: url, ...r };
               } catch (e) {
                 const error = e instanceof BudgetWaitError ? { reason: 'overloaded', message: `${url}: ${e.message} (TL_SERVE_MAX_BYTES=${cfg.maxBytes}); retry shortly` } : asError(e, ctx.config.s3.endpoint);
